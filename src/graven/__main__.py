@@ -1,0 +1,5 @@
+"""``python -m graven``."""
+
+from graven.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The one exception hierarchy of graven.
+
+Every failure that graven expects is a :class:`GravenError`; anything else is a bug. The CLI catches only
+the root, prints ``graven: error: <message>`` and exits with :attr:`GravenError.exit_code`::
+
+    GravenError                      root; never raised directly
+    ├── InputError          (exit 2) bad usage or input: the user can fix it by changing what they typed
+    │   ├── ConfigError              graven.toml (or another config file) is invalid
+    │   ├── NotFoundError            an unknown revision, digest, environment, key or file
+    │   ├── AmbiguousError           a digest prefix that matches more than one artifact
+    │   ├── UnsafeInputError         a hostile path, link, archive entry or file kind
+    │   └── SourceError              not a git repository, git failed on the user's input
+    ├── CheckFailedError    (exit 1) a check ran and said no
+    │   ├── IntegrityError           stored bytes do not match their digest, or an object is missing
+    │   │   └── DigestMismatchError  carries expected and actual digests
+    │   ├── VerificationError        a signature or attestation does not verify
+    │   ├── PolicyError              trust or deployment policy refuses
+    │   └── BuildError               a build step failed
+    ├── ImmutabilityError   (exit 1) an attempt to change something that is write-once
+    └── BackendError        (exit 1) the disk, database or network failed underneath graven
+
+Expected outcomes that are not failures of graven itself (an artifact that does not verify, drift that
+was found) are returned as values by the library and mapped to exit code 1 by the CLI.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousError",
+    "BackendError",
+    "BuildError",
+    "CheckFailedError",
+    "ConfigError",
+    "DigestMismatchError",
+    "GravenError",
+    "ImmutabilityError",
+    "InputError",
+    "IntegrityError",
+    "NotFoundError",
+    "PolicyError",
+    "SourceError",
+    "UnsafeInputError",
+    "VerificationError",
+]
+
+
+class GravenError(Exception):
+    """Root of every error that graven expects."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(GravenError):
+    """Bad usage or input: exit 2."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A configuration file (graven.toml, a policy file) is invalid."""
+
+
+class NotFoundError(InputError):
+    """Something named by the user does not exist."""
+
+
+class AmbiguousError(InputError):
+    """A prefix matches more than one thing."""
+
+
+class UnsafeInputError(InputError):
+    """Input that would escape its root or is of a kind graven refuses to handle."""
+
+
+class SourceError(InputError):
+    """The source (git) cannot give what was asked for."""
+
+
+class CheckFailedError(GravenError):
+    """A check ran and failed: exit 1."""
+
+    exit_code = 1
+
+
+class IntegrityError(CheckFailedError):
+    """Stored bytes are missing or do not match their digest."""
+
+
+class DigestMismatchError(IntegrityError):
+    """Bytes hashed to another digest than expected."""
+
+    def __init__(self, *, expected: str, actual: str, what: str) -> None:
+        super().__init__(f"{what}: content hashes to {actual}, expected {expected}")
+        self.expected = expected
+        self.actual = actual
+        self.what = what
+
+
+class VerificationError(CheckFailedError):
+    """A signature, envelope or attestation does not verify."""
+
+
+class PolicyError(CheckFailedError):
+    """A trust or deployment policy refuses."""
+
+
+class BuildError(CheckFailedError):
+    """A build step failed."""
+
+
+class ImmutabilityError(GravenError):
+    """An attempt to rewrite something that is write-once."""
+
+    exit_code = 1
+
+
+class BackendError(GravenError):
+    """The disk, the database or the network failed underneath graven."""
+
+    exit_code = 1
