@@ -1,0 +1,145 @@
+"""Ingesting a tar archive safely (``graven import``).
+
+Everything in the archive is hostile until proven otherwise: absolute paths, ``..`` segments, links
+that escape, hard links, device files and duplicate entries are refused with the entry's name. Files
+stream into the store; the result is a manifest whose digest is recomputed here, never taken from the
+archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+from graven.core.paths import check_path
+from graven.errors import BackendError, InputError, UnsafeInputError
+from graven.model.digest import Digest
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+from graven.store.local import LOOSE_THRESHOLD, PackBatch
+
+__all__ = ["ImportedTree", "read_archive"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class ImportedTree:
+    """The manifest rebuilt from an archive, and what its global header claimed."""
+
+    manifest: TreeManifest
+    claims: dict[str, Any]
+
+
+def _open_stream(handle: BinaryIO) -> IO[bytes]:
+    magic = handle.read(4)
+    handle.seek(0)
+    if magic.startswith(_GZIP_MAGIC):
+        import gzip
+
+        return cast(IO[bytes], gzip.GzipFile(fileobj=handle, mode="rb"))
+    if magic == _ZSTD_MAGIC:
+        import zstandard
+
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(handle))
+    return handle
+
+
+def _normalize(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
+def _claims(tar: tarfile.TarFile) -> dict[str, Any]:
+    comment = tar.pax_headers.get("comment")
+    if not comment:
+        return {}
+    try:
+        doc = json.loads(comment)
+    except ValueError:
+        return {}
+    if isinstance(doc, dict) and str(doc.get("format", "")).startswith("graven.archive/"):
+        return doc
+    return {}
+
+
+def read_archive(path: Path, batch: PackBatch) -> ImportedTree:
+    """Read ``path`` (.tar, .tar.gz or .tar.zst, detected by content) into ``batch``."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    with handle:
+        stream = _open_stream(handle)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                entries, dirs = _read_members(tar, batch)
+                claims = _claims(tar)
+        except tarfile.TarError as exc:
+            raise InputError(f"{path}: not a readable tar archive ({exc})") from None
+        except (EOFError, OSError) as exc:
+            raise InputError(f"{path}: archive is truncated or corrupt ({exc})") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("zstandard"):
+                raise InputError(f"{path}: corrupt zstd data ({exc})") from None
+            raise
+    parents = {p.rpartition("/")[0] for p in entries}
+    ancestors: set[str] = set()
+    for start in parents:
+        parent = start
+        while parent and parent not in ancestors:
+            ancestors.add(parent)
+            parent = parent.rpartition("/")[0]
+    for directory in dirs:
+        if directory not in ancestors:
+            entries[directory] = DirEntry(directory)
+    return ImportedTree(TreeManifest.of(entries.values()), claims)
+
+
+def _read_members(tar: tarfile.TarFile, batch: PackBatch) -> tuple[dict[str, TreeEntry], set[str]]:
+    entries: dict[str, TreeEntry] = {}
+    dirs: set[str] = set()
+    for member in tar:
+        raw_name = member.name
+        if raw_name.startswith("/"):
+            raise UnsafeInputError(f"{raw_name}: absolute path in archive")
+        name = _normalize(raw_name)
+        if name in ("", "."):
+            continue
+        check_path(name)
+        if name in entries or name in dirs:
+            raise UnsafeInputError(f"{name}: duplicate entry in archive")
+        if member.isdir():
+            dirs.add(name)
+        elif member.issym():
+            entries[name] = SymlinkEntry(name, member.linkname)
+        elif member.islnk():
+            raise UnsafeInputError(f"{name}: hard links are refused; export without them")
+        elif member.isreg():
+            entries[name] = _store_member(tar, member, name, batch)
+        else:
+            raise UnsafeInputError(f"{name}: devices, FIFOs and other special files are refused")
+    return entries, dirs
+
+
+def _store_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, batch: PackBatch) -> FileEntry:
+    source = tar.extractfile(member)
+    if source is None:
+        raise BackendError(f"{name}: cannot read archive member")
+    executable = bool(member.mode & 0o100)
+    if member.size < LOOSE_THRESHOLD:
+        data = source.read()
+        if len(data) != member.size:
+            raise InputError(f"{name}: archive member is truncated")
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        batch.add_known(digest, data)
+    else:
+        digest = batch.add_stream(cast(BinaryIO, source), member.size)
+    return FileEntry(name, sha256=digest.hex, size=member.size, executable=executable)

@@ -1,0 +1,77 @@
+"""The ``graven`` command: a thin layer over :mod:`graven.service`.
+
+Exit codes: 0 success, 1 a check failed (verification, policy, drift), 2 bad usage or input. Errors are
+one line on stderr, ``graven: error: ...``; ``-v`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from graven import __version__
+from graven.cli import artifact_cmds, build_cmds
+from graven.errors import GravenError
+
+__all__ = ["cli", "main"]
+
+
+class _State:
+    verbose = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="graven", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and more detail.")
+def cli(verbose: bool) -> None:
+    """graven: reproducible, signed, content-addressed artifacts from a git commit."""
+    _State.verbose = verbose
+
+
+for module in (build_cmds, artifact_cmds):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def _say_error(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    sys.stderr.write(f"graven: error: {first}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = cli.main(args=args, prog_name="graven", standalone_mode=False)
+    except GravenError as exc:
+        if _State.verbose:
+            traceback.print_exc()
+        _say_error(str(exc))
+        return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        return 2
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        _say_error(f"{exc.format_message()}{hint}")
+        return 2
+    except click.ClickException as exc:
+        _say_error(exc.format_message())
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        sys.stderr.write("graven: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    if isinstance(result, int):
+        return result
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Rendering for the CLI: JSON for scripts, short tables for people, progress on a terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["TerminalReporter", "emit_json", "human_size", "print_table"]
+
+
+def emit_json(value: Any) -> None:
+    """Print one JSON document on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def human_size(size: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A plain, aligned table on stdout (no colours: it is read by people and by grep)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    sys.stdout.write(line.rstrip() + "\n")
+    for row in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+class TerminalReporter:
+    """Warnings on stderr; progress redrawn in place when stderr is a terminal."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self._tty = sys.stderr.isatty() and not quiet
+        self._last = 0.0
+        self._drawn = False
+
+    def warn(self, message: str) -> None:
+        """One warning line."""
+        self._clear()
+        sys.stderr.write(f"graven: warning: {message}\n")
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        """Redraw the progress line at most ten times a second."""
+        if not self._tty:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and (total is None or done < total):
+            return
+        self._last = now
+        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
+        sys.stderr.write(f"\r\x1b[K{text}")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def _clear(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\r\x1b[K")
+            self._drawn = False
+
+    def close(self) -> None:
+        """Remove the progress line."""
+        self._clear()

@@ -1,0 +1,348 @@
+"""RFC 6962 / RFC 9162 Merkle trees: hashing, a compact accumulator, proofs and their verification.
+
+Pure functions over 32-byte SHA-256 hashes. A leaf is hashed as ``SHA-256(0x00 || data)`` and an inner
+node as ``SHA-256(0x01 || left || right)``; the tree over ``n`` leaves splits at the largest power of
+two smaller than ``n`` (RFC 9162 §2.1.1). Proofs are lists of hashes ordered from the leaf level up,
+exactly as RFC 9162 §2.1.3 and §2.1.4 define them, so they interoperate with other implementations.
+
+Verification follows RFC 9162 §2.1.3.2 and §2.1.4.2 and raises :class:`~graven.errors.VerificationError`
+on any failure. Proof generation takes a ``subtree_hash(start, end)`` callable so that a caller can
+serve subtree hashes from storage; :func:`inclusion_proof` and :func:`consistency_proof` are the
+list-based conveniences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+
+from graven.errors import InputError, VerificationError
+
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_SIZE",
+    "CompactRange",
+    "SubtreeHash",
+    "consistency_path",
+    "consistency_proof",
+    "inclusion_path",
+    "inclusion_proof",
+    "leaf_hash",
+    "node_hash",
+    "root_hash",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+HASH_SIZE = 32
+"""Size in bytes of every hash in the tree (SHA-256)."""
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+"""Root hash of the empty tree: ``SHA-256()`` of no input (RFC 9162 §2.1.1)."""
+
+_LEAF_PREFIX = b"\x00"
+_NODE_PREFIX = b"\x01"
+
+SubtreeHash = Callable[[int, int], bytes]
+"""``subtree_hash(start, end)`` returns the root hash of the leaves ``[start, end)``."""
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """Return the hash of a leaf holding ``data``: ``SHA-256(0x00 || data)``."""
+    return hashlib.sha256(_LEAF_PREFIX + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """Return the hash of an inner node: ``SHA-256(0x01 || left || right)``."""
+    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+
+
+class CompactRange:
+    """A streaming Merkle tree accumulator that keeps O(log n) hashes.
+
+    It holds the roots of the perfect subtrees that the binary decomposition of the size gives, from
+    the largest (leftmost) to the smallest, which is all that is needed to append and to compute the
+    root at the current size.
+    """
+
+    __slots__ = ("_hashes", "_size")
+
+    def __init__(self) -> None:
+        """Start with the empty tree."""
+        self._size = 0
+        self._hashes: list[bytes] = []
+
+    @classmethod
+    def from_state(cls, size: int, hashes: Sequence[bytes]) -> CompactRange:
+        """Rebuild an accumulator from :attr:`size` and :attr:`hashes` saved earlier."""
+        if size < 0:
+            raise InputError(f"compact range size must not be negative, got {size}")
+        if len(hashes) != size.bit_count():
+            raise InputError(
+                f"compact range of size {size} needs {size.bit_count()} hashes, got {len(hashes)}"
+            )
+        for h in hashes:
+            _require_hash_input(h, "compact range hash")
+        compact = cls()
+        compact._size = size
+        compact._hashes = list(hashes)
+        return compact
+
+    @property
+    def size(self) -> int:
+        """Number of leaves appended so far."""
+        return self._size
+
+    @property
+    def hashes(self) -> tuple[bytes, ...]:
+        """Roots of the perfect subtrees that make up the tree, largest first."""
+        return tuple(self._hashes)
+
+    def append(self, leaf: bytes) -> None:
+        """Append one leaf hash (see :func:`leaf_hash`)."""
+        _require_hash_input(leaf, "leaf hash")
+        self._push(leaf)
+
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        """Append many leaf hashes; the fast path for (re)building a large tree."""
+        stack = self._hashes
+        size = self._size
+        sha256 = hashlib.sha256
+        for leaf in leaves:
+            if len(leaf) != HASH_SIZE:
+                self._size = size
+                _require_hash_input(leaf, "leaf hash")
+            right = leaf
+            carry = size
+            while carry & 1:
+                right = sha256(_NODE_PREFIX + stack.pop() + right).digest()
+                carry >>= 1
+            stack.append(right)
+            size += 1
+        self._size = size
+
+    def extend_data(self, entries: Iterable[bytes]) -> None:
+        """Hash each entry as a leaf (see :func:`leaf_hash`) and append it."""
+        sha256 = hashlib.sha256
+        self.extend(sha256(_LEAF_PREFIX + entry).digest() for entry in entries)
+
+    def root(self) -> bytes:
+        """Return the root hash of the tree at its current size (RFC 9162 MTH)."""
+        if not self._hashes:
+            return EMPTY_ROOT
+        it = reversed(self._hashes)
+        root = next(it)
+        for left in it:
+            root = node_hash(left, root)
+        return root
+
+    def _push(self, leaf: bytes) -> None:
+        right = leaf
+        carry = self._size
+        while carry & 1:
+            right = node_hash(self._hashes.pop(), right)
+            carry >>= 1
+        self._hashes.append(right)
+        self._size += 1
+
+
+def root_hash(leaf_hashes: Sequence[bytes]) -> bytes:
+    """Return the Merkle tree hash (RFC 9162 MTH) of a list of leaf hashes; empty gives EMPTY_ROOT."""
+    compact = CompactRange()
+    compact.extend(leaf_hashes)
+    return compact.root()
+
+
+def _split(size: int) -> int:
+    """Largest power of two strictly smaller than ``size`` (``size`` >= 2)."""
+    return 1 << ((size - 1).bit_length() - 1)
+
+
+def inclusion_path(index: int, tree_size: int, subtree_hash: SubtreeHash) -> list[bytes]:
+    """Return the inclusion proof of leaf ``index`` in a tree of ``tree_size`` (RFC 9162 §2.1.3.1).
+
+    ``subtree_hash(start, end)`` must return the root hash of the leaves ``[start, end)``.
+    """
+    if not 0 <= index < tree_size:
+        raise InputError(f"leaf index {index} is outside a tree of size {tree_size}")
+    path: list[bytes] = []
+    start, end = 0, tree_size
+    while end - start > 1:
+        middle = start + _split(end - start)
+        if index < middle:
+            path.append(subtree_hash(middle, end))
+            end = middle
+        else:
+            path.append(subtree_hash(start, middle))
+            start = middle
+    path.reverse()
+    return path
+
+
+def consistency_path(old_size: int, new_size: int, subtree_hash: SubtreeHash) -> list[bytes]:
+    """Return the consistency proof from ``old_size`` to ``new_size`` (RFC 9162 §2.1.4.1).
+
+    Requires ``0 < old_size <= new_size``; equal sizes give the empty proof. ``subtree_hash(start,
+    end)`` must return the root hash of the leaves ``[start, end)`` of the newer tree.
+    """
+    if not 0 < old_size <= new_size:
+        raise InputError(f"no consistency proof from size {old_size} to size {new_size}: need 0 < old <= new")
+    path: list[bytes] = []
+    start, end = 0, new_size
+    complete = True  # the current subtree starts at leaf 0, so the verifier knows its old root
+    while old_size - start != end - start:
+        middle = start + _split(end - start)
+        if old_size <= middle:
+            path.append(subtree_hash(middle, end))
+            end = middle
+        else:
+            path.append(subtree_hash(start, middle))
+            start = middle
+            complete = False
+    if not complete:
+        path.append(subtree_hash(start, end))
+    path.reverse()
+    return path
+
+
+def _list_subtree_hash(leaf_hashes: Sequence[bytes]) -> SubtreeHash:
+    def subtree_hash(start: int, end: int) -> bytes:
+        return root_hash(leaf_hashes[start:end])
+
+    return subtree_hash
+
+
+def inclusion_proof(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:
+    """Return the inclusion proof of leaf ``index`` in the tree over all of ``leaf_hashes``."""
+    return inclusion_path(index, len(leaf_hashes), _list_subtree_hash(leaf_hashes))
+
+
+def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int) -> list[bytes]:
+    """Return the consistency proof from the first ``old_size`` leaves to all of ``leaf_hashes``."""
+    return consistency_path(old_size, len(leaf_hashes), _list_subtree_hash(leaf_hashes))
+
+
+def _require_hash_input(value: bytes, what: str) -> None:
+    if len(value) != HASH_SIZE:
+        raise InputError(f"{what} must be {HASH_SIZE} bytes, got {len(value)}")
+
+
+def _require_hash(value: bytes, what: str) -> None:
+    if len(value) != HASH_SIZE:
+        raise VerificationError(f"{what} must be {HASH_SIZE} bytes, got {len(value)}")
+
+
+def _require_proof_hashes(proof: Sequence[bytes], what: str) -> None:
+    for position, h in enumerate(proof):
+        _require_hash(h, f"{what} hash #{position}")
+
+
+def _inclusion_proof_length(index: int, tree_size: int) -> int:
+    """Length of the inclusion proof of ``index`` in a tree of ``tree_size`` (0 <= index < size)."""
+    inner = (index ^ (tree_size - 1)).bit_length()
+    return inner + (index >> inner).bit_count()
+
+
+def verify_inclusion(leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> None:
+    """Check that ``leaf`` is the leaf hash at ``index`` of the tree of ``tree_size`` with ``root``.
+
+    Implements RFC 9162 §2.1.3.2 and raises VerificationError if the proof does not hold, including
+    for ``index >= tree_size`` (so for every proof in the empty tree), a proof of the wrong length, or
+    any hash that is not 32 bytes.
+    """
+    if index < 0 or tree_size < 0:
+        raise VerificationError(f"negative leaf index {index} or tree size {tree_size}")
+    if index >= tree_size:
+        raise VerificationError(f"leaf index {index} is not below the tree size {tree_size}")
+    _require_hash(leaf, "leaf hash")
+    _require_hash(root, "root hash")
+    _require_proof_hashes(proof, "inclusion proof")
+    expected = _inclusion_proof_length(index, tree_size)
+    if len(proof) != expected:
+        raise VerificationError(
+            f"inclusion proof for leaf {index} of {tree_size} has {len(proof)} hashes, expected {expected}"
+        )
+    fn, sn = index, tree_size - 1
+    r = leaf
+    for p in proof:
+        if sn == 0:
+            raise VerificationError("inclusion proof is longer than the path to the root")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise VerificationError("inclusion proof is shorter than the path to the root")
+    if r != root:
+        raise VerificationError(
+            f"inclusion proof for leaf {index} of {tree_size} does not lead to the expected root"
+        )
+
+
+def _consistency_proof_length(size1: int, size2: int) -> int:
+    """Length of the consistency proof between ``0 < size1 < size2``."""
+    shift = (size1 & -size1).bit_length() - 1  # trailing zero bits of size1
+    length = _inclusion_proof_length(size1 - 1, size2) - shift
+    return length if size1 == 1 << shift else length + 1
+
+
+def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> None:
+    """Check that the tree of ``size2`` with ``root2`` extends the tree of ``size1`` with ``root1``.
+
+    Implements RFC 9162 §2.1.4.2 for ``0 < size1 < size2``. Equal sizes are consistent only with an
+    empty proof and equal roots. A consistency proof from the empty tree is meaningless and rejected;
+    so are ``size1 > size2``, a proof of the wrong length and any hash that is not 32 bytes. Raises
+    VerificationError on every failure.
+    """
+    _require_hash(root1, "first root hash")
+    _require_hash(root2, "second root hash")
+    _require_proof_hashes(proof, "consistency proof")
+    if size1 < 0 or size2 < 0:
+        raise VerificationError(f"negative tree size {size1} or {size2}")
+    if size1 > size2:
+        raise VerificationError(f"first tree size {size1} is larger than second size {size2}")
+    if size1 == 0:
+        raise VerificationError("a consistency proof from the empty tree is meaningless")
+    if size1 == size2:
+        if proof:
+            raise VerificationError(f"consistency proof between equal sizes {size1} is not empty")
+        if root1 != root2:
+            raise VerificationError(f"trees of the same size {size1} have different roots")
+        return
+    expected = _consistency_proof_length(size1, size2)
+    if len(proof) != expected:
+        raise VerificationError(
+            f"consistency proof from {size1} to {size2} has {len(proof)} hashes, expected {expected}"
+        )
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:  # size1 is an exact power of two
+        path.insert(0, root1)
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise VerificationError("consistency proof is longer than the path to the root")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise VerificationError("consistency proof is shorter than the path to the root")
+    if fr != root1:
+        raise VerificationError(f"consistency proof does not lead to the root of size {size1}")
+    if sr != root2:
+        raise VerificationError(f"consistency proof does not lead to the root of size {size2}")

@@ -1,0 +1,96 @@
+"""Rules for the paths and links an artifact may hold. Pure: strings in, errors out.
+
+An artifact path is relative, ``/``-separated, valid UTF-8 without control characters, and has no empty,
+``.`` or ``..`` segments. A symlink target is relative and, followed through the other links of the same
+tree, never leaves the artifact root.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from graven.errors import UnsafeInputError
+
+__all__ = [
+    "MAX_LINK_HOPS",
+    "check_path",
+    "check_unique_nfc",
+    "decode_path",
+    "link_stays_inside",
+]
+
+MAX_LINK_HOPS = 40
+
+
+def decode_path(raw: bytes) -> str:
+    """Decode a path from bytes, refusing names that are not valid UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise UnsafeInputError(f"{shown}: file name is not valid UTF-8; rename it") from None
+
+
+def check_path(path: str) -> None:
+    """Refuse a path that is absolute, empty, has ``.``/``..``/empty segments or control characters."""
+    if not path:
+        raise UnsafeInputError("empty path")
+    if path.startswith("/"):
+        raise UnsafeInputError(f"{path}: absolute paths are not allowed")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        raise UnsafeInputError(f"{path!r}: control characters are not allowed in paths")
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise UnsafeInputError(f"{path}: '{segment}' segments are not allowed in paths")
+
+
+def link_stays_inside(path: str, target: str, links: Mapping[str, str]) -> bool:
+    """True when the symlink at ``path`` to ``target`` resolves inside the root.
+
+    Resolution follows the other symlinks of the tree (``links``: path -> target) exactly as the kernel
+    would, so ``a -> .`` plus ``b -> a/..`` is caught although each looks harmless on its own. A loop
+    never resolves, so it cannot escape; it counts as inside.
+    """
+    if target.startswith("/") or not target:
+        return False
+    stack = path.split("/")[:-1]
+    queue = deque(target.split("/"))
+    hops = 0
+    while queue:
+        segment = queue.popleft()
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not stack:
+                return False
+            stack.pop()
+            continue
+        stack.append(segment)
+        linked = links.get("/".join(stack))
+        if linked is not None:
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                return True
+            if linked.startswith("/"):
+                return False
+            stack.pop()
+            queue.extendleft(reversed(linked.split("/")))
+    return True
+
+
+def check_unique_nfc(paths: Iterable[str]) -> None:
+    """Refuse two paths that are equal after Unicode NFC normalization (they collide on macOS)."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        if path.isascii():
+            key = path
+        else:
+            key = unicodedata.normalize("NFC", path)
+        other = seen.get(key)
+        if other is not None and other != path:
+            raise UnsafeInputError(
+                f"{path}: equal to {other} after Unicode NFC normalization; rename one of them"
+            )
+        seen[key] = path

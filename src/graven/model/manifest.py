@@ -1,0 +1,226 @@
+"""The tree manifest, format ``graven.tree/v1``: what an artifact is, byte for byte.
+
+Canonical JSON (sorted keys, no whitespace, UTF-8, integers only)::
+
+    {"entries":[{"mode":"0644","path":"app/main.py","sha256":"<hex>","size":120,"type":"file"},
+                {"path":"app/current","target":"main.py","type":"symlink"},
+                {"path":"var/empty","type":"dir"}],
+     "format":"graven.tree/v1"}
+
+Entries are sorted by the UTF-8 bytes of their path. Only the executable bit of a file survives (0644 or
+0755); directories appear only when empty. No times, owners or extended attributes. The artifact digest
+is ``sha256:`` + the sha256 of these bytes. See docs/formats/tree-v1.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from graven.core.paths import check_path, check_unique_nfc, link_stays_inside
+from graven.errors import InputError, UnsafeInputError
+from graven.model.digest import Digest, sha256_digest
+
+__all__ = [
+    "FORMAT",
+    "DirEntry",
+    "FileEntry",
+    "SymlinkEntry",
+    "TreeEntry",
+    "TreeManifest",
+    "canonical_json",
+]
+
+FORMAT = "graven.tree/v1"
+
+
+def canonical_json(value: Any) -> bytes:
+    """Serialize to canonical JSON (RFC 8785-compatible for strings, integers, lists and objects)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A regular file."""
+
+    path: str
+    sha256: str
+    size: int
+    executable: bool = False
+
+    @property
+    def mode(self) -> int:
+        """0o755 or 0o644."""
+        return 0o755 if self.executable else 0o644
+
+    @property
+    def digest(self) -> Digest:
+        """The digest of the file's content."""
+        return Digest(self.sha256)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form of this entry."""
+        return {
+            "mode": "0755" if self.executable else "0644",
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "type": "file",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SymlinkEntry:
+    """A relative symbolic link that stays inside the artifact."""
+
+    path: str
+    target: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form of this entry."""
+        return {"path": self.path, "target": self.target, "type": "symlink"}
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """An empty directory (non-empty ones are implied by their contents)."""
+
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form of this entry."""
+        return {"path": self.path, "type": "dir"}
+
+
+TreeEntry = FileEntry | SymlinkEntry | DirEntry
+
+
+def _sort_key(entry: TreeEntry) -> bytes:
+    return entry.path.encode()
+
+
+@dataclass(frozen=True)
+class TreeManifest:
+    """A validated, sorted set of entries. Build with :meth:`of` or :meth:`from_bytes`."""
+
+    entries: tuple[TreeEntry, ...]
+
+    @classmethod
+    def of(cls, entries: Iterable[TreeEntry]) -> TreeManifest:
+        """Sort and validate entries; refuse anything unsafe or ambiguous, naming the path."""
+        ordered = tuple(sorted(entries, key=_sort_key))
+        _validate(ordered)
+        return cls(ordered)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TreeManifest:
+        """Parse canonical manifest bytes; anything that would not re-serialize identically is refused."""
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"manifest is not valid JSON: {exc}") from None
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != FORMAT
+            or set(doc)
+            != {
+                "entries",
+                "format",
+            }
+        ):
+            raise InputError(f"not a {FORMAT} manifest")
+        raw_entries = doc["entries"]
+        if not isinstance(raw_entries, list):
+            raise InputError("manifest entries must be a list")
+        manifest = cls.of(_entry_from_json(item) for item in raw_entries)
+        if manifest.to_bytes() != data:
+            raise InputError("manifest is not in canonical form")
+        return manifest
+
+    @cached_property
+    def _bytes(self) -> bytes:
+        return canonical_json({"entries": [entry.to_json() for entry in self.entries], "format": FORMAT})
+
+    def to_bytes(self) -> bytes:
+        """The canonical bytes whose sha256 is the artifact digest."""
+        return self._bytes
+
+    @cached_property
+    def digest(self) -> Digest:
+        """The artifact digest."""
+        return sha256_digest(self._bytes)
+
+    def files(self) -> Iterator[FileEntry]:
+        """The regular files, in manifest order."""
+        return (e for e in self.entries if isinstance(e, FileEntry))
+
+    @property
+    def total_size(self) -> int:
+        """Sum of the file sizes."""
+        return sum(e.size for e in self.files())
+
+    def by_path(self) -> dict[str, TreeEntry]:
+        """Entries keyed by path."""
+        return {e.path: e for e in self.entries}
+
+
+def _entry_from_json(item: object) -> TreeEntry:
+    if not isinstance(item, dict):
+        raise InputError("manifest entry is not an object")
+    kind = item.get("type")
+    path = item.get("path")
+    if not isinstance(path, str):
+        raise InputError("manifest entry without a path")
+    if kind == "file" and set(item) == {"mode", "path", "sha256", "size", "type"}:
+        mode, sha, size = item["mode"], item["sha256"], item["size"]
+        if mode not in ("0644", "0755") or not isinstance(size, int) or isinstance(size, bool):
+            raise InputError(f"{path}: bad mode or size in manifest")
+        if not isinstance(sha, str):
+            raise InputError(f"{path}: bad sha256 in manifest")
+        Digest(sha)  # validates
+        if size < 0:
+            raise InputError(f"{path}: negative size in manifest")
+        return FileEntry(path=path, sha256=sha, size=size, executable=mode == "0755")
+    if kind == "symlink" and set(item) == {"path", "target", "type"}:
+        target = item["target"]
+        if not isinstance(target, str):
+            raise InputError(f"{path}: bad symlink target in manifest")
+        return SymlinkEntry(path=path, target=target)
+    if kind == "dir" and set(item) == {"path", "type"}:
+        return DirEntry(path=path)
+    raise InputError(f"{path}: unknown or malformed manifest entry")
+
+
+def _validate(entries: tuple[TreeEntry, ...]) -> None:
+    paths = [e.path for e in entries]
+    for path in paths:
+        check_path(path)
+    for before, after in itertools.pairwise(paths):
+        if before == after:
+            raise UnsafeInputError(f"{after}: duplicate path")
+    check_unique_nfc(paths)
+    kinds = {e.path: e for e in entries}
+    links = {e.path: e.target for e in entries if isinstance(e, SymlinkEntry)}
+    for entry in entries:
+        # Every ancestor must be an implied directory, never a file, a link or an "empty" dir.
+        parent = entry.path.rpartition("/")[0]
+        while parent:
+            above = kinds.get(parent)
+            if isinstance(above, FileEntry | SymlinkEntry):
+                raise UnsafeInputError(f"{entry.path}: lies below {parent}, which is not a directory")
+            if isinstance(above, DirEntry):
+                raise UnsafeInputError(f"{parent}: listed as an empty directory but has entries")
+            parent = parent.rpartition("/")[0]
+        if isinstance(entry, SymlinkEntry):
+            if any(ord(ch) < 0x20 for ch in entry.target):
+                raise UnsafeInputError(f"{entry.path}: control characters in symlink target")
+            if entry.target.startswith("/"):
+                raise UnsafeInputError(
+                    f"{entry.path}: absolute symlink to {entry.target}; use a relative target"
+                )
+            if not link_stays_inside(entry.path, entry.target, links):
+                raise UnsafeInputError(f"{entry.path}: symlink to {entry.target} escapes the artifact root")

@@ -1,0 +1,206 @@
+"""Finding, describing and verifying stored artifacts."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from graven.db import artifacts, builds
+from graven.errors import AmbiguousError, IntegrityError, NotFoundError
+from graven.model.digest import Digest
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
+from graven.service.context import Context
+
+__all__ = [
+    "ArtifactRecord",
+    "Problem",
+    "VerifyReport",
+    "get_artifact",
+    "list_artifacts",
+    "load_manifest",
+    "resolve_digest",
+    "summarize",
+    "verify_artifact",
+]
+
+_PREFIX = re.compile(r"[0-9a-f]{4,64}")
+MANIFEST_PATH = "(manifest)"
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """One stored artifact as the database knows it."""
+
+    digest: str
+    name: str
+    commit: str | None
+    repository: str | None
+    revision: str | None
+    pipeline_digest: str | None
+    source_date_epoch: int
+    file_count: int
+    total_size: int
+    origin: str
+    created_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return asdict(self)
+
+
+def resolve_digest(ctx: Context, text: str) -> Digest:
+    """Turn a full digest or a unique prefix (4+ hex digits, ``sha256:`` optional) into a digest."""
+    value = text.strip().lower()
+    value = value.removeprefix("sha256:")
+    if not _PREFIX.fullmatch(value):
+        raise NotFoundError(
+            f"{text!r} is not a digest or digest prefix (4 to 64 hex digits, sha256: optional)"
+        )
+    if not ctx.home.has_database():
+        raise NotFoundError(f"no artifact matches {text!r} (this graven home has no artifacts yet)")
+    with ctx.db.connect() as conn:
+        matches: list[str] = list(
+            conn.execute(
+                sa.select(artifacts.c.digest)
+                .where(artifacts.c.digest.like(f"sha256:{value}%"))
+                .order_by(artifacts.c.digest)
+                .limit(5)
+            ).scalars()
+        )
+    if not matches:
+        if len(value) == 64 and ctx.store.has(Digest(value)):
+            return Digest(value)
+        raise NotFoundError(f"no artifact matches {text!r}; `graven artifacts` lists them")
+    if len(matches) > 1:
+        shown = ", ".join(m[7:19] for m in matches[:3])
+        raise AmbiguousError(f"digest prefix {text!r} is ambiguous ({shown}...); give more digits")
+    return Digest.parse(matches[0])
+
+
+def _record(row: sa.Row[Any]) -> ArtifactRecord:
+    return ArtifactRecord(**row._asdict())
+
+
+def list_artifacts(ctx: Context) -> list[ArtifactRecord]:
+    """Every artifact, newest first. An empty home has none and creates nothing."""
+    if not ctx.home.has_database():
+        return []
+    with ctx.db.connect() as conn:
+        rows = conn.execute(sa.select(artifacts).order_by(artifacts.c.created_at.desc()))
+        return [_record(row) for row in rows]
+
+
+def get_artifact(ctx: Context, digest: Digest) -> ArtifactRecord:
+    """The record of one artifact."""
+    with ctx.db.connect() as conn:
+        row = conn.execute(sa.select(artifacts).where(artifacts.c.digest == str(digest))).one_or_none()
+    if row is None:
+        raise NotFoundError(f"artifact {digest} is not recorded in this graven home")
+    return _record(row)
+
+
+def build_history(ctx: Context, digest: Digest) -> list[dict[str, Any]]:
+    """Every recorded build that produced ``digest``."""
+    with ctx.db.connect() as conn:
+        rows = conn.execute(sa.select(builds).where(builds.c.digest == str(digest)).order_by(builds.c.id))
+        return [dict(row._asdict()) for row in rows]
+
+
+def load_manifest(ctx: Context, digest: Digest) -> TreeManifest:
+    """Read, verify and parse an artifact's manifest."""
+    data = ctx.store.read(digest)
+    return TreeManifest.from_bytes(data)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One missing or corrupt object, named by its path in the artifact."""
+
+    path: str
+    object: str
+    kind: str  # missing | corrupt
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of re-hashing an artifact."""
+
+    digest: str
+    objects_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is missing or corrupt."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "digest": self.digest,
+            "ok": self.ok,
+            "objects_checked": self.objects_checked,
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
+    """Re-hash the manifest and every blob of an artifact; report what is missing or corrupt."""
+    store = ctx.store
+    report = VerifyReport(digest=str(digest))
+    try:
+        manifest = load_manifest(ctx, digest)
+    except IntegrityError as exc:
+        kind = "missing" if not store.has(digest) else "corrupt"
+        report.problems.append(Problem(MANIFEST_PATH, str(digest), kind, str(exc)))
+        return report
+    report.objects_checked += 1
+    paths_by_blob: dict[str, list[str]] = {}
+    for entry in manifest.files():
+        paths_by_blob.setdefault(entry.sha256, []).append(entry.path)
+    for sha, paths in paths_by_blob.items():
+        blob = Digest(sha)
+        report.objects_checked += 1
+        try:
+            if not store.has(blob):
+                raise IntegrityError(f"object {blob} is missing")
+            store.verify(blob)
+        except IntegrityError as exc:
+            kind = "missing" if not store.has(blob) else "corrupt"
+            report.problems.extend(Problem(p, str(blob), kind, str(exc)) for p in paths)
+    report.problems.sort(key=lambda p: p.path.encode())
+    return report
+
+
+def summarize(manifest: TreeManifest) -> dict[str, Any]:
+    """Counts and sizes of an artifact's entries, by kind and by top-level directory."""
+    kinds: Counter[str] = Counter()
+    top_sizes: Counter[str] = Counter()
+    top_counts: Counter[str] = Counter()
+    executables = 0
+    for entry in manifest.entries:
+        top = entry.path.split("/", 1)[0] if "/" in entry.path else "."
+        if isinstance(entry, FileEntry):
+            kinds["files"] += 1
+            executables += entry.executable
+            top_sizes[top] += entry.size
+            top_counts[top] += 1
+        elif isinstance(entry, SymlinkEntry):
+            kinds["symlinks"] += 1
+        elif isinstance(entry, DirEntry):
+            kinds["empty_dirs"] += 1
+    return {
+        "files": kinds["files"],
+        "executables": executables,
+        "symlinks": kinds["symlinks"],
+        "empty_dirs": kinds["empty_dirs"],
+        "total_size": manifest.total_size,
+        "top_level": [
+            {"path": top, "files": top_counts[top], "size": top_sizes[top]} for top in sorted(top_counts)
+        ],
+    }

@@ -1,0 +1,341 @@
+"""``graven build``: one commit in, one content-addressed artifact out.
+
+The revision is resolved to a commit id once; graven.toml and every file are then read from that
+commit only, so nothing in the working tree (or a change to it during the build) can leak in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from graven import __version__
+from graven.build.steps import clean_environment, ensure_dirs, run_steps
+from graven.build.tree import collect_tree
+from graven.core.globs import Selection
+from graven.core.paths import check_path
+from graven.db import artifacts, blob_cache, builds
+from graven.errors import NotFoundError, UnsafeInputError
+from graven.model.digest import Digest
+from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
+from graven.service.context import Context, utc_now
+from graven.service.records import insert_ignore
+from graven.sources.git import (
+    MODE_EXECUTABLE,
+    MODE_FILE,
+    MODE_SUBMODULE,
+    MODE_SYMLINK,
+    GitEntry,
+    GitRepo,
+)
+from graven.store.local import LOOSE_THRESHOLD, PackBatch
+
+__all__ = ["BuildResult", "build"]
+
+_CACHE_QUERY_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced."""
+
+    digest: str
+    name: str
+    commit: str
+    revision: str
+    repository: str
+    pipeline_digest: str
+    source_date_epoch: int
+    started_at: str
+    finished_at: str
+    file_count: int
+    total_size: int
+    files_read: int
+    invocation_id: str
+    dirty_worktree: bool
+
+    def to_json(self) -> dict[str, object]:
+        """The ``--json`` form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Source:
+    repo: GitRepo
+    commit: str
+    revision: str
+    pipeline_bytes: bytes
+    pipeline: Pipeline
+    epoch: int
+
+
+def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
+    repo = GitRepo.discover(path)
+    commit = repo.resolve(revision)
+    pipeline_bytes = repo.read_file(commit, PIPELINE_FILE)
+    if pipeline_bytes is None:
+        raise NotFoundError(
+            f"{PIPELINE_FILE} not found in commit {commit[:12]} ({revision}); "
+            "create one with `graven init`, then commit it"
+        )
+    pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
+    return _Source(repo, commit, revision, pipeline_bytes, pipeline, repo.commit_time(commit))
+
+
+def build(ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool = True) -> BuildResult:
+    """Build ``revision`` of the repository at ``path`` into the store and record it."""
+    started_at = utc_now()
+    source = _open_source(ctx, path, revision)
+    dirty = source.repo.is_dirty()
+    if dirty:
+        ctx.reporter.warn(
+            "the working tree has uncommitted changes; they are not built "
+            f"(building commit {source.commit[:12]})"
+        )
+    store = ctx.store
+    store.clean_tmp()
+    selection = Selection.of(source.pipeline.artifact.include, source.pipeline.artifact.exclude)
+    name = source.pipeline.artifact.name
+    with store.batch() as batch:
+        pipeline_digest = batch.add(source.pipeline_bytes)
+        if source.pipeline.build.steps:
+            entries, files_read, new_cache = _tree_from_steps(ctx, source, selection, batch)
+        else:
+            entries, files_read, new_cache = _tree_from_git(
+                ctx, source, selection, batch, use_cache=use_cache
+            )
+        manifest = TreeManifest.of(entries)
+        previous = _latest_manifest(ctx, name)
+        batch.add(manifest.to_bytes(), delta_base=previous)
+    finished_at = utc_now()
+    result = BuildResult(
+        digest=str(manifest.digest),
+        name=name,
+        commit=source.commit,
+        revision=revision,
+        repository=source.repo.describe_remote(),
+        pipeline_digest=str(pipeline_digest),
+        source_date_epoch=source.epoch,
+        started_at=started_at,
+        finished_at=finished_at,
+        file_count=sum(1 for _ in manifest.files()),
+        total_size=manifest.total_size,
+        files_read=files_read,
+        invocation_id=str(uuid.uuid4()),
+        dirty_worktree=dirty,
+    )
+    _record(ctx, result, new_cache)
+    return result
+
+
+def _latest_manifest(ctx: Context, name: str) -> Digest | None:
+    with ctx.db.connect() as conn:
+        row = conn.execute(
+            sa.select(artifacts.c.digest)
+            .where(artifacts.c.name == name)
+            .order_by(artifacts.c.created_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if row is None:
+        return None
+    digest = Digest.parse(row)
+    return digest if ctx.store.has(digest) else None
+
+
+def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]]) -> None:
+    with ctx.db.begin() as conn:
+        insert_ignore(conn, blob_cache, new_cache)
+        insert_ignore(
+            conn,
+            artifacts,
+            [
+                {
+                    "digest": result.digest,
+                    "name": result.name,
+                    "commit": result.commit,
+                    "repository": result.repository,
+                    "revision": result.revision,
+                    "pipeline_digest": result.pipeline_digest,
+                    "source_date_epoch": result.source_date_epoch,
+                    "file_count": result.file_count,
+                    "total_size": result.total_size,
+                    "origin": "build",
+                    "created_at": result.finished_at,
+                }
+            ],
+        )
+        conn.execute(
+            builds.insert().values(
+                digest=result.digest,
+                name=result.name,
+                commit=result.commit,
+                repository=result.repository,
+                revision=result.revision,
+                pipeline_digest=result.pipeline_digest,
+                started_at=result.started_at,
+                finished_at=result.finished_at,
+                builder=ctx.actor,
+                graven_version=__version__,
+                invocation_id=result.invocation_id,
+            )
+        )
+
+
+def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
+    found: dict[str, tuple[str, int]] = {}
+    wanted = sorted(set(oids))
+    with ctx.db.connect() as conn:
+        for start in range(0, len(wanted), _CACHE_QUERY_CHUNK):
+            chunk = wanted[start : start + _CACHE_QUERY_CHUNK]
+            rows = conn.execute(
+                sa.select(blob_cache.c.git_oid, blob_cache.c.sha256, blob_cache.c.size).where(
+                    blob_cache.c.git_oid.in_(chunk)
+                )
+            )
+            for row in rows:
+                found[str(row.git_oid)] = (str(row.sha256), int(row.size))
+    return found
+
+
+def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[GitEntry]:
+    chosen: list[GitEntry] = []
+    for entry in entries:
+        if not selection.selects(entry.path):
+            continue
+        check_path(entry.path)
+        if entry.mode == MODE_SUBMODULE:
+            raise UnsafeInputError(
+                f"{entry.path}: submodules are not supported; exclude the path in graven.toml"
+            )
+        if entry.mode not in (MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK):
+            raise UnsafeInputError(f"{entry.path}: unsupported git file mode {entry.mode}")
+        chosen.append(entry)
+    return chosen
+
+
+def _tree_from_git(
+    ctx: Context, source: _Source, selection: Selection, batch: PackBatch, *, use_cache: bool
+) -> tuple[list[TreeEntry], int, list[dict[str, object]]]:
+    chosen = _select_git_entries(source.repo.ls_tree(source.commit), selection)
+    file_oids = {e.oid for e in chosen if e.mode != MODE_SYMLINK}
+    known: dict[str, tuple[str, int]] = {}
+    if use_cache:
+        for oid, (sha, size) in _cached_digests(ctx, file_oids).items():
+            if ctx.store.has(Digest(sha)):
+                known[oid] = (sha, size)
+    to_read = sorted(file_oids - known.keys()) + sorted({e.oid for e in chosen if e.mode == MODE_SYMLINK})
+    targets: dict[str, str] = {}
+    new_cache: list[dict[str, object]] = []
+    link_oids = {e.oid for e in chosen if e.mode == MODE_SYMLINK}
+    total = len(to_read)
+    for done, (oid, reader) in enumerate(source.repo.cat_blobs(to_read), start=1):
+        if oid in link_oids and oid not in file_oids:
+            targets[oid] = _link_target(reader.read())
+        else:
+            if reader.size < LOOSE_THRESHOLD:
+                data = reader.read()
+                digest = Digest(hashlib.sha256(data).hexdigest())
+                batch.add_known(digest, data)
+                if oid in link_oids:
+                    targets[oid] = _link_target(data)
+            else:
+                digest = batch.add_stream(reader, reader.size)  # type: ignore[arg-type]
+            known[oid] = (digest.hex, reader.size)
+            new_cache.append({"git_oid": oid, "sha256": digest.hex, "size": reader.size})
+        if done % 256 == 0 or done == total:
+            ctx.reporter.progress("reading files", done, total)
+    result: list[TreeEntry] = []
+    for entry in chosen:
+        if entry.mode == MODE_SYMLINK:
+            result.append(SymlinkEntry(entry.path, targets[entry.oid]))
+        else:
+            sha, size = known[entry.oid]
+            result.append(
+                FileEntry(entry.path, sha256=sha, size=size, executable=entry.mode == MODE_EXECUTABLE)
+            )
+    return result, total, new_cache
+
+
+def _link_target(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafeInputError("a symlink target is not valid UTF-8") from None
+
+
+def _tree_from_steps(
+    ctx: Context, source: _Source, selection: Selection, batch: PackBatch
+) -> tuple[list[TreeEntry], int, list[dict[str, object]]]:
+    work = Path(tempfile.mkdtemp(prefix="graven-build-"))
+    try:
+        src, home, tmp = work / "src", work / "home", work / "tmp"
+        ensure_dirs(src, home, tmp)
+        _checkout(ctx, source, src)
+        env = clean_environment(
+            home=home, tmp=tmp, source_date_epoch=source.epoch, host_path=os.environ.get("PATH")
+        )
+        ctx.reporter.progress("running build steps", 0, len(source.pipeline.build.steps))
+        run_steps(
+            source.pipeline.build.steps,
+            cwd=src,
+            env=env,
+            log_path=work / "build.log",
+            timeout=source.pipeline.build.timeout,
+        )
+        ctx.reporter.progress(
+            "running build steps",
+            len(source.pipeline.build.steps),
+            len(source.pipeline.build.steps),
+        )
+        counter = [0]
+
+        def on_file(_size: int) -> None:
+            counter[0] += 1
+            if counter[0] % 256 == 0:
+                ctx.reporter.progress("storing outputs", counter[0], None)
+
+        entries = collect_tree(src, list(source.pipeline.build.outputs), selection, batch, on_file=on_file)
+        return entries, counter[0], []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _checkout(ctx: Context, source: _Source, dest: Path) -> None:
+    """Write the commit's whole tree, raw, with modes and the commit time as mtime."""
+    entries = source.repo.ls_tree(source.commit)
+    by_oid: dict[str, list[GitEntry]] = {}
+    for entry in entries:
+        check_path(entry.path)
+        if entry.mode == MODE_SUBMODULE:
+            continue
+        by_oid.setdefault(entry.oid, []).append(entry)
+    epoch = source.epoch
+    total = len(by_oid)
+    for done, (oid, reader) in enumerate(source.repo.cat_blobs(sorted(by_oid)), start=1):
+        first: Path | None = None
+        for entry in by_oid[oid]:
+            target = dest / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if entry.mode == MODE_SYMLINK:
+                os.symlink(_link_target(reader.read()), target)
+                continue
+            if first is None:
+                with target.open("xb") as handle:
+                    while chunk := reader.read(1 << 20):
+                        handle.write(chunk)
+                first = target
+            else:
+                shutil.copyfile(first, target)
+            os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
+            os.utime(target, (epoch, epoch))
+        if done % 256 == 0 or done == total:
+            ctx.reporter.progress("checking out", done, total)

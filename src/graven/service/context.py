@@ -1,0 +1,84 @@
+"""The shell's wiring: one :class:`Context` holds the home, the store and the database, opened lazily
+so that cheap commands never pay for what they do not use."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
+
+from graven.home import Home
+
+if TYPE_CHECKING:
+    from graven.db import Database
+    from graven.store.local import LocalStore
+
+__all__ = ["Context", "NullReporter", "Reporter", "utc_now"]
+
+
+def utc_now() -> str:
+    """The current UTC time as RFC 3339 with microseconds and a ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Reporter(Protocol):
+    """Where long-running work reports progress and warnings (the CLI draws them)."""
+
+    def warn(self, message: str) -> None:
+        """A warning that does not stop the work."""
+        ...
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        """``done`` of ``total`` units of ``stage`` are finished."""
+        ...
+
+
+class NullReporter:
+    """Reports nothing."""
+
+    def warn(self, message: str) -> None:
+        """Ignore the warning."""
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        """Ignore progress."""
+
+
+@dataclass
+class Context:
+    """Everything a use case needs, opened on first use."""
+
+    home: Home
+    reporter: Reporter = field(default_factory=NullReporter)
+
+    @classmethod
+    def from_env(cls, reporter: Reporter | None = None) -> Context:
+        """The context for the current environment (``GRAVEN_HOME``, ``GRAVEN_DB_URL``)."""
+        return cls(home=Home.from_env(), reporter=reporter or NullReporter())
+
+    @cached_property
+    def store(self) -> LocalStore:
+        """The object store."""
+        from graven.store.local import LocalStore
+
+        return LocalStore.at(self.home.objects)
+
+    @cached_property
+    def db(self) -> Database:
+        """The metadata database (created on first use)."""
+        from graven.db import Database
+
+        if self.home.db_url_override is None:
+            self.home.root.mkdir(parents=True, exist_ok=True)
+        return Database.open(self.home.db_url)
+
+    @cached_property
+    def actor(self) -> str:
+        """Who is acting: ``user@host``."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        return f"{user}@{socket.gethostname()}"

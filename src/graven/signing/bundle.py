@@ -1,0 +1,123 @@
+"""Sigstore bundles (v0.3) that carry a DSSE envelope signed with a plain public key.
+
+graven writes::
+
+    {"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+     "verificationMaterial": {"publicKey": {"hint": KEYID}, "tlogEntries": []},
+     "dsseEnvelope": {"payload": ..., "payloadType": ...,
+                      "signatures": [{"keyid": ..., "sig": ...}]}}
+
+There is no transparency log entry and no timestamp: the verifier supplies the public key (found by
+its hint) and sets its tlog, CT log and timestamp thresholds to 0. ``@sigstore/verify`` accepts such
+a bundle. A Sigstore bundle holds exactly one signature.
+
+:func:`load_attestation` reads either a bundle or a bare DSSE envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from graven.errors import InputError
+from graven.signing.dsse import Envelope, canonical_json, envelope_from_dict, load_json_object
+
+__all__ = [
+    "BUNDLE_MEDIA_TYPE",
+    "Bundle",
+    "bundle_bytes",
+    "envelope_from_bundle",
+    "is_bundle",
+    "load_attestation",
+    "make_bundle",
+    "parse_bundle",
+]
+
+BUNDLE_MEDIA_TYPE: Final = "application/vnd.dev.sigstore.bundle.v0.3+json"
+_ACCEPTED_MEDIA_TYPES: Final = frozenset(
+    {
+        BUNDLE_MEDIA_TYPE,
+        "application/vnd.dev.sigstore.bundle+json;version=0.3",
+        "application/vnd.dev.sigstore.bundle+json;version=0.2",
+        "application/vnd.dev.sigstore.bundle+json;version=0.1",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A parsed bundle: its media type, the public key hint (if any) and the DSSE envelope."""
+
+    media_type: str
+    key_hint: str | None
+    envelope: Envelope
+
+
+def make_bundle(envelope: Envelope) -> dict[str, Any]:
+    """The Sigstore bundle v0.3 (JSON-ready dict) for a singly signed ``envelope``."""
+    if len(envelope.signatures) != 1:
+        raise InputError(
+            f"a Sigstore bundle holds exactly one signature, this envelope has {len(envelope.signatures)}"
+        )
+    return {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {
+            "publicKey": {"hint": envelope.signatures[0].keyid},
+            "tlogEntries": [],
+        },
+        "dsseEnvelope": envelope.to_dict(),
+    }
+
+
+def bundle_bytes(envelope: Envelope) -> bytes:
+    """The bundle of ``envelope`` as canonical JSON bytes."""
+    return canonical_json(make_bundle(envelope))
+
+
+def is_bundle(document: Mapping[str, Any]) -> bool:
+    """Whether a parsed JSON document looks like a Sigstore bundle (it has a ``mediaType``)."""
+    return "mediaType" in document
+
+
+def _bundle_from_dict(doc: Mapping[str, Any]) -> Bundle:
+    media_type = doc.get("mediaType")
+    if not isinstance(media_type, str) or media_type not in _ACCEPTED_MEDIA_TYPES:
+        raise InputError(f"not a Sigstore bundle: unsupported mediaType {media_type!r}")
+    material = doc.get("verificationMaterial")
+    if not isinstance(material, dict):
+        raise InputError("Sigstore bundle has no verificationMaterial object")
+    hint: str | None = None
+    public_key = material.get("publicKey")
+    if public_key is not None:
+        if not isinstance(public_key, dict):
+            raise InputError("Sigstore bundle: verificationMaterial.publicKey is not an object")
+        raw_hint = public_key.get("hint")
+        if raw_hint is not None and not isinstance(raw_hint, str):
+            raise InputError("Sigstore bundle: verificationMaterial.publicKey.hint is not a string")
+        hint = raw_hint
+    raw_envelope = doc.get("dsseEnvelope")
+    if raw_envelope is None:
+        raise InputError("Sigstore bundle has no dsseEnvelope (graven attestations are DSSE)")
+    if not isinstance(raw_envelope, dict):
+        raise InputError("Sigstore bundle: dsseEnvelope is not an object")
+    envelope = envelope_from_dict(raw_envelope, "Sigstore bundle dsseEnvelope")
+    return Bundle(media_type, hint, envelope)
+
+
+def parse_bundle(data: bytes | str) -> Bundle:
+    """Parse a Sigstore bundle holding a DSSE envelope; malformed input raises InputError."""
+    return _bundle_from_dict(load_json_object(data, "Sigstore bundle"))
+
+
+def envelope_from_bundle(data: bytes | str) -> Envelope:
+    """The DSSE envelope inside a Sigstore bundle."""
+    return parse_bundle(data).envelope
+
+
+def load_attestation(data: bytes | str) -> Envelope:
+    """The DSSE envelope of an attestation file: a Sigstore bundle or a bare DSSE envelope."""
+    doc = load_json_object(data, "attestation")
+    if is_bundle(doc):
+        return _bundle_from_dict(doc).envelope
+    return envelope_from_dict(doc)

@@ -1,0 +1,267 @@
+"""DSSE v1 envelopes (https://github.com/secure-systems-lab/dsse).
+
+A signature covers the pre-authentication encoding ``PAE(type, body)`` =
+``"DSSEv1" SP len(type) SP type SP len(body) SP body`` (lengths in decimal ASCII), so neither the
+payload nor its type can be changed without breaking it. Ed25519 signs the PAE directly; ECDSA P-256
+signs SHA-256(PAE) and stores the DER signature.
+
+The ``keyid`` of a signature is only a hint for choosing among the verifier's trusted keys: it is
+tried first, then every other trusted key. A key is never taken from the envelope.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from graven.errors import InputError, PolicyError, VerificationError
+from graven.signing.keys import VerifyingKey
+
+__all__ = [
+    "Envelope",
+    "Signature",
+    "Signer",
+    "VerifiedEnvelope",
+    "b64decode",
+    "b64encode",
+    "canonical_json",
+    "envelope_from_dict",
+    "load_json_object",
+    "pae",
+    "parse_envelope",
+    "sign",
+    "sign_envelope",
+    "verify_envelope",
+]
+
+
+class Signer(Protocol):
+    """Anything that signs bytes and names its key, like :class:`graven.signing.keys.SigningKey`."""
+
+    @property
+    def keyid(self) -> str:
+        """The key id put in the envelope as a hint."""
+        ...
+
+    def sign(self, data: bytes) -> bytes:
+        """The signature of ``data``."""
+        ...
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """The DSSE v1 pre-authentication encoding of ``payload_type`` and ``payload``."""
+    type_bytes = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(payload), payload)
+
+
+def b64encode(data: bytes) -> str:
+    """Standard base64 with padding."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str, what: str) -> bytes:
+    """Decode standard or URL-safe base64, with or without padding; refuse anything else."""
+    if not text.isascii():
+        raise InputError(f"{what} is not valid base64")
+    normalized = text.replace("-", "+").replace("_", "/")
+    normalized += "=" * (-len(normalized) % 4)
+    try:
+        return base64.b64decode(normalized, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{what} is not valid base64") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def load_json_object(data: bytes | str, what: str) -> dict[str, Any]:
+    """Parse strict JSON (UTF-8, no duplicate keys, no NaN) whose top level is an object."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InputError(f"{what} is not UTF-8 text") from None
+    except RecursionError:
+        raise InputError(f"{what} is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:
+        raise InputError(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{what} is not a JSON object")
+    return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, UTF-8 without escaping non-ASCII."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """One DSSE signature: the raw signature bytes and the key id hint (may be empty)."""
+
+    keyid: str
+    sig: bytes
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON form ``{"keyid": ..., "sig": base64}``."""
+        return {"keyid": self.keyid, "sig": b64encode(self.sig)}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A parsed DSSE envelope."""
+
+    payload: bytes
+    payload_type: str
+    signatures: tuple[Signature, ...]
+
+    def pae(self) -> bytes:
+        """The bytes that the signatures cover."""
+        return pae(self.payload_type, self.payload)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the envelope."""
+        return {
+            "payload": b64encode(self.payload),
+            "payloadType": self.payload_type,
+            "signatures": [signature.to_dict() for signature in self.signatures],
+        }
+
+    def to_json(self) -> bytes:
+        """The envelope as canonical JSON bytes."""
+        return canonical_json(self.to_dict())
+
+
+def sign_envelope(payload: bytes, payload_type: str, signer: Signer) -> Envelope:
+    """Sign ``payload`` of ``payload_type`` and return the envelope."""
+    signature = signer.sign(pae(payload_type, payload))
+    return Envelope(payload, payload_type, (Signature(signer.keyid, signature),))
+
+
+def sign(payload: bytes, payload_type: str, signer: Signer) -> dict[str, Any]:
+    """Sign ``payload`` and return the envelope as a JSON-ready dict.
+
+    ``{"payload": b64, "payloadType": ..., "signatures": [{"keyid": ..., "sig": b64}]}``
+    """
+    return sign_envelope(payload, payload_type, signer).to_dict()
+
+
+def envelope_from_dict(data: Mapping[str, Any], what: str = "DSSE envelope") -> Envelope:
+    """Check and convert the JSON form of an envelope; malformed input raises InputError."""
+    for field in ("payload", "payloadType", "signatures"):
+        if field not in data:
+            raise InputError(f"{what} has no {field!r} field")
+    payload_b64, payload_type, raw_signatures = (
+        data["payload"],
+        data["payloadType"],
+        data["signatures"],
+    )
+    if not isinstance(payload_b64, str):
+        raise InputError(f"{what}: 'payload' is not a string")
+    if not isinstance(payload_type, str):
+        raise InputError(f"{what}: 'payloadType' is not a string")
+    if not isinstance(raw_signatures, list):
+        raise InputError(f"{what}: 'signatures' is not a list")
+    signatures: list[Signature] = []
+    for index, raw in enumerate(raw_signatures):
+        if not isinstance(raw, dict):
+            raise InputError(f"{what}: signature {index} is not an object")
+        sig = raw.get("sig")
+        keyid = raw.get("keyid", "")
+        if not isinstance(sig, str):
+            raise InputError(f"{what}: signature {index} has no 'sig' string")
+        if not isinstance(keyid, str):
+            raise InputError(f"{what}: signature {index} has a 'keyid' that is not a string")
+        signatures.append(Signature(keyid, b64decode(sig, f"{what}: signature {index}")))
+    payload = b64decode(payload_b64, f"{what}: payload")
+    return Envelope(payload, payload_type, tuple(signatures))
+
+
+def parse_envelope(data: bytes | str) -> Envelope:
+    """Parse a DSSE envelope from JSON; non-JSON, missing fields and bad base64 raise InputError."""
+    return envelope_from_dict(load_json_object(data, "DSSE envelope"))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEnvelope:
+    """The outcome of a successful verification: the payload and the key that verified it."""
+
+    payload: bytes
+    payload_type: str
+    key: VerifyingKey
+
+    @property
+    def keyid(self) -> str:
+        """The key id of the key that verified the envelope."""
+        return self.key.keyid
+
+
+def verify_envelope(
+    envelope: Envelope | Mapping[str, Any],
+    trusted_keys: Sequence[VerifyingKey],
+    *,
+    revoked_keyids: Collection[str] = (),
+) -> VerifiedEnvelope:
+    """Verify ``envelope`` with ``trusted_keys``; return the payload and the key that verified it.
+
+    Each signature is tried with the key its ``keyid`` hints at first, then with every other trusted
+    key. A signature that verifies with a key whose id is in ``revoked_keyids`` is not accepted.
+    The envelope verifies if any signature verifies with a trusted, unrevoked key. Otherwise this
+    raises, most specific reason first: a revoked key (PolicyError), a bad signature from a trusted
+    key (VerificationError), an untrusted key (PolicyError). No signatures at all is a
+    VerificationError; so is an empty key list (PolicyError).
+    """
+    env = envelope if isinstance(envelope, Envelope) else envelope_from_dict(envelope)
+    if not env.signatures:
+        raise VerificationError("envelope is unsigned: it has no signatures")
+    revoked = frozenset(revoked_keyids)
+    usable = [key for key in trusted_keys if key.keyid not in revoked]
+    revoked_keys = [key for key in trusted_keys if key.keyid in revoked]
+    if not trusted_keys:
+        raise PolicyError("no trusted keys to verify the envelope with")
+    signed = env.pae()
+    trusted_ids = {key.keyid for key in usable}
+
+    revoked_hits: list[str] = []
+    bad_signatures: list[str] = []
+    untrusted: list[str] = []
+    for signature in env.signatures:
+        hinted = [key for key in usable if key.keyid == signature.keyid]
+        others = [key for key in usable if key.keyid != signature.keyid]
+        for key in hinted + others:
+            if key.verify(signature.sig, signed):
+                return VerifiedEnvelope(env.payload, env.payload_type, key)
+        verified_by = next((k.keyid for k in revoked_keys if k.verify(signature.sig, signed)), None)
+        if verified_by is not None or signature.keyid in revoked:
+            revoked_hits.append(verified_by or signature.keyid)
+        elif signature.keyid in trusted_ids:
+            bad_signatures.append(signature.keyid)
+        else:
+            untrusted.append(signature.keyid)
+
+    if revoked_hits:
+        raise PolicyError(f"signed by revoked key {revoked_hits[0]}")
+    if bad_signatures:
+        raise VerificationError(
+            f"bad signature: the signature by trusted key {bad_signatures[0]} does not match the"
+            " payload and payloadType"
+        )
+    if untrusted[0]:
+        raise PolicyError(f"signed by untrusted key {untrusted[0]}: no trusted key verifies the signature")
+    raise PolicyError("signed by an untrusted key: no trusted key verifies the signature")

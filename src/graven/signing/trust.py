@@ -1,0 +1,241 @@
+"""The operator's trust policy: which public keys may sign provenance, and for which environment.
+
+Trust never comes from the artifact. It comes from:
+
+* a directory of trusted public keys (``GRAVEN_HOME/trust/*.pub`` or ``*.pem``), and
+* optionally a policy TOML file (``--policy``)::
+
+      keys = ["keys/ci.pub"]            # more trusted keys (paths relative to the policy file)
+      revoked = ["<keyid>", ...]        # key ids that are never accepted, wherever they appear
+
+      [env.prod]                        # optional: the only keys trusted for environment "prod"
+      keys = ["keys/release.pub", "<keyid of a key above or in the trust directory>"]
+
+An environment without its own section trusts the default keys (the directory plus ``keys``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
+from graven.signing.bundle import load_attestation
+from graven.signing.dsse import Envelope, verify_envelope
+from graven.signing.keys import VerifyingKey, load_public_key, parse_public_key, write_public_key
+from graven.signing.provenance import (
+    PAYLOAD_TYPE,
+    ProvenanceStatement,
+    check_subject,
+    parse_sha256,
+    parse_statement,
+)
+
+__all__ = [
+    "TRUSTED_KEY_SUFFIXES",
+    "TrustPolicy",
+    "VerifiedProvenance",
+    "load_trust_dir",
+    "store_trusted_key",
+    "trust_key",
+]
+
+TRUSTED_KEY_SUFFIXES = (".pub", ".pem")
+_KEYID = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+_POLICY_FIELDS = frozenset({"keys", "revoked", "env"})
+_ENV_FIELDS = frozenset({"keys"})
+
+
+def trust_key(pem_bytes: bytes) -> tuple[str, bytes]:
+    """Check a public key PEM and return ``(keyid, normalized PEM)`` to store as ``<keyid>.pub``."""
+    key = parse_public_key(pem_bytes, "the key to trust")
+    return key.keyid, key.pem()
+
+
+def store_trusted_key(trust_dir: Path | str, pem_bytes: bytes) -> Path:
+    """Store a public key as ``trust_dir/<keyid>.pub`` (idempotent) and return that path."""
+    keyid, pem = trust_key(pem_bytes)
+    directory = Path(trust_dir)
+    path = directory / f"{keyid}.pub"
+    if path.is_file() and load_public_key(path).keyid == keyid:
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    write_public_key(path, parse_public_key(pem))
+    return path
+
+
+def load_trust_dir(trust_dir: Path | str) -> tuple[VerifyingKey, ...]:
+    """The public keys in ``trust_dir`` (``*.pub`` and ``*.pem``); a missing directory is empty."""
+    directory = Path(trust_dir)
+    if not directory.exists():
+        return ()
+    if not directory.is_dir():
+        raise ConfigError(f"trust directory {directory} is not a directory")
+    keys: list[VerifyingKey] = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or path.suffix not in TRUSTED_KEY_SUFFIXES:
+            continue
+        if not path.is_file():
+            continue
+        try:
+            keys.append(load_public_key(path))
+        except InputError as exc:
+            raise ConfigError(f"trusted key file {path}: {exc}") from None
+    return _dedupe(keys)
+
+
+def _dedupe(keys: Iterable[VerifyingKey]) -> tuple[VerifyingKey, ...]:
+    seen: dict[str, VerifyingKey] = {}
+    for key in keys:
+        seen.setdefault(key.keyid, key)
+    return tuple(seen.values())
+
+
+def _string_list(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{what} must be a list of strings")
+    return value
+
+
+def _key_from_entry(entry: str, base: Path, known: Mapping[str, VerifyingKey], what: str) -> VerifyingKey:
+    match = _KEYID.fullmatch(entry)
+    if match:
+        key = known.get(match.group(1))
+        if key is None:
+            raise ConfigError(
+                f"{what}: key id {entry} is not one of the trusted keys (trust directory or keys)"
+            )
+        return key
+    path = Path(entry).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    try:
+        return load_public_key(path)
+    except NotFoundError:
+        raise ConfigError(f"{what}: key file {path} does not exist") from None
+    except InputError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedProvenance:
+    """A provenance statement signed by a trusted key, about the expected artifact."""
+
+    statement: ProvenanceStatement
+    key: VerifyingKey
+    payload: bytes
+    envelope: Envelope
+
+    @property
+    def keyid(self) -> str:
+        """The id of the key that signed the statement."""
+        return self.key.keyid
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """Trusted keys, revoked key ids and per-environment key sets."""
+
+    keys: tuple[VerifyingKey, ...] = ()
+    revoked: frozenset[str] = frozenset()
+    environments: Mapping[str, tuple[VerifyingKey, ...]] = field(default_factory=dict)
+    trust_dir: Path | None = None
+
+    @classmethod
+    def load(cls, trust_dir: Path | str | None, policy_file: Path | str | None = None) -> TrustPolicy:
+        """Read the trusted keys of ``trust_dir`` and, if given, the policy TOML ``policy_file``."""
+        directory = Path(trust_dir) if trust_dir is not None else None
+        keys = list(load_trust_dir(directory)) if directory is not None else []
+        revoked: set[str] = set()
+        environments: dict[str, tuple[VerifyingKey, ...]] = {}
+        if policy_file is not None:
+            policy_path = Path(policy_file)
+            doc = _read_policy(policy_path)
+            base = policy_path.parent
+            for entry in _string_list(doc.get("keys", []), f"{policy_path}: keys"):
+                keys.append(_key_from_entry(entry, base, {}, f"{policy_path}: keys"))
+            for entry in _string_list(doc.get("revoked", []), f"{policy_path}: revoked"):
+                match = _KEYID.fullmatch(entry.strip().lower())
+                if not match:
+                    raise ConfigError(
+                        f"{policy_path}: revoked entry {entry!r} is not a key id (64 hex digits)"
+                    )
+                revoked.add(match.group(1))
+            known = {key.keyid: key for key in keys}
+            env_table = doc.get("env", {})
+            if not isinstance(env_table, dict):
+                raise ConfigError(f"{policy_path}: env must be a table of [env.NAME] sections")
+            for name, section in env_table.items():
+                what = f"{policy_path}: [env.{name}]"
+                if not isinstance(section, dict):
+                    raise ConfigError(f"{what} must be a table")
+                unknown = sorted(set(section) - _ENV_FIELDS)
+                if unknown:
+                    raise ConfigError(f"{what}: unknown setting {unknown[0]!r} (expected: keys)")
+                entries = _string_list(section.get("keys", []), f"{what} keys")
+                environments[name] = _dedupe(_key_from_entry(entry, base, known, what) for entry in entries)
+        return cls(_dedupe(keys), frozenset(revoked), environments, directory)
+
+    def keys_for(self, env: str | None = None) -> tuple[VerifyingKey, ...]:
+        """The unrevoked keys trusted for ``env`` (its own set if it has one, else the default)."""
+        keys = self.environments.get(env, self.keys) if env is not None else self.keys
+        return tuple(key for key in keys if key.keyid not in self.revoked)
+
+    def _known_keys(self) -> tuple[VerifyingKey, ...]:
+        every = list(self.keys)
+        for keys in self.environments.values():
+            every.extend(keys)
+        return _dedupe(every)
+
+    def verify_attestation(
+        self, envelope_bytes: bytes, artifact_digest: str, env: str | None = None
+    ) -> VerifiedProvenance:
+        """Verify a signed provenance (DSSE envelope or Sigstore bundle) for ``artifact_digest``.
+
+        Refuses, with one line each: no signatures, an untrusted key, a revoked key (even when its
+        signature verifies), a bad signature, a payloadType other than in-toto JSON, a malformed
+        statement and a statement about another artifact.
+        """
+        parse_sha256(artifact_digest, "artifact digest")
+        envelope = load_attestation(envelope_bytes)
+        if not envelope.signatures:
+            raise VerificationError("attestation is unsigned: the envelope has no signatures")
+        trusted = self.keys_for(env)
+        if not trusted:
+            where = f" for environment {env}" if env is not None else ""
+            hint = f"; add a public key to {self.trust_dir}" if self.trust_dir is not None else ""
+            raise PolicyError(f"no trusted keys{where}{hint}")
+        revoked_known = tuple(key for key in self._known_keys() if key.keyid in self.revoked)
+        verified = verify_envelope(envelope, trusted + revoked_known, revoked_keyids=self.revoked)
+        if verified.payload_type != PAYLOAD_TYPE:
+            raise VerificationError(f"payloadType is {verified.payload_type!r}, expected {PAYLOAD_TYPE}")
+        try:
+            statement = parse_statement(verified.payload)
+        except InputError as exc:
+            raise VerificationError(f"signed provenance is malformed: {exc}") from None
+        check_subject(statement, artifact_digest)
+        return VerifiedProvenance(statement, verified.key, verified.payload, envelope)
+
+
+def _read_policy(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except FileNotFoundError:
+        raise NotFoundError(f"policy file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"policy file {path} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"policy file {path} is not readable: permission denied") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(doc) - _POLICY_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"policy file {path}: unknown setting {unknown[0]!r} (expected: keys, revoked, [env.NAME])"
+        )
+    return doc

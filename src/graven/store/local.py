@@ -1,0 +1,595 @@
+"""The local store: a write-once, content-addressed directory.
+
+Layout under ``root`` (normally ``GRAVEN_HOME/objects``)::
+
+    sha256/ab/cdef...          loose objects: raw bytes, read-only; large files and single puts
+    pack/pack-<sha256>.pack    packs: many small objects (zstd-compressed when it pays), read-only
+    pack/pack-<sha256>.idx     the index of one pack; written last, so it is the commit point
+    tmp/                       files being written; never visible as objects
+
+Every file is written to ``tmp/``, fsynced, renamed into place and made read-only, so a process killed
+at any moment leaves no partial object visible. An existing object is never rewritten: putting content
+that is already stored verifies the stored copy and returns. Every read is verified against the digest.
+Formats: docs/formats/store-v1.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import stat
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+from graven.errors import BackendError, DigestMismatchError, IntegrityError, NotFoundError
+from graven.model.digest import Digest
+
+if TYPE_CHECKING:
+    import zstandard
+
+__all__ = ["LOOSE_THRESHOLD", "LocalStore", "PackBatch"]
+
+LOOSE_THRESHOLD = 1 << 20  # objects this large are stored loose, uncompressed
+MAX_PACK_BYTES = 256 << 20  # a batch starts a new pack past this size
+MAX_DELTA_DEPTH = 16
+STALE_TMP_SECONDS = 24 * 3600
+_CHUNK = 1 << 20
+
+PACK_MAGIC = b"GRVNPACK\x00\x00\x00\x01"
+IDX_MAGIC = b"GRVNIDX\x00\x00\x00\x00\x01"
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+CODEC_ZSTD_DELTA = 2  # zstd with another object's bytes as a raw-content dictionary
+_RECORD = struct.Struct(">32sBQQ")  # digest, codec, raw size, stored length (+32-byte base if delta)
+_IDX_ENTRY = struct.Struct(">32sQQQB")  # digest, record offset, stored length, raw size, codec
+
+
+@dataclass(frozen=True, slots=True)
+class _Location:
+    pack: Path
+    offset: int  # of the record header
+    stored: int
+    size: int
+    codec: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Streams a loose object and raises IntegrityError at EOF when the bytes do not match."""
+
+    def __init__(self, handle: io.BufferedReader, digest: Digest, what: str) -> None:
+        super().__init__()
+        self._handle = handle
+        self._digest = digest
+        self._what = what
+        self._hash = hashlib.sha256()
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n: int = self._handle.readinto(buffer)
+        if n:
+            self._hash.update(memoryview(buffer)[:n])
+            return n
+        if not self._done:
+            self._done = True
+            actual = self._hash.hexdigest()
+            if actual != self._digest.hex:
+                raise DigestMismatchError(
+                    expected=str(self._digest), actual=f"sha256:{actual}", what=self._what
+                )
+        return 0
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
+class LocalStore:
+    """A write-once object store in a local directory. Create with :meth:`at`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._loose = root / "sha256"
+        self._packs = root / "pack"
+        self._tmp = root / "tmp"
+        self._index: dict[bytes, _Location] | None = None
+        self._seen_idx: set[str] = set()
+        self._lock = threading.Lock()
+        self._cctx: zstandard.ZstdCompressor | None = None
+        self._dctx: zstandard.ZstdDecompressor | None = None
+
+    @classmethod
+    def at(cls, root: Path) -> LocalStore:
+        """Open (creating if needed) the store at ``root``."""
+        try:
+            for sub in ("sha256", "pack", "tmp"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot create the object store at {root}: {exc}") from exc
+        return cls(root)
+
+    # -- lookup ----------------------------------------------------------------------------------
+
+    def loose_path(self, digest: Digest) -> Path:
+        """Where a loose object lives (whether or not it exists)."""
+        return self._loose / digest.hex[:2] / digest.hex[2:]
+
+    def _packed(self) -> dict[bytes, _Location]:
+        with self._lock:
+            if self._index is None:
+                self._index = {}
+            self._load_new_indexes(self._index)
+            return self._index
+
+    def _load_new_indexes(self, index: dict[bytes, _Location]) -> None:
+        try:
+            names = sorted(p.name for p in self._packs.glob("pack-*.idx"))
+        except OSError as exc:
+            raise BackendError(f"cannot list {self._packs}: {exc}") from exc
+        for name in names:
+            if name in self._seen_idx:
+                continue
+            idx = self._packs / name
+            pack = idx.with_suffix(".pack")
+            for digest, location in _read_index(idx, pack):
+                index.setdefault(digest, location)
+            self._seen_idx.add(name)
+
+    def refresh(self) -> None:
+        """Forget cached pack indexes (another process may have added packs)."""
+        with self._lock:
+            self._index = None
+            self._seen_idx.clear()
+
+    def has(self, digest: Digest) -> bool:
+        """True when the object is stored (loose or packed)."""
+        index = self._packed()
+        if digest.raw in index:
+            return True
+        if self.loose_path(digest).exists():
+            return True
+        # Another process may have committed a pack since we loaded the indexes.
+        with self._lock:
+            self._load_new_indexes(index)
+        return digest.raw in index
+
+    def size(self, digest: Digest) -> int:
+        """The size in bytes of a stored object."""
+        location = self._packed().get(digest.raw)
+        if location is not None:
+            return location.size
+        try:
+            return self.loose_path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"object {digest} is not in the store") from None
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        if self._cctx is None or self._dctx is None:
+            self._cctx, self._dctx = _zstd()
+        return self._cctx, self._dctx
+
+    def _read_packed(self, digest: Digest, location: _Location, depth: int = 0) -> bytes:
+        what = f"object {digest} in {location.pack.name}"
+        try:
+            with location.pack.open("rb") as handle:
+                header = os.pread(handle.fileno(), _RECORD.size + 32, location.offset)
+                rec_digest, codec, size, stored = _RECORD.unpack_from(header)
+                if rec_digest != digest.raw or codec != location.codec or stored != location.stored:
+                    raise IntegrityError(f"{what}: record header does not match the index")
+                start = location.offset + _RECORD.size
+                base: Digest | None = None
+                if codec == CODEC_ZSTD_DELTA:
+                    base = Digest.from_bytes(header[_RECORD.size : _RECORD.size + 32])
+                    start += 32
+                payload = os.pread(handle.fileno(), stored, start)
+        except FileNotFoundError:
+            raise IntegrityError(f"{what}: the pack file is missing") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {location.pack}: {exc}") from exc
+        if len(payload) != stored:
+            raise IntegrityError(f"{what}: pack file is truncated")
+        data = self._decode(what, codec, payload, size, base=base, depth=depth)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest.hex:
+            raise DigestMismatchError(expected=str(digest), actual=f"sha256:{actual}", what=what)
+        return data
+
+    def _decode(
+        self, what: str, codec: int, payload: bytes, size: int, *, base: Digest | None, depth: int
+    ) -> bytes:
+        import zstandard
+
+        try:
+            if codec == CODEC_RAW:
+                return payload
+            if codec == CODEC_ZSTD:
+                return self._contexts()[1].decompress(payload, max_output_size=size)
+            if codec == CODEC_ZSTD_DELTA and base is not None:
+                if depth >= MAX_DELTA_DEPTH:
+                    raise IntegrityError(f"{what}: delta chain is too long")
+                base_bytes = self._read_any(base, depth + 1)
+                dictionary = zstandard.ZstdCompressionDict(
+                    base_bytes, dict_type=zstandard.DICT_TYPE_RAWCONTENT
+                )
+                return zstandard.ZstdDecompressor(dict_data=dictionary).decompress(
+                    payload, max_output_size=size
+                )
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{what}: cannot be decompressed ({exc})") from None
+        raise IntegrityError(f"{what}: unknown codec {codec}")
+
+    def _read_any(self, digest: Digest, depth: int = 0) -> bytes:
+        location = self._packed().get(digest.raw)
+        if location is not None:
+            return self._read_packed(digest, location, depth)
+        with self.open(digest) as stream:
+            return stream.read()
+
+    def read(self, digest: Digest) -> bytes:
+        """The object's bytes, verified against its digest."""
+        return self._read_any(digest)
+
+    def open(self, digest: Digest) -> BinaryIO:
+        """A stream of the object's bytes; a mismatch raises IntegrityError when the end is read."""
+        location = self._packed().get(digest.raw)
+        if location is not None:
+            return io.BytesIO(self._read_packed(digest, location))
+        path = self.loose_path(digest)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            with self._lock:
+                self._load_new_indexes(self._packed())
+            if digest.raw in self._packed():
+                return self.open(digest)
+            raise IntegrityError(f"object {digest} is missing from the store") from None
+        except OSError as exc:
+            raise BackendError(f"cannot open {path}: {exc}") from exc
+        reader = _VerifyingReader(handle, digest, f"object {digest}")
+        return cast(BinaryIO, io.BufferedReader(reader, buffer_size=_CHUNK))
+
+    def verify(self, digest: Digest) -> None:
+        """Re-hash one object; raise IntegrityError when it is missing or corrupt."""
+        location = self._packed().get(digest.raw)
+        if location is not None:
+            self._read_packed(digest, location)
+            return
+        with self.open(digest) as stream:
+            while stream.read(_CHUNK):
+                pass
+
+    def list(self) -> Iterator[Digest]:
+        """Every stored object, packed ones first."""
+        seen = set(self._packed())
+        for raw in seen:
+            yield Digest.from_bytes(raw)
+        for sub in sorted(self._loose.iterdir()):
+            for item in sorted(sub.iterdir()):
+                digest = Digest(sub.name + item.name)
+                if digest.raw not in seen:
+                    yield digest
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _tmp_file(self, prefix: str) -> tuple[int, Path]:
+        path = self._tmp / f"{prefix}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return fd, path
+
+    def _publish_loose(self, tmp: Path, digest: Digest) -> None:
+        """Move a fsynced temp file into place as ``digest`` unless it is there already."""
+        final = self.loose_path(digest)
+        try:
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(tmp, 0o444)
+            if final.exists():
+                tmp.unlink()
+                self.verify(digest)
+                return
+            # link(2) fails if another writer won the race; rename(2) would silently replace.
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                tmp.unlink()
+                self.verify(digest)
+                return
+            tmp.unlink()
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise BackendError(f"cannot store object {digest}: {exc}") from exc
+
+    def put(self, data: bytes) -> Digest:
+        """Store bytes as a loose object (or verify the copy that is already stored)."""
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        if self.has(digest):
+            self.verify(digest)
+            return digest
+        fd, tmp = self._tmp_file("obj")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._publish_loose(tmp, digest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return digest
+
+    def put_stream(self, stream: BinaryIO, size: int | None = None) -> Digest:
+        """Store a stream as a loose object without holding it in memory.
+
+        With ``size``, exactly that many bytes are read (a short stream is an error).
+        """
+        fd, tmp = self._tmp_file("obj")
+        hasher = hashlib.sha256()
+        remaining = size
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                while remaining is None or remaining > 0:
+                    want = _CHUNK if remaining is None else min(_CHUNK, remaining)
+                    chunk = stream.read(want)
+                    if not chunk:
+                        if remaining:
+                            raise BackendError(f"stream ended {remaining} bytes early")
+                        break
+                    hasher.update(chunk)
+                    handle.write(chunk)
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            digest = Digest(hasher.hexdigest())
+            self._publish_loose(tmp, digest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return digest
+
+    def put_file(self, path: Path) -> Digest:
+        """Store a file from disk."""
+        with path.open("rb") as handle:
+            return self.put_stream(handle)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[PackBatch]:
+        """Add many objects and commit them at once; on error nothing becomes visible."""
+        writer = PackBatch(self)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+
+    def clean_tmp(self, *, older_than: float = STALE_TMP_SECONDS) -> int:
+        """Remove temp files left by killed writers; return how many were removed."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for item in self._tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if item.lstat().st_mtime < cutoff:
+                    item.unlink()
+                    removed += 1
+        return removed
+
+
+class PackBatch:
+    """Writes small objects into one new pack; large ones go loose. See :meth:`LocalStore.batch`."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+        self._added: dict[bytes, int] = {}  # digest -> delta depth (0 = full)
+        self._entries: list[tuple[bytes, int, int, int, int]] = []
+        self._fd: int | None = None
+        self._tmp: Path | None = None
+        self._offset = 0
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._cctx, _ = store._contexts()
+        self.packs: list[Path] = []
+        self.bytes_added = 0
+        self.objects_added = 0
+
+    def __contains__(self, digest: Digest) -> bool:
+        return digest.raw in self._added or self._store.has(digest)
+
+    def _open_pack(self) -> None:
+        self._fd, self._tmp = self._store._tmp_file("pack")
+        self._offset = 0
+        self._hash = hashlib.sha256()
+        self._write(PACK_MAGIC)
+
+    def _write(self, data: bytes) -> None:
+        self._buffer += data
+        self._hash.update(data)
+        self._offset += len(data)
+        if len(self._buffer) >= _CHUNK:
+            self._flush_buffer()
+
+    def _flush_buffer(self) -> None:
+        if self._buffer and self._fd is not None:
+            os.write(self._fd, self._buffer)
+            self._buffer.clear()
+
+    def add(self, data: bytes, *, delta_base: Digest | None = None) -> Digest:
+        """Add bytes; already-stored content is skipped. Returns the digest."""
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        if digest.raw in self._added:
+            return digest
+        self._add(digest, data, delta_base)
+        return digest
+
+    def add_known(self, digest: Digest, data: bytes) -> None:
+        """Add bytes whose digest the caller has just computed (saves a second hash)."""
+        if digest.raw not in self._added:
+            self._add(digest, data, None)
+
+    def _add(self, digest: Digest, data: bytes, delta_base: Digest | None) -> None:
+        if self._store.has(digest):
+            self._store.verify(digest)  # already stored: never rewritten, but checked
+            self._added[digest.raw] = 0
+        elif len(data) >= LOOSE_THRESHOLD:
+            self._store.put(data)
+            self._added[digest.raw] = 0
+        else:
+            self._append(digest, data, delta_base)
+
+    def add_stream(self, stream: BinaryIO, size: int) -> Digest:
+        """Add ``size`` bytes from a stream: small ones are packed, large ones streamed loose."""
+        if size < LOOSE_THRESHOLD:
+            data = stream.read(size)
+            if len(data) != size:
+                raise BackendError(f"stream ended {size - len(data)} bytes early")
+            return self.add(data)
+        digest = self._store.put_stream(stream, size)
+        self._added[digest.raw] = 0
+        return digest
+
+    def _append(self, digest: Digest, data: bytes, delta_base: Digest | None) -> None:
+        if self._fd is None or self._offset > MAX_PACK_BYTES:
+            if self._fd is not None:
+                self._finish_pack()
+            self._open_pack()
+        codec, payload, base_raw, depth = CODEC_RAW, data, b"", 0
+        if delta_base is not None:
+            delta = self._delta(data, delta_base)
+            if delta is not None:
+                payload, base_raw, depth = delta
+                codec = CODEC_ZSTD_DELTA
+        if codec == CODEC_RAW and len(data) >= 64:
+            compressed = self._cctx.compress(data)
+            if len(compressed) < len(data) * 0.9:
+                codec, payload = CODEC_ZSTD, compressed
+        offset = self._offset
+        self._write(_RECORD.pack(digest.raw, codec, len(data), len(payload)) + base_raw)
+        self._write(payload)
+        self._entries.append((digest.raw, offset, len(payload), len(data), codec))
+        self._added[digest.raw] = depth
+        self.bytes_added += len(data)
+        self.objects_added += 1
+
+    def _delta(self, data: bytes, base: Digest) -> tuple[bytes, bytes, int] | None:
+        import zstandard
+
+        base_depth = self._added.get(base.raw)
+        if base_depth is None:
+            base_depth = self._store_depth(base)
+        if base_depth is None or base_depth + 1 >= MAX_DELTA_DEPTH:
+            return None
+        try:
+            base_bytes = self._store.read(base)
+        except IntegrityError:
+            return None
+        dictionary = zstandard.ZstdCompressionDict(base_bytes, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        payload = zstandard.ZstdCompressor(level=3, dict_data=dictionary).compress(data)
+        return payload, base.raw, base_depth + 1
+
+    def _store_depth(self, digest: Digest) -> int | None:
+        """Delta depth of a stored object, or None when it is not stored or unreadable."""
+        current = digest
+        for depth in range(MAX_DELTA_DEPTH):
+            location = self._store._packed().get(current.raw)
+            if location is None:
+                return depth if self._store.has(current) else None
+            if location.codec != CODEC_ZSTD_DELTA:
+                return depth
+            with location.pack.open("rb") as handle:
+                header = os.pread(handle.fileno(), _RECORD.size + 32, location.offset)
+            current = Digest.from_bytes(header[_RECORD.size : _RECORD.size + 32])
+        return None
+
+    def _finish_pack(self) -> None:
+        assert self._fd is not None and self._tmp is not None
+        store = self._store
+        try:
+            self._flush_buffer()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            name = f"pack-{self._hash.hexdigest()}"
+            pack = store._packs / f"{name}.pack"
+            os.chmod(self._tmp, 0o444)
+            if pack.exists():  # same name => same bytes: never rewrite, just drop ours
+                self._tmp.unlink()
+            else:
+                os.rename(self._tmp, pack)
+            self._tmp = None
+            body = bytearray(IDX_MAGIC + struct.pack(">Q", len(self._entries)))
+            for entry in sorted(self._entries):
+                body += _IDX_ENTRY.pack(*entry)
+            body += hashlib.sha256(body).digest()
+            fd, idx_tmp = store._tmp_file("idx")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(idx_tmp, 0o444)
+            os.replace(idx_tmp, store._packs / f"{name}.idx")
+            _fsync_dir(store._packs)
+        except OSError as exc:
+            raise BackendError(f"cannot write a pack to {store._packs}: {exc}") from exc
+        self.packs.append(pack)
+        self._entries = []
+
+    def commit(self) -> None:
+        """Make every added object visible (pack first, then its index)."""
+        if self._fd is not None:
+            self._finish_pack()
+
+    def abort(self) -> None:
+        """Drop the pack being written."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+def _read_index(idx: Path, pack: Path) -> Iterator[tuple[bytes, _Location]]:
+    try:
+        data = idx.read_bytes()
+    except OSError as exc:
+        raise BackendError(f"cannot read pack index {idx}: {exc}") from exc
+    header = len(IDX_MAGIC) + 8
+    if len(data) < header + 32 or not data.startswith(IDX_MAGIC):
+        raise IntegrityError(f"pack index {idx.name} is not a graven pack index")
+    if hashlib.sha256(data[:-32]).digest() != data[-32:]:
+        raise IntegrityError(f"pack index {idx.name} is corrupt (checksum mismatch)")
+    (count,) = struct.unpack_from(">Q", data, len(IDX_MAGIC))
+    if header + count * _IDX_ENTRY.size + 32 != len(data):
+        raise IntegrityError(f"pack index {idx.name} is corrupt (wrong length)")
+    for digest, offset, stored, size, codec in _IDX_ENTRY.iter_unpack(data[header:-32]):
+        yield digest, _Location(pack, offset, stored, size, codec)
+
+
+def is_read_only(path: Path) -> bool:
+    """True when nobody has write permission on ``path``."""
+    return not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)

@@ -1,0 +1,273 @@
+"""Keys: generation, key ids, private key files (mode 0600, atomic) and the key store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from graven.errors import InputError, NotFoundError
+from graven.signing import keys as keys_module
+from graven.signing.keys import (
+    KeyEntry,
+    KeyStore,
+    check_key_name,
+    generate_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    parse_key_type,
+    parse_private_key,
+    parse_public_key,
+    write_private_key,
+    write_public_key,
+)
+
+KEY_TYPES = ["ed25519", "ecdsa-p256"]
+
+
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_generated_key_signs_and_verifies(key_type: str) -> None:
+    key = generate_key(key_type)
+    assert key.key_type == key_type
+    signature = key.sign(b"data")
+    assert key.public.verify(signature, b"data")
+    assert not key.public.verify(signature, b"datA")
+    assert not generate_key(key_type).public.verify(signature, b"data")
+
+
+def test_default_key_type_is_ed25519() -> None:
+    assert generate_key().key_type == "ed25519"
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_key_id_is_sha256_of_spki_der(key_type: str) -> None:
+    key = generate_key(key_type)
+    der = key.private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert key.keyid == hashlib.sha256(der).hexdigest()
+    assert key_id(key.public.key) == key.keyid
+    assert parse_public_key(key.public_pem()).keyid == key.keyid
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_pem_formats(key_type: str) -> None:
+    key = generate_key(key_type)
+    assert key.private_pem().startswith(b"-----BEGIN PRIVATE KEY-----\n")  # PKCS#8, unencrypted
+    assert key.public_pem().startswith(b"-----BEGIN PUBLIC KEY-----\n")  # SubjectPublicKeyInfo
+    assert parse_private_key(key.private_pem()).keyid == key.keyid
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ed25519", "ed25519"),
+        ("ECDSA", "ecdsa-p256"),
+        ("p256", "ecdsa-p256"),
+        (" ecdsa-p256 ", "ecdsa-p256"),
+    ],
+)
+def test_parse_key_type(text: str, expected: str) -> None:
+    assert parse_key_type(text) == expected
+
+
+def test_unknown_key_type_is_refused() -> None:
+    with pytest.raises(InputError, match=r"unknown key type 'rsa' \(expected one of: ed25519, ecdsa-p256\)"):
+        generate_key("rsa")
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_private_key_file_round_trip(tmp_path: Path, key_type: str) -> None:
+    key = generate_key(key_type)
+    path = tmp_path / "signing.key"
+    write_private_key(path, key)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes() == key.private_pem()
+    assert load_private_key(path).keyid == key.keyid
+    write_public_key(tmp_path / "signing.pub", key)
+    assert load_public_key(tmp_path / "signing.pub").keyid == key.keyid
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_private_key_is_0600_even_with_umask_zero(tmp_path: Path, umask_zero: None) -> None:
+    path = tmp_path / "k.key"
+    write_private_key(path, generate_key())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_private_key_file_is_created_exclusively_with_mode_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+    real_open = os.open
+
+    def spy(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if flags & os.O_CREAT:
+            calls.append((flags, mode))
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(keys_module.os, "open", spy)
+    write_private_key(tmp_path / "k.key", generate_key())
+    assert calls, "the key file was not created with os.open"
+    for flags, mode in calls:
+        assert flags & os.O_EXCL
+        assert mode == 0o600
+
+
+def test_private_key_is_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "k.key"
+    write_private_key(path, first := generate_key())
+    with pytest.raises(InputError, match="already exists; refusing to overwrite it"):
+        write_private_key(path, generate_key())
+    assert load_private_key(path).keyid == first.keyid
+
+
+def test_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "k.key"
+    write_private_key(path, generate_key())
+    path.chmod(0o644)
+    with pytest.raises(InputError) as caught:
+        load_private_key(path)
+    assert str(caught.value) == (
+        f"private key {path} is readable by others (mode 0644); run chmod 600 {path}"
+    )
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("mode", "word"), [(0o640, "readable"), (0o604, "readable"), (0o620, "writable")])
+def test_private_key_open_to_group_or_others_is_refused(tmp_path: Path, mode: int, word: str) -> None:
+    path = tmp_path / "k.key"
+    write_private_key(path, generate_key())
+    path.chmod(mode)
+    with pytest.raises(InputError, match=rf"is {word} by others \(mode {mode:04o}\); run chmod 600 "):
+        load_private_key(path)
+
+
+def test_private_key_0400_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "k.key"
+    write_private_key(path, key := generate_key())
+    path.chmod(0o400)
+    assert load_private_key(path).keyid == key.keyid
+
+
+def test_missing_private_key(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="does not exist"):
+        load_private_key(tmp_path / "nope.key")
+
+
+def test_garbage_private_key(tmp_path: Path) -> None:
+    path = tmp_path / "k.key"
+    path.write_bytes(b"not a key")
+    path.chmod(0o600)
+    with pytest.raises(InputError, match="is not a PEM private key"):
+        load_private_key(path)
+
+
+def test_encrypted_private_key_is_refused() -> None:
+    pem = generate_key().private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    with pytest.raises(InputError, match="is encrypted"):
+        parse_private_key(pem)
+
+
+def test_public_key_parsing_refusals() -> None:
+    with pytest.raises(InputError, match="is not a PEM public key"):
+        parse_public_key(b"hello")
+    with pytest.raises(InputError, match="is a private key; give the public key"):
+        parse_public_key(generate_key().private_pem())
+    rsa_pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(InputError, match="unsupported key type"):
+        parse_public_key(rsa_pem)
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    p384_pem = p384.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(InputError, match="unsupported elliptic curve secp384r1"):
+        parse_public_key(p384_pem)
+
+
+def test_key_store_generate_list_export(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys")
+    assert store.list() == []
+    ci = store.generate("ci")
+    release = store.generate("release.v2", "ecdsa-p256")
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "keys" / "ci.key").stat().st_mode) == 0o600
+    assert store.list() == [
+        KeyEntry("ci", ci.keyid, "ed25519"),
+        KeyEntry("release.v2", release.keyid, "ecdsa-p256"),
+    ]
+    exported = store.export_public("release.v2")
+    assert exported.startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert parse_public_key(exported).keyid == release.keyid
+    with pytest.raises(InputError, match="key ci already exists"):
+        store.generate("ci")
+    with pytest.raises(NotFoundError, match="no key named nope"):
+        store.export_public("nope")
+
+
+def test_key_store_list_refuses_open_private_key_without_public(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path)
+    store.generate("a")
+    (tmp_path / "a.pub").unlink()
+    assert store.list()[0].name == "a"
+    (tmp_path / "a.key").chmod(0o644)
+    with pytest.raises(InputError, match="run chmod 600"):
+        store.list()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "with space", "x" * 65, "é", "a\nb", "key:1"])
+def test_invalid_key_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InputError, match="invalid key name"):
+        KeyStore(tmp_path).generate(name)
+    with pytest.raises(InputError, match="invalid key name"):
+        check_key_name(name)
+
+
+@pytest.mark.parametrize("name", ["a", "ci-2024", "Release_1.0", "x" * 64])
+def test_valid_key_names(name: str) -> None:
+    assert check_key_name(name) == name
+
+
+def test_resolve_by_name_and_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = KeyStore(tmp_path / "keys")
+    entry = store.generate("ci")
+    assert store.resolve("ci").keyid == entry.keyid
+    path = tmp_path / "elsewhere.key"
+    write_private_key(path, other := generate_key("ecdsa-p256"))
+    assert store.resolve(str(path)).keyid == other.keyid
+    monkeypatch.chdir(tmp_path)
+    assert store.resolve("elsewhere.key").keyid == other.keyid  # a relative path to a file
+    with pytest.raises(NotFoundError, match=r"no signing key 'nope': not a file, and no key nope.key"):
+        store.resolve("nope")
+    with pytest.raises(NotFoundError, match="signing key file /no/such/file.key does not exist"):
+        store.resolve("/no/such/file.key")
+    with pytest.raises(InputError, match="no signing key given"):
+        store.resolve("  ")
+    path.chmod(0o644)
+    with pytest.raises(InputError, match="run chmod 600"):
+        store.resolve(str(path))
