@@ -22,7 +22,7 @@ from graven.core.checkpoint import Checkpoint, sign_checkpoint, verifier_key
 from graven.core.merkle import consistency_proof, inclusion_proof, leaf_hash, root_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/helpers_services.py
-from helpers_services import require_tool, unavailable  # noqa: E402
+from helpers_services import require_tool, unavailable
 
 pytestmark = pytest.mark.services
 

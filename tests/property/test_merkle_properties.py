@@ -17,16 +17,21 @@ from graven.core.merkle import (
 )
 from graven.errors import VerificationError
 
-trees = st.lists(st.binary(max_size=24), min_size=1, max_size=48).map(
-    lambda entries: [leaf_hash(e) for e in entries]
+# Draw the size first so that sizes spread over the whole range, not only the small lists that
+# hypothesis favours.
+trees = st.integers(1, 48).flatmap(
+    lambda size: st.lists(st.binary(max_size=24), min_size=size, max_size=size).map(
+        lambda entries: [leaf_hash(e) for e in entries]
+    )
 )
 
 
-def _flip_bit(hashes: list[bytes], bit: int) -> list[bytes]:
-    """Return a copy of ``hashes`` with bit number ``bit`` of their concatenation flipped."""
-    position, offset = divmod(bit, 8 * 32)
+def _flip_one_bit(hashes: list[bytes], data: st.DataObject) -> list[bytes]:
+    """Return a copy of ``hashes`` with one bit of one of them, both chosen by hypothesis, flipped."""
+    position = data.draw(st.integers(0, len(hashes) - 1), label="which hash")
+    bit = data.draw(st.integers(0, 8 * len(hashes[position]) - 1), label="which bit")
     flipped = bytearray(hashes[position])
-    flipped[offset // 8] ^= 1 << (offset % 8)
+    flipped[bit // 8] ^= 1 << (bit % 8)
     return [*hashes[:position], bytes(flipped), *hashes[position + 1 :]]
 
 
@@ -45,9 +50,7 @@ def test_any_bit_flip_in_inclusion_proof_leaf_or_root_is_rejected(
 ) -> None:
     index = data.draw(st.integers(0, len(leaves) - 1), label="index")
     proof = inclusion_proof(leaves, index)
-    values = [*proof, leaves[index], root_hash(leaves)]
-    bit = data.draw(st.integers(0, 8 * 32 * len(values) - 1), label="bit")
-    *bad_proof, bad_leaf, bad_root = _flip_bit(values, bit)
+    *bad_proof, bad_leaf, bad_root = _flip_one_bit([*proof, leaves[index], root_hash(leaves)], data)
     with pytest.raises(VerificationError):
         verify_inclusion(bad_leaf, index, len(leaves), bad_proof, bad_root)
 
@@ -90,8 +93,7 @@ def test_any_bit_flip_in_consistency_proof_or_roots_is_rejected(
     size1 = data.draw(st.integers(1, len(leaves)), label="size1")
     proof = consistency_proof(leaves, size1)
     values = [*proof, root_hash(leaves[:size1]), root_hash(leaves)]
-    bit = data.draw(st.integers(0, 8 * 32 * len(values) - 1), label="bit")
-    *bad_proof, bad_root1, bad_root2 = _flip_bit(values, bit)
+    *bad_proof, bad_root1, bad_root2 = _flip_one_bit(values, data)
     with pytest.raises(VerificationError):
         verify_consistency(size1, len(leaves), bad_proof, bad_root1, bad_root2)
 

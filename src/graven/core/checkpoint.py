@@ -107,6 +107,14 @@ class Checkpoint:
 def _require_single_line(text: str, what: str) -> None:
     if any(ch < "\x20" for ch in text):
         raise InputError(f"{what} must not contain newlines or control characters: {text!r}")
+    _require_utf8(text, what)
+
+
+def _require_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid Unicode text: {text!r}") from exc
 
 
 def _require_key_name(name: str) -> None:
@@ -217,6 +225,7 @@ def _parse_signature_line(line: str) -> NoteSignature:
 
 def _decode_note(note: str | bytes) -> str:
     if isinstance(note, str):
+        _require_utf8(note, "signed note")
         return note
     try:
         return note.decode("utf-8")
@@ -224,10 +233,15 @@ def _decode_note(note: str | bytes) -> str:
         raise InputError("signed note is not valid UTF-8") from exc
 
 
+def _parse_note(note: str | bytes) -> tuple[str, Checkpoint, list[NoteSignature]]:
+    body, lines = _split_note(_decode_note(note))
+    return body, parse_checkpoint(body), [_parse_signature_line(line) for line in lines]
+
+
 def parse_signed_note(note: str | bytes) -> tuple[Checkpoint, list[NoteSignature]]:
     """Parse a signed checkpoint note into the checkpoint and its (unverified) signatures."""
-    body, lines = _split_note(_decode_note(note))
-    return parse_checkpoint(body), [_parse_signature_line(line) for line in lines]
+    _, checkpoint, signatures = _parse_note(note)
+    return checkpoint, signatures
 
 
 def verify_checkpoint(note: str | bytes, name: str, public_key: Ed25519PublicKey) -> Checkpoint:
@@ -236,9 +250,8 @@ def verify_checkpoint(note: str | bytes, name: str, public_key: Ed25519PublicKey
     Signatures by other keys are ignored, as the signed-note spec requires. Raises VerificationError
     when no signature by this key is present or when any signature by this key does not verify.
     """
-    text = _decode_note(note)
-    checkpoint, signatures = parse_signed_note(text)
-    body = _split_note(text)[0].encode()
+    text, checkpoint, signatures = _parse_note(note)
+    body = text.encode()
     wanted_id = key_id(name, public_key)
     ours = [s for s in signatures if s.name == name and s.key_id == wanted_id]
     if not ours:

@@ -7,6 +7,7 @@ tree, never leaves the artifact root.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -33,17 +34,21 @@ def decode_path(raw: bytes) -> str:
         raise UnsafeInputError(f"{shown}: file name is not valid UTF-8; rename it") from None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_SEGMENT = re.compile(r"(?:^|/)(\.{0,2})(?:/|$)")
+
+
 def check_path(path: str) -> None:
     """Refuse a path that is absolute, empty, has ``.``/``..``/empty segments or control characters."""
     if not path:
         raise UnsafeInputError("empty path")
     if path.startswith("/"):
         raise UnsafeInputError(f"{path}: absolute paths are not allowed")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+    if _CONTROL.search(path):
         raise UnsafeInputError(f"{path!r}: control characters are not allowed in paths")
-    for segment in path.split("/"):
-        if segment in ("", ".", ".."):
-            raise UnsafeInputError(f"{path}: '{segment}' segments are not allowed in paths")
+    bad = _BAD_SEGMENT.search(path)
+    if bad:
+        raise UnsafeInputError(f"{path}: '{bad.group(1)}' segments are not allowed in paths")
 
 
 def link_stays_inside(path: str, target: str, links: Mapping[str, str]) -> bool:

@@ -33,6 +33,7 @@ __all__ = [
     "load_json_object",
     "pae",
     "parse_envelope",
+    "revoked_signer",
     "sign",
     "sign_envelope",
     "verify_envelope",
@@ -212,6 +213,28 @@ class VerifiedEnvelope:
         return self.key.keyid
 
 
+def revoked_signer(
+    envelope: Envelope, known_keys: Sequence[VerifyingKey], revoked_keyids: Collection[str]
+) -> str | None:
+    """The id of a revoked key that signed ``envelope``, if any, else None.
+
+    A signature counts as by a revoked key when it verifies with one of ``known_keys`` whose id is
+    revoked, or when its key id hint names a revoked key.
+    """
+    revoked = frozenset(revoked_keyids)
+    if not revoked:
+        return None
+    revoked_keys = [key for key in known_keys if key.keyid in revoked]
+    signed = envelope.pae()
+    for signature in envelope.signatures:
+        for key in revoked_keys:
+            if key.verify(signature.sig, signed):
+                return key.keyid
+        if signature.keyid in revoked:
+            return signature.keyid
+    return None
+
+
 def verify_envelope(
     envelope: Envelope | Mapping[str, Any],
     trusted_keys: Sequence[VerifyingKey],
@@ -221,47 +244,39 @@ def verify_envelope(
     """Verify ``envelope`` with ``trusted_keys``; return the payload and the key that verified it.
 
     Each signature is tried with the key its ``keyid`` hints at first, then with every other trusted
-    key. A signature that verifies with a key whose id is in ``revoked_keyids`` is not accepted.
-    The envelope verifies if any signature verifies with a trusted, unrevoked key. Otherwise this
-    raises, most specific reason first: a revoked key (PolicyError), a bad signature from a trusted
-    key (VerificationError), an untrusted key (PolicyError). No signatures at all is a
-    VerificationError; so is an empty key list (PolicyError).
+    key. A key whose id is in ``revoked_keyids`` never verifies anything; it may be among
+    ``trusted_keys`` so that its signatures are recognized and refused as revoked. The envelope
+    verifies if any signature verifies with a trusted, unrevoked key. Otherwise this raises, most
+    specific reason first: a revoked key (PolicyError), a bad signature from a trusted key
+    (VerificationError), an untrusted key (PolicyError). No signatures at all is a
+    VerificationError; no usable trusted key at all is a PolicyError.
     """
     env = envelope if isinstance(envelope, Envelope) else envelope_from_dict(envelope)
     if not env.signatures:
         raise VerificationError("envelope is unsigned: it has no signatures")
     revoked = frozenset(revoked_keyids)
     usable = [key for key in trusted_keys if key.keyid not in revoked]
-    revoked_keys = [key for key in trusted_keys if key.keyid in revoked]
-    if not trusted_keys:
-        raise PolicyError("no trusted keys to verify the envelope with")
     signed = env.pae()
-    trusted_ids = {key.keyid for key in usable}
-
-    revoked_hits: list[str] = []
-    bad_signatures: list[str] = []
-    untrusted: list[str] = []
     for signature in env.signatures:
         hinted = [key for key in usable if key.keyid == signature.keyid]
         others = [key for key in usable if key.keyid != signature.keyid]
         for key in hinted + others:
             if key.verify(signature.sig, signed):
                 return VerifiedEnvelope(env.payload, env.payload_type, key)
-        verified_by = next((k.keyid for k in revoked_keys if k.verify(signature.sig, signed)), None)
-        if verified_by is not None or signature.keyid in revoked:
-            revoked_hits.append(verified_by or signature.keyid)
-        elif signature.keyid in trusted_ids:
-            bad_signatures.append(signature.keyid)
-        else:
-            untrusted.append(signature.keyid)
 
-    if revoked_hits:
-        raise PolicyError(f"signed by revoked key {revoked_hits[0]}")
-    if bad_signatures:
-        raise VerificationError(
-            f"bad signature: the signature by trusted key {bad_signatures[0]} does not match the"
-            " payload and payloadType"
-        )
-    if untrusted[0]:
-        raise PolicyError(f"signed by untrusted key {untrusted[0]}: no trusted key verifies the signature")
+    by_revoked = revoked_signer(env, trusted_keys, revoked)
+    if by_revoked is not None:
+        raise PolicyError(f"signed by revoked key {by_revoked}")
+    if not usable:
+        raise PolicyError("no trusted keys to verify the envelope with")
+    trusted_ids = {key.keyid for key in usable}
+    for signature in env.signatures:
+        if signature.keyid in trusted_ids:
+            raise VerificationError(
+                f"bad signature: the signature by trusted key {signature.keyid} does not match the"
+                " payload and payloadType"
+            )
+    hint = next((signature.keyid for signature in env.signatures if signature.keyid), "")
+    if hint:
+        raise PolicyError(f"signed by untrusted key {hint}: no trusted key verifies the signature")
     raise PolicyError("signed by an untrusted key: no trusted key verifies the signature")

@@ -25,7 +25,7 @@ from typing import Any
 
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
 from graven.signing.bundle import load_attestation
-from graven.signing.dsse import Envelope, verify_envelope
+from graven.signing.dsse import Envelope, revoked_signer, verify_envelope
 from graven.signing.keys import VerifyingKey, load_public_key, parse_public_key, write_public_key
 from graven.signing.provenance import (
     PAYLOAD_TYPE,
@@ -205,11 +205,14 @@ class TrustPolicy:
         if not envelope.signatures:
             raise VerificationError("attestation is unsigned: the envelope has no signatures")
         trusted = self.keys_for(env)
+        revoked_known = tuple(key for key in self._known_keys() if key.keyid in self.revoked)
         if not trusted:
+            by_revoked = revoked_signer(envelope, revoked_known, self.revoked)
+            if by_revoked is not None:
+                raise PolicyError(f"signed by revoked key {by_revoked}")
             where = f" for environment {env}" if env is not None else ""
             hint = f"; add a public key to {self.trust_dir}" if self.trust_dir is not None else ""
             raise PolicyError(f"no trusted keys{where}{hint}")
-        revoked_known = tuple(key for key in self._known_keys() if key.keyid in self.revoked)
         verified = verify_envelope(envelope, trusted + revoked_known, revoked_keyids=self.revoked)
         if verified.payload_type != PAYLOAD_TYPE:
             raise VerificationError(f"payloadType is {verified.payload_type!r}, expected {PAYLOAD_TYPE}")

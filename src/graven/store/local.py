@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import io
 import os
+import queue
 import stat
 import struct
 import threading
@@ -113,10 +114,12 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._loose = root / "sha256"
+        self._loose_prefix = f"{self._loose}/"
         self._packs = root / "pack"
         self._tmp = root / "tmp"
         self._index: dict[bytes, _Location] | None = None
         self._seen_idx: set[str] = set()
+        self._packs_mtime = -1
         self._lock = threading.Lock()
         self._cctx: zstandard.ZstdCompressor | None = None
         self._dctx: zstandard.ZstdDecompressor | None = None
@@ -138,15 +141,22 @@ class LocalStore:
         return self._loose / digest.hex[:2] / digest.hex[2:]
 
     def _packed(self) -> dict[bytes, _Location]:
+        index = self._index
+        if index is not None:
+            return index
         with self._lock:
             if self._index is None:
                 self._index = {}
-            self._load_new_indexes(self._index)
+                self._load_new_indexes(self._index)
             return self._index
 
-    def _load_new_indexes(self, index: dict[bytes, _Location]) -> None:
+    def _load_new_indexes(self, index: dict[bytes, _Location], *, force: bool = False) -> None:
         try:
-            names = sorted(p.name for p in self._packs.glob("pack-*.idx"))
+            mtime = os.stat(self._packs).st_mtime_ns
+            if mtime == self._packs_mtime and not force:
+                return  # most likely no pack was added since the last scan (has() may be stale)
+            self._packs_mtime = mtime
+            names = sorted(n for n in os.listdir(self._packs) if n.endswith(".idx"))
         except OSError as exc:
             raise BackendError(f"cannot list {self._packs}: {exc}") from exc
         for name in names:
@@ -163,13 +173,15 @@ class LocalStore:
         with self._lock:
             self._index = None
             self._seen_idx.clear()
+            self._packs_mtime = -1
 
     def has(self, digest: Digest) -> bool:
         """True when the object is stored (loose or packed)."""
         index = self._packed()
         if digest.raw in index:
             return True
-        if self.loose_path(digest).exists():
+        hexd = digest.hex
+        if os.path.exists(f"{self._loose_prefix}{hexd[:2]}/{hexd[2:]}"):
             return True
         # Another process may have committed a pack since we loaded the indexes.
         with self._lock:
@@ -264,7 +276,7 @@ class LocalStore:
             handle = path.open("rb")
         except FileNotFoundError:
             with self._lock:
-                self._load_new_indexes(self._packed())
+                self._load_new_indexes(self._packed(), force=True)
             if digest.raw in self._packed():
                 return self.open(digest)
             raise IntegrityError(f"object {digest} is missing from the store") from None
@@ -399,30 +411,64 @@ class LocalStore:
         return removed
 
 
-class PackBatch:
-    """Writes small objects into one new pack; large ones go loose. See :meth:`LocalStore.batch`."""
+class _PackWriter:
+    """Owns the pack files of one batch; runs in its own thread so that compression and writing
+    overlap with reading the source (zstd and write(2) release the GIL)."""
 
     def __init__(self, store: LocalStore) -> None:
         self._store = store
-        self._added: dict[bytes, int] = {}  # digest -> delta depth (0 = full)
-        self._entries: list[tuple[bytes, int, int, int, int]] = []
+        self._cctx = _zstd()[0]
         self._fd: int | None = None
         self._tmp: Path | None = None
         self._offset = 0
         self._hash = hashlib.sha256()
         self._buffer = bytearray()
-        self._cctx, _ = store._contexts()
+        self._entries: list[tuple[bytes, int, int, int, int]] = []
         self.packs: list[Path] = []
-        self.bytes_added = 0
-        self.objects_added = 0
+        self._queue: queue.Queue[tuple[bytes, bytes, int, bytes, bytes | None] | None] = queue.Queue(
+            maxsize=256
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="graven-pack-writer", daemon=True)
+        self._thread.start()
 
-    def __contains__(self, digest: Digest) -> bool:
-        return digest.raw in self._added or self._store.has(digest)
+    def submit(self, digest: bytes, data: bytes, codec: int, base: bytes, payload: bytes | None) -> None:
+        """Queue one object; ``payload`` None means: compress ``data`` if it pays."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((digest, data, codec, base, payload))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write_record(*item)
+                except BaseException as exc:  # handed to the submitting thread
+                    self._error = exc
+
+    def _write_record(
+        self, digest: bytes, data: bytes, codec: int, base: bytes, payload: bytes | None
+    ) -> None:
+        if self._fd is None or self._offset > MAX_PACK_BYTES:
+            if self._fd is not None:
+                self._finish_pack()
+            self._open_pack()
+        if payload is None:
+            payload = data
+            if len(data) >= 64:
+                compressed = self._cctx.compress(data)
+                if len(compressed) < len(data) * 0.9:
+                    codec, payload = CODEC_ZSTD, compressed
+        offset = self._offset
+        self._write(_RECORD.pack(digest, codec, len(data), len(payload)) + base)
+        self._write(payload)
+        self._entries.append((digest, offset, len(payload), len(data), codec))
 
     def _open_pack(self) -> None:
         self._fd, self._tmp = self._store._tmp_file("pack")
         self._offset = 0
         self._hash = hashlib.sha256()
+        self._entries = []
         self._write(PACK_MAGIC)
 
     def _write(self, data: bytes) -> None:
@@ -434,15 +480,85 @@ class PackBatch:
 
     def _flush_buffer(self) -> None:
         if self._buffer and self._fd is not None:
-            os.write(self._fd, self._buffer)
+            with memoryview(self._buffer) as view:
+                done = 0
+                while done < len(view):
+                    done += os.write(self._fd, view[done:])
             self._buffer.clear()
 
+    def _finish_pack(self) -> None:
+        assert self._fd is not None and self._tmp is not None
+        store = self._store
+        try:
+            self._flush_buffer()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            name = f"pack-{self._hash.hexdigest()}"
+            pack = store._packs / f"{name}.pack"
+            os.chmod(self._tmp, 0o444)
+            if pack.exists():  # same name => same bytes: never rewrite, just drop ours
+                self._tmp.unlink()
+            else:
+                os.rename(self._tmp, pack)
+            self._tmp = None
+            body = bytearray(IDX_MAGIC + struct.pack(">Q", len(self._entries)))
+            for entry in sorted(self._entries):
+                body += _IDX_ENTRY.pack(*entry)
+            body += hashlib.sha256(body).digest()
+            fd, idx_tmp = store._tmp_file("idx")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(idx_tmp, 0o444)
+            os.rename(idx_tmp, store._packs / f"{name}.idx")  # the commit point of this pack
+            _fsync_dir(store._packs)
+        except OSError as exc:
+            raise BackendError(f"cannot write a pack to {store._packs}: {exc}") from exc
+        self.packs.append(pack)
+        self._entries = []
+
+    def close(self, *, commit: bool) -> None:
+        """Stop the thread; with ``commit``, publish the last pack."""
+        self._queue.put(None)
+        self._thread.join()
+        if commit and self._error is None and self._fd is not None:
+            self._finish_pack()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+        if commit and self._error is not None:
+            raise self._error
+
+
+class PackBatch:
+    """Writes small objects into new packs; large ones go loose. See :meth:`LocalStore.batch`."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+        self._added: dict[bytes, int] = {}  # digest -> delta depth (0 = full)
+        self._writer: _PackWriter | None = None
+        self.bytes_added = 0
+        self.objects_added = 0
+
+    @property
+    def packs(self) -> list[Path]:
+        """The packs published so far."""
+        return self._writer.packs if self._writer is not None else []
+
+    def __contains__(self, digest: Digest) -> bool:
+        return digest.raw in self._added or self._store.has(digest)
+
     def add(self, data: bytes, *, delta_base: Digest | None = None) -> Digest:
-        """Add bytes; already-stored content is skipped. Returns the digest."""
+        """Add bytes; already-stored content is verified, not rewritten. Returns the digest."""
         digest = Digest(hashlib.sha256(data).hexdigest())
-        if digest.raw in self._added:
-            return digest
-        self._add(digest, data, delta_base)
+        if digest.raw not in self._added:
+            self._add(digest, data, delta_base)
         return digest
 
     def add_known(self, digest: Digest, data: bytes) -> None:
@@ -472,24 +588,15 @@ class PackBatch:
         return digest
 
     def _append(self, digest: Digest, data: bytes, delta_base: Digest | None) -> None:
-        if self._fd is None or self._offset > MAX_PACK_BYTES:
-            if self._fd is not None:
-                self._finish_pack()
-            self._open_pack()
-        codec, payload, base_raw, depth = CODEC_RAW, data, b"", 0
+        if self._writer is None:
+            self._writer = _PackWriter(self._store)
+        codec, payload, base_raw, depth = CODEC_RAW, None, b"", 0
         if delta_base is not None:
             delta = self._delta(data, delta_base)
             if delta is not None:
                 payload, base_raw, depth = delta
                 codec = CODEC_ZSTD_DELTA
-        if codec == CODEC_RAW and len(data) >= 64:
-            compressed = self._cctx.compress(data)
-            if len(compressed) < len(data) * 0.9:
-                codec, payload = CODEC_ZSTD, compressed
-        offset = self._offset
-        self._write(_RECORD.pack(digest.raw, codec, len(data), len(payload)) + base_raw)
-        self._write(payload)
-        self._entries.append((digest.raw, offset, len(payload), len(data), codec))
+        self._writer.submit(digest.raw, data, codec, base_raw, payload)
         self._added[digest.raw] = depth
         self.bytes_added += len(data)
         self.objects_added += 1
@@ -508,6 +615,8 @@ class PackBatch:
             return None
         dictionary = zstandard.ZstdCompressionDict(base_bytes, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
         payload = zstandard.ZstdCompressor(level=3, dict_data=dictionary).compress(data)
+        if len(payload) >= len(data) // 2:
+            return None  # not similar enough to be worth a chain
         return payload, base.raw, base_depth + 1
 
     def _store_depth(self, digest: Digest) -> int | None:
@@ -524,53 +633,15 @@ class PackBatch:
             current = Digest.from_bytes(header[_RECORD.size : _RECORD.size + 32])
         return None
 
-    def _finish_pack(self) -> None:
-        assert self._fd is not None and self._tmp is not None
-        store = self._store
-        try:
-            self._flush_buffer()
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            name = f"pack-{self._hash.hexdigest()}"
-            pack = store._packs / f"{name}.pack"
-            os.chmod(self._tmp, 0o444)
-            if pack.exists():  # same name => same bytes: never rewrite, just drop ours
-                self._tmp.unlink()
-            else:
-                os.rename(self._tmp, pack)
-            self._tmp = None
-            body = bytearray(IDX_MAGIC + struct.pack(">Q", len(self._entries)))
-            for entry in sorted(self._entries):
-                body += _IDX_ENTRY.pack(*entry)
-            body += hashlib.sha256(body).digest()
-            fd, idx_tmp = store._tmp_file("idx")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(body)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(idx_tmp, 0o444)
-            os.replace(idx_tmp, store._packs / f"{name}.idx")
-            _fsync_dir(store._packs)
-        except OSError as exc:
-            raise BackendError(f"cannot write a pack to {store._packs}: {exc}") from exc
-        self.packs.append(pack)
-        self._entries = []
-
     def commit(self) -> None:
-        """Make every added object visible (pack first, then its index)."""
-        if self._fd is not None:
-            self._finish_pack()
+        """Make every added object visible (each pack first, then its index)."""
+        if self._writer is not None:
+            self._writer.close(commit=True)
 
     def abort(self) -> None:
         """Drop the pack being written."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        if self._writer is not None:
+            self._writer.close(commit=False)
 
 
 def _read_index(idx: Path, pack: Path) -> Iterator[tuple[bytes, _Location]]:

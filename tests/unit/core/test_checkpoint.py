@@ -79,6 +79,7 @@ def test_parse_checkpoint_round_trips() -> None:
         (NAME, 1, ROOT[:31], ()),
         (NAME, 1, ROOT, ("",)),
         (NAME, 1, ROOT, ("two\nlines",)),
+        ("lone\udcffsurrogate", 1, ROOT, ()),
     ],
 )
 def test_checkpoint_refuses_values_without_an_encoding(
@@ -233,6 +234,8 @@ def test_parse_signed_note_refuses_malformed_notes(note: str) -> None:
 def test_parse_signed_note_refuses_invalid_utf8() -> None:
     with pytest.raises(InputError, match="UTF-8"):
         parse_signed_note(GOOD.encode().replace(b"example", b"ex\xffample"))
+    with pytest.raises(InputError, match="Unicode"):
+        verify_checkpoint(GOOD.replace("example", "ex\udcffample"), NAME, KEY.public_key())
 
 
 def test_many_signatures_up_to_the_limit_are_accepted() -> None:
@@ -259,6 +262,14 @@ def test_verify_checkpoint_ignores_signatures_by_unknown_keys() -> None:
     note = GOOD + _sig_line("witness.example", OTHER_KEY, body)
     note = note.replace("\n\n", "\n\n" + _sig_line("other.example", OTHER_KEY, b"junk"), 1)
     assert verify_checkpoint(note, NAME, KEY.public_key()) == CHECKPOINT
+
+
+def test_verify_checkpoint_ignores_signatures_sharing_only_the_name_or_only_the_key_id() -> None:
+    kid = key_id(NAME, KEY.public_key())
+    other_kid = bytes(4)
+    same_id = f"\u2014 other.example {base64.b64encode(kid + bytes(64)).decode()}\n"
+    same_name = f"\u2014 {NAME} {base64.b64encode(other_kid + bytes(64)).decode()}\n"
+    assert verify_checkpoint(GOOD + same_id + same_name, NAME, KEY.public_key()) == CHECKPOINT
 
 
 def _tamper_signature(note: str) -> str:

@@ -211,23 +211,39 @@ def test_verify_inclusion_accepts_every_leaf_of_every_small_tree() -> None:
 @pytest.mark.parametrize(
     ("leaf", "index", "size", "proof", "root", "message"),
     [
-        (LEAVES[5], 8, 8, PROOF_5_OF_8, ROOT8, "not below the tree size"),
-        (LEAVES[5], 0, 0, [], EMPTY_ROOT, "not below the tree size"),
-        (LEAVES[5], -1, 8, PROOF_5_OF_8, ROOT8, "negative"),
-        (LEAVES[4], 5, 8, PROOF_5_OF_8, ROOT8, "expected root"),
-        (LEAVES[5], 4, 8, PROOF_5_OF_8, ROOT8, "expected root"),
-        (LEAVES[5], 5, 8, PROOF_5_OF_8, root_hash(LEAVES[:7]), "expected root"),
-        (LEAVES[5], 5, 8, PROOF_5_OF_8[:-1], ROOT8, "has 2 hashes, expected 3"),
-        (LEAVES[5], 5, 8, [*PROOF_5_OF_8, ROOT8], ROOT8, "has 4 hashes, expected 3"),
-        (LEAVES[5], 5, 8, PROOF_5_OF_8[::-1], ROOT8, "expected root"),
-        (LEAVES[5], 5, 16, PROOF_5_OF_8, ROOT8, "has 3 hashes, expected 4"),
-        (LEAVES[5][:31], 5, 8, PROOF_5_OF_8, ROOT8, "leaf hash must be 32 bytes"),
-        (LEAVES[5], 5, 8, PROOF_5_OF_8, ROOT8 + b"\x00", "root hash must be 32 bytes"),
-        (LEAVES[5], 5, 8, [b"", *PROOF_5_OF_8[1:]], ROOT8, "proof hash #0 must be 32 bytes"),
+        pytest.param(LEAVES[5], 8, 8, PROOF_5_OF_8, ROOT8, "not below the tree size", id="index-equals-size"),
+        pytest.param(LEAVES[5], 0, 0, [], EMPTY_ROOT, "not below the tree size", id="empty-tree"),
+        pytest.param(LEAVES[5], -1, 8, PROOF_5_OF_8, ROOT8, "negative", id="negative-index"),
+        pytest.param(LEAVES[4], 5, 8, PROOF_5_OF_8, ROOT8, "expected root", id="wrong-leaf"),
+        pytest.param(LEAVES[5], 4, 8, PROOF_5_OF_8, ROOT8, "expected root", id="wrong-index"),
+        pytest.param(LEAVES[5], 5, 8, PROOF_5_OF_8, root_hash(LEAVES[:7]), "expected root", id="wrong-root"),
+        pytest.param(
+            LEAVES[5], 5, 8, PROOF_5_OF_8[:-1], ROOT8, "has 2 hashes, expected 3", id="truncated-proof"
+        ),
+        pytest.param(
+            LEAVES[5], 5, 8, [*PROOF_5_OF_8, ROOT8], ROOT8, "has 4 hashes, expected 3", id="extended-proof"
+        ),
+        pytest.param(LEAVES[5], 5, 8, PROOF_5_OF_8[::-1], ROOT8, "expected root", id="reversed-proof"),
+        pytest.param(LEAVES[5], 5, 16, PROOF_5_OF_8, ROOT8, "has 3 hashes, expected 4", id="wrong-size"),
+        pytest.param(
+            LEAVES[5][:31], 5, 8, PROOF_5_OF_8, ROOT8, "leaf hash must be 32 bytes", id="short-leaf"
+        ),
+        pytest.param(
+            LEAVES[5], 5, 8, PROOF_5_OF_8, ROOT8 + b"\x00", "root hash must be 32 bytes", id="long-root"
+        ),
+        pytest.param(
+            LEAVES[5],
+            5,
+            8,
+            [b"", *PROOF_5_OF_8[1:]],
+            ROOT8,
+            "proof hash #0 must be 32 bytes",
+            id="empty-proof-hash",
+        ),
     ],
 )
 def test_verify_inclusion_rejects(
-    leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes, message: str
+    *, leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes, message: str
 ) -> None:
     with pytest.raises(VerificationError, match=message):
         verify_inclusion(leaf, index, size, proof, root)
@@ -258,27 +274,41 @@ def test_verify_consistency_accepts_every_pair_of_small_sizes() -> None:
 @pytest.mark.parametrize(
     ("size1", "size2", "proof", "root1", "root2", "message"),
     [
-        (0, 8, [], EMPTY_ROOT, ROOT8, "from the empty tree"),
-        (0, 0, [], EMPTY_ROOT, EMPTY_ROOT, "from the empty tree"),
-        (8, 6, PROOF_6_TO_8, ROOT8, ROOT6, "larger than second"),
-        (-1, 8, PROOF_6_TO_8, ROOT6, ROOT8, "negative"),
-        (8, 8, [ROOT8], ROOT8, ROOT8, "not empty"),
-        (8, 8, [], ROOT8, ROOT6, "different roots"),
-        (6, 8, [], ROOT6, ROOT8, "has 0 hashes, expected 3"),
-        (6, 8, PROOF_6_TO_8[:-1], ROOT6, ROOT8, "has 2 hashes, expected 3"),
-        (6, 8, [*PROOF_6_TO_8, ROOT8], ROOT6, ROOT8, "has 4 hashes, expected 3"),
-        (6, 8, PROOF_6_TO_8, ROOT8, ROOT8, "root of size 6"),
-        (6, 8, PROOF_6_TO_8, ROOT6, ROOT6, "root of size 8"),
-        (6, 8, PROOF_6_TO_8[::-1], ROOT6, ROOT8, "root of size"),
-        (5, 8, PROOF_6_TO_8, ROOT6, ROOT8, "has 3 hashes, expected 4"),
-        (6, 8, PROOF_6_TO_8, ROOT6[:16], ROOT8, "first root hash must be 32 bytes"),
-        (6, 8, PROOF_6_TO_8, ROOT6, b"", "second root hash must be 32 bytes"),
-        (6, 8, [*PROOF_6_TO_8[:2], b"x"], ROOT6, ROOT8, "proof hash #2 must be 32 bytes"),
-        (1, 1, [], b"x" * 12, b"x" * 12, "first root hash must be 32 bytes"),
+        pytest.param(0, 8, [], EMPTY_ROOT, ROOT8, "from the empty tree", id="from-empty-tree"),
+        pytest.param(0, 0, [], EMPTY_ROOT, EMPTY_ROOT, "from the empty tree", id="empty-to-empty"),
+        pytest.param(8, 6, PROOF_6_TO_8, ROOT8, ROOT6, "larger than second", id="size1-above-size2"),
+        pytest.param(-1, 8, PROOF_6_TO_8, ROOT6, ROOT8, "negative", id="negative-size"),
+        pytest.param(8, 8, [ROOT8], ROOT8, ROOT8, "not empty", id="equal-sizes-nonempty-proof"),
+        pytest.param(8, 8, [], ROOT8, ROOT6, "different roots", id="equal-sizes-different-roots"),
+        pytest.param(6, 8, [], ROOT6, ROOT8, "has 0 hashes, expected 3", id="empty-proof"),
+        pytest.param(6, 8, PROOF_6_TO_8[:-1], ROOT6, ROOT8, "has 2 hashes, expected 3", id="truncated-proof"),
+        pytest.param(
+            6, 8, [*PROOF_6_TO_8, ROOT8], ROOT6, ROOT8, "has 4 hashes, expected 3", id="extended-proof"
+        ),
+        pytest.param(6, 8, PROOF_6_TO_8, ROOT8, ROOT8, "root of size 6", id="wrong-root1"),
+        pytest.param(6, 8, PROOF_6_TO_8, ROOT6, ROOT6, "root of size 8", id="wrong-root2"),
+        pytest.param(6, 8, PROOF_6_TO_8[::-1], ROOT6, ROOT8, "root of size", id="reversed-proof"),
+        pytest.param(5, 8, PROOF_6_TO_8, ROOT6, ROOT8, "has 3 hashes, expected 4", id="wrong-size1"),
+        pytest.param(
+            6, 8, PROOF_6_TO_8, ROOT6[:16], ROOT8, "first root hash must be 32 bytes", id="short-root1"
+        ),
+        pytest.param(6, 8, PROOF_6_TO_8, ROOT6, b"", "second root hash must be 32 bytes", id="empty-root2"),
+        pytest.param(
+            6,
+            8,
+            [*PROOF_6_TO_8[:2], b"x"],
+            ROOT6,
+            ROOT8,
+            "proof hash #2 must be 32 bytes",
+            id="short-proof-hash",
+        ),
+        pytest.param(
+            1, 1, [], b"x" * 12, b"x" * 12, "first root hash must be 32 bytes", id="equal-sizes-short-roots"
+        ),
     ],
 )
 def test_verify_consistency_rejects(
-    size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes, message: str
+    *, size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes, message: str
 ) -> None:
     with pytest.raises(VerificationError, match=message):
         verify_consistency(size1, size2, proof, root1, root2)

@@ -264,7 +264,7 @@ def test_resolve_by_name_and_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert store.resolve("elsewhere.key").keyid == other.keyid  # a relative path to a file
     with pytest.raises(NotFoundError, match=r"no signing key 'nope': not a file, and no key nope.key"):
         store.resolve("nope")
-    with pytest.raises(NotFoundError, match="signing key file /no/such/file.key does not exist"):
+    with pytest.raises(NotFoundError, match=r"signing key file /no/such/file.key does not exist"):
         store.resolve("/no/such/file.key")
     with pytest.raises(InputError, match="no signing key given"):
         store.resolve("  ")

@@ -83,7 +83,7 @@ def test_timestamps_are_utc_rfc3339() -> None:
     assert format_timestamp(datetime(2024, 5, 6, 9, 0, 0, tzinfo=plus_two)) == "2024-05-06T07:00:00Z"
     assert format_timestamp(datetime(2024, 5, 6, 7, 0, 0, 1, tzinfo=UTC)) == ("2024-05-06T07:00:00.000001Z")
     with pytest.raises(InputError, match="has no time zone"):
-        format_timestamp(datetime(2024, 5, 6))  # noqa: DTZ001
+        format_timestamp(datetime(2024, 5, 6))
 
 
 @pytest.mark.parametrize(

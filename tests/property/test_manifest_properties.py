@@ -1,0 +1,63 @@
+"""Properties of manifests: canonical bytes do not depend on input order, parsing round-trips."""
+
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graven.core.globs import compile_glob
+from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
+
+segment = st.text(alphabet=string.ascii_letters + string.digits + "._-é", min_size=1, max_size=6).filter(
+    lambda s: s not in (".", "..")
+)
+paths = st.lists(segment, min_size=1, max_size=3).map("/".join)
+sha = st.binary(min_size=32, max_size=32).map(bytes.hex)
+
+
+@st.composite
+def file_trees(draw: st.DrawFn) -> list[FileEntry]:
+    chosen = draw(st.lists(paths, min_size=0, max_size=20, unique=True))
+    # drop paths that are parents of others: a file cannot also be a directory
+    leaves = [p for p in chosen if not any(o.startswith(p + "/") for o in chosen)]
+    return [FileEntry(p, draw(sha), draw(st.integers(0, 2**40)), draw(st.booleans())) for p in leaves]
+
+
+@settings(max_examples=200)
+@given(file_trees(), st.randoms())
+def test_order_does_not_change_the_digest(entries: list[FileEntry], rnd) -> None:  # type: ignore[no-untyped-def]
+    shuffled = list(entries)
+    rnd.shuffle(shuffled)
+    assert TreeManifest.of(entries).digest == TreeManifest.of(shuffled).digest
+
+
+@settings(max_examples=200)
+@given(file_trees())
+def test_parse_round_trips(entries: list[FileEntry]) -> None:
+    manifest = TreeManifest.of(entries)
+    assert TreeManifest.from_bytes(manifest.to_bytes()) == manifest
+
+
+@settings(max_examples=100)
+@given(file_trees())
+def test_any_change_changes_the_digest(entries: list[FileEntry]) -> None:
+    if not entries:
+        return
+    manifest = TreeManifest.of(entries)
+    first = entries[0]
+    flipped = FileEntry(first.path, first.sha256, first.size, not first.executable)
+    other = TreeManifest.of([flipped, *entries[1:]])
+    assert other.digest != manifest.digest
+
+
+@given(paths)
+def test_double_star_matches_every_path(path: str) -> None:
+    assert compile_glob("**").fullmatch(path)
+
+
+@given(paths, paths)
+def test_relative_links_inside_one_dir_are_accepted(a: str, b: str) -> None:
+    target = b.split("/")[-1]
+    if a == target or a.startswith(target + "/"):
+        return
+    TreeManifest.of([SymlinkEntry(a, target)])

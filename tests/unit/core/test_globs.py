@@ -1,0 +1,44 @@
+"""Glob semantics of include/exclude."""
+
+import pytest
+
+from graven.core.globs import GlobSet, Selection, compile_glob
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        ("app/**", "app/main.py", True),
+        ("app/**", "app/a/b/c.py", True),
+        ("app/**", "application/x", False),
+        ("app/", "app/x/y", True),
+        ("**/*.md", "README.md", True),
+        ("**/*.md", "docs/a/b.md", True),
+        ("**/*.md", "docs/a/b.mdx", False),
+        ("*.md", "docs/a.md", False),
+        ("*.md", "a.md", True),
+        ("a/**/z", "a/z", True),
+        ("a/**/z", "a/b/c/z", True),
+        ("a/**/z", "a/b/c/zz", False),
+        ("file?.txt", "file1.txt", True),
+        ("file?.txt", "file/.txt", False),
+        ("[ab].py", "a.py", True),
+        ("[!ab].py", "a.py", False),
+        ("[!ab].py", "c.py", True),
+        ("a.b", "axb", False),
+        ("**", "anything/at/all", True),
+    ],
+)
+def test_compile_glob(pattern: str, path: str, expected: bool) -> None:
+    assert (compile_glob(pattern).fullmatch(path) is not None) is expected
+
+
+def test_empty_globset_matches_nothing() -> None:
+    assert not GlobSet.of([]).matches("a")
+
+
+def test_selection_subtracts_excludes() -> None:
+    selection = Selection.of(["app/**", "config/**"], ["**/*.md"])
+    assert selection.selects("app/main.py")
+    assert not selection.selects("app/README.md")
+    assert not selection.selects("tests/test_x.py")

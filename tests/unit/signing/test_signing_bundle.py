@@ -1,0 +1,167 @@
+"""Sigstore bundles: shape, reading back, and the independent check with @sigstore/verify (Node)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_signing import signed_provenance
+
+from graven.errors import InputError
+from graven.signing.bundle import (
+    BUNDLE_MEDIA_TYPE,
+    bundle_bytes,
+    envelope_from_bundle,
+    load_attestation,
+    make_bundle,
+    parse_bundle,
+)
+from graven.signing.dsse import Envelope, sign_envelope
+from graven.signing.keys import generate_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from helpers_services import require_tool, unavailable
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "sigstore-verify"
+KEY_TYPES = ["ed25519", "ecdsa-p256"]
+
+
+def test_bundle_shape() -> None:
+    key = generate_key()
+    envelope = signed_provenance(key)
+    bundle = make_bundle(envelope)
+    assert bundle == {
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": key.keyid}, "tlogEntries": []},
+        "dsseEnvelope": envelope.to_dict(),
+    }
+    assert bundle["mediaType"] == BUNDLE_MEDIA_TYPE
+
+
+def test_bundle_round_trip() -> None:
+    key = generate_key("ecdsa-p256")
+    envelope = signed_provenance(key)
+    data = bundle_bytes(envelope)
+    parsed = parse_bundle(data)
+    assert parsed.media_type == BUNDLE_MEDIA_TYPE
+    assert parsed.key_hint == key.keyid
+    assert parsed.envelope == envelope
+    assert envelope_from_bundle(data) == envelope
+    assert load_attestation(data) == envelope
+    assert load_attestation(envelope.to_json()) == envelope  # a bare DSSE envelope is read too
+
+
+def test_bundle_holds_exactly_one_signature() -> None:
+    envelope = signed_provenance(generate_key())
+    with pytest.raises(InputError, match="exactly one signature, this envelope has 0"):
+        make_bundle(Envelope(envelope.payload, envelope.payload_type, ()))
+    with pytest.raises(InputError, match="exactly one signature, this envelope has 2"):
+        make_bundle(Envelope(envelope.payload, envelope.payload_type, envelope.signatures * 2))
+
+
+def _bundle_dict() -> dict[str, Any]:
+    return make_bundle(sign_envelope(b"{}", "application/vnd.in-toto+json", generate_key()))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mediaType": "application/json"}, "not a Sigstore bundle: unsupported mediaType"),
+        ({"verificationMaterial": None}, "Sigstore bundle has no verificationMaterial object"),
+        ({"verificationMaterial": {"publicKey": "k"}}, "Sigstore bundle: verificationMaterial"),
+        ({"dsseEnvelope": None}, "Sigstore bundle has no dsseEnvelope"),
+        ({"dsseEnvelope": []}, "Sigstore bundle: dsseEnvelope is not an object"),
+        ({"dsseEnvelope": {"payload": "x"}}, "Sigstore bundle dsseEnvelope has no 'payloadType'"),
+    ],
+)
+def test_malformed_bundles_are_refused(change: dict[str, Any], message: str) -> None:
+    bundle = {**_bundle_dict(), **change}
+    with pytest.raises(InputError) as caught:
+        parse_bundle(json.dumps(bundle))
+    assert str(caught.value).startswith(message)
+
+
+def test_message_signature_bundle_is_refused() -> None:
+    bundle = _bundle_dict()
+    del bundle["dsseEnvelope"]
+    bundle["messageSignature"] = {"signature": "AAAA"}
+    with pytest.raises(InputError, match="has no dsseEnvelope"):
+        load_attestation(json.dumps(bundle))
+
+
+def test_truncated_bundle_is_refused() -> None:
+    data = bundle_bytes(signed_provenance(generate_key()))
+    with pytest.raises(InputError, match=r"^attestation is not valid JSON"):
+        load_attestation(data[:-10])
+    with pytest.raises(InputError, match=r"^Sigstore bundle is not valid JSON"):
+        parse_bundle(data[:40])
+
+
+# --- independent check: @sigstore/verify on Node.js ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sigstore_verify(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of tests/assets/sigstore-verify with its npm dependencies installed."""
+    require_tool("node")
+    require_tool("npm")
+    workdir = tmp_path_factory.mktemp("sigstore-verify")
+    for name in ("package.json", "package-lock.json", "verify.mjs"):
+        shutil.copy2(ASSETS / name, workdir / name)
+    result = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        unavailable(f"npm ci of @sigstore/verify failed: {result.stderr.strip()[-500:]}")
+    return workdir
+
+
+def _node_verify(workdir: Path, bundle: bytes, public_pem: bytes) -> subprocess.CompletedProcess[str]:
+    (workdir / "bundle.json").write_bytes(bundle)
+    (workdir / "key.pem").write_bytes(public_pem)
+    return subprocess.run(
+        ["node", "verify.mjs", "bundle.json", "key.pem"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.services
+@pytest.mark.slow
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_bundle_verifies_with_sigstore_js(sigstore_verify: Path, key_type: str) -> None:
+    key = generate_key(key_type)
+    envelope = signed_provenance(key)
+    good = _node_verify(sigstore_verify, bundle_bytes(envelope), key.public_pem())
+    assert good.returncode == 0, good.stderr
+    assert f"verified: signed by {key.keyid}" in good.stdout  # same key id definition as graven
+
+    tampered = make_bundle(envelope)
+    payload = bytearray(envelope.payload)
+    payload[-2] ^= 0x01
+    tampered["dsseEnvelope"]["payload"] = Envelope(bytes(payload), "", ()).to_dict()["payload"]
+    bad = _node_verify(sigstore_verify, json.dumps(tampered).encode(), key.public_pem())
+    assert bad.returncode == 1
+    assert "signature verification failed" in bad.stderr
+
+    wrong_type = make_bundle(envelope)
+    wrong_type["dsseEnvelope"]["payloadType"] = "application/json"
+    assert _node_verify(sigstore_verify, json.dumps(wrong_type).encode(), key.public_pem()).returncode == 1
+
+    other = generate_key(key_type)
+    untrusted = _node_verify(sigstore_verify, bundle_bytes(envelope), other.public_pem())
+    assert untrusted.returncode == 1
+    assert "key not found" in untrusted.stderr

@@ -1,0 +1,182 @@
+"""The local store: write-once, atomic, verified on every read."""
+
+import hashlib
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from graven.errors import DigestMismatchError, IntegrityError
+from graven.model.digest import Digest, sha256_digest
+from graven.store.base import ArtifactStore
+from graven.store.local import LOOSE_THRESHOLD, LocalStore, is_read_only
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore.at(tmp_path / "objects")
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    path.chmod(0o644)
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_implements_the_protocol(store: LocalStore) -> None:
+    assert isinstance(store, ArtifactStore)
+
+
+def test_put_read_and_layout(store: LocalStore) -> None:
+    digest = store.put(b"hello")
+    assert digest == sha256_digest(b"hello")
+    path = store.root / "sha256" / digest.hex[:2] / digest.hex[2:]
+    assert path.read_bytes() == b"hello"
+    assert is_read_only(path)
+    assert store.read(digest) == b"hello"
+    assert store.has(digest)
+    assert list(store.list()) == [digest]
+    assert not any((store.root / "tmp").iterdir())
+
+
+def test_put_existing_verifies_and_never_rewrites(store: LocalStore) -> None:
+    digest = store.put(b"data")
+    path = store.loose_path(digest)
+    inode = path.stat().st_ino
+    assert store.put(b"data") == digest
+    assert path.stat().st_ino == inode
+    _flip_byte(path, 0)
+    with pytest.raises(IntegrityError):
+        store.put(b"data")
+
+
+def test_loose_read_is_verified_while_streaming(store: LocalStore) -> None:
+    digest = store.put(b"x" * 100_000)
+    _flip_byte(store.loose_path(digest), 50_000)
+    with store.open(digest) as stream, pytest.raises(DigestMismatchError) as info:
+        while stream.read(4096):
+            pass
+    assert str(digest) in str(info.value)
+    with pytest.raises(IntegrityError):
+        store.verify(digest)
+
+
+def test_missing_object(store: LocalStore) -> None:
+    digest = sha256_digest(b"nope")
+    assert not store.has(digest)
+    with pytest.raises(IntegrityError, match="missing"):
+        store.read(digest)
+
+
+def test_batch_is_invisible_until_commit(store: LocalStore) -> None:
+    blobs = [os.urandom(100) + bytes(1000) for _ in range(50)]
+    digests: list[Digest] = []
+    with store.batch() as batch:
+        for blob in blobs:
+            digests.append(batch.add(blob))
+        other = LocalStore.at(store.root)
+        assert not any(other.has(d) for d in digests)
+    fresh = LocalStore.at(store.root)
+    for blob, digest in zip(blobs, digests, strict=True):
+        assert fresh.read(digest) == blob
+    packs = list((store.root / "pack").iterdir())
+    assert {p.suffix for p in packs} == {".pack", ".idx"}
+    assert all(is_read_only(p) for p in packs)
+
+
+def test_batch_abort_leaves_nothing(store: LocalStore) -> None:
+    with pytest.raises(RuntimeError), store.batch() as batch:
+        digest = batch.add(b"a" * 500)
+        raise RuntimeError("boom")
+    assert not LocalStore.at(store.root).has(digest)
+    assert not any((store.root / "pack").iterdir())
+    assert not any((store.root / "tmp").iterdir())
+
+
+def test_large_objects_go_loose_and_stream(store: LocalStore, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(LOOSE_THRESHOLD + 5))
+    with store.batch() as batch, big.open("rb") as handle:
+        digest = batch.add_stream(handle, big.stat().st_size)
+    assert store.loose_path(digest).exists()
+    assert hashlib.sha256(store.read(digest)).hexdigest() == digest.hex
+
+
+def test_delta_compressed_objects_round_trip(store: LocalStore) -> None:
+    base = b"".join(f"line {i} {'x' * 40}\n".encode() for i in range(5000))
+    with store.batch() as batch:
+        first = batch.add(base)
+    chain = [first]
+    for step in range(20):  # longer than the maximum chain: later ones restart from full copies
+        data = base + f"change {step}\n".encode() * (step + 1)
+        with store.batch() as batch:
+            chain.append(batch.add(data, delta_base=chain[-1]))
+        base = data
+    fresh = LocalStore.at(store.root)
+    for digest in chain:
+        assert hashlib.sha256(fresh.read(digest)).hexdigest() == digest.hex
+
+
+def test_corrupt_pack_byte_is_detected(store: LocalStore) -> None:
+    blobs = [bytes([i]) * 300 + os.urandom(300) for i in range(10)]
+    with store.batch() as batch:
+        digests = [batch.add(b) for b in blobs]
+    pack = next((store.root / "pack").glob("*.pack"))
+    _flip_byte(pack, pack.stat().st_size // 2)
+    fresh = LocalStore.at(store.root)
+    failures = 0
+    for digest in digests:
+        try:
+            fresh.verify(digest)
+        except IntegrityError:
+            failures += 1
+    assert failures == 1
+
+
+def test_corrupt_index_is_detected(store: LocalStore) -> None:
+    with store.batch() as batch:
+        batch.add(b"z" * 300)
+    idx = next((store.root / "pack").glob("*.idx"))
+    _flip_byte(idx, 30)
+    with pytest.raises(IntegrityError, match="corrupt"):
+        LocalStore.at(store.root).has(sha256_digest(b"anything"))
+
+
+def test_stale_temp_files_are_cleaned(store: LocalStore) -> None:
+    stale = store.root / "tmp" / "obj-stale"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+    fresh = store.root / "tmp" / "obj-fresh"
+    fresh.write_bytes(b"in progress")
+    assert store.clean_tmp() == 1
+    assert fresh.exists()
+
+
+def _put_many(root: str, seed: int) -> None:
+    store = LocalStore.at(Path(root))
+    for i in range(30):
+        store.put(f"shared-{i}".encode() * 100)
+    with store.batch() as batch:
+        for i in range(30):
+            batch.add(f"packed-{i}".encode() * 100)
+        batch.add(f"own-{seed}".encode())
+
+
+def test_concurrent_writers_of_the_same_objects(store: LocalStore) -> None:
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_put_many, args=(str(store.root), n)) for n in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+        assert proc.exitcode == 0
+    fresh = LocalStore.at(store.root)
+    for digest in fresh.list():
+        fresh.verify(digest)
+    for i in range(30):
+        assert fresh.read(sha256_digest(f"shared-{i}".encode() * 100))
+        assert fresh.read(sha256_digest(f"packed-{i}".encode() * 100))
