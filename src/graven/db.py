@@ -20,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Database",
     "artifacts",
+    "attestations",
     "blob_cache",
     "builds",
     "metadata",
@@ -76,13 +77,29 @@ blob_cache = sa.Table(
 )
 
 
+attestations = sa.Table(
+    "attestations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("artifact_digest", sa.String(71), nullable=False, index=True),
+    sa.Column("envelope_digest", sa.String(71), nullable=False),
+    sa.Column("keyid", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("artifact_digest", "envelope_digest"),
+)
+
+
 def _migrate_1(conn: Connection) -> None:
     for table in (artifacts, builds, blob_cache):
         table.create(conn, checkfirst=True)
 
 
+def _migrate_2(conn: Connection) -> None:
+    attestations.create(conn, checkfirst=True)
+
+
 # One function per schema version; never edit a released one, append a new one.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -103,6 +103,10 @@ def test_go_accepts_a_checkpoint_with_extension_lines(checker: Checker) -> None:
     _assert_accepted(checker(_request(_note(extensions=("Timestamp: 1700000000",)))))
 
 
+def test_go_accepts_an_empty_tree_checkpoint(checker: Checker) -> None:
+    _assert_accepted(checker(_request(_note(size=0))))
+
+
 def test_go_accepts_every_inclusion_proof(checker: Checker) -> None:
     note = _note()
     for index in range(SIZE):

@@ -5,10 +5,15 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from graven.cli.output import emit_json, human_size, print_table
+
+if TYPE_CHECKING:
+    from graven.model.digest import Digest
+    from graven.service.context import Context
 
 __all__ = ["COMMANDS"]
 
@@ -56,14 +61,17 @@ def artifacts_cmd(as_json: bool) -> int:
 @click.command("show")
 @click.argument("digest")
 @click.option("--files", "list_files", is_flag=True, help="List every entry of the artifact.")
+@click.option("--provenance", is_flag=True, help="Print the signed provenance statement.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def show_cmd(digest: str, list_files: bool, as_json: bool) -> int:
+def show_cmd(digest: str, list_files: bool, provenance: bool, as_json: bool) -> int:
     """Show one artifact: where it came from and a summary of its files."""
     from graven.service import artifacts as svc
     from graven.service.context import Context
 
     ctx = Context.from_env()
     resolved = svc.resolve_digest(ctx, digest)
+    if provenance:
+        return _show_provenance(ctx, resolved, as_json=as_json)
     record = svc.get_artifact(ctx, resolved)
     manifest = svc.load_manifest(ctx, resolved)
     summary = svc.summarize(manifest)
@@ -113,26 +121,61 @@ def show_cmd(digest: str, list_files: bool, as_json: bool) -> int:
     return 0
 
 
+def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:
+    import json
+
+    from graven.service.provenance import latest_envelope
+    from graven.signing.bundle import load_attestation
+
+    envelope = load_attestation(latest_envelope(ctx, digest))
+    statement = json.loads(envelope.payload)
+    if as_json:
+        emit_json(
+            {
+                "payloadType": envelope.payload_type,
+                "keyids": [sig.keyid for sig in envelope.signatures],
+                "statement": statement,
+            }
+        )
+    else:
+        click.echo(f"payloadType: {envelope.payload_type}")
+        click.echo(f"signed by:   {', '.join(sig.keyid for sig in envelope.signatures)}")
+        click.echo("(signature not checked here; `graven verify` checks it against your trusted keys)")
+        click.echo(json.dumps(statement, indent=2, sort_keys=True))
+    return 0
+
+
 @click.command("verify")
 @click.argument("digest")
+@click.option("--policy", type=click.Path(path_type=Path), help="A trust policy file (TOML).")
+@click.option("--env", "env", help="Check against the keys trusted for this environment.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(digest: str, as_json: bool) -> int:
-    """Re-hash an artifact's manifest and every object; exit 1 if any is missing or corrupt."""
+def verify_cmd(digest: str, policy: Path | None, env: str | None, as_json: bool) -> int:
+    """Re-hash an artifact and check its signed provenance; exit 1 if anything is wrong."""
     from graven.service import artifacts as svc
     from graven.service.context import Context
+    from graven.service.provenance import check_provenance, load_policy
 
     ctx = Context.from_env()
     resolved = svc.resolve_digest(ctx, digest)
+    trust = load_policy(ctx, policy)
     report = svc.verify_artifact(ctx, resolved)
+    provenance = check_provenance(ctx, resolved, policy=trust, env=env)
+    ok = report.ok and provenance.ok
     if as_json:
-        emit_json(report.to_json())
-    elif report.ok:
-        click.echo(f"ok {resolved} ({report.objects_checked} objects verified)")
+        emit_json({**report.to_json(), "ok": ok, "provenance": provenance.to_json()})
+    elif ok:
+        click.echo(f"ok {resolved} ({report.objects_checked} objects verified; {provenance.reason})")
     else:
         for problem in report.problems:
             sys.stderr.write(f"{problem.kind}: {problem.path} (object {problem.object})\n")
-        sys.stderr.write(f"graven: error: {resolved} failed verification: {len(report.problems)} problems\n")
-    return 0 if report.ok else 1
+        if not report.ok:
+            sys.stderr.write(
+                f"graven: error: {resolved} failed verification: {len(report.problems)} problems\n"
+            )
+        if not provenance.ok:
+            sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")
+    return 0 if ok else 1
 
 
 @click.command("export")
@@ -144,16 +187,22 @@ def verify_cmd(digest: str, as_json: bool) -> int:
     required=True,
     help="Archive to write: .tar, .tar.gz or .tar.zst.",
 )
+@click.option("--attestation", type=click.Path(path_type=Path), help="Also write the DSSE envelope here.")
+@click.option("--bundle", type=click.Path(path_type=Path), help="Also write a Sigstore bundle (v0.3) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_cmd(digest: str, output: Path, as_json: bool) -> int:
+def export_cmd(
+    digest: str, output: Path, attestation: Path | None, bundle: Path | None, as_json: bool
+) -> int:
     """Write an artifact as a deterministic archive (same artifact, same bytes)."""
     from graven.service import artifacts as svc
     from graven.service.context import Context
-    from graven.service.transfer import export_artifact
+    from graven.service.transfer import export_artifact, export_attestation
 
     ctx = Context.from_env()
     resolved = svc.resolve_digest(ctx, digest)
     export_artifact(ctx, resolved, output)
+    if attestation is not None or bundle is not None:
+        export_attestation(ctx, resolved, envelope_path=attestation, bundle_path=bundle)
     if as_json:
         emit_json({"digest": str(resolved), "output": str(output), "size": output.stat().st_size})
     else:
@@ -164,14 +213,19 @@ def export_cmd(digest: str, output: Path, as_json: bool) -> int:
 @click.command("import")
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--name", help="Artifact name when the archive does not carry one.")
+@click.option(
+    "--attestation",
+    type=click.Path(path_type=Path),
+    help="The artifact's signed provenance (DSSE envelope or Sigstore bundle).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def import_cmd(archive: Path, name: str | None, as_json: bool) -> int:
+def import_cmd(archive: Path, name: str | None, attestation: Path | None, as_json: bool) -> int:
     """Ingest an archive safely; print the digest recomputed from its content."""
     from graven.service.context import Context
     from graven.service.transfer import import_archive
 
     ctx = Context.from_env()
-    result = import_archive(ctx, archive, name=name)
+    result = import_archive(ctx, archive, name=name, attestation=attestation)
     if as_json:
         emit_json(result.to_json())
     else:

@@ -339,5 +339,5 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
         raise VerificationError("consistency proof is shorter than the path to the root")
     if fr != root1:
         raise VerificationError(f"consistency proof does not lead to the root of size {size1}")
-    if False:
+    if sr != root2:
         raise VerificationError(f"consistency proof does not lead to the root of size {size2}")

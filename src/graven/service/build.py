@@ -28,7 +28,14 @@ from graven.model.digest import Digest
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
 from graven.service.context import Context, utc_now
+from graven.service.provenance import (
+    provenance_inputs,
+    record_attestation,
+    resolve_signing_key,
+    sign_provenance,
+)
 from graven.service.records import insert_ignore
+from graven.signing.provenance import ResourceRef
 from graven.sources.git import (
     MODE_EXECUTABLE,
     MODE_FILE,
@@ -42,6 +49,7 @@ from graven.store.local import LOOSE_THRESHOLD, PackBatch
 __all__ = ["BuildResult", "build"]
 
 _CACHE_QUERY_CHUNK = 500
+SANDBOX_NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class BuildResult:
     files_read: int
     invocation_id: str
     dirty_worktree: bool
+    provenance: str
+    signed_by: str
 
     def to_json(self) -> dict[str, object]:
         """The ``--json`` form."""
@@ -95,6 +105,7 @@ def build(ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool =
     """Build ``revision`` of the repository at ``path`` into the store and record it."""
     started_at = utc_now()
     source = _open_source(ctx, path, revision)
+    key = resolve_signing_key(ctx)  # fail before any work when there is no usable key
     dirty = source.repo.is_dirty()
     if dirty:
         ctx.reporter.warn(
@@ -105,10 +116,12 @@ def build(ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool =
     store.clean_tmp()
     selection = Selection.of(source.pipeline.artifact.include, source.pipeline.artifact.exclude)
     name = source.pipeline.artifact.name
+    byproducts: list[ResourceRef] = []
     with store.batch() as batch:
         pipeline_digest = batch.add(source.pipeline_bytes)
         if source.pipeline.build.steps:
-            entries, files_read, new_cache = _tree_from_steps(ctx, source, selection, batch)
+            entries, files_read, new_cache, log = _tree_from_steps(ctx, source, selection, batch)
+            byproducts.append(ResourceRef("build.log", str(batch.add(log)), "text/plain"))
         else:
             entries, files_read, new_cache = _tree_from_git(
                 ctx, source, selection, batch, use_cache=use_cache
@@ -116,13 +129,33 @@ def build(ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool =
         manifest = TreeManifest.of(entries)
         previous = _latest_manifest(ctx, name)
         batch.add(manifest.to_bytes(), delta_base=previous)
-    finished_at = utc_now()
+        finished_at = utc_now()
+        invocation_id = str(uuid.uuid4())
+        repository = source.repo.describe_remote()
+        envelope = sign_provenance(
+            key,
+            provenance_inputs(
+                name=name,
+                digest=str(manifest.digest),
+                repository=repository,
+                revision=revision,
+                commit=source.commit,
+                source_date_epoch=source.epoch,
+                sandbox=SANDBOX_NONE,
+                invocation_id=invocation_id,
+                started_on=started_at,
+                finished_on=finished_at,
+                pipeline_digest=str(pipeline_digest),
+                byproducts=byproducts,
+            ),
+        )
+        envelope_digest = batch.add(envelope.to_json())
     result = BuildResult(
         digest=str(manifest.digest),
         name=name,
         commit=source.commit,
         revision=revision,
-        repository=source.repo.describe_remote(),
+        repository=repository,
         pipeline_digest=str(pipeline_digest),
         source_date_epoch=source.epoch,
         started_at=started_at,
@@ -130,8 +163,10 @@ def build(ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool =
         file_count=sum(1 for _ in manifest.files()),
         total_size=manifest.total_size,
         files_read=files_read,
-        invocation_id=str(uuid.uuid4()),
+        invocation_id=invocation_id,
         dirty_worktree=dirty,
+        provenance=str(envelope_digest),
+        signed_by=key.keyid,
     )
     _record(ctx, result, new_cache)
     return result
@@ -188,6 +223,7 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
                 invocation_id=result.invocation_id,
             )
         )
+        record_attestation(conn, result.digest, result.provenance, result.signed_by)
 
 
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -274,7 +310,7 @@ def _link_target(data: bytes) -> str:
 
 def _tree_from_steps(
     ctx: Context, source: _Source, selection: Selection, batch: PackBatch
-) -> tuple[list[TreeEntry], int, list[dict[str, object]]]:
+) -> tuple[list[TreeEntry], int, list[dict[str, object]], bytes]:
     work = Path(tempfile.mkdtemp(prefix="graven-build-"))
     try:
         src, home, tmp = work / "src", work / "home", work / "tmp"
@@ -304,7 +340,7 @@ def _tree_from_steps(
                 ctx.reporter.progress("storing outputs", counter[0], None)
 
         entries = collect_tree(src, list(source.pipeline.build.outputs), selection, batch, on_file=on_file)
-        return entries, counter[0], []
+        return entries, counter[0], [], (work / "build.log").read_bytes()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

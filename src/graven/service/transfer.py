@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,22 @@ from typing import Any
 from graven.archive.reader import read_archive
 from graven.archive.writer import ArchiveMeta, compression_for, write_archive_file
 from graven.db import artifacts
-from graven.errors import DigestMismatchError, InputError
+from graven.errors import (
+    BackendError,
+    DigestMismatchError,
+    InputError,
+    NotFoundError,
+    VerificationError,
+)
 from graven.model.digest import Digest
 from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context, utc_now
+from graven.service.provenance import latest_envelope, record_attestation
 from graven.service.records import insert_ignore
+from graven.signing.bundle import bundle_bytes, load_attestation
+from graven.signing.provenance import PAYLOAD_TYPE, check_subject, parse_statement
 
-__all__ = ["ImportResult", "export_artifact", "import_archive"]
+__all__ = ["ImportResult", "export_artifact", "export_attestation", "import_archive"]
 
 
 def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
@@ -53,7 +63,50 @@ class ImportResult:
         return asdict(self)
 
 
-def import_archive(ctx: Context, path: Path, *, name: str | None = None) -> ImportResult:
+def export_attestation(
+    ctx: Context, digest: Digest, *, envelope_path: Path | None, bundle_path: Path | None
+) -> None:
+    """Write the artifact's newest signed provenance as a DSSE envelope and/or a Sigstore bundle."""
+    envelope = load_attestation(latest_envelope(ctx, digest))
+    if envelope_path is not None:
+        _write_atomic(envelope_path, envelope.to_json())
+    if bundle_path is not None:
+        _write_atomic(bundle_path, bundle_bytes(envelope))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BackendError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
+    """Read an envelope or bundle; it must parse and name ``digest`` (signatures are checked by verify)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    envelope = load_attestation(data)
+    if envelope.payload_type != PAYLOAD_TYPE:
+        raise VerificationError(f"{path}: payloadType is {envelope.payload_type!r}, expected {PAYLOAD_TYPE}")
+    try:
+        statement = parse_statement(envelope.payload)
+    except InputError as exc:
+        raise VerificationError(f"{path}: provenance is malformed: {exc}") from None
+    check_subject(statement, str(digest))
+    keyid = envelope.signatures[0].keyid if envelope.signatures else ""
+    return envelope.to_json(), keyid
+
+
+def import_archive(
+    ctx: Context, path: Path, *, name: str | None = None, attestation: Path | None = None
+) -> ImportResult:
     """Ingest an archive; the digest is recomputed from its content, never taken on trust."""
     store = ctx.store
     with store.batch() as batch:
@@ -70,6 +123,11 @@ def import_archive(ctx: Context, path: Path, *, name: str | None = None) -> Impo
         if isinstance(pipeline_text, str):
             pipeline_digest = str(batch.add(pipeline_text.encode("utf-8")))
         batch.add(manifest.to_bytes())
+        envelope: tuple[bytes, str] | None = None
+        envelope_digest = None
+        if attestation is not None:
+            envelope = _read_attestation(attestation, manifest.digest)
+            envelope_digest = str(batch.add(envelope[0]))
     artifact_name = name or _claimed_str(claims, "name") or _name_from_file(path)
     commit = _claimed_str(claims, "commit")
     epoch = claims.get("source_date_epoch")
@@ -89,6 +147,8 @@ def import_archive(ctx: Context, path: Path, *, name: str | None = None) -> Impo
     }
     with ctx.db.begin() as conn:
         insert_ignore(conn, artifacts, [row])
+        if envelope is not None and envelope_digest is not None:
+            record_attestation(conn, str(manifest.digest), envelope_digest, envelope[1])
     return ImportResult(
         digest=str(manifest.digest),
         name=artifact_name,

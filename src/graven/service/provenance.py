@@ -1,0 +1,236 @@
+"""Signing provenance at build time and checking it at every stage after.
+
+Trust belongs to the operator: the keys in ``GRAVEN_HOME/trust`` (plus an optional ``--policy`` file and
+``GRAVEN_HOME/trust/revoked``), never a key carried by an artifact or an envelope.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from graven import __version__
+from graven.db import attestations
+from graven.errors import GravenError, InputError, NotFoundError, PolicyError, VerificationError
+from graven.model.digest import Digest
+from graven.service.context import Context, utc_now
+from graven.service.records import insert_ignore
+from graven.signing.bundle import load_attestation
+from graven.signing.dsse import Envelope, sign_envelope
+from graven.signing.keys import KeyStore, SigningKey
+from graven.signing.provenance import PAYLOAD_TYPE, ProvenanceInputs, ResourceRef, statement_bytes
+from graven.signing.trust import TrustPolicy, VerifiedProvenance
+
+__all__ = [
+    "BUILDER_ID",
+    "ProvenanceCheck",
+    "check_provenance",
+    "load_policy",
+    "record_attestation",
+    "resolve_signing_key",
+    "sign_provenance",
+]
+
+BUILDER_ID = "https://graven.dev/builders/local/v1"
+DEFAULT_KEY_NAME = "default"
+REVOKED_FILE = "revoked"
+
+
+def resolve_signing_key(ctx: Context) -> SigningKey:
+    """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's only key."""
+    keys = KeyStore(ctx.home.keys)
+    chosen = os.environ.get("GRAVEN_SIGNING_KEY")
+    if chosen:
+        return keys.resolve(chosen)
+    entries = keys.list()
+    names = [e.name for e in entries if keys.private_path(e.name).exists()]
+    if DEFAULT_KEY_NAME in names:
+        return keys.load(DEFAULT_KEY_NAME)
+    if len(names) == 1:
+        return keys.load(names[0])
+    if not names:
+        raise InputError(
+            "no signing key: create one with `graven keys generate` (or set GRAVEN_SIGNING_KEY "
+            "to a private key file)"
+        )
+    raise InputError(
+        f"several signing keys ({', '.join(names)}) and none is named {DEFAULT_KEY_NAME!r}; "
+        "choose one with GRAVEN_SIGNING_KEY=NAME"
+    )
+
+
+def sign_provenance(key: SigningKey, inputs: ProvenanceInputs) -> Envelope:
+    """Sign the SLSA provenance statement for a build into a DSSE envelope."""
+    return sign_envelope(statement_bytes(inputs), PAYLOAD_TYPE, key)
+
+
+def provenance_inputs(
+    *,
+    name: str,
+    digest: str,
+    repository: str,
+    revision: str,
+    commit: str,
+    source_date_epoch: int,
+    sandbox: str,
+    invocation_id: str,
+    started_on: str,
+    finished_on: str,
+    pipeline_digest: str,
+    inputs: Sequence[ResourceRef] = (),
+    byproducts: Sequence[ResourceRef] = (),
+) -> ProvenanceInputs:
+    """The statement's values for one build."""
+    return ProvenanceInputs(
+        artifact_name=name,
+        artifact_digest=digest,
+        repository=repository,
+        revision=revision,
+        commit=commit,
+        source_date_epoch=source_date_epoch,
+        sandbox=sandbox,
+        builder_id=BUILDER_ID,
+        graven_version=__version__,
+        invocation_id=invocation_id,
+        started_on=_parse_time(started_on),
+        finished_on=_parse_time(finished_on),
+        pipeline_digest=pipeline_digest,
+        inputs=tuple(inputs),
+        byproducts=tuple(byproducts),
+    )
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def record_attestation(conn: sa.Connection, artifact: str, envelope_digest: str, keyid: str) -> None:
+    """Remember that ``envelope_digest`` (in the store) attests ``artifact``."""
+    insert_ignore(
+        conn,
+        attestations,
+        [
+            {
+                "artifact_digest": artifact,
+                "envelope_digest": envelope_digest,
+                "keyid": keyid,
+                "created_at": utc_now(),
+            }
+        ],
+    )
+
+
+def load_policy(ctx: Context, policy_file: Path | None = None) -> TrustPolicy:
+    """The operator's trust: ``GRAVEN_HOME/trust``, ``trust/revoked`` and an optional policy file."""
+    policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.is_dir() else None, policy_file)
+    revoked_file = ctx.home.trust / REVOKED_FILE
+    if revoked_file.is_file():
+        extra = {
+            line.split("#", 1)[0].strip().lower().removeprefix("sha256:")
+            for line in revoked_file.read_text(encoding="utf-8").splitlines()
+        }
+        extra.discard("")
+        policy = TrustPolicy(
+            keys=policy.keys,
+            revoked=policy.revoked | frozenset(extra),
+            environments=policy.environments,
+            trust_dir=ctx.home.trust,
+        )
+    elif policy.trust_dir is None:
+        policy = TrustPolicy(
+            keys=policy.keys,
+            revoked=policy.revoked,
+            environments=policy.environments,
+            trust_dir=ctx.home.trust,
+        )
+    return policy
+
+
+def envelope_digests(ctx: Context, artifact: Digest) -> list[str]:
+    """The stored envelopes that attest ``artifact``, newest first."""
+    with ctx.db.connect() as conn:
+        rows: list[str] = list(
+            conn.execute(
+                sa.select(attestations.c.envelope_digest)
+                .where(attestations.c.artifact_digest == str(artifact))
+                .order_by(attestations.c.id.desc())
+            ).scalars()
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class ProvenanceCheck:
+    """The outcome of checking an artifact's provenance against the trust policy."""
+
+    ok: bool
+    reason: str
+    keyid: str | None = None
+    envelope: str | None = None
+    commit: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "ok": self.ok,
+            "reason": self.reason,
+            "keyid": self.keyid,
+            "envelope": self.envelope,
+            "commit": self.commit,
+        }
+
+
+def check_provenance(
+    ctx: Context, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
+) -> ProvenanceCheck:
+    """Accept when one stored envelope is signed by a trusted, unrevoked key and names ``artifact``."""
+    digests = envelope_digests(ctx, artifact)
+    if not digests:
+        return ProvenanceCheck(False, f"unsigned artifact: no signed provenance is recorded for {artifact}")
+    first_error: GravenError | None = None
+    for envelope_digest in digests:
+        try:
+            data = ctx.store.read(Digest.parse(envelope_digest))
+            verified = policy.verify_attestation(data, str(artifact), env)
+        except (VerificationError, PolicyError, InputError) as exc:
+            first_error = first_error or exc
+            continue
+        return _accepted(verified, envelope_digest)
+    assert first_error is not None
+    return ProvenanceCheck(False, str(first_error))
+
+
+def _accepted(verified: VerifiedProvenance, envelope_digest: str | None) -> ProvenanceCheck:
+    return ProvenanceCheck(
+        True,
+        f"signed by trusted key {verified.keyid[:16]}",
+        keyid=verified.keyid,
+        envelope=envelope_digest,
+        commit=verified.statement.commit,
+    )
+
+
+def check_attestation_file(
+    data: bytes, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
+) -> ProvenanceCheck:
+    """Check a standalone envelope or Sigstore bundle; malformed input raises InputError."""
+    load_attestation(data)  # unparseable input is a usage error (exit 2), not a failed check
+    try:
+        verified = policy.verify_attestation(data, str(artifact), env)
+    except (VerificationError, PolicyError) as exc:
+        return ProvenanceCheck(False, str(exc))
+    return _accepted(verified, None)
+
+
+def latest_envelope(ctx: Context, artifact: Digest) -> bytes:
+    """The newest stored envelope of ``artifact``."""
+    digests = envelope_digests(ctx, artifact)
+    if not digests:
+        raise NotFoundError(f"{artifact} has no signed provenance")
+    return ctx.store.read(Digest.parse(digests[0]))
