@@ -171,7 +171,7 @@ def verify_cmd(digest: str, policy: Path | None, env: str | None, as_json: bool)
             sys.stderr.write(f"{problem.kind}: {problem.path} (object {problem.object})\n")
         if not report.ok:
             sys.stderr.write(
-                f"graven: error: {resolved} failed verification: {len(report.problems)} problems\n"
+                f"graven: error: {resolved} failed verification: {len(report.problems)} missing or corrupt\n"
             )
         if not provenance.ok:
             sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")

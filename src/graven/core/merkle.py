@@ -292,9 +292,6 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
     so are ``size1 > size2``, a proof of the wrong length and any hash that is not 32 bytes. Raises
     VerificationError on every failure.
     """
-    _require_hash(root1, "first root hash")
-    _require_hash(root2, "second root hash")
-    _require_proof_hashes(proof, "consistency proof")
     if size1 < 0 or size2 < 0:
         raise VerificationError(f"negative tree size {size1} or {size2}")
     if size1 > size2:
@@ -302,11 +299,16 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
     if size1 == 0:
         raise VerificationError("a consistency proof from the empty tree is meaningless")
     if size1 == size2:
+        # As RFC 9162 §2.1.4.2 and the reference implementation: equal sizes need an empty proof and
+        # equal roots, and nothing more is claimed, so the roots' length is not checked here.
         if proof:
             raise VerificationError(f"consistency proof between equal sizes {size1} is not empty")
         if root1 != root2:
             raise VerificationError(f"trees of the same size {size1} have different roots")
         return
+    _require_hash(root1, "first root hash")
+    _require_hash(root2, "second root hash")
+    _require_proof_hashes(proof, "consistency proof")
     # The length check covers step 1 of §2.1.4.2 (an empty proof is never the right length) and
     # gives a clear message; the RFC's checks on sn below then cannot fail but stay for fidelity.
     expected = _consistency_proof_length(size1, size2)

@@ -303,7 +303,7 @@ def test_verify_consistency_accepts_every_pair_of_small_sizes() -> None:
             id="short-proof-hash",
         ),
         pytest.param(
-            1, 1, [], b"x" * 12, b"x" * 12, "first root hash must be 32 bytes", id="equal-sizes-short-roots"
+            1, 2, [b"y" * 32], b"x" * 12, b"x" * 32, "first root hash must be 32 bytes", id="short-root"
         ),
     ],
 )

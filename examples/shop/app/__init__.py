@@ -1,0 +1,1 @@
+"""shop: a tiny catalogue service used by the graven demo."""
