@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import random
@@ -345,6 +346,23 @@ class Bench:
         if create:
             home.mkdir(parents=True)
         return home
+
+    def make_signing_key(self) -> None:
+        """One signing key outside every home, for all runs (GRAVEN_SIGNING_KEY), made untimed."""
+        keyhome = self.scratch / "signing"
+        try:
+            out = run(
+                [self.graven, "keys", "generate", "--json"], env=self.graven_env(keyhome), capture=True
+            ).stdout
+        except BenchError as exc:  # a graven without signing: nothing to set up
+            self.log(f"no signing key made ({str(exc).splitlines()[-1]})")
+            return
+        key = json.loads(out)["private_key"]
+        os.environ["GRAVEN_SIGNING_KEY"] = key  # read by in-process builds; copied into subprocess envs
+        self.notes.append(
+            "builds sign with one ed25519 key made before timing (GRAVEN_SIGNING_KEY=<file>), so a fresh "
+            "GRAVEN_HOME needs no `graven keys generate`"
+        )
 
     def log(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -689,17 +707,12 @@ def machine_info(b: Bench) -> list[tuple[str, str]]:
         text=True,
         check=False,
     ).stdout.strip()
-    py = subprocess.run(
-        [str(b.python), "-c", "import platform; print(platform.python_version())"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     return [
         ("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("nproc", str(os.cpu_count())),
         ("cpu", model),
         ("kernel", platform.release()),
-        ("python", f"{py} ({b.python})"),
+        ("python", f"{platform.python_version()} ({b.python})"),
         ("graven", f"{_graven_version()} (checkout {commit or '?'})"),
         (
             "tools",
@@ -828,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     info = machine_info(b)
     precompile(b.base_env(), python)
+    b.make_signing_key()
     started = time.perf_counter()
     try:
         for name in args.only:
