@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -32,3 +35,95 @@ def require_tool(name: str) -> None:
     """Skip (or fail, see :func:`unavailable`) unless the program ``name`` is on PATH."""
     if shutil.which(name) is None:
         unavailable(f"{name!r} is not on PATH")
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb as the postgres user when run as root)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = 0
+
+    @staticmethod
+    def _bindir() -> Path | None:
+        if shutil.which("pg_config") is None:
+            return None
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+        path = Path(out.stdout.strip())
+        return path if (path / "initdb").exists() else None
+
+    def _as_owner(self, *cmd: str) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *cmd]
+        return list(cmd)
+
+    def start(self) -> str:
+        bindir = self._bindir()
+        if bindir is None:
+            unavailable("PostgreSQL server binaries (initdb) are not installed")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        subprocess.run(
+            self._as_owner(
+                str(bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+        )
+        for _ in range(5):
+            self.port = free_port()
+            opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+            result = subprocess.run(
+                self._as_owner(
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.root / "log"),
+                    "-w",
+                    "start",
+                    "-o",
+                    opts,
+                ),
+                capture_output=True,
+                check=False,
+            )
+            if result.returncode == 0:
+                break
+        else:
+            pytest.fail(f"PostgreSQL did not start: {(self.root / 'log').read_text()[-500:]}")
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "graven"],
+            check=True,
+            capture_output=True,
+        )
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/graven"
+
+    def stop(self) -> None:
+        bindir = self._bindir()
+        if bindir is not None and self.data.exists():
+            subprocess.run(
+                self._as_owner(str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"),
+                capture_output=True,
+                check=False,
+            )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

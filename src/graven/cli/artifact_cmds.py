@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, human_size, print_table
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def artifacts_cmd(as_json: bool) -> int:
     from graven.service.artifacts import list_artifacts
     from graven.service.context import Context
 
-    records = list_artifacts(Context(home=home))
+    records = list_artifacts(_closing(Context(home=home)))
     if as_json:
         emit_json([r.to_json() for r in records])
         return 0
@@ -68,7 +69,7 @@ def show_cmd(digest: str, list_files: bool, provenance: bool, as_json: bool) -> 
     from graven.service import artifacts as svc
     from graven.service.context import Context
 
-    ctx = Context.from_env()
+    ctx = _closing(Context.from_env())
     resolved = svc.resolve_digest(ctx, digest)
     if provenance:
         return _show_provenance(ctx, resolved, as_json=as_json)
@@ -156,7 +157,7 @@ def verify_cmd(digest: str, policy: Path | None, env: str | None, as_json: bool)
     from graven.service.context import Context
     from graven.service.provenance import check_provenance, load_policy
 
-    ctx = Context.from_env()
+    ctx = _closing(Context.from_env())
     resolved = svc.resolve_digest(ctx, digest)
     trust = load_policy(ctx, policy)
     report = svc.verify_artifact(ctx, resolved)
@@ -198,7 +199,7 @@ def export_cmd(
     from graven.service.context import Context
     from graven.service.transfer import export_artifact, export_attestation
 
-    ctx = Context.from_env()
+    ctx = _closing(Context.from_env())
     resolved = svc.resolve_digest(ctx, digest)
     export_artifact(ctx, resolved, output)
     if attestation is not None or bundle is not None:
@@ -224,7 +225,7 @@ def import_cmd(archive: Path, name: str | None, attestation: Path | None, as_jso
     from graven.service.context import Context
     from graven.service.transfer import import_archive
 
-    ctx = Context.from_env()
+    ctx = _closing(Context.from_env())
     result = import_archive(ctx, archive, name=name, attestation=attestation)
     if as_json:
         emit_json(result.to_json())

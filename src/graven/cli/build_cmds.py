@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size
 from graven.errors import InputError
 
@@ -61,7 +62,7 @@ def build_cmd(revision: str, repo: Path, as_json: bool, no_cache: bool) -> int:
     from graven.service.context import Context
 
     reporter = TerminalReporter()
-    ctx = Context.from_env(reporter)
+    ctx = _closing(Context.from_env(reporter))
     try:
         result = build(ctx, path=repo, revision=revision, use_cache=not no_cache)
     finally:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
 from graven.errors import InputError, NotFoundError
 from graven.model.digest import Digest
@@ -177,7 +178,7 @@ def attest_verify_cmd(
     from graven.service.context import Context
     from graven.service.provenance import check_attestation_file, load_policy
 
-    ctx = Context.from_env()
+    ctx = _closing(Context.from_env())
     try:
         data = attestation.read_bytes()
     except FileNotFoundError:

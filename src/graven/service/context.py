@@ -74,6 +74,18 @@ class Context:
             self.home.root.mkdir(parents=True, exist_ok=True)
         return Database.open(self.home.db_url)
 
+    def close(self) -> None:
+        """Release the database connections, if any were opened."""
+        db = self.__dict__.pop("db", None)
+        if db is not None:
+            db.close()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     @cached_property
     def actor(self) -> str:
         """Who is acting: ``user@host``."""

@@ -1,0 +1,178 @@
+"""Shared fixtures for the CLI integration tests (tests/integration/test_cli_*.py).
+
+Nothing here is autouse: a test gets a graven home, a git repository or an in-process CLI only when it
+asks for the fixture by name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# A fixed author and committer date, so that the same tree always gives the same commit id.
+COMMIT_DATE = "2024-01-02T03:04:05+00:00"
+COMMIT_EPOCH = 1704164645
+
+DEFAULT_TOML = '[artifact]\nname = "demo"\n'
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """A symbolic link to ``target`` in a repository made by ``make_repo``."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class Executable:
+    """A file with the executable bit set."""
+
+    data: bytes | str
+
+
+FileSpec = bytes | str | Symlink | Executable
+RepoFiles = Mapping[str | bytes, FileSpec]
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for the test's own git commands: no user or system config, fixed dates."""
+    env = dict(os.environ)
+    env.update(
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_AUTHOR_DATE=COMMIT_DATE,
+        GIT_COMMITTER_DATE=COMMIT_DATE,
+        GIT_TERMINAL_PROMPT="0",
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """Run git in ``repo`` (as a fixed user) and return its stdout."""
+    result = subprocess.run(
+        ["git", "-c", "user.name=Graven Test", "-c", "user.email=test@graven.invalid", *args],
+        cwd=repo,
+        env=git_env(env),
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
+    return result.stdout.decode(errors="surrogateescape")
+
+
+def write_files(root: Path, files: RepoFiles) -> None:
+    """Write ``files`` (path -> content, Symlink or Executable) below ``root``; bytes paths are raw."""
+    base = os.fsencode(root)
+    for name, spec in files.items():
+        raw = os.fsencode(name) if isinstance(name, str) else name
+        full = os.path.join(base, raw)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        if os.path.lexists(full):
+            os.unlink(full)
+        if isinstance(spec, Symlink):
+            os.symlink(os.fsencode(spec.target), full)
+            continue
+        data = spec.data if isinstance(spec, Executable) else spec
+        with open(full, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(full, 0o755 if isinstance(spec, Executable) else 0o644)
+
+
+def commit_all(repo: Path, message: str = "change", *, date: str = COMMIT_DATE) -> str:
+    """Stage everything and commit it with a fixed date; return the commit id."""
+    git(repo, "add", "-A")
+    git(
+        repo,
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        message,
+        env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date},
+    )
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+def create_repo(
+    path: Path,
+    files: RepoFiles,
+    graven_toml: str | None = DEFAULT_TOML,
+    *,
+    message: str = "initial",
+) -> Path:
+    """A new git repository at ``path`` holding ``files`` (and graven.toml unless None), committed."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    if graven_toml is not None:
+        write_files(path, {"graven.toml": graven_toml})
+    write_files(path, files)
+    commit_all(path, message)
+    return path
+
+
+@pytest.fixture
+def make_repo() -> Callable[..., Path]:
+    """``make_repo(path, files, graven_toml=DEFAULT_TOML)``: see :func:`create_repo`."""
+    return create_repo
+
+
+def _add_signing_key(home: Path) -> None:
+    from graven.signing.keys import KeyStore
+    from graven.signing.trust import store_trusted_key
+
+    keys = KeyStore(home / "keys")
+    keys.generate("default", "ed25519")
+    store_trusted_key(home / "trust", keys.export_public("default"))
+
+
+@pytest.fixture
+def graven_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """GRAVEN_HOME in a temp dir with a default signing key; GRAVEN_DB_URL and GRAVEN_SIGNING_KEY unset."""
+    home = tmp_path / "graven-home"
+    home.mkdir()
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    monkeypatch.delenv("GRAVEN_SIGNING_KEY", raising=False)
+    _add_signing_key(home)
+    return home
+
+
+@pytest.fixture
+def new_home(tmp_path: Path) -> Callable[[str], Path]:
+    """Make another graven home (with a signing key) below tmp_path; switch to it with monkeypatch."""
+
+    def make(name: str) -> Path:
+        home = tmp_path / name
+        home.mkdir()
+        _add_signing_key(home)
+        return home
+
+    return make
+
+
+CliResult = tuple[int, str, str]
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Run ``graven ARGS`` in-process: ``run_cli("build", "-C", repo) -> (exit code, stdout, stderr)``."""
+    from graven.cli.main import main
+
+    def run(*args: object, cwd: Path | None = None) -> CliResult:
+        capsys.readouterr()  # drop whatever was printed before
+        with monkeypatch.context() as patch:
+            if cwd is not None:
+                patch.chdir(cwd)
+            code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,0 +1,54 @@
+"""The same build and verify with the metadata in PostgreSQL (GRAVEN_DB_URL)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers_repo import make_repo, run_cli
+from helpers_services import PostgresServer
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    # Not under pytest's tmp dir: that one is 0700 root, and the server runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="graven-pg-"))
+    root.chmod(0o755)
+    server = PostgresServer(root / "cluster")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_build_verify_and_schema_on_postgres(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GRAVEN_DB_URL", postgres_url)
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "b/c.txt": "c\n"})
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    code, out, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+    code, out, err = run_cli(capsys, "build", "-C", str(repo))  # again: cache rows already there
+    assert code == 0 and out.strip().splitlines()[-1] == digest
+    assert run_cli(capsys, "verify", digest[:12])[0] == 0
+    code, out, _ = run_cli(capsys, "artifacts", "--json")
+    assert digest in out
+    assert not (tmp_path / "home" / "graven.db").exists()
+
+    from graven.db import SCHEMA_VERSION, Database
+
+    database = Database.open(postgres_url)
+    try:
+        assert database.schema_version() == SCHEMA_VERSION
+    finally:
+        database.close()

@@ -1,0 +1,155 @@
+"""Signed provenance through the CLI: build signs, verify checks trust, export/import carry it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from graven.signing.bundle import load_attestation
+from helpers_repo import make_repo, run_cli
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("GRAVEN_HOME", str(path))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    monkeypatch.delenv("GRAVEN_SIGNING_KEY", raising=False)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"app/main.py": "print('hi')\n", "run.sh": "#!/bin/sh\n"})
+
+
+def _build(capsys: pytest.CaptureFixture[str], repo: Path) -> str:
+    code, out, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 0, err
+    return out.strip().splitlines()[-1]
+
+
+def test_build_without_a_key_says_how_to_make_one(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 2
+    assert err.startswith("graven: error: no signing key")
+    assert "graven keys generate" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_signed_build_verifies_and_shows_provenance(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    assert oct((home / "keys" / "default.key").stat().st_mode & 0o777) == "0o600"
+    digest = _build(capsys, repo)
+    code, out, _ = run_cli(capsys, "verify", digest, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["provenance"]["ok"]
+    code, out, _ = run_cli(capsys, "show", digest, "--provenance", "--json")
+    statement = json.loads(out)["statement"]
+    assert statement["subject"][0]["digest"]["sha256"] == digest.removeprefix("sha256:")
+    assert statement["predicate"]["buildDefinition"]["buildType"] == "https://graven.dev/build/v1"
+
+
+def test_private_key_readable_by_others_is_refused(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(capsys, "keys", "generate")
+    (home / "keys" / "default.key").chmod(0o644)
+    code, _, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 2
+    assert "chmod 600" in err and "Traceback" not in err
+
+
+def test_untrusted_and_revoked_keys_are_refused(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(capsys, "keys", "generate", "--no-trust")
+    digest = _build(capsys, repo)
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 1 and "no trusted keys" in err
+    pub = home.parent / "pub.pem"
+    code, out, _ = run_cli(capsys, "keys", "export", "default")
+    pub.write_text(out)
+    assert run_cli(capsys, "keys", "trust", str(pub))[0] == 0
+    assert run_cli(capsys, "verify", digest)[0] == 0
+    keyid = json.loads(run_cli(capsys, "keys", "list", "--json")[1])["signing"][0]["keyid"]
+    assert run_cli(capsys, "keys", "revoke", keyid)[0] == 0
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 1 and "revoked" in err
+
+
+def test_tampered_stored_envelope_fails_verify(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(capsys, "keys", "generate")
+    digest = _build(capsys, repo)
+    envelope_path = home.parent / "env.json"
+    run_cli(capsys, "export", digest, "-o", str(home.parent / "a.tar"), "--attestation", str(envelope_path))
+    doc = json.loads(envelope_path.read_text())
+    doc["payloadType"] = "application/json"
+    bad = home.parent / "bad.json"
+    bad.write_text(json.dumps(doc))
+    code, _, err = run_cli(capsys, "attest", "verify", str(bad), "--artifact", digest)
+    assert code == 1 and "signature" in err.lower()
+    bad.write_text("{not json")
+    code, _, err = run_cli(capsys, "attest", "verify", str(bad), "--artifact", digest)
+    assert code == 2 and err.startswith("graven: error:")
+
+
+def test_signed_artifact_verifies_after_export_and_import_on_a_second_home(
+    home: Path,
+    repo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_cli(capsys, "keys", "generate", "--name", "ci")
+    digest = _build(capsys, repo)
+    archive, envelope, bundle = (
+        tmp_path / "a.tar.zst",
+        tmp_path / "a.intoto.json",
+        tmp_path / "a.sigstore.json",
+    )
+    code, _, err = run_cli(
+        capsys, "export", digest, "-o", str(archive), "--attestation", str(envelope), "--bundle", str(bundle)
+    )
+    assert code == 0, err
+    assert load_attestation(bundle.read_bytes()).payload == load_attestation(envelope.read_bytes()).payload
+    pub = tmp_path / "ci.pub"
+    pub.write_text(run_cli(capsys, "keys", "export", "ci")[1])
+
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home2"))
+    code, out, err = run_cli(capsys, "import", str(archive), "--attestation", str(envelope))
+    assert code == 0, err
+    assert out.strip() == digest
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 1 and "no trusted keys" in err  # nothing is trusted until the operator says so
+    assert run_cli(capsys, "keys", "trust", str(pub))[0] == 0
+    code, out, err = run_cli(capsys, "verify", digest)
+    assert code == 0, err
+    assert run_cli(capsys, "attest", "verify", str(bundle), "--artifact", digest)[0] == 0
+    assert (tmp_path / "home2" / "keys").exists() is False  # no private key on the verifying side
+
+
+def test_import_refuses_an_attestation_for_another_artifact(
+    home: Path, repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(capsys, "keys", "generate")
+    first = _build(capsys, repo)
+    (repo / "extra.txt").write_text("x")
+    from helpers_repo import commit
+
+    commit(repo, "second")
+    second = _build(capsys, repo)
+    assert first != second
+    envelope = tmp_path / "first.json"
+    run_cli(capsys, "export", first, "-o", str(tmp_path / "f.tar"), "--attestation", str(envelope))
+    run_cli(capsys, "export", second, "-o", str(tmp_path / "s.tar"))
+    code, _, err = run_cli(capsys, "import", str(tmp_path / "s.tar"), "--attestation", str(envelope))
+    assert code == 1 and "not for" in err
