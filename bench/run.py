@@ -623,6 +623,11 @@ def bench_rss(b: Bench) -> None:
             )
     finally:
         shutil.rmtree(repo)
+    b.notes.append(
+        "peak RSS: `wait4` (what `/usr/bin/time -f %M` reports) is the largest single process of graven's "
+        "tree, git children included; VmHWM is sampled every 10 ms from /proc for the graven (python) "
+        "process alone"
+    )
     b.rows += [
         Row(
             "5 peak RSS, 1 GiB file (wait4, process tree)",

@@ -23,6 +23,10 @@ __all__ = [
     "attestations",
     "blob_cache",
     "builds",
+    "log_checkpoints",
+    "log_entries",
+    "log_state",
+    "meta",
     "metadata",
 ]
 
@@ -89,6 +93,36 @@ attestations = sa.Table(
 )
 
 
+log_entries = sa.Table(
+    "log_entries",
+    metadata,
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("entry", sa.Text, nullable=False),  # canonical JSON: the only source of truth
+    sa.Column("leaf_hash", sa.String(64), nullable=False),
+    # derived from the entry, for filtering; `graven log verify` checks that they agree
+    sa.Column("time", sa.String(32), nullable=False, index=True),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("artifact", sa.String(71), index=True),
+    sa.Column("env", sa.String(128), index=True),
+)
+
+log_checkpoints = sa.Table(
+    "log_checkpoints",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root", sa.String(64), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+)
+
+log_state = sa.Table(
+    "log_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("frontier", sa.Text, nullable=False),  # the compact range: O(log n) subtree hashes
+)
+
+
 def _migrate_1(conn: Connection) -> None:
     for table in (artifacts, builds, blob_cache):
         table.create(conn, checkfirst=True)
@@ -98,8 +132,13 @@ def _migrate_2(conn: Connection) -> None:
     attestations.create(conn, checkfirst=True)
 
 
+def _migrate_3(conn: Connection) -> None:
+    for table in (log_entries, log_checkpoints, log_state):
+        table.create(conn, checkfirst=True)
+
+
 # One function per schema version; never edit a released one, append a new one.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -163,6 +163,11 @@ def verify_cmd(digest: str, policy: Path | None, env: str | None, as_json: bool)
     report = svc.verify_artifact(ctx, resolved)
     provenance = check_provenance(ctx, resolved, policy=trust, env=env)
     ok = report.ok and provenance.ok
+    if not ok:
+        from graven.model.logentry import LogEvent
+
+        reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
+        ctx.audit.record(LogEvent("verify-failure", artifact=str(resolved), reason=reason, result="failed"))
     if as_json:
         emit_json({**report.to_json(), "ok": ok, "provenance": provenance.to_json()})
     elif ok:

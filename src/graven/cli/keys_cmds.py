@@ -14,6 +14,7 @@ from graven.errors import InputError, NotFoundError
 from graven.model.digest import Digest
 
 if TYPE_CHECKING:
+    from graven.home import Home
     from graven.service.context import Context
 
 __all__ = ["COMMANDS"]
@@ -47,6 +48,7 @@ def generate_cmd(name: str, key_type: str, no_trust: bool, as_json: bool) -> int
     trusted = None
     if not no_trust:
         trusted = store_trusted_key(home.trust, keys.export_public(name))
+        _log(home, "key-trusted", f"key {entry.keyid} ({entry.key_type}, generated as {name})")
     if as_json:
         emit_json(
             {
@@ -134,7 +136,9 @@ def trust_cmd(pem_file: Path) -> int:
     except OSError as exc:
         raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
     keyid, _ = trust_key(pem)
-    path = store_trusted_key(Home.from_env().trust, pem)
+    home = Home.from_env()
+    path = store_trusted_key(home.trust, pem)
+    _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")
     click.echo(f"trusted key {keyid} ({path})")
     return 0
 
@@ -156,8 +160,18 @@ def revoke_cmd(keyid: str) -> int:
     if value not in _revoked(path):
         with path.open("a", encoding="utf-8") as handle:
             handle.write(value + "\n")
+        _log(home, "key-revoked", f"key {value}")
     click.echo(f"revoked key {value}")
     return 0
+
+
+def _log(home: Home, event: str, reason: str) -> None:
+    """Record a trust change in the audit log."""
+    from graven.model.logentry import LogEvent
+    from graven.service.context import Context
+
+    with Context(home=home) as ctx:
+        ctx.audit.record(LogEvent(event, reason=reason))
 
 
 @click.group("attest")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import click
 
 from graven import __version__
-from graven.cli import artifact_cmds, build_cmds, keys_cmds
+from graven.cli import artifact_cmds, build_cmds, keys_cmds, log_cmds
 from graven.errors import GravenError
 
 __all__ = ["cli", "main"]
@@ -31,7 +31,7 @@ def cli(verbose: bool) -> None:
     _State.verbose = verbose
 
 
-for module in (build_cmds, artifact_cmds, keys_cmds):
+for module in (build_cmds, artifact_cmds, keys_cmds, log_cmds):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -25,6 +25,7 @@ from graven.core.paths import check_path
 from graven.db import artifacts, blob_cache, builds
 from graven.errors import NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
+from graven.model.logentry import LogEvent
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
 from graven.service.context import Context, utc_now
@@ -224,6 +225,16 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
             )
         )
         record_attestation(conn, result.digest, result.provenance, result.signed_by)
+        ctx.audit.append(conn, LogEvent("build", artifact=result.digest, commit=result.commit))
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                "sign",
+                artifact=result.digest,
+                commit=result.commit,
+                reason=f"provenance signed by {result.signed_by}",
+            ),
+        )
 
 
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:

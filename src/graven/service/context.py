@@ -14,6 +14,7 @@ from graven.home import Home
 
 if TYPE_CHECKING:
     from graven.db import Database
+    from graven.service.audit import AuditLog
     from graven.store.local import LocalStore
 
 __all__ = ["Context", "NullReporter", "Reporter", "utc_now"]
@@ -73,6 +74,13 @@ class Context:
         if self.home.db_url_override is None:
             self.home.root.mkdir(parents=True, exist_ok=True)
         return Database.open(self.home.db_url)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        """The tamper-evident audit log."""
+        from graven.service.audit import AuditLog
+
+        return AuditLog(self)
 
     def close(self) -> None:
         """Release the database connections, if any were opened."""

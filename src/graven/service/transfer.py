@@ -18,6 +18,7 @@ from graven.errors import (
     VerificationError,
 )
 from graven.model.digest import Digest
+from graven.model.logentry import LogEvent
 from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context, utc_now
 from graven.service.provenance import latest_envelope, record_attestation
@@ -149,6 +150,15 @@ def import_archive(
         insert_ignore(conn, artifacts, [row])
         if envelope is not None and envelope_digest is not None:
             record_attestation(conn, str(manifest.digest), envelope_digest, envelope[1])
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                "import",
+                artifact=str(manifest.digest),
+                commit=commit,
+                reason=f"from {path.name}" + (" with provenance" if envelope is not None else ""),
+            ),
+        )
     return ImportResult(
         digest=str(manifest.digest),
         name=artifact_name,

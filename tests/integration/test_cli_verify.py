@@ -1,0 +1,270 @@
+"""``graven verify`` finds corrupt and missing objects by artifact path, and a build killed at any moment
+leaves a store that still verifies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import commit_all, write_files
+from graven.model.digest import Digest
+from graven.store.local import LocalStore
+
+Run = Callable[..., tuple[int, str, str]]
+
+BIG = random.Random(1).randbytes((1 << 20) + 12345)  # >= 1 MiB: stored loose
+PACKED = random.Random(2).randbytes(200_000)  # incompressible: stored raw inside a pack
+FILES = {
+    "big/blob.bin": BIG,
+    "data/random.bin": PACKED,
+    "docs/readme.txt": "hello\n" * 100,
+    "docs/copy-of-readme.txt": "hello\n" * 100,  # the same blob under two paths
+}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _build(run_cli: Run, repo: Path) -> str:
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    return out.splitlines()[-1]
+
+
+def _flip(path: Path, offset: int) -> None:
+    path.chmod(0o644)  # objects are read-only
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x5A]))
+
+
+def _problems(err: str) -> list[str]:
+    """The per-object problem lines of a failed verify; checks that the object check failed."""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("graven: error: ")]
+    assert any("failed verification" in line for line in errors), err
+    return [line for line in lines if not line.startswith("graven: ")]
+
+
+@pytest.fixture
+def built(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> tuple[Path, str]:
+    repo = make_repo(tmp_path / "repo", FILES)
+    digest = _build(run_cli, repo)
+    code, out, err = run_cli("verify", digest)
+    assert code == 0, err
+    assert out.startswith(f"ok {digest}")
+    return repo, digest
+
+
+def test_corrupt_loose_object_is_named(graven_home: Path, built: tuple[Path, str], run_cli: Run) -> None:
+    _, digest = built
+    loose = LocalStore.at(graven_home / "objects").loose_path(Digest(_sha(BIG)))
+    assert loose.is_file()
+    _flip(loose, len(BIG) // 2)
+    code, out, err = run_cli("verify", digest)
+    assert code == 1
+    assert out == ""
+    assert _problems(err) == [f"corrupt: big/blob.bin (object sha256:{_sha(BIG)})"]
+
+    code, out, err = run_cli("verify", "--json", digest)
+    assert code == 1
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert [(p["path"], p["object"], p["kind"]) for p in report["problems"]] == [
+        ("big/blob.bin", f"sha256:{_sha(BIG)}", "corrupt")
+    ]
+
+
+def test_export_of_a_corrupt_artifact_fails_and_writes_nothing(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run, tmp_path: Path
+) -> None:
+    _, digest = built
+    _flip(LocalStore.at(graven_home / "objects").loose_path(Digest(_sha(BIG))), 10)
+    target = tmp_path / "out.tar"
+    code, _, err = run_cli("export", digest, "-o", target)
+    assert code == 1, err
+    assert err.startswith("graven: error: ") and len(err.splitlines()) == 1, err
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.tar")] == []
+
+
+def test_corrupt_byte_inside_a_pack_is_named(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    _, digest = built
+    packs = sorted((graven_home / "objects" / "pack").glob("*.pack"))
+    assert len(packs) == 1
+    data = packs[0].read_bytes()
+    where = data.find(PACKED)
+    assert where > 0, "the incompressible file should be stored raw in the pack"
+    _flip(packs[0], where + len(PACKED) // 2)
+    code, out, err = run_cli("verify", digest)
+    assert code == 1
+    assert out == ""
+    assert _problems(err) == [f"corrupt: data/random.bin (object sha256:{_sha(PACKED)})"]
+
+
+def test_corrupt_record_header_inside_a_pack_is_named(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    _, digest = built
+    pack = next((graven_home / "objects" / "pack").glob("*.pack"))
+    where = pack.read_bytes().find(bytes.fromhex(_sha(PACKED)))
+    assert where > 0
+    _flip(pack, where + 48)  # the stored-length field of the record header
+    code, _, err = run_cli("verify", digest)
+    assert code == 1
+    assert _problems(err) == [f"corrupt: data/random.bin (object sha256:{_sha(PACKED)})"]
+
+
+def test_deleted_loose_object_is_named_missing(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    _, digest = built
+    LocalStore.at(graven_home / "objects").loose_path(Digest(_sha(BIG))).unlink()
+    code, _, err = run_cli("verify", digest)
+    assert code == 1
+    assert _problems(err) == [f"missing: big/blob.bin (object sha256:{_sha(BIG)})"]
+
+
+def test_deleted_pack_names_every_missing_object(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    repo, v1 = built
+    pack_dir = graven_home / "objects" / "pack"
+    first_packs = set(pack_dir.iterdir())
+    # v2, under another name (so its manifest is stored whole), shares every file but one with v1.
+    write_files(repo, {"graven.toml": '[artifact]\nname = "demo-two"\n', "docs/new.txt": "new\n"})
+    commit_all(repo, "v2")
+    v2 = _build(run_cli, repo)
+    assert set(pack_dir.iterdir()) > first_packs
+    for path in first_packs:
+        path.chmod(0o644)
+        path.unlink()
+
+    code, _, err = run_cli("verify", v2)
+    assert code == 1
+    readme = _sha(b"hello\n" * 100)
+    assert _problems(err) == [
+        f"missing: data/random.bin (object sha256:{_sha(PACKED)})",
+        f"missing: docs/copy-of-readme.txt (object sha256:{readme})",
+        f"missing: docs/readme.txt (object sha256:{readme})",
+    ]
+    # v1's manifest was in the deleted pack: the manifest itself is reported missing.
+    code, _, err = run_cli("verify", v1)
+    assert code == 1
+    assert _problems(err) == [f"missing: (manifest) (object {v1})"]
+
+
+# -- SIGKILL while storing -------------------------------------------------------------------------
+
+
+def _big_repo_files() -> dict[str, bytes | str]:
+    files: dict[str, bytes | str] = {
+        f"d{i % 30:02d}/f{i:04d}.txt": f"small file {i}\n" * (1 + i % 7) for i in range(3000)
+    }
+    for j in range(4):
+        files[f"big/blob{j}.bin"] = random.Random(100 + j).randbytes(2 << 20)
+    return files
+
+
+def _graven(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, GRAVEN_HOME=str(home))
+    return subprocess.Popen(
+        [sys.executable, "-m", "graven", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _kill_when_storing(home: Path, repo: Path, delay: float) -> bool:
+    """Start a build; once it has a temp file in the store, wait ``delay`` s and SIGKILL it.
+    True when the process was killed while it had started storing."""
+    tmp = home / "objects" / "tmp"
+    proc = _graven(home, "build", "-C", str(repo))
+    seen = False
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            seen = any(f"-{proc.pid}-" in name for name in os.listdir(tmp))
+        except FileNotFoundError:
+            seen = False
+        if seen:
+            break
+        time.sleep(0.001)
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate()
+    return seen and proc.returncode == -signal.SIGKILL
+
+
+def _kill_after(home: Path, repo: Path, delay: float) -> None:
+    proc = _graven(home, "build", "-C", str(repo))
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate()
+
+
+def _assert_store_is_whole(objects: Path) -> int:
+    """Every loose object hashes to its name, every index loads, every listed object verifies."""
+    loose = 0
+    for sub in (objects / "sha256").iterdir():
+        for item in sub.iterdir():
+            digest = hashlib.sha256()
+            with item.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            assert digest.hexdigest() == sub.name + item.name, f"partial loose object {item}"
+            loose += 1
+    for idx in (objects / "pack").glob("*.idx"):
+        assert idx.with_suffix(".pack").is_file(), f"{idx.name} has no pack"
+    store = LocalStore.at(objects)
+    listed = list(store.list())  # loads every *.idx: a partial one raises
+    for digest in listed:
+        store.verify(digest)
+    return len(listed)
+
+
+def test_sigkill_while_storing_leaves_a_store_that_verifies(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "big-repo", _big_repo_files())
+    killed_storing = 0
+    for delay in (0.0, 0.002, 0.01, 0.03, 0.06, 0.1, 0.15, 0.25):
+        killed_storing += _kill_when_storing(graven_home, repo, delay)
+    for delay in (0.05, 0.15, 0.3):
+        _kill_after(graven_home, repo, delay)
+    print("killed while storing:", killed_storing)
+    assert killed_storing >= 3, "the builds finished before they could be killed; the test proves nothing"
+
+    objects = graven_home / "objects"
+    _assert_store_is_whole(objects)
+    code, out, err = run_cli("artifacts", "--json")
+    assert code == 0, err
+    for record in json.loads(out):
+        code, _, err = run_cli("verify", record["digest"])
+        assert code == 0, err
+
+    code, out, err = run_cli("build", "--json", "-C", repo)
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    code, _, err = run_cli("verify", digest)
+    assert code == 0, err
+    assert _assert_store_is_whole(objects) > 3000
