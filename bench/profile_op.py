@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("what", choices=["cold", "incremental", "export"])
     parser.add_argument("--workload", default="django", choices=["django", "large", "bin"])
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--dump", type=Path, help="also write the raw profile here (for pstats/snakeviz)")
     parser.add_argument("--workloads", help="as for bench/run.py")
     parser.add_argument(
         "--scratch", default=os.environ.get("GRAVEN_BENCH_DIR", "/tmp/graven-bench-run") + "-prof"
@@ -82,6 +83,8 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"{args.what} {args.workload}: {wall:.3f} s wall under cProfile")
     stats = pstats.Stats(profiler)
+    if args.dump:
+        stats.dump_stats(args.dump)
     stats.sort_stats("cumulative").print_stats(args.top)
     stats.sort_stats("tottime").print_stats(args.top)
     return 0

@@ -1,0 +1,382 @@
+"""``graven export`` writes deterministic archives that GNU tar reads; ``graven import`` round-trips them
+and refuses hostile ones by entry name."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from conftest import COMMIT_EPOCH, Executable, Symlink
+
+Run = Callable[..., tuple[int, str, str]]
+
+LONG_DIR = "very/" + "long-directory-name-" * 4 + "/nested"
+REPO_FILES: dict[str, bytes | str | Symlink | Executable] = {
+    "README.md": "# shop\n",
+    "app/main.py": "print('hi')\n",
+    "app/current": Symlink("main.py"),
+    "app/up": Symlink("../README.md"),
+    "bin/run": Executable("#!/bin/sh\necho run\n"),
+    "data/empty.txt": b"",
+    "data/random.bin": random.Random(3).randbytes(300_000),
+    "data/large.bin": random.Random(4).randbytes((1 << 20) + 5),  # loose in the store
+    "caf\u00e9/na\u00efve.txt": "unicode name\n",
+    f"{LONG_DIR}/file-with-a-long-name-to-need-a-pax-header.txt": "long\n",
+    "link-to-dir": Symlink("app"),
+}
+SUFFIXES = (".tar", ".tar.gz", ".tar.zst")
+
+
+def _tar_bytes(path: Path) -> bytes:
+    """The uncompressed tar stream of an exported archive."""
+    data = path.read_bytes()
+    if path.name.endswith(".tar.zst"):
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    if path.name.endswith(".tar.gz"):
+        import gzip
+
+        return gzip.decompress(data)
+    return data
+
+
+def _gnu_tar(*args: str | Path, zstd: bool = False) -> str:
+    cmd = ["tar", *(["--zstd"] if zstd else []), *map(str, args)]
+    result = subprocess.run(cmd, capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout.decode()
+
+
+@pytest.fixture
+def artifact(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> tuple[Path, str]:
+    repo = make_repo(tmp_path / "repo", REPO_FILES)
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    return repo, out.splitlines()[-1]
+
+
+def _export(run_cli: Run, digest: str, out: Path) -> Path:
+    code, stdout, err = run_cli("export", digest, "-o", out)
+    assert code == 0, err
+    assert out.is_file(), stdout
+    return out
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_export_is_deterministic_and_gnu_tar_reads_it(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path, suffix: str
+) -> None:
+    repo, digest = artifact
+    first = _export(run_cli, digest, tmp_path / f"one{suffix}")
+    second = _export(run_cli, digest[:16], tmp_path / f"two{suffix}")  # via a prefix, too
+    assert first.read_bytes() == second.read_bytes()
+
+    zstd = suffix == ".tar.zst"
+    listing = _gnu_tar("-tvf", first, zstd=zstd)
+    assert "app/main.py" in listing and "app/current -> main.py" in listing
+    dest = tmp_path / "extracted"
+    dest.mkdir()
+    _gnu_tar("-xf", first, "-C", dest, zstd=zstd)
+    _assert_same_tree(repo, dest)
+
+
+def _tracked(repo: Path) -> set[str]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout.decode()
+    return {p for p in out.split("\0") if p}
+
+
+def _assert_same_tree(repo: Path, dest: Path) -> None:
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            found.add(os.path.relpath(os.path.join(dirpath, name), dest))
+    assert found == _tracked(repo)
+    for rel in found:
+        ours, theirs = repo / rel, dest / rel
+        if ours.is_symlink():
+            assert theirs.is_symlink(), rel
+            assert os.readlink(theirs) == os.readlink(ours), rel
+            continue
+        assert not theirs.is_symlink() and theirs.is_file(), rel
+        assert theirs.read_bytes() == ours.read_bytes(), rel
+        assert bool(theirs.stat().st_mode & stat.S_IXUSR) == bool(ours.stat().st_mode & stat.S_IXUSR), rel
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_archive_entries_are_normalized_and_sorted(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path, suffix: str
+) -> None:
+    repo, digest = artifact
+    archive = _export(run_cli, digest, tmp_path / f"a{suffix}")
+    with tarfile.open(fileobj=io.BytesIO(_tar_bytes(archive))) as tar:
+        members = tar.getmembers()
+        claims = json.loads(tar.pax_headers["comment"])
+    assert claims["digest"] == digest
+    assert claims["source_date_epoch"] == COMMIT_EPOCH
+    names = [m.name.rstrip("/") for m in members]
+    assert len(names) == len(set(names))
+    for member in members:
+        assert member.mtime == COMMIT_EPOCH, member.name
+        assert (member.uid, member.gid) == (0, 0), member.name
+        assert (member.uname, member.gname) == ("", ""), member.name
+        if member.isdir():
+            assert member.mode == 0o755, member.name
+        elif member.issym():
+            assert member.mode == 0o777, member.name
+        else:
+            assert member.isreg(), member.name
+            assert member.mode == (0o755 if member.name == "bin/run" else 0o644), member.name
+    leaves = [m.name for m in members if not m.isdir()]
+    assert leaves == sorted(leaves, key=lambda n: n.encode())
+    assert set(leaves) == _tracked(repo)
+    position = {name: i for i, name in enumerate(names)}
+    for name in names:  # every directory comes before everything below it
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            assert position["/".join(parts[:depth])] < position[name], name
+
+
+def test_same_artifact_exports_the_same_bytes_from_another_home(
+    artifact: tuple[Path, str],
+    run_cli: Run,
+    tmp_path: Path,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo, digest = artifact
+    ours = _export(run_cli, digest, tmp_path / "ours.tar.zst")
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("elsewhere")))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    assert out.splitlines()[-1] == digest
+    theirs = _export(run_cli, digest, tmp_path / "theirs.tar.zst")
+    assert theirs.read_bytes() == ours.read_bytes()
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_import_round_trips_to_the_same_digest(
+    artifact: tuple[Path, str],
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+) -> None:
+    _, digest = artifact
+    archive = _export(run_cli, digest, tmp_path / f"shop{suffix}")
+    other = tmp_path / "second-home"
+    monkeypatch.setenv("GRAVEN_HOME", str(other))
+    code, out, err = run_cli("import", archive)
+    assert code == 0, err
+    assert out.splitlines()[-1] == digest
+
+    code, out, err = run_cli("show", digest, "--json")
+    assert code == 0, err
+    shown = json.loads(out)["artifact"]
+    assert shown["name"] == "demo"
+    assert shown["source_date_epoch"] == COMMIT_EPOCH
+    code, out, _ = run_cli("verify", "--json", digest)
+    assert json.loads(out)["problems"] == []
+    # Importing again changes nothing; exporting from the second home gives the very same bytes.
+    code, out, err = run_cli("import", "--json", archive)
+    assert code == 0, err
+    assert json.loads(out)["digest"] == digest
+    again = _export(run_cli, digest, tmp_path / f"again{suffix}")
+    assert again.read_bytes() == archive.read_bytes()
+
+
+def test_import_with_attestation_verifies_in_a_home_that_trusts_the_key(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, digest = artifact
+    archive, envelope = tmp_path / "shop.tar.gz", tmp_path / "shop.intoto.json"
+    code, _, err = run_cli("export", digest, "-o", archive, "--attestation", envelope)
+    assert code == 0, err
+    other = tmp_path / "second-home"
+    shutil.copytree(graven_home / "trust", other / "trust")
+    monkeypatch.setenv("GRAVEN_HOME", str(other))
+    code, out, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 0, err
+    assert out.splitlines()[-1] == digest
+    code, out, err = run_cli("verify", digest)
+    assert code == 0, err
+    assert out.startswith(f"ok {digest}")
+
+
+# -- hostile archives ------------------------------------------------------------------------------
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    return info, data
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return info, None
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+def _special(name: str, kind: bytes) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.devmajor, info.devminor = 1, 3
+    return info, None
+
+
+HOSTILE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], str]] = {
+    "absolute-path": ([_file("ok.txt"), _file("/etc/cron.d/evil")], "/etc/cron.d/evil"),
+    "dotdot-leading": ([_file("../evil.txt")], "../evil.txt"),
+    "dotdot-inside": ([_file("a/b/../../../evil.txt")], "a/b/../../../evil.txt"),
+    "symlink-escapes": ([_file("ok.txt"), _link("escape", "../x")], "escape"),
+    "symlink-escapes-deep": ([_link("a/b/up", "../../../etc/passwd")], "a/b/up"),
+    "symlink-chain": ([_link("a", "."), _link("b", "a/..")], "b"),
+    "symlink-absolute": ([_link("passwd", "/etc/passwd")], "passwd"),
+    "char-device": ([_special("dev/null", tarfile.CHRTYPE)], "dev/null"),
+    "block-device": ([_special("dev/sda", tarfile.BLKTYPE)], "dev/sda"),
+    "fifo": ([_special("pipe", tarfile.FIFOTYPE)], "pipe"),
+    "hard-link": ([_file("a.txt"), _link("b.txt", "a.txt", tarfile.LNKTYPE)], "b.txt"),
+    "duplicate": ([_file("a.txt", b"one"), _file("a.txt", b"two")], "a.txt"),
+    "duplicate-dot-slash": ([_file("a.txt", b"one"), _file("./a.txt", b"two")], "a.txt"),
+    "below-symlink": ([_dir("d"), _file("d/f"), _link("l", "d"), _file("l/x")], "l/x"),
+    "below-file": ([_file("f"), _file("f/x")], "f/x"),
+    "control-character": ([_file("bad\x01name.txt")], "bad"),
+}
+
+
+def _write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], **kwargs: object) -> Path:
+    with tarfile.open(path, "w", **kwargs) as tar:  # type: ignore[call-overload]
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _assert_refused(run_cli: Run, archive: Path, needle: str, code_expected: int = 2) -> str:
+    code, out, err = run_cli("import", archive)
+    assert code == code_expected, (code, err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graven: error: "), err
+    assert "Traceback" not in err
+    assert needle in lines[0], err
+    code, out, _ = run_cli("artifacts", "--json")
+    assert code == 0 and json.loads(out) == []  # nothing was recorded
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_archive_is_refused_naming_the_entry(
+    graven_home: Path, tmp_path: Path, run_cli: Run, case: str
+) -> None:
+    members, needle = HOSTILE[case]
+    archive = _write_tar(tmp_path / f"{case}.tar", members, format=tarfile.PAX_FORMAT)
+    _assert_refused(run_cli, archive, needle)
+
+
+@pytest.mark.parametrize("compress", ["gz", "zst"])
+def test_hostile_entry_is_refused_inside_compressed_archives(
+    graven_home: Path, tmp_path: Path, run_cli: Run, compress: str
+) -> None:
+    raw = _write_tar(tmp_path / "raw.tar", [_file("ok"), _link("out", "../../x")]).read_bytes()
+    if compress == "gz":
+        import gzip
+
+        data, name = gzip.compress(raw), "evil.tar.gz"
+    else:
+        data, name = zstandard.ZstdCompressor().compress(raw), "evil.tar.zst"
+    archive = tmp_path / name
+    archive.write_bytes(data)
+    _assert_refused(run_cli, archive, "out")
+
+
+def test_non_utf8_entry_name_is_refused(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    archive = _write_tar(
+        tmp_path / "latin1.tar",
+        [_file("ok.txt"), _file("\udcff.txt")],
+        format=tarfile.USTAR_FORMAT,
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
+    assert b"\xff.txt\0" in archive.read_bytes()
+    _assert_refused(run_cli, archive, "xff.txt")
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_truncated_archive_is_refused(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    _, digest = artifact
+    archive = _export(run_cli, digest, tmp_path / f"full{suffix}")
+    data = archive.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) * 2 // 3 + 7])
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "import-home"))
+    _assert_refused(run_cli, cut, str(cut))
+
+
+def test_archive_cut_between_members_is_refused(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tar cut exactly at a block boundary reads as a shorter, well-formed stream: the digest claimed
+    in its header no longer matches, and the import must refuse it."""
+    _, digest = artifact
+    data = _export(run_cli, digest, tmp_path / "full.tar").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        offsets = [m.offset for m in tar.getmembers()]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: offsets[len(offsets) // 2]])
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "import-home"))
+    code, out, err = run_cli("import", cut)
+    assert code != 0
+    assert out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("graven: error: "), err
+    assert str(cut) in err
+    code, out, _ = run_cli("artifacts", "--json")
+    assert json.loads(out) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("notes.txt", b"just some text, not an archive\n" * 40),
+        ("empty.tar", b""),
+        ("garbage.tar.gz", b"\x1f\x8b" + bytes(range(256)) * 4),
+        ("garbage.tar.zst", b"\x28\xb5\x2f\xfd" + hashlib.sha256(b"x").digest() * 8),
+    ],
+)
+def test_non_archive_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, name: str, data: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    _assert_refused(run_cli, path, str(path))
+
+
+def test_missing_archive_is_refused(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    _assert_refused(run_cli, tmp_path / "nope.tar", "nope.tar")
