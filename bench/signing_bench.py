@@ -1,0 +1,109 @@
+"""Signing benchmark (issue 3): what signing adds to a build and checking adds to a verify.
+
+    python bench/signing_bench.py [--repo DIR] [--repeat 20]
+
+Builds the workload repository once (in-process, fresh GRAVEN_HOME), then times, N times each, the
+exact calls that `graven build` and `graven verify` make for provenance: building and signing the
+statement (`sign_provenance`), and checking the stored envelope against the trust policy
+(`check_provenance`, which reads the envelope from the store, verifies the DSSE signature and the subject).
+Target: each adds <= 20 ms. The whole verify (re-hashing every object) is timed too, for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from graven.home import Home
+from graven.service.artifacts import verify_artifact
+from graven.service.build import SANDBOX_NONE, build
+from graven.service.context import Context
+from graven.service.provenance import (
+    check_provenance,
+    load_policy,
+    provenance_inputs,
+    resolve_signing_key,
+    sign_provenance,
+)
+from graven.signing.keys import KeyStore
+from graven.signing.trust import store_trusted_key
+
+
+def prepare(repo: Path, scratch: Path) -> Path:
+    clone = scratch / "repo"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    (clone / "graven.toml").write_text('[artifact]\nname = "bench"\n')
+    env = {
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@x",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@x",
+        "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z",
+        "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z",
+        "PATH": "/usr/bin:/bin",
+    }
+    subprocess.run(["git", "add", "graven.toml"], cwd=clone, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "-m", "graven"], cwd=clone, check=True, env=env)
+    return clone
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repo", type=Path, default=Path("/work/bench-data/django"))
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        clone = prepare(args.repo, scratch)
+        home = Home(root=scratch / "home")
+        keys = KeyStore(home.keys)
+        keys.generate("default")
+        store_trusted_key(home.trust, keys.export_public("default"))
+        with Context(home=home) as ctx:
+            result = build(ctx, path=clone, revision="HEAD")
+            key = resolve_signing_key(ctx)
+            inputs = provenance_inputs(
+                name=result.name,
+                digest=result.digest,
+                repository=result.repository,
+                revision=result.revision,
+                commit=result.commit,
+                source_date_epoch=result.source_date_epoch,
+                sandbox=SANDBOX_NONE,
+                invocation_id=result.invocation_id,
+                started_on=result.started_at,
+                finished_on=result.finished_at,
+                pipeline_digest=result.pipeline_digest,
+            )
+            sign_ms, check_ms, verify_ms = [], [], []
+            from graven.model.digest import Digest
+
+            digest = Digest.parse(result.digest)
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                envelope = sign_provenance(key, inputs)
+                ctx.store.put(envelope.to_json())
+                sign_ms.append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                outcome = check_provenance(ctx, digest, policy=load_policy(ctx))
+                check_ms.append((time.perf_counter() - start) * 1000)
+                assert outcome.ok, outcome.reason
+            for _ in range(3):
+                start = time.perf_counter()
+                assert verify_artifact(ctx, digest).ok
+                verify_ms.append((time.perf_counter() - start) * 1000)
+    print(f"files: {result.file_count}")
+    print(f"sign + store provenance: median {statistics.median(sign_ms):.2f} ms (target <= 20 ms)")
+    print(
+        f"check provenance (read, DSSE verify, trust, subject): median {statistics.median(check_ms):.2f} ms "
+        "(target <= 20 ms)"
+    )
+    print(f"for scale, re-hashing the artifact in verify: median {statistics.median(verify_ms):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
