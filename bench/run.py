@@ -257,6 +257,14 @@ def fmt(value: float, unit: str) -> str:
     return f"{value / 1e6:.2f} MB"
 
 
+def fmt_ratio(ratio: float, target: float | None) -> str:
+    """Two decimals, or three when two would hide on which side of the target the ratio is."""
+    text = f"{ratio:.2f}"
+    if target is not None and text == f"{target:.2f}":
+        text = f"{ratio:.3f}"
+    return f"{text}x"
+
+
 def table_cells(row: Row) -> list[str]:
     base = row.baseline_median
     ratio = row.ratio
@@ -265,7 +273,7 @@ def table_cells(row: Row) -> list[str]:
         row.n,
         fmt(row.graven_median, row.unit),
         fmt(base, row.unit) if base is not None else "-",
-        f"{ratio:.2f}x" if ratio is not None else "-",
+        fmt_ratio(ratio, row.target) if ratio is not None else "-",
         row.target_text,
         row.verdict,
     ]
