@@ -23,11 +23,14 @@ __all__ = [
     "attestations",
     "blob_cache",
     "builds",
+    "deploy_envs",
+    "deployments",
     "log_checkpoints",
     "log_entries",
     "log_state",
     "meta",
     "metadata",
+    "rejections",
 ]
 
 metadata = sa.MetaData()
@@ -123,6 +126,51 @@ log_state = sa.Table(
 )
 
 
+# -- environments (issue 4): the state of each environment, every deployment, rejected digests ------
+
+deploy_envs = sa.Table(
+    "deploy_envs",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),  # the resolved target directory
+    sa.Column("live_digest", sa.String(71)),
+    sa.Column("live_deployment", sa.Integer),  # deployments.id of the live release
+    sa.Column("previous_digest", sa.String(71)),
+    sa.Column("held", sa.Boolean, nullable=False, default=False),
+    sa.Column("held_digest", sa.String(71)),
+    sa.Column("hold_reason", sa.Text),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("env", sa.String(64), nullable=False, index=True),
+    sa.Column("digest", sa.String(71), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # deploy | promote | rollback | auto-rollback
+    sa.Column("source_env", sa.String(64)),  # promote: the environment it came from
+    sa.Column("previous_digest", sa.String(71)),  # what was live before
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("started_at", sa.String(32), nullable=False),
+    sa.Column("finished_at", sa.String(32)),
+    sa.Column("result", sa.String(16), nullable=False),  # pending | ok | failed | interrupted
+    sa.Column("health", sa.String(16), nullable=False),  # healthy | none | failed | unknown
+    sa.Column("override", sa.Boolean, nullable=False, default=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("detail", sa.Text),
+)
+
+rejections = sa.Table(
+    "rejections",
+    metadata,
+    sa.Column("digest", sa.String(71), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+
 def _migrate_1(conn: Connection) -> None:
     for table in (artifacts, builds, blob_cache):
         table.create(conn, checkfirst=True)
@@ -137,8 +185,13 @@ def _migrate_3(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _migrate_4(conn: Connection) -> None:
+    for table in (deploy_envs, deployments, rejections):
+        table.create(conn, checkfirst=True)
+
+
 # One function per schema version; never edit a released one, append a new one.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -380,3 +380,56 @@ def test_non_archive_is_refused(
 
 def test_missing_archive_is_refused(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
     _assert_refused(run_cli, tmp_path / "nope.tar", "nope.tar")
+
+
+STEPS_TOML = """\
+[artifact]
+name = "generated"
+
+[build]
+steps = [
+    "mkdir -p out/empty/deeper out/sub out/keep && echo hi > out/sub/f",
+    ": > out/sub/x && chmod 755 out/sub/x",
+    "ln -s sub/f out/link && ln -s empty/deeper out/to-empty",
+]
+outputs = ["out/"]
+"""
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_empty_directories_round_trip(
+    *,
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+) -> None:
+    """A build output with an empty directory nested in an otherwise empty one (out/empty/deeper)."""
+    repo = make_repo(tmp_path / "repo", {"src.txt": "source\n"}, STEPS_TOML)
+    code, out, err = run_cli("build", "--json", "-C", repo)
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    code, out, _ = run_cli("show", digest, "--json", "--files")
+    entries = {e["path"]: e["type"] for e in json.loads(out)["entries"]}
+    assert entries == {
+        "out/empty/deeper": "dir",
+        "out/keep": "dir",
+        "out/link": "symlink",
+        "out/to-empty": "symlink",
+        "out/sub/f": "file",
+        "out/sub/x": "file",
+    }
+    archive = _export(run_cli, digest, tmp_path / f"gen{suffix}")
+    dest = tmp_path / "extracted"
+    dest.mkdir()
+    _gnu_tar("-xf", archive, "-C", dest, zstd=suffix == ".tar.zst")
+    assert (dest / "out/empty/deeper").is_dir() and list((dest / "out/empty/deeper").iterdir()) == []
+    assert (dest / "out/keep").is_dir()
+    assert os.readlink(dest / "out/to-empty") == "empty/deeper"
+
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "second-home"))
+    code, out, err = run_cli("import", archive)
+    assert code == 0, err
+    assert out.splitlines()[-1] == digest

@@ -51,11 +51,9 @@ SIMPLE_STEP = (
 # commit alone.
 PROBE_SCRIPT = """\
 import json, os, pathlib, time
-out = pathlib.Path('out')
-out.mkdir()
 tree = {}
 for dirpath, dirnames, filenames in os.walk('.'):
-    dirnames[:] = sorted(d for d in dirnames if d != 'out')
+    dirnames.sort()
     for name in [dirpath] + [os.path.join(dirpath, f) for f in sorted(filenames + dirnames)]:
         st = os.lstat(name)
         tree[name] = [oct(st.st_mode), st.st_mtime_ns]
@@ -63,6 +61,8 @@ mask = os.umask(0)
 os.umask(mask)
 env = {k: os.environ.get(k) for k in ('TZ', 'LC_ALL', 'LANG', 'SOURCE_DATE_EPOCH')}
 doc = {'tree': tree, 'env': env, 'umask': oct(mask), 'epoch': time.strftime('%c', time.localtime(0))}
+out = pathlib.Path('out')  # created only now: it would change the mtime of '.'
+out.mkdir()
 (out / 'probe.json').write_text(json.dumps(doc, sort_keys=True, indent=1))
 """
 

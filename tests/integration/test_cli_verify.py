@@ -251,7 +251,6 @@ def test_sigkill_while_storing_leaves_a_store_that_verifies(
         killed_storing += _kill_when_storing(graven_home, repo, delay)
     for delay in (0.05, 0.15, 0.3):
         _kill_after(graven_home, repo, delay)
-    print("killed while storing:", killed_storing)
     assert killed_storing >= 3, "the builds finished before they could be killed; the test proves nothing"
 
     objects = graven_home / "objects"

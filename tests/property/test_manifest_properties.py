@@ -61,3 +61,21 @@ def test_relative_links_inside_one_dir_are_accepted(a: str, b: str) -> None:
     if a == target or a.startswith(target + "/"):
         return
     TreeManifest.of([SymlinkEntry(a, target)])
+
+
+tricky = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=8
+).filter(lambda s: s not in (".", "..") and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in s))
+
+
+@settings(max_examples=300)
+@given(st.lists(tricky, min_size=1, max_size=12, unique=True), sha, st.booleans())
+def test_fast_serializer_equals_canonical_json(names: list[str], digest: str, executable: bool) -> None:
+    from graven.model.manifest import DirEntry, canonical_json
+
+    entries = [FileEntry(f"f/{n}", digest, len(n), executable) for n in names[:4]]
+    entries += [SymlinkEntry(f"l/{n}", names[0]) for n in names[4:8]]
+    entries += [DirEntry(f"d/{n}") for n in names[8:]]
+    manifest = TreeManifest.of(entries)
+    doc = {"entries": [e.to_json() for e in manifest.entries], "format": "graven.tree/v1"}
+    assert manifest.to_bytes() == canonical_json(doc)

@@ -90,7 +90,7 @@ def read_archive(path: Path, batch: PackBatch) -> ImportedTree:
             if type(exc).__module__.startswith("zstandard"):
                 raise InputError(f"{path}: corrupt zstd data ({exc})") from None
             raise
-    parents = {p.rpartition("/")[0] for p in entries}
+    parents = {p.rpartition("/")[0] for p in (*entries, *dirs)}
     ancestors: set[str] = set()
     for start in parents:
         parent = start

@@ -14,7 +14,9 @@ from graven.cli.output import emit_json, human_size, print_table
 
 if TYPE_CHECKING:
     from graven.model.digest import Digest
+    from graven.service.artifacts import VerifyReport
     from graven.service.context import Context
+    from graven.service.provenance import ProvenanceCheck
 
 __all__ = ["COMMANDS"]
 
@@ -151,7 +153,27 @@ def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:
 @click.option("--policy", type=click.Path(path_type=Path), help="A trust policy file (TOML).")
 @click.option("--env", "env", help="Check against the keys trusted for this environment.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(digest: str, policy: Path | None, env: str | None, as_json: bool) -> int:
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Also rebuild from the recorded commit and inputs and confirm the same digest.",
+)
+@click.option(
+    "-C",
+    "--repo",
+    "rebuild_repo",
+    type=click.Path(path_type=Path),
+    help="With --rebuild: the repository to rebuild from (default: the recorded local repository).",
+)
+def verify_cmd(
+    digest: str,
+    policy: Path | None,
+    env: str | None,
+    as_json: bool,
+    *,
+    rebuild: bool = False,
+    rebuild_repo: Path | None = None,
+) -> int:
     """Re-hash an artifact and check its signed provenance; exit 1 if anything is wrong."""
     from graven.service import artifacts as svc
     from graven.service.context import Context
@@ -168,6 +190,10 @@ def verify_cmd(digest: str, policy: Path | None, env: str | None, as_json: bool)
 
         reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
         ctx.audit.record(LogEvent("verify-failure", artifact=str(resolved), reason=reason, result="failed"))
+    if rebuild_repo is not None and not rebuild:
+        raise click.UsageError("-C/--repo is only used with --rebuild")
+    if rebuild:
+        return _verify_rebuild(ctx, resolved, rebuild_repo, report, provenance, ok=ok, as_json=as_json)
     if as_json:
         emit_json({**report.to_json(), "ok": ok, "provenance": provenance.to_json()})
     elif ok:
@@ -181,6 +207,55 @@ def verify_cmd(digest: str, policy: Path | None, env: str | None, as_json: bool)
             )
         if not provenance.ok:
             sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")
+    return 0 if ok else 1
+
+
+def _verify_rebuild(
+    ctx: Context,
+    resolved: Digest,
+    repo: Path | None,
+    report: VerifyReport,
+    provenance: ProvenanceCheck,
+    *,
+    ok: bool,
+    as_json: bool,
+) -> int:
+    """``verify --rebuild``: the usual checks, then a rebuild that must give the same digest."""
+    from graven.service.reproduce import rebuild
+
+    result = rebuild(ctx, resolved, repo=repo)
+    ok = ok and result.ok
+    if as_json:
+        emit_json(
+            {**report.to_json(), "ok": ok, "provenance": provenance.to_json(), "rebuild": result.to_json()}
+        )
+        return 0 if ok else 1
+    for problem in report.problems:
+        sys.stderr.write(f"{problem.kind}: {problem.path} (object {problem.object})\n")
+    if not report.ok:
+        sys.stderr.write(
+            f"graven: error: {resolved} failed verification: {len(report.problems)} missing or corrupt\n"
+        )
+    if not provenance.ok:
+        sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")
+    for note in result.notes:
+        sys.stderr.write(f"note: {note}\n")
+    if not result.ok:
+        for item in result.differences:
+            sys.stderr.write(f"differs: {item.line()}\n")
+            if item.diffoscope:
+                for line in item.diffoscope.splitlines():
+                    sys.stderr.write(f"    {line}\n")
+        count = len(result.differences)
+        sys.stderr.write(
+            f"graven: error: rebuild of {result.commit[:12]} gave {result.rebuilt}, not {resolved} "
+            f"({count} differing path{'' if count == 1 else 's'})\n"
+        )
+    if ok:
+        click.echo(
+            f"ok {resolved} ({report.objects_checked} objects verified; {provenance.reason}; "
+            f"rebuilt from {result.commit[:12]}: same digest)"
+        )
     return 0 if ok else 1
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from graven.service.context import Context
+if TYPE_CHECKING:
+    from graven.service.context import Context
 
 __all__ = ["closing"]
 

@@ -11,10 +11,10 @@ import click
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
 from graven.errors import InputError, NotFoundError
-from graven.model.digest import Digest
 
 if TYPE_CHECKING:
     from graven.home import Home
+    from graven.model.digest import Digest
     from graven.service.context import Context
 
 __all__ = ["COMMANDS"]
@@ -210,6 +210,7 @@ def attest_verify_cmd(
 
 def _artifact_digest(ctx: Context, text: str) -> Digest:
     """A full digest as given (it need not be stored here), else a unique prefix of a stored one."""
+    from graven.model.digest import Digest
     from graven.service.artifacts import resolve_digest
 
     value = text.strip().lower().removeprefix("sha256:")

@@ -7,7 +7,6 @@ one line on stderr, ``graven: error: ...``; ``-v`` adds the traceback.
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Sequence
 
 import click
@@ -44,10 +43,15 @@ def _say_error(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:  # answered before any command module is loaded
+        sys.stdout.write(f"graven {__version__}\n")
+        return 0
     try:
         result = cli.main(args=args, prog_name="graven", standalone_mode=False)
     except GravenError as exc:
         if _State.verbose:
+            import traceback
+
             traceback.print_exc()
         _say_error(str(exc))
         return exc.exit_code

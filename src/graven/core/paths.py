@@ -35,6 +35,7 @@ def decode_path(raw: bytes) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # what undecodable bytes become (surrogateescape)
 _BAD_SEGMENT = re.compile(r"(?:^|/)(\.{0,2})(?:/|$)")
 
 
@@ -44,6 +45,9 @@ def check_path(path: str) -> None:
         raise UnsafeInputError("empty path")
     if path.startswith("/"):
         raise UnsafeInputError(f"{path}: absolute paths are not allowed")
+    if _SURROGATE.search(path):
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise UnsafeInputError(f"{shown}: file name is not valid UTF-8; rename it")
     if _CONTROL.search(path):
         raise UnsafeInputError(f"{path!r}: control characters are not allowed in paths")
     bad = _BAD_SEGMENT.search(path)

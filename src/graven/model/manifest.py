@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 FORMAT = "graven.tree/v1"
+
+
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def canonical_json(value: Any) -> bytes:
@@ -143,7 +146,22 @@ class TreeManifest:
 
     @cached_property
     def _bytes(self) -> bytes:
-        return canonical_json({"entries": [entry.to_json() for entry in self.entries], "format": FORMAT})
+        # Equal to canonical_json() of the same document (a test holds them together), built by hand
+        # because it runs for every build, verify and export of trees with many thousands of files.
+        quote = _encode_string
+        parts: list[str] = []
+        for e in self.entries:
+            if isinstance(e, FileEntry):
+                mode = "0755" if e.executable else "0644"
+                parts.append(
+                    f'{{"mode":"{mode}","path":{quote(e.path)},"sha256":"{e.sha256}",'
+                    f'"size":{e.size},"type":"file"}}'
+                )
+            elif isinstance(e, SymlinkEntry):
+                parts.append(f'{{"path":{quote(e.path)},"target":{quote(e.target)},"type":"symlink"}}')
+            else:
+                parts.append(f'{{"path":{quote(e.path)},"type":"dir"}}')
+        return f'{{"entries":[{",".join(parts)}],"format":"{FORMAT}"}}'.encode()
 
     def to_bytes(self) -> bytes:
         """The canonical bytes whose sha256 is the artifact digest."""
@@ -203,18 +221,20 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
         if before == after:
             raise UnsafeInputError(f"{after}: duplicate path")
     check_unique_nfc(paths)
-    kinds = {e.path: e for e in entries}
+    # Every ancestor of an entry must be an implied directory, never a file, a link or an "empty" dir.
+    ancestors: set[str] = set()
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in ancestors:
+            ancestors.add(parent)
+            parent = parent.rpartition("/")[0]
     links = {e.path: e.target for e in entries if isinstance(e, SymlinkEntry)}
     for entry in entries:
-        # Every ancestor must be an implied directory, never a file, a link or an "empty" dir.
-        parent = entry.path.rpartition("/")[0]
-        while parent:
-            above = kinds.get(parent)
-            if isinstance(above, FileEntry | SymlinkEntry):
-                raise UnsafeInputError(f"{entry.path}: lies below {parent}, which is not a directory")
-            if isinstance(above, DirEntry):
-                raise UnsafeInputError(f"{parent}: listed as an empty directory but has entries")
-            parent = parent.rpartition("/")[0]
+        if entry.path in ancestors:
+            if isinstance(entry, DirEntry):
+                raise UnsafeInputError(f"{entry.path}: listed as an empty directory but has entries")
+            below = next(p for p in paths if p.startswith(entry.path + "/"))
+            raise UnsafeInputError(f"{below}: lies below {entry.path}, which is not a directory")
         if isinstance(entry, SymlinkEntry):
             if any(ord(ch) < 0x20 for ch in entry.target):
                 raise UnsafeInputError(f"{entry.path}: control characters in symlink target")

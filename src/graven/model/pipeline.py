@@ -6,15 +6,25 @@ name, and every error names the file and the field.
 
 from __future__ import annotations
 
+import re
 import tomllib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from graven.core.paths import check_path
 from graven.errors import ConfigError, UnsafeInputError
 
-__all__ = ["PIPELINE_FILE", "ArtifactSection", "BuildSection", "Pipeline", "parse_pipeline"]
+__all__ = ["PIPELINE_FILE", "ArtifactSection", "BuildSection", "EnvSection", "Pipeline", "parse_pipeline"]
 
 PIPELINE_FILE = "graven.toml"
 
@@ -34,12 +44,121 @@ class ArtifactSection(_Strict):
     exclude: list[Pattern] = Field(default_factory=list)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_+.-]{1,255}|/[A-Za-z0-9_+./-]{1,4095}")
+# Set by graven inside every build; [build] env cannot pass them through from the host.
+_PINNED_ENV = ("PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "LANG", "SOURCE_DATE_EPOCH", "PYTHONHASHSEED")
+
+
+def _relative_paths(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            check_path(value.rstrip("/"))
+        except UnsafeInputError as exc:
+            raise PydanticCustomError("graven_path", "{problem}", {"problem": str(exc)}) from None
+    return values
+
+
+class FetchSection(_Strict):
+    """``[build.fetch]``: steps with network access that may only bring in files locked by hash."""
+
+    steps: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+    lockfiles: list[Pattern] = Field(min_length=1)
+    outputs: list[Pattern] = Field(min_length=1)
+
+    @field_validator("lockfiles", "outputs")
+    @classmethod
+    def _paths(cls, values: list[str]) -> list[str]:
+        return _relative_paths(values)
+
+
 class BuildSection(_Strict):
     """``[build]``: shell steps run in a clean copy of the commit, and the paths they produce."""
 
     steps: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
     outputs: list[Pattern] = Field(default_factory=list)
     timeout: Annotated[int, Field(gt=0)] = 3600
+    sandbox: Literal["bubblewrap", "none"] = "bubblewrap"
+    env: list[str] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list)
+    fetch: FetchSection | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, values: list[str]) -> list[str]:
+        for name in values:
+            if not _ENV_NAME.fullmatch(name):
+                raise PydanticCustomError(
+                    "graven_env", "{name} is not an environment variable name", {"name": name}
+                )
+            if name in _PINNED_ENV:
+                raise PydanticCustomError(
+                    "graven_env", "{name} is always set by graven, never passed through", {"name": name}
+                )
+        return values
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, values: list[str]) -> list[str]:
+        for name in values:
+            if not _TOOL_NAME.fullmatch(name) or "/." in name:
+                raise PydanticCustomError(
+                    "graven_tool",
+                    "{name} is not a program name or an absolute path to one",
+                    {"name": name},
+                )
+        return values
+
+    @model_validator(mode="after")
+    def _needs_steps(self) -> BuildSection:
+        if not self.steps:
+            for key, value in (("tools", self.tools), ("fetch", self.fetch), ("env", self.env)):
+                if value:
+                    raise PydanticCustomError("graven_steps", "{key} needs steps as well", {"key": key})
+        return self
+
+
+class EnvSection(_Strict):
+    """``[env.NAME]``: where and how the artifact is deployed (docs/formats/environments-v1.md).
+
+    ``path`` is absolute, or relative to the operator's deploy root (``GRAVEN_DEPLOY_ROOT``, ``--root``);
+    ``config`` is a file or directory inside the artifact; ``activate`` and ``health`` are shell commands
+    run on the deploying machine after the switch.
+    """
+
+    path: Annotated[str, StringConstraints(min_length=1)]
+    config: Pattern | None = None
+    activate: Annotated[str, StringConstraints(min_length=1)] | None = None
+    activate_timeout: Annotated[float, Field(gt=0)] = 60.0
+    health: Annotated[str, StringConstraints(min_length=1)] | None = None
+    health_retries: Annotated[int, Field(ge=0, le=1000)] = 2
+    health_interval: Annotated[float, Field(ge=0)] = 1.0
+    health_timeout: Annotated[float, Field(gt=0)] = 10.0
+    keep: Annotated[int, Field(ge=1)] = 5
+    requires: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _deploy_path(cls, value: str) -> str:
+        try:
+            check_path(value.rstrip("/").removeprefix("/"))
+        except UnsafeInputError:
+            raise PydanticCustomError(
+                "graven_path",
+                "'{value}' is not a clean path (no '.', '..' or empty segments, no control characters)",
+                {"value": value},
+            ) from None
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_path(value.rstrip("/"))
+            except UnsafeInputError as exc:
+                raise PydanticCustomError("graven_path", "{problem}", {"problem": str(exc)}) from None
+        return value
 
 
 class Pipeline(_Strict):
@@ -47,6 +166,7 @@ class Pipeline(_Strict):
 
     artifact: ArtifactSection
     build: BuildSection = Field(default_factory=BuildSection)
+    env: dict[str, EnvSection] = Field(default_factory=dict)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -7,9 +7,6 @@ commit only, so nothing in the working tree (or a change to it during the build)
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -18,10 +15,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from graven import __version__
-from graven.build.steps import clean_environment, ensure_dirs, run_steps
+from graven.build.compare import NotReproducibleError, diff_entries, with_diffoscope
+from graven.build.sandbox import SANDBOX_NONE
 from graven.build.tree import collect_tree
 from graven.core.globs import Selection
-from graven.core.paths import check_path
 from graven.db import artifacts, blob_cache, builds
 from graven.errors import NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
@@ -29,6 +26,7 @@ from graven.model.logentry import LogEvent
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
 from graven.service.context import Context, utc_now
+from graven.service.hermetic import CHECK_VARIATION, run_step_build
 from graven.service.provenance import (
     provenance_inputs,
     record_attestation,
@@ -36,12 +34,14 @@ from graven.service.provenance import (
     sign_provenance,
 )
 from graven.service.records import insert_ignore
+from graven.signing.keys import SigningKey
 from graven.signing.provenance import ResourceRef
 from graven.sources.git import (
     MODE_EXECUTABLE,
     MODE_FILE,
     MODE_SUBMODULE,
     MODE_SYMLINK,
+    DirtyCheck,
     GitEntry,
     GitRepo,
 )
@@ -50,7 +50,6 @@ from graven.store.local import LOOSE_THRESHOLD, PackBatch
 __all__ = ["BuildResult", "build"]
 
 _CACHE_QUERY_CHUNK = 500
-SANDBOX_NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -102,34 +101,52 @@ def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
     return _Source(repo, commit, revision, pipeline_bytes, pipeline, repo.commit_time(commit))
 
 
-def build(ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool = True) -> BuildResult:
-    """Build ``revision`` of the repository at ``path`` into the store and record it."""
+def build(
+    ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool = True, check: bool = False
+) -> BuildResult:
+    """Build ``revision`` of the repository at ``path`` into the store and record it.
+
+    With ``check``, step builds run twice (the second time varied) and must agree; else
+    NotReproducibleError and nothing is stored.
+    """
     started_at = utc_now()
     source = _open_source(ctx, path, revision)
     key = resolve_signing_key(ctx)  # fail before any work when there is no usable key
-    dirty = source.repo.is_dirty()
-    if dirty:
-        ctx.reporter.warn(
-            "the working tree has uncommitted changes; they are not built "
-            f"(building commit {source.commit[:12]})"
-        )
+    with source.repo.start_dirty_check() as dirty_check:  # git status runs while we build
+        return _build(ctx, source, key, dirty_check, started_at=started_at, use_cache=use_cache, check=check)
+
+
+def _build(
+    ctx: Context,
+    source: _Source,
+    key: SigningKey,
+    dirty_check: DirtyCheck,
+    *,
+    started_at: str,
+    use_cache: bool,
+    check: bool,
+) -> BuildResult:
+    revision = source.revision
     store = ctx.store
     store.clean_tmp()
     selection = Selection.of(source.pipeline.artifact.include, source.pipeline.artifact.exclude)
     name = source.pipeline.artifact.name
     byproducts: list[ResourceRef] = []
+    sandbox, inputs = SANDBOX_NONE, list[ResourceRef]()
     with store.batch() as batch:
         pipeline_digest = batch.add(source.pipeline_bytes)
         if source.pipeline.build.steps:
-            entries, files_read, new_cache, log = _tree_from_steps(ctx, source, selection, batch)
-            byproducts.append(ResourceRef("build.log", str(batch.add(log)), "text/plain"))
+            built = _tree_from_steps(ctx, source, selection, batch, check=check)
+            entries, files_read, new_cache = built.entries, built.files_read, list[dict[str, object]]()
+            sandbox, inputs = built.sandbox, built.inputs
+            byproducts.append(ResourceRef("build.log", str(batch.add(built.log)), "text/plain"))
         else:
             entries, files_read, new_cache = _tree_from_git(
                 ctx, source, selection, batch, use_cache=use_cache
             )
         manifest = TreeManifest.of(entries)
         previous = _latest_manifest(ctx, name)
-        batch.add(manifest.to_bytes(), delta_base=previous)
+        batch.add(manifest.to_bytes(), delta_base=previous, pack=True)
         finished_at = utc_now()
         invocation_id = str(uuid.uuid4())
         repository = source.repo.describe_remote()
@@ -142,15 +159,22 @@ def build(ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool =
                 revision=revision,
                 commit=source.commit,
                 source_date_epoch=source.epoch,
-                sandbox=SANDBOX_NONE,
+                sandbox=sandbox,
                 invocation_id=invocation_id,
                 started_on=started_at,
                 finished_on=finished_at,
                 pipeline_digest=str(pipeline_digest),
+                inputs=inputs,
                 byproducts=byproducts,
             ),
         )
         envelope_digest = batch.add(envelope.to_json())
+    dirty = dirty_check.result()
+    if dirty:
+        ctx.reporter.warn(
+            "the working tree has uncommitted changes; they are not built "
+            f"(built commit {source.commit[:12]})"
+        )
     result = BuildResult(
         digest=str(manifest.digest),
         name=name,
@@ -240,16 +264,14 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
     found: dict[str, tuple[str, int]] = {}
     wanted = sorted(set(oids))
+    query = sa.select(blob_cache.c.git_oid, blob_cache.c.sha256, blob_cache.c.size).where(
+        blob_cache.c.git_oid.in_(sa.bindparam("oids", expanding=True))
+    )
     with ctx.db.connect() as conn:
         for start in range(0, len(wanted), _CACHE_QUERY_CHUNK):
             chunk = wanted[start : start + _CACHE_QUERY_CHUNK]
-            rows = conn.execute(
-                sa.select(blob_cache.c.git_oid, blob_cache.c.sha256, blob_cache.c.size).where(
-                    blob_cache.c.git_oid.in_(chunk)
-                )
-            )
-            for row in rows:
-                found[str(row.git_oid)] = (str(row.sha256), int(row.size))
+            for oid, sha, size in conn.execute(query, {"oids": chunk}):
+                found[str(oid)] = (str(sha), int(str(size)))
     return found
 
 
@@ -257,8 +279,7 @@ def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[G
     chosen: list[GitEntry] = []
     for entry in entries:
         if not selection.selects(entry.path):
-            continue
-        check_path(entry.path)
+            continue  # paths are checked once, when the manifest is made
         if entry.mode == MODE_SUBMODULE:
             raise UnsafeInputError(
                 f"{entry.path}: submodules are not supported; exclude the path in graven.toml"
@@ -319,30 +340,26 @@ def _link_target(data: bytes) -> str:
         raise UnsafeInputError("a symlink target is not valid UTF-8") from None
 
 
+@dataclass(frozen=True)
+class _StepsTree:
+    """What a step build gives the rest of :func:`build`."""
+
+    entries: list[TreeEntry]
+    files_read: int
+    log: bytes
+    sandbox: str
+    inputs: list[ResourceRef]
+
+
 def _tree_from_steps(
-    ctx: Context, source: _Source, selection: Selection, batch: PackBatch
-) -> tuple[list[TreeEntry], int, list[dict[str, object]], bytes]:
-    work = Path(tempfile.mkdtemp(prefix="graven-build-"))
-    try:
-        src, home, tmp = work / "src", work / "home", work / "tmp"
-        ensure_dirs(src, home, tmp)
-        _checkout(ctx, source, src)
-        env = clean_environment(
-            home=home, tmp=tmp, source_date_epoch=source.epoch, host_path=os.environ.get("PATH")
-        )
-        ctx.reporter.progress("running build steps", 0, len(source.pipeline.build.steps))
-        run_steps(
-            source.pipeline.build.steps,
-            cwd=src,
-            env=env,
-            log_path=work / "build.log",
-            timeout=source.pipeline.build.timeout,
-        )
-        ctx.reporter.progress(
-            "running build steps",
-            len(source.pipeline.build.steps),
-            len(source.pipeline.build.steps),
-        )
+    ctx: Context, source: _Source, selection: Selection, batch: PackBatch, *, check: bool = False
+) -> _StepsTree:
+    """Run the steps (in the sandbox) and collect the outputs; with ``check``, build a second time
+    with :data:`CHECK_VARIATION` and raise NotReproducibleError when the two differ."""
+    outputs = list(source.pipeline.build.outputs)
+    with run_step_build(
+        ctx, repo=source.repo, commit=source.commit, epoch=source.epoch, pipeline=source.pipeline
+    ) as first:
         counter = [0]
 
         def on_file(_size: int) -> None:
@@ -350,39 +367,24 @@ def _tree_from_steps(
             if counter[0] % 256 == 0:
                 ctx.reporter.progress("storing outputs", counter[0], None)
 
-        entries = collect_tree(src, list(source.pipeline.build.outputs), selection, batch, on_file=on_file)
-        return entries, counter[0], [], (work / "build.log").read_bytes()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _checkout(ctx: Context, source: _Source, dest: Path) -> None:
-    """Write the commit's whole tree, raw, with modes and the commit time as mtime."""
-    entries = source.repo.ls_tree(source.commit)
-    by_oid: dict[str, list[GitEntry]] = {}
-    for entry in entries:
-        check_path(entry.path)
-        if entry.mode == MODE_SUBMODULE:
-            continue
-        by_oid.setdefault(entry.oid, []).append(entry)
-    epoch = source.epoch
-    total = len(by_oid)
-    for done, (oid, reader) in enumerate(source.repo.cat_blobs(sorted(by_oid)), start=1):
-        first: Path | None = None
-        for entry in by_oid[oid]:
-            target = dest / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if entry.mode == MODE_SYMLINK:
-                os.symlink(_link_target(reader.read()), target)
-                continue
-            if first is None:
-                with target.open("xb") as handle:
-                    while chunk := reader.read(1 << 20):
-                        handle.write(chunk)
-                first = target
-            else:
-                shutil.copyfile(first, target)
-            os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
-            os.utime(target, (epoch, epoch))
-        if done % 256 == 0 or done == total:
-            ctx.reporter.progress("checking out", done, total)
+        entries = collect_tree(first.work, outputs, selection, batch, on_file=on_file)
+        first.store_fetched(batch)
+        if check:
+            with run_step_build(
+                ctx,
+                repo=source.repo,
+                commit=source.commit,
+                epoch=source.epoch,
+                pipeline=source.pipeline,
+                variation=CHECK_VARIATION,
+                restore=first.openers() if first.fetched else None,
+            ) as second:
+                again = collect_tree(second.work, outputs, selection, batch)
+                differences = diff_entries(TreeManifest.of(entries).entries, TreeManifest.of(again).entries)
+                if differences:
+                    raise NotReproducibleError(
+                        source.commit,
+                        with_diffoscope(differences, first.work, second.work),
+                        CHECK_VARIATION.described,
+                    )
+        return _StepsTree(entries, counter[0], first.log, first.sandbox, first.inputs)

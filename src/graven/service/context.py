@@ -3,8 +3,6 @@ so that cheap commands never pay for what they do not use."""
 
 from __future__ import annotations
 
-import getpass
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -87,6 +85,9 @@ class Context:
         db = self.__dict__.pop("db", None)
         if db is not None:
             db.close()
+        store = self.__dict__.pop("store", None)
+        if store is not None:
+            store.close()
 
     def __enter__(self) -> Context:
         return self
@@ -97,6 +98,9 @@ class Context:
     @cached_property
     def actor(self) -> str:
         """Who is acting: ``user@host``."""
+        import getpass
+        import socket
+
         try:
             user = getpass.getuser()
         except (KeyError, OSError):

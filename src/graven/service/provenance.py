@@ -17,7 +17,14 @@ import sqlalchemy as sa
 
 from graven import __version__
 from graven.db import attestations
-from graven.errors import GravenError, InputError, NotFoundError, PolicyError, VerificationError
+from graven.errors import (
+    GravenError,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    PolicyError,
+    VerificationError,
+)
 from graven.model.digest import Digest
 from graven.service.context import Context, utc_now
 from graven.service.records import insert_ignore
@@ -198,6 +205,9 @@ def check_provenance(
         try:
             data = ctx.store.read(Digest.parse(envelope_digest))
             verified = policy.verify_attestation(data, str(artifact), env)
+        except IntegrityError as exc:
+            first_error = first_error or VerificationError(f"stored provenance is missing or corrupt: {exc}")
+            continue
         except (VerificationError, PolicyError, InputError) as exc:
             first_error = first_error or exc
             continue

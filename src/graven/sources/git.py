@@ -71,6 +71,34 @@ class BlobReader:
             self.read(1 << 20)
 
 
+class DirtyCheck:
+    """``git status`` running in the background while a build works."""
+
+    def __init__(self, root: Path) -> None:
+        self._proc = subprocess.Popen(
+            ["git", "status", "--porcelain", "--untracked-files=no", "-z"],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_git_env(),
+        )
+
+    def result(self) -> bool:
+        """Wait for git: True when tracked files differ from HEAD."""
+        out, _ = self._proc.communicate()
+        return self._proc.returncode == 0 and bool(out.strip())
+
+    def __enter__(self) -> DirtyCheck:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
 class GitRepo:
     """A git repository, found with :meth:`discover`."""
 
@@ -159,8 +187,12 @@ class GitRepo:
 
     def is_dirty(self) -> bool:
         """True when tracked files differ from HEAD (untracked files are ignored)."""
-        result = self._run("status", "--porcelain", "--untracked-files=no", "-z", check=False)
-        return result.returncode == 0 and bool(result.stdout.strip())
+        with self.start_dirty_check() as check:
+            return check.result()
+
+    def start_dirty_check(self) -> DirtyCheck:
+        """Start ``git status`` in the background (use as a context manager)."""
+        return DirtyCheck(self.root)
 
     def describe_remote(self) -> str:
         """The repository's identity for records: the origin URL, else a file URL of its path."""
@@ -174,7 +206,17 @@ class GitRepo:
         if not wanted:
             return
         proc = subprocess.Popen(
-            ["git", "cat-file", "--batch"],
+            # --buffer: no flush after every object; small pack windows bound git's mapped memory
+            [
+                "git",
+                "-c",
+                "core.packedGitWindowSize=32m",
+                "-c",
+                "core.packedGitLimit=64m",
+                "cat-file",
+                "--batch",
+                "--buffer",
+            ],
             cwd=self.root,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

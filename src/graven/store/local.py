@@ -120,6 +120,7 @@ class LocalStore:
         self._index: dict[bytes, _Location] | None = None
         self._seen_idx: set[str] = set()
         self._packs_mtime = -1
+        self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
         self._cctx: zstandard.ZstdCompressor | None = None
         self._dctx: zstandard.ZstdDecompressor | None = None
@@ -168,6 +169,12 @@ class LocalStore:
                 index.setdefault(digest, location)
             self._seen_idx.add(name)
 
+    def refresh_index(self) -> None:
+        """Load the indexes of packs added since the last scan (by this or another process)."""
+        index = self._packed()
+        with self._lock:
+            self._load_new_indexes(index, force=True)
+
     def refresh(self) -> None:
         """Forget cached pack indexes (another process may have added packs)."""
         with self._lock:
@@ -187,6 +194,18 @@ class LocalStore:
         with self._lock:
             self._load_new_indexes(index)
         return digest.raw in index
+
+    def loose_names(self) -> set[str]:
+        """The hex digests of every loose object (one directory scan)."""
+        names: set[str] = set()
+        try:
+            with os.scandir(self._loose) as subdirs:
+                for sub in subdirs:
+                    if len(sub.name) == 2:
+                        names.update(sub.name + item for item in os.listdir(sub.path))
+        except OSError as exc:
+            raise BackendError(f"cannot list {self._loose}: {exc}") from exc
+        return names
 
     def size(self, digest: Digest) -> int:
         """The size in bytes of a stored object."""
@@ -208,17 +227,18 @@ class LocalStore:
     def _read_packed(self, digest: Digest, location: _Location, depth: int = 0) -> bytes:
         what = f"object {digest} in {location.pack.name}"
         try:
-            with location.pack.open("rb") as handle:
-                header = os.pread(handle.fileno(), _RECORD.size + 32, location.offset)
-                rec_digest, codec, size, stored = _RECORD.unpack_from(header)
-                if rec_digest != digest.raw or codec != location.codec or stored != location.stored:
-                    raise IntegrityError(f"{what}: record header does not match the index")
-                start = location.offset + _RECORD.size
-                base: Digest | None = None
-                if codec == CODEC_ZSTD_DELTA:
-                    base = Digest.from_bytes(header[_RECORD.size : _RECORD.size + 32])
-                    start += 32
-                payload = os.pread(handle.fileno(), stored, start)
+            fd = self._pack_fd(location.pack)
+            # one read for header and payload: the header is 49 bytes (81 for a delta)
+            blob = os.pread(fd, _RECORD.size + 32 + location.stored, location.offset)
+            rec_digest, codec, size, stored = _RECORD.unpack_from(blob)
+            if rec_digest != digest.raw or codec != location.codec or stored != location.stored:
+                raise IntegrityError(f"{what}: record header does not match the index")
+            start = _RECORD.size
+            base: Digest | None = None
+            if codec == CODEC_ZSTD_DELTA:
+                base = Digest.from_bytes(blob[_RECORD.size : _RECORD.size + 32])
+                start += 32
+            payload = blob[start : start + stored]
         except FileNotFoundError:
             raise IntegrityError(f"{what}: the pack file is missing") from None
         except OSError as exc:
@@ -230,6 +250,26 @@ class LocalStore:
         if actual != digest.hex:
             raise DigestMismatchError(expected=str(digest), actual=f"sha256:{actual}", what=what)
         return data
+
+    def _pack_fd(self, pack: Path) -> int:
+        """An open descriptor of a pack file, kept for the store's lifetime (packs never change)."""
+        fd = self._fds.get(pack)
+        if fd is None:
+            fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)
+            with self._lock:
+                other = self._fds.setdefault(pack, fd)
+            if other != fd:
+                os.close(fd)
+                fd = other
+        return fd
+
+    def close(self) -> None:
+        """Close the pack descriptors."""
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _decode(
         self, what: str, codec: int, payload: bytes, size: int, *, base: Digest | None, depth: int
@@ -425,24 +465,26 @@ class _PackWriter:
         self._buffer = bytearray()
         self._entries: list[tuple[bytes, int, int, int, int]] = []
         self.packs: list[Path] = []
-        self._queue: queue.Queue[tuple[bytes, bytes, int, bytes, bytes | None] | None] = queue.Queue(
-            maxsize=256
+        self._queue: queue.Queue[list[tuple[bytes, bytes, int, bytes, bytes | None]] | None] = queue.Queue(
+            maxsize=16
         )
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="graven-pack-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, digest: bytes, data: bytes, codec: int, base: bytes, payload: bytes | None) -> None:
-        """Queue one object; ``payload`` None means: compress ``data`` if it pays."""
+    def submit(self, items: list[tuple[bytes, bytes, int, bytes, bytes | None]]) -> None:
+        """Queue objects (digest, data, codec, base, payload); a None payload means: compress
+        ``data`` if it pays. Batches keep the hand-over between threads cheap."""
         if self._error is not None:
             raise self._error
-        self._queue.put((digest, data, codec, base, payload))
+        self._queue.put(items)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (items := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self._write_record(*item)
+                    for item in items:
+                        self._write_record(*item)
                 except BaseException as exc:  # handed to the submitting thread
                     self._error = exc
 
@@ -543,6 +585,10 @@ class PackBatch:
         self._store = store
         self._added: dict[bytes, int] = {}  # digest -> delta depth (0 = full)
         self._writer: _PackWriter | None = None
+        self._pending: list[tuple[bytes, bytes, int, bytes, bytes | None]] = []
+        self._pending_bytes = 0
+        # A snapshot of the loose objects, so that checking for a new object costs no stat(2).
+        self._loose = store.loose_names()
         self.bytes_added = 0
         self.objects_added = 0
 
@@ -554,23 +600,31 @@ class PackBatch:
     def __contains__(self, digest: Digest) -> bool:
         return digest.raw in self._added or self._store.has(digest)
 
-    def add(self, data: bytes, *, delta_base: Digest | None = None) -> Digest:
-        """Add bytes; already-stored content is verified, not rewritten. Returns the digest."""
+    def add(self, data: bytes, *, delta_base: Digest | None = None, pack: bool = False) -> Digest:
+        """Add bytes; already-stored content is verified, not rewritten. Returns the digest.
+
+        ``pack`` keeps even a large object in the pack (compressed, or as a delta against
+        ``delta_base``): right for metadata such as manifests, which later versions resemble.
+        """
         digest = Digest(hashlib.sha256(data).hexdigest())
         if digest.raw not in self._added:
-            self._add(digest, data, delta_base)
+            self._add(digest, data, delta_base, pack=pack or delta_base is not None)
         return digest
 
     def add_known(self, digest: Digest, data: bytes) -> None:
         """Add bytes whose digest the caller has just computed (saves a second hash)."""
         if digest.raw not in self._added:
-            self._add(digest, data, None)
+            self._add(digest, data, None, pack=False)
 
-    def _add(self, digest: Digest, data: bytes, delta_base: Digest | None) -> None:
-        if self._store.has(digest):
+    def _stored(self, digest: Digest) -> bool:
+        """Whether the store held ``digest`` when the batch began (or a pack appeared since)."""
+        return bool(digest.raw in self._store._packed() or digest.hex in self._loose)
+
+    def _add(self, digest: Digest, data: bytes, delta_base: Digest | None, *, pack: bool) -> None:
+        if self._stored(digest):
             self._store.verify(digest)  # already stored: never rewritten, but checked
             self._added[digest.raw] = 0
-        elif len(data) >= LOOSE_THRESHOLD:
+        elif len(data) >= LOOSE_THRESHOLD and not pack:
             self._store.put(data)
             self._added[digest.raw] = 0
         else:
@@ -596,7 +650,10 @@ class PackBatch:
             if delta is not None:
                 payload, base_raw, depth = delta
                 codec = CODEC_ZSTD_DELTA
-        self._writer.submit(digest.raw, data, codec, base_raw, payload)
+        self._pending.append((digest.raw, data, codec, base_raw, payload))
+        self._pending_bytes += len(data)
+        if len(self._pending) >= 128 or self._pending_bytes >= _CHUNK:
+            self._flush_pending()
         self._added[digest.raw] = depth
         self.bytes_added += len(data)
         self.objects_added += 1
@@ -633,10 +690,18 @@ class PackBatch:
             current = Digest.from_bytes(header[_RECORD.size : _RECORD.size + 32])
         return None
 
+    def _flush_pending(self) -> None:
+        if self._pending and self._writer is not None:
+            self._writer.submit(self._pending)
+            self._pending = []
+            self._pending_bytes = 0
+
     def commit(self) -> None:
         """Make every added object visible (each pack first, then its index)."""
         if self._writer is not None:
+            self._flush_pending()
             self._writer.close(commit=True)
+            self._store.refresh_index()  # our packs are visible to this store object at once
 
     def abort(self) -> None:
         """Drop the pack being written."""

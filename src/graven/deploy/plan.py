@@ -1,0 +1,209 @@
+"""Pure deployment decisions: what a deployment changes, which releases are kept, whether policy
+allows it. Values in, values out; no clock, no disk, no database."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+
+__all__ = [
+    "PolicyDecision",
+    "PolicyFacts",
+    "ReleaseInfo",
+    "RetentionPlan",
+    "TreeDiff",
+    "config_diff",
+    "diff_manifests",
+    "evaluate_policy",
+    "plan_retention",
+    "short",
+]
+
+
+def short(digest: str | None) -> str:
+    """The first 12 hex digits of ``sha256:<hex>`` (or ``-``)."""
+    if not digest:
+        return "-"
+    return digest.removeprefix("sha256:")[:12]
+
+
+# -- what a deployment changes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeDiff:
+    """Paths added, removed and changed between the live release and the new one."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    unchanged: int
+
+    @property
+    def empty(self) -> bool:
+        """True when the two trees are identical."""
+        return not (self.added or self.removed or self.changed)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "changed": list(self.changed),
+            "unchanged": self.unchanged,
+        }
+
+
+def _same(a: TreeEntry, b: TreeEntry) -> bool:
+    if isinstance(a, FileEntry) and isinstance(b, FileEntry):
+        return a.sha256 == b.sha256 and a.executable == b.executable
+    if isinstance(a, SymlinkEntry) and isinstance(b, SymlinkEntry):
+        return a.target == b.target
+    return isinstance(a, DirEntry) and isinstance(b, DirEntry)
+
+
+def diff_manifests(old: TreeManifest | None, new: TreeManifest) -> TreeDiff:
+    """Compare two artifacts entry by entry (content, mode, link target, kind); paths in byte order."""
+    before = old.by_path() if old is not None else {}
+    after = new.by_path()
+    added: list[str] = []
+    changed: list[str] = []
+    unchanged = 0
+    for path, entry in after.items():
+        previous = before.get(path)
+        if previous is None:
+            added.append(path)
+        elif _same(previous, entry):
+            unchanged += 1
+        else:
+            changed.append(path)
+    removed = [path for path in before if path not in after]
+
+    def order(paths: Iterable[str]) -> tuple[str, ...]:
+        return tuple(sorted(paths, key=lambda p: p.encode()))
+
+    return TreeDiff(order(added), order(removed), order(changed), unchanged)
+
+
+def config_diff(old: Mapping[str, bytes], new: Mapping[str, bytes], *, old_label: str, new_label: str) -> str:
+    """A unified diff of two sets of config files (path -> bytes); binary files are named, not shown."""
+    lines: list[str] = []
+    for path in sorted(set(old) | set(new), key=lambda p: p.encode()):
+        a, b = old.get(path), new.get(path)
+        if a == b:
+            continue
+        try:
+            a_text = a.decode("utf-8").splitlines(keepends=True) if a is not None else []
+            b_text = b.decode("utf-8").splitlines(keepends=True) if b is not None else []
+        except UnicodeDecodeError:
+            lines.append(f"binary config file {path} differs\n")
+            continue
+        for line in difflib.unified_diff(
+            a_text,
+            b_text,
+            fromfile=f"{old_label}/{path}" if a is not None else "/dev/null",
+            tofile=f"{new_label}/{path}" if b is not None else "/dev/null",
+        ):
+            lines.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(lines)
+
+
+# -- which releases stay on disk -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """A release directory of an environment, as retention sees it."""
+
+    digest: str
+    last_ok: str | None = None  # when it last went live successfully here (sortable UTC), None: never
+    failed: bool = False  # it was deployed here and never went live successfully
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """Which releases to keep and which to delete."""
+
+    keep: tuple[str, ...]
+    delete: tuple[str, ...]
+
+
+def plan_retention(releases: Sequence[ReleaseInfo], *, keep: int, protected: Iterable[str]) -> RetentionPlan:
+    """Keep ``keep`` releases: the protected ones (live, previous, held) always, then the most recently
+    deployed good ones. Failed releases do not count toward ``keep`` and go unless protected; releases
+    never seen live here (``last_ok`` None, not failed) count as the oldest."""
+    guarded = set(protected)
+    kept: list[str] = [r.digest for r in releases if r.digest in guarded]
+    candidates = [r for r in releases if r.digest not in guarded and not r.failed]
+    candidates.sort(key=lambda r: (r.last_ok is not None, r.last_ok or "", r.digest), reverse=True)
+    room = max(0, keep - len(kept))
+    kept.extend(r.digest for r in candidates[:room])
+    kept_set = set(kept)
+    delete = [r.digest for r in releases if r.digest not in kept_set]
+    return RetentionPlan(tuple(sorted(kept_set)), tuple(sorted(delete)))
+
+
+# -- whether policy allows a deployment ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """What policy needs to know about one deployment of ``digest`` into ``env``."""
+
+    digest: str
+    env: str
+    kind: str  # deploy | promote | rollback
+    requires: tuple[str, ...] = ()
+    healthy_in: frozenset[str] = frozenset()  # environments where this digest was deployed healthy
+    rejected: str | None = None  # the rejection reason, if the digest was rejected
+    held_digest: str | None = None  # the environment is held on this digest
+    override: bool = False  # --override-policy (bypasses `requires` only)
+    history_ok: bool = True  # rollback: the digest went live here before
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """Allowed (``refusal`` None) or refused with one line that says what to do next."""
+
+    refusal: str | None = None
+    overridden: tuple[str, ...] = field(default=())
+
+    @property
+    def allowed(self) -> bool:
+        """True when the deployment may go ahead."""
+        return self.refusal is None
+
+
+def evaluate_policy(facts: PolicyFacts) -> PolicyDecision:
+    """Rejection always refuses; a hold refuses every other digest; ``requires`` refuses a digest that
+    was never healthy in a required environment unless overridden; a rollback target must have been
+    live in the environment before."""
+    d = short(facts.digest)
+    if facts.rejected is not None:
+        return PolicyDecision(
+            f"{d} was rejected ({facts.rejected}) and can never be deployed; build and deploy a fix"
+        )
+    if facts.kind == "rollback":
+        if not facts.history_ok:
+            return PolicyDecision(
+                f"{d} was never live in {facts.env}; `graven history {facts.env}` lists what can be "
+                "rolled back to"
+            )
+        return PolicyDecision()
+    if facts.held_digest is not None and facts.held_digest != facts.digest:
+        return PolicyDecision(
+            f"{facts.env} is held on {short(facts.held_digest)} after a rollback; run "
+            f"`graven unhold {facts.env}` when it is safe to deploy again"
+        )
+    missing = tuple(env for env in facts.requires if env not in facts.healthy_in)
+    if missing and not facts.override:
+        names = ", ".join(missing)
+        return PolicyDecision(
+            f"{d} was never deployed healthy to {names}, which {facts.env} requires; deploy it to "
+            f"{missing[0]} first (or, in an emergency, --override-policy --reason TEXT)"
+        )
+    return PolicyDecision(overridden=missing)

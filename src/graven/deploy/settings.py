@@ -1,0 +1,166 @@
+"""``[env.NAME]`` of an artifact's graven.toml, resolved for one deployment. Pure: the caller passes the
+operator's deploy root in; nothing here reads the environment or the disk."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from graven.errors import ConfigError, InputError, NotFoundError
+from graven.model.manifest import TreeManifest
+from graven.model.pipeline import EnvSection
+
+__all__ = [
+    "ENV_NAME",
+    "EnvSettings",
+    "check_config_path",
+    "check_env_name",
+    "check_environments",
+    "config_files",
+    "resolve_env",
+]
+
+ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_env_name(name: str) -> str:
+    """Refuse an environment name that is not 1-64 lowercase letters, digits, '.', '_', '-'."""
+    if not ENV_NAME.fullmatch(name):
+        raise InputError(
+            f"invalid environment name {name!r}: use 1-64 lowercase letters, digits, '.', '_', '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """One environment's settings from the artifact being deployed, with its path resolved."""
+
+    name: str
+    path: str  # absolute
+    config: str | None
+    activate: str | None
+    activate_timeout: float
+    health: str | None
+    health_retries: int
+    health_interval: float
+    health_timeout: float
+    keep: int
+    requires: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "config": self.config,
+            "activate": self.activate,
+            "activate_timeout": self.activate_timeout,
+            "health": self.health,
+            "health_retries": self.health_retries,
+            "health_interval": self.health_interval,
+            "health_timeout": self.health_timeout,
+            "keep": self.keep,
+            "requires": list(self.requires),
+        }
+
+
+def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
+    """Refuse bad names, ``requires`` naming unknown environments or itself, and cycles."""
+    for name, section in envs.items():
+        try:
+            check_env_name(name)
+        except InputError as exc:
+            raise ConfigError(f"{source}: [env.{name}]: {exc}") from None
+        for required in section.requires:
+            if required == name:
+                raise ConfigError(f"{source}: [env.{name}] requires itself")
+            if required not in envs:
+                known = ", ".join(sorted(envs))
+                raise ConfigError(
+                    f"{source}: [env.{name}] requires {required!r}, which is not defined (known: {known})"
+                )
+    # a cycle would make every environment on it undeployable
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join((*trail[trail.index(name) :], name))
+            raise ConfigError(f"{source}: environments require each other in a cycle: {cycle}")
+        state[name] = 1
+        for required in envs[name].requires:
+            visit(required, (*trail, name))
+        state[name] = 2
+
+    for name in sorted(envs):
+        visit(name, ())
+
+
+def resolve_env(envs: Mapping[str, EnvSection], name: str, *, root: str | None, source: str) -> EnvSettings:
+    """The settings of environment ``name``; a relative ``path`` is resolved against ``root``."""
+    check_env_name(name)
+    check_environments(envs, source=source)
+    section = envs.get(name)
+    if section is None:
+        known = ", ".join(sorted(envs)) or "none"
+        raise NotFoundError(
+            f"environment {name!r} is not defined in {source} (defined: {known}); add an [env.{name}] "
+            "section, commit and build"
+        )
+    raw = section.path.rstrip("/") or "/"
+    if raw.startswith("/"):
+        path = raw
+    else:
+        if not root:
+            raise InputError(
+                f"[env.{name}] path {raw!r} is relative: set GRAVEN_DEPLOY_ROOT or pass --root DIR "
+                "to say where it lives"
+            )
+        if not root.startswith("/"):
+            raise InputError(f"the deploy root {root!r} must be an absolute path")
+        path = str(PurePosixPath(root) / raw)
+    return EnvSettings(
+        name=name,
+        path=path,
+        config=section.config.rstrip("/") if section.config else None,
+        activate=section.activate,
+        activate_timeout=section.activate_timeout,
+        health=section.health,
+        health_retries=section.health_retries,
+        health_interval=section.health_interval,
+        health_timeout=section.health_timeout,
+        keep=section.keep,
+        requires=tuple(section.requires),
+    )
+
+
+def config_files(manifest: TreeManifest, config: str) -> dict[str, str]:
+    """The files of ``config`` (a file, or a directory and everything below it): path -> sha256."""
+    prefix = config + "/"
+    found: dict[str, str] = {}
+    for entry in manifest.files():
+        if entry.path == config or entry.path.startswith(prefix):
+            found[entry.path] = entry.sha256
+    return found
+
+
+def check_config_path(manifest: TreeManifest, settings: EnvSettings) -> None:
+    """Refuse a ``config`` that names nothing in the artifact."""
+    if settings.config is None:
+        return
+    config = settings.config
+    entries = manifest.by_path()
+    if config in entries or config_files(manifest, config):
+        return
+    prefix = config + "/"
+    if any(path.startswith(prefix) for path in entries):
+        return
+    raise ConfigError(
+        f"[env.{settings.name}] config {config!r} is not a file or directory of the artifact; fix "
+        "graven.toml, commit and build"
+    )

@@ -1,0 +1,248 @@
+"""One step build of one commit, in its own workspace: checkout, fetch, steps, declared inputs.
+
+``graven build`` collects the artifact from :attr:`StepRun.work` while the workspace still exists;
+``graven build --check`` runs a second one with :data:`CHECK_VARIATION`, and ``graven verify
+--rebuild`` runs one with the recorded fetched inputs restored from the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from graven.build.fetch import (
+    FETCHED_PREFIX,
+    LOCKFILE_PREFIX,
+    FetchedFile,
+    check_fetched,
+    collect_fetched,
+    locked_hashes,
+    resolve_tools,
+)
+from graven.build.sandbox import (
+    BUILD_HOME,
+    DEFAULT_HOSTNAME,
+    SANDBOX_BUBBLEWRAP,
+    SANDBOX_TMP,
+    STEP_UMASK,
+    BubblewrapRunner,
+    HostRunner,
+    SandboxLayout,
+    StepRunner,
+    find_bwrap,
+    hidden_paths,
+    host_root_entries,
+    probe_bubblewrap,
+    resolver_files,
+)
+from graven.build.steps import clean_environment, run_steps
+from graven.build.workspace import Workspace, checkout, copy_tree, settle_tree
+from graven.errors import ConfigError
+from graven.model.pipeline import Pipeline
+from graven.service.context import Context
+from graven.signing.provenance import ResourceRef
+from graven.sources.git import GitRepo
+from graven.store.local import PackBatch
+
+__all__ = ["CANONICAL", "CHECK_VARIATION", "StepRun", "Variation", "run_step_build"]
+
+Opener = Callable[[], BinaryIO]
+
+
+@dataclass(frozen=True)
+class Variation:
+    """How one step build differs from the canonical one (``graven build --check`` varies it all)."""
+
+    prefix: str = "graven-build-"
+    nested: int = 0  # extra directory levels: another, deeper host build path
+    reverse_order: bool = False  # create the checkout and scratch copy in reverse order
+    hostname: str = DEFAULT_HOSTNAME
+    umask: int = STEP_UMASK
+    # graven's own environment when it launches the steps (TZ, locale): the clean step environment
+    # must not let it through.
+    launcher_env: Mapping[str, str] = field(default_factory=dict)
+    described: tuple[str, ...] = ()
+
+
+CANONICAL = Variation()
+CHECK_VARIATION = Variation(
+    prefix="graven-check-",
+    nested=2,
+    reverse_order=True,
+    hostname="graven-check",
+    umask=0o002,
+    launcher_env={"TZ": "Pacific/Kiritimati", "LC_ALL": "C", "LANG": "C"},
+    described=(
+        "the build path",
+        "file creation order",
+        "umask (002)",
+        "hostname",
+        "TZ and locale of the launching process",
+    ),
+)
+
+
+@dataclass
+class StepRun:
+    """A finished step build whose workspace still exists (inside :func:`run_step_build`)."""
+
+    workspace: Workspace
+    sandbox: str
+    lockfiles: list[ResourceRef]
+    fetched: list[FetchedFile]
+    tools: list[ResourceRef]
+    restored: bool = False
+
+    @property
+    def work(self) -> Path:
+        """The scratch directory the artifact is collected from."""
+        return self.workspace.work
+
+    @property
+    def log(self) -> bytes:
+        """The build log (fetch and build steps)."""
+        return self.workspace.log.read_bytes() if self.workspace.log.exists() else b""
+
+    @property
+    def inputs(self) -> list[ResourceRef]:
+        """The declared inputs for the provenance: lockfiles, fetched files, tools."""
+        fetched = [ResourceRef(f"{FETCHED_PREFIX}{f.path}", f"sha256:{f.sha256}") for f in self.fetched]
+        return [*self.lockfiles, *fetched, *self.tools]
+
+    def store_fetched(self, batch: PackBatch) -> None:
+        """Add the fetched files to the store (so that ``verify --rebuild`` can work offline)."""
+        for item in self.fetched:
+            with open(self.work / item.path, "rb") as handle:
+                batch.add_stream(handle, item.size)
+
+    def openers(self) -> dict[str, Opener]:
+        """The fetched files, to restore them in another build of the same commit."""
+        return {f.path: _file_opener(self.work / f.path) for f in self.fetched}
+
+
+def _file_opener(path: Path) -> Opener:
+    return lambda: open(path, "rb")
+
+
+def _read_lockfiles(repo: GitRepo, commit: str, pipeline: Pipeline) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    fetch = pipeline.build.fetch
+    for path in fetch.lockfiles if fetch is not None else ():
+        data = repo.read_file(commit, path.strip("/"))
+        if data is None:
+            raise ConfigError(
+                f"[build.fetch] lockfiles: {path} is not a file in commit {commit[:12]}; commit it first"
+            )
+        found[path.strip("/")] = data
+    return found
+
+
+def _runner(
+    ctx: Context, repo: GitRepo, pipeline: Pipeline, ws: Workspace, *, epoch: int, variation: Variation
+) -> StepRunner:
+    host_path = os.environ.get("PATH")
+    passed = {name: os.environ[name] for name in pipeline.build.env if name in os.environ}
+    if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
+        env = clean_environment(
+            home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=host_path, passed=passed
+        )
+        return HostRunner(ws.work, env, umask=variation.umask)
+    bwrap = probe_bubblewrap(find_bwrap())
+    env = clean_environment(
+        home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
+    )
+    layout = SandboxLayout(
+        src=ws.src,
+        work=ws.work,
+        home=ws.home,
+        root_entries=host_root_entries(),
+        hidden=hidden_paths([ctx.home.root, repo.root], (host_path or "").split(os.pathsep)),
+        extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
+    )
+    return BubblewrapRunner(
+        bwrap,
+        layout,
+        env,
+        hostname=variation.hostname,
+        umask=variation.umask,
+        launcher_env=variation.launcher_env,
+    )
+
+
+def _restore(work: Path, files: Mapping[str, Opener]) -> None:
+    for rel, opener in sorted(files.items()):
+        target = work / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with opener() as source, open(target, "wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
+        os.chmod(target, 0o644)
+
+
+@contextmanager
+def run_step_build(
+    ctx: Context,
+    *,
+    repo: GitRepo,
+    commit: str,
+    epoch: int,
+    pipeline: Pipeline,
+    variation: Variation = CANONICAL,
+    restore: Mapping[str, Opener] | None = None,
+) -> Iterator[StepRun]:
+    """Run the pipeline's fetch and build steps for ``commit``; yield the result, then clean up.
+
+    With ``restore`` (path -> opener of a previously fetched file), the fetch steps do not run: the
+    files are written where the fetch put them, and checked against the lockfiles all the same.
+    """
+    build = pipeline.build
+    lockfiles = _read_lockfiles(repo, commit, pipeline)
+    locked = locked_hashes(lockfiles)  # refuses unhashed requirements before anything runs
+    ws = Workspace.create(prefix=variation.prefix, nested=variation.nested)
+    try:
+        # Refuses before any work when there is no usable sandbox.
+        runner = _runner(ctx, repo, pipeline, ws, epoch=epoch, variation=variation)
+        tool_env = clean_environment(
+            home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=os.environ.get("PATH")
+        )
+        tools = [ResourceRef(t.ref_name, f"sha256:{t.sha256}") for t in resolve_tools(build.tools, tool_env)]
+
+        def progress(done: int, total: int) -> None:
+            ctx.reporter.progress("checking out", done, total)
+
+        checkout(repo, commit, ws.src, epoch=epoch, reverse=variation.reverse_order, progress=progress)
+        copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
+        fetched: list[FetchedFile] = []
+        restored = False
+        if build.fetch is not None:
+            if restore is not None:
+                _restore(ws.work, restore)
+                restored = True
+            else:
+                ctx.reporter.progress("fetching locked inputs", 0, len(build.fetch.steps))
+                run_steps(
+                    build.fetch.steps,
+                    runner=runner,
+                    log_path=ws.log,
+                    timeout=build.timeout,
+                    phase="fetch",
+                    network=True,
+                )
+            fetched = collect_fetched(ws.work, ws.src, build.fetch.outputs)
+            check_fetched(fetched, locked, lockfiles)
+            settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
+        ctx.reporter.progress("running build steps", 0, len(build.steps))
+        run_steps(build.steps, runner=runner, log_path=ws.log, timeout=build.timeout)
+        ctx.reporter.progress("running build steps", len(build.steps), len(build.steps))
+        lock_refs = [
+            ResourceRef(f"{LOCKFILE_PREFIX}{path}", f"sha256:{hashlib.sha256(data).hexdigest()}")
+            for path, data in lockfiles.items()
+        ]
+        yield StepRun(ws, runner.kind, lock_refs, fetched, tools, restored)
+    finally:
+        ws.remove()

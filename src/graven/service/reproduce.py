@@ -1,0 +1,226 @@
+"""``graven verify DIGEST --rebuild``: build the recorded commit again and confirm the same digest.
+
+As ``nix build --check`` and ``guix challenge`` do: the signed provenance names the commit, the
+repository and the fetched inputs; the rebuild reads the commit from that repository (a ``file://``
+or local path, else the one given with ``-C``), restores the fetched inputs from the store when they
+are all there (so it runs offline), runs the pipeline of that commit and compares the manifest with
+the stored one. Nothing is written to the store or the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+from urllib.parse import unquote, urlparse
+
+from graven.build.compare import Difference, diff_entries, with_diffoscope
+from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
+from graven.build.sandbox import SANDBOX_NONE
+from graven.build.tree import collect_tree
+from graven.core.globs import Selection
+from graven.errors import InputError, NotFoundError, VerificationError
+from graven.model.digest import Digest
+from graven.model.manifest import FileEntry, TreeManifest
+from graven.model.pipeline import PIPELINE_FILE, parse_pipeline
+from graven.service.artifacts import load_manifest
+from graven.service.context import Context
+from graven.service.hermetic import Opener, run_step_build
+from graven.service.provenance import latest_envelope
+from graven.signing.bundle import load_attestation
+from graven.signing.provenance import ProvenanceStatement, ResourceRef, parse_statement
+from graven.sources.git import GitRepo
+from graven.store.local import PackBatch
+
+__all__ = ["RebuildReport", "rebuild"]
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    """The outcome of one rebuild; ``notes`` explain what else differs from the recorded build."""
+
+    digest: str
+    rebuilt: str
+    commit: str
+    repository: str
+    sandbox: str
+    inputs_restored: bool
+    differences: list[Difference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the rebuild gave the recorded digest."""
+        return self.rebuilt == self.digest
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "ok": self.ok,
+            "digest": self.digest,
+            "rebuilt": self.rebuilt,
+            "commit": self.commit,
+            "repository": self.repository,
+            "sandbox": self.sandbox,
+            "inputs_restored": self.inputs_restored,
+            "differences": [d.to_json() for d in self.differences],
+            "notes": self.notes,
+        }
+
+
+class _HashingBatch:
+    """Stands in for a PackBatch where a rebuild must not write to the store: it only hashes."""
+
+    def add(self, data: bytes, *, delta_base: Digest | None = None) -> Digest:
+        del delta_base
+        return Digest(hashlib.sha256(data).hexdigest())
+
+    def add_known(self, digest: Digest, data: bytes) -> None:
+        del digest, data
+
+    def add_stream(self, stream: BinaryIO, size: int) -> Digest:
+        del size
+        digest = hashlib.sha256()
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+        return Digest(digest.hexdigest())
+
+
+def _statement(ctx: Context, digest: Digest) -> ProvenanceStatement:
+    envelope = load_attestation(latest_envelope(ctx, digest))
+    statement = parse_statement(envelope.payload)
+    if statement.commit is None:
+        raise VerificationError(f"{digest}: its provenance names no commit; nothing to rebuild from")
+    return statement
+
+
+def _repository(statement: ProvenanceStatement, repo: Path | None) -> GitRepo:
+    if repo is not None:
+        return GitRepo.discover(repo)
+    recorded = statement.repository or ""
+    parsed = urlparse(recorded)
+    local: Path | None = None
+    if parsed.scheme == "file":
+        local = Path(unquote(parsed.path))
+    elif recorded.startswith("/"):
+        local = Path(recorded)
+    if local is None or not local.is_dir():
+        raise InputError(
+            f"the recorded repository {recorded or '(none)'} is not a local directory here; "
+            "clone it and pass -C REPO"
+        )
+    return GitRepo.discover(local)
+
+
+def _store_opener(ctx: Context, digest: Digest) -> Opener:
+    return lambda: ctx.store.open(digest)
+
+
+def _tool_notes(recorded: list[ResourceRef], current: list[ResourceRef]) -> list[str]:
+    def by_name(refs: list[ResourceRef]) -> dict[str, ResourceRef]:
+        return {
+            r.name[len(TOOL_PREFIX) :].split("@", 1)[0]: r for r in refs if r.name.startswith(TOOL_PREFIX)
+        }
+
+    notes: list[str] = []
+    old, new = by_name(recorded), by_name(current)
+    for name in sorted(old.keys() | new.keys()):
+        a, b = old.get(name), new.get(name)
+        if a is None or b is None:
+            continue
+        if a.name != b.name or a.digest != b.digest:
+            notes.append(
+                f"tool {name}: recorded {a.name[len(TOOL_PREFIX) :]} ({a.sha256[:12]}), "
+                f"now {b.name[len(TOOL_PREFIX) :]} ({b.sha256[:12]})"
+            )
+    return notes
+
+
+def rebuild(ctx: Context, digest: Digest, *, repo: Path | None = None) -> RebuildReport:
+    """Rebuild ``digest`` from its recorded commit and inputs; compare with the stored manifest."""
+    statement = _statement(ctx, digest)
+    commit = cast(str, statement.commit)
+    git = _repository(statement, repo)
+    try:
+        resolved = git.resolve(commit)
+    except NotFoundError:
+        raise NotFoundError(f"commit {commit[:12]} is not in {git.root}; fetch it or pass -C REPO") from None
+    pipeline_bytes = git.read_file(resolved, PIPELINE_FILE)
+    if pipeline_bytes is None:
+        raise NotFoundError(f"{PIPELINE_FILE} is not in commit {commit[:12]}")
+    notes: list[str] = []
+    pipeline_digest = f"sha256:{hashlib.sha256(pipeline_bytes).hexdigest()}"
+    if statement.pipeline_digest is not None and statement.pipeline_digest != pipeline_digest:
+        notes.append(f"{PIPELINE_FILE} of {commit[:12]} hashes to {pipeline_digest}, not the recorded one")
+    pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
+    selection = Selection.of(pipeline.artifact.include, pipeline.artifact.exclude)
+    recorded = TreeManifest.of(load_manifest(ctx, digest).entries)
+    batch = cast(PackBatch, _HashingBatch())
+    epoch = git.commit_time(resolved)
+    sandbox = SANDBOX_NONE
+    restored = False
+    if not pipeline.build.steps:
+        from graven.service.build import _open_source, _tree_from_git
+
+        source = _open_source(ctx, git.root, resolved)
+        entries, _, _ = _tree_from_git(ctx, source, selection, batch, use_cache=False)
+        rebuilt = TreeManifest.of(entries)
+        differences = diff_entries(recorded.entries, rebuilt.entries, ("recorded artifact", "rebuild"))
+    else:
+        fetched = [r for r in statement.inputs if r.name.startswith(FETCHED_PREFIX)]
+        restore: dict[str, Opener] | None = None
+        if fetched and all(ctx.store.has(Digest.parse(r.digest)) for r in fetched):
+            restore = {
+                r.name[len(FETCHED_PREFIX) :]: _store_opener(ctx, Digest.parse(r.digest)) for r in fetched
+            }
+        elif fetched:
+            notes.append("the fetched inputs are not all in the store: the fetch steps ran again")
+        with run_step_build(
+            ctx, repo=git, commit=resolved, epoch=epoch, pipeline=pipeline, restore=restore
+        ) as run:
+            sandbox, restored = run.sandbox, run.restored
+            entries = collect_tree(run.work, list(pipeline.build.outputs), selection, batch)
+            rebuilt = TreeManifest.of(entries)
+            notes += _tool_notes(list(statement.inputs), run.tools)
+            if statement.sandbox is not None and statement.sandbox != sandbox:
+                notes.append(f"recorded sandbox {statement.sandbox!r}, rebuilt with {sandbox!r}")
+            recorded_fetch = {r.name: r.digest for r in fetched}
+            for ref in run.inputs:
+                old = recorded_fetch.get(ref.name)
+                if ref.name.startswith(FETCHED_PREFIX) and old is not None and old != ref.digest:
+                    notes.append(f"{ref.name}: fetched {ref.digest}, recorded {old}")
+            differences = diff_entries(recorded.entries, rebuilt.entries, ("recorded artifact", "rebuild"))
+            differences = _with_diffoscope(ctx, differences, run.work)
+    return RebuildReport(
+        digest=str(digest),
+        rebuilt=str(rebuilt.digest),
+        commit=resolved,
+        repository=str(git.root),
+        sandbox=sandbox,
+        inputs_restored=restored,
+        differences=differences,
+        notes=notes,
+    )
+
+
+def _with_diffoscope(ctx: Context, differences: list[Difference], rebuilt_root: Path) -> list[Difference]:
+    """Diffoscope the recorded file (written out of the store) against the rebuilt one."""
+    wanted = [
+        d
+        for d in differences
+        if isinstance(d.a, FileEntry) and isinstance(d.b, FileEntry) and "content" in d.aspects
+    ]
+    if not wanted or shutil.which("diffoscope") is None:
+        return differences
+    with tempfile.TemporaryDirectory(prefix="graven-rebuild-") as tmp:
+        recorded_root = Path(tmp)
+        for item in wanted:
+            assert isinstance(item.a, FileEntry)
+            target = recorded_root / item.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with ctx.store.open(item.a.digest) as source, open(target, "wb") as handle:
+                shutil.copyfileobj(source, handle, 1 << 20)
+        return with_diffoscope(differences, recorded_root, rebuilt_root)

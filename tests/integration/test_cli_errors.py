@@ -1,0 +1,361 @@
+"""Bad input gives exit 2 and exactly one ``graven: error:`` line on stderr, never a traceback; and the
+small contracts of the read-only commands (--version, --json shapes, an empty home)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import Symlink, commit_all, git, write_files
+from graven import __version__
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+def _assert_input_error(result: tuple[int, str, str], *needles: str) -> str:
+    code, out, err = result
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("graven: error: "), err
+    assert code == 2, (code, err)
+    assert out == ""
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+    return lines[0]
+
+
+@pytest.fixture
+def repo(graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path]) -> Path:
+    return make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+
+
+# -- build -------------------------------------------------------------------------------------------
+
+
+def test_unknown_revision(repo: Path, run_cli: Run) -> None:
+    _assert_input_error(run_cli("build", "no-such-branch", "-C", repo), "no-such-branch")
+    _assert_input_error(run_cli("build", "--json", "deadbeef" * 5, "-C", repo), "deadbeef")
+    _assert_input_error(run_cli("build", "HEAD~5", "-C", repo), "HEAD~5")
+
+
+def test_commit_without_graven_toml(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "bare", {"a.txt": "a\n"}, None)
+    (repo / "graven.toml").write_text('[artifact]\nname = "uncommitted"\n')  # in the tree, not the commit
+    _assert_input_error(run_cli("build", "-C", repo), "graven.toml")
+
+
+def test_not_a_git_repository(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "graven.toml").write_text('[artifact]\nname = "x"\n')
+    _assert_input_error(run_cli("build", "-C", plain), str(plain))
+    _assert_input_error(run_cli("build", cwd=plain), "not inside a git repository")
+    _assert_input_error(run_cli("build", "-C", tmp_path / "missing"), "missing")
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ('[artifact]\nname = "x"\ncolour = "red"\n', "colour"),
+        ('[artifact]\nname = "x"\n\n[build]\nstep = ["make"]\noutputs = ["out/"]\n', "step"),
+        ('[artifact]\nname = "x"\n[deploy]\nto = "prod"\n', "deploy"),
+        ('[artifact]\ninclude = ["**"]\n', "name"),
+        ("", "artifact"),
+        ('[artifact\nname = "x"\n', "invalid TOML"),
+        ('[artifact]\nname = "Not Valid"\n', "name"),
+        ('[artifact]\nname = "x"\n\n[build]\nsteps = ["make"]\n', "outputs"),
+        ('[artifact]\nname = "x"\n\n[build]\nsteps = ["make"]\noutputs = ["../up"]\n', "../up"),
+        ('[artifact]\nname = "x"\ninclude = "**"\n', "include"),
+    ],
+)
+def test_invalid_graven_toml(
+    *, graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, toml: str, needle: str
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+    line = _assert_input_error(run_cli("build", "-C", repo), needle)
+    assert "graven.toml" in line
+
+
+def test_invalid_utf8_graven_toml(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, None)
+    write_files(repo, {"graven.toml": b'[artifact]\nname = "\xff"\n'})
+    commit_all(repo)
+    _assert_input_error(run_cli("build", "-C", repo), "graven.toml")
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"x": Symlink("../../etc")}, "x"),
+        ({"sub/up": Symlink("../../outside")}, "sub/up"),
+        ({"abs": Symlink("/etc/passwd")}, "abs"),
+        ({"a": Symlink("."), "b": Symlink("a/..")}, "b"),
+        ({"e\u0301.txt": "decomposed\n", "\u00e9.txt": "composed\n"}, ".txt"),
+        ({b"\xff.txt": "latin-1 name\n"}, "xff.txt"),
+        ({"bad\x01name.txt": "control\n"}, "bad"),
+    ],
+    ids=["relative-escape", "nested-escape", "absolute", "chain", "nfc-collision", "non-utf8", "control"],
+)
+def test_repository_with_unsafe_paths_is_refused(
+    *,
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    files: dict[str | bytes, object],
+    needle: str,
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"ok.txt": "fine\n", **files})
+    _assert_input_error(run_cli("build", "-C", repo), needle)
+    code, out, _ = run_cli("artifacts", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_nfc_collision_names_both_paths(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"e\u0301.txt": "decomposed\n", "\u00e9.txt": "composed\n"})
+    line = _assert_input_error(run_cli("build", "-C", repo), "NFC")
+    assert "e\u0301.txt" in line and "\u00e9.txt" in line
+
+
+def test_unsafe_path_outside_the_selection_is_not_an_error(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    toml = '[artifact]\nname = "x"\nexclude = ["vendor/**"]\n'
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", "vendor/escape": Symlink("../../..")}, toml)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+
+
+# -- init ------------------------------------------------------------------------------------------
+
+
+def test_init_refuses_to_overwrite(repo: Path, run_cli: Run) -> None:
+    before = (repo / "graven.toml").read_bytes()
+    _assert_input_error(run_cli("init", "-C", repo), "graven.toml", "already exists")
+    assert (repo / "graven.toml").read_bytes() == before
+
+
+def test_init_writes_a_starter_that_builds(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    fresh = tmp_path / "My Project"
+    fresh.mkdir()
+    git(fresh, "init", "-q", "-b", "main")
+    (fresh / "a.txt").write_text("a\n")
+    code, _, err = run_cli("init", cwd=fresh)
+    assert code == 0, err
+    commit_all(fresh)
+    code, out, err = run_cli("build", "--json", "-C", fresh)
+    assert code == 0, err
+    assert json.loads(out)["name"] == "my-project"
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q")
+    _assert_input_error(run_cli("init", "--name", "Bad Name", "-C", other), "Bad Name")
+    assert not (other / "graven.toml").exists()
+
+
+def test_init_outside_a_repository(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    _assert_input_error(run_cli("init", "-C", tmp_path), "git")
+    assert not (tmp_path / "graven.toml").exists()
+
+
+# -- digests -----------------------------------------------------------------------------------------
+
+
+def _built(run_cli: Run, repo: Path) -> str:
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    return out.splitlines()[-1]
+
+
+MALFORMED = ["xyz!", "abc", "sha256:", "", "sha256:" + "a" * 65, "md5:" + "a" * 32, "12 34", "sha256:abc"]
+
+
+def test_malformed_digest(repo: Path, run_cli: Run, tmp_path: Path) -> None:
+    _built(run_cli, repo)
+    for command in ("show", "verify", "export"):
+        extra = ["-o", str(tmp_path / "x.tar")] if command == "export" else []
+        for text in MALFORMED:
+            _assert_input_error(run_cli(command, text, *extra), "digest")
+
+
+def test_unknown_digest(repo: Path, run_cli: Run, tmp_path: Path) -> None:
+    digest = _built(run_cli, repo)
+    unknown = "0000" if not digest.startswith("sha256:0000") else "ffff"
+    for command in ("show", "verify", "export"):
+        extra = ["-o", str(tmp_path / "x.tar")] if command == "export" else []
+        _assert_input_error(run_cli(command, unknown, *extra), unknown)
+        _assert_input_error(run_cli(command, "sha256:" + unknown * 16, *extra), unknown)
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_unknown_digest_in_an_empty_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Run
+) -> None:
+    home = tmp_path / "empty-home"
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    _assert_input_error(run_cli("show", "abcd"), "abcd")
+    _assert_input_error(run_cli("verify", "sha256:" + "ab" * 32), "abab")
+    assert not (home / "graven.db").exists()
+
+
+def test_ambiguous_digest_prefix(graven_home: Path, repo: Path, run_cli: Run, tmp_path: Path) -> None:
+    real = _built(run_cli, repo)
+    prefix = real[7:11]
+    engine = sa.create_engine(f"sqlite:///{graven_home / 'graven.db'}")
+    try:
+        from graven.db import artifacts
+
+        with engine.begin() as conn:
+            for fill in ("0", "1"):
+                twin = "sha256:" + (prefix + fill * 60)
+                if twin == real:
+                    continue
+                conn.execute(
+                    artifacts.insert().values(
+                        digest=twin,
+                        name="twin",
+                        commit=None,
+                        repository=None,
+                        revision=None,
+                        pipeline_digest=None,
+                        source_date_epoch=0,
+                        file_count=0,
+                        total_size=0,
+                        origin="import",
+                        created_at="2024-01-01T00:00:00.000000Z",
+                    )
+                )
+    finally:
+        engine.dispose()
+    for command, extra in (("show", []), ("verify", []), ("export", ["-o", str(tmp_path / "x.tar")])):
+        _assert_input_error(run_cli(command, prefix, *extra), prefix, "ambiguous")
+        _assert_input_error(run_cli(command, f"sha256:{prefix.upper()}", *extra), "ambiguous")
+    # Enough digits make it unique again.
+    code, out, err = run_cli("show", real[:20], "--json")
+    assert code == 0, err
+    assert json.loads(out)["artifact"]["digest"] == real
+
+
+@pytest.mark.parametrize("name", ["out.zip", "out.tar.bz2", "out", "out.tar.xz", "out.gz"])
+def test_export_to_a_bad_suffix(repo: Path, run_cli: Run, tmp_path: Path, name: str) -> None:
+    digest = _built(run_cli, repo)
+    _assert_input_error(run_cli("export", digest, "-o", tmp_path / name), name)
+    assert not (tmp_path / name).exists()
+
+
+def test_export_to_a_directory(repo: Path, run_cli: Run, tmp_path: Path) -> None:
+    digest = _built(run_cli, repo)
+    target = tmp_path / "dir.tar"
+    target.mkdir()
+    _assert_input_error(run_cli("export", digest, "-o", target), "dir.tar")
+
+
+def test_usage_errors_are_one_line(graven_home: Path, run_cli: Run) -> None:
+    _assert_input_error(run_cli("no-such-command"), "no-such-command")
+    _assert_input_error(run_cli("build", "--no-such-flag"), "--no-such-flag")
+    _assert_input_error(run_cli("export", "abcd"), "-o")
+
+
+# -- contracts of the read-only commands ----------------------------------------------------------------
+
+
+def test_artifacts_json_on_an_empty_home_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Run
+) -> None:
+    home = tmp_path / "empty-home"
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    code, out, err = run_cli("artifacts", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == []
+    code, out, err = run_cli("artifacts")
+    assert code == 0 and "no artifacts" in out
+    assert not home.exists() or not (home / "graven.db").exists()
+    assert not home.exists() or list(home.rglob("*")) == []
+
+
+def test_version(run_cli: Run) -> None:
+    code, out, err = run_cli("--version")
+    assert (code, err) == (0, "")
+    assert out.strip() == f"graven {__version__}"
+
+
+def test_json_shapes_of_build_show_and_artifacts(repo: Path, run_cli: Run) -> None:
+    code, out, err = run_cli("build", "--json", "-C", repo)
+    assert code == 0, err
+    built = json.loads(out)
+    digest = built["digest"]
+    assert digest.startswith("sha256:") and len(digest) == 71
+    assert built["file_count"] == 2 and built["name"] == "demo"
+
+    code, out, err = run_cli("show", digest, "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert {"artifact", "summary"} <= set(shown)
+    assert shown["artifact"]["digest"] == digest
+    assert shown["artifact"]["commit"] == built["commit"]
+    assert shown["summary"]["files"] == 2
+    assert "entries" not in shown
+    code, out, _ = run_cli("show", digest, "--json", "--files")
+    assert [e["path"] for e in json.loads(out)["entries"]] == ["a.txt", "graven.toml"]
+
+    code, out, _ = run_cli("artifacts", "--json")
+    assert [a["digest"] for a in json.loads(out)] == [digest]
+    code, out, _ = run_cli("artifacts")
+    assert digest[7:19] in out
+
+
+# -- the real process: one line on stderr, no traceback ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["build", "no-such-rev"],
+        ["show", "zzzz"],
+        ["import", "{tmp}/not-an-archive.tar"],
+        ["import", "{tmp}/latin1.tar"],
+        ["export", "abcd", "-o", "{tmp}/x.zip"],
+    ],
+    ids=["unknown-revision", "bad-digest", "not-an-archive", "non-utf8-entry", "bad-suffix"],
+)
+def test_subprocess_errors_have_no_traceback(repo: Path, tmp_path: Path, args: list[str]) -> None:
+    import io
+    import tarfile
+
+    (tmp_path / "not-an-archive.tar").write_bytes(b"hello\n" * 100)
+    with tarfile.open(
+        tmp_path / "latin1.tar", "w", format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        info = tarfile.TarInfo("\udcff.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    argv = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "graven", *argv],
+        cwd=repo,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graven: error: "), result.stderr

@@ -1,0 +1,217 @@
+"""``[build.fetch]``: the only phase with network access, limited to files locked by hash in the commit.
+
+A small HTTP server on 127.0.0.1 in the test process stands in for the package index.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import io
+import json
+import sys
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from helpers_services import require_tool
+
+Run = Callable[..., tuple[int, str, str]]
+PY = sys.executable
+WHEEL = "demo_lib-1.0-py3-none-any.whl"
+
+
+def _wheel() -> bytes:
+    """A minimal valid wheel (pip reads its metadata)."""
+    files = {
+        "demo_lib/__init__.py": b"VALUE = 42\n",
+        "demo_lib-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: demo-lib\nVersion: 1.0\n",
+        "demo_lib-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+
+    def record(data: bytes) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    lines = "".join(f"{k},{record(v)},{len(v)}\n" for k, v in files.items())
+    files["demo_lib-1.0.dist-info/RECORD"] = (lines + "demo_lib-1.0.dist-info/RECORD,,\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+    return buffer.getvalue()
+
+
+@dataclass
+class Index:
+    """The files served, and the paths that were asked for."""
+
+    url: str
+    port: int
+    files: dict[str, bytes]
+    requests: list[str] = field(default_factory=list)
+
+    def sha256(self, name: str) -> str:
+        return hashlib.sha256(self.files[name]).hexdigest()
+
+
+@pytest.fixture
+def index() -> Iterator[Index]:
+    require_tool("bwrap")
+    files = {WHEEL: _wheel(), "evil.whl": b"not locked anywhere\n"}
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            name = self.path.strip("/")
+            if name == "":
+                body = "".join(f'<a href="{n}">{n}</a>\n' for n in files).encode()
+            elif name in files:
+                body = files[name]
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        yield Index(f"http://127.0.0.1:{port}", port, files, seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _download(index: Index, *names: str) -> str:
+    code = "import sys, urllib.request; [urllib.request.urlretrieve(sys.argv[1] + '/' + n, 'wheels/' + n) "
+    code += "for n in sys.argv[2:]]"
+    return f'mkdir -p wheels && {PY} -c "{code}" {index.url} {" ".join(names)}'
+
+
+def _offline_probe(port: int) -> str:
+    code = (
+        "import socket, pathlib\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=5); state = 'online'\n"
+        "except OSError:\n"
+        "    state = 'offline'\n"
+        "pathlib.Path('out').mkdir(exist_ok=True); pathlib.Path('out/net.txt').write_text(state)\n"
+    )
+    return code
+
+
+def _toml(fetch_steps: list[str], steps: list[str], *, lockfiles: str = '["requirements.lock"]') -> str:
+    return (
+        '[artifact]\nname = "demo"\n\n[build]\n'
+        f'steps = {json.dumps(steps)}\noutputs = ["out/"]\ntools = ["python3"]\n\n'
+        f'[build.fetch]\nsteps = {json.dumps(fetch_steps)}\nlockfiles = {lockfiles}\noutputs = ["wheels/"]\n'
+    )
+
+
+def _dependencies(run_cli: Run, digest: str) -> dict[str, str]:
+    code, out, err = run_cli("show", digest, "--provenance", "--json")
+    assert code == 0, err
+    deps = json.loads(out)["statement"]["predicate"]["buildDefinition"]["resolvedDependencies"]
+    return {d["name"]: d["digest"]["sha256"] for d in deps if "name" in d}
+
+
+def test_fetched_inputs_are_locked_recorded_stored_and_the_build_is_offline(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, index: Index
+) -> None:
+    lock = f"# locked\ndemo-lib==1.0 \\\n    --hash=sha256:{index.sha256(WHEEL)}\n"
+    steps = [f"{PY} offline.py", f"{PY} -m zipfile -e wheels/{WHEEL} out/lib"]
+    files = {"requirements.lock": lock, "offline.py": _offline_probe(index.port)}
+    repo = make_repo(tmp_path / "repo", files, _toml([_download(index, WHEEL)], steps))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    assert index.requests == [f"/{WHEEL}"]  # the fetch phase did reach the index ...
+
+    code, out, _ = run_cli("show", digest, "--files", "--json")
+    entries = {e["path"]: e for e in json.loads(out)["entries"]}
+    assert (
+        entries["out/net.txt"]["sha256"] == hashlib.sha256(b"offline").hexdigest()
+    )  # ... the build could not
+    assert "out/lib/demo_lib/__init__.py" in entries
+
+    deps = _dependencies(run_cli, digest)
+    assert deps["lockfile:requirements.lock"] == hashlib.sha256(lock.encode()).hexdigest()
+    assert deps[f"fetched:wheels/{WHEEL}"] == index.sha256(WHEEL)
+    assert [n for n in deps if n.startswith("tool:python3@")], deps
+
+    # The fetched wheel is stored: a rebuild restores it and needs no network at all.
+    index.files.clear()
+    code, out, err = run_cli("verify", digest, "--rebuild", "--json")
+    assert code == 0, err
+    report = json.loads(out)["rebuild"]
+    assert report["ok"] and report["inputs_restored"] and report["sandbox"] == "bubblewrap"
+    assert index.requests == [f"/{WHEEL}"]
+
+
+def test_pip_download_with_require_hashes_works_in_the_fetch_phase(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, index: Index
+) -> None:
+    lock = f"demo-lib==1.0 --hash=sha256:{index.sha256(WHEEL)}\n"
+    fetch = (
+        f"{PY} -m pip download --disable-pip-version-check --no-cache-dir --require-hashes --no-index "
+        f"--find-links {index.url}/ -r requirements.lock -d wheels/"
+    )
+    steps = [f"mkdir -p out && cp wheels/{WHEEL} out/"]
+    repo = make_repo(tmp_path / "repo", {"requirements.lock": lock}, _toml([fetch], steps))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    deps = _dependencies(run_cli, json.loads(out)["digest"])
+    assert deps[f"fetched:wheels/{WHEEL}"] == index.sha256(WHEEL)
+
+
+def test_unhashed_requirements_are_refused_by_line_before_anything_runs(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, index: Index
+) -> None:
+    lock = f"demo-lib==1.0 --hash=sha256:{index.sha256(WHEEL)}\nrequests==2.31.0\n"
+    repo = make_repo(
+        tmp_path / "repo", {"requirements.lock": lock}, _toml([_download(index, WHEEL)], ["true"])
+    )
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2
+    assert err.startswith(
+        "graven: error: lockfile requirements.lock line 2: 'requests==2.31.0' has no --hash"
+    )
+    assert index.requests == []
+
+
+def test_a_fetched_file_that_no_lockfile_names_is_refused(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, index: Index
+) -> None:
+    lock = f"demo-lib==1.0 --hash=sha256:{index.sha256(WHEEL)}\n"
+    toml = _toml([_download(index, WHEEL, "evil.whl")], ["mkdir out && cp wheels/* out/"])
+    repo = make_repo(tmp_path / "repo", {"requirements.lock": lock}, toml)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 1
+    assert "wheels/evil.whl: fetched file with sha256" in err and "not locked in requirements.lock" in err
+    assert json.loads(run_cli("artifacts", "--json")[1]) == []
+
+
+def test_a_declared_lockfile_must_be_in_the_commit(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, index: Index
+) -> None:
+    toml = _toml([_download(index, WHEEL)], ["true"], lockfiles='["requirements.lock"]')
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+    (repo / "requirements.lock").write_text("uncommitted\n")  # in the working tree only
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2
+    assert "[build.fetch] lockfiles: requirements.lock is not a file in commit" in err
+    assert index.requests == []

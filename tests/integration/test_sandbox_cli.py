@@ -1,0 +1,285 @@
+"""``[build]`` steps in the bubblewrap sandbox, through the CLI: no network (not even 127.0.0.1), a
+read-only source tree, nothing writable outside the scratch space, a clean environment, failures that
+name the step, and the sandbox kind in the provenance."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import git_env
+from helpers_services import require_tool
+
+Run = Callable[..., tuple[int, str, str]]
+PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _bwrap() -> None:
+    require_tool("bwrap")
+
+
+def _toml(*steps: str, outputs: str = '["out/"]', extra: str = "") -> str:
+    listed = ", ".join(json.dumps(s) for s in steps)
+    return f'[artifact]\nname = "demo"\n\n[build]\nsteps = [{listed}]\noutputs = {outputs}\n{extra}'
+
+
+def _statement(run_cli: Run, digest: str) -> dict[str, object]:
+    code, out, err = run_cli("show", digest, "--provenance", "--json")
+    assert code == 0, err
+    statement: dict[str, object] = json.loads(out)["statement"]
+    return statement
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP socket listening on 127.0.0.1 in the test process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+
+
+def _connect_step(port: int) -> str:
+    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')"
+    return f'{PY} -c "{code}"'
+
+
+def test_a_step_cannot_reach_the_network_not_even_loopback(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]
+    steps = (_connect_step(port), "mkdir -p out && echo ok > out/ok")
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(*steps))
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graven: error: build step 1 (")
+    assert "failed with exit code 1; last lines:" in lines[0]
+    assert "Network is unreachable" in lines[0] or "Connection refused" in lines[0]
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing ever connected
+    assert json.loads(run_cli("artifacts", "--json")[1]) == []
+
+    # The control: without the sandbox the very same step does connect, so the check above can fail.
+    repo2 = make_repo(tmp_path / "repo2", {"a.txt": "a\n"}, _toml(*steps, extra='sandbox = "none"\n'))
+    code, _, err = run_cli("build", "-C", repo2)
+    assert code == 0, err
+    conn, _ = listener.accept()
+    conn.close()
+
+
+WRITE_PROBE = """\
+import os, pathlib, subprocess, sys
+targets = sys.argv[1:]
+report = []
+for target in targets:
+    try:
+        with open(target, "a") as handle:
+            handle.write("planted")
+        report.append(f"wrote {target}")
+    except OSError as exc:
+        report.append(f"denied {target}: {exc.strerror}")
+remount = subprocess.run(["mount", "-o", "remount,bind,rw", "/build/src"], capture_output=True)
+report.append(f"remount exit {remount.returncode}")
+pathlib.Path("out").mkdir()
+pathlib.Path("out/report.txt").write_text("\\n".join(report) + "\\n")
+"""
+
+
+def test_a_step_cannot_write_the_source_tree_or_outside_its_scratch_space(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    outside = tmp_path / "outside.txt"
+    repo = tmp_path / "repo"
+    targets = [
+        "/build/src/a.txt",  # the commit's tree, read-only
+        "/build/new.txt",
+        "/usr/planted.txt",
+        "/etc/planted.txt",
+        str(repo / "a.txt"),  # the host's working tree: hidden
+        str(repo / "new.txt"),
+        str(graven_home / "planted.txt"),  # the graven home (keys!): hidden
+        str(outside),  # a host path below /tmp: the sandbox has its own /tmp
+        "/build/work/scratch.txt",  # the scratch space: writable
+        "/tmp/scratch.txt",
+        "/build/home/scratch.txt",
+    ]
+    step = f"{PY} probe.py " + " ".join(targets)
+    make_repo(repo, {"a.txt": "committed\n", "probe.py": WRITE_PROBE}, _toml(step))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    export = tmp_path / "a.tar"
+    assert run_cli("export", digest, "-o", export)[0] == 0
+    import tarfile
+
+    with tarfile.open(export) as tar:
+        member = tar.extractfile("out/report.txt")
+        assert member is not None
+        report = member.read().decode().splitlines()
+    wrote = [line.split()[1] for line in report if line.startswith("wrote ")]
+    assert wrote == ["/build/work/scratch.txt", "/tmp/scratch.txt", "/build/home/scratch.txt"], report
+    assert report[-1] != "remount exit 0", report  # no capabilities: the source cannot be made writable
+    # Nothing changed on the host.
+    assert (repo / "a.txt").read_text() == "committed\n"
+    assert not (repo / "new.txt").exists() and not outside.exists()
+    assert not (graven_home / "planted.txt").exists()
+    assert not Path("/usr/planted.txt").exists() and not Path("/etc/planted.txt").exists()
+
+
+ENV_PROBE = """\
+import json, os, pathlib, socket
+pathlib.Path("out").mkdir()
+mask = os.umask(0)
+doc = {
+    "cwd": os.getcwd(),
+    "env": dict(sorted(os.environ.items())),
+    "hostname": socket.gethostname(),
+    "umask": oct(mask),
+    "src": sorted(os.listdir("/build/src")),
+    "tmp": sorted(os.listdir("/tmp")),
+}
+pathlib.Path("out/env.json").write_text(json.dumps(doc, indent=1))
+"""
+
+
+def test_steps_see_a_fixed_machine_and_a_clean_environment(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRAVEN_TEST_PASSED", "yes")
+    monkeypatch.setenv("GRAVEN_TEST_SECRET", "must not leak")
+    toml = _toml(f"{PY} probe.py", extra='env = ["GRAVEN_TEST_PASSED", "GRAVEN_TEST_UNSET"]\n')
+    repo = make_repo(tmp_path / "repo", {"probe.py": ENV_PROBE}, toml)
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    export = tmp_path / "a.tar"
+    assert run_cli("export", result["digest"], "-o", export)[0] == 0
+    import tarfile
+
+    with tarfile.open(export) as tar:
+        member = tar.extractfile("out/env.json")
+        assert member is not None
+        doc = json.loads(member.read())
+    assert doc["cwd"] == "/build/work"
+    assert doc["hostname"] == "graven"
+    assert doc["umask"] == "0o22"
+    assert doc["src"] == ["graven.toml", "probe.py"]
+    assert doc["tmp"] == []
+    env = doc["env"]
+    assert set(env) - {"PWD"} == {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "TZ",
+        "LC_ALL",
+        "LANG",
+        "SOURCE_DATE_EPOCH",
+        "PYTHONHASHSEED",
+        "GRAVEN_TEST_PASSED",
+    }
+    assert env["HOME"] == "/build/home" and env["TMPDIR"] == "/tmp" and env["TZ"] == "UTC"
+    assert env["LC_ALL"] == "C.UTF-8" and env["PYTHONHASHSEED"] == "0" and env["GRAVEN_TEST_PASSED"] == "yes"
+    assert env["SOURCE_DATE_EPOCH"] == str(result["source_date_epoch"])
+    params = _statement(run_cli, result["digest"])["predicate"]["buildDefinition"]["internalParameters"]  # type: ignore[index]
+    assert params["sandbox"] == "bubblewrap"
+
+
+def test_a_failing_step_fails_the_build_with_its_exit_code_and_log_tail(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    steps = (
+        "mkdir -p out && echo partial > out/x",
+        "echo first line; echo the real reason >&2; exit 3",
+        "true",
+    )
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(*steps))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("graven: error: build step 2 ('echo first line; echo the real reason >&2; exit 3')")
+    assert "failed with exit code 3; last lines:" in err and "the real reason" in err
+    assert json.loads(run_cli("artifacts", "--json")[1]) == []  # outputs are never copied out
+
+
+def test_without_bubblewrap_the_build_is_refused_unless_sandbox_is_none(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from graven.service import hermetic
+
+    monkeypatch.setattr(hermetic, "find_bwrap", lambda: None)
+    step = "mkdir out && echo hi > out/hi"
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step))
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2
+    assert err.startswith(
+        "graven: error: [build] steps run in a bubblewrap sandbox, but bwrap is not installed"
+    )
+    assert 'apt-get install bubblewrap) or set sandbox = "none" in [build]' in err
+
+    repo2 = make_repo(tmp_path / "repo2", {"a.txt": "a\n"}, _toml(step, extra='sandbox = "none"\n'))
+    code, out, err = run_cli("build", "-C", repo2, "--json")
+    assert code == 0, err
+    statement = _statement(run_cli, json.loads(out)["digest"])
+    assert statement["predicate"]["buildDefinition"]["internalParameters"]["sandbox"] == "none"  # type: ignore[index]
+
+
+def _clone(origin: Path, dest: Path) -> Path:
+    subprocess.run(
+        ["git", "clone", "-q", str(origin), str(dest)], env=git_env(), check=True, capture_output=True
+    )
+    return dest
+
+
+def test_builds_from_two_clones_at_different_paths_are_byte_identical(
+    *,
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    new_home: Callable[[str], Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # compileall without -d writes the source path into every .pyc, and pwd/HOME name the build
+    # directory: in the sandbox those are the same fixed paths wherever the clone is.
+    steps = (
+        "python3 -m compileall -q app",
+        'mkdir -p out && cp -r app out/ && pwd > out/pwd && echo "$HOME $TMPDIR" > out/dirs',
+    )
+    toml = _toml(*steps, extra='tools = ["python3"]\n')
+    origin = make_repo(tmp_path / "origin", {"app/main.py": "print('hi')\n", "app/util.py": "X = 1\n"}, toml)
+    a = _clone(origin, tmp_path / "a")
+    b = _clone(origin, tmp_path / "somewhere" / "much" / "deeper" / "b")
+    digests, archives = [], []
+    for clone, home in ((a, graven_home), (b, new_home("home-b"))):
+        monkeypatch.setenv("GRAVEN_HOME", str(home))
+        code, out, err = run_cli("build", "-C", clone)
+        assert code == 0, err
+        digests.append(out.strip().splitlines()[-1])
+        archive = tmp_path / f"{clone.name}.tar"
+        assert run_cli("export", digests[-1], "-o", archive)[0] == 0
+        archives.append(archive.read_bytes())
+    assert digests[0] == digests[1]
+    assert archives[0] == archives[1]
+    code, out, _ = run_cli("show", digests[1], "--files", "--json")
+    paths = [e["path"] for e in json.loads(out)["entries"]]
+    assert "out/app/__pycache__/main.cpython-311.pyc" in paths or any(p.endswith(".pyc") for p in paths)
+    deps = _statement(run_cli, digests[1])["predicate"]["buildDefinition"]["resolvedDependencies"]  # type: ignore[index]
+    tools = [d for d in deps if d.get("name", "").startswith("tool:python3@")]
+    assert len(tools) == 1 and len(tools[0]["digest"]["sha256"]) == 64
