@@ -31,7 +31,7 @@ def _wheel() -> bytes:
     files = {
         "demo_lib/__init__.py": b"VALUE = 42\n",
         "demo_lib-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: demo-lib\nVersion: 1.0\n",
-        "demo_lib-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "demo_lib-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
 
     def record(data: bytes) -> str:
@@ -77,6 +77,7 @@ def index() -> Iterator[Index]:
                 self.send_error(404)
                 return
             self.send_response(200)
+            self.send_header("Content-Type", "text/html" if name == "" else "application/octet-stream")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -103,7 +104,7 @@ def _download(index: Index, *names: str) -> str:
 
 
 def _offline_probe(port: int) -> str:
-    code = (
+    return (
         "import socket, pathlib\n"
         "try:\n"
         f"    socket.create_connection(('127.0.0.1', {port}), timeout=5); state = 'online'\n"
@@ -111,7 +112,6 @@ def _offline_probe(port: int) -> str:
         "    state = 'offline'\n"
         "pathlib.Path('out').mkdir(exist_ok=True); pathlib.Path('out/net.txt').write_text(state)\n"
     )
-    return code
 
 
 def _toml(fetch_steps: list[str], steps: list[str], *, lockfiles: str = '["requirements.lock"]') -> str:

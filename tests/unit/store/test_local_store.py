@@ -180,3 +180,20 @@ def test_concurrent_writers_of_the_same_objects(store: LocalStore) -> None:
     for i in range(30):
         assert fresh.read(sha256_digest(f"shared-{i}".encode() * 100))
         assert fresh.read(sha256_digest(f"packed-{i}".encode() * 100))
+
+
+def test_zstd_multithreaded_output_does_not_depend_on_the_worker_count() -> None:
+    """Exports rely on this: the same archive bytes on machines with any number of cores."""
+    import io
+
+    import zstandard
+
+    data = b"".join(f"line {i} of a reasonably compressible text\n".encode() for i in range(400_000))
+    outputs = set()
+    for threads in (1, 2, 3):
+        buffer = io.BytesIO()
+        with zstandard.ZstdCompressor(level=3, threads=threads).stream_writer(buffer, closefd=False) as w:
+            for start in range(0, len(data), 1 << 20):
+                w.write(data[start : start + (1 << 20)])
+        outputs.add(buffer.getvalue())
+    assert len(outputs) == 1
