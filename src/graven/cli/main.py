@@ -9,30 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import click
-
 from graven import __version__
-from graven.cli import artifact_cmds, build_cmds, keys_cmds, log_cmds
-from graven.errors import GravenError
 
-__all__ = ["cli", "main"]
+__all__ = ["main"]
 
-
-class _State:
-    verbose = False
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="graven", message="%(prog)s %(version)s")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and more detail.")
-def cli(verbose: bool) -> None:
-    """graven: reproducible, signed, content-addressed artifacts from a git commit."""
-    _State.verbose = verbose
-
-
-for module in (build_cmds, artifact_cmds, keys_cmds, log_cmds):
-    for command in module.COMMANDS:
-        cli.add_command(command)
+# The click application (and the registry of command modules) lives in graven.cli.app; it is
+# imported only when a command runs, so that `graven --version` loads nothing else.
 
 
 def _say_error(message: str) -> None:
@@ -46,10 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["--version"]:  # answered before any command module is loaded
         sys.stdout.write(f"graven {__version__}\n")
         return 0
+    import click
+
+    from graven.cli.app import State, cli
+    from graven.errors import GravenError
+
     try:
         result = cli.main(args=args, prog_name="graven", standalone_mode=False)
     except GravenError as exc:
-        if _State.verbose:
+        if State.verbose:
             import traceback
 
             traceback.print_exc()
