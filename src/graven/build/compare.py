@@ -1,0 +1,173 @@
+"""Comparing two builds of the same commit: which paths differ, and how (content, size, mode, type).
+
+:func:`diff_entries` is pure; :func:`diffoscope_summary` runs ``diffoscope`` (when it is installed) on
+the two versions of one file and keeps the start of its report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from graven.errors import BuildError
+from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry
+
+__all__ = [
+    "Difference",
+    "NotReproducibleError",
+    "diff_entries",
+    "diffoscope_summary",
+    "with_diffoscope",
+]
+
+DIFFOSCOPE_LINES = 12
+DIFFOSCOPE_TIMEOUT = 120
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One path whose entry differs between build ``a`` and build ``b``.
+
+    ``aspects`` are among ``content``, ``size``, ``mode``, ``type``, ``target``, ``missing``.
+    """
+
+    path: str
+    aspects: tuple[str, ...]
+    detail: str
+    a: TreeEntry | None = None
+    b: TreeEntry | None = None
+    diffoscope: str | None = None
+
+    def line(self) -> str:
+        """One line for a terminal."""
+        return f"{self.path}: {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "path": self.path,
+            "differs": list(self.aspects),
+            "detail": self.detail,
+            "a": self.a.to_json() if self.a is not None else None,
+            "b": self.b.to_json() if self.b is not None else None,
+            "diffoscope": self.diffoscope,
+        }
+
+
+def _kind(entry: TreeEntry) -> str:
+    if isinstance(entry, FileEntry):
+        return "file"
+    if isinstance(entry, SymlinkEntry):
+        return "symlink"
+    return "dir"
+
+
+def _mode(entry: FileEntry) -> str:
+    return f"{entry.mode:04o}"
+
+
+def _compare(path: str, a: TreeEntry, b: TreeEntry) -> Difference | None:
+    if type(a) is not type(b):
+        return Difference(path, ("type",), f"type ({_kind(a)} != {_kind(b)})", a, b)
+    if isinstance(a, FileEntry) and isinstance(b, FileEntry):
+        aspects: list[str] = []
+        parts: list[str] = []
+        if a.sha256 != b.sha256:
+            aspects.append("content")
+            parts.append(f"content (sha256 {a.sha256[:12]} != {b.sha256[:12]})")
+        if a.size != b.size:
+            aspects.append("size")
+            parts.append(f"size ({a.size} != {b.size})")
+        if a.executable != b.executable:
+            aspects.append("mode")
+            parts.append(f"mode ({_mode(a)} != {_mode(b)})")
+        if not aspects:
+            return None
+        return Difference(path, tuple(aspects), ", ".join(parts), a, b)
+    if isinstance(a, SymlinkEntry) and isinstance(b, SymlinkEntry) and a.target != b.target:
+        return Difference(path, ("target",), f"symlink target ({a.target!r} != {b.target!r})", a, b)
+    return None
+
+
+def diff_entries(
+    a: Iterable[TreeEntry], b: Iterable[TreeEntry], labels: tuple[str, str] = ("first build", "second build")
+) -> list[Difference]:
+    """Every path whose entries differ, sorted by path."""
+    left = {e.path: e for e in a}
+    right = {e.path: e for e in b}
+    result: list[Difference] = []
+    for path in sorted(left.keys() | right.keys()):
+        x, y = left.get(path), right.get(path)
+        if x is None or y is None:
+            present = labels[0] if y is None else labels[1]
+            entry = x if x is not None else y
+            assert entry is not None
+            result.append(Difference(path, ("missing",), f"only in the {present} ({_kind(entry)})", x, y))
+            continue
+        found = _compare(path, x, y)
+        if found is not None:
+            result.append(found)
+    return result
+
+
+def diffoscope_summary(a: Path, b: Path, *, diffoscope: str | None = None) -> str | None:
+    """The first lines of ``diffoscope``'s text report on ``a`` vs ``b``; None when it is not installed."""
+    tool = diffoscope or shutil.which("diffoscope")
+    if tool is None:
+        return None
+    try:
+        result = subprocess.run(
+            [tool, "--no-progress", "--text", "-", str(a), str(b)],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=DIFFOSCOPE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(diffoscope failed: {exc})"
+    lines = [line for line in result.stdout.decode(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        return None
+    shown = lines[:DIFFOSCOPE_LINES]
+    if len(lines) > len(shown):
+        shown.append(f"... ({len(lines) - len(shown)} more lines)")
+    return "\n".join(shown)
+
+
+def with_diffoscope(
+    differences: Sequence[Difference],
+    a_root: Path | None,
+    b_root: Path | None,
+    *,
+    diffoscope: str | None = None,
+) -> list[Difference]:
+    """Add diffoscope's summary to each differing regular file present on both sides (when installed)."""
+    tool = diffoscope or shutil.which("diffoscope")
+    if tool is None or a_root is None or b_root is None:
+        return list(differences)
+    result: list[Difference] = []
+    for item in differences:
+        if isinstance(item.a, FileEntry) and isinstance(item.b, FileEntry) and "content" in item.aspects:
+            summary = diffoscope_summary(a_root / item.path, b_root / item.path, diffoscope=tool)
+            item = replace(item, diffoscope=summary)
+        result.append(item)
+    return result
+
+
+class NotReproducibleError(BuildError):
+    """Two builds of the same commit gave different manifests (``graven build --check``)."""
+
+    def __init__(self, commit: str, differences: Sequence[Difference], variations: Sequence[str]) -> None:
+        count = len(differences)
+        noun = "path differs" if count == 1 else "paths differ"
+        super().__init__(
+            f"not reproducible: {count} {noun} between two builds of {commit[:12]}; "
+            f"the second varied {', '.join(variations)}"
+        )
+        self.commit = commit
+        self.differences = list(differences)
+        self.variations = list(variations)

@@ -1,0 +1,263 @@
+"""Locked inputs: lockfiles, the files a ``[build.fetch]`` phase downloads, and the declared tools.
+
+The fetch phase is the only one with network access, and what it may bring in is fixed by the commit:
+
+- every declared lockfile must be a file of the commit;
+- a pip requirements file (a name containing ``requirements`` or ``constraints``, or ending in
+  ``.txt``) must carry ``--hash=sha256:...`` on every requirement; a line without one is refused by
+  number (``-e``/editable requirements too, since they cannot be hashed);
+- every file the fetch phase writes below its outputs must have a sha256 named in a lockfile (for
+  other lockfile formats, any 64-digit hex token counts: ``Cargo.lock``, ``uv.lock``, ``SHA256SUMS``).
+
+Each becomes a resolved dependency of the provenance: ``lockfile:<path>``, ``fetched:<path>`` and
+``tool:<name>@<version>`` (the sha256 of the executable that PATH finds, after symlinks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from graven.core.paths import decode_path
+from graven.errors import BuildError, ConfigError, UnsafeInputError
+
+__all__ = [
+    "FETCHED_PREFIX",
+    "LOCKFILE_PREFIX",
+    "TOOL_PREFIX",
+    "FetchedFile",
+    "Tool",
+    "check_fetched",
+    "collect_fetched",
+    "is_pip_requirements",
+    "locked_hashes",
+    "pip_locked_hashes",
+    "resolve_tools",
+]
+
+LOCKFILE_PREFIX = "lockfile:"
+FETCHED_PREFIX = "fetched:"
+TOOL_PREFIX = "tool:"
+
+_SHA256_OPTION = re.compile(r"--hash[=\s]+sha256:([0-9a-fA-F]{64})\b")
+_ANY_HASH_OPTION = re.compile(r"--hash[=\s]+\S+")
+_HEX64 = re.compile(r"(?<![0-9a-fA-F])([0-9a-fA-F]{64})(?![0-9a-fA-F])")
+_VERSION = re.compile(r"\d+(?:\.\d+)+[^\s,;()]*")
+# Options that stand alone on a line of a requirements file and name no package.
+_GLOBAL_OPTIONS = (
+    "--index-url",
+    "-i",
+    "--extra-index-url",
+    "--no-index",
+    "--find-links",
+    "-f",
+    "--trusted-host",
+    "--prefer-binary",
+    "--require-hashes",
+    "--only-binary",
+    "--no-binary",
+    "--pre",
+    "--use-feature",
+    "--config-settings",
+)
+
+
+def is_pip_requirements(path: str) -> bool:
+    """Whether a lockfile is read as a pip requirements file (and must hash every requirement)."""
+    name = PurePosixPath(path).name.lower()
+    return "requirements" in name or "constraints" in name or name.endswith(".txt")
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first physical line number, joined line) with comments removed and continuations joined."""
+    result: list[tuple[int, str]] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw
+        if line.lstrip().startswith("#"):
+            line = ""
+        else:
+            line = re.sub(r"(^|\s)#.*$", "", line)
+        if not pending:
+            start = number
+        if line.rstrip().endswith("\\"):
+            pending.append(line.rstrip()[:-1])
+            continue
+        pending.append(line)
+        joined = " ".join(part.strip() for part in pending).strip()
+        pending = []
+        if joined:
+            result.append((start, joined))
+    if pending:
+        joined = " ".join(part.strip() for part in pending).strip()
+        if joined:
+            result.append((start, joined))
+    return result
+
+
+def pip_locked_hashes(path: str, data: bytes, declared: Iterable[str] = ()) -> set[str]:
+    """The sha256 hashes of a pip requirements file; ConfigError naming the first unhashed line.
+
+    ``-r``/``-c`` includes are allowed only when the included file is itself in ``declared``.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"lockfile {path}: not valid UTF-8") from None
+    hashes: set[str] = set()
+    base = PurePosixPath(path).parent
+    declared_set = set(declared)
+    for number, line in _logical_lines(text):
+        where = f"lockfile {path} line {number}"
+        first = line.split()[0]
+        if first in ("-r", "--requirement", "-c", "--constraint") or first.startswith(
+            ("--requirement=", "--constraint=")
+        ):
+            included = line.split("=", 1)[1] if "=" in first else " ".join(line.split()[1:])
+            target = str(base / included.strip()) if str(base) != "." else included.strip()
+            if target not in declared_set:
+                raise ConfigError(
+                    f"{where}: {line!r} includes {target}, which is not a declared lockfile; "
+                    "add it to [build.fetch] lockfiles"
+                )
+            continue
+        if first in ("-e", "--editable") or first.startswith("--editable="):
+            raise ConfigError(f"{where}: {line!r} is an editable requirement, which cannot be locked by hash")
+        if first.startswith("-") and first.split("=", 1)[0] in _GLOBAL_OPTIONS:
+            continue
+        found = _SHA256_OPTION.findall(line)
+        if not found:
+            shown = _ANY_HASH_OPTION.sub("", line).strip()
+            raise ConfigError(
+                f"{where}: {shown!r} has no --hash=sha256:...; every requirement needs one "
+                "(pip-compile --generate-hashes or uv pip compile --generate-hashes writes them)"
+            )
+        hashes.update(h.lower() for h in found)
+    return hashes
+
+
+def locked_hashes(lockfiles: Mapping[str, bytes]) -> set[str]:
+    """Every sha256 the declared lockfiles allow the fetch phase to bring in."""
+    hashes: set[str] = set()
+    for path, data in lockfiles.items():
+        if is_pip_requirements(path):
+            hashes |= pip_locked_hashes(path, data, lockfiles)
+        else:
+            hashes |= {h.lower() for h in _HEX64.findall(data.decode("utf-8", "replace"))}
+    return hashes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedFile:
+    """A file the fetch phase wrote: its path below the scratch directory and its sha256."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+def _sha256_file(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def collect_fetched(work: Path, src: Path, outputs: Iterable[str]) -> list[FetchedFile]:
+    """The regular files below ``outputs`` in ``work`` that the fetch phase created or changed.
+
+    A file identical to the commit's own (in ``src``) was not fetched; links and special files are refused.
+    """
+    found: dict[str, FetchedFile] = {}
+    for output in outputs:
+        top = output.strip("/")
+        full_top = os.path.join(work, top)
+        if not os.path.lexists(full_top):
+            raise BuildError(f"[build.fetch] outputs: {top} was not created by the fetch steps")
+        walk: list[str] = [top]
+        while walk:
+            rel = walk.pop()
+            full = os.path.join(work, rel)
+            info = os.lstat(full)
+            if stat.S_ISDIR(info.st_mode):
+                walk.extend(f"{rel}/{decode_path(os.fsencode(n))}" for n in sorted(os.listdir(full)))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafeInputError(f"{rel}: the fetch phase may only write regular files")
+            sha, size = _sha256_file(full)
+            original = os.path.join(src, rel)
+            if os.path.isfile(original) and not os.path.islink(original) and _sha256_file(original)[0] == sha:
+                continue
+            found[rel] = FetchedFile(rel, sha, size)
+    return [found[k] for k in sorted(found)]
+
+
+def check_fetched(files: Iterable[FetchedFile], locked: set[str], lockfiles: Iterable[str]) -> None:
+    """Refuse a fetched file whose sha256 no lockfile names."""
+    names = ", ".join(lockfiles)
+    for item in files:
+        if item.sha256 not in locked:
+            raise BuildError(
+                f"{item.path}: fetched file with sha256 {item.sha256} is not locked in {names}; "
+                "the fetch phase may only bring in files whose hashes are locked"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A declared tool: the name in graven.toml, the file PATH finds, its version line and sha256."""
+
+    name: str
+    path: str
+    version: str
+    sha256: str
+
+    @property
+    def ref_name(self) -> str:
+        """Its name among the provenance's resolved dependencies."""
+        return f"{TOOL_PREFIX}{self.name}@{self.version}"
+
+
+def _version_of(line: str) -> str:
+    match = _VERSION.search(line)
+    return match.group(0) if match else line.strip()[:120]
+
+
+def resolve_tools(names: Iterable[str], env: Mapping[str, str], *, timeout: int = 60) -> list[Tool]:
+    """Find each tool on the steps' PATH, hash it and ask ``TOOL --version`` (in ``env``)."""
+    tools: list[Tool] = []
+    for name in names:
+        found = name if os.path.isabs(name) else shutil.which(name, path=env.get("PATH"))
+        if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
+            raise ConfigError(f"[build] tools: {name!r} is not an executable on the build PATH")
+        real = os.path.realpath(found)
+        try:
+            result = subprocess.run(
+                [found, "--version"],
+                capture_output=True,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BuildError(f"[build] tools: `{name} --version` failed: {exc}") from None
+        text = (result.stdout or result.stderr).decode(errors="replace").strip()
+        if result.returncode != 0 or not text:
+            raise BuildError(
+                f"[build] tools: `{name} --version` exited with {result.returncode}; "
+                "list only tools that report a version"
+            )
+        tools.append(Tool(name, real, _version_of(text.splitlines()[0]), _sha256_file(real)[0]))
+    return tools
