@@ -21,13 +21,28 @@ export GRAVEN_HOME="$work/home"
 step "a signing key for this graven home (private key 0600, public key trusted here)"
 run graven keys generate --name ci
 
-step "build the commit: graven.toml is read from the commit, the steps run in a clean copy"
+step "build the commit: graven.toml is read from the commit, the steps run in a bubblewrap sandbox"
 digest=$(graven build | tail -n 1)
 echo "$digest"
 
 step "the same commit built again gives the same digest"
 again=$(graven build 2>/dev/null | tail -n 1)
 [ "$again" = "$digest" ] && echo "same digest: $again"
+
+step "prove it: build twice, the second time varied (build path, file order, umask, hostname, TZ, locale)"
+run graven build --check
+
+step "a step that writes the clock into an output is caught by --check: exit 1, the path is named"
+mkdir "$work/clock" && cd "$work/clock"
+printf '[artifact]\nname = "clock"\n\n[build]\nsteps = ["mkdir out && date +%%s%%N > out/built-at"]\noutputs = ["out/"]\n' \
+    > graven.toml
+git init -q -b main . && git add -A && git commit -q -m "clock"
+if graven build --check; then echo "--check did NOT catch the clock" >&2; exit 1; fi
+echo "(exit 1, as expected)"
+cd "$work/shop"
+
+step "rebuild from the recorded commit (as nix build --check / guix challenge): same digest"
+run graven verify "$digest" --rebuild
 
 step "verify: every object re-hashed, provenance signed by a trusted key"
 run graven verify "$digest"

@@ -135,6 +135,18 @@ def test_a_step_cannot_write_the_source_tree_or_outside_its_scratch_space(
     assert not Path("/usr/planted.txt").exists() and not Path("/etc/planted.txt").exists()
 
 
+def test_an_output_reached_through_a_symlink_to_the_host_is_refused(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    # graven collects outputs on the host, outside the sandbox: a step's `out -> /` must not make it
+    # read the host's /etc into the artifact.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml("ln -s / out", outputs='["out/etc/"]'))
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2
+    assert "[build] output out/etc: a symlink in its path leads outside the build directory" in err
+    assert json.loads(run_cli("artifacts", "--json")[1]) == []
+
+
 ENV_PROBE = """\
 import json, os, pathlib, socket
 pathlib.Path("out").mkdir()
@@ -212,6 +224,18 @@ def test_a_failing_step_fails_the_build_with_its_exit_code_and_log_tail(
     assert err.startswith("graven: error: build step 2 ('echo first line; echo the real reason >&2; exit 3')")
     assert "failed with exit code 3; last lines:" in err and "the real reason" in err
     assert json.loads(run_cli("artifacts", "--json")[1]) == []  # outputs are never copied out
+
+
+def test_a_step_that_runs_too_long_is_killed(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    import time
+
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml("sleep 60", extra="timeout = 1\n"))
+    started = time.monotonic()
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 1 and "build step 1 ('sleep 60') timed out after 1 s" in err
+    assert time.monotonic() - started < 15
 
 
 def test_without_bubblewrap_the_build_is_refused_unless_sandbox_is_none(

@@ -6,18 +6,21 @@ the two versions of one file and keeps the start of its report.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from graven.errors import BuildError
+from graven.model.digest import Digest
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry
 
 __all__ = [
     "Difference",
+    "HashOnlyBatch",
     "NotReproducibleError",
     "diff_entries",
     "diffoscope_summary",
@@ -153,9 +156,36 @@ def with_diffoscope(
     for item in differences:
         if isinstance(item.a, FileEntry) and isinstance(item.b, FileEntry) and "content" in item.aspects:
             summary = diffoscope_summary(a_root / item.path, b_root / item.path, diffoscope=tool)
-            item = replace(item, diffoscope=summary)
-        result.append(item)
+            result.append(replace(item, diffoscope=summary))
+        else:
+            result.append(item)
     return result
+
+
+class HashOnlyBatch:
+    """Stands in for a store batch where a build must not write to the store: it only hashes.
+
+    It has the methods that collecting a tree uses (``add``, ``add_known``, ``add_stream``).
+    """
+
+    def __contains__(self, digest: Digest) -> bool:
+        return False
+
+    def add(self, data: bytes, **_options: object) -> Digest:
+        """The digest of ``data``."""
+        return Digest(hashlib.sha256(data).hexdigest())
+
+    def add_known(self, digest: Digest, data: bytes) -> None:
+        """Nothing to do: the caller hashed it."""
+        del digest, data
+
+    def add_stream(self, stream: BinaryIO, size: int) -> Digest:
+        """The digest of what ``stream`` holds."""
+        del size
+        digest = hashlib.sha256()
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+        return Digest(digest.hexdigest())
 
 
 class NotReproducibleError(BuildError):

@@ -18,8 +18,10 @@ that bubblewrap exists and can create its namespaces, and raises an error with a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +81,8 @@ class SandboxLayout:
 
     ``root_entries`` is the host's ``/`` (see :func:`host_root_entries`); ``hidden`` are host
     directories covered by an empty read-only tmpfs; ``extra_ro`` are host files shown read-only at
-    the same path (the resolver configuration of the fetch phase, when /etc/resolv.conf is a link).
+    the same path (the resolver configuration of the fetch phase, when /etc/resolv.conf is a link);
+    ``masked`` are host files replaced by ``/dev/null``.
     """
 
     src: Path
@@ -88,6 +91,7 @@ class SandboxLayout:
     root_entries: tuple[HostEntry, ...]
     hidden: tuple[str, ...] = ()
     extra_ro: tuple[str, ...] = field(default=())
+    masked: tuple[str, ...] = ()  # host files shown as empty (/dev/null): a signing key file, say
 
 
 def bwrap_argv(
@@ -127,6 +131,8 @@ def bwrap_argv(
         argv += ["--ro-bind", path, path]
     for path in layout.hidden:
         argv += ["--tmpfs", path, "--remount-ro", path]
+    for path in layout.masked:
+        argv += ["--ro-bind", "/dev/null", path]
     argv += [
         "--dir",
         BUILD_ROOT,
@@ -175,6 +181,22 @@ def hidden_paths(candidates: Iterable[Path], tool_dirs: Iterable[str]) -> tuple[
             continue
         chosen.append(real)
     return tuple(sorted(set(chosen)))
+
+
+def masked_files(candidates: Iterable[Path], hidden: Iterable[str]) -> tuple[str, ...]:
+    """Host files to replace by /dev/null: ``candidates`` (resolved) that are regular files the
+    sandbox would otherwise show (not below an unmirrored or a hidden directory)."""
+    covered = tuple(hidden)
+    chosen: set[str] = set()
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        top = real.strip("/").split("/", 1)[0]
+        if not os.path.isfile(real) or top in _NOT_MIRRORED:
+            continue
+        if any(real.startswith(h + "/") for h in covered):
+            continue
+        chosen.add(real)
+    return tuple(sorted(chosen))
 
 
 def resolver_files() -> tuple[str, ...]:
@@ -264,10 +286,8 @@ def _run_logged(
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, 9)
-    except (ProcessLookupError, PermissionError):
-        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,10 @@ from graven.core.paths import check_path
 from graven.errors import UnsafeInputError
 from graven.sources.git import MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK, GitEntry, GitRepo
 
-__all__ = ["Workspace", "checkout", "copy_tree", "settle_tree"]
+__all__ = ["Workspace", "checkout", "copy_tree", "ensure_inside", "settle_tree"]
+
+# Every directory a step sees has this mode (what git checkouts give under the usual umask 022).
+DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class Workspace:
         for level in range(nested):
             root = root / f"level-{level}"
         for path in (root, root / "src", root / "home", root / "tmp"):
-            path.mkdir(mode=0o755, parents=True, exist_ok=True)
-            os.chmod(path, 0o755)
+            path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(path, DIR_MODE)
         return cls(root)
 
     def remove(self) -> None:
@@ -94,7 +97,7 @@ def checkout(
         by_oid.setdefault(entry.oid, []).append(entry)
     oids = sorted(by_oid, reverse=reverse)
     total = len(oids)
-    dest.mkdir(mode=0o755, exist_ok=True)
+    dest.mkdir(mode=DIR_MODE, exist_ok=True)
     for done, (oid, reader) in enumerate(repo.cat_blobs(oids), start=1):
         written: Path | None = None  # the first regular file with this content
         content: bytes | None = None  # the content, once it was read for a symlink
@@ -135,7 +138,7 @@ def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> Non
             items.append((rel, os.lstat(os.path.join(src, rel))))
     if reverse:
         items.reverse()
-    os.mkdir(dst, 0o755)
+    os.mkdir(dst, DIR_MODE)
     for rel, info in items:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -160,9 +163,24 @@ def settle_tree(root: Path, epoch: int) -> None:
             if os.path.islink(full):
                 os.utime(full, (epoch, epoch), follow_symlinks=False)
             elif os.path.isdir(full):
-                os.chmod(full, 0o755)
+                os.chmod(full, DIR_MODE)
                 os.utime(full, (epoch, epoch))
             else:
                 os.utime(full, (epoch, epoch))
-    os.chmod(root, 0o755)
+    os.chmod(root, DIR_MODE)
     os.utime(root, (epoch, epoch))
+
+
+def ensure_inside(root: Path, paths: Iterable[str], what: str) -> None:
+    """Refuse a path below ``root`` that leads outside it through a symlink in one of its parents.
+
+    Steps can create symlinks; graven reads outputs and writes restored inputs on the host, outside the
+    sandbox, so ``out -> /`` with an output ``out/etc/`` must not make it read the host's /etc.
+    """
+    real_root = os.path.realpath(root)
+    for path in paths:
+        rel = path.strip("/")
+        parent = os.path.dirname(os.path.join(real_root, rel))
+        real = os.path.realpath(parent)
+        if real != real_root and not real.startswith(real_root + os.sep):
+            raise UnsafeInputError(f"{what} {rel}: a symlink in its path leads outside the build directory")

@@ -93,7 +93,7 @@ def build_cmd(revision: str, repo: Path, as_json: bool, no_cache: bool, check: b
             f"{human_size(result.total_size)} ({result.files_read} read)\n"
         )
         if check:
-            sys.stderr.write("reproducible: a second, varied build gave the same manifest\n")
+            sys.stderr.write("reproducible: a second build gave the same manifest\n")
         click.echo(result.digest)
     return 0
 

@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import sqlalchemy as sa
 
 from graven import __version__
-from graven.build.compare import NotReproducibleError, diff_entries, with_diffoscope
+from graven.build.compare import HashOnlyBatch, NotReproducibleError, diff_entries, with_diffoscope
 from graven.build.sandbox import SANDBOX_NONE
 from graven.build.tree import collect_tree
 from graven.core.globs import Selection
@@ -144,6 +145,8 @@ def _build(
             entries, files_read, new_cache = _tree_from_git(
                 ctx, source, selection, batch, use_cache=use_cache
             )
+            if check:
+                _check_git_tree(ctx, source, selection, entries)
         manifest = TreeManifest.of(entries)
         previous = _latest_manifest(ctx, name)
         batch.add(manifest.to_bytes(), delta_base=previous, pack=True)
@@ -338,6 +341,14 @@ def _link_target(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise UnsafeInputError("a symlink target is not valid UTF-8") from None
+
+
+def _check_git_tree(ctx: Context, source: _Source, selection: Selection, entries: list[TreeEntry]) -> None:
+    """``--check`` without steps: read every selected file from git again, past the blob cache."""
+    again, _, _ = _tree_from_git(ctx, source, selection, cast(PackBatch, HashOnlyBatch()), use_cache=False)
+    differences = diff_entries(TreeManifest.of(entries).entries, TreeManifest.of(again).entries)
+    if differences:
+        raise NotReproducibleError(source.commit, differences, ["the blob cache (every file read again)"])
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,14 @@ from graven.build.sandbox import (
     find_bwrap,
     hidden_paths,
     host_root_entries,
+    masked_files,
     probe_bubblewrap,
     resolver_files,
 )
 from graven.build.steps import clean_environment, run_steps
-from graven.build.workspace import Workspace, checkout, copy_tree, settle_tree
-from graven.errors import ConfigError
+from graven.build.workspace import Workspace, checkout, copy_tree, ensure_inside, settle_tree
+from graven.core.paths import check_path
+from graven.errors import ConfigError, UnsafeInputError
 from graven.model.pipeline import Pipeline
 from graven.service.context import Context
 from graven.signing.provenance import ResourceRef
@@ -157,13 +159,18 @@ def _runner(
     env = clean_environment(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
     )
+    # The graven home (keys, store) and the working tree are hidden; a signing key file named by
+    # GRAVEN_SIGNING_KEY elsewhere reads as empty.
+    hidden = hidden_paths([ctx.home.root, repo.root], (host_path or "").split(os.pathsep))
+    key_file = os.environ.get("GRAVEN_SIGNING_KEY", "")
     layout = SandboxLayout(
         src=ws.src,
         work=ws.work,
         home=ws.home,
         root_entries=host_root_entries(),
-        hidden=hidden_paths([ctx.home.root, repo.root], (host_path or "").split(os.pathsep)),
+        hidden=hidden,
         extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
+        masked=masked_files([Path(key_file)] if os.sep in key_file else [], hidden),
     )
     return BubblewrapRunner(
         bwrap,
@@ -175,11 +182,18 @@ def _runner(
     )
 
 
-def _restore(work: Path, files: Mapping[str, Opener]) -> None:
+def _restore(work: Path, files: Mapping[str, Opener], outputs: list[str]) -> None:
+    """Write previously fetched files (paths from a provenance: checked) below the fetch outputs."""
+    prefixes = [o.strip("/") for o in outputs]
     for rel, opener in sorted(files.items()):
+        check_path(rel)
+        if not any(rel == p or rel.startswith(p + "/") for p in prefixes):
+            raise UnsafeInputError(f"recorded input {rel} is not below the [build.fetch] outputs")
+        ensure_inside(work, [rel], "recorded input")  # before creating any directory for it
         target = work / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        with opener() as source, open(target, "wb") as handle:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with opener() as source, os.fdopen(fd, "wb") as handle:
             shutil.copyfileobj(source, handle, 1 << 20)
         os.chmod(target, 0o644)
 
@@ -221,7 +235,7 @@ def run_step_build(
         restored = False
         if build.fetch is not None:
             if restore is not None:
-                _restore(ws.work, restore)
+                _restore(ws.work, restore, build.fetch.outputs)
                 restored = True
             else:
                 ctx.reporter.progress("fetching locked inputs", 0, len(build.fetch.steps))
@@ -233,12 +247,14 @@ def run_step_build(
                     phase="fetch",
                     network=True,
                 )
+            ensure_inside(ws.work, build.fetch.outputs, "[build.fetch] output")
             fetched = collect_fetched(ws.work, ws.src, build.fetch.outputs)
             check_fetched(fetched, locked, lockfiles)
             settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
         ctx.reporter.progress("running build steps", 0, len(build.steps))
         run_steps(build.steps, runner=runner, log_path=ws.log, timeout=build.timeout)
         ctx.reporter.progress("running build steps", len(build.steps), len(build.steps))
+        ensure_inside(ws.work, build.outputs, "[build] output")
         lock_refs = [
             ResourceRef(f"{LOCKFILE_PREFIX}{path}", f"sha256:{hashlib.sha256(data).hexdigest()}")
             for path, data in lockfiles.items()

@@ -14,10 +14,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
-from graven.build.compare import Difference, diff_entries, with_diffoscope
+from graven.build.compare import Difference, HashOnlyBatch, diff_entries, with_diffoscope
 from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
 from graven.build.sandbox import SANDBOX_NONE
 from graven.build.tree import collect_tree
@@ -69,24 +69,6 @@ class RebuildReport:
             "differences": [d.to_json() for d in self.differences],
             "notes": self.notes,
         }
-
-
-class _HashingBatch:
-    """Stands in for a PackBatch where a rebuild must not write to the store: it only hashes."""
-
-    def add(self, data: bytes, *, delta_base: Digest | None = None) -> Digest:
-        del delta_base
-        return Digest(hashlib.sha256(data).hexdigest())
-
-    def add_known(self, digest: Digest, data: bytes) -> None:
-        del digest, data
-
-    def add_stream(self, stream: BinaryIO, size: int) -> Digest:
-        del size
-        digest = hashlib.sha256()
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-        return Digest(digest.hexdigest())
 
 
 def _statement(ctx: Context, digest: Digest) -> ProvenanceStatement:
@@ -158,7 +140,7 @@ def rebuild(ctx: Context, digest: Digest, *, repo: Path | None = None) -> Rebuil
     pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
     selection = Selection.of(pipeline.artifact.include, pipeline.artifact.exclude)
     recorded = TreeManifest.of(load_manifest(ctx, digest).entries)
-    batch = cast(PackBatch, _HashingBatch())
+    batch = cast(PackBatch, HashOnlyBatch())
     epoch = git.commit_time(resolved)
     sandbox = SANDBOX_NONE
     restored = False

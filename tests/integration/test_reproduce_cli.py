@@ -1,0 +1,211 @@
+"""Proving reproducibility: ``graven build --check`` (two builds, the second varied) and
+``graven verify DIGEST --rebuild`` (rebuild from the recorded commit and inputs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import git_env
+from helpers_services import require_tool
+
+Run = Callable[..., tuple[int, str, str]]
+PY = sys.executable
+
+APP = {"app/main.py": "print('hi')\n", "app/util.py": "X = 1\n", "app/sub/more.py": "Y = 2\n"}
+STAMP = f"{PY} -c \"import time; open('out/stamp.txt', 'w').write(str(time.time_ns()))\""
+
+
+@pytest.fixture(autouse=True)
+def _bwrap() -> None:
+    require_tool("bwrap")
+
+
+def _toml(*steps: str, extra: str = "") -> str:
+    listed = ", ".join(json.dumps(s) for s in steps)
+    return f'[artifact]\nname = "demo"\n\n[build]\nsteps = [{listed}]\noutputs = ["out/"]\n{extra}'
+
+
+def _artifacts(run_cli: Run) -> list[dict[str, object]]:
+    code, out, _ = run_cli("artifacts", "--json")
+    assert code == 0
+    listed: list[dict[str, object]] = json.loads(out)
+    return listed
+
+
+def test_check_passes_for_a_deterministic_build_and_stores_it(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    # The bundled example's step: the .pyc files are hash-based (SOURCE_DATE_EPOCH) and compiled in
+    # sorted order, so neither the time, the path nor the creation order shows.
+    steps = ("python3 -m compileall -q -d app app", "mkdir out && cp -r app out/ && ls -R app > out/listing")
+    repo = make_repo(tmp_path / "repo", APP, _toml(*steps))
+    code, out, err = run_cli("build", "-C", repo, "--check")
+    assert code == 0, err
+    assert "reproducible: a second build gave the same manifest" in err
+    digest = out.strip().splitlines()[-1]
+    assert [a["digest"] for a in _artifacts(run_cli)] == [digest]
+    code, out, _ = run_cli("build", "-C", repo, "--check", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["digest"] == digest and doc["check"]["reproducible"] is True
+
+
+def test_check_catches_a_step_that_writes_the_current_time_and_names_the_path(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out && cp -r app out/", STAMP))
+    code, out, err = run_cli("build", "-C", repo, "--check")
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("differs: out/stamp.txt: content (sha256 ")
+    assert len(lines) == 2, err  # only that path differs; then one error line
+    assert lines[1].startswith("graven: error: not reproducible: 1 path differs between two builds of ")
+    assert "the build path" in lines[1] and "file creation order" in lines[1]
+    assert _artifacts(run_cli) == []  # nothing is stored when the check fails
+
+    code, out, _ = run_cli("build", "-C", repo, "--check", "--json")
+    assert code == 1
+    check = json.loads(out)["check"]
+    assert check["reproducible"] is False
+    assert [(d["path"], d["differs"][0]) for d in check["differences"]] == [("out/stamp.txt", "content")]
+
+    # Without --check the same pipeline builds (and is stored): --check is what catches it.
+    assert run_cli("build", "-C", repo)[0] == 0
+
+
+def test_check_adds_the_diffoscope_summary_where_it_is_installed(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    fake = tools / "diffoscope"  # a stand-in with diffoscope's command line: --text - A B
+    fake.write_text(
+        '#!/bin/sh\necho "--- $4"\necho "+++ $5"\necho "-$(cat "$4")"\necho "+$(cat "$5")"\nexit 1\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out", STAMP))
+    code, _, err = run_cli("build", "-C", repo, "--check")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("differs: out/stamp.txt: content")
+    assert lines[1].startswith("    --- /") and lines[1].endswith("/out/stamp.txt")
+    assert lines[3].startswith("    -1") and lines[4].startswith("    +1")  # time_ns() values
+
+
+def test_check_catches_path_leaks_when_there_is_no_sandbox(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    steps = ("mkdir out && pwd > out/where && umask > out/umask && hostname > out/host",)
+    sandboxed = make_repo(tmp_path / "a", APP, _toml(*steps))
+    code, _, err = run_cli("build", "-C", sandboxed, "--check")
+    assert code == 1
+    differing = sorted(line.split(":")[1].strip() for line in err.splitlines() if line.startswith("differs:"))
+    assert differing == ["out/host", "out/umask"]  # the path is fixed in the sandbox; hostname, umask vary
+
+    bare = make_repo(tmp_path / "b", APP, _toml(*steps, extra='sandbox = "none"\n'))
+    code, _, err = run_cli("build", "-C", bare, "--check")
+    assert code == 1
+    assert "differs: out/where: content" in err  # the host build path leaks without a sandbox
+
+
+def _clone(origin: Path, dest: Path) -> Path:
+    subprocess.run(
+        ["git", "clone", "-q", str(origin), str(dest)], env=git_env(), check=True, capture_output=True
+    )
+    return dest
+
+
+def test_verify_rebuild_confirms_the_digest_from_the_recorded_repository_or_another_clone(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    steps = ("python3 -m compileall -q app", "mkdir out && cp -r app out/")
+    repo = make_repo(tmp_path / "repo", APP, _toml(*steps))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+    code, out, err = run_cli("verify", digest, "--rebuild")
+    assert code == 0, err
+    assert out.startswith(f"ok {digest}") and "same digest" in out
+
+    # The recorded repository is gone: say how to point at another clone; then use it.
+    clone = _clone(repo, tmp_path / "elsewhere" / "clone")
+    shutil.rmtree(repo)
+    code, _, err = run_cli("verify", digest, "--rebuild")
+    assert code == 2 and "pass -C REPO" in err
+    code, out, err = run_cli("verify", digest, "--rebuild", "-C", clone, "--json")
+    assert code == 0, err
+    rebuild = json.loads(out)["rebuild"]
+    assert rebuild["ok"] and rebuild["rebuilt"] == digest and rebuild["differences"] == []
+    code, _, err = run_cli("verify", digest, "-C", clone)
+    assert code == 2 and "only used with --rebuild" in err
+
+
+def test_verify_rebuild_fails_and_names_the_differing_path(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out && cp -r app out/", STAMP))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+    code, out, err = run_cli("verify", digest, "--rebuild")
+    assert code == 1 and out == ""
+    assert "differs: out/stamp.txt: content (sha256" in err
+    assert err.strip().splitlines()[-1].startswith("graven: error: rebuild of ")
+    assert f"not {digest} (1 differing path)" in err
+    code, out, _ = run_cli("verify", digest, "--rebuild", "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["ok"] is False and doc["rebuild"]["differences"][0]["path"] == "out/stamp.txt"
+    code, _, err = run_cli("verify", digest)  # the stored artifact itself is fine
+    assert code == 0, err
+
+
+def test_check_of_a_build_without_steps_reads_every_file_again(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    import hashlib
+    import sqlite3
+
+    from conftest import git
+
+    repo = make_repo(tmp_path / "repo", APP)
+    assert run_cli("build", "-C", repo)[0] == 0  # fills the blob cache
+    code, out, err = run_cli("build", "-C", repo, "--check", "--json")
+    assert code == 0, err
+    assert json.loads(out)["check"]["reproducible"] is True
+
+    # A poisoned cache entry (main.py's blob said to be util.py's content) is caught by --check.
+    main_oid = git(repo, "rev-parse", "HEAD:app/main.py").strip()
+    util = APP["app/util.py"].encode()
+    with sqlite3.connect(graven_home / "graven.db") as db:
+        db.execute(
+            "UPDATE git_blob_cache SET sha256 = ?, size = ? WHERE git_oid = ?",
+            (hashlib.sha256(util).hexdigest(), len(util), main_oid),
+        )
+    db.close()
+    code, _, err = run_cli("build", "-C", repo, "--check")
+    assert code == 1
+    assert "differs: app/main.py: content" in err and "the blob cache" in err
+
+
+def test_verify_rebuild_of_a_plain_build_reads_git_again(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", APP)
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+    code, out, err = run_cli("verify", digest, "--rebuild", "--json")
+    assert code == 0, err
+    assert json.loads(out)["rebuild"]["sandbox"] == "none"

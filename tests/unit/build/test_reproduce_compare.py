@@ -1,0 +1,116 @@
+"""Comparing two builds (graven.build.compare) and validating the new [build] keys."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from graven.build.compare import NotReproducibleError, diff_entries, diffoscope_summary, with_diffoscope
+from graven.errors import ConfigError
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry
+from graven.model.pipeline import parse_pipeline
+
+A, B = "a" * 64, "b" * 64
+
+
+def test_each_kind_of_difference_is_named() -> None:
+    first = [
+        FileEntry("same.txt", A, 1),
+        FileEntry("content.txt", A, 5),
+        FileEntry("size.txt", A, 5),
+        FileEntry("mode.sh", A, 5),
+        SymlinkEntry("link", "a"),
+        FileEntry("kind", A, 1),
+        FileEntry("gone.txt", A, 1),
+        DirEntry("empty"),
+    ]
+    second = [
+        FileEntry("same.txt", A, 1),
+        FileEntry("content.txt", B, 5),
+        FileEntry("size.txt", B, 6),
+        FileEntry("mode.sh", A, 5, executable=True),
+        SymlinkEntry("link", "b"),
+        SymlinkEntry("kind", "x"),
+        FileEntry("new.txt", A, 1),
+        DirEntry("empty"),
+    ]
+    found = {d.path: d for d in diff_entries(first, second)}
+    assert sorted(found) == ["content.txt", "gone.txt", "kind", "link", "mode.sh", "new.txt", "size.txt"]
+    assert found["content.txt"].aspects == ("content",)
+    assert found["size.txt"].aspects == ("content", "size")
+    assert found["size.txt"].detail.endswith("size (5 != 6)")
+    assert found["mode.sh"].aspects == ("mode",) and "0644 != 0755" in found["mode.sh"].detail
+    assert found["link"].aspects == ("target",)
+    assert found["kind"].detail == "type (file != symlink)"
+    assert found["gone.txt"].detail == "only in the first build (file)"
+    assert found["new.txt"].detail == "only in the second build (file)"
+    assert found["content.txt"].to_json()["differs"] == ["content"]
+    assert diff_entries(first, first) == []
+
+
+def _fake_diffoscope(tmp_path: Path) -> str:
+    tool = tmp_path / "diffoscope"
+    tool.write_text('#!/bin/sh\necho "--- $4"\necho "+++ $5"\necho "@@ -1 +1 @@"\nexit 1\n')
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return str(tool)
+
+
+def test_diffoscope_summary_is_added_for_changed_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, text in ((a, "one"), (b, "two")):
+        (root / "out").mkdir(parents=True)
+        (root / "out" / "f.txt").write_text(text)
+    tool = _fake_diffoscope(tmp_path)
+    differences = diff_entries([FileEntry("out/f.txt", A, 3)], [FileEntry("out/f.txt", B, 3)])
+    [item] = with_diffoscope(differences, a, b, diffoscope=tool)
+    assert item.diffoscope is not None
+    assert item.diffoscope.splitlines() == [f"--- {a}/out/f.txt", f"+++ {b}/out/f.txt", "@@ -1 +1 @@"]
+    assert diffoscope_summary(a, b, diffoscope=str(tmp_path / "missing")) is not None  # reported, not raised
+
+
+def test_not_reproducible_error_is_one_line() -> None:
+    differences = diff_entries([FileEntry("out/t", A, 1)], [FileEntry("out/t", B, 1)])
+    error = NotReproducibleError("c" * 40, differences, ["the build path", "hostname"])
+    assert str(error) == (
+        "not reproducible: 1 path differs between two builds of cccccccccccc; "
+        "the second varied the build path, hostname"
+    )
+    assert error.exit_code == 1 and error.differences[0].path == "out/t"
+
+
+BASE = '[artifact]\nname = "a"\n\n[build]\nsteps = ["make"]\noutputs = ["out/"]\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ('sandbox = "docker"\n', "[build] sandbox"),
+        ('sandbox = "none"\nsandbx = 1\n', "unknown key [build] sandbx"),
+        ('env = ["TZ"]\n', "TZ is always set by graven"),
+        ('env = ["NOT-A-NAME"]\n', "NOT-A-NAME is not an environment variable name"),
+        ('tools = ["a b"]\n', "[build] tools: a b"),
+        ('[build.fetch]\nsteps = ["x"]\nlockfiles = ["r.lock"]\noutputs = ["w/"]\nurl = "x"\n', "fetch.url"),
+        ('[build.fetch]\nsteps = ["x"]\noutputs = ["w/"]\n', "fetch.lockfiles is required"),
+        ('[build.fetch]\nsteps = ["x"]\nlockfiles = ["../r.lock"]\noutputs = ["w/"]\n', "../r.lock"),
+        ('[build.fetch]\nsteps = ["x"]\nlockfiles = ["r.lock"]\noutputs = ["/abs"]\n', "/abs"),
+    ],
+)
+def test_new_build_keys_are_validated(extra: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline((BASE + extra).encode())
+    assert needle in str(info.value)
+
+
+def test_new_build_keys_need_steps_and_parse() -> None:
+    with pytest.raises(ConfigError, match="tools needs steps"):
+        parse_pipeline(b'[artifact]\nname = "a"\n[build]\ntools = ["python3"]\n')
+    extra = 'sandbox = "none"\nenv = ["HTTPS_PROXY"]\ntools = ["python3", "/usr/bin/tar"]\n'
+    extra += (
+        '[build.fetch]\nsteps = ["pip download"]\nlockfiles = ["requirements.lock"]\noutputs = ["wheels/"]\n'
+    )
+    build = parse_pipeline((BASE + extra).encode()).build
+    assert build.sandbox == "none" and build.env == ["HTTPS_PROXY"] and build.tools[1] == "/usr/bin/tar"
+    assert build.fetch is not None and build.fetch.lockfiles == ["requirements.lock"]
+    assert parse_pipeline(BASE.encode()).build.sandbox == "bubblewrap"

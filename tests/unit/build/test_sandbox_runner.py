@@ -1,0 +1,225 @@
+"""The bubblewrap argument list (a pure function), the probe, and the clean step environment."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from graven.build import sandbox
+from graven.build.sandbox import (
+    BubblewrapRunner,
+    HostEntry,
+    SandboxLayout,
+    bwrap_argv,
+    hidden_paths,
+    masked_files,
+    probe_bubblewrap,
+)
+from graven.build.steps import clean_environment
+from graven.errors import InputError
+from helpers_services import require_tool
+
+ROOT = (
+    HostEntry("bin", "usr/bin"),
+    HostEntry("dev"),
+    HostEntry("etc"),
+    HostEntry("home"),
+    HostEntry("proc"),
+    HostEntry("run"),
+    HostEntry("tmp"),
+    HostEntry("usr"),
+    HostEntry("build"),
+)
+
+
+def _layout(**extra: object) -> SandboxLayout:
+    return SandboxLayout(
+        src=Path("/host/ws/src"),
+        work=Path("/host/ws/work"),
+        home=Path("/host/ws/home"),
+        root_entries=ROOT,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _pairs(argv: list[str], flag: str, width: int = 2) -> list[tuple[str, ...]]:
+    return [tuple(argv[i + 1 : i + 1 + width]) for i, a in enumerate(argv) if a == flag]
+
+
+def test_argv_isolates_everything_and_binds_the_fixed_paths() -> None:
+    argv = bwrap_argv(
+        "/usr/bin/bwrap", _layout(), {"TZ": "UTC", "PATH": "/usr/bin"}, ["/bin/sh", "-c", "make"]
+    )
+    assert argv[0] == "/usr/bin/bwrap"
+    assert argv[argv.index("--") + 1 :] == ["/bin/sh", "-c", "make"]
+    head = argv[: argv.index("--")]
+    assert "--unshare-all" in head and "--share-net" not in head
+    assert {"--die-with-parent", "--new-session", "--clearenv"} <= set(head)
+    assert _pairs(head, "--cap-drop", 1) == [("ALL",)]
+    assert _pairs(head, "--hostname", 1) == [("graven",)]
+    assert _pairs(head, "--setenv") == [("PATH", "/usr/bin"), ("TZ", "UTC")]  # sorted, nothing else
+    assert ("/host/ws/src", "/build/src") in _pairs(head, "--ro-bind")
+    assert _pairs(head, "--bind") == [("/host/ws/work", "/build/work"), ("/host/ws/home", "/build/home")]
+    assert _pairs(head, "--chdir", 1) == [("/build/work",)]
+    # The host's directories read-only; /proc, /dev, /tmp fresh; /run and /build never mirrored.
+    assert ("/usr", "/usr") in _pairs(head, "--ro-bind") and ("/etc", "/etc") in _pairs(head, "--ro-bind")
+    assert ("usr/bin", "/bin") in _pairs(head, "--symlink")
+    mirrored = {dest for _, dest in _pairs(head, "--ro-bind")}
+    assert not mirrored & {"/run", "/tmp", "/proc", "/dev", "/build"}
+    assert _pairs(head, "--tmpfs", 1) == [("/tmp",)]
+    assert ("/proc",) in _pairs(head, "--proc", 1) and ("/dev",) in _pairs(head, "--dev", 1)
+    # The root is made read-only last, after every mount.
+    assert head[-2:] == ["--remount-ro", "/"]
+
+
+def test_argv_network_hidden_paths_and_hostname() -> None:
+    argv = bwrap_argv(
+        "bwrap",
+        _layout(hidden=("/srv/graven-home",), extra_ro=("/run/resolv.conf",)),
+        {},
+        ["true"],
+        network=True,
+        hostname="graven-check",
+    )
+    assert argv[1:3] == ["--unshare-all", "--share-net"]
+    assert _pairs(argv, "--hostname", 1) == [("graven-check",)]
+    i = argv.index("/srv/graven-home")
+    assert argv[i - 1] == "--tmpfs" and argv[i + 1 : i + 3] == ["--remount-ro", "/srv/graven-home"]
+    assert ("/run/resolv.conf", "/run/resolv.conf") in _pairs(argv, "--ro-bind")
+
+
+def test_hidden_paths_keep_tools_reachable(tmp_path: Path) -> None:
+    usr = os.path.realpath("/usr")
+    assert hidden_paths([Path("/")], []) == ()
+    assert hidden_paths([Path("/usr")], []) == (usr,)
+    assert hidden_paths([Path("/usr")], ["/usr/bin"]) == ()  # a PATH directory inside stays visible
+    assert hidden_paths([Path("/usr/does-not-exist")], []) == ()
+    if str(tmp_path.resolve()).startswith("/tmp/"):
+        assert hidden_paths([tmp_path], []) == ()  # /tmp is a fresh tmpfs in the sandbox anyway
+
+
+def test_a_signing_key_file_outside_the_hidden_home_is_masked(tmp_path: Path) -> None:
+    argv = bwrap_argv("bwrap", _layout(masked=("/srv/ci.key",)), {}, ["true"])
+    i = argv.index("/srv/ci.key")
+    assert argv[i - 2 : i] == ["--ro-bind", "/dev/null"] and argv.index("--remount-ro") > i
+    real = os.path.realpath("/etc/passwd")
+    assert masked_files([Path("/etc/passwd")], []) == (real,)
+    assert masked_files([Path("/etc/passwd")], [os.path.dirname(real)]) == ()  # already hidden
+    assert masked_files([Path("/etc")], []) == ()  # only files
+    key = tmp_path / "ci.key"
+    key.write_text("secret")
+    if str(key.resolve()).startswith("/tmp/"):
+        assert masked_files([key], []) == ()  # the sandbox's /tmp is its own
+
+
+def test_runner_argv_runs_the_step_with_sh() -> None:
+    runner = BubblewrapRunner("bwrap", _layout(), {"HOME": "/build/home"}, hostname="h", umask=0o002)
+    argv = runner.argv("echo hi", network=False)
+    assert argv[-3:] == ["/bin/sh", "-c", "echo hi"]
+    assert runner.kind == "bubblewrap" and runner.umask == 0o002
+
+
+def test_missing_bwrap_is_refused_with_the_fix() -> None:
+    with pytest.raises(InputError) as info:
+        probe_bubblewrap(None)
+    message = str(info.value)
+    assert "apt-get install bubblewrap" in message and 'sandbox = "none"' in message
+    assert "\n" not in message
+
+
+def test_blocked_user_namespaces_are_refused_with_the_fix(tmp_path: Path) -> None:
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    with pytest.raises(InputError) as info:
+        probe_bubblewrap(str(fake))
+    message = str(info.value)
+    assert "setting up uid map: Permission denied" in message
+    assert "user namespaces" in message and 'sandbox = "none"' in message
+    with pytest.raises(InputError):  # the probe is one-shot: the answer is remembered
+        probe_bubblewrap(str(fake))
+    assert sandbox._PROBED[str(fake)] is not None
+
+
+def test_working_bwrap_passes_the_probe() -> None:
+    require_tool("bwrap")
+    found = sandbox.find_bwrap()
+    assert found is not None
+    assert probe_bubblewrap(found) == found
+
+
+def test_runner_exit_code_and_log(tmp_path: Path) -> None:
+    require_tool("bwrap")
+    bwrap = probe_bubblewrap(sandbox.find_bwrap())
+    for name in ("src", "work", "home"):
+        (tmp_path / name).mkdir()
+    layout = SandboxLayout(
+        tmp_path / "src", tmp_path / "work", tmp_path / "home", sandbox.host_root_entries()
+    )
+    env = clean_environment(home="/build/home", tmp="/tmp", source_date_epoch=1, host_path=os.environ["PATH"])
+    runner = BubblewrapRunner(bwrap, layout, env)
+    log = tmp_path / "log"
+    with log.open("wb") as handle:
+        code = runner.run(
+            f"{sys.executable} -c 'import os; print(os.getcwd())'; exit 7",
+            log=handle,
+            timeout=30,
+            network=False,
+        )
+    assert code == 7
+    assert log.read_bytes().strip() == b"/build/work"
+
+
+def test_hidden_directories_are_empty_and_masked_files_show_nothing(tmp_path: Path) -> None:
+    require_tool("bwrap")
+    bwrap = probe_bubblewrap(sandbox.find_bwrap())
+    for name in ("src", "work", "home"):
+        (tmp_path / name).mkdir()
+    assert os.listdir("/usr/share") and Path("/etc/os-release").read_bytes()
+    layout = SandboxLayout(
+        tmp_path / "src",
+        tmp_path / "work",
+        tmp_path / "home",
+        sandbox.host_root_entries(),
+        hidden=("/usr/share",),
+        masked=(os.path.realpath("/etc/os-release"),),
+    )
+    runner = BubblewrapRunner(bwrap, layout, {"PATH": "/usr/bin:/bin"})
+    script = (
+        "ls -A /usr/share | wc -l > count; cat /etc/os-release > content 2>/dev/null; "
+        "touch /usr/share/x 2>/dev/null && echo writable > share || echo read-only > share"
+    )
+    with (tmp_path / "log").open("wb") as log:
+        assert runner.run(script, log=log, timeout=30, network=False) == 0
+    work = tmp_path / "work"
+    assert (work / "count").read_text().strip() == "0"
+    assert (work / "content").read_bytes() == b""  # /dev/null: empty, or not even readable
+    assert (work / "share").read_text().strip() == "read-only"
+
+
+def test_clean_environment_passes_only_listed_names() -> None:
+    env = clean_environment(
+        home="/build/home",
+        tmp="/tmp",
+        source_date_epoch=42,
+        host_path="/usr/bin",
+        passed={"HTTPS_PROXY": "http://proxy", "TZ": "Europe/Paris"},
+    )
+    assert env["HTTPS_PROXY"] == "http://proxy"
+    assert env["TZ"] == "UTC"  # pinned values cannot be overridden
+    assert env["SOURCE_DATE_EPOCH"] == "42" and env["PYTHONHASHSEED"] == "0"
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "TZ",
+        "LC_ALL",
+        "LANG",
+        "SOURCE_DATE_EPOCH",
+        "PYTHONHASHSEED",
+        "HTTPS_PROXY",
+    }
