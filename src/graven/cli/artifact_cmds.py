@@ -179,6 +179,8 @@ def verify_cmd(
     from graven.service.context import Context
     from graven.service.provenance import check_provenance, load_policy
 
+    if rebuild_repo is not None and not rebuild:
+        raise click.UsageError("-C/--repo is only used with --rebuild")
     ctx = _closing(Context.from_env())
     resolved = svc.resolve_digest(ctx, digest)
     trust = load_policy(ctx, policy)
@@ -190,8 +192,6 @@ def verify_cmd(
 
         reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
         ctx.audit.record(LogEvent("verify-failure", artifact=str(resolved), reason=reason, result="failed"))
-    if rebuild_repo is not None and not rebuild:
-        raise click.UsageError("-C/--repo is only used with --rebuild")
     if rebuild:
         return _verify_rebuild(ctx, resolved, rebuild_repo, report, provenance, ok=ok, as_json=as_json)
     if as_json:
@@ -224,6 +224,11 @@ def _verify_rebuild(
     from graven.service.reproduce import rebuild
 
     result = rebuild(ctx, resolved, repo=repo)
+    if not result.ok:
+        from graven.model.logentry import LogEvent
+
+        reason = f"rebuild of {result.commit[:12]} gave {result.rebuilt} ({len(result.differences)} paths differ)"
+        ctx.audit.record(LogEvent("verify-failure", artifact=str(resolved), reason=reason, result="failed"))
     ok = ok and result.ok
     if as_json:
         emit_json(
