@@ -227,7 +227,8 @@ def _verify_rebuild(
     if not result.ok:
         from graven.model.logentry import LogEvent
 
-        reason = f"rebuild of {result.commit[:12]} gave {result.rebuilt} ({len(result.differences)} paths differ)"
+        changed = len(result.differences)
+        reason = f"rebuild of {result.commit[:12]} gave {result.rebuilt} ({changed} paths differ)"
         ctx.audit.record(LogEvent("verify-failure", artifact=str(resolved), reason=reason, result="failed"))
     ok = ok and result.ok
     if as_json:
