@@ -771,7 +771,23 @@ def write_results(path: Path, b: Bench, info: list[tuple[str, str]], argv: list[
     if b.notes:
         lines += ["", "## Notes", ""]
         lines += [f"- {note}" for note in b.notes]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + _other_sections(path))
+
+
+def _other_sections(path: Path) -> str:
+    """The sections other benchmark scripts wrote (headed "## ... (issue N)"), kept as they are."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ""
+    kept: list[str] = []
+    keep = False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            keep = "(issue " in line
+        if keep:
+            kept.append(line)
+    return ("\n" + "\n".join(kept) + "\n") if kept else ""
 
 
 # ---------------------------------------------------------------------------------------------------
