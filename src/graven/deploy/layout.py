@@ -5,7 +5,7 @@ PATH/config             -> current/<config>        the environment's config, alw
 PATH/releases/<hex>/                               one read-only tree per deployed artifact
 PATH/releases/.tmp-*    being assembled; PATH/releases/.trash-*: being deleted
 PATH/.graven/lock       one deployer at a time (flock), holder written in it
-PATH/.graven/stat.json  the stat of every deployed file (graven.deploy-stat/v1)
+PATH/.graven/stat       the stat of every deployed file and directory (graven.deploy-stat/v1)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from graven.errors import BackendError
 
-__all__ = ["CURRENT", "EnvLayout", "RELEASES"]
+__all__ = ["CURRENT", "RELEASES", "EnvLayout"]
 
 CURRENT = "current"
 CONFIG = "config"
@@ -60,7 +60,7 @@ class EnvLayout:
     @property
     def stat_file(self) -> Path:
         """The stat records of the deployed files."""
-        return self.meta / "stat.json"
+        return self.meta / "stat"
 
     def release(self, hex_digest: str) -> Path:
         """The directory of one release."""

@@ -160,7 +160,8 @@ class PolicyFacts:
     requires: tuple[str, ...] = ()
     healthy_in: frozenset[str] = frozenset()  # environments where this digest was deployed healthy
     rejected: str | None = None  # the rejection reason, if the digest was rejected
-    held_digest: str | None = None  # the environment is held on this digest
+    held: bool = False  # the environment is held ...
+    held_digest: str | None = None  # ... on this digest (None: on nothing, every digest is refused)
     override: bool = False  # --override-policy (bypasses `requires` only)
     history_ok: bool = True  # rollback: the digest went live here before
 
@@ -194,10 +195,10 @@ def evaluate_policy(facts: PolicyFacts) -> PolicyDecision:
                 "rolled back to"
             )
         return PolicyDecision()
-    if facts.held_digest is not None and facts.held_digest != facts.digest:
+    if facts.held and facts.held_digest != facts.digest:
         return PolicyDecision(
-            f"{facts.env} is held on {short(facts.held_digest)} after a rollback; run "
-            f"`graven unhold {facts.env}` when it is safe to deploy again"
+            f"{facts.env} is held on {short(facts.held_digest)}; run `graven unhold {facts.env}` when it "
+            "is safe to deploy again"
         )
     missing = tuple(env for env in facts.requires if env not in facts.healthy_in)
     if missing and not facts.override:

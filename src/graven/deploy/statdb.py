@@ -1,27 +1,41 @@
-"""What graven deployed, by stat: ``PATH/.graven/stat.json`` (format ``graven.deploy-stat/v1``).
+"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v1``).
 
-For every inode of every release graven records the sha256 it wrote there and the file's
-``(size, mtime_ns, ctime_ns, st_mode)`` right after writing (or linking) it. A file whose stat is
-unchanged since then still holds the bytes graven verified; ``ctime`` cannot be set from user space, so
-an edit is seen even when the mtime is put back. Releases may share inodes (unchanged files are hard
-links between releases), so the records are per inode and refreshed whenever graven itself adds or
-removes a link. Anything that does not match is re-checked by content or copied again from the store.
+For every inode of every release (files and directories) graven records the sha256 it wrote there (all
+zeros for a directory) and ``(size, mtime_ns, ctime_ns, st_mode)`` right after writing, linking or
+renaming it. A file whose stat is unchanged still holds the bytes graven verified, and a directory whose
+stat is unchanged still holds the entries graven put there: ``ctime`` cannot be set from user space, so
+an edit, a new entry or a replaced one is seen even when the mtime is put back. Releases share file
+inodes (unchanged files are hard links between releases), so the records are per inode and refreshed
+whenever graven itself adds or removes a link. Anything that does not match is checked by content or
+written again from the store.
+
+File layout (all integers big-endian)::
+
+    b"GRVNSTAT" u16 version (1) | u64 st_dev | u64 count |
+    count x (u64 ino | u64 size | i64 mtime_ns | i64 ctime_ns | u32 st_mode | 32-byte sha256)
+    | sha256 of everything before it
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import os
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from graven.errors import BackendError
 
-__all__ = ["STAT_FORMAT", "StatTable"]
+__all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable"]
 
 STAT_FORMAT = "graven.deploy-stat/v1"
-Record = tuple[str, int, int, int, int]  # sha256, size, mtime_ns, ctime_ns, st_mode
+DIR_SHA = "0" * 64
+_MAGIC = b"GRVNSTAT\x00\x01"
+_HEAD = struct.Struct(">QQ")
+_RECORD = struct.Struct(">QQqqI32s")
+Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
 
 
 @dataclass
@@ -30,35 +44,72 @@ class StatTable:
 
     dev: int | None = None
     inodes: dict[int, Record] = field(default_factory=dict)
-    releases: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> StatTable:
-        """Read the table; a missing or unreadable one is empty (files are then checked by content)."""
+        """Read the table; a missing or damaged one is empty (files are then checked by content)."""
         try:
-            doc = json.loads(path.read_bytes())
-            if doc.get("format") != STAT_FORMAT:
-                return cls()
-            inodes = {int(k): (str(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4])) for k, v in doc["inodes"].items()}
-            releases = {str(k): [int(i) for i in v] for k, v in doc["releases"].items()}
-            dev = doc.get("dev")
-            return cls(int(dev) if dev is not None else None, inodes, releases)
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            data = path.read_bytes()
+        except OSError:
             return cls()
+        start = len(_MAGIC) + _HEAD.size
+        if len(data) < start + 32 or not data.startswith(_MAGIC):
+            return cls()
+        if hashlib.sha256(data[:-32]).digest() != data[-32:]:
+            return cls()
+        dev, count = _HEAD.unpack_from(data, len(_MAGIC))
+        body = data[start:-32]
+        if len(body) != count * _RECORD.size:
+            return cls()
+        inodes = {
+            ino: (sha.hex(), size, mtime, ctime, mode)
+            for ino, size, mtime, ctime, mode, sha in _RECORD.iter_unpack(body)
+        }
+        return cls(dev, inodes)
+
+    def save(self, path: Path) -> None:
+        """Write the table atomically (temp file, fsync, rename)."""
+        pack = _RECORD.pack
+        parts = [_MAGIC, _HEAD.pack(self.dev or 0, len(self.inodes))]
+        parts.extend(
+            pack(ino, size, mtime, ctime, mode, bytes.fromhex(sha))
+            for ino, (sha, size, mtime, ctime, mode) in self.inodes.items()
+        )
+        body = b"".join(parts)
+        data = body + hashlib.sha256(body).digest()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise BackendError(f"cannot write {path}: {exc.strerror}") from None
 
     def record(self, st: os.stat_result, sha256: str) -> None:
-        """Remember that the inode of ``st`` holds ``sha256`` with this stat."""
+        """Remember that the inode of ``st`` holds ``sha256`` (a directory: :data:`DIR_SHA`)."""
         if self.dev != st.st_dev:
             if self.dev is not None:
                 self.inodes.clear()  # another file system: every old record is meaningless here
             self.dev = st.st_dev
         self.inodes[st.st_ino] = (sha256, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
+    def record_all(self, items: Iterable[tuple[os.stat_result, str]]) -> None:
+        """:meth:`record` for many (stat, sha256) pairs, in order (a later record of an inode wins)."""
+        inodes = self.inodes
+        for st, sha256 in items:
+            if st.st_dev != self.dev:
+                self.record(st, sha256)
+            else:
+                inodes[st.st_ino] = (sha256, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
     def matches(self, st: os.stat_result, sha256: str) -> bool:
         """True when ``st`` is exactly what graven recorded for an inode holding ``sha256``."""
-        if st.st_dev != self.dev:
-            return False
-        return self.inodes.get(st.st_ino) == (
+        return st.st_dev == self.dev and self.inodes.get(st.st_ino) == (
             sha256,
             st.st_size,
             st.st_mtime_ns,
@@ -66,42 +117,6 @@ class StatTable:
             st.st_mode,
         )
 
-    def holds(self, ino: int) -> bool:
-        """True when some record names this inode."""
-        return ino in self.inodes
-
-    def set_release(self, hex_digest: str, inodes: list[int]) -> None:
-        """Record which inodes make up a release."""
-        self.releases[hex_digest] = sorted(set(inodes))
-
-    def drop_releases(self, keep: set[str]) -> None:
-        """Forget releases not in ``keep`` and every inode no remaining release uses."""
-        self.releases = {k: v for k, v in self.releases.items() if k in keep}
-        used: set[int] = set()
-        for inos in self.releases.values():
-            used.update(inos)
-        self.inodes = {k: v for k, v in self.inodes.items() if k in used}
-
-    def save(self, path: Path) -> None:
-        """Write the table atomically (temp file, fsync, rename)."""
-        doc = {
-            "format": STAT_FORMAT,
-            "dev": self.dev,
-            "inodes": {str(k): list(v) for k, v in self.inodes.items()},
-            "releases": self.releases,
-        }
-        data = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise BackendError(f"cannot write {path}: {exc.strerror}") from None
+    def forget(self, ino: int) -> None:
+        """Drop the record of an inode that no longer exists."""
+        self.inodes.pop(ino, None)

@@ -1,0 +1,100 @@
+"""The ``activate`` and ``health`` commands of an environment: ``/bin/sh -c COMMAND`` in the environment
+directory, with the operator's environment plus ``GRAVEN_*`` variables naming the release.
+
+The commands come from the artifact's graven.toml, which is only read after its provenance verified
+against the operator's trust policy. Each run has a timeout; on expiry its whole process group is
+killed. Output is kept (the last 4 KiB) for the error message and the history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["HookResult", "run_health", "run_hook"]
+
+_TAIL = 4096
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """How one command ended."""
+
+    command: str
+    returncode: int | None  # None: killed after the timeout
+    output: str  # the last few KiB of stdout + stderr
+    seconds: float
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0 in time."""
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        """``exit 3: <last line of output>`` or ``timed out after 10s``."""
+        if self.returncode is None:
+            status = f"timed out after {self.seconds:.0f}s"
+        else:
+            status = f"exit {self.returncode}"
+        last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
+        return f"{status}: {last[0][:200]}" if last else status
+
+
+def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:
+    """Run ``command`` with ``/bin/sh -c``; never raises for a failing command."""
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        size = out.tell()
+        out.seek(max(0, size - _TAIL))
+        output = out.read().decode("utf-8", "replace")
+    return HookResult(command, code, output, time.monotonic() - start)
+
+
+def run_health(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    retries: int,
+    interval: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> HookResult:
+    """Run the health command until it passes, at most ``retries + 1`` times, ``interval`` apart."""
+    start = time.monotonic()
+    result = run_hook(command, cwd=cwd, env=env, timeout=timeout)
+    attempts = 1
+    while not result.ok and attempts <= retries:
+        sleep(interval)
+        result = run_hook(command, cwd=cwd, env=env, timeout=timeout)
+        attempts += 1
+    return HookResult(command, result.returncode, result.output, time.monotonic() - start, attempts)

@@ -1,0 +1,317 @@
+"""The recorded state of environments: hold, unhold, reject, status and history, plus the database
+helpers that the deployment use cases (graven.service.deploy) share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from graven.db import artifacts, deploy_envs, deployments, rejections
+from graven.deploy.layout import EnvLayout
+from graven.deploy.settings import check_env_name
+from graven.errors import BackendError, InputError, NotFoundError
+from graven.model.logentry import LogEvent
+from graven.service.artifacts import resolve_digest
+from graven.service.context import Context, utc_now
+
+__all__ = [
+    "HEALTHY",
+    "EnvState",
+    "EnvStatus",
+    "HoldResult",
+    "RejectResult",
+    "commit_of",
+    "deployment_row",
+    "healthy_in",
+    "history",
+    "hold",
+    "load_state",
+    "reject",
+    "rejection",
+    "save_state",
+    "status",
+    "unhold",
+    "went_live_here",
+]
+
+HEALTHY = ("healthy", "none")  # a deployment's health that counts as healthy (none: no health command)
+
+
+@dataclass
+class EnvState:
+    """The recorded state of one environment (table deploy_envs)."""
+
+    name: str
+    path: str
+    live_digest: str | None = None
+    live_deployment: int | None = None
+    previous_digest: str | None = None
+    held: bool = False
+    held_digest: str | None = None
+    hold_reason: str | None = None
+    exists: bool = False
+
+
+def load_state(conn: Connection, env: str) -> EnvState | None:
+    """The recorded state of ``env`` (None when it was never deployed to)."""
+    row = conn.execute(sa.select(deploy_envs).where(deploy_envs.c.name == env)).one_or_none()
+    if row is None:
+        return None
+    return EnvState(
+        name=row.name,
+        path=row.path,
+        live_digest=row.live_digest,
+        live_deployment=row.live_deployment,
+        previous_digest=row.previous_digest,
+        held=bool(row.held),
+        held_digest=row.held_digest,
+        hold_reason=row.hold_reason,
+        exists=True,
+    )
+
+
+def save_state(conn: Connection, state: EnvState) -> None:
+    """Insert or update the state of an environment."""
+    values = {
+        "path": state.path,
+        "live_digest": state.live_digest,
+        "live_deployment": state.live_deployment,
+        "previous_digest": state.previous_digest,
+        "held": state.held,
+        "held_digest": state.held_digest,
+        "hold_reason": state.hold_reason,
+        "updated_at": utc_now(),
+    }
+    if state.exists:
+        conn.execute(deploy_envs.update().where(deploy_envs.c.name == state.name).values(**values))
+    else:
+        conn.execute(deploy_envs.insert().values(name=state.name, **values))
+        state.exists = True
+
+
+def healthy_in(conn: Connection, digest: str) -> frozenset[str]:
+    """The environments where ``digest`` went live and healthy."""
+    rows = conn.execute(
+        sa.select(deployments.c.env)
+        .where(
+            deployments.c.digest == digest,
+            deployments.c.result == "ok",
+            deployments.c.health.in_(HEALTHY),
+        )
+        .distinct()
+    )
+    return frozenset(str(r.env) for r in rows)
+
+
+def rejection(conn: Connection, digest: str) -> str | None:
+    """The reason ``digest`` was rejected, or None."""
+    reason = conn.execute(
+        sa.select(rejections.c.reason).where(rejections.c.digest == digest)
+    ).scalar_one_or_none()
+    return str(reason) if reason is not None else None
+
+
+def went_live_here(conn: Connection, env: str, digest: str) -> bool:
+    """True when ``digest`` once went live in ``env``."""
+    row = conn.execute(
+        sa.select(deployments.c.id)
+        .where(deployments.c.env == env, deployments.c.digest == digest, deployments.c.result == "ok")
+        .limit(1)
+    ).first()
+    return row is not None
+
+
+def deployment_row(conn: Connection, dep_id: int | None) -> Any:
+    """One row of the deployments table (None for None)."""
+    if dep_id is None:
+        return None
+    return conn.execute(sa.select(deployments).where(deployments.c.id == dep_id)).one_or_none()
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    """What hold/unhold changed."""
+
+    env: str
+    held: bool
+    changed: bool
+    digest: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return asdict(self)
+
+
+def hold(ctx: Context, env: str, reason: str) -> HoldResult:
+    """Hold ``env`` on its live digest: deploy and promote refuse any other until unhold."""
+    check_env_name(env)
+    if not ctx.home.has_database():
+        raise NotFoundError(f"environment {env} has never been deployed to")
+    with ctx.db.begin() as conn:
+        state = load_state(conn, env)
+        if state is None:
+            raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")
+        if state.held:
+            return HoldResult(env, True, False, state.held_digest)
+        state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
+        save_state(conn, state)
+        ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
+    return HoldResult(env, True, True, state.held_digest)
+
+
+def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
+    """Lift a hold: deploys and promotes into ``env`` are allowed again."""
+    check_env_name(env)
+    if not ctx.home.has_database():
+        raise NotFoundError(f"environment {env} has never been deployed to")
+    with ctx.db.begin() as conn:
+        state = load_state(conn, env)
+        if state is None:
+            raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")
+        if not state.held:
+            return HoldResult(env, False, False, None)
+        digest = state.held_digest
+        state.held, state.held_digest, state.hold_reason = False, None, None
+        save_state(conn, state)
+        ctx.audit.append(conn, LogEvent("unhold", artifact=digest, env=env, reason=reason))
+    return HoldResult(env, False, True, digest)
+
+
+@dataclass(frozen=True)
+class RejectResult:
+    """What reject recorded."""
+
+    digest: str
+    reason: str
+    already: bool
+    live_in: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {**asdict(self), "live_in": list(self.live_in)}
+
+
+def reject(ctx: Context, digest_text: str, reason: str) -> RejectResult:
+    """Mark ``digest`` as never deployable again, anywhere."""
+    if not reason.strip():
+        raise InputError("reject needs --reason TEXT: say why this artifact must never be deployed")
+    digest = str(resolve_digest(ctx, digest_text))
+    with ctx.db.begin() as conn:
+        existing = rejection(conn, digest)
+        names: list[str] = list(
+            conn.execute(
+                sa.select(deploy_envs.c.name)
+                .where(deploy_envs.c.live_digest == digest)
+                .order_by(deploy_envs.c.name)
+            ).scalars()
+        )
+        live_in = tuple(names)
+        if existing is not None:
+            return RejectResult(digest, existing, True, live_in)
+        conn.execute(
+            rejections.insert().values(
+                digest=digest, reason=reason, actor=ctx.audit.actor, created_at=utc_now()
+            )
+        )
+        ctx.audit.append(
+            conn, LogEvent("reject", artifact=digest, commit=commit_of(conn, digest), reason=reason)
+        )
+    return RejectResult(digest, reason, False, live_in)
+
+
+def commit_of(conn: Connection, digest: str) -> str | None:
+    """The commit of a recorded artifact (None when unknown)."""
+    value = conn.execute(
+        sa.select(artifacts.c.commit).where(artifacts.c.digest == digest)
+    ).scalar_one_or_none()
+    return str(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class EnvStatus:
+    """One environment in ``graven status``."""
+
+    env: str
+    path: str
+    live: str | None
+    name: str | None
+    commit: str | None
+    deployed_at: str | None
+    deployed_by: str | None
+    kind: str | None
+    health: str | None
+    held: bool
+    held_digest: str | None
+    hold_reason: str | None
+    previous: str | None
+    on_disk: str | None  # what PATH/current points to
+    rejected: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return asdict(self)
+
+
+def status(ctx: Context) -> list[EnvStatus]:
+    """Every environment this graven home has deployed to."""
+    if not ctx.home.has_database():
+        return []
+    result: list[EnvStatus] = []
+    with ctx.db.connect() as conn:
+        states = list(conn.execute(sa.select(deploy_envs).order_by(deploy_envs.c.name)))
+        for row in states:
+            dep = deployment_row(conn, row.live_deployment)
+            art = (
+                conn.execute(sa.select(artifacts).where(artifacts.c.digest == row.live_digest)).one_or_none()
+                if row.live_digest
+                else None
+            )
+            try:
+                disk = EnvLayout(Path(row.path)).live_hex()
+            except BackendError:
+                disk = None
+            result.append(
+                EnvStatus(
+                    env=row.name,
+                    path=row.path,
+                    live=row.live_digest,
+                    name=art.name if art is not None else None,
+                    commit=(art.commit if art is not None else None),
+                    deployed_at=dep.finished_at if dep is not None else None,
+                    deployed_by=dep.actor if dep is not None else None,
+                    kind=dep.kind if dep is not None else None,
+                    health=dep.health if dep is not None else None,
+                    held=bool(row.held),
+                    held_digest=row.held_digest,
+                    hold_reason=row.hold_reason,
+                    previous=row.previous_digest,
+                    on_disk=f"sha256:{disk}" if disk else None,
+                    rejected=bool(row.live_digest and rejection(conn, row.live_digest)),
+                )
+            )
+    return result
+
+
+def history(ctx: Context, env: str) -> list[dict[str, Any]]:
+    """Every deploy, promote and rollback of ``env``, oldest first."""
+    check_env_name(env)
+    if not ctx.home.has_database():
+        raise NotFoundError(f"environment {env} has never been deployed to")
+    with ctx.db.connect() as conn:
+        known = conn.execute(sa.select(deploy_envs.c.name).where(deploy_envs.c.name == env)).first()
+        rows = list(
+            conn.execute(sa.select(deployments).where(deployments.c.env == env).order_by(deployments.c.id))
+        )
+    if known is None and not rows:
+        raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        item = dict(row._asdict())
+        item["override"] = bool(item["override"])
+        item.pop("settings", None)
+        out.append(item)
+    return out

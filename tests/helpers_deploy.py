@@ -1,0 +1,254 @@
+"""A small world for the environment tests: a graven home with a trusted signing key, a git repository
+whose graven.toml defines environments, a deploy root, and an independent check that a deployed tree is
+exactly an artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graven.home import Home
+from graven.model.digest import Digest
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
+from graven.service.context import Context
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+# A health command that really checks something: the exposed config file parses as TOML.
+CONFIG_PARSES = 'python3 -c \'import tomllib; tomllib.load(open("config", "rb"))\''
+
+
+def env_toml(name: str = "app", envs: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """A graven.toml with ``[artifact] name`` and one ``[env.NAME]`` section per entry."""
+    lines = ["[artifact]", f'name = "{name}"']
+    for env, settings in (envs or {}).items():
+        lines.append(f"[env.{env}]")
+        for key, value in settings.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def staging_prod(**extra: Any) -> dict[str, dict[str, Any]]:
+    """Two environments: staging (config parses as health) and prod (requires staging)."""
+    staging: dict[str, Any] = {
+        "path": "staging",
+        "config": "config/staging.toml",
+        "health": CONFIG_PARSES,
+        "health_interval": 0,
+        "health_retries": 0,
+    }
+    prod: dict[str, Any] = {
+        "path": "prod",
+        "config": "config/prod.toml",
+        "health": CONFIG_PARSES,
+        "health_interval": 0,
+        "health_retries": 0,
+        "requires": ["staging"],
+    }
+    staging.update(extra)
+    prod.update(extra)
+    return {"staging": staging, "prod": prod}
+
+
+BASE_FILES: dict[str, bytes] = {
+    "app/main.py": b"print('hello')\n",
+    "app/__init__.py": b"",
+    "bin/run": b"#!/bin/sh\nexec python3 -m app.main\n",
+    "config/staging.toml": b'port = 8001\nbanner = "staging"\n',
+    "config/prod.toml": b'port = 8002\nbanner = "prod"\n',
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` with a fixed identity and date."""
+    env = {**os.environ, **GIT_ENV, "HOME": str(repo)}
+    out = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, check=True)
+    return out.stdout.decode().strip()
+
+
+def add_signing_key(home: Path) -> None:
+    """A default ed25519 signing key in ``home``, trusted there."""
+    from graven.signing.keys import KeyStore
+    from graven.signing.trust import store_trusted_key
+
+    keys = KeyStore(home / "keys")
+    keys.generate("default", "ed25519")
+    store_trusted_key(home / "trust", keys.export_public("default"))
+
+
+@dataclass
+class World:
+    """A home, a repository and a deploy root; builds and deploys in-process."""
+
+    home: Path
+    repo: Path
+    root: Path
+    contexts: list[Context] = field(default_factory=list)
+
+    def ctx(self) -> Context:
+        """A fresh context on the home and GRAVEN_DB_URL, if set (closed at teardown)."""
+        ctx = Context(home=Home(root=self.home, db_url_override=os.environ.get("GRAVEN_DB_URL") or None))
+        self.contexts.append(ctx)
+        return ctx
+
+    def commit(self, files: Mapping[str, bytes | str | None], toml: str | None = None) -> str:
+        """Write (None deletes) files and optionally graven.toml, commit; return the commit id."""
+        if toml is not None:
+            (self.repo / "graven.toml").write_text(toml)
+        for name, content in files.items():
+            path = self.repo / name
+            if content is None:
+                path.unlink()
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink():
+                path.unlink()
+            if isinstance(content, str) and content.startswith("->"):
+                path.symlink_to(content[2:])
+                continue
+            path.write_bytes(content.encode() if isinstance(content, str) else content)
+            if name.startswith("bin/"):
+                path.chmod(0o755)
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "--allow-empty", "-m", "change")
+        return git(self.repo, "rev-parse", "HEAD")
+
+    def build(self, revision: str = "HEAD") -> str:
+        """Build (and sign) ``revision``; its digest."""
+        from graven.service.build import build
+
+        return build(self.ctx(), path=self.repo, revision=revision).digest
+
+    def version(self, n: int, toml: str | None = None) -> str:
+        """Commit a version with ``app/version.txt`` = n, build it, return the digest."""
+        self.commit({"app/version.txt": f"version {n}\n"}, toml)
+        return self.build()
+
+    def options(self, **kwargs: Any) -> Any:
+        """DeployOptions with this world's deploy root."""
+        from graven.service.deploy import DeployOptions
+
+        return DeployOptions(root=str(self.root), **kwargs)
+
+    def deploy(self, digest: str, env: str, **kwargs: Any) -> Any:
+        """Deploy in-process; the DeployResult."""
+        from graven.service.deploy import deploy
+
+        return deploy(self.ctx(), digest, env, self.options(**kwargs))
+
+    def manifest(self, digest: str) -> TreeManifest:
+        """The artifact's manifest."""
+        from graven.service.artifacts import load_manifest
+
+        return load_manifest(self.ctx(), Digest.parse(digest))
+
+    def env_dir(self, env: str) -> Path:
+        """The directory of an environment whose path is its name."""
+        return self.root / env
+
+    def live(self, env: str) -> str | None:
+        """The digest ``current`` points to."""
+        try:
+            target = os.readlink(self.env_dir(env) / "current")
+        except FileNotFoundError:
+            return None
+        return "sha256:" + target.removeprefix("releases/")
+
+    def close(self) -> None:
+        """Close every context."""
+        for ctx in self.contexts:
+            ctx.close()
+
+
+def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str | None = None) -> World:
+    """A world with staging and prod, the base files committed (not built)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    add_signing_key(home)
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    monkeypatch.delenv("GRAVEN_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("GRAVEN_DEPLOY_ROOT", raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    world = World(home=home, repo=repo, root=tmp_path / "srv")
+    world.commit(dict(BASE_FILES), toml if toml is not None else env_toml("app", staging_prod()))
+    return world
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A World (see make_world), closed at teardown."""
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+def tree_problems(root: Path, manifest: TreeManifest) -> list[str]:
+    """Independently compare a directory with a manifest: content hash, executable bit, symlink targets,
+    empty directories, and nothing extra."""
+    problems: list[str] = []
+    expected = manifest.by_path()
+    expected_dirs: set[str] = set()
+    for path, entry in expected.items():
+        parts = path.split("/")
+        expected_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if isinstance(entry, DirEntry):
+            expected_dirs.add(path)
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            entry = expected.get(rel)
+            if stat.S_ISDIR(st.st_mode):
+                if rel not in expected_dirs:
+                    problems.append(f"extra directory {rel}")
+                seen.add(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                if not isinstance(entry, SymlinkEntry) or os.readlink(full) != entry.target:
+                    problems.append(f"wrong symlink {rel}")
+                seen.add(rel)
+            elif stat.S_ISREG(st.st_mode):
+                if not isinstance(entry, FileEntry):
+                    problems.append(f"extra file {rel}")
+                else:
+                    with open(full, "rb") as handle:
+                        digest = hashlib.sha256(handle.read()).hexdigest()
+                    if digest != entry.sha256:
+                        problems.append(f"wrong content {rel}")
+                    if bool(st.st_mode & stat.S_IXUSR) != entry.executable:
+                        problems.append(f"wrong mode {rel}")
+                    if st.st_mode & 0o222:
+                        problems.append(f"writable {rel}")
+                seen.add(rel)
+            else:
+                problems.append(f"special file {rel}")
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+    for path in expected:
+        if path not in seen:
+            problems.append(f"missing {path}")
+    for path in expected_dirs - seen:
+        problems.append(f"missing directory {path}")
+    return problems

@@ -1,0 +1,308 @@
+"""Deployment policy: trust, requires, holds, rejection, health checks, retention, settings from the
+verified provenance only."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graven.errors import ConfigError, InputError, IntegrityError, NotFoundError, PolicyError
+from graven.model.digest import Digest
+from graven.service import environments
+from graven.service.deploy import deploy, promote, rollback
+from helpers_deploy import BASE_FILES, World, env_toml, make_world, staging_prod, tree_problems
+from helpers_repo import run_cli
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+def log_events(world: World) -> list[dict[str, object]]:
+    return [e.to_json() for e, _ in world.ctx().audit.entries()]
+
+
+def test_a_digest_never_healthy_in_staging_is_refused_for_prod(world: World) -> None:
+    digest = world.build()
+    with pytest.raises(PolicyError, match="never deployed healthy to staging, which prod requires"):
+        world.deploy(digest, "prod")
+    assert world.live("prod") is None
+    # a failed health check in staging does not count either
+    bad = world.version(2, env_toml("app", staging_prod(health="false")))
+    assert not world.deploy(bad, "staging").ok
+    with pytest.raises(PolicyError, match="never deployed healthy"):
+        world.deploy(bad, "prod")
+    good = world.deploy(digest, "staging")
+    assert good.ok and good.health == "healthy"
+    assert world.deploy(digest, "prod").ok
+
+
+def test_promote_deploys_exactly_what_is_live_and_healthy(world: World) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)  # built, never deployed: promote must not pick it up
+    result = promote(world.ctx(), "staging", "prod", world.options())
+    assert result.ok and result.digest == v1 and result.kind == "promote"
+    assert world.live("prod") == v1
+    assert v2 != v1
+    with pytest.raises(NotFoundError):
+        promote(world.ctx(), "qa", "prod", world.options())
+
+
+def test_override_bypasses_requires_and_is_recorded(world: World) -> None:
+    digest = world.build()
+    with pytest.raises(InputError, match="needs --reason"):
+        world.deploy(digest, "prod", override=True)
+    result = world.deploy(digest, "prod", override=True, reason="staging is down, hotfix")
+    assert result.ok and result.overridden == ("staging",)
+    events = [(e["event"], e["env"], e["reason"]) for e in log_events(world)]
+    assert ("override", "prod", "requires staging bypassed: staging is down, hotfix") in events
+    history = environments.history(world.ctx(), "prod")
+    assert history[-1]["override"] is True
+
+
+def test_unsigned_artifacts_are_refused(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digest = world.build()
+    archive = tmp_path / "a.tar"
+    assert run_cli(capsys, "export", digest, "-o", str(archive))[0] == 0
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "other-home"))
+    assert run_cli(capsys, "import", str(archive))[0] == 0
+    code, _, err = run_cli(capsys, "deploy", digest, "staging", "--root", str(world.root))
+    assert code == 1
+    assert "unsigned" in err and err.count("\n") == 1
+    assert not (world.root / "staging").exists()
+    _, out, _ = run_cli(capsys, "log", "--json")
+    assert [e["event"] for e in json.loads(out)][-1] == "verify-failure"
+
+
+def test_untrusted_keys_are_refused_per_environment(world: World, tmp_path: Path) -> None:
+    digest = world.build()
+    from graven.signing.keys import KeyStore
+
+    other = KeyStore(tmp_path / "other-keys")
+    other.generate("release", "ed25519")
+    (tmp_path / "release.pub").write_bytes(other.export_public("release"))
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[env.prod]\nkeys = ["release.pub"]\n')
+    assert world.deploy(digest, "staging", policy_file=policy).ok  # staging trusts the default keys
+    with pytest.raises(PolicyError, match="cannot be deployed to prod"):
+        world.deploy(digest, "prod", policy_file=policy)
+    for path in (world.home / "trust").iterdir():  # nobody trusted at all
+        path.unlink()
+    with pytest.raises(PolicyError, match="no trusted keys"):
+        world.deploy(digest, "staging")
+
+
+def test_settings_come_from_the_graven_toml_named_by_verified_provenance(world: World) -> None:
+    digest = world.build()
+    # Someone rewrites the database's idea of the pipeline: it must not matter.
+    evil = world.ctx().store.put(
+        env_toml("app", {"staging": {"path": "/etc", "activate": "touch /tmp/pwned"}}).encode()
+    )
+    db = sqlite3.connect(world.home / "graven.db")
+    with db:
+        db.execute("UPDATE artifacts SET pipeline_digest = ?", (str(evil),))
+    db.close()
+    result = world.deploy(digest, "staging")
+    assert result.ok and result.path == str(world.root / "staging")
+
+
+def test_a_missing_pipeline_object_is_an_integrity_failure(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graven.service.provenance import latest_envelope
+    from graven.signing.bundle import load_attestation
+    from graven.signing.provenance import parse_statement
+
+    digest = world.build()
+    ctx = world.ctx()
+    envelope = load_attestation(latest_envelope(ctx, Digest.parse(digest)))
+    pipeline = parse_statement(envelope.payload).pipeline_digest
+    assert pipeline is not None
+    real_read = ctx.store.read
+
+    def read(wanted: Digest) -> bytes:
+        if str(wanted) == pipeline:
+            raise IntegrityError(f"object {wanted} is missing from the store")
+        return real_read(wanted)
+
+    monkeypatch.setattr(ctx.store, "read", read)
+    with pytest.raises(IntegrityError, match=r"graven\.toml its provenance names"):
+        deploy(ctx, digest, "staging", world.options())
+    assert world.live("staging") is None
+
+
+def test_bad_input_exits_2_and_says_what_to_do(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    digest = world.build()
+    code, _, err = run_cli(capsys, "deploy", digest, "qa", "--root", str(world.root))
+    assert code == 2 and "'qa' is not defined" in err and "[env.qa]" in err
+    code, _, err = run_cli(capsys, "deploy", "ffff0000", "staging", "--root", str(world.root))
+    assert code == 2 and "no artifact matches" in err
+    code, _, err = run_cli(capsys, "deploy", digest, "staging")
+    assert code == 2 and "GRAVEN_DEPLOY_ROOT" in err
+    code, _, err = run_cli(capsys, "deploy", digest, "Bad/Name", "--root", str(world.root))
+    assert code == 2 and "invalid environment name" in err
+    code, _, err = run_cli(
+        capsys, "deploy", digest, "staging", "--override-policy", "--root", str(world.root)
+    )
+    assert code == 2 and "--reason" in err
+    code, _, err = run_cli(capsys, "rollback", "staging")
+    assert code == 2 and "never been deployed" in err
+    bad_config = world.version(3, env_toml("app", {"staging": {"path": "staging", "config": "nope.toml"}}))
+    with pytest.raises(ConfigError, match="not a file or directory of the artifact"):
+        world.deploy(bad_config, "staging")
+
+
+def test_a_failing_health_check_rolls_back_by_itself(world: World) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2, env_toml("app", staging_prod(health="exit 7")))
+    result = world.deploy(v2, "staging")
+    assert not result.ok and result.health == "failed" and result.rolled_back_to == v1
+    assert "exit 7" in result.message and "switched back" in result.message
+    assert world.live("staging") == v1
+    assert (world.env_dir("staging") / "config").read_text().startswith("port = 8001")
+    status = {s.env: s for s in environments.status(world.ctx())}["staging"]
+    assert status.live == v1 and status.kind == "auto-rollback" and status.health == "healthy"
+    history = environments.history(world.ctx(), "staging")
+    assert [(h["kind"], h["result"]) for h in history] == [
+        ("deploy", "ok"),
+        ("deploy", "failed"),
+        ("auto-rollback", "ok"),
+    ]
+    events = [(e["event"], e["result"]) for e in log_events(world) if e["env"] == "staging"]
+    assert events[-2:] == [("deploy", "failed"), ("rollback", "ok")]
+
+
+def test_a_first_deploy_that_fails_health_leaves_nothing_live(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = world.version(2, env_toml("app", staging_prod(health="false")))
+    code, out, err = run_cli(capsys, "deploy", bad, "staging", "--root", str(world.root), "--json")
+    assert code == 1 and json.loads(out)["ok"] is False
+    assert "nothing was live before" in err
+    assert world.live("staging") is None
+
+
+def test_failing_activate_also_rolls_back(world: World) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    marker = world.root / "activated"
+    v2 = world.version(2, env_toml("app", staging_prod(activate=f"echo $GRAVEN_DIGEST >> {marker}; exit 4")))
+    result = world.deploy(v2, "staging")
+    assert not result.ok and result.rolled_back_to == v1 and "activate" in result.message
+    assert marker.read_text().split() == [v2]
+
+
+def test_rollback_holds_the_environment_until_unhold(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = world.build()
+    v2 = world.version(2)
+    assert world.deploy(v1, "staging").ok and world.deploy(v2, "staging").ok
+    result = rollback(world.ctx(), "staging", world.options(reason="v2 breaks checkout"))
+    assert result.ok and result.digest == v1 and result.held and result.reused_release
+    assert world.live("staging") == v1
+    v3 = world.version(3)
+    with pytest.raises(PolicyError, match=r"held on .*graven unhold staging"):
+        world.deploy(v3, "staging")
+    with pytest.raises(PolicyError, match="held"):
+        world.deploy(v2, "staging")
+    assert world.deploy(v1, "staging").ok  # the held digest itself may be redeployed
+    code, out, _ = run_cli(capsys, "unhold", "staging", "--json")
+    assert code == 0 and json.loads(out)["changed"] is True
+    assert world.deploy(v3, "staging").ok
+    events = [e["event"] for e in log_events(world) if e["env"] == "staging"]
+    assert "rollback" in events and "hold" in events and "unhold" in events
+    # roll back to a named digest from the history
+    result = rollback(world.ctx(), "staging", world.options(), to=v2[7:20])
+    assert result.ok and world.live("staging") == v2
+    never = world.version(4)
+    with pytest.raises(PolicyError, match="never live in staging"):
+        rollback(world.ctx(), "staging", world.options(), to=never)
+
+
+def test_a_rejected_digest_is_refused_everywhere(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    code, _, err = run_cli(capsys, "reject", v1[7:19], "--reason", "CVE-2026-1234")
+    assert code == 0 and "still live in staging" in err
+    for env in ("staging", "prod"):
+        with pytest.raises(PolicyError, match=r"rejected \(CVE-2026-1234\)"):
+            world.deploy(v1, env, override=True, reason="please")
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    with pytest.raises(PolicyError, match="rejected"):
+        rollback(world.ctx(), "staging", world.options())
+    code, _, err = run_cli(capsys, "reject", v1, "--reason", "again")
+    assert code == 0
+    assert [e["event"] for e in log_events(world)].count("reject") == 1
+
+
+def test_hold_refuses_promote(world: World) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok and promote(world.ctx(), "staging", "prod", world.options()).ok
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    environments.hold(world.ctx(), "prod", "release freeze")
+    with pytest.raises(PolicyError, match="prod is held"):
+        promote(world.ctx(), "staging", "prod", world.options())
+
+
+def test_retention_keeps_live_previous_and_held_and_drops_failed(world: World) -> None:
+    toml = env_toml("app", staging_prod(keep=2))
+    digests = [world.version(n, toml) for n in range(1, 5)]
+    for digest in digests[:3]:
+        assert world.deploy(digest, "staging").ok
+    releases = world.env_dir("staging") / "releases"
+    on_disk = {p.name for p in releases.iterdir()}
+    assert on_disk == {digests[2][7:], digests[1][7:]}  # live and previous; keep = 2
+    bad = world.version(5, env_toml("app", staging_prod(keep=2, health="false")))
+    assert not world.deploy(bad, "staging").ok
+    assert world.deploy(digests[3], "staging").ok
+    on_disk = {p.name for p in releases.iterdir()}
+    assert on_disk == {digests[3][7:], digests[2][7:]}  # the failed release is gone
+    # a rollback holds: the held release survives later retention with keep = 1
+    assert rollback(world.ctx(), "staging", world.options()).ok
+    assert world.live("staging") == digests[2]
+    for path in releases.iterdir():
+        manifest = world.manifest("sha256:" + path.name)
+        assert tree_problems(path, manifest) == []
+
+
+def test_every_change_is_in_the_audit_log_and_the_log_verifies(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = world.build()
+    root = str(world.root)
+    assert run_cli(capsys, "deploy", v1, "staging", "--root", root)[0] == 0
+    assert run_cli(capsys, "promote", "staging", "prod", "--root", root)[0] == 0
+    v2 = world.version(2)
+    assert run_cli(capsys, "deploy", v2, "staging", "--root", root, "--reason", "feature x")[0] == 0
+    assert run_cli(capsys, "rollback", "staging", "--root", root, "--reason", "slow")[0] == 0
+    assert run_cli(capsys, "unhold", "staging")[0] == 0
+    assert run_cli(capsys, "hold", "prod", "--reason", "freeze")[0] == 0
+    assert run_cli(capsys, "reject", v2, "--reason", "slow")[0] == 0
+    events = [(e["event"], e["env"]) for e in log_events(world) if e["event"] not in ("build", "sign")]
+    assert events == [
+        ("deploy", "staging"),
+        ("promote", "prod"),
+        ("deploy", "staging"),
+        ("rollback", "staging"),
+        ("hold", "staging"),
+        ("unhold", "staging"),
+        ("hold", "prod"),
+        ("reject", None),
+    ]
+    code, out, _ = run_cli(capsys, "log", "verify", "--json")
+    assert code == 0 and json.loads(out)["ok"]
+    assert BASE_FILES  # the world was built from the base files

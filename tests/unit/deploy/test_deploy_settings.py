@@ -1,0 +1,102 @@
+"""[env.NAME] in graven.toml and its resolution for a deployment."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from graven.deploy.settings import check_config_path, check_env_name, resolve_env
+from graven.errors import ConfigError, InputError, NotFoundError
+from graven.model.manifest import FileEntry, TreeManifest
+from graven.model.pipeline import EnvSection, parse_pipeline
+
+
+def pipeline(text: str) -> dict[str, EnvSection]:
+    return dict(parse_pipeline(('[artifact]\nname = "x"\n' + text).encode()).env)
+
+
+def test_full_section_parses_with_defaults() -> None:
+    envs = pipeline(
+        '[env.staging]\npath = "/srv/shop/staging"\nconfig = "config/staging.toml"\n'
+        'activate = "kill -HUP 1"\nhealth = "true"\nkeep = 3\n'
+        '[env.prod]\npath = "prod"\nrequires = ["staging"]\nhealth_retries = 5\nhealth_interval = 0.5\n'
+    )
+    settings = resolve_env(envs, "staging", root=None, source="graven.toml")
+    assert settings.path == "/srv/shop/staging" and settings.keep == 3 and settings.health_retries == 2
+    prod = resolve_env(envs, "prod", root="/base", source="graven.toml")
+    assert prod.path == "/base/prod" and prod.requires == ("staging",) and prod.health_interval == 0.5
+    assert prod.to_json()["requires"] == ["staging"]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ('path = "../x"', "not a clean path"),
+        ('path = "/srv/../x"', "not a clean path"),
+        ('path = "x"\nconfig = "/etc/passwd"', "absolute paths are not allowed"),
+        ('path = "x"\nconfig = "../c"', "'..' segments"),
+        ('path = "x"\nkeep = 0', "keep"),
+        ('path = "x"\nhealth_retries = -1', "health_retries"),
+        ('path = "x"\ncolour = "red"', "unknown key [env] staging.colour"),
+        ('config = "c"', "[env] staging.path is required"),
+        ('path = "x"\nrequires = "staging"', "requires"),
+    ],
+)
+def test_invalid_sections_are_refused_by_name(section: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        pipeline(f"[env.staging]\n{section}\n")
+    assert message in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_relative_path_needs_a_deploy_root() -> None:
+    envs = pipeline('[env.staging]\npath = "staging"\n')
+    with pytest.raises(InputError, match="GRAVEN_DEPLOY_ROOT or pass --root"):
+        resolve_env(envs, "staging", root=None, source="graven.toml")
+    with pytest.raises(InputError, match="absolute"):
+        resolve_env(envs, "staging", root="relative/base", source="graven.toml")
+
+
+def test_unknown_environment_names_the_defined_ones() -> None:
+    envs = pipeline('[env.staging]\npath = "/a"\n[env.prod]\npath = "/b"\n')
+    with pytest.raises(NotFoundError, match=r"'qa' is not defined in graven.toml \(defined: prod, staging\)"):
+        resolve_env(envs, "qa", root=None, source="graven.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[env.prod]\npath = "/a"\nrequires = ["staging"]\n', "requires 'staging', which is not defined"),
+        ('[env.prod]\npath = "/a"\nrequires = ["prod"]\n', "requires itself"),
+        (
+            '[env.a]\npath = "/a"\nrequires = ["b"]\n[env.b]\npath = "/b"\nrequires = ["a"]\n',
+            "cycle: a -> b -> a",
+        ),
+        ('[env.ok]\npath = "/b"\n[env.Prod]\npath = "/a"\n', "invalid environment name"),
+    ],
+)
+def test_bad_requires_graphs_are_refused(text: str, message: str) -> None:
+    envs = pipeline(text)
+    name = next(iter(envs))  # a good name: the other environments of the file are checked too
+    with pytest.raises(ConfigError, match=message):
+        resolve_env(envs, name, root=None, source="graven.toml")
+
+
+@pytest.mark.parametrize("name", ["", "Prod", "a/b", "..", "-x", "x" * 65])
+def test_env_names_are_checked(name: str) -> None:
+    with pytest.raises(InputError):
+        check_env_name(name)
+
+
+def test_config_must_name_a_file_or_directory_of_the_artifact() -> None:
+    sha = hashlib.sha256(b"x").hexdigest()
+    manifest = TreeManifest.of([FileEntry("config/prod.toml", sha, 1), FileEntry("app.py", sha, 1)])
+    envs = pipeline(
+        '[env.a]\npath = "/a"\nconfig = "config/prod.toml"\n[env.b]\npath = "/b"\nconfig = "config/"\n'
+    )
+    for name in ("a", "b"):
+        check_config_path(manifest, resolve_env(envs, name, root=None, source="t"))
+    envs = pipeline('[env.c]\npath = "/c"\nconfig = "config/missing.toml"\n')
+    with pytest.raises(ConfigError, match="is not a file or directory of the artifact"):
+        check_config_path(manifest, resolve_env(envs, "c", root=None, source="t"))
