@@ -74,5 +74,56 @@ echo "(exit 1, as expected)"
 step "artifacts"
 export GRAVEN_HOME="$work/home"
 run graven artifacts
+
+step "environments: prod requires a healthy staging deployment, so deploying there first is refused"
+export GRAVEN_DEPLOY_ROOT="$work/srv"       # the shop's [env] paths are relative to this root
+if graven deploy "$digest" prod; then echo "requires was NOT enforced" >&2; exit 1; fi
+echo "(exit 1, as expected)"
+
+step "deploy to staging: settings, config and health check come from the signed graven.toml"
+run graven deploy "$digest" staging
+ls -l "$work/srv/shop/staging"
+echo "config: $(head -n 1 "$work/srv/shop/staging/config")"
+
+step "promote: prod gets exactly the digest that is live and healthy in staging"
+run graven promote staging prod
+
+step "a second version: see what would change, then deploy it (unchanged files are linked, not copied)"
+cd "$work/shop"
+sed -i 's/"price_cents": 450/"price_cents": 475/' app/catalog.py
+git commit -q -am "shop v2: green tea costs more"
+digest2=$(graven build 2>/dev/null | tail -n 1)
+run graven deploy "$digest2" staging --plan
+run graven deploy "$digest2" staging
+run graven promote staging prod
+
+step "roll prod back without a rebuild: the old release is still on disk, so it is a verified switch"
+run graven rollback prod --reason "demo: the price change is not approved"
+if graven promote staging prod; then echo "the hold was NOT enforced" >&2; exit 1; fi
+echo "(exit 1: prod is held after a rollback, so automation cannot undo it)"
+run graven unhold prod --reason "demo: approved after all"
+
+step "status, history and the audit log"
+run graven status
+run graven history prod
+run graven log --env prod
+run graven log verify
 echo
 echo "demo finished: $digest"
+
+step "drift: an intruder appends to a deployed file in prod and puts its mtime and modes back"
+victim="$work/srv/shop/prod/current/app/catalog.py"
+chmod u+w "$(dirname "$victim")" "$victim"
+cp -p "$victim" "$work/catalog.orig"
+printf '\nPRODUCTS.clear()\n' >> "$victim"
+touch -r "$work/catalog.orig" "$victim"      # the mtime is back; the ctime cannot be
+chmod a-w "$victim" "$(dirname "$victim")"
+if graven drift; then echo "drift was NOT detected" >&2; exit 1; fi
+echo "(exit 1: the default check re-hashed the one file whose stat changed, and named it)"
+
+step "heal: prod's release is written back from the store; a full check (every file re-hashed) is clean"
+run graven heal prod
+run graven drift --full
+run graven log --env prod
+echo
+echo "drift demo finished: prod matches $(graven status --json | python3 -c 'import json, sys; print([e["live"] for e in json.load(sys.stdin) if e["env"] == "prod"][0])')"

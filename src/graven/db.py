@@ -25,6 +25,8 @@ __all__ = [
     "builds",
     "deploy_envs",
     "deployments",
+    "drift_events",
+    "drift_state",
     "log_checkpoints",
     "log_entries",
     "log_state",
@@ -159,6 +161,7 @@ deployments = sa.Table(
     sa.Column("override", sa.Boolean, nullable=False, default=False),
     sa.Column("reason", sa.Text),
     sa.Column("detail", sa.Text),
+    sa.Column("settings", sa.Text),  # the [env.NAME] settings used, canonical JSON
 )
 
 rejections = sa.Table(
@@ -168,6 +171,34 @@ rejections = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+
+# -- drift (issue 5): what the last check of each environment found, and every drift, alert and heal --
+
+drift_state = sa.Table(
+    "drift_state",
+    metadata,
+    sa.Column("env", sa.String(64), primary_key=True),
+    sa.Column("digest", sa.String(71)),  # the release that was checked
+    sa.Column("keys", sa.Text, nullable=False),  # canonical JSON: sorted [path, kind] pairs that drift
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("since", sa.String(32)),  # when the current drift was first found (None: clean)
+    sa.Column("checked_at", sa.String(32), nullable=False),
+    sa.Column("alerted", sa.Text, nullable=False),  # canonical JSON: the [path, kind] pairs alerted
+)
+
+drift_events = sa.Table(
+    "drift_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("env", sa.String(64), nullable=False, index=True),
+    sa.Column("digest", sa.String(71)),
+    sa.Column("event", sa.String(16), nullable=False),  # found | resolved | alert | heal
+    sa.Column("time", sa.String(32), nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("result", sa.String(16), nullable=False),  # ok | failed | drift | clean
+    sa.Column("detail", sa.Text),  # canonical JSON: the differences, or what was sent / healed
 )
 
 
@@ -190,8 +221,27 @@ def _migrate_4(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _migrate_5(conn: Connection) -> None:
+    for table in (drift_state, drift_events):
+        table.create(conn, checkfirst=True)
+
+
 # One function per schema version; never edit a released one, append a new one.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
+def _migrate_6(conn: Connection) -> None:
+    # deployments.settings: a database made at schema 4 before the column existed lacks it.
+    columns = {column["name"] for column in sa.inspect(conn).get_columns("deployments")}
+    if "settings" not in columns:
+        conn.execute(sa.text("ALTER TABLE deployments ADD COLUMN settings TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+    _migrate_4,
+    _migrate_5,
+    _migrate_6,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from graven import __version__
-from graven.cli import artifact_cmds, build_cmds, keys_cmds, log_cmds
+from graven.cli import artifact_cmds, build_cmds, deploy_cmds, drift_cmds, keys_cmds, log_cmds
 
 __all__ = ["State", "cli"]
 
@@ -25,6 +25,6 @@ def cli(verbose: bool) -> None:
 
 
 # Every command module exposes COMMANDS; add new modules here.
-for module in (build_cmds, artifact_cmds, keys_cmds, log_cmds):
+for module in (build_cmds, artifact_cmds, keys_cmds, log_cmds, deploy_cmds, drift_cmds):
     for command in module.COMMANDS:
         cli.add_command(command)

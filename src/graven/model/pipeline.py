@@ -136,6 +136,8 @@ class EnvSection(_Strict):
     health_timeout: Annotated[float, Field(gt=0)] = 10.0
     keep: Annotated[int, Field(ge=1)] = 5
     requires: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+    # drift detection leaves these paths of the release alone (globs; docs/formats/drift-v1.md)
+    ignore: list[Pattern] = Field(default_factory=list)
 
     @field_validator("path")
     @classmethod

@@ -1,0 +1,118 @@
+"""What drift detection verified, by stat: ``PATH/.graven/drift/cache`` (``graven.drift-cache/v1``).
+
+After a check, graven records the stat of every file whose content it verified (hashed, or vouched for
+by the deploy's stat table) and of every directory whose listing was exactly the manifest's, together
+with the time the check started on the file system's own clock (the mtime of ``PATH/.graven/drift/
+clock``, written just before). A record is kept only when the entry's mtime and ctime are older than
+that time, so a change in the same clock tick can never hide behind it (git's "racy" entries). The
+next fast check then needs one ``lstat`` per path and lists only directories whose stat changed.
+
+The file is a cache: unreadable, for another release or another file system, it is ignored.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["CACHE_FORMAT", "FileRecord", "VerifiedCache", "fs_clock"]
+
+CACHE_FORMAT = "graven.drift-cache/v1"
+FileRecord = tuple[int, int, int, int, int]  # st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode
+DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
+
+
+def fs_clock(directory: Path) -> int | None:
+    """The file system's current time (ns): write one byte to ``directory/clock`` and read its mtime.
+    None when the directory is not writable (then nothing can be recorded)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / "clock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        return None
+    try:
+        os.pwrite(fd, b"0", 0)
+        return os.fstat(fd).st_mtime_ns
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class VerifiedCache:
+    """Verified stat records of one release, aligned with its files and directories (sorted).
+
+    On disk: ``graven.drift-cache/v1`` and a JSON header line (release, device, counts), then the
+    records as big-endian int64 (five per file, three per directory, zeros for none), then the sha256
+    of everything before it.
+    """
+
+    release: str
+    dev: int
+    files: list[FileRecord | None] = field(default_factory=list)
+    dirs: list[DirRecord | None] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path, *, release: str, files: int, dirs: int) -> VerifiedCache | None:
+        """The cache for ``release`` with the given numbers of files and directories, else None."""
+        try:
+            data = path.read_bytes()
+            if len(data) < 32 or hashlib.sha256(data[:-32]).digest() != data[-32:]:
+                return None
+            magic, header, body = data[:-32].split(b"\n", 2)
+            if magic != CACHE_FORMAT.encode():
+                return None
+            doc = json.loads(header)
+            if doc["release"] != release or doc["files"] != files or doc["dirs"] != dirs:
+                return None
+            values = array.array("q")
+            values.frombytes(body)
+            if sys.byteorder == "little":
+                values.byteswap()
+            if len(values) != 5 * files + 3 * dirs:
+                return None
+            flat = values.tolist()
+            file_records: list[FileRecord | None] = [
+                (flat[i], flat[i + 1], flat[i + 2], flat[i + 3], flat[i + 4]) if flat[i + 4] else None
+                for i in range(0, 5 * files, 5)
+            ]
+            base = 5 * files
+            dir_records: list[DirRecord | None] = [
+                (flat[i], flat[i + 1], flat[i + 2]) if flat[i + 2] else None
+                for i in range(base, base + 3 * dirs, 3)
+            ]
+            return cls(release, int(doc["dev"]), file_records, dir_records)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def save(self, path: Path) -> bool:
+        """Write atomically; False when it cannot be written (a read-only check)."""
+        header = json.dumps(
+            {"release": self.release, "dev": self.dev, "files": len(self.files), "dirs": len(self.dirs)},
+            sort_keys=True,
+        )
+        no_file, no_dir = (0, 0, 0, 0, 0), (0, 0, 0)
+        values = array.array("q", [v for r in self.files for v in (r or no_file)])
+        values.extend([v for r in self.dirs for v in (r or no_dir)])
+        if sys.byteorder == "little":
+            values.byteswap()
+        body = CACHE_FORMAT.encode() + b"\n" + header.encode() + b"\n" + values.tobytes()
+        data = body + hashlib.sha256(body).digest()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.rename(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return False
+        return True

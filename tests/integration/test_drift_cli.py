@@ -1,0 +1,306 @@
+"""`graven drift` finds and names every kind of tampering, never raises a false alarm, and `graven heal`
+restores the release so that a full check is clean again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers_deploy import World, env_toml, make_world, staging_prod, tree_problems
+from helpers_repo import run_cli
+
+Tamper = Callable[[Path], None]
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    made.commit({"app/current.py": "->main.py"})
+    yield made
+    made.close()
+
+
+def writable(path: Path) -> Any:
+    """Run a change inside a read-only directory and put its mode back (a careful intruder)."""
+
+    class _Ctx:
+        def __enter__(self) -> None:
+            path.chmod(0o755)
+
+        def __exit__(self, *_: object) -> None:
+            path.chmod(0o555)
+
+    return _Ctx()
+
+
+def rewrite(path: Path, data: bytes, *, keep_times: bool = False) -> None:
+    before = os.lstat(path)
+    mode = before.st_mode & 0o777
+    with writable(path.parent):
+        path.chmod(0o644)
+        path.write_bytes(data)
+        path.chmod(mode)
+    if keep_times:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # what `touch -r` does
+
+
+def drift(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, _err = run_cli(capsys, "drift", "--json", *args)
+    return code, json.loads(out)
+
+
+def found(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(d["path"], d["kind"]) for env in doc["environments"] for d in env["differences"]}
+
+
+def edit(release: Path) -> None:
+    rewrite(release / "app/main.py", b"print('hellO')\n")
+
+
+def append(release: Path) -> None:
+    target = release / "app/main.py"
+    rewrite(target, target.read_bytes() + b"import os\n")
+
+
+def truncate(release: Path) -> None:
+    rewrite(release / "app/main.py", b"")
+
+
+def same_size_touch_r(release: Path) -> None:
+    rewrite(release / "app/main.py", b"print('HELLO')\n", keep_times=True)
+
+
+def chmod_plus_x(release: Path) -> None:
+    (release / "app/main.py").chmod(0o555)
+
+
+def chmod_minus_x(release: Path) -> None:
+    (release / "bin/run").chmod(0o444)
+
+
+def delete(release: Path) -> None:
+    with writable(release / "app"):
+        (release / "app/main.py").unlink()
+
+
+def add(release: Path) -> None:
+    with writable(release / "app"):
+        (release / "app/backdoor.py").write_text("import os\n")
+
+
+def file_to_symlink(release: Path) -> None:
+    with writable(release / "app"):
+        (release / "app/main.py").unlink()
+        (release / "app/main.py").symlink_to("/etc/hostname")
+
+
+def retarget_symlink(release: Path) -> None:
+    with writable(release / "app"):
+        (release / "app/current.py").unlink()
+        (release / "app/current.py").symlink_to("__init__.py")
+
+
+def writable_release(release: Path) -> None:
+    release.chmod(0o755)
+
+
+CASES: list[tuple[Tamper, set[tuple[str, str]]]] = [
+    (edit, {("app/main.py", "modified")}),
+    (append, {("app/main.py", "modified")}),
+    (truncate, {("app/main.py", "modified")}),
+    (same_size_touch_r, {("app/main.py", "modified")}),
+    (chmod_plus_x, {("app/main.py", "mode")}),
+    (chmod_minus_x, {("bin/run", "mode")}),
+    (delete, {("app/main.py", "removed")}),
+    (add, {("app/backdoor.py", "added")}),
+    (file_to_symlink, {("app/main.py", "type")}),
+    (retarget_symlink, {("app/current.py", "target")}),
+    (writable_release, {(".", "mode")}),
+]
+
+
+@pytest.mark.parametrize(("tamper", "expected"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_every_tampering_is_found_named_and_healed(
+    world: World, capsys: pytest.CaptureFixture[str], tamper: Tamper, expected: set[tuple[str, str]]
+) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    assert drift(capsys)[0] == 0  # the first check after the deploy records what it verified
+    release = world.env_dir("staging") / "current"
+    tamper(release.resolve())
+    for mode in ((), ("--full",)):
+        code, doc = drift(capsys, *mode)
+        assert code == 1 and found(doc) == expected, (mode, doc)
+    code, out, _ = run_cli(capsys, "drift", "staging")
+    assert code == 1 and "DRIFT" in out and next(iter(expected))[0] in out
+    code, out, _ = run_cli(capsys, "heal", "staging", "--plan")
+    assert code == 0 and "nothing was changed" in out
+    assert drift(capsys)[0] == 1
+    code, out, _ = run_cli(capsys, "heal", "staging")
+    assert code == 0 and "healed" in out
+    assert tree_problems(release, world.manifest(digest)) == []
+    assert drift(capsys, "--full")[0] == 0
+    assert drift(capsys)[0] == 0 and drift(capsys, "staging", "--full")[0] == 0
+
+
+def test_current_swapped_to_another_release_or_an_unknown_one(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    env = world.env_dir("staging")
+    (env / "current").unlink()
+    (env / "current").symlink_to(f"releases/{v1.removeprefix('sha256:')}")
+    code, doc = drift(capsys)
+    assert code == 1 and found(doc) == {("current", "current")}
+    unknown = "e" * 64
+    shutil.copytree(env / "releases" / v1.removeprefix("sha256:"), env / "releases" / unknown, symlinks=True)
+    (env / "current").unlink()
+    (env / "current").symlink_to(f"releases/{unknown}")
+    code, doc = drift(capsys)
+    assert code == 1 and found(doc) == {("current", "unknown-release")}
+    (env / "config").unlink()
+    (env / "config").symlink_to("current/config/prod.toml")
+    assert found(drift(capsys)[1]) == {("current", "unknown-release"), ("config", "config")}
+    assert run_cli(capsys, "heal", "staging")[0] == 0
+    assert world.live("staging") == v2
+    assert os.readlink(env / "config") == "current/config/staging.toml"
+    assert drift(capsys, "--full")[0] == 0
+
+
+def test_no_false_alarm_after_deploy_promote_rollback_heal_or_touch(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from graven.service.deploy import promote, rollback
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert drift(capsys)[0] == 0  # right after the deploy (racy records are hashed)
+    assert promote(world.ctx(), "staging", "prod", world.options()).ok
+    assert drift(capsys)[0] == 0 and drift(capsys, "--full")[0] == 0
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    assert drift(capsys)[0] == 0
+    assert rollback(world.ctx(), "staging", world.options()).ok
+    code, doc = drift(capsys, "staging")
+    assert code == 0 and doc["environments"][0]["digest"] == v1
+    release = (world.env_dir("staging") / "current").resolve()
+    target = release / "app/main.py"
+    os.utime(target)  # `touch`: new mtime and ctime, same bytes
+    code, doc = drift(capsys)
+    assert code == 0 and doc["environments"][1]["hashed"] >= 1, doc
+    os.utime(target, (0, 0))  # `touch -d @0`
+    time.sleep(0.02)  # one clock tick: a change in the tick of a check stays "racy" (hashed each time)
+    assert drift(capsys)[0] == 0
+    assert drift(capsys)[1]["environments"][1]["hashed"] == 0  # verified once, trusted by stat again
+    append(release)
+    assert drift(capsys)[0] == 1
+    assert run_cli(capsys, "heal", "staging")[0] == 0
+    assert drift(capsys)[0] == 0 and drift(capsys, "--full")[0] == 0
+    from graven.service.environments import unhold
+
+    unhold(world.ctx(), "staging")
+    v3 = world.version(3)  # the deploy after a heal may hard-link the healed files: still exact
+    assert world.deploy(v3, "staging").ok
+    assert drift(capsys)[0] == 0 and drift(capsys, "--full")[0] == 0
+
+
+def test_ignore_globs_and_runtime_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    envs = staging_prod()
+    envs["staging"]["ignore"] = ["var/**", "*.pid"]
+    world = make_world(tmp_path, monkeypatch, env_toml("app", envs))
+    try:
+        world.commit({"var/.keep": ""})
+        digest = world.build()
+        assert world.deploy(digest, "staging").ok
+        release = (world.env_dir("staging") / "current").resolve()
+        with writable(release / "var"):
+            (release / "var/cache").mkdir()
+            (release / "var/cache/data.db").write_bytes(b"x" * 100)
+            (release / "var/.keep").unlink()
+        with writable(release):
+            (release / "service.pid").write_text("42\n")
+            (release / "other.txt").write_text("no\n")
+        code, doc = drift(capsys)
+        assert code == 1 and found(doc) == {("other.txt", "added")}
+        assert run_cli(capsys, "heal", "staging")[0] == 0
+        assert (release / "var/cache/data.db").exists() and (release / "service.pid").exists()
+        assert not (release / "other.txt").exists()
+        assert drift(capsys, "--full")[0] == 0
+    finally:
+        world.close()
+
+
+def test_a_removed_release_directory_is_rebuilt(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    release = (world.env_dir("staging") / "current").resolve()
+    for directory, _dirs, _files in os.walk(release):
+        os.chmod(directory, 0o755)
+    shutil.rmtree(release)
+    code, doc = drift(capsys)
+    assert code == 1 and found(doc) == {(".", "removed")}
+    assert run_cli(capsys, "heal", "staging")[0] == 0
+    assert tree_problems(release, world.manifest(digest)) == []
+    assert drift(capsys, "--full")[0] == 0 and drift(capsys)[0] == 0
+
+
+def test_records_and_audit_log(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlalchemy as sa
+
+    from graven.db import drift_events, log_entries
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    release = (world.env_dir("staging") / "current").resolve()
+    add(release)
+    assert drift(capsys)[0] == 1
+    assert drift(capsys)[0] == 1  # the same drift again: recorded once
+    assert run_cli(capsys, "heal", "staging")[0] == 0
+    with world.ctx().db.connect() as conn:
+        events = [
+            (r.event, r.result) for r in conn.execute(sa.select(drift_events).order_by(drift_events.c.id))
+        ]
+        log = [
+            (json.loads(r.entry)["event"], json.loads(r.entry)["result"], r.env, r.artifact)
+            for r in conn.execute(sa.select(log_entries).order_by(log_entries.c.idx))
+            if r.event in ("drift", "heal")
+        ]
+    assert events == [("found", "drift"), ("heal", "ok"), ("resolved", "clean")]
+    assert log == [
+        ("drift", "found", "staging", digest),
+        ("heal", "ok", "staging", digest),
+        ("drift", "resolved", "staging", digest),
+    ]
+    assert run_cli(capsys, "log", "verify")[0] == 0
+
+
+def test_bad_input_exits_2(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run_cli(capsys, "drift", "nowhere")
+    assert code == 2 and "never been deployed" in err and err.count("\n") == 1
+    code, out, _ = run_cli(capsys, "drift")
+    assert code == 0 and "no live environments" in out
+    assert run_cli(capsys, "heal", "staging")[0] == 2
+    assert run_cli(capsys, "drift", "BAD NAME")[0] == 2
+    assert run_cli(capsys, "watch", "--interval", "0")[0] == 2
+
+
+def test_speed_of_the_fast_check_does_not_depend_on_reading_files(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.commit({f"data/{i}.bin": os.urandom(2048) for i in range(200)})
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    time.sleep(0.02)
+    assert drift(capsys)[0] == 0
+    doc = drift(capsys)[1]["environments"][0]
+    assert doc["hashed"] == 0 and doc["directories_listed"] == 0 and doc["files"] > 200

@@ -1,0 +1,276 @@
+"""`graven watch`: a file write becomes exactly one alert (webhook, command), its repair exactly one
+`resolved`, metrics are served, --heal restores the release, SIGTERM ends it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from graven.drift.watch import WatchOptions
+from graven.service.drift import heal, run_watch
+from helpers_deploy import World, make_world, tree_problems
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.alerts: list[tuple[float, dict[str, Any]]] = []
+        alerts = self.alerts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                alerts.append((time.monotonic(), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [a["event"] for _, a in self.alerts]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Watcher:
+    """run_watch on a thread of the test (stopped, and joined, at the end)."""
+
+    def __init__(self, world: World, opts: WatchOptions) -> None:
+        self.lines: list[str] = []
+        self.ready: dict[str, Any] = {}
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.ctx = world.ctx()
+
+        def run() -> None:
+            try:
+                run_watch(self.ctx, opts, self.stop, out=self.lines.append, on_ready=self.ready.update)
+            except BaseException as exc:  # surfaced by close()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert wait_for(lambda: bool(self.ready) or self.error is not None)
+
+    def checks(self) -> int:
+        return sum(1 for line in self.lines if json.loads(line)["type"] == "check")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "the watcher did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def tamper(world: World, data: bytes) -> float:
+    """Append to app/main.py (as root: through the read-only modes, so only the content changes)."""
+    target = (world.env_dir("staging") / "current").resolve() / "app/main.py"
+    started = time.monotonic()
+    try:
+        handle = open(target, "ab")  # noqa: SIM115
+    except PermissionError:
+        target.parent.chmod(0o755)
+        target.chmod(0o644)
+        handle = open(target, "ab")  # noqa: SIM115
+    with handle:
+        handle.write(data)
+    return started
+
+
+def test_one_alert_per_drift_one_resolve_and_metrics(world: World) -> None:
+    import sqlalchemy as sa
+
+    from graven.db import drift_events
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    receiver = Receiver()
+    watcher = Watcher(
+        world,
+        WatchOptions(interval=60, webhook=receiver.url, metrics_port=0, as_json=True, full_every=3600),
+    )
+    try:
+        port = watcher.ready["metrics_port"]
+        assert wait_for(lambda: watcher.checks() >= 1)
+        assert receiver.alerts == []  # a clean start alerts nothing
+        written = tamper(world, b"# 1\n")
+        assert wait_for(lambda: len(receiver.alerts) >= 1)
+        latency = receiver.alerts[0][0] - written
+        first = receiver.alerts[0][1]
+        assert first["event"] == "drift" and first["env"] == "staging" and first["digest"] == digest
+        assert first["paths"] == ["app/main.py"] and "modified" in first["kinds"]
+        assert "DRIFT in staging" in first["text"] and first["commit"] and first["time"]
+        assert latency < 2.0, latency
+        checks = watcher.checks()
+        tamper(world, b"# 2\n")  # the same path drifts again: no new alert
+        assert wait_for(lambda: watcher.checks() > checks)
+        metrics = scrape(port)
+        assert metrics[("graven_drift_paths", (("env", "staging"),))] == 1
+        assert metrics[("graven_checks_total", (("env", "staging"), ("result", "drift")))] >= 1
+        heal(world.ctx(), "staging")
+        assert wait_for(lambda: receiver.events() == ["drift", "resolved"])
+        time.sleep(0.3)
+        assert receiver.events() == ["drift", "resolved"]
+        metrics = scrape(port)
+        assert metrics[("graven_drift_paths", (("env", "staging"),))] == 0
+        assert metrics[("graven_checks_total", (("env", "staging"), ("result", "clean")))] >= 2
+        assert metrics[("graven_last_check_timestamp_seconds", (("env", "staging"),))] > time.time() - 60
+        commit = first["commit"]
+        key = ("graven_release_info", (("commit", commit), ("digest", digest), ("env", "staging")))
+        assert metrics[key] == 1
+    finally:
+        watcher.close()
+        receiver.close()
+    with world.ctx().db.connect() as conn:
+        alerts = [
+            (r.result, json.loads(r.detail)["event"])
+            for r in conn.execute(sa.select(drift_events).where(drift_events.c.event == "alert"))
+        ]
+    assert alerts == [("ok", "drift"), ("ok", "resolved")]
+
+
+def test_self_heal_and_a_dead_webhook(world: World, tmp_path: Path) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    log = tmp_path / "alerts.jsonl"
+    watcher = Watcher(
+        world,
+        WatchOptions(
+            interval=60,
+            heal=True,
+            alert_command=f"cat >> {log}; echo >> {log}",
+            webhook="http://127.0.0.1:9/nobody",  # discard port: refused
+            webhook_retries=1,
+            webhook_backoff=0.01,
+            as_json=True,
+        ),
+    )
+    try:
+        assert wait_for(lambda: watcher.checks() >= 1)
+        tamper(world, b"evil()\n")
+
+        def events() -> list[str]:
+            text = log.read_text() if log.exists() else ""
+            return [json.loads(line)["event"] for line in text.splitlines() if line.strip()]
+
+        assert wait_for(lambda: events() == ["drift", "resolved"])
+        release = world.env_dir("staging") / "current"
+        assert tree_problems(release, world.manifest(digest)) == []
+        assert wait_for(
+            lambda: any('"type": "delivery"' in line and '"ok": false' in line for line in watcher.lines)
+        )
+    finally:
+        watcher.close()
+
+
+def test_sigterm_ends_the_cli_watcher_cleanly(world: World) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    env = {**os.environ, "GRAVEN_HOME": str(world.home)}
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from graven.cli.main import main; raise SystemExit(main())",
+            "watch",
+            "staging",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "staging: clean" in line, line
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_deployments_while_watching_raise_no_alarm(world: World) -> None:
+    from graven.service.deploy import promote, rollback
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    receiver = Receiver()
+    watcher = Watcher(world, WatchOptions(interval=0.2, webhook=receiver.url, as_json=True))
+
+    def checked(digest: str, env: str = "staging") -> Callable[[], bool]:
+        def seen() -> bool:
+            for line in watcher.lines:
+                doc = json.loads(line)
+                if doc["type"] == "check" and doc["env"] == env and doc["digest"] == digest and doc["clean"]:
+                    return True
+            return False
+
+        return seen
+
+    try:
+        assert wait_for(checked(v1))
+        v2 = world.version(2)
+        assert world.deploy(v2, "staging").ok
+        assert wait_for(checked(v2))
+        assert promote(world.ctx(), "staging", "prod", world.options()).ok
+        assert wait_for(checked(v2, "prod"))
+        assert rollback(world.ctx(), "staging", world.options()).ok
+        assert wait_for(checked(v1))
+        assert world.deploy(v1, "staging").ok  # the same digest again: its release is re-checked
+        time.sleep(0.5)
+        assert receiver.alerts == []
+        assert not [line for line in watcher.lines if json.loads(line)["type"] in ("alert", "error")]
+    finally:
+        watcher.close()
+        receiver.close()

@@ -1,0 +1,232 @@
+"""Scanning a release: stat records (racy ones are hashed), the verified cache, the full scan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from graven.core.drift import compare_tree
+from graven.deploy.statdb import DIR_SHA, StatTable
+from graven.drift.cache import VerifiedCache, fs_clock
+from graven.drift.scan import BIG, Hasher, ReleaseIndex, hash_path, scan_release
+from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
+
+FILES = {"a.txt": b"alpha\n", "d/b.txt": b"beta\n", "d/e/big.bin": os.urandom(BIG + 5)}
+
+
+def make_release(root: Path) -> tuple[ReleaseIndex, StatTable]:
+    entries: list[FileEntry | SymlinkEntry] = []
+    table = StatTable()
+    for path, data in FILES.items():
+        full = root / path
+        full.parent.mkdir(parents=True, exist_ok=True)
+        full.write_bytes(data)
+        full.chmod(0o444)
+        entries.append(FileEntry(path, hashlib.sha256(data).hexdigest(), len(data)))
+        table.record(os.lstat(full), entries[-1].sha256)  # type: ignore[union-attr]
+    (root / "d/link").symlink_to("b.txt")
+    entries.append(SymlinkEntry("d/link", "b.txt"))
+    for directory in (root / "d/e", root / "d", root):
+        directory.chmod(0o555)
+        table.record(os.lstat(directory), DIR_SHA)
+    return ReleaseIndex.of(TreeManifest.of(entries)), table
+
+
+def test_records_made_in_the_tick_of_their_recording_are_hashed(tmp_path: Path) -> None:
+    root = tmp_path / "rel"
+    index, table = make_release(root)
+    hasher = Hasher()
+    newest = max(max(st[2], st[3]) for st in table.inodes.values())  # files and directories
+    newest_file = max(max(os.lstat(root / p).st_mtime_ns, os.lstat(root / p).st_ctime_ns) for p in FILES)
+    later = scan_release(root, index, full=False, hasher=hasher, table=lambda: (table, newest + 1))
+    assert later.hashed == 0 and compare_tree(index.manifest, later.observed, verified=later.verified) == []
+    racy = scan_release(root, index, full=False, hasher=hasher, table=lambda: (table, newest_file))
+    assert racy.hashed >= 1 and compare_tree(index.manifest, racy.observed, verified=racy.verified) == []
+    unknown = scan_release(root, index, full=False, hasher=hasher, table=lambda: (table, None))
+    assert unknown.hashed == 3
+    hasher.close()
+
+
+def test_a_racy_record_cannot_hide_a_same_tick_change(tmp_path: Path) -> None:
+    root = tmp_path / "rel"
+    index, table = make_release(root)
+    target = root / "a.txt"
+    (root).chmod(0o755)
+    target.chmod(0o644)
+    target.write_bytes(b"ALPHA\n")  # same size
+    target.chmod(0o444)
+    root.chmod(0o555)
+    st = os.lstat(target)
+    table.record(st, index.files[0].sha256)  # a record that matches the changed file's stat ...
+    hasher = Hasher()
+    racy = scan_release(root, index, full=False, hasher=hasher, table=lambda: (table, st.st_ctime_ns))
+    assert [
+        (d.path, d.kind) for d in compare_tree(index.manifest, racy.observed, verified=racy.verified)
+    ] == [("a.txt", "modified")]
+    # ... and when such a record claims to be older, only a full check can tell: that is what --full is for
+    trusted = scan_release(root, index, full=False, hasher=hasher, table=lambda: (table, st.st_ctime_ns + 1))
+    assert compare_tree(index.manifest, trusted.observed, verified=trusted.verified) == []
+    full = scan_release(root, index, full=True, hasher=hasher)
+    assert [
+        (d.path, d.kind) for d in compare_tree(index.manifest, full.observed, verified=full.verified)
+    ] == [("a.txt", "modified")]
+    hasher.close()
+
+
+def test_the_verified_cache_makes_the_next_check_stat_only(tmp_path: Path) -> None:
+    root = tmp_path / "rel"
+    index, _table = make_release(root)
+    hasher = Hasher()
+    time.sleep(0.02)  # records are kept only when older than the check (one clock tick at least)
+    now = fs_clock(tmp_path / "drift")
+    assert now is not None
+    first = scan_release(root, index, full=True, hasher=hasher, now_ns=now)
+    assert first.cache is not None and all(first.cache.files) and all(first.cache.dirs)
+    cache_file = tmp_path / "drift/cache"
+    assert first.cache.save(cache_file)
+    cache = VerifiedCache.load(
+        cache_file, release=index.manifest.digest.hex, files=len(index.files), dirs=len(index.dirs)
+    )
+    assert cache == first.cache
+    assert VerifiedCache.load(cache_file, release="0" * 64, files=3, dirs=3) is None
+    second = scan_release(
+        root, index, full=False, hasher=hasher, cache=cache, now_ns=fs_clock(tmp_path / "drift")
+    )
+    assert second.hashed == 0 and second.listed == 0 and second.cache is None
+    assert compare_tree(index.manifest, second.observed, verified=second.verified) == []
+    # an entry added to a directory changes its stat: that directory (only) is listed
+    (root / "d").chmod(0o755)
+    (root / "d/new").write_text("x")
+    (root / "d").chmod(0o555)
+    third = scan_release(root, index, full=False, hasher=hasher, cache=cache, now_ns=None)
+    assert third.listed == 1 and third.hashed == 0
+    assert [
+        (d.path, d.kind) for d in compare_tree(index.manifest, third.observed, verified=third.verified)
+    ] == [("d/new", "added")]
+    hasher.close()
+
+
+def test_records_made_now_are_not_kept(tmp_path: Path) -> None:
+    root = tmp_path / "rel"
+    index, _table = make_release(root)
+    hasher = Hasher()
+    oldest = min(os.lstat(root / p).st_ctime_ns for p in FILES)
+    result = scan_release(root, index, full=True, hasher=hasher, now_ns=oldest)
+    assert result.cache is not None and not any(result.cache.files)
+    hasher.close()
+
+
+def test_missing_release_and_unreadable_paths(tmp_path: Path) -> None:
+    index, _ = make_release(tmp_path / "rel")
+    hasher = Hasher()
+    assert scan_release(tmp_path / "nope", index, full=False, hasher=hasher).root_missing
+    assert hash_path(str(tmp_path / "nope"))[1].startswith("unreadable")
+    os.mkfifo(tmp_path / "fifo")
+    st, sha = hash_path(str(tmp_path / "fifo"))
+    assert st is not None and sha == ""
+    results = Hasher(workers=2).hash_many(
+        [(str(tmp_path / "rel" / p), len(d)) for p, d in FILES.items()] * 200
+    )
+    assert [r[1] for r in results[:3]] == [hashlib.sha256(d).hexdigest() for d in FILES.values()]
+    hasher.close()
+
+
+def big_release(root: Path) -> ReleaseIndex:
+    entries: list[FileEntry | SymlinkEntry] = []
+    for top in range(6):
+        for sub in range(top + 1):
+            for n in range(40 * (top + 1)):
+                path = f"t{top}/s{sub}/f{n}.txt"
+                data = f"{path}\n".encode() * (n % 7)
+                full = root / path
+                full.parent.mkdir(parents=True, exist_ok=True)
+                full.write_bytes(data)
+                full.chmod(0o444)
+                entries.append(FileEntry(path, hashlib.sha256(data).hexdigest(), len(data)))
+    (root / "top.txt").write_text("x")
+    (root / "top.txt").chmod(0o444)
+    entries.append(FileEntry("top.txt", hashlib.sha256(b"x").hexdigest(), 1))
+    for directory, _dirs, _files in os.walk(root):
+        os.chmod(directory, 0o555)
+    return ReleaseIndex.of(TreeManifest.of(entries))
+
+
+def test_the_split_covers_every_directory_once(tmp_path: Path) -> None:
+    from graven.drift.scan import plan_split
+
+    index = big_release(tmp_path / "rel")
+    split = plan_split(index)
+    assert split is not None
+    first, second = split
+    assert "" in first and not set(first) & set(second)
+    units = set(first) | set(second)
+    for directory in index.dirs:
+        owner = directory
+        while owner not in units:
+            owner = owner.rpartition("/")[0]
+        assert owner in units
+    assert len(units) > 2
+
+
+def test_the_forked_full_scan_finds_what_one_walker_finds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    root = tmp_path / "rel"
+    index = big_release(root)
+    assert len(index.files) >= 1000
+    root.chmod(0o755)
+    (root / "t3/s1").chmod(0o755)
+    (root / "t3/s1/f5.txt").chmod(0o644)
+    (root / "t3/s1/f5.txt").write_text("changed")
+    (root / "t5/s4").chmod(0o755)
+    (root / "t5/s4/new.txt").write_text("added")
+    (root / "t5/s4").chmod(0o555)
+    (root / "t0/s0/f1.txt").chmod(0o555)
+    script = textwrap.dedent(
+        f"""
+        import hashlib, json, os, sys, threading
+        from pathlib import Path
+        from graven.core.drift import compare_tree
+        from graven.drift.scan import Hasher, ReleaseIndex, plan_split, scan_release
+        from graven.model.manifest import FileEntry, TreeManifest
+        root = Path({str(root)!r})
+        entries = [FileEntry(p, s, n) for p, s, n in json.load(sys.stdin)]
+        index = ReleaseIndex.of(TreeManifest.of(entries))
+        out = {{}}
+        hint = plan_split(index)
+        hint = (hint[0], hint[1][::-1])  # another split: any split is correct
+        for parallel in (True, "hint", False):
+            assert threading.active_count() == 1
+            result = scan_release(
+                root,
+                (lambda: index) if parallel == "hint" else index,
+                full=True,
+                hasher=Hasher(2),
+                parallel=bool(parallel),
+                now_ns=2**62,
+                split_hint=hint if parallel == "hint" else None,
+            )
+            diffs = compare_tree(index.manifest, result.observed, verified=result.verified)
+            records = sum(1 for r in result.cache.files if r)
+            out[str(parallel)] = [[d.path, d.kind] for d in diffs] + [[result.hashed, records]]
+        print(json.dumps(out))
+        """
+    )
+    files = [[e.path, e.sha256, e.size] for e in index.files]
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(files), capture_output=True, text=True, check=True
+    )
+    out = json.loads(done.stdout)
+    assert out["True"] == out["False"] == out["hint"]
+    assert out["True"][:-1] == [
+        ["t0/s0/f1.txt", "mode"],
+        ["t3/s1", "mode"],
+        ["t3/s1/f5.txt", "modified"],
+        ["t3/s1/f5.txt", "mode"],
+        ["t5/s4/new.txt", "added"],
+    ]

@@ -1,0 +1,221 @@
+"""The parts of `graven watch`: the schedule, alert delivery (command, webhook with retries), metrics,
+file system notifications (inotify, its overflow, watchdog)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from graven.drift.alerts import AlertDispatcher, AlertSender
+from graven.drift.metrics import DriftMetrics
+from graven.drift.notify import IN_Q_OVERFLOW, InotifyNotifier, WatchdogNotifier
+from graven.drift.watch import ROOT_SUFFIX, Schedule
+from graven.errors import InputError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_schedule_notifications_debounce_interval_and_full_checks() -> None:
+    clock = FakeClock()
+    schedule = Schedule(interval=60, full_every=3600, debounce=0.05, clock=clock)
+    schedule.add("prod")
+    assert schedule.due() == [("prod", True)]  # a watcher starts with a full check
+    schedule.checked("prod", full=True, started=clock.now)
+    assert schedule.due() == []
+    assert schedule.timeout() == pytest.approx(60)
+    clock.now += 1
+    schedule.notify("prod", False)
+    assert schedule.due() == []  # within the debounce
+    clock.now += 0.06
+    assert schedule.due() == [("prod", False)]
+    schedule.checked("prod", full=False, started=clock.now)
+    schedule.notify("prod" + ROOT_SUFFIX, False, ".graven")  # graven's own files: ignored
+    schedule.notify("prod" + ROOT_SUFFIX, False, "current")
+    clock.now += 0.1
+    assert schedule.due() == [("prod", False)]
+    schedule.checked("prod", full=False, started=clock.now)
+    schedule.notify(None, True)  # overflow: events were lost
+    clock.now += 0.1
+    assert schedule.due() == [("prod", True)] and schedule.overflows == 1
+    schedule.checked("prod", full=True, started=clock.now)
+    clock.now += 60
+    assert schedule.due() == [("prod", False)]  # the periodic backstop
+    schedule.checked("prod", full=False, started=clock.now)
+    clock.now += 3600
+    assert schedule.due() == [("prod", True)]  # full every hour
+    schedule.postpone("prod", 5)
+    assert schedule.due() == [] or clock.now >= 0
+    schedule.forget("prod")
+    assert schedule.due() == []
+
+
+class Receiver:
+    """A webhook on 127.0.0.1 that fails the first ``fail`` requests with 503."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.fail = fail
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.fail > 0:
+                    receiver.fail -= 1
+                    self.send_response(503)
+                else:
+                    receiver.bodies.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver(fail=2)
+    yield made
+    made.close()
+
+
+def test_webhook_retries_with_backoff(receiver: Receiver) -> None:
+    sender = AlertSender(webhook=receiver.url, retries=3, backoff=0.01)
+    ok, channels = sender.send({"text": "hi"})
+    assert ok and channels == {"webhook": "HTTP 204 after 3 attempts"}
+    assert receiver.bodies == [{"text": "hi"}]
+
+
+def test_a_dead_webhook_fails_without_raising_and_the_command_gets_stdin(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nobody listens there
+    out = tmp_path / "alert.json"
+    sender = AlertSender(
+        command=f"cat > {out}", webhook=f"http://127.0.0.1:{port}/", retries=2, backoff=0.01, timeout=1
+    )
+    started = time.monotonic()
+    ok, channels = sender.send({"event": "drift"})
+    assert not ok and channels["command"] == "exit 0" and "unreachable" in channels["webhook"]
+    assert time.monotonic() - started < 5
+    assert json.loads(out.read_text()) == {"event": "drift"}
+    failing = AlertSender(command="echo nope >&2; exit 3")
+    assert failing.send({}) == (False, {"command": "exit 3: nope"})
+    with pytest.raises(InputError):
+        AlertSender(webhook="file:///etc/passwd")
+
+
+def test_the_dispatcher_delivers_in_order_on_its_own_thread(receiver: Receiver) -> None:
+    receiver.fail = 0
+    done = threading.Event()
+    dispatcher = AlertDispatcher(AlertSender(webhook=receiver.url), on_done=done.set)
+    for i in range(3):
+        dispatcher.submit({"n": i}, context=i)
+    dispatcher.close(timeout=10)
+    results = dispatcher.results()
+    assert [r.context for r in results] == [0, 1, 2] and all(r.ok for r in results)
+    assert [b["n"] for b in receiver.bodies] == [0, 1, 2] and done.is_set()
+
+
+def test_metrics_are_served_on_localhost_and_parse() -> None:
+    metrics = DriftMetrics()
+    port = metrics.serve(0)
+    try:
+        metrics.observe("prod", digest="sha256:" + "a" * 64, commit="c1", paths=3, timestamp=1234.5)
+        metrics.observe("prod", digest="sha256:" + "b" * 64, commit="c2", paths=0, timestamp=1240.0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        metrics.close()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("graven_drift_paths", (("env", "prod"),))] == 0
+    assert samples[("graven_last_check_timestamp_seconds", (("env", "prod"),))] == 1240.0
+    assert samples[("graven_checks_total", (("env", "prod"), ("result", "drift")))] == 1
+    assert samples[("graven_checks_total", (("env", "prod"), ("result", "clean")))] == 1
+    info = {k: v for k, v in samples.items() if k[0] == "graven_release_info"}
+    assert info == {
+        ("graven_release_info", (("commit", "c2"), ("digest", "sha256:" + "b" * 64), ("env", "prod"))): 1
+    }
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_inotify_reports_changes_not_reads_and_sees_overflows(tmp_path: Path) -> None:
+    (tmp_path / "tree/sub").mkdir(parents=True)
+    (tmp_path / "tree/sub/f").write_text("x")
+    calls: list[tuple[str | None, bool, str | None]] = []
+    notifier = InotifyNotifier(lambda key, overflow, name: calls.append((key, overflow, name)))
+    try:
+        notifier.watch("env", tmp_path / "tree", recursive=True)
+        notifier.watch("env" + ROOT_SUFFIX, tmp_path, recursive=False)
+        (tmp_path / "tree/sub/f").read_text()  # reading is not a change
+        time.sleep(0.1)
+        assert calls == []
+        (tmp_path / "tree/sub/f").write_text("y")
+        assert wait_for(lambda: ("env", False, None) in calls)
+        (tmp_path / "tree/new").mkdir()  # a new directory is watched too
+        time.sleep(0.1)
+        calls.clear()
+        (tmp_path / "tree/new/g").write_text("z")
+        assert wait_for(lambda: ("env", False, None) in calls)
+        (tmp_path / "current").symlink_to("tree")
+        assert wait_for(lambda: ("env" + ROOT_SUFFIX, False, "current") in calls)
+        notifier._dispatch(struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0))
+        assert (None, True, None) in calls
+        notifier.unwatch("env")
+        calls.clear()
+        (tmp_path / "tree/sub/f").write_text("w")
+        time.sleep(0.1)
+        assert ("env", False, None) not in calls
+    finally:
+        notifier.close()
+
+
+def test_watchdog_is_the_fallback(tmp_path: Path) -> None:
+    calls: list[str | None] = []
+    notifier = WatchdogNotifier(lambda key, overflow, name: calls.append(key))
+    try:
+        notifier.watch("env", tmp_path, recursive=True)
+        (tmp_path / "f").write_text("x")
+        assert wait_for(lambda: "env" in calls)
+        notifier.unwatch("env")
+    finally:
+        notifier.close()
