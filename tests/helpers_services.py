@@ -127,3 +127,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def sandbox_python() -> str:
+    """An interpreter that sandboxed build steps can run.
+
+    The sandbox gives steps a fresh /tmp, and a CI checkout (with its .venv) may well live under /tmp,
+    so steps get the real interpreter behind the venv's python (its standard library is all they use).
+    """
+    import sys
+
+    real = os.path.realpath(sys.executable)
+    if real.startswith("/tmp/"):
+        unavailable(f"no interpreter outside /tmp for sandboxed steps ({real})")
+    return real

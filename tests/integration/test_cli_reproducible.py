@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import COMMIT_EPOCH, Executable, Symlink, commit_all, git, git_env, write_files
+from helpers_services import sandbox_python
 
 REPO_FILES = {
     "README.md": "# demo\n",
@@ -40,7 +40,7 @@ def _steps_toml(*steps: str, outputs: str = '["out/"]') -> str:
     return f'[artifact]\nname = "demo"\n\n[build]\nsteps = [{listed}]\noutputs = {outputs}\n'
 
 
-PY = sys.executable
+PY = sandbox_python()
 SIMPLE_STEP = (
     f"{PY} -c \"import pathlib; pathlib.Path('out').mkdir(); pathlib.Path('out/a.txt').write_text('x')\""
 )

@@ -10,7 +10,6 @@ import hashlib
 import http.server
 import io
 import json
-import sys
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers_services import require_tool
+from helpers_services import require_tool, sandbox_python
 
 Run = Callable[..., tuple[int, str, str]]
-PY = sys.executable
+PY = sandbox_python()
 WHEEL = "demo_lib-1.0-py3-none-any.whl"
 
 

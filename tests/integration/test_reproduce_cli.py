@@ -7,17 +7,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import git_env
-from helpers_services import require_tool
+from helpers_services import require_tool, sandbox_python
 
 Run = Callable[..., tuple[int, str, str]]
-PY = sys.executable
+PY = sandbox_python()
 
 APP = {"app/main.py": "print('hi')\n", "app/util.py": "X = 1\n", "app/sub/more.py": "Y = 2\n"}
 STAMP = f"{PY} -c \"import time; open('out/stamp.txt', 'w').write(str(time.time_ns()))\""

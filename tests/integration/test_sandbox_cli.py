@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import git_env
-from helpers_services import require_tool
+from helpers_services import require_tool, sandbox_python
 
 Run = Callable[..., tuple[int, str, str]]
-PY = sys.executable
+PY = sandbox_python()
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from graven.build.sandbox import (
 )
 from graven.build.steps import clean_environment
 from graven.errors import InputError
-from helpers_services import require_tool
+from helpers_services import require_tool, sandbox_python
 
 ROOT = (
     HostEntry("bin", "usr/bin"),
@@ -165,7 +164,7 @@ def test_runner_exit_code_and_log(tmp_path: Path) -> None:
     log = tmp_path / "log"
     with log.open("wb") as handle:
         code = runner.run(
-            f"{sys.executable} -c 'import os; print(os.getcwd())'; exit 7",
+            f"{sandbox_python()} -c 'import os; print(os.getcwd())'; exit 7",
             log=handle,
             timeout=30,
             network=False,
