@@ -227,20 +227,12 @@ def _migrate_5(conn: Connection) -> None:
 
 
 # One function per schema version; never edit a released one, append a new one.
-def _migrate_6(conn: Connection) -> None:
-    # deployments.settings: a database made at schema 4 before the column existed lacks it.
-    columns = {column["name"] for column in sa.inspect(conn).get_columns("deployments")}
-    if "settings" not in columns:
-        conn.execute(sa.text("ALTER TABLE deployments ADD COLUMN settings TEXT"))
-
-
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migrate_1,
     _migrate_2,
     _migrate_3,
     _migrate_4,
     _migrate_5,
-    _migrate_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
