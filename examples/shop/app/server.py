@@ -21,7 +21,7 @@ def load_config(path: str) -> dict[str, object]:
 
 def make_handler(config: dict[str, object]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             if self.path == "/health":
                 self._send(200, {"status": "ok", "environment": config.get("environment")})
             elif self.path == "/products":
@@ -37,7 +37,7 @@ def make_handler(config: dict[str, object]) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     return Handler

@@ -79,7 +79,7 @@ from graven.service.environments import (
     save_state,
     went_live_here,
 )
-from graven.service.provenance import envelope_digests, load_policy
+from graven.service.provenance import UnsignedError, load_policy, verified_provenance
 from graven.signing.trust import TrustPolicy, VerifiedProvenance
 
 __all__ = [
@@ -123,24 +123,21 @@ class _Target:
 
 
 def _verified_provenance(ctx: Context, digest: Digest, policy: TrustPolicy, env: str) -> VerifiedProvenance:
-    stored = envelope_digests(ctx, digest)
-    if not stored:
+    try:
+        verified, _ = verified_provenance(ctx, digest, policy=policy, env=env)
+    except UnsignedError:
         raise VerificationError(
             f"{short(str(digest))} is unsigned: no signed provenance is recorded for it; build it with a "
             "signing key, or import it with --attestation"
-        )
-    first: GravenError | None = None
-    for envelope_digest in stored:
-        try:
-            data = ctx.store.read(Digest.parse(envelope_digest))
-            return policy.verify_attestation(data, str(digest), env)
-        except (VerificationError, PolicyError, InputError, IntegrityError) as exc:
-            first = first or exc
-    assert first is not None
-    where = f"{short(str(digest))} cannot be deployed to {env}"
-    if isinstance(first, PolicyError):
-        raise PolicyError(f"{where}: {first}; trust the signing key for {env} (graven keys trust)")
-    raise VerificationError(f"{where}: {first}")
+        ) from None
+    except (VerificationError, PolicyError, InputError) as exc:
+        where = f"{short(str(digest))} cannot be deployed to {env}"
+        if isinstance(exc, PolicyError):
+            raise PolicyError(
+                f"{where}: {exc}; trust the signing key for {env} (graven keys trust)"
+            ) from None
+        raise VerificationError(f"{where}: {exc}") from None
+    return verified
 
 
 def _verify_target(

@@ -193,27 +193,43 @@ class ProvenanceCheck:
         }
 
 
-def check_provenance(
+class UnsignedError(VerificationError):
+    """No signed provenance is recorded for an artifact."""
+
+
+def verified_provenance(
     ctx: Context, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
-) -> ProvenanceCheck:
-    """Accept when one stored envelope is signed by a trusted, unrevoked key and names ``artifact``."""
+) -> tuple[VerifiedProvenance, str]:
+    """The newest stored envelope that a trusted, unrevoked key signed for ``artifact``, and its digest.
+
+    Raises UnsignedError when none is stored, else the first failure (a missing or corrupt envelope is
+    a VerificationError).
+    """
     digests = envelope_digests(ctx, artifact)
     if not digests:
-        return ProvenanceCheck(False, f"unsigned artifact: no signed provenance is recorded for {artifact}")
+        raise UnsignedError(f"unsigned artifact: no signed provenance is recorded for {artifact}")
     first_error: GravenError | None = None
     for envelope_digest in digests:
         try:
             data = ctx.store.read(Digest.parse(envelope_digest))
-            verified = policy.verify_attestation(data, str(artifact), env)
+            return policy.verify_attestation(data, str(artifact), env), envelope_digest
         except IntegrityError as exc:
             first_error = first_error or VerificationError(f"stored provenance is missing or corrupt: {exc}")
-            continue
         except (VerificationError, PolicyError, InputError) as exc:
             first_error = first_error or exc
-            continue
-        return _accepted(verified, envelope_digest)
     assert first_error is not None
-    return ProvenanceCheck(False, str(first_error))
+    raise first_error
+
+
+def check_provenance(
+    ctx: Context, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
+) -> ProvenanceCheck:
+    """Accept when one stored envelope is signed by a trusted, unrevoked key and names ``artifact``."""
+    try:
+        verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy, env=env)
+    except (VerificationError, PolicyError, InputError) as exc:
+        return ProvenanceCheck(False, str(exc))
+    return _accepted(verified, envelope_digest)
 
 
 def _accepted(verified: VerifiedProvenance, envelope_digest: str | None) -> ProvenanceCheck:
