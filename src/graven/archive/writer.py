@@ -69,10 +69,6 @@ def compression_for(path: Path) -> str:
     raise InputError(f"{path}: unknown archive type; use a name ending in .tar, .tar.gz or .tar.zst")
 
 
-def _octal(value: int, width: int) -> bytes:
-    return f"{value:0{width - 1}o}".encode() + b"\0"
-
-
 def _pax_record(key: str, value: str) -> bytes:
     payload = f" {key}={value}\n".encode()
     length = len(payload)
@@ -82,25 +78,35 @@ def _pax_record(key: str, value: str) -> bytes:
     return f"{length + digits}".encode() + payload
 
 
+_ZERO_IDS = b"0000000\x00" * 2  # uid, gid (and devmajor, devminor)
+_MAGIC = b"ustar\x0000"
+_CONSTANT_SUM = 2 * sum(_ZERO_IDS) + sum(_MAGIC) + 8 * ord(" ")  # the checksum field counts as spaces
+
+
 def _header(
     name: bytes, *, mode: int, size: int, mtime: int, typeflag: bytes, linkname: bytes = b""
 ) -> bytes:
-    block = bytearray(BLOCK)
-    block[0 : len(name)] = name
-    block[100:108] = _octal(mode, 8)
-    block[108:116] = _octal(0, 8)
-    block[116:124] = _octal(0, 8)
-    block[124:136] = _octal(size, 12)
-    block[136:148] = _octal(mtime, 12)
-    block[148:156] = b" " * 8
-    block[156:157] = typeflag
-    block[157 : 157 + len(linkname)] = linkname
-    block[257:265] = b"ustar\x0000"
-    block[329:337] = _octal(0, 8)
-    block[337:345] = _octal(0, 8)
-    checksum = sum(block)
-    block[148:156] = f"{checksum:06o}".encode() + b"\0 "
-    return bytes(block)
+    """One ustar header block (built from byte strings: this runs once per entry of large trees)."""
+    mode_f, size_f, mtime_f = b"%07o\x00" % mode, b"%011o\x00" % size, b"%011o\x00" % mtime
+    checksum = (
+        _CONSTANT_SUM + sum(name) + sum(mode_f) + sum(size_f) + sum(mtime_f) + typeflag[0] + sum(linkname)
+    )
+    return b"".join(
+        (
+            name.ljust(100, b"\x00"),
+            mode_f,
+            _ZERO_IDS,
+            size_f,
+            mtime_f,
+            b"%06o\x00 " % checksum,
+            typeflag,
+            linkname.ljust(100, b"\x00"),
+            _MAGIC,
+            bytes(64),  # empty user and group names
+            _ZERO_IDS,  # devmajor, devminor
+            bytes(167),  # prefix and padding
+        )
+    )
 
 
 def _pad(size: int) -> bytes:
