@@ -161,13 +161,9 @@ class GitRepo:
 
     def read_file(self, commit: str, path: str) -> bytes | None:
         """The raw content of ``path`` in ``commit``, or None when it is not a file there."""
-        result = self._run("cat-file", "-e", f"{commit}:{path}", check=False)
-        if result.returncode != 0:
-            return None
-        kind = self._run("cat-file", "-t", f"{commit}:{path}").stdout.decode().strip()
-        if kind != "blob":
-            return None
-        return self._run("cat-file", "blob", f"{commit}:{path}").stdout
+        # One git call: `cat-file blob` fails for a missing path and for a directory alike.
+        result = self._run("cat-file", "blob", f"{commit}:{path}", check=False)
+        return result.stdout if result.returncode == 0 else None
 
     def commit_time(self, commit: str) -> int:
         """The committer time of ``commit`` (seconds since the epoch)."""
