@@ -30,26 +30,18 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import GIT_PREP_ENV, fmt, git, log, replace_section, timed
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 SECTION = "## Environments (issue 4)"
 ENV = "bench"
-GIT_PREP_ENV = {
-    "GIT_AUTHOR_NAME": "graven-bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-    "GIT_COMMITTER_NAME": "graven-bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-    "GIT_AUTHOR_DATE": "2025-01-02T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2025-01-02T00:00:00Z",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
 TOML = f"""[artifact]
 name = "django"
 
@@ -59,37 +51,10 @@ keep = 5
 """
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def fmt(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.3f} s"
-
-
 def settle() -> None:
     """Write back dirty data before a timed run (untimed), so that one run's writeback does not slow
     the next one down; every graven and baseline run starts from the same state."""
     os.sync()
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    settle()
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, check=False
-        )
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {err.read().decode()[-2000:]}")
-    return seconds
-
-
-def git(repo: Path, *args: str, env: dict[str, str]) -> str:
-    out = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
 
 
 @dataclass
@@ -300,18 +265,18 @@ def measure(s: Setup, repeat: int) -> list[Figure]:
 
         def baseline(r: int = r) -> None:
             dest = s.scratch / "rounds" / f"rsync-{r:03d}"
-            seconds = timed(["rsync", "-a", f"{s.checkout}/", f"{dest}/"])
+            seconds = timed(["rsync", "-a", f"{s.checkout}/", f"{dest}/"], sync_first=True)
             for fig in (cli_first, in_first, floor):
                 fig.baseline.append(seconds)
-            floor.graven.append(timed(["cp", "-al", str(dest), f"{dest}-linked"]))
+            floor.graven.append(timed(["cp", "-al", str(dest), f"{dest}-linked"], sync_first=True))
 
         def cli() -> None:
             home, root = s.fresh("cli")
             env = s.env(home)
             g = str(s.graven)
-            first = timed([g, "deploy", s.g1, ENV, "--root", str(root)], env)
-            nxt = timed([g, "deploy", s.g2, ENV, "--root", str(root)], env)
-            back = timed([g, "rollback", ENV, "--root", str(root)], env)
+            first = timed([g, "deploy", s.g1, ENV, "--root", str(root)], env=env, sync_first=True)
+            nxt = timed([g, "deploy", s.g2, ENV, "--root", str(root)], env=env, sync_first=True)
+            back = timed([g, "rollback", ENV, "--root", str(root)], env=env, sync_first=True)
             cli_first.graven.append(first)
             cli_next.graven.append(nxt)
             cli_next.baseline.append(first)
@@ -408,12 +373,7 @@ def write_results(
         "next; the machine's disk is shared and noisy: compare ratios within a round, not absolute times",
     ]
     text = "\n".join(lines) + "\n"
-    old = path.read_text() if path.exists() else "# graven benchmark results\n"
-    if SECTION in old:  # replace our section, keep whatever follows it
-        start = old.index(SECTION)
-        after = old.find("\n## ", start + len(SECTION))
-        old = old[:start] + (old[after + 1 :] if after != -1 else "")
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
+    replace_section(path, SECTION, text)
     print(text)
 
 

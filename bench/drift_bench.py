@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,54 +40,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from common import GIT_PREP_ENV, fmt, git, log, replace_section, timed
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 SECTION = "## Drift (issue 5)"
 ENV = "bench"
 FIND_FORMAT = "%s %T@ %C@ %i %m\\n"
-GIT_PREP_ENV = {
-    "GIT_AUTHOR_NAME": "graven-bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-    "GIT_COMMITTER_NAME": "graven-bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-    "GIT_AUTHOR_DATE": "2025-01-02T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2025-01-02T00:00:00Z",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def fmt(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.3f} s"
-
-
-def timed(
-    argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, ok: int = 0
-) -> float:
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            check=False,
-        )
-        seconds = time.perf_counter() - start
-        if proc.returncode != ok:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {err.read().decode()[-2000:]}")
-    return seconds
-
-
-def git(repo: Path, *args: str, env: dict[str, str]) -> str:
-    out = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
 
 
 @dataclass
@@ -401,12 +359,7 @@ def write_results(
         "- page cache warm for graven and the baselines alike (every run reads the same files)",
     ]
     text = "\n".join(lines) + "\n"
-    old = path.read_text() if path.exists() else "# graven benchmark results\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        after = old.find("\n## ", start + len(SECTION))
-        old = old[:start] + (old[after + 1 :] if after != -1 else "")
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
+    replace_section(path, SECTION, text)
     print(text)
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from common import GIT_PREP_ENV
+
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT = BENCH_DIR.parent
 DEFAULT_RESULTS = BENCH_DIR / "RESULTS.md"
@@ -50,17 +52,6 @@ TAR_DETERMINISTIC = [
 BIG_FILE_BYTES = 1 << 30
 RSS_TARGET_BYTES = 150_000_000
 STARTUP_MIN_REPEAT = 20
-
-# Fixed identity and dates: the g1..gN commits get the same ids on every machine and every run.
-GIT_PREP_ENV = {
-    "GIT_AUTHOR_NAME": "graven-bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-    "GIT_COMMITTER_NAME": "graven-bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-    "GIT_AUTHOR_DATE": "2025-01-02T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2025-01-02T00:00:00Z",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
 
 
 # ---------------------------------------------------------------------------------------------------
