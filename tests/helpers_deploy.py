@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,21 +15,11 @@ from typing import Any
 
 import pytest
 
+from conftest import git as conftest_git
 from graven.home import Home
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 from graven.service.context import Context
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-}
 
 # A health command that really checks something: the exposed config file parses as TOML.
 CONFIG_PARSES = 'python3 -c \'import tomllib; tomllib.load(open("config", "rb"))\''
@@ -78,10 +67,8 @@ BASE_FILES: dict[str, bytes] = {
 
 
 def git(repo: Path, *args: str) -> str:
-    """Run git in ``repo`` with a fixed identity and date."""
-    env = {**os.environ, **GIT_ENV, "HOME": str(repo)}
-    out = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, check=True)
-    return out.stdout.decode().strip()
+    """Run git in ``repo`` with the suite's fixed identity and date; stdout, stripped."""
+    return conftest_git(repo, *args).strip()
 
 
 def add_signing_key(home: Path) -> None:
