@@ -181,11 +181,6 @@ class GitRepo:
             entries.append(GitEntry(mode, kind, oid, decode_path(raw_path)))
         return entries
 
-    def is_dirty(self) -> bool:
-        """True when tracked files differ from HEAD (untracked files are ignored)."""
-        with self.start_dirty_check() as check:
-            return check.result()
-
     def start_dirty_check(self) -> DirtyCheck:
         """Start ``git status`` in the background (use as a context manager)."""
         return DirtyCheck(self.root)

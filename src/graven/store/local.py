@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from graven.errors import BackendError, DigestMismatchError, IntegrityError, NotFoundError
+from graven.errors import BackendError, DigestMismatchError, IntegrityError
 from graven.model.digest import Digest
 
 if TYPE_CHECKING:
@@ -175,13 +175,6 @@ class LocalStore:
         with self._lock:
             self._load_new_indexes(index, force=True)
 
-    def refresh(self) -> None:
-        """Forget cached pack indexes (another process may have added packs)."""
-        with self._lock:
-            self._index = None
-            self._seen_idx.clear()
-            self._packs_mtime = -1
-
     def has(self, digest: Digest) -> bool:
         """True when the object is stored (loose or packed)."""
         index = self._packed()
@@ -206,16 +199,6 @@ class LocalStore:
         except OSError as exc:
             raise BackendError(f"cannot list {self._loose}: {exc}") from exc
         return names
-
-    def size(self, digest: Digest) -> int:
-        """The size in bytes of a stored object."""
-        location = self._packed().get(digest.raw)
-        if location is not None:
-            return location.size
-        try:
-            return self.loose_path(digest).stat().st_size
-        except FileNotFoundError:
-            raise NotFoundError(f"object {digest} is not in the store") from None
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -464,7 +447,6 @@ class _PackWriter:
         self._hash = hashlib.sha256()
         self._buffer = bytearray()
         self._entries: list[tuple[bytes, int, int, int, int]] = []
-        self.packs: list[Path] = []
         self._queue: queue.Queue[list[tuple[bytes, bytes, int, bytes, bytes | None]] | None] = queue.Queue(
             maxsize=16
         )
@@ -558,7 +540,6 @@ class _PackWriter:
             _fsync_dir(store._packs)
         except OSError as exc:
             raise BackendError(f"cannot write a pack to {store._packs}: {exc}") from exc
-        self.packs.append(pack)
         self._entries = []
 
     def close(self, *, commit: bool) -> None:
@@ -589,13 +570,6 @@ class PackBatch:
         self._pending_bytes = 0
         # A snapshot of the loose objects, so that checking for a new object costs no stat(2).
         self._loose = store.loose_names()
-        self.bytes_added = 0
-        self.objects_added = 0
-
-    @property
-    def packs(self) -> list[Path]:
-        """The packs published so far."""
-        return self._writer.packs if self._writer is not None else []
 
     def __contains__(self, digest: Digest) -> bool:
         return digest.raw in self._added or self._store.has(digest)
@@ -655,8 +629,6 @@ class PackBatch:
         if len(self._pending) >= 128 or self._pending_bytes >= _CHUNK:
             self._flush_pending()
         self._added[digest.raw] = depth
-        self.bytes_added += len(data)
-        self.objects_added += 1
 
     def _delta(self, data: bytes, base: Digest) -> tuple[bytes, bytes, int] | None:
         import zstandard
