@@ -199,15 +199,20 @@ def verify_cmd(
     elif ok:
         click.echo(f"ok {resolved} ({report.objects_checked} objects verified; {provenance.reason})")
     else:
-        for problem in report.problems:
-            sys.stderr.write(f"{problem.kind}: {problem.path} (object {problem.object})\n")
-        if not report.ok:
-            sys.stderr.write(
-                f"graven: error: {resolved} failed verification: {len(report.problems)} missing or corrupt\n"
-            )
-        if not provenance.ok:
-            sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")
+        _print_problems(resolved, report, provenance)
     return 0 if ok else 1
+
+
+def _print_problems(resolved: Digest, report: VerifyReport, provenance: ProvenanceCheck) -> None:
+    """The per-object lines and the one-line verdicts of a failed verify, on stderr."""
+    for problem in report.problems:
+        sys.stderr.write(f"{problem.kind}: {problem.path} (object {problem.object})\n")
+    if not report.ok:
+        sys.stderr.write(
+            f"graven: error: {resolved} failed verification: {len(report.problems)} missing or corrupt\n"
+        )
+    if not provenance.ok:
+        sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")
 
 
 def _verify_rebuild(
@@ -236,14 +241,7 @@ def _verify_rebuild(
             {**report.to_json(), "ok": ok, "provenance": provenance.to_json(), "rebuild": result.to_json()}
         )
         return 0 if ok else 1
-    for problem in report.problems:
-        sys.stderr.write(f"{problem.kind}: {problem.path} (object {problem.object})\n")
-    if not report.ok:
-        sys.stderr.write(
-            f"graven: error: {resolved} failed verification: {len(report.problems)} missing or corrupt\n"
-        )
-    if not provenance.ok:
-        sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")
+    _print_problems(resolved, report, provenance)
     for note in result.notes:
         sys.stderr.write(f"note: {note}\n")
     if not result.ok:
