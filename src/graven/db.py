@@ -1,345 +1,642 @@
-"""The metadata database, through SQLAlchemy Core.
+"""The metadata database: one set of plain SQL, two drivers.
 
-SQLite (WAL) by default, any SQLAlchemy URL with ``GRAVEN_DB_URL`` (PostgreSQL via psycopg). The
-schema carries a version in ``graven_meta`` and is created and upgraded automatically, one migration
-per version, inside one transaction.
+SQLite (WAL) by default, through the standard library's ``sqlite3``; any other URL in
+``GRAVEN_DB_URL`` (PostgreSQL via psycopg) goes through SQLAlchemy Core, imported only then.
+Importing SQLAlchemy costs about 0.1 s, more than half of what a short command otherwise takes,
+so the default path never pays for it.
+
+Every statement is written once, in the SQL that SQLite and PostgreSQL share: ``:name`` parameters,
+``INSERT ... ON CONFLICT DO NOTHING``, ``RETURNING``. A parameter bound to a list or tuple expands
+in place (``digest IN :digests``). ``"commit"`` and ``"key"`` are keywords and are always quoted.
+
+The schema carries a version in ``graven_meta`` and is created and upgraded automatically, one
+migration per version, inside one transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+import operator
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from graven.errors import BackendError
 
+if TYPE_CHECKING:
+    import sqlalchemy
+
 __all__ = [
     "SCHEMA_VERSION",
+    "Connection",
     "Database",
-    "artifacts",
-    "attestations",
-    "blob_cache",
-    "builds",
-    "deploy_envs",
-    "deployments",
-    "drift_events",
-    "drift_state",
-    "log_checkpoints",
-    "log_entries",
-    "log_state",
-    "meta",
-    "metadata",
-    "rejections",
+    "Params",
+    "Result",
+    "Row",
 ]
 
-metadata = sa.MetaData()
+Params = Mapping[str, Any]
 
-meta = sa.Table(
-    "graven_meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
+# -- the schema -------------------------------------------------------------------------------------
+# ``{serial}`` is the type of an auto-incrementing integer key in the dialect at hand. These are the
+# statements SQLAlchemy's ``Table.create`` produced for the first releases, so old and new homes agree.
+
+_META = """CREATE TABLE IF NOT EXISTS graven_meta (
+    "key" VARCHAR(64) NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY ("key"))"""
+
+_MIGRATION_1 = (
+    """CREATE TABLE IF NOT EXISTS artifacts (
+    digest VARCHAR(71) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    "commit" VARCHAR(64),
+    repository TEXT,
+    revision TEXT,
+    pipeline_digest VARCHAR(71),
+    source_date_epoch BIGINT NOT NULL,
+    file_count INTEGER NOT NULL,
+    total_size BIGINT NOT NULL,
+    origin VARCHAR(16) NOT NULL,
+    created_at VARCHAR(32) NOT NULL,
+    PRIMARY KEY (digest))""",
+    """CREATE TABLE IF NOT EXISTS builds (
+    id {serial} NOT NULL,
+    digest VARCHAR(71) NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    "commit" VARCHAR(64) NOT NULL,
+    repository TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    pipeline_digest VARCHAR(71) NOT NULL,
+    started_at VARCHAR(32) NOT NULL,
+    finished_at VARCHAR(32) NOT NULL,
+    builder TEXT NOT NULL,
+    graven_version VARCHAR(32) NOT NULL,
+    invocation_id VARCHAR(64) NOT NULL,
+    PRIMARY KEY (id))""",
+    "CREATE INDEX IF NOT EXISTS ix_builds_digest ON builds (digest)",
+    """CREATE TABLE IF NOT EXISTS git_blob_cache (
+    git_oid VARCHAR(64) NOT NULL,
+    sha256 VARCHAR(64) NOT NULL,
+    size BIGINT NOT NULL,
+    PRIMARY KEY (git_oid))""",
 )
 
-artifacts = sa.Table(
-    "artifacts",
-    metadata,
-    sa.Column("digest", sa.String(71), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("commit", sa.String(64)),
-    sa.Column("repository", sa.Text),
-    sa.Column("revision", sa.Text),
-    sa.Column("pipeline_digest", sa.String(71)),
-    sa.Column("source_date_epoch", sa.BigInteger, nullable=False),
-    sa.Column("file_count", sa.Integer, nullable=False),
-    sa.Column("total_size", sa.BigInteger, nullable=False),
-    sa.Column("origin", sa.String(16), nullable=False),  # build | import
-    sa.Column("created_at", sa.String(32), nullable=False),
+_MIGRATION_2 = (
+    """CREATE TABLE IF NOT EXISTS attestations (
+    id {serial} NOT NULL,
+    artifact_digest VARCHAR(71) NOT NULL,
+    envelope_digest VARCHAR(71) NOT NULL,
+    keyid VARCHAR(64) NOT NULL,
+    created_at VARCHAR(32) NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (artifact_digest, envelope_digest))""",
+    "CREATE INDEX IF NOT EXISTS ix_attestations_artifact_digest ON attestations (artifact_digest)",
 )
 
-builds = sa.Table(
-    "builds",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("digest", sa.String(71), nullable=False, index=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("commit", sa.String(64), nullable=False),
-    sa.Column("repository", sa.Text, nullable=False),
-    sa.Column("revision", sa.Text, nullable=False),
-    sa.Column("pipeline_digest", sa.String(71), nullable=False),
-    sa.Column("started_at", sa.String(32), nullable=False),
-    sa.Column("finished_at", sa.String(32), nullable=False),
-    sa.Column("builder", sa.Text, nullable=False),
-    sa.Column("graven_version", sa.String(32), nullable=False),
-    sa.Column("invocation_id", sa.String(64), nullable=False),
+_MIGRATION_3 = (
+    # `entry` is the canonical JSON, the only source of truth; time/event/artifact/env are derived
+    # from it for filtering, and `graven log verify` checks that they agree.
+    """CREATE TABLE IF NOT EXISTS log_entries (
+    idx BIGINT NOT NULL,
+    entry TEXT NOT NULL,
+    leaf_hash VARCHAR(64) NOT NULL,
+    time VARCHAR(32) NOT NULL,
+    event VARCHAR(32) NOT NULL,
+    artifact VARCHAR(71),
+    env VARCHAR(128),
+    PRIMARY KEY (idx))""",
+    "CREATE INDEX IF NOT EXISTS ix_log_entries_artifact ON log_entries (artifact)",
+    "CREATE INDEX IF NOT EXISTS ix_log_entries_time ON log_entries (time)",
+    "CREATE INDEX IF NOT EXISTS ix_log_entries_env ON log_entries (env)",
+    """CREATE TABLE IF NOT EXISTS log_checkpoints (
+    size BIGINT NOT NULL,
+    root VARCHAR(64) NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (size))""",
+    # one row (id 1): the tree size and its compact range, O(log n) subtree hashes
+    """CREATE TABLE IF NOT EXISTS log_state (
+    id INTEGER NOT NULL,
+    size BIGINT NOT NULL,
+    frontier TEXT NOT NULL,
+    PRIMARY KEY (id))""",
 )
 
-blob_cache = sa.Table(
-    "git_blob_cache",
-    metadata,
-    sa.Column("git_oid", sa.String(64), primary_key=True),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
+_MIGRATION_4 = (
+    # the state of each environment; `path` is the resolved target directory
+    """CREATE TABLE IF NOT EXISTS deploy_envs (
+    name VARCHAR(64) NOT NULL,
+    path TEXT NOT NULL,
+    live_digest VARCHAR(71),
+    live_deployment INTEGER,
+    previous_digest VARCHAR(71),
+    held BOOLEAN NOT NULL,
+    held_digest VARCHAR(71),
+    hold_reason TEXT,
+    updated_at VARCHAR(32) NOT NULL,
+    PRIMARY KEY (name))""",
+    # every deployment: kind is deploy | promote | rollback | auto-rollback; result is pending | ok |
+    # failed | interrupted; health is healthy | none | failed | unknown; settings is the canonical
+    # JSON of the [env.NAME] settings used
+    """CREATE TABLE IF NOT EXISTS deployments (
+    id {serial} NOT NULL,
+    env VARCHAR(64) NOT NULL,
+    digest VARCHAR(71) NOT NULL,
+    kind VARCHAR(16) NOT NULL,
+    source_env VARCHAR(64),
+    previous_digest VARCHAR(71),
+    actor TEXT NOT NULL,
+    started_at VARCHAR(32) NOT NULL,
+    finished_at VARCHAR(32),
+    result VARCHAR(16) NOT NULL,
+    health VARCHAR(16) NOT NULL,
+    override BOOLEAN NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    settings TEXT,
+    PRIMARY KEY (id))""",
+    "CREATE INDEX IF NOT EXISTS ix_deployments_digest ON deployments (digest)",
+    "CREATE INDEX IF NOT EXISTS ix_deployments_env ON deployments (env)",
+    """CREATE TABLE IF NOT EXISTS rejections (
+    digest VARCHAR(71) NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created_at VARCHAR(32) NOT NULL,
+    PRIMARY KEY (digest))""",
 )
 
-
-attestations = sa.Table(
-    "attestations",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("artifact_digest", sa.String(71), nullable=False, index=True),
-    sa.Column("envelope_digest", sa.String(71), nullable=False),
-    sa.Column("keyid", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-    sa.UniqueConstraint("artifact_digest", "envelope_digest"),
+_MIGRATION_5 = (
+    # what the last check of each environment found: keys and alerted are canonical JSON lists of
+    # sorted [path, kind] pairs; since is when the current drift was first found (NULL: clean)
+    """CREATE TABLE IF NOT EXISTS drift_state (
+    env VARCHAR(64) NOT NULL,
+    digest VARCHAR(71),
+    keys TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    since VARCHAR(32),
+    checked_at VARCHAR(32) NOT NULL,
+    alerted TEXT NOT NULL,
+    PRIMARY KEY (env))""",
+    # every drift found, resolved, alerted and healed: event is found | resolved | alert | heal,
+    # result ok | failed | drift | clean, detail canonical JSON
+    """CREATE TABLE IF NOT EXISTS drift_events (
+    id {serial} NOT NULL,
+    env VARCHAR(64) NOT NULL,
+    digest VARCHAR(71),
+    event VARCHAR(16) NOT NULL,
+    time VARCHAR(32) NOT NULL,
+    count INTEGER NOT NULL,
+    result VARCHAR(16) NOT NULL,
+    detail TEXT,
+    PRIMARY KEY (id))""",
+    "CREATE INDEX IF NOT EXISTS ix_drift_events_env ON drift_events (env)",
 )
 
-
-log_entries = sa.Table(
-    "log_entries",
-    metadata,
-    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("entry", sa.Text, nullable=False),  # canonical JSON: the only source of truth
-    sa.Column("leaf_hash", sa.String(64), nullable=False),
-    # derived from the entry, for filtering; `graven log verify` checks that they agree
-    sa.Column("time", sa.String(32), nullable=False, index=True),
-    sa.Column("event", sa.String(32), nullable=False),
-    sa.Column("artifact", sa.String(71), index=True),
-    sa.Column("env", sa.String(128), index=True),
+# One entry per schema version; never edit a released one, append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _MIGRATION_1,
+    _MIGRATION_2,
+    _MIGRATION_3,
+    _MIGRATION_4,
+    _MIGRATION_5,
 )
-
-log_checkpoints = sa.Table(
-    "log_checkpoints",
-    metadata,
-    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("root", sa.String(64), nullable=False),
-    sa.Column("note", sa.Text, nullable=False),
-)
-
-log_state = sa.Table(
-    "log_state",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("frontier", sa.Text, nullable=False),  # the compact range: O(log n) subtree hashes
-)
-
-
-# -- environments (issue 4): the state of each environment, every deployment, rejected digests ------
-
-deploy_envs = sa.Table(
-    "deploy_envs",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("path", sa.Text, nullable=False),  # the resolved target directory
-    sa.Column("live_digest", sa.String(71)),
-    sa.Column("live_deployment", sa.Integer),  # deployments.id of the live release
-    sa.Column("previous_digest", sa.String(71)),
-    sa.Column("held", sa.Boolean, nullable=False, default=False),
-    sa.Column("held_digest", sa.String(71)),
-    sa.Column("hold_reason", sa.Text),
-    sa.Column("updated_at", sa.String(32), nullable=False),
-)
-
-deployments = sa.Table(
-    "deployments",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("env", sa.String(64), nullable=False, index=True),
-    sa.Column("digest", sa.String(71), nullable=False, index=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # deploy | promote | rollback | auto-rollback
-    sa.Column("source_env", sa.String(64)),  # promote: the environment it came from
-    sa.Column("previous_digest", sa.String(71)),  # what was live before
-    sa.Column("actor", sa.Text, nullable=False),
-    sa.Column("started_at", sa.String(32), nullable=False),
-    sa.Column("finished_at", sa.String(32)),
-    sa.Column("result", sa.String(16), nullable=False),  # pending | ok | failed | interrupted
-    sa.Column("health", sa.String(16), nullable=False),  # healthy | none | failed | unknown
-    sa.Column("override", sa.Boolean, nullable=False, default=False),
-    sa.Column("reason", sa.Text),
-    sa.Column("detail", sa.Text),
-    sa.Column("settings", sa.Text),  # the [env.NAME] settings used, canonical JSON
-)
-
-rejections = sa.Table(
-    "rejections",
-    metadata,
-    sa.Column("digest", sa.String(71), primary_key=True),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("actor", sa.Text, nullable=False),
-    sa.Column("created_at", sa.String(32), nullable=False),
-)
-
-
-# -- drift (issue 5): what the last check of each environment found, and every drift, alert and heal --
-
-drift_state = sa.Table(
-    "drift_state",
-    metadata,
-    sa.Column("env", sa.String(64), primary_key=True),
-    sa.Column("digest", sa.String(71)),  # the release that was checked
-    sa.Column("keys", sa.Text, nullable=False),  # canonical JSON: sorted [path, kind] pairs that drift
-    sa.Column("count", sa.Integer, nullable=False),
-    sa.Column("since", sa.String(32)),  # when the current drift was first found (None: clean)
-    sa.Column("checked_at", sa.String(32), nullable=False),
-    sa.Column("alerted", sa.Text, nullable=False),  # canonical JSON: the [path, kind] pairs alerted
-)
-
-drift_events = sa.Table(
-    "drift_events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("env", sa.String(64), nullable=False, index=True),
-    sa.Column("digest", sa.String(71)),
-    sa.Column("event", sa.String(16), nullable=False),  # found | resolved | alert | heal
-    sa.Column("time", sa.String(32), nullable=False),
-    sa.Column("count", sa.Integer, nullable=False),
-    sa.Column("result", sa.String(16), nullable=False),  # ok | failed | drift | clean
-    sa.Column("detail", sa.Text),  # canonical JSON: the differences, or what was sent / healed
-)
-
-
-def _migrate_1(conn: Connection) -> None:
-    for table in (artifacts, builds, blob_cache):
-        table.create(conn, checkfirst=True)
-
-
-def _migrate_2(conn: Connection) -> None:
-    attestations.create(conn, checkfirst=True)
-
-
-def _migrate_3(conn: Connection) -> None:
-    for table in (log_entries, log_checkpoints, log_state):
-        table.create(conn, checkfirst=True)
-
-
-def _migrate_4(conn: Connection) -> None:
-    for table in (deploy_envs, deployments, rejections):
-        table.create(conn, checkfirst=True)
-
-
-def _migrate_5(conn: Connection) -> None:
-    for table in (drift_state, drift_events):
-        table.create(conn, checkfirst=True)
-
-
-# One function per schema version; never edit a released one, append a new one.
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    _migrate_1,
-    _migrate_2,
-    _migrate_3,
-    _migrate_4,
-    _migrate_5,
-]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_SERIAL = {"sqlite": "INTEGER", "postgresql": "SERIAL"}
 
-def _sqlite_engine(url: str) -> Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 60})
 
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy drive transactions, and take the write lock at BEGIN so that concurrent
-        # writers queue up instead of failing with "database is locked" halfway through.
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+# -- rows and results --------------------------------------------------------------------------------
 
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    return engine
+class Row(tuple[Any, ...]):
+    """A result row: a tuple whose columns are also attributes (``row.digest``)."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - every column is a property
+        raise AttributeError(f"no column {name!r} in this row (columns: {', '.join(self._fields)})")
+
+    def _asdict(self) -> dict[str, Any]:
+        """The row as ``{column: value}``."""
+        return dict(zip(self._fields, self, strict=True))
+
+
+@functools.cache
+def _row_type(fields: tuple[str, ...]) -> type[Row]:
+    namespace: dict[str, Any] = {"__slots__": (), "_fields": fields}
+    for index, name in enumerate(fields):
+        namespace[name] = property(operator.itemgetter(index))
+    return type("Row", (Row,), namespace)
+
+
+class Result:
+    """The rows of one statement, read lazily (iterate, or take ``one``/``first``/``all``...)."""
+
+    def __init__(self, rows: Iterable[Row], rowcount: int = -1) -> None:
+        self._rows = iter(rows)
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Row]:
+        return self._rows
+
+    def all(self) -> list[Row]:
+        """Every row."""
+        return list(self._rows)
+
+    def first(self) -> Row | None:
+        """The first row, or None."""
+        return next(self._rows, None)
+
+    def one_or_none(self) -> Row | None:
+        """The only row, or None; more than one is an error."""
+        row = next(self._rows, None)
+        if row is not None and next(self._rows, None) is not None:
+            raise BackendError("database error: expected at most one row, got more")
+        return row
+
+    def one(self) -> Row:
+        """The only row; none or more than one is an error."""
+        row = self.one_or_none()
+        if row is None:
+            raise BackendError("database error: expected one row, got none")
+        return row
+
+    def scalar(self) -> Any:
+        """The first column of the first row, or None."""
+        row = self.first()
+        return None if row is None else row[0]
+
+    def scalar_one(self) -> Any:
+        """The first column of the only row."""
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        """The first column of the only row, or None."""
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+    def scalars(self) -> Iterator[Any]:
+        """The first column of every row."""
+        return (row[0] for row in self._rows)
+
+
+class Connection(Protocol):
+    """One connection, inside a transaction (:meth:`Database.begin`) or a read (:meth:`Database.connect`)."""
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        ...
+
+    def execute(self, sql: str, params: Params | Sequence[Params] | None = None) -> Result:
+        """Run one statement; a sequence of parameter mappings runs it once per mapping."""
+        ...
+
+    def stream(self, sql: str, params: Params | None = None) -> Result:
+        """Like :meth:`execute`, for results too large to hold in memory at once."""
+        ...
+
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def _expand(sql: str, params: Params) -> tuple[str, dict[str, Any]]:
+    """Expand list/tuple parameters into ``(:p_0, :p_1, ...)``; an empty list matches nothing."""
+    if not any(isinstance(v, list | tuple) for v in params.values()):
+        return sql, dict(params)
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                flat[f"{key}__{index}"] = item
+        else:
+            flat[key] = value
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        value = params.get(name)
+        if not isinstance(value, list | tuple):
+            return match.group(0)
+        if not value:
+            return "(SELECT NULL WHERE 1 = 0)"
+        return "(" + ", ".join(f":{name}__{i}" for i in range(len(value))) + ")"
+
+    return _PARAM.sub(replace, sql), flat
+
+
+# -- SQLite through the standard library -----------------------------------------------------------
+
+sqlite3.register_converter("BOOLEAN", lambda raw: raw not in (b"0", b""))
+
+
+class _SqliteConnection:
+    dialect = "sqlite"
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Params | Sequence[Params] | None = None) -> Result:
+        try:
+            if params is None:
+                cursor = self.raw.execute(sql)
+            elif isinstance(params, Mapping):
+                text, flat = _expand(sql, params)
+                cursor = self.raw.execute(text, flat)
+            else:
+                if not params:
+                    return Result((), 0)
+                cursor = self.raw.executemany(sql, params)
+        except sqlite3.Error as exc:
+            raise BackendError(f"database error: {_first_line(exc)}") from exc
+        if cursor.description is None:
+            return Result((), cursor.rowcount)
+        row_type = _row_type(tuple(column[0] for column in cursor.description))
+        return Result(_guarded(map(row_type, cursor)), cursor.rowcount)
+
+    def stream(self, sql: str, params: Params | None = None) -> Result:
+        return self.execute(sql, params)
+
+
+def _guarded(rows: Iterator[Row]) -> Iterator[Row]:
+    try:
+        yield from rows
+    except sqlite3.Error as exc:
+        raise BackendError(f"database error: {_first_line(exc)}") from exc
+
+
+class _SqliteDatabase:
+    """A small pool of ``sqlite3`` connections; writers take the lock at BEGIN (IMMEDIATE)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _open(self) -> sqlite3.Connection:
+        raw = sqlite3.connect(
+            self.path,
+            timeout=60,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,  # a pooled connection may serve another thread later
+            detect_types=sqlite3.PARSE_DECLTYPES,
+        )
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=NORMAL")
+        raw.execute("PRAGMA busy_timeout=60000")
+        raw.execute("PRAGMA foreign_keys=ON")
+        return raw
+
+    @contextmanager
+    def transaction(self, begin: str, *, commit: bool) -> Iterator[Connection]:
+        with self._lock:
+            raw = self._idle.pop() if self._idle else None
+        try:
+            if raw is None:
+                raw = self._open()
+            raw.execute(begin)
+        except sqlite3.Error as exc:
+            if raw is not None:
+                raw.close()
+            raise BackendError(f"cannot open the database {self.path}: {_first_line(exc)}") from exc
+        try:
+            yield _SqliteConnection(raw)
+        except BaseException:
+            try:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+            except sqlite3.Error:
+                raw.close()
+                raise
+            with self._lock:
+                self._idle.append(raw)
+            raise
+        try:
+            raw.execute("COMMIT" if commit else "ROLLBACK")
+        except sqlite3.Error as exc:  # pragma: no cover - COMMIT failing after busy_timeout
+            raw.close()
+            raise BackendError(f"database error: {_first_line(exc)}") from exc
+        with self._lock:
+            self._idle.append(raw)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for raw in idle:
+            raw.close()
+
+
+# -- anything else through SQLAlchemy Core ----------------------------------------------------------
+
+
+class _AlchemyConnection:
+    def __init__(self, conn: sqlalchemy.Connection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    def _run(self, sql: str, params: Params | Sequence[Params] | None, *, stream: bool) -> Result:
+        import sqlalchemy as sa
+
+        conn = self.conn.execution_options(stream_results=True, yield_per=20_000) if stream else self.conn
+        try:
+            if params is None or isinstance(params, Mapping):
+                text, flat = _expand(sql, params or {})
+                result = conn.execute(sa.text(text), flat)
+            else:
+                if not params:
+                    return Result((), 0)
+                result = conn.execute(sa.text(sql), list(params))
+        except sa.exc.SQLAlchemyError as exc:
+            raise BackendError(f"database error: {_reason(exc)}") from exc
+        if not result.returns_rows:
+            return Result((), result.rowcount)
+        row_type = _row_type(tuple(result.keys()))
+        return Result((row_type(row) for row in result), result.rowcount)
+
+    def execute(self, sql: str, params: Params | Sequence[Params] | None = None) -> Result:
+        return self._run(sql, params, stream=False)
+
+    def stream(self, sql: str, params: Params | None = None) -> Result:
+        return self._run(sql, params, stream=True)
+
+
+class _AlchemyDatabase:
+    def __init__(self, url: str) -> None:
+        try:
+            import sqlalchemy as sa
+        except ImportError:
+            raise BackendError(
+                "GRAVEN_DB_URL names a database other than SQLite, which needs SQLAlchemy: "
+                "install graven[postgres]"
+            ) from None
+
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.dialect = self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self, begin: str, *, commit: bool) -> Iterator[Connection]:
+        import sqlalchemy as sa
+
+        try:
+            with self.engine.begin() if commit else self.engine.connect() as conn:
+                yield _AlchemyConnection(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise BackendError(f"database error: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+# -- the database ------------------------------------------------------------------------------------
 
 
 class Database:
-    """A connection pool plus the schema; open with :meth:`open`."""
+    """The metadata database; open with :meth:`open`."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, backend: _SqliteDatabase | _AlchemyDatabase, url: str) -> None:
+        self._backend = backend
+        self.url = url
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._backend.dialect
 
     @classmethod
     def open(cls, url: str) -> Database:
         """Connect and bring the schema up to date."""
         try:
+            backend: _SqliteDatabase | _AlchemyDatabase
             if url.startswith("sqlite"):
-                engine = _sqlite_engine(url)
+                backend = _SqliteDatabase(_sqlite_path(url))
             else:
-                engine = sa.create_engine(url, pool_pre_ping=True)
-            database = cls(engine)
+                backend = _AlchemyDatabase(url)
+        except BackendError:
+            raise
+        except Exception as exc:  # SQLAlchemy's URL and driver errors
+            raise BackendError(f"cannot open the database {_redact(url)}: {_first_line(exc)}") from exc
+        database = cls(backend, url)
+        try:
             database._upgrade()
-        except sa.exc.SQLAlchemyError as exc:
-            raise BackendError(f"cannot open the database {_redact(url)}: {_reason(exc)}") from exc
+        except BackendError as exc:
+            database.close()
+            raise BackendError(f"cannot open the database {_redact(url)}: {exc.message}") from exc
         return database
 
+    def _stored_version(self, conn: Connection) -> int | None:
+        if conn.dialect == "sqlite":
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'graven_meta'"
+            ).first()
+        else:
+            exists = conn.execute("SELECT to_regclass('graven_meta')").scalar()
+        if not exists:
+            return None
+        value = conn.execute(
+            """SELECT value FROM graven_meta WHERE "key" = 'schema_version'"""
+        ).scalar_one_or_none()
+        return None if value is None else int(value)
+
     def _upgrade(self) -> None:
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7438001)")
-            meta.create(conn, checkfirst=True)
-            row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version"))
-            value = row.scalar_one_or_none()
-            current = int(value) if value is not None else 0
+        with self.connect() as conn:
+            if self._stored_version(conn) == SCHEMA_VERSION:
+                return  # the common case: a read, no write lock
+        with self.begin() as conn:
+            if conn.dialect == "postgresql":
+                conn.execute("SELECT pg_advisory_xact_lock(7438001)")
+            conn.execute(_META)
+            stored = self._stored_version(conn)
+            current = stored or 0
             if current > SCHEMA_VERSION:
                 raise BackendError(
                     f"the database schema is version {current}, newer than this graven "
                     f"understands ({SCHEMA_VERSION}); upgrade graven"
                 )
+            serial = _SERIAL.get(conn.dialect, "INTEGER")
             for version in range(current, SCHEMA_VERSION):
-                MIGRATIONS[version](conn)
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement.replace("{serial}", serial))
             if current != SCHEMA_VERSION:
-                if value is None:
-                    conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-                else:
-                    conn.execute(
-                        meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
-                    )
+                conn.execute(
+                    """INSERT INTO graven_meta ("key", value) VALUES ('schema_version', :v)
+                    ON CONFLICT ("key") DO UPDATE SET value = :v""",
+                    {"v": str(SCHEMA_VERSION)},
+                )
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A transaction; backend failures become BackendError."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise BackendError(f"database error: {_reason(exc)}") from exc
+        """A transaction that commits when the block ends normally and rolls back otherwise.
+
+        On SQLite it takes the write lock at once (``BEGIN IMMEDIATE``), so that concurrent writers
+        queue up instead of failing halfway through.
+        """
+        with self._backend.transaction("BEGIN IMMEDIATE", commit=True) as conn:
+            yield conn
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A read-only connection."""
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise BackendError(f"database error: {_reason(exc)}") from exc
+        """A read: one consistent snapshot, never committed."""
+        with self._backend.transaction("BEGIN", commit=False) as conn:
+            yield conn
 
     def schema_version(self) -> int:
         """The schema version stored in the database."""
         with self.connect() as conn:
-            value: str = conn.execute(
-                sa.select(meta.c.value).where(meta.c.key == "schema_version")
-            ).scalar_one()
-        return int(value)
+            version = self._stored_version(conn)
+        if version is None:
+            raise BackendError("the database has no schema version")
+        return version
+
+    def table_names(self) -> set[str]:
+        """The tables in the database."""
+        with self.connect() as conn:
+            if conn.dialect == "sqlite":
+                rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            else:
+                rows = conn.execute(
+                    "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"
+                )
+            return set(rows.scalars())
 
     def close(self) -> None:
         """Release every connection."""
-        self.engine.dispose()
+        self._backend.close()
 
 
-def _reason(exc: sa.exc.SQLAlchemyError) -> str:
+def _sqlite_path(url: str) -> str:
+    """The file of an SQLAlchemy-style SQLite URL: ``sqlite:///rel``, ``sqlite:////abs``, ``sqlite://``."""
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        raise BackendError("an in-memory SQLite database cannot hold graven's state; use a file URL")
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise BackendError(f"cannot open the database {url}: expected sqlite:///PATH")
+    path = url[len(prefix) :].split("?", 1)[0]
+    if not path:
+        raise BackendError(f"cannot open the database {url}: no file name")
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _reason(exc: Exception) -> str:
     orig = getattr(exc, "orig", None)
-    return str(orig or exc).strip().splitlines()[0]
+    return _first_line(orig or exc)
 
 
 def _redact(url: str) -> str:
+    if url.startswith("sqlite"):
+        return url
     try:
+        import sqlalchemy as sa
+
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except Exception:
         return "<invalid URL>"

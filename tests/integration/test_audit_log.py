@@ -147,12 +147,12 @@ def test_fork_fails_the_consistency_check(
 
         compact = CompactRange()
         with ctx.db.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT entry FROM log_entries ORDER BY idx").fetchall()
+            rows = conn.execute("SELECT entry FROM log_entries ORDER BY idx").all()
         compact.extend(leaf_hash(r[0].encode()) for r in rows)
         with ctx.db.begin() as conn:
-            conn.exec_driver_sql(
-                "UPDATE log_state SET size = 5, frontier = ?",
-                (",".join(h.hex() for h in compact.hashes),),
+            conn.execute(
+                "UPDATE log_state SET size = 5, frontier = :frontier",
+                {"frontier": ",".join(h.hex() for h in compact.hashes)},
             )
     _append(home, 6, result="forked")
     assert _verify(capsys)["ok"]  # the forked log is self-consistent...

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from conftest import Symlink, commit_all, git, write_files
 from graven import __version__
@@ -216,32 +215,24 @@ def test_unknown_digest_in_an_empty_home(
 def test_ambiguous_digest_prefix(graven_home: Path, repo: Path, run_cli: Run, tmp_path: Path) -> None:
     real = _built(run_cli, repo)
     prefix = real[7:11]
-    engine = sa.create_engine(f"sqlite:///{graven_home / 'graven.db'}")
-    try:
-        from graven.db import artifacts
+    from graven.db import Database
 
-        with engine.begin() as conn:
+    db = Database.open(f"sqlite:///{graven_home / 'graven.db'}")
+    try:
+        with db.begin() as conn:
             for fill in ("0", "1"):
                 twin = "sha256:" + (prefix + fill * 60)
                 if twin == real:
                     continue
                 conn.execute(
-                    artifacts.insert().values(
-                        digest=twin,
-                        name="twin",
-                        commit=None,
-                        repository=None,
-                        revision=None,
-                        pipeline_digest=None,
-                        source_date_epoch=0,
-                        file_count=0,
-                        total_size=0,
-                        origin="import",
-                        created_at="2024-01-01T00:00:00.000000Z",
-                    )
+                    """INSERT INTO artifacts (digest, name, "commit", repository, revision,
+                    pipeline_digest, source_date_epoch, file_count, total_size, origin, created_at)
+                    VALUES (:digest, 'twin', NULL, NULL, NULL, NULL, 0, 0, 0, 'import',
+                    '2024-01-01T00:00:00.000000Z')""",
+                    {"digest": twin},
                 )
     finally:
-        engine.dispose()
+        db.close()
     for command, extra in (("show", []), ("verify", []), ("export", ["-o", str(tmp_path / "x.tar")])):
         _assert_input_error(run_cli(command, prefix, *extra), prefix, "ambiguous")
         _assert_input_error(run_cli(command, f"sha256:{prefix.upper()}", *extra), "ambiguous")

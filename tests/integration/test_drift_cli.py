@@ -255,10 +255,6 @@ def test_a_removed_release_directory_is_rebuilt(world: World, capsys: pytest.Cap
 
 
 def test_records_and_audit_log(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    import sqlalchemy as sa
-
-    from graven.db import drift_events, log_entries
-
     digest = world.build()
     assert world.deploy(digest, "staging").ok
     release = (world.env_dir("staging") / "current").resolve()
@@ -268,11 +264,11 @@ def test_records_and_audit_log(world: World, capsys: pytest.CaptureFixture[str])
     assert run_cli(capsys, "heal", "staging")[0] == 0
     with world.ctx().db.connect() as conn:
         events = [
-            (r.event, r.result) for r in conn.execute(sa.select(drift_events).order_by(drift_events.c.id))
+            (r.event, r.result) for r in conn.execute("SELECT event, result FROM drift_events ORDER BY id")
         ]
         log = [
             (json.loads(r.entry)["event"], json.loads(r.entry)["result"], r.env, r.artifact)
-            for r in conn.execute(sa.select(log_entries).order_by(log_entries.c.idx))
+            for r in conn.execute("SELECT entry, event, env, artifact FROM log_entries ORDER BY idx")
             if r.event in ("drift", "heal")
         ]
     assert events == [("found", "drift"), ("heal", "ok"), ("resolved", "clean")]

@@ -6,20 +6,12 @@ name, and every error names the file and the field.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
-from typing import Annotated, Any, Literal
-
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, cast
 
 from graven.core.paths import check_path
 from graven.errors import ConfigError, UnsafeInputError
@@ -28,97 +20,51 @@ __all__ = ["PIPELINE_FILE", "ArtifactSection", "BuildSection", "EnvSection", "Pi
 
 PIPELINE_FILE = "graven.toml"
 
-ArtifactName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")]
-Pattern = Annotated[str, StringConstraints(min_length=1)]
+# The file is small and its schema fixed, so it is checked by hand: strictly (no coercion: a string is
+# never read as a number, nor a number as a bool), every unknown key refused by name, every error
+# naming the field as ``[section] sub.key``. (pydantic did this before; importing it and building the
+# models cost ~65 ms, a fifth of every command's start-up.)
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class ArtifactSection(_Strict):
-    """``[artifact]``: what the artifact is called and which files it holds."""
-
-    name: ArtifactName
-    include: list[Pattern] = Field(default_factory=lambda: ["**"])
-    exclude: list[Pattern] = Field(default_factory=list)
-
-
+_ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_+.-]{1,255}|/[A-Za-z0-9_+./-]{1,4095}")
 # Set by graven inside every build; [build] env cannot pass them through from the host.
 _PINNED_ENV = ("PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "LANG", "SOURCE_DATE_EPOCH", "PYTHONHASHSEED")
 
 
-def _relative_paths(values: list[str]) -> list[str]:
-    for value in values:
-        try:
-            check_path(value.rstrip("/"))
-        except UnsafeInputError as exc:
-            raise PydanticCustomError("graven_path", "{problem}", {"problem": str(exc)}) from None
-    return values
+@dataclass(frozen=True)
+class ArtifactSection:
+    """``[artifact]``: what the artifact is called and which files it holds."""
+
+    name: str
+    include: list[str] = field(default_factory=lambda: ["**"])
+    exclude: list[str] = field(default_factory=list)
 
 
-class FetchSection(_Strict):
+@dataclass(frozen=True)
+class FetchSection:
     """``[build.fetch]``: steps with network access that may only bring in files locked by hash."""
 
-    steps: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
-    lockfiles: list[Pattern] = Field(min_length=1)
-    outputs: list[Pattern] = Field(min_length=1)
-
-    @field_validator("lockfiles", "outputs")
-    @classmethod
-    def _paths(cls, values: list[str]) -> list[str]:
-        return _relative_paths(values)
+    steps: list[str]
+    lockfiles: list[str]
+    outputs: list[str]
 
 
-class BuildSection(_Strict):
+@dataclass(frozen=True)
+class BuildSection:
     """``[build]``: shell steps run in a clean copy of the commit, and the paths they produce."""
 
-    steps: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
-    outputs: list[Pattern] = Field(default_factory=list)
-    timeout: Annotated[int, Field(gt=0)] = 3600
+    steps: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    timeout: int = 3600
     sandbox: Literal["bubblewrap", "none"] = "bubblewrap"
-    env: list[str] = Field(default_factory=list)
-    tools: list[str] = Field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
     fetch: FetchSection | None = None
 
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, values: list[str]) -> list[str]:
-        for name in values:
-            if not _ENV_NAME.fullmatch(name):
-                raise PydanticCustomError(
-                    "graven_env", "{name} is not an environment variable name", {"name": name}
-                )
-            if name in _PINNED_ENV:
-                raise PydanticCustomError(
-                    "graven_env", "{name} is always set by graven, never passed through", {"name": name}
-                )
-        return values
 
-    @field_validator("tools")
-    @classmethod
-    def _tool_names(cls, values: list[str]) -> list[str]:
-        for name in values:
-            if not _TOOL_NAME.fullmatch(name) or "/." in name:
-                raise PydanticCustomError(
-                    "graven_tool",
-                    "{name} is not a program name or an absolute path to one",
-                    {"name": name},
-                )
-        return values
-
-    @model_validator(mode="after")
-    def _needs_steps(self) -> BuildSection:
-        if not self.steps:
-            for key, value in (("tools", self.tools), ("fetch", self.fetch), ("env", self.env)):
-                if value:
-                    raise PydanticCustomError("graven_steps", "{key} needs steps as well", {"key": key})
-        return self
-
-
-class EnvSection(_Strict):
+@dataclass(frozen=True)
+class EnvSection:
     """``[env.NAME]``: where and how the artifact is deployed (docs/formats/environments-v1.md).
 
     ``path`` is absolute, or relative to the operator's deploy root (``GRAVEN_DEPLOY_ROOT``, ``--root``);
@@ -126,75 +72,275 @@ class EnvSection(_Strict):
     run on the deploying machine after the switch.
     """
 
-    path: Annotated[str, StringConstraints(min_length=1)]
-    config: Pattern | None = None
-    activate: Annotated[str, StringConstraints(min_length=1)] | None = None
-    activate_timeout: Annotated[float, Field(gt=0)] = 60.0
-    health: Annotated[str, StringConstraints(min_length=1)] | None = None
-    health_retries: Annotated[int, Field(ge=0, le=1000)] = 2
-    health_interval: Annotated[float, Field(ge=0)] = 1.0
-    health_timeout: Annotated[float, Field(gt=0)] = 10.0
-    keep: Annotated[int, Field(ge=1)] = 5
-    requires: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+    path: str
+    config: str | None = None
+    activate: str | None = None
+    activate_timeout: float = 60.0
+    health: str | None = None
+    health_retries: int = 2
+    health_interval: float = 1.0
+    health_timeout: float = 10.0
+    keep: int = 5
+    requires: list[str] = field(default_factory=list)
     # drift detection leaves these paths of the release alone (globs; docs/formats/drift-v1.md)
-    ignore: list[Pattern] = Field(default_factory=list)
-
-    @field_validator("path")
-    @classmethod
-    def _deploy_path(cls, value: str) -> str:
-        try:
-            check_path(value.rstrip("/").removeprefix("/"))
-        except UnsafeInputError:
-            raise PydanticCustomError(
-                "graven_path",
-                "'{value}' is not a clean path (no '.', '..' or empty segments, no control characters)",
-                {"value": value},
-            ) from None
-        return value
-
-    @field_validator("config")
-    @classmethod
-    def _config_path(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                check_path(value.rstrip("/"))
-            except UnsafeInputError as exc:
-                raise PydanticCustomError("graven_path", "{problem}", {"problem": str(exc)}) from None
-        return value
+    ignore: list[str] = field(default_factory=list)
 
 
-class Pipeline(_Strict):
+@dataclass(frozen=True)
+class Pipeline:
     """The whole ``graven.toml``."""
 
     artifact: ArtifactSection
-    build: BuildSection = Field(default_factory=BuildSection)
-    env: dict[str, EnvSection] = Field(default_factory=dict)
+    build: BuildSection = field(default_factory=BuildSection)
+    env: dict[str, EnvSection] = field(default_factory=dict)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc]
-    if not parts:
-        return ""
-    head = f"[{parts[0]}]"
-    rest = ".".join(parts[1:])
-    return f"{head} {rest}".strip()
+# -- checking --------------------------------------------------------------------------------------
 
 
-def _explain(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    loc = _location(tuple(error["loc"]))
-    if kind == "extra_forbidden":
-        return f"unknown key {loc}; remove it or check its spelling"
-    if kind == "missing":
-        return f"{loc} is required"
-    if kind in ("list_type", "string_type", "int_type"):
-        wanted = {"list_type": "a list", "string_type": "a string", "int_type": "an integer"}[kind]
-        return f"{loc} must be {wanted}"
-    if kind == "string_too_short":
-        return f"{loc} must not be empty"
-    if kind == "string_pattern_mismatch":
-        return f"{loc} = {error['input']!r} is invalid: use lowercase letters, digits, '.', '_', '-'"
-    return f"{loc}: {error['msg']}"
+class _InvalidError(Exception):
+    """One problem, found at ``loc``; turned into a ConfigError naming the file."""
+
+    def __init__(self, loc: tuple[str, ...], problem: str) -> None:
+        super().__init__(problem)
+        self.loc = loc
+        self.problem = problem
+
+
+def _where(loc: tuple[str, ...]) -> str:
+    """``("env", "staging", "path")`` -> ``[env] staging.path``."""
+    if not loc:
+        return "graven.toml"
+    return f"[{loc[0]}] {'.'.join(loc[1:])}".strip()
+
+
+def _fail(loc: tuple[str, ...], text: str) -> _InvalidError:
+    """``text`` with ``{at}`` standing for the field's name."""
+    return _InvalidError(loc, text.format(at=_where(loc)))
+
+
+def _unknown(table: dict[str, Any], known: tuple[str, ...], loc: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in known:
+            raise _fail((*loc, key), "unknown key {at}; remove it or check its spelling")
+
+
+def _table(value: object, loc: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(loc, "{at} must be a table")
+    return cast(dict[str, Any], value)
+
+
+def _string(value: object, loc: tuple[str, ...], *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _fail(loc, "{at} must be a string")
+    if not value and not empty:
+        raise _fail(loc, "{at} must not be empty")
+    return value
+
+
+def _strings(value: object, loc: tuple[str, ...], *, min_items: int = 0, empty: bool = False) -> list[str]:
+    if not isinstance(value, list):
+        raise _fail(loc, "{at} must be a list")
+    if len(value) < min_items:
+        raise _fail(loc, "{at} must not be empty")
+    return [_string(item, (*loc, str(i)), empty=empty) for i, item in enumerate(value)]
+
+
+def _integer(value: object, loc: tuple[str, ...], *, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(loc, "{at} must be an integer")
+    if value < minimum:
+        raise _fail(loc, f"{{at}} must be at least {minimum}")
+    return value
+
+
+def _number(value: object, loc: tuple[str, ...], *, positive: bool) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _fail(loc, "{at} must be a number")
+    if value < 0 or (positive and value == 0) or math.isnan(value):
+        raise _fail(loc, "{at} must be greater than 0" if positive else "{at} must not be negative")
+    return float(value)
+
+
+def _paths(values: list[str], loc: tuple[str, ...]) -> list[str]:
+    for value in values:
+        try:
+            check_path(value.rstrip("/"))
+        except UnsafeInputError as exc:
+            raise _fail(loc, f"{{at}}: {exc}") from None
+    return values
+
+
+_T = TypeVar("_T")
+
+
+def _get(
+    table: dict[str, Any], key: str, loc: tuple[str, ...], check: Callable[[object, tuple[str, ...]], _T]
+) -> _T | None:
+    """``check`` of ``table[key]``, or None when the key is absent."""
+    if key not in table:
+        return None
+    return check(table[key], (*loc, key))
+
+
+def _artifact(value: object) -> ArtifactSection:
+    loc = ("artifact",)
+    table = _table(value, loc)
+    if "name" not in table:
+        raise _fail((*loc, "name"), "{at} is required")
+    name = _string(table["name"], (*loc, "name"))
+    if not _ARTIFACT_NAME.fullmatch(name):
+        raise _fail(
+            (*loc, "name"), f"{{at}} = {name!r} is invalid: use lowercase letters, digits, '.', '_', '-'"
+        )
+    include = _get(table, "include", loc, _strings)
+    exclude = _get(table, "exclude", loc, _strings)
+    return ArtifactSection(
+        name=name,
+        include=include if include is not None else ["**"],
+        exclude=exclude if exclude is not None else [],
+    )
+
+
+def _fetch(value: object, loc: tuple[str, ...]) -> FetchSection:
+    table = _table(value, loc)
+    lists: dict[str, list[str]] = {}
+    for key in ("steps", "lockfiles", "outputs"):
+        if key not in table:
+            raise _fail((*loc, key), "{at} is required")
+        lists[key] = _strings(table[key], (*loc, key), min_items=1)
+    return FetchSection(
+        steps=lists["steps"],
+        lockfiles=_paths(lists["lockfiles"], (*loc, "lockfiles")),
+        outputs=_paths(lists["outputs"], (*loc, "outputs")),
+    )
+
+
+def _build(value: object) -> BuildSection:
+    loc = ("build",)
+    table = _table(value, loc)
+    steps = _get(table, "steps", loc, _strings) or []
+    outputs = _get(table, "outputs", loc, _strings) or []
+    timeout = _get(table, "timeout", loc, lambda v, at: _integer(v, at, minimum=1))
+    sandbox = _get(table, "sandbox", loc, _string)
+    if sandbox is not None and sandbox not in ("bubblewrap", "none"):
+        raise _fail((*loc, "sandbox"), "{at} must be 'bubblewrap' or 'none'")
+    env = _get(table, "env", loc, _strings) or []
+    for name in env:
+        if not _ENV_NAME.fullmatch(name):
+            raise _fail((*loc, "env"), f"{{at}}: {name} is not an environment variable name")
+        if name in _PINNED_ENV:
+            raise _fail((*loc, "env"), f"{{at}}: {name} is always set by graven, never passed through")
+    tools = _get(table, "tools", loc, _strings) or []
+    for name in tools:
+        if not _TOOL_NAME.fullmatch(name) or "/." in name:
+            raise _fail((*loc, "tools"), f"{{at}}: {name} is not a program name or an absolute path to one")
+    fetch = _get(table, "fetch", loc, _fetch)
+    if not steps:
+        for key, given in (("tools", tools), ("fetch", fetch), ("env", env)):
+            if given:
+                raise _fail(loc, f"{{at}}: {key} needs steps as well")
+    return BuildSection(
+        steps=steps,
+        outputs=outputs,
+        timeout=3600 if timeout is None else timeout,
+        sandbox="none" if sandbox == "none" else "bubblewrap",
+        env=env,
+        tools=tools,
+        fetch=fetch,
+    )
+
+
+def _env(name: str, value: object) -> EnvSection:
+    loc = ("env", name)
+    table = _table(value, loc)
+    if "path" not in table:
+        raise _fail((*loc, "path"), "{at} is required")
+    path = _string(table["path"], (*loc, "path"))
+    try:
+        check_path(path.rstrip("/").removeprefix("/"))
+    except UnsafeInputError:
+        raise _fail(
+            (*loc, "path"),
+            f"{{at}}: '{path}' is not a clean path (no '.', '..' or empty segments, no control characters)",
+        ) from None
+    config = _get(table, "config", loc, _string)
+    if config is not None:
+        _paths([config], (*loc, "config"))
+    defaults = EnvSection(path=path)
+
+    def number(key: str, default: float, *, positive: bool) -> float:
+        got = _get(table, key, loc, lambda v, at: _number(v, at, positive=positive))
+        return default if got is None else got
+
+    def integer(key: str, default: int, minimum: int) -> int:
+        got = _get(table, key, loc, lambda v, at: _integer(v, at, minimum=minimum))
+        return default if got is None else got
+
+    health_retries = integer("health_retries", defaults.health_retries, 0)
+    if health_retries > 1000:
+        raise _fail((*loc, "health_retries"), "{at} must be at most 1000")
+    return EnvSection(
+        path=path,
+        config=config,
+        activate=_get(table, "activate", loc, _string),
+        activate_timeout=number("activate_timeout", defaults.activate_timeout, positive=True),
+        health=_get(table, "health", loc, _string),
+        health_retries=health_retries,
+        health_interval=number("health_interval", defaults.health_interval, positive=False),
+        health_timeout=number("health_timeout", defaults.health_timeout, positive=True),
+        keep=integer("keep", defaults.keep, 1),
+        requires=_get(table, "requires", loc, _strings) or [],
+        ignore=_get(table, "ignore", loc, _strings) or [],
+    )
+
+
+_KNOWN = {
+    "artifact": ("name", "include", "exclude"),
+    "build": ("steps", "outputs", "timeout", "sandbox", "env", "tools", "fetch"),
+    "fetch": ("steps", "lockfiles", "outputs"),
+    "env": (
+        "path",
+        "config",
+        "activate",
+        "activate_timeout",
+        "health",
+        "health_retries",
+        "health_interval",
+        "health_timeout",
+        "keep",
+        "requires",
+        "ignore",
+    ),
+}
+
+
+def _check_keys(doc: dict[str, Any]) -> None:
+    """Refuse unknown keys first, wherever they are: a misspelt key explains most other errors."""
+    _unknown(doc, ("artifact", "build", "env"), ())
+    for section in ("artifact", "build"):
+        table = doc.get(section)
+        if isinstance(table, dict):
+            _unknown(table, _KNOWN[section], (section,))
+    build = doc.get("build")
+    if isinstance(build, dict) and isinstance(build.get("fetch"), dict):
+        _unknown(build["fetch"], _KNOWN["fetch"], ("build", "fetch"))
+    envs = doc.get("env")
+    if isinstance(envs, dict):
+        for name, table in envs.items():
+            if isinstance(table, dict):
+                _unknown(table, _KNOWN["env"], ("env", name))
+
+
+def _pipeline(doc: dict[str, Any]) -> Pipeline:
+    _check_keys(doc)
+    if "artifact" not in doc:
+        raise _fail(("artifact",), "{at} is required")
+    artifact = _artifact(doc["artifact"])
+    build = _build(doc["build"]) if "build" in doc else BuildSection()
+    envs = _table(doc.get("env", {}), ("env",))
+    return Pipeline(artifact=artifact, build=build, env={name: _env(name, v) for name, v in envs.items()})
 
 
 def parse_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeline:
@@ -206,11 +352,9 @@ def parse_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeline:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     try:
-        pipeline = Pipeline.model_validate(doc)
-    except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        first = errors[0]
-        raise ConfigError(f"{source}: {_explain(dict(first))}") from None
+        pipeline = _pipeline(doc)
+    except _InvalidError as exc:
+        raise ConfigError(f"{source}: {exc.problem}") from None
     if pipeline.build.steps and not pipeline.build.outputs:
         raise ConfigError(f"{source}: [build] outputs is required when [build] steps are given")
     for output in pipeline.build.outputs:

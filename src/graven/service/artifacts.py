@@ -7,9 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
-from graven.db import artifacts, builds
+from graven.db import Row
 from graven.errors import AmbiguousError, IntegrityError, NotFoundError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
@@ -65,10 +63,8 @@ def resolve_digest(ctx: Context, text: str) -> Digest:
     with ctx.db.connect() as conn:
         matches: list[str] = list(
             conn.execute(
-                sa.select(artifacts.c.digest)
-                .where(artifacts.c.digest.like(f"sha256:{value}%"))
-                .order_by(artifacts.c.digest)
-                .limit(5)
+                "SELECT digest FROM artifacts WHERE digest LIKE :pattern ORDER BY digest LIMIT 5",
+                {"pattern": f"sha256:{value}%"},
             ).scalars()
         )
     if not matches:
@@ -81,7 +77,7 @@ def resolve_digest(ctx: Context, text: str) -> Digest:
     return Digest.parse(matches[0])
 
 
-def _record(row: sa.Row[Any]) -> ArtifactRecord:
+def _record(row: Row) -> ArtifactRecord:
     return ArtifactRecord(**row._asdict())
 
 
@@ -90,14 +86,23 @@ def list_artifacts(ctx: Context) -> list[ArtifactRecord]:
     if not ctx.home.has_database():
         return []
     with ctx.db.connect() as conn:
-        rows = conn.execute(sa.select(artifacts).order_by(artifacts.c.created_at.desc()))
+        rows = conn.execute(
+            """SELECT digest, name, "commit", repository, revision, pipeline_digest, source_date_epoch,
+                file_count, total_size, origin, created_at
+            FROM artifacts ORDER BY created_at DESC"""
+        )
         return [_record(row) for row in rows]
 
 
 def get_artifact(ctx: Context, digest: Digest) -> ArtifactRecord:
     """The record of one artifact."""
     with ctx.db.connect() as conn:
-        row = conn.execute(sa.select(artifacts).where(artifacts.c.digest == str(digest))).one_or_none()
+        row = conn.execute(
+            """SELECT digest, name, "commit", repository, revision, pipeline_digest, source_date_epoch,
+                file_count, total_size, origin, created_at
+            FROM artifacts WHERE digest = :digest""",
+            {"digest": str(digest)},
+        ).one_or_none()
     if row is None:
         raise NotFoundError(f"artifact {digest} is not recorded in this graven home")
     return _record(row)
@@ -106,7 +111,12 @@ def get_artifact(ctx: Context, digest: Digest) -> ArtifactRecord:
 def build_history(ctx: Context, digest: Digest) -> list[dict[str, Any]]:
     """Every recorded build that produced ``digest``."""
     with ctx.db.connect() as conn:
-        rows = conn.execute(sa.select(builds).where(builds.c.digest == str(digest)).order_by(builds.c.id))
+        rows = conn.execute(
+            """SELECT id, digest, name, "commit", repository, revision, pipeline_digest, started_at,
+                finished_at, builder, graven_version, invocation_id
+            FROM builds WHERE digest = :digest ORDER BY id""",
+            {"digest": str(digest)},
+        )
         return [dict(row._asdict()) for row in rows]
 
 

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy.engine import Connection
 
 from graven.core.checkpoint import (
     Checkpoint,
@@ -28,7 +26,7 @@ from graven.core.checkpoint import (
     verify_checkpoint,
 )
 from graven.core.merkle import CompactRange, consistency_proof, inclusion_proof, verify_consistency
-from graven.db import log_checkpoints, log_entries, log_state, meta
+from graven.db import Connection
 from graven.errors import InputError, NotFoundError, VerificationError
 from graven.model.logentry import LogEntry, LogEvent
 from graven.service.context import Context, utc_now
@@ -146,7 +144,9 @@ class AuditLog:
 
     @staticmethod
     def _read_origin(conn: Connection) -> str | None:
-        value = conn.execute(sa.select(meta.c.value).where(meta.c.key == _ORIGIN_KEY)).scalar_one_or_none()
+        value = conn.execute(
+            """SELECT value FROM graven_meta WHERE "key" = :key""", {"key": _ORIGIN_KEY}
+        ).scalar_one_or_none()
         return str(value) if value is not None else None
 
     def verifier_key(self) -> str:
@@ -160,14 +160,17 @@ class AuditLog:
         key = self._signing_key(create=True)
         private = key.private
         assert isinstance(private, Ed25519PrivateKey)
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
+        if conn.dialect == "postgresql":
+            conn.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
         origin = self._read_origin(conn)
         if origin is None:
             origin = f"graven.invalid/log/{uuid.uuid4()}"
-            conn.execute(meta.insert().values(key=_ORIGIN_KEY, value=origin))
+            conn.execute(
+                """INSERT INTO graven_meta ("key", value) VALUES (:key, :value)""",
+                {"key": _ORIGIN_KEY, "value": origin},
+            )
         self._origin = origin
-        state = conn.execute(sa.select(log_state.c.size, log_state.c.frontier)).one_or_none()
+        state = conn.execute("SELECT size, frontier FROM log_state").one_or_none()
         if state is None:
             compact = CompactRange()
         else:
@@ -180,22 +183,33 @@ class AuditLog:
         root = compact.root()
         note = sign_checkpoint(Checkpoint(origin, compact.size, root), origin, private)
         conn.execute(
-            log_entries.insert().values(
-                idx=entry.index,
-                entry=data.decode(),
-                leaf_hash=leaf.hex(),
-                time=entry.time,
-                event=entry.event,
-                artifact=entry.artifact,
-                env=entry.env,
-            )
+            """INSERT INTO log_entries (idx, entry, leaf_hash, time, event, artifact, env)
+            VALUES (:idx, :entry, :leaf_hash, :time, :event, :artifact, :env)""",
+            {
+                "idx": entry.index,
+                "entry": data.decode(),
+                "leaf_hash": leaf.hex(),
+                "time": entry.time,
+                "event": entry.event,
+                "artifact": entry.artifact,
+                "env": entry.env,
+            },
         )
         frontier = ",".join(h.hex() for h in compact.hashes)
         if state is None:
-            conn.execute(log_state.insert().values(id=1, size=compact.size, frontier=frontier))
+            conn.execute(
+                "INSERT INTO log_state (id, size, frontier) VALUES (1, :size, :frontier)",
+                {"size": compact.size, "frontier": frontier},
+            )
         else:
-            conn.execute(log_state.update().values(size=compact.size, frontier=frontier))
-        conn.execute(log_checkpoints.insert().values(size=compact.size, root=root.hex(), note=note))
+            conn.execute(
+                "UPDATE log_state SET size = :size, frontier = :frontier",
+                {"size": compact.size, "frontier": frontier},
+            )
+        conn.execute(
+            "INSERT INTO log_checkpoints (size, root, note) VALUES (:size, :root, :note)",
+            {"size": compact.size, "root": root.hex(), "note": note},
+        )
         return entry
 
     def record(self, event: LogEvent) -> LogEntry:
@@ -209,7 +223,7 @@ class AuditLog:
         """The latest signed checkpoint note."""
         with self._ctx.db.connect() as conn:
             note = conn.execute(
-                sa.select(log_checkpoints.c.note).order_by(log_checkpoints.c.size.desc()).limit(1)
+                "SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1"
             ).scalar_one_or_none()
         if note is None:
             raise NotFoundError("the audit log is empty: nothing was logged yet")
@@ -224,23 +238,30 @@ class AuditLog:
         since_index: int | None = None,
     ) -> Iterator[tuple[LogEntry, str]]:
         """Entries (with their leaf hash, hex) in index order, filtered."""
-        query = sa.select(log_entries.c.entry, log_entries.c.leaf_hash).order_by(log_entries.c.idx)
+        where: list[str] = []
+        params: dict[str, Any] = {}
         if env is not None:
-            query = query.where(log_entries.c.env == env)
+            where.append("env = :env")
+            params["env"] = env
         if artifact is not None:
-            query = query.where(log_entries.c.artifact == artifact)
+            where.append("artifact = :artifact")
+            params["artifact"] = artifact
         if since is not None:
-            query = query.where(log_entries.c.time >= since)
+            where.append("time >= :since")
+            params["since"] = since
         if since_index is not None:
-            query = query.where(log_entries.c.idx >= since_index)
+            where.append("idx >= :since_index")
+            params["since_index"] = since_index
+        query = "SELECT entry, leaf_hash FROM log_entries"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY idx"
         with self._ctx.db.connect() as conn:
-            for row in conn.execute(query):
+            for row in conn.execute(query, params):
                 yield LogEntry.from_bytes(str(row.entry).encode()), str(row.leaf_hash)
 
     def _leaf_hashes(self, conn: Connection, size: int) -> list[bytes]:
-        rows = conn.execute(
-            sa.select(log_entries.c.entry).where(log_entries.c.idx < size).order_by(log_entries.c.idx)
-        )
+        rows = conn.stream("SELECT entry FROM log_entries WHERE idx < :size ORDER BY idx", {"size": size})
         leaves = [hashlib.sha256(_LEAF + str(r.entry).encode()).digest() for r in rows]
         if len(leaves) != size:
             raise VerificationError(f"the log has {len(leaves)} entries below its checkpoint size {size}")
@@ -303,34 +324,22 @@ class AuditLog:
             checkpoints = (
                 {
                     int(r.size): (str(r.root), str(r.note))
-                    for r in conn.execute(
-                        sa.select(log_checkpoints.c.size, log_checkpoints.c.root, log_checkpoints.c.note)
-                    )
+                    for r in conn.execute("SELECT size, root, note FROM log_checkpoints")
                 }
                 if all_signatures
                 else {
                     int(r.size): (str(r.root), "")
-                    for r in conn.execute(sa.select(log_checkpoints.c.size, log_checkpoints.c.root))
+                    for r in conn.execute("SELECT size, root FROM log_checkpoints")
                 }
             )
             latest_row = conn.execute(
-                sa.select(log_checkpoints.c.size, log_checkpoints.c.note)
-                .order_by(log_checkpoints.c.size.desc())
-                .limit(1)
+                "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1"
             ).one_or_none()
             compact = CompactRange()
             expected = 0
             sha256 = hashlib.sha256
-            rows = conn.execution_options(stream_results=True, yield_per=20_000).execute(
-                sa.select(
-                    log_entries.c.idx,
-                    log_entries.c.entry,
-                    log_entries.c.leaf_hash,
-                    log_entries.c.event,
-                    log_entries.c.artifact,
-                    log_entries.c.env,
-                    log_entries.c.time,
-                ).order_by(log_entries.c.idx)
+            rows = conn.stream(
+                "SELECT idx, entry, leaf_hash, event, artifact, env, time FROM log_entries ORDER BY idx"
             )
             for idx, text, stored_leaf, event, artifact, env, time in rows:
                 if idx != expected:

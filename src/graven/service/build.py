@@ -13,14 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 
-import sqlalchemy as sa
-
 from graven import __version__
 from graven.build.compare import HashOnlyBatch, NotReproducibleError, diff_entries, with_diffoscope
 from graven.build.sandbox import SANDBOX_NONE
 from graven.build.tree import collect_tree
 from graven.core.globs import Selection
-from graven.db import artifacts, blob_cache, builds
 from graven.errors import NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
@@ -203,10 +200,8 @@ def _build(
 def _latest_manifest(ctx: Context, name: str) -> Digest | None:
     with ctx.db.connect() as conn:
         row = conn.execute(
-            sa.select(artifacts.c.digest)
-            .where(artifacts.c.name == name)
-            .order_by(artifacts.c.created_at.desc())
-            .limit(1)
+            "SELECT digest FROM artifacts WHERE name = :name ORDER BY created_at DESC LIMIT 1",
+            {"name": name},
         ).scalar_one_or_none()
     if row is None:
         return None
@@ -216,10 +211,10 @@ def _latest_manifest(ctx: Context, name: str) -> Digest | None:
 
 def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]]) -> None:
     with ctx.db.begin() as conn:
-        insert_ignore(conn, blob_cache, new_cache)
+        insert_ignore(conn, "git_blob_cache", new_cache)
         insert_ignore(
             conn,
-            artifacts,
+            "artifacts",
             [
                 {
                     "digest": result.digest,
@@ -237,19 +232,23 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
             ],
         )
         conn.execute(
-            builds.insert().values(
-                digest=result.digest,
-                name=result.name,
-                commit=result.commit,
-                repository=result.repository,
-                revision=result.revision,
-                pipeline_digest=result.pipeline_digest,
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-                builder=ctx.actor,
-                graven_version=__version__,
-                invocation_id=result.invocation_id,
-            )
+            """INSERT INTO builds (digest, name, "commit", repository, revision, pipeline_digest,
+                started_at, finished_at, builder, graven_version, invocation_id)
+            VALUES (:digest, :name, :commit, :repository, :revision, :pipeline_digest,
+                :started_at, :finished_at, :builder, :graven_version, :invocation_id)""",
+            {
+                "digest": result.digest,
+                "name": result.name,
+                "commit": result.commit,
+                "repository": result.repository,
+                "revision": result.revision,
+                "pipeline_digest": result.pipeline_digest,
+                "started_at": result.started_at,
+                "finished_at": result.finished_at,
+                "builder": ctx.actor,
+                "graven_version": __version__,
+                "invocation_id": result.invocation_id,
+            },
         )
         record_attestation(conn, result.digest, result.provenance, result.signed_by)
         ctx.audit.append(conn, LogEvent("build", artifact=result.digest, commit=result.commit))
@@ -267,9 +266,7 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
     found: dict[str, tuple[str, int]] = {}
     wanted = sorted(set(oids))
-    query = sa.select(blob_cache.c.git_oid, blob_cache.c.sha256, blob_cache.c.size).where(
-        blob_cache.c.git_oid.in_(sa.bindparam("oids", expanding=True))
-    )
+    query = "SELECT git_oid, sha256, size FROM git_blob_cache WHERE git_oid IN :oids"
     with ctx.db.connect() as conn:
         for start in range(0, len(wanted), _CACHE_QUERY_CHUNK):
             chunk = wanted[start : start + _CACHE_QUERY_CHUNK]

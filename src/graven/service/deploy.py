@@ -19,10 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from graven.db import deployments
+from graven.db import Connection, Row
 from graven.deploy.hooks import HookResult, run_health, run_hook
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
@@ -265,7 +262,7 @@ def _settings_json(settings: EnvSettings) -> str:
     return json.dumps(settings.to_json(), sort_keys=True, separators=(",", ":"))
 
 
-def _settings_from_row(row: Any) -> EnvSettings | None:
+def _settings_from_row(row: Row | None) -> EnvSettings | None:
     if row is None or not row.settings:
         return None
     try:
@@ -371,9 +368,10 @@ def _reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
     with ctx.db.connect() as conn:
         pending = list(
             conn.execute(
-                sa.select(deployments)
-                .where(deployments.c.env == env, deployments.c.result == "pending")
-                .order_by(deployments.c.id)
+                "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
+                " result, health, override, reason, detail, settings FROM deployments"
+                " WHERE env = :env AND result = 'pending' ORDER BY id",
+                {"env": env},
             )
         )
     if not pending:
@@ -389,9 +387,9 @@ def _reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
                 else "the deploying process stopped before the switch: this release is not live"
             )
             conn.execute(
-                deployments.update()
-                .where(deployments.c.id == row.id)
-                .values(result="interrupted", health="unknown", finished_at=utc_now(), detail=detail)
+                "UPDATE deployments SET result = 'interrupted', health = 'unknown', finished_at = :now,"
+                " detail = :detail WHERE id = :id",
+                {"now": utc_now(), "detail": detail, "id": row.id},
             )
             if went_live:
                 if state.live_digest != row.digest:
@@ -421,9 +419,7 @@ def _retention(
     names = layout.release_names()
     with ctx.db.connect() as conn:
         rows = conn.execute(
-            sa.select(deployments.c.digest, deployments.c.result, deployments.c.finished_at).where(
-                deployments.c.env == env
-            )
+            "SELECT digest, result, finished_at FROM deployments WHERE env = :env", {"env": env}
         )
         last_ok: dict[str, str] = {}
         seen: set[str] = set()
@@ -636,25 +632,25 @@ def _insert_pending(
         reason = rejection(conn, digest)
         if reason is not None:
             raise PolicyError(f"{short(digest)} was rejected ({reason}) and can never be deployed")
-        result = conn.execute(
-            deployments.insert().values(
-                env=target.settings.name,
-                digest=digest,
-                kind=kind,
-                source_env=source_env,
-                previous_digest=previous,
-                actor=ctx.audit.actor,
-                started_at=started_at,
-                result="pending",
-                health="unknown",
-                override=opts.override,
-                reason=opts.reason,
-                settings=_settings_json(target.settings),
-            )
-        )
-        key = result.inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        key = conn.execute(
+            "INSERT INTO deployments (env, digest, kind, source_env, previous_digest, actor, started_at,"
+            " result, health, override, reason, settings) VALUES (:env, :digest, :kind, :source_env,"
+            " :previous_digest, :actor, :started_at, 'pending', 'unknown', :override, :reason, :settings)"
+            " RETURNING id",
+            {
+                "env": target.settings.name,
+                "digest": digest,
+                "kind": kind,
+                "source_env": source_env,
+                "previous_digest": previous,
+                "actor": ctx.audit.actor,
+                "started_at": started_at,
+                "override": opts.override,
+                "reason": opts.reason,
+                "settings": _settings_json(target.settings),
+            },
+        ).scalar_one()
+        return int(key)
 
 
 def _event_reason(kind: str, source_env: str | None, opts: DeployOptions) -> str | None:
@@ -683,9 +679,8 @@ def _record_success(
     digest = str(target.digest)
     with ctx.db.begin() as conn:
         conn.execute(
-            deployments.update()
-            .where(deployments.c.id == dep_id)
-            .values(result="ok", health=health, finished_at=utc_now())
+            "UPDATE deployments SET result = 'ok', health = :health, finished_at = :now WHERE id = :id",
+            {"health": health, "now": utc_now(), "id": dep_id},
         )
         current = load_state(conn, env) or EnvState(name=env, path=str(layout.root))
         if previous is not None and previous != digest:
@@ -792,9 +787,9 @@ def _fail(
         remove_symlink(layout.config_link)
     with ctx.db.begin() as conn:
         conn.execute(
-            deployments.update()
-            .where(deployments.c.id == dep_id)
-            .values(result="failed", health="failed", finished_at=utc_now(), detail=detail)
+            "UPDATE deployments SET result = 'failed', health = 'failed', finished_at = :now,"
+            " detail = :detail WHERE id = :id",
+            {"now": utc_now(), "detail": detail, "id": dep_id},
         )
         current = load_state(conn, env) or EnvState(name=env, path=str(layout.root))
         current.path = str(layout.root)
@@ -812,26 +807,26 @@ def _fail(
         )
         if rolled_back_to is not None:
             now = utc_now()
-            back = conn.execute(
-                deployments.insert().values(
-                    env=env,
-                    digest=rolled_back_to,
-                    kind="auto-rollback",
-                    previous_digest=digest,
-                    actor=ctx.audit.actor,
-                    started_at=now,
-                    finished_at=now,
-                    result="ok",
-                    health=back_health,
-                    reason=f"automatic: {what} of {short(digest)} failed",
-                    detail=back_detail,
-                    settings=_settings_json(back_settings) if back_settings else None,
-                )
-            )
-            key = back.inserted_primary_key
-            assert key is not None
+            back_id = conn.execute(
+                "INSERT INTO deployments (env, digest, kind, previous_digest, actor, started_at,"
+                " finished_at, result, health, override, reason, detail, settings) VALUES (:env, :digest,"
+                " 'auto-rollback', :previous_digest, :actor, :now, :now, 'ok', :health, :override,"
+                " :reason, :detail, :settings) RETURNING id",
+                {
+                    "env": env,
+                    "digest": rolled_back_to,
+                    "previous_digest": digest,
+                    "actor": ctx.audit.actor,
+                    "now": now,
+                    "health": back_health,
+                    "override": False,
+                    "reason": f"automatic: {what} of {short(digest)} failed",
+                    "detail": back_detail,
+                    "settings": _settings_json(back_settings) if back_settings else None,
+                },
+            ).scalar_one()
             current.live_digest = rolled_back_to
-            current.live_deployment = int(key[0])
+            current.live_deployment = int(back_id)
             ctx.audit.append(
                 conn,
                 LogEvent(

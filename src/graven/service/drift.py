@@ -23,9 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from graven.core.drift import (
     Alert,
     Difference,
@@ -42,7 +39,7 @@ from graven.core.drift import (
 )
 from graven.core.globs import GlobSet
 from graven.core.paths import check_path
-from graven.db import artifacts, deploy_envs, deployments, drift_events, drift_state
+from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
 from graven.deploy.statdb import DIR_SHA, StatTable
@@ -113,8 +110,10 @@ def _config_of(settings: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _artifact(conn: Connection, digest: str) -> Any:
-    return conn.execute(sa.select(artifacts).where(artifacts.c.digest == digest)).one_or_none()
+def _artifact(conn: Connection, digest: str) -> Row | None:
+    return conn.execute(
+        """SELECT digest, name, "commit" FROM artifacts WHERE digest = :digest""", {"digest": digest}
+    ).one_or_none()
 
 
 def _never(env: str) -> str:
@@ -124,7 +123,7 @@ def _never(env: str) -> str:
 def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
     """The live environments (all of them, or those named); a named one must be live."""
     for env in envs:
-        if not _ENV_NAME.fullmatch(env):  # graven.deploy.settings.ENV_NAME (that module loads pydantic)
+        if not _ENV_NAME.fullmatch(env):  # graven.deploy.settings.ENV_NAME, without importing it
             raise InputError(
                 f"invalid environment name {env!r}: use 1-64 lowercase letters, digits, '.', '_', '-'"
             )
@@ -136,7 +135,12 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
         return []
     targets: list[DriftTarget] = []
     with ctx.db.connect() as conn:
-        rows = {row.name: row for row in conn.execute(sa.select(deploy_envs).order_by(deploy_envs.c.name))}
+        rows = {
+            row.name: row
+            for row in conn.execute(
+                "SELECT name, path, live_digest, live_deployment FROM deploy_envs ORDER BY name"
+            )
+        }
         for env in envs:
             if env not in rows:
                 raise NotFoundError(
@@ -150,17 +154,16 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
                 continue
             dep = (
                 conn.execute(
-                    sa.select(deployments).where(deployments.c.id == row.live_deployment)
+                    "SELECT settings FROM deployments WHERE id = :id", {"id": row.live_deployment}
                 ).one_or_none()
                 if row.live_deployment is not None
                 else None
             )
             art = _artifact(conn, row.live_digest)
             pending_row = conn.execute(
-                sa.select(deployments)
-                .where(deployments.c.env == name, deployments.c.result == "pending")
-                .order_by(deployments.c.id.desc())
-                .limit(1)
+                """SELECT digest, settings FROM deployments
+                WHERE env = :env AND result = 'pending' ORDER BY id DESC LIMIT 1""",
+                {"env": name},
             ).one_or_none()
             pending = None
             if pending_row is not None:
@@ -574,8 +577,15 @@ def _detail(diffs: Sequence[Difference]) -> str:
     return json.dumps([d.to_json() for d in diffs[:_DETAIL_LIMIT]], sort_keys=True, separators=(",", ":"))
 
 
-def _state(conn: Connection, env: str) -> Any:
-    return conn.execute(sa.select(drift_state).where(drift_state.c.env == env)).one_or_none()
+_INSERT_EVENT = """INSERT INTO drift_events (env, digest, event, time, count, result, detail)
+VALUES (:env, :digest, :event, :time, :count, :result, :detail)"""
+
+
+def _state(conn: Connection, env: str) -> Row | None:
+    return conn.execute(
+        "SELECT env, digest, keys, count, since, checked_at, alerted FROM drift_state WHERE env = :env",
+        {"env": env},
+    ).one_or_none()
 
 
 def alerted_keys(ctx: Context, env: str) -> frozenset[tuple[str, str]]:
@@ -601,15 +611,16 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
         if keys != before:
             event = "found" if report.differences else "resolved"
             conn.execute(
-                drift_events.insert().values(
-                    env=report.env,
-                    digest=report.digest,
-                    event=event,
-                    time=now,
-                    count=len(report.differences),
-                    result="drift" if report.differences else "clean",
-                    detail=_detail(report.differences),
-                )
+                _INSERT_EVENT,
+                {
+                    "env": report.env,
+                    "digest": report.digest,
+                    "event": event,
+                    "time": now,
+                    "count": len(report.differences),
+                    "result": "drift" if report.differences else "clean",
+                    "detail": _detail(report.differences),
+                },
             )
             ctx.audit.append(
                 conn,
@@ -628,6 +639,7 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
         if report.differences:
             since = row.since if row is not None and row.since and before != "[]" else now
         values = {
+            "env": report.env,
             "digest": report.digest,
             "keys": keys,
             "count": len(report.differences),
@@ -635,9 +647,17 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
             "checked_at": now,
         }
         if row is None:
-            conn.execute(drift_state.insert().values(env=report.env, alerted="[]", **values))
+            conn.execute(
+                """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
+                VALUES (:env, :digest, :keys, :count, :since, :checked_at, '[]')""",
+                values,
+            )
         else:
-            conn.execute(drift_state.update().where(drift_state.c.env == report.env).values(**values))
+            conn.execute(
+                """UPDATE drift_state SET digest = :digest, keys = :keys, count = :count, since = :since,
+                checked_at = :checked_at WHERE env = :env""",
+                values,
+            )
     return event
 
 
@@ -651,29 +671,28 @@ def record_alert(ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, st
     summary = "; ".join(f"{name}: {outcome}" for name, outcome in channels.items()) or "no channel"
     with ctx.db.begin() as conn:
         conn.execute(
-            drift_events.insert().values(
-                env=alert.env,
-                digest=alert.digest,
-                event="alert",
-                time=utc_now(),
-                count=len(alert.differences),
-                result="ok" if ok else "failed",
-                detail=json.dumps({"event": alert.event, "channels": channels}, sort_keys=True),
-            )
+            _INSERT_EVENT,
+            {
+                "env": alert.env,
+                "digest": alert.digest,
+                "event": "alert",
+                "time": utc_now(),
+                "count": len(alert.differences),
+                "result": "ok" if ok else "failed",
+                "detail": json.dumps({"event": alert.event, "channels": channels}, sort_keys=True),
+            },
         )
         if _state(conn, alert.env) is None:
             conn.execute(
-                drift_state.insert().values(
-                    env=alert.env,
-                    digest=alert.digest,
-                    keys="[]",
-                    count=0,
-                    checked_at=utc_now(),
-                    alerted=alerted,
-                )
+                """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
+                VALUES (:env, :digest, '[]', 0, NULL, :checked_at, :alerted)""",
+                {"env": alert.env, "digest": alert.digest, "checked_at": utc_now(), "alerted": alerted},
             )
         else:
-            conn.execute(drift_state.update().where(drift_state.c.env == alert.env).values(alerted=alerted))
+            conn.execute(
+                "UPDATE drift_state SET alerted = :alerted WHERE env = :env",
+                {"env": alert.env, "alerted": alerted},
+            )
         ctx.audit.append(
             conn,
             LogEvent(
@@ -853,18 +872,19 @@ def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | Non
     }
     with ctx.db.begin() as conn:
         commit = conn.execute(
-            sa.select(artifacts.c.commit).where(artifacts.c.digest == result.digest)
+            """SELECT "commit" FROM artifacts WHERE digest = :digest""", {"digest": result.digest}
         ).scalar_one_or_none()
         conn.execute(
-            drift_events.insert().values(
-                env=result.env,
-                digest=result.digest,
-                event="heal",
-                time=utc_now(),
-                count=restored,
-                result="ok" if ok else "failed",
-                detail=json.dumps(detail, sort_keys=True, separators=(",", ":")),
-            )
+            _INSERT_EVENT,
+            {
+                "env": result.env,
+                "digest": result.digest,
+                "event": "heal",
+                "time": utc_now(),
+                "count": restored,
+                "result": "ok" if ok else "failed",
+                "detail": json.dumps(detail, sort_keys=True, separators=(",", ":")),
+            },
         )
         ctx.audit.append(
             conn,

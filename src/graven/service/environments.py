@@ -7,10 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from graven.db import artifacts, deploy_envs, deployments, rejections
+from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.settings import check_env_name
 from graven.errors import BackendError, InputError, NotFoundError
@@ -58,7 +55,11 @@ class EnvState:
 
 def load_state(conn: Connection, env: str) -> EnvState | None:
     """The recorded state of ``env`` (None when it was never deployed to)."""
-    row = conn.execute(sa.select(deploy_envs).where(deploy_envs.c.name == env)).one_or_none()
+    row = conn.execute(
+        "SELECT name, path, live_digest, live_deployment, previous_digest,"
+        " held, held_digest, hold_reason, updated_at FROM deploy_envs WHERE name = :name",
+        {"name": env},
+    ).one_or_none()
     if row is None:
         return None
     return EnvState(
@@ -77,6 +78,7 @@ def load_state(conn: Connection, env: str) -> EnvState | None:
 def save_state(conn: Connection, state: EnvState) -> None:
     """Insert or update the state of an environment."""
     values = {
+        "name": state.name,
         "path": state.path,
         "live_digest": state.live_digest,
         "live_deployment": state.live_deployment,
@@ -87,22 +89,29 @@ def save_state(conn: Connection, state: EnvState) -> None:
         "updated_at": utc_now(),
     }
     if state.exists:
-        conn.execute(deploy_envs.update().where(deploy_envs.c.name == state.name).values(**values))
+        conn.execute(
+            "UPDATE deploy_envs SET path = :path, live_digest = :live_digest,"
+            " live_deployment = :live_deployment, previous_digest = :previous_digest, held = :held,"
+            " held_digest = :held_digest, hold_reason = :hold_reason, updated_at = :updated_at"
+            " WHERE name = :name",
+            values,
+        )
     else:
-        conn.execute(deploy_envs.insert().values(name=state.name, **values))
+        conn.execute(
+            "INSERT INTO deploy_envs (name, path, live_digest, live_deployment, previous_digest,"
+            " held, held_digest, hold_reason, updated_at) VALUES (:name, :path, :live_digest,"
+            " :live_deployment, :previous_digest, :held, :held_digest, :hold_reason, :updated_at)",
+            values,
+        )
         state.exists = True
 
 
 def healthy_in(conn: Connection, digest: str) -> frozenset[str]:
     """The environments where ``digest`` went live and healthy."""
     rows = conn.execute(
-        sa.select(deployments.c.env)
-        .where(
-            deployments.c.digest == digest,
-            deployments.c.result == "ok",
-            deployments.c.health.in_(HEALTHY),
-        )
-        .distinct()
+        "SELECT DISTINCT env FROM deployments WHERE digest = :digest AND result = 'ok'"
+        " AND health IN :healthy",
+        {"digest": digest, "healthy": HEALTHY},
     )
     return frozenset(str(r.env) for r in rows)
 
@@ -110,7 +119,7 @@ def healthy_in(conn: Connection, digest: str) -> frozenset[str]:
 def rejection(conn: Connection, digest: str) -> str | None:
     """The reason ``digest`` was rejected, or None."""
     reason = conn.execute(
-        sa.select(rejections.c.reason).where(rejections.c.digest == digest)
+        "SELECT reason FROM rejections WHERE digest = :digest", {"digest": digest}
     ).scalar_one_or_none()
     return str(reason) if reason is not None else None
 
@@ -118,18 +127,21 @@ def rejection(conn: Connection, digest: str) -> str | None:
 def went_live_here(conn: Connection, env: str, digest: str) -> bool:
     """True when ``digest`` once went live in ``env``."""
     row = conn.execute(
-        sa.select(deployments.c.id)
-        .where(deployments.c.env == env, deployments.c.digest == digest, deployments.c.result == "ok")
-        .limit(1)
+        "SELECT id FROM deployments WHERE env = :env AND digest = :digest AND result = 'ok' LIMIT 1",
+        {"env": env, "digest": digest},
     ).first()
     return row is not None
 
 
-def deployment_row(conn: Connection, dep_id: int | None) -> Any:
+def deployment_row(conn: Connection, dep_id: int | None) -> Row | None:
     """One row of the deployments table (None for None)."""
     if dep_id is None:
         return None
-    return conn.execute(sa.select(deployments).where(deployments.c.id == dep_id)).one_or_none()
+    return conn.execute(
+        "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
+        " result, health, override, reason, detail, settings FROM deployments WHERE id = :id",
+        {"id": dep_id},
+    ).one_or_none()
 
 
 @dataclass(frozen=True)
@@ -204,18 +216,16 @@ def reject(ctx: Context, digest_text: str, reason: str) -> RejectResult:
         existing = rejection(conn, digest)
         names: list[str] = list(
             conn.execute(
-                sa.select(deploy_envs.c.name)
-                .where(deploy_envs.c.live_digest == digest)
-                .order_by(deploy_envs.c.name)
+                "SELECT name FROM deploy_envs WHERE live_digest = :digest ORDER BY name", {"digest": digest}
             ).scalars()
         )
         live_in = tuple(names)
         if existing is not None:
             return RejectResult(digest, existing, True, live_in)
         conn.execute(
-            rejections.insert().values(
-                digest=digest, reason=reason, actor=ctx.audit.actor, created_at=utc_now()
-            )
+            "INSERT INTO rejections (digest, reason, actor, created_at)"
+            " VALUES (:digest, :reason, :actor, :created_at)",
+            {"digest": digest, "reason": reason, "actor": ctx.audit.actor, "created_at": utc_now()},
         )
         ctx.audit.append(
             conn, LogEvent("reject", artifact=digest, commit=commit_of(conn, digest), reason=reason)
@@ -226,7 +236,7 @@ def reject(ctx: Context, digest_text: str, reason: str) -> RejectResult:
 def commit_of(conn: Connection, digest: str) -> str | None:
     """The commit of a recorded artifact (None when unknown)."""
     value = conn.execute(
-        sa.select(artifacts.c.commit).where(artifacts.c.digest == digest)
+        'SELECT "commit" FROM artifacts WHERE digest = :digest', {"digest": digest}
     ).scalar_one_or_none()
     return str(value) if value is not None else None
 
@@ -262,11 +272,18 @@ def status(ctx: Context) -> list[EnvStatus]:
         return []
     result: list[EnvStatus] = []
     with ctx.db.connect() as conn:
-        states = list(conn.execute(sa.select(deploy_envs).order_by(deploy_envs.c.name)))
+        states = list(
+            conn.execute(
+                "SELECT name, path, live_digest, live_deployment, previous_digest,"
+                " held, held_digest, hold_reason, updated_at FROM deploy_envs ORDER BY name"
+            )
+        )
         for row in states:
             dep = deployment_row(conn, row.live_deployment)
             art = (
-                conn.execute(sa.select(artifacts).where(artifacts.c.digest == row.live_digest)).one_or_none()
+                conn.execute(
+                    'SELECT name, "commit" FROM artifacts WHERE digest = :digest', {"digest": row.live_digest}
+                ).one_or_none()
                 if row.live_digest
                 else None
             )
@@ -302,9 +319,14 @@ def history(ctx: Context, env: str) -> list[dict[str, Any]]:
     if not ctx.home.has_database():
         raise NotFoundError(f"environment {env} has never been deployed to")
     with ctx.db.connect() as conn:
-        known = conn.execute(sa.select(deploy_envs.c.name).where(deploy_envs.c.name == env)).first()
+        known = conn.execute("SELECT name FROM deploy_envs WHERE name = :env", {"env": env}).first()
         rows = list(
-            conn.execute(sa.select(deployments).where(deployments.c.env == env).order_by(deployments.c.id))
+            conn.execute(
+                "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
+                " result, health, override, reason, detail, settings FROM deployments"
+                " WHERE env = :env ORDER BY id",
+                {"env": env},
+            )
         )
     if known is None and not rows:
         raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")

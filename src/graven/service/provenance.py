@@ -13,10 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from graven import __version__
-from graven.db import attestations
+from graven.db import Connection
 from graven.errors import (
     GravenError,
     InputError,
@@ -117,11 +115,11 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def record_attestation(conn: sa.Connection, artifact: str, envelope_digest: str, keyid: str) -> None:
+def record_attestation(conn: Connection, artifact: str, envelope_digest: str, keyid: str) -> None:
     """Remember that ``envelope_digest`` (in the store) attests ``artifact``."""
     insert_ignore(
         conn,
-        attestations,
+        "attestations",
         [
             {
                 "artifact_digest": artifact,
@@ -164,9 +162,8 @@ def envelope_digests(ctx: Context, artifact: Digest) -> list[str]:
     with ctx.db.connect() as conn:
         rows: list[str] = list(
             conn.execute(
-                sa.select(attestations.c.envelope_digest)
-                .where(attestations.c.artifact_digest == str(artifact))
-                .order_by(attestations.c.id.desc())
+                "SELECT envelope_digest FROM attestations WHERE artifact_digest = :artifact ORDER BY id DESC",
+                {"artifact": str(artifact)},
             ).scalars()
         )
     return rows

@@ -4,30 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from graven.db import Connection
 
 __all__ = ["insert_ignore"]
 
 
-def insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[dict[str, object]]) -> None:
-    """Insert rows, skipping those whose primary key exists (SQLite and PostgreSQL)."""
+def insert_ignore(conn: Connection, table: str, rows: Sequence[dict[str, object]]) -> None:
+    """Insert rows, skipping those that collide with an existing key (SQLite and PostgreSQL).
+
+    Every row must have the same columns; ``table`` and the column names are trusted identifiers
+    from graven's own code, never user input.
+    """
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(pg_insert(table).on_conflict_do_nothing(), list(rows))
-    elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        conn.execute(sqlite_insert(table).on_conflict_do_nothing(), list(rows))
-    else:
-        for row in rows:
-            exists = conn.execute(
-                sa.select(sa.literal(1))
-                .select_from(table)
-                .where(*(col == row[col.name] for col in table.primary_key.columns))
-            ).first()
-            if exists is None:
-                conn.execute(table.insert().values(**row))
+    columns = list(rows[0])
+    names = ", ".join(f'"{c}"' for c in columns)
+    values = ", ".join(f":{c}" for c in columns)
+    conn.execute(f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT DO NOTHING", rows)  # noqa: S608 (identifiers from code)

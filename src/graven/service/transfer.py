@@ -9,7 +9,6 @@ from typing import Any
 
 from graven.archive.reader import read_archive
 from graven.archive.writer import ArchiveMeta, compression_for, write_archive_file
-from graven.db import artifacts
 from graven.errors import (
     BackendError,
     DigestMismatchError,
@@ -147,7 +146,7 @@ def import_archive(
         "created_at": utc_now(),
     }
     with ctx.db.begin() as conn:
-        insert_ignore(conn, artifacts, [row])
+        insert_ignore(conn, "artifacts", [row])
         if envelope is not None and envelope_digest is not None:
             record_attestation(conn, str(manifest.digest), envelope_digest, envelope[1])
         ctx.audit.append(

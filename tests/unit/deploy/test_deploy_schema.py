@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from graven import db
 
 
 def test_a_fresh_database_has_every_environment_table(tmp_path: Path) -> None:
     database = db.Database.open(f"sqlite:///{tmp_path / 'fresh.db'}")
     try:
-        names = set(sa.inspect(database.engine).get_table_names())
+        names = database.table_names()
         assert {"deploy_envs", "deployments", "rejections"} <= names
     finally:
         database.close()
