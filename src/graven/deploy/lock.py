@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 from pathlib import Path
 from types import TracebackType
 
@@ -49,7 +48,7 @@ class EnvLock:
             "env": env,
             "actor": actor,
             "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "host": os.uname().nodename,
             "since": since,
         }
         self._fd: int | None = None

@@ -7,12 +7,10 @@ complete; never a missing link and never a half-written tree.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
-import secrets
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from graven.errors import BackendError
 
@@ -44,7 +42,7 @@ def point_symlink(link: Path, target: str) -> bool:
             return False
     except OSError:
         pass
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         os.symlink(target, tmp)
         os.rename(tmp, link)
@@ -71,10 +69,12 @@ def remove_symlink(link: Path) -> bool:
 
 
 @cache
-def _renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    name = ctypes.util.find_library("c")
+def _renameat2() -> Any:
+    """libc's ``renameat2`` through ctypes (imported here: only directory swaps need it), or None."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them
         func = libc.renameat2
     except (OSError, AttributeError):
         return None
@@ -92,10 +92,12 @@ def exchange_dirs(a: Path, b: Path) -> None:
         if result == 0:
             fsync_dir(b.parent)
             return
+        import ctypes
+
         err = ctypes.get_errno()
         if err not in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
             raise BackendError(f"cannot swap {a} and {b}: {os.strerror(err)}")
-    aside = b.with_name(f".trash-swap-{os.getpid()}-{secrets.token_hex(4)}")
+    aside = b.with_name(f".trash-swap-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         os.rename(b, aside)
         os.rename(a, b)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +69,7 @@ class _Writable:
 def _write_file(store: LocalStore, entry: FileEntry, path: str, table: StatTable) -> int:
     """Write ``entry`` at ``path`` via a temporary file and a rename; record its stat."""
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".graven-heal-{secrets.token_hex(6)}")
+    tmp = os.path.join(directory, f".graven-heal-{os.urandom(6).hex()}")
     mode = deployed_mode(entry.executable)
     fd = os.open(tmp, _OPEN_NEW, 0o600)
     try:
@@ -167,7 +166,7 @@ def apply_heal(
             path = f"{base}/{link.path}"
             directory = os.path.dirname(path)
             writable.open(directory)
-            tmp = os.path.join(directory, f".graven-heal-{secrets.token_hex(6)}")
+            tmp = os.path.join(directory, f".graven-heal-{os.urandom(6).hex()}")
             os.symlink(link.target, tmp)
             try:
                 os.rename(tmp, path)
@@ -194,6 +193,6 @@ def move_aside(path: Path, attic: Path) -> None:
     """Move a file or directory that stands where graven's symlink belongs into ``attic``."""
     try:
         attic.mkdir(parents=True, exist_ok=True)
-        os.rename(path, attic / f"{path.name}-{secrets.token_hex(4)}")
+        os.rename(path, attic / f"{path.name}-{os.urandom(4).hex()}")
     except OSError as exc:
         raise BackendError(f"cannot move {path} aside: {exc.strerror}") from None

@@ -99,10 +99,10 @@ class Context:
     def actor(self) -> str:
         """Who is acting: ``user@host``."""
         import getpass
-        import socket
+        import os
 
         try:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = "unknown"
-        return f"{user}@{socket.gethostname()}"
+        return f"{user}@{os.uname().nodename}"  # gethostname(), without importing socket

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -309,7 +308,7 @@ def _ensure_release(
         layout.releases.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BackendError(f"cannot create {layout.releases}: {exc.strerror}") from None
-    tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         stats = build_release(
             ctx.store,
@@ -324,7 +323,7 @@ def _ensure_release(
                 if hex_digest == live_hex:
                     exchange_dirs(tmp, release)  # the live tree is replaced in one step
                 else:
-                    aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{secrets.token_hex(4)}"
+                    aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
                     os.rename(release, aside)
                     os.rename(tmp, release)
                     tmp = aside
@@ -439,7 +438,7 @@ def _retention(
         protected.add(live_hex)
     plan = plan_retention(infos, keep=keep, protected=protected)
     for hex_digest in plan.delete:
-        aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{secrets.token_hex(4)}"
+        aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             os.rename(layout.release(hex_digest), aside)
         except FileNotFoundError:

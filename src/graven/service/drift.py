@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import re
-import secrets
 import threading
 import time
 import tomllib
@@ -760,7 +759,7 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
 
     hex_digest = index.manifest.digest.hex
     release = layout.release(hex_digest)
-    tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         layout.releases.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(release):

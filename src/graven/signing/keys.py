@@ -17,7 +17,6 @@ import errno
 import hashlib
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,7 +301,7 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     fails if ``path`` exists. A reader sees either no file or the complete file.
     """
     directory = path.parent
-    temp = directory / f".{path.name}.tmp-{secrets.token_hex(8)}"
+    temp = directory / f".{path.name}.tmp-{os.urandom(8).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(temp, flags, mode)
