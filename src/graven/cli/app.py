@@ -1,21 +1,39 @@
-"""The click application: the ``graven`` group and the registry of command modules.
+"""The ``graven`` command line on the standard library's argparse.
 
-Each command's module is imported only when that command runs (or when help lists them all), so a
-command pays for its own imports and no one else's.
+A command's module is imported only when that command runs (or when help lists them all), so every
+command pays for its own imports and no one else's. The CLI framework itself must be cheap too:
+start-up is part of every command's latency (click alone took ~20 ms, twice the interpreter's own
+start-up), so graven uses argparse with a few helpers here.
+
+Each ``graven.cli.*_cmds`` module has ``register(commands)``: it adds its commands with
+:func:`add_command`, whose handler takes the parsed ``argparse.Namespace`` and returns the exit code.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import importlib
-
-import click
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from graven import __version__
 
-__all__ = ["COMMAND_MODULES", "State", "cli"]
+__all__ = [
+    "COMMAND_MODULES",
+    "ArgParser",
+    "Handler",
+    "UsageError",
+    "add_command",
+    "add_group",
+    "build_parser",
+    "port_number",
+    "run",
+]
 
-# command name -> the graven.cli module that defines it (in that module's COMMANDS); the order here
-# is the order of `graven --help`. Add new commands here.
+# command name -> the graven.cli module that registers it; the order here is the order of
+# `graven --help`. Add new commands here.
 COMMAND_MODULES: dict[str, str] = {
     "init": "build_cmds",
     "build": "build_cmds",
@@ -40,39 +58,166 @@ COMMAND_MODULES: dict[str, str] = {
     "watch": "drift_cmds",
 }
 
+Handler = Callable[[argparse.Namespace], int]
 
-class State:
-    """Process-wide CLI options."""
+
+class UsageError(Exception):
+    """Bad usage of the command line (exit 2); ``prog`` names the command for the ``--help`` hint."""
+
+    def __init__(self, message: str, prog: str = "graven") -> None:
+        super().__init__(message)
+        self.message = message
+        self.prog = prog
+
+
+class ArgParser(argparse.ArgumentParser):
+    """An argparse parser that raises :class:`UsageError` instead of printing and exiting, and never
+    accepts an abbreviated option (``--jso`` is not ``--json``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        """As argparse's; a positional is shown in upper case (``DIGEST``), as the help texts name it."""
+        if names and isinstance(names[0], str) and not names[0].startswith("-"):
+            kwargs.setdefault("metavar", names[0].upper())
+        return super().add_argument(*names, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.prog)
+
+
+def add_command(
+    commands: argparse._SubParsersAction[ArgParser], name: str, handler: Handler | None
+) -> ArgParser:
+    """Add the command ``name``; its help is the handler's docstring (first line in listings).
+
+    A handler of None makes a group whose subcommands are added to the returned parser.
+    """
+    doc = (handler.__doc__ if handler else None) or ""
+    summary = doc.strip().splitlines()[0] if doc.strip() else ""
+    parser = commands.add_parser(name, help=summary, description=_dedent(doc))
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_group(
+    commands: argparse._SubParsersAction[ArgParser], name: str, summary: str, handler: Handler | None = None
+) -> tuple[ArgParser, argparse._SubParsersAction[ArgParser]]:
+    """A command with subcommands: its parser (for its own options) and its subcommands. With
+    ``handler`` it also runs on its own (``graven log``); without, a subcommand is required."""
+    parser = commands.add_parser(name, help=summary, description=summary)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+        parser.description = _dedent(handler.__doc__ or summary)
+    sub = parser.add_subparsers(
+        title="subcommands",
+        metavar="SUBCOMMAND" if handler is None else "[SUBCOMMAND]",
+        parser_class=ArgParser,
+        required=handler is None,
+    )
+    return parser, sub
+
+
+def _dedent(doc: str) -> str:
+    import textwrap
+
+    lines = doc.strip().splitlines()
+    if not lines:
+        return ""
+    return (lines[0] + "\n" + textwrap.dedent("\n".join(lines[1:]))).strip()
+
+
+def port_number(value: str) -> int:
+    """An argparse type: a TCP port, 0-65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not in the range 0-65535")
+    return port
+
+
+def _command_name(args: Sequence[str]) -> str | None:
+    """The command word: the first argument that is not a global option."""
+    for arg in args:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None) -> ArgParser:
+    """The parser for ``command`` (only its module is imported), or for every command."""
+    parser = ArgParser(
+        prog="graven",
+        description="graven: reproducible, signed, content-addressed artifacts from a git commit.",
+    )
+    parser.add_argument("--version", action="version", version=f"graven {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show tracebacks and more detail.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgParser)
+    if command in COMMAND_MODULES:
+        modules = [COMMAND_MODULES[command]]
+    else:
+        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
+    for name in modules:
+        importlib.import_module(f"graven.cli.{name}").register(commands)
+    if len(modules) > 1:  # list commands in the registry's order, whatever the modules' order
+        order = {name: i for i, name in enumerate(COMMAND_MODULES)}
+        commands._choices_actions.sort(key=lambda action: order.get(action.dest, len(order)))
+    return parser
+
+
+def run(args: list[str]) -> int:
+    """Parse ``args``, run the command, map errors to exit codes; always close what was opened."""
+    from graven.cli.context import close_all
+    from graven.errors import GravenError
 
     verbose = False
+    try:
+        command = _command_name(args)
+        if command is not None and command not in COMMAND_MODULES:
+            close = difflib.get_close_matches(command, list(COMMAND_MODULES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"no such command {command!r}{hint}")
+        parser = build_parser(command)
+        namespace, extra = parser.parse_known_args(args)
+        if extra:  # argparse reports them at the top level; name the command's own help instead
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extra)}", f"graven {command}" if command else "graven"
+            )
+        verbose = namespace.verbose
+        handler: Handler | None = getattr(namespace, "handler", None)
+        if handler is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return handler(namespace)
+    except GravenError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        _say_error(str(exc))
+        return exc.exit_code
+    except UsageError as exc:
+        _say_error(f"{exc.message} (see `{exc.prog} --help`)")
+        return 2
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        sys.stderr.write("graven: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        close_all()
 
 
-def load_command(name: str) -> click.Command | None:
-    """The command ``name`` from its module, or None when there is no such command."""
-    module_name = COMMAND_MODULES.get(name)
-    if module_name is None:
-        return None
-    module = importlib.import_module(f"graven.cli.{module_name}")
-    for command in module.COMMANDS:
-        if command.name == name:
-            assert isinstance(command, click.Command)
-            return command
-    raise LookupError(f"graven.cli.{module_name} does not define the command {name!r}")
-
-
-class LazyGroup(click.Group):
-    """A group that imports a command's module on first use."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMAND_MODULES)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return load_command(cmd_name)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="graven", message="%(prog)s %(version)s")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and more detail.")
-def cli(verbose: bool) -> None:
-    """graven: reproducible, signed, content-addressed artifacts from a git commit."""
-    State.verbose = verbose
+def _say_error(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    sys.stderr.write(f"graven: error: {first}\n")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
+from graven.cli.app import ArgParser, UsageError, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, human_size, print_table
 
@@ -18,13 +18,68 @@ if TYPE_CHECKING:
     from graven.service.context import Context
     from graven.service.provenance import ProvenanceCheck
 
-__all__ = ["COMMANDS"]
+__all__ = ["register"]
 
 
-@click.command("artifacts")
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def artifacts_cmd(as_json: bool) -> int:
+def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
+    """Add ``artifacts``, ``show``, ``verify``, ``export`` and ``import``."""
+    artifacts = add_command(commands, "artifacts", artifacts_cmd)
+    artifacts.add_argument("--json", dest="as_json", action="store_true", help="Print the list as JSON.")
+
+    show = add_command(commands, "show", show_cmd)
+    show.add_argument("digest")
+    show.add_argument(
+        "--files", dest="list_files", action="store_true", help="List every entry of the artifact."
+    )
+    show.add_argument("--provenance", action="store_true", help="Print the signed provenance statement.")
+    show.add_argument("--json", dest="as_json", action="store_true", help="Print as JSON.")
+
+    verify = add_command(commands, "verify", verify_cmd)
+    verify.add_argument("digest")
+    verify.add_argument("--policy", type=Path, help="A trust policy file (TOML).")
+    verify.add_argument("--env", dest="env", help="Check against the keys trusted for this environment.")
+    verify.add_argument("--json", dest="as_json", action="store_true", help="Print the report as JSON.")
+    verify.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="Also rebuild from the recorded commit and inputs and confirm the same digest.",
+    )
+    verify.add_argument(
+        "-C",
+        "--repo",
+        dest="rebuild_repo",
+        metavar="REPO",
+        type=Path,
+        help="With --rebuild: the repository to rebuild from (default: the recorded local repository).",
+    )
+
+    export = add_command(commands, "export", export_cmd)
+    export.add_argument("digest")
+    export.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="Archive to write: .tar, .tar.gz or .tar.zst.",
+    )
+    export.add_argument("--attestation", type=Path, help="Also write the DSSE envelope here.")
+    export.add_argument("--bundle", type=Path, help="Also write a Sigstore bundle (v0.3) here.")
+    export.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+    import_ = add_command(commands, "import", import_cmd)
+    import_.add_argument("archive", type=Path)
+    import_.add_argument("--name", help="Artifact name when the archive does not carry one.")
+    import_.add_argument(
+        "--attestation",
+        type=Path,
+        help="The artifact's signed provenance (DSSE envelope or Sigstore bundle).",
+    )
+    import_.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+
+def artifacts_cmd(args: argparse.Namespace) -> int:
     """List stored artifacts, newest first."""
+    as_json: bool = args.as_json
     from graven.home import Home
 
     home = Home.from_env()
@@ -32,7 +87,7 @@ def artifacts_cmd(as_json: bool) -> int:
         if as_json:
             emit_json([])
         else:
-            click.echo("no artifacts yet; run `graven build` in a repository with a graven.toml")
+            print("no artifacts yet; run `graven build` in a repository with a graven.toml")
         return 0
     from graven.service.artifacts import list_artifacts
     from graven.service.context import Context
@@ -42,7 +97,7 @@ def artifacts_cmd(as_json: bool) -> int:
         emit_json([r.to_json() for r in records])
         return 0
     if not records:
-        click.echo("no artifacts yet; run `graven build` in a repository with a graven.toml")
+        print("no artifacts yet; run `graven build` in a repository with a graven.toml")
         return 0
     print_table(
         ["digest", "name", "commit", "files", "size", "created"],
@@ -61,13 +116,12 @@ def artifacts_cmd(as_json: bool) -> int:
     return 0
 
 
-@click.command("show")
-@click.argument("digest")
-@click.option("--files", "list_files", is_flag=True, help="List every entry of the artifact.")
-@click.option("--provenance", is_flag=True, help="Print the signed provenance statement.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def show_cmd(digest: str, list_files: bool, provenance: bool, as_json: bool) -> int:
+def show_cmd(args: argparse.Namespace) -> int:
     """Show one artifact: where it came from and a summary of its files."""
+    digest: str = args.digest
+    list_files: bool = args.list_files
+    provenance: bool = args.provenance
+    as_json: bool = args.as_json
     from graven.service import artifacts as svc
     from graven.service.context import Context
 
@@ -109,18 +163,18 @@ def show_cmd(digest: str, list_files: bool, provenance: bool, as_json: bool) -> 
         ),
     ]
     for key, value in lines:
-        click.echo(f"{key + ':':<13}{value}")
-    click.echo("")
+        print(f"{key + ':':<13}{value}")
+    print()
     print_table(
         ["path", "files", "size"],
         [[t["path"], str(t["files"]), human_size(t["size"])] for t in summary["top_level"]],
     )
     if list_files:
-        click.echo("")
+        print()
         for entry in manifest.entries:
             data = entry.to_json()
             detail = data.get("sha256", data.get("target", ""))
-            click.echo(f"{data['type']:<8}{data.get('mode', ''):<6}{data['path']}  {detail}")
+            print(f"{data['type']:<8}{data.get('mode', ''):<6}{data['path']}  {detail}")
     return 0
 
 
@@ -141,46 +195,27 @@ def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:
             }
         )
     else:
-        click.echo(f"payloadType: {envelope.payload_type}")
-        click.echo(f"signed by:   {', '.join(sig.keyid for sig in envelope.signatures)}")
-        click.echo("(signature not checked here; `graven verify` checks it against your trusted keys)")
-        click.echo(json.dumps(statement, indent=2, sort_keys=True))
+        print(f"payloadType: {envelope.payload_type}")
+        print(f"signed by:   {', '.join(sig.keyid for sig in envelope.signatures)}")
+        print("(signature not checked here; `graven verify` checks it against your trusted keys)")
+        print(json.dumps(statement, indent=2, sort_keys=True))
     return 0
 
 
-@click.command("verify")
-@click.argument("digest")
-@click.option("--policy", type=click.Path(path_type=Path), help="A trust policy file (TOML).")
-@click.option("--env", "env", help="Check against the keys trusted for this environment.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--rebuild",
-    is_flag=True,
-    help="Also rebuild from the recorded commit and inputs and confirm the same digest.",
-)
-@click.option(
-    "-C",
-    "--repo",
-    "rebuild_repo",
-    type=click.Path(path_type=Path),
-    help="With --rebuild: the repository to rebuild from (default: the recorded local repository).",
-)
-def verify_cmd(
-    digest: str,
-    policy: Path | None,
-    env: str | None,
-    as_json: bool,
-    *,
-    rebuild: bool = False,
-    rebuild_repo: Path | None = None,
-) -> int:
+def verify_cmd(args: argparse.Namespace) -> int:
     """Re-hash an artifact and check its signed provenance; exit 1 if anything is wrong."""
+    digest: str = args.digest
+    policy: Path | None = args.policy
+    env: str | None = args.env
+    as_json: bool = args.as_json
+    rebuild: bool = args.rebuild
+    rebuild_repo: Path | None = args.rebuild_repo
     from graven.service import artifacts as svc
     from graven.service.context import Context
     from graven.service.provenance import check_provenance, load_policy
 
     if rebuild_repo is not None and not rebuild:
-        raise click.UsageError("-C/--repo is only used with --rebuild")
+        raise UsageError("-C/--repo is only used with --rebuild", "graven verify")
     ctx = _closing(Context.from_env())
     resolved = svc.resolve_digest(ctx, digest)
     trust = load_policy(ctx, policy)
@@ -197,7 +232,7 @@ def verify_cmd(
     if as_json:
         emit_json({**report.to_json(), "ok": ok, "provenance": provenance.to_json()})
     elif ok:
-        click.echo(f"ok {resolved} ({report.objects_checked} objects verified; {provenance.reason})")
+        print(f"ok {resolved} ({report.objects_checked} objects verified; {provenance.reason})")
     else:
         _print_problems(resolved, report, provenance)
     return 0 if ok else 1
@@ -256,29 +291,20 @@ def _verify_rebuild(
             f"({count} differing path{'' if count == 1 else 's'})\n"
         )
     if ok:
-        click.echo(
+        print(
             f"ok {resolved} ({report.objects_checked} objects verified; {provenance.reason}; "
             f"rebuilt from {result.commit[:12]}: same digest)"
         )
     return 0 if ok else 1
 
 
-@click.command("export")
-@click.argument("digest")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Archive to write: .tar, .tar.gz or .tar.zst.",
-)
-@click.option("--attestation", type=click.Path(path_type=Path), help="Also write the DSSE envelope here.")
-@click.option("--bundle", type=click.Path(path_type=Path), help="Also write a Sigstore bundle (v0.3) here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_cmd(
-    digest: str, output: Path, attestation: Path | None, bundle: Path | None, as_json: bool
-) -> int:
+def export_cmd(args: argparse.Namespace) -> int:
     """Write an artifact as a deterministic archive (same artifact, same bytes)."""
+    digest: str = args.digest
+    output: Path = args.output
+    attestation: Path | None = args.attestation
+    bundle: Path | None = args.bundle
+    as_json: bool = args.as_json
     from graven.service import artifacts as svc
     from graven.service.context import Context
     from graven.service.transfer import export_artifact, export_attestation
@@ -291,21 +317,16 @@ def export_cmd(
     if as_json:
         emit_json({"digest": str(resolved), "output": str(output), "size": output.stat().st_size})
     else:
-        click.echo(f"wrote {output} ({human_size(output.stat().st_size)}) for {resolved}")
+        print(f"wrote {output} ({human_size(output.stat().st_size)}) for {resolved}")
     return 0
 
 
-@click.command("import")
-@click.argument("archive", type=click.Path(path_type=Path))
-@click.option("--name", help="Artifact name when the archive does not carry one.")
-@click.option(
-    "--attestation",
-    type=click.Path(path_type=Path),
-    help="The artifact's signed provenance (DSSE envelope or Sigstore bundle).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def import_cmd(archive: Path, name: str | None, attestation: Path | None, as_json: bool) -> int:
+def import_cmd(args: argparse.Namespace) -> int:
     """Ingest an archive safely; print the digest recomputed from its content."""
+    archive: Path = args.archive
+    name: str | None = args.name
+    attestation: Path | None = args.attestation
+    as_json: bool = args.as_json
     from graven.service.context import Context
     from graven.service.transfer import import_archive
 
@@ -317,8 +338,5 @@ def import_cmd(archive: Path, name: str | None, attestation: Path | None, as_jso
         sys.stderr.write(
             f"imported {result.name}: {result.file_count} files, {human_size(result.total_size)}\n"
         )
-        click.echo(result.digest)
+        print(result.digest)
     return 0
-
-
-COMMANDS = [artifacts_cmd, show_cmd, verify_cmd, export_cmd, import_cmd]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
+from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size
 from graven.errors import InputError
@@ -16,21 +16,46 @@ from graven.errors import InputError
 if TYPE_CHECKING:
     from graven.build.compare import NotReproducibleError
 
-__all__ = ["COMMANDS"]
+__all__ = ["register"]
 
 
-@click.command("init")
-@click.option(
-    "-C",
-    "--repo",
-    "repo",
-    type=click.Path(path_type=Path),
-    default=Path("."),
-    help="Repository to initialise (default: the current directory).",
-)
-@click.option("--name", help="Artifact name (default: the repository's directory name).")
-def init_cmd(repo: Path, name: str | None) -> int:
+def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
+    """Add ``init`` and ``build``."""
+    init = add_command(commands, "init", init_cmd)
+    init.add_argument(
+        "-C",
+        "--repo",
+        type=Path,
+        default=Path("."),
+        help="Repository to initialise (default: the current directory).",
+    )
+    init.add_argument("--name", help="Artifact name (default: the repository's directory name).")
+
+    build = add_command(commands, "build", build_cmd)
+    build.add_argument("revision", nargs="?", default="HEAD", help="The revision to build (default HEAD).")
+    build.add_argument(
+        "-C",
+        "--repo",
+        type=Path,
+        default=Path("."),
+        help="Repository to build from (default: the current directory).",
+    )
+    build.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+    build.add_argument(
+        "--no-cache", action="store_true", help="Re-read and re-hash every file (ignore the blob cache)."
+    )
+    build.add_argument(
+        "--check",
+        action="store_true",
+        help="Build twice, the second time varied (path, file order, umask, hostname, TZ, locale); "
+        "exit 1 and list the differing paths unless both give the same manifest.",
+    )
+
+
+def init_cmd(args: argparse.Namespace) -> int:
     """Write a commented starter graven.toml at the repository root."""
+    repo: Path = args.repo
+    name: str | None = args.name
     from graven.model.pipeline import PIPELINE_FILE, STARTER
     from graven.sources.git import GitRepo
 
@@ -44,30 +69,16 @@ def init_cmd(repo: Path, name: str | None) -> int:
         raise InputError(f"invalid artifact name {name!r}: use lowercase letters, digits, '.', '_', '-'")
     with target.open("x", encoding="utf-8") as handle:
         handle.write(STARTER.format(name=name))
-    click.echo(f"wrote {target}; commit it, then run `graven build`")
+    print(f"wrote {target}; commit it, then run `graven build`")
     return 0
 
 
-@click.command("build")
-@click.argument("revision", default="HEAD")
-@click.option(
-    "-C",
-    "--repo",
-    "repo",
-    type=click.Path(path_type=Path),
-    default=Path("."),
-    help="Repository to build from (default: the current directory).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--no-cache", is_flag=True, help="Re-read and re-hash every file (ignore the blob cache).")
-@click.option(
-    "--check",
-    is_flag=True,
-    help="Build twice, the second time varied (path, file order, umask, hostname, TZ, locale); "
-    "exit 1 and list the differing paths unless both give the same manifest.",
-)
-def build_cmd(revision: str, repo: Path, as_json: bool, no_cache: bool, check: bool) -> int:
+def build_cmd(args: argparse.Namespace) -> int:
     """Build REVISION (default HEAD) into a content-addressed artifact; print its digest."""
+    revision: str = args.revision
+    repo: Path = args.repo
+    as_json: bool = args.as_json
+    check: bool = args.check
     from graven.build.compare import NotReproducibleError
     from graven.service.build import build
     from graven.service.context import Context
@@ -75,7 +86,7 @@ def build_cmd(revision: str, repo: Path, as_json: bool, no_cache: bool, check: b
     reporter = TerminalReporter()
     ctx = _closing(Context.from_env(reporter))
     try:
-        result = build(ctx, path=repo, revision=revision, use_cache=not no_cache, check=check)
+        result = build(ctx, path=repo, revision=revision, use_cache=not args.no_cache, check=check)
     except NotReproducibleError as exc:
         reporter.close()
         _report_not_reproducible(exc, as_json=as_json)
@@ -94,7 +105,7 @@ def build_cmd(revision: str, repo: Path, as_json: bool, no_cache: bool, check: b
         )
         if check:
             sys.stderr.write("reproducible: a second build gave the same manifest\n")
-        click.echo(result.digest)
+        print(result.digest)
     return 0
 
 
@@ -117,6 +128,3 @@ def _report_not_reproducible(exc: NotReproducibleError, *, as_json: bool) -> Non
         if item.diffoscope:
             for line in item.diffoscope.splitlines():
                 sys.stderr.write(f"    {line}\n")
-
-
-COMMANDS = [init_cmd, build_cmd]

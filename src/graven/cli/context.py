@@ -1,18 +1,24 @@
-"""Contexts opened by CLI commands are closed when the click context ends (even on errors)."""
+"""Contexts opened by CLI commands are closed when the command ends (even on errors)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import click
-
 if TYPE_CHECKING:
     from graven.service.context import Context
 
-__all__ = ["closing"]
+__all__ = ["close_all", "closing"]
+
+_OPEN: list[Context] = []
 
 
 def closing(ctx: Context) -> Context:
     """Close ``ctx`` (its database connections) when the current command finishes."""
-    click.get_current_context().call_on_close(ctx.close)
+    _OPEN.append(ctx)
     return ctx
+
+
+def close_all() -> None:
+    """Close every context the command opened, newest first."""
+    while _OPEN:
+        _OPEN.pop().close()

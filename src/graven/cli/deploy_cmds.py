@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import click
-
+from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size, print_table
 
@@ -17,10 +16,63 @@ if TYPE_CHECKING:
     from graven.service.context import Context
     from graven.service.deploy import DeployOptions, DeployResult
 
-__all__ = ["COMMANDS"]
+__all__ = ["register"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 _LIST_LIMIT = 40
+
+
+def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
+    """Add the deploy commands: deploy, promote, rollback, hold, unhold, reject, status, history."""
+    reason_help = "Why (recorded in the history and the audit log)."
+
+    deploy = add_command(commands, "deploy", deploy_cmd)
+    deploy.add_argument("digest", help="The artifact to deploy.")
+    deploy.add_argument("env", help="The environment to deploy to.")
+    deploy.add_argument(
+        "--plan", dest="plan_only", action="store_true", help="Show what would change; change nothing."
+    )
+    deploy.add_argument("--reason", help=reason_help)
+    deploy.add_argument(
+        "--override-policy",
+        dest="override",
+        action="store_true",
+        help="Break glass: bypass the environment's `requires` (never hashes, signatures or rejection).",
+    )
+    _target_options(deploy)
+
+    promote = add_command(commands, "promote", promote_cmd)
+    promote.add_argument("from_env", metavar="FROM", help="The environment whose live digest is promoted.")
+    promote.add_argument("to_env", metavar="TO", help="The environment to deploy it to.")
+    promote.add_argument("--reason", help=reason_help)
+    _target_options(promote)
+
+    rollback = add_command(commands, "rollback", rollback_cmd)
+    rollback.add_argument("env", help="The environment to roll back.")
+    rollback.add_argument("--to", metavar="DIGEST", help="A digest from this environment's history.")
+    rollback.add_argument("--reason", help=reason_help)
+    _target_options(rollback)
+
+    hold = add_command(commands, "hold", hold_cmd)
+    hold.add_argument("env", help="The environment to hold.")
+    hold.add_argument("--reason", required=True, help="Why the environment must not change.")
+    hold.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+    unhold = add_command(commands, "unhold", unhold_cmd)
+    unhold.add_argument("env", help="The environment to release.")
+    unhold.add_argument("--reason", help="Why it is safe to deploy again.")
+    unhold.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+    reject = add_command(commands, "reject", reject_cmd)
+    reject.add_argument("digest", help="The artifact to reject.")
+    reject.add_argument("--reason", required=True, help="Why this artifact must never be deployed.")
+    reject.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+    status = add_command(commands, "status", status_cmd)
+    status.add_argument("--json", dest="as_json", action="store_true", help="Print the environments as JSON.")
+
+    history = add_command(commands, "history", history_cmd)
+    history.add_argument("env", help="The environment whose history is shown.")
+    history.add_argument("--json", dest="as_json", action="store_true", help="Print the history as JSON.")
 
 
 class _DeployReporter:
@@ -40,19 +92,29 @@ class _DeployReporter:
         self._inner.close()
 
 
-def _target_options(func: F) -> F:
-    func = click.option(
+def _target_options(parser: ArgParser) -> None:
+    parser.add_argument(
         "--root",
-        type=click.Path(path_type=Path, file_okay=False),
+        type=Path,
         help="Base directory for relative [env] paths (default: $GRAVEN_DEPLOY_ROOT).",
-    )(func)
-    func = click.option(
-        "--policy", type=click.Path(path_type=Path), help="An extra trust policy file (TOML)."
-    )(func)
-    func = click.option(
-        "--wait", is_flag=True, help="Wait for another deployment of the environment instead of failing."
-    )(func)
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
+    )
+    parser.add_argument("--policy", type=Path, help="An extra trust policy file (TOML).")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="Wait for another deployment of the environment instead of failing.",
+    )
+    parser.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+
+def _root(args: argparse.Namespace) -> Path | None:
+    """``--root``, which must not be a file."""
+    from graven.errors import InputError
+
+    root: Path | None = args.root
+    if root is not None and root.exists() and not root.is_dir():
+        raise InputError(f"--root {root} is a file, not a directory")
+    return root
 
 
 def _options(
@@ -92,47 +154,31 @@ def _report(result: DeployResult, *, as_json: bool) -> int:
         else:
             how = ""
         verb = {"deploy": "deployed", "promote": "promoted", "rollback": "rolled back to"}[result.kind]
-        click.echo(f"{verb} {result.name} {result.digest[7:19]} in {result.env} ({result.path}); {how}")
+        print(f"{verb} {result.name} {result.digest[7:19]} in {result.env} ({result.path}); {how}")
         if result.overridden:
-            click.echo(f"policy overridden: requires {', '.join(result.overridden)}")
+            print(f"policy overridden: requires {', '.join(result.overridden)}")
         if result.removed:
-            click.echo(f"removed old releases: {', '.join(d[7:19] for d in result.removed)}")
+            print(f"removed old releases: {', '.join(d[7:19] for d in result.removed)}")
         if result.held:
-            click.echo(
-                f"{result.env} is held on {result.digest[7:19]}; `graven unhold {result.env}` lifts it"
-            )
-        click.echo(result.message)
+            print(f"{result.env} is held on {result.digest[7:19]}; `graven unhold {result.env}` lifts it")
+        print(result.message)
     if not result.ok:
         sys.stderr.write(f"graven: error: {result.message}\n")
         return 1
     return 0
 
 
-@click.command("deploy")
-@click.argument("digest")
-@click.argument("env")
-@click.option("--plan", "plan_only", is_flag=True, help="Show what would change; change nothing.")
-@click.option("--reason", help="Why (recorded in the history and the audit log).")
-@click.option(
-    "--override-policy",
-    "override",
-    is_flag=True,
-    help="Break glass: bypass the environment's `requires` (never hashes, signatures or rejection).",
-)
-@_target_options
-def deploy_cmd(
-    *,
-    digest: str,
-    env: str,
-    plan_only: bool,
-    reason: str | None,
-    override: bool,
-    root: Path | None,
-    policy: Path | None,
-    wait: bool,
-    as_json: bool,
-) -> int:
+def deploy_cmd(args: argparse.Namespace) -> int:
     """Verify DIGEST and make it the live release of ENV (atomic switch, then activate and health)."""
+    digest: str = args.digest
+    env: str = args.env
+    plan_only: bool = args.plan_only
+    reason: str | None = args.reason
+    override: bool = args.override
+    root = _root(args)
+    policy: Path | None = args.policy
+    wait: bool = args.wait
+    as_json: bool = args.as_json
     from graven.errors import InputError
     from graven.service import deploy as svc
 
@@ -153,47 +199,40 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
     if as_json:
         emit_json(plan.to_json())
         return 0
-    click.echo(f"plan: deploy {plan.name} {plan.digest[7:19]} to {plan.env} ({plan.path})")
-    click.echo(f"live: {plan.live[7:19] if plan.live else 'nothing'}")
+    print(f"plan: deploy {plan.name} {plan.digest[7:19]} to {plan.env} ({plan.path})")
+    print(f"live: {plan.live[7:19] if plan.live else 'nothing'}")
     diff = plan.diff
-    click.echo(
+    print(
         f"files: {len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed, "
         f"{diff.unchanged} unchanged; would link {plan.would_link} and copy {plan.would_copy} files"
         + ("; the release is already on disk" if plan.release_on_disk else "")
     )
     for mark, paths in (("+", diff.added), ("-", diff.removed), ("~", diff.changed)):
         for path in paths[:_LIST_LIMIT]:
-            click.echo(f"  {mark} {path}")
+            print(f"  {mark} {path}")
         if len(paths) > _LIST_LIMIT:
-            click.echo(f"  {mark} ... and {len(paths) - _LIST_LIMIT} more (--json lists all)")
+            print(f"  {mark} ... and {len(paths) - _LIST_LIMIT} more (--json lists all)")
     if plan.overridden:
-        click.echo(f"policy: requires {', '.join(plan.overridden)} would be overridden")
+        print(f"policy: requires {', '.join(plan.overridden)} would be overridden")
     if plan.config:
         if plan.config_diff:
-            click.echo(f"config ({plan.config}):")
+            print(f"config ({plan.config}):")
             sys.stdout.write(plan.config_diff)
         else:
-            click.echo(f"config ({plan.config}): unchanged")
-    click.echo("nothing was changed (--plan)")
+            print(f"config ({plan.config}): unchanged")
+    print("nothing was changed (--plan)")
     return 0
 
 
-@click.command("promote")
-@click.argument("from_env", metavar="FROM")
-@click.argument("to_env", metavar="TO")
-@click.option("--reason", help="Why (recorded in the history and the audit log).")
-@_target_options
-def promote_cmd(
-    *,
-    from_env: str,
-    to_env: str,
-    reason: str | None,
-    root: Path | None,
-    policy: Path | None,
-    wait: bool,
-    as_json: bool,
-) -> int:
+def promote_cmd(args: argparse.Namespace) -> int:
     """Deploy to TO exactly the digest that is live and healthy in FROM."""
+    from_env: str = args.from_env
+    to_env: str = args.to_env
+    reason: str | None = args.reason
+    root = _root(args)
+    policy: Path | None = args.policy
+    wait: bool = args.wait
+    as_json: bool = args.as_json
     from graven.service import deploy as svc
 
     ctx, reporter = _context()
@@ -204,22 +243,15 @@ def promote_cmd(
     return _report(result, as_json=as_json)
 
 
-@click.command("rollback")
-@click.argument("env")
-@click.option("--to", "to", metavar="DIGEST", help="A digest from this environment's history.")
-@click.option("--reason", help="Why (recorded in the history and the audit log).")
-@_target_options
-def rollback_cmd(
-    *,
-    env: str,
-    to: str | None,
-    reason: str | None,
-    root: Path | None,
-    policy: Path | None,
-    wait: bool,
-    as_json: bool,
-) -> int:
+def rollback_cmd(args: argparse.Namespace) -> int:
     """Make the previous release (or --to DIGEST) live again, then hold ENV on it."""
+    env: str = args.env
+    to: str | None = args.to
+    reason: str | None = args.reason
+    root = _root(args)
+    policy: Path | None = args.policy
+    wait: bool = args.wait
+    as_json: bool = args.as_json
     from graven.service import deploy as svc
 
     ctx, reporter = _context()
@@ -230,12 +262,11 @@ def rollback_cmd(
     return _report(result, as_json=as_json)
 
 
-@click.command("hold")
-@click.argument("env")
-@click.option("--reason", required=True, help="Why the environment must not change.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def hold_cmd(env: str, reason: str, as_json: bool) -> int:
+def hold_cmd(args: argparse.Namespace) -> int:
     """Hold ENV on its live digest: deploy and promote refuse any other until unhold."""
+    env: str = args.env
+    reason: str = args.reason
+    as_json: bool = args.as_json
     from graven.service import environments as svc
     from graven.service.context import Context
 
@@ -243,18 +274,17 @@ def hold_cmd(env: str, reason: str, as_json: bool) -> int:
     if as_json:
         emit_json(result.to_json())
     elif result.changed:
-        click.echo(f"{env} is held on {(result.digest or 'nothing')[7:19] or 'nothing'}")
+        print(f"{env} is held on {(result.digest or 'nothing')[7:19] or 'nothing'}")
     else:
-        click.echo(f"{env} was already held")
+        print(f"{env} was already held")
     return 0
 
 
-@click.command("unhold")
-@click.argument("env")
-@click.option("--reason", help="Why it is safe to deploy again.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def unhold_cmd(env: str, reason: str | None, as_json: bool) -> int:
+def unhold_cmd(args: argparse.Namespace) -> int:
     """Lift the hold on ENV (set by a rollback or by graven hold)."""
+    env: str = args.env
+    reason: str | None = args.reason
+    as_json: bool = args.as_json
     from graven.service import environments as svc
     from graven.service.context import Context
 
@@ -262,18 +292,17 @@ def unhold_cmd(env: str, reason: str | None, as_json: bool) -> int:
     if as_json:
         emit_json(result.to_json())
     elif result.changed:
-        click.echo(f"{env} is no longer held; deploy and promote may change it again")
+        print(f"{env} is no longer held; deploy and promote may change it again")
     else:
-        click.echo(f"{env} was not held")
+        print(f"{env} was not held")
     return 0
 
 
-@click.command("reject")
-@click.argument("digest")
-@click.option("--reason", required=True, help="Why this artifact must never be deployed.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def reject_cmd(digest: str, reason: str, as_json: bool) -> int:
+def reject_cmd(args: argparse.Namespace) -> int:
     """Mark DIGEST so that it can never be deployed again, anywhere."""
+    digest: str = args.digest
+    reason: str = args.reason
+    as_json: bool = args.as_json
     from graven.service import environments as svc
     from graven.service.context import Context
 
@@ -282,9 +311,9 @@ def reject_cmd(digest: str, reason: str, as_json: bool) -> int:
         emit_json(result.to_json())
         return 0
     if result.already:
-        click.echo(f"{result.digest[7:19]} was already rejected ({result.reason})")
+        print(f"{result.digest[7:19]} was already rejected ({result.reason})")
     else:
-        click.echo(f"rejected {result.digest[7:19]}: it can never be deployed again")
+        print(f"rejected {result.digest[7:19]}: it can never be deployed again")
     for env in result.live_in:
         sys.stderr.write(
             f"graven: warning: {result.digest[7:19]} is still live in {env}; deploy a fix or "
@@ -293,10 +322,9 @@ def reject_cmd(digest: str, reason: str, as_json: bool) -> int:
     return 0
 
 
-@click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the environments as JSON.")
-def status_cmd(as_json: bool) -> int:
+def status_cmd(args: argparse.Namespace) -> int:
     """Per environment: the live digest, what it is, when and by whom it was deployed, health, hold."""
+    as_json: bool = args.as_json
     from graven.service import environments as svc
     from graven.service.context import Context
 
@@ -305,7 +333,7 @@ def status_cmd(as_json: bool) -> int:
         emit_json([e.to_json() for e in envs])
         return 0
     if not envs:
-        click.echo("no environments yet; `graven deploy DIGEST ENV` deploys to one")
+        print("no environments yet; `graven deploy DIGEST ENV` deploys to one")
         return 0
 
     def digest_cell(value: str | None) -> str:
@@ -337,11 +365,10 @@ def status_cmd(as_json: bool) -> int:
     return 0
 
 
-@click.command("history")
-@click.argument("env")
-@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
-def history_cmd(env: str, as_json: bool) -> int:
+def history_cmd(args: argparse.Namespace) -> int:
     """Every deploy, promote and rollback of ENV, with reason and result."""
+    env: str = args.env
+    as_json: bool = args.as_json
     from graven.service import environments as svc
     from graven.service.context import Context
 
@@ -374,15 +401,3 @@ def history_cmd(env: str, as_json: bool) -> int:
         ],
     )
     return 0
-
-
-COMMANDS = [
-    deploy_cmd,
-    promote_cmd,
-    rollback_cmd,
-    hold_cmd,
-    unhold_cmd,
-    reject_cmd,
-    status_cmd,
-    history_cmd,
-]

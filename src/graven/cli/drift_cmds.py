@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
@@ -9,17 +10,57 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import click
-
+from graven.cli.app import ArgParser, UsageError, add_command, port_number
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, print_table
 
 if TYPE_CHECKING:
     from graven.service.drift import DriftReport
 
-__all__ = ["COMMANDS"]
+__all__ = ["register"]
 
 _ROWS = 40
+
+
+def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
+    """Add ``drift``, ``heal`` and ``watch``."""
+    drift = add_command(commands, "drift", drift_cmd)
+    drift.add_argument("envs", nargs="*", metavar="ENV")
+    drift.add_argument(
+        "--full", action="store_true", help="Re-hash every file instead of trusting unchanged stat records."
+    )
+    drift.add_argument("--json", dest="as_json", action="store_true", help="Print every difference as JSON.")
+
+    heal = add_command(commands, "heal", heal_cmd)
+    heal.add_argument("env", metavar="ENV")
+    heal.add_argument(
+        "--plan", dest="plan_only", action="store_true", help="Show what would be restored; change nothing."
+    )
+    heal.add_argument(
+        "--wait", action="store_true", help="Wait for a deployment of ENV to finish instead of failing."
+    )
+    heal.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+    watch = add_command(commands, "watch", watch_cmd)
+    watch.add_argument("envs", nargs="*", metavar="ENV")
+    watch.add_argument("--interval", default="60", help="Seconds between periodic checks. (default: 60)")
+    watch.add_argument(
+        "--full-every", default="24h", help="How often a check re-hashes everything. (default: 24h)"
+    )
+    watch.add_argument("--alert-command", metavar="CMD", help="Run CMD (sh -c) with the alert JSON on stdin.")
+    watch.add_argument("--webhook", metavar="URL", help="POST the alert JSON to URL (retried with backoff).")
+    watch.add_argument(
+        "--heal",
+        dest="do_heal",
+        action="store_true",
+        help="Restore drifted releases from the store (self-heal).",
+    )
+    watch.add_argument(
+        "--metrics-port", type=port_number, metavar="N", help="Serve Prometheus metrics on 127.0.0.1:N."
+    )
+    watch.add_argument(
+        "--json", dest="as_json", action="store_true", help="Print one JSON line per check instead of text."
+    )
 
 
 def _context() -> Any:
@@ -47,20 +88,19 @@ def _summary(report: DriftReport) -> str:
 def show_reports(reports: Sequence[DriftReport]) -> None:
     """A line per environment, then one table of every difference (capped; --json lists all)."""
     for report in reports:
-        click.echo(_summary(report))
+        print(_summary(report))
     rows = [[r.env, d.kind, d.path, d.detail()] for r in reports for d in r.differences]
     if rows:
         print_table(["env", "kind", "path", "detail"], rows[:_ROWS])
         if len(rows) > _ROWS:
-            click.echo(f"... and {len(rows) - _ROWS} more (--json lists every difference)")
+            print(f"... and {len(rows) - _ROWS} more (--json lists every difference)")
 
 
-@click.command("drift")
-@click.argument("envs", nargs=-1, metavar="[ENV...]")
-@click.option("--full", is_flag=True, help="Re-hash every file instead of trusting unchanged stat records.")
-@click.option("--json", "as_json", is_flag=True, help="Print every difference as JSON.")
-def drift_cmd(envs: tuple[str, ...], full: bool, as_json: bool) -> int:
+def drift_cmd(args: argparse.Namespace) -> int:
     """Compare live environments with what graven deployed; exit 1 when anything drifted."""
+    envs: list[str] = args.envs
+    full: bool = args.full
+    as_json: bool = args.as_json
     from graven.service import drift as svc
 
     reports = svc.check(_context(), envs, full=full)
@@ -68,19 +108,18 @@ def drift_cmd(envs: tuple[str, ...], full: bool, as_json: bool) -> int:
     if as_json:
         emit_json({"clean": clean, "environments": [r.to_json() for r in reports]})
     elif not reports:
-        click.echo("no live environments; `graven deploy DIGEST ENV` makes one")
+        print("no live environments; `graven deploy DIGEST ENV` makes one")
     else:
         show_reports(reports)
     return 0 if clean else 1
 
 
-@click.command("heal")
-@click.argument("env")
-@click.option("--plan", "plan_only", is_flag=True, help="Show what would be restored; change nothing.")
-@click.option("--wait", is_flag=True, help="Wait for a deployment of ENV to finish instead of failing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def heal_cmd(env: str, plan_only: bool, wait: bool, as_json: bool) -> int:
+def heal_cmd(args: argparse.Namespace) -> int:
     """Restore ENV's release (and current, config) from the store, exactly as deployed."""
+    env: str = args.env
+    plan_only: bool = args.plan_only
+    wait: bool = args.wait
+    as_json: bool = args.as_json
     from graven.service import drift as svc
 
     result = svc.heal(_context(), env, plan_only=plan_only, wait=wait)
@@ -89,11 +128,11 @@ def heal_cmd(env: str, plan_only: bool, wait: bool, as_json: bool) -> int:
         return 0 if result.ok else 1
     plan = result.plan
     if not result.before:
-        click.echo(f"{env}: nothing to heal, it matches {result.digest[7:19]}")
+        print(f"{env}: nothing to heal, it matches {result.digest[7:19]}")
         return 0
     verb = "would" if plan_only else "did"
     n = len(result.before)
-    click.echo(
+    print(
         f"{env}: {n} difference{'s' if n != 1 else ''}; {verb} remove {len(plan.remove)}, create or fix "
         f"{len(plan.mkdirs)} directories, write {len(plan.files)} files and {len(plan.symlinks)} symlinks"
         + (", repoint current" if plan.current else "")
@@ -103,18 +142,23 @@ def heal_cmd(env: str, plan_only: bool, wait: bool, as_json: bool) -> int:
     rows = [[d.kind, d.path, d.detail()] for d in result.before]
     print_table(["kind", "path", "detail"], rows[:_ROWS])
     if len(rows) > _ROWS:
-        click.echo(f"... and {len(rows) - _ROWS} more (--json lists all)")
+        print(f"... and {len(rows) - _ROWS} more (--json lists all)")
     if plan_only:
-        click.echo("nothing was changed (--plan)")
+        print("nothing was changed (--plan)")
         return 0
     if result.ok:
-        click.echo(f"{env}: healed in {result.seconds * 1000:.0f} ms; a full check finds it clean")
+        print(f"{env}: healed in {result.seconds * 1000:.0f} ms; a full check finds it clean")
         return 0
     sys.stderr.write(
         f"graven: error: {env} still differs after the heal ({len(result.after)} differences, first: "
         f"{result.after[0].path} {result.after[0].kind})\n"
     )
     return 1
+
+
+def _echo(line: str) -> None:
+    """One line on stdout, flushed at once (watch runs for long, often into a pipe)."""
+    print(line, flush=True)
 
 
 def _duration(text: str) -> float:
@@ -126,43 +170,30 @@ def _duration(text: str) -> float:
         else:
             seconds = float(value)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration (e.g. 90, 30s, 5m, 24h)") from None
+        raise UsageError(
+            f"Invalid value: {text!r} is not a duration (e.g. 90, 30s, 5m, 24h)", "graven watch"
+        ) from None
     if seconds <= 0:
-        raise click.BadParameter(f"{text!r} must be more than zero")
+        raise UsageError(f"Invalid value: {text!r} must be more than zero", "graven watch")
     return seconds
 
 
-@click.command("watch")
-@click.argument("envs", nargs=-1, metavar="[ENV...]")
-@click.option("--interval", default="60", show_default=True, help="Seconds between periodic checks.")
-@click.option(
-    "--full-every", default="24h", show_default=True, help="How often a check re-hashes everything."
-)
-@click.option("--alert-command", metavar="CMD", help="Run CMD (sh -c) with the alert JSON on stdin.")
-@click.option("--webhook", metavar="URL", help="POST the alert JSON to URL (retried with backoff).")
-@click.option("--heal", "do_heal", is_flag=True, help="Restore drifted releases from the store (self-heal).")
-@click.option(
-    "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on 127.0.0.1:N."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per check instead of text.")
-def watch_cmd(
-    *,
-    envs: tuple[str, ...],
-    interval: str,
-    full_every: str,
-    alert_command: str | None,
-    webhook: str | None,
-    do_heal: bool,
-    metrics_port: int | None,
-    as_json: bool,
-) -> int:
+def watch_cmd(args: argparse.Namespace) -> int:
     """Check live environments on every file change and periodically; alert, heal, export metrics.
     Runs until SIGTERM or SIGINT."""
+    envs: list[str] = args.envs
+    interval: str = args.interval
+    full_every: str = args.full_every
+    alert_command: str | None = args.alert_command
+    webhook: str | None = args.webhook
+    do_heal: bool = args.do_heal
+    metrics_port: int | None = args.metrics_port
+    as_json: bool = args.as_json
     from graven.drift.watch import WatchOptions
     from graven.service.drift import run_watch
 
     options = WatchOptions(
-        envs=envs,
+        envs=tuple(envs),
         interval=_duration(interval),
         full_every=_duration(full_every),
         alert_command=alert_command,
@@ -180,11 +211,8 @@ def watch_cmd(
     signals = (signal.SIGTERM, signal.SIGINT) if main_thread else ()
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
-        run_watch(_context(), options, stop, out=click.echo)
+        run_watch(_context(), options, stop, out=_echo)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
-
-
-COMMANDS = [drift_cmd, heal_cmd, watch_cmd]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
+from graven.cli.app import ArgParser, add_command, add_group
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
 from graven.errors import InputError, NotFoundError
@@ -17,27 +17,55 @@ if TYPE_CHECKING:
     from graven.model.digest import Digest
     from graven.service.context import Context
 
-__all__ = ["COMMANDS"]
+__all__ = ["register"]
 
 
-@click.group("keys")
-def keys_group() -> None:
-    """Signing keys and the keys this home trusts."""
+def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
+    """Add ``keys`` (generate, list, export, trust, revoke) and ``attest`` (verify)."""
+    _, keys = add_group(commands, "keys", "Signing keys and the keys this home trusts.")
+
+    generate = add_command(keys, "generate", generate_cmd)
+    generate.add_argument("--name", default="default", help="Name of the new key. (default: default)")
+    generate.add_argument(
+        "--type",
+        dest="key_type",
+        choices=["ed25519", "ecdsa-p256"],
+        default="ed25519",
+        help="(default: ed25519)",
+    )
+    generate.add_argument(
+        "--no-trust", action="store_true", help="Do not add the public key to this home's trusted keys."
+    )
+    generate.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+    list_ = add_command(keys, "list", list_cmd)
+    list_.add_argument("--json", dest="as_json", action="store_true", help="Print as JSON.")
+
+    export = add_command(keys, "export", export_cmd)
+    export.add_argument("name", metavar="NAME")
+
+    trust = add_command(keys, "trust", trust_cmd)
+    trust.add_argument("pem_file", type=Path, metavar="PEM_FILE")
+
+    revoke = add_command(keys, "revoke", revoke_cmd)
+    revoke.add_argument("keyid", metavar="KEYID")
+
+    _, attest = add_group(commands, "attest", "Check attestations (DSSE envelopes and Sigstore bundles).")
+
+    verify = add_command(attest, "verify", attest_verify_cmd)
+    verify.add_argument("attestation", type=Path, metavar="ATTESTATION")
+    verify.add_argument("--artifact", required=True, help="Digest the attestation must name.")
+    verify.add_argument("--policy", type=Path, help="A trust policy file (TOML).")
+    verify.add_argument("--env", help="Check against the keys trusted for this environment.")
+    verify.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
 
-@keys_group.command("generate")
-@click.option("--name", default="default", show_default=True, help="Name of the new key.")
-@click.option(
-    "--type",
-    "key_type",
-    type=click.Choice(["ed25519", "ecdsa-p256"]),
-    default="ed25519",
-    show_default=True,
-)
-@click.option("--no-trust", is_flag=True, help="Do not add the public key to this home's trusted keys.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def generate_cmd(name: str, key_type: str, no_trust: bool, as_json: bool) -> int:
+def generate_cmd(args: argparse.Namespace) -> int:
     """Generate a signing key pair (private key 0600 under GRAVEN_HOME/keys)."""
+    name: str = args.name
+    key_type: str = args.key_type
+    no_trust: bool = args.no_trust
+    as_json: bool = args.as_json
     from graven.home import Home
     from graven.signing.keys import KeyStore
     from graven.signing.trust import store_trusted_key
@@ -60,17 +88,16 @@ def generate_cmd(name: str, key_type: str, no_trust: bool, as_json: bool) -> int
             }
         )
     else:
-        click.echo(f"generated {entry.key_type} key {entry.name} ({entry.keyid})")
-        click.echo(f"private key: {keys.private_path(name)} (mode 0600)")
+        print(f"generated {entry.key_type} key {entry.name} ({entry.keyid})")
+        print(f"private key: {keys.private_path(name)} (mode 0600)")
         if trusted:
-            click.echo(f"trusted by this home: {trusted}")
+            print(f"trusted by this home: {trusted}")
     return 0
 
 
-@keys_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def list_cmd(as_json: bool) -> int:
+def list_cmd(args: argparse.Namespace) -> int:
     """List signing keys and trusted public keys."""
+    as_json: bool = args.as_json
     from graven.home import Home
     from graven.signing.keys import KeyStore
     from graven.signing.trust import load_trust_dir
@@ -95,7 +122,7 @@ def list_cmd(as_json: bool) -> int:
         ["trusted" + (" (revoked)" if k.keyid in revoked else ""), "-", k.key_type, k.keyid] for k in trusted
     ]
     if not rows:
-        click.echo("no keys; create one with `graven keys generate`")
+        print("no keys; create one with `graven keys generate`")
         return 0
     print_table(["role", "name", "type", "keyid"], rows)
     return 0
@@ -111,10 +138,9 @@ def _revoked(path: Path) -> set[str]:
     }
 
 
-@keys_group.command("export")
-@click.argument("name")
-def export_cmd(name: str) -> int:
+def export_cmd(args: argparse.Namespace) -> int:
     """Print the public key NAME as PEM (give it to whoever verifies your artifacts)."""
+    name: str = args.name
     from graven.home import Home
     from graven.signing.keys import KeyStore
 
@@ -122,10 +148,9 @@ def export_cmd(name: str) -> int:
     return 0
 
 
-@keys_group.command("trust")
-@click.argument("pem_file", type=click.Path(path_type=Path))
-def trust_cmd(pem_file: Path) -> int:
+def trust_cmd(args: argparse.Namespace) -> int:
     """Trust the public key in PEM_FILE for verifying provenance."""
+    pem_file: Path = args.pem_file
     from graven.home import Home
     from graven.signing.trust import store_trusted_key, trust_key
 
@@ -139,14 +164,13 @@ def trust_cmd(pem_file: Path) -> int:
     home = Home.from_env()
     path = store_trusted_key(home.trust, pem)
     _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")
-    click.echo(f"trusted key {keyid} ({path})")
+    print(f"trusted key {keyid} ({path})")
     return 0
 
 
-@keys_group.command("revoke")
-@click.argument("keyid")
-def revoke_cmd(keyid: str) -> int:
+def revoke_cmd(args: argparse.Namespace) -> int:
     """Never accept KEYID again, even where it is trusted."""
+    keyid: str = args.keyid
     import re
 
     from graven.home import Home
@@ -161,7 +185,7 @@ def revoke_cmd(keyid: str) -> int:
         with path.open("a", encoding="utf-8") as handle:
             handle.write(value + "\n")
         _log(home, "key-revoked", f"key {value}")
-    click.echo(f"revoked key {value}")
+    print(f"revoked key {value}")
     return 0
 
 
@@ -174,21 +198,13 @@ def _log(home: Home, event: str, reason: str) -> None:
         ctx.audit.record(LogEvent(event, reason=reason))
 
 
-@click.group("attest")
-def attest_group() -> None:
-    """Check attestations (DSSE envelopes and Sigstore bundles)."""
-
-
-@attest_group.command("verify")
-@click.argument("attestation", type=click.Path(path_type=Path))
-@click.option("--artifact", "artifact", required=True, help="Digest the attestation must name.")
-@click.option("--policy", type=click.Path(path_type=Path), help="A trust policy file (TOML).")
-@click.option("--env", "env", help="Check against the keys trusted for this environment.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def attest_verify_cmd(
-    attestation: Path, artifact: str, policy: Path | None, env: str | None, as_json: bool
-) -> int:
+def attest_verify_cmd(args: argparse.Namespace) -> int:
     """Verify a standalone envelope or bundle for an artifact, offline."""
+    attestation: Path = args.attestation
+    artifact: str = args.artifact
+    policy: Path | None = args.policy
+    env: str | None = args.env
+    as_json: bool = args.as_json
     from graven.service.context import Context
     from graven.service.provenance import check_attestation_file, load_policy
 
@@ -202,7 +218,7 @@ def attest_verify_cmd(
     if as_json:
         emit_json({"artifact": str(digest), **result.to_json()})
     elif result.ok:
-        click.echo(f"ok {digest}: {result.reason}")
+        print(f"ok {digest}: {result.reason}")
     else:
         sys.stderr.write(f"graven: error: {attestation}: {result.reason}\n")
     return 0 if result.ok else 1
@@ -217,6 +233,3 @@ def _artifact_digest(ctx: Context, text: str) -> Digest:
     if len(value) == 64:
         return Digest.parse(value)
     return resolve_digest(ctx, text)
-
-
-COMMANDS = [keys_group, attest_group]

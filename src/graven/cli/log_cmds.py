@@ -2,31 +2,64 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-import click
-
+from graven.cli.app import ArgParser, add_command, add_group
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
 from graven.errors import InputError, NotFoundError
 
-__all__ = ["COMMANDS"]
+__all__ = ["register"]
 
 
-@click.group("log", invoke_without_command=True)
-@click.option("--env", "env", help="Only entries about this environment.")
-@click.option("--artifact", help="Only entries about this artifact (digest or unique prefix).")
-@click.option("--since", help="Only entries at or after this time (ISO 8601, UTC).")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
-@click.pass_context
-def log_group(
-    click_ctx: click.Context, env: str | None, artifact: str | None, since: str | None, as_json: bool
-) -> int:
+def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
+    """Add ``log`` and its subcommands verify, checkpoint, prove, consistency and export."""
+    log, sub = add_group(commands, "log", _first_line(log_cmd.__doc__), log_cmd)
+    log.add_argument("--env", help="Only entries about this environment.")
+    log.add_argument("--artifact", help="Only entries about this artifact (digest or unique prefix).")
+    log.add_argument("--since", help="Only entries at or after this time (ISO 8601, UTC).")
+    log.add_argument("--json", dest="as_json", action="store_true", help="Print the entries as JSON.")
+
+    verify = add_command(sub, "verify", verify_cmd)
+    verify.add_argument(
+        "--all-signatures", action="store_true", help="Also check the signature of every stored checkpoint."
+    )
+    verify.add_argument("--json", dest="as_json", action="store_true", help="Print the report as JSON.")
+
+    checkpoint = add_command(sub, "checkpoint", checkpoint_cmd)
+    checkpoint.add_argument(
+        "--vkey", action="store_true", help="Print the log's verifier key (Go note format) instead."
+    )
+
+    prove = add_command(sub, "prove", prove_cmd)
+    prove.add_argument("index", type=int, metavar="INDEX")
+    prove.add_argument(
+        "--json", dest="as_json", action="store_true", help="Print the proof as JSON (the default)."
+    )
+
+    consistency = add_command(sub, "consistency", consistency_cmd)
+    consistency.add_argument("old_checkpoint", type=Path, metavar="OLD_CHECKPOINT")
+    consistency.add_argument("--json", dest="as_json", action="store_true", help="Print the proof as JSON.")
+
+    export = add_command(sub, "export", export_cmd)
+    export.add_argument(
+        "--since", dest="since_index", type=int, default=0, metavar="INDEX", help="First index to export."
+    )
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+
+def log_cmd(args: argparse.Namespace) -> int:
     """Show the audit log as a timeline (subcommands verify and prove it)."""
-    if click_ctx.invoked_subcommand is not None:
-        return 0
+    env: str | None = args.env
+    artifact: str | None = args.artifact
+    since: str | None = args.since
+    as_json: bool = args.as_json
     from graven.service.artifacts import resolve_digest
     from graven.service.context import Context
 
@@ -40,7 +73,7 @@ def log_group(
         emit_json([e.to_json() for e in entries])
         return 0
     if not entries:
-        click.echo("the audit log has no matching entries")
+        print("the audit log has no matching entries")
         return 0
     print_table(
         ["index", "time", "event", "artifact", "env", "result", "actor", "reason"],
@@ -75,11 +108,10 @@ def _since(value: str | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@log_group.command("verify")
-@click.option("--all-signatures", is_flag=True, help="Also check the signature of every stored checkpoint.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(all_signatures: bool, as_json: bool) -> int:
+def verify_cmd(args: argparse.Namespace) -> int:
     """Recompute the tree from every entry and check it against every stored checkpoint."""
+    all_signatures: bool = args.all_signatures
+    as_json: bool = args.as_json
     from graven.service.context import Context
 
     ctx = _closing(Context.from_env())
@@ -87,7 +119,7 @@ def verify_cmd(all_signatures: bool, as_json: bool) -> int:
     if as_json:
         emit_json(report.to_json())
     elif report.ok:
-        click.echo(f"ok: {report.size} entries, {report.checkpoints_checked} checkpoints, root {report.root}")
+        print(f"ok: {report.size} entries, {report.checkpoints_checked} checkpoints, root {report.root}")
     else:
         for problem in report.problems[:20]:
             sys.stderr.write(f"{problem}\n")
@@ -96,38 +128,34 @@ def verify_cmd(all_signatures: bool, as_json: bool) -> int:
     return 0 if report.ok else 1
 
 
-@log_group.command("checkpoint")
-@click.option("--vkey", is_flag=True, help="Print the log's verifier key (Go note format) instead.")
-def checkpoint_cmd(vkey: bool) -> int:
+def checkpoint_cmd(args: argparse.Namespace) -> int:
     """Print the latest signed checkpoint (for an auditor or a witness to keep)."""
+    vkey: bool = args.vkey
     from graven.service.context import Context
 
     ctx = _closing(Context.from_env())
     if vkey:
-        click.echo(ctx.audit.verifier_key())
+        print(ctx.audit.verifier_key())
     else:
         sys.stdout.write(ctx.audit.latest_checkpoint())
     return 0
 
 
-@log_group.command("prove")
-@click.argument("index", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print the proof as JSON (the default).")
-def prove_cmd(index: int, as_json: bool) -> int:
+def prove_cmd(args: argparse.Namespace) -> int:
     """An inclusion proof of entry INDEX (0-based) in the latest checkpoint, verifiable offline."""
+    index: int = args.index
     from graven.service.context import Context
 
-    del as_json  # the proof is always JSON
+    # --json is accepted for symmetry: the proof is always JSON
     ctx = _closing(Context.from_env())
     emit_json(ctx.audit.prove(index))
     return 0
 
 
-@log_group.command("consistency")
-@click.argument("old_checkpoint", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the proof as JSON.")
-def consistency_cmd(old_checkpoint: Path, as_json: bool) -> int:
+def consistency_cmd(args: argparse.Namespace) -> int:
     """Prove that an old checkpoint is a prefix of the current log; exit 1 on a fork."""
+    old_checkpoint: Path = args.old_checkpoint
+    as_json: bool = args.as_json
     from graven.errors import VerificationError
     from graven.service.context import Context
 
@@ -149,17 +177,16 @@ def consistency_cmd(old_checkpoint: Path, as_json: bool) -> int:
     if as_json:
         emit_json({"ok": True, **result})
     else:
-        click.echo(
+        print(
             f"ok: the checkpoint of {result['old_size']} entries is a prefix of the log "
             f"({result['new_size']} entries); proof: {len(result['proof'])} hashes"
         )
     return 0
 
 
-@log_group.command("export")
-@click.option("--since", "since_index", type=int, default=0, help="First index to export.")
-def export_cmd(since_index: int) -> int:
+def export_cmd(args: argparse.Namespace) -> int:
     """Every entry as JSON Lines, with its index and leaf hash (hex)."""
+    since_index: int = args.since_index
     from graven.service.context import Context
 
     ctx = _closing(Context.from_env())
@@ -171,6 +198,3 @@ def export_cmd(since_index: int) -> int:
         doc["leaf_hash"] = leaf
         out.write(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n")
     return 0
-
-
-COMMANDS = [log_group]

@@ -1,38 +1,59 @@
-"""The lazy command registry: every command is reachable, and a command loads only its own module."""
+"""The command line's parser: every command is registered once, a command loads only its own module,
+and bad usage is one line on stderr with exit 2."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import sys
 
-from click.testing import CliRunner
+import pytest
 
-from graven.cli.app import COMMAND_MODULES, cli, load_command
+from graven.cli.app import COMMAND_MODULES, ArgParser, build_parser
+from graven.cli.main import main
 
 
-def test_registry_and_modules_agree() -> None:
-    defined: dict[str, str] = {}
+def test_each_module_registers_exactly_its_commands() -> None:
     for module_name in sorted(set(COMMAND_MODULES.values())):
-        module = importlib.import_module(f"graven.cli.{module_name}")
-        for command in module.COMMANDS:
-            assert command.name not in defined, f"{command.name} is defined twice"
-            defined[str(command.name)] = module_name
-    assert defined == COMMAND_MODULES
-    for name in COMMAND_MODULES:
-        command = load_command(name)
-        assert command is not None and command.name == name
-    assert load_command("no-such-command") is None
+        parser = ArgParser(prog="graven")
+        commands = parser.add_subparsers(parser_class=ArgParser)
+        importlib.import_module(f"graven.cli.{module_name}").register(commands)
+        expected = sorted(name for name, module in COMMAND_MODULES.items() if module == module_name)
+        assert sorted(commands.choices) == expected, module_name
 
 
-def test_help_lists_every_command_and_unknown_commands_are_usage_errors() -> None:
-    runner = CliRunner()
-    result = runner.invoke(cli, ["--help"])
-    assert result.exit_code == 0
+def test_every_command_has_a_handler_and_help() -> None:
+    parser = build_parser(None)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(commands.choices) == list(COMMAND_MODULES)  # the registry's order
+    for name, sub in commands.choices.items():
+        assert sub.description, f"{name} has no help"
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
     for name in COMMAND_MODULES:
-        assert f"  {name} " in result.output or f"  {name}\n" in result.output
-    result = runner.invoke(cli, ["deplyo"])
-    assert result.exit_code == 2 and "No such command 'deplyo'" in result.output
+        assert f"    {name} " in out or f"    {name}\n" in out, name
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["deplyo"], "graven: error: no such command 'deplyo'; did you mean 'deploy'?"),
+        (["build", "--jso"], "graven: error: unrecognized arguments: --jso (see `graven build --help`)"),
+        (["deploy", "sha256:ab"], "graven: error: the following arguments are required: ENV"),
+        (["keys"], "graven: error: the following arguments are required: SUBCOMMAND"),
+        (["watch", "--metrics-port", "70000"], "70000 is not in the range 0-65535"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
 
 
 def test_a_command_imports_only_its_own_module() -> None:
@@ -41,6 +62,7 @@ def test_a_command_imports_only_its_own_module() -> None:
         "from graven.cli.main import main\n"
         "main(['status', '--help'])\n"
         "print(sorted(m for m in sys.modules if m.startswith('graven.cli.') and m.endswith('_cmds')))\n"
+        "print('click' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "['graven.cli.deploy_cmds']"
+    assert out.strip().splitlines()[-2:] == ["['graven.cli.deploy_cmds']", "False"]
