@@ -12,7 +12,6 @@ Each ``graven.cli.*_cmds`` module has ``register(commands)``: it adds its comman
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -182,6 +181,8 @@ def run(args: list[str]) -> int:
     try:
         command = _command_name(args)
         if command is not None and command not in COMMAND_MODULES:
+            import difflib
+
             close = difflib.get_close_matches(command, list(COMMAND_MODULES), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"no such command {command!r}{hint}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,7 +142,9 @@ def show_cmd(args: argparse.Namespace) -> int:
             doc["entries"] = [e.to_json() for e in manifest.entries]
         emit_json(doc)
         return 0
-    epoch = datetime.fromtimestamp(record.source_date_epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    import time
+
+    epoch = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.source_date_epoch))
     lines = [
         ("digest", record.digest),
         ("name", record.name),
