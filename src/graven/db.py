@@ -300,6 +300,11 @@ class Connection(Protocol):
         """Like :meth:`execute`, for results too large to hold in memory at once."""
         ...
 
+    def select_in(self, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``sql`` whose one ``IN :values`` is bound to ``values``, queried in chunks, as plain
+        tuples: the fast path for looking many keys up at once."""
+        ...
+
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -359,6 +364,22 @@ class _SqliteConnection:
 
     def stream(self, sql: str, params: Params | None = None) -> Result:
         return self.execute(sql, params)
+
+    def select_in(self, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        # positional parameters (SQLite looks named ones up one by one) and no Row objects
+        head, marker, tail = sql.partition(":values")
+        if not marker:
+            raise ValueError("select_in needs an IN :values placeholder")
+        try:
+            for start in range(0, len(values), _SQLITE_IN_CHUNK):
+                chunk = values[start : start + _SQLITE_IN_CHUNK]
+                text = f"{head}({','.join('?' * len(chunk))}){tail}"
+                yield from self.raw.execute(text, chunk)
+        except sqlite3.Error as exc:
+            raise BackendError(f"database error: {_first_line(exc)}") from exc
+
+
+_SQLITE_IN_CHUNK = 900  # below SQLite's oldest limit of 999 parameters per statement
 
 
 def _guarded(rows: Iterator[Row]) -> Iterator[Row]:
@@ -463,6 +484,12 @@ class _AlchemyConnection:
 
     def stream(self, sql: str, params: Params | None = None) -> Result:
         return self._run(sql, params, stream=True)
+
+    def select_in(self, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, len(values), 500):
+            yield from (
+                tuple(row) for row in self.execute(sql, {"values": list(values[start : start + 500])})
+            )
 
 
 class _AlchemyDatabase:

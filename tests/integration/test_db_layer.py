@@ -1,0 +1,173 @@
+"""graven.db: the same plain SQL on stdlib sqlite3 and on PostgreSQL (through SQLAlchemy)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graven.db import SCHEMA_VERSION, Database
+from graven.errors import BackendError
+from helpers_services import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    root = Path(tempfile.mkdtemp(prefix="graven-pg-"))
+    root.chmod(0o755)
+    server = PostgresServer(root / "cluster")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'graven.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    database = Database.open(url)
+    try:
+        yield database
+    finally:
+        with database.begin() as conn:  # the PostgreSQL cluster is shared by the module's tests
+            for table in ("deploy_envs", "git_blob_cache", "rejections"):
+                conn.execute(f"DELETE FROM {table}")
+        database.close()
+
+
+def _env(name: str, held: bool) -> dict[str, object]:
+    return {"name": name, "path": f"/srv/{name}", "held": held, "updated_at": "t"}
+
+
+INSERT_ENV = (
+    "INSERT INTO deploy_envs (name, path, held, updated_at) VALUES (:name, :path, :held, :updated_at)"
+)
+
+
+def test_schema_is_created_at_the_current_version(db: Database) -> None:
+    assert db.schema_version() == SCHEMA_VERSION
+    assert {"artifacts", "builds", "deployments", "drift_events", "log_entries"} <= db.table_names()
+
+
+def test_rows_have_columns_as_attributes_and_booleans_round_trip(db: Database) -> None:
+    with db.begin() as conn:
+        conn.execute(INSERT_ENV, [_env("prod", True), _env("qa", False)])  # executemany
+    with db.connect() as conn:
+        rows = conn.execute("SELECT name, held, path FROM deploy_envs ORDER BY name").all()
+    assert [(r.name, r.held) for r in rows] == [("prod", True), ("qa", False)]
+    assert all(type(r.held) is bool for r in rows)
+    assert rows[0]._asdict() == {"name": "prod", "held": True, "path": "/srv/prod"}
+    assert tuple(rows[1]) == ("qa", False, "/srv/qa")
+
+
+def test_list_parameters_expand_and_an_empty_list_matches_nothing(db: Database) -> None:
+    with db.begin() as conn:
+        conn.execute(INSERT_ENV, [_env(n, False) for n in ("a", "b", "c")])
+    query = "SELECT name FROM deploy_envs WHERE name IN :names AND path <> :path ORDER BY name"
+    with db.connect() as conn:
+        assert list(conn.execute(query, {"names": ["a", "c", "x"], "path": ""}).scalars()) == ["a", "c"]
+        assert conn.execute(query, {"names": [], "path": ""}).all() == []
+        assert conn.execute("SELECT count(*) FROM deploy_envs").scalar_one() == 3
+
+
+def test_select_in_crosses_chunk_boundaries(db: Database) -> None:
+    rows = [{"git_oid": f"{i:040x}", "sha256": f"{i:064x}", "size": i} for i in range(2000)]
+    with db.begin() as conn:
+        conn.execute(
+            "INSERT INTO git_blob_cache (git_oid, sha256, size) VALUES (:git_oid, :sha256, :size)", rows
+        )
+    wanted = [f"{i:040x}" for i in range(0, 2500, 3)]  # some are not there
+    with db.connect() as conn:
+        found = list(
+            conn.select_in("SELECT git_oid, size FROM git_blob_cache WHERE git_oid IN :values", wanted)
+        )
+    assert sorted(found) == [(f"{i:040x}", i) for i in range(0, 2000, 3)]
+
+
+def test_one_and_scalar_helpers(db: Database) -> None:
+    with db.begin() as conn:
+        conn.execute(INSERT_ENV, [_env("a", False), _env("b", False)])
+    with db.connect() as conn:
+        assert conn.execute("SELECT name FROM deploy_envs WHERE name = 'x'").one_or_none() is None
+        assert conn.execute("SELECT name FROM deploy_envs WHERE name = 'x'").scalar_one_or_none() is None
+        assert conn.execute("SELECT name FROM deploy_envs ORDER BY name").first() == ("a",)
+        with pytest.raises(BackendError, match="at most one row"):
+            conn.execute("SELECT name FROM deploy_envs").one_or_none()
+        with pytest.raises(BackendError, match="expected one row"):
+            conn.execute("SELECT name FROM deploy_envs WHERE name = 'x'").one()
+
+
+def test_a_failing_block_rolls_back_and_returning_gives_the_new_id(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.begin() as conn:
+        conn.execute(INSERT_ENV, _env("gone", False))
+        raise RuntimeError("boom")
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM deploy_envs").scalar_one() == 0
+    with db.begin() as conn:
+        ids = [
+            conn.execute(
+                """INSERT INTO drift_events (env, event, time, count, result)
+                VALUES ('e', 'found', 't', 1, 'drift') RETURNING id"""
+            ).scalar_one()
+            for _ in range(2)
+        ]
+    assert ids[1] == ids[0] + 1
+
+
+def test_sql_errors_become_one_line_backend_errors(db: Database) -> None:
+    with pytest.raises(BackendError, match="database error"), db.connect() as conn:
+        conn.execute("SELECT no_such_column FROM deploy_envs")
+    with db.begin() as conn:  # the connection is usable again
+        conn.execute(INSERT_ENV, _env("ok", False))
+    with db.begin() as conn, pytest.raises(BackendError):
+        conn.execute(INSERT_ENV, _env("ok", False))  # duplicate key
+
+
+def test_concurrent_writers_queue_up(db: Database) -> None:
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(20):
+                with db.begin() as conn:
+                    conn.execute(INSERT_ENV, _env(f"w{k}-{i}", False))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM deploy_envs").scalar_one() == 80
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'graven.db'}"
+    Database.open(url).close()
+    raw = sqlite3.connect(tmp_path / "graven.db")
+    raw.execute("""UPDATE graven_meta SET value = '999' WHERE "key" = 'schema_version'""")
+    raw.commit()
+    raw.close()
+    with pytest.raises(BackendError, match="newer than this graven understands"):
+        Database.open(url)
+
+
+def test_bad_urls_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="in-memory"):
+        Database.open("sqlite://")
+    with pytest.raises(BackendError, match="cannot open the database"):
+        Database.open(f"sqlite:///{tmp_path}/no/such/dir/graven.db")
+    with pytest.raises(BackendError, match="cannot open the database"):
+        Database.open("nosuchdialect://x")
