@@ -90,6 +90,21 @@ class Selection:
         """Build from the two pattern lists of ``[artifact]``."""
         return cls(GlobSet.of(include), GlobSet.of(exclude))
 
+    @cached_property
+    def everything(self) -> bool:
+        """True when every path is selected (``**`` included, nothing excluded): the default."""
+        return "**" in self.include.patterns and not self.exclude.patterns
+
+    @cached_property
+    def _regex(self) -> re.Pattern[str] | None:
+        # One regex for both sets: the include globs, unless an exclude glob matches the whole path.
+        include = self.include._regex
+        exclude = self.exclude._regex
+        if include is None or exclude is None:
+            return include
+        return re.compile(f"(?!(?:{exclude.pattern})\\Z)(?:{include.pattern})", re.DOTALL)
+
     def selects(self, path: str) -> bool:
         """True when ``path`` is included and not excluded."""
-        return self.include.matches(path) and not self.exclude.matches(path)
+        regex = self._regex
+        return regex is not None and regex.fullmatch(path) is not None

@@ -37,22 +37,34 @@ def decode_path(raw: bytes) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # what undecodable bytes become (surrogateescape)
 _BAD_SEGMENT = re.compile(r"(?:^|/)(\.{0,2})(?:/|$)")
+# Any of the above in one search (an empty or absolute path has an empty segment): the common case,
+# a good path, costs one regex call; a hit is explained by the detailed checks.
+_ANY_BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]|(?:^|/)\\.{0,2}(?:/|$)")
 
 
 def check_path(path: str) -> None:
     """Refuse a path that is absolute, empty, has ``.``/``..``/empty segments or control characters."""
+    if _ANY_BAD.search(path) is not None:
+        _refuse(path)
+
+
+def _refuse(path: str) -> None:
     if not path:
         raise UnsafeInputError("empty path")
     if path.startswith("/"):
         raise UnsafeInputError(f"{path}: absolute paths are not allowed")
     if _SURROGATE.search(path):
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        try:  # the bytes an undecodable name had
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no byte becomes
+            shown = path.encode("utf-8", "backslashreplace").decode("utf-8")
         raise UnsafeInputError(f"{shown}: file name is not valid UTF-8; rename it")
     if _CONTROL.search(path):
         raise UnsafeInputError(f"{path!r}: control characters are not allowed in paths")
     bad = _BAD_SEGMENT.search(path)
     if bad:
         raise UnsafeInputError(f"{path}: '{bad.group(1)}' segments are not allowed in paths")
+    raise UnsafeInputError(f"{path!r}: not allowed as a path")  # pragma: no cover - unreachable
 
 
 def link_stays_inside(path: str, target: str, links: Mapping[str, str]) -> bool:

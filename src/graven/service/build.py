@@ -9,14 +9,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 
 from graven import __version__
-from graven.build.compare import HashOnlyBatch, NotReproducibleError, diff_entries, with_diffoscope
-from graven.build.sandbox import SANDBOX_NONE
-from graven.build.tree import collect_tree
 from graven.core.globs import Selection
 from graven.errors import NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
@@ -24,7 +22,6 @@ from graven.model.logentry import LogEvent
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
 from graven.service.context import Context, utc_now
-from graven.service.hermetic import CHECK_VARIATION, run_step_build
 from graven.service.provenance import (
     provenance_inputs,
     record_attestation,
@@ -39,15 +36,21 @@ from graven.sources.git import (
     MODE_FILE,
     MODE_SUBMODULE,
     MODE_SYMLINK,
+    BlobReader,
     DirtyCheck,
     GitEntry,
     GitRepo,
+    Pending,
 )
 from graven.store.local import LOOSE_THRESHOLD, PackBatch
 
+# Step builds (graven.service.hermetic, graven.build.sandbox, .tree) and --check (graven.build.compare)
+# are imported where they are used: a plain build does not pay for them at start-up.
+
 __all__ = ["BuildResult", "build"]
 
-_CACHE_QUERY_CHUNK = 500
+_SANDBOX_NONE = "none"  # graven.build.sandbox.SANDBOX_NONE, without importing the sandbox
+_GIT_FILE_MODES = frozenset((MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK))
 
 
 @dataclass(frozen=True)
@@ -87,16 +90,14 @@ class _Source:
 
 
 def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
-    repo = GitRepo.discover(path)
-    commit = repo.resolve(revision)
-    pipeline_bytes = repo.read_file(commit, PIPELINE_FILE)
+    repo, (commit, epoch, pipeline_bytes) = GitRepo.open_commit(path, revision, PIPELINE_FILE)
     if pipeline_bytes is None:
         raise NotFoundError(
             f"{PIPELINE_FILE} not found in commit {commit[:12]} ({revision}); "
             "create one with `graven init`, then commit it"
         )
     pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
-    return _Source(repo, commit, revision, pipeline_bytes, pipeline, repo.commit_time(commit))
+    return _Source(repo, commit, revision, pipeline_bytes, pipeline, epoch)
 
 
 def build(
@@ -110,8 +111,27 @@ def build(
     started_at = utc_now()
     source = _open_source(ctx, path, revision)
     key = resolve_signing_key(ctx)  # fail before any work when there is no usable key
-    with source.repo.start_dirty_check() as dirty_check:  # git status runs while we build
-        return _build(ctx, source, key, dirty_check, started_at=started_at, use_cache=use_cache, check=check)
+    with ExitStack() as running:
+        # git works in the background while we build: for a build without steps the listing of the
+        # commit's tree (first: it is needed first), status (is the working tree dirty?), the origin URL
+        listing = (
+            None
+            if source.pipeline.build.steps
+            else running.enter_context(source.repo.start_ls_tree(source.commit))
+        )
+        dirty_check = running.enter_context(source.repo.start_dirty_check())
+        remote = running.enter_context(source.repo.start_describe_remote())
+        return _build(
+            ctx,
+            source,
+            key,
+            dirty_check,
+            started_at=started_at,
+            use_cache=use_cache,
+            check=check,
+            remote=remote,
+            listing=listing,
+        )
 
 
 def _build(
@@ -123,6 +143,8 @@ def _build(
     started_at: str,
     use_cache: bool,
     check: bool,
+    remote: Pending[str],
+    listing: Pending[list[GitEntry]] | None,
 ) -> BuildResult:
     revision = source.revision
     store = ctx.store
@@ -130,7 +152,7 @@ def _build(
     selection = Selection.of(source.pipeline.artifact.include, source.pipeline.artifact.exclude)
     name = source.pipeline.artifact.name
     byproducts: list[ResourceRef] = []
-    sandbox, inputs = SANDBOX_NONE, list[ResourceRef]()
+    sandbox, inputs = _SANDBOX_NONE, list[ResourceRef]()
     with store.batch() as batch:
         pipeline_digest = batch.add(source.pipeline_bytes)
         if source.pipeline.build.steps:
@@ -140,7 +162,12 @@ def _build(
             byproducts.append(ResourceRef("build.log", str(batch.add(built.log)), "text/plain"))
         else:
             entries, files_read, new_cache = _tree_from_git(
-                ctx, source, selection, batch, use_cache=use_cache
+                ctx,
+                source,
+                selection,
+                batch,
+                use_cache=use_cache,
+                listing=None if listing is None else listing.result(),
             )
             if check:
                 _check_git_tree(ctx, source, selection, entries)
@@ -149,7 +176,7 @@ def _build(
         batch.add(manifest.to_bytes(), delta_base=previous, pack=True)
         finished_at = utc_now()
         invocation_id = str(uuid.uuid4())
-        repository = source.repo.describe_remote()
+        repository = remote.result()
         envelope = sign_provenance(
             key,
             provenance_inputs(
@@ -264,72 +291,96 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
 
 
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """The blob cache rows for ``oids``: git oid -> (sha256 hex, size)."""
     found: dict[str, tuple[str, int]] = {}
     wanted = sorted(set(oids))
-    query = "SELECT git_oid, sha256, size FROM git_blob_cache WHERE git_oid IN :oids"
     with ctx.db.connect() as conn:
-        for start in range(0, len(wanted), _CACHE_QUERY_CHUNK):
-            chunk = wanted[start : start + _CACHE_QUERY_CHUNK]
-            for oid, sha, size in conn.execute(query, {"oids": chunk}):
-                found[str(oid)] = (str(sha), int(str(size)))
+        query = "SELECT git_oid, sha256, size FROM git_blob_cache WHERE git_oid IN :values"
+        for oid, sha, size in conn.select_in(query, wanted):
+            found[str(oid)] = (str(sha), int(size))
     return found
 
 
 def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[GitEntry]:
-    chosen: list[GitEntry] = []
-    for entry in entries:
-        if not selection.selects(entry.path):
-            continue  # paths are checked once, when the manifest is made
+    if selection.everything:
+        chosen = entries
+    else:
+        selects = selection.selects
+        chosen = [entry for entry in entries if selects(entry.path)]
+    # paths are checked once, when the manifest is made; here only what git may hold besides files
+    modes = _GIT_FILE_MODES
+    for entry in [entry for entry in chosen if entry.mode not in modes]:
         if entry.mode == MODE_SUBMODULE:
             raise UnsafeInputError(
                 f"{entry.path}: submodules are not supported; exclude the path in graven.toml"
             )
-        if entry.mode not in (MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK):
-            raise UnsafeInputError(f"{entry.path}: unsupported git file mode {entry.mode}")
-        chosen.append(entry)
+        raise UnsafeInputError(f"{entry.path}: unsupported git file mode {entry.mode}")
     return chosen
 
 
 def _tree_from_git(
-    ctx: Context, source: _Source, selection: Selection, batch: PackBatch, *, use_cache: bool
+    ctx: Context,
+    source: _Source,
+    selection: Selection,
+    batch: PackBatch,
+    *,
+    use_cache: bool,
+    listing: list[GitEntry] | None = None,
 ) -> tuple[list[TreeEntry], int, list[dict[str, object]]]:
-    chosen = _select_git_entries(source.repo.ls_tree(source.commit), selection)
-    file_oids = {e.oid for e in chosen if e.mode != MODE_SYMLINK}
-    known: dict[str, tuple[str, int]] = {}
-    if use_cache:
-        for oid, (sha, size) in _cached_digests(ctx, file_oids).items():
-            if ctx.store.has(Digest(sha)):
-                known[oid] = (sha, size)
-    to_read = sorted(file_oids - known.keys()) + sorted({e.oid for e in chosen if e.mode == MODE_SYMLINK})
+    """The selected entries of the commit (``listing``: its ``ls-tree``, when already read), their
+    blobs added to ``batch``; file digests come from the blob cache when the store has the object."""
+    if listing is None:
+        listing = source.repo.ls_tree(source.commit)
+    chosen = _select_git_entries(listing, selection)
+    file_oids = {oid for mode, _, oid, _ in chosen if mode != MODE_SYMLINK}
+    link_oids = {oid for mode, _, oid, _ in chosen if mode == MODE_SYMLINK}
+    cached = _cached_digests(ctx, file_oids) if use_cache else {}
+    to_read = sorted(file_oids - cached.keys()) + sorted(link_oids)
     targets: dict[str, str] = {}
     new_cache: list[dict[str, object]] = []
-    link_oids = {e.oid for e in chosen if e.mode == MODE_SYMLINK}
+    known: dict[str, tuple[str, int]] = {}
     total = len(to_read)
-    for done, (oid, reader) in enumerate(source.repo.cat_blobs(to_read), start=1):
-        if oid in link_oids and oid not in file_oids:
-            targets[oid] = _link_target(reader.read())
-        else:
-            if reader.size < LOOSE_THRESHOLD:
-                data = reader.read()
-                digest = Digest(hashlib.sha256(data).hexdigest())
-                batch.add_known(digest, data)
-                if oid in link_oids:
-                    targets[oid] = _link_target(data)
+    done = 0
+
+    def read(blobs: Iterable[tuple[str, BlobReader]]) -> None:
+        nonlocal done
+        for oid, reader in blobs:
+            done += 1
+            if oid in link_oids and oid not in file_oids:
+                targets[oid] = _link_target(reader.read())
             else:
-                digest = batch.add_stream(reader, reader.size)  # type: ignore[arg-type]
-            known[oid] = (digest.hex, reader.size)
-            new_cache.append({"git_oid": oid, "sha256": digest.hex, "size": reader.size})
-        if done % 256 == 0 or done == total:
-            ctx.reporter.progress("reading files", done, total)
+                if reader.size < LOOSE_THRESHOLD:
+                    data = reader.read()
+                    digest = Digest(hashlib.sha256(data).hexdigest())
+                    batch.add_known(digest, data)
+                    if oid in link_oids:
+                        targets[oid] = _link_target(data)
+                else:
+                    digest = batch.add_stream(reader, reader.size)  # type: ignore[arg-type]
+                known[oid] = (digest.hex, reader.size)
+                new_cache.append({"git_oid": oid, "sha256": digest.hex, "size": reader.size})
+            if done % 256 == 0 or done == total:
+                ctx.reporter.progress("reading files", done, total)
+
+    with source.repo.open_blobs(to_read) as blobs:
+        # git reads the blobs the cache does not know while the cached ones are checked: a cached
+        # digest counts only when the store has the object; the others are read again after
+        has = ctx.store.has
+        known.update((oid, hit) for oid, hit in cached.items() if has(Digest(hit[0])))
+        lost = sorted(cached.keys() - known.keys())
+        total += len(lost)
+        read(blobs)
+    if lost:
+        with source.repo.open_blobs(lost) as blobs:
+            read(blobs)
     result: list[TreeEntry] = []
-    for entry in chosen:
-        if entry.mode == MODE_SYMLINK:
-            result.append(SymlinkEntry(entry.path, targets[entry.oid]))
+    append = result.append
+    for mode, _, oid, path in chosen:
+        if mode == MODE_SYMLINK:
+            append(SymlinkEntry(path, targets[oid]))
         else:
-            sha, size = known[entry.oid]
-            result.append(
-                FileEntry(entry.path, sha256=sha, size=size, executable=entry.mode == MODE_EXECUTABLE)
-            )
+            sha, size = known[oid]
+            append(FileEntry(path, sha, size, mode == MODE_EXECUTABLE))
     return result, total, new_cache
 
 
@@ -342,6 +393,8 @@ def _link_target(data: bytes) -> str:
 
 def _check_git_tree(ctx: Context, source: _Source, selection: Selection, entries: list[TreeEntry]) -> None:
     """``--check`` without steps: read every selected file from git again, past the blob cache."""
+    from graven.build.compare import HashOnlyBatch, NotReproducibleError, diff_entries
+
     again, _, _ = _tree_from_git(ctx, source, selection, cast(PackBatch, HashOnlyBatch()), use_cache=False)
     differences = diff_entries(TreeManifest.of(entries).entries, TreeManifest.of(again).entries)
     if differences:
@@ -364,6 +417,10 @@ def _tree_from_steps(
 ) -> _StepsTree:
     """Run the steps (in the sandbox) and collect the outputs; with ``check``, build a second time
     with :data:`CHECK_VARIATION` and raise NotReproducibleError when the two differ."""
+    from graven.build.compare import NotReproducibleError, diff_entries, with_diffoscope
+    from graven.build.tree import collect_tree
+    from graven.service.hermetic import CHECK_VARIATION, run_step_build
+
     outputs = list(source.pipeline.build.outputs)
     with run_step_build(
         ctx, repo=source.repo, commit=source.commit, epoch=source.epoch, pipeline=source.pipeline

@@ -6,18 +6,19 @@ content, and blobs are read raw: no smudge filters, no end-of-line conversion, n
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Generic, NamedTuple, TypeVar
 
 from graven.core.paths import decode_path
-from graven.errors import BackendError, NotFoundError, SourceError
+from graven.errors import BackendError, GravenError, NotFoundError, SourceError
 
-__all__ = ["BlobReader", "GitEntry", "GitRepo"]
+__all__ = ["BlobReader", "BlobStream", "CommitFile", "GitEntry", "GitRepo", "Pending"]
 
 MODE_FILE = "100644"
 MODE_EXECUTABLE = "100755"
@@ -25,14 +26,24 @@ MODE_SYMLINK = "120000"
 MODE_SUBMODULE = "160000"
 
 
-@dataclass(frozen=True, slots=True)
-class GitEntry:
-    """One entry of ``git ls-tree -r``."""
+class GitEntry(NamedTuple):
+    """One entry of ``git ls-tree -r`` (a named tuple: many thousands are made per build)."""
 
     mode: str
     kind: str
     oid: str
     path: str
+
+
+class CommitFile(NamedTuple):
+    """A resolved commit, its committer time and the raw content of one file in it."""
+
+    commit: str
+    epoch: int
+    data: bytes | None
+
+
+_T = TypeVar("_T")
 
 
 def _git_env() -> dict[str, str]:
@@ -76,7 +87,8 @@ class DirtyCheck:
 
     def __init__(self, root: Path) -> None:
         self._proc = subprocess.Popen(
-            ["git", "status", "--porcelain", "--untracked-files=no", "-z"],
+            # one thread (no preloadIndex): the build keeps the other core on a small machine
+            ["git", "-c", "core.preloadIndex=false", "status", "--porcelain", "--untracked-files=no", "-z"],
             cwd=root,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -99,6 +111,141 @@ class DirtyCheck:
             self._proc.stdout.close()
 
 
+def _scratch_fd() -> int:
+    """An unnamed file for a child's output: in memory on Linux, else an unlinked temporary file."""
+    try:
+        return os.memfd_create("graven-git", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        import tempfile  # not at the top: ~2 ms of start-up that Linux never needs
+
+        fd, name = tempfile.mkstemp(prefix="graven-git-")
+        os.unlink(name)
+        return fd
+
+
+def _read_fd(fd: int) -> bytes:
+    with open(fd, "rb", closefd=False) as handle:
+        handle.seek(0)
+        return handle.read()
+
+
+class Pending(Generic[_T]):
+    """A git command running in the background (use as a context manager); :meth:`result` waits.
+
+    Its output goes to unnamed files, not pipes: git never waits for us, and no thread of ours has
+    to take the GIL to drain a pipe while the caller works.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        args: list[str],
+        parse: Callable[[subprocess.CompletedProcess[bytes]], _T],
+    ) -> None:
+        self._args = args
+        self._parse = parse
+        self._fds: list[int] = []
+        try:
+            self._fds += (_scratch_fd(), _scratch_fd())
+            self._proc = subprocess.Popen(
+                ["git", *args],
+                cwd=root,
+                stdin=subprocess.DEVNULL,
+                stdout=self._fds[0],
+                stderr=self._fds[1],
+                env=_git_env(),
+            )
+        except OSError as exc:
+            self._close_fds()
+            raise BackendError(f"cannot run git: {exc}") from exc
+
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def result(self) -> _T:
+        """Wait for git and parse what it printed."""
+        returncode = self._proc.wait()
+        out, err = (_read_fd(fd) for fd in self._fds)
+        return self._parse(subprocess.CompletedProcess(self._args, returncode, out, err))
+
+    def __enter__(self) -> Pending[_T]:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._close_fds()
+
+
+def _checked(args: list[str], result: subprocess.CompletedProcess[bytes]) -> bytes:
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
+        raise BackendError(f"git {args[0]} failed: {message.splitlines()[-1]}")
+    return result.stdout
+
+
+def parse_ls_tree(out: bytes) -> list[GitEntry]:
+    """Parse ``git ls-tree -r -z``; paths must be valid UTF-8."""
+    try:
+        text = out.decode("utf-8")
+    except UnicodeDecodeError:
+        # Name the offending path: records are NUL-separated and a NUL never occurs inside UTF-8.
+        for raw_record in out.split(b"\0"):
+            decode_path(raw_record.partition(b"\t")[2])
+        raise  # pragma: no cover - the loop above raises
+    records = text.split("\0")
+    if records.pop():
+        raise BackendError("git ls-tree output is malformed (no final NUL)")
+    entries: list[GitEntry] = []
+    append = entries.append
+    try:
+        for record in records:
+            meta, _, path = record.partition("\t")
+            mode, kind, oid = meta.split(" ")
+            append(GitEntry(mode, kind, oid, path))
+    except ValueError:
+        raise BackendError("git ls-tree output is malformed") from None
+    return entries
+
+
+def _committer_time(raw: bytes) -> int | None:
+    """The committer time in a raw commit object, or None when the header is not the usual one."""
+    for line in raw.split(b"\n"):
+        if not line:
+            break  # the end of the headers
+        if line.startswith(b"committer "):
+            fields = line.rpartition(b">")[2].split()
+            if len(fields) == 2 and fields[0].isdigit() and len(fields[0]) <= 12:
+                return int(fields[0])
+            return None
+    return None
+
+
+_LS_TREE = ("ls-tree", "-r", "-z", "--full-tree")
+_REMOTE_URL = ("config", "--get", "remote.origin.url")
+
+
+def _batch_request(stdin: IO[bytes], stdout: IO[bytes], name: str) -> tuple[str, str, bytes] | None:
+    """Ask a ``cat-file --batch`` for ``name``: (object id, type, content), or None when it is missing
+    or git stopped (as it does on some revision syntax errors)."""
+    try:
+        stdin.write(f"{name}\n".encode())
+        stdin.flush()
+    except OSError:
+        return None
+    header = stdout.readline().decode(errors="replace").split()
+    if len(header) != 3 or not header[2].isdigit():
+        return None  # "<name> missing", "<name> ambiguous", or git ended
+    size = int(header[2])
+    content = stdout.read(size + 1)
+    if len(content) != size + 1 or content[-1:] != b"\n":
+        raise BackendError("git cat-file output is malformed")
+    return header[0], header[1], content[:-1]
+
+
 class GitRepo:
     """A git repository, found with :meth:`discover`."""
 
@@ -108,25 +255,56 @@ class GitRepo:
     @classmethod
     def discover(cls, path: Path) -> GitRepo:
         """The repository containing ``path``; SourceError when there is none."""
+        return cls._discovered(path, cls._start_discover(path))
+
+    @staticmethod
+    def _start_discover(path: Path) -> subprocess.Popen[bytes]:
         if not path.is_dir():
             raise SourceError(f"{path}: no such directory")
         try:
-            result = subprocess.run(
+            return subprocess.Popen(
                 ["git", "rev-parse", "--show-toplevel"],
                 cwd=path,
-                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=_git_env(),
-                check=False,
             )
         except FileNotFoundError:
             raise SourceError("git is not installed; install it (apt-get install git)") from None
-        if result.returncode != 0:
-            detail = result.stderr.decode(errors="replace").strip().splitlines()
+
+    @classmethod
+    def _discovered(cls, path: Path, proc: subprocess.Popen[bytes]) -> GitRepo:
+        with proc:
+            out, err = proc.communicate()
+        if proc.returncode != 0:
+            detail = err.decode(errors="replace").strip().splitlines()
             reason = detail[-1] if detail else "git rev-parse failed"
             if "not a git repository" in reason:
                 raise SourceError(f"{path} is not inside a git repository; run graven in one (or git init)")
             raise SourceError(f"{path}: {reason}")
-        return cls(Path(result.stdout.decode().strip()))
+        return cls(Path(out.decode().strip()))
+
+    @classmethod
+    def open_commit(cls, path: Path, revision: str, file: str) -> tuple[GitRepo, CommitFile]:
+        """:meth:`discover`, then :meth:`read_commit`, with the two git processes running at once
+        (git finds the repository from ``path`` for both); the errors are those of the two in turn."""
+        proc = cls._start_discover(path)
+        found: CommitFile | GravenError | None
+        try:
+            found = cls(path)._read_commit(revision, file)
+        except GravenError as exc:
+            found = exc
+        except BaseException:
+            with proc:
+                proc.kill()
+            raise
+        repo = cls._discovered(path, proc)
+        if isinstance(found, GravenError):
+            raise found
+        if found is None:
+            raise repo._unknown_revision(revision)
+        return repo, found
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         try:
@@ -135,9 +313,8 @@ class GitRepo:
             )
         except OSError as exc:
             raise BackendError(f"cannot run git: {exc}") from exc
-        if check and result.returncode != 0:
-            message = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
-            raise BackendError(f"git {args[0]} failed: {message.splitlines()[-1]}")
+        if check:
+            _checked(list(args), result)
         return result
 
     def resolve(self, revision: str) -> str:
@@ -153,11 +330,14 @@ class GitRepo:
             check=False,
         )
         if result.returncode != 0:
-            raise NotFoundError(
-                f"unknown revision {revision!r}: not a commit in {self.root} "
-                "(commit first, or name a branch, tag or commit id)"
-            )
+            raise self._unknown_revision(revision)
         return result.stdout.decode().strip()
+
+    def _unknown_revision(self, revision: str) -> NotFoundError:
+        return NotFoundError(
+            f"unknown revision {revision!r}: not a commit in {self.root} "
+            "(commit first, or name a branch, tag or commit id)"
+        )
 
     def read_file(self, commit: str, path: str) -> bytes | None:
         """The raw content of ``path`` in ``commit``, or None when it is not a file there."""
@@ -171,15 +351,56 @@ class GitRepo:
 
     def ls_tree(self, commit: str) -> list[GitEntry]:
         """Every entry of the commit's tree, recursively; paths must be valid UTF-8."""
-        out = self._run("ls-tree", "-r", "-z", "--full-tree", commit).stdout
-        entries: list[GitEntry] = []
-        for record in out.split(b"\0"):
-            if not record:
-                continue
-            meta, _, raw_path = record.partition(b"\t")
-            mode, kind, oid = meta.decode().split(" ")
-            entries.append(GitEntry(mode, kind, oid, decode_path(raw_path)))
-        return entries
+        return parse_ls_tree(self._run(*_LS_TREE, commit).stdout)
+
+    def start_ls_tree(self, commit: str) -> Pending[list[GitEntry]]:
+        """:meth:`ls_tree` in the background (use as a context manager)."""
+        args = [*_LS_TREE, commit]
+        return Pending(self.root, args, lambda result: parse_ls_tree(_checked(args, result)))
+
+    def read_commit(self, revision: str, path: str) -> CommitFile:
+        """Resolve ``revision`` as :meth:`resolve` does, then read the commit's committer time and the
+        raw content of ``path`` in it (None when it is not a file there), all with one git process."""
+        found = self._read_commit(revision, path)
+        if found is None:
+            raise self._unknown_revision(revision)
+        return found
+
+    def _read_commit(self, revision: str, path: str) -> CommitFile | None:
+        if not revision or any(ch in revision for ch in "\n\r\0"):
+            raise NotFoundError(f"invalid revision {revision!r}")
+        if not path or any(ch in path for ch in "\n\r\0"):
+            raise NotFoundError(f"invalid path {path!r}")
+        try:
+            proc = subprocess.Popen(
+                ["git", "cat-file", "--batch"],
+                cwd=self.root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=_git_env(),
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot run git: {exc}") from exc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            # Without --buffer git flushes after every object: ask, read the answer, ask again.
+            found = _batch_request(proc.stdin, proc.stdout, f"{revision}^{{commit}}")
+            if found is None or found[1] != "commit":
+                return None
+            commit, _, raw = found
+            target = _batch_request(proc.stdin, proc.stdout, f"{commit}:{path}")
+            data = target[2] if target is not None and target[1] == "blob" else None
+        finally:
+            for stream in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+            proc.kill()
+            proc.wait()
+        epoch = _committer_time(raw)
+        if epoch is None:  # an unusual committer line: let git parse it
+            epoch = self.commit_time(commit)
+        return CommitFile(commit, epoch, data)
 
     def start_dirty_check(self) -> DirtyCheck:
         """Start ``git status`` in the background (use as a context manager)."""
@@ -187,59 +408,109 @@ class GitRepo:
 
     def describe_remote(self) -> str:
         """The repository's identity for records: the origin URL, else a file URL of its path."""
-        result = self._run("config", "--get", "remote.origin.url", check=False)
-        url = result.stdout.decode().strip()
+        return self._remote_or_path(self._run(*_REMOTE_URL, check=False))
+
+    def start_describe_remote(self) -> Pending[str]:
+        """:meth:`describe_remote` in the background (use as a context manager)."""
+        return Pending(self.root, list(_REMOTE_URL), self._remote_or_path)
+
+    def _remote_or_path(self, result: subprocess.CompletedProcess[bytes]) -> str:
+        url = result.stdout.decode().strip() if result.returncode == 0 else ""
         return url or self.root.as_uri()
 
     def cat_blobs(self, oids: Iterable[str]) -> Iterator[tuple[str, BlobReader]]:
         """Stream the blobs ``oids`` in order, each as a reader that must be consumed in turn."""
-        wanted = list(oids)
-        if not wanted:
+        with self.open_blobs(oids) as blobs:
+            yield from blobs
+
+    def open_blobs(self, oids: Iterable[str]) -> BlobStream:
+        """:meth:`cat_blobs`, with git started at once (use as a context manager, iterate once)."""
+        return BlobStream(self.root, list(oids))
+
+
+_F_SETPIPE_SZ = 1031  # fcntl(2) on Linux
+_PIPE_BYTES = 1 << 20  # the default /proc/sys/fs/pipe-max-size
+
+
+class BlobStream:
+    """``git cat-file --batch`` reading blobs in order. Git starts when this is made and works ahead
+    (about a MiB: a larger pipe) while the caller does other work; iterate to read the blobs."""
+
+    def __init__(self, root: Path, oids: list[str]) -> None:
+        self._wanted = oids
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._feeder: threading.Thread | None = None
+        if not oids:
             return
-        proc = subprocess.Popen(
-            # --buffer: no flush after every object; small pack windows bound git's mapped memory
-            [
-                "git",
-                "-c",
-                "core.packedGitWindowSize=32m",
-                "-c",
-                "core.packedGitLimit=64m",
-                "cat-file",
-                "--batch",
-                "--buffer",
-            ],
-            cwd=self.root,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=_git_env(),
-            bufsize=1 << 20,
-        )
+        try:
+            proc = subprocess.Popen(
+                # --buffer: no flush after every object; small pack windows bound git's mapped memory
+                [
+                    "git",
+                    "-c",
+                    "core.packedGitWindowSize=32m",
+                    "-c",
+                    "core.packedGitLimit=64m",
+                    "cat-file",
+                    "--batch",
+                    "--buffer",
+                ],
+                cwd=root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=_git_env(),
+                bufsize=1 << 20,
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot run git: {exc}") from exc
         assert proc.stdin is not None and proc.stdout is not None
+        self._proc = proc
+        with contextlib.suppress(OSError):  # not Linux, or over the user's pipe quota: the default
+            fcntl.fcntl(proc.stdout.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
         stdin = proc.stdin
 
         def feed() -> None:
             # A separate thread: git stops reading our input while its output pipe is full.
             try:
-                stdin.write(b"".join(f"{oid}\n".encode() for oid in wanted))
+                stdin.write(b"".join(f"{oid}\n".encode() for oid in oids))
                 stdin.close()
             except OSError:
                 pass
 
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-        try:
-            for oid in wanted:
-                header = proc.stdout.readline().decode().split()
-                if len(header) != 3 or header[1] != "blob":
-                    raise BackendError(f"git cat-file cannot read blob {oid}: {' '.join(header)}")
-                reader = BlobReader(proc.stdout, int(header[2]))
-                yield oid, reader
-                reader.drain()
-                if proc.stdout.read(1) != b"\n":
-                    raise BackendError("git cat-file output is malformed")
-        finally:
-            proc.stdout.close()
-            proc.kill()
-            proc.wait()
-            feeder.join()
+        self._feeder = threading.Thread(target=feed, daemon=True)
+        self._feeder.start()
+
+    def __iter__(self) -> Iterator[tuple[str, BlobReader]]:
+        proc = self._proc
+        if proc is None:
+            return
+        stdout = proc.stdout
+        assert stdout is not None
+        for oid in self._wanted:
+            header = stdout.readline().decode().split()
+            if len(header) != 3 or header[1] != "blob":
+                raise BackendError(f"git cat-file cannot read blob {oid}: {' '.join(header)}")
+            reader = BlobReader(stdout, int(header[2]))
+            yield oid, reader
+            reader.drain()
+            if stdout.read(1) != b"\n":
+                raise BackendError("git cat-file output is malformed")
+
+    def close(self) -> None:
+        """Stop git (if it is still running) and wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdout is not None
+        proc.stdout.close()
+        proc.kill()
+        proc.wait()
+        if self._feeder is not None:
+            self._feeder.join()
+
+    def __enter__(self) -> BlobStream:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

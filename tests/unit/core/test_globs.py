@@ -42,3 +42,25 @@ def test_selection_subtracts_excludes() -> None:
     assert selection.selects("app/main.py")
     assert not selection.selects("app/README.md")
     assert not selection.selects("tests/test_x.py")
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude"),
+    [
+        (["**"], []),
+        (["**"], ["**/*.md"]),
+        (["app/**", "config/"], ["**/*.md", "app/secret/"]),
+        ([], ["x"]),
+        (["*.py"], ["*"]),
+        (["[ab]/**"], ["a/?.txt"]),
+    ],
+)
+def test_selection_is_include_minus_exclude(include: list[str], exclude: list[str]) -> None:
+    selection = Selection.of(include, exclude)
+    inc, exc = GlobSet.of(include), GlobSet.of(exclude)
+    paths = ["a", "a.py", "a/x.txt", "a/b/c.md", "b/README.md", "app/main.py", "app/secret/k",
+             "config/c.toml",
+             "README.md", "app/x.md", "c/d", "a\nb", "a/b.txt"]  # fmt: skip
+    for path in paths:
+        assert selection.selects(path) is (inc.matches(path) and not exc.matches(path)), path
+    assert selection.everything is (include == ["**"] and not exclude)
