@@ -16,14 +16,15 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
+from zlib import adler32
 
 from graven.errors import BackendError, InputError
 from graven.model.digest import Digest
-from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
+from graven.model.manifest import DirEntry, FileEntry, TreeManifest
 
 __all__ = ["ARCHIVE_FORMAT", "ArchiveMeta", "compression_for", "write_archive"]
 
@@ -32,6 +33,10 @@ BLOCK = 512
 RECORD = 20 * BLOCK
 _USTAR_MAX_SIZE = 8**11 - 1
 _CHUNK = 1 << 20
+_SMALL = 1 << 20  # files below this size are read whole; bigger ones are streamed
+
+ReadMany = Callable[[Sequence[Digest]], Iterable[bytes]]
+"""Verified contents of many objects, in order (:meth:`graven.store.local.LocalStore.read_many`)."""
 
 
 @dataclass(frozen=True)
@@ -80,33 +85,27 @@ def _pax_record(key: str, value: str) -> bytes:
 
 _ZERO_IDS = b"0000000\x00" * 2  # uid, gid (and devmajor, devminor)
 _MAGIC = b"ustar\x0000"
-_CONSTANT_SUM = 2 * sum(_ZERO_IDS) + sum(_MAGIC) + 8 * ord(" ")  # the checksum field counts as spaces
+# After the link name: magic and version, empty user and group names, devmajor and devminor, prefix and
+# padding.
+_TAIL = _MAGIC + bytes(64) + _ZERO_IDS + bytes(167)
+_SPACES_SUM = 8 * ord(" ")  # the checksum field counts as spaces
 
 
 def _header(
     name: bytes, *, mode: int, size: int, mtime: int, typeflag: bytes, linkname: bytes = b""
 ) -> bytes:
     """One ustar header block (built from byte strings: this runs once per entry of large trees)."""
-    mode_f, size_f, mtime_f = b"%07o\x00" % mode, b"%011o\x00" % size, b"%011o\x00" % mtime
-    checksum = (
-        _CONSTANT_SUM + sum(name) + sum(mode_f) + sum(size_f) + sum(mtime_f) + typeflag[0] + sum(linkname)
-    )
-    return b"".join(
-        (
-            name.ljust(100, b"\x00"),
-            mode_f,
-            _ZERO_IDS,
-            size_f,
-            mtime_f,
-            b"%06o\x00 " % checksum,
-            typeflag,
-            linkname.ljust(100, b"\x00"),
-            _MAGIC,
-            bytes(64),  # empty user and group names
-            _ZERO_IDS,  # devmajor, devminor
-            bytes(167),  # prefix and padding
-        )
-    )
+    head = b"%s%07o\x00%s%011o\x00%011o\x00" % (name.ljust(100, b"\x00"), mode, _ZERO_IDS, size, mtime)
+    tail = typeflag + linkname.ljust(100, b"\x00") + _TAIL
+    return head + b"%06o\x00 " % _checksum(head, tail) + tail
+
+
+def _checksum(head: bytes, tail: bytes) -> int:
+    """The sum of the bytes of a header: those before its checksum field and those after it."""
+    if head.isascii() and tail.isascii() and len(head) + len(tail) <= 512:
+        # Then the sum is below 65521, and Adler-32 keeps it (plus one) in its low half: one C call.
+        return (adler32(tail, adler32(head)) & 0xFFFF) - 1 + _SPACES_SUM
+    return sum(head) + sum(tail) + _SPACES_SUM
 
 
 def _pad(size: int) -> bytes:
@@ -150,56 +149,143 @@ def entry_header(path: str, *, kind: bytes, mode: int, size: int, mtime: int, ta
     )
 
 
+def _read_whole(open_blob: Callable[[Digest], BinaryIO], digests: Sequence[Digest]) -> Iterator[bytes]:
+    for digest in digests:
+        with open_blob(digest) as stream:
+            yield stream.read()
+
+
+# After the checksum field: the typeflag, an empty link name, the rest (_TAIL); and what the checksum
+# counts from its field on, minus one (Adler-32 starts at one).
+_FILE_TAIL = b"0" + bytes(100) + _TAIL
+_DIR_TAIL = b"5" + bytes(100) + _TAIL
+_FILE_TAIL_SUM = _SPACES_SUM + sum(_FILE_TAIL) - 1
+_DIR_TAIL_SUM = _SPACES_SUM + sum(_DIR_TAIL) - 1
+_PADDING = [b"\0" * (-n % BLOCK) for n in range(BLOCK)]  # by size % BLOCK
+
+
+class _Headers:
+    """The headers of one archive's files and directories, as entry_header makes them, built faster
+    in the common case: an ASCII name of at most 100 bytes and an mtime that fits its field."""
+
+    def __init__(self, mtime: int) -> None:
+        self.mtime = mtime
+        mtime_f = b"%011o\x00" % mtime
+        self._fast = len(mtime_f) == 12
+        self._mtime_f = mtime_f
+        self._modes = {False: b"%07o\x00" % 0o644 + _ZERO_IDS, True: b"%07o\x00" % 0o755 + _ZERO_IDS}
+        self._dir_fields = b"%07o\x00" % 0o755 + _ZERO_IDS + b"%011o\x00" % 0 + mtime_f
+
+    def file(self, path: str, size: int, executable: bool) -> bytes:
+        """A regular file's header(s)."""
+        if self._fast and len(path) <= 100 and path.isascii() and size <= _USTAR_MAX_SIZE:
+            head = b"%s%s%011o\x00%s" % (
+                path.encode().ljust(100, b"\x00"),
+                self._modes[executable],
+                size,
+                self._mtime_f,
+            )
+            return _with_checksum(head, _FILE_TAIL, _FILE_TAIL_SUM)
+        mode = 0o755 if executable else 0o644
+        return entry_header(path, kind=b"0", mode=mode, size=size, mtime=self.mtime)
+
+    def directory(self, path: str) -> bytes:
+        """A directory's header(s); ``path`` without the trailing slash."""
+        name = path + "/"
+        if self._fast and len(name) <= 100 and name.isascii():
+            head = name.encode().ljust(100, b"\x00") + self._dir_fields
+            return _with_checksum(head, _DIR_TAIL, _DIR_TAIL_SUM)
+        return entry_header(name, kind=b"5", mode=0o755, size=0, mtime=self.mtime)
+
+    def parents(self, parent: str, emitted: set[str]) -> bytes:
+        """Headers of ``parent`` and the directories above it not yet in the archive, outermost
+        first (and now in ``emitted``, which always holds the directories above each of its members).
+        """
+        missing: list[str] = []
+        while parent and parent not in emitted:
+            missing.append(parent)
+            parent = parent.rpartition("/")[0]
+        blocks = b""
+        for directory in reversed(missing):
+            emitted.add(directory)
+            blocks += self.directory(directory)
+        return blocks
+
+
+def _with_checksum(head: bytes, tail: bytes, tail_sum: int) -> bytes:
+    """A header from the 148 ASCII bytes before its checksum field and the bytes after it, whose sum
+    (with the field's spaces) is ``tail_sum`` + 1. The head's sum is below 65521, so Adler-32 keeps it,
+    plus one, in its low half: one C call rather than a sum over the bytes."""
+    return b"%s%06o\x00 %s" % (head, (adler32(head) & 0xFFFF) + tail_sum, tail)
+
+
 def iter_archive(
     manifest: TreeManifest,
     meta: ArchiveMeta,
     open_blob: Callable[[Digest], BinaryIO],
-) -> Iterator[bytes]:
-    """The archive's bytes, uncompressed, in pieces."""
+    read_many: ReadMany | None = None,
+) -> Iterator[bytes | bytearray]:
+    """The archive's bytes, uncompressed, in pieces of about 1 MiB (a big file: its chunks).
+
+    Files below 1 MiB come whole from ``read_many`` (every small file's digest, in manifest order:
+    one call), or else from ``open_blob``; bigger files are streamed from ``open_blob``.
+    """
     mtime = meta.source_date_epoch
-    yield _pax_header([("comment", meta.to_comment())], mtime=mtime, kind=b"g", name=b"pax_global_header")
+    headers = _Headers(mtime)
+    out = bytearray(
+        _pax_header([("comment", meta.to_comment())], mtime=mtime, kind=b"g", name=b"pax_global_header")
+    )
+    # Bytes handed out so far, for the final record padding. The global header counts as one block
+    # (as it always has: a longer one would change the padding, and with it every archive's bytes).
+    flushed = BLOCK - len(out)
+    small = [entry.digest for entry in manifest.files() if entry.size < _SMALL]
+    contents = iter(read_many(small) if read_many is not None else _read_whole(open_blob, small))
     emitted: set[str] = set()
-    written = BLOCK  # bytes so far, for the final record padding
     for entry in manifest.entries:
-        parts = entry.path.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent not in emitted:
-                emitted.add(parent)
-                block = entry_header(parent + "/", kind=b"5", mode=0o755, size=0, mtime=mtime)
-                written += len(block)
-                yield block
-        if isinstance(entry, DirEntry):
-            emitted.add(entry.path)
-            block = entry_header(entry.path + "/", kind=b"5", mode=0o755, size=0, mtime=mtime)
-        elif isinstance(entry, SymlinkEntry):
-            block = entry_header(entry.path, kind=b"2", mode=0o777, size=0, mtime=mtime, target=entry.target)
+        path = entry.path
+        parent = path.rpartition("/")[0]
+        if parent and parent not in emitted:
+            out += headers.parents(parent, emitted)
+        if isinstance(entry, FileEntry):
+            size = entry.size
+            out += headers.file(path, size, entry.executable)
+            if size < _SMALL:
+                data = next(contents)
+                if len(data) != size:
+                    raise BackendError(f"{path}: object has {len(data)} bytes, manifest says {size}")
+                out += data
+            else:
+                flushed += len(out)
+                yield out
+                out = bytearray()
+                copied = 0
+                with open_blob(entry.digest) as stream:
+                    while chunk := stream.read(_CHUNK):
+                        copied += len(chunk)
+                        yield chunk
+                if copied != size:
+                    raise BackendError(f"{path}: object has {copied} bytes, manifest says {size}")
+                flushed += size
+            out += _PADDING[size % BLOCK]
+        elif isinstance(entry, DirEntry):
+            emitted.add(path)
+            out += headers.directory(path)
         else:
-            assert isinstance(entry, FileEntry)
-            block = entry_header(entry.path, kind=b"0", mode=entry.mode, size=entry.size, mtime=mtime)
-            yield block
-            written += len(block)
-            copied = 0
-            with open_blob(entry.digest) as stream:
-                while chunk := stream.read(_CHUNK):
-                    copied += len(chunk)
-                    yield chunk
-            if copied != entry.size:
-                raise BackendError(f"{entry.path}: object has {copied} bytes, manifest says {entry.size}")
-            block = _pad(entry.size)
-            written += entry.size
-        written += len(block)
-        yield block
-    end = b"\0" * (2 * BLOCK)
-    written += len(end)
-    yield end + b"\0" * (-written % RECORD)
+            out += entry_header(path, kind=b"2", mode=0o777, size=0, mtime=mtime, target=entry.target)
+        if len(out) >= _CHUNK:
+            flushed += len(out)
+            yield out
+            out = bytearray()
+    out += bytes(2 * BLOCK)
+    out += bytes(-(flushed + len(out)) % RECORD)
+    yield out
 
 
 class _ThreadedSink:
     """Compresses and writes in a worker thread, so that reading objects and compressing overlap."""
 
-    def __init__(self, write: Callable[[bytes], object]) -> None:
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    def __init__(self, write: Callable[[bytes | bytearray], object]) -> None:
+        self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=8)
         self._write = write
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -213,7 +299,7 @@ class _ThreadedSink:
                 except BaseException as exc:  # handed over to the producer thread
                     self._error = exc
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(data)
@@ -231,6 +317,8 @@ def write_archive(
     open_blob: Callable[[Digest], BinaryIO],
     out: BinaryIO,
     compression: str,
+    *,
+    read_many: ReadMany | None = None,
 ) -> None:
     """Write the whole archive to ``out`` with the given compression (tar, gz, zst)."""
     compressor: BinaryIO | None = None
@@ -247,15 +335,11 @@ def write_archive(
         )
     target = compressor if compressor is not None else out
     sink = _ThreadedSink(target.write)
-    pending = bytearray()
     try:
-        for piece in iter_archive(manifest, meta, open_blob):
-            pending += piece
-            if len(pending) >= _CHUNK:
-                sink.write(bytes(pending))
-                pending.clear()
-        if pending:
-            sink.write(bytes(pending))
+        # The pieces are about 1 MiB and never changed once handed out: they go to the sink as they
+        # are (how a stream is cut does not change what zstd or gzip make of it).
+        for piece in iter_archive(manifest, meta, open_blob, read_many):
+            sink.write(piece)
     finally:
         sink.close()
     if compressor is not None:
@@ -267,13 +351,15 @@ def write_archive_file(
     meta: ArchiveMeta,
     open_blob: Callable[[Digest], BinaryIO],
     path: Path,
+    *,
+    read_many: ReadMany | None = None,
 ) -> None:
     """Write the archive to ``path`` atomically (a temp file beside it, then rename)."""
     compression = compression_for(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("wb") as handle:
-            write_archive(manifest, meta, open_blob, handle, compression)
+            write_archive(manifest, meta, open_blob, handle, compression, read_many=read_many)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from graven.core.paths import check_path, check_unique_nfc, link_stays_inside
-from graven.errors import InputError, UnsafeInputError
+from graven.errors import GravenError, InputError, UnsafeInputError
 from graven.model.digest import Digest, sha256_digest
 
 __all__ = [
@@ -122,27 +123,8 @@ class TreeManifest:
     @classmethod
     def from_bytes(cls, data: bytes) -> TreeManifest:
         """Parse canonical manifest bytes; anything that would not re-serialize identically is refused."""
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"manifest is not valid JSON: {exc}") from None
-        if (
-            not isinstance(doc, dict)
-            or doc.get("format") != FORMAT
-            or set(doc)
-            != {
-                "entries",
-                "format",
-            }
-        ):
-            raise InputError(f"not a {FORMAT} manifest")
-        raw_entries = doc["entries"]
-        if not isinstance(raw_entries, list):
-            raise InputError("manifest entries must be a list")
-        manifest = cls.of(_entry_from_json(item) for item in raw_entries)
-        if manifest.to_bytes() != data:
-            raise InputError("manifest is not in canonical form")
-        return manifest
+        manifest = _from_canonical(data)
+        return manifest if manifest is not None else _from_json(data)
 
     @cached_property
     def _bytes(self) -> bytes:
@@ -186,6 +168,79 @@ class TreeManifest:
         return {e.path: e for e in self.entries}
 
 
+_HEAD = '{"entries":['
+_TAIL = f'],"format":"{FORMAT}"}}'
+_STRING = r'"([^"\\\x00-\x1f]+)"'  # a non-empty JSON string that needs no escapes
+# One canonical entry and the comma after it (the fast path adds a comma after the last one).
+_CANONICAL_ENTRY = re.compile(
+    rf'{{"mode":"(0644|0755)","path":{_STRING},"sha256":"([0-9a-f]{{64}})","size":(0|[1-9][0-9]*),'
+    rf'"type":"file"}},|{{"path":{_STRING},"target":{_STRING},"type":"symlink"}},'
+    rf'|{{"path":{_STRING},"type":"dir"}},'
+)
+# The length of each kind of match without its strings (and the size's digits).
+_FILE_FIXED = len('{"mode":"0644","path":"","sha256":"","size":,"type":"file"},') + 64
+_LINK_FIXED = len('{"path":"","target":"","type":"symlink"},')
+_DIR_FIXED = len('{"path":"","type":"dir"},')
+
+
+def _from_canonical(data: bytes) -> TreeManifest | None:
+    """The fast path of :meth:`TreeManifest.from_bytes`, for a manifest in canonical form whose strings
+    need no escapes (all but very unusual ones); None sends anything else to the general path, which
+    also names what is wrong.
+
+    The entries must cover the document exactly (nothing between, before or after them), be in
+    order, and pass the same validation: so the bytes are the canonical form of these entries, and
+    this accepts exactly what the general path accepts, without re-serializing entry by entry.
+    """
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    if not (text.startswith(_HEAD) and text.endswith(_TAIL)) or len(text) == len(_HEAD) + len(_TAIL):
+        return None
+    body = text[len(_HEAD) : len(text) - len(_TAIL)] + ","
+    entries: list[TreeEntry] = []
+    append = entries.append
+    covered = 0
+    try:
+        for mode, path, sha, size, link, target, directory in _CANONICAL_ENTRY.findall(body):
+            if mode:
+                append(FileEntry(path, sha, int(size), mode == "0755"))
+                covered += _FILE_FIXED + len(path) + len(size)
+            elif link:
+                append(SymlinkEntry(link, target))
+                covered += _LINK_FIXED + len(link) + len(target)
+            else:
+                append(DirEntry(directory))
+                covered += _DIR_FIXED + len(directory)
+        if covered != len(body):  # the matches do not overlap: equal lengths mean they tile the body
+            return None
+        manifest = TreeManifest.of(entries)
+    except (ValueError, GravenError):
+        return None  # the general path gives the error for the whole document
+    if manifest.entries != tuple(entries):  # was not sorted (the same objects: cheap to compare)
+        return None
+    manifest.__dict__["_bytes"] = data  # == to_bytes(): canonical, as shown above
+    return manifest
+
+
+def _from_json(data: bytes) -> TreeManifest:
+    """The general path of :meth:`TreeManifest.from_bytes`: any JSON, refused unless canonical."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or set(doc) != {"entries", "format"}:
+        raise InputError(f"not a {FORMAT} manifest")
+    raw_entries = doc["entries"]
+    if not isinstance(raw_entries, list):
+        raise InputError("manifest entries must be a list")
+    manifest = TreeManifest.of(_entry_from_json(item) for item in raw_entries)
+    if manifest.to_bytes() != data:
+        raise InputError("manifest is not in canonical form")
+    return manifest
+
+
 def _entry_from_json(item: object) -> TreeEntry:
     if not isinstance(item, dict):
         raise InputError("manifest entry is not an object")
@@ -213,10 +268,31 @@ def _entry_from_json(item: object) -> TreeEntry:
     raise InputError(f"{path}: unknown or malformed manifest entry")
 
 
-def _validate(entries: tuple[TreeEntry, ...]) -> None:
-    paths = [e.path for e in entries]
+_UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, surrogates
+
+
+def _check_paths(paths: list[str]) -> None:
+    """check_path for every path, with one scan of the whole list first, since nearly all pass.
+
+    The scan finds every way a path can fail check_path: a control character or surrogate, or an
+    empty, ``.`` or ``..`` segment (which is also how an empty or absolute path shows, between the
+    slashes that join the paths). Only then is each path checked, for the precise error.
+    """
+    joined = "/" + "/".join(paths) + "/"
+    if (
+        (joined.isprintable() if joined.isascii() else not _UNSAFE_CHARACTER.search(joined))
+        and "//" not in joined
+        and "/./" not in joined
+        and "/../" not in joined
+    ):
+        return
     for path in paths:
         check_path(path)
+
+
+def _validate(entries: tuple[TreeEntry, ...]) -> None:
+    paths = [e.path for e in entries]
+    _check_paths(paths)
     for before, after in itertools.pairwise(paths):
         if before == after:
             raise UnsafeInputError(f"{after}: duplicate path")

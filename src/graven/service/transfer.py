@@ -45,7 +45,7 @@ def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
         source_date_epoch=record.source_date_epoch,
         pipeline=pipeline,
     )
-    write_archive_file(manifest, meta, ctx.store.open, out)
+    write_archive_file(manifest, meta, ctx.store.open, out, read_many=ctx.store.read_many)
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import mmap
 import os
 import queue
 import stat
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
 
 from graven.errors import BackendError, DigestMismatchError, IntegrityError
 from graven.model.digest import Digest
@@ -52,13 +52,19 @@ _RECORD = struct.Struct(">32sBQQ")  # digest, codec, raw size, stored length (+3
 _IDX_ENTRY = struct.Struct(">32sQQQB")  # digest, record offset, stored length, raw size, codec
 
 
-@dataclass(frozen=True, slots=True)
-class _Location:
+class _Location(NamedTuple):  # a tuple: one per object of every pack, made whenever a store opens
     pack: Path
     offset: int  # of the record header
     stored: int
     size: int
     codec: int
+
+
+_WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)  # what read_many decodes itself
+
+
+def _what(digest: Digest, location: _Location) -> str:
+    return f"object {digest} in {location.pack.name}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -208,31 +214,109 @@ class LocalStore:
         return self._cctx, self._dctx
 
     def _read_packed(self, digest: Digest, location: _Location, depth: int = 0) -> bytes:
-        what = f"object {digest} in {location.pack.name}"
         try:
             fd = self._pack_fd(location.pack)
             # one read for header and payload: the header is 49 bytes (81 for a delta)
             blob = os.pread(fd, _RECORD.size + 32 + location.stored, location.offset)
-            rec_digest, codec, size, stored = _RECORD.unpack_from(blob)
-            if rec_digest != digest.raw or codec != location.codec or stored != location.stored:
-                raise IntegrityError(f"{what}: record header does not match the index")
-            start = _RECORD.size
-            base: Digest | None = None
-            if codec == CODEC_ZSTD_DELTA:
-                base = Digest.from_bytes(blob[_RECORD.size : _RECORD.size + 32])
-                start += 32
-            payload = blob[start : start + stored]
         except FileNotFoundError:
-            raise IntegrityError(f"{what}: the pack file is missing") from None
+            raise IntegrityError(
+                f"object {digest} in {location.pack.name}: the pack file is missing"
+            ) from None
         except OSError as exc:
             raise BackendError(f"cannot read {location.pack}: {exc}") from exc
+        return self._record(digest, location, memoryview(blob), 0, depth)
+
+    def _record(
+        self, digest: Digest, location: _Location, blob: memoryview, at: int, depth: int = 0
+    ) -> bytes:
+        """Decode and verify the record of ``digest`` found at ``blob[at:]``."""
+        start = at + _RECORD.size
+        if len(blob) < start:
+            raise IntegrityError(f"{_what(digest, location)}: pack file is truncated")
+        raw = digest.raw
+        rec_digest, codec, size, stored = _RECORD.unpack_from(blob, at)
+        if rec_digest != raw or codec != location.codec or stored != location.stored:
+            raise IntegrityError(f"{_what(digest, location)}: record header does not match the index")
+        base: Digest | None = None
+        if codec == CODEC_ZSTD_DELTA:
+            base = Digest.from_bytes(bytes(blob[start : start + 32]))
+            start += 32
+        payload = blob[start : start + stored]
         if len(payload) != stored:
-            raise IntegrityError(f"{what}: pack file is truncated")
-        data = self._decode(what, codec, payload, size, base=base, depth=depth)
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != digest.hex:
-            raise DigestMismatchError(expected=str(digest), actual=f"sha256:{actual}", what=what)
+            raise IntegrityError(f"{_what(digest, location)}: pack file is truncated")
+        data = self._decode(digest, location, codec, payload, size, base=base, depth=depth)
+        if hashlib.sha256(data).digest() != raw:
+            actual = hashlib.sha256(data).hexdigest()
+            raise DigestMismatchError(
+                expected=str(digest), actual=f"sha256:{actual}", what=_what(digest, location)
+            )
         return data
+
+    def read_many(self, digests: Iterable[Digest]) -> Iterator[bytes]:
+        """The objects' bytes, in order, each verified against its digest (as :meth:`read`).
+
+        Meant for many small objects (each is held in memory whole): packed ones are read from a
+        memory map of their pack, without a system call or a stream object per object.
+        """
+        import zstandard
+
+        index = self._packed()
+        views: dict[Path, memoryview | None] = {}
+        decompress = self._contexts()[1].decompress
+        unpack = _RECORD.unpack_from
+        sha256 = hashlib.sha256
+        header = _RECORD.size
+        last: Path | None = None
+        view: memoryview | None = None
+        try:
+            for digest in digests:
+                raw = digest.raw
+                location = index.get(raw)
+                data: bytes | None = None
+                if location is not None:
+                    pack, offset, stored, size, codec = location
+                    if pack is not last:
+                        view = views[pack] if pack in views else views.setdefault(pack, self._map(pack))
+                        last = pack
+                    start = offset + header
+                    if (
+                        view is not None
+                        and codec in _WHOLE_CODECS
+                        and start + stored <= len(view)
+                        and unpack(view, offset) == (raw, codec, size, stored)
+                    ):
+                        if codec == CODEC_RAW:
+                            data = bytes(view[start : start + stored])
+                        else:
+                            try:
+                                data = decompress(view[start : start + stored], max_output_size=size)
+                            except zstandard.ZstdError:
+                                data = None
+                if data is None:
+                    yield self._read_any(digest)  # everything else, and the precise errors
+                    continue
+                if sha256(data).digest() != raw:
+                    assert location is not None
+                    raise DigestMismatchError(
+                        expected=str(digest),
+                        actual=f"sha256:{sha256(data).hexdigest()}",
+                        what=_what(digest, location),
+                    )
+                yield data
+        finally:
+            for view in views.values():
+                if view is not None:
+                    base = view.obj
+                    view.release()
+                    with contextlib.suppress(BufferError):  # a slice still alive: closed when freed
+                        cast(mmap.mmap, base).close()
+
+    def _map(self, pack: Path) -> memoryview | None:
+        """A read-only map of a pack file, or None to read it with pread(2) (say, an empty file)."""
+        try:
+            return memoryview(mmap.mmap(self._pack_fd(pack), 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError):
+            return None
 
     def _pack_fd(self, pack: Path) -> int:
         """An open descriptor of a pack file, kept for the store's lifetime (packs never change)."""
@@ -255,18 +339,26 @@ class LocalStore:
                 os.close(fd)
 
     def _decode(
-        self, what: str, codec: int, payload: bytes, size: int, *, base: Digest | None, depth: int
+        self,
+        digest: Digest,
+        location: _Location,
+        codec: int,
+        payload: memoryview,
+        size: int,
+        *,
+        base: Digest | None,
+        depth: int,
     ) -> bytes:
+        if codec == CODEC_RAW:
+            return bytes(payload)
         import zstandard
 
         try:
-            if codec == CODEC_RAW:
-                return payload
             if codec == CODEC_ZSTD:
                 return self._contexts()[1].decompress(payload, max_output_size=size)
             if codec == CODEC_ZSTD_DELTA and base is not None:
                 if depth >= MAX_DELTA_DEPTH:
-                    raise IntegrityError(f"{what}: delta chain is too long")
+                    raise IntegrityError(f"{_what(digest, location)}: delta chain is too long")
                 base_bytes = self._read_any(base, depth + 1)
                 dictionary = zstandard.ZstdCompressionDict(
                     base_bytes, dict_type=zstandard.DICT_TYPE_RAWCONTENT
@@ -275,8 +367,8 @@ class LocalStore:
                     payload, max_output_size=size
                 )
         except zstandard.ZstdError as exc:
-            raise IntegrityError(f"{what}: cannot be decompressed ({exc})") from None
-        raise IntegrityError(f"{what}: unknown codec {codec}")
+            raise IntegrityError(f"{_what(digest, location)}: cannot be decompressed ({exc})") from None
+        raise IntegrityError(f"{_what(digest, location)}: unknown codec {codec}")
 
     def _read_any(self, digest: Digest, depth: int = 0) -> bytes:
         location = self._packed().get(digest.raw)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from graven.errors import InputError, UnsafeInputError
+from graven.model import manifest as manifest_module
 from graven.model.digest import Digest, sha256_digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 
@@ -97,3 +98,44 @@ def test_digest_parse() -> None:
         Digest.parse("sha256:abc")
     with pytest.raises(InputError):
         Digest.parse("md5:" + SHA)
+
+
+def _canonical(entries: list) -> bytes:  # type: ignore[type-arg]
+    doc = {"entries": [e.to_json() for e in entries], "format": "graven.tree/v1"}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [FileEntry('say "hi"', SHA, 1), FileEntry("x\\y", SHA, 2)],  # escapes: the general path
+        [FileEntry("caf\u00e9", SHA, 1), SymlinkEntry("l", "caf\u00e9"), DirEntry("z/empty")],
+        [],
+    ],
+)
+def test_both_parsers_read_canonical_manifests(entries: list) -> None:  # type: ignore[type-arg]
+    data = _canonical(sorted(entries, key=lambda e: e.path.encode()))
+    manifest = TreeManifest.from_bytes(data)
+    assert manifest == manifest_module._from_json(data)
+    assert manifest.to_bytes() == data
+    assert TreeManifest(manifest.entries).to_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _canonical([FileEntry("a", SHA, 1)]).replace(b"},", b"}, ").replace(b"[{", b"[ {"),
+        _canonical([FileEntry("a", SHA, 1), FileEntry("b", SHA, 1)]).replace(b"},{", b"},,{"),
+        _canonical([FileEntry("a", SHA, 1), FileEntry("b", SHA, 1)]).replace(b"},{", b"}{"),
+        _canonical([FileEntry("a", SHA, 1)]).replace(b'"size":1', b'"size":01'),
+        _canonical([FileEntry("a", SHA, 1)]).replace(b"[", b"[[", 1),
+        _canonical([FileEntry("b", SHA, 1)])[:-1] + b',"x":1}',
+        _canonical([FileEntry("a/b", SHA, 1), FileEntry("a", SHA, 1)]),  # unsorted and unsafe
+        _canonical([FileEntry("a/../b", SHA, 1)]),
+        _canonical([FileEntry("b", SHA, 1), FileEntry("a", SHA, 1)]),  # unsorted
+    ],
+)
+def test_fast_parser_accepts_only_what_the_general_one_accepts(data: bytes) -> None:
+    assert manifest_module._from_canonical(data) is None
+    with pytest.raises(InputError):
+        manifest_module._from_json(data)

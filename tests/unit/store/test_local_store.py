@@ -197,3 +197,56 @@ def test_zstd_multithreaded_output_does_not_depend_on_the_worker_count() -> None
                 w.write(data[start : start + (1 << 20)])
         outputs.add(buffer.getvalue())
     assert len(outputs) == 1
+
+
+def _mixed_objects(store: LocalStore) -> tuple[list[Digest], dict[Digest, bytes]]:
+    """Packed raw and zstd records, a delta, a loose object: read_many's every path."""
+    blobs = {
+        "raw": b"x",  # too small to compress
+        "random": os.urandom(5000),  # incompressible: raw record
+        "text": b"compressible text\n" * 400,  # zstd record
+        "empty": b"",
+        "loose": os.urandom(LOOSE_THRESHOLD + 1),
+    }
+    with store.batch() as batch:
+        digests = {name: batch.add(data) for name, data in blobs.items()}
+    with store.batch() as batch:
+        delta = batch.add(blobs["text"] + b"one more line\n", delta_base=digests["text"])
+    contents = {digests[name]: data for name, data in blobs.items()}
+    contents[delta] = blobs["text"] + b"one more line\n"
+    order = [digests["text"], delta, digests["raw"], digests["loose"], digests["text"], digests["empty"]]
+    return [*order, digests["random"]], contents
+
+
+def test_read_many_returns_each_object_in_order(store: LocalStore) -> None:
+    order, contents = _mixed_objects(store)
+    fresh = LocalStore.at(store.root)
+    assert list(fresh.read_many(order)) == [contents[d] for d in order]
+    assert list(fresh.read_many([])) == []
+
+
+def test_read_many_refuses_a_corrupt_packed_object(store: LocalStore) -> None:
+    blobs = [bytes([i]) * 300 + os.urandom(300) for i in range(10)]
+    with store.batch() as batch:
+        digests = [batch.add(b) for b in blobs]
+    pack = next((store.root / "pack").glob("*.pack"))
+    _flip_byte(pack, pack.stat().st_size // 2)
+    fresh = LocalStore.at(store.root)
+    good = 0
+    with pytest.raises(IntegrityError):
+        for data in fresh.read_many(digests):
+            assert data == blobs[good]
+            good += 1
+    assert good < len(blobs)
+
+
+def test_read_many_refuses_a_truncated_pack_and_a_missing_object(store: LocalStore) -> None:
+    with store.batch() as batch:
+        digest = batch.add(os.urandom(3000))
+    pack = next((store.root / "pack").glob("*.pack"))
+    pack.chmod(0o644)
+    os.truncate(pack, pack.stat().st_size - 10)
+    with pytest.raises(IntegrityError, match="truncated"):
+        list(LocalStore.at(store.root).read_many([digest]))
+    with pytest.raises(IntegrityError, match="missing"):
+        list(store.read_many([sha256_digest(b"never stored")]))

@@ -1,0 +1,103 @@
+"""The archive writer: small files read in bulk, headers built by hand, the same bytes either way."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import tarfile
+from collections.abc import Sequence
+
+import pytest
+
+from graven.archive.writer import ArchiveMeta, _checksum, _header, write_archive
+from graven.errors import BackendError
+from graven.model.digest import Digest
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+
+_rnd = random.Random(7)
+BLOBS: dict[str, bytes] = {}
+
+
+def _file(path: str, size: int, *, executable: bool = False) -> FileEntry:
+    data = _rnd.randbytes(size)
+    sha = hashlib.sha256(data).hexdigest()
+    BLOBS[sha] = data
+    return FileEntry(path, sha, size, executable)
+
+
+ENTRIES: list[TreeEntry] = [
+    _file("README.md", 0),
+    _file("a/b/c.txt", 511),
+    _file("a/b/d/e.py", 512, executable=True),
+    _file("a-b", 1),
+    _file("a.c", 4000),
+    _file("caf\u00e9/na\u00efve.txt", 10),  # non-ASCII: a pax header
+    _file("x" * 100, 3),
+    _file("y" * 101, 3),  # too long for ustar: a pax header
+    _file("big.bin", (1 << 20) + 3),  # streamed
+    SymlinkEntry("a/b/link", "c.txt"),
+    SymlinkEntry("far", "a/" + "z" * 120),
+    DirEntry("p/q/empty"),
+]
+MANIFEST = TreeManifest.of(ENTRIES)
+META = ArchiveMeta(digest=str(MANIFEST.digest), name="n", commit=None, source_date_epoch=1_700_000_000)
+
+
+def _open_blob(digest: Digest) -> io.BytesIO:
+    return io.BytesIO(BLOBS[digest.hex])
+
+
+def _read_many(digests: Sequence[Digest]) -> list[bytes]:
+    return [BLOBS[d.hex] for d in digests]
+
+
+@pytest.mark.parametrize("compression", ["tar", "gz", "zst"])
+def test_bulk_reads_write_the_same_bytes_as_streams(compression: str) -> None:
+    streamed, bulk = io.BytesIO(), io.BytesIO()
+    write_archive(MANIFEST, META, _open_blob, streamed, compression)
+    write_archive(MANIFEST, META, _open_blob, bulk, compression, read_many=_read_many)
+    assert streamed.getvalue() == bulk.getvalue()
+
+
+def test_tarfile_reads_every_header_and_file() -> None:
+    out = io.BytesIO()
+    write_archive(MANIFEST, META, _open_blob, out, "tar", read_many=_read_many)
+    out.seek(0)
+    with tarfile.open(fileobj=out, mode="r:") as archive:  # checks every header's checksum
+        members = {m.name: m for m in archive.getmembers()}
+        for entry in ENTRIES:
+            if isinstance(entry, FileEntry):
+                member = members[entry.path]
+                assert member.mode == entry.mode and member.mtime == META.source_date_epoch
+                extracted = archive.extractfile(member)
+                assert extracted is not None and extracted.read() == BLOBS[entry.sha256]
+    for directory in ("a", "a/b", "a/b/d", "caf\u00e9", "p/q", "p/q/empty"):
+        assert members[directory].isdir()
+    assert members["far"].linkname == "a/" + "z" * 120
+
+
+def test_an_object_of_the_wrong_size_is_refused() -> None:
+    def short(digests: Sequence[Digest]) -> list[bytes]:
+        return [BLOBS[d.hex][:-1] or b"?" for d in digests]
+
+    with pytest.raises(BackendError, match="manifest says"):
+        write_archive(MANIFEST, META, _open_blob, io.BytesIO(), "tar", read_many=short)
+
+
+@pytest.mark.parametrize(
+    ("name", "linkname", "mtime"),
+    [
+        (b"a", b"", 0),
+        (b"x" * 100, b"y" * 100, 1_700_000_000),
+        (b"\xc3\xa9\xff" * 30, b"", 5),  # not ASCII: summed byte by byte
+        (b"n", b"", 8**11 + 1),  # an mtime too large for its field: a longer header
+        (b"n", b"", -1),
+    ],
+)
+def test_header_checksum_is_the_sum_of_the_bytes(name: bytes, linkname: bytes, mtime: int) -> None:
+    header = _header(name, mode=0o644, size=12345, mtime=mtime, typeflag=b"0", linkname=linkname)
+    at = header.index(b"\x00 ", 148) - 6  # the checksum field: 148, unless the mtime field is longer
+    spaced = header[:at] + b" " * 8 + header[at + 8 :]
+    assert int(header[at : at + 6], 8) == sum(spaced)
+    assert _checksum(header[:at], header[at + 8 :]) == sum(spaced)
