@@ -104,7 +104,8 @@ TreeEntry = FileEntry | SymlinkEntry | DirEntry
 
 
 def _sort_key(entry: TreeEntry) -> bytes:
-    return entry.path.encode()
+    # surrogatepass: a lone surrogate (refused by _validate, naming the path) must not crash the sort
+    return entry.path.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,7 @@ def _entry_from_json(item: object) -> TreeEntry:
 
 
 _UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, surrogates
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _check_paths(paths: list[str]) -> None:
@@ -314,6 +316,8 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
         if isinstance(entry, SymlinkEntry):
             if any(ord(ch) < 0x20 for ch in entry.target):
                 raise UnsafeInputError(f"{entry.path}: control characters in symlink target")
+            if _SURROGATE.search(entry.target):
+                raise UnsafeInputError(f"{entry.path}: symlink target is not valid UTF-8")
             if entry.target.startswith("/"):
                 raise UnsafeInputError(
                     f"{entry.path}: absolute symlink to {entry.target}; use a relative target"

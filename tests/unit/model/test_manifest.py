@@ -139,3 +139,16 @@ def test_fast_parser_accepts_only_what_the_general_one_accepts(data: bytes) -> N
     assert manifest_module._from_canonical(data) is None
     with pytest.raises(InputError):
         manifest_module._from_json(data)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{"path":"a\\udc80","type":"dir"}',
+        '{"path":"l","target":"x\\ud800","type":"symlink"}',
+    ],
+)
+def test_lone_surrogates_in_a_manifest_are_refused_not_crashed_on(entry: str) -> None:
+    data = ('{"entries":[' + entry + '],"format":"graven.tree/v1"}').encode()
+    with pytest.raises(UnsafeInputError, match="not valid UTF-8"):
+        TreeManifest.from_bytes(data)
