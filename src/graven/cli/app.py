@@ -14,15 +14,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from graven import __version__
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:  # typing and collections.abc are not needed at run time: start-up stays smaller
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
+
+    Handler = Callable[[argparse.Namespace], int]
 
 __all__ = [
     "COMMAND_MODULES",
     "ArgParser",
-    "Handler",
     "UsageError",
     "add_command",
     "add_group",
@@ -57,8 +61,6 @@ COMMAND_MODULES: dict[str, str] = {
     "watch": "drift_cmds",
 }
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 class UsageError(Exception):
     """Bad usage of the command line (exit 2); ``prog`` names the command for the ``--help`` hint."""
@@ -69,13 +71,38 @@ class UsageError(Exception):
         self.prog = prog
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, measuring the terminal as shutil.get_terminal_size does but without
+    importing shutil (with bz2 and lzma: ~3 ms of start-up; a formatter is made per argument)."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _columns())
+
+
+def _columns() -> int:
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 class ArgParser(argparse.ArgumentParser):
     """An argparse parser that raises :class:`UsageError` instead of printing and exiting, and never
     accepts an abbreviated option (``--jso`` is not ``--json``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
@@ -88,6 +115,36 @@ class ArgParser(argparse.ArgumentParser):
         raise UsageError(message, self.prog)
 
 
+class _Unused(ArgParser):
+    """Stands in for the parser of a command that is not being run: arguments added to it are
+    dropped (building every command's full parser would cost start-up for nothing)."""
+
+    def __init__(self) -> None:  # no argparse state at all: only add_argument is ever called
+        pass
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        return argparse.Action(option_strings=[], dest="unused")
+
+
+class _UnusedCommands:
+    """Stands in for the subcommands of a group that is not being run."""
+
+    def add_parser(self, *args: Any, **kwargs: Any) -> ArgParser:
+        return _Unused()
+
+
+# While a single command's line is parsed, the parsers of its sibling commands are not built.
+_ONLY: list[str | None] = [None]
+_ONLY_COMMANDS: list[object] = [None]
+
+
+def _skipped(commands: object, name: str) -> bool:
+    """True for a command that is not the one being run (or inside a group that is not)."""
+    if isinstance(commands, _UnusedCommands):
+        return True
+    return _ONLY[0] not in (None, name) and commands is _ONLY_COMMANDS[0]
+
+
 def add_command(
     commands: argparse._SubParsersAction[ArgParser], name: str, handler: Handler | None
 ) -> ArgParser:
@@ -95,6 +152,10 @@ def add_command(
 
     A handler of None makes a group whose subcommands are added to the returned parser.
     """
+    if isinstance(commands, _UnusedCommands) or (
+        _ONLY[0] not in (None, name) and commands is _ONLY_COMMANDS[0]
+    ):
+        return _Unused()
     doc = (handler.__doc__ if handler else None) or ""
     summary = doc.strip().splitlines()[0] if doc.strip() else ""
     parser = commands.add_parser(name, help=summary, description=_dedent(doc))
@@ -108,6 +169,9 @@ def add_group(
 ) -> tuple[ArgParser, argparse._SubParsersAction[ArgParser]]:
     """A command with subcommands: its parser (for its own options) and its subcommands. With
     ``handler`` it also runs on its own (``graven log``); without, a subcommand is required."""
+    if _skipped(commands, name):
+        unused: argparse._SubParsersAction[ArgParser] = _UnusedCommands()  # type: ignore[assignment]
+        return _Unused(), unused
     parser = commands.add_parser(name, help=summary, description=summary)
     if handler is not None:
         parser.set_defaults(handler=handler)
@@ -122,12 +186,13 @@ def add_group(
 
 
 def _dedent(doc: str) -> str:
-    import textwrap
-
+    """A docstring as help text: the first line, then the rest without its common indentation."""
     lines = doc.strip().splitlines()
     if not lines:
         return ""
-    return (lines[0] + "\n" + textwrap.dedent("\n".join(lines[1:]))).strip()
+    rest = lines[1:]
+    indent = min((len(line) - len(line.lstrip()) for line in rest if line.strip()), default=0)
+    return "\n".join([lines[0], *(line[indent:] for line in rest)]).strip()
 
 
 def port_number(value: str) -> int:
@@ -164,8 +229,12 @@ def build_parser(command: str | None) -> ArgParser:
         modules = [COMMAND_MODULES[command]]
     else:
         modules = list(dict.fromkeys(COMMAND_MODULES.values()))
-    for name in modules:
-        importlib.import_module(f"graven.cli.{name}").register(commands)
+    _ONLY[0], _ONLY_COMMANDS[0] = (command, commands) if len(modules) == 1 else (None, None)
+    try:
+        for name in modules:
+            importlib.import_module(f"graven.cli.{name}").register(commands)
+    finally:
+        _ONLY[0], _ONLY_COMMANDS[0] = None, None
     if len(modules) > 1:  # list commands in the registry's order, whatever the modules' order
         order = {name: i for i, name in enumerate(COMMAND_MODULES)}
         commands._choices_actions.sort(key=lambda action: order.get(action.dest, len(order)))

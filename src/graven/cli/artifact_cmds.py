@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from graven.cli.app import ArgParser, UsageError, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, human_size, print_table
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from graven.model.digest import Digest
     from graven.service.artifacts import VerifyReport

@@ -6,13 +6,13 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size
 from graven.errors import InputError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from graven.build.compare import NotReproducibleError
 

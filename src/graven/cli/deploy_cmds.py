@@ -6,13 +6,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size, print_table
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from graven.service.context import Context
     from graven.service.deploy import DeployOptions, DeployResult
 

@@ -8,13 +8,15 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 from graven.cli.app import ArgParser, UsageError, add_command, port_number
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, print_table
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from graven.service.drift import DriftReport
 
 __all__ = ["register"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from graven.cli.app import ArgParser, add_command, add_group
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
 from graven.errors import InputError, NotFoundError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from graven.home import Home
     from graven.model.digest import Digest

@@ -7,7 +7,6 @@ one line on stderr, ``graven: error: ...``; ``-v`` adds the traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 from graven import __version__
 
@@ -17,7 +16,7 @@ __all__ = ["main"]
 # a command runs, so that `graven --version` loads nothing else.
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--version"]:  # answered before any command module is loaded

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["TerminalReporter", "emit_json", "human_size", "print_table"]
 
 
 def emit_json(value: Any) -> None:
     """Print one JSON document on stdout."""
+    import json  # here: most commands print no JSON, and start-up is budgeted
+
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 

@@ -66,3 +66,22 @@ def test_a_command_imports_only_its_own_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-2:] == ["['graven.cli.deploy_cmds']", "False"]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_parsing_one_command_builds_exactly_its_full_parser() -> None:
+    full = _subparsers(build_parser(None))
+    for name in COMMAND_MODULES:
+        alone = _subparsers(build_parser(name))
+        assert alone[name].format_help() == full[name].format_help(), name
+        nested = (
+            _subparsers(full[name])
+            if any(isinstance(a, argparse._SubParsersAction) for a in full[name]._actions)
+            else {}
+        )
+        for sub, parser in nested.items():  # keys generate, log verify, ...
+            assert _subparsers(alone[name])[sub].format_help() == parser.format_help(), (name, sub)
