@@ -292,13 +292,10 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
 
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
     """The blob cache rows for ``oids``: git oid -> (sha256 hex, size)."""
-    found: dict[str, tuple[str, int]] = {}
     wanted = sorted(set(oids))
     with ctx.db.connect() as conn:
         query = "SELECT git_oid, sha256, size FROM git_blob_cache WHERE git_oid IN :values"
-        for oid, sha, size in conn.select_in(query, wanted):
-            found[str(oid)] = (str(sha), int(size))
-    return found
+        return {oid: (sha, size) for oid, sha, size in conn.select_in(query, wanted)}
 
 
 def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[GitEntry]:
@@ -365,8 +362,8 @@ def _tree_from_git(
     with source.repo.open_blobs(to_read) as blobs:
         # git reads the blobs the cache does not know while the cached ones are checked: a cached
         # digest counts only when the store has the object; the others are read again after
-        has = ctx.store.has
-        known.update((oid, hit) for oid, hit in cached.items() if has(Digest(hit[0])))
+        gone = ctx.store.missing({sha for sha, _ in cached.values()})
+        known.update((oid, hit) for oid, hit in cached.items() if hit[0] not in gone)
         lost = sorted(cached.keys() - known.keys())
         total += len(lost)
         read(blobs)

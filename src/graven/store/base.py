@@ -6,7 +6,7 @@ always verify what they read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -36,6 +36,10 @@ class ArtifactStore(Protocol):
 
     def has(self, digest: Digest) -> bool:
         """True when the object is stored (its integrity is not checked)."""
+        ...
+
+    def missing(self, hexes: Iterable[str]) -> set[str]:
+        """The sha256 hex digests among ``hexes`` that are not stored (one question for many)."""
         ...
 
     def put(self, data: bytes) -> Digest:

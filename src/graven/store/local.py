@@ -21,6 +21,7 @@ import io
 import mmap
 import os
 import queue
+import re
 import stat
 import struct
 import threading
@@ -60,6 +61,7 @@ class _Location(NamedTuple):  # a tuple: one per object of every pack, made when
     codec: int
 
 
+_HEX64 = re.compile("[0-9a-f]{64}")
 _WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)  # what read_many decodes itself
 
 
@@ -171,8 +173,9 @@ class LocalStore:
                 continue
             idx = self._packs / name
             pack = idx.with_suffix(".pack")
-            for digest, location in _read_index(idx, pack):
-                index.setdefault(digest, location)
+            for digest, offset, stored, size, codec in _read_index(idx):
+                if digest not in index:  # the first pack that holds an object serves it
+                    index[digest] = _Location(pack, offset, stored, size, codec)
             self._seen_idx.add(name)
 
     def refresh_index(self) -> None:
@@ -193,6 +196,24 @@ class LocalStore:
         with self._lock:
             self._load_new_indexes(index)
         return digest.raw in index
+
+    def missing(self, hexes: Iterable[str]) -> set[str]:
+        """The sha256 hex digests among ``hexes`` that are not stored: one pass against the pack
+        indexes, then a look at loose objects (and at packs added since) for the rest."""
+        index = self._packed()
+        canonical = _HEX64.fullmatch
+        absent = {h for h in hexes if not (canonical(h) and bytes.fromhex(h) in index)}
+        if not absent:
+            return absent
+        with self._lock:
+            self._load_new_indexes(index)
+        prefix = self._loose_prefix
+        return {
+            h
+            for h in absent
+            if not canonical(h)
+            or (bytes.fromhex(h) not in index and not os.path.exists(f"{prefix}{h[:2]}/{h[2:]}"))
+        }
 
     def loose_names(self) -> set[str]:
         """The hex digests of every loose object (one directory scan)."""
@@ -773,7 +794,8 @@ class PackBatch:
             self._writer.close(commit=False)
 
 
-def _read_index(idx: Path, pack: Path) -> Iterator[tuple[bytes, _Location]]:
+def _read_index(idx: Path) -> Iterator[tuple[bytes, int, int, int, int]]:
+    """The entries of a checked pack index: (sha256, record offset, stored size, size, codec)."""
     try:
         data = idx.read_bytes()
     except OSError as exc:
@@ -786,8 +808,7 @@ def _read_index(idx: Path, pack: Path) -> Iterator[tuple[bytes, _Location]]:
     (count,) = struct.unpack_from(">Q", data, len(IDX_MAGIC))
     if header + count * _IDX_ENTRY.size + 32 != len(data):
         raise IntegrityError(f"pack index {idx.name} is corrupt (wrong length)")
-    for digest, offset, stored, size, codec in _IDX_ENTRY.iter_unpack(data[header:-32]):
-        yield digest, _Location(pack, offset, stored, size, codec)
+    return _IDX_ENTRY.iter_unpack(data[header:-32])
 
 
 def is_read_only(path: Path) -> bool:

@@ -250,3 +250,19 @@ def test_read_many_refuses_a_truncated_pack_and_a_missing_object(store: LocalSto
         list(LocalStore.at(store.root).read_many([digest]))
     with pytest.raises(IntegrityError, match="missing"):
         list(store.read_many([sha256_digest(b"never stored")]))
+
+
+def test_missing_answers_for_packed_loose_and_new_packs(store: LocalStore, tmp_path: Path) -> None:
+    with store.batch() as batch:
+        packed = batch.add(b"packed object")
+    loose = store.put(b"x" * (LOOSE_THRESHOLD + 1))
+    absent = sha256_digest(b"never stored")
+    wanted = {packed.hex, loose.hex, absent.hex, "not-hex", packed.hex.upper(), "ab" * 31}
+    assert store.missing(wanted) == {absent.hex, "not-hex", packed.hex.upper(), "ab" * 31}
+    assert store.missing([]) == set()
+    # a pack committed by another store (process) after this one loaded its indexes is found
+    other = LocalStore.at(store.root)
+    with other.batch() as batch:
+        later = batch.add(b"committed elsewhere")
+    assert store.missing([later.hex, packed.hex]) == set()
+    assert all(store.has(Digest(h)) for h in (packed.hex, loose.hex, later.hex))
