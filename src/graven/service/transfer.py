@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from graven.archive.reader import read_archive
 from graven.archive.writer import ArchiveMeta, compression_for, write_archive_file
 from graven.errors import (
     BackendError,
@@ -20,10 +19,10 @@ from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
 from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context, utc_now
-from graven.service.provenance import latest_envelope, record_attestation
 from graven.service.records import insert_ignore
-from graven.signing.bundle import bundle_bytes, load_attestation
-from graven.signing.provenance import PAYLOAD_TYPE, check_subject, parse_statement
+
+# Signing (cryptography) and the archive reader are imported by the functions that use them:
+# `graven export` needs neither, and start-up is part of every command's cost.
 
 __all__ = ["ImportResult", "export_artifact", "export_attestation", "import_archive"]
 
@@ -67,6 +66,9 @@ def export_attestation(
     ctx: Context, digest: Digest, *, envelope_path: Path | None, bundle_path: Path | None
 ) -> None:
     """Write the artifact's newest signed provenance as a DSSE envelope and/or a Sigstore bundle."""
+    from graven.service.provenance import latest_envelope
+    from graven.signing.bundle import bundle_bytes, load_attestation
+
     envelope = load_attestation(latest_envelope(ctx, digest))
     if envelope_path is not None:
         _write_atomic(envelope_path, envelope.to_json())
@@ -86,6 +88,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
     """Read an envelope or bundle; it must parse and name ``digest`` (signatures are checked by verify)."""
+    from graven.signing.bundle import load_attestation
+    from graven.signing.provenance import PAYLOAD_TYPE, check_subject, parse_statement
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -108,6 +113,9 @@ def import_archive(
     ctx: Context, path: Path, *, name: str | None = None, attestation: Path | None = None
 ) -> ImportResult:
     """Ingest an archive; the digest is recomputed from its content, never taken on trust."""
+    from graven.archive.reader import read_archive
+    from graven.service.provenance import record_attestation
+
     store = ctx.store
     with store.batch() as batch:
         tree = read_archive(path, batch)
