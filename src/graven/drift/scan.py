@@ -21,15 +21,17 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graven.core.drift import Observed, is_racy
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
+
+if TYPE_CHECKING:  # the pool is started, and its module imported, only when a file needs it
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = [
     "SPLIT_MIN_FILES",
@@ -103,6 +105,8 @@ class Hasher:
         """Hash ``path`` in the pool."""
         with self._lock:
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
             pool = self._pool
         return pool.submit(hash_path, path)
@@ -132,6 +136,8 @@ class Hasher:
     def _submit_batch(self, paths: list[str]) -> Future[list[HashResult]]:
         with self._lock:
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
             pool = self._pool
         return pool.submit(lambda: [hash_path(p) for p in paths])
