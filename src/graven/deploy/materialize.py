@@ -18,15 +18,17 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, IntegrityError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "DIR_MODE",
@@ -340,6 +342,8 @@ def build_release(
         first = firsts.setdefault((entry.sha256, entry.executable), entry)
         if first is not entry:
             duplicates.append((entry, first))
+    from concurrent.futures import ThreadPoolExecutor  # here: a rollback's stat check needs no pool
+
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="graven-release") as pool:
         builder = _Builder(
             store=store,
