@@ -26,7 +26,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
 
@@ -273,7 +273,7 @@ class LocalStore:
             )
         return data
 
-    def read_many(self, digests: Iterable[Digest]) -> Iterator[bytes]:
+    def read_many(self, digests: Iterable[Digest]) -> Generator[bytes, None, None]:
         """The objects' bytes, in order, each verified against its digest (as :meth:`read`).
 
         Meant for many small objects (each is held in memory whole): packed ones are read from a
