@@ -7,8 +7,10 @@ asks for the fixture by name.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,3 +178,20 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for one test module (skipped when PostgreSQL is not
+    installed and GRAVEN_REQUIRE_SERVICES is unset). Not under pytest's tmp dir: that one is 0700 root,
+    and the server runs as the postgres user."""
+    from helpers_services import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="graven-pg-"))
+    root.chmod(0o755)
+    server = PostgresServer(root / "cluster")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,19 +11,6 @@ import pytest
 
 from graven.db import SCHEMA_VERSION, Database
 from graven.errors import BackendError
-from helpers_services import PostgresServer
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    root = Path(tempfile.mkdtemp(prefix="graven-pg-"))
-    root.chmod(0o755)
-    server = PostgresServer(root / "cluster")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers_deploy import make_world, tree_problems
 from helpers_repo import run_cli
-from helpers_services import PostgresServer
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    root = Path(tempfile.mkdtemp(prefix="graven-pg-deploy-"))
-    root.chmod(0o755)  # the server runs as the postgres user
-    server = PostgresServer(root / "cluster")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_deploy_promote_rollback_on_postgres(

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers_repo import make_repo, run_cli
-from helpers_services import PostgresServer
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    # Not under pytest's tmp dir: that one is 0700 root, and the server runs as the postgres user.
-    root = Path(tempfile.mkdtemp(prefix="graven-pg-"))
-    root.chmod(0o755)
-    server = PostgresServer(root / "cluster")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_build_verify_and_schema_on_postgres(

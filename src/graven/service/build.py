@@ -237,6 +237,14 @@ def _latest_manifest(ctx: Context, name: str) -> Digest | None:
 
 
 def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]]) -> None:
+    identity = {  # what the artifacts and builds rows both say about where the artifact came from
+        "digest": result.digest,
+        "name": result.name,
+        "commit": result.commit,
+        "repository": result.repository,
+        "revision": result.revision,
+        "pipeline_digest": result.pipeline_digest,
+    }
     with ctx.db.begin() as conn:
         insert_ignore(conn, "git_blob_cache", new_cache)
         insert_ignore(
@@ -244,12 +252,7 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
             "artifacts",
             [
                 {
-                    "digest": result.digest,
-                    "name": result.name,
-                    "commit": result.commit,
-                    "repository": result.repository,
-                    "revision": result.revision,
-                    "pipeline_digest": result.pipeline_digest,
+                    **identity,
                     "source_date_epoch": result.source_date_epoch,
                     "file_count": result.file_count,
                     "total_size": result.total_size,
@@ -264,12 +267,7 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
             VALUES (:digest, :name, :commit, :repository, :revision, :pipeline_digest,
                 :started_at, :finished_at, :builder, :graven_version, :invocation_id)""",
             {
-                "digest": result.digest,
-                "name": result.name,
-                "commit": result.commit,
-                "repository": result.repository,
-                "revision": result.revision,
-                "pipeline_digest": result.pipeline_digest,
+                **identity,
                 "started_at": result.started_at,
                 "finished_at": result.finished_at,
                 "builder": ctx.actor,

@@ -121,13 +121,18 @@ def test_delta_compressed_objects_round_trip(store: LocalStore) -> None:
         assert hashlib.sha256(fresh.read(digest)).hexdigest() == digest.hex
 
 
-def test_corrupt_pack_byte_is_detected(store: LocalStore) -> None:
+def _packed_with_a_flipped_byte(store: LocalStore) -> tuple[list[bytes], list[Digest], LocalStore]:
+    """Ten objects in one pack, a byte in the middle of the pack flipped, and a fresh store on it."""
     blobs = [bytes([i]) * 300 + os.urandom(300) for i in range(10)]
     with store.batch() as batch:
         digests = [batch.add(b) for b in blobs]
     pack = next((store.root / "pack").glob("*.pack"))
     _flip_byte(pack, pack.stat().st_size // 2)
-    fresh = LocalStore.at(store.root)
+    return blobs, digests, LocalStore.at(store.root)
+
+
+def test_corrupt_pack_byte_is_detected(store: LocalStore) -> None:
+    _blobs, digests, fresh = _packed_with_a_flipped_byte(store)
     failures = 0
     for digest in digests:
         try:
@@ -226,12 +231,7 @@ def test_read_many_returns_each_object_in_order(store: LocalStore) -> None:
 
 
 def test_read_many_refuses_a_corrupt_packed_object(store: LocalStore) -> None:
-    blobs = [bytes([i]) * 300 + os.urandom(300) for i in range(10)]
-    with store.batch() as batch:
-        digests = [batch.add(b) for b in blobs]
-    pack = next((store.root / "pack").glob("*.pack"))
-    _flip_byte(pack, pack.stat().st_size // 2)
-    fresh = LocalStore.at(store.root)
+    blobs, digests, fresh = _packed_with_a_flipped_byte(store)
     good = 0
     with pytest.raises(IntegrityError):
         for data in fresh.read_many(digests):
