@@ -1,0 +1,329 @@
+"""What a deployment writes to the database and the audit log: the ``pending`` row, success, failure
+(with the automatic switch back) and the settling of deployments a dead process left ``pending``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from graven.db import Row
+from graven.deploy.hooks import HookResult, run_health, run_hook
+from graven.deploy.layout import EnvLayout
+from graven.deploy.plan import PolicyDecision, short
+from graven.deploy.settings import EnvSettings
+from graven.deploy.switch import point_symlink, remove_symlink
+from graven.errors import PolicyError
+from graven.model.logentry import LogEvent
+from graven.service.context import Context, utc_now
+from graven.service.deploy_release import hook_environment, step
+from graven.service.deploy_types import DeployOptions, Target
+from graven.service.environments import EnvState, deployment_row, load_state, rejection, save_state
+
+_EVENT = {"deploy": "deploy", "promote": "promote", "rollback": "rollback", "auto-rollback": "rollback"}
+
+
+def _settings_json(settings: EnvSettings) -> str:
+    return json.dumps(settings.to_json(), sort_keys=True, separators=(",", ":"))
+
+
+def settings_from_row(row: Row | None) -> EnvSettings | None:
+    if row is None or not row.settings:
+        return None
+    try:
+        doc = json.loads(row.settings)
+        return EnvSettings(**{**doc, "requires": tuple(doc.get("requires", ()))})
+    except (ValueError, TypeError):
+        return None
+
+
+def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
+    """Settle deployments left ``pending`` by a process that died (the disk says what happened)."""
+    with ctx.db.connect() as conn:
+        pending = list(
+            conn.execute(
+                "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
+                " result, health, override, reason, detail, settings FROM deployments"
+                " WHERE env = :env AND result = 'pending' ORDER BY id",
+                {"env": env},
+            )
+        )
+    if not pending:
+        return
+    live_hex = layout.live_hex()
+    with ctx.db.begin() as conn:
+        state = load_state(conn, env) or EnvState(name=env, path=str(layout.root))
+        for row in pending:
+            went_live = live_hex is not None and row.digest == f"sha256:{live_hex}"
+            detail = (
+                "the deploying process stopped after the switch: the release is live, its health unknown"
+                if went_live
+                else "the deploying process stopped before the switch: this release is not live"
+            )
+            conn.execute(
+                "UPDATE deployments SET result = 'interrupted', health = 'unknown', finished_at = :now,"
+                " detail = :detail WHERE id = :id",
+                {"now": utc_now(), "detail": detail, "id": row.id},
+            )
+            if went_live:
+                if state.live_digest != row.digest:
+                    state.previous_digest = state.live_digest
+                state.live_digest = row.digest
+                state.live_deployment = row.id
+                state.path = str(layout.root)
+                if row.kind == "rollback":
+                    state.held, state.held_digest = True, row.digest
+                    state.hold_reason = row.reason or "rollback"
+            ctx.audit.append(
+                conn,
+                LogEvent(
+                    _EVENT.get(row.kind, "deploy"),
+                    artifact=row.digest,
+                    env=env,
+                    reason=detail,
+                    result="interrupted",
+                ),
+            )
+        save_state(conn, state)
+
+
+def insert_pending(
+    ctx: Context,
+    target: Target,
+    *,
+    kind: str,
+    source_env: str | None,
+    previous: str | None,
+    opts: DeployOptions,
+    started_at: str,
+) -> int:
+    """Record the intent before the switch (a crash leaves it ``pending`` for the next run to settle).
+    The rejection is checked again under the database's write lock."""
+    digest = str(target.digest)
+    with ctx.db.begin() as conn:
+        reason = rejection(conn, digest)
+        if reason is not None:
+            raise PolicyError(f"{short(digest)} was rejected ({reason}) and can never be deployed")
+        key = conn.execute(
+            "INSERT INTO deployments (env, digest, kind, source_env, previous_digest, actor, started_at,"
+            " result, health, override, reason, settings) VALUES (:env, :digest, :kind, :source_env,"
+            " :previous_digest, :actor, :started_at, 'pending', 'unknown', :override, :reason, :settings)"
+            " RETURNING id",
+            {
+                "env": target.settings.name,
+                "digest": digest,
+                "kind": kind,
+                "source_env": source_env,
+                "previous_digest": previous,
+                "actor": ctx.audit.actor,
+                "started_at": started_at,
+                "override": opts.override,
+                "reason": opts.reason,
+                "settings": _settings_json(target.settings),
+            },
+        ).scalar_one()
+        return int(key)
+
+
+def _event_reason(kind: str, source_env: str | None, opts: DeployOptions) -> str | None:
+    parts: list[str] = []
+    if kind == "promote" and source_env:
+        parts.append(f"from {source_env}")
+    if opts.reason:
+        parts.append(opts.reason)
+    return "; ".join(parts) or None
+
+
+def record_success(
+    ctx: Context,
+    target: Target,
+    dep_id: int,
+    decision: PolicyDecision,
+    *,
+    kind: str,
+    source_env: str | None,
+    previous: str | None,
+    health: str,
+    opts: DeployOptions,
+    layout: EnvLayout,
+) -> bool:
+    env = target.settings.name
+    digest = str(target.digest)
+    with ctx.db.begin() as conn:
+        conn.execute(
+            "UPDATE deployments SET result = 'ok', health = :health, finished_at = :now WHERE id = :id",
+            {"health": health, "now": utc_now(), "id": dep_id},
+        )
+        current = load_state(conn, env) or EnvState(name=env, path=str(layout.root))
+        if previous is not None and previous != digest:
+            current.previous_digest = previous
+        elif current.live_digest is not None and current.live_digest != digest:
+            current.previous_digest = current.live_digest
+        current.live_digest = digest
+        current.live_deployment = dep_id
+        current.path = str(layout.root)
+        if kind == "rollback":
+            current.held, current.held_digest = True, digest
+            current.hold_reason = opts.reason or f"rolled back to {short(digest)}"
+        save_state(conn, current)
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                _EVENT[kind],
+                artifact=digest,
+                commit=target.commit,
+                env=env,
+                reason=_event_reason(kind, source_env, opts),
+                result="ok",
+            ),
+        )
+        if decision.overridden:
+            ctx.audit.append(
+                conn,
+                LogEvent(
+                    "override",
+                    artifact=digest,
+                    commit=target.commit,
+                    env=env,
+                    reason=f"requires {', '.join(decision.overridden)} bypassed: {opts.reason}",
+                ),
+            )
+        if kind == "rollback":
+            ctx.audit.append(
+                conn,
+                LogEvent("hold", artifact=digest, commit=target.commit, env=env, reason=current.hold_reason),
+            )
+    return kind == "rollback"
+
+
+def record_failure(
+    ctx: Context,
+    target: Target,
+    dep_id: int,
+    state: EnvState | None,
+    *,
+    kind: str,
+    previous: str | None,
+    failure: HookResult,
+    what: str,
+    layout: EnvLayout,
+    old_config: str | None,
+    opts: DeployOptions,
+) -> str | None:
+    """Record a failed activate/health; switch back to the previous release unless this is a rollback."""
+    env = target.settings.name
+    digest = str(target.digest)
+    detail = f"{what} failed: {failure.describe()}"
+    rolled_back_to: str | None = None
+    back_health = "unknown"
+    back_detail: str | None = None
+    back_settings: EnvSettings | None = None
+    back_ok = previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir()
+    if kind != "rollback" and previous is not None and previous != digest and back_ok:
+        with ctx.db.connect() as conn:
+            back_settings = settings_from_row(deployment_row(conn, state.live_deployment if state else None))
+        point_symlink(layout.current, layout.link_target(previous.removeprefix("sha256:")))
+        if old_config is not None:
+            point_symlink(layout.config_link, old_config)
+        else:
+            remove_symlink(layout.config_link)
+        rolled_back_to = previous
+        step(ctx, "switched-back")
+        if back_settings is not None:
+            hook_env = hook_environment(layout, back_settings, previous, digest)
+            if back_settings.activate:
+                result = run_hook(
+                    back_settings.activate,
+                    cwd=layout.root,
+                    env=hook_env,
+                    timeout=back_settings.activate_timeout,
+                )
+                if not result.ok:
+                    back_health, back_detail = "failed", f"activate failed: {result.describe()}"
+            if back_settings.health and back_health != "failed":
+                result = run_health(
+                    back_settings.health,
+                    cwd=layout.root,
+                    env=hook_env,
+                    timeout=back_settings.health_timeout,
+                    retries=back_settings.health_retries,
+                    interval=back_settings.health_interval,
+                )
+                back_health = "healthy" if result.ok else "failed"
+                back_detail = None if result.ok else f"health check failed: {result.describe()}"
+            elif back_health != "failed":
+                back_health = "none"
+    elif kind != "rollback" and (previous is None or (previous != digest and not back_ok)):
+        previous = None  # nothing (complete) to switch back to
+        remove_symlink(layout.current)
+        remove_symlink(layout.config_link)
+    with ctx.db.begin() as conn:
+        conn.execute(
+            "UPDATE deployments SET result = 'failed', health = 'failed', finished_at = :now,"
+            " detail = :detail WHERE id = :id",
+            {"now": utc_now(), "detail": detail, "id": dep_id},
+        )
+        current = load_state(conn, env) or EnvState(name=env, path=str(layout.root))
+        current.path = str(layout.root)
+        reason = _event_reason(kind, None, opts)
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                _EVENT[kind],
+                artifact=digest,
+                commit=target.commit,
+                env=env,
+                reason=f"{detail}{f'; {reason}' if reason else ''}",
+                result="failed",
+            ),
+        )
+        if rolled_back_to is not None:
+            now = utc_now()
+            back_id = conn.execute(
+                "INSERT INTO deployments (env, digest, kind, previous_digest, actor, started_at,"
+                " finished_at, result, health, override, reason, detail, settings) VALUES (:env, :digest,"
+                " 'auto-rollback', :previous_digest, :actor, :now, :now, 'ok', :health, :override,"
+                " :reason, :detail, :settings) RETURNING id",
+                {
+                    "env": env,
+                    "digest": rolled_back_to,
+                    "previous_digest": digest,
+                    "actor": ctx.audit.actor,
+                    "now": now,
+                    "health": back_health,
+                    "override": False,
+                    "reason": f"automatic: {what} of {short(digest)} failed",
+                    "detail": back_detail,
+                    "settings": _settings_json(back_settings) if back_settings else None,
+                },
+            ).scalar_one()
+            current.live_digest = rolled_back_to
+            current.live_deployment = int(back_id)
+            ctx.audit.append(
+                conn,
+                LogEvent(
+                    "rollback",
+                    artifact=rolled_back_to,
+                    env=env,
+                    reason=f"automatic: {what} of {short(digest)} failed",
+                    result="ok" if back_health != "failed" else "failed",
+                ),
+            )
+        elif kind == "rollback" or previous == digest:
+            if current.live_digest != digest and current.live_digest is not None:
+                current.previous_digest = current.live_digest
+            current.live_digest = digest
+            current.live_deployment = dep_id
+            if kind == "rollback":
+                current.held, current.held_digest = True, digest
+                current.hold_reason = opts.reason or f"rolled back to {short(digest)}"
+                ctx.audit.append(
+                    conn,
+                    LogEvent(
+                        "hold", artifact=digest, commit=target.commit, env=env, reason=current.hold_reason
+                    ),
+                )
+        else:
+            current.live_digest = None
+            current.live_deployment = None
+        save_state(conn, current)
+    return rolled_back_to

@@ -1,0 +1,171 @@
+"""The release on disk: build or reuse ``releases/<hex>``, switch ``current``, hook environment,
+retention and leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from graven.deploy.layout import EnvLayout
+from graven.deploy.materialize import BuildStats, build_release, check_release, integrity_error, remove_tree
+from graven.deploy.plan import ReleaseInfo, plan_retention, short
+from graven.deploy.settings import EnvSettings
+from graven.deploy.statdb import DIR_SHA, StatTable
+from graven.deploy.switch import exchange_dirs, fsync_dir, point_symlink, remove_symlink
+from graven.errors import BackendError, IntegrityError
+from graven.model.logentry import LogEvent
+from graven.service.context import Context
+from graven.service.deploy_types import Target
+from graven.service.environments import EnvState
+
+
+def hook_environment(
+    layout: EnvLayout, settings: EnvSettings, digest: str, previous: str | None
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GRAVEN_ENV=settings.name,
+        GRAVEN_DIGEST=digest,
+        GRAVEN_PATH=str(layout.root),
+        GRAVEN_CURRENT=str(layout.current),
+        GRAVEN_RELEASE=str(layout.release(digest.removeprefix("sha256:"))),
+        GRAVEN_CONFIG=str(layout.config_link) if settings.config else "",
+        GRAVEN_PREVIOUS=previous or "",
+    )
+    return env
+
+
+def step(ctx: Context, name: str) -> None:
+    """Mark a step boundary (the progress reporter sees ``deploy:<name>``)."""
+    ctx.reporter.progress(f"deploy:{name}", 0, None)
+
+
+def clean_leftovers(layout: EnvLayout, table: StatTable) -> None:
+    for leftover in layout.leftovers():
+        remove_tree(leftover, table)
+
+
+def ensure_release(
+    ctx: Context, target: Target, layout: EnvLayout, table: StatTable, live_hex: str | None
+) -> tuple[BuildStats | None, bool]:
+    """Make ``releases/<hex>`` a complete, checked copy of the artifact; (build stats, reused existing).
+    The table is saved when anything in it changed."""
+    hex_digest = target.digest.hex
+    release = layout.release(hex_digest)
+    reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
+    if release.is_dir():
+        check = check_release(release, target.manifest, table)
+        if check.ok:
+            if not check.by_stat:
+                table.save(layout.stat_file)
+            return None, True
+        more = f" and {len(check.problems) - 1} more" if len(check.problems) > 1 else ""
+        ctx.reporter.warn(
+            f"release {short(hex_digest)} on disk differs from the artifact ({check.problems[0]}{more}); "
+            "rebuilding it from the store"
+        )
+        reuse = release  # its unchanged files are still good
+    try:
+        layout.releases.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendError(f"cannot create {layout.releases}: {exc.strerror}") from None
+    tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        stats = build_release(
+            ctx.store,
+            target.manifest,
+            tmp,
+            table,
+            reuse_root=reuse,
+            progress=lambda done, total: ctx.reporter.progress("deploy:materialize", done, total),
+        )
+        try:
+            if release.is_dir():
+                if hex_digest == live_hex:
+                    exchange_dirs(tmp, release)  # the live tree is replaced in one step
+                else:
+                    aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
+                    os.rename(release, aside)
+                    os.rename(tmp, release)
+                    tmp = aside
+                remove_tree(tmp, table)
+            else:
+                os.rename(tmp, release)
+            fsync_dir(layout.releases)
+            table.record(os.lstat(release), DIR_SHA)  # renaming changed the root's ctime
+        except OSError as exc:
+            raise BackendError(f"cannot move the release into {release}: {exc.strerror}") from None
+        table.save(layout.stat_file)
+    except IntegrityError as exc:
+        remove_tree(tmp)
+        error = integrity_error(exc, release)
+        ctx.audit.record(
+            LogEvent(
+                "verify-failure",
+                artifact=str(target.digest),
+                env=target.settings.name,
+                reason=str(error),
+                result="failed",
+            )
+        )
+        raise error from None
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    return stats, False
+
+
+def switch(layout: EnvLayout, hex_digest: str, config: str | None) -> None:
+    point_symlink(layout.current, layout.link_target(hex_digest))
+    if config:
+        point_symlink(layout.config_link, f"current/{config}")
+    else:
+        remove_symlink(layout.config_link)
+
+
+def retention(
+    ctx: Context, layout: EnvLayout, table: StatTable, *, env: str, keep: int, state: EnvState
+) -> tuple[str, ...]:
+    names = layout.release_names()
+    with ctx.db.connect() as conn:
+        rows = conn.execute(
+            "SELECT digest, result, finished_at FROM deployments WHERE env = :env", {"env": env}
+        )
+        last_ok: dict[str, str] = {}
+        seen: set[str] = set()
+        for row in rows:
+            hex_digest = str(row.digest).removeprefix("sha256:")
+            seen.add(hex_digest)
+            if row.result == "ok" and row.finished_at:
+                last_ok[hex_digest] = max(last_ok.get(hex_digest, ""), str(row.finished_at))
+    infos = [ReleaseInfo(n, last_ok.get(n), failed=n in seen and n not in last_ok) for n in names]
+    protected = {
+        d.removeprefix("sha256:")
+        for d in (state.live_digest, state.previous_digest, state.held_digest)
+        if d is not None
+    }
+    live_hex = layout.live_hex()
+    if live_hex:
+        protected.add(live_hex)
+    plan = plan_retention(infos, keep=keep, protected=protected)
+    for hex_digest in plan.delete:
+        aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            os.rename(layout.release(hex_digest), aside)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise BackendError(f"cannot remove release {hex_digest[:12]}: {exc.strerror}") from None
+        step(ctx, "retention")
+        remove_tree(aside, table)
+    if plan.delete:
+        table.save(layout.stat_file)
+    return tuple(f"sha256:{h}" for h in plan.delete)
+
+
+def readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None

@@ -1,0 +1,108 @@
+"""What is checked before a deployment changes anything: the signature against the trust policy, the
+environment's settings from the verified graven.toml, and policy facts.
+"""
+
+from __future__ import annotations
+
+from graven.db import Connection
+from graven.deploy.plan import PolicyFacts, short
+from graven.deploy.settings import EnvSettings, check_config_path, resolve_env
+from graven.errors import ConfigError, InputError, IntegrityError, PolicyError, VerificationError
+from graven.model.digest import Digest
+from graven.model.logentry import LogEvent
+from graven.model.pipeline import parse_pipeline
+from graven.service.artifacts import get_artifact, load_manifest
+from graven.service.context import Context
+from graven.service.deploy_types import DeployOptions, Target
+from graven.service.environments import EnvState, healthy_in, rejection, went_live_here
+from graven.service.provenance import UnsignedError, load_policy, verified_provenance
+from graven.signing.trust import TrustPolicy, VerifiedProvenance
+
+
+def _verified_provenance(ctx: Context, digest: Digest, policy: TrustPolicy, env: str) -> VerifiedProvenance:
+    try:
+        verified, _ = verified_provenance(ctx, digest, policy=policy, env=env)
+    except UnsignedError:
+        raise VerificationError(
+            f"{short(str(digest))} is unsigned: no signed provenance is recorded for it; build it with a "
+            "signing key, or import it with --attestation"
+        ) from None
+    except (VerificationError, PolicyError, InputError) as exc:
+        where = f"{short(str(digest))} cannot be deployed to {env}"
+        if isinstance(exc, PolicyError):
+            raise PolicyError(
+                f"{where}: {exc}; trust the signing key for {env} (graven keys trust)"
+            ) from None
+        raise VerificationError(f"{where}: {exc}") from None
+    return verified
+
+
+def verify_target(
+    ctx: Context, digest: Digest, env: str, opts: DeployOptions, *, log_failures: bool = True
+) -> Target:
+    """Check the signature against the trust policy for ``env``, then read the settings from the
+    graven.toml the verified provenance names (by sha256), then the manifest (verified read)."""
+    record = get_artifact(ctx, digest)
+    policy = load_policy(ctx, opts.policy_file)
+    try:
+        verified = _verified_provenance(ctx, digest, policy, env)
+        pipeline_digest = verified.statement.pipeline_digest
+        if pipeline_digest is None:
+            raise VerificationError(
+                f"{short(str(digest))}: its signed provenance names no graven.toml, so its environments "
+                "are unknown; rebuild it with this graven"
+            )
+        try:
+            pipeline_bytes = ctx.store.read(Digest.parse(pipeline_digest))
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{short(str(digest))}: the graven.toml its provenance names ({pipeline_digest}) is missing "
+                f"or corrupt in the store: {exc}"
+            ) from None
+        manifest = load_manifest(ctx, digest)
+    except (VerificationError, PolicyError, IntegrityError) as exc:
+        if log_failures:
+            ctx.audit.record(
+                LogEvent("verify-failure", artifact=str(digest), env=env, reason=str(exc), result="failed")
+            )
+        raise
+    source = f"graven.toml of {short(str(digest))}"
+    pipeline = parse_pipeline(pipeline_bytes, source=source)
+    settings = resolve_env(pipeline.env, env, root=opts.root, source=source)
+    check_config_path(manifest, settings)
+    return Target(
+        digest=digest,
+        name=record.name,
+        commit=verified.statement.commit or record.commit,
+        manifest=manifest,
+        settings=settings,
+        keyid=verified.keyid,
+        pipeline_digest=pipeline_digest,
+    )
+
+
+def policy_facts(
+    conn: Connection, target: Target, state: EnvState | None, *, kind: str, override: bool
+) -> PolicyFacts:
+    digest = str(target.digest)
+    return PolicyFacts(
+        digest=digest,
+        env=target.settings.name,
+        kind=kind,
+        requires=target.settings.requires,
+        healthy_in=healthy_in(conn, digest),
+        rejected=rejection(conn, digest),
+        held=state.held if state else False,
+        held_digest=state.held_digest if state else None,
+        override=override,
+        history_ok=went_live_here(conn, target.settings.name, digest) if kind == "rollback" else True,
+    )
+
+
+def check_path(state: EnvState | None, settings: EnvSettings) -> None:
+    if state is not None and state.live_digest is not None and state.path != settings.path:
+        raise ConfigError(
+            f"environment {settings.name} is live at {state.path}, but this artifact's graven.toml (with "
+            f"the deploy root given) puts it at {settings.path}; use the same GRAVEN_DEPLOY_ROOT/--root, "
+            "or give the new location another environment name"
+        )
