@@ -1,0 +1,328 @@
+"""One drift check of one environment, fast (stat records) or full (hash everything):
+:class:`DriftReport`, :func:`check_target` and :func:`check`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graven.core.drift import (
+    Difference,
+    EnvExpectation,
+    EnvObservation,
+    compare_env,
+    compare_tree,
+    summarize,
+)
+from graven.core.globs import GlobSet
+from graven.core.paths import check_path
+from graven.deploy.layout import EnvLayout
+from graven.deploy.statdb import StatTable
+from graven.drift.cache import VerifiedCache, fs_clock
+from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
+from graven.errors import InputError, NotFoundError, UnsafeInputError
+from graven.model.digest import Digest
+from graven.service.context import Context, utc_now
+from graven.service.drift_records import record_check
+from graven.service.drift_targets import DriftSession, DriftTarget, artifact_row, live_targets
+
+__all__ = ["ROOT_PATH", "Checked", "DriftReport", "check", "check_once", "check_target", "link_kind"]
+
+ROOT_PATH = "."  # the path of a difference that concerns the release directory itself
+
+
+# -- checking ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DriftReport:
+    """What one check of one environment found."""
+
+    env: str
+    path: str
+    digest: str
+    name: str | None
+    commit: str | None
+    mode: str  # fast | full
+    differences: list[Difference] = field(default_factory=list)
+    files: int = 0
+    hashed: int = 0
+    listed: int = 0
+    seconds: float = 0.0
+    checked_at: str = ""
+    note: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        """True when nothing drifts."""
+        return not self.differences
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form: every difference."""
+        return {
+            "env": self.env,
+            "path": self.path,
+            "digest": self.digest,
+            "name": self.name,
+            "commit": self.commit,
+            "mode": self.mode,
+            "clean": self.clean,
+            "count": len(self.differences),
+            "kinds": summarize(self.differences),
+            "differences": [d.to_json() for d in self.differences],
+            "files": self.files,
+            "hashed": self.hashed,
+            "directories_listed": self.listed,
+            "seconds": round(self.seconds, 6),
+            "checked_at": self.checked_at,
+            "note": self.note,
+        }
+
+
+def link_kind(path: Path) -> tuple[str, str | None]:
+    try:
+        return "symlink", os.readlink(path)
+    except FileNotFoundError:
+        return "missing", None
+    except OSError:
+        pass
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "missing", None
+    if os.path.isdir(path):
+        return "dir", None
+    return ("file" if (st.st_mode & 0o170000) == 0o100000 else "other"), None
+
+
+def _known_release(ctx: Context, target: str | None) -> bool:
+    if target is None or not target.startswith("releases/"):
+        return False
+    name = target.removeprefix("releases/")
+    try:
+        digest = Digest(name)
+    except InputError:
+        return False
+    with ctx.db.connect() as conn:
+        if artifact_row(conn, str(digest)) is not None:
+            return True
+    return ctx.store.has(digest)
+
+
+def _observe_env(ctx: Context, layout: EnvLayout) -> EnvObservation:
+    current_kind, current_target = link_kind(layout.current)
+    config_kind, config_target = link_kind(layout.config_link)
+    return EnvObservation(
+        current_kind=current_kind,
+        current_target=current_target,
+        current_known=_known_release(ctx, current_target),
+        config_kind=config_kind,
+        config_target=config_target,
+    )
+
+
+def _table_loader(layout: EnvLayout) -> tuple[StatTable | None, int | None]:
+    try:
+        recorded_at = os.stat(layout.stat_file).st_mtime_ns
+    except OSError:
+        return None, None
+    return StatTable.load(layout.stat_file), recorded_at
+
+
+def _cache_path(layout: EnvLayout) -> Path:
+    return layout.meta / "drift" / "cache"
+
+
+def _split_path(layout: EnvLayout) -> Path:
+    return layout.meta / "drift" / "split"
+
+
+def _load_split(path: Path, release: str) -> tuple[list[str], list[str]] | None:
+    """Where the last full check split the release between two processes (any split is correct;
+    a good one is balanced). Only clean relative paths are taken."""
+    try:
+        doc = json.loads(path.read_bytes())
+        if doc.get("release") != release:
+            return None
+        first, second = list(doc["first"]), list(doc["second"])
+        for rel in first + second:
+            if rel:
+                check_path(rel)
+        if "" not in first or not second:
+            return None
+        return [str(r) for r in first], [str(r) for r in second]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnsafeInputError):
+        return None
+
+
+def _save_split(path: Path, release: str, split: tuple[list[str], list[str]]) -> None:
+    data = json.dumps({"release": release, "first": split[0], "second": split[1]}).encode()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.rename(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+@dataclass
+class Checked:
+    report: DriftReport
+    index: ReleaseIndex
+    scan: ScanResult
+    expected: EnvExpectation
+    ignore: GlobSet
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """A check makes tens of thousands of small objects that all live until it ends: the cyclic garbage
+    collector would walk them again and again (a third of a check's time), for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def check_once(ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool) -> Checked:
+    with _no_gc():
+        return _check_now(ctx, session, target, full=full)
+
+
+def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool) -> Checked:
+    started = time.monotonic()
+    layout = EnvLayout(Path(target.path))
+    seen = _observe_env(ctx, layout)
+    digest, config, note = target.digest, target.config, None
+    if target.pending is not None:
+        pending_digest, pending_config = target.pending
+        if seen.current_target == layout.link_target(pending_digest.removeprefix("sha256:")):
+            # a deployment is switching to it right now (or died doing so: deploy settles it)
+            digest, config = pending_digest, pending_config
+            note = f"a deployment of {pending_digest[7:19]} is in progress"
+    hex_digest = digest.removeprefix("sha256:")
+    now_ns = fs_clock(layout.meta / "drift")
+    if full:
+        # a second process may start hashing (where the last full check split the tree) while the
+        # manifest is read here
+        hint = _load_split(_split_path(layout), hex_digest)
+        scan = scan_release(
+            layout.release(hex_digest),
+            lambda: session.index(digest),
+            full=True,
+            hasher=session.hasher,
+            now_ns=now_ns,
+            split_hint=hint,
+        )
+        index = session.index(digest)
+        if len(index.files) >= SPLIT_MIN_FILES:
+            split = plan_split(index)
+            if split is not None and split != hint:
+                _save_split(_split_path(layout), hex_digest, split)
+    else:
+        index = session.index(digest)
+        cache = VerifiedCache.load(
+            _cache_path(layout), release=hex_digest, files=len(index.files), dirs=len(index.dirs)
+        )
+        scan = scan_release(
+            layout.release(hex_digest),
+            index,
+            full=False,
+            hasher=session.hasher,
+            table=lambda: _table_loader(layout),
+            cache=cache,
+            now_ns=now_ns,
+        )
+    ignore, ignore_note = session.ignore(digest, target.env)
+    note = "; ".join(n for n in (note, ignore_note) if n) or None
+    expected = EnvExpectation(hex_digest, config)
+    diffs = compare_env(expected, seen)
+    if scan.root_missing:
+        diffs.append(Difference(ROOT_PATH, "removed", "dir", None))
+    else:
+        diffs.extend(
+            compare_tree(
+                index.manifest,
+                scan.observed,
+                ignore=ignore,
+                dirs=index.dir_set,
+                verified=scan.verified,
+                root_mode=scan.root_mode,
+            )
+        )
+    if scan.cache is not None:
+        scan.cache.save(_cache_path(layout))
+    report = DriftReport(
+        env=target.env,
+        path=target.path,
+        digest=digest,
+        name=target.name,
+        commit=target.commit,
+        mode="full" if full else "fast",
+        differences=diffs,
+        files=scan.files,
+        hashed=scan.hashed,
+        listed=scan.listed,
+        seconds=time.monotonic() - started,
+        checked_at=utc_now(),
+        note=note,
+    )
+    return Checked(report, index, scan, expected, ignore)
+
+
+def _refresh(ctx: Context, target: DriftTarget) -> DriftTarget | None:
+    try:
+        return live_targets(ctx, [target.env])[0]
+    except NotFoundError:
+        return None
+
+
+def check_target(
+    ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool = False, record: bool = True
+) -> DriftReport:
+    """Check one environment (and record what changed, with ``record``). When drift is found while a
+    deployment changed what is live, the check is repeated against the new state (no false alarm from
+    a deployment that completed during the check)."""
+    for _attempt in range(3):
+        report = check_once(ctx, session, target, full=full).report
+        if report.clean:
+            break
+        fresh = _refresh(ctx, target)
+        if fresh is None or fresh == target:
+            break
+        target = fresh
+    if record:
+        record_check(ctx, report)
+    return report
+
+
+def check(
+    ctx: Context,
+    envs: Sequence[str] = (),
+    *,
+    full: bool = False,
+    record: bool = True,
+    session: DriftSession | None = None,
+) -> list[DriftReport]:
+    """Check the named environments (default: every live one)."""
+    own = session is None
+    session = session or DriftSession(ctx)
+    try:
+        return [
+            check_target(ctx, session, target, full=full, record=record) for target in live_targets(ctx, envs)
+        ]
+    finally:
+        if own:
+            session.close()

@@ -1,0 +1,223 @@
+"""``graven heal``: restore an environment to what was deployed there, from the store, under its
+deploy lock (:func:`heal`, :class:`HealResult`), and record the heal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graven.core.drift import Difference, HealPlan, plan_heal
+from graven.deploy.layout import EnvLayout
+from graven.deploy.lock import EnvLock
+from graven.deploy.statdb import DIR_SHA, StatTable
+from graven.deploy.switch import fsync_dir, point_symlink, remove_symlink
+from graven.drift.heal import HealStats, apply_heal, move_aside
+from graven.drift.scan import ReleaseIndex
+from graven.errors import BackendError, GravenError
+from graven.model.logentry import LogEvent
+from graven.service.context import Context, utc_now
+from graven.service.drift_check import check_once, link_kind
+from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, record_check
+from graven.service.drift_targets import DriftSession, live_targets
+
+__all__ = ["HealResult", "heal"]
+
+# -- heal -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HealResult:
+    """What ``graven heal`` planned or did."""
+
+    env: str
+    path: str
+    digest: str
+    planned: bool
+    plan: HealPlan
+    before: list[Difference]
+    after: list[Difference] = field(default_factory=list)
+    stats: HealStats | None = None
+    rebuilt: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the environment matches its artifact (after a heal), or the plan was only shown."""
+        return self.planned or not self.after
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        stats = self.stats
+        return {
+            "env": self.env,
+            "path": self.path,
+            "digest": self.digest,
+            "planned_only": self.planned,
+            "ok": self.ok,
+            "plan": self.plan.to_json(),
+            "before": [d.to_json() for d in self.before],
+            "after": [d.to_json() for d in self.after],
+            "rebuilt_release": self.rebuilt,
+            "removed": stats.removed if stats else [],
+            "written": stats.written if stats else [],
+            "symlinks": stats.linked if stats else [],
+            "created_dirs": stats.created_dirs if stats else [],
+            "bytes_written": stats.bytes_written if stats else 0,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+def _tree_diffs(diffs: Sequence[Difference]) -> list[Difference]:
+    return [d for d in diffs if d.kind not in ("current", "unknown-release", "config")]
+
+
+def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table: StatTable) -> None:
+    from graven.deploy.materialize import build_release, remove_tree
+
+    hex_digest = index.manifest.digest.hex
+    release = layout.release(hex_digest)
+    tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        layout.releases.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(release):
+            move_aside(release, layout.meta / "drift" / "attic")
+        build_release(ctx.store, index.manifest, tmp, table)
+        os.rename(tmp, release)
+        table.record(os.lstat(release), DIR_SHA)
+        fsync_dir(layout.releases)
+    except OSError as exc:
+        remove_tree(tmp)
+        raise BackendError(f"cannot rebuild {release}: {exc.strerror}") from None
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
+def _fix_link(layout: EnvLayout, link: Path, target: str | None) -> None:
+    kind, _ = link_kind(link)
+    if kind not in ("symlink", "missing"):
+        move_aside(link, layout.meta / "drift" / "attic")
+    if target is None:
+        remove_symlink(link)
+    else:
+        point_symlink(link, target)
+
+
+def heal(
+    ctx: Context,
+    env: str,
+    *,
+    plan_only: bool = False,
+    wait: bool = False,
+    session: DriftSession | None = None,
+) -> HealResult:
+    """Restore ``env``'s release (and ``current``, ``config``) to exactly what was deployed, from the
+    store, under the environment's deploy lock; then check it again (full)."""
+    started = time.monotonic()
+    target = live_targets(ctx, [env])[0]
+    own = session is None
+    session = session or DriftSession(ctx)
+    layout = EnvLayout(Path(target.path))
+    try:
+        lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+        if not plan_only:
+            lock.acquire(wait=wait)
+        with lock:
+            checked = check_once(ctx, session, target, full=True)
+            before = checked.report.differences
+            manifest = checked.index.manifest
+            plan = plan_heal(manifest, _tree_diffs(before))
+            if any(d.kind in ("current", "unknown-release") for d in before):
+                plan = HealPlan(plan.remove, plan.mkdirs, plan.files, plan.symlinks, True, plan.config)
+            if any(d.kind == "config" for d in before):
+                plan = HealPlan(plan.remove, plan.mkdirs, plan.files, plan.symlinks, plan.current, True)
+            rebuild = checked.scan.root_missing
+            result = HealResult(
+                env=env,
+                path=target.path,
+                digest=checked.report.digest,
+                planned=plan_only,
+                plan=plan,
+                before=before,
+            )
+            result.rebuilt = rebuild
+            if plan_only or not before:
+                result.after = before if plan_only else []
+                result.seconds = time.monotonic() - started
+                return result
+            hex_digest = checked.expected.release_hex
+            try:
+                table = StatTable.load(layout.stat_file)
+                if rebuild:
+                    _rebuild_release(ctx, layout, checked.index, table)
+                else:
+                    result.stats = apply_heal(
+                        ctx.store, layout.release(hex_digest), plan, table, ignore=checked.ignore
+                    )
+                table.save(layout.stat_file)
+                if plan.current:
+                    _fix_link(layout, layout.current, layout.link_target(hex_digest))
+                if plan.config:
+                    config = checked.expected.config
+                    _fix_link(layout, layout.config_link, f"current/{config}" if config else None)
+            except GravenError as exc:
+                _record_heal(ctx, result, ok=False, error=str(exc))
+                raise
+            after = check_once(ctx, session, target, full=True).report
+            result.after = after.differences
+            result.seconds = time.monotonic() - started
+            _record_heal(ctx, result, ok=not after.differences, error=None)
+            record_check(ctx, after)
+            return result
+    finally:
+        if own:
+            session.close()
+
+
+def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | None) -> None:
+    stats = result.stats
+    restored = len(result.before)
+    reason = (
+        f"restored {reason_of(result.before)}" if ok else f"heal failed: {error or reason_of(result.after)}"
+    )
+    detail = {
+        "before": [d.to_json() for d in result.before[:DETAIL_LIMIT]],
+        "after": [d.to_json() for d in result.after[:DETAIL_LIMIT]],
+        "written": stats.written[:DETAIL_LIMIT] if stats else [],
+        "removed": stats.removed[:DETAIL_LIMIT] if stats else [],
+        "rebuilt_release": result.rebuilt,
+        "error": error,
+    }
+    with ctx.db.begin() as conn:
+        commit = conn.execute(
+            """SELECT "commit" FROM artifacts WHERE digest = :digest""", {"digest": result.digest}
+        ).scalar_one_or_none()
+        conn.execute(
+            INSERT_EVENT,
+            {
+                "env": result.env,
+                "digest": result.digest,
+                "event": "heal",
+                "time": utc_now(),
+                "count": restored,
+                "result": "ok" if ok else "failed",
+                "detail": json.dumps(detail, sort_keys=True, separators=(",", ":")),
+            },
+        )
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                "heal",
+                artifact=result.digest,
+                commit=commit,
+                env=result.env,
+                reason=reason,
+                result="ok" if ok else "failed",
+            ),
+        )

@@ -1,0 +1,171 @@
+"""What drift writes to the database and the audit log: the drift state of each environment, its
+``found`` / ``resolved`` events and the alerts sent (:func:`record_check`, :func:`record_alert`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from graven.core.drift import Alert, Difference, keys_of, summarize
+from graven.db import Connection, Row
+from graven.model.logentry import LogEvent
+from graven.service.context import Context, utc_now
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from graven.service.drift_check import DriftReport  # drift_check imports this module
+
+__all__ = ["DETAIL_LIMIT", "INSERT_EVENT", "alerted_keys", "reason_of", "record_alert", "record_check"]
+
+_REASON_PATHS = 5
+DETAIL_LIMIT = 1000  # differences kept in one drift_events row (the report itself lists all)
+
+
+# -- recording --------------------------------------------------------------------------------------
+
+
+def _keys_json(diffs: Sequence[Difference]) -> str:
+    return json.dumps(sorted([list(k) for k in keys_of(diffs)], key=lambda k: (k[0].encode(), k[1])))
+
+
+def reason_of(diffs: Sequence[Difference]) -> str:
+    counts = ", ".join(f"{n} {kind}" for kind, n in summarize(diffs).items())
+    paths = list(dict.fromkeys(d.path for d in diffs))
+    shown = ", ".join(paths[:_REASON_PATHS]) + (
+        f" and {len(paths) - _REASON_PATHS} more" if len(paths) > 5 else ""
+    )
+    return f"{len(diffs)} difference{'s' if len(diffs) != 1 else ''} ({counts}): {shown}"
+
+
+def _detail(diffs: Sequence[Difference]) -> str:
+    return json.dumps([d.to_json() for d in diffs[:DETAIL_LIMIT]], sort_keys=True, separators=(",", ":"))
+
+
+INSERT_EVENT = """INSERT INTO drift_events (env, digest, event, time, count, result, detail)
+VALUES (:env, :digest, :event, :time, :count, :result, :detail)"""
+
+
+def _state(conn: Connection, env: str) -> Row | None:
+    return conn.execute(
+        "SELECT env, digest, keys, count, since, checked_at, alerted FROM drift_state WHERE env = :env",
+        {"env": env},
+    ).one_or_none()
+
+
+def alerted_keys(ctx: Context, env: str) -> frozenset[tuple[str, str]]:
+    """The (path, kind) pairs an alert was last sent for (a restarted watcher does not repeat it)."""
+    if not ctx.home.has_database():
+        return frozenset()
+    with ctx.db.connect() as conn:
+        row = _state(conn, env)
+    if row is None:
+        return frozenset()
+    return frozenset((str(p), str(k)) for p, k in json.loads(row.alerted))
+
+
+def record_check(ctx: Context, report: DriftReport) -> str | None:
+    """Remember what drifts; when that changed, record ``found`` or ``resolved`` and log it (one
+    transaction). Returns the event recorded, if any."""
+    keys = _keys_json(report.differences)
+    now = report.checked_at or utc_now()
+    event: str | None = None
+    with ctx.db.begin() as conn:
+        row = _state(conn, report.env)
+        before = row.keys if row is not None else "[]"
+        if keys != before:
+            event = "found" if report.differences else "resolved"
+            conn.execute(
+                INSERT_EVENT,
+                {
+                    "env": report.env,
+                    "digest": report.digest,
+                    "event": event,
+                    "time": now,
+                    "count": len(report.differences),
+                    "result": "drift" if report.differences else "clean",
+                    "detail": _detail(report.differences),
+                },
+            )
+            ctx.audit.append(
+                conn,
+                LogEvent(
+                    "drift",
+                    artifact=report.digest,
+                    commit=report.commit,
+                    env=report.env,
+                    reason=reason_of(report.differences)
+                    if report.differences
+                    else "matches its artifact again",
+                    result=event,
+                ),
+            )
+        since = None
+        if report.differences:
+            since = row.since if row is not None and row.since and before != "[]" else now
+        values = {
+            "env": report.env,
+            "digest": report.digest,
+            "keys": keys,
+            "count": len(report.differences),
+            "since": since,
+            "checked_at": now,
+        }
+        if row is None:
+            conn.execute(
+                """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
+                VALUES (:env, :digest, :keys, :count, :since, :checked_at, '[]')""",
+                values,
+            )
+        else:
+            conn.execute(
+                """UPDATE drift_state SET digest = :digest, keys = :keys, count = :count, since = :since,
+                checked_at = :checked_at WHERE env = :env""",
+                values,
+            )
+    return event
+
+
+def record_alert(ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, str]) -> None:
+    """Record an alert that was sent (or failed to be), and what was alerted, with its log entry."""
+    alerted = json.dumps(
+        sorted([[d.path, d.kind] for d in alert.differences], key=lambda k: (k[0].encode(), k[1]))
+        if alert.event == "drift"
+        else []
+    )
+    summary = "; ".join(f"{name}: {outcome}" for name, outcome in channels.items()) or "no channel"
+    with ctx.db.begin() as conn:
+        conn.execute(
+            INSERT_EVENT,
+            {
+                "env": alert.env,
+                "digest": alert.digest,
+                "event": "alert",
+                "time": utc_now(),
+                "count": len(alert.differences),
+                "result": "ok" if ok else "failed",
+                "detail": json.dumps({"event": alert.event, "channels": channels}, sort_keys=True),
+            },
+        )
+        if _state(conn, alert.env) is None:
+            conn.execute(
+                """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
+                VALUES (:env, :digest, '[]', 0, NULL, :checked_at, :alerted)""",
+                {"env": alert.env, "digest": alert.digest, "checked_at": utc_now(), "alerted": alerted},
+            )
+        else:
+            conn.execute(
+                "UPDATE drift_state SET alerted = :alerted WHERE env = :env",
+                {"env": alert.env, "alerted": alerted},
+            )
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                "drift",
+                artifact=alert.digest,
+                commit=alert.commit,
+                env=alert.env,
+                reason=f"{alert.event} alert: {summary}",
+                result="alert-sent" if ok else "alert-failed",
+            ),
+        )

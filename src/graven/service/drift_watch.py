@@ -1,0 +1,204 @@
+"""``graven watch``: the loop that checks live environments on notifications and on a schedule,
+alerts, heals (optionally) and exports metrics (:func:`run_watch`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from graven.core.drift import Alert, alert_transition, keys_of, make_alert
+from graven.deploy.layout import EnvLayout
+from graven.drift.watch import ROOT_SUFFIX, Schedule, WatchOptions
+from graven.errors import GravenError, NotFoundError, PolicyError
+from graven.service.context import Context, utc_now
+from graven.service.drift_check import DriftReport, check_target
+from graven.service.drift_heal import heal
+from graven.service.drift_records import alerted_keys, reason_of, record_alert
+from graven.service.drift_targets import DriftSession, live_targets
+
+__all__ = ["run_watch"]
+
+# -- watch ------------------------------------------------------------------------------------------
+
+
+def _check_line(report: DriftReport) -> str:
+    what = f"{report.mode}, {report.files} files, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
+    if report.clean:
+        return f"{report.checked_at} {report.env}: clean ({what})"
+    return f"{report.checked_at} {report.env}: DRIFT: {reason_of(report.differences)} ({what})"
+
+
+def run_watch(
+    ctx: Context,
+    opts: WatchOptions,
+    stop: threading.Event,
+    *,
+    out: Callable[[str], None],
+    notifier_backend: str = "auto",
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """``graven watch``: check on every notification and periodically, alert on new drift and on its
+    resolution, heal (with ``opts.heal``), export metrics; until ``stop`` is set."""
+    from graven.drift.alerts import AlertDispatcher, AlertSender
+    from graven.drift.metrics import DriftMetrics
+    from graven.drift.notify import make_notifier
+
+    targets = {t.env: t for t in live_targets(ctx, opts.envs)}  # a named environment must be live now
+    session = DriftSession(ctx)
+    schedule = Schedule(interval=opts.interval, full_every=opts.full_every, debounce=opts.debounce)
+    sender = AlertSender(
+        command=opts.alert_command,
+        webhook=opts.webhook,
+        retries=opts.webhook_retries,
+        backoff=opts.webhook_backoff,
+        stop=stop,
+    )
+    dispatcher = AlertDispatcher(sender, on_done=schedule.wake.set) if sender.configured else None
+    metrics = DriftMetrics() if opts.metrics_port is not None else None
+    notifier = make_notifier(schedule.notify, backend=notifier_backend)
+    watched: dict[str, tuple[str, str, int]] = {}
+    alerted: dict[str, frozenset[tuple[str, str]]] = {}
+
+    def say(kind: str, text: str, data: dict[str, Any]) -> None:
+        out(json.dumps({"type": kind, **data}, sort_keys=True) if opts.as_json else text)
+
+    def finish_deliveries() -> None:
+        if dispatcher is None:
+            return
+        for delivery in dispatcher.results():
+            alert: Alert = delivery.context
+            record_alert(ctx, alert, ok=delivery.ok, channels=delivery.channels)
+            outcome = "; ".join(f"{k}: {v}" for k, v in delivery.channels.items())
+            say(
+                "delivery",
+                f"{utc_now()} {alert.env}: {alert.event} alert "
+                f"{'sent' if delivery.ok else 'FAILED'} ({outcome})",
+                {"env": alert.env, "event": alert.event, "ok": delivery.ok, "channels": delivery.channels},
+            )
+
+    def wake_on_stop() -> None:
+        stop.wait()
+        schedule.wake.set()
+
+    threading.Thread(target=wake_on_stop, name="graven-watch-stop", daemon=True).start()
+    try:
+        port = metrics.serve(opts.metrics_port or 0) if metrics is not None else None
+        info = {"metrics_port": port, "environments": sorted(targets), "backend": type(notifier).__name__}
+        if port is not None:
+            say("metrics", f"metrics on http://127.0.0.1:{port}/metrics", {"port": port})
+        if on_ready is not None:
+            on_ready(info)
+        first = True
+        while not stop.is_set():
+            schedule.wake.clear()
+            if not first:
+                try:
+                    targets = {t.env: t for t in live_targets(ctx, opts.envs)}
+                except NotFoundError:
+                    targets = {t.env: t for t in live_targets(ctx)}
+                    targets = {k: v for k, v in targets.items() if not opts.envs or k in opts.envs}
+            first = False
+            for env, target in targets.items():
+                release = str(EnvLayout(Path(target.path)).release(target.digest.removeprefix("sha256:")))
+                try:
+                    inode = os.stat(release).st_ino  # a redeploy may replace the directory itself
+                except OSError:
+                    inode = 0
+                if watched.get(env) != (release, target.path, inode):
+                    notifier.unwatch(env)
+                    notifier.unwatch(env + ROOT_SUFFIX)
+                    notifier.watch(env, Path(release), recursive=True)
+                    notifier.watch(env + ROOT_SUFFIX, Path(target.path), recursive=False)
+                    for failure in getattr(notifier, "failures", []):
+                        ctx.reporter.warn(f"{failure}; periodic checks still run")
+                    getattr(notifier, "failures", []).clear()
+                    if env not in watched:
+                        schedule.add(env)
+                    else:
+                        schedule.mark(env, full=True)
+                    watched[env] = (release, target.path, inode)
+            for env in set(watched) - set(targets):
+                notifier.unwatch(env)
+                notifier.unwatch(env + ROOT_SUFFIX)
+                schedule.forget(env)
+                del watched[env]
+            for env, full in schedule.due():
+                if stop.is_set():
+                    break
+                target = targets[env]
+                started = schedule.clock()
+                try:
+                    report = check_target(ctx, session, target, full=full)
+                except GravenError as exc:
+                    schedule.checked(env, full=False, started=started)
+                    if metrics is not None:
+                        metrics.observe(
+                            env, digest=target.digest, commit=target.commit, paths=None, timestamp=time.time()
+                        )
+                    say("error", f"{utc_now()} {env}: check failed: {exc}", {"env": env, "error": str(exc)})
+                    continue
+                schedule.checked(env, full=full, started=started)
+                if metrics is not None:
+                    metrics.observe(
+                        env,
+                        digest=report.digest,
+                        commit=report.commit,
+                        paths=len({d.path for d in report.differences}),
+                        timestamp=time.time(),
+                    )
+                say("check", _check_line(report), report.to_json())
+                before = alerted.get(env)
+                if before is None:
+                    before = alerted_keys(ctx, env)
+                event, alerted[env] = alert_transition(before, keys_of(report.differences))
+                if event is not None:
+                    alert = make_alert(
+                        event,
+                        env=env,
+                        path=report.path,
+                        digest=report.digest,
+                        commit=report.commit,
+                        name=report.name,
+                        time=report.checked_at,
+                        differences=report.differences,
+                        alerted=before,
+                    )
+                    say("alert", alert.text(), alert.to_json())
+                    if dispatcher is not None:
+                        dispatcher.submit(alert.to_json(), context=alert)
+                if opts.heal and not report.clean:
+                    try:
+                        healed = heal(ctx, env, session=session)
+                    except PolicyError as exc:  # a deployment holds the lock: try again soon
+                        schedule.postpone(env, 1.0)
+                        say("heal", f"{utc_now()} {env}: heal postponed: {exc}", {"env": env, "ok": False})
+                        continue
+                    except GravenError as exc:
+                        say("heal", f"{utc_now()} {env}: heal failed: {exc}", {"env": env, "ok": False})
+                        continue
+                    say(
+                        "heal",
+                        f"{utc_now()} {env}: healed {len(healed.before)} differences"
+                        + ("" if healed.ok else f"; {len(healed.after)} remain"),
+                        healed.to_json(),
+                    )
+                    schedule.mark(env)
+            finish_deliveries()
+            # what is live is read again at least every 2 s (a deployment is followed); a notification,
+            # a finished delivery or the stop request wakes the loop at once
+            schedule.wake.wait(min(schedule.timeout(), 2.0))
+    finally:
+        stop.set()  # also ends the thread that waits for it
+        notifier.close()
+        if dispatcher is not None:
+            dispatcher.close(timeout=5.0)
+            finish_deliveries()
+        if metrics is not None:
+            metrics.close()
+        session.close()
