@@ -18,9 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from graven.build.sandbox import SANDBOX_NONE
 from graven.home import Home
 from graven.service.artifacts import verify_artifact
-from graven.service.build import SANDBOX_NONE, build
+from graven.service.build import build
 from graven.service.context import Context
 from graven.service.provenance import (
     check_provenance,
