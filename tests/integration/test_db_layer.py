@@ -156,3 +156,33 @@ def test_bad_urls_are_one_line_errors(tmp_path: Path) -> None:
         Database.open(f"sqlite:///{tmp_path}/no/such/dir/graven.db")
     with pytest.raises(BackendError, match="cannot open the database"):
         Database.open("nosuchdialect://x")
+
+
+def test_a_home_made_by_the_sqlalchemy_schema_keeps_working(tmp_path: Path) -> None:
+    """Homes created before graven.db moved to plain SQL: the same tables, booleans stored as 0/1."""
+    path = tmp_path / "graven.db"
+    raw = sqlite3.connect(path)
+    raw.executescript((Path(__file__).parents[1] / "assets" / "schema-v5-sqlalchemy.sql").read_text())
+    raw.execute("""INSERT INTO graven_meta ("key", value) VALUES ('schema_version', '5')""")
+    raw.execute("INSERT INTO deploy_envs (name, path, held, updated_at) VALUES ('prod', '/srv', 1, 't')")
+    raw.execute(
+        """INSERT INTO deployments (env, digest, kind, actor, started_at, result, health, override)
+        VALUES ('prod', 'sha256:00', 'deploy', 'me', 't', 'ok', 'none', 0)"""
+    )
+    raw.commit()
+    raw.close()
+    db = Database.open(f"sqlite:///{path}")
+    try:
+        assert db.schema_version() == SCHEMA_VERSION  # upgraded in place if newer than 5
+        with db.connect() as conn:
+            assert conn.execute("SELECT held FROM deploy_envs").scalar_one() is True
+            assert conn.execute("SELECT override FROM deployments").scalar_one() is False
+        with db.begin() as conn:  # new rows get the next id of the old table
+            new_id = conn.execute(
+                """INSERT INTO deployments (env, digest, kind, actor, started_at, result, health, override)
+                VALUES ('prod', 'sha256:01', 'rollback', 'me', 't', 'ok', 'none', :o) RETURNING id""",
+                {"o": False},
+            ).scalar_one()
+        assert new_id == 2
+    finally:
+        db.close()
