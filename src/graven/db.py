@@ -20,7 +20,7 @@ import operator
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -236,25 +236,42 @@ def _row_type(fields: tuple[str, ...]) -> type[Row]:
 class Result:
     """The rows of one statement, read lazily (iterate, or take ``one``/``first``/``all``...)."""
 
-    def __init__(self, rows: Iterable[Row], rowcount: int = -1) -> None:
+    def __init__(
+        self, rows: Iterable[Row], rowcount: int = -1, close: Callable[[], object] | None = None
+    ) -> None:
         self._rows = iter(rows)
         self.rowcount = rowcount
+        self._close = close
 
     def __iter__(self) -> Iterator[Row]:
         return self._rows
 
+    def close(self) -> None:
+        """Release the cursor (the rows not read yet are dropped). The end of the transaction or read
+        closes every result of it as well."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+        self._rows = iter(())
+
     def all(self) -> list[Row]:
         """Every row."""
-        return list(self._rows)
+        rows = list(self._rows)
+        self.close()
+        return rows
 
     def first(self) -> Row | None:
-        """The first row, or None."""
-        return next(self._rows, None)
+        """The first row, or None (the rest is dropped)."""
+        row = next(self._rows, None)
+        self.close()
+        return row
 
     def one_or_none(self) -> Row | None:
         """The only row, or None; more than one is an error."""
         row = next(self._rows, None)
-        if row is not None and next(self._rows, None) is not None:
+        extra = row is not None and next(self._rows, None) is not None
+        self.close()
+        if extra:
             raise BackendError("database error: expected at most one row, got more")
         return row
 
@@ -281,7 +298,7 @@ class Result:
 
     def scalars(self) -> Iterator[Any]:
         """The first column of every row."""
-        return (row[0] for row in self._rows)
+        return (row[0] for row in self)
 
 
 class Connection(Protocol):
@@ -343,6 +360,14 @@ class _SqliteConnection:
 
     def __init__(self, raw: sqlite3.Connection) -> None:
         self.raw = raw
+        self.cursors: list[sqlite3.Cursor] = []  # closed when the transaction ends, read or not
+
+    def close_cursors(self) -> None:
+        """Close every cursor of this transaction: an unfinished one would keep a read snapshot open
+        on a pooled connection, or make COMMIT fail ("SQL statements in progress")."""
+        cursors, self.cursors = self.cursors, []
+        for cursor in cursors:
+            cursor.close()
 
     def execute(self, sql: str, params: Params | Sequence[Params] | None = None) -> Result:
         try:
@@ -358,9 +383,12 @@ class _SqliteConnection:
         except sqlite3.Error as exc:
             raise BackendError(f"database error: {_first_line(exc)}") from exc
         if cursor.description is None:
-            return Result((), cursor.rowcount)
+            rowcount = cursor.rowcount
+            cursor.close()
+            return Result((), rowcount)
+        self.cursors.append(cursor)
         row_type = _row_type(tuple(column[0] for column in cursor.description))
-        return Result(_guarded(map(row_type, cursor)), cursor.rowcount)
+        return Result(_guarded(map(row_type, cursor)), cursor.rowcount, cursor.close)
 
     def stream(self, sql: str, params: Params | None = None) -> Result:
         return self.execute(sql, params)
@@ -374,7 +402,9 @@ class _SqliteConnection:
             for start in range(0, len(values), _SQLITE_IN_CHUNK):
                 chunk = values[start : start + _SQLITE_IN_CHUNK]
                 text = f"{head}({','.join('?' * len(chunk))}){tail}"
-                yield from self.raw.execute(text, chunk)
+                cursor = self.raw.execute(text, chunk)
+                self.cursors.append(cursor)
+                yield from cursor
         except sqlite3.Error as exc:
             raise BackendError(f"database error: {_first_line(exc)}") from exc
 
@@ -425,19 +455,22 @@ class _SqliteDatabase:
             if raw is not None:
                 raw.close()
             raise BackendError(f"cannot open the database {self.path}: {_first_line(exc)}") from exc
+        conn = _SqliteConnection(raw)
         try:
-            yield _SqliteConnection(raw)
+            yield conn
         except BaseException:
             try:
+                conn.close_cursors()
                 if raw.in_transaction:
                     raw.execute("ROLLBACK")
-            except sqlite3.Error:
+            except sqlite3.Error:  # the connection is unusable: drop it, report the first error
                 raw.close()
-                raise
-            with self._lock:
-                self._idle.append(raw)
+            else:
+                with self._lock:
+                    self._idle.append(raw)
             raise
         try:
+            conn.close_cursors()
             raw.execute("COMMIT" if commit else "ROLLBACK")
         except sqlite3.Error as exc:  # pragma: no cover - COMMIT failing after busy_timeout
             raw.close()
@@ -477,7 +510,7 @@ class _AlchemyConnection:
         if not result.returns_rows:
             return Result((), result.rowcount)
         row_type = _row_type(tuple(result.keys()))
-        return Result((row_type(row) for row in result), result.rowcount)
+        return Result((row_type(row) for row in result), result.rowcount, result.close)
 
     def execute(self, sql: str, params: Params | Sequence[Params] | None = None) -> Result:
         return self._run(sql, params, stream=False)
@@ -636,15 +669,20 @@ class Database:
 
 
 def _sqlite_path(url: str) -> str:
-    """The file of an SQLAlchemy-style SQLite URL: ``sqlite:///rel``, ``sqlite:////abs``, ``sqlite://``."""
-    if url in ("sqlite://", "sqlite:///:memory:"):
-        raise BackendError("an in-memory SQLite database cannot hold graven's state; use a file URL")
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
+    """The file of an SQLAlchemy-style SQLite URL, read as SQLAlchemy reads it: ``sqlite:///rel``,
+    ``sqlite:////abs``, an optional ``+driver`` (``sqlite+pysqlite:///``), ``%XX`` escapes decoded,
+    ``?query`` ignored. An in-memory database is refused: graven's state must outlive the process."""
+    from urllib.parse import unquote
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] != "sqlite":
         raise BackendError(f"cannot open the database {url}: expected sqlite:///PATH")
-    path = url[len(prefix) :].split("?", 1)[0]
-    if not path:
-        raise BackendError(f"cannot open the database {url}: no file name")
+    path = unquote(rest.removeprefix("/").split("?", 1)[0]) if rest.startswith("/") else None
+    if not path or path == ":memory:":
+        raise BackendError(
+            f"cannot open the database {url}: an in-memory or unnamed SQLite database cannot hold "
+            "graven's state; use sqlite:///PATH"
+        )
     return path
 
 

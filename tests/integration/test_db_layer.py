@@ -186,3 +186,40 @@ def test_a_home_made_by_the_sqlalchemy_schema_keeps_working(tmp_path: Path) -> N
         assert new_id == 2
     finally:
         db.close()
+
+
+def test_an_unfinished_result_never_outlives_its_transaction(db: Database, tmp_path: Path) -> None:
+    with db.begin() as conn:
+        conn.execute(INSERT_ENV, [_env(f"e{i}", False) for i in range(3)])
+    # a read left half-way must not keep its snapshot on the pooled connection
+    with db.connect() as conn:
+        rows = conn.execute("SELECT name FROM deploy_envs ORDER BY name")
+        assert next(iter(rows)).name == "e0"
+    other = Database.open(db.url)
+    try:
+        with other.begin() as conn:
+            conn.execute(INSERT_ENV, _env("later", False))
+    finally:
+        other.close()
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM deploy_envs").scalar_one() == 4
+    # a write whose RETURNING rows are not all read still commits
+    with db.begin() as conn:
+        result = conn.execute("UPDATE deploy_envs SET path = 'p' RETURNING name")
+        assert result.first() is not None
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM deploy_envs WHERE path = 'p'").scalar_one() == 4
+
+
+def test_sqlite_urls_are_read_as_sqlalchemy_reads_them(tmp_path: Path) -> None:
+    odd = tmp_path / "a%b?c"
+    odd.mkdir()
+    from graven.home import Home
+
+    url = Home(odd).db_url  # the home's own URL escapes '%' and '?'
+    Database.open(url).close()
+    assert (odd / "graven.db").exists()
+    Database.open(f"sqlite+pysqlite:///{tmp_path}/driver.db?timeout=5").close()
+    assert (tmp_path / "driver.db").exists()
+    Database.open(f"sqlite:///{tmp_path}/%41.db").close()  # %XX escapes are decoded
+    assert (tmp_path / "A.db").exists()
