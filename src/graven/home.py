@@ -76,7 +76,11 @@ class Home:
     @property
     def db_url(self) -> str:
         """The SQLAlchemy URL of the metadata database."""
-        return self.db_url_override or f"sqlite:///{self.db_path}"
+        if self.db_url_override:
+            return self.db_url_override
+        from urllib.parse import quote  # a '%' or '?' in the home's path must stay part of the name
+
+        return f"sqlite:///{quote(str(self.db_path))}"
 
     @property
     def keys(self) -> Path:
