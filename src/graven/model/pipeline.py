@@ -158,6 +158,10 @@ def _integer(value: object, loc: tuple[str, ...], *, minimum: int) -> int:
 def _number(value: object, loc: tuple[str, ...], *, positive: bool) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise _fail(loc, "{at} must be a number")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise _fail(loc, "{at} is too large") from None
     if value < 0 or (positive and value == 0) or math.isnan(value):
         raise _fail(loc, "{at} must be greater than 0" if positive else "{at} must not be negative")
     return float(value)

@@ -143,6 +143,7 @@ ignore = ["var/**"]
             "[env] s.activate must not be empty",
         ),
         ('[artifact]\nname = "a"\n[env.s]\npath = "x"\nactivate_timeout = "1"\n', "must be a number"),
+        (A + '[env.s]\npath = "x"\nhealth_interval = 1' + "0" * 400 + "\n", "health_interval is too large"),
     ],
 )
 def test_bad_files_are_refused_naming_the_field(text: str, message: str) -> None:
