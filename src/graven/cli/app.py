@@ -112,6 +112,8 @@ class ArgParser(argparse.ArgumentParser):
         return super().add_argument(*names, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):
+            message += " (a value that starts with '-' goes after '=': --reason=-x)"
         raise UsageError(message, self.prog)
 
 
@@ -257,6 +259,8 @@ def run(args: list[str]) -> int:
             raise UsageError(f"no such command {command!r}{hint}")
         parser = build_parser(command)
         namespace, extra = parser.parse_known_args(args)
+        if extra and command is not None:
+            namespace, extra = _intermixed(parser, command, args, namespace, extra), []
         if extra:  # argparse reports them at the top level; name the command's own help instead
             raise UsageError(
                 f"unrecognized arguments: {' '.join(extra)}", f"graven {command}" if command else "graven"
@@ -286,6 +290,22 @@ def run(args: list[str]) -> int:
         return 0
     finally:
         close_all()
+
+
+def _intermixed(
+    parser: ArgParser, command: str, args: list[str], namespace: argparse.Namespace, extra: list[str]
+) -> argparse.Namespace:
+    """Parse the command's words again with positionals and options in any order, as click did
+    (`graven drift prod --json staging`): argparse stops a ``nargs="*"`` positional at the first
+    option. Unknown options are still refused, naming the command's own help."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: ArgParser = action.choices[command]
+    nested = next((a for a in sub._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if nested is not None:  # a group (`graven keys generate`): name the subcommand's help
+        word = _command_name(args[args.index(command) + 1 :])
+        prog = nested.choices[word].prog if word in nested.choices else sub.prog
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}", prog)
+    return sub.parse_intermixed_args(args[args.index(command) + 1 :], namespace)
 
 
 def _say_error(message: str) -> None:

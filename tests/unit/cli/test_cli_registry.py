@@ -46,6 +46,12 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         (["deploy", "sha256:ab"], "graven: error: the following arguments are required: ENV"),
         (["keys"], "graven: error: the following arguments are required: SUBCOMMAND"),
         (["watch", "--metrics-port", "70000"], "70000 is not in the range 0-65535"),
+        (
+            ["keys", "generate", "--bogus"],
+            "unrecognized arguments: --bogus (see `graven keys generate --help`)",
+        ),
+        (["drift", "prod", "--bogus", "qa"], "unrecognized arguments: --bogus"),
+        (["reject", "sha256:00", "--reason", "-x"], "goes after '=': --reason=-x"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(
@@ -85,3 +91,13 @@ def test_parsing_one_command_builds_exactly_its_full_parser() -> None:
         )
         for sub, parser in nested.items():  # keys generate, log verify, ...
             assert _subparsers(alone[name])[sub].format_help() == parser.format_help(), (name, sub)
+
+
+def test_positionals_may_follow_options_as_with_click() -> None:
+    parser = build_parser("drift")
+    namespace, extra = parser.parse_known_args(["drift", "prod", "--json", "qa"])
+    assert extra == ["qa"]  # what argparse alone does; run() parses the command's words again
+    from graven.cli.app import _intermixed
+
+    again = _intermixed(parser, "drift", ["drift", "prod", "--json", "qa"], namespace, extra)
+    assert again.envs == ["prod", "qa"] and again.as_json is True
