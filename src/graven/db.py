@@ -7,7 +7,9 @@ so the default path never pays for it.
 
 Every statement is written once, in the SQL that SQLite and PostgreSQL share: ``:name`` parameters,
 ``INSERT ... ON CONFLICT DO NOTHING``, ``RETURNING``. A parameter bound to a list or tuple expands
-in place (``digest IN :digests``). ``"commit"`` and ``"key"`` are keywords and are always quoted.
+in place (``digest IN :digests``; the expansion is textual, so never write ``:name`` of a list
+parameter inside a string literal). ``"commit"`` and ``"key"`` are keywords and are always quoted.
+A result is read lazily, within its transaction: leaving the ``with`` block closes it.
 
 The schema carries a version in ``graven_meta`` and is created and upgraded automatically, one
 migration per version, inside one transaction.
