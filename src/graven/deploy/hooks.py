@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +49,8 @@ class HookResult:
 
 def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:
     """Run ``command`` with ``/bin/sh -c``; never raises for a failing command."""
+    import tempfile  # here: a deployment without hooks never needs it (start-up)
+
     start = time.monotonic()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(

@@ -3,7 +3,6 @@ allows it. Values in, values out; no clock, no disk, no database."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +101,8 @@ def config_diff(old: Mapping[str, bytes], new: Mapping[str, bytes], *, old_label
         except UnicodeDecodeError:
             lines.append(f"binary config file {path} differs\n")
             continue
+        import difflib  # here: only a --plan with a changed config needs it (start-up)
+
         for line in difflib.unified_diff(
             a_text,
             b_text,
