@@ -270,3 +270,54 @@ def test_deployments_while_watching_raise_no_alarm(world: World) -> None:
     finally:
         watcher.close()
         receiver.close()
+
+
+def test_work_in_progress_under_the_deploy_lock_is_never_alerted(world: World) -> None:
+    """A deploy or heal by another process holds the environment's lock while the release is half-way
+    (here: a temporary file in it). The watcher waits for it instead of alerting, then finds it clean;
+    a deployer never fails because a check holds the lock shared."""
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.lock import EnvLock, shared_lock
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    layout = EnvLayout(world.env_dir("staging"))
+    receiver = Receiver()
+    watcher = Watcher(world, WatchOptions(interval=0.2, webhook=receiver.url, as_json=True))
+    try:
+        assert wait_for(lambda: watcher.checks() >= 1)
+        release = (layout.root / "current").resolve()
+        stray = release / "app" / ".graven-heal-inprogress"
+        lock = EnvLock(layout.lock, env="staging", actor="test", since="now")
+        lock.acquire(wait=False)
+        try:
+            release.joinpath("app").chmod(0o755)
+            stray.write_bytes(b"half-way")  # an inotify event: the watcher wants to check now
+            before = watcher.checks()
+            time.sleep(1.0)
+            assert watcher.checks() == before  # postponed while the lock is held, not alerted
+            stray.unlink()
+            release.joinpath("app").chmod(0o555)
+        finally:
+            lock.release()
+        assert wait_for(lambda: watcher.checks() > before)
+        time.sleep(0.5)
+        assert receiver.alerts == []
+        # a check holding the lock shared never makes a deployer fail: the deployer waits for it
+        held = threading.Event()
+
+        def check_in_flight() -> None:
+            with shared_lock(layout.lock, env="staging", wait=True):
+                held.set()
+                time.sleep(0.5)
+
+        checker = threading.Thread(target=check_in_flight)
+        checker.start()
+        assert held.wait(5)
+        started = time.monotonic()
+        assert world.deploy(world.version(2), "staging").ok
+        assert time.monotonic() - started >= 0.3  # it waited for the check in flight
+        checker.join()
+    finally:
+        watcher.close()
+        receiver.close()

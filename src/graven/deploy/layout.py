@@ -5,6 +5,7 @@ PATH/config             -> current/<config>        the environment's config, alw
 PATH/releases/<hex>/                               one read-only tree per deployed artifact
 PATH/releases/.tmp-*    being assembled; PATH/releases/.trash-*: being deleted
 PATH/.graven/lock       one deployer at a time (flock), holder written in it
+PATH/.graven/lock.check held exclusively by the deployer at work, shared by drift checks
 PATH/.graven/stat       the stat of every deployed file and directory (graven.deploy-stat/v1)
 """
 

@@ -25,6 +25,7 @@ from graven.core.drift import (
 from graven.core.globs import GlobSet
 from graven.core.paths import check_path
 from graven.deploy.layout import EnvLayout
+from graven.deploy.lock import shared_lock
 from graven.deploy.statdb import StatTable
 from graven.drift.cache import VerifiedCache, fs_clock
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
@@ -290,19 +291,29 @@ def _refresh(ctx: Context, target: DriftTarget) -> DriftTarget | None:
 
 
 def check_target(
-    ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool = False, record: bool = True
+    ctx: Context,
+    session: DriftSession,
+    target: DriftTarget,
+    *,
+    full: bool = False,
+    record: bool = True,
+    wait: bool = True,
 ) -> DriftReport:
-    """Check one environment (and record what changed, with ``record``). When drift is found while a
+    """Check one environment (and record what changed, with ``record``).
+
+    The check holds the environment's lock shared, so a deploy or heal by another process is never
+    seen half-way (without ``wait``, PolicyError when one is running). When drift is found while a
     deployment changed what is live, the check is repeated against the new state (no false alarm from
     a deployment that completed during the check)."""
-    for _attempt in range(3):
-        report = check_once(ctx, session, target, full=full).report
-        if report.clean:
-            break
-        fresh = _refresh(ctx, target)
-        if fresh is None or fresh == target:
-            break
-        target = fresh
+    with shared_lock(EnvLayout(Path(target.path)).lock, env=target.env, wait=wait):
+        for _attempt in range(3):
+            report = check_once(ctx, session, target, full=full).report
+            if report.clean:
+                break
+            fresh = _refresh(ctx, target)
+            if fresh is None or fresh == target:
+                break
+            target = fresh
     if record:
         record_check(ctx, report)
     return report

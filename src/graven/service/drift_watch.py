@@ -134,7 +134,10 @@ def run_watch(
                 target = targets[env]
                 started = schedule.clock()
                 try:
-                    report = check_target(ctx, session, target, full=full)
+                    report = check_target(ctx, session, target, full=full, wait=False)
+                except PolicyError:  # a deploy or heal is changing it: look again once it is done
+                    schedule.postpone(env, 0.2)
+                    continue
                 except GravenError as exc:
                     schedule.checked(env, full=False, started=started)
                     if metrics is not None:
