@@ -7,6 +7,7 @@ the root, prints ``graven: error: <message>`` and exits with :attr:`GravenError.
     ├── InputError          (exit 2) bad usage or input: the user can fix it by changing what they typed
     │   ├── ConfigError              graven.toml (or another config file) is invalid
     │   ├── NotFoundError            an unknown revision, digest, environment, key or file
+    │   │   └── NeverDeployedError   an environment nothing was ever deployed to
     │   ├── AmbiguousError           a digest prefix that matches more than one artifact
     │   ├── UnsafeInputError         a hostile path, link, archive entry or file kind
     │   └── SourceError              not a git repository, git failed on the user's input
@@ -36,6 +37,7 @@ __all__ = [
     "ImmutabilityError",
     "InputError",
     "IntegrityError",
+    "NeverDeployedError",
     "NotFoundError",
     "PolicyError",
     "SourceError",
@@ -69,6 +71,14 @@ class ConfigError(InputError):
 
 class NotFoundError(InputError):
     """Something named by the user does not exist."""
+
+
+class NeverDeployedError(NotFoundError):
+    """An environment that nothing was ever deployed to."""
+
+    def __init__(self, env: str) -> None:
+        super().__init__(f"environment {env} has never been deployed to; `graven status` lists them")
+        self.env = env
 
 
 class AmbiguousError(InputError):

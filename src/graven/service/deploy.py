@@ -24,7 +24,7 @@ from graven.deploy.lock import EnvLock
 from graven.deploy.plan import evaluate_policy, short
 from graven.deploy.settings import check_env_name
 from graven.deploy.statdb import StatTable
-from graven.errors import InputError, NotFoundError, PolicyError
+from graven.errors import InputError, NeverDeployedError, PolicyError
 from graven.model.digest import Digest
 from graven.service.artifacts import resolve_digest
 from graven.service.context import Context, utc_now
@@ -280,12 +280,12 @@ def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> De
     if from_env == to_env:
         raise InputError(f"cannot promote {from_env} to itself")
     if not ctx.home.has_database():
-        raise NotFoundError(f"environment {from_env} has never been deployed to")
+        raise NeverDeployedError(from_env)
     with ctx.db.connect() as conn:
         state = load_state(conn, from_env)
         row = deployment_row(conn, state.live_deployment) if state else None
     if state is None:
-        raise NotFoundError(f"environment {from_env} has never been deployed to; `graven status` lists them")
+        raise NeverDeployedError(from_env)
     if state.live_digest is None:
         raise PolicyError(f"nothing is live in {from_env}; deploy there first")
     on_disk = EnvLayout(Path(state.path)).live_hex()
@@ -307,11 +307,11 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
     """Make the previous release (or ``to``, from this environment's history) live again, and hold."""
     check_env_name(env)
     if not ctx.home.has_database():
-        raise NotFoundError(f"environment {env} has never been deployed to")
+        raise NeverDeployedError(env)
     with ctx.db.connect() as conn:
         state = load_state(conn, env)
     if state is None:
-        raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")
+        raise NeverDeployedError(env)
     if to is not None:
         digest = resolve_digest(ctx, to)
     elif state.previous_digest is not None:

@@ -18,6 +18,7 @@ from graven.errors import (
     ConfigError,
     InputError,
     IntegrityError,
+    NeverDeployedError,
     NotFoundError,
     PolicyError,
     VerificationError,
@@ -63,10 +64,6 @@ def artifact_row(conn: Connection, digest: str) -> Row | None:
     ).one_or_none()
 
 
-def _never(env: str) -> str:
-    return f"environment {env} has never been deployed to; `graven status` lists them"
-
-
 def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
     """The live environments (all of them, or those named); a named one must be live."""
     for env in envs:
@@ -76,7 +73,7 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
             )
     if not ctx.home.has_database():
         if envs:
-            raise NotFoundError(_never(envs[0]))
+            raise NeverDeployedError(envs[0])
         return []
     targets: list[DriftTarget] = []
     with ctx.db.connect() as conn:
@@ -88,7 +85,7 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
         }
         for env in envs:
             if env not in rows:
-                raise NotFoundError(_never(env))
+                raise NeverDeployedError(env)
             if rows[env].live_digest is None:
                 raise NotFoundError(f"nothing is live in {env}, so nothing can drift; deploy there first")
         for name in envs or list(rows):

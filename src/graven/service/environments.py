@@ -10,7 +10,7 @@ from typing import Any
 from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.settings import check_env_name
-from graven.errors import BackendError, InputError, NotFoundError
+from graven.errors import BackendError, InputError, NeverDeployedError
 from graven.model.logentry import LogEvent
 from graven.service.artifacts import resolve_digest
 from graven.service.context import Context, utc_now
@@ -162,11 +162,11 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
     """Hold ``env`` on its live digest: deploy and promote refuse any other until unhold."""
     check_env_name(env)
     if not ctx.home.has_database():
-        raise NotFoundError(f"environment {env} has never been deployed to")
+        raise NeverDeployedError(env)
     with ctx.db.begin() as conn:
         state = load_state(conn, env)
         if state is None:
-            raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")
+            raise NeverDeployedError(env)
         if state.held:
             return HoldResult(env, True, False, state.held_digest)
         state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
@@ -179,11 +179,11 @@ def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
     """Lift a hold: deploys and promotes into ``env`` are allowed again."""
     check_env_name(env)
     if not ctx.home.has_database():
-        raise NotFoundError(f"environment {env} has never been deployed to")
+        raise NeverDeployedError(env)
     with ctx.db.begin() as conn:
         state = load_state(conn, env)
         if state is None:
-            raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")
+            raise NeverDeployedError(env)
         if not state.held:
             return HoldResult(env, False, False, None)
         digest = state.held_digest
@@ -317,7 +317,7 @@ def history(ctx: Context, env: str) -> list[dict[str, Any]]:
     """Every deploy, promote and rollback of ``env``, oldest first."""
     check_env_name(env)
     if not ctx.home.has_database():
-        raise NotFoundError(f"environment {env} has never been deployed to")
+        raise NeverDeployedError(env)
     with ctx.db.connect() as conn:
         known = conn.execute("SELECT name FROM deploy_envs WHERE name = :env", {"env": env}).first()
         rows = list(
@@ -329,7 +329,7 @@ def history(ctx: Context, env: str) -> list[dict[str, Any]]:
             )
         )
     if known is None and not rows:
-        raise NotFoundError(f"environment {env} has never been deployed to; `graven status` lists them")
+        raise NeverDeployedError(env)
     out: list[dict[str, Any]] = []
     for row in rows:
         item = dict(row._asdict())
