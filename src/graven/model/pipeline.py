@@ -10,7 +10,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, cast
 
 from graven.core.paths import check_path
@@ -300,29 +300,23 @@ def _env(name: str, value: object) -> EnvSection:
     )
 
 
+def _keys(section: type) -> tuple[str, ...]:
+    """The keys a section accepts: its fields, so that a new field is known without a second list."""
+    return tuple(f.name for f in fields(section))
+
+
 _KNOWN = {
-    "artifact": ("name", "include", "exclude"),
-    "build": ("steps", "outputs", "timeout", "sandbox", "env", "tools", "fetch"),
-    "fetch": ("steps", "lockfiles", "outputs"),
-    "env": (
-        "path",
-        "config",
-        "activate",
-        "activate_timeout",
-        "health",
-        "health_retries",
-        "health_interval",
-        "health_timeout",
-        "keep",
-        "requires",
-        "ignore",
-    ),
+    "artifact": _keys(ArtifactSection),
+    "build": _keys(BuildSection),
+    "fetch": _keys(FetchSection),
+    "env": _keys(EnvSection),
 }
+_TOP = _keys(Pipeline)
 
 
 def _check_keys(doc: dict[str, Any]) -> None:
     """Refuse unknown keys first, wherever they are: a misspelt key explains most other errors."""
-    _unknown(doc, ("artifact", "build", "env"), ())
+    _unknown(doc, _TOP, ())
     for section in ("artifact", "build"):
         table = doc.get(section)
         if isinstance(table, dict):
