@@ -135,16 +135,14 @@ class _UnusedCommands:
         return _Unused()
 
 
-# While a single command's line is parsed, the parsers of its sibling commands are not built.
-_ONLY: list[str | None] = [None]
-_ONLY_COMMANDS: list[object] = [None]
-
-
 def _skipped(commands: object, name: str) -> bool:
-    """True for a command that is not the one being run (or inside a group that is not)."""
+    """True for a command that is not the one being run (or inside a group that is not). While one
+    command's line is parsed, build_parser marks the top-level subcommands with that command's name
+    (``graven_only``), and the parsers of its siblings are not built."""
     if isinstance(commands, _UnusedCommands):
         return True
-    return _ONLY[0] not in (None, name) and commands is _ONLY_COMMANDS[0]
+    only = getattr(commands, "graven_only", None)
+    return only is not None and only != name
 
 
 def add_command(
@@ -154,9 +152,7 @@ def add_command(
 
     A handler of None makes a group whose subcommands are added to the returned parser.
     """
-    if isinstance(commands, _UnusedCommands) or (
-        _ONLY[0] not in (None, name) and commands is _ONLY_COMMANDS[0]
-    ):
+    if _skipped(commands, name):
         return _Unused()
     doc = (handler.__doc__ if handler else None) or ""
     summary = doc.strip().splitlines()[0] if doc.strip() else ""
@@ -231,12 +227,10 @@ def build_parser(command: str | None) -> ArgParser:
         modules = [COMMAND_MODULES[command]]
     else:
         modules = list(dict.fromkeys(COMMAND_MODULES.values()))
-    _ONLY[0], _ONLY_COMMANDS[0] = (command, commands) if len(modules) == 1 else (None, None)
-    try:
-        for name in modules:
-            importlib.import_module(f"graven.cli.{name}").register(commands)
-    finally:
-        _ONLY[0], _ONLY_COMMANDS[0] = None, None
+    if len(modules) == 1:
+        commands.graven_only = command  # type: ignore[attr-defined]
+    for name in modules:
+        importlib.import_module(f"graven.cli.{name}").register(commands)
     if len(modules) > 1:  # list commands in the registry's order, whatever the modules' order
         order = {name: i for i, name in enumerate(COMMAND_MODULES)}
         commands._choices_actions.sort(key=lambda action: order.get(action.dest, len(order)))
