@@ -5,8 +5,10 @@ name the step, and the sandbox kind in the provenance."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -160,6 +162,59 @@ doc = {
 }
 pathlib.Path("out/env.json").write_text(json.dumps(doc, indent=1))
 """
+
+
+READ_PROBE = """\
+import pathlib, sys
+report = []
+for target in sys.argv[1:]:
+    try:
+        report.append(f"{target}: {pathlib.Path(target).read_text()!r}")
+    except OSError as exc:
+        report.append(f"{target}: {exc.strerror}")
+pathlib.Path("out").mkdir()
+pathlib.Path("out/report.txt").write_text("\\n".join(report) + "\\n")
+"""
+
+
+def test_a_step_cannot_read_the_users_credentials(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a home below /var/tmp: the sandbox mirrors /var (its /tmp is its own, so a home there proves nothing)
+    home = Path(tempfile.mkdtemp(prefix="graven-home-", dir="/var/tmp"))
+    try:
+        secrets = {
+            ".ssh/id_ed25519": "SECRET ssh key\n",
+            ".aws/credentials": "SECRET aws\n",
+            ".netrc": "SECRET netrc\n",
+            ".git-credentials": "SECRET git\n",
+        }
+        for name, text in {**secrets, "notes.txt": "visible\n"}.items():
+            (home / name).parent.mkdir(parents=True, exist_ok=True)
+            (home / name).write_text(text)
+        monkeypatch.setenv("HOME", str(home))
+        targets = " ".join(str(home / name) for name in [*secrets, "notes.txt"])
+        repo = make_repo(tmp_path / "repo", {"probe.py": READ_PROBE}, _toml(f"{PY} probe.py {targets}"))
+        code, out, err = run_cli("build", "-C", repo, "--json")
+        assert code == 0, err
+        export = tmp_path / "a.tar"
+        assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
+        import tarfile
+
+        with tarfile.open(export) as tar:
+            member = tar.extractfile("out/report.txt")
+            assert member is not None
+            report = member.read().decode()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert "SECRET" not in report, report
+    # the control: the same home is mirrored, so a file that is no credential reads as it is
+    assert f"{home / 'notes.txt'}: 'visible\\n'" in report, report
+    assert len(report.splitlines()) == 5, report  # every file was tried
 
 
 def test_steps_see_a_fixed_machine_and_a_clean_environment(

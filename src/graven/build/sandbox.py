@@ -5,8 +5,9 @@ Inside the sandbox every step sees the same machine, wherever and whenever it ru
 - ``/build/src``: the commit's tree, read-only; ``/build/work``: a writable scratch copy of it, the
   working directory; ``/build/home``: ``HOME``; ``/tmp``: a fresh tmpfs (``TMPDIR``);
 - the host's top-level directories read-only, except ``/tmp``, ``/run`` (sockets of host services),
-  ``/proc`` and ``/dev`` (fresh ones are mounted), the graven home and the repository's working tree,
-  which are hidden; the root itself is read-only, so nothing outside the scratch space can be written;
+  ``/proc`` and ``/dev`` (fresh ones are mounted), the graven home, the repository's working tree and
+  the user's credentials (``~/.ssh``, ``~/.aws``, ``~/.netrc``...: :data:`CREDENTIAL_DIRS`), which are
+  hidden; the root itself is read-only, so nothing outside the scratch space can be written;
 - no network (a network namespace of its own: even 127.0.0.1 is unreachable), except for the fetch
   phase; no capabilities (so a root build cannot remount anything writable); a fixed host name;
 - only the environment graven passes (see :func:`graven.build.steps.clean_environment`), umask 022.
@@ -181,6 +182,41 @@ def hidden_paths(candidates: Iterable[Path], tool_dirs: Iterable[str]) -> tuple[
             continue
         chosen.append(real)
     return tuple(sorted(set(chosen)))
+
+
+# Where users keep credentials in their home directory: the directories are hidden from steps (an
+# empty read-only tmpfs) and the files read as empty, like the graven home itself. A build step runs
+# code from the commit, which may come from anyone who can push a branch.
+CREDENTIAL_DIRS: Final = (
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".config/gh",
+    ".docker",
+    ".kube",
+    ".password-store",
+)
+CREDENTIAL_FILES: Final = (".netrc", ".git-credentials", ".pypirc", ".npmrc", ".config/git/credentials")
+
+
+def credential_paths(homes: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """The credential directories and files (see :data:`CREDENTIAL_DIRS`) below each of ``homes``."""
+    bases = [Path(home) for home in dict.fromkeys(homes) if home and os.path.isabs(home)]
+    dirs = [base / name for base in bases for name in CREDENTIAL_DIRS]
+    files = [base / name for base in bases for name in CREDENTIAL_FILES]
+    return dirs, files
+
+
+def user_homes() -> list[str]:
+    """The home directories of the user running graven: ``$HOME`` and the password database's."""
+    homes = [os.environ.get("HOME", "")]
+    with contextlib.suppress(ImportError, KeyError):
+        import pwd
+
+        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    return homes
 
 
 def masked_files(candidates: Iterable[Path], hidden: Iterable[str]) -> tuple[str, ...]:

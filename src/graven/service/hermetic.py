@@ -35,12 +35,14 @@ from graven.build.sandbox import (
     HostRunner,
     SandboxLayout,
     StepRunner,
+    credential_paths,
     find_bwrap,
     hidden_paths,
     host_root_entries,
     masked_files,
     probe_bubblewrap,
     resolver_files,
+    user_homes,
 )
 from graven.build.steps import clean_environment, run_steps
 from graven.build.workspace import Workspace, checkout, copy_tree, ensure_inside, settle_tree
@@ -159,9 +161,11 @@ def _runner(
     env = clean_environment(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
     )
-    # The graven home (keys, store) and the working tree are hidden; a signing key file named by
-    # GRAVEN_SIGNING_KEY elsewhere reads as empty.
-    hidden = hidden_paths([ctx.home.root, repo.root], (host_path or "").split(os.pathsep))
+    # The graven home (keys, store), the working tree and the user's credential directories are
+    # hidden; a signing key file named by GRAVEN_SIGNING_KEY elsewhere and credential files read as
+    # empty.
+    cred_dirs, cred_files = credential_paths(user_homes())
+    hidden = hidden_paths([ctx.home.root, repo.root, *cred_dirs], (host_path or "").split(os.pathsep))
     key_file = os.environ.get("GRAVEN_SIGNING_KEY", "")
     layout = SandboxLayout(
         src=ws.src,
@@ -170,7 +174,7 @@ def _runner(
         root_entries=host_root_entries(),
         hidden=hidden,
         extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
-        masked=masked_files([Path(key_file)] if os.sep in key_file else [], hidden),
+        masked=masked_files([*([Path(key_file)] if os.sep in key_file else []), *cred_files], hidden),
     )
     return BubblewrapRunner(
         bwrap,

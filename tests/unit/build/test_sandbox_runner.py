@@ -14,6 +14,7 @@ from graven.build.sandbox import (
     HostEntry,
     SandboxLayout,
     bwrap_argv,
+    credential_paths,
     hidden_paths,
     masked_files,
     probe_bubblewrap,
@@ -222,3 +223,11 @@ def test_clean_environment_passes_only_listed_names() -> None:
         "PYTHONHASHSEED",
         "HTTPS_PROXY",
     }
+
+
+def test_credential_paths_name_the_usual_places_below_each_absolute_home() -> None:
+    dirs, files = credential_paths(["/home/ci", "", "relative", "/home/ci"])
+    assert Path("/home/ci/.ssh") in dirs and Path("/home/ci/.aws") in dirs
+    assert Path("/home/ci/.netrc") in files and Path("/home/ci/.git-credentials") in files
+    assert all(str(p).startswith("/home/ci/") for p in [*dirs, *files])  # no relative or empty home
+    assert len(dirs) == len(set(dirs))  # each home once
