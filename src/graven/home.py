@@ -4,7 +4,8 @@
 
     objects/        the content-addressed store (see graven.store.local)
     graven.db       the metadata database (SQLite, WAL) unless GRAVEN_DB_URL names another
-    keys/           private (0600) and public signing keys
+    keys/           private (0600) and public signing keys; records.hmac (0600), the key that
+                    authenticates the stat records beside deployments (graven.deploy.recordkey)
     trust/          public keys the operator trusts
 """
 

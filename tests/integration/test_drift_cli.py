@@ -300,3 +300,62 @@ def test_speed_of_the_fast_check_does_not_depend_on_reading_files(
     assert drift(capsys)[0] == 0
     doc = drift(capsys)[1]["environments"][0]
     assert doc["hashed"] == 0 and doc["directories_listed"] == 0 and doc["files"] > 200
+
+
+def _forge_records(world: World, env: Path, release: Path, key: bytes) -> None:
+    """What an intruder who can write PATH does after editing a file: record its new stat as the
+    deployed one (in the deploy's stat table, signed with ``key``) and drop the drift cache."""
+    from graven.deploy.recordkey import KEY_FILE
+    from graven.deploy.statdb import StatTable
+
+    real_key = (world.home / "keys" / KEY_FILE).read_bytes()
+    table = StatTable.load(env / ".graven" / "stat", real_key)  # reading is easy: the format is public
+    assert table.inodes
+    for path in (release / "app/main.py", release / "app"):
+        st = os.lstat(path)
+        sha = table.inodes[st.st_ino][0] if st.st_ino in table.inodes else "0" * 64
+        table.record(st, sha)
+    table.save(env / ".graven" / "stat", key)
+    shutil.rmtree(env / ".graven" / "drift", ignore_errors=True)
+
+
+def test_forged_stat_records_do_not_hide_a_change(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    env = world.env_dir("staging")
+    release = (env / "current").resolve()
+    time.sleep(0.02)  # past the racy window of the deploy's records
+    assert drift(capsys)[0] == 0
+    same_size_touch_r(release)
+    # the control: records signed with the home's own key are trusted by stat (that is what makes
+    # the default check fast), so the key, 0600 in the graven home, is what keeps them honest
+    from graven.deploy.recordkey import KEY_FILE
+
+    key_file = world.home / "keys" / KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    _forge_records(world, env, release, key_file.read_bytes())
+    time.sleep(0.02)
+    assert drift(capsys, "staging")[0] == 0
+    assert drift(capsys, "staging", "--full")[0] == 1  # --full trusts no record
+    # the intruder has no access to the graven home, so not to its key
+    _forge_records(world, env, release, b"\x00" * 32)
+    code, doc = drift(capsys, "staging")
+    assert code == 1 and found(doc) == {("app/main.py", "modified")}, doc
+
+
+def test_a_rollback_never_switches_to_a_tampered_release_behind_forged_records(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from graven.service.deploy import rollback
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    env = world.env_dir("staging")
+    old = (env / "current").resolve()
+    assert world.deploy(world.version(2), "staging").ok
+    same_size_touch_r(old)
+    _forge_records(world, env, old, b"\x00" * 32)
+    assert rollback(world.ctx(), "staging", world.options()).ok
+    assert world.live("staging") == v1
+    assert tree_problems(env / "current", world.manifest(v1)) == []  # rebuilt from the store
+    assert drift(capsys, "staging", "--full")[0] == 0

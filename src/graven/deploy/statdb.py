@@ -1,4 +1,4 @@
-"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v1``).
+"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v2``).
 
 For every inode of every release (files and directories) graven records the sha256 it wrote there (all
 zeros for a directory) and ``(size, mtime_ns, ctime_ns, st_mode)`` right after writing, linking or
@@ -11,28 +11,31 @@ written again from the store.
 
 File layout (all integers big-endian)::
 
-    b"GRVNSTAT" u16 version (1) | u64 st_dev | u64 count |
+    b"GRVNSTAT" u16 version (2) | u64 st_dev | u64 count |
     count x (u64 ino | u64 size | i64 mtime_ns | i64 ctime_ns | u32 st_mode | 32-byte sha256)
-    | sha256 of everything before it
+    | HMAC-SHA256 of everything before it, under the home's record key
+
+The tag (:mod:`graven.deploy.recordkey`) means that only the operator's graven can write records it
+will trust: a table whose tag does not verify under the key it is given is read as empty.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graven.deploy.recordkey import TAG_SIZE, tag, verify
 from graven.errors import BackendError
 
 __all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable"]
 
-STAT_FORMAT = "graven.deploy-stat/v1"
+STAT_FORMAT = "graven.deploy-stat/v2"
 DIR_SHA = "0" * 64
-_MAGIC = b"GRVNSTAT\x00\x01"
+_MAGIC = b"GRVNSTAT\x00\x02"
 _HEAD = struct.Struct(">QQ")
 _RECORD = struct.Struct(">QQqqI32s")
 Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
@@ -46,8 +49,9 @@ class StatTable:
     inodes: dict[int, Record] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> StatTable:
-        """Read the table; a missing or damaged one is empty (files are then checked by content)."""
+    def load(cls, path: Path, key: bytes) -> StatTable:
+        """Read the table; a missing, damaged or unauthenticated one (its tag does not verify under
+        ``key``) is empty: files are then checked by content."""
         try:
             data = path.read_bytes()
         except OSError:
@@ -55,7 +59,7 @@ class StatTable:
         start = len(_MAGIC) + _HEAD.size
         if len(data) < start + 32 or not data.startswith(_MAGIC):
             return cls()
-        if hashlib.sha256(data[:-32]).digest() != data[-32:]:
+        if not verify(key, memoryview(data)[:-TAG_SIZE], memoryview(data)[-TAG_SIZE:]):
             return cls()
         dev, count = _HEAD.unpack_from(data, len(_MAGIC))
         body = data[start:-32]
@@ -67,8 +71,8 @@ class StatTable:
         }
         return cls(dev, inodes)
 
-    def save(self, path: Path) -> None:
-        """Write the table atomically (temp file, fsync, rename)."""
+    def save(self, path: Path, key: bytes) -> None:
+        """Write the table atomically (temp file, fsync, rename), tagged under ``key``."""
         pack = _RECORD.pack
         parts = [_MAGIC, _HEAD.pack(self.dev or 0, len(self.inodes))]
         parts.extend(
@@ -76,7 +80,7 @@ class StatTable:
             for ino, (sha, size, mtime, ctime, mode) in self.inodes.items()
         )
         body = b"".join(parts)
-        data = body + hashlib.sha256(body).digest()
+        data = body + tag(key, body)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""What drift detection verified, by stat: ``PATH/.graven/drift/cache`` (``graven.drift-cache/v1``).
+"""What drift detection verified, by stat: ``PATH/.graven/drift/cache`` (``graven.drift-cache/v2``).
 
 After a check, graven records the stat of every file whose content it verified (hashed, or vouched for
 by the deploy's stat table) and of every directory whose listing was exactly the manifest's, together
@@ -7,23 +7,25 @@ clock``, written just before). A record is kept only when the entry's mtime and 
 that time, so a change in the same clock tick can never hide behind it (git's "racy" entries). The
 next fast check then needs one ``lstat`` per path and lists only directories whose stat changed.
 
-The file is a cache: unreadable, for another release or another file system, it is ignored.
+The file is a cache: unreadable, for another release or another file system, or not authenticated by
+the home's record key (:mod:`graven.deploy.recordkey`), it is ignored.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
-import hashlib
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graven.deploy.recordkey import TAG_SIZE, tag, verify
+
 __all__ = ["CACHE_FORMAT", "FileRecord", "VerifiedCache", "fs_clock"]
 
-CACHE_FORMAT = "graven.drift-cache/v1"
+CACHE_FORMAT = "graven.drift-cache/v2"
 FileRecord = tuple[int, int, int, int, int]  # st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode
 DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
 
@@ -49,9 +51,9 @@ def fs_clock(directory: Path) -> int | None:
 class VerifiedCache:
     """Verified stat records of one release, aligned with its files and directories (sorted).
 
-    On disk: ``graven.drift-cache/v1`` and a JSON header line (release, device, counts), then the
-    records as big-endian int64 (five per file, three per directory, zeros for none), then the sha256
-    of everything before it.
+    On disk: ``graven.drift-cache/v2`` and a JSON header line (release, device, counts), then the
+    records as big-endian int64 (five per file, three per directory, zeros for none), then the
+    HMAC-SHA256 of everything before it under the home's record key.
     """
 
     release: str
@@ -60,11 +62,12 @@ class VerifiedCache:
     dirs: list[DirRecord | None] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path, *, release: str, files: int, dirs: int) -> VerifiedCache | None:
-        """The cache for ``release`` with the given numbers of files and directories, else None."""
+    def load(cls, path: Path, key: bytes, *, release: str, files: int, dirs: int) -> VerifiedCache | None:
+        """The cache for ``release`` with the given numbers of files and directories, if its tag
+        verifies under ``key``; else None."""
         try:
             data = path.read_bytes()
-            if len(data) < 32 or hashlib.sha256(data[:-32]).digest() != data[-32:]:
+            if len(data) < TAG_SIZE or not verify(key, data[:-TAG_SIZE], data[-TAG_SIZE:]):
                 return None
             magic, header, body = data[:-32].split(b"\n", 2)
             if magic != CACHE_FORMAT.encode():
@@ -92,8 +95,8 @@ class VerifiedCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def save(self, path: Path) -> bool:
-        """Write atomically; False when it cannot be written (a read-only check)."""
+    def save(self, path: Path, key: bytes) -> bool:
+        """Write atomically, tagged under ``key``; False when it cannot be written (a read-only check)."""
         header = json.dumps(
             {"release": self.release, "dev": self.dev, "files": len(self.files), "dirs": len(self.dirs)},
             sort_keys=True,
@@ -104,7 +107,7 @@ class VerifiedCache:
         if sys.byteorder == "little":
             values.byteswap()
         body = CACHE_FORMAT.encode() + b"\n" + header.encode() + b"\n" + values.tobytes()
-        data = body + hashlib.sha256(body).digest()
+        data = body + tag(key, body)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,13 @@ class Context:
 
         return AuditLog(self)
 
+    @cached_property
+    def record_key(self) -> bytes:
+        """The key that authenticates the stat records beside deployments (made on first use)."""
+        from graven.deploy.recordkey import load_or_create
+
+        return load_or_create(self.home.keys)
+
     def close(self) -> None:
         """Release the database connections, if any were opened."""
         db = self.__dict__.pop("db", None)

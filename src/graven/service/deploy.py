@@ -125,7 +125,7 @@ def _run_deployment(
             raise PolicyError(decision.refusal or "refused")
         live_hex = layout.live_hex()
         previous = f"sha256:{live_hex}" if live_hex else None
-        table = StatTable.load(layout.stat_file)
+        table = StatTable.load(layout.stat_file, ctx.record_key)
         clean_leftovers(layout, table)
         stats, reused = ensure_release(ctx, target, layout, table, live_hex)
         step(ctx, "release-ready")

@@ -58,7 +58,7 @@ def ensure_release(
         check = check_release(release, target.manifest, table)
         if check.ok:
             if not check.by_stat:
-                table.save(layout.stat_file)
+                table.save(layout.stat_file, ctx.record_key)
             return None, True
         more = f" and {len(check.problems) - 1} more" if len(check.problems) > 1 else ""
         ctx.reporter.warn(
@@ -96,7 +96,7 @@ def ensure_release(
             table.record(os.lstat(release), DIR_SHA)  # renaming changed the root's ctime
         except OSError as exc:
             raise BackendError(f"cannot move the release into {release}: {exc.strerror}") from None
-        table.save(layout.stat_file)
+        table.save(layout.stat_file, ctx.record_key)
     except IntegrityError as exc:
         remove_tree(tmp)
         error = integrity_error(exc, release)
@@ -160,7 +160,7 @@ def retention(
         step(ctx, "retention")
         remove_tree(aside, table)
     if plan.delete:
-        table.save(layout.stat_file)
+        table.save(layout.stat_file, ctx.record_key)
     return tuple(f"sha256:{h}" for h in plan.delete)
 
 

@@ -130,12 +130,12 @@ def _observe_env(ctx: Context, layout: EnvLayout) -> EnvObservation:
     )
 
 
-def _table_loader(layout: EnvLayout) -> tuple[StatTable | None, int | None]:
+def _table_loader(layout: EnvLayout, key: bytes) -> tuple[StatTable | None, int | None]:
     try:
         recorded_at = os.stat(layout.stat_file).st_mtime_ns
     except OSError:
         return None, None
-    return StatTable.load(layout.stat_file), recorded_at
+    return StatTable.load(layout.stat_file, key), recorded_at
 
 
 def _cache_path(layout: EnvLayout) -> Path:
@@ -234,15 +234,16 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
                 _save_split(_split_path(layout), hex_digest, split)
     else:
         index = session.index(digest)
+        key = ctx.record_key
         cache = VerifiedCache.load(
-            _cache_path(layout), release=hex_digest, files=len(index.files), dirs=len(index.dirs)
+            _cache_path(layout), key, release=hex_digest, files=len(index.files), dirs=len(index.dirs)
         )
         scan = scan_release(
             layout.release(hex_digest),
             index,
             full=False,
             hasher=session.hasher,
-            table=lambda: _table_loader(layout),
+            table=lambda: _table_loader(layout, key),
             cache=cache,
             now_ns=now_ns,
         )
@@ -264,7 +265,7 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             )
         )
     if scan.cache is not None:
-        scan.cache.save(_cache_path(layout))
+        scan.cache.save(_cache_path(layout), ctx.record_key)
     report = DriftReport(
         env=target.env,
         path=target.path,

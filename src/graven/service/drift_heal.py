@@ -153,14 +153,14 @@ def heal(
                 return result
             hex_digest = checked.expected.release_hex
             try:
-                table = StatTable.load(layout.stat_file)
+                table = StatTable.load(layout.stat_file, ctx.record_key)
                 if rebuild:
                     _rebuild_release(ctx, layout, checked.index, table)
                 else:
                     result.stats = apply_heal(
                         ctx.store, layout.release(hex_digest), plan, table, ignore=checked.ignore
                     )
-                table.save(layout.stat_file)
+                table.save(layout.stat_file, ctx.record_key)
                 if plan.current:
                     _fix_link(layout, layout.current, layout.link_target(hex_digest))
                 if plan.config:

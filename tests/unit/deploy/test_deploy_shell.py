@@ -174,20 +174,59 @@ def test_a_corrupt_store_object_fails_the_build(tmp_path: Path, store: LocalStor
 
 
 def test_stat_table_round_trips_and_refuses_a_damaged_file(tmp_path: Path) -> None:
+    key = bytes(range(32))
     table = StatTable()
     path = tmp_path / "f"
     path.write_text("x")
     table.record(os.lstat(path), "ab" * 32)
-    table.save(tmp_path / "stat")
-    loaded = StatTable.load(tmp_path / "stat")
+    table.save(tmp_path / "stat", key)
+    loaded = StatTable.load(tmp_path / "stat", key)
     assert loaded.matches(os.lstat(path), "ab" * 32) and not loaded.matches(os.lstat(path), "cd" * 32)
     loaded.forget(os.lstat(path).st_ino)
     assert not loaded.inodes
     data = bytearray((tmp_path / "stat").read_bytes())
     data[30] ^= 1
     (tmp_path / "stat").write_bytes(bytes(data))
-    assert StatTable.load(tmp_path / "stat").inodes == {}  # checksum mismatch: start from nothing
-    assert StatTable.load(tmp_path / "missing").inodes == {}
+    assert StatTable.load(tmp_path / "stat", key).inodes == {}  # tag mismatch: start from nothing
+    assert StatTable.load(tmp_path / "missing", key).inodes == {}
+
+
+def test_stat_records_count_only_under_the_key_that_wrote_them(tmp_path: Path) -> None:
+    """Whoever can write PATH can rewrite PATH/.graven/stat, but cannot make graven trust it: the
+    tag is an HMAC under a key in the graven home, and a plain checksum no longer passes."""
+    import hashlib
+
+    from graven.deploy.statdb import _HEAD, _MAGIC, _RECORD
+
+    key, other = b"k" * 32, b"o" * 32
+    path = tmp_path / "f"
+    path.write_text("tampered")
+    st = os.lstat(path)
+    table = StatTable()
+    table.record(st, "ab" * 32)
+    table.save(tmp_path / "stat", key)
+    assert StatTable.load(tmp_path / "stat", key).inodes
+    assert StatTable.load(tmp_path / "stat", other).inodes == {}
+    # a forged table with the old (v1) kind of trailer: a sha256 anyone can compute
+    body = _MAGIC + _HEAD.pack(st.st_dev, 1)
+    body += _RECORD.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, b"\xab" * 32)
+    (tmp_path / "forged").write_bytes(body + hashlib.sha256(body).digest())
+    assert StatTable.load(tmp_path / "forged", key).inodes == {}
+
+
+def test_the_record_key_is_made_once_private_and_shared(tmp_path: Path) -> None:
+    from graven.deploy.recordkey import KEY_FILE, load_or_create
+    from graven.errors import BackendError
+
+    keys = tmp_path / "home" / "keys"
+    first = load_or_create(keys)
+    assert len(first) == 32 and load_or_create(keys) == first
+    assert (keys / KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in keys.iterdir()] == [KEY_FILE]  # no temporary file left
+    (keys / KEY_FILE).chmod(0o600)
+    (keys / KEY_FILE).write_bytes(b"short")
+    with pytest.raises(BackendError, match="damaged"):
+        load_or_create(keys)
 
 
 def test_a_new_entry_in_a_checked_release_is_found_without_reading_directories_first(

@@ -86,12 +86,16 @@ def test_the_verified_cache_makes_the_next_check_stat_only(tmp_path: Path) -> No
     first = scan_release(root, index, full=True, hasher=hasher, now_ns=now)
     assert first.cache is not None and all(first.cache.files) and all(first.cache.dirs)
     cache_file = tmp_path / "drift/cache"
-    assert first.cache.save(cache_file)
+    key = b"k" * 32
+    assert first.cache.save(cache_file, key)
     cache = VerifiedCache.load(
-        cache_file, release=index.manifest.digest.hex, files=len(index.files), dirs=len(index.dirs)
+        cache_file, key, release=index.manifest.digest.hex, files=len(index.files), dirs=len(index.dirs)
     )
     assert cache == first.cache
-    assert VerifiedCache.load(cache_file, release="0" * 64, files=3, dirs=3) is None
+    assert VerifiedCache.load(cache_file, key, release="0" * 64, files=3, dirs=3) is None
+    other_key = b"o" * 32  # written by another home (or forged): not trusted
+    shape = {"release": index.manifest.digest.hex, "files": len(index.files), "dirs": len(index.dirs)}
+    assert VerifiedCache.load(cache_file, other_key, **shape) is None  # type: ignore[arg-type]
     second = scan_release(
         root, index, full=False, hasher=hasher, cache=cache, now_ns=fs_clock(tmp_path / "drift")
     )

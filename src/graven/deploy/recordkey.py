@@ -1,0 +1,86 @@
+"""The home's record key: authenticates the stat records graven keeps beside a deployment.
+
+``PATH/.graven/stat`` (what each deploy wrote) and ``PATH/.graven/drift/cache`` (what the last drift
+check verified) let the fast drift check, a rollback's check of a release on disk and the next
+deploy's hard links trust a file by its stat instead of its content. Whoever can write ``PATH`` could
+otherwise rewrite those records to match a file they tampered with. So each of these files ends with
+an HMAC-SHA256 of its bytes under a 32-byte random key that lives with the operator, in
+``GRAVEN_HOME/keys/records.hmac`` (mode 0600, made on first use). Records whose tag does not verify
+(another home, another key, an edit) are ignored: the files they would vouch for are checked by
+content, so a lost or replaced key costs one slower check, never a missed change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+from graven.errors import BackendError
+
+__all__ = ["KEY_FILE", "KEY_SIZE", "TAG_SIZE", "load_or_create", "tag", "verify"]
+
+KEY_FILE = "records.hmac"  # not NAME.key: that is a signing key
+KEY_SIZE = 32
+TAG_SIZE = 32
+
+
+def tag(key: bytes, data: bytes | memoryview) -> bytes:
+    """The HMAC-SHA256 of ``data`` under ``key`` (32 bytes)."""
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def verify(key: bytes, data: bytes | memoryview, expected: bytes | memoryview) -> bool:
+    """Whether ``expected`` is the tag of ``data`` (compared in constant time)."""
+    return hmac.compare_digest(tag(key, data), bytes(expected))
+
+
+def load_or_create(keys_dir: Path) -> bytes:
+    """The record key in ``keys_dir``, made (random, 0600, atomically) when there is none yet."""
+    path = keys_dir / KEY_FILE
+    key = _read(path)
+    if key is not None:
+        return key
+    try:
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = keys_dir / f".{KEY_FILE}.tmp-{os.urandom(8).hex()}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, os.urandom(KEY_SIZE))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, path)  # never replaces a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+    except OSError as exc:
+        raise BackendError(f"cannot create the record key {path}: {exc.strerror}") from None
+    key = _read(path)
+    if key is None:  # pragma: no cover - we just made it
+        raise BackendError(f"cannot read the record key {path}")
+    return key
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackendError(f"cannot read the record key {path}: {exc.strerror}") from None
+    try:
+        data = os.read(fd, KEY_SIZE + 1)
+    finally:
+        os.close(fd)
+    if len(data) != KEY_SIZE:
+        raise BackendError(
+            f"the record key {path} is damaged ({len(data)} bytes, expected {KEY_SIZE}); delete it: the "
+            "next deploy makes a new one, and the next checks read every file by content once"
+        )
+    return data
