@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HookResult", "run_health", "run_hook"]
+__all__ = ["HookResult", "run_health", "run_hook", "step_error"]
 
 _TAIL = 4096
 
@@ -31,20 +31,29 @@ class HookResult:
     output: str  # the last few KiB of stdout + stderr
     seconds: float
     attempts: int = 1
+    error: str | None = None  # the step could not run at all (see :func:`step_error`)
 
     @property
     def ok(self) -> bool:
         """True when the command exited 0 in time."""
-        return self.returncode == 0
+        return self.returncode == 0 and self.error is None
 
     def describe(self) -> str:
-        """``exit 3: <last line of output>`` or ``timed out after 10s``."""
+        """``exit 3: <last line of output>``, ``timed out after 10s``, or the error that stopped the step."""
+        if self.error is not None:
+            return self.error
         if self.returncode is None:
             status = f"timed out after {self.seconds:.0f}s"
         else:
             status = f"exit {self.returncode}"
         last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
         return f"{status}: {last[0][:200]}" if last else status
+
+
+def step_error(what: str, exc: BaseException) -> HookResult:
+    """A failed result for a deployment step that raised instead of running a command."""
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return HookResult(what, None, "", 0.0, error=text)
 
 
 def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:

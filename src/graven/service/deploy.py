@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graven.deploy.hooks import HookResult, run_health, run_hook
+from graven.deploy.hooks import HookResult, run_health, run_hook, step_error
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
 from graven.deploy.plan import evaluate_policy, short
@@ -31,6 +31,7 @@ from graven.service.context import Context, utc_now
 from graven.service.deploy_plan import DeployPlan, plan_deploy
 from graven.service.deploy_records import insert_pending, reconcile, record_failure, record_success
 from graven.service.deploy_release import (
+    check_links,
     clean_leftovers,
     ensure_release,
     hook_environment,
@@ -123,6 +124,7 @@ def _run_deployment(
         decision = evaluate_policy(facts)
         if not decision.allowed:
             raise PolicyError(decision.refusal or "refused")
+        check_links(layout)
         live_hex = layout.live_hex()
         previous = f"sha256:{live_hex}" if live_hex else None
         table = StatTable.load(layout.stat_file, ctx.record_key)
@@ -134,27 +136,43 @@ def _run_deployment(
         )
         step(ctx, "pending-recorded")
         old_config = readlink(layout.config_link)
-        switch(layout, target.digest.hex, settings.config)
-        step(ctx, "switched")
-        hook_env = hook_environment(layout, settings, digest, previous)
         activate: HookResult | None = None
         health: HookResult | None = None
-        if settings.activate:
-            activate = run_hook(
-                settings.activate, cwd=layout.root, env=hook_env, timeout=settings.activate_timeout
-            )
-            step(ctx, "activated")
-        if settings.health and (activate is None or activate.ok):
-            health = run_health(
-                settings.health,
-                cwd=layout.root,
-                env=hook_env,
-                timeout=settings.health_timeout,
-                retries=settings.health_retries,
-                interval=settings.health_interval,
-            )
-            step(ctx, "health-checked")
-        ok = (activate is None or activate.ok) and (health is None or health.ok)
+        stopped: BaseException | None = None  # what ended the steps after the switch early
+        phase = "switch"
+        try:
+            switch(layout, target.digest.hex, settings.config)
+            step(ctx, "switched")
+            hook_env = hook_environment(layout, settings, digest, previous)
+            if settings.activate:
+                phase = "activate"
+                activate = run_hook(
+                    settings.activate, cwd=layout.root, env=hook_env, timeout=settings.activate_timeout
+                )
+                step(ctx, "activated")
+            if settings.health and (activate is None or activate.ok):
+                phase = "health check"
+                health = run_health(
+                    settings.health,
+                    cwd=layout.root,
+                    env=hook_env,
+                    timeout=settings.health_timeout,
+                    retries=settings.health_retries,
+                    interval=settings.health_interval,
+                )
+                step(ctx, "health-checked")
+        except (Exception, KeyboardInterrupt) as exc:
+            # Whatever stops the switch or the hooks half-way (an error, Ctrl-C) must not leave an
+            # unchecked release live: it is a failure like a failed health check, and is switched back.
+            stopped = exc
+            failed = step_error(phase, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                failed = step_error(phase, InputError("interrupted (Ctrl-C)"))
+            if phase == "activate":
+                activate = failed
+            else:
+                health = failed
+        ok = stopped is None and (activate is None or activate.ok) and (health is None or health.ok)
         common: dict[str, Any] = {
             "env": env,
             "kind": kind,
@@ -207,6 +225,8 @@ def _run_deployment(
         failure = activate if activate is not None and not activate.ok else health
         assert failure is not None
         what = "activate" if failure is activate else "health check"
+        if stopped is not None:
+            what = phase
         rolled_back_to = record_failure(
             ctx,
             target,
@@ -221,6 +241,8 @@ def _run_deployment(
             opts=opts,
         )
         step(ctx, "done")
+        if isinstance(stopped, KeyboardInterrupt):
+            raise stopped
         if rolled_back_to:
             message = (
                 f"{what} of {short(digest)} in {env} failed ({failure.describe()}); switched back to "

@@ -12,7 +12,7 @@ from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyDecision, short
 from graven.deploy.settings import EnvSettings
 from graven.deploy.switch import point_symlink, remove_symlink
-from graven.errors import PolicyError
+from graven.errors import GravenError, PolicyError
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
 from graven.service.deploy_release import hook_environment, step
@@ -222,10 +222,13 @@ def record_failure(
         with ctx.db.connect() as conn:
             back_settings = settings_from_row(deployment_row(conn, state.live_deployment if state else None))
         point_symlink(layout.current, layout.link_target(previous.removeprefix("sha256:")))
-        if old_config is not None:
-            point_symlink(layout.config_link, old_config)
-        else:
-            remove_symlink(layout.config_link)
+        try:
+            if old_config is not None:
+                point_symlink(layout.config_link, old_config)
+            else:
+                remove_symlink(layout.config_link)
+        except GravenError as exc:  # the release is back; the config link is drift that heal fixes
+            back_detail = f"config link not restored: {exc}"
         rolled_back_to = previous
         step(ctx, "switched-back")
         if back_settings is not None:
