@@ -4,6 +4,9 @@ cannot be weakened by rebuilding an old commit."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,3 +81,65 @@ def test_ctrl_c_during_the_health_check_switches_back_then_stops(
         ("auto-rollback", "ok"),
     ]
     assert "interrupted" in str(history[1]["detail"])
+
+
+def test_a_second_rollback_goes_further_back_through_history(world: World) -> None:
+    from graven.service.deploy import rollback
+
+    f1 = world.build()
+    f2 = world.version(2)
+    f3 = world.version(3)
+    for digest in (f1, f2, f3):
+        assert world.deploy(digest, "staging").ok
+    assert rollback(world.ctx(), "staging", world.options()).digest == f2
+    assert rollback(world.ctx(), "staging", world.options()).digest == f1
+    assert world.live("staging") == f1
+    with pytest.raises(InputError, match="no earlier release to roll back to"):
+        rollback(world.ctx(), "staging", world.options())
+    # a deploy after unhold starts from what is live then
+    environments.unhold(world.ctx(), "staging")
+    assert world.deploy(f3, "staging").ok
+    assert rollback(world.ctx(), "staging", world.options()).digest == f1
+
+
+class _KillAt:
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        if stage == self.stage:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _deploy_and_die(home: str, digest: str, root: str) -> None:
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.deploy import DeployOptions, deploy
+
+    with Context(home=Home(root=Path(home)), reporter=_KillAt("deploy:switched")) as ctx:
+        deploy(ctx, digest, "staging", DeployOptions(root=root))
+
+
+def test_a_rollback_first_settles_what_a_killed_deployer_left(world: World) -> None:
+    from graven.service.deploy import rollback
+
+    f1 = world.build()
+    f2 = world.version(2)
+    f3 = world.version(3)
+    for digest in (f2, f3):
+        assert world.deploy(digest, "staging").ok
+    child = multiprocessing.get_context("fork").Process(
+        target=_deploy_and_die, args=(str(world.home), f1, str(world.root))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert world.live("staging") == f1  # switched, then killed: the record says pending
+    result = rollback(world.ctx(), "staging", world.options())
+    assert result.ok and result.digest == f3, result  # the last release before the unfinished one
+    assert world.live("staging") == f3
+    history = environments.history(world.ctx(), "staging")
+    assert [(h["digest"], h["result"]) for h in history][-2:] == [(f1, "interrupted"), (f3, "ok")]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graven.db import Connection
 from graven.deploy.hooks import HookResult, run_health, run_hook, step_error
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
@@ -42,7 +43,7 @@ from graven.service.deploy_release import (
 )
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.deploy_verify import check_path, policy_facts, verify_target
-from graven.service.environments import HEALTHY, deployment_row, load_state
+from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state
 
 __all__ = [
     "ROOT_ENV",
@@ -326,7 +327,13 @@ def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> De
 
 
 def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = None) -> DeployResult:
-    """Make the previous release (or ``to``, from this environment's history) live again, and hold."""
+    """Make the release live before the current one (or ``to``, from this environment's history) live
+    again, and hold.
+
+    Without ``to`` a rollback walks back through history: it goes to what was live before the live
+    digest was (last) deployed, so a second rollback goes further back instead of returning to the
+    release the first one rolled away from.
+    """
     check_env_name(env)
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
@@ -334,16 +341,56 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
         state = load_state(conn, env)
     if state is None:
         raise NeverDeployedError(env)
-    if to is not None:
-        digest = resolve_digest(ctx, to)
-    elif state.previous_digest is not None:
-        digest = Digest.parse(state.previous_digest)
-    else:
-        raise InputError(
-            f"{env} has no previous release to roll back to; name one with --to DIGEST "
-            f"(`graven history {env}` lists them)"
-        )
+    _settle_pending(ctx, env, state, opts)  # a killed deployer may have changed what is live
+    with ctx.db.connect() as conn:
+        state = load_state(conn, env)
+        assert state is not None
+        if to is not None:
+            digest = resolve_digest(ctx, to)
+        else:
+            found = _rollback_target(conn, env, state.live_digest)
+            if found is None:
+                raise InputError(
+                    f"{env} has no earlier release to roll back to; name one with --to DIGEST "
+                    f"(`graven history {env}` lists them)"
+                )
+            digest = Digest.parse(found)
     if str(digest) == state.live_digest:
         raise InputError(f"{short(str(digest))} is already live in {env}; nothing to roll back")
     target = verify_target(ctx, digest, env, opts)
     return _run_deployment(ctx, target, opts, kind="rollback")
+
+
+def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions) -> None:
+    """Settle deployments a dead process left pending, under the environment's lock (so a deployer
+    at work is never mistaken for a dead one)."""
+    with ctx.db.connect() as conn:
+        pending = conn.execute(
+            "SELECT id FROM deployments WHERE env = :env AND result = 'pending'", {"env": env}
+        ).first()
+    if pending is None:
+        return
+    layout = EnvLayout(Path(state.path))
+    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+    lock.acquire(wait=opts.wait)
+    with lock:
+        reconcile(ctx, env, layout)
+
+
+def _rollback_target(conn: Connection, env: str, live: str | None) -> str | None:
+    """What was live before ``live`` was last made live by a deploy or promote that reached the disk
+    (newest first; the first such deployment that had something else live before it)."""
+    if live is None:
+        return None
+    rows = conn.execute(
+        "SELECT previous_digest, result FROM deployments WHERE env = :env AND digest = :digest"
+        " AND kind IN ('deploy', 'promote') AND result IN ('ok', 'interrupted') ORDER BY id DESC",
+        {"env": env, "digest": live},
+    ).all()
+    # a deployment that finished is the evidence; one a dead process left is the fallback (it went
+    # live: the environment shows it)
+    for wanted in ("ok", "interrupted"):
+        for previous, result in rows:
+            if result == wanted and previous is not None and previous != live:
+                return str(previous)
+    return None
