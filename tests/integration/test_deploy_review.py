@@ -143,3 +143,40 @@ def test_a_rollback_first_settles_what_a_killed_deployer_left(world: World) -> N
     assert world.live("staging") == f3
     history = environments.history(world.ctx(), "staging")
     assert [(h["digest"], h["result"]) for h in history][-2:] == [(f1, "interrupted"), (f3, "ok")]
+
+
+def test_two_environments_never_share_a_directory(world: World) -> None:
+    from graven.errors import ConfigError
+    from helpers_deploy import env_toml
+
+    same = {"path": "shared", "health_interval": 0}
+    digest = world.version(2, env_toml("app", {"one": dict(same), "two": dict(same)}))
+    with pytest.raises(ConfigError, match=r"\[env.two\] path 'shared' is the path of \[env.one\]"):
+        world.deploy(digest, "one")
+    nested = world.version(3, env_toml("app", {"one": {"path": "srv"}, "two": {"path": "srv/two"}}))
+    with pytest.raises(ConfigError, match="is inside the path of"):
+        world.deploy(nested, "two")
+    # across artifacts: the database knows where every environment lives
+    a = world.version(4, env_toml("app", {"one": {"path": "place"}}))
+    assert world.deploy(a, "one").ok
+    b = world.version(5, env_toml("app", {"two": {"path": "place/sub"}}))
+    with pytest.raises(ConfigError, match="is inside the directory of environment one"):
+        world.deploy(b, "two")
+    assert not (world.root / "place" / "sub").exists()  # refused before anything was made there
+
+
+def test_a_path_that_is_a_file_or_another_root_is_refused_before_anything_is_made(world: World) -> None:
+    from graven.errors import ConfigError
+    from graven.service.deploy import DeployOptions, deploy
+
+    v1 = world.build()
+    world.root.mkdir(parents=True, exist_ok=True)
+    (world.root / "staging").write_text("not a directory\n")
+    with pytest.raises(InputError, match="exists and is not a directory"):
+        world.deploy(v1, "staging")
+    (world.root / "staging").unlink()
+    assert world.deploy(v1, "staging").ok
+    elsewhere = world.root.parent / "elsewhere"
+    with pytest.raises(ConfigError, match="is live at"):
+        deploy(world.ctx(), v1, "staging", DeployOptions(root=str(elsewhere)))
+    assert not elsewhere.exists()  # no lock directory made in the wrong place

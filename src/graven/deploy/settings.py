@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -69,7 +70,8 @@ class EnvSettings:
 
 
 def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
-    """Refuse bad names, ``requires`` naming unknown environments or itself, and cycles."""
+    """Refuse bad names, ``requires`` naming unknown environments or itself, cycles, and two
+    environments sharing a directory."""
     for name, section in envs.items():
         try:
             check_env_name(name)
@@ -83,6 +85,15 @@ def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
                 raise ConfigError(
                     f"{source}: [env.{name}] requires {required!r}, which is not defined (known: {known})"
                 )
+    # two environments in one directory (or one inside the other) would destroy each other's releases
+    paths = sorted((PurePosixPath(section.path.rstrip("/") or "/"), name) for name, section in envs.items())
+    for (path, name), (other_path, other) in pairwise(paths):
+        if path == other_path or path in other_path.parents:
+            raise ConfigError(
+                f"{source}: [env.{other}] path {str(other_path)!r} "
+                f"{'is' if path == other_path else 'is inside'} the path of [env.{name}]; every "
+                "environment needs a directory of its own"
+            )
     # a cycle would make every environment on it undeployable
     state: dict[str, int] = {}
 

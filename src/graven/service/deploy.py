@@ -42,7 +42,7 @@ from graven.service.deploy_release import (
     switch,
 )
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.deploy_verify import check_path, policy_facts, verify_target
+from graven.service.deploy_verify import check_location, check_path, policy_facts, verify_target
 from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state
 
 __all__ = [
@@ -112,6 +112,9 @@ def _run_deployment(
     env = settings.name
     digest = str(target.digest)
     layout = EnvLayout(Path(settings.path))
+    with ctx.db.connect() as conn:  # before the lock creates anything in the directory
+        check_location(conn, settings)
+        check_path(load_state(conn, env), settings)
     lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
     lock.acquire(wait=opts.wait)
     with lock:

@@ -4,6 +4,8 @@ environment's settings from the verified graven.toml, and policy facts.
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath
+
 from graven.db import Connection
 from graven.deploy.plan import PolicyFacts, short
 from graven.deploy.settings import EnvSettings, check_config_path, resolve_env
@@ -97,6 +99,28 @@ def policy_facts(
         override=override,
         history_ok=went_live_here(conn, target.settings.name, digest) if kind == "rollback" else True,
     )
+
+
+def check_location(conn: Connection, settings: EnvSettings) -> None:
+    """Refuse, before anything is created there, an environment directory that is a file, or that is
+    (or is inside, or holds) the directory of another environment: their releases, retention and
+    ``current`` would destroy each other."""
+    path = Path(settings.path)
+    if path.exists() and not path.is_dir():
+        raise InputError(
+            f"[env.{settings.name}] path {settings.path} exists and is not a directory; "
+            "point it at a directory graven can own"
+        )
+    mine = PurePosixPath(settings.path)
+    rows = conn.execute("SELECT name, path FROM deploy_envs WHERE name <> :name", {"name": settings.name})
+    for other, other_path in rows:
+        theirs = PurePosixPath(other_path)
+        if mine == theirs or mine in theirs.parents or theirs in mine.parents:
+            how = "is" if mine == theirs else ("holds" if mine in theirs.parents else "is inside")
+            raise ConfigError(
+                f"[env.{settings.name}] path {settings.path} {how} the directory of environment {other} "
+                f"({other_path}); every environment needs a directory of its own"
+            )
 
 
 def check_path(state: EnvState | None, settings: EnvSettings) -> None:
