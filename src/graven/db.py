@@ -197,6 +197,12 @@ _MIGRATION_5 = (
     "CREATE INDEX IF NOT EXISTS ix_drift_events_env ON drift_events (env)",
 )
 
+_MIGRATION_6 = (
+    # the graven.toml (object digest) whose settings a deployment used: drift reads the same ignore
+    # globs, whichever other signed provenances of the artifact exist
+    "ALTER TABLE deployments ADD COLUMN pipeline_digest VARCHAR(71)",
+)
+
 # One entry per schema version; never edit a released one, append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_1,
@@ -204,6 +210,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_3,
     _MIGRATION_4,
     _MIGRATION_5,
+    _MIGRATION_6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

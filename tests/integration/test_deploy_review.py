@@ -180,3 +180,50 @@ def test_a_path_that_is_a_file_or_another_root_is_refused_before_anything_is_mad
     with pytest.raises(ConfigError, match="is live at"):
         deploy(world.ctx(), v1, "staging", DeployOptions(root=str(elsewhere)))
     assert not elsewhere.exists()  # no lock directory made in the wrong place
+
+
+def _outside_files(toml: str) -> str:
+    """graven.toml whose artifact leaves graven.toml out: commits that change only it build the same
+    digest (each build adds a signed provenance naming its own graven.toml)."""
+    return toml.replace("[artifact]\n", '[artifact]\ninclude = ["app/**", "bin/**", "config/**"]\n', 1)
+
+
+def test_rebuilding_an_older_commit_cannot_drop_a_requirement(world: World) -> None:
+    from graven.errors import PolicyError
+    from helpers_deploy import env_toml, staging_prod
+
+    strict = _outside_files(env_toml("app", staging_prod()))
+    world.commit({}, strict)
+    digest = world.build()
+    lax_envs = staging_prod()
+    del lax_envs["prod"]["requires"]
+    world.commit({}, _outside_files(env_toml("app", lax_envs)))
+    assert world.build() == digest  # the same files: the newest provenance now names the lax graven.toml
+    with pytest.raises(PolicyError, match="never deployed healthy to staging"):
+        world.deploy(digest, "prod")
+    assert world.deploy(digest, "staging").ok
+    assert world.deploy(digest, "prod").ok
+
+
+def test_drift_reads_the_ignore_globs_of_the_deployed_graven_toml(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from helpers_deploy import env_toml, staging_prod
+    from helpers_repo import run_cli
+
+    world.commit({}, _outside_files(env_toml("app", staging_prod(ignore=["var/**"]))))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    # a later commit widens the globs; its build has the same digest, nothing new is deployed
+    world.commit({}, _outside_files(env_toml("app", staging_prod(ignore=["var/**", "app/**"]))))
+    assert world.build() == digest
+    release = (world.env_dir("staging") / "current").resolve()
+    (release / "app").chmod(0o755)
+    (release / "app" / "backdoor.py").write_text("import os\n")
+    (release / "app").chmod(0o555)
+    for mode in ((), ("--full",)):
+        code, out, _ = run_cli(capsys, "drift", "staging", "--json", *mode)
+        found = {(d["path"], d["kind"]) for e in json.loads(out)["environments"] for d in e["differences"]}
+        assert code == 1 and found == {("app/backdoor.py", "added")}, (mode, out)

@@ -105,9 +105,9 @@ def insert_pending(
             raise PolicyError(f"{short(digest)} was rejected ({reason}) and can never be deployed")
         key = conn.execute(
             "INSERT INTO deployments (env, digest, kind, source_env, previous_digest, actor, started_at,"
-            " result, health, override, reason, settings) VALUES (:env, :digest, :kind, :source_env,"
-            " :previous_digest, :actor, :started_at, 'pending', 'unknown', :override, :reason, :settings)"
-            " RETURNING id",
+            " result, health, override, reason, settings, pipeline_digest) VALUES (:env, :digest, :kind,"
+            " :source_env, :previous_digest, :actor, :started_at, 'pending', 'unknown', :override, :reason,"
+            " :settings, :pipeline_digest) RETURNING id",
             {
                 "env": target.settings.name,
                 "digest": digest,
@@ -119,6 +119,7 @@ def insert_pending(
                 "override": opts.override,
                 "reason": opts.reason,
                 "settings": _settings_json(target.settings),
+                "pipeline_digest": target.pipeline_digest,
             },
         ).scalar_one()
         return int(key)
@@ -218,9 +219,12 @@ def record_failure(
     back_detail: str | None = None
     back_settings: EnvSettings | None = None
     back_ok = previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir()
+    back_pipeline: str | None = None
     if kind != "rollback" and previous is not None and previous != digest and back_ok:
         with ctx.db.connect() as conn:
-            back_settings = settings_from_row(deployment_row(conn, state.live_deployment if state else None))
+            back_row = deployment_row(conn, state.live_deployment if state else None)
+            back_settings = settings_from_row(back_row)
+            back_pipeline = back_row.pipeline_digest if back_row is not None else None
         point_symlink(layout.current, layout.link_target(previous.removeprefix("sha256:")))
         try:
             if old_config is not None:
@@ -283,9 +287,9 @@ def record_failure(
             now = utc_now()
             back_id = conn.execute(
                 "INSERT INTO deployments (env, digest, kind, previous_digest, actor, started_at,"
-                " finished_at, result, health, override, reason, detail, settings) VALUES (:env, :digest,"
-                " 'auto-rollback', :previous_digest, :actor, :now, :now, 'ok', :health, :override,"
-                " :reason, :detail, :settings) RETURNING id",
+                " finished_at, result, health, override, reason, detail, settings, pipeline_digest)"
+                " VALUES (:env, :digest, 'auto-rollback', :previous_digest, :actor, :now, :now, 'ok',"
+                " :health, :override, :reason, :detail, :settings, :pipeline_digest) RETURNING id",
                 {
                     "env": env,
                     "digest": rolled_back_to,
@@ -297,6 +301,7 @@ def record_failure(
                     "reason": f"automatic: {what} of {short(digest)} failed",
                     "detail": back_detail,
                     "settings": _settings_json(back_settings) if back_settings else None,
+                    "pipeline_digest": back_pipeline,
                 },
             ).scalar_one()
             current.live_digest = rolled_back_to

@@ -4,6 +4,7 @@ environment's settings from the verified graven.toml, and policy facts.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from graven.db import Connection
@@ -17,13 +18,15 @@ from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.environments import EnvState, healthy_in, rejection, went_live_here
-from graven.service.provenance import UnsignedError, load_policy, verified_provenance
+from graven.service.provenance import UnsignedError, load_policy, verified_provenances
 from graven.signing.trust import TrustPolicy, VerifiedProvenance
 
 
-def _verified_provenance(ctx: Context, digest: Digest, policy: TrustPolicy, env: str) -> VerifiedProvenance:
+def _verified_provenances(
+    ctx: Context, digest: Digest, policy: TrustPolicy, env: str
+) -> list[VerifiedProvenance]:
     try:
-        verified, _ = verified_provenance(ctx, digest, policy=policy, env=env)
+        return [v for v, _ in verified_provenances(ctx, digest, policy=policy, env=env)]
     except UnsignedError:
         raise VerificationError(
             f"{short(str(digest))} is unsigned: no signed provenance is recorded for it; build it with a "
@@ -36,7 +39,29 @@ def _verified_provenance(ctx: Context, digest: Digest, policy: TrustPolicy, env:
                 f"{where}: {exc}; trust the signing key for {env} (graven keys trust)"
             ) from None
         raise VerificationError(f"{where}: {exc}") from None
-    return verified
+
+
+def _requires_of_all(
+    ctx: Context, digest: Digest, env: str, provenances: list[VerifiedProvenance], newest: str
+) -> tuple[str, ...]:
+    """``requires`` of ``env`` in every graven.toml that a trusted provenance of the artifact names.
+
+    Commits that differ only outside the artifact's files give the same digest, each build adding a
+    provenance: the settings come from the newest, but its requirements are the union of all of them,
+    so rebuilding an older commit can never drop a requirement (bypassing one is --override-policy).
+    """
+    required: list[str] = []
+    for pipeline_digest in dict.fromkeys(v.statement.pipeline_digest for v in provenances):
+        if pipeline_digest is None or pipeline_digest == newest:
+            continue
+        try:
+            data = ctx.store.read(Digest.parse(pipeline_digest))
+            section = parse_pipeline(data, source=f"graven.toml {pipeline_digest[7:19]}").env.get(env)
+        except (IntegrityError, ConfigError):
+            continue  # an unreadable older graven.toml names no requirement we could apply
+        if section is not None:
+            required.extend(section.requires)
+    return tuple(dict.fromkeys(required))
 
 
 def verify_target(
@@ -47,7 +72,8 @@ def verify_target(
     record = get_artifact(ctx, digest)
     policy = load_policy(ctx, opts.policy_file)
     try:
-        verified = _verified_provenance(ctx, digest, policy, env)
+        provenances = _verified_provenances(ctx, digest, policy, env)
+        verified = provenances[0]
         pipeline_digest = verified.statement.pipeline_digest
         if pipeline_digest is None:
             raise VerificationError(
@@ -71,6 +97,15 @@ def verify_target(
     source = f"graven.toml of {short(str(digest))}"
     pipeline = parse_pipeline(pipeline_bytes, source=source)
     settings = resolve_env(pipeline.env, env, root=opts.root, source=source)
+    if len(provenances) > 1:
+        more = tuple(r for r in _requires_of_all(ctx, digest, env, provenances, pipeline_digest) if r != env)
+        extra = tuple(r for r in more if r not in settings.requires)
+        if extra:
+            ctx.reporter.warn(
+                f"{short(str(digest))} was also built from other commits whose graven.toml make {env} "
+                f"require {', '.join(extra)}; every signed requirement applies"
+            )
+            settings = replace(settings, requires=(*settings.requires, *extra))
     check_config_path(manifest, settings)
     return Target(
         digest=digest,

@@ -247,7 +247,8 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             cache=cache,
             now_ns=now_ns,
         )
-    ignore, ignore_note = session.ignore(digest, target.env)
+    deployed = target.pipeline_digest if digest == target.digest else None  # not for a pending deploy
+    ignore, ignore_note = session.ignore(digest, target.env, deployed)
     note = "; ".join(n for n in (note, ignore_note) if n) or None
     expected = EnvExpectation(hex_digest, config)
     diffs = compare_env(expected, seen)

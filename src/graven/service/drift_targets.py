@@ -46,6 +46,7 @@ class DriftTarget:
     commit: str | None
     config: str | None
     pending: tuple[str, str | None] | None = None  # digest and config of a deployment in progress
+    pipeline_digest: str | None = None  # the graven.toml the live deployment read its settings from
 
 
 def _config_of(settings: str | None) -> str | None:
@@ -94,7 +95,8 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
                 continue
             dep = (
                 conn.execute(
-                    "SELECT settings FROM deployments WHERE id = :id", {"id": row.live_deployment}
+                    "SELECT settings, pipeline_digest FROM deployments WHERE id = :id",
+                    {"id": row.live_deployment},
                 ).one_or_none()
                 if row.live_deployment is not None
                 else None
@@ -117,6 +119,7 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
                     commit=art.commit if art is not None else None,
                     config=_config_of(dep.settings if dep is not None else None),
                     pending=pending,
+                    pipeline_digest=dep.pipeline_digest if dep is not None else None,
                 )
             )
     return targets
@@ -141,7 +144,7 @@ class DriftSession:
         self.ctx = ctx
         self.hasher = Hasher(workers)
         self._indexes: dict[str, ReleaseIndex] = {}
-        self._ignores: dict[tuple[str, str], tuple[GlobSet, str | None]] = {}
+        self._ignores: dict[tuple[str, str, str | None], tuple[GlobSet, str | None]] = {}
 
     def index(self, digest: str) -> ReleaseIndex:
         """The manifest of ``digest``, indexed for scanning (read from the store once)."""
@@ -162,18 +165,21 @@ class DriftSession:
             self._indexes[digest] = found
         return found
 
-    def ignore(self, digest: str, env: str) -> tuple[GlobSet, str | None]:
-        """``[env.ENV] ignore`` of the graven.toml that the artifact's *verified* provenance names (as a
-        deployment reads its settings: trust never comes from the database), and a note when it cannot
-        be read (then nothing is ignored: a stricter check, never a laxer one)."""
-        key = (digest, env)
+    def ignore(self, digest: str, env: str, deployed: str | None = None) -> tuple[GlobSet, str | None]:
+        """``[env.ENV] ignore`` of the graven.toml the deployment used (``deployed``, its digest as
+        recorded; the newest one for deployments recorded before graven kept it), accepted only when a
+        *verified* provenance of the artifact names it (trust never comes from the database alone), and
+        a note when it cannot be read (then nothing is ignored: a stricter check, never a laxer one).
+        Another build of the same files from a commit with other globs changes nothing here."""
+        key = (digest, env, deployed)
         found = self._ignores.get(key)
         if found is None:
-            pipeline_digest = self._verified_pipeline(digest, env)
+            pipeline_digest = self._verified_pipeline(digest, env, deployed)
             patterns: list[str] = []
             note = None
             if pipeline_digest is None:
-                note = f"the provenance of {digest[7:19]} does not verify for {env}: no ignore globs applied"
+                what = "the graven.toml it was deployed with" if deployed else "its provenance"
+                note = f"{what} does not verify for {env} ({digest[7:19]}): no ignore globs applied"
             else:
                 # The bytes are verified against their digest and were validated (EnvSection) when the
                 # artifact was built; tomllib reads the one list needed, at a fraction of the cost.
@@ -191,16 +197,19 @@ class DriftSession:
             self._ignores[key] = found
         return found
 
-    def _verified_pipeline(self, digest: str, env: str) -> str | None:
+    def _verified_pipeline(self, digest: str, env: str, deployed: str | None) -> str | None:
+        """``deployed`` when a trusted provenance names it (else None); without it, the newest one."""
         from graven.service.provenance import envelope_digests, load_policy
 
         policy = load_policy(self.ctx)
         for envelope in envelope_digests(self.ctx, Digest.parse(digest)):
             try:
                 data = self.ctx.store.read(Digest.parse(envelope))
-                return policy.verify_attestation(data, digest, env).statement.pipeline_digest
+                named = policy.verify_attestation(data, digest, env).statement.pipeline_digest
             except (VerificationError, PolicyError, InputError, IntegrityError):
                 continue
+            if deployed is None or named == deployed:
+                return named
         return None
 
     def close(self) -> None:

@@ -139,7 +139,8 @@ def deployment_row(conn: Connection, dep_id: int | None) -> Row | None:
         return None
     return conn.execute(
         "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
-        " result, health, override, reason, detail, settings FROM deployments WHERE id = :id",
+        " result, health, override, reason, detail, settings, pipeline_digest FROM deployments"
+        " WHERE id = :id",
         {"id": dep_id},
     ).one_or_none()
 

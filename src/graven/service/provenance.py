@@ -202,18 +202,32 @@ def verified_provenance(
     Raises UnsignedError when none is stored, else the first failure (a missing or corrupt envelope is
     a VerificationError).
     """
+    return verified_provenances(ctx, artifact, policy=policy, env=env, first_only=True)[0]
+
+
+def verified_provenances(
+    ctx: Context, artifact: Digest, *, policy: TrustPolicy, env: str | None = None, first_only: bool = False
+) -> list[tuple[VerifiedProvenance, str]]:
+    """Every stored envelope that a trusted, unrevoked key signed for ``artifact`` (newest first), with
+    its digest. One artifact has several when commits that differ only outside its files (graven.toml,
+    say) were built. Raises as :func:`verified_provenance` when none verifies."""
     digests = envelope_digests(ctx, artifact)
     if not digests:
         raise UnsignedError(f"unsigned artifact: no signed provenance is recorded for {artifact}")
+    found: list[tuple[VerifiedProvenance, str]] = []
     first_error: GravenError | None = None
     for envelope_digest in digests:
         try:
             data = ctx.store.read(Digest.parse(envelope_digest))
-            return policy.verify_attestation(data, str(artifact), env), envelope_digest
+            found.append((policy.verify_attestation(data, str(artifact), env), envelope_digest))
+            if first_only:
+                break
         except IntegrityError as exc:
             first_error = first_error or VerificationError(f"stored provenance is missing or corrupt: {exc}")
         except (VerificationError, PolicyError, InputError) as exc:
             first_error = first_error or exc
+    if found:
+        return found
     assert first_error is not None
     raise first_error
 
