@@ -227,3 +227,25 @@ def test_drift_reads_the_ignore_globs_of_the_deployed_graven_toml(
         code, out, _ = run_cli(capsys, "drift", "staging", "--json", *mode)
         found = {(d["path"], d["kind"]) for e in json.loads(out)["environments"] for d in e["differences"]}
         assert code == 1 and found == {("app/backdoor.py", "added")}, (mode, out)
+
+
+def test_hold_waits_for_a_deployment_at_work_and_holds_what_it_made_live(world: World) -> None:
+    import threading
+    import time
+
+    from helpers_deploy import env_toml, staging_prod
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    slow = world.version(2, env_toml("app", staging_prod(health="sleep 1")))
+    done: list[Any] = []
+    deployer = threading.Thread(target=lambda: done.append(world.deploy(slow, "staging")))
+    deployer.start()
+    time.sleep(0.5)  # the deployer holds the lock, in its health check
+    held = environments.hold(world.ctx(), "staging", "freeze")
+    deployer.join()
+    assert done[0].ok and world.live("staging") == slow
+    assert held.changed and held.digest == slow  # not the digest the deployment replaced
+    with world.ctx().db.connect() as conn:
+        state = environments.load_state(conn, "staging")
+    assert state is not None and state.held_digest == slow == state.live_digest

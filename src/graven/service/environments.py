@@ -160,19 +160,35 @@ class HoldResult:
 
 
 def hold(ctx: Context, env: str, reason: str) -> HoldResult:
-    """Hold ``env`` on its live digest: deploy and promote refuse any other until unhold."""
+    """Hold ``env`` on its live digest: deploy and promote refuse any other until unhold.
+
+    Taken under the environment's deploy lock (waiting for a deployment at work to finish), so the
+    hold is on what is live once it is done, never on the digest it is replacing."""
+    import contextlib
+
+    from graven.deploy.lock import EnvLock
+
     check_env_name(env)
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
-    with ctx.db.begin() as conn:
-        state = load_state(conn, env)
-        if state is None:
-            raise NeverDeployedError(env)
-        if state.held:
-            return HoldResult(env, True, False, state.held_digest)
-        state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
-        save_state(conn, state)
-        ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
+    with ctx.db.connect() as conn:
+        recorded = load_state(conn, env)
+    if recorded is None:
+        raise NeverDeployedError(env)
+    layout = EnvLayout(Path(recorded.path))
+    with contextlib.ExitStack() as stack:
+        if layout.meta.is_dir():
+            lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+            lock.acquire(wait=True)
+            stack.enter_context(lock)
+        with ctx.db.begin() as conn:
+            state = load_state(conn, env)
+            assert state is not None
+            if state.held:
+                return HoldResult(env, True, False, state.held_digest)
+            state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
+            save_state(conn, state)
+            ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
     return HoldResult(env, True, True, state.held_digest)
 
 
