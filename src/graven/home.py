@@ -62,6 +62,12 @@ class Home:
             xdg = env.get("XDG_DATA_HOME")
             base = Path(xdg) if xdg else Path(env.get("HOME", str(Path.home()))) / ".local/share"
             root = base / "graven"
+        if os.path.exists(root) and not os.path.isdir(root):
+            from graven.errors import InputError
+
+            raise InputError(
+                f"GRAVEN_HOME {root} is not a directory; point GRAVEN_HOME at a directory (made when missing)"
+            )
         return cls(root=root.absolute(), db_url_override=env.get("GRAVEN_DB_URL") or None)
 
     @property

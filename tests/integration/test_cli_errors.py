@@ -350,3 +350,18 @@ def test_subprocess_errors_have_no_traceback(repo: Path, tmp_path: Path, args: l
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("graven: error: "), result.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["artifacts"], ["log", "verify"], ["log", "checkpoint"], ["keys", "list"], ["status"]]
+)
+def test_a_graven_home_that_is_a_file_is_one_line_and_exit_2(
+    tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    home = tmp_path / "home-file"
+    home.write_text("not a directory\n")
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == "", (args, out, err)
+    assert err.startswith(f"graven: error: GRAVEN_HOME {home} is not a directory; point GRAVEN_HOME at")
+    assert err.count("\n") == 1

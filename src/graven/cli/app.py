@@ -283,7 +283,10 @@ def run(args: list[str]) -> int:
     except BrokenPipeError:
         return 0
     finally:
-        close_all()
+        import contextlib
+
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while closing: nothing to add
+            close_all()
 
 
 def _intermixed(
