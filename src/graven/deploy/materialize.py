@@ -34,10 +34,15 @@ __all__ = [
     "DIR_MODE",
     "BuildStats",
     "ReleaseCheck",
+    "Transfer",
     "build_release",
     "check_release",
     "file_mode",
+    "integrity_error",
+    "plan_transfer",
     "remove_tree",
+    "unique_files",
+    "verify_objects",
 ]
 
 WORKERS = 4
@@ -69,6 +74,71 @@ class BuildStats:
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
         return asdict(self)
+
+
+def unique_files(manifest: TreeManifest) -> tuple[list[FileEntry], list[tuple[FileEntry, FileEntry]]]:
+    """The first file of each (sha256, executable), in manifest order, and every other file with the
+    first it repeats: a release writes the firsts and hard-links the rest to them."""
+    firsts: dict[tuple[str, bool], FileEntry] = {}
+    duplicates: list[tuple[FileEntry, FileEntry]] = []
+    for entry in manifest.files():
+        first = firsts.setdefault((entry.sha256, entry.executable), entry)
+        if first is not entry:
+            duplicates.append((entry, first))
+    return list(firsts.values()), duplicates
+
+
+def _reusable(st: os.stat_result, entry: FileEntry, table: StatTable) -> bool:
+    """True when ``st`` (an lstat) is a regular file with ``entry``'s mode that still has the stat
+    graven recorded for ``entry``'s sha256: it may be hard-linked into a new release."""
+    return (
+        stat.S_ISREG(st.st_mode)
+        and stat.S_IMODE(st.st_mode) == file_mode(entry.executable)
+        and table.matches(st, entry.sha256)
+    )
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What building a release would do with the artifact's files, as :func:`build_release` does it."""
+
+    linked: int  # hard links: from the same path of the reused release, or to a first copy in this one
+    copied: tuple[FileEntry, ...]  # read (verified) from the store and written
+
+
+def plan_transfer(manifest: TreeManifest, table: StatTable, *, reuse_root: Path | None) -> Transfer:
+    """What :func:`build_release` would link and copy, without writing anything: the same firsts and
+    duplicates, and the same test of the file at the same path of ``reuse_root`` (a regular file with
+    the entry's mode and its recorded stat). Only a link the file system refuses (another device, too
+    many links) would be a copy instead."""
+    firsts, duplicates = unique_files(manifest)
+    linked = 0
+    copied: list[FileEntry] = []
+    for entry in firsts:
+        if reuse_root is not None:
+            try:
+                if _reusable(os.lstat(f"{reuse_root}/{entry.path}"), entry, table):
+                    linked += 1
+                    continue
+            except OSError:
+                pass  # gone, or not readable: the build copies it
+        copied.append(entry)
+    return Transfer(linked + len(duplicates), tuple(copied))
+
+
+def verify_objects(store: LocalStore, entries: Iterable[FileEntry]) -> None:
+    """Read every object ``entries`` name, verified, as a build reads them: the small ones in one bulk
+    read of the packs (in path order), the large ones streamed. Raises the store's IntegrityError."""
+    ordered = sorted(entries, key=lambda e: e.path)
+    contents = store.read_many([e.digest for e in ordered if e.size < LOOSE_THRESHOLD])
+    try:
+        for _data in contents:
+            pass
+    finally:
+        contents.close()
+    for entry in ordered:
+        if entry.size >= LOOSE_THRESHOLD:
+            store.verify(entry.digest)
 
 
 def _umask() -> int:
@@ -185,12 +255,7 @@ class _Builder:
             for entry in group:
                 src = f"{source}/{entry.path}"
                 try:
-                    st = os.lstat(src)
-                    if (
-                        stat.S_ISREG(st.st_mode)
-                        and stat.S_IMODE(st.st_mode) == file_mode(entry.executable)
-                        and table.matches(st, entry.sha256)
-                    ):
+                    if _reusable(os.lstat(src), entry, table):
                         dst = f"{root}/{entry.path}"
                         os.link(src, dst)
                         linked.append((os.lstat(dst), entry))  # the new link changed the ctime
@@ -341,13 +406,7 @@ def build_release(
         if isinstance(item, DirEntry):
             dirs.add(item.path)
     ordered_dirs = sorted(dirs)
-    files = list(manifest.files())
-    firsts: dict[tuple[str, bool], FileEntry] = {}
-    duplicates: list[tuple[FileEntry, FileEntry]] = []
-    for entry in files:
-        first = firsts.setdefault((entry.sha256, entry.executable), entry)
-        if first is not entry:
-            duplicates.append((entry, first))
+    firsts, duplicates = unique_files(manifest)
     from concurrent.futures import ThreadPoolExecutor  # here: a rollback's stat check needs no pool
 
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="graven-release") as pool:
@@ -360,10 +419,10 @@ def build_release(
             progress=progress,
             pool=pool,
         )
-        builder.total = len(files)
+        builder.total = len(firsts) + len(duplicates)
         try:
             builder.make_dirs(ordered_dirs)
-            missing = builder.link_unchanged(list(firsts.values()))
+            missing = builder.link_unchanged(firsts)
             builder.copy(missing)
             builder.link_duplicates(duplicates)
             builder.finish(ordered_dirs)
@@ -371,7 +430,7 @@ def build_release(
             where = f" ({exc.filename})" if exc.filename else ""
             raise BackendError(f"cannot write the release {dest}: {exc.strerror}{where}") from None
     stats = builder.stats
-    stats.files = len(files)
+    stats.files = len(firsts) + len(duplicates)
     stats.dirs = len(ordered_dirs) + 1
     return stats
 
@@ -426,47 +485,69 @@ def _check_by_stat(root: Path, manifest: TreeManifest, table: StatTable) -> bool
     return True
 
 
-def check_release(
-    root: Path, manifest: TreeManifest, table: StatTable, *, rehash: bool = True
-) -> ReleaseCheck:
-    """Compare a release directory with its manifest. When every directory and file still has the stat
-    graven recorded, that is enough. Otherwise every entry is read: paths, kinds, modes, link targets; a
-    file whose stat changed is hashed (with ``rehash``) and, when its content is still right, its record
-    is refreshed. Extra, missing and changed entries are problems."""
-    if _check_by_stat(root, manifest, table):
-        return ReleaseCheck(by_stat=True)
-    check = ReleaseCheck()
-    files: dict[str, os.stat_result] = {}
-    links: dict[str, str] = {}
-    dirs: dict[str, os.stat_result] = {}
-    stack: list[tuple[str, str]] = [("", str(root))]
+@dataclass
+class _Scan:
+    """What a release directory holds, by relative path (the root itself is ``""``)."""
+
+    files: dict[str, os.stat_result] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    dirs: dict[str, os.stat_result] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # special files, entries gone while reading
+
+
+def _scan_dir(found: _Scan, rel: str, absdir: str) -> list[tuple[str, str]]:
+    """Sort the entries of one directory into ``found``; its subdirectories, to be read next."""
+    subdirs: list[tuple[str, str]] = []
+    with os.scandir(absdir) as entries:
+        for item in entries:
+            path = f"{rel}{item.name}"
+            if item.is_symlink():
+                found.links[path] = os.readlink(item.path)
+            elif item.is_dir(follow_symlinks=False):
+                found.dirs[path] = item.stat(follow_symlinks=False)
+                subdirs.append((f"{path}/", item.path))
+            elif item.is_file(follow_symlinks=False):
+                found.files[path] = item.stat(follow_symlinks=False)
+            else:
+                found.problems.append(f"{path}: unexpected special file")
+    return subdirs
+
+
+def _scan(root: Path) -> _Scan | None:
+    """Read the whole tree at ``root``; None when ``root`` is missing. A directory's stat is taken
+    before its entries are read: a change made meanwhile makes the record taken from it stale."""
+    found = _Scan()
     try:
-        while stack:
-            rel, absdir = stack.pop()
-            with os.scandir(absdir) as entries:
-                for item in entries:
-                    path = f"{rel}{item.name}"
-                    if item.is_symlink():
-                        links[path] = os.readlink(item.path)
-                    elif item.is_dir(follow_symlinks=False):
-                        dirs[path] = item.stat(follow_symlinks=False)
-                        stack.append((f"{path}/", item.path))
-                    elif item.is_file(follow_symlinks=False):
-                        files[path] = item.stat(follow_symlinks=False)
-                    else:
-                        check.problems.append(f"{path}: unexpected special file")
-        root_st = os.lstat(root)
+        found.dirs[""] = os.lstat(root)
     except FileNotFoundError:
-        check.problems.append(f"{root}: missing")
-        return check
+        return None
     except OSError as exc:
         raise BackendError(f"cannot read the release {root}: {exc.strerror}") from None
-    expected_dirs: set[str] = set()
-    base = str(root)
+    if not stat.S_ISDIR(found.dirs[""].st_mode):
+        found.problems.append("./: not a directory")
+        return found
+    stack: list[tuple[str, str]] = [("", str(root))]
+    while stack:
+        rel, absdir = stack.pop()
+        try:
+            stack.extend(_scan_dir(found, rel, absdir))
+        except FileNotFoundError:
+            found.problems.append(f"{rel or './'}: removed while being checked")
+        except OSError as exc:
+            raise BackendError(f"cannot read the release {root}: {exc.strerror}") from None
+    return found
+
+
+def _check_entries(
+    found: _Scan, manifest: TreeManifest, table: StatTable, base: str, check: ReleaseCheck, *, rehash: bool
+) -> set[str]:
+    """Check every manifest entry against the scan (taking what matched out of it); the directories the
+    release must have (``""``, its root, included)."""
+    expected_dirs: set[str] = {""}
     for entry in manifest.entries:
         expected_dirs.update(_parents(entry.path))
         if isinstance(entry, FileEntry):
-            st = files.pop(entry.path, None)
+            st = found.files.pop(entry.path, None)
             if st is None:
                 check.problems.append(f"{entry.path}: missing or not a regular file")
                 continue
@@ -480,26 +561,50 @@ def check_release(
                 else:
                     check.problems.append(f"{entry.path}: content changed since it was deployed")
         elif isinstance(entry, SymlinkEntry):
-            target = links.pop(entry.path, None)
+            target = found.links.pop(entry.path, None)
             if target != entry.target:
                 what = "missing" if target is None else f"points to {target}"
                 check.problems.append(f"{entry.path}: symlink {what}, expected {entry.target}")
         elif isinstance(entry, DirEntry):
             expected_dirs.add(entry.path)
-    for path in sorted(set(dirs) - expected_dirs):
-        check.problems.append(f"{path}/: unexpected directory")
-    for path in sorted(expected_dirs - set(dirs)):
-        check.problems.append(f"{path}/: missing directory")
-    for path in sorted(files):
-        check.problems.append(f"{path}: unexpected file")
-    for path in sorted(links):
-        check.problems.append(f"{path}: unexpected symlink")
-    for path in sorted(expected_dirs & set(dirs)):
-        if stat.S_IMODE(dirs[path].st_mode) != DIR_MODE:
-            check.problems.append(f"{path}/: mode {stat.S_IMODE(dirs[path].st_mode):04o}")
+    return expected_dirs
+
+
+def _leftover_problems(found: _Scan, expected_dirs: set[str]) -> list[str]:
+    """Extra and missing directories, extra files and symlinks, then directory modes (the root's,
+    named ``./``, included)."""
+    dirs = set(found.dirs)
+    problems = [f"{path}/: unexpected directory" for path in sorted(dirs - expected_dirs)]
+    problems.extend(f"{path}/: missing directory" for path in sorted(expected_dirs - dirs))
+    problems.extend(f"{path}: unexpected file" for path in sorted(found.files))
+    problems.extend(f"{path}: unexpected symlink" for path in sorted(found.links))
+    for path in sorted(expected_dirs & dirs):
+        mode = stat.S_IMODE(found.dirs[path].st_mode)
+        if mode != DIR_MODE:
+            problems.append(f"{path or '.'}/: mode {mode:04o}")
+    return problems
+
+
+def check_release(
+    root: Path, manifest: TreeManifest, table: StatTable, *, rehash: bool = True
+) -> ReleaseCheck:
+    """Compare a release directory with its manifest. When the root, every directory and every file
+    still have the stat graven recorded, that is enough. Otherwise every entry is read: paths, kinds,
+    modes (the root's too), link targets; a file whose stat changed is hashed (with ``rehash``) and,
+    when its content is still right, its record is refreshed. Extra, missing and changed entries are
+    problems. Only a release without problems has its directories (and its root) recorded again."""
+    if _check_by_stat(root, manifest, table):
+        return ReleaseCheck(by_stat=True)
+    found = _scan(root)
+    if found is None:
+        return ReleaseCheck(problems=[f"{root}: missing"])
+    check = ReleaseCheck(problems=list(found.problems))
+    if not stat.S_ISDIR(found.dirs[""].st_mode):
+        return check
+    expected_dirs = _check_entries(found, manifest, table, str(root), check, rehash=rehash)
+    check.problems.extend(_leftover_problems(found, expected_dirs))
     if not check.problems:  # every entry checked: the directories are right as they are now
-        for st in (root_st, *(dirs[p] for p in expected_dirs)):
-            table.record(st, DIR_SHA)
+        table.record_all((found.dirs[path], DIR_SHA) for path in sorted(expected_dirs))
     return check
 
 
@@ -551,6 +656,6 @@ def remove_tree(path: Path, table: StatTable | None = None) -> None:
         raise BackendError(f"cannot remove {path}: {exc.strerror}") from None
 
 
-def integrity_error(exc: IntegrityError, dest: Path) -> IntegrityError:
-    """Name the release being built in an integrity failure."""
-    return IntegrityError(f"{exc} (while writing {dest.name}); run `graven verify` on the artifact")
+def integrity_error(exc: IntegrityError, dest: Path, *, doing: str = "writing") -> IntegrityError:
+    """Name the release being built (or planned: ``doing``) in an integrity failure."""
+    return IntegrityError(f"{exc} (while {doing} {dest.name}); run `graven verify` on the artifact")

@@ -1,4 +1,9 @@
-"""``graven deploy --plan``: every check of a deploy, and what it would change; nothing is written."""
+"""``graven deploy --plan``: every check of a deploy, and what it would change; nothing is written.
+
+The counts of files to link and copy are what the deployment's build would do (the same test of the
+release already on disk and of each file at the same path of the live release, against the stat
+records), and every object it would copy is read from the store, verified, so that a plan fails where
+the deployment would."""
 
 from __future__ import annotations
 
@@ -7,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from graven.deploy.layout import EnvLayout
+from graven.deploy.materialize import Transfer, check_release, integrity_error, plan_transfer, verify_objects
 from graven.deploy.plan import TreeDiff, config_diff, diff_manifests, evaluate_policy, short
+from graven.deploy.recordkey import KEY_FILE
 from graven.deploy.settings import check_env_name, config_files
-from graven.errors import GravenError, PolicyError
+from graven.deploy.statdb import StatTable
+from graven.errors import GravenError, IntegrityError, PolicyError
 from graven.model.digest import Digest
 from graven.model.manifest import TreeManifest
 from graven.service.artifacts import load_manifest, resolve_digest
 from graven.service.context import Context
 from graven.service.deploy_records import settings_from_row
-from graven.service.deploy_types import DeployOptions
+from graven.service.deploy_types import DeployOptions, Target
 from graven.service.deploy_verify import check_path, policy_facts, verify_target
 from graven.service.environments import deployment_row, load_state
 
@@ -65,6 +73,37 @@ def _config_bytes(ctx: Context, manifest: TreeManifest | None, config: str | Non
     return {path: ctx.store.read(Digest(sha)) for path, sha in config_files(manifest, config).items()}
 
 
+def _stat_table(ctx: Context, layout: EnvLayout) -> StatTable:
+    """The environment's stat records, read only: without a record file or a record key (a plan never
+    makes one) there is nothing to trust, and every file counts as a copy."""
+    if not layout.stat_file.exists() or not (ctx.home.keys / KEY_FILE).exists():
+        return StatTable()
+    return StatTable.load(layout.stat_file, ctx.record_key)
+
+
+def _transfer(ctx: Context, target: Target, layout: EnvLayout, live_hex: str | None) -> Transfer:
+    """What the deployment's build would link and copy (see ensure_release): nothing when the release
+    on disk checks; otherwise the files unchanged at the same path of the release it reuses are linked
+    (the live release, or the damaged release itself), the rest copied. The table is changed in memory
+    only (a check refreshes records), never saved."""
+    table = _stat_table(ctx, layout)
+    release = layout.release(target.digest.hex)
+    reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
+    if release.is_dir():
+        if check_release(release, target.manifest, table).ok:
+            return Transfer(0, ())
+        reuse = release
+    return plan_transfer(target.manifest, table, reuse_root=reuse)
+
+
+def _verify_copies(ctx: Context, transfer: Transfer, release: Path) -> None:
+    """Read every object the deployment would copy, verified; fail as the deployment would."""
+    try:
+        verify_objects(ctx.store, transfer.copied)
+    except IntegrityError as exc:
+        raise integrity_error(exc, release, doing="planning") from None
+
+
 def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -> DeployPlan:
     """Every check of a deploy, and what it would change; nothing is written (no lock is taken)."""
     check_env_name(env)
@@ -96,9 +135,9 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
         old_label=short(live_hex) if live_hex else "(nothing)",
         new_label=short(str(digest)),
     )
-    reusable = {(e.sha256, e.executable) for e in live_manifest.files()} if live_manifest else set()
-    files = list(target.manifest.files())
-    link = sum(1 for e in files if (e.sha256, e.executable) in reusable)
+    release_on_disk = layout.release(digest.hex).is_dir()
+    transfer = _transfer(ctx, target, layout, live_hex)
+    _verify_copies(ctx, transfer, layout.release(digest.hex))
     return DeployPlan(
         env=env,
         digest=str(digest),
@@ -109,9 +148,9 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
         diff=diff,
         config=settings.config,
         config_diff=text,
-        would_link=link,
-        would_copy=len(files) - link,
-        release_on_disk=layout.release(digest.hex).is_dir(),
+        would_link=transfer.linked,
+        would_copy=len(transfer.copied),
+        release_on_disk=release_on_disk,
         overridden=decision.overridden,
         settings=settings.to_json(),
     )

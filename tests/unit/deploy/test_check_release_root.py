@@ -1,0 +1,94 @@
+"""check_release checks the release directory itself like every directory below it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graven.deploy.materialize import DIR_MODE, build_release, check_release
+from graven.deploy.statdb import DIR_SHA, StatTable
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+from graven.store.local import LocalStore
+
+FILES = {"a.txt": b"alpha\n", "dir/b.txt": b"beta\n", "bin/run": b"#!/bin/sh\n"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    made = LocalStore.at(tmp_path / "objects")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def manifest(store: LocalStore) -> TreeManifest:
+    entries: list[TreeEntry] = [SymlinkEntry("link", "a.txt"), DirEntry("var/empty")]
+    with store.batch() as batch:
+        for path, data in FILES.items():
+            digest = batch.add(data)
+            entries.append(FileEntry(path, digest.hex, len(data), executable=path.startswith("bin/")))
+    return TreeManifest.of(entries)
+
+
+def deployed(store: LocalStore, manifest: TreeManifest, root: Path) -> StatTable:
+    """A release as a deployment leaves it: built, and the root's record taken."""
+    table = StatTable()
+    build_release(store, manifest, root, table)
+    table.record(os.lstat(root), DIR_SHA)
+    return table
+
+
+def test_an_untouched_release_checks_by_stat(
+    tmp_path: Path, store: LocalStore, manifest: TreeManifest
+) -> None:
+    table = deployed(store, manifest, tmp_path / "r")
+    assert check_release(tmp_path / "r", manifest, table).by_stat
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o755, 0o500])
+def test_a_root_with_another_mode_is_a_problem(
+    tmp_path: Path, store: LocalStore, manifest: TreeManifest, mode: int
+) -> None:
+    root = tmp_path / "r"
+    table = deployed(store, manifest, root)
+    root.chmod(mode)
+    for rehash in (True, False):
+        check = check_release(root, manifest, table, rehash=rehash)
+        assert not check.ok and check.problems == [f"./: mode {mode:04o}"]
+    assert stat.S_IMODE(os.lstat(root).st_mode) == mode
+    assert not table.matches(os.lstat(root), DIR_SHA)  # the wrong root was not re-recorded
+
+
+def test_a_root_with_another_mode_is_a_problem_without_records(
+    tmp_path: Path, store: LocalStore, manifest: TreeManifest
+) -> None:
+    root = tmp_path / "r"
+    deployed(store, manifest, root)
+    root.chmod(0o777)
+    check = check_release(root, manifest, StatTable())
+    assert check.problems == ["./: mode 0777"]
+
+
+def test_a_root_whose_mode_is_put_back_checks_and_is_recorded_again(
+    tmp_path: Path, store: LocalStore, manifest: TreeManifest
+) -> None:
+    root = tmp_path / "r"
+    table = deployed(store, manifest, root)
+    root.chmod(0o777)
+    root.chmod(DIR_MODE)  # right mode, new ctime: every entry is read, then the root is recorded
+    check = check_release(root, manifest, table)
+    assert check.ok and not check.by_stat
+    assert check_release(root, manifest, table).by_stat
+
+
+def test_a_root_that_is_a_symlink_to_a_good_copy_is_a_problem(
+    tmp_path: Path, store: LocalStore, manifest: TreeManifest
+) -> None:
+    table = deployed(store, manifest, tmp_path / "real")
+    (tmp_path / "r").symlink_to(tmp_path / "real")
+    check = check_release(tmp_path / "r", manifest, table)
+    assert not check.ok and check.problems == ["./: not a directory"]
