@@ -160,7 +160,11 @@ class VerifyReport:
 
 
 def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
-    """Re-hash the manifest and every blob of an artifact; report what is missing or corrupt."""
+    """Re-hash the manifest and every blob of an artifact; report what is missing or corrupt.
+
+    An object is corrupt when the store has it but no stored copy verifies (the store tries every
+    copy), missing when no copy is left. The detail of a missing object names the store's damage that
+    may explain it (a damaged pack index, an index whose pack is gone)."""
     store = ctx.store
     report = VerifyReport(digest=str(digest))
     try:
@@ -178,7 +182,7 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
         report.objects_checked += 1
         try:
             if not store.has(blob):
-                raise IntegrityError(f"object {blob} is missing")
+                raise store.missing_error(blob)  # names the damage that may explain it
             store.verify(blob)
         except IntegrityError as exc:
             kind = "missing" if not store.has(blob) else "corrupt"

@@ -1,7 +1,7 @@
 """The ``ArtifactStore`` interface: every backend (local directory, OCI registry) offers these calls.
 
-Objects are immutable byte strings named by their sha256. Writers never rewrite an object; readers
-always verify what they read.
+Objects are immutable byte strings named by their sha256. Writers never rewrite an intact object (a
+damaged one is repaired with the same content); readers always verify what they read.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class ArtifactStore(Protocol):
         ...
 
     def put(self, data: bytes) -> Digest:
-        """Store bytes; if they are already stored, verify the stored copy and return."""
+        """Store bytes; if they are already stored, verify the stored copy and return (when no stored
+        copy verifies, store these bytes as a good copy: a repair)."""
         ...
 
     def open(self, digest: Digest) -> BinaryIO:
@@ -55,7 +56,7 @@ class ArtifactStore(Protocol):
         ...
 
     def verify(self, digest: Digest) -> None:
-        """Re-hash the object; raise IntegrityError when it is missing or corrupt."""
+        """Re-hash the object; raise IntegrityError when it is missing or no stored copy verifies."""
         ...
 
     def list(self) -> Iterator[Digest]:

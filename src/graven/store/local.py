@@ -8,8 +8,12 @@ Layout under ``root`` (normally ``GRAVEN_HOME/objects``)::
     tmp/                       files being written; never visible as objects
 
 Every file is written to ``tmp/``, fsynced, renamed into place and made read-only, so a process killed
-at any moment leaves no partial object visible. An existing object is never rewritten: putting content
-that is already stored verifies the stored copy and returns. Every read is verified against the digest.
+at any moment leaves no partial object visible. An intact object is never rewritten: putting content that
+is already stored verifies the stored copy and returns. When no stored copy verifies, the put repairs the
+object: a damaged loose file is replaced atomically by the new, verified bytes, and a damaged packed copy
+gets a good loose copy beside it (packs are never rewritten). Every read is verified against the digest;
+when one copy of an object fails, the others (in other packs, or loose) are tried before the read fails.
+A damaged pack index is rebuilt in memory from its pack's record headers; it never hides other packs.
 Formats: docs/formats/store-v1.md.
 """
 
@@ -69,6 +73,10 @@ def _what(digest: Digest, location: _Location) -> str:
     return f"object {digest} in {location.pack.name}"
 
 
+class _PackGoneError(IntegrityError):
+    """The pack file that held a copy is gone (its index remains): that copy is missing, not corrupt."""
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -125,7 +133,9 @@ class LocalStore:
         self._loose_prefix = f"{self._loose}/"
         self._packs = root / "pack"
         self._tmp = root / "tmp"
-        self._index: dict[bytes, _Location] | None = None
+        self._index: dict[bytes, _Location] | None = None  # the copy each object is read from first
+        self._extra: dict[bytes, list[_Location]] = {}  # further packed copies (concurrent writers)
+        self._damaged: dict[str, str] = {}  # index file name -> what is wrong with it or its pack
         self._seen_idx: set[str] = set()
         self._packs_mtime = -1
         self._fds: dict[Path, int] = {}
@@ -155,28 +165,71 @@ class LocalStore:
             return index
         with self._lock:
             if self._index is None:
-                self._index = {}
-                self._load_new_indexes(self._index)
+                loading: dict[bytes, _Location] = {}
+                try:
+                    self._load_new_indexes(loading)
+                except BaseException:  # nothing half-loaded is kept: the next call starts again
+                    self._seen_idx.clear()
+                    self._extra.clear()
+                    self._damaged.clear()
+                    self._packs_mtime = -1
+                    raise
+                self._index = loading
             return self._index
 
     def _load_new_indexes(self, index: dict[bytes, _Location], *, force: bool = False) -> None:
+        """Add the entries of indexes not loaded yet; called with the lock held. Each index is added
+        whole or not at all, so an error (the disk failing) leaves nothing half-loaded."""
         try:
             mtime = os.stat(self._packs).st_mtime_ns
             if mtime == self._packs_mtime and not force:
                 return  # most likely no pack was added since the last scan (has() may be stale)
-            self._packs_mtime = mtime
             names = sorted(n for n in os.listdir(self._packs) if n.endswith(".idx"))
         except OSError as exc:
             raise BackendError(f"cannot list {self._packs}: {exc}") from exc
+        extra = self._extra
         for name in names:
             if name in self._seen_idx:
                 continue
             idx = self._packs / name
             pack = idx.with_suffix(".pack")
-            for digest, offset, stored, size, codec in _read_index(idx):
+            entries = self._index_entries(idx, pack)
+            if entries is None:
+                continue  # its pack is gone: its objects are missing (looked at again next scan)
+            for digest, offset, stored, size, codec in entries:
                 if digest not in index:  # the first pack that holds an object serves it
                     index[digest] = _Location(pack, offset, stored, size, codec)
+                else:  # another copy, tried when the first one does not verify
+                    extra.setdefault(digest, []).append(_Location(pack, offset, stored, size, codec))
             self._seen_idx.add(name)
+        self._packs_mtime = mtime
+
+    def _index_entries(self, idx: Path, pack: Path) -> Iterable[tuple[bytes, int, int, int, int]] | None:
+        """The entries of one index; rebuilt from the pack's record headers when the index is damaged,
+        None when the pack file is gone. Damage is recorded for :meth:`damage`."""
+        if not os.path.exists(pack):
+            self._damaged[idx.name] = f"{pack.name} is missing (its index {idx.name} remains)"
+            return None
+        try:
+            entries = _read_index(idx)
+        except IntegrityError as exc:
+            scanned = _scan_pack(pack)
+            self._damaged[idx.name] = f"{exc}; {len(scanned)} objects recovered from {pack.name}"
+            return scanned
+        self._damaged.pop(idx.name, None)
+        return entries
+
+    def damage(self) -> list[str]:
+        """What is wrong with the packs found so far (a damaged index, an index whose pack is gone),
+        one sentence naming the file each; empty when nothing is."""
+        self._packed()
+        with self._lock:
+            return sorted(self._damaged.values())
+
+    def missing_error(self, digest: Digest) -> IntegrityError:
+        """The error for an object that no copy holds; it names the damage that may explain it."""
+        damage = "; ".join(self.damage())
+        return IntegrityError(f"object {digest} is missing from the store{'; ' if damage else ''}{damage}")
 
     def refresh_index(self) -> None:
         """Load the indexes of packs added since the last scan (by this or another process)."""
@@ -235,17 +288,104 @@ class LocalStore:
         return self._cctx, self._dctx
 
     def _read_packed(self, digest: Digest, location: _Location, depth: int = 0) -> bytes:
+        """Read and verify one packed copy (no other copy is tried)."""
         try:
             fd = self._pack_fd(location.pack)
             # one read for header and payload: the header is 49 bytes (81 for a delta)
             blob = os.pread(fd, _RECORD.size + 32 + location.stored, location.offset)
         except FileNotFoundError:
-            raise IntegrityError(
-                f"object {digest} in {location.pack.name}: the pack file is missing"
-            ) from None
+            self._forget_pack(location.pack)
+            raise _PackGoneError(f"{_what(digest, location)}: the pack file is missing") from None
         except OSError as exc:
             raise BackendError(f"cannot read {location.pack}: {exc}") from exc
         return self._record(digest, location, memoryview(blob), 0, depth)
+
+    def _recover(self, digest: Digest, error: IntegrityError, failed: _Location, depth: int) -> bytes:
+        """The slow path after the copy at ``failed`` did not verify (``error``): every other packed
+        copy, then the loose one. The first that verifies is returned (and a packed one is read first
+        from then on); when none does, the first corruption found is raised, or a missing error when
+        no copy is left at all."""
+        raw = digest.raw
+        index = self._packed()
+        with self._lock:
+            others = [loc for loc in (index.get(raw), *self._extra.get(raw, ())) if loc is not None]
+        corrupt = None if isinstance(error, _PackGoneError) else error
+        for location in others:
+            if location == failed:
+                continue
+            try:
+                data = self._read_packed(digest, location, depth)
+            except _PackGoneError:
+                continue
+            except IntegrityError as exc:
+                corrupt = corrupt or exc
+                continue
+            self._prefer(raw, location)
+            return data
+        try:
+            loose = self._read_loose(digest)
+        except IntegrityError as exc:
+            raise (corrupt or exc) from None
+        if loose is not None:
+            return loose
+        if corrupt is not None:
+            raise corrupt
+        raise self.missing_error(digest)
+
+    def _read_loose(self, digest: Digest) -> bytes | None:
+        """The verified bytes of the loose copy, or None when there is none."""
+        path = self.loose_path(digest)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackendError(f"cannot read {path}: {exc}") from exc
+        actual = hashlib.sha256(data)
+        if actual.digest() != digest.raw:
+            raise DigestMismatchError(
+                expected=str(digest), actual=f"sha256:{actual.hexdigest()}", what=f"object {digest}"
+            )
+        return data
+
+    def _prefer(self, raw: bytes, location: _Location) -> None:
+        """Read the object from the copy at ``location`` first from now on (it verified)."""
+        with self._lock:
+            index = self._index
+            if index is None or index.get(raw) == location:
+                return
+            current = index.get(raw)
+            others = [loc for loc in self._extra.get(raw, ()) if loc != location]
+            if current is not None:
+                others.insert(0, current)
+            index[raw] = location
+            self._extra[raw] = others
+
+    def _forget_pack(self, pack: Path) -> None:
+        """Drop the copies in a pack file that has disappeared: objects without another copy then
+        read as missing, and :meth:`has` says so. Rare, so a walk of the whole index is fine."""
+        with self._lock:
+            idx = pack.with_suffix(".idx").name
+            self._damaged[idx] = f"{pack.name} is missing (its index {idx} remains)"
+            index = self._index
+            if index is None:
+                return
+            for raw in [raw for raw, loc in index.items() if loc.pack == pack]:
+                others = [loc for loc in self._extra.pop(raw, ()) if loc.pack != pack]
+                if others:
+                    index[raw] = others.pop(0)
+                    if others:
+                        self._extra[raw] = others
+                else:
+                    del index[raw]
+            for raw, locations in list(self._extra.items()):
+                kept = [loc for loc in locations if loc.pack != pack]
+                if len(kept) != len(locations):
+                    if kept:
+                        self._extra[raw] = kept
+                    else:
+                        del self._extra[raw]
 
     def _record(
         self, digest: Digest, location: _Location, blob: memoryview, at: int, depth: int = 0
@@ -313,16 +453,9 @@ class LocalStore:
                                 data = decompress(view[start : start + stored], max_output_size=size)
                             except zstandard.ZstdError:
                                 data = None
-                if data is None:
-                    yield self._read_any(digest)  # everything else, and the precise errors
+                if data is None or sha256(data).digest() != raw:
+                    yield self._read_any(digest)  # everything else: other copies, the precise errors
                     continue
-                if sha256(data).digest() != raw:
-                    assert location is not None
-                    raise DigestMismatchError(
-                        expected=str(digest),
-                        actual=f"sha256:{sha256(data).hexdigest()}",
-                        what=_what(digest, location),
-                    )
                 yield data
         finally:
             for view in views.values():
@@ -394,7 +527,10 @@ class LocalStore:
     def _read_any(self, digest: Digest, depth: int = 0) -> bytes:
         location = self._packed().get(digest.raw)
         if location is not None:
-            return self._read_packed(digest, location, depth)
+            try:
+                return self._read_packed(digest, location, depth)
+            except IntegrityError as exc:  # this copy is damaged or gone: another one may do
+                return self._recover(digest, exc, location, depth)
         with self.open(digest) as stream:
             return stream.read()
 
@@ -404,28 +540,35 @@ class LocalStore:
 
     def open(self, digest: Digest) -> BinaryIO:
         """A stream of the object's bytes; a mismatch raises IntegrityError when the end is read."""
-        location = self._packed().get(digest.raw)
+        index = self._packed()
+        location = index.get(digest.raw)
         if location is not None:
-            return io.BytesIO(self._read_packed(digest, location))
+            try:
+                return io.BytesIO(self._read_packed(digest, location))
+            except IntegrityError as exc:
+                return io.BytesIO(self._recover(digest, exc, location, 0))
         path = self.loose_path(digest)
         try:
             handle = path.open("rb")
         except FileNotFoundError:
             with self._lock:
-                self._load_new_indexes(self._packed(), force=True)
-            if digest.raw in self._packed():
+                self._load_new_indexes(index, force=True)
+            if digest.raw in index:
                 return self.open(digest)
-            raise IntegrityError(f"object {digest} is missing from the store") from None
+            raise self.missing_error(digest) from None
         except OSError as exc:
             raise BackendError(f"cannot open {path}: {exc}") from exc
         reader = _VerifyingReader(handle, digest, f"object {digest}")
         return cast(BinaryIO, io.BufferedReader(reader, buffer_size=_CHUNK))
 
     def verify(self, digest: Digest) -> None:
-        """Re-hash one object; raise IntegrityError when it is missing or corrupt."""
+        """Re-hash one object; raise IntegrityError when it is missing or when no copy verifies."""
         location = self._packed().get(digest.raw)
         if location is not None:
-            self._read_packed(digest, location)
+            try:
+                self._read_packed(digest, location)
+            except IntegrityError as exc:
+                self._recover(digest, exc, location, 0)
             return
         with self.open(digest) as stream:
             while stream.read(_CHUNK):
@@ -450,33 +593,40 @@ class LocalStore:
         return fd, path
 
     def _publish_loose(self, tmp: Path, digest: Digest) -> None:
-        """Move a fsynced temp file into place as ``digest`` unless it is there already."""
+        """Move a fsynced temp file holding the verified bytes of ``digest`` into place. A loose copy
+        that is already there and verifies is kept (an intact object is never replaced); a damaged one
+        is replaced atomically by the temp file (rename), which repairs the object."""
         final = self.loose_path(digest)
         try:
             final.parent.mkdir(exist_ok=True)
             os.chmod(tmp, 0o444)
-            if final.exists():
-                tmp.unlink()
-                self.verify(digest)
-                return
-            # link(2) fails if another writer won the race; rename(2) would silently replace.
-            try:
+            try:  # link(2) fails if the object exists (say, another writer won the race)
                 os.link(tmp, final)
             except FileExistsError:
+                if self._loose_intact(final, digest):
+                    tmp.unlink()
+                    return
+                os.rename(tmp, final)  # same digest, same content: the damaged copy is restored
+            else:
                 tmp.unlink()
-                self.verify(digest)
-                return
-            tmp.unlink()
             _fsync_dir(final.parent)
         except OSError as exc:
             raise BackendError(f"cannot store object {digest}: {exc}") from exc
 
-    def put(self, data: bytes) -> Digest:
-        """Store bytes as a loose object (or verify the copy that is already stored)."""
-        digest = Digest(hashlib.sha256(data).hexdigest())
-        if self.has(digest):
-            self.verify(digest)
-            return digest
+    @staticmethod
+    def _loose_intact(path: Path, digest: Digest) -> bool:
+        """Whether the loose file at ``path`` hashes to ``digest`` (False when it has gone)."""
+        try:
+            with path.open("rb") as handle:
+                actual = hashlib.file_digest(handle, "sha256").digest()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BackendError(f"cannot read {path}: {exc}") from exc
+        return actual == digest.raw
+
+    def _write_loose(self, digest: Digest, data: bytes) -> None:
+        """Write ``data``, whose digest the caller has checked, as the loose object ``digest``."""
         fd, tmp = self._tmp_file("obj")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -487,12 +637,37 @@ class LocalStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _repair(self, digest: Digest, data: bytes) -> None:
+        """Store a good copy of an object none of whose stored copies verifies. ``data`` is hashed
+        first: only bytes that match the digest ever replace anything."""
+        actual = hashlib.sha256(data)
+        if actual.digest() != digest.raw:
+            raise DigestMismatchError(
+                expected=str(digest),
+                actual=f"sha256:{actual.hexdigest()}",
+                what=f"new content for the damaged object {digest}",
+            )
+        self._write_loose(digest, data)
+
+    def put(self, data: bytes) -> Digest:
+        """Store bytes as a loose object. Content already stored is verified and not written again,
+        unless no stored copy verifies: then the verified bytes repair it (see :meth:`_publish_loose`)."""
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        if self.has(digest):
+            try:
+                self.verify(digest)
+                return digest
+            except IntegrityError:
+                pass  # missing, or no copy verifies: the loose copy written below repairs it
+        self._write_loose(digest, data)
         return digest
 
     def put_stream(self, stream: BinaryIO, size: int | None = None) -> Digest:
         """Store a stream as a loose object without holding it in memory.
 
-        With ``size``, exactly that many bytes are read (a short stream is an error).
+        With ``size``, exactly that many bytes are read (a short stream is an error). An intact loose
+        copy is kept; a damaged one is replaced by the streamed bytes (hashed as they were written).
         """
         fd, tmp = self._tmp_file("obj")
         hasher = hashlib.sha256()
@@ -688,7 +863,8 @@ class PackBatch:
         return digest.raw in self._added or self._store.has(digest)
 
     def add(self, data: bytes, *, delta_base: Digest | None = None, pack: bool = False) -> Digest:
-        """Add bytes; already-stored content is verified, not rewritten. Returns the digest.
+        """Add bytes; already-stored content is verified, not rewritten (unless no stored copy
+        verifies: then ``data`` repairs it, as :meth:`LocalStore.put`). Returns the digest.
 
         ``pack`` keeps even a large object in the pack (compressed, or as a delta against
         ``delta_base``): right for metadata such as manifests, which later versions resemble.
@@ -709,7 +885,10 @@ class PackBatch:
 
     def _add(self, digest: Digest, data: bytes, delta_base: Digest | None, *, pack: bool) -> None:
         if self._stored(digest):
-            self._store.verify(digest)  # already stored: never rewritten, but checked
+            try:
+                self._store.verify(digest)  # already stored: never rewritten, but checked ...
+            except IntegrityError:  # ... and repaired when no copy verifies (loose, at once)
+                self._store._repair(digest, data)
             self._added[digest.raw] = 0
         elif len(data) >= LOOSE_THRESHOLD and not pack:
             self._store.put(data)
@@ -770,8 +949,13 @@ class PackBatch:
                 return depth if self._store.has(current) else None
             if location.codec != CODEC_ZSTD_DELTA:
                 return depth
-            with location.pack.open("rb") as handle:
-                header = os.pread(handle.fileno(), _RECORD.size + 32, location.offset)
+            try:
+                with location.pack.open("rb") as handle:
+                    header = os.pread(handle.fileno(), _RECORD.size + 32, location.offset)
+            except OSError:
+                return None  # the pack is gone: no delta against it
+            if len(header) < _RECORD.size + 32:
+                return None
             current = Digest.from_bytes(header[_RECORD.size : _RECORD.size + 32])
         return None
 
@@ -809,6 +993,41 @@ def _read_index(idx: Path) -> Iterator[tuple[bytes, int, int, int, int]]:
     if header + count * _IDX_ENTRY.size + 32 != len(data):
         raise IntegrityError(f"pack index {idx.name} is corrupt (wrong length)")
     return _IDX_ENTRY.iter_unpack(data[header:-32])
+
+
+def _scan_pack(pack: Path) -> list[tuple[bytes, int, int, int, int]]:
+    """Rebuild the index entries of a pack whose index is damaged, from its record headers: every
+    well-formed record up to the first that is not (a damaged length makes the rest unreachable).
+    The entries are only where to look: every read still verifies what it finds there."""
+    try:
+        fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise BackendError(f"cannot read {pack}: {exc}") from exc
+    entries: list[tuple[bytes, int, int, int, int]] = []
+    try:
+        end = os.fstat(fd).st_size
+        if end < len(PACK_MAGIC) + _RECORD.size:
+            return entries
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+            if data[: len(PACK_MAGIC)] != PACK_MAGIC:
+                return entries
+            offset = len(PACK_MAGIC)
+            while offset + _RECORD.size <= end:
+                digest, codec, size, stored = _RECORD.unpack_from(data, offset)
+                start = offset + _RECORD.size + (32 if codec == CODEC_ZSTD_DELTA else 0)
+                if codec > CODEC_ZSTD_DELTA or start + stored > end:
+                    break
+                if codec == CODEC_RAW and size != stored:
+                    break
+                entries.append((digest, offset, stored, size, codec))
+                offset = start + stored
+    except OSError as exc:
+        raise BackendError(f"cannot read {pack}: {exc}") from exc
+    finally:
+        os.close(fd)
+    return entries
 
 
 def is_read_only(path: Path) -> bool:
