@@ -145,9 +145,14 @@ def expected_dirs(manifest: TreeManifest) -> set[str]:
     return dirs
 
 
-def _ignored(ignore: GlobSet, path: str) -> bool:
-    # a directory is also ignored when the globs cover everything below it ("var/**" ignores "var")
-    return ignore.matches(path) or ignore.matches(path + "/")
+def _ignored(ignore: GlobSet, path: str, *, is_dir: bool) -> bool:
+    """True when ``path`` (of a directory, with ``is_dir``) is left out. The release directory itself
+    (``.``) never is; a directory is also left out when the globs cover everything below it
+    (``var/**`` leaves out ``var``), a file or symlink only when a glob matches its own path (so
+    ``out/*/**`` leaves out what is below ``out/top``, never the file ``out/top``)."""
+    if path == "." or not path:
+        return False
+    return ignore.matches(path) or (is_dir and ignore.matches(path + "/"))
 
 
 def _order(diff: Difference) -> tuple[bytes, int]:
@@ -207,10 +212,28 @@ def compare_tree(
                 _dir_differences(path, seen, found)
     for path in observed.keys() - known - dirs:
         found.append(Difference(path, "added", None, observed[path].kind))
-    if ignore is not None and ignore.patterns:
-        found = [d for d in found if not _ignored(ignore, d.path)]
+    if ignore is not None and ignore.patterns and found:
+        found = [d for d in found if not _ignored_difference(ignore, d.path, known, dirs, observed)]
     found.sort(key=_order)
     return found
+
+
+def _ignored_difference(
+    ignore: GlobSet,
+    path: str,
+    known: AbstractSet[str],
+    dirs: AbstractSet[str],
+    observed: Mapping[str, Observed],
+) -> bool:
+    """A difference is left out when its path is ignored as what the manifest has there and as what was
+    found there (a file of the manifest replaced by a directory is not hidden by ``dir/**``)."""
+    seen = observed.get(path)
+    in_manifest = path in known or path in dirs
+    if seen is None and not in_manifest:
+        return False  # the release directory itself, or nothing anyone knows of: never hidden
+    if in_manifest and not _ignored(ignore, path, is_dir=path in dirs):
+        return False
+    return seen is None or _ignored(ignore, path, is_dir=seen.kind == "dir")
 
 
 def _file_differences(entry: FileEntry, seen: Observed | None, found: list[Difference]) -> None:

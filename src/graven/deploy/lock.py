@@ -3,13 +3,20 @@
 The kernel drops the lock when its holder dies, however it dies, so a killed deployer never blocks the
 next one. The holder writes who it is (actor, pid, host, since) into the file so that a second
 deployer can name it.
+
+graven never follows a symbolic link under ``PATH/.graven`` (:func:`open_dir_nofollow`): whoever can
+write ``PATH`` could otherwise make graven, often running as root, create, truncate or overwrite a file
+anywhere. A symlinked lock file (or ``PATH/.graven`` itself) is an error naming the path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +24,7 @@ from types import TracebackType
 
 from graven.errors import BackendError, PolicyError
 
-__all__ = ["EnvLock", "LockHolder", "check_lock_path", "read_holder", "shared_lock"]
+__all__ = ["EnvLock", "LockHolder", "check_lock_path", "open_dir_nofollow", "read_holder", "shared_lock"]
 
 
 class LockHolder(dict[str, object]):
@@ -31,14 +38,91 @@ class LockHolder(dict[str, object]):
         )
 
 
-def read_holder(path: Path) -> LockHolder | None:
-    """The holder recorded in a lock file (it may be stale when nobody holds the lock)."""
+# O_PATH (Linux): a directory handle for *at() calls, which needs no read permission on the directory
+_DIR_OPEN = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_FLAGS = _DIR_OPEN | os.O_NOFOLLOW
+_HOLDER_MAX = 1 << 16  # bytes of a lock file read to name its holder
+
+
+def open_dir_nofollow(directory: Path, depth: int, *, create: bool = True) -> int:
+    """Open ``directory`` (for ``dir_fd`` calls) without following a symbolic link in its last ``depth``
+    components: graven's own directories below an environment's ``PATH`` (``.graven``: 1;
+    ``.graven/drift``: 2). With ``create``, missing ones are made (and ``PATH`` with its parents); the
+    part above them may be a symlink. OSError when one is a symlink (ENOTDIR) or cannot be opened."""
+    parts = directory.parts
+    if depth < 0 or depth > len(parts) - (1 if directory.is_absolute() else 0):
+        raise ValueError(f"{directory} has no {depth} components to check")
+    top = Path(*parts[: len(parts) - depth])  # Path() is "."
+    if create:
+        top.mkdir(parents=True, exist_ok=True)
+    fd = os.open(top, _DIR_OPEN)
     try:
-        text = path.read_text(encoding="utf-8")
-        doc = json.loads(text)
+        for name in parts[len(parts) - depth :]:
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link (graven never writes through one)"
+    if exc.errno == errno.ENOTDIR:
+        return "a directory on its way is a symbolic link or not a directory (graven never follows one)"
+    return exc.strerror or str(exc)
+
+
+def _open_lock(name: str, dir_fd: int) -> int:
+    """Open (create) one lock file in ``dir_fd``: a regular file of its own (it is truncated and written),
+    never through a symlink nor a hard link to another file."""
+    fd = os.open(
+        name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+    )
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_nlink != 1:
+            raise OSError(errno.EINVAL, "it has other hard links (graven never writes through one)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_holder_fd(fd: int) -> LockHolder | None:
+    try:
+        doc = json.loads(os.pread(fd, _HOLDER_MAX, 0).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return LockHolder(doc) if isinstance(doc, dict) else None
+
+
+def read_holder(path: Path) -> LockHolder | None:
+    """The holder recorded in a lock file (it may be stale when nobody holds the lock); None also when
+    ``path`` is a symlink or not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return _read_holder_fd(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class EnvLock:
@@ -57,17 +141,27 @@ class EnvLock:
         self._check_fd: int | None = None
 
     def acquire(self, *, wait: bool) -> None:
-        """Take the lock; without ``wait`` fail at once (PolicyError) naming the holder."""
+        """Take the lock; without ``wait`` fail at once (PolicyError) naming the holder. BackendError
+        when the lock file, or ``PATH/.graven``, is a symbolic link (never followed)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            dir_fd = open_dir_nofollow(self.path.parent, 1, create=True)
         except OSError as exc:
-            raise BackendError(f"cannot open the deploy lock {self.path}: {exc.strerror}") from None
+            raise BackendError(f"cannot open the deploy lock {self.path}: {_why(exc)}") from None
+        try:
+            self._acquire(dir_fd, wait=wait)
+        finally:
+            os.close(dir_fd)
+
+    def _acquire(self, dir_fd: int, *, wait: bool) -> None:
+        try:
+            fd = _open_lock(self.path.name, dir_fd)
+        except OSError as exc:
+            raise BackendError(f"cannot open the deploy lock {self.path}: {_why(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
+            holder = _read_holder_fd(fd)
             os.close(fd)
-            holder = read_holder(self.path)
             who = holder.describe() if holder else "another process"
             raise PolicyError(
                 f"environment {self._info['env']} is being deployed by {who}; wait for it to finish, "
@@ -88,9 +182,14 @@ class EnvLock:
         # first, and no check sees this deployer's work half-way.
         check = check_lock_path(self.path)
         try:
-            check_fd = os.open(check, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            check_fd = _open_lock(check.name, dir_fd)
+        except OSError as exc:
+            self.release()
+            raise BackendError(f"cannot open the check lock {check}: {_why(exc)}") from None
+        try:
             fcntl.flock(check_fd, fcntl.LOCK_EX)
         except OSError as exc:
+            os.close(check_fd)
             self.release()
             raise BackendError(f"cannot lock {check}: {exc.strerror}") from None
         self._check_fd = check_fd
@@ -127,11 +226,20 @@ def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
 
     Without ``wait``, a deployer at work raises PolicyError at once, naming it. Yields False when there
     is no lock file to take (never deployed here, or not readable by this user): the check then goes
-    ahead without it. The file is opened read-only and never written.
+    ahead without it. The file is opened read-only and never written, and never through a symlink
+    (a symlink or anything but a regular file there counts as no lock file: the deployer refuses it).
     """
     try:
-        fd = os.open(check_lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(check_lock_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
+        yield False
+        return
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
         yield False
         return
     try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
+import signal
 import subprocess
 import threading
 import urllib.error
@@ -81,23 +83,32 @@ class AlertSender:
         return ok, channels
 
     def _run_command(self, data: bytes) -> tuple[bool, str]:
+        """Run the alert command in a session of its own, ``data`` on its stdin; on timeout its whole
+        process group is killed (not only ``/bin/sh``: a child it started would keep running, and keep
+        its output pipe open)."""
         assert self.command is not None
         try:
-            done = subprocess.run(
+            proc = subprocess.Popen(
                 ["/bin/sh", "-c", self.command],
-                input=data,
-                capture_output=True,
-                timeout=self.command_timeout,
-                check=False,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired:
-            return False, f"timed out after {self.command_timeout:.0f}s"
         except OSError as exc:
             return False, f"cannot run: {exc.strerror}"
-        if done.returncode == 0:
+        try:
+            stdout, stderr = proc.communicate(data, timeout=self.command_timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return False, f"timed out after {self.command_timeout:.0f}s"
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if proc.returncode == 0:
             return True, "exit 0"
-        tail = (done.stderr or done.stdout).decode("utf-8", "replace").strip()[-_TAIL:]
-        return False, f"exit {done.returncode}" + (f": {tail}" if tail else "")
+        tail = (stderr or stdout).decode("utf-8", "replace").strip()[-_TAIL:]
+        return False, f"exit {proc.returncode}" + (f": {tail}" if tail else "")
 
     def _post(self, data: bytes) -> tuple[bool, str]:
         assert self.webhook is not None
@@ -127,6 +138,21 @@ class AlertSender:
                 reason = getattr(exc, "reason", exc)
                 last = f"unreachable: {reason}"
         return False, f"{last} ({self.retries + 1} attempts)"
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the process group of ``proc`` (it leads its own session) and reap it; a process that left
+    the group and keeps the pipes open is not waited for."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
 
 
 class AlertDispatcher:

@@ -17,28 +17,42 @@ import array
 import contextlib
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.recordkey import TAG_SIZE, tag, verify
 
-__all__ = ["CACHE_FORMAT", "FileRecord", "VerifiedCache", "fs_clock"]
+__all__ = ["CACHE_FORMAT", "FileRecord", "VerifiedCache", "fs_clock", "write_atomically"]
 
 CACHE_FORMAT = "graven.drift-cache/v2"
 FileRecord = tuple[int, int, int, int, int]  # st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode
 DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
+_OPEN_CLOCK = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def fs_clock(directory: Path) -> int | None:
+def fs_clock(directory: Path, *, depth: int = 2) -> int | None:
     """The file system's current time (ns): write one byte to ``directory/clock`` and read its mtime.
-    None when the directory is not writable (then nothing can be recorded)."""
+    None when the directory is not writable (then nothing can be recorded), or when the clock, or one
+    of the last ``depth`` components of ``directory`` (``PATH/.graven/drift``), is a symbolic link:
+    graven never writes through one (:func:`graven.deploy.lock.open_dir_nofollow`)."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / "clock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError:
+        dir_fd = open_dir_nofollow(directory, depth, create=True)
+    except (OSError, ValueError):
         return None
     try:
+        fd = os.open("clock", _OPEN_CLOCK, 0o644, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None  # never written through a hard link to another file
         os.pwrite(fd, b"0", 0)
         return os.fstat(fd).st_mtime_ns
     except OSError:
@@ -95,8 +109,10 @@ class VerifiedCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def save(self, path: Path, key: bytes) -> bool:
-        """Write atomically, tagged under ``key``; False when it cannot be written (a read-only check)."""
+    def save(self, path: Path, key: bytes, *, depth: int = 2) -> bool:
+        """Write atomically, tagged under ``key``; False when it cannot be written (a read-only check,
+        or one of the last ``depth`` components of its directory, ``PATH/.graven/drift``, is a symbolic
+        link: never written through)."""
         header = json.dumps(
             {"release": self.release, "dev": self.dev, "files": len(self.files), "dirs": len(self.dirs)},
             sort_keys=True,
@@ -108,14 +124,31 @@ class VerifiedCache:
             values.byteswap()
         body = CACHE_FORMAT.encode() + b"\n" + header.encode() + b"\n" + values.tobytes()
         data = body + tag(key, body)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        return write_atomically(path, data, depth=depth)
+
+
+def write_atomically(path: Path, data: bytes, *, depth: int = 2) -> bool:
+    """Write ``data`` to ``path`` through a new temporary file in its directory and a rename (which
+    replaces a symlink standing at ``path``, never its target); False when it cannot be written, or when
+    one of the last ``depth`` components of the directory is a symbolic link."""
+    try:
+        dir_fd = open_dir_nofollow(path.parent, depth, create=True)
+    except (OSError, ValueError):
+        return False
+    tmp = f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(tmp, _OPEN_NEW, 0o644, dir_fd=dir_fd)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.rename(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            return False
-        return True
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        return False
+    finally:
+        os.close(dir_fd)
+    return True

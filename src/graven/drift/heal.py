@@ -5,19 +5,25 @@ time of the heal and set back to 0555 after, also when the heal fails. Files are
 name in their directory (verified store read, deployed mode, fsync) and renamed over the path, so a
 reader sees the old file or the new one, never a partial one; symlinks likewise. Every file written is
 recorded in the deploy's stat table, so that the next fast check (and the next deploy, which hard-links
-unchanged files) trusts it.
+unchanged files) trusts it; a directory the heal changed is recorded only when it then holds exactly the
+manifest's entries (what the heal could not remove, an ignored file in an added directory, keeps its
+directory listed by every fast check).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from graven.core.drift import HealPlan, deployed_mode
 from graven.core.globs import GlobSet
+from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError
 from graven.model.digest import Digest
@@ -43,11 +49,15 @@ class HealStats:
 
 
 class _Writable:
-    """Makes directories writable on demand and sets them back to 0555 at the end, recording their new
-    stat in the deploy's table (a directory's record says that graven made its entries)."""
+    """Makes directories writable on demand and sets them back to 0555 at the end. A directory whose
+    entries are then exactly the manifest's is recorded in the deploy's table (its record says that
+    graven made its entries, so the fast check does not list it); any other one (something the heal
+    could not remove, or a directory the manifest does not have) loses its record."""
 
-    def __init__(self, table: StatTable) -> None:
+    def __init__(self, table: StatTable, base: str, children: Mapping[str, AbstractSet[str]]) -> None:
         self.table = table
+        self.base = base
+        self.children = children
         self.opened: dict[str, None] = {}
 
     def open(self, directory: str) -> None:
@@ -57,12 +67,28 @@ class _Writable:
             os.chmod(directory, 0o755)  # noqa: S103 (set back to 0555 by close)
         self.opened[directory] = None
 
+    def _rel(self, directory: str) -> str | None:
+        if directory == self.base:
+            return ""
+        prefix = self.base + "/"
+        return directory[len(prefix) :] if directory.startswith(prefix) else None
+
     def close(self) -> None:
         for directory in sorted(self.opened, key=lambda d: -d.count("/")):
             with contextlib.suppress(OSError):
-                if os.path.isdir(directory) and not os.path.islink(directory):
-                    os.chmod(directory, _DIR_MODE)
-                    self.table.record(os.lstat(directory), DIR_SHA)
+                st = os.lstat(directory)
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                os.chmod(directory, _DIR_MODE)
+                st = os.lstat(directory)  # before the listing: a later change changes its ctime
+                with os.scandir(directory) as entries:
+                    names = {e.name for e in entries}
+                rel = self._rel(directory)
+                expected = self.children.get(rel) if rel is not None else None
+                if expected is not None and names == expected:
+                    self.table.record(st, DIR_SHA)
+                else:
+                    self.table.forget(st.st_ino)
         self.opened.clear()
 
 
@@ -114,10 +140,11 @@ def _remove(path: str, rel: str, ignore: GlobSet, writable: _Writable) -> bool:
         writable.open(path)
         gone = True
         with os.scandir(path) as entries:
-            names = [e.name for e in entries]
-        for name in names:
+            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for name, is_dir in names:
             child_rel = f"{rel}/{name}" if rel else name
-            if ignore.matches(child_rel) or ignore.matches(child_rel + "/"):
+            # a directory is also kept when the globs cover everything below it; a file only by its path
+            if ignore.matches(child_rel) or (is_dir and ignore.matches(child_rel + "/")):
                 gone = False
                 continue
             gone = _remove(os.path.join(path, name), child_rel, ignore, writable) and gone
@@ -136,11 +163,16 @@ def apply_heal(
     table: StatTable,
     *,
     ignore: GlobSet,
+    children: Mapping[str, AbstractSet[str]] | None = None,
 ) -> HealStats:
-    """Carry out the release part of ``plan`` (the environment's links are the caller's)."""
+    """Carry out the release part of ``plan`` (the environment's links are the caller's).
+
+    ``children``: the names each directory of the manifest holds (``""``: the release directory,
+    :attr:`graven.drift.scan.ReleaseIndex.children`); a directory the heal changed is recorded in
+    ``table`` only when it then holds exactly those (None: no directory is recorded)."""
     stats = HealStats()
     base = str(release)
-    writable = _Writable(table)
+    writable = _Writable(table, base, children or {})
     writable.open(base)  # the root's record is refreshed with the others
     try:
         for rel in plan.remove:
@@ -189,10 +221,20 @@ def apply_heal(
     return stats
 
 
-def move_aside(path: Path, attic: Path) -> None:
-    """Move a file or directory that stands where graven's symlink belongs into ``attic``."""
+def move_aside(path: Path, attic: Path, *, depth: int = 3) -> None:
+    """Move a file or directory that stands where graven's symlink belongs into ``attic``
+    (``PATH/.graven/drift/attic``: its last ``depth`` components are graven's own directories, made
+    when missing and never followed when one is a symbolic link)."""
     try:
-        attic.mkdir(parents=True, exist_ok=True)
-        os.rename(path, attic / f"{path.name}-{os.urandom(4).hex()}")
+        dir_fd = open_dir_nofollow(attic, depth, create=True)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            why = "a symbolic link or not a directory on its way (graven never follows one)"
+        raise BackendError(f"cannot move {path} aside into {attic}: {why}") from None
+    try:
+        os.rename(path, f"{path.name}-{os.urandom(4).hex()}", dst_dir_fd=dir_fd)
     except OSError as exc:
-        raise BackendError(f"cannot move {path} aside: {exc.strerror}") from None
+        raise BackendError(f"cannot move {path} aside into {attic}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)

@@ -34,7 +34,12 @@ class WatchOptions:
 
 class Schedule:
     """Per environment: when the next check is due, whether it must be full. Thread-safe: the notifier
-    thread calls :meth:`notify`, the watcher's loop the rest."""
+    thread calls :meth:`notify`, the watcher's loop the rest.
+
+    An environment is due at its periodic time, or once a burst of notifications settled (50 ms of
+    quiet, at most 1 s after the first); never while it is postponed (:meth:`postpone`: a deployer
+    holds its lock), and notifications are dropped while it is muted (:meth:`mute`: graven itself is
+    changing it)."""
 
     def __init__(
         self,
@@ -54,6 +59,8 @@ class Schedule:
         self._last_full: dict[str, float] = {}
         self._dirty: dict[str, tuple[float, float]] = {}  # env -> (first event, last event)
         self._force_full: set[str] = set()
+        self._hold: dict[str, float] = {}  # env -> not checked before this time (postponed)
+        self._muted: dict[str, float] = {}  # env -> its notifications are dropped until this time
         self.events = 0
         self.overflows = 0
 
@@ -67,7 +74,7 @@ class Schedule:
     def forget(self, env: str) -> None:
         """Stop scheduling ``env``."""
         with self._lock:
-            for table in (self._next, self._last_full, self._dirty):
+            for table in (self._next, self._last_full, self._dirty, self._hold, self._muted):
                 table.pop(env, None)
             self._force_full.discard(env)
 
@@ -86,9 +93,13 @@ class Schedule:
                 env = key.removesuffix(ROOT_SUFFIX)
                 if key.endswith(ROOT_SUFFIX) and name not in _ROOT_NAMES:
                     return  # releases/, .graven/: deployments and graven's own files
+                if now < self._muted.get(env, -1e18):
+                    return  # graven's own heal at work (a check follows it: see mute)
                 if env in self._next:
                     first = self._dirty.get(env, (now, now))[0]
                     self._dirty[env] = (first, now)
+                if now < self._hold.get(env, -1e18):
+                    return  # postponed: due when the wait ends (timeout() says when), not before
         self.wake.set()
 
     def mark(self, env: str, *, full: bool = False) -> None:
@@ -101,21 +112,43 @@ class Schedule:
                     self._force_full.add(env)
         self.wake.set()
 
-    def postpone(self, env: str, seconds: float) -> None:
-        """Try ``env`` again in ``seconds`` (a deployment is in progress)."""
+    def mute(self, env: str, seconds: float) -> None:
+        """Drop ``env``'s notifications for ``seconds`` from now (graven's own changes: a heal, whose
+        events reach the notifier a little after it is done) and check it when that ends: what changed
+        in the meantime is seen by that check. A later call replaces the time (``math.inf`` while the
+        heal runs, then a short grace once it is done)."""
+        now = self.clock()
         with self._lock:
             if env in self._next:
-                self._next[env] = self.clock() + seconds
+                until = now + seconds
+                self._muted[env] = until
+                self._dirty.pop(env, None)
+                self._next[env] = min(self._next[env], until)
+        self.wake.set()
+
+    def postpone(self, env: str, seconds: float) -> None:
+        """Do not check ``env`` for ``seconds`` (a deployment is in progress), then try again: what it
+        is due for (a notification, the periodic check) stays due."""
+        now = self.clock()
+        with self._lock:
+            if env in self._next:
+                self._hold[env] = now + seconds
+                self._next[env] = min(self._next[env], now + seconds)
+
+    def _ready_at(self, env: str) -> float:
+        at = self._next[env]
+        dirty = self._dirty.get(env)
+        if dirty is not None:
+            at = min(at, dirty[1] + self.debounce, dirty[0] + 1.0)
+        return max(at, self._hold.get(env, at))
 
     def due(self) -> list[tuple[str, bool]]:
         """The environments to check now, and whether the check must be full."""
         now = self.clock()
         out: list[tuple[str, bool]] = []
         with self._lock:
-            for env, at in sorted(self._next.items()):
-                dirty = self._dirty.get(env)
-                settled = dirty is not None and (now - dirty[1] >= self.debounce or now - dirty[0] >= 1.0)
-                if now >= at or settled:
+            for env in sorted(self._next):
+                if now >= self._ready_at(env):
                     full = env in self._force_full or now - self._last_full.get(env, -1e18) >= self.full_every
                     out.append((env, full))
         return out
@@ -127,6 +160,7 @@ class Schedule:
             if env not in self._next:
                 return
             self._next[env] = now + self.interval
+            self._hold.pop(env, None)
             if full:
                 self._last_full[env] = started
                 self._force_full.discard(env)
@@ -138,6 +172,5 @@ class Schedule:
         """Seconds until something is due (at most the interval)."""
         now = self.clock()
         with self._lock:
-            waits = [at - now for at in self._next.values()]
-            waits += [max(0.0, self.debounce - (now - last)) for _, last in self._dirty.values()]
+            waits = [self._ready_at(env) - now for env in self._next]
         return max(0.0, min(waits, default=self.interval))

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from graven.core.paths import check_path
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
 from graven.deploy.statdb import StatTable
-from graven.drift.cache import VerifiedCache, fs_clock
+from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.errors import InputError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
@@ -150,7 +151,7 @@ def _load_split(path: Path, release: str) -> tuple[list[str], list[str]] | None:
     """Where the last full check split the release between two processes (any split is correct;
     a good one is balanced). Only clean relative paths are taken."""
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(_read_small(path))
         if doc.get("release") != release:
             return None
         first, second = list(doc["first"]), list(doc["second"])
@@ -164,15 +165,27 @@ def _load_split(path: Path, release: str) -> tuple[list[str], list[str]] | None:
         return None
 
 
-def _save_split(path: Path, release: str, split: tuple[list[str], list[str]]) -> None:
-    data = json.dumps({"release": release, "first": split[0], "second": split[1]}).encode()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+_SPLIT_MAX = 1 << 20  # bytes: a split file is a few KiB
+
+
+def _read_small(path: Path) -> bytes:
+    """A regular file of at most :data:`_SPLIT_MAX` bytes, never through a symlink nor blocking on a
+    FIFO (OSError or ValueError otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        tmp.write_bytes(data)
-        os.rename(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _SPLIT_MAX:
+            raise ValueError(f"{path}: not a small regular file")
+        return os.read(fd, _SPLIT_MAX + 1)
+    finally:
+        os.close(fd)
+
+
+def _save_split(path: Path, release: str, split: tuple[list[str], list[str]]) -> None:
+    """Record the split (atomically; never through a symlink under ``PATH/.graven``, nothing when it
+    cannot be written: the next full check splits anew)."""
+    data = json.dumps({"release": release, "first": split[0], "second": split[1]}).encode()
+    write_atomically(path, data, depth=2)
 
 
 @dataclass
@@ -214,7 +227,7 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             digest, config = pending_digest, pending_config
             note = f"a deployment of {pending_digest[7:19]} is in progress"
     hex_digest = digest.removeprefix("sha256:")
-    now_ns = fs_clock(layout.meta / "drift")
+    now_ns = fs_clock(layout.meta / "drift", depth=2)
     if full:
         # a second process may start hashing (where the last full check split the tree) while the
         # manifest is read here
@@ -266,7 +279,7 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             )
         )
     if scan.cache is not None:
-        scan.cache.save(_cache_path(layout), ctx.record_key)
+        scan.cache.save(_cache_path(layout), ctx.record_key, depth=2)
     report = DriftReport(
         env=target.env,
         path=target.path,

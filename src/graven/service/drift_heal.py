@@ -4,6 +4,7 @@ deploy lock (:func:`heal`, :class:`HealResult`), and record the heal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from graven.drift.scan import ReleaseIndex
 from graven.errors import BackendError, GravenError
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
-from graven.service.drift_check import check_once, link_kind
+from graven.service.drift_check import ROOT_PATH, check_once, link_kind
 from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, record_check
 from graven.service.drift_targets import DriftSession, live_targets
 
@@ -99,6 +100,28 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
         raise
 
 
+def _unvouch(ctx: Context, layout: EnvLayout, release: Path, remaining: Sequence[Difference]) -> None:
+    """The heal did not make the release exact: drop the stat records of every path that still differs
+    and of the directory holding it, so that no record made during the heal vouches for what it could
+    not fix (the next default check lists and hashes them)."""
+    table = StatTable.load(layout.stat_file, ctx.record_key)
+    before = len(table.inodes)
+    base = str(release)
+    for diff in _tree_diffs(remaining):
+        rel = "" if diff.path == ROOT_PATH else diff.path
+        paths = {rel, rel.rpartition("/")[0]}
+        for path in paths:
+            try:
+                st = os.lstat(f"{base}/{path}" if path else base)
+            except OSError:
+                continue
+            if st.st_dev == table.dev:
+                table.forget(st.st_ino)
+    if len(table.inodes) != before:
+        with contextlib.suppress(GravenError):  # then the records stay: each was exact when made
+            table.save(layout.stat_file, ctx.record_key)
+
+
 def _fix_link(layout: EnvLayout, link: Path, target: str | None) -> None:
     kind, _ = link_kind(link)
     if kind not in ("symlink", "missing"):
@@ -158,7 +181,12 @@ def heal(
                     _rebuild_release(ctx, layout, checked.index, table)
                 else:
                     result.stats = apply_heal(
-                        ctx.store, layout.release(hex_digest), plan, table, ignore=checked.ignore
+                        ctx.store,
+                        layout.release(hex_digest),
+                        plan,
+                        table,
+                        ignore=checked.ignore,
+                        children=checked.index.children,
                     )
                 table.save(layout.stat_file, ctx.record_key)
                 if plan.current:
@@ -171,6 +199,8 @@ def heal(
                 raise
             after = check_once(ctx, session, target, full=True).report
             result.after = after.differences
+            if after.differences:
+                _unvouch(ctx, layout, layout.release(hex_digest), after.differences)
             result.seconds = time.monotonic() - started
             _record_heal(ctx, result, ok=not after.differences, error=None)
             record_check(ctx, after)

@@ -5,6 +5,7 @@ alerts, heals (optionally) and exports metrics (:func:`run_watch`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -22,9 +23,42 @@ from graven.service.drift_heal import heal
 from graven.service.drift_records import alerted_keys, reason_of, record_alert
 from graven.service.drift_targets import DriftSession, live_targets
 
-__all__ = ["run_watch"]
+__all__ = ["HEAL_BACKOFF_MAX", "HEAL_GRACE", "HealBackoff", "run_watch"]
 
 # -- watch ------------------------------------------------------------------------------------------
+
+HEAL_GRACE = 0.2  # seconds: a heal's own notifications arrive within this; the check after it waits
+HEAL_BACKOFF_MAX = 3600.0  # seconds: the longest wait between two heals that leave drift behind
+
+
+class HealBackoff:
+    """When ``watch --heal`` may heal an environment again: after a heal that did not leave it clean
+    (it failed, or something it cannot remove stays), not before ``interval`` seconds, then twice as
+    long after each further one (at most :data:`HEAL_BACKOFF_MAX`, or the interval when longer); a
+    clean check or a successful heal ends the backoff."""
+
+    def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}
+
+    def allowed(self, env: str) -> bool:
+        """True when ``env`` may be healed now."""
+        return self.clock() >= self._not_before.get(env, -math.inf)
+
+    def failed(self, env: str) -> float:
+        """A heal of ``env`` did not leave it clean: the seconds until the next may run."""
+        count = self._failures.get(env, 0) + 1
+        self._failures[env] = count
+        wait = min(self.interval * 2.0 ** min(count - 1, 32), max(self.interval, HEAL_BACKOFF_MAX))
+        self._not_before[env] = self.clock() + wait
+        return wait
+
+    def succeeded(self, env: str) -> None:
+        """``env`` is clean: heal it at once the next time it drifts."""
+        self._failures.pop(env, None)
+        self._not_before.pop(env, None)
 
 
 def _check_line(report: DriftReport) -> str:
@@ -63,6 +97,7 @@ def run_watch(
     metrics = DriftMetrics() if opts.metrics_port is not None else None
     notifier = make_notifier(schedule.notify, backend=notifier_backend)
     watched: dict[str, tuple[str, str, int]] = {}
+    backoff = HealBackoff(opts.interval, clock=schedule.clock)
     alerted: dict[str, frozenset[tuple[str, str]]] = {}
 
     def say(kind: str, text: str, data: dict[str, Any]) -> None:
@@ -175,7 +210,11 @@ def run_watch(
                     say("alert", alert.text(), alert.to_json())
                     if dispatcher is not None:
                         dispatcher.submit(alert.to_json(), context=alert)
-                if opts.heal and not report.clean:
+                if report.clean:
+                    backoff.succeeded(env)
+                if opts.heal and not report.clean and backoff.allowed(env):
+                    # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
+                    schedule.mute(env, math.inf)
                     try:
                         healed = heal(ctx, env, session=session)
                     except PolicyError as exc:  # a deployment holds the lock: try again soon
@@ -183,15 +222,24 @@ def run_watch(
                         say("heal", f"{utc_now()} {env}: heal postponed: {exc}", {"env": env, "ok": False})
                         continue
                     except GravenError as exc:
-                        say("heal", f"{utc_now()} {env}: heal failed: {exc}", {"env": env, "ok": False})
+                        wait = backoff.failed(env)
+                        say(
+                            "heal",
+                            f"{utc_now()} {env}: heal failed: {exc}; next heal in {wait:g}s at the earliest",
+                            {"env": env, "ok": False, "error": str(exc), "retry_in": wait},
+                        )
                         continue
-                    say(
-                        "heal",
-                        f"{utc_now()} {env}: healed {len(healed.before)} differences"
-                        + ("" if healed.ok else f"; {len(healed.after)} remain"),
-                        healed.to_json(),
-                    )
-                    schedule.mark(env)
+                    finally:
+                        schedule.mute(env, HEAL_GRACE)
+                    text = f"{utc_now()} {env}: healed {len(healed.before)} differences"
+                    data = healed.to_json()
+                    if healed.ok:
+                        backoff.succeeded(env)
+                    else:
+                        wait = backoff.failed(env)
+                        text += f"; {len(healed.after)} remain; next heal in {wait:g}s at the earliest"
+                        data["retry_in"] = wait
+                    say("heal", text, data)
             finish_deliveries()
             # what is live is read again at least every 2 s (a deployment is followed); a notification,
             # a finished delivery or the stop request wakes the loop at once

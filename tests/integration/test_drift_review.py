@@ -1,0 +1,393 @@
+"""Review fixes of drift, heal and watch, end to end: a heal that cannot clean up leaves no record that
+hides the rest, a failing self-heal backs off, a watcher waits (not spins) while a deployer holds the
+lock, graven never writes through a symlink under PATH/.graven, and ignore globs never hide the
+release directory or a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graven.drift.watch import WatchOptions
+from graven.errors import BackendError
+from helpers_deploy import World, env_toml, make_world, staging_prod
+from helpers_repo import run_cli
+
+APP_FILES: dict[str, bytes | str | None] = {
+    "out/app/main.py": "print('app')\n",
+    "out/app/util.py": "X = 1\n",
+    "out/var/.keep": "",
+    "out/top.py": "TOP = 1\n",
+}
+
+
+def ignoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ignore: list[str]) -> tuple[World, str]:
+    """A world whose staging ignores ``ignore``, with ``out/`` deployed there."""
+    envs = staging_prod()
+    envs["staging"]["ignore"] = ignore
+    world = make_world(tmp_path, monkeypatch, env_toml("app", envs))
+    world.commit(APP_FILES)
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    return world, digest
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+def drift(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, _err = run_cli(capsys, "drift", "--json", *args)
+    return code, json.loads(out)
+
+
+def found(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(d["path"], d["kind"]) for env in doc["environments"] for d in env["differences"]}
+
+
+def release_of(world: World) -> Path:
+    return (world.env_dir("staging") / "current").resolve()
+
+
+def plant_evil(release: Path) -> Path:
+    """A directory added next to the code, holding an ignored file and a payload."""
+    app = release / "out/app"
+    app.chmod(0o755)
+    evil = app / "evil"
+    evil.mkdir()
+    (evil / "x.pid").write_text("1\n")
+    (evil / "payload.py").write_text("2\n")
+    return evil
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# -- 1. a heal that cannot clean up --------------------------------------------------------------
+
+
+def test_a_heal_that_leaves_a_directory_behind_does_not_hide_it_from_the_fast_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, _digest = ignoring(tmp_path, monkeypatch, ["out/var/**", "**/*.pid"])
+    try:
+        release = release_of(world)
+        time.sleep(0.02)
+        assert drift(capsys)[0] == 0
+        evil = plant_evil(release)
+        code, _out, err = run_cli(capsys, "heal", "staging")
+        assert code == 1 and "still differs" in err
+        assert (evil / "x.pid").exists() and not (evil / "payload.py").exists()
+        time.sleep(0.02)  # past the racy window of every record the heal made
+        (evil / "backdoor.py").write_text("import os\n")
+        for mode in ((), ("--full",), ()):
+            code, doc = drift(capsys, *mode)
+            assert code == 1 and ("out/app/evil/backdoor.py", "added") in found(doc), (mode, doc)
+    finally:
+        world.close()
+
+
+def test_a_failed_heal_leaves_no_directory_record_that_vouches_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``__pycache__`` next to the code, with ``**/*.pyc`` ignored: the heal cannot remove it, and the
+    deploy's stat table must not say that ``out/app`` holds exactly graven's entries."""
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import DIR_SHA, StatTable
+
+    world, _digest = ignoring(tmp_path, monkeypatch, ["**/*.pyc"])
+    try:
+        release = release_of(world)
+        app = release / "out/app"
+        app.chmod(0o755)
+        (app / "__pycache__").mkdir()
+        (app / "__pycache__/main.cpython-311.pyc").write_bytes(b"\0" * 8)
+        (app / "__pycache__/stray.py").write_text("x\n")
+        (app / "main.py").chmod(0o644)  # something the heal does fix, in the same directory
+        assert run_cli(capsys, "heal", "staging")[0] == 1
+        layout = EnvLayout(world.env_dir("staging"))
+        table = StatTable.load(layout.stat_file, world.ctx().record_key)
+        for directory in (app, app / "__pycache__"):
+            record = table.inodes.get(os.lstat(directory).st_ino)
+            assert record is None or record[0] != DIR_SHA, directory
+        assert table.matches(os.lstat(app / "main.py"), table.inodes[os.lstat(app / "main.py").st_ino][0])
+        time.sleep(0.02)
+        (app / "__pycache__/later.py").write_text("import os\n")
+        code, doc = drift(capsys)
+        assert code == 1 and ("out/app/__pycache__/later.py", "added") in found(doc), doc
+    finally:
+        world.close()
+
+
+# -- 2. a self-heal that keeps failing ------------------------------------------------------------
+
+
+def plant_immutable(release: Path) -> Path:
+    """An added file that even root cannot remove (``chattr +i``): every heal fails."""
+    app = release / "out/app"
+    app.chmod(0o755)
+    stuck = app / "stuck.py"
+    stuck.write_text("import os\n")
+    done = subprocess.run(["chattr", "+i", str(stuck)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {done.stderr.decode().strip()}")
+    return stuck
+
+
+@pytest.mark.parametrize("plant", [plant_evil, plant_immutable], ids=["leftover", "immutable"])
+def test_watch_heal_backs_off_when_the_heal_cannot_clean_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plant: Callable[[Path], Path]
+) -> None:
+    from graven.service.drift import run_watch
+
+    world, _digest = ignoring(tmp_path, monkeypatch, ["out/var/**", "**/*.pid"])
+    planted: Path | None = None
+    try:
+        release = release_of(world)
+        lines: list[str] = []
+        stop = threading.Event()
+        ready: dict[str, Any] = {}
+        errors: list[BaseException] = []
+        opts = WatchOptions(interval=1.0, heal=True, as_json=True, full_every=3600)
+
+        def run() -> None:
+            try:
+                run_watch(world.ctx(), opts, stop, out=lines.append, on_ready=ready.update)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in lines))
+            planted = plant(release)
+            started = time.monotonic()
+            assert wait_for(lambda: any(json.loads(line)["type"] == "heal" for line in lines))
+            time.sleep(max(0.0, 3.2 - (time.monotonic() - started)))
+        finally:
+            stop.set()
+            thread.join(timeout=15)
+        assert not thread.is_alive() and not errors, errors
+        docs = [json.loads(line) for line in lines]
+        heals = [d for d in docs if d["type"] == "heal"]
+        checks = [d for d in docs if d["type"] == "check"]
+        # heal at once, again after the interval, then after twice the interval (3 s): at most 3
+        assert 1 <= len(heals) <= 3, heals
+        assert not heals[0]["ok"]
+        assert len(checks) <= 12, len(checks)
+        with world.ctx().db.connect() as conn:
+            audit = conn.execute("SELECT COUNT(*) FROM log_entries WHERE event = 'heal'").scalar_one()
+        assert audit == len(heals)
+    finally:
+        if planted is not None and plant is plant_immutable:
+            subprocess.run(["chattr", "-i", str(planted)], check=False)
+        world.close()
+
+
+# -- 3. a watcher waits while a deployer holds the lock -------------------------------------------
+
+
+def test_the_watcher_waits_instead_of_spinning_while_the_check_lock_is_held(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.lock import EnvLock
+    from graven.service import drift_watch
+    from graven.service.drift import run_watch
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    layout = EnvLayout(world.env_dir("staging"))
+    calls: list[float] = []
+    real = drift_watch.check_target
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    reads: list[float] = []
+    real_targets = drift_watch.live_targets
+
+    def counting_targets(*args: Any, **kwargs: Any) -> Any:
+        reads.append(time.monotonic())
+        return real_targets(*args, **kwargs)
+
+    monkeypatch.setattr(drift_watch, "check_target", counting)
+    monkeypatch.setattr(drift_watch, "live_targets", counting_targets)
+    lines: list[str] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_watch,
+        args=(world.ctx(), WatchOptions(interval=60, as_json=True), stop),
+        kwargs={"out": lines.append},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        assert wait_for(lambda: len(lines) >= 1)
+        release = (layout.root / "current").resolve()
+        lock = EnvLock(layout.lock, env="staging", actor="test", since="now")
+        lock.acquire(wait=False)
+        try:
+            before, reads_before = len(calls), len(reads)
+            release.joinpath("app").chmod(0o755)  # an inotify event: the watcher wants to check now
+            time.sleep(0.3)
+            for name in ("main.py", "__init__.py"):  # more events while it waits
+                release.joinpath("app", name).chmod(0o644)
+                release.joinpath("app", name).chmod(0o444)
+            time.sleep(0.7)
+            during, loops = len(calls) - before, len(reads) - reads_before
+            release.joinpath("app").chmod(0o555)
+        finally:
+            lock.release()
+        # one attempt every 0.2 s while the lock is held (not thousands)
+        assert 1 <= during <= 10, during
+        assert loops <= 12, loops  # each round of the loop reads what is live from the database
+        assert wait_for(lambda: any(json.loads(x)["type"] == "check" for x in lines[1:]))
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+
+
+# -- 4. symlinks under PATH/.graven -----------------------------------------------------------------
+
+
+def test_a_symlinked_drift_directory_is_not_written_through(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    meta = world.env_dir("staging") / ".graven"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if (meta / "drift").exists():
+        for item in (meta / "drift").iterdir():
+            item.unlink()
+        (meta / "drift").rmdir()
+    (meta / "drift").symlink_to(elsewhere)
+    for mode in ((), ("--full",)):
+        assert drift(capsys, *mode)[0] == 0  # the check still works, it just records nothing
+    assert list(elsewhere.iterdir()) == []
+    assert (meta / "drift").is_symlink()
+
+
+def test_a_symlinked_graven_directory_is_not_written_through(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    env = world.env_dir("staging")
+    moved = tmp_path / "moved-meta"
+    (env / ".graven").rename(moved)
+    (env / ".graven").symlink_to(moved)
+    before = sorted(p.name for p in moved.iterdir())
+    assert drift(capsys)[0] == 0
+    assert sorted(p.name for p in moved.iterdir()) == before  # no drift/ made there
+    release = (env / "current").resolve()
+    (release / "app/main.py").chmod(0o644)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert code != 0 and ".graven" in err
+    assert (release / "app/main.py").stat().st_mode & 0o777 == 0o644  # nothing was done
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    env = world.env_dir("staging")
+    v2 = world.version(2)
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    for name in ("lock", "lock.check"):
+        (env / ".graven" / name).unlink()
+        (env / ".graven" / name).symlink_to(victim)
+        release = (env / "current").resolve()
+        (release / "app/main.py").chmod(0o644)
+        code, _out, err = run_cli(capsys, "heal", "staging")
+        assert code != 0 and str(env / ".graven" / name) in err, err
+        assert victim.read_text() == "precious\n"
+        assert (release / "app/main.py").stat().st_mode & 0o777 == 0o644
+        with pytest.raises(BackendError, match=name):
+            world.deploy(v2, "staging")
+        assert victim.read_text() == "precious\n"
+        (env / ".graven" / name).unlink()
+        (env / ".graven" / name).write_text("")
+        assert run_cli(capsys, "heal", "staging")[0] == 0
+
+
+def test_the_attic_is_never_reached_through_a_symlink(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    env = world.env_dir("staging")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    drift_dir = env / ".graven" / "drift"
+    drift_dir.mkdir(exist_ok=True)
+    (drift_dir / "attic").symlink_to(outside)
+    (env / "config").unlink()
+    (env / "config").write_text("port = 1\n")  # a file where graven's symlink belongs
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert code != 0 and "attic" in err, err
+    assert list(outside.iterdir()) == []
+    assert (env / "config").read_text() == "port = 1\n"
+
+
+# -- 5. ignore globs never hide the release directory or a file -------------------------------------
+
+
+def test_an_ignore_glob_does_not_hide_the_release_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, _digest = ignoring(tmp_path, monkeypatch, ["**/.*"])
+    try:
+        release = release_of(world)
+        release.chmod(0o777)
+        for mode in ((), ("--full",)):
+            code, doc = drift(capsys, *mode)
+            assert code == 1 and found(doc) == {(".", "mode")}, (mode, doc)
+        assert run_cli(capsys, "heal", "staging")[0] == 0
+        assert release.stat().st_mode & 0o777 == 0o555
+        assert drift(capsys, "--full")[0] == 0
+    finally:
+        world.close()
+
+
+def test_an_ignore_glob_for_what_is_below_does_not_hide_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, _digest = ignoring(tmp_path, monkeypatch, ["out/*/**"])
+    try:
+        release = release_of(world)
+        top = release / "out/top.py"
+        top.chmod(0o644)
+        top.write_text("TOP = 2\n")
+        (release / "out/app/main.py").chmod(0o644)  # below out/*/: ignored
+        for mode in ((), ("--full",)):
+            code, doc = drift(capsys, *mode)
+            assert code == 1 and found(doc) == {("out/top.py", "mode"), ("out/top.py", "modified")}, doc
+        assert run_cli(capsys, "heal", "staging")[0] == 0
+        assert top.read_text() == "TOP = 1\n"
+        assert (release / "out/app/main.py").stat().st_mode & 0o777 == 0o644  # left alone
+    finally:
+        world.close()
