@@ -16,11 +16,12 @@ import contextlib
 import hashlib
 import hmac
 import os
+import stat
 from pathlib import Path
 
 from graven.errors import BackendError
 
-__all__ = ["KEY_FILE", "KEY_SIZE", "TAG_SIZE", "load_or_create", "tag", "verify"]
+__all__ = ["KEY_FILE", "KEY_SIZE", "TAG_SIZE", "load_or_create", "read_record_file", "tag", "verify"]
 
 KEY_FILE = "records.hmac"  # not NAME.key: that is a signing key
 KEY_SIZE = 32
@@ -35,6 +36,26 @@ def tag(key: bytes, data: bytes | memoryview) -> bytes:
 def verify(key: bytes, data: bytes | memoryview, expected: bytes | memoryview) -> bool:
     """Whether ``expected`` is the tag of ``data`` (compared in constant time)."""
     return hmac.compare_digest(tag(key, data), bytes(expected))
+
+
+def read_record_file(path: Path) -> bytes | None:
+    """The bytes of a records file beside a deployment; None when it is missing or is not a regular
+    file. Never follows a symlink put in its place, and never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def load_or_create(keys_dir: Path) -> bytes:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graven.deploy.recordkey import TAG_SIZE, tag, verify
+from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 from graven.errors import BackendError
 
 __all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable"]
@@ -52,9 +52,8 @@ class StatTable:
     def load(cls, path: Path, key: bytes) -> StatTable:
         """Read the table; a missing, damaged or unauthenticated one (its tag does not verify under
         ``key``) is empty: files are then checked by content."""
-        try:
-            data = path.read_bytes()
-        except OSError:
+        data = read_record_file(path)
+        if data is None:
             return cls()
         start = len(_MAGIC) + _HEAD.size
         if len(data) < start + 32 or not data.startswith(_MAGIC):
@@ -81,10 +80,13 @@ class StatTable:
         )
         body = b"".join(parts)
         data = body + tag(key, body)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        # a new file of our own (O_EXCL | O_NOFOLLOW): a symlink planted at the temporary name is
+        # never followed, and the rename replaces whatever stands at ``path`` (never its target)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with open(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -324,3 +324,25 @@ def test_health_retries_until_it_passes(tmp_path: Path) -> None:
     assert result.ok and result.attempts == 3 and slept == [0.5, 0.5]
     failing = run_health("false", cwd=tmp_path, env={}, timeout=5, retries=2, interval=0, sleep=slept.append)
     assert not failing.ok and failing.attempts == 3
+
+
+def test_stat_records_never_follow_a_symlink_or_block_on_a_fifo(tmp_path: Path) -> None:
+    """Whoever can write PATH can plant a symlink or a FIFO where graven keeps its records: a root
+    deploy must neither overwrite the link's target nor hang reading."""
+    from graven.deploy.recordkey import read_record_file
+
+    key = b"k" * 32
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    stat_file = tmp_path / ".graven" / "stat"
+    stat_file.parent.mkdir()
+    stat_file.symlink_to(victim)
+    assert StatTable.load(stat_file, key).inodes == {}  # a symlink is no table
+    table = StatTable()
+    table.record(os.lstat(victim), "ab" * 32)
+    table.save(stat_file, key)
+    assert victim.read_text() == "precious\n" and not stat_file.is_symlink()
+    assert StatTable.load(stat_file, key).inodes
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert read_record_file(fifo) is None  # returns at once instead of waiting for a writer
