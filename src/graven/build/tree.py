@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graven.core.globs import Selection
-from graven.core.paths import check_path, decode_path
+from graven.core.paths import check_path, decode_path, display_path
 from graven.errors import UnsafeInputError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
@@ -27,7 +27,8 @@ def collect_tree(
 ) -> list[TreeEntry]:
     """Walk ``roots`` (paths relative to ``root``), store every selected file and return the entries.
 
-    Symlinks are recorded, never followed; sockets, devices and FIFOs are refused by path.
+    Symlinks are recorded, never followed; sockets, devices and FIFOs are refused by path, and so are
+    names and link targets that are not UTF-8 (the whole path, escaped).
     """
     entries: list[TreeEntry] = []
     seen: set[str] = set()
@@ -44,13 +45,23 @@ def collect_tree(
             if not names and selection.selects(rel):
                 entries.append(DirEntry(rel))
             for name in names:
-                visit(f"{rel}/{decode_path(os.fsencode(name))}")
+                child = f"{rel}/{name}"  # os.listdir gives undecodable bytes as surrogates
+                if not name.isascii():
+                    decode_path(os.fsencode(child))  # refuses a name that is not UTF-8, naming the path
+                visit(child)
             return
         if not selection.selects(rel):
             return
         check_path(rel)
         if stat.S_ISLNK(mode):
-            target = decode_path(os.fsencode(os.readlink(full)))
+            raw = os.fsencode(os.readlink(full))
+            try:
+                target = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = display_path(raw.decode("utf-8", "surrogateescape"))
+                raise UnsafeInputError(
+                    f"{display_path(rel)}: symlink target {shown} is not valid UTF-8"
+                ) from None
             entries.append(SymlinkEntry(rel, target))
         elif stat.S_ISREG(mode):
             entries.append(_store_file(full, rel, info, batch))

@@ -56,21 +56,39 @@ def init_cmd(args: argparse.Namespace) -> int:
     """Write a commented starter graven.toml at the repository root."""
     repo: Path = args.repo
     name: str | None = args.name
-    from graven.model.pipeline import PIPELINE_FILE, STARTER
+    from graven.model.pipeline import ARTIFACT_NAME, PIPELINE_FILE, STARTER
     from graven.sources.git import GitRepo
 
-    root = GitRepo.discover(repo).root
+    found = GitRepo.discover(repo)
+    if found.bare:
+        raise InputError(f"{found.root} is a bare repository; run graven init in a clone with a working tree")
+    root = found.root
     target = root / PIPELINE_FILE
-    if target.exists():
+    if target.is_symlink() or target.exists():  # a dangling symlink too: never write through it
         raise InputError(f"{target} already exists; edit it instead (graven init never overwrites)")
     if name is None:
-        name = re.sub(r"[^a-z0-9._-]+", "-", root.name.lower()).strip("-._") or "app"
-    elif not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,127}", name):
-        raise InputError(f"invalid artifact name {name!r}: use lowercase letters, digits, '.', '_', '-'")
-    with target.open("x", encoding="utf-8") as handle:
-        handle.write(STARTER.format(name=name))
+        name = _starter_name(root.name)
+    elif not ARTIFACT_NAME.fullmatch(name):
+        raise InputError(
+            f"invalid artifact name {name!r}: use up to 128 lowercase letters, digits, '.', '_', '-' "
+            "(starting with a letter or digit)"
+        )
+    try:
+        with target.open("x", encoding="utf-8") as handle:
+            handle.write(STARTER.format(name=name))
+    except FileExistsError:  # created meanwhile
+        raise InputError(f"{target} already exists; edit it instead (graven init never overwrites)") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
     print(f"wrote {target}; commit it, then run `graven build`")
     return 0
+
+
+def _starter_name(directory: str) -> str:
+    """A valid artifact name made from a directory name: lowercase, every run of other characters
+    replaced by '-', at most 128 characters, starting with a letter or digit ("app" when none is left)."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", directory.lower()).strip("-._")
+    return name[:128].rstrip("-._") or "app"
 
 
 def build_cmd(args: argparse.Namespace) -> int:

@@ -1,36 +1,64 @@
 """Path globs for ``include`` / ``exclude``: ``*`` and ``?`` stay inside one path segment, ``**`` spans
-any number of segments (also none), ``[abc]`` is a character class. A pattern ending in ``/`` matches
-the directory and everything below it. Patterns match the whole path, relative to the artifact root.
+any number of segments (also none), ``[abc]``, ``[a-z]`` and ``[!abc]`` are character classes (a
+reversed range such as ``[z-a]`` is refused with GlobError). A pattern ending in ``/`` matches the
+directory and everything below it. Patterns match the whole path, relative to the artifact root.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-__all__ = ["GlobSet", "Selection", "compile_glob"]
+__all__ = ["GlobError", "GlobSet", "Selection", "check_glob", "compile_glob", "never_matches"]
+
+
+class GlobError(ValueError):
+    """A pattern that is not a valid glob (a character class with a reversed range, ``[z-a]``)."""
+
+
+def _translate_class(body: str, negate: bool) -> str:
+    """The regex of a character class: every character escaped (no regex syntax, no warnings about
+    nested sets), ``a-z`` ranges kept, a reversed range refused."""
+    out: list[str] = ["[^" if negate else "["]
+    k = 0
+    while k < len(body):
+        ch = body[k]
+        if k + 2 < len(body) and body[k + 1] == "-":
+            last = body[k + 2]
+            if ch > last:
+                raise GlobError(f"bad character range {ch!r}-{last!r}")
+            out.append(f"{re.escape(ch)}-{re.escape(last)}")
+            k += 3
+        else:
+            out.append(re.escape(ch))
+            k += 1
+    out.append("]")
+    return "".join(out)
 
 
 def _translate_segment(segment: str) -> str:
     out: list[str] = []
     i = 0
-    while i < len(segment):
+    n = len(segment)
+    while i < n:
         ch = segment[i]
         if ch == "*":
             out.append("[^/]*")
         elif ch == "?":
             out.append("[^/]")
         elif ch == "[":
-            end = segment.find("]", i + 2 if segment[i + 1 : i + 2] in ("!", "]") else i + 1)
+            # ``[!...]`` and ``[^...]`` negate; a ``]`` first (after the negation) is a member
+            start = i + 1
+            negate = segment[start : start + 1] in ("!", "^")
+            if negate:
+                start += 1
+            end = segment.find("]", start + 1 if segment[start : start + 1] == "]" else start)
             if end == -1:
                 out.append(re.escape(ch))
             else:
-                body = segment[i + 1 : end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
+                out.append(_translate_class(segment[start:end], negate))
                 i = end
         else:
             out.append(re.escape(ch))
@@ -38,8 +66,8 @@ def _translate_segment(segment: str) -> str:
     return "".join(out)
 
 
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile one glob to a regular expression matching whole relative paths."""
+def _glob_regex(pattern: str) -> str:
+    """The regular expression (source) of one glob; GlobError when the glob is invalid."""
     if pattern.endswith("/"):
         pattern += "**"
     segments = pattern.strip("/").split("/")
@@ -51,7 +79,29 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
             parts.append(".*" if last else "(?:[^/]+/)*")
         else:
             parts.append(_translate_segment(segment) + ("" if last else "/"))
-    return re.compile("".join(parts), re.DOTALL)
+    return "".join(parts)
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Compile one glob to a regular expression matching whole relative paths (GlobError when the
+    glob is invalid)."""
+    try:
+        return re.compile(_glob_regex(pattern), re.DOTALL)
+    except re.error as exc:  # pragma: no cover - every character is escaped; kept as a safety net
+        raise GlobError(f"not a valid glob ({exc.msg})") from None
+
+
+def never_matches(pattern: str) -> bool:
+    """True when ``pattern`` has a ``.``, ``..`` or empty segment (``./app/**``, ``a//b``): no artifact
+    path has one, so it can match nothing."""
+    if pattern.endswith("/"):
+        pattern += "**"  # as compile_glob reads it: "/" is the root and everything below it
+    return any(segment in ("", ".", "..") for segment in pattern.strip("/").split("/"))
+
+
+def check_glob(pattern: str) -> None:
+    """Raise GlobError (its message says why, without the pattern) unless ``pattern`` is a valid glob."""
+    compile_glob(pattern)
 
 
 @dataclass(frozen=True)
@@ -69,13 +119,42 @@ class GlobSet:
     def _regex(self) -> re.Pattern[str] | None:
         if not self.patterns:
             return None
-        joined = "|".join(f"(?:{compile_glob(p).pattern})" for p in self.patterns)
+        joined = "|".join(f"(?:{_glob_regex(p)})" for p in self.patterns)
         return re.compile(joined, re.DOTALL)
+
+    @cached_property
+    def _tagged(self) -> re.Pattern[str]:
+        # one group per pattern (the globs make no groups of their own): lastindex names which matched
+        return re.compile("|".join(f"({_glob_regex(p)})" for p in self.patterns), re.DOTALL)
 
     def matches(self, path: str) -> bool:
         """True when ``path`` (relative, ``/``-separated) matches one of the patterns."""
         regex = self._regex
         return regex is not None and regex.fullmatch(path) is not None
+
+    def unmatched(self, paths: Sequence[str]) -> list[str]:
+        """The patterns that match none of ``paths``, in their order.
+
+        One pass over ``paths`` with one regex, which stops as soon as every pattern has matched; a
+        pattern that never came first (an earlier one matched each path it matches) is then looked
+        for on its own.
+        """
+        if not self.patterns:
+            return []
+        left = set(range(1, len(self.patterns) + 1))
+        fullmatch = self._tagged.fullmatch
+        for path in paths:
+            found = fullmatch(path)
+            if found is not None and found.lastindex in left:
+                left.discard(found.lastindex)
+                if not left:
+                    return []
+        unmatched: list[str] = []
+        for index in sorted(left):
+            pattern = self.patterns[index - 1]
+            if not any(map(compile_glob(pattern).fullmatch, paths)):
+                unmatched.append(pattern)
+        return unmatched
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,18 @@
 """Rules for the paths and links an artifact may hold. Pure: strings in, errors out.
 
-An artifact path is relative, ``/``-separated, valid UTF-8 without control characters, and has no empty,
-``.`` or ``..`` segments. A symlink target is relative and, followed through the other links of the same
-tree, never leaves the artifact root.
+An artifact path is relative, ``/``-separated, valid UTF-8 without control characters (C0, DEL and the
+C1 controls U+0080..U+009F, which terminals act on), and has no empty, ``.`` or ``..`` segments. A
+symlink target is relative and, followed through the other links of the same tree, never leaves the
+artifact root.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from graven.errors import UnsafeInputError
 
@@ -19,6 +21,8 @@ __all__ = [
     "check_path",
     "check_unique_nfc",
     "decode_path",
+    "display_path",
+    "implied_dirs",
     "link_stays_inside",
 ]
 
@@ -26,20 +30,38 @@ MAX_LINK_HOPS = 40
 
 
 def decode_path(raw: bytes) -> str:
-    """Decode a path from bytes, refusing names that are not valid UTF-8."""
+    """Decode a path from bytes, refusing names that are not valid UTF-8 (naming ``raw``, escaped)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        shown = raw.decode("utf-8", "backslashreplace")
+        shown = _escape_controls(raw.decode("utf-8", "backslashreplace"))
         raise UnsafeInputError(f"{shown}: file name is not valid UTF-8; rename it") from None
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 controls, DEL and the C1 controls (U+0080..U+009F: U+009B is a terminal's CSI, like ESC [)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # what undecodable bytes become (surrogateescape)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BAD_SEGMENT = re.compile(r"(?:^|/)(\.{0,2})(?:/|$)")
 # Any of the above in one search (an empty or absolute path has an empty segment): the common case,
 # a good path, costs one regex call; a hit is explained by the detailed checks.
-_ANY_BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]|(?:^|/)\\.{0,2}(?:/|$)")
+_ANY_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|(?:^|/)\\.{0,2}(?:/|$)")
+
+
+def _escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def display_path(path: str) -> str:
+    """``path`` as an error message may show it: unchanged when it is clean, else with control
+    characters as ``\\xNN`` and undecodable bytes (surrogateescape) as ``\\xNN`` too."""
+    if _UNPRINTABLE.search(path) is None:
+        return path
+    try:  # the bytes an undecodable name had
+        text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte becomes
+        text = path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _escape_controls(text)
 
 
 def check_path(path: str) -> None:
@@ -101,17 +123,70 @@ def link_stays_inside(path: str, target: str, links: Mapping[str, str]) -> bool:
     return True
 
 
-def check_unique_nfc(paths: Iterable[str]) -> None:
-    """Refuse two paths that are equal after Unicode NFC normalization (they collide on macOS)."""
-    seen: dict[str, str] = {}
+def implied_dirs(paths: Iterable[str]) -> dict[str, None]:
+    """Every directory that ``paths`` lie below (``a/b/c`` implies ``a/b`` and ``a``), each found once.
+
+    An ordered set (the keys of a dict): the order follows ``paths``, so what is reported from it does
+    not depend on string hashing.
+    """
+    dirs: dict[str, None] = {}
     for path in paths:
-        if path.isascii():
-            key = path
-        else:
-            key = unicodedata.normalize("NFC", path)
-        other = seen.get(key)
-        if other is not None and other != path:
-            raise UnsafeInputError(
-                f"{path}: equal to {other} after Unicode NFC normalization; rename one of them"
-            )
-        seen[key] = path
+        parent = path.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs[parent] = None
+            parent = parent.rpartition("/")[0]
+    return dirs
+
+
+def check_unique_nfc(paths: Iterable[str], dirs: Collection[str] | None = None) -> None:
+    """Refuse two paths that are equal after Unicode NFC normalization (they collide on macOS).
+
+    Directories count as paths too: a file ``café`` (NFC) and a directory ``cafe\\u0301`` (NFD) that
+    holds ``cafe\\u0301/x`` collide, and so do two spellings of one directory. ``dirs`` are the
+    directories that ``paths`` imply (:func:`implied_dirs`), when the caller has them already.
+
+    Two names collide only when one of them changes under NFC, and such a name is not ASCII: so the
+    work is one scan for non-ASCII paths, and a little more for each of those.
+    """
+    paths = paths if isinstance(paths, list) else list(paths)
+    odd = list(itertools.filterfalse(str.isascii, paths))
+    if not odd:
+        return
+    # the non-ASCII names: these paths and those of their directories (the others are ASCII)
+    names: dict[str, None] = {}
+    for path in odd:
+        names[path] = None
+        parent = path.rpartition("/")[0]
+        while parent and not parent.isascii() and parent not in names:
+            names[parent] = None
+            parent = parent.rpartition("/")[0]
+    changed = [(name, nfc) for name in names if (nfc := unicodedata.normalize("NFC", name)) != name]
+    if not changed:
+        return
+    files = set(paths)
+    folders = implied_dirs(paths) if dirs is None else dirs
+
+    def shown(name: str) -> str:
+        return name if name in files else _described(name, paths)
+
+    first: dict[str, str] = {}  # NFC form -> the first changed name with it
+    for name, nfc in changed:
+        if nfc in files or nfc in folders:
+            raise UnsafeInputError(_collision(shown(name), shown(nfc), name, nfc))
+        other = first.setdefault(nfc, name)
+        if other != name:
+            raise UnsafeInputError(_collision(shown(name), shown(other), name, other))
+
+
+def _collision(path: str, other: str, raw: str | None = None, raw_other: str | None = None) -> str:
+    """The error for two names equal after NFC; they look alike, so their code points are shown too."""
+    a = ascii(path if raw is None else raw)
+    b = ascii(other if raw_other is None else raw_other)
+    return f"{path}: equal to {other} after Unicode NFC normalization ({a} vs {b}); rename one of them"
+
+
+def _described(directory: str, paths: list[str]) -> str:
+    """A directory as an error names it: with one path below it."""
+    prefix = directory + "/"
+    below = next((p for p in paths if p.startswith(prefix)), None)
+    return f"directory {directory}/ (holding {below})" if below is not None else f"directory {directory}/"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from graven.core.paths import check_path, check_unique_nfc, link_stays_inside
+from graven.core.paths import check_path, check_unique_nfc, display_path, implied_dirs, link_stays_inside
 from graven.errors import GravenError, InputError, UnsafeInputError
 from graven.model.digest import Digest, sha256_digest
 
@@ -269,7 +269,9 @@ def _entry_from_json(item: object) -> TreeEntry:
     raise InputError(f"{path}: unknown or malformed manifest entry")
 
 
-_UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, surrogates
+# control characters (C0, DEL, C1) and surrogates: what check_path refuses character by character
+_UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_TARGET_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -298,14 +300,9 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
     for before, after in itertools.pairwise(paths):
         if before == after:
             raise UnsafeInputError(f"{after}: duplicate path")
-    check_unique_nfc(paths)
     # Every ancestor of an entry must be an implied directory, never a file, a link or an "empty" dir.
-    ancestors: set[str] = set()
-    for path in paths:
-        parent = path.rpartition("/")[0]
-        while parent and parent not in ancestors:
-            ancestors.add(parent)
-            parent = parent.rpartition("/")[0]
+    ancestors = implied_dirs(paths)
+    check_unique_nfc(paths, ancestors)  # entries and directories alike
     links = {e.path: e.target for e in entries if isinstance(e, SymlinkEntry)}
     for entry in entries:
         if entry.path in ancestors:
@@ -314,10 +311,14 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
             below = next(p for p in paths if p.startswith(entry.path + "/"))
             raise UnsafeInputError(f"{below}: lies below {entry.path}, which is not a directory")
         if isinstance(entry, SymlinkEntry):
-            if any(ord(ch) < 0x20 for ch in entry.target):
-                raise UnsafeInputError(f"{entry.path}: control characters in symlink target")
+            if _TARGET_CONTROL.search(entry.target):
+                raise UnsafeInputError(
+                    f"{entry.path}: control characters in symlink target {display_path(entry.target)}"
+                )
             if _SURROGATE.search(entry.target):
-                raise UnsafeInputError(f"{entry.path}: symlink target is not valid UTF-8")
+                raise UnsafeInputError(
+                    f"{entry.path}: symlink target {display_path(entry.target)} is not valid UTF-8"
+                )
             if entry.target.startswith("/"):
                 raise UnsafeInputError(
                     f"{entry.path}: absolute symlink to {entry.target}; use a relative target"

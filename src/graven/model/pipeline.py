@@ -13,19 +13,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, cast
 
-from graven.core.paths import check_path
+from graven.core.globs import GlobError, check_glob
+from graven.core.paths import check_path, display_path
 from graven.errors import ConfigError, UnsafeInputError
 
-__all__ = ["PIPELINE_FILE", "ArtifactSection", "BuildSection", "EnvSection", "Pipeline", "parse_pipeline"]
+__all__ = [
+    "ARTIFACT_NAME",
+    "MAX_BUILD_TIMEOUT",
+    "MAX_DURATION",
+    "MAX_RETRIES",
+    "PIPELINE_FILE",
+    "ArtifactSection",
+    "BuildSection",
+    "EnvSection",
+    "Pipeline",
+    "parse_pipeline",
+]
 
 PIPELINE_FILE = "graven.toml"
+
+# Upper bounds: a larger value is a mistake, and an unbounded one (1e300, inf) overflows the clocks
+# and timers it is later added to.
+MAX_DURATION = 86400.0  # seconds, for [env.*] activate_timeout, health_interval, health_timeout: a day
+MAX_BUILD_TIMEOUT = 7 * 86400  # seconds per [build] step: a week
+MAX_RETRIES = 1000  # [env.*] health_retries
 
 # The file is small and its schema fixed, so it is checked by hand: strictly (no coercion: a string is
 # never read as a number, nor a number as a bool), every unknown key refused by name, every error
 # naming the field as ``[section] sub.key``. (pydantic did this before; importing it and building the
 # models cost ~65 ms, a fifth of every command's start-up.)
 
-_ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # graven init derives names that match it
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_+.-]{1,255}|/[A-Za-z0-9_+./-]{1,4095}")
 # Set by graven inside every build; [build] env cannot pass them through from the host.
@@ -115,8 +133,9 @@ def _where(loc: tuple[str, ...]) -> str:
 
 
 def _fail(loc: tuple[str, ...], text: str) -> _InvalidError:
-    """``text`` with ``{at}`` standing for the field's name."""
-    return _InvalidError(loc, text.format(at=_where(loc)))
+    """``text`` with (its first) ``{at}`` standing for the field's name. Not str.format: the rest of
+    the text may quote the user's values, braces and all."""
+    return _InvalidError(loc, text.replace("{at}", _where(loc), 1))
 
 
 def _unknown(table: dict[str, Any], known: tuple[str, ...], loc: tuple[str, ...]) -> None:
@@ -147,24 +166,44 @@ def _strings(value: object, loc: tuple[str, ...], *, min_items: int = 0, empty: 
     return [_string(item, (*loc, str(i)), empty=empty) for i, item in enumerate(value)]
 
 
-def _integer(value: object, loc: tuple[str, ...], *, minimum: int) -> int:
+def _integer(value: object, loc: tuple[str, ...], *, minimum: int, maximum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _fail(loc, "{at} must be an integer")
+    allowed = f" ({minimum} to {maximum})" if maximum is not None else ""
     if value < minimum:
-        raise _fail(loc, f"{{at}} must be at least {minimum}")
+        raise _fail(loc, f"{{at}} must be at least {minimum}{allowed}")
+    if maximum is not None and value > maximum:
+        raise _fail(loc, f"{{at}} must be at most {maximum}{allowed}")
     return value
 
 
-def _number(value: object, loc: tuple[str, ...], *, positive: bool) -> float:
+def _number(value: object, loc: tuple[str, ...], *, positive: bool, maximum: float = MAX_DURATION) -> float:
+    """A duration in seconds: a number (integer or float) in ``(0, maximum]``, or ``[0, maximum]``."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise _fail(loc, "{at} must be a number")
+    limit = f"{maximum:g}"
     try:
-        value = float(value)
+        number = float(value)
     except OverflowError:  # an integer beyond any float
-        raise _fail(loc, "{at} is too large") from None
-    if value < 0 or (positive and value == 0) or math.isnan(value):
-        raise _fail(loc, "{at} must be greater than 0" if positive else "{at} must not be negative")
-    return float(value)
+        raise _fail(loc, f"{{at}} is too large: at most {limit} seconds") from None
+    if number < 0 or (positive and number == 0) or math.isnan(number):
+        if positive:
+            raise _fail(loc, f"{{at}} must be greater than 0 and at most {limit} seconds")
+        raise _fail(loc, f"{{at}} must not be negative: 0 to {limit} seconds")
+    if number > maximum:  # also inf
+        raise _fail(loc, f"{{at}} = {number:g} is too large: at most {limit} seconds")
+    return number
+
+
+def _globs(value: object, loc: tuple[str, ...]) -> list[str]:
+    """A list of globs (graven.core.globs), each compiled here: an invalid one is refused by index."""
+    patterns = _strings(value, loc)
+    for i, pattern in enumerate(patterns):
+        try:
+            check_glob(pattern)
+        except GlobError as exc:
+            raise _fail((*loc, str(i)), f"{{at}} = {pattern!r} is not a valid glob: {exc}") from None
+    return patterns
 
 
 def _paths(values: list[str], loc: tuple[str, ...]) -> list[str]:
@@ -194,12 +233,14 @@ def _artifact(value: object) -> ArtifactSection:
     if "name" not in table:
         raise _fail((*loc, "name"), "{at} is required")
     name = _string(table["name"], (*loc, "name"))
-    if not _ARTIFACT_NAME.fullmatch(name):
+    if not ARTIFACT_NAME.fullmatch(name):
         raise _fail(
             (*loc, "name"), f"{{at}} = {name!r} is invalid: use lowercase letters, digits, '.', '_', '-'"
         )
-    include = _get(table, "include", loc, _strings)
-    exclude = _get(table, "exclude", loc, _strings)
+    include = _get(table, "include", loc, _globs)
+    if include == []:
+        raise _fail((*loc, "include"), "{at} must not be empty: leave it out to include every tracked file")
+    exclude = _get(table, "exclude", loc, _globs)
     return ArtifactSection(
         name=name,
         include=include if include is not None else ["**"],
@@ -226,7 +267,7 @@ def _build(value: object) -> BuildSection:
     table = _table(value, loc)
     steps = _get(table, "steps", loc, _strings) or []
     outputs = _get(table, "outputs", loc, _strings) or []
-    timeout = _get(table, "timeout", loc, lambda v, at: _integer(v, at, minimum=1))
+    timeout = _get(table, "timeout", loc, lambda v, at: _integer(v, at, minimum=1, maximum=MAX_BUILD_TIMEOUT))
     sandbox = _get(table, "sandbox", loc, _string)
     if sandbox is not None and sandbox not in ("bubblewrap", "none"):
         raise _fail((*loc, "sandbox"), "{at} must be 'bubblewrap' or 'none'")
@@ -242,6 +283,12 @@ def _build(value: object) -> BuildSection:
             raise _fail((*loc, "tools"), f"{{at}}: {name} is not a program name or an absolute path to one")
     fetch = _get(table, "fetch", loc, _fetch)
     if not steps:
+        if "outputs" in table:
+            raise _fail(
+                (*loc, "outputs"),
+                "{at} is given without steps: outputs are what the steps produce; remove it (to choose "
+                "the files of a build without steps, use [artifact] include and exclude) or add steps",
+            )
         for key, given in (("tools", tools), ("fetch", fetch), ("env", env)):
             if given:
                 raise _fail(loc, f"{{at}}: {key} needs steps as well")
@@ -278,13 +325,11 @@ def _env(name: str, value: object) -> EnvSection:
         got = _get(table, key, loc, lambda v, at: _number(v, at, positive=positive))
         return default if got is None else got
 
-    def integer(key: str, default: int, minimum: int) -> int:
-        got = _get(table, key, loc, lambda v, at: _integer(v, at, minimum=minimum))
+    def integer(key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        got = _get(table, key, loc, lambda v, at: _integer(v, at, minimum=minimum, maximum=maximum))
         return default if got is None else got
 
-    health_retries = integer("health_retries", defaults.health_retries, 0)
-    if health_retries > 1000:
-        raise _fail((*loc, "health_retries"), "{at} must be at most 1000")
+    health_retries = integer("health_retries", defaults.health_retries, 0, MAX_RETRIES)
     return EnvSection(
         path=path,
         config=config,
@@ -296,7 +341,7 @@ def _env(name: str, value: object) -> EnvSection:
         health_timeout=number("health_timeout", defaults.health_timeout, positive=True),
         keep=integer("keep", defaults.keep, 1),
         requires=_get(table, "requires", loc, _strings) or [],
-        ignore=_get(table, "ignore", loc, _strings) or [],
+        ignore=_get(table, "ignore", loc, _globs) or [],
     )
 
 
@@ -352,14 +397,15 @@ def parse_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeline:
     try:
         pipeline = _pipeline(doc)
     except _InvalidError as exc:
-        raise ConfigError(f"{source}: {exc.problem}") from None
+        # one line, whatever the user's values hold (control characters are shown escaped)
+        raise ConfigError(f"{source}: {display_path(exc.problem)}") from None
     if pipeline.build.steps and not pipeline.build.outputs:
         raise ConfigError(f"{source}: [build] outputs is required when [build] steps are given")
     for output in pipeline.build.outputs:
         try:
             check_path(output.rstrip("/"))
         except UnsafeInputError as exc:
-            raise ConfigError(f"{source}: [build] outputs: {exc}") from None
+            raise ConfigError(f"{source}: [build] outputs: {display_path(str(exc))}") from None
     return pipeline
 
 

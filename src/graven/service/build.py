@@ -7,6 +7,7 @@ commit only, so nothing in the working tree (or a change to it during the build)
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import cast
 
 from graven import __version__
-from graven.core.globs import Selection
-from graven.errors import NotFoundError, UnsafeInputError
+from graven.core.globs import GlobSet, Selection, never_matches
+from graven.core.paths import display_path
+from graven.errors import ConfigError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest
@@ -90,11 +92,17 @@ class _Source:
 
 
 def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
-    repo, (commit, epoch, pipeline_bytes) = GitRepo.open_commit(path, revision, PIPELINE_FILE)
+    repo, (commit, epoch, pipeline_bytes, symlink) = GitRepo.open_commit(path, revision, PIPELINE_FILE)
     if pipeline_bytes is None:
         raise NotFoundError(
             f"{PIPELINE_FILE} not found in commit {commit[:12]} ({revision}); "
             "create one with `graven init`, then commit it"
+        )
+    if symlink:
+        target = display_path(pipeline_bytes.decode("utf-8", "surrogateescape"))
+        raise ConfigError(
+            f"{PIPELINE_FILE} in {commit[:12]} is a symlink (to {target}); it must be a regular file in "
+            "the commit: commit the file itself"
         )
     pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
     return _Source(repo, commit, revision, pipeline_bytes, pipeline, epoch)
@@ -169,6 +177,7 @@ def _build(
                 use_cache=use_cache,
                 listing=None if listing is None else listing.result(),
             )
+            _check_selection(ctx, source, entries, of=f"of commit {source.commit[:12]}")
             if check:
                 _check_git_tree(ctx, source, selection, entries)
         manifest = TreeManifest.of(entries)
@@ -342,14 +351,14 @@ def _tree_from_git(
         for oid, reader in blobs:
             done += 1
             if oid in link_oids and oid not in file_oids:
-                targets[oid] = _link_target(reader.read())
+                targets[oid] = _link_target(reader.read(), oid, chosen)
             else:
                 if reader.size < LOOSE_THRESHOLD:
                     data = reader.read()
                     digest = Digest(hashlib.sha256(data).hexdigest())
                     batch.add_known(digest, data)
                     if oid in link_oids:
-                        targets[oid] = _link_target(data)
+                        targets[oid] = _link_target(data, oid, chosen)
                 else:
                     digest = batch.add_stream(reader, reader.size)  # type: ignore[arg-type]
                 known[oid] = (digest.hex, reader.size)
@@ -379,11 +388,50 @@ def _tree_from_git(
     return result, total, new_cache
 
 
-def _link_target(data: bytes) -> str:
+def _link_target(data: bytes, oid: str, chosen: list[GitEntry]) -> str:
+    """The target of the symlink blob ``oid``; refused, naming a link with that blob, unless UTF-8."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UnsafeInputError("a symlink target is not valid UTF-8") from None
+        path = next(e.path for e in chosen if e.oid == oid and e.mode == MODE_SYMLINK)
+        shown = display_path(data.decode("utf-8", "surrogateescape"))
+        raise UnsafeInputError(f"{display_path(path)}: symlink target {shown} is not valid UTF-8") from None
+
+
+def _shown(value: object) -> str:
+    """A pattern or a list of them as graven.toml spells it (JSON is TOML here), on one line."""
+    return display_path(json.dumps(value, ensure_ascii=False))
+
+
+def _check_selection(ctx: Context, source: _Source, entries: list[TreeEntry], *, of: str) -> None:
+    """Refuse an artifact without files (include/exclude select none ``of`` what there is); warn about
+    each include pattern that adds nothing when others do, and each exclude pattern that can never
+    match. The default (every file) costs a look at the first entry."""
+    artifact = source.pipeline.artifact
+    where = f"{PIPELINE_FILE} in {source.commit[:12]}: [artifact]"
+    if not any(isinstance(entry, FileEntry) for entry in entries):
+        hints = [
+            f"{_shown(pattern)} can never match: paths have no '.', '..' or empty segments"
+            for pattern in artifact.include
+            if never_matches(pattern)
+        ]
+        hints.append("patterns match whole paths from the repository root, e.g. 'app/**' or 'app/'")
+        raise ConfigError(
+            f"{where} include {_shown(artifact.include)} minus exclude {_shown(artifact.exclude)} "
+            f"selects no file {of}; an artifact needs at least one ({'; '.join(hints)})"
+        )
+    if len(artifact.include) > 1:
+        for pattern in GlobSet.of(artifact.include).unmatched([entry.path for entry in entries]):
+            ctx.reporter.warn(
+                f"{where} include {_shown(pattern)} adds no file to the artifact: it matches no "
+                f"path {of} that is not excluded; check the pattern"
+            )
+    for pattern in artifact.exclude:
+        if never_matches(pattern):
+            ctx.reporter.warn(
+                f"{where} exclude {_shown(pattern)} excludes nothing: it can never match, paths have "
+                "no '.', '..' or empty segments"
+            )
 
 
 def _check_git_tree(ctx: Context, source: _Source, selection: Selection, entries: list[TreeEntry]) -> None:
@@ -428,6 +476,7 @@ def _tree_from_steps(
                 ctx.reporter.progress("storing outputs", counter[0], None)
 
         entries = collect_tree(first.work, outputs, selection, batch, on_file=on_file)
+        _check_selection(ctx, source, entries, of=f"of the step outputs {_shown(outputs)}")
         first.store_fetched(batch)
         if check:
             with run_step_build(

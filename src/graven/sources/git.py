@@ -36,11 +36,16 @@ class GitEntry(NamedTuple):
 
 
 class CommitFile(NamedTuple):
-    """A resolved commit, its committer time and the raw content of one file in it."""
+    """A resolved commit, its committer time and the raw content of one file in it.
+
+    ``symlink`` is True when the file is a symbolic link in the commit: ``data`` is then the link's
+    target, as ``git cat-file blob`` gives it, not the content of a file.
+    """
 
     commit: str
     epoch: int
     data: bytes | None
+    symlink: bool = False
 
 
 _T = TypeVar("_T")
@@ -82,21 +87,29 @@ class BlobReader:
             self.read(1 << 20)
 
 
-class DirtyCheck:
-    """``git status`` running in the background while a build works."""
+# one thread (no preloadIndex): the build keeps the other core on a small machine
+_STATUS = ("git", "-c", "core.preloadIndex=false", "status", "--porcelain", "--untracked-files=no", "-z")
 
-    def __init__(self, root: Path) -> None:
-        self._proc = subprocess.Popen(
-            # one thread (no preloadIndex): the build keeps the other core on a small machine
-            ["git", "-c", "core.preloadIndex=false", "status", "--porcelain", "--untracked-files=no", "-z"],
-            cwd=root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=_git_env(),
-        )
+
+class DirtyCheck:
+    """``git status`` running in the background while a build works (nothing, for a bare repository:
+    it has no working tree that could differ)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self._proc = None
+        if root is not None:
+            self._proc = subprocess.Popen(
+                list(_STATUS),
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=_git_env(),
+            )
 
     def result(self) -> bool:
         """Wait for git: True when tracked files differ from HEAD."""
+        if self._proc is None:
+            return False
         out, _ = self._proc.communicate()
         return self._proc.returncode == 0 and bool(out.strip())
 
@@ -104,6 +117,8 @@ class DirtyCheck:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        if self._proc is None:
+            return
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
@@ -246,11 +261,87 @@ def _batch_request(stdin: IO[bytes], stdout: IO[bytes], name: str) -> tuple[str,
     return header[0], header[1], content[:-1]
 
 
-class GitRepo:
-    """A git repository, found with :meth:`discover`."""
+def _request_commit(stdin: IO[bytes], stdout: IO[bytes], revision: str) -> tuple[str, bytes] | None:
+    """The commit ``revision`` names (id, raw object) from a ``cat-file --batch``, or None.
 
-    def __init__(self, root: Path) -> None:
+    Usually one request for ``<revision>^{commit}`` (which also peels tags, and picks the commit when
+    a short id is ambiguous). A revision that starts with ``:`` (``:/message`` searches commit
+    messages to the end of the string, ``:path`` names an index entry) would swallow that suffix:
+    it is looked up as it is, and a tag it names peeled after.
+    """
+    if not revision.startswith(":"):
+        found = _batch_request(stdin, stdout, f"{revision}^{{commit}}")
+    else:
+        found = _batch_request(stdin, stdout, revision)
+        if found is not None and found[1] == "tag":
+            found = _batch_request(stdin, stdout, f"{found[0]}^{{commit}}")
+    if found is None or found[1] != "commit":
+        return None
+    return found[0], found[2]
+
+
+def _tree_entry(raw: bytes, name: bytes, oid_size: int) -> tuple[bytes, str] | None:
+    """The (mode, object id) of ``name`` in a raw tree object, or None when it has no such entry.
+
+    A tree is a sequence of ``<mode> <name>\\0<binary id>`` entries; ``oid_size`` is 20 (SHA-1) or
+    32 (SHA-256) bytes.
+    """
+    key = name + b"\0"
+    pos, end = 0, len(raw)
+    while pos < end:
+        space = raw.find(b" ", pos)
+        if space < 0:
+            break
+        if raw.startswith(key, space + 1):
+            start = space + 1 + len(key)
+            return raw[pos:space], raw[start : start + oid_size].hex()
+        nul = raw.find(b"\0", space + 1)
+        if nul < 0:
+            break
+        pos = nul + 1 + oid_size
+    if pos < end:
+        raise BackendError("git tree object is malformed")
+    return None
+
+
+def _request_file(
+    stdin: IO[bytes], stdout: IO[bytes], commit: str, raw_commit: bytes, path: str
+) -> tuple[bytes, bool] | None:
+    """The content of ``path`` in the commit and whether it is a symlink there, or None when it is
+    no file there (missing, a directory, a submodule). Walks the trees from the commit's root tree:
+    a tree entry's mode is the only place that tells a symlink from a file."""
+    first = raw_commit.split(b"\n", 1)[0]
+    if not first.startswith(b"tree "):
+        raise BackendError(f"git commit {commit} is malformed (no tree)")
+    oid = first[5:].decode("ascii", "replace")
+    oid_size = len(commit) // 2
+    mode = b"40000"
+    for name in path.split("/"):
+        if mode != b"40000":
+            return None  # below a file, a link or a submodule
+        tree = _batch_request(stdin, stdout, oid)
+        if tree is None or tree[1] != "tree":
+            return None
+        entry = _tree_entry(tree[2], name.encode("utf-8", "surrogateescape"), oid_size)
+        if entry is None:
+            return None
+        mode, oid = entry
+    symlink = mode == b"120000"
+    if not (symlink or mode.startswith(b"100")):
+        return None
+    blob = _batch_request(stdin, stdout, oid)
+    if blob is None or blob[1] != "blob":
+        return None
+    return blob[2], symlink
+
+
+class GitRepo:
+    """A git repository, found with :meth:`discover`. ``root`` is its working tree, or the repository
+    itself when it is ``bare`` (graven reads commits only: it never needs a working tree)."""
+
+    def __init__(self, root: Path, *, bare: bool = False) -> None:
         self.root = root
+        self.bare = bare
 
     @classmethod
     def discover(cls, path: Path) -> GitRepo:
@@ -282,8 +373,31 @@ class GitRepo:
             reason = detail[-1] if detail else "git rev-parse failed"
             if "not a git repository" in reason:
                 raise SourceError(f"{path} is not inside a git repository; run graven in one (or git init)")
+            if "must be run in a work tree" in reason:  # a bare repository, or inside a .git directory
+                bare = cls._bare_git_dir(path)
+                if bare is not None:
+                    return cls(bare, bare=True)
             raise SourceError(f"{path}: {reason}")
         return cls(Path(out.decode().strip()))
+
+    @staticmethod
+    def _bare_git_dir(path: Path) -> Path | None:
+        """The repository ``path`` is in when that repository is bare, else None."""
+        try:
+            result = subprocess.run(
+                ["git", "rev-parse", "--is-bare-repository", "--absolute-git-dir"],
+                cwd=path,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=_git_env(),
+                check=False,
+            )
+        except OSError:
+            return None
+        lines = result.stdout.decode(errors="surrogateescape").splitlines()
+        if result.returncode != 0 or len(lines) != 2 or lines[0] != "true":
+            return None
+        return Path(lines[1])
 
     @classmethod
     def open_commit(cls, path: Path, revision: str, file: str) -> tuple[GitRepo, CommitFile]:
@@ -321,14 +435,15 @@ class GitRepo:
         """The full id of the commit that ``revision`` names, resolved once."""
         if not revision or "\n" in revision:
             raise NotFoundError(f"invalid revision {revision!r}")
-        result = self._run(
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            "--end-of-options",
-            f"{revision}^{{commit}}",
-            check=False,
-        )
+        # as _request_commit: a revision starting with ':' is resolved first, then peeled
+        if revision.startswith(":"):
+            named = self._run("rev-parse", "--verify", "--quiet", "--end-of-options", revision, check=False)
+            if named.returncode != 0:
+                raise self._unknown_revision(revision)
+            target = f"{named.stdout.decode().strip()}^{{commit}}"
+        else:
+            target = f"{revision}^{{commit}}"
+        result = self._run("rev-parse", "--verify", "--quiet", "--end-of-options", target, check=False)
         if result.returncode != 0:
             raise self._unknown_revision(revision)
         return result.stdout.decode().strip()
@@ -360,7 +475,8 @@ class GitRepo:
 
     def read_commit(self, revision: str, path: str) -> CommitFile:
         """Resolve ``revision`` as :meth:`resolve` does, then read the commit's committer time and the
-        raw content of ``path`` in it (None when it is not a file there), all with one git process."""
+        raw content of ``path`` in it (None when it is not a file there; a symlink's target, marked
+        as such), all with one git process."""
         found = self._read_commit(revision, path)
         if found is None:
             raise self._unknown_revision(revision)
@@ -385,12 +501,11 @@ class GitRepo:
         assert proc.stdin is not None and proc.stdout is not None
         try:
             # Without --buffer git flushes after every object: ask, read the answer, ask again.
-            found = _batch_request(proc.stdin, proc.stdout, f"{revision}^{{commit}}")
-            if found is None or found[1] != "commit":
+            found = _request_commit(proc.stdin, proc.stdout, revision)
+            if found is None:
                 return None
-            commit, _, raw = found
-            target = _batch_request(proc.stdin, proc.stdout, f"{commit}:{path}")
-            data = target[2] if target is not None and target[1] == "blob" else None
+            commit, raw = found
+            target = _request_file(proc.stdin, proc.stdout, commit, raw, path)
         finally:
             for stream in (proc.stdin, proc.stdout):
                 with contextlib.suppress(OSError):
@@ -400,11 +515,14 @@ class GitRepo:
         epoch = _committer_time(raw)
         if epoch is None:  # an unusual committer line: let git parse it
             epoch = self.commit_time(commit)
-        return CommitFile(commit, epoch, data)
+        if target is None:
+            return CommitFile(commit, epoch, None)
+        return CommitFile(commit, epoch, target[0], target[1])
 
     def start_dirty_check(self) -> DirtyCheck:
-        """Start ``git status`` in the background (use as a context manager)."""
-        return DirtyCheck(self.root)
+        """Start ``git status`` in the background (use as a context manager); a bare repository has
+        no working tree, so nothing runs and it is never dirty."""
+        return DirtyCheck(None if self.bare else self.root)
 
     def describe_remote(self) -> str:
         """The repository's identity for records: the origin URL, else a file URL of its path."""

@@ -1,0 +1,155 @@
+"""Reviewed graven.toml rules: globs compiled at parse time, no config mistake left silent, numbers
+bounded, and every refusal one ConfigError line naming the field (never a traceback)."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graven.errors import ConfigError
+from graven.model.pipeline import parse_pipeline
+
+A = '[artifact]\nname = "a"\n'
+MAX_DURATION = 86400.0  # seconds: [env.*] activate_timeout, health_interval, health_timeout
+MAX_BUILD_TIMEOUT = 604800  # seconds: [build] timeout
+MAX_RETRIES = 1000  # [env.*] health_retries
+ENV = A + '[env.s]\npath = "/srv/a"\n'
+
+
+def refused(text: str, source: str = "graven.toml") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline(text.encode(), source=source)
+    message = str(info.value)
+    assert info.value.exit_code == 2
+    assert message.startswith(f"{source}: ") and "\n" not in message, message
+    return message
+
+
+# -- globs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            A + 'include = ["[z-a]"]\n',
+            "[artifact] include.0 = '[z-a]' is not a valid glob: bad character range 'z'-'a'",
+        ),
+        (A + 'exclude = ["**/*.md", "[b-a]"]\n', "[artifact] exclude.1 = '[b-a]' is not a valid glob"),
+        (A + 'include = ["app/[9-0]/**"]\n', "[artifact] include.0 = 'app/[9-0]/**' is not a valid glob"),
+        (ENV + 'ignore = ["var/**", "[!z-a]"]\n', "[env] s.ignore.1 = '[!z-a]' is not a valid glob"),
+    ],
+)
+def test_invalid_globs_are_refused_at_parse_time_naming_file_and_field(text: str, expected: str) -> None:
+    message = refused(text, source="graven.toml in 0123456789ab")
+    assert message.startswith(f"graven.toml in 0123456789ab: {expected}"), message
+    assert message.endswith("'")  # ... bad character range 'z'-'a'"
+
+
+@pytest.mark.parametrize("pattern", ["[[]x", "[a&&b]", "[!]", "[]]", "app/", "**/*.py", "[!a-c]?"])
+def test_odd_but_valid_globs_are_accepted(pattern: str) -> None:
+    assert parse_pipeline((A + f"include = [{pattern!r}]\n").encode()).artifact.include == [pattern]
+
+
+def test_an_empty_include_list_is_refused() -> None:
+    assert "[artifact] include must not be empty" in refused(A + "include = []\n")
+
+
+def test_outputs_without_steps_is_refused_naming_the_field() -> None:
+    message = refused(A + '[build]\noutputs = ["out/"]\n')
+    assert "[build] outputs is given without steps" in message
+    refused(A + "[build]\noutputs = []\n")  # given, even empty: still a mistake
+    assert parse_pipeline((A + '[build]\nsteps = ["make"]\noutputs = ["out/"]\n').encode()).build.outputs
+
+
+# -- values are quoted, never interpreted --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[artifact]\nname = "Sh{op}"\n', "'Sh{op}' is invalid"),
+        ('[artifact]\nname = "{at}"\n', "'{at}' is invalid"),
+        (
+            A + '[build]\nsteps = ["x"]\noutputs = ["o"]\n[build.fetch]\nsteps = ["f"]\n'
+            'lockfiles = ["/{x}"]\noutputs = ["w"]\n',
+            "/{x}",
+        ),
+        (A + '[build]\nsteps = ["x"]\noutputs = ["o"]\nenv = ["A\\nB"]\n', "A\\x0aB"),
+        (A + '[build]\nsteps = ["x"]\noutputs = ["o"]\ntools = ["a\\u009bb"]\n', "a\\x9bb"),
+        (A + '[build]\nsteps = ["x"]\noutputs = ["/a\\nb"]\n', "\\x0a"),
+    ],
+)
+def test_user_values_with_braces_or_controls_give_one_line(text: str, needle: str) -> None:
+    assert needle in refused(text)
+
+
+# -- numbers -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["activate_timeout", "health_interval", "health_timeout"])
+@pytest.mark.parametrize("value", ["1e300", "inf", "+inf", "86400.5", "86401", "1" + "0" * 400])
+def test_durations_are_bounded(key: str, value: str) -> None:
+    message = refused(ENV + f"{key} = {value}\n")
+    assert f"[env] s.{key}" in message and "too large" in message and "86400 seconds" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("activate_timeout", "0", "must be greater than 0 and at most 86400 seconds"),
+        ("health_timeout", "-inf", "must be greater than 0 and at most 86400 seconds"),
+        ("health_timeout", "nan", "must be greater than 0"),
+        ("health_interval", "-1", "must not be negative: 0 to 86400 seconds"),
+        ("health_interval", "-inf", "must not be negative"),
+        ("health_retries", "1001", "must be at most 1000 (0 to 1000)"),
+        ("health_retries", "-1", "must be at least 0 (0 to 1000)"),
+        ("health_retries", "100000000000000000000000", "must be at most 1000"),
+    ],
+)
+def test_out_of_range_numbers_name_the_field_and_the_range(key: str, value: str, needle: str) -> None:
+    message = refused(ENV + f"{key} = {value}\n")
+    assert f"[env] s.{key}" in message and needle in message
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    env = parse_pipeline(
+        (
+            ENV + f"activate_timeout = {MAX_DURATION}\nhealth_interval = 0\nhealth_timeout = 86400\n"
+            f"health_retries = {MAX_RETRIES}\n"
+        ).encode()
+    ).env["s"]
+    assert (env.activate_timeout, env.health_interval, env.health_timeout) == (86400.0, 0.0, 86400.0)
+    assert env.health_retries == 1000
+    assert parse_pipeline((A + f"[build]\ntimeout = {MAX_BUILD_TIMEOUT}\n").encode()).build.timeout == 604800
+
+
+@pytest.mark.parametrize("value", [str(MAX_BUILD_TIMEOUT + 1), "1" + "0" * 30])
+def test_the_build_timeout_is_bounded(value: str) -> None:
+    assert "[build] timeout must be at most 604800 (1 to 604800)" in refused(
+        A + f"[build]\ntimeout = {value}\n"
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["activate_timeout", "health_interval", "health_timeout"]),
+    st.one_of(st.floats(), st.integers(min_value=-(10**20), max_value=10**400)),
+)
+def test_any_duration_is_accepted_in_range_or_refused_in_one_line(key: str, value: float) -> None:
+    text = repr(value) if isinstance(value, float) else str(value)
+    text = {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(text, text)
+    doc = ENV + f"{key} = {text}\n"
+    assert key in tomllib.loads(doc)["env"]["s"]
+    try:
+        env = parse_pipeline(doc.encode()).env["s"]
+    except ConfigError as exc:
+        assert str(exc).startswith("graven.toml: [env] s.") and "\n" not in str(exc)
+        return
+    got = getattr(env, key)
+    assert math.isfinite(got) and 0 <= got <= MAX_DURATION
+    assert got > 0 or key == "health_interval"
