@@ -3,7 +3,8 @@
 Everything in the archive is hostile until proven otherwise: absolute paths, ``..`` segments, links
 that escape, hard links, device files and duplicate entries are refused with the entry's name. Files
 stream into the store; the result is a manifest whose digest is recomputed here, never taken from the
-archive.
+archive. The member list must end with the end-of-archive zero block(s): a stream that stops at a
+member boundary (truncated) or at a corrupt header is refused, where :mod:`tarfile` would just stop.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Self, cast
 
 from graven.core.paths import check_path
 from graven.errors import BackendError, InputError, UnsafeInputError
@@ -23,6 +24,7 @@ from graven.store.local import LOOSE_THRESHOLD, PackBatch
 
 __all__ = ["ImportedTree", "read_archive"]
 
+_BLOCK = tarfile.BLOCKSIZE
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -68,6 +70,48 @@ def _claims(tar: tarfile.TarFile) -> dict[str, Any]:
     return {}
 
 
+class _LastBlock:
+    """What the last header block that :mod:`tarfile` read was: ``header`` (a non-zero block, which may
+    not have parsed), ``zeros`` (an end-of-archive block), ``short`` (a partial block) or ``eof``."""
+
+    def __init__(self) -> None:
+        self.kind = "eof"
+
+
+def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
+    """A TarInfo class that notes in ``last`` what each header block it parses looks like: tarfile ends
+    the member list alike at the zero blocks, at the end of the data and at an invalid header."""
+
+    class _ProbingInfo(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+            if not buf:
+                last.kind = "eof"
+            elif len(buf) != _BLOCK:
+                last.kind = "short"
+            elif buf.count(0) == _BLOCK:
+                last.kind = "zeros"
+            else:
+                last.kind = "header"
+            return super().frombuf(buf, encoding, errors)
+
+    return _ProbingInfo
+
+
+def _check_end(tar: tarfile.TarFile, last: _LastBlock, path: Path) -> None:
+    """Refuse an archive whose member list did not end with an end-of-archive zero block followed by
+    another zero block or by the end of the data (as GNU tar, which stops at the first zero block)."""
+    at = tar.offset
+    if last.kind == "zeros":
+        following = tar.fileobj.read(_BLOCK)
+        if following.count(0) != len(following):
+            raise InputError(f"{path}: a lone zero block at byte {at} is followed by more data")
+        return
+    if last.kind == "header":
+        raise InputError(f"{path}: corrupt tar header at byte {at}")
+    raise InputError(f"{path}: archive is truncated (no end-of-archive blocks after byte {at})")
+
+
 def read_archive(path: Path, batch: PackBatch) -> ImportedTree:
     """Read ``path`` (.tar, .tar.gz or .tar.zst, detected by content) into ``batch``."""
     try:
@@ -78,9 +122,11 @@ def read_archive(path: Path, batch: PackBatch) -> ImportedTree:
         raise InputError(f"cannot read {path}: {exc}") from exc
     with handle:
         stream = _open_stream(handle)
+        last = _LastBlock()
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_probing_tarinfo(last)) as tar:
                 entries, dirs = _read_members(tar, batch)
+                _check_end(tar, last, path)
                 claims = _claims(tar)
         except tarfile.TarError as exc:
             raise InputError(f"{path}: not a readable tar archive ({exc})") from None

@@ -1,16 +1,19 @@
 """Deterministic tar archives of an artifact (``graven export``).
 
 POSIX.1-2001 (pax) format: ustar headers, with a pax extended header only where ustar cannot hold a
-value (long or non-ASCII names and link targets, sizes of 8 GiB and more). Entries come in manifest
-order with each parent directory just before its first child; every entry has mtime = the commit time,
-uid/gid 0 with empty owner names, and mode 0644/0755 (files), 0755 (directories), 0777 (symlinks). A
-global pax header carries graven's metadata as a ``comment``, which tar ignores. The same artifact
-always gives the same bytes. Headers are built here rather than with :mod:`tarfile`, which is several
-times slower on trees of many small files.
+value (long or non-ASCII names and link targets, sizes of 8 GiB and more, commit times after 2242).
+Entries come in manifest order with each parent directory just before its first child; every entry has
+mtime = the commit time, uid/gid 0 with empty owner names, and mode 0644/0755 (files), 0755
+(directories), 0777 (symlinks). A global pax header carries graven's metadata as a ``comment``, which
+tar ignores. The archive ends with two zero blocks and is padded to a multiple of 10240 bytes (GNU tar's
+record size). The same artifact always gives the same bytes. Headers are built here rather than with
+:mod:`tarfile`, which is several times slower on trees of many small files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import json
 import os
@@ -22,16 +25,30 @@ from pathlib import Path
 from typing import BinaryIO, cast
 from zlib import adler32
 
-from graven.errors import BackendError, InputError
+from graven.errors import BackendError, GravenError, InputError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, TreeManifest
 
-__all__ = ["ARCHIVE_FORMAT", "ArchiveMeta", "compression_for", "write_archive"]
+__all__ = [
+    "ARCHIVE_FORMAT",
+    "MAX_EPOCH",
+    "ArchiveMeta",
+    "check_output_dir",
+    "compression_for",
+    "epoch_problem",
+    "write_archive",
+    "write_archive_file",
+    "write_error",
+]
 
 ARCHIVE_FORMAT = "graven.archive/v1"
 BLOCK = 512
 RECORD = 20 * BLOCK
 _USTAR_MAX_SIZE = 8**11 - 1
+_USTAR_MAX_TIME = 8**11 - 1  # 2242-03-16T12:56:31Z, the largest mtime of a ustar header
+MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
+"""The largest ``source_date_epoch`` an archive carries (the smallest is 0): export writes it, a pax
+``mtime`` record beyond what ustar holds, and import accepts it."""
 _CHUNK = 1 << 20
 _SMALL = 1 << 20  # files below this size are read whole; bigger ones are streamed
 
@@ -60,6 +77,16 @@ class ArchiveMeta:
             "source_date_epoch": self.source_date_epoch,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def epoch_problem(value: object) -> str | None:
+    """Why ``value`` cannot be an archive's ``source_date_epoch``, or None when it can: an integer (not
+    a bool) from 0 to :data:`MAX_EPOCH`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "it must be an integer"
+    if not 0 <= value <= MAX_EPOCH:
+        return f"it must be from 0 to {MAX_EPOCH} (9999-12-31T23:59:59Z)"
+    return None
 
 
 def compression_for(path: Path) -> str:
@@ -91,10 +118,18 @@ _TAIL = _MAGIC + bytes(64) + _ZERO_IDS + bytes(167)
 _SPACES_SUM = 8 * ord(" ")  # the checksum field counts as spaces
 
 
+def _ustar_time(mtime: int) -> int:
+    """``mtime`` clamped to what a ustar header holds (a pax ``mtime`` record carries the real one)."""
+    return min(max(mtime, 0), _USTAR_MAX_TIME)
+
+
 def _header(
     name: bytes, *, mode: int, size: int, mtime: int, typeflag: bytes, linkname: bytes = b""
 ) -> bytes:
-    """One ustar header block (built from byte strings: this runs once per entry of large trees)."""
+    """One ustar header block (built from byte strings: this runs once per entry of large trees). An
+    mtime that does not fit its 11 octal digits is clamped: the field never overflows into the next."""
+    if not 0 <= mtime <= _USTAR_MAX_TIME:
+        mtime = _ustar_time(mtime)
     head = b"%s%07o\x00%s%011o\x00%011o\x00" % (name.ljust(100, b"\x00"), mode, _ZERO_IDS, size, mtime)
     tail = typeflag + linkname.ljust(100, b"\x00") + _TAIL
     return head + b"%06o\x00 " % _checksum(head, tail) + tail
@@ -135,6 +170,8 @@ def entry_header(path: str, *, kind: bytes, mode: int, size: int, mtime: int, ta
         link = "././@PaxLink"
     if size > _USTAR_MAX_SIZE:
         records.append(("size", str(size)))
+    if not 0 <= mtime <= _USTAR_MAX_TIME:
+        records.append(("mtime", str(mtime)))  # the header holds the clamped value
     prefix = b""
     if records:
         prefix = _pax_header(records, mtime=mtime, kind=b"x", name=b"././@PaxHeader")
@@ -170,8 +207,8 @@ class _Headers:
 
     def __init__(self, mtime: int) -> None:
         self.mtime = mtime
-        mtime_f = b"%011o\x00" % mtime
-        self._fast = len(mtime_f) == 12
+        mtime_f = b"%011o\x00" % _ustar_time(mtime)
+        self._fast = 0 <= mtime <= _USTAR_MAX_TIME
         self._mtime_f = mtime_f
         self._modes = {False: b"%07o\x00" % 0o644 + _ZERO_IDS, True: b"%07o\x00" % 0o755 + _ZERO_IDS}
         self._dir_fields = b"%07o\x00" % 0o755 + _ZERO_IDS + b"%011o\x00" % 0 + mtime_f
@@ -231,13 +268,14 @@ def iter_archive(
     one call), or else from ``open_blob``; bigger files are streamed from ``open_blob``.
     """
     mtime = meta.source_date_epoch
+    problem = epoch_problem(mtime)
+    if problem is not None:
+        raise InputError(f"source_date_epoch {mtime!r} cannot go in an archive: {problem}")
     headers = _Headers(mtime)
     out = bytearray(
         _pax_header([("comment", meta.to_comment())], mtime=mtime, kind=b"g", name=b"pax_global_header")
     )
-    # Bytes handed out so far, for the final record padding. The global header counts as one block
-    # (as it always has: a longer one would change the padding, and with it every archive's bytes).
-    flushed = BLOCK - len(out)
+    flushed = 0  # bytes handed out so far, for the final record padding
     small = [entry.digest for entry in manifest.files() if entry.size < _SMALL]
     contents = iter(read_many(small) if read_many is not None else _read_whole(open_blob, small))
     emitted: set[str] = set()
@@ -346,6 +384,36 @@ def write_archive(
         compressor.close()
 
 
+def _missing_dir(path: Path) -> InputError | None:
+    parent = path.parent
+    if not parent.exists():
+        return InputError(f"cannot write {path}: directory {parent} does not exist; create it first")
+    if not parent.is_dir():
+        return InputError(f"cannot write {path}: {parent} is not a directory")
+    return None
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse ``path`` up front (:class:`InputError`) when its directory is missing or not one."""
+    problem = _missing_dir(path)
+    if problem is not None:
+        raise problem
+
+
+def write_error(path: Path, exc: OSError) -> GravenError:
+    """The one-line error for failing to write ``path`` (the path the user gave, never a temp file's):
+    an :class:`InputError` when the user can fix it by choosing another path, else a
+    :class:`BackendError`."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return _missing_dir(path) or InputError(f"cannot write {path}: {reason}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return InputError(f"cannot write {path}: {reason}; choose a directory you can write to")
+    if exc.errno in (errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST):
+        return InputError(f"cannot write {path}: {reason}")
+    return BackendError(f"cannot write {path}: {reason}")
+
+
 def write_archive_file(
     manifest: TreeManifest,
     meta: ArchiveMeta,
@@ -354,18 +422,34 @@ def write_archive_file(
     *,
     read_many: ReadMany | None = None,
 ) -> None:
-    """Write the archive to ``path`` atomically (a temp file beside it, then rename)."""
+    """Write the archive to ``path`` atomically (a temp file beside it, then rename).
+
+    Errors name ``path``: a missing or unwritable directory is an :class:`InputError`, a disk that fails
+    underneath a :class:`BackendError`; the temp file never stays behind.
+    """
     compression = compression_for(path)
+    problem = epoch_problem(meta.source_date_epoch)
+    if problem is not None:  # before creating any file
+        raise InputError(f"source_date_epoch {meta.source_date_epoch!r} cannot go in an archive: {problem}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("wb") as handle:
+        handle = tmp.open("wb")
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        with handle:
             write_archive(manifest, meta, open_blob, handle, compression, read_many=read_many)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BackendError(f"cannot write {path}: {exc}") from exc
+        _discard(tmp)
+        raise write_error(path, exc) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        tmp.unlink()

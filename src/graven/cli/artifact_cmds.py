@@ -67,7 +67,11 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
     import_ = add_command(commands, "import", import_cmd)
     import_.add_argument("archive", type=Path)
-    import_.add_argument("--name", help="Artifact name when the archive does not carry one.")
+    import_.add_argument(
+        "--name",
+        help="Artifact name (lowercase letters, digits, '.', '_', '-'), instead of the one the archive "
+        "claims or, without a claim, one made from the file name.",
+    )
     import_.add_argument(
         "--attestation",
         type=Path,
@@ -103,8 +107,8 @@ def artifacts_cmd(args: argparse.Namespace) -> int:
         [
             [
                 r.digest[7:19],
-                r.name,
-                (r.commit or "-")[:12],
+                _printable(r.name),
+                _printable((r.commit or "-")[:12]),
                 str(r.file_count),
                 human_size(r.total_size),
                 r.created_at[:19].replace("T", " "),
@@ -142,16 +146,13 @@ def show_cmd(args: argparse.Namespace) -> int:
             doc["entries"] = [e.to_json() for e in manifest.entries]
         emit_json(doc)
         return 0
-    import time
-
-    epoch = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.source_date_epoch))
     lines = [
         ("digest", record.digest),
-        ("name", record.name),
-        ("commit", record.commit or "-"),
+        ("name", _printable(record.name)),
+        ("commit", _printable(record.commit or "-")),
         ("repository", record.repository or "-"),
         ("revision", record.revision or "-"),
-        ("commit time", f"{epoch} UTC ({record.source_date_epoch})"),
+        ("commit time", f"{_utc(record.source_date_epoch)} ({record.source_date_epoch})"),
         ("pipeline", record.pipeline_digest or "-"),
         ("origin", record.origin),
         ("created", record.created_at),
@@ -177,6 +178,22 @@ def show_cmd(args: argparse.Namespace) -> int:
             detail = data.get("sha256", data.get("target", ""))
             print(f"{data['type']:<8}{data.get('mode', ''):<6}{data['path']}  {detail}")
     return 0
+
+
+def _utc(epoch: int) -> str:
+    """``epoch`` as ``YYYY-MM-DD HH:MM:SS UTC``; a time out of range (recorded by an older graven's
+    import) is said to be so rather than crash ``show``."""
+    import time
+
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+
+
+def _printable(text: str) -> str:
+    """``text`` as it is when printable, else its escaped form (never raw control characters)."""
+    return text if text.isprintable() else ascii(text)
 
 
 def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:
@@ -308,8 +325,9 @@ def export_cmd(args: argparse.Namespace) -> int:
     as_json: bool = args.as_json
     from graven.service import artifacts as svc
     from graven.service.context import Context
-    from graven.service.transfer import export_artifact, export_attestation
+    from graven.service.transfer import check_outputs, export_artifact, export_attestation
 
+    check_outputs(output, attestation, bundle)  # not half an export for a mistyped --attestation path
     ctx = _closing(Context.from_env())
     resolved = svc.resolve_digest(ctx, digest)
     export_artifact(ctx, resolved, output)

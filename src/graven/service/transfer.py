@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from graven.archive.writer import ArchiveMeta, compression_for, write_archive_file
+from graven.archive.writer import (
+    ArchiveMeta,
+    check_output_dir,
+    compression_for,
+    epoch_problem,
+    write_archive_file,
+    write_error,
+)
 from graven.errors import (
-    BackendError,
     DigestMismatchError,
     InputError,
     NotFoundError,
@@ -24,7 +32,18 @@ from graven.service.records import insert_ignore
 # Signing (cryptography) and the archive reader are imported by the functions that use them:
 # `graven export` needs neither, and start-up is part of every command's cost.
 
-__all__ = ["ImportResult", "export_artifact", "export_attestation", "import_archive"]
+__all__ = ["ImportResult", "check_outputs", "export_artifact", "export_attestation", "import_archive"]
+
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git commit id: SHA-1 or SHA-256
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_NAME_HINT = "use 1 to 128 lowercase letters, digits, '.', '_', '-', starting with a letter or digit"
+
+
+def check_outputs(*paths: Path | None) -> None:
+    """Refuse, before anything is written, an output path whose directory is missing (InputError)."""
+    for path in paths:
+        if path is not None:
+            check_output_dir(path)
 
 
 def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
@@ -82,8 +101,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BackendError(f"cannot write {path}: {exc.strerror}") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_error(path, exc) from None
 
 
 def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
@@ -112,20 +132,28 @@ def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
 def import_archive(
     ctx: Context, path: Path, *, name: str | None = None, attestation: Path | None = None
 ) -> ImportResult:
-    """Ingest an archive; the digest is recomputed from its content, never taken on trust."""
+    """Ingest an archive; the digest is recomputed from its content, never taken on trust.
+
+    The global header's other claims are checked before anything is recorded: an invalid one is an
+    :class:`InputError` naming it. ``name`` (``--name``) must be a valid artifact name and replaces the
+    claimed one; without either, the name comes from the file name, folded to a valid one.
+    """
     from graven.archive.reader import read_archive
     from graven.service.provenance import record_attestation
 
+    if name is not None and not _valid_name(name):
+        raise InputError(f"--name {_shown(name)} is not a valid artifact name: {_NAME_HINT}")
     store = ctx.store
     with store.batch() as batch:
         tree = read_archive(path, batch)
         manifest = tree.manifest
         claims = tree.claims
-        claimed = claims.get("digest")
+        claimed = _claimed_digest(path, claims)
         if claimed is not None and claimed != str(manifest.digest):
-            raise DigestMismatchError(
-                expected=str(claimed), actual=str(manifest.digest), what=f"archive {path}"
-            )
+            raise DigestMismatchError(expected=claimed, actual=str(manifest.digest), what=f"archive {path}")
+        artifact_name = name or _claimed_name(path, claims) or _name_from_file(path)
+        commit = _claimed_commit(path, claims)
+        epoch = _claimed_epoch(path, claims)
         pipeline_digest = None
         pipeline_text = claims.get("pipeline")
         if isinstance(pipeline_text, str):
@@ -136,9 +164,6 @@ def import_archive(
         if attestation is not None:
             envelope = _read_attestation(attestation, manifest.digest)
             envelope_digest = str(batch.add(envelope[0]))
-    artifact_name = name or _claimed_str(claims, "name") or _name_from_file(path)
-    commit = _claimed_str(claims, "commit")
-    epoch = claims.get("source_date_epoch")
     file_count = sum(1 for _ in manifest.files())
     row: dict[str, object] = {
         "digest": str(manifest.digest),
@@ -147,7 +172,7 @@ def import_archive(
         "repository": None,
         "revision": None,
         "pipeline_digest": pipeline_digest,
-        "source_date_epoch": epoch if isinstance(epoch, int) else 0,
+        "source_date_epoch": epoch,
         "file_count": file_count,
         "total_size": manifest.total_size,
         "origin": "import",
@@ -175,12 +200,89 @@ def import_archive(
     )
 
 
-def _claimed_str(claims: dict[str, Any], key: str) -> str | None:
-    value = claims.get(key)
-    return value if isinstance(value, str) and value else None
+def _shown(value: object) -> str:
+    """``value`` as JSON for a one-line message: ASCII only (control characters escaped), at most about
+    60 characters."""
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except ValueError:  # an int too long to print
+        text = "<a very long number>"
+    return text if len(text) <= 60 else text[:56] + '..."'
+
+
+def _bad_claim(path: Path, key: str, value: object, why: str) -> InputError:
+    return InputError(f"{path}: the archive's {key} claim {_shown(value)} is not valid: {why}")
+
+
+def _claimed_digest(path: Path, claims: dict[str, Any]) -> str | None:
+    """The ``digest`` claim (``sha256:<64 hex>``), or None when there is none."""
+    value = claims.get("digest")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise _bad_claim(path, "digest", value, "it must be sha256:<64 lowercase hex digits>")
+    return value
+
+
+def _claimed_name(path: Path, claims: dict[str, Any]) -> str | None:
+    """The ``name`` claim, or None when there is none; an invalid one is refused (``--name`` wins
+    over it, and is the way around it)."""
+    value = claims.get("name")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _valid_name(value):
+        raise InputError(
+            f"{path}: the archive's name claim {_shown(value)} is not a valid artifact name "
+            f"({_NAME_HINT}); pass --name NAME to choose one"
+        )
+    return value
+
+
+def _claimed_commit(path: Path, claims: dict[str, Any]) -> str | None:
+    """The ``commit`` claim (40 or 64 lowercase hex digits), or None when there is none."""
+    value = claims.get("commit")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _COMMIT.fullmatch(value):
+        raise _bad_claim(path, "commit", value, "it must be 40 or 64 lowercase hex digits")
+    return value
+
+
+def _claimed_epoch(path: Path, claims: dict[str, Any]) -> int:
+    """The ``source_date_epoch`` claim (0 to MAX_EPOCH, what export writes), or 0 without one."""
+    if "source_date_epoch" not in claims:
+        return 0
+    value = claims["source_date_epoch"]
+    problem = epoch_problem(value)
+    if problem is not None:
+        raise _bad_claim(path, "source_date_epoch", value, problem)
+    return int(value)
+
+
+def _valid_name(name: str) -> bool:
+    """Whether ``name`` follows the artifact-name rule of graven.toml's ``[artifact] name``."""
+    from graven.model.pipeline import ARTIFACT_NAME  # the one definition of the rule
+
+    return ARTIFACT_NAME.fullmatch(name) is not None
+
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tar.zst", ".tgz", ".tzst", ".tar")
 
 
 def _name_from_file(path: Path) -> str:
-    stem = path.name.split(".tar")[0].split(".t")[0].lower()
-    cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in stem).strip("-._")
-    return cleaned or "imported"
+    """An artifact name from the archive's file name: archive suffixes dropped, letters folded to ASCII
+    (``Über`` -> ``uber``), anything else not allowed made a ``-``; ``imported`` when nothing is left."""
+    import unicodedata
+
+    stem = path.name
+    for suffix in _ARCHIVE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = Path(stem).stem
+    folded = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii").lower()
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", folded).strip("-._")[:128].rstrip("-._")
+    return cleaned if cleaned and _valid_name(cleaned) else "imported"

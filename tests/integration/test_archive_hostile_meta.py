@@ -1,0 +1,449 @@
+"""``graven import`` checks what an archive's global header claims (epoch, name, commit, digest) and that
+the tar stream really ends; ``graven export`` writes commit times beyond ustar so that GNU tar reads
+them, and names the user's own path when it cannot write it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import COMMIT_EPOCH, commit_all
+
+Run = Callable[..., tuple[int, str, str]]
+
+MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z, as docs/formats/archive-v1.md says
+ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _claims(**overrides: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "format": "graven.archive/v1",
+        "name": "shop",
+        "commit": COMMIT,
+        "source_date_epoch": COMMIT_EPOCH,
+    }
+    doc.update(overrides)
+    return {k: v for k, v in doc.items() if v is not _ABSENT}
+
+
+_ABSENT = object()
+
+
+def _members() -> list[tuple[tarfile.TarInfo, bytes]]:
+    out = []
+    for name, data in (("a.txt", b"alpha\n"), ("b/c.txt", b"gamma\n"), ("d.txt", b"delta\n")):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, COMMIT_EPOCH
+        out.append((info, data))
+    return out
+
+
+def _tar(claims: dict[str, object] | None) -> bytes:
+    """A small archive; ``claims`` go in a pax global ``comment`` as graven writes them (raw JSON: any
+    value, control characters and all)."""
+    buf = io.BytesIO()
+    headers = {} if claims is None else {"comment": json.dumps(claims, ensure_ascii=False)}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=headers) as tar:
+        for info, data in _members():
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _one_line_error(result: tuple[int, str, str], *needles: str) -> str:
+    code, out, err = result
+    assert code == 2, (code, err)
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graven: error: "), err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "\x1b" not in err and "\r" not in err, err
+    for needle in needles:
+        assert needle in lines[0], err
+    return lines[0]
+
+
+def _nothing_recorded(run_cli: Run) -> None:
+    code, out, err = run_cli("artifacts", "--json")
+    assert code == 0, err
+    assert json.loads(out) == []
+
+
+def _imported(run_cli: Run, *args: object) -> dict[str, Any]:
+    code, out, err = run_cli("import", "--json", *args)
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    code, out, err = run_cli("show", digest, "--json")
+    assert code == 0, err
+    artifact: dict[str, Any] = json.loads(out)["artifact"]
+    code, out, err = run_cli("show", digest)  # the human form prints too (dates, names)
+    assert code == 0, err
+    return artifact
+
+
+# -- source_date_epoch ------------------------------------------------------------------------------
+
+BAD_EPOCHS: dict[str, object] = {
+    "huge": 10**30,  # an OverflowError in SQLite before
+    "1e17": 10**17,  # imported, then `show` crashed in time.gmtime
+    "1e15": 10**15,
+    "negative": -5,
+    "one-past-max": MAX_EPOCH + 1,
+    "true": True,  # a bool is an int in Python
+    "false": False,
+    "float": 1.5,
+    "string": "1704164645",
+    "null": None,
+    "list": [1],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EPOCHS))
+def test_an_invalid_epoch_claim_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, case: str
+) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims(source_date_epoch=BAD_EPOCHS[case])))
+    _one_line_error(run_cli("import", archive), "source_date_epoch", str(archive))
+    _nothing_recorded(run_cli)
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 8**11 - 1, 9_999_999_999, MAX_EPOCH])
+def test_an_epoch_in_range_is_stored_shown_and_exported(
+    graven_home: Path, tmp_path: Path, run_cli: Run, epoch: int
+) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims(source_date_epoch=epoch)))
+    artifact = _imported(run_cli, archive)
+    assert artifact["source_date_epoch"] == epoch
+    assert type(artifact["source_date_epoch"]) is int
+    out = tmp_path / "again.tar"
+    code, _, err = run_cli("export", artifact["digest"], "-o", out)
+    assert code == 0, err
+    listing = _gnu_tar("-tvf", out)
+    assert "b/c.txt" in listing
+    with tarfile.open(out) as tar:
+        assert {int(m.mtime) for m in tar.getmembers()} == {epoch}
+        assert json.loads(tar.pax_headers["comment"])["source_date_epoch"] == epoch
+
+
+def test_an_archive_without_claims_gets_epoch_zero(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    archive = _write(tmp_path / "plain.tar", _tar(None))
+    artifact = _imported(run_cli, archive)
+    assert (artifact["source_date_epoch"], artifact["commit"], artifact["name"]) == (0, None, "plain")
+
+
+# -- name -------------------------------------------------------------------------------------------
+
+BAD_NAMES: dict[str, object] = {
+    "escape-and-newline": "Evil\x1b[31mRED\nline2",
+    "5000-chars": "a" * 5000,
+    "129-chars": "a" * 129,
+    "spaces-and-slash": "Not A Valid/Name",
+    "uppercase": "Shop",
+    "leading-dash": "-shop",
+    "non-ascii": "\u00fcber",
+    "empty": "",
+    "number": 42,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NAMES))
+def test_an_invalid_name_claim_is_refused_with_a_hint(
+    graven_home: Path, tmp_path: Path, run_cli: Run, case: str
+) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims(name=BAD_NAMES[case])))
+    line = _one_line_error(run_cli("import", archive), "name claim", "--name", str(archive))
+    assert len(line) < 400  # the 5000-char name is not printed whole
+    _nothing_recorded(run_cli)
+
+
+def test_name_option_replaces_an_invalid_claim(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims(name="Evil\x1b[31mRED\nline2")))
+    assert _imported(run_cli, archive, "--name", "shop-2")["name"] == "shop-2"
+
+
+@pytest.mark.parametrize("name", ["Not A Valid/Name", "UPPER", "a" * 129, "", "x\x1b[2J"])
+def test_an_invalid_name_option_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, name: str
+) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims()))
+    _one_line_error(run_cli("import", archive, "--name", name), "--name", "not a valid artifact name")
+    _nothing_recorded(run_cli)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "expected"),
+    [
+        ("\u00dcBER \u00c4rchiv.tar", "uber-archiv"),
+        ("My Release (final).tar.gz", "my-release-final"),
+        ("--.tar", "imported"),
+        ("\u65e5\u672c.tar", "imported"),
+        ("x" * 200 + ".tar", "x" * 128),
+        ("v1.2.3.tar", "v1.2.3"),
+    ],
+)
+def test_a_name_from_the_file_name_follows_the_rule(
+    graven_home: Path, tmp_path: Path, run_cli: Run, file_name: str, expected: str
+) -> None:
+    archive = _write(tmp_path / file_name, _tar(_claims(name=_ABSENT)))
+    name = _imported(run_cli, archive)["name"]
+    assert name == expected
+    assert ARTIFACT_NAME.fullmatch(name)
+
+
+def test_the_name_rule_is_the_pipeline_one() -> None:
+    from graven.model.pipeline import ARTIFACT_NAME as RULE
+
+    assert RULE.pattern == ARTIFACT_NAME.pattern
+
+
+# -- commit and digest ------------------------------------------------------------------------------
+
+BAD_COMMITS: dict[str, object] = {
+    "escape": "not-a-commit\x1b[2J",
+    "uppercase": COMMIT.upper(),
+    "short": COMMIT[:39],
+    "41-hex": COMMIT + "0",
+    "abbreviated": COMMIT[:12],
+    "empty": "",
+    "number": 123,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMITS))
+def test_an_invalid_commit_claim_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, case: str
+) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims(commit=BAD_COMMITS[case])))
+    _one_line_error(run_cli("import", archive), "commit claim", str(archive))
+    _nothing_recorded(run_cli)
+
+
+@pytest.mark.parametrize("commit", [COMMIT, "ab" * 32, None])
+def test_a_valid_commit_claim_is_stored(
+    graven_home: Path, tmp_path: Path, run_cli: Run, commit: str | None
+) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims(commit=commit)))
+    assert _imported(run_cli, archive)["commit"] == commit
+
+
+@pytest.mark.parametrize("digest", ["sha256:\x1b[2J", "sha256:" + "A" * 64, 7, ""])
+def test_an_invalid_digest_claim_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, digest: object
+) -> None:
+    archive = _write(tmp_path / "a.tar", _tar(_claims(digest=digest)))
+    _one_line_error(run_cli("import", archive), "digest claim")
+    _nothing_recorded(run_cli)
+
+
+# -- the end of the tar stream ----------------------------------------------------------------------
+
+
+def _header_offsets(data: bytes) -> list[int]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [m.offset for m in tar.getmembers()]
+
+
+def _end_of_members(data: bytes) -> int:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        last = tar.getmembers()[-1]
+    return last.offset_data + -(-last.size // 512) * 512
+
+
+@pytest.mark.parametrize("claims", [None, "graven"])
+@pytest.mark.parametrize("where", ["after-first", "after-last"])
+def test_a_tar_cut_at_a_member_boundary_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, claims: str | None, where: str
+) -> None:
+    """Without a digest claim nothing else would notice the missing members."""
+    data = _tar(None if claims is None else _claims())
+    cut_at = _header_offsets(data)[1] if where == "after-first" else _end_of_members(data)
+    archive = _write(tmp_path / "cut.tar", data[:cut_at])
+    _one_line_error(run_cli("import", archive), "truncated", str(archive))
+    _nothing_recorded(run_cli)
+
+
+@pytest.mark.parametrize("compress", ["gz", "zst"])
+def test_a_compressed_tar_cut_at_a_member_boundary_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, compress: str
+) -> None:
+    data = _tar(None)
+    data = data[: _header_offsets(data)[2]]
+    if compress == "gz":
+        import gzip
+
+        packed = gzip.compress(data)
+    else:
+        import zstandard
+
+        packed = zstandard.ZstdCompressor().compress(data)
+    archive = _write(tmp_path / f"cut.tar.{compress}", packed)
+    _one_line_error(run_cli("import", archive), "truncated")
+    _nothing_recorded(run_cli)
+
+
+def test_a_lone_zero_block_at_the_end_is_accepted(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    """As GNU tar reads it: the members are all there, only the second zero block is missing."""
+    data = _tar(None)
+    end = _end_of_members(data)
+    archive = _write(tmp_path / "lone.tar", data[:end] + bytes(512))
+    code, _, err = run_cli("import", archive)
+    assert code == 0, err
+
+
+def test_a_lone_zero_block_before_more_members_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    data = _tar(None)
+    second = _header_offsets(data)[1]
+    archive = _write(tmp_path / "lone.tar", data[:second] + bytes(512) + data[second:])
+    _one_line_error(run_cli("import", archive), "zero block")
+    _nothing_recorded(run_cli)
+
+
+def test_a_corrupt_header_between_members_is_refused(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    data = bytearray(_tar(None))
+    second = _header_offsets(bytes(data))[1]
+    data[second : second + 100] = b"\xff" * 100  # the checksum no longer matches
+    archive = _write(tmp_path / "corrupt.tar", bytes(data))
+    _one_line_error(run_cli("import", archive), "corrupt tar header", str(archive))
+    _nothing_recorded(run_cli)
+
+
+def test_trailing_data_after_the_end_blocks_is_ignored(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    archive = _write(tmp_path / "tail.tar", _tar(None) + b"trailing garbage")
+    code, _, err = run_cli("import", archive)
+    assert code == 0, err
+
+
+# -- export -----------------------------------------------------------------------------------------
+
+
+def _gnu_tar(*args: str | Path) -> str:
+    result = subprocess.run(
+        ["tar", *map(str, args)], capture_output=True, check=False, env={**os.environ, "TZ": "UTC"}
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout.decode()
+
+
+FUTURE = 9_999_999_999  # 2286-11-20T17:46:39Z: more than the 11 octal digits of a ustar mtime
+
+
+@pytest.fixture
+def future_artifact(graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run) -> str:
+    repo = make_repo(tmp_path / "repo", {"README.md": "# shop\n", "app/main.py": "print('hi')\n"})
+    commit_all(repo, "from the future", date=f"@{FUTURE} +0000")
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    return out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.zst"])
+def test_export_of_a_commit_time_beyond_ustar_is_readable_and_deterministic(
+    future_artifact: str,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+) -> None:
+    digest = future_artifact
+    first, second = tmp_path / f"one{suffix}", tmp_path / f"two{suffix}"
+    for target in (first, second):
+        code, _, err = run_cli("export", digest, "-o", target)
+        assert code == 0, err
+    assert first.read_bytes() == second.read_bytes()
+    zstd = ["--zstd"] if suffix == ".tar.zst" else []
+    listing = _gnu_tar(*zstd, "--full-time", "-tvf", first)
+    assert "2286-11-20 17:46:39 README.md" in listing
+    assert "2286-11-20 17:46:39 app/main.py" in listing
+    dest = tmp_path / "extracted"
+    dest.mkdir()
+    _gnu_tar(*zstd, "-xf", first, "-C", dest)
+    assert (dest / "app/main.py").read_text() == "print('hi')\n"
+    assert int((dest / "README.md").stat().st_mtime) == FUTURE
+
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "second-home"))
+    code, out, err = run_cli("import", first)
+    assert code == 0, err
+    assert out.splitlines()[-1] == digest
+    code, out, err = run_cli("show", digest, "--json")
+    assert code == 0, err
+    assert json.loads(out)["artifact"]["source_date_epoch"] == FUTURE
+    again = tmp_path / f"again{suffix}"
+    code, _, err = run_cli("export", digest, "-o", again)
+    assert code == 0, err
+    assert again.read_bytes() == first.read_bytes()
+
+
+def test_export_is_a_whole_number_of_records(future_artifact: str, run_cli: Run, tmp_path: Path) -> None:
+    out = tmp_path / "a.tar"
+    code, _, err = run_cli("export", future_artifact, "-o", out)
+    assert code == 0, err
+    assert out.stat().st_size % 10240 == 0
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["nodir/x.tar", "nodir/deeper/x.tar.zst", "plain-file/x.tar.gz"],
+)
+def test_export_to_a_path_that_cannot_be_written_is_an_input_error(
+    future_artifact: str, run_cli: Run, tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "plain-file").write_text("x")
+    out = tmp_path / where
+    line = _one_line_error(run_cli("export", future_artifact, "-o", out), str(out))
+    assert ".tmp-" not in line
+    assert "does not exist" in line or "not a directory" in line
+
+
+@pytest.mark.parametrize("option", ["--attestation", "--bundle"])
+def test_export_attestation_to_a_missing_directory_is_an_input_error(
+    future_artifact: str, run_cli: Run, tmp_path: Path, option: str
+) -> None:
+    envelope = tmp_path / "nodir" / "x.intoto.json"
+    archive = tmp_path / "a.tar"
+    line = _one_line_error(run_cli("export", future_artifact, "-o", archive, option, envelope), str(envelope))
+    assert ".tmp-" not in line and "does not exist" in line
+    assert not archive.exists()  # refused before anything was written
+
+
+def test_show_survives_an_epoch_an_older_graven_stored(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """Imports before these checks stored any epoch and any name: `show` prints them, escaped."""
+    archive = _write(tmp_path / "a.tar", _tar(_claims()))
+    digest = _imported(run_cli, archive)["digest"]
+    from graven.db import Database
+
+    db = Database.open(f"sqlite:///{graven_home / 'graven.db'}")
+    try:
+        with db.begin() as conn:
+            conn.execute(
+                "UPDATE artifacts SET source_date_epoch = :e, name = :n",
+                {"e": 10**17, "n": "Evil\x1b[31mRED\nline2"},
+            )
+    finally:
+        db.close()
+    for args in (("show", digest), ("artifacts",)):
+        code, out, err = run_cli(*args)
+        assert code == 0, err
+        assert "\x1b" not in out and "line2\n" not in out
+    code, out, _ = run_cli("show", digest)
+    assert "out of range" in out
