@@ -361,3 +361,35 @@ def test_builds_from_two_clones_at_different_paths_are_byte_identical(
     deps = _statement(run_cli, digests[1])["predicate"]["buildDefinition"]["resolvedDependencies"]  # type: ignore[index]
     tools = [d for d in deps if d.get("name", "").startswith("tool:python3@")]
     assert len(tools) == 1 and len(tools[0]["digest"]["sha256"]) == 64
+
+
+def test_a_step_cannot_change_the_hosts_device_nodes(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """bwrap's --dev binds the host's /dev/null, /dev/zero... writable; a step running as root owns
+    them and could chmod them on the host (a broken /dev/null breaks the whole machine)."""
+    import os
+
+    before = {name: os.stat(f"/dev/{name}").st_mode for name in ("null", "zero", "urandom")}
+    step = (
+        "chmod 600 /dev/null /dev/zero /dev/urandom 2>/dev/null; "
+        "mkdir -p out && echo written > /dev/null && head -c 3 /dev/zero | wc -c > out/zero && "
+        "head -c 8 /dev/urandom | wc -c > out/random && ls -l /dev > out/dev.txt"
+    )
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step))
+    try:
+        code, out, err = run_cli("build", "-C", repo, "--json")
+    finally:
+        after = {name: os.stat(f"/dev/{name}").st_mode for name in before}
+        for name, mode in before.items():  # put the host right even when the sandbox let it through
+            if after[name] != mode:
+                os.chmod(f"/dev/{name}", mode & 0o7777)
+    assert after == before
+    assert code == 0, err  # the step could still use its devices
+    export = tmp_path / "a.tar"
+    assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
+    import tarfile
+
+    with tarfile.open(export) as tar:
+        zero, random = (tar.extractfile(f"out/{n}").read().strip() for n in ("zero", "random"))  # type: ignore[union-attr]
+    assert (zero, random) == (b"3", b"8")

@@ -8,6 +8,8 @@ Inside the sandbox every step sees the same machine, wherever and whenever it ru
   ``/proc`` and ``/dev`` (fresh ones are mounted), the graven home, the repository's working tree and
   the user's credentials (``~/.ssh``, ``~/.aws``, ``~/.netrc``...: :data:`CREDENTIAL_DIRS`), which are
   hidden; the root itself is read-only, so nothing outside the scratch space can be written;
+- ``/dev``: fresh, with graven's own device nodes when graven runs as root (bwrap's ``--dev`` binds the
+  host's nodes writable, and root owns them: a step could ``chmod`` the host's ``/dev/null``);
 - no network (a network namespace of its own: even 127.0.0.1 is unreachable), except for the fetch
   phase; no capabilities (so a root build cannot remount anything writable); a fixed host name;
 - only the environment graven passes (see :func:`graven.build.steps.clean_environment`), umask 022.
@@ -93,6 +95,7 @@ class SandboxLayout:
     hidden: tuple[str, ...] = ()
     extra_ro: tuple[str, ...] = field(default=())
     masked: tuple[str, ...] = ()  # host files shown as empty (/dev/null): a signing key file, say
+    devices: str | None = None  # graven's own device nodes for /dev (see make_private_devices)
 
 
 def bwrap_argv(
@@ -127,7 +130,7 @@ def bwrap_argv(
             argv += ["--symlink", entry.link_target, dest]
         else:
             argv += ["--ro-bind", dest, dest]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", SANDBOX_TMP]
+    argv += ["--proc", "/proc", *_dev_argv(layout.devices), "--tmpfs", SANDBOX_TMP]
     for path in layout.extra_ro:
         argv += ["--ro-bind", path, path]
     for path in layout.hidden:
@@ -154,6 +157,58 @@ def bwrap_argv(
         *command,
     ]
     return argv
+
+
+# The device nodes a step gets in /dev: (name, major, minor), as bwrap's --dev gives them.
+DEVICES: Final = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+
+
+def _dev_argv(devices: str | None) -> list[str]:
+    """/dev for a step. bwrap's ``--dev`` bind-mounts the host's own nodes, writable: a step running as
+    root (who owns them) could ``chmod 600 /dev/null`` on the host. With ``devices`` (graven's private
+    nodes, see :func:`make_private_devices`) /dev is a tmpfs holding those and the usual links instead."""
+    if devices is None:
+        return ["--dev", "/dev"]
+    argv = ["--tmpfs", "/dev"]
+    for name, _major, _minor in DEVICES:
+        argv += ["--dev-bind", f"{devices}/{name}", f"/dev/{name}"]
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0")):
+        argv += ["--symlink", target, f"/dev/{name}"]
+    argv += ["--symlink", "/proc/self/fd/1", "/dev/stdout", "--symlink", "/proc/self/fd/2", "/dev/stderr"]
+    argv += ["--tmpfs", "/dev/shm"]  # noqa: S108 - the sandbox's own, empty
+    return argv
+
+
+def make_private_devices(directory: Path) -> str | None:
+    """Make graven's own device nodes (:data:`DEVICES`, mode 0666) in ``directory`` for the sandbox's
+    /dev, so that nothing a step does to them reaches the host's nodes.
+
+    Only needed when graven runs as root: without privileges bwrap runs the step in a user namespace
+    whose root does not own the host's nodes. None (use bwrap's ``--dev``) when not root, or when nodes
+    cannot be made or used here (no CAP_MKNOD, a ``nodev`` file system)."""
+    if os.geteuid() != 0:
+        return None
+    import stat
+
+    try:
+        directory.mkdir(mode=0o755)
+        for name, major, minor in DEVICES:
+            path = directory / name
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            os.chmod(path, 0o666)  # noqa: S103 - a device node, as on any host; whatever the umask
+        fd = os.open(directory / "null", os.O_WRONLY | os.O_CLOEXEC)  # fails on a nodev mount
+        os.close(fd)
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    return str(directory)
 
 
 def host_root_entries(root: str = "/") -> tuple[HostEntry, ...]:

@@ -39,6 +39,7 @@ from graven.build.sandbox import (
     find_bwrap,
     hidden_paths,
     host_root_entries,
+    make_private_devices,
     masked_files,
     probe_bubblewrap,
     resolver_files,
@@ -175,6 +176,7 @@ def _runner(
         hidden=hidden,
         extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
         masked=masked_files([*([Path(key_file)] if os.sep in key_file else []), *cred_files], hidden),
+        devices=make_private_devices(ws.root / "dev"),
     )
     return BubblewrapRunner(
         bwrap,

@@ -10,12 +10,14 @@ import pytest
 
 from graven.build import sandbox
 from graven.build.sandbox import (
+    DEVICES,
     BubblewrapRunner,
     HostEntry,
     SandboxLayout,
     bwrap_argv,
     credential_paths,
     hidden_paths,
+    make_private_devices,
     masked_files,
     probe_bubblewrap,
 )
@@ -231,3 +233,21 @@ def test_credential_paths_name_the_usual_places_below_each_absolute_home() -> No
     assert Path("/home/ci/.netrc") in files and Path("/home/ci/.git-credentials") in files
     assert all(str(p).startswith("/home/ci/") for p in [*dirs, *files])  # no relative or empty home
     assert len(dirs) == len(set(dirs))  # each home once
+
+
+def test_private_devices_replace_the_hosts_in_dev(tmp_path: Path) -> None:
+    argv = bwrap_argv("bwrap", _layout(devices="/w/dev"), {}, ["true"])
+    assert "--dev" not in argv
+    i = argv.index("/dev/null")
+    assert argv[i - 2 : i + 1] == ["--dev-bind", "/w/dev/null", "/dev/null"]
+    assert argv.index("--tmpfs") < i  # /dev is a tmpfs of its own, made first
+    assert "--dev" in bwrap_argv("bwrap", _layout(), {}, ["true"])  # without them: bwrap's --dev
+    made = make_private_devices(tmp_path / "dev")
+    if os.geteuid() != 0:
+        assert made is None  # unprivileged bwrap: the host's nodes are not ours to change
+        return
+    assert made == str(tmp_path / "dev")
+    for name, major, minor in DEVICES:
+        st = os.stat(tmp_path / "dev" / name)
+        assert stat.S_ISCHR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o666
+        assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (major, minor)
