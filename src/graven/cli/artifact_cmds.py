@@ -199,10 +199,10 @@ def _printable(text: str) -> str:
 def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:
     import json
 
-    from graven.service.provenance import latest_envelope
+    from graven.service.provenance import preferred_envelope
     from graven.signing.bundle import load_attestation
 
-    envelope = load_attestation(latest_envelope(ctx, digest))
+    envelope = load_attestation(preferred_envelope(ctx, digest)[0])
     statement = json.loads(envelope.payload)
     if as_json:
         emit_json(
@@ -325,14 +325,18 @@ def export_cmd(args: argparse.Namespace) -> int:
     as_json: bool = args.as_json
     from graven.service import artifacts as svc
     from graven.service.context import Context
-    from graven.service.transfer import check_outputs, export_artifact, export_attestation
+    from graven.service.transfer import check_outputs, export_artifact, prepare_attestation
 
     check_outputs(output, attestation, bundle)  # not half an export for a mistyped --attestation path
     ctx = _closing(Context.from_env())
     resolved = svc.resolve_digest(ctx, digest)
-    export_artifact(ctx, resolved, output)
+    write_attestation = None
     if attestation is not None or bundle is not None:
-        export_attestation(ctx, resolved, envelope_path=attestation, bundle_path=bundle)
+        # made before anything is written: an attestation that cannot be exported stops the export
+        write_attestation = prepare_attestation(ctx, resolved, envelope_path=attestation, bundle_path=bundle)
+    export_artifact(ctx, resolved, output)
+    if write_attestation is not None:
+        write_attestation()
     if as_json:
         emit_json({"digest": str(resolved), "output": str(output), "size": output.stat().st_size})
     else:

@@ -128,14 +128,10 @@ def list_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _revoked(path: Path) -> set[str]:
-    if not path.is_file():
-        return set()
-    return {
-        line.split("#", 1)[0].strip().lower()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.split("#", 1)[0].strip()
-    }
+def _revoked(path: Path) -> frozenset[str]:
+    from graven.service.provenance import read_revoked  # the one reader verify and deploy use too
+
+    return read_revoked(path)
 
 
 def export_cmd(args: argparse.Namespace) -> int:

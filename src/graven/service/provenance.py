@@ -7,6 +7,7 @@ Trust belongs to the operator: the keys in ``GRAVEN_HOME/trust`` (plus an option
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ __all__ = [
     "ProvenanceCheck",
     "check_provenance",
     "load_policy",
+    "preferred_envelope",
+    "read_revoked",
     "record_attestation",
     "resolve_signing_key",
     "sign_provenance",
@@ -49,12 +52,21 @@ REVOKED_FILE = "revoked"
 
 def resolve_signing_key(ctx: Context) -> SigningKey:
     """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's only key."""
+    key = _choose_signing_key(ctx)
+    if key.keyid in read_revoked(ctx.home.trust / REVOKED_FILE):
+        raise PolicyError(
+            f"the signing key {key.keyid[:16]} is revoked (GRAVEN_HOME/trust/revoked): what it signs "
+            "would never verify; sign with another key (`graven keys generate`)"
+        )
+    return key
+
+
+def _choose_signing_key(ctx: Context) -> SigningKey:
     keys = KeyStore(ctx.home.keys)
     chosen = os.environ.get("GRAVEN_SIGNING_KEY")
     if chosen:
         return keys.resolve(chosen)
-    entries = keys.list()
-    names = [e.name for e in entries if keys.private_path(e.name).exists()]
+    names = keys.private_names()
     if DEFAULT_KEY_NAME in names:
         return keys.load(DEFAULT_KEY_NAME)
     if len(names) == 1:
@@ -131,16 +143,41 @@ def record_attestation(conn: Connection, artifact: str, envelope_digest: str, ke
     )
 
 
+_KEY_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def read_revoked(path: Path) -> frozenset[str]:
+    """The key ids listed in a revocation file (``trust/revoked``): one per line, optionally
+    ``sha256:``-prefixed, ``#`` comments. A line that is no key id is an error naming it, never skipped:
+    a revocation that silently does not apply is worse than a refusal."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return frozenset()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; it lists one key id (64 hex digits) per line") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    found: set[str] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        value = line.split("#", 1)[0].strip().lower().removeprefix("sha256:")
+        if not value:
+            continue
+        if not _KEY_ID.fullmatch(value):
+            raise InputError(
+                f"{path} line {number}: {value[:80]!a} is not a key id (64 hex digits, as "
+                "`graven keys list` shows them); fix or remove the line"
+            )
+        found.add(value)
+    return frozenset(found)
+
+
 def load_policy(ctx: Context, policy_file: Path | None = None) -> TrustPolicy:
     """The operator's trust: ``GRAVEN_HOME/trust``, ``trust/revoked`` and an optional policy file."""
     policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.is_dir() else None, policy_file)
     revoked_file = ctx.home.trust / REVOKED_FILE
     if revoked_file.is_file():
-        extra = {
-            line.split("#", 1)[0].strip().lower().removeprefix("sha256:")
-            for line in revoked_file.read_text(encoding="utf-8").splitlines()
-        }
-        extra.discard("")
+        extra = read_revoked(revoked_file)
         policy = TrustPolicy(
             keys=policy.keys,
             revoked=policy.revoked | frozenset(extra),
@@ -271,3 +308,15 @@ def latest_envelope(ctx: Context, artifact: Digest) -> bytes:
     if not digests:
         raise NotFoundError(f"{artifact} has no signed provenance")
     return ctx.store.read(Digest.parse(digests[0]))
+
+
+def preferred_envelope(ctx: Context, artifact: Digest) -> tuple[bytes, str | None]:
+    """The envelope of ``artifact`` to show, export or rebuild from: the newest one the home's trust
+    policy accepts, and the key id that verified it; when none verifies, the newest stored one and
+    None. (The newest stored one alone could be any later import or a build with an untrusted key,
+    hiding the provenance that verify accepts.)"""
+    try:
+        verified, envelope_digest = verified_provenance(ctx, artifact, policy=load_policy(ctx))
+    except (VerificationError, PolicyError, InputError):
+        return latest_envelope(ctx, artifact), None
+    return ctx.store.read(Digest.parse(envelope_digest)), verified.keyid

@@ -29,7 +29,7 @@ from graven.model.pipeline import PIPELINE_FILE, parse_pipeline
 from graven.service.artifacts import load_manifest
 from graven.service.context import Context
 from graven.service.hermetic import Opener, run_step_build
-from graven.service.provenance import latest_envelope
+from graven.service.provenance import preferred_envelope
 from graven.signing.bundle import load_attestation
 from graven.signing.provenance import ProvenanceStatement, ResourceRef, parse_statement
 from graven.sources.git import GitRepo
@@ -72,7 +72,7 @@ class RebuildReport:
 
 
 def _statement(ctx: Context, digest: Digest) -> ProvenanceStatement:
-    envelope = load_attestation(latest_envelope(ctx, digest))
+    envelope = load_attestation(preferred_envelope(ctx, digest)[0])
     statement = parse_statement(envelope.payload)
     if statement.commit is None:
         raise VerificationError(f"{digest}: its provenance names no commit; nothing to rebuild from")

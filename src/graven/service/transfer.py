@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,38 @@ class ImportResult:
 def export_attestation(
     ctx: Context, digest: Digest, *, envelope_path: Path | None, bundle_path: Path | None
 ) -> None:
-    """Write the artifact's newest signed provenance as a DSSE envelope and/or a Sigstore bundle."""
-    from graven.service.provenance import latest_envelope
+    """Write the artifact's signed provenance as a DSSE envelope and/or a Sigstore bundle."""
+    prepare_attestation(ctx, digest, envelope_path=envelope_path, bundle_path=bundle_path)()
+
+
+def prepare_attestation(
+    ctx: Context, digest: Digest, *, envelope_path: Path | None, bundle_path: Path | None
+) -> Callable[[], None]:
+    """Make the files of :func:`export_attestation` in memory (raising now, before anything is
+    written, when they cannot be made) and return what writes them.
+
+    The provenance is the one the home's trust policy accepts (:func:`preferred_envelope`). A Sigstore
+    bundle holds one signature: the one that verified, when the envelope has several."""
+    from graven.service.provenance import preferred_envelope
     from graven.signing.bundle import bundle_bytes, load_attestation
 
-    envelope = load_attestation(latest_envelope(ctx, digest))
+    data, keyid = preferred_envelope(ctx, digest)
+    envelope = load_attestation(data)
+    files: list[tuple[Path, bytes]] = []
     if envelope_path is not None:
-        _write_atomic(envelope_path, envelope.to_json())
+        files.append((envelope_path, envelope.to_json()))
     if bundle_path is not None:
-        _write_atomic(bundle_path, bundle_bytes(envelope))
+        single = envelope
+        if len(envelope.signatures) > 1 and keyid is not None:
+            chosen = tuple(s for s in envelope.signatures if s.keyid == keyid)[:1]
+            single = replace(envelope, signatures=chosen or envelope.signatures)
+        files.append((bundle_path, bundle_bytes(single)))
+
+    def write() -> None:
+        for path, payload in files:
+            _write_atomic(path, payload)
+
+    return write
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -125,8 +149,9 @@ def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
     except InputError as exc:
         raise VerificationError(f"{path}: provenance is malformed: {exc}") from None
     check_subject(statement, str(digest))
-    keyid = envelope.signatures[0].keyid if envelope.signatures else ""
-    return envelope.to_json(), keyid
+    if not envelope.signatures:
+        raise VerificationError(f"{path}: the envelope has no signature; it attests nothing")
+    return envelope.to_json(), envelope.signatures[0].keyid
 
 
 def import_archive(

@@ -398,6 +398,17 @@ class KeyStore:
         write_public_key(public_path, key)
         return KeyEntry(name, key.keyid, key.key_type)
 
+    def private_names(self) -> list[str]:
+        """The names of the private keys of the directory, sorted, read from the file names only (a
+        damaged unrelated key file does not stop the choice of a good one)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            path.stem
+            for path in self.directory.iterdir()
+            if path.suffix == ".key" and _KEY_NAME.fullmatch(path.stem) and path.stem not in {".", ".."}
+        )
+
     def list(self) -> list[KeyEntry]:
         """All keys of the directory, sorted by name (read from ``NAME.pub``, else ``NAME.key``)."""
         if not self.directory.is_dir():
