@@ -208,3 +208,49 @@ def test_verify_rebuild_of_a_plain_build_reads_git_again(
     code, out, err = run_cli("verify", digest, "--rebuild", "--json")
     assert code == 0, err
     assert json.loads(out)["rebuild"]["sandbox"] == "none"
+
+
+def test_rebuild_never_runs_steps_an_untrusted_provenance_names(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An archive and attestation from elsewhere (a key this home does not trust): verify --rebuild
+    must refuse before running anything, even though the commit is in the repository given."""
+    marker = tmp_path / "ran"
+    step = f"touch {marker}; mkdir -p out && echo x > out/x"
+    repo = make_repo(tmp_path / "repo", APP, _toml(step, extra='sandbox = "none"\n'))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    marker.unlink()
+    archive, envelope = tmp_path / "a.tar", tmp_path / "a.json"
+    assert run_cli("export", digest, "-o", archive, "--attestation", envelope)[0] == 0
+    other = tmp_path / "other-home"  # trusts no key at all
+    monkeypatch.setenv("GRAVEN_HOME", str(other))
+    assert run_cli("import", archive, "--attestation", envelope)[0] == 0
+    code, out, err = run_cli("verify", digest, "--rebuild", "-C", repo)
+    assert code == 1 and "was not rebuilt" in err, err
+    assert not marker.exists()  # nothing from the untrusted pipeline ran
+    code, out, err = run_cli("verify", digest, "--rebuild", "-C", repo, "--json")
+    assert code == 1 and json.loads(out)["rebuild"] is None
+    assert not marker.exists()
+
+
+def test_the_origin_url_is_recorded_without_credentials(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, '[artifact]\nname = "demo"\n')
+    subprocess.run(
+        ["git", "-C", str(repo), "remote", "add", "origin", "https://ci-token:ghp_S3CRET@example.com/x.git"],
+        check=True,
+        env=git_env(),
+    )
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["repository"] == "https://example.com/x.git"
+    code, out, _ = run_cli("show", doc["digest"], "--provenance", "--json")
+    assert code == 0 and "S3CRET" not in out and "ci-token" not in out

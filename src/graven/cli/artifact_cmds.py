@@ -281,7 +281,14 @@ def _verify_rebuild(
     """``verify --rebuild``: the usual checks, then a rebuild that must give the same digest."""
     from graven.service.reproduce import rebuild
 
-    result = rebuild(ctx, resolved, repo=repo)
+    if not provenance.ok:  # never run steps that an unverified provenance names
+        if as_json:
+            emit_json({**report.to_json(), "ok": False, "provenance": provenance.to_json(), "rebuild": None})
+            return 1
+        _print_problems(resolved, report, provenance)
+        sys.stderr.write(f"graven: error: {resolved} was not rebuilt: its provenance does not verify\n")
+        return 1
+    result = rebuild(ctx, resolved, repo=repo, envelope=provenance.envelope)
     if not result.ok:
         from graven.model.logentry import LogEvent
 

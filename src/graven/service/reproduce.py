@@ -22,14 +22,14 @@ from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
 from graven.build.sandbox import SANDBOX_NONE
 from graven.build.tree import collect_tree
 from graven.core.globs import Selection
-from graven.errors import InputError, NotFoundError, VerificationError
+from graven.errors import InputError, NotFoundError, PolicyError, VerificationError
 from graven.model.digest import Digest
 from graven.model.manifest import FileEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, parse_pipeline
 from graven.service.artifacts import load_manifest
 from graven.service.context import Context
 from graven.service.hermetic import Opener, run_step_build
-from graven.service.provenance import preferred_envelope
+from graven.service.provenance import load_policy, verified_provenance
 from graven.signing.bundle import load_attestation
 from graven.signing.provenance import ProvenanceStatement, ResourceRef, parse_statement
 from graven.sources.git import GitRepo
@@ -71,8 +71,17 @@ class RebuildReport:
         }
 
 
-def _statement(ctx: Context, digest: Digest) -> ProvenanceStatement:
-    envelope = load_attestation(preferred_envelope(ctx, digest)[0])
+def _statement(ctx: Context, digest: Digest, envelope_digest: str | None) -> ProvenanceStatement:
+    """The statement of a provenance the trust policy accepts: a rebuild runs the steps and the
+    sandbox setting it names, so an unverified one (an import, say) must never choose them."""
+    if envelope_digest is None:
+        try:
+            _, envelope_digest = verified_provenance(ctx, digest, policy=load_policy(ctx))
+        except (VerificationError, PolicyError, InputError) as exc:
+            raise VerificationError(
+                f"{digest} was not rebuilt: no provenance of it is accepted by the trust policy ({exc})"
+            ) from None
+    envelope = load_attestation(ctx.store.read(Digest.parse(envelope_digest)))
     statement = parse_statement(envelope.payload)
     if statement.commit is None:
         raise VerificationError(f"{digest}: its provenance names no commit; nothing to rebuild from")
@@ -121,9 +130,14 @@ def _tool_notes(recorded: list[ResourceRef], current: list[ResourceRef]) -> list
     return notes
 
 
-def rebuild(ctx: Context, digest: Digest, *, repo: Path | None = None) -> RebuildReport:
-    """Rebuild ``digest`` from its recorded commit and inputs; compare with the stored manifest."""
-    statement = _statement(ctx, digest)
+def rebuild(
+    ctx: Context, digest: Digest, *, repo: Path | None = None, envelope: str | None = None
+) -> RebuildReport:
+    """Rebuild ``digest`` from its recorded commit and inputs; compare with the stored manifest.
+
+    ``envelope`` is the digest of the provenance the caller verified; without it, the newest one the
+    home's trust policy accepts. The commit's graven.toml must be the one that provenance names."""
+    statement = _statement(ctx, digest, envelope)
     commit = cast(str, statement.commit)
     git = _repository(statement, repo)
     try:
@@ -136,7 +150,10 @@ def rebuild(ctx: Context, digest: Digest, *, repo: Path | None = None) -> Rebuil
     notes: list[str] = []
     pipeline_digest = f"sha256:{hashlib.sha256(pipeline_bytes).hexdigest()}"
     if statement.pipeline_digest is not None and statement.pipeline_digest != pipeline_digest:
-        notes.append(f"{PIPELINE_FILE} of {commit[:12]} hashes to {pipeline_digest}, not the recorded one")
+        raise VerificationError(
+            f"{digest} was not rebuilt: {PIPELINE_FILE} of {commit[:12]} in {git.root} hashes to "
+            f"{pipeline_digest}, not to the {statement.pipeline_digest} its provenance names"
+        )
     pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
     selection = Selection.of(pipeline.artifact.include, pipeline.artifact.exclude)
     recorded = TreeManifest.of(load_manifest(ctx, digest).entries)

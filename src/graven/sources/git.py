@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -241,6 +242,23 @@ def _committer_time(raw: bytes) -> int | None:
 
 _LS_TREE = ("ls-tree", "-r", "-z", "--full-tree")
 _REMOTE_URL = ("config", "--get", "remote.origin.url")
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/?#@]*)@")
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without the credentials of a ``scheme://user:secret@host/...`` URL: CI systems clone
+    with a token there (``https://TOKEN@github.com/...``, ``gitlab-ci-token:TOKEN@``), and it must
+    never reach a signed provenance or a log. An ssh user name without a password (``ssh://git@host``,
+    ``git@host:path``) is no secret and stays."""
+    match = _USERINFO.match(url)
+    if match is None:
+        return url
+    scheme, user = match["scheme"].lower(), match["user"]
+    if scheme in ("ssh://", "git+ssh://", "ssh+git://") and ":" not in user:
+        return url
+    return match["scheme"] + url[match.end() :]
 
 
 def _batch_request(stdin: IO[bytes], stdout: IO[bytes], name: str) -> tuple[str, str, bytes] | None:
@@ -533,8 +551,8 @@ class GitRepo:
         return Pending(self.root, list(_REMOTE_URL), self._remote_or_path)
 
     def _remote_or_path(self, result: subprocess.CompletedProcess[bytes]) -> str:
-        url = result.stdout.decode().strip() if result.returncode == 0 else ""
-        return url or self.root.as_uri()
+        url = result.stdout.decode(errors="replace").strip() if result.returncode == 0 else ""
+        return without_credentials(url) or self.root.as_uri()
 
     def cat_blobs(self, oids: Iterable[str]) -> Iterator[tuple[str, BlobReader]]:
         """Stream the blobs ``oids`` in order, each as a reader that must be consumed in turn."""
