@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
 
     prove = add_command(sub, "prove", prove_cmd)
-    prove.add_argument("index", type=int, metavar="INDEX")
+    prove.add_argument("index", type=_log_index, metavar="INDEX")
     prove.add_argument(
         "--json", dest="as_json", action="store_true", help="Print the proof as JSON (the default)."
     )
@@ -46,12 +46,47 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
     export = add_command(sub, "export", export_cmd)
     export.add_argument(
-        "--since", dest="since_index", type=int, default=0, metavar="INDEX", help="First index to export."
+        "--since",
+        dest="since_index",
+        type=_log_index,
+        default=0,
+        metavar="INDEX",
+        help="First index to export (0-based).",
     )
 
 
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+
+_MAX_INDEX = 2**63 - 1  # the largest tree size (Go's int64, SQLite's INTEGER)
+
+
+def _log_index(value: str) -> int:
+    """An argparse type: a log index, ASCII digits only (no sign, ``_`` or other scripts' digits)."""
+    if not (value.isascii() and value.isdigit()):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a log index (0, 1, 2, ...)")
+    index = int(value)
+    if index > _MAX_INDEX:
+        raise argparse.ArgumentTypeError(f"{value} is larger than the largest log index {_MAX_INDEX}")
+    return index
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and other invisible characters escaped, so that a log value can neither
+    draw fake table rows (newlines) nor drive the terminal (escape sequences)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def log_cmd(args: argparse.Namespace) -> int:
@@ -79,14 +114,17 @@ def log_cmd(args: argparse.Namespace) -> int:
         ["index", "time", "event", "artifact", "env", "result", "actor", "reason"],
         [
             [
-                str(e.index),
-                e.time[:19].replace("T", " "),
-                e.event,
-                (e.artifact or "-")[7:19] or "-",
-                e.env or "-",
-                e.result,
-                e.actor,
-                e.reason or "",
+                _printable(cell)
+                for cell in (
+                    str(e.index),
+                    e.time[:19].replace("T", " "),
+                    e.event,
+                    (e.artifact or "-")[7:19] or "-",
+                    e.env or "-",
+                    e.result,
+                    e.actor,
+                    e.reason or "",
+                )
             ]
             for e in entries
         ],
@@ -101,11 +139,17 @@ def _since(value: str | None) -> str | None:
 
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        utc = moment.astimezone(UTC)
     except ValueError:
         raise InputError(f"--since {value!r} is not an ISO 8601 time (e.g. 2026-11-26T08:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except OverflowError:
+        raise InputError(
+            f"--since {value!r} is out of range: in UTC it falls outside the years 1 to 9999"
+        ) from None
+    # isoformat pads the year to four digits (strftime's %Y gives "999" for year 999 on glibc)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def verify_cmd(args: argparse.Namespace) -> int:
@@ -118,18 +162,25 @@ def verify_cmd(args: argparse.Namespace) -> int:
     report = ctx.audit.verify(all_signatures=all_signatures)
     if as_json:
         emit_json(report.to_json())
+    elif report.ok and report.size == 0:
+        print("ok: the audit log is empty (nothing was logged yet)")
     elif report.ok:
         print(f"ok: {report.size} entries, {report.checkpoints_checked} checkpoints, root {report.root}")
     else:
         for problem in report.problems[:20]:
-            sys.stderr.write(f"{problem}\n")
+            sys.stderr.write(f"{_printable(problem)}\n")
+        more = len(report.problems) - 20 + report.more_problems
+        if more > 0:
+            sys.stderr.write(f"... and {more} more problems (--json lists the first 100)\n")
         where = f" (first bad index {report.first_bad_index})" if report.first_bad_index is not None else ""
         sys.stderr.write(f"graven: error: the audit log does not verify{where}\n")
     return 0 if report.ok else 1
 
 
 def checkpoint_cmd(args: argparse.Namespace) -> int:
-    """Print the latest signed checkpoint (for an auditor or a witness to keep)."""
+    """Print the latest signed checkpoint (for an auditor or a witness to keep).
+
+    The checkpoint is printed only when its signature verifies with the log key (else exit 1)."""
     vkey: bool = args.vkey
     from graven.service.context import Context
 
@@ -137,12 +188,14 @@ def checkpoint_cmd(args: argparse.Namespace) -> int:
     if vkey:
         print(ctx.audit.verifier_key())
     else:
-        sys.stdout.write(ctx.audit.latest_checkpoint())
+        sys.stdout.write(ctx.audit.signed_checkpoint())
     return 0
 
 
 def prove_cmd(args: argparse.Namespace) -> int:
-    """An inclusion proof of entry INDEX (0-based) in the latest checkpoint, verifiable offline."""
+    """An inclusion proof of entry INDEX (0-based) in the latest checkpoint, verifiable offline.
+
+    The proof is checked against the signed root first: exit 1 when the entries no longer lead to it."""
     index: int = args.index
     from graven.service.context import Context
 

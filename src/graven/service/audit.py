@@ -19,21 +19,31 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from graven.core.checkpoint import (
+    MAX_TREE_SIZE,
     Checkpoint,
+    note_head,
     parse_signed_note,
     sign_checkpoint,
     verifier_key,
     verify_checkpoint,
 )
-from graven.core.merkle import CompactRange, consistency_proof, inclusion_proof, verify_consistency
-from graven.db import Connection
-from graven.errors import InputError, NotFoundError, VerificationError
+from graven.core.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    consistency_proof,
+    inclusion_proof,
+    verify_consistency,
+    verify_inclusion,
+)
+from graven.db import Connection, Row
+from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
 from graven.model.logentry import LogEntry, LogEvent
 from graven.service.context import Context, utc_now
 from graven.signing.keys import (
     SigningKey,
     generate_key,
     load_private_key,
+    load_public_key,
     write_private_key,
     write_public_key,
 )
@@ -43,6 +53,8 @@ __all__ = ["AuditLog", "LogVerifyReport", "actor_from_env"]
 _LEAF = b"\x00"
 _ORIGIN_KEY = "log_origin"
 _ADVISORY_LOCK = 7438002
+_MAX_PROBLEMS = 100
+_EMPTY_LOG = "the audit log is empty: nothing was logged yet"
 
 
 def actor_from_env(default: str) -> str:
@@ -61,22 +73,26 @@ def actor_from_env(default: str) -> str:
 
 @dataclass
 class LogVerifyReport:
-    """What ``graven log verify`` found."""
+    """What ``graven log verify`` found (at most 100 problems are kept; the rest are counted)."""
 
     size: int = 0
     checkpoints_checked: int = 0
     first_bad_index: int | None = None
     problems: list[str] = field(default_factory=list)
     root: str | None = None
+    more_problems: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when the entries, the stored checkpoints and the latest signature all agree."""
+        """True when the entries, the stored checkpoints, the log state and the latest signature agree."""
         return not self.problems
 
     def fail(self, message: str, index: int | None = None) -> None:
         """Record a problem (the first bad index is the smallest seen)."""
-        self.problems.append(message)
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append(message)
+        else:
+            self.more_problems += 1
         if index is not None and (self.first_bad_index is None or index < self.first_bad_index):
             self.first_bad_index = index
 
@@ -89,7 +105,27 @@ class LogVerifyReport:
             "checkpoints_checked": self.checkpoints_checked,
             "first_bad_index": self.first_bad_index,
             "problems": self.problems,
+            "more_problems": self.more_problems,
         }
+
+
+def _shown(text: str) -> str:
+    """A value from the database, quoted, escaped and cut short for a one-line message."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _note_mismatch(note: str, origin: str, size: int) -> str:
+    """Say how a stored note disagrees with the checkpoint of ``size`` recomputed from the entries."""
+    lines = note.split("\n", 3)
+    if len(lines) < 4:
+        return f"checkpoint {size}: its note is malformed"
+    if lines[0] != origin:
+        return f"checkpoint {size}: its note is for another log ({_shown(lines[0])})"
+    if lines[1] != str(size):
+        return f"checkpoint {size}: its note is signed for {_shown(lines[1])} entries, not {size}"
+    return (
+        f"checkpoint {size}: its signed root does not match the entries (first bad index at most {size - 1})"
+    )
 
 
 class AuditLog:
@@ -98,6 +134,7 @@ class AuditLog:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._key: SigningKey | None = None
+        self._public: Ed25519PublicKey | None = None
         self._origin: str | None = None
         self.actor = actor_from_env(ctx.actor)
 
@@ -108,38 +145,97 @@ class AuditLog:
         """The log's private key."""
         return self._ctx.home.root / "log" / "checkpoint.key"
 
+    @property
+    def public_key_path(self) -> Path:
+        """The log's public key, written with the private key; verifying needs only this file."""
+        return self.key_path.with_suffix(".pub")
+
     def _signing_key(self, *, create: bool) -> SigningKey:
+        """The log's private key; ``create`` makes one when there is none (only for an empty log)."""
         if self._key is None:
             path = self.key_path
             if not path.exists():
                 if not create:
-                    raise NotFoundError(f"this graven home has no log key ({path}); nothing was logged yet")
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    raise NotFoundError(
+                        f"the log key {path} is missing but the log already has entries: restore "
+                        "GRAVEN_HOME/log/checkpoint.key from a backup (a new key would not match "
+                        "the log's checkpoints)"
+                    )
+                if self.public_key_path.exists():
+                    raise NotFoundError(
+                        f"the log key {path} is missing but its public key {self.public_key_path.name} "
+                        "exists: restore GRAVEN_HOME/log/checkpoint.key from a backup (or remove "
+                        f"{self.public_key_path.name} to start a new log)"
+                    )
+                try:
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise BackendError(f"cannot create {path.parent}: {exc.strerror}") from None
                 key = generate_key("ed25519")
                 try:
                     write_private_key(path, key)
-                    write_public_key(path.with_suffix(".pub"), key)
+                    write_public_key(self.public_key_path, key)
                 except InputError:
                     pass  # another process created it first: use theirs
-            self._key = load_private_key(path)
+            loaded = load_private_key(path)
+            if not isinstance(loaded.private, Ed25519PrivateKey):
+                raise InputError(f"the log key {path} is not an Ed25519 key")
+            if self.public_key_path.exists():
+                stored = self._load_public_file()
+                if stored.public_bytes_raw() != loaded.private.public_key().public_bytes_raw():
+                    raise VerificationError(
+                        f"the log key {path} does not match {self.public_key_path.name}: restore the "
+                        "log's own key from a backup"
+                    )
+            self._key = loaded
         return self._key
 
-    def public_key(self) -> Ed25519PublicKey:
-        """The log's public key (from the key file, never from the database)."""
-        public = self._signing_key(create=False).public.key
-        assert isinstance(public, Ed25519PublicKey)
+    def _existing_key_file(self) -> Path | None:
+        """The log key file (private, else public) when one exists: the log had a key."""
+        for path in (self.key_path, self.public_key_path):
+            if path.exists():
+                return path
+        return None
+
+    def _load_public_file(self) -> Ed25519PublicKey:
+        public = load_public_key(self.public_key_path).key
+        if not isinstance(public, Ed25519PublicKey):
+            raise InputError(f"the log's public key {self.public_key_path} is not an Ed25519 key")
         return public
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The log's public key: ``checkpoint.pub``, else the private key file (never the database)."""
+        if self._public is None:
+            if self.public_key_path.exists():
+                self._public = self._load_public_file()
+            elif self.key_path.exists():
+                public = load_private_key(self.key_path).public.key
+                if not isinstance(public, Ed25519PublicKey):
+                    raise InputError(f"the log key {self.key_path} is not an Ed25519 key")
+                self._public = public
+            else:
+                raise NotFoundError(
+                    f"the log key is missing ({self.key_path} and {self.public_key_path.name}): "
+                    "restore it from a backup"
+                )
+        return self._public
+
+    def _require_database(self) -> None:
+        """Refuse to read a log that was never written (without creating a database)."""
+        if not self._ctx.home.has_database():
+            raise NotFoundError(_EMPTY_LOG)
 
     def origin(self, conn: Connection | None = None) -> str:
         """This instance's log origin (created once, kept in the database)."""
         if self._origin is None:
             if conn is None:
+                self._require_database()
                 with self._ctx.db.connect() as own:
                     self._origin = self._read_origin(own)
             else:
                 self._origin = self._read_origin(conn)
             if self._origin is None:
-                raise NotFoundError("the audit log is empty: nothing was logged yet")
+                raise NotFoundError(_EMPTY_LOG)
         return self._origin
 
     @staticmethod
@@ -156,13 +252,28 @@ class AuditLog:
     # -- appending --------------------------------------------------------------------------------
 
     def append(self, conn: Connection, event: LogEvent) -> LogEntry:
-        """Append ``event`` inside the caller's transaction and sign the new checkpoint."""
-        key = self._signing_key(create=True)
-        private = key.private
-        assert isinstance(private, Ed25519PrivateKey)
+        """Append ``event`` inside the caller's transaction and sign the new checkpoint.
+
+        The log key is created only for an empty log: when the log already has entries (or an origin
+        or a state) and the key is missing, nothing is appended and the caller's transaction fails.
+        """
         if conn.dialect == "postgresql":
             conn.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
         origin = self._read_origin(conn)
+        state = conn.execute("SELECT size, frontier FROM log_state").one_or_none()
+        populated = (
+            origin is not None
+            or state is not None
+            or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
+        )
+        key = self._signing_key(create=not populated)
+        private = key.private
+        assert isinstance(private, Ed25519PrivateKey)
+        if populated and (origin is None or state is None):
+            raise IntegrityError(
+                "the audit log's origin or state is missing from the database although the log has "
+                "entries: restore the database from a backup (`graven log verify` shows what is wrong)"
+            )
         if origin is None:
             origin = f"graven.invalid/log/{uuid.uuid4()}"
             conn.execute(
@@ -170,12 +281,14 @@ class AuditLog:
                 {"key": _ORIGIN_KEY, "value": origin},
             )
         self._origin = origin
-        state = conn.execute("SELECT size, frontier FROM log_state").one_or_none()
         if state is None:
             compact = CompactRange()
         else:
-            hashes = [bytes.fromhex(h) for h in state.frontier.split(",") if h]
-            compact = CompactRange.from_state(int(state.size), hashes)
+            try:
+                hashes = [bytes.fromhex(h) for h in str(state.frontier).split(",") if h]
+                compact = CompactRange.from_state(int(state.size), hashes)
+            except (ValueError, InputError) as exc:
+                raise IntegrityError(f"the audit log's stored state is damaged: {exc}") from None
         entry = LogEntry.of(event, index=compact.size, time=utc_now(), actor=self.actor)
         data = entry.to_bytes()
         leaf = hashlib.sha256(_LEAF + data).digest()
@@ -220,14 +333,52 @@ class AuditLog:
     # -- reading ----------------------------------------------------------------------------------
 
     def latest_checkpoint(self) -> str:
-        """The latest signed checkpoint note."""
+        """The latest stored checkpoint note, as stored (see :meth:`signed_checkpoint`)."""
+        self._require_database()
         with self._ctx.db.connect() as conn:
-            note = conn.execute(
-                "SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1"
-            ).scalar_one_or_none()
+            note = self._latest_note(conn)
         if note is None:
-            raise NotFoundError("the audit log is empty: nothing was logged yet")
-        return str(note)
+            raise NotFoundError(_EMPTY_LOG)
+        return note
+
+    @staticmethod
+    def _latest_note(conn: Connection) -> str | None:
+        note = conn.execute(
+            "SELECT note FROM log_checkpoints ORDER BY size DESC LIMIT 1"
+        ).scalar_one_or_none()
+        return None if note is None else str(note)
+
+    def _check_note(self, note: str, origin: str) -> Checkpoint:
+        """The checkpoint of a stored note once the log key's signature and the origin check out."""
+        try:
+            checkpoint = verify_checkpoint(note, origin, self.public_key())
+        except InputError as exc:
+            if isinstance(exc, NotFoundError):
+                raise
+            raise VerificationError(f"the latest checkpoint is malformed: {exc}") from None
+        if checkpoint.origin != origin:
+            raise VerificationError(f"the latest checkpoint is for another log ({_shown(checkpoint.origin)})")
+        return checkpoint
+
+    def signed_checkpoint(self) -> str:
+        """The latest checkpoint note once its signature verifies (for an auditor to keep)."""
+        self._require_database()
+        with self._ctx.db.connect() as conn:
+            note = self._latest_note(conn)
+            if note is None:
+                raise NotFoundError(_EMPTY_LOG)
+            self._check_note(note, self._signed_origin(conn))
+        return note
+
+    def _signed_origin(self, conn: Connection) -> str:
+        """The origin of a log that has signed checkpoints (its loss is a failed check, exit 1)."""
+        origin = self._read_origin(conn)
+        if origin is None:
+            raise VerificationError(
+                "the log origin is missing from the database although checkpoints exist; run "
+                "`graven log verify`"
+            )
+        return origin
 
     def entries(
         self,
@@ -237,7 +388,11 @@ class AuditLog:
         since: str | None = None,
         since_index: int | None = None,
     ) -> Iterator[tuple[LogEntry, str]]:
-        """Entries (with their leaf hash, hex) in index order, filtered."""
+        """Entries (with their leaf hash, hex) in index order, filtered; none when nothing was logged."""
+        if since_index is not None and not 0 <= since_index <= MAX_TREE_SIZE:
+            raise InputError(f"a log index must be in 0..{MAX_TREE_SIZE}, got {since_index}")
+        if not self._ctx.home.has_database():
+            return
         where: list[str] = []
         params: dict[str, Any] = {}
         if env is not None:
@@ -268,14 +423,28 @@ class AuditLog:
         return leaves
 
     def prove(self, index: int) -> dict[str, Any]:
-        """An inclusion proof of entry ``index`` in the tree of the latest checkpoint."""
-        note = self.latest_checkpoint()
-        checkpoint = verify_checkpoint(note, self.origin(), self.public_key())
-        if not 0 <= index < checkpoint.size:
-            raise NotFoundError(f"no log entry {index}: the log has entries 0..{checkpoint.size - 1}")
+        """An inclusion proof of entry ``index`` in the tree of the latest checkpoint.
+
+        The proof is checked against the signed root before it is returned: entries that no longer
+        lead to that root raise VerificationError.
+        """
+        self._require_database()
         with self._ctx.db.connect() as conn:
+            note = self._latest_note(conn)
+            if note is None:
+                raise NotFoundError(_EMPTY_LOG)
+            checkpoint = self._check_note(note, self._signed_origin(conn))
+            if not 0 <= index < checkpoint.size:
+                raise NotFoundError(f"no log entry {index}: the log has entries 0..{checkpoint.size - 1}")
             leaves = self._leaf_hashes(conn, checkpoint.size)
         proof = inclusion_proof(leaves, index)
+        try:
+            verify_inclusion(leaves[index], index, checkpoint.size, proof, checkpoint.root)
+        except VerificationError:
+            raise VerificationError(
+                f"the log's entries do not lead to the root of its latest signed checkpoint "
+                f"({checkpoint.size} entries): no proof for entry {index}; run `graven log verify`"
+            ) from None
         return {
             "index": index,
             "tree_size": checkpoint.size,
@@ -286,19 +455,47 @@ class AuditLog:
         }
 
     def consistency(self, old_note: str) -> dict[str, Any]:
-        """Prove that an old checkpoint is a prefix of the current log (VerificationError on a fork)."""
-        old = verify_checkpoint(old_note, self.origin(), self.public_key())
-        note = self.latest_checkpoint()
-        new = verify_checkpoint(note, self.origin(), self.public_key())
-        if old.size > new.size:
-            raise VerificationError(
-                f"fork: the old checkpoint has {old.size} entries, the log now has only {new.size}"
-            )
+        """Prove that an old checkpoint is a prefix of the current log.
+
+        Raises VerificationError when the old checkpoint is not signed by the log key, when the log
+        was truncated below it (also when it was emptied or deleted), forked from it, or when the
+        entries no longer match the latest signed checkpoint.
+        """
+        claimed, _ = parse_signed_note(old_note)  # malformed: InputError
+        try:
+            old = verify_checkpoint(old_note, claimed.origin, self.public_key())
+        except InputError as exc:
+            if isinstance(exc, NotFoundError):
+                raise
+            raise VerificationError(f"the old checkpoint does not verify: {exc}") from None
+        if not self._ctx.home.has_database():
+            return self._empty_log_consistency(old)
         with self._ctx.db.connect() as conn:
+            origin = self._read_origin(conn)
+            note = self._latest_note(conn)
+            if origin is None or note is None:
+                return self._empty_log_consistency(old)
+            if old.origin != origin:
+                raise VerificationError(
+                    f"the old checkpoint is for another log ({_shown(old.origin)}), not {origin}"
+                )
+            new = self._check_note(note, origin)
+            if old.size > new.size:
+                raise VerificationError(
+                    f"fork: the log was truncated: the old checkpoint has {old.size} entries, the log's "
+                    f"latest signed checkpoint only {new.size}"
+                )
             leaves = self._leaf_hashes(conn, new.size)
-        old_root_now = CompactRange()
-        old_root_now.extend(leaves[: old.size])
-        if old.size and old_root_now.root() != old.root:
+        compact = CompactRange()
+        compact.extend(leaves[: old.size])
+        old_root_now = compact.root()
+        compact.extend(leaves[old.size :])
+        if compact.root() != new.root:
+            raise VerificationError(
+                f"the log's entries do not match its latest signed checkpoint ({new.size} entries); "
+                "run `graven log verify`"
+            )
+        if old.size and old_root_now != old.root:
             raise VerificationError(
                 f"fork: the log's first {old.size} entries no longer hash to the old checkpoint's root"
             )
@@ -314,89 +511,251 @@ class AuditLog:
             "checkpoint": note,
         }
 
+    @staticmethod
+    def _empty_log_consistency(old: Checkpoint) -> dict[str, Any]:
+        """An old checkpoint against a log with no entries, origin or database: truncated, or empty."""
+        if old.size:
+            raise VerificationError(
+                f"fork: the log was truncated: the old checkpoint has {old.size} entries, the log now "
+                "has none"
+            )
+        raise NotFoundError(_EMPTY_LOG)
+
     # -- verifying --------------------------------------------------------------------------------
 
     def verify(self, *, all_signatures: bool = False) -> LogVerifyReport:
-        """Recompute the tree from every entry; check every stored checkpoint and the latest signature."""
-        report = LogVerifyReport()
-        db = self._ctx.db
-        with db.connect() as conn:
-            checkpoints = (
-                {
-                    int(r.size): (str(r.root), str(r.note))
-                    for r in conn.execute("SELECT size, root, note FROM log_checkpoints")
-                }
-                if all_signatures
-                else {
-                    int(r.size): (str(r.root), "")
-                    for r in conn.execute("SELECT size, root FROM log_checkpoints")
-                }
-            )
-            latest_row = conn.execute(
+        """Recompute the tree from every entry and check it against everything stored about it.
+
+        Checks, in one pass over the entries (no signature per entry unless ``all_signatures``):
+
+        * every entry: contiguous index, stored leaf hash and derived columns;
+        * every stored checkpoint: its root column and its note's text (origin, size and root
+          lines) against the root recomputed at its size; one checkpoint per entry;
+        * the latest note: its signature by the log key, and its signed size and root equal to the
+          number of entries and their root;
+        * the log state (size and compact range) and, for an empty log, that no origin, state or
+          log key says it once had entries.
+
+        Nothing is created: a home without a database gives an empty report.
+        """
+        report = LogVerifyReport(root=EMPTY_ROOT.hex())
+        if not self._ctx.home.has_database():
+            key_file = self._existing_key_file()
+            if key_file is not None:
+                report.fail(f"the log's database is missing but its key {key_file} exists", 0)
+            return report
+        public: Ed25519PublicKey | None
+        key_problem = ""
+        try:
+            public = self.public_key()
+        except InputError as exc:  # missing or unreadable: reported below when the log has entries
+            public, key_problem = None, str(exc)
+        with self._ctx.db.connect() as conn:
+            origin = self._read_origin(conn)
+            states = conn.execute("SELECT size, frontier FROM log_state").all()
+            latest = conn.execute(
                 "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1"
             ).one_or_none()
-            compact = CompactRange()
-            expected = 0
-            sha256 = hashlib.sha256
-            rows = conn.stream(
-                "SELECT idx, entry, leaf_hash, event, artifact, env, time FROM log_entries ORDER BY idx"
+            name = origin if origin is not None else self._claimed_origin(latest)
+            compact, latest_root = self._check_entries(
+                conn,
+                report,
+                name,
+                public if all_signatures else None,
+                None if latest is None else int(latest.size),
             )
-            for idx, text, stored_leaf, event, artifact, env, time in rows:
-                if idx != expected:
-                    report.fail(f"entry {expected} is missing (next is {idx})", expected)
-                    break
-                data = str(text).encode()
-                leaf = sha256(_LEAF + data).digest()
-                if leaf.hex() != stored_leaf:
-                    report.fail(f"entry {idx} was changed: its leaf hash does not match", idx)
-                try:
-                    entry = LogEntry.from_bytes(data)
-                except InputError as exc:
-                    report.fail(f"entry {idx} is malformed: {exc}", idx)
-                else:
-                    if entry.index != idx or (entry.event, entry.artifact, entry.env, entry.time) != (
-                        event,
-                        artifact,
-                        env,
-                        time,
-                    ):
-                        report.fail(f"entry {idx} was changed: its columns disagree with its content", idx)
-                compact.append(leaf)
-                expected += 1
-                stored = checkpoints.get(expected)
-                if stored is not None:
-                    report.checkpoints_checked += 1
-                    if compact.root().hex() != stored[0]:
-                        report.fail(
-                            f"checkpoint {expected} does not match the entries (first bad index at most "
-                            f"{expected - 1})",
-                            expected - 1,
-                        )
-            report.size = expected
-            report.root = compact.root().hex()
-        for size in sorted(s for s in checkpoints if s > expected):
-            report.fail(f"a checkpoint covers {size} entries but the log has only {expected}", expected)
-            break
-        if latest_row is None:
-            if expected:
+            beyond = conn.execute(
+                "SELECT min(size) FROM log_checkpoints WHERE size > :size", {"size": report.size}
+            ).scalar()
+            below = conn.execute("SELECT min(size) FROM log_checkpoints WHERE size < 1").scalar()
+        if beyond is not None:
+            report.fail(
+                f"a checkpoint covers {beyond} entries but the log has only {report.size}", report.size
+            )
+        if below is not None:
+            report.fail(f"a checkpoint row has the size {below} (graven never signs an empty log)")
+        if report.size or latest is not None:
+            if origin is None:
+                report.fail("the log origin is missing from the database (graven_meta log_origin)")
+            if public is None:
+                report.fail(f"cannot check the checkpoint signatures: {key_problem}")
+        if latest is None:
+            if report.size:
                 report.fail("entries exist but no checkpoint was ever signed", 0)
-            return report
-        try:
-            latest = verify_checkpoint(str(latest_row.note), self.origin(), self.public_key())
-        except (VerificationError, InputError) as exc:
-            report.fail(f"the latest checkpoint does not verify: {exc}")
-        else:
-            if latest.size == expected and latest.root.hex() != report.root:
-                report.fail("the latest signed checkpoint does not match the entries", None)
-        if all_signatures:
-            for size, (_, note) in sorted(checkpoints.items()):
-                try:
-                    verify_checkpoint(note, self.origin(), self.public_key())
-                except (VerificationError, InputError) as exc:
-                    report.fail(f"checkpoint {size} does not verify: {exc}")
+        elif public is not None:
+            self._check_latest(report, latest, latest_root, name, public)
+        self._check_state(report, states, compact)
+        if report.size == 0:
+            if origin is not None:
+                report.fail(f"the log has no entries but the database has its origin {origin}", 0)
+            elif (key_file := self._existing_key_file()) is not None:
+                report.fail(f"the log has no entries but its key {key_file} exists", 0)
         return report
+
+    @staticmethod
+    def _claimed_origin(latest: Row | None) -> str:
+        """The origin that the latest note claims (when the database lost its own), else ``""``."""
+        if latest is None:
+            return ""
+        try:
+            return parse_signed_note(str(latest.note))[0].origin
+        except InputError:
+            return ""
+
+    @staticmethod
+    def _check_entries(
+        conn: Connection,
+        report: LogVerifyReport,
+        origin: str,
+        public: Ed25519PublicKey | None,
+        latest_size: int | None,
+    ) -> tuple[CompactRange, bytes | None]:
+        """Stream the entries with their checkpoints; return the tree and the root at ``latest_size``.
+
+        Each stored note but the latest is compared as text with the recomputed checkpoint; with a
+        ``public`` key its signature is also verified (slow: one signature per entry).
+        """
+        compact = CompactRange()
+        latest_root: bytes | None = None
+        first_missing: int | None = None
+        missing = 0
+        expected = 0
+        sha256 = hashlib.sha256
+        rows = conn.stream(
+            "SELECT e.idx, e.entry, e.leaf_hash, e.event, e.artifact, e.env, e.time, c.size, c.root, c.note "
+            "FROM log_entries e LEFT JOIN log_checkpoints c ON c.size = e.idx + 1 ORDER BY e.idx"
+        )
+        for idx, text, stored_leaf, event, artifact, env, time, size, stored_root, note in rows:
+            if idx != expected:
+                report.fail(f"entry {expected} is missing (next is {idx})", expected)
+                break
+            data = str(text).encode()
+            leaf = sha256(_LEAF + data).digest()
+            if leaf.hex() != stored_leaf:
+                report.fail(f"entry {idx} was changed: its leaf hash does not match", idx)
+            try:
+                entry = LogEntry.from_bytes(data)
+            except InputError as exc:
+                report.fail(f"entry {idx} is malformed: {exc}", idx)
+            else:
+                if entry.index != idx or (entry.event, entry.artifact, entry.env, entry.time) != (
+                    event,
+                    artifact,
+                    env,
+                    time,
+                ):
+                    report.fail(f"entry {idx} was changed: its columns disagree with its content", idx)
+            compact.append(leaf)
+            expected += 1
+            if size is None:
+                if latest_size is not None and expected < latest_size:  # the rest: _check_latest
+                    missing += 1
+                    if first_missing is None:
+                        first_missing = expected
+                continue
+            report.checkpoints_checked += 1
+            root = compact.root()
+            if expected == latest_size:
+                latest_root = root  # its note is verified in full by _check_latest
+                mismatch = None
+            elif public is not None:
+                mismatch = _check_signed_note(
+                    report, str(note), origin=origin, size=expected, root=root, public=public
+                )
+            elif str(note).startswith(note_head(origin, expected, root)):
+                mismatch = None
+            else:
+                mismatch = _note_mismatch(str(note), origin, expected)
+            if mismatch is None and stored_root != root.hex():
+                mismatch = (
+                    f"checkpoint {expected}: its root column does not match the entries (first bad "
+                    f"index at most {expected - 1})"
+                )
+            if mismatch is not None:
+                report.fail(mismatch, expected - 1)
+        report.size = expected
+        report.root = compact.root().hex()
+        if first_missing is not None:
+            report.fail(
+                f"{missing} checkpoints are missing (graven signs one per entry), the first one of "
+                f"{first_missing} entries",
+                None,
+            )
+        return compact, latest_root
+
+    @staticmethod
+    def _check_latest(
+        report: LogVerifyReport, latest: Row, root: bytes | None, origin: str, public: Ed25519PublicKey
+    ) -> None:
+        """The latest note must verify and sign exactly the entries: their number and their root."""
+        size = int(latest.size)
+        try:
+            signed = verify_checkpoint(str(latest.note), origin, public)
+        except (VerificationError, InputError) as exc:
+            report.fail(f"the latest checkpoint ({size}) does not verify: {exc}")
+            return
+        if signed.origin != origin:
+            report.fail(f"the latest checkpoint ({size}) is for another log ({_shown(signed.origin)})")
+        elif signed.size != size:
+            report.fail(
+                f"the latest checkpoint row ({size}) holds a signed note of {signed.size} entries",
+                min(size, signed.size),
+            )
+        elif size < report.size:
+            report.fail(
+                f"entries {size}..{report.size - 1} are not covered by the latest signed checkpoint "
+                f"({size} entries): entries were added or checkpoints removed",
+                size,
+            )
+        elif size == report.size and signed.root != root:
+            report.fail(
+                f"the latest signed checkpoint ({size}) does not match the entries (first bad index at "
+                f"most {size - 1})",
+                size - 1,
+            )
+        # a latest checkpoint larger than the log is reported with the other stray checkpoints
+
+    @staticmethod
+    def _check_state(report: LogVerifyReport, states: list[Row], compact: CompactRange) -> None:
+        """The stored log state (size and compact range) must describe exactly the entries."""
+        if not states:
+            if report.size:
+                report.fail("the log state (size and compact range) is missing from the database")
+            return
+        if len(states) > 1:
+            report.fail(f"the log state has {len(states)} rows instead of one")
+        size, frontier = int(states[0].size), str(states[0].frontier)
+        if size > report.size:
+            report.fail(
+                f"the log state records {size} entries but only {report.size} are in the log: "
+                "the log was truncated",
+                report.size,
+            )
+        elif size < report.size:
+            report.fail(
+                f"the log state records {size} entries but the log has {report.size}: entries were "
+                "added outside graven",
+                size,
+            )
+        elif frontier != ",".join(h.hex() for h in compact.hashes):
+            report.fail("the log state's compact range does not match the entries")
 
     def parse_old_checkpoint(self, text: str) -> Checkpoint:
         """Parse a checkpoint file given by a user (malformed input is an InputError)."""
         checkpoint, _ = parse_signed_note(text)
         return checkpoint
+
+
+def _check_signed_note(
+    report: LogVerifyReport, note: str, *, origin: str, size: int, root: bytes, public: Ed25519PublicKey
+) -> str | None:
+    """Verify one stored note's signature (a failure is reported here) and return how it disagrees
+    with the checkpoint of ``size`` and the recomputed ``root``, or None when it agrees."""
+    try:
+        signed = verify_checkpoint(note, origin, public)
+    except (VerificationError, InputError) as exc:
+        report.fail(f"checkpoint {size} does not verify: {exc}")
+        return None
+    if signed.origin != origin or signed.size != size or signed.root != root:
+        return _note_mismatch(note, origin, size)
+    return None

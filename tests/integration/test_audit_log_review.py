@@ -1,0 +1,529 @@
+"""Review of the audit log: forged checkpoints, truncation, the log key, proofs and CLI input.
+
+Every test tampers with the test home's graven.db through sqlite3, as an attacker with write access to
+the database would, and checks that `graven log verify` (or `prove`, `consistency`) notices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graven.core.merkle import CompactRange, leaf_hash
+from graven.errors import NotFoundError, VerificationError
+from graven.home import Home
+from graven.model.logentry import LogEntry, LogEvent
+from graven.service.context import Context
+from helpers_repo import run_cli
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("GRAVEN_HOME", str(path))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    monkeypatch.delenv("GRAVEN_ACTOR", raising=False)
+    return path
+
+
+def _append(home: Path, count: int, **fields: Any) -> None:
+    with Context(home=Home(root=home)) as ctx:
+        for i in range(count):
+            ctx.audit.record(LogEvent("deploy", env=f"env{i % 3}", reason=f"r{i}", **fields))
+
+
+def _db(home: Path) -> sqlite3.Connection:
+    return sqlite3.connect(home / "graven.db", isolation_level=None)
+
+
+def _verify(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    code, out, _ = run_cli(capsys, "log", "verify", "--json", *extra)
+    report: dict[str, Any] = json.loads(out)
+    assert (code == 0) is report["ok"]
+    return report
+
+
+def _verify_fails(capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    """`graven log verify` exits 1 and ends with one summary line; return all of stderr."""
+    code, out, err = run_cli(capsys, "log", "verify", *extra)
+    assert code == 1 and out == "", (out, err)
+    assert err.splitlines()[-1].startswith("graven: error: the audit log does not verify")
+    assert "Traceback" not in err
+    return err
+
+
+def _one_line_error(err: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("graven: error: ") and "Traceback" not in err, err
+
+
+def _roots(db: sqlite3.Connection) -> list[str]:
+    """The roots recomputed from the entries: ``roots[n]`` is the root of the first n entries."""
+    compact = CompactRange()
+    roots = [compact.root().hex()]
+    for (text,) in db.execute("SELECT entry FROM log_entries ORDER BY idx"):
+        compact.append(leaf_hash(text.encode()))
+        roots.append(compact.root().hex())
+    return roots
+
+
+def _rewrite_entry(db: sqlite3.Connection, index: int, reason: str) -> None:
+    """Change an entry's reason and recompute its stored leaf hash, as a careful attacker would."""
+    (text,) = db.execute("SELECT entry FROM log_entries WHERE idx = ?", (index,)).fetchone()
+    doc = json.loads(text)
+    doc["reason"] = reason
+    new = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    leaf = hashlib.sha256(b"\x00" + new.encode()).hexdigest()
+    db.execute("UPDATE log_entries SET entry = ?, leaf_hash = ? WHERE idx = ?", (new, leaf, index))
+
+
+def _rewrite_state(db: sqlite3.Connection) -> None:
+    """Make log_state agree with the entries (an attacker can compute it)."""
+    compact = CompactRange()
+    for (text,) in db.execute("SELECT entry FROM log_entries ORDER BY idx"):
+        compact.append(leaf_hash(text.encode()))
+    frontier = ",".join(h.hex() for h in compact.hashes)
+    db.execute("UPDATE log_state SET size = ?, frontier = ?", (compact.size, frontier))
+
+
+# -- 1: the signed notes, not the root column ----------------------------------------------------------
+
+
+def test_a_changed_last_entry_with_its_checkpoint_deleted_fails(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 9)
+    with _db(home) as db:
+        _rewrite_entry(db, 8, "forged")
+        db.execute("DELETE FROM log_checkpoints WHERE size = 9")
+    report = _verify(capsys)
+    assert not report["ok"] and report["first_bad_index"] == 8
+    assert any("not covered by the latest signed checkpoint" in p for p in report["problems"])
+    assert "entries 8..8 are not covered" in _verify_fails(capsys)
+
+
+def test_copied_notes_with_rewritten_root_columns_fail(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 9)
+    with _db(home) as db:
+        _rewrite_entry(db, 4, "forged")
+        roots = _roots(db)
+        (note4,) = db.execute("SELECT note FROM log_checkpoints WHERE size = 4").fetchone()
+        for size in range(5, 10):
+            db.execute(
+                "UPDATE log_checkpoints SET root = ?, note = ? WHERE size = ?", (roots[size], note4, size)
+            )
+    report = _verify(capsys)
+    assert not report["ok"] and report["first_bad_index"] == 4
+    assert any("holds a signed note of 4 entries" in p for p in report["problems"])
+    assert any(p.startswith("checkpoint 5: its note is signed for '4' entries") for p in report["problems"])
+    # every copied note still carries a valid signature: --all-signatures compares their sizes too
+    report = _verify(capsys, "--all-signatures")
+    assert not report["ok"] and report["first_bad_index"] == 4
+
+
+def test_a_forged_note_in_an_older_row_fails_without_all_signatures(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 9)
+    with _db(home) as db:
+        _rewrite_entry(db, 2, "forged")
+        roots = _roots(db)
+        for size in range(3, 9):  # every row but the latest: only its note still names the true root
+            db.execute("UPDATE log_checkpoints SET root = ? WHERE size = ?", (roots[size], size))
+    report = _verify(capsys)
+    assert not report["ok"] and report["first_bad_index"] == 2
+    assert "checkpoint 3: its signed root does not match the entries" in report["problems"][0]
+
+
+def test_an_entry_appended_without_a_checkpoint_fails(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _append(home, 9)
+    forged = LogEntry.of(
+        LogEvent("deploy", env="prod"), index=9, time="2030-01-01T00:00:00.000000Z", actor="x"
+    )
+    with _db(home) as db:
+        data = forged.to_bytes()
+        db.execute(
+            "INSERT INTO log_entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (9, data.decode(), leaf_hash(data).hex(), forged.time, "deploy", None, "prod"),
+        )
+        _rewrite_state(db)  # even with a consistent state, the latest signed size is 9
+    report = _verify(capsys)
+    assert not report["ok"] and report["size"] == 10 and report["first_bad_index"] == 9
+    assert report["problems"] == [
+        "entries 9..9 are not covered by the latest signed checkpoint (9 entries): entries were added "
+        "or checkpoints removed"
+    ]
+
+
+def test_a_deleted_middle_checkpoint_and_a_bad_note_signature_are_reported(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 6)
+    with _db(home) as db:
+        db.execute("DELETE FROM log_checkpoints WHERE size = 3")
+    report = _verify(capsys)
+    assert not report["ok"] and report["checkpoints_checked"] == 5
+    assert (
+        "1 checkpoints are missing (graven signs one per entry), the first one of 3 entries"
+        in (report["problems"])
+    )
+    with _db(home) as db:
+        (note,) = db.execute("SELECT note FROM log_checkpoints WHERE size = 6").fetchone()
+        body, sig = note.rsplit(" ", 1)
+        flipped = sig[:10] + ("A" if sig[10] != "A" else "B") + sig[11:]
+        db.execute("UPDATE log_checkpoints SET note = ? WHERE size = 6", (f"{body} {flipped}",))
+    report = _verify(capsys)
+    assert any(p.startswith("the latest checkpoint (6) does not verify") for p in report["problems"])
+
+
+def test_checkpoint_rows_outside_the_log_are_reported(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _append(home, 3)
+    with _db(home) as db:
+        (note,) = db.execute("SELECT note FROM log_checkpoints WHERE size = 3").fetchone()
+        db.execute("INSERT INTO log_checkpoints VALUES (0, 'x', ?), (7, 'x', ?)", (note, note))
+    report = _verify(capsys)
+    assert report["problems"] == [
+        "a checkpoint covers 7 entries but the log has only 3",
+        "a checkpoint row has the size 0 (graven never signs an empty log)",
+        "the latest checkpoint row (7) holds a signed note of 3 entries",
+    ]
+
+
+def test_an_untouched_log_verifies_with_all_signatures(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 7)
+    report = _verify(capsys, "--all-signatures")
+    assert report["ok"] and report["size"] == 7 and report["checkpoints_checked"] == 7
+    assert report["more_problems"] == 0
+
+
+def test_problems_are_capped(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _append(home, 130)
+    with _db(home) as db:
+        db.execute("UPDATE log_checkpoints SET root = 'x'")
+    report = _verify(capsys)
+    assert len(report["problems"]) == 100 and report["more_problems"] > 0
+    err = _verify_fails(capsys)
+    assert "more problems" in err and len(err.splitlines()) == 22
+
+
+# -- 2: truncation -------------------------------------------------------------------------------------
+
+
+def test_truncating_entries_with_their_checkpoints_fails(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 9)
+    with _db(home) as db:
+        db.execute("DELETE FROM log_entries WHERE idx >= 7")
+        db.execute("DELETE FROM log_checkpoints WHERE size > 7")
+    report = _verify(capsys)
+    assert not report["ok"] and report["first_bad_index"] == 7
+    assert report["problems"] == [
+        "the log state records 9 entries but only 7 are in the log: the log was truncated"
+    ]
+
+
+def test_a_changed_compact_range_fails(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _append(home, 5)
+    with _db(home) as db:
+        (frontier,) = db.execute("SELECT frontier FROM log_state").fetchone()
+        changed = ("1" if frontier[0] != "1" else "2") + frontier[1:]
+        db.execute("UPDATE log_state SET frontier = ?", (changed,))
+    assert _verify(capsys)["problems"] == ["the log state's compact range does not match the entries"]
+
+
+def test_emptying_the_log_fails_while_its_origin_or_key_remains(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 9)
+    with _db(home) as db:
+        db.execute("DELETE FROM log_entries")
+        db.execute("DELETE FROM log_checkpoints")
+    report = _verify(capsys)
+    assert not report["ok"] and report["size"] == 0 and report["first_bad_index"] == 0
+    assert any("the log has no entries but the database has its origin" in p for p in report["problems"])
+    with _db(home) as db:
+        db.execute("DELETE FROM log_state")
+        db.execute("DELETE FROM graven_meta WHERE key = 'log_origin'")
+    report = _verify(capsys)
+    assert report["problems"] == [f"the log has no entries but its key {home}/log/checkpoint.key exists"]
+    for suffix in ("", "-wal", "-shm"):
+        (home / f"graven.db{suffix}").unlink(missing_ok=True)
+    report = _verify(capsys)
+    key = f"{home}/log/checkpoint"
+    assert report["problems"] == [f"the log's database is missing but its key {key}.key exists"]
+    (home / "log" / "checkpoint.key").unlink()
+    report = _verify(capsys)
+    assert report["problems"] == [f"the log's database is missing but its key {key}.pub exists"]
+    assert not (home / "graven.db").exists()
+    # and a new log is not started over the lost one's public key
+    with pytest.raises(NotFoundError, match=r"missing but its public key checkpoint\.pub exists"):
+        _append(home, 1)
+    (home / "log" / "checkpoint.pub").unlink()
+    _append(home, 1)
+    assert _verify(capsys)["ok"]
+
+
+@pytest.mark.parametrize("how", ["truncate", "empty", "empty-and-forget", "delete-database"])
+def test_consistency_with_a_kept_checkpoint_detects_truncation(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    _append(home, 9)
+    old = tmp_path / "old.ckpt"
+    old.write_text(run_cli(capsys, "log", "checkpoint")[1])
+    with _db(home) as db:
+        if how == "truncate":
+            db.execute("DELETE FROM log_entries WHERE idx >= 6")
+            db.execute("DELETE FROM log_checkpoints WHERE size > 6")
+            _rewrite_state(db)
+        elif how.startswith("empty"):
+            db.execute("DELETE FROM log_entries")
+            db.execute("DELETE FROM log_checkpoints")
+            db.execute("DELETE FROM log_state")
+            if how == "empty-and-forget":
+                db.execute("DELETE FROM graven_meta WHERE key = 'log_origin'")
+    if how == "delete-database":
+        for suffix in ("", "-wal", "-shm"):
+            (home / f"graven.db{suffix}").unlink(missing_ok=True)
+    code, out, err = run_cli(capsys, "log", "consistency", str(old))
+    assert code == 1 and out == "", err
+    _one_line_error(err)
+    assert "truncated" in err and "the old checkpoint has 9 entries" in err
+    if how == "truncate":
+        assert _verify(capsys)["ok"]  # a careful truncation passes verify: only a kept checkpoint sees it
+
+
+def test_consistency_rejects_a_checkpoint_of_another_key(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other"
+    _append(other, 3)
+    with Context(home=Home(root=other)) as ctx:
+        foreign = ctx.audit.signed_checkpoint()
+    _append(home, 4)
+    path = tmp_path / "foreign.ckpt"
+    path.write_text(foreign)
+    code, _, err = run_cli(capsys, "log", "consistency", str(path))
+    assert code == 1 and "no signature by key" in err
+    _one_line_error(err)
+
+
+def test_consistency_names_entries_that_no_longer_match_the_latest_checkpoint(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 4)
+    old = tmp_path / "old.ckpt"
+    old.write_text(run_cli(capsys, "log", "checkpoint")[1])
+    _append(home, 4)
+    with _db(home) as db:
+        _rewrite_entry(db, 6, "forged")
+    code, _, err = run_cli(capsys, "log", "consistency", str(old))
+    assert code == 1 and "do not match its latest signed checkpoint (8 entries)" in err
+    _one_line_error(err)
+
+
+# -- 3: the log key ------------------------------------------------------------------------------------
+
+
+def test_a_missing_log_key_is_never_replaced(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _append(home, 3)
+    key = home / "log" / "checkpoint.key"
+    saved = key.read_bytes()
+    key.unlink()
+    with pytest.raises(NotFoundError, match=r"^the log key .*checkpoint\.key is missing but the log already"):
+        _append(home, 1)
+    assert not key.exists()
+    with _db(home) as db:
+        assert db.execute("SELECT count(*) FROM log_entries").fetchone() == (3,)
+    # verification needs only the public key
+    assert _verify(capsys)["ok"]
+    assert run_cli(capsys, "log", "prove", "1")[0] == 0
+    assert run_cli(capsys, "log", "checkpoint", "--vkey")[0] == 0
+    key.write_bytes(saved)
+    key.chmod(0o600)
+    _append(home, 1)
+    assert _verify(capsys)["size"] == 4
+
+
+def test_a_missing_key_with_only_an_origin_is_refused(home: Path) -> None:
+    _append(home, 2)
+    with _db(home) as db:
+        db.execute("DELETE FROM log_entries")
+        db.execute("DELETE FROM log_checkpoints")
+        db.execute("DELETE FROM log_state")
+    (home / "log" / "checkpoint.key").unlink()
+    with pytest.raises(NotFoundError, match="is missing but the log already has entries"):
+        _append(home, 1)
+
+
+def test_a_lost_origin_or_state_is_refused_not_restarted(home: Path) -> None:
+    _append(home, 2)
+    with _db(home) as db:
+        db.execute("DELETE FROM log_state")
+    with pytest.raises(Exception, match="origin or state is missing from the database") as info:
+        _append(home, 1)
+    assert getattr(info.value, "exit_code", None) == 1
+
+
+def test_a_replaced_private_key_is_refused(home: Path) -> None:
+    from graven.signing.keys import generate_key, write_private_key
+
+    _append(home, 2)
+    key = home / "log" / "checkpoint.key"
+    key.unlink()
+    write_private_key(key, generate_key("ed25519"))
+    with pytest.raises(VerificationError, match=r"does not match checkpoint\.pub"):
+        _append(home, 1)
+
+
+def test_verify_without_any_key_reports_it(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _append(home, 2)
+    (home / "log" / "checkpoint.key").unlink()
+    (home / "log" / "checkpoint.pub").unlink()
+    report = _verify(capsys)
+    assert not report["ok"]
+    assert any(
+        p.startswith("cannot check the checkpoint signatures: the log key is missing")
+        for p in report["problems"]
+    )
+
+
+def test_the_first_append_creates_both_key_files(home: Path) -> None:
+    _append(home, 1)
+    assert (home / "log" / "checkpoint.key").stat().st_mode & 0o777 == 0o600
+    assert (home / "log" / "checkpoint.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+
+
+# -- 4: proofs are checked before they are printed ---------------------------------------------------
+
+
+def test_prove_refuses_entries_that_do_not_lead_to_the_signed_root(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 9)
+    with _db(home) as db:
+        _rewrite_entry(db, 3, "forged")
+        roots = _roots(db)
+        for size in range(4, 10):
+            db.execute("UPDATE log_checkpoints SET root = ? WHERE size = ?", (roots[size], size))
+    for index in ("3", "0", "8"):
+        code, out, err = run_cli(capsys, "log", "prove", index)
+        assert code == 1 and out == "", (index, out)
+        _one_line_error(err)
+        assert "do not lead to the root of its latest signed checkpoint (9 entries)" in err
+
+
+def test_checkpoint_refuses_a_note_that_does_not_verify(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 3)
+    with _db(home) as db:
+        (note,) = db.execute("SELECT note FROM log_checkpoints WHERE size = 3").fetchone()
+        db.execute("UPDATE log_checkpoints SET note = ? WHERE size = 3", (note.replace("\n3\n", "\n4\n"),))
+    code, out, err = run_cli(capsys, "log", "checkpoint")
+    assert code == 1 and out == ""
+    _one_line_error(err)
+
+
+def test_prove_and_checkpoint_fail_when_the_origin_was_deleted(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 3)
+    with _db(home) as db:
+        db.execute("DELETE FROM graven_meta WHERE key = 'log_origin'")
+    for args in (["log", "prove", "1"], ["log", "checkpoint"]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 1 and out == "" and "the log origin is missing" in err, args
+        _one_line_error(err)
+    assert "the log origin is missing from the database (graven_meta log_origin)" in _verify_fails(capsys)
+
+
+# -- 5: command-line input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["log", "export", "--since", "9223372036854775808"],
+        ["log", "export", "--since", "-1"],
+        ["log", "export", "--since", "1_0"],
+        ["log", "--since", "0001-01-01T00:00:00+01:00"],
+        ["log", "--since", "yesterday"],
+        ["log", "prove", "1_0"],
+        ["log", "prove", "-1"],
+        ["log", "prove", "\u0661"],  # ARABIC-INDIC DIGIT ONE: int() would take it
+        ["log", "prove", "99999999999999999999"],
+    ],
+)
+def test_bad_log_input_is_one_line_and_exit_2(
+    home: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    _append(home, 12)
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and out == "", (args, out, err)
+    _one_line_error(err)
+
+
+def test_export_since_the_largest_index_prints_nothing(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _append(home, 3)
+    assert run_cli(capsys, "log", "export", "--since", "9223372036854775807") == (0, "", "")
+    code, out, _ = run_cli(capsys, "log", "export", "--since", "2")
+    assert code == 0 and [json.loads(line)["index"] for line in out.splitlines()] == [2]
+
+
+def test_since_a_year_before_1000_is_zero_padded(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _append(home, 2)
+    for since in ("0999-01-01", "0001-01-01T05:00:00+01:00", "0001-01-01"):
+        code, out, _ = run_cli(capsys, "log", "--since", since, "--json")
+        assert code == 0 and len(json.loads(out)) == 2, since
+    code, out, _ = run_cli(capsys, "log", "--since", "9999-12-31T23:59:59Z", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+# -- 6: control characters in the human output ---------------------------------------------------------
+
+
+def test_actor_and_reason_cannot_fake_rows_or_drive_the_terminal(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = "mallory\n99  2026-01-01 00:00:00  deploy  -  prod  ok  alice@ci\x1b[2K\x1b[1A\u202e"
+    monkeypatch.setenv("GRAVEN_ACTOR", fake)
+    with Context(home=Home(root=home)) as ctx:
+        ctx.audit.record(LogEvent("deploy", env="prod", reason="line1\r\nline2\x07\x9b"))
+    code, out, _ = run_cli(capsys, "log")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2  # the header and one row
+    assert not any(ch in out for ch in "\x1b\r\x07\x9b\u202e")
+    assert "mallory\\x0a99" in lines[1] and "\\x1b[2K" in lines[1] and "\\u202e" in lines[1]
+    assert "line1\\x0d\\x0aline2\\x07\\x9b" in lines[1]
+    code, out, _ = run_cli(capsys, "log", "--json")
+    (entry,) = json.loads(out)
+    assert entry["actor"] == fake and entry["reason"] == "line1\r\nline2\x07\x9b"
+
+
+# -- 7: nothing is created by reading ------------------------------------------------------------------
+
+
+def test_verify_on_an_empty_home_creates_nothing(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "log", "verify")
+    assert (code, err) == (0, "") and out == "ok: the audit log is empty (nothing was logged yet)\n"
+    report = _verify(capsys)
+    assert report["ok"] and report["size"] == 0 and report["problems"] == []
+    for args in (["log", "checkpoint"], ["log", "checkpoint", "--vkey"], ["log", "prove", "0"]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and out == "" and "nothing was logged yet" in err, args
+        _one_line_error(err)
+    assert run_cli(capsys, "log") == (0, "the audit log has no matching entries\n", "")
+    assert run_cli(capsys, "log", "export") == (0, "", "")
+    assert not home.exists()
