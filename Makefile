@@ -15,7 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# the demo's tools: git (the example becomes a repository), bubblewrap (its build step runs sandboxed),
+# zstd (the exported archive); installed with apt-get when missing and run as root, else named
+DEMO_TOOLS := git:git bwrap:bubblewrap zstd:zstd
+
 demo: $(STAMP)
+	@missing=""; for pair in $(DEMO_TOOLS); do \
+	    command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	    else echo "the demo needs:$$missing (apt-get install -y$$missing)" >&2; exit 1; fi; fi
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 lint: $(STAMP)
