@@ -32,6 +32,7 @@ class HookResult:
     seconds: float
     attempts: int = 1
     error: str | None = None  # the step could not run at all (see :func:`step_error`)
+    timeout: float | None = None  # the limit of one attempt (what a timed-out run reports)
 
     @property
     def ok(self) -> bool:
@@ -43,7 +44,8 @@ class HookResult:
         if self.error is not None:
             return self.error
         if self.returncode is None:
-            status = f"timed out after {self.seconds:.0f}s"
+            limit = self.timeout if self.timeout is not None else self.seconds
+            status = f"timed out after {limit:g}s"
         else:
             status = f"exit {self.returncode}"
         last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
@@ -86,7 +88,7 @@ def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float)
         size = out.tell()
         out.seek(max(0, size - _TAIL))
         output = out.read().decode("utf-8", "replace")
-    return HookResult(command, code, output, time.monotonic() - start)
+    return HookResult(command, code, output, time.monotonic() - start, timeout=timeout)
 
 
 def run_health(
@@ -107,4 +109,6 @@ def run_health(
         sleep(interval)
         result = run_hook(command, cwd=cwd, env=env, timeout=timeout)
         attempts += 1
-    return HookResult(command, result.returncode, result.output, time.monotonic() - start, attempts)
+    return HookResult(
+        command, result.returncode, result.output, time.monotonic() - start, attempts, timeout=timeout
+    )

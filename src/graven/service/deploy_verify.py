@@ -35,9 +35,8 @@ def _verified_provenances(
     except (VerificationError, PolicyError, InputError) as exc:
         where = f"{short(str(digest))} cannot be deployed to {env}"
         if isinstance(exc, PolicyError):
-            raise PolicyError(
-                f"{where}: {exc}; trust the signing key for {env} (graven keys trust)"
-            ) from None
+            hint = "" if "revoked" in str(exc) else f"; trust the signing key for {env} (graven keys trust)"
+            raise PolicyError(f"{where}: {exc}{hint}") from None
         raise VerificationError(f"{where}: {exc}") from None
 
 

@@ -346,3 +346,11 @@ def test_stat_records_never_follow_a_symlink_or_block_on_a_fifo(tmp_path: Path) 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert read_record_file(fifo) is None  # returns at once instead of waiting for a writer
+
+
+def test_a_timed_out_health_check_reports_the_limit_of_one_attempt(tmp_path: Path) -> None:
+    from graven.deploy.hooks import run_health
+
+    result = run_health("sleep 5", cwd=tmp_path, env={}, timeout=0.3, retries=2, interval=0)
+    assert not result.ok and result.attempts == 3
+    assert result.describe() == "timed out after 0.3s"  # not the ~0.9 s all three attempts took
