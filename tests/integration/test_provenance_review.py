@@ -126,3 +126,17 @@ def _keyid_from_pub(home: Path) -> str:
     from graven.signing.keys import load_public_key
 
     return load_public_key(home / "keys" / "default.pub").keyid
+
+
+def test_an_oversized_attestation_is_refused_before_it_is_read(
+    home: Path, repo: Path, capsys: Cap, tmp_path: Path
+) -> None:
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    digest = _build(capsys, repo)
+    archive = tmp_path / "a.tar"
+    assert run_cli(capsys, "export", digest, "-o", archive)[0] == 0
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as handle:
+        handle.truncate(17 * 1024 * 1024)  # sparse: no memory, no disk
+    code, _out, err = run_cli(capsys, "import", archive, "--attestation", huge)
+    assert code == 2 and "no in-toto provenance is that big" in err and len(err.splitlines()) == 1, err

@@ -115,8 +115,16 @@ def envelope_from_bundle(data: bytes | str) -> Envelope:
     return parse_bundle(data).envelope
 
 
+MAX_ATTESTATION_BYTES = 16 * 1024 * 1024  # a provenance is kilobytes; more is not one
+
+
 def load_attestation(data: bytes | str) -> Envelope:
     """The DSSE envelope of an attestation file: a Sigstore bundle or a bare DSSE envelope."""
+    if len(data) > MAX_ATTESTATION_BYTES:
+        raise InputError(
+            f"the attestation is {len(data):,} bytes, more than the {MAX_ATTESTATION_BYTES:,} an "
+            "in-toto provenance ever needs; refusing it"
+        )
     doc = load_json_object(data, "attestation")
     if is_bundle(doc):
         return _bundle_from_dict(doc).envelope
