@@ -391,3 +391,45 @@ def test_an_ignore_glob_for_what_is_below_does_not_hide_a_file(
         assert (release / "out/app/main.py").stat().st_mode & 0o777 == 0o644  # left alone
     finally:
         world.close()
+
+
+def test_a_heal_that_waited_for_a_deployment_heals_the_new_release_not_back_to_the_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """heal --wait read what was live before taking the lock: a deployment finishing meanwhile was
+    'healed' back to the release it had just replaced."""
+    import threading
+    import time as _time
+
+    from graven.service.drift_heal import heal
+    from helpers_deploy import make_world
+
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        v1 = world.build()
+        assert world.deploy(v1, "staging").ok
+        v2 = world.version(2)
+        from graven.home import Home
+        from graven.service.context import Context, NullReporter
+        from graven.service.deploy import deploy
+
+        class _SlowAfterLocking(NullReporter):
+            def progress(self, stage: str, done: int, total: int | None) -> None:
+                if stage == "deploy:locked":
+                    _time.sleep(1)  # the lock is held and nothing is recorded yet (no pending row)
+
+        def run() -> None:
+            with Context(home=Home(root=world.home), reporter=_SlowAfterLocking()) as ctx:
+                done.append(deploy(ctx, v2, "staging", world.options()))
+
+        done: list[object] = []
+        deployer = threading.Thread(target=run)
+        deployer.start()
+        _time.sleep(0.4)
+        slow = v2
+        result = heal(world.ctx(), "staging", wait=True)
+        deployer.join()
+        assert world.live("staging") == slow, result
+        assert not result.before  # nothing to heal once the new release is live
+    finally:
+        world.close()

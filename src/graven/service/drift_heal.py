@@ -20,7 +20,7 @@ from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import fsync_dir, point_symlink, remove_symlink
 from graven.drift.heal import HealStats, apply_heal, move_aside
 from graven.drift.scan import ReleaseIndex
-from graven.errors import BackendError, GravenError
+from graven.errors import BackendError, GravenError, PolicyError
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import ROOT_PATH, check_once, link_kind
@@ -152,6 +152,12 @@ def heal(
         if not plan_only:
             lock.acquire(wait=wait)
         with lock:
+            if not plan_only:
+                # what is live is read again under the lock: a deployment that held it while this
+                # heal waited changed it, and its release must never be "healed" back to the old one
+                target = live_targets(ctx, [env])[0]
+                if target.path != str(layout.root):
+                    raise PolicyError(f"{env} moved to {target.path} while the heal waited; run it again")
             checked = check_once(ctx, session, target, full=True)
             before = checked.report.differences
             manifest = checked.index.manifest
