@@ -428,6 +428,26 @@ def _guarded(rows: Iterator[Row]) -> Iterator[Row]:
         raise BackendError(f"database error: {_first_line(exc)}") from exc
 
 
+def _set_wal(raw: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``. Switching a brand-new file to WAL answers SQLITE_BUSY at once
+    (without the busy handler) when another process does the same: two first commands on a fresh
+    home. Retried with backoff for up to the busy timeout."""
+    import time
+
+    delay, deadline = 0.005, time.monotonic() + 60
+    while True:
+        try:
+            raw.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 class _SqliteDatabase:
     """A small pool of ``sqlite3`` connections; writers take the lock at BEGIN (IMMEDIATE)."""
 
@@ -446,7 +466,7 @@ class _SqliteDatabase:
             check_same_thread=False,  # a pooled connection may serve another thread later
             detect_types=sqlite3.PARSE_DECLTYPES,
         )
-        raw.execute("PRAGMA journal_mode=WAL")
+        _set_wal(raw)
         raw.execute("PRAGMA synchronous=NORMAL")
         raw.execute("PRAGMA busy_timeout=60000")
         raw.execute("PRAGMA foreign_keys=ON")
@@ -552,8 +572,21 @@ class _AlchemyDatabase:
         import sqlalchemy as sa
 
         try:
-            with self.engine.begin() if commit else self.engine.connect() as conn:
-                yield _AlchemyConnection(conn)
+            if commit:
+                with self.engine.begin() as conn:
+                    # writers queue up, as BEGIN IMMEDIATE makes them on SQLite: a transaction that
+                    # reads, then writes what it read (state rows, the audit log) is never interleaved
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(7438002)"))
+                    yield _AlchemyConnection(conn)
+            else:
+                # a read sees one snapshot, as on SQLite (READ COMMITTED gives each statement its own)
+                with (
+                    self.engine.connect().execution_options(
+                        isolation_level="REPEATABLE READ", postgresql_readonly=True
+                    ) as conn,
+                    conn.begin(),
+                ):
+                    yield _AlchemyConnection(conn)
         except sa.exc.SQLAlchemyError as exc:
             raise BackendError(f"database error: {_reason(exc)}") from exc
 
@@ -609,7 +642,15 @@ class Database:
         value = conn.execute(
             """SELECT value FROM graven_meta WHERE "key" = 'schema_version'"""
         ).scalar_one_or_none()
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise BackendError(
+                f"the database's schema_version is {str(value)[:40]!r}, not a number: it is not graven's, "
+                "or it was edited by hand"
+            ) from None
 
     def _upgrade(self) -> None:
         with self.connect() as conn:
@@ -681,12 +722,18 @@ def _sqlite_path(url: str) -> str:
     """The file of an SQLAlchemy-style SQLite URL, read as SQLAlchemy reads it: ``sqlite:///rel``,
     ``sqlite:////abs``, an optional ``+driver`` (``sqlite+pysqlite:///``), ``%XX`` escapes decoded,
     ``?query`` ignored. An in-memory database is refused: graven's state must outlive the process."""
-    from urllib.parse import unquote
+    import os
+    from urllib.parse import unquote_to_bytes
+
+    def unquote(text: str) -> str:  # %XX are bytes of the file name, UTF-8 or not
+        return os.fsdecode(unquote_to_bytes(text))
 
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+", 1)[0] != "sqlite":
         raise BackendError(f"cannot open the database {url}: expected sqlite:///PATH")
     path = unquote(rest.removeprefix("/").split("?", 1)[0]) if rest.startswith("/") else None
+    if path and path.startswith("file:"):
+        path = "./" + path  # sqlite3 would read 'file:...' as a URI (file::memory: is in memory)
     if not path or path == ":memory:":
         raise BackendError(
             f"cannot open the database {url}: an in-memory or unnamed SQLite database cannot hold "

@@ -87,7 +87,7 @@ class Home:
             return self.db_url_override
         from urllib.parse import quote  # a '%' or '?' in the home's path must stay part of the name
 
-        return f"sqlite:///{quote(str(self.db_path))}"
+        return f"sqlite:///{quote(os.fsencode(self.db_path))}"  # bytes: any file name, UTF-8 or not
 
     @property
     def keys(self) -> Path:

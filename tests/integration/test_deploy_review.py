@@ -249,3 +249,24 @@ def test_hold_waits_for_a_deployment_at_work_and_holds_what_it_made_live(world: 
     with world.ctx().db.connect() as conn:
         state = environments.load_state(conn, "staging")
     assert state is not None and state.held_digest == slow == state.live_digest
+
+
+def test_a_digest_rejected_while_it_is_being_deployed_is_not_left_live(world: World) -> None:
+    import threading
+    import time
+
+    from helpers_deploy import env_toml, staging_prod
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    slow = world.version(2, env_toml("app", staging_prod(health="sleep 1")))
+    done: list[Any] = []
+    deployer = threading.Thread(target=lambda: done.append(world.deploy(slow, "staging")))
+    deployer.start()
+    time.sleep(0.5)  # in its health check
+    result = environments.reject(world.ctx(), slow, "found a bug")
+    deployer.join()
+    assert result.live_in == ("staging",)  # reject warns: it is being deployed there
+    assert not done[0].ok and done[0].rolled_back_to == v1, done[0]
+    assert "rejected during the deployment (found a bug)" in done[0].message
+    assert world.live("staging") == v1

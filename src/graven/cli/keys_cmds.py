@@ -178,9 +178,11 @@ def revoke_cmd(args: argparse.Namespace) -> int:
     home.trust.mkdir(parents=True, exist_ok=True)
     path = home.trust / "revoked"
     if value not in _revoked(path):
+        # logged first: a revocation that takes effect is never missing from the audit log (a
+        # failure between the two leaves an entry and no effect; running revoke again completes it)
+        _log(home, "key-revoked", f"key {value}")
         with path.open("a", encoding="utf-8") as handle:
             handle.write(value + "\n")
-        _log(home, "key-revoked", f"key {value}")
     print(f"revoked key {value}")
     return 0
 

@@ -43,7 +43,7 @@ from graven.service.deploy_release import (
 )
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.deploy_verify import check_location, check_path, policy_facts, verify_target
-from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state
+from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection
 
 __all__ = [
     "ROOT_ENV",
@@ -165,6 +165,12 @@ def _run_deployment(
                     interval=settings.health_interval,
                 )
                 step(ctx, "health-checked")
+            if kind != "rollback" and (activate is None or activate.ok) and (health is None or health.ok):
+                phase = "the deployment"
+                with ctx.db.connect() as conn:
+                    rejected = rejection(conn, digest)
+                if rejected is not None:  # `graven reject` while this deployment ran: never left live
+                    raise PolicyError(f"{short(digest)} was rejected during the deployment ({rejected})")
         except (Exception, KeyboardInterrupt) as exc:
             # Whatever stops the switch or the hooks half-way (an error, Ctrl-C) must not leave an
             # unchecked release live: it is a failure like a failed health check, and is switched back.

@@ -233,10 +233,12 @@ def reject(ctx: Context, digest_text: str, reason: str) -> RejectResult:
         existing = rejection(conn, digest)
         names: list[str] = list(
             conn.execute(
-                "SELECT name FROM deploy_envs WHERE live_digest = :digest ORDER BY name", {"digest": digest}
+                "SELECT name FROM deploy_envs WHERE live_digest = :digest UNION"
+                " SELECT env FROM deployments WHERE digest = :digest AND result = 'pending' ORDER BY 1",
+                {"digest": digest},
             ).scalars()
         )
-        live_in = tuple(names)
+        live_in = tuple(names)  # live, or being deployed (such a deployment switches back: see deploy)
         if existing is not None:
             return RejectResult(digest, existing, True, live_in)
         conn.execute(
