@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from graven.core.paths import decode_path
+from graven.core.paths import decode_path, display_path
 from graven.errors import BuildError, ConfigError, UnsafeInputError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "FetchedFile",
     "Tool",
     "check_fetched",
+    "check_unchanged_outside",
     "collect_fetched",
     "is_pip_requirements",
     "locked_hashes",
@@ -174,10 +175,28 @@ def _sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def collect_fetched(work: Path, src: Path, outputs: Iterable[str]) -> list[FetchedFile]:
+def _copy_hashing(source: str, target: Path) -> tuple[str, int]:
+    """Copy ``source`` to a new file ``target``; the sha256 and size of the bytes copied."""
+    digest = hashlib.sha256()
+    size = 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as handle, open(target, "xb") as copy:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            copy.write(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def collect_fetched(
+    work: Path, src: Path, outputs: Iterable[str], snapshot: Path | None = None
+) -> list[FetchedFile]:
     """The regular files below ``outputs`` in ``work`` that the fetch phase created or changed.
 
-    A file identical to the commit's own (in ``src``) was not fetched; links and special files are refused.
+    A file identical to the commit's own (in ``src``) was not fetched; links and special files are
+    refused. With ``snapshot``, each fetched file is copied there (same relative path) as it is read,
+    and the sha256 returned is that of the copy: the build steps may change ``work`` afterwards, the
+    copy is what was checked.
     """
     found: dict[str, FetchedFile] = {}
     for output in outputs:
@@ -195,12 +214,119 @@ def collect_fetched(work: Path, src: Path, outputs: Iterable[str]) -> list[Fetch
                 continue
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafeInputError(f"{rel}: the fetch phase may only write regular files")
-            sha, size = _sha256_file(full)
+            if rel in found:  # outputs that overlap
+                continue
+            copy = None if snapshot is None else snapshot / rel
+            sha, size = _sha256_file(full) if copy is None else _copy_hashing(full, copy)
             original = os.path.join(src, rel)
             if os.path.isfile(original) and not os.path.islink(original) and _sha256_file(original)[0] == sha:
+                if copy is not None:
+                    copy.unlink()
                 continue
             found[rel] = FetchedFile(rel, sha, size)
     return [found[k] for k in sorted(found)]
+
+
+def _kind(info: os.stat_result | None) -> str:
+    if info is None:
+        return "missing"
+    if stat.S_ISDIR(info.st_mode):
+        return "directory"
+    if stat.S_ISLNK(info.st_mode):
+        return "symlink"
+    return "file" if stat.S_ISREG(info.st_mode) else "special"
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _same_content(one: str, other: str) -> bool:
+    with open(one, "rb") as first, open(other, "rb") as second:
+        while True:
+            a = first.read(1 << 20)
+            if a != second.read(len(a) or 1):
+                return False
+            if not a:
+                return True
+
+
+def _listing(path: str) -> list[str]:
+    return os.listdir(path) if os.path.isdir(path) and not os.path.islink(path) else []
+
+
+def _change(work: str, src: str, rel: str, holds_output: bool) -> str | None:
+    """How the fetch phase changed ``rel`` (``created``, ``changed``, ``removed``), or None."""
+    new, old = _lstat(os.path.join(work, rel)), _lstat(os.path.join(src, rel))
+    kind_new, kind_old = _kind(new), _kind(old)
+    if new is None or old is None:
+        if new is None:
+            return "removed"
+        return None if kind_new == "directory" and holds_output else "created"
+    if kind_new != kind_old:
+        return "changed"
+    here, there = os.path.join(work, rel), os.path.join(src, rel)
+    if kind_new == "symlink":
+        return None if os.readlink(here) == os.readlink(there) else "changed"
+    if kind_new == "file":
+        if stat.S_IMODE(new.st_mode) != stat.S_IMODE(old.st_mode) or new.st_size != old.st_size:
+            return "changed"
+        return None if _same_content(here, there) else "changed"
+    return None  # a directory: what is in it is looked at on its own
+
+
+def check_unchanged_outside(work: Path, src: Path, outputs: Iterable[str]) -> None:
+    """Refuse anything the fetch phase created, changed or removed in ``work`` outside its ``outputs``.
+
+    ``work`` started as a copy of the commit's tree ``src``; only the files below the fetch outputs
+    are checked against the lockfiles, so anything else the fetch (with network) wrote there would
+    reach the offline build steps unlocked, and be missing when ``--check`` or ``verify --rebuild``
+    restores the fetched inputs instead of fetching. A file's content, permissions and kind count, a
+    symlink's target too; directories that only lead to a (nested) output may be created. BuildError
+    names the first path, how many more there are, and the fix.
+    """
+    declared = list(outputs)
+    tops = [o.strip("/") for o in declared]
+    root_work, root_src = os.fspath(work), os.fspath(src)
+    changes: list[tuple[str, str]] = []
+    pending = [""]
+    while pending:
+        directory = pending.pop()
+        names = set(_listing(os.path.join(root_work, directory))) | set(
+            _listing(os.path.join(root_src, directory))
+        )
+        for name in sorted(names, reverse=True):
+            rel = f"{directory}/{name}" if directory else name
+            if any(rel == t or rel.startswith(t + "/") for t in tops):
+                continue
+            holds_output = any(t.startswith(rel + "/") for t in tops)
+            try:
+                change = _change(root_work, root_src, rel, holds_output)
+            except OSError:
+                change = "changed"
+            if change is not None:
+                changes.append((rel, change))
+            elif _kind(_lstat(os.path.join(root_work, rel))) == "directory":
+                pending.append(rel)
+    if not changes:
+        return
+    changes.sort()
+    rel, change = changes[0]
+    more = [display_path(path) for path, _ in changes[1:]]
+    extra = ""
+    if more:
+        listed = ", ".join(more[:3]) + (", ..." if len(more) > 3 else "")
+        extra = f" (and {len(more)} more: {listed})"
+    shown = ", ".join(display_path(o) for o in declared)
+    raise BuildError(
+        f"the fetch phase {change} {display_path(rel)}{extra} outside [build.fetch] outputs ({shown}): "
+        "only files below the outputs are checked against the lockfiles, and nothing else it writes may "
+        "reach the build; declare it under [build.fetch] outputs and lock its sha256 in a lockfile, or "
+        "leave that work to a build step"
+    )
 
 
 def check_fetched(files: Iterable[FetchedFile], locked: set[str], lockfiles: Iterable[str]) -> None:

@@ -7,17 +7,37 @@ pipeline says ``sandbox = "none"``); this module decides what it sees and how fa
 from __future__ import annotations
 
 import os
+import select
 import subprocess
+import threading
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from graven.build.sandbox import StepRunner
-from graven.errors import BuildError
+from graven.errors import BackendError, BuildError
 
-__all__ = ["PINNED_ENV", "clean_environment", "ensure_dirs", "run_steps"]
+__all__ = [
+    "LOG_HEAD_BYTES",
+    "LOG_TAIL_BYTES",
+    "PINNED_ENV",
+    "BuildLog",
+    "clean_environment",
+    "ensure_dirs",
+    "run_steps",
+]
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 LOG_TAIL_LINES = 20
+# The build log keeps the first and the last MiB of the output (fetch and build steps, one stream).
+LOG_HEAD_BYTES = 1 << 20
+LOG_TAIL_BYTES = 1 << 20
+_TAIL_READ = 64 << 10  # what a failure message's last lines are taken from
+_CHUNK = 1 << 16
+_POLL_SECONDS = 0.1  # how often the log thread looks whether the step has finished
+_DRAIN_SECONDS = 0.5  # how long output is still copied after the step exited (from what it left running)
 
 # What graven sets itself; [build] env cannot pass these through from the host.
 PINNED_ENV = frozenset(
@@ -53,38 +73,163 @@ def clean_environment(
     return env
 
 
+class BuildLog:
+    """The build log file, capped while it is written: its first ``head`` and last ``tail`` bytes.
+
+    What lies between is dropped as it arrives (a line ``[graven: N bytes of output cut here]`` takes
+    its place when the log is closed), so neither the file nor graven's memory grows with a step that
+    prints without end. The first bytes go straight to the file; the last ones are held in memory (at
+    most ``tail`` plus one chunk) until :meth:`close` writes them after the marker.
+    """
+
+    def __init__(self, path: Path, *, head: int = LOG_HEAD_BYTES, tail: int = LOG_TAIL_BYTES) -> None:
+        self.path = path
+        self._head = head
+        self._tail = tail
+        self._file: BinaryIO | None = path.open("wb")
+        self._written = 0  # bytes of the head in the file
+        self._held: deque[bytes] = deque()  # after the head: the newest bytes, oldest chunk first
+        self.held = 0  # their total size
+        self.cut = 0  # bytes dropped between head and tail
+
+    def __enter__(self) -> BuildLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        """Append output: to the file while the head lasts, then to the held tail (the oldest dropped)."""
+        if self._file is None:
+            raise ValueError("the build log is closed")
+        if self._written < self._head:
+            first = data[: self._head - self._written]
+            self._file.write(first)
+            self._written += len(first)
+            data = data[len(first) :]
+        if not data:
+            return
+        self._held.append(data)
+        self.held += len(data)
+        while len(self._held) > 1 and self.held - len(self._held[0]) >= self._tail:
+            dropped = self._held.popleft()
+            self.held -= len(dropped)
+            self.cut += len(dropped)
+
+    def _tail_bytes(self) -> bytes:
+        """The held bytes, trimmed to ``tail`` (what :meth:`close` keeps)."""
+        data = b"".join(self._held)
+        return data[-self._tail :] if len(data) > self._tail else data
+
+    def last_bytes(self, size: int) -> bytes:
+        """The last ``size`` bytes of what is kept (the head file's end, when little is held)."""
+        held = self._tail_bytes()
+        if len(held) >= size or self._written == 0 or self.cut:
+            return held[-size:]
+        if self._file is not None:
+            self._file.flush()
+        with self.path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            end = handle.tell()
+            want = min(end, size - len(held))
+            handle.seek(end - want)
+            return handle.read(want) + held
+
+    def close(self) -> None:
+        """Write the marker (when bytes were cut) and the kept tail; close the file. Idempotent."""
+        if self._file is None:
+            return
+        held = self._tail_bytes()
+        cut = self.cut + self.held - len(held)
+        if cut:
+            self._file.write(f"\n[graven: {cut} bytes of output cut here]\n".encode())
+        self._file.write(held)
+        self._held.clear()
+        self.held = 0
+        self._file.close()
+        self._file = None
+
+
+class _Pump:
+    """Copies a step's output from a pipe to the build log, in a thread, while the step runs."""
+
+    def __init__(self, log: BuildLog) -> None:
+        self._log = log
+        self._read, write = os.pipe()
+        self.writer: BinaryIO = open(write, "wb", buffering=0)  # noqa: SIM115 - closed by finish()
+        self._stop_at: float | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._copy, name="graven-step-log", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        try:
+            poller = select.poll()  # not select(): graven may hold more than FD_SETSIZE descriptors
+            poller.register(self._read, select.POLLIN)
+            while True:
+                stop_at = self._stop_at
+                wait = _POLL_SECONDS if stop_at is None else max(0.0, stop_at - time.monotonic())
+                if poller.poll(wait * 1000):
+                    chunk = os.read(self._read, _CHUNK)
+                    if not chunk:
+                        return  # every writer is gone
+                    self._log.write(chunk)
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    return  # something the step left running still holds the pipe open
+        except BaseException as exc:  # handed to the main thread by finish()
+            self._error = exc
+
+    def finish(self) -> None:
+        """After the step: close graven's end of the pipe, copy what is left, stop the thread."""
+        self.writer.close()
+        self._stop_at = time.monotonic() + _DRAIN_SECONDS
+        self._thread.join()
+        os.close(self._read)
+        if isinstance(self._error, OSError):
+            raise BackendError(f"cannot write the build log {self._log.path}: {self._error}") from None
+        if self._error is not None:
+            raise self._error
+
+
+def _run_one(runner: StepRunner, step: str, *, log: BuildLog, timeout: int, network: bool) -> int:
+    """Run one step with its output (stdout and stderr) going through a pipe into ``log``."""
+    pump = _Pump(log)
+    try:
+        return runner.run(step, log=pump.writer, timeout=timeout, network=network)
+    finally:
+        pump.finish()
+
+
 def run_steps(
     steps: Sequence[str],
     *,
     runner: StepRunner,
-    log_path: Path,
+    log: BuildLog,
     timeout: int,
     phase: str = "build",
     network: bool = False,
 ) -> None:
     """Run each step with ``/bin/sh -c`` through ``runner``; the first failure raises BuildError.
 
-    The error is one line: ``<phase> step N ('...') failed with exit code X; last lines: ...``.
+    The output goes to ``log`` (capped: see :class:`BuildLog`). The error is one line: ``<phase> step N
+    ('...') failed with exit code X; last lines: ...``.
     """
-    with log_path.open("ab") as log:
-        for number, step in enumerate(steps, start=1):
-            label = "" if phase == "build" else f"[{phase}] "
-            log.write(f"$ {label}{step}\n".encode())
-            log.flush()
-            try:
-                code = runner.run(step, log=log, timeout=timeout, network=network)
-            except subprocess.TimeoutExpired:
-                raise BuildError(f"{phase} step {number} ({step!r}) timed out after {timeout} s") from None
-            if code != 0:
-                log.flush()
-                raise BuildError(
-                    f"{phase} step {number} ({step!r}) failed with exit code {code}; "
-                    f"last lines: {_tail(log_path)}"
-                )
+    for number, step in enumerate(steps, start=1):
+        label = "" if phase == "build" else f"[{phase}] "
+        log.write(f"$ {label}{step}\n".encode())
+        try:
+            code = _run_one(runner, step, log=log, timeout=timeout, network=network)
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"{phase} step {number} ({step!r}) timed out after {timeout} s") from None
+        if code != 0:
+            raise BuildError(
+                f"{phase} step {number} ({step!r}) failed with exit code {code}; last lines: {_tail(log)}"
+            )
 
 
-def _tail(path: Path) -> str:
-    lines = path.read_bytes().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+def _tail(log: BuildLog) -> str:
+    """The last lines of the log, joined on one line (read from its end only)."""
+    lines = log.last_bytes(_TAIL_READ).decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
     return " | ".join(line for line in lines if line.strip())[-2000:]
 
 

@@ -21,6 +21,7 @@ from graven.build.fetch import (
     LOCKFILE_PREFIX,
     FetchedFile,
     check_fetched,
+    check_unchanged_outside,
     collect_fetched,
     locked_hashes,
     resolve_tools,
@@ -45,10 +46,10 @@ from graven.build.sandbox import (
     resolver_files,
     user_homes,
 )
-from graven.build.steps import clean_environment, run_steps
-from graven.build.workspace import Workspace, checkout, copy_tree, ensure_inside, settle_tree
+from graven.build.steps import BuildLog, clean_environment, run_steps
+from graven.build.workspace import DIR_MODE, Workspace, checkout, copy_tree, ensure_inside, settle_tree
 from graven.core.paths import check_path
-from graven.errors import ConfigError, UnsafeInputError
+from graven.errors import ConfigError, IntegrityError, UnsafeInputError
 from graven.model.pipeline import Pipeline
 from graven.service.context import Context
 from graven.signing.provenance import ResourceRef
@@ -95,13 +96,18 @@ CHECK_VARIATION = Variation(
 
 @dataclass
 class StepRun:
-    """A finished step build whose workspace still exists (inside :func:`run_step_build`)."""
+    """A finished step build whose workspace still exists (inside :func:`run_step_build`).
+
+    ``snapshot`` holds the fetched files as they were checked against the lockfiles (at their paths
+    below the scratch directory), before any build step ran: what is stored and restored.
+    """
 
     workspace: Workspace
     sandbox: str
     lockfiles: list[ResourceRef]
     fetched: list[FetchedFile]
     tools: list[ResourceRef]
+    snapshot: Path
     restored: bool = False
 
     @property
@@ -111,7 +117,7 @@ class StepRun:
 
     @property
     def log(self) -> bytes:
-        """The build log (fetch and build steps)."""
+        """The build log (fetch and build steps; capped, see :class:`graven.build.steps.BuildLog`)."""
         return self.workspace.log.read_bytes() if self.workspace.log.exists() else b""
 
     @property
@@ -121,14 +127,19 @@ class StepRun:
         return [*self.lockfiles, *fetched, *self.tools]
 
     def store_fetched(self, batch: PackBatch) -> None:
-        """Add the fetched files to the store (so that ``verify --rebuild`` can work offline)."""
+        """Add the fetched files, as checked, to the store (so that ``verify --rebuild`` works offline)."""
         for item in self.fetched:
-            with open(self.work / item.path, "rb") as handle:
-                batch.add_stream(handle, item.size)
+            with open(self.snapshot / item.path, "rb") as handle:
+                digest = batch.add_stream(handle, item.size)
+            if digest.hex != item.sha256:
+                raise IntegrityError(
+                    f"fetched file {item.path} changed after it was checked: sha256 {digest.hex}, "
+                    f"checked {item.sha256}"
+                )
 
     def openers(self) -> dict[str, Opener]:
-        """The fetched files, to restore them in another build of the same commit."""
-        return {f.path: _file_opener(self.work / f.path) for f in self.fetched}
+        """The fetched files, as checked, to restore them in another build of the same commit."""
+        return {f.path: _file_opener(self.snapshot / f.path) for f in self.fetched}
 
 
 def _file_opener(path: Path) -> Opener:
@@ -188,6 +199,15 @@ def _runner(
     )
 
 
+def _empty_again(path: Path, aside: Path) -> None:
+    """Replace the directory ``path`` by a new, empty one (mode 0755); the old one goes to ``aside``
+    first, so that whatever a step left in it (even directories it cannot list) is out of the way."""
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+    path.mkdir(mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
 def _restore(work: Path, files: Mapping[str, Opener], outputs: list[str]) -> None:
     """Write previously fetched files (paths from a provenance: checked) below the fetch outputs."""
     prefixes = [o.strip("/") for o in outputs]
@@ -219,6 +239,12 @@ def run_step_build(
 
     With ``restore`` (path -> opener of a previously fetched file), the fetch steps do not run: the
     files are written where the fetch put them, and checked against the lockfiles all the same.
+
+    After the fetch steps, nothing they wrote outside the fetch outputs reaches the build steps: a
+    change to the scratch directory outside them is refused (:func:`check_unchanged_outside`), and
+    ``HOME`` (and the host ``TMPDIR`` without a sandbox) is emptied again, so the build steps see what
+    they see when the fetched files are restored instead. The fetched files are copied aside as they
+    are checked (:attr:`StepRun.snapshot`): the build steps may change or delete them in place.
     """
     build = pipeline.build
     lockfiles = _read_lockfiles(repo, commit, pipeline)
@@ -239,32 +265,39 @@ def run_step_build(
         copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
         fetched: list[FetchedFile] = []
         restored = False
-        if build.fetch is not None:
-            if restore is not None:
-                _restore(ws.work, restore, build.fetch.outputs)
-                restored = True
-            else:
-                ctx.reporter.progress("fetching locked inputs", 0, len(build.fetch.steps))
-                run_steps(
-                    build.fetch.steps,
-                    runner=runner,
-                    log_path=ws.log,
-                    timeout=build.timeout,
-                    phase="fetch",
-                    network=True,
-                )
-            ensure_inside(ws.work, build.fetch.outputs, "[build.fetch] output")
-            fetched = collect_fetched(ws.work, ws.src, build.fetch.outputs)
-            check_fetched(fetched, locked, lockfiles)
-            settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
-        ctx.reporter.progress("running build steps", 0, len(build.steps))
-        run_steps(build.steps, runner=runner, log_path=ws.log, timeout=build.timeout)
+        snapshot = ws.root / "fetched"  # not visible to any step
+        with BuildLog(ws.log) as log:
+            if build.fetch is not None:
+                if restore is not None:
+                    _restore(ws.work, restore, build.fetch.outputs)
+                    restored = True
+                else:
+                    ctx.reporter.progress("fetching locked inputs", 0, len(build.fetch.steps))
+                    run_steps(
+                        build.fetch.steps,
+                        runner=runner,
+                        log=log,
+                        timeout=build.timeout,
+                        phase="fetch",
+                        network=True,
+                    )
+                ensure_inside(ws.work, build.fetch.outputs, "[build.fetch] output")
+                if not restored:
+                    check_unchanged_outside(ws.work, ws.src, build.fetch.outputs)
+                fetched = collect_fetched(ws.work, ws.src, build.fetch.outputs, snapshot)
+                check_fetched(fetched, locked, lockfiles)
+                if not restored:  # tool caches and the like: not carried into the offline build
+                    _empty_again(ws.home, ws.root / "fetch-home")
+                    _empty_again(ws.tmp, ws.root / "fetch-tmp")
+                settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
+            ctx.reporter.progress("running build steps", 0, len(build.steps))
+            run_steps(build.steps, runner=runner, log=log, timeout=build.timeout)
         ctx.reporter.progress("running build steps", len(build.steps), len(build.steps))
         ensure_inside(ws.work, build.outputs, "[build] output")
         lock_refs = [
             ResourceRef(f"{LOCKFILE_PREFIX}{path}", f"sha256:{hashlib.sha256(data).hexdigest()}")
             for path, data in lockfiles.items()
         ]
-        yield StepRun(ws, runner.kind, lock_refs, fetched, tools, restored)
+        yield StepRun(ws, runner.kind, lock_refs, fetched, tools, snapshot, restored)
     finally:
         ws.remove()
