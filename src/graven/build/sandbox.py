@@ -7,7 +7,9 @@ Inside the sandbox every step sees the same machine, wherever and whenever it ru
 - the host's top-level directories read-only, except ``/tmp``, ``/run`` (sockets of host services),
   ``/proc`` and ``/dev`` (fresh ones are mounted), the graven home, the repository's working tree and
   the user's credentials (``~/.ssh``, ``~/.aws``, ``~/.netrc``...: :data:`CREDENTIAL_DIRS`), which are
-  hidden; the root itself is read-only, so nothing outside the scratch space can be written;
+  hidden (a PATH directory inside one of them, such as a virtualenv's ``bin``, is bound back
+  read-only: :func:`shown_paths`); the root itself is read-only, so nothing outside the scratch space
+  can be written; ``/tmp`` holds at most :func:`tmp_size_limit` bytes where bwrap can limit it;
 - ``/dev``: fresh, with graven's own device nodes when graven runs as root (bwrap's ``--dev`` binds the
   host's nodes writable, and root owns them: a step could ``chmod`` the host's ``/dev/null``);
 - no network (a network namespace of its own: even 127.0.0.1 is unreachable), except for the fetch
@@ -15,19 +17,30 @@ Inside the sandbox every step sees the same machine, wherever and whenever it ru
 - only the environment graven passes (see :func:`graven.build.steps.clean_environment`), umask 022.
 
 The bwrap argument list is built by a pure function, :func:`bwrap_argv`, from a :class:`SandboxLayout`;
-:class:`BubblewrapRunner` runs one command with it. :func:`probe_bubblewrap` checks once per process
-that bubblewrap exists and can create its namespaces, and raises an error with a one-line fix otherwise.
+:class:`BubblewrapRunner` runs one command with it (the options go through a pipe, ``bwrap --args 9``,
+so that the sandbox's ``/proc/1/cmdline`` does not show the host's random workspace path).
+:func:`probe_bubblewrap` checks once per process that bubblewrap exists and can create its namespaces,
+and raises an error with a one-line fix otherwise.
+
+Every step runs in a session of its own, and when it ends (or times out, or graven is interrupted)
+the whole process group is killed: ``sleep 1000 &`` does not outlive its step. Without a sandbox
+(:class:`HostRunner`) a step can still leave its group (``setsid``, a double fork); on Linux graven
+makes itself a child subreaper while a step runs, so that such orphans become graven's children, and
+kills them too. A process that escapes both (a daemon started through a service manager, say) is out
+of reach without namespaces: that is what the bubblewrap sandbox (a PID namespace) is for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
@@ -46,9 +59,13 @@ __all__ = [
     "SandboxLayout",
     "StepRunner",
     "bwrap_argv",
+    "bwrap_options",
     "find_bwrap",
     "host_root_entries",
     "probe_bubblewrap",
+    "shown_paths",
+    "tmp_size_limit",
+    "tmpfs_size_supported",
 ]
 
 SANDBOX_BUBBLEWRAP: Final = "bubblewrap"
@@ -61,6 +78,9 @@ BUILD_HOME: Final = "/build/home"
 SANDBOX_TMP: Final = "/tmp"  # noqa: S108 - a fresh tmpfs inside the sandbox, not the host's /tmp
 DEFAULT_HOSTNAME: Final = "graven"
 STEP_UMASK: Final = 0o022
+# The most the sandbox's /tmp (and /dev/shm) may hold: 4 GiB, or half of the RAM when that is less
+# (the kernel's own default for a tmpfs, which is otherwise what a step gets). See tmp_size_limit.
+TMP_SIZE_LIMIT: Final = 4 << 30
 
 # Top-level host directories that are never shown to a step: fresh /proc, /dev and /tmp are mounted
 # instead, /run holds the sockets of host services (a socket is reachable without any network), and
@@ -83,9 +103,11 @@ class SandboxLayout:
     """Where the host directories of one build go inside the sandbox.
 
     ``root_entries`` is the host's ``/`` (see :func:`host_root_entries`); ``hidden`` are host
-    directories covered by an empty read-only tmpfs; ``extra_ro`` are host files shown read-only at
-    the same path (the resolver configuration of the fetch phase, when /etc/resolv.conf is a link);
-    ``masked`` are host files replaced by ``/dev/null``.
+    directories covered by an empty read-only tmpfs; ``shown`` are (host directory, path in the
+    sandbox) pairs bound read-only below a hidden directory (the PATH directories in it, see
+    :func:`shown_paths`); ``extra_ro`` are host files shown read-only at the same path (the resolver
+    configuration of the fetch phase, when /etc/resolv.conf is a link); ``masked`` are host files
+    replaced by ``/dev/null``.
     """
 
     src: Path
@@ -93,6 +115,7 @@ class SandboxLayout:
     home: Path
     root_entries: tuple[HostEntry, ...]
     hidden: tuple[str, ...] = ()
+    shown: tuple[tuple[str, str], ...] = ()
     extra_ro: tuple[str, ...] = field(default=())
     masked: tuple[str, ...] = ()  # host files shown as empty (/dev/null): a signing key file, say
     devices: str | None = None  # graven's own device nodes for /dev (see make_private_devices)
@@ -106,10 +129,24 @@ def bwrap_argv(
     *,
     network: bool = False,
     hostname: str = DEFAULT_HOSTNAME,
+    tmp_size: int | None = None,
 ) -> list[str]:
     """The full bwrap command line that runs ``command`` in ``layout``. Pure: reads nothing."""
+    options = bwrap_options(layout, env, network=network, hostname=hostname, tmp_size=tmp_size)
+    return [bwrap, *options, "--", *command]
+
+
+def bwrap_options(
+    layout: SandboxLayout,
+    env: Mapping[str, str],
+    *,
+    network: bool = False,
+    hostname: str = DEFAULT_HOSTNAME,
+    tmp_size: int | None = None,
+) -> list[str]:
+    """The bwrap options (everything before ``--``) for ``layout``; ``tmp_size`` limits the
+    sandbox's /tmp and /dev/shm (bwrap's ``--size``, 0.7 and later). Pure: reads nothing."""
     argv = [
-        bwrap,
         "--unshare-all",  # user (when needed), ipc, pid, net, uts, cgroup namespaces
         *(["--share-net"] if network else []),
         "--die-with-parent",
@@ -130,11 +167,19 @@ def bwrap_argv(
             argv += ["--symlink", entry.link_target, dest]
         else:
             argv += ["--ro-bind", dest, dest]
-    argv += ["--proc", "/proc", *_dev_argv(layout.devices), "--tmpfs", SANDBOX_TMP]
+    size = ["--size", str(tmp_size)] if tmp_size else []
+    argv += ["--proc", "/proc", *_dev_argv(layout.devices, size), *size, "--tmpfs", SANDBOX_TMP]
     for path in layout.extra_ro:
         argv += ["--ro-bind", path, path]
+    # A hidden directory is an empty tmpfs; the PATH directories below it are bound back into it
+    # before it is made read-only (bwrap cannot create their mount points in a read-only tmpfs), a
+    # directory always before what lies below it.
+    mounts = [((path, 0), ["--tmpfs", path]) for path in layout.hidden]
+    mounts += [((dest, 1), ["--ro-bind", source, dest]) for source, dest in layout.shown]
+    for _key, args in sorted(mounts, key=lambda mount: mount[0]):
+        argv += args
     for path in layout.hidden:
-        argv += ["--tmpfs", path, "--remount-ro", path]
+        argv += ["--remount-ro", path]
     for path in layout.masked:
         argv += ["--ro-bind", "/dev/null", path]
     argv += [
@@ -153,8 +198,6 @@ def bwrap_argv(
         BUILD_WORK,
         "--remount-ro",
         "/",
-        "--",
-        *command,
     ]
     return argv
 
@@ -170,10 +213,11 @@ DEVICES: Final = (
 )
 
 
-def _dev_argv(devices: str | None) -> list[str]:
+def _dev_argv(devices: str | None, size: list[str]) -> list[str]:
     """/dev for a step. bwrap's ``--dev`` bind-mounts the host's own nodes, writable: a step running as
     root (who owns them) could ``chmod 600 /dev/null`` on the host. With ``devices`` (graven's private
-    nodes, see :func:`make_private_devices`) /dev is a tmpfs holding those and the usual links instead."""
+    nodes, see :func:`make_private_devices`) /dev is a tmpfs holding those and the usual links instead,
+    and its /dev/shm a tmpfs of ``size`` (bwrap's ``--size`` option, or nothing)."""
     if devices is None:
         return ["--dev", "/dev"]
     argv = ["--tmpfs", "/dev"]
@@ -182,7 +226,7 @@ def _dev_argv(devices: str | None) -> list[str]:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0")):
         argv += ["--symlink", target, f"/dev/{name}"]
     argv += ["--symlink", "/proc/self/fd/1", "/dev/stdout", "--symlink", "/proc/self/fd/2", "/dev/stderr"]
-    argv += ["--tmpfs", "/dev/shm"]  # noqa: S108 - the sandbox's own, empty
+    argv += [*size, "--tmpfs", "/dev/shm"]  # noqa: S108 - the sandbox's own, empty
     return argv
 
 
@@ -225,18 +269,54 @@ def host_root_entries(root: str = "/") -> tuple[HostEntry, ...]:
 
 def hidden_paths(candidates: Iterable[Path], tool_dirs: Iterable[str]) -> tuple[str, ...]:
     """Host directories to hide from steps: ``candidates`` (resolved) that exist, are not ``/``, are not
-    below a directory the sandbox does not mirror anyway, and hold none of the PATH directories."""
-    tools = [os.path.realpath(d) for d in tool_dirs if d]
+    below a directory the sandbox does not mirror anyway, and are not themselves a PATH directory.
+
+    A candidate that merely holds a PATH directory (the repository with its ``.venv/bin``) is hidden
+    all the same: :class:`BubblewrapRunner` binds the PATH directories back (:func:`shown_paths`)."""
+    tools = {os.path.realpath(d) for d in tool_dirs if d}
     chosen: list[str] = []
     for candidate in candidates:
         real = os.path.realpath(candidate)
         top = real.strip("/").split("/", 1)[0]
-        if real == "/" or not os.path.isdir(real) or top in _NOT_MIRRORED:
-            continue
-        if any(t == real or t.startswith(real + "/") for t in tools):
+        if real == "/" or not os.path.isdir(real) or top in _NOT_MIRRORED or real in tools:
             continue
         chosen.append(real)
     return tuple(sorted(set(chosen)))
+
+
+def shown_paths(hidden: Iterable[str], tool_dirs: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The PATH directories below a ``hidden`` directory, as (host directory, path in the sandbox)
+    pairs to bind back read-only, so that the tools in them stay reachable and nothing else is.
+
+    A PATH directory is looked for at its resolved path and at its own (normalised) path, since a
+    symlink inside a hidden directory is hidden too. A virtualenv's ``bin`` (its parent holds
+    ``pyvenv.cfg``) brings the whole virtualenv, without which its scripts cannot run; relative PATH
+    entries (which name directories of the sandbox) and PATH directories below another one are left
+    out."""
+    covered = tuple(hidden)
+
+    def strictly_below(path: str) -> bool:
+        return any(path.startswith(h + "/") for h in covered)
+
+    found: dict[str, str] = {}  # path in the sandbox -> host directory
+    for entry in tool_dirs:
+        if not entry or not os.path.isabs(entry):
+            continue
+        real = os.path.realpath(entry)
+        if not os.path.isdir(real):
+            continue
+        venv = os.path.dirname(real)
+        is_venv = os.path.basename(real) == "bin" and os.path.isfile(os.path.join(venv, "pyvenv.cfg"))
+        for where in dict.fromkeys((os.path.normpath(entry), real)):
+            if not strictly_below(where):
+                continue
+            if is_venv and strictly_below(os.path.dirname(where)):
+                found.setdefault(os.path.dirname(where), venv)
+            else:
+                found.setdefault(where, real)
+    chosen = sorted(found)
+    outer = [d for d in chosen if not any(d.startswith(o + "/") for o in chosen)]
+    return tuple((found[dest], dest) for dest in outer)
 
 
 # Where users keep credentials in their home directory: the directories are hidden from steps (an
@@ -343,6 +423,38 @@ def _probe(bwrap: str) -> str | None:
     return lines[-1] if lines else f"{bwrap} exited with {result.returncode}"
 
 
+_SIZE_SUPPORT: dict[str, bool] = {}
+
+
+def tmpfs_size_supported(bwrap: str) -> bool:
+    """Whether ``bwrap`` knows ``--size`` (bubblewrap 0.7 and later); tried once per process, without
+    creating any namespace (``--version`` answers once the options before it were parsed)."""
+    if bwrap not in _SIZE_SUPPORT:
+        try:
+            result = subprocess.run(
+                [bwrap, "--size", "4096", "--tmpfs", SANDBOX_TMP, "--version"],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=30,
+                check=False,
+                env={"PATH": os.defpath},
+            )
+            _SIZE_SUPPORT[bwrap] = result.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _SIZE_SUPPORT[bwrap] = False
+    return _SIZE_SUPPORT[bwrap]
+
+
+def tmp_size_limit() -> int:
+    """The size of the sandbox's /tmp: :data:`TMP_SIZE_LIMIT`, or half of the RAM when that is less
+    (a limit above the kernel's default would let a step fill more memory than without one)."""
+    try:
+        half = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (OSError, ValueError, AttributeError):
+        return TMP_SIZE_LIMIT
+    return min(TMP_SIZE_LIMIT, half) if half > 0 else TMP_SIZE_LIMIT
+
+
 class StepRunner(Protocol):
     """Runs one shell command of a build; ``kind`` is what the provenance records."""
 
@@ -356,30 +468,163 @@ class StepRunner(Protocol):
         ...
 
 
+# bwrap's options go through a pipe (``--args``) so that its command line (which is /proc/1/cmdline
+# in the sandbox: bwrap's own init) shows no host path. The pipe is moved to a fixed descriptor by
+# this shell, which then execs bwrap: the descriptor number graven's pipe happens to get varies. The
+# shell would export PWD (graven's working directory) to bwrap, and so to /proc/1/environ: not so.
+_ARGS_FD: Final = 9
+_ARGS_TRAMPOLINE: Final = f'unset PWD OLDPWD; exec "$0" --args {_ARGS_FD} "$@" {_ARGS_FD}<&0 0</dev/null'
+
+
 def _run_logged(
-    argv: list[str], *, cwd: Path | None, env: Mapping[str, str], log: BinaryIO, timeout: int, umask: int
+    argv: list[str],
+    *,
+    cwd: Path | None,
+    env: Mapping[str, str],
+    log: BinaryIO,
+    timeout: int,
+    umask: int,
+    stdin_data: bytes | None = None,
+    adopt_orphans: bool = False,
 ) -> int:
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        umask=umask,
-        start_new_session=True,
-    )
+    """Run ``argv`` in a new session with output to ``log``; ``stdin_data`` is fed to its standard input.
+
+    When the command ends, times out or graven is interrupted, its whole process group is killed
+    (the leader is reaped only afterwards, so that its group id cannot have been reused). With
+    ``adopt_orphans`` graven is a child subreaper meanwhile (Linux), and the orphans the command
+    left behind in other sessions are killed too."""
+    adopted = _children() if adopt_orphans and _set_subreaper(True) else None
     try:
-        return proc.wait(timeout=timeout)
-    except BaseException:  # the timeout, or an interrupt: no step outlives graven
-        _kill_group(proc)
-        raise
+        read_end, write_end = os.pipe() if stdin_data is not None else (None, None)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL if read_end is None else read_end,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                umask=umask,
+                start_new_session=True,
+            )
+        except BaseException:
+            if write_end is not None:
+                os.close(write_end)
+            raise
+        finally:
+            if read_end is not None:
+                os.close(read_end)
+        try:
+            if write_end is not None and stdin_data is not None:
+                _feed(write_end, stdin_data)
+            _wait_exited(proc, timeout)
+        finally:  # a normal end, the timeout or an interrupt: nothing the step started outlives it
+            _kill_group(proc)
+        return proc.returncode
+    finally:
+        if adopted is not None:
+            _kill_orphans(adopted)
+            _set_subreaper(False)
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """Write ``data`` to the pipe ``fd`` and close it (a reader that died early is not an error here:
+    its exit code tells)."""
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(data)
+    except BrokenPipeError:
+        pass
+
+
+def _wait_exited(proc: subprocess.Popen[bytes], timeout: int) -> None:
+    """Return once ``proc`` has exited, without reaping it; raise TimeoutExpired after ``timeout`` s."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # before Linux 5.3: wait (and reap) the usual way
+        proc.wait(timeout=timeout)
+        return
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+_PR_SET_CHILD_SUBREAPER: Final = 36
+
+
+def _set_subreaper(on: bool) -> bool:
+    """Make graven a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``), or stop; False where that
+    is not possible (not Linux, no libc to call)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children() -> set[int]:
+    """The process ids of graven's children (zombies included)."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", "rb") as handle:
+                pids.update(int(pid) for pid in handle.read().split())
+        return pids
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: read every process's parent
+        pass
+    except OSError:
+        return pids
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                stat_line = handle.read()
+        except OSError:
+            continue
+        fields = stat_line[stat_line.rfind(b")") + 2 :].split()  # after "pid (comm) "
+        if len(fields) > 1 and int(fields[1]) == me:
+            pids.add(int(name))
+    return pids
+
+
+_KILL_ROUNDS: Final = 64
+
+
+def _kill_orphans(before: set[int]) -> None:
+    """Kill and reap graven's children that were not there ``before`` a step: the step's orphans
+    (adopted as a subreaper), with their process groups. Killing one orphans its children in turn,
+    so this goes on until none is left."""
+    own_group = os.getpgrp()
+    for _ in range(_KILL_ROUNDS):
+        strays = _children() - before
+        if not strays:
+            return
+        for pid in strays:
+            with contextlib.suppress(OSError):
+                group = os.getpgid(pid)
+                if group != own_group:
+                    os.killpg(group, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in strays:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, 0)
 
 
 class BubblewrapRunner:
@@ -398,14 +643,20 @@ class BubblewrapRunner:
         launcher_env: Mapping[str, str] | None = None,
     ) -> None:
         self.bwrap = bwrap
-        self.layout = layout
+        # the PATH directories inside a hidden directory (a venv in the repository) stay reachable
+        shown = shown_paths(layout.hidden, env.get("PATH", "").split(os.pathsep))
+        self.layout = replace(layout, shown=tuple(dict.fromkeys((*layout.shown, *shown))))
         self.env = dict(env)
         self.hostname = hostname
         self.umask = umask
         self.launcher_env = {"PATH": os.defpath, **(launcher_env or {})}
 
+    def tmp_size(self) -> int | None:
+        """The size limit of the sandbox's /tmp, or None where this bwrap cannot set one."""
+        return tmp_size_limit() if tmpfs_size_supported(self.bwrap) else None
+
     def argv(self, command: str, *, network: bool) -> list[str]:
-        """The bwrap command line for one step."""
+        """The bwrap command line for one step (:meth:`run` passes the options through a pipe)."""
         return bwrap_argv(
             self.bwrap,
             self.layout,
@@ -413,16 +664,30 @@ class BubblewrapRunner:
             ["/bin/sh", "-c", command],
             network=network,
             hostname=self.hostname,
+            tmp_size=self.tmp_size(),
         )
 
     def run(self, command: str, *, log: BinaryIO, timeout: int, network: bool) -> int:
         """Run one step in the sandbox."""
-        argv = self.argv(command, network=network)
-        return _run_logged(argv, cwd=None, env=self.launcher_env, log=log, timeout=timeout, umask=self.umask)
+        options = bwrap_options(
+            self.layout, self.env, network=network, hostname=self.hostname, tmp_size=self.tmp_size()
+        )
+        argv = ["/bin/sh", "-c", _ARGS_TRAMPOLINE, self.bwrap, "--", "/bin/sh", "-c", command]
+        data = b"".join(os.fsencode(option) + b"\0" for option in options)
+        return _run_logged(
+            argv,
+            cwd=Path("/"),  # bwrap's --chdir sets the step's; graven's own is nothing to the step
+            env=self.launcher_env,
+            log=log,
+            timeout=timeout,
+            umask=self.umask,
+            stdin_data=data,
+        )
 
 
 class HostRunner:
-    """Runs commands directly on the host (``sandbox = "none"``): clean environment and umask only."""
+    """Runs commands directly on the host (``sandbox = "none"``): clean environment and umask only;
+    whatever a step leaves running is killed when it ends (see the module's documentation)."""
 
     kind = SANDBOX_NONE
 
@@ -435,4 +700,6 @@ class HostRunner:
         """Run one step in ``cwd`` (``network`` cannot be taken away without a sandbox)."""
         del network
         argv = ["/bin/sh", "-c", command]
-        return _run_logged(argv, cwd=self.cwd, env=self.env, log=log, timeout=timeout, umask=self.umask)
+        return _run_logged(
+            argv, cwd=self.cwd, env=self.env, log=log, timeout=timeout, umask=self.umask, adopt_orphans=True
+        )

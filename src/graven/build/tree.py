@@ -1,16 +1,25 @@
-"""Turning a directory on disk into manifest entries while storing its files."""
+"""Turning a directory on disk (the ``[build] outputs`` of a step build) into manifest entries while
+storing its files.
+
+What the steps left that graven cannot collect is an :class:`~graven.errors.InputError` (exit 2), one
+line naming the path, as for an output reached through a symlink: an output the steps did not produce
+(or whose path goes through a file), and an output graven cannot read (a step's ``chmod 000``). The
+fix is in the pipeline, not in graven's environment.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from graven.core.globs import Selection
 from graven.core.paths import check_path, decode_path, display_path
-from graven.errors import UnsafeInputError
+from graven.errors import InputError, UnsafeInputError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
 from graven.store.local import LOOSE_THRESHOLD, PackBatch
@@ -28,7 +37,8 @@ def collect_tree(
     """Walk ``roots`` (paths relative to ``root``), store every selected file and return the entries.
 
     Symlinks are recorded, never followed; sockets, devices and FIFOs are refused by path, and so are
-    names and link targets that are not UTF-8 (the whole path, escaped).
+    names and link targets that are not UTF-8 (the whole path, escaped). A root that does not exist
+    (or lies below a file) and an entry that cannot be read raise InputError naming the path.
     """
     entries: list[TreeEntry] = []
     seen: set[str] = set()
@@ -38,10 +48,12 @@ def collect_tree(
             return
         seen.add(rel)
         full = os.path.join(root, rel)
-        info = os.lstat(full)
+        with _reading(rel):
+            info = os.lstat(full)
         mode = info.st_mode
         if stat.S_ISDIR(mode):
-            names = sorted(os.listdir(full))
+            with _reading(rel):
+                names = sorted(os.listdir(full))
             if not names and selection.selects(rel):
                 entries.append(DirEntry(rel))
             for name in names:
@@ -54,7 +66,8 @@ def collect_tree(
             return
         check_path(rel)
         if stat.S_ISLNK(mode):
-            raw = os.fsencode(os.readlink(full))
+            with _reading(rel):
+                raw = os.fsencode(os.readlink(full))
             try:
                 target = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -72,16 +85,59 @@ def collect_tree(
 
     for item in roots:
         rel = item.strip("/")
-        try:
-            visit(rel)
-        except FileNotFoundError:
-            raise UnsafeInputError(f"{rel}: not found") from None
+        _check_produced(root, rel)
+        visit(rel)
     return entries
+
+
+@contextmanager
+def _reading(rel: str) -> Iterator[None]:
+    """Turn an OSError raised inside into one InputError line naming the output ``rel``."""
+    try:
+        yield
+    except OSError as exc:
+        raise _unreadable(rel, exc) from None
+
+
+def _unreadable(rel: str, exc: OSError) -> InputError:
+    hint = ""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        hint = "; a step left it unreadable: make it readable (chmod -R u+rwX) before the steps end"
+    reason = exc.strerror or str(exc)
+    return InputError(f"[build] outputs: cannot read {display_path(rel)}: {reason}{hint}")
+
+
+def _check_produced(root: Path, rel: str) -> None:
+    """Refuse a declared output that is not there, or whose path goes through a file, naming it."""
+    try:
+        os.lstat(os.path.join(root, rel))
+        return
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:  # EACCES on a parent, say
+        raise _unreadable(rel, exc) from None
+    shown = display_path(rel)
+    parent = rel
+    while "/" in parent:  # the nearest parent that exists: is it a file?
+        parent = parent.rsplit("/", 1)[0]
+        try:
+            info = os.stat(os.path.join(root, parent))
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            raise InputError(
+                f"[build] outputs: '{shown}' was not produced by the steps "
+                f"({display_path(parent)} is not a directory)"
+            )
+        break
+    raise InputError(f"[build] outputs: '{shown}' was not produced by the steps")
 
 
 def _store_file(full: str, rel: str, info: os.stat_result, batch: PackBatch) -> FileEntry:
     executable = bool(info.st_mode & stat.S_IXUSR)
-    with open(full, "rb") as handle:
+    with _reading(rel):
+        handle = open(full, "rb")  # noqa: SIM115 - closed below; only opening it is a reading error
+    with handle:
         if info.st_size < LOOSE_THRESHOLD:
             data = handle.read()
             digest = Digest(hashlib.sha256(data).hexdigest())

@@ -4,23 +4,31 @@ Every mode and time a step can observe comes from the commit: files 0644 or 0755
 every mtime (directories and symlinks included) the commit time, whatever the host's umask, clock or
 file creation order. ``reverse=True`` writes the same tree in the opposite order (``--check`` uses it:
 directory listing order follows creation order on many file systems).
+
+A file system error while the workspace is made or filled (no space left in TMPDIR, say) is a one-line
+:class:`~graven.errors.BackendError` naming the path. :meth:`Workspace.remove` always gets rid of the
+workspace, whatever modes the steps left in it (Go makes its module cache read-only), and warns on
+stderr when it cannot.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
+import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from graven.core.paths import check_path
-from graven.errors import UnsafeInputError
+from graven.errors import BackendError, UnsafeInputError
 from graven.sources.git import MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK, GitEntry, GitRepo
 
-__all__ = ["Workspace", "checkout", "copy_tree", "ensure_inside", "settle_tree"]
+__all__ = ["Workspace", "checkout", "copy_tree", "ensure_inside", "remove_tree", "settle_tree"]
 
 # Every directory a step sees has this mode (what git checkouts give under the usual umask 022).
 DIR_MODE = 0o755
@@ -59,21 +67,108 @@ class Workspace:
 
     @classmethod
     def create(cls, *, prefix: str = "graven-build-", nested: int = 0) -> Workspace:
-        """A new workspace in the temp directory; ``nested`` extra levels give a deeper, different path."""
-        root = Path(tempfile.mkdtemp(prefix=prefix))
-        for level in range(nested):
-            root = root / f"level-{level}"
-        for path in (root, root / "src", root / "home", root / "tmp"):
-            path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            os.chmod(path, DIR_MODE)
+        """A new workspace in the temp directory; ``nested`` extra levels give a deeper, different path.
+
+        Raises BackendError (one line, naming the path) when the temp directory cannot hold it."""
+        with _writing("the build directory", Path(tempfile.gettempdir()) / f"{prefix}*") as where:
+            root = Path(tempfile.mkdtemp(prefix=prefix))
+            workspace = cls(root)
+            try:
+                for level in range(nested):
+                    root = root / f"level-{level}"
+                for path in (root, root / "src", root / "home", root / "tmp"):
+                    where.path = path
+                    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                    os.chmod(path, DIR_MODE)
+            except BaseException:
+                workspace.remove()
+                raise
         return cls(root)
 
     def remove(self) -> None:
-        """Delete everything (the top-level temp directory, also when nested)."""
+        """Delete everything (the top-level temp directory, also when nested).
+
+        Directories a step left without write or search permission (``chmod 555``, ``chmod 000``) are
+        made ``u+rwx`` first; what still cannot be removed is named in a warning on stderr."""
         top = self.root
         while top.name.startswith("level-"):
             top = top.parent
-        shutil.rmtree(top, ignore_errors=True)
+        remove_tree(top)
+
+
+def remove_tree(top: Path) -> None:
+    """Remove the directory ``top`` and everything below it, whatever the modes; warn when it cannot."""
+    failures: list[tuple[str, OSError]] = []
+
+    def failed(_function: object, path: str, info: object) -> None:
+        error = info[1] if isinstance(info, tuple) else info
+        if isinstance(error, FileNotFoundError):
+            return
+        if isinstance(error, OSError):
+            failures.append((path, error))
+
+    try:
+        shutil.rmtree(top)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass  # a directory a step made read-only, most likely: make the tree writable and try again
+    _make_writable(top)
+    shutil.rmtree(top, onerror=failed)
+    if failures or os.path.lexists(top):
+        path, error = failures[0] if failures else (str(top), OSError(errno.ENOTEMPTY, "not empty"))
+        sys.stderr.write(
+            f"graven: warning: cannot remove the build directory {top} ({path}: {error.strerror}); "
+            "remove it by hand\n"
+        )
+
+
+def _make_writable(top: Path) -> None:
+    """Give every directory below ``top`` (``top`` included) ``u+rwx``, so that it can be listed and
+    its entries removed. Symlinks are never followed: the steps have ended, and made the links."""
+    pending = [str(top)]
+    while pending:
+        path = pending.pop()
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            if info.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+                os.chmod(path, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+            with os.scandir(path) as entries:
+                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue  # not ours, or gone: rmtree names what is left
+
+
+class _Where:
+    """The path being written, for the error message (see :func:`_writing`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+
+# errno values that mean the file system is full (or the user's quota, or RLIMIT_FSIZE)
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextmanager
+def _writing(what: str, path: Path) -> Iterator[_Where]:
+    """Turn an OSError raised inside into one BackendError line naming ``what``, the path (the one
+    the error names, else the one last set on the yielded object) and TMPDIR, where it is."""
+    where = _Where(path)
+    try:
+        yield where
+    except OSError as exc:
+        # copyfile names its source first and the file it writes second; a write() names nothing
+        named = [name for name in (exc.filename2, exc.filename) if isinstance(name, str)]
+        failed = named[0] if named else str(where.path)
+        reason = exc.strerror or str(exc)
+        hint = f" (build directories are made in TMPDIR={tempfile.gettempdir()})"
+        if exc.errno in _FULL:
+            hint = hint[:-1] + "; free some space there or point TMPDIR at a larger file system)"
+        raise BackendError(f"cannot write {what} {failed}: {reason}{hint}") from None
 
 
 def checkout(
@@ -96,13 +191,31 @@ def checkout(
             continue
         by_oid.setdefault(entry.oid, []).append(entry)
     oids = sorted(by_oid, reverse=reverse)
+    with _writing("the checkout", dest) as where:
+        dest.mkdir(mode=DIR_MODE, exist_ok=True)
+        _write_blobs(repo, by_oid, oids, dest, where, reverse=reverse, progress=progress)
+        where.path = dest
+        settle_tree(dest, epoch)
+
+
+def _write_blobs(
+    repo: GitRepo,
+    by_oid: dict[str, list[GitEntry]],
+    oids: list[str],
+    dest: Path,
+    where: _Where,
+    *,
+    reverse: bool,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Write every entry of ``by_oid`` below ``dest``, naming each target in ``where`` first."""
     total = len(oids)
-    dest.mkdir(mode=DIR_MODE, exist_ok=True)
     for done, (oid, reader) in enumerate(repo.cat_blobs(oids), start=1):
         written: Path | None = None  # the first regular file with this content
         content: bytes | None = None  # the content, once it was read for a symlink
         for entry in sorted(by_oid[oid], key=lambda e: e.path, reverse=reverse):
             target = dest / entry.path
+            where.path = target
             target.parent.mkdir(parents=True, exist_ok=True)
             if entry.mode == MODE_SYMLINK:
                 if content is None:
@@ -124,7 +237,6 @@ def checkout(
             os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
         if progress is not None and (done % 256 == 0 or done == total):
             progress(done, total)
-    settle_tree(dest, epoch)
 
 
 def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> None:
@@ -138,18 +250,21 @@ def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> Non
             items.append((rel, os.lstat(os.path.join(src, rel))))
     if reverse:
         items.reverse()
-    os.mkdir(dst, DIR_MODE)
-    for rel, info in items:
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if stat.S_ISDIR(info.st_mode):
-            target.mkdir(exist_ok=True)
-        elif stat.S_ISLNK(info.st_mode):
-            os.symlink(os.readlink(src / rel), target)
-        else:
-            shutil.copyfile(src / rel, target)
-            os.chmod(target, 0o755 if info.st_mode & stat.S_IXUSR else 0o644)
-    settle_tree(dst, epoch)
+    with _writing("the build's scratch copy", dst) as where:
+        os.mkdir(dst, DIR_MODE)
+        for rel, info in items:
+            target = dst / rel
+            where.path = target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if stat.S_ISDIR(info.st_mode):
+                target.mkdir(exist_ok=True)
+            elif stat.S_ISLNK(info.st_mode):
+                os.symlink(os.readlink(src / rel), target)
+            else:
+                shutil.copyfile(src / rel, target)
+                os.chmod(target, 0o755 if info.st_mode & stat.S_IXUSR else 0o644)
+        where.path = dst
+        settle_tree(dst, epoch)
 
 
 def settle_tree(root: Path, epoch: int) -> None:

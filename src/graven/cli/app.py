@@ -7,6 +7,10 @@ start-up), so graven uses argparse with a few helpers here.
 
 Each ``graven.cli.*_cmds`` module has ``register(commands)``: it adds its commands with
 :func:`add_command`, whose handler takes the parsed ``argparse.Namespace`` and returns the exit code.
+
+SIGTERM (``timeout``, ``kill``, a CI runner cancelling a job) is handled like Ctrl-C: it raises
+:class:`Terminated`, a KeyboardInterrupt, in the main thread, so that the same cleanup runs (a build's
+steps are killed and its workspace removed), and graven exits with 143 and ``graven: terminated``.
 """
 
 from __future__ import annotations
@@ -19,14 +23,21 @@ from graven import __version__
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:  # typing and collections.abc are not needed at run time: start-up stays smaller
+    import signal as _signal
     from collections.abc import Callable, Sequence
+    from types import FrameType
     from typing import Any, NoReturn
 
     Handler = Callable[[argparse.Namespace], int]
+else:
+    # The C module that Python itself imports at start-up: the ``signal`` module on top of it would
+    # import enum for nothing more than its names.
+    import _signal
 
 __all__ = [
     "COMMAND_MODULES",
     "ArgParser",
+    "Terminated",
     "UsageError",
     "add_command",
     "add_group",
@@ -69,6 +80,23 @@ class UsageError(Exception):
         super().__init__(message)
         self.message = message
         self.prog = prog
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM was received: raised in the main thread where Ctrl-C raises KeyboardInterrupt, and
+    handled in the same places (it is one), so that the same cleanup runs. Exit code 143."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def _handle_sigterm() -> object:
+    """Raise :class:`Terminated` on SIGTERM; return the previous handler (None when none was set)."""
+    try:
+        return _signal.signal(_signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (graven run as a library): leave signals alone
+        return None
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -243,6 +271,7 @@ def run(args: list[str]) -> int:
     from graven.errors import GravenError
 
     verbose = False
+    previous = _handle_sigterm()
     try:
         command = _command_name(args)
         if command is not None and command not in COMMAND_MODULES:
@@ -277,6 +306,9 @@ def run(args: list[str]) -> int:
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
+    except Terminated:
+        sys.stderr.write("graven: terminated\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("graven: interrupted\n")
         return 130
@@ -287,6 +319,9 @@ def run(args: list[str]) -> int:
 
         with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while closing: nothing to add
             close_all()
+        if previous is not None:  # as it was: run() may be called again in this process (tests do)
+            with contextlib.suppress(ValueError, TypeError):
+                _signal.signal(_signal.SIGTERM, previous)  # type: ignore[arg-type]
 
 
 def _intermixed(

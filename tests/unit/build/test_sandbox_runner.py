@@ -98,7 +98,9 @@ def test_hidden_paths_keep_tools_reachable(tmp_path: Path) -> None:
     usr = os.path.realpath("/usr")
     assert hidden_paths([Path("/")], []) == ()
     assert hidden_paths([Path("/usr")], []) == (usr,)
-    assert hidden_paths([Path("/usr")], ["/usr/bin"]) == ()  # a PATH directory inside stays visible
+    assert hidden_paths([Path("/usr")], ["/usr"]) == ()  # a PATH directory itself stays visible
+    # one that merely holds a PATH directory is hidden; the runner binds the PATH directory back
+    assert hidden_paths([Path("/usr")], ["/usr/bin"]) == (usr,)
     assert hidden_paths([Path("/usr/does-not-exist")], []) == ()
     if str(tmp_path.resolve()).startswith("/tmp/"):
         assert hidden_paths([tmp_path], []) == ()  # /tmp is a fresh tmpfs in the sandbox anyway
