@@ -153,16 +153,43 @@ def test_two_environments_never_share_a_directory(world: World) -> None:
     digest = world.version(2, env_toml("app", {"one": dict(same), "two": dict(same)}))
     with pytest.raises(ConfigError, match=r"\[env.two\] path 'shared' is the path of \[env.one\]"):
         world.deploy(digest, "one")
-    nested = world.version(3, env_toml("app", {"one": {"path": "srv"}, "two": {"path": "srv/two"}}))
-    with pytest.raises(ConfigError, match="is inside the path of"):
-        world.deploy(nested, "two")
+    inside = world.version(3, env_toml("app", {"one": {"path": "srv"}, "two": {"path": "srv/releases/x"}}))
+    with pytest.raises(ConfigError, match="is inside the files graven keeps in the path of"):
+        world.deploy(inside, "two")
+    # one environment inside another's directory, beside what graven keeps there, is fine
+    nested = world.version(4, env_toml("app", {"one": {"path": "app"}, "two": {"path": "app/canary"}}))
+    assert world.deploy(nested, "one").ok and world.deploy(nested, "two").ok
+    assert world.deploy(
+        world.version(5, env_toml("app", {"one": {"path": "app"}, "two": {"path": "app/canary"}})), "one"
+    ).ok
     # across artifacts: the database knows where every environment lives
-    a = world.version(4, env_toml("app", {"one": {"path": "place"}}))
-    assert world.deploy(a, "one").ok
-    b = world.version(5, env_toml("app", {"two": {"path": "place/sub"}}))
-    with pytest.raises(ConfigError, match="is inside the directory of environment one"):
-        world.deploy(b, "two")
-    assert not (world.root / "place" / "sub").exists()  # refused before anything was made there
+    b = world.version(6, env_toml("app", {"three": {"path": "app/current/x"}}))
+    with pytest.raises(ConfigError, match="overlap where graven keeps releases and links"):
+        world.deploy(b, "three")
+    assert not (world.root / "app" / "current" / "x").exists()  # refused before anything was made there
+
+
+def test_a_renamed_environment_can_take_over_its_directory(world: World) -> None:
+    from helpers_deploy import env_toml
+
+    old = world.version(2, env_toml("app", {"a": {"path": "place"}}))
+    assert world.deploy(old, "a").ok
+    renamed = world.version(3, env_toml("app", {"b": {"path": "place"}}))
+    assert world.deploy(renamed, "b").ok  # a warning names a; nothing refuses
+
+
+def test_an_artifact_built_before_stricter_checks_stays_deployable(world: World) -> None:
+    """A rollback is the emergency path: a graven.toml stored with an artifact is not refused for a
+    build-only rule added later ([build] outputs without steps is refused for new builds)."""
+    from graven.errors import ConfigError
+    from graven.model.pipeline import parse_pipeline, parse_stored_pipeline
+    from helpers_deploy import env_toml, staging_prod
+
+    toml = env_toml("app", staging_prod()) + '[build]\noutputs = ["app/"]\n'
+    with pytest.raises(ConfigError, match="outputs"):
+        parse_pipeline(toml.encode())
+    stored = parse_stored_pipeline(toml.encode())
+    assert stored.env["staging"].path == "staging" and not stored.build.outputs
 
 
 def test_a_path_that_is_a_file_or_another_root_is_refused_before_anything_is_made(world: World) -> None:

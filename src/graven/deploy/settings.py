@@ -85,14 +85,15 @@ def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
                 raise ConfigError(
                     f"{source}: [env.{name}] requires {required!r}, which is not defined (known: {known})"
                 )
-    # two environments in one directory (or one inside the other) would destroy each other's releases
+    # two environments in one directory would destroy each other's releases (retention, current);
+    # one inside the other is fine unless it is inside what graven keeps there
     paths = sorted((PurePosixPath(section.path.rstrip("/") or "/"), name) for name, section in envs.items())
     for (path, name), (other_path, other) in pairwise(paths):
-        if path == other_path or path in other_path.parents:
+        if path == other_path or clashes_with_layout(other_path, path):
             raise ConfigError(
                 f"{source}: [env.{other}] path {str(other_path)!r} "
-                f"{'is' if path == other_path else 'is inside'} the path of [env.{name}]; every "
-                "environment needs a directory of its own"
+                f"{'is' if path == other_path else 'is inside the files graven keeps in'} the path of "
+                f"[env.{name}]; every environment needs a directory of its own"
             )
     # a cycle would make every environment on it undeployable
     state: dict[str, int] = {}
@@ -110,6 +111,17 @@ def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
 
     for name in sorted(envs):
         visit(name, ())
+
+
+GRAVEN_NAMES = frozenset({"releases", ".graven", "current", "config"})  # what graven keeps in PATH
+
+
+def clashes_with_layout(inner: PurePosixPath, outer: PurePosixPath) -> bool:
+    """Whether ``inner`` lies in what graven keeps inside ``outer`` (``releases/``, ``.graven/``,
+    ``current``, ``config``): an environment there would be deleted or replaced by ``outer``'s."""
+    if outer not in inner.parents:
+        return False
+    return inner.relative_to(outer).parts[0] in GRAVEN_NAMES
 
 
 def resolve_env(envs: Mapping[str, EnvSection], name: str, *, root: str | None, source: str) -> EnvSettings:

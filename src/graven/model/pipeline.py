@@ -28,6 +28,7 @@ __all__ = [
     "EnvSection",
     "Pipeline",
     "parse_pipeline",
+    "parse_stored_pipeline",
 ]
 
 PIPELINE_FILE = "graven.toml"
@@ -388,12 +389,38 @@ def _pipeline(doc: dict[str, Any]) -> Pipeline:
 
 def parse_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeline:
     """Parse and validate ``graven.toml`` bytes; errors name ``source`` and the field."""
+    return _parse_doc(_toml(data, source), source)
+
+
+def parse_stored_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeline:
+    """A graven.toml stored with a built artifact, read to deploy it.
+
+    Checks added to graven after the artifact was built must not make it undeployable (a rollback to
+    it is the emergency path): when the whole file no longer passes, its build-only parts (``[build]``,
+    ``[artifact] include/exclude``, which the build already applied) are left out and the rest is
+    read again, as strictly as ever."""
+    doc = _toml(data, source)
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        return _parse_doc(doc, source)
+    except ConfigError:
+        doc.pop("build", None)
+        artifact = doc.get("artifact")
+        if isinstance(artifact, dict):
+            artifact.pop("include", None)
+            artifact.pop("exclude", None)
+        return _parse_doc(doc, source)
+
+
+def _toml(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not valid UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+
+
+def _parse_doc(doc: dict[str, Any], source: str) -> Pipeline:
     try:
         pipeline = _pipeline(doc)
     except _InvalidError as exc:

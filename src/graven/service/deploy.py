@@ -113,7 +113,7 @@ def _run_deployment(
     digest = str(target.digest)
     layout = EnvLayout(Path(settings.path))
     with ctx.db.connect() as conn:  # before the lock creates anything in the directory
-        check_location(conn, settings)
+        check_location(ctx, conn, settings)
         check_path(load_state(conn, env), settings)
     lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
     lock.acquire(wait=opts.wait)
@@ -177,7 +177,7 @@ def _run_deployment(
             stopped = exc
             failed = step_error(phase, exc)
             if isinstance(exc, KeyboardInterrupt):
-                failed = step_error(phase, InputError("interrupted (Ctrl-C)"))
+                failed = step_error(phase, InputError("interrupted (Ctrl-C or SIGTERM)"))
             if phase == "activate":
                 activate = failed
             else:

@@ -9,11 +9,11 @@ from pathlib import Path, PurePosixPath
 
 from graven.db import Connection
 from graven.deploy.plan import PolicyFacts, short
-from graven.deploy.settings import EnvSettings, check_config_path, resolve_env
+from graven.deploy.settings import EnvSettings, check_config_path, clashes_with_layout, resolve_env
 from graven.errors import ConfigError, InputError, IntegrityError, PolicyError, VerificationError
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
-from graven.model.pipeline import parse_pipeline
+from graven.model.pipeline import parse_stored_pipeline
 from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context
 from graven.service.deploy_types import DeployOptions, Target
@@ -55,7 +55,7 @@ def _requires_of_all(
             continue
         try:
             data = ctx.store.read(Digest.parse(pipeline_digest))
-            section = parse_pipeline(data, source=f"graven.toml {pipeline_digest[7:19]}").env.get(env)
+            section = parse_stored_pipeline(data, source=f"graven.toml {pipeline_digest[7:19]}").env.get(env)
         except (IntegrityError, ConfigError):
             continue  # an unreadable older graven.toml names no requirement we could apply
         if section is not None:
@@ -94,7 +94,7 @@ def verify_target(
             )
         raise
     source = f"graven.toml of {short(str(digest))}"
-    pipeline = parse_pipeline(pipeline_bytes, source=source)
+    pipeline = parse_stored_pipeline(pipeline_bytes, source=source)
     settings = resolve_env(pipeline.env, env, root=opts.root, source=source)
     if len(provenances) > 1:
         more = tuple(r for r in _requires_of_all(ctx, digest, env, provenances, pipeline_digest) if r != env)
@@ -135,10 +135,11 @@ def policy_facts(
     )
 
 
-def check_location(conn: Connection, settings: EnvSettings) -> None:
-    """Refuse, before anything is created there, an environment directory that is a file, or that is
-    (or is inside, or holds) the directory of another environment: their releases, retention and
-    ``current`` would destroy each other."""
+def check_location(ctx: Context, conn: Connection, settings: EnvSettings) -> None:
+    """Refuse, before anything is created there, an environment directory that is a file, or that lies
+    in what graven keeps inside another environment's directory (or holds that environment's
+    directory there). Another environment recorded at the very same path gets a warning: that is what
+    renaming an environment looks like, and the old name's releases will be pruned as this one's."""
     path = Path(settings.path)
     if path.exists() and not path.is_dir():
         raise InputError(
@@ -149,11 +150,16 @@ def check_location(conn: Connection, settings: EnvSettings) -> None:
     rows = conn.execute("SELECT name, path FROM deploy_envs WHERE name <> :name", {"name": settings.name})
     for other, other_path in rows:
         theirs = PurePosixPath(other_path)
-        if mine == theirs or mine in theirs.parents or theirs in mine.parents:
-            how = "is" if mine == theirs else ("holds" if mine in theirs.parents else "is inside")
+        if mine == theirs:
+            ctx.reporter.warn(
+                f"environment {other} was deployed at {other_path} too; if {settings.name} replaces it, "
+                f"{other}'s releases are now {settings.name}'s (its status and drift are stale)"
+            )
+        elif clashes_with_layout(mine, theirs) or clashes_with_layout(theirs, mine):
             raise ConfigError(
-                f"[env.{settings.name}] path {settings.path} {how} the directory of environment {other} "
-                f"({other_path}); every environment needs a directory of its own"
+                f"[env.{settings.name}] path {settings.path} and environment {other}'s ({other_path}) "
+                "overlap where graven keeps releases and links; every environment needs a directory of "
+                "its own"
             )
 
 
