@@ -374,7 +374,8 @@ def test_a_step_cannot_change_the_hosts_device_nodes(
     step = (
         "chmod 600 /dev/null /dev/zero /dev/urandom 2>/dev/null; "
         "mkdir -p out && echo written > /dev/null && head -c 3 /dev/zero | wc -c > out/zero && "
-        "head -c 8 /dev/urandom | wc -c > out/random && ls -l /dev > out/dev.txt"
+        "head -c 8 /dev/urandom | wc -c > out/random && ls -l /dev > out/dev.txt && "
+        f"{PY} -c 'import pty; pty.openpty()'"  # ptys still work (bwrap's own devpts)
     )
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step))
     try:

@@ -216,16 +216,14 @@ DEVICES: Final = (
 def _dev_argv(devices: str | None, size: list[str]) -> list[str]:
     """/dev for a step. bwrap's ``--dev`` bind-mounts the host's own nodes, writable: a step running as
     root (who owns them) could ``chmod 600 /dev/null`` on the host. With ``devices`` (graven's private
-    nodes, see :func:`make_private_devices`) /dev is a tmpfs holding those and the usual links instead,
-    and its /dev/shm a tmpfs of ``size`` (bwrap's ``--size`` option, or nothing)."""
+    nodes, see :func:`make_private_devices`) those are mounted over bwrap's binds of the host's nodes
+    (a step without capabilities cannot unmount them); the rest of bwrap's /dev stays as it is (its own
+    devpts instance for ptys, the fd links), and its /dev/shm becomes a tmpfs of ``size``."""
     if devices is None:
         return ["--dev", "/dev"]
-    argv = ["--tmpfs", "/dev"]
+    argv = ["--dev", "/dev"]
     for name, _major, _minor in DEVICES:
         argv += ["--dev-bind", f"{devices}/{name}", f"/dev/{name}"]
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0")):
-        argv += ["--symlink", target, f"/dev/{name}"]
-    argv += ["--symlink", "/proc/self/fd/1", "/dev/stdout", "--symlink", "/proc/self/fd/2", "/dev/stderr"]
     argv += [*size, "--tmpfs", "/dev/shm"]  # noqa: S108 - the sandbox's own, empty
     return argv
 
