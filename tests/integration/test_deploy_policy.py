@@ -105,8 +105,9 @@ def test_untrusted_keys_are_refused_per_environment(world: World, tmp_path: Path
 def test_settings_come_from_the_graven_toml_named_by_verified_provenance(world: World) -> None:
     digest = world.build()
     # Someone rewrites the database's idea of the pipeline: it must not matter.
+    elsewhere, marker = world.root.parent / "evil-target", world.root.parent / "pwned"
     evil = world.ctx().store.put(
-        env_toml("app", {"staging": {"path": "/etc", "activate": "touch /tmp/pwned"}}).encode()
+        env_toml("app", {"staging": {"path": str(elsewhere), "activate": f"touch {marker}"}}).encode()
     )
     db = sqlite3.connect(world.home / "graven.db")
     with db:
@@ -114,6 +115,7 @@ def test_settings_come_from_the_graven_toml_named_by_verified_provenance(world: 
     db.close()
     result = world.deploy(digest, "staging")
     assert result.ok and result.path == str(world.root / "staging")
+    assert not elsewhere.exists() and not marker.exists()  # a regression here stays in the test's tmp dir
 
 
 def test_a_missing_pipeline_object_is_an_integrity_failure(

@@ -258,17 +258,17 @@ def test_drift_reads_the_ignore_globs_of_the_deployed_graven_toml(
 
 def test_hold_waits_for_a_deployment_at_work_and_holds_what_it_made_live(world: World) -> None:
     import threading
-    import time
 
     from helpers_deploy import env_toml, staging_prod
 
     v1 = world.build()
     assert world.deploy(v1, "staging").ok
-    slow = world.version(2, env_toml("app", staging_prod(health="sleep 1")))
+    marker = world.root.parent / "in-health-check"
+    slow = world.version(2, env_toml("app", staging_prod(health=f"touch {marker}; sleep 1")))
     done: list[Any] = []
     deployer = threading.Thread(target=lambda: done.append(world.deploy(slow, "staging")))
     deployer.start()
-    time.sleep(0.5)  # the deployer holds the lock, in its health check
+    _wait_for(marker)  # the deployer holds the lock, in its health check
     held = environments.hold(world.ctx(), "staging", "freeze")
     deployer.join()
     assert done[0].ok and world.live("staging") == slow
@@ -280,20 +280,29 @@ def test_hold_waits_for_a_deployment_at_work_and_holds_what_it_made_live(world: 
 
 def test_a_digest_rejected_while_it_is_being_deployed_is_not_left_live(world: World) -> None:
     import threading
-    import time
 
     from helpers_deploy import env_toml, staging_prod
 
     v1 = world.build()
     assert world.deploy(v1, "staging").ok
-    slow = world.version(2, env_toml("app", staging_prod(health="sleep 1")))
+    marker = world.root.parent / "in-health-check"
+    slow = world.version(2, env_toml("app", staging_prod(health=f"touch {marker}; sleep 1")))
     done: list[Any] = []
     deployer = threading.Thread(target=lambda: done.append(world.deploy(slow, "staging")))
     deployer.start()
-    time.sleep(0.5)  # in its health check
+    _wait_for(marker)  # in its health check
     result = environments.reject(world.ctx(), slow, "found a bug")
     deployer.join()
     assert result.live_in == ("staging",)  # reject warns: it is being deployed there
     assert not done[0].ok and done[0].rolled_back_to == v1, done[0]
     assert "rejected during the deployment (found a bug)" in done[0].message
     assert world.live("staging") == v1
+
+
+def _wait_for(path: Path, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)

@@ -151,6 +151,14 @@ def test_fetched_inputs_are_locked_recorded_stored_and_the_build_is_offline(
     assert deps["lockfile:requirements.lock"] == hashlib.sha256(lock.encode()).hexdigest()
     assert deps[f"fetched:wheels/{WHEEL}"] == index.sha256(WHEEL)
     assert [n for n in deps if n.startswith("tool:python3@")], deps
+    # the same provenance, exported, read by in-toto-attestation and securesystemslib (lockfile:,
+    # fetched:, tool: dependencies and the build.log byproduct included)
+    from test_provenance_cli import check_independently
+
+    envelope, pub = tmp_path / "p.intoto.json", tmp_path / "default.pub"
+    assert run_cli("export", digest, "-o", tmp_path / "p.tar", "--attestation", envelope)[0] == 0
+    pub.write_bytes((graven_home / "keys" / "default.pub").read_bytes())
+    check_independently(envelope, pub, digest)
 
     # The fetched wheel is stored: a rebuild restores it and needs no network at all.
     index.files.clear()

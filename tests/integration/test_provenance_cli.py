@@ -123,6 +123,7 @@ def test_signed_artifact_verifies_after_export_and_import_on_a_second_home(
     assert load_attestation(bundle.read_bytes()).payload == load_attestation(envelope.read_bytes()).payload
     pub = tmp_path / "ci.pub"
     pub.write_text(run_cli(capsys, "keys", "export", "ci")[1])
+    check_independently(envelope, pub, digest)
 
     monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home2"))
     code, out, err = run_cli(capsys, "import", str(archive), "--attestation", str(envelope))
@@ -153,3 +154,29 @@ def test_import_refuses_an_attestation_for_another_artifact(
     run_cli(capsys, "export", second, "-o", str(tmp_path / "s.tar"))
     code, _, err = run_cli(capsys, "import", str(tmp_path / "s.tar"), "--attestation", str(envelope))
     assert code == 1 and "not for" in err
+
+
+def check_independently(envelope: Path, pub: Path, digest: str) -> None:
+    """What `graven export --attestation` wrote, read by libraries that are not graven's: the DSSE
+    signature with securesystemslib, the statement and the SLSA predicate with in-toto-attestation
+    (strict protobuf parsing: an unknown field fails), every resource descriptor validated."""
+    from google.protobuf import json_format
+    from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+    from in_toto_attestation.v1 import statement_pb2
+    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+    from in_toto_attestation.v1.statement import Statement
+    from securesystemslib.dsse import Envelope as SslibEnvelope
+    from securesystemslib.signer import SSlibKey
+
+    from graven.signing.keys import load_public_key
+
+    public = load_public_key(pub)
+    sslib = SslibEnvelope.from_dict(json.loads(envelope.read_text()))
+    assert list(sslib.verify([SSlibKey.from_crypto(public.key, keyid=public.keyid)], 1)) == [public.keyid]
+    payload = sslib.payload.decode("utf-8")
+    statement = Statement.copy_from_pb(json_format.Parse(payload, statement_pb2.Statement()))
+    statement.validate()
+    assert statement.pb.subject[0].digest["sha256"] == digest.removeprefix("sha256:")
+    predicate = json_format.Parse(json.dumps(json.loads(payload)["predicate"]), provenance_pb2.Provenance())
+    for descriptor in [*predicate.build_definition.resolved_dependencies, *predicate.run_details.byproducts]:
+        ResourceDescriptor.copy_from_pb(descriptor).validate()
