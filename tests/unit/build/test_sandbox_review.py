@@ -276,7 +276,7 @@ def test_the_workspace_is_removed_whatever_modes_the_steps_left(tmp_path: Path) 
 
 def test_a_workspace_that_cannot_be_removed_is_named_in_a_warning(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root, to give a directory to another user")
+        unavailable("needs root, to give a directory to another user")
     top = tmp_path / "graven-build-y"
     other = top / "work" / "theirs"
     other.mkdir(parents=True)

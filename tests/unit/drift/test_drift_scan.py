@@ -162,17 +162,38 @@ def test_the_split_covers_every_directory_once(tmp_path: Path) -> None:
     from graven.drift.scan import plan_split
 
     index = big_release(tmp_path / "rel")
-    split = plan_split(index)
-    assert split is not None
-    first, second = split
-    assert "" in first and not set(first) & set(second)
-    units = set(first) | set(second)
-    for directory in index.dirs:
-        owner = directory
-        while owner not in units:
-            owner = owner.rpartition("/")[0]
-        assert owner in units
-    assert len(units) > 2
+    dirs = set(index.dirs)
+    for share in (0.4, 0.25, 0.6):
+        split = plan_split(index, share=share)
+        assert split is not None
+        first, second = split
+        units = [*first, *second]
+        assert len(set(units)) == len(units) > 2  # no directory is a starting point twice
+        assert "" in first  # the root's own entries are the first process's
+        assert set(units) <= dirs, set(units) - dirs  # walks start at directories of the release
+        # each process walks from its units, not into the other units: every directory (and so
+        # every file) is walked exactly once
+        visits = dict.fromkeys(index.dirs, 0)
+        files_of = dict.fromkeys(units, 0)
+        for unit in units:
+            stack = [unit]
+            while stack:
+                directory = stack.pop()
+                visits[directory] += 1
+                prefix = f"{directory}/" if directory else ""
+                for name in index.children.get(directory, ()):
+                    path = prefix + name
+                    if path in dirs:
+                        if path not in files_of:
+                            stack.append(path)
+                    else:
+                        files_of[unit] += 1
+        assert set(visits.values()) == {1}, {d: n for d, n in visits.items() if n != 1}
+        assert sum(files_of.values()) == len(index.files)
+        # split until no unit holds more than a fifth of the files; the first part gets about `share`
+        assert max(files_of.values()) <= len(index.files) / 5
+        got = sum(files_of[unit] for unit in first) / len(index.files)
+        assert abs(got - share) <= 0.05, (share, got)
 
 
 def test_the_forked_full_scan_finds_what_one_walker_finds(tmp_path: Path) -> None:

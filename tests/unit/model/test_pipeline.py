@@ -10,7 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graven.errors import ConfigError
-from graven.model.pipeline import BuildSection, EnvSection, parse_pipeline
+from graven.model.pipeline import (
+    _PINNED_ENV,
+    ARTIFACT_NAME,
+    MAX_BUILD_TIMEOUT,
+    MAX_DURATION,
+    MAX_RETRIES,
+    ArtifactSection,
+    BuildSection,
+    EnvSection,
+    FetchSection,
+    Pipeline,
+    parse_pipeline,
+)
 
 A = '[artifact]\nname = "a"\n'
 
@@ -225,3 +237,106 @@ def test_any_document_is_accepted_or_refused_with_one_config_error(doc: dict[str
     assert pipeline.artifact.include == doc["artifact"].get("include", ["**"])
     assert pipeline.build.steps == doc.get("build", {}).get("steps", [])
     assert set(pipeline.env) == set(doc.get("env", {}))
+
+
+# -- valid documents: every one is accepted, and read field by field --------------------------------
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=10)
+_segment = st.text("abz09_-.é ", min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
+_relpath = st.lists(_segment, min_size=1, max_size=3).map("/".join)
+_dirpath = st.tuples(_relpath, st.sampled_from(["", "/"])).map("".join)  # "out" or "out/"
+_glob = st.one_of(
+    _relpath,
+    _dirpath,
+    _relpath.map(lambda p: f"{p}/**"),
+    _segment.map(lambda s: f"**/*.{s}"),
+    st.sampled_from(["*", "**", "[a-c]?", "[!x]*/**"]),
+)
+_positive = st.one_of(
+    st.integers(1, int(MAX_DURATION)),
+    st.floats(min_value=0, max_value=MAX_DURATION, exclude_min=True),
+)
+_not_negative = st.one_of(st.integers(0, int(MAX_DURATION)), st.floats(min_value=0, max_value=MAX_DURATION))
+_tool = st.one_of(
+    st.from_regex(r"[a-z0-9_+.-]{1,8}", fullmatch=True),
+    st.from_regex(r"(/[a-z0-9_+-][a-z0-9_+.-]{0,5}){1,3}", fullmatch=True),
+)
+_env_var = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,7}", fullmatch=True).filter(lambda n: n not in _PINNED_ENV)
+
+_valid_artifact = st.fixed_dictionaries(
+    {"name": st.from_regex(ARTIFACT_NAME, fullmatch=True)},
+    optional={"include": st.lists(_glob, min_size=1, max_size=3), "exclude": st.lists(_glob, max_size=3)},
+)
+_build_common = {
+    "timeout": st.integers(1, MAX_BUILD_TIMEOUT),
+    "sandbox": st.sampled_from(["bubblewrap", "none"]),
+}
+_build_without_steps = st.fixed_dictionaries(
+    {},
+    optional={
+        **_build_common,
+        "steps": st.just([]),
+        "env": st.just([]),
+        "tools": st.just([]),
+    },
+)
+_build_with_steps = st.fixed_dictionaries(
+    {"steps": st.lists(_text, min_size=1, max_size=3), "outputs": st.lists(_dirpath, min_size=1, max_size=3)},
+    optional={
+        **_build_common,
+        "env": st.lists(_env_var, max_size=3),
+        "tools": st.lists(_tool, max_size=3),
+        "fetch": st.fixed_dictionaries(
+            {
+                "steps": st.lists(_text, min_size=1, max_size=2),
+                "lockfiles": st.lists(_relpath, min_size=1, max_size=2),
+                "outputs": st.lists(_dirpath, min_size=1, max_size=2),
+            }
+        ),
+    },
+)
+_valid_env = st.fixed_dictionaries(
+    {"path": st.tuples(st.sampled_from(["", "/"]), _dirpath).map("".join)},
+    optional={
+        "config": _dirpath,
+        "activate": _text,
+        "activate_timeout": _positive,
+        "health": _text,
+        "health_retries": st.integers(0, MAX_RETRIES),
+        "health_interval": _not_negative,
+        "health_timeout": _positive,
+        "keep": st.integers(1, 10**6),
+        "requires": st.lists(_text, max_size=2),
+        "ignore": st.lists(_glob, max_size=3),
+    },
+)
+_valid_documents = st.fixed_dictionaries(
+    {"artifact": _valid_artifact},
+    optional={
+        "build": st.one_of(_build_without_steps, _build_with_steps),
+        "env": st.dictionaries(
+            st.from_regex(r"[a-z][a-z0-9_-]{0,7}", fullmatch=True), _valid_env, max_size=3
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_valid_documents)
+def test_any_valid_document_is_accepted_and_read_field_by_field(doc: dict[str, Any]) -> None:
+    import tomli_w
+
+    data = tomli_w.dumps(doc).encode()
+    assert tomllib.loads(data.decode()) == doc
+    pipeline = parse_pipeline(data)
+    # every key the document gives, and the section's default for every other one
+    build = dict(doc.get("build", {}))
+    fetch = build.pop("fetch", None)
+    assert pipeline == Pipeline(
+        artifact=ArtifactSection(**doc["artifact"]),
+        build=BuildSection(**build, fetch=None if fetch is None else FetchSection(**fetch)),
+        env={name: EnvSection(**table) for name, table in doc.get("env", {}).items()},
+    )
+    assert list(pipeline.env) == list(doc.get("env", {}))
+    for env in pipeline.env.values():  # durations are floats even when written as integers
+        assert all(type(v) is float for v in (env.activate_timeout, env.health_interval, env.health_timeout))
