@@ -19,6 +19,7 @@ import pytest
 import zstandard
 
 from conftest import COMMIT_EPOCH, Executable, Symlink
+from helpers_services import require_tool
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -52,6 +53,8 @@ def _tar_bytes(path: Path) -> bytes:
 
 
 def _gnu_tar(*args: str | Path, zstd: bool = False) -> str:
+    if zstd:
+        require_tool("zstd")  # GNU tar's --zstd runs it
     cmd = ["tar", *(["--zstd"] if zstd else []), *map(str, args)]
     result = subprocess.run(cmd, capture_output=True, check=False)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
@@ -406,6 +409,7 @@ def test_empty_directories_round_trip(
     monkeypatch: pytest.MonkeyPatch,
     suffix: str,
 ) -> None:
+    require_tool("bwrap")  # its pipeline has build steps
     """A build output with an empty directory nested in an otherwise empty one (out/empty/deeper)."""
     repo = make_repo(tmp_path / "repo", {"src.txt": "source\n"}, STEPS_TOML)
     code, out, err = run_cli("build", "--json", "-C", repo)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import COMMIT_EPOCH, Executable, Symlink, commit_all, git, git_env, write_files
-from helpers_services import sandbox_python
+from helpers_services import require_tool, sandbox_python
 
 REPO_FILES = {
     "README.md": "# demo\n",
@@ -164,6 +164,7 @@ def test_two_clones_with_build_steps_give_the_same_digest(
     new_home: Callable[[str], Path],
     run_cli: Callable[..., tuple[int, str, str]],
 ) -> None:
+    require_tool("bwrap")  # its pipeline has build steps
     origin = make_repo(tmp_path / "origin", REPO_FILES, _steps_toml(SIMPLE_STEP))
     first, second = _two_machines(tmp_path, monkeypatch, run_cli, origin, (graven_home, new_home("home-b")))
     assert first["digest"] == second["digest"]
@@ -192,6 +193,7 @@ def test_build_steps_see_the_same_checkout_on_every_machine(
     new_home: Callable[[str], Path],
     run_cli: Callable[..., tuple[int, str, str]],
 ) -> None:
+    require_tool("bwrap")  # its pipeline has build steps
     """Steps often archive or fingerprint their input (tar, zip, wheels); every mode and mtime of the
     checkout they run in, directories included, must come from the commit, not from the host."""
     files = {**REPO_FILES, "probe.py": PROBE_SCRIPT}
@@ -250,6 +252,7 @@ def test_edits_during_a_build_do_not_leak_in(
     make_repo: Callable[..., Path],
     run_cli: Callable[..., tuple[int, str, str]],
 ) -> None:
+    require_tool("bwrap")  # its pipeline has build steps
     steps = _steps_toml(
         f'{PY} -c "import time; time.sleep(1)"',
         "mkdir out && cp graven.toml README.md out/",
