@@ -306,3 +306,26 @@ def _wait_for(path: Path, timeout: float = 30) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.01)
+
+
+def test_hold_from_a_hook_of_the_deployment_fails_at_once_instead_of_waiting_for_itself(
+    world: World,
+) -> None:
+    import shlex
+    import sys
+
+    from helpers_deploy import env_toml, staging_prod
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    log = world.root.parent / "hold.log"
+    hold = f"{shlex.quote(sys.executable)} -m graven.cli.main hold staging --reason from-hook"
+    v2 = world.version(
+        2, env_toml("app", staging_prod(activate=f"{hold} 2> {log}; true", activate_timeout=10))
+    )
+    result = world.deploy(v2, "staging")  # without the check: waits until the hook's timeout
+    assert result.ok, result
+    assert "runs inside a hook of the deployment" in log.read_text(), log.read_text()
+    with world.ctx().db.connect() as conn:
+        state = environments.load_state(conn, "staging")
+    assert state is not None and not state.held

@@ -38,6 +38,26 @@ class LockHolder(dict[str, object]):
         )
 
 
+def is_ancestor(pid: object) -> bool:
+    """Whether ``pid`` (as a lock file records it) is this process's parent, grandparent, ... (read
+    from /proc; False where there is none). A hook of a deployment runs below the deployer."""
+    if not isinstance(pid, int) or pid <= 1:
+        return False
+    current = os.getppid()
+    for _ in range(64):  # a process tree is never that deep; stops a loop on odd /proc data
+        if current == pid:
+            return True
+        if current <= 1:
+            return False
+        try:
+            with open(f"/proc/{current}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            current = int(fields[1])  # the field after the state is the parent's pid
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 # O_PATH (Linux): a directory handle for *at() calls, which needs no read permission on the directory
 _DIR_OPEN = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 _DIR_FLAGS = _DIR_OPEN | os.O_NOFOLLOW

@@ -10,7 +10,7 @@ from typing import Any
 from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.settings import check_env_name
-from graven.errors import BackendError, InputError, NeverDeployedError
+from graven.errors import BackendError, InputError, NeverDeployedError, PolicyError
 from graven.model.logentry import LogEvent
 from graven.service.artifacts import resolve_digest
 from graven.service.context import Context, utc_now
@@ -166,7 +166,7 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
     hold is on what is live once it is done, never on the digest it is replacing."""
     import contextlib
 
-    from graven.deploy.lock import EnvLock
+    from graven.deploy.lock import EnvLock, is_ancestor, read_holder
 
     check_env_name(env)
     if not ctx.home.has_database():
@@ -179,7 +179,17 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
     with contextlib.ExitStack() as stack:
         if layout.meta.is_dir():
             lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
-            lock.acquire(wait=True)
+            try:
+                lock.acquire(wait=False)
+            except PolicyError:
+                holder = read_holder(layout.lock)
+                if holder is not None and is_ancestor(holder.get("pid")):
+                    raise PolicyError(
+                        f"graven hold {env} runs inside a hook of the deployment that holds {env} (pid "
+                        f"{holder.get('pid')}): it would wait for itself; hold {env} once that deployment "
+                        "is over"
+                    ) from None
+                lock.acquire(wait=True)
             stack.enter_context(lock)
         with ctx.db.begin() as conn:
             state = load_state(conn, env)
