@@ -14,18 +14,23 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from graven import __version__
 from graven.errors import InputError
 
-__all__ = ["AlertDispatcher", "AlertSender", "Delivery"]
+__all__ = ["NOT_DELIVERED", "QUEUE_MAX", "AlertDispatcher", "AlertSender", "Delivery"]
 
-_TAIL = 200
+_TAIL = 200  # characters of a failed command's output shown (escaped)
+_CAPTURE = 4096  # bytes kept of each output stream of an alert command (its last ones)
+QUEUE_MAX = 100  # alerts waiting for delivery; when full, the oldest is dropped
+NOT_DELIVERED = "not delivered: the watcher stopped first"
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,9 @@ class AlertSender:
         return ok, channels
 
     def _run_command(self, data: bytes) -> tuple[bool, str]:
-        """Run the alert command in a session of its own, ``data`` on its stdin; on timeout its whole
-        process group is killed (not only ``/bin/sh``: a child it started would keep running, and keep
-        its output pipe open)."""
+        """Run the alert command in a session of its own, ``data`` on its stdin; only the last
+        :data:`_CAPTURE` bytes of its stdout and stderr are kept. On timeout its whole process group is
+        killed (not only ``/bin/sh``: a child it started would keep running, and keep its pipes open)."""
         assert self.command is not None
         try:
             proc = subprocess.Popen(
@@ -97,8 +102,19 @@ class AlertSender:
             )
         except OSError as exc:
             return False, f"cannot run: {exc.strerror}"
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        tails = [_TailReader(proc.stdout), _TailReader(proc.stderr)]
+        feeder = threading.Thread(
+            target=_feed, args=(proc.stdin, data), name="graven-alert-stdin", daemon=True
+        )
+        feeder.start()
+        deadline = time.monotonic() + self.command_timeout
         try:
-            stdout, stderr = proc.communicate(data, timeout=self.command_timeout)
+            proc.wait(timeout=self.command_timeout)
+            for tail in tails:  # a child that keeps the pipes open counts as still running
+                tail.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if any(tail.thread.is_alive() for tail in tails):
+                raise subprocess.TimeoutExpired(self.command, self.command_timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             return False, f"timed out after {self.command_timeout:.0f}s"
@@ -107,8 +123,8 @@ class AlertSender:
             raise
         if proc.returncode == 0:
             return True, "exit 0"
-        tail = (stderr or stdout).decode("utf-8", "replace").strip()[-_TAIL:]
-        return False, f"exit {proc.returncode}" + (f": {tail}" if tail else "")
+        shown = _printable((tails[1].tail() or tails[0].tail()).decode("utf-8", "replace").strip())[-_TAIL:]
+        return False, f"exit {proc.returncode}" + (f": {shown}" if shown else "")
 
     def _post(self, data: bytes) -> tuple[bool, str]:
         assert self.webhook is not None
@@ -140,35 +156,107 @@ class AlertSender:
         return False, f"{last} ({self.retries + 1} attempts)"
 
 
+def _printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\x00``, ``\\n``, ...)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _feed(stream: IO[bytes], data: bytes) -> None:
+    """Write ``data`` to a command's stdin and close it (a command that does not read it is fine)."""
+    try:
+        stream.write(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+class _TailReader:
+    """Reads a pipe to its end on a thread of its own, keeping only its last :data:`_CAPTURE` bytes."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._fd = stream.fileno()
+        self._stream = stream
+        self._tail = bytearray()
+        self.thread = threading.Thread(target=self._run, name="graven-alert-output", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    return
+                self._tail += chunk
+                if len(self._tail) > _CAPTURE:
+                    del self._tail[: len(self._tail) - _CAPTURE]
+        except OSError:
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+
+    def tail(self) -> bytes:
+        """The last bytes read (call once the thread is done)."""
+        return bytes(self._tail)
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the process group of ``proc`` (it leads its own session) and reap it; a process that left
-    the group and keeps the pipes open is not waited for."""
+    """Kill the process group of ``proc`` (it leads its own session) and reap it; its output readers
+    end when the pipes close (a process that left the group and keeps them open is not waited for)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        proc.communicate(timeout=1.0)
-    except subprocess.TimeoutExpired:
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        proc.wait()
+    proc.wait()
 
 
 class AlertDispatcher:
-    """A queue of alerts delivered in order by one thread."""
+    """A bounded queue of alerts delivered in order by one thread: when :data:`QUEUE_MAX` alerts wait
+    (a hanging webhook), the oldest is dropped and ``warn`` says so; alerts not delivered when it is
+    closed come back from :meth:`results` as failed deliveries."""
 
-    def __init__(self, sender: AlertSender, *, on_done: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        sender: AlertSender,
+        *,
+        on_done: Callable[[], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+        maxsize: int = QUEUE_MAX,
+    ) -> None:
         self.sender = sender
-        self._queue: queue.Queue[tuple[dict[str, Any], Any] | None] = queue.Queue()
+        self.maxsize = maxsize
+        self.dropped = 0
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[dict[str, Any], Any]] = deque()
+        self._current: tuple[dict[str, Any], Any] | None = None
+        self._closing = False
+        self._abandoned = False
         self._done: queue.Queue[Delivery] = queue.Queue()
         self._on_done = on_done
+        self._warn = warn
         self._thread = threading.Thread(target=self._run, name="graven-alerts", daemon=True)
         self._thread.start()
 
     def submit(self, payload: dict[str, Any], context: Any = None) -> None:
-        """Queue ``payload`` for delivery."""
-        self._queue.put((payload, context))
+        """Queue ``payload`` for delivery (dropping the oldest waiting alert when the queue is full)."""
+        dropped: dict[str, Any] | None = None
+        with self._cond:
+            if self._abandoned:
+                self._done.put(Delivery(payload, False, {"queue": NOT_DELIVERED}, context))
+                return
+            if len(self._pending) >= self.maxsize:
+                dropped = self._pending.popleft()[0]
+                self.dropped += 1
+            self._pending.append((payload, context))
+            self._cond.notify()
+            count = self.dropped
+        if dropped is not None and self._warn is not None:
+            what = " ".join(str(dropped[k]) for k in ("env", "event") if k in dropped)
+            self._warn(
+                f"alert queue full ({self.maxsize} waiting): dropped the oldest alert"
+                + (f" ({what})" if what else "")
+                + f"; {count} dropped since the start"
+            )
 
     def results(self) -> list[Delivery]:
         """Deliveries finished since the last call."""
@@ -180,19 +268,38 @@ class AlertDispatcher:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending or self._abandoned:
+                    return
+                item = self._current = self._pending.popleft()
             payload, context = item
             try:
                 ok, channels = self.sender.send(payload)
             except Exception as exc:
                 ok, channels = False, {"error": str(exc)[:_TAIL]}
-            self._done.put(Delivery(payload, ok, channels, context))
+            with self._cond:
+                self._current = None
+                if self._abandoned:  # reported as not delivered already
+                    return
+                self._done.put(Delivery(payload, ok, channels, context))
             if self._on_done is not None:
                 self._on_done()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop after the queued alerts (waiting at most ``timeout`` seconds)."""
-        self._queue.put(None)
+    def close(self, timeout: float = 5.0) -> int:
+        """Deliver the queued alerts, waiting at most ``timeout`` seconds; those that are left (and the
+        one in flight) are reported by :meth:`results` as not delivered. Returns how many."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         self._thread.join(timeout=timeout)
+        with self._cond:
+            self._abandoned = True
+            left = list(self._pending)
+            if self._current is not None:
+                left.insert(0, self._current)
+            self._pending.clear()
+            for payload, context in left:
+                self._done.put(Delivery(payload, False, {"queue": NOT_DELIVERED}, context))
+        return len(left)

@@ -8,11 +8,14 @@ graven_checks_total{env,result}                  checks by result: clean | drift
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from graven.errors import InputError
 
 __all__ = ["DriftMetrics"]
 
@@ -61,6 +64,19 @@ class DriftMetrics:
             self.release.labels(env, *labels).set(1)
             self._releases[env] = labels
 
+    def forget(self, env: str) -> None:
+        """Remove every label set of ``env`` (it is no longer watched)."""
+        for gauge in (self.paths, self.last_check):
+            with contextlib.suppress(KeyError):
+                gauge.remove(env)
+        for result in ("clean", "drift", "error"):
+            with contextlib.suppress(KeyError):
+                self.checks.remove(env, result)
+        previous = self._releases.pop(env, None)
+        if previous is not None:
+            with contextlib.suppress(KeyError):
+                self.release.remove(env, *previous)
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
@@ -84,7 +100,12 @@ class DriftMetrics:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        try:
+            server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        except OSError as exc:
+            raise InputError(
+                f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
+            ) from None
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(

@@ -79,12 +79,11 @@ def run_watch(
 ) -> None:
     """``graven watch``: check on every notification and periodically, alert on new drift and on its
     resolution, heal (with ``opts.heal``), export metrics; until ``stop`` is set."""
-    from graven.drift.alerts import AlertDispatcher, AlertSender
+    from graven.drift.alerts import AlertDispatcher, AlertSender, Delivery
     from graven.drift.metrics import DriftMetrics
     from graven.drift.notify import make_notifier
 
     targets = {t.env: t for t in live_targets(ctx, opts.envs)}  # a named environment must be live now
-    session = DriftSession(ctx)
     schedule = Schedule(interval=opts.interval, full_every=opts.full_every, debounce=opts.debounce)
     sender = AlertSender(
         command=opts.alert_command,
@@ -93,9 +92,21 @@ def run_watch(
         backoff=opts.webhook_backoff,
         stop=stop,
     )
-    dispatcher = AlertDispatcher(sender, on_done=schedule.wake.set) if sender.configured else None
+    # the metrics port first: one in use is an InputError before any thread or notifier is started
     metrics = DriftMetrics() if opts.metrics_port is not None else None
-    notifier = make_notifier(schedule.notify, backend=notifier_backend)
+    port = metrics.serve(opts.metrics_port or 0) if metrics is not None else None
+    try:
+        session = DriftSession(ctx)
+        notifier = make_notifier(schedule.notify, backend=notifier_backend)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
+    dispatcher = (
+        AlertDispatcher(sender, on_done=schedule.wake.set, warn=ctx.reporter.warn)
+        if sender.configured
+        else None
+    )
     watched: dict[str, tuple[str, str, int]] = {}
     backoff = HealBackoff(opts.interval, clock=schedule.clock)
     alerted: dict[str, frozenset[tuple[str, str]]] = {}
@@ -103,12 +114,14 @@ def run_watch(
     def say(kind: str, text: str, data: dict[str, Any]) -> None:
         out(json.dumps({"type": kind, **data}, sort_keys=True) if opts.as_json else text)
 
+    unrecorded: list[Delivery] = []  # deliveries whose record failed (the database): tried again
+
     def finish_deliveries() -> None:
         if dispatcher is None:
             return
         for delivery in dispatcher.results():
             alert: Alert = delivery.context
-            record_alert(ctx, alert, ok=delivery.ok, channels=delivery.channels)
+            unrecorded.append(delivery)
             outcome = "; ".join(f"{k}: {v}" for k, v in delivery.channels.items())
             say(
                 "delivery",
@@ -116,6 +129,18 @@ def run_watch(
                 f"{'sent' if delivery.ok else 'FAILED'} ({outcome})",
                 {"env": alert.env, "event": alert.event, "ok": delivery.ok, "channels": delivery.channels},
             )
+        while unrecorded:
+            delivery = unrecorded[0]
+            try:
+                record_alert(ctx, delivery.context, ok=delivery.ok, channels=delivery.channels)
+            except GravenError as exc:
+                say(
+                    "error",
+                    f"{utc_now()} recording {len(unrecorded)} alert deliveries failed: {exc}; trying again",
+                    {"error": str(exc)},
+                )
+                return
+            unrecorded.pop(0)
 
     def wake_on_stop() -> None:
         stop.wait()
@@ -123,7 +148,6 @@ def run_watch(
 
     threading.Thread(target=wake_on_stop, name="graven-watch-stop", daemon=True).start()
     try:
-        port = metrics.serve(opts.metrics_port or 0) if metrics is not None else None
         info = {"metrics_port": port, "environments": sorted(targets), "backend": type(notifier).__name__}
         if port is not None:
             say("metrics", f"metrics on http://127.0.0.1:{port}/metrics", {"port": port})
@@ -134,10 +158,17 @@ def run_watch(
             schedule.wake.clear()
             if not first:
                 try:
-                    targets = {t.env: t for t in live_targets(ctx, opts.envs)}
-                except NotFoundError:
-                    targets = {t.env: t for t in live_targets(ctx)}
-                    targets = {k: v for k, v in targets.items() if not opts.envs or k in opts.envs}
+                    try:
+                        targets = {t.env: t for t in live_targets(ctx, opts.envs)}
+                    except NotFoundError:
+                        targets = {t.env: t for t in live_targets(ctx)}
+                        targets = {k: v for k, v in targets.items() if not opts.envs or k in opts.envs}
+                except GravenError as exc:  # the database: keep the environments known, read them again soon
+                    say(
+                        "error",
+                        f"{utc_now()} reading the live environments failed: {exc}; trying again",
+                        {"error": str(exc)},
+                    )
             first = False
             for env, target in targets.items():
                 release = str(EnvLayout(Path(target.path)).release(target.digest.removeprefix("sha256:")))
@@ -158,11 +189,16 @@ def run_watch(
                     else:
                         schedule.mark(env, full=True)
                     watched[env] = (release, target.path, inode)
-            for env in set(watched) - set(targets):
+            for env in sorted(set(watched) - set(targets)):
                 notifier.unwatch(env)
                 notifier.unwatch(env + ROOT_SUFFIX)
                 schedule.forget(env)
                 del watched[env]
+                alerted.pop(env, None)
+                backoff.succeeded(env)
+                if metrics is not None:
+                    metrics.forget(env)
+                say("unwatch", f"{utc_now()} {env}: nothing is live there now; not watched", {"env": env})
             for env, full in schedule.due():
                 if stop.is_set():
                     break
@@ -193,7 +229,16 @@ def run_watch(
                 say("check", _check_line(report), report.to_json())
                 before = alerted.get(env)
                 if before is None:
-                    before = alerted_keys(ctx, env)
+                    try:
+                        before = alerted_keys(ctx, env)
+                    except GravenError as exc:  # the database: decide on alerting at the next check
+                        schedule.postpone(env, 1.0)
+                        say(
+                            "error",
+                            f"{utc_now()} {env}: reading alert state failed: {exc}",
+                            {"env": env, "error": str(exc)},
+                        )
+                        continue
                 event, alerted[env] = alert_transition(before, keys_of(report.differences))
                 if event is not None:
                     alert = make_alert(
@@ -248,7 +293,9 @@ def run_watch(
         stop.set()  # also ends the thread that waits for it
         notifier.close()
         if dispatcher is not None:
-            dispatcher.close(timeout=5.0)
+            left = dispatcher.close(timeout=5.0)
+            if left:
+                ctx.reporter.warn(f"{left} alerts were not delivered: the watcher stopped first")
             finish_deliveries()
         if metrics is not None:
             metrics.close()

@@ -1,0 +1,309 @@
+"""`graven watch` under stress: an alert command's huge output, a hanging webhook, an environment that
+stops being live, a metrics port in use, database errors in the loop."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from graven.drift.alerts import NOT_DELIVERED, QUEUE_MAX, AlertDispatcher, AlertSender
+from graven.drift.watch import WatchOptions
+from graven.errors import BackendError, InputError
+from graven.service import drift_watch
+from graven.service.drift import run_watch
+from helpers_deploy import World, make_world
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Watcher:
+    """run_watch on a thread of the test (JSON lines), stopped and joined by close()."""
+
+    def __init__(self, world: World, opts: WatchOptions) -> None:
+        self.lines: list[str] = []
+        self.ready: dict[str, Any] = {}
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.ctx = world.ctx()
+
+        def run() -> None:
+            try:
+                run_watch(self.ctx, opts, self.stop, out=self.lines.append, on_ready=self.ready.update)
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert wait_for(lambda: bool(self.ready) or self.error is not None)
+
+    def docs(self, kind: str) -> list[dict[str, Any]]:
+        return [doc for doc in map(json.loads, list(self.lines)) if doc["type"] == kind]
+
+    def close(self, timeout: float = 15.0) -> None:
+        self.stop.set()
+        self.thread.join(timeout=timeout)
+        assert not self.thread.is_alive(), "the watcher did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that takes everything."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        alerts = self.alerts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                alerts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def tamper(world: World, data: bytes) -> None:
+    target = (world.env_dir("staging") / "current").resolve() / "app/main.py"
+    try:
+        handle = open(target, "ab")  # noqa: SIM115
+    except PermissionError:
+        target.parent.chmod(0o755)
+        target.chmod(0o644)
+        handle = open(target, "ab")  # noqa: SIM115
+    with handle:
+        handle.write(data)
+
+
+def alert_rows(world: World) -> list[tuple[str, dict[str, Any]]]:
+    with world.ctx().db.connect() as conn:
+        return [
+            (r.result, json.loads(r.detail))
+            for r in conn.execute("SELECT result, detail FROM drift_events WHERE event = 'alert' ORDER BY id")
+        ]
+
+
+# -- 1. an alert command's output ---------------------------------------------------------------------
+
+
+def test_alert_command_output_is_capped_and_escaped() -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    sender = AlertSender(command="head -c 300000000 /dev/zero; printf 'end\\033[31m'; exit 3")
+    ok, channels = sender.send({"text": "hi"})
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert not ok
+    outcome = channels["command"]
+    assert outcome.startswith("exit 3: ")
+    assert outcome.endswith("end\\x1b[31m")  # the tail, non-printable characters escaped
+    assert "\\x00" in outcome
+    assert all(c.isprintable() for c in outcome)
+    assert len(outcome) < 300
+    assert grown < 100_000, f"the output was buffered: {grown} KiB more"
+
+
+def test_alert_command_prefers_stderr_and_still_gets_stdin(tmp_path: Path) -> None:
+    seen = tmp_path / "stdin.json"
+    sender = AlertSender(command=f"cat > {seen}; echo out; echo 'err\tline' >&2; exit 1")
+    ok, channels = sender.send({"text": "hi"})
+    assert not ok and channels == {"command": "exit 1: err\\tline"}
+    assert json.loads(seen.read_text()) == {"text": "hi"}
+    assert AlertSender(command="cat >/dev/null").send({"a": 1}) == (True, {"command": "exit 0"})
+
+
+def test_alert_command_timeout_kills_it() -> None:
+    sender = AlertSender(command="sleep 30 & sleep 30", command_timeout=0.5)
+    started = time.monotonic()
+    ok, channels = sender.send({"text": "hi"})
+    assert not ok and channels["command"].startswith("timed out after")
+    assert time.monotonic() - started < 5
+
+
+# -- 2. a hanging webhook -----------------------------------------------------------------------------
+
+
+class HangingSender:
+    """Stands for a webhook that never answers (until released)."""
+
+    configured = True
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, payload: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+        self.entered.set()
+        self.release.wait(30)
+        return True, {"webhook": "HTTP 200"}
+
+
+def test_the_alert_queue_is_bounded_and_undelivered_alerts_are_reported() -> None:
+    sender = HangingSender()
+    warnings: list[str] = []
+    dispatcher = AlertDispatcher(sender, warn=warnings.append)  # type: ignore[arg-type]
+    try:
+        dispatcher.submit({"env": "staging", "event": "drift", "n": 0}, context=0)
+        assert sender.entered.wait(5)
+        for n in range(1, QUEUE_MAX + 51):
+            dispatcher.submit({"env": "staging", "event": "drift", "n": n}, context=n)
+        assert dispatcher.dropped == 50
+        assert len(warnings) == 50 and "dropped the oldest alert (staging drift); 50 dropped" in warnings[-1]
+        left = dispatcher.close(timeout=0.2)
+        assert left == QUEUE_MAX + 1  # the one in flight and the queue
+        results = dispatcher.results()
+        assert [d.context for d in results] == [0, *range(51, QUEUE_MAX + 51)]  # the oldest were dropped
+        assert all(not d.ok and d.channels == {"queue": NOT_DELIVERED} for d in results)
+    finally:
+        sender.release.set()
+    time.sleep(0.1)
+    assert dispatcher.results() == []  # the abandoned one is not reported twice
+
+
+def test_alerts_left_at_stop_are_reported_and_recorded_as_failed(world: World) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    hang = socket.socket()  # accepts connections (the backlog) and never answers
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(8)
+    url = f"http://127.0.0.1:{hang.getsockname()[1]}/alerts"
+    watcher = Watcher(world, WatchOptions(interval=60, webhook=url, as_json=True, full_every=3600))
+    try:
+        assert wait_for(lambda: len(watcher.docs("check")) >= 1)
+        tamper(world, b"# hang\n")
+        assert wait_for(lambda: len(watcher.docs("alert")) >= 1)
+        time.sleep(0.2)  # the delivery is in flight
+    finally:
+        watcher.close(timeout=30)
+        hang.close()
+    deliveries = watcher.docs("delivery")
+    assert [(d["event"], d["ok"], d["channels"]) for d in deliveries] == [
+        ("drift", False, {"queue": NOT_DELIVERED})
+    ]
+    assert alert_rows(world) == [("failed", {"event": "drift", "channels": {"queue": NOT_DELIVERED}})]
+
+
+# -- 3. an environment that stops being live ----------------------------------------------------------
+
+
+def scrape(port: int) -> list[tuple[str, dict[str, str]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [(s.name, s.labels) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def test_an_environment_no_longer_live_is_forgotten(world: World) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    watcher = Watcher(world, WatchOptions(interval=0.2, metrics_port=0, as_json=True))
+    try:
+        port = watcher.ready["metrics_port"]
+        assert wait_for(lambda: len(watcher.docs("check")) >= 1)
+        assert any(labels.get("env") == "staging" for _, labels in scrape(port))
+        with world.ctx().db.begin() as conn:
+            conn.execute("UPDATE deploy_envs SET live_digest = NULL WHERE name = 'staging'")
+        assert wait_for(lambda: watcher.docs("unwatch") != [])
+        assert [d["env"] for d in watcher.docs("unwatch")] == ["staging"]
+        assert [labels for _, labels in scrape(port) if labels.get("env") == "staging"] == []
+        checks = len(watcher.docs("check"))
+        time.sleep(0.5)
+        assert len(watcher.docs("check")) == checks  # no longer checked
+    finally:
+        watcher.close()
+
+
+# -- 4. a metrics port in use -------------------------------------------------------------------------
+
+
+def test_a_metrics_port_in_use_is_an_input_error(world: World) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    alert_threads = sum(1 for t in threading.enumerate() if t.name == "graven-alerts")
+    try:
+        with pytest.raises(InputError, match=f"--metrics-port {port}") as raised:
+            run_watch(
+                world.ctx(),
+                WatchOptions(interval=60, metrics_port=port, webhook="http://127.0.0.1:9/x"),
+                threading.Event(),
+                out=lambda line: None,
+            )
+        assert "\n" not in str(raised.value)
+    finally:
+        busy.close()
+    assert sum(1 for t in threading.enumerate() if t.name == "graven-alerts") == alert_threads
+
+
+# -- 5. database errors in the loop -------------------------------------------------------------------
+
+
+def test_database_errors_in_the_loop_are_survived(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    failures = {"live_targets": 1, "alerted_keys": 1, "record_alert": 1}
+    calls = {"live_targets": 0}
+
+    def flaky(name: str, real: Callable[..., Any], *, after: int = 0) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > after and failures[name] > 0:
+                failures[name] -= 1
+                raise BackendError(f"database is locked ({name})")
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(drift_watch, "live_targets", flaky("live_targets", drift_watch.live_targets, after=1))
+    monkeypatch.setattr(drift_watch, "alerted_keys", flaky("alerted_keys", drift_watch.alerted_keys))
+    monkeypatch.setattr(drift_watch, "record_alert", flaky("record_alert", drift_watch.record_alert))
+    receiver = Receiver()
+    watcher = Watcher(world, WatchOptions(interval=0.2, webhook=receiver.url, as_json=True))
+    try:
+        assert wait_for(lambda: failures["live_targets"] == 0 and failures["alerted_keys"] == 0)
+        assert wait_for(lambda: len(watcher.docs("check")) >= 3)
+        tamper(world, b"# drift\n")
+        assert wait_for(lambda: [a["event"] for a in receiver.alerts] == ["drift"])
+        assert wait_for(lambda: len(alert_rows(world)) == 1)  # recorded on the second try
+        assert failures["record_alert"] == 0
+        assert watcher.thread.is_alive()
+    finally:
+        watcher.close()
+        receiver.close()
+    errors = [d["error"] for d in watcher.docs("error")]
+    assert len(errors) == 3 and all("database is locked" in e for e in errors)
+    assert alert_rows(world) == [("ok", {"event": "drift", "channels": {"webhook": "HTTP 200"}})]
