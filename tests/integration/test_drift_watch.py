@@ -203,7 +203,8 @@ def test_self_heal_and_a_dead_webhook(world: World, tmp_path: Path) -> None:
         watcher.close()
 
 
-def test_sigterm_ends_the_cli_watcher_cleanly(world: World) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_ends_the_cli_watcher_cleanly(world: World, stop: signal.Signals) -> None:
     digest = world.build()
     assert world.deploy(digest, "staging").ok
     env = {**os.environ, "GRAVEN_HOME": str(world.home)}
@@ -224,7 +225,7 @@ def test_sigterm_ends_the_cli_watcher_cleanly(world: World) -> None:
             assert proc.stdout is not None
             line = proc.stdout.readline()
             assert "staging: clean" in line, line
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(stop)  # SIGHUP: a closed ssh session; a clean stop too, never a kill
             assert proc.wait(timeout=15) == 0
         finally:
             if proc.poll() is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -175,14 +176,19 @@ def _duration(text: str) -> float:
         raise UsageError(
             f"Invalid value: {text!r} is not a duration (e.g. 90, 30s, 5m, 24h)", "graven watch"
         ) from None
+    if not math.isfinite(seconds) or seconds > _MAX_DURATION:  # nan never elapses, inf never comes
+        raise UsageError(f"Invalid value: {text!r} must be a finite duration of at most 365d", "graven watch")
     if seconds <= 0:
         raise UsageError(f"Invalid value: {text!r} must be more than zero", "graven watch")
     return seconds
 
 
+_MAX_DURATION = 365 * 86400.0
+
+
 def watch_cmd(args: argparse.Namespace) -> int:
     """Check live environments on every file change and periodically; alert, heal, export metrics.
-    Runs until SIGTERM or SIGINT."""
+    Runs until SIGTERM, SIGINT or SIGHUP (each a clean stop, exit 0)."""
     envs: list[str] = args.envs
     interval: str = args.interval
     full_every: str = args.full_every
@@ -210,7 +216,9 @@ def watch_cmd(args: argparse.Namespace) -> int:
         stop.set()
 
     main_thread = threading.current_thread() is threading.main_thread()
-    signals = (signal.SIGTERM, signal.SIGINT) if main_thread else ()
+    # SIGHUP too (a closed ssh session, a reload by a service manager): a clean stop, never a kill that
+    # loses queued alerts
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if main_thread else ()
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
         run_watch(_context(), options, stop, out=_echo)

@@ -101,3 +101,12 @@ def test_positionals_may_follow_options_as_with_click() -> None:
 
     again = _intermixed(parser, "drift", ["drift", "prod", "--json", "qa"], namespace, extra)
     assert again.envs == ["prod", "qa"] and again.as_json is True
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e30"])
+def test_watch_durations_must_be_finite(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from graven.cli.main import main
+
+    assert main(["watch", "--interval", value]) == 2
+    err = capsys.readouterr().err
+    assert "must be a finite duration" in err and len(err.splitlines()) == 1
