@@ -105,3 +105,21 @@ def exchange_dirs(a: Path, b: Path) -> None:
     except OSError as exc:
         raise BackendError(f"cannot swap {a} and {b}: {exc.strerror}") from None
     fsync_dir(b.parent)
+
+
+def link_kind(path: Path) -> tuple[str, str | None]:
+    """What stands at ``path`` (``current``, ``config``): (symlink, its target), or (missing | dir |
+    file | other, None)."""
+    try:
+        return "symlink", os.readlink(path)
+    except FileNotFoundError:
+        return "missing", None
+    except OSError:
+        pass
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "missing", None
+    if os.path.isdir(path):
+        return "dir", None
+    return ("file" if (st.st_mode & 0o170000) == 0o100000 else "other"), None

@@ -5,7 +5,6 @@ retention and leftovers.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from graven.deploy.layout import EnvLayout
@@ -13,7 +12,7 @@ from graven.deploy.materialize import BuildStats, build_release, check_release, 
 from graven.deploy.plan import ReleaseInfo, plan_retention, short
 from graven.deploy.settings import EnvSettings
 from graven.deploy.statdb import DIR_SHA, StatTable
-from graven.deploy.switch import exchange_dirs, fsync_dir, point_symlink, remove_symlink
+from graven.deploy.switch import exchange_dirs, fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.errors import BackendError, InputError, IntegrityError
 from graven.model.logentry import LogEvent
 from graven.service.context import Context
@@ -121,17 +120,12 @@ def check_links(layout: EnvLayout) -> None:
     """Refuse, before anything changes, when ``PATH/current`` or ``PATH/config`` is something other than
     the symlink graven replaces (a directory or a file put there by hand): the switch would fail half-way."""
     for link in (layout.current, layout.config_link):
-        try:
-            mode = os.lstat(link).st_mode
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise BackendError(f"cannot read {link}: {exc.strerror}") from None
-        if not stat.S_ISLNK(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "a file"
+        kind, _ = link_kind(link)
+        if kind not in ("symlink", "missing"):
             raise InputError(
-                f"{link} is {kind}, not the symlink graven manages; move it out of the way "
-                "(runtime data belongs outside the environment directory), then deploy again"
+                f"{link} is {'a directory' if kind == 'dir' else 'a file'}, not the symlink graven manages; "
+                "move it out of the way (runtime data belongs outside the environment directory), then "
+                "deploy again"
             )
 
 

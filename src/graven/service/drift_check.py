@@ -28,6 +28,7 @@ from graven.core.paths import check_path
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
 from graven.deploy.statdb import StatTable
+from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.errors import InputError, NotFoundError, UnsafeInputError
@@ -36,7 +37,7 @@ from graven.service.context import Context, utc_now
 from graven.service.drift_records import record_check
 from graven.service.drift_targets import DriftSession, DriftTarget, artifact_row, live_targets
 
-__all__ = ["ROOT_PATH", "Checked", "DriftReport", "check", "check_once", "check_target", "link_kind"]
+__all__ = ["ROOT_PATH", "Checked", "DriftReport", "check", "check_once", "check_target"]
 
 ROOT_PATH = "."  # the path of a difference that concerns the release directory itself
 
@@ -87,22 +88,6 @@ class DriftReport:
             "checked_at": self.checked_at,
             "note": self.note,
         }
-
-
-def link_kind(path: Path) -> tuple[str, str | None]:
-    try:
-        return "symlink", os.readlink(path)
-    except FileNotFoundError:
-        return "missing", None
-    except OSError:
-        pass
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return "missing", None
-    if os.path.isdir(path):
-        return "dir", None
-    return ("file" if (st.st_mode & 0o170000) == 0o100000 else "other"), None
 
 
 def _known_release(ctx: Context, target: str | None) -> bool:

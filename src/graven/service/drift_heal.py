@@ -17,13 +17,13 @@ from graven.core.drift import Difference, HealPlan, plan_heal
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
 from graven.deploy.statdb import DIR_SHA, StatTable
-from graven.deploy.switch import fsync_dir, point_symlink, remove_symlink
+from graven.deploy.switch import fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.drift.heal import HealStats, apply_heal, move_aside
 from graven.drift.scan import ReleaseIndex
 from graven.errors import BackendError, GravenError, PolicyError
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
-from graven.service.drift_check import ROOT_PATH, check_once, link_kind
+from graven.service.drift_check import ROOT_PATH, check_once
 from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, record_check
 from graven.service.drift_targets import DriftSession, live_targets
 
