@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_drift_watch import wait_for
 
 from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, PolicyError
@@ -71,15 +72,6 @@ def plant_evil(release: Path) -> Path:
     (evil / "x.pid").write_text("1\n")
     (evil / "payload.py").write_text("2\n")
     return evil
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # -- 1. a heal that cannot clean up --------------------------------------------------------------

@@ -92,9 +92,9 @@ class Watcher:
     def checks(self) -> int:
         return sum(1 for line in self.lines if json.loads(line)["type"] == "check")
 
-    def close(self) -> None:
+    def close(self, timeout: float = 15.0) -> None:
         self.stop.set()
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=timeout)
         assert not self.thread.is_alive(), "the watcher did not stop"
         if self.error is not None:
             raise self.error

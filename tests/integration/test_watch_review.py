@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_drift_watch import Watcher as DriftWatcher
+from test_drift_watch import wait_for
 
 from graven.drift.alerts import NOT_DELIVERED, QUEUE_MAX, AlertDispatcher, AlertSender
 from graven.drift.watch import WatchOptions
@@ -32,44 +34,11 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     made.close()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-class Watcher:
-    """run_watch on a thread of the test (JSON lines), stopped and joined by close()."""
-
-    def __init__(self, world: World, opts: WatchOptions) -> None:
-        self.lines: list[str] = []
-        self.ready: dict[str, Any] = {}
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.ctx = world.ctx()
-
-        def run() -> None:
-            try:
-                run_watch(self.ctx, opts, self.stop, out=self.lines.append, on_ready=self.ready.update)
-            except BaseException as exc:
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert wait_for(lambda: bool(self.ready) or self.error is not None)
+class Watcher(DriftWatcher):
+    """The watcher of test_drift_watch, with its JSON lines sorted by type."""
 
     def docs(self, kind: str) -> list[dict[str, Any]]:
         return [doc for doc in map(json.loads, list(self.lines)) if doc["type"] == kind]
-
-    def close(self, timeout: float = 15.0) -> None:
-        self.stop.set()
-        self.thread.join(timeout=timeout)
-        assert not self.thread.is_alive(), "the watcher did not stop"
-        if self.error is not None:
-            raise self.error
 
 
 class Receiver:
