@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_audit_log import _append, _db
 
 from graven.core.merkle import CompactRange, leaf_hash
 from graven.errors import NotFoundError, VerificationError
@@ -29,16 +30,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
     monkeypatch.delenv("GRAVEN_ACTOR", raising=False)
     return path
-
-
-def _append(home: Path, count: int, **fields: Any) -> None:
-    with Context(home=Home(root=home)) as ctx:
-        for i in range(count):
-            ctx.audit.record(LogEvent("deploy", env=f"env{i % 3}", reason=f"r{i}", **fields))
-
-
-def _db(home: Path) -> sqlite3.Connection:
-    return sqlite3.connect(home / "graven.db", isolation_level=None)
 
 
 def _verify(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
