@@ -18,7 +18,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from graven.service.drift import DriftReport
+    from graven.service.drift_report import DriftReport
 
 __all__ = ["register"]
 
@@ -73,8 +73,6 @@ def _context() -> Any:
 
 
 def _summary(report: DriftReport) -> str:
-    from graven.core.drift import summarize
-
     what = f"{report.name or 'artifact'} {report.digest[7:19]}"
     how = (
         f"{report.mode} check of {report.files} files, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
@@ -82,6 +80,8 @@ def _summary(report: DriftReport) -> str:
     if report.clean:
         line = f"{report.env}: clean ({what} at {report.path}; {how})"
     else:
+        from graven.core.drift import summarize
+
         counts = ", ".join(f"{n} {kind}" for kind, n in summarize(report.differences).items())
         n = len(report.differences)
         line = f"{report.env}: DRIFT, {n} difference{'s' if n != 1 else ''} ({counts}) ({what}; {how})"
@@ -104,9 +104,16 @@ def drift_cmd(args: argparse.Namespace) -> int:
     envs: list[str] = args.envs
     full: bool = args.full
     as_json: bool = args.as_json
-    from graven.service import drift as svc
+    ctx = _context()
+    reports = None
+    if not full:  # answered by the snapshots of the last clean checks, when nothing changed since
+        from graven.service.drift_quick import quick_reports
 
-    reports = svc.check(_context(), envs, full=full)
+        reports = quick_reports(ctx, envs)
+    if reports is None:
+        from graven.service import drift as svc
+
+        reports = svc.check(ctx, envs, full=full)
     clean = all(r.clean for r in reports)
     if as_json:
         emit_json({"clean": clean, "environments": [r.to_json() for r in reports]})

@@ -11,9 +11,8 @@ import os
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from graven.core.drift import (
     Difference,
@@ -21,7 +20,6 @@ from graven.core.drift import (
     EnvObservation,
     compare_env,
     compare_tree,
-    summarize,
 )
 from graven.core.globs import GlobSet
 from graven.core.paths import check_path
@@ -30,11 +28,14 @@ from graven.deploy.lock import shared_lock
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
+from graven.drift.clean import binding, encode
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.errors import InputError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
 from graven.service.context import Context, utc_now
+from graven.service.drift_quick import clean_path, quick_check, record_clean
 from graven.service.drift_records import record_check
+from graven.service.drift_report import DriftReport
 from graven.service.drift_targets import DriftSession, DriftTarget, artifact_row, live_targets
 
 __all__ = ["ROOT_PATH", "Checked", "DriftReport", "check", "check_once", "check_target"]
@@ -43,51 +44,6 @@ ROOT_PATH = "."  # the path of a difference that concerns the release directory 
 
 
 # -- checking ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class DriftReport:
-    """What one check of one environment found."""
-
-    env: str
-    path: str
-    digest: str
-    name: str | None
-    commit: str | None
-    mode: str  # fast | full
-    differences: list[Difference] = field(default_factory=list)
-    files: int = 0
-    hashed: int = 0
-    listed: int = 0
-    seconds: float = 0.0
-    checked_at: str = ""
-    note: str | None = None
-
-    @property
-    def clean(self) -> bool:
-        """True when nothing drifts."""
-        return not self.differences
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``--json`` form: every difference."""
-        return {
-            "env": self.env,
-            "path": self.path,
-            "digest": self.digest,
-            "name": self.name,
-            "commit": self.commit,
-            "mode": self.mode,
-            "clean": self.clean,
-            "count": len(self.differences),
-            "kinds": summarize(self.differences),
-            "differences": [d.to_json() for d in self.differences],
-            "files": self.files,
-            "hashed": self.hashed,
-            "directories_listed": self.listed,
-            "seconds": round(self.seconds, 6),
-            "checked_at": self.checked_at,
-            "note": self.note,
-        }
 
 
 def _known_release(ctx: Context, target: str | None) -> bool:
@@ -213,6 +169,7 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             note = f"a deployment of {pending_digest[7:19]} is in progress"
     hex_digest = digest.removeprefix("sha256:")
     now_ns = fs_clock(layout.meta / "drift", depth=2)
+    cache: VerifiedCache | None = None
     if full:
         # a second process may start hashing (where the last full check split the tree) while the
         # manifest is read here
@@ -246,7 +203,8 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             now_ns=now_ns,
         )
     deployed = target.pipeline_digest if digest == target.digest else None  # not for a pending deploy
-    ignore, ignore_note = session.ignore(digest, target.env, deployed)
+    trust = session.trust()
+    ignore, ignore_note = session.ignore(digest, target.env, deployed, trust)
     note = "; ".join(n for n in (note, ignore_note) if n) or None
     expected = EnvExpectation(hex_digest, config)
     diffs = compare_env(expected, seen)
@@ -265,6 +223,8 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
         )
     if scan.cache is not None:
         scan.cache.save(_cache_path(layout), ctx.record_key, depth=2)
+    if not diffs and note is None and target.pending is None:
+        _save_clean(ctx, layout, target, seen, index, scan.cache or cache, trust)
     report = DriftReport(
         env=target.env,
         path=target.path,
@@ -281,6 +241,53 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
         note=note,
     )
     return Checked(report, index, scan, expected, ignore)
+
+
+def _save_clean(  # noqa: PLR0917 (what one check saw)
+    ctx: Context,
+    layout: EnvLayout,
+    target: DriftTarget,
+    seen: EnvObservation,
+    index: ReleaseIndex,
+    records: VerifiedCache | None,
+    trust: str,
+) -> None:
+    """Write the snapshot of a clean check (:mod:`graven.drift.clean`) when every directory and file
+    has a verified record (best effort: it is a cache). An older snapshot is left alone otherwise: its
+    records cannot match again once a path changed (a change moves the ctime past the recording)."""
+    dir_records = records.dirs if records is not None else []
+    file_records = records.files if records is not None else []
+    complete = (
+        records is not None
+        and len(dir_records) == len(index.dirs)
+        and len(file_records) == len(index.files)
+        and all(r is not None for r in dir_records)
+        and all(r is not None for r in file_records)
+    )
+    if not complete or records is None or not trust:
+        return
+    bound = binding(
+        env=target.env,
+        path=target.path,
+        release=index.digest_hex,
+        config=target.config,
+        pipeline=target.pipeline_digest,
+        trust=trust,
+        dev=records.dev,
+        current=(seen.current_kind, seen.current_target),
+        config_link=(seen.config_kind, seen.config_target),
+    )
+    data = encode(
+        ctx.record_key,
+        bound,
+        dirs=index.dirs,
+        dir_records=[r for r in dir_records if r is not None],
+        files=[e.path for e in index.files],
+        file_records=[r for r in file_records if r is not None],
+        links=[link.path for link in index.symlinks],
+        targets=[link.target for link in index.symlinks],
+    )
+    write_atomically(clean_path(layout.root), data, depth=2)
 
 
 def _refresh(ctx: Context, target: DriftTarget) -> DriftTarget | None:
@@ -307,14 +314,15 @@ def check_target(
     a deployment that completed during the check)."""
     with shared_lock(EnvLayout(Path(target.path)).lock, env=target.env, wait=wait):
         for _attempt in range(3):
-            report = check_once(ctx, session, target, full=full).report
+            quick = None if full else quick_check(ctx, target)
+            report = quick if quick is not None else check_once(ctx, session, target, full=full).report
             if report.clean:
                 break
             fresh = _refresh(ctx, target)
             if fresh is None or fresh == target:
                 break
             target = fresh
-    if record:
+    if record and not record_clean(ctx, report):
         record_check(ctx, report)
     return report
 

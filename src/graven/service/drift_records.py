@@ -8,9 +8,9 @@ import json
 from collections.abc import Sequence
 
 from graven.core.drift import Alert, Difference, keys_of, summarize
-from graven.db import Connection, Row
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
+from graven.service.drift_live import drift_state, write_drift_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -46,11 +46,7 @@ INSERT_EVENT = """INSERT INTO drift_events (env, digest, event, time, count, res
 VALUES (:env, :digest, :event, :time, :count, :result, :detail)"""
 
 
-def _state(conn: Connection, env: str) -> Row | None:
-    return conn.execute(
-        "SELECT env, digest, keys, count, since, checked_at, alerted FROM drift_state WHERE env = :env",
-        {"env": env},
-    ).one_or_none()
+_state = drift_state
 
 
 def alerted_keys(ctx: Context, env: str) -> frozenset[tuple[str, str]]:
@@ -111,18 +107,7 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
             "since": since,
             "checked_at": now,
         }
-        if row is None:
-            conn.execute(
-                """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
-                VALUES (:env, :digest, :keys, :count, :since, :checked_at, '[]')""",
-                values,
-            )
-        else:
-            conn.execute(
-                """UPDATE drift_state SET digest = :digest, keys = :keys, count = :count, since = :since,
-                checked_at = :checked_at WHERE env = :env""",
-                values,
-            )
+        write_drift_state(conn, values, exists=row is not None)
     return event
 
 

@@ -1,129 +1,30 @@
-"""What a drift check looks at: the live environments (:class:`DriftTarget`) and the
-:class:`DriftSession` that checks of one process share (indexed manifests, verified ignore globs, hasher).
+"""What a drift check looks at: the live environments (:class:`DriftTarget`, from ``drift_live``) and
+the :class:`DriftSession` that checks of one process share (indexed manifests, verified ignore globs,
+hasher).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import tomllib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from graven.core.globs import GlobSet
-from graven.db import Connection, Row
+from graven.drift.clean import trust_fingerprint
 from graven.drift.scan import Hasher, ReleaseIndex
 from graven.errors import (
     ConfigError,
     InputError,
     IntegrityError,
-    NeverDeployedError,
-    NotFoundError,
     PolicyError,
     VerificationError,
 )
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.service.context import Context
+from graven.service.drift_live import DriftTarget, artifact_row, live_targets
 
 __all__ = ["DriftSession", "DriftTarget", "artifact_row", "live_targets"]
-
-_ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-
-# -- what is deployed ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DriftTarget:
-    """One live environment and what graven deployed there."""
-
-    env: str
-    path: str
-    digest: str
-    name: str | None
-    commit: str | None
-    config: str | None
-    pending: tuple[str, str | None] | None = None  # digest and config of a deployment in progress
-    pipeline_digest: str | None = None  # the graven.toml the live deployment read its settings from
-
-
-def _config_of(settings: str | None) -> str | None:
-    if not settings:
-        return None
-    try:
-        value = json.loads(settings).get("config")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def artifact_row(conn: Connection, digest: str) -> Row | None:
-    return conn.execute(
-        """SELECT digest, name, "commit" FROM artifacts WHERE digest = :digest""", {"digest": digest}
-    ).one_or_none()
-
-
-def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
-    """The live environments (all of them, or those named); a named one must be live."""
-    for env in envs:
-        if not _ENV_NAME.fullmatch(env):  # graven.deploy.settings.ENV_NAME, without importing it
-            raise InputError(
-                f"invalid environment name {env!r}: use 1-64 lowercase letters, digits, '.', '_', '-'"
-            )
-    if not ctx.home.has_database():
-        if envs:
-            raise NeverDeployedError(envs[0])
-        return []
-    targets: list[DriftTarget] = []
-    with ctx.db.connect() as conn:
-        rows = {
-            row.name: row
-            for row in conn.execute(
-                "SELECT name, path, live_digest, live_deployment FROM deploy_envs ORDER BY name"
-            )
-        }
-        for env in envs:
-            if env not in rows:
-                raise NeverDeployedError(env)
-            if rows[env].live_digest is None:
-                raise NotFoundError(f"nothing is live in {env}, so nothing can drift; deploy there first")
-        for name in envs or list(rows):
-            row = rows[name]
-            if row.live_digest is None:
-                continue
-            dep = (
-                conn.execute(
-                    "SELECT settings, pipeline_digest FROM deployments WHERE id = :id",
-                    {"id": row.live_deployment},
-                ).one_or_none()
-                if row.live_deployment is not None
-                else None
-            )
-            art = artifact_row(conn, row.live_digest)
-            pending_row = conn.execute(
-                """SELECT digest, settings FROM deployments
-                WHERE env = :env AND result = 'pending' ORDER BY id DESC LIMIT 1""",
-                {"env": name},
-            ).one_or_none()
-            pending = None
-            if pending_row is not None:
-                pending = (str(pending_row.digest), _config_of(pending_row.settings))
-            targets.append(
-                DriftTarget(
-                    env=name,
-                    path=row.path,
-                    digest=row.live_digest,
-                    name=art.name if art is not None else None,
-                    commit=art.commit if art is not None else None,
-                    config=_config_of(dep.settings if dep is not None else None),
-                    pending=pending,
-                    pipeline_digest=dep.pipeline_digest if dep is not None else None,
-                )
-            )
-    return targets
-
 
 # -- per-process caches ----------------------------------------------------------------------------
 
@@ -144,7 +45,7 @@ class DriftSession:
         self.ctx = ctx
         self.hasher = Hasher(workers)
         self._indexes: dict[str, ReleaseIndex] = {}
-        self._ignores: dict[tuple[str, str, str | None], tuple[GlobSet, str | None]] = {}
+        self._ignores: dict[tuple[str, str, str | None, str], tuple[GlobSet, str | None]] = {}
 
     def index(self, digest: str) -> ReleaseIndex:
         """The manifest of ``digest``, indexed for scanning (read from the store once)."""
@@ -165,13 +66,21 @@ class DriftSession:
             self._indexes[digest] = found
         return found
 
-    def ignore(self, digest: str, env: str, deployed: str | None = None) -> tuple[GlobSet, str | None]:
+    def trust(self) -> str:
+        """The digest of the trust policy's files now (:func:`graven.drift.clean.trust_fingerprint`)."""
+        return trust_fingerprint(self.ctx.home.trust)
+
+    def ignore(
+        self, digest: str, env: str, deployed: str | None = None, trust: str | None = None
+    ) -> tuple[GlobSet, str | None]:
         """``[env.ENV] ignore`` of the graven.toml the deployment used (``deployed``, its digest as
         recorded; the newest one for deployments recorded before graven kept it), accepted only when a
         *verified* provenance of the artifact names it (trust never comes from the database alone), and
         a note when it cannot be read (then nothing is ignored: a stricter check, never a laxer one).
-        Another build of the same files from a commit with other globs changes nothing here."""
-        key = (digest, env, deployed)
+        Another build of the same files from a commit with other globs changes nothing here. The result
+        is kept per ``trust`` (:meth:`trust`; now when not given): a change of the trust policy verifies
+        again."""
+        key = (digest, env, deployed, self.trust() if trust is None else trust)
         found = self._ignores.get(key)
         if found is None:
             pipeline_digest = self._verified_pipeline(digest, env, deployed)
@@ -194,6 +103,8 @@ class DriftSession:
                     raise ConfigError(f"{where} ignore is not a list of globs")
                 patterns = value
             found = (GlobSet.of(patterns), note)
+            if len(self._ignores) >= 64:  # a watcher lives for days; trust may change many times
+                self._ignores.clear()
             self._ignores[key] = found
         return found
 

@@ -1,0 +1,221 @@
+"""The snapshot of a clean check: ``PATH/.graven/drift/clean`` (``graven.drift-clean/v1``).
+
+When a check finds an environment clean and every directory and file of its release is backed by a
+verified stat record (:mod:`graven.drift.cache`: content hashed or vouched for by the deploy, times
+older than the recording), graven writes those records *with their paths*, bound to everything else
+the verdict depended on (:func:`binding`): the environment, its path, the release, the config, the
+graven.toml the deployment used, the trust policy (its files' digest: the ignore globs come from a
+provenance that verified under it), the device, and what ``current`` and ``config`` held.
+
+The next default check starts here (:func:`unchanged`): one ``lstat`` per directory and file, one
+``readlink`` per symlink. When everything is as recorded and the binding is the same, the check that
+wrote the snapshot would reach the same verdict again, so the check is done without reading the
+manifest or the provenance (nor importing what reads them). Anything else, however small, and the
+full default check runs (:mod:`graven.drift.scan`) and writes a new snapshot when it is clean again.
+
+On disk: the format line, a JSON header line (the binding), a ``marshal`` body (version 4: paths and
+records), then the HMAC-SHA256 of everything before it under the home's record key
+(:mod:`graven.deploy.recordkey`). The tag is checked before anything is decoded; a file that is
+unreadable, for another binding, or not authenticated is ignored (it is a cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import marshal
+import os
+import stat
+
+from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+__all__ = [
+    "CLEAN_FORMAT",
+    "CleanSnapshot",
+    "binding",
+    "decode",
+    "encode",
+    "load",
+    "trust_fingerprint",
+    "unchanged",
+]
+
+CLEAN_FORMAT = "graven.drift-clean/v1"
+_MARSHAL_VERSION = 4
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TRUST_FILE_MAX = 1 << 20
+
+Binding = dict[str, "str | int"]
+DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
+FileRecord = tuple[int, int, int, int, int]  # st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode
+
+
+class CleanSnapshot:
+    """Paths and verified stat records of one release that a check found clean (directories parents
+    first, ``""`` the release itself), and the symlinks with their targets."""
+
+    __slots__ = ("binding", "dir_records", "dirs", "file_records", "files", "links", "targets")
+
+    def __init__(  # noqa: PLR0917 (one record: every field is needed)
+        self,
+        binding: Binding,
+        dirs: list[str],
+        dir_records: list[DirRecord],
+        files: list[str],
+        file_records: list[FileRecord],
+        links: list[str],
+        targets: list[str],
+    ) -> None:
+        self.binding = binding
+        self.dirs = dirs
+        self.dir_records = dir_records
+        self.files = files
+        self.file_records = file_records
+        self.links = links
+        self.targets = targets
+
+
+def binding(
+    *,
+    env: str,
+    path: str,
+    release: str,
+    config: str | None,
+    pipeline: str | None,
+    trust: str,
+    dev: int,
+    current: tuple[str, str | None],
+    config_link: tuple[str, str | None],
+) -> Binding:
+    """What a clean verdict depended on besides the release's own files (see the module)."""
+    return {
+        "env": env,
+        "path": path,
+        "release": release,
+        "config": config or "",
+        "pipeline": pipeline or "",
+        "trust": trust,
+        "dev": dev,
+        "current": f"{current[0]}:{current[1] or ''}",
+        "config_link": f"{config_link[0]}:{config_link[1] or ''}",
+    }
+
+
+def trust_fingerprint(trust_dir: Path) -> str:
+    """The sha256 of the trust policy's files (every regular file in ``trust_dir`` whose name does not
+    start with a dot: trusted keys and the revocation list), by name; "" when one cannot be read (then
+    no snapshot matches: the check verifies the provenance again)."""
+    digest = hashlib.sha256(b"graven.trust-fingerprint/v1\0")
+    try:
+        names = sorted(os.listdir(trust_dir))
+    except FileNotFoundError:
+        return digest.hexdigest()
+    except OSError:
+        return ""
+    for name in names:
+        if name.startswith("."):
+            continue
+        try:
+            with open(trust_dir / name, "rb") as fh:  # trust files are read through symlinks too
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    continue
+                data = fh.read(_TRUST_FILE_MAX + 1)
+        except IsADirectoryError:
+            continue
+        except OSError:
+            return ""
+        if len(data) > _TRUST_FILE_MAX:
+            return ""
+        encoded = name.encode("utf-8", "surrogateescape")
+        digest.update(len(encoded).to_bytes(4, "big") + encoded + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def encode(
+    key: bytes,
+    bound: Binding,
+    *,
+    dirs: Sequence[str],
+    dir_records: Sequence[DirRecord],
+    files: Sequence[str],
+    file_records: Sequence[FileRecord],
+    links: Sequence[str],
+    targets: Sequence[str],
+) -> bytes:
+    """The file's bytes, tagged under ``key``."""
+    if len(dirs) != len(dir_records) or len(files) != len(file_records) or len(links) != len(targets):
+        raise ValueError("every path needs exactly one record")
+    header = json.dumps(bound, sort_keys=True, separators=(",", ":"))
+    body = marshal.dumps(
+        (list(dirs), list(dir_records), list(files), list(file_records), list(links), list(targets)),
+        _MARSHAL_VERSION,
+    )
+    data = CLEAN_FORMAT.encode() + b"\n" + header.encode() + b"\n" + body
+    return data + tag(key, data)
+
+
+def decode(key: bytes, data: bytes) -> CleanSnapshot | None:
+    """The snapshot in ``data`` when its tag verifies under ``key`` and it is well formed; else None.
+    Nothing is decoded before the tag is checked, so only bytes this home wrote are unmarshalled."""
+    if len(data) < TAG_SIZE or not verify(key, data[:-TAG_SIZE], data[-TAG_SIZE:]):
+        return None
+    try:
+        magic, header, body = data[:-TAG_SIZE].split(b"\n", 2)
+        if magic != CLEAN_FORMAT.encode():
+            return None
+        bound = json.loads(header)
+        # only bytes this home wrote get here: the tag under its record key was checked above
+        dirs, dir_records, files, file_records, links, targets = marshal.loads(body)  # noqa: S302
+    except (ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(bound, dict):
+        return None
+    if len(dirs) != len(dir_records) or len(files) != len(file_records) or len(links) != len(targets):
+        return None
+    if not dirs or dirs[0] != "":
+        return None
+    return CleanSnapshot(bound, dirs, dir_records, files, file_records, links, targets)
+
+
+def load(path: Path, key: bytes) -> CleanSnapshot | None:
+    """The snapshot at ``path`` (never through a symlink), or None."""
+    data = read_record_file(path)
+    return decode(key, data) if data is not None else None
+
+
+def unchanged(snapshot: CleanSnapshot, release: str) -> bool:
+    """Whether every directory, file and symlink of the release at ``release`` is exactly as recorded:
+    same inode, times (and size and mode for files), symlinks with the same target. Parents are looked
+    at before their children, so a directory replaced by anything else stops the comparison before a
+    path through it is followed."""
+    try:
+        fd = os.open(release, _DIR_OPEN)
+    except OSError:
+        return False
+    try:
+        lstat = os.lstat
+        S_ISDIR = stat.S_ISDIR  # noqa: N806
+        if snapshot.binding.get("dev") != os.fstat(fd).st_dev:
+            return False
+        for rel, record in zip(snapshot.dirs, snapshot.dir_records, strict=True):
+            st = lstat(rel, dir_fd=fd) if rel else os.fstat(fd)
+            if (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != record or not S_ISDIR(st.st_mode):
+                return False
+        for rel, file_record in zip(snapshot.files, snapshot.file_records, strict=True):
+            st = lstat(rel, dir_fd=fd)
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode) != file_record:
+                return False
+        readlink = os.readlink
+        for rel, target in zip(snapshot.links, snapshot.targets, strict=True):
+            if readlink(rel, dir_fd=fd) != target:
+                return False
+    except (OSError, ValueError, TypeError):
+        return False
+    finally:
+        os.close(fd)
+    return True

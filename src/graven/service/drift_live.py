@@ -1,0 +1,143 @@
+"""The live environments a drift check looks at: :class:`DriftTarget` and :func:`live_targets`.
+
+Light on imports (no manifest, provenance or scanning code): the default check that a clean snapshot
+answers (``drift_quick``) needs no more than this.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import NamedTuple
+
+from graven.db import Connection, Row
+from graven.errors import InputError, NeverDeployedError, NotFoundError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from graven.service.context import Context
+
+__all__ = ["DriftTarget", "artifact_row", "live_targets"]
+
+_ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+class DriftTarget(NamedTuple):
+    """One live environment and what graven deployed there."""
+
+    env: str
+    path: str
+    digest: str
+    name: str | None
+    commit: str | None
+    config: str | None
+    pending: tuple[str, str | None] | None = None  # digest and config of a deployment in progress
+    pipeline_digest: str | None = None  # the graven.toml the live deployment read its settings from
+
+
+def _config_of(settings: str | None) -> str | None:
+    if not settings:
+        return None
+    try:
+        value = json.loads(settings).get("config")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def artifact_row(conn: Connection, digest: str) -> Row | None:
+    return conn.execute(
+        """SELECT digest, name, "commit" FROM artifacts WHERE digest = :digest""", {"digest": digest}
+    ).one_or_none()
+
+
+def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
+    """The live environments (all of them, or those named); a named one must be live."""
+    for env in envs:
+        if not _ENV_NAME.fullmatch(env):  # graven.deploy.settings.ENV_NAME, without importing it
+            raise InputError(
+                f"invalid environment name {env!r}: use 1-64 lowercase letters, digits, '.', '_', '-'"
+            )
+    if not ctx.home.has_database():
+        if envs:
+            raise NeverDeployedError(envs[0])
+        return []
+    targets: list[DriftTarget] = []
+    with ctx.db.connect() as conn:
+        rows = {
+            row.name: row
+            for row in conn.execute(
+                "SELECT name, path, live_digest, live_deployment FROM deploy_envs ORDER BY name"
+            )
+        }
+        for env in envs:
+            if env not in rows:
+                raise NeverDeployedError(env)
+            if rows[env].live_digest is None:
+                raise NotFoundError(f"nothing is live in {env}, so nothing can drift; deploy there first")
+        for name in envs or list(rows):
+            row = rows[name]
+            if row.live_digest is None:
+                continue
+            dep = (
+                conn.execute(
+                    "SELECT settings, pipeline_digest FROM deployments WHERE id = :id",
+                    {"id": row.live_deployment},
+                ).one_or_none()
+                if row.live_deployment is not None
+                else None
+            )
+            art = artifact_row(conn, row.live_digest)
+            pending_row = conn.execute(
+                """SELECT digest, settings FROM deployments
+                WHERE env = :env AND result = 'pending' ORDER BY id DESC LIMIT 1""",
+                {"env": name},
+            ).one_or_none()
+            pending = None
+            if pending_row is not None:
+                pending = (str(pending_row.digest), _config_of(pending_row.settings))
+            targets.append(
+                DriftTarget(
+                    env=name,
+                    path=row.path,
+                    digest=row.live_digest,
+                    name=art.name if art is not None else None,
+                    commit=art.commit if art is not None else None,
+                    config=_config_of(dep.settings if dep is not None else None),
+                    pending=pending,
+                    pipeline_digest=dep.pipeline_digest if dep is not None else None,
+                )
+            )
+    return targets
+
+
+# -- the drift state of an environment (table drift_state) ---------------------------------------
+
+
+def drift_state(conn: Connection, env: str) -> Row | None:
+    """The recorded drift state of ``env`` (what drifted at the last check, since when, what was
+    alerted), or None before its first check."""
+    return conn.execute(
+        "SELECT env, digest, keys, count, since, checked_at, alerted FROM drift_state WHERE env = :env",
+        {"env": env},
+    ).one_or_none()
+
+
+def write_drift_state(conn: Connection, values: Mapping[str, Any], *, exists: bool) -> None:
+    """Insert or update the drift state of ``values["env"]`` (keys: env, digest, keys, count, since,
+    checked_at); a new row has alerted nothing yet."""
+    if not exists:
+        conn.execute(
+            """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
+            VALUES (:env, :digest, :keys, :count, :since, :checked_at, '[]')""",
+            values,
+        )
+    else:
+        conn.execute(
+            """UPDATE drift_state SET digest = :digest, keys = :keys, count = :count, since = :since,
+            checked_at = :checked_at WHERE env = :env""",
+            values,
+        )

@@ -1,0 +1,116 @@
+"""The default drift check answered by the snapshot of the last clean check (:mod:`graven.drift.clean`).
+
+:func:`quick_check` is tried first by every default check (``graven drift``, the periodic checks of
+``graven watch``): when the snapshot's binding is what the environment is now and every path of the
+release is exactly as recorded, the answer is the clean report the full default check would give,
+without reading the manifest, verifying the provenance again or importing the code that does. Any
+difference and it answers None: the caller runs the full default check (``drift_check``), which writes
+a new snapshot when it finds the environment clean again. :func:`record_clean` records a clean check
+that changes nothing but the time of the last check.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from graven.deploy.switch import link_kind
+from graven.drift.clean import binding, load, trust_fingerprint, unchanged
+from graven.service.context import Context, utc_now
+from graven.service.drift_live import DriftTarget, drift_state, write_drift_state
+from graven.service.drift_report import DriftReport
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["clean_path", "quick_check", "quick_reports", "record_clean"]
+
+
+def clean_path(root: Path) -> Path:
+    """Where the snapshot of environment ``root`` lives: ``PATH/.graven/drift/clean``."""
+    return root / ".graven" / "drift" / "clean"
+
+
+def quick_check(ctx: Context, target: DriftTarget) -> DriftReport | None:
+    """The clean report of ``target`` when its snapshot proves it unchanged since a clean check; else
+    None (no snapshot, another binding, a deployment in progress, or any path not as recorded)."""
+    if target.pending is not None:
+        return None
+    started = time.monotonic()
+    root = Path(target.path)
+    snapshot = load(clean_path(root), ctx.record_key)
+    if snapshot is None:
+        return None
+    release = target.digest.removeprefix("sha256:")
+    want = binding(
+        env=target.env,
+        path=target.path,
+        release=release,
+        config=target.config,
+        pipeline=target.pipeline_digest,
+        trust=trust_fingerprint(ctx.home.trust),
+        dev=int(snapshot.binding.get("dev", -1)),  # compared with the release directory's by unchanged()
+        current=link_kind(root / "current"),
+        config_link=link_kind(root / "config"),
+    )
+    if want != snapshot.binding or not unchanged(snapshot, str(root / "releases" / release)):
+        return None
+    return DriftReport(
+        env=target.env,
+        path=target.path,
+        digest=target.digest,
+        name=target.name,
+        commit=target.commit,
+        mode="fast",
+        files=len(snapshot.files),
+        seconds=time.monotonic() - started,
+        checked_at=utc_now(),
+    )
+
+
+def record_clean(ctx: Context, report: DriftReport) -> bool:
+    """Record a clean check of an environment that was clean at its last check too (or never checked):
+    only the time of the check and the digest change, and nothing goes to the audit log. False, and
+    nothing written, when the environment drifted at its last check: then the change to clean is an
+    event (``graven.service.drift_records.record_check``)."""
+    if not report.clean:
+        return False
+    now = report.checked_at or utc_now()
+    with ctx.db.begin() as conn:
+        row = drift_state(conn, report.env)
+        if row is not None and row.keys != "[]":
+            return False
+        values = {
+            "env": report.env,
+            "digest": report.digest,
+            "keys": "[]",
+            "count": 0,
+            "since": None,
+            "checked_at": now,
+        }
+        write_drift_state(conn, values, exists=row is not None)
+    return True
+
+
+def quick_reports(ctx: Context, envs: Sequence[str] = ()) -> list[DriftReport] | None:
+    """The default check of the named environments (default: every live one) when the snapshot of
+    each answers it (:func:`quick_check`, under the environment's shared check lock, as any check),
+    recorded; None, and nothing recorded, when one of them needs the full default check
+    (``graven.service.drift_check.check``, which tries the snapshots again first)."""
+    from graven.deploy.lock import shared_lock
+    from graven.service.drift_live import live_targets
+
+    reports: list[DriftReport] = []
+    for target in live_targets(ctx, envs):
+        with shared_lock(Path(target.path) / ".graven" / "lock", env=target.env, wait=True):
+            report = quick_check(ctx, target)
+        if report is None:
+            return None
+        reports.append(report)
+    for report in reports:
+        if not record_clean(ctx, report):
+            from graven.service.drift_records import record_check
+
+            record_check(ctx, report)
+    return reports

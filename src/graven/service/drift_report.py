@@ -1,0 +1,111 @@
+"""What one drift check of one environment found: :class:`DriftReport`.
+
+Kept apart from the checks (``drift_check``) and free of their imports, so that a default check that a
+clean snapshot answers (``drift_quick``) loads neither the manifest code nor the provenance code.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from graven.core.drift import Difference
+
+__all__ = ["DriftReport"]
+
+
+class DriftReport:
+    """What one check of one environment found."""
+
+    __slots__ = (
+        "checked_at",
+        "commit",
+        "differences",
+        "digest",
+        "env",
+        "files",
+        "hashed",
+        "listed",
+        "mode",
+        "name",
+        "note",
+        "path",
+        "seconds",
+    )
+
+    def __init__(
+        self,
+        *,
+        env: str,
+        path: str,
+        digest: str,
+        name: str | None,
+        commit: str | None,
+        mode: str,  # fast | full
+        differences: list[Difference] | None = None,
+        files: int = 0,
+        hashed: int = 0,
+        listed: int = 0,
+        seconds: float = 0.0,
+        checked_at: str = "",
+        note: str | None = None,
+    ) -> None:
+        self.env = env
+        self.path = path
+        self.digest = digest
+        self.name = name
+        self.commit = commit
+        self.mode = mode
+        self.differences: list[Difference] = differences if differences is not None else []
+        self.files = files
+        self.hashed = hashed
+        self.listed = listed
+        self.seconds = seconds
+        self.checked_at = checked_at
+        self.note = note
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not DriftReport:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"DriftReport({shown})"
+
+    @property
+    def clean(self) -> bool:
+        """True when nothing drifts."""
+        return not self.differences
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form: every difference."""
+        kinds: dict[str, int] = {}
+        if self.differences:
+            from graven.core.drift import summarize
+
+            kinds = summarize(self.differences)
+        return {
+            "env": self.env,
+            "path": self.path,
+            "digest": self.digest,
+            "name": self.name,
+            "commit": self.commit,
+            "mode": self.mode,
+            "clean": self.clean,
+            "count": len(self.differences),
+            "kinds": kinds,
+            "differences": [d.to_json() for d in self.differences],
+            "files": self.files,
+            "hashed": self.hashed,
+            "directories_listed": self.listed,
+            "seconds": round(self.seconds, 6),
+            "checked_at": self.checked_at,
+            "note": self.note,
+        }
