@@ -171,19 +171,28 @@ def _forge(world: World, genuine: bytes, key: bytes, edit: Path) -> None:
     rel = str(edit.relative_to(edit.parents[1]))
     st = os.lstat(edit)
     records = list(snap.file_records)
-    records[snap.files.index(rel)] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+    at = 5 * snap.files.index(rel.encode())
+    records[at : at + 5] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode]
     dir_records = list(snap.dir_records)
     parent = os.lstat(edit.parent)  # its mode was changed and put back: a new ctime
-    dir_records[snap.dirs.index(edit.parent.name)] = (parent.st_ino, parent.st_mtime_ns, parent.st_ctime_ns)
+    at = 3 * snap.dirs.index(edit.parent.name.encode())
+    dir_records[at : at + 3] = [parent.st_ino, parent.st_mtime_ns, parent.st_ctime_ns]
+
+    def grouped(values: list[int], n: int) -> list[Any]:
+        return [tuple(values[i : i + n]) for i in range(0, len(values), n)]
+
+    def text(names: list[bytes]) -> list[str]:
+        return [n.decode() for n in names]
+
     data = clean_mod.encode(
         key,
         snap.binding,
-        dirs=snap.dirs,
-        dir_records=dir_records,
-        files=snap.files,
-        file_records=records,
-        links=snap.links,
-        targets=snap.targets,
+        dirs=text(snap.dirs),
+        dir_records=grouped(dir_records, 3),
+        files=text(snap.files),
+        file_records=grouped(records, 5),
+        links=text(snap.links),
+        targets=text(snap.targets),
     )
     path.chmod(0o644)
     path.write_bytes(data)

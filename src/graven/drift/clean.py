@@ -13,19 +13,21 @@ wrote the snapshot would reach the same verdict again, so the check is done with
 manifest or the provenance (nor importing what reads them). Anything else, however small, and the
 full default check runs (:mod:`graven.drift.scan`) and writes a new snapshot when it is clean again.
 
-On disk: the format line, a JSON header line (the binding), a ``marshal`` body (version 4: paths and
-records), then the HMAC-SHA256 of everything before it under the home's record key
-(:mod:`graven.deploy.recordkey`). The tag is checked before anything is decoded; a file that is
-unreadable, for another binding, or not authenticated is ignored (it is a cache).
+On disk: the format line, a JSON header line (the binding and the counts), the paths (UTF-8, NUL
+between them: directories, files, symlinks, then the symlinks' targets), the records (little-endian
+int64: three per directory, then five per file), then the HMAC-SHA256 of everything before it under
+the home's record key (:mod:`graven.deploy.recordkey`). The tag is checked before anything is decoded;
+a file that is unreadable, for another binding, or not authenticated is ignored (it is a cache).
 """
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
-import marshal
 import os
 import stat
+import sys
 
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 
@@ -46,7 +48,6 @@ __all__ = [
 ]
 
 CLEAN_FORMAT = "graven.drift-clean/v1"
-_MARSHAL_VERSION = 4
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
 
@@ -57,19 +58,21 @@ FileRecord = tuple[int, int, int, int, int]  # st_ino, st_size, st_mtime_ns, st_
 
 class CleanSnapshot:
     """Paths and verified stat records of one release that a check found clean (directories parents
-    first, ``""`` the release itself), and the symlinks with their targets."""
+    first, ``""`` the release itself), and the symlinks with their targets. Paths are bytes (as the
+    file system names them); records are flat int64 arrays: three per directory (ino, mtime_ns,
+    ctime_ns), five per file (ino, size, mtime_ns, ctime_ns, st_mode)."""
 
     __slots__ = ("binding", "dir_records", "dirs", "file_records", "files", "links", "targets")
 
     def __init__(  # noqa: PLR0917 (one record: every field is needed)
         self,
         binding: Binding,
-        dirs: list[str],
-        dir_records: list[DirRecord],
-        files: list[str],
-        file_records: list[FileRecord],
-        links: list[str],
-        targets: list[str],
+        dirs: list[bytes],
+        dir_records: array.array[int],
+        files: list[bytes],
+        file_records: array.array[int],
+        links: list[bytes],
+        targets: list[bytes],
     ) -> None:
         self.binding = binding
         self.dirs = dirs
@@ -136,6 +139,10 @@ def trust_fingerprint(trust_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def _fs(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
 def encode(
     key: bytes,
     bound: Binding,
@@ -150,18 +157,30 @@ def encode(
     """The file's bytes, tagged under ``key``."""
     if len(dirs) != len(dir_records) or len(files) != len(file_records) or len(links) != len(targets):
         raise ValueError("every path needs exactly one record")
-    header = json.dumps(bound, sort_keys=True, separators=(",", ":"))
-    body = marshal.dumps(
-        (list(dirs), list(dir_records), list(files), list(file_records), list(links), list(targets)),
-        _MARSHAL_VERSION,
+    if not dirs or dirs[0] != "":
+        raise ValueError("the first directory is the release itself")
+    encoded = [_fs(p) for p in (*dirs, *files, *links, *targets)]
+    if any(b"\0" in name for name in encoded):
+        raise ValueError("a path or target holds a NUL byte")
+    names = b"\0".join(encoded)  # no name holds a NUL, so split(b"\0") gives them back exactly
+    values = array.array("q", [v for r in dir_records for v in r])
+    values.extend([v for r in file_records for v in r])
+    if sys.byteorder == "big":
+        values.byteswap()
+    header: dict[str, object] = dict(bound)
+    header["_counts"] = {"dirs": len(dirs), "files": len(files), "links": len(links), "names": len(names)}
+    data = b"\n".join(
+        (
+            CLEAN_FORMAT.encode(),
+            json.dumps(header, sort_keys=True, separators=(",", ":")).encode(),
+            names + values.tobytes(),
+        )
     )
-    data = CLEAN_FORMAT.encode() + b"\n" + header.encode() + b"\n" + body
     return data + tag(key, data)
 
 
 def decode(key: bytes, data: bytes) -> CleanSnapshot | None:
-    """The snapshot in ``data`` when its tag verifies under ``key`` and it is well formed; else None.
-    Nothing is decoded before the tag is checked, so only bytes this home wrote are unmarshalled."""
+    """The snapshot in ``data`` when its tag verifies under ``key`` and it is well formed; else None."""
     if len(data) < TAG_SIZE or not verify(key, data[:-TAG_SIZE], data[-TAG_SIZE:]):
         return None
     try:
@@ -169,17 +188,34 @@ def decode(key: bytes, data: bytes) -> CleanSnapshot | None:
         if magic != CLEAN_FORMAT.encode():
             return None
         bound = json.loads(header)
-        # only bytes this home wrote get here: the tag under its record key was checked above
-        dirs, dir_records, files, file_records, links, targets = marshal.loads(body)  # noqa: S302
-    except (ValueError, EOFError, TypeError):
+        counts = bound.pop("_counts")
+        n_dirs, n_files, n_links, n_names = (
+            int(counts["dirs"]),
+            int(counts["files"]),
+            int(counts["links"]),
+            int(counts["names"]),
+        )
+        names = body[:n_names].split(b"\0")
+        values = array.array("q")
+        values.frombytes(body[n_names:])
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    if not isinstance(bound, dict):
+    if sys.byteorder == "big":
+        values.byteswap()
+    if len(names) != n_dirs + n_files + 2 * n_links or len(values) != 3 * n_dirs + 5 * n_files:
         return None
-    if len(dirs) != len(dir_records) or len(files) != len(file_records) or len(links) != len(targets):
+    if n_dirs < 1 or names[0] != b"":
         return None
-    if not dirs or dirs[0] != "":
-        return None
-    return CleanSnapshot(bound, dirs, dir_records, files, file_records, links, targets)
+    split = 3 * n_dirs
+    return CleanSnapshot(
+        bound,
+        names[:n_dirs],
+        values[:split],
+        names[n_dirs : n_dirs + n_files],
+        values[split:],
+        names[n_dirs + n_files : n_dirs + n_files + n_links],
+        names[n_dirs + n_files + n_links :],
+    )
 
 
 def load(path: Path, key: bytes) -> CleanSnapshot | None:
@@ -190,9 +226,9 @@ def load(path: Path, key: bytes) -> CleanSnapshot | None:
 
 def unchanged(snapshot: CleanSnapshot, release: str) -> bool:
     """Whether every directory, file and symlink of the release at ``release`` is exactly as recorded:
-    same inode, times (and size and mode for files), symlinks with the same target. Parents are looked
-    at before their children, so a directory replaced by anything else stops the comparison before a
-    path through it is followed."""
+    same inode and times (and size and mode for files), symlinks with the same target. Every directory
+    is looked at (parents first, and a non-directory stops the comparison at once) and compared before
+    any path through them is followed."""
     try:
         fd = os.open(release, _DIR_OPEN)
     except OSError:
@@ -200,21 +236,30 @@ def unchanged(snapshot: CleanSnapshot, release: str) -> bool:
     try:
         lstat = os.lstat
         S_ISDIR = stat.S_ISDIR  # noqa: N806
-        if snapshot.binding.get("dev") != os.fstat(fd).st_dev:
+        root = os.fstat(fd)
+        if snapshot.binding.get("dev") != root.st_dev or not S_ISDIR(root.st_mode):
             return False
-        for rel, record in zip(snapshot.dirs, snapshot.dir_records, strict=True):
-            st = lstat(rel, dir_fd=fd) if rel else os.fstat(fd)
-            if (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != record or not S_ISDIR(st.st_mode):
-                return False
-        for rel, file_record in zip(snapshot.files, snapshot.file_records, strict=True):
+        seen = array.array("q", (root.st_ino, root.st_mtime_ns, root.st_ctime_ns))
+        add = seen.extend
+        for rel in snapshot.dirs[1:]:
             st = lstat(rel, dir_fd=fd)
-            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode) != file_record:
+            if not S_ISDIR(st.st_mode):
                 return False
+            add((st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+        if seen != snapshot.dir_records:
+            return False
+        seen = array.array("q")
+        add = seen.extend
+        for rel in snapshot.files:
+            st = lstat(rel, dir_fd=fd)
+            add((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode))
+        if seen != snapshot.file_records:
+            return False
         readlink = os.readlink
         for rel, target in zip(snapshot.links, snapshot.targets, strict=True):
             if readlink(rel, dir_fd=fd) != target:
                 return False
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, OverflowError):
         return False
     finally:
         os.close(fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,20 @@ from graven.drift import clean
 KEY = b"k" * 32
 INT64 = st.integers(min_value=0, max_value=2**63 - 1)
 PATHS = st.lists(st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s), max_size=8, unique=True)
+
+
+def test_names_with_a_nul_byte_are_refused() -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        clean.encode(
+            KEY,
+            _bound(),
+            dirs=[""],
+            dir_records=[(1, 2, 3)],
+            files=["a\x00b"],
+            file_records=[(1, 2, 3, 4, 5)],
+            links=[],
+            targets=[],
+        )
 
 
 def _bound(dev: int = 1) -> dict[str, str | int]:
@@ -56,13 +71,12 @@ def test_encode_decode_round_trip(
     snap = clean.decode(KEY, data)
     assert snap is not None
     assert snap.binding == _bound()
-    assert (snap.dirs, snap.dir_records, snap.files, snap.file_records) == (
-        all_dirs,
-        dir_records,
-        files,
-        file_records,
-    )
-    assert (snap.links, snap.targets) == (links, [targets] * len(links))
+    fs = [p.encode("utf-8", "surrogateescape") for p in all_dirs]
+    assert snap.dirs == fs and list(snap.dir_records) == [v for r in dir_records for v in r]
+    assert snap.files == [p.encode("utf-8", "surrogateescape") for p in files]
+    assert list(snap.file_records) == [v for r in file_records for v in r]
+    assert snap.links == [p.encode("utf-8", "surrogateescape") for p in links]
+    assert snap.targets == [targets.encode("utf-8", "surrogateescape")] * len(links)
     assert clean.decode(b"x" * 32, data) is None  # another home's key
     for cut in (1, 32, len(data) // 2):
         assert clean.decode(KEY, data[:-cut]) is None
@@ -123,8 +137,7 @@ def test_unchanged_tree_and_each_kind_of_change(tmp_path: Path) -> None:
     snap = _snapshot_of(root)
     (root / "app/current.py").unlink()
     (root / "app/current.py").symlink_to("other.py")
-    fresh = _snapshot_of(root)
-    snap.dir_records = fresh.dir_records
+    snap.dir_records = _snapshot_of(root).dir_records
     assert not clean.unchanged(snap, str(root))
     assert clean.unchanged(_snapshot_of(root), str(root))
     # a file's content (size, times and ctime move)
