@@ -25,6 +25,7 @@ from graven.core.globs import GlobSet
 from graven.core.paths import check_path
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
+from graven.deploy.recordkey import read_record_file
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
@@ -287,7 +288,9 @@ def _save_clean(  # noqa: PLR0917 (what one check saw)
         links=[link.path for link in index.symlinks],
         targets=[link.target for link in index.symlinks],
     )
-    write_atomically(clean_path(layout.root), data, depth=2)
+    path = clean_path(layout.root)
+    if read_record_file(path) != data:  # a full check of an unchanged release: nothing to write
+        write_atomically(path, data, depth=2)
 
 
 def _refresh(ctx: Context, target: DriftTarget) -> DriftTarget | None:
