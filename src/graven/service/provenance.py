@@ -2,6 +2,11 @@
 
 Trust belongs to the operator: the keys in ``GRAVEN_HOME/trust`` (plus an optional ``--policy`` file and
 ``GRAVEN_HOME/trust/revoked``), never a key carried by an artifact or an envelope.
+
+The policy of :func:`load_policy` remembers the signatures it verified in ``GRAVEN_HOME/cache/signatures``
+(:mod:`graven.signing.memo`), so deploy, promote, rollback and drift do not check the same signature
+cryptographically again; the explicit checks (:func:`check_provenance` for ``graven verify``,
+:func:`check_attestation_file` for ``graven attest verify``) always do.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from graven.service.records import insert_ignore
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, sign_envelope
 from graven.signing.keys import KeyStore, SigningKey
+from graven.signing.memo import FileSignatureMemo
 from graven.signing.provenance import PAYLOAD_TYPE, ProvenanceInputs, ResourceRef, statement_bytes
 from graven.signing.trust import TrustPolicy, VerifiedProvenance
 
@@ -43,11 +49,13 @@ __all__ = [
     "record_attestation",
     "resolve_signing_key",
     "sign_provenance",
+    "signature_memo",
 ]
 
 BUILDER_ID = "https://graven.dev/builders/local/v1"
 DEFAULT_KEY_NAME = "default"
 REVOKED_FILE = "revoked"
+SIGNATURE_MEMO_DIR = ("cache", "signatures")
 
 
 def resolve_signing_key(ctx: Context) -> SigningKey:
@@ -172,26 +180,28 @@ def read_revoked(path: Path) -> frozenset[str]:
     return frozenset(found)
 
 
-def load_policy(ctx: Context, policy_file: Path | None = None) -> TrustPolicy:
-    """The operator's trust: ``GRAVEN_HOME/trust``, ``trust/revoked`` and an optional policy file."""
+def signature_memo(ctx: Context) -> FileSignatureMemo:
+    """The home's memo of verified signatures (``GRAVEN_HOME/cache/signatures``, entries named by an HMAC
+    under the record key ``keys/records.hmac``, which is read or made on first use only)."""
+    return FileSignatureMemo(ctx.home.root.joinpath(*SIGNATURE_MEMO_DIR), lambda: ctx.record_key)
+
+
+def load_policy(ctx: Context, policy_file: Path | None = None, *, memo: bool = True) -> TrustPolicy:
+    """The operator's trust: ``GRAVEN_HOME/trust``, ``trust/revoked`` and an optional policy file.
+
+    With ``memo`` (the default) the policy checks signatures through the home's memo of verified
+    signatures (:func:`signature_memo`): what it accepts and refuses is the same, only a signature
+    verified before with the same key is not checked cryptographically again. :func:`check_provenance`
+    and :func:`check_attestation_file` drop the memo whatever policy they are given.
+    """
     policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.is_dir() else None, policy_file)
     revoked_file = ctx.home.trust / REVOKED_FILE
     if revoked_file.is_file():
         extra = read_revoked(revoked_file)
-        policy = TrustPolicy(
-            keys=policy.keys,
-            revoked=policy.revoked | frozenset(extra),
-            environments=policy.environments,
-            trust_dir=ctx.home.trust,
-        )
+        policy = replace(policy, revoked=policy.revoked | frozenset(extra), trust_dir=ctx.home.trust)
     elif policy.trust_dir is None:
-        policy = TrustPolicy(
-            keys=policy.keys,
-            revoked=policy.revoked,
-            environments=policy.environments,
-            trust_dir=ctx.home.trust,
-        )
-    return policy
+        policy = replace(policy, trust_dir=ctx.home.trust)
+    return policy.with_memo(signature_memo(ctx) if memo else None)
 
 
 def envelope_digests(ctx: Context, artifact: Digest) -> list[str]:
@@ -272,9 +282,12 @@ def verified_provenances(
 def check_provenance(
     ctx: Context, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
 ) -> ProvenanceCheck:
-    """Accept when one stored envelope is signed by a trusted, unrevoked key and names ``artifact``."""
+    """Accept when one stored envelope is signed by a trusted, unrevoked key and names ``artifact``.
+
+    This is ``graven verify``'s check: every signature is checked cryptographically (the policy's memo
+    of verified signatures, if any, is not used)."""
     try:
-        verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy, env=env)
+        verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy.with_memo(None), env=env)
     except (VerificationError, PolicyError, InputError) as exc:
         return ProvenanceCheck(False, str(exc))
     return _accepted(verified, envelope_digest)
@@ -293,10 +306,11 @@ def _accepted(verified: VerifiedProvenance, envelope_digest: str | None) -> Prov
 def check_attestation_file(
     data: bytes, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
 ) -> ProvenanceCheck:
-    """Check a standalone envelope or Sigstore bundle; malformed input raises InputError."""
+    """Check a standalone envelope or Sigstore bundle; malformed input raises InputError. Every signature
+    is checked cryptographically (the policy's memo of verified signatures, if any, is not used)."""
     load_attestation(data)  # unparseable input is a usage error (exit 2), not a failed check
     try:
-        verified = policy.verify_attestation(data, str(artifact), env)
+        verified = policy.with_memo(None).verify_attestation(data, str(artifact), env)
     except (VerificationError, PolicyError) as exc:
         return ProvenanceCheck(False, str(exc))
     return _accepted(verified, None)

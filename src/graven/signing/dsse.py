@@ -7,6 +7,10 @@ signs SHA-256(PAE) and stores the DER signature.
 
 The ``keyid`` of a signature is only a hint for choosing among the verifier's trusted keys: it is
 tried first, then every other trusted key. A key is never taken from the envelope.
+
+A verifier may pass a :class:`SignatureMemo`: a record of signatures this machine already checked.
+Only the cryptographic check ``key.verify(sig, PAE)`` is looked up there; which keys are tried,
+revocation and every refusal are decided here each time, exactly as without it.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from graven.signing.keys import VerifyingKey
 __all__ = [
     "Envelope",
     "Signature",
+    "SignatureMemo",
     "Signer",
     "VerifiedEnvelope",
     "b64decode",
     "b64encode",
     "canonical_json",
+    "check_signature",
     "envelope_from_dict",
     "load_json_object",
     "pae",
@@ -51,6 +57,35 @@ class Signer(Protocol):
     def sign(self, data: bytes) -> bytes:
         """The signature of ``data``."""
         ...
+
+
+class SignatureMemo(Protocol):
+    """Signatures already verified: ``seen(keyid, message, signature)`` is True only when ``signature``
+    over ``message`` was verified with the public key whose key id is ``keyid``; ``add`` records one
+    that just verified. (The file-backed one is :class:`graven.signing.memo.FileSignatureMemo`.)"""
+
+    def seen(self, keyid: str, message: bytes, signature: bytes) -> bool:
+        """Whether this exact signature of this exact message by this key was verified before."""
+        ...
+
+    def add(self, keyid: str, message: bytes, signature: bytes) -> None:
+        """Remember that ``signature`` over ``message`` verified with key ``keyid``."""
+        ...
+
+
+def check_signature(
+    key: VerifyingKey, signature: bytes, message: bytes, memo: SignatureMemo | None = None
+) -> bool:
+    """Whether ``signature`` over ``message`` verifies with ``key``: remembered in ``memo``, else
+    checked by ``key`` (and remembered when it verifies)."""
+    if memo is None:
+        return key.verify(signature, message)
+    if memo.seen(key.keyid, message, signature):
+        return True
+    if not key.verify(signature, message):
+        return False
+    memo.add(key.keyid, message, signature)
+    return True
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -214,7 +249,11 @@ class VerifiedEnvelope:
 
 
 def revoked_signer(
-    envelope: Envelope, known_keys: Sequence[VerifyingKey], revoked_keyids: Collection[str]
+    envelope: Envelope,
+    known_keys: Sequence[VerifyingKey],
+    revoked_keyids: Collection[str],
+    *,
+    memo: SignatureMemo | None = None,
 ) -> str | None:
     """The id of a revoked key that signed ``envelope``, if any, else None.
 
@@ -228,7 +267,7 @@ def revoked_signer(
     signed = envelope.pae()
     for signature in envelope.signatures:
         for key in revoked_keys:
-            if key.verify(signature.sig, signed):
+            if check_signature(key, signature.sig, signed, memo):
                 return key.keyid
         if signature.keyid in revoked:
             return signature.keyid
@@ -240,6 +279,7 @@ def verify_envelope(
     trusted_keys: Sequence[VerifyingKey],
     *,
     revoked_keyids: Collection[str] = (),
+    memo: SignatureMemo | None = None,
 ) -> VerifiedEnvelope:
     """Verify ``envelope`` with ``trusted_keys``; return the payload and the key that verified it.
 
@@ -250,6 +290,11 @@ def verify_envelope(
     specific reason first: a revoked key (PolicyError), a bad signature from a trusted key
     (VerificationError), an untrusted key (PolicyError). No signatures at all is a
     VerificationError; no usable trusted key at all is a PolicyError.
+
+    ``memo`` only stands in for the cryptographic check of one signature with one usable key: every
+    (signature, key) pair is first looked up there, and only then checked for real (the ones that verify
+    are added), so a remembered signature needs no cryptography even when a key without a hint comes
+    first. Which keys are usable and every refusal are decided as without it.
     """
     env = envelope if isinstance(envelope, Envelope) else envelope_from_dict(envelope)
     if not env.signatures:
@@ -257,14 +302,22 @@ def verify_envelope(
     revoked = frozenset(revoked_keyids)
     usable = [key for key in trusted_keys if key.keyid not in revoked]
     signed = env.pae()
+    attempts: list[tuple[Signature, VerifyingKey]] = []
     for signature in env.signatures:
         hinted = [key for key in usable if key.keyid == signature.keyid]
         others = [key for key in usable if key.keyid != signature.keyid]
-        for key in hinted + others:
-            if key.verify(signature.sig, signed):
+        attempts.extend((signature, key) for key in hinted + others)
+    if memo is not None:
+        for signature, key in attempts:
+            if memo.seen(key.keyid, signed, signature.sig):
                 return VerifiedEnvelope(env.payload, env.payload_type, key)
+    for signature, key in attempts:
+        if key.verify(signature.sig, signed):
+            if memo is not None:
+                memo.add(key.keyid, signed, signature.sig)
+            return VerifiedEnvelope(env.payload, env.payload_type, key)
 
-    by_revoked = revoked_signer(env, trusted_keys, revoked)
+    by_revoked = revoked_signer(env, trusted_keys, revoked, memo=memo)
     if by_revoked is not None:
         raise PolicyError(f"signed by revoked key {by_revoked}")
     if not usable:

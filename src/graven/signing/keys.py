@@ -7,27 +7,39 @@ Private keys are written as unencrypted PKCS#8 PEM with mode 0600 from the momen
 and are only loaded from files that no group or other user can read or write. Public keys are
 SubjectPublicKeyInfo PEM.
 
+``cryptography`` (12-17 ms to import) is imported by the functions that need it: signing, generating,
+a real signature check, serialization of a private key, and parsing a PEM that is not one of the two
+canonical public key layouts. A trusted public key in canonical form (what graven writes, what
+``openssl pkey -pubout`` writes) is read without it: its DER is checked byte for byte against the one
+layout each key type has (and a P-256 point against the curve equation, as OpenSSL does), and the
+``cryptography`` key object is made on first real use. So a command whose signature checks are all
+remembered (:mod:`graven.signing.memo`) never imports it.
+
 :class:`KeyStore` manages a directory of named keys (``NAME.key`` + ``NAME.pub``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
 import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, NamedTuple, TypeAlias
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeAlias
 
 from graven.errors import BackendError, InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    PrivateKey: TypeAlias = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+    PublicKey: TypeAlias = Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 __all__ = [
     "DEFAULT_KEY_TYPE",
@@ -39,6 +51,7 @@ __all__ = [
     "PublicKey",
     "SigningKey",
     "VerifyingKey",
+    "canonical_key_type",
     "check_key_name",
     "generate_key",
     "key_id",
@@ -55,8 +68,25 @@ KeyType: TypeAlias = Literal["ed25519", "ecdsa-p256"]
 KEY_TYPES: Final[tuple[KeyType, ...]] = ("ed25519", "ecdsa-p256")
 DEFAULT_KEY_TYPE: Final[KeyType] = "ed25519"
 
-PrivateKey: TypeAlias = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-PublicKey: TypeAlias = Ed25519PublicKey | ec.EllipticCurvePublicKey
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """``PrivateKey`` and ``PublicKey`` (type aliases of cryptography classes), made on first use."""
+        if name in {"PrivateKey", "PublicKey"}:
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+                Ed25519PrivateKey,
+                Ed25519PublicKey,
+            )
+
+            aliases = {
+                "PrivateKey": Ed25519PrivateKey | ec.EllipticCurvePrivateKey,
+                "PublicKey": Ed25519PublicKey | ec.EllipticCurvePublicKey,
+            }
+            globals().update(aliases)
+            return aliases[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _KEY_TYPE_ALIASES: Final[dict[str, KeyType]] = {
     "ed25519": "ed25519",
@@ -70,6 +100,22 @@ _KEY_TYPE_ALIASES: Final[dict[str, KeyType]] = {
 _KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_KEY_FILE = 64 * 1024
 
+# The SubjectPublicKeyInfo DER of each supported key type has exactly one canonical layout: a fixed
+# prefix (SEQUENCE, AlgorithmIdentifier, BIT STRING header) and then the key. Ed25519: OID 1.3.101.112
+# and 32 bytes. ECDSA P-256: id-ecPublicKey with the named curve prime256v1 and an uncompressed point
+# (0x04, X, Y). These are the bytes the key id hashes.
+ED25519_SPKI_PREFIX: Final = bytes.fromhex("302a300506032b6570032100")
+P256_SPKI_PREFIX: Final = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+_ED25519_SPKI_SIZE: Final = len(ED25519_SPKI_PREFIX) + 32
+_P256_SPKI_SIZE: Final = len(P256_SPKI_PREFIX) + 65
+# P-256 (SEC 2 / FIPS 186-4): y^2 = x^3 - 3x + b over GF(p).
+_P256_P: Final = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+_P256_B: Final = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+# A PEM public key as graven and OpenSSL write it: one block, base64 lines of at most 64 characters.
+_CANONICAL_PEM = re.compile(
+    rb"-----BEGIN PUBLIC KEY-----\n((?:[A-Za-z0-9+/=]{1,64}\n){1,4})-----END PUBLIC KEY-----\n?"
+)
+
 
 def parse_key_type(text: str) -> KeyType:
     """Parse a key type as typed by a user (``ed25519``, ``ecdsa-p256``, ``ecdsa``, ``p256``)."""
@@ -80,6 +126,9 @@ def parse_key_type(text: str) -> KeyType:
 
 
 def _key_type_of(key: PublicKey | PrivateKey, source: str) -> KeyType:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
     if isinstance(key, Ed25519PublicKey | Ed25519PrivateKey):
         return "ed25519"
     if isinstance(key.curve, ec.SECP256R1):
@@ -90,6 +139,8 @@ def _key_type_of(key: PublicKey | PrivateKey, source: str) -> KeyType:
 
 
 def _spki_der(public_key: PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -100,39 +151,127 @@ def key_id(public_key: PublicKey) -> str:
     return hashlib.sha256(_spki_der(public_key)).hexdigest()
 
 
+def _on_p256(point: bytes) -> bool:
+    """Whether the 64 bytes ``point`` (X, Y) are coordinates below p of a point on the curve P-256
+    (what OpenSSL checks when it loads an uncompressed point; the cofactor is 1, so that is all)."""
+    x = int.from_bytes(point[:32], "big")
+    y = int.from_bytes(point[32:], "big")
+    if x >= _P256_P or y >= _P256_P:
+        return False
+    return (y * y - (x * x * x - 3 * x + _P256_B)) % _P256_P == 0
+
+
+def canonical_key_type(der: bytes) -> KeyType | None:
+    """The key type of a SubjectPublicKeyInfo DER in the one canonical layout of its type, else None
+    (other layouts may still be valid keys: ``cryptography`` decides those)."""
+    if len(der) == _ED25519_SPKI_SIZE and der.startswith(ED25519_SPKI_PREFIX):
+        return "ed25519"
+    if (
+        len(der) == _P256_SPKI_SIZE
+        and der.startswith(P256_SPKI_PREFIX)
+        and der[len(P256_SPKI_PREFIX)] == 0x04
+        and _on_p256(der[len(P256_SPKI_PREFIX) + 1 :])
+    ):
+        return "ecdsa-p256"
+    return None
+
+
+def _canonical_pem_der(pem: bytes) -> bytes | None:
+    """The DER of a public key PEM written in canonical form (one block, canonical base64, the DER in
+    the canonical layout of a supported key type), else None."""
+    match = _CANONICAL_PEM.fullmatch(pem)
+    if match is None:
+        return None
+    text = match.group(1).replace(b"\n", b"")
+    try:
+        der = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if base64.b64encode(der) != text:  # non-canonical padding bits: let cryptography judge
+        return None
+    return der if canonical_key_type(der) is not None else None
+
+
+def _pem_of_der(der: bytes) -> bytes:
+    """The SubjectPublicKeyInfo PEM of ``der``, byte for byte as ``cryptography`` writes it."""
+    text = base64.b64encode(der)
+    lines = b"".join(text[i : i + 64] + b"\n" for i in range(0, len(text), 64))
+    return b"-----BEGIN PUBLIC KEY-----\n" + lines + b"-----END PUBLIC KEY-----\n"
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyingKey:
-    """A public key that graven can verify signatures with."""
+    """A public key that graven can verify signatures with.
 
-    key: PublicKey
+    It is its SubjectPublicKeyInfo DER (``spki``), whose sha256 is the key id. The ``cryptography`` key
+    object (:attr:`key`) is made on first use; a key parsed from a canonical PEM needs none until a
+    signature is really checked.
+    """
+
+    spki: bytes
     keyid: str
     key_type: KeyType
+    _loaded: list[PublicKey] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @classmethod
     def from_public_key(cls, public_key: PublicKey, source: str = "public key") -> VerifyingKey:
         """Wrap a ``cryptography`` public key, computing its key id."""
-        return cls(public_key, key_id(public_key), _key_type_of(public_key, source))
+        der = _spki_der(public_key)
+        made = cls(der, hashlib.sha256(der).hexdigest(), _key_type_of(public_key, source))
+        made._loaded.append(public_key)
+        return made
+
+    @classmethod
+    def from_canonical_der(cls, der: bytes) -> VerifyingKey | None:
+        """The key of a SubjectPublicKeyInfo DER in the canonical layout of its type (without
+        ``cryptography``), else None."""
+        key_type = canonical_key_type(der)
+        if key_type is None:
+            return None
+        return cls(der, hashlib.sha256(der).hexdigest(), key_type)
+
+    @property
+    def key(self) -> PublicKey:
+        """The ``cryptography`` public key (loaded on first use)."""
+        if not self._loaded:
+            from cryptography.exceptions import UnsupportedAlgorithm
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            try:
+                loaded = serialization.load_der_public_key(self.spki)
+            except (ValueError, UnsupportedAlgorithm) as exc:  # pragma: no cover - checked when parsed
+                raise InputError(f"public key {self.keyid[:16]} is not a valid public key ({exc})") from None
+            if not isinstance(loaded, Ed25519PublicKey | ec.EllipticCurvePublicKey):  # pragma: no cover
+                raise InputError(f"public key {self.keyid[:16]} is not an Ed25519 or ECDSA key")
+            self._loaded.append(loaded)
+        return self._loaded[0]
 
     def pem(self) -> bytes:
         """The SubjectPublicKeyInfo PEM encoding."""
-        return self.key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return _pem_of_der(self.spki)
 
     def der(self) -> bytes:
         """The SubjectPublicKeyInfo DER encoding (what the key id hashes)."""
-        return _spki_der(self.key)
+        return self.spki
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Whether ``signature`` is a valid signature of ``data`` by this key.
 
         Ed25519 verifies ``data`` itself; ECDSA P-256 verifies a DER signature over SHA-256(data).
         """
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        key = self.key
         try:
-            if isinstance(self.key, Ed25519PublicKey):
-                self.key.verify(signature, data)
+            if isinstance(key, Ed25519PublicKey):
+                key.verify(signature, data)
             else:
-                self.key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+                key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             return False
         return True
@@ -163,12 +302,18 @@ class SigningKey:
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data``: Ed25519 signs it directly, ECDSA P-256 signs SHA-256(data) (DER)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         if isinstance(self.private, Ed25519PrivateKey):
             return self.private.sign(data)
         return self.private.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def private_pem(self) -> bytes:
         """The unencrypted PKCS#8 PEM encoding of the private key."""
+        from cryptography.hazmat.primitives import serialization
+
         return self.private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -182,6 +327,9 @@ class SigningKey:
 
 def generate_key(key_type: KeyType | str = DEFAULT_KEY_TYPE) -> SigningKey:
     """Generate a new key pair of ``key_type`` (Ed25519 by default)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     kind = parse_key_type(key_type)
     private: PrivateKey
     if kind == "ed25519":
@@ -192,9 +340,23 @@ def generate_key(key_type: KeyType | str = DEFAULT_KEY_TYPE) -> SigningKey:
 
 
 def parse_public_key(pem: bytes, source: str = "public key") -> VerifyingKey:
-    """Parse a SubjectPublicKeyInfo PEM public key; ``source`` names it in error messages."""
+    """Parse a SubjectPublicKeyInfo PEM public key; ``source`` names it in error messages.
+
+    A canonical PEM of an Ed25519 or P-256 key is read without ``cryptography`` (same key, same key
+    id); anything else goes to ``cryptography``, which accepts or refuses it.
+    """
     if b"PRIVATE KEY" in pem:
         raise InputError(f"{source} is a private key; give the public key (NAME.pub) instead")
+    der = _canonical_pem_der(pem)
+    if der is not None:
+        fast = VerifyingKey.from_canonical_der(der)
+        if fast is not None:
+            return fast
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         loaded = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -209,6 +371,11 @@ def parse_public_key(pem: bytes, source: str = "public key") -> VerifyingKey:
 
 def parse_private_key(pem: bytes, source: str = "private key") -> SigningKey:
     """Parse an unencrypted PEM private key; ``source`` names it in error messages."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         loaded = serialization.load_pem_private_key(pem, password=None)
     except TypeError:

@@ -12,6 +12,11 @@ Trust never comes from the artifact. It comes from:
       keys = ["keys/release.pub", "<keyid of a key above or in the trust directory>"]
 
 An environment without its own section trusts the default keys (the directory plus ``keys``).
+
+A policy may carry a :class:`~graven.signing.dsse.SignatureMemo` (``memo``): then the cryptographic check
+of a signature this machine already verified with the same key is looked up instead of repeated.
+Nothing the policy decides is remembered: trust, revocation, environments, the payload type and the
+statement are checked on every call. The explicit verification commands use a policy without one.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
 from graven.signing.bundle import load_attestation
-from graven.signing.dsse import Envelope, revoked_signer, verify_envelope
+from graven.signing.dsse import Envelope, SignatureMemo, revoked_signer, verify_envelope
 from graven.signing.keys import VerifyingKey, load_public_key, parse_public_key, write_public_key
 from graven.signing.provenance import (
     PAYLOAD_TYPE,
@@ -53,6 +58,7 @@ _ENV_FIELDS = frozenset({"keys"})
 def trust_key(pem_bytes: bytes) -> tuple[str, bytes]:
     """Check a public key PEM and return ``(keyid, normalized PEM)`` to store as ``<keyid>.pub``."""
     key = parse_public_key(pem_bytes, "the key to trust")
+    key.key  # noqa: B018 - a key is trusted only once cryptography loads it too
     return key.keyid, key.pem()
 
 
@@ -138,12 +144,18 @@ class VerifiedProvenance:
 
 @dataclass(frozen=True, slots=True)
 class TrustPolicy:
-    """Trusted keys, revoked key ids and per-environment key sets."""
+    """Trusted keys, revoked key ids and per-environment key sets (and, optionally, a memo of the
+    signatures already verified on this machine: it never changes what is accepted)."""
 
     keys: tuple[VerifyingKey, ...] = ()
     revoked: frozenset[str] = frozenset()
     environments: Mapping[str, tuple[VerifyingKey, ...]] = field(default_factory=dict)
     trust_dir: Path | None = None
+    memo: SignatureMemo | None = field(default=None, compare=False, repr=False)
+
+    def with_memo(self, memo: SignatureMemo | None) -> TrustPolicy:
+        """The same policy, checking signatures through ``memo`` (None: always cryptographically)."""
+        return replace(self, memo=memo)
 
     @classmethod
     def load(cls, trust_dir: Path | str | None, policy_file: Path | str | None = None) -> TrustPolicy:
@@ -207,13 +219,15 @@ class TrustPolicy:
         trusted = self.keys_for(env)
         revoked_known = tuple(key for key in self._known_keys() if key.keyid in self.revoked)
         if not trusted:
-            by_revoked = revoked_signer(envelope, revoked_known, self.revoked)
+            by_revoked = revoked_signer(envelope, revoked_known, self.revoked, memo=self.memo)
             if by_revoked is not None:
                 raise PolicyError(f"signed by revoked key {by_revoked}")
             where = f" for environment {env}" if env is not None else ""
             hint = f"; add a public key to {self.trust_dir}" if self.trust_dir is not None else ""
             raise PolicyError(f"no trusted keys{where}{hint}")
-        verified = verify_envelope(envelope, trusted + revoked_known, revoked_keyids=self.revoked)
+        verified = verify_envelope(
+            envelope, trusted + revoked_known, revoked_keyids=self.revoked, memo=self.memo
+        )
         if verified.payload_type != PAYLOAD_TYPE:
             raise VerificationError(f"payloadType is {verified.payload_type!r}, expected {PAYLOAD_TYPE}")
         try:
