@@ -211,17 +211,13 @@ def test_a_snapshot_not_tagged_with_the_homes_key_is_ignored(
     target.write_bytes(b"print('owned')\n"[: len(before)].ljust(len(before), b" "))
     target.chmod(0o444)
     target.parent.chmod(0o555)
-    _forge(world, genuine, os.urandom(32), target)  # an intruder's key
-    code, doc = drift(capsys, "staging")
-    assert code == 1 and found(doc) == {("app/main.py", "modified")}
-    # the same forgery under the home's own key would have hidden it: the tag is what protects
+    # a snapshot with the changed file's stat under the home's own key would hide it: the tag is
+    # what protects (whoever holds the key could as well rewrite GRAVEN_HOME/trust)
     _forge(world, genuine, (world.home / "keys" / "records.hmac").read_bytes(), target)
     assert drift(capsys, "staging")[0] == 0
-    # a flipped bit anywhere: ignored as well
-    data = bytearray(snapshot_path(world).read_bytes())
-    data[len(data) // 2] ^= 1
-    snapshot_path(world).write_bytes(bytes(data))
-    assert drift(capsys, "staging")[0] == 1
+    _forge(world, genuine, os.urandom(32), target)  # the same under an intruder's key
+    code, doc = drift(capsys, "staging")
+    assert code == 1 and found(doc) == {("app/main.py", "modified")}
 
 
 def test_a_change_of_trust_sets_the_snapshot_aside(

@@ -29,7 +29,8 @@ import os
 import stat
 import sys
 
-from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
+from graven import __version__
+from graven.deploy.recordkey import TAG_SIZE, tag, verify
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 CLEAN_FORMAT = "graven.drift-clean/v1"
+RULES = 1  # bump when what a check reports changes: older snapshots then no longer answer
+MAX_SIZE = 1 << 28  # bytes: ~100 per path, so about 2.5 million paths; a larger file is not read
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
 
@@ -97,6 +100,7 @@ def binding(
 ) -> Binding:
     """What a clean verdict depended on besides the release's own files (see the module)."""
     return {
+        "rules": f"{RULES}/{__version__}",
         "env": env,
         "path": path,
         "release": release,
@@ -123,17 +127,21 @@ def trust_fingerprint(trust_dir: Path) -> str:
     for name in names:
         if name.startswith("."):
             continue
-        try:
-            with open(trust_dir / name, "rb") as fh:  # trust files are read through symlinks too
-                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                    continue
-                data = fh.read(_TRUST_FILE_MAX + 1)
-        except IsADirectoryError:
-            continue
+        try:  # read through symlinks (as the trust policy does), never blocking on a FIFO
+            fd = os.open(trust_dir / name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return ""
-        if len(data) > _TRUST_FILE_MAX:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                continue  # the trust policy reads regular files only
+            if info.st_size > _TRUST_FILE_MAX:
+                return ""
+            data = os.read(fd, _TRUST_FILE_MAX + 1)
+        except OSError:
             return ""
+        finally:
+            os.close(fd)
         encoded = name.encode("utf-8", "surrogateescape")
         digest.update(len(encoded).to_bytes(4, "big") + encoded + hashlib.sha256(data).digest())
     return digest.hexdigest()
@@ -218,9 +226,35 @@ def decode(key: bytes, data: bytes) -> CleanSnapshot | None:
     )
 
 
+def read_small(path: Path, limit: int = MAX_SIZE) -> bytes | None:
+    """The bytes of the regular file at ``path`` if it holds at most ``limit`` bytes; else None. Never
+    follows a symlink put in its place and never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > limit:  # it grew while being read
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def load(path: Path, key: bytes) -> CleanSnapshot | None:
-    """The snapshot at ``path`` (never through a symlink), or None."""
-    data = read_record_file(path)
+    """The snapshot at ``path`` (never through a symlink, never more than :data:`MAX_SIZE` bytes), or
+    None."""
+    data = read_small(path)
     return decode(key, data) if data is not None else None
 
 

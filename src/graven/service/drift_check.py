@@ -24,12 +24,11 @@ from graven.core.drift import (
 from graven.core.globs import GlobSet
 from graven.core.paths import check_path
 from graven.deploy.layout import EnvLayout
-from graven.deploy.lock import shared_lock
-from graven.deploy.recordkey import read_record_file
+from graven.deploy.lock import open_dir_nofollow, shared_lock
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
-from graven.drift.clean import binding, encode
+from graven.drift.clean import binding, encode, read_small
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.errors import InputError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
@@ -224,7 +223,11 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
         )
     if scan.cache is not None:
         scan.cache.save(_cache_path(layout), ctx.record_key, depth=2)
-    if not diffs and note is None and target.pending is None:
+    if diffs or note is not None or target.pending is not None:
+        _discard_clean(layout)  # what the last clean check saw no longer answers for this release
+    elif not ignore.patterns or not compare_tree(  # a verdict that rests on ignore globs is not kept
+        index.manifest, scan.observed, dirs=index.dir_set, verified=scan.verified, root_mode=scan.root_mode
+    ):
         _save_clean(ctx, layout, target, seen, index, scan.cache or cache, trust)
     report = DriftReport(
         env=target.env,
@@ -242,6 +245,22 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
         note=note,
     )
     return Checked(report, index, scan, expected, ignore)
+
+
+def _discard_clean(layout: EnvLayout) -> None:
+    """Remove the snapshot of the last clean check (never through a symlinked ``PATH/.graven`` or
+    ``.graven/drift``; nothing when there is none). A copy put back later is refused all the same: the
+    drift state is no longer clean (:func:`graven.service.drift_quick.quick_check`)."""
+    try:
+        dir_fd = open_dir_nofollow(layout.meta / "drift", 2, create=False)
+    except (OSError, ValueError):
+        return
+    try:
+        os.unlink(clean_path(layout.root).name, dir_fd=dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def _save_clean(  # noqa: PLR0917 (what one check saw)
@@ -289,7 +308,7 @@ def _save_clean(  # noqa: PLR0917 (what one check saw)
         targets=[link.target for link in index.symlinks],
     )
     path = clean_path(layout.root)
-    if read_record_file(path) != data:  # a full check of an unchanged release: nothing to write
+    if read_small(path) != data:  # a full check of an unchanged release: nothing to write
         write_atomically(path, data, depth=2)
 
 

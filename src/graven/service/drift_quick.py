@@ -34,10 +34,17 @@ def clean_path(root: Path) -> Path:
 
 def quick_check(ctx: Context, target: DriftTarget) -> DriftReport | None:
     """The clean report of ``target`` when its snapshot proves it unchanged since a clean check; else
-    None (no snapshot, another binding, a deployment in progress, or any path not as recorded)."""
+    None (no snapshot, another binding, a deployment in progress, drift recorded at the last check, or
+    any path not as recorded)."""
     if target.pending is not None:
         return None
     started = time.monotonic()
+    with ctx.db.connect() as conn:
+        state = drift_state(conn, target.env)
+    if state is not None and state.keys != "[]":
+        # the last recorded check found drift: only a full default check may say it is gone (a
+        # change the stat records cannot see, which --full found, must stay found)
+        return None
     root = Path(target.path)
     snapshot = load(clean_path(root), ctx.record_key)
     if snapshot is None:
