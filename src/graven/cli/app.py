@@ -16,15 +16,17 @@ steps are killed and its workspace removed), and graven exits with 143 and ``gra
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
 from graven import __version__
+from graven.cli.main import command_name as _command_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:  # typing and collections.abc are not needed at run time: start-up stays smaller
     import signal as _signal
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
     from types import FrameType
     from typing import Any, NoReturn
 
@@ -232,16 +234,6 @@ def port_number(value: str) -> int:
     return port
 
 
-def _command_name(args: Sequence[str]) -> str | None:
-    """The command word: the first argument that is not a global option."""
-    for arg in args:
-        if arg == "--":
-            return None
-        if not arg.startswith("-"):
-            return arg
-    return None
-
-
 def build_parser(command: str | None) -> ArgParser:
     """The parser for ``command`` (only its module is imported), or for every command."""
     parser = ArgParser(
@@ -265,8 +257,12 @@ def build_parser(command: str | None) -> ArgParser:
     return parser
 
 
-def run(args: list[str]) -> int:
-    """Parse ``args``, run the command, map errors to exit codes; always close what was opened."""
+def run(args: list[str], *, freeze_gc: bool = False) -> int:
+    """Parse ``args``, run the command, map errors to exit codes; always close what was opened.
+
+    ``freeze_gc``: once the command's line is parsed, freeze what the start-up made (the interpreter,
+    argparse, the command's module) so that no collection scans it again; only for a process that runs
+    one command (see graven.cli.main)."""
     from graven.cli.context import close_all
     from graven.errors import GravenError
 
@@ -293,6 +289,8 @@ def run(args: list[str]) -> int:
         if handler is None:
             parser.print_help(sys.stderr)
             return 2
+        if freeze_gc:
+            gc.freeze()
         return handler(namespace)
     except GravenError as exc:
         if verbose:

@@ -190,7 +190,9 @@ def deploy_cmd(args: argparse.Namespace) -> int:
     ctx, reporter = _context()
     try:
         if plan_only:
-            return _show_plan(svc.plan_deploy(ctx, digest, env, opts), as_json=as_json)
+            from graven.service.deploy_plan import plan_deploy
+
+            return _show_plan(plan_deploy(ctx, digest, env, opts), as_json=as_json)
         result = svc.deploy(ctx, digest, env, opts)
     finally:
         reporter.close()

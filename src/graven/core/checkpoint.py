@@ -22,13 +22,14 @@ import base64
 import binascii
 import hashlib
 import re
-from dataclasses import dataclass
+from functools import cache
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from graven.core.merkle import HASH_SIZE
+from graven.core.record import Frozen
 from graven.errors import InputError, VerificationError
 
 __all__ = [
@@ -59,8 +60,17 @@ _SIGNATURE_PREFIX = "\u2014 "  # em dash, space
 _KEY_ID_SIZE = 4
 _ED25519_SIGNATURE_SIZE = 64
 _ED25519_PUBLIC_KEY_SIZE = 32
-_SIZE_PATTERN = re.compile(r"0|[1-9][0-9]*")
-_HEX_KEY_ID_PATTERN = re.compile(r"[0-9a-f]{8}")
+
+
+# compiled on first use: signing a checkpoint (every deploy) needs neither (start-up)
+@cache
+def _size_pattern() -> re.Pattern[str]:
+    return re.compile(r"0|[1-9][0-9]*")
+
+
+@cache
+def _hex_key_id_pattern() -> re.Pattern[str]:
+    return re.compile(r"[0-9a-f]{8}")
 
 
 class NoteSignature(NamedTuple):
@@ -71,28 +81,34 @@ class NoteSignature(NamedTuple):
     signature: bytes
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """The signed head of a transparency log: who (origin), how many leaves (size), which root."""
+class Checkpoint(Frozen):
+    """The signed head of a transparency log: who (origin), how many leaves (size), which root. A frozen
+    value (written by hand: graven.core.record)."""
 
+    __slots__ = ("extensions", "origin", "root", "size")
+    _fields = ("origin", "size", "root", "extensions")
     origin: str
     size: int
     root: bytes
-    extensions: tuple[str, ...] = ()
+    extensions: tuple[str, ...]
 
-    def __post_init__(self) -> None:
+    def __init__(self, origin: str, size: int, root: bytes, extensions: tuple[str, ...] = ()) -> None:
         """Refuse values that have no valid checkpoint encoding."""
-        if not self.origin:
+        if not origin:
             raise InputError("checkpoint origin must not be empty")
-        _require_single_line(self.origin, "checkpoint origin")
-        if isinstance(self.size, bool) or not 0 <= self.size <= MAX_TREE_SIZE:
-            raise InputError(f"checkpoint tree size must be in 0..{MAX_TREE_SIZE}, got {self.size}")
-        if len(self.root) != HASH_SIZE:
-            raise InputError(f"checkpoint root must be {HASH_SIZE} bytes, got {len(self.root)}")
-        for line in self.extensions:
+        _require_single_line(origin, "checkpoint origin")
+        if isinstance(size, bool) or not 0 <= size <= MAX_TREE_SIZE:
+            raise InputError(f"checkpoint tree size must be in 0..{MAX_TREE_SIZE}, got {size}")
+        if len(root) != HASH_SIZE:
+            raise InputError(f"checkpoint root must be {HASH_SIZE} bytes, got {len(root)}")
+        for line in extensions:
             if not line:
                 raise InputError("checkpoint extension lines must not be empty")
             _require_single_line(line, "checkpoint extension line")
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "extensions", extensions)
 
     def body(self) -> bytes:
         """Return the note text that is signed: origin, size, base64 root, extensions, each + LF."""
@@ -159,7 +175,7 @@ def parse_verifier_key(vkey: str) -> tuple[str, Ed25519PublicKey]:
         raise InputError(f"verifier key must be <name>+<key id>+<key>: {vkey!r}")
     name, hex_id, encoded = parts
     _require_key_name(name)
-    if not _HEX_KEY_ID_PATTERN.fullmatch(hex_id):
+    if not _hex_key_id_pattern().fullmatch(hex_id):
         raise InputError(f"verifier key id must be 8 lowercase hex digits: {hex_id!r}")
     raw = _decode_base64(encoded, "verifier key")
     if len(raw) != 1 + _ED25519_PUBLIC_KEY_SIZE or raw[0] != ED25519_SIGNATURE_TYPE:
@@ -199,7 +215,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if any(not line for line in lines):
         raise InputError("checkpoint lines must not be empty")
     origin, size_text, root_text, *extensions = lines
-    if not _SIZE_PATTERN.fullmatch(size_text):
+    if not _size_pattern().fullmatch(size_text):
         raise InputError(f"checkpoint tree size is not a decimal number: {size_text!r}")
     root = _decode_base64(root_text, "checkpoint root")
     return Checkpoint(origin, int(size_text), root, tuple(extensions))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import cached_property
+
+from graven.core.record import Frozen
 
 __all__ = ["GlobError", "GlobSet", "Selection", "check_glob", "compile_glob", "never_matches"]
 
@@ -104,11 +105,16 @@ def check_glob(pattern: str) -> None:
     compile_glob(pattern)
 
 
-@dataclass(frozen=True)
-class GlobSet:
-    """A set of globs; ``matches(path)`` is true when any of them matches."""
+class GlobSet(Frozen):
+    """A set of globs; ``matches(path)`` is true when any of them matches. A frozen value (written by
+    hand: graven.core.record)."""
 
+    # no __slots__: the cached properties live in the instance's __dict__
+    _fields = ("patterns",)
     patterns: tuple[str, ...]
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        object.__setattr__(self, "patterns", patterns)
 
     @classmethod
     def of(cls, patterns: Iterable[str]) -> GlobSet:
@@ -157,12 +163,18 @@ class GlobSet:
         return unmatched
 
 
-@dataclass(frozen=True)
-class Selection:
-    """``include`` minus ``exclude``: which paths become part of an artifact."""
+class Selection(Frozen):
+    """``include`` minus ``exclude``: which paths become part of an artifact. A frozen value (written by
+    hand: graven.core.record)."""
 
+    # no __slots__: the cached properties live in the instance's __dict__
+    _fields = ("include", "exclude")
     include: GlobSet
     exclude: GlobSet
+
+    def __init__(self, include: GlobSet, exclude: GlobSet) -> None:
+        object.__setattr__(self, "include", include)
+        object.__setattr__(self, "exclude", exclude)
 
     @classmethod
     def of(cls, include: Iterable[str], exclude: Iterable[str]) -> Selection:

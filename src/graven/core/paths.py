@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
+from functools import cache
 
 from graven.errors import UnsafeInputError
 
@@ -40,12 +41,33 @@ def decode_path(raw: bytes) -> str:
 
 # C0 controls, DEL and the C1 controls (U+0080..U+009F: U+009B is a terminal's CSI, like ESC [)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")  # what undecodable bytes become (surrogateescape)
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_BAD_SEGMENT = re.compile(r"(?:^|/)(\.{0,2})(?:/|$)")
-# Any of the above in one search (an empty or absolute path has an empty segment): the common case,
-# a good path, costs one regex call; a hit is explained by the detailed checks.
-_ANY_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|(?:^|/)\\.{0,2}(?:/|$)")
+
+# The patterns below are compiled on first use: those with surrogates cost ~0.3 ms each to compile, at
+# the start of every command that imports this module, and an ASCII path (nearly every path) is
+# checked without them. For ASCII text they match exactly what ``not text.isprintable()`` finds (C0
+# controls and DEL) and, in ``"/" + path + "/"``, what ``//``, ``/./`` and ``/../`` find.
+
+
+@cache
+def _surrogate() -> re.Pattern[str]:
+    return re.compile("[\ud800-\udfff]")  # what undecodable bytes become (surrogateescape)
+
+
+@cache
+def _unprintable() -> re.Pattern[str]:
+    return re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+@cache
+def _bad_segment() -> re.Pattern[str]:
+    return re.compile(r"(?:^|/)(\.{0,2})(?:/|$)")
+
+
+@cache
+def _any_bad() -> re.Pattern[str]:
+    # Any of the above in one search (an empty or absolute path has an empty segment): a good path
+    # costs one regex call; a hit is explained by the detailed checks.
+    return re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|(?:^|/)\\.{0,2}(?:/|$)")
 
 
 def _escape_controls(text: str) -> str:
@@ -55,7 +77,8 @@ def _escape_controls(text: str) -> str:
 def display_path(path: str) -> str:
     """``path`` as an error message may show it: unchanged when it is clean, else with control
     characters as ``\\xNN`` and undecodable bytes (surrogateescape) as ``\\xNN`` too."""
-    if _UNPRINTABLE.search(path) is None:
+    clean = path.isprintable() if path.isascii() else _unprintable().search(path) is None
+    if clean:
         return path
     try:  # the bytes an undecodable name had
         text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -66,7 +89,11 @@ def display_path(path: str) -> str:
 
 def check_path(path: str) -> None:
     """Refuse a path that is absolute, empty, has ``.``/``..``/empty segments or control characters."""
-    if _ANY_BAD.search(path) is not None:
+    if path.isascii():
+        wrapped = f"/{path}/"
+        if not path.isprintable() or "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
+            _refuse(path)
+    elif _any_bad().search(path) is not None:
         _refuse(path)
 
 
@@ -75,7 +102,7 @@ def _refuse(path: str) -> None:
         raise UnsafeInputError("empty path")
     if path.startswith("/"):
         raise UnsafeInputError(f"{path}: absolute paths are not allowed")
-    if _SURROGATE.search(path):
+    if _surrogate().search(path):
         try:  # the bytes an undecodable name had
             shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         except UnicodeEncodeError:  # a surrogate that no byte becomes
@@ -83,7 +110,7 @@ def _refuse(path: str) -> None:
         raise UnsafeInputError(f"{shown}: file name is not valid UTF-8; rename it")
     if _CONTROL.search(path):
         raise UnsafeInputError(f"{path!r}: control characters are not allowed in paths")
-    bad = _BAD_SEGMENT.search(path)
+    bad = _bad_segment().search(path)
     if bad:
         raise UnsafeInputError(f"{path}: '{bad.group(1)}' segments are not allowed in paths")
     raise UnsafeInputError(f"{path!r}: not allowed as a path")  # pragma: no cover - unreachable

@@ -14,25 +14,46 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+from graven.core.record import Frozen
 
 __all__ = ["HookResult", "run_health", "run_hook", "step_error"]
 
 _TAIL = 4096
 
 
-@dataclass(frozen=True)
-class HookResult:
-    """How one command ended."""
+class HookResult(Frozen):
+    """How one command ended (a frozen value: graven.core.record)."""
 
+    __slots__ = ("attempts", "command", "error", "output", "returncode", "seconds", "timeout")
+    _fields = ("command", "returncode", "output", "seconds", "attempts", "error", "timeout")
     command: str
     returncode: int | None  # None: killed after the timeout
     output: str  # the last few KiB of stdout + stderr
     seconds: float
-    attempts: int = 1
-    error: str | None = None  # the step could not run at all (see :func:`step_error`)
-    timeout: float | None = None  # the limit of one attempt (what a timed-out run reports)
+    attempts: int
+    error: str | None  # the step could not run at all (see :func:`step_error`)
+    timeout: float | None  # the limit of one attempt (what a timed-out run reports)
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        command: str,
+        returncode: int | None,
+        output: str,
+        seconds: float,
+        attempts: int = 1,
+        error: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "command", command)
+        set_field(self, "returncode", returncode)
+        set_field(self, "output", output)
+        set_field(self, "seconds", seconds)
+        set_field(self, "attempts", attempts)
+        set_field(self, "error", error)
+        set_field(self, "timeout", timeout)
 
     @property
     def ok(self) -> bool:

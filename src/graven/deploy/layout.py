@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from graven.core.record import Frozen
 from graven.errors import BackendError
 
 __all__ = ["CURRENT", "RELEASES", "EnvLayout"]
@@ -27,11 +27,15 @@ META = ".graven"
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
-class EnvLayout:
-    """The paths of one environment directory."""
+class EnvLayout(Frozen):
+    """The paths of one environment directory (a frozen value: graven.core.record)."""
 
+    __slots__ = ("root",)
+    _fields = ("root",)
     root: Path
+
+    def __init__(self, root: Path) -> None:
+        object.__setattr__(self, "root", root)
 
     @property
     def current(self) -> Path:

@@ -4,9 +4,9 @@ allows it. Values in, values out; no clock, no disk, no database."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from graven.core.record import Frozen
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 
 __all__ = [
@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 
+# The values below are frozen, written by hand (graven.core.record: @dataclass costs start-up).
+_set = object.__setattr__
+
+
 def short(digest: str | None) -> str:
     """The first 12 hex digits of ``sha256:<hex>`` (or ``-``)."""
     if not digest:
@@ -33,14 +37,23 @@ def short(digest: str | None) -> str:
 # -- what a deployment changes ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TreeDiff:
+class TreeDiff(Frozen):
     """Paths added, removed and changed between the live release and the new one."""
 
+    __slots__ = ("added", "changed", "removed", "unchanged")
+    _fields = ("added", "removed", "changed", "unchanged")
     added: tuple[str, ...]
     removed: tuple[str, ...]
     changed: tuple[str, ...]
     unchanged: int
+
+    def __init__(
+        self, added: tuple[str, ...], removed: tuple[str, ...], changed: tuple[str, ...], unchanged: int
+    ) -> None:
+        _set(self, "added", added)
+        _set(self, "removed", removed)
+        _set(self, "changed", changed)
+        _set(self, "unchanged", unchanged)
 
     @property
     def empty(self) -> bool:
@@ -116,21 +129,32 @@ def config_diff(old: Mapping[str, bytes], new: Mapping[str, bytes], *, old_label
 # -- which releases stay on disk -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReleaseInfo:
+class ReleaseInfo(Frozen):
     """A release directory of an environment, as retention sees it."""
 
+    __slots__ = ("digest", "failed", "last_ok")
+    _fields = ("digest", "last_ok", "failed")
     digest: str
-    last_ok: str | None = None  # when it last went live successfully here (sortable UTC), None: never
-    failed: bool = False  # it was deployed here and never went live successfully
+    last_ok: str | None  # when it last went live successfully here (sortable UTC), None: never
+    failed: bool  # it was deployed here and never went live successfully
+
+    def __init__(self, digest: str, last_ok: str | None = None, failed: bool = False) -> None:
+        _set(self, "digest", digest)
+        _set(self, "last_ok", last_ok)
+        _set(self, "failed", failed)
 
 
-@dataclass(frozen=True)
-class RetentionPlan:
+class RetentionPlan(Frozen):
     """Which releases to keep and which to delete."""
 
+    __slots__ = ("delete", "keep")
+    _fields = ("keep", "delete")
     keep: tuple[str, ...]
     delete: tuple[str, ...]
+
+    def __init__(self, keep: tuple[str, ...], delete: tuple[str, ...]) -> None:
+        _set(self, "keep", keep)
+        _set(self, "delete", delete)
 
 
 def plan_retention(releases: Sequence[ReleaseInfo], *, keep: int, protected: Iterable[str]) -> RetentionPlan:
@@ -151,28 +175,80 @@ def plan_retention(releases: Sequence[ReleaseInfo], *, keep: int, protected: Ite
 # -- whether policy allows a deployment ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PolicyFacts:
+class PolicyFacts(Frozen):
     """What policy needs to know about one deployment of ``digest`` into ``env``."""
 
+    __slots__ = (
+        "digest",
+        "env",
+        "healthy_in",
+        "held",
+        "held_digest",
+        "history_ok",
+        "kind",
+        "override",
+        "rejected",
+        "requires",
+    )
+    _fields = (
+        "digest",
+        "env",
+        "kind",
+        "requires",
+        "healthy_in",
+        "rejected",
+        "held",
+        "held_digest",
+        "override",
+        "history_ok",
+    )
     digest: str
     env: str
     kind: str  # deploy | promote | rollback
-    requires: tuple[str, ...] = ()
-    healthy_in: frozenset[str] = frozenset()  # environments where this digest was deployed healthy
-    rejected: str | None = None  # the rejection reason, if the digest was rejected
-    held: bool = False  # the environment is held ...
-    held_digest: str | None = None  # ... on this digest (None: on nothing, every digest is refused)
-    override: bool = False  # --override-policy (bypasses `requires` only)
-    history_ok: bool = True  # rollback: the digest went live here before
+    requires: tuple[str, ...]
+    healthy_in: frozenset[str]  # environments where this digest was deployed healthy
+    rejected: str | None  # the rejection reason, if the digest was rejected
+    held: bool  # the environment is held ...
+    held_digest: str | None  # ... on this digest (None: on nothing, every digest is refused)
+    override: bool  # --override-policy (bypasses `requires` only)
+    history_ok: bool  # rollback: the digest went live here before
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        digest: str,
+        env: str,
+        kind: str,
+        requires: tuple[str, ...] = (),
+        healthy_in: frozenset[str] = frozenset(),
+        rejected: str | None = None,
+        held: bool = False,
+        held_digest: str | None = None,
+        override: bool = False,
+        history_ok: bool = True,
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "env", env)
+        _set(self, "kind", kind)
+        _set(self, "requires", requires)
+        _set(self, "healthy_in", healthy_in)
+        _set(self, "rejected", rejected)
+        _set(self, "held", held)
+        _set(self, "held_digest", held_digest)
+        _set(self, "override", override)
+        _set(self, "history_ok", history_ok)
 
 
-@dataclass(frozen=True)
-class PolicyDecision:
+class PolicyDecision(Frozen):
     """Allowed (``refusal`` None) or refused with one line that says what to do next."""
 
-    refusal: str | None = None
-    overridden: tuple[str, ...] = field(default=())
+    __slots__ = ("overridden", "refusal")
+    _fields = ("refusal", "overridden")
+    refusal: str | None
+    overridden: tuple[str, ...]
+
+    def __init__(self, refusal: str | None = None, overridden: tuple[str, ...] = ()) -> None:
+        _set(self, "refusal", refusal)
+        _set(self, "overridden", overridden)
 
     @property
     def allowed(self) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 
+from graven.core.record import Frozen
 from graven.errors import InputError
 
 __all__ = ["ALGORITHM", "Digest", "sha256_digest"]
@@ -14,15 +14,46 @@ ALGORITHM = "sha256"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Digest:
-    """A sha256 digest. ``str(d)`` is ``sha256:<hex>``."""
+class Digest(Frozen):
+    """A sha256 digest. ``str(d)`` is ``sha256:<hex>``. Frozen, hashable and ordered by ``hex``
+    (written by hand: see graven.core.record)."""
 
+    __slots__ = ("hex",)
+    _fields = ("hex",)
     hex: str
 
-    def __post_init__(self) -> None:
-        if not _HEX64.fullmatch(self.hex):
-            raise InputError(f"not a sha256 digest: {self.hex!r}")
+    def __init__(self, hex: str) -> None:
+        if not _HEX64.fullmatch(hex):
+            raise InputError(f"not a sha256 digest: {hex!r}")
+        object.__setattr__(self, "hex", hex)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Digest or not isinstance(other, Digest):
+            return NotImplemented
+        return self.hex == other.hex
+
+    def __hash__(self) -> int:
+        return hash((self.hex,))
+
+    def __lt__(self, other: Digest) -> bool:
+        if other.__class__ is not Digest:
+            return NotImplemented
+        return self.hex < other.hex
+
+    def __le__(self, other: Digest) -> bool:
+        if other.__class__ is not Digest:
+            return NotImplemented
+        return self.hex <= other.hex
+
+    def __gt__(self, other: Digest) -> bool:
+        if other.__class__ is not Digest:
+            return NotImplemented
+        return self.hex > other.hex
+
+    def __ge__(self, other: Digest) -> bool:
+        if other.__class__ is not Digest:
+            return NotImplemented
+        return self.hex >= other.hex
 
     @classmethod
     def parse(cls, text: str) -> Digest:

@@ -6,9 +6,9 @@ The leaf hash of an entry is ``SHA-256(0x00 || entry bytes)`` (RFC 9162). See do
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
+from graven.core.record import Frozen
 from graven.errors import InputError
 from graven.model.manifest import canonical_json
 
@@ -37,26 +37,45 @@ EVENT_TYPES = frozenset(
 _FIELDS = ("actor", "artifact", "commit", "env", "event", "format", "index", "reason", "result", "time")
 
 
-@dataclass(frozen=True)
-class LogEvent:
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
+
+
+class LogEvent(Frozen):
     """What happened, before the log gives it an index, a time and an actor."""
 
+    __slots__ = ("artifact", "commit", "env", "event", "reason", "result")
+    _fields = ("event", "artifact", "commit", "env", "reason", "result")
     event: str
-    artifact: str | None = None
-    commit: str | None = None
-    env: str | None = None
-    reason: str | None = None
-    result: str = "ok"
+    artifact: str | None
+    commit: str | None
+    env: str | None
+    reason: str | None
+    result: str
 
-    def __post_init__(self) -> None:
-        if self.event not in EVENT_TYPES:
-            raise InputError(f"unknown log event type {self.event!r}")
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        event: str,
+        artifact: str | None = None,
+        commit: str | None = None,
+        env: str | None = None,
+        reason: str | None = None,
+        result: str = "ok",
+    ) -> None:
+        if event not in EVENT_TYPES:
+            raise InputError(f"unknown log event type {event!r}")
+        _set(self, "event", event)
+        _set(self, "artifact", artifact)
+        _set(self, "commit", commit)
+        _set(self, "env", env)
+        _set(self, "reason", reason)
+        _set(self, "result", result)
 
 
-@dataclass(frozen=True)
-class LogEntry:
+class LogEntry(Frozen):
     """One entry of the log, as hashed."""
 
+    __slots__ = ("actor", "artifact", "commit", "env", "event", "index", "reason", "result", "time")
+    _fields = ("index", "time", "actor", "event", "artifact", "commit", "env", "reason", "result")
     index: int
     time: str
     actor: str
@@ -66,6 +85,28 @@ class LogEntry:
     env: str | None
     reason: str | None
     result: str
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        index: int,
+        time: str,
+        actor: str,
+        event: str,
+        artifact: str | None,
+        commit: str | None,
+        env: str | None,
+        reason: str | None,
+        result: str,
+    ) -> None:
+        _set(self, "index", index)
+        _set(self, "time", time)
+        _set(self, "actor", actor)
+        _set(self, "event", event)
+        _set(self, "artifact", artifact)
+        _set(self, "commit", commit)
+        _set(self, "env", env)
+        _set(self, "reason", reason)
+        _set(self, "result", result)
 
     @classmethod
     def of(cls, event: LogEvent, *, index: int, time: str, actor: str) -> LogEntry:

@@ -10,11 +10,11 @@ import math
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, cast
 
 from graven.core.globs import GlobError, check_glob
 from graven.core.paths import check_path, display_path
+from graven.core.record import Frozen
 from graven.errors import ConfigError, UnsafeInputError
 
 __all__ = [
@@ -45,45 +45,80 @@ MAX_RETRIES = 1000  # [env.*] health_retries
 # models cost ~65 ms, a fifth of every command's start-up.)
 
 ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # graven init derives names that match it
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_+.-]{1,255}|/[A-Za-z0-9_+./-]{1,4095}")
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"  # compiled when [build] env names one (start-up)
+_TOOL_NAME = r"[A-Za-z0-9_+.-]{1,255}|/[A-Za-z0-9_+./-]{1,4095}"  # likewise for [build] tools
 # Set by graven inside every build; [build] env cannot pass them through from the host.
 _PINNED_ENV = ("PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "LANG", "SOURCE_DATE_EPOCH", "PYTHONHASHSEED")
 
 
-@dataclass(frozen=True)
-class ArtifactSection:
+# The sections are frozen values written by hand (graven.core.record: @dataclass costs start-up); their
+# fields, in order, are also the keys graven.toml accepts (_KNOWN). A list field left out gets a new list.
+_set = object.__setattr__
+
+
+class ArtifactSection(Frozen):
     """``[artifact]``: what the artifact is called and which files it holds."""
 
+    __slots__ = ("exclude", "include", "name")
+    _fields = ("name", "include", "exclude")
     name: str
-    include: list[str] = field(default_factory=lambda: ["**"])
-    exclude: list[str] = field(default_factory=list)
+    include: list[str]
+    exclude: list[str]
+
+    def __init__(self, name: str, include: list[str] | None = None, exclude: list[str] | None = None) -> None:
+        _set(self, "name", name)
+        _set(self, "include", ["**"] if include is None else include)
+        _set(self, "exclude", [] if exclude is None else exclude)
 
 
-@dataclass(frozen=True)
-class FetchSection:
+class FetchSection(Frozen):
     """``[build.fetch]``: steps with network access that may only bring in files locked by hash."""
 
+    __slots__ = ("lockfiles", "outputs", "steps")
+    _fields = ("steps", "lockfiles", "outputs")
     steps: list[str]
     lockfiles: list[str]
     outputs: list[str]
 
+    def __init__(self, steps: list[str], lockfiles: list[str], outputs: list[str]) -> None:
+        _set(self, "steps", steps)
+        _set(self, "lockfiles", lockfiles)
+        _set(self, "outputs", outputs)
 
-@dataclass(frozen=True)
-class BuildSection:
+
+class BuildSection(Frozen):
     """``[build]``: shell steps run in a clean copy of the commit, and the paths they produce."""
 
-    steps: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    timeout: int = 3600
-    sandbox: Literal["bubblewrap", "none"] = "bubblewrap"
-    env: list[str] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)
-    fetch: FetchSection | None = None
+    __slots__ = ("env", "fetch", "outputs", "sandbox", "steps", "timeout", "tools")
+    _fields = ("steps", "outputs", "timeout", "sandbox", "env", "tools", "fetch")
+    steps: list[str]
+    outputs: list[str]
+    timeout: int
+    sandbox: Literal["bubblewrap", "none"]
+    env: list[str]
+    tools: list[str]
+    fetch: FetchSection | None
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        steps: list[str] | None = None,
+        outputs: list[str] | None = None,
+        timeout: int = 3600,
+        sandbox: Literal["bubblewrap", "none"] = "bubblewrap",
+        env: list[str] | None = None,
+        tools: list[str] | None = None,
+        fetch: FetchSection | None = None,
+    ) -> None:
+        _set(self, "steps", [] if steps is None else steps)
+        _set(self, "outputs", [] if outputs is None else outputs)
+        _set(self, "timeout", timeout)
+        _set(self, "sandbox", sandbox)
+        _set(self, "env", [] if env is None else env)
+        _set(self, "tools", [] if tools is None else tools)
+        _set(self, "fetch", fetch)
 
 
-@dataclass(frozen=True)
-class EnvSection:
+class EnvSection(Frozen):
     """``[env.NAME]``: where and how the artifact is deployed (docs/formats/environments-v1.md).
 
     ``path`` is absolute, or relative to the operator's deploy root (``GRAVEN_DEPLOY_ROOT``, ``--root``);
@@ -91,27 +126,90 @@ class EnvSection:
     run on the deploying machine after the switch.
     """
 
+    __slots__ = (
+        "activate",
+        "activate_timeout",
+        "config",
+        "health",
+        "health_interval",
+        "health_retries",
+        "health_timeout",
+        "ignore",
+        "keep",
+        "path",
+        "requires",
+    )
+    _fields = (
+        "path",
+        "config",
+        "activate",
+        "activate_timeout",
+        "health",
+        "health_retries",
+        "health_interval",
+        "health_timeout",
+        "keep",
+        "requires",
+        "ignore",
+    )
     path: str
-    config: str | None = None
-    activate: str | None = None
-    activate_timeout: float = 60.0
-    health: str | None = None
-    health_retries: int = 2
-    health_interval: float = 1.0
-    health_timeout: float = 10.0
-    keep: int = 5
-    requires: list[str] = field(default_factory=list)
+    config: str | None
+    activate: str | None
+    activate_timeout: float
+    health: str | None
+    health_retries: int
+    health_interval: float
+    health_timeout: float
+    keep: int
+    requires: list[str]
     # drift detection leaves these paths of the release alone (globs; docs/formats/drift-v1.md)
-    ignore: list[str] = field(default_factory=list)
+    ignore: list[str]
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        path: str,
+        config: str | None = None,
+        activate: str | None = None,
+        activate_timeout: float = 60.0,
+        health: str | None = None,
+        health_retries: int = 2,
+        health_interval: float = 1.0,
+        health_timeout: float = 10.0,
+        keep: int = 5,
+        requires: list[str] | None = None,
+        ignore: list[str] | None = None,
+    ) -> None:
+        _set(self, "path", path)
+        _set(self, "config", config)
+        _set(self, "activate", activate)
+        _set(self, "activate_timeout", activate_timeout)
+        _set(self, "health", health)
+        _set(self, "health_retries", health_retries)
+        _set(self, "health_interval", health_interval)
+        _set(self, "health_timeout", health_timeout)
+        _set(self, "keep", keep)
+        _set(self, "requires", [] if requires is None else requires)
+        _set(self, "ignore", [] if ignore is None else ignore)
 
 
-@dataclass(frozen=True)
-class Pipeline:
+class Pipeline(Frozen):
     """The whole ``graven.toml``."""
 
+    __slots__ = ("artifact", "build", "env")
+    _fields = ("artifact", "build", "env")
     artifact: ArtifactSection
-    build: BuildSection = field(default_factory=BuildSection)
-    env: dict[str, EnvSection] = field(default_factory=dict)
+    build: BuildSection
+    env: dict[str, EnvSection]
+
+    def __init__(
+        self,
+        artifact: ArtifactSection,
+        build: BuildSection | None = None,
+        env: dict[str, EnvSection] | None = None,
+    ) -> None:
+        _set(self, "artifact", artifact)
+        _set(self, "build", BuildSection() if build is None else build)
+        _set(self, "env", {} if env is None else env)
 
 
 # -- checking --------------------------------------------------------------------------------------
@@ -274,13 +372,13 @@ def _build(value: object) -> BuildSection:
         raise _fail((*loc, "sandbox"), "{at} must be 'bubblewrap' or 'none'")
     env = _get(table, "env", loc, _strings) or []
     for name in env:
-        if not _ENV_NAME.fullmatch(name):
+        if not re.fullmatch(_ENV_NAME, name):
             raise _fail((*loc, "env"), f"{{at}}: {name} is not an environment variable name")
         if name in _PINNED_ENV:
             raise _fail((*loc, "env"), f"{{at}}: {name} is always set by graven, never passed through")
     tools = _get(table, "tools", loc, _strings) or []
     for name in tools:
-        if not _TOOL_NAME.fullmatch(name) or "/." in name:
+        if not re.fullmatch(_TOOL_NAME, name) or "/." in name:
             raise _fail((*loc, "tools"), f"{{at}}: {name} is not a program name or an absolute path to one")
     fetch = _get(table, "fetch", loc, _fetch)
     if not steps:
@@ -346,18 +444,14 @@ def _env(name: str, value: object) -> EnvSection:
     )
 
 
-def _keys(section: type) -> tuple[str, ...]:
-    """The keys a section accepts: its fields, so that a new field is known without a second list."""
-    return tuple(f.name for f in fields(section))
-
-
+# The keys a section accepts: its fields, so that a new field is known without a second list.
 _KNOWN = {
-    "artifact": _keys(ArtifactSection),
-    "build": _keys(BuildSection),
-    "fetch": _keys(FetchSection),
-    "env": _keys(EnvSection),
+    "artifact": ArtifactSection._fields,
+    "build": BuildSection._fields,
+    "fetch": FetchSection._fields,
+    "env": EnvSection._fields,
 }
-_TOP = _keys(Pipeline)
+_TOP = Pipeline._fields
 
 
 def _check_keys(doc: dict[str, Any]) -> None:

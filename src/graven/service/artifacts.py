@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from graven.core.record import Frozen, Record
 from graven.db import Row
 from graven.errors import AmbiguousError, IntegrityError, NotFoundError
 from graven.model.digest import Digest
@@ -29,10 +29,39 @@ _PREFIX = re.compile(r"[0-9a-f]{4,64}")
 MANIFEST_PATH = "(manifest)"
 
 
-@dataclass(frozen=True)
-class ArtifactRecord:
+# The values here are written by hand (graven.core.record: @dataclass costs start-up).
+_set = object.__setattr__
+
+
+class ArtifactRecord(Frozen):
     """One stored artifact as the database knows it."""
 
+    __slots__ = (
+        "commit",
+        "created_at",
+        "digest",
+        "file_count",
+        "name",
+        "origin",
+        "pipeline_digest",
+        "repository",
+        "revision",
+        "source_date_epoch",
+        "total_size",
+    )
+    _fields = (
+        "digest",
+        "name",
+        "commit",
+        "repository",
+        "revision",
+        "pipeline_digest",
+        "source_date_epoch",
+        "file_count",
+        "total_size",
+        "origin",
+        "created_at",
+    )
     digest: str
     name: str
     commit: str | None
@@ -45,9 +74,29 @@ class ArtifactRecord:
     origin: str
     created_at: str
 
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        digest: str,
+        name: str,
+        commit: str | None,
+        repository: str | None,
+        revision: str | None,
+        pipeline_digest: str | None,
+        source_date_epoch: int,
+        file_count: int,
+        total_size: int,
+        origin: str,
+        created_at: str,
+    ) -> None:
+        values = (digest, name, commit, repository, revision, pipeline_digest, source_date_epoch)
+        for field, value in zip(
+            self._fields, (*values, file_count, total_size, origin, created_at), strict=True
+        ):
+            _set(self, field, value)
+
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` form."""
-        return asdict(self)
+        """The ``--json`` form: every field."""
+        return {field: getattr(self, field) for field in self._fields}
 
 
 def resolve_digest(ctx: Context, text: str) -> Digest:
@@ -126,23 +175,37 @@ def load_manifest(ctx: Context, digest: Digest) -> TreeManifest:
     return TreeManifest.from_bytes(data)
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(Frozen):
     """One missing or corrupt object, named by its path in the artifact."""
 
+    __slots__ = ("detail", "kind", "object", "path")
+    _fields = ("path", "object", "kind", "detail")
     path: str
     object: str
     kind: str  # missing | corrupt
-    detail: str = ""
+    detail: str
+
+    def __init__(self, path: str, object: str, kind: str, detail: str = "") -> None:
+        _set(self, "path", path)
+        _set(self, "object", object)
+        _set(self, "kind", kind)
+        _set(self, "detail", detail)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form: every field."""
+        return {"path": self.path, "object": self.object, "kind": self.kind, "detail": self.detail}
 
 
-@dataclass
-class VerifyReport:
-    """The outcome of re-hashing an artifact."""
+class VerifyReport(Record):
+    """The outcome of re-hashing an artifact; mutable."""
 
-    digest: str
-    objects_checked: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    __slots__ = ("digest", "objects_checked", "problems")
+    _fields = ("digest", "objects_checked", "problems")
+
+    def __init__(self, digest: str, objects_checked: int = 0, problems: list[Problem] | None = None) -> None:
+        self.digest = digest
+        self.objects_checked = objects_checked
+        self.problems: list[Problem] = [] if problems is None else problems
 
     @property
     def ok(self) -> bool:
@@ -155,7 +218,7 @@ class VerifyReport:
             "digest": self.digest,
             "ok": self.ok,
             "objects_checked": self.objects_checked,
-            "problems": [asdict(p) for p in self.problems],
+            "problems": [p.to_json() for p in self.problems],
         }
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from graven.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from graven.core.record import Record
 from graven.db import Connection, Row
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
 from graven.model.logentry import LogEntry, LogEvent
@@ -71,16 +70,28 @@ def actor_from_env(default: str) -> str:
     return default
 
 
-@dataclass
-class LogVerifyReport:
-    """What ``graven log verify`` found (at most 100 problems are kept; the rest are counted)."""
+class LogVerifyReport(Record):
+    """What ``graven log verify`` found (at most 100 problems are kept; the rest are counted). Mutable
+    (a value written by hand: graven.core.record)."""
 
-    size: int = 0
-    checkpoints_checked: int = 0
-    first_bad_index: int | None = None
-    problems: list[str] = field(default_factory=list)
-    root: str | None = None
-    more_problems: int = 0
+    __slots__ = ("checkpoints_checked", "first_bad_index", "more_problems", "problems", "root", "size")
+    _fields = ("size", "checkpoints_checked", "first_bad_index", "problems", "root", "more_problems")
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        size: int = 0,
+        checkpoints_checked: int = 0,
+        first_bad_index: int | None = None,
+        problems: list[str] | None = None,
+        root: str | None = None,
+        more_problems: int = 0,
+    ) -> None:
+        self.size = size
+        self.checkpoints_checked = checkpoints_checked
+        self.first_bad_index = first_bad_index
+        self.problems: list[str] = [] if problems is None else problems
+        self.root = root
+        self.more_problems = more_problems
 
     @property
     def ok(self) -> bool:
@@ -275,6 +286,8 @@ class AuditLog:
                 "entries: restore the database from a backup (`graven log verify` shows what is wrong)"
             )
         if origin is None:
+            import uuid  # here: only the first entry of a log needs it (start-up of every deploy)
+
             origin = f"graven.invalid/log/{uuid.uuid4()}"
             conn.execute(
                 """INSERT INTO graven_meta ("key", value) VALUES (:key, :value)""",

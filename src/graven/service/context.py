@@ -3,11 +3,11 @@ so that cheap commands never pay for what they do not use."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
+from graven.core.record import Record
 from graven.home import Home
 
 if TYPE_CHECKING:
@@ -45,12 +45,16 @@ class NullReporter:
         """Ignore progress."""
 
 
-@dataclass
-class Context:
-    """Everything a use case needs, opened on first use."""
+class Context(Record):
+    """Everything a use case needs, opened on first use. Equal when home and reporter are (a value
+    written by hand: graven.core.record)."""
 
-    home: Home
-    reporter: Reporter = field(default_factory=NullReporter)
+    # no __slots__: the cached properties live in the instance's __dict__
+    _fields = ("home", "reporter")
+
+    def __init__(self, home: Home, reporter: Reporter | None = None) -> None:
+        self.home = home
+        self.reporter: Reporter = NullReporter() if reporter is None else reporter
 
     @classmethod
     def from_env(cls, reporter: Reporter | None = None) -> Context:

@@ -14,12 +14,11 @@ the audit log) and deploy_plan (``--plan``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from graven.core.record import Frozen
 from graven.db import Connection
-from graven.deploy.hooks import HookResult, run_health, run_hook, step_error
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
 from graven.deploy.plan import evaluate_policy, short
@@ -29,7 +28,6 @@ from graven.errors import InputError, NeverDeployedError, PolicyError
 from graven.model.digest import Digest
 from graven.service.artifacts import resolve_digest
 from graven.service.context import Context, utc_now
-from graven.service.deploy_plan import DeployPlan, plan_deploy
 from graven.service.deploy_records import insert_pending, reconcile, record_failure, record_success
 from graven.service.deploy_release import (
     check_links,
@@ -44,6 +42,12 @@ from graven.service.deploy_release import (
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.deploy_verify import check_location, check_path, policy_facts, verify_target
 from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from graven.deploy.hooks import HookResult
+    from graven.service.deploy_plan import DeployPlan, plan_deploy
 
 __all__ = [
     "ROOT_ENV",
@@ -60,13 +64,91 @@ __all__ = [
 ROOT_ENV = "GRAVEN_DEPLOY_ROOT"
 
 
+def __getattr__(name: str) -> Any:
+    """``DeployPlan`` and ``plan_deploy`` (re-exported): loaded for ``graven deploy --plan`` only."""
+    if name in ("DeployPlan", "plan_deploy"):
+        from graven.service import deploy_plan
+
+        return getattr(deploy_plan, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- hooks: graven.deploy.hooks (and subprocess) is loaded only when a step needs it -----------------
+
+
+def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:
+    """:func:`graven.deploy.hooks.run_hook` (the activate command)."""
+    from graven.deploy import hooks
+
+    return hooks.run_hook(command, cwd=cwd, env=env, timeout=timeout)
+
+
+def run_health(
+    command: str, *, cwd: Path, env: Mapping[str, str], timeout: float, retries: int, interval: float
+) -> HookResult:
+    """:func:`graven.deploy.hooks.run_health` (the health command, with its retries)."""
+    from graven.deploy import hooks
+
+    return hooks.run_health(command, cwd=cwd, env=env, timeout=timeout, retries=retries, interval=interval)
+
+
+def step_error(what: str, exc: BaseException) -> HookResult:
+    """:func:`graven.deploy.hooks.step_error`: a step that raised, as a failed result."""
+    from graven.deploy import hooks
+
+    return hooks.step_error(what, exc)
+
+
 # -- results ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DeployResult:
-    """What a deploy, promote or rollback did."""
+class DeployResult(Frozen):
+    """What a deploy, promote or rollback did (a frozen value: graven.core.record)."""
 
+    __slots__ = (
+        "activate",
+        "commit",
+        "digest",
+        "env",
+        "health",
+        "health_detail",
+        "held",
+        "kind",
+        "message",
+        "name",
+        "ok",
+        "overridden",
+        "path",
+        "previous",
+        "release",
+        "removed",
+        "reused_release",
+        "rolled_back_to",
+        "seconds",
+        "stats",
+    )
+    _fields = (
+        "ok",
+        "env",
+        "kind",
+        "digest",
+        "name",
+        "commit",
+        "path",
+        "release",
+        "previous",
+        "health",
+        "message",
+        "rolled_back_to",
+        "overridden",
+        "held",
+        "reused_release",
+        "stats",
+        "removed",
+        "activate",
+        "health_detail",
+        "seconds",
+    )
     ok: bool
     env: str
     kind: str
@@ -78,21 +160,51 @@ class DeployResult:
     previous: str | None
     health: str  # healthy | none | failed
     message: str
-    rolled_back_to: str | None = None
-    overridden: tuple[str, ...] = ()
-    held: bool = False
-    reused_release: bool = False
-    stats: dict[str, Any] = field(default_factory=dict)
-    removed: tuple[str, ...] = ()
-    activate: str | None = None
-    health_detail: str | None = None
-    seconds: float = 0.0
+    rolled_back_to: str | None
+    overridden: tuple[str, ...]
+    held: bool
+    reused_release: bool
+    stats: dict[str, Any]
+    removed: tuple[str, ...]
+    activate: str | None
+    health_detail: str | None
+    seconds: float
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        ok: bool,
+        env: str,
+        kind: str,
+        digest: str,
+        name: str,
+        commit: str | None,
+        path: str,
+        release: str,
+        previous: str | None,
+        health: str,
+        message: str,
+        rolled_back_to: str | None = None,
+        overridden: tuple[str, ...] = (),
+        held: bool = False,
+        reused_release: bool = False,
+        stats: dict[str, Any] | None = None,
+        removed: tuple[str, ...] = (),
+        activate: str | None = None,
+        health_detail: str | None = None,
+        seconds: float = 0.0,
+    ) -> None:
+        values: tuple[object, ...] = (ok, env, kind, digest, name, commit, path, release, previous, health)
+        values += (message, rolled_back_to, overridden, held, reused_release, {} if stats is None else stats)
+        values += (removed, activate, health_detail, seconds)
+        for field, value in zip(self._fields, values, strict=True):
+            object.__setattr__(self, field, value)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` form."""
-        data = asdict(self)
+        """The ``--json`` form: every field, tuples as lists, stats a copy (its values are numbers)."""
+        data = {field: getattr(self, field) for field in self._fields}
         data["overridden"] = list(self.overridden)
         data["removed"] = list(self.removed)
+        data["stats"] = dict(self.stats)
         return data
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 from graven.db import Row
-from graven.deploy.hooks import HookResult, run_health, run_hook
 from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyDecision, short
 from graven.deploy.settings import EnvSettings
@@ -18,6 +17,10 @@ from graven.service.context import Context, utc_now
 from graven.service.deploy_release import hook_environment, step
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.environments import EnvState, deployment_row, load_state, rejection, save_state
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from graven.deploy.hooks import HookResult
 
 _EVENT = {"deploy": "deploy", "promote": "promote", "rollback": "rollback", "auto-rollback": "rollback"}
 
@@ -236,6 +239,8 @@ def record_failure(
         rolled_back_to = previous
         step(ctx, "switched-back")
         if back_settings is not None:
+            from graven.deploy.hooks import run_health, run_hook  # here: only a switch back runs hooks
+
             hook_env = hook_environment(layout, back_settings, previous, digest)
             if back_settings.activate:
                 result = run_hook(

@@ -3,10 +3,10 @@ helpers that the deployment use cases (graven.service.deploy) share."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from graven.core.record import Frozen, Record
 from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.settings import check_env_name
@@ -37,20 +37,57 @@ __all__ = [
 
 HEALTHY = ("healthy", "none")  # a deployment's health that counts as healthy (none: no health command)
 
+# The values here are written by hand (graven.core.record: @dataclass costs start-up).
+_set = object.__setattr__
 
-@dataclass
-class EnvState:
-    """The recorded state of one environment (table deploy_envs)."""
 
-    name: str
-    path: str
-    live_digest: str | None = None
-    live_deployment: int | None = None
-    previous_digest: str | None = None
-    held: bool = False
-    held_digest: str | None = None
-    hold_reason: str | None = None
-    exists: bool = False
+class EnvState(Record):
+    """The recorded state of one environment (table deploy_envs); mutable."""
+
+    __slots__ = (
+        "exists",
+        "held",
+        "held_digest",
+        "hold_reason",
+        "live_deployment",
+        "live_digest",
+        "name",
+        "path",
+        "previous_digest",
+    )
+    _fields = (
+        "name",
+        "path",
+        "live_digest",
+        "live_deployment",
+        "previous_digest",
+        "held",
+        "held_digest",
+        "hold_reason",
+        "exists",
+    )
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        name: str,
+        path: str,
+        live_digest: str | None = None,
+        live_deployment: int | None = None,
+        previous_digest: str | None = None,
+        held: bool = False,
+        held_digest: str | None = None,
+        hold_reason: str | None = None,
+        exists: bool = False,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.live_digest = live_digest
+        self.live_deployment = live_deployment
+        self.previous_digest = previous_digest
+        self.held = held
+        self.held_digest = held_digest
+        self.hold_reason = hold_reason
+        self.exists = exists
 
 
 def load_state(conn: Connection, env: str) -> EnvState | None:
@@ -145,18 +182,25 @@ def deployment_row(conn: Connection, dep_id: int | None) -> Row | None:
     ).one_or_none()
 
 
-@dataclass(frozen=True)
-class HoldResult:
+class HoldResult(Frozen):
     """What hold/unhold changed."""
 
+    __slots__ = ("changed", "digest", "env", "held")
+    _fields = ("env", "held", "changed", "digest")
     env: str
     held: bool
     changed: bool
     digest: str | None
 
+    def __init__(self, env: str, held: bool, changed: bool, digest: str | None) -> None:
+        _set(self, "env", env)
+        _set(self, "held", held)
+        _set(self, "changed", changed)
+        _set(self, "digest", digest)
+
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return asdict(self)
+        return {"env": self.env, "held": self.held, "changed": self.changed, "digest": self.digest}
 
 
 def hold(ctx: Context, env: str, reason: str) -> HoldResult:
@@ -220,18 +264,30 @@ def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
     return HoldResult(env, False, True, digest)
 
 
-@dataclass(frozen=True)
-class RejectResult:
+class RejectResult(Frozen):
     """What reject recorded."""
 
+    __slots__ = ("already", "digest", "live_in", "reason")
+    _fields = ("digest", "reason", "already", "live_in")
     digest: str
     reason: str
     already: bool
     live_in: tuple[str, ...]
 
+    def __init__(self, digest: str, reason: str, already: bool, live_in: tuple[str, ...]) -> None:
+        _set(self, "digest", digest)
+        _set(self, "reason", reason)
+        _set(self, "already", already)
+        _set(self, "live_in", live_in)
+
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return {**asdict(self), "live_in": list(self.live_in)}
+        return {
+            "digest": self.digest,
+            "reason": self.reason,
+            "already": self.already,
+            "live_in": list(self.live_in),
+        }
 
 
 def reject(ctx: Context, digest_text: str, reason: str) -> RejectResult:
@@ -270,10 +326,43 @@ def commit_of(conn: Connection, digest: str) -> str | None:
     return str(value) if value is not None else None
 
 
-@dataclass(frozen=True)
-class EnvStatus:
+class EnvStatus(Frozen):
     """One environment in ``graven status``."""
 
+    __slots__ = (
+        "commit",
+        "deployed_at",
+        "deployed_by",
+        "env",
+        "health",
+        "held",
+        "held_digest",
+        "hold_reason",
+        "kind",
+        "live",
+        "name",
+        "on_disk",
+        "path",
+        "previous",
+        "rejected",
+    )
+    _fields = (
+        "env",
+        "path",
+        "live",
+        "name",
+        "commit",
+        "deployed_at",
+        "deployed_by",
+        "kind",
+        "health",
+        "held",
+        "held_digest",
+        "hold_reason",
+        "previous",
+        "on_disk",
+        "rejected",
+    )
     env: str
     path: str
     live: str | None
@@ -290,9 +379,33 @@ class EnvStatus:
     on_disk: str | None  # what PATH/current points to
     rejected: bool
 
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
+        self,
+        env: str,
+        path: str,
+        live: str | None,
+        name: str | None,
+        commit: str | None,
+        deployed_at: str | None,
+        deployed_by: str | None,
+        kind: str | None,
+        health: str | None,
+        held: bool,
+        held_digest: str | None,
+        hold_reason: str | None,
+        previous: str | None,
+        on_disk: str | None,
+        rejected: bool,
+    ) -> None:
+        values = (env, path, live, name, commit, deployed_at, deployed_by, kind, health, held, held_digest)
+        for field, value in zip(
+            self._fields, (*values, hold_reason, previous, on_disk, rejected), strict=True
+        ):
+            _set(self, field, value)
+
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` form."""
-        return asdict(self)
+        """The ``--json`` form: every field."""
+        return {field: getattr(self, field) for field in self._fields}
 
 
 def status(ctx: Context) -> list[EnvStatus]:
