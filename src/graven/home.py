@@ -7,6 +7,7 @@
     keys/           private (0600) and public signing keys; records.hmac (0600), the key that
                     authenticates the stat records beside deployments (graven.deploy.recordkey)
     trust/          public keys the operator trusts
+    cache/signatures/  the memo of verified signatures (graven.signing.memo; safe to delete)
 """
 
 from __future__ import annotations
