@@ -9,7 +9,7 @@ its ``__init__`` by hand, with every field a parameter in that order (a frozen o
 - ``==`` compares the fields of two instances of exactly the same class (else NotImplemented);
 - ``repr`` is ``Name(field=value, ...)``;
 - :class:`Frozen`: hashable (the hash of the tuple of fields), assignment and deletion raise
-  :class:`FrozenInstanceError` (an AttributeError, named as dataclasses names it), and copy / pickle
+  :class:`FrozenInstanceError` (an AttributeError; not the dataclasses class of that name), and copy / pickle
   rebuild it through ``__init__``;
 - :class:`Record`: mutable and unhashable (``__hash__`` None).
 
@@ -27,7 +27,9 @@ __all__ = ["Frozen", "FrozenInstanceError", "Record"]
 
 
 class FrozenInstanceError(AttributeError):
-    """An assignment to (or deletion of) a field of a frozen value."""
+    """An assignment to (or deletion of) a field of a frozen value. graven's own AttributeError, not
+    ``dataclasses.FrozenInstanceError`` (importing dataclasses is what these classes avoid): catch
+    AttributeError to handle both."""
 
 
 class _Fields:  # noqa: PLW1641 - Record leaves __hash__ None (mutable), Frozen defines it
@@ -35,6 +37,11 @@ class _Fields:  # noqa: PLW1641 - Record leaves __hash__ None (mutable), Frozen 
 
     __slots__ = ()
     _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # ``case FileEntry(path, sha256, ...)`` as for a dataclass
+        setattr(cls, "__match_args__", cls._fields)  # noqa: B010 (set per subclass at run time)
 
     def _values(self) -> tuple[Any, ...]:
         return tuple([getattr(self, name) for name in self._fields])

@@ -16,67 +16,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from graven.core.record import Frozen
+from graven.deploy.hook_result import HookResult, step_error
 
 __all__ = ["HookResult", "run_health", "run_hook", "step_error"]
 
 _TAIL = 4096
-
-
-class HookResult(Frozen):
-    """How one command ended (a frozen value: graven.core.record)."""
-
-    __slots__ = ("attempts", "command", "error", "output", "returncode", "seconds", "timeout")
-    _fields = ("command", "returncode", "output", "seconds", "attempts", "error", "timeout")
-    command: str
-    returncode: int | None  # None: killed after the timeout
-    output: str  # the last few KiB of stdout + stderr
-    seconds: float
-    attempts: int
-    error: str | None  # the step could not run at all (see :func:`step_error`)
-    timeout: float | None  # the limit of one attempt (what a timed-out run reports)
-
-    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
-        self,
-        command: str,
-        returncode: int | None,
-        output: str,
-        seconds: float,
-        attempts: int = 1,
-        error: str | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        set_field = object.__setattr__
-        set_field(self, "command", command)
-        set_field(self, "returncode", returncode)
-        set_field(self, "output", output)
-        set_field(self, "seconds", seconds)
-        set_field(self, "attempts", attempts)
-        set_field(self, "error", error)
-        set_field(self, "timeout", timeout)
-
-    @property
-    def ok(self) -> bool:
-        """True when the command exited 0 in time."""
-        return self.returncode == 0 and self.error is None
-
-    def describe(self) -> str:
-        """``exit 3: <last line of output>``, ``timed out after 10s``, or the error that stopped the step."""
-        if self.error is not None:
-            return self.error
-        if self.returncode is None:
-            limit = self.timeout if self.timeout is not None else self.seconds
-            status = f"timed out after {limit:g}s"
-        else:
-            status = f"exit {self.returncode}"
-        last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
-        return f"{status}: {last[0][:200]}" if last else status
-
-
-def step_error(what: str, exc: BaseException) -> HookResult:
-    """A failed result for a deployment step that raised instead of running a command."""
-    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    return HookResult(what, None, "", 0.0, error=text)
 
 
 def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:

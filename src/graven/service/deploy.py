@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from graven.core.record import Frozen
 from graven.db import Connection
+from graven.deploy.hook_result import HookResult, step_error  # eager: the switch back needs it
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
 from graven.deploy.plan import evaluate_policy, short
@@ -46,7 +47,6 @@ from graven.service.environments import HEALTHY, EnvState, deployment_row, load_
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from graven.deploy.hooks import HookResult
     from graven.service.deploy_plan import DeployPlan, plan_deploy
 
 __all__ = [
@@ -90,13 +90,6 @@ def run_health(
     from graven.deploy import hooks
 
     return hooks.run_health(command, cwd=cwd, env=env, timeout=timeout, retries=retries, interval=interval)
-
-
-def step_error(what: str, exc: BaseException) -> HookResult:
-    """:func:`graven.deploy.hooks.step_error`: a step that raised, as a failed result."""
-    from graven.deploy import hooks
-
-    return hooks.step_error(what, exc)
 
 
 # -- results ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from graven.service.environments import EnvState, deployment_row, load_state, re
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
-    from graven.deploy.hooks import HookResult
+    from graven.deploy.hook_result import HookResult
 
 _EVENT = {"deploy": "deploy", "promote": "promote", "rollback": "rollback", "auto-rollback": "rollback"}
 
@@ -239,8 +239,8 @@ def record_failure(
         rolled_back_to = previous
         step(ctx, "switched-back")
         if back_settings is not None:
-            from graven.deploy.hooks import run_health, run_hook  # here: only a switch back runs hooks
-
+            if back_settings.activate or back_settings.health:  # only then: hooks import subprocess
+                from graven.deploy.hooks import run_health, run_hook
             hook_env = hook_environment(layout, back_settings, previous, digest)
             if back_settings.activate:
                 result = run_hook(
