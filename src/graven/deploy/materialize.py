@@ -6,18 +6,27 @@ read (never a hard link to a store object, so that a tampered release can never 
 as a hard link to the same path of the live release when that file holds the same sha256 with the same
 mode and its stat is unchanged since graven wrote it (:mod:`graven.deploy.statdb`).
 
-The work is spread over a few threads: creating directories, files and links is dominated by the
-kernel and the disk, and the file systems graven deploys to handle operations in different directories
-concurrently. Store reads stay on the calling thread.
+The directories, symlinks and links to unchanged files (all of a next version's release but the few
+changed files) are made by two processes when it is safe (Linux, no other thread alive): each makes
+whole subtrees, parents first, and takes a directory's stat as soon as nothing more goes into it. That
+work is tens of thousands of short system calls, and threads would spend much of it handing the GIL to
+each other (two threads gain little over one; two processes halve it). Elsewhere, and for the files
+written from the store, a few threads share the work; store reads stay on the calling thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
+import heapq
+import marshal
 import os
+import signal
 import stat
-from collections.abc import Callable, Iterable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,13 +54,16 @@ __all__ = [
     "verify_objects",
 ]
 
-WORKERS = 4
+# Threads for writing files (and for the tree where no second process is forked): no more than the cores,
+# since the threads spend their time in short system calls and hand the GIL to each other at every one.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 DIR_MODE = 0o555
 _CHUNK = 1 << 20
 _BATCH_BYTES = 64 << 20
 _PROGRESS_EVERY = 256
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def file_mode(executable: bool) -> int:
@@ -110,7 +122,7 @@ def plan_transfer(manifest: TreeManifest, table: StatTable, *, reuse_root: Path 
     """What :func:`build_release` would link and copy, without writing anything: the same firsts and
     duplicates, and the same test of the file at the same path of ``reuse_root`` (a regular file with
     the entry's mode and its recorded stat). Only a link the file system refuses (another device, too
-    many links) would be a copy instead."""
+    many links), or a file replaced between that test and the link, would be a copy instead."""
     firsts, duplicates = unique_files(manifest)
     linked = 0
     copied: list[FileEntry] = []
@@ -159,6 +171,20 @@ def _can_override_permissions() -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Building or checking a release makes tens of thousands of small objects (stat results, records)
+    that live until it ends: the cyclic garbage collector would walk them, and the manifest, again and
+    again, for nothing (they hold no cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -171,19 +197,248 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _chunks(items: Sequence[T], n: int) -> list[Sequence[T]]:
-    return [items[i::n] for i in range(n) if items[i::n]]
+_DIR_WEIGHT = 3  # making a directory costs the kernel about as much as three checked hard links
+_FORK_MIN = 2048  # below this weight a second process is not worth forking
+_CHILD_SHARE = 0.46  # of the tasks' weight
+# a stat record as plain values (what a forked process can send): st_dev, st_ino, st_size, st_mtime_ns,
+# st_ctime_ns, st_mode and the sha256 (DIR_SHA for a directory)
+_Rec = tuple[int, int, int, int, int, int, str]
 
 
-def _by_directory(entries: Iterable[FileEntry], n: int) -> list[list[FileEntry]]:
-    """Split entries into ``n`` balanced groups, keeping each directory's entries together."""
-    per_dir: dict[str, list[FileEntry]] = {}
-    for entry in entries:
-        per_dir.setdefault(entry.path.rpartition("/")[0], []).append(entry)
-    groups: list[list[FileEntry]] = [[] for _ in range(n)]
-    for members in sorted(per_dir.values(), key=len, reverse=True):
-        min(groups, key=len).extend(members)
-    return [g for g in groups if g]
+def _record(st: os.stat_result, sha256: str) -> _Rec:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, sha256)
+
+
+def _can_fork() -> bool:
+    """Fork only where it is safe and worth it: Linux, two cores or more, and no other thread alive (a
+    thread holding a lock at fork time would leave it locked in the child)."""
+    return sys.platform == "linux" and (os.cpu_count() or 1) > 1 and threading.active_count() == 1
+
+
+@dataclass
+class _Tree:
+    """Where everything of a release goes: its directories, the entries each one holds, and the tasks
+    that the threads or processes share out. A task is a few units; a unit is a directory with
+    everything below it (made parents first) or, for the large directories split further, a directory's
+    own entries."""
+
+    firsts: list[FileEntry]  # the first file of each (sha256, executable), in manifest order
+    duplicates: list[tuple[FileEntry, FileEntry]]  # every other file, with the first it repeats
+    dirs: list[str]  # every directory but the root, sorted: parents before children
+    files: dict[str, list[FileEntry]]  # the firsts, by parent directory ("" = the root)
+    links: dict[str, list[SymlinkEntry]]  # by parent directory
+    children: dict[str, list[str]]  # subdirectories, by parent directory
+    later: frozenset[str]  # directories that get entries after the tasks: duplicates' parents
+    filled: frozenset[str]  # directories with files or symlinks of their own
+    spine: list[str]  # the split directories, made first (parents first), root excluded
+    tasks: list[tuple[int, list[tuple[str, bool]]]]  # (weight, units (directory, with its subtree?))
+
+    @classmethod
+    def of(cls, manifest: TreeManifest, *, parts: int, linking: bool) -> _Tree:
+        """The plan of ``manifest``'s release, in tasks for ``parts`` workers; ``linking``: files may be
+        linked from a live release (they weigh in the split), else every file is written later."""
+        firsts: list[FileEntry] = []
+        duplicates: list[tuple[FileEntry, FileEntry]] = []
+        seen: dict[tuple[str, bool], FileEntry] = {}
+        files: dict[str, list[FileEntry]] = {}
+        links: dict[str, list[SymlinkEntry]] = {}
+        later: set[str] = set()
+        found: set[str] = set()
+        for item in manifest.entries:
+            if isinstance(item, DirEntry):
+                found.add(item.path)
+                continue
+            parent = item.path.rpartition("/")[0]
+            found.add(parent)
+            if isinstance(item, SymlinkEntry):
+                links.setdefault(parent, []).append(item)
+                continue
+            first = seen.setdefault((item.sha256, item.executable), item)
+            if first is item:
+                firsts.append(item)
+                files.setdefault(parent, []).append(item)
+            else:
+                duplicates.append((item, first))
+                later.add(parent)
+        dirs: set[str] = set()
+        for start in found:
+            path = start
+            while path and path not in dirs:
+                dirs.add(path)
+                path = path.rpartition("/")[0]
+        ordered = sorted(dirs)
+        children: dict[str, list[str]] = {}
+        per_file = 1 if linking else 0
+
+        def own(path: str) -> int:  # what a directory's own entries cost (symlinks count as files)
+            return per_file * len(files.get(path, ())) + len(links.get(path, ()))
+
+        weight: dict[str, int] = {"": own("")}
+        for path in ordered:
+            children.setdefault(path.rpartition("/")[0], []).append(path)
+            weight[path] = _DIR_WEIGHT + own(path)
+        for path in reversed(ordered):  # children before parents: whole subtrees
+            weight[path.rpartition("/")[0]] += weight[path]
+        # Split the largest subtrees until each is a small share of the work, then bundle the small
+        # units into tasks of about that share: workers taking tasks largest first end together.
+        share = max(weight[""] // (parts * 6), 256)
+        spine: list[str] = []
+        units: list[tuple[int, str, bool]] = [(own(""), "", False)]
+        heap = [(-weight[c], c) for c in children.get("", ())]
+        heapq.heapify(heap)
+        while heap:
+            negative, path = heapq.heappop(heap)
+            below = children.get(path)
+            if -negative > share and below:
+                spine.append(path)
+                units.append((own(path), path, False))
+                for child in below:
+                    heapq.heappush(heap, (-weight[child], child))
+            else:
+                units.append((-negative, path, True))
+        units.sort(key=lambda unit: -unit[0])
+        tasks: list[tuple[int, list[tuple[str, bool]]]] = []
+        task: list[tuple[str, bool]] = []
+        load = 0
+        for size, path, whole in units:
+            if not (whole or path in files or path in links):
+                continue  # a split directory without entries of its own
+            if task and load + size > share:
+                tasks.append((load, task))
+                task, load = [], 0
+            task.append((path, whole))
+            load += size
+        if task:
+            tasks.append((load, task))
+        spine.sort()
+        filled = frozenset(files.keys() | links.keys())
+        return cls(
+            firsts, duplicates, ordered, files, links, children, frozenset(later), filled, spine, tasks
+        )
+
+    @property
+    def weight(self) -> int:
+        """All the tasks' work."""
+        return sum(load for load, _ in self.tasks)
+
+    def halves(
+        self, second: float = 0.5
+    ) -> tuple[list[list[tuple[str, bool]]], list[list[tuple[str, bool]]]]:
+        """The tasks in two parts, the second with about ``second`` of the weight (each task, largest
+        first, to the part furthest below its share)."""
+        parts: tuple[list[list[tuple[str, bool]]], list[list[tuple[str, bool]]]] = ([], [])
+        loads = [0, 0]
+        shares = (1.0 - second, second)
+        for load, task in self.tasks:  # largest first
+            pick = 0 if loads[0] / shares[0] <= loads[1] / shares[1] else 1
+            parts[pick].append(task)
+            loads[pick] += load
+        return parts
+
+
+@dataclass
+class _Done:
+    """What some tasks did."""
+
+    records: list[_Rec] = field(default_factory=list)  # linked files and finished directories
+    linked: int = 0
+    linked_bytes: int = 0
+    missing: list[FileEntry] = field(default_factory=list)  # files to write from the store
+    open_dirs: list[str] = field(default_factory=list)  # directories those (or duplicates) go into
+
+    def add(self, other: _Done) -> None:
+        self.records.extend(other.records)
+        self.linked += other.linked
+        self.linked_bytes += other.linked_bytes
+        self.missing.extend(other.missing)
+        self.open_dirs.extend(other.open_dirs)
+
+
+class _Child:
+    """A forked process doing some of the tasks (processes, not threads: the work is tens of thousands
+    of short system calls, and threads would spend much of it handing the GIL to each other)."""
+
+    def __init__(self, run: Callable[[], _Done]) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        if pid == 0:  # the child: work, send, exit without running any cleanup of the parent's objects
+            code = 1
+            try:
+                os.close(read_fd)
+                try:
+                    done = run()
+                    payload: tuple[Any, ...] = (
+                        "ok",
+                        done.records,
+                        done.linked,
+                        done.linked_bytes,
+                        [entry.path for entry in done.missing],
+                        done.open_dirs,
+                    )
+                except OSError as exc:
+                    payload = ("oserror", exc.errno, exc.strerror, exc.filename)
+                except BaseException as exc:  # reported to the parent, which raises
+                    payload = ("error", f"{type(exc).__name__}: {exc}")
+                view = memoryview(marshal.dumps(payload))
+                while view:
+                    view = view[os.write(write_fd, view) :]
+                code = 0
+            finally:
+                # Every file at once, the pipe (the parent reads on now) and the environment's lock (held
+                # while this process worked: a deployer killed meanwhile keeps it until then) included;
+                # then the exit, which frees this process's memory.
+                os.closerange(0, 2**31 - 1)
+                os._exit(code)
+        os.close(write_fd)
+        self.pid: int | None = pid
+        self.fd = read_fd
+
+    def result(self, tree: _Tree) -> _Done:
+        """What the child did (it has stopped working then; :meth:`reap` waits for its exit); its OSError
+        is raised here."""
+        chunks: list[bytes] = []
+        try:
+            while chunk := os.read(self.fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            payload = marshal.loads(b"".join(chunks))  # noqa: S302 (our own child's)
+        except (EOFError, ValueError, TypeError):
+            self.reap()  # it died before it could say anything
+            raise BackendError("the process sharing the work of building the release failed") from None
+        if payload[0] == "oserror":
+            raise OSError(payload[1], payload[2], payload[3])
+        if payload[0] != "ok":
+            raise BackendError(f"building the release failed: {payload[1]}")
+        _, records, linked, linked_bytes, missing_paths, open_dirs = payload
+        missing: list[FileEntry] = []
+        if missing_paths:
+            by_path = {entry.path: entry for entry in tree.firsts}
+            missing = [by_path[path] for path in missing_paths]
+        return _Done(records, linked, linked_bytes, missing, open_dirs)
+
+    def stop(self) -> None:
+        """Kill the child (when the parent failed) and wait for it: nothing writes into the release after."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.reap()
+
+    def reap(self) -> None:
+        """Wait for the child's exit."""
+        if self.pid is not None:
+            pid, self.pid = self.pid, None
+            os.waitpid(pid, 0)
 
 
 class _Builder:
@@ -191,7 +446,7 @@ class _Builder:
         self,
         *,
         store: LocalStore,
-        manifest: TreeManifest,
+        tree: _Tree,
         root: str,
         table: StatTable,
         reuse_root: str | None,
@@ -199,7 +454,7 @@ class _Builder:
         pool: ThreadPoolExecutor,
     ) -> None:
         self.store = store
-        self.manifest = manifest
+        self.tree = tree
         self.root = root
         self.table = table
         self.reuse_root = reuse_root
@@ -210,7 +465,10 @@ class _Builder:
         # Directories are made read-only at once when this process may write into them anyway.
         self.dir_mode = DIR_MODE if umask & DIR_MODE == 0 and _can_override_permissions() else 0o755
         self.stats = BuildStats()
-        self.records: list[tuple[os.stat_result, str]] = []  # applied to the table at the end
+        self.records: list[_Rec] = []  # applied to the table at the end
+        self.open_dirs: list[str] = []  # directories whose stat is taken at the end
+        self.failed = threading.Event()  # a task failed: the others stop at their next directory
+        self.child: _Child | None = None  # the process sharing the tasks, if any
         self.done = 0
         self.total = 0
 
@@ -222,58 +480,140 @@ class _Builder:
         ):
             self.progress(self.done, self.total)
 
-    def _map(self, func: Callable[[T], Any], items: Sequence[T]) -> list[Any]:
-        return list(self.pool.map(func, items))
+    def _map(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """``func`` over ``items`` in the pool, results in order. On the first failure (or an interrupt
+        of this thread) the tasks not started are cancelled and the running ones stop early; the pool's
+        shutdown waits for them before the caller removes the release."""
+        futures = [self.pool.submit(func, item) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        except BaseException:
+            self.failed.set()
+            for future in futures:
+                future.cancel()
+            raise
 
     # -- phases ------------------------------------------------------------------------------------
 
-    def make_dirs(self, dirs: Sequence[str]) -> None:
-        root, mode = self.root, self.dir_mode
+    def make_tree(self, *, fork: bool | None) -> list[FileEntry]:
+        """Every directory and symlink; with a live release to reuse, hard links to its unchanged files.
+        The work is shared with a forked process (``fork`` None: when :func:`_can_fork` and the tree is
+        large enough), else with the pool's threads. The files still to write are returned."""
+        tree, root, mode = self.tree, self.root, self.dir_mode
         os.mkdir(root, mode)
-        levels: dict[int, list[str]] = {}
-        for rel in dirs:
-            levels.setdefault(rel.count("/"), []).append(rel)
+        for rel in tree.spine:
+            os.mkdir(f"{root}/{rel}", mode)
+        if fork is None:
+            fork = tree.weight >= _FORK_MIN and _can_fork()
+        done = _Done()
+        # the child also sends what it did, and the parent reads it: a little less work for the child
+        mine, theirs = tree.halves(_CHILD_SHARE)
+        if fork:
+            with contextlib.suppress(OSError):  # no process to be had (limits, memory): threads do it all
+                self.child = _Child(lambda: self._run(theirs))
+        if self.child is not None:
+            try:
+                done.add(self._run(mine))
+                done.add(self.child.result(tree))
+            except BaseException:
+                self.child.stop()
+                raise
+        else:
+            for part in self._map(self._run, [[task] for _, task in tree.tasks]):
+                done.add(part)
+        self.records.extend(done.records)
+        self.open_dirs.extend(done.open_dirs)
+        self.stats.linked += done.linked
+        self.stats.linked_bytes += done.linked_bytes
+        self._tick(done.linked)
+        return done.missing
 
-        def mkdirs(chunk: Sequence[str]) -> None:
-            for rel in chunk:
-                os.mkdir(f"{root}/{rel}", mode)
-
-        for depth in sorted(levels):  # parents before children; each level in parallel
-            self._map(mkdirs, _chunks(levels[depth], WORKERS))
-
-    def link_unchanged(self, primaries: Sequence[FileEntry]) -> list[FileEntry]:
-        """Hard-link files that are unchanged at the same path of the live release; the rest is returned."""
-        if self.reuse_root is None:
-            return list(primaries)
-        source, root, table = self.reuse_root, self.root, self.table
-
-        def link_group(
-            group: list[FileEntry],
-        ) -> tuple[list[tuple[os.stat_result, FileEntry]], list[FileEntry]]:
-            linked: list[tuple[os.stat_result, FileEntry]] = []
-            missing: list[FileEntry] = []
-            for entry in group:
-                src = f"{source}/{entry.path}"
-                try:
-                    if _reusable(os.lstat(src), entry, table):
-                        dst = f"{root}/{entry.path}"
-                        os.link(src, dst)
-                        linked.append((os.lstat(dst), entry))  # the new link changed the ctime
+    def _run(self, tasks: list[list[tuple[str, bool]]]) -> _Done:
+        """Some tasks, one after the other: their directories (parents first) and symlinks, and hard
+        links to the files whose live copy is unchanged. A directory that nothing is added to later is
+        finished once everything below it is (made read-only if need be, and its stat taken)."""
+        tree, root, mode, failed = self.tree, self.root, self.dir_mode, self.failed
+        children, later, has_entries = tree.children, tree.later, tree.filled
+        seal = self.dir_mode != DIR_MODE
+        done = _Done()
+        records = done.records
+        copied_into: set[str] = set()  # directories that get files from the store
+        for task in tasks:
+            for top, whole in task:
+                if not whole:  # a split directory's own entries (its stat is taken at the end)
+                    self._entries(top, done)
+                    continue
+                pending: list[tuple[str, bool]] = [(top, False)]
+                while pending:
+                    rel, below_done = pending.pop()
+                    path = f"{root}/{rel}"
+                    if below_done:
+                        if rel in later or rel in copied_into:
+                            done.open_dirs.append(rel)
+                            continue
+                        if seal:
+                            os.chmod(path, DIR_MODE)
+                        st = os.lstat(path)
+                        records.append(_record(st, DIR_SHA))
                         continue
-                except OSError:
-                    pass  # gone, or another file system: copy instead
-                missing.append(entry)
-            return linked, missing
+                    if failed.is_set():
+                        return done
+                    os.mkdir(path, mode)
+                    pending.append((rel, True))
+                    pending.extend((child, False) for child in children.get(rel, ()))
+                    if rel in has_entries:
+                        before = len(done.missing)
+                        self._entries(rel, done)
+                        if len(done.missing) != before:
+                            copied_into.add(rel)
+        return done
 
-        missing: list[FileEntry] = []
-        for linked, rest in self._map(link_group, _by_directory(primaries, WORKERS)):
-            for st, entry in linked:
-                self.records.append((st, entry.sha256))
-                self.stats.linked += 1
-                self.stats.linked_bytes += entry.size
-            missing.extend(rest)
-            self._tick(len(linked))
-        return missing
+    def _entries(self, rel: str, done: _Done) -> None:
+        """A directory's symlinks, and hard links to its files whose copy at the same path of the live
+        release is unchanged: a regular file with the entry's mode and exactly the stat recorded for its
+        sha256 (:func:`_reusable`, right before linking), and still the same inode, size, mtime and mode
+        right after. The other files go to ``done.missing``."""
+        root = self.root
+        for symlink in self.tree.links.get(rel, ()):
+            os.symlink(symlink.target, f"{root}/{symlink.path}")
+        files = self.tree.files.get(rel)
+        if not files:
+            return
+        reuse = self.reuse_root
+        if reuse is None:
+            done.missing.extend(files)
+            return
+        table, records, missing = self.table, done.records, done.missing
+        lstat, link = os.lstat, os.link
+        linked = linked_bytes = 0
+        for entry in files:
+            src = f"{reuse}/{entry.path}"
+            try:
+                st = lstat(src)
+                if not _reusable(st, entry, table):
+                    missing.append(entry)
+                    continue
+                dst = f"{root}/{entry.path}"
+                link(src, dst, follow_symlinks=False)
+            except OSError:  # gone, or another file system, or too many links: copy instead
+                missing.append(entry)
+                continue
+            after = lstat(dst)  # the new link changed the ctime: this is the record
+            if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_mode) != (
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_mode,
+            ):  # replaced between the check and the link: not the file that was checked
+                os.unlink(dst)
+                missing.append(entry)
+                continue
+            records.append(_record(after, entry.sha256))
+            linked += 1
+            linked_bytes += entry.size
+        done.linked += linked
+        done.linked_bytes += linked_bytes
 
     def copy(self, entries: Sequence[FileEntry]) -> None:
         """Write each entry from the store, a batch at a time: this thread reads (verified) up to
@@ -298,8 +638,14 @@ class _Builder:
             finally:
                 os.close(fd)
 
-        def write_group(group: list[tuple[FileEntry, bytes | None]]) -> list[tuple[os.stat_result, str]]:
-            return [(write(item), item[0].sha256) for item in group]
+        def write_group(group: list[tuple[FileEntry, bytes | None]]) -> list[_Rec]:
+            out: list[_Rec] = []
+            for item in group:
+                if self.failed.is_set():
+                    break
+                st = write(item)
+                out.append(_record(st, item[0].sha256))
+            return out
 
         def flush(batch: list[tuple[FileEntry, bytes | None]]) -> None:
             per_dir: dict[str, list[tuple[FileEntry, bytes | None]]] = {}
@@ -335,56 +681,39 @@ class _Builder:
         flush(batch)
 
     def link_duplicates(self, duplicates: Sequence[tuple[FileEntry, FileEntry]]) -> None:
-        """Files whose content and mode repeat within the artifact are links to the first copy. All links
-        to one inode are made by one thread, so its last ``lstat`` is the inode's final stat."""
+        """Files whose content and mode repeat within the artifact are links to the first copy; the last
+        link to an inode gives its record."""
         root = self.root
         per_first: dict[str, list[FileEntry]] = {}
         for entry, first in duplicates:
             per_first.setdefault(first.path, []).append(entry)
-        groups: list[list[tuple[str, list[FileEntry]]]] = [[] for _ in range(WORKERS)]
-        for item in sorted(per_first.items(), key=lambda kv: len(kv[1]), reverse=True):
-            min(groups, key=lambda g: sum(len(x[1]) for x in g)).append(item)
-
-        def link(group: list[tuple[str, list[FileEntry]]]) -> list[tuple[os.stat_result, str]]:
-            out: list[tuple[os.stat_result, str]] = []
-            for first, entries in group:
-                for entry in entries:
-                    dst = f"{root}/{entry.path}"
-                    os.link(f"{root}/{first}", dst)
-                out.append((os.lstat(dst), entries[-1].sha256))
-            return out
-
-        for records in self._map(link, [g for g in groups if g]):
-            self.records.extend(records)
-        for entry, _first in duplicates:
-            self.stats.linked += 1
-            self.stats.linked_bytes += entry.size
+        records = self.records
+        for first_path, entries in per_first.items():
+            source = f"{root}/{first_path}"
+            for entry in entries:
+                dst = f"{root}/{entry.path}"
+                os.link(source, dst)
+                self.stats.linked_bytes += entry.size
+            st = os.lstat(dst)
+            records.append(_record(st, entries[-1].sha256))
+        self.stats.linked += len(duplicates)
         self._tick(len(duplicates))
 
-    def finish(self, dirs: Sequence[str]) -> None:
-        """Symlinks, then read-only directories, then the stat of everything that changed."""
+    def finish(self) -> None:
+        """The directories still open (the split ones, and those that got files from the store or
+        duplicates), made read-only, then the stat of everything that changed."""
         root = self.root
-        for item in self.manifest.entries:
-            if isinstance(item, SymlinkEntry):
-                os.symlink(item.target, f"{root}/{item.path}")
-                self.stats.symlinks += 1
-
         chmod = self.dir_mode != DIR_MODE
-
-        def seal(chunk: Sequence[str]) -> list[tuple[os.stat_result, str]]:
-            out = []
-            for rel in chunk:
-                path = f"{root}/{rel}"
-                if chmod:
-                    os.chmod(path, DIR_MODE)
-                out.append((os.lstat(path), DIR_SHA))
-            return out
-
-        for result in self._map(seal, _chunks(dirs, WORKERS)):
-            self.records.extend(result)
+        records = self.records
+        for rel in sorted({*self.tree.spine, *self.open_dirs}):
+            path = f"{root}/{rel}"
+            if chmod:
+                os.chmod(path, DIR_MODE)
+            st = os.lstat(path)
+            records.append(_record(st, DIR_SHA))
         if chmod:
             os.chmod(root, DIR_MODE)  # the root's record is taken once it has its final name
-        self.table.record_all(self.records)
+        self.table.record_values(records)
 
 
 def build_release(
@@ -395,24 +724,22 @@ def build_release(
     *,
     reuse_root: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fork: bool | None = None,
 ) -> BuildStats:
     """Write ``manifest`` as a new directory ``dest`` (which must not exist) and record the stat of
     every file and directory in ``table`` (the root's own record is the caller's, after renaming it).
-    Unchanged files at the same path of ``reuse_root`` are hard-linked. On an error the caller removes
-    ``dest``."""
-    dirs: set[str] = set()
-    for item in manifest.entries:
-        dirs.update(_parents(item.path))
-        if isinstance(item, DirEntry):
-            dirs.add(item.path)
-    ordered_dirs = sorted(dirs)
-    firsts, duplicates = unique_files(manifest)
+    Unchanged files at the same path of ``reuse_root`` are hard-linked. The directories and links are
+    made by two processes (``fork`` None: when it is safe and worth it, see :func:`_can_fork`) or by
+    threads. On an error (or an interrupt) every thread and process has stopped when this returns; the
+    caller removes ``dest``."""
     from concurrent.futures import ThreadPoolExecutor  # here: a rollback's stat check needs no pool
 
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="graven-release") as pool:
+    with _no_gc(), ThreadPoolExecutor(WORKERS, thread_name_prefix="graven-release") as pool:
+        tree = _Tree.of(manifest, parts=WORKERS, linking=reuse_root is not None)
+        firsts, duplicates = tree.firsts, tree.duplicates
         builder = _Builder(
             store=store,
-            manifest=manifest,
+            tree=tree,
             root=str(dest),
             table=table,
             reuse_root=str(reuse_root) if reuse_root else None,
@@ -421,17 +748,21 @@ def build_release(
         )
         builder.total = len(firsts) + len(duplicates)
         try:
-            builder.make_dirs(ordered_dirs)
-            missing = builder.link_unchanged(firsts)
+            missing = builder.make_tree(fork=fork)
             builder.copy(missing)
             builder.link_duplicates(duplicates)
-            builder.finish(ordered_dirs)
+            builder.finish()
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             raise BackendError(f"cannot write the release {dest}: {exc.strerror}{where}") from None
+        finally:
+            builder.failed.set()  # whatever is still running stops at its next directory
+            if builder.child is not None:
+                builder.child.reap()
     stats = builder.stats
     stats.files = len(firsts) + len(duplicates)
-    stats.dirs = len(ordered_dirs) + 1
+    stats.symlinks = sum(len(links) for links in tree.links.values())
+    stats.dirs = len(tree.dirs) + 1
     return stats
 
 
@@ -465,18 +796,20 @@ def _check_by_stat(root: Path, manifest: TreeManifest, table: StatTable) -> bool
     try:
         if not table.matches(os.lstat(base), DIR_SHA):
             return False
-        seen_dirs: set[str] = set()
+        seen_dirs: set[str] = {""}
+        lstat, matches = os.lstat, table.matches
         for entry in manifest.entries:
-            for parent in _parents(entry.path):
-                if parent not in seen_dirs:
-                    seen_dirs.add(parent)
-                    if not table.matches(os.lstat(f"{base}/{parent}"), DIR_SHA):
-                        return False
+            parent = entry.path.rpartition("/")[0]
+            while parent not in seen_dirs:  # each directory once, the first time an entry is below it
+                seen_dirs.add(parent)
+                if not matches(lstat(f"{base}/{parent}"), DIR_SHA):
+                    return False
+                parent = parent.rpartition("/")[0]
             if isinstance(entry, FileEntry):
-                if not table.matches(os.lstat(f"{base}/{entry.path}"), entry.sha256):
+                if not matches(lstat(f"{base}/{entry.path}"), entry.sha256):
                     return False
             elif isinstance(entry, DirEntry):
-                if not table.matches(os.lstat(f"{base}/{entry.path}"), DIR_SHA):
+                if not matches(lstat(f"{base}/{entry.path}"), DIR_SHA):
                     return False
             elif os.readlink(f"{base}/{entry.path}") != entry.target:
                 return False
@@ -593,6 +926,11 @@ def check_release(
     modes (the root's too), link targets; a file whose stat changed is hashed (with ``rehash``) and,
     when its content is still right, its record is refreshed. Extra, missing and changed entries are
     problems. Only a release without problems has its directories (and its root) recorded again."""
+    with _no_gc():
+        return _check_release(root, manifest, table, rehash=rehash)
+
+
+def _check_release(root: Path, manifest: TreeManifest, table: StatTable, *, rehash: bool) -> ReleaseCheck:
     if _check_by_stat(root, manifest, table):
         return ReleaseCheck(by_stat=True)
     found = _scan(root)

@@ -113,6 +113,17 @@ class StatTable:
             else:
                 inodes[st.st_ino] = (sha256, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
+    def record_values(self, items: Iterable[tuple[int, int, int, int, int, int, str]]) -> None:
+        """:meth:`record_all` for ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode, sha256)``
+        tuples: what a stat gives, taken apart (a forked process sends these)."""
+        inodes = self.inodes
+        for dev, ino, size, mtime, ctime, mode, sha256 in items:
+            if dev != self.dev:
+                if self.dev is not None:
+                    inodes.clear()  # another file system: every old record is meaningless here
+                self.dev = dev
+            inodes[ino] = (sha256, size, mtime, ctime, mode)
+
     def matches(self, st: os.stat_result, sha256: str) -> bool:
         """True when ``st`` is exactly what graven recorded for an inode holding ``sha256``."""
         return st.st_dev == self.dev and self.inodes.get(st.st_ino) == (
