@@ -353,7 +353,8 @@ def write_results(
         "compares it with graven's own first deploy, which is itself "
         f"{statistics.median(by_name['first deploy of g1, empty environment'].graven) / rsync:.2f}x of rsync",
         f"- the fixed cost of a command (CLI minus in-process rollback) is {fmt(fixed)}: interpreter "
-        "start-up and imports (cryptography for the signature check), the database and the trust policy; "
+        "start-up and imports (cryptography only to sign the audit log's checkpoint: the provenance's "
+        "signature comes from the memo of verified signatures), the database and the trust policy; "
         "it is most of the CLI rollback and decides the CLI ratios",
     ]
     lines += [

@@ -346,9 +346,18 @@ def write_results(
         "",
         "Notes:",
         "",
-        f"- the fixed cost of a command ({_fixed_cost(figures)}) is interpreter start-up, imports (the "
-        "trust check loads cryptography), opening the database and reading the deployment record; "
-        "against baselines of 0.05-0.12 s it decides the CLI ratios of the small django checks",
+        f"- the fixed cost of a command ({_fixed_cost(figures)}) is interpreter start-up, imports, opening "
+        "the database and reading the deployment record; against baselines of 0.05-0.12 s it decides "
+        "the CLI ratios of the small django checks. A `--full` check imports the manifest, scanning and "
+        "provenance code (the signature itself comes from the memo of verified signatures, "
+        "GRAVEN_HOME/cache/signatures, so cryptography is not loaded); a default check that the last "
+        "clean check's snapshot answers imports none of them",
+        "- the default check's steady state: when the last check found the environment clean and every "
+        "path verified, it wrote `PATH/.graven/drift/clean` (paths, stat records, and what the verdict "
+        "depended on: release, config, graven.toml, trust files, current/config, graven's version; HMAC "
+        "under the home's record key); the next default check compares one lstat per directory and file "
+        "with it and, when all match, is clean without the manifest or the provenance (any difference: "
+        "the full default check below)",
         "- `--full` lists every directory and hashes every file of the release, then compares with the "
         "manifest read from the store. On Linux with two cores a forked child walks and hashes part of "
         "the tree (where the last full check split it, `PATH/.graven/drift/split`) while the parent reads "
@@ -359,9 +368,10 @@ def write_results(
         "- the forked `--full` needs a second core of its own: in a run of this session while another "
         "process kept one of the two CPUs busy (load average 2.3), django `--full` in-process measured "
         "1.38x and large 0.49x",
-        "- the default check is the steady state: after any check, the stat of every verified file and of "
-        "every directory whose listing was exact is kept (`PATH/.graven/drift/cache`), so the next check is "
-        "one `lstat` per path and lists no directory; right after a deploy the deploy's own stat table "
+        "- the full default check (no snapshot, or a path changed): after any check, the stat of every "
+        "verified file and of every directory whose listing was exact is kept "
+        "(`PATH/.graven/drift/cache`), so the next check is one `lstat` per path and lists no "
+        "directory; right after a deploy the deploy's own stat table "
         "(`PATH/.graven/stat`) plays that part, and racy records (times not older than their recording) are "
         "hashed",
         "- in-process figures include reading and parsing the manifest from the store (a fresh DriftSession "
