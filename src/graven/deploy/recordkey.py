@@ -21,7 +21,16 @@ from pathlib import Path
 
 from graven.errors import BackendError
 
-__all__ = ["KEY_FILE", "KEY_SIZE", "TAG_SIZE", "load_or_create", "read_record_file", "tag", "verify"]
+__all__ = [
+    "KEY_FILE",
+    "KEY_SIZE",
+    "MAX_RECORD_FILE",
+    "TAG_SIZE",
+    "load_or_create",
+    "read_record_file",
+    "tag",
+    "verify",
+]
 
 KEY_FILE = "records.hmac"  # not NAME.key: that is a signing key
 KEY_SIZE = 32
@@ -38,18 +47,28 @@ def verify(key: bytes, data: bytes | memoryview, expected: bytes | memoryview) -
     return hmac.compare_digest(tag(key, data), bytes(expected))
 
 
-def read_record_file(path: Path) -> bytes | None:
-    """The bytes of a records file beside a deployment; None when it is missing or is not a regular
-    file. Never follows a symlink put in its place, and never blocks on a FIFO."""
+MAX_RECORD_FILE = 1 << 28  # bytes (256 MiB): ~40-100 per path, millions of paths; larger is not read
+
+
+def read_record_file(path: Path, limit: int = MAX_RECORD_FILE) -> bytes | None:
+    """The bytes of a records file beside a deployment; None when it is missing, is not a regular
+    file, or holds more than ``limit`` bytes (whoever can write ``PATH`` must not make graven read
+    gigabytes: a sparse file costs nothing to make). Never follows a symlink put in its place, and
+    never blocks on a FIFO."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return None
         chunks: list[bytes] = []
+        size = 0
         while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > limit:  # it grew while being read
+                return None
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError:

@@ -30,7 +30,7 @@ import stat
 import sys
 
 from graven import __version__
-from graven.deploy.recordkey import TAG_SIZE, tag, verify
+from graven.deploy.recordkey import MAX_RECORD_FILE, TAG_SIZE, read_record_file, tag, verify
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ __all__ = [
 
 CLEAN_FORMAT = "graven.drift-clean/v1"
 RULES = 1  # bump when what a check reports changes: older snapshots then no longer answer
-MAX_SIZE = 1 << 28  # bytes: ~100 per path, so about 2.5 million paths; a larger file is not read
+MAX_SIZE = MAX_RECORD_FILE  # bytes: ~100 per path, so about 2.5 million paths; a larger file is not read
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
 
@@ -229,26 +229,7 @@ def decode(key: bytes, data: bytes) -> CleanSnapshot | None:
 def read_small(path: Path, limit: int = MAX_SIZE) -> bytes | None:
     """The bytes of the regular file at ``path`` if it holds at most ``limit`` bytes; else None. Never
     follows a symlink put in its place and never blocks on a FIFO."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, 1 << 20):
-            size += len(chunk)
-            if size > limit:  # it grew while being read
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return read_record_file(path, limit)
 
 
 def load(path: Path, key: bytes) -> CleanSnapshot | None:
