@@ -17,14 +17,12 @@ written from the store, a few threads share the work; store reads stay on the ca
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import heapq
 import marshal
 import os
 import signal
 import stat
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, IntegrityError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
+from graven.runtime import can_fork, no_gc
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
 
 if TYPE_CHECKING:
@@ -171,20 +170,6 @@ def _can_override_permissions() -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """Building or checking a release makes tens of thousands of small objects (stat results, records)
-    that live until it ends: the cyclic garbage collector would walk them, and the manifest, again and
-    again, for nothing (they hold no cycles)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -207,12 +192,6 @@ _Rec = tuple[int, int, int, int, int, int, str]
 
 def _record(st: os.stat_result, sha256: str) -> _Rec:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, sha256)
-
-
-def _can_fork() -> bool:
-    """Fork only where it is safe and worth it: Linux, two cores or more, and no other thread alive (a
-    thread holding a lock at fork time would leave it locked in the child)."""
-    return sys.platform == "linux" and (os.cpu_count() or 1) > 1 and threading.active_count() == 1
 
 
 @dataclass
@@ -498,14 +477,14 @@ class _Builder:
 
     def make_tree(self, *, fork: bool | None) -> list[FileEntry]:
         """Every directory and symlink; with a live release to reuse, hard links to its unchanged files.
-        The work is shared with a forked process (``fork`` None: when :func:`_can_fork` and the tree is
+        The work is shared with a forked process (``fork`` None: when :func:`can_fork` and the tree is
         large enough), else with the pool's threads. The files still to write are returned."""
         tree, root, mode = self.tree, self.root, self.dir_mode
         os.mkdir(root, mode)
         for rel in tree.spine:
             os.mkdir(f"{root}/{rel}", mode)
         if fork is None:
-            fork = tree.weight >= _FORK_MIN and _can_fork()
+            fork = tree.weight >= _FORK_MIN and can_fork()
         done = _Done()
         # the child also sends what it did, and the parent reads it: a little less work for the child
         mine, theirs = tree.halves(_CHILD_SHARE)
@@ -729,12 +708,12 @@ def build_release(
     """Write ``manifest`` as a new directory ``dest`` (which must not exist) and record the stat of
     every file and directory in ``table`` (the root's own record is the caller's, after renaming it).
     Unchanged files at the same path of ``reuse_root`` are hard-linked. The directories and links are
-    made by two processes (``fork`` None: when it is safe and worth it, see :func:`_can_fork`) or by
+    made by two processes (``fork`` None: when it is safe and worth it, see :func:`can_fork`) or by
     threads. On an error (or an interrupt) every thread and process has stopped when this returns; the
     caller removes ``dest``."""
     from concurrent.futures import ThreadPoolExecutor  # here: a rollback's stat check needs no pool
 
-    with _no_gc(), ThreadPoolExecutor(WORKERS, thread_name_prefix="graven-release") as pool:
+    with no_gc(), ThreadPoolExecutor(WORKERS, thread_name_prefix="graven-release") as pool:
         tree = _Tree.of(manifest, parts=WORKERS, linking=reuse_root is not None)
         firsts, duplicates = tree.firsts, tree.duplicates
         builder = _Builder(
@@ -926,7 +905,7 @@ def check_release(
     modes (the root's too), link targets; a file whose stat changed is hashed (with ``rehash``) and,
     when its content is still right, its record is refreshed. Extra, missing and changed entries are
     problems. Only a release without problems has its directories (and its root) recorded again."""
-    with _no_gc():
+    with no_gc():
         return _check_release(root, manifest, table, rehash=rehash)
 
 

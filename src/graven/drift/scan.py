@@ -18,7 +18,6 @@ import hashlib
 import marshal
 import os
 import stat
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from graven.core.drift import Observed, is_racy
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
+from graven.runtime import can_fork
 
 if TYPE_CHECKING:  # the pool is started, and its module imported, only when a file needs it
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -793,12 +793,6 @@ def plan_split(index: ReleaseIndex, *, share: float = 0.4) -> tuple[list[str], l
         second.remove("")
         first.append("")
     return (first, second) if second else None
-
-
-def can_fork() -> bool:
-    """Fork only where it is safe and worth it: Linux, two cores or more, and no other thread alive (a
-    thread holding a lock at fork time would leave it locked in the child)."""
-    return sys.platform == "linux" and (os.cpu_count() or 1) > 1 and threading.active_count() == 1
 
 
 class ForkedWalk:

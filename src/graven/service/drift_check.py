@@ -4,13 +4,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from graven.drift.clean import binding, encode, read_small
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.errors import InputError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
+from graven.runtime import no_gc
 from graven.service.context import Context, utc_now
 from graven.service.drift_quick import clean_path, quick_check, record_clean
 from graven.service.drift_records import record_check
@@ -138,21 +137,8 @@ class Checked:
     ignore: GlobSet
 
 
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """A check makes tens of thousands of small objects that all live until it ends: the cyclic garbage
-    collector would walk them again and again (a third of a check's time), for nothing."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def check_once(ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool) -> Checked:
-    with _no_gc():
+    with no_gc():
         return _check_now(ctx, session, target, full=full)
 
 
