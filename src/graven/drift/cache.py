@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graven.deploy.lock import open_dir_nofollow
-from graven.deploy.recordkey import TAG_SIZE, tag, verify
-from graven.drift.clean import read_small
+from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 
 __all__ = ["CACHE_FORMAT", "FileRecord", "VerifiedCache", "fs_clock", "write_atomically"]
 
@@ -81,7 +80,7 @@ class VerifiedCache:
         """The cache for ``release`` with the given numbers of files and directories, if its tag
         verifies under ``key``; else None."""
         try:
-            data = read_small(path)  # never more than MAX_SIZE bytes: PATH is not the home's to size
+            data = read_record_file(path)  # never past MAX_RECORD_FILE: PATH is not the home's to size
             if data is None or len(data) < TAG_SIZE or not verify(key, data[:-TAG_SIZE], data[-TAG_SIZE:]):
                 return None
             magic, header, body = data[:-32].split(b"\n", 2)

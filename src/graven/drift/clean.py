@@ -30,7 +30,7 @@ import stat
 import sys
 
 from graven import __version__
-from graven.deploy.recordkey import MAX_RECORD_FILE, TAG_SIZE, read_record_file, tag, verify
+from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ __all__ = [
 
 CLEAN_FORMAT = "graven.drift-clean/v1"
 RULES = 1  # bump when what a check reports changes: older snapshots then no longer answer
-MAX_SIZE = MAX_RECORD_FILE  # bytes: ~100 per path, so about 2.5 million paths; a larger file is not read
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
 
@@ -226,16 +225,10 @@ def decode(key: bytes, data: bytes) -> CleanSnapshot | None:
     )
 
 
-def read_small(path: Path, limit: int = MAX_SIZE) -> bytes | None:
-    """The bytes of the regular file at ``path`` if it holds at most ``limit`` bytes; else None. Never
-    follows a symlink put in its place and never blocks on a FIFO."""
-    return read_record_file(path, limit)
-
-
 def load(path: Path, key: bytes) -> CleanSnapshot | None:
-    """The snapshot at ``path`` (never through a symlink, never more than :data:`MAX_SIZE` bytes), or
-    None."""
-    data = read_small(path)
+    """The snapshot at ``path`` (never through a symlink, never past
+    :data:`graven.deploy.recordkey.MAX_RECORD_FILE` bytes: ~100 per path), or None."""
+    data = read_record_file(path)
     return decode(key, data) if data is not None else None
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +22,11 @@ from graven.core.globs import GlobSet
 from graven.core.paths import check_path
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import open_dir_nofollow, shared_lock
+from graven.deploy.recordkey import read_record_file
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
-from graven.drift.clean import binding, encode, read_small
+from graven.drift.clean import binding, encode
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.errors import InputError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
@@ -90,8 +90,11 @@ def _split_path(layout: EnvLayout) -> Path:
 def _load_split(path: Path, release: str) -> tuple[list[str], list[str]] | None:
     """Where the last full check split the release between two processes (any split is correct;
     a good one is balanced). Only clean relative paths are taken."""
+    data = read_record_file(path, _SPLIT_MAX)  # never through a symlink, never blocking on a FIFO
+    if data is None:
+        return None
     try:
-        doc = json.loads(_read_small(path))
+        doc = json.loads(data)
         if doc.get("release") != release:
             return None
         first, second = list(doc["first"]), list(doc["second"])
@@ -106,19 +109,6 @@ def _load_split(path: Path, release: str) -> tuple[list[str], list[str]] | None:
 
 
 _SPLIT_MAX = 1 << 20  # bytes: a split file is a few KiB
-
-
-def _read_small(path: Path) -> bytes:
-    """A regular file of at most :data:`_SPLIT_MAX` bytes, never through a symlink nor blocking on a
-    FIFO (OSError or ValueError otherwise)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _SPLIT_MAX:
-            raise ValueError(f"{path}: not a small regular file")
-        return os.read(fd, _SPLIT_MAX + 1)
-    finally:
-        os.close(fd)
 
 
 def _save_split(path: Path, release: str, split: tuple[list[str], list[str]]) -> None:
@@ -294,7 +284,7 @@ def _save_clean(  # noqa: PLR0917 (what one check saw)
         targets=[link.target for link in index.symlinks],
     )
     path = clean_path(layout.root)
-    if read_small(path) != data:  # a full check of an unchanged release: nothing to write
+    if read_record_file(path) != data:  # a full check of an unchanged release: nothing to write
         write_atomically(path, data, depth=2)
 
 
