@@ -187,10 +187,10 @@ def canonical_key_type(der: bytes) -> KeyType | None:
     return None
 
 
-def _canonical_pem_der(pem: bytes) -> bytes | None:
-    """The DER of a public key PEM written in canonical form (one block, canonical base64, the DER in
-    the canonical layout of a supported key type), else None."""
-    match = _CANONICAL_PEM.fullmatch(pem)
+def _canonical_der(pattern: re.Pattern[bytes], pem: bytes) -> bytes | None:
+    """The DER of a PEM block that ``pattern`` matches whole (one block, lines of at most 64
+    characters) in canonical base64, else None (then cryptography judges the PEM)."""
+    match = pattern.fullmatch(pem)
     if match is None:
         return None
     text = match.group(1).replace(b"\n", b"")
@@ -198,9 +198,14 @@ def _canonical_pem_der(pem: bytes) -> bytes | None:
         der = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
-    if base64.b64encode(der) != text:  # non-canonical padding bits: let cryptography judge
-        return None
-    return der if canonical_key_type(der) is not None else None
+    return der if base64.b64encode(der) == text else None  # else non-canonical padding bits
+
+
+def _canonical_pem_der(pem: bytes) -> bytes | None:
+    """The DER of a public key PEM written in canonical form (one block, canonical base64, the DER in
+    the canonical layout of a supported key type), else None."""
+    der = _canonical_der(_CANONICAL_PEM, pem)
+    return der if der is not None and canonical_key_type(der) is not None else None
 
 
 def _pem_of_der(der: bytes) -> bytes:
@@ -383,15 +388,8 @@ def parse_public_key(pem: bytes, source: str = "public key") -> VerifyingKey:
 def _ed25519_seed(pem: bytes) -> bytes | None:
     """The 32-byte seed of an Ed25519 private key PEM in the canonical PKCS#8 form graven and OpenSSL
     write (one block, canonical base64, the 48-byte DER ``ED25519_PKCS8_PREFIX || seed``), else None."""
-    match = _CANONICAL_PRIVATE_PEM.fullmatch(pem)
-    if match is None:
-        return None
-    text = match.group(1).replace(b"\n", b"")
-    try:
-        der = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if base64.b64encode(der) != text or len(der) != 48 or not der.startswith(ED25519_PKCS8_PREFIX):
+    der = _canonical_der(_CANONICAL_PRIVATE_PEM, pem)
+    if der is None or len(der) != 48 or not der.startswith(ED25519_PKCS8_PREFIX):
         return None
     return der[len(ED25519_PKCS8_PREFIX) :]
 
