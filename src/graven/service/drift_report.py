@@ -6,6 +6,8 @@ clean snapshot answers (``drift_quick``) loads neither the manifest code nor the
 
 from __future__ import annotations
 
+from graven.core.record import Record
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from typing import Any
@@ -15,9 +17,24 @@ if TYPE_CHECKING:
 __all__ = ["DriftReport"]
 
 
-class DriftReport:
-    """What one check of one environment found."""
+class DriftReport(Record):
+    """What one check of one environment found (a mutable value: graven.core.record)."""
 
+    _fields = (
+        "env",
+        "path",
+        "digest",
+        "name",
+        "commit",
+        "mode",
+        "differences",
+        "files",
+        "hashed",
+        "listed",
+        "seconds",
+        "checked_at",
+        "note",
+    )
     __slots__ = (
         "checked_at",
         "commit",
@@ -64,20 +81,6 @@ class DriftReport:
         self.seconds = seconds
         self.checked_at = checked_at
         self.note = note
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not DriftReport:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"DriftReport({shown})"
 
     @property
     def clean(self) -> bool:
