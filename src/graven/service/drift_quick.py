@@ -17,7 +17,7 @@ from pathlib import Path
 from graven.deploy.switch import link_kind
 from graven.drift.clean import binding, load, trust_fingerprint, unchanged
 from graven.service.context import Context, utc_now
-from graven.service.drift_live import DriftTarget, drift_state, write_drift_state
+from graven.service.drift_live import DriftTarget, drift_state, live_targets, write_drift_state
 from graven.service.drift_report import DriftReport
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -106,7 +106,6 @@ def quick_reports(ctx: Context, envs: Sequence[str] = ()) -> list[DriftReport] |
     recorded; None, and nothing recorded, when one of them needs the full default check
     (``graven.service.drift_check.check``, which tries the snapshots again first)."""
     from graven.deploy.lock import shared_lock
-    from graven.service.drift_live import live_targets
 
     reports: list[DriftReport] = []
     for target in live_targets(ctx, envs):
