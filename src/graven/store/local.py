@@ -88,7 +88,7 @@ def _fsync_dir(path: Path) -> None:
 def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
     import zstandard
 
-    return zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
+    return zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
 
 
 class _VerifyingReader(io.RawIOBase):
