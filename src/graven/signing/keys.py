@@ -250,19 +250,27 @@ class VerifyingKey:
     def key(self) -> PublicKey:
         """The ``cryptography`` public key (loaded on first use)."""
         if not self._loaded:
-            from cryptography.exceptions import UnsupportedAlgorithm
-            from cryptography.hazmat.primitives import serialization
-            from cryptography.hazmat.primitives.asymmetric import ec
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-            try:
-                loaded = serialization.load_der_public_key(self.spki)
-            except (ValueError, UnsupportedAlgorithm) as exc:  # pragma: no cover - checked when parsed
-                raise InputError(f"public key {self.keyid[:16]} is not a valid public key ({exc})") from None
-            if not isinstance(loaded, Ed25519PublicKey | ec.EllipticCurvePublicKey):  # pragma: no cover
-                raise InputError(f"public key {self.keyid[:16]} is not an Ed25519 or ECDSA key")
-            self._loaded.append(loaded)
+            self._loaded.append(self._load())
         return self._loaded[0]
+
+    def _load(self) -> PublicKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        if self.spki.startswith(ED25519_SPKI_PREFIX) and len(self.spki) == _ED25519_SPKI_SIZE:
+            # the one layout of an Ed25519 key: its raw 32 bytes follow the fixed prefix (the
+            # serialization module, ~6 ms to import, is not needed for it)
+            return Ed25519PublicKey.from_public_bytes(self.spki[len(ED25519_SPKI_PREFIX) :])
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        try:
+            loaded = serialization.load_der_public_key(self.spki)
+        except (ValueError, UnsupportedAlgorithm) as exc:  # pragma: no cover - checked when parsed
+            raise InputError(f"public key {self.keyid[:16]} is not a valid public key ({exc})") from None
+        if not isinstance(loaded, Ed25519PublicKey | ec.EllipticCurvePublicKey):  # pragma: no cover
+            raise InputError(f"public key {self.keyid[:16]} is not an Ed25519 or ECDSA key")
+        return loaded
 
     def pem(self) -> bytes:
         """The SubjectPublicKeyInfo PEM encoding."""
@@ -278,8 +286,6 @@ class VerifyingKey:
         Ed25519 verifies ``data`` itself; ECDSA P-256 verifies a DER signature over SHA-256(data).
         """
         from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         key = self.key
@@ -287,6 +293,9 @@ class VerifyingKey:
             if isinstance(key, Ed25519PublicKey):
                 key.verify(signature, data)
             else:
+                from cryptography.hazmat.primitives import hashes
+                from cryptography.hazmat.primitives.asymmetric import ec
+
                 key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             return False
@@ -318,12 +327,13 @@ class SigningKey:
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data``: Ed25519 signs it directly, ECDSA P-256 signs SHA-256(data) (DER)."""
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         if isinstance(self.private, Ed25519PrivateKey):
             return self.private.sign(data)
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec  # only for ECDSA (start-up)
+
         return self.private.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def private_pem(self) -> bytes:
