@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import git
+from conftest import commit_all, git
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -42,9 +42,14 @@ def test_a_cached_digest_whose_object_is_not_stored_is_read_again(
             (hashlib.sha256(absent).hexdigest(), len(absent), main_oid),
         )
     db.close()
+    # another graven.toml: no earlier build of it carries entries forward, every blob goes through
+    # the cache (graven.toml's new blob and main.py are read; util.py and README.md are not)
+    (repo / "graven.toml").write_text((repo / "graven.toml").read_text() + "# changed\n")
+    commit_all(repo, "another graven.toml")
     again = _build(run_cli, "-C", repo)
-    assert again["files_read"] == 1
-    assert again["digest"] == first["digest"]
+    assert again["files_read"] == 2
+    code, _, err = run_cli("verify", again["digest"])  # main.py's entry has its true digest
+    assert code == 0, err
 
 
 def test_a_plain_build_does_not_import_the_step_machinery() -> None:

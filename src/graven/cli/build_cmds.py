@@ -42,7 +42,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
     build.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
     build.add_argument(
-        "--no-cache", action="store_true", help="Re-read and re-hash every file (ignore the blob cache)."
+        "--no-cache", action="store_true", help="Re-read and re-hash every file (ignore the blob cache and earlier builds)."
     )
     build.add_argument(
         "--check",

@@ -34,6 +34,7 @@ __all__ = [
     "TreeEntry",
     "TreeManifest",
     "canonical_json",
+    "unvalidated_entries",
 ]
 
 FORMAT = "graven.tree/v1"
@@ -207,15 +208,17 @@ _LINK_FIXED = len('{"path":"","target":"","type":"symlink"},')
 _DIR_FIXED = len('{"path":"","type":"dir"},')
 
 
-def _from_canonical(data: bytes) -> TreeManifest | None:
-    """The fast path of :meth:`TreeManifest.from_bytes`, for a manifest in canonical form whose strings
-    need no escapes (all but very unusual ones); None sends anything else to the general path, which
-    also names what is wrong.
+def unvalidated_entries(data: bytes) -> list[TreeEntry]:
+    """The entries of manifest bytes, in their order, *without* the checks of :meth:`TreeManifest.of`:
+    only for bytes already known to be a valid manifest (read back from the store under the digest
+    of an earlier build), whose entries go into a manifest that is validated as a whole again."""
+    entries = _canonical_entries(data)
+    return entries if entries is not None else list(TreeManifest.from_bytes(data).entries)
 
-    The entries must cover the document exactly (nothing between, before or after them), be in
-    order, and pass the same validation: so the bytes are the canonical form of these entries, and
-    this accepts exactly what the general path accepts, without re-serializing entry by entry.
-    """
+
+def _canonical_entries(data: bytes) -> list[TreeEntry] | None:
+    """The entries of a canonical manifest whose strings need no escapes, if the matches tile the
+    document exactly, else None."""
     try:
         text = data.decode()
     except UnicodeDecodeError:
@@ -237,10 +240,28 @@ def _from_canonical(data: bytes) -> TreeManifest | None:
             else:
                 append(DirEntry(directory))
                 covered += _DIR_FIXED + len(directory)
-        if covered != len(body):  # the matches do not overlap: equal lengths mean they tile the body
-            return None
-        manifest = TreeManifest.of(entries)
     except (ValueError, GravenError):
+        return None
+    if covered != len(body):  # the matches do not overlap: equal lengths mean they tile the body
+        return None
+    return entries
+
+
+def _from_canonical(data: bytes) -> TreeManifest | None:
+    """The fast path of :meth:`TreeManifest.from_bytes`, for a manifest in canonical form whose strings
+    need no escapes (all but very unusual ones); None sends anything else to the general path, which
+    also names what is wrong.
+
+    The entries must cover the document exactly (nothing between, before or after them), be in
+    order, and pass the same validation: so the bytes are the canonical form of these entries, and
+    this accepts exactly what the general path accepts, without re-serializing entry by entry.
+    """
+    entries = _canonical_entries(data)
+    if entries is None:
+        return None
+    try:
+        manifest = TreeManifest.of(entries)
+    except GravenError:
         return None  # the general path gives the error for the whole document
     if manifest.entries != tuple(entries):  # was not sorted (the same objects: cheap to compare)
         return None

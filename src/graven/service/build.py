@@ -13,15 +13,15 @@ from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 from graven import __version__
 from graven.core.globs import GlobSet, Selection, never_matches
 from graven.core.paths import display_path
-from graven.errors import ConfigError, NotFoundError, UnsafeInputError
+from graven.errors import ConfigError, GravenError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
-from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest, unvalidated_entries
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
 from graven.service.context import Context, utc_now
 from graven.service.provenance import (
@@ -40,6 +40,7 @@ from graven.sources.git import (
     MODE_SYMLINK,
     BlobReader,
     DirtyCheck,
+    GitChange,
     GitEntry,
     GitRepo,
     Pending,
@@ -120,13 +121,18 @@ def build(
     source = _open_source(ctx, path, revision)
     key = resolve_signing_key(ctx)  # fail before any work when there is no usable key
     with ExitStack() as running:
-        # git works in the background while we build: for a build without steps the listing of the
-        # commit's tree (first: it is needed first), status (is the working tree dirty?), the origin URL
-        listing = (
-            None
-            if source.pipeline.build.steps
-            else running.enter_context(source.repo.start_ls_tree(source.commit))
-        )
+        # git works in the background while we build: for a build without steps what changed since
+        # an earlier build of the same graven.toml, else the listing of the commit's tree (first: it
+        # is needed first), status (is the working tree dirty?), the origin URL
+        listing: Pending[list[GitEntry]] | None = None
+        carry: _Carry | None = None
+        if not source.pipeline.build.steps:
+            base = _carry_base(ctx, source) if use_cache and not check else None
+            if base is not None:
+                changes = running.enter_context(source.repo.start_diff_tree(base[0], source.commit))
+                carry = _Carry(base[0], base[1], changes)
+            else:
+                listing = running.enter_context(source.repo.start_ls_tree(source.commit))
         dirty_check = running.enter_context(source.repo.start_dirty_check())
         remote = running.enter_context(source.repo.start_describe_remote())
         return _build(
@@ -139,6 +145,7 @@ def build(
             check=check,
             remote=remote,
             listing=listing,
+            carry=carry,
         )
 
 
@@ -153,6 +160,7 @@ def _build(
     check: bool,
     remote: Pending[str],
     listing: Pending[list[GitEntry]] | None,
+    carry: _Carry | None = None,
 ) -> BuildResult:
     revision = source.revision
     store = ctx.store
@@ -176,6 +184,7 @@ def _build(
                 batch,
                 use_cache=use_cache,
                 listing=None if listing is None else listing.result(),
+                carry=carry,
             )
             _check_selection(ctx, source, entries, of=f"of commit {source.commit[:12]}")
             if check:
@@ -297,6 +306,69 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
         )
 
 
+class _Carry(NamedTuple):
+    """An earlier build to carry entries forward from: its commit, its manifest, and the running
+    ``git diff-tree`` from that commit to the one being built."""
+
+    commit: str
+    digest: Digest
+    changes: Pending[list[GitChange] | None]
+
+
+def _carry_base(ctx: Context, source: _Source) -> tuple[str, Digest] | None:
+    """The commit and artifact of the latest build of the same graven.toml (byte for byte, so the
+    same selection and no steps) by this version of graven, if any.
+
+    Its manifest is a pure function of (commit, graven.toml, graven's rules): the entries of the
+    paths that did not change since that commit are the same in this build, and only the changed
+    ones need git's listing, the blob cache or reading."""
+    with ctx.db.connect() as conn:
+        row = conn.execute(
+            """SELECT "commit", digest FROM builds
+            WHERE name = :name AND pipeline_digest = :pipeline AND graven_version = :version
+            ORDER BY finished_at DESC LIMIT 1""",
+            {
+                "name": source.pipeline.artifact.name,
+                "pipeline": "sha256:" + hashlib.sha256(source.pipeline_bytes).hexdigest(),
+                "version": __version__,
+            },
+        ).first()
+    if row is None:
+        return None
+    try:
+        return str(row[0]), Digest.parse(str(row[1]))
+    except GravenError:
+        return None
+
+
+def _carry_forward(
+    ctx: Context, selection: Selection, carry: _Carry
+) -> tuple[list[TreeEntry], list[GitEntry]] | None:
+    """The entries of the earlier build that no change touches, and the selected git entries that
+    changed (added, modified, or of another type now); None when the earlier build cannot serve
+    (git could not compare the commits, its manifest or one of its objects is not in the store),
+    and the whole tree is then read as without it."""
+    try:  # while git compares the commits; what is carried is validated with the new manifest
+        earlier = unvalidated_entries(ctx.store.read(carry.digest))
+    except GravenError:
+        return None
+    changes = carry.changes.result()
+    if changes is None:
+        return None
+    changed = {change.path for change in changes}
+    carried = [entry for entry in earlier if entry.path not in changed]
+    if not all(isinstance(entry, FileEntry | SymlinkEntry) for entry in carried):
+        return None  # git trees hold no empty directories: not a build of a commit's files
+    if ctx.store.missing({entry.sha256 for entry in carried if isinstance(entry, FileEntry)}):
+        return None  # read again from git (as a blob cache hit whose object is gone would be)
+    listed = [
+        GitEntry(change.mode, "commit" if change.mode == MODE_SUBMODULE else "blob", change.oid, change.path)
+        for change in changes
+        if change.status != "D"
+    ]
+    return carried, _select_git_entries(listed, selection)
+
+
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
     """The blob cache rows for ``oids``: git oid -> (sha256 hex, size)."""
     wanted = sorted(set(oids))
@@ -330,12 +402,18 @@ def _tree_from_git(
     *,
     use_cache: bool,
     listing: list[GitEntry] | None = None,
+    carry: _Carry | None = None,
 ) -> tuple[list[TreeEntry], int, list[dict[str, object]]]:
-    """The selected entries of the commit (``listing``: its ``ls-tree``, when already read), their
-    blobs added to ``batch``; file digests come from the blob cache when the store has the object."""
-    if listing is None:
-        listing = source.repo.ls_tree(source.commit)
-    chosen = _select_git_entries(listing, selection)
+    """The selected entries of the commit (``listing``: its ``ls-tree``, when already read; with
+    ``carry``, only what changed since an earlier build), their blobs added to ``batch``; file
+    digests come from the blob cache when the store has the object."""
+    carried = None if carry is None else _carry_forward(ctx, selection, carry)
+    if carried is not None:
+        result, chosen = carried
+    else:
+        if listing is None:
+            listing = source.repo.ls_tree(source.commit)
+        result, chosen = [], _select_git_entries(listing, selection)
     file_oids = {oid for mode, _, oid, _ in chosen if mode != MODE_SYMLINK}
     link_oids = {oid for mode, _, oid, _ in chosen if mode == MODE_SYMLINK}
     cached = _cached_digests(ctx, file_oids) if use_cache else {}
@@ -377,7 +455,6 @@ def _tree_from_git(
     if lost:
         with source.repo.open_blobs(lost) as blobs:
             read(blobs)
-    result: list[TreeEntry] = []
     append = result.append
     for mode, _, oid, path in chosen:
         if mode == MODE_SYMLINK:

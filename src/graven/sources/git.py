@@ -19,7 +19,7 @@ from typing import IO, Generic, NamedTuple, TypeVar
 from graven.core.paths import decode_path
 from graven.errors import BackendError, GravenError, NotFoundError, SourceError
 
-__all__ = ["BlobReader", "BlobStream", "CommitFile", "GitEntry", "GitRepo", "Pending"]
+__all__ = ["BlobReader", "BlobStream", "CommitFile", "GitChange", "GitEntry", "GitRepo", "Pending"]
 
 MODE_FILE = "100644"
 MODE_EXECUTABLE = "100755"
@@ -32,6 +32,16 @@ class GitEntry(NamedTuple):
 
     mode: str
     kind: str
+    oid: str
+    path: str
+
+
+class GitChange(NamedTuple):
+    """One path of ``git diff-tree -r``: its status (``A``, ``M``, ``T`` or ``D``) and its new mode
+    and object id (``000000`` and zeros for ``D``)."""
+
+    status: str
+    mode: str
     oid: str
     path: str
 
@@ -225,6 +235,33 @@ def parse_ls_tree(out: bytes) -> list[GitEntry]:
     except ValueError:
         raise BackendError("git ls-tree output is malformed") from None
     return entries
+
+
+_CHANGE_STATUSES = frozenset("AMTD")
+
+
+def parse_diff_tree(out: bytes) -> list[GitChange] | None:
+    """Parse ``git diff-tree -r -z --no-renames`` (raw format), or None when anything in it is not
+    the expected: a path that is not UTF-8, a status other than A/M/T/D, a malformed record. The
+    caller then reads the whole tree instead (and names what is wrong with it)."""
+    try:
+        fields = out.decode("utf-8").split("\0")
+    except UnicodeDecodeError:
+        return None
+    if fields.pop() or len(fields) % 2:
+        return None
+    changes: list[GitChange] = []
+    append = changes.append
+    for index in range(0, len(fields), 2):
+        meta = fields[index].split(" ")
+        if len(meta) != 5 or not meta[0].startswith(":") or meta[4] not in _CHANGE_STATUSES:
+            return None
+        append(GitChange(meta[4], meta[1], meta[3], fields[index + 1]))
+    return changes
+
+
+def _changes_or_none(result: subprocess.CompletedProcess[bytes]) -> list[GitChange] | None:
+    return parse_diff_tree(result.stdout) if result.returncode == 0 else None
 
 
 def _committer_time(raw: bytes) -> int | None:
@@ -490,6 +527,13 @@ class GitRepo:
         """:meth:`ls_tree` in the background (use as a context manager)."""
         args = [*_LS_TREE, commit]
         return Pending(self.root, args, lambda result: parse_ls_tree(_checked(args, result)))
+
+    def start_diff_tree(self, base: str, commit: str) -> Pending[list[GitChange] | None]:
+        """The paths whose blob or mode differ between the trees of commits ``base`` and ``commit``
+        (every file, recursively; no rename detection), in the background; None when git cannot
+        tell (``base`` unknown to this repository, say) or says something unexpected."""
+        args = ["diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", "--raw", base, commit]
+        return Pending(self.root, args, _changes_or_none)
 
     def read_commit(self, revision: str, path: str) -> CommitFile:
         """Resolve ``revision`` as :meth:`resolve` does, then read the commit's committer time and the
