@@ -10,7 +10,7 @@ from pathlib import Path
 from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size
-from graven.errors import InputError
+from graven.errors import BuildError, InputError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -42,7 +42,9 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
     build.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
     build.add_argument(
-        "--no-cache", action="store_true", help="Re-read and re-hash every file (ignore the blob cache and earlier builds)."
+        "--no-cache",
+        action="store_true",
+        help="Re-read and re-hash every file (ignore the blob cache and earlier builds).",
     )
     build.add_argument(
         "--check",
@@ -97,7 +99,6 @@ def build_cmd(args: argparse.Namespace) -> int:
     repo: Path = args.repo
     as_json: bool = args.as_json
     check: bool = args.check
-    from graven.build.compare import NotReproducibleError
     from graven.service.build import build
     from graven.service.context import Context
 
@@ -105,9 +106,13 @@ def build_cmd(args: argparse.Namespace) -> int:
     ctx = _closing(Context.from_env(reporter))
     try:
         result = build(ctx, path=repo, revision=revision, use_cache=not args.no_cache, check=check)
-    except NotReproducibleError as exc:
-        reporter.close()
-        _report_not_reproducible(exc, as_json=as_json)
+    except BuildError as exc:
+        # NotReproducibleError lives in graven.build.compare, which only a --check build (or a step
+        # build) loads: when it is not loaded, this is another BuildError (start-up of a plain build)
+        compare = sys.modules.get("graven.build.compare")
+        if compare is not None and isinstance(exc, compare.NotReproducibleError):
+            reporter.close()
+            _report_not_reproducible(exc, as_json=as_json)
         raise
     finally:
         reporter.close()

@@ -11,13 +11,13 @@ import json
 import uuid
 from collections.abc import Iterable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple, cast
 
 from graven import __version__
 from graven.core.globs import GlobSet, Selection, never_matches
 from graven.core.paths import display_path
+from graven.core.record import Frozen
 from graven.errors import ConfigError, GravenError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
@@ -52,14 +52,33 @@ from graven.store.local import LOOSE_THRESHOLD, PackBatch
 
 __all__ = ["BuildResult", "build"]
 
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 _SANDBOX_NONE = "none"  # graven.build.sandbox.SANDBOX_NONE, without importing the sandbox
 _GIT_FILE_MODES = frozenset((MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK))
 
 
-@dataclass(frozen=True)
-class BuildResult:
+class BuildResult(Frozen):
     """What a build produced."""
 
+    _fields = (  # in this order: the constructor's and the JSON's
+        "digest",
+        "name",
+        "commit",
+        "revision",
+        "repository",
+        "pipeline_digest",
+        "source_date_epoch",
+        "started_at",
+        "finished_at",
+        "file_count",
+        "total_size",
+        "files_read",
+        "invocation_id",
+        "dirty_worktree",
+        "provenance",
+        "signed_by",
+    )
+    __slots__ = tuple(sorted(_fields))
     digest: str
     name: str
     commit: str
@@ -77,13 +96,35 @@ class BuildResult:
     provenance: str
     signed_by: str
 
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        digest: str,
+        name: str,
+        commit: str,
+        revision: str,
+        repository: str,
+        pipeline_digest: str,
+        source_date_epoch: int,
+        started_at: str,
+        finished_at: str,
+        file_count: int,
+        total_size: int,
+        files_read: int,
+        invocation_id: str,
+        dirty_worktree: bool,
+        provenance: str,
+        signed_by: str,
+    ) -> None:
+        values = locals()
+        for field in self._fields:
+            _set(self, field, values[field])
+
     def to_json(self) -> dict[str, object]:
         """The ``--json`` form."""
-        return asdict(self)
+        return {field: getattr(self, field) for field in self._fields}
 
 
-@dataclass(frozen=True)
-class _Source:
+class _Source(NamedTuple):
     repo: GitRepo
     commit: str
     revision: str
@@ -521,8 +562,7 @@ def _check_git_tree(ctx: Context, source: _Source, selection: Selection, entries
         raise NotReproducibleError(source.commit, differences, ["the blob cache (every file read again)"])
 
 
-@dataclass(frozen=True)
-class _StepsTree:
+class _StepsTree(NamedTuple):
     """What a step build gives the rest of :func:`build`."""
 
     entries: list[TreeEntry]
