@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    missing = [tool for tool in ("git", "rsync", "cp") if shutil.which(tool) is None]
+    if missing:  # the baselines: say so before any set-up, not as a traceback in the middle
+        parser.error(f"{', '.join(missing)} not on PATH; install it (Debian: apt-get install -y rsync)")
     started = time.monotonic()
     if args.scratch.exists():
         shutil.rmtree(args.scratch)

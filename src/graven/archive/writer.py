@@ -20,11 +20,11 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 from zlib import adler32
 
+from graven.core.record import Frozen
 from graven.errors import BackendError, GravenError, InputError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, TreeManifest
@@ -52,19 +52,31 @@ MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 _CHUNK = 1 << 20
 _SMALL = 1 << 20  # files below this size are read whole; bigger ones are streamed
 
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
+
 ReadMany = Callable[[Sequence[Digest]], Iterable[bytes]]
 """Verified contents of many objects, in order (:meth:`graven.store.local.LocalStore.read_many`)."""
 
 
-@dataclass(frozen=True)
-class ArchiveMeta:
+class ArchiveMeta(Frozen):
     """What the global header says about the artifact (claims, checked on import)."""
 
+    __slots__ = ("commit", "digest", "name", "pipeline", "source_date_epoch")
+    _fields = ("digest", "name", "commit", "source_date_epoch", "pipeline")
     digest: str
     name: str
     commit: str | None
     source_date_epoch: int
-    pipeline: str | None = None  # graven.toml text, so that an import is self-contained
+    pipeline: str | None  # graven.toml text, so that an import is self-contained
+
+    def __init__(
+        self, digest: str, name: str, commit: str | None, source_date_epoch: int, pipeline: str | None = None
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "name", name)
+        _set(self, "commit", commit)
+        _set(self, "source_date_epoch", source_date_epoch)
+        _set(self, "pipeline", pipeline)
 
     def to_comment(self) -> str:
         """The canonical JSON carried in the pax ``comment`` record."""

@@ -6,9 +6,8 @@ import contextlib
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from graven.archive.writer import (
     ArchiveMeta,
@@ -67,8 +66,7 @@ def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
     write_archive_file(manifest, meta, ctx.store.open, out, read_many=ctx.store.read_many)
 
 
-@dataclass(frozen=True)
-class ImportResult:
+class ImportResult(NamedTuple):
     """What an import stored."""
 
     digest: str
@@ -79,7 +77,7 @@ class ImportResult:
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return asdict(self)
+        return self._asdict()
 
 
 def export_attestation(
@@ -99,6 +97,7 @@ def prepare_attestation(
     bundle holds one signature: the one that verified, when the envelope has several."""
     from graven.service.provenance import preferred_envelope
     from graven.signing.bundle import bundle_bytes, load_attestation
+    from graven.signing.dsse import Envelope
 
     data, keyid = preferred_envelope(ctx, digest)
     envelope = load_attestation(data)
@@ -109,7 +108,11 @@ def prepare_attestation(
         single = envelope
         if len(envelope.signatures) > 1 and keyid is not None:
             chosen = tuple(s for s in envelope.signatures if s.keyid == keyid)[:1]
-            single = replace(envelope, signatures=chosen or envelope.signatures)
+            single = Envelope(
+                payload=envelope.payload,
+                payload_type=envelope.payload_type,
+                signatures=chosen or envelope.signatures,
+            )
         files.append((bundle_path, bundle_bytes(single)))
 
     def write() -> None:
