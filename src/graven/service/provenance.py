@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from graven import __version__
+from graven.core.record import Frozen
 from graven.db import Connection
 from graven.errors import (
     GravenError,
@@ -38,6 +38,8 @@ from graven.signing.keys import KeyStore, SigningKey
 from graven.signing.memo import FileSignatureMemo
 from graven.signing.provenance import PAYLOAD_TYPE, ProvenanceInputs, ResourceRef, statement_bytes
 from graven.signing.trust import TrustPolicy, VerifiedProvenance
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
     "BUILDER_ID",
@@ -198,9 +200,9 @@ def load_policy(ctx: Context, policy_file: Path | None = None, *, memo: bool = T
     revoked_file = ctx.home.trust / REVOKED_FILE
     if revoked_file.is_file():
         extra = read_revoked(revoked_file)
-        policy = replace(policy, revoked=policy.revoked | frozenset(extra), trust_dir=ctx.home.trust)
+        policy = policy.with_home(ctx.home.trust, frozenset(extra))
     elif policy.trust_dir is None:
-        policy = replace(policy, trust_dir=ctx.home.trust)
+        policy = policy.with_home(ctx.home.trust)
     return policy.with_memo(signature_memo(ctx) if memo else None)
 
 
@@ -216,15 +218,30 @@ def envelope_digests(ctx: Context, artifact: Digest) -> list[str]:
     return rows
 
 
-@dataclass(frozen=True)
-class ProvenanceCheck:
+class ProvenanceCheck(Frozen):
     """The outcome of checking an artifact's provenance against the trust policy."""
 
+    __slots__ = ("commit", "envelope", "keyid", "ok", "reason")
+    _fields = ("ok", "reason", "keyid", "envelope", "commit")
     ok: bool
     reason: str
-    keyid: str | None = None
-    envelope: str | None = None
-    commit: str | None = None
+    keyid: str | None
+    envelope: str | None
+    commit: str | None
+
+    def __init__(
+        self,
+        ok: bool,
+        reason: str,
+        keyid: str | None = None,
+        envelope: str | None = None,
+        commit: str | None = None,
+    ) -> None:
+        _set(self, "ok", ok)
+        _set(self, "reason", reason)
+        _set(self, "keyid", keyid)
+        _set(self, "envelope", envelope)
+        _set(self, "commit", commit)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""

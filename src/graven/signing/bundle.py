@@ -17,11 +17,13 @@ a bundle. A Sigstore bundle holds exactly one signature.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
+from graven.core.record import Frozen
 from graven.errors import InputError
 from graven.signing.dsse import Envelope, canonical_json, envelope_from_dict, load_json_object
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -45,13 +47,19 @@ _ACCEPTED_MEDIA_TYPES: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Bundle:
+class Bundle(Frozen):
     """A parsed bundle: its media type, the public key hint (if any) and the DSSE envelope."""
 
+    __slots__ = ("envelope", "key_hint", "media_type")
+    _fields = ("media_type", "key_hint", "envelope")
     media_type: str
     key_hint: str | None
     envelope: Envelope
+
+    def __init__(self, media_type: str, key_hint: str | None, envelope: Envelope) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "key_hint", key_hint)
+        _set(self, "envelope", envelope)
 
 
 def make_bundle(envelope: Envelope) -> dict[str, Any]:

@@ -19,11 +19,13 @@ import base64
 import binascii
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from graven.core.record import Frozen
 from graven.errors import InputError, PolicyError, VerificationError
 from graven.signing.keys import VerifyingKey
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
     "Envelope",
@@ -147,25 +149,36 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
+class Signature(Frozen):
     """One DSSE signature: the raw signature bytes and the key id hint (may be empty)."""
 
+    __slots__ = ("keyid", "sig")
+    _fields = ("keyid", "sig")
     keyid: str
     sig: bytes
+
+    def __init__(self, keyid: str, sig: bytes) -> None:
+        _set(self, "keyid", keyid)
+        _set(self, "sig", sig)
 
     def to_dict(self) -> dict[str, str]:
         """The JSON form ``{"keyid": ..., "sig": base64}``."""
         return {"keyid": self.keyid, "sig": b64encode(self.sig)}
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(Frozen):
     """A parsed DSSE envelope."""
 
+    __slots__ = ("payload", "payload_type", "signatures")
+    _fields = ("payload", "payload_type", "signatures")
     payload: bytes
     payload_type: str
     signatures: tuple[Signature, ...]
+
+    def __init__(self, payload: bytes, payload_type: str, signatures: tuple[Signature, ...]) -> None:
+        _set(self, "payload", payload)
+        _set(self, "payload_type", payload_type)
+        _set(self, "signatures", signatures)
 
     def pae(self) -> bytes:
         """The bytes that the signatures cover."""
@@ -234,13 +247,19 @@ def parse_envelope(data: bytes | str) -> Envelope:
     return envelope_from_dict(load_json_object(data, "DSSE envelope"))
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedEnvelope:
+class VerifiedEnvelope(Frozen):
     """The outcome of a successful verification: the payload and the key that verified it."""
 
+    __slots__ = ("key", "payload", "payload_type")
+    _fields = ("payload", "payload_type", "key")
     payload: bytes
     payload_type: str
     key: VerifyingKey
+
+    def __init__(self, payload: bytes, payload_type: str, key: VerifyingKey) -> None:
+        _set(self, "payload", payload)
+        _set(self, "payload_type", payload_type)
+        _set(self, "key", key)
 
     @property
     def keyid(self) -> str:

@@ -28,11 +28,13 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeAlias
 
+from graven.core.record import Frozen
 from graven.errors import BackendError, InputError, NotFoundError
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -215,8 +217,7 @@ def _pem_of_der(der: bytes) -> bytes:
     return b"-----BEGIN PUBLIC KEY-----\n" + lines + b"-----END PUBLIC KEY-----\n"
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyingKey:
+class VerifyingKey(Frozen):
     """A public key that graven can verify signatures with.
 
     It is its SubjectPublicKeyInfo DER (``spki``), whose sha256 is the key id. The ``cryptography`` key
@@ -224,10 +225,18 @@ class VerifyingKey:
     signature is really checked.
     """
 
+    __slots__ = ("_loaded", "key_type", "keyid", "spki")
+    _fields = ("spki", "keyid", "key_type")  # _loaded: a cache, neither compared nor shown
     spki: bytes
     keyid: str
     key_type: KeyType
-    _loaded: list[PublicKey] = field(default_factory=list, init=False, repr=False, compare=False)
+    _loaded: list[PublicKey]
+
+    def __init__(self, spki: bytes, keyid: str, key_type: KeyType) -> None:
+        _set(self, "spki", spki)
+        _set(self, "keyid", keyid)
+        _set(self, "key_type", key_type)
+        _set(self, "_loaded", [])
 
     @classmethod
     def from_public_key(cls, public_key: PublicKey, source: str = "public key") -> VerifyingKey:
@@ -302,12 +311,17 @@ class VerifyingKey:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class SigningKey:
+class SigningKey(Frozen):
     """A private key together with its public half."""
 
+    __slots__ = ("private", "public")
+    _fields = ("private", "public")
     private: PrivateKey
     public: VerifyingKey
+
+    def __init__(self, private: PrivateKey, public: VerifyingKey) -> None:
+        _set(self, "private", private)
+        _set(self, "public", public)
 
     @classmethod
     def from_private_key(cls, private_key: PrivateKey, source: str = "private key") -> SigningKey:

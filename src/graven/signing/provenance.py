@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from graven.core.record import Frozen
 from graven.errors import InputError, VerificationError
 from graven.signing.dsse import canonical_json, load_json_object
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
     "BUILD_TYPE",
@@ -69,13 +71,19 @@ def format_timestamp(moment: datetime) -> str:
     return text + "Z"
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceRef:
+class ResourceRef(Frozen):
     """A named blob: a declared input or a byproduct, with its ``sha256:<hex>`` digest."""
 
+    __slots__ = ("digest", "media_type", "name")
+    _fields = ("name", "digest", "media_type")
     name: str
     digest: str
-    media_type: str | None = None
+    media_type: str | None
+
+    def __init__(self, name: str, digest: str, media_type: str | None = None) -> None:
+        _set(self, "name", name)
+        _set(self, "digest", digest)
+        _set(self, "media_type", media_type)
 
     @property
     def sha256(self) -> str:
@@ -90,10 +98,45 @@ class ResourceRef:
         return descriptor
 
 
-@dataclass(frozen=True, slots=True)
-class ProvenanceInputs:
+class ProvenanceInputs(Frozen):
     """Every value that goes into a provenance statement."""
 
+    __slots__ = (
+        "artifact_digest",
+        "artifact_name",
+        "builder_id",
+        "byproducts",
+        "commit",
+        "finished_on",
+        "graven_version",
+        "inputs",
+        "invocation_id",
+        "pipeline",
+        "pipeline_digest",
+        "repository",
+        "revision",
+        "sandbox",
+        "source_date_epoch",
+        "started_on",
+    )
+    _fields = (
+        "artifact_name",
+        "artifact_digest",
+        "repository",
+        "revision",
+        "commit",
+        "source_date_epoch",
+        "sandbox",
+        "builder_id",
+        "graven_version",
+        "invocation_id",
+        "started_on",
+        "finished_on",
+        "pipeline",
+        "pipeline_digest",
+        "inputs",
+        "byproducts",
+    )
     artifact_name: str
     artifact_digest: str
     repository: str
@@ -106,10 +149,46 @@ class ProvenanceInputs:
     invocation_id: str
     started_on: datetime
     finished_on: datetime
-    pipeline: str = DEFAULT_PIPELINE
-    pipeline_digest: str | None = None
-    inputs: tuple[ResourceRef, ...] = ()
-    byproducts: tuple[ResourceRef, ...] = ()
+    pipeline: str
+    pipeline_digest: str | None
+    inputs: tuple[ResourceRef, ...]
+    byproducts: tuple[ResourceRef, ...]
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        artifact_name: str,
+        artifact_digest: str,
+        repository: str,
+        revision: str,
+        commit: str,
+        source_date_epoch: int,
+        sandbox: str,
+        builder_id: str,
+        graven_version: str,
+        invocation_id: str,
+        started_on: datetime,
+        finished_on: datetime,
+        pipeline: str = DEFAULT_PIPELINE,
+        pipeline_digest: str | None = None,
+        inputs: tuple[ResourceRef, ...] = (),
+        byproducts: tuple[ResourceRef, ...] = (),
+    ) -> None:
+        _set(self, "artifact_name", artifact_name)
+        _set(self, "artifact_digest", artifact_digest)
+        _set(self, "repository", repository)
+        _set(self, "revision", revision)
+        _set(self, "commit", commit)
+        _set(self, "source_date_epoch", source_date_epoch)
+        _set(self, "sandbox", sandbox)
+        _set(self, "builder_id", builder_id)
+        _set(self, "graven_version", graven_version)
+        _set(self, "invocation_id", invocation_id)
+        _set(self, "started_on", started_on)
+        _set(self, "finished_on", finished_on)
+        _set(self, "pipeline", pipeline)
+        _set(self, "pipeline_digest", pipeline_digest)
+        _set(self, "inputs", inputs)
+        _set(self, "byproducts", byproducts)
 
 
 def _require_text(value: object, what: str) -> str:
@@ -193,12 +272,17 @@ def statement_bytes(inputs: ProvenanceInputs) -> bytes:
     return canonical_json(build_statement(inputs))
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
+class Subject(Frozen):
     """One subject of a statement."""
 
+    __slots__ = ("name", "sha256")
+    _fields = ("name", "sha256")
     name: str
     sha256: str
+
+    def __init__(self, name: str, sha256: str) -> None:
+        _set(self, "name", name)
+        _set(self, "sha256", sha256)
 
     @property
     def digest(self) -> str:
@@ -206,10 +290,47 @@ class Subject:
         return f"sha256:{self.sha256}"
 
 
-@dataclass(frozen=True, slots=True)
-class ProvenanceStatement:
+class ProvenanceStatement(Frozen):
     """A typed view of a parsed provenance statement; ``raw`` keeps the whole JSON document."""
 
+    __slots__ = (
+        "build_type",
+        "builder_id",
+        "byproducts",
+        "commit",
+        "finished_on",
+        "graven_version",
+        "inputs",
+        "invocation_id",
+        "pipeline",
+        "pipeline_digest",
+        "raw",
+        "repository",
+        "revision",
+        "sandbox",
+        "source_date_epoch",
+        "started_on",
+        "subjects",
+    )
+    _fields = (
+        "subjects",
+        "build_type",
+        "builder_id",
+        "repository",
+        "revision",
+        "pipeline",
+        "commit",
+        "pipeline_digest",
+        "inputs",
+        "byproducts",
+        "source_date_epoch",
+        "sandbox",
+        "graven_version",
+        "invocation_id",
+        "started_on",
+        "finished_on",
+        "raw",
+    )
     subjects: tuple[Subject, ...]
     build_type: str
     builder_id: str
@@ -227,6 +348,44 @@ class ProvenanceStatement:
     started_on: str | None
     finished_on: str | None
     raw: Mapping[str, Any]
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        subjects: tuple[Subject, ...],
+        build_type: str,
+        builder_id: str,
+        repository: str | None,
+        revision: str | None,
+        pipeline: str | None,
+        commit: str | None,
+        pipeline_digest: str | None,
+        inputs: tuple[ResourceRef, ...],
+        byproducts: tuple[ResourceRef, ...],
+        source_date_epoch: int | None,
+        sandbox: str | None,
+        graven_version: str | None,
+        invocation_id: str | None,
+        started_on: str | None,
+        finished_on: str | None,
+        raw: Mapping[str, Any],
+    ) -> None:
+        _set(self, "subjects", subjects)
+        _set(self, "build_type", build_type)
+        _set(self, "builder_id", builder_id)
+        _set(self, "repository", repository)
+        _set(self, "revision", revision)
+        _set(self, "pipeline", pipeline)
+        _set(self, "commit", commit)
+        _set(self, "pipeline_digest", pipeline_digest)
+        _set(self, "inputs", inputs)
+        _set(self, "byproducts", byproducts)
+        _set(self, "source_date_epoch", source_date_epoch)
+        _set(self, "sandbox", sandbox)
+        _set(self, "graven_version", graven_version)
+        _set(self, "invocation_id", invocation_id)
+        _set(self, "started_on", started_on)
+        _set(self, "finished_on", finished_on)
+        _set(self, "raw", raw)
 
     @property
     def subject_digests(self) -> tuple[str, ...]:

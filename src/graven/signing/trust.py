@@ -24,10 +24,10 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, SignatureMemo, revoked_signer, verify_envelope
@@ -39,6 +39,8 @@ from graven.signing.provenance import (
     parse_sha256,
     parse_statement,
 )
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
     "TRUSTED_KEY_SUFFIXES",
@@ -127,14 +129,23 @@ def _key_from_entry(entry: str, base: Path, known: Mapping[str, VerifyingKey], w
         raise ConfigError(f"{what}: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedProvenance:
+class VerifiedProvenance(Frozen):
     """A provenance statement signed by a trusted key, about the expected artifact."""
 
+    __slots__ = ("envelope", "key", "payload", "statement")
+    _fields = ("statement", "key", "payload", "envelope")
     statement: ProvenanceStatement
     key: VerifyingKey
     payload: bytes
     envelope: Envelope
+
+    def __init__(
+        self, statement: ProvenanceStatement, key: VerifyingKey, payload: bytes, envelope: Envelope
+    ) -> None:
+        _set(self, "statement", statement)
+        _set(self, "key", key)
+        _set(self, "payload", payload)
+        _set(self, "envelope", envelope)
 
     @property
     def keyid(self) -> str:
@@ -142,20 +153,39 @@ class VerifiedProvenance:
         return self.key.keyid
 
 
-@dataclass(frozen=True, slots=True)
-class TrustPolicy:
+class TrustPolicy(Frozen):
     """Trusted keys, revoked key ids and per-environment key sets (and, optionally, a memo of the
     signatures already verified on this machine: it never changes what is accepted)."""
 
-    keys: tuple[VerifyingKey, ...] = ()
-    revoked: frozenset[str] = frozenset()
-    environments: Mapping[str, tuple[VerifyingKey, ...]] = field(default_factory=dict)
-    trust_dir: Path | None = None
-    memo: SignatureMemo | None = field(default=None, compare=False, repr=False)
+    __slots__ = ("environments", "keys", "memo", "revoked", "trust_dir")
+    _fields = ("keys", "revoked", "environments", "trust_dir")  # memo: neither compared nor shown
+    keys: tuple[VerifyingKey, ...]
+    revoked: frozenset[str]
+    environments: Mapping[str, tuple[VerifyingKey, ...]]
+    trust_dir: Path | None
+    memo: SignatureMemo | None
+
+    def __init__(
+        self,
+        keys: tuple[VerifyingKey, ...] = (),
+        revoked: frozenset[str] = frozenset(),
+        environments: Mapping[str, tuple[VerifyingKey, ...]] | None = None,
+        trust_dir: Path | None = None,
+        memo: SignatureMemo | None = None,
+    ) -> None:
+        _set(self, "keys", keys)
+        _set(self, "revoked", revoked)
+        _set(self, "environments", {} if environments is None else environments)
+        _set(self, "trust_dir", trust_dir)
+        _set(self, "memo", memo)
 
     def with_memo(self, memo: SignatureMemo | None) -> TrustPolicy:
         """The same policy, checking signatures through ``memo`` (None: always cryptographically)."""
-        return replace(self, memo=memo)
+        return TrustPolicy(self.keys, self.revoked, self.environments, self.trust_dir, memo)
+
+    def with_home(self, trust_dir: Path, revoked: frozenset[str] = frozenset()) -> TrustPolicy:
+        """The same policy read from the home's ``trust_dir``, revoking ``revoked`` too."""
+        return TrustPolicy(self.keys, self.revoked | revoked, self.environments, trust_dir, self.memo)
 
     @classmethod
     def load(cls, trust_dir: Path | str | None, policy_file: Path | str | None = None) -> TrustPolicy:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,24 +17,24 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def make_inputs(**changes: Any) -> ProvenanceInputs:
     """A complete set of provenance inputs; keyword arguments replace fields."""
-    inputs = ProvenanceInputs(
-        artifact_name="web-frontend",
-        artifact_digest=ARTIFACT,
-        repository="https://git.example.com/acme/web.git",
-        revision="main",
-        commit=COMMIT,
-        source_date_epoch=1_700_000_000,
-        sandbox="bwrap",
-        builder_id="https://graven.dev/builder/local",
-        graven_version="0.1.0",
-        invocation_id="build-42",
-        started_on=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
-        finished_on=datetime(2024, 1, 2, 3, 5, 6, 250000, tzinfo=UTC),
-        pipeline_digest="sha256:" + hashlib.sha256(b"[pipeline]").hexdigest(),
-        inputs=(ResourceRef("node-modules.tar", "sha256:" + "ab" * 32),),
-        byproducts=(ResourceRef("build.log", "sha256:" + "cd" * 32, "text/plain"),),
-    )
-    return replace(inputs, **changes)
+    fields: dict[str, Any] = {
+        "artifact_name": "web-frontend",
+        "artifact_digest": ARTIFACT,
+        "repository": "https://git.example.com/acme/web.git",
+        "revision": "main",
+        "commit": COMMIT,
+        "source_date_epoch": 1_700_000_000,
+        "sandbox": "bwrap",
+        "builder_id": "https://graven.dev/builder/local",
+        "graven_version": "0.1.0",
+        "invocation_id": "build-42",
+        "started_on": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "finished_on": datetime(2024, 1, 2, 3, 5, 6, 250000, tzinfo=UTC),
+        "pipeline_digest": "sha256:" + hashlib.sha256(b"[pipeline]").hexdigest(),
+        "inputs": (ResourceRef("node-modules.tar", "sha256:" + "ab" * 32),),
+        "byproducts": (ResourceRef("build.log", "sha256:" + "cd" * 32, "text/plain"),),
+    }
+    return ProvenanceInputs(**(fields | changes))
 
 
 def signed_provenance(key: SigningKey, artifact: str = ARTIFACT) -> Envelope:
