@@ -23,11 +23,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from graven.core.globs import GlobSet
+from graven.core.record import Frozen
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
     "ALERT_FORMAT",
@@ -88,15 +90,42 @@ class Observed(NamedTuple):
     target: str | None = None
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Difference:
+class Difference(Frozen):
     """One difference: the path (relative to the release, or ``current`` / ``config`` of the
     environment directory), its kind, and what was expected and found (short strings)."""
 
+    __slots__ = ("actual", "expected", "kind", "path")
+    _fields = ("path", "kind", "expected", "actual")
     path: str
     kind: str
-    expected: str | None = None
-    actual: str | None = None
+    expected: str | None
+    actual: str | None
+
+    def __init__(self, path: str, kind: str, expected: str | None = None, actual: str | None = None) -> None:
+        _set(self, "path", path)
+        _set(self, "kind", kind)
+        _set(self, "expected", expected)
+        _set(self, "actual", actual)
+
+    def __lt__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, Difference):
+            return NotImplemented
+        return self._values() < other._values()
+
+    def __le__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, Difference):
+            return NotImplemented
+        return self._values() <= other._values()
+
+    def __gt__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, Difference):
+            return NotImplemented
+        return self._values() > other._values()
+
+    def __ge__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, Difference):
+            return NotImplemented
+        return self._values() >= other._values()
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
@@ -268,25 +297,45 @@ def _content(seen: Observed) -> str:
 # -- the environment directory --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EnvExpectation:
+class EnvExpectation(Frozen):
     """What graven deployed: ``current`` -> ``releases/<hex>``, ``config`` -> ``current/<config>``."""
 
+    __slots__ = ("config", "release_hex")
+    _fields = ("release_hex", "config")
     release_hex: str
-    config: str | None = None
+    config: str | None
+
+    def __init__(self, release_hex: str, config: str | None = None) -> None:
+        _set(self, "release_hex", release_hex)
+        _set(self, "config", config)
 
 
-@dataclass(frozen=True)
-class EnvObservation:
+class EnvObservation(Frozen):
     """What the environment directory holds. ``current_kind`` / ``config_kind``: ``symlink``,
     ``missing``, or another kind; ``current_known``: the release ``current`` names is an artifact of
     this graven home."""
 
+    __slots__ = ("config_kind", "config_target", "current_kind", "current_known", "current_target")
+    _fields = ("current_kind", "current_target", "current_known", "config_kind", "config_target")
     current_kind: str
     current_target: str | None
     current_known: bool
     config_kind: str
     config_target: str | None
+
+    def __init__(
+        self,
+        current_kind: str,
+        current_target: str | None,
+        current_known: bool,
+        config_kind: str,
+        config_target: str | None,
+    ) -> None:
+        _set(self, "current_kind", current_kind)
+        _set(self, "current_target", current_target)
+        _set(self, "current_known", current_known)
+        _set(self, "config_kind", config_kind)
+        _set(self, "config_target", config_target)
 
 
 def compare_env(expected: EnvExpectation, seen: EnvObservation) -> list[Difference]:
@@ -361,10 +410,11 @@ def alert_transition(
     return None, frozenset()
 
 
-@dataclass(frozen=True)
-class Alert:
+class Alert(Frozen):
     """The alert payload (format ``graven.drift-alert/v1``)."""
 
+    __slots__ = ("commit", "differences", "digest", "env", "event", "name", "new", "path", "time")
+    _fields = ("event", "env", "path", "digest", "commit", "name", "time", "differences", "new")
     event: str  # drift | resolved
     env: str
     path: str
@@ -373,7 +423,29 @@ class Alert:
     name: str | None
     time: str
     differences: tuple[Difference, ...]
-    new: tuple[Difference, ...] = field(default=())
+    new: tuple[Difference, ...]
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        event: str,
+        env: str,
+        path: str,
+        digest: str | None,
+        commit: str | None,
+        name: str | None,
+        time: str,
+        differences: tuple[Difference, ...],
+        new: tuple[Difference, ...] = (),
+    ) -> None:
+        _set(self, "event", event)
+        _set(self, "env", env)
+        _set(self, "path", path)
+        _set(self, "digest", digest)
+        _set(self, "commit", commit)
+        _set(self, "name", name)
+        _set(self, "time", time)
+        _set(self, "differences", differences)
+        _set(self, "new", new)
 
     @property
     def paths(self) -> list[str]:
@@ -431,18 +503,35 @@ def make_alert(
 # -- heal ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HealPlan:
+class HealPlan(Frozen):
     """How to make a release exactly its manifest again, in order: remove what should not be there
     (deepest first), create directories (shallowest first), write files and symlinks, then fix the
     environment's links."""
 
-    remove: tuple[str, ...] = ()
-    mkdirs: tuple[str, ...] = ()  # directories to create, or to set back to 0555
-    files: tuple[FileEntry, ...] = ()
-    symlinks: tuple[SymlinkEntry, ...] = ()
-    current: bool = False
-    config: bool = False
+    __slots__ = ("config", "current", "files", "mkdirs", "remove", "symlinks")
+    _fields = ("remove", "mkdirs", "files", "symlinks", "current", "config")
+    remove: tuple[str, ...]
+    mkdirs: tuple[str, ...]  # directories to create, or to set back to 0555
+    files: tuple[FileEntry, ...]
+    symlinks: tuple[SymlinkEntry, ...]
+    current: bool
+    config: bool
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        remove: tuple[str, ...] = (),
+        mkdirs: tuple[str, ...] = (),
+        files: tuple[FileEntry, ...] = (),
+        symlinks: tuple[SymlinkEntry, ...] = (),
+        current: bool = False,
+        config: bool = False,
+    ) -> None:
+        _set(self, "remove", remove)
+        _set(self, "mkdirs", mkdirs)
+        _set(self, "files", files)
+        _set(self, "symlinks", symlinks)
+        _set(self, "current", current)
+        _set(self, "config", config)
 
     @property
     def empty(self) -> bool:

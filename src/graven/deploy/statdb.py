@@ -25,9 +25,9 @@ import contextlib
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from graven.core.record import Record as _Mutable
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 from graven.errors import BackendError
 
@@ -41,12 +41,17 @@ _RECORD = struct.Struct(">QQqqI32s")
 Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
 
 
-@dataclass
-class StatTable:
+class StatTable(_Mutable):
     """The stat records of one environment directory."""
 
-    dev: int | None = None
-    inodes: dict[int, Record] = field(default_factory=dict)
+    __slots__ = ("dev", "inodes")
+    _fields = ("dev", "inodes")
+    dev: int | None
+    inodes: dict[int, Record]
+
+    def __init__(self, dev: int | None = None, inodes: dict[int, Record] | None = None) -> None:
+        self.dev = dev
+        self.inodes = {} if inodes is None else inodes
 
     @classmethod
     def load(cls, path: Path, key: bytes) -> StatTable:

@@ -19,9 +19,9 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from graven.core.record import Record
 from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 
@@ -61,8 +61,7 @@ def fs_clock(directory: Path, *, depth: int = 2) -> int | None:
         os.close(fd)
 
 
-@dataclass
-class VerifiedCache:
+class VerifiedCache(Record):
     """Verified stat records of one release, aligned with its files and directories (sorted).
 
     On disk: ``graven.drift-cache/v2`` and a JSON header line (release, device, counts), then the
@@ -70,10 +69,24 @@ class VerifiedCache:
     HMAC-SHA256 of everything before it under the home's record key.
     """
 
+    __slots__ = ("dev", "dirs", "files", "release")
+    _fields = ("release", "dev", "files", "dirs")
     release: str
     dev: int
-    files: list[FileRecord | None] = field(default_factory=list)
-    dirs: list[DirRecord | None] = field(default_factory=list)
+    files: list[FileRecord | None]
+    dirs: list[DirRecord | None]
+
+    def __init__(
+        self,
+        release: str,
+        dev: int,
+        files: list[FileRecord | None] | None = None,
+        dirs: list[DirRecord | None] | None = None,
+    ) -> None:
+        self.release = release
+        self.dev = dev
+        self.files = [] if files is None else files
+        self.dirs = [] if dirs is None else dirs
 
     @classmethod
     def load(cls, path: Path, key: bytes, *, release: str, files: int, dirs: int) -> VerifiedCache | None:

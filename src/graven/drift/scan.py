@@ -20,15 +20,17 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graven.core.drift import Observed, is_racy
+from graven.core.record import Frozen, Record
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
 from graven.runtime import can_fork
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 if TYPE_CHECKING:  # the pool is started, and its module imported, only when a file needs it
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -150,10 +152,11 @@ class Hasher:
             pool.shutdown(wait=True)
 
 
-@dataclass(frozen=True)
-class ReleaseIndex:
+class ReleaseIndex(Frozen):
     """A manifest arranged for scanning (built once per manifest; a watcher keeps it)."""
 
+    __slots__ = ("children", "digest_hex", "dir_set", "dirs", "files", "manifest", "positions", "symlinks")
+    _fields = ("manifest", "digest_hex", "files", "symlinks", "dirs", "dir_set", "children", "positions")
     manifest: TreeManifest
     digest_hex: str
     files: tuple[FileEntry, ...]
@@ -162,6 +165,26 @@ class ReleaseIndex:
     dir_set: frozenset[str]  # the same without the root: what compare_tree expects
     children: dict[str, frozenset[str]]  # directory -> the names it holds
     positions: dict[str, int]  # file path -> its index in ``files``
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        manifest: TreeManifest,
+        digest_hex: str,
+        files: tuple[FileEntry, ...],
+        symlinks: tuple[SymlinkEntry, ...],
+        dirs: tuple[str, ...],
+        dir_set: frozenset[str],
+        children: dict[str, frozenset[str]],
+        positions: dict[str, int],
+    ) -> None:
+        _set(self, "manifest", manifest)
+        _set(self, "digest_hex", digest_hex)
+        _set(self, "files", files)
+        _set(self, "symlinks", symlinks)
+        _set(self, "dirs", dirs)
+        _set(self, "dir_set", dir_set)
+        _set(self, "children", children)
+        _set(self, "positions", positions)
 
     @classmethod
     def of(cls, manifest: TreeManifest, digest_hex: str | None = None) -> ReleaseIndex:
@@ -207,18 +230,39 @@ class ReleaseIndex:
         )
 
 
-@dataclass
-class ScanResult:
+class ScanResult(Record):
     """What a scan observed, and what it verified."""
 
-    observed: dict[str, Observed] = field(default_factory=dict)
-    verified: set[str] = field(default_factory=set)  # files known to be exactly as deployed
-    root_mode: int | None = None  # the permission bits of the release directory
-    root_missing: bool = False
-    files: int = 0
-    hashed: int = 0  # files read and hashed
-    listed: int = 0  # directories listed
-    cache: VerifiedCache | None = None  # the records to keep (None: nothing new to record)
+    __slots__ = ("cache", "files", "hashed", "listed", "observed", "root_missing", "root_mode", "verified")
+    _fields = ("observed", "verified", "root_mode", "root_missing", "files", "hashed", "listed", "cache")
+    observed: dict[str, Observed]
+    verified: set[str]  # files known to be exactly as deployed
+    root_mode: int | None  # the permission bits of the release directory
+    root_missing: bool
+    files: int
+    hashed: int  # files read and hashed
+    listed: int  # directories listed
+    cache: VerifiedCache | None  # the records to keep (None: nothing new to record)
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        observed: dict[str, Observed] | None = None,
+        verified: set[str] | None = None,
+        root_mode: int | None = None,
+        root_missing: bool = False,
+        files: int = 0,
+        hashed: int = 0,
+        listed: int = 0,
+        cache: VerifiedCache | None = None,
+    ) -> None:
+        self.observed = {} if observed is None else observed
+        self.verified = set() if verified is None else verified
+        self.root_mode = root_mode
+        self.root_missing = root_missing
+        self.files = files
+        self.hashed = hashed
+        self.listed = listed
+        self.cache = cache
 
 
 def _observe(path: str) -> Observed | None:

@@ -8,7 +8,6 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from graven.core.drift import (
@@ -20,6 +19,7 @@ from graven.core.drift import (
 )
 from graven.core.globs import GlobSet
 from graven.core.paths import check_path
+from graven.core.record import Record
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import open_dir_nofollow, shared_lock
 from graven.deploy.recordkey import read_record_file
@@ -118,13 +118,28 @@ def _save_split(path: Path, release: str, split: tuple[list[str], list[str]]) ->
     write_atomically(path, data, depth=2)
 
 
-@dataclass
-class Checked:
+class Checked(Record):
+    __slots__ = ("expected", "ignore", "index", "report", "scan")
+    _fields = ("report", "index", "scan", "expected", "ignore")
     report: DriftReport
     index: ReleaseIndex
     scan: ScanResult
     expected: EnvExpectation
     ignore: GlobSet
+
+    def __init__(
+        self,
+        report: DriftReport,
+        index: ReleaseIndex,
+        scan: ScanResult,
+        expected: EnvExpectation,
+        ignore: GlobSet,
+    ) -> None:
+        self.report = report
+        self.index = index
+        self.scan = scan
+        self.expected = expected
+        self.ignore = ignore
 
 
 def check_once(ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool) -> Checked:
