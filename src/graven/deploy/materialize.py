@@ -25,15 +25,17 @@ import signal
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from graven.core.record import Frozen, Record
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, IntegrityError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 from graven.runtime import can_fork, no_gc
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -70,21 +72,40 @@ def file_mode(executable: bool) -> int:
     return 0o555 if executable else 0o444
 
 
-@dataclass
-class BuildStats:
+class BuildStats(Record):
     """What building a release did."""
 
-    files: int = 0
-    copied: int = 0
-    linked: int = 0
-    copied_bytes: int = 0
-    linked_bytes: int = 0
-    symlinks: int = 0
-    dirs: int = 0
+    __slots__ = ("copied", "copied_bytes", "dirs", "files", "linked", "linked_bytes", "symlinks")
+    _fields = ("files", "copied", "linked", "copied_bytes", "linked_bytes", "symlinks", "dirs")
+    files: int
+    copied: int
+    linked: int
+    copied_bytes: int
+    linked_bytes: int
+    symlinks: int
+    dirs: int
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        files: int = 0,
+        copied: int = 0,
+        linked: int = 0,
+        copied_bytes: int = 0,
+        linked_bytes: int = 0,
+        symlinks: int = 0,
+        dirs: int = 0,
+    ) -> None:
+        self.files = files
+        self.copied = copied
+        self.linked = linked
+        self.copied_bytes = copied_bytes
+        self.linked_bytes = linked_bytes
+        self.symlinks = symlinks
+        self.dirs = dirs
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return asdict(self)
+        return {name: getattr(self, name) for name in self._fields}
 
 
 def unique_files(manifest: TreeManifest) -> tuple[list[FileEntry], list[tuple[FileEntry, FileEntry]]]:
@@ -109,12 +130,17 @@ def _reusable(st: os.stat_result, entry: FileEntry, table: StatTable) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class Transfer:
+class Transfer(Frozen):
     """What building a release would do with the artifact's files, as :func:`build_release` does it."""
 
+    __slots__ = ("copied", "linked")
+    _fields = ("linked", "copied")
     linked: int  # hard links: from the same path of the reused release, or to a first copy in this one
     copied: tuple[FileEntry, ...]  # read (verified) from the store and written
+
+    def __init__(self, linked: int, copied: tuple[FileEntry, ...]) -> None:
+        _set(self, "linked", linked)
+        _set(self, "copied", copied)
 
 
 def plan_transfer(manifest: TreeManifest, table: StatTable, *, reuse_root: Path | None) -> Transfer:
@@ -194,13 +220,36 @@ def _record(st: os.stat_result, sha256: str) -> _Rec:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, sha256)
 
 
-@dataclass
-class _Tree:
+class _Tree(Record):
     """Where everything of a release goes: its directories, the entries each one holds, and the tasks
     that the threads or processes share out. A task is a few units; a unit is a directory with
     everything below it (made parents first) or, for the large directories split further, a directory's
     own entries."""
 
+    __slots__ = (
+        "children",
+        "dirs",
+        "duplicates",
+        "files",
+        "filled",
+        "firsts",
+        "later",
+        "links",
+        "spine",
+        "tasks",
+    )
+    _fields = (
+        "firsts",
+        "duplicates",
+        "dirs",
+        "files",
+        "links",
+        "children",
+        "later",
+        "filled",
+        "spine",
+        "tasks",
+    )
     firsts: list[FileEntry]  # the first file of each (sha256, executable), in manifest order
     duplicates: list[tuple[FileEntry, FileEntry]]  # every other file, with the first it repeats
     dirs: list[str]  # every directory but the root, sorted: parents before children
@@ -211,6 +260,30 @@ class _Tree:
     filled: frozenset[str]  # directories with files or symlinks of their own
     spine: list[str]  # the split directories, made first (parents first), root excluded
     tasks: list[tuple[int, list[tuple[str, bool]]]]  # (weight, units (directory, with its subtree?))
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        firsts: list[FileEntry],
+        duplicates: list[tuple[FileEntry, FileEntry]],
+        dirs: list[str],
+        files: dict[str, list[FileEntry]],
+        links: dict[str, list[SymlinkEntry]],
+        children: dict[str, list[str]],
+        later: frozenset[str],
+        filled: frozenset[str],
+        spine: list[str],
+        tasks: list[tuple[int, list[tuple[str, bool]]]],
+    ) -> None:
+        self.firsts = firsts
+        self.duplicates = duplicates
+        self.dirs = dirs
+        self.files = files
+        self.links = links
+        self.children = children
+        self.later = later
+        self.filled = filled
+        self.spine = spine
+        self.tasks = tasks
 
     @classmethod
     def of(cls, manifest: TreeManifest, *, parts: int, linking: bool) -> _Tree:
@@ -315,15 +388,30 @@ class _Tree:
         return parts
 
 
-@dataclass
-class _Done:
+class _Done(Record):
     """What some tasks did."""
 
-    records: list[_Rec] = field(default_factory=list)  # linked files and finished directories
-    linked: int = 0
-    linked_bytes: int = 0
-    missing: list[FileEntry] = field(default_factory=list)  # files to write from the store
-    open_dirs: list[str] = field(default_factory=list)  # directories those (or duplicates) go into
+    __slots__ = ("linked", "linked_bytes", "missing", "open_dirs", "records")
+    _fields = ("records", "linked", "linked_bytes", "missing", "open_dirs")
+    records: list[_Rec]  # linked files and finished directories
+    linked: int
+    linked_bytes: int
+    missing: list[FileEntry]  # files to write from the store
+    open_dirs: list[str]  # directories those (or duplicates) go into
+
+    def __init__(
+        self,
+        records: list[_Rec] | None = None,
+        linked: int = 0,
+        linked_bytes: int = 0,
+        missing: list[FileEntry] | None = None,
+        open_dirs: list[str] | None = None,
+    ) -> None:
+        self.records = [] if records is None else records
+        self.linked = linked
+        self.linked_bytes = linked_bytes
+        self.missing = [] if missing is None else missing
+        self.open_dirs = [] if open_dirs is None else open_dirs
 
     def add(self, other: _Done) -> None:
         self.records.extend(other.records)
@@ -745,13 +833,19 @@ def build_release(
     return stats
 
 
-@dataclass
-class ReleaseCheck:
+class ReleaseCheck(Record):
     """What checking a release on disk against its manifest found."""
 
-    problems: list[str] = field(default_factory=list)
-    rehashed: int = 0  # files whose stat changed but whose content was still right
-    by_stat: bool = False  # everything matched its record: no directory was read, no file hashed
+    __slots__ = ("by_stat", "problems", "rehashed")
+    _fields = ("problems", "rehashed", "by_stat")
+    problems: list[str]
+    rehashed: int  # files whose stat changed but whose content was still right
+    by_stat: bool  # everything matched its record: no directory was read, no file hashed
+
+    def __init__(self, problems: list[str] | None = None, rehashed: int = 0, by_stat: bool = False) -> None:
+        self.problems = [] if problems is None else problems
+        self.rehashed = rehashed
+        self.by_stat = by_stat
 
     @property
     def ok(self) -> bool:
@@ -797,14 +891,27 @@ def _check_by_stat(root: Path, manifest: TreeManifest, table: StatTable) -> bool
     return True
 
 
-@dataclass
-class _Scan:
+class _Scan(Record):
     """What a release directory holds, by relative path (the root itself is ``""``)."""
 
-    files: dict[str, os.stat_result] = field(default_factory=dict)
-    links: dict[str, str] = field(default_factory=dict)
-    dirs: dict[str, os.stat_result] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)  # special files, entries gone while reading
+    __slots__ = ("dirs", "files", "links", "problems")
+    _fields = ("files", "links", "dirs", "problems")
+    files: dict[str, os.stat_result]
+    links: dict[str, str]
+    dirs: dict[str, os.stat_result]
+    problems: list[str]  # special files, entries gone while reading
+
+    def __init__(
+        self,
+        files: dict[str, os.stat_result] | None = None,
+        links: dict[str, str] | None = None,
+        dirs: dict[str, os.stat_result] | None = None,
+        problems: list[str] | None = None,
+    ) -> None:
+        self.files = {} if files is None else files
+        self.links = {} if links is None else links
+        self.dirs = {} if dirs is None else dirs
+        self.problems = [] if problems is None else problems
 
 
 def _scan_dir(found: _Scan, rel: str, absdir: str) -> list[tuple[str, str]]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import PurePosixPath
 from typing import Any
 
+from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError
 from graven.model.manifest import TreeManifest
 from graven.model.pipeline import EnvSection
+
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
     "ENV_NAME",
@@ -36,10 +38,35 @@ def check_env_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class EnvSettings:
+class EnvSettings(Frozen):
     """One environment's settings from the artifact being deployed, with its path resolved."""
 
+    __slots__ = (
+        "activate",
+        "activate_timeout",
+        "config",
+        "health",
+        "health_interval",
+        "health_retries",
+        "health_timeout",
+        "keep",
+        "name",
+        "path",
+        "requires",
+    )
+    _fields = (
+        "name",
+        "path",
+        "config",
+        "activate",
+        "activate_timeout",
+        "health",
+        "health_retries",
+        "health_interval",
+        "health_timeout",
+        "keep",
+        "requires",
+    )
     name: str
     path: str  # absolute
     config: str | None
@@ -51,6 +78,37 @@ class EnvSettings:
     health_timeout: float
     keep: int
     requires: tuple[str, ...]
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
+        self,
+        name: str,
+        path: str,
+        config: str | None,
+        activate: str | None,
+        activate_timeout: float,
+        health: str | None,
+        health_retries: int,
+        health_interval: float,
+        health_timeout: float,
+        keep: int,
+        requires: tuple[str, ...],
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "path", path)
+        _set(self, "config", config)
+        _set(self, "activate", activate)
+        _set(self, "activate_timeout", activate_timeout)
+        _set(self, "health", health)
+        _set(self, "health_retries", health_retries)
+        _set(self, "health_interval", health_interval)
+        _set(self, "health_timeout", health_timeout)
+        _set(self, "keep", keep)
+        _set(self, "requires", requires)
+
+    def with_requires(self, requires: tuple[str, ...]) -> EnvSettings:
+        """The same settings, requiring ``requires``."""
+        values = {name: getattr(self, name) for name in self._fields}
+        return EnvSettings(**(values | {"requires": requires}))
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""

@@ -4,7 +4,6 @@ environment's settings from the verified graven.toml, and policy facts.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from graven.db import Connection
@@ -106,7 +105,7 @@ def verify_target(
                 f"{short(str(digest))} was also built from other commits whose graven.toml make {env} "
                 f"require {', '.join(extra)}; every signed requirement applies"
             )
-            settings = replace(settings, requires=(*settings.requires, *extra))
+            settings = settings.with_requires((*settings.requires, *extra))
     check_config_path(manifest, settings)
     return Target(
         digest=digest,

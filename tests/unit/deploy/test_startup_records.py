@@ -21,7 +21,9 @@ from graven.core.paths import check_path, display_path
 from graven.core.record import Frozen, FrozenInstanceError, Record
 from graven.deploy.hooks import HookResult
 from graven.deploy.layout import EnvLayout
+from graven.deploy.materialize import BuildStats, ReleaseCheck, Transfer
 from graven.deploy.plan import PolicyDecision, PolicyFacts, ReleaseInfo, RetentionPlan, TreeDiff
+from graven.deploy.settings import EnvSettings
 from graven.errors import GravenError, InputError
 from graven.home import Home
 from graven.model.digest import Digest
@@ -190,6 +192,38 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
         False,
     ),
     (Context, {"home": Home(root=Path("/nonexistent/home")), "reporter": NullReporter()}, False),
+    (
+        BuildStats,
+        {
+            "files": 3,
+            "copied": 1,
+            "linked": 2,
+            "copied_bytes": 10,
+            "linked_bytes": 20,
+            "symlinks": 1,
+            "dirs": 4,
+        },
+        False,
+    ),
+    (Transfer, {"linked": 2, "copied": (FILE,)}, True),
+    (ReleaseCheck, {"problems": ["a: modified"], "rehashed": 1, "by_stat": False}, False),
+    (
+        EnvSettings,
+        {
+            "name": "prod",
+            "path": "/srv/prod",
+            "config": "config/prod.toml",
+            "activate": None,
+            "activate_timeout": 60.0,
+            "health": "true",
+            "health_retries": 2,
+            "health_interval": 1.0,
+            "health_timeout": 10.0,
+            "keep": 5,
+            "requires": ("staging",),
+        },
+        True,
+    ),
 ]
 
 
@@ -339,3 +373,17 @@ def test_symlink_targets_are_checked_as_before() -> None:
             continue
         with pytest.raises(GravenError, match=r"control characters|not valid UTF-8"):
             TreeManifest.of(entries)
+
+
+def test_deploy_values_keep_their_defaults_and_json() -> None:
+    assert BuildStats() == BuildStats(0, 0, 0, 0, 0, 0, 0)
+    assert ReleaseCheck().problems is not ReleaseCheck().problems and not ReleaseCheck().by_stat
+    stats = BuildStats(3, 1, 2, 10, 20, 1, 4)
+    old = _dataclass_like(BuildStats, False)(*stats._values())
+    assert stats.to_json() == dataclasses.asdict(old) and list(stats.to_json()) == list(
+        dataclasses.asdict(old)
+    )
+    settings = EnvSettings("prod", "/srv", None, None, 60.0, None, 2, 1.0, 10.0, 5, ("staging",))
+    more = settings.with_requires(("staging", "qa"))
+    assert more.requires == ("staging", "qa") and settings.requires == ("staging",)
+    assert more == EnvSettings("prod", "/srv", None, None, 60.0, None, 2, 1.0, 10.0, 5, ("staging", "qa"))
