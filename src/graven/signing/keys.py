@@ -210,11 +210,12 @@ def _canonical_pem_der(pem: bytes) -> bytes | None:
     return der if der is not None and canonical_key_type(der) is not None else None
 
 
-def _pem_of_der(der: bytes) -> bytes:
-    """The SubjectPublicKeyInfo PEM of ``der``, byte for byte as ``cryptography`` writes it."""
+def _pem_of_der(der: bytes, label: bytes = b"PUBLIC KEY") -> bytes:
+    """The PEM block of ``der`` (a SubjectPublicKeyInfo unless ``label`` says otherwise), byte for
+    byte as ``cryptography`` writes it."""
     text = base64.b64encode(der)
     lines = b"".join(text[i : i + 64] + b"\n" for i in range(0, len(text), 64))
-    return b"-----BEGIN PUBLIC KEY-----\n" + lines + b"-----END PUBLIC KEY-----\n"
+    return b"-----BEGIN " + label + b"-----\n" + lines + b"-----END " + label + b"-----\n"
 
 
 class VerifyingKey(Frozen):
@@ -352,6 +353,10 @@ class SigningKey(Frozen):
 
     def private_pem(self) -> bytes:
         """The unencrypted PKCS#8 PEM encoding of the private key."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        if isinstance(self.private, Ed25519PrivateKey):  # its one layout: the seed after a fixed prefix
+            return _pem_of_der(ED25519_PKCS8_PREFIX + self.private.private_bytes_raw(), b"PRIVATE KEY")
         from cryptography.hazmat.primitives import serialization
 
         return self.private.private_bytes(

@@ -80,3 +80,15 @@ def test_loading_a_canonical_key_does_not_import_serialization(tmp_path: Path) -
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split() == [key.keyid, "False"], out
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32))
+def test_an_ed25519_key_is_written_as_cryptography_writes_it(seed: bytes) -> None:
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    assert keys.SigningKey.from_private_key(private).private_pem() == _pem(private)
+
+
+def test_an_ecdsa_key_is_written_by_cryptography() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    assert keys.SigningKey.from_private_key(private).private_pem() == _pem(private)
