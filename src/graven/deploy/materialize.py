@@ -815,10 +815,17 @@ def build_release(
         )
         builder.total = len(firsts) + len(duplicates)
         try:
-            missing = builder.make_tree(fork=fork)
-            builder.copy(missing)
-            builder.link_duplicates(duplicates)
-            builder.finish()
+            try:
+                missing = builder.make_tree(fork=fork)
+                builder.copy(missing)
+                builder.link_duplicates(duplicates)
+                builder.finish()
+            except BaseException:
+                # The live files linked so far have a new ctime: their records go to the table now (as
+                # finish() would have done), so that the caller's remove_tree refreshes them when it
+                # takes the links away, and the next deploy links them again instead of copying.
+                table.record_values(builder.records)
+                raise
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             raise BackendError(f"cannot write the release {dest}: {exc.strerror}{where}") from None

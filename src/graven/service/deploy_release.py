@@ -4,6 +4,7 @@ retention and leftovers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from graven.deploy.plan import ReleaseInfo, plan_retention, short
 from graven.deploy.settings import EnvSettings
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import exchange_dirs, fsync_dir, link_kind, point_symlink, remove_symlink
-from graven.errors import BackendError, InputError, IntegrityError
+from graven.errors import BackendError, GravenError, InputError, IntegrityError
 from graven.model.logentry import LogEvent
 from graven.service.context import Context
 from graven.service.deploy_types import Target
@@ -98,7 +99,7 @@ def ensure_release(
             raise BackendError(f"cannot move the release into {release}: {exc.strerror}") from None
         table.save(layout.stat_file, ctx.record_key)
     except IntegrityError as exc:
-        remove_tree(tmp)
+        _discard(ctx, layout, table, tmp)
         error = integrity_error(exc, release)
         ctx.audit.record(
             LogEvent(
@@ -111,9 +112,19 @@ def ensure_release(
         )
         raise error from None
     except BaseException:
-        remove_tree(tmp)
+        _discard(ctx, layout, table, tmp)
         raise
     return stats, False
+
+
+def _discard(ctx: Context, layout: EnvLayout, table: StatTable, tmp: Path) -> None:
+    """Remove a release that could not be built. The live files it hard-linked lose that link, which
+    changes their ctime: remove_tree refreshes their records (when they were valid), and the table is
+    saved, so that the next deploy links them again and drift trusts them. Saving is best effort: the
+    error that got us here is the one to report."""
+    remove_tree(tmp, table)
+    with contextlib.suppress(GravenError, OSError):
+        table.save(layout.stat_file, ctx.record_key)
 
 
 def check_links(layout: EnvLayout) -> None:
