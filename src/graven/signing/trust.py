@@ -179,6 +179,10 @@ class TrustPolicy(Frozen):
         _set(self, "trust_dir", trust_dir)
         _set(self, "memo", memo)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a copy keeps the memo, as a copy of the dataclass did (it is only kept out of == and repr)
+        return (self.__class__, (*self._values(), self.memo))
+
     def with_memo(self, memo: SignatureMemo | None) -> TrustPolicy:
         """The same policy, checking signatures through ``memo`` (None: always cryptographically)."""
         return TrustPolicy(self.keys, self.revoked, self.environments, self.trust_dir, memo)

@@ -27,14 +27,16 @@ _DEPLOY_PATH = (
 _LAZY = ("graven.deploy.hooks", "graven.service.deploy_plan", "subprocess", "uuid")
 
 # graven's own modules on that path whose values are written by hand (graven.core.record): each
-# @dataclass costs ~0.3 ms to create in a fresh process. EnvSettings (graven.deploy.settings) stays a
-# dataclass: deploy_verify calls dataclasses.replace on it.
+# @dataclass costs ~0.3 ms to create in a fresh process.
 _NO_DATACLASSES = (
     "graven.core.checkpoint",
     "graven.core.globs",
     "graven.deploy.hooks",
     "graven.deploy.layout",
+    "graven.deploy.materialize",
     "graven.deploy.plan",
+    "graven.deploy.settings",
+    "graven.deploy.statdb",
     "graven.model.digest",
     "graven.model.logentry",
     "graven.model.manifest",
@@ -44,7 +46,11 @@ _NO_DATACLASSES = (
     "graven.service.context",
     "graven.service.deploy",
     "graven.service.deploy_types",
+    "graven.service.deploy_verify",
     "graven.service.environments",
+    "graven.signing.dsse",
+    "graven.signing.keys",
+    "graven.signing.trust",
 )
 
 

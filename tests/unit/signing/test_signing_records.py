@@ -139,6 +139,7 @@ def test_the_memo_is_outside_equality_and_kept_by_the_copies_that_change_a_polic
     moved = with_memo.with_home(tmp_path, frozenset({"r"}))
     assert moved.memo is memo and moved.trust_dir == tmp_path and moved.revoked == frozenset({"r"})
     assert moved.keys == (PUBLIC,) and with_memo.with_memo(None).memo is None
+    assert copy.copy(with_memo).memo is memo and copy.copy(with_memo) == with_memo
 
 
 def test_a_signing_key_pairs_the_private_key_with_its_public_half() -> None:
