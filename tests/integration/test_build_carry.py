@@ -168,3 +168,18 @@ def test_a_submodule_added_later_is_refused_as_in_a_full_build(
     code, out, err = run_cli("build", "-C", repo)
     assert code == 2, out
     assert "app/vendored: submodules are not supported" in err
+
+
+def test_a_submodule_that_gitmodules_ignores_is_still_refused(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"app/a.txt": "a\n"}, SELECTIVE_TOML)
+    _build(run_cli, repo)
+    head = git(repo, "rev-parse", "HEAD").strip()
+    (repo / ".gitmodules").write_text('[submodule "v"]\n\tpath = app/vendored\n\turl = ./v\n\tignore = all\n')
+    git(repo, "add", ".gitmodules")
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{head},app/vendored")
+    git(repo, "commit", "-q", "-m", "an ignored submodule")
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 2, out
+    assert "app/vendored: submodules are not supported" in err

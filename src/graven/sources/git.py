@@ -278,6 +278,7 @@ def _committer_time(raw: bytes) -> int | None:
 
 
 _LS_TREE = ("ls-tree", "-r", "-z", "--full-tree")
+_DIFF_TREE = ("diff-tree", "-r", "-z", "--raw", "--no-commit-id", "--no-renames", "--ignore-submodules=none")
 _REMOTE_URL = ("config", "--get", "remote.origin.url")
 
 
@@ -532,7 +533,9 @@ class GitRepo:
         """The paths whose blob or mode differ between the trees of commits ``base`` and ``commit``
         (every file, recursively; no rename detection), in the background; None when git cannot
         tell (``base`` unknown to this repository, say) or says something unexpected."""
-        args = ["diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", "--raw", base, commit]
+        # --ignore-submodules=none: a submodule that .gitmodules asks to ignore is still named (and
+        # refused, as a full build refuses it); --no-renames: every path as it is, whatever the config
+        args = [*_DIFF_TREE, base, commit]
         return Pending(self.root, args, _changes_or_none)
 
     def read_commit(self, revision: str, path: str) -> CommitFile:
