@@ -19,7 +19,7 @@ from graven.core.globs import GlobSet, Selection, never_matches
 from graven.core.paths import display_path
 from graven.core.record import Frozen
 from graven.errors import ConfigError, GravenError, NotFoundError, UnsafeInputError
-from graven.model.digest import Digest
+from graven.model.digest import Digest, sha256_digest
 from graven.model.logentry import LogEvent
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest, unvalidated_entries
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
@@ -170,8 +170,9 @@ def build(
         if not source.pipeline.build.steps:
             base = _carry_base(ctx, source) if use_cache and not check else None
             if base is not None:
-                changes = running.enter_context(source.repo.start_diff_tree(base[0], source.commit))
-                carry = _Carry(base[0], base[1], changes)
+                base_commit, base_digest = base
+                changes = running.enter_context(source.repo.start_diff_tree(base_commit, source.commit))
+                carry = _Carry(base_commit, base_digest, changes)
             else:
                 listing = running.enter_context(source.repo.start_ls_tree(source.commit))
         dirty_check = running.enter_context(source.repo.start_dirty_check())
@@ -370,7 +371,7 @@ def _carry_base(ctx: Context, source: _Source) -> tuple[str, Digest] | None:
             ORDER BY finished_at DESC LIMIT 1""",
             {
                 "name": source.pipeline.artifact.name,
-                "pipeline": "sha256:" + hashlib.sha256(source.pipeline_bytes).hexdigest(),
+                "pipeline": str(sha256_digest(source.pipeline_bytes)),
                 "version": __version__,
             },
         ).first()
