@@ -266,7 +266,7 @@ class VerifyingKey(Frozen):
     def _load(self) -> PublicKey:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-        if self.spki.startswith(ED25519_SPKI_PREFIX) and len(self.spki) == _ED25519_SPKI_SIZE:
+        if self.key_type == "ed25519" and canonical_key_type(self.spki) == "ed25519":
             # the one layout of an Ed25519 key: its raw 32 bytes follow the fixed prefix (the
             # serialization module, ~6 ms to import, is not needed for it)
             return Ed25519PublicKey.from_public_bytes(self.spki[len(ED25519_SPKI_PREFIX) :])
