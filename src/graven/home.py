@@ -8,6 +8,7 @@
                     authenticates the stat records beside deployments (graven.deploy.recordkey)
     trust/          public keys the operator trusts
     cache/signatures/  the memo of verified signatures (graven.signing.memo; safe to delete)
+    cache/manifests/   parsed, validated manifests (graven.store.manifest_cache; safe to delete)
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ __all__ = [
     "KEY_SIZE",
     "MAX_RECORD_FILE",
     "TAG_SIZE",
+    "load_existing",
     "load_or_create",
     "read_record_file",
     "tag",
@@ -105,6 +106,11 @@ def load_or_create(keys_dir: Path) -> bytes:
     if key is None:  # pragma: no cover - we just made it
         raise BackendError(f"cannot read the record key {path}")
     return key
+
+
+def load_existing(keys_dir: Path) -> bytes | None:
+    """The record key in ``keys_dir``, or None when there is none yet (nothing is made)."""
+    return _read(keys_dir / KEY_FILE)
 
 
 def _read(path: Path) -> bytes | None:

@@ -169,10 +169,19 @@ def build_history(ctx: Context, digest: Digest) -> list[dict[str, Any]]:
         return [dict(row._asdict()) for row in rows]
 
 
-def load_manifest(ctx: Context, digest: Digest) -> TreeManifest:
-    """Read, verify and parse an artifact's manifest."""
-    data = ctx.store.read(digest)
-    return TreeManifest.from_bytes(data)
+def load_manifest(ctx: Context, digest: Digest, *, cached: bool = True) -> TreeManifest:
+    """Read, verify and parse an artifact's manifest: from the home's cache of manifests it parsed and
+    validated before (:mod:`graven.store.manifest_cache`) unless ``cached`` is false, else from the
+    store (verified against ``digest``), and then kept in that cache."""
+    if cached:
+        entries = ctx.manifest_cache.get(digest.hex)
+        if entries is not None:
+            manifest = TreeManifest(entries)
+            manifest.__dict__["digest"] = digest  # what the cache entry is bound to
+            return manifest
+    manifest = TreeManifest.from_bytes(ctx.store.read(digest))
+    ctx.manifest_cache.put(digest.hex, manifest.entries)
+    return manifest
 
 
 class Problem(Frozen):
@@ -231,7 +240,7 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
     store = ctx.store
     report = VerifyReport(digest=str(digest))
     try:
-        manifest = load_manifest(ctx, digest)
+        manifest = load_manifest(ctx, digest, cached=False)  # re-hash it, whatever the cache holds
     except IntegrityError as exc:
         kind = "missing" if not store.has(digest) else "corrupt"
         report.problems.append(Problem(MANIFEST_PATH, str(digest), kind, str(exc)))

@@ -391,7 +391,8 @@ def _carry_forward(
     (git could not compare the commits, its manifest or one of its objects is not in the store),
     and the whole tree is then read as without it."""
     try:  # while git compares the commits; what is carried is validated with the new manifest
-        earlier = unvalidated_entries(ctx.store.read(carry.digest))
+        cached = ctx.manifest_cache.get(carry.digest.hex)
+        earlier = list(cached) if cached is not None else unvalidated_entries(ctx.store.read(carry.digest))
     except GravenError:
         return None
     changes = carry.changes.result()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from graven.db import Database
     from graven.service.audit import AuditLog
     from graven.store.local import LocalStore
+    from graven.store.manifest_cache import ManifestCache
 
 __all__ = ["Context", "NullReporter", "Reporter", "utc_now"]
 
@@ -85,11 +86,32 @@ class Context(Record):
         return AuditLog(self)
 
     @cached_property
+    def manifest_cache(self) -> ManifestCache:
+        """Manifests this home parsed and validated before (``GRAVEN_HOME/cache/manifests``)."""
+        from graven.store.manifest_cache import ManifestCache
+
+        return ManifestCache(self.home.root / "cache" / "manifests", self._existing_record_key)
+
+    @cached_property
     def record_key(self) -> bytes:
         """The key that authenticates the stat records beside deployments (made on first use)."""
         from graven.deploy.recordkey import load_or_create
 
         return load_or_create(self.home.keys)
+
+    def _existing_record_key(self) -> bytes:
+        """The record key when the home has one; a cache never makes one (a home that only verifies
+        and imports keeps no keys)."""
+        key: bytes | None = self.__dict__.get("record_key")
+        if key is None:
+            from graven.deploy.recordkey import load_existing
+            from graven.errors import BackendError
+
+            key = load_existing(self.home.keys)
+            if key is None:
+                raise BackendError(f"no record key in {self.home.keys}")
+            self.__dict__["record_key"] = key
+        return key
 
     def close(self) -> None:
         """Release the database connections, if any were opened."""

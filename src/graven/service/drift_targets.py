@@ -5,9 +5,7 @@ hasher).
 
 from __future__ import annotations
 
-import json
 import tomllib
-from typing import Any
 
 from graven.core.globs import GlobSet
 from graven.drift.clean import trust_fingerprint
@@ -20,22 +18,14 @@ from graven.errors import (
     VerificationError,
 )
 from graven.model.digest import Digest
-from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+from graven.model.manifest import TreeManifest
+from graven.service.artifacts import load_manifest
 from graven.service.context import Context
 from graven.service.drift_live import DriftTarget, artifact_row, live_targets
 
 __all__ = ["DriftSession", "DriftTarget", "artifact_row", "live_targets"]
 
 # -- per-process caches ----------------------------------------------------------------------------
-
-
-def _entry(item: dict[str, Any]) -> TreeEntry:
-    kind = item["type"]
-    if kind == "file":
-        return FileEntry(item["path"], item["sha256"], item["size"], item["mode"] == "0755")
-    if kind == "symlink":
-        return SymlinkEntry(item["path"], item["target"])
-    return DirEntry(item["path"])
 
 
 class DriftSession:
@@ -52,19 +42,20 @@ class DriftSession:
         found = self._indexes.get(digest)
         if found is None:
             parsed = Digest.parse(digest)
-            # The store verifies the bytes against the digest, and a manifest was validated when it was
-            # stored (build, import): parse without validating again (it costs more than the check).
-            data = self.ctx.store.read(parsed)
-            try:
-                doc = json.loads(data)
-                manifest = TreeManifest(tuple(_entry(item) for item in doc["entries"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputError(f"the manifest of {digest} cannot be read: {exc}") from None
+            manifest = self._manifest(parsed)
             found = ReleaseIndex.of(manifest, parsed.hex)
             if len(self._indexes) >= 4:
                 self._indexes.clear()
             self._indexes[digest] = found
         return found
+
+    def _manifest(self, digest: Digest) -> TreeManifest:
+        # From the home's cache of validated manifests when a deploy or an earlier check put it there;
+        # else read from the store (verified against the digest), validated, and cached.
+        try:
+            return load_manifest(self.ctx, digest)
+        except InputError as exc:
+            raise InputError(f"the manifest of {digest} cannot be read: {exc}") from None
 
     def trust(self) -> str:
         """The digest of the trust policy's files now (:func:`graven.drift.clean.trust_fingerprint`)."""
