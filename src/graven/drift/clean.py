@@ -28,6 +28,7 @@ import json
 import os
 import stat
 import sys
+from itertools import chain
 
 from graven import __version__
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
@@ -166,12 +167,13 @@ def encode(
         raise ValueError("every path needs exactly one record")
     if not dirs or dirs[0] != "":
         raise ValueError("the first directory is the release itself")
-    encoded = [_fs(p) for p in (*dirs, *files, *links, *targets)]
-    if any(b"\0" in name for name in encoded):
+    strings = (*dirs, *files, *links, *targets)
+    joined = "\0".join(strings)
+    if joined.count("\0") != len(strings) - 1:
         raise ValueError("a path or target holds a NUL byte")
-    names = b"\0".join(encoded)  # no name holds a NUL, so split(b"\0") gives them back exactly
-    values = array.array("q", [v for r in dir_records for v in r])
-    values.extend([v for r in file_records for v in r])
+    names = _fs(joined)  # no name holds a NUL, so split(b"\0") gives them back exactly
+    values = array.array("q", list(chain.from_iterable(dir_records)))
+    values.extend(list(chain.from_iterable(file_records)))
     if sys.byteorder == "big":
         values.byteswap()
     header: dict[str, object] = dict(bound)

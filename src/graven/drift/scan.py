@@ -669,19 +669,19 @@ class _Walk:
         observed, stats, dir_records, hashed, listed = marshal.loads(data)  # noqa: S302 (our child)
         index, now, keep = self.index, self.now or 0, self.now is not None
         positions, files, children = index.positions, index.files, index.children
-        for path, raw in observed.items():
-            seen = Observed(*raw)
+        seen_at, verified, extra_dirs = self.observed, self.verified, self.extra_dirs
+        for path, raw in observed.items():  # raw: the fields of an Observed, made only when kept
             parent, _, name = path.rpartition("/")
             if name not in children.get(parent, ()):
-                self.extra_dirs.add(parent)
+                extra_dirs.add(parent)
             at = positions.get(path, -1)
-            if at < 0 or seen.kind != "file" or seen.sha256 != files[at].sha256:
-                self.observed[path] = seen
+            if at < 0 or raw[0] != "file" or raw[3] != files[at].sha256:
+                seen_at[path] = Observed(*raw)
                 continue
-            if seen.mode == (0o555 if files[at].executable else 0o444):
-                self.verified.add(path)
+            if raw[1] == (0o555 if files[at].executable else 0o444):
+                verified.add(path)
             else:
-                self.observed[path] = seen
+                seen_at[path] = Observed(*raw)
             record = stats[path]
             if keep and record[2] < now and record[3] < now:  # not racy (see is_racy)
                 self.new_files[at] = tuple(record)

@@ -174,9 +174,9 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             split_hint=hint,
         )
         index = session.index(digest)
-        if len(index.files) >= SPLIT_MIN_FILES:
+        if hint is None and len(index.files) >= SPLIT_MIN_FILES:  # a plan depends on the manifest only
             split = plan_split(index)
-            if split is not None and split != hint:
+            if split is not None:
                 _save_split(_split_path(layout), hex_digest, split)
     else:
         index = session.index(digest)
