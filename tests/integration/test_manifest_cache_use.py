@@ -71,12 +71,31 @@ def test_a_deploy_fills_the_cache_and_drift_reads_it(world: World, monkeypatch: 
     assert tree_problems(world.env_dir("staging") / "current", manifest) == []
 
 
-def test_a_home_without_a_record_key_caches_nothing(world: World) -> None:
-    """A home that only builds, imports or verifies gets no keys/ and no cache from reading manifests."""
+def test_a_build_keeps_its_manifest_and_an_import_only_home_keeps_nothing(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build leaves its parsed manifest for the commands that follow (and makes the record key
+    for it); a home that only imports and verifies gets no keys/ and no cache."""
+    from graven.home import Home
+    from graven.service.transfer import export_artifact, import_archive
+
     digest = world.build()
-    world.manifest(digest)
-    assert not (world.home / "keys" / "records.hmac").exists()
-    assert not _cache_file(world, digest).exists()
+    assert (world.home / "keys" / "records.hmac").is_file()
+    assert _cache_file(world, digest).is_file()
+    tried = _store_refuses(monkeypatch, digest)
+    archive = tmp_path / "app.tar"
+    export_artifact(world.ctx(), Digest.parse(digest), archive)  # the manifest from the cache
+    assert tried == []
+    monkeypatch.undo()
+    other = Context(home=Home(root=tmp_path / "home2"))
+    try:
+        assert import_archive(other, archive).digest == digest
+        assert verify_artifact(other, Digest.parse(digest)).ok
+        assert world.manifest(digest).entries == load_manifest(other, Digest.parse(digest)).entries
+    finally:
+        other.close()
+    assert not (tmp_path / "home2" / "keys").exists()
+    assert not (tmp_path / "home2" / "cache").exists()
 
 
 def test_verify_never_trusts_the_cache(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

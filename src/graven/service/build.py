@@ -281,7 +281,20 @@ def _build(
         signed_by=key.keyid,
     )
     _record(ctx, result, new_cache)
+    _keep_parsed(ctx, manifest)
     return result
+
+
+def _keep_parsed(ctx: Context, manifest: TreeManifest) -> None:
+    """Leave the validated manifest in the home's cache (:mod:`graven.store.manifest_cache`) for the
+    commands that follow (export, deploy, the next carried-forward build): ~3 ms here against ~20 ms
+    of parsing each time. A build is the one reader that makes the record key (a home that only
+    imports or verifies makes none); without one, nothing is kept."""
+    try:
+        key = ctx.record_key
+    except GravenError:
+        return
+    ctx.manifest_cache.put(manifest.digest.hex, manifest.entries, key=key)
 
 
 def _latest_manifest(ctx: Context, name: str) -> Digest | None:

@@ -2,10 +2,11 @@
 not parse and validate again (~20 ms for 7,000 entries) a manifest this home already parsed.
 
 An entry means exactly one thing: "the manifest whose sha256 is D has these entries, and they passed
-the checks of :meth:`graven.model.manifest.TreeManifest.of`". It is written only from a manifest that
-was read from the store under D (so its bytes hashed to D) and then parsed and validated
-(:func:`graven.service.artifacts.load_manifest`). ``GRAVEN_HOME/cache/manifests/<D hex>`` (files 0600 in
-a 0700 directory) holds, format ``graven.mcache/v1``::
+the checks of :meth:`graven.model.manifest.TreeManifest.of`". It is written by a build, from the
+manifest it validated and stored under D, and by :func:`graven.service.artifacts.load_manifest`, from a
+manifest read from the store under D (so its bytes hashed to D) and then parsed and validated.
+``GRAVEN_HOME/cache/manifests/<D hex>`` (files 0600 in a 0700 directory) holds, format
+``graven.mcache/v1``::
 
     b"graven.mcache/v1\\n" || D (64 hex digits) || b"\\n" || n (8 bytes, big endian)
     || kinds (n bytes: f = file 0644, x = file 0755, l = symlink, d = empty directory)
@@ -168,11 +169,14 @@ class ManifestCache:
         except (ValueError, GravenError):  # a well-tagged entry that is still malformed
             return None
 
-    def put(self, digest_hex: str, entries: Sequence[TreeEntry]) -> None:
-        """Keep the *validated* ``entries`` of the manifest ``digest_hex``; any error is ignored."""
+    def put(self, digest_hex: str, entries: Sequence[TreeEntry], *, key: bytes | None = None) -> None:
+        """Keep the *validated* ``entries`` of the manifest ``digest_hex`` (tagged under ``key`` when
+        given: a build, which makes the home's record key; else under the key ``record_key()`` gives);
+        any error is ignored."""
         if not _HEX.fullmatch(digest_hex):
             return
-        key = self._get_key()
+        if key is None:
+            key = self._get_key()
         if key is None:
             return
         try:
