@@ -13,7 +13,6 @@ finds them; files of 1 MiB and more go to a thread pool (hashlib releases the GI
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import marshal
 import os
@@ -21,12 +20,13 @@ import stat
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from graven.core.drift import Observed, is_racy
 from graven.core.record import Frozen, Record
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
+from graven.drift.walk import BIG, CHUNK, OPEN_FILE, ForkedWalk, hash_rest, kind_of
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
 from graven.runtime import can_fork
 
@@ -45,20 +45,7 @@ __all__ = [
     "scan_release",
 ]
 
-BIG = 1 << 20
-_CHUNK = 1 << 20
-_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 HashResult = tuple[os.stat_result | None, str]  # stat of the open file, sha256 hex or "unreadable: ..."
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
 
 
 def _record(st: os.stat_result) -> FileRecord:
@@ -73,7 +60,7 @@ def _hash_fd(fd: int, size: int) -> str:
             return digest.hexdigest()
     else:
         digest = hashlib.sha256()
-    while chunk := os.read(fd, _CHUNK):
+    while chunk := os.read(fd, CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
 
@@ -81,7 +68,7 @@ def _hash_fd(fd: int, size: int) -> str:
 def hash_path(path: str) -> HashResult:
     """Open (never following a symlink), fstat and hash one file."""
     try:
-        fd = os.open(path, _OPEN)
+        fd = os.open(path, OPEN_FILE)
     except OSError as exc:
         return None, f"unreadable: {exc.strerror}"
     try:
@@ -270,7 +257,7 @@ def _observe(path: str) -> Observed | None:
         st = os.lstat(path)
     except OSError:
         return None
-    kind = _kind(st.st_mode)
+    kind = kind_of(st.st_mode)
     if kind == "symlink":
         try:
             return Observed("symlink", target=os.readlink(path))
@@ -490,7 +477,7 @@ def _fast_scan(
                 observed[entry.path] = Observed("file", S_IMODE(st_before.st_mode), st_before.st_size, sha)
                 continue
             if not S_ISREG(st_open.st_mode):
-                observed[entry.path] = Observed(_kind(st_open.st_mode))
+                observed[entry.path] = Observed(kind_of(st_open.st_mode))
                 continue
             observed[entry.path] = Observed("file", S_IMODE(st_open.st_mode), st_open.st_size, sha)
             if (
@@ -607,7 +594,7 @@ class _Walk:
                     self.extra_dirs.add(rel)
                 if item.is_file(follow_symlinks=False):
                     try:
-                        fd = fopen(name, _OPEN, dir_fd=dir_fd)
+                        fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
                     except OSError as exc:
                         observed[path] = Observed("file", 0, -1, f"unreadable: {exc.strerror}")
                         continue
@@ -615,16 +602,16 @@ class _Walk:
                         st = fstat(fd)
                         size = st.st_size
                         if not S_ISREG(st.st_mode):
-                            observed[path] = Observed(_kind(st.st_mode))
+                            observed[path] = Observed(kind_of(st.st_mode))
                             continue
                         if size < BIG:
                             data = read(fd, size + 1)
-                            sha = sha256(data).hexdigest() if len(data) <= size else _hash_rest(fd, data)
+                            sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
                         elif self.hasher is not None:  # hashed in parallel (hashlib releases the GIL)
                             self.big.append((path, self.hasher.submit(f"{directory}/{name}")))
                             continue
                         else:
-                            sha = _hash_rest(fd, b"")
+                            sha = hash_rest(fd, b"")
                     except OSError as exc:
                         observed[path] = Observed("file", 0, -1, f"unreadable: {exc.strerror}")
                         continue
@@ -665,7 +652,7 @@ class _Walk:
         return subdirs, hashed
 
     def merge_raw(self, data: bytes) -> None:
-        """Add what a forked :func:`_raw_walk` found, matching it with the manifest here."""
+        """Add what a forked :func:`raw_walk` found, matching it with the manifest here."""
         observed, stats, dir_records, hashed, listed = marshal.loads(data)  # noqa: S302 (our child)
         index, now, keep = self.index, self.now or 0, self.now is not None
         positions, files, children = index.positions, index.files, index.children
@@ -688,95 +675,6 @@ class _Walk:
         self.dir_records.update(dir_records)
         self.hashed += hashed
         self.listed += listed
-
-
-def _open_dir(base: str, rel: str) -> int:
-    """Open ``base/rel`` one component at a time, never following a symlink."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(base, flags)
-    try:
-        for name in rel.split("/") if rel else ():
-            child = os.open(name, flags, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
-    """Walk and hash below ``start`` (not into ``skip``) knowing nothing of the manifest: what a forked
-    child does while its parent reads the manifest. Returns marshal data for :meth:`_Walk.merge_raw`."""
-    observed: dict[str, tuple[Any, ...]] = {}
-    stats: dict[str, tuple[int, int, int, int, int]] = {}
-    dir_records: dict[str, tuple[int, int, int]] = {}
-    fopen, fstat, close, read, sha256 = os.open, os.fstat, os.close, os.read, hashlib.sha256
-    S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
-    stack = [(rel, True) for rel in start]
-    hashed = listed = 0
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    while stack:
-        rel, first = stack.pop()
-        prefix = f"{rel}/" if rel else ""
-        try:
-            # a starting point is opened one component at a time (its parents were not seen here)
-            dir_fd = _open_dir(base, rel) if first else fopen(f"{base}/{rel}", dir_flags)
-        except OSError:
-            continue
-        try:
-            with os.scandir(dir_fd) as it:
-                entries = list(it)
-            listed += 1
-            for item in entries:
-                name = item.name
-                path = prefix + name
-                if item.is_file(follow_symlinks=False):
-                    try:
-                        fd = fopen(name, _OPEN, dir_fd=dir_fd)
-                    except OSError as exc:
-                        observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
-                        continue
-                    try:
-                        st = fstat(fd)
-                        size = st.st_size
-                        if not S_ISREG(st.st_mode):
-                            observed[path] = (_kind(st.st_mode), 0, -1, None, None)
-                            continue
-                        if size < BIG:
-                            data = read(fd, size + 1)
-                            sha = sha256(data).hexdigest() if len(data) <= size else _hash_rest(fd, data)
-                        else:
-                            sha = _hash_rest(fd, b"")
-                    except OSError as exc:
-                        observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
-                        continue
-                    finally:
-                        close(fd)
-                    hashed += 1
-                    observed[path] = ("file", S_IMODE(st.st_mode), size, sha, None)
-                    stats[path] = (st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
-                elif item.is_dir(follow_symlinks=False):
-                    try:
-                        st = item.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None)
-                    dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-                    if path not in skip:
-                        stack.append((path, False))
-                elif item.is_symlink():
-                    try:
-                        observed[path] = ("symlink", 0, -1, None, os.readlink(name, dir_fd=dir_fd))
-                    except OSError:
-                        observed[path] = ("symlink", 0, -1, None, None)
-                else:
-                    seen = _observe(f"{base}/{path}")
-                    if seen is not None:
-                        observed[path] = tuple(seen)
-        finally:
-            close(dir_fd)
-    return marshal.dumps((observed, stats, dir_records, hashed, listed))
 
 
 # Relative cost of a file for splitting a full scan: about 12 us per file, hashed at about 1.7 GB/s.
@@ -839,40 +737,6 @@ def plan_split(index: ReleaseIndex, *, share: float = 0.4) -> tuple[list[str], l
     return (first, second) if second else None
 
 
-class ForkedWalk:
-    """A child process walking and hashing part of a release (``start``, not into ``skip``)."""
-
-    def __init__(self, base: str, start: Sequence[str], skip: frozenset[str]) -> None:
-        self.start = list(start)
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: walk, send, exit without running any cleanup of the parent's objects
-            code = 1
-            try:
-                os.close(read_fd)
-                view = memoryview(_raw_walk(base, start, skip))
-                while view:
-                    view = view[os.write(write_fd, view) :]
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        self.pid = pid
-        self.fd = read_fd
-
-    def result(self) -> bytes | None:
-        """What the child found (None: it failed)."""
-        chunks: list[bytes] = []
-        try:
-            with contextlib.suppress(OSError):
-                while chunk := os.read(self.fd, 1 << 20):
-                    chunks.append(chunk)
-        finally:
-            os.close(self.fd)
-            _, status = os.waitpid(self.pid, 0)
-        return b"".join(chunks) if status == 0 and chunks else None
-
-
 def _full_scan(
     base: str,
     index: ReleaseIndex,
@@ -916,7 +780,7 @@ def _full_scan(
         if st_big is None:
             walk.observed[path] = Observed("file", 0, -1, sha)
         elif not stat.S_ISREG(st_big.st_mode):
-            walk.observed[path] = Observed(_kind(st_big.st_mode))
+            walk.observed[path] = Observed(kind_of(st_big.st_mode))
         else:
             walk.hashed += 1
             walk.observed[path] = Observed("file", stat.S_IMODE(st_big.st_mode), st_big.st_size, sha)
@@ -944,11 +808,3 @@ def _full_scan(
                 new_dirs.append(None)
         result.cache = VerifiedCache(index.digest_hex, root_st.st_dev, walk.new_files, new_dirs)
     return result
-
-
-def _hash_rest(fd: int, head: bytes) -> str:
-    """The file grew while it was read: hash what was read and the rest."""
-    digest = hashlib.sha256(head)
-    while chunk := os.read(fd, _CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()

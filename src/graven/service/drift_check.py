@@ -18,7 +18,6 @@ from graven.core.drift import (
     compare_tree,
 )
 from graven.core.globs import GlobSet
-from graven.core.paths import check_path
 from graven.core.record import Record
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import open_dir_nofollow, shared_lock
@@ -28,7 +27,8 @@ from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
 from graven.drift.clean import binding, encode
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
-from graven.errors import InputError, NotFoundError, UnsafeInputError
+from graven.drift.walk import load_split, split_path
+from graven.errors import InputError, NotFoundError
 from graven.model.digest import Digest
 from graven.runtime import no_gc
 from graven.service.context import Context, utc_now
@@ -84,31 +84,7 @@ def _cache_path(layout: EnvLayout) -> Path:
 
 
 def _split_path(layout: EnvLayout) -> Path:
-    return layout.meta / "drift" / "split"
-
-
-def _load_split(path: Path, release: str) -> tuple[list[str], list[str]] | None:
-    """Where the last full check split the release between two processes (any split is correct;
-    a good one is balanced). Only clean relative paths are taken."""
-    data = read_record_file(path, _SPLIT_MAX)  # never through a symlink, never blocking on a FIFO
-    if data is None:
-        return None
-    try:
-        doc = json.loads(data)
-        if doc.get("release") != release:
-            return None
-        first, second = list(doc["first"]), list(doc["second"])
-        for rel in first + second:
-            if rel:
-                check_path(rel)
-        if "" not in first or not second:
-            return None
-        return [str(r) for r in first], [str(r) for r in second]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnsafeInputError):
-        return None
-
-
-_SPLIT_MAX = 1 << 20  # bytes: a split file is a few KiB
+    return split_path(layout.meta)
 
 
 def _save_split(path: Path, release: str, split: tuple[list[str], list[str]]) -> None:
@@ -164,7 +140,7 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
     if full:
         # a second process may start hashing (where the last full check split the tree) while the
         # manifest is read here
-        hint = _load_split(_split_path(layout), hex_digest)
+        hint = load_split(_split_path(layout), hex_digest)
         scan = scan_release(
             layout.release(hex_digest),
             lambda: session.index(digest),

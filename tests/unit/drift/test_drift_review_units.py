@@ -23,10 +23,11 @@ from graven.drift.alerts import AlertSender
 from graven.drift.cache import VerifiedCache, fs_clock
 from graven.drift.heal import apply_heal, move_aside
 from graven.drift.scan import ReleaseIndex
+from graven.drift.walk import load_split as _load_split
 from graven.drift.watch import Schedule
 from graven.errors import BackendError
 from graven.model.manifest import DirEntry, FileEntry, TreeManifest
-from graven.service.drift_check import _load_split, _save_split
+from graven.service.drift_check import _save_split
 from graven.service.drift_watch import HEAL_BACKOFF_MAX, HealBackoff
 from graven.store.local import LocalStore
 

@@ -1,0 +1,224 @@
+"""The part of a full drift check that a forked child does: walk and hash part of a release knowing
+nothing of its manifest (:func:`raw_walk`, run by :class:`ForkedWalk`), and the plan of where the two
+processes start (``PATH/.graven/drift/split``). A module of its own, light on imports, so that
+``graven drift --full`` can fork the walker before it imports the rest of the check
+(:mod:`graven.service.drift_early`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import marshal
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from graven.core.paths import check_path
+from graven.deploy.recordkey import read_record_file
+from graven.errors import UnsafeInputError
+
+__all__ = [
+    "BIG",
+    "CHUNK",
+    "OPEN_FILE",
+    "ForkedWalk",
+    "hash_rest",
+    "kind_of",
+    "load_split",
+    "open_dir",
+    "raw_walk",
+    "split_path",
+]
+
+BIG = 1 << 20
+CHUNK = 1 << 20
+OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_SPLIT_MAX = 1 << 20  # bytes: a split file is a few KiB
+Split = tuple[list[str], list[str]]
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def open_dir(base: str, rel: str) -> int:
+    """Open ``base/rel`` one component at a time, never following a symlink."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(base, flags)
+    try:
+        for name in rel.split("/") if rel else ():
+            child = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
+    """Walk and hash below ``start`` (not into ``skip``) knowing nothing of the manifest: what a forked
+    child does while its parent reads the manifest. Returns marshal data for :meth:`_Walk.merge_raw`."""
+    observed: dict[str, tuple[Any, ...]] = {}
+    stats: dict[str, tuple[int, int, int, int, int]] = {}
+    dir_records: dict[str, tuple[int, int, int]] = {}
+    fopen, fstat, close, read, sha256 = os.open, os.fstat, os.close, os.read, hashlib.sha256
+    S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
+    stack = [(rel, True) for rel in start]
+    hashed = listed = 0
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    while stack:
+        rel, first = stack.pop()
+        prefix = f"{rel}/" if rel else ""
+        try:
+            # a starting point is opened one component at a time (its parents were not seen here)
+            dir_fd = open_dir(base, rel) if first else fopen(f"{base}/{rel}", dir_flags)
+        except OSError:
+            continue
+        try:
+            with os.scandir(dir_fd) as it:
+                entries = list(it)
+            listed += 1
+            for item in entries:
+                name = item.name
+                path = prefix + name
+                if item.is_file(follow_symlinks=False):
+                    try:
+                        fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
+                    except OSError as exc:
+                        observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
+                        continue
+                    try:
+                        st = fstat(fd)
+                        size = st.st_size
+                        if not S_ISREG(st.st_mode):
+                            observed[path] = (kind_of(st.st_mode), 0, -1, None, None)
+                            continue
+                        if size < BIG:
+                            data = read(fd, size + 1)
+                            sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
+                        else:
+                            sha = hash_rest(fd, b"")
+                    except OSError as exc:
+                        observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
+                        continue
+                    finally:
+                        close(fd)
+                    hashed += 1
+                    observed[path] = ("file", S_IMODE(st.st_mode), size, sha, None)
+                    stats[path] = (st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+                elif item.is_dir(follow_symlinks=False):
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None)
+                    dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+                    if path not in skip:
+                        stack.append((path, False))
+                elif item.is_symlink():
+                    try:
+                        observed[path] = ("symlink", 0, -1, None, os.readlink(name, dir_fd=dir_fd))
+                    except OSError:
+                        observed[path] = ("symlink", 0, -1, None, None)
+                else:
+                    seen = _observe_raw(f"{base}/{path}")
+                    if seen is not None:
+                        observed[path] = seen
+        finally:
+            close(dir_fd)
+    return marshal.dumps((observed, stats, dir_records, hashed, listed))
+
+
+class ForkedWalk:
+    """A child process walking and hashing part of a release (``start``, not into ``skip``)."""
+
+    def __init__(self, base: str, start: Sequence[str], skip: frozenset[str]) -> None:
+        self.start = list(start)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: walk, send, exit without running any cleanup of the parent's objects
+            code = 1
+            try:
+                os.close(read_fd)
+                view = memoryview(raw_walk(base, start, skip))
+                while view:
+                    view = view[os.write(write_fd, view) :]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        self.pid = pid
+        self.fd = read_fd
+
+    def result(self) -> bytes | None:
+        """What the child found (None: it failed)."""
+        chunks: list[bytes] = []
+        try:
+            with contextlib.suppress(OSError):
+                while chunk := os.read(self.fd, 1 << 20):
+                    chunks.append(chunk)
+        finally:
+            os.close(self.fd)
+            _, status = os.waitpid(self.pid, 0)
+        return b"".join(chunks) if status == 0 and chunks else None
+
+
+def hash_rest(fd: int, head: bytes) -> str:
+    """The file grew while it was read: hash what was read and the rest."""
+    digest = hashlib.sha256(head)
+    while chunk := os.read(fd, CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _observe_raw(path: str) -> tuple[Any, ...] | None:
+    """The fields of :class:`graven.core.drift.Observed` for something that is neither a regular file,
+    a directory nor a symlink found while listing (looked at again by path)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    kind = kind_of(st.st_mode)
+    if kind == "symlink":
+        try:
+            return ("symlink", 0, -1, None, os.readlink(path))
+        except OSError:
+            return ("symlink", 0, -1, None, None)
+    return (kind, stat.S_IMODE(st.st_mode), st.st_size, None, None)
+
+
+def split_path(meta: Path) -> Path:
+    """Where the plan of the last full check is kept (``meta`` is ``PATH/.graven``)."""
+    return meta / "drift" / "split"
+
+
+def load_split(path: Path, release: str) -> Split | None:
+    """Where the last full check split the release between two processes (any split is correct;
+    a good one is balanced). Only clean relative paths are taken."""
+    data = read_record_file(path, _SPLIT_MAX)  # never through a symlink, never blocking on a FIFO
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data)
+        if doc.get("release") != release:
+            return None
+        first, second = list(doc["first"]), list(doc["second"])
+        for rel in first + second:
+            if rel:
+                check_path(rel)
+        if "" not in first or not second:
+            return None
+        return [str(r) for r in first], [str(r) for r in second]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnsafeInputError):
+        return None
