@@ -14,7 +14,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["GC_YOUNG_THRESHOLD", "command_name", "gc_thresholds", "main"]
+__all__ = ["GC_YOUNG_THRESHOLD", "command_name", "entry", "gc_thresholds", "main"]
 
 # The parser (and the registry of command modules) lives in graven.cli.app; it is imported only when
 # a command runs, so that `graven --version` loads nothing else.
@@ -72,5 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     return run(args, freeze_gc=argv is None)
 
 
+def entry() -> None:
+    """The console script and ``python -m graven.cli.main``: :func:`main`, then the end of the process
+    without the interpreter's teardown. By then the command has closed every file and database
+    connection it opened (graven.cli.app.run closes what is left) and graven registers nothing to run
+    at exit, so freeing the command's objects one by one (tens of thousands after a deploy or a full
+    drift check of 7,000 files) is pure cost: 5-15 ms. When the output cannot be flushed (a closed
+    pipe), the interpreter ends the process as it always did."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        raise SystemExit(code) from None
+    import os
+
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
