@@ -110,7 +110,15 @@ def drift_cmd(args: argparse.Namespace) -> int:
         from graven.service.drift_quick import quick_reports
 
         reports = quick_reports(ctx, envs)
-    if reports is None:
+    if reports is None and full:
+        # the forked walker starts before the check's imports (graven.service.drift_early)
+        from graven.service.drift_early import start_early
+
+        with start_early(ctx, envs) as early:
+            from graven.service import drift as svc
+
+            reports = svc.check(ctx, envs, full=True, early=early)
+    elif reports is None:
         from graven.service import drift as svc
 
         reports = svc.check(ctx, envs, full=full)

@@ -297,25 +297,28 @@ def scan_release(
     progress: Callable[[int, int], None] | None = None,
     parallel: bool | None = None,
     split_hint: tuple[list[str], list[str]] | None = None,
+    child: ForkedWalk | None = None,
 ) -> ScanResult:
     """Observe the release at ``root``. ``now_ns`` is the file system's time before the scan started
     (None: record nothing); ``table`` loads the deploy's stat table and the time it was written (only
     when a file is not in ``cache``). ``index`` may be a function that reads the manifest: a full scan
     given ``split_hint`` (where two processes start walking, from the last full scan) forks its second
-    walker first, which hashes while the manifest is read here."""
+    walker first, which hashes while the manifest is read here. ``child``: that walker, already
+    started on ``split_hint`` (:mod:`graven.service.drift_early`; a full scan only)."""
     base = str(root)
     try:
         root_st = os.lstat(base)
     except OSError:
-        return ScanResult(root_missing=True)
-    if not stat.S_ISDIR(root_st.st_mode):
+        root_st = None
+    if root_st is None or not stat.S_ISDIR(root_st.st_mode):
+        if child is not None:
+            child.result()
         return ScanResult(root_missing=True)
     if cache is not None and cache.dev != root_st.st_dev:
         cache = None
     if full:
-        child = None
         fork = can_fork() if parallel is None else parallel
-        if fork and split_hint is not None and "" in split_hint[0] and split_hint[1]:
+        if child is None and fork and split_hint is not None and "" in split_hint[0] and split_hint[1]:
             child = ForkedWalk(base, split_hint[1], frozenset(split_hint[0]) | frozenset(split_hint[1]))
         try:
             resolved = index() if callable(index) else index
@@ -336,6 +339,8 @@ def scan_release(
         )
         scanned.root_mode = stat.S_IMODE(root_st.st_mode)
         return scanned
+    if child is not None:  # only a full scan takes one
+        child.result()
     if callable(index):
         index = index()
     scanned = _fast_scan(

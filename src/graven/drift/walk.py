@@ -8,6 +8,7 @@ processes start (``PATH/.graven/drift/split``). A module of its own, light on im
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import marshal
@@ -149,6 +150,7 @@ class ForkedWalk:
         pid = os.fork()
         if pid == 0:  # the child: walk, send, exit without running any cleanup of the parent's objects
             code = 1
+            gc.disable()  # it makes only what it sends, and exits
             try:
                 os.close(read_fd)
                 view = memoryview(raw_walk(base, start, skip))

@@ -37,6 +37,10 @@ from graven.service.drift_records import record_check
 from graven.service.drift_report import DriftReport
 from graven.service.drift_targets import DriftSession, DriftTarget, artifact_row, live_targets
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from graven.service.drift_early import EarlyWalks
+
 __all__ = ["ROOT_PATH", "Checked", "DriftReport", "check", "check_once", "check_target"]
 
 ROOT_PATH = "."  # the path of a difference that concerns the release directory itself
@@ -118,12 +122,16 @@ class Checked(Record):
         self.ignore = ignore
 
 
-def check_once(ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool) -> Checked:
+def check_once(
+    ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool, early: EarlyWalks | None = None
+) -> Checked:
     with no_gc():
-        return _check_now(ctx, session, target, full=full)
+        return _check_now(ctx, session, target, full=full, early=early)
 
 
-def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool) -> Checked:
+def _check_now(
+    ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool, early: EarlyWalks | None
+) -> Checked:
     started = time.monotonic()
     layout = EnvLayout(Path(target.path))
     seen = _observe_env(ctx, layout)
@@ -140,7 +148,13 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
     if full:
         # a second process may start hashing (where the last full check split the tree) while the
         # manifest is read here
-        hint = load_split(_split_path(layout), hex_digest)
+        walk = early.take(target.env, hex_digest) if early is not None else None
+        hint: tuple[list[str], list[str]] | None = None
+        child = None
+        if walk is not None:  # started before this process imported the check (drift_early)
+            hint, child, now_ns = walk.split, walk.child, walk.now_ns
+        else:
+            hint = load_split(_split_path(layout), hex_digest)
         scan = scan_release(
             layout.release(hex_digest),
             lambda: session.index(digest),
@@ -148,6 +162,7 @@ def _check_now(ctx: Context, session: DriftSession, target: DriftTarget, *, full
             hasher=session.hasher,
             now_ns=now_ns,
             split_hint=hint,
+            child=child,
         )
         index = session.index(digest)
         if hint is None and len(index.files) >= SPLIT_MIN_FILES:  # a plan depends on the manifest only
@@ -294,6 +309,7 @@ def check_target(
     full: bool = False,
     record: bool = True,
     wait: bool = True,
+    early: EarlyWalks | None = None,
 ) -> DriftReport:
     """Check one environment (and record what changed, with ``record``).
 
@@ -304,7 +320,11 @@ def check_target(
     with shared_lock(EnvLayout(Path(target.path)).lock, env=target.env, wait=wait):
         for _attempt in range(3):
             quick = None if full else quick_check(ctx, target)
-            report = quick if quick is not None else check_once(ctx, session, target, full=full).report
+            report = (
+                quick
+                if quick is not None
+                else check_once(ctx, session, target, full=full, early=early).report
+            )
             if report.clean:
                 break
             fresh = _refresh(ctx, target)
@@ -323,13 +343,16 @@ def check(
     full: bool = False,
     record: bool = True,
     session: DriftSession | None = None,
+    early: EarlyWalks | None = None,
 ) -> list[DriftReport]:
-    """Check the named environments (default: every live one)."""
+    """Check the named environments (default: every live one); ``early``: walkers a full check
+    started before (:func:`graven.service.drift_early.start_early`)."""
     own = session is None
     session = session or DriftSession(ctx)
     try:
         return [
-            check_target(ctx, session, target, full=full, record=record) for target in live_targets(ctx, envs)
+            check_target(ctx, session, target, full=full, record=record, early=early)
+            for target in live_targets(ctx, envs)
         ]
     finally:
         if own:

@@ -1,0 +1,125 @@
+"""Start the forked walker of ``graven drift --full`` before the check imports its own code.
+
+A full check of django-sized release is ~0.1 s of walking and hashing split between two processes;
+the command's imports, its database reads and the manifest come to ~40 ms more before the check
+would fork. Here, right after the live environment is read from the database, the check lock is taken
+(shared, as the check itself takes it), the file system's clock is read (the check's "recording
+time": what the child sees is never newer than it) and the child starts on its part of the release,
+where the last full check split it. The check then takes the walker (:meth:`EarlyWalks.take`) for
+that release, or, when anything changed meanwhile, reaps it unused and walks as without it.
+
+Only the first environment gets an early walker (two children at once would share the same two
+cores), only where forking is safe (:func:`graven.runtime.can_fork`), and only when a plan of the
+split exists for the live release and no deployment is pending.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from graven.deploy.layout import EnvLayout
+from graven.deploy.lock import shared_lock
+from graven.drift.cache import fs_clock
+from graven.drift.walk import ForkedWalk, Split, load_split, split_path
+from graven.errors import GravenError
+from graven.runtime import can_fork
+from graven.service.context import Context
+from graven.service.drift_live import live_targets
+
+__all__ = ["EarlyWalk", "EarlyWalks", "start_early"]
+
+
+class EarlyWalk:
+    """A walker started early: its child, the release it walks, the clock read before it started and
+    the split it follows."""
+
+    __slots__ = ("child", "digest_hex", "now_ns", "split")
+
+    def __init__(self, child: ForkedWalk, digest_hex: str, now_ns: int | None, split: Split) -> None:
+        self.child = child
+        self.digest_hex = digest_hex
+        self.now_ns = now_ns
+        self.split = split
+
+
+class EarlyWalks:
+    """The walkers started early (by environment) and the check locks held for them; closing reaps
+    every walker not taken and releases the locks."""
+
+    def __init__(self) -> None:
+        self._walks: dict[str, EarlyWalk] = {}
+        self._locks = ExitStack()
+
+    @property
+    def started(self) -> dict[str, int]:
+        """The environments with a walker not taken yet, and the walker's process id."""
+        return {env: walk.child.pid for env, walk in self._walks.items()}
+
+    def take(self, env: str, digest_hex: str) -> EarlyWalk | None:
+        """The walker of ``env`` when it walks release ``digest_hex`` (once); else None."""
+        walk = self._walks.pop(env, None)
+        if walk is not None and walk.digest_hex != digest_hex:
+            walk.child.result()  # another release is checked now: reaped, never used
+            return None
+        return walk
+
+    def start(self, env: str, layout: EnvLayout, digest_hex: str, split: Split) -> None:
+        """Hold the check lock of ``env`` shared (until :meth:`close`), read the clock, fork the walker
+        of ``split``'s second part of the release ``digest_hex``."""
+        self._locks.enter_context(shared_lock(layout.lock, env=env, wait=True))
+        now_ns = fs_clock(layout.meta / "drift", depth=2)
+        base = str(layout.release(digest_hex))
+        child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]))
+        self._walks[env] = EarlyWalk(child, digest_hex, now_ns, split)
+
+    def close(self) -> None:
+        """Reap the walkers not taken, release the locks."""
+        try:
+            for walk in self._walks.values():
+                walk.child.result()
+            self._walks.clear()
+        finally:
+            self._locks.close()
+
+    def __enter__(self) -> EarlyWalks:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def start_early(ctx: Context, envs: Sequence[str] = ()) -> EarlyWalks:
+    """Start the walker of the first environment ``envs`` names (every live one when empty) as
+    described above; an empty set when that cannot be done (the check then works as usual, and says
+    what is wrong, if anything)."""
+    early = EarlyWalks()
+    if not can_fork():
+        return early
+    try:
+        targets = live_targets(ctx, envs)
+    except GravenError:
+        return early
+    if not targets or targets[0].pending is not None:
+        return early
+    target = targets[0]
+    layout = EnvLayout(Path(target.path))
+    digest_hex = target.digest.removeprefix("sha256:")
+    split = load_split(split_path(layout.meta), digest_hex)
+    if split is None:
+        return early
+    base = str(layout.release(digest_hex))
+    try:
+        if not stat.S_ISDIR(os.lstat(base).st_mode):
+            return early
+    except OSError:
+        return early
+    try:
+        early.start(target.env, layout, digest_hex, split)
+    except BaseException:
+        early.close()
+        raise
+    return early
