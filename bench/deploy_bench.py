@@ -365,7 +365,8 @@ def write_results(
         "Notes:",
         "",
         "- a deploy verifies the signature against the trust policy for the environment, reads the "
-        "environment's settings from the graven.toml named by the verified provenance, copies every file "
+        "environment's settings from the graven.toml named by the verified provenance, takes the "
+        "manifest from the home's cache of validated manifests (the build left it there), copies every file "
         "from the store through a verified read (never a hard link to a store object), records each file's "
         "stat, renames the release into place and switches `current` with one rename (then fsyncs the "
         "directory); the next version hard-links files whose sha256, mode and recorded stat are unchanged "

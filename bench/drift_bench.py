@@ -359,12 +359,14 @@ def write_results(
         "with it and, when all match, is clean without the manifest or the provenance (any difference: "
         "the full default check below)",
         "- `--full` lists every directory and hashes every file of the release, then compares with the "
-        "manifest read from the store. On Linux with two cores a forked child walks and hashes part of "
+        "manifest (from the home's cache of validated manifests, `GRAVEN_HOME/cache/manifests`, which "
+        "the deploy filled). On Linux with two cores a forked child walks and hashes part of "
         "the tree (where the last full check split it, `PATH/.graven/drift/split`) while the parent reads "
-        "the manifest and walks the rest: hashlib holds the GIL for small files, so threads would not "
-        "share this work (measured: a second walker thread made django slower); without a fork (other "
-        "threads alive, as in `graven watch`) one walker hashes small files and files of 1 MiB and more "
-        "go to a pool of threads",
+        "the manifest and walks the rest; the CLI forks that child right after reading the live "
+        "environment, before it imports the check: hashlib holds the GIL for small files, so threads "
+        "would not share this work (measured: a second walker thread made django slower); without a "
+        "fork (other threads alive, as in `graven watch`) one walker hashes small files and files of "
+        "1 MiB and more go to a pool of threads",
         "- the forked `--full` needs a second core of its own: in a run of this session while another "
         "process kept one of the two CPUs busy (load average 2.3), django `--full` in-process measured "
         "1.38x and large 0.49x",
@@ -374,9 +376,9 @@ def write_results(
         "directory; right after a deploy the deploy's own stat table "
         "(`PATH/.graven/stat`) plays that part, and racy records (times not older than their recording) are "
         "hashed",
-        "- in-process figures include reading and parsing the manifest from the store (a fresh DriftSession "
-        "per check), the database reads and writes of the check, and writing the verified-stat cache; the "
-        "CLI figures add the fixed cost of a command",
+        "- in-process figures include reading the manifest (a fresh DriftSession per check: from the "
+        "manifest cache), the database reads and writes of the check, and writing the verified-stat "
+        "cache; the CLI figures add the fixed cost of a command",
         "- watch: inotify wakes the watcher, which waits 50 ms for more events (debounce), runs the default "
         "check and hands the alert to its delivery thread (a POST to a receiver on 127.0.0.1)",
         "- page cache warm for graven and the baselines alike (every run reads the same files)",
