@@ -12,7 +12,7 @@ import pytest
 
 from graven.errors import IntegrityError
 from graven.model.digest import Digest
-from graven.model.manifest import FileEntry
+from graven.model.manifest import FileEntry, TreeManifest
 from graven.service.artifacts import load_manifest, verify_artifact
 from graven.service.context import Context
 from graven.service.drift import check
@@ -39,6 +39,19 @@ def _cache_file(world: World, digest: str) -> Path:
     return world.home / "cache" / "manifests" / Digest.parse(digest).hex
 
 
+def _no_parsing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count manifests parsed from bytes (what the cache saves)."""
+    parsed: list[int] = []
+    real = TreeManifest.from_bytes
+
+    def counting(data: bytes) -> TreeManifest:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(TreeManifest, "from_bytes", staticmethod(counting))
+    return parsed
+
+
 def _store_refuses(monkeypatch: pytest.MonkeyPatch, digest: str) -> list[str]:
     """Make every store read of ``digest`` fail as a corrupt object would; the reads tried."""
     tried: list[str] = []
@@ -59,7 +72,7 @@ def test_a_deploy_fills_the_cache_and_drift_reads_it(world: World, monkeypatch: 
     assert world.deploy(digest, "staging").ok
     assert _cache_file(world, digest).is_file()
     stored = load_manifest(world.ctx(), Digest.parse(digest), cached=False).to_bytes()
-    tried = _store_refuses(monkeypatch, digest)
+    parsed = _no_parsing(monkeypatch)
     manifest = load_manifest(world.ctx(), Digest.parse(digest))
     assert manifest.digest == Digest.parse(digest)
     assert manifest.to_bytes() == stored
@@ -67,7 +80,11 @@ def test_a_deploy_fills_the_cache_and_drift_reads_it(world: World, monkeypatch: 
     assert index.manifest.entries == manifest.entries
     (report,) = check(world.ctx(), ["staging"], full=True)
     assert report.clean
-    assert tried == []  # the store was never asked for the manifest
+    assert parsed == []  # the manifest was never parsed again
+    # a hit still reads the store's copy: a corrupt manifest fails as without the cache
+    _store_refuses(monkeypatch, digest)
+    with pytest.raises(IntegrityError):
+        load_manifest(world.ctx(), Digest.parse(digest))
     assert tree_problems(world.env_dir("staging") / "current", manifest) == []
 
 
@@ -82,10 +99,10 @@ def test_a_build_keeps_its_manifest_and_an_import_only_home_keeps_nothing(
     digest = world.build()
     assert (world.home / "keys" / "records.hmac").is_file()
     assert _cache_file(world, digest).is_file()
-    tried = _store_refuses(monkeypatch, digest)
+    parsed = _no_parsing(monkeypatch)
     archive = tmp_path / "app.tar"
     export_artifact(world.ctx(), Digest.parse(digest), archive)  # the manifest from the cache
-    assert tried == []
+    assert parsed == []
     monkeypatch.undo()
     other = Context(home=Home(root=tmp_path / "home2"))
     try:

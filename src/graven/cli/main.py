@@ -81,9 +81,10 @@ def entry() -> None:
     pipe), the interpreter ends the process as it always did."""
     code = main()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None when the descriptor was closed at start-up
+                stream.flush()
+    except (OSError, ValueError, AttributeError):
         raise SystemExit(code) from None
     import os
 

@@ -170,12 +170,13 @@ def build_history(ctx: Context, digest: Digest) -> list[dict[str, Any]]:
 
 
 def load_manifest(ctx: Context, digest: Digest, *, cached: bool = True) -> TreeManifest:
-    """Read, verify and parse an artifact's manifest: from the home's cache of manifests it parsed and
-    validated before (:mod:`graven.store.manifest_cache`) unless ``cached`` is false, else from the
-    store (verified against ``digest``), and then kept in that cache."""
+    """Read and verify an artifact's manifest, and parse it: unless ``cached`` is false, the entries come
+    from the home's cache of manifests parsed and validated before (:mod:`graven.store.manifest_cache`;
+    the store's copy is still read and verified), else from the bytes, and are then kept in that cache."""
     if cached:
         entries = ctx.manifest_cache.get(digest.hex)
         if entries is not None:
+            ctx.store.read(digest)  # still a verified read: a missing or corrupt manifest fails here
             manifest = TreeManifest(entries)
             manifest.__dict__["digest"] = digest  # what the cache entry is bound to
             return manifest

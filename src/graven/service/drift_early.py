@@ -119,6 +119,9 @@ def start_early(ctx: Context, envs: Sequence[str] = ()) -> EarlyWalks:
         return early
     try:
         early.start(target.env, layout, digest_hex, split)
+    except OSError:  # no pipe or process to spare: the check forks (or not) as usual
+        early.close()
+        return EarlyWalks()
     except BaseException:
         early.close()
         raise

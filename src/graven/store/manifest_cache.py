@@ -8,7 +8,8 @@ manifest read from the store under D (so its bytes hashed to D) and then parsed 
 ``GRAVEN_HOME/cache/manifests/<D hex>`` (files 0600 in a 0700 directory) holds, format
 ``graven.mcache/v1``::
 
-    b"graven.mcache/v1\\n" || D (64 hex digits) || b"\\n" || n (8 bytes, big endian)
+    b"graven.mcache/v1\\n" || b"graven/" + graven's version || b"\\n" || D (64 hex digits) || b"\\n"
+    || n (8 bytes, big endian)
     || kinds (n bytes: f = file 0644, x = file 0755, l = symlink, d = empty directory)
     || sizes (n signed 64-bit integers, little endian; 0 for what is not a file)
     || sha256 of each file (32 bytes each, in entry order)
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from graven import __version__
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 from graven.errors import GravenError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
@@ -45,6 +47,9 @@ from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
 __all__ = ["FORMAT", "KEEP", "ManifestCache", "decode", "encode"]
 
 FORMAT = b"graven.mcache/v1\n"
+# The rules the entries were validated under: an entry written by another graven version is a miss
+# (a newer version may refuse what an older one accepted).
+RULES = f"graven/{__version__}".encode()
 KEEP = 32  # entries (~100 bytes per path: ~0.7 MB for 7,000 files)
 _HEX = re.compile(r"[0-9a-f]{64}")
 _KINDS = frozenset(b"fxld")
@@ -79,6 +84,8 @@ def encode(key: bytes, digest_hex: str, entries: Sequence[TreeEntry]) -> bytes:
     data = b"".join(
         (
             FORMAT,
+            RULES,
+            b"\n",
             digest_hex.encode("ascii"),
             b"\n",
             len(kinds).to_bytes(8, "big"),
@@ -93,10 +100,11 @@ def encode(key: bytes, digest_hex: str, entries: Sequence[TreeEntry]) -> bytes:
 
 def decode(key: bytes, digest_hex: str, data: bytes) -> tuple[TreeEntry, ...] | None:
     """The entries in ``data`` when it is a well-formed entry for ``digest_hex`` tagged under ``key``."""
-    head = len(FORMAT) + 64 + 1
+    prefix = FORMAT + RULES + b"\n" + digest_hex.encode("ascii") + b"\n"
+    head = len(prefix)
     if len(data) < head + 8 + TAG_SIZE or not verify(key, data[:-TAG_SIZE], data[-TAG_SIZE:]):
         return None
-    if data[:head] != FORMAT + digest_hex.encode("ascii") + b"\n":
+    if data[:head] != prefix:
         return None
     count = int.from_bytes(data[head : head + 8], "big")
     at = head + 8
@@ -111,13 +119,15 @@ def decode(key: bytes, digest_hex: str, data: bytes) -> tuple[TreeEntry, ...] | 
         sizes.byteswap()
     at += size_bytes
     n_files = kinds.count(b"f") + kinds.count(b"x")
+    if at + 32 * n_files > len(data) - TAG_SIZE:
+        return None
     sha_hex = data[at : at + 32 * n_files].hex()
     at += 32 * n_files
     try:
         strings = data[at:-TAG_SIZE].decode("utf-8").split("\0")
     except UnicodeDecodeError:
         return None
-    if len(strings) != count + kinds.count(b"l") or len(sha_hex) != 64 * n_files:
+    if len(strings) != count + kinds.count(b"l") or len(sha_hex) != 64 * n_files or "" in strings:
         return None
     entries: list[TreeEntry] = []
     append = entries.append
@@ -181,7 +191,7 @@ class ManifestCache:
             return
         try:
             data = encode(key, digest_hex, entries)
-        except (ValueError, UnicodeEncodeError):
+        except (ValueError, UnicodeEncodeError, OverflowError):  # a size past 2**63 - 1: not kept
             return
         with contextlib.suppress(OSError):
             for directory in (self.directory.parent, self.directory):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from graven.errors import BackendError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
-from graven.store.manifest_cache import FORMAT, KEEP, ManifestCache, decode, encode
+from graven.store.manifest_cache import FORMAT, KEEP, RULES, ManifestCache, decode, encode
 
 KEY = bytes(range(32))
 DIGEST = "ab" * 32
@@ -65,7 +65,20 @@ def test_encode_decode_round_trips(manifest: TreeManifest) -> None:
 
 def test_layout_starts_with_the_format_and_digest() -> None:
     data = encode(KEY, DIGEST, sample().entries)
-    assert data.startswith(FORMAT + DIGEST.encode() + b"\n")
+    assert data.startswith(FORMAT + RULES + b"\n" + DIGEST.encode() + b"\n")
+
+
+def test_an_entry_of_another_graven_version_is_a_miss() -> None:
+    from graven.deploy.recordkey import tag
+
+    body = encode(KEY, DIGEST, sample().entries)[:-32].replace(RULES, b"graven/0.0.0", 1)
+    assert decode(KEY, DIGEST, body + tag(KEY, body)) is None
+
+
+def test_a_size_past_int64_is_not_cached(tmp_path: Path) -> None:
+    cache = ManifestCache(tmp_path / "m", lambda: KEY)
+    cache.put(DIGEST, [FileEntry("big", "01" * 32, 2**63)])  # no error: simply not kept
+    assert cache.get(DIGEST) is None
 
 
 def test_another_key_or_digest_is_refused() -> None:
@@ -97,11 +110,12 @@ def test_well_tagged_but_malformed_is_refused() -> None:
     from graven.deploy.recordkey import tag
 
     good = encode(KEY, DIGEST, sample().entries)[:-32]
-    head = len(FORMAT) + 65
+    head = len(FORMAT) + len(RULES) + 66
     for body in (
         good[: head + 8] + b"q" + good[head + 9 :],  # an unknown kind
         good[:head] + (10**6).to_bytes(8, "big") + good[head + 8 :],  # a count past the end
         good.replace(b"current\0main.py", b"current/main.py"),  # one string fewer
+        good[: head + 8] + good[head + 8 : head + 13] + good[-40:],  # shas running into the tag
     ):
         assert decode(KEY, DIGEST, body + tag(KEY, body)) is None
 
