@@ -26,7 +26,7 @@ from graven.core.drift import Observed, is_racy
 from graven.core.record import Frozen, Record
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
-from graven.drift.walk import BIG, CHUNK, OPEN_FILE, ForkedWalk, hash_rest, kind_of
+from graven.drift.walk import BIG, CHUNK, OPEN_FILE, ForkedWalk, hash_rest, kind_of, observe_raw
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
 from graven.runtime import can_fork
 
@@ -253,17 +253,8 @@ class ScanResult(Record):
 
 
 def _observe(path: str) -> Observed | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    kind = kind_of(st.st_mode)
-    if kind == "symlink":
-        try:
-            return Observed("symlink", target=os.readlink(path))
-        except OSError:
-            return Observed("symlink", target=None)
-    return Observed(kind, stat.S_IMODE(st.st_mode), st.st_size)
+    raw = observe_raw(path)
+    return Observed(*raw) if raw is not None else None
 
 
 def _walk_added(base: str, rel: str, observed: dict[str, Observed]) -> None:

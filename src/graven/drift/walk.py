@@ -30,6 +30,7 @@ __all__ = [
     "hash_rest",
     "kind_of",
     "load_split",
+    "observe_raw",
     "open_dir",
     "raw_walk",
     "split_path",
@@ -133,7 +134,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
                     except OSError:
                         observed[path] = ("symlink", 0, -1, None, None)
                 else:
-                    seen = _observe_raw(f"{base}/{path}")
+                    seen = observe_raw(f"{base}/{path}")
                     if seen is not None:
                         observed[path] = seen
         finally:
@@ -184,9 +185,9 @@ def hash_rest(fd: int, head: bytes) -> str:
     return digest.hexdigest()
 
 
-def _observe_raw(path: str) -> tuple[Any, ...] | None:
-    """The fields of :class:`graven.core.drift.Observed` for something that is neither a regular file,
-    a directory nor a symlink found while listing (looked at again by path)."""
+def observe_raw(path: str) -> tuple[Any, ...] | None:
+    """The fields of :class:`graven.core.drift.Observed` for what is at ``path`` (not followed), or None
+    when nothing is."""
     try:
         st = os.lstat(path)
     except OSError:
