@@ -24,8 +24,9 @@ cache can only make a command faster, never change its result. Whoever could for
 
 `graven verify` never uses the cache: it re-hashes the manifest in the store. Writing is best effort
 (any failure, a read-only home say, only means the next command parses again), and at most
-:data:`KEEP` entries are kept: the oldest are removed when a new one is written. The directory can be
-deleted at any time.
+:data:`KEEP` entries and :data:`MAX_BYTES` in all are kept: the oldest are removed when a new one is
+written. Writes and removals go through the directory opened without following symlinks. The directory
+can be deleted at any time.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 from graven.errors import GravenError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
 
-__all__ = ["FORMAT", "KEEP", "ManifestCache", "decode", "encode"]
+__all__ = ["FORMAT", "KEEP", "MAX_BYTES", "ManifestCache", "decode", "encode"]
 
 FORMAT = b"graven.mcache/v1\n"
 # The rules the entries were validated under: an entry written by another graven version is a miss
 # (a newer version may refuse what an older one accepted).
 RULES = f"graven/{__version__}".encode()
-KEEP = 32  # entries (~100 bytes per path: ~0.7 MB for 7,000 files)
+KEEP = 32  # entries (~90 bytes per file: ~0.6 MB for 7,000 files)
+MAX_BYTES = 64 << 20  # and at most this much in all (the newest entry is kept whatever its size)
 _HEX = re.compile(r"[0-9a-f]{64}")
 _KINDS = frozenset(b"fxld")
 
@@ -194,37 +196,66 @@ class ManifestCache:
         except (ValueError, UnicodeEncodeError, OverflowError):  # a size past 2**63 - 1: not kept
             return
         with contextlib.suppress(OSError):
-            for directory in (self.directory.parent, self.directory):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(directory, 0o700)
-            temp = self.directory / f".{digest_hex}.tmp-{os.urandom(6).hex()}"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = _open_directory(self.directory)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_entry(fd, digest_hex, data)
+                _prune(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, self.directory / digest_hex)  # readers see the old file or the new one
-            self._prune()
-
-    def _prune(self) -> None:
-        """Remove the oldest entries beyond :data:`KEEP` (and temp files left by a killed writer)."""
-        with os.scandir(self.directory) as it:
-            found = [(e.stat(follow_symlinks=False).st_mtime_ns, e.name) for e in it]
-        kept = sorted((item for item in found if _HEX.fullmatch(item[1])), reverse=True)
-        stale = [name for _, name in kept[KEEP:]]
-        stale.extend(n for _, n in found if not _HEX.fullmatch(n) and _old_temp(self.directory, n))
-        for name in stale:
-            with contextlib.suppress(OSError):
-                os.unlink(self.directory / name)
 
 
-def _old_temp(directory: Path, name: str) -> bool:
-    """A temp file of a writer that died (over an hour old); a live writer's is left alone."""
-    if not name.startswith(".") or ".tmp-" not in name:
-        return False
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_directory(directory: Path) -> int:
+    """``directory`` (made 0700 with its parent if missing) opened without following a symlink at
+    either level, so that a write or a prune never lands outside the home."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory.parent, 0o700)
+    parent = os.open(directory.parent, _DIR_FLAGS)
     try:
-        return os.lstat(directory / name).st_mtime < time.time() - 3600
-    except OSError:
-        return False
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory.name, 0o700, dir_fd=parent)
+        return os.open(directory.name, _DIR_FLAGS, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _write_entry(dir_fd: int, name: str, data: bytes) -> None:
+    """``data`` under ``name`` in ``dir_fd``: written to a temp name, then renamed (readers see the
+    old file or the new one)."""
+    temp = f".{name}.tmp-{os.urandom(6).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _prune(dir_fd: int) -> None:
+    """Remove the oldest entries beyond :data:`KEEP` entries or :data:`MAX_BYTES` in all (the newest
+    is always kept), and the temp files of writers that died."""
+    with os.scandir(dir_fd) as it:
+        found = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+    entries = sorted(
+        ((st.st_mtime_ns, st.st_size, name) for name, st in found if _HEX.fullmatch(name)), reverse=True
+    )
+    stale: list[str] = []
+    total = 0
+    for index, (_mtime, size, name) in enumerate(entries):
+        total += size
+        if index >= KEEP or (index > 0 and total > MAX_BYTES):
+            stale.append(name)
+    cutoff = time.time_ns() - 3600 * 10**9  # a live writer's temp file is left alone
+    stale.extend(name for name, st in found if _is_temp(name) and st.st_mtime_ns < cutoff)
+    for name in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name

@@ -7,6 +7,7 @@ import os
 import stat
 import string
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from graven.errors import BackendError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
+from graven.store import manifest_cache
 from graven.store.manifest_cache import FORMAT, KEEP, RULES, ManifestCache, decode, encode
 
 KEY = bytes(range(32))
@@ -201,3 +203,42 @@ def test_old_temp_files_are_removed_live_ones_kept(tmp_path: Path) -> None:
     os.utime(old, (1, 1))
     ManifestCache(directory, lambda: KEY).put(DIGEST, sample().entries)
     assert not old.exists() and new.exists()
+
+
+def test_keeps_at_most_max_bytes_but_always_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "m"
+    cache = ManifestCache(directory, lambda: KEY)
+    size = len(encode(KEY, DIGEST, sample().entries))
+    monkeypatch.setattr(manifest_cache, "MAX_BYTES", 2 * size + size // 2)  # room for two entries
+    names = [f"{i:064x}" for i in range(4)]
+    for i, name in enumerate(names):
+        cache.put(name, sample().entries)
+        os.utime(directory / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+    assert sorted(os.listdir(directory)) == names[2:]
+    monkeypatch.setattr(manifest_cache, "MAX_BYTES", 1)  # smaller than any entry: the newest stays
+    cache.put(names[0], sample().entries)
+    assert os.listdir(directory) == [names[0]]
+
+
+@pytest.mark.parametrize("level", ["cache", "manifests"])
+def test_a_symlinked_cache_directory_is_not_written_through(tmp_path: Path, level: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / f"{0:064x}"
+    victim.write_bytes(b"someone else's file")
+    os.utime(victim, (1, 1))
+    home = tmp_path / "home"
+    home.mkdir()
+    if level == "cache":
+        (home / "cache").symlink_to(tmp_path)  # cache/manifests would be tmp_path/manifests
+        (tmp_path / "manifests").symlink_to(outside)
+    else:
+        (home / "cache").mkdir()
+        (home / "cache" / "manifests").symlink_to(outside)
+    cache = ManifestCache(home / "cache" / "manifests", lambda: KEY)
+    with mock.patch.object(manifest_cache, "KEEP", 1):
+        cache.put(DIGEST, sample().entries)  # refused quietly: no write, no prune through the link
+    assert sorted(os.listdir(outside)) == [victim.name]
+    assert victim.read_bytes() == b"someone else's file"
