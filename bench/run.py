@@ -570,15 +570,28 @@ def bench_export(b: Bench) -> None:
             b.rows.append(Row(f"3 export {name} .tar.zst ({label})", "s", values, base, TAR_ZSTD, 1.1))
 
 
+def _store_sizes(home: Path) -> tuple[int, int, int, int]:
+    """(apparent, du) of the store = GRAVEN_HOME without ``cache/``; apparent bytes in objects/ and
+    in cache/ (the parsed-manifest cache: derived, capped, safe to delete, so not the store)."""
+    cache = home / "cache"
+    cached = (apparent_bytes(cache), du_bytes(cache)) if cache.exists() else (0, 0)
+    return (
+        apparent_bytes(home) - cached[0],
+        du_bytes(home) - cached[1],
+        apparent_bytes(home / "objects"),
+        cached[0],
+    )
+
+
 def bench_store(b: Bench) -> None:
     """4. Store size after g1..g10 vs after g1 alone, and vs git's packed repository."""
     wl = b.workload("django", DJANGO_VERSIONS)
     home = b.new_home()
     b.cli_build(home, wl.clone, "g1")
-    one = (apparent_bytes(home), du_bytes(home), apparent_bytes(home / "objects"))
+    one = _store_sizes(home)
     for k in range(2, DJANGO_VERSIONS + 1):
         b.cli_build(home, wl.clone, f"g{k}")
-    ten = (apparent_bytes(home), du_bytes(home), apparent_bytes(home / "objects"))
+    ten = _store_sizes(home)
     mirror = b.scratch / "repos" / "django-mirror.git"
     env = b.prep_env()
     subprocess.run(
@@ -593,12 +606,20 @@ def bench_store(b: Bench) -> None:
         Row("4 store django g1..g10 vs g1 (du -sk)", "B", [ten[1]], [one[1]], "store after g1 alone", 1.2),
         Row("4 store django g1..g10 vs git (apparent)", "B", [ten[0]], [pack[0]], git_what, 2.0),
         Row("4 store django g1..g10 vs git (du -sk)", "B", [ten[1]], [pack[1]], git_what, 2.0),
+        Row(
+            "4 GRAVEN_HOME with cache/ after g1..g10 (apparent)",
+            "B",
+            [ten[0] + ten[3]],
+            [one[0] + one[3]],
+            "the same after g1 alone",
+        ),
     ]
     b.notes.append(
-        f"store = the whole GRAVEN_HOME (objects/ + graven.db). After g1: {one[0]:,} B apparent "
-        f"({one[2]:,} B in objects/, {one[0] - one[2]:,} B graven.db), {one[1]:,} B du. After g1..g10: "
-        f"{ten[0]:,} B apparent ({ten[2]:,} B in objects/, {ten[0] - ten[2]:,} B graven.db), "
-        f"{ten[1]:,} B du. "
+        "store = GRAVEN_HOME (objects/, graven.db, keys/) without cache/, the parsed-manifest cache "
+        "(derived from the store, at most 32 entries and 64 MiB, safe to delete; docs/formats/store-v1.md). "
+        f"After g1: {one[0]:,} B apparent ({one[2]:,} B in objects/, {one[0] - one[2]:,} B graven.db and "
+        f"keys), {one[1]:,} B du; cache/ {one[3]:,} B. After g1..g10: {ten[0]:,} B apparent ({ten[2]:,} B "
+        f"in objects/, {ten[0] - ten[2]:,} B graven.db and keys), {ten[1]:,} B du; cache/ {ten[3]:,} B. "
         "git objects/pack (g1..g10 + v1..v10 history, default repack, not --aggressive): "
         f"{pack[0]:,} B apparent, {pack[1]:,} B du."
     )
