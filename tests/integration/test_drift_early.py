@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from test_drift_cli import CASES, Tamper, drift, found
 
 from graven.deploy.lock import check_lock_path
+from graven.drift import walk as drift_walk
 from graven.service import drift_early
 from graven.service.drift import check
 from graven.service.drift_check import _save_split
@@ -129,3 +131,37 @@ def test_nothing_starts_without_a_plan_a_live_release_or_a_safe_fork(
         assert list(early.started) == ["prod"]
         reports = check(world.ctx(), ["prod", "staging"], full=True, early=early)
     assert [r.clean for r in reports] == [True, True]
+
+
+def test_the_walkers_lock_is_released_when_the_check_takes_it(world: World) -> None:
+    digest, _release = _deployed(world)
+    lock = check_lock_path(world.env_dir("staging") / ".graven" / "lock")
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        with start_early(world.ctx(), ["staging"]) as early:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            walk = early.take("staging", digest.removeprefix("sha256:"))
+            assert walk is not None
+            assert walk.child.result() is not None  # the child (which shares the lock) is done
+            # the check holds its own lock from here: a deployer of this environment waits for the
+            # check of this environment only, not for the others the command still checks
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def test_a_walker_not_taken_is_stopped_not_waited_for(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    _deployed(world)
+
+    def slow_walk(*_args: object) -> bytes:
+        time.sleep(60)
+        return b""
+
+    monkeypatch.setattr(drift_walk, "raw_walk", slow_walk)
+    started = time.monotonic()
+    with start_early(world.ctx(), ["staging"]) as early:
+        (pid,) = early.started.values()
+    assert _reaped(pid)
+    assert time.monotonic() - started < 20

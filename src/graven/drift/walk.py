@@ -13,6 +13,7 @@ import hashlib
 import json
 import marshal
 import os
+import signal
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,6 +176,13 @@ class ForkedWalk:
             os.close(self.fd)
             _, status = os.waitpid(self.pid, 0)
         return b"".join(chunks) if status == 0 and chunks else None
+
+    def cancel(self) -> None:
+        """Stop the child (its results are not wanted) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.close(self.fd)
+        os.waitpid(self.pid, 0)
 
 
 def hash_rest(fd: int, head: bytes) -> str:

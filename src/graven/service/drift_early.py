@@ -5,8 +5,9 @@ the command's imports, its database reads and the manifest come to ~40 ms more b
 would fork. Here, right after the live environment is read from the database, the check lock is taken
 (shared, as the check itself takes it), the file system's clock is read (the check's "recording
 time": what the child sees is never newer than it) and the child starts on its part of the release,
-where the last full check split it. The check then takes the walker (:meth:`EarlyWalks.take`) for
-that release, or, when anything changed meanwhile, reaps it unused and walks as without it.
+where the last full check split it. The check, holding the lock itself by then, takes the walker
+(:meth:`EarlyWalks.take`) for that release and the early lock is released; when anything changed
+meanwhile, the walker is stopped unused and the check walks as without it.
 
 Only the first environment gets an early walker (two children at once would share the same two
 cores), only where forking is safe (:func:`graven.runtime.can_fork`), and only when a plan of the
@@ -47,12 +48,12 @@ class EarlyWalk:
 
 
 class EarlyWalks:
-    """The walkers started early (by environment) and the check locks held for them; closing reaps
-    every walker not taken and releases the locks."""
+    """The walkers started early (by environment) and the check locks held for them until the check
+    takes them; closing stops every walker not taken and releases the locks."""
 
     def __init__(self) -> None:
         self._walks: dict[str, EarlyWalk] = {}
-        self._locks = ExitStack()
+        self._locks: dict[str, ExitStack] = {}
 
     @property
     def started(self) -> dict[str, int]:
@@ -60,30 +61,37 @@ class EarlyWalks:
         return {env: walk.child.pid for env, walk in self._walks.items()}
 
     def take(self, env: str, digest_hex: str) -> EarlyWalk | None:
-        """The walker of ``env`` when it walks release ``digest_hex`` (once); else None."""
+        """The walker of ``env`` when it walks release ``digest_hex`` (once); else None. The caller holds
+        the check lock of ``env`` itself by now: the one taken for the walker is released."""
         walk = self._walks.pop(env, None)
-        if walk is not None and walk.digest_hex != digest_hex:
-            walk.child.result()  # another release is checked now: reaped, never used
-            return None
-        return walk
+        try:
+            if walk is not None and walk.digest_hex != digest_hex:
+                walk.child.cancel()  # another release is checked now: stopped, never used
+                return None
+            return walk
+        finally:
+            lock = self._locks.pop(env, None)
+            if lock is not None:
+                lock.close()
 
     def start(self, env: str, layout: EnvLayout, digest_hex: str, split: Split) -> None:
         """Hold the check lock of ``env`` shared (until :meth:`close`), read the clock, fork the walker
         of ``split``'s second part of the release ``digest_hex``."""
-        self._locks.enter_context(shared_lock(layout.lock, env=env, wait=True))
+        locks = self._locks.setdefault(env, ExitStack())
+        locks.enter_context(shared_lock(layout.lock, env=env, wait=True))
         now_ns = fs_clock(layout.meta / "drift", depth=2)
         base = str(layout.release(digest_hex))
         child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]))
         self._walks[env] = EarlyWalk(child, digest_hex, now_ns, split)
 
     def close(self) -> None:
-        """Reap the walkers not taken, release the locks."""
+        """Stop the walkers not taken, release the locks."""
         try:
-            for walk in self._walks.values():
-                walk.child.result()
-            self._walks.clear()
+            while self._walks:
+                self._walks.popitem()[1].child.cancel()
         finally:
-            self._locks.close()
+            while self._locks:
+                self._locks.popitem()[1].close()
 
     def __enter__(self) -> EarlyWalks:
         return self
