@@ -228,8 +228,13 @@ def load_split(path: Path, release: str) -> Split | None:
         for rel in first + second:
             if rel:
                 check_path(rel)
-        if "" not in first or not second:
-            return None
+        if (
+            "" not in first
+            or not second
+            or "" in second
+            or len({*first, *second}) != len(first) + len(second)
+        ):
+            return None  # the root's own entries are the first walker's; no start is walked twice
         return [str(r) for r in first], [str(r) for r in second]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnsafeInputError):
         return None

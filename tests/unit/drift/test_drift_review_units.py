@@ -419,3 +419,22 @@ def test_a_hard_linked_lock_or_clock_is_never_written(tmp_path: Path) -> None:
     os.link(victim, meta / "drift/clock")
     assert fs_clock(meta / "drift") is None
     assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        ([""], ["a", ""]),  # the root's own entries walked by both
+        (["", "a"], ["a"]),  # one start in both lists
+        (["", "b", "b"], ["a"]),  # one start twice in a list
+        (["a"], ["b"]),  # nobody walks the root's own entries
+        ([""], []),  # nothing for the second walker
+        ([""], ["../x"]),  # not a clean relative path
+    ],
+)
+def test_a_split_that_walks_anything_twice_or_misses_the_root_is_refused(
+    tmp_path: Path, split: tuple[list[str], list[str]]
+) -> None:
+    path = tmp_path / "env/.graven/drift/split"
+    _save_split(path, "0" * 64, split)
+    assert _load_split(path, "0" * 64) is None
