@@ -17,8 +17,9 @@ read ``keys/`` of the home, and could as well rewrite ``GRAVEN_HOME/trust``.
 
 Lookups are an ``lstat`` of one name (a regular file; a symlink or anything else is no entry).
 Writing is best effort: the entry is created with ``O_CREAT | O_EXCL | O_NOFOLLOW``; any failure
-(read-only home, full disk, no record key) only means the next check is a real one again. The
-directory can be deleted at any time.
+(read-only home, full disk, no record key) only means the next check is a real one again. A write
+that finds more than :data:`KEEP` entries removes the oldest (by creation) down to three quarters of
+it. The directory can be deleted at any time.
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ from typing import Final
 
 from graven.errors import GravenError
 
-__all__ = ["DOMAIN", "FileSignatureMemo", "entry_name"]
+__all__ = ["DOMAIN", "KEEP", "FileSignatureMemo", "entry_name"]
 
 DOMAIN: Final = b"graven.sigmemo/v1\0"
-_KEYID = re.compile(r"[0-9a-f]{64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a key id; an entry's name
+KEEP: Final = 4096  # entries (empty files): one per artifact (and key) checked on this machine
 
 
 def entry_name(record_key: bytes, keyid: str, message: bytes, signature: bytes) -> str | None:
     """The file name of the memo entry for ``signature`` over ``message`` by key ``keyid`` (None for a
     key id that is not 64 lowercase hex digits: such a key has no entries)."""
-    if not _KEYID.fullmatch(keyid):
+    if not _HEX64.fullmatch(keyid):
         return None
     data = b"".join(
         (
@@ -111,4 +113,28 @@ class FileSignatureMemo:
             )
         except OSError:
             return
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            _prune(self.directory)
+
+
+def _prune(directory: Path) -> None:
+    """Beyond :data:`KEEP` entries, remove the oldest down to three quarters of it (a removed entry
+    only means that signature is checked for real once more). Through a directory fd opened without
+    following a symlink, so nothing outside the home is removed."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with os.scandir(fd) as it:
+            names = [e.name for e in it if _HEX64.fullmatch(e.name)]
+        if len(names) <= KEEP:
+            return
+        aged = []
+        for name in names:
+            with contextlib.suppress(OSError):
+                aged.append((os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime_ns, name))
+        aged.sort()
+        for _mtime, name in aged[: len(aged) - KEEP * 3 // 4]:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)
+    finally:
         os.close(fd)

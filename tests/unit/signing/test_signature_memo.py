@@ -37,6 +37,7 @@ from graven.service.provenance import (
     signature_memo,
     verified_provenances,
 )
+from graven.signing import memo as memo_module
 from graven.signing.dsse import Envelope, Signature
 from graven.signing.keys import (
     ED25519_SPKI_PREFIX,
@@ -329,6 +330,22 @@ def test_add_creates_an_empty_private_file(tmp_path: Path) -> None:
     assert (info.st_size, info.st_mode & 0o777) == (0, 0o600)
     assert memo.directory.stat().st_mode & 0o777 == 0o700
     assert memo.directory.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_oldest_entries_are_removed_beyond_keep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memo_module, "KEEP", 8)
+    memo = _memo(tmp_path)
+    keyid = "ab" * 32
+    for i in range(8):
+        memo.add(keyid, b"m%d" % i, b"s")
+        name = entry_name(RECORD_KEY, keyid, b"m%d" % i, b"s")
+        os.utime(memo.directory / str(name), ns=(10**18 + i, 10**18 + i))
+    (memo.directory / "not-an-entry").write_bytes(b"")  # left alone, not counted
+    assert len(_entries(memo)) == 9
+    memo.add(keyid, b"m8", b"s")  # the ninth entry: down to 6, the newest kept
+    kept = [i for i in range(9) if memo.seen(keyid, b"m%d" % i, b"s")]
+    assert kept == [3, 4, 5, 6, 7, 8]
+    assert (memo.directory / "not-an-entry").exists()
 
 
 def test_entries_are_never_followed_through_symlinks(tmp_path: Path) -> None:
