@@ -66,6 +66,8 @@ class _Location(NamedTuple):  # a tuple: one per object of every pack, made when
 
 
 _HEX64 = re.compile("[0-9a-f]{64}")
+_IDX_HEADER = len(IDX_MAGIC) + 8
+_POINT_LOOKUPS = 32  # reads served by binary search before the whole index is loaded
 _WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)  # what read_many decodes itself
 
 
@@ -75,6 +77,12 @@ def _what(digest: Digest, location: _Location) -> str:
 
 class _PackGoneError(IntegrityError):
     """The pack file that held a copy is gone (its index remains): that copy is missing, not corrupt."""
+
+
+def _release_maps(maps: list[tuple[Path, mmap.mmap]]) -> None:
+    for _pack, mapped in maps:
+        with contextlib.suppress(BufferError):
+            mapped.close()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -137,6 +145,11 @@ class LocalStore:
         self._extra: dict[bytes, list[_Location]] = {}  # further packed copies (concurrent writers)
         self._damaged: dict[str, str] = {}  # index file name -> what is wrong with it or its pack
         self._seen_idx: set[str] = set()
+        # Before the whole index is loaded, a few reads look objects up in the index files directly
+        # (binary search in a memory map): a command that reads three objects does not build a table
+        # of every object of every pack.
+        self._point_left = _POINT_LOOKUPS
+        self._point_maps: list[tuple[Path, mmap.mmap]] | None = None
         self._packs_mtime = -1
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
@@ -176,6 +189,66 @@ class LocalStore:
                     raise
                 self._index = loading
             return self._index
+
+    def _locate(self, raw: bytes) -> _Location | None:
+        """Where the first pack (in name order) that holds ``raw`` has it, as the loaded index says;
+        before it is loaded, for the first few lookups, by binary search in each pack index file.
+        A point lookup that finds nothing, or an index it cannot search, falls back to the loaded
+        index; a location it finds is only where to look (every read verifies the record header and
+        the bytes, and a copy that fails is recovered through the loaded index)."""
+        index = self._index
+        if index is not None or self._point_left <= 0:
+            return (index if index is not None else self._packed()).get(raw)
+        self._point_left -= 1
+        try:
+            found = self._point_lookup(raw)
+        except (OSError, ValueError):
+            found = None
+        return found if found is not None else self._packed().get(raw)
+
+    def _point_lookup(self, raw: bytes) -> _Location | None:
+        maps = self._point_maps
+        if maps is None:
+            maps = []
+            names = sorted(n for n in os.listdir(self._packs) if n.endswith(".idx"))
+            for name in names:
+                idx = self._packs / name
+                fd = os.open(idx, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if os.fstat(fd).st_size < _IDX_HEADER + 32:
+                        continue
+                    mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                finally:
+                    os.close(fd)
+                maps.append((idx.with_suffix(".pack"), mapped))
+            with self._lock:
+                if self._point_maps is None:
+                    self._point_maps = maps
+                else:  # another thread mapped them first
+                    _release_maps(maps)
+                    maps = self._point_maps
+        entry = _IDX_ENTRY
+        for pack, mapped in maps:
+            if mapped[: len(IDX_MAGIC)] != IDX_MAGIC:
+                continue
+            (count,) = struct.unpack_from(">Q", mapped, len(IDX_MAGIC))
+            if _IDX_HEADER + count * entry.size + 32 != len(mapped):
+                continue
+            low, high = 0, count
+            while low < high:
+                middle = (low + high) // 2
+                at = _IDX_HEADER + middle * entry.size
+                if mapped[at : at + 32] < raw:
+                    low = middle + 1
+                else:
+                    high = middle
+            if low < count:
+                digest, offset, stored, size, codec = entry.unpack_from(
+                    mapped, _IDX_HEADER + low * entry.size
+                )
+                if digest == raw:
+                    return _Location(pack, offset, stored, size, codec)
+        return None
 
     def _load_new_indexes(self, index: dict[bytes, _Location], *, force: bool = False) -> None:
         """Add the entries of indexes not loaded yet; called with the lock held. Each index is added
@@ -309,7 +382,10 @@ class LocalStore:
         index = self._packed()
         with self._lock:
             others = [loc for loc in (index.get(raw), *self._extra.get(raw, ())) if loc is not None]
-        corrupt = None if isinstance(error, _PackGoneError) else error
+        # a copy only a point lookup found (in an index file not checked yet) that the checked
+        # index does not list is no copy: its failure is not the object's corruption
+        known = failed in others
+        corrupt = None if isinstance(error, _PackGoneError) or not known else error
         for location in others:
             if location == failed:
                 continue
@@ -488,6 +564,8 @@ class LocalStore:
         """Close the pack descriptors."""
         with self._lock:
             fds, self._fds = self._fds, {}
+            maps, self._point_maps = self._point_maps or [], None
+        _release_maps(maps)
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -525,7 +603,7 @@ class LocalStore:
         raise IntegrityError(f"{_what(digest, location)}: unknown codec {codec}")
 
     def _read_any(self, digest: Digest, depth: int = 0) -> bytes:
-        location = self._packed().get(digest.raw)
+        location = self._locate(digest.raw)
         if location is not None:
             try:
                 return self._read_packed(digest, location, depth)
@@ -540,8 +618,7 @@ class LocalStore:
 
     def open(self, digest: Digest) -> BinaryIO:
         """A stream of the object's bytes; a mismatch raises IntegrityError when the end is read."""
-        index = self._packed()
-        location = index.get(digest.raw)
+        location = self._locate(digest.raw)
         if location is not None:
             try:
                 return io.BytesIO(self._read_packed(digest, location))
@@ -551,6 +628,7 @@ class LocalStore:
         try:
             handle = path.open("rb")
         except FileNotFoundError:
+            index = self._packed()
             with self._lock:
                 self._load_new_indexes(index, force=True)
             if digest.raw in index:
@@ -563,7 +641,7 @@ class LocalStore:
 
     def verify(self, digest: Digest) -> None:
         """Re-hash one object; raise IntegrityError when it is missing or when no copy verifies."""
-        location = self._packed().get(digest.raw)
+        location = self._locate(digest.raw)
         if location is not None:
             try:
                 self._read_packed(digest, location)
