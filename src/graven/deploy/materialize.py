@@ -17,6 +17,7 @@ written from the store, a few threads share the work; store reads stay on the ca
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import heapq
 import marshal
@@ -1039,52 +1040,76 @@ def _check_release(root: Path, manifest: TreeManifest, table: StatTable, *, reha
     return check
 
 
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def remove_tree(path: Path, table: StatTable | None = None) -> None:
     """Delete a (read-only) tree and forget its records. A file that shares its inode with another
     release loses a link, which changes the inode's ctime: when its record was valid, it is refreshed
-    from the still-open file."""
+    from the still-open file.
 
-    def remove_dir(directory: str) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(directory, 0o700)
-        with os.scandir(directory) as entries:
-            items = list(entries)
-        for item in items:
-            if item.is_dir(follow_symlinks=False):
-                remove_dir(item.path)
-                continue
-            if table is not None and item.is_file(follow_symlinks=False):
-                before = item.stat(follow_symlinks=False)
-                record = table.inodes.get(before.st_ino)
-                if before.st_nlink > 1 and record is not None and table.matches(before, record[0]):
-                    fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    try:
-                        os.unlink(item.path)
-                        after = os.fstat(fd)
-                    finally:
-                        os.close(fd)
-                    if after.st_ino == before.st_ino and after.st_nlink > 0:
-                        table.record(after, record[0])
+    Every directory is opened relative to its parent without following a symbolic link, and must be
+    the one its parent's listing showed: a directory swapped for a link while the tree is removed makes
+    the removal fail, never reach outside the tree (the ``rm -rf`` race)."""
+
+    def remove_dir(parent_fd: int, name: str, listed_ino: int) -> None:
+        fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent_fd)
+        try:
+            st = os.fstat(fd)
+            if st.st_ino != listed_ino:  # the inode the parent's listing named (d_ino), not a later stat
+                raise OSError(errno.ESTALE, "replaced while it was being removed", name)
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o700)
+            with os.scandir(fd) as entries:
+                items = list(entries)
+            for item in items:
+                if item.is_dir(follow_symlinks=False):
+                    remove_dir(fd, item.name, item.inode())
                     continue
-                os.unlink(item.path)
-                if before.st_nlink <= 1:
-                    table.forget(before.st_ino)
-                continue
-            os.unlink(item.path)
-        ino = os.lstat(directory).st_ino if table is not None else None
-        os.rmdir(directory)
-        if table is not None and ino is not None:
-            table.forget(ino)
+                if table is not None and item.is_file(follow_symlinks=False):
+                    unlink_file(table, fd, item.name, item.stat(follow_symlinks=False))
+                    continue
+                os.unlink(item.name, dir_fd=fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent_fd)
+        if table is not None:
+            table.forget(st.st_ino)
+
+    def unlink_file(table: StatTable, dir_fd: int, name: str, before: os.stat_result) -> None:
+        record = table.inodes.get(before.st_ino)
+        if before.st_nlink > 1 and record is not None and table.matches(before, record[0]):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if after.st_ino == before.st_ino and after.st_nlink > 0:
+                table.record(after, record[0])
+            return
+        os.unlink(name, dir_fd=dir_fd)
+        if before.st_nlink <= 1:
+            table.forget(before.st_ino)
 
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            remove_dir(str(path))
-        elif os.path.lexists(path):
-            os.unlink(path)
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise BackendError(f"cannot remove {path}: {exc.strerror}") from None
+    try:
+        st = os.stat(path.name, dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            remove_dir(parent, path.name, st.st_ino)
+        else:
+            os.unlink(path.name, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BackendError(f"cannot remove {path}: {exc.strerror}") from None
+    finally:
+        os.close(parent)
 
 
 def integrity_error(exc: IntegrityError, dest: Path, *, doing: str = "writing") -> IntegrityError:
