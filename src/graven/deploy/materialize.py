@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from graven.core.record import Frozen, Record
+from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, IntegrityError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
@@ -861,12 +862,36 @@ class ReleaseCheck(Record):
         return not self.problems
 
 
-def _hash_file(path: str) -> str | None:
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_file(base: str, path: str, seen: os.stat_result) -> tuple[str, os.stat_result] | None:
+    """The sha256 of ``base/path`` and the stat to record for it, when the file is still the inode the
+    scan saw (``seen``: same device, inode, mode, size, mtime and ctime before and after it is read)
+    and this user owns it; else None. It is opened through directories opened without following a
+    symbolic link, so what is hashed is what is recorded (a file swapped in only while it is hashed,
+    or a directory on its way swapped for a link, is never vouched for)."""
+    parent, _, name = path.rpartition("/")
     try:
-        with open(path, "rb", buffering=0) as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
+        dir_fd = open_dir_nofollow(Path(base, parent), parent.count("/") + 1 if parent else 0, create=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            before = os.fstat(fd)
+            if _identity(before) != _identity(seen) or before.st_uid != os.geteuid():
+                return None
+            digest = hashlib.sha256()
+            while chunk := os.read(fd, _CHUNK):
+                digest.update(chunk)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
         return None
+    return (digest.hexdigest(), after) if _identity(after) == _identity(seen) else None
 
 
 def _check_by_stat(root: Path, manifest: TreeManifest, table: StatTable) -> bool:
@@ -982,8 +1007,9 @@ def _check_entries(
                 check.problems.append(f"{entry.path}: mode {stat.S_IMODE(st.st_mode):04o}")
                 continue
             if not table.matches(st, entry.sha256):
-                if rehash and _hash_file(f"{base}/{entry.path}") == entry.sha256:
-                    table.record(st, entry.sha256)
+                hashed = _hash_file(base, entry.path, st) if rehash else None
+                if hashed is not None and hashed[0] == entry.sha256:
+                    table.record(hashed[1], entry.sha256)
                     check.rehashed += 1
                 else:
                     check.problems.append(f"{entry.path}: content changed since it was deployed")
