@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from graven.errors import InputError
+from graven.errors import BackendError, InputError, IntegrityError
 from graven.service import environments
+from graven.service.deploy import rollback
+from graven.service.drift_heal import heal
 from helpers_deploy import World, make_world
 
 
@@ -42,6 +44,43 @@ def test_something_in_the_way_of_the_config_link_is_refused_before_anything_chan
     assert world.live("staging") == v1
     assert kinds(world) == [("deploy", "ok")]  # nothing pending, nothing half-done
     assert (config / "x").read_text() == "runtime data\n"
+
+
+def test_a_symlinked_releases_directory_is_refused_and_nothing_is_written_or_removed_through_it(
+    world: World, tmp_path: Path
+) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert world.deploy(world.version(2), "staging").ok
+    releases = world.env_dir("staging") / "releases"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".trash-precious").mkdir()
+    (outside / ".trash-precious" / "data").write_text("someone else's\n")
+    os.rename(releases, tmp_path / "releases-moved")
+    releases.symlink_to(outside)
+    with pytest.raises(InputError, match="releases is a symbolic link"):
+        world.deploy(world.version(3), "staging")
+    with pytest.raises(InputError, match="releases is a symbolic link"):
+        rollback(world.ctx(), "staging", world.options(), to=v1)
+    with pytest.raises(InputError, match="releases is a symbolic link"):
+        heal(world.ctx(), "staging")
+    assert sorted(os.listdir(outside)) == [".trash-precious"]
+    assert (outside / ".trash-precious" / "data").read_text() == "someone else's\n"
+
+
+def test_a_store_integrity_error_is_reported_even_when_the_half_built_release_cannot_be_removed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = world.build()
+    monkeypatch.setattr(
+        "graven.service.deploy_release.build_release", _raise(IntegrityError("object sha256:ab.. is corrupt"))
+    )
+    monkeypatch.setattr("graven.service.deploy_release.remove_tree", _raise(BackendError("cannot remove x")))
+    with pytest.raises(IntegrityError, match="is corrupt"):
+        world.deploy(digest, "staging")
+    events = [e.to_json()["event"] for e, _ in world.ctx().audit.entries()]
+    assert events[-1] == "verify-failure"
 
 
 def _raise(exc: BaseException) -> Any:

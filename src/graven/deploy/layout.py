@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 from graven.core.record import Frozen
-from graven.errors import BackendError
+from graven.errors import BackendError, InputError
 
 __all__ = ["CURRENT", "RELEASES", "EnvLayout"]
 
@@ -99,6 +100,22 @@ class EnvLayout(Frozen):
             return []
         except OSError as exc:
             raise BackendError(f"cannot list {self.releases}: {exc.strerror}") from None
+
+    def check_releases_dir(self) -> None:
+        """Refuse when ``PATH/releases`` exists and is anything but a real directory: a symlink there
+        would have graven build, heal, and clean up leftovers and old releases, wherever it points."""
+        try:
+            st = os.lstat(self.releases)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise BackendError(f"cannot read {self.releases}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise InputError(
+                f"{self.releases} is {what}; graven keeps releases only in a real directory there "
+                "(never following a link): move it out of the way, then try again"
+            )
 
     def leftovers(self) -> list[Path]:
         """Directories left by killed deployers (``.tmp-*``, ``.trash-*``)."""

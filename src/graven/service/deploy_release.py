@@ -121,15 +121,19 @@ def _discard(ctx: Context, layout: EnvLayout, table: StatTable, tmp: Path) -> No
     """Remove a release that could not be built. The live files it hard-linked lose that link, which
     changes their ctime: remove_tree refreshes their records (when they were valid), and the table is
     saved, so that the next deploy links them again and drift trusts them. Saving is best effort: the
-    error that got us here is the one to report."""
-    remove_tree(tmp, table)
+    error that got us here is the one to report (a tree that cannot be removed now is a leftover the
+    next deploy removes)."""
+    with contextlib.suppress(GravenError, OSError):
+        remove_tree(tmp, table)
     with contextlib.suppress(GravenError, OSError):
         table.save(layout.stat_file, ctx.record_key)
 
 
 def check_links(layout: EnvLayout) -> None:
     """Refuse, before anything changes, when ``PATH/current`` or ``PATH/config`` is something other than
-    the symlink graven replaces (a directory or a file put there by hand): the switch would fail half-way."""
+    the symlink graven replaces (a directory or a file put there by hand): the switch would fail half-way;
+    and when ``PATH/releases`` is not a real directory (:meth:`EnvLayout.check_releases_dir`)."""
+    layout.check_releases_dir()
     for link in (layout.current, layout.config_link):
         kind, _ = link_kind(link)
         if kind not in ("symlink", "missing"):

@@ -158,6 +158,7 @@ def heal(
                 target = live_targets(ctx, [env])[0]
                 if target.path != str(layout.root):
                     raise PolicyError(f"{env} moved to {target.path} while the heal waited; run it again")
+            layout.check_releases_dir()  # never heal through a link planted at PATH/releases
             checked = check_once(ctx, session, target, full=True)
             before = checked.report.differences
             manifest = checked.index.manifest
