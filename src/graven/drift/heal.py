@@ -8,6 +8,13 @@ recorded in the deploy's stat table, so that the next fast check (and the next d
 unchanged files) trusts it; a directory the heal changed is recorded only when it then holds exactly the
 manifest's entries (what the heal could not remove, an ignored file in an added directory, keeps its
 directory listed by every fast check).
+
+Whoever can write the release may swap one of its directories for a symbolic link between the check and
+the heal: every call goes through directory file descriptors, each opened relative to its parent
+without following a symbolic link (``*at`` calls, ``fchmod``, ``fstat``), so the heal never reads,
+writes, removes nor changes the mode of anything through a link. A directory on the way to a path of the
+plan that is not a real directory (a link, a file) ends the heal with one line; a link that the plan
+itself removes is removed (unlinked in its parent) before anything below its path is needed.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,9 @@ __all__ = ["HealStats", "apply_heal", "move_aside"]
 _CHUNK = 1 << 20
 _DIR_MODE = 0o555
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_A_DIR = (errno.ELOOP, errno.ENOTDIR)  # what opening a symlink or a file with _OPEN_DIR gives
+_NO_FOLLOW = "graven never follows a symbolic link"
 
 
 @dataclass
@@ -48,56 +58,137 @@ class HealStats:
     bytes_written: int = 0
 
 
-class _Writable:
-    """Makes directories writable on demand and sets them back to 0555 at the end. A directory whose
+def _split(rel: str) -> tuple[str, str]:
+    """``a/b/c`` -> (``a/b``, ``c``); ``c`` -> (``""``, ``c``): the directory holding ``rel`` and its name."""
+    parent, _, name = rel.rpartition("/")
+    return parent, name
+
+
+def _depth(rel: str) -> int:
+    return rel.count("/") + 1 if rel else 0
+
+
+class _Dirs:
+    """The release's directories, by path relative to the release (``""``: the release itself), each
+    opened once for the time of the heal, relative to its parent and without following a symbolic link.
+
+    Directories are made writable on demand and set back to 0555 by :meth:`close`. A directory whose
     entries are then exactly the manifest's is recorded in the deploy's table (its record says that
     graven made its entries, so the fast check does not list it); any other one (something the heal
     could not remove, or a directory the manifest does not have) loses its record."""
 
-    def __init__(self, table: StatTable, base: str, children: Mapping[str, AbstractSet[str]]) -> None:
+    def __init__(self, release: Path, table: StatTable, children: Mapping[str, AbstractSet[str]]) -> None:
+        self.release = release
         self.table = table
-        self.base = base
         self.children = children
-        self.opened: dict[str, None] = {}
+        self.fds: dict[str, int] = {"": os.open(release, _OPEN_DIR)}
+        self.changed: set[str] = set()  # set back to 0555 (and recorded or forgotten) by close
 
-    def open(self, directory: str) -> None:
-        if directory in self.opened:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(directory, 0o755)  # noqa: S103 (set back to 0555 by close)
-        self.opened[directory] = None
+    def refuse(self, why: str) -> BackendError:
+        return BackendError(f"cannot heal {self.release}: {why}")
 
-    def _rel(self, directory: str) -> str | None:
-        if directory == self.base:
-            return ""
-        prefix = self.base + "/"
-        return directory[len(prefix) :] if directory.startswith(prefix) else None
+    def fd(self, rel: str) -> int:
+        """The directory ``rel``; refused when it or one on its way is not a real directory."""
+        fd = self.fds.get(rel)
+        if fd is not None:
+            return fd
+        parent, name = _split(rel)
+        parent_fd = self.fd(parent)
+        try:
+            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in _NOT_A_DIR:
+                raise self.refuse(f"{rel} is not a directory ({_NO_FOLLOW})") from None
+            raise
+        self.fds[rel] = fd
+        return fd
+
+    def writable(self, rel: str) -> int:
+        """The directory ``rel``, made writable (0755) until :meth:`close`."""
+        fd = self.fd(rel)
+        if rel not in self.changed:
+            os.fchmod(fd, 0o755)  # set back to 0555 by close
+            self.changed.add(rel)
+        return fd
+
+    def keep(self, rel: str) -> None:
+        """Have :meth:`close` set the directory ``rel`` to 0555 (and record it) without making it writable."""
+        self.fd(rel)
+        self.changed.add(rel)
+
+    def enter(self, parent_fd: int, name: str, rel: str, seen: os.stat_result) -> int:
+        """Open the directory ``name`` of ``parent_fd`` (``rel``), which an lstat saw as ``seen``, and make
+        it writable; refused when something else stands there now (a symlink, a file, another one)."""
+        try:
+            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in _NOT_A_DIR:
+                raise self.refuse(f"{rel} changed while it was healed ({_NO_FOLLOW})") from None
+            raise
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            os.close(fd)
+            raise self.refuse(f"{rel} changed while it was healed ({_NO_FOLLOW})")
+        old = self.fds.pop(rel, None)
+        if old is not None:
+            os.close(old)
+        self.fds[rel] = fd
+        self.changed.discard(rel)
+        return self.writable(rel)
+
+    def removed(self, rel: str) -> None:
+        """Forget the directory ``rel`` (and what was below it): the heal removed it."""
+        below = rel + "/"
+        for key in [k for k in self.fds if k == rel or k.startswith(below)]:
+            os.close(self.fds.pop(key))
+            self.changed.discard(key)
+
+    def sync(self) -> None:
+        """fsync every directory the heal changed."""
+        for rel in self.changed:
+            with contextlib.suppress(OSError):
+                os.fsync(self.fds[rel])
 
     def close(self) -> None:
-        for directory in sorted(self.opened, key=lambda d: -d.count("/")):
-            with contextlib.suppress(OSError):
-                st = os.lstat(directory)
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                os.chmod(directory, _DIR_MODE)
-                st = os.lstat(directory)  # before the listing: a later change changes its ctime
-                with os.scandir(directory) as entries:
-                    names = {e.name for e in entries}
-                rel = self._rel(directory)
-                expected = self.children.get(rel) if rel is not None else None
-                if expected is not None and names == expected:
-                    self.table.record(st, DIR_SHA)
-                else:
-                    self.table.forget(st.st_ino)
-        self.opened.clear()
+        """Set the changed directories back to 0555, record or forget them; close every descriptor."""
+        try:
+            for rel in sorted(self.changed, key=lambda r: (-_depth(r), r)):
+                fd = self.fds[rel]
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, _DIR_MODE)
+                    st = os.fstat(fd)  # before the listing: a later change changes its ctime
+                    with os.scandir(fd) as entries:
+                        names = {e.name for e in entries}
+                    expected = self.children.get(rel)
+                    if expected is not None and names == expected:
+                        self.table.record(st, DIR_SHA)
+                    else:
+                        self.table.forget(st.st_ino)
+        finally:
+            self.changed.clear()
+            for fd in self.fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.fds.clear()
 
 
-def _write_file(store: LocalStore, entry: FileEntry, path: str, table: StatTable) -> int:
-    """Write ``entry`` at ``path`` via a temporary file and a rename; record its stat."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".graven-heal-{os.urandom(6).hex()}")
+@contextlib.contextmanager
+def _naming(release: Path, rel: str) -> Iterator[None]:
+    """Turn an OSError inside into the heal's one-line error, naming ``rel`` when it names no path of its
+    own (a call relative to a directory descriptor names only the last component)."""
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename
+        where = name if isinstance(name, str) and os.path.isabs(name) else f"{release}/{rel}"
+        raise BackendError(f"cannot heal {release}: {exc.strerror} ({where})") from None
+
+
+def _write_file(store: LocalStore, entry: FileEntry, dir_fd: int, name: str, table: StatTable) -> int:
+    """Write ``entry`` as ``name`` in ``dir_fd`` via a temporary file and a rename; record its stat."""
+    tmp = f".graven-heal-{os.urandom(6).hex()}"
     mode = deployed_mode(entry.executable)
-    fd = os.open(tmp, _OPEN_NEW, 0o600)
+    fd = os.open(tmp, _OPEN_NEW, 0o600, dir_fd=dir_fd)
     try:
         try:
             if entry.size < LOOSE_THRESHOLD:
@@ -110,14 +201,15 @@ def _write_file(store: LocalStore, entry: FileEntry, path: str, table: StatTable
             os.fsync(fd)
         finally:
             os.close(fd)
-        if os.path.isdir(path) and not os.path.islink(path):
-            raise BackendError(f"{path} is a directory; it should have been removed first")
-        os.rename(tmp, path)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise IsADirectoryError(errno.EISDIR, "a directory there should have been removed first")
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
-    st = os.lstat(path)
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # after the rename: it changes the ctime
     table.record(st, entry.sha256)
     return entry.size
 
@@ -128,32 +220,46 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _remove(path: str, rel: str, ignore: GlobSet, writable: _Writable) -> bool:
-    """Remove ``path`` (and what is below it, except ignored paths); True when it is gone."""
+def _write_link(dir_fd: int, name: str, target: str) -> None:
+    """Make ``name`` in ``dir_fd`` a symlink to ``target`` via a temporary name and a rename."""
+    tmp = f".graven-heal-{os.urandom(6).hex()}"
+    os.symlink(target, tmp, dir_fd=dir_fd)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return True
-    if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
-        writable.table.forget(st.st_ino)
-    if stat.S_ISDIR(st.st_mode):
-        writable.open(path)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _remove(dirs: _Dirs, parent_fd: int, name: str, rel: str, ignore: GlobSet) -> bool:
+    """Remove ``name`` of ``parent_fd`` (``rel``) and what is below it, except ignored paths; True when
+    it is gone. A directory is entered only when it is still the one the lstat saw."""
+    with _naming(dirs.release, rel):
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
+            dirs.table.forget(st.st_ino)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent_fd)  # a symlink itself, never what it points to
+            return True
+        fd = dirs.enter(parent_fd, name, rel, st)
         gone = True
-        with os.scandir(path) as entries:
+        with os.scandir(fd) as entries:
             names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        for name, is_dir in names:
-            child_rel = f"{rel}/{name}" if rel else name
+        for child, is_dir in names:
+            child_rel = f"{rel}/{child}" if rel else child
             # a directory is also kept when the globs cover everything below it; a file only by its path
             if ignore.matches(child_rel) or (is_dir and ignore.matches(child_rel + "/")):
                 gone = False
                 continue
-            gone = _remove(os.path.join(path, name), child_rel, ignore, writable) and gone
+            gone = _remove(dirs, fd, child, child_rel, ignore) and gone
         if gone:
-            writable.opened.pop(path, None)
-            os.rmdir(path)
+            os.rmdir(name, dir_fd=parent_fd)
+            dirs.removed(rel)
         return gone
-    os.unlink(path)
-    return True
 
 
 def apply_heal(
@@ -171,53 +277,53 @@ def apply_heal(
     :attr:`graven.drift.scan.ReleaseIndex.children`); a directory the heal changed is recorded in
     ``table`` only when it then holds exactly those (None: no directory is recorded)."""
     stats = HealStats()
-    base = str(release)
-    writable = _Writable(table, base, children or {})
-    writable.open(base)  # the root's record is refreshed with the others
     try:
+        dirs = _Dirs(release, table, children or {})
+    except OSError as exc:
+        why = f"it is not a directory ({_NO_FOLLOW})" if exc.errno in _NOT_A_DIR else exc.strerror
+        raise BackendError(f"cannot heal {release}: {why}") from None
+    try:
+        dirs.writable("")  # the root's record is refreshed with the others
+        # plan.remove holds no path below another one: removing one needs only its parents (never a
+        # symlink the plan removes, which goes here before a directory is made in its place)
         for rel in plan.remove:
-            path = f"{base}/{rel}"
-            writable.open(os.path.dirname(path))
-            _remove(path, rel, ignore, writable)
+            parent, name = _split(rel)
+            with _naming(release, rel):
+                try:
+                    parent_fd = dirs.writable(parent)
+                except FileNotFoundError:
+                    parent_fd = None  # gone with its directory
+            if parent_fd is not None:
+                _remove(dirs, parent_fd, name, rel, ignore)
             stats.removed.append(rel)
-        for rel in plan.mkdirs:
-            path = f"{base}/{rel}"
-            if os.path.isdir(path) and not os.path.islink(path):
-                writable.opened[path] = None  # there, with the wrong mode: set back to 0555 at the end
-                continue
-            writable.open(os.path.dirname(path))
-            os.mkdir(path, 0o755)
-            writable.opened[path] = None  # set to 0555 at the end
+        for rel in plan.mkdirs:  # shallowest first: a directory's parent is there before it is needed
+            parent, name = _split(rel)
+            with _naming(release, rel):
+                try:
+                    there = stat.S_ISDIR(os.stat(name, dir_fd=dirs.fd(parent), follow_symlinks=False).st_mode)
+                except FileNotFoundError:
+                    there = False
+                if there:
+                    dirs.keep(rel)  # there, with the wrong mode: set back to 0555 at the end
+                    continue
+                os.mkdir(name, 0o755, dir_fd=dirs.writable(parent))
+                dirs.keep(rel)  # set to 0555 at the end
             stats.created_dirs.append(rel)
         for entry in plan.files:
-            path = f"{base}/{entry.path}"
-            writable.open(os.path.dirname(path))
-            stats.bytes_written += _write_file(store, entry, path, table)
+            parent, name = _split(entry.path)
+            with _naming(release, entry.path):
+                stats.bytes_written += _write_file(store, entry, dirs.writable(parent), name, table)
             stats.written.append(entry.path)
         for link in plan.symlinks:
-            path = f"{base}/{link.path}"
-            directory = os.path.dirname(path)
-            writable.open(directory)
-            tmp = os.path.join(directory, f".graven-heal-{os.urandom(6).hex()}")
-            os.symlink(link.target, tmp)
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            parent, name = _split(link.path)
+            with _naming(release, link.path):
+                _write_link(dirs.writable(parent), name, link.target)
             stats.linked.append(link.path)
-        for directory in list(writable.opened):
-            with contextlib.suppress(OSError):
-                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        dirs.sync()
     except OSError as exc:
         raise BackendError(f"cannot heal {release}: {exc.strerror} ({exc.filename})") from None
     finally:
-        writable.close()
+        dirs.close()
     return stats
 
 

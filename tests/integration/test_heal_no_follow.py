@@ -1,0 +1,255 @@
+"""`graven heal` never follows a symbolic link inside the release: a directory swapped for a link (or for
+another directory) after the full check, or while the heal works, makes it stop with one line and
+leaves what the link points to exactly as it was; a link planted where a directory of the manifest
+belongs is removed and the directory rebuilt, without writing through the link."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graven.service import drift_heal
+from helpers_deploy import World, make_world, tree_problems
+from helpers_repo import run_cli
+
+Snapshot = dict[str, tuple[int, bytes]]
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    made.commit(
+        {
+            "app/current.py": "->main.py",
+            "app/lib/util.py": "X = 1\n",
+            "app/lib/deep/more.py": "Y = 2\n",
+        }
+    )
+    digest = made.build()
+    assert made.deploy(digest, "staging").ok
+    yield made
+    made.close()
+
+
+def release_of(world: World) -> Path:
+    return (world.env_dir("staging") / "current").resolve()
+
+
+def drift_full(capsys: pytest.CaptureFixture[str]) -> set[tuple[str, str]]:
+    code, out, _err = run_cli(capsys, "drift", "--json", "--full")
+    doc = json.loads(out)
+    found = {(d["path"], d["kind"]) for env in doc["environments"] for d in env["differences"]}
+    assert (code == 0) == (not found), (code, found)
+    return found
+
+
+def outside_dir(tmp_path: Path, names: tuple[str, ...]) -> Path:
+    """A directory outside the environment (0700), holding ``names``: what a link would lead to."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in names:
+        (outside / name).write_text(f"precious {name}\n")
+    outside.chmod(0o700)
+    return outside
+
+
+def snapshot(directory: Path) -> Snapshot:
+    """Every entry below ``directory`` (hidden ones too) with its mode and bytes; ``.``: the directory."""
+    seen: Snapshot = {".": (os.lstat(directory).st_mode, b"")}
+    for path in sorted(directory.rglob("*")):
+        st = os.lstat(path)
+        data = path.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+        seen[str(path.relative_to(directory))] = (st.st_mode, data)
+    return seen
+
+
+def writable(path: Path, change: Callable[[], object]) -> None:
+    """Make a change in a read-only directory of the release and put its mode back."""
+    path.chmod(0o755)
+    try:
+        change()
+    finally:
+        path.chmod(0o555)
+
+
+def before_the_heal(monkeypatch: pytest.MonkeyPatch, attack: Callable[[], None]) -> None:
+    """Run ``attack`` after the heal's full check and plan, just before the plan is carried out: the
+    race of an intruder who can write the release, won every time."""
+    real = drift_heal.apply_heal
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        attack()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(drift_heal, "apply_heal", racing)
+
+
+def failed_with_one_line(code: int, err: str, *words: str) -> None:
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert all(word in err for word in words), err
+
+
+def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan removes ``app/passwd``, rewrites ``app/main.py`` and ``app/current.py`` and makes
+    ``app`` writable; ``app`` is then a link to a directory outside, holding files of those names."""
+    release = release_of(world)
+    app = release / "app"
+
+    def tamper() -> None:
+        (app / "main.py").chmod(0o644)
+        (app / "main.py").write_text("print('hacked')\n")
+        (app / "passwd").write_text("planted\n")
+        (app / "current.py").unlink()
+        (app / "current.py").symlink_to("__init__.py")
+
+    writable(app, tamper)
+    found = drift_full(capsys)
+    assert {("app/main.py", "modified"), ("app/passwd", "added"), ("app/current.py", "target")} <= found
+    outside = outside_dir(tmp_path, ("passwd", "main.py", "current.py"))
+    before = snapshot(outside)
+
+    def swap() -> None:
+        writable(release, lambda: (app.rename(release / "app.old"), app.symlink_to(outside)))
+
+    before_the_heal(monkeypatch, swap)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert snapshot(outside) == before  # nothing removed, written nor chmodded there
+    failed_with_one_line(code, err, "cannot heal", "app is not a directory", "never follows")
+    assert stat.S_IMODE(os.lstat(release).st_mode) == 0o555  # set back, also when the heal fails
+
+
+@pytest.mark.parametrize("swapped_for", ["a link", "another directory"])
+def test_a_directory_swapped_while_the_heal_removes_it_is_not_entered(
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    swapped_for: str,
+) -> None:
+    """``app/evil`` (added, so removed by the heal) is swapped after the heal looked at it and before
+    it goes in: the heal must not chmod, list nor empty what now stands there."""
+    release = release_of(world)
+    evil = release / "app/evil"
+    writable(release / "app", lambda: (evil.mkdir(), (evil / "payload.py").write_text("2\n")))
+    assert ("app/evil", "added") in drift_full(capsys)
+    outside = outside_dir(tmp_path, ("payload.py", "keep.txt"))
+    before = snapshot(outside)
+    real_stat, real_lstat = os.stat, os.lstat
+    swapped: list[Path] = []
+
+    def swap(path: Any, dir_fd: int | None) -> None:
+        name = os.fspath(path)
+        if swapped or not (name == str(evil) or (name == "evil" and dir_fd is not None)):
+            return
+        evil.rename(release / "app/evil.old")
+        if swapped_for == "a link":
+            evil.symlink_to(outside)
+        else:
+            outside.rename(evil)  # a real directory, but not the one the heal looked at
+        swapped.append(evil if swapped_for == "another directory" else outside)
+
+    def stat_then_swap(path: Any, *args: Any, dir_fd: int | None = None, **kwargs: Any) -> os.stat_result:
+        result = real_stat(path, *args, dir_fd=dir_fd, **kwargs)
+        swap(path, dir_fd)
+        return result
+
+    def lstat_then_swap(path: Any, *args: Any, dir_fd: int | None = None, **kwargs: Any) -> os.stat_result:
+        result = real_lstat(path, *args, dir_fd=dir_fd, **kwargs)
+        swap(path, dir_fd)
+        return result
+
+    def hook() -> None:
+        monkeypatch.setattr(os, "stat", stat_then_swap)
+        monkeypatch.setattr(os, "lstat", lstat_then_swap)
+
+    before_the_heal(monkeypatch, hook)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    monkeypatch.setattr(os, "stat", real_stat)
+    monkeypatch.setattr(os, "lstat", real_lstat)
+    assert swapped, "the heal never looked at app/evil"
+    assert snapshot(swapped[0]) == before  # not chmodded, listed nor emptied
+    failed_with_one_line(code, err, "cannot heal", "app/evil changed while it was healed", "never follows")
+
+
+def test_a_regular_heal_restores_nested_files_links_directories_and_modes(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    release = release_of(world)
+    deep = release / "app/lib/deep"
+
+    def tamper_deep() -> None:
+        (deep / "more.py").unlink()
+        (deep / "added").mkdir()
+        (deep / "added/x.py").write_text("x\n")
+
+    writable(deep, tamper_deep)
+    writable(release / "app", lambda: ((release / "app/current.py").unlink(),))
+    (release / "app/lib/util.py").chmod(0o644)
+    (release / "app/lib/util.py").write_text("X = 666\n")
+    (release / "app/lib").chmod(0o777)
+    assert len(drift_full(capsys)) >= 5
+    code, out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0 and "healed" in out, err
+    assert tree_problems(release, world.manifest(world.live("staging") or "")) == []
+    assert drift_full(capsys) == set()
+    for directory in (release, release / "app", release / "app/lib", deep):
+        assert stat.S_IMODE(os.lstat(directory).st_mode) == 0o555, directory
+
+
+def plant_link(release: Path, outside: Path) -> None:
+    """``app/lib`` (a directory of the manifest) replaced by a link to ``outside``."""
+    lib = release / "app/lib"
+    writable(release / "app", lambda: (lib.rename(release / "app/lib.old"), lib.symlink_to(outside)))
+
+
+def test_a_link_planted_where_a_directory_belongs_is_replaced_not_followed(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    release = release_of(world)
+    outside = outside_dir(tmp_path, ("util.py", "other.py"))
+    before = snapshot(outside)
+    plant_link(release, outside)
+    assert ("app/lib", "type") in drift_full(capsys)
+    code, out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0 and "healed" in out, err
+    assert snapshot(outside) == before
+    lib = release / "app/lib"
+    assert not lib.is_symlink() and (lib / "util.py").read_text() == "X = 1\n"
+    assert stat.S_IMODE(os.lstat(lib).st_mode) == 0o555
+    assert not (release / "app/lib.old").exists()  # the real directory moved aside: added, so removed
+    assert drift_full(capsys) == set()
+
+
+def test_a_directory_rebuilt_by_the_heal_and_swapped_again_is_not_written_through(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The planted link is removed and ``app/lib`` made again; the intruder swaps the new directory for a
+    link at once, before the heal writes ``app/lib/util.py`` into it."""
+    release = release_of(world)
+    outside = outside_dir(tmp_path, ("util.py",))
+    before = snapshot(outside)
+    plant_link(release, outside)
+    assert ("app/lib", "type") in drift_full(capsys)
+    lib = release / "app/lib"
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path: Any, *args: Any, dir_fd: int | None = None, **kwargs: Any) -> None:
+        real_mkdir(path, *args, dir_fd=dir_fd, **kwargs)
+        if os.fspath(path) == str(lib) or (os.fspath(path) == "lib" and dir_fd is not None):
+            lib.rename(release / "app/lib.new")
+            lib.symlink_to(outside)
+
+    before_the_heal(monkeypatch, lambda: monkeypatch.setattr(os, "mkdir", mkdir_then_swap))
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    monkeypatch.setattr(os, "mkdir", real_mkdir)
+    assert snapshot(outside) == before
+    failed_with_one_line(code, err, "cannot heal", "app/lib is not a directory", "never follows")
