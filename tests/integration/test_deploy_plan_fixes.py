@@ -213,3 +213,33 @@ def test_plan_of_a_release_on_disk_counts_nothing_to_write(world: World) -> None
     assert result.ok and not result.reused_release
     assert (planned.would_link, planned.would_copy) == (result.stats["linked"], result.stats["copied"])
     assert stat.S_IMODE(os.lstat(release_dir(world, v1)).st_mode) == DIR_MODE
+
+
+def test_files_are_copied_in_overlapping_batches_and_a_corrupt_one_mid_way_fails_cleanly(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy reads one batch while the pool writes the one before: with a batch per file, every
+    file still lands whole, and a corrupt object after some batches are in flight fails the deploy
+    with nothing half-built left."""
+    monkeypatch.setattr("graven.deploy.materialize._BATCH_BYTES", 1)
+    files = {f"data/f{i:02d}.bin": os.urandom(4096) for i in range(24)}
+    world.commit(files)
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert tree_problems(release_dir(world, v1), world.manifest(v1)) == []
+    packs_before = set((world.home / "objects" / "pack").glob("*.pack"))
+    more = {f"more/g{i:02d}.bin": os.urandom(4096) for i in range(24)}
+    world.commit(more)
+    v2 = world.build()
+    pack = next(p for p in (world.home / "objects" / "pack").glob("*.pack") if p not in packs_before)
+    victim = more["more/g20.bin"]  # read after several batches were handed to the pool
+    where = pack.read_bytes().find(victim)
+    assert where > 0
+    flip(pack, where + 100)
+    with pytest.raises(IntegrityError, match=sha256_digest(victim).hex):
+        world.deploy(v2, "prod", override=True, reason="a test of the copy")
+    assert world.live("prod") is None
+    assert (
+        not (world.env_dir("prod") / "releases").exists()
+        or [p.name for p in (world.env_dir("prod") / "releases").iterdir()] == []
+    )

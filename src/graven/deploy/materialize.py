@@ -40,7 +40,7 @@ from graven.store.local import LOOSE_THRESHOLD, LocalStore
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = [
     "DIR_MODE",
@@ -62,7 +62,7 @@ __all__ = [
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 DIR_MODE = 0o555
 _CHUNK = 1 << 20
-_BATCH_BYTES = 64 << 20
+_BATCH_BYTES = 4 << 20
 _PROGRESS_EVERY = 256
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 T = TypeVar("T")
@@ -550,18 +550,24 @@ class _Builder:
             self.progress(self.done, self.total)
 
     def _map(self, func: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        """``func`` over ``items`` in the pool, results in order. On the first failure (or an interrupt
-        of this thread) the tasks not started are cancelled and the running ones stop early; the pool's
-        shutdown waits for them before the caller removes the release."""
-        futures = [self.pool.submit(func, item) for item in items]
+        """``func`` over ``items`` in the pool, results in order (see :meth:`_results`)."""
+        return self._results([self.pool.submit(func, item) for item in items])
+
+    def _results(self, futures: list[Future[R]]) -> Iterator[R]:
+        """The results of ``futures`` in order. On the first failure (or an interrupt of this thread)
+        the tasks not started are cancelled and the running ones stop early; the pool's shutdown waits
+        for them before the caller removes the release."""
         try:
             for future in futures:
                 yield future.result()
         except BaseException:
-            self.failed.set()
-            for future in futures:
-                future.cancel()
+            self._stop(futures)
             raise
+
+    def _stop(self, futures: Iterable[Future[Any]]) -> None:
+        self.failed.set()
+        for future in futures:
+            future.cancel()
 
     # -- phases ------------------------------------------------------------------------------------
 
@@ -686,8 +692,8 @@ class _Builder:
 
     def copy(self, entries: Sequence[FileEntry]) -> None:
         """Write each entry from the store, a batch at a time: this thread reads (verified) up to
-        ``_BATCH_BYTES``, then the pool writes the batch, a directory per task. Objects of 1 MiB and more
-        are streamed by the pool (loose objects are verified while streaming)."""
+        ``_BATCH_BYTES`` while the pool writes the batch read before it, a directory per task. Objects
+        of 1 MiB and more are streamed by the pool (loose objects are verified while streaming)."""
         root, fix_mode, store = self.root, self.fix_mode, self.store
 
         def write(item: tuple[FileEntry, bytes | None]) -> os.stat_result:
@@ -716,19 +722,23 @@ class _Builder:
                 out.append(_record(st, item[0].sha256))
             return out
 
-        def flush(batch: list[tuple[FileEntry, bytes | None]]) -> None:
+        def submit(batch: list[tuple[FileEntry, bytes | None]]) -> list[Future[list[_Rec]]]:
             per_dir: dict[str, list[tuple[FileEntry, bytes | None]]] = {}
             for item in batch:
                 per_dir.setdefault(item[0].path.rpartition("/")[0], []).append(item)
             groups: list[list[tuple[FileEntry, bytes | None]]] = [[] for _ in range(WORKERS)]
             for members in sorted(per_dir.values(), key=len, reverse=True):
                 min(groups, key=len).extend(members)
-            for records in self._map(write_group, [g for g in groups if g]):
+            return [self.pool.submit(write_group, g) for g in groups if g]
+
+        def settle(batch: list[tuple[FileEntry, bytes | None]], futures: list[Future[list[_Rec]]]) -> None:
+            for records in self._results(futures):
                 self.records.extend(records)
             for entry, _data in batch:
                 self.stats.copied += 1
                 self.stats.copied_bytes += entry.size
 
+        in_flight: tuple[list[tuple[FileEntry, bytes | None]], list[Future[list[_Rec]]]] | None = None
         batch: list[tuple[FileEntry, bytes | None]] = []
         size = 0
         ordered = sorted(entries, key=lambda e: e.path)
@@ -743,11 +753,20 @@ class _Builder:
                     size += entry.size
                 self._tick(1)
                 if size >= _BATCH_BYTES:
-                    flush(batch)
+                    if in_flight is not None:
+                        settle(*in_flight)  # at most one batch written while the next is read
+                    in_flight = (batch, submit(batch))
                     batch, size = [], 0
+            if in_flight is not None:
+                settle(*in_flight)
+                in_flight = None
+            settle(batch, submit(batch))
+        except BaseException:
+            if in_flight is not None:
+                self._stop(in_flight[1])
+            raise
         finally:
             contents.close()
-        flush(batch)
 
     def link_duplicates(self, duplicates: Sequence[tuple[FileEntry, FileEntry]]) -> None:
         """Files whose content and mode repeat within the artifact are links to the first copy; the last
