@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from graven.errors import BackendError, InputError, IntegrityError
-from graven.service import environments
+from graven.service import deploy_release, environments
 from graven.service.deploy import rollback
+from graven.service.drift import check
 from graven.service.drift_heal import heal
 from helpers_deploy import World, make_world
 
@@ -368,3 +369,34 @@ def test_hold_from_a_hook_of_the_deployment_fails_at_once_instead_of_waiting_for
     with world.ctx().db.connect() as conn:
         state = environments.load_state(conn, "staging")
     assert state is not None and not state.held
+
+
+def test_after_a_deployer_is_killed_having_linked_the_live_files_the_next_deploy_links_them_again(
+    world: World,
+) -> None:
+    world.commit({f"lib/m{i}.py": f"x = {i}\n" for i in range(50)})
+    v1 = world.version(1)
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    pid = os.fork()
+    if pid == 0:  # a deployer killed right after building its release (live files linked into it)
+        code = 3
+        try:
+            real = deploy_release.build_release
+
+            def build_then_die(*args: Any, **kwargs: Any) -> Any:
+                real(*args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            deploy_release.build_release = build_then_die  # type: ignore[assignment]
+            world.deploy(v2, "staging")
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    result = world.deploy(v2, "staging")
+    assert result.ok
+    # everything but what v2 changed is linked from the live release, as without the kill
+    assert result.stats["linked"] >= 50 and result.stats["copied"] <= 2, result.stats
+    (report,) = check(world.ctx(), ["staging"])
+    assert report.clean

@@ -237,7 +237,7 @@ def _run_deployment(
         live_hex = layout.live_hex()
         previous = f"sha256:{live_hex}" if live_hex else None
         table = StatTable.load(layout.stat_file, ctx.record_key)
-        clean_leftovers(layout, table)
+        clean_leftovers(ctx, layout, table, live_hex)
         stats, reused = ensure_release(ctx, target, layout, table, live_hex)
         step(ctx, "release-ready")
         dep_id = insert_pending(

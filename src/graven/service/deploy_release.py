@@ -15,6 +15,7 @@ from graven.deploy.settings import EnvSettings
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import exchange_dirs, fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.errors import BackendError, GravenError, InputError, IntegrityError
+from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
 from graven.service.context import Context
 from graven.service.deploy_types import Target
@@ -42,9 +43,23 @@ def step(ctx: Context, name: str) -> None:
     ctx.reporter.progress(f"deploy:{name}", 0, None)
 
 
-def clean_leftovers(layout: EnvLayout, table: StatTable) -> None:
-    for leftover in layout.leftovers():
+def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: str | None) -> None:
+    """Remove what killed deployers left (``.tmp-*``, ``.trash-*``). A killed deployer had hard-linked
+    live files into its release, which changed their ctime before their records were saved: so that
+    the next deployment links them again (and drift does not re-hash them all), the live release is
+    then checked, re-hashing what changed by stat only (best effort: a problem found is drift's to
+    report)."""
+    leftovers = layout.leftovers()
+    for leftover in leftovers:
         remove_tree(leftover, table)
+    if leftovers and live_hex is not None:
+        from graven.service.artifacts import load_manifest
+
+        with contextlib.suppress(GravenError, OSError):
+            manifest = load_manifest(ctx, Digest(live_hex))
+            check = check_release(layout.release(live_hex), manifest, table)
+            if check.rehashed:
+                table.save(layout.stat_file, ctx.record_key)
 
 
 def ensure_release(
