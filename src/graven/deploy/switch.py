@@ -100,10 +100,18 @@ def exchange_dirs(a: Path, b: Path) -> None:
     aside = b.with_name(f".trash-swap-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         os.rename(b, aside)
-        os.rename(a, b)
-        os.rename(aside, a)
     except OSError as exc:
         raise BackendError(f"cannot swap {a} and {b}: {exc.strerror}") from None
+    try:
+        os.rename(a, b)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.rename(aside, b)  # b back where it was: nothing swapped, nothing left dangling
+        raise BackendError(f"cannot swap {a} and {b}: {exc.strerror}") from None
+    try:
+        os.rename(aside, a)
+    except OSError as exc:
+        raise BackendError(f"cannot swap {a} and {b}: {exc.strerror} (the old {b.name} is {aside})") from None
     fsync_dir(b.parent)
 
 

@@ -17,7 +17,7 @@ from graven.deploy.lock import EnvLock
 from graven.deploy.materialize import build_release, check_release, remove_tree
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import exchange_dirs, point_symlink
-from graven.errors import IntegrityError, PolicyError
+from graven.errors import BackendError, IntegrityError, PolicyError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
 from helpers_deploy import tree_problems
@@ -263,6 +263,34 @@ def test_exchange_dirs_swaps(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     exchange_dirs(tmp_path / "a", tmp_path / "b")
     assert (tmp_path / "b" / "from-a").exists() and not (tmp_path / "a" / "from-a").exists()
+
+
+def test_exchange_dirs_without_renameat2_swaps_and_a_failed_rename_leaves_b_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graven.deploy import switch
+
+    monkeypatch.setattr(switch, "_renameat2", lambda: None)  # the fallback: three renames
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "from-a").touch()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "from-b").touch()
+    exchange_dirs(tmp_path / "a", tmp_path / "b")
+    assert sorted(os.listdir(tmp_path / "b")) == ["from-a"] and sorted(os.listdir(tmp_path / "a")) == [
+        "from-b"
+    ]
+    real_rename = os.rename
+
+    def failing(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(src) == tmp_path / "missing":
+            raise OSError(2, "No such file or directory")
+        real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(BackendError, match="cannot swap"):
+        exchange_dirs(tmp_path / "missing", tmp_path / "b")
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]  # b is back: nothing dangling, nothing aside
+    assert sorted(os.listdir(tmp_path / "b")) == ["from-a"]
 
 
 def test_layout_reads_current(tmp_path: Path) -> None:
