@@ -165,3 +165,27 @@ def test_a_walker_not_taken_is_stopped_not_waited_for(world: World, monkeypatch:
         (pid,) = early.started.values()
     assert _reaped(pid)
     assert time.monotonic() - started < 20
+
+
+def test_a_scan_that_does_not_use_its_walker_stops_it(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from graven.drift.scan import scan_release
+    from graven.drift.walk import ForkedWalk
+
+    def slow_walk(*_args: object) -> bytes:
+        time.sleep(60)
+        return b""
+
+    monkeypatch.setattr(drift_walk, "raw_walk", slow_walk)
+    started = time.monotonic()
+    child = ForkedWalk(str(world.root), ["x"], frozenset(["x"]))
+    scan = scan_release(
+        world.root / "no-such-release",
+        lambda: None,  # type: ignore[arg-type,return-value]
+        full=True,
+        hasher=None,  # type: ignore[arg-type]
+        child=child,
+    )
+    assert scan.root_missing
+    assert _reaped(child.pid)
+    child.cancel()  # reaped already: nothing to do
+    assert time.monotonic() - started < 20

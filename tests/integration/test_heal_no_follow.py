@@ -253,3 +253,81 @@ def test_a_directory_rebuilt_by_the_heal_and_swapped_again_is_not_written_throug
     monkeypatch.setattr(os, "mkdir", real_mkdir)
     assert snapshot(outside) == before
     failed_with_one_line(code, err, "cannot heal", "app/lib is not a directory", "never follows")
+
+
+def test_a_heal_of_many_directories_keeps_few_open(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release with more directories than a process may hold open is healed: the directories are
+    opened again when needed, not all kept open to the end."""
+    from graven.drift import heal as heal_module
+
+    world.commit({f"app/many/d{i:03d}/f.py": f"N = {i}\n" for i in range(40)})
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    release = release_of(world)
+    writable(release / "app", lambda: _remove_tree(release / "app" / "many"))
+    monkeypatch.setattr(heal_module, "_MAX_FDS", 6)
+    real_open_dir_at = heal_module._open_dir_at
+    most: list[int] = []
+
+    def counting(parent_fd: int, name: str) -> tuple[int, bool]:
+        opened = real_open_dir_at(parent_fd, name)
+        most.append(len(os.listdir("/proc/self/fd")))
+        return opened
+
+    monkeypatch.setattr(heal_module, "_open_dir_at", counting)
+    assert run_cli(capsys, "heal", "staging")[0] == 0
+    assert len(most) > 40
+    assert max(most) - min(most) <= 6 + 1  # never more than the cap of directories at once
+    assert drift_full(capsys) == set()
+    assert tree_problems(release, world.manifest(digest)) == []
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o555 for p in (release / "app" / "many").iterdir())
+
+
+def _remove_tree(path: Path) -> None:
+    for sub in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
+        if sub.is_dir() and not sub.is_symlink():
+            sub.chmod(0o755)
+            sub.rmdir()
+        else:
+            sub.parent.chmod(0o755)
+            sub.unlink()
+    path.chmod(0o755)
+    path.rmdir()
+
+
+def test_a_directory_graven_cannot_read_is_opened_up_without_following_a_link(tmp_path: Path) -> None:
+    """For a deployer that is not root, a directory of the release drifted to 0311 (no read bit) is
+    made 0755 through its parent (never through a link) so that the heal can list it."""
+    from graven.drift.heal import _open_dir_at
+
+    top = tmp_path / "shared"
+    top.mkdir()
+    (top / "unreadable").mkdir()
+    (top / "link").symlink_to(top / "unreadable")
+    for path in (top / "unreadable", top):
+        os.chown(path, 65534, 65534)
+    os.lchown(top / "link", 65534, 65534)
+    (top / "unreadable").chmod(0o311)
+    parent = os.open(top, os.O_RDONLY | os.O_DIRECTORY)  # opened as root: nobody needs no path to it
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setgroups([])
+            os.setresuid(65534, 65534, 65534)
+            code = 3
+            fd, opened_up = _open_dir_at(parent, "unreadable")
+            os.listdir(fd)
+            try:
+                _open_dir_at(parent, "link")
+            except OSError as exc:  # a link is never opened, nor its target's mode changed through it
+                code = 0 if opened_up and exc.errno in (40, 20) else 2  # ELOOP, ENOTDIR
+        finally:
+            os._exit(code)
+    os.close(parent)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert stat.S_IMODE((top / "unreadable").stat().st_mode) == 0o755

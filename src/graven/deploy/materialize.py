@@ -729,7 +729,13 @@ class _Builder:
             groups: list[list[tuple[FileEntry, bytes | None]]] = [[] for _ in range(WORKERS)]
             for members in sorted(per_dir.values(), key=len, reverse=True):
                 min(groups, key=len).extend(members)
-            return [self.pool.submit(write_group, g) for g in groups if g]
+            futures: list[Future[list[_Rec]]] = []
+            handing.append(futures)  # known to the failure path even if this is interrupted half-way
+            for group in groups:
+                if group:
+                    futures.append(self.pool.submit(write_group, group))
+            handing.remove(futures)
+            return futures
 
         def settle(batch: list[tuple[FileEntry, bytes | None]], futures: list[Future[list[_Rec]]]) -> None:
             for records in self._results(futures):
@@ -739,6 +745,7 @@ class _Builder:
                 self.stats.copied_bytes += entry.size
 
         in_flight: tuple[list[tuple[FileEntry, bytes | None]], list[Future[list[_Rec]]]] | None = None
+        handing: list[list[Future[list[_Rec]]]] = []
         batch: list[tuple[FileEntry, bytes | None]] = []
         size = 0
         ordered = sorted(entries, key=lambda e: e.path)
@@ -762,8 +769,7 @@ class _Builder:
                 in_flight = None
             settle(batch, submit(batch))
         except BaseException:
-            if in_flight is not None:
-                self._stop(in_flight[1])
+            self._stop([*(in_flight[1] if in_flight is not None else ()), *(f for fs in handing for f in fs)])
             raise
         finally:
             contents.close()
@@ -888,7 +894,7 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 def _hash_file(base: str, path: str, seen: os.stat_result) -> tuple[str, os.stat_result] | None:
     """The sha256 of ``base/path`` and the stat to record for it, when the file is still the inode the
     scan saw (``seen``: same device, inode, mode, size, mtime and ctime before and after it is read)
-    and this user owns it; else None. It is opened through directories opened without following a
+    and this user or root owns it; else None. It is opened through directories opened without following a
     symbolic link, so what is hashed is what is recorded (a file swapped in only while it is hashed,
     or a directory on its way swapped for a link, is never vouched for)."""
     parent, _, name = path.rpartition("/")
@@ -900,8 +906,8 @@ def _hash_file(base: str, path: str, seen: os.stat_result) -> tuple[str, os.stat
             os.close(dir_fd)
         try:
             before = os.fstat(fd)
-            if _identity(before) != _identity(seen) or before.st_uid != os.geteuid():
-                return None
+            if _identity(before) != _identity(seen) or before.st_uid not in (os.geteuid(), 0):
+                return None  # another inode now, or one another user could have written
             digest = hashlib.sha256()
             while chunk := os.read(fd, _CHUNK):
                 digest.update(chunk)
@@ -1088,17 +1094,22 @@ def _check_release(root: Path, manifest: TreeManifest, table: StatTable, *, reha
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def remove_tree(path: Path, table: StatTable | None = None) -> None:
+def remove_tree(path: Path, table: StatTable | None = None, *, parent_nofollow: bool = False) -> None:
     """Delete a (read-only) tree and forget its records. A file that shares its inode with another
     release loses a link, which changes the inode's ctime: when its record was valid, it is refreshed
     from the still-open file.
 
     Every directory is opened relative to its parent without following a symbolic link, and must be
     the one its parent's listing showed: a directory swapped for a link while the tree is removed makes
-    the removal fail, never reach outside the tree (the ``rm -rf`` race)."""
+    the removal fail, never reach outside the tree (the ``rm -rf`` race). With ``parent_nofollow`` the
+    directory holding ``path`` must not be a symbolic link either (an environment's ``releases``)."""
 
     def remove_dir(parent_fd: int, name: str, listed_ino: int) -> None:
-        fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent_fd)
+        try:
+            fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent_fd)
+        except PermissionError:  # a directory without read access (0000, say): opened up, never via a link
+            os.chmod(name, 0o700, dir_fd=parent_fd, follow_symlinks=False)
+            fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent_fd)
         try:
             st = os.fstat(fd)
             if st.st_ino != listed_ino:  # the inode the parent's listing named (d_ino), not a later stat
@@ -1138,7 +1149,9 @@ def remove_tree(path: Path, table: StatTable | None = None) -> None:
             table.forget(before.st_ino)
 
     try:
-        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        parent = os.open(
+            path.parent, _DIR_NOFOLLOW if parent_nofollow else os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        )
     except FileNotFoundError:
         return
     except OSError as exc:

@@ -105,8 +105,12 @@ def exchange_dirs(a: Path, b: Path) -> None:
     try:
         os.rename(a, b)
     except OSError as exc:
-        with contextlib.suppress(OSError):
+        try:
             os.rename(aside, b)  # b back where it was: nothing swapped, nothing left dangling
+        except OSError:
+            raise BackendError(
+                f"cannot swap {a} and {b}: {exc.strerror}; {b.name} is at {aside} now: rename it back"
+            ) from None
         raise BackendError(f"cannot swap {a} and {b}: {exc.strerror}") from None
     try:
         os.rename(aside, a)

@@ -45,6 +45,21 @@ _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOT_A_DIR = (errno.ELOOP, errno.ENOTDIR)  # what opening a symlink or a file with _OPEN_DIR gives
 _NO_FOLLOW = "graven never follows a symbolic link"
+_MAX_FDS = 64  # directories kept open at once (a heal may touch thousands)
+
+
+def _open_dir_at(parent_fd: int, name: str) -> tuple[int, bool]:
+    """Open the directory ``name`` of ``parent_fd`` without following a symbolic link; one whose mode
+    does not let graven read it (drifted to 0311, say) is made 0755 first, without following a link
+    either: (descriptor, whether its mode was changed)."""
+    try:
+        return os.open(name, _OPEN_DIR, dir_fd=parent_fd), False
+    except PermissionError:
+        try:
+            os.chmod(name, 0o755, dir_fd=parent_fd, follow_symlinks=False)  # noqa: S103 (set back)
+        except (OSError, NotImplementedError):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name) from None
+        return os.open(name, _OPEN_DIR, dir_fd=parent_fd), True
 
 
 @dataclass
@@ -88,18 +103,25 @@ class _Dirs:
         return BackendError(f"cannot heal {self.release}: {why}")
 
     def fd(self, rel: str) -> int:
-        """The directory ``rel``; refused when it or one on its way is not a real directory."""
+        """The directory ``rel``; refused when it or one on its way is not a real directory. At most
+        :data:`_MAX_FDS` are kept open (the others are opened again when needed): a returned
+        descriptor is only good until the next call."""
         fd = self.fds.get(rel)
         if fd is not None:
             return fd
         parent, name = _split(rel)
         parent_fd = self.fd(parent)
         try:
-            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+            fd, opened_up = _open_dir_at(parent_fd, name)
         except OSError as exc:
             if exc.errno in _NOT_A_DIR:
                 raise self.refuse(f"{rel} is not a directory ({_NO_FOLLOW})") from None
             raise
+        if opened_up:
+            self.changed.add(rel)  # made 0755 to be read: set back to 0555 by close
+        if len(self.fds) >= _MAX_FDS:
+            for key in [k for k in self.fds if k]:
+                os.close(self.fds.pop(key))
         self.fds[rel] = fd
         return fd
 
@@ -118,43 +140,44 @@ class _Dirs:
 
     def enter(self, parent_fd: int, name: str, rel: str, seen: os.stat_result) -> int:
         """Open the directory ``name`` of ``parent_fd`` (``rel``), which an lstat saw as ``seen``, and make
-        it writable; refused when something else stands there now (a symlink, a file, another one)."""
+        it writable; refused when something else stands there now (a symlink, a file, another one).
+        The descriptor is the caller's to close."""
         try:
-            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+            fd, _ = _open_dir_at(parent_fd, name)
         except OSError as exc:
             if exc.errno in _NOT_A_DIR:
                 raise self.refuse(f"{rel} changed while it was healed ({_NO_FOLLOW})") from None
             raise
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+                raise self.refuse(f"{rel} changed while it was healed ({_NO_FOLLOW})")
+            os.fchmod(fd, 0o755)  # set back to 0555 by close, unless it is removed
+            self.changed.add(rel)
+        except BaseException:
             os.close(fd)
-            raise self.refuse(f"{rel} changed while it was healed ({_NO_FOLLOW})")
-        old = self.fds.pop(rel, None)
-        if old is not None:
-            os.close(old)
-        self.fds[rel] = fd
-        self.changed.discard(rel)
-        return self.writable(rel)
+            raise
+        return fd
 
     def removed(self, rel: str) -> None:
         """Forget the directory ``rel`` (and what was below it): the heal removed it."""
         below = rel + "/"
         for key in [k for k in self.fds if k == rel or k.startswith(below)]:
             os.close(self.fds.pop(key))
-            self.changed.discard(key)
+        self.changed -= {k for k in self.changed if k == rel or k.startswith(below)}
 
     def sync(self) -> None:
         """fsync every directory the heal changed."""
-        for rel in self.changed:
-            with contextlib.suppress(OSError):
-                os.fsync(self.fds[rel])
+        for rel in sorted(self.changed):
+            with contextlib.suppress(OSError, BackendError):
+                os.fsync(self.fd(rel))
 
     def close(self) -> None:
         """Set the changed directories back to 0555, record or forget them; close every descriptor."""
         try:
             for rel in sorted(self.changed, key=lambda r: (-_depth(r), r)):
-                fd = self.fds[rel]
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, BackendError):
+                    fd = self.fd(rel)
                     os.fchmod(fd, _DIR_MODE)
                     st = os.fstat(fd)  # before the listing: a later change changes its ctime
                     with os.scandir(fd) as entries:
@@ -247,15 +270,19 @@ def _remove(dirs: _Dirs, parent_fd: int, name: str, rel: str, ignore: GlobSet) -
             return True
         fd = dirs.enter(parent_fd, name, rel, st)
         gone = True
-        with os.scandir(fd) as entries:
-            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        for child, is_dir in names:
-            child_rel = f"{rel}/{child}" if rel else child
-            # a directory is also kept when the globs cover everything below it; a file only by its path
-            if ignore.matches(child_rel) or (is_dir and ignore.matches(child_rel + "/")):
-                gone = False
-                continue
-            gone = _remove(dirs, fd, child, child_rel, ignore) and gone
+        try:
+            with os.scandir(fd) as entries:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            for child, is_dir in names:
+                child_rel = f"{rel}/{child}" if rel else child
+                # a directory is also kept when the globs cover everything below it; a file only by
+                # its path
+                if ignore.matches(child_rel) or (is_dir and ignore.matches(child_rel + "/")):
+                    gone = False
+                    continue
+                gone = _remove(dirs, fd, child, child_rel, ignore) and gone
+        finally:
+            os.close(fd)
         if gone:
             os.rmdir(name, dir_fd=parent_fd)
             dirs.removed(rel)

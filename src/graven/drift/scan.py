@@ -303,7 +303,7 @@ def scan_release(
         root_st = None
     if root_st is None or not stat.S_ISDIR(root_st.st_mode):
         if child is not None:
-            child.result()
+            child.cancel()
         return ScanResult(root_missing=True)
     if cache is not None and cache.dev != root_st.st_dev:
         cache = None
@@ -313,25 +313,25 @@ def scan_release(
             child = ForkedWalk(base, split_hint[1], frozenset(split_hint[0]) | frozenset(split_hint[1]))
         try:
             resolved = index() if callable(index) else index
+            scanned = _full_scan(
+                base,
+                resolved,
+                root_st,
+                hasher=hasher,
+                now_ns=now_ns,
+                progress=progress,
+                parallel=parallel,
+                child=child,
+                split=split_hint if child is not None else None,
+            )
         except BaseException:
             if child is not None:
-                child.result()
+                child.cancel()  # stopped, not waited for (a no-op once its result was read)
             raise
-        scanned = _full_scan(
-            base,
-            resolved,
-            root_st,
-            hasher=hasher,
-            now_ns=now_ns,
-            progress=progress,
-            parallel=parallel,
-            child=child,
-            split=split_hint if child is not None else None,
-        )
         scanned.root_mode = stat.S_IMODE(root_st.st_mode)
         return scanned
     if child is not None:  # only a full scan takes one
-        child.result()
+        child.cancel()
     if callable(index):
         index = index()
     scanned = _fast_scan(

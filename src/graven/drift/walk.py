@@ -164,9 +164,13 @@ class ForkedWalk:
         os.close(write_fd)
         self.pid = pid
         self.fd = read_fd
+        self.reaped = False
 
     def result(self) -> bytes | None:
-        """What the child found (None: it failed)."""
+        """What the child found (None: it failed, or it was reaped before)."""
+        if self.reaped:
+            return None
+        self.reaped = True
         chunks: list[bytes] = []
         try:
             with contextlib.suppress(OSError):
@@ -178,7 +182,10 @@ class ForkedWalk:
         return b"".join(chunks) if status == 0 and chunks else None
 
     def cancel(self) -> None:
-        """Stop the child (its results are not wanted) and reap it."""
+        """Stop the child (its results are not wanted) and reap it; nothing when it was reaped."""
+        if self.reaped:
+            return
+        self.reaped = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         os.close(self.fd)

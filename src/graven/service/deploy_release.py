@@ -51,7 +51,7 @@ def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex:
     report)."""
     leftovers = layout.leftovers()
     for leftover in leftovers:
-        remove_tree(leftover, table)
+        remove_tree(leftover, table, parent_nofollow=True)
     if leftovers and live_hex is not None:
         from graven.service.artifacts import load_manifest
 
@@ -105,7 +105,7 @@ def ensure_release(
                     os.rename(release, aside)
                     os.rename(tmp, release)
                     tmp = aside
-                remove_tree(tmp, table)
+                remove_tree(tmp, table, parent_nofollow=True)
             else:
                 os.rename(tmp, release)
             fsync_dir(layout.releases)
@@ -139,7 +139,7 @@ def _discard(ctx: Context, layout: EnvLayout, table: StatTable, tmp: Path) -> No
     error that got us here is the one to report (a tree that cannot be removed now is a leftover the
     next deploy removes)."""
     with contextlib.suppress(GravenError, OSError):
-        remove_tree(tmp, table)
+        remove_tree(tmp, table, parent_nofollow=True)
     with contextlib.suppress(GravenError, OSError):
         table.save(layout.stat_file, ctx.record_key)
 
@@ -201,7 +201,7 @@ def retention(
         except OSError as exc:
             raise BackendError(f"cannot remove release {hex_digest[:12]}: {exc.strerror}") from None
         step(ctx, "retention")
-        remove_tree(aside, table)
+        remove_tree(aside, table, parent_nofollow=True)
     if plan.delete:
         table.save(layout.stat_file, ctx.record_key)
     return tuple(f"sha256:{h}" for h in plan.delete)

@@ -113,3 +113,45 @@ def test_a_tree_is_removed_whole_and_a_symlink_at_the_top_is_unlinked_not_follow
     assert not top.exists() and not top.is_symlink()
     assert sorted(os.listdir(outside)) == ["precious.txt"]
     materialize.remove_tree(tmp_path / "nothing-here")  # gone already: fine
+
+
+def test_a_directory_without_read_access_is_opened_up_and_removed_by_its_owner(tmp_path: Path) -> None:
+    """For a deployer that is not root: a 0000 directory in a tree it owns is made readable through
+    its parent (never through a link) and removed."""
+    tree = tmp_path / "tree"
+    (tree / "locked" / "inner").mkdir(parents=True)
+    (tree / "locked" / "inner" / "f").write_text("x")
+    for path in (tree, tree / "locked", tree / "locked" / "inner", tree / "locked" / "inner" / "f"):
+        os.chown(path, 65534, 65534)
+    (tree / "locked").chmod(0o000)
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # as root: nobody needs no path to it
+    os.chmod(tmp_path, 0o777)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setgroups([])
+            os.setresuid(65534, 65534, 65534)
+            code = 2
+            materialize.remove_tree(Path(f"/proc/self/fd/{holder}/tree"))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(holder)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert not tree.exists()
+
+
+def test_with_parent_nofollow_a_symlinked_parent_is_not_followed(tmp_path: Path) -> None:
+    _tree, outside = _world(tmp_path)
+    (outside / ".trash-x").mkdir()
+    releases = tmp_path / "env" / "releases"
+    os.rename(releases, tmp_path / "moved")
+    releases.symlink_to(outside)
+    with pytest.raises(BackendError, match="cannot remove"):
+        materialize.remove_tree(releases / ".trash-x", StatTable(), parent_nofollow=True)
+    assert (outside / ".trash-x").is_dir()
+    materialize.remove_tree(releases / ".trash-x", StatTable())  # a parent path may be a link otherwise
+    assert not (outside / ".trash-x").exists()
