@@ -1119,13 +1119,15 @@ def remove_tree(path: Path, table: StatTable | None = None, *, parent_nofollow: 
             with os.scandir(fd) as entries:
                 items = list(entries)
             for item in items:
-                if item.is_dir(follow_symlinks=False):
-                    remove_dir(fd, item.name, item.inode())
+                try:
+                    if item.is_dir(follow_symlinks=False):
+                        remove_dir(fd, item.name, item.inode())
+                    elif table is not None and item.is_file(follow_symlinks=False):
+                        unlink_file(table, fd, item.name, item.stat(follow_symlinks=False))
+                    else:
+                        os.unlink(item.name, dir_fd=fd)
+                except FileNotFoundError:  # gone meanwhile: one less to remove, the rest still goes
                     continue
-                if table is not None and item.is_file(follow_symlinks=False):
-                    unlink_file(table, fd, item.name, item.stat(follow_symlinks=False))
-                    continue
-                os.unlink(item.name, dir_fd=fd)
         finally:
             os.close(fd)
         os.rmdir(name, dir_fd=parent_fd)

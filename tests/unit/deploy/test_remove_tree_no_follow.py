@@ -155,3 +155,16 @@ def test_with_parent_nofollow_a_symlinked_parent_is_not_followed(tmp_path: Path)
     assert (outside / ".trash-x").is_dir()
     materialize.remove_tree(releases / ".trash-x", StatTable())  # a parent path may be a link otherwise
     assert not (outside / ".trash-x").exists()
+
+
+def test_an_entry_that_vanishes_meanwhile_does_not_stop_the_removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree, _outside = _world(tmp_path)
+
+    def vanish() -> None:
+        os.unlink(tree / "top")  # listed, then removed by someone else before graven gets to it
+
+    _swap_after_listing(monkeypatch, tree, vanish)
+    materialize.remove_tree(tree, StatTable())
+    assert not tree.exists()
