@@ -437,3 +437,72 @@ def test_empty_directories_round_trip(
     code, out, err = run_cli("import", archive)
     assert code == 0, err
     assert out.splitlines()[-1] == digest
+
+
+def _pax_header(records: bytes, declared: int | None = None) -> bytes:
+    """An extended header member by hand: its header block and its (padded) records."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = len(records) if declared is None else declared
+    head = info.tobuf(format=tarfile.USTAR_FORMAT)
+    return head + records + bytes(-len(records) % tarfile.BLOCKSIZE)
+
+
+def _raw_archive(path: Path, *parts: bytes) -> Path:
+    member = _file("f.txt")[0].tobuf(format=tarfile.USTAR_FORMAT) + b"x" + bytes(tarfile.BLOCKSIZE - 1)
+    path.write_bytes(b"".join(parts) + member + bytes(2 * tarfile.BLOCKSIZE))
+    return path
+
+
+HOSTILE_HEADERS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    # tarfile itself would read any declared size into memory (a 100 KB .tar.zst took 6-13 GB)
+    "pax-header-too-large": (
+        lambda p: _raw_archive(p, _pax_header(b"", declared=3 << 30)),
+        "extended header",
+    ),
+    "gnu-long-name": (
+        lambda p: _write_tar(p, [_file("d/" + "n" * 150)], format=tarfile.GNU_FORMAT),
+        "GNU long-name and sparse members are refused",
+    ),
+    "gnu-sparse-pax": (
+        lambda p: _write_tar(
+            p,
+            [_file("sparse.bin")],
+            format=tarfile.PAX_FORMAT,
+            pax_headers={"GNU.sparse.size": str(20 << 30)},
+        ),
+        "GNU.sparse.size",
+    ),
+    "pax-record-length-lies": (
+        lambda p: _raw_archive(p, _pax_header(b"99 path=x\n")),
+        "malformed extended header",
+    ),
+    "pax-digits-only": (lambda p: _raw_archive(p, _pax_header(b"1" * 600_000)), "malformed extended header"),
+    "pax-binary-names": (
+        lambda p: _raw_archive(p, _pax_header(b"21 hdrcharset=BINARY\n")),
+        "hdrcharset=BINARY",
+    ),
+    "dot-not-a-directory": (lambda p: _write_tar(p, [_file("./"), _file("ok")]), "archive's root"),
+    "name-too-long": (
+        lambda p: _write_tar(p, [_file("a/" + "n" * 300)], format=tarfile.PAX_FORMAT),
+        "longer",
+    ),
+    "no-files": (lambda p: _write_tar(p, []), "holds no files"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
+def test_hostile_headers_are_refused_at_once_in_bounded_memory(
+    graven_home: Path, tmp_path: Path, run_cli: Run, case: str
+) -> None:
+    make, needle = HOSTILE_HEADERS[case]
+    archive = make(tmp_path / f"{case}.tar")
+    _assert_refused(run_cli, archive, needle)
+
+
+def test_an_error_never_prints_terminal_control_codes(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    archive = _write_tar(tmp_path / "esc.tar", [_file("/\x1b[2J\x1b[31mevil")], format=tarfile.PAX_FORMAT)
+    line = _assert_refused(run_cli, archive, "absolute path in archive")
+    assert "\x1b" not in line

@@ -25,6 +25,10 @@ from graven.store.local import LOOSE_THRESHOLD, PackBatch
 __all__ = ["ImportedTree", "read_archive"]
 
 _BLOCK = tarfile.BLOCKSIZE
+_MAX_PAX = 1 << 20  # bytes of one extended header (graven writes path, linkpath and its comment)
+_MAX_PATH = 4096  # bytes of a path, and of a symlink target
+_MAX_SEGMENT = 255  # bytes of one path component
+_GNU_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -63,7 +67,7 @@ def _claims(tar: tarfile.TarFile) -> dict[str, Any]:
         return {}
     try:
         doc = json.loads(comment)
-    except ValueError:
+    except (ValueError, RecursionError):  # not graven's comment: no claims
         return {}
     if isinstance(doc, dict) and str(doc.get("format", "")).startswith("graven.archive/"):
         return doc
@@ -95,7 +99,78 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
                 last.kind = "header"
             return super().frombuf(buf, encoding, errors)
 
+        def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+            if self.type in _GNU_TYPES:  # graven writes PAX only; GNU long names and sparse files never
+                raise UnsafeInputError(
+                    f"{_shown(self.name)}: GNU long-name and sparse members are refused; "
+                    "export with `graven export` (PAX)"
+                )
+            return cast(tarfile.TarInfo, super()._proc_member(archive))  # type: ignore[misc]
+
+        def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+            """tarfile's own, with a bounded size and a linear parser of the records (tarfile reads any
+            declared size into memory and parses it with backtracking regular expressions), refusing
+            GNU sparse keys."""
+            if self.size > _MAX_PAX:
+                raise UnsafeInputError(f"extended header of {self.size} bytes (at most {_MAX_PAX} are read)")
+            buf = archive.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+            records = _pax_records(buf[: self.size])
+            shared = cast(dict[str, str], archive.pax_headers)
+            pax_headers = shared if self.type == tarfile.XGLTYPE else dict(shared)
+            pax_headers.update(records)
+            try:
+                following = self.fromtarfile(archive)
+            except tarfile.HeaderError as exc:
+                raise tarfile.SubsequentHeaderError(str(exc)) from None  # type: ignore[attr-defined]
+            if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                following._apply_pax_info(pax_headers, archive.encoding, archive.errors)  # type: ignore[attr-defined]
+                following.offset = self.offset
+                if "size" in pax_headers:  # the header replaces the size: where the next one starts
+                    offset = following.offset_data
+                    if following.isreg() or following.type not in tarfile.SUPPORTED_TYPES:
+                        offset += following._block(following.size)  # type: ignore[attr-defined]
+                    archive.offset = offset
+            return following
+
     return _ProbingInfo
+
+
+def _pax_records(buf: bytes) -> dict[str, str]:
+    """The records of an extended header (``"%d %s=%s\n"``: the length counts the whole record), parsed
+    in one pass; refused when malformed, not UTF-8, or a GNU sparse key."""
+    records: dict[str, str] = {}
+    pos, end = 0, len(buf)
+    while pos < end:
+        if buf[pos] == 0 and buf.count(0, pos) == end - pos:
+            break  # padding
+        space = buf.find(b" ", pos, min(end, pos + 21))
+        digits = buf[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise UnsafeInputError("malformed extended header (a record without its length)")
+        length = int(digits)
+        stop = pos + length
+        equals = buf.find(b"=", space + 1, stop)
+        if length < 5 or stop > end or equals <= space + 1 or buf[stop - 1] != 0x0A:
+            raise UnsafeInputError("malformed extended header (a record's length or form is wrong)")
+        try:
+            keyword = buf[space + 1 : equals].decode("utf-8")
+            value = buf[equals + 1 : stop - 1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsafeInputError("extended header record is not UTF-8") from None
+        if keyword.startswith("GNU.sparse.") or (
+            keyword == "hdrcharset" and value != "ISO-IR 10646 2000 UTF-8"
+        ):
+            raise UnsafeInputError(
+                f"extended header key {keyword}={_shown(value[:40])} is refused (sparse or binary names)"
+            )
+        records[keyword] = value
+        pos = stop
+    return records
+
+
+def _shown(text: str) -> str:
+    """``text`` for an error line: as it is when printable, else quoted with escapes (no terminal codes)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _check_end(tar: tarfile.TarFile, last: _LastBlock, path: Path) -> None:
@@ -155,10 +230,20 @@ def _read_members(tar: tarfile.TarFile, batch: PackBatch) -> tuple[dict[str, Tre
     for member in tar:
         raw_name = member.name
         if raw_name.startswith("/"):
-            raise UnsafeInputError(f"{raw_name}: absolute path in archive")
+            raise UnsafeInputError(f"{_shown(raw_name[:200])}: absolute path in archive")
         name = _normalize(raw_name)
         if name in ("", "."):
-            continue
+            if member.isdir():
+                continue  # the root itself
+            raise UnsafeInputError(f"{_shown(raw_name)}: only a directory may stand for the archive's root")
+        encoded = name.encode("utf-8", "surrogateescape")
+        if len(encoded) > _MAX_PATH or any(len(part) > _MAX_SEGMENT for part in encoded.split(b"/")):
+            raise UnsafeInputError(
+                f"{_shown(name[:80])}...: a path longer than {_MAX_PATH} bytes "
+                f"or a name longer than {_MAX_SEGMENT}"
+            )
+        if len(member.linkname.encode("utf-8", "surrogateescape")) > _MAX_PATH:
+            raise UnsafeInputError(f"{_shown(name[:80])}: link target longer than {_MAX_PATH} bytes")
         check_path(name)
         if name in entries or name in dirs:
             raise UnsafeInputError(f"{name}: duplicate entry in archive")

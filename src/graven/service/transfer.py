@@ -180,6 +180,8 @@ def import_archive(
         tree = read_archive(path, batch)
         manifest = tree.manifest
         claims = tree.claims
+        if not manifest.entries:
+            raise InputError(f"{path}: the archive holds no files (an artifact has at least one, as a build)")
         claimed = _claimed_digest(path, claims)
         if claimed is not None and claimed != str(manifest.digest):
             raise DigestMismatchError(expected=claimed, actual=str(manifest.digest), what=f"archive {path}")
@@ -189,7 +191,11 @@ def import_archive(
         pipeline_digest = None
         pipeline_text = claims.get("pipeline")
         if isinstance(pipeline_text, str):
-            pipeline_digest = str(batch.add(pipeline_text.encode("utf-8")))
+            try:
+                pipeline_bytes = pipeline_text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"{path}: the archive's pipeline claim is not valid UTF-8 text") from None
+            pipeline_digest = str(batch.add(pipeline_bytes))
         batch.add(manifest.to_bytes())
         envelope: tuple[bytes, str] | None = None
         envelope_digest = None
