@@ -8,7 +8,8 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Mapping
+import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,26 @@ def tree_problems(root: Path, manifest: TreeManifest) -> list[str]:
     for path in expected_dirs - seen:
         problems.append(f"missing directory {path}")
     return problems
+
+
+NOBODY = 65534
+
+
+def exit_code_as_nobody(action: Callable[[], int]) -> int:
+    """Run ``action`` in a forked child that has dropped root for the ``nobody`` user (as a deployer
+    that is not root: permission bits apply); its return value (or 1 when it raises) is the exit code
+    returned here. Open what it needs before: nobody may not reach the test's directories by path."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setgroups([])
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            code = action()
+        except BaseException:
+            traceback.print_exc()  # shown with the failing test's captured output
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1

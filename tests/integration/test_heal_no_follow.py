@@ -5,6 +5,7 @@ belongs is removed and the directory rebuilt, without writing through the link."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from graven.service import drift_heal
-from helpers_deploy import World, make_world, tree_problems
+from helpers_deploy import NOBODY, World, exit_code_as_nobody, make_world, tree_problems
 from helpers_repo import run_cli
 
 Snapshot = dict[str, tuple[int, bytes]]
@@ -307,27 +308,62 @@ def test_a_directory_graven_cannot_read_is_opened_up_without_following_a_link(tm
     (top / "unreadable").mkdir()
     (top / "link").symlink_to(top / "unreadable")
     for path in (top / "unreadable", top):
-        os.chown(path, 65534, 65534)
-    os.lchown(top / "link", 65534, 65534)
+        os.chown(path, NOBODY, NOBODY)
+    os.lchown(top / "link", NOBODY, NOBODY)
     (top / "unreadable").chmod(0o311)
     parent = os.open(top, os.O_RDONLY | os.O_DIRECTORY)  # opened as root: nobody needs no path to it
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+
+    def as_nobody() -> int:
+        fd, opened_up = _open_dir_at(parent, "unreadable")
+        os.listdir(fd)
         try:
-            os.setresgid(65534, 65534, 65534)
-            os.setgroups([])
-            os.setresuid(65534, 65534, 65534)
-            code = 3
-            fd, opened_up = _open_dir_at(parent, "unreadable")
-            os.listdir(fd)
-            try:
-                _open_dir_at(parent, "link")
-            except OSError as exc:  # a link is never opened, nor its target's mode changed through it
-                code = 0 if opened_up and exc.errno in (40, 20) else 2  # ELOOP, ENOTDIR
-        finally:
-            os._exit(code)
-    os.close(parent)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
+            _open_dir_at(parent, "link")
+        except OSError as exc:  # a link is never opened, nor its target's mode changed through it
+            return 0 if opened_up and exc.errno in (errno.ELOOP, errno.ENOTDIR) else 2
+        return 3
+
+    try:
+        assert exit_code_as_nobody(as_nobody) == 0
+    finally:
+        os.close(parent)
     assert stat.S_IMODE((top / "unreadable").stat().st_mode) == 0o755
+
+
+def test_a_directory_kept_for_its_mode_is_still_made_writable_for_a_file_written_into_it(
+    tmp_path: Path,
+) -> None:
+    """For a deployer that is not root: a directory the plan only sets back to 0555 (it drifted to
+    0500) and that also gets a file must be made writable first."""
+    from graven.core.drift import HealPlan
+    from graven.core.globs import GlobSet
+    from graven.deploy.statdb import StatTable
+    from graven.drift.heal import apply_heal
+    from graven.model.manifest import FileEntry
+    from graven.store.local import LocalStore
+
+    data = b"print('healed')\n"
+    store = LocalStore.at(tmp_path / "objects")
+    digest = store.put(data)
+    release = tmp_path / "release"
+    (release / "app").mkdir(parents=True)
+    for path in (release, release / "app"):
+        os.chown(path, NOBODY, NOBODY)
+    (release / "app").chmod(0o500)
+    release.chmod(0o555)
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # as root: nobody needs no path to it
+    tmp_path.chmod(0o755)  # ... but must look up names in it
+    plan = HealPlan((), ("app",), (FileEntry("app/main.py", digest.hex, len(data), False),), (), False, False)
+
+    def as_nobody() -> int:
+        base = Path(f"/proc/self/fd/{holder}")
+        stats = apply_heal(
+            LocalStore(base / "objects"), base / "release", plan, StatTable(), ignore=GlobSet.of([])
+        )
+        return 0 if stats.written == ["app/main.py"] else 2
+
+    try:
+        assert exit_code_as_nobody(as_nobody) == 0
+    finally:
+        os.close(holder)
+    assert (release / "app" / "main.py").read_bytes() == data
+    assert stat.S_IMODE((release / "app").stat().st_mode) == 0o555

@@ -98,6 +98,7 @@ class _Dirs:
         self.children = children
         self.fds: dict[str, int] = {"": os.open(release, _OPEN_DIR)}
         self.changed: set[str] = set()  # set back to 0555 (and recorded or forgotten) by close
+        self.writable_now: set[str] = set()  # made 0755 by this heal
 
     def refuse(self, why: str) -> BackendError:
         return BackendError(f"cannot heal {self.release}: {why}")
@@ -117,8 +118,9 @@ class _Dirs:
             if exc.errno in _NOT_A_DIR:
                 raise self.refuse(f"{rel} is not a directory ({_NO_FOLLOW})") from None
             raise
-        if opened_up:
-            self.changed.add(rel)  # made 0755 to be read: set back to 0555 by close
+        if opened_up:  # made 0755 to be read: set back to 0555 by close
+            self.changed.add(rel)
+            self.writable_now.add(rel)
         if len(self.fds) >= _MAX_FDS:
             for key in [k for k in self.fds if k]:
                 os.close(self.fds.pop(key))
@@ -128,9 +130,10 @@ class _Dirs:
     def writable(self, rel: str) -> int:
         """The directory ``rel``, made writable (0755) until :meth:`close`."""
         fd = self.fd(rel)
-        if rel not in self.changed:
+        if rel not in self.writable_now:
             os.fchmod(fd, 0o755)  # set back to 0555 by close
             self.changed.add(rel)
+            self.writable_now.add(rel)
         return fd
 
     def keep(self, rel: str) -> None:
@@ -154,6 +157,7 @@ class _Dirs:
                 raise self.refuse(f"{rel} changed while it was healed ({_NO_FOLLOW})")
             os.fchmod(fd, 0o755)  # set back to 0555 by close, unless it is removed
             self.changed.add(rel)
+            self.writable_now.add(rel)
         except BaseException:
             os.close(fd)
             raise
@@ -165,6 +169,7 @@ class _Dirs:
         for key in [k for k in self.fds if k == rel or k.startswith(below)]:
             os.close(self.fds.pop(key))
         self.changed -= {k for k in self.changed if k == rel or k.startswith(below)}
+        self.writable_now -= {k for k in self.writable_now if k == rel or k.startswith(below)}
 
     def sync(self) -> None:
         """fsync every directory the heal changed."""
@@ -189,6 +194,7 @@ class _Dirs:
                         self.table.forget(st.st_ino)
         finally:
             self.changed.clear()
+            self.writable_now.clear()
             for fd in self.fds.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -15,6 +15,7 @@ import pytest
 from graven.deploy import materialize
 from graven.deploy.statdb import StatTable
 from graven.errors import BackendError
+from helpers_deploy import NOBODY, exit_code_as_nobody
 
 
 def _world(tmp_path: Path) -> tuple[Path, Path]:
@@ -122,25 +123,19 @@ def test_a_directory_without_read_access_is_opened_up_and_removed_by_its_owner(t
     (tree / "locked" / "inner").mkdir(parents=True)
     (tree / "locked" / "inner" / "f").write_text("x")
     for path in (tree, tree / "locked", tree / "locked" / "inner", tree / "locked" / "inner" / "f"):
-        os.chown(path, 65534, 65534)
+        os.chown(path, NOBODY, NOBODY)
     (tree / "locked").chmod(0o000)
     holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # as root: nobody needs no path to it
-    os.chmod(tmp_path, 0o777)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setresgid(65534, 65534, 65534)
-            os.setgroups([])
-            os.setresuid(65534, 65534, 65534)
-            code = 2
-            materialize.remove_tree(Path(f"/proc/self/fd/{holder}/tree"))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(holder)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
+    os.chmod(tmp_path, 0o777)  # nobody removes "tree" from it
+
+    def as_nobody() -> int:
+        materialize.remove_tree(Path(f"/proc/self/fd/{holder}/tree"))
+        return 0
+
+    try:
+        assert exit_code_as_nobody(as_nobody) == 0
+    finally:
+        os.close(holder)
     assert not tree.exists()
 
 
