@@ -29,6 +29,7 @@ __all__ = [
     "load_existing",
     "load_or_create",
     "read_record_file",
+    "replace_file_at",
     "tag",
     "verify",
 ]
@@ -76,6 +77,28 @@ def read_record_file(path: Path, limit: int = MAX_RECORD_FILE) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def replace_file_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> None:
+    """Put ``data`` at ``name`` in the directory ``dir_fd``: written to a new temporary name there,
+    then renamed over ``name`` (a reader sees the old file or the new one; a symlink standing at
+    ``name`` is replaced, never followed). OSError when it cannot be done (the temp file is removed)."""
+    tmp = f".{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd
+    )
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 def load_or_create(keys_dir: Path) -> bytes:

@@ -14,7 +14,6 @@ the home's record key (:mod:`graven.deploy.recordkey`), it is ignored.
 from __future__ import annotations
 
 import array
-import contextlib
 import json
 import os
 import stat
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from graven.core.record import Record
 from graven.deploy.lock import open_dir_nofollow
-from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
+from graven.deploy.recordkey import TAG_SIZE, read_record_file, replace_file_at, tag, verify
 
 __all__ = ["CACHE_FORMAT", "FileRecord", "VerifiedCache", "fs_clock", "write_atomically"]
 
@@ -31,7 +30,6 @@ CACHE_FORMAT = "graven.drift-cache/v2"
 FileRecord = tuple[int, int, int, int, int]  # st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode
 DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
 _OPEN_CLOCK = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def fs_clock(directory: Path, *, depth: int = 2) -> int | None:
@@ -148,19 +146,9 @@ def write_atomically(path: Path, data: bytes, *, depth: int = 2) -> bool:
         dir_fd = open_dir_nofollow(path.parent, depth, create=True)
     except (OSError, ValueError):
         return False
-    tmp = f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        fd = os.open(tmp, _OPEN_NEW, 0o644, dir_fd=dir_fd)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        replace_file_at(dir_fd, path.name, data)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
         return False
     finally:
         os.close(dir_fd)

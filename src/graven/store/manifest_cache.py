@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from graven import __version__
-from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
+from graven.deploy.recordkey import TAG_SIZE, read_record_file, replace_file_at, tag, verify
 from graven.errors import GravenError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
 
@@ -198,7 +198,7 @@ class ManifestCache:
         with contextlib.suppress(OSError):
             fd = _open_directory(self.directory)
             try:
-                _write_entry(fd, digest_hex, data)
+                replace_file_at(fd, digest_hex, data, mode=0o600)
                 _prune(fd)
             finally:
                 os.close(fd)
@@ -219,21 +219,6 @@ def _open_directory(directory: Path) -> int:
         return os.open(directory.name, _DIR_FLAGS, dir_fd=parent)
     finally:
         os.close(parent)
-
-
-def _write_entry(dir_fd: int, name: str, data: bytes) -> None:
-    """``data`` under ``name`` in ``dir_fd``: written to a temp name, then renamed (readers see the
-    old file or the new one)."""
-    temp = f".{name}.tmp-{os.urandom(6).hex()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _prune(dir_fd: int) -> None:
