@@ -730,11 +730,13 @@ class _Builder:
             for members in sorted(per_dir.values(), key=len, reverse=True):
                 min(groups, key=len).extend(members)
             futures: list[Future[list[_Rec]]] = []
-            handing.append(futures)  # known to the failure path even if this is interrupted half-way
-            for group in groups:
-                if group:
-                    futures.append(self.pool.submit(write_group, group))
-            handing.remove(futures)
+            try:
+                for group in groups:
+                    if group:
+                        futures.append(self.pool.submit(write_group, group))
+            except BaseException:  # interrupted half-way: what was handed over stops too
+                self._stop(futures)
+                raise
             return futures
 
         def settle(batch: list[tuple[FileEntry, bytes | None]], futures: list[Future[list[_Rec]]]) -> None:
@@ -745,7 +747,6 @@ class _Builder:
                 self.stats.copied_bytes += entry.size
 
         in_flight: tuple[list[tuple[FileEntry, bytes | None]], list[Future[list[_Rec]]]] | None = None
-        handing: list[list[Future[list[_Rec]]]] = []
         batch: list[tuple[FileEntry, bytes | None]] = []
         size = 0
         ordered = sorted(entries, key=lambda e: e.path)
@@ -769,7 +770,7 @@ class _Builder:
                 in_flight = None
             settle(batch, submit(batch))
         except BaseException:
-            self._stop([*(in_flight[1] if in_flight is not None else ()), *(f for fs in handing for f in fs)])
+            self._stop(in_flight[1] if in_flight is not None else ())
             raise
         finally:
             contents.close()

@@ -111,13 +111,7 @@ class _Dirs:
         if fd is not None:
             return fd
         parent, name = _split(rel)
-        parent_fd = self.fd(parent)
-        try:
-            fd, opened_up = _open_dir_at(parent_fd, name)
-        except OSError as exc:
-            if exc.errno in _NOT_A_DIR:
-                raise self.refuse(f"{rel} is not a directory ({_NO_FOLLOW})") from None
-            raise
+        fd, opened_up = self._open_child(self.fd(parent), name, f"{rel} is not a directory")
         if opened_up:  # made 0755 to be read: set back to 0555 by close
             self.changed.add(rel)
             self.writable_now.add(rel)
@@ -126,6 +120,16 @@ class _Dirs:
                 os.close(self.fds.pop(key))
         self.fds[rel] = fd
         return fd
+
+    def _open_child(self, parent_fd: int, name: str, refusal: str) -> tuple[int, bool]:
+        """:func:`_open_dir_at`, with ``refusal`` as the heal's one line when a link or a file stands
+        there."""
+        try:
+            return _open_dir_at(parent_fd, name)
+        except OSError as exc:
+            if exc.errno in _NOT_A_DIR:
+                raise self.refuse(f"{refusal} ({_NO_FOLLOW})") from None
+            raise
 
     def writable(self, rel: str) -> int:
         """The directory ``rel``, made writable (0755) until :meth:`close`."""
@@ -145,12 +149,7 @@ class _Dirs:
         """Open the directory ``name`` of ``parent_fd`` (``rel``), which an lstat saw as ``seen``, and make
         it writable; refused when something else stands there now (a symlink, a file, another one).
         The descriptor is the caller's to close."""
-        try:
-            fd, _ = _open_dir_at(parent_fd, name)
-        except OSError as exc:
-            if exc.errno in _NOT_A_DIR:
-                raise self.refuse(f"{rel} changed while it was healed ({_NO_FOLLOW})") from None
-            raise
+        fd, _ = self._open_child(parent_fd, name, f"{rel} changed while it was healed")
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
