@@ -45,6 +45,7 @@ from graven.sources.git import (
     GitRepo,
     Pending,
 )
+from graven.sources.worktree import worktree_blobs
 from graven.store.local import LOOSE_THRESHOLD, PackBatch
 
 # Step builds (graven.service.hermetic, graven.build.sandbox, .tree) and --check (graven.build.compare)
@@ -480,26 +481,45 @@ def _tree_from_git(
     total = len(to_read)
     done = 0
 
-    def read(blobs: Iterable[tuple[str, BlobReader]]) -> None:
+    def progress() -> None:
         nonlocal done
+        done += 1
+        if done % 256 == 0 or done == total:
+            ctx.reporter.progress("reading files", done, total)
+
+    def take(oid: str, data: bytes) -> None:  # the content of a small file blob
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        batch.add_known(digest, data)
+        known[oid] = (digest.hex, len(data))
+        new_cache.append({"git_oid": oid, "sha256": digest.hex, "size": len(data)})
+
+    def read(blobs: Iterable[tuple[str, BlobReader]]) -> None:
         for oid, reader in blobs:
-            done += 1
             if oid in link_oids and oid not in file_oids:
                 targets[oid] = _link_target(reader.read(), oid, chosen)
+            elif reader.size < LOOSE_THRESHOLD:
+                data = reader.read()
+                take(oid, data)
+                if oid in link_oids:
+                    targets[oid] = _link_target(data, oid, chosen)
             else:
-                if reader.size < LOOSE_THRESHOLD:
-                    data = reader.read()
-                    digest = Digest(hashlib.sha256(data).hexdigest())
-                    batch.add_known(digest, data)
-                    if oid in link_oids:
-                        targets[oid] = _link_target(data, oid, chosen)
-                else:
-                    digest = batch.add_stream(reader, reader.size)  # type: ignore[arg-type]
+                digest = batch.add_stream(reader, reader.size)  # type: ignore[arg-type]
                 known[oid] = (digest.hex, reader.size)
                 new_cache.append({"git_oid": oid, "sha256": digest.hex, "size": reader.size})
-            if done % 256 == 0 or done == total:
-                ctx.reporter.progress("reading files", done, total)
+            progress()
 
+    if use_cache and not source.repo.bare:
+        # files of the working tree that are exactly their blob need no inflating by git (see
+        # graven.sources.worktree: a file counts only when it hashes to the commit's blob id)
+        reading, first_path = set(to_read) - link_oids, dict[str, str]()
+        for _, _, oid, path in chosen:
+            if oid in reading:
+                first_path.setdefault(oid, path)
+        wanted = [(path, oid) for oid, path in first_path.items()]
+        for oid, data in worktree_blobs(source.repo.root, wanted, max_size=LOOSE_THRESHOLD):
+            take(oid, data)
+            progress()
+        to_read = [oid for oid in to_read if oid not in known]
     with source.repo.open_blobs(to_read) as blobs:
         # git reads the blobs the cache does not know while the cached ones are checked: a cached
         # digest counts only when the store has the object; the others are read again after

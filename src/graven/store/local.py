@@ -831,10 +831,28 @@ class _PackWriter:
         while (items := self._queue.get()) is not None:
             if self._error is None:
                 try:
+                    self._compress(items)
                     for item in items:
                         self._write_record(*item)
                 except BaseException as exc:  # handed to the submitting thread
                     self._error = exc
+
+    def _compress(self, items: list[tuple[bytes, bytes, int, bytes, bytes | None]]) -> None:
+        """Compress the items that need it in one call, without the GIL (zstd's C extension
+        compresses the whole list; each item its own frame, as compress() would make it); the
+        compressed form replaces the payload where it pays."""
+        todo = [at for at, item in enumerate(items) if item[4] is None and len(item[1]) >= 64]
+        many = getattr(self._cctx, "multi_compress_to_buffer", None)  # the C backend's
+        if len(todo) < 2 or many is None:
+            return  # each is compressed on its own by _write_record
+        frames = many([items[at][1] for at in todo], threads=1)
+        for at, frame in zip(todo, frames, strict=True):
+            digest, data, _, base, _ = items[at]
+            compressed = frame.tobytes()
+            if len(compressed) < len(data) * 0.9:
+                items[at] = (digest, data, CODEC_ZSTD, base, compressed)
+            else:
+                items[at] = (digest, data, CODEC_RAW, base, data)
 
     def _write_record(
         self, digest: bytes, data: bytes, codec: int, base: bytes, payload: bytes | None

@@ -270,3 +270,44 @@ def test_missing_answers_for_packed_loose_and_new_packs(store: LocalStore, tmp_p
         later = batch.add(b"committed elsewhere")
     assert store.missing([later.hex, packed.hex]) == set()
     assert all(store.has(Digest(h)) for h in (packed.hex, loose.hex, later.hex))
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-call", "one-by-one"])
+def test_batch_packs_compress_each_object_to_its_own_frame(
+    store: LocalStore, one_call: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pack writer compresses a submitted list in one call of zstd's C extension when it has
+    ``multi_compress_to_buffer`` (else one by one): the same records either way; incompressible and
+    tiny objects stay raw."""
+    import zstandard
+
+    from graven.store import local
+
+    if not one_call:
+        monkeypatch.setattr(local, "_zstd", lambda: (_OneByOne(), zstandard.ZstdDecompressor()))
+    texts = [(f"line {i}\n" * (i % 50 + 12)).encode() for i in range(300)]
+    noise = [os.urandom(2000) for _ in range(20)]
+    tiny = [b"t%d" % i for i in range(20)]
+    blobs = texts + noise + tiny
+    with store.batch() as batch:
+        digests = [batch.add(blob) for blob in blobs]
+    fresh = LocalStore.at(store.root)
+    assert [fresh.read(d) for d in digests] == blobs
+    codecs = {d.raw: location.codec for d, location in ((d, fresh._packed()[d.raw]) for d in digests)}
+    assert {codecs[d.raw] for d in digests[:300]} == {local.CODEC_ZSTD}
+    assert {codecs[d.raw] for d in digests[300:]} == {local.CODEC_RAW}
+    pack = next((store.root / "pack").glob("*.pack")).read_bytes()
+    frame = zstandard.ZstdCompressor(level=1).compress(texts[7])
+    assert frame in pack  # exactly the frame compress() makes
+
+
+class _OneByOne:
+    """A compressor without multi_compress_to_buffer (as zstandard's cffi backend)."""
+
+    def __init__(self) -> None:
+        import zstandard
+
+        self._cctx = zstandard.ZstdCompressor(level=1)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._cctx.compress(data)
