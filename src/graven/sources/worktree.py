@@ -13,10 +13,17 @@ symlinked directory) is read from git as before. Nothing else of the working tre
 This trusts git's object id exactly as far as reading git's object store does: ``git cat-file`` does
 not re-hash what it returns, so bytes that match the commit's id are no weaker than bytes git inflated.
 
+Who can write the working tree can, as a rule, write its ``.git`` directory too: a checkout writable
+by someone the build must not trust is not protected by either source (build from a clean clone, or
+with ``--no-cache``, which reads every blob from git). In a sha1 repository the check is plain SHA-1,
+as git's own ids are; git refuses the known collision attacks when it writes an object (sha1dc), so a
+colliding twin of a committed blob cannot have entered the commit through git.
+
 Paths are opened from a descriptor of the working tree's root, one directory at a time and never
-through a symbolic link (``O_NOFOLLOW``), a file with ``O_NONBLOCK`` (a FIFO cannot block the build)
-and read only when ``fstat`` shows a regular file. A path with an empty, ``.`` or ``..`` segment (git
-never checks one out) is not looked up at all.
+through a symbolic link (``O_NOFOLLOW``), as the bytes git gave (UTF-8), whatever the locale. Only what
+``fstatat`` shows to be a regular file is opened at all (a FIFO, a socket or a device is never opened:
+opening one can have effects), with ``O_NONBLOCK``, and read only when ``fstat`` shows the same inode.
+A path with an empty, ``.`` or ``..`` segment (git never checks one out) is not looked up at all.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ def worktree_blobs(
     others are skipped without a word (their blobs are for git to read)."""
     try:
         root_fd = os.open(root, _DIR_FLAGS)
-    except OSError:
+    except (OSError, ValueError):
         return
     dirs = _DirChain(root_fd)
     try:
@@ -73,15 +80,19 @@ def worktree_blobs(
 
 def _read_regular(dir_fd: int, name: str, max_size: int) -> bytes | None:
     """The content of the regular file ``name`` in ``dir_fd`` when it is smaller than ``max_size``."""
+    raw = _raw(name)
     try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    except OSError:
+        seen = os.stat(raw, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(seen.st_mode) or seen.st_size >= max_size:
+            return None  # never opened
+        fd = os.open(raw, _FILE_FLAGS, dir_fd=dir_fd)
+    except (OSError, ValueError):
         return None
     try:
         info = os.fstat(fd)
         size = info.st_size
-        if not stat.S_ISREG(info.st_mode) or size >= max_size:
-            return None
+        if (info.st_ino, info.st_dev) != (seen.st_ino, seen.st_dev) or size >= max_size:
+            return None  # replaced between the two calls
         data = os.read(fd, size + 1)
         while len(data) <= size:  # a short read: go on to the end of the file
             more = os.read(fd, size + 1 - len(data))
@@ -93,6 +104,12 @@ def _read_regular(dir_fd: int, name: str, max_size: int) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def _raw(name: str) -> bytes:
+    """A name as git holds it: paths are decoded from UTF-8, so they encode back exactly (the
+    filesystem encoding of the locale plays no part)."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 class _DirChain:
@@ -116,8 +133,8 @@ class _DirChain:
             fd = None
             if parent is not None:
                 try:
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-                except OSError:
+                    fd = os.open(_raw(name), _DIR_FLAGS, dir_fd=parent)
+                except (OSError, ValueError):
                     fd = None
             self._names.append(name)
             self._fds.append(fd)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,38 @@ def test_a_fifo_or_a_directory_at_the_path_is_skipped_without_blocking(repo: Pat
     (repo / "dir.txt").unlink()
     (repo / "dir.txt").mkdir()
     assert _found(repo, wanted) == {}
+
+
+def test_a_fifo_is_never_opened(repo: Path) -> None:
+    # opening a FIFO would release a writer blocked in open(2) (which then dies of SIGPIPE)
+    wanted = _wanted(repo, "a.txt")
+    (repo / "a.txt").unlink()
+    os.mkfifo(repo / "a.txt")
+    writer = subprocess.Popen(["sh", "-c", "exec 3>a.txt; echo opened"], cwd=repo, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)
+        assert _found(repo, wanted) == {}
+        time.sleep(0.2)
+        assert writer.poll() is None  # still waiting for a reader
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_names_are_opened_as_git_spells_them_whatever_the_locale(repo: Path) -> None:
+    # an ASCII filesystem encoding cannot encode "é.txt": the bytes come from UTF-8, never the locale
+    oid = git(repo, "rev-parse", "HEAD:é.txt").strip()
+    code = (
+        "import sys; from pathlib import Path; from graven.sources.worktree import worktree_blobs; "
+        "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding(); "
+        f"print(dict(worktree_blobs(Path(sys.argv[1]), [('\\u00e9.txt', {oid!r})], max_size=99)))"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, os.fsencode(repo)], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr({oid: "unicode\n".encode()})
 
 
 def test_paths_with_dot_segments_are_not_looked_up(repo: Path, tmp_path: Path) -> None:
