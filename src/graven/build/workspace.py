@@ -27,6 +27,9 @@ from pathlib import Path
 from graven.core.paths import check_path
 from graven.errors import BackendError, UnsafeInputError
 from graven.sources.git import MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK, GitEntry, GitRepo
+from graven.sources.worktree import worktree_blobs
+
+_WORKTREE_MAX = 1 << 20  # larger files are streamed from git
 
 __all__ = ["Workspace", "checkout", "copy_tree", "ensure_inside", "remove_tree", "settle_tree"]
 
@@ -179,10 +182,13 @@ def checkout(
     epoch: int,
     reverse: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    from_worktree: bool = False,
 ) -> None:
     """Write the commit's whole tree (raw blobs, no filters) to ``dest``, settled with :func:`settle_tree`.
 
     Submodules are skipped; unsafe paths are refused. ``reverse`` creates the files in reverse order.
+    With ``from_worktree``, a file blob is taken from the repository's working tree when the file there
+    is exactly that blob (:mod:`graven.sources.worktree`), else from git.
     """
     by_oid: dict[str, list[GitEntry]] = {}
     for entry in repo.ls_tree(commit):
@@ -193,7 +199,9 @@ def checkout(
     oids = sorted(by_oid, reverse=reverse)
     with _writing("the checkout", dest) as where:
         dest.mkdir(mode=DIR_MODE, exist_ok=True)
-        _write_blobs(repo, by_oid, oids, dest, where, reverse=reverse, progress=progress)
+        _write_blobs(
+            repo, by_oid, oids, dest, where, reverse=reverse, progress=progress, from_worktree=from_worktree
+        )
         where.path = dest
         settle_tree(dest, epoch)
 
@@ -207,10 +215,27 @@ def _write_blobs(
     *,
     reverse: bool,
     progress: Callable[[int, int], None] | None,
+    from_worktree: bool = False,
 ) -> None:
     """Write every entry of ``by_oid`` below ``dest``, naming each target in ``where`` first."""
     total = len(oids)
-    for done, (oid, reader) in enumerate(repo.cat_blobs(oids), start=1):
+    done = 0
+    if from_worktree and not repo.bare:
+        wanted = [  # blobs only ever checked out as files, each looked up at its first path
+            (min(e.path for e in entries), oid)
+            for oid, entries in by_oid.items()
+            if all(e.mode != MODE_SYMLINK for e in entries)
+        ]
+        taken: set[str] = set()
+        for oid, data in worktree_blobs(repo.root, wanted, max_size=_WORKTREE_MAX, reverse=reverse):
+            done += 1
+            _write_entries(by_oid[oid], data, dest, where, reverse=reverse)
+            taken.add(oid)
+            if progress is not None and (done % 256 == 0 or done == total):
+                progress(done, total)
+        oids = [oid for oid in oids if oid not in taken]
+    first = done + 1
+    for done, (oid, reader) in enumerate(repo.cat_blobs(oids), start=first):
         written: Path | None = None  # the first regular file with this content
         content: bytes | None = None  # the content, once it was read for a symlink
         for entry in sorted(by_oid[oid], key=lambda e: e.path, reverse=reverse):
@@ -237,6 +262,17 @@ def _write_blobs(
             os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
         if progress is not None and (done % 256 == 0 or done == total):
             progress(done, total)
+
+
+def _write_entries(entries: list[GitEntry], data: bytes, dest: Path, where: _Where, *, reverse: bool) -> None:
+    """Write ``data`` (a file blob's content) to each of ``entries``, files all."""
+    for entry in sorted(entries, key=lambda e: e.path, reverse=reverse):
+        target = dest / entry.path
+        where.path = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("xb") as handle:
+            handle.write(data)
+        os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
 
 
 def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> None:

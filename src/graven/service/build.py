@@ -215,7 +215,7 @@ def _build(
     with store.batch() as batch:
         pipeline_digest = batch.add(source.pipeline_bytes)
         if source.pipeline.build.steps:
-            built = _tree_from_steps(ctx, source, selection, batch, check=check)
+            built = _tree_from_steps(ctx, source, selection, batch, check=check, use_cache=use_cache)
             entries, files_read, new_cache = built.entries, built.files_read, list[dict[str, object]]()
             sandbox, inputs = built.sandbox, built.inputs
             byproducts.append(ResourceRef("build.log", str(batch.add(built.log)), "text/plain"))
@@ -608,17 +608,30 @@ class _StepsTree(NamedTuple):
 
 
 def _tree_from_steps(
-    ctx: Context, source: _Source, selection: Selection, batch: PackBatch, *, check: bool = False
+    ctx: Context,
+    source: _Source,
+    selection: Selection,
+    batch: PackBatch,
+    *,
+    check: bool = False,
+    use_cache: bool = True,
 ) -> _StepsTree:
     """Run the steps (in the sandbox) and collect the outputs; with ``check``, build a second time
-    with :data:`CHECK_VARIATION` and raise NotReproducibleError when the two differ."""
+    with :data:`CHECK_VARIATION` and raise NotReproducibleError when the two differ. The first
+    checkout takes files that are exactly their blob from the working tree (``use_cache``); the
+    second reads every blob from git."""
     from graven.build.compare import NotReproducibleError, diff_entries, with_diffoscope
     from graven.build.tree import collect_tree
     from graven.service.hermetic import CHECK_VARIATION, run_step_build
 
     outputs = list(source.pipeline.build.outputs)
     with run_step_build(
-        ctx, repo=source.repo, commit=source.commit, epoch=source.epoch, pipeline=source.pipeline
+        ctx,
+        repo=source.repo,
+        commit=source.commit,
+        epoch=source.epoch,
+        pipeline=source.pipeline,
+        from_worktree=use_cache,
     ) as first:
         counter = [0]
 

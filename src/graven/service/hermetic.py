@@ -234,6 +234,7 @@ def run_step_build(
     pipeline: Pipeline,
     variation: Variation = CANONICAL,
     restore: Mapping[str, Opener] | None = None,
+    from_worktree: bool = False,
 ) -> Iterator[StepRun]:
     """Run the pipeline's fetch and build steps for ``commit``; yield the result, then clean up.
 
@@ -245,6 +246,9 @@ def run_step_build(
     ``HOME`` (and the host ``TMPDIR`` without a sandbox) is emptied again, so the build steps see what
     they see when the fetched files are restored instead. The fetched files are copied aside as they
     are checked (:attr:`StepRun.snapshot`): the build steps may change or delete them in place.
+
+    ``from_worktree``: the checkout takes each file that is exactly its blob from the repository's
+    working tree (:func:`graven.build.workspace.checkout`).
     """
     build = pipeline.build
     lockfiles = _read_lockfiles(repo, commit, pipeline)
@@ -261,7 +265,15 @@ def run_step_build(
         def progress(done: int, total: int) -> None:
             ctx.reporter.progress("checking out", done, total)
 
-        checkout(repo, commit, ws.src, epoch=epoch, reverse=variation.reverse_order, progress=progress)
+        checkout(
+            repo,
+            commit,
+            ws.src,
+            epoch=epoch,
+            reverse=variation.reverse_order,
+            progress=progress,
+            from_worktree=from_worktree,
+        )
         copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
         fetched: list[FetchedFile] = []
         restored = False

@@ -50,11 +50,12 @@ def blob_id(data: bytes, *, hex_length: int) -> str:
 
 
 def worktree_blobs(
-    root: Path, wanted: Iterable[tuple[str, str]], *, max_size: int
+    root: Path, wanted: Iterable[tuple[str, str]], *, max_size: int, reverse: bool = False
 ) -> Iterator[tuple[str, bytes]]:
     """``(oid, content)`` for each ``(path, oid)`` of ``wanted`` whose file under the working tree
     ``root`` holds exactly the blob ``oid`` and is smaller than ``max_size`` bytes, in path order; the
-    others are skipped without a word (their blobs are for git to read)."""
+    others are skipped without a word (their blobs are for git to read). ``reverse``: the reverse
+    order."""
     try:
         root_fd = os.open(root, _DIR_FLAGS)
     except (OSError, ValueError):
@@ -62,7 +63,7 @@ def worktree_blobs(
     dirs = _DirChain(root_fd)
     try:
         # segment by segment (a NUL sorts before every other character): each directory once
-        for path, oid in sorted(wanted, key=lambda item: item[0].replace("/", "\0")):
+        for path, oid in sorted(wanted, key=lambda item: item[0].replace("/", "\0"), reverse=reverse):
             if len(oid) not in (40, 64):
                 continue
             *parents, name = path.split("/")

@@ -106,7 +106,7 @@ def test_names_are_opened_as_git_spells_them_whatever_the_locale(repo: Path) -> 
         [sys.executable, "-c", code, os.fsencode(repo)], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == repr({oid: "unicode\n".encode()})
+    assert result.stdout.strip() == repr({oid: b"unicode\n"})
 
 
 def test_paths_with_dot_segments_are_not_looked_up(repo: Path, tmp_path: Path) -> None:

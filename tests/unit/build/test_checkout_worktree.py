@@ -1,0 +1,85 @@
+"""The step build's checkout takes files that are exactly their blob from the working tree: the same
+tree (content, modes, times) as a checkout from git, and nothing uncommitted."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import COMMIT_EPOCH, Executable, Symlink, create_repo, git, write_files
+from graven.build.workspace import checkout
+from graven.sources.git import BlobReader, GitRepo
+
+FILES = {
+    "src/app.py": "print('app')\n",
+    "src/same.txt": "twin\n",
+    "other/same.txt": "twin\n",
+    "bin/run": Executable("#!/bin/sh\n"),
+    "link": Symlink("src/app.py"),
+    "twin-link": Symlink("twin"),
+    "twin": "twin\n",
+    "deep/a/b/c.txt": "deep\n",
+}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    found: dict[str, tuple[int, int, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                body = os.readlink(full).encode()
+            elif os.path.isfile(full):
+                body = Path(full).read_bytes()
+            else:
+                body = b""
+            found[os.path.relpath(full, root)] = (st.st_mode, int(st.st_mtime), body)
+    return found
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The blob ids the checkout asks git for."""
+    seen: list[str] = []
+    original = GitRepo.cat_blobs
+
+    def spy(self: GitRepo, oids: Iterable[str]) -> Iterator[tuple[str, BlobReader]]:
+        oids = list(oids)
+        seen.extend(oids)
+        return original(self, oids)
+
+    monkeypatch.setattr(GitRepo, "cat_blobs", spy)
+    return seen
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_checkout_is_the_same_tree_as_from_git(tmp_path: Path, asked: list[str], reverse: bool) -> None:
+    repo = GitRepo(create_repo(tmp_path / "repo", FILES))
+    commit = git(repo.root, "rev-parse", "HEAD").strip()
+    checkout(repo, commit, tmp_path / "plain", epoch=COMMIT_EPOCH, reverse=reverse)
+    from_git = set(asked)
+    asked.clear()
+    checkout(repo, commit, tmp_path / "fast", epoch=COMMIT_EPOCH, reverse=reverse, from_worktree=True)
+    assert _snapshot(tmp_path / "fast") == _snapshot(tmp_path / "plain")
+    links = {git(repo.root, "rev-parse", f"HEAD:{p}").strip() for p in ("link", "twin-link")}
+    assert set(asked) == links  # the symlinks' blobs (one of them also a file's) came from git
+    assert len(from_git) > len(asked)
+
+
+def test_uncommitted_changes_do_not_reach_the_checkout(tmp_path: Path, asked: list[str]) -> None:
+    repo = GitRepo(create_repo(tmp_path / "repo", FILES))
+    commit = git(repo.root, "rev-parse", "HEAD").strip()
+    checkout(repo, commit, tmp_path / "plain", epoch=COMMIT_EPOCH)
+    write_files(repo.root, {"src/app.py": "print('APP')\n", "deep/a/b/c.txt": "changed, longer\n"})
+    (repo.root / "bin" / "run").unlink()
+    asked.clear()
+    checkout(repo, commit, tmp_path / "fast", epoch=COMMIT_EPOCH, from_worktree=True)
+    assert _snapshot(tmp_path / "fast") == _snapshot(tmp_path / "plain")
+    changed = {
+        git(repo.root, "rev-parse", f"HEAD:{p}").strip() for p in ("src/app.py", "deep/a/b/c.txt", "bin/run")
+    }
+    assert changed <= set(asked)
