@@ -26,7 +26,7 @@ from pathlib import Path
 
 from graven.core.paths import check_path
 from graven.errors import BackendError, UnsafeInputError
-from graven.sources.git import MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK, GitEntry, GitRepo
+from graven.sources.git import MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK, BlobReader, GitEntry, GitRepo
 from graven.sources.worktree import worktree_blobs
 
 _WORKTREE_MAX = 1 << 20  # larger files are streamed from git
@@ -217,9 +217,31 @@ def _write_blobs(
     progress: Callable[[int, int], None] | None,
     from_worktree: bool = False,
 ) -> None:
-    """Write every entry of ``by_oid`` below ``dest``, naming each target in ``where`` first."""
+    """Write every entry of ``by_oid`` below ``dest``, naming each target in ``where`` first.
+
+    The directories and files are made first, empty, in the order of ``oids`` (each blob's paths
+    sorted), then filled (from the working tree with ``from_worktree``, else from git), and the
+    symlinks are made last in the same order: where a file system lists a directory in creation
+    order (tmpfs does), the listing depends on the commit (and ``reverse``) only, never on which files
+    the working tree happened to hold."""
+    ordered = {oid: sorted(by_oid[oid], key=lambda e: e.path, reverse=reverse) for oid in oids}
+    for oid in oids:
+        for entry in ordered[oid]:
+            if entry.mode != MODE_SYMLINK:
+                target = dest / entry.path
+                where.path = target
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(target, _CREATE, 0o644))
     total = len(oids)
     done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None and (done % 256 == 0 or done == total):
+            progress(done, total)
+
+    rest = oids
     if from_worktree and not repo.bare:
         wanted = [  # blobs only ever checked out as files, each looked up at its first path
             (min(e.path for e in entries), oid)
@@ -228,51 +250,53 @@ def _write_blobs(
         ]
         taken: set[str] = set()
         for oid, data in worktree_blobs(repo.root, wanted, max_size=_WORKTREE_MAX, reverse=reverse):
-            done += 1
-            _write_entries(by_oid[oid], data, dest, where, reverse=reverse)
+            for entry in ordered[oid]:
+                _fill(dest, entry, where, data)
             taken.add(oid)
-            if progress is not None and (done % 256 == 0 or done == total):
-                progress(done, total)
-        oids = [oid for oid in oids if oid not in taken]
-    first = done + 1
-    for done, (oid, reader) in enumerate(repo.cat_blobs(oids), start=first):
-        written: Path | None = None  # the first regular file with this content
-        content: bytes | None = None  # the content, once it was read for a symlink
-        for entry in sorted(by_oid[oid], key=lambda e: e.path, reverse=reverse):
-            target = dest / entry.path
-            where.path = target
-            target.parent.mkdir(parents=True, exist_ok=True)
+            tick()
+        rest = [oid for oid in oids if oid not in taken]
+    targets: dict[str, str] = {}  # symlink blob -> its target, for the end
+    for oid, reader in repo.cat_blobs(rest):
+        files = [entry for entry in ordered[oid] if entry.mode != MODE_SYMLINK]
+        if files:
+            _fill(dest, files[0], where, reader)
+            for entry in files[1:]:
+                _fill(dest, entry, where, dest / files[0].path)
+        if len(files) < len(ordered[oid]):
+            content = (dest / files[0].path).read_bytes() if files else reader.read()
+            try:
+                targets[oid] = content.decode("utf-8")
+            except UnicodeDecodeError:
+                link = next(e for e in ordered[oid] if e.mode == MODE_SYMLINK)
+                raise UnsafeInputError(f"{link.path}: symlink target is not valid UTF-8") from None
+        tick()
+    for oid in oids:
+        for entry in ordered[oid]:
             if entry.mode == MODE_SYMLINK:
-                if content is None:
-                    content = written.read_bytes() if written is not None else reader.read()
-                try:
-                    os.symlink(content.decode("utf-8"), target)
-                except UnicodeDecodeError:
-                    raise UnsafeInputError(f"{entry.path}: symlink target is not valid UTF-8") from None
-                continue
-            if written is not None:
-                shutil.copyfile(written, target)
-            elif content is not None:
-                target.write_bytes(content)
-            else:
-                with target.open("xb") as handle:
-                    while chunk := reader.read(1 << 20):
-                        handle.write(chunk)
-            written = written or target
-            os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
-        if progress is not None and (done % 256 == 0 or done == total):
-            progress(done, total)
+                target = dest / entry.path
+                where.path = target
+                os.symlink(targets[oid], target)
 
 
-def _write_entries(entries: list[GitEntry], data: bytes, dest: Path, where: _Where, *, reverse: bool) -> None:
-    """Write ``data`` (a file blob's content) to each of ``entries``, files all."""
-    for entry in sorted(entries, key=lambda e: e.path, reverse=reverse):
-        target = dest / entry.path
-        where.path = target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("xb") as handle:
-            handle.write(data)
-        os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILL = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _fill(dest: Path, entry: GitEntry, where: _Where, source: bytes | BlobReader | Path) -> None:
+    """Write the (already created) file of ``entry``: ``source`` is its content, a reader of it, or a
+    file of this checkout that holds it; then set its mode."""
+    target = dest / entry.path
+    where.path = target
+    with os.fdopen(os.open(target, _FILL), "wb") as handle:
+        if isinstance(source, bytes):
+            handle.write(source)
+        elif isinstance(source, Path):
+            with source.open("rb") as copy:
+                shutil.copyfileobj(copy, handle, 1 << 20)
+        else:
+            while chunk := source.read(1 << 20):
+                handle.write(chunk)
+    os.chmod(target, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
 
 
 def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> None:

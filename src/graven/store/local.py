@@ -807,6 +807,7 @@ class _PackWriter:
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._cctx = _zstd()[0]
+        self._one_call = True  # until the compressor says it cannot (see _compress)
         self._fd: int | None = None
         self._tmp: Path | None = None
         self._offset = 0
@@ -842,10 +843,14 @@ class _PackWriter:
         compresses the whole list; each item its own frame, as compress() would make it); the
         compressed form replaces the payload where it pays."""
         todo = [at for at, item in enumerate(items) if item[4] is None and len(item[1]) >= 64]
-        many = getattr(self._cctx, "multi_compress_to_buffer", None)  # the C backend's
+        many = getattr(self._cctx, "multi_compress_to_buffer", None) if self._one_call else None
         if len(todo) < 2 or many is None:
             return  # each is compressed on its own by _write_record
-        frames = many([items[at][1] for at in todo], threads=1)
+        try:
+            frames = many([items[at][1] for at in todo], threads=1)
+        except NotImplementedError:  # zstandard's cffi backend (PyPy) has the name, not the function
+            self._one_call = False
+            return
         for at, frame in zip(todo, frames, strict=True):
             digest, data, _, base, _ = items[at]
             compressed = frame.tobytes()

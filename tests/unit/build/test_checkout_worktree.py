@@ -4,6 +4,8 @@ tree (content, modes, times) as a checkout from git, and nothing uncommitted."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -83,3 +85,27 @@ def test_uncommitted_changes_do_not_reach_the_checkout(tmp_path: Path, asked: li
         git(repo.root, "rev-parse", f"HEAD:{p}").strip() for p in ("src/app.py", "deep/a/b/c.txt", "bin/run")
     }
     assert changed <= set(asked)
+
+
+def test_directories_list_in_the_same_order_whatever_the_working_tree_holds(tmp_path: Path) -> None:
+    # tmpfs lists a directory in creation order: that order must follow from the commit alone
+    files = {f"d/{name}": f"{name}\n" for name in "abcdefgh"}
+    repo = GitRepo(create_repo(tmp_path / "repo", {**files, "d/link": Symlink("a")}))
+    commit = git(repo.root, "rev-parse", "HEAD").strip()
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() else tmp_path))
+    try:
+        listings = []
+        for name, from_worktree, dirty in (
+            ("git", False, ()),
+            ("clean", True, ()),
+            ("dirty", True, ("c", "f")),
+        ):
+            for path in dirty:
+                (repo.root / "d" / path).write_text("uncommitted\n")
+            dest = base / name
+            checkout(repo, commit, dest, epoch=COMMIT_EPOCH, from_worktree=from_worktree)
+            listings.append(os.listdir(dest / "d"))
+        assert listings[0] == listings[1] == listings[2]
+    finally:
+        shutil.rmtree(base)

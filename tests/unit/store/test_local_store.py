@@ -272,19 +272,21 @@ def test_missing_answers_for_packed_loose_and_new_packs(store: LocalStore, tmp_p
     assert all(store.has(Digest(h)) for h in (packed.hex, loose.hex, later.hex))
 
 
-@pytest.mark.parametrize("one_call", [True, False], ids=["one-call", "one-by-one"])
+@pytest.mark.parametrize("compressor", ["one-call", "no-such-method", "cffi-backend"])
 def test_batch_packs_compress_each_object_to_its_own_frame(
-    store: LocalStore, one_call: bool, monkeypatch: pytest.MonkeyPatch
+    store: LocalStore, compressor: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pack writer compresses a submitted list in one call of zstd's C extension when it has
-    ``multi_compress_to_buffer`` (else one by one): the same records either way; incompressible and
-    tiny objects stay raw."""
+    """The pack writer compresses a submitted list in one call of zstd's C extension when it can
+    (``multi_compress_to_buffer``), else one by one (a compressor without the method, or zstandard's
+    cffi backend, whose method raises NotImplementedError): the same records either way;
+    incompressible and tiny objects stay raw."""
     import zstandard
 
     from graven.store import local
 
-    if not one_call:
-        monkeypatch.setattr(local, "_zstd", lambda: (_OneByOne(), zstandard.ZstdDecompressor()))
+    if compressor != "one-call":
+        made = _OneByOne() if compressor == "no-such-method" else _CffiLike()
+        monkeypatch.setattr(local, "_zstd", lambda: (made, zstandard.ZstdDecompressor()))
     texts = [(f"line {i}\n" * (i % 50 + 12)).encode() for i in range(300)]
     noise = [os.urandom(2000) for _ in range(20)]
     tiny = [b"t%d" % i for i in range(20)]
@@ -302,7 +304,7 @@ def test_batch_packs_compress_each_object_to_its_own_frame(
 
 
 class _OneByOne:
-    """A compressor without multi_compress_to_buffer (as zstandard's cffi backend)."""
+    """A compressor without multi_compress_to_buffer."""
 
     def __init__(self) -> None:
         import zstandard
@@ -311,3 +313,15 @@ class _OneByOne:
 
     def compress(self, data: bytes) -> bytes:
         return self._cctx.compress(data)
+
+
+class _CffiLike(_OneByOne):
+    """As zstandard's cffi backend: the method is there and raises NotImplementedError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def multi_compress_to_buffer(self, data: object, threads: int = 0) -> object:
+        self.calls += 1
+        raise NotImplementedError("Not yet supported by CFFI backend")
