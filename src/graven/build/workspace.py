@@ -191,8 +191,11 @@ def checkout(
     is exactly that blob (:mod:`graven.sources.worktree`), else from git.
     """
     by_oid: dict[str, list[GitEntry]] = {}
-    for entry in repo.ls_tree(commit):
+    listing = repo.ls_tree(commit)
+    paths = {entry.path for entry in listing}
+    for entry in listing:
         check_path(entry.path)
+        _check_parents(entry.path, paths)
         if entry.mode == MODE_SUBMODULE:
             continue
         by_oid.setdefault(entry.oid, []).append(entry)
@@ -204,6 +207,17 @@ def checkout(
         )
         where.path = dest
         settle_tree(dest, epoch)
+
+
+def _check_parents(path: str, paths: set[str]) -> None:
+    """Refuse a path below another entry of the tree (a crafted tree can hold a symlink ``a`` and
+    ``a/b`` both, which git fsck refuses): writing ``a/b`` could go through the link, out of the
+    checkout."""
+    at = path.find("/")
+    while at != -1:
+        if path[:at] in paths:
+            raise UnsafeInputError(f"{path}: lies below {path[:at]}, which is not a directory in the commit")
+        at = path.find("/", at + 1)
 
 
 def _write_blobs(
@@ -275,6 +289,7 @@ def _write_blobs(
             if entry.mode == MODE_SYMLINK:
                 target = dest / entry.path
                 where.path = target
+                target.parent.mkdir(parents=True, exist_ok=True)  # a directory of links only
                 os.symlink(targets[oid], target)
 
 

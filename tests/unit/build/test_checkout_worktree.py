@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -109,3 +110,47 @@ def test_directories_list_in_the_same_order_whatever_the_working_tree_holds(tmp_
         assert listings[0] == listings[1] == listings[2]
     finally:
         shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("from_worktree", [False, True])
+def test_a_directory_of_symlinks_only_is_checked_out(tmp_path: Path, from_worktree: bool) -> None:
+    repo = GitRepo(
+        create_repo(
+            tmp_path / "repo", {"tool.sh": Executable("#!/bin/sh\n"), "bin/tool": Symlink("../tool.sh")}
+        )
+    )
+    commit = git(repo.root, "rev-parse", "HEAD").strip()
+    checkout(repo, commit, tmp_path / "out", epoch=COMMIT_EPOCH, from_worktree=from_worktree)
+    assert os.readlink(tmp_path / "out" / "bin" / "tool") == "../tool.sh"
+
+
+def _crafted_commit(repo: Path, target: bytes) -> str:
+    """A commit whose tree holds a symlink ``a`` and a directory ``a`` with a symlink ``c`` (git
+    fsck refuses such a tree; a crafted one can still be fetched)."""
+
+    def run(*args: str, data: bytes) -> str:
+        result = subprocess.run(["git", *args], cwd=repo, input=data, capture_output=True, check=True)
+        return result.stdout.decode().strip()
+
+    def obj(kind: str, data: bytes) -> str:
+        return run("hash-object", "-t", kind, "-w", "--literally", "--stdin", data=data)
+
+    def tree(entries: list[tuple[str, str, str]]) -> str:
+        return obj("tree", b"".join(f"{m} {n}\0".encode() + bytes.fromhex(o) for m, n, o in entries))
+
+    inner = tree([("120000", "c", obj("blob", b"/etc/passwd"))])
+    top = tree([("120000", "a", obj("blob", target)), ("40000", "a", inner)])
+    return git(repo, "commit-tree", top, "-m", "crafted").strip()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_path_below_a_symlink_of_the_same_tree_is_refused(tmp_path: Path, reverse: bool) -> None:
+    from graven.errors import UnsafeInputError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = create_repo(tmp_path / "repo", {"keep": "k\n"})
+    commit = _crafted_commit(repo, os.fsencode(outside))
+    with pytest.raises(UnsafeInputError, match="a/c: lies below a"):
+        checkout(GitRepo(repo), commit, tmp_path / "out", epoch=COMMIT_EPOCH, reverse=reverse)
+    assert list(outside.iterdir()) == []
