@@ -205,6 +205,27 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def _write_file(
+    root: str, entry: FileEntry, data: bytes | None, store: LocalStore, *, fix_mode: bool
+) -> os.stat_result:
+    """Create the file of ``entry`` below ``root`` (which must not exist) holding ``data``, or streamed
+    from the store (verified while it streams) when ``data`` is None; its stat once written."""
+    mode = file_mode(entry.executable)
+    fd = os.open(f"{root}/{entry.path}", _OPEN_NEW, mode)
+    try:
+        if data is not None:
+            _write_all(fd, data)
+        else:
+            with store.open(entry.digest) as stream:
+                while chunk := stream.read(_CHUNK):
+                    _write_all(fd, chunk)
+        if fix_mode:
+            os.fchmod(fd, mode)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def _parents(path: str) -> list[str]:
     parts = path.split("/")[:-1]
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -393,27 +414,33 @@ class _Tree(Record):
 class _Done(Record):
     """What some tasks did."""
 
-    __slots__ = ("linked", "linked_bytes", "missing", "open_dirs", "records")
-    _fields = ("records", "linked", "linked_bytes", "missing", "open_dirs")
-    records: list[_Rec]  # linked files and finished directories
+    __slots__ = ("copied", "copied_bytes", "linked", "linked_bytes", "missing", "open_dirs", "records")
+    _fields = ("records", "linked", "linked_bytes", "missing", "open_dirs", "copied", "copied_bytes")
+    records: list[_Rec]  # linked and copied files, finished directories
     linked: int
     linked_bytes: int
-    missing: list[FileEntry]  # files to write from the store
-    open_dirs: list[str]  # directories those (or duplicates) go into
+    missing: list[FileEntry]  # files still to write from the store
+    open_dirs: list[str]  # directories those (or duplicates, or copies) go into
+    copied: int  # files written from the store by these tasks' process itself
+    copied_bytes: int
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
         records: list[_Rec] | None = None,
         linked: int = 0,
         linked_bytes: int = 0,
         missing: list[FileEntry] | None = None,
         open_dirs: list[str] | None = None,
+        copied: int = 0,
+        copied_bytes: int = 0,
     ) -> None:
         self.records = [] if records is None else records
         self.linked = linked
         self.linked_bytes = linked_bytes
         self.missing = [] if missing is None else missing
         self.open_dirs = [] if open_dirs is None else open_dirs
+        self.copied = copied
+        self.copied_bytes = copied_bytes
 
     def add(self, other: _Done) -> None:
         self.records.extend(other.records)
@@ -421,6 +448,8 @@ class _Done(Record):
         self.linked_bytes += other.linked_bytes
         self.missing.extend(other.missing)
         self.open_dirs.extend(other.open_dirs)
+        self.copied += other.copied
+        self.copied_bytes += other.copied_bytes
 
 
 class _Child:
@@ -448,9 +477,13 @@ class _Child:
                         done.linked_bytes,
                         [entry.path for entry in done.missing],
                         done.open_dirs,
+                        done.copied,
+                        done.copied_bytes,
                     )
                 except OSError as exc:
                     payload = ("oserror", exc.errno, exc.strerror, exc.filename)
+                except IntegrityError as exc:  # a store object that is missing or damaged
+                    payload = ("integrity", str(exc))
                 except BaseException as exc:  # reported to the parent, which raises
                     payload = ("error", f"{type(exc).__name__}: {exc}")
                 view = memoryview(marshal.dumps(payload))
@@ -484,14 +517,16 @@ class _Child:
             raise BackendError("the process sharing the work of building the release failed") from None
         if payload[0] == "oserror":
             raise OSError(payload[1], payload[2], payload[3])
+        if payload[0] == "integrity":
+            raise IntegrityError(payload[1])
         if payload[0] != "ok":
             raise BackendError(f"building the release failed: {payload[1]}")
-        _, records, linked, linked_bytes, missing_paths, open_dirs = payload
+        _, records, linked, linked_bytes, missing_paths, open_dirs, copied, copied_bytes = payload
         missing: list[FileEntry] = []
         if missing_paths:
             by_path = {entry.path: entry for entry in tree.firsts}
             missing = [by_path[path] for path in missing_paths]
-        return _Done(records, linked, linked_bytes, missing, open_dirs)
+        return _Done(records, linked, linked_bytes, missing, open_dirs, copied, copied_bytes)
 
     def stop(self) -> None:
         """Kill the child (when the parent failed) and wait for it: nothing writes into the release after."""
@@ -586,14 +621,17 @@ class _Builder:
         mine, theirs = tree.halves(_CHILD_SHARE)
         if fork:
             with contextlib.suppress(OSError):  # no process to be had (limits, memory): threads do it all
-                self.child = _Child(lambda: self._run(theirs))
+                self.child = _Child(lambda: self._run_and_copy(theirs))
         if self.child is not None:
             try:
-                done.add(self._run(mine))
+                done.add(self._run_and_copy(mine))
                 done.add(self.child.result(tree))
             except BaseException:
                 self.child.stop()
                 raise
+            self.stats.copied += done.copied
+            self.stats.copied_bytes += done.copied_bytes
+            self._tick(done.copied)
         else:
             for part in self._map(self._run, [[task] for _, task in tree.tasks]):
                 done.add(part)
@@ -603,6 +641,28 @@ class _Builder:
         self.stats.linked_bytes += done.linked_bytes
         self._tick(done.linked)
         return done.missing
+
+    def _run_and_copy(self, tasks: list[list[tuple[str, bool]]]) -> _Done:
+        """:meth:`_run`, then the files of these tasks that are not linked are written from the store
+        by this same thread: each of the two processes writes the files of its own directories, one
+        after the other (threads would hand the GIL to each other at every system call)."""
+        done = self._run(tasks)
+        if done.missing and not self.failed.is_set():
+            root, fix_mode, store = self.root, self.fix_mode, self.store
+            ordered = sorted(done.missing, key=lambda e: e.path)
+            # small objects come verified from one bulk read of the packs, in this order
+            contents = store.read_many([e.digest for e in ordered if e.size < LOOSE_THRESHOLD])
+            try:
+                for entry in ordered:
+                    data = next(contents) if entry.size < LOOSE_THRESHOLD else None
+                    st = _write_file(root, entry, data, store, fix_mode=fix_mode)
+                    done.records.append(_record(st, entry.sha256))
+                    done.copied += 1
+                    done.copied_bytes += entry.size
+            finally:
+                contents.close()
+            done.missing = []
+        return done
 
     def _run(self, tasks: list[list[tuple[str, bool]]]) -> _Done:
         """Some tasks, one after the other: their directories (parents first) and symlinks, and hard
@@ -697,21 +757,7 @@ class _Builder:
         root, fix_mode, store = self.root, self.fix_mode, self.store
 
         def write(item: tuple[FileEntry, bytes | None]) -> os.stat_result:
-            entry, data = item
-            mode = file_mode(entry.executable)
-            fd = os.open(f"{root}/{entry.path}", _OPEN_NEW, mode)
-            try:
-                if data is not None:
-                    _write_all(fd, data)
-                else:
-                    with store.open(entry.digest) as stream:
-                        while chunk := stream.read(_CHUNK):
-                            _write_all(fd, chunk)
-                if fix_mode:
-                    os.fchmod(fd, mode)
-                return os.fstat(fd)
-            finally:
-                os.close(fd)
+            return _write_file(root, item[0], item[1], store, fix_mode=fix_mode)
 
         def write_group(group: list[tuple[FileEntry, bytes | None]]) -> list[_Rec]:
             out: list[_Rec] = []

@@ -454,3 +454,67 @@ def test_a_deploy_failing_half_way_in_a_linking_thread_leaves_no_partial_release
         assert not inodes(releases) & inodes(world.home / "objects")
     finally:
         world.close()
+
+
+DAMAGED_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from graven.deploy.materialize import build_release
+from graven.deploy.statdb import StatTable
+from graven.errors import BackendError, IntegrityError
+from graven.model.digest import Digest
+from graven.model.manifest import TreeManifest
+from graven.store.local import LocalStore
+
+args = json.loads(sys.stdin.read())
+store = LocalStore.at(Path(args["store"]))
+first = TreeManifest.from_bytes(store.read(Digest.parse(args["first"])))
+parent = os.getpid()
+real = LocalStore.read_many
+
+def damaged(self, digests):
+    if (os.getpid() == parent) == (args["who"] == "parent"):
+        raise IntegrityError("object sha256:0123: content hashes to something else")
+    return real(self, digests)
+
+LocalStore.read_many = damaged
+out = {}
+try:
+    build_release(store, first, Path(args["base"]) / "r1", StatTable(), fork=True)
+except IntegrityError as exc:
+    out["integrity"] = str(exc)
+except BackendError as exc:
+    out["backend"] = str(exc)
+try:
+    os.waitpid(-1, os.WNOHANG)
+    out["children"] = "some"
+except ChildProcessError:
+    out["children"] = "none"
+store.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("who", ["child", "parent"])
+def test_a_damaged_object_read_by_either_process_is_an_integrity_error(
+    tmp_path: Path, store: LocalStore, who: str
+) -> None:
+    # each process writes the files of its own directories: the child's failure to read a store
+    # object must reach the caller as the IntegrityError it is (exit 1, audited), not as a crash
+    first = stored_manifest(store, tree_files(1))
+    with store.batch() as batch:
+        batch.add(first.to_bytes())
+    base = tmp_path / "out"
+    base.mkdir()
+    args = {"store": str(store.root), "first": digest_text(first), "base": str(base), "who": who}
+    out = run_script(DAMAGED_SCRIPT, args)
+    assert out.get("integrity") == "object sha256:0123: content hashes to something else", out
+    assert out["children"] == "none"
+
+
+def test_a_forked_first_release_copies_in_both_processes(tmp_path: Path, store: LocalStore) -> None:
+    first = stored_manifest(store, tree_files(1))
+    stats = build_release(store, first, tmp_path / "r1", StatTable(), fork=True)
+    assert stats.copied + stats.linked == len(list(first.files()))
+    assert stats.copied_bytes > 0
+    assert tree_problems(tmp_path / "r1", first) == []
