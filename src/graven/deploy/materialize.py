@@ -573,6 +573,7 @@ class _Builder:
         self.open_dirs: list[str] = []  # directories whose stat is taken at the end
         self.failed = threading.Event()  # a task failed: the others stop at their next directory
         self.child: _Child | None = None  # the process sharing the tasks, if any
+        self.pid = os.getpid()  # this process's: a forked child shows no progress
         self.done = 0
         self.total = 0
 
@@ -625,13 +626,14 @@ class _Builder:
         if self.child is not None:
             try:
                 done.add(self._run_and_copy(mine))
-                done.add(self.child.result(tree))
+                theirs_done = self.child.result(tree)
             except BaseException:
                 self.child.stop()
                 raise
+            done.add(theirs_done)
             self.stats.copied += done.copied
             self.stats.copied_bytes += done.copied_bytes
-            self._tick(done.copied)
+            self._tick(theirs_done.copied)  # the parent counted its own as it wrote them
         else:
             for part in self._map(self._run, [[task] for _, task in tree.tasks]):
                 done.add(part)
@@ -643,11 +645,15 @@ class _Builder:
         return done.missing
 
     def _run_and_copy(self, tasks: list[list[tuple[str, bool]]]) -> _Done:
-        """:meth:`_run`, then the files of these tasks that are not linked are written from the store
-        by this same thread: each of the two processes writes the files of its own directories, one
-        after the other (threads would hand the GIL to each other at every system call)."""
+        """:meth:`_run`, then, for a release that links nothing from a live one (a first deploy), the
+        files of these tasks are written from the store by this same thread: each of the two processes
+        writes the files of its own directories, one after the other (threads would hand the GIL to
+        each other at every system call). With a live release, the few files to copy are left to
+        :meth:`copy`: a failure while copying must not lose the records of the live files already
+        linked (they changed ctime), which only the parent holds once the child is done."""
         done = self._run(tasks)
-        if done.missing and not self.failed.is_set():
+        if done.missing and self.reuse_root is None and not self.failed.is_set():
+            counting = os.getpid() == self.pid  # the child shows no progress: the parent counts it
             root, fix_mode, store = self.root, self.fix_mode, self.store
             ordered = sorted(done.missing, key=lambda e: e.path)
             # small objects come verified from one bulk read of the packs, in this order
@@ -659,6 +665,8 @@ class _Builder:
                     done.records.append(_record(st, entry.sha256))
                     done.copied += 1
                     done.copied_bytes += entry.size
+                    if counting:
+                        self._tick(1)
             finally:
                 contents.close()
             done.missing = []

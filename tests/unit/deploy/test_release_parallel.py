@@ -518,3 +518,84 @@ def test_a_forked_first_release_copies_in_both_processes(tmp_path: Path, store: 
     assert stats.copied + stats.linked == len(list(first.files()))
     assert stats.copied_bytes > 0
     assert tree_problems(tmp_path / "r1", first) == []
+
+
+NEXT_FAILING_SCRIPT = """
+import errno, json, os, sys
+from pathlib import Path
+from graven.deploy import materialize
+from graven.deploy.materialize import build_release, check_release, plan_transfer, remove_tree
+from graven.deploy.statdb import DIR_SHA, StatTable
+from graven.model.digest import Digest
+from graven.model.manifest import TreeManifest
+from graven.store.local import LocalStore
+
+args = json.loads(sys.stdin.read())
+store = LocalStore.at(Path(args["store"]))
+first = TreeManifest.from_bytes(store.read(Digest.parse(args["first"])))
+second = TreeManifest.from_bytes(store.read(Digest.parse(args["second"])))
+base = Path(args["base"])
+table = StatTable()
+build_release(store, first, base / "r1", table, fork=True)
+table.record(os.lstat(base / "r1"), DIR_SHA)
+linkable = plan_transfer(second, table, reuse_root=base / "r1").linked
+real = materialize._write_file
+
+def failing(root, entry, data, store, *, fix_mode):
+    if "/r2" in root:
+        raise OSError(errno.ENOSPC, "No space left on device", entry.path)
+    return real(root, entry, data, store, fix_mode=fix_mode)
+
+materialize._write_file = failing
+out = {}
+try:
+    build_release(store, second, base / "r2", table, reuse_root=base / "r1", fork=True)
+except OSError as exc:
+    out["error"] = str(exc)
+except Exception as exc:
+    out["error"] = str(exc)
+materialize._write_file = real
+remove_tree(base / "r2", table)
+out["r1_by_stat"] = check_release(base / "r1", first, table, rehash=False).by_stat
+out["linkable"] = [linkable, plan_transfer(second, table, reuse_root=base / "r1").linked]
+store.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_next_release_failing_while_copying_keeps_the_live_files_records(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    # the live files linked before the failure changed ctime: their records must be refreshed, or the
+    # next deploy copies everything and drift re-hashes the live release
+    first = stored_manifest(store, tree_files(1))
+    second = stored_manifest(store, tree_files(2))
+    with store.batch() as batch:
+        batch.add(first.to_bytes())
+        batch.add(second.to_bytes())
+    base = tmp_path / "out"
+    base.mkdir()
+    args = {
+        "store": str(store.root),
+        "first": digest_text(first),
+        "second": digest_text(second),
+        "base": str(base),
+    }
+    out = run_script(NEXT_FAILING_SCRIPT, args)
+    assert "No space left on device" in out.get("error", ""), out
+    assert out["r1_by_stat"], out
+    assert out["linkable"][0] == out["linkable"][1], out
+
+
+def test_a_forked_first_release_shows_progress_as_the_parent_writes(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    first = stored_manifest(store, tree_files(1))
+    seen: list[tuple[int, int]] = []
+    build_release(
+        store, first, tmp_path / "r1", StatTable(), fork=True, progress=lambda d, t: seen.append((d, t))
+    )
+    total = seen[-1][1]
+    assert seen[-1] == (total, total)
+    assert all(done <= total for done, _ in seen)
+    assert len(seen) >= 3  # not only at the end
