@@ -65,12 +65,21 @@ def test_a_clean_checkout_is_read_from_the_working_tree_with_the_same_digest(
     built = _build(run_cli, "-C", repo)
     assert from_git == [_oid(repo, "HEAD:docs/link")]  # only the symlink's blob came from git
     assert built["files_read"] == 6  # graven.toml, 4 distinct file blobs, the link
+    assert built["files_from_worktree"] == 5
 
     monkeypatch.setenv("GRAVEN_HOME", str(new_home("plain")))
     from_git.clear()
     plain = _build(run_cli, "-C", repo, "--no-cache")  # every blob from git
     assert len(from_git) == 6
     assert plain["digest"] == built["digest"]
+    assert plain["files_from_worktree"] == 0
+    code, _, err = run_cli("build", "-C", repo)  # the same commit again: every blob is known
+    assert code == 0
+    assert "(0 read)" in err
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("third")))
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 0
+    assert "(6 read, 5 from the working tree)" in err
 
 
 def test_uncommitted_changes_never_reach_the_artifact(

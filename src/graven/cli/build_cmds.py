@@ -124,7 +124,9 @@ def build_cmd(args: argparse.Namespace) -> int:
     else:
         sys.stderr.write(
             f"built {result.name} from {result.commit[:12]}: {result.file_count} files, "
-            f"{human_size(result.total_size)} ({result.files_read} read)\n"
+            f"{human_size(result.total_size)} ({result.files_read} read"
+            + (f", {result.files_from_worktree} from the working tree" if result.files_from_worktree else "")
+            + ")\n"
         )
         if check:
             sys.stderr.write("reproducible: a second build gave the same manifest\n")

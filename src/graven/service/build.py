@@ -78,6 +78,7 @@ class BuildResult(Frozen):
         "dirty_worktree",
         "provenance",
         "signed_by",
+        "files_from_worktree",
     )
     __slots__ = tuple(sorted(_fields))
     digest: str
@@ -96,6 +97,7 @@ class BuildResult(Frozen):
     dirty_worktree: bool
     provenance: str
     signed_by: str
+    files_from_worktree: int  # of files_read: blobs taken from the working tree (exactly their blob)
 
     def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
@@ -115,6 +117,7 @@ class BuildResult(Frozen):
         dirty_worktree: bool,
         provenance: str,
         signed_by: str,
+        files_from_worktree: int = 0,
     ) -> None:
         values = locals()
         for field in self._fields:
@@ -217,10 +220,11 @@ def _build(
         if source.pipeline.build.steps:
             built = _tree_from_steps(ctx, source, selection, batch, check=check, use_cache=use_cache)
             entries, files_read, new_cache = built.entries, built.files_read, list[dict[str, object]]()
+            from_worktree = 0
             sandbox, inputs = built.sandbox, built.inputs
             byproducts.append(ResourceRef("build.log", str(batch.add(built.log)), "text/plain"))
         else:
-            entries, files_read, new_cache = _tree_from_git(
+            entries, files_read, new_cache, from_worktree = _tree_from_git(
                 ctx,
                 source,
                 selection,
@@ -276,6 +280,7 @@ def _build(
         file_count=sum(1 for _ in manifest.files()),
         total_size=manifest.total_size,
         files_read=files_read,
+        files_from_worktree=from_worktree,
         invocation_id=invocation_id,
         dirty_worktree=dirty,
         provenance=str(envelope_digest),
@@ -460,10 +465,11 @@ def _tree_from_git(
     use_cache: bool,
     listing: list[GitEntry] | None = None,
     carry: _Carry | None = None,
-) -> tuple[list[TreeEntry], int, list[dict[str, object]]]:
+) -> tuple[list[TreeEntry], int, list[dict[str, object]], int]:
     """The selected entries of the commit (``listing``: its ``ls-tree``, when already read; with
     ``carry``, only what changed since an earlier build), their blobs added to ``batch``; file
-    digests come from the blob cache when the store has the object."""
+    digests come from the blob cache when the store has the object. Also: how many blobs were read,
+    the new blob cache rows, and how many of the blobs read came from the working tree."""
     carried = None if carry is None else _carry_forward(ctx, selection, carry)
     if carried is not None:
         result, chosen = carried
@@ -479,6 +485,7 @@ def _tree_from_git(
     new_cache: list[dict[str, object]] = []
     known: dict[str, tuple[str, int]] = {}
     total = len(to_read)
+    from_worktree = 0
     done = 0
 
     def progress() -> None:
@@ -519,6 +526,7 @@ def _tree_from_git(
         for oid, data in worktree_blobs(source.repo.root, wanted, max_size=LOOSE_THRESHOLD):
             take(oid, data)
             progress()
+            from_worktree += 1
         to_read = [oid for oid in to_read if oid not in known]
     with source.repo.open_blobs(to_read) as blobs:
         # git reads the blobs the cache does not know while the cached ones are checked: a cached
@@ -538,7 +546,7 @@ def _tree_from_git(
         else:
             sha, size = known[oid]
             append(FileEntry(path, sha, size, mode == MODE_EXECUTABLE))
-    return result, total, new_cache
+    return result, total, new_cache, from_worktree
 
 
 def _link_target(data: bytes, oid: str, chosen: list[GitEntry]) -> str:
@@ -591,7 +599,7 @@ def _check_git_tree(ctx: Context, source: _Source, selection: Selection, entries
     """``--check`` without steps: read every selected file from git again, past the blob cache."""
     from graven.build.compare import HashOnlyBatch, NotReproducibleError, diff_entries
 
-    again, _, _ = _tree_from_git(ctx, source, selection, cast(PackBatch, HashOnlyBatch()), use_cache=False)
+    again = _tree_from_git(ctx, source, selection, cast(PackBatch, HashOnlyBatch()), use_cache=False)[0]
     differences = diff_entries(TreeManifest.of(entries).entries, TreeManifest.of(again).entries)
     if differences:
         raise NotReproducibleError(source.commit, differences, ["the blob cache (every file read again)"])
