@@ -257,10 +257,11 @@ def _write_blobs(
 
     rest = oids
     if from_worktree and not repo.bare:
-        wanted = [  # blobs only ever checked out as files, each looked up at its first path
-            (min(e.path for e in entries), oid)
+        wanted = [  # blobs only ever checked out as files
+            (entry.path, oid)
             for oid, entries in by_oid.items()
             if all(e.mode != MODE_SYMLINK for e in entries)
+            for entry in entries
         ]
         taken: set[str] = set()
         for oid, data in worktree_blobs(repo.root, wanted, max_size=_WORKTREE_MAX, reverse=reverse):

@@ -518,11 +518,8 @@ def _tree_from_git(
     if use_cache and not source.repo.bare:
         # files of the working tree that are exactly their blob need no inflating by git (see
         # graven.sources.worktree: a file counts only when it hashes to the commit's blob id)
-        reading, first_path = set(to_read) - link_oids, dict[str, str]()
-        for _, _, oid, path in chosen:
-            if oid in reading:
-                first_path.setdefault(oid, path)
-        wanted = [(path, oid) for oid, path in first_path.items()]
+        reading = set(to_read) - link_oids
+        wanted = [(path, oid) for _, _, oid, path in chosen if oid in reading]
         for oid, data in worktree_blobs(source.repo.root, wanted, max_size=LOOSE_THRESHOLD):
             take(oid, data)
             progress()

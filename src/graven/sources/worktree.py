@@ -52,19 +52,20 @@ def blob_id(data: bytes, *, hex_length: int) -> str:
 def worktree_blobs(
     root: Path, wanted: Iterable[tuple[str, str]], *, max_size: int, reverse: bool = False
 ) -> Iterator[tuple[str, bytes]]:
-    """``(oid, content)`` for each ``(path, oid)`` of ``wanted`` whose file under the working tree
-    ``root`` holds exactly the blob ``oid`` and is smaller than ``max_size`` bytes, in path order; the
-    others are skipped without a word (their blobs are for git to read). ``reverse``: the reverse
-    order."""
+    """``(oid, content)`` for each blob of ``wanted`` (``(path, oid)`` pairs: a blob may come with
+    several paths) that the working tree under ``root`` holds exactly, smaller than ``max_size``
+    bytes, at one of its paths; each blob once, in path order (``reverse``: the reverse order). The
+    others are skipped without a word (their blobs are for git to read)."""
     try:
         root_fd = os.open(root, _DIR_FLAGS)
     except (OSError, ValueError):
         return
     dirs = _DirChain(root_fd)
+    found: set[str] = set()
     try:
         # segment by segment (a NUL sorts before every other character): each directory once
         for path, oid in sorted(wanted, key=lambda item: item[0].replace("/", "\0"), reverse=reverse):
-            if len(oid) not in (40, 64):
+            if oid in found or len(oid) not in (40, 64):
                 continue
             *parents, name = path.split("/")
             if _BAD_SEGMENTS.intersection(parents) or name in _BAD_SEGMENTS:
@@ -74,6 +75,7 @@ def worktree_blobs(
                 continue
             data = _read_regular(dir_fd, name, max_size)
             if data is not None and blob_id(data, hex_length=len(oid)) == oid:
+                found.add(oid)
                 yield oid, data
     finally:
         dirs.close()

@@ -154,3 +154,12 @@ def test_blob_id_is_gits_object_id(data: bytes) -> None:
 
     assert blob_id(data, hex_length=40) == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     assert blob_id(data, hex_length=64) == hashlib.sha256(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_a_blob_at_several_paths_is_given_once_from_any_path_that_holds_it(tmp_path: Path) -> None:
+    repo = create_repo(tmp_path / "repo", {"one.txt": "twin\n", "sub/two.txt": "twin\n"})
+    oid = git(repo, "rev-parse", "HEAD:one.txt").strip()
+    wanted = [("one.txt", oid), ("sub/two.txt", oid)]
+    assert list(worktree_blobs(repo, wanted, max_size=99)) == [(oid, b"twin\n")]
+    (repo / "one.txt").write_text("edit\n")  # the first path no longer holds it: the second does
+    assert list(worktree_blobs(repo, wanted, max_size=99)) == [(oid, b"twin\n")]
