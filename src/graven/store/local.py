@@ -30,9 +30,9 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from graven.errors import BackendError, DigestMismatchError, IntegrityError
 from graven.model.digest import Digest
@@ -800,6 +800,14 @@ class LocalStore:
         return removed
 
 
+_MIN_COMPRESS = 64  # smaller objects are stored raw
+
+
+def _stored_form(data: bytes, compressed: bytes) -> tuple[int, bytes]:
+    """The codec and bytes a pack keeps for ``data``: its zstd frame when that saves 10%, else raw."""
+    return (CODEC_ZSTD, compressed) if len(compressed) < len(data) * 0.9 else (CODEC_RAW, data)
+
+
 class _PackWriter:
     """Owns the pack files of one batch; runs in its own thread so that compression and writing
     overlap with reading the source (zstd and write(2) release the GIL)."""
@@ -807,7 +815,10 @@ class _PackWriter:
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._cctx = _zstd()[0]
-        self._one_call = True  # until the compressor says it cannot (see _compress)
+        # zstd's C extension compresses a list in one call (the cffi backend has the name, and raises)
+        self._many: Callable[..., Iterable[Any]] | None = getattr(
+            self._cctx, "multi_compress_to_buffer", None
+        )
         self._fd: int | None = None
         self._tmp: Path | None = None
         self._offset = 0
@@ -842,22 +853,18 @@ class _PackWriter:
         """Compress the items that need it in one call, without the GIL (zstd's C extension
         compresses the whole list; each item its own frame, as compress() would make it); the
         compressed form replaces the payload where it pays."""
-        todo = [at for at, item in enumerate(items) if item[4] is None and len(item[1]) >= 64]
-        many = getattr(self._cctx, "multi_compress_to_buffer", None) if self._one_call else None
-        if len(todo) < 2 or many is None:
+        todo = [at for at, item in enumerate(items) if item[4] is None and len(item[1]) >= _MIN_COMPRESS]
+        if len(todo) < 2 or self._many is None:
             return  # each is compressed on its own by _write_record
         try:
-            frames = many([items[at][1] for at in todo], threads=1)
-        except NotImplementedError:  # zstandard's cffi backend (PyPy) has the name, not the function
-            self._one_call = False
+            frames = self._many([items[at][1] for at in todo], threads=1)
+        except NotImplementedError:  # zstandard's cffi backend (PyPy): one by one from now on
+            self._many = None
             return
         for at, frame in zip(todo, frames, strict=True):
             digest, data, _, base, _ = items[at]
-            compressed = frame.tobytes()
-            if len(compressed) < len(data) * 0.9:
-                items[at] = (digest, data, CODEC_ZSTD, base, compressed)
-            else:
-                items[at] = (digest, data, CODEC_RAW, base, data)
+            codec, payload = _stored_form(data, frame.tobytes())
+            items[at] = (digest, data, codec, base, payload)
 
     def _write_record(
         self, digest: bytes, data: bytes, codec: int, base: bytes, payload: bytes | None
@@ -867,11 +874,9 @@ class _PackWriter:
                 self._finish_pack()
             self._open_pack()
         if payload is None:
-            payload = data
-            if len(data) >= 64:
-                compressed = self._cctx.compress(data)
-                if len(compressed) < len(data) * 0.9:
-                    codec, payload = CODEC_ZSTD, compressed
+            codec, payload = CODEC_RAW, data
+            if len(data) >= _MIN_COMPRESS:
+                codec, payload = _stored_form(data, self._cctx.compress(data))
         offset = self._offset
         self._write(_RECORD.pack(digest, codec, len(data), len(payload)) + base)
         self._write(payload)
