@@ -764,16 +764,13 @@ class _Builder:
         of 1 MiB and more are streamed by the pool (loose objects are verified while streaming)."""
         root, fix_mode, store = self.root, self.fix_mode, self.store
 
-        def write(item: tuple[FileEntry, bytes | None]) -> os.stat_result:
-            return _write_file(root, item[0], item[1], store, fix_mode=fix_mode)
-
         def write_group(group: list[tuple[FileEntry, bytes | None]]) -> list[_Rec]:
             out: list[_Rec] = []
-            for item in group:
+            for entry, data in group:
                 if self.failed.is_set():
                     break
-                st = write(item)
-                out.append(_record(st, item[0].sha256))
+                st = _write_file(root, entry, data, store, fix_mode=fix_mode)
+                out.append(_record(st, entry.sha256))
             return out
 
         def submit(batch: list[tuple[FileEntry, bytes | None]]) -> list[Future[list[_Rec]]]:
