@@ -132,18 +132,6 @@ def test_the_plan_makes_every_directory_once_parents_first(
 # -- threads or a forked process give the same release -----------------------------------------------------
 
 SCRIPT = """
-import json, os, sys, threading
-from pathlib import Path
-from graven.deploy.materialize import build_release, check_release
-from graven.deploy.statdb import DIR_SHA, StatTable
-from graven.model.digest import Digest
-from graven.model.manifest import TreeManifest
-from graven.store.local import LocalStore
-
-args = json.loads(sys.stdin.read())
-store = LocalStore.at(Path(args["store"]))
-first = TreeManifest.from_bytes(store.read(Digest.parse(args["first"])))
-second = TreeManifest.from_bytes(store.read(Digest.parse(args["second"])))
 out = {}
 for fork in (True, False):
     assert threading.active_count() == 1
@@ -171,10 +159,31 @@ print(json.dumps(out))
 """
 
 
+# What every script starts with: the imports it may need, the store and the manifests ``args`` names.
+SCRIPT_PRELUDE = """
+import errno, json, os, sys, threading, time
+from pathlib import Path
+from graven.deploy import materialize
+from graven.deploy.materialize import build_release, check_release, plan_transfer, remove_tree
+from graven.deploy.statdb import DIR_SHA, StatTable
+from graven.errors import BackendError, IntegrityError
+from graven.model.digest import Digest
+from graven.model.manifest import TreeManifest
+from graven.store.local import LocalStore
+
+args = json.loads(sys.stdin.read())
+store = LocalStore.at(Path(args["store"]))
+first = TreeManifest.from_bytes(store.read(Digest.parse(args["first"])))
+if "second" in args:
+    second = TreeManifest.from_bytes(store.read(Digest.parse(args["second"])))
+"""
+
+
 def run_script(script: str, args: dict[str, Any]) -> Any:
-    """Run ``script`` in a new interpreter (no other thread alive, as in the command line)."""
+    """Run :data:`SCRIPT_PRELUDE` and ``script`` in a new interpreter (no other thread alive, as in
+    the command line)."""
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, "-c", SCRIPT_PRELUDE + textwrap.dedent(script)],
         input=json.dumps(args),
         capture_output=True,
         text=True,
@@ -269,19 +278,6 @@ def test_a_failure_in_a_linking_thread_stops_every_thread(
 
 
 FAILING_SCRIPT = """
-import errno, json, os, sys, time
-from pathlib import Path
-from graven.deploy.materialize import build_release, check_release, remove_tree
-from graven.deploy.statdb import DIR_SHA, StatTable
-from graven.errors import BackendError
-from graven.model.digest import Digest
-from graven.model.manifest import TreeManifest
-from graven.store.local import LocalStore
-
-args = json.loads(sys.stdin.read())
-store = LocalStore.at(Path(args["store"]))
-first = TreeManifest.from_bytes(store.read(Digest.parse(args["first"])))
-second = TreeManifest.from_bytes(store.read(Digest.parse(args["second"])))
 base = Path(args["base"])
 table = StatTable()
 build_release(store, first, base / "r1", table, fork=True)
@@ -457,18 +453,6 @@ def test_a_deploy_failing_half_way_in_a_linking_thread_leaves_no_partial_release
 
 
 DAMAGED_SCRIPT = """
-import json, os, sys
-from pathlib import Path
-from graven.deploy.materialize import build_release
-from graven.deploy.statdb import StatTable
-from graven.errors import BackendError, IntegrityError
-from graven.model.digest import Digest
-from graven.model.manifest import TreeManifest
-from graven.store.local import LocalStore
-
-args = json.loads(sys.stdin.read())
-store = LocalStore.at(Path(args["store"]))
-first = TreeManifest.from_bytes(store.read(Digest.parse(args["first"])))
 parent = os.getpid()
 real = LocalStore.read_many
 
@@ -521,19 +505,6 @@ def test_a_forked_first_release_copies_in_both_processes(tmp_path: Path, store: 
 
 
 NEXT_FAILING_SCRIPT = """
-import errno, json, os, sys
-from pathlib import Path
-from graven.deploy import materialize
-from graven.deploy.materialize import build_release, check_release, plan_transfer, remove_tree
-from graven.deploy.statdb import DIR_SHA, StatTable
-from graven.model.digest import Digest
-from graven.model.manifest import TreeManifest
-from graven.store.local import LocalStore
-
-args = json.loads(sys.stdin.read())
-store = LocalStore.at(Path(args["store"]))
-first = TreeManifest.from_bytes(store.read(Digest.parse(args["first"])))
-second = TreeManifest.from_bytes(store.read(Digest.parse(args["second"])))
 base = Path(args["base"])
 table = StatTable()
 build_release(store, first, base / "r1", table, fork=True)
