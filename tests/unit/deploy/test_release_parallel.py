@@ -197,23 +197,25 @@ def digest_text(manifest: TreeManifest) -> str:
     return str(manifest.digest)
 
 
-def test_a_forked_build_and_a_threaded_one_give_the_same_release(tmp_path: Path, store: LocalStore) -> None:
-    first = stored_manifest(store, tree_files(1))
-    second = stored_manifest(store, tree_files(2))
+def script_world(
+    store: LocalStore, tmp_path: Path, versions: int = 2, **extra: str
+) -> tuple[dict[str, Any], list[TreeManifest]]:
+    """The arguments of a script (:func:`run_script`): the manifests of ``tree_files(1..versions)``
+    stored with their objects (as "first", "second"), an empty ``base`` directory, and ``extra``."""
+    manifests = [stored_manifest(store, tree_files(version)) for version in range(1, versions + 1)]
     with store.batch() as batch:  # the manifests, for the script to read
-        batch.add(first.to_bytes())
-        batch.add(second.to_bytes())
+        for manifest in manifests:
+            batch.add(manifest.to_bytes())
     base = tmp_path / "out"
     base.mkdir()
-    out = run_script(
-        SCRIPT,
-        {
-            "store": str(store.root),
-            "first": digest_text(first),
-            "second": digest_text(second),
-            "base": str(base),
-        },
-    )
+    names = dict(zip(("first", "second"), map(digest_text, manifests), strict=False))
+    return {"store": str(store.root), **names, "base": str(base), **extra}, manifests
+
+
+def test_a_forked_build_and_a_threaded_one_give_the_same_release(tmp_path: Path, store: LocalStore) -> None:
+    args, (first, second) = script_world(store, tmp_path)
+    base = Path(args["base"])
+    out = run_script(SCRIPT, args)
     assert out["True"]["first"] == out["False"]["first"]
     assert out["True"]["second"] == out["False"]["second"]
     stats = out["True"]["second"]
@@ -323,20 +325,8 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize("who", ["child", "parent"])
 def test_a_failure_in_either_process_stops_both(tmp_path: Path, store: LocalStore, who: str) -> None:
-    first = stored_manifest(store, tree_files(1))
-    second = stored_manifest(store, tree_files(2))
-    with store.batch() as batch:
-        batch.add(first.to_bytes())
-        batch.add(second.to_bytes())
-    base = tmp_path / "out"
-    base.mkdir()
-    args = {
-        "store": str(store.root),
-        "first": digest_text(first),
-        "second": digest_text(second),
-        "base": str(base),
-        "who": who,
-    }
+    args, (_, second) = script_world(store, tmp_path, who=who)
+    base = Path(args["base"])
     out = run_script(FAILING_SCRIPT, args)
     assert "No space left on device" in out.get("error", ""), out
     assert out["children"] == "none" and out["still"] and out["r1_ok"]
@@ -485,12 +475,7 @@ def test_a_damaged_object_read_by_either_process_is_an_integrity_error(
 ) -> None:
     # each process writes the files of its own directories: the child's failure to read a store
     # object must reach the caller as the IntegrityError it is (exit 1, audited), not as a crash
-    first = stored_manifest(store, tree_files(1))
-    with store.batch() as batch:
-        batch.add(first.to_bytes())
-    base = tmp_path / "out"
-    base.mkdir()
-    args = {"store": str(store.root), "first": digest_text(first), "base": str(base), "who": who}
+    args, _ = script_world(store, tmp_path, versions=1, who=who)
     out = run_script(DAMAGED_SCRIPT, args)
     assert out.get("integrity") == "object sha256:0123: content hashes to something else", out
     assert out["children"] == "none"
@@ -539,19 +524,7 @@ def test_a_next_release_failing_while_copying_keeps_the_live_files_records(
 ) -> None:
     # the live files linked before the failure changed ctime: their records must be refreshed, or the
     # next deploy copies everything and drift re-hashes the live release
-    first = stored_manifest(store, tree_files(1))
-    second = stored_manifest(store, tree_files(2))
-    with store.batch() as batch:
-        batch.add(first.to_bytes())
-        batch.add(second.to_bytes())
-    base = tmp_path / "out"
-    base.mkdir()
-    args = {
-        "store": str(store.root),
-        "first": digest_text(first),
-        "second": digest_text(second),
-        "base": str(base),
-    }
+    args, _ = script_world(store, tmp_path)
     out = run_script(NEXT_FAILING_SCRIPT, args)
     assert "No space left on device" in out.get("error", ""), out
     assert out["r1_by_stat"], out
