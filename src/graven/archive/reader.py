@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Self, cast
@@ -41,18 +44,42 @@ class ImportedTree:
     claims: dict[str, Any]
 
 
+class _Replay:
+    """``head``, bytes already read from ``rest``, then the rest of ``rest``: the stream of an
+    archive that cannot seek back to its start (a pipe: ``graven import /dev/stdin``)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        head = self._head
+        if not head:
+            return self._rest.read(size)
+        if size < 0:
+            self._head = b""
+            return head + self._rest.read()
+        self._head = head[size:]
+        return head[:size]
+
+
 def _open_stream(handle: BinaryIO) -> IO[bytes]:
     magic = handle.read(4)
-    handle.seek(0)
+    source: BinaryIO
+    if handle.seekable():
+        handle.seek(0)
+        source = handle
+    else:
+        source = cast(BinaryIO, _Replay(magic, handle))
     if magic.startswith(_GZIP_MAGIC):
         import gzip
 
-        return cast(IO[bytes], gzip.GzipFile(fileobj=handle, mode="rb"))
+        return cast(IO[bytes], gzip.GzipFile(fileobj=source, mode="rb"))
     if magic == _ZSTD_MAGIC:
         import zstandard
 
-        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(handle))
-    return handle
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(source))
+    return source
 
 
 def _normalize(name: str) -> str:
@@ -187,8 +214,11 @@ def _check_end(tar: tarfile.TarFile, last: _LastBlock, path: Path) -> None:
     raise InputError(f"{path}: archive is truncated (no end-of-archive blocks after byte {at})")
 
 
-def read_archive(path: Path, batch: PackBatch) -> ImportedTree:
-    """Read ``path`` (.tar, .tar.gz or .tar.zst, detected by content) into ``batch``."""
+def read_archive(
+    path: Path, batch: PackBatch, progress: Callable[[int, int], None] | None = None
+) -> ImportedTree:
+    """Read ``path`` (.tar, .tar.gz or .tar.zst, detected by content) into ``batch``; ``progress`` is
+    called with (bytes of the file read so far, its size) after each member."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -196,11 +226,14 @@ def read_archive(path: Path, batch: PackBatch) -> ImportedTree:
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     with handle:
+        tick = _ticker(handle, progress)
         stream = _open_stream(handle)
         last = _LastBlock()
         try:
             with tarfile.open(fileobj=stream, mode="r|", tarinfo=_probing_tarinfo(last)) as tar:
-                entries, dirs = _read_members(tar, batch)
+                entries, dirs = _read_members(tar, batch, tick)
+                if tick is not None:
+                    tick(True)
                 _check_end(tar, last, path)
                 claims = _claims(tar)
         except tarfile.TarError as exc:
@@ -224,10 +257,30 @@ def read_archive(path: Path, batch: PackBatch) -> ImportedTree:
     return ImportedTree(TreeManifest.of(entries.values()), claims)
 
 
-def _read_members(tar: tarfile.TarFile, batch: PackBatch) -> tuple[dict[str, TreeEntry], set[str]]:
+def _ticker(handle: BinaryIO, progress: Callable[[int, int], None] | None) -> Callable[[bool], None] | None:
+    """What reports how far the reading of ``handle`` got (``True``: all of it); None without
+    ``progress`` or for what is not a regular file (a pipe has no size and no position)."""
+    if progress is None:
+        return None
+    info = os.fstat(handle.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    size = info.st_size
+
+    def tick(done: bool = False) -> None:
+        progress(size if done else min(handle.tell(), size), size)
+
+    return tick
+
+
+def _read_members(
+    tar: tarfile.TarFile, batch: PackBatch, tick: Callable[[bool], None] | None
+) -> tuple[dict[str, TreeEntry], set[str]]:
     entries: dict[str, TreeEntry] = {}
     dirs: set[str] = set()
     for member in tar:
+        if tick is not None:
+            tick(False)
         raw_name = member.name
         if raw_name.startswith("/"):
             raise UnsafeInputError(f"{_shown(raw_name[:200])}: absolute path in archive")

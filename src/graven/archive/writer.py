@@ -369,8 +369,10 @@ def write_archive(
     compression: str,
     *,
     read_many: ReadMany | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write the whole archive to ``out`` with the given compression (tar, gz, zst)."""
+    """Write the whole archive to ``out`` with the given compression (tar, gz, zst); ``progress`` is
+    called with the number of uncompressed archive bytes handed out so far, about every MiB."""
     compressor: BinaryIO | None = None
     if compression == "zst":
         import zstandard
@@ -388,8 +390,12 @@ def write_archive(
     try:
         # The pieces are about 1 MiB and never changed once handed out: they go to the sink as they
         # are (how a stream is cut does not change what zstd or gzip make of it).
+        written = 0
         for piece in iter_archive(manifest, meta, open_blob, read_many):
             sink.write(piece)
+            if progress is not None:
+                written += len(piece)
+                progress(written)
     finally:
         sink.close()
     if compressor is not None:
@@ -433,8 +439,10 @@ def write_archive_file(
     path: Path,
     *,
     read_many: ReadMany | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write the archive to ``path`` atomically (a temp file beside it, then rename).
+    """Write the archive to ``path`` atomically (a temp file beside it, then rename); ``progress`` as
+    for :func:`write_archive`.
 
     Errors name ``path``: a missing or unwritable directory is an :class:`InputError`, a disk that fails
     underneath a :class:`BackendError`; the temp file never stays behind.
@@ -450,7 +458,9 @@ def write_archive_file(
         raise write_error(path, exc) from None
     try:
         with handle:
-            write_archive(manifest, meta, open_blob, handle, compression, read_many=read_many)
+            write_archive(
+                manifest, meta, open_blob, handle, compression, read_many=read_many, progress=progress
+            )
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)

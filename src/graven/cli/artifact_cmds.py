@@ -8,7 +8,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, UsageError, add_command
 from graven.cli.context import closing as _closing
-from graven.cli.output import emit_json, human_size, print_table
+from graven.cli.output import TerminalReporter, emit_json, human_size, print_table
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -234,10 +234,14 @@ def verify_cmd(args: argparse.Namespace) -> int:
 
     if rebuild_repo is not None and not rebuild:
         raise UsageError("-C/--repo is only used with --rebuild", "graven verify")
-    ctx = _closing(Context.from_env())
+    reporter = TerminalReporter()
+    ctx = _closing(Context.from_env(reporter))
     resolved = svc.resolve_digest(ctx, digest)
     trust = load_policy(ctx, policy)
-    report = svc.verify_artifact(ctx, resolved)
+    try:
+        report = svc.verify_artifact(ctx, resolved)
+    finally:
+        reporter.close()
     provenance = check_provenance(ctx, resolved, policy=trust, env=env)
     ok = report.ok and provenance.ok
     if not ok:
@@ -335,13 +339,17 @@ def export_cmd(args: argparse.Namespace) -> int:
     from graven.service.transfer import check_outputs, export_artifact, prepare_attestation
 
     check_outputs(output, attestation, bundle)  # not half an export for a mistyped --attestation path
-    ctx = _closing(Context.from_env())
+    reporter = TerminalReporter()
+    ctx = _closing(Context.from_env(reporter))
     resolved = svc.resolve_digest(ctx, digest)
     write_attestation = None
     if attestation is not None or bundle is not None:
         # made before anything is written: an attestation that cannot be exported stops the export
         write_attestation = prepare_attestation(ctx, resolved, envelope_path=attestation, bundle_path=bundle)
-    export_artifact(ctx, resolved, output)
+    try:
+        export_artifact(ctx, resolved, output)
+    finally:
+        reporter.close()
     if write_attestation is not None:
         write_attestation()
     if as_json:
@@ -360,8 +368,12 @@ def import_cmd(args: argparse.Namespace) -> int:
     from graven.service.context import Context
     from graven.service.transfer import import_archive
 
-    ctx = _closing(Context.from_env())
-    result = import_archive(ctx, archive, name=name, attestation=attestation)
+    reporter = TerminalReporter()
+    ctx = _closing(Context.from_env(reporter))
+    try:
+        result = import_archive(ctx, archive, name=name, attestation=attestation)
+    finally:
+        reporter.close()
     if as_json:
         emit_json(result.to_json())
     else:

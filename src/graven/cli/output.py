@@ -6,11 +6,14 @@ import sys
 import time
 from collections.abc import Sequence
 
+from graven.service.context import BYTES
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-__all__ = ["TerminalReporter", "emit_json", "human_size", "print_table"]
+__all__ = ["TerminalReporter", "emit_json", "human_size", "print_table", "progress_text"]
 
 
 def emit_json(value: Any) -> None:
@@ -41,6 +44,15 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+def progress_text(stage: str, done: int, total: int | None) -> str:
+    """The progress line: ``stage: done/total``; sizes for a stage counted in bytes
+    (``writing archive: 12.0 MiB/40.2 MiB``)."""
+    shown: Callable[[int], str] = str
+    if stage.endswith(BYTES):
+        stage, shown = stage[: -len(BYTES)], human_size
+    return f"{stage}: {shown(done)}/{shown(total)}" if total else f"{stage}: {shown(done)}"
+
+
 class TerminalReporter:
     """Warnings on stderr; progress redrawn in place when stderr is a terminal."""
 
@@ -62,8 +74,7 @@ class TerminalReporter:
         if now - self._last < 0.1 and (total is None or done < total):
             return
         self._last = now
-        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
-        sys.stderr.write(f"\r\x1b[K{text}")
+        sys.stderr.write(f"\r\x1b[K{progress_text(stage, done, total)}")
         sys.stderr.flush()
         self._drawn = True
 

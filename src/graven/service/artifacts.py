@@ -250,7 +250,10 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
     paths_by_blob: dict[str, list[str]] = {}
     for entry in manifest.files():
         paths_by_blob.setdefault(entry.sha256, []).append(entry.path)
-    for sha, paths in paths_by_blob.items():
+    total = len(paths_by_blob)
+    progress = ctx.reporter.progress
+    for done, (sha, paths) in enumerate(paths_by_blob.items()):
+        progress("verifying objects", done, total)
         blob = Digest(sha)
         report.objects_checked += 1
         try:
@@ -260,6 +263,7 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
         except IntegrityError as exc:
             kind = "missing" if not store.has(blob) else "corrupt"
             report.problems.extend(Problem(p, str(blob), kind, str(exc)) for p in paths)
+    progress("verifying objects", total, total)
     report.problems.sort(key=lambda p: p.path.encode())
     return report
 

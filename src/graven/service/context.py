@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from graven.store.local import LocalStore
     from graven.store.manifest_cache import ManifestCache
 
-__all__ = ["Context", "NullReporter", "Reporter", "utc_now"]
+__all__ = ["BYTES", "Context", "NullReporter", "Reporter", "utc_now"]
+
+BYTES = " (bytes)"  # the end of a progress stage counted in bytes
 
 
 def utc_now() -> str:
@@ -32,7 +34,8 @@ class Reporter(Protocol):
         ...
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
-        """``done`` of ``total`` units of ``stage`` are finished."""
+        """``done`` of ``total`` units of ``stage`` are finished; the units are bytes when ``stage``
+        ends with :data:`BYTES` (`` (bytes)``), else items."""
         ...
 
 

@@ -63,7 +63,13 @@ def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
         source_date_epoch=record.source_date_epoch,
         pipeline=pipeline,
     )
-    write_archive_file(manifest, meta, ctx.store.open, out, read_many=ctx.store.read_many)
+    total, report = manifest.total_size, ctx.reporter.progress
+
+    def progress(written: int) -> None:  # file bytes dominate: the headers make it only a little more
+        report("writing archive (bytes)", min(written, total), total)
+
+    write_archive_file(manifest, meta, ctx.store.open, out, read_many=ctx.store.read_many, progress=progress)
+    report("writing archive (bytes)", total, total)
 
 
 class ImportResult(NamedTuple):
@@ -177,7 +183,8 @@ def import_archive(
         raise InputError(f"--name {_shown(name)} is not a valid artifact name: {_NAME_HINT}")
     store = ctx.store
     with store.batch() as batch:
-        tree = read_archive(path, batch)
+        report = ctx.reporter.progress
+        tree = read_archive(path, batch, lambda done, size: report("reading archive (bytes)", done, size))
         manifest = tree.manifest
         claims = tree.claims
         if not manifest.entries:
