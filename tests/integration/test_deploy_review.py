@@ -209,13 +209,22 @@ def test_two_environments_never_share_a_directory(world: World) -> None:
     assert not (world.root / "app" / "current" / "x").exists()  # refused before anything was made there
 
 
-def test_a_renamed_environment_can_take_over_its_directory(world: World) -> None:
+def test_another_environment_cannot_take_over_a_live_environments_directory(world: World) -> None:
+    """Deploying as ``b`` into the directory where ``a`` is live would switch a's release without a's
+    hold or ``requires`` (and prune a's releases): refused before anything is made. A renamed
+    environment gets a directory of its own; one whose old name has nothing live may take it over."""
+    from graven.errors import ConfigError
     from helpers_deploy import env_toml
 
     old = world.version(2, env_toml("app", {"a": {"path": "place"}}))
     assert world.deploy(old, "a").ok
+    live = os.readlink(world.root / "place" / "current")
     renamed = world.version(3, env_toml("app", {"b": {"path": "place"}}))
-    assert world.deploy(renamed, "b").ok  # a warning names a; nothing refuses
+    with pytest.raises(ConfigError, match=r"is the directory of environment a .* is live"):
+        world.deploy(renamed, "b")
+    assert os.readlink(world.root / "place" / "current") == live
+    moved = world.version(4, env_toml("app", {"b": {"path": "place-b"}}))
+    assert world.deploy(moved, "b").ok
 
 
 def test_an_artifact_built_before_stricter_checks_stays_deployable(world: World) -> None:

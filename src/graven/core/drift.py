@@ -43,6 +43,7 @@ __all__ = [
     "Observed",
     "alert_transition",
     "compare_env",
+    "compare_releases_dir",
     "compare_tree",
     "deployed_mode",
     "expected_dirs",
@@ -63,6 +64,7 @@ KINDS = (
     "current",
     "unknown-release",
     "config",
+    "releases",
 )
 ALERT_FORMAT = "graven.drift-alert/v1"
 TEXT_PATHS = 5  # paths named in an alert's `text`
@@ -338,6 +340,15 @@ class EnvObservation(Frozen):
         _set(self, "config_target", config_target)
 
 
+def compare_releases_dir(kind: str, target: str | None) -> list[Difference]:
+    """The difference of ``PATH/releases`` when it is not a real directory (``kind`` as
+    :func:`graven.deploy.switch.link_kind` says; ``target`` a symlink's), else none. Nothing is read
+    through it: a link there could make a check hash a copy kept anywhere."""
+    if kind == "dir":
+        return []
+    return [Difference("releases", "releases", "dir", f"symlink to {target}" if kind == "symlink" else kind)]
+
+
 def compare_env(expected: EnvExpectation, seen: EnvObservation) -> list[Difference]:
     """The differences of the environment's own symlinks."""
     found: list[Difference] = []
@@ -567,6 +578,8 @@ def plan_heal(manifest: TreeManifest, diffs: Sequence[Difference]) -> HealPlan:
         if diff.kind == "config":
             config = True
             continue
+        if diff.kind == "releases":
+            continue  # never healed through: a heal refuses a PATH/releases that is not a directory
         if diff.kind == "added":
             remove.add(path)
             continue

@@ -103,10 +103,12 @@ class EnvLayout(Frozen):
 
     def check_releases_dir(self) -> None:
         """Refuse when ``PATH/releases`` exists and is anything but a real directory: a symlink there
-        would have graven build, heal, and clean up leftovers and old releases, wherever it points."""
+        would have graven build, heal, and clean up leftovers and old releases, wherever it points;
+        and when another user could change the directory under graven (:meth:`check_owners`)."""
         try:
             st = os.lstat(self.releases)
         except FileNotFoundError:
+            self.check_owners()
             return
         except OSError as exc:
             raise BackendError(f"cannot read {self.releases}: {exc.strerror}") from None
@@ -116,6 +118,33 @@ class EnvLayout(Frozen):
                 f"{self.releases} is {what}; graven keeps releases only in a real directory there "
                 "(never following a link): move it out of the way, then try again"
             )
+        self.check_owners()
+
+    def check_owners(self) -> None:
+        """Refuse an environment directory that another user could change under graven (as sshd's
+        StrictModes does): ``PATH/releases``, ``PATH`` and every directory above it (links resolved)
+        must belong to this user or to root, and must not be writable by every user unless sticky
+        (``/tmp``: nobody renames another user's entries there). Otherwise that user could swap
+        ``releases`` or ``PATH`` itself for a link between two of graven's steps, and have it write,
+        chmod or link files elsewhere. What does not exist yet is made by graven, as this user."""
+        me = os.geteuid()
+        real = Path(os.path.realpath(self.root))
+        for directory in (real / RELEASES, real, *real.parents):
+            try:
+                st = os.lstat(directory)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise BackendError(f"cannot read {directory}: {exc.strerror}") from None
+            if not stat.S_ISDIR(st.st_mode):
+                continue  # PATH/releases as a link or a file: check_releases_dir names that
+            problem = _unsafe_owner(st, me, top=directory in (real, real / RELEASES))
+            if problem is not None:
+                raise InputError(
+                    f"{directory} {problem}: another user could change the environment directory "
+                    f"{self.root} while graven works in it; fix the directory's owner or mode, or deploy "
+                    "somewhere only you (or root) can write"
+                )
 
     def leftovers(self) -> list[Path]:
         """Directories left by killed deployers (``.tmp-*``, ``.trash-*``)."""
@@ -126,3 +155,14 @@ class EnvLayout(Frozen):
         except OSError as exc:
             raise BackendError(f"cannot list {self.releases}: {exc.strerror}") from None
         return [self.releases / n for n in sorted(names) if n.startswith((".tmp-", ".trash-"))]
+
+
+def _unsafe_owner(st: os.stat_result, me: int, *, top: bool) -> str | None:
+    """What makes a directory on the way to an environment unsafe for user ``me``, or None. ``top``:
+    ``PATH`` or ``PATH/releases``, which must not be writable by every user even when sticky (other
+    users could put names there that graven then owns)."""
+    if st.st_uid not in (me, 0):
+        return f"belongs to another user (uid {st.st_uid}; you are {me})"
+    if st.st_mode & stat.S_IWOTH and (top or not st.st_mode & stat.S_ISVTX):
+        return f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None

@@ -24,7 +24,7 @@ from graven.service.artifacts import load_manifest, resolve_digest
 from graven.service.context import Context
 from graven.service.deploy_records import settings_from_row
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.deploy_verify import check_path, policy_facts, verify_target
+from graven.service.deploy_verify import check_location, check_path, policy_facts, verify_target
 from graven.service.environments import deployment_row, load_state
 
 
@@ -111,6 +111,7 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
     target = verify_target(ctx, digest, env, opts, log_failures=False)
     settings = target.settings
     with ctx.db.connect() as conn:
+        check_location(ctx, conn, settings)
         state = load_state(conn, env)
         facts = policy_facts(conn, target, state, kind="deploy", override=opts.override)
         live_row = deployment_row(conn, state.live_deployment) if state else None

@@ -4,9 +4,11 @@ environment's settings from the verified graven.toml, and policy facts.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 from graven.db import Connection
+from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyFacts, short
 from graven.deploy.settings import EnvSettings, check_config_path, clashes_with_layout, resolve_env
 from graven.errors import ConfigError, InputError, IntegrityError, PolicyError, VerificationError
@@ -137,20 +139,45 @@ def policy_facts(
 
 
 def check_location(ctx: Context, conn: Connection, settings: EnvSettings) -> None:
-    """Refuse, before anything is created there, an environment directory that is a file, or that lies
-    in what graven keeps inside another environment's directory (or holds that environment's
-    directory there). Another environment recorded at the very same path gets a warning: that is what
-    renaming an environment looks like, and the old name's releases will be pruned as this one's."""
+    """Refuse, before anything is created there, an environment directory that is a file; that lies in
+    GRAVEN_HOME (the store, keys and trust policy) or in what graven keeps inside it; that is the
+    directory of another environment with a live release (deploying there would bypass that
+    environment's hold and ``requires``, and prune its releases), or lies in what graven keeps inside
+    another environment's directory (or holds that environment's directory there); or that another
+    user could change under graven (:meth:`EnvLayout.check_owners`). Paths are compared with their
+    symlinks resolved. Another environment recorded at the same path with nothing live gets a
+    warning: that is what renaming an environment looks like."""
     path = Path(settings.path)
+    mine = _resolved(settings.path)
+    home = _resolved(str(ctx.home.root))
+    if mine == home or home in mine.parents:
+        raise ConfigError(
+            f"[env.{settings.name}] path {settings.path} lies in GRAVEN_HOME ({ctx.home.root}), where "
+            "graven keeps its store, keys and trust policy; give the environment a directory outside it"
+        )
+    if clashes_with_layout(home, mine):
+        raise ConfigError(
+            f"[env.{settings.name}] path {settings.path} holds GRAVEN_HOME ({ctx.home.root}) where graven "
+            "keeps releases and links, so a deploy would replace or delete it; move GRAVEN_HOME or give "
+            "the environment another directory"
+        )
     if path.exists() and not path.is_dir():
         raise InputError(
             f"[env.{settings.name}] path {settings.path} exists and is not a directory; "
             "point it at a directory graven can own"
         )
-    mine = PurePosixPath(settings.path)
-    rows = conn.execute("SELECT name, path FROM deploy_envs WHERE name <> :name", {"name": settings.name})
-    for other, other_path in rows:
-        theirs = PurePosixPath(other_path)
+    rows = conn.execute(
+        "SELECT name, path, live_digest FROM deploy_envs WHERE name <> :name", {"name": settings.name}
+    )
+    for other, other_path, other_live in rows:
+        theirs = _resolved(other_path)
+        if mine == theirs and other_live:
+            raise ConfigError(
+                f"[env.{settings.name}] path {settings.path} is the directory of environment {other} "
+                f"({other_path}), where {short(other_live)} is live; one directory belongs to one "
+                f"environment (its hold, requires and history): deploy to {other}, or give "
+                f"{settings.name} a directory of its own"
+            )
         if mine == theirs:
             ctx.reporter.warn(
                 f"environment {other} was deployed at {other_path} too; if {settings.name} replaces it, "
@@ -162,6 +189,12 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings) -> Non
                 "overlap where graven keeps releases and links; every environment needs a directory of "
                 "its own"
             )
+    EnvLayout(path).check_owners()
+
+
+def _resolved(path: str) -> PurePosixPath:
+    """``path`` with every symlink in its existing part resolved (a missing tail stays as written)."""
+    return PurePosixPath(os.path.realpath(path))
 
 
 def check_path(state: EnvState | None, settings: EnvSettings) -> None:

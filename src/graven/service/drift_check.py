@@ -15,6 +15,7 @@ from graven.core.drift import (
     EnvExpectation,
     EnvObservation,
     compare_env,
+    compare_releases_dir,
     compare_tree,
 )
 from graven.core.globs import GlobSet
@@ -145,7 +146,14 @@ def _check_now(
     hex_digest = digest.removeprefix("sha256:")
     now_ns = fs_clock(layout.meta / "drift", depth=2)
     cache: VerifiedCache | None = None
-    if full:
+    releases_diffs = compare_releases_dir(*link_kind(layout.releases))
+    if releases_diffs:  # never read the release through what stands at PATH/releases
+        walk = early.take(target.env, hex_digest) if early is not None else None
+        if walk is not None:
+            walk.child.cancel()
+        index = session.index(digest)
+        scan = ScanResult(root_missing=True)
+    elif full:
         # a second process may start hashing (where the last full check split the tree) while the
         # manifest is read here
         walk = early.take(target.env, hex_digest) if early is not None else None
@@ -189,8 +197,10 @@ def _check_now(
     ignore, ignore_note = session.ignore(digest, target.env, deployed, trust)
     note = "; ".join(n for n in (note, ignore_note) if n) or None
     expected = EnvExpectation(hex_digest, config)
-    diffs = compare_env(expected, seen)
-    if scan.root_missing:
+    diffs = compare_env(expected, seen) + releases_diffs
+    if releases_diffs:
+        pass  # the release was not looked at
+    elif scan.root_missing:
         diffs.append(Difference(ROOT_PATH, "removed", "dir", None))
     else:
         diffs.extend(

@@ -119,9 +119,8 @@ def start_early(ctx: Context, envs: Sequence[str] = ()) -> EarlyWalks:
     split = load_split(split_path(layout.meta), digest_hex)
     if split is None:
         return early
-    base = str(layout.release(digest_hex))
-    try:
-        if not stat.S_ISDIR(os.lstat(base).st_mode):
+    try:  # a real directory at PATH/releases and at the release (the check names anything else)
+        if not all(stat.S_ISDIR(os.lstat(p).st_mode) for p in (layout.releases, layout.release(digest_hex))):
             return early
     except OSError:
         return early

@@ -61,6 +61,8 @@ def quick_check(ctx: Context, target: DriftTarget) -> DriftReport | None:
         current=link_kind(root / "current"),
         config_link=link_kind(root / "config"),
     )
+    if link_kind(root / "releases")[0] != "dir":
+        return None  # the full check names it, and reads nothing through it
     if want != snapshot.binding or not unchanged(snapshot, str(root / "releases" / release)):
         return None
     return DriftReport(

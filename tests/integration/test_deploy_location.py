@@ -1,0 +1,142 @@
+"""Where an environment may live (a review with a hostile graven.toml and a racing local user): never
+in GRAVEN_HOME, never in another live environment's directory or in what graven keeps there (symlinks
+resolved), never where another user could change the directory under graven; and a drift check never
+reads a release through a link planted at ``PATH/releases``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graven.errors import ConfigError, InputError
+from graven.service.deploy_plan import plan_deploy
+from graven.service.drift import check
+from graven.service.drift_heal import heal
+from helpers_deploy import World, env_toml, make_world, staging_prod
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+def _listing(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def _layout_names(home: Path) -> list[Path]:
+    """What a deploy makes in an environment directory, found anywhere in ``home``."""
+    return [p for p in home.rglob("*") if p.name in {"releases", ".graven", "current", "config"}]
+
+
+@pytest.mark.parametrize("inside", ["objects", "trust/revoked", "."])
+def test_an_environment_in_graven_home_is_refused_before_anything_is_made(world: World, inside: str) -> None:
+    """An artifact's graven.toml must not turn the store into an environment, or the revocation list
+    into a directory (which would silently switch revocation off)."""
+    home = world.home
+    (home / "trust" / "revoked").write_text("")  # the list exists: it must stay a file
+    path = str(home / inside) if inside != "." else str(home)
+    digest = world.version(2, env_toml("app", {"x": {"path": path}}))
+    with pytest.raises(ConfigError, match="lies in GRAVEN_HOME"):
+        plan_deploy(world.ctx(), digest, "x", world.options())
+    with pytest.raises(ConfigError, match="lies in GRAVEN_HOME"):
+        world.deploy(digest, "x")
+    assert _layout_names(home) == []
+    assert (home / "trust" / "revoked").is_file()
+
+
+def test_graven_home_reached_through_a_symlink_is_refused(world: World, tmp_path: Path) -> None:
+    (tmp_path / "innocent").symlink_to(world.home)
+    digest = world.version(2, env_toml("app", {"x": {"path": str(tmp_path / "innocent" / "objects")}}))
+    with pytest.raises(ConfigError, match="lies in GRAVEN_HOME"):
+        world.deploy(digest, "x")
+    assert _layout_names(world.home) == []
+
+
+def test_a_path_into_another_environments_release_through_a_symlink_is_refused(world: World) -> None:
+    """``b`` at ``a/data/b`` where someone made ``a/data`` a link into a's live release: the paths do
+    not overlap as written, but b would write its releases into a's read-only release (and a's heal
+    would then delete them)."""
+    toml = env_toml("app", {"a": {"path": "a"}, "b": {"path": "a/data/b"}})
+    digest = world.version(2, toml)
+    assert world.deploy(digest, "a").ok
+    a = world.root / "a"
+    (a / "data").symlink_to("current/app")
+    release = a / os.readlink(a / "current")
+    before = _listing(release)
+    with pytest.raises(ConfigError, match="overlap where graven keeps releases"):
+        world.deploy(digest, "b")
+    assert _listing(release) == before
+    (report,) = check(world.ctx(), ["a"])
+    assert report.clean
+
+
+def test_a_directory_every_user_may_write_is_refused_on_the_way_and_at_path(
+    world: World, tmp_path: Path
+) -> None:
+    v1 = world.build()
+    parent = world.root
+    parent.mkdir(parents=True)
+    parent.chmod(0o777)  # anyone could rename PATH itself away and put a link there
+    with pytest.raises(InputError, match=r"srv is writable by every user \(mode 0777\)"):
+        world.deploy(v1, "staging")
+    assert not (parent / "staging").exists()
+    parent.chmod(0o1777)  # sticky, as /tmp: nobody renames another user's entries
+    assert world.deploy(v1, "staging").ok
+    staging = parent / "staging"
+    staging.chmod(0o1777)  # PATH itself: never, sticky or not
+    with pytest.raises(InputError, match=r"staging is writable by every user"):
+        world.deploy(world.version(2), "staging")
+    staging.chmod(0o755)
+    (staging / "releases").chmod(0o777)
+    with pytest.raises(InputError, match=r"releases is writable by every user"):
+        world.deploy(world.version(3), "staging")
+    with pytest.raises(InputError, match=r"releases is writable by every user"):
+        heal(world.ctx(), "staging")
+    (staging / "releases").chmod(0o755)
+    assert world.deploy(world.version(4), "staging").ok
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user's needs root")
+def test_a_directory_of_another_user_is_refused(world: World) -> None:
+    v1 = world.build()
+    staging = world.root / "staging"
+    staging.mkdir(parents=True)
+    os.chown(staging, 65534, 65534)
+    with pytest.raises(InputError, match=r"staging belongs to another user \(uid 65534; you are 0\)"):
+        world.deploy(v1, "staging")
+    assert os.listdir(staging) == []
+    os.chown(staging, 0, 0)
+    assert world.deploy(v1, "staging").ok
+
+
+def test_drift_names_a_link_at_releases_and_reads_nothing_through_it(world: World, tmp_path: Path) -> None:
+    """A copy of the releases kept elsewhere, linked in: the check must not hash the copy (and call
+    the environment clean, or report its edits as the environment's)."""
+    world.commit({}, env_toml("app", staging_prod()))
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    (clean,) = check(world.ctx(), ["staging"])
+    assert clean.clean
+    releases = world.env_dir("staging") / "releases"
+    copy = tmp_path / "copy"
+    shutil.copytree(releases, copy, symlinks=True)
+    os.rename(releases, tmp_path / "moved")
+    releases.symlink_to(copy)
+    for full in (False, True):
+        (report,) = check(world.ctx(), ["staging"], full=full)
+        assert [(d.path, d.kind, d.actual) for d in report.differences] == [
+            ("releases", "releases", f"symlink to {copy}")
+        ]
+    with pytest.raises(InputError, match="releases is a symbolic link"):
+        heal(world.ctx(), "staging")
+    releases.unlink()
+    os.rename(tmp_path / "moved", releases)
+    (report,) = check(world.ctx(), ["staging"])
+    assert report.clean
