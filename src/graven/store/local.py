@@ -667,8 +667,16 @@ class LocalStore:
 
     def _tmp_file(self, prefix: str) -> tuple[int, Path]:
         path = self._tmp / f"{prefix}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise self.write_error(exc) from exc
         return fd, path
+
+    def write_error(self, exc: OSError) -> BackendError:
+        """The one-line error for a write into the store that failed (a full disk, a read-only
+        file system): the store stays as it was, nothing half-written becomes visible."""
+        return BackendError(f"cannot write to the object store in {self.root}: {exc.strerror or exc}")
 
     def _publish_loose(self, tmp: Path, digest: Digest) -> None:
         """Move a fsynced temp file holding the verified bytes of ``digest`` into place. A loose copy
@@ -707,10 +715,13 @@ class LocalStore:
         """Write ``data``, whose digest the caller has checked, as the loose object ``digest``."""
         fd, tmp = self._tmp_file("obj")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                raise self.write_error(exc) from exc
             self._publish_loose(tmp, digest)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -760,11 +771,17 @@ class LocalStore:
                             raise BackendError(f"stream ended {remaining} bytes early")
                         break
                     hasher.update(chunk)
-                    handle.write(chunk)
+                    try:
+                        handle.write(chunk)
+                    except OSError as exc:  # the store's disk (a read error of the stream is the source's)
+                        raise self.write_error(exc) from exc
                     if remaining is not None:
                         remaining -= len(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
+                try:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except OSError as exc:
+                    raise self.write_error(exc) from exc
             digest = Digest(hasher.hexdigest())
             self._publish_loose(tmp, digest)
         except BaseException:
@@ -846,6 +863,8 @@ class _PackWriter:
                     self._compress(items)
                     for item in items:
                         self._write_record(*item)
+                except OSError as exc:  # a full disk, a read-only store: one line, exit 1
+                    self._error = self._store.write_error(exc)
                 except BaseException as exc:  # handed to the submitting thread
                     self._error = exc
 
