@@ -75,8 +75,10 @@ def generate_cmd(args: argparse.Namespace) -> int:
     entry = keys.generate(name, key_type)
     trusted = None
     if not no_trust:
-        trusted = store_trusted_key(home.trust, keys.export_public(name))
+        # logged first: a trust that takes effect is never missing from the audit log (a failure
+        # between the two leaves an entry and no effect: `graven keys export` + `keys trust` completes it)
         _log(home, "key-trusted", f"key {entry.keyid} ({entry.key_type}, generated as {name})")
+        trusted = store_trusted_key(home.trust, keys.export_public(name))
     if as_json:
         emit_json(
             {
@@ -148,7 +150,7 @@ def trust_cmd(args: argparse.Namespace) -> int:
     """Trust the public key in PEM_FILE for verifying provenance."""
     pem_file: Path = args.pem_file
     from graven.home import Home
-    from graven.signing.trust import store_trusted_key, trust_key
+    from graven.signing.trust import store_trusted_key, trust_key, trusted_key_path
 
     try:
         pem = pem_file.read_bytes()
@@ -158,8 +160,10 @@ def trust_cmd(args: argparse.Namespace) -> int:
         raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
     keyid, _ = trust_key(pem)
     home = Home.from_env()
-    path = store_trusted_key(home.trust, pem)
-    _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")
+    path, already = trusted_key_path(home.trust, pem)
+    if not already:  # logged first, as for generate and revoke; trusting it again changes nothing
+        _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")
+        path = store_trusted_key(home.trust, pem)
     print(f"trusted key {keyid} ({path})")
     return 0
 

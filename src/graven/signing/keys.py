@@ -616,7 +616,10 @@ class KeyStore:
         kind = parse_key_type(key_type)
         private_path, public_path = self.private_path(name), self.public_path(name)
         if os.path.lexists(private_path) or os.path.lexists(public_path):
-            raise InputError(f"key {name} already exists in {self.directory}")
+            raise InputError(
+                f"key {name} already exists in {self.directory}; choose another --name (to trust it: "
+                f"graven keys export {name} > {name}.pub && graven keys trust {name}.pub)"
+            )
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:

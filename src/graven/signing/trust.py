@@ -64,15 +64,35 @@ def trust_key(pem_bytes: bytes) -> tuple[str, bytes]:
     return key.keyid, key.pem()
 
 
+def trusted_key_path(trust_dir: Path | str, pem_bytes: bytes) -> tuple[Path, bool]:
+    """Where :func:`store_trusted_key` keeps this public key, and whether it is there already."""
+    keyid, _ = trust_key(pem_bytes)
+    path = Path(trust_dir) / f"{keyid}.pub"
+    return path, _holds(path, keyid)
+
+
+def _holds(path: Path, keyid: str) -> bool:
+    try:
+        return path.is_file() and load_public_key(path).keyid == keyid
+    except InputError:
+        return False
+
+
 def store_trusted_key(trust_dir: Path | str, pem_bytes: bytes) -> Path:
-    """Store a public key as ``trust_dir/<keyid>.pub`` (idempotent) and return that path."""
+    """Store a public key as ``trust_dir/<keyid>.pub`` (idempotent, also when another process stores
+    the same key at the same time) and return that path."""
     keyid, pem = trust_key(pem_bytes)
     directory = Path(trust_dir)
     path = directory / f"{keyid}.pub"
-    if path.is_file() and load_public_key(path).keyid == keyid:
+    if _holds(path, keyid):
         return path
     directory.mkdir(parents=True, exist_ok=True)
-    write_public_key(path, parse_public_key(pem))
+    try:
+        write_public_key(path, parse_public_key(pem))
+    except InputError:
+        if _holds(path, keyid):  # written by another process meanwhile: the same key, trusted
+            return path
+        raise
     return path
 
 
