@@ -14,6 +14,7 @@ stderr when it cannot.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from graven.core.paths import check_path
@@ -31,10 +32,17 @@ from graven.sources.worktree import worktree_blobs
 
 _WORKTREE_MAX = 1 << 20  # larger files are streamed from git
 
-__all__ = ["Workspace", "checkout", "copy_tree", "ensure_inside", "remove_tree", "settle_tree"]
+__all__ = ["Workspace", "checkout", "copy_tree", "ensure_inside", "reclaim", "remove_tree", "settle_tree"]
 
 # Every directory a step sees has this mode (what git checkouts give under the usual umask 022).
 DIR_MODE = 0o755
+
+
+# A workspace's top directory holds this file, locked (flock) by the graven that uses it for as long
+# as the workspace lives. The kernel drops the lock however that graven ends, so a workspace whose lock
+# can be taken was left by a killed graven, and the next step build removes it (:func:`reclaim`).
+LOCK_NAME = ".graven-lock"
+PREFIXES = ("graven-build-", "graven-check-")  # hermetic.CANONICAL's and CHECK_VARIATION's
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class Workspace:
     """``root`` holds ``src`` (the checkout), ``work`` (the steps' scratch copy), ``home``, ``tmp``."""
 
     root: Path
+    _lock: list[int] = field(default_factory=list, compare=False, repr=False)  # the held lock's fd
 
     @property
     def src(self) -> Path:
@@ -72,11 +81,14 @@ class Workspace:
     def create(cls, *, prefix: str = "graven-build-", nested: int = 0) -> Workspace:
         """A new workspace in the temp directory; ``nested`` extra levels give a deeper, different path.
 
-        Raises BackendError (one line, naming the path) when the temp directory cannot hold it."""
+        Raises BackendError (one line, naming the path) when the temp directory cannot hold it. The
+        workspaces of killed gravens are removed first (:func:`reclaim`)."""
+        reclaim(Path(tempfile.gettempdir()))
         with _writing("the build directory", Path(tempfile.gettempdir()) / f"{prefix}*") as where:
             root = Path(tempfile.mkdtemp(prefix=prefix))
             workspace = cls(root)
             try:
+                workspace._lock.append(_hold_lock(root))
                 for level in range(nested):
                     root = root / f"level-{level}"
                 for path in (root, root / "src", root / "home", root / "tmp"):
@@ -86,17 +98,67 @@ class Workspace:
             except BaseException:
                 workspace.remove()
                 raise
-        return cls(root)
+        return cls(root, workspace._lock)
 
     def remove(self) -> None:
-        """Delete everything (the top-level temp directory, also when nested).
+        """Delete everything (the top-level temp directory, also when nested), then drop the lock.
 
         Directories a step left without write or search permission (``chmod 555``, ``chmod 000``) are
         made ``u+rwx`` first; what still cannot be removed is named in a warning on stderr."""
         top = self.root
         while top.name.startswith("level-"):
             top = top.parent
-        remove_tree(top)
+        try:
+            remove_tree(top)
+        finally:
+            while self._lock:
+                os.close(self._lock.pop())
+
+
+def _hold_lock(root: Path) -> int:
+    """Make ``root/LOCK_NAME`` locked by this process (the file appears already locked: it is made
+    and locked under another name, then renamed); the descriptor that holds the lock."""
+    temp = root / f"{LOCK_NAME}.new"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(temp, root / LOCK_NAME)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def reclaim(tmpdir: Path) -> list[Path]:
+    """Remove the workspaces a killed graven left in ``tmpdir`` (SIGKILL runs no clean-up): this user's
+    directories named like a workspace whose lock file nobody holds. A directory without the lock
+    file (being made right now, or not graven's) is left alone. Best effort: the removed ones."""
+    removed: list[Path] = []
+    me = os.geteuid()
+    try:
+        names = [n for n in os.listdir(tmpdir) if n.startswith(PREFIXES)]
+    except OSError:
+        return removed
+    for name in names:
+        top = tmpdir / name
+        try:
+            info = os.lstat(top)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != me:
+                continue
+            fd = os.open(top / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live build's
+        try:  # held while removing: no other graven removes it at the same time
+            remove_tree(top)
+            removed.append(top)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def remove_tree(top: Path) -> None:

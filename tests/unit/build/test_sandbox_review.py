@@ -233,6 +233,30 @@ def test_a_host_step_leaves_nothing_running(tmp_path: Path, timeout: bool) -> No
     assert not [p for p in found if p in sandbox._children()]  # reaped, not zombies of ours
 
 
+def test_a_host_step_dies_with_a_killed_graven(tmp_path: Path) -> None:
+    """SIGKILL runs no ``finally``: the watchdog kills the step's process group when graven dies."""
+    pids = tmp_path / "pids"
+    step = f"echo $$ >> {pids}; sleep 1000 & echo $! >> {pids}; wait"
+    pid = os.fork()
+    if pid == 0:  # graven, running the step
+        try:
+            runner = HostRunner(tmp_path, {"PATH": os.environ["PATH"]})
+            with (tmp_path / "log").open("wb") as log:
+                runner.run(step, log=log, timeout=600, network=False)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 20
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    found = [int(p) for p in pids.read_text().split()]
+    assert len(found) == 2 and all(_alive(p) for p in found)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    while any(_alive(p) for p in found) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [p for p in found if _alive(p)] == []
+
+
 # -- 1. removing the workspace, unreadable outputs ----------------------------------------------------
 
 
