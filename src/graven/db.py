@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 import re
 import sqlite3
 import threading
@@ -457,8 +458,11 @@ class _SqliteDatabase:
         self.path = path
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.read_only = False  # set when the database can only be read (see _open)
 
     def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._open_read_only()
         raw = sqlite3.connect(
             self.path,
             timeout=60,
@@ -466,9 +470,39 @@ class _SqliteDatabase:
             check_same_thread=False,  # a pooled connection may serve another thread later
             detect_types=sqlite3.PARSE_DECLTYPES,
         )
-        _set_wal(raw)
-        raw.execute("PRAGMA synchronous=NORMAL")
-        raw.execute("PRAGMA busy_timeout=60000")
+        try:
+            _set_wal(raw)
+            raw.execute("PRAGMA synchronous=NORMAL")
+            raw.execute("PRAGMA busy_timeout=60000")
+            raw.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.OperationalError:
+            raw.close()
+            if not self._cannot_write():
+                raise
+            self.read_only = True
+            return self._open_read_only()
+        return raw
+
+    def _cannot_write(self) -> bool:
+        """Whether this user cannot write beside the database (a read-only GRAVEN_HOME: a copy kept
+        for an audit, a read-only mount), where SQLite cannot make the WAL's shared-memory file."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        return os.path.isfile(self.path) and not os.access(directory, os.W_OK)
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The database opened for reading only, as an immutable file: SQLite then needs no file
+        beside it. Right for a home nobody writes (this user cannot); a writer with other rights
+        changing it at the same time could make a read see a torn state."""
+        from urllib.parse import quote
+
+        uri = "file:" + quote(os.path.abspath(self.path)) + "?mode=ro&immutable=1"
+        raw = sqlite3.connect(
+            uri,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            detect_types=sqlite3.PARSE_DECLTYPES,
+        )
         raw.execute("PRAGMA foreign_keys=ON")
         return raw
 
@@ -479,6 +513,13 @@ class _SqliteDatabase:
         try:
             if raw is None:
                 raw = self._open()
+            if commit and self.read_only:
+                raw.close()
+                raw = None
+                raise BackendError(
+                    f"cannot write the database {self.path}: its directory is read-only for this user "
+                    "(it can be read, not changed); run this command where GRAVEN_HOME is writable"
+                )
             raw.execute(begin)
         except sqlite3.Error as exc:
             if raw is not None:
@@ -627,6 +668,8 @@ class Database:
             database._upgrade()
         except BackendError as exc:
             database.close()
+            if exc.message.startswith("cannot open the database"):
+                raise  # it says so already (the backend's own first connection)
             raise BackendError(f"cannot open the database {_redact(url)}: {exc.message}") from exc
         return database
 
@@ -722,7 +765,6 @@ def _sqlite_path(url: str) -> str:
     """The file of an SQLAlchemy-style SQLite URL, read as SQLAlchemy reads it: ``sqlite:///rel``,
     ``sqlite:////abs``, an optional ``+driver`` (``sqlite+pysqlite:///``), ``%XX`` escapes decoded,
     ``?query`` ignored. An in-memory database is refused: graven's state must outlive the process."""
-    import os
     from urllib.parse import unquote_to_bytes
 
     def unquote(text: str) -> str:  # %XX are bytes of the file name, UTF-8 or not

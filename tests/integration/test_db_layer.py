@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -223,3 +224,37 @@ def test_sqlite_urls_are_read_as_sqlalchemy_reads_them(tmp_path: Path) -> None:
     assert (tmp_path / "driver.db").exists()
     Database.open(f"sqlite:///{tmp_path}/%41.db").close()  # %XX escapes are decoded
     assert (tmp_path / "A.db").exists()
+
+
+def test_a_home_this_user_cannot_write_is_read_but_not_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only GRAVEN_HOME (a copy kept for an audit, a read-only mount): SQLite cannot make the
+    WAL's shared-memory file beside the database, so graven reads it as an immutable file; a command
+    that would write says so in one line. A writable home where the same open fails is an error."""
+    path = tmp_path / "graven.db"
+    url = f"sqlite:///{path}"
+    made = Database.open(url)
+    with made.begin() as conn:
+        conn.execute(INSERT_ENV, _env("prod", True))
+    made.close()
+    (tmp_path / "graven.db-wal").mkdir()  # SQLite cannot open its write-ahead log: a real failure
+    with pytest.raises(BackendError, match="cannot open the database") as failed:
+        Database.open(url).schema_version()
+    assert str(failed.value).count("cannot open the database") == 1  # said once, not twice
+    real_access = os.access
+    monkeypatch.setattr(
+        "graven.db.os.access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode)
+    )
+    db = Database.open(url)
+    try:
+        with db.connect() as conn:
+            assert conn.execute("SELECT name, held FROM deploy_envs").all() == [("prod", True)]
+        with (
+            pytest.raises(BackendError, match="directory is read-only for this user") as caught,
+            db.begin() as conn,
+        ):
+            conn.execute(INSERT_ENV, _env("staging", False))
+        assert "\n" not in str(caught.value)
+    finally:
+        db.close()
