@@ -506,3 +506,20 @@ def test_an_error_never_prints_terminal_control_codes(
     archive = _write_tar(tmp_path / "esc.tar", [_file("/\x1b[2J\x1b[31mevil")], format=tarfile.PAX_FORMAT)
     line = _assert_refused(run_cli, archive, "absolute path in archive")
     assert "\x1b" not in line
+
+
+def test_an_export_removes_what_a_killed_export_to_the_same_path_left(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run
+) -> None:
+    out = tmp_path / "a.tar.zst"
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # a process that is gone, as a killed export's
+    stale = tmp_path / f".a.tar.zst.tmp-{pid}"
+    stale.write_bytes(b"half an archive")
+    live = tmp_path / ".a.tar.zst.tmp-1"  # pid 1 runs: maybe another export, left alone
+    live.write_bytes(b"being written")
+    _export(run_cli, artifact[1], out)
+    assert not stale.exists()
+    assert live.read_bytes() == b"being written"

@@ -451,6 +451,7 @@ def write_archive_file(
     problem = epoch_problem(meta.source_date_epoch)
     if problem is not None:  # before creating any file
         raise InputError(f"source_date_epoch {meta.source_date_epoch!r} cannot go in an archive: {problem}")
+    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         handle = tmp.open("wb")
@@ -470,6 +471,32 @@ def write_archive_file(
     except BaseException:
         _discard(tmp)
         raise
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temp files that exports to ``path`` killed before their rename left beside it
+    (``.NAME.tmp-PID`` whose process is gone); best effort."""
+    prefix = f".{path.name}.tmp-"
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) :]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            (path.parent / name).unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def _discard(tmp: Path) -> None:
