@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 
 from graven import __version__
@@ -312,6 +313,13 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a file no check of the command's own caught: one line all the same
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        _say_error(_os_error(exc))
+        return 2 if isinstance(exc, _USER_FIXABLE) else 1
     finally:
         import contextlib
 
@@ -339,5 +347,25 @@ def _intermixed(
 
 
 def _say_error(message: str) -> None:
+    from graven.cli.output import printable
+
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    sys.stderr.write(f"graven: error: {first}\n")
+    sys.stderr.write(f"graven: error: {printable(first)}\n")
+
+
+# What the user fixes (a path, a permission) rather than the machine (a full disk, an I/O error).
+_USER_FIXABLE = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _os_error(exc: OSError) -> str:
+    """``path: reason`` for an OSError that reached the top (with the second path of a rename)."""
+    reason = (exc.strerror or str(exc)).lower()
+    where = exc.filename if exc.filename is not None else None
+    if where is None:
+        return reason
+    also = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
+    from graven.cli.output import printable
+
+    shown = os.fsdecode(where) if isinstance(where, str | bytes) else str(where)
+    return printable(f"{shown}{also}: {reason}{hint}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, UsageError, add_command
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, human_size, print_table
+from graven.cli.output import TerminalReporter, emit_json, human_size, print_table, printable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -107,8 +107,8 @@ def artifacts_cmd(args: argparse.Namespace) -> int:
         [
             [
                 r.digest[7:19],
-                _printable(r.name),
-                _printable((r.commit or "-")[:12]),
+                printable(r.name),
+                printable((r.commit or "-")[:12]),
                 str(r.file_count),
                 human_size(r.total_size),
                 r.created_at[:19].replace("T", " "),
@@ -148,8 +148,8 @@ def show_cmd(args: argparse.Namespace) -> int:
         return 0
     lines = [
         ("digest", record.digest),
-        ("name", _printable(record.name)),
-        ("commit", _printable(record.commit or "-")),
+        ("name", printable(record.name)),
+        ("commit", printable(record.commit or "-")),
         ("repository", record.repository or "-"),
         ("revision", record.revision or "-"),
         ("commit time", f"{_utc(record.source_date_epoch)} ({record.source_date_epoch})"),
@@ -189,11 +189,6 @@ def _utc(epoch: int) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
     except (OverflowError, OSError, ValueError):
         return "out of range"
-
-
-def _printable(text: str) -> str:
-    """``text`` as it is when printable, else its escaped form (never raw control characters)."""
-    return text if text.isprintable() else ascii(text)
 
 
 def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, human_size, print_table
+from graven.cli.output import TerminalReporter, emit_json, human_size, print_table, printable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -163,9 +163,9 @@ def _report(result: DeployResult, *, as_json: bool) -> int:
             print(f"removed old releases: {', '.join(d[7:19] for d in result.removed)}")
         if result.held:
             print(f"{result.env} is held on {result.digest[7:19]}; `graven unhold {result.env}` lifts it")
-        print(result.message)
+        print(printable(result.message))
     if not result.ok:
-        sys.stderr.write(f"graven: error: {result.message}\n")
+        sys.stderr.write(f"graven: error: {printable(result.message)}\n")
         return 1
     return 0
 
@@ -213,7 +213,7 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
     )
     for mark, paths in (("+", diff.added), ("-", diff.removed), ("~", diff.changed)):
         for path in paths[:_LIST_LIMIT]:
-            print(f"  {mark} {path}")
+            print(f"  {mark} {printable(path)}")
         if len(paths) > _LIST_LIMIT:
             print(f"  {mark} ... and {len(paths) - _LIST_LIMIT} more (--json lists all)")
     if plan.overridden:
@@ -221,7 +221,7 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
     if plan.config:
         if plan.config_diff:
             print(f"config ({plan.config}):")
-            sys.stdout.write(plan.config_diff)
+            sys.stdout.writelines(printable(line) + "\n" for line in plan.config_diff.splitlines())
         else:
             print(f"config ({plan.config}): unchanged")
     print("nothing was changed (--plan)")
@@ -315,7 +315,7 @@ def reject_cmd(args: argparse.Namespace) -> int:
         emit_json(result.to_json())
         return 0
     if result.already:
-        print(f"{result.digest[7:19]} was already rejected ({result.reason})")
+        print(f"{result.digest[7:19]} was already rejected ({printable(result.reason or '')})")
     else:
         print(f"rejected {result.digest[7:19]}: it can never be deployed again")
     for env in result.live_in:

@@ -12,7 +12,7 @@ from types import FrameType
 
 from graven.cli.app import ArgParser, UsageError, add_command, port_number
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, print_table
+from graven.cli.output import TerminalReporter, emit_json, print_table, printable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _summary(report: DriftReport) -> str:
         counts = ", ".join(f"{n} {kind}" for kind, n in summarize(report.differences).items())
         n = len(report.differences)
         line = f"{report.env}: DRIFT, {n} difference{'s' if n != 1 else ''} ({counts}) ({what}; {how})"
-    return line + (f"; {report.note}" if report.note else "")
+    return printable(line + (f"; {report.note}" if report.note else ""))
 
 
 def show_reports(reports: Sequence[DriftReport]) -> None:
@@ -169,7 +169,7 @@ def heal_cmd(args: argparse.Namespace) -> int:
         return 0
     sys.stderr.write(
         f"graven: error: {env} still differs after the heal ({len(result.after)} differences, first: "
-        f"{result.after[0].path} {result.after[0].kind})\n"
+        f"{printable(result.after[0].path)} {result.after[0].kind})\n"
     )
     return 1
 

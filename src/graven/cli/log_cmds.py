@@ -9,7 +9,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_group
 from graven.cli.context import closing as _closing
-from graven.cli.output import emit_json, print_table
+from graven.cli.output import emit_json, print_table, printable
 from graven.errors import InputError, NotFoundError
 
 __all__ = ["register"]
@@ -72,23 +72,6 @@ def _log_index(value: str) -> int:
     return index
 
 
-def _printable(text: str) -> str:
-    """``text`` with control and other invisible characters escaped, so that a log value can neither
-    draw fake table rows (newlines) nor drive the terminal (escape sequences)."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
 def log_cmd(args: argparse.Namespace) -> int:
     """Show the audit log as a timeline (subcommands verify and prove it)."""
     env: str | None = args.env
@@ -114,7 +97,7 @@ def log_cmd(args: argparse.Namespace) -> int:
         ["index", "time", "event", "artifact", "env", "result", "actor", "reason"],
         [
             [
-                _printable(cell)
+                printable(cell)
                 for cell in (
                     str(e.index),
                     e.time[:19].replace("T", " "),
@@ -168,7 +151,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
         print(f"ok: {report.size} entries, {report.checkpoints_checked} checkpoints, root {report.root}")
     else:
         for problem in report.problems[:20]:
-            sys.stderr.write(f"{_printable(problem)}\n")
+            sys.stderr.write(f"{printable(problem)}\n")
         more = len(report.problems) - 20 + report.more_problems
         if more > 0:
             sys.stderr.write(f"... and {more} more problems (--json lists the first 100)\n")

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["TerminalReporter", "emit_json", "human_size", "print_table", "progress_text"]
+__all__ = ["TerminalReporter", "emit_json", "human_size", "print_table", "printable", "progress_text"]
 
 
 def emit_json(value: Any) -> None:
@@ -33,8 +33,28 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
+def printable(text: str) -> str:
+    """``text`` with control and other invisible characters escaped (``\\x0a``, ``\\x1b``,
+    ``\\u202e``), so that a value from a file name, a reason or a log can neither draw fake lines
+    nor drive the terminal (escape sequences)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A plain, aligned table on stdout (no colours: it is read by people and by grep)."""
+    """A plain, aligned table on stdout (no colours: it is read by people and by grep); every cell
+    is shown :func:`printable`."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
