@@ -444,6 +444,7 @@ def test_show_survives_an_epoch_an_older_graven_stored(
     for args in (("show", digest), ("artifacts",)):
         code, out, err = run_cli(*args)
         assert code == 0, err
-        assert "\x1b" not in out and "line2\n" not in out
+        assert "\x1b" not in out and "\nline2" not in out  # no raw escape, no line of its own
+        assert "Evil\\x1b[31mRED\\x0aline2" in out
     code, out, _ = run_cli("show", digest)
     assert "out of range" in out

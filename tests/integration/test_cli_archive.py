@@ -523,3 +523,39 @@ def test_an_export_removes_what_a_killed_export_to_the_same_path_left(
     _export(run_cli, artifact[1], out)
     assert not stale.exists()
     assert live.read_bytes() == b"being written"
+
+
+def test_export_outputs_that_collide_or_are_directories_are_refused_before_writing(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run
+) -> None:
+    digest = artifact[1]
+    out = tmp_path / "a.tar.zst"
+    code, _, err = run_cli("export", digest, "-o", out, "--attestation", out)
+    assert code == 2 and "are the same file" in err, err
+    assert not out.exists()
+    code, _, err = run_cli("export", digest, "-o", out, "--bundle", tmp_path)
+    assert code == 2 and "is a directory" in err, err
+    assert not out.exists()  # nothing half-done: the archive is not written either
+
+
+def test_an_archive_of_directories_only_is_no_artifact(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    archive = tmp_path / "dirs.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("d", "d/e"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+    code, _, err = run_cli("import", archive)
+    assert code == 2 and "holds no files" in err, err
+
+
+def test_a_truncated_compressed_archive_is_called_truncated(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run
+) -> None:
+    out = _export(run_cli, artifact[1], tmp_path / "a.tar.zst")
+    cut = tmp_path / "cut.tar.zst"
+    cut.write_bytes(out.read_bytes()[:100])
+    code, _, err = run_cli("import", cut)
+    assert code == 2 and "truncated or corrupt" in err, err

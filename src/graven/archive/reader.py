@@ -63,7 +63,8 @@ class _Replay:
         return head[:size]
 
 
-def _open_stream(handle: BinaryIO) -> IO[bytes]:
+def _open_stream(handle: BinaryIO) -> tuple[IO[bytes], bool]:
+    """The tar stream of ``handle``, and whether it is decompressed from gzip or zstd."""
     magic = handle.read(4)
     source: BinaryIO
     if handle.seekable():
@@ -74,12 +75,12 @@ def _open_stream(handle: BinaryIO) -> IO[bytes]:
     if magic.startswith(_GZIP_MAGIC):
         import gzip
 
-        return cast(IO[bytes], gzip.GzipFile(fileobj=source, mode="rb"))
+        return cast(IO[bytes], gzip.GzipFile(fileobj=source, mode="rb")), True
     if magic == _ZSTD_MAGIC:
         import zstandard
 
-        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(source))
-    return source
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(source)), True
+    return source, False
 
 
 def _normalize(name: str) -> str:
@@ -227,7 +228,7 @@ def read_archive(
         raise InputError(f"cannot read {path}: {exc}") from exc
     with handle:
         tick = _ticker(handle, progress)
-        stream = _open_stream(handle)
+        stream, compressed = _open_stream(handle)
         last = _LastBlock()
         try:
             with tarfile.open(fileobj=stream, mode="r|", tarinfo=_probing_tarinfo(last)) as tar:
@@ -237,6 +238,8 @@ def read_archive(
                 _check_end(tar, last, path)
                 claims = _claims(tar)
         except tarfile.TarError as exc:
+            if str(exc) == "empty file" and compressed:  # compressed bytes, and no tar came out of them
+                raise InputError(f"{path}: archive is truncated or corrupt (no tar data in it)") from None
             raise InputError(f"{path}: not a readable tar archive ({exc})") from None
         except (EOFError, OSError) as exc:
             raise InputError(f"{path}: archive is truncated or corrupt ({exc})") from None

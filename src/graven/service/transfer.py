@@ -40,10 +40,20 @@ _NAME_HINT = "use 1 to 128 lowercase letters, digits, '.', '_', '-', starting wi
 
 
 def check_outputs(*paths: Path | None) -> None:
-    """Refuse, before anything is written, an output path whose directory is missing (InputError)."""
+    """Refuse, before anything is written (InputError): an output path whose directory is missing,
+    one that is a directory, and two outputs that are the same file (the second would replace the
+    first: an archive silently holding an envelope)."""
+    seen: dict[str, Path] = {}
     for path in paths:
-        if path is not None:
-            check_output_dir(path)
+        if path is None:
+            continue
+        check_output_dir(path)
+        if path.is_dir():
+            raise InputError(f"{path} is a directory; give a file name")
+        key = os.path.realpath(path)
+        if key in seen:
+            raise InputError(f"{seen[key]} and {path} are the same file; give each output its own name")
+        seen[key] = path
 
 
 def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
@@ -187,7 +197,7 @@ def import_archive(
         tree = read_archive(path, batch, lambda done, size: report("reading archive (bytes)", done, size))
         manifest = tree.manifest
         claims = tree.claims
-        if not manifest.entries:
+        if not any(manifest.files()):  # empty directories alone are no artifact either
             raise InputError(f"{path}: the archive holds no files (an artifact has at least one, as a build)")
         claimed = _claimed_digest(path, claims)
         if claimed is not None and claimed != str(manifest.digest):
