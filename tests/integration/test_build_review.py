@@ -128,6 +128,26 @@ def test_outputs_without_steps_is_refused(
     _refused(run_cli("build", "-C", repo), "[build] outputs is given without steps")
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        ('[env.prod]\npath = "/a"\nrequires = ["prod"]\n', "requires itself"),
+        ('[env.prod]\npath = "/a"\nrequires = ["nope"]\n', "requires 'nope', which is not defined"),
+        ('[env.a]\npath = "/a"\nrequires = ["b"]\n[env.b]\npath = "/b"\nrequires = ["a"]\n', "cycle"),
+        ('[env.Prod]\npath = "/a"\n', "invalid environment name"),
+        ('[env.a]\npath = "/a"\n[env.b]\npath = "/a"\n', "directory of its own"),
+    ],
+)
+def test_environments_no_deploy_would_accept_are_refused_at_build(
+    case: tuple[str, str], graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    """Not signed into an artifact that every deploy would then refuse."""
+    envs, needle = case
+    repo = make_repo(tmp_path / "repo", APP, '[artifact]\nname = "x"\n' + envs)
+    _refused(run_cli("build", "-C", repo), needle)
+    _no_artifacts(run_cli)
+
+
 # -- 3, 4, 5: unsafe names ---------------------------------------------------------------------------
 
 

@@ -150,7 +150,12 @@ def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
             f"{PIPELINE_FILE} in {commit[:12]} is a symlink (to {target}); it must be a regular file in "
             "the commit: commit the file itself"
         )
-    pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
+    source = f"{PIPELINE_FILE} in {commit[:12]}"
+    pipeline = parse_pipeline(pipeline_bytes, source=source)
+    if pipeline.env:  # refused now, not signed into an artifact that no deploy would accept
+        from graven.deploy.settings import check_environments
+
+        check_environments(pipeline.env, source=source)
     return _Source(repo, commit, revision, pipeline_bytes, pipeline, epoch)
 
 
