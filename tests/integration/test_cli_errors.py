@@ -236,6 +236,8 @@ def test_ambiguous_digest_prefix(graven_home: Path, repo: Path, run_cli: Run, tm
     for command, extra in (("show", []), ("verify", []), ("export", ["-o", str(tmp_path / "x.tar")])):
         _assert_input_error(run_cli(command, prefix, *extra), prefix, "ambiguous")
         _assert_input_error(run_cli(command, f"sha256:{prefix.upper()}", *extra), "ambiguous")
+    # three matches are all named; "..." only says that there are more than three
+    assert "...)" not in run_cli("show", prefix)[2]
     # Enough digits make it unique again.
     code, out, err = run_cli("show", real[:20], "--json")
     assert code == 0, err
@@ -365,3 +367,12 @@ def test_a_graven_home_that_is_a_file_is_one_line_and_exit_2(
     assert code == 2 and out == "", (args, out, err)
     assert err.startswith(f"graven: error: GRAVEN_HOME {home} is not a directory; point GRAVEN_HOME at")
     assert err.count("\n") == 1
+
+
+def test_a_stored_object_that_is_no_artifact_is_refused_by_name(
+    graven_home: Path, repo: Path, run_cli: Run
+) -> None:
+    digest = _built(run_cli, repo)
+    blob = json.loads(run_cli("show", digest, "--files", "--json")[1])["entries"][0]["sha256"]
+    for command, extra in (("verify", []), ("reject", ["--reason", "x"]), ("show", [])):
+        _assert_input_error(run_cli(command, blob, *extra), "is a stored object", "not an artifact")

@@ -8,7 +8,7 @@ from typing import Any
 
 from graven.core.record import Frozen, Record
 from graven.db import Row
-from graven.errors import AmbiguousError, IntegrityError, NotFoundError
+from graven.errors import AmbiguousError, GravenError, IntegrityError, NotFoundError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 from graven.service.context import Context
@@ -118,12 +118,30 @@ def resolve_digest(ctx: Context, text: str) -> Digest:
         )
     if not matches:
         if len(value) == 64 and ctx.store.has(Digest(value)):
-            return Digest(value)
+            if _looks_like_manifest(ctx, Digest(value)):  # an artifact whose record is gone
+                return Digest(value)
+            raise NotFoundError(
+                f"sha256:{value} is a stored object (a file of an artifact, a graven.toml, a provenance), "
+                "not an artifact; `graven artifacts` lists them"
+            )
         raise NotFoundError(f"no artifact matches {text!r}; `graven artifacts` lists them")
     if len(matches) > 1:
+        more = "..." if len(matches) > 3 else ""
         shown = ", ".join(m[7:19] for m in matches[:3])
-        raise AmbiguousError(f"digest prefix {text!r} is ambiguous ({shown}...); give more digits")
+        raise AmbiguousError(f"digest prefix {text!r} is ambiguous ({shown}{more}); give more digits")
     return Digest.parse(matches[0])
+
+
+def _looks_like_manifest(ctx: Context, digest: Digest) -> bool:
+    """Whether the stored object ``digest`` begins as a manifest does (a probe of its first bytes;
+    whoever uses it reads and verifies the whole). An unreadable object counts as one: the command
+    then reports what is wrong with it."""
+    head = b'{"entries":['
+    try:
+        with ctx.store.open(digest) as stream:
+            return bool(stream.read(len(head)) == head)
+    except GravenError:
+        return True
 
 
 def _record(row: Row) -> ArtifactRecord:
