@@ -652,7 +652,9 @@ class Database:
 
     @classmethod
     def open(cls, url: str) -> Database:
-        """Connect and bring the schema up to date."""
+        """Connect and bring the schema up to date. A URL of another kind of database is a
+        ConfigError (exit 2): graven's schema and locks are SQLite's and PostgreSQL's."""
+        _check_dialect(url)
         try:
             backend: _SqliteDatabase | _AlchemyDatabase
             if url.startswith("sqlite"):
@@ -794,12 +796,43 @@ def _reason(exc: Exception) -> str:
     return _first_line(orig or exc)
 
 
+_SUPPORTED = "use sqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DATABASE"
+
+
+def _check_dialect(url: str) -> None:
+    """Refuse, naming it, a URL that is none or of a database graven does not run on."""
+    from graven.errors import ConfigError
+
+    scheme, sep, _ = url.partition("://")
+    dialect = scheme.split("+", 1)[0].lower()
+    if not sep or not dialect:
+        raise ConfigError(f"the database URL {_redact(url)} is not a URL; {_SUPPORTED}")
+    if dialect == "postgres":
+        raise ConfigError(f"database URL scheme {scheme}:// is not known; write postgresql+psycopg://")
+    if dialect not in ("sqlite", "postgresql"):
+        raise ConfigError(f"graven does not run on {dialect} databases ({scheme}://); {_SUPPORTED}")
+    if url.partition("://")[2].split("/", 1)[0].count("@") > 1:
+        raise ConfigError(
+            "the database URL's user or password holds an unescaped '@' (its host would be read from "
+            "the password): write it as %40"
+        )
+
+
+# query parameters that carry a secret (libpq's password, sslpassword; common spellings)
+_SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:[a-z_]*pass(?:word|wd)?|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
+
+
 def _redact(url: str) -> str:
+    """``url`` as it may be shown: no password, in the user part or in the query."""
     if url.startswith("sqlite"):
         return url
+    authority = url.partition("://")[2].split("/", 1)[0]
+    if authority.count("@") > 1:  # an unescaped '@' in the password: where it ends is a guess
+        return f"{url.partition('://')[0]}://<hidden>"
     try:
         import sqlalchemy as sa
 
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
+        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<invalid URL>"
+    return _SECRET_QUERY.sub(r"\1***", shown)

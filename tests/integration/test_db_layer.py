@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from graven.db import SCHEMA_VERSION, Database
-from graven.errors import BackendError
+from graven.errors import BackendError, ConfigError
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -155,8 +155,34 @@ def test_bad_urls_are_one_line_errors(tmp_path: Path) -> None:
         Database.open("sqlite://")
     with pytest.raises(BackendError, match="cannot open the database"):
         Database.open(f"sqlite:///{tmp_path}/no/such/dir/graven.db")
-    with pytest.raises(BackendError, match="cannot open the database"):
+    with pytest.raises(ConfigError, match="graven does not run on nosuchdialect databases"):
         Database.open("nosuchdialect://x")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://u@h/db", "does not run on mysql databases"),
+        ("mssql+pyodbc://u@h/db", "does not run on mssql databases"),
+        ("postgres://u@h/db", r"write postgresql\+psycopg://"),
+        ("bogus", "is not a URL"),
+        ("postgresql://gr:Hunter@PW42secret@127.0.0.1/db", "unescaped '@'"),
+    ],
+)
+def test_urls_of_other_databases_are_refused_by_name_as_bad_input(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        Database.open(url)
+    assert refused.value.exit_code == 2
+    assert "secret" not in str(refused.value)
+
+
+def test_a_password_in_the_query_is_never_shown() -> None:
+    url = "postgresql+psycopg://gr:pw1@127.0.0.1:1/db?password=Secret1&sslpassword=Secret2&user=gr"
+    with pytest.raises(BackendError) as failed:  # nothing listens on port 1
+        Database.open(url)
+    shown = str(failed.value)
+    assert "Secret" not in shown and "pw1" not in shown, shown
+    assert "password=***" in shown
 
 
 def test_a_home_made_by_the_sqlalchemy_schema_keeps_working(tmp_path: Path) -> None:
