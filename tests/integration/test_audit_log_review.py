@@ -16,7 +16,7 @@ import pytest
 from test_audit_log import _append, _db
 
 from graven.core.merkle import CompactRange, leaf_hash
-from graven.errors import NotFoundError, VerificationError
+from graven.errors import IntegrityError, NotFoundError, VerificationError
 from graven.home import Home
 from graven.model.logentry import LogEntry, LogEvent
 from graven.service.context import Context
@@ -518,3 +518,18 @@ def test_verify_on_an_empty_home_creates_nothing(home: Path, capsys: pytest.Capt
     assert run_cli(capsys, "log") == (0, "the audit log has no matching entries\n", "")
     assert run_cli(capsys, "log", "export") == (0, "", "")
     assert not home.exists()
+
+
+def test_a_lost_database_does_not_start_a_new_log_under_the_old_key(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new log signed with the old key would verify, and hide that the old one is gone."""
+    _append(home, 3)
+    for suffix in ("", "-wal", "-shm"):
+        (home / f"graven.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(IntegrityError, match=r"the audit log is empty but its key .* exists"):
+        _append(home, 1)
+    report = _verify(capsys)
+    assert not report["ok"]
+    code, _, err = run_cli(capsys, "keys", "generate")
+    assert code == 1 and "restore graven.db from a backup" in err, err

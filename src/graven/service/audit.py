@@ -277,6 +277,14 @@ class AuditLog:
             or state is not None
             or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
         )
+        if not populated and self._key is None and self.key_path.exists():
+            # an empty log whose key exists: a new log signed with the old key would verify, and hide
+            # that the old one is gone (`graven log verify` reports the same)
+            raise IntegrityError(
+                f"the audit log is empty but its key {self.key_path} exists: the database lost its log "
+                "(restore graven.db from a backup), or the first command of this home was killed "
+                f"before its first entry (then remove {self.key_path.parent} to start a new log)"
+            )
         key = self._signing_key(create=not populated)
         private = key.private
         assert isinstance(private, Ed25519PrivateKey)
