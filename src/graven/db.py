@@ -459,6 +459,7 @@ class _SqliteDatabase:
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.read_only = False  # set when the database can only be read (see _open)
+        self._copy: str | None = None  # the private copy of a read-only database with its WAL
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
@@ -492,13 +493,43 @@ class _SqliteDatabase:
     def _open_read_only(self) -> sqlite3.Connection:
         """The database opened for reading only, as an immutable file: SQLite then needs no file
         beside it. Right for a home nobody writes (this user cannot); a writer with other rights
-        changing it at the same time could make a read see a torn state."""
+        changing it at the same time could make a read see a torn state. Commits still in a
+        write-ahead log beside it (a copy made while a process had it open) are not lost: the
+        database and its log are then read from a private copy (:meth:`_with_wal`)."""
         from urllib.parse import quote
 
+        wal = f"{self.path}-wal"
+        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
+            return self._with_wal(wal)
         uri = "file:" + quote(os.path.abspath(self.path)) + "?mode=ro&immutable=1"
         raw = sqlite3.connect(
             uri,
             uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            detect_types=sqlite3.PARSE_DECLTYPES,
+        )
+        raw.execute("PRAGMA foreign_keys=ON")
+        return raw
+
+    def _with_wal(self, wal: str) -> sqlite3.Connection:
+        """A connection to a private copy of the database and its write-ahead log (made once, removed
+        by :meth:`close`), where SQLite can apply the log as it reads."""
+        import shutil
+        import tempfile
+
+        if self._copy is None:
+            copy = tempfile.mkdtemp(prefix="graven-db-")
+            try:
+                shutil.copyfile(self.path, os.path.join(copy, "graven.db"))
+                shutil.copyfile(wal, os.path.join(copy, "graven.db-wal"))
+            except OSError as exc:
+                shutil.rmtree(copy, ignore_errors=True)
+                raise BackendError(f"cannot read the database {self.path}: {exc.strerror}") from None
+            self._copy = copy
+        raw = sqlite3.connect(
+            os.path.join(self._copy, "graven.db"),
+            timeout=60,
             isolation_level=None,
             check_same_thread=False,
             detect_types=sqlite3.PARSE_DECLTYPES,
@@ -553,6 +584,11 @@ class _SqliteDatabase:
             idle, self._idle = self._idle, []
         for raw in idle:
             raw.close()
+        if self._copy is not None:
+            import shutil
+
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
 
 # -- anything else through SQLAlchemy Core ----------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -284,3 +285,40 @@ def test_a_home_this_user_cannot_write_is_read_but_not_changed(
         assert "\n" not in str(caught.value)
     finally:
         db.close()
+
+
+def test_a_read_only_home_with_commits_in_its_write_ahead_log_shows_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy made while a process had the database open (graven watch, say) keeps recent commits in
+    graven.db-wal: reading the database file alone would show an older state."""
+    live = tmp_path / "live"
+    live.mkdir()
+    made = Database.open(f"sqlite:///{live / 'graven.db'}")
+    holder = sqlite3.connect(live / "graven.db")  # keeps the log from being folded in at close
+    holder.execute("SELECT 1 FROM deploy_envs").fetchall()
+    with made.begin() as conn:
+        conn.execute(INSERT_ENV, _env("prod", False))
+    made.close()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("graven.db", "graven.db-wal"):  # no -shm: it is not copied, or not writable
+        shutil.copyfile(live / name, copy / name)
+    holder.close()
+    assert (copy / "graven.db-wal").stat().st_size > 0
+    real_access = os.access
+    monkeypatch.setattr(
+        "graven.db.os.access", lambda p, mode: False if str(p) == str(copy) else real_access(p, mode)
+    )
+
+    def cannot_make_shm(raw: sqlite3.Connection) -> None:  # as in a directory this user cannot write
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr("graven.db._set_wal", cannot_make_shm)
+    db = Database.open(f"sqlite:///{copy / 'graven.db'}")
+    try:
+        with db.connect() as conn:
+            assert list(conn.execute("SELECT name FROM deploy_envs").scalars()) == ["prod"]
+    finally:
+        db.close()
+    assert sorted(p.name for p in copy.iterdir()) == ["graven.db", "graven.db-wal"]  # untouched
