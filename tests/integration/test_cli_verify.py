@@ -91,6 +91,26 @@ def test_corrupt_loose_object_is_named(graven_home: Path, built: tuple[Path, str
     ]
 
 
+def test_a_failure_the_audit_log_cannot_take_is_still_reported(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only or unreachable database must not hide the integrity failure behind its own error."""
+    from graven.errors import BackendError
+    from graven.service.audit import AuditLog
+
+    _, digest = built
+    _flip(LocalStore.at(graven_home / "objects").loose_path(Digest(_sha(BIG))), 7)
+
+    def read_only(*_args: object, **_kwargs: object) -> None:
+        raise BackendError("database error: attempt to write a readonly database")
+
+    monkeypatch.setattr(AuditLog, "record", read_only)
+    code, out, err = run_cli("verify", digest)
+    assert code == 1 and out == ""
+    assert _problems(err) == [f"corrupt: big/blob.bin (object sha256:{_sha(BIG)})"]
+    assert "graven: warning: this failure is not in the audit log: database error" in err
+
+
 def test_export_of_a_corrupt_artifact_fails_and_writes_nothing(
     graven_home: Path, built: tuple[Path, str], run_cli: Run, tmp_path: Path
 ) -> None:

@@ -232,7 +232,8 @@ def test_rebuild_never_runs_steps_an_untrusted_provenance_names(
     monkeypatch.setenv("GRAVEN_HOME", str(other))
     assert run_cli("import", archive, "--attestation", envelope)[0] == 0
     code, out, err = run_cli("verify", digest, "--rebuild", "-C", repo)
-    assert code == 1 and "was not rebuilt" in err, err
+    assert code == 1 and "not rebuilt, as its provenance does not verify" in err, err
+    assert len([line for line in err.splitlines() if line.startswith("graven: error:")]) == 1, err
     assert not marker.exists()  # nothing from the untrusted pipeline ran
     code, out, err = run_cli("verify", digest, "--rebuild", "-C", repo, "--json")
     assert code == 1 and json.loads(out)["rebuild"] is None

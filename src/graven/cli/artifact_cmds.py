@@ -240,10 +240,8 @@ def verify_cmd(args: argparse.Namespace) -> int:
     provenance = check_provenance(ctx, resolved, policy=trust, env=env)
     ok = report.ok and provenance.ok
     if not ok:
-        from graven.model.logentry import LogEvent
-
         reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
-        ctx.audit.record(LogEvent("verify-failure", artifact=str(resolved), reason=reason, result="failed"))
+        _record_failure(ctx, resolved, reason)
     if rebuild:
         return _verify_rebuild(ctx, resolved, rebuild_repo, report, provenance, ok=ok, as_json=as_json)
     if as_json:
@@ -255,16 +253,33 @@ def verify_cmd(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _print_problems(resolved: Digest, report: VerifyReport, provenance: ProvenanceCheck) -> None:
-    """The per-object lines and the one-line verdicts of a failed verify, on stderr."""
+def _record_failure(ctx: Context, digest: Digest, reason: str) -> None:
+    """Record a failed verification in the audit log; when that cannot be done (a read-only home, a
+    database that is down), say so and go on: the failure itself must still be reported."""
+    from graven.errors import GravenError
+    from graven.model.logentry import LogEvent
+
+    try:
+        ctx.audit.record(LogEvent("verify-failure", artifact=str(digest), reason=reason, result="failed"))
+    except GravenError as exc:
+        sys.stderr.write(f"graven: warning: this failure is not in the audit log: {printable(str(exc))}\n")
+
+
+def _print_problems(
+    resolved: Digest, report: VerifyReport, provenance: ProvenanceCheck, *, not_rebuilt: bool = False
+) -> None:
+    """The per-object lines, then one ``graven: error:`` line with every verdict of a failed verify,
+    on stderr (nothing when it did not fail)."""
     for problem in report.problems:
-        sys.stderr.write(f"{problem.kind}: {problem.path} (object {problem.object})\n")
-    if not report.ok:
-        sys.stderr.write(
-            f"graven: error: {resolved} failed verification: {len(report.problems)} missing or corrupt\n"
-        )
+        sys.stderr.write(printable(f"{problem.kind}: {problem.path} (object {problem.object})") + "\n")
+    verdicts = [] if report.ok else [f"{len(report.problems)} missing or corrupt"]
     if not provenance.ok:
-        sys.stderr.write(f"graven: error: {resolved}: {provenance.reason}\n")
+        verdicts.append(provenance.reason)
+    if not_rebuilt:
+        verdicts.append("not rebuilt, as its provenance does not verify")
+    if verdicts:
+        line = f"graven: error: {resolved} failed verification: {'; '.join(verdicts)}"
+        sys.stderr.write(printable(line) + "\n")
 
 
 def _verify_rebuild(
@@ -284,16 +299,13 @@ def _verify_rebuild(
         if as_json:
             emit_json({**report.to_json(), "ok": False, "provenance": provenance.to_json(), "rebuild": None})
             return 1
-        _print_problems(resolved, report, provenance)
-        sys.stderr.write(f"graven: error: {resolved} was not rebuilt: its provenance does not verify\n")
+        _print_problems(resolved, report, provenance, not_rebuilt=True)
         return 1
     result = rebuild(ctx, resolved, repo=repo, envelope=provenance.envelope)
     if not result.ok:
-        from graven.model.logentry import LogEvent
-
         changed = len(result.differences)
         reason = f"rebuild of {result.commit[:12]} gave {result.rebuilt} ({changed} paths differ)"
-        ctx.audit.record(LogEvent("verify-failure", artifact=str(resolved), reason=reason, result="failed"))
+        _record_failure(ctx, resolved, reason)
     ok = ok and result.ok
     if as_json:
         emit_json(
