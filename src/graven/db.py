@@ -391,7 +391,7 @@ class _SqliteConnection:
                     return Result((), 0)
                 cursor = self.raw.executemany(sql, params)
         except sqlite3.Error as exc:
-            raise BackendError(f"database error: {_first_line(exc)}") from exc
+            raise BackendError(f"database error: {_sqlite_reason(exc)}") from exc
         if cursor.description is None:
             rowcount = cursor.rowcount
             cursor.close()
@@ -416,7 +416,7 @@ class _SqliteConnection:
                 self.cursors.append(cursor)
                 yield from cursor
         except sqlite3.Error as exc:
-            raise BackendError(f"database error: {_first_line(exc)}") from exc
+            raise BackendError(f"database error: {_sqlite_reason(exc)}") from exc
 
 
 _SQLITE_IN_CHUNK = 900  # below SQLite's oldest limit of 999 parameters per statement
@@ -426,7 +426,7 @@ def _guarded(rows: Iterator[Row]) -> Iterator[Row]:
     try:
         yield from rows
     except sqlite3.Error as exc:
-        raise BackendError(f"database error: {_first_line(exc)}") from exc
+        raise BackendError(f"database error: {_sqlite_reason(exc)}") from exc
 
 
 def _set_wal(raw: sqlite3.Connection) -> None:
@@ -541,6 +541,7 @@ class _SqliteDatabase:
     def transaction(self, begin: str, *, commit: bool) -> Iterator[Connection]:
         with self._lock:
             raw = self._idle.pop() if self._idle else None
+        opened = False
         try:
             if raw is None:
                 raw = self._open()
@@ -551,11 +552,13 @@ class _SqliteDatabase:
                     f"cannot write the database {self.path}: its directory is read-only for this user "
                     "(it can be read, not changed); run this command where GRAVEN_HOME is writable"
                 )
+            opened = True
             raw.execute(begin)
         except sqlite3.Error as exc:
             if raw is not None:
                 raw.close()
-            raise BackendError(f"cannot open the database {self.path}: {_first_line(exc)}") from exc
+            what = "cannot begin a transaction in" if raw is not None and opened else "cannot open"
+            raise BackendError(f"{what} the database {self.path}: {_sqlite_reason(exc)}") from exc
         conn = _SqliteConnection(raw)
         try:
             yield conn
@@ -575,7 +578,7 @@ class _SqliteDatabase:
             raw.execute("COMMIT" if commit else "ROLLBACK")
         except sqlite3.Error as exc:  # pragma: no cover - COMMIT failing after busy_timeout
             raw.close()
-            raise BackendError(f"database error: {_first_line(exc)}") from exc
+            raise BackendError(f"database error: {_sqlite_reason(exc)}") from exc
         with self._lock:
             self._idle.append(raw)
 
@@ -631,6 +634,9 @@ class _AlchemyConnection:
             )
 
 
+_LOCK_WAIT_MS = 60_000  # how long a PostgreSQL writer waits for another (SQLite: busy_timeout)
+
+
 class _AlchemyDatabase:
     def __init__(self, url: str) -> None:
         try:
@@ -652,8 +658,18 @@ class _AlchemyDatabase:
             if commit:
                 with self.engine.begin() as conn:
                     # writers queue up, as BEGIN IMMEDIATE makes them on SQLite: a transaction that
-                    # reads, then writes what it read (state rows, the audit log) is never interleaved
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(7438002)"))
+                    # reads, then writes what it read (state rows, the audit log) is never interleaved;
+                    # and, as there, a writer waits 60 s at most for the others
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT_MS}ms'"))
+                    try:
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7438002)"))
+                    except sa.exc.OperationalError as exc:
+                        if "lock timeout" not in str(exc):
+                            raise
+                        raise BackendError(
+                            "the database is locked: another graven has been writing to it for more "
+                            "than 60 s; try again when it is done (a stuck one shows in pg_stat_activity)"
+                        ) from None
                     yield _AlchemyConnection(conn)
             else:
                 # a read sees one snapshot, as on SQLite (READ COMMITTED gives each statement its own)
@@ -825,6 +841,30 @@ def _sqlite_path(url: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# What an SQLite error means for the user, and what to do (the message alone names neither).
+_SQLITE_HINTS = (
+    (
+        ("database is locked", "database is busy"),
+        "another graven has been writing to it for more than 60 s; try again when it is done",
+    ),
+    (("file is not a database", "malformed"), "the file is damaged: restore graven.db from a backup"),
+    (("readonly database",), "make graven.db and its directory writable for this user"),
+    (
+        ("unable to open database file",),
+        "its directory is missing or not writable, or a directory stands in its place",
+    ),
+)
+
+
+def _sqlite_reason(exc: sqlite3.Error) -> str:
+    """The first line of an SQLite error, with what it means where that is known."""
+    text = _first_line(exc)
+    for needles, hint in _SQLITE_HINTS:
+        if any(needle in text for needle in needles):
+            return f"{text}: {hint}"
+    return text
 
 
 def _reason(exc: Exception) -> str:

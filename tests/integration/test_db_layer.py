@@ -322,3 +322,26 @@ def test_a_read_only_home_with_commits_in_its_write_ahead_log_shows_them(
     finally:
         db.close()
     assert sorted(p.name for p in copy.iterdir()) == ["graven.db", "graven.db-wal"]  # untouched
+
+
+@pytest.mark.parametrize(
+    ("message", "hint"),
+    [
+        ("database is locked", "another graven has been writing to it for more than 60 s"),
+        ("file is not a database", "restore graven.db from a backup"),
+        ("database disk image is malformed", "restore graven.db from a backup"),
+        ("attempt to write a readonly database", "make graven.db and its directory writable"),
+    ],
+)
+def test_sqlite_errors_say_what_they_mean(message: str, hint: str) -> None:
+    from graven.db import _sqlite_reason
+
+    assert _sqlite_reason(sqlite3.OperationalError(message)).startswith(f"{message}: ")
+    assert hint in _sqlite_reason(sqlite3.OperationalError(message))
+
+
+def test_a_damaged_database_file_says_to_restore_it(tmp_path: Path) -> None:
+    path = tmp_path / "graven.db"
+    path.write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(BackendError, match=r"restore graven\.db from a backup"):
+        Database.open(f"sqlite:///{path}")

@@ -35,3 +35,28 @@ def test_build_verify_and_schema_on_postgres(
         assert database.schema_version() == SCHEMA_VERSION
     finally:
         database.close()
+
+
+def test_a_writer_waits_for_another_a_bounded_time(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As SQLite's busy timeout: a writer stuck behind another fails in one line instead of waiting
+    for ever (60 s; shortened here)."""
+    import graven.db
+    from graven.db import Database
+    from graven.errors import BackendError
+
+    monkeypatch.setattr(graven.db, "_LOCK_WAIT_MS", 300)
+    holder, waiter = Database.open(postgres_url), Database.open(postgres_url)
+    try:
+        with (
+            holder.begin(),  # holds the write lock
+            pytest.raises(BackendError, match="the database is locked: another graven"),
+            waiter.begin(),
+        ):
+            pass
+        with waiter.begin() as conn:  # free again
+            assert conn.execute("SELECT 1").scalar() == 1
+    finally:
+        holder.close()
+        waiter.close()

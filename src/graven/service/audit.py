@@ -170,7 +170,8 @@ class AuditLog:
                     raise NotFoundError(
                         f"the log key {path} is missing but the log already has entries: restore "
                         "GRAVEN_HOME/log/checkpoint.key from a backup (a new key would not match "
-                        "the log's checkpoints)"
+                        "the log's checkpoints), or, if GRAVEN_DB_URL names the database of another "
+                        "GRAVEN_HOME, give this home a database of its own"
                     )
                 if self.public_key_path.exists():
                     raise NotFoundError(
