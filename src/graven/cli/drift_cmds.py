@@ -179,7 +179,7 @@ def _echo(line: str) -> None:
     print(line, flush=True)
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, option: str) -> float:
     units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     value = text.strip().lower()
     try:
@@ -189,12 +189,14 @@ def _duration(text: str) -> float:
             seconds = float(value)
     except ValueError:
         raise UsageError(
-            f"Invalid value: {text!r} is not a duration (e.g. 90, 30s, 5m, 24h)", "graven watch"
+            f"argument {option}: {text!r} is not a duration (e.g. 90, 30s, 5m, 24h)", "graven watch"
         ) from None
     if not math.isfinite(seconds) or seconds > _MAX_DURATION:  # nan never elapses, inf never comes
-        raise UsageError(f"Invalid value: {text!r} must be a finite duration of at most 365d", "graven watch")
+        raise UsageError(
+            f"argument {option}: {text!r} must be a finite duration of at most 365d", "graven watch"
+        )
     if seconds <= 0:
-        raise UsageError(f"Invalid value: {text!r} must be more than zero", "graven watch")
+        raise UsageError(f"argument {option}: {text!r} must be more than zero", "graven watch")
     return seconds
 
 
@@ -217,8 +219,8 @@ def watch_cmd(args: argparse.Namespace) -> int:
 
     options = WatchOptions(
         envs=tuple(envs),
-        interval=_duration(interval),
-        full_every=_duration(full_every),
+        interval=_duration(interval, "--interval"),
+        full_every=_duration(full_every, "--full-every"),
         alert_command=alert_command,
         webhook=webhook,
         heal=do_heal,

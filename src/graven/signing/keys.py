@@ -692,4 +692,8 @@ class KeyStore:
             raise NotFoundError(
                 f"no signing key {value!r}: not a file, and no key {value}.key in {self.directory}"
             )
+        if candidate.is_dir():
+            raise InputError(
+                f"signing key {value} is a directory; GRAVEN_SIGNING_KEY names a key file or a key name"
+            )
         raise NotFoundError(f"signing key file {value} does not exist")

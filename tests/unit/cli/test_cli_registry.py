@@ -109,4 +109,7 @@ def test_watch_durations_must_be_finite(value: str, capsys: pytest.CaptureFixtur
 
     assert main(["watch", "--interval", value]) == 2
     err = capsys.readouterr().err
-    assert "must be a finite duration" in err and len(err.splitlines()) == 1
+    assert "argument --interval: " in err and "must be a finite duration" in err
+    assert len(err.splitlines()) == 1
+    assert main(["watch", "--full-every", "0"]) == 2
+    assert "argument --full-every: '0' must be more than zero" in capsys.readouterr().err

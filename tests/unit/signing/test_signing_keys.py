@@ -266,6 +266,8 @@ def test_resolve_by_name_and_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyP
         store.resolve("nope")
     with pytest.raises(NotFoundError, match=r"signing key file /no/such/file.key does not exist"):
         store.resolve("/no/such/file.key")
+    with pytest.raises(InputError, match=r"is a directory; GRAVEN_SIGNING_KEY names a key file"):
+        store.resolve(str(tmp_path))
     with pytest.raises(InputError, match="no signing key given"):
         store.resolve("  ")
     path.chmod(0o644)
