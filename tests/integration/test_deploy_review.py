@@ -325,6 +325,24 @@ def test_hold_waits_for_a_deployment_at_work_and_holds_what_it_made_live(world: 
     assert state is not None and state.held_digest == slow == state.live_digest
 
 
+def test_hold_waits_for_the_first_deployment_at_work_too(world: World) -> None:
+    """Nothing is recorded for the environment until its first deployment ends: its pending record
+    says where it lives, so the hold waits for it instead of calling the environment never deployed."""
+    import threading
+
+    from helpers_deploy import env_toml, staging_prod
+
+    marker = world.root.parent / "in-health-check"
+    slow = world.version(2, env_toml("app", staging_prod(health=f"touch {marker}; sleep 1")))
+    done: list[Any] = []
+    deployer = threading.Thread(target=lambda: done.append(world.deploy(slow, "staging")))
+    deployer.start()
+    _wait_for(marker)
+    held = environments.hold(world.ctx(), "staging", "freeze")
+    deployer.join()
+    assert done[0].ok and held.changed and held.digest == slow == world.live("staging")
+
+
 def test_a_digest_rejected_while_it_is_being_deployed_is_not_left_live(world: World) -> None:
     import threading
 

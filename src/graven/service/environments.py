@@ -217,9 +217,10 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
         raise NeverDeployedError(env)
     with ctx.db.connect() as conn:
         recorded = load_state(conn, env)
-    if recorded is None:
+        path = recorded.path if recorded is not None else _pending_path(conn, env)
+    if path is None:
         raise NeverDeployedError(env)
-    layout = EnvLayout(Path(recorded.path))
+    layout = EnvLayout(Path(path))
     with contextlib.ExitStack() as stack:
         if layout.meta.is_dir():
             lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
@@ -237,13 +238,30 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
             stack.enter_context(lock)
         with ctx.db.begin() as conn:
             state = load_state(conn, env)
-            assert state is not None
+            if state is None:  # the first deployment, waited for, made nothing live
+                raise NeverDeployedError(env)
             if state.held:
                 return HoldResult(env, True, False, state.held_digest)
             state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
             save_state(conn, state)
             ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
     return HoldResult(env, True, True, state.held_digest)
+
+
+def _pending_path(conn: Connection, env: str) -> str | None:
+    """The directory of the first deployment to ``env`` while it is at work (its pending record holds
+    its settings), so that a hold waits for it; None when there is none."""
+    import json
+
+    settings = conn.execute(
+        "SELECT settings FROM deployments WHERE env = :env AND result = 'pending' ORDER BY id DESC LIMIT 1",
+        {"env": env},
+    ).scalar_one_or_none()
+    try:
+        path = json.loads(settings).get("path") if settings else None
+    except (ValueError, AttributeError):
+        return None
+    return path if isinstance(path, str) and path.startswith("/") else None
 
 
 def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
