@@ -559,3 +559,23 @@ def test_a_truncated_compressed_archive_is_called_truncated(
     cut.write_bytes(out.read_bytes()[:100])
     code, _, err = run_cli("import", cut)
     assert code == 2 and "truncated or corrupt" in err, err
+
+
+def test_exporting_provenance_this_home_does_not_trust_warns(
+    artifact: tuple[Path, str],
+    tmp_path: Path,
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    new_home: Callable[[str], Path],
+) -> None:
+    digest = artifact[1]
+    archive, envelope = tmp_path / "a.tar.zst", tmp_path / "a.intoto.json"
+    code, _, err = run_cli("export", digest, "-o", archive, "--attestation", envelope)
+    assert code == 0 and "warning" not in err, err  # this home trusts its own key
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("other")))  # trusts another key only
+    assert run_cli("import", archive, "--attestation", envelope)[0] == 0
+    again = tmp_path / "b.intoto.json"
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "b.tar.zst", "--attestation", again)
+    assert code == 0
+    assert "graven: warning: no stored provenance of" in err and "verifies against this home's trust" in err
+    assert again.read_bytes() == envelope.read_bytes()

@@ -83,3 +83,22 @@ def test_trusting_a_key_twice_or_at_once_succeeds_and_logs_once(
     assert code == 0, err
     assert again == out
     assert len(_logged(capsys)) == 1  # the second trust changed nothing, and says nothing new
+
+
+def test_trust_and_revoke_report_as_json(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(capsys, "keys", "generate", "--name", "ci", "--no-trust")[0] == 0
+    (tmp_path / "ci.pub").write_text(run_cli(capsys, "keys", "export", "ci")[1])
+    code, out, err = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"), "--json")
+    assert code == 0, err
+    trusted = json.loads(out)
+    assert trusted["changed"] is True and Path(trusted["path"]).is_file()
+    code, out, err = run_cli(capsys, "keys", "revoke", trusted["keyid"], "--json")
+    assert code == 0, err
+    assert json.loads(out) == {
+        "keyid": trusted["keyid"],
+        "path": str(home / "trust" / "revoked"),
+        "changed": True,
+    }
+    assert json.loads(run_cli(capsys, "keys", "revoke", trusted["keyid"], "--json")[1])["changed"] is False

@@ -46,9 +46,11 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
     trust = add_command(keys, "trust", trust_cmd)
     trust.add_argument("pem_file", type=Path, metavar="PEM_FILE")
+    trust.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     revoke = add_command(keys, "revoke", revoke_cmd)
     revoke.add_argument("keyid", metavar="KEYID")
+    revoke.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     _, attest = add_group(commands, "attest", "Check attestations (DSSE envelopes and Sigstore bundles).")
 
@@ -164,7 +166,10 @@ def trust_cmd(args: argparse.Namespace) -> int:
     if not already:  # logged first, as for generate and revoke; trusting it again changes nothing
         _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")
         path = store_trusted_key(home.trust, pem)
-    print(f"trusted key {keyid} ({path})")
+    if args.as_json:
+        emit_json({"keyid": keyid, "path": str(path), "changed": not already})
+    else:
+        print(f"trusted key {keyid} ({path})")
     return 0
 
 
@@ -181,13 +186,17 @@ def revoke_cmd(args: argparse.Namespace) -> int:
     home = Home.from_env()
     home.trust.mkdir(parents=True, exist_ok=True)
     path = home.trust / "revoked"
-    if value not in _revoked(path):
+    changed = value not in _revoked(path)
+    if changed:
         # logged first: a revocation that takes effect is never missing from the audit log (a
         # failure between the two leaves an entry and no effect; running revoke again completes it)
         _log(home, "key-revoked", f"key {value}")
         with path.open("a", encoding="utf-8") as handle:
             handle.write(value + "\n")
-    print(f"revoked key {value}")
+    if args.as_json:
+        emit_json({"keyid": value, "path": str(path), "changed": changed})
+    else:
+        print(f"revoked key {value}")
     return 0
 
 

@@ -116,6 +116,11 @@ def prepare_attestation(
     from graven.signing.dsse import Envelope
 
     data, keyid = preferred_envelope(ctx, digest)
+    if keyid is None:
+        ctx.reporter.warn(
+            f"no stored provenance of {digest} verifies against this home's trust policy; the newest "
+            "one is exported as stored (`graven verify` says why it does not verify)"
+        )
     envelope = load_attestation(data)
     files: list[tuple[Path, bytes]] = []
     if envelope_path is not None:
