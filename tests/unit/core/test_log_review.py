@@ -8,7 +8,8 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from graven.cli.log_cmds import _log_index, _printable, _since
+from graven.cli.log_cmds import _log_index, _since
+from graven.cli.output import printable as _printable
 from graven.core.checkpoint import Checkpoint, note_head, parse_signed_note, sign_checkpoint
 from graven.errors import InputError
 from graven.service.audit import LogVerifyReport, _note_mismatch
