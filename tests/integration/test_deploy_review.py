@@ -47,6 +47,15 @@ def test_something_in_the_way_of_the_config_link_is_refused_before_anything_chan
     assert (config / "x").read_text() == "runtime data\n"
 
 
+def test_a_first_deploy_refused_for_what_stands_at_current_makes_nothing_there(world: World) -> None:
+    v1 = world.build()
+    staging = world.env_dir("staging")
+    (staging / "current").mkdir(parents=True)  # someone's directory where graven puts its link
+    with pytest.raises(InputError, match="not the symlink graven manages"):
+        world.deploy(v1, "staging")
+    assert sorted(os.listdir(staging)) == ["current"]  # no .graven, no releases
+
+
 def test_a_symlinked_releases_directory_is_refused_and_nothing_is_written_or_removed_through_it(
     world: World, tmp_path: Path
 ) -> None:

@@ -220,6 +220,7 @@ def _run_deployment(
     with ctx.db.connect() as conn:  # before the lock creates anything in the directory
         check_location(ctx, conn, settings)
         check_path(load_state(conn, env), settings)
+    check_links(layout)  # here too: a refusal leaves the directory as it was (again under the lock)
     lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
     lock.acquire(wait=opts.wait)
     with lock:
