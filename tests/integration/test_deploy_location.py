@@ -140,3 +140,36 @@ def test_drift_names_a_link_at_releases_and_reads_nothing_through_it(world: Worl
     os.rename(tmp_path / "moved", releases)
     (report,) = check(world.ctx(), ["staging"])
     assert report.clean
+
+
+def test_a_store_object_linked_into_a_release_is_never_vouched_for_or_linked_again(world: World) -> None:
+    """Someone (root, or graven's own user) hard-links a loose store object over the same file of a
+    release: its content is right, but writing it would change the store. The check before a rollback
+    refuses it, so it is neither recorded nor linked into a later release; the release is rebuilt."""
+    import random
+
+    from graven.model.digest import sha256_digest
+    from graven.service import environments
+    from graven.service.deploy import rollback
+    from graven.store.local import LOOSE_THRESHOLD, LocalStore
+
+    big = random.Random(9).randbytes(LOOSE_THRESHOLD + 10)
+    world.commit({"data/big.bin": big})
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert world.deploy(world.version(2), "staging").ok
+    loose = LocalStore.at(world.home / "objects").loose_path(sha256_digest(big))
+    old = world.env_dir("staging") / "releases" / v1.removeprefix("sha256:")
+    target = old / "data" / "big.bin"
+    (old / "data").chmod(0o755)
+    target.unlink()
+    os.link(loose, target)
+    (old / "data").chmod(0o555)
+    result = rollback(world.ctx(), "staging", world.options(), to=v1)
+    assert result.ok and world.live("staging") == v1
+    now = world.env_dir("staging") / "current" / "data" / "big.bin"
+    assert os.stat(now).st_ino != os.stat(loose).st_ino
+    environments.unhold(world.ctx(), "staging")  # the rollback held it
+    assert world.deploy(world.version(3), "staging").ok  # links data/big.bin from the live release
+    latest = world.env_dir("staging") / "current" / "data" / "big.bin"
+    assert os.stat(latest).st_ino != os.stat(loose).st_ino

@@ -1067,8 +1067,18 @@ def _scan(root: Path) -> _Scan | None:
     return found
 
 
+StoreInode = Callable[[str], "tuple[int, int] | None"]  # sha256 hex -> the store's loose inode, if any
+
+
 def _check_entries(
-    found: _Scan, manifest: TreeManifest, table: StatTable, base: str, check: ReleaseCheck, *, rehash: bool
+    found: _Scan,
+    manifest: TreeManifest,
+    table: StatTable,
+    base: str,
+    check: ReleaseCheck,
+    *,
+    rehash: bool,
+    store_inode: StoreInode | None,
 ) -> set[str]:
     """Check every manifest entry against the scan (taking what matched out of it); the directories the
     release must have (``""``, its root, included)."""
@@ -1086,6 +1096,9 @@ def _check_entries(
             if not table.matches(st, entry.sha256):
                 hashed = _hash_file(base, entry.path, st) if rehash else None
                 if hashed is not None and hashed[0] == entry.sha256:
+                    if store_inode is not None and store_inode(entry.sha256) == (st.st_dev, st.st_ino):
+                        check.problems.append(f"{entry.path}: shares its inode with the store's object")
+                        continue  # never vouched for, never linked into a next release
                     table.record(hashed[1], entry.sha256)
                     check.rehashed += 1
                 else:
@@ -1116,18 +1129,27 @@ def _leftover_problems(found: _Scan, expected_dirs: set[str]) -> list[str]:
 
 
 def check_release(
-    root: Path, manifest: TreeManifest, table: StatTable, *, rehash: bool = True
+    root: Path,
+    manifest: TreeManifest,
+    table: StatTable,
+    *,
+    rehash: bool = True,
+    store_inode: StoreInode | None = None,
 ) -> ReleaseCheck:
     """Compare a release directory with its manifest. When the root, every directory and every file
     still have the stat graven recorded, that is enough. Otherwise every entry is read: paths, kinds,
     modes (the root's too), link targets; a file whose stat changed is hashed (with ``rehash``) and,
     when its content is still right, its record is refreshed. Extra, missing and changed entries are
-    problems. Only a release without problems has its directories (and its root) recorded again."""
+    problems. Only a release without problems has its directories (and its root) recorded again. A
+    re-hashed file that is the store's own object (``store_inode``: a hard link made by hand) is a
+    problem, however right its content."""
     with no_gc():
-        return _check_release(root, manifest, table, rehash=rehash)
+        return _check_release(root, manifest, table, rehash=rehash, store_inode=store_inode)
 
 
-def _check_release(root: Path, manifest: TreeManifest, table: StatTable, *, rehash: bool) -> ReleaseCheck:
+def _check_release(
+    root: Path, manifest: TreeManifest, table: StatTable, *, rehash: bool, store_inode: StoreInode | None
+) -> ReleaseCheck:
     if _check_by_stat(root, manifest, table):
         return ReleaseCheck(by_stat=True)
     found = _scan(root)
@@ -1136,7 +1158,9 @@ def _check_release(root: Path, manifest: TreeManifest, table: StatTable, *, reha
     check = ReleaseCheck(problems=list(found.problems))
     if not stat.S_ISDIR(found.dirs[""].st_mode):
         return check
-    expected_dirs = _check_entries(found, manifest, table, str(root), check, rehash=rehash)
+    expected_dirs = _check_entries(
+        found, manifest, table, str(root), check, rehash=rehash, store_inode=store_inode
+    )
     check.problems.extend(_leftover_problems(found, expected_dirs))
     if not check.problems:  # every entry checked: the directories are right as they are now
         table.record_all((found.dirs[path], DIR_SHA) for path in sorted(expected_dirs))

@@ -57,7 +57,9 @@ def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex:
 
         with contextlib.suppress(GravenError, OSError):
             manifest = load_manifest(ctx, Digest(live_hex))
-            check = check_release(layout.release(live_hex), manifest, table)
+            check = check_release(
+                layout.release(live_hex), manifest, table, store_inode=ctx.store.loose_inode
+            )
             if check.rehashed:
                 table.save(layout.stat_file, ctx.record_key)
 
@@ -71,7 +73,7 @@ def ensure_release(
     release = layout.release(hex_digest)
     reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
     if release.is_dir():
-        check = check_release(release, target.manifest, table)
+        check = check_release(release, target.manifest, table, store_inode=ctx.store.loose_inode)
         if check.ok:
             if not check.by_stat:
                 table.save(layout.stat_file, ctx.record_key)

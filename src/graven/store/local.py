@@ -172,6 +172,15 @@ class LocalStore:
         """Where a loose object lives (whether or not it exists)."""
         return self._loose / digest.hex[:2] / digest.hex[2:]
 
+    def loose_inode(self, hex_digest: str) -> tuple[int, int] | None:
+        """(device, inode) of the loose object ``hex_digest``, or None when it is not stored loose:
+        a deployed file must never be that inode (writing it would change the store)."""
+        try:
+            st = os.lstat(f"{self._loose_prefix}{hex_digest[:2]}/{hex_digest[2:]}")
+        except (OSError, ValueError):
+            return None
+        return st.st_dev, st.st_ino
+
     def _packed(self) -> dict[bytes, _Location]:
         index = self._index
         if index is not None:
