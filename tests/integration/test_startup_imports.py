@@ -61,3 +61,24 @@ def test_build_deploy_rollback_drift_and_export_start_light(world: World, tmp_pa
     assert _loaded("rollback", "staging", root, "--reason", "test") == []
     assert _loaded("drift", "staging", "--full") == []
     assert _loaded("export", second, "-o", tmp_path / "app.tar.zst") == []
+
+
+def test_listing_an_empty_home_loads_no_context(tmp_path: Path) -> None:
+    """`graven artifacts` on a home without a database answers before any use case is loaded (its
+    start-up is one of the benchmarks: bench/run.py, row 6)."""
+    run = (
+        "import json, sys\n"
+        "from graven.cli.main import main\n"
+        "code = main(['artifacts'])\n"
+        "heavy = ('graven.service.context', 'typing', 'datetime')\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", run],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"GRAVEN_HOME": str(tmp_path / "empty"), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -6,8 +6,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-from graven.service.context import BYTES
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -67,6 +65,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def progress_text(stage: str, done: int, total: int | None) -> str:
     """The progress line: ``stage: done/total``; sizes for a stage counted in bytes
     (``writing archive: 12.0 MiB/40.2 MiB``)."""
+    from graven.service.context import BYTES  # here: loaded by every command that reports progress
+
     shown: Callable[[int], str] = str
     if stage.endswith(BYTES):
         stage, shown = stage[: -len(BYTES)], human_size
