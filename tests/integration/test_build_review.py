@@ -136,6 +136,10 @@ def test_outputs_without_steps_is_refused(
         ('[env.a]\npath = "/a"\nrequires = ["b"]\n[env.b]\npath = "/b"\nrequires = ["a"]\n', "cycle"),
         ('[env.Prod]\npath = "/a"\n', "invalid environment name"),
         ('[env.a]\npath = "/a"\n[env.b]\npath = "/a"\n', "directory of its own"),
+        (  # not neighbours once sorted: every pair is compared
+            '[env.a]\npath = "/s/a"\n[env.b]\npath = "/s/a/b"\n[env.c]\npath = "/s/a/releases/x"\n',
+            "inside the files graven keeps",
+        ),
     ],
 )
 def test_environments_no_deploy_would_accept_are_refused_at_build(

@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -518,11 +519,17 @@ def test_an_export_removes_what_a_killed_export_to_the_same_path_left(
     os.waitpid(pid, 0)  # a process that is gone, as a killed export's
     stale = tmp_path / f".a.tar.zst.tmp-{pid}"
     stale.write_bytes(b"half an archive")
+    hour_ago = time.time() - 3700
+    os.utime(stale, (hour_ago, hour_ago))
     live = tmp_path / ".a.tar.zst.tmp-1"  # pid 1 runs: maybe another export, left alone
     live.write_bytes(b"being written")
+    os.utime(live, (hour_ago, hour_ago))
+    elsewhere = tmp_path / f".a.tar.zst.tmp-{pid + 1_000_000}"  # no such pid here: another namespace's?
+    elsewhere.write_bytes(b"being written in a container")  # written just now: left alone
     _export(run_cli, artifact[1], out)
     assert not stale.exists()
     assert live.read_bytes() == b"being written"
+    assert elsewhere.exists()
 
 
 def test_export_outputs_that_collide_or_are_directories_are_refused_before_writing(

@@ -72,3 +72,14 @@ def test_an_os_error_no_check_caught_is_one_line(
     assert code == 2
     assert err == "graven: error: /srv/x\\x0a\\x1b[31mRED\\u202e: permission denied; check its permissions\n"
     assert os.linesep not in err[:-1]
+
+
+def test_a_config_diff_keeps_its_tabs(world: World, run_cli: Run) -> None:
+    """The config's own lines are shown as they are (a tab-indented nginx file stays readable); only
+    what could drive the terminal is escaped."""
+    world.commit({"config/staging.toml": 'port = 8001\n\tbanner = "one"\n'})  # the health check reads it
+    assert world.deploy(world.build(), "staging").ok
+    world.commit({"config/staging.toml": 'port = 8001\n\tbanner = "two"\x1b[2J\n'})
+    code, out, err = run_cli("deploy", world.build(), "staging", "--plan", "--root", world.root)
+    assert code == 0, err
+    assert '-\tbanner = "one"\n' in out and '+\tbanner = "two"\\x1b[2J\n' in out, out

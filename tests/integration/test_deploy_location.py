@@ -173,3 +173,18 @@ def test_a_store_object_linked_into_a_release_is_never_vouched_for_or_linked_aga
     assert world.deploy(world.version(3), "staging").ok  # links data/big.bin from the live release
     latest = world.env_dir("staging") / "current" / "data" / "big.bin"
     assert os.stat(latest).st_ino != os.stat(loose).st_ino
+
+
+def test_a_missing_releases_directory_is_the_release_removed(world: World) -> None:
+    """Only something standing at PATH/releases is kind ``releases``; when it is gone, so is the
+    release, as drift always said (``removed .``), and heal rebuilds it."""
+    assert world.deploy(world.build(), "staging").ok
+    releases = world.env_dir("staging") / "releases"
+    for release in releases.iterdir():
+        release.chmod(0o755)
+    shutil.rmtree(releases)
+    (report,) = check(world.ctx(), ["staging"])
+    assert [(d.path, d.kind) for d in report.differences] == [(".", "removed")]
+    heal(world.ctx(), "staging")
+    (report,) = check(world.ctx(), ["staging"])
+    assert report.clean

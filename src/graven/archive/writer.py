@@ -19,6 +19,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -473,20 +474,27 @@ def write_archive_file(
         raise
 
 
+_STALE_TEMP_SECONDS = 3600  # a running export writes its temp file all the time
+
+
 def _remove_stale_temps(path: Path) -> None:
-    """Remove the temp files that exports to ``path`` killed before their rename left beside it
-    (``.NAME.tmp-PID`` whose process is gone); best effort."""
+    """Remove the temp files that exports to ``path`` killed before their rename left beside it:
+    ``.NAME.tmp-PID`` unchanged for an hour whose process is gone (the age alone decides for an
+    export in another PID namespace or on another machine sharing the directory); best effort."""
     prefix = f".{path.name}.tmp-"
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(prefix)]
     except OSError:
         return
+    cutoff = time.time() - _STALE_TEMP_SECONDS
     for name in names:
         pid = name[len(prefix) :]
         if not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
-            (path.parent / name).unlink()
+            stale = path.parent / name
+            if stale.lstat().st_mtime < cutoff:
+                stale.unlink()
 
 
 def _alive(pid: int) -> bool:

@@ -221,7 +221,10 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
     if plan.config:
         if plan.config_diff:
             print(f"config ({plan.config}):")
-            sys.stdout.writelines(printable(line) + "\n" for line in plan.config_diff.splitlines())
+            lines = plan.config_diff.split("\n")  # not splitlines(): \x0b, \x0c... end no line here
+            if lines[-1] == "":
+                lines.pop()
+            sys.stdout.writelines(printable(line, tabs=True) + "\n" for line in lines)
         else:
             print(f"config ({plan.config}): unchanged")
     print("nothing was changed (--plan)")

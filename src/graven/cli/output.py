@@ -31,13 +31,14 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, tabs: bool = False) -> str:
     """``text`` with control and other invisible characters escaped (``\\x0a``, ``\\x1b``,
     ``\\u202e``), so that a value from a file name, a reason or a log can neither draw fake lines
-    nor drive the terminal (escape sequences)."""
+    nor drive the terminal (escape sequences). With ``tabs``, a tab stays a tab (the lines of a
+    file shown as they are: a config diff)."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    return "".join(ch if ch.isprintable() or (tabs and ch == "\t") else _escape(ch) for ch in text)
 
 
 def _escape(ch: str) -> str:

@@ -344,7 +344,7 @@ def compare_releases_dir(kind: str, target: str | None) -> list[Difference]:
     """The difference of ``PATH/releases`` when it is not a real directory (``kind`` as
     :func:`graven.deploy.switch.link_kind` says; ``target`` a symlink's), else none. Nothing is read
     through it: a link there could make a check hash a copy kept anywhere."""
-    if kind == "dir":
+    if kind in ("dir", "missing"):  # missing: the release is missing too, and is reported so (removed .)
         return []
     return [Difference("releases", "releases", "dir", f"symlink to {target}" if kind == "symlink" else kind)]
 

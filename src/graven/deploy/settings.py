@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from itertools import pairwise
+from itertools import combinations
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -146,7 +146,7 @@ def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
     # two environments in one directory would destroy each other's releases (retention, current);
     # one inside the other is fine unless it is inside what graven keeps there
     paths = sorted((PurePosixPath(section.path.rstrip("/") or "/"), name) for name, section in envs.items())
-    for (path, name), (other_path, other) in pairwise(paths):
+    for (path, name), (other_path, other) in combinations(paths, 2):  # every pair: a few environments
         if path == other_path or clashes_with_layout(other_path, path):
             raise ConfigError(
                 f"{source}: [env.{other}] path {str(other_path)!r} "

@@ -268,9 +268,9 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
     paths_by_blob: dict[str, list[str]] = {}
     for entry in manifest.files():
         paths_by_blob.setdefault(entry.sha256, []).append(entry.path)
-    total = len(paths_by_blob)
+    total = len(paths_by_blob) + 1  # and the manifest, checked already: as the final line counts
     progress = ctx.reporter.progress
-    for done, (sha, paths) in enumerate(paths_by_blob.items()):
+    for done, (sha, paths) in enumerate(paths_by_blob.items(), start=1):
         progress("verifying objects", done, total)
         blob = Digest(sha)
         report.objects_checked += 1
