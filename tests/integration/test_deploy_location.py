@@ -188,3 +188,39 @@ def test_a_missing_releases_directory_is_the_release_removed(world: World) -> No
     heal(world.ctx(), "staging")
     (report,) = check(world.ctx(), ["staging"])
     assert report.clean
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user needs root to make")
+def test_a_link_of_another_user_on_the_way_is_refused(world: World, tmp_path: Path) -> None:
+    """In a sticky directory anyone may make a link: one owned by another user, on the way to PATH,
+    could be pointed elsewhere between two of graven's steps."""
+    v1 = world.build()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (shared / "shop").symlink_to(victim)
+    os.lchown(shared / "shop", 65534, 65534)
+    digest = world.version(2, env_toml("app", {"x": {"path": str(shared / "shop" / "x")}}))
+    with pytest.raises(InputError, match=r"shop is a link of another user \(uid 65534\)"):
+        world.deploy(digest, "x")
+    assert list(victim.iterdir()) == []
+    os.lchown(shared / "shop", 0, 0)
+    assert world.deploy(digest, "x").ok  # one's own link in a sticky directory is fine
+    assert world.deploy(v1, "staging").ok
+
+
+def test_a_link_in_a_directory_every_user_may_write_is_refused(world: World, tmp_path: Path) -> None:
+    """The link is this user's, but anyone can replace it: the directory holding it is checked as a
+    directory on the way, although the resolved path never goes through it."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    target = tmp_path / "target"
+    target.mkdir()
+    (open_dir / "app").symlink_to(target)
+    digest = world.version(2, env_toml("app", {"x": {"path": str(open_dir / "app" / "x")}}))
+    with pytest.raises(InputError, match=r"open is writable by every user \(mode 0777\)"):
+        world.deploy(digest, "x")
+    assert list(target.iterdir()) == []

@@ -122,27 +122,34 @@ class EnvLayout(Frozen):
 
     def check_owners(self) -> None:
         """Refuse an environment directory that another user could change under graven (as sshd's
-        StrictModes does): ``PATH/releases``, ``PATH`` and every directory above it (links resolved)
-        must belong to this user or to root, and must not be writable by every user unless sticky
-        (``/tmp``: nobody renames another user's entries there). Otherwise that user could swap
-        ``releases`` or ``PATH`` itself for a link between two of graven's steps, and have it write,
-        chmod or link files elsewhere. What does not exist yet is made by graven, as this user."""
+        StrictModes does): every directory and symlink the path goes through, as the kernel walks it
+        (each link followed where it points), ``PATH`` and ``PATH/releases`` must belong to this user
+        or to root, and no directory may be writable by every user unless sticky (``/tmp``: nobody
+        renames another user's entries there; ``PATH`` and ``releases`` not even then). Otherwise
+        that user could swap a link, ``releases`` or ``PATH`` itself between two of graven's steps,
+        and have it write, chmod or link files elsewhere. What does not exist yet is made by graven,
+        as this user."""
         me = os.geteuid()
-        real = Path(os.path.realpath(self.root))
-        for directory in (real / RELEASES, real, *real.parents):
+        walked, reached = _walk(str(self.root))
+        if reached is not None:
             try:
-                st = os.lstat(directory)
+                walked.append((f"{reached}/{RELEASES}", os.lstat(f"{reached}/{RELEASES}")))
             except FileNotFoundError:
-                continue
+                pass
             except OSError as exc:
-                raise BackendError(f"cannot read {directory}: {exc.strerror}") from None
-            if not stat.S_ISDIR(st.st_mode):
-                continue  # PATH/releases as a link or a file: check_releases_dir names that
-            problem = _unsafe_owner(st, me, top=directory in (real, real / RELEASES))
+                raise BackendError(f"cannot read {reached}/{RELEASES}: {exc.strerror}") from None
+        tops = {reached, f"{reached}/{RELEASES}"} if reached is not None else set()
+        for path, st in walked:
+            if stat.S_ISLNK(st.st_mode):
+                problem = None if st.st_uid in (me, 0) else f"is a link of another user (uid {st.st_uid})"
+            elif stat.S_ISDIR(st.st_mode):
+                problem = _unsafe_owner(st, me, top=path in tops)
+            else:
+                continue  # a file where a directory should be: the deploy says so
             if problem is not None:
                 raise InputError(
-                    f"{directory} {problem}: another user could change the environment directory "
-                    f"{self.root} while graven works in it; fix the directory's owner or mode, or deploy "
+                    f"{path} {problem}: another user could change the environment directory "
+                    f"{self.root} while graven works in it; fix its owner or mode, or deploy "
                     "somewhere only you (or root) can write"
                 )
 
@@ -166,3 +173,46 @@ def _unsafe_owner(st: os.stat_result, me: int, *, top: bool) -> str | None:
     if st.st_mode & stat.S_IWOTH and (top or not st.st_mode & stat.S_ISVTX):
         return f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
+
+
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def _walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str | None]:
+    """What the kernel goes through to reach the absolute ``path``: (where, its lstat) for ``/``, each
+    existing component and each symlink (whose target is walked in turn), up to the first component
+    that does not exist; and the directory ``path`` resolves to, when all of it exists."""
+    walked: list[tuple[str, os.stat_result]] = []
+    try:
+        walked.append(("/", os.lstat("/")))
+        current = "/"
+        parts = [p for p in path.split("/") if p]
+        links = 0
+        while parts:
+            name = parts.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                current = os.path.dirname(current) or "/"
+                continue
+            candidate = f"{current.rstrip('/')}/{name}"
+            try:
+                st = os.lstat(candidate)
+            except FileNotFoundError:
+                return walked, None  # from here on graven makes what is missing
+            walked.append((candidate, st))
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_LINKS:
+                    raise InputError(f"{path}: too many levels of symbolic links")
+                target = os.readlink(candidate)
+                if target.startswith("/"):
+                    current = "/"
+                parts = [p for p in target.split("/") if p] + parts
+            elif stat.S_ISDIR(st.st_mode):
+                current = candidate
+            else:
+                return walked, None  # a file on the way
+    except OSError as exc:
+        raise BackendError(f"cannot read the way to {path}: {exc.strerror}") from None
+    return walked, current
