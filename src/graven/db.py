@@ -716,7 +716,7 @@ class Database:
         except BackendError:
             raise
         except Exception as exc:  # SQLAlchemy's URL and driver errors
-            raise BackendError(f"cannot open the database {_redact(url)}: {_first_line(exc)}") from exc
+            raise BackendError(f"cannot open the database {redacted_url(url)}: {_first_line(exc)}") from exc
         database = cls(backend, url)
         try:
             database._upgrade()
@@ -724,7 +724,7 @@ class Database:
             database.close()
             if exc.message.startswith("cannot open the database"):
                 raise  # it says so already (the backend's own first connection)
-            raise BackendError(f"cannot open the database {_redact(url)}: {exc.message}") from exc
+            raise BackendError(f"cannot open the database {redacted_url(url)}: {exc.message}") from exc
         return database
 
     def _stored_version(self, conn: Connection) -> int | None:
@@ -882,7 +882,7 @@ def _check_dialect(url: str) -> None:
     scheme, sep, _ = url.partition("://")
     dialect = scheme.split("+", 1)[0].lower()
     if not sep or not dialect:
-        raise ConfigError(f"the database URL {_redact(url)} is not a URL; {_SUPPORTED}")
+        raise ConfigError(f"the database URL {redacted_url(url)} is not a URL; {_SUPPORTED}")
     if dialect == "postgres":
         raise ConfigError(f"database URL scheme {scheme}:// is not known; write postgresql+psycopg://")
     if dialect not in ("sqlite", "postgresql"):
@@ -898,7 +898,7 @@ def _check_dialect(url: str) -> None:
 _SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:[a-z_]*pass(?:word|wd)?|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
 
 
-def _redact(url: str) -> str:
+def redacted_url(url: str) -> str:
     """``url`` as it may be shown: no password, in the user part or in the query."""
     if url.startswith("sqlite"):
         return url

@@ -92,6 +92,15 @@ class Home:
         return f"sqlite:///{quote(os.fsencode(self.db_path))}"  # bytes: any file name, UTF-8 or not
 
     @property
+    def db_shown(self) -> str:
+        """The database as a message may name it: the SQLite file, or GRAVEN_DB_URL without secrets."""
+        if not self.db_url_override:
+            return str(self.db_path)
+        from graven.db import redacted_url
+
+        return f"GRAVEN_DB_URL {redacted_url(self.db_url_override)}"
+
+    @property
     def keys(self) -> Path:
         """Signing keys."""
         return self.root / "keys"

@@ -523,13 +523,33 @@ def test_verify_on_an_empty_home_creates_nothing(home: Path, capsys: pytest.Capt
 def test_a_lost_database_does_not_start_a_new_log_under_the_old_key(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A new log signed with the old key would verify, and hide that the old one is gone."""
+    """A new log signed with the old key would verify, and hide that the old one is gone. The key
+    counts as used once a second process (which cannot see uncommitted entries) found the log."""
     _append(home, 3)
+    _append(home, 1)  # another process: it marks the key as having signed committed entries
+    assert (home / "log" / "in-use").is_file()
     for suffix in ("", "-wal", "-shm"):
         (home / f"graven.db{suffix}").unlink(missing_ok=True)
-    with pytest.raises(IntegrityError, match=r"the audit log is empty but its key .* exists"):
+    with pytest.raises(IntegrityError, match=r"the audit log is empty but its key .* has signed entries"):
         _append(home, 1)
     report = _verify(capsys)
     assert not report["ok"]
     code, _, err = run_cli(capsys, "keys", "generate")
-    assert code == 1 and "restore graven.db from a backup" in err, err
+    assert code == 1 and "restore it from a backup" in err and "move" in err, err
+
+
+def test_a_first_command_whose_entry_never_committed_does_not_lock_the_home(home: Path) -> None:
+    """The first command of a home makes the log key, then fails before its transaction commits (a full
+    disk, say): the key has signed nothing that exists, and the next command starts the log with it."""
+    from graven.errors import BackendError
+    from graven.home import Home
+    from graven.model.logentry import LogEvent
+    from graven.service.context import Context
+
+    with Context(home=Home(root=home)) as ctx, pytest.raises(BackendError), ctx.db.begin() as conn:
+        ctx.audit.append(conn, LogEvent("deploy", env="x", reason="first"))
+        raise BackendError("disk full at commit")
+    assert (home / "log" / "checkpoint.key").is_file() and not (home / "log" / "in-use").exists()
+    _append(home, 2)  # not refused
+    _append(home, 1)
+    assert (home / "log" / "in-use").is_file()

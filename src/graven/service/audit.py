@@ -8,6 +8,7 @@ append graven signs a C2SP checkpoint (origin, size, root) with the log key
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
@@ -147,6 +148,8 @@ class AuditLog:
         self._key: SigningKey | None = None
         self._public: Ed25519PublicKey | None = None
         self._origin: str | None = None
+        self._created_key = False  # this process made the log key (its first entry may not commit)
+        self._in_use_known = False
         self.actor = actor_from_env(ctx.actor)
 
     # -- keys and identity ------------------------------------------------------------------------
@@ -155,6 +158,14 @@ class AuditLog:
     def key_path(self) -> Path:
         """The log's private key."""
         return self._ctx.home.root / "log" / "checkpoint.key"
+
+    @property
+    def in_use_path(self) -> Path:
+        """An empty file saying that the log key has signed entries that were committed: written by
+        a process that did not make the key and finds the log populated (so it sees committed rows).
+        An empty log whose key has it lost its entries; one whose key has not may be a home whose
+        first command failed before its first entry was committed."""
+        return self.key_path.with_name("in-use")
 
     @property
     def public_key_path(self) -> Path:
@@ -187,6 +198,7 @@ class AuditLog:
                 try:
                     write_private_key(path, key)
                     write_public_key(self.public_key_path, key)
+                    self._created_key = True
                 except InputError:
                     pass  # another process created it first: use theirs
             loaded = load_private_key(path)
@@ -201,6 +213,17 @@ class AuditLog:
                     )
             self._key = loaded
         return self._key
+
+    def _note_in_use(self) -> None:
+        """Write :attr:`in_use_path` once, unless this process made the key (best effort)."""
+        if self._in_use_known or self._created_key:
+            return
+        self._in_use_known = True
+        if self.in_use_path.exists() or not self.key_path.exists():
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.in_use_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
 
     def _existing_key_file(self) -> Path | None:
         """The log key file (private, else public) when one exists: the log had a key."""
@@ -278,13 +301,15 @@ class AuditLog:
             or state is not None
             or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
         )
-        if not populated and self._key is None and self.key_path.exists():
-            # an empty log whose key exists: a new log signed with the old key would verify, and hide
-            # that the old one is gone (`graven log verify` reports the same)
+        if populated:
+            self._note_in_use()
+        elif self._key is None and self.in_use_path.exists() and self.key_path.exists():
+            # the key has signed committed entries, and they are gone: a new log signed with the old
+            # key would verify, and hide that the old one is lost (`graven log verify` says so too)
             raise IntegrityError(
-                f"the audit log is empty but its key {self.key_path} exists: the database lost its log "
-                "(restore graven.db from a backup), or the first command of this home was killed "
-                f"before its first entry (then remove {self.key_path.parent} to start a new log)"
+                f"the audit log is empty but its key {self.key_path} has signed entries: the database "
+                f"({self._ctx.home.db_shown}) lost its log, or is a new one; restore it from a "
+                f"backup, or, to start a new log on purpose, move {self.key_path.parent} aside"
             )
         key = self._signing_key(create=not populated)
         private = key.private
