@@ -4,6 +4,7 @@ cannot be weakened by rebuilding an old commit."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -232,6 +233,34 @@ def test_another_environment_cannot_take_over_a_live_environments_directory(worl
     assert os.readlink(world.root / "place" / "current") == live
     moved = world.version(4, env_toml("app", {"b": {"path": "place-b"}}))
     assert world.deploy(moved, "b").ok
+
+
+def test_a_retired_environment_leaves_status_and_drift_and_its_directory_may_be_renamed(
+    world: World, run_cli: Any
+) -> None:
+    """`graven retire` is how an environment is renamed in place: the old name's directory, files and
+    history stay; status, drift and watch stop looking at it; the new name adopts the directory."""
+    from helpers_deploy import env_toml
+
+    old = world.version(2, env_toml("app", {"stage": {"path": "place"}}))
+    assert world.deploy(old, "stage").ok
+    live = os.readlink(world.root / "place" / "current")
+    code, out, err = run_cli("retire", "stage", "--reason", "renamed to staging", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"env": "stage", "path": str(world.root / "place"), "digest": old}
+    assert os.readlink(world.root / "place" / "current") == live  # nothing on disk changed
+    assert environments.status(world.ctx()) == []
+    code, out, _ = run_cli("drift")
+    assert code == 0 and "no live environments" in out
+    assert [h["kind"] for h in environments.history(world.ctx(), "stage")] == ["deploy"]
+    renamed = world.version(3, env_toml("app", {"staging": {"path": "place"}}))
+    assert world.deploy(renamed, "staging").ok  # adopts the directory (with a warning)
+    assert [e.env for e in environments.status(world.ctx())] == ["staging"]
+    code, out, err = run_cli("log", "--json")
+    retired = [e for e in json.loads(out) if e["event"] == "retire"]
+    assert len(retired) == 1 and retired[0]["env"] == "stage" and "renamed to staging" in retired[0]["reason"]
+    code, _, err = run_cli("retire", "stage", "--reason", "again")
+    assert code == 2 and "never been deployed" in err
 
 
 def test_an_artifact_built_before_stricter_checks_stays_deployable(world: World) -> None:

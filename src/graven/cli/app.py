@@ -67,6 +67,7 @@ COMMAND_MODULES: dict[str, str] = {
     "rollback": "deploy_cmds",
     "hold": "deploy_cmds",
     "unhold": "deploy_cmds",
+    "retire": "deploy_cmds",
     "reject": "deploy_cmds",
     "status": "deploy_cmds",
     "history": "deploy_cmds",

@@ -1,4 +1,5 @@
-"""``graven deploy``, ``promote``, ``rollback``, ``hold``, ``unhold``, ``reject``, ``status``, ``history``."""
+"""``graven deploy``, ``promote``, ``rollback``, ``hold``, ``unhold``, ``retire``, ``reject``, ``status``,
+``history``."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ _LIST_LIMIT = 40
 
 
 def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
-    """Add the deploy commands: deploy, promote, rollback, hold, unhold, reject, status, history."""
+    """Add the deploy commands: deploy, promote, rollback, hold, unhold, retire, reject, status, history."""
     reason_help = "Why (recorded in the history and the audit log)."
 
     deploy = add_command(commands, "deploy", deploy_cmd)
@@ -63,6 +64,11 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     unhold.add_argument("env", help="The environment to release.")
     unhold.add_argument("--reason", help="Why it is safe to deploy again.")
     unhold.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+    retire = add_command(commands, "retire", retire_cmd)
+    retire.add_argument("env", help="The environment graven no longer manages.")
+    retire.add_argument("--reason", required=True, help="Why (a rename, a decommissioned host).")
+    retire.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     reject = add_command(commands, "reject", reject_cmd)
     reject.add_argument("digest", help="The artifact to reject.")
@@ -302,6 +308,28 @@ def unhold_cmd(args: argparse.Namespace) -> int:
         print(f"{env} is no longer held; deploy and promote may change it again")
     else:
         print(f"{env} was not held")
+    return 0
+
+
+def retire_cmd(args: argparse.Namespace) -> int:
+    """Stop managing ENV (a renamed or decommissioned environment); its files and history stay."""
+    env: str = args.env
+    reason: str = args.reason
+    as_json: bool = args.as_json
+    from graven.service import environments as svc
+    from graven.service.context import Context
+
+    result = svc.retire(_closing(Context.from_env()), env, reason)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        live = f", where {result.digest[7:19]} stays as it is" if result.digest else ""
+        print(
+            printable(
+                f"retired {env}: graven no longer deploys, checks or lists it; its directory {result.path}"
+                f"{live}, may become another environment's (`graven history {env}` keeps its past)"
+            )
+        )
     return 0
 
 

@@ -26,6 +26,7 @@ EVENT_TYPES = frozenset(
         "hold",
         "unhold",
         "reject",
+        "retire",
         "drift",
         "heal",
         "override",

@@ -175,8 +175,8 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings) -> Non
             raise ConfigError(
                 f"[env.{settings.name}] path {settings.path} is the directory of environment {other} "
                 f"({other_path}), where {short(other_live)} is live; one directory belongs to one "
-                f"environment (its hold, requires and history): deploy to {other}, or give "
-                f"{settings.name} a directory of its own"
+                f"environment (its hold, requires and history): deploy to {other}; to rename it, "
+                f"`graven retire {other} --reason TEXT` first; or give {settings.name} a directory of its own"
             )
         if mine == theirs:
             ctx.reporter.warn(

@@ -3,6 +3,8 @@ helpers that the deployment use cases (graven.service.deploy) share."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,10 +210,6 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
 
     Taken under the environment's deploy lock (waiting for a deployment at work to finish), so the
     hold is on what is live once it is done, never on the digest it is replacing."""
-    import contextlib
-
-    from graven.deploy.lock import EnvLock, is_ancestor, read_holder
-
     check_env_name(env)
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
@@ -220,32 +218,85 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
         path = recorded.path if recorded is not None else _pending_path(conn, env)
     if path is None:
         raise NeverDeployedError(env)
-    layout = EnvLayout(Path(path))
-    with contextlib.ExitStack() as stack:
-        if layout.meta.is_dir():
-            lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
-            try:
-                lock.acquire(wait=False)
-            except PolicyError:
-                holder = read_holder(layout.lock)
-                if holder is not None and is_ancestor(holder.get("pid")):
-                    raise PolicyError(
-                        f"graven hold {env} runs inside a hook of the deployment that holds {env} (pid "
-                        f"{holder.get('pid')}): it would wait for itself; hold {env} once that deployment "
-                        "is over"
-                    ) from None
-                lock.acquire(wait=True)
-            stack.enter_context(lock)
-        with ctx.db.begin() as conn:
-            state = load_state(conn, env)
-            if state is None:  # the first deployment, waited for, made nothing live
-                raise NeverDeployedError(env)
-            if state.held:
-                return HoldResult(env, True, False, state.held_digest)
-            state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
-            save_state(conn, state)
-            ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
+    with _deploy_lock(ctx, env, EnvLayout(Path(path)), "hold"), ctx.db.begin() as conn:
+        state = load_state(conn, env)
+        if state is None:  # the first deployment, waited for, made nothing live
+            raise NeverDeployedError(env)
+        if state.held:
+            return HoldResult(env, True, False, state.held_digest)
+        state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
+        save_state(conn, state)
+        ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
     return HoldResult(env, True, True, state.held_digest)
+
+
+@contextlib.contextmanager
+def _deploy_lock(ctx: Context, env: str, layout: EnvLayout, command: str) -> Iterator[None]:
+    """Hold the deploy lock of ``env`` (waiting for a deployment at work) while the block runs; none
+    when the environment directory has no lock yet. Refused at once from a hook of that deployment,
+    which would wait for itself."""
+    from graven.deploy.lock import EnvLock, is_ancestor, read_holder
+
+    if not layout.meta.is_dir():
+        yield
+        return
+    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+    try:
+        lock.acquire(wait=False)
+    except PolicyError:
+        holder = read_holder(layout.lock)
+        if holder is not None and is_ancestor(holder.get("pid")):
+            raise PolicyError(
+                f"graven {command} {env} runs inside a hook of the deployment that holds {env} (pid "
+                f"{holder.get('pid')}): it would wait for itself; {command} {env} once that deployment "
+                "is over"
+            ) from None
+        lock.acquire(wait=True)
+    with lock:
+        yield
+
+
+class RetireResult(Frozen):
+    """What retire did: ``env`` (at ``path``, where ``digest`` was live) is no longer one of graven's."""
+
+    __slots__ = ("digest", "env", "path")
+    _fields = ("env", "path", "digest")
+    env: str
+    path: str
+    digest: str | None
+
+    def __init__(self, env: str, path: str, digest: str | None) -> None:
+        _set(self, "env", env)
+        _set(self, "path", path)
+        _set(self, "digest", digest)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {"env": self.env, "path": self.path, "digest": self.digest}
+
+
+def retire(ctx: Context, env: str, reason: str) -> RetireResult:
+    """Stop managing ``env``: it leaves ``status``, drift checks and watch, and its directory may then
+    become another environment's (a renamed one: its releases are adopted). Nothing on disk changes,
+    and its history stays (``graven history``). Taken under the deploy lock, as a hold."""
+    check_env_name(env)
+    if not reason.strip():
+        raise InputError(f"retire needs --reason TEXT: say why {env} is no longer managed")
+    if not ctx.home.has_database():
+        raise NeverDeployedError(env)
+    with ctx.db.connect() as conn:
+        recorded = load_state(conn, env)
+    if recorded is None:
+        raise NeverDeployedError(env)
+    with _deploy_lock(ctx, env, EnvLayout(Path(recorded.path)), "retire"), ctx.db.begin() as conn:
+        state = load_state(conn, env)
+        if state is None:  # retired meanwhile
+            raise NeverDeployedError(env)
+        conn.execute("DELETE FROM drift_state WHERE env = :env", {"env": env})
+        conn.execute("DELETE FROM deploy_envs WHERE name = :env", {"env": env})
+        event = LogEvent("retire", artifact=state.live_digest, env=env, reason=f"{reason} (at {state.path})")
+        ctx.audit.append(conn, event)
+    return RetireResult(env, state.path, state.live_digest)
 
 
 def _pending_path(conn: Connection, env: str) -> str | None:
