@@ -759,6 +759,11 @@ class Database:
             conn.execute(_META)
             stored = self._stored_version(conn)
             current = stored or 0
+            if stored is None and _has_table(conn, "artifacts"):
+                raise BackendError(
+                    "the database holds graven's tables but no schema version (graven_meta): it was "
+                    "edited by hand; restore it from a backup"
+                )
             if current > SCHEMA_VERSION:
                 raise BackendError(
                     f"the database schema is version {current}, newer than this graven "
@@ -856,6 +861,13 @@ _SQLITE_HINTS = (
         "its directory is missing or not writable, or a directory stands in its place",
     ),
 )
+
+
+def _has_table(conn: Connection, name: str) -> bool:
+    if conn.dialect == "sqlite":
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"
+        return conn.execute(query, {"name": name}).first() is not None
+    return conn.execute("SELECT to_regclass(:name)", {"name": name}).scalar() is not None
 
 
 def _sqlite_reason(exc: sqlite3.Error) -> str:

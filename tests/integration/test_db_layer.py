@@ -345,3 +345,15 @@ def test_a_damaged_database_file_says_to_restore_it(tmp_path: Path) -> None:
     path.write_bytes(b"this is not SQLite" * 100)
     with pytest.raises(BackendError, match=r"restore graven\.db from a backup"):
         Database.open(f"sqlite:///{path}")
+
+
+def test_tables_without_a_schema_version_are_refused_by_name(tmp_path: Path) -> None:
+    """graven_meta emptied by hand: re-running the migrations would fail half-way (a column exists)."""
+    url = f"sqlite:///{tmp_path / 'graven.db'}"
+    Database.open(url).close()
+    raw = sqlite3.connect(tmp_path / "graven.db")
+    raw.execute("DELETE FROM graven_meta")
+    raw.commit()
+    raw.close()
+    with pytest.raises(BackendError, match=r"tables but no schema version .* restore it from a backup"):
+        Database.open(url)
