@@ -332,6 +332,11 @@ class Connection(Protocol):
         tuples: the fast path for looking many keys up at once."""
         ...
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the transaction has committed (never when it fails or is a read):
+        for what may only be said of committed rows. Its errors are its own to handle."""
+        ...
+
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -371,6 +376,10 @@ class _SqliteConnection:
     def __init__(self, raw: sqlite3.Connection) -> None:
         self.raw = raw
         self.cursors: list[sqlite3.Cursor] = []  # closed when the transaction ends, read or not
+        self.committed: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.committed.append(callback)
 
     def close_cursors(self) -> None:
         """Close every cursor of this transaction: an unfinished one would keep a read snapshot open
@@ -581,6 +590,9 @@ class _SqliteDatabase:
             raise BackendError(f"database error: {_sqlite_reason(exc)}") from exc
         with self._lock:
             self._idle.append(raw)
+        if commit:
+            for callback in conn.committed:
+                callback()
 
     def close(self) -> None:
         with self._lock:
@@ -601,6 +613,10 @@ class _AlchemyConnection:
     def __init__(self, conn: sqlalchemy.Connection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
+        self.committed: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.committed.append(callback)
 
     def _run(self, sql: str, params: Params | Sequence[Params] | None, *, stream: bool) -> Result:
         import sqlalchemy as sa
@@ -670,7 +686,11 @@ class _AlchemyDatabase:
                             "the database is locked: another graven has been writing to it for more "
                             "than 60 s; try again when it is done (a stuck one shows in pg_stat_activity)"
                         ) from None
-                    yield _AlchemyConnection(conn)
+                    written = _AlchemyConnection(conn)
+                    yield written
+                # committed: the block ended without an error
+                for callback in written.committed:
+                    callback()
             else:
                 # a read sees one snapshot, as on SQLite (READ COMMITTED gives each statement its own)
                 with (

@@ -524,9 +524,8 @@ def test_a_lost_database_does_not_start_a_new_log_under_the_old_key(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A new log signed with the old key would verify, and hide that the old one is gone. The key
-    counts as used once a second process (which cannot see uncommitted entries) found the log."""
+    counts as used once a transaction that appended with it committed (log/in-use)."""
     _append(home, 3)
-    _append(home, 1)  # another process: it marks the key as having signed committed entries
     assert (home / "log" / "in-use").is_file()
     for suffix in ("", "-wal", "-shm"):
         (home / f"graven.db{suffix}").unlink(missing_ok=True)
@@ -538,18 +537,26 @@ def test_a_lost_database_does_not_start_a_new_log_under_the_old_key(
     assert code == 1 and "restore it from a backup" in err and "move" in err, err
 
 
-def test_a_first_command_whose_entry_never_committed_does_not_lock_the_home(home: Path) -> None:
-    """The first command of a home makes the log key, then fails before its transaction commits (a full
-    disk, say): the key has signed nothing that exists, and the next command starts the log with it."""
+def _failed_transaction(home: Path, appends: int) -> None:
+    """A command whose transaction appends ``appends`` entries, then fails before its commit."""
     from graven.errors import BackendError
     from graven.home import Home
     from graven.model.logentry import LogEvent
     from graven.service.context import Context
 
     with Context(home=Home(root=home)) as ctx, pytest.raises(BackendError), ctx.db.begin() as conn:
-        ctx.audit.append(conn, LogEvent("deploy", env="x", reason="first"))
+        for i in range(appends):
+            ctx.audit.append(conn, LogEvent("deploy", env="x", reason=f"try {i}"))
         raise BackendError("disk full at commit")
-    assert (home / "log" / "checkpoint.key").is_file() and not (home / "log" / "in-use").exists()
+
+
+def test_entries_that_never_committed_do_not_lock_the_home(home: Path) -> None:
+    """The first command of a home makes the log key, then fails before its transaction commits (a full
+    disk, say); so does the next, which appends twice (a build: build and sign) and sees its own first
+    row: the key has signed nothing that exists, and a later command starts the log with it."""
+    _failed_transaction(home, 1)
+    assert (home / "log" / "checkpoint.key").is_file()
+    _failed_transaction(home, 2)
+    assert not (home / "log" / "in-use").exists()
     _append(home, 2)  # not refused
-    _append(home, 1)
     assert (home / "log" / "in-use").is_file()

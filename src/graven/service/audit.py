@@ -148,8 +148,7 @@ class AuditLog:
         self._key: SigningKey | None = None
         self._public: Ed25519PublicKey | None = None
         self._origin: str | None = None
-        self._created_key = False  # this process made the log key (its first entry may not commit)
-        self._in_use_known = False
+        self._in_use_known = False  # a commit of this process wrote in-use (or found it)
         self.actor = actor_from_env(ctx.actor)
 
     # -- keys and identity ------------------------------------------------------------------------
@@ -161,10 +160,10 @@ class AuditLog:
 
     @property
     def in_use_path(self) -> Path:
-        """An empty file saying that the log key has signed entries that were committed: written by
-        a process that did not make the key and finds the log populated (so it sees committed rows).
-        An empty log whose key has it lost its entries; one whose key has not may be a home whose
-        first command failed before its first entry was committed."""
+        """An empty file saying that the log key has signed entries that were committed: written
+        right after the first transaction that appended one commits. An empty log whose key has it
+        lost its entries; one whose key has not may be a home whose first command failed before its
+        first entry was committed."""
         return self.key_path.with_name("in-use")
 
     @property
@@ -198,7 +197,6 @@ class AuditLog:
                 try:
                     write_private_key(path, key)
                     write_public_key(self.public_key_path, key)
-                    self._created_key = True
                 except InputError:
                     pass  # another process created it first: use theirs
             loaded = load_private_key(path)
@@ -215,9 +213,7 @@ class AuditLog:
         return self._key
 
     def _note_in_use(self) -> None:
-        """Write :attr:`in_use_path` once, unless this process made the key (best effort)."""
-        if self._in_use_known or self._created_key:
-            return
+        """Write :attr:`in_use_path` (after a commit that appended: best effort)."""
         self._in_use_known = True
         if self.in_use_path.exists() or not self.key_path.exists():
             return
@@ -301,9 +297,7 @@ class AuditLog:
             or state is not None
             or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
         )
-        if populated:
-            self._note_in_use()
-        elif self._key is None and self.in_use_path.exists() and self.key_path.exists():
+        if not populated and self._key is None and self.in_use_path.exists() and self.key_path.exists():
             # the key has signed committed entries, and they are gone: a new log signed with the old
             # key would verify, and hide that the old one is lost (`graven log verify` says so too)
             raise IntegrityError(
@@ -312,6 +306,8 @@ class AuditLog:
                 f"backup, or, to start a new log on purpose, move {self.key_path.parent} aside"
             )
         key = self._signing_key(create=not populated)
+        if not self._in_use_known:
+            conn.after_commit(self._note_in_use)  # only committed entries make the key "used"
         private = key.private
         assert isinstance(private, Ed25519PrivateKey)
         if populated and (origin is None or state is None):
