@@ -77,7 +77,10 @@ class NeverDeployedError(NotFoundError):
     """An environment that nothing was ever deployed to."""
 
     def __init__(self, env: str) -> None:
-        super().__init__(f"environment {env} has never been deployed to; `graven status` lists them")
+        super().__init__(
+            f"environment {env} has never been deployed to, or was retired (`graven history {env}` shows "
+            "which); `graven status` lists the environments"
+        )
         self.env = env
 
 

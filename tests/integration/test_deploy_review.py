@@ -260,7 +260,62 @@ def test_a_retired_environment_leaves_status_and_drift_and_its_directory_may_be_
     retired = [e for e in json.loads(out) if e["event"] == "retire"]
     assert len(retired) == 1 and retired[0]["env"] == "stage" and "renamed to staging" in retired[0]["reason"]
     code, _, err = run_cli("retire", "stage", "--reason", "again")
-    assert code == 2 and "never been deployed" in err
+    assert code == 2 and "or was retired" in err
+
+
+def test_a_held_environment_is_not_retired_and_a_killed_deployment_is_settled_first(
+    world: World, run_cli: Any
+) -> None:
+    from graven.home import Home
+    from graven.service.context import Context, NullReporter
+    from graven.service.deploy import DeployOptions, deploy
+    from graven.service.drift_records import record_check
+    from graven.service.drift_report import DriftReport
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    environments.hold(world.ctx(), "staging", "incident 7")
+    code, _, err = run_cli("retire", "staging", "--reason", "x")
+    assert code == 1 and "is held on" in err and "incident 7" in err and "graven unhold staging" in err
+    environments.unhold(world.ctx(), "staging")
+    v2 = world.version(2)
+    pid = os.fork()
+    if pid == 0:  # a deployer killed right after its switch: a pending record, v2 live on disk
+        try:
+
+            class _Die(NullReporter):
+                def progress(self, stage: str, done: int, total: int | None) -> None:
+                    if stage == "deploy:switched":
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+            with Context(home=Home(root=world.home), reporter=_Die()) as ctx:
+                deploy(ctx, v2, "staging", DeployOptions(root=str(world.root)))
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+    assert world.live("staging") == v2
+    code, out, err = run_cli("retire", "staging", "--reason", "moved", "--json")
+    assert code == 0, err
+    assert json.loads(out)["digest"] == v2  # what is live, once the killed deployment is settled
+    assert "pending" not in [h["result"] for h in environments.history(world.ctx(), "staging")]
+    # a drift check that was running when the environment was retired records nothing of it
+    report = DriftReport(
+        env="staging",
+        path=str(world.root / "staging"),
+        digest=v2,
+        name="app",
+        commit=None,
+        mode="fast",
+        differences=[],
+        files=1,
+        hashed=0,
+        listed=1,
+        seconds=0.0,
+        checked_at="t",
+    )
+    assert record_check(world.ctx(), report) is None
+    with world.ctx().db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM drift_state WHERE env = 'staging'").scalar() == 0
 
 
 def test_an_artifact_built_before_stricter_checks_stays_deployable(world: World) -> None:

@@ -67,6 +67,11 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
     now = report.checked_at or utc_now()
     event: str | None = None
     with ctx.db.begin() as conn:
+        live = conn.execute(
+            "SELECT live_digest FROM deploy_envs WHERE name = :env", {"env": report.env}
+        ).scalar_one_or_none()
+        if live is None:  # retired (or never live) while the check ran: nothing of it is recorded
+            return None
         row = _state(conn, report.env)
         before = row.keys if row is not None else "[]"
         if keys != before:

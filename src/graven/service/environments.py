@@ -288,14 +288,27 @@ def retire(ctx: Context, env: str, reason: str) -> RetireResult:
         recorded = load_state(conn, env)
     if recorded is None:
         raise NeverDeployedError(env)
-    with _deploy_lock(ctx, env, EnvLayout(Path(recorded.path)), "retire"), ctx.db.begin() as conn:
-        state = load_state(conn, env)
-        if state is None:  # retired meanwhile
-            raise NeverDeployedError(env)
-        conn.execute("DELETE FROM drift_state WHERE env = :env", {"env": env})
-        conn.execute("DELETE FROM deploy_envs WHERE name = :env", {"env": env})
-        event = LogEvent("retire", artifact=state.live_digest, env=env, reason=f"{reason} (at {state.path})")
-        ctx.audit.append(conn, event)
+    layout = EnvLayout(Path(recorded.path))
+    with _deploy_lock(ctx, env, layout, "retire"):
+        from graven.service.deploy_records import reconcile
+
+        reconcile(ctx, env, layout)  # a killed deployer's pending record: settled, so the state is true
+        with ctx.db.begin() as conn:
+            state = load_state(conn, env)
+            if state is None:  # retired meanwhile
+                raise NeverDeployedError(env)
+            if state.held:
+                held_on = (state.held_digest or "sha256:nothing")[7:19]
+                raise PolicyError(
+                    f"{env} is held on {held_on} ({state.hold_reason or 'no reason given'}): "
+                    f"`graven unhold {env}` first, if retiring it is what the hold allows"
+                )
+            conn.execute("DELETE FROM drift_state WHERE env = :env", {"env": env})
+            conn.execute("DELETE FROM deploy_envs WHERE name = :env", {"env": env})
+            event = LogEvent(
+                "retire", artifact=state.live_digest, env=env, reason=f"{reason} (at {state.path})"
+            )
+            ctx.audit.append(conn, event)
     return RetireResult(env, state.path, state.live_digest)
 
 
