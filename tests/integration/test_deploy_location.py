@@ -224,3 +224,18 @@ def test_a_link_in_a_directory_every_user_may_write_is_refused(world: World, tmp
     with pytest.raises(InputError, match=r"open is writable by every user \(mode 0777\)"):
         world.deploy(digest, "x")
     assert list(target.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user needs root to make")
+def test_a_link_of_another_user_that_only_root_could_replace_is_fine(world: World, tmp_path: Path) -> None:
+    """A link is changed by replacing it in its directory: in one that only root may write (checked as
+    a directory on the way), whose link it is does not matter (`chown -R` gives links away too)."""
+    srv = tmp_path / "srv-root"
+    srv.mkdir()
+    target = tmp_path / "real"
+    target.mkdir()
+    (srv / "app").symlink_to(target)
+    os.lchown(srv / "app", 65534, 65534)
+    digest = world.version(2, env_toml("app", {"x": {"path": str(srv / "app" / "x")}}))
+    assert world.deploy(digest, "x").ok
+    assert (target / "x" / "current").is_symlink()

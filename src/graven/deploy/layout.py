@@ -139,9 +139,15 @@ class EnvLayout(Frozen):
             except OSError as exc:
                 raise BackendError(f"cannot read {reached}/{RELEASES}: {exc.strerror}") from None
         tops = {reached, f"{reached}/{RELEASES}"} if reached is not None else set()
+        directories = {path: st for path, st in walked if stat.S_ISDIR(st.st_mode)}
         for path, st in walked:
             if stat.S_ISLNK(st.st_mode):
-                problem = None if st.st_uid in (me, 0) else f"is a link of another user (uid {st.st_uid})"
+                # a link is replaced through its directory (checked as one); only in a sticky directory
+                # others may write can its owner, and no one else, re-point it
+                holder = directories.get(os.path.dirname(path) or "/")
+                shared = holder is not None and holder.st_mode & stat.S_ISVTX and holder.st_mode & 0o022
+                foreign = st.st_uid not in (me, 0)
+                problem = f"is a link of another user (uid {st.st_uid})" if shared and foreign else None
             elif stat.S_ISDIR(st.st_mode):
                 problem = _unsafe_owner(st, me, top=path in tops)
             else:
