@@ -140,6 +140,11 @@ class _Source(NamedTuple):
 def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
     repo, (commit, epoch, pipeline_bytes, symlink) = GitRepo.open_commit(path, revision, PIPELINE_FILE)
     if pipeline_bytes is None:
+        if repo.object_type(commit, PIPELINE_FILE) == "tree":
+            raise ConfigError(
+                f"{PIPELINE_FILE} in commit {commit[:12]} is a directory; it must be a regular file: "
+                "commit the file itself"
+            )
         raise NotFoundError(
             f"{PIPELINE_FILE} not found in commit {commit[:12]} ({revision}); "
             "create one with `graven init`, then commit it"
@@ -271,6 +276,11 @@ def _build(
         ctx.reporter.warn(
             "the working tree has uncommitted changes; they are not built "
             f"(built commit {source.commit[:12]})"
+        )
+    elif dirty_check.error is not None:
+        ctx.reporter.warn(
+            f"cannot tell whether the working tree has uncommitted changes (git status: "
+            f"{dirty_check.error}); none is built either way (built commit {source.commit[:12]})"
         )
     result = BuildResult(
         digest=str(manifest.digest),

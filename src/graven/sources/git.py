@@ -66,6 +66,7 @@ def _git_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         GIT_NO_REPLACE_OBJECTS="1",
+        GIT_GRAFT_FILE=os.devnull,  # info/grafts (deprecated) would re-parent commits, as replace refs
         GIT_TERMINAL_PROMPT="0",
         LC_ALL="C",
         GIT_OPTIONAL_LOCKS="0",
@@ -108,21 +109,27 @@ class DirtyCheck:
 
     def __init__(self, root: Path | None) -> None:
         self._proc = None
+        self.error: str | None = None  # why git could not tell, after result()
         if root is not None:
             self._proc = subprocess.Popen(
                 list(_STATUS),
                 cwd=root,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 env=_git_env(),
             )
 
     def result(self) -> bool:
-        """Wait for git: True when tracked files differ from HEAD."""
+        """Wait for git: True when tracked files differ from HEAD; False when they do not, or when git
+        could not tell (then :attr:`error` says why: a damaged index, say)."""
         if self._proc is None:
             return False
-        out, _ = self._proc.communicate()
-        return self._proc.returncode == 0 and bool(out.strip())
+        out, err = self._proc.communicate()
+        if self._proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            self.error = lines[-1] if lines else f"exit {self._proc.returncode}"
+            return False
+        return bool(out.strip())
 
     def __enter__(self) -> DirtyCheck:
         return self
@@ -271,11 +278,18 @@ def _committer_time(raw: bytes) -> int | None:
             break  # the end of the headers
         if line.startswith(b"committer "):
             fields = line.rpartition(b">")[2].split()
-            if len(fields) == 2 and fields[0].isdigit() and len(fields[0]) <= 12:
+            if (
+                len(fields) == 2
+                and fields[0].isdigit()
+                and len(fields[0]) <= 12
+                and int(fields[0]) <= _MAX_EPOCH
+            ):
                 return int(fields[0])
             return None
     return None
 
+
+_MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z: what a date, an archive and SQLite all hold
 
 _LS_TREE = ("ls-tree", "-r", "-z", "--full-tree")
 _DIFF_TREE = ("diff-tree", "-r", "-z", "--raw", "--no-commit-id", "--no-renames", "--ignore-submodules=none")
@@ -297,6 +311,20 @@ def without_credentials(url: str) -> str:
     if scheme in ("ssh://", "git+ssh://", "ssh+git://") and ":" not in user:
         return url
     return match["scheme"] + url[match.end() :]
+
+
+def _check_revision(revision: str) -> None:
+    """Refuse a revision that is empty, spans lines, or is not valid UTF-8 (it goes into the records
+    and the provenance as text): NotFoundError, naming it escaped."""
+    try:
+        revision.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = revision.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise NotFoundError(
+            f"invalid revision {shown!r}: not valid UTF-8; name the commit by its id"
+        ) from None
+    if not revision or any(ch in revision for ch in "\n\r\0"):
+        raise NotFoundError(f"invalid revision {revision!r}")
 
 
 def _batch_request(stdin: IO[bytes], stdout: IO[bytes], name: str) -> tuple[str, str, bytes] | None:
@@ -425,8 +453,14 @@ class GitRepo:
         with proc:
             out, err = proc.communicate()
         if proc.returncode != 0:
-            detail = err.decode(errors="replace").strip().splitlines()
-            reason = detail[-1] if detail else "git rev-parse failed"
+            text = err.decode(errors="replace")
+            detail = text.strip().splitlines()
+            reason = detail[-1].strip() if detail else "git rev-parse failed"
+            if "dubious ownership" in text:
+                raise SourceError(
+                    f"git refuses the repository at {path}: it belongs to another user (dubious "
+                    f"ownership); run graven as its owner, or trust it: {reason}"
+                )
             if "not a git repository" in reason:
                 raise SourceError(f"{path} is not inside a git repository; run graven in one (or git init)")
             if "must be run in a work tree" in reason:  # a bare repository, or inside a .git directory
@@ -434,7 +468,14 @@ class GitRepo:
                 if bare is not None:
                     return cls(bare, bare=True)
             raise SourceError(f"{path}: {reason}")
-        return cls(Path(out.decode().strip()))
+        top = out[:-1] if out.endswith(b"\n") else out  # exactly git's bytes: a name may end in a space
+        try:
+            return cls(Path(top.decode()))
+        except UnicodeDecodeError:
+            raise SourceError(
+                f"the repository's path {top.decode(errors='backslashreplace')} is not valid UTF-8, which "
+                "its records and provenance need; rename the directory"
+            ) from None
 
     @staticmethod
     def _bare_git_dir(path: Path) -> Path | None:
@@ -489,8 +530,7 @@ class GitRepo:
 
     def resolve(self, revision: str) -> str:
         """The full id of the commit that ``revision`` names, resolved once."""
-        if not revision or "\n" in revision:
-            raise NotFoundError(f"invalid revision {revision!r}")
+        _check_revision(revision)
         # as _request_commit: a revision starting with ':' is resolved first, then peeled
         if revision.startswith(":"):
             named = self._run("rev-parse", "--verify", "--quiet", "--end-of-options", revision, check=False)
@@ -505,9 +545,16 @@ class GitRepo:
         return result.stdout.decode().strip()
 
     def _unknown_revision(self, revision: str) -> NotFoundError:
+        shallow = self._run("rev-parse", "--is-shallow-repository", check=False).stdout.strip() == b"true"
+        hint = (
+            "; this clone is shallow: the commit may be outside its history (git fetch --unshallow, or "
+            "--deepen N)"
+            if shallow
+            else ""
+        )
         return NotFoundError(
             f"unknown revision {revision!r}: not a commit in {self.root} "
-            "(commit first, or name a branch, tag or commit id)"
+            f"(commit first, or name a branch, tag or commit id){hint}"
         )
 
     def read_file(self, commit: str, path: str) -> bytes | None:
@@ -516,9 +563,25 @@ class GitRepo:
         result = self._run("cat-file", "blob", f"{commit}:{path}", check=False)
         return result.stdout if result.returncode == 0 else None
 
+    def object_type(self, commit: str, path: str) -> str | None:
+        """What ``path`` is in ``commit`` (``blob``, ``tree``, ``commit`` for a submodule), or None."""
+        result = self._run("cat-file", "-t", f"{commit}:{path}", check=False)
+        return result.stdout.decode(errors="replace").strip() if result.returncode == 0 else None
+
     def commit_time(self, commit: str) -> int:
-        """The committer time of ``commit`` (seconds since the epoch)."""
-        return int(self._run("show", "-s", "--format=%ct", commit).stdout.decode().strip())
+        """The committer time of ``commit`` (seconds since the epoch); SourceError when the commit has
+        none graven can use (a crafted or damaged committer line)."""
+        text = self._run("show", "-s", "--format=%ct", commit).stdout.decode(errors="replace").strip()
+        try:
+            value = int(text) if len(text) <= 20 else -1
+        except ValueError:
+            value = -1
+        if not 0 <= value <= _MAX_EPOCH:
+            raise SourceError(
+                f"commit {commit[:12]} has no usable committer time ({text[:40]!r}): graven needs one "
+                "(SOURCE_DATE_EPOCH, the archive's mtime); build another commit"
+            )
+        return value
 
     def ls_tree(self, commit: str) -> list[GitEntry]:
         """Every entry of the commit's tree, recursively; paths must be valid UTF-8."""
@@ -548,8 +611,7 @@ class GitRepo:
         return found
 
     def _read_commit(self, revision: str, path: str) -> CommitFile | None:
-        if not revision or any(ch in revision for ch in "\n\r\0"):
-            raise NotFoundError(f"invalid revision {revision!r}")
+        _check_revision(revision)
         if not path or any(ch in path for ch in "\n\r\0"):
             raise NotFoundError(f"invalid path {path!r}")
         try:

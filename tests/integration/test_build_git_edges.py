@@ -1,0 +1,144 @@
+"""Repositories as CI systems and developers really have them (a review of git edge cases): each builds
+the commit it names, or is refused in one line that says why, never with a traceback or from another
+directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import commit_all, git, write_files
+
+Run = Callable[..., tuple[int, str, str]]
+MakeRepo = Callable[..., Path]
+FILES = {"app/main.py": "print('hi')\n"}
+
+
+def _refused(result: tuple[int, str, str], *needles: str) -> str:
+    code, _out, err = result
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graven: error: "), err
+    assert code == 2, (code, err)
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_a_repository_whose_name_ends_in_a_space_is_that_one(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    """git prints the top directory's exact name: stripping it named the sibling without the space."""
+    spaced = make_repo(tmp_path / "proj ", FILES)
+    git(spaced, "remote", "add", "origin", "https://example.com/spaced.git")
+    other = make_repo(tmp_path / "proj", FILES)
+    git(other, "remote", "add", "origin", "https://example.com/OTHER.git")
+    (spaced / "app" / "main.py").write_text("edited\n")  # only the spaced one is dirty
+    code, out, err = run_cli("build", "-C", spaced, "--json")
+    assert code == 0, err
+    built = json.loads(out)
+    assert built["repository"] == "https://example.com/spaced.git"
+    assert built["dirty_worktree"] is True
+
+
+def test_a_repository_path_that_is_not_utf8_is_refused_in_one_line(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    repo = make_repo(Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")), FILES)
+    _refused(run_cli("build", "-C", repo), "is not valid UTF-8", "rename the directory")
+
+
+def test_a_revision_that_is_not_utf8_is_refused_in_one_line(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", FILES)
+    _refused(run_cli("build", "-C", repo, os.fsdecode(b"caf\xe9")), "invalid revision", "not valid UTF-8")
+
+
+def test_a_commit_without_a_usable_committer_time_is_refused_in_one_line(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", FILES)
+    tree = git(repo, "rev-parse", "HEAD^{tree}").strip()
+    for committer in (b"c <c> 1577836800", b"c <c> 99999999999999999999 +0000"):
+        raw = b"tree " + tree.encode() + b"\nauthor a <a> 1577836800 +0000\ncommitter " + committer
+        made = subprocess.run(
+            ["git", "hash-object", "-t", "commit", "-w", "--literally", "--stdin"],
+            cwd=repo,
+            input=raw + b"\n\nodd\n",
+            capture_output=True,
+            check=True,
+        )
+        commit = made.stdout.decode().strip()
+        _refused(run_cli("build", "-C", repo, commit), f"commit {commit[:12]} has no usable committer time")
+
+
+def test_a_shallow_clone_says_so_when_a_revision_is_outside_it(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", FILES)
+    write_files(repo, {"app/main.py": "print(2)\n"})
+    commit_all(repo, "second")
+    clone = tmp_path / "clone"
+    subprocess.run(
+        ["git", "clone", "-q", "--depth", "1", f"file://{repo}", str(clone)], check=True, capture_output=True
+    )
+    assert run_cli("build", "-C", clone)[0] == 0
+    _refused(
+        run_cli("build", "-C", clone, "HEAD~1"), "unknown revision", "this clone is shallow", "--unshallow"
+    )
+
+
+def test_a_working_tree_git_cannot_read_is_said_so(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", FILES)
+    (repo / ".git" / "index").write_bytes(b"DIRC garbage")
+    code, _out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    assert "graven: warning: cannot tell whether the working tree has uncommitted changes" in err
+
+
+def test_a_graven_toml_committed_as_a_directory_is_named_so(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {**FILES, "graven.toml/x": "not a pipeline\n"}, None)
+    _refused(run_cli("build", "-C", repo), "graven.toml in commit", "is a directory")
+
+
+def test_grafts_do_not_change_what_a_revision_names(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    """As replace refs: HEAD~1 is the commit's real parent, whatever .git/info/grafts says."""
+    repo = make_repo(tmp_path / "repo", FILES)
+    first = git(repo, "rev-parse", "HEAD").strip()
+    write_files(repo, {"app/main.py": "print(2)\n"})
+    second = commit_all(repo, "second")
+    write_files(repo, {"app/main.py": "print(3)\n"})
+    third = commit_all(repo, "third")
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "grafts").write_text(f"{third} {first}\n")  # pretend third follows first
+    code, out, err = run_cli("build", "-C", repo, "HEAD~1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["commit"] == second
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a repository of another user needs root to make")
+def test_a_repository_of_another_user_says_why_git_refuses_it(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path / "repo", FILES)
+    for root, dirs, files in os.walk(repo):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(root, name), 65534, 65534)
+    os.lchown(repo, 65534, 65534)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)  # no safe.directory of this machine's
+    line = _refused(
+        run_cli("build", "-C", repo), "belongs to another user (dubious ownership)", "safe.directory"
+    )
+    assert "\\x09" not in line
