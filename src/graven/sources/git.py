@@ -140,8 +140,9 @@ class DirtyCheck:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def _scratch_fd() -> int:
