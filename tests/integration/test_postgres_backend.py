@@ -27,6 +27,7 @@ def test_build_verify_and_schema_on_postgres(
     code, out, _ = run_cli(capsys, "artifacts", "--json")
     assert digest in out
     assert not (tmp_path / "home" / "graven.db").exists()
+    assert (tmp_path / "home" / "log" / "in-use").is_file()  # written after a PostgreSQL commit too
 
     from graven.db import SCHEMA_VERSION, Database
 
