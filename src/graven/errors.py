@@ -78,8 +78,8 @@ class NeverDeployedError(NotFoundError):
 
     def __init__(self, env: str) -> None:
         super().__init__(
-            f"environment {env} has never been deployed to, or was retired (`graven history {env}` shows "
-            "which); `graven status` lists the environments"
+            f"environment {env} has never been deployed to, or was retired (`graven log --env {env}` "
+            "shows which); `graven status` lists the environments"
         )
         self.env = env
 

@@ -57,7 +57,11 @@ def test_a_revision_that_is_not_utf8_is_refused_in_one_line(
     graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
 ) -> None:
     repo = make_repo(tmp_path / "repo", FILES)
-    _refused(run_cli("build", "-C", repo, os.fsdecode(b"caf\xe9")), "invalid revision", "not valid UTF-8")
+    _refused(
+        run_cli("build", "-C", repo, os.fsdecode(b"caf\xe9")),
+        "invalid revision 'caf\\xe9'",
+        "not valid UTF-8",
+    )
 
 
 def test_a_commit_without_a_usable_committer_time_is_refused_in_one_line(

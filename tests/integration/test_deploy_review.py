@@ -266,10 +266,12 @@ def test_a_retired_environment_leaves_status_and_drift_and_its_directory_may_be_
 def test_a_held_environment_is_not_retired_and_a_killed_deployment_is_settled_first(
     world: World, run_cli: Any
 ) -> None:
+    from graven.core.drift import Alert, Difference
     from graven.home import Home
     from graven.service.context import Context, NullReporter
     from graven.service.deploy import DeployOptions, deploy
-    from graven.service.drift_records import record_check
+    from graven.service.drift_quick import record_clean
+    from graven.service.drift_records import record_alert, record_check
     from graven.service.drift_report import DriftReport
 
     v1 = world.build()
@@ -314,8 +316,12 @@ def test_a_held_environment_is_not_retired_and_a_killed_deployment_is_settled_fi
         checked_at="t",
     )
     assert record_check(world.ctx(), report) is None
+    assert record_clean(world.ctx(), report)  # nothing due, nothing written
+    alert = Alert("drift", "staging", str(world.root), v2, None, "app", "t", (Difference("a", "modified"),))
+    record_alert(world.ctx(), alert, ok=True, channels={"command": "ok"})  # sent while it was retired
     with world.ctx().db.connect() as conn:
         assert conn.execute("SELECT count(*) FROM drift_state WHERE env = 'staging'").scalar() == 0
+        assert conn.execute("SELECT count(*) FROM drift_events WHERE env = 'staging'").scalar() == 0
 
 
 def test_an_artifact_built_before_stricter_checks_stays_deployable(world: World) -> None:

@@ -323,11 +323,11 @@ def retire_cmd(args: argparse.Namespace) -> int:
     if as_json:
         emit_json(result.to_json())
     else:
-        live = f", where {result.digest[7:19]} stays as it is" if result.digest else ""
         print(
             printable(
-                f"retired {env}: graven no longer deploys, checks or lists it; its directory {result.path}"
-                f"{live}, may become another environment's (`graven history {env}` keeps its past)"
+                f"retired {env}: graven no longer deploys, checks or lists it, and changed nothing on disk;"
+                f" its directory {result.path} may become another environment's (`graven history {env}`"
+                " keeps its past)"
             )
         )
     return 0

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from graven.service.context import Context
 
-__all__ = ["DriftTarget", "artifact_row", "live_targets"]
+__all__ = ["DriftTarget", "artifact_row", "live_targets", "still_live"]
 
 _ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -46,6 +46,15 @@ def _config_of(settings: str | None) -> str | None:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
+
+
+def still_live(conn: Connection, env: str) -> bool:
+    """Whether ``env`` is still a live environment (a check or an alert that ran while it was retired
+    records nothing of it)."""
+    live = conn.execute(
+        "SELECT live_digest FROM deploy_envs WHERE name = :env", {"env": env}
+    ).scalar_one_or_none()
+    return live is not None
 
 
 def artifact_row(conn: Connection, digest: str) -> Row | None:

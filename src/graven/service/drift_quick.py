@@ -17,7 +17,7 @@ from pathlib import Path
 from graven.deploy.switch import link_kind
 from graven.drift.clean import binding, load, trust_fingerprint, unchanged
 from graven.service.context import Context, utc_now
-from graven.service.drift_live import DriftTarget, drift_state, live_targets, write_drift_state
+from graven.service.drift_live import DriftTarget, drift_state, live_targets, still_live, write_drift_state
 from graven.service.drift_report import DriftReport
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -87,6 +87,8 @@ def record_clean(ctx: Context, report: DriftReport) -> bool:
         return False
     now = report.checked_at or utc_now()
     with ctx.db.begin() as conn:
+        if not still_live(conn, report.env):
+            return True  # retired while it was checked: nothing of it is recorded, and nothing is due
         row = drift_state(conn, report.env)
         if row is not None and row.keys != "[]":
             return False

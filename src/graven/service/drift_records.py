@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from graven.core.drift import Alert, Difference, keys_of, summarize
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
-from graven.service.drift_live import drift_state, write_drift_state
+from graven.service.drift_live import drift_state, still_live, write_drift_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -67,10 +67,7 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
     now = report.checked_at or utc_now()
     event: str | None = None
     with ctx.db.begin() as conn:
-        live = conn.execute(
-            "SELECT live_digest FROM deploy_envs WHERE name = :env", {"env": report.env}
-        ).scalar_one_or_none()
-        if live is None:  # retired (or never live) while the check ran: nothing of it is recorded
+        if not still_live(conn, report.env):  # retired while the check ran: nothing of it is recorded
             return None
         row = _state(conn, report.env)
         before = row.keys if row is not None else "[]"
@@ -125,6 +122,8 @@ def record_alert(ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, st
     )
     summary = "; ".join(f"{name}: {outcome}" for name, outcome in channels.items()) or "no channel"
     with ctx.db.begin() as conn:
+        if not still_live(conn, alert.env):  # retired while the alert was sent: nothing is recorded
+            return
         conn.execute(
             INSERT_EVENT,
             {

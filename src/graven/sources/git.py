@@ -66,7 +66,9 @@ def _git_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         GIT_NO_REPLACE_OBJECTS="1",
-        GIT_GRAFT_FILE=os.devnull,  # info/grafts (deprecated) would re-parent commits, as replace refs
+        # info/grafts (deprecated) would re-parent commits, as replace refs would: a file that cannot
+        # exist (git then reads none, and prints no deprecation notice as it does for /dev/null)
+        GIT_GRAFT_FILE=os.path.join(os.devnull, "no-grafts"),
         GIT_TERMINAL_PROMPT="0",
         LC_ALL="C",
         GIT_OPTIONAL_LOCKS="0",
@@ -322,7 +324,7 @@ def _check_revision(revision: str) -> None:
     except UnicodeEncodeError:
         shown = revision.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         raise NotFoundError(
-            f"invalid revision {shown!r}: not valid UTF-8; name the commit by its id"
+            f"invalid revision '{shown}': not valid UTF-8; name the commit by its id"
         ) from None
     if not revision or any(ch in revision for ch in "\n\r\0"):
         raise NotFoundError(f"invalid revision {revision!r}")
