@@ -146,3 +146,23 @@ def test_a_repository_of_another_user_says_why_git_refuses_it(
         run_cli("build", "-C", repo), "belongs to another user (dubious ownership)", "safe.directory"
     )
     assert "\\x09" not in line
+
+
+@pytest.mark.parametrize("name", [".git", ".GIT"])
+def test_a_crafted_tree_holding_a_git_directory_is_refused(
+    name: str, graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    """git refuses to commit a .git (git fsck flags a tree that holds one); in a release, its config
+    could make any git command run there execute what it names."""
+    repo = make_repo(tmp_path / "repo", FILES)
+
+    def hashed(*args: str, data: bytes) -> str:
+        out = subprocess.run(["git", *args], cwd=repo, input=data, capture_output=True, check=True)
+        return out.stdout.decode().strip()
+
+    blob = hashed("hash-object", "-w", "--stdin", data=b"[core]\n\tfsmonitor = touch /tmp/pwned\n")
+    toml = hashed("hash-object", "-w", "--stdin", data=b'[artifact]\nname = "x"\n')
+    sub = hashed("mktree", data=f"100644 blob {blob}\tconfig\n".encode())
+    root = hashed("mktree", data=f"040000 tree {sub}\t{name}\n100644 blob {toml}\tgraven.toml\n".encode())
+    commit = git(repo, "commit-tree", root, "-m", "crafted").strip()
+    _refused(run_cli("build", "-C", repo, commit), f"{name}/config: a path through .git")

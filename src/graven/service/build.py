@@ -460,7 +460,15 @@ def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[G
     else:
         selects = selection.selects
         chosen = [entry for entry in entries if selects(entry.path)]
-    # paths are checked once, when the manifest is made; here only what git may hold besides files
+    # paths are checked once, when the manifest is made; here only what git may hold besides files,
+    # and a ".git" that only a crafted tree holds (git refuses to commit one; git fsck flags it): in a
+    # release, a .git/config could make any git run there execute its commands
+    if "/.git/" in "/" + "/".join(entry.path for entry in chosen).lower() + "/":
+        dotgit = next(e.path for e in chosen if ".git" in e.path.lower().split("/"))
+        raise UnsafeInputError(
+            f"{dotgit}: a path through .git, which git itself refuses to commit (git fsck reports the "
+            "tree); build a commit made by git"
+        )
     modes = _GIT_FILE_MODES
     for entry in [entry for entry in chosen if entry.mode not in modes]:
         if entry.mode == MODE_SUBMODULE:
