@@ -11,9 +11,10 @@ import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterator
 
-__all__ = ["can_fork", "no_gc"]
+__all__ = ["GroupWatchdog", "can_fork", "no_gc"]
 
 
 @contextlib.contextmanager
@@ -35,3 +36,41 @@ def can_fork() -> bool:
     """Fork only where it is safe and worth it: Linux, two cores or more, and no other thread alive (a
     thread holding a lock at fork time would leave it locked in the child)."""
     return sys.platform == "linux" and (os.cpu_count() or 1) > 1 and threading.active_count() == 1
+
+
+class GroupWatchdog:
+    """A small process that kills process group ``group`` when graven dies (a host build step, an
+    activate or health command): it waits for the end of a pipe whose only writer is graven (the
+    kernel closes it however graven ends, SIGKILL included). Stopped (killed and reaped) by graven
+    when the command ends; for a group graven kills itself, before the leader is reaped."""
+
+    _SCRIPT = 'read _; kill -9 -"$1" 2>/dev/null'
+
+    def __init__(self, group: int) -> None:
+        import subprocess  # here: most commands run no command of their own (start-up)
+
+        self._proc: subprocess.Popen[bytes] | None = None
+        read_end, self._write_end = os.pipe()  # not inheritable: the step started before it anyway
+        try:
+            self._proc = subprocess.Popen(
+                ["/bin/sh", "-c", self._SCRIPT, "graven-watchdog", str(group)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to graven's group is graven's to handle
+                env={"PATH": os.defpath},
+            )
+        except OSError:  # no process to spare: the step still dies with a normal end of graven
+            self._proc = None
+        finally:
+            os.close(read_end)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        if self._write_end >= 0:
+            os.close(self._write_end)
+            self._write_end = -1

@@ -495,6 +495,64 @@ def test_hold_from_a_hook_of_the_deployment_fails_at_once_instead_of_waiting_for
     assert state is not None and not state.held
 
 
+def test_deploy_wait_from_a_hook_of_the_deployment_fails_at_once_instead_of_waiting_for_itself(
+    world: World,
+) -> None:
+    import shlex
+    import sys
+    import time
+
+    from helpers_deploy import env_toml, staging_prod
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    log = world.root.parent / "deploy.log"
+    again = (
+        f"{shlex.quote(sys.executable)} -m graven.cli.main deploy {v1} staging --wait "
+        f"--root {shlex.quote(str(world.root))}"
+    )
+    v2 = world.version(
+        2, env_toml("app", staging_prod(activate=f"{again} 2> {log}; true", activate_timeout=30))
+    )
+    started = time.monotonic()
+    result = world.deploy(v2, "staging")
+    assert result.ok and time.monotonic() - started < 20, result  # not the hook's timeout
+    assert "runs this command from one of its hooks: it would wait for itself" in log.read_text()
+
+
+def test_a_hook_dies_with_a_killed_deployer(tmp_path: Path) -> None:
+    """SIGKILL runs no clean-up: the watchdog kills the command's process group when graven dies."""
+    import time
+
+    from graven.deploy.hooks import run_hook
+
+    pids = tmp_path / "pids"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run_hook(f"sleep 1000 & echo $! > {pids}; wait", cwd=tmp_path, env=dict(os.environ), timeout=600)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 20
+    while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sleeper = int(pids.read_text())
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    while _alive(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(sleeper)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 def test_after_a_deployer_is_killed_having_linked_the_live_files_the_next_deploy_links_them_again(
     world: World,
 ) -> None:

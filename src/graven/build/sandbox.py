@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
 from graven.errors import InputError
+from graven.runtime import GroupWatchdog
 
 __all__ = [
     "BUILD_HOME",
@@ -513,7 +514,7 @@ def _run_logged(
         finally:
             if read_end is not None:
                 os.close(read_end)
-        watchdog = _Watchdog(proc.pid) if adopt_orphans else None
+        watchdog = GroupWatchdog(proc.pid) if adopt_orphans else None
         try:
             if write_end is not None and stdin_data is not None:
                 _feed(write_end, stdin_data)
@@ -553,47 +554,12 @@ def _wait_exited(proc: subprocess.Popen[bytes], timeout: int) -> None:
         os.close(pidfd)
 
 
-def _kill_group(proc: subprocess.Popen[bytes], watchdog: _Watchdog | None = None) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], watchdog: GroupWatchdog | None = None) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if watchdog is not None:
         watchdog.stop()  # before the leader is reaped: the group id it holds is still the step's
     proc.wait()
-
-
-class _Watchdog:
-    """A small process that kills process group ``group`` when graven dies: it waits for the end of
-    a pipe whose only writer is graven (the kernel closes it however graven ends). Stopped (killed
-    and reaped) by graven when the step ends normally, before the step's leader is reaped."""
-
-    _SCRIPT: Final = 'read _; kill -9 -"$1" 2>/dev/null'
-
-    def __init__(self, group: int) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        read_end, self._write_end = os.pipe()  # not inheritable: the step started before it anyway
-        try:
-            self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", self._SCRIPT, "graven-step-watchdog", str(group)],
-                stdin=read_end,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C to graven's group is graven's to handle
-                env={"PATH": os.defpath},
-            )
-        except OSError:  # no process to spare: the step still dies with a normal end of graven
-            self._proc = None
-        finally:
-            os.close(read_end)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        if self._write_end >= 0:
-            os.close(self._write_end)
-            self._write_end = -1
 
 
 _PR_SET_CHILD_SUBREAPER: Final = 36

@@ -3,7 +3,8 @@ directory, with the operator's environment plus ``GRAVEN_*`` variables naming th
 
 The commands come from the artifact's graven.toml, which is only read after its provenance verified
 against the operator's trust policy. Each run has a timeout; on expiry its whole process group is
-killed. Output is kept (the last 4 KiB) for the error message and the history.
+killed, as it is when graven itself is killed meanwhile (a watchdog process). Output is kept (the last
+4 KiB) for the error message and the history.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from graven.deploy.hook_result import HookResult, step_error
+from graven.runtime import GroupWatchdog
 
 __all__ = ["HookResult", "run_health", "run_hook", "step_error"]
 
@@ -38,22 +40,30 @@ def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        watchdog = GroupWatchdog(proc.pid)  # kills the command's group if graven itself is killed
         try:
             code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill(proc, watchdog)
             code = None
         except BaseException:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill(proc, watchdog)
             raise
+        finally:
+            watchdog.stop()  # a command that ended by itself keeps what it started (a daemon)
         size = out.tell()
         out.seek(max(0, size - _TAIL))
         output = out.read().decode("utf-8", "replace")
     return HookResult(command, code, output, time.monotonic() - start, timeout=timeout)
+
+
+def _kill(proc: subprocess.Popen[bytes], watchdog: GroupWatchdog) -> None:
+    """Kill the command's whole process group, then reap its leader (after the watchdog is stopped:
+    until the leader is reaped, its group id cannot be another's)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    watchdog.stop()
+    proc.wait()
 
 
 def run_health(

@@ -178,11 +178,23 @@ class EnvLock:
         except OSError as exc:
             raise BackendError(f"cannot open the deploy lock {self.path}: {_why(exc)}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder_fd(fd)
+                if not wait or (holder is not None and is_ancestor(holder.get("pid"))):
+                    raise
+                fcntl.flock(fd, fcntl.LOCK_EX)  # queue behind the holder
         except BlockingIOError:
             holder = _read_holder_fd(fd)
             os.close(fd)
             who = holder.describe() if holder else "another process"
+            if wait:  # the holder is an ancestor: a hook of that deployment would wait for itself
+                raise PolicyError(
+                    f"environment {self._info['env']} is being deployed by {who}, which runs this "
+                    "command from one of its hooks: it would wait for itself; run it once that "
+                    "deployment is over"
+                ) from None
             raise PolicyError(
                 f"environment {self._info['env']} is being deployed by {who}; wait for it to finish, "
                 "or pass --wait to queue behind it"
