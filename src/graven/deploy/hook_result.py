@@ -7,9 +7,11 @@ without importing anything that could itself fail.
 
 from __future__ import annotations
 
+import os
+
 from graven.core.record import Frozen
 
-__all__ = ["HookResult", "step_error"]
+__all__ = ["HookResult", "redact_secrets", "step_error"]
 
 
 class HookResult(Frozen):
@@ -56,10 +58,40 @@ class HookResult(Frozen):
         if self.returncode is None:
             limit = self.timeout if self.timeout is not None else self.seconds
             status = f"timed out after {limit:g}s"
+        elif self.returncode < 0:
+            status = f"killed by signal {-self.returncode}"
         else:
             status = f"exit {self.returncode}"
         last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
-        return f"{status}: {last[0][:200]}" if last else status
+        return redact_secrets(f"{status}: {last[0][:200]}") if last else status
+
+
+# Environment variables whose values are secrets by their names (a hook sees the operator's environment).
+_SECRET_NAME = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "PRIVATE", "SIGNING_KEY", "DB_URL")
+
+
+def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
+    """``text`` (a hook's output, kept in the history and the append-only audit log) with the values
+    of secret-looking environment variables, and the password of a database URL, replaced by
+    ``***``: a command that prints its environment must not write credentials into records that
+    can never be removed."""
+    env = dict(os.environ) if environ is None else environ
+    secrets: set[str] = set()
+    for name, value in env.items():
+        if any(part in name.upper() for part in _SECRET_NAME) and len(value) >= 6:
+            secrets.add(value)
+            if "://" in value:
+                from urllib.parse import urlsplit
+
+                try:
+                    password = urlsplit(value).password
+                except ValueError:
+                    password = None
+                if password and len(password) >= 4:
+                    secrets.add(password)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def step_error(what: str, exc: BaseException) -> HookResult:

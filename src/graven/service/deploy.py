@@ -242,7 +242,14 @@ def _run_deployment(
         stats, reused = ensure_release(ctx, target, layout, table, live_hex)
         step(ctx, "release-ready")
         dep_id = insert_pending(
-            ctx, target, kind=kind, source_env=source_env, previous=previous, opts=opts, started_at=locked_at
+            ctx,
+            target,
+            kind=kind,
+            source_env=source_env,
+            previous=previous,
+            opts=opts,
+            started_at=locked_at,
+            overridden=bool(decision.overridden),
         )
         step(ctx, "pending-recorded")
         old_config = readlink(layout.config_link)
@@ -355,6 +362,7 @@ def _run_deployment(
             layout=layout,
             old_config=old_config,
             opts=opts,
+            overridden=tuple(decision.overridden),
         )
         step(ctx, "done")
         if isinstance(stopped, KeyboardInterrupt):

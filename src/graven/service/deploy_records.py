@@ -98,9 +98,11 @@ def insert_pending(
     previous: str | None,
     opts: DeployOptions,
     started_at: str,
+    overridden: bool = False,
 ) -> int:
     """Record the intent before the switch (a crash leaves it ``pending`` for the next run to settle).
-    The rejection is checked again under the database's write lock."""
+    The rejection is checked again under the database's write lock. ``overridden``: the policy
+    decision bypassed a requirement (``--override-policy`` alone, bypassing nothing, is no override)."""
     digest = str(target.digest)
     with ctx.db.begin() as conn:
         reason = rejection(conn, digest)
@@ -119,7 +121,7 @@ def insert_pending(
                 "previous_digest": previous,
                 "actor": ctx.audit.actor,
                 "started_at": started_at,
-                "override": opts.override,
+                "override": overridden,
                 "reason": opts.reason,
                 "settings": _settings_json(target.settings),
                 "pipeline_digest": target.pipeline_digest,
@@ -212,8 +214,11 @@ def record_failure(
     layout: EnvLayout,
     old_config: str | None,
     opts: DeployOptions,
+    overridden: tuple[str, ...] = (),
 ) -> str | None:
-    """Record a failed activate/health; switch back to the previous release unless this is a rollback."""
+    """Record a failed activate/health; switch back to the previous release unless this is a rollback.
+    A bypassed requirement (``overridden``) is logged as an ``override`` entry all the same: the
+    digest went live because of it."""
     env = target.settings.name
     digest = str(target.digest)
     detail = f"{what} failed: {failure.describe()}"
@@ -288,6 +293,18 @@ def record_failure(
                 result="failed",
             ),
         )
+        if overridden:
+            ctx.audit.append(
+                conn,
+                LogEvent(
+                    "override",
+                    artifact=digest,
+                    commit=target.commit,
+                    env=env,
+                    reason=f"requires {', '.join(overridden)} bypassed: {opts.reason}",
+                    result="failed",
+                ),
+            )
         if rolled_back_to is not None:
             now = utc_now()
             back_id = conn.execute(
