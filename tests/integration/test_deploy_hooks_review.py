@@ -63,3 +63,71 @@ def test_redaction_and_signals_in_one_line() -> None:
     assert redact_secrets("pw hunter22 at /usr/bin, pw1234", env) == "pw *** at /usr/bin, ***"
     assert HookResult("x", -9, "", 1.0).describe() == "killed by signal 9"
     assert HookResult("x", 3, "oops\n", 1.0).describe() == "exit 3: oops"
+
+
+def test_a_signal_while_the_old_release_is_checked_after_a_switch_back_keeps_the_record(
+    world: World, tmp_path: Path
+) -> None:
+    """v2 fails its health check; graven switches back to v1 and runs v1's health check, and SIGTERM
+    arrives then: v2's failure and the switch back are recorded before graven exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    started, hold = tmp_path / "back-health-started", tmp_path / "slow"
+    slow_health = f"if [ -f {hold} ]; then touch {started}; sleep 30; fi; exit 0"
+    v1 = world.version(1, env_toml("app", staging_prod(health=slow_health)))
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2, env_toml("app", staging_prod(health=FAIL)))
+    hold.touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "graven.cli.main", "deploy", v2, "staging", "--root", str(world.root)],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert world.live("staging") == v1
+    rows = [(h["digest"], h["kind"], h["result"]) for h in environments.history(world.ctx(), "staging")]
+    assert rows[-2:] == [(v2, "deploy", "failed"), (v1, "auto-rollback", "ok")], rows
+    failed = [e for e in _log(world) if e["event"] == "deploy" and e["result"] == "failed"]
+    assert len(failed) == 1 and failed[0]["artifact"] == v2
+
+
+def test_switching_back_to_a_rejected_digest_says_so(world: World) -> None:
+    """The failed deployment's only way back is the live digest that was rejected meanwhile: graven
+    goes back to it (nothing else is at hand) and says, in the records and as a warning, that it is."""
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.deploy import DeployOptions, deploy
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    environments.reject(world.ctx(), v1, "leaks memory")
+    bad = world.version(2, env_toml("app", staging_prod(health=FAIL)))
+
+    class Warnings:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def warn(self, message: str) -> None:
+            self.seen.append(message)
+
+        def progress(self, stage: str, done: int, total: int | None) -> None:
+            pass
+
+    warnings = Warnings()
+    with Context(home=Home(root=world.home), reporter=warnings) as ctx:
+        result = deploy(ctx, bad, "staging", DeployOptions(root=str(world.root)))
+    assert not result.ok and world.live("staging") == v1
+    assert any("which it is rejected (leaks memory)" in w for w in warnings.seen), warnings.seen
+    back = environments.history(world.ctx(), "staging")[-1]
+    assert back["kind"] == "auto-rollback" and "rejected (leaks memory)" in str(back["detail"])

@@ -228,6 +228,7 @@ def record_failure(
     back_settings: EnvSettings | None = None
     back_ok = previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir()
     back_pipeline: str | None = None
+    interrupted: BaseException | None = None  # what stopped the old release's hooks, raised once recorded
     if kind != "rollback" and previous is not None and previous != digest and back_ok:
         with ctx.db.connect() as conn:
             back_row = deployment_row(conn, state.live_deployment if state else None)
@@ -243,32 +244,37 @@ def record_failure(
             back_detail = f"config link not restored: {exc}"
         rolled_back_to = previous
         step(ctx, "switched-back")
-        if back_settings is not None:
-            if back_settings.activate or back_settings.health:  # only then: hooks import subprocess
-                from graven.deploy.hooks import run_health, run_hook
-            hook_env = hook_environment(layout, back_settings, previous, digest)
-            if back_settings.activate:
-                result = run_hook(
-                    back_settings.activate,
-                    cwd=layout.root,
-                    env=hook_env,
-                    timeout=back_settings.activate_timeout,
-                )
-                if not result.ok:
-                    back_health, back_detail = "failed", f"activate failed: {result.describe()}"
-            if back_settings.health and back_health != "failed":
-                result = run_health(
-                    back_settings.health,
-                    cwd=layout.root,
-                    env=hook_env,
-                    timeout=back_settings.health_timeout,
-                    retries=back_settings.health_retries,
-                    interval=back_settings.health_interval,
-                )
-                back_health = "healthy" if result.ok else "failed"
-                back_detail = None if result.ok else f"health check failed: {result.describe()}"
-            elif back_health != "failed":
-                back_health = "none"
+        try:  # a signal while the old release is checked: recorded all the same, then passed on
+            if back_settings is not None:
+                if back_settings.activate or back_settings.health:  # only then: hooks import subprocess
+                    from graven.deploy.hooks import run_health, run_hook
+                hook_env = hook_environment(layout, back_settings, previous, digest)
+                if back_settings.activate:
+                    result = run_hook(
+                        back_settings.activate,
+                        cwd=layout.root,
+                        env=hook_env,
+                        timeout=back_settings.activate_timeout,
+                    )
+                    if not result.ok:
+                        back_health, back_detail = "failed", f"activate failed: {result.describe()}"
+                if back_settings.health and back_health != "failed":
+                    result = run_health(
+                        back_settings.health,
+                        cwd=layout.root,
+                        env=hook_env,
+                        timeout=back_settings.health_timeout,
+                        retries=back_settings.health_retries,
+                        interval=back_settings.health_interval,
+                    )
+                    back_health = "healthy" if result.ok else "failed"
+                    back_detail = None if result.ok else f"health check failed: {result.describe()}"
+                elif back_health != "failed":
+                    back_health = "none"
+        except BaseException as exc:
+            interrupted = exc
+            back_health = "unknown"
+            back_detail = f"stopped while its hooks ran ({type(exc).__name__})"
     elif kind != "rollback" and (previous is None or (previous != digest and not back_ok)):
         previous = None  # nothing (complete) to switch back to
         remove_symlink(layout.current)
@@ -306,6 +312,11 @@ def record_failure(
                 ),
             )
         if rolled_back_to is not None:
+            rejected = rejection(conn, rolled_back_to)
+            if rejected is not None:  # live again only because nothing else is at hand
+                note = f"it is rejected ({rejected}): deploy another digest"
+                back_detail = f"{back_detail}; {note}" if back_detail else note
+                ctx.reporter.warn(f"{env} is back on {short(rolled_back_to)}, which {note}")
             now = utc_now()
             back_id = conn.execute(
                 "INSERT INTO deployments (env, digest, kind, previous_digest, actor, started_at,"
@@ -356,4 +367,6 @@ def record_failure(
             current.live_digest = None
             current.live_deployment = None
         save_state(conn, current)
+    if interrupted is not None:
+        raise interrupted
     return rolled_back_to
