@@ -131,3 +131,16 @@ def test_switching_back_to_a_rejected_digest_says_so(world: World) -> None:
     assert any("which it is rejected (leaks memory)" in w for w in warnings.seen), warnings.seen
     back = environments.history(world.ctx(), "staging")[-1]
     assert back["kind"] == "auto-rollback" and "rejected (leaks memory)" in str(back["detail"])
+
+
+def test_a_hook_that_points_current_elsewhere_fails_the_deployment(world: World) -> None:
+    """Recording 'v2 is live and healthy' while current names v1 (a hook repointed it) would make
+    status and drift disagree: the deployment fails instead, and switches back."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    meddle = 'ln -sfn "releases/${GRAVEN_PREVIOUS#sha256:}" current.x && mv -T current.x current'
+    v2 = world.version(2, env_toml("app", staging_prod(activate=meddle)))
+    result = world.deploy(v2, "staging")
+    assert not result.ok and "was changed while the hooks ran" in result.message, result.message
+    assert world.live("staging") == v1
+    assert environments.history(world.ctx(), "staging")[-2]["result"] == "failed"

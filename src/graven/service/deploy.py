@@ -296,6 +296,17 @@ def _run_deployment(
             else:
                 health = failed
         ok = stopped is None and (activate is None or activate.ok) and (health is None or health.ok)
+        if ok and (activate is not None or health is not None):
+            now_live = layout.live_hex()  # a hook may have pointed current elsewhere
+            if now_live != target.digest.hex:
+                ok = False
+                health = step_error(
+                    "health check",
+                    InputError(
+                        f"{layout.current} was changed while the hooks ran (it names "
+                        f"{now_live[:12] if now_live else 'nothing'}); graven made no such switch"
+                    ),
+                )
         common: dict[str, Any] = {
             "env": env,
             "kind": kind,
