@@ -62,7 +62,8 @@ class HookResult(Frozen):
             status = f"killed by signal {-self.returncode}"
         else:
             status = f"exit {self.returncode}"
-        last = self.output.strip().splitlines()[-1:] if self.output.strip() else []
+        # lines end at newlines only: a carriage return must not hide what came before it on the line
+        last = self.output.strip().split("\n")[-1:] if self.output.strip() else []
         return redact_secrets(f"{status}: {last[0][:200]}") if last else status
 
 
