@@ -63,7 +63,8 @@ def test_redaction_and_signals_in_one_line() -> None:
     assert redact_secrets("pw hunter22 at /usr/bin, pw1234", env) == "pw *** at /usr/bin, ***"
     assert HookResult("x", -9, "", 1.0).describe() == "killed by signal 9"
     assert HookResult("x", 3, "oops\n", 1.0).describe() == "exit 3: oops"
-    assert HookResult("x", 1, "DB down\rFAKE: all good\n", 1.0).describe() == "exit 1: DB down\rFAKE: all good"
+    hidden = HookResult("x", 1, "DB down\rFAKE: all good\n", 1.0)
+    assert hidden.describe() == "exit 1: DB down\rFAKE: all good"
 
 
 def test_a_signal_while_the_old_release_is_checked_after_a_switch_back_keeps_the_record(
