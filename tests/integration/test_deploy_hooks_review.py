@@ -146,3 +146,56 @@ def test_a_hook_that_points_current_elsewhere_fails_the_deployment(world: World)
     assert not result.ok and "was changed while the hooks ran" in result.message, result.message
     assert world.live("staging") == v1
     assert environments.history(world.ctx(), "staging")[-2]["result"] == "failed"
+
+
+def test_redaction_finds_the_usual_names_and_leaves_paths_and_key_names_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app:Sup3rS3cretPw@db/app",
+        "STRIPE_API_KEY": "sk_live_51Habcdefgh",
+        "GRAVEN_SIGNING_KEY": "production",  # a key's name or file, not a secret
+        "CREDENTIALS_DIRECTORY": "/run/credentials/x",  # where systemd put them
+    }
+    line = "db=postgresql://app:Sup3rS3cretPw@db/app key=sk_live_51Habcdefgh;"
+    line += " production in /run/credentials/x"
+    assert redact_secrets(line, env) == "db=*** key=***; production in /run/credentials/x"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    padded = "x" * 190 + " token=sk_live_51Habcdefgh\n"  # crosses the 200 characters a record keeps
+    assert "sk_live" not in HookResult("x", 1, padded, 1.0).describe()
+
+
+def test_only_a_holder_in_the_same_pid_namespace_and_host_is_an_ancestor() -> None:
+    """Two containers sharing a deploy root number their processes apart: a pid alone says nothing."""
+    import os
+
+    from graven.deploy.lock import LockHolder, _pid_namespace, holds_from_above
+
+    here = {"pid": os.getppid(), "host": os.uname().nodename, "pidns": _pid_namespace()}
+    assert holds_from_above(LockHolder(here))
+    assert not holds_from_above(LockHolder({**here, "pidns": "pid:[1]"}))
+    assert not holds_from_above(LockHolder({**here, "host": "elsewhere"}))
+
+
+def test_a_rollback_whose_hook_moves_current_leaves_records_and_disk_agreeing(
+    world: World, tmp_path: Path
+) -> None:
+    """A rollback whose activate moves current fails, and stays (a rollback does not switch back):
+    current is put back on what graven rolled back to, which is what the records say is live."""
+    from graven.service.deploy import rollback
+
+    marker = tmp_path / "meddle"
+    meddle = (
+        f'if [ -f {marker} ]; then ln -sfn "releases/${{GRAVEN_PREVIOUS#sha256:}}" current.x && '
+        "mv -T current.x current; fi"
+    )
+    v1 = world.version(1, env_toml("app", staging_prod(activate=meddle)))
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2, env_toml("app", staging_prod()))
+    assert world.deploy(v2, "staging").ok
+    marker.touch()
+    result = rollback(world.ctx(), "staging", world.options(), to=v1)
+    assert not result.ok and "was changed while the hooks ran" in result.message, result.message
+    state = {s.env: s for s in environments.status(world.ctx())}["staging"]
+    assert state.live == world.live("staging") == v1

@@ -63,12 +63,18 @@ class HookResult(Frozen):
         else:
             status = f"exit {self.returncode}"
         # lines end at newlines only: a carriage return must not hide what came before it on the line
-        last = self.output.strip().split("\n")[-1:] if self.output.strip() else []
-        return redact_secrets(f"{status}: {last[0][:200]}") if last else status
+        last = redact_secrets(self.output).strip().split("\n")[-1:] if self.output.strip() else []
+        return f"{status}: {last[0][:200]}" if last else status
 
 
-# Environment variables whose values are secrets by their names (a hook sees the operator's environment).
-_SECRET_NAME = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "PRIVATE", "SIGNING_KEY", "DB_URL")
+# Environment variables whose values are secrets by their names (a hook sees the operator's environment),
+# and names that hold where secrets are, not secrets (a path, a socket, graven's key file or name).
+_SECRET_NAME = (
+    "PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "TOKEN", "CREDENTIAL", "PRIVATE", "API_KEY",
+    "ACCESS_KEY", "AUTH", "DB_URL", "DATABASE_URL", "DSN",
+)  # fmt: skip
+_NOT_SECRET_NAME = ("_DIR", "_DIRECTORY", "_FILE", "_PATH", "_SOCK", "_SOCKET")
+_NOT_SECRET = frozenset({"GRAVEN_SIGNING_KEY", "GRAVEN_HOME"})
 
 
 def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
@@ -79,7 +85,10 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
     env = dict(os.environ) if environ is None else environ
     secrets: set[str] = set()
     for name, value in env.items():
-        if any(part in name.upper() for part in _SECRET_NAME) and len(value) >= 6:
+        upper = name.upper()
+        if upper in _NOT_SECRET or upper.endswith(_NOT_SECRET_NAME):
+            continue
+        if any(part in upper for part in _SECRET_NAME) and len(value) >= 6:
             secrets.add(value)
             if "://" in value:
                 from urllib.parse import urlsplit

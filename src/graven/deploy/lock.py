@@ -38,6 +38,21 @@ class LockHolder(dict[str, object]):
         )
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (``pid:[4026531836]``), or "" where there is no /proc."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def holds_from_above(holder: LockHolder) -> bool:
+    """Whether the lock's holder is an ancestor of this process: the same pid, on the same host, in
+    the same PID namespace (two containers sharing a deploy root number their processes apart)."""
+    same_place = holder.get("host") == os.uname().nodename and holder.get("pidns", "") == _pid_namespace()
+    return same_place and is_ancestor(holder.get("pid"))
+
+
 def is_ancestor(pid: object) -> bool:
     """Whether ``pid`` (as a lock file records it) is this process's parent, grandparent, ... (read
     from /proc; False where there is none). A hook of a deployment runs below the deployer."""
@@ -155,6 +170,7 @@ class EnvLock:
             "actor": actor,
             "pid": os.getpid(),
             "host": os.uname().nodename,
+            "pidns": _pid_namespace(),
             "since": since,
         }
         self._fd: int | None = None
@@ -182,7 +198,7 @@ class EnvLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_holder_fd(fd)
-                if not wait or (holder is not None and is_ancestor(holder.get("pid"))):
+                if not wait or (holder is not None and holds_from_above(holder)):
                     raise
                 fcntl.flock(fd, fcntl.LOCK_EX)  # queue behind the holder
         except BlockingIOError:

@@ -25,6 +25,7 @@ from graven.deploy.lock import EnvLock
 from graven.deploy.plan import evaluate_policy, short
 from graven.deploy.settings import check_env_name
 from graven.deploy.statdb import StatTable
+from graven.deploy.switch import point_symlink
 from graven.errors import InputError, NeverDeployedError, PolicyError
 from graven.model.digest import Digest
 from graven.service.artifacts import resolve_digest
@@ -300,6 +301,9 @@ def _run_deployment(
             now_live = layout.live_hex()  # a hook may have pointed current elsewhere
             if now_live != target.digest.hex:
                 ok = False
+                # back to what graven made, so that the failure's records (a switch back, or a
+                # rollback that stays) describe the disk
+                point_symlink(layout.current, layout.link_target(target.digest.hex))
                 health = step_error(
                     "health check",
                     InputError(

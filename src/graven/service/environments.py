@@ -235,7 +235,7 @@ def _deploy_lock(ctx: Context, env: str, layout: EnvLayout, command: str) -> Ite
     """Hold the deploy lock of ``env`` (waiting for a deployment at work) while the block runs; none
     when the environment directory has no lock yet. Refused at once from a hook of that deployment,
     which would wait for itself."""
-    from graven.deploy.lock import EnvLock, is_ancestor, read_holder
+    from graven.deploy.lock import EnvLock, holds_from_above, read_holder
 
     if not layout.meta.is_dir():
         yield
@@ -245,7 +245,7 @@ def _deploy_lock(ctx: Context, env: str, layout: EnvLayout, command: str) -> Ite
         lock.acquire(wait=False)
     except PolicyError:
         holder = read_holder(layout.lock)
-        if holder is not None and is_ancestor(holder.get("pid")):
+        if holder is not None and holds_from_above(holder):
             raise PolicyError(
                 f"graven {command} {env} runs inside a hook of the deployment that holds {env} (pid "
                 f"{holder.get('pid')}): it would wait for itself; {command} {env} once that deployment "
