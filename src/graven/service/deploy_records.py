@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from graven.db import Row
+from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyDecision, short
 from graven.deploy.settings import EnvSettings
@@ -183,22 +184,36 @@ def record_success(
             ),
         )
         if decision.overridden:
-            ctx.audit.append(
-                conn,
-                LogEvent(
-                    "override",
-                    artifact=digest,
-                    commit=target.commit,
-                    env=env,
-                    reason=f"requires {', '.join(decision.overridden)} bypassed: {opts.reason}",
-                ),
-            )
+            _log_override(ctx, conn, target, decision.overridden, opts, result="ok")
         if kind == "rollback":
             ctx.audit.append(
                 conn,
                 LogEvent("hold", artifact=digest, commit=target.commit, env=env, reason=current.hold_reason),
             )
     return kind == "rollback"
+
+
+def _log_override(
+    ctx: Context,
+    conn: Connection,
+    target: Target,
+    overridden: Sequence[str],
+    opts: DeployOptions,
+    *,
+    result: str,
+) -> None:
+    """The ``override`` audit entry of a deployment that bypassed ``overridden`` requirements."""
+    ctx.audit.append(
+        conn,
+        LogEvent(
+            "override",
+            artifact=str(target.digest),
+            commit=target.commit,
+            env=target.settings.name,
+            reason=f"requires {', '.join(overridden)} bypassed: {opts.reason}",
+            result=result,
+        ),
+    )
 
 
 def record_failure(
@@ -300,17 +315,7 @@ def record_failure(
             ),
         )
         if overridden:
-            ctx.audit.append(
-                conn,
-                LogEvent(
-                    "override",
-                    artifact=digest,
-                    commit=target.commit,
-                    env=env,
-                    reason=f"requires {', '.join(overridden)} bypassed: {opts.reason}",
-                    result="failed",
-                ),
-            )
+            _log_override(ctx, conn, target, overridden, opts, result="failed")
         if rolled_back_to is not None:
             rejected = rejection(conn, rolled_back_to)
             if rejected is not None:  # live again only because nothing else is at hand
