@@ -41,6 +41,16 @@ FileSpec = bytes | str | Symlink | Executable
 RepoFiles = Mapping[str | bytes, FileSpec]
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for the test's own git commands: no user or system config, fixed dates."""
     env = dict(os.environ)

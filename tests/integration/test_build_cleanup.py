@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import process_alive as _alive
 from helpers_services import require_tool, unavailable
 
 Run = Callable[..., tuple[int, str, str]]
@@ -198,16 +199,6 @@ def test_no_space_left_in_the_scratch_copy_says_where(
 
 
 # -- 4. SIGTERM --------------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 def _wait_for(path: Path, lines: int, seconds: float = 30.0) -> list[int]:

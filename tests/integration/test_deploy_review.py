@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from conftest import process_alive as _alive
 from graven.errors import BackendError, InputError, IntegrityError
 from graven.service import deploy_release, environments
 from graven.service.deploy import rollback
@@ -542,15 +543,6 @@ def test_a_hook_dies_with_a_killed_deployer(tmp_path: Path) -> None:
     while _alive(sleeper) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _alive(sleeper)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 def test_after_a_deployer_is_killed_having_linked_the_live_files_the_next_deploy_links_them_again(

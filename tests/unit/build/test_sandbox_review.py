@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import process_alive as _alive
 from graven.build import sandbox
 from graven.build.sandbox import (
     TMP_SIZE_LIMIT,
@@ -198,15 +199,6 @@ def test_pid_1_in_the_sandbox_shows_no_host_path(tmp_path: Path) -> None:
 
 
 # -- 5. background processes of a host step ------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 @pytest.mark.parametrize("timeout", [False, True])
