@@ -748,13 +748,7 @@ class Database:
         return database
 
     def _stored_version(self, conn: Connection) -> int | None:
-        if conn.dialect == "sqlite":
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'graven_meta'"
-            ).first()
-        else:
-            exists = conn.execute("SELECT to_regclass('graven_meta')").scalar()
-        if not exists:
+        if not _has_table(conn, "graven_meta"):
             return None
         value = conn.execute(
             """SELECT value FROM graven_meta WHERE "key" = 'schema_version'"""
