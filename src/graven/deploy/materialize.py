@@ -1067,7 +1067,7 @@ def _scan(root: Path) -> _Scan | None:
     return found
 
 
-StoreInode = Callable[[str], "tuple[int, int] | None"]  # sha256 hex -> the store's loose inode, if any
+StoreInode = Callable[[str], tuple[int, int] | None]  # sha256 hex -> the store's loose inode, if any
 
 
 def _check_entries(
