@@ -69,17 +69,21 @@ def generate_cmd(args: argparse.Namespace) -> int:
     no_trust: bool = args.no_trust
     as_json: bool = args.as_json
     from graven.home import Home
-    from graven.signing.keys import KeyStore
+    from graven.signing.keys import KeyEntry, KeyStore
     from graven.signing.trust import store_trusted_key
 
     home = Home.from_env()
     keys = KeyStore(home.keys)
-    entry = keys.generate(name, key_type)
+
+    def log_trust(entry: KeyEntry) -> None:
+        # logged before the key files are written and trusted: a trust that takes effect is never
+        # missing from the audit log, and a log that refuses the entry leaves no key behind (a failure
+        # after it leaves an entry and no effect: `graven keys export` + `keys trust` completes it)
+        _log(home, "key-trusted", f"key {entry.keyid} ({entry.key_type}, generated as {name})")
+
+    entry = keys.generate(name, key_type, before_write=None if no_trust else log_trust)
     trusted = None
     if not no_trust:
-        # logged first: a trust that takes effect is never missing from the audit log (a failure
-        # between the two leaves an entry and no effect: `graven keys export` + `keys trust` completes it)
-        _log(home, "key-trusted", f"key {entry.keyid} ({entry.key_type}, generated as {name})")
         trusted = store_trusted_key(home.trust, keys.export_public(name))
     if as_json:
         emit_json(

@@ -37,6 +37,8 @@ from graven.errors import BackendError, InputError, NotFoundError
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -611,23 +613,39 @@ class KeyStore:
         """The public key file of ``name``."""
         return self.directory / f"{check_key_name(name)}.pub"
 
-    def generate(self, name: str, key_type: KeyType | str = DEFAULT_KEY_TYPE) -> KeyEntry:
-        """Generate and store a new key pair called ``name``; refuse to replace an existing one."""
+    def generate(
+        self,
+        name: str,
+        key_type: KeyType | str = DEFAULT_KEY_TYPE,
+        *,
+        before_write: Callable[[KeyEntry], None] | None = None,
+    ) -> KeyEntry:
+        """Generate and store a new key pair called ``name``; refuse to replace an existing one.
+
+        ``before_write`` is called with the new key's entry before any file is written (the CLI logs
+        the trust of the key there): when it raises, no key file is left behind."""
         kind = parse_key_type(key_type)
         private_path, public_path = self.private_path(name), self.public_path(name)
-        if os.path.lexists(private_path) or os.path.lexists(public_path):
-            raise InputError(
-                f"key {name} already exists in {self.directory}; choose another --name (to trust it: "
-                f"graven keys export {name} > {name}.pub && graven keys trust {name}.pub)"
-            )
+        self._check_free(name, private_path, public_path)
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create {self.directory}: {exc.strerror}") from None
         key = generate_key(kind)
+        entry = KeyEntry(name, key.keyid, key.key_type)
+        if before_write is not None:
+            before_write(entry)
+            self._check_free(name, private_path, public_path)  # made meanwhile by another process
         write_private_key(private_path, key)
         write_public_key(public_path, key)
-        return KeyEntry(name, key.keyid, key.key_type)
+        return entry
+
+    def _check_free(self, name: str, private_path: Path, public_path: Path) -> None:
+        if os.path.lexists(private_path) or os.path.lexists(public_path):
+            raise InputError(
+                f"key {name} already exists in {self.directory}; choose another --name (to trust it: "
+                f"graven keys export {name} > {name}.pub && graven keys trust {name}.pub)"
+            )
 
     def private_names(self) -> list[str]:
         """The names of the private keys of the directory, sorted, read from the file names only (a
