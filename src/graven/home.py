@@ -20,7 +20,24 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Home"]
+__all__ = ["Home", "make_private_dir"]
+
+
+def make_private_dir(path: Path) -> None:
+    """Make ``path`` (a home, or a directory of graven's in one) mode 0700 if it is missing; its
+    missing parents get the default mode, as with ``mkdir -p``. A home holds the store, the database,
+    the keys and what the operator trusts: nobody else needs to read it, and a home another user could
+    write into would let them replace ``trust/`` (graven.strictmodes). OSError propagates."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return
 
 
 class Home:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_group
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
-from graven.errors import InputError, NotFoundError
+from graven.errors import ConfigError, InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -187,16 +188,29 @@ def revoke_cmd(args: argparse.Namespace) -> int:
     value = keyid.strip().lower().removeprefix("sha256:")
     if not re.fullmatch(r"[0-9a-f]{64}", value):
         raise InputError(f"{keyid!r} is not a key id (64 hex digits; see `graven keys list`)")
+    from graven.signing.trust import make_trust_dir
+
     home = Home.from_env()
-    home.trust.mkdir(parents=True, exist_ok=True)
+    make_trust_dir(home.trust)
     path = home.trust / "revoked"
     changed = value not in _revoked(path)
     if changed:
         # logged first: a revocation that takes effect is never missing from the audit log (a
         # failure between the two leaves an entry and no effect; running revoke again completes it)
         _log(home, "key-revoked", f"key {value}")
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(value + "\n")
+        with path.open("a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                last = handle.read(1)
+                handle.seek(0, os.SEEK_END)
+                if last != b"\n":  # a last line without its newline (a comment, say) must not take the id
+                    handle.write(b"\n")
+            handle.write(value.encode() + b"\n")
+        if value not in _revoked(path):  # read back the way verify and deploy read it
+            raise ConfigError(
+                f"{path}: key {value} was written but does not read back as revoked; fix the file"
+            )
     if args.as_json:
         emit_json({"keyid": value, "path": str(path), "changed": changed})
     else:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from graven.core.record import Frozen
 from graven.errors import BackendError, InputError
+from graven.strictmodes import first_problem
+from graven.strictmodes import walk as _walk
 
 __all__ = ["CURRENT", "RELEASES", "EnvLayout"]
 
@@ -129,7 +131,6 @@ class EnvLayout(Frozen):
         that user could swap a link, ``releases`` or ``PATH`` itself between two of graven's steps,
         and have it write, chmod or link files elsewhere. What does not exist yet is made by graven,
         as this user."""
-        me = os.geteuid()
         walked, reached = _walk(str(self.root))
         if reached is not None:
             try:
@@ -139,25 +140,14 @@ class EnvLayout(Frozen):
             except OSError as exc:
                 raise BackendError(f"cannot read {reached}/{RELEASES}: {exc.strerror}") from None
         tops = {reached, f"{reached}/{RELEASES}"} if reached is not None else set()
-        directories = {path: st for path, st in walked if stat.S_ISDIR(st.st_mode)}
-        for path, st in walked:
-            if stat.S_ISLNK(st.st_mode):
-                # a link is replaced through its directory (checked as one); only in a sticky directory
-                # others may write can its owner, and no one else, re-point it
-                holder = directories.get(os.path.dirname(path) or "/")
-                shared = holder is not None and holder.st_mode & stat.S_ISVTX and holder.st_mode & 0o022
-                foreign = st.st_uid not in (me, 0)
-                problem = f"is a link of another user (uid {st.st_uid})" if shared and foreign else None
-            elif stat.S_ISDIR(st.st_mode):
-                problem = _unsafe_owner(st, me, top=path in tops)
-            else:
-                continue  # a file where a directory should be: the deploy says so
-            if problem is not None:
-                raise InputError(
-                    f"{path} {problem}: another user could change the environment directory "
-                    f"{self.root} while graven works in it; fix its owner or mode, or deploy "
-                    "somewhere only you (or root) can write"
-                )
+        found = first_problem(walked, tops)
+        if found is not None:
+            path, problem = found
+            raise InputError(
+                f"{path} {problem}: another user could change the environment directory "
+                f"{self.root} while graven works in it; fix its owner or mode, or deploy "
+                "somewhere only you (or root) can write"
+            )
 
     def leftovers(self) -> list[Path]:
         """Directories left by killed deployers (``.tmp-*``, ``.trash-*``)."""
@@ -168,57 +158,3 @@ class EnvLayout(Frozen):
         except OSError as exc:
             raise BackendError(f"cannot list {self.releases}: {exc.strerror}") from None
         return [self.releases / n for n in sorted(names) if n.startswith((".tmp-", ".trash-"))]
-
-
-def _unsafe_owner(st: os.stat_result, me: int, *, top: bool) -> str | None:
-    """What makes a directory on the way to an environment unsafe for user ``me``, or None. ``top``:
-    ``PATH`` or ``PATH/releases``, which must not be writable by every user even when sticky (other
-    users could put names there that graven then owns)."""
-    if st.st_uid not in (me, 0):
-        return f"belongs to another user (uid {st.st_uid}; you are {me})"
-    if st.st_mode & stat.S_IWOTH and (top or not st.st_mode & stat.S_ISVTX):
-        return f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-_MAX_LINKS = 40  # as the kernel's ELOOP limit
-
-
-def _walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str | None]:
-    """What the kernel goes through to reach the absolute ``path``: (where, its lstat) for ``/``, each
-    existing component and each symlink (whose target is walked in turn), up to the first component
-    that does not exist; and the directory ``path`` resolves to, when all of it exists."""
-    walked: list[tuple[str, os.stat_result]] = []
-    try:
-        walked.append(("/", os.lstat("/")))
-        current = "/"
-        parts = [p for p in path.split("/") if p]
-        links = 0
-        while parts:
-            name = parts.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                current = os.path.dirname(current) or "/"
-                continue
-            candidate = f"{current.rstrip('/')}/{name}"
-            try:
-                st = os.lstat(candidate)
-            except FileNotFoundError:
-                return walked, None  # from here on graven makes what is missing
-            walked.append((candidate, st))
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > _MAX_LINKS:
-                    raise InputError(f"{path}: too many levels of symbolic links")
-                target = os.readlink(candidate)
-                if target.startswith("/"):
-                    current = "/"
-                parts = [p for p in target.split("/") if p] + parts
-            elif stat.S_ISDIR(st.st_mode):
-                current = candidate
-            else:
-                return walked, None  # a file on the way
-    except OSError as exc:
-        raise BackendError(f"cannot read the way to {path}: {exc.strerror}") from None
-    return walked, current

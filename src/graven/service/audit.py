@@ -37,6 +37,7 @@ from graven.core.merkle import (
 from graven.core.record import Record
 from graven.db import Connection, Row
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
+from graven.home import make_private_dir
 from graven.model.logentry import LogEntry, LogEvent
 from graven.service.context import Context, utc_now
 from graven.signing.keys import (
@@ -190,7 +191,8 @@ class AuditLog:
                         f"{self.public_key_path.name} to start a new log)"
                     )
                 try:
-                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    make_private_dir(path.parent.parent)  # the home
+                    make_private_dir(path.parent)
                 except OSError as exc:
                     raise BackendError(f"cannot create {path.parent}: {exc.strerror}") from None
                 key = generate_key("ed25519")

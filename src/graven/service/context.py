@@ -3,12 +3,13 @@ so that cheap commands never pay for what they do not use."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from graven.core.record import Record
-from graven.home import Home
+from graven.home import Home, make_private_dir
 
 if TYPE_CHECKING:
     from graven.db import Database
@@ -70,6 +71,8 @@ class Context(Record):
         """The object store."""
         from graven.store.local import LocalStore
 
+        with contextlib.suppress(OSError):  # the store says what is wrong, naming its own directory
+            make_private_dir(self.home.root)
         return LocalStore.at(self.home.objects)
 
     @cached_property
@@ -78,7 +81,7 @@ class Context(Record):
         from graven.db import Database
 
         if self.home.db_url_override is None:
-            self.home.root.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.home.root)
         return Database.open(self.home.db_url)
 
     @cached_property

@@ -22,6 +22,7 @@ from graven import __version__
 from graven.core.record import Frozen
 from graven.db import Connection
 from graven.errors import (
+    ConfigError,
     GravenError,
     InputError,
     IntegrityError,
@@ -37,7 +38,7 @@ from graven.signing.dsse import Envelope, sign_envelope
 from graven.signing.keys import KeyStore, SigningKey
 from graven.signing.memo import FileSignatureMemo
 from graven.signing.provenance import PAYLOAD_TYPE, ProvenanceInputs, ResourceRef, statement_bytes
-from graven.signing.trust import TrustPolicy, VerifiedProvenance
+from graven.signing.trust import TrustPolicy, VerifiedProvenance, check_trust_material
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
@@ -160,9 +161,17 @@ def read_revoked(path: Path) -> frozenset[str]:
     """The key ids listed in a revocation file (``trust/revoked``): one per line, optionally
     ``sha256:``-prefixed, ``#`` comments. A line that is no key id is an error naming it, never skipped:
     a revocation that silently does not apply is worse than a refusal."""
+    if not os.path.lexists(path):
+        return frozenset()
+    if not os.path.isfile(path):  # a dangling link, a directory, a FIFO: revocations that do not apply
+        raise ConfigError(
+            f"{path} is not a readable file: it lists the key ids this home never accepts; make it a "
+            "file (one key id per line) or remove it"
+        )
+    check_trust_material(path, path.parent)
     try:
         text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
+    except FileNotFoundError:  # removed meanwhile
         return frozenset()
     except UnicodeDecodeError:
         raise InputError(f"{path} is not UTF-8 text; it lists one key id (64 hex digits) per line") from None
@@ -197,10 +206,9 @@ def load_policy(ctx: Context, policy_file: Path | None = None, *, memo: bool = T
     and :func:`check_attestation_file` drop the memo whatever policy they are given.
     """
     policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.is_dir() else None, policy_file)
-    revoked_file = ctx.home.trust / REVOKED_FILE
-    if revoked_file.is_file():
-        extra = read_revoked(revoked_file)
-        policy = policy.with_home(ctx.home.trust, frozenset(extra))
+    extra = read_revoked(ctx.home.trust / REVOKED_FILE)
+    if extra:
+        policy = policy.with_home(ctx.home.trust, extra)
     elif policy.trust_dir is None:
         policy = policy.with_home(ctx.home.trust)
     return policy.with_memo(signature_memo(ctx) if memo else None)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeAlias
 
 from graven.core.record import Frozen
 from graven.errors import BackendError, InputError, NotFoundError
+from graven.home import make_private_dir
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
@@ -628,7 +629,8 @@ class KeyStore:
         private_path, public_path = self.private_path(name), self.public_path(name)
         self._check_free(name, private_path, public_path)
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(self.directory.parent)  # the home
+            make_private_dir(self.directory)
         except OSError as exc:
             raise BackendError(f"cannot create {self.directory}: {exc.strerror}") from None
         key = generate_key(kind)

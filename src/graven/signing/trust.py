@@ -21,6 +21,7 @@ statement are checked on every call. The explicit verification commands use a po
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ from typing import Any
 
 from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
+from graven.home import make_private_dir
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, SignatureMemo, revoked_signer, verify_envelope
 from graven.signing.keys import VerifyingKey, load_public_key, parse_public_key, write_public_key
@@ -39,6 +41,7 @@ from graven.signing.provenance import (
     parse_sha256,
     parse_statement,
 )
+from graven.strictmodes import first_problem, walk
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
@@ -46,7 +49,9 @@ __all__ = [
     "TRUSTED_KEY_SUFFIXES",
     "TrustPolicy",
     "VerifiedProvenance",
+    "check_trust_material",
     "load_trust_dir",
+    "make_trust_dir",
     "store_trusted_key",
     "trust_key",
 ]
@@ -84,9 +89,9 @@ def store_trusted_key(trust_dir: Path | str, pem_bytes: bytes) -> Path:
     keyid, pem = trust_key(pem_bytes)
     directory = Path(trust_dir)
     path = directory / f"{keyid}.pub"
+    make_trust_dir(directory)
     if _holds(path, keyid):
         return path
-    directory.mkdir(parents=True, exist_ok=True)
     try:
         write_public_key(path, parse_public_key(pem))
     except InputError:
@@ -96,19 +101,53 @@ def store_trusted_key(trust_dir: Path | str, pem_bytes: bytes) -> Path:
     return path
 
 
+def check_trust_material(path: Path, trust_dir: Path) -> None:
+    """Refuse ``path`` (the trust directory, a trusted key or the revocation file; nothing when it
+    does not exist) when another user could change it, as sshd's StrictModes refuses an
+    ``authorized_keys`` (:mod:`graven.strictmodes`): a key added there would be trusted, a line taken
+    out of ``revoked`` would un-revoke a key."""
+    absolute = os.path.abspath(path)
+    if not os.path.exists(absolute):
+        return
+    walked, reached = walk(absolute)
+    end = reached if reached is not None else walked[-1][0]
+    found = first_problem(walked, {end}, files=True)
+    if found is not None:
+        where, problem = found
+        raise ConfigError(
+            f"{where} {problem}: another user could change the keys this home trusts ({trust_dir}); "
+            f"make it yours (or root's) and not writable by every user (chmod o-w {where})"
+        )
+
+
+def make_trust_dir(directory: Path) -> None:
+    """Make the trust directory (0700, as ``keys/``) if missing, and refuse one another user could
+    change (:func:`check_trust_material`)."""
+    try:
+        make_private_dir(directory.parent)  # the home
+        make_private_dir(directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the trust directory {directory}: {exc.strerror}") from None
+    check_trust_material(directory, directory)
+
+
 def load_trust_dir(trust_dir: Path | str) -> tuple[VerifyingKey, ...]:
-    """The public keys in ``trust_dir`` (``*.pub`` and ``*.pem``); a missing directory is empty."""
+    """The public keys in ``trust_dir`` (``*.pub`` and ``*.pem``); a missing directory is empty. The
+    directory and each key are refused when another user could change them
+    (:func:`check_trust_material`)."""
     directory = Path(trust_dir)
     if not directory.exists():
         return ()
     if not directory.is_dir():
         raise ConfigError(f"trust directory {directory} is not a directory")
+    check_trust_material(directory, directory)
     keys: list[VerifyingKey] = []
     for path in sorted(directory.iterdir()):
         if path.name.startswith(".") or path.suffix not in TRUSTED_KEY_SUFFIXES:
             continue
         if not path.is_file():
             continue
+        check_trust_material(path, directory)
         try:
             keys.append(load_public_key(path))
         except InputError as exc:
