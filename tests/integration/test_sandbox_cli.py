@@ -394,3 +394,42 @@ def test_a_step_cannot_change_the_hosts_device_nodes(
     with tarfile.open(export) as tar:
         zero, random = (tar.extractfile(f"out/{n}").read().strip() for n in ("zero", "random"))  # type: ignore[union-attr]
     assert (zero, random) == (b"3", b"8")
+
+
+def test_a_step_cannot_write_the_hosts_kernel_settings(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """As root there is no user namespace, and bwrap leaves /proc/sys writable: kernel.core_pattern
+    (a command run as root on the next crash) and /proc/sysrq-trigger must be read-only for a step.
+    The step only opens them for writing (nothing is written: an open that succeeds is the failure)."""
+    probe = (
+        "import errno, os, sys\n"
+        "found = []\n"
+        "for path in ('/proc/sys/kernel/core_pattern', '/proc/sys/vm/drop_caches', '/proc/sysrq-trigger'):\n"
+        "    try:\n"
+        "        fd = os.open(path, os.O_WRONLY)\n"
+        "    except OSError as exc:\n"
+        "        found.append(f'{path} {errno.errorcode[exc.errno]}')\n"
+        "    else:\n"
+        "        os.close(fd)\n"
+        "        found.append(f'{path} WRITABLE')\n"
+        "os.makedirs('out', exist_ok=True)\n"
+        "open('out/probe.txt', 'w').write('\\n'.join(found) + '\\n')\n"
+        "print(open('/proc/sys/kernel/hostname').read().strip(), file=open('out/host.txt', 'w'))\n"
+    )
+    repo = make_repo(tmp_path / "repo", {"probe.py": probe}, _toml(f"{PY} probe.py"))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    export = tmp_path / "a.tar"
+    assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
+    import os
+    import tarfile
+
+    with tarfile.open(export) as tar:
+        lines = tar.extractfile("out/probe.txt").read().decode().splitlines()  # type: ignore[union-attr]
+        host = tar.extractfile("out/host.txt").read().decode().strip()  # type: ignore[union-attr]
+    assert len(lines) == 3 and not any(line.endswith("WRITABLE") for line in lines), lines
+    if os.geteuid() == 0:  # root: refused by the read-only mount, not by permissions
+        assert all(line.endswith(("EROFS", "ENOENT")) for line in lines[2:]), lines  # no sysrq: ENOENT
+        assert all(line.endswith("EROFS") for line in lines[:2]), lines
+    assert host == "graven"  # the sandbox's own UTS namespace, read through the host's /proc/sys

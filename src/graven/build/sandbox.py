@@ -87,6 +87,8 @@ TMP_SIZE_LIMIT: Final = 4 << 30
 # instead, /run holds the sockets of host services (a socket is reachable without any network), and
 # /build is the sandbox's own.
 _NOT_MIRRORED: Final = frozenset({"proc", "dev", "tmp", "run", "build", "lost+found"})
+# What bwrap itself covers read-only in a new /proc when it can (its cover_proc_dirs).
+_PROC_READ_ONLY: Final = ("sys", "sysrq-trigger", "irq", "bus")
 
 FIX: Final = 'install bubblewrap (apt-get install bubblewrap) or set sandbox = "none" in [build]'
 
@@ -169,7 +171,14 @@ def bwrap_options(
         else:
             argv += ["--ro-bind", dest, dest]
     size = ["--size", str(tmp_size)] if tmp_size else []
-    argv += ["--proc", "/proc", *_dev_argv(layout.devices, size), *size, "--tmpfs", SANDBOX_TMP]
+    argv += ["--proc", "/proc"]
+    # bwrap makes these read-only only when it can write them (a user namespace); a step running as
+    # root (graven run by root: no user namespace) could otherwise write the host's kernel settings
+    # (kernel.core_pattern runs a command as root on the next crash) or /proc/sysrq-trigger. Bound
+    # read-only from the host: a sysctl of a namespace (hostname, net.*) still reads the step's own.
+    for name in _PROC_READ_ONLY:
+        argv += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
+    argv += [*_dev_argv(layout.devices, size), *size, "--tmpfs", SANDBOX_TMP]
     for path in layout.extra_ro:
         argv += ["--ro-bind", path, path]
     # A hidden directory is an empty tmpfs; the PATH directories below it are bound back into it
