@@ -224,9 +224,9 @@ def test_steps_see_a_fixed_machine_and_a_clean_environment(
     run_cli: Run,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("GRAVEN_TEST_PASSED", "yes")
+    monkeypatch.setenv("SHOP_TEST_PASSED", "yes")
     monkeypatch.setenv("GRAVEN_TEST_SECRET", "must not leak")
-    toml = _toml(f"{PY} probe.py", extra='env = ["GRAVEN_TEST_PASSED", "GRAVEN_TEST_UNSET"]\n')
+    toml = _toml(f"{PY} probe.py", extra='env = ["SHOP_TEST_PASSED", "SHOP_TEST_UNSET"]\n')
     repo = make_repo(tmp_path / "repo", {"probe.py": ENV_PROBE}, toml)
     code, out, err = run_cli("build", "-C", repo, "--json")
     assert code == 0, err
@@ -254,10 +254,10 @@ def test_steps_see_a_fixed_machine_and_a_clean_environment(
         "LANG",
         "SOURCE_DATE_EPOCH",
         "PYTHONHASHSEED",
-        "GRAVEN_TEST_PASSED",
+        "SHOP_TEST_PASSED",
     }
     assert env["HOME"] == "/build/home" and env["TMPDIR"] == "/tmp" and env["TZ"] == "UTC"
-    assert env["LC_ALL"] == "C.UTF-8" and env["PYTHONHASHSEED"] == "0" and env["GRAVEN_TEST_PASSED"] == "yes"
+    assert env["LC_ALL"] == "C.UTF-8" and env["PYTHONHASHSEED"] == "0" and env["SHOP_TEST_PASSED"] == "yes"
     assert env["SOURCE_DATE_EPOCH"] == str(result["source_date_epoch"])
     params = _statement(run_cli, result["digest"])["predicate"]["buildDefinition"]["internalParameters"]  # type: ignore[index]
     assert params["sandbox"] == "bubblewrap"

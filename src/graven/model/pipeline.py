@@ -376,6 +376,8 @@ def _build(value: object) -> BuildSection:
             raise _fail((*loc, "env"), f"{{at}}: {name} is not an environment variable name")
         if name in _PINNED_ENV:
             raise _fail((*loc, "env"), f"{{at}}: {name} is always set by graven, never passed through")
+        if name.startswith("GRAVEN_"):  # the operator's: the database URL, the signing key, the home
+            raise _fail((*loc, "env"), f"{{at}}: {name} is graven's own setting, never passed to a step")
     tools = _get(table, "tools", loc, _strings) or []
     for name in tools:
         if not re.fullmatch(_TOOL_NAME, name) or "/." in name:

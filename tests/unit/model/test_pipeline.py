@@ -130,6 +130,10 @@ ignore = ["var/**"]
         ('[artifact]\nname = "a"\n[build]\nsteps=["x"]\noutputs=["o"]\ntools=["/x/../y"]\n', "not a program"),
         ('[artifact]\nname = "a"\n[build.fetch]\nsteps = ["x"]\n', "[build] fetch.lockfiles is required"),
         (
+            '[artifact]\nname = "a"\n[build]\nsteps=["x"]\noutputs=["o"]\nenv=["GRAVEN_DB_URL"]\n',
+            "GRAVEN_DB_URL is graven's own setting, never passed to a step",
+        ),
+        (
             '[artifact]\nname = "a"\n[build]\nsteps=["x"]\noutputs=["o"]\n[build.fetch]\n'
             'steps=["f"]\nlockfiles=[]\noutputs=["w"]\n',
             "[build] fetch.lockfiles must not be empty",
