@@ -444,3 +444,30 @@ def test_a_heal_that_waited_for_a_deployment_heals_the_new_release_not_back_to_t
         assert not result.before  # nothing to heal once the new release is live
     finally:
         world.close()
+
+
+def test_a_name_that_is_not_utf8_is_reported_logged_and_healed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file named with a byte that is no UTF-8 (also in an ignored directory, which the clean
+    check still compares) crashed drift, heal and watch: its path could not be sorted, recorded or
+    printed. It is reported with the byte as \\xNN, in JSON too, logged, and heal removes it."""
+    world, _digest = ignoring(tmp_path, monkeypatch, ["out/var/**"])
+    release = release_of(world)
+    for where in ("out/app", "out/var"):
+        mode = (release / where).stat().st_mode
+        (release / where).chmod(0o755)
+        with open(os.path.join(os.fsencode(release / where), b"a\xff\x1b.py"), "wb") as handle:
+            handle.write(b"x")
+        (release / where).chmod(mode)
+    code, doc = drift(capsys, "staging")
+    assert code == 1
+    assert found(doc) == {("out/app/a\\xff\x1b.py", "added")}
+    code, out, err = run_cli(capsys, "drift", "staging")
+    assert code == 1 and "out/app/a\\xff\\x1b.py" in out and "\x1b" not in out, (out, err)
+    code, out, err = run_cli(capsys, "log", "--json")
+    assert code == 0 and "a\\\\xff\\\\x1b.py" in out, out  # the log's reason: escaped, then JSON
+    code, out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0, err
+    assert os.listdir(os.fsencode(release / "out/app")).count(b"a\xff\x1b.py") == 0
+    assert drift(capsys, "staging")[0] == 0

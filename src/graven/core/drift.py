@@ -26,6 +26,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
 from graven.core.globs import GlobSet
+from graven.core.paths import display_path, json_text
 from graven.core.record import Frozen
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 
@@ -131,7 +132,13 @@ class Difference(Frozen):
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return {"path": self.path, "kind": self.kind, "expected": self.expected, "actual": self.actual}
+        expected, actual = self.expected, self.actual
+        return {
+            "path": json_text(self.path),
+            "kind": self.kind,
+            "expected": None if expected is None else json_text(expected),
+            "actual": None if actual is None else json_text(actual),
+        }
 
     def detail(self) -> str:
         """``expected X, found Y`` (or just one side), digests shortened to 12 hex digits."""
@@ -187,7 +194,7 @@ def _ignored(ignore: GlobSet, path: str, *, is_dir: bool) -> bool:
 
 
 def _order(diff: Difference) -> tuple[bytes, int]:
-    return diff.path.encode(), KINDS.index(diff.kind)
+    return diff.path.encode("utf-8", "surrogateescape"), KINDS.index(diff.kind)
 
 
 def compare_tree(
@@ -469,7 +476,7 @@ class Alert(Frozen):
         if self.event == "resolved":
             return f"graven: drift in {self.env} resolved: {who} at {self.path} matches its artifact again"
         counts = ", ".join(f"{n} {kind}" for kind, n in summarize(self.differences).items())
-        shown = self.paths[:TEXT_PATHS]
+        shown = [display_path(path) for path in self.paths[:TEXT_PATHS]]  # one line, whatever the names
         more = len(self.paths) - len(shown)
         names = ", ".join(shown) + (f" and {more} more" if more else "")
         return f"graven: DRIFT in {self.env} ({who} at {self.path}): {counts}: {names}"
@@ -593,15 +600,15 @@ def plan_heal(manifest: TreeManifest, diffs: Sequence[Difference]) -> HealPlan:
         elif path in dirs:
             mkdirs.add(path)
     # removing a path removes everything below it: keep only the outermost
-    outer = sorted(remove, key=lambda p: (p.count("/"), p.encode()))
+    outer = sorted(remove, key=lambda p: (p.count("/"), p.encode("utf-8", "surrogateescape")))
     kept: list[str] = []
     for path in outer:
         if not any(path.startswith(k + "/") for k in kept):
             kept.append(path)
-    kept.sort(key=lambda p: (-p.count("/"), p.encode()))
+    kept.sort(key=lambda p: (-p.count("/"), p.encode("utf-8", "surrogateescape")))
     return HealPlan(
         remove=tuple(kept),
-        mkdirs=tuple(sorted(mkdirs, key=lambda p: (p.count("/"), p.encode()))),
+        mkdirs=tuple(sorted(mkdirs, key=lambda p: (p.count("/"), p.encode("utf-8", "surrogateescape")))),
         files=tuple(files[p] for p in sorted(files, key=str.encode)),
         symlinks=tuple(links[p] for p in sorted(links, key=str.encode)),
         current=current,

@@ -24,6 +24,7 @@ __all__ = [
     "decode_path",
     "display_path",
     "implied_dirs",
+    "json_text",
     "link_stays_inside",
 ]
 
@@ -85,6 +86,21 @@ def display_path(path: str) -> str:
     except UnicodeEncodeError:  # a surrogate that no byte becomes
         text = path.encode("utf-8", "backslashreplace").decode("utf-8")
     return _escape_controls(text)
+
+
+def json_text(text: str) -> str:
+    """``text`` as JSON (and UTF-8 text) can carry it: a name read from disk that is not UTF-8 holds
+    surrogate escapes (``os.fsdecode``), which no UTF-8 encoder takes; each such byte is written as
+    the four characters ``\\xNN`` (as :func:`display_path` shows it). Control characters are left to
+    the JSON encoder, which escapes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no byte becomes
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def check_path(path: str) -> None:

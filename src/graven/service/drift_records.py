@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 
 from graven.core.drift import Alert, Difference, keys_of, summarize
+from graven.core.paths import display_path
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
 from graven.service.drift_live import drift_state, still_live, write_drift_state
@@ -26,13 +27,17 @@ DETAIL_LIMIT = 1000  # differences kept in one drift_events row (the report itse
 
 
 def _keys_json(diffs: Sequence[Difference]) -> str:
-    return json.dumps(sorted([list(k) for k in keys_of(diffs)], key=lambda k: (k[0].encode(), k[1])))
+    return json.dumps(
+        sorted(
+            [list(k) for k in keys_of(diffs)], key=lambda k: (k[0].encode("utf-8", "surrogateescape"), k[1])
+        )
+    )
 
 
 def reason_of(diffs: Sequence[Difference]) -> str:
     counts = ", ".join(f"{n} {kind}" for kind, n in summarize(diffs).items())
     paths = list(dict.fromkeys(d.path for d in diffs))
-    shown = ", ".join(paths[:_REASON_PATHS]) + (
+    shown = ", ".join(display_path(path) for path in paths[:_REASON_PATHS]) + (
         f" and {len(paths) - _REASON_PATHS} more" if len(paths) > 5 else ""
     )
     return f"{len(diffs)} difference{'s' if len(diffs) != 1 else ''} ({counts}): {shown}"
@@ -116,7 +121,10 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
 def record_alert(ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, str]) -> None:
     """Record an alert that was sent (or failed to be), and what was alerted, with its log entry."""
     alerted = json.dumps(
-        sorted([[d.path, d.kind] for d in alert.differences], key=lambda k: (k[0].encode(), k[1]))
+        sorted(
+            [[d.path, d.kind] for d in alert.differences],
+            key=lambda k: (k[0].encode("utf-8", "surrogateescape"), k[1]),
+        )
         if alert.event == "drift"
         else []
     )
