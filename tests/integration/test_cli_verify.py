@@ -153,6 +153,28 @@ def test_corrupt_record_header_inside_a_pack_is_named(
     assert _problems(err) == [f"corrupt: data/random.bin (object sha256:{_sha(PACKED)})"]
 
 
+@pytest.mark.parametrize("size", [b"\xff" * 8, b"\x00\x00\x00\x10\x00\x00\x00\x00"])
+def test_an_impossible_size_in_a_record_header_is_damage_not_a_crash(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run, tmp_path: Path, size: bytes
+) -> None:
+    """The raw-size field was compared with nothing: past 2**63 it crashed the decompressor (a
+    traceback from the command made to find damage), and a merely huge one is memory it must not ask
+    for. Both are damage to the record, named as such, by verify and by export."""
+    _, digest = built
+    pack = next((graven_home / "objects" / "pack").glob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    where = data.find(bytes.fromhex(_sha(PACKED)))
+    assert where > 0
+    data[where + 33 : where + 41] = size  # after the digest (32) and the codec (1)
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    code, _, err = run_cli("verify", digest)
+    assert code == 1
+    assert _problems(err) == [f"corrupt: data/random.bin (object sha256:{_sha(PACKED)})"]
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "out.tar")
+    assert code == 1 and err.startswith("graven: error: ") and len(err.splitlines()) == 1, err
+
+
 def test_deleted_loose_object_is_named_missing(
     graven_home: Path, built: tuple[Path, str], run_cli: Run
 ) -> None:

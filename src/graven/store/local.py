@@ -66,6 +66,9 @@ class _Location(NamedTuple):  # a tuple: one per object of every pack, made when
 
 
 _HEX64 = re.compile("[0-9a-f]{64}")
+# No packed object is larger (packs hold objects under LOOSE_THRESHOLD, and manifests: 4 GiB is a tree
+# of some 30 million files); a size past it is damage, refused before anything is allocated for it.
+_MAX_PACKED_SIZE = 1 << 32
 _IDX_HEADER = len(IDX_MAGIC) + 8
 _POINT_LOOKUPS = 32  # reads served by binary search before the whole index is loaded
 _WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)  # what read_many decodes itself
@@ -481,7 +484,13 @@ class LocalStore:
             raise IntegrityError(f"{_what(digest, location)}: pack file is truncated")
         raw = digest.raw
         rec_digest, codec, size, stored = _RECORD.unpack_from(blob, at)
-        if rec_digest != raw or codec != location.codec or stored != location.stored:
+        if (
+            rec_digest != raw
+            or codec != location.codec
+            or stored != location.stored
+            or size != location.size
+            or size > _MAX_PACKED_SIZE
+        ):
             raise IntegrityError(f"{_what(digest, location)}: record header does not match the index")
         base: Digest | None = None
         if codec == CODEC_ZSTD_DELTA:
@@ -529,6 +538,7 @@ class LocalStore:
                         view is not None
                         and codec in _WHOLE_CODECS
                         and start + stored <= len(view)
+                        and size <= _MAX_PACKED_SIZE
                         and unpack(view, offset) == (raw, codec, size, stored)
                     ):
                         if codec == CODEC_RAW:
