@@ -448,3 +448,74 @@ def test_show_survives_an_epoch_an_older_graven_stored(
         assert "Evil\\x1b[31mRED\\x0aline2" in out
     code, out, _ = run_cli("show", digest)
     assert "out of range" in out
+
+
+def _block_header(name: str, size: int, typeflag: bytes, linkname: str = "") -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname, info.mode = size, typeflag, linkname, 0o644
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    rest = f" {key}={value}\n".encode()
+    length = len(rest) + len(str(len(rest)))
+    if len(str(length)) != len(str(len(rest))):
+        length += 1
+    return str(length).encode() + rest
+
+
+def _pax_block(records: dict[str, str], typeflag: bytes) -> bytes:
+    body = b"".join(_pax_record(k, v) for k, v in records.items())
+    header = _block_header("././@PaxHeader", len(body), typeflag)
+    return header + body + b"\0" * (-len(body) % 512)
+
+
+def _member(name: str, data: bytes) -> bytes:
+    return _block_header(name, len(data), tarfile.REGTYPE) + data + b"\0" * (-len(data) % 512)
+
+
+_END = b"\0" * 1024
+
+
+@pytest.mark.parametrize(
+    ("archive", "needle"),
+    [
+        # 300 extended headers in a row: tarfile recursed once per header (a RecursionError traceback)
+        (_pax_block({"comment": "c"}, tarfile.XHDTYPE) * 300 + _member("ok.txt", b"fine") + _END, "in a row"),
+        # each global header is copied into every member after it: quadratic memory, and a global
+        # size rewrote every member's size; graven writes one global header, with its comment only
+        (
+            _pax_block({"comment": "{}"}, tarfile.XGLTYPE) * 2 + _member("ok.txt", b"fine") + _END,
+            "second global header",
+        ),
+        (_pax_block({"size": "0"}, tarfile.XGLTYPE) + _member("ok.txt", b"fine") + _END, "global header"),
+        # a symlink with data: GNU tar skips the data, tarfile took it for the next header, so a member
+        # that `tar -t` never lists was imported
+        (
+            _member("ok.txt", b"fine")
+            + _block_header("s", 1024, tarfile.SYMTYPE, "ok.txt")
+            + _member("smuggled", b"SECRET")
+            + b"\0" * 512
+            + _END,
+            "with data",
+        ),
+    ],
+    ids=["pax-chain", "two-globals", "global-size", "link-with-data"],
+)
+def test_headers_graven_never_writes_are_refused_in_one_line(
+    graven_home: Path, tmp_path: Path, run_cli: Run, archive: bytes, needle: str
+) -> None:
+    path = _write(tmp_path / "x.tar", archive)
+    _one_line_error(run_cli("import", path), needle)
+    _nothing_recorded(run_cli)
+
+
+def test_an_archive_pzstd_wrote_is_read(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    """pzstd starts its output with a skippable frame; it was taken for a plain tar (bad checksum)."""
+    import zstandard
+
+    skippable = bytes([0x50, 0x2A, 0x4D, 0x18]) + (4).to_bytes(4, "little") + b"\0\0\0\0"
+    data = skippable + zstandard.ZstdCompressor().compress(_tar(None))
+    doc = _imported(run_cli, _write(tmp_path / "x.tar.zst", data))
+    plain = _imported(run_cli, _write(tmp_path / "y.tar", _tar(None)))
+    assert doc["digest"] == plain["digest"]

@@ -34,6 +34,9 @@ _MAX_SEGMENT = 255  # bytes of one path component
 _GNU_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# A zstd skippable frame (pzstd starts with one): 0x184D2A50..0x184D2A5F, little endian.
+_ZSTD_SKIPPABLE = frozenset(bytes([n, 0x2A, 0x4D, 0x18]) for n in range(0x50, 0x60))
+_MAX_PAX_CHAIN = 4  # extended headers in a row (graven writes at most a global one, then one per member)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def _open_stream(handle: BinaryIO) -> tuple[IO[bytes], bool]:
         import gzip
 
         return cast(IO[bytes], gzip.GzipFile(fileobj=source, mode="rb")), True
-    if magic == _ZSTD_MAGIC:
+    if magic == _ZSTD_MAGIC or magic in _ZSTD_SKIPPABLE:
         import zstandard
 
         return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(source)), True
@@ -108,6 +111,7 @@ class _LastBlock:
 
     def __init__(self) -> None:
         self.kind = "eof"
+        self.pax_chain = 0  # extended headers read in a row, before the member they describe
 
 
 def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
@@ -144,12 +148,27 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
             buf = archive.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
             records = _pax_records(buf[: self.size])
             shared = cast(dict[str, str], archive.pax_headers)
-            pax_headers = shared if self.type == tarfile.XGLTYPE else dict(shared)
+            if self.type == tarfile.XGLTYPE:
+                # graven writes one global header, holding its comment: more of them (each member
+                # copies what they add up to) or other keys (a global size) are not its archives
+                if shared or set(records) - {"comment"}:
+                    raise UnsafeInputError(
+                        "a second global header, or one with other records than a comment: "
+                        "not an archive `graven export` writes"
+                    )
+                pax_headers = shared
+            else:
+                pax_headers = dict(shared)
             pax_headers.update(records)
+            chain = last.pax_chain = last.pax_chain + 1
+            if chain > _MAX_PAX_CHAIN:
+                raise UnsafeInputError(f"more than {_MAX_PAX_CHAIN} extended headers in a row")
             try:
                 following = self.fromtarfile(archive)
             except tarfile.HeaderError as exc:
                 raise tarfile.SubsequentHeaderError(str(exc)) from None  # type: ignore[attr-defined]
+            finally:
+                last.pax_chain = 0
             if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
                 following._apply_pax_info(pax_headers, archive.encoding, archive.errors)  # type: ignore[attr-defined]
                 following.offset = self.offset
@@ -243,6 +262,8 @@ def read_archive(
             raise InputError(f"{path}: not a readable tar archive ({exc})") from None
         except (EOFError, OSError) as exc:
             raise InputError(f"{path}: archive is truncated or corrupt ({exc})") from None
+        except RecursionError:
+            raise InputError(f"{path}: headers nested too deeply; not an archive graven reads") from None
         except Exception as exc:
             if type(exc).__module__.startswith("zstandard"):
                 raise InputError(f"{path}: corrupt zstd data ({exc})") from None
@@ -282,8 +303,15 @@ def _read_members(
     entries: dict[str, TreeEntry] = {}
     dirs: set[str] = set()
     for member in tar:
+        tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member it read (with its headers); not needed here
         if tick is not None:
             tick(False)
+        if member.size and not member.isreg():
+            # tarfile reads no data for them: the bytes that follow would be taken for headers of
+            # members that `tar -t` does not list (GNU tar skips them); graven never writes any
+            raise UnsafeInputError(
+                f"{_shown(member.name[:200])}: a directory or link with data in the archive"
+            )
         raw_name = member.name
         if raw_name.startswith("/"):
             raise UnsafeInputError(f"{_shown(raw_name[:200])}: absolute path in archive")

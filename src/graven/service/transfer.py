@@ -197,6 +197,7 @@ def import_archive(
     if name is not None and not _valid_name(name):
         raise InputError(f"--name {_shown(name)} is not a valid artifact name: {_NAME_HINT}")
     store = ctx.store
+    store.clean_tmp()  # what killed writers (an import, a build) left, as a build does
     with store.batch() as batch:
         report = ctx.reporter.progress
         tree = read_archive(path, batch, lambda done, size: report("reading archive (bytes)", done, size))
