@@ -376,3 +376,55 @@ def test_a_stored_object_that_is_no_artifact_is_refused_by_name(
     blob = json.loads(run_cli("show", digest, "--files", "--json")[1])["entries"][0]["sha256"]
     for command, extra in (("verify", []), ("reject", ["--reason", "x"]), ("show", [])):
         _assert_input_error(run_cli(command, blob, *extra), "is a stored object", "not an artifact")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hold", "staging", "--reason", "\udcff"],
+        ["reject", "abcd", "--reason", "\udcff"],
+        ["log", "--env", "\udcff"],
+        ["deploy", "abcd", "staging", "--reason", "\udcff"],
+    ],
+    ids=["hold", "reject", "log-env", "deploy"],
+)
+def test_an_argument_that_is_not_utf8_is_refused_in_one_line(
+    graven_home: Path, run_cli: Run, args: list[str]
+) -> None:
+    """A byte that is no UTF-8 reached the database as a surrogate: a UnicodeEncodeError traceback."""
+    _assert_input_error(run_cli(*args), "is not valid UTF-8 text")
+
+
+def _graven_process(tmp_path: Path, args: list[str], stdout: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "graven.cli.main", *args],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_output_that_cannot_be_written_is_an_error_never_exit_0(graven_home: Path, tmp_path: Path) -> None:
+    """A full disk lost the output (a build's digest, say) with exit 120 and Python's own message, and a
+    closed pipe exited 0: also for a failed check, whose exit code was lost. Now a closed pipe is 141
+    (as for a process SIGPIPE ends) and any other write error 1, said in one line."""
+    with open("/dev/full", "wb") as full:
+        for args in (["--version"], ["artifacts", "--json"]):
+            result = _graven_process(tmp_path, args, full.fileno())
+            assert result.returncode == 1, result.stderr
+            assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, (
+                result.stderr
+            )
+            assert result.stderr.startswith("graven: error: "), result.stderr
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before graven writes anything
+    try:
+        result = _graven_process(tmp_path, ["artifacts", "--json"], write)
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr

@@ -259,6 +259,22 @@ def build_parser(command: str | None) -> ArgParser:
     return parser
 
 
+def _check_text(namespace: argparse.Namespace) -> None:
+    """Refuse an argument that is not UTF-8 text (a byte that is none arrives as a surrogate escape):
+    reasons, names and digests are recorded in UTF-8 databases and logs. Paths (``pathlib.Path``
+    values) may hold any bytes and are checked where they are used."""
+    for name, value in vars(namespace).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    what = name.replace("_", "-")
+                    raise UsageError(
+                        f"the argument {what} is not valid UTF-8 text; give it in UTF-8"
+                    ) from None
+
+
 def run(args: list[str], *, freeze_gc: bool = False) -> int:
     """Parse ``args``, run the command, map errors to exit codes; always close what was opened.
 
@@ -287,6 +303,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
                 f"unrecognized arguments: {' '.join(extra)}", f"graven {command}" if command else "graven"
             )
         verbose = namespace.verbose
+        _check_text(namespace)
         handler: Handler | None = getattr(namespace, "handler", None)
         if handler is None:
             parser.print_help(sys.stderr)
@@ -312,8 +329,10 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("graven: interrupted\n")
         return 130
-    except BrokenPipeError:
-        return 0
+    except BrokenPipeError as exc:  # the reader left (`| head`): never 0, a failed check may hide here
+        from graven.cli.main import output_failed
+
+        return output_failed(exc, 0)
     except OSError as exc:  # a file no check of the command's own caught: one line all the same
         if verbose:
             import traceback

@@ -12,6 +12,7 @@ from graven import __version__
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    import contextlib
     from collections.abc import Sequence
 
 __all__ = ["GC_YOUNG_THRESHOLD", "command_name", "entry", "gc_thresholds", "main"]
@@ -79,16 +80,45 @@ def entry() -> None:
     at exit, so freeing the command's objects one by one (tens of thousands after a deploy or a full
     drift check of 7,000 files) is pure cost: 5-15 ms. When the output cannot be flushed (a closed
     pipe), the interpreter ends the process as it always did."""
-    code = main()
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # None when the descriptor was closed at start-up
-                stream.flush()
-    except (OSError, ValueError, AttributeError):
-        raise SystemExit(code) from None
     import os
 
+    try:
+        code = main()
+        if sys.stdout is not None:  # None when the descriptor was closed at start-up
+            sys.stdout.flush()
+    except OSError as exc:  # the output could not be written: say so, and never exit 0
+        code = output_failed(exc, locals().get("code", 0))
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
+
+
+def output_failed(exc: OSError, code: int) -> int:
+    """The exit code of a command whose output could not be written (``exc``), that would have exited
+    with ``code``: a failed check keeps its code; otherwise 141 for a closed pipe (a reader that had
+    enough, as for a process killed by SIGPIPE) and 1 for anything else (a full disk), which is also
+    said on stderr. The unwritten output is dropped, so that the interpreter does not try again."""
+    import errno
+    import os
+
+    with _suppressed():
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if code:
+        return code
+    if exc.errno == errno.EPIPE:
+        return 141
+    with _suppressed():
+        sys.stderr.write(f"graven: error: cannot write the output: {os.strerror(exc.errno or 0)}\n")
+    return 1
+
+
+def _suppressed() -> contextlib.AbstractContextManager[None]:
+    import contextlib
+
+    return contextlib.suppress(OSError, ValueError, AttributeError)
 
 
 if __name__ == "__main__":
