@@ -39,6 +39,7 @@ __all__ = [
     "Params",
     "Result",
     "Row",
+    "sqlite_path",
 ]
 
 Params = Mapping[str, Any]
@@ -730,7 +731,7 @@ class Database:
         try:
             backend: _SqliteDatabase | _AlchemyDatabase
             if url.startswith("sqlite"):
-                backend = _SqliteDatabase(_sqlite_path(url))
+                backend = _SqliteDatabase(sqlite_path(url))
             else:
                 backend = _AlchemyDatabase(url)
         except BackendError:
@@ -834,7 +835,7 @@ class Database:
         self._backend.close()
 
 
-def _sqlite_path(url: str) -> str:
+def sqlite_path(url: str) -> str:
     """The file of an SQLAlchemy-style SQLite URL, read as SQLAlchemy reads it: ``sqlite:///rel``,
     ``sqlite:////abs``, an optional ``+driver`` (``sqlite+pysqlite:///``), ``%XX`` escapes decoded,
     ``?query`` ignored. An in-memory database is refused: graven's state must outlive the process."""

@@ -14,6 +14,13 @@ import pytest
 
 from conftest import DEFAULT_TOML, Symlink, commit_all, git, write_files
 
+
+@pytest.fixture(autouse=True)
+def _unsandboxed_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's sandbox = "none" builds run as an operator who allows them."""
+    monkeypatch.setenv("GRAVEN_ALLOW_UNSANDBOXED", "1")
+
+
 ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # docs: the [artifact] name rule
 Run = Callable[..., tuple[int, str, str]]
 MakeRepo = Callable[..., Path]

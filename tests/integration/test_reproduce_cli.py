@@ -15,6 +15,13 @@ import pytest
 from conftest import git_env
 from helpers_services import require_tool, sandbox_python
 
+
+@pytest.fixture(autouse=True)
+def _unsandboxed_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's sandbox = "none" builds run as an operator who allows them."""
+    monkeypatch.setenv("GRAVEN_ALLOW_UNSANDBOXED", "1")
+
+
 Run = Callable[..., tuple[int, str, str]]
 PY = sandbox_python()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git_env
+from conftest import commit_all, git_env
 from helpers_services import require_tool, sandbox_python
 
 Run = Callable[..., tuple[int, str, str]]
@@ -54,7 +54,13 @@ def _connect_step(port: int) -> str:
 
 
 def test_a_step_cannot_reach_the_network_not_even_loopback(
-    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, listener: socket.socket
+    *,
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    listener: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = listener.getsockname()[1]
     steps = (_connect_step(port), "mkdir -p out && echo ok > out/ok")
@@ -70,6 +76,7 @@ def test_a_step_cannot_reach_the_network_not_even_loopback(
     assert json.loads(run_cli("artifacts", "--json")[1]) == []
 
     # The control: without the sandbox the very same step does connect, so the check above can fail.
+    monkeypatch.setenv("GRAVEN_ALLOW_UNSANDBOXED", "1")
     repo2 = make_repo(tmp_path / "repo2", {"a.txt": "a\n"}, _toml(*steps, extra='sandbox = "none"\n'))
     code, _, err = run_cli("build", "-C", repo2)
     assert code == 0, err
@@ -312,6 +319,11 @@ def test_without_bubblewrap_the_build_is_refused_unless_sandbox_is_none(
     assert 'apt-get install bubblewrap) or set sandbox = "none" in [build]' in err
 
     repo2 = make_repo(tmp_path / "repo2", {"a.txt": "a\n"}, _toml(step, extra='sandbox = "none"\n'))
+    # the commit alone cannot turn the sandbox off: the operator allows it (exit 1, a policy refusal)
+    code, out, err = run_cli("build", "-C", repo2, "--json")
+    assert code == 1 and out == "" and "GRAVEN_ALLOW_UNSANDBOXED=1" in err, err
+    assert len(err.splitlines()) == 1, err
+    monkeypatch.setenv("GRAVEN_ALLOW_UNSANDBOXED", "1")
     code, out, err = run_cli("build", "-C", repo2, "--json")
     assert code == 0, err
     statement = _statement(run_cli, json.loads(out)["digest"])
@@ -433,3 +445,60 @@ def test_a_step_cannot_write_the_hosts_kernel_settings(
         assert all(line.endswith(("EROFS", "ENOENT")) for line in lines[2:]), lines  # no sysrq: ENOENT
         assert all(line.endswith("EROFS") for line in lines[:2]), lines
     assert host == "graven"  # the sandbox's own UTS namespace, read through the host's /proc/sys
+
+
+def test_a_step_cannot_read_graven_secrets_kept_outside_the_home(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the sandbox mirrors (below /var/tmp here) but a step must not read: the main repository's
+    git directory of a linked worktree (remote URLs with tokens), a signing key named by a relative
+    GRAVEN_SIGNING_KEY, an SQLite database GRAVEN_DB_URL names outside the home, and the other build
+    workspaces beside this one in a TMPDIR the sandbox mirrors."""
+    base = Path(tempfile.mkdtemp(prefix="graven-secrets-", dir="/var/tmp"))
+    try:
+        main = make_repo(base / "main", {"probe.py": READ_PROBE}, _toml("true"))
+        (main / ".git" / "probe-secret").write_text("SECRET gitdir\n")
+        subprocess.run(
+            ["git", "-C", str(main), "worktree", "add", "-q", "--detach", str(base / "wt")],
+            env=git_env(),
+            check=True,
+            capture_output=True,
+        )
+        (base / "keys").mkdir()
+        key = base / "keys" / "sign.key"
+        shutil.copy(graven_home / "keys" / "default.key", key)
+        key.chmod(0o600)
+        (base / "notes.txt").write_text("visible\n")
+        other = base / "tmp" / "graven-build-other"
+        other.mkdir(parents=True)
+        (other / "secret.txt").write_text("SECRET workspace\n")
+        database = base / "db" / "graven.db"
+        database.parent.mkdir()
+        targets = [main / ".git" / "probe-secret", key, database, other / "secret.txt", base / "notes.txt"]
+        toml = _toml(f"{PY} probe.py " + " ".join(map(str, targets)))
+        (base / "wt" / "graven.toml").write_text(toml)
+        commit_all(base / "wt", "probe")
+        monkeypatch.chdir(base / "keys")
+        monkeypatch.setenv("GRAVEN_SIGNING_KEY", "sign.key")
+        monkeypatch.setenv("GRAVEN_DB_URL", f"sqlite:///{database}")
+        from graven.db import Database
+
+        Database.open(f"sqlite:///{database}").close()  # there while the steps run, as in any later build
+        monkeypatch.setattr(tempfile, "tempdir", str(base / "tmp"))
+        code, out, err = run_cli("build", "-C", base / "wt", "--json")
+        assert code == 0, err
+        export = tmp_path / "a.tar"
+        assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
+        import tarfile
+
+        with tarfile.open(export) as tar:
+            report = tar.extractfile("out/report.txt").read().decode()  # type: ignore[union-attr]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "SECRET" not in report and "PRIVATE KEY" not in report and "SQLite" not in report, report
+    assert f"{base / 'notes.txt'}: 'visible\\n'" in report, report  # the control: mirrored, readable
+    assert len(report.splitlines()) == 5, report

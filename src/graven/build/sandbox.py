@@ -289,7 +289,9 @@ def hidden_paths(candidates: Iterable[Path], tool_dirs: Iterable[str]) -> tuple[
         if real == "/" or not os.path.isdir(real) or top in _NOT_MIRRORED or real in tools:
             continue
         chosen.append(real)
-    return tuple(sorted(set(chosen)))
+    unique = sorted(set(chosen))
+    # one below another is hidden with it (its own tmpfs would show up as an empty directory there)
+    return tuple(path for path in unique if not any(path.startswith(other + "/") for other in unique))
 
 
 def shown_paths(hidden: Iterable[str], tool_dirs: Iterable[str]) -> tuple[tuple[str, str], ...]:

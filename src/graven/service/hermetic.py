@@ -49,7 +49,8 @@ from graven.build.sandbox import (
 from graven.build.steps import BuildLog, clean_environment, run_steps
 from graven.build.workspace import DIR_MODE, Workspace, checkout, copy_tree, ensure_inside, settle_tree
 from graven.core.paths import check_path
-from graven.errors import ConfigError, IntegrityError, UnsafeInputError
+from graven.db import sqlite_path
+from graven.errors import ConfigError, GravenError, IntegrityError, PolicyError, UnsafeInputError
 from graven.model.pipeline import Pipeline
 from graven.service.context import Context
 from graven.signing.provenance import ResourceRef
@@ -165,6 +166,7 @@ def _runner(
     host_path = os.environ.get("PATH")
     passed = {name: os.environ[name] for name in pipeline.build.env if name in os.environ}
     if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
+        check_unsandboxed_allowed()
         env = clean_environment(
             home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=host_path, passed=passed
         )
@@ -176,9 +178,14 @@ def _runner(
     # The graven home (keys, store), the working tree and the user's credential directories are
     # hidden; a signing key file named by GRAVEN_SIGNING_KEY elsewhere and credential files read as
     # empty.
+    # So are the repository's git directories (a linked worktree's common one is elsewhere, with the
+    # remotes' credentials), the other workspaces beside this one (a TMPDIR the sandbox mirrors), and
+    # an SQLite database outside the home.
     cred_dirs, cred_files = credential_paths(user_homes())
-    hidden = hidden_paths([ctx.home.root, repo.root, *cred_dirs], (host_path or "").split(os.pathsep))
-    key_file = os.environ.get("GRAVEN_SIGNING_KEY", "")
+    hidden = hidden_paths(
+        [ctx.home.root, repo.root, *repo.git_dirs(), ws.root.parent, *cred_dirs],
+        (host_path or "").split(os.pathsep),
+    )
     layout = SandboxLayout(
         src=ws.src,
         work=ws.work,
@@ -186,7 +193,7 @@ def _runner(
         root_entries=host_root_entries(),
         hidden=hidden,
         extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
-        masked=masked_files([*([Path(key_file)] if os.sep in key_file else []), *cred_files], hidden),
+        masked=masked_files([*_secret_files(ctx), *cred_files], hidden),
         devices=make_private_devices(ws.root / "dev"),
     )
     return BubblewrapRunner(
@@ -197,6 +204,41 @@ def _runner(
         umask=variation.umask,
         launcher_env=variation.launcher_env,
     )
+
+
+ALLOW_UNSANDBOXED = "GRAVEN_ALLOW_UNSANDBOXED"
+
+
+def check_unsandboxed_allowed() -> None:
+    """Refuse ``sandbox = "none"`` unless the operator allows it (``GRAVEN_ALLOW_UNSANDBOXED=1``): the
+    commit being built must not be the one to decide that its steps run on this host as this user,
+    with its files, its network and graven's own processes in reach."""
+    if os.environ.get(ALLOW_UNSANDBOXED) != "1":
+        raise PolicyError(
+            'graven.toml asks for sandbox = "none": its steps would run on this host as you, with your '
+            f"files and network; if you trust this commit, allow it with {ALLOW_UNSANDBOXED}=1"
+        )
+
+
+def _secret_files(ctx: Context) -> list[Path]:
+    """Files outside the home a step must not read: the signing key GRAVEN_SIGNING_KEY names (a path,
+    relative or with ``~``, as :meth:`graven.signing.keys.KeyStore.resolve` reads it) and an SQLite
+    database file named by GRAVEN_DB_URL, with its journal files."""
+    found: list[Path] = []
+    key = os.environ.get("GRAVEN_SIGNING_KEY", "").strip()
+    if key:
+        candidate = Path(key).expanduser()
+        if candidate.is_file():
+            found.append(candidate.absolute())
+    url = ctx.home.db_url
+    if url.startswith("sqlite"):
+        try:
+            database = Path(sqlite_path(url)).absolute()
+        except GravenError:
+            database = None
+        if database is not None:
+            found += [database, Path(f"{database}-wal"), Path(f"{database}-shm"), Path(f"{database}-journal")]
+    return found
 
 
 def _empty_again(path: Path, aside: Path) -> None:

@@ -480,6 +480,25 @@ class GitRepo:
                 "its records and provenance need; rename the directory"
             ) from None
 
+    def git_dirs(self) -> list[Path]:
+        """The repository's git directory and, for a linked worktree, the common one (which holds the
+        config with the remotes' URLs, and the other worktrees'); empty when git cannot say."""
+        try:
+            result = subprocess.run(
+                ["git", "rev-parse", "--absolute-git-dir", "--git-common-dir"],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=_git_env(),
+                check=False,
+            )
+        except OSError:
+            return []
+        if result.returncode != 0:
+            return []
+        lines = result.stdout.decode(errors="surrogateescape").splitlines()
+        return [(self.root / line).absolute() for line in lines if line]
+
     @staticmethod
     def _bare_git_dir(path: Path) -> Path | None:
         """The repository ``path`` is in when that repository is bare, else None."""
