@@ -291,3 +291,30 @@ def test_a_failing_step_after_50_mb_of_output_still_shows_its_last_lines(
     line = _one_error_line(err)
     assert "failed with exit code 3; last lines:" in line and line.endswith("the real reason")
     assert len(line) < 2300
+
+
+def test_only_the_checked_files_of_the_fetch_reach_the_build(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, index: Index
+) -> None:
+    """The fetch (with the network) could pass unlocked data to the offline build in what the checks
+    did not look at: an extended attribute on a committed file, empty directories named after it, a
+    mode. The build now starts from the commit and the checked copies alone, as a restore does."""
+    smuggle = (
+        "import os; os.setxattr('a.txt', 'user.p', b'SMUGGLED'); "
+        "os.makedirs('deps/n/SMUGGLED-DIR'); os.chmod('deps/dep.bin', 0o700)"
+    )
+    fetch = [_download(index), f'{PY} -c "{smuggle}"']
+    report = (
+        "import os, stat; out = []\n"
+        "try:\n    out.append(os.getxattr('a.txt', 'user.p').decode())\n"
+        "except OSError:\n    out.append('no xattr')\n"
+        "out.append(' '.join(sorted(os.listdir('deps'))))\n"
+        "out.append(oct(stat.S_IMODE(os.stat('deps/dep.bin').st_mode)))\n"
+        "os.makedirs('out'); open('out/report.txt', 'w').write('\\n'.join(out) + '\\n')\n"
+    )
+    repo = make_repo(tmp_path / "repo", _files(**{"report.py": report}), _toml(fetch, [f"{PY} report.py"]))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    store = LocalStore.at(graven_home / "objects")
+    text = store.read(Digest(_entries(run_cli, json.loads(out)["digest"])["out/report.txt"])).decode()
+    assert text.splitlines() == ["no xattr", DEP, "0o644"], text

@@ -250,6 +250,15 @@ def _empty_again(path: Path, aside: Path) -> None:
     os.chmod(path, DIR_MODE)
 
 
+def _snapshot_openers(snapshot: Path, fetched: list[FetchedFile]) -> dict[str, Opener]:
+    """Openers of the checked copies of what the fetch wrote (:func:`collect_fetched`'s snapshot)."""
+
+    def opener(path: Path) -> Opener:
+        return lambda: path.open("rb")
+
+    return {f.path: opener(snapshot / f.path) for f in fetched}
+
+
 def _restore(work: Path, files: Mapping[str, Opener], outputs: list[str]) -> None:
     """Write previously fetched files (paths from a provenance: checked) below the fetch outputs."""
     prefixes = [o.strip("/") for o in outputs]
@@ -343,6 +352,13 @@ def run_step_build(
                 if not restored:  # tool caches and the like: not carried into the offline build
                     _empty_again(ws.home, ws.root / "fetch-home")
                     _empty_again(ws.tmp, ws.root / "fetch-tmp")
+                    # and the build starts from the commit and the checked files alone, as a restore
+                    # does: nothing else the fetch left (extended attributes, empty directories,
+                    # modes) reaches it
+                    os.rename(ws.work, ws.root / "fetch-work")
+                    shutil.rmtree(ws.root / "fetch-work", ignore_errors=True)  # what stays: ws.remove()
+                    copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
+                    _restore(ws.work, _snapshot_openers(snapshot, fetched), build.fetch.outputs)
                 settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
             ctx.reporter.progress("running build steps", 0, len(build.steps))
             run_steps(build.steps, runner=runner, log=log, timeout=build.timeout)
