@@ -221,6 +221,32 @@ def _pem_of_der(der: bytes, label: bytes = b"PUBLIC KEY") -> bytes:
     return b"-----BEGIN " + label + b"-----\n" + lines + b"-----END " + label + b"-----\n"
 
 
+_P = 2**255 - 19
+# The y coordinates of the 8 points of small order of edwards25519 (each y here belongs to small-order
+# points only): the neutral point (1), the point of order 2 (-1), those of order 4 (0) and of order 8
+# (+-Y8). tests/unit/signing/test_weak_keys.py derives them again from the curve's arithmetic.
+_Y8 = 0x5FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826
+_SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _Y8, _P - _Y8})
+
+
+def check_ed25519_point(raw: bytes, keyid: str = "") -> None:
+    """Refuse an Ed25519 public key that is a point of small order (8 times it is the neutral point),
+    or one whose y coordinate is not reduced (a second encoding of a point): OpenSSL accepts the
+    signature ``R`` = neutral, ``S`` = 0 of any message under a small-order key, so trusting one would
+    make every envelope verify. libsodium refuses them alike."""
+    where = f"Ed25519 public key {keyid[:16]}".rstrip()
+    if len(raw) != 32:
+        raise InputError(f"{where} is not 32 bytes")
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    if y >= _P:
+        raise InputError(f"{where} is not canonically encoded (y is not reduced)")
+    if y in _SMALL_ORDER_Y:
+        raise InputError(
+            f"{where} is a weak key (a point of small order): any signature would verify under it; "
+            "trust a key made by `graven keys generate` or OpenSSL"
+        )
+
+
 class VerifyingKey(Frozen):
     """A public key that graven can verify signatures with.
 
@@ -237,6 +263,8 @@ class VerifyingKey(Frozen):
     _loaded: list[PublicKey]
 
     def __init__(self, spki: bytes, keyid: str, key_type: KeyType) -> None:
+        if key_type == "ed25519" and spki.startswith(ED25519_SPKI_PREFIX):
+            check_ed25519_point(spki[len(ED25519_SPKI_PREFIX) :], keyid)
         _set(self, "spki", spki)
         _set(self, "keyid", keyid)
         _set(self, "key_type", key_type)
