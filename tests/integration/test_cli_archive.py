@@ -221,6 +221,29 @@ def test_import_with_attestation_verifies_in_a_home_that_trusts_the_key(
     code, out, err = run_cli("verify", digest)
     assert code == 0, err
     assert out.startswith(f"ok {digest}")
+    code, out, err = run_cli("log", "--json")
+    assert code == 0 and "with provenance signed by trusted key" in out, out
+
+
+def test_import_with_an_attestation_no_key_here_verifies_says_so(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It was stored and logged "with provenance" whatever its signature: the signer is now checked at
+    import, said when no key of the home verifies it, and the log says which."""
+    _, digest = artifact
+    archive, envelope = tmp_path / "shop.tar.gz", tmp_path / "shop.intoto.json"
+    assert run_cli("export", digest, "-o", archive, "--attestation", envelope)[0] == 0
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home-without-trust"))
+    code, out, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 0, err
+    assert "graven: warning: " in err and "until this home trusts its signer" in err, err
+    code, out, err = run_cli("log", "--json")
+    assert code == 0 and "with provenance no key of this home verifies" in out, out
+    assert run_cli("verify", digest)[0] == 1
 
 
 # -- hostile archives ------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def import_archive(
     claimed one; without either, the name comes from the file name, folded to a valid one.
     """
     from graven.archive.reader import read_archive
-    from graven.service.provenance import record_attestation
+    from graven.service.provenance import check_attestation_file, load_policy, record_attestation
 
     if name is not None and not _valid_name(name):
         raise InputError(f"--name {_shown(name)} is not a valid artifact name: {_NAME_HINT}")
@@ -239,17 +239,35 @@ def import_archive(
         "origin": "import",
         "created_at": utc_now(),
     }
+    provenance = ""
+    signer = ""  # the key that verified the envelope here; "" when none did (never the envelope's hint)
+    if envelope is not None:
+        checked = check_attestation_file(envelope[0], manifest.digest, policy=load_policy(ctx))
+        if checked.ok and checked.keyid is not None:
+            signer = checked.keyid
+            provenance = f" with provenance signed by trusted key {signer[:16]}"
+            if checked.commit is not None and commit is not None and checked.commit != commit:
+                ctx.reporter.warn(
+                    f"{path.name} claims commit {commit[:12]}, its signed provenance names "
+                    f"{checked.commit[:12]}: the provenance is what verify and deploy go by"
+                )
+        else:
+            provenance = " with provenance no key of this home verifies"
+            ctx.reporter.warn(
+                f"{attestation}: {checked.reason}; it is stored, but verify and deploy refuse it "
+                "until this home trusts its signer (graven keys trust KEY.pub)"
+            )
     with ctx.db.begin() as conn:
         insert_ignore(conn, "artifacts", [row])
         if envelope is not None and envelope_digest is not None:
-            record_attestation(conn, str(manifest.digest), envelope_digest, envelope[1])
+            record_attestation(conn, str(manifest.digest), envelope_digest, signer)
         ctx.audit.append(
             conn,
             LogEvent(
                 "import",
                 artifact=str(manifest.digest),
                 commit=commit,
-                reason=f"from {path.name}" + (" with provenance" if envelope is not None else ""),
+                reason=f"from {path.name}{provenance}",
             ),
         )
     return ImportResult(
