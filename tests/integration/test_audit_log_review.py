@@ -533,6 +533,8 @@ def test_a_lost_database_does_not_start_a_new_log_under_the_old_key(
         _append(home, 1)
     report = _verify(capsys)
     assert not report["ok"]
+    code, out, err = run_cli(capsys, "log")
+    assert code == 1 and out == "" and "the audit log is empty but its key" in err, (out, err)
     code, _, err = run_cli(capsys, "keys", "generate", "--name", "second")
     assert code == 1 and "restore it from a backup" in err and "move" in err, err
     # the refused trust left no key behind: a build would otherwise sign with an untrusted key

@@ -87,6 +87,8 @@ def log_cmd(args: argparse.Namespace) -> int:
     else:
         digest = str(resolve_digest(ctx, artifact)) if artifact else None
         entries = [e for e, _ in ctx.audit.entries(env=env, artifact=digest, since=_since(since))]
+    if not entries:
+        ctx.audit.check_not_lost()  # a lost log is not "no matching entries"
     if as_json:
         emit_json([e.to_json() for e in entries])
         return 0

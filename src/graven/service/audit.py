@@ -302,11 +302,7 @@ class AuditLog:
         if not populated and self._key is None and self.in_use_path.exists() and self.key_path.exists():
             # the key has signed committed entries, and they are gone: a new log signed with the old
             # key would verify, and hide that the old one is lost (`graven log verify` says so too)
-            raise IntegrityError(
-                f"the audit log is empty but its key {self.key_path} has signed entries: the database "
-                f"({self._ctx.home.db_shown}) lost its log, or is a new one; restore it from a "
-                f"backup, or, to start a new log on purpose, move {self.key_path.parent} aside"
-            )
+            raise self._lost_error()
         key = self._signing_key(create=not populated)
         if not self._in_use_known:
             conn.after_commit(self._note_in_use)  # only committed entries make the key "used"
@@ -424,6 +420,24 @@ class AuditLog:
                 "`graven log verify`"
             )
         return origin
+
+    def _lost_error(self) -> IntegrityError:
+        return IntegrityError(
+            f"the audit log is empty but its key {self.key_path} has signed entries: the database "
+            f"({self._ctx.home.db_shown}) lost its log, or is a new one; restore it from a "
+            f"backup, or, to start a new log on purpose, move {self.key_path.parent} aside"
+        )
+
+    def check_not_lost(self) -> None:
+        """IntegrityError when the log is empty although its key signed committed entries (the
+        database lost them): what reads the log must not show an empty one as if all were well."""
+        if not (self.in_use_path.exists() and self.key_path.exists()):
+            return
+        if self._ctx.home.has_database():
+            with self._ctx.db.connect() as conn:
+                if conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None:
+                    return
+        raise self._lost_error()
 
     def entries(
         self,
