@@ -471,3 +471,30 @@ def test_a_name_that_is_not_utf8_is_reported_logged_and_healed(
     assert code == 0, err
     assert os.listdir(os.fsencode(release / "out/app")).count(b"a\xff\x1b.py") == 0
     assert drift(capsys, "staging")[0] == 0
+
+
+def test_an_owner_or_extended_attributes_graven_never_gave_are_drift_and_healed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chown, a file capability or a user.* attribute leave content and mode alone, so drift said
+    clean, and the re-hash made the new stat the verified one. They only move the ctime: the check now
+    looks at the owner and the extended attributes of such a file (and of every file in --full), and
+    heal replaces it."""
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    expected: set[tuple[str, str]] = set()
+    main, util, top = release / "out/app/main.py", release / "out/app/util.py", release / "out/top.py"
+    os.setxattr(main, "user.note", b"planted")
+    expected.add(("out/app/main.py", "attributes"))
+    if os.geteuid() == 0:
+        os.chown(util, 65534, -1)
+        os.setxattr(top, "security.capability", bytes.fromhex("0100000201000000000000000000000000000000"))
+        expected |= {("out/app/util.py", "attributes"), ("out/top.py", "attributes")}
+    for mode in ((), ("--full",), ()):  # the quick check twice: a first look must not make it clean
+        code, doc = drift(capsys, "staging", *mode)
+        assert code == 1 and found(doc) == expected, (mode, doc)
+    code, out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0, err
+    assert os.listxattr(main) == [] and util.stat().st_uid == release.stat().st_uid
+    for mode in ((), ("--full",)):
+        assert drift(capsys, "staging", *mode)[0] == 0

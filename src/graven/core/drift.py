@@ -66,6 +66,7 @@ KINDS = (
     "unknown-release",
     "config",
     "releases",
+    "attributes",
 )
 ALERT_FORMAT = "graven.drift-alert/v1"
 TEXT_PATHS = 5  # paths named in an alert's `text`
@@ -91,6 +92,7 @@ class Observed(NamedTuple):
     size: int = -1
     sha256: str | None = None
     target: str | None = None
+    attrs: str | None = None  # a file's owner or extended attributes that graven never gives one
 
 
 class Difference(Frozen):
@@ -228,6 +230,7 @@ def compare_tree(
                 and seen.mode == (0o555 if entry.executable else 0o444)
                 and seen.size == entry.size
                 and (seen.sha256 is None or seen.sha256 == entry.sha256)
+                and seen.attrs is None
             ):
                 continue  # the common case, first
             _file_differences(entry, seen, found)
@@ -289,6 +292,8 @@ def _file_differences(entry: FileEntry, seen: Observed | None, found: list[Diffe
         found.append(Difference(path, "modified", f"sha256:{entry.sha256}", _content(seen)))
     elif seen.size != entry.size:
         found.append(Difference(path, "modified", f"{entry.size} bytes", f"{seen.size} bytes"))
+    if seen.attrs is not None:
+        found.append(Difference(path, "attributes", "as deployed", seen.attrs))
 
 
 def _dir_differences(path: str, seen: Observed, found: list[Difference]) -> None:

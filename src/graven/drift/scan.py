@@ -475,9 +475,14 @@ def _fast_scan(
             if not S_ISREG(st_open.st_mode):
                 observed[entry.path] = Observed(kind_of(st_open.st_mode))
                 continue
-            observed[entry.path] = Observed("file", S_IMODE(st_open.st_mode), st_open.st_size, sha)
+            # a changed ctime with the same content: a chown, or extended attributes (a capability)
+            attrs = attribute_problem(_full, st_open, root_st.st_uid)
+            observed[entry.path] = Observed(
+                "file", S_IMODE(st_open.st_mode), st_open.st_size, sha, attrs=attrs
+            )
             if (
                 sha == entry.sha256
+                and attrs is None
                 and now_ns is not None
                 and not is_racy(st_open.st_mtime_ns, st_open.st_ctime_ns, now_ns)
             ):
@@ -733,6 +738,52 @@ def plan_split(index: ReleaseIndex, *, share: float = 0.4) -> tuple[list[str], l
     return (first, second) if second else None
 
 
+# Extended attributes the system itself gives files (a security module's label, integrity data): never
+# drift. Any other (a file capability, an ACL, user.* or trusted.*) is none that graven deployed.
+_SYSTEM_XATTRS = frozenset(
+    {"security.selinux", "security.ima", "security.evm", "security.apparmor", "security.SMACK64"}
+)
+
+
+def attribute_problem(path: str, st: os.stat_result, owner: int) -> str | None:
+    """What a deployed file at ``path`` (its lstat ``st``) has that graven never gives one, else None: an
+    owner other than ``owner`` (the release directory's: the deployer), or extended attributes such as
+    ``security.capability`` (a privilege, on a file whose content and mode are unchanged). Each such
+    change moves the file's ctime, so the fast check looks at the file again and finds it."""
+    problems: list[str] = []
+    if st.st_uid != owner:
+        problems.append(f"owner uid {st.st_uid} (deployed as {owner})")
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a filesystem without them
+        names = []
+    extra = sorted(name for name in names if name not in _SYSTEM_XATTRS)
+    if extra:
+        problems.append("extended attributes " + ", ".join(extra))
+    return "; ".join(problems) if problems else None
+
+
+def _check_attributes(base: str, index: ReleaseIndex, owner: int, walk: _Walk) -> None:
+    """The full check's look at every file's owner and extended attributes (:func:`attribute_problem`);
+    a file with a problem is reported and not cached as verified."""
+    lstat, S_ISREG, S_IMODE = os.lstat, stat.S_ISREG, stat.S_IMODE  # noqa: N806
+    for at, entry in enumerate(index.files):
+        full = f"{base}/{entry.path}"
+        try:
+            st = lstat(full)
+        except OSError:
+            continue
+        if not S_ISREG(st.st_mode):
+            continue
+        problem = attribute_problem(full, st, owner)
+        if problem is None:
+            continue
+        seen = walk.observed.get(entry.path) or Observed("file", S_IMODE(st.st_mode), st.st_size)
+        walk.verified.discard(entry.path)
+        walk.observed[entry.path] = seen._replace(attrs=problem)
+        walk.new_files[at] = None
+
+
 def _full_scan(
     base: str,
     index: ReleaseIndex,
@@ -788,6 +839,7 @@ def _full_scan(
                 and not is_racy(st_big.st_mtime_ns, st_big.st_ctime_ns, now)
             ):
                 walk.new_files[at] = _record(st_big)
+    _check_attributes(base, index, root_st.st_uid, walk)
     if progress is not None:
         progress(walk.hashed, len(index.files))
     result = ScanResult(
