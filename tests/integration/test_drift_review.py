@@ -493,7 +493,7 @@ def test_an_owner_or_extended_attributes_graven_never_gave_are_drift_and_healed(
     for mode in ((), ("--full",), ()):  # the quick check twice: a first look must not make it clean
         code, doc = drift(capsys, "staging", *mode)
         assert code == 1 and found(doc) == expected, (mode, doc)
-    code, out, err = run_cli(capsys, "heal", "staging")
+    code, _out, err = run_cli(capsys, "heal", "staging")
     assert code == 0, err
     assert os.listxattr(main) == [] and util.stat().st_uid == release.stat().st_uid
     for mode in ((), ("--full",)):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from graven import __version__
+from graven.deploy.hook_result import redact_secrets
 from graven.errors import InputError
 
 __all__ = ["NOT_DELIVERED", "QUEUE_MAX", "AlertDispatcher", "AlertSender", "Delivery"]
@@ -123,7 +124,9 @@ class AlertSender:
             raise
         if proc.returncode == 0:
             return True, "exit 0"
-        shown = _printable((tails[1].tail() or tails[0].tail()).decode("utf-8", "replace").strip())[-_TAIL:]
+        text = (tails[1].tail() or tails[0].tail()).decode("utf-8", "replace").strip()
+        # recorded in the watcher's output and the append-only audit log: no credentials in it
+        shown = _printable(redact_secrets(text))[-_TAIL:]
         return False, f"exit {proc.returncode}" + (f": {shown}" if shown else "")
 
     def _post(self, data: bytes) -> tuple[bool, str]:
@@ -141,19 +144,32 @@ class AlertSender:
                 headers={"Content-Type": "application/json", "User-Agent": f"graven/{__version__}"},
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     status = int(response.status)
                     if 200 <= status < 300:
                         return True, f"HTTP {status}" + (f" after {attempt + 1} attempts" if attempt else "")
                     last = f"HTTP {status}"
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
+                if 300 <= exc.code < 400:  # a login page or http -> https: the alert never arrived
+                    return False, f"{last}: redirects are not followed; give the webhook's final URL"
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
                     return False, last  # the receiver refuses it: retrying would not help
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"unreachable: {reason}"
         return False, f"{last} ({self.retries + 1} attempts)"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would turn the POST into a GET without the alert, and count
+    whatever answered that as the alert delivered."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _printable(text: str) -> str:

@@ -224,3 +224,42 @@ def test_watchdog_is_the_fallback(tmp_path: Path) -> None:
         notifier.unwatch("env")
     finally:
         notifier.close()
+
+
+def test_a_webhook_that_redirects_is_not_delivered() -> None:
+    """urllib followed a 302 with a GET without the alert and counted the 200 of the page it reached
+    (a login page, say) as delivered: every alert silently lost."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "/landing")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        sender = AlertSender(
+            webhook=f"http://127.0.0.1:{server.server_address[1]}/hook", retries=2, backoff=0.01
+        )
+        ok, channels = sender.send({"text": "hi"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not ok and channels["webhook"].startswith("HTTP 302: redirects are not followed"), channels
+
+
+def test_a_failing_alert_commands_output_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What it printed goes into the watcher's output and the append-only audit log."""
+    monkeypatch.setenv("SLACK_TOKEN", "supersecret123")
+    sender = AlertSender(command='cat >/dev/null; echo "token=$SLACK_TOKEN" >&2; exit 3')
+    ok, channels = sender.send({"text": "hi"})
+    assert not ok and "supersecret123" not in channels["command"] and "***" in channels["command"], channels
