@@ -118,14 +118,20 @@ class InotifyNotifier:
         self._wds[wd] = (key, directory, recursive)
         self._keys.setdefault(key, set()).add(wd)
 
+    def _add_tree(self, key: str, root: str) -> None:
+        """Watch ``root`` and every directory below it (links are not followed)."""
+        self._add(key, root, True)
+        for dirpath, dirnames, _files in os.walk(root):
+            for name in dirnames:
+                self._add(key, os.path.join(dirpath, name), True)
+
     def watch(self, key: str, root: Path, *, recursive: bool) -> None:
         """Watch ``root`` (and the directories below it)."""
         with self._lock:
-            self._add(key, str(root), recursive)
             if recursive:
-                for dirpath, dirnames, _files in os.walk(root):
-                    for name in dirnames:
-                        self._add(key, os.path.join(dirpath, name), True)
+                self._add_tree(key, str(root))
+            else:
+                self._add(key, str(root), False)
 
     def unwatch(self, key: str) -> None:
         """Remove every watch of ``key``."""
@@ -172,7 +178,8 @@ class InotifyNotifier:
                     continue
                 name = os.fsdecode(raw) if raw else None
                 if recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) and name:
-                    self._add(key, os.path.join(directory, name), True)
+                    # a tree moved in brings its own directories: each is watched, not only its top
+                    self._add_tree(key, os.path.join(directory, name))
                 changed[(key, None if recursive else name)] = None
         if overflow:
             self._callback(None, True, None)

@@ -263,3 +263,22 @@ def test_a_failing_alert_commands_output_is_redacted(monkeypatch: pytest.MonkeyP
     sender = AlertSender(command='cat >/dev/null; echo "token=$SLACK_TOKEN" >&2; exit 3')
     ok, channels = sender.send({"text": "hi"})
     assert not ok and "supersecret123" not in channels["command"] and "***" in channels["command"], channels
+
+
+def test_inotify_watches_every_directory_of_a_tree_moved_in(tmp_path: Path) -> None:
+    """Only the top of a moved-in tree was watched: an edit deeper in it waited for the periodic check."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "outside/a/b").mkdir(parents=True)
+    (tmp_path / "outside/a/b/f").write_text("x")
+    calls: list[tuple[str | None, bool, str | None]] = []
+    notifier = InotifyNotifier(lambda key, overflow, name: calls.append((key, overflow, name)))
+    try:
+        notifier.watch("env", tmp_path / "tree", recursive=True)
+        (tmp_path / "outside/a").rename(tmp_path / "tree/a")
+        assert wait_for(lambda: ("env", False, None) in calls)
+        time.sleep(0.1)
+        calls.clear()
+        (tmp_path / "tree/a/b/f").write_text("y")
+        assert wait_for(lambda: ("env", False, None) in calls)
+    finally:
+        notifier.close()
