@@ -428,3 +428,43 @@ def test_output_that_cannot_be_written_is_an_error_never_exit_0(graven_home: Pat
         os.close(write)
     assert result.returncode == 141, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["log", "--json", "verify"], "--json before a subcommand"),
+        (["log", "--since", "2020-01-01", "prove", "1"], "--since before a subcommand"),
+        (["log", "--env", "../x"], "invalid environment name"),
+        (["log", "--artifact", ""], "--artifact is empty"),
+        (["hold", "staging", "--reason", " "], "--reason is empty"),
+        (["show", "abcd", "--files", "--provenance"], "not allowed with argument --files"),
+        (["verify", "abcd", "--env", "Prod"], "invalid environment name"),
+    ],
+    ids=[
+        "log-json-first",
+        "log-since-first",
+        "log-env",
+        "log-artifact",
+        "empty-reason",
+        "show-views",
+        "verify-env",
+    ],
+)
+def test_options_that_would_be_dropped_or_mean_nothing_are_refused(
+    graven_home: Path, run_cli: Run, args: list[str], needle: str
+) -> None:
+    """Each of these was accepted and ignored (exit 0): a filter or --json dropped without a word, an
+    empty reason recorded for good, an environment name that silently meant the default keys."""
+    _assert_input_error(run_cli(*args), needle)
+
+
+def test_init_has_json_and_a_file_given_as_repository_is_named(
+    graven_home: Path, run_cli: Run, make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    (repo / "graven.toml").unlink()
+    code, out, err = run_cli("init", "-C", repo, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"path": str(repo / "graven.toml"), "name": "repo"}
+    _assert_input_error(run_cli("build", "-C", repo / "a.txt"), "a.txt: not a directory")

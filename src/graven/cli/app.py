@@ -159,6 +159,9 @@ class _Unused(ArgParser):
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
         return argparse.Action(option_strings=[], dest="unused")
 
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return self  # its arguments are dropped alike
+
 
 class _UnusedCommands:
     """Stands in for the subcommands of a group that is not being run."""
@@ -263,6 +266,9 @@ def _check_text(namespace: argparse.Namespace) -> None:
     """Refuse an argument that is not UTF-8 text (a byte that is none arrives as a surrogate escape):
     reasons, names and digests are recorded in UTF-8 databases and logs. Paths (``pathlib.Path``
     values) may hold any bytes and are checked where they are used."""
+    reason = getattr(namespace, "reason", None)
+    if isinstance(reason, str) and not reason.strip():  # recorded for good: it must say something
+        raise UsageError("--reason is empty; say why (it is recorded in the history and the audit log)")
     for name, value in vars(namespace).items():
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str) and not item.isascii():

@@ -27,10 +27,11 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
     show = add_command(commands, "show", show_cmd)
     show.add_argument("digest")
-    show.add_argument(
+    what = show.add_mutually_exclusive_group()  # one view at a time: neither is dropped in silence
+    what.add_argument(
         "--files", dest="list_files", action="store_true", help="List every entry of the artifact."
     )
-    show.add_argument("--provenance", action="store_true", help="Print the signed provenance statement.")
+    what.add_argument("--provenance", action="store_true", help="Print the signed provenance statement.")
     show.add_argument("--json", dest="as_json", action="store_true", help="Print as JSON.")
 
     verify = add_command(commands, "verify", verify_cmd)
@@ -220,6 +221,10 @@ def verify_cmd(args: argparse.Namespace) -> int:
     digest: str = args.digest
     policy: Path | None = args.policy
     env: str | None = args.env
+    if env is not None:  # a name no environment can have would fall back to the default keys
+        from graven.deploy.settings import check_env_name
+
+        check_env_name(env)
     as_json: bool = args.as_json
     rebuild: bool = args.rebuild
     rebuild_repo: Path | None = args.rebuild_repo

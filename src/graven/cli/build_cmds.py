@@ -30,6 +30,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         help="Repository to initialise (default: the current directory).",
     )
     init.add_argument("--name", help="Artifact name (default: the repository's directory name).")
+    init.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     build = add_command(commands, "build", build_cmd)
     build.add_argument("revision", nargs="?", default="HEAD", help="The revision to build (default HEAD).")
@@ -82,7 +83,10 @@ def init_cmd(args: argparse.Namespace) -> int:
         raise InputError(f"{target} already exists; edit it instead (graven init never overwrites)") from None
     except OSError as exc:
         raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    print(f"wrote {target}; commit it, then run `graven build`")
+    if args.as_json:
+        emit_json({"path": str(target), "name": name})
+    else:
+        print(f"wrote {target}; commit it, then run `graven build`")
     return 0
 
 

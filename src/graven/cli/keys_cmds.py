@@ -233,6 +233,10 @@ def attest_verify_cmd(args: argparse.Namespace) -> int:
     artifact: str = args.artifact
     policy: Path | None = args.policy
     env: str | None = args.env
+    if env is not None:  # a name no environment can have would fall back to the default keys
+        from graven.deploy.settings import check_env_name
+
+        check_env_name(env)
     as_json: bool = args.as_json
     from graven.service.context import Context
     from graven.service.provenance import check_attestation_file, load_policy

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from graven.cli.app import ArgParser, add_command, add_group
+from graven.cli.app import ArgParser, UsageError, add_command, add_group
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table, printable
 from graven.errors import InputError, NotFoundError
@@ -18,10 +18,13 @@ __all__ = ["register"]
 def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     """Add ``log`` and its subcommands verify, checkpoint, prove, consistency and export."""
     log, sub = add_group(commands, "log", _first_line(log_cmd.__doc__), log_cmd)
-    log.add_argument("--env", help="Only entries about this environment.")
-    log.add_argument("--artifact", help="Only entries about this artifact (digest or unique prefix).")
-    log.add_argument("--since", help="Only entries at or after this time (ISO 8601, UTC).")
-    log.add_argument("--json", dest="as_json", action="store_true", help="Print the entries as JSON.")
+    # their own names: a subcommand's defaults would silently replace them (`graven log --json verify`)
+    log.add_argument("--env", dest="log_env", help="Only entries about this environment.")
+    log.add_argument(
+        "--artifact", dest="log_artifact", help="Only entries about this artifact (digest or unique prefix)."
+    )
+    log.add_argument("--since", dest="log_since", help="Only entries at or after this time (ISO 8601, UTC).")
+    log.add_argument("--json", dest="log_json", action="store_true", help="Print the entries as JSON.")
 
     verify = add_command(sub, "verify", verify_cmd)
     verify.add_argument(
@@ -55,6 +58,21 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
 
 
+def _timeline_options_unused(args: argparse.Namespace) -> None:
+    """Refuse the timeline's options before a subcommand: they would be dropped without a word."""
+    given = [
+        option
+        for option, dest in (("--env", "log_env"), ("--artifact", "log_artifact"), ("--since", "log_since"))
+        if getattr(args, dest, None) is not None
+    ] + (["--json"] if getattr(args, "log_json", False) else [])
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} before a subcommand of `graven log` would not apply to it; put the "
+            "subcommand's own options after it (`graven log verify --json`)",
+            "graven log",
+        )
+
+
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
 
@@ -74,10 +92,16 @@ def _log_index(value: str) -> int:
 
 def log_cmd(args: argparse.Namespace) -> int:
     """Show the audit log as a timeline (subcommands verify and prove it)."""
-    env: str | None = args.env
-    artifact: str | None = args.artifact
-    since: str | None = args.since
-    as_json: bool = args.as_json
+    env: str | None = args.log_env
+    artifact: str | None = args.log_artifact
+    since: str | None = args.log_since
+    as_json: bool = args.log_json
+    if env is not None:
+        from graven.deploy.settings import check_env_name
+
+        check_env_name(env)
+    if artifact is not None and not artifact.strip():
+        raise InputError("--artifact is empty; give a digest or a unique prefix of one")
     from graven.service.artifacts import resolve_digest
     from graven.service.context import Context
 
@@ -139,6 +163,7 @@ def _since(value: str | None) -> str | None:
 
 def verify_cmd(args: argparse.Namespace) -> int:
     """Recompute the tree from every entry and check it against every stored checkpoint."""
+    _timeline_options_unused(args)
     all_signatures: bool = args.all_signatures
     as_json: bool = args.as_json
     from graven.service.context import Context
@@ -166,6 +191,7 @@ def checkpoint_cmd(args: argparse.Namespace) -> int:
     """Print the latest signed checkpoint (for an auditor or a witness to keep).
 
     The checkpoint is printed only when its signature verifies with the log key (else exit 1)."""
+    _timeline_options_unused(args)
     vkey: bool = args.vkey
     from graven.service.context import Context
 
@@ -181,6 +207,7 @@ def prove_cmd(args: argparse.Namespace) -> int:
     """An inclusion proof of entry INDEX (0-based) in the latest checkpoint, verifiable offline.
 
     The proof is checked against the signed root first: exit 1 when the entries no longer lead to it."""
+    _timeline_options_unused(args)
     index: int = args.index
     from graven.service.context import Context
 
@@ -192,6 +219,7 @@ def prove_cmd(args: argparse.Namespace) -> int:
 
 def consistency_cmd(args: argparse.Namespace) -> int:
     """Prove that an old checkpoint is a prefix of the current log; exit 1 on a fork."""
+    _timeline_options_unused(args)
     old_checkpoint: Path = args.old_checkpoint
     as_json: bool = args.as_json
     from graven.errors import VerificationError
@@ -224,6 +252,7 @@ def consistency_cmd(args: argparse.Namespace) -> int:
 
 def export_cmd(args: argparse.Namespace) -> int:
     """Every entry as JSON Lines, with its index and leaf hash (hex)."""
+    _timeline_options_unused(args)
     since_index: int = args.since_index
     from graven.service.context import Context
 

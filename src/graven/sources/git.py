@@ -438,7 +438,8 @@ class GitRepo:
     @staticmethod
     def _start_discover(path: Path) -> subprocess.Popen[bytes]:
         if not path.is_dir():
-            raise SourceError(f"{path}: no such directory")
+            what = "not a directory" if path.exists() else "no such directory"
+            raise SourceError(f"{path}: {what}; give the repository's directory")
         try:
             return subprocess.Popen(
                 ["git", "rev-parse", "--show-toplevel"],
