@@ -519,3 +519,24 @@ def test_an_archive_pzstd_wrote_is_read(graven_home: Path, tmp_path: Path, run_c
     doc = _imported(run_cli, _write(tmp_path / "x.tar.zst", data))
     plain = _imported(run_cli, _write(tmp_path / "y.tar", _tar(None)))
     assert doc["digest"] == plain["digest"]
+
+
+def test_a_refused_import_leaves_nothing_in_the_store(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large files went loose into the store as they were read, and a batch published each full pack
+    (256 MiB) at once: an archive refused at its last member left gigabytes behind. Everything a batch
+    writes is now published with its commit, so nothing of a refused import is stored."""
+    from graven.store import local
+
+    monkeypatch.setattr(local, "MAX_PACK_BYTES", 4096)  # a new pack every few members
+    big = os.urandom(local.LOOSE_THRESHOLD + 10)
+    archive = b"".join(_member(f"f{i}.txt", os.urandom(2000)) for i in range(8))
+    archive += _member("big.bin", big) + _member("/abs/evil", b"x") + _END
+    path = _write(tmp_path / "x.tar", archive)
+    _one_line_error(run_cli("import", path), "absolute path")
+    objects = graven_home / "objects"
+    stored = [p for p in objects.rglob("*") if p.is_file() and "tmp" not in p.relative_to(objects).parts]
+    assert stored == [], stored
+    assert list((objects / "tmp").iterdir()) == []
+    _nothing_recorded(run_cli)

@@ -276,8 +276,9 @@ def _check_text(namespace: argparse.Namespace) -> None:
                     item.encode("utf-8")
                 except UnicodeEncodeError:
                     what = name.replace("_", "-")
+                    shown = item.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                     raise UsageError(
-                        f"the argument {what} is not valid UTF-8 text; give it in UTF-8"
+                        f"the argument {what} '{shown[:80]}' is not valid UTF-8 text; use UTF-8"
                     ) from None
 
 

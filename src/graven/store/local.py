@@ -777,6 +777,17 @@ class LocalStore:
         With ``size``, exactly that many bytes are read (a short stream is an error). An intact loose
         copy is kept; a damaged one is replaced by the streamed bytes (hashed as they were written).
         """
+        tmp, digest = self._stream_to_tmp(stream, size)
+        try:
+            self._publish_loose(tmp, digest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return digest
+
+    def _stream_to_tmp(self, stream: BinaryIO, size: int | None) -> tuple[Path, Digest]:
+        """Write a stream to a fsynced temp file of the store, hashing it: the file and its digest (the
+        caller publishes it with :meth:`_publish_loose`, or removes it)."""
         fd, tmp = self._tmp_file("obj")
         hasher = hashlib.sha256()
         remaining = size
@@ -801,12 +812,10 @@ class LocalStore:
                     os.fsync(handle.fileno())
                 except OSError as exc:
                     raise self.write_error(exc) from exc
-            digest = Digest(hasher.hexdigest())
-            self._publish_loose(tmp, digest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return digest
+        return tmp, Digest(hasher.hexdigest())
 
     def put_file(self, path: Path) -> Digest:
         """Store a file from disk."""
@@ -861,6 +870,7 @@ class _PackWriter:
         self._hash = hashlib.sha256()
         self._buffer = bytearray()
         self._entries: list[tuple[bytes, int, int, int, int]] = []
+        self._sealed: list[tuple[Path, str, list[tuple[bytes, int, int, int, int]]]] = []  # to publish
         self._queue: queue.Queue[list[tuple[bytes, bytes, int, bytes, bytes | None]] | None] = queue.Queue(
             maxsize=16
         )
@@ -909,7 +919,7 @@ class _PackWriter:
     ) -> None:
         if self._fd is None or self._offset > MAX_PACK_BYTES:
             if self._fd is not None:
-                self._finish_pack()
+                self._seal_pack()
             self._open_pack()
         if payload is None:
             codec, payload = CODEC_RAW, data
@@ -942,24 +952,32 @@ class _PackWriter:
                     done += os.write(self._fd, view[done:])
             self._buffer.clear()
 
-    def _finish_pack(self) -> None:
+    def _seal_pack(self) -> None:
+        """Finish the pack being written (fsynced, still a temp file): it is published with the batch's
+        commit, not before, so that a batch that fails (a refused import past 256 MiB) leaves nothing."""
         assert self._fd is not None and self._tmp is not None
-        store = self._store
         try:
             self._flush_buffer()
             os.fsync(self._fd)
             os.close(self._fd)
-            self._fd = None
-            name = f"pack-{self._hash.hexdigest()}"
+        except OSError as exc:
+            raise BackendError(f"cannot write a pack to {self._store._packs}: {exc}") from exc
+        self._fd = None
+        self._sealed.append((self._tmp, f"pack-{self._hash.hexdigest()}", self._entries))
+        self._tmp = None
+        self._entries = []
+
+    def _publish(self, tmp: Path, name: str, entries: list[tuple[bytes, int, int, int, int]]) -> None:
+        store = self._store
+        try:
             pack = store._packs / f"{name}.pack"
-            os.chmod(self._tmp, 0o444)
+            os.chmod(tmp, 0o444)
             if pack.exists():  # same name => same bytes: never rewrite, just drop ours
-                self._tmp.unlink()
+                tmp.unlink()
             else:
-                os.rename(self._tmp, pack)
-            self._tmp = None
-            body = bytearray(IDX_MAGIC + struct.pack(">Q", len(self._entries)))
-            for entry in sorted(self._entries):
+                os.rename(tmp, pack)
+            body = bytearray(IDX_MAGIC + struct.pack(">Q", len(entries)))
+            for entry in sorted(entries):
                 body += _IDX_ENTRY.pack(*entry)
             body += hashlib.sha256(body).digest()
             fd, idx_tmp = store._tmp_file("idx")
@@ -972,21 +990,29 @@ class _PackWriter:
             _fsync_dir(store._packs)
         except OSError as exc:
             raise BackendError(f"cannot write a pack to {store._packs}: {exc}") from exc
-        self._entries = []
 
     def close(self, *, commit: bool) -> None:
-        """Stop the thread; with ``commit``, publish the last pack."""
+        """Stop the thread; with ``commit``, publish every pack of the batch, else drop them."""
         self._queue.put(None)
         self._thread.join()
-        if commit and self._error is None and self._fd is not None:
-            self._finish_pack()
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        try:
+            if commit and self._error is None and self._fd is not None:
+                self._seal_pack()
+            if commit and self._error is None:
+                while self._sealed:
+                    self._publish(*self._sealed[0])
+                    self._sealed.pop(0)
+        finally:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
+                self._tmp = None
+            for tmp, _name, _entries in self._sealed:
+                tmp.unlink(missing_ok=True)
+            self._sealed = []
         if commit and self._error is not None:
             raise self._error
 
@@ -997,6 +1023,7 @@ class PackBatch:
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._added: dict[bytes, int] = {}  # digest -> delta depth (0 = full)
+        self._loose_tmps: dict[bytes, tuple[Path, Digest]] = {}  # large objects, published at commit
         self._writer: _PackWriter | None = None
         self._pending: list[tuple[bytes, bytes, int, bytes, bytes | None]] = []
         self._pending_bytes = 0
@@ -1047,8 +1074,12 @@ class PackBatch:
             if len(data) != size:
                 raise BackendError(f"stream ended {size - len(data)} bytes early")
             return self.add(data)
-        digest = self._store.put_stream(stream, size)
-        self._added[digest.raw] = 0
+        tmp, digest = self._store._stream_to_tmp(stream, size)
+        if digest.raw in self._added or digest.raw in self._loose_tmps:
+            tmp.unlink(missing_ok=True)  # added earlier in this batch
+        else:
+            self._loose_tmps[digest.raw] = (tmp, digest)  # published with the batch's commit
+            self._added[digest.raw] = 0
         return digest
 
     def _append(self, digest: Digest, data: bytes, delta_base: Digest | None) -> None:
@@ -1110,14 +1141,27 @@ class PackBatch:
             self._pending_bytes = 0
 
     def commit(self) -> None:
-        """Make every added object visible (each pack first, then its index)."""
+        """Make every added object visible: the loose ones, then the packs (each pack first, then its
+        index). Until then nothing of the batch is (a refused import leaves nothing in the store)."""
+        try:
+            while self._loose_tmps:
+                raw = next(iter(self._loose_tmps))
+                tmp, digest = self._loose_tmps[raw]
+                self._store._publish_loose(tmp, digest)
+                del self._loose_tmps[raw]
+        except BaseException:
+            self.abort()
+            raise
         if self._writer is not None:
             self._flush_pending()
             self._writer.close(commit=True)
             self._store.refresh_index()  # our packs are visible to this store object at once
 
     def abort(self) -> None:
-        """Drop the pack being written."""
+        """Drop what the batch wrote: its packs and its loose objects' temp files."""
+        for tmp, _digest in self._loose_tmps.values():
+            tmp.unlink(missing_ok=True)
+        self._loose_tmps.clear()
         if self._writer is not None:
             self._writer.close(commit=False)
 
