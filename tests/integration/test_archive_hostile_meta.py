@@ -540,3 +540,35 @@ def test_a_refused_import_leaves_nothing_in_the_store(
     assert stored == [], stored
     assert list((objects / "tmp").iterdir()) == []
     _nothing_recorded(run_cli)
+
+
+def test_an_archive_from_standard_input_and_unread_compressions_are_named(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`graven import -` read a file named "-"; an xz archive was "not a readable tar (truncated
+    header)"; a zstd --long archive was "corrupt"."""
+    import zstandard
+
+    plain = _imported(run_cli, _write(tmp_path / "a.tar", _tar(None)))
+    read, write = os.pipe()
+    os.write(write, _tar(None))
+    os.close(write)
+    saved = os.dup(0)
+    os.dup2(read, 0)
+    try:
+        code, out, err = run_cli("import", "--json", "-")
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read)
+    assert code == 0, err
+    assert json.loads(out)["digest"] == plain["digest"]
+    _one_line_error(run_cli("import", _write(tmp_path / "x.tar.xz", b"\xfd7zXZ\x00" + b"\x00" * 100)), "xz")
+    params = zstandard.ZstdCompressionParameters.from_level(
+        3, window_log=31, enable_ldm=True, write_content_size=False
+    )
+    stream = io.BytesIO()
+    with zstandard.ZstdCompressor(compression_params=params).stream_writer(stream, closefd=False) as out:
+        out.write(_tar(None))  # streamed: the frame header keeps the 2 GiB window (as zstd --long=31)
+    long = stream.getvalue()
+    _one_line_error(run_cli("import", _write(tmp_path / "l.tar.zst", long)), "zstd --long")

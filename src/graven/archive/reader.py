@@ -79,6 +79,8 @@ def _open_stream(handle: BinaryIO) -> tuple[IO[bytes], bool]:
         import gzip
 
         return cast(IO[bytes], gzip.GzipFile(fileobj=source, mode="rb")), True
+    if magic == b"\xfd7zX":  # no tar starts so (a name that is not UTF-8); "BZh" may be a file name
+        raise InputError("xz archives are not read; give a .tar, .tar.gz or .tar.zst")
     if magic == _ZSTD_MAGIC or magic in _ZSTD_SKIPPABLE:
         import zstandard
 
@@ -240,7 +242,8 @@ def read_archive(
     """Read ``path`` (.tar, .tar.gz or .tar.zst, detected by content) into ``batch``; ``progress`` is
     called with (bytes of the file read so far, its size) after each member."""
     try:
-        handle = path.open("rb")
+        # "-": standard input (a pipe: nothing is seeked back), as for tar -f -
+        handle = os.fdopen(os.dup(0), "rb") if str(path) == "-" else path.open("rb")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
@@ -266,6 +269,11 @@ def read_archive(
             raise InputError(f"{path}: headers nested too deeply; not an archive graven reads") from None
         except Exception as exc:
             if type(exc).__module__.startswith("zstandard"):
+                if "too much memory" in str(exc):  # zstd --long: a window past zstd's default limit
+                    raise InputError(
+                        f"{path}: compressed with a zstd window larger than graven reads (zstd --long); "
+                        "recompress it without --long, or export it with graven export"
+                    ) from None
                 raise InputError(f"{path}: corrupt zstd data ({exc})") from None
             raise
     parents = {p.rpartition("/")[0] for p in (*entries, *dirs)}
