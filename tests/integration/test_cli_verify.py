@@ -309,3 +309,17 @@ def test_sigkill_while_storing_leaves_a_store_that_verifies(
     code, _, err = run_cli("verify", digest)
     assert code == 0, err
     assert _assert_store_is_whole(objects) > 3000
+
+
+def test_a_recorded_commit_the_signed_provenance_contradicts_fails_verify(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    """show, status and export go by the database's row; an edited row (or an unsigned import's claim)
+    passed verify as long as the signature did."""
+    import sqlite3
+
+    _, digest = built
+    with sqlite3.connect(graven_home / "graven.db") as db:
+        db.execute('UPDATE artifacts SET "commit" = ? WHERE digest = ?', ("f" * 40, digest))
+    code, _, err = run_cli("verify", digest)
+    assert code == 1 and "records commit ffffffffffff for it, but its signed provenance names" in err, err

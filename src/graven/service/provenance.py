@@ -315,6 +315,18 @@ def check_provenance(
         verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy.with_memo(None), env=env)
     except (VerificationError, PolicyError, InputError) as exc:
         return ProvenanceCheck(False, str(exc))
+    with ctx.db.connect() as conn:
+        recorded = conn.execute(
+            'SELECT "commit" FROM artifacts WHERE digest = :digest', {"digest": str(artifact)}
+        ).scalar_one_or_none()
+    signed = verified.statement.commit
+    if recorded is not None and signed is not None and recorded != signed:
+        # what show, status and export go by: a row edited in the database, or an unsigned import's claim
+        return ProvenanceCheck(
+            False,
+            f"this home records commit {str(recorded)[:12]} for it, but its signed provenance names "
+            f"{signed[:12]}: the database was changed, or an unsigned import claimed it",
+        )
     return _accepted(verified, envelope_digest)
 
 
