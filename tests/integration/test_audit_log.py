@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from graven.errors import IntegrityError
 from graven.home import Home
 from graven.model.logentry import LogEvent
 from graven.service.context import Context
@@ -154,6 +155,9 @@ def test_fork_fails_the_consistency_check(
                 "UPDATE log_state SET size = 5, frontier = :frontier",
                 {"frontier": ",".join(h.hex() for h in compact.hashes)},
             )
+    with pytest.raises(IntegrityError, match="but this home committed 11"):  # this home's mark sees it
+        _append(home, 1, result="forked")
+    (home / "log" / "in-use").write_text("")  # who can write the database can write the home as well
     _append(home, 6, result="forked")
     assert _verify(capsys)["ok"]  # the forked log is self-consistent...
     code, _, err = run_cli(capsys, "log", "consistency", str(old))

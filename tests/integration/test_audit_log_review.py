@@ -217,9 +217,12 @@ def test_truncating_entries_with_their_checkpoints_fails(
         db.execute("DELETE FROM log_checkpoints WHERE size > 7")
     report = _verify(capsys)
     assert not report["ok"] and report["first_bad_index"] == 7
-    assert report["problems"] == [
-        "the log state records 9 entries but only 7 are in the log: the log was truncated"
-    ]
+    assert (
+        report["problems"][0]
+        == "the log state records 9 entries but only 7 are in the log: the log was truncated"
+    )
+    # and this home's high-water mark (log/in-use) says so too, whatever the state row says
+    assert len(report["problems"]) == 2 and "but this home committed 9" in report["problems"][1]
 
 
 def test_a_changed_compact_range_fails(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -289,7 +292,9 @@ def test_consistency_with_a_kept_checkpoint_detects_truncation(
     _one_line_error(err)
     assert "truncated" in err and "the old checkpoint has 9 entries" in err
     if how == "truncate":
-        assert _verify(capsys)["ok"]  # a careful truncation passes verify: only a kept checkpoint sees it
+        # a careful truncation (state rewritten) passed verify; this home's high-water mark sees it
+        report = _verify(capsys)
+        assert not report["ok"] and any("but this home committed 9" in p for p in report["problems"])
 
 
 def test_consistency_rejects_a_checkpoint_of_another_key(
@@ -564,3 +569,30 @@ def test_entries_that_never_committed_do_not_lock_the_home(home: Path) -> None:
     assert not (home / "log" / "in-use").exists()
     _append(home, 2)  # not refused
     assert (home / "log" / "in-use").is_file()
+
+
+def test_a_database_rolled_back_to_an_older_backup_is_refused(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a restored older database verified, and the next command signed a fork of what this
+    home had committed: only an auditor's kept checkpoint could tell. log/in-use now keeps the largest
+    size this home committed (its high-water mark)."""
+    import shutil
+
+    _append(home, 3)
+    backup = home.parent / "backup.db"
+    db = sqlite3.connect(home / "graven.db")
+    try:  # a consistent copy, as a backup tool makes
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM INTO ?", (str(backup),))
+    finally:
+        db.close()
+    _append(home, 2)
+    assert (home / "log" / "in-use").read_text().split()[0] == "5"
+    for suffix in ("-wal", "-shm"):
+        (home / f"graven.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, home / "graven.db")
+    with pytest.raises(IntegrityError, match=r"the audit log has 3 entries, but this home committed 5"):
+        _append(home, 1)
+    err = _verify_fails(capsys)
+    assert "this home committed 5" in err, err

@@ -72,6 +72,14 @@ def actor_from_env(default: str) -> str:
     return default
 
 
+def _parse_high_water(data: bytes) -> tuple[int, str]:
+    """The size and the log origin written in ``log/in-use`` (empty, as older versions left it: 0)."""
+    parts = data.decode("utf-8", "replace").split()
+    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 19:
+        return 0, ""
+    return int(parts[0]), parts[1]
+
+
 class LogVerifyReport(Record):
     """What ``graven log verify`` found (at most 100 problems are kept; the rest are counted). Mutable
     (a value written by hand: graven.core.record)."""
@@ -149,7 +157,7 @@ class AuditLog:
         self._key: SigningKey | None = None
         self._public: Ed25519PublicKey | None = None
         self._origin: str | None = None
-        self._in_use_known = False  # a commit of this process wrote in-use (or found it)
+        self._committing = 0  # the log's size after this process's latest append
         self.actor = actor_from_env(ctx.actor)
 
     # -- keys and identity ------------------------------------------------------------------------
@@ -215,13 +223,45 @@ class AuditLog:
         return self._key
 
     def _note_in_use(self) -> None:
-        """Write :attr:`in_use_path` (after a commit that appended: best effort)."""
-        self._in_use_known = True
-        if self.in_use_path.exists() or not self.key_path.exists():
+        """Write :attr:`in_use_path` after a commit that appended (best effort): it exists once the key
+        signed committed entries, and holds the largest log size this home committed (its high-water
+        mark), raised under a lock, never lowered."""
+        size, origin = self._committing, self._origin
+        if not self.key_path.exists() or origin is None:
             return
+        import fcntl
+
         with contextlib.suppress(OSError):
-            fd = os.open(self.in_use_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            os.close(fd)
+            fd = os.open(self.in_use_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                marked, marked_origin = _parse_high_water(os.pread(fd, 256, 0))
+                if size > marked or origin != marked_origin:  # a log started anew: its own mark
+                    text = f"{size} {origin}\n".encode()
+                    os.pwrite(fd, text, 0)
+                    os.ftruncate(fd, len(text))
+            finally:
+                os.close(fd)
+
+    def high_water(self) -> tuple[int, str]:
+        """The largest size this home committed of the log with the given origin (:attr:`in_use_path`);
+        (0, "") when it never did, or when the file predates the mark (it was empty)."""
+        try:
+            with open(self.in_use_path, "rb") as handle:
+                return _parse_high_water(handle.read(256))
+        except OSError:
+            return 0, ""
+
+    def _rolled_back(self, size: int, origin: str | None) -> IntegrityError | None:
+        mark, marked_origin = self.high_water()
+        if size >= mark or origin != marked_origin:
+            return None
+        return IntegrityError(
+            f"the audit log has {size} entries, but this home committed {mark}: the database "
+            f"({self._ctx.home.db_shown}) was rolled back (an older backup?) and the newer entries are "
+            f"gone; restore the newest backup, or, to go on from this one on purpose, empty "
+            f"{self.in_use_path}"
+        )
 
     def _existing_key_file(self) -> Path | None:
         """The log key file (private, else public) when one exists: the log had a key."""
@@ -303,9 +343,10 @@ class AuditLog:
             # the key has signed committed entries, and they are gone: a new log signed with the old
             # key would verify, and hide that the old one is lost (`graven log verify` says so too)
             raise self._lost_error()
+        if state is not None and (rolled_back := self._rolled_back(int(state.size), origin)) is not None:
+            raise rolled_back  # appending would sign a fork of what this home committed
         key = self._signing_key(create=not populated)
-        if not self._in_use_known:
-            conn.after_commit(self._note_in_use)  # only committed entries make the key "used"
+        conn.after_commit(self._note_in_use)  # only committed entries make the key "used"
         private = key.private
         assert isinstance(private, Ed25519PrivateKey)
         if populated and (origin is None or state is None):
@@ -334,6 +375,7 @@ class AuditLog:
         data = entry.to_bytes()
         leaf = hashlib.sha256(_LEAF + data).digest()
         compact.append(leaf)
+        self._committing = compact.size  # the high-water mark once the transaction commits
         root = compact.root()
         note = sign_checkpoint(Checkpoint(origin, compact.size, root), origin, private)
         conn.execute(
@@ -644,6 +686,8 @@ class AuditLog:
         elif public is not None:
             self._check_latest(report, latest, latest_root, name, public)
         self._check_state(report, states, compact)
+        if (rolled_back := self._rolled_back(report.size, origin)) is not None and report.size:
+            report.fail(str(rolled_back), report.size)
         if report.size == 0:
             if origin is not None:
                 report.fail(f"the log has no entries but the database has its origin {origin}", 0)
