@@ -322,4 +322,4 @@ def test_a_recorded_commit_the_signed_provenance_contradicts_fails_verify(
     with sqlite3.connect(graven_home / "graven.db") as db:
         db.execute('UPDATE artifacts SET "commit" = ? WHERE digest = ?', ("f" * 40, digest))
     code, _, err = run_cli("verify", digest)
-    assert code == 1 and "records commit ffffffffffff for it, but its signed provenance names" in err, err
+    assert code == 1 and "records commit ffffffffffff for it, but no signed provenance" in err, err

@@ -321,12 +321,17 @@ def check_provenance(
         ).scalar_one_or_none()
     signed = verified.statement.commit
     if recorded is not None and signed is not None and recorded != signed:
-        # what show, status and export go by: a row edited in the database, or an unsigned import's claim
-        return ProvenanceCheck(
-            False,
-            f"this home records commit {str(recorded)[:12]} for it, but its signed provenance names "
-            f"{signed[:12]}: the database was changed, or an unsigned import claimed it",
-        )
+        # what show, status and export go by must be signed too: several commits may build the same
+        # artifact (they differ outside its files), so any trusted provenance of it may name it; none
+        # doing so is a row edited in the database, or an unsigned import's claim
+        every = verified_provenances(ctx, artifact, policy=policy.with_memo(None), env=env)
+        if all(v.statement.commit != recorded for v, _ in every):
+            return ProvenanceCheck(
+                False,
+                f"this home records commit {str(recorded)[:12]} for it, but no signed provenance of it "
+                f"names that commit (the newest names {signed[:12]}): the database was changed, or an "
+                "unsigned import claimed it",
+            )
     return _accepted(verified, envelope_digest)
 
 
