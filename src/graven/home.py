@@ -33,11 +33,23 @@ def make_private_dir(path: Path) -> None:
     except FileExistsError:
         return
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(path.parent)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
             return
+
+
+def _make_parents(directory: Path) -> None:
+    """Make ``directory`` and its missing parents 0755 (never writable by others, whatever the umask:
+    the trust check would refuse a world-writable parent graven made itself)."""
+    if directory.exists() or directory == directory.parent:
+        return
+    _make_parents(directory.parent)
+    try:
+        os.mkdir(directory, 0o755)
+    except FileExistsError:
+        return  # made meanwhile
 
 
 class Home:

@@ -609,3 +609,29 @@ def test_exporting_provenance_this_home_does_not_trust_warns(
     assert code == 0
     assert "graven: warning: no stored provenance of" in err and "verifies against this home's trust" in err
     assert again.read_bytes() == envelope.read_bytes()
+
+
+def test_a_claimed_commit_the_trusted_provenance_contradicts_is_not_recorded(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The archive's unsigned header claimed a commit, the signed provenance named another: the claim
+    was recorded (show, status), and verify then failed in that home."""
+    _, digest = artifact
+    archive, envelope = tmp_path / "shop.tar", tmp_path / "shop.intoto.json"
+    assert run_cli("export", digest, "-o", archive, "--attestation", envelope)[0] == 0
+    code, out, _ = run_cli("show", digest, "--json")
+    commit = json.loads(out)["artifact"]["commit"]
+    data = archive.read_bytes()
+    assert data.count(commit.encode()) == 1
+    archive.write_bytes(data.replace(commit.encode(), b"1" * 40))  # same length: the header still parses
+    other = tmp_path / "second-home"
+    shutil.copytree(graven_home / "trust", other / "trust")
+    monkeypatch.setenv("GRAVEN_HOME", str(other))
+    code, out, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 0 and "the signed one is recorded" in err, err
+    assert json.loads(run_cli("show", digest, "--json")[1])["artifact"]["commit"] == commit
+    assert run_cli("verify", digest)[0] == 0

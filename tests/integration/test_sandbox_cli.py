@@ -317,6 +317,7 @@ def test_without_bubblewrap_the_build_is_refused_unless_sandbox_is_none(
         "graven: error: [build] steps run in a bubblewrap sandbox, but bwrap is not installed"
     )
     assert 'apt-get install bubblewrap) or set sandbox = "none" in [build]' in err
+    assert "allow it with GRAVEN_ALLOW_UNSANDBOXED=1" in err
 
     repo2 = make_repo(tmp_path / "repo2", {"a.txt": "a\n"}, _toml(step, extra='sandbox = "none"\n'))
     # the commit alone cannot turn the sandbox off: the operator allows it (exit 1, a policy refusal)

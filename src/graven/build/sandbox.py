@@ -90,7 +90,10 @@ _NOT_MIRRORED: Final = frozenset({"proc", "dev", "tmp", "run", "build", "lost+fo
 # What bwrap itself covers read-only in a new /proc when it can (its cover_proc_dirs).
 _PROC_READ_ONLY: Final = ("sys", "sysrq-trigger", "irq", "bus")
 
-FIX: Final = 'install bubblewrap (apt-get install bubblewrap) or set sandbox = "none" in [build]'
+FIX: Final = (
+    'install bubblewrap (apt-get install bubblewrap) or set sandbox = "none" in [build] and allow it '
+    "with GRAVEN_ALLOW_UNSANDBOXED=1"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +346,14 @@ CREDENTIAL_DIRS: Final = (
     ".kube",
     ".password-store",
 )
-CREDENTIAL_FILES: Final = (".netrc", ".git-credentials", ".pypirc", ".npmrc", ".config/git/credentials")
+CREDENTIAL_FILES: Final = (
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+    ".config/git/credentials",
+    ".pgpass",  # the password GRAVEN_DB_URL's PostgreSQL connection may come from
+)
 
 
 def credential_paths(homes: Iterable[str]) -> tuple[list[Path], list[Path]]:

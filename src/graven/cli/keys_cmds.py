@@ -71,10 +71,12 @@ def generate_cmd(args: argparse.Namespace) -> int:
     as_json: bool = args.as_json
     from graven.home import Home
     from graven.signing.keys import KeyEntry, KeyStore
-    from graven.signing.trust import store_trusted_key
+    from graven.signing.trust import make_trust_dir, store_trusted_key
 
     home = Home.from_env()
     keys = KeyStore(home.keys)
+    if not no_trust:
+        make_trust_dir(home.trust)  # refused before a key is made or anything logged
 
     def log_trust(entry: KeyEntry) -> None:
         # logged before the key files are written and trusted: a trust that takes effect is never
@@ -157,7 +159,7 @@ def trust_cmd(args: argparse.Namespace) -> int:
     """Trust the public key in PEM_FILE for verifying provenance."""
     pem_file: Path = args.pem_file
     from graven.home import Home
-    from graven.signing.trust import store_trusted_key, trust_key, trusted_key_path
+    from graven.signing.trust import make_trust_dir, store_trusted_key, trust_key, trusted_key_path
 
     try:
         pem = pem_file.read_bytes()
@@ -167,6 +169,7 @@ def trust_cmd(args: argparse.Namespace) -> int:
         raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
     keyid, _ = trust_key(pem)
     home = Home.from_env()
+    make_trust_dir(home.trust)  # refused before anything is logged
     path, already = trusted_key_path(home.trust, pem)
     if not already:  # logged first, as for generate and revoke; trusting it again changes nothing
         _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")

@@ -48,6 +48,8 @@ ARTIFACT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # graven init derives
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"  # compiled when [build] env names one (start-up)
 _TOOL_NAME = r"[A-Za-z0-9_+.-]{1,255}|/[A-Za-z0-9_+./-]{1,4095}"  # likewise for [build] tools
 # Set by graven inside every build; [build] env cannot pass them through from the host.
+# What libpq reads besides GRAVEN_DB_URL: the password of graven's own database connection.
+_DATABASE_SECRETS = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE"})
 _PINNED_ENV = ("PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "LANG", "SOURCE_DATE_EPOCH", "PYTHONHASHSEED")
 
 
@@ -376,7 +378,7 @@ def _build(value: object) -> BuildSection:
             raise _fail((*loc, "env"), f"{{at}}: {name} is not an environment variable name")
         if name in _PINNED_ENV:
             raise _fail((*loc, "env"), f"{{at}}: {name} is always set by graven, never passed through")
-        if name.startswith("GRAVEN_"):  # the operator's: the database URL, the signing key, the home
+        if name.startswith("GRAVEN_") or name in _DATABASE_SECRETS:  # the operator's: never a step's
             raise _fail((*loc, "env"), f"{{at}}: {name} is graven's own setting, never passed to a step")
     tools = _get(table, "tools", loc, _strings) or []
     for name in tools:

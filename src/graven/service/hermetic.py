@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,7 +51,14 @@ from graven.build.steps import BuildLog, clean_environment, run_steps
 from graven.build.workspace import DIR_MODE, Workspace, checkout, copy_tree, ensure_inside, settle_tree
 from graven.core.paths import check_path
 from graven.db import sqlite_path
-from graven.errors import ConfigError, GravenError, IntegrityError, PolicyError, UnsafeInputError
+from graven.errors import (
+    BackendError,
+    ConfigError,
+    GravenError,
+    IntegrityError,
+    PolicyError,
+    UnsafeInputError,
+)
 from graven.model.pipeline import Pipeline
 from graven.service.context import Context
 from graven.signing.provenance import ResourceRef
@@ -183,7 +191,7 @@ def _runner(
     # an SQLite database outside the home.
     cred_dirs, cred_files = credential_paths(user_homes())
     hidden = hidden_paths(
-        [ctx.home.root, repo.root, *repo.git_dirs(), ws.root.parent, *cred_dirs],
+        [ctx.home.root, repo.root, *repo.git_dirs(), ws.root.parent, Path(tempfile.gettempdir()), *cred_dirs],
         (host_path or "").split(os.pathsep),
     )
     layout = SandboxLayout(
@@ -230,6 +238,9 @@ def _secret_files(ctx: Context) -> list[Path]:
         candidate = Path(key).expanduser()
         if candidate.is_file():
             found.append(candidate.absolute())
+    passfile = os.environ.get("PGPASSFILE", "").strip()
+    if passfile:
+        found.append(Path(passfile).expanduser().absolute())
     url = ctx.home.db_url
     if url.startswith("sqlite"):
         try:
@@ -248,6 +259,15 @@ def _empty_again(path: Path, aside: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
     path.mkdir(mode=DIR_MODE)
     os.chmod(path, DIR_MODE)
+
+
+def _fresh_devices(directory: Path) -> None:
+    """Make the sandbox's device nodes (:func:`make_private_devices`) again, if graven made them."""
+    if not directory.is_dir():
+        return
+    shutil.rmtree(directory)
+    if make_private_devices(directory) is None:
+        raise BackendError(f"cannot make the sandbox's device nodes in {directory} again")
 
 
 def _snapshot_openers(snapshot: Path, fetched: list[FetchedFile]) -> dict[str, Opener]:
@@ -359,6 +379,9 @@ def run_step_build(
                     shutil.rmtree(ws.root / "fetch-work", ignore_errors=True)  # what stays: ws.remove()
                     copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
                     _restore(ws.work, _snapshot_openers(snapshot, fetched), build.fetch.outputs)
+                    # graven's own device nodes (a root build): a fetch step owns them, and their
+                    # modes and times could carry data to the build steps
+                    _fresh_devices(ws.root / "dev")
                 settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
             ctx.reporter.progress("running build steps", 0, len(build.steps))
             run_steps(build.steps, runner=runner, log=log, timeout=build.timeout)

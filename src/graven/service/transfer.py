@@ -246,11 +246,13 @@ def import_archive(
         if checked.ok and checked.keyid is not None:
             signer = checked.keyid
             provenance = f" with provenance signed by trusted key {signer[:16]}"
-            if checked.commit is not None and commit is not None and checked.commit != commit:
-                ctx.reporter.warn(
-                    f"{path.name} claims commit {commit[:12]}, its signed provenance names "
-                    f"{checked.commit[:12]}: the provenance is what verify and deploy go by"
-                )
+            if checked.commit is not None and checked.commit != commit:
+                if commit is not None:
+                    ctx.reporter.warn(
+                        f"{path.name} claims commit {commit[:12]}, its signed provenance names "
+                        f"{checked.commit[:12]}: the signed one is recorded"
+                    )
+                row["commit"] = commit = checked.commit  # what show, status and verify go by
         else:
             provenance = " with provenance no key of this home verifies"
             ctx.reporter.warn(

@@ -106,7 +106,8 @@ def check_trust_material(path: Path, trust_dir: Path) -> None:
     does not exist) when another user could change it, as sshd's StrictModes refuses an
     ``authorized_keys`` (:mod:`graven.strictmodes`): a key added there would be trusted, a line taken
     out of ``revoked`` would un-revoke a key."""
-    absolute = os.path.abspath(path)
+    # not normalised: the kernel resolves ".." after the link before it, and so does walk()
+    absolute = os.fspath(path) if os.path.isabs(path) else os.path.join(os.getcwd(), path)
     if not os.path.exists(absolute):
         return
     walked, reached = walk(absolute)
@@ -114,9 +115,14 @@ def check_trust_material(path: Path, trust_dir: Path) -> None:
     found = first_problem(walked, {end}, files=True)
     if found is not None:
         where, problem = found
+        fix = (
+            f"chmod o-w {where}"
+            if "writable" in problem
+            else f"chown it to yourself or root, or remove {where}"
+        )
         raise ConfigError(
             f"{where} {problem}: another user could change the keys this home trusts ({trust_dir}); "
-            f"make it yours (or root's) and not writable by every user (chmod o-w {where})"
+            f"fix it ({fix})"
         )
 
 
@@ -128,6 +134,10 @@ def make_trust_dir(directory: Path) -> None:
         make_private_dir(directory)
     except OSError as exc:
         raise ConfigError(f"cannot create the trust directory {directory}: {exc.strerror}") from None
+    if not directory.is_dir():  # a dangling link (a config-management directory not made yet), a file
+        raise ConfigError(
+            f"the trust directory {directory} is not a directory; make it one (or fix the link)"
+        )
     check_trust_material(directory, directory)
 
 
