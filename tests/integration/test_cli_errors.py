@@ -468,3 +468,50 @@ def test_init_has_json_and_a_file_given_as_repository_is_named(
     assert code == 0, err
     assert json.loads(out) == {"path": str(repo / "graven.toml"), "name": "repo"}
     _assert_input_error(run_cli("build", "-C", repo / "a.txt"), "a.txt: not a directory")
+
+
+def test_a_failed_check_keeps_its_exit_code_when_the_reader_leaves_early(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """With unbuffered output (CI, Docker) the closed pipe surfaced while the command still wrote:
+    exit 141, and the failed check's 1 was lost. The rest of the output is dropped, the command ends,
+    and its code stays."""
+    from graven.signing.keys import generate_key
+
+    pub = tmp_path / "k.pub"
+    pub.write_bytes(generate_key().public.pem())
+    assert run_cli("keys", "trust", pub)[0] == 0  # the first log entry: a log key and a database
+    for suffix in ("", "-wal", "-shm"):
+        (graven_home / f"graven.db{suffix}").unlink(missing_ok=True)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "graven.cli.main", "log", "verify", "--json"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_does_not_break_the_audit_log(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """import and keys trust put the file's name in the log entry: a traceback in its UTF-8 JSON."""
+    from graven.signing.keys import generate_key
+
+    pub = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"k\xff.pub")))
+    pub.write_bytes(generate_key().public.pem())
+    code, _, err = run_cli("keys", "trust", pub)
+    assert code == 0, err
+    code, out, err = run_cli("log", "--json")
+    assert code == 0 and "k\\\\xff.pub" in out, out
+    assert run_cli("log", "verify")[0] == 0

@@ -498,3 +498,34 @@ def test_an_owner_or_extended_attributes_graven_never_gave_are_drift_and_healed(
     assert os.listxattr(main) == [] and util.stat().st_uid == release.stat().st_uid
     for mode in ((), ("--full",)):
         assert drift(capsys, "staging", *mode)[0] == 0
+
+
+def test_an_acl_a_default_acl_gave_is_not_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deploy directory's default ACL gives every new file a system.posix_acl_access attribute: the
+    full check reported every file, and heal could not make it go away."""
+    import struct
+
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    # a group entry for gid 4321 (read), as `setfacl -m g:4321:r` writes it
+    acl = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, ident)
+        for tag, perm, ident in (
+            (1, 4, 0xFFFFFFFF),
+            (4, 4, 0xFFFFFFFF),
+            (8, 4, 4321),
+            (0x10, 4, 0xFFFFFFFF),
+            (0x20, 4, 0xFFFFFFFF),
+        )
+    )
+    main = release / "out/app/main.py"
+    try:
+        os.setxattr(main, "system.posix_acl_access", acl)
+    except OSError as exc:
+        pytest.skip(f"no ACLs on this file system: {exc.strerror}")
+    assert "system.posix_acl_access" in os.listxattr(main)
+    for mode in ((), ("--full",)):
+        code, doc = drift(capsys, "staging", *mode)
+        assert code == 0, (mode, doc)

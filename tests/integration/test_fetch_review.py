@@ -318,3 +318,18 @@ def test_only_the_checked_files_of_the_fetch_reach_the_build(
     store = LocalStore.at(graven_home / "objects")
     text = store.read(Digest(_entries(run_cli, json.loads(out)["digest"])["out/report.txt"])).decode()
     assert text.splitlines() == ["no xattr", DEP, "0o644"], text
+
+
+def test_the_fetch_cannot_pass_data_through_the_sandboxs_device_nodes(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, index: Index
+) -> None:
+    """As root, /dev holds graven's own nodes, which a fetch step owns: a time or a mode set there
+    reached the offline build (unlocked data). They are made again after the fetch."""
+    fetch = [_download(index), "touch -m -d @1234567890 /dev/null || true; chmod 0604 /dev/zero || true"]
+    steps = ["mkdir -p out && stat -c '%Y %a' /dev/null /dev/zero > out/seen"]
+    repo = make_repo(tmp_path / "repo", _files(), _toml(fetch, steps))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    store = LocalStore.at(graven_home / "objects")
+    seen = store.read(Digest(_entries(run_cli, json.loads(out)["digest"])["out/seen"])).decode()
+    assert "1234567890" not in seen and "604" not in seen, seen

@@ -102,3 +102,70 @@ def test_trust_and_revoke_report_as_json(
         "changed": True,
     }
     assert json.loads(run_cli(capsys, "keys", "revoke", trusted["keyid"], "--json")[1])["changed"] is False
+
+
+@pytest.mark.parametrize("command", ["generate", "trust", "revoke"])
+@pytest.mark.parametrize("trust_dir", ["world-writable", "dangling-link"])
+def test_an_unsafe_trust_directory_is_refused_before_anything_is_logged_or_written(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, trust_dir: str
+) -> None:
+    """The check ran after the log entry (and for generate, after the key was written): a refused
+    trust/ left a logged trust and an untrusted key a build then signed with."""
+    import os
+
+    from graven.signing.keys import generate_key
+
+    home.mkdir(mode=0o700)
+    if trust_dir == "world-writable":
+        (home / "trust").mkdir()
+        os.chmod(home / "trust", 0o777)
+    else:
+        (home / "trust").symlink_to(tmp_path / "config-management-not-yet")
+    pub = tmp_path / "k.pub"
+    pub.write_bytes(generate_key().public.pem())
+    args = {
+        "generate": ["keys", "generate"],
+        "trust": ["keys", "trust", str(pub)],
+        "revoke": ["keys", "revoke", "a" * 64],
+    }
+    code, _, err = run_cli(capsys, *args[command])
+    assert code == 2 and err.startswith("graven: error: ") and err.count("\n") == 1, err
+    assert not (home / "keys").exists() or not list((home / "keys").glob("*.key"))
+    assert not (home / "graven.db").exists()  # nothing was logged: no database was even made
+
+
+def test_a_new_home_under_missing_parents_is_made_safe_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under umask 000 the missing parents were made 0777, and then refused as world-writable."""
+    import os
+    import stat
+
+    home = tmp_path / "deep" / "a" / "home"
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    old = os.umask(0)
+    try:
+        code, _, err = run_cli(capsys, "keys", "generate")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "deep").stat().st_mode) == 0o755
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_the_trust_check_walks_dot_dot_as_the_kernel_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GRAVEN_HOME=safe/link/../h opens pub/h (the link leads into pub/): the check normalised the
+    text to safe/h, which does not exist, and checked nothing."""
+    import os
+
+    pub = tmp_path / "pub"
+    (pub / "sub").mkdir(parents=True)
+    os.chmod(pub, 0o777)  # every user may rename what is in it (no sticky bit)
+    (pub / "h" / "trust").mkdir(parents=True, mode=0o700)
+    (tmp_path / "safe").mkdir()
+    (tmp_path / "safe" / "link").symlink_to(pub / "sub")
+    monkeypatch.setenv("GRAVEN_HOME", f"{tmp_path}/safe/link/../h")
+    code, _, err = run_cli(capsys, "keys", "list")
+    assert code == 2 and "is writable by every user" in err and str(pub) in err, err

@@ -199,6 +199,7 @@ def test_a_step_cannot_read_the_users_credentials(
             ".aws/credentials": "SECRET aws\n",
             ".netrc": "SECRET netrc\n",
             ".git-credentials": "SECRET git\n",
+            ".pgpass": "SECRET *:*:*:graven:pg\n",
         }
         for name, text in {**secrets, "notes.txt": "visible\n"}.items():
             (home / name).parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def test_a_step_cannot_read_the_users_credentials(
     assert "SECRET" not in report, report
     # the control: the same home is mirrored, so a file that is no credential reads as it is
     assert f"{home / 'notes.txt'}: 'visible\\n'" in report, report
-    assert len(report.splitlines()) == 5, report  # every file was tried
+    assert len(report.splitlines()) == 6, report  # every file was tried
 
 
 def test_steps_see_a_fixed_machine_and_a_clean_environment(

@@ -282,6 +282,34 @@ def _check_text(namespace: argparse.Namespace) -> None:
                     ) from None
 
 
+class _PipeGuard:
+    """The command's stdout: once a write or flush meets a closed pipe (``| head``), the rest of the
+    output is dropped and the command goes on, so that its exit code (a drift found, a failed verify)
+    is not lost to the broken pipe (see :func:`graven.cli.main.output_failed`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.broken: BrokenPipeError | None = None
+
+    def write(self, text: str) -> int:
+        if self.broken is None:
+            try:
+                return int(self._stream.write(text))
+            except BrokenPipeError as exc:
+                self.broken = exc
+        return len(text)
+
+    def flush(self) -> None:
+        if self.broken is None:
+            try:
+                self._stream.flush()
+            except BrokenPipeError as exc:
+                self.broken = exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def run(args: list[str], *, freeze_gc: bool = False) -> int:
     """Parse ``args``, run the command, map errors to exit codes; always close what was opened.
 
@@ -317,7 +345,19 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
             return 2
         if freeze_gc:
             gc.freeze()
-        return handler(namespace)
+        stdout = sys.stdout
+        guard = sys.stdout = _PipeGuard(stdout) if stdout is not None else None
+        try:
+            code = handler(namespace)
+            if guard is not None:
+                guard.flush()
+        finally:
+            sys.stdout = stdout
+        if guard is not None and guard.broken is not None:  # the reader left: the check's code stays
+            from graven.cli.main import output_failed
+
+            return output_failed(guard.broken, code)
+        return code
     except GravenError as exc:
         if verbose:
             import traceback

@@ -738,17 +738,17 @@ def plan_split(index: ReleaseIndex, *, share: float = 0.4) -> tuple[list[str], l
     return (first, second) if second else None
 
 
-# Extended attributes the system itself gives files (a security module's label, integrity data): never
-# drift. Any other (a file capability, an ACL, user.* or trusted.*) is none that graven deployed.
-_SYSTEM_XATTRS = frozenset(
-    {"security.selinux", "security.ima", "security.evm", "security.apparmor", "security.SMACK64"}
-)
+# Extended attributes that are drift: a file capability (a privilege on a file whose content and mode
+# are unchanged) and what users and administrators add (user.*, trusted.*). Not the system's own: a
+# security module's label, integrity data, nor ACLs (system.posix_acl_*, system.nfs4_acl), which a
+# deploy directory's default ACL gives every new file.
+_DRIFT_XATTRS = ("security.capability", "user.", "trusted.")
 
 
 def attribute_problem(path: str, st: os.stat_result, owner: int) -> str | None:
     """What a deployed file at ``path`` (its lstat ``st``) has that graven never gives one, else None: an
-    owner other than ``owner`` (the release directory's: the deployer), or extended attributes such as
-    ``security.capability`` (a privilege, on a file whose content and mode are unchanged). Each such
+    owner other than ``owner`` (the release directory's: the deployer), or extended attributes of
+    :data:`_DRIFT_XATTRS` (``security.capability``: a privilege). Each such
     change moves the file's ctime, so the fast check looks at the file again and finds it."""
     problems: list[str] = []
     if st.st_uid != owner:
@@ -757,7 +757,7 @@ def attribute_problem(path: str, st: os.stat_result, owner: int) -> str | None:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:  # a filesystem without them
         names = []
-    extra = sorted(name for name in names if name not in _SYSTEM_XATTRS)
+    extra = sorted(name for name in names if name.startswith(_DRIFT_XATTRS))
     if extra:
         problems.append("extended attributes " + ", ".join(extra))
     return "; ".join(problems) if problems else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from graven.core.paths import json_text
 from graven.core.record import Frozen
 from graven.errors import InputError
 from graven.model.manifest import canonical_json
@@ -68,7 +69,9 @@ class LogEvent(Frozen):
         _set(self, "artifact", artifact)
         _set(self, "commit", commit)
         _set(self, "env", env)
-        _set(self, "reason", reason)
+        # a file or directory name in the reason may hold bytes that are no UTF-8 (surrogate escapes):
+        # entries are UTF-8 JSON, so such a byte is written as \xNN
+        _set(self, "reason", None if reason is None else json_text(reason))
         _set(self, "result", result)
 
 

@@ -1075,8 +1075,13 @@ class PackBatch:
                 raise BackendError(f"stream ended {size - len(data)} bytes early")
             return self.add(data)
         tmp, digest = self._store._stream_to_tmp(stream, size)
-        if digest.raw in self._added or digest.raw in self._loose_tmps:
-            tmp.unlink(missing_ok=True)  # added earlier in this batch
+        if digest.raw in self._added or digest.raw in self._loose_tmps or digest.raw in self._store._packed():
+            tmp.unlink(missing_ok=True)  # added earlier in this batch, or stored: nothing new to keep
+        elif digest.hex in self._loose:
+            # stored loose already: nothing becomes visible, and a damaged copy is repaired at once
+            # (as put_stream does); no temp file waits for the commit, taking disk
+            self._store._publish_loose(tmp, digest)
+            self._added[digest.raw] = 0
         else:
             self._loose_tmps[digest.raw] = (tmp, digest)  # published with the batch's commit
             self._added[digest.raw] = 0

@@ -134,6 +134,10 @@ ignore = ["var/**"]
             "GRAVEN_DB_URL is graven's own setting, never passed to a step",
         ),
         (
+            '[artifact]\nname = "a"\n[build]\nsteps=["x"]\noutputs=["o"]\nenv=["PGPASSWORD"]\n',
+            "PGPASSWORD is graven's own setting, never passed to a step",
+        ),
+        (
             '[artifact]\nname = "a"\n[build]\nsteps=["x"]\noutputs=["o"]\n[build.fetch]\n'
             'steps=["f"]\nlockfiles=[]\noutputs=["w"]\n',
             "[build] fetch.lockfiles must not be empty",
