@@ -67,6 +67,7 @@ class AlertSender:
         self.timeout = timeout
         self.command_timeout = command_timeout
         self.stop = stop or threading.Event()
+        self._running: subprocess.Popen[bytes] | None = None  # the alert command at work, if any
 
     @property
     def configured(self) -> bool:
@@ -103,6 +104,21 @@ class AlertSender:
             )
         except OSError as exc:
             return False, f"cannot run: {exc.strerror}"
+        self._running = proc
+        try:
+            return self._wait_command(proc, data)
+        finally:
+            self._running = None
+
+    def kill_running(self) -> None:
+        """Kill the alert command that is running, with its process group (the watcher is stopping:
+        it must not outlive it)."""
+        proc = self._running
+        if proc is not None:
+            _kill_group(proc)
+
+    def _wait_command(self, proc: subprocess.Popen[bytes], data: bytes) -> tuple[bool, str]:
+        assert self.command is not None
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         tails = [_TailReader(proc.stdout), _TailReader(proc.stderr)]
         feeder = threading.Thread(
@@ -310,6 +326,8 @@ class AlertDispatcher:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout=timeout)
+        if self._thread.is_alive():  # an alert command still at work: it dies with the watcher
+            self.sender.kill_running()
         with self._cond:
             self._abandoned = True
             left = list(self._pending)

@@ -282,3 +282,28 @@ def test_inotify_watches_every_directory_of_a_tree_moved_in(tmp_path: Path) -> N
         assert wait_for(lambda: ("env", False, None) in calls)
     finally:
         notifier.close()
+
+
+def test_an_alert_command_at_work_does_not_outlive_the_watcher(tmp_path: Path) -> None:
+    """After SIGTERM the watcher closed its dispatcher and left a running alert command (and what it
+    started) behind, recorded as not delivered."""
+    import os
+
+    pidfile = tmp_path / "pid"
+    sender = AlertSender(command=f"cat >/dev/null; sleep 100 & echo $! > {pidfile}; wait", command_timeout=60)
+    dispatcher = AlertDispatcher(sender)
+    dispatcher.submit({"text": "hi"}, context=1)
+    assert wait_for(pidfile.exists) and wait_for(lambda: pidfile.read_text().strip() != "")
+    child = int(pidfile.read_text())
+    assert dispatcher.close(timeout=0.2) == 1
+    results = dispatcher.results()
+    assert [r.ok for r in results] == [False]
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert wait_for(gone)
