@@ -529,3 +529,30 @@ def test_an_acl_a_default_acl_gave_is_not_drift(
     for mode in ((), ("--full",)):
         code, doc = drift(capsys, "staging", *mode)
         assert code == 0, (mode, doc)
+
+
+def test_a_damaged_object_does_not_stop_the_rest_of_a_heal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Heal stopped at the first file whose store object was damaged, leaving every other difference
+    (here a file it could restore) as it was."""
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    pack = next((world.home / "objects" / "pack").glob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    at = data.find(b"TOP = 1\n")  # small objects are stored raw
+    assert at > 0
+    data[at] ^= 0x01
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    for rel, text in (("out/top.py", "TOP = 2\n"), ("out/app/util.py", "X = 2\n")):
+        path = release / rel
+        mode = path.parent.stat().st_mode
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+        path.write_text(text)
+        path.chmod(0o444)
+        path.parent.chmod(mode)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert code == 1 and "cannot restore 1 file(s)" in err and "out/top.py" in err, err
+    assert (release / "out/app/util.py").read_text() == "X = 1\n"  # healed all the same

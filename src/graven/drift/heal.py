@@ -30,9 +30,10 @@ from pathlib import Path
 
 from graven.core.drift import HealPlan, deployed_mode
 from graven.core.globs import GlobSet
+from graven.core.paths import display_path
 from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
-from graven.errors import BackendError
+from graven.errors import BackendError, IntegrityError
 from graven.model.digest import Digest
 from graven.model.manifest import FileEntry
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
@@ -341,10 +342,15 @@ def apply_heal(
                 os.mkdir(name, 0o755, dir_fd=dirs.writable(parent))
                 dirs.keep(rel)  # set to 0555 at the end
             stats.created_dirs.append(rel)
+        unrestored: list[str] = []  # a damaged or missing object: the rest of the heal is still done
         for entry in plan.files:
             parent, name = _split(entry.path)
-            with _naming(release, entry.path):
-                stats.bytes_written += _write_file(store, entry, dirs.writable(parent), name, table)
+            try:
+                with _naming(release, entry.path):
+                    stats.bytes_written += _write_file(store, entry, dirs.writable(parent), name, table)
+            except IntegrityError as exc:
+                unrestored.append(f"{display_path(entry.path)} ({exc})")
+                continue
             stats.written.append(entry.path)
         for link in plan.symlinks:
             parent, name = _split(link.path)
@@ -352,6 +358,12 @@ def apply_heal(
                 _write_link(dirs.writable(parent), name, link.target)
             stats.linked.append(link.path)
         dirs.sync()
+        if unrestored:
+            more = f" and {len(unrestored) - 3} more" if len(unrestored) > 3 else ""
+            raise IntegrityError(
+                f"cannot restore {len(unrestored)} file(s) of {release}, the rest is healed: "
+                f"{'; '.join(unrestored[:3])}{more}; `graven verify` names what the store lost"
+            )
     except OSError as exc:
         raise BackendError(f"cannot heal {release}: {exc.strerror} ({exc.filename})") from None
     finally:
