@@ -556,3 +556,33 @@ def test_a_damaged_object_does_not_stop_the_rest_of_a_heal(
     code, _out, err = run_cli(capsys, "heal", "staging")
     assert code == 1 and "cannot restore 1 file(s)" in err and "out/top.py" in err, err
     assert (release / "out/app/util.py").read_text() == "X = 1\n"  # healed all the same
+
+
+def test_a_damaged_artifact_in_one_environment_does_not_hide_the_others(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One environment's damaged manifest object stopped `graven drift` with one error: no report for
+    the healthy ones. It is now that environment's error (exit 1), and the others are checked."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok and world.deploy(v1, "prod").ok
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    import shutil
+
+    shutil.rmtree(world.home / "cache", ignore_errors=True)  # the parsed manifests: read the store
+    pack = next(
+        p for p in (world.home / "objects" / "pack").glob("*.pack") if bytes.fromhex(v2[7:]) in p.read_bytes()
+    )
+    data = bytearray(pack.read_bytes())
+    at = data.find(bytes.fromhex(v2[7:]))
+    data[at + 32 + 1 + 8 + 8 + 40] ^= 0xFF  # inside the record's payload
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    code, out, _err = run_cli(capsys, "drift", "--full", "--json")
+    doc = json.loads(out)
+    by_env = {e["env"]: e for e in doc["environments"]}
+    assert code == 1 and not doc["clean"]
+    assert by_env["prod"]["clean"] and by_env["prod"]["error"] is None
+    assert not by_env["staging"]["clean"] and by_env["staging"]["error"], by_env["staging"]
+    code, out, _err = run_cli(capsys, "drift", "--full")
+    assert code == 1 and "staging: ERROR, the check failed" in out and "prod: clean" in out, out

@@ -138,6 +138,9 @@ class HangingSender:
         self.release.wait(30)
         return True, {"webhook": "HTTP 200"}
 
+    def kill_running(self) -> None:
+        """No command runs: a webhook is abandoned, not killed."""
+
 
 def test_the_alert_queue_is_bounded_and_undelivered_alerts_are_reported() -> None:
     sender = HangingSender()

@@ -77,7 +77,9 @@ def _summary(report: DriftReport) -> str:
     how = (
         f"{report.mode} check of {report.files} files, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
     )
-    if report.clean:
+    if report.error is not None:
+        line = f"{report.env}: ERROR, the check failed ({what} at {report.path}): {report.error}"
+    elif report.clean:
         line = f"{report.env}: clean ({what} at {report.path}; {how})"
     else:
         from graven.core.drift import summarize

@@ -29,7 +29,7 @@ from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
 from graven.drift.clean import binding, encode
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.drift.walk import load_split, split_path
-from graven.errors import InputError, NotFoundError
+from graven.errors import InputError, IntegrityError, NotFoundError, PolicyError, VerificationError
 from graven.model.digest import Digest
 from graven.runtime import no_gc
 from graven.service.context import Context, utc_now
@@ -360,10 +360,26 @@ def check(
     own = session is None
     session = session or DriftSession(ctx)
     try:
-        return [
-            check_target(ctx, session, target, full=full, record=record, early=early)
-            for target in live_targets(ctx, envs)
-        ]
+        reports: list[DriftReport] = []
+        for target in live_targets(ctx, envs):
+            try:
+                reports.append(check_target(ctx, session, target, full=full, record=record, early=early))
+            except (IntegrityError, VerificationError, PolicyError) as exc:
+                # this environment's artifact is damaged or no longer trusted: said for it, and the
+                # others are still checked
+                reports.append(
+                    DriftReport(
+                        env=target.env,
+                        path=target.path,
+                        digest=target.digest,
+                        name=target.name,
+                        commit=target.commit,
+                        mode="full" if full else "fast",
+                        checked_at=utc_now(),
+                        error=str(exc),
+                    )
+                )
+        return reports
     finally:
         if own:
             session.close()

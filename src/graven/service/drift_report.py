@@ -34,6 +34,7 @@ class DriftReport(Record):
         "seconds",
         "checked_at",
         "note",
+        "error",
     )
     __slots__ = (
         "checked_at",
@@ -41,6 +42,7 @@ class DriftReport(Record):
         "differences",
         "digest",
         "env",
+        "error",
         "files",
         "hashed",
         "listed",
@@ -67,6 +69,7 @@ class DriftReport(Record):
         seconds: float = 0.0,
         checked_at: str = "",
         note: str | None = None,
+        error: str | None = None,
     ) -> None:
         self.env = env
         self.path = path
@@ -81,11 +84,12 @@ class DriftReport(Record):
         self.seconds = seconds
         self.checked_at = checked_at
         self.note = note
+        self.error = error  # the check itself failed (a damaged object of this artifact, say)
 
     @property
     def clean(self) -> bool:
-        """True when nothing drifts."""
-        return not self.differences
+        """True when nothing drifts (and the check could be made)."""
+        return not self.differences and self.error is None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form: every difference."""
@@ -111,4 +115,5 @@ class DriftReport(Record):
             "seconds": round(self.seconds, 6),
             "checked_at": self.checked_at,
             "note": self.note,
+            "error": self.error,
         }
