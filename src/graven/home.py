@@ -20,7 +20,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Home", "make_private_dir"]
+__all__ = ["Home", "make_dirs", "make_private_dir"]
 
 
 def make_private_dir(path: Path) -> None:
@@ -33,19 +33,20 @@ def make_private_dir(path: Path) -> None:
     except FileExistsError:
         return
     except FileNotFoundError:
-        _make_parents(path.parent)
+        make_dirs(path.parent)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
             return
 
 
-def _make_parents(directory: Path) -> None:
-    """Make ``directory`` and its missing parents 0755 (never writable by others, whatever the umask:
-    the trust check would refuse a world-writable parent graven made itself)."""
+def make_dirs(directory: Path) -> None:
+    """Make ``directory`` and its missing parents 0755 (``mkdir -p``, but never writable by others
+    whatever the umask: graven refuses a world-writable directory on the way to a home's trust or to
+    an environment, and must not make one itself). OSError propagates."""
     if directory.exists() or directory == directory.parent:
         return
-    _make_parents(directory.parent)
+    make_dirs(directory.parent)
     try:
         os.mkdir(directory, 0o755)
     except FileExistsError:

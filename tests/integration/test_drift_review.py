@@ -586,3 +586,44 @@ def test_a_damaged_artifact_in_one_environment_does_not_hide_the_others(
     assert not by_env["staging"]["clean"] and by_env["staging"]["error"], by_env["staging"]
     code, out, _err = run_cli(capsys, "drift", "--full")
     assert code == 1 and "staging: ERROR, the check failed" in out and "prod: clean" in out, out
+
+
+def test_a_chowned_file_in_a_release_on_disk_is_not_vouched_for_by_a_rollback(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stat check of a release on disk re-hashed a file whose ctime moved, found its content, and
+    recorded it as good: a chown (or a capability) made before a rollback then passed every quick
+    check. The release is rebuilt instead."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    old = (world.env_dir("staging") / "current").resolve()
+    assert world.deploy(world.version(2), "staging").ok
+    target = next(p for p in old.rglob("*") if p.is_file())
+    os.chown(target, 65534, -1)
+    code, _out, err = run_cli(capsys, "rollback", "staging", "--reason", "back", "--root", str(world.root))
+    assert code == 0, err
+    live = (world.env_dir("staging") / "current").resolve()
+    assert (live / target.relative_to(old)).stat().st_uid == live.stat().st_uid
+    assert drift(capsys, "staging")[0] == 0 and drift(capsys, "staging", "--full")[0] == 0
+
+
+def test_files_and_directories_graven_makes_are_never_world_writable_under_umask_000(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under umask 000 the environment's directories were made 0777, and the location check then
+    refused them."""
+    import stat as stat_module
+
+    v1 = world.build()
+    old = os.umask(0)
+    try:
+        assert world.deploy(v1, "staging").ok
+        code, _out, err = run_cli(capsys, "keys", "revoke", "b" * 64)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat_module.S_IMODE(world.env_dir("staging").stat().st_mode) & 0o022 == 0
+    assert stat_module.S_IMODE((world.home / "trust" / "revoked").stat().st_mode) == 0o644
+    assert drift(capsys, "staging")[0] == 0

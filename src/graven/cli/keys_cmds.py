@@ -201,7 +201,9 @@ def revoke_cmd(args: argparse.Namespace) -> int:
         # logged first: a revocation that takes effect is never missing from the audit log (a
         # failure between the two leaves an entry and no effect; running revoke again completes it)
         _log(home, "key-revoked", f"key {value}")
-        with path.open("a+b") as handle:
+        # 0644 whatever the umask: a revoked file everyone may write would be refused right after
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "a+b") as handle:
             handle.seek(0, os.SEEK_END)
             if handle.tell() > 0:
                 handle.seek(-1, os.SEEK_END)

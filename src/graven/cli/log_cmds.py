@@ -68,7 +68,7 @@ def _timeline_options_unused(args: argparse.Namespace) -> None:
     if given:
         raise UsageError(
             f"{', '.join(given)} before a subcommand of `graven log` would not apply to it; put the "
-            "subcommand's own options after it (`graven log verify --json`)",
+            "subcommand's own options after it (`graven log SUBCOMMAND --help` lists them)",
             "graven log",
         )
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from graven.errors import BackendError, PolicyError
+from graven.home import make_dirs
 
 __all__ = ["EnvLock", "LockHolder", "check_lock_path", "open_dir_nofollow", "read_holder", "shared_lock"]
 
@@ -89,7 +90,7 @@ def open_dir_nofollow(directory: Path, depth: int, *, create: bool = True) -> in
         raise ValueError(f"{directory} has no {depth} components to check")
     top = Path(*parts[: len(parts) - depth])  # Path() is "."
     if create:
-        top.mkdir(parents=True, exist_ok=True)
+        make_dirs(top)  # PATH and its parents: 0755 whatever the umask (the location check)
     fd = os.open(top, _DIR_OPEN)
     try:
         for name in parts[len(parts) - depth :]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from graven.core.record import Frozen, Record
+from graven.deploy.attributes import attribute_problem
 from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, IntegrityError
@@ -1099,6 +1100,11 @@ def _check_entries(
                     if store_inode is not None and store_inode(entry.sha256) == (st.st_dev, st.st_ino):
                         check.problems.append(f"{entry.path}: shares its inode with the store's object")
                         continue  # never vouched for, never linked into a next release
+                    # the same content, a new ctime: a chown or a capability is never vouched for
+                    problem = attribute_problem(f"{base}/{entry.path}", hashed[1], found.dirs[""].st_uid)
+                    if problem is not None:
+                        check.problems.append(f"{entry.path}: {problem}")
+                        continue
                     table.record(hashed[1], entry.sha256)
                     check.rehashed += 1
                 else:

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 CLEAN_FORMAT = "graven.drift-clean/v1"
-RULES = 1  # bump when what a check reports changes: older snapshots then no longer answer
+RULES = 2  # bump when what a check reports changes: older snapshots then no longer answer (2: attributes)
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from graven.core.drift import Observed, is_racy
 from graven.core.record import Frozen, Record
+from graven.deploy.attributes import attribute_problem
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.drift.walk import BIG, CHUNK, OPEN_FILE, ForkedWalk, hash_rest, kind_of, observe_raw
@@ -736,31 +737,6 @@ def plan_split(index: ReleaseIndex, *, share: float = 0.4) -> tuple[list[str], l
         second.remove("")
         first.append("")
     return (first, second) if second else None
-
-
-# Extended attributes that are drift: a file capability (a privilege on a file whose content and mode
-# are unchanged) and what users and administrators add (user.*, trusted.*). Not the system's own: a
-# security module's label, integrity data, nor ACLs (system.posix_acl_*, system.nfs4_acl), which a
-# deploy directory's default ACL gives every new file.
-_DRIFT_XATTRS = ("security.capability", "user.", "trusted.")
-
-
-def attribute_problem(path: str, st: os.stat_result, owner: int) -> str | None:
-    """What a deployed file at ``path`` (its lstat ``st``) has that graven never gives one, else None: an
-    owner other than ``owner`` (the release directory's: the deployer), or extended attributes of
-    :data:`_DRIFT_XATTRS` (``security.capability``: a privilege). Each such
-    change moves the file's ctime, so the fast check looks at the file again and finds it."""
-    problems: list[str] = []
-    if st.st_uid != owner:
-        problems.append(f"owner uid {st.st_uid} (deployed as {owner})")
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:  # a filesystem without them
-        names = []
-    extra = sorted(name for name in names if name.startswith(_DRIFT_XATTRS))
-    if extra:
-        problems.append("extended attributes " + ", ".join(extra))
-    return "; ".join(problems) if problems else None
 
 
 def _check_attributes(base: str, index: ReleaseIndex, owner: int, walk: _Walk) -> None:

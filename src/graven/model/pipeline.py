@@ -379,7 +379,11 @@ def _build(value: object) -> BuildSection:
         if name in _PINNED_ENV:
             raise _fail((*loc, "env"), f"{{at}}: {name} is always set by graven, never passed through")
         if name.startswith("GRAVEN_") or name in _DATABASE_SECRETS:  # the operator's: never a step's
-            raise _fail((*loc, "env"), f"{{at}}: {name} is graven's own setting, never passed to a step")
+            raise _fail(
+                (*loc, "env"),
+                f"{{at}}: {name} is graven's own setting, never passed to a step; remove it from "
+                "[build] env (or pass the value under another name) and commit",
+            )
     tools = _get(table, "tools", loc, _strings) or []
     for name in tools:
         if not re.fullmatch(_TOOL_NAME, name) or "/." in name:

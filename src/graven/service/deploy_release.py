@@ -15,6 +15,7 @@ from graven.deploy.settings import EnvSettings
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import exchange_dirs, fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.errors import BackendError, GravenError, InputError, IntegrityError
+from graven.home import make_dirs
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
 from graven.service.context import Context
@@ -85,7 +86,7 @@ def ensure_release(
         )
         reuse = release  # its unchanged files are still good
     try:
-        layout.releases.mkdir(parents=True, exist_ok=True)
+        make_dirs(layout.releases)
     except OSError as exc:
         raise BackendError(f"cannot create {layout.releases}: {exc.strerror}") from None
     tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"

@@ -21,6 +21,7 @@ from graven.deploy.switch import fsync_dir, link_kind, point_symlink, remove_sym
 from graven.drift.heal import HealStats, apply_heal, move_aside
 from graven.drift.scan import ReleaseIndex
 from graven.errors import BackendError, GravenError, PolicyError
+from graven.home import make_dirs
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import ROOT_PATH, check_once
@@ -85,7 +86,7 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
     release = layout.release(hex_digest)
     tmp = layout.releases / f".tmp-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        layout.releases.mkdir(parents=True, exist_ok=True)
+        make_dirs(layout.releases)
         if os.path.lexists(release):
             move_aside(release, layout.meta / "drift" / "attic")
         build_release(ctx.store, index.manifest, tmp, table)

@@ -118,7 +118,7 @@ def check_trust_material(path: Path, trust_dir: Path) -> None:
         fix = (
             f"chmod o-w {where}"
             if "writable" in problem
-            else f"chown it to yourself or root, or remove {where}"
+            else f"run graven as its owner, or chown {where} to yourself or root"
         )
         raise ConfigError(
             f"{where} {problem}: another user could change the keys this home trusts ({trust_dir}); "
