@@ -515,3 +515,35 @@ def test_a_file_name_that_is_not_utf8_does_not_break_the_audit_log(
     code, out, err = run_cli("log", "--json")
     assert code == 0 and "k\\\\xff.pub" in out, out
     assert run_cli("log", "verify")[0] == 0
+
+
+def test_an_error_line_to_a_closed_pipe_keeps_the_exit_code(graven_home: Path, tmp_path: Path) -> None:
+    """`2>&1 | head`: the error line itself met the closed pipe, and the exit was 141 instead of 2."""
+    graven = f'"{sys.executable}" -m graven.cli.main'
+    script = f'{graven} show ffff 2>&1 | (exec 0<&-; sleep 0.3); echo "${{PIPESTATUS[0]}}"'
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "2", (result.stdout, result.stderr)
+
+
+def test_a_closed_stdout_is_one_line_and_exit_1(graven_home: Path, tmp_path: Path) -> None:
+    """`graven status >&-` gave a traceback (sys.stdout is None)."""
+    for command in ("status", "artifacts --json", "keys list"):
+        result = subprocess.run(
+            ["bash", "-c", f'exec "{sys.executable}" -m graven.cli.main {command} >&-'],
+            cwd=tmp_path,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 1, (command, result.stderr)
+        assert result.stderr == "graven: error: cannot write the output: Bad file descriptor\n", result.stderr

@@ -627,3 +627,24 @@ def test_files_and_directories_graven_makes_are_never_world_writable_under_umask
     assert stat_module.S_IMODE(world.env_dir("staging").stat().st_mode) & 0o022 == 0
     assert stat_module.S_IMODE((world.home / "trust" / "revoked").stat().st_mode) == 0o644
     assert drift(capsys, "staging")[0] == 0
+
+
+def test_watch_stops_when_its_reader_goes_away(world: World, tmp_path: Path) -> None:
+    """`graven watch | head -1` never ended: its lines went to a dropped stdout for ever."""
+    import sys
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    script = (
+        f'"{sys.executable}" -m graven.cli.main watch --interval 1s staging 2>/dev/null | head -1 >/dev/null;'
+        ' echo "${PIPESTATUS[0]}"'
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env={**os.environ, "GRAVEN_HOME": str(world.home)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "141", (result.stdout, result.stderr)

@@ -282,14 +282,24 @@ def _check_text(namespace: argparse.Namespace) -> None:
                     ) from None
 
 
+# Commands whose output is the point of running them for as long as they run: when its reader goes
+# away, they stop (a closed pipe ends them with 141), as any filter in a pipeline does.
+_OWN_STDOUT = frozenset({"watch"})
+
+
 class _PipeGuard:
     """The command's stdout: once a write or flush meets a closed pipe (``| head``), the rest of the
     output is dropped and the command goes on, so that its exit code (a drift found, a failed verify)
     is not lost to the broken pipe (see :func:`graven.cli.main.output_failed`)."""
 
     def __init__(self, stream: Any) -> None:
+        self.broken: OSError | None = None
+        if stream is None:  # closed before graven started (`>&-`): written nowhere, said at the end
+            import os
+
+            stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives with the process
+            self.broken = OSError(9, "stdout is closed")
         self._stream = stream
-        self.broken: BrokenPipeError | None = None
 
     def write(self, text: str) -> int:
         if self.broken is None:
@@ -299,12 +309,17 @@ class _PipeGuard:
                 self.broken = exc
         return len(text)
 
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         if self.broken is None:
             try:
                 self._stream.flush()
             except BrokenPipeError as exc:
                 self.broken = exc
+
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -346,7 +361,9 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         if freeze_gc:
             gc.freeze()
         stdout = sys.stdout
-        guard = sys.stdout = _PipeGuard(stdout) if stdout is not None else None
+        guard: _PipeGuard | None = None
+        if command not in _OWN_STDOUT:
+            guard = sys.stdout = _PipeGuard(stdout)
         try:
             code = handler(namespace)
             if guard is not None:
@@ -417,7 +434,11 @@ def _say_error(message: str) -> None:
     from graven.cli.output import printable
 
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    sys.stderr.write(f"graven: error: {printable(first)}\n")
+    try:  # stderr may share a pipe the reader closed (`2>&1 | head`): the exit code says it all
+        sys.stderr.write(f"graven: error: {printable(first)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 # What the user fixes (a path, a permission) rather than the machine (a full disk, an I/O error).
