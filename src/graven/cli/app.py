@@ -320,7 +320,6 @@ class _PipeGuard:
             except BrokenPipeError as exc:
                 self.broken = exc
 
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 

@@ -839,10 +839,26 @@ class LocalStore:
         cutoff = time.time() - older_than
         for item in self._tmp.iterdir():
             with contextlib.suppress(OSError):
-                if item.lstat().st_mtime < cutoff:
+                if item.lstat().st_mtime < cutoff and not _writer_alive(item.name):
                     item.unlink()
                     removed += 1
         return removed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that made the temp file ``name`` (``PREFIX-PID-...``, :meth:`_tmp_file`)
+    still runs on this host: a batch keeps its files until it commits, however long it takes (a slow
+    ``curl | graven import -``), and they are not a killed writer's."""
+    parts = name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 _MIN_COMPRESS = 64  # smaller objects are stored raw
@@ -1061,9 +1077,9 @@ class PackBatch:
             except IntegrityError:  # ... and repaired when no copy verifies (loose, at once)
                 self._store._repair(digest, data)
             self._added[digest.raw] = 0
-        elif len(data) >= LOOSE_THRESHOLD and not pack:
-            self._store.put(data)
-            self._added[digest.raw] = 0
+        elif len(data) >= LOOSE_THRESHOLD and not pack:  # loose, published with the commit
+            tmp, written = self._store._stream_to_tmp(io.BytesIO(data), len(data))
+            self._keep_loose(tmp, written)
         else:
             self._append(digest, data, delta_base)
 
@@ -1075,17 +1091,28 @@ class PackBatch:
                 raise BackendError(f"stream ended {size - len(data)} bytes early")
             return self.add(data)
         tmp, digest = self._store._stream_to_tmp(stream, size)
-        if digest.raw in self._added or digest.raw in self._loose_tmps or digest.raw in self._store._packed():
-            tmp.unlink(missing_ok=True)  # added earlier in this batch, or stored: nothing new to keep
-        elif digest.hex in self._loose:
-            # stored loose already: nothing becomes visible, and a damaged copy is repaired at once
-            # (as put_stream does); no temp file waits for the commit, taking disk
-            self._store._publish_loose(tmp, digest)
-            self._added[digest.raw] = 0
-        else:
-            self._loose_tmps[digest.raw] = (tmp, digest)  # published with the batch's commit
-            self._added[digest.raw] = 0
+        self._keep_loose(tmp, digest)
         return digest
+
+    def _keep_loose(self, tmp: Path, digest: Digest) -> None:
+        """A large object written to ``tmp``: published with the batch's commit when it is new; no
+        temp file waits (taking disk) for one that is stored, which is checked instead."""
+        raw = digest.raw
+        if raw in self._added or raw in self._loose_tmps:
+            tmp.unlink(missing_ok=True)  # added earlier in this batch
+            return
+        if digest.hex in self._loose:
+            # stored loose: nothing becomes visible, and a damaged copy is repaired at once
+            self._store._publish_loose(tmp, digest)
+        elif raw in self._store._packed():
+            try:
+                self._store.verify(digest)  # a packed copy is checked, as add() checks one
+                tmp.unlink(missing_ok=True)
+            except IntegrityError:
+                self._loose_tmps[raw] = (tmp, digest)  # a good loose copy, with the commit
+        else:
+            self._loose_tmps[raw] = (tmp, digest)  # published with the batch's commit
+        self._added[raw] = 0
 
     def _append(self, digest: Digest, data: bytes, delta_base: Digest | None) -> None:
         if self._writer is None:

@@ -345,3 +345,39 @@ def test_a_large_object_the_store_has_holds_no_disk_until_the_commit(store: Loca
         digest = batch.add_stream(io.BytesIO(fresh), len(fresh))
         assert not store.has(digest)  # a new one: visible only with the commit
     assert store.has(digest)
+
+
+def test_a_large_object_added_whole_waits_for_the_commit_too(store: LocalStore) -> None:
+    """add() of 1 MiB or more (an import's manifest of 12,000 files) went loose at once: a refused
+    import left it behind."""
+    from graven.store.local import LOOSE_THRESHOLD
+
+    data = os.urandom(LOOSE_THRESHOLD + 5)
+    with pytest.raises(RuntimeError), store.batch() as batch:
+        digest = batch.add(data)
+        raise RuntimeError("refused")
+    assert not store.has(digest)
+    assert list((store.root / "tmp").iterdir()) == []
+    with store.batch() as batch:
+        batch.add(data)
+    assert store.has(digest)
+
+
+def test_the_temp_files_of_a_batch_at_work_are_not_cleaned_however_old(store: LocalStore) -> None:
+    """clean_tmp removed every temp file a day old: a batch still at work (a slow import from a pipe)
+    then failed at its commit."""
+    import io
+
+    from graven.store.local import LOOSE_THRESHOLD
+
+    data = os.urandom(LOOSE_THRESHOLD + 1)
+    with store.batch() as batch:
+        digest = batch.add_stream(io.BytesIO(data), len(data))
+        for item in (store.root / "tmp").iterdir():
+            os.utime(item, (0, 0))  # as if written two days ago
+        assert store.clean_tmp() == 0
+    assert store.has(digest)
+    dead = store.root / "tmp" / "obj-999999999-1-1"  # a writer that is gone
+    dead.write_bytes(b"x")
+    os.utime(dead, (0, 0))
+    assert store.clean_tmp() == 1
