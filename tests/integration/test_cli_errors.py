@@ -547,3 +547,14 @@ def test_a_closed_stdout_is_one_line_and_exit_1(graven_home: Path, tmp_path: Pat
         )
         assert result.returncode == 1, (command, result.stderr)
         assert result.stderr == "graven: error: cannot write the output: Bad file descriptor\n", result.stderr
+
+
+def test_an_actor_that_is_not_utf8_is_recorded_not_a_traceback(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRAVEN_ACTOR (or a CI's user name) with a byte that is no UTF-8 crashed every logged command."""
+    monkeypatch.setenv("GRAVEN_ACTOR", os.fsdecode(b"bad\xffactor"))
+    code, _, err = run_cli("keys", "revoke", "c" * 64)
+    assert code == 0, err
+    code, out, _ = run_cli("log", "--json")
+    assert code == 0 and json.loads(out)[-1]["actor"] == "bad\\xffactor", out

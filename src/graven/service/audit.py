@@ -34,6 +34,7 @@ from graven.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from graven.core.paths import json_text
 from graven.core.record import Record
 from graven.db import Connection, Row
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
@@ -59,7 +60,12 @@ _EMPTY_LOG = "the audit log is empty: nothing was logged yet"
 
 
 def actor_from_env(default: str) -> str:
-    """Who acts: a CI identity when running in CI, else ``user@host``."""
+    """Who acts: a CI identity when running in CI, else ``user@host``; a byte that is no UTF-8 (in an
+    environment variable) as ``\\xNN``, since it is recorded in UTF-8 logs and tables."""
+    return json_text(_actor(default))
+
+
+def _actor(default: str) -> str:
     env = os.environ
     if env.get("GITHUB_ACTIONS") == "true":
         who, repo, run = (env.get(k, "?") for k in ("GITHUB_ACTOR", "GITHUB_REPOSITORY", "GITHUB_RUN_ID"))

@@ -144,4 +144,6 @@ class Context(Record):
             user = getpass.getuser()
         except (KeyError, OSError):
             user = "unknown"
-        return f"{user}@{os.uname().nodename}"  # gethostname(), without importing socket
+        from graven.core.paths import json_text
+
+        return json_text(f"{user}@{os.uname().nodename}")  # gethostname(), without importing socket
