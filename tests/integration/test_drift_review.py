@@ -648,3 +648,25 @@ def test_watch_stops_when_its_reader_goes_away(world: World, tmp_path: Path) -> 
         timeout=60,
     )
     assert result.stdout.strip() == "141", (result.stdout, result.stderr)
+
+
+def test_a_chowned_directory_or_a_chown_of_the_whole_release_is_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The owner was compared for files only, against the release directory's: `chown nobody dir` and
+    `chown -R nobody releases/<hex>` were clean. The reference is now the deployer (PATH/.graven's
+    owner), and directories and the release directory are compared too."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    os.chown(release / "out/app", 65534, -1)
+    for mode in ((), ("--full",)):
+        code, doc = drift(capsys, "staging", *mode)
+        assert code == 1 and ("out/app", "attributes") in found(doc), (mode, doc)
+    for path in [release, *release.rglob("*")]:
+        os.chown(path, 65534, -1, follow_symlinks=False)
+    for mode in ((), ("--full",)):
+        code, doc = drift(capsys, "staging", *mode)
+        assert code == 1 and (".", "attributes") in found(doc), (mode, doc)
+        assert ("out/top.py", "attributes") in found(doc) or mode == (), (mode, doc)

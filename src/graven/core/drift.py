@@ -207,6 +207,7 @@ def compare_tree(
     dirs: AbstractSet[str] | None = None,
     verified: AbstractSet[str] = frozenset(),
     root_mode: int | None = None,
+    root_attrs: str | None = None,
 ) -> list[Difference]:
     """Every difference between ``manifest`` and the observed tree (paths relative to the release),
     sorted by path bytes then kind; paths matching ``ignore`` are left out. ``dirs``: the manifest's
@@ -216,6 +217,8 @@ def compare_tree(
     found: list[Difference] = []
     if root_mode is not None and root_mode != DIR_MODE:
         found.append(Difference(".", "mode", f"{DIR_MODE:04o}", f"{root_mode:04o}"))
+    if root_attrs is not None:
+        found.append(Difference(".", "attributes", "as deployed", root_attrs))
     if dirs is None:
         dirs = expected_dirs(manifest)
     get = observed.get
@@ -299,8 +302,11 @@ def _file_differences(entry: FileEntry, seen: Observed | None, found: list[Diffe
 def _dir_differences(path: str, seen: Observed, found: list[Difference]) -> None:
     if seen.kind != "dir":
         found.append(Difference(path, "type", "dir", seen.kind))
-    elif seen.mode != DIR_MODE:
+        return
+    if seen.mode != DIR_MODE:
         found.append(Difference(path, "mode", f"{DIR_MODE:04o}", f"{seen.mode:04o}"))
+    if seen.attrs is not None:
+        found.append(Difference(path, "attributes", "as deployed", seen.attrs))
 
 
 def _content(seen: Observed) -> str:

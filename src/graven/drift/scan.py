@@ -221,7 +221,17 @@ class ReleaseIndex(Frozen):
 class ScanResult(Record):
     """What a scan observed, and what it verified."""
 
-    __slots__ = ("cache", "files", "hashed", "listed", "observed", "root_missing", "root_mode", "verified")
+    __slots__ = (
+        "cache",
+        "files",
+        "hashed",
+        "listed",
+        "observed",
+        "root_attrs",
+        "root_missing",
+        "root_mode",
+        "verified",
+    )
     _fields = ("observed", "verified", "root_mode", "root_missing", "files", "hashed", "listed", "cache")
     observed: dict[str, Observed]
     verified: set[str]  # files known to be exactly as deployed
@@ -246,6 +256,7 @@ class ScanResult(Record):
         self.observed = {} if observed is None else observed
         self.verified = set() if verified is None else verified
         self.root_mode = root_mode
+        self.root_attrs: str | None = None  # the release directory's owner, when not the deployer's
         self.root_missing = root_missing
         self.files = files
         self.hashed = hashed
@@ -308,6 +319,7 @@ def scan_release(
         return ScanResult(root_missing=True)
     if cache is not None and cache.dev != root_st.st_dev:
         cache = None
+    owner = deployer_uid(root, root_st)
     if full:
         fork = can_fork() if parallel is None else parallel
         if child is None and fork and split_hint is not None and "" in split_hint[0] and split_hint[1]:
@@ -324,12 +336,14 @@ def scan_release(
                 parallel=parallel,
                 child=child,
                 split=split_hint if child is not None else None,
+                owner=owner,
             )
         except BaseException:
             if child is not None:
                 child.cancel()  # stopped, not waited for (a no-op once its result was read)
             raise
         scanned.root_mode = stat.S_IMODE(root_st.st_mode)
+        scanned.root_attrs = _root_attrs(root_st, owner)
         return scanned
     if child is not None:  # only a full scan takes one
         child.cancel()
@@ -343,9 +357,26 @@ def scan_release(
         table=table,
         cache=cache,
         now_ns=now_ns,
+        owner=owner,
     )
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
+    scanned.root_attrs = _root_attrs(root_st, owner)
     return scanned
+
+
+def deployer_uid(release: Path, root_st: os.stat_result) -> int:
+    """Who deployed the release at ``release`` (``PATH/releases/<hex>``): the owner of ``PATH/.graven``,
+    which graven made and a ``chown -R`` of the release does not reach; the release directory's own
+    owner when there is none."""
+    try:
+        meta = os.lstat(release.parent.parent / ".graven")
+    except OSError:
+        return root_st.st_uid
+    return meta.st_uid if stat.S_ISDIR(meta.st_mode) else root_st.st_uid
+
+
+def _root_attrs(root_st: os.stat_result, owner: int) -> str | None:
+    return None if root_st.st_uid == owner else f"owner uid {root_st.st_uid} (deployed as {owner})"
 
 
 def _fast_scan(
@@ -357,6 +388,7 @@ def _fast_scan(
     table: Callable[[], tuple[StatTable | None, int | None]] | None,
     cache: VerifiedCache | None,
     now_ns: int | None,
+    owner: int,
 ) -> ScanResult:
     result = ScanResult()
     observed = result.observed
@@ -415,6 +447,10 @@ def _fast_scan(
         except OSError:
             continue
         result.listed += 1
+        # a changed ctime: a chown of the directory (its new owner could replace what is in it)
+        attrs = attribute_problem(full_path, st, owner) if rel else None
+        if attrs is not None:
+            observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
         expected = index.children.get(rel, frozenset())
         extra = [n for n in names if n not in expected]
         for name in extra:
@@ -424,7 +460,12 @@ def _fast_scan(
                 observed[path] = seen
                 if seen.kind == "dir":
                     _walk_added(base, path, observed)
-        if not extra and now_ns is not None and not is_racy(st.st_mtime_ns, st.st_ctime_ns, now_ns):
+        if (
+            not extra
+            and attrs is None
+            and now_ns is not None
+            and not is_racy(st.st_mtime_ns, st.st_ctime_ns, now_ns)
+        ):
             new_dirs[i] = record
     to_hash: list[tuple[int, str, os.stat_result]] = []
     all_good = len(good_dirs) == len(index.dirs)
@@ -477,7 +518,7 @@ def _fast_scan(
                 observed[entry.path] = Observed(kind_of(st_open.st_mode))
                 continue
             # a changed ctime with the same content: a chown, or extended attributes (a capability)
-            attrs = attribute_problem(_full, st_open, root_st.st_uid)
+            attrs = attribute_problem(_full, st_open, owner)
             observed[entry.path] = Observed(
                 "file", S_IMODE(st_open.st_mode), st_open.st_size, sha, attrs=attrs
             )
@@ -758,6 +799,20 @@ def _check_attributes(base: str, index: ReleaseIndex, owner: int, walk: _Walk) -
         walk.verified.discard(entry.path)
         walk.observed[entry.path] = seen._replace(attrs=problem)
         walk.new_files[at] = None
+    for rel in index.dirs:  # a directory another user owns lets that user replace what is in it
+        if not rel:
+            continue
+        full = f"{base}/{rel}"
+        try:
+            st = lstat(full)
+        except OSError:
+            continue
+        found = walk.observed.get(rel)
+        if found is None or found.kind != "dir":
+            continue
+        problem = attribute_problem(full, st, owner)
+        if problem is not None:
+            walk.observed[rel] = found._replace(attrs=problem)
 
 
 def _full_scan(
@@ -771,6 +826,7 @@ def _full_scan(
     parallel: bool | None = None,
     child: ForkedWalk | None = None,
     split: tuple[list[str], list[str]] | None = None,
+    owner: int,
 ) -> ScanResult:
     fork = can_fork() and len(index.files) >= SPLIT_MIN_FILES if parallel is None else parallel
     if child is None and fork:
@@ -815,7 +871,7 @@ def _full_scan(
                 and not is_racy(st_big.st_mtime_ns, st_big.st_ctime_ns, now)
             ):
                 walk.new_files[at] = _record(st_big)
-    _check_attributes(base, index, root_st.st_uid, walk)
+    _check_attributes(base, index, owner, walk)
     if progress is not None:
         progress(walk.hashed, len(index.files))
     result = ScanResult(

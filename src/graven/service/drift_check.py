@@ -211,6 +211,7 @@ def _check_now(
                 dirs=index.dir_set,
                 verified=scan.verified,
                 root_mode=scan.root_mode,
+                root_attrs=scan.root_attrs,
             )
         )
     if scan.cache is not None:
@@ -218,7 +219,12 @@ def _check_now(
     if diffs or note is not None or target.pending is not None:
         _discard_clean(layout)  # what the last clean check saw no longer answers for this release
     elif not ignore.patterns or not compare_tree(  # a verdict that rests on ignore globs is not kept
-        index.manifest, scan.observed, dirs=index.dir_set, verified=scan.verified, root_mode=scan.root_mode
+        index.manifest,
+        scan.observed,
+        dirs=index.dir_set,
+        verified=scan.verified,
+        root_mode=scan.root_mode,
+        root_attrs=scan.root_attrs,
     ):
         _save_clean(ctx, layout, target, seen, index, scan.cache or cache, trust)
     report = DriftReport(
