@@ -596,3 +596,22 @@ def test_a_database_rolled_back_to_an_older_backup_is_refused(
         _append(home, 1)
     err = _verify_fails(capsys)
     assert "this home committed 5" in err, err
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_a_high_water_mark_that_cannot_be_kept_is_refused(
+    home: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """log/in-use as a symlink or a directory silently switched the high-water mark off (writes never
+    follow a link)."""
+    _append(home, 2)
+    in_use = home / "log" / "in-use"
+    in_use.unlink()
+    if kind == "symlink":
+        (home / "elsewhere").write_text("2 x\n")
+        in_use.symlink_to(home / "elsewhere")
+    else:
+        in_use.mkdir()
+    with pytest.raises(IntegrityError, match="is not a file"):
+        _append(home, 1)
+    assert "is not a file" in _verify_fails(capsys)

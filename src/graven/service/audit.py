@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,15 @@ class AuditLog:
             return 0, ""
 
     def _rolled_back(self, size: int, origin: str | None) -> IntegrityError | None:
+        try:
+            st = os.lstat(self.in_use_path)
+        except OSError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):  # its mark could never be kept
+            return IntegrityError(
+                f"{self.in_use_path} is not a file (a symlink or a directory): this home's high-water "
+                "mark of the log cannot be kept there; remove it (graven writes it again)"
+            )
         mark, marked_origin = self.high_water()
         if size >= mark or origin != marked_origin:
             return None
