@@ -6,8 +6,9 @@ only the ctime; the drift checks (:mod:`graven.drift.scan`) and the stat check o
 from __future__ import annotations
 
 import os
+import stat
 
-__all__ = ["attribute_problem"]
+__all__ = ["attribute_problem", "deployer_uid"]
 
 # Extended attributes that are drift: a file capability (a privilege on a file whose content and mode
 # are unchanged) and what users and administrators add (user.*, trusted.*). Not the system's own: a
@@ -16,8 +17,25 @@ __all__ = ["attribute_problem"]
 _DRIFT_XATTRS = ("security.capability", "user.", "trusted.")
 
 
-def attribute_problem(path: str, st: os.stat_result, owner: int) -> str | None:
-    """What a deployed file at ``path`` (its lstat ``st``) has that graven never gives one, else None: an
+def deployer_uid(release: str, root_st: os.stat_result | None = None) -> int:
+    """Who deployed the release at ``release`` (``PATH/releases/<hex>``): the owner of ``PATH/.graven``,
+    which graven made and a ``chown -R`` of the release does not reach; the release directory's own
+    owner when there is none (-1 when neither can be read)."""
+    try:
+        meta = os.lstat(os.path.join(os.path.dirname(os.path.dirname(release)), ".graven"))
+        if stat.S_ISDIR(meta.st_mode):
+            return meta.st_uid
+    except OSError:
+        pass
+    try:
+        return (root_st or os.lstat(release)).st_uid
+    except OSError:
+        return -1
+
+
+def attribute_problem(path: str | int, st: os.stat_result, owner: int) -> str | None:
+    """What a deployed file at ``path`` (or open as that descriptor; its lstat ``st``) has that graven
+    never gives one, else None: an
     owner other than ``owner`` (the release directory's: the deployer), or extended attributes of
     :data:`_DRIFT_XATTRS` (``security.capability``: a privilege). Each such
     change moves the file's ctime, so the fast check looks at the file again and finds it."""
@@ -25,7 +43,7 @@ def attribute_problem(path: str, st: os.stat_result, owner: int) -> str | None:
     if st.st_uid != owner:
         problems.append(f"owner uid {st.st_uid} (deployed as {owner})")
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path) if isinstance(path, int) else os.listxattr(path, follow_symlinks=False)
     except OSError:  # a filesystem without them
         names = []
     extra = sorted(name for name in names if name.startswith(_DRIFT_XATTRS))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from graven.core.drift import Observed, is_racy
 from graven.core.record import Frozen, Record
-from graven.deploy.attributes import attribute_problem
+from graven.deploy.attributes import attribute_problem, deployer_uid
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.drift.walk import BIG, CHUNK, OPEN_FILE, ForkedWalk, hash_rest, kind_of, observe_raw
@@ -319,7 +319,7 @@ def scan_release(
         return ScanResult(root_missing=True)
     if cache is not None and cache.dev != root_st.st_dev:
         cache = None
-    owner = deployer_uid(root, root_st)
+    owner = deployer_uid(str(root), root_st)
     if full:
         fork = can_fork() if parallel is None else parallel
         if child is None and fork and split_hint is not None and "" in split_hint[0] and split_hint[1]:
@@ -336,7 +336,6 @@ def scan_release(
                 parallel=parallel,
                 child=child,
                 split=split_hint if child is not None else None,
-                owner=owner,
             )
         except BaseException:
             if child is not None:
@@ -362,17 +361,6 @@ def scan_release(
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
     scanned.root_attrs = _root_attrs(root_st, owner)
     return scanned
-
-
-def deployer_uid(release: Path, root_st: os.stat_result) -> int:
-    """Who deployed the release at ``release`` (``PATH/releases/<hex>``): the owner of ``PATH/.graven``,
-    which graven made and a ``chown -R`` of the release does not reach; the release directory's own
-    owner when there is none."""
-    try:
-        meta = os.lstat(release.parent.parent / ".graven")
-    except OSError:
-        return root_st.st_uid
-    return meta.st_uid if stat.S_ISDIR(meta.st_mode) else root_st.st_uid
 
 
 def _root_attrs(root_st: os.stat_result, owner: int) -> str | None:
@@ -561,6 +549,7 @@ class _Walk:
         skip: frozenset[str] = frozenset(),
     ) -> None:
         self.base = base
+        self.owner = deployer_uid(base, root_st)  # whom every file and directory must belong to
         self.hasher = hasher  # None: big files are hashed by the walker itself
         self.skip = skip  # directories that are someone else's starting point
         self.big: list[tuple[str, Future[HashResult]]] = []
@@ -621,6 +610,7 @@ class _Walk:
         S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
         keep = self.now is not None
         now = self.now or 0
+        owner = self.owner
         subdirs: list[str] = []
         hashed = 0
         try:
@@ -655,6 +645,7 @@ class _Walk:
                             continue
                         else:
                             sha = hash_rest(fd, b"")
+                        attrs = attribute_problem(fd, st, owner)
                     except OSError as exc:
                         observed[path] = Observed("file", 0, -1, f"unreadable: {exc.strerror}")
                         continue
@@ -663,8 +654,8 @@ class _Walk:
                     hashed += 1
                     at = positions.get(path, -1)
                     expected_file = files[at] if at >= 0 else None
-                    if expected_file is None or sha != expected_file.sha256:
-                        observed[path] = Observed("file", S_IMODE(st.st_mode), size, sha)
+                    if expected_file is None or sha != expected_file.sha256 or attrs is not None:
+                        observed[path] = Observed("file", S_IMODE(st.st_mode), size, sha, attrs=attrs)
                         continue
                     if S_IMODE(st.st_mode) == (0o555 if expected_file.executable else 0o444):
                         verified.add(path)  # exactly as deployed: nothing to compare
@@ -677,7 +668,8 @@ class _Walk:
                         st = item.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    observed[path] = Observed("dir", S_IMODE(st.st_mode), st.st_size)
+                    attrs = attribute_problem(f"{directory}/{name}", st, owner)
+                    observed[path] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
                     self.dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
                     if path not in self.skip:
                         subdirs.append(path)
@@ -705,7 +697,7 @@ class _Walk:
             if name not in children.get(parent, ()):
                 extra_dirs.add(parent)
             at = positions.get(path, -1)
-            if at < 0 or raw[0] != "file" or raw[3] != files[at].sha256:
+            if at < 0 or raw[0] != "file" or raw[3] != files[at].sha256 or raw[5] is not None:
                 seen_at[path] = Observed(*raw)
                 continue
             if raw[1] == (0o555 if files[at].executable else 0o444):
@@ -780,41 +772,6 @@ def plan_split(index: ReleaseIndex, *, share: float = 0.4) -> tuple[list[str], l
     return (first, second) if second else None
 
 
-def _check_attributes(base: str, index: ReleaseIndex, owner: int, walk: _Walk) -> None:
-    """The full check's look at every file's owner and extended attributes (:func:`attribute_problem`);
-    a file with a problem is reported and not cached as verified."""
-    lstat, S_ISREG, S_IMODE = os.lstat, stat.S_ISREG, stat.S_IMODE  # noqa: N806
-    for at, entry in enumerate(index.files):
-        full = f"{base}/{entry.path}"
-        try:
-            st = lstat(full)
-        except OSError:
-            continue
-        if not S_ISREG(st.st_mode):
-            continue
-        problem = attribute_problem(full, st, owner)
-        if problem is None:
-            continue
-        seen = walk.observed.get(entry.path) or Observed("file", S_IMODE(st.st_mode), st.st_size)
-        walk.verified.discard(entry.path)
-        walk.observed[entry.path] = seen._replace(attrs=problem)
-        walk.new_files[at] = None
-    for rel in index.dirs:  # a directory another user owns lets that user replace what is in it
-        if not rel:
-            continue
-        full = f"{base}/{rel}"
-        try:
-            st = lstat(full)
-        except OSError:
-            continue
-        found = walk.observed.get(rel)
-        if found is None or found.kind != "dir":
-            continue
-        problem = attribute_problem(full, st, owner)
-        if problem is not None:
-            walk.observed[rel] = found._replace(attrs=problem)
-
-
 def _full_scan(
     base: str,
     index: ReleaseIndex,
@@ -826,7 +783,6 @@ def _full_scan(
     parallel: bool | None = None,
     child: ForkedWalk | None = None,
     split: tuple[list[str], list[str]] | None = None,
-    owner: int,
 ) -> ScanResult:
     fork = can_fork() and len(index.files) >= SPLIT_MIN_FILES if parallel is None else parallel
     if child is None and fork:
@@ -862,16 +818,19 @@ def _full_scan(
             walk.observed[path] = Observed(kind_of(st_big.st_mode))
         else:
             walk.hashed += 1
-            walk.observed[path] = Observed("file", stat.S_IMODE(st_big.st_mode), st_big.st_size, sha)
+            attrs = attribute_problem(f"{base}/{path}", st_big, walk.owner)
+            walk.observed[path] = Observed(
+                "file", stat.S_IMODE(st_big.st_mode), st_big.st_size, sha, attrs=attrs
+            )
             at = positions.get(path)
             if (
                 now_ns is not None
                 and at is not None
+                and attrs is None
                 and sha == files[at].sha256
                 and not is_racy(st_big.st_mtime_ns, st_big.st_ctime_ns, now)
             ):
                 walk.new_files[at] = _record(st_big)
-    _check_attributes(base, index, owner, walk)
     if progress is not None:
         progress(walk.hashed, len(index.files))
     result = ScanResult(

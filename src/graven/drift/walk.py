@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from graven.core.paths import check_path
+from graven.deploy.attributes import attribute_problem, deployer_uid
 from graven.deploy.recordkey import read_record_file
 from graven.errors import UnsafeInputError
 
@@ -75,6 +76,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
     observed: dict[str, tuple[Any, ...]] = {}
     stats: dict[str, tuple[int, int, int, int, int]] = {}
     dir_records: dict[str, tuple[int, int, int]] = {}
+    owner = deployer_uid(base)
     fopen, fstat, close, read, sha256 = os.open, os.fstat, os.close, os.read, hashlib.sha256
     S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
     stack = [(rel, True) for rel in start]
@@ -112,20 +114,22 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
                             sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
                         else:
                             sha = hash_rest(fd, b"")
+                        attrs = attribute_problem(fd, st, owner)
                     except OSError as exc:
                         observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
                         continue
                     finally:
                         close(fd)
                     hashed += 1
-                    observed[path] = ("file", S_IMODE(st.st_mode), size, sha, None)
+                    observed[path] = ("file", S_IMODE(st.st_mode), size, sha, None, attrs)
                     stats[path] = (st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
                 elif item.is_dir(follow_symlinks=False):
                     try:
                         st = item.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None)
+                    attrs = attribute_problem(f"{base}/{path}", st, owner)
+                    observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None, attrs)
                     dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
                     if path not in skip:
                         stack.append((path, False))

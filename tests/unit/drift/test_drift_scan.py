@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from graven.core.drift import compare_tree
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import VerifiedCache, fs_clock
@@ -255,3 +257,26 @@ def test_the_forked_full_scan_finds_what_one_walker_finds(tmp_path: Path) -> Non
         ["t3/s1/f5.txt", "mode"],
         ["t5/s4/new.txt", "added"],
     ]
+
+
+def test_the_forked_walker_reports_owners_and_extended_attributes(tmp_path: Path) -> None:
+    """The child of a full check (half the release, 1,000 files and more) reads each file's owner and
+    extended attributes as the parent's walker does."""
+    import marshal
+
+    from graven.drift.walk import raw_walk
+
+    (tmp_path / ".graven").mkdir()
+    release = tmp_path / "releases" / "r"
+    (release / "d").mkdir(parents=True)
+    (release / "d" / "plain").write_text("a")
+    marked = release / "d" / "marked"
+    marked.write_text("b")
+    try:
+        os.setxattr(marked, "user.note", b"x")
+    except OSError as exc:
+        pytest.skip(f"no user extended attributes here: {exc.strerror}")
+    observed = marshal.loads(raw_walk(str(release), [""], frozenset()))[0]
+    assert observed["d/plain"][5] is None
+    assert observed["d/marked"][5] == "extended attributes user.note"
+    assert observed["d"][5] is None
