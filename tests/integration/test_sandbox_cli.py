@@ -504,3 +504,37 @@ def test_a_step_cannot_read_graven_secrets_kept_outside_the_home(
     assert "SECRET" not in report and "PRIVATE KEY" not in report and "SQLite" not in report, report
     assert f"{base / 'notes.txt'}: 'visible\\n'" in report, report  # the control: mirrored, readable
     assert len(report.splitlines()) == 5, report
+
+
+def test_a_repository_whose_objects_a_clone_borrows_is_hidden_too(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """`git clone --reference` (or --shared) borrows another repository's objects: that repository's
+    directory, with its config and the remotes' tokens, stayed readable from a step."""
+    base = Path(tempfile.mkdtemp(prefix="graven-alternates-", dir="/var/tmp"))
+    try:
+        reference = make_repo(base / "reference", {"probe.py": READ_PROBE}, _toml("true"))
+        secret = reference / ".git" / "probe-secret"
+        secret.write_text("SECRET reference\n")
+        clone = base / "clone"
+        subprocess.run(
+            ["git", "clone", "-q", "--reference", str(reference), str(reference), str(clone)],
+            env=git_env(),
+            check=True,
+            capture_output=True,
+        )
+        assert (clone / ".git" / "objects" / "info" / "alternates").is_file()
+        (clone / "graven.toml").write_text(_toml(f"{PY} probe.py {secret} {base / 'notes.txt'}"))
+        (base / "notes.txt").write_text("visible\n")
+        commit_all(clone, "probe")
+        code, out, err = run_cli("build", "-C", clone, "--json")
+        assert code == 0, err
+        export = tmp_path / "a.tar"
+        assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
+        import tarfile
+
+        with tarfile.open(export) as tar:
+            report = tar.extractfile("out/report.txt").read().decode()  # type: ignore[union-attr]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "SECRET" not in report and "visible" in report, report

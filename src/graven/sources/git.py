@@ -422,6 +422,32 @@ def _request_file(
     return blob[2], symlink
 
 
+def _alternate_repositories(git_dirs: list[Path], depth: int = 5) -> list[Path]:
+    """The repositories whose objects ``git_dirs`` borrow (``objects/info/alternates``: ``git clone
+    --reference``, ``--shared``), followed as git follows them (a few levels): each one's directory
+    (the parent of its ``objects``), which holds its config and the remotes' credentials too."""
+    found: list[Path] = []
+    todo = [(d / "objects", depth) for d in git_dirs]
+    seen: set[Path] = set()
+    while todo:
+        objects, left = todo.pop()
+        if objects in seen or left <= 0:
+            continue
+        seen.add(objects)
+        try:
+            text = (objects / "info" / "alternates").read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            continue
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            other = Path(os.path.normpath(objects / line))  # relative ones are to this objects dir
+            found.append(other.parent)
+            todo.append((other, left - 1))
+    return found
+
+
 class GitRepo:
     """A git repository, found with :meth:`discover`. ``root`` is its working tree, or the repository
     itself when it is ``bare`` (graven reads commits only: it never needs a working tree)."""
@@ -498,7 +524,8 @@ class GitRepo:
         if result.returncode != 0:
             return []
         lines = result.stdout.decode(errors="surrogateescape").splitlines()
-        return [(self.root / line).absolute() for line in lines if line]
+        found = [(self.root / line).absolute() for line in lines if line]
+        return found + _alternate_repositories(found)
 
     @staticmethod
     def _bare_git_dir(path: Path) -> Path | None:
