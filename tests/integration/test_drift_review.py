@@ -670,3 +670,10 @@ def test_a_chowned_directory_or_a_chown_of_the_whole_release_is_drift(
         code, doc = drift(capsys, "staging", *mode)
         assert code == 1 and (".", "attributes") in found(doc), (mode, doc)
         assert ("out/top.py", "attributes") in found(doc) or mode == (), (mode, doc)
+    os.setxattr(release / "out/app", "user.note", b"x")
+    code, _out, err = run_cli(capsys, "heal", "staging")  # files replaced, directories given back
+    assert code == 0, err
+    assert release.stat().st_uid == 0 and (release / "out/app").stat().st_uid == 0
+    assert os.listxattr(release / "out/app") == []
+    for mode in ((), ("--full",)):
+        assert drift(capsys, "staging", *mode)[0] == 0, mode

@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import stat
 
-__all__ = ["attribute_problem", "deployer_uid"]
+__all__ = ["DRIFT_XATTRS", "attribute_problem", "deployer_uid"]
 
 # Extended attributes that are drift: a file capability (a privilege on a file whose content and mode
 # are unchanged) and what users and administrators add (user.*, trusted.*). Not the system's own: a
 # security module's label, integrity data, nor ACLs (system.posix_acl_*, system.nfs4_acl), which a
 # deploy directory's default ACL gives every new file.
-_DRIFT_XATTRS = ("security.capability", "user.", "trusted.")
+DRIFT_XATTRS = ("security.capability", "user.", "trusted.")
 
 
 def deployer_uid(release: str, root_st: os.stat_result | None = None) -> int:
@@ -37,7 +37,7 @@ def attribute_problem(path: str | int, st: os.stat_result, owner: int) -> str | 
     """What a deployed file at ``path`` (or open as that descriptor; its lstat ``st``) has that graven
     never gives one, else None: an
     owner other than ``owner`` (the release directory's: the deployer), or extended attributes of
-    :data:`_DRIFT_XATTRS` (``security.capability``: a privilege). Each such
+    :data:`DRIFT_XATTRS` (``security.capability``: a privilege). Each such
     change moves the file's ctime, so the fast check looks at the file again and finds it."""
     problems: list[str] = []
     if st.st_uid != owner:
@@ -46,7 +46,7 @@ def attribute_problem(path: str | int, st: os.stat_result, owner: int) -> str | 
         names = os.listxattr(path) if isinstance(path, int) else os.listxattr(path, follow_symlinks=False)
     except OSError:  # a filesystem without them
         names = []
-    extra = sorted(name for name in names if name.startswith(_DRIFT_XATTRS))
+    extra = sorted(name for name in names if name.startswith(DRIFT_XATTRS))
     if extra:
         problems.append("extended attributes " + ", ".join(extra))
     return "; ".join(problems) if problems else None

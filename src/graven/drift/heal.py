@@ -31,6 +31,7 @@ from pathlib import Path
 from graven.core.drift import HealPlan, deployed_mode
 from graven.core.globs import GlobSet
 from graven.core.paths import display_path
+from graven.deploy.attributes import DRIFT_XATTRS, deployer_uid
 from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, IntegrityError
@@ -342,6 +343,10 @@ def apply_heal(
                 os.mkdir(name, 0o755, dir_fd=dirs.writable(parent))
                 dirs.keep(rel)  # set to 0555 at the end
             stats.created_dirs.append(rel)
+        owner = deployer_uid(str(release))
+        for rel in ("", *plan.mkdirs):  # the owner and extended attributes graven gives directories
+            with _naming(release, rel or "."):
+                _fix_directory(dirs.fd(rel), owner)
         unrestored: list[str] = []  # a damaged or missing object: the rest of the heal is still done
         for entry in plan.files:
             parent, name = _split(entry.path)
@@ -369,6 +374,17 @@ def apply_heal(
     finally:
         dirs.close()
     return stats
+
+
+def _fix_directory(fd: int, owner: int) -> None:
+    """Give the directory open as ``fd`` back to ``owner`` (the deployer; only root can) and remove the
+    extended attributes that are drift (:mod:`graven.deploy.attributes`)."""
+    st = os.fstat(fd)
+    if st.st_uid != owner and owner >= 0 and os.geteuid() == 0:
+        os.fchown(fd, owner, -1)
+    for name in os.listxattr(fd):
+        if name.startswith(DRIFT_XATTRS):
+            os.removexattr(fd, name)
 
 
 def move_aside(path: Path, attic: Path, *, depth: int = 3) -> None:
