@@ -207,7 +207,6 @@ def compare_tree(
     dirs: AbstractSet[str] | None = None,
     verified: AbstractSet[str] = frozenset(),
     root_mode: int | None = None,
-    root_attrs: str | None = None,
 ) -> list[Difference]:
     """Every difference between ``manifest`` and the observed tree (paths relative to the release),
     sorted by path bytes then kind; paths matching ``ignore`` are left out. ``dirs``: the manifest's
@@ -217,8 +216,6 @@ def compare_tree(
     found: list[Difference] = []
     if root_mode is not None and root_mode != DIR_MODE:
         found.append(Difference(".", "mode", f"{DIR_MODE:04o}", f"{root_mode:04o}"))
-    if root_attrs is not None:
-        found.append(Difference(".", "attributes", "as deployed", root_attrs))
     if dirs is None:
         dirs = expected_dirs(manifest)
     get = observed.get

@@ -6,7 +6,6 @@ only the ctime; the drift checks (:mod:`graven.drift.scan`) and the stat check o
 from __future__ import annotations
 
 import os
-import stat
 
 __all__ = ["DRIFT_XATTRS", "attribute_problem", "deployer_uid"]
 
@@ -18,15 +17,11 @@ DRIFT_XATTRS = ("security.capability", "user.", "trusted.")
 
 
 def deployer_uid(release: str, root_st: os.stat_result | None = None) -> int:
-    """Who deployed the release at ``release`` (``PATH/releases/<hex>``): the owner of ``PATH/.graven``,
-    which graven made and a ``chown -R`` of the release does not reach; the release directory's own
-    owner when there is none (-1 when neither can be read)."""
-    try:
-        meta = os.lstat(os.path.join(os.path.dirname(os.path.dirname(release)), ".graven"))
-        if stat.S_ISDIR(meta.st_mode):
-            return meta.st_uid
-    except OSError:
-        pass
+    """Who deployed the release at ``release``: the owner of the release directory, which graven made
+    as the deployer, as it made everything in it (-1 when it cannot be read). Not ``PATH/.graven``'s:
+    an environment may be deployed by root and by a service user in turn, each release by one of them.
+    Only root can give a file to another user, and root could as well rewrite any record graven keeps:
+    a ``chown -R`` of a whole release by root is beyond what a check can hold against."""
     try:
         return (root_st or os.lstat(release)).st_uid
     except OSError:

@@ -344,9 +344,9 @@ def apply_heal(
                 dirs.keep(rel)  # set to 0555 at the end
             stats.created_dirs.append(rel)
         owner = deployer_uid(str(release))
-        for rel in ("", *plan.mkdirs):  # the owner and extended attributes graven gives directories
-            with _naming(release, rel or "."):
-                _fix_directory(dirs.fd(rel), owner)
+        for rel in plan.mkdirs:  # the owner and extended attributes graven gives directories
+            with _naming(release, rel):
+                _fix_directory(dirs, rel, owner)
         unrestored: list[str] = []  # a damaged or missing object: the rest of the heal is still done
         for entry in plan.files:
             parent, name = _split(entry.path)
@@ -376,14 +376,23 @@ def apply_heal(
     return stats
 
 
-def _fix_directory(fd: int, owner: int) -> None:
-    """Give the directory open as ``fd`` back to ``owner`` (the deployer; only root can) and remove the
-    extended attributes that are drift (:mod:`graven.deploy.attributes`)."""
+def _fix_directory(dirs: _Dirs, rel: str, owner: int) -> None:
+    """Give the directory ``rel`` back to ``owner`` (the release directory's; only root can) and remove
+    the extended attributes that are drift (:mod:`graven.deploy.attributes`; the directory is made
+    writable for that, as for any change in it, and set back to 0555 with the others)."""
+    fd = dirs.fd(rel)
     st = os.fstat(fd)
     if st.st_uid != owner and owner >= 0 and os.geteuid() == 0:
         os.fchown(fd, owner, -1)
-    for name in os.listxattr(fd):
-        if name.startswith(DRIFT_XATTRS):
+    try:
+        names = [name for name in os.listxattr(fd) if name.startswith(DRIFT_XATTRS)]
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return  # a file system without extended attributes: none to remove
+        raise
+    if names:
+        fd = dirs.writable(rel)
+        for name in names:
             os.removexattr(fd, name)
 
 

@@ -227,7 +227,6 @@ class ScanResult(Record):
         "hashed",
         "listed",
         "observed",
-        "root_attrs",
         "root_missing",
         "root_mode",
         "verified",
@@ -256,7 +255,6 @@ class ScanResult(Record):
         self.observed = {} if observed is None else observed
         self.verified = set() if verified is None else verified
         self.root_mode = root_mode
-        self.root_attrs: str | None = None  # the release directory's owner, when not the deployer's
         self.root_missing = root_missing
         self.files = files
         self.hashed = hashed
@@ -342,7 +340,6 @@ def scan_release(
                 child.cancel()  # stopped, not waited for (a no-op once its result was read)
             raise
         scanned.root_mode = stat.S_IMODE(root_st.st_mode)
-        scanned.root_attrs = _root_attrs(root_st, owner)
         return scanned
     if child is not None:  # only a full scan takes one
         child.cancel()
@@ -359,12 +356,7 @@ def scan_release(
         owner=owner,
     )
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
-    scanned.root_attrs = _root_attrs(root_st, owner)
     return scanned
-
-
-def _root_attrs(root_st: os.stat_result, owner: int) -> str | None:
-    return None if root_st.st_uid == owner else f"owner uid {root_st.st_uid} (deployed as {owner})"
 
 
 def _fast_scan(
@@ -840,7 +832,12 @@ def _full_scan(
         new_dirs: list[DirRecord | None] = []
         for rel in index.dirs:
             record = walk.dir_records.get(rel)
-            clean = record is not None and rel not in walk.extra_dirs
+            seen = walk.observed.get(rel)
+            clean = (
+                record is not None
+                and rel not in walk.extra_dirs
+                and (seen is None or seen.attrs is None)  # an owner or xattrs drift: looked at again
+            )
             if record is not None and clean and not is_racy(record[1], record[2], now_ns):
                 new_dirs.append(record)
             else:
