@@ -615,3 +615,24 @@ def test_a_high_water_mark_that_cannot_be_kept_is_refused(
     with pytest.raises(IntegrityError, match="is not a file"):
         _append(home, 1)
     assert "is not a file" in _verify_fails(capsys)
+
+
+def test_a_high_water_mark_that_cannot_be_read_is_refused(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log/in-use left root's by a sudo run read as no mark at all: a rolled-back log verified and
+    the next append signed a fork."""
+    import builtins
+
+    _append(home, 2)
+    in_use = str(home / "log" / "in-use")
+    real_open = builtins.open
+
+    def unreadable(file: object, *args: object, **kwargs: object) -> object:
+        if str(file) == in_use:
+            raise PermissionError(13, "Permission denied", in_use)
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", unreadable)
+    with pytest.raises(IntegrityError, match=r"cannot read .*in-use"):
+        _append(home, 1)

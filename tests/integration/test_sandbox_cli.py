@@ -538,3 +538,14 @@ def test_a_repository_whose_objects_a_clone_borrows_is_hidden_too(
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert "SECRET" not in report and "visible" in report, report
+
+
+def test_an_alternate_that_is_no_repository_hides_nothing(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """An alternates line git ignores (/usr/objects) made graven hide /usr: no step could run."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml("mkdir -p out && echo ok > out/ok"))
+    (repo / ".git" / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (repo / ".git" / "objects" / "info" / "alternates").write_text("/usr/objects\n")
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 0, err

@@ -252,12 +252,18 @@ class AuditLog:
 
     def high_water(self) -> tuple[int, str]:
         """The largest size this home committed of the log with the given origin (:attr:`in_use_path`);
-        (0, "") when it never did, or when the file predates the mark (it was empty)."""
+        (0, "") when it never did, or when the file predates the mark (it was empty). IntegrityError
+        when the file is there but cannot be read: the mark would be off without a word."""
         try:
             with open(self.in_use_path, "rb") as handle:
                 return _parse_high_water(handle.read(256))
-        except OSError:
+        except FileNotFoundError:
             return 0, ""
+        except OSError as exc:
+            raise IntegrityError(
+                f"cannot read {self.in_use_path} ({exc.strerror}): this home's high-water mark of the log "
+                "is in it; give it back to this user (a sudo run may have taken it)"
+            ) from None
 
     def _rolled_back(self, size: int, origin: str | None) -> IntegrityError | None:
         try:
@@ -269,7 +275,10 @@ class AuditLog:
                 f"{self.in_use_path} is not a file (a symlink or a directory): this home's high-water "
                 "mark of the log cannot be kept there; remove it (graven writes it again)"
             )
-        mark, marked_origin = self.high_water()
+        try:
+            mark, marked_origin = self.high_water()
+        except IntegrityError as exc:
+            return exc
         if size >= mark or origin != marked_origin:
             return None
         return IntegrityError(

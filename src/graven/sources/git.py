@@ -442,7 +442,10 @@ def _alternate_repositories(git_dirs: list[Path], depth: int = 5) -> list[Path]:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            other = Path(os.path.normpath(objects / line))  # relative ones are to this objects dir
+            # a relative one is to this objects directory, its links resolved first (as git does)
+            other = Path(os.path.normpath(Path(os.path.realpath(objects)) / line))
+            if other.name != "objects" or not other.is_dir() or not (other.parent / "HEAD").exists():
+                continue  # git ignores what is no repository's objects: hiding /usr would break steps
             found.append(other.parent)
             todo.append((other, left - 1))
     return found

@@ -685,7 +685,10 @@ class LocalStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def _tmp_file(self, prefix: str) -> tuple[int, Path]:
-        path = self._tmp / f"{prefix}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        # the writer's pid, its start time and host: a later clean_tmp keeps the files of a writer that
+        # still runs, and a pid used again (a container's 1) is not taken for it
+        writer = _writer_name()
+        path = self._tmp / f"{prefix}-{writer}-{threading.get_ident()}-{time.monotonic_ns()}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
@@ -845,20 +848,39 @@ class LocalStore:
         return removed
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process that made the temp file ``name`` (``PREFIX-PID-...``, :meth:`_tmp_file`)
-    still runs on this host: a batch keeps its files until it commits, however long it takes (a slow
-    ``curl | graven import -``), and they are not a killed writer's."""
-    parts = name.split("-")
-    if len(parts) < 3 or not parts[1].isdigit():
-        return False
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat), or "" when unknown."""
     try:
-        os.kill(int(parts[1]), 0)
-    except (ProcessLookupError, OverflowError, ValueError):
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return ""
+    fields = data.rpartition(b")")[2].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+_HOST = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
+_WRITER: list[tuple[int, str]] = []  # (pid, "PID-START-HOST") of this process, once known
+
+
+def _writer_name() -> str:
+    """``PID-START-HOST`` of this process (made again in a forked child)."""
+    pid = os.getpid()
+    if not _WRITER or _WRITER[0][0] != pid:
+        _WRITER[:] = [(pid, f"{pid}-{_started(pid)}-{_HOST}")]
+    return _WRITER[0][1]
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that made the temp file ``name`` (``PREFIX-PID-START-HOST-...``,
+    :meth:`_tmp_file`) still runs: a batch keeps its files until it commits, however long it takes (a
+    slow ``curl | graven import -``), and they are not a killed writer's. The same pid with another start
+    time is another process; a file of another host (a shared store) is judged by its age alone."""
+    parts = name.split("-")
+    if len(parts) < 5 or not parts[1].isdigit() or parts[3] != _HOST:
         return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    start = _started(int(parts[1])) if len(parts[1]) <= 10 else ""
+    return bool(start) and start == parts[2]
 
 
 _MIN_COMPRESS = 64  # smaller objects are stored raw

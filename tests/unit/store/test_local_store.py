@@ -381,3 +381,11 @@ def test_the_temp_files_of_a_batch_at_work_are_not_cleaned_however_old(store: Lo
     dead.write_bytes(b"x")
     os.utime(dead, (0, 0))
     assert store.clean_tmp() == 1
+    from graven.store import local
+
+    # this process's pid with another start time: a killed writer whose pid was given again (a
+    # container's entrypoint is always 1)
+    reused = store.root / "tmp" / f"obj-{os.getpid()}-1-{local._HOST}-1-1"
+    reused.write_bytes(b"x")
+    os.utime(reused, (0, 0))
+    assert store.clean_tmp() == 1
