@@ -335,7 +335,8 @@ class Connection(Protocol):
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the transaction has committed (never when it fails or is a read):
-        for what may only be said of committed rows. Its errors are its own to handle."""
+        for what may only be said of committed rows. Registered again in the same transaction (an
+        append per log entry), it still runs once. Its errors are its own to handle."""
         ...
 
 
@@ -380,7 +381,8 @@ class _SqliteConnection:
         self.committed: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
-        self.committed.append(callback)
+        if callback not in self.committed:  # once per transaction, however often it is asked for
+            self.committed.append(callback)
 
     def close_cursors(self) -> None:
         """Close every cursor of this transaction: an unfinished one would keep a read snapshot open
@@ -617,7 +619,8 @@ class _AlchemyConnection:
         self.committed: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
-        self.committed.append(callback)
+        if callback not in self.committed:  # once per transaction, however often it is asked for
+            self.committed.append(callback)
 
     def _run(self, sql: str, params: Params | Sequence[Params] | None, *, stream: bool) -> Result:
         import sqlalchemy as sa
