@@ -20,7 +20,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Home", "make_dirs", "make_private_dir"]
+__all__ = ["Home", "make_dirs", "make_home_dir", "make_private_dir"]
 
 
 def make_private_dir(path: Path) -> None:
@@ -38,6 +38,13 @@ def make_private_dir(path: Path) -> None:
             os.mkdir(path, 0o700)
         except FileExistsError:
             return
+
+
+def make_home_dir(directory: Path) -> None:
+    """Make ``directory`` of a home (``keys/``, ``trust/``, ``log/``) and the home itself, both 0700
+    (:func:`make_private_dir`). OSError propagates."""
+    make_private_dir(directory.parent)
+    make_private_dir(directory)
 
 
 def make_dirs(directory: Path) -> None:

@@ -276,7 +276,9 @@ def _check_text(namespace: argparse.Namespace) -> None:
                     item.encode("utf-8")
                 except UnicodeEncodeError:
                     what = name.replace("_", "-")
-                    shown = item.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    from graven.core.paths import json_text
+
+                    shown = json_text(item)
                     raise UsageError(
                         f"the argument {what} '{shown[:80]}' is not valid UTF-8 text; use UTF-8"
                     ) from None

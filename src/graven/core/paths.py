@@ -81,11 +81,7 @@ def display_path(path: str) -> str:
     clean = path.isprintable() if path.isascii() else _unprintable().search(path) is None
     if clean:
         return path
-    try:  # the bytes an undecodable name had
-        text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that no byte becomes
-        text = path.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _escape_controls(text)
+    return _escape_controls(json_text(path))  # the bytes an undecodable name had, then controls
 
 
 def json_text(text: str) -> str:

@@ -39,7 +39,7 @@ from graven.core.paths import json_text
 from graven.core.record import Record
 from graven.db import Connection, Row
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
-from graven.home import make_private_dir
+from graven.home import make_home_dir
 from graven.model.logentry import LogEntry, LogEvent
 from graven.service.context import Context, utc_now
 from graven.signing.keys import (
@@ -206,8 +206,7 @@ class AuditLog:
                         f"{self.public_key_path.name} to start a new log)"
                     )
                 try:
-                    make_private_dir(path.parent.parent)  # the home
-                    make_private_dir(path.parent)
+                    make_home_dir(path.parent)
                 except OSError as exc:
                     raise BackendError(f"cannot create {path.parent}: {exc.strerror}") from None
                 key = generate_key("ed25519")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeAlias
 
 from graven.core.record import Frozen
 from graven.errors import BackendError, InputError, NotFoundError
-from graven.home import make_private_dir
+from graven.home import make_home_dir
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
@@ -657,8 +657,7 @@ class KeyStore:
         private_path, public_path = self.private_path(name), self.public_path(name)
         self._check_free(name, private_path, public_path)
         try:
-            make_private_dir(self.directory.parent)  # the home
-            make_private_dir(self.directory)
+            make_home_dir(self.directory)
         except OSError as exc:
             raise BackendError(f"cannot create {self.directory}: {exc.strerror}") from None
         key = generate_key(kind)

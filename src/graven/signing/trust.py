@@ -30,7 +30,7 @@ from typing import Any
 
 from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
-from graven.home import make_private_dir
+from graven.home import make_home_dir
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, SignatureMemo, revoked_signer, verify_envelope
 from graven.signing.keys import VerifyingKey, load_public_key, parse_public_key, write_public_key
@@ -130,8 +130,7 @@ def make_trust_dir(directory: Path) -> None:
     """Make the trust directory (0700, as ``keys/``) if missing, and refuse one another user could
     change (:func:`check_trust_material`)."""
     try:
-        make_private_dir(directory.parent)  # the home
-        make_private_dir(directory)
+        make_home_dir(directory)
     except OSError as exc:
         raise ConfigError(f"cannot create the trust directory {directory}: {exc.strerror}") from None
     if not directory.is_dir():  # a dangling link (a config-management directory not made yet), a file
