@@ -78,16 +78,17 @@ def entry() -> None:
     without the interpreter's teardown. By then the command has closed every file and database
     connection it opened (graven.cli.app.run closes what is left) and graven registers nothing to run
     at exit, so freeing the command's objects one by one (tens of thousands after a deploy or a full
-    drift check of 7,000 files) is pure cost: 5-15 ms. When the output cannot be flushed (a closed
-    pipe), the interpreter ends the process as it always did."""
+    drift check of 7,000 files) is pure cost: 5-15 ms. When the output cannot be written (a closed
+    pipe, a full disk), :func:`output_failed` decides the exit code."""
     import os
 
+    code = 0
     try:
         code = main()
         if sys.stdout is not None:  # None when the descriptor was closed at start-up
             sys.stdout.flush()
     except OSError as exc:  # the output could not be written: say so, and never exit 0
-        code = output_failed(exc, locals().get("code", 0))
+        code = output_failed(exc, code)
     try:
         if sys.stderr is not None:
             sys.stderr.flush()
@@ -105,7 +106,11 @@ def output_failed(exc: OSError, code: int) -> int:
     import os
 
     with _suppressed():
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
     if code:
         return code
     if exc.errno == errno.EPIPE:
