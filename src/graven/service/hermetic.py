@@ -187,11 +187,12 @@ def _runner(
     # hidden; a signing key file named by GRAVEN_SIGNING_KEY elsewhere and credential files read as
     # empty.
     # So are the repository's git directories (a linked worktree's common one is elsewhere, with the
-    # remotes' credentials), the other workspaces beside this one (a TMPDIR the sandbox mirrors), and
-    # an SQLite database outside the home.
+    # remotes' credentials), the temp directory holding every workspace (this one's and other builds',
+    # in a TMPDIR the sandbox mirrors; this one is bound at /build), and an SQLite database outside the
+    # home.
     cred_dirs, cred_files = credential_paths(user_homes())
     hidden = hidden_paths(
-        [ctx.home.root, repo.root, *repo.git_dirs(), ws.root.parent, Path(tempfile.gettempdir()), *cred_dirs],
+        [ctx.home.root, repo.root, *repo.git_dirs(), Path(tempfile.gettempdir()), *cred_dirs],
         (host_path or "").split(os.pathsep),
     )
     layout = SandboxLayout(
