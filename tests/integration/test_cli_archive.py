@@ -201,6 +201,21 @@ def test_import_round_trips_to_the_same_digest(
     assert again.read_bytes() == archive.read_bytes()
 
 
+def _export_attested(run_cli: Run, digest: str, archive: Path) -> tuple[Path, Path]:
+    """Export ``digest`` to ``archive`` with its attestation beside it (shop.intoto.json)."""
+    envelope = archive.with_name("shop.intoto.json")
+    code, _, err = run_cli("export", digest, "-o", archive, "--attestation", envelope)
+    assert code == 0, err
+    return archive, envelope
+
+
+def _trusting_home(graven_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switch to a second, empty home that trusts the keys the first one trusts."""
+    other = tmp_path / "second-home"
+    shutil.copytree(graven_home / "trust", other / "trust")
+    monkeypatch.setenv("GRAVEN_HOME", str(other))
+
+
 def test_import_with_attestation_verifies_in_a_home_that_trusts_the_key(
     artifact: tuple[Path, str],
     graven_home: Path,
@@ -209,12 +224,8 @@ def test_import_with_attestation_verifies_in_a_home_that_trusts_the_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, digest = artifact
-    archive, envelope = tmp_path / "shop.tar.gz", tmp_path / "shop.intoto.json"
-    code, _, err = run_cli("export", digest, "-o", archive, "--attestation", envelope)
-    assert code == 0, err
-    other = tmp_path / "second-home"
-    shutil.copytree(graven_home / "trust", other / "trust")
-    monkeypatch.setenv("GRAVEN_HOME", str(other))
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar.gz")
+    _trusting_home(graven_home, tmp_path, monkeypatch)
     code, out, err = run_cli("import", archive, "--attestation", envelope)
     assert code == 0, err
     assert out.splitlines()[-1] == digest
@@ -235,8 +246,7 @@ def test_import_with_an_attestation_no_key_here_verifies_says_so(
     """It was stored and logged "with provenance" whatever its signature: the signer is now checked at
     import, said when no key of the home verifies it, and the log says which."""
     _, digest = artifact
-    archive, envelope = tmp_path / "shop.tar.gz", tmp_path / "shop.intoto.json"
-    assert run_cli("export", digest, "-o", archive, "--attestation", envelope)[0] == 0
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar.gz")
     monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home-without-trust"))
     code, out, err = run_cli("import", archive, "--attestation", envelope)
     assert code == 0, err
@@ -621,16 +631,13 @@ def test_a_claimed_commit_the_trusted_provenance_contradicts_is_not_recorded(
     """The archive's unsigned header claimed a commit, the signed provenance named another: the claim
     was recorded (show, status), and verify then failed in that home."""
     _, digest = artifact
-    archive, envelope = tmp_path / "shop.tar", tmp_path / "shop.intoto.json"
-    assert run_cli("export", digest, "-o", archive, "--attestation", envelope)[0] == 0
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
     code, out, _ = run_cli("show", digest, "--json")
     commit = json.loads(out)["artifact"]["commit"]
     data = archive.read_bytes()
     assert data.count(commit.encode()) == 1
     archive.write_bytes(data.replace(commit.encode(), b"1" * 40))  # same length: the header still parses
-    other = tmp_path / "second-home"
-    shutil.copytree(graven_home / "trust", other / "trust")
-    monkeypatch.setenv("GRAVEN_HOME", str(other))
+    _trusting_home(graven_home, tmp_path, monkeypatch)
     code, out, err = run_cli("import", archive, "--attestation", envelope)
     assert code == 0 and "the signed one is recorded" in err, err
     assert json.loads(run_cli("show", digest, "--json")[1])["artifact"]["commit"] == commit

@@ -31,6 +31,20 @@ def _toml(*steps: str, outputs: str = '["out/"]', extra: str = "") -> str:
     return f'[artifact]\nname = "demo"\n\n[build]\nsteps = [{listed}]\noutputs = {outputs}\n{extra}'
 
 
+def _built_files(run_cli: Run, repo: Path, tmp_path: Path, *names: str) -> list[str]:
+    """Build ``repo`` (exit 0), export the artifact, and return the text of each ``out/NAME`` in it."""
+    import tarfile
+
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    export = tmp_path / "a.tar"
+    assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
+    with tarfile.open(export) as tar:
+        members = [tar.extractfile(f"out/{name}") for name in names]
+        assert all(member is not None for member in members), names
+        return [member.read().decode() for member in members if member is not None]
+
+
 def _statement(run_cli: Run, digest: str) -> dict[str, object]:
     code, out, err = run_cli("show", digest, "--provenance", "--json")
     assert code == 0, err
@@ -207,16 +221,7 @@ def test_a_step_cannot_read_the_users_credentials(
         monkeypatch.setenv("HOME", str(home))
         targets = " ".join(str(home / name) for name in [*secrets, "notes.txt"])
         repo = make_repo(tmp_path / "repo", {"probe.py": READ_PROBE}, _toml(f"{PY} probe.py {targets}"))
-        code, out, err = run_cli("build", "-C", repo, "--json")
-        assert code == 0, err
-        export = tmp_path / "a.tar"
-        assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
-        import tarfile
-
-        with tarfile.open(export) as tar:
-            member = tar.extractfile("out/report.txt")
-            assert member is not None
-            report = member.read().decode()
+        (report,) = _built_files(run_cli, repo, tmp_path, "report.txt")
     finally:
         shutil.rmtree(home, ignore_errors=True)
     assert "SECRET" not in report, report
@@ -432,16 +437,10 @@ def test_a_step_cannot_write_the_hosts_kernel_settings(
         "print(open('/proc/sys/kernel/hostname').read().strip(), file=open('out/host.txt', 'w'))\n"
     )
     repo = make_repo(tmp_path / "repo", {"probe.py": probe}, _toml(f"{PY} probe.py"))
-    code, out, err = run_cli("build", "-C", repo, "--json")
-    assert code == 0, err
-    export = tmp_path / "a.tar"
-    assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
     import os
-    import tarfile
 
-    with tarfile.open(export) as tar:
-        lines = tar.extractfile("out/probe.txt").read().decode().splitlines()  # type: ignore[union-attr]
-        host = tar.extractfile("out/host.txt").read().decode().strip()  # type: ignore[union-attr]
+    probe, host = _built_files(run_cli, repo, tmp_path, "probe.txt", "host.txt")
+    lines, host = probe.splitlines(), host.strip()
     assert len(lines) == 3 and not any(line.endswith("WRITABLE") for line in lines), lines
     if os.geteuid() == 0:  # root: refused by the read-only mount, not by permissions
         assert all(line.endswith(("EROFS", "ENOENT")) for line in lines[2:]), lines  # no sysrq: ENOENT
@@ -491,14 +490,7 @@ def test_a_step_cannot_read_graven_secrets_kept_outside_the_home(
 
         Database.open(f"sqlite:///{database}").close()  # there while the steps run, as in any later build
         monkeypatch.setattr(tempfile, "tempdir", str(base / "tmp"))
-        code, out, err = run_cli("build", "-C", base / "wt", "--json")
-        assert code == 0, err
-        export = tmp_path / "a.tar"
-        assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
-        import tarfile
-
-        with tarfile.open(export) as tar:
-            report = tar.extractfile("out/report.txt").read().decode()  # type: ignore[union-attr]
+        (report,) = _built_files(run_cli, base / "wt", tmp_path, "report.txt")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert "SECRET" not in report and "PRIVATE KEY" not in report and "SQLite" not in report, report
@@ -527,14 +519,7 @@ def test_a_repository_whose_objects_a_clone_borrows_is_hidden_too(
         (clone / "graven.toml").write_text(_toml(f"{PY} probe.py {secret} {base / 'notes.txt'}"))
         (base / "notes.txt").write_text("visible\n")
         commit_all(clone, "probe")
-        code, out, err = run_cli("build", "-C", clone, "--json")
-        assert code == 0, err
-        export = tmp_path / "a.tar"
-        assert run_cli("export", json.loads(out)["digest"], "-o", export)[0] == 0
-        import tarfile
-
-        with tarfile.open(export) as tar:
-            report = tar.extractfile("out/report.txt").read().decode()  # type: ignore[union-attr]
+        (report,) = _built_files(run_cli, clone, tmp_path, "report.txt")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert "SECRET" not in report and "visible" in report, report
