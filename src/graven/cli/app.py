@@ -428,7 +428,11 @@ def _intermixed(
         word = _command_name(args[args.index(command) + 1 :])
         prog = nested.choices[word].prog if word in nested.choices else sub.prog
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}", prog)
-    return sub.parse_intermixed_args(args[args.index(command) + 1 :], namespace)
+    # only the top level's own options carried over: a list positional the first parse left empty
+    # would make argparse warn ("Do not expect ...") on stderr
+    top = {a.dest for a in parser._actions if not isinstance(a, argparse._SubParsersAction)}
+    base = argparse.Namespace(**{k: v for k, v in vars(namespace).items() if k in top})
+    return sub.parse_intermixed_args(args[args.index(command) + 1 :], base)
 
 
 def _say_error(message: str) -> None:

@@ -62,6 +62,17 @@ def test_bad_usage_is_one_line_and_exit_2(
     assert err.count("\n") == 1 and message in err, err
 
 
+@pytest.mark.parametrize("argv", [["drift", "--bogus"], ["watch", "--bogus"], ["drift", "--bogus", "prod"]])
+def test_an_unknown_option_beside_an_empty_list_is_one_line_in_a_real_process(argv: list[str]) -> None:
+    # argparse's intermixed parse warned (a UserWarning on stderr, two more lines) when the list
+    # positional of the first parse was empty
+    done = subprocess.run(
+        [sys.executable, "-m", "graven.cli.main", *argv], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "unrecognized arguments: --bogus" in done.stderr, done.stderr
+
+
 def test_a_command_imports_only_its_own_module() -> None:
     code = (
         "import sys\n"
