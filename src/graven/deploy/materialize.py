@@ -199,6 +199,14 @@ def _can_override_permissions() -> bool:
     return False
 
 
+def _setgid(directory: str) -> bool:
+    """True when ``directory`` has the setgid bit (directories made in it inherit the bit)."""
+    try:
+        return bool(os.stat(directory).st_mode & stat.S_ISGID)
+    except OSError:
+        return False
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -567,8 +575,14 @@ class _Builder:
         self.pool = pool
         umask = _umask()
         self.fix_mode = umask & 0o555 != 0
-        # Directories are made read-only at once when this process may write into them anyway.
-        self.dir_mode = DIR_MODE if umask & DIR_MODE == 0 and _can_override_permissions() else 0o755
+        # Directories are made read-only at once when this process may write into them anyway, and
+        # when they do not inherit a setgid bit (a shared deploy directory, chmod g+s): chmod(2) to
+        # 0555 at the end clears it, so that a release's directories are 0555 wherever it lies.
+        self.dir_mode = (
+            DIR_MODE
+            if umask & DIR_MODE == 0 and _can_override_permissions() and not _setgid(os.path.dirname(root))
+            else 0o755
+        )
         self.stats = BuildStats()
         self.records: list[_Rec] = []  # applied to the table at the end
         self.open_dirs: list[str] = []  # directories whose stat is taken at the end
