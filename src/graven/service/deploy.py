@@ -46,7 +46,7 @@ from graven.service.deploy_verify import check_location, check_path, policy_fact
 from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from graven.service.deploy_plan import DeployPlan, plan_deploy
 
@@ -117,6 +117,7 @@ class DeployResult(Frozen):
         "release",
         "removed",
         "reused_release",
+        "rolled_back_health",
         "rolled_back_to",
         "seconds",
         "stats",
@@ -142,6 +143,7 @@ class DeployResult(Frozen):
         "activate",
         "health_detail",
         "seconds",
+        "rolled_back_health",
     )
     ok: bool
     env: str
@@ -163,6 +165,7 @@ class DeployResult(Frozen):
     activate: str | None
     health_detail: str | None
     seconds: float
+    rolled_back_health: str | None
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -186,10 +189,11 @@ class DeployResult(Frozen):
         activate: str | None = None,
         health_detail: str | None = None,
         seconds: float = 0.0,
+        rolled_back_health: str | None = None,
     ) -> None:
         values: tuple[object, ...] = (ok, env, kind, digest, name, commit, path, release, previous, health)
         values += (message, rolled_back_to, overridden, held, reused_release, {} if stats is None else stats)
-        values += (removed, activate, health_detail, seconds)
+        values += (removed, activate, health_detail, seconds, rolled_back_health)
         for field, value in zip(self._fields, values, strict=True):
             object.__setattr__(self, field, value)
 
@@ -212,7 +216,11 @@ def _run_deployment(
     *,
     kind: str,
     source_env: str | None = None,
+    recheck: Callable[[Connection, EnvState | None], None] | None = None,
 ) -> DeployResult:
+    """Lock the environment and deploy ``target``. ``recheck`` (a promote's "still live in FROM", a
+    rollback's "still the release the choice was made on") runs under the lock, on the state read
+    there, and refuses by raising."""
     started = time.monotonic()
     settings = target.settings
     env = settings.name
@@ -229,7 +237,11 @@ def _run_deployment(
         step(ctx, "locked")
         reconcile(ctx, env, layout)
         with ctx.db.connect() as conn:
+            # again: another environment may have gone live in this directory while this one waited
+            check_location(ctx, conn, settings, warn=False)
             state = load_state(conn, env)
+            if recheck is not None:
+                recheck(conn, state)
             facts = policy_facts(conn, target, state, kind=kind, override=opts.override)
         check_path(state, settings)
         decision = evaluate_policy(facts)
@@ -279,12 +291,13 @@ def _run_deployment(
                     interval=settings.health_interval,
                 )
                 step(ctx, "health-checked")
-            if kind != "rollback" and (activate is None or activate.ok) and (health is None or health.ok):
-                phase = "the deployment"
+            if (activate is None or activate.ok) and (health is None or health.ok):
+                phase = "the deployment" if kind != "rollback" else "the rollback"
                 with ctx.db.connect() as conn:
                     rejected = rejection(conn, digest)
                 if rejected is not None:  # `graven reject` while this deployment ran: never left live
-                    raise PolicyError(f"{short(digest)} was rejected during the deployment ({rejected})")
+                    # (a rollback is not switched back: it fails, and stays live and held)
+                    raise PolicyError(f"{short(digest)} was rejected during {phase} ({rejected})")
         except (Exception, KeyboardInterrupt) as exc:
             # Whatever stops the switch or the hooks half-way (an error, Ctrl-C) must not leave an
             # unchecked release live: it is a failure like a failed health check, and is switched back.
@@ -365,7 +378,7 @@ def _run_deployment(
         what = "activate" if failure is activate else "health check"
         if stopped is not None:
             what = phase
-        rolled_back_to = record_failure(
+        restored = record_failure(
             ctx,
             target,
             dep_id,
@@ -382,14 +395,22 @@ def _run_deployment(
         step(ctx, "done")
         if isinstance(stopped, KeyboardInterrupt):
             raise stopped
-        if rolled_back_to:
+        rolled_back_to = restored.rolled_back_to
+        if rolled_back_to and restored.health == "failed":
+            message = (
+                f"{what} of {short(digest)} in {env} failed ({failure.describe()}); switched back to "
+                f"{short(rolled_back_to)}, which failed its checks too ({restored.detail}): {env} is "
+                "unhealthy whatever is deployed; fix the environment, then deploy again"
+            )
+        elif rolled_back_to:
             message = (
                 f"{what} of {short(digest)} in {env} failed ({failure.describe()}); switched back to "
                 f"{short(rolled_back_to)}; fix the artifact and deploy again"
             )
         elif kind == "rollback":
+            after = "" if what == "the rollback" else " after the rollback"
             message = (
-                f"{what} of {short(digest)} in {env} failed after the rollback ({failure.describe()}); it "
+                f"{what} of {short(digest)} in {env} failed{after} ({failure.describe()}); it "
                 f"stays live and held; roll back --to another digest, or fix and `graven unhold {env}`"
             )
         elif previous == digest:
@@ -407,7 +428,8 @@ def _run_deployment(
             health="failed",
             message=message,
             rolled_back_to=rolled_back_to,
-            held=kind == "rollback",
+            rolled_back_health=restored.health,
+            held=restored.held,
             seconds=time.monotonic() - started,
             **common,
         )
@@ -424,18 +446,20 @@ def deploy(
     *,
     kind: str = "deploy",
     source_env: str | None = None,
+    recheck: Callable[[Connection, EnvState | None], None] | None = None,
 ) -> DeployResult:
-    """Verify ``digest`` and make it the live release of ``env``."""
+    """Verify ``digest`` and make it the live release of ``env`` (``recheck``: see _run_deployment)."""
     check_env_name(env)
     if opts.override and not (opts.reason and opts.reason.strip()):
         raise InputError("--override-policy needs --reason TEXT: say why policy is bypassed")
     digest = resolve_digest(ctx, digest_text)
     target = verify_target(ctx, digest, env, opts)
-    return _run_deployment(ctx, target, opts, kind=kind, source_env=source_env)
+    return _run_deployment(ctx, target, opts, kind=kind, source_env=source_env, recheck=recheck)
 
 
 def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> DeployResult:
-    """Deploy to ``to_env`` exactly the digest that is live and healthy in ``from_env``."""
+    """Deploy to ``to_env`` exactly the digest that is live and healthy in ``from_env`` (checked again
+    under ``to_env``'s lock: a promote that waited must not ship what ``from_env`` rolled away from)."""
     check_env_name(from_env)
     check_env_name(to_env)
     if from_env == to_env:
@@ -443,8 +467,24 @@ def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> De
     if not ctx.home.has_database():
         raise NeverDeployedError(from_env)
     with ctx.db.connect() as conn:
-        state = load_state(conn, from_env)
-        row = deployment_row(conn, state.live_deployment) if state else None
+        digest = _promotable(conn, from_env)
+
+    def still_live(conn: Connection, _state: EnvState | None) -> None:
+        now = _promotable(conn, from_env)
+        if now != digest:
+            raise PolicyError(
+                f"{from_env} changed while this promote waited: {short(now)} is live there now, not "
+                f"{short(digest)}; promote again"
+            )
+
+    return deploy(ctx, digest, to_env, opts, kind="promote", source_env=from_env, recheck=still_live)
+
+
+def _promotable(conn: Connection, from_env: str) -> str:
+    """The digest live and healthy in ``from_env``, as recorded and as its directory shows; else
+    :class:`PolicyError` (or :class:`NeverDeployedError`) saying what to fix."""
+    state = load_state(conn, from_env)
+    row = deployment_row(conn, state.live_deployment) if state else None
     if state is None:
         raise NeverDeployedError(from_env)
     if state.live_digest is None:
@@ -461,7 +501,7 @@ def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> De
             f"{short(state.live_digest)} is live in {from_env} but not healthy ({health}); fix {from_env} "
             "before promoting"
         )
-    return deploy(ctx, state.live_digest, to_env, opts, kind="promote", source_env=from_env)
+    return state.live_digest
 
 
 def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = None) -> DeployResult:
@@ -495,8 +535,21 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
             digest = Digest.parse(found)
     if str(digest) == state.live_digest:
         raise InputError(f"{short(str(digest))} is already live in {env}; nothing to roll back")
+    chosen_on = state.live_digest
+
+    def unchanged(_conn: Connection, now: EnvState | None) -> None:
+        """Under the lock: the choice was made on what is still live (a deployment that held the
+        lock while this rollback waited would make it go two steps back, or to the live release)."""
+        live = now.live_digest if now is not None else None
+        if live != chosen_on:
+            shown = short(live) if live else "nothing"
+            raise PolicyError(
+                f"{env} changed while this rollback waited: {shown} is live now, not {short(chosen_on)}"
+                f"; check `graven status {env}` and roll back again"
+            )
+
     target = verify_target(ctx, digest, env, opts)
-    return _run_deployment(ctx, target, opts, kind="rollback")
+    return _run_deployment(ctx, target, opts, kind="rollback", recheck=unchanged)
 
 
 def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions) -> None:

@@ -23,6 +23,7 @@ from graven.model.manifest import TreeManifest
 from graven.service.artifacts import load_manifest, resolve_digest
 from graven.service.context import Context
 from graven.service.deploy_records import settings_from_row
+from graven.service.deploy_release import check_links
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.deploy_verify import check_location, check_path, policy_facts, verify_target
 from graven.service.environments import deployment_row, load_state
@@ -120,6 +121,7 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
     if not decision.allowed:
         raise PolicyError(decision.refusal or "refused")
     layout = EnvLayout(Path(settings.path))
+    check_links(layout)  # what the deploy refuses before its lock (a file at PATH/config, a linked releases/)
     live_hex = layout.live_hex()
     live_manifest: TreeManifest | None = None
     if live_hex is not None:

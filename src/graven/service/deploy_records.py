@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
@@ -190,7 +191,7 @@ def record_success(
                 conn,
                 LogEvent("hold", artifact=digest, commit=target.commit, env=env, reason=current.hold_reason),
             )
-    return kind == "rollback"
+    return current.held  # a rollback holds; a deploy of the held digest leaves the hold in place
 
 
 def _log_override(
@@ -216,6 +217,17 @@ def _log_override(
     )
 
 
+class Restored(NamedTuple):
+    """What a failed deployment left the environment on: the release switched back to (None when
+    none was), that release's health after its own hooks ran again (``healthy``, ``none``, ``failed``,
+    ``unknown``) and why, and whether the environment is held."""
+
+    rolled_back_to: str | None
+    health: str | None
+    detail: str | None
+    held: bool
+
+
 def record_failure(
     ctx: Context,
     target: Target,
@@ -230,10 +242,10 @@ def record_failure(
     old_config: str | None,
     opts: DeployOptions,
     overridden: tuple[str, ...] = (),
-) -> str | None:
+) -> Restored:
     """Record a failed activate/health; switch back to the previous release unless this is a rollback.
     A bypassed requirement (``overridden``) is logged as an ``override`` entry all the same: the
-    digest went live because of it."""
+    digest went live because of it. Returns what the environment was left on (:class:`Restored`)."""
     env = target.settings.name
     digest = str(target.digest)
     detail = f"{what} failed: {failure.describe()}"
@@ -374,4 +386,4 @@ def record_failure(
         save_state(conn, current)
     if interrupted is not None:
         raise interrupted
-    return rolled_back_to
+    return Restored(rolled_back_to, back_health if rolled_back_to else None, back_detail, current.held)

@@ -72,7 +72,7 @@ def verify_target(
     record = get_artifact(ctx, digest)
     # A signature this home verified before (same key, same bytes) is not checked again: the memo never
     # decides trust, revocation or the environment's keys, so this needs no cryptography on a warm home.
-    policy = load_policy(ctx, opts.policy_file, memo=True)
+    policy = load_policy(ctx, opts.policy_file, memo=log_failures)  # a plan writes nothing
     try:
         provenances = _verified_provenances(ctx, digest, policy, env)
         verified = provenances[0]
@@ -138,7 +138,7 @@ def policy_facts(
     )
 
 
-def check_location(ctx: Context, conn: Connection, settings: EnvSettings) -> None:
+def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, warn: bool = True) -> None:
     """Refuse, before anything is created there, an environment directory that is a file; that lies in
     GRAVEN_HOME (the store, keys and trust policy) or in what graven keeps inside it; that is the
     directory of another environment with a live release (deploying there would bypass that
@@ -146,7 +146,8 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings) -> Non
     another environment's directory (or holds that environment's directory there); or that another
     user could change under graven (:meth:`EnvLayout.check_owners`). Paths are compared with their
     symlinks resolved. Another environment recorded at the same path with nothing live gets a
-    warning: that is what renaming an environment looks like."""
+    warning (unless ``warn`` is false: the second check, under the lock): that is what renaming an
+    environment looks like."""
     path = Path(settings.path)
     mine = _resolved(settings.path)
     home = _resolved(str(ctx.home.root))
@@ -179,6 +180,8 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings) -> Non
                 f"`graven retire {other} --reason TEXT` first; or give {settings.name} a directory of its own"
             )
         if mine == theirs:
+            if not warn:
+                continue
             ctx.reporter.warn(
                 f"environment {other} was deployed at {other_path} too; if {settings.name} replaces it, "
                 f"{other}'s releases are now {settings.name}'s (its status and drift are stale)"
