@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from graven.core.record import Frozen
 from graven.db import Connection
@@ -26,7 +26,7 @@ from graven.deploy.plan import evaluate_policy, short
 from graven.deploy.settings import check_env_name
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import point_symlink
-from graven.errors import InputError, NeverDeployedError, PolicyError
+from graven.errors import BackendError, GravenError, InputError, NeverDeployedError, PolicyError
 from graven.model.digest import Digest
 from graven.service.artifacts import resolve_digest
 from graven.service.context import Context, utc_now
@@ -341,18 +341,22 @@ def _run_deployment(
         }
         if ok:
             health_state = "healthy" if health is not None else "none"
-            held = record_success(
-                ctx,
-                target,
-                dep_id,
-                decision,
-                kind=kind,
-                source_env=source_env,
-                previous=previous,
-                health=health_state,
-                opts=opts,
-                layout=layout,
-            )
+            try:
+                held = record_success(
+                    ctx,
+                    target,
+                    dep_id,
+                    decision,
+                    kind=kind,
+                    source_env=source_env,
+                    previous=previous,
+                    health=health_state,
+                    opts=opts,
+                    layout=layout,
+                )
+            except GravenError as exc:  # a full or read-only home: not left live without a record
+                _unrecorded(ctx, target, dep_id, state, kind, previous, layout, old_config, opts, exc)
+                raise  # pragma: no cover - _unrecorded raises
             step(ctx, "recorded")
             with ctx.db.connect() as conn:
                 state_now = load_state(conn, env)
@@ -433,6 +437,51 @@ def _run_deployment(
             seconds=time.monotonic() - started,
             **common,
         )
+
+
+def _unrecorded(  # noqa: PLR0917 (the deployment's state, as record_failure takes it)
+    ctx: Context,
+    target: Target,
+    dep_id: int,
+    state: EnvState | None,
+    kind: str,
+    previous: str | None,
+    layout: EnvLayout,
+    old_config: str | None,
+    opts: DeployOptions,
+    exc: GravenError,
+) -> NoReturn:
+    """A healthy deployment whose success could not be written: exit 1 means what was live stays live,
+    so it is switched back as after a failed health check (the old release's hooks run again; a
+    rollback stays, as a failed rollback does), and the error says what the environment is on."""
+    env, digest = target.settings.name, str(target.digest)
+    failure = step_error("recording", exc)
+    try:
+        restored = record_failure(
+            ctx,
+            target,
+            dep_id,
+            state,
+            kind=kind,
+            previous=previous,
+            failure=failure,
+            what="recording",
+            layout=layout,
+            old_config=old_config,
+            opts=opts,
+        )
+        back = restored.rolled_back_to
+    except GravenError:  # the database still refuses: its pending row is settled by the next command
+        back = previous if kind != "rollback" and layout.live_hex() != target.digest.hex else None
+    if kind == "rollback" or back is None:
+        now = layout.live_hex()
+        where = f"{short(now)} is live" if now else "nothing is live"
+    else:
+        where = f"switched back to {short(back)}"
+    raise BackendError(
+        f"{short(digest)} passed its checks in {env} but could not be recorded ({exc}); {where}; "
+        "make GRAVEN_HOME writable (free space), then deploy again"
+    ) from exc
 
 
 # -- use cases -------------------------------------------------------------------------------------

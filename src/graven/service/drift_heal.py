@@ -183,6 +183,10 @@ def heal(
                 result.seconds = time.monotonic() - started
                 return result
             hex_digest = checked.expected.release_hex
+            # a heal that cannot be recorded is not done: the database must take a write (a read-only
+            # home refuses here) before anything in the environment changes
+            with ctx.db.begin():
+                pass
             try:
                 table = StatTable.load(layout.stat_file, ctx.record_key)
                 if rebuild:
