@@ -100,3 +100,31 @@ def test_an_import_into_a_full_store_blames_the_store_not_the_archive(
     assert code == 1, err
     assert "cannot write to the object store" in err and "archive" not in err, err
     assert len(err.splitlines()) == 1
+
+
+def test_a_full_disk_while_a_pack_index_is_written_leaves_no_pack_and_no_partial_index(
+    graven_home: Path,
+    repo_with: Callable[[dict[str, Any]], Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pack was renamed into place before its index was written: ENOSPC then left a pack nothing
+    indexes (never cleaned) and a partial index in objects/tmp, and the error carried "[Errno 28]"."""
+    repo = repo_with(SMALL)
+    before = _objects(graven_home)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if "/objects/tmp/idx-" in os.readlink(f"/proc/self/fd/{fd}"):
+            _full()
+        real_fsync(fd)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local.os, "fsync", fsync)
+        code, _out, err = run_cli("build", "-C", repo)
+    assert code == 1, err
+    assert err.splitlines() == [
+        f"graven: error: cannot write a pack to {graven_home / 'objects' / 'pack'}: No space left on device"
+    ]
+    assert _objects(graven_home) == before
+    assert run_cli("build", "-C", repo)[0] == 0

@@ -999,21 +999,19 @@ class _PackWriter:
             os.fsync(self._fd)
             os.close(self._fd)
         except OSError as exc:
-            raise BackendError(f"cannot write a pack to {self._store._packs}: {exc}") from exc
+            raise BackendError(f"cannot write a pack to {self._store._packs}: {exc.strerror or exc}") from exc
         self._fd = None
         self._sealed.append((self._tmp, f"pack-{self._hash.hexdigest()}", self._entries))
         self._tmp = None
         self._entries = []
 
     def _publish(self, tmp: Path, name: str, entries: list[tuple[bytes, int, int, int, int]]) -> None:
+        """Publish one sealed pack: its index is written (and fsynced) to a temp file first, so that a
+        full disk leaves neither a pack without its index nor a partial index; then the pack is renamed
+        into place, then the index (the commit point of the pack)."""
         store = self._store
+        idx_tmp: Path | None = None
         try:
-            pack = store._packs / f"{name}.pack"
-            os.chmod(tmp, 0o444)
-            if pack.exists():  # same name => same bytes: never rewrite, just drop ours
-                tmp.unlink()
-            else:
-                os.rename(tmp, pack)
             body = bytearray(IDX_MAGIC + struct.pack(">Q", len(entries)))
             for entry in sorted(entries):
                 body += _IDX_ENTRY.pack(*entry)
@@ -1024,10 +1022,20 @@ class _PackWriter:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(idx_tmp, 0o444)
+            pack = store._packs / f"{name}.pack"
+            os.chmod(tmp, 0o444)
+            if pack.exists():  # same name => same bytes: never rewrite, just drop ours
+                tmp.unlink()
+            else:
+                os.rename(tmp, pack)
             os.rename(idx_tmp, store._packs / f"{name}.idx")  # the commit point of this pack
+            idx_tmp = None
             _fsync_dir(store._packs)
         except OSError as exc:
-            raise BackendError(f"cannot write a pack to {store._packs}: {exc}") from exc
+            if idx_tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(idx_tmp)
+            raise BackendError(f"cannot write a pack to {store._packs}: {exc.strerror or exc}") from exc
 
     def close(self, *, commit: bool) -> None:
         """Stop the thread; with ``commit``, publish every pack of the batch, else drop them."""
