@@ -394,6 +394,11 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("graven: interrupted\n")
         return 130
+    except RuntimeError as exc:  # Ctrl-C while a class was made (a command module's first import)
+        if not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
+        sys.stderr.write("graven: interrupted\n")
+        return 130
     except BrokenPipeError as exc:  # the reader left (`| head`): never 0, a failed check may hide here
         from graven.cli.main import output_failed
 

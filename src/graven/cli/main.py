@@ -89,12 +89,25 @@ def entry() -> None:
             sys.stdout.flush()
     except OSError as exc:  # the output could not be written: say so, and never exit 0
         code = output_failed(exc, code)
+    except KeyboardInterrupt:  # Ctrl-C before run() handles it: while graven.cli.app is imported
+        code = interrupted()
+    except RuntimeError as exc:  # ... or while a class is made (3.11 wraps it in __set_name__'s error)
+        if not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
+        code = interrupted()
     try:
         if sys.stderr is not None:
             sys.stderr.flush()
     except (OSError, ValueError):
         pass
     os._exit(code)
+
+
+def interrupted() -> int:
+    """Say that Ctrl-C stopped the command; its exit code (130, as a shell's for SIGINT)."""
+    with _suppressed():
+        sys.stderr.write("graven: interrupted\n")
+    return 130
 
 
 def output_failed(exc: OSError, code: int) -> int:

@@ -124,3 +124,41 @@ def test_watch_durations_must_be_finite(value: str, capsys: pytest.CaptureFixtur
     assert len(err.splitlines()) == 1
     assert main(["watch", "--full-every", "0"]) == 2
     assert "argument --full-every: '0' must be more than zero" in capsys.readouterr().err
+
+
+_INTERRUPTED_IMPORT = """
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "graven.cli.app":
+            if sys.argv[1] == "wrapped":  # as 3.11 reports Ctrl-C while a class body's __set_name__ runs
+                raise RuntimeError("Error calling __set_name__") from KeyboardInterrupt()
+            raise KeyboardInterrupt
+        return None
+sys.meta_path.insert(0, Interrupt())
+sys.argv[1:] = ["artifacts"]
+from graven.cli.main import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize("how", ["plain", "wrapped"])
+def test_ctrl_c_while_the_cli_starts_is_one_line_and_130(how: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_IMPORT, how], capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stderr) == (130, "graven: interrupted\n")
+
+
+def test_ctrl_c_while_a_command_module_is_first_imported_is_one_line_and_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(_command: object) -> object:
+        raise RuntimeError("Error calling __set_name__ on 'cached_property'") from KeyboardInterrupt()
+
+    monkeypatch.setattr("graven.cli.app.build_parser", interrupted)
+    assert main(["status"]) == 130
+    assert capsys.readouterr().err == "graven: interrupted\n"
+    monkeypatch.setattr("graven.cli.app.build_parser", lambda _c: 1 / 0 and None)
+    with pytest.raises(ZeroDivisionError):  # any other error is a bug: it is not swallowed
+        main(["status"])
