@@ -472,6 +472,7 @@ class _SqliteDatabase:
         self._lock = threading.Lock()
         self.read_only = False  # set when the database can only be read (see _open)
         self._copy: str | None = None  # the private copy of a read-only database with its WAL
+        self._full = False  # read-only because its file system is full
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
@@ -490,11 +491,23 @@ class _SqliteDatabase:
             raw.execute("PRAGMA foreign_keys=ON")
         except sqlite3.OperationalError:
             raw.close()
-            if not self._cannot_write():
+            full = self._disk_full()
+            if not full and not self._cannot_write():
                 raise
             self.read_only = True
+            self._full = full
             return self._open_read_only()
         return raw
+
+    def _disk_full(self) -> bool:
+        """Whether the database's file system has no space left, where SQLite cannot make the WAL's
+        shared-memory file either ("disk I/O error"): what is recorded can still be read."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            st = os.statvfs(directory)
+        except OSError:
+            return False
+        return os.path.isfile(self.path) and st.f_bavail * st.f_frsize < 64 * 1024
 
     def _cannot_write(self) -> bool:
         """Whether this user cannot write beside the database (a read-only GRAVEN_HOME: a copy kept
@@ -560,6 +573,11 @@ class _SqliteDatabase:
             if commit and self.read_only:
                 raw.close()
                 raw = None
+                if self._full:
+                    raise BackendError(
+                        f"cannot write the database {self.path}: no space left on its file system (it "
+                        "can be read, not changed); free some space, then run this command again"
+                    )
                 raise BackendError(
                     f"cannot write the database {self.path}: its directory is read-only for this user "
                     "(it can be read, not changed); run this command where GRAVEN_HOME is writable"
@@ -874,6 +892,10 @@ _SQLITE_HINTS = (
     ),
     (("file is not a database", "malformed"), "the file is damaged: restore graven.db from a backup"),
     (("readonly database",), "make graven.db and its directory writable for this user"),
+    (
+        ("disk I/O error", "database or disk is full"),
+        "the file system of GRAVEN_HOME is full or failing; free some space (df) and try again",
+    ),
     (
         ("unable to open database file",),
         "its directory is missing or not writable, or a directory stands in its place",

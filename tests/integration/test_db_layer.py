@@ -357,3 +357,41 @@ def test_tables_without_a_schema_version_are_refused_by_name(tmp_path: Path) -> 
     raw.close()
     with pytest.raises(BackendError, match=r"tables but no schema version .* restore it from a backup"):
         Database.open(url)
+
+
+def test_a_home_on_a_full_file_system_is_read_and_a_write_says_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite cannot make the WAL's shared-memory file on a full file system ("disk I/O error"):
+    every command, `graven status` too, failed with that line, as if the disk were broken."""
+    path = tmp_path / "graven.db"
+    made = Database.open(f"sqlite:///{path}")
+    with made.begin() as conn:
+        conn.execute(INSERT_ENV, _env("prod", True))
+    made.close()
+
+    def no_shm(_raw: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    real_statvfs = os.statvfs
+
+    class Full:
+        f_bavail = 0
+        f_frsize = 4096
+
+    monkeypatch.setattr("graven.db._set_wal", no_shm)
+    monkeypatch.setattr(
+        "graven.db.os.statvfs", lambda p: Full() if str(p) == str(tmp_path) else real_statvfs(p)
+    )
+    db = Database.open(f"sqlite:///{path}")
+    try:
+        with db.connect() as conn:
+            assert conn.execute("SELECT name, held FROM deploy_envs").all() == [("prod", True)]
+        with (
+            pytest.raises(BackendError, match="no space left on its file system") as caught,
+            db.begin() as conn,
+        ):
+            conn.execute(INSERT_ENV, _env("staging", False))
+        assert "free some space" in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        db.close()
