@@ -6,6 +6,7 @@ Layout under ``root`` (normally ``GRAVEN_HOME/objects``)::
     pack/pack-<sha256>.pack    packs: many small objects (zstd-compressed when it pays), read-only
     pack/pack-<sha256>.idx     the index of one pack; written last, so it is the commit point
     tmp/                       files being written; never visible as objects
+    consolidate.lock           flock(2): one process merges small packs into one at a time
 
 Every file is written to ``tmp/``, fsynced, renamed into place and made read-only, so a process killed
 at any moment leaves no partial object visible. An intact object is never rewritten: putting content that
@@ -14,6 +15,8 @@ object: a damaged loose file is replaced atomically by the new, verified bytes, 
 gets a good loose copy beside it (packs are never rewritten). Every read is verified against the digest;
 when one copy of an object fails, the others (in other packs, or loose) are tried before the read fails.
 A damaged pack index is rebuilt in memory from its pack's record headers; it never hides other packs.
+Packs accumulate one per build: past :data:`CONSOLIDATE_AT`, a commit merges the small ones into a
+new pack (records verified, then copied byte for byte) and removes them (:meth:`LocalStore.consolidate`).
 Formats: docs/formats/store-v1.md.
 """
 
@@ -34,7 +37,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
-from graven.errors import BackendError, DigestMismatchError, IntegrityError
+from graven.errors import BackendError, DigestMismatchError, GravenError, IntegrityError
 from graven.model.digest import Digest
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ __all__ = ["LOOSE_THRESHOLD", "LocalStore", "PackBatch"]
 LOOSE_THRESHOLD = 1 << 20  # objects this large are stored loose, uncompressed
 MAX_PACK_BYTES = 256 << 20  # a batch starts a new pack past this size
 MAX_DELTA_DEPTH = 16
+CONSOLIDATE_AT = 16  # more packs than this: a batch's commit merges the small ones (:meth:`consolidate`)
 STALE_TMP_SECONDS = 24 * 3600
 _CHUNK = 1 << 20
 
@@ -293,10 +297,13 @@ class LocalStore:
         """The entries of one index; rebuilt from the pack's record headers when the index is damaged,
         None when the pack file is gone. Damage is recorded for :meth:`damage`."""
         if not os.path.exists(pack):
-            self._damaged[idx.name] = f"{pack.name} is missing (its index {idx.name} remains)"
+            if os.path.exists(idx):
+                self._damaged[idx.name] = f"{pack.name} is missing (its index {idx.name} remains)"
             return None
         try:
             entries = _read_index(idx)
+        except FileNotFoundError:  # merged away (consolidate) since the listing
+            return None
         except IntegrityError as exc:
             scanned = _scan_pack(pack)
             self._damaged[idx.name] = f"{exc}; {len(scanned)} objects recovered from {pack.name}"
@@ -389,7 +396,8 @@ class LocalStore:
         """The slow path after the copy at ``failed`` did not verify (``error``): every other packed
         copy, then the loose one. The first that verifies is returned (and a packed one is read first
         from then on); when none does, the first corruption found is raised, or a missing error when
-        no copy is left at all."""
+        no copy is left at all. When a copy's pack file was gone (merged into a new pack by
+        :meth:`consolidate`), the indexes added since are loaded and their copies tried too."""
         raw = digest.raw
         index = self._packed()
         with self._lock:
@@ -397,25 +405,36 @@ class LocalStore:
         # a copy only a point lookup found (in an index file not checked yet) that the checked
         # index does not list is no copy: its failure is not the object's corruption
         known = failed in others
-        corrupt = None if isinstance(error, _PackGoneError) or not known else error
-        for location in others:
-            if location == failed:
-                continue
+        gone = isinstance(error, _PackGoneError)
+        corrupt = None if gone or not known else error
+        tried = {failed}
+        for fresh in (False, True):
+            if fresh:
+                if not gone:
+                    break
+                with self._lock:
+                    self._load_new_indexes(index, force=True)
+                    others = [loc for loc in (index.get(raw), *self._extra.get(raw, ())) if loc is not None]
+            for location in others:
+                if location in tried:
+                    continue
+                tried.add(location)
+                try:
+                    data = self._read_packed(digest, location, depth)
+                except _PackGoneError:
+                    gone = True
+                    continue
+                except IntegrityError as exc:
+                    corrupt = corrupt or exc
+                    continue
+                self._prefer(raw, location)
+                return data
             try:
-                data = self._read_packed(digest, location, depth)
-            except _PackGoneError:
-                continue
+                loose = self._read_loose(digest)
             except IntegrityError as exc:
-                corrupt = corrupt or exc
-                continue
-            self._prefer(raw, location)
-            return data
-        try:
-            loose = self._read_loose(digest)
-        except IntegrityError as exc:
-            raise (corrupt or exc) from None
-        if loose is not None:
-            return loose
+                raise (corrupt or exc) from None
+            if loose is not None:
+                return loose
         if corrupt is not None:
             raise corrupt
         raise self.missing_error(digest)
@@ -455,7 +474,8 @@ class LocalStore:
         read as missing, and :meth:`has` says so. Rare, so a walk of the whole index is fine."""
         with self._lock:
             idx = pack.with_suffix(".idx").name
-            self._damaged[idx] = f"{pack.name} is missing (its index {idx} remains)"
+            if os.path.exists(pack.with_suffix(".idx")):  # else merged into another pack and removed
+                self._damaged[idx] = f"{pack.name} is missing (its index {idx} remains)"
             index = self._index
             if index is None:
                 return
@@ -836,6 +856,113 @@ class LocalStore:
             raise
         writer.commit()
 
+    def consolidate(self, *, above: int | None = None) -> int:
+        """Merge the smallest packs into one when there are more than ``above``, so that every command
+        does not open, map and search one index per build ever made (:func:`rollup` picks them: the
+        packs left form a geometric progression). Every record is verified before it is copied, byte
+        for byte (a delta keeps naming its base by digest), into the new pack, which is published as
+        a batch's is; only then are the merged packs removed (index first). A pack with a record that
+        does not verify is not removed. One process at a time (``consolidate.lock``; another one at
+        it: nothing is done). Returns how many packs were merged and removed."""
+        import fcntl
+
+        try:
+            names = sorted(n[:-4] for n in os.listdir(self._packs) if n.endswith(".idx"))
+        except OSError:
+            return 0
+        if len(names) <= (CONSOLIDATE_AT if above is None else above):
+            return 0
+        try:
+            lock = os.open(self.root / "consolidate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return 0
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return 0
+            return self._merge_small_packs()
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _merge_small_packs(self) -> int:
+        packs: list[tuple[int, str, list[tuple[bytes, int, int, int, int]]]] = []
+        for name in sorted(n[:-4] for n in os.listdir(self._packs) if n.endswith(".idx")):
+            try:
+                entries = list(_read_index(self._packs / f"{name}.idx"))
+                size = os.stat(self._packs / f"{name}.pack").st_size
+            except (OSError, GravenError):  # gone, or damaged: left as it is (verify names it)
+                continue
+            packs.append((size, name, entries))
+        count = rollup(size for size, _name, _entries in packs)
+        if count < 2:
+            return 0
+        chosen = sorted(packs, key=lambda item: item[0])[:count]
+        fd, tmp = self._tmp_file("pack")
+        written: list[tuple[bytes, int, int, int, int]] = []
+        damaged: set[str] = set()
+        try:
+            sha = hashlib.sha256(PACK_MAGIC)
+            with os.fdopen(fd, "wb") as out:
+                out.write(PACK_MAGIC)
+                offset = len(PACK_MAGIC)
+                seen: set[bytes] = set()
+                for _size, name, entries in chosen:
+                    pack = self._packs / f"{name}.pack"
+                    for raw, at, stored, size, codec in entries:
+                        if raw in seen:
+                            continue
+                        location = _Location(pack, at, stored, size, codec)
+                        try:
+                            self._read_packed(Digest.from_bytes(raw), location)  # verified
+                            length = _RECORD.size + (32 if codec == CODEC_ZSTD_DELTA else 0) + stored
+                            record = os.pread(self._pack_fd(pack), length, at)
+                        except IntegrityError:
+                            damaged.add(name)
+                            continue
+                        if len(record) != length:
+                            damaged.add(name)
+                            continue
+                        out.write(record)
+                        sha.update(record)
+                        written.append((raw, offset, stored, size, codec))
+                        offset += length
+                        seen.add(raw)
+                out.flush()
+                os.fsync(out.fileno())
+            _publish_pack(self, tmp, f"pack-{sha.hexdigest()}", written)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        removed = 0
+        for _size, name, _entries in chosen:
+            if name in damaged:
+                continue
+            with contextlib.suppress(OSError):
+                (self._packs / f"{name}.idx").unlink()  # first: no reader finds the index without its pack
+                (self._packs / f"{name}.pack").unlink()
+                removed += 1
+        with contextlib.suppress(OSError):
+            _fsync_dir(self._packs)
+        self._reset_index()
+        return removed
+
+    def _reset_index(self) -> None:
+        """Forget what was loaded about the packs (some were removed): the next lookup loads again."""
+        with self._lock:
+            self._index = None
+            self._extra.clear()
+            self._damaged.clear()
+            self._seen_idx.clear()
+            self._packs_mtime = -1
+            maps, self._point_maps = self._point_maps, None
+            fds, self._fds = self._fds, {}
+        if maps is not None:
+            _release_maps(maps)
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def clean_tmp(self, *, older_than: float = STALE_TMP_SECONDS) -> int:
         """Remove temp files left by killed writers; return how many were removed."""
         removed = 0
@@ -1006,36 +1133,7 @@ class _PackWriter:
         self._entries = []
 
     def _publish(self, tmp: Path, name: str, entries: list[tuple[bytes, int, int, int, int]]) -> None:
-        """Publish one sealed pack: its index is written (and fsynced) to a temp file first, so that a
-        full disk leaves neither a pack without its index nor a partial index; then the pack is renamed
-        into place, then the index (the commit point of the pack)."""
-        store = self._store
-        idx_tmp: Path | None = None
-        try:
-            body = bytearray(IDX_MAGIC + struct.pack(">Q", len(entries)))
-            for entry in sorted(entries):
-                body += _IDX_ENTRY.pack(*entry)
-            body += hashlib.sha256(body).digest()
-            fd, idx_tmp = store._tmp_file("idx")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(body)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(idx_tmp, 0o444)
-            pack = store._packs / f"{name}.pack"
-            os.chmod(tmp, 0o444)
-            if pack.exists():  # same name => same bytes: never rewrite, just drop ours
-                tmp.unlink()
-            else:
-                os.rename(tmp, pack)
-            os.rename(idx_tmp, store._packs / f"{name}.idx")  # the commit point of this pack
-            idx_tmp = None
-            _fsync_dir(store._packs)
-        except OSError as exc:
-            if idx_tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(idx_tmp)
-            raise BackendError(f"cannot write a pack to {store._packs}: {exc.strerror or exc}") from exc
+        _publish_pack(self._store, tmp, name, entries)
 
     def close(self, *, commit: bool) -> None:
         """Stop the thread; with ``commit``, publish every pack of the batch, else drop them."""
@@ -1218,6 +1316,9 @@ class PackBatch:
             self._flush_pending()
             self._writer.close(commit=True)
             self._store.refresh_index()  # our packs are visible to this store object at once
+            # best effort: the batch is committed whatever happens here
+            with contextlib.suppress(GravenError, OSError):
+                self._store.consolidate()
 
     def abort(self) -> None:
         """Drop what the batch wrote: its packs and its loose objects' temp files."""
@@ -1228,10 +1329,66 @@ class PackBatch:
             self._writer.close(commit=False)
 
 
+def _publish_pack(
+    store: LocalStore, tmp: Path, name: str, entries: list[tuple[bytes, int, int, int, int]]
+) -> None:
+    """Publish one sealed pack (``tmp``, fsynced): its index is written (and fsynced) to a temp file
+    first, so that a full disk leaves neither a pack without its index nor a partial index; then the
+    pack is renamed into place, then the index (the commit point of the pack)."""
+    idx_tmp: Path | None = None
+    try:
+        body = bytearray(IDX_MAGIC + struct.pack(">Q", len(entries)))
+        for entry in sorted(entries):
+            body += _IDX_ENTRY.pack(*entry)
+        body += hashlib.sha256(body).digest()
+        fd, idx_tmp = store._tmp_file("idx")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(idx_tmp, 0o444)
+        pack = store._packs / f"{name}.pack"
+        os.chmod(tmp, 0o444)
+        if pack.exists():  # same name => same bytes: never rewrite, just drop ours
+            tmp.unlink()
+        else:
+            os.rename(tmp, pack)
+        os.rename(idx_tmp, store._packs / f"{name}.idx")  # the commit point of this pack
+        idx_tmp = None
+        _fsync_dir(store._packs)
+    except OSError as exc:
+        if idx_tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(idx_tmp)
+        raise BackendError(f"cannot write a pack to {store._packs}: {exc.strerror or exc}") from exc
+
+
+def rollup(sizes: Iterable[int], factor: int = 2) -> int:
+    """How many of the smallest packs to merge into one so that the packs left, sorted by size, form
+    a geometric progression (each at least ``factor`` times the one before), as ``git repack
+    --geometric`` does: the number of packs then stays logarithmic in the store's size, and each
+    object is copied O(log n) times over the store's life. ``sizes`` in any order; 0 or >= 2."""
+    ordered = sorted(sizes)
+    n = len(ordered)
+    top = n - 1  # the packs from ``top`` on already form a progression
+    while top > 0 and ordered[top] >= factor * ordered[top - 1]:
+        top -= 1
+    if top == 0:
+        return 0
+    merged = top + 1
+    total = sum(ordered[:merged])
+    while merged < n and ordered[merged] < factor * total:  # the merged pack would break it again
+        total += ordered[merged]
+        merged += 1
+    return merged if merged >= 2 else 0
+
+
 def _read_index(idx: Path) -> Iterator[tuple[bytes, int, int, int, int]]:
     """The entries of a checked pack index: (sha256, record offset, stored size, size, codec)."""
     try:
         data = idx.read_bytes()
+    except FileNotFoundError:
+        raise  # merged into another pack and removed since it was listed: the caller looks again
     except OSError as exc:
         raise BackendError(f"cannot read pack index {idx}: {exc}") from exc
     header = len(IDX_MAGIC) + 8
