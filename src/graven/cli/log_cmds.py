@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from graven.cli.app import ArgParser, UsageError, add_command, add_group
 from graven.cli.context import closing as _closing
-from graven.cli.output import emit_json, print_table, printable
+from graven.cli.output import emit_json, emit_json_list, print_rows, printable
 from graven.errors import InputError, NotFoundError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from graven.model.logentry import LogEntry
 
 __all__ = ["register"]
 
@@ -106,37 +112,36 @@ def log_cmd(args: argparse.Namespace) -> int:
     from graven.service.context import Context
 
     ctx = _closing(Context.from_env())
-    if not ctx.home.has_database():
-        entries = []
-    else:
+    entries: Iterator[LogEntry] = iter(())
+    if ctx.home.has_database():
         digest = str(resolve_digest(ctx, artifact)) if artifact else None
-        entries = [e for e, _ in ctx.audit.entries(env=env, artifact=digest, since=_since(since))]
-    if not entries:
+        entries = (e for e, _ in ctx.audit.entries(env=env, artifact=digest, since=_since(since)))
+    # one entry at a time: a log of 100,000 entries is never held whole
+    first = next(entries, None)
+    if first is None:
         ctx.audit.check_not_lost()  # a lost log is not "no matching entries"
+    found = itertools.chain([first], entries) if first is not None else iter(())
     if as_json:
-        emit_json([e.to_json() for e in entries])
+        emit_json_list(e.to_json() for e in found)
         return 0
-    if not entries:
+    if first is None:
         print("the audit log has no matching entries")
         return 0
-    print_table(
+    print_rows(
         ["index", "time", "event", "artifact", "env", "result", "actor", "reason"],
-        [
-            [
-                printable(cell)
-                for cell in (
-                    str(e.index),
-                    e.time[:19].replace("T", " "),
-                    e.event,
-                    (e.artifact or "-")[7:19] or "-",
-                    e.env or "-",
-                    e.result,
-                    e.actor,
-                    e.reason or "",
-                )
-            ]
-            for e in entries
-        ],
+        (
+            (
+                str(e.index),
+                e.time[:19].replace("T", " "),
+                e.event,
+                (e.artifact or "-")[7:19] or "-",
+                e.env or "-",
+                e.result,
+                e.actor,
+                e.reason or "",
+            )
+            for e in found
+        ),
     )
     return 0
 

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["TerminalReporter", "emit_json", "human_size", "print_table", "printable", "progress_text"]
+__all__ = [
+    "TerminalReporter",
+    "emit_json",
+    "emit_json_list",
+    "human_size",
+    "print_rows",
+    "print_table",
+    "printable",
+    "progress_text",
+]
 
 
 def emit_json(value: Any) -> None:
@@ -19,6 +29,19 @@ def emit_json(value: Any) -> None:
     import json  # here: most commands print no JSON, and start-up is budgeted
 
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def emit_json_list(items: Iterable[Any]) -> None:
+    """Print one JSON array on stdout as :func:`emit_json` would print the list, one item at a time:
+    a long list (the audit log) is never held whole, as objects or as text."""
+    import json
+
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2, sort_keys=True, ensure_ascii=False).replace("\n", "\n  ")
+        sys.stdout.write(("[\n  " if first else ",\n  ") + text)
+        first = False
+    sys.stdout.write("[]\n" if first else "\n]\n")
 
 
 def human_size(size: int) -> str:
@@ -62,6 +85,21 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
     sys.stdout.write(line.rstrip() + "\n")
     for row in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def print_rows(headers: Sequence[str], rows: Iterable[Sequence[str]], *, sample: int = 2000) -> None:
+    """:func:`print_table` for a long stream of rows (the audit log): the columns are as wide as the
+    widest cell of the first ``sample`` rows (all of them, for a table that short: then the output
+    is print_table's), and later rows are written as they come, a wider cell moving only its row."""
+    it = iter(rows)
+    head = [[printable(cell) for cell in row] for row in itertools.islice(it, sample)]
+    widths = [len(h) for h in headers]
+    for row in head:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    sys.stdout.write(line.rstrip() + "\n")
+    for row in itertools.chain(head, ([printable(cell) for cell in row] for row in it)):
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
