@@ -63,3 +63,45 @@ def test_a_plain_build_does_not_import_the_step_machinery() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _plant(repo: Path, oid: str, content: bytes) -> None:
+    """An object file for ``oid`` holding ``content`` (which is not what ``oid`` names)."""
+    import zlib
+
+    path = repo / ".git" / "objects" / oid[:2] / oid[2:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(zlib.compress(b"blob %d\0" % len(content) + content))
+
+
+def test_a_planted_object_is_refused_and_never_reaches_another_repositorys_build(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """git cat-file returns an object file's bytes without hashing them: a repository whose store
+    names a blob id with other bytes made graven remember the id as that content (the blob cache
+    serves every repository of the home), and a clean repository built later got the planted bytes."""
+    victim = make_repo(tmp_path / "victim", {"lib.js": "export const ok = true;\n"})
+    oid = git(victim, "rev-parse", "HEAD:lib.js").strip()
+    other = make_repo(tmp_path / "other", {"README.md": "other\n"}, '[artifact]\nname = "other"\n')
+    _plant(other, oid, b"alert(1)//evil\n")
+    git(other, "update-index", "--add", "--cacheinfo", f"100644,{oid},vendor/lib.js")
+    git(other, "commit", "-q", "-m", "vendor")
+    code, _out, err = run_cli("build", "-C", other, "--no-cache")  # git's bytes, not the working tree's
+    assert code == 1, err
+    assert f"git object {oid} does not hash to its id" in err and len(err.splitlines()) == 1
+    code, _out, err = run_cli("build", "-C", other)
+    assert code == 1, err
+    clean = _build(run_cli, "-C", victim)
+    fresh = _build(run_cli, "-C", victim, "--no-cache")
+    assert clean["digest"] == fresh["digest"]
+
+
+def test_a_planted_empty_object_is_refused(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "content\n"})
+    oid = git(repo, "rev-parse", "HEAD:a.txt").strip()
+    (repo / ".git" / "objects" / oid[:2] / oid[2:]).unlink()  # the loose object git wrote
+    _plant(repo, oid, b"")
+    code, _out, err = run_cli("build", "-C", repo, "--no-cache")
+    assert code == 1 and "does not hash to its id" in err, err

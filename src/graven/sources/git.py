@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import IO, Generic, NamedTuple, TypeVar
 
 from graven.core.paths import decode_path
-from graven.errors import BackendError, GravenError, NotFoundError, SourceError
+from graven.errors import BackendError, GravenError, IntegrityError, NotFoundError, SourceError
 
 __all__ = ["BlobReader", "BlobStream", "CommitFile", "GitChange", "GitEntry", "GitRepo", "Pending"]
 
@@ -77,12 +78,20 @@ def _git_env() -> dict[str, str]:
 
 
 class BlobReader:
-    """Reads exactly ``size`` bytes of one blob from a ``cat-file --batch`` stream."""
+    """Reads exactly ``size`` bytes of the blob ``oid`` from a ``cat-file --batch`` stream, and checks
+    them against ``oid`` when the last byte is read: git returns what its object store holds without
+    hashing it again, and a blob whose bytes are not its id's (a damaged or planted object file) must
+    never be built, nor remembered as that id's content (the blob cache serves every repository)."""
 
-    def __init__(self, stream: IO[bytes], size: int) -> None:
+    def __init__(self, stream: IO[bytes], size: int, oid: str) -> None:
         self._stream = stream
         self.size = size
         self._left = size
+        self._oid = oid
+        header = b"blob %d\0" % size
+        self._hash = hashlib.sha1(header) if len(oid) == 40 else hashlib.sha256(header)  # noqa: S324
+        if size == 0:
+            self._check()
 
     def read(self, n: int = -1) -> bytes:
         """Read up to ``n`` bytes (all that is left when ``n`` < 0)."""
@@ -93,7 +102,17 @@ class BlobReader:
         if len(data) != want:
             raise BackendError("git cat-file ended early")
         self._left -= len(data)
+        self._hash.update(data)
+        if self._left == 0:
+            self._check()
         return data
+
+    def _check(self) -> None:
+        if self._hash.hexdigest() != self._oid:
+            raise IntegrityError(
+                f"git object {self._oid} does not hash to its id: the repository's object store is "
+                "damaged or was tampered with; run `git fsck` there, or build from a fresh clone"
+            )
 
     def drain(self) -> None:
         """Skip what the consumer did not read."""
@@ -789,7 +808,7 @@ class BlobStream:
             header = stdout.readline().decode().split()
             if len(header) != 3 or header[1] != "blob":
                 raise BackendError(f"git cat-file cannot read blob {oid}: {' '.join(header)}")
-            reader = BlobReader(stdout, int(header[2]))
+            reader = BlobReader(stdout, int(header[2]), oid)
             yield oid, reader
             reader.drain()
             if stdout.read(1) != b"\n":
