@@ -82,6 +82,8 @@ def entry() -> None:
     pipe, a full disk), :func:`output_failed` decides the exit code."""
     import os
 
+    if sys.getfilesystemencoding() != "utf-8" and sys.executable:
+        _run_in_utf8_mode()
     code = 0
     try:
         code = main()
@@ -101,6 +103,21 @@ def entry() -> None:
     except (OSError, ValueError):
         pass
     os._exit(code)
+
+
+def _run_in_utf8_mode() -> None:
+    """Start again in Python's UTF-8 mode (``-X utf8``). Under a locale that is not UTF-8 (say
+    ``LC_ALL=en_US.ISO-8859-1``), file names would be decoded with its charset: a step's output
+    ``café`` became ``cafÃ©`` in the manifest (another digest for the same commit), and some names
+    a traceback. graven's names are UTF-8 bytes whatever the locale; the arguments are passed on as
+    the bytes they were."""
+    import contextlib
+    import os
+
+    argv: list[bytes] = [os.fsencode(a) for a in (sys.executable, "-X", "utf8", "-m", "graven.cli.main")]
+    argv += [os.fsencode(arg) for arg in sys.argv[1:]]
+    with contextlib.suppress(OSError):  # no interpreter to be had: go on as we are
+        os.execv(sys.executable, argv)  # noqa: S606
 
 
 def interrupted() -> int:
