@@ -21,8 +21,9 @@ class GlobError(ValueError):
 
 def _translate_class(body: str, negate: bool) -> str:
     """The regex of a character class: every character escaped (no regex syntax, no warnings about
-    nested sets), ``a-z`` ranges kept, a reversed range refused."""
-    out: list[str] = ["[^" if negate else "["]
+    nested sets), ``a-z`` ranges kept, a reversed range refused. A class matches one character of a
+    segment, never the ``/`` between two (``[!x]``, or a range such as ``[+-0]`` that spans it)."""
+    out: list[str] = ["[^/" if negate else "(?!/)["]
     k = 0
     while k < len(body):
         ch = body[k]
@@ -69,6 +70,8 @@ def _translate_segment(segment: str) -> str:
 
 def _glob_regex(pattern: str) -> str:
     """The regular expression (source) of one glob; GlobError when the glob is invalid."""
+    if pattern.endswith("/") and pattern.strip("/"):  # the directory itself, and everything below it
+        return _glob_regex(pattern.rstrip("/")) + "(?:/.*)?"
     if pattern.endswith("/"):
         pattern += "**"
     segments = pattern.strip("/").split("/")

@@ -27,6 +27,17 @@ from graven.core.globs import GlobSet, Selection, compile_glob
         ("[!ab].py", "c.py", True),
         ("a.b", "axb", False),
         ("**", "anything/at/all", True),
+        # a class is one character of a segment: never the "/" between two (a fuzzing review)
+        ("a[!x]b", "a/b", False),
+        ("a[!x]b", "a.b", True),
+        ("a[+-0]b", "a/b", False),
+        ("a[+-0]b", "a.b", True),
+        ("config[!.]*", "config/prod.toml", False),
+        # a trailing "/": the directory itself (an empty one is an entry) and everything below it
+        ("var/empty/", "var/empty", True),
+        ("var/empty/", "var/empty/x", True),
+        ("var/empty/", "var/emptyx", False),
+        ("*/", "a", True),
     ],
 )
 def test_compile_glob(pattern: str, path: str, expected: bool) -> None:
