@@ -54,7 +54,7 @@ def collect_tree(
         if stat.S_ISDIR(mode):
             with _reading(rel):
                 names = sorted(os.listdir(full))
-            if not names and selection.selects(rel):
+            if not names and selection.selects_dir(rel):
                 entries.append(DirEntry(rel))
             for name in names:
                 child = f"{rel}/{name}"  # os.listdir gives undecodable bytes as surrogates

@@ -1,7 +1,8 @@
 """Path globs for ``include`` / ``exclude``: ``*`` and ``?`` stay inside one path segment, ``**`` spans
 any number of segments (also none), ``[abc]``, ``[a-z]`` and ``[!abc]`` are character classes (a
 reversed range such as ``[z-a]`` is refused with GlobError). A pattern ending in ``/`` matches the
-directory and everything below it. Patterns match the whole path, relative to the artifact root.
+directory and everything below it (the directory itself: :meth:`Selection.selects_dir`, for an
+empty directory; never a file of that name). Patterns match the whole path, relative to the artifact root.
 """
 
 from __future__ import annotations
@@ -70,8 +71,6 @@ def _translate_segment(segment: str) -> str:
 
 def _glob_regex(pattern: str) -> str:
     """The regular expression (source) of one glob; GlobError when the glob is invalid."""
-    if pattern.endswith("/") and pattern.strip("/"):  # the directory itself, and everything below it
-        return _glob_regex(pattern.rstrip("/")) + "(?:/.*)?"
     if pattern.endswith("/"):
         pattern += "**"
     segments = pattern.strip("/").split("/")
@@ -141,6 +140,19 @@ class GlobSet(Frozen):
         regex = self._regex
         return regex is not None and regex.fullmatch(path) is not None
 
+    @cached_property
+    def _dir_regex(self) -> re.Pattern[str] | None:
+        # the directories themselves that the patterns ending in "/" name ("var/empty/": var/empty)
+        named = [p.rstrip("/") for p in self.patterns if p.endswith("/") and p.strip("/")]
+        if not named:
+            return None
+        return re.compile("|".join(f"(?:{_glob_regex(p)})" for p in named), re.DOTALL)
+
+    def matches_dir(self, path: str) -> bool:
+        """For the directory ``path``: :meth:`matches`, or a pattern ending in ``/`` names it."""
+        regex = self._dir_regex
+        return self.matches(path) or (regex is not None and regex.fullmatch(path) is not None)
+
     def unmatched(self, paths: Sequence[str]) -> list[str]:
         """The patterns that match none of ``paths``, in their order.
 
@@ -202,3 +214,9 @@ class Selection(Frozen):
         """True when ``path`` is included and not excluded."""
         regex = self._regex
         return regex is not None and regex.fullmatch(path) is not None
+
+    def selects_dir(self, path: str) -> bool:
+        """:meth:`selects` for the directory ``path`` (an empty one is an entry): a pattern ending in
+        ``/`` names the directory itself as well as everything below it (``var/empty/``), as in a
+        .gitignore; it never names a file of that name."""
+        return self.include.matches_dir(path) and not self.exclude.matches_dir(path)

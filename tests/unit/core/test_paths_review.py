@@ -296,9 +296,11 @@ def _old_translate_segment(segment: str) -> str:
                 out.append(re.escape(ch))
             else:
                 body = segment[i + 1 : end]
+                # since a fuzzing review, a class never matches "/" (intended: no other change)
                 if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
+                    out.append("[^/" + body[1:].replace("\\", "\\\\") + "]")
+                else:
+                    out.append("(?!/)[" + body.replace("\\", "\\\\") + "]")
                 i = end
         else:
             out.append(re.escape(ch))
