@@ -217,6 +217,8 @@ def parse_checkpoint(text: str) -> Checkpoint:
     origin, size_text, root_text, *extensions = lines
     if not _size_pattern().fullmatch(size_text):
         raise InputError(f"checkpoint tree size is not a decimal number: {size_text!r}")
+    if len(size_text) > 20:  # past any uint64 (and Python's int() refuses past 4,300 digits)
+        raise InputError(f"checkpoint tree size has {len(size_text)} digits: too large")
     root = _decode_base64(root_text, "checkpoint root")
     return Checkpoint(origin, int(size_text), root, tuple(extensions))
 

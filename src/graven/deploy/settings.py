@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from itertools import combinations
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -146,29 +145,49 @@ def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
     # two environments in one directory would destroy each other's releases (retention, current);
     # one inside the other is fine unless it is inside what graven keeps there
     paths = sorted((PurePosixPath(section.path.rstrip("/") or "/"), name) for name, section in envs.items())
-    for (path, name), (other_path, other) in combinations(paths, 2):  # every pair: a few environments
-        if path == other_path or clashes_with_layout(other_path, path):
+    owner: dict[PurePosixPath, str] = {}  # path -> the first environment (in this order) there
+    for path, name in paths:  # each path against its own parents: no pairwise walk of 1,000s of them
+        first = owner.setdefault(path, name)
+        if first != name:
             raise ConfigError(
-                f"{source}: [env.{other}] path {str(other_path)!r} "
-                f"{'is' if path == other_path else 'is inside the files graven keeps in'} the path of "
-                f"[env.{name}]; every environment needs a directory of its own"
+                f"{source}: [env.{name}] path {str(path)!r} is the path of [env.{first}]; every "
+                "environment needs a directory of its own"
             )
-    # a cycle would make every environment on it undeployable
-    state: dict[str, int] = {}
+        for parent in path.parents:
+            outer = owner.get(parent)
+            if outer is not None and clashes_with_layout(path, parent):
+                raise ConfigError(
+                    f"{source}: [env.{name}] path {str(path)!r} is inside the files graven keeps in the "
+                    f"path of [env.{outer}]; every environment needs a directory of its own"
+                )
+    _check_no_cycle(envs, source)
 
-    def visit(name: str, trail: tuple[str, ...]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join((*trail[trail.index(name) :], name))
-            raise ConfigError(f"{source}: environments require each other in a cycle: {cycle}")
-        state[name] = 1
-        for required in envs[name].requires:
-            visit(required, (*trail, name))
-        state[name] = 2
 
-    for name in sorted(envs):
-        visit(name, ())
+def _check_no_cycle(envs: Mapping[str, EnvSection], source: str) -> None:
+    """A cycle of ``requires`` would make every environment on it undeployable. Depth first, with a
+    stack of its own (a chain of 1,000 environments must not exhaust Python's recursion)."""
+    done: set[str] = set()
+    for start in sorted(envs):
+        if start in done:
+            continue
+        trail = [start]
+        on_trail = {start}
+        stack = [iter(envs[start].requires)]
+        while stack:
+            required = next(stack[-1], None)
+            if required is None:
+                stack.pop()
+                done.add(trail[-1])
+                on_trail.discard(trail.pop())
+                continue
+            if required in done:
+                continue
+            if required in on_trail:
+                cycle = " -> ".join((*trail[trail.index(required) :], required))
+                raise ConfigError(f"{source}: environments require each other in a cycle: {cycle}")
+            trail.append(required)
+            on_trail.add(required)
+            stack.append(iter(envs[required].requires))
 
 
 GRAVEN_NAMES = frozenset({"releases", ".graven", "current", "config"})  # what graven keeps in PATH

@@ -118,8 +118,10 @@ class VerifiedCache(Record):
                 (flat[i], flat[i + 1], flat[i + 2]) if flat[i + 2] else None
                 for i in range(base, base + 3 * dirs, 3)
             ]
-            return cls(release, int(doc["dev"]), file_records, dir_records)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            if not isinstance(doc["dev"], int):
+                return None
+            return cls(release, doc["dev"], file_records, dir_records)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             return None
 
     def save(self, path: Path, key: bytes, *, depth: int = 2) -> bool:

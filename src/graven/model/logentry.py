@@ -153,6 +153,8 @@ class LogEntry(Frozen):
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputError(f"log entry is not JSON: {exc}") from None
+        except RecursionError:
+            raise InputError("log entry is not JSON: nested too deeply") from None
         if not isinstance(doc, dict) or tuple(sorted(doc)) != _FIELDS or doc["format"] != LOG_FORMAT:
             raise InputError(f"not a {LOG_FORMAT} entry")
         index = doc["index"]
@@ -175,6 +177,10 @@ class LogEntry(Frozen):
             reason=doc["reason"],
             result=doc["result"],
         )
-        if entry.to_bytes() != data:
+        try:
+            canonical = entry.to_bytes()
+        except UnicodeEncodeError:  # a lone surrogate ("\\ud800"): JSON, but no UTF-8 text
+            raise InputError("log entry holds a string that is not Unicode text") from None
+        if canonical != data:
             raise InputError("log entry is not in canonical form")
         return entry

@@ -520,6 +520,8 @@ def _toml(data: bytes, source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: not valid UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def _parse_doc(doc: dict[str, Any], source: str) -> Pipeline:

@@ -223,8 +223,8 @@ def envelope_from_dict(data: Mapping[str, Any], what: str = "DSSE envelope") -> 
     )
     if not isinstance(payload_b64, str):
         raise InputError(f"{what}: 'payload' is not a string")
-    if not isinstance(payload_type, str):
-        raise InputError(f"{what}: 'payloadType' is not a string")
+    if not isinstance(payload_type, str) or not _utf8(payload_type):
+        raise InputError(f"{what}: 'payloadType' is not a string (of Unicode characters)")
     if not isinstance(raw_signatures, list):
         raise InputError(f"{what}: 'signatures' is not a list")
     signatures: list[Signature] = []
@@ -235,11 +235,20 @@ def envelope_from_dict(data: Mapping[str, Any], what: str = "DSSE envelope") -> 
         keyid = raw.get("keyid", "")
         if not isinstance(sig, str):
             raise InputError(f"{what}: signature {index} has no 'sig' string")
-        if not isinstance(keyid, str):
+        if not isinstance(keyid, str) or not _utf8(keyid):
             raise InputError(f"{what}: signature {index} has a 'keyid' that is not a string")
         signatures.append(Signature(keyid, b64decode(sig, f"{what}: signature {index}")))
     payload = b64decode(payload_b64, f"{what}: payload")
     return Envelope(payload, payload_type, tuple(signatures))
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (JSON allows a lone surrogate, "\\ud800"; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_envelope(data: bytes | str) -> Envelope:
