@@ -110,3 +110,13 @@ def test_a_tagged_drift_cache_with_a_bad_header_is_ignored(header: bytes) -> Non
         path = Path(scratch) / "cache"
         path.write_bytes(body + tag(key, body))
         assert VerifiedCache.load(path, key, release="r", files=0, dirs=0) is None
+
+
+def test_a_graven_toml_past_256_kib_is_refused_naming_the_limit() -> None:
+    """Built and exported, a 600 KB graven.toml made an archive import refused (its header past 1 MiB)."""
+    from graven.model.pipeline import MAX_PIPELINE_BYTES
+
+    text = b'[artifact]\nname = "x"\n' + b"\n" * MAX_PIPELINE_BYTES
+    with pytest.raises(ConfigError, match="at most 262,144"):
+        parse_pipeline(text)
+    parse_pipeline(text[:MAX_PIPELINE_BYTES])

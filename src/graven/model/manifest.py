@@ -318,6 +318,20 @@ def _entry_from_json(item: object) -> TreeEntry:
 # of it, is checked with ``isprintable()``, which for ASCII refuses exactly the C0 controls and DEL.
 
 
+MAX_NAME = 255  # bytes of one path component (NAME_MAX)
+MAX_PATH = 4096  # bytes of a path or a symlink target (PATH_MAX)
+
+
+@cache
+def _long_name() -> re.Pattern[str]:
+    return re.compile(f"[^/]{{{MAX_NAME + 1}}}")
+
+
+@cache
+def _long_name_bytes() -> re.Pattern[bytes]:
+    return re.compile(b"[^/]{%d}" % (MAX_NAME + 1))
+
+
 @cache
 def _unsafe_character() -> re.Pattern[str]:
     return re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -341,15 +355,36 @@ def _check_paths(paths: list[str]) -> None:
     slashes that join the paths). Only then is each path checked, for the precise error.
     """
     joined = "/" + "/".join(paths) + "/"
-    if (
-        (joined.isprintable() if joined.isascii() else not _unsafe_character().search(joined))
+    ascii_only = joined.isascii()
+    if not (
+        (joined.isprintable() if ascii_only else not _unsafe_character().search(joined))
         and "//" not in joined
         and "/./" not in joined
         and "/../" not in joined
     ):
-        return
-    for path in paths:
-        check_path(path)
+        for path in paths:
+            check_path(path)
+    # what a file system (and graven import) takes: a name of 255 bytes, a path of 4096
+    if ascii_only:
+        too_long = _long_name().search(joined) is not None or max(map(len, paths), default=0) > MAX_PATH
+    else:
+        too_long = _long_name_bytes().search(joined.encode("utf-8", "surrogatepass")) is not None or any(
+            len(p.encode("utf-8", "surrogatepass")) > MAX_PATH for p in paths
+        )
+    if too_long:
+        for path in paths:
+            encoded = path.encode("utf-8", "surrogatepass")
+            if len(encoded) > MAX_PATH:
+                raise UnsafeInputError(
+                    f"{display_path(path[:80])}...: a path of {len(encoded)} bytes; at most {MAX_PATH} "
+                    "are allowed (what a file system takes)"
+                )
+            for name in encoded.split(b"/"):
+                if len(name) > MAX_NAME:
+                    raise UnsafeInputError(
+                        f"{display_path(path[:120])}...: a name of {len(name)} bytes; at most {MAX_NAME} "
+                        "are allowed (what a file system takes)"
+                    )
 
 
 def _validate(entries: tuple[TreeEntry, ...]) -> None:
@@ -381,6 +416,10 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
             if not ascii_target and _surrogate().search(entry.target):
                 raise UnsafeInputError(
                     f"{entry.path}: symlink target {display_path(entry.target)} is not valid UTF-8"
+                )
+            if len(target) > MAX_PATH // 4 and len(target.encode("utf-8", "surrogatepass")) > MAX_PATH:
+                raise UnsafeInputError(
+                    f"{entry.path}: a symlink target of more than {MAX_PATH} bytes (what a file system takes)"
                 )
             if entry.target.startswith("/"):
                 raise UnsafeInputError(

@@ -489,8 +489,16 @@ def _pipeline(doc: dict[str, Any]) -> Pipeline:
     return Pipeline(artifact=artifact, build=build, env={name: _env(name, v) for name, v in envs.items()})
 
 
+MAX_PIPELINE_BYTES = 256 << 10  # a pipeline travels in every export's header (import reads 1 MiB)
+
+
 def parse_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeline:
     """Parse and validate ``graven.toml`` bytes; errors name ``source`` and the field."""
+    if len(data) > MAX_PIPELINE_BYTES:
+        raise ConfigError(
+            f"{source}: {len(data):,} bytes; a pipeline definition may have at most "
+            f"{MAX_PIPELINE_BYTES:,} (it travels with every exported archive)"
+        )
     return _parse_doc(_toml(data, source), source)
 
 
