@@ -23,6 +23,7 @@ Formats: docs/formats/store-v1.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import mmap
@@ -277,6 +278,12 @@ class LocalStore:
         except OSError as exc:
             raise BackendError(f"cannot list {self._packs}: {exc}") from exc
         extra = self._extra
+        listed = set(names)
+        gone = self._seen_idx - listed
+        opened = {pack for pack in self._fds if f"{pack.stem}.idx" not in listed}  # point lookups' too
+        if gone or opened:  # merged into another pack and removed (consolidate): let go of them
+            self._drop_packs({self._packs / f"{name[:-4]}.pack" for name in gone} | opened, index)
+            self._seen_idx -= gone
         for name in names:
             if name in self._seen_idx:
                 continue
@@ -292,6 +299,32 @@ class LocalStore:
                     extra.setdefault(digest, []).append(_Location(pack, offset, stored, size, codec))
             self._seen_idx.add(name)
         self._packs_mtime = mtime
+
+    def _drop_packs(self, packs: set[Path], index: dict[bytes, _Location]) -> None:
+        """Forget the copies in ``packs`` (removed with their indexes) and close their descriptors, so
+        that a long-lived reader neither keeps their disk space nor reads them any more; objects with
+        no other copy are looked up again (another index, or loose). Called with the lock held."""
+        for raw in [raw for raw, loc in index.items() if loc.pack in packs]:
+            others = [loc for loc in self._extra.pop(raw, ()) if loc.pack not in packs]
+            if others:
+                index[raw] = others.pop(0)
+                if others:
+                    self._extra[raw] = others
+            else:
+                del index[raw]
+        for raw, locations in list(self._extra.items()):
+            kept = [loc for loc in locations if loc.pack not in packs]
+            if len(kept) != len(locations):
+                if kept:
+                    self._extra[raw] = kept
+                else:
+                    del self._extra[raw]
+        for pack in packs:
+            fd = self._fds.pop(pack, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._damaged.pop(pack.with_suffix(".idx").name, None)
 
     def _index_entries(self, idx: Path, pack: Path) -> Iterable[tuple[bytes, int, int, int, int]] | None:
         """The entries of one index; rebuilt from the pack's record headers when the index is damaged,
@@ -389,6 +422,8 @@ class LocalStore:
             self._forget_pack(location.pack)
             raise _PackGoneError(f"{_what(digest, location)}: the pack file is missing") from None
         except OSError as exc:
+            if exc.errno == errno.EBADF:  # closed by another thread: its pack was merged away
+                raise _PackGoneError(f"{_what(digest, location)}: the pack was merged away") from None
             raise BackendError(f"cannot read {location.pack}: {exc}") from exc
         return self._record(digest, location, memoryview(blob), 0, depth)
 
@@ -886,6 +921,7 @@ class LocalStore:
             os.close(lock)  # releases the lock
 
     def _merge_small_packs(self) -> int:
+        self._remove_orphan_packs()
         packs: list[tuple[int, str, list[tuple[bytes, int, int, int, int]]]] = []
         for name in sorted(n[:-4] for n in os.listdir(self._packs) if n.endswith(".idx")):
             try:
@@ -930,13 +966,16 @@ class LocalStore:
                         seen.add(raw)
                 out.flush()
                 os.fsync(out.fileno())
-            _publish_pack(self, tmp, f"pack-{sha.hexdigest()}", written)
+            merged = f"pack-{sha.hexdigest()}"
+            _publish_pack(self, tmp, merged, written)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         removed = 0
         for _size, name, _entries in chosen:
-            if name in damaged:
+            # the merge may give the very bytes of a chosen pack (a merge killed before it removed its
+            # sources, merged again with them; a pack holding another's objects): that one stays
+            if name in damaged or name == merged:
                 continue
             with contextlib.suppress(OSError):
                 (self._packs / f"{name}.idx").unlink()  # first: no reader finds the index without its pack
@@ -946,6 +985,18 @@ class LocalStore:
             _fsync_dir(self._packs)
         self._reset_index()
         return removed
+
+    def _remove_orphan_packs(self) -> None:
+        """Remove pack files without an index that are a day old: what a merge killed between removing
+        an index and its pack left (a batch renames its pack a moment before its index)."""
+        cutoff = time.time() - STALE_TMP_SECONDS
+        with contextlib.suppress(OSError), os.scandir(self._packs) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".pack") and not os.path.exists(self._packs / f"{name[:-5]}.idx"):
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
 
     def _reset_index(self) -> None:
         """Forget what was loaded about the packs (some were removed): the next lookup loads again."""

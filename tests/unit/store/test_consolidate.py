@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,82 @@ def test_consolidate_on_demand_keeps_the_delta_records(tmp_path: Path, above: in
     assert len(_packs(root)) == 2
     store.close()
     fresh.close()
+
+
+def test_a_merge_that_gives_a_chosen_packs_bytes_keeps_that_pack(tmp_path: Path) -> None:
+    """Two builds that share a file, each with the index it loaded before the other committed, make
+    packs B=[x] and A=[x, y]; merged, they give A's very bytes, and the merge removed A as a source:
+    x and y were gone (a review's find). The same happens to a merge killed before it removed its
+    sources, merged again with them."""
+    root = tmp_path / "objects"
+    first, second = LocalStore.at(root), LocalStore.at(root)
+    second._packed()
+    x, y = os.urandom(200), os.urandom(200)
+    with first.batch() as batch:
+        dx = batch.add(x)
+    with second.batch() as batch:
+        batch.add(x)
+        dy = batch.add(y)
+    assert len(_packs(root)) == 4
+    assert LocalStore.at(root).consolidate(above=1) == 1  # B only: A holds everything already
+    fresh = LocalStore.at(root)
+    assert (fresh.read(dx), fresh.read(dy)) == (x, y)
+    for store in (first, second, fresh):
+        store.close()
+
+
+def test_a_merge_killed_before_it_removed_its_sources_loses_nothing_when_merged_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    made = _batches(store, 3)
+
+    def killed(*_args: object) -> None:
+        raise KeyboardInterrupt  # right after the merged pack was published
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "unlink", killed)
+        with pytest.raises(KeyboardInterrupt):
+            LocalStore.at(root).consolidate(above=1)
+    assert len(_packs(root)) == 8  # the three sources and the merged pack
+    assert LocalStore.at(root).consolidate(above=1) == 3
+    fresh = LocalStore.at(root)
+    for digest, blob in made.items():
+        assert fresh.read(digest) == blob
+    assert len(_packs(root)) == 2
+    store.close()
+    fresh.close()
+
+
+def test_a_long_lived_reader_lets_go_of_merged_packs(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    writer = LocalStore.at(root)
+    made = _batches(writer, 4)
+    reader = LocalStore.at(root)
+    for digest in made:
+        reader.read(digest)  # every pack opened
+    assert len(reader._fds) == 4
+    assert LocalStore.at(root).consolidate(above=1) == 4
+    reader.refresh_index()
+    assert not reader._fds  # the merged-away packs' descriptors are closed (their space is freed)
+    for digest, blob in made.items():
+        assert reader.read(digest) == blob
+    assert reader.damage() == []
+    writer.close()
+    reader.close()
+
+
+def test_a_pack_left_without_its_index_is_removed_a_day_later(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    _batches(store, 2)
+    orphan = root / "pack" / ("pack-" + "ab" * 32 + ".pack")
+    orphan.write_bytes(local.PACK_MAGIC)
+    fresh = root / "pack" / ("pack-" + "cd" * 32 + ".pack")
+    fresh.write_bytes(local.PACK_MAGIC)
+    old = time.time() - local.STALE_TMP_SECONDS - 60
+    os.utime(orphan, (old, old))
+    store.consolidate(above=0)
+    assert not orphan.exists() and fresh.exists()
+    store.close()
