@@ -269,7 +269,10 @@ def _check_text(namespace: argparse.Namespace) -> None:
     reason = getattr(namespace, "reason", None)
     if isinstance(reason, str) and not reason.strip():  # recorded for good: it must say something
         raise UsageError("--reason is empty; say why (it is recorded in the history and the audit log)")
+    typed_in = _typed_in()
     for name, value in vars(namespace).items():
+        if typed_in and isinstance(value, str) and not value.isascii():
+            setattr(namespace, name, value := _retyped(value, typed_in))
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str) and not item.isascii():
                 try:
@@ -282,6 +285,40 @@ def _check_text(namespace: argparse.Namespace) -> None:
                     raise UsageError(
                         f"the argument {what} '{shown[:80]}' is not valid UTF-8 text; use UTF-8"
                     ) from None
+
+
+_TYPED_IN: list[str | None] = []  # the charset of the arguments, once read (see _typed_in)
+
+
+def _typed_in() -> str | None:
+    """The charset the user's locale uses, when graven started again in Python's UTF-8 mode under a
+    locale that is not UTF-8 (:func:`graven.cli.main._run_in_utf8_mode`): text arguments were typed
+    in it, and the terminal shows it. Read once, and taken out of the environment (hooks and steps
+    do not see it); stderr, and stdout on a terminal, then write that charset again (as before the
+    re-run; what cannot be shown is escaped)."""
+    if not _TYPED_IN:
+        from graven.cli.main import ARGS_ENCODING
+
+        charset = os.environ.pop(ARGS_ENCODING, None) or None
+        if charset is not None:
+            import contextlib
+
+            # a terminal shows that charset; a pipe gets UTF-8 (JSON is UTF-8, RFC 8259)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(AttributeError, LookupError, ValueError, OSError):
+                    if stream is sys.stderr or stream.isatty():
+                        stream.reconfigure(encoding=charset, errors="backslashreplace")  # type: ignore[union-attr]
+        _TYPED_IN.append(charset)
+    return _TYPED_IN[0]
+
+
+def _retyped(text: str, charset: str) -> str:
+    """A text argument as typed in the user's locale (``charset``) when it is not UTF-8: the bytes of
+    ``café`` under ISO-8859-1 arrive in UTF-8 mode as ``caf\\udce9``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode(charset)
+    except (UnicodeError, LookupError):
+        return text
 
 
 # Commands whose output is the point of running them for as long as they run: when its reader goes
@@ -336,6 +373,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
     from graven.errors import GravenError
 
     verbose = False
+    _typed_in()
     previous = _handle_sigterm()
     try:
         command = _command_name(args)

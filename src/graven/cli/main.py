@@ -105,19 +105,26 @@ def entry() -> None:
     os._exit(code)
 
 
+ARGS_ENCODING = "_GRAVEN_ARGS_ENCODING"  # the charset the arguments were typed in, for the re-run
+
+
 def _run_in_utf8_mode() -> None:
-    """Start again in Python's UTF-8 mode (``-X utf8``). Under a locale that is not UTF-8 (say
-    ``LC_ALL=en_US.ISO-8859-1``), file names would be decoded with its charset: a step's output
-    ``café`` became ``cafÃ©`` in the manifest (another digest for the same commit), and some names
-    a traceback. graven's names are UTF-8 bytes whatever the locale; the arguments are passed on as
-    the bytes they were."""
+    """Start again, the same command line in Python's UTF-8 mode (``-X utf8``). Under a locale that is
+    not UTF-8 (say ``LC_ALL=en_US.ISO-8859-1``), file names would be decoded with its charset: a
+    step's output ``café`` became ``cafÃ©`` in the manifest (another digest for the same commit), and
+    some names a traceback. graven's names are UTF-8 bytes whatever the locale. The arguments go on
+    as the bytes they were (a path names the same file); a text argument (a ``--reason``) typed in
+    the locale's charset is decoded with it (graven.cli.app reads :data:`ARGS_ENCODING`). The
+    interpreter's own options and the script are those it was started with: no ``-m``, which would
+    put the current directory (an untrusted checkout's ``graven/``) first on the import path."""
     import contextlib
     import os
 
-    argv: list[bytes] = [os.fsencode(a) for a in (sys.executable, "-X", "utf8", "-m", "graven.cli.main")]
-    argv += [os.fsencode(arg) for arg in sys.argv[1:]]
+    argv = [os.fsencode(sys.executable), b"-X", b"utf8", *(os.fsencode(a) for a in sys.orig_argv[1:])]
+    os.environ[ARGS_ENCODING] = sys.getfilesystemencoding()
     with contextlib.suppress(OSError):  # no interpreter to be had: go on as we are
         os.execv(sys.executable, argv)  # noqa: S606
+    os.environ.pop(ARGS_ENCODING, None)
 
 
 def interrupted() -> int:
