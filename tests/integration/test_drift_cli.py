@@ -274,6 +274,7 @@ def test_records_and_audit_log(world: World, capsys: pytest.CaptureFixture[str])
     assert events == [("found", "drift"), ("heal", "ok"), ("resolved", "clean")]
     assert log == [
         ("drift", "found", "staging", digest),
+        ("heal", "started", "staging", digest),  # logged before the environment changes
         ("heal", "ok", "staging", digest),
         ("drift", "resolved", "staging", digest),
     ]

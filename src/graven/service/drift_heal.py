@@ -183,10 +183,9 @@ def heal(
                 result.seconds = time.monotonic() - started
                 return result
             hex_digest = checked.expected.release_hex
-            # a heal that cannot be recorded is not done: the database must take a write (a read-only
-            # home refuses here) before anything in the environment changes
-            with ctx.db.begin():
-                pass
+            # a heal that cannot be recorded is not done: its start is logged (a read-only home or a
+            # full disk refuse here) before anything in the environment changes, its outcome after
+            _record_start(ctx, result)
             try:
                 table = StatTable.load(layout.stat_file, ctx.record_key)
                 if rebuild:
@@ -220,6 +219,26 @@ def heal(
     finally:
         if own:
             session.close()
+
+
+def _record_start(ctx: Context, result: HealResult) -> None:
+    """The audit entry of a heal about to change the environment (``result`` ``started``): whatever
+    stops it before its outcome is recorded (a disk that fills, a kill), the log says it ran."""
+    with ctx.db.begin() as conn:
+        commit = conn.execute(
+            """SELECT "commit" FROM artifacts WHERE digest = :digest""", {"digest": result.digest}
+        ).scalar_one_or_none()
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                "heal",
+                artifact=result.digest,
+                commit=commit,
+                env=result.env,
+                reason=f"restoring {reason_of(result.before)}",
+                result="started",
+            ),
+        )
 
 
 def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | None) -> None:
