@@ -105,3 +105,16 @@ def test_a_planted_empty_object_is_refused(
     _plant(repo, oid, b"")
     code, _out, err = run_cli("build", "-C", repo, "--no-cache")
     assert code == 1 and "does not hash to its id" in err, err
+
+
+def test_a_name_no_file_system_takes_is_refused_at_build(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """git trees have no length limits: a 300-byte name was built and exported, and import refused it."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    oid = git(repo, "rev-parse", "HEAD:a.txt").strip()
+    git(repo, "update-index", "--add", "--cacheinfo", f"100644,{oid},{'n' * 300}")
+    git(repo, "commit", "-q", "-m", "long")
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 2 and out == "", err
+    assert "a name of 300 bytes; at most 255 are allowed" in err and len(err.splitlines()) == 1

@@ -120,3 +120,13 @@ def test_a_graven_toml_past_256_kib_is_refused_naming_the_limit() -> None:
     with pytest.raises(ConfigError, match="at most 262,144"):
         parse_pipeline(text)
     parse_pipeline(text[:MAX_PIPELINE_BYTES])
+
+
+def test_a_rebuild_by_a_later_graven_names_the_rule_changes_since() -> None:
+    from graven import __version__
+    from graven.service.reproduce import _rules_note
+
+    note = _rules_note("0.1.0")
+    assert note.startswith(f"built by graven 0.1.0, rebuilt by graven {__version__}; since then: ")
+    assert "never matches the / between segments" in note
+    assert "since then" not in _rules_note(__version__) and "(unknown)" in _rules_note("(unknown)")

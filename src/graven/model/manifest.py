@@ -28,12 +28,15 @@ from graven.model.digest import Digest, sha256_digest
 
 __all__ = [
     "FORMAT",
+    "MAX_NAME",
+    "MAX_PATH",
     "DirEntry",
     "FileEntry",
     "SymlinkEntry",
     "TreeEntry",
     "TreeManifest",
     "canonical_json",
+    "check_fs_limits",
     "unvalidated_entries",
 ]
 
@@ -364,8 +367,16 @@ def _check_paths(paths: list[str]) -> None:
     ):
         for path in paths:
             check_path(path)
-    # what a file system (and graven import) takes: a name of 255 bytes, a path of 4096
-    if ascii_only:
+
+
+def check_fs_limits(manifest: TreeManifest) -> None:
+    """Refuse what a file system does not take, and ``graven import`` refuses: a name (path component)
+    of more than :data:`MAX_NAME` bytes, a path or a symlink target of more than :data:`MAX_PATH`.
+    Checked when an artifact is made (a build), not when a stored manifest is read: an artifact built
+    before this check stays readable."""
+    paths = [e.path for e in manifest.entries]
+    joined = "/" + "/".join(paths) + "/"
+    if joined.isascii():
         too_long = _long_name().search(joined) is not None or max(map(len, paths), default=0) > MAX_PATH
     else:
         too_long = _long_name_bytes().search(joined.encode("utf-8", "surrogatepass")) is not None or any(
@@ -385,6 +396,11 @@ def _check_paths(paths: list[str]) -> None:
                         f"{display_path(path[:120])}...: a name of {len(name)} bytes; at most {MAX_NAME} "
                         "are allowed (what a file system takes)"
                     )
+    for entry in manifest.entries:
+        if isinstance(entry, SymlinkEntry) and len(entry.target.encode("utf-8", "surrogatepass")) > MAX_PATH:
+            raise UnsafeInputError(
+                f"{entry.path}: a symlink target of more than {MAX_PATH} bytes (what a file system takes)"
+            )
 
 
 def _validate(entries: tuple[TreeEntry, ...]) -> None:
@@ -416,10 +432,6 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
             if not ascii_target and _surrogate().search(entry.target):
                 raise UnsafeInputError(
                     f"{entry.path}: symlink target {display_path(entry.target)} is not valid UTF-8"
-                )
-            if len(target) > MAX_PATH // 4 and len(target.encode("utf-8", "surrogatepass")) > MAX_PATH:
-                raise UnsafeInputError(
-                    f"{entry.path}: a symlink target of more than {MAX_PATH} bytes (what a file system takes)"
                 )
             if entry.target.startswith("/"):
                 raise UnsafeInputError(

@@ -21,7 +21,14 @@ from graven.core.record import Frozen
 from graven.errors import ConfigError, GravenError, NotFoundError, UnsafeInputError
 from graven.model.digest import Digest, sha256_digest
 from graven.model.logentry import LogEvent
-from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry, TreeManifest, unvalidated_entries
+from graven.model.manifest import (
+    FileEntry,
+    SymlinkEntry,
+    TreeEntry,
+    TreeManifest,
+    check_fs_limits,
+    unvalidated_entries,
+)
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
 from graven.service.context import Context, utc_now
 from graven.service.provenance import (
@@ -247,6 +254,7 @@ def _build(
             if check:
                 _check_git_tree(ctx, source, selection, entries)
         manifest = TreeManifest.of(entries)
+        check_fs_limits(manifest)  # what import refuses is not built
         previous = _latest_manifest(ctx, name)
         batch.add(manifest.to_bytes(), delta_base=previous, pack=True)
         finished_at = utc_now()

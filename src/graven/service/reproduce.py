@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
+from graven import __version__
 from graven.build.compare import Difference, HashOnlyBatch, diff_entries, with_diffoscope
 from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
 from graven.build.sandbox import SANDBOX_NONE
@@ -154,7 +155,7 @@ def rebuild(
             f"{digest} was not rebuilt: {PIPELINE_FILE} of {commit[:12]} in {git.root} hashes to "
             f"{pipeline_digest}, not to the {statement.pipeline_digest} its provenance names"
         )
-    pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}")
+    pipeline = parse_pipeline(pipeline_bytes, source=f"{PIPELINE_FILE} in {commit[:12]}", limit=False)
     selection = Selection.of(pipeline.artifact.include, pipeline.artifact.exclude)
     recorded = TreeManifest.of(load_manifest(ctx, digest).entries)
     batch = cast(PackBatch, HashOnlyBatch())
@@ -193,6 +194,8 @@ def rebuild(
                     notes.append(f"{ref.name}: fetched {ref.digest}, recorded {old}")
             differences = diff_entries(recorded.entries, rebuilt.entries, ("recorded artifact", "rebuild"))
             differences = _with_diffoscope(ctx, differences, run.work)
+    if str(rebuilt.digest) != str(digest) and statement.graven_version != __version__:
+        notes.append(_rules_note(statement.graven_version or "(unknown)"))
     return RebuildReport(
         digest=str(digest),
         rebuilt=str(rebuilt.digest),
@@ -203,6 +206,27 @@ def rebuild(
         differences=differences,
         notes=notes,
     )
+
+
+# What changed, by version, in the rules that decide what a commit builds to (the selection of files)
+_RULE_CHANGES = (
+    (
+        (0, 2, 0),
+        "a glob character class never matches the / between segments ([!x]), and an exclude ending "
+        "in / leaves out the empty directory it names",
+    ),
+)
+
+
+def _rules_note(recorded: str) -> str:
+    """Why a rebuild by this graven may differ from a build by graven ``recorded``."""
+    try:
+        old = tuple(int(part) for part in recorded.split(".")[:3])
+    except ValueError:
+        old = ()
+    changes = [text for version, text in _RULE_CHANGES if old < version]
+    said = f"; since then: {'; '.join(changes)}" if changes else ""
+    return f"built by graven {recorded}, rebuilt by graven {__version__}{said}"
 
 
 def _with_diffoscope(ctx: Context, differences: list[Difference], rebuilt_root: Path) -> list[Difference]:

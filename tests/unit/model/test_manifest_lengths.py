@@ -1,12 +1,13 @@
-"""A path graven import refuses is refused when the manifest is made: build, export and import agree
-(a review built and exported a 300-byte name that no file system takes and import refuses)."""
+"""A path graven import refuses is refused when an artifact is built: build, export and import agree
+(a review built and exported a 300-byte name that no file system takes and import refuses). A stored
+manifest is still read whatever its names (an artifact built before the check stays readable)."""
 
 from __future__ import annotations
 
 import pytest
 
 from graven.errors import UnsafeInputError
-from graven.model.manifest import MAX_NAME, MAX_PATH, FileEntry, SymlinkEntry, TreeManifest
+from graven.model.manifest import MAX_NAME, MAX_PATH, FileEntry, SymlinkEntry, TreeManifest, check_fs_limits
 
 SHA = "0" * 64
 
@@ -26,8 +27,10 @@ SHA = "0" * 64
 def test_names_paths_and_targets_past_the_file_system_limits_are_refused(
     entries: list[FileEntry | SymlinkEntry], message: str
 ) -> None:
+    manifest = TreeManifest.of(entries)  # a valid tree ...
+    assert TreeManifest.from_bytes(manifest.to_bytes()) == manifest  # ... read back when stored
     with pytest.raises(UnsafeInputError, match=message):
-        TreeManifest.of(entries)
+        check_fs_limits(manifest)  # ... that is not built
 
 
 def test_names_and_paths_at_the_limits_are_accepted() -> None:
@@ -36,5 +39,4 @@ def test_names_and_paths_at_the_limits_are_accepted() -> None:
         FileEntry("b/" + "é" * (MAX_NAME // 2), SHA, 1),
         FileEntry("/".join(["d" * 203] * 20)[: MAX_PATH - 3].rstrip("/") + "/zz", SHA, 1),
     ]
-    manifest = TreeManifest.of(at_limit)
-    assert TreeManifest.from_bytes(manifest.to_bytes()) == manifest
+    check_fs_limits(TreeManifest.of(at_limit))
