@@ -15,7 +15,7 @@ from graven.errors import BackendError
 from graven.service.drift import check
 from graven.service.drift_heal import heal
 from graven.service.environments import load_state
-from helpers_deploy import World, make_world
+from helpers_deploy import World, env_toml, make_world
 
 
 @pytest.fixture
@@ -88,3 +88,23 @@ def test_a_heal_in_a_home_that_cannot_be_written_changes_nothing(
         heal(world.ctx(), "staging")
     assert main.read_text() == "print('tampered')\n"  # not restored behind the record's back
     assert (app / "extra.py").exists()
+
+
+def test_an_unrecorded_success_names_an_unhealthy_switch_back(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    flag = tmp_path / "up"
+    flag.write_text("")
+    health = {"health": f"test -e {flag}", "health_interval": 0, "health_retries": 0}
+    v1 = world.version(1, env_toml("app", {"staging": {"path": "staging", **health}}))
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+
+    def full(*_args: object, **_kwargs: object) -> bool:
+        flag.unlink()  # ... and then the old release's, when switched back to, fails
+        raise BackendError("database error: database or disk is full")
+
+    monkeypatch.setattr("graven.service.deploy.record_success", full)
+    with pytest.raises(BackendError, match=r"switched back to .*, which failed its checks too .*unhealthy"):
+        world.deploy(v2, "staging")  # v2's health check passes; then the record cannot be written
+    assert world.live("staging") == v1

@@ -470,17 +470,24 @@ def _unrecorded(  # noqa: PLR0917 (the deployment's state, as record_failure tak
             old_config=old_config,
             opts=opts,
         )
-        back = restored.rolled_back_to
+        back, health, detail = restored.rolled_back_to, restored.health, restored.detail
     except GravenError:  # the database still refuses: its pending row is settled by the next command
         back = previous if kind != "rollback" and layout.live_hex() != target.digest.hex else None
-    if kind == "rollback" or back is None:
+        health, detail = None, None
+    if kind == "rollback":
+        where = f"{short(digest)} stays live and held"
+        then = f"make GRAVEN_HOME writable (free space), then check `graven status {env}`"
+    elif back is None:
         now = layout.live_hex()
         where = f"{short(now)} is live" if now else "nothing is live"
+        then = "make GRAVEN_HOME writable (free space), then deploy again"
     else:
         where = f"switched back to {short(back)}"
+        if health == "failed":
+            where += f", which failed its checks too ({detail}): {env} is unhealthy"
+        then = "make GRAVEN_HOME writable (free space), then deploy again"
     raise BackendError(
-        f"{short(digest)} passed its checks in {env} but could not be recorded ({exc}); {where}; "
-        "make GRAVEN_HOME writable (free space), then deploy again"
+        f"{short(digest)} passed its checks in {env} but could not be recorded ({exc}); {where}; {then}"
     ) from exc
 
 
