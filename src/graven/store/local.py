@@ -76,6 +76,7 @@ _HEX64 = re.compile("[0-9a-f]{64}")
 _MAX_PACKED_SIZE = 1 << 32
 _IDX_HEADER = len(IDX_MAGIC) + 8
 _POINT_LOOKUPS = 32  # reads served by binary search before the whole index is loaded
+_RELOADS = 8  # index reloads a read makes while the packs it finds are merged away under it
 _WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)  # what read_many decodes itself
 
 
@@ -160,9 +161,12 @@ class LocalStore:
         self._point_maps: list[tuple[Path, mmap.mmap]] | None = None
         self._packs_mtime = -1
         self._fds: dict[Path, int] = {}
+        # descriptors and maps of packs merged away (consolidate), closed with the store: another
+        # thread may be reading through them
+        self._retired_fds: list[int] = []
+        self._retired_maps: list[tuple[Path, mmap.mmap]] = []
         self._lock = threading.Lock()
-        self._cctx: zstandard.ZstdCompressor | None = None
-        self._dctx: zstandard.ZstdDecompressor | None = None
+        self._local = threading.local()  # per-thread zstd contexts (see _contexts)
 
     @classmethod
     def at(cls, root: Path) -> LocalStore:
@@ -321,9 +325,8 @@ class LocalStore:
                     del self._extra[raw]
         for pack in packs:
             fd = self._fds.pop(pack, None)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            if fd is not None:  # another thread may be reading through it: closed with the store
+                self._retired_fds.append(fd)
             self._damaged.pop(pack.with_suffix(".idx").name, None)
 
     def _index_entries(self, idx: Path, pack: Path) -> Iterable[tuple[bytes, int, int, int, int]] | None:
@@ -370,10 +373,22 @@ class LocalStore:
         hexd = digest.hex
         if os.path.exists(f"{self._loose_prefix}{hexd[:2]}/{hexd[2:]}"):
             return True
-        # Another process may have committed a pack since we loaded the indexes.
-        with self._lock:
-            self._load_new_indexes(index)
-        return digest.raw in index
+        # Another process may have committed a pack since we loaded the indexes (or merged some)
+        return self._reload_until_found(index, digest.raw, force=False)
+
+    def _reload_until_found(self, index: dict[bytes, _Location], raw: bytes, *, force: bool) -> bool:
+        """Load the indexes added since, again while the pack directory keeps changing (packs merged
+        away under this reader as it loads), until ``raw`` is found; whether it was."""
+        for attempt in range(_RELOADS):
+            with self._lock:
+                before = self._packs_mtime
+                self._load_new_indexes(index, force=force or attempt > 0)
+                changed = self._packs_mtime != before
+            if raw in index:
+                return True
+            if not changed:
+                return False
+        return raw in index
 
     def missing(self, hexes: Iterable[str]) -> set[str]:
         """The sha256 hex digests among ``hexes`` that are not stored: one pass against the pack
@@ -408,9 +423,14 @@ class LocalStore:
     # -- reading ---------------------------------------------------------------------------------
 
     def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-        if self._cctx is None or self._dctx is None:
-            self._cctx, self._dctx = _zstd()
-        return self._cctx, self._dctx
+        """This thread's zstd contexts: one is never used by two threads at once (zstandard's are not
+        thread-safe; readers in threads of one store corrupted the heap)."""
+        contexts: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
+            self._local, "contexts", None
+        )
+        if contexts is None:
+            contexts = self._local.contexts = _zstd()
+        return contexts
 
     def _read_packed(self, digest: Digest, location: _Location, depth: int = 0) -> bytes:
         """Read and verify one packed copy (no other copy is tried)."""
@@ -443,13 +463,16 @@ class LocalStore:
         gone = isinstance(error, _PackGoneError)
         corrupt = None if gone or not known else error
         tried = {failed}
-        for fresh in (False, True):
+        for fresh in range(_RELOADS + 1):
             if fresh:
                 if not gone:
                     break
+                gone = False  # a pack merged away again since the last reload: load again
                 with self._lock:
                     self._load_new_indexes(index, force=True)
                     others = [loc for loc in (index.get(raw), *self._extra.get(raw, ())) if loc is not None]
+                if all(loc in tried for loc in others):
+                    break
             for location in others:
                 if location in tried:
                     continue
@@ -637,10 +660,12 @@ class LocalStore:
     def close(self) -> None:
         """Close the pack descriptors."""
         with self._lock:
-            fds, self._fds = self._fds, {}
-            maps, self._point_maps = self._point_maps or [], None
+            fds = [*self._fds.values(), *self._retired_fds]
+            self._fds, self._retired_fds = {}, []
+            maps = [*(self._point_maps or []), *self._retired_maps]
+            self._point_maps, self._retired_maps = None, []
         _release_maps(maps)
-        for fd in fds.values():
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -702,10 +727,7 @@ class LocalStore:
         try:
             handle = path.open("rb")
         except FileNotFoundError:
-            index = self._packed()
-            with self._lock:
-                self._load_new_indexes(index, force=True)
-            if digest.raw in index:
+            if self._reload_until_found(self._packed(), digest.raw, force=True):
                 return self.open(digest)
             raise self.missing_error(digest) from None
         except OSError as exc:
@@ -1008,11 +1030,11 @@ class LocalStore:
             self._packs_mtime = -1
             maps, self._point_maps = self._point_maps, None
             fds, self._fds = self._fds, {}
-        if maps is not None:
-            _release_maps(maps)
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            # other threads may be reading through them: kept until the store is closed (a closed
+            # descriptor's number is soon another file's, and a map of it may run past that file's end)
+            self._retired_fds.extend(fds.values())
+            if maps is not None:
+                self._retired_maps.extend(maps)
 
     def clean_tmp(self, *, older_than: float = STALE_TMP_SECONDS) -> int:
         """Remove temp files left by killed writers; return how many were removed."""
