@@ -271,7 +271,7 @@ def _check_text(namespace: argparse.Namespace) -> None:
         raise UsageError("--reason is empty; say why (it is recorded in the history and the audit log)")
     typed_in = _typed_in()
     for name, value in vars(namespace).items():
-        if typed_in and isinstance(value, str) and not value.isascii():
+        if typed_in and name in _FREE_TEXT and isinstance(value, str) and not value.isascii():
             setattr(namespace, name, value := _retyped(value, typed_in))
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str) and not item.isascii():
@@ -287,6 +287,9 @@ def _check_text(namespace: argparse.Namespace) -> None:
                     ) from None
 
 
+# Arguments that are words for people (recorded in the history and the log), decoded with the user's
+# charset; every other one (a command line, a URL, a git revision) goes on as the bytes it was.
+_FREE_TEXT = frozenset({"reason"})
 _TYPED_IN: list[str | None] = []  # the charset of the arguments, once read (see _typed_in)
 
 

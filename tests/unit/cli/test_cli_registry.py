@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 
@@ -162,3 +163,18 @@ def test_ctrl_c_while_a_command_module_is_first_imported_is_one_line_and_130(
     monkeypatch.setattr("graven.cli.app.build_parser", lambda _c: 1 / 0 and None)
     with pytest.raises(ZeroDivisionError):  # any other error is a bug: it is not swallowed
         main(["status"])
+
+
+def test_only_free_text_is_decoded_with_the_locale_charset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a Latin-1 locale graven runs again in UTF-8 mode; a reason typed in Latin-1 is decoded
+    with it, but a command line (--alert-command) or a revision is passed on as its bytes: a valid
+    UTF-8 café there became cafÃ© (a review's find)."""
+    from graven.cli import app
+
+    monkeypatch.setenv("_GRAVEN_ARGS_ENCODING", "iso8859-1")
+    monkeypatch.setattr(app, "_TYPED_IN", [])
+    namespace = argparse.Namespace(reason="caf\udce9 closed", alert_command="cat > café.json", revision="v1")
+    app._check_text(namespace)
+    assert namespace.reason == "café closed"
+    assert namespace.alert_command == "cat > café.json"
+    assert "_GRAVEN_ARGS_ENCODING" not in os.environ  # hooks and steps do not see it
