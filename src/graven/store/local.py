@@ -165,6 +165,8 @@ class LocalStore:
         # thread may be reading through them
         self._retired_fds: list[int] = []
         self._retired_maps: list[tuple[Path, mmap.mmap]] = []
+        self._busy = 0  # reads between taking a pack descriptor and being done with it
+        self._loading: dict[bytes, _Location] | None = None  # the table _packed is filling
         self._lock = threading.Lock()
         self._local = threading.local()  # per-thread zstd contexts (see _contexts)
 
@@ -200,6 +202,7 @@ class LocalStore:
         with self._lock:
             if self._index is None:
                 loading: dict[bytes, _Location] = {}
+                self._loading = loading
                 try:
                     self._load_new_indexes(loading)
                 except BaseException:  # nothing half-loaded is kept: the next call starts again
@@ -208,6 +211,8 @@ class LocalStore:
                     self._damaged.clear()
                     self._packs_mtime = -1
                     raise
+                finally:
+                    self._loading = None
                 self._index = loading
             return self._index
 
@@ -273,7 +278,11 @@ class LocalStore:
 
     def _load_new_indexes(self, index: dict[bytes, _Location], *, force: bool = False) -> None:
         """Add the entries of indexes not loaded yet; called with the lock held. Each index is added
-        whole or not at all, so an error (the disk failing) leaves nothing half-loaded."""
+        whole or not at all, so an error (the disk failing) leaves nothing half-loaded. A table the
+        store dropped meanwhile (a merge reset it: ``_reset_index``) is left alone: loading into it
+        would mark the indexes seen for the table that replaces it, which would then stay empty."""
+        if index is not self._index and index is not self._loading:
+            return
         try:
             mtime = os.stat(self._packs).st_mtime_ns
             if mtime == self._packs_mtime and not force:
@@ -325,7 +334,7 @@ class LocalStore:
                     del self._extra[raw]
         for pack in packs:
             fd = self._fds.pop(pack, None)
-            if fd is not None:  # another thread may be reading through it: closed with the store
+            if fd is not None:  # another thread may be reading through it: see _leave
                 self._retired_fds.append(fd)
             self._damaged.pop(pack.with_suffix(".idx").name, None)
 
@@ -374,13 +383,16 @@ class LocalStore:
         if os.path.exists(f"{self._loose_prefix}{hexd[:2]}/{hexd[2:]}"):
             return True
         # Another process may have committed a pack since we loaded the indexes (or merged some)
-        return self._reload_until_found(index, digest.raw, force=False)
+        return self._reload_until_found(digest.raw, force=False)
 
-    def _reload_until_found(self, index: dict[bytes, _Location], raw: bytes, *, force: bool) -> bool:
+    def _reload_until_found(self, raw: bytes, *, force: bool) -> bool:
         """Load the indexes added since, again while the pack directory keeps changing (packs merged
         away under this reader as it loads), until ``raw`` is found; whether it was."""
         for attempt in range(_RELOADS):
+            index = self._packed()
             with self._lock:
+                if index is not self._index:  # reset by a merge meanwhile: the new table, again
+                    continue
                 before = self._packs_mtime
                 self._load_new_indexes(index, force=force or attempt > 0)
                 changed = self._packs_mtime != before
@@ -388,7 +400,7 @@ class LocalStore:
                 return True
             if not changed:
                 return False
-        return raw in index
+        return raw in self._packed()
 
     def missing(self, hexes: Iterable[str]) -> set[str]:
         """The sha256 hex digests among ``hexes`` that are not stored: one pass against the pack
@@ -398,6 +410,7 @@ class LocalStore:
         absent = {h for h in hexes if not (canonical(h) and bytes.fromhex(h) in index)}
         if not absent:
             return absent
+        index = self._packed()  # the current table (a merge may have reset it)
         with self._lock:
             self._load_new_indexes(index)
         prefix = self._loose_prefix
@@ -435,9 +448,13 @@ class LocalStore:
     def _read_packed(self, digest: Digest, location: _Location, depth: int = 0) -> bytes:
         """Read and verify one packed copy (no other copy is tried)."""
         try:
-            fd = self._pack_fd(location.pack)
-            # one read for header and payload: the header is 49 bytes (81 for a delta)
-            blob = os.pread(fd, _RECORD.size + 32 + location.stored, location.offset)
+            self._enter()
+            try:
+                fd = self._pack_fd(location.pack)
+                # one read for header and payload: the header is 49 bytes (81 for a delta)
+                blob = os.pread(fd, _RECORD.size + 32 + location.stored, location.offset)
+            finally:
+                self._leave()
         except FileNotFoundError:
             self._forget_pack(location.pack)
             raise _PackGoneError(f"{_what(digest, location)}: the pack file is missing") from None
@@ -468,6 +485,7 @@ class LocalStore:
                 if not gone:
                     break
                 gone = False  # a pack merged away again since the last reload: load again
+                index = self._packed()
                 with self._lock:
                     self._load_new_indexes(index, force=True)
                     others = [loc for loc in (index.get(raw), *self._extra.get(raw, ())) if loc is not None]
@@ -639,11 +657,32 @@ class LocalStore:
                         cast(mmap.mmap, base).close()
 
     def _map(self, pack: Path) -> memoryview | None:
-        """A read-only map of a pack file, or None to read it with pread(2) (say, an empty file)."""
+        """A read-only map of a pack file, or None to read it with pread(2) (say, an empty file). The
+        map holds a descriptor of its own: the store's may be closed once it is made."""
+        self._enter()
         try:
             return memoryview(mmap.mmap(self._pack_fd(pack), 0, access=mmap.ACCESS_READ))
         except (OSError, ValueError):
             return None
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        """A read is about to use a pack descriptor: none is closed until it is done with it."""
+        with self._lock:
+            self._busy += 1
+
+    def _leave(self) -> None:
+        """A read is done with its descriptor; when no other is using one, close the retired ones (of
+        packs merged away): closed only then, since a closed number is soon another file's."""
+        with self._lock:
+            self._busy -= 1
+            if self._busy or not self._retired_fds:
+                return
+            retired, self._retired_fds = self._retired_fds, []
+        for fd in retired:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _pack_fd(self, pack: Path) -> int:
         """An open descriptor of a pack file, kept for the store's lifetime (packs never change)."""
@@ -727,7 +766,7 @@ class LocalStore:
         try:
             handle = path.open("rb")
         except FileNotFoundError:
-            if self._reload_until_found(self._packed(), digest.raw, force=True):
+            if self._reload_until_found(digest.raw, force=True):
                 return self.open(digest)
             raise self.missing_error(digest) from None
         except OSError as exc:
@@ -1005,7 +1044,7 @@ class LocalStore:
                 removed += 1
         with contextlib.suppress(OSError):
             _fsync_dir(self._packs)
-        self._reset_index()
+        self._reset_index({self._packs / f"{name}.pack" for _s, name, _e in chosen if name not in damaged})
         return removed
 
     def _remove_orphan_packs(self) -> None:
@@ -1020,8 +1059,9 @@ class LocalStore:
                         if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                             os.unlink(entry.path)
 
-    def _reset_index(self) -> None:
-        """Forget what was loaded about the packs (some were removed): the next lookup loads again."""
+    def _reset_index(self, removed: set[Path]) -> None:
+        """Forget what was loaded about the packs (``removed`` are gone): the next lookup loads again.
+        Their descriptors are retired (closed when no read uses one: :meth:`_leave`); the others stay."""
         with self._lock:
             self._index = None
             self._extra.clear()
@@ -1029,12 +1069,14 @@ class LocalStore:
             self._seen_idx.clear()
             self._packs_mtime = -1
             maps, self._point_maps = self._point_maps, None
-            fds, self._fds = self._fds, {}
-            # other threads may be reading through them: kept until the store is closed (a closed
-            # descriptor's number is soon another file's, and a map of it may run past that file's end)
-            self._retired_fds.extend(fds.values())
-            if maps is not None:
+            for pack in removed:
+                fd = self._fds.pop(pack, None)
+                if fd is not None:
+                    self._retired_fds.append(fd)
+            if maps is not None:  # a point lookup may be searching them: closed with the store
                 self._retired_maps.extend(maps)
+        self._enter()
+        self._leave()  # closes the retired descriptors now, unless a read is using one
 
     def clean_tmp(self, *, older_than: float = STALE_TMP_SECONDS) -> int:
         """Remove temp files left by killed writers; return how many were removed."""

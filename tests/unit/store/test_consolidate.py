@@ -289,3 +289,38 @@ def test_readers_in_other_threads_never_miss_an_object_while_packs_merge(
         thread.join()
     store.close()
     assert errors == []
+
+
+def test_a_reader_holding_the_table_a_merge_dropped_never_empties_the_new_one(tmp_path: Path) -> None:
+    """A reader took the table, a merge in another thread reset it, and the reader then loaded every
+    index into the dropped table: marked seen, they were never loaded into the new one, and the
+    store reported every packed object missing from then on (a review's find)."""
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    made = _batches(store, 3)
+    old = store._packed()  # a reader's table ...
+    store._reset_index(set())  # ... dropped by a merge in another thread ...
+    with store._lock:
+        store._load_new_indexes(old, force=True)  # ... and the reader goes on loading into it
+    assert all(store.has(digest) for digest in made)
+    assert all(store.read(digest) == blob for digest, blob in made.items())
+    store.close()
+
+
+def test_descriptors_of_merged_away_packs_are_closed_once_no_read_uses_them(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    writer = LocalStore.at(root)
+    reader = LocalStore.at(root)
+    made: dict[Digest, bytes] = {}
+    for round_ in range(30):
+        made |= _batches(writer, 1, start=round_)
+        for digest in made:
+            reader.read(digest)
+        writer.consolidate(above=2)
+    reader.refresh_index()
+    for digest, blob in made.items():
+        assert reader.read(digest) == blob
+    assert not reader._retired_fds
+    assert len(reader._fds) <= len(_packs(root)) // 2  # only packs that exist are open
+    writer.close()
+    reader.close()
