@@ -314,9 +314,20 @@ class LocalStore:
         self._packs_mtime = mtime
 
     def _drop_packs(self, packs: set[Path], index: dict[bytes, _Location]) -> None:
-        """Forget the copies in ``packs`` (removed with their indexes) and close their descriptors, so
-        that a long-lived reader neither keeps their disk space nor reads them any more; objects with
-        no other copy are looked up again (another index, or loose). Called with the lock held."""
+        """Forget the copies in ``packs`` (removed with their indexes) and retire their descriptors
+        (closed once no read uses them: :meth:`_leave`), so that a long-lived reader neither keeps
+        their disk space nor reads them any more; objects with no other copy are looked up again
+        (another index, or loose). Called with the lock held."""
+        self._drop_locations(packs, index)
+        for pack in packs:
+            fd = self._fds.pop(pack, None)
+            if fd is not None:  # another thread may be reading through it: see _leave
+                self._retired_fds.append(fd)
+            self._damaged.pop(pack.with_suffix(".idx").name, None)
+
+    def _drop_locations(self, packs: set[Path], index: dict[bytes, _Location]) -> None:
+        """Take the copies in ``packs`` out of ``index`` and the further copies (an object read first
+        from another copy, if it has one). Called with the lock held."""
         for raw in [raw for raw, loc in index.items() if loc.pack in packs]:
             others = [loc for loc in self._extra.pop(raw, ()) if loc.pack not in packs]
             if others:
@@ -332,11 +343,6 @@ class LocalStore:
                     self._extra[raw] = kept
                 else:
                     del self._extra[raw]
-        for pack in packs:
-            fd = self._fds.pop(pack, None)
-            if fd is not None:  # another thread may be reading through it: see _leave
-                self._retired_fds.append(fd)
-            self._damaged.pop(pack.with_suffix(".idx").name, None)
 
     def _index_entries(self, idx: Path, pack: Path) -> Iterable[tuple[bytes, int, int, int, int]] | None:
         """The entries of one index; rebuilt from the pack's record headers when the index is damaged,
@@ -552,24 +558,8 @@ class LocalStore:
             idx = pack.with_suffix(".idx").name
             if os.path.exists(pack.with_suffix(".idx")):  # else merged into another pack and removed
                 self._damaged[idx] = f"{pack.name} is missing (its index {idx} remains)"
-            index = self._index
-            if index is None:
-                return
-            for raw in [raw for raw, loc in index.items() if loc.pack == pack]:
-                others = [loc for loc in self._extra.pop(raw, ()) if loc.pack != pack]
-                if others:
-                    index[raw] = others.pop(0)
-                    if others:
-                        self._extra[raw] = others
-                else:
-                    del index[raw]
-            for raw, locations in list(self._extra.items()):
-                kept = [loc for loc in locations if loc.pack != pack]
-                if len(kept) != len(locations):
-                    if kept:
-                        self._extra[raw] = kept
-                    else:
-                        del self._extra[raw]
+            if self._index is not None:
+                self._drop_locations({pack}, self._index)
 
     def _record(
         self, digest: Digest, location: _Location, blob: memoryview, at: int, depth: int = 0
