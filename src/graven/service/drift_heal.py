@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from graven.core.drift import Difference, HealPlan, plan_heal
+from graven.db import Connection
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
 from graven.deploy.statdb import DIR_SHA, StatTable
@@ -225,20 +226,21 @@ def _record_start(ctx: Context, result: HealResult) -> None:
     """The audit entry of a heal about to change the environment (``result`` ``started``): whatever
     stops it before its outcome is recorded (a disk that fills, a kill), the log says it ran."""
     with ctx.db.begin() as conn:
-        commit = conn.execute(
-            """SELECT "commit" FROM artifacts WHERE digest = :digest""", {"digest": result.digest}
-        ).scalar_one_or_none()
-        ctx.audit.append(
-            conn,
-            LogEvent(
-                "heal",
-                artifact=result.digest,
-                commit=commit,
-                env=result.env,
-                reason=f"restoring {reason_of(result.before)}",
-                result="started",
-            ),
-        )
+        _log_heal(ctx, conn, result, reason=f"restoring {reason_of(result.before)}", outcome="started")
+
+
+def _log_heal(ctx: Context, conn: Connection, result: HealResult, *, reason: str, outcome: str) -> None:
+    """The ``heal`` audit entry of ``result`` (its artifact's commit looked up), in ``conn``'s
+    transaction."""
+    commit = conn.execute(
+        """SELECT "commit" FROM artifacts WHERE digest = :digest""", {"digest": result.digest}
+    ).scalar_one_or_none()
+    ctx.audit.append(
+        conn,
+        LogEvent(
+            "heal", artifact=result.digest, commit=commit, env=result.env, reason=reason, result=outcome
+        ),
+    )
 
 
 def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | None) -> None:
@@ -256,9 +258,6 @@ def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | Non
         "error": error,
     }
     with ctx.db.begin() as conn:
-        commit = conn.execute(
-            """SELECT "commit" FROM artifacts WHERE digest = :digest""", {"digest": result.digest}
-        ).scalar_one_or_none()
         conn.execute(
             INSERT_EVENT,
             {
@@ -271,14 +270,4 @@ def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | Non
                 "detail": json.dumps(detail, sort_keys=True, separators=(",", ":")),
             },
         )
-        ctx.audit.append(
-            conn,
-            LogEvent(
-                "heal",
-                artifact=result.digest,
-                commit=commit,
-                env=result.env,
-                reason=reason,
-                result="ok" if ok else "failed",
-            ),
-        )
+        _log_heal(ctx, conn, result, reason=reason, outcome="ok" if ok else "failed")
