@@ -108,3 +108,16 @@ def test_an_unrecorded_success_names_an_unhealthy_switch_back(
     with pytest.raises(BackendError, match=r"switched back to .*, which failed its checks too .*unhealthy"):
         world.deploy(v2, "staging")  # v2's health check passes; then the record cannot be written
     assert world.live("staging") == v1
+
+
+def test_an_unrecorded_override_is_still_logged_as_an_override(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digest went live because a requirement was bypassed, if only until it was switched back: the
+    ``override`` entry is written as after a failed health check (it was missing)."""
+    v1 = world.build()
+    _full_at_success(monkeypatch)
+    with pytest.raises(BackendError, match="could not be recorded"):
+        world.deploy(v1, "prod", override=True, reason="staging is down")
+    events = [(e.event, e.env, e.reason) for e, _ in world.ctx().audit.entries()]
+    assert ("override", "prod", "requires staging bypassed: staging is down") in events

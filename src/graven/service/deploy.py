@@ -22,7 +22,7 @@ from graven.db import Connection
 from graven.deploy.hook_result import HookResult, step_error  # eager: the switch back needs it
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
-from graven.deploy.plan import evaluate_policy, short
+from graven.deploy.plan import PolicyDecision, evaluate_policy, short
 from graven.deploy.settings import check_env_name
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import point_symlink
@@ -355,7 +355,9 @@ def _run_deployment(
                     layout=layout,
                 )
             except GravenError as exc:  # a full or read-only home: not left live without a record
-                _unrecorded(ctx, target, dep_id, state, kind, previous, layout, old_config, opts, exc)
+                _unrecorded(
+                    ctx, target, dep_id, state, kind, previous, layout, old_config, opts, exc, decision
+                )
                 raise  # pragma: no cover - _unrecorded raises
             step(ctx, "recorded")
             with ctx.db.connect() as conn:
@@ -450,10 +452,12 @@ def _unrecorded(  # noqa: PLR0917 (the deployment's state, as record_failure tak
     old_config: str | None,
     opts: DeployOptions,
     exc: GravenError,
+    decision: PolicyDecision,
 ) -> NoReturn:
     """A healthy deployment whose success could not be written: exit 1 means what was live stays live,
     so it is switched back as after a failed health check (the old release's hooks run again; a
-    rollback stays, as a failed rollback does), and the error says what the environment is on."""
+    rollback stays, as a failed rollback does), and the error says what the environment is on. A
+    bypassed requirement is logged as an ``override`` entry, as after a failed health check."""
     env, digest = target.settings.name, str(target.digest)
     failure = step_error("recording", exc)
     try:
@@ -469,6 +473,7 @@ def _unrecorded(  # noqa: PLR0917 (the deployment's state, as record_failure tak
             layout=layout,
             old_config=old_config,
             opts=opts,
+            overridden=tuple(decision.overridden),
         )
         back, health, detail = restored.rolled_back_to, restored.health, restored.detail
     except GravenError:  # the database still refuses: its pending row is settled by the next command
