@@ -534,3 +534,49 @@ def test_an_alternate_that_is_no_repository_hides_nothing(
     (repo / ".git" / "objects" / "info" / "alternates").write_text("/usr/objects\n")
     code, _, err = run_cli("build", "-C", repo)
     assert code == 0, err
+
+
+def test_a_tool_the_commit_names_runs_in_the_sandbox_not_on_the_host(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``[build] tools`` asks each tool for its version. The commit names the tool, and an absolute
+    path such as /proc/self/cwd/tool.sh is one of its own files: a review had it run on the host, as
+    graven's user with graven's environment (the signing key's path, any CI secret) and GRAVEN_HOME in
+    reach, even for a sandboxed build."""
+    canary = tmp_path / "canary"
+    tool = (
+        "#!/bin/sh\n"
+        f"echo pwned 2>/dev/null > {canary}\n"
+        "echo 'a warning on stderr 9.9.9' >&2\n"
+        f'if [ -n "$CI_SECRET" ] || [ -e {graven_home} ]; then echo "tool 6.6.6"\n'
+        'else echo "tool 1.2.3"; fi\n'
+    )
+    toml = _toml("mkdir -p out && echo ok > out/ok", extra='tools = ["/proc/self/cwd/tool.sh"]\n')
+    repo = make_repo(tmp_path / "repo", {"tool.sh": tool}, toml)
+    (repo / "tool.sh").chmod(0o755)
+    subprocess.run(["git", "-C", repo, "update-index", "--chmod=+x", "tool.sh"], check=True, env=git_env())
+    commit_all(repo, "executable tool")
+    monkeypatch.chdir(repo)  # /proc/self/cwd is graven's working directory: the repository
+    monkeypatch.setenv("CI_SECRET", "s3cr3t")
+    code, out, err = run_cli("build", "--json")
+    assert code == 0, err
+    assert not canary.exists()  # the host's /tmp is out of the sandbox's reach
+    deps = _statement(run_cli, json.loads(out)["digest"])["predicate"]["buildDefinition"][
+        "resolvedDependencies"
+    ]  # type: ignore[index]
+    names = [d["name"] for d in deps if d.get("name", "").startswith("tool:")]
+    assert names == ["tool:/proc/self/cwd/tool.sh@1.2.3"]
+
+
+def test_a_tool_that_cannot_run_in_the_sandbox_is_refused(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    toml = _toml("mkdir -p out && echo ok > out/ok", extra='tools = ["false"]\n')
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code != 0
+    assert "`false --version` exited with 1 in the build sandbox" in err and err.count("\n") == 1

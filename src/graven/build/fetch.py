@@ -21,7 +21,7 @@ import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -34,6 +34,7 @@ __all__ = [
     "TOOL_PREFIX",
     "FetchedFile",
     "Tool",
+    "ToolProbe",
     "check_fetched",
     "check_unchanged_outside",
     "collect_fetched",
@@ -360,8 +361,14 @@ def _version_of(line: str) -> str:
     return match.group(0) if match else line.strip()[:120]
 
 
-def resolve_tools(names: Iterable[str], env: Mapping[str, str], *, timeout: int = 60) -> list[Tool]:
-    """Find each tool on the steps' PATH, hash it and ask ``TOOL --version`` (in ``env``)."""
+ToolProbe = Callable[[str], tuple[int, bytes]]
+"""Runs ``PATH --version`` where the build steps run (the sandbox); its exit code and output."""
+
+
+def resolve_tools(names: Iterable[str], env: Mapping[str, str], probe: ToolProbe) -> list[Tool]:
+    """Find each tool on the steps' PATH (``env``), hash it, and ask ``TOOL --version`` through
+    ``probe``: where the steps run, never on the host, since the commit names the tool (an absolute
+    path such as ``/proc/self/cwd/tool.sh`` is a program from the commit itself)."""
     tools: list[Tool] = []
     for name in names:
         found = name if os.path.isabs(name) else shutil.which(name, path=env.get("PATH"))
@@ -369,21 +376,15 @@ def resolve_tools(names: Iterable[str], env: Mapping[str, str], *, timeout: int 
             raise ConfigError(f"[build] tools: {name!r} is not an executable on the build PATH")
         real = os.path.realpath(found)
         try:
-            result = subprocess.run(
-                [found, "--version"],
-                capture_output=True,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                check=False,
-            )
+            code, output = probe(found)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BuildError(f"[build] tools: `{name} --version` failed: {exc}") from None
-        text = (result.stdout or result.stderr).decode(errors="replace").strip()
-        if result.returncode != 0 or not text:
+        lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+        if code != 0 or not lines:
             raise BuildError(
-                f"[build] tools: `{name} --version` exited with {result.returncode}; "
-                "list only tools that report a version"
+                f"[build] tools: `{name} --version` exited with {code}"
+                + ("" if code != 0 else " and printed nothing")
+                + " in the build sandbox; list only tools that report a version and that the steps can run"
             )
-        tools.append(Tool(name, real, _version_of(text.splitlines()[0]), _sha256_file(real)[0]))
+        tools.append(Tool(name, real, _version_of(lines[0]), _sha256_file(real)[0]))
     return tools

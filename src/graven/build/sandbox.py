@@ -476,9 +476,11 @@ def tmp_size_limit() -> int:
 
 
 class StepRunner(Protocol):
-    """Runs one shell command of a build; ``kind`` is what the provenance records."""
+    """Runs one shell command of a build; ``kind`` is what the provenance records, ``env`` the
+    environment the command gets."""
 
     kind: str
+    env: dict[str, str]
 
     def run(self, command: str, *, log: BinaryIO, timeout: int, network: bool) -> int:
         """Run ``/bin/sh -c command``; output goes to ``log``; return the exit code.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -253,6 +254,32 @@ def _secret_files(ctx: Context) -> list[Path]:
     return found
 
 
+# what the tool prints on stdout, or else on stderr (java -version, older tools), as its version
+_VERSION_SCRIPT = (
+    'err=$(mktemp) && out=$({tool} --version 2>"$err" </dev/null); code=$?; '
+    'if [ -n "$out" ]; then printf "%s\\n" "$out"; else cat "$err"; fi; rm -f "$err"; exit $code'
+)
+
+
+def _tool_probe(runner: StepRunner, ws: Workspace) -> Callable[[str], tuple[int, bytes]]:
+    """``TOOL --version`` as a step runs (in the sandbox, offline, in the scratch copy of the commit):
+    the commit names the tool, so it may be one of its own files, and must not run on the host with
+    graven's environment in reach. The output goes to a file no step sees."""
+
+    def probe(path: str) -> tuple[int, bytes]:
+        out = ws.root / "tool-version.out"
+        with open(out, "w+b") as log:
+            code = runner.run(
+                _VERSION_SCRIPT.format(tool=shlex.quote(path)), log=log, timeout=60, network=False
+            )
+            log.seek(0)
+            data = log.read(1 << 16)
+        out.unlink()
+        return code, data
+
+    return probe
+
+
 def _empty_again(path: Path, aside: Path) -> None:
     """Replace the directory ``path`` by a new, empty one (mode 0755); the old one goes to ``aside``
     first, so that whatever a step left in it (even directories it cannot list) is out of the way."""
@@ -329,10 +356,6 @@ def run_step_build(
     try:
         # Refuses before any work when there is no usable sandbox.
         runner = _runner(ctx, repo, pipeline, ws, epoch=epoch, variation=variation)
-        tool_env = clean_environment(
-            home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=os.environ.get("PATH")
-        )
-        tools = [ResourceRef(t.ref_name, f"sha256:{t.sha256}") for t in resolve_tools(build.tools, tool_env)]
 
         def progress(done: int, total: int) -> None:
             ctx.reporter.progress("checking out", done, total)
@@ -347,6 +370,10 @@ def run_step_build(
             from_worktree=from_worktree,
         )
         copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
+        tools = [
+            ResourceRef(t.ref_name, f"sha256:{t.sha256}")
+            for t in resolve_tools(build.tools, runner.env, _tool_probe(runner, ws))
+        ]
         fetched: list[FetchedFile] = []
         restored = False
         snapshot = ws.root / "fetched"  # not visible to any step

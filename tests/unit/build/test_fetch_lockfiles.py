@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,11 +109,23 @@ def test_a_fetched_file_whose_hash_is_not_locked_is_refused() -> None:
 
 def test_tools_are_hashed_and_versioned() -> None:
     env = {"PATH": os.path.dirname(sys.executable), "LC_ALL": "C.UTF-8"}
-    [tool] = resolve_tools([os.path.basename(sys.executable)], env)
+    asked: list[str] = []
+
+    def probe(path: str) -> tuple[int, bytes]:  # what the sandbox runs, here on the host
+        asked.append(path)
+        done = subprocess.run([path, "--version"], capture_output=True, env=env, check=False)
+        return done.returncode, done.stdout + done.stderr
+
+    [tool] = resolve_tools([os.path.basename(sys.executable)], env, probe)
+    assert asked == [os.path.join(os.path.dirname(sys.executable), os.path.basename(sys.executable))]
     real = os.path.realpath(sys.executable)
     assert tool.path == real
     assert tool.sha256 == hashlib.sha256(Path(real).read_bytes()).hexdigest()
     assert tool.version == ".".join(map(str, sys.version_info[:3]))
     assert tool.ref_name == f"tool:{os.path.basename(sys.executable)}@{tool.version}"
     with pytest.raises(ConfigError, match="no-such-tool"):
-        resolve_tools(["no-such-tool"], env)
+        resolve_tools(["no-such-tool"], env, probe)
+    with pytest.raises(BuildError, match="exited with 3 in the build sandbox"):
+        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (3, b"x 1.0\n"))
+    with pytest.raises(BuildError, match="exited with 0 and printed nothing"):
+        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (0, b" \n"))
