@@ -166,3 +166,26 @@ def test_a_crafted_tree_holding_a_git_directory_is_refused(
     root = hashed("mktree", data=f"040000 tree {sub}\t{name}\n100644 blob {toml}\tgraven.toml\n".encode())
     commit = git(repo, "commit-tree", root, "-m", "crafted").strip()
     _refused(run_cli("build", "-C", repo, commit), f"{name}/config: a path through .git")
+
+
+def test_programs_a_repository_configures_never_run_in_a_build(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout graven did not clone (a CI cache, a rebuild's -C REPO) may name programs in its
+    .git/config. A review had `git status` (the dirty check) run core.fsmonitor as graven's user,
+    with GRAVEN_SIGNING_KEY in its environment; a clean filter runs the same way for a file whose
+    stat changed. Neither runs now, and the dirty check still sees an edit."""
+    canary = tmp_path / "canary"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$0 ${{GRAVEN_SIGNING_KEY:-}}" >> {canary}\ncat\n')
+    hook.chmod(0o755)
+    repo = make_repo(tmp_path / "repo", {**FILES, ".gitattributes": "* filter=evil\n"})
+    git(repo, "config", "core.fsmonitor", str(hook))
+    git(repo, "config", "filter.evil.clean", str(hook))
+    git(repo, "config", "filter.evil.required", "true")
+    monkeypatch.setenv("GRAVEN_SIGNING_KEY", str(graven_home / "keys" / "default.key"))
+    (repo / "app" / "main.py").write_text("print('edited')\n")  # a stat change: status hashes it
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dirty_worktree"] is True
+    assert not canary.exists(), canary.read_text()

@@ -61,10 +61,30 @@ class CommitFile(NamedTuple):
 
 
 _T = TypeVar("_T")
+_PRIVATE_ENV = ("GRAVEN_", "PGPASSWORD")
 
 
-def _git_env() -> dict[str, str]:
-    env = dict(os.environ)
+# Settings of the repository's own configuration that make git run a program of its choosing in the
+# commands graven runs: a checkout graven did not clone (a CI cache, an unpacked tarball, a rebuild's
+# -C REPO) may name one in .git/config. git status runs core.fsmonitor (a hook, or a daemon) and the
+# clean filter of a file whose stat changed; the filters are disabled by name in DirtyCheck.
+_FORCED_CONFIG = (("core.fsmonitor", "false"),)
+
+
+def _git_env(config: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+    """graven's environment for git, without graven's own settings (GRAVEN_SIGNING_KEY names the key,
+    GRAVEN_DB_URL may hold a password: nothing git needs), with :data:`_FORCED_CONFIG` and
+    ``config`` (passed as GIT_CONFIG_KEY_n/VALUE_n: a key holding "=" stays one key)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(_PRIVATE_ENV)}
+    try:
+        count = int(env.get("GIT_CONFIG_COUNT", "0"))
+    except ValueError:
+        count = 0
+    for key, value in (*_FORCED_CONFIG, *config):  # after the caller's own (the last value of a key wins)
+        env[f"GIT_CONFIG_KEY_{count}"] = key
+        env[f"GIT_CONFIG_VALUE_{count}"] = value
+        count += 1
+    env["GIT_CONFIG_COUNT"] = str(count)
     env.update(
         GIT_NO_REPLACE_OBJECTS="1",
         # info/grafts (deprecated) would re-parent commits, as replace refs would: a file that cannot
@@ -124,6 +144,29 @@ class BlobReader:
 _STATUS = ("git", "-c", "core.preloadIndex=false", "status", "--porcelain", "--untracked-files=no", "-z")
 
 
+def _no_filters(root: Path) -> list[tuple[str, str]]:
+    """Settings that turn off every filter driver the repository's configuration defines (git
+    status runs a driver's clean command on each file whose stat changed): a driver without commands
+    leaves the bytes as they are, and is not required. Reading the configuration runs nothing."""
+    try:
+        found = subprocess.run(
+            ["git", "config", "-z", "--get-regexp", r"^filter\."],
+            cwd=root,
+            capture_output=True,
+            env=_git_env(),
+            check=False,
+        )
+    except OSError:
+        return []
+    names = set()
+    for item in found.stdout.split(b"\0"):
+        key = item.split(b"\n", 1)[0].decode("utf-8", "surrogateescape")
+        if key.count(".") >= 2:
+            names.add(key[len("filter.") : key.rindex(".")])
+    off = (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))
+    return [(f"filter.{name}.{var}", value) for name in sorted(names) for var, value in off]
+
+
 class DirtyCheck:
     """``git status`` running in the background while a build works (nothing, for a bare repository:
     it has no working tree that could differ)."""
@@ -137,7 +180,7 @@ class DirtyCheck:
                 cwd=root,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=_git_env(),
+                env=_git_env(_no_filters(root)),
             )
 
     def result(self) -> bool:
