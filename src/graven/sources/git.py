@@ -361,14 +361,16 @@ _DIFF_TREE = ("diff-tree", "-r", "-z", "--raw", "--no-commit-id", "--no-renames"
 _REMOTE_URL = ("config", "--get", "remote.origin.url")
 
 
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/?#@]*)@")
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/?#]*)@")
 
 
 def without_credentials(url: str) -> str:
     """``url`` without the credentials of a ``scheme://user:secret@host/...`` URL: CI systems clone
     with a token there (``https://TOKEN@github.com/...``, ``gitlab-ci-token:TOKEN@``), and it must
-    never reach a signed provenance or a log. An ssh user name without a password (``ssh://git@host``,
-    ``git@host:path``) is no secret and stays."""
+    never reach a signed provenance or a log. The host follows the *last* "@" of the authority (an
+    "@" in a user name, ``https://me@corp.com:TOKEN@host/``, is not the end of the credentials). An
+    ssh user name without a password (``ssh://git@host``, ``git@host:path``) is no secret and
+    stays."""
     match = _USERINFO.match(url)
     if match is None:
         return url
