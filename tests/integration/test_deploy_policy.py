@@ -308,3 +308,60 @@ def test_every_change_is_in_the_audit_log_and_the_log_verifies(
     code, out, _ = run_cli(capsys, "log", "verify", "--json")
     assert code == 0 and json.loads(out)["ok"]
     assert BASE_FILES  # the world was built from the base files
+
+
+def _hooks_toml(marker: Path, tag: str) -> str:
+    """staging and prod whose activate appends ``tag`` to ``marker``; graven.toml outside the artifact
+    (so a commit that changes only it gives the same digest, with one more provenance)."""
+    envs = staging_prod(activate=f"echo {tag}-$GRAVEN_ENV >> {marker}")
+    return env_toml("app", envs).replace(
+        'name = "app"\n', 'name = "app"\ninclude = ["app/**", "bin/**", "config/**"]\n', 1
+    )
+
+
+def test_promote_keeps_the_graven_toml_that_ran_in_the_source_environment(
+    world: World, tmp_path: Path
+) -> None:
+    """A review changed only graven.toml after staging was healthy: same digest, a newer provenance
+    with other hooks, and promote ran those in prod, never tested anywhere. It runs what staging ran."""
+    marker = tmp_path / "ran"
+    world.commit({}, _hooks_toml(marker, "tested"))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    world.commit({}, _hooks_toml(marker, "untested"))
+    assert world.build() == digest
+    result = promote(world.ctx(), "staging", "prod", world.options())
+    assert result.ok, result.message
+    assert marker.read_text().split() == ["tested-staging", "tested-prod"]
+    assert world.deploy(digest, "prod").ok  # deployed by name: the newest graven.toml, as before
+    assert marker.read_text().split()[-1] == "untested-prod"
+
+
+def test_a_rollback_keeps_the_graven_toml_that_ran_when_the_digest_was_live(
+    world: World, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    world.commit({}, _hooks_toml(marker, "first"))
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    world.commit({"app/version.txt": None}, _hooks_toml(marker, "later"))  # v1's files again
+    assert world.build() == v1
+    result = rollback(world.ctx(), "staging", world.options())
+    assert result.ok and world.live("staging") == v1
+    assert marker.read_text().split() == ["first-staging"] * 3
+
+
+def test_a_promote_refuses_when_the_graven_toml_that_ran_is_not_trusted_for_the_target(
+    world: World, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    world.commit({}, _hooks_toml(marker, "tested"))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    with world.ctx().db.begin() as conn:  # as if staging ran a graven.toml no prod-trusted build named
+        conn.execute("UPDATE deployments SET pipeline_digest = :p", {"p": "sha256:" + "0" * 64})
+    with pytest.raises(PolicyError, match=r"ran in staging with the graven.toml 000000000000, which no"):
+        promote(world.ctx(), "staging", "prod", world.options())
+    assert world.live("prod") is None

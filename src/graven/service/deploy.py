@@ -508,13 +508,15 @@ def deploy(
     kind: str = "deploy",
     source_env: str | None = None,
     recheck: Callable[[Connection, EnvState | None], None] | None = None,
+    ran_with: tuple[str, str] | None = None,
 ) -> DeployResult:
-    """Verify ``digest`` and make it the live release of ``env`` (``recheck``: see _run_deployment)."""
+    """Verify ``digest`` and make it the live release of ``env`` (``recheck``: see _run_deployment;
+    ``ran_with``: the graven.toml to take the settings from, see verify_target)."""
     check_env_name(env)
     if opts.override and not (opts.reason and opts.reason.strip()):
         raise InputError("--override-policy needs --reason TEXT: say why policy is bypassed")
     digest = resolve_digest(ctx, digest_text)
-    target = verify_target(ctx, digest, env, opts)
+    target = verify_target(ctx, digest, env, opts, ran_with=ran_with)
     return _run_deployment(ctx, target, opts, kind=kind, source_env=source_env, recheck=recheck)
 
 
@@ -528,21 +530,29 @@ def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> De
     if not ctx.home.has_database():
         raise NeverDeployedError(from_env)
     with ctx.db.connect() as conn:
-        digest = _promotable(conn, from_env)
+        digest, pipeline = _promotable(conn, from_env)
 
     def still_live(conn: Connection, _state: EnvState | None) -> None:
-        now = _promotable(conn, from_env)
+        now, now_pipeline = _promotable(conn, from_env)
         if now != digest:
             raise PolicyError(
                 f"{from_env} changed while this promote waited: {short(now)} is live there now, not "
                 f"{short(digest)}; promote again"
             )
+        if now_pipeline != pipeline:
+            raise PolicyError(
+                f"{from_env} was redeployed with another graven.toml while this promote waited; promote again"
+            )
 
-    return deploy(ctx, digest, to_env, opts, kind="promote", source_env=from_env, recheck=still_live)
+    ran_with = None if pipeline is None else (pipeline, f"in {from_env}")
+    return deploy(
+        ctx, digest, to_env, opts, kind="promote", source_env=from_env, recheck=still_live, ran_with=ran_with
+    )
 
 
-def _promotable(conn: Connection, from_env: str) -> str:
-    """The digest live and healthy in ``from_env``, as recorded and as its directory shows; else
+def _promotable(conn: Connection, from_env: str) -> tuple[str, str | None]:
+    """The digest live and healthy in ``from_env``, as recorded and as its directory shows, and the
+    graven.toml it runs with there (None for a record older than that column); else
     :class:`PolicyError` (or :class:`NeverDeployedError`) saying what to fix."""
     state = load_state(conn, from_env)
     row = deployment_row(conn, state.live_deployment) if state else None
@@ -562,7 +572,7 @@ def _promotable(conn: Connection, from_env: str) -> str:
             f"{short(state.live_digest)} is live in {from_env} but not healthy ({health}); fix {from_env} "
             "before promoting"
         )
-    return state.live_digest
+    return state.live_digest, row.pipeline_digest
 
 
 def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = None) -> DeployResult:
@@ -609,8 +619,22 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
                 f"; check `graven status {env}` and roll back again"
             )
 
-    target = verify_target(ctx, digest, env, opts)
+    with ctx.db.connect() as conn:
+        pipeline = _ran_here_with(conn, env, str(digest))
+    ran_with = None if pipeline is None else (pipeline, f"when it was live in {env}")
+    target = verify_target(ctx, digest, env, opts, ran_with=ran_with)
     return _run_deployment(ctx, target, opts, kind="rollback", recheck=unchanged)
+
+
+def _ran_here_with(conn: Connection, env: str, digest: str) -> str | None:
+    """The graven.toml ``digest`` last went live in ``env`` with (its settings, its hooks): what a
+    rollback redeploys."""
+    found = conn.execute(
+        "SELECT pipeline_digest FROM deployments WHERE env = :env AND digest = :digest"
+        " AND result IN ('ok', 'interrupted') AND pipeline_digest IS NOT NULL ORDER BY id DESC LIMIT 1",
+        {"env": env, "digest": digest},
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
 
 
 def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions) -> None:

@@ -65,17 +65,29 @@ def _requires_of_all(
 
 
 def verify_target(
-    ctx: Context, digest: Digest, env: str, opts: DeployOptions, *, log_failures: bool = True
+    ctx: Context,
+    digest: Digest,
+    env: str,
+    opts: DeployOptions,
+    *,
+    log_failures: bool = True,
+    ran_with: tuple[str, str] | None = None,
 ) -> Target:
     """Check the signature against the trust policy for ``env``, then read the settings from the
-    graven.toml the verified provenance names (by sha256), then the manifest (verified read)."""
+    graven.toml the verified provenance names (by sha256), then the manifest (verified read).
+
+    An artifact built from several commits (that differ outside its files) has one provenance per
+    build, each naming its commit's graven.toml: the newest is used, unless ``ran_with`` = (sha256 of
+    a graven.toml, where it ran) names the one a promote or a rollback must keep. A graven.toml-only
+    commit must not swap the hooks of a digest already tested with others: a promote deploys what
+    ran in the source environment, a rollback what ran here."""
     record = get_artifact(ctx, digest)
     # A signature this home verified before (same key, same bytes) is not checked again: the memo never
     # decides trust, revocation or the environment's keys, so this needs no cryptography on a warm home.
     policy = load_policy(ctx, opts.policy_file, memo=log_failures)  # a plan writes nothing
     try:
         provenances = _verified_provenances(ctx, digest, policy, env)
-        verified = provenances[0]
+        verified = provenances[0] if ran_with is None else _ran_with(digest, env, provenances, *ran_with)
         pipeline_digest = verified.statement.pipeline_digest
         if pipeline_digest is None:
             raise VerificationError(
@@ -117,6 +129,20 @@ def verify_target(
         settings=settings,
         keyid=verified.keyid,
         pipeline_digest=pipeline_digest,
+    )
+
+
+def _ran_with(
+    digest: Digest, env: str, provenances: list[VerifiedProvenance], pipeline: str, where: str
+) -> VerifiedProvenance:
+    """The verified provenance that names the graven.toml ``pipeline`` (which ran ``where``)."""
+    for verified in provenances:
+        if verified.statement.pipeline_digest == pipeline:
+            return verified
+    raise PolicyError(
+        f"{short(str(digest))} ran {where} with the graven.toml {short(pipeline)}, which no provenance "
+        f"trusted for {env} names; trust the key that signed it for {env} (graven keys trust), or "
+        "deploy the digest by name"
     )
 
 
