@@ -243,3 +243,28 @@ def test_files_are_copied_in_overlapping_batches_and_a_corrupt_one_mid_way_fails
         not (world.env_dir("prod") / "releases").exists()
         or [p.name for p in (world.env_dir("prod") / "releases").iterdir()] == []
     )
+
+
+def test_plan_shows_the_hooks_it_would_run_and_how_they_changed(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hooks come from the artifact's graven.toml and run as the operator: a review found them
+    only in --plan --json (under settings), never in what an operator reads."""
+    from helpers_deploy import env_toml, staging_prod
+
+    root = str(world.root)
+    v1 = world.build()
+    code, out, _ = run_cli(capsys, "deploy", v1, "staging", "--plan", "--root", root)
+    assert code == 0 and "health: `python3 -c" in out and "(unchanged)" not in out, out
+    assert "activate:" not in out  # none on either side
+    assert world.deploy(v1, "staging").ok
+    envs = staging_prod(activate="kill -HUP $(cat /run/app.pid)")
+    v2 = world.version(2, env_toml("app", envs))
+    code, out, _ = run_cli(capsys, "deploy", v2, "staging", "--plan", "--root", root)
+    assert code == 0, out
+    assert "activate: `kill -HUP $(cat /run/app.pid)` (new: the live release has none)" in out
+    assert "health: `python3 -c" in out and "(unchanged)" in out
+    code, out, _ = run_cli(capsys, "deploy", v2, "staging", "--plan", "--root", root, "--json")
+    plan_json = json.loads(out)
+    assert plan_json["settings"]["activate"] == "kill -HUP $(cat /run/app.pid)"
+    assert plan_json["live_settings"]["activate"] is None

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import process_alive as _alive
-from graven.errors import BackendError, InputError, IntegrityError
+from graven.errors import BackendError, ConfigError, InputError, IntegrityError
 from graven.service import deploy_release, environments
 from graven.service.deploy import rollback
 from graven.service.drift import check
@@ -53,7 +53,7 @@ def test_a_first_deploy_refused_for_what_stands_at_current_makes_nothing_there(w
     v1 = world.build()
     staging = world.env_dir("staging")
     (staging / "current").mkdir(parents=True)  # someone's directory where graven puts its link
-    with pytest.raises(InputError, match="not the symlink graven manages"):
+    with pytest.raises(ConfigError, match=r"already holds files graven did not make \(current\)"):
         world.deploy(v1, "staging")
     assert sorted(os.listdir(staging)) == ["current"]  # no .graven, no releases
 
@@ -574,3 +574,28 @@ def test_after_a_deployer_is_killed_having_linked_the_live_files_the_next_deploy
     assert result.stats["linked"] >= 50 and result.stats["copied"] <= 2, result.stats
     (report,) = check(world.ctx(), ["staging"])
     assert report.clean
+
+
+def test_a_first_deploy_into_a_directory_holding_someone_elses_files_is_refused(
+    world: World, tmp_path: Path
+) -> None:
+    """The path comes from the artifact's graven.toml: a review pointed an environment at a ~/.ssh,
+    and the deploy made ~/.ssh/config a link to a file of the release. A directory graven did not
+    make must be new or empty; once graven deployed there, its own files are no obstacle."""
+    from helpers_deploy import env_toml
+
+    ssh = tmp_path / "dot-ssh"
+    ssh.mkdir()
+    (ssh / "id_ed25519").write_text("private\n")
+    (ssh / "known_hosts").write_text("h\n")
+    v1 = world.version(1, env_toml("app", {"staging": {"path": str(ssh), "config": "config/staging.toml"}}))
+    with pytest.raises(
+        ConfigError, match=r"already holds files graven did not make \(id_ed25519, known_hosts\)"
+    ):
+        world.deploy(v1, "staging")
+    assert sorted(os.listdir(ssh)) == ["id_ed25519", "known_hosts"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    v2 = world.version(2, env_toml("app", {"staging": {"path": str(empty)}}))
+    assert world.deploy(v2, "staging").ok  # new or empty: fine
+    assert world.deploy(world.version(3), "staging").ok  # and graven's own files are no obstacle

@@ -224,6 +224,7 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
             print(f"  {mark} ... and {len(paths) - _LIST_LIMIT} more (--json lists all)")
     if plan.overridden:
         print(f"policy: requires {', '.join(plan.overridden)} would be overridden")
+    _show_hooks(plan.settings, plan.live_settings)
     if plan.config:
         if plan.config_diff:
             print(f"config ({plan.config}):")
@@ -235,6 +236,23 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
             print(f"config ({plan.config}): unchanged")
     print("nothing was changed (--plan)")
     return 0
+
+
+def _show_hooks(settings: dict[str, Any], live: dict[str, Any] | None) -> None:
+    """The commands the deploy would run (as this user, in the environment's directory), from the
+    artifact's graven.toml, and how they differ from what the live deployment ran."""
+    for hook in ("activate", "health"):
+        command, before = settings.get(hook), (live or {}).get(hook)
+        if not command and not before:
+            continue
+        shown = f"`{printable(command)}`" if command else "none"
+        if live is None:
+            change = ""
+        elif command == before:
+            change = " (unchanged)"
+        else:
+            change = f" (live: `{printable(before)}`)" if before else " (new: the live release has none)"
+        print(f"{hook}: {shown}{change}")
 
 
 def promote_cmd(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ class DeployPlan:
     release_on_disk: bool
     overridden: tuple[str, ...]
     settings: dict[str, Any]
+    live_settings: dict[str, Any] | None = None  # what the live deployment ran with (its hooks)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
@@ -65,6 +66,7 @@ class DeployPlan:
             "release_on_disk": self.release_on_disk,
             "overridden": list(self.overridden),
             "settings": self.settings,
+            "live_settings": self.live_settings,
         }
 
 
@@ -156,4 +158,5 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
         release_on_disk=release_on_disk,
         overridden=decision.overridden,
         settings=settings.to_json(),
+        live_settings=live_settings.to_json() if live_settings else None,
     )

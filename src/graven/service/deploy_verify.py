@@ -193,6 +193,7 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, war
             f"[env.{settings.name}] path {settings.path} exists and is not a directory; "
             "point it at a directory graven can own"
         )
+    _check_unclaimed(conn, settings, path)
     rows = conn.execute(
         "SELECT name, path, live_digest FROM deploy_envs WHERE name <> :name", {"name": settings.name}
     )
@@ -219,6 +220,31 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, war
                 "its own"
             )
     EnvLayout(path).check_owners()
+
+
+def _check_unclaimed(conn: Connection, settings: EnvSettings, path: Path) -> None:
+    """Refuse a first deployment into a directory that already holds files graven did not put there
+    (no ``PATH/.graven``, no environment recorded at that path): the path comes from the artifact's
+    graven.toml, and graven makes ``current``, ``config`` and ``releases`` in it (a review pointed an
+    environment at ``~/.ssh``, whose ``config`` became a link into the release)."""
+    try:
+        names = sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        return  # what cannot be listed is refused later, with the reason (check_owners, the lock)
+    if not names or EnvLayout(path).meta.name in names:
+        return
+    mine = _resolved(str(path))
+    for (recorded,) in conn.execute("SELECT path FROM deploy_envs"):
+        if _resolved(recorded) == mine:
+            return
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise ConfigError(
+        f"[env.{settings.name}] path {settings.path} already holds files graven did not make ({shown}); "
+        "an environment's directory must be new or empty, since graven makes current, config and "
+        "releases/ in it: give the environment a directory of its own"
+    )
 
 
 def _resolved(path: str) -> PurePosixPath:
