@@ -546,6 +546,23 @@ def test_a_lost_database_does_not_start_a_new_log_under_the_old_key(
     assert not list((home / "keys").glob("second.*"))
 
 
+def test_a_home_without_the_mark_gets_it_from_a_verify_and_then_notices_a_lost_database(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upgrade review: a home written by a graven before log/in-use, its database lost before the
+    next append, started a new log under the old key without a word. A verify that finds the log
+    whole now writes the mark."""
+    _append(home, 3)
+    (home / "log" / "in-use").unlink()  # as a graven before the mark left the home
+    report = _verify(capsys)
+    assert report["ok"] and report["size"] == 3
+    assert (home / "log" / "in-use").read_text().startswith("3 ")
+    for suffix in ("", "-wal", "-shm"):
+        (home / f"graven.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(IntegrityError, match=r"the audit log is empty but its key .* has signed entries"):
+        _append(home, 1)
+
+
 def _failed_transaction(home: Path, appends: int) -> None:
     """A command whose transaction appends ``appends`` entries, then fails before its commit."""
     from graven.errors import BackendError

@@ -232,7 +232,10 @@ class AuditLog:
         """Write :attr:`in_use_path` after a commit that appended (best effort): it exists once the key
         signed committed entries, and holds the largest log size this home committed (its high-water
         mark), raised under a lock, never lowered."""
-        size, origin = self._committing, self._origin
+        self._raise_mark(self._committing, self._origin)
+
+    def _raise_mark(self, size: int, origin: str | None) -> None:
+        """Raise the high-water mark in :attr:`in_use_path` to ``size`` (best effort)."""
         if not self.key_path.exists() or origin is None:
             return
         import fcntl
@@ -661,7 +664,9 @@ class AuditLog:
         * the log state (size and compact range) and, for an empty log, that no origin, state or
           log key says it once had entries.
 
-        Nothing is created: a home without a database gives an empty report.
+        Nothing is created (a home without a database gives an empty report), but for the high-water
+        mark (:attr:`in_use_path`) of a log that verified whole and has none yet: a home written by a
+        graven before the mark would otherwise not notice a database lost before its next append.
         """
         report = LogVerifyReport(root=EMPTY_ROOT.hex())
         if not self._ctx.home.has_database():
@@ -717,6 +722,10 @@ class AuditLog:
                 report.fail(f"the log has no entries but the database has its origin {origin}", 0)
             elif (key_file := self._existing_key_file()) is not None:
                 report.fail(f"the log has no entries but its key {key_file} exists", 0)
+        if report.size and not report.problems and not self.in_use_path.exists():
+            # a home of a graven before the mark: without it, a database lost before the next append
+            # would go unnoticed (a new log signed with the old key)
+            self._raise_mark(report.size, origin)
         return report
 
     @staticmethod
