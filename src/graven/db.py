@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from graven.errors import BackendError
+from graven.errors import BackendError, ConfigError, GravenError
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -762,11 +762,11 @@ class Database:
         database = cls(backend, url)
         try:
             database._upgrade()
-        except BackendError as exc:
+        except (BackendError, ConfigError) as exc:
             database.close()
             if exc.message.startswith("cannot open the database"):
                 raise  # it says so already (the backend's own first connection)
-            raise BackendError(f"cannot open the database {redacted_url(url)}: {exc.message}") from exc
+            raise type(exc)(f"cannot open the database {redacted_url(url)}: {exc.message}") from exc
         return database
 
     def _stored_version(self, conn: Connection) -> int | None:
@@ -787,8 +787,24 @@ class Database:
 
     def _upgrade(self) -> None:
         with self.connect() as conn:
-            if self._stored_version(conn) == SCHEMA_VERSION:
-                return  # the common case: a read, no write lock
+            stored = self._stored_version(conn)
+        if stored == SCHEMA_VERSION:
+            return  # the common case: a read, no write lock
+        if stored is not None and stored > SCHEMA_VERSION:
+            raise _newer(stored)  # said before any write (or lock) is asked for
+        try:
+            self._migrate()
+        except BackendError as exc:
+            text = exc.message.lower()
+            if stored is not None and any(word in text for word in ("read-only", "readonly", "permission")):
+                raise BackendError(
+                    f"the database schema is version {stored}, older than this graven's "
+                    f"({SCHEMA_VERSION}), and upgrading it needs a user who can write it ({exc.message}); "
+                    "run one graven command as that user first"
+                ) from exc
+            raise
+
+    def _migrate(self) -> None:
         with self.begin() as conn:
             if conn.dialect == "postgresql":
                 conn.execute("SELECT pg_advisory_xact_lock(7438001)")
@@ -800,11 +816,8 @@ class Database:
                     "the database holds graven's tables but no schema version (graven_meta): it was "
                     "edited by hand; restore it from a backup"
                 )
-            if current > SCHEMA_VERSION:
-                raise BackendError(
-                    f"the database schema is version {current}, newer than this graven "
-                    f"understands ({SCHEMA_VERSION}); upgrade graven"
-                )
+            if current > SCHEMA_VERSION:  # upgraded meanwhile by a newer graven
+                raise _newer(current)
             serial = _SERIAL.get(conn.dialect, "INTEGER")
             for version in range(current, SCHEMA_VERSION):
                 for statement in MIGRATIONS[version]:
@@ -854,6 +867,14 @@ class Database:
     def close(self) -> None:
         """Release every connection."""
         self._backend.close()
+
+
+def _newer(version: int) -> GravenError:
+    """A database upgraded by a newer graven: exit 2 (not a failed check: this graven cannot read it)."""
+    return ConfigError(
+        f"the database schema is version {version}, newer than this graven understands "
+        f"({SCHEMA_VERSION}); upgrade graven"
+    )
 
 
 def sqlite_path(url: str) -> str:
@@ -929,8 +950,6 @@ _SUPPORTED = "use sqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DATABA
 
 def _check_dialect(url: str) -> None:
     """Refuse, naming it, a URL that is none or of a database graven does not run on."""
-    from graven.errors import ConfigError
-
     scheme, sep, _ = url.partition("://")
     dialect = scheme.split("+", 1)[0].lower()
     if not sep or not dialect:
@@ -944,6 +963,26 @@ def _check_dialect(url: str) -> None:
             "the database URL's user or password holds an unescaped '@' (its host would be read from "
             "the password): write it as %40"
         )
+    if dialect == "sqlite":
+        path = sqlite_path(url)
+        if not os.path.isabs(path):  # each command would open the file of its own working directory
+            raise ConfigError(
+                f"the database URL {url} names the relative path {path}, a file of whatever directory "
+                "graven runs in; write an absolute one: sqlite:////ABSOLUTE/PATH (four slashes)"
+            )
+    elif not _names_database(url):
+        raise ConfigError(
+            f"the database URL {redacted_url(url)} names no database (graven's tables would go to the "
+            f"server's default one); {_SUPPORTED}"
+        )
+
+
+def _names_database(url: str) -> bool:
+    """Whether a PostgreSQL URL names its database (a path after the host, or ``?dbname=``)."""
+    rest = url.partition("://")[2]
+    path, _, query = rest.partition("?")
+    name = path.split("/", 1)[1] if "/" in path else ""
+    return bool(name) or any(part.startswith("dbname=") and part != "dbname=" for part in query.split("&"))
 
 
 # query parameters that carry a secret (libpq's password, sslpassword; common spellings)

@@ -99,7 +99,12 @@ class Home:
             root = Path(explicit)
         else:
             xdg = env.get("XDG_DATA_HOME")
-            base = Path(xdg) if xdg else Path(env.get("HOME", str(Path.home()))) / ".local/share"
+            # a relative XDG_DATA_HOME is ignored, as the XDG Base Directory spec says
+            base = (
+                Path(xdg)
+                if xdg and os.path.isabs(xdg)
+                else Path(env.get("HOME", str(Path.home()))) / ".local/share"
+            )
             root = base / "graven"
         if os.path.exists(root) and not os.path.isdir(root):
             from graven.errors import InputError

@@ -147,7 +147,52 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     raw.execute("""UPDATE graven_meta SET value = '999' WHERE "key" = 'schema_version'""")
     raw.commit()
     raw.close()
-    with pytest.raises(BackendError, match="newer than this graven understands"):
+    with pytest.raises(ConfigError, match="newer than this graven understands") as refused:
+        Database.open(url)
+    assert refused.value.exit_code == 2  # not a failed check: this graven cannot read that home
+    assert str(refused.value).startswith("cannot open the database ")
+    raw = sqlite3.connect(tmp_path / "graven.db")  # refused before any write: nothing added
+    assert raw.execute("SELECT value FROM graven_meta").fetchall() == [("999",)]
+    raw.close()
+
+
+def test_a_relative_sqlite_path_and_a_postgresql_url_without_a_database_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade review: sqlite:///meta.db opened meta.db of whatever directory graven ran in (a new,
+    empty database there); a PostgreSQL URL without a database put graven's tables in the server's
+    default one."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"relative path meta.db.*sqlite:////ABSOLUTE/PATH") as refused:
+        Database.open("sqlite:///meta.db")
+    assert refused.value.exit_code == 2 and not (tmp_path / "meta.db").exists()
+    for url in ("postgresql+psycopg://u:Secret1@127.0.0.1:1", "postgresql+psycopg://u:Secret1@h:1/?x=1"):
+        with pytest.raises(ConfigError, match="names no database") as refused:
+            Database.open(url)
+        assert "Secret1" not in str(refused.value)
+    with pytest.raises(BackendError, match="cannot open the database"):  # named in the query: tried
+        Database.open("postgresql+psycopg://u@127.0.0.1:1?dbname=graven&connect_timeout=1")
+
+
+def test_an_older_schema_in_a_home_this_user_cannot_write_says_an_upgrade_needs_a_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade review: a home of an older schema, read by a user who cannot write it, said only that
+    its directory is read-only (the command only reads); the upgrade is what needs the write."""
+    path = tmp_path / "graven.db"
+    url = f"sqlite:///{path}"
+    raw = sqlite3.connect(path)
+    raw.executescript((Path(__file__).parents[1] / "assets" / "schema-v5-sqlalchemy.sql").read_text())
+    raw.execute("""INSERT INTO graven_meta ("key", value) VALUES ('schema_version', '5')""")
+    raw.commit()
+    raw.close()
+
+    def no_wal(_raw: sqlite3.Connection) -> None:  # what SQLite says in a directory it cannot write
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr("graven.db._set_wal", no_wal)
+    monkeypatch.setattr("graven.db._SqliteDatabase._cannot_write", lambda _self: True)
+    with pytest.raises(BackendError, match=r"version 5, older than this graven's .* needs a user who can"):
         Database.open(url)
 
 
