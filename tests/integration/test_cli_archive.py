@@ -201,6 +201,21 @@ def test_import_round_trips_to_the_same_digest(
     assert again.read_bytes() == archive.read_bytes()
 
 
+def test_importing_a_recorded_digest_under_another_name_says_it_keeps_its_name(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path
+) -> None:
+    """A docs review: `import --name third --json` printed "third" while the home kept the name it had
+    recorded first (what artifacts and show say): scripts read a name the home does not have."""
+    _, digest = artifact
+    archive = _export(run_cli, digest, tmp_path / "shop.tar")
+    code, out, err = run_cli("import", archive, "--name", "third", "--json")
+    assert code == 0, err
+    assert json.loads(out)["name"] == "demo"
+    assert f"warning: {digest[7:19]} is already recorded as demo; it keeps that name (not third)" in err
+    code, out, _ = run_cli("show", digest, "--json")
+    assert json.loads(out)["artifact"]["name"] == "demo"
+
+
 def _export_attested(run_cli: Run, digest: str, archive: Path) -> tuple[Path, Path]:
     """Export ``digest`` to ``archive`` with its attestation beside it (shop.intoto.json)."""
     envelope = archive.with_name("shop.intoto.json")

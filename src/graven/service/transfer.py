@@ -261,6 +261,16 @@ def import_archive(
             )
     with ctx.db.begin() as conn:
         insert_ignore(conn, "artifacts", [row])
+        stored = conn.execute(
+            'SELECT name, "commit" FROM artifacts WHERE digest = :digest', {"digest": str(manifest.digest)}
+        ).one()
+        if stored.name != artifact_name:  # recorded before (a build, an import): its first name stays
+            ctx.reporter.warn(
+                f"{manifest.digest.hex[:12]} is already recorded as {stored.name}; it keeps that name "
+                f"(not {artifact_name})"
+            )
+            artifact_name = str(stored.name)
+        commit = None if stored.commit is None else str(stored.commit)  # what show and status say
         if envelope is not None and envelope_digest is not None:
             record_attestation(conn, str(manifest.digest), envelope_digest, signer)
         ctx.audit.append(
