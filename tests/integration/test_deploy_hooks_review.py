@@ -199,3 +199,16 @@ def test_a_rollback_whose_hook_moves_current_leaves_records_and_disk_agreeing(
     assert not result.ok and "was changed while the hooks ran" in result.message, result.message
     state = {s.env: s for s in environments.status(world.ctx())}["staging"]
     assert state.live == world.live("staging") == v1
+
+
+def test_a_password_in_any_url_of_a_hooks_output_is_redacted() -> None:
+    """A docs review: the docs promised a database URL's password redacted, but only one held in a
+    secret-looking variable was; a health check printing its connection string kept it."""
+    env = {"APP_CONN": "postgresql://u:pw@h/db", "HOME": "/root"}
+    line = "cannot connect to postgresql://u:pw@h/db (and mysql://root:s3cr@t@10.0.0.1:3306/x)"
+    assert redact_secrets(line, env) == (
+        "cannot connect to postgresql://u:***@h/db (and mysql://root:***@10.0.0.1:3306/x)"
+    )
+    # a user name alone, an address in a path, a port: nothing to hide
+    kept = "https://git@host/r.git http://h:8080/a@b ssh://me@host"
+    assert redact_secrets(kept, env) == kept

@@ -79,7 +79,8 @@ _NOT_SECRET = frozenset({"GRAVEN_SIGNING_KEY", "GRAVEN_HOME"})
 
 def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
     """``text`` (a hook's output, kept in the history and the append-only audit log) with the values
-    of secret-looking environment variables, and the password of a database URL, replaced by
+    of secret-looking environment variables (at least 6 characters; passwords of URLs in them, at
+    least 4), and the password written in any ``scheme://user:PASSWORD@`` URL, replaced by
     ``***``: a command that prints its environment must not write credentials into records that
     can never be removed."""
     env = dict(os.environ) if environ is None else environ
@@ -101,6 +102,10 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
                     secrets.add(password)
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
+    if "://" in text:  # a password written in any URL (a connection string the hook printed)
+        import re
+
+        text = re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:)[^\s/?#]*@", r"\1***@", text)
     return text
 
 
