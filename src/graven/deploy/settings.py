@@ -32,7 +32,8 @@ def check_env_name(name: str) -> str:
     """Refuse an environment name that is not 1-64 lowercase letters, digits, '.', '_', '-'."""
     if not ENV_NAME.fullmatch(name):
         raise InputError(
-            f"invalid environment name {name!r}: use 1-64 lowercase letters, digits, '.', '_', '-'"
+            f"invalid environment name {name!r}: use 1 to 64 lowercase letters, digits, '.', '_', '-', "
+            "starting with a letter or digit"
         )
     return name
 

@@ -336,7 +336,9 @@ def _artifact(value: object) -> ArtifactSection:
     name = _string(table["name"], (*loc, "name"))
     if not ARTIFACT_NAME.fullmatch(name):
         raise _fail(
-            (*loc, "name"), f"{{at}} = {name!r} is invalid: use lowercase letters, digits, '.', '_', '-'"
+            (*loc, "name"),
+            f"{{at}} = {name!r} is invalid: use 1 to 128 lowercase letters, digits, '.', '_', '-', "
+            "starting with a letter or digit",
         )
     include = _get(table, "include", loc, _globs)
     if include == []:

@@ -68,7 +68,8 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
     for env in envs:
         if not _ENV_NAME.fullmatch(env):  # graven.deploy.settings.ENV_NAME, without importing it
             raise InputError(
-                f"invalid environment name {env!r}: use 1-64 lowercase letters, digits, '.', '_', '-'"
+                f"invalid environment name {env!r}: use 1 to 64 lowercase letters, digits, '.', '_', '-', "
+                "starting with a letter or digit"
             )
     if not ctx.home.has_database():
         if envs:

@@ -107,7 +107,10 @@ ignore = ["var/**"]
     [
         ("", "[artifact] is required"),
         ("[artifact]\n", "[artifact] name is required"),
-        ('[artifact]\nname = "Shop"\n', "[artifact] name = 'Shop' is invalid: use lowercase letters"),
+        (
+            '[artifact]\nname = "Shop"\n',
+            "[artifact] name = 'Shop' is invalid: use 1 to 128 lowercase letters",
+        ),
         ("[artifact]\nname = 1\n", "[artifact] name must be a string"),
         ('[artifact]\nname = ""\n', "[artifact] name must not be empty"),
         ('[artifact]\nname = "a"\ninclude = "x"\n', "[artifact] include must be a list"),
