@@ -241,6 +241,13 @@ def test_steps_see_a_fixed_machine_and_a_clean_environment(
     monkeypatch.setenv("GRAVEN_TEST_SECRET", "must not leak")
     toml = _toml(f"{PY} probe.py", extra='env = ["SHOP_TEST_PASSED", "SHOP_TEST_UNSET"]\n')
     repo = make_repo(tmp_path / "repo", {"probe.py": ENV_PROBE}, toml)
+    # the commit names the variables; the operator allows them (a review had a commit's fetch step
+    # send a CI token it named to the network)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "passes the host variable SHOP_TEST_PASSED to its build steps" in err
+    assert "allow it with GRAVEN_PASS_ENV=SHOP_TEST_PASSED" in err
+    monkeypatch.setenv("GRAVEN_PASS_ENV", "OTHER, SHOP_TEST_PASSED")
     code, out, err = run_cli("build", "-C", repo, "--json")
     assert code == 0, err
     result = json.loads(out)

@@ -12,7 +12,7 @@ import os
 import shlex
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +173,7 @@ def _runner(
     ctx: Context, repo: GitRepo, pipeline: Pipeline, ws: Workspace, *, epoch: int, variation: Variation
 ) -> StepRunner:
     host_path = os.environ.get("PATH")
-    passed = {name: os.environ[name] for name in pipeline.build.env if name in os.environ}
+    passed = passed_environment(pipeline.build.env)
     if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
         check_unsandboxed_allowed()
         env = clean_environment(
@@ -217,6 +217,27 @@ def _runner(
 
 
 ALLOW_UNSANDBOXED = "GRAVEN_ALLOW_UNSANDBOXED"
+ALLOWED_ENV = "GRAVEN_PASS_ENV"
+
+
+def passed_environment(names: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The host variables ``[build] env`` names that are set here, once the operator allowed each by
+    name in GRAVEN_PASS_ENV (names separated by commas or spaces): graven.toml comes from the commit,
+    which must not choose what of this host's environment (a CI token, a cloud credential) its steps
+    see, the fetch steps with the network among them. A variable that is not set is not passed, and
+    needs no allowing."""
+    env = os.environ if environ is None else environ
+    allowed = set(env.get(ALLOWED_ENV, "").replace(",", " ").split())
+    wanted = [name for name in names if name in env]
+    refused = [name for name in wanted if name not in allowed]
+    if refused:
+        listed = ",".join(refused)
+        raise PolicyError(
+            f"graven.toml passes the host variable{'s' if len(refused) > 1 else ''} {', '.join(refused)} to "
+            "its build steps; the commit must not choose what of this host's environment they see: if "
+            f"you trust it, allow {'them' if len(refused) > 1 else 'it'} with {ALLOWED_ENV}={listed}"
+        )
+    return {name: env[name] for name in wanted}
 
 
 def check_unsandboxed_allowed() -> None:
