@@ -214,6 +214,14 @@ def test_a_step_cannot_read_the_users_credentials(
             ".netrc": "SECRET netrc\n",
             ".git-credentials": "SECRET git\n",
             ".pgpass": "SECRET *:*:*:graven:pg\n",
+            # and what a review read from a fetch step: tokens in git, pip and maven settings, a
+            # registry login, shell history
+            ".gitconfig": '[http]\n\textraHeader = "Authorization: SECRET"\n',
+            ".config/pip/pip.conf": "[global]\nindex-url = https://u:SECRET@pypi.corp/simple\n",
+            ".m2/settings.xml": "<password>SECRET</password>\n",
+            ".config/containers/auth.json": '{"auths": {"r": {"auth": "SECRET"}}}\n',
+            ".cargo/credentials.toml": 'token = "SECRET"\n',
+            ".bash_history": "export TOKEN=SECRET\n",
         }
         for name, text in {**secrets, "notes.txt": "visible\n"}.items():
             (home / name).parent.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,7 @@ def test_a_step_cannot_read_the_users_credentials(
     assert "SECRET" not in report, report
     # the control: the same home is mirrored, so a file that is no credential reads as it is
     assert f"{home / 'notes.txt'}: 'visible\\n'" in report, report
-    assert len(report.splitlines()) == 6, report  # every file was tried
+    assert len(report.splitlines()) == len(secrets) + 1, report  # every file was tried
 
 
 def test_steps_see_a_fixed_machine_and_a_clean_environment(

@@ -342,17 +342,50 @@ CREDENTIAL_DIRS: Final = (
     ".azure",
     ".config/gcloud",
     ".config/gh",
+    ".config/hub",
+    ".config/containers",  # auth.json of podman, buildah, skopeo
+    ".config/rclone",
+    ".config/op",
     ".docker",
     ".kube",
     ".password-store",
+    ".local/share/keyrings",
+    ".terraform.d",
+    ".vault.d",
 )
 CREDENTIAL_FILES: Final = (
     ".netrc",
     ".git-credentials",
-    ".pypirc",
-    ".npmrc",
+    ".gitconfig",  # http.extraHeader, credential helpers, tokens in insteadOf URLs
+    ".config/git/config",
     ".config/git/credentials",
+    ".pypirc",
+    ".pip/pip.conf",
+    ".config/pip/pip.conf",  # an index URL with its token
+    ".npmrc",
+    ".yarnrc",
+    ".yarnrc.yml",
+    ".m2/settings.xml",
+    ".m2/settings-security.xml",
+    ".gradle/gradle.properties",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".composer/auth.json",
+    ".config/composer/auth.json",
+    ".gem/credentials",
+    ".nuget/NuGet/NuGet.Config",
+    ".vault-token",
+    ".s3cfg",
+    ".boto",
+    ".my.cnf",
     ".pgpass",  # the password GRAVEN_DB_URL's PostgreSQL connection may come from
+    ".bash_history",
+    ".zsh_history",
+    ".python_history",
+    ".psql_history",
+    ".mysql_history",
+    ".lesshst",
+    ".viminfo",
 )
 
 
