@@ -103,7 +103,7 @@ def test_an_archive_read_from_a_pipe_is_imported_without_progress(
     writer.start()
     recorder = Recorder()
     try:
-        result = import_archive(_context(graven_home, recorder), fifo, name="app")
+        result = import_archive(_context(graven_home, recorder), fifo, name="demo")
     finally:
         writer.join(timeout=10)
     assert result.digest == str(built)

@@ -265,10 +265,11 @@ def import_archive(
             'SELECT name, "commit" FROM artifacts WHERE digest = :digest', {"digest": str(manifest.digest)}
         ).one()
         if stored.name != artifact_name:  # recorded before (a build, an import): its first name stays
-            ctx.reporter.warn(
-                f"{manifest.digest.hex[:12]} is already recorded as {stored.name}; it keeps that name "
-                f"(not {artifact_name})"
-            )
+            if name is not None:  # asked for by --name: say that it is not taken
+                ctx.reporter.warn(
+                    f"{manifest.digest.hex[:12]} is already recorded as {stored.name}; it keeps that "
+                    f"name (not {artifact_name})"
+                )
             artifact_name = str(stored.name)
         commit = None if stored.commit is None else str(stored.commit)  # what show and status say
         if envelope is not None and envelope_digest is not None:
