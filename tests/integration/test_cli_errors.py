@@ -558,3 +558,25 @@ def test_an_actor_that_is_not_utf8_is_recorded_not_a_traceback(
     assert code == 0, err
     code, out, _ = run_cli("log", "--json")
     assert code == 0 and json.loads(out)[-1]["actor"] == "bad\\xffactor", out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--plan", "build"],  # a review: `graven --plan deploy D prod` deployed for real, exit 0
+        ["--json", "artifacts"],  # ... and `graven --json status` printed the table
+        ["--bogus", "artifacts"],
+        ["-v", "--json", "artifacts"],
+    ],
+)
+def test_an_option_before_the_command_word_is_refused(repo: Path, run_cli: Run, args: list[str]) -> None:
+    code, out, err = run_cli(*args)
+    assert (code, out) == (2, ""), (code, out, err)
+    assert err.count("\n") == 1 and "unrecognized arguments before the command" in err, err
+    assert f"a command's options go after its name (graven {args[-1]} ... " in err
+
+
+def test_graven_own_options_may_come_before_the_command(repo: Path, run_cli: Run) -> None:
+    for args in (["-v", "artifacts"], ["--verbose", "artifacts", "--json"]):
+        code, _, err = run_cli(*args)
+        assert code == 0, err

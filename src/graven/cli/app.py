@@ -386,6 +386,8 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
             close = difflib.get_close_matches(command, list(COMMAND_MODULES), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"no such command {command!r}{hint}")
+        if command is not None:
+            _check_global_options(args[: args.index(command)], command)
         parser = build_parser(command)
         namespace, extra = parser.parse_known_args(args)
         if extra and command is not None:
@@ -459,6 +461,26 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         if previous is not None:  # as it was: run() may be called again in this process (tests do)
             with contextlib.suppress(ValueError, TypeError):
                 _signal.signal(_signal.SIGTERM, previous)  # type: ignore[arg-type]
+
+
+_GLOBAL_OPTIONS = frozenset({"-v", "--verbose", "-h", "--help", "--version"})
+
+
+def _check_global_options(before: list[str], command: str) -> None:
+    """Refuse what stands before the command word but graven's own options: argparse set aside an
+    unknown one there, and the command's second parse never saw it (`graven --plan deploy D prod`
+    deployed for real, `graven --json status` printed the table)."""
+    unknown = [
+        word
+        for word in before
+        if word not in _GLOBAL_OPTIONS and not (len(word) > 1 and set(word[1:]) <= {"v", "h"})
+    ]
+    if unknown:
+        raise UsageError(
+            f"unrecognized arguments before the command: {' '.join(unknown)}; a command's options go after "
+            f"its name (graven {command} ... {unknown[0]})",
+            "graven",
+        )
 
 
 def _intermixed(
