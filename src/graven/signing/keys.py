@@ -730,6 +730,11 @@ class KeyStore:
         value = name_or_path.strip()
         if not value:
             raise InputError("no signing key given (empty key name)")
+        if "-----BEGIN" in value or "\n" in value or len(value) > 4096:  # never echoed: it may be the key
+            raise InputError(
+                "GRAVEN_SIGNING_KEY holds key text (a PEM block), not a key file or a key name: write "
+                "the key to a file only you can read (chmod 600) and set GRAVEN_SIGNING_KEY to its path"
+            )
         candidate = Path(value).expanduser()
         if candidate.is_file():
             return load_private_key(candidate)

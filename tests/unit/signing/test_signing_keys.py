@@ -270,6 +270,13 @@ def test_resolve_by_name_and_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyP
         store.resolve(str(tmp_path))
     with pytest.raises(InputError, match="no signing key given"):
         store.resolve("  ")
+    # the key's text where its path belongs (a CI secret pasted as is): refused, never echoed (a
+    # review saw it whole in `graven -v build`'s traceback)
+    pem = path.read_text()
+    for text in (pem, pem.replace("\n", " ")):
+        with pytest.raises(InputError, match="holds key text") as refused:
+            store.resolve(text)
+        assert "BEGIN" not in str(refused.value) and pem.splitlines()[1][:20] not in str(refused.value)
     path.chmod(0o644)
     with pytest.raises(InputError, match="run chmod 600"):
         store.resolve(str(path))
