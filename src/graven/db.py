@@ -757,7 +757,11 @@ class Database:
                 backend = _AlchemyDatabase(url)
         except BackendError:
             raise
+        except (ValueError, ImportError) as exc:  # a malformed URL (a port that is no number), no driver
+            raise _unusable(url, exc) from exc
         except Exception as exc:  # SQLAlchemy's URL and driver errors
+            if type(exc).__name__ in ("ArgumentError", "NoSuchModuleError"):
+                raise _unusable(url, exc) from exc
             raise BackendError(f"cannot open the database {redacted_url(url)}: {_first_line(exc)}") from exc
         database = cls(backend, url)
         try:
@@ -945,7 +949,7 @@ def _reason(exc: Exception) -> str:
     return _first_line(orig or exc)
 
 
-_SUPPORTED = "use sqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DATABASE"
+_SUPPORTED = "use sqlite:////ABSOLUTE/PATH or postgresql+psycopg://USER@HOST[:PORT]/DATABASE"
 
 
 def _check_dialect(url: str) -> None:
@@ -964,12 +968,22 @@ def _check_dialect(url: str) -> None:
             "the password): write it as %40"
         )
     if dialect == "sqlite":
+        if url.partition("://")[2].split("/", 1)[0]:  # never shown: it may hold a user and password
+            raise ConfigError(
+                f"the database URL {scheme}://... names a host; an SQLite URL names a file: "
+                "sqlite:////ABSOLUTE/PATH (four slashes)"
+            )
         path = sqlite_path(url)
         if not os.path.isabs(path):  # each command would open the file of its own working directory
             raise ConfigError(
                 f"the database URL {url} names the relative path {path}, a file of whatever directory "
                 "graven runs in; write an absolute one: sqlite:////ABSOLUTE/PATH (four slashes)"
             )
+    elif "+" in scheme and scheme.split("+", 1)[1].lower() not in ("psycopg", ""):
+        raise ConfigError(
+            f"graven reaches PostgreSQL through psycopg, not {scheme.split('+', 1)[1]}: write "
+            "postgresql+psycopg://"
+        )
     elif not _names_database(url):
         raise ConfigError(
             f"the database URL {redacted_url(url)} names no database (graven's tables would go to the "
@@ -989,10 +1003,27 @@ def _names_database(url: str) -> bool:
 _SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:[a-z_]*pass(?:word|wd)?|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
 
 
+def _unusable(url: str, exc: BaseException) -> ConfigError:
+    """A URL that SQLAlchemy cannot parse, or whose driver is missing: bad input (exit 2)."""
+    reason = _scrubbed(_first_line(exc), url)
+    return ConfigError(f"the database URL {redacted_url(url)} cannot be used ({reason}); {_SUPPORTED}")
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """``text`` (a library's message about ``url``) without the URL itself or its password."""
+    authority = url.partition("://")[2].split("/", 1)[0]
+    userinfo = authority.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    text = text.replace(url, redacted_url(url))
+    return text.replace(password, "***") if len(password) >= 3 else text
+
+
 def redacted_url(url: str) -> str:
     """``url`` as it may be shown: no password, in the user part or in the query."""
     if url.startswith("sqlite"):
-        return url
+        scheme, _, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        return f"{scheme}://<hidden>{slash}{path}" if authority else url
     authority = url.partition("://")[2].split("/", 1)[0]
     if authority.count("@") > 1:  # an unescaped '@' in the password: where it ends is a guess
         return f"{url.partition('://')[0]}://<hidden>"

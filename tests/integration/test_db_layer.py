@@ -222,6 +222,24 @@ def test_urls_of_other_databases_are_refused_by_name_as_bad_input(url: str, mess
     assert "secret" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        # a CLI review: these were exit 1 with Python's own words, one with the password in them
+        ("sqlite://u:Secret1@host/x.db", "names a host; an SQLite URL names a file"),
+        ("postgresql+psycopg://u:Secret1@127.0.0.1:abc/db", "cannot be used"),
+        ("postgresql+psycopg://u:Secret1@[::1/db", "cannot be used"),
+        ("postgresql+asyncpg://u:Secret1@127.0.0.1/db", "through psycopg, not asyncpg"),
+    ],
+)
+def test_unusable_database_urls_are_bad_input_and_never_show_the_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        Database.open(url)
+    assert refused.value.exit_code == 2
+    assert "Secret1" not in str(refused.value), refused.value
+    assert "\n" not in str(refused.value)
+
+
 def test_a_password_in_the_query_is_never_shown() -> None:
     url = "postgresql+psycopg://gr:pw1@127.0.0.1:1/db?password=Secret1&sslpassword=Secret2&user=gr"
     with pytest.raises(BackendError) as failed:  # nothing listens on port 1
