@@ -229,8 +229,11 @@ def run_steps(
 
 def _tail(log: BuildLog) -> str:
     """The last lines of the log, joined on one line (read from its end only)."""
+    from graven.deploy.hook_result import redact_secrets
+
     lines = log.last_bytes(_TAIL_READ).decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    return " | ".join(line for line in lines if line.strip())[-2000:]
+    # shown on terminals and kept in CI logs: a URL's password, a secret-looking variable's value
+    return redact_secrets(" | ".join(line for line in lines if line.strip()))[-2000:]
 
 
 def ensure_dirs(*paths: Path) -> None:

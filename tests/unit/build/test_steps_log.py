@@ -75,3 +75,17 @@ def test_a_background_process_holding_the_output_open_does_not_hang_the_build(tm
         run_steps(["(sleep 60; echo late) & echo now"], runner=_runner(tmp_path), log=log, timeout=30)
     assert time.monotonic() - started < 30  # the step's own time, not the background sleep's 60 s
     assert (tmp_path / "build.log").read_bytes().endswith(b"now\n")
+
+
+def test_a_failure_message_hides_a_password_written_in_a_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message reaches terminals and CI logs: a CLI review saw a step's `pip` error print an index
+    URL with its token, and a secret variable's value, as they were."""
+    monkeypatch.setenv("CI_DEPLOY_TOKEN", "tok-3f9a-SECRET")
+    step = "echo 'GET https://u:hunter22@pypi.corp/simple failed'; echo tok-3f9a-SECRET; exit 2"
+    with BuildLog(tmp_path / "build.log") as log, pytest.raises(BuildError) as caught:
+        run_steps([step], runner=_runner(tmp_path), log=log, timeout=30)
+    message = str(caught.value)
+    assert "hunter22" not in message.split("last lines:")[1] and "https://u:***@pypi.corp/simple" in message
+    assert message.endswith("| ***")
