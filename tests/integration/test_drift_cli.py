@@ -254,6 +254,21 @@ def test_a_removed_release_directory_is_rebuilt(world: World, capsys: pytest.Cap
     assert drift(capsys, "--full")[0] == 0 and drift(capsys)[0] == 0
 
 
+def test_a_check_of_a_moved_away_environment_never_makes_its_directory_again(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CLI review: `drift` and `heal --plan` made PATH/.graven/drift/clock again where the
+    environment's directory had been (moved away; an unmounted volume: its mount point)."""
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    staging = world.env_dir("staging")
+    os.rename(staging, staging.with_name("staging.moved"))
+    code, _doc = drift(capsys)
+    assert code == 1
+    run_cli(capsys, "heal", "staging", "--plan", "--root", str(world.root))
+    assert not staging.exists(), sorted(p.name for p in staging.rglob("*"))
+
+
 def test_records_and_audit_log(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     digest = world.build()
     assert world.deploy(digest, "staging").ok

@@ -38,7 +38,11 @@ def fs_clock(directory: Path, *, depth: int = 2) -> int | None:
     """The file system's current time (ns): write one byte to ``directory/clock`` and read its mtime.
     None when the directory is not writable (then nothing can be recorded), or when the clock, or one
     of the last ``depth`` components of ``directory`` (``PATH/.graven/drift``), is a symbolic link:
-    graven never writes through one (:func:`graven.deploy.lock.open_dir_nofollow`)."""
+    graven never writes through one (:func:`graven.deploy.lock.open_dir_nofollow`). Also None when
+    the directory above (``PATH/.graven``) is missing: a check never makes an environment's directory
+    again (moved away, an unmounted volume: its mount point)."""
+    if not directory.parent.is_dir():
+        return None
     try:
         dir_fd = open_dir_nofollow(directory, depth, create=True)
     except (OSError, ValueError):

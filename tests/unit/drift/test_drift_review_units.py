@@ -295,6 +295,9 @@ def test_the_clock_and_the_cache_are_not_written_through_a_symlinked_directory(t
 
 def test_real_directories_are_made_and_written(tmp_path: Path) -> None:
     env = tmp_path / "env"
+    assert fs_clock(env / ".graven/drift") is None  # no environment there: nothing is made
+    assert not env.exists()
+    (env / ".graven").mkdir(parents=True)  # what the first deploy made
     assert fs_clock(env / ".graven/drift") is not None
     cache = VerifiedCache("0" * 64, 1, [], [])
     assert cache.save(env / ".graven/drift/cache", b"k" * 32)
