@@ -580,3 +580,21 @@ def test_graven_own_options_may_come_before_the_command(repo: Path, run_cli: Run
     for args in (["-v", "artifacts"], ["--verbose", "artifacts", "--json"]):
         code, _, err = run_cli(*args)
         assert code == 0, err
+
+
+def test_python_dash_m_graven_is_the_console_script(tmp_path: Path) -> None:
+    """A CLI review: `python -m graven` ran main() without entry(), so what entry() handles (a failed
+    write of the output, Ctrl-C at start-up) ended in a traceback there."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "graven", "--version"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr == b"graven: error: cannot write the output: No space left on device\n"
