@@ -44,6 +44,31 @@ class Delivery:
     context: Any = None
 
 
+def check_webhook(url: str) -> None:
+    """Refuse, when the watcher starts rather than at its first alert, a webhook URL it could not use:
+    not http(s), no host, a port that is no number, or credentials in it (``user:password@``: the
+    request would not send them). The URL is never echoed whole: it may hold a secret."""
+    from urllib.parse import urlsplit
+
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    shown = f"{scheme}://..." if scheme else "(not a URL)"
+    if scheme not in ("http", "https"):
+        raise InputError(f"--webhook {shown} must be an http:// or https:// URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InputError(f"--webhook {shown} is not a valid URL ({exc})") from None
+    del port
+    if not parts.hostname:
+        raise InputError(f"--webhook {shown} names no host")
+    if parts.username is not None or parts.password is not None:
+        raise InputError(
+            f"--webhook {scheme}://{parts.hostname}/... holds credentials (user:password@), which the "
+            "request would not send; put the webhook's token in its path or query, as chat webhooks do"
+        )
+
+
 class AlertSender:
     """Sends one payload to the configured channels (synchronously)."""
 
@@ -58,9 +83,11 @@ class AlertSender:
         command_timeout: float = 30.0,
         stop: threading.Event | None = None,
     ) -> None:
+        if command is not None and not command.strip():
+            raise InputError("--alert-command is empty; give the command that receives alerts")
         self.command = command
-        if webhook is not None and not webhook.lower().startswith(("http://", "https://")):
-            raise InputError(f"--webhook {webhook!r} must be an http:// or https:// URL")
+        if webhook is not None:
+            check_webhook(webhook)
         self.webhook = webhook
         self.retries = retries
         self.backoff = backoff

@@ -307,3 +307,35 @@ def test_an_alert_command_at_work_does_not_outlive_the_watcher(tmp_path: Path) -
         return False
 
     assert wait_for(gone)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://u:Secret1@host/x", "must be an http:// or https:// URL"),
+        ("https://u:Secret1@[::1", "is not a valid URL"),
+        ("https://h:port/x", "is not a valid URL"),
+        ("https:///path", "names no host"),
+        ("https://u:Secret1@chat.example/hook", "holds credentials"),
+    ],
+)
+def test_a_webhook_that_could_not_be_used_is_refused_at_start_without_its_secret(
+    url: str, message: str
+) -> None:
+    """A CLI review: these were accepted (an alert failed later with 'Name or service not known'),
+    and the refused one echoed its password."""
+    from graven.drift.alerts import AlertSender
+    from graven.errors import InputError
+
+    with pytest.raises(InputError, match=message) as refused:
+        AlertSender(webhook=url)
+    assert "Secret1" not in str(refused.value)
+
+
+def test_an_empty_alert_command_is_refused() -> None:
+    from graven.drift.alerts import AlertSender
+    from graven.errors import InputError
+
+    with pytest.raises(InputError, match="--alert-command is empty"):
+        AlertSender(command="  ")
+    assert AlertSender(webhook="https://chat.example/hook?token=x").configured
