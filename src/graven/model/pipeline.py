@@ -287,7 +287,9 @@ def _number(value: object, loc: tuple[str, ...], *, positive: bool, maximum: flo
         number = float(value)
     except OverflowError:  # an integer beyond any float
         raise _fail(loc, f"{{at}} is too large: at most {limit} seconds") from None
-    if number < 0 or (positive and number == 0) or math.isnan(number):
+    if math.isnan(number):
+        raise _fail(loc, f"{{at}} must be a number of seconds, not nan: 0 to {limit}")
+    if number < 0 or (positive and number == 0):
         if positive:
             raise _fail(loc, f"{{at}} must be greater than 0 and at most {limit} seconds")
         raise _fail(loc, f"{{at}} must not be negative: 0 to {limit} seconds")
@@ -526,6 +528,8 @@ def parse_stored_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeli
 
 
 def _toml(data: bytes, source: str) -> dict[str, Any]:
+    if data.startswith(b"\xef\xbb\xbf"):  # TOML has none; tomllib says only "Invalid statement"
+        raise ConfigError(f"{source}: starts with a byte-order mark (BOM); save it as UTF-8 without one")
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

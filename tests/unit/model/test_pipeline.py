@@ -159,7 +159,8 @@ ignore = ["var/**"]
             "s.health_timeout must be greater",
         ),
         ('[artifact]\nname = "a"\n[env.s]\npath = "x"\nhealth_interval = -1\n', "must not be negative"),
-        ('[artifact]\nname = "a"\n[env.s]\npath = "x"\nhealth_interval = nan\n', "must not be negative"),
+        ('[artifact]\nname = "a"\n[env.s]\npath = "x"\nhealth_interval = nan\n', "seconds, not nan"),
+        ('\ufeff[artifact]\nname = "a"\n', "starts with a byte-order mark (BOM); save it as UTF-8 without"),
         ('[artifact]\nname = "a"\n[env.s]\npath = "x"\nhealth_retries = 1001\n', "at most 1000"),
         (
             '[artifact]\nname = "a"\n[env.s]\npath = "x"\nactivate = ""\n',

@@ -103,7 +103,7 @@ def test_durations_are_bounded(key: str, value: str) -> None:
     [
         ("activate_timeout", "0", "must be greater than 0 and at most 86400 seconds"),
         ("health_timeout", "-inf", "must be greater than 0 and at most 86400 seconds"),
-        ("health_timeout", "nan", "must be greater than 0"),
+        ("health_timeout", "nan", "must be a number of seconds, not nan"),
         ("health_interval", "-1", "must not be negative: 0 to 86400 seconds"),
         ("health_interval", "-inf", "must not be negative"),
         ("health_retries", "1001", "must be at most 1000 (0 to 1000)"),
