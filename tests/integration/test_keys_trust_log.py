@@ -102,6 +102,12 @@ def test_trust_and_revoke_report_as_json(
         "changed": True,
     }
     assert json.loads(run_cli(capsys, "keys", "revoke", trusted["keyid"], "--json")[1])["changed"] is False
+    # trusting a revoked key again: said, not a silent "trusted" (a CLI review; verify still refuses)
+    code, out, err = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"), "--json")
+    assert code == 0 and json.loads(out)["revoked"] is True
+    assert f"warning: key {trusted['keyid']} is revoked in " in err
+    code, out, _ = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"))
+    assert out.rstrip().endswith(", but it is revoked")
 
 
 @pytest.mark.parametrize("command", ["generate", "trust", "revoke"])

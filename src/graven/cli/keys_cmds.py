@@ -174,10 +174,16 @@ def trust_cmd(args: argparse.Namespace) -> int:
     if not already:  # logged first, as for generate and revoke; trusting it again changes nothing
         _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")
         path = store_trusted_key(home.trust, pem)
+    revoked = keyid in _revoked(home.trust / "revoked")
+    if revoked:  # trusted and revoked: revocation wins everywhere (verify, deploy, build)
+        sys.stderr.write(
+            f"graven: warning: key {keyid} is revoked in {home.trust / 'revoked'}: it stays refused "
+            "everywhere until that line is removed\n"
+        )
     if args.as_json:
-        emit_json({"keyid": keyid, "path": str(path), "changed": not already})
+        emit_json({"keyid": keyid, "path": str(path), "changed": not already, "revoked": revoked})
     else:
-        print(f"trusted key {keyid} ({path})")
+        print(f"trusted key {keyid} ({path})" + (", but it is revoked" if revoked else ""))
     return 0
 
 
