@@ -397,7 +397,11 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
                 f"unrecognized arguments: {' '.join(extra)}", f"graven {command}" if command else "graven"
             )
         verbose = namespace.verbose
-        _check_text(namespace)
+        try:
+            _check_text(namespace)
+        except UsageError as exc:  # name the command's own help, not graven's
+            exc.prog = f"graven {command}" if command else "graven"
+            raise
         handler: Handler | None = getattr(namespace, "handler", None)
         if handler is None:
             parser.print_help(sys.stderr)

@@ -103,7 +103,7 @@ class _DeployReporter:
 def _target_options(parser: ArgParser) -> None:
     parser.add_argument(
         "--root",
-        type=Path,
+        type=_root_path,
         help="Base directory for relative [env] paths (default: $GRAVEN_DEPLOY_ROOT).",
     )
     parser.add_argument("--policy", type=Path, help="An extra trust policy file (TOML).")
@@ -113,6 +113,14 @@ def _target_options(parser: ArgParser) -> None:
         help="Wait for another deployment of the environment instead of failing.",
     )
     parser.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+
+def _root_path(text: str) -> Path:
+    """``--root``'s value: an empty one (an unset shell variable) is no directory, not the current one
+    (GRAVEN_DEPLOY_ROOT='' counts as unset)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give the base directory of relative [env] paths")
+    return Path(text)
 
 
 def _root(args: argparse.Namespace) -> Path | None:
