@@ -172,6 +172,8 @@ def test_malformed_old_checkpoint_is_an_input_error(
     bad.write_text("not a checkpoint")
     code, _, err = run_cli(capsys, "log", "consistency", str(bad))
     assert code == 2 and err.startswith("graven: error:")
+    assert f"{bad} is not a checkpoint of a graven log (" in err  # which file, and what to pass
+    assert "`graven log checkpoint` wrote" in err and err.count("\n") == 1
 
 
 def test_inclusion_proofs_are_small_and_verify(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -237,7 +237,13 @@ def consistency_cmd(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {old_checkpoint}: {exc}") from None
     ctx = _closing(Context.from_env())
-    ctx.audit.parse_old_checkpoint(old)  # malformed -> exit 2
+    try:
+        ctx.audit.parse_old_checkpoint(old)  # malformed -> exit 2
+    except InputError as exc:
+        raise InputError(
+            f"{old_checkpoint} is not a checkpoint of a graven log ({exc}); pass a file that "
+            "`graven log checkpoint` wrote"
+        ) from None
     try:
         result = ctx.audit.consistency(old)
     except VerificationError as exc:
