@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import commit_all, git, write_files
+from conftest import commit_all, git, git_env, write_files
 
 Run = Callable[..., tuple[int, str, str]]
 MakeRepo = Callable[..., Path]
@@ -189,3 +189,31 @@ def test_programs_a_repository_configures_never_run_in_a_build(
     assert code == 0, err
     assert json.loads(out)["dirty_worktree"] is True
     assert not canary.exists(), canary.read_text()
+
+
+def test_a_filter_of_the_users_own_configuration_still_runs_for_the_dirty_check(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the repository's own configuration is distrusted: a filter the operator configured for
+    the user (git-lfs installs one in ~/.gitconfig) keeps working, so a checkout whose files git
+    stores cleaned is not called dirty (a review of the first fix saw every touched LFS file so)."""
+    filters = {"clean": "sed s/REAL/POINTER/", "smudge": "sed s/POINTER/REAL/"}
+    for name, command in filters.items():
+        (tmp_path / f"{name}.sh").write_text(f"#!/bin/sh\n{command}\n")
+        (tmp_path / f"{name}.sh").chmod(0o755)
+    global_config = tmp_path / "gitconfig"
+    global_config.write_text(
+        f'[filter "lfs"]\n\tclean = {tmp_path / "clean.sh"}\n\tsmudge = {tmp_path / "smudge.sh"}\n'
+    )
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
+    # committed as the filter stores it, then checked out through it (as git lfs does)
+    repo = make_repo(
+        tmp_path / "repo", {**FILES, ".gitattributes": "*.bin filter=lfs\n", "a.bin": "POINTER\n"}
+    )
+    (repo / "a.bin").unlink()
+    git(repo, "checkout", "--", "a.bin", env=git_env({"GIT_CONFIG_GLOBAL": str(global_config)}))
+    assert (repo / "a.bin").read_text() == "REAL\n"
+    os.utime(repo / "a.bin", (1, 1))  # a stat change: status cleans the file again to compare
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dirty_worktree"] is False

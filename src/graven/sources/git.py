@@ -141,16 +141,29 @@ class BlobReader:
 
 
 # one thread (no preloadIndex): the build keeps the other core on a small machine
-_STATUS = ("git", "-c", "core.preloadIndex=false", "status", "--porcelain", "--untracked-files=no", "-z")
+# and no submodule: graven builds none (they are refused), and git would run the filters of each
+# submodule's own configuration there
+_STATUS = (
+    "git",
+    "-c",
+    "core.preloadIndex=false",
+    "status",
+    "--porcelain",
+    "--untracked-files=no",
+    "--ignore-submodules=all",
+    "-z",
+)
 
 
 def _no_filters(root: Path) -> list[tuple[str, str]]:
-    """Settings that turn off every filter driver the repository's configuration defines (git
-    status runs a driver's clean command on each file whose stat changed): a driver without commands
-    leaves the bytes as they are, and is not required. Reading the configuration runs nothing."""
+    """Settings that turn off every filter driver the repository's own configuration (.git/config and
+    what it includes) defines: git status runs a driver's clean command on each file whose stat
+    changed. A driver without commands leaves the bytes as they are, and is not required. The user's
+    and the system's configuration (git-lfs installed globally) are the operator's, and stay.
+    Reading the configuration runs nothing."""
     try:
         found = subprocess.run(
-            ["git", "config", "-z", "--get-regexp", r"^filter\."],
+            ["git", "config", "--local", "--includes", "-z", "--get-regexp", r"^filter\."],
             cwd=root,
             capture_output=True,
             env=_git_env(),
