@@ -212,3 +212,17 @@ def test_a_password_in_any_url_of_a_hooks_output_is_redacted() -> None:
     # a user name alone, an address in a path, a port: nothing to hide
     kept = "https://git@host/r.git http://h:8080/a@b ssh://me@host"
     assert redact_secrets(kept, env) == kept
+
+
+def test_url_redaction_is_linear_and_leaves_what_is_no_password() -> None:
+    """A review of the URL redaction: a 64 KiB line of letters with a "://" took seconds (quadratic),
+    and JSON with a URL and an e-mail address lost text that is no password."""
+    import time
+
+    line = "x" * 65536 + " see http://" + "y" * 65536
+    started = time.monotonic()
+    assert redact_secrets(line, {}) == line
+    assert time.monotonic() - started < 0.5
+    text = '{"url":"http://api:8080","email":"ops@example.com"}'
+    assert redact_secrets(text, {}) == text
+    assert redact_secrets("dsn='postgresql://app:pw@db/x'", {}) == "dsn='postgresql://app:***@db/x'"

@@ -8,8 +8,12 @@ without importing anything that could itself fail.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from graven.core.record import Frozen
+
+if TYPE_CHECKING:
+    import re
 
 __all__ = ["HookResult", "redact_secrets", "step_error"]
 
@@ -103,10 +107,27 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     if "://" in text:  # a password written in any URL (a connection string the hook printed)
+        text = _url_password().sub(r"\1***@", text)
+    return text
+
+
+def _url_password() -> re.Pattern[str]:
+    """``scheme://user:PASSWORD@``: a scheme that starts a word, a user and a password of at most 256
+    characters each, without a quote, a comma or a bracket (the end of a JSON or shell word). Every
+    part is bounded, so a long line costs linear time (a review fed a 64 KiB line of letters to the
+    unbounded pattern: seconds per line)."""
+    global _URL_PASSWORD  # noqa: PLW0603 - compiled on first use: most commands never redact
+    if _URL_PASSWORD is None:
         import re
 
-        text = re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:)[^\s/?#]*@", r"\1***@", text)
-    return text
+        _URL_PASSWORD = re.compile(
+            r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/?#@:\"'<>,()\[\]{}]{0,256}:)"
+            r"[^\s/?#\"'<>,()\[\]{}]{1,256}@"
+        )
+    return _URL_PASSWORD
+
+
+_URL_PASSWORD: re.Pattern[str] | None = None
 
 
 def step_error(what: str, exc: BaseException) -> HookResult:
