@@ -582,7 +582,7 @@ def test_an_option_before_the_command_word_is_refused(repo: Path, run_cli: Run, 
 
 
 def test_graven_own_options_may_come_before_the_command(repo: Path, run_cli: Run) -> None:
-    for args in (["-v", "artifacts"], ["--verbose", "artifacts", "--json"]):
+    for args in (["-v", "artifacts"], ["--verbose", "artifacts", "--json"], ["--verb", "artifacts"]):
         code, _, err = run_cli(*args)
         assert code == 0, err
 

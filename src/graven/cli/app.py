@@ -470,15 +470,19 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
 _GLOBAL_OPTIONS = frozenset({"-v", "--verbose", "-h", "--help", "--version"})
 
 
+def _global_option(word: str) -> bool:
+    """Whether ``word`` is one of graven's own options: -v, -h (or both, -vh), or a long one, which
+    argparse also takes abbreviated (``--verb``)."""
+    if word.startswith("--"):
+        return len(word) > 2 and any(option.startswith(word) for option in _GLOBAL_OPTIONS)
+    return len(word) > 1 and set(word[1:]) <= {"v", "h"}
+
+
 def _check_global_options(before: list[str], command: str) -> None:
     """Refuse what stands before the command word but graven's own options: argparse set aside an
     unknown one there, and the command's second parse never saw it (`graven --plan deploy D prod`
     deployed for real, `graven --json status` printed the table)."""
-    unknown = [
-        word
-        for word in before
-        if word not in _GLOBAL_OPTIONS and not (len(word) > 1 and set(word[1:]) <= {"v", "h"})
-    ]
+    unknown = [word for word in before if not _global_option(word)]
     if unknown:
         raise UsageError(
             f"unrecognized arguments before the command: {' '.join(unknown)}; a command's options go after "
