@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -561,6 +562,19 @@ def test_a_home_without_the_mark_gets_it_from_a_verify_and_then_notices_a_lost_d
         (home / f"graven.db{suffix}").unlink(missing_ok=True)
     with pytest.raises(IntegrityError, match=r"the audit log is empty but its key .* has signed entries"):
         _append(home, 1)
+
+
+def test_a_verify_by_another_user_writes_no_mark_in_the_home(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: root's `graven log verify` made log/in-use as root, 0600, and the home's owner could
+    then not read its own mark (every append and verify failed)."""
+    _append(home, 2)
+    (home / "log" / "in-use").unlink()
+    monkeypatch.setattr("graven.service.audit.os.geteuid", lambda: os.stat(home / "log").st_uid + 1)
+    report = _verify(capsys)
+    assert report["ok"]
+    assert not (home / "log" / "in-use").exists()
 
 
 def _failed_transaction(home: Path, appends: int) -> None:

@@ -252,6 +252,12 @@ class AuditLog:
             finally:
                 os.close(fd)
 
+    def _log_dir_is_mine(self) -> bool:
+        try:
+            return os.stat(self.in_use_path.parent).st_uid == os.geteuid()
+        except OSError:
+            return False
+
     def high_water(self) -> tuple[int, str]:
         """The largest size this home committed of the log with the given origin (:attr:`in_use_path`);
         (0, "") when it never did, or when the file predates the mark (it was empty). IntegrityError
@@ -722,9 +728,10 @@ class AuditLog:
                 report.fail(f"the log has no entries but the database has its origin {origin}", 0)
             elif (key_file := self._existing_key_file()) is not None:
                 report.fail(f"the log has no entries but its key {key_file} exists", 0)
-        if report.size and not report.problems and not self.in_use_path.exists():
+        if report.size and not report.problems and not self.in_use_path.exists() and self._log_dir_is_mine():
             # a home of a graven before the mark: without it, a database lost before the next append
-            # would go unnoticed (a new log signed with the old key)
+            # would go unnoticed (a new log signed with the old key). Only by the home's owner: a
+            # file made by root (sudo graven log verify) would lock the owner out of the mark
             self._raise_mark(report.size, origin)
         return report
 
