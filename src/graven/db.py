@@ -992,11 +992,14 @@ def _check_dialect(url: str) -> None:
 
 
 def _names_database(url: str) -> bool:
-    """Whether a PostgreSQL URL names its database (a path after the host, or ``?dbname=``)."""
+    """Whether a PostgreSQL URL names its database, or libpq will: a path after the host,
+    ``?dbname=`` or ``?service=`` (pg_service.conf), or PGDATABASE / PGSERVICE in the environment."""
     rest = url.partition("://")[2]
     path, _, query = rest.partition("?")
     name = path.split("/", 1)[1] if "/" in path else ""
-    return bool(name) or any(part.startswith("dbname=") and part != "dbname=" for part in query.split("&"))
+    named = {part.partition("=")[0] for part in query.split("&") if part.partition("=")[2]}
+    environ = bool(os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE"))
+    return bool(name) or bool(named & {"dbname", "service"}) or environ
 
 
 # query parameters that carry a secret (libpq's password, sslpassword; common spellings)

@@ -170,8 +170,16 @@ def test_a_relative_sqlite_path_and_a_postgresql_url_without_a_database_are_refu
         with pytest.raises(ConfigError, match="names no database") as refused:
             Database.open(url)
         assert "Secret1" not in str(refused.value)
-    with pytest.raises(BackendError, match="cannot open the database"):  # named in the query: tried
-        Database.open("postgresql+psycopg://u@127.0.0.1:1?dbname=graven&connect_timeout=1")
+    # named in the query, or by libpq's environment: tried (nothing listens on port 1)
+    for url in (
+        "postgresql+psycopg://u@127.0.0.1:1?dbname=graven&connect_timeout=1",
+        "postgresql+psycopg://u@127.0.0.1:1?service=graven&connect_timeout=1",
+    ):
+        with pytest.raises(BackendError, match="cannot open the database"):
+            Database.open(url)
+    monkeypatch.setenv("PGDATABASE", "graven")
+    with pytest.raises(BackendError, match="cannot open the database"):
+        Database.open("postgresql+psycopg://u@127.0.0.1:1?connect_timeout=1")
 
 
 def test_an_older_schema_in_a_home_this_user_cannot_write_says_an_upgrade_needs_a_writer(
