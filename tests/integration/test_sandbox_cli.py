@@ -45,6 +45,11 @@ def _built_files(run_cli: Run, repo: Path, tmp_path: Path, *names: str) -> list[
         return [member.read().decode() for member in members if member is not None]
 
 
+DEFAULT_STEP_TOML = (
+    '[artifact]\nname = "demo"\n\n[build]\nsteps = ["mkdir -p out && echo ok > out/ok"]\noutputs = ["out/"]\n'
+)
+
+
 def _statement(run_cli: Run, digest: str) -> dict[str, object]:
     code, out, err = run_cli("show", digest, "--provenance", "--json")
     assert code == 0, err
@@ -558,10 +563,9 @@ def test_a_tool_the_commit_names_runs_in_the_sandbox_not_on_the_host(
     run_cli: Run,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``[build] tools`` asks each tool for its version. The commit names the tool, and an absolute
-    path such as /proc/self/cwd/tool.sh is one of its own files: a review had it run on the host, as
-    graven's user with graven's environment (the signing key's path, any CI secret) and GRAVEN_HOME in
-    reach, even for a sandboxed build."""
+    """``[build] tools`` asks each tool for its version. The commit names the tool (any absolute
+    path): a review had it run on the host, as graven's user with graven's environment (the signing
+    key's path, any CI secret) and GRAVEN_HOME in reach, even for a sandboxed build."""
     canary = tmp_path / "canary"
     tool = (
         "#!/bin/sh\n"
@@ -570,21 +574,40 @@ def test_a_tool_the_commit_names_runs_in_the_sandbox_not_on_the_host(
         f'if [ -n "$CI_SECRET" ] || [ -e {graven_home} ]; then echo "tool 6.6.6"\n'
         'else echo "tool 1.2.3"; fi\n'
     )
-    toml = _toml("mkdir -p out && echo ok > out/ok", extra='tools = ["/proc/self/cwd/tool.sh"]\n')
-    repo = make_repo(tmp_path / "repo", {"tool.sh": tool}, toml)
-    (repo / "tool.sh").chmod(0o755)
-    subprocess.run(["git", "-C", repo, "update-index", "--chmod=+x", "tool.sh"], check=True, env=git_env())
-    commit_all(repo, "executable tool")
-    monkeypatch.chdir(repo)  # /proc/self/cwd is graven's working directory: the repository
-    monkeypatch.setenv("CI_SECRET", "s3cr3t")
-    code, out, err = run_cli("build", "--json")
+    # a directory the sandbox mirrors (its /tmp is its own): the tool is there, and runs
+    where = Path(tempfile.mkdtemp(prefix="graven-tool-", dir="/var/tmp"))
+    try:
+        (where / "tool.sh").write_text(tool)
+        (where / "tool.sh").chmod(0o755)
+        toml = _toml("mkdir -p out && echo ok > out/ok", extra=f'tools = ["{where}/tool.sh"]\n')
+        repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+        monkeypatch.setenv("CI_SECRET", "s3cr3t")
+        code, out, err = run_cli("build", "-C", repo, "--json")
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
     assert code == 0, err
     assert not canary.exists()  # the host's /tmp is out of the sandbox's reach
-    deps = _statement(run_cli, json.loads(out)["digest"])["predicate"]["buildDefinition"][
-        "resolvedDependencies"
-    ]  # type: ignore[index]
-    names = [d["name"] for d in deps if d.get("name", "").startswith("tool:")]
-    assert names == ["tool:/proc/self/cwd/tool.sh@1.2.3"]
+    statement = _statement(run_cli, json.loads(out)["digest"])
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]  # type: ignore[index]
+    names = [d["name"] for d in deps if d.get("name", "").startswith("tool:")]  # type: ignore[attr-defined]
+    assert names == [f"tool:{where}/tool.sh@1.2.3"]  # no secret, no home: the sandbox's answer
+
+
+def test_a_tool_in_the_repository_or_through_proc_is_refused(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """The checkout is hidden from the sandbox, and /proc/self/cwd/... is one file on the host and
+    another in the sandbox (the version of one, the hash of the other): neither names a tool."""
+    repo = make_repo(tmp_path / "repo", {"tool.sh": "#!/bin/sh\necho 1.0\n"}, DEFAULT_STEP_TOML)
+    (repo / "tool.sh").chmod(0o755)
+    for tool, needle in (
+        ("/proc/self/cwd/tool.sh", "goes through /proc; name a program installed on the build host"),
+        (str(repo / "tool.sh"), "exited with 127 in the build sandbox"),
+    ):
+        (repo / "graven.toml").write_text(DEFAULT_STEP_TOML + f'tools = ["{tool}"]\n')
+        commit_all(repo, tool)
+        code, _, err = run_cli("build", "-C", repo)
+        assert code != 0 and needle in err and err.count("\n") == 1, err
 
 
 def test_a_tool_that_cannot_run_in_the_sandbox_is_refused(

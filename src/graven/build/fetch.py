@@ -371,6 +371,11 @@ def resolve_tools(names: Iterable[str], env: Mapping[str, str], probe: ToolProbe
     path such as ``/proc/self/cwd/tool.sh`` is a program from the commit itself)."""
     tools: list[Tool] = []
     for name in names:
+        if name.startswith("/proc/"):  # /proc/self/cwd/...: one file on the host, another in the sandbox
+            raise ConfigError(
+                f"[build] tools: {name!r} goes through /proc; name a program installed on the build "
+                "host (a file of the commit is in its provenance already)"
+            )
         found = name if os.path.isabs(name) else shutil.which(name, path=env.get("PATH"))
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
             raise ConfigError(f"[build] tools: {name!r} is not an executable on the build PATH")
