@@ -281,7 +281,10 @@ def test_odd_but_valid_classes(pattern: str, path: str, expected: bool) -> None:
 
 
 def _old_translate_segment(segment: str) -> str:
-    """graven's segment translation before the review: the new one must match the same paths."""
+    """graven's segment translation as 0.1.0 was released (a "]" right after "[", "[!" or "[^" is a
+    member, as POSIX says: "[!]" is no class, and reads literally), with 0.2.0's one change (a class
+    never matches "/"): the code must match the same paths. (A mutation review found this reference
+    still reading "[!]" as an empty negated class, as a development snapshot before 0.1.0 did.)"""
     out: list[str] = []
     i = 0
     while i < len(segment):
@@ -291,16 +294,21 @@ def _old_translate_segment(segment: str) -> str:
         elif ch == "?":
             out.append("[^/]")
         elif ch == "[":
-            end = segment.find("]", i + 2 if segment[i + 1 : i + 2] in ("!", "]") else i + 1)
+            first = i + 2 if segment[i + 1 : i + 2] in ("!", "^") else i + 1
+            end = segment.find("]", first + 1 if segment[first : first + 1] == "]" else first)
             if end == -1:
                 out.append(re.escape(ch))
             else:
                 body = segment[i + 1 : end]
+
                 # since a fuzzing review, a class never matches "/" (intended: no other change)
-                if body.startswith("!"):
-                    out.append("[^/" + body[1:].replace("\\", "\\\\") + "]")
+                def members(text: str) -> str:
+                    return text.replace("\\", "\\\\").replace("]", "\\]")
+
+                if body.startswith(("!", "^")):
+                    out.append("[^/" + members(body[1:]) + "]")
                 else:
-                    out.append("(?!/)[" + body.replace("\\", "\\\\") + "]")
+                    out.append("(?!/)[" + members(body) + "]")
                 i = end
         else:
             out.append(re.escape(ch))
@@ -331,6 +339,21 @@ def _old_compile(pattern: str) -> re.Pattern[str] | None:
 
 _GLOB_CHARS = st.sampled_from(["a", "b", "z", "-", "!", "^", "[", "]", "*", "?", "/", "\\", ".", "&"])
 _PATH_CHARS = st.sampled_from(["a", "b", "z", "-", "!", "^", "[", "]", "/", "\\", ".", "&", "c"])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [("[!]", "[!]", True), ("[!]", "x", False), ("a[!]b", "a[!]b", True), ("[!]]", "x", True),
+     ("[]]", "]", True), ("[^]a]", "b", True), ("[^]a]", "]", False)],
+)  # fmt: skip
+def test_a_bracket_right_after_the_opening_is_a_member_as_in_every_release(
+    pattern: str, path: str, expected: bool
+) -> None:
+    """Pinned (the property test below finds these only by chance): "]" first in a class is a member,
+    so "[!]" holds no class and reads literally, as in 0.1.0 and 0.2.0."""
+    assert (compile_glob(pattern).fullmatch(path) is not None) is expected
+    old = _old_compile(pattern)
+    assert old is not None and (old.fullmatch(path) is not None) is expected
 
 
 @settings(max_examples=400)
