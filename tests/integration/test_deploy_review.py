@@ -595,7 +595,7 @@ def test_a_first_deploy_into_a_directory_holding_someone_elses_files_is_refused(
         world.deploy(v1, "staging")
     assert sorted(os.listdir(ssh)) == ["id_ed25519", "known_hosts"]
     empty = tmp_path / "empty"
-    empty.mkdir()
+    (empty / "lost+found").mkdir(parents=True)  # a fresh file system mounted there: still empty
     v2 = world.version(2, env_toml("app", {"staging": {"path": str(empty)}}))
     assert world.deploy(v2, "staging").ok  # new or empty: fine
     assert world.deploy(world.version(3), "staging").ok  # and graven's own files are no obstacle

@@ -233,6 +233,7 @@ def _check_unclaimed(conn: Connection, settings: EnvSettings, path: Path) -> Non
         return
     except OSError:
         return  # what cannot be listed is refused later, with the reason (check_owners, the lock)
+    names = [name for name in names if name != "lost+found"]  # a fresh file system's mount point
     if not names or EnvLayout(path).meta.name in names:
         return
     mine = _resolved(str(path))
