@@ -333,7 +333,15 @@ def test_promote_keeps_the_graven_toml_that_ran_in_the_source_environment(
     result = promote(world.ctx(), "staging", "prod", world.options())
     assert result.ok, result.message
     assert marker.read_text().split() == ["tested-staging", "tested-prod"]
-    assert world.deploy(digest, "prod").ok  # deployed by name: the newest graven.toml, as before
+    # deployed by name into prod, which requires staging: what ran in staging too (a review of the
+    # promote fix went round it this way), unless the policy is overridden
+    assert world.deploy(digest, "prod").ok
+    assert marker.read_text().split()[-1] == "tested-prod"
+    assert world.deploy(digest, "prod", override=True, reason="the new hooks, on purpose").ok
+    assert marker.read_text().split()[-1] == "untested-prod"
+    assert world.deploy(digest, "staging").ok  # staging requires nothing: the newest
+    assert marker.read_text().split()[-1] == "untested-staging"
+    assert world.deploy(digest, "prod").ok  # ... and now that ran healthy there
     assert marker.read_text().split()[-1] == "untested-prod"
 
 

@@ -42,7 +42,13 @@ from graven.service.deploy_release import (
     switch,
 )
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.deploy_verify import check_location, check_path, policy_facts, verify_target
+from graven.service.deploy_verify import (
+    check_location,
+    check_path,
+    policy_facts,
+    tested_target,
+    verify_target,
+)
 from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection
 
 if TYPE_CHECKING:
@@ -516,7 +522,10 @@ def deploy(
     if opts.override and not (opts.reason and opts.reason.strip()):
         raise InputError("--override-policy needs --reason TEXT: say why policy is bypassed")
     digest = resolve_digest(ctx, digest_text)
-    target = verify_target(ctx, digest, env, opts, ran_with=ran_with)
+    if ran_with is None and kind == "deploy":
+        target = tested_target(ctx, digest, env, opts)
+    else:
+        target = verify_target(ctx, digest, env, opts, ran_with=ran_with)
     return _run_deployment(ctx, target, opts, kind=kind, source_env=source_env, recheck=recheck)
 
 

@@ -25,7 +25,7 @@ from graven.service.context import Context
 from graven.service.deploy_records import settings_from_row
 from graven.service.deploy_release import check_links
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.deploy_verify import check_location, check_path, policy_facts, verify_target
+from graven.service.deploy_verify import check_location, check_path, policy_facts, tested_target
 from graven.service.environments import deployment_row, load_state
 
 
@@ -111,7 +111,7 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
     """Every check of a deploy, and what it would change; nothing is written (no lock is taken)."""
     check_env_name(env)
     digest = resolve_digest(ctx, digest_text)
-    target = verify_target(ctx, digest, env, opts, log_failures=False)
+    target = tested_target(ctx, digest, env, opts, log_failures=False)
     settings = target.settings
     with ctx.db.connect() as conn:
         check_location(ctx, conn, settings)

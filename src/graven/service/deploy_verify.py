@@ -18,7 +18,7 @@ from graven.model.pipeline import parse_stored_pipeline
 from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.environments import EnvState, healthy_in, rejection, went_live_here
+from graven.service.environments import HEALTHY, EnvState, healthy_in, rejection, went_live_here
 from graven.service.provenance import UnsignedError, load_policy, verified_provenances
 from graven.signing.trust import TrustPolicy, VerifiedProvenance
 
@@ -129,6 +129,36 @@ def verify_target(
         settings=settings,
         keyid=verified.keyid,
         pipeline_digest=pipeline_digest,
+    )
+
+
+def tested_target(
+    ctx: Context, digest: Digest, env: str, opts: DeployOptions, *, log_failures: bool = True
+) -> Target:
+    """:func:`verify_target` for a deploy by digest. Into an environment that ``requires`` others,
+    the settings come from a graven.toml the digest went live and healthy with in one of them when
+    its newest one never did (a commit that changed only graven.toml, its hooks say, gives the same
+    digest: those hooks were never tested), with a warning; ``--override-policy`` takes the newest."""
+    target = verify_target(ctx, digest, env, opts, log_failures=log_failures)
+    if opts.override or not target.settings.requires:
+        return target
+    with ctx.db.connect() as conn:
+        rows = conn.execute(
+            "SELECT pipeline_digest, env FROM deployments WHERE digest = :digest AND env IN :envs"
+            " AND result = 'ok' AND health IN :healthy AND pipeline_digest IS NOT NULL ORDER BY id DESC",
+            {"digest": str(digest), "envs": list(target.settings.requires), "healthy": list(HEALTHY)},
+        ).all()
+    tested = [(str(pipeline), str(where)) for pipeline, where in rows]
+    if not tested or target.pipeline_digest in {pipeline for pipeline, _ in tested}:
+        return target  # tested as it is (or never healthy there: the policy refuses it)
+    pipeline, where = tested[0]
+    ctx.reporter.warn(
+        f"the newest graven.toml of {short(str(digest))} ({short(target.pipeline_digest)}) never ran "
+        f"healthy in {where}, which {env} requires: deploying with the one that did "
+        f"({short(pipeline)}); deploy it to {where} first to use the newer one"
+    )
+    return verify_target(
+        ctx, digest, env, opts, log_failures=log_failures, ran_with=(pipeline, f"in {where}")
     )
 
 
