@@ -572,6 +572,8 @@ def test_an_actor_that_is_not_utf8_is_recorded_not_a_traceback(
         ["--json", "artifacts"],  # ... and `graven --json status` printed the table
         ["--bogus", "artifacts"],
         ["-v", "--json", "artifacts"],
+        ["--verb", "artifacts"],  # no abbreviation (allow_abbrev=False): it was dropped, not taken
+        ["--he", "artifacts"],
     ],
 )
 def test_an_option_before_the_command_word_is_refused(repo: Path, run_cli: Run, args: list[str]) -> None:
@@ -582,7 +584,7 @@ def test_an_option_before_the_command_word_is_refused(repo: Path, run_cli: Run, 
 
 
 def test_graven_own_options_may_come_before_the_command(repo: Path, run_cli: Run) -> None:
-    for args in (["-v", "artifacts"], ["--verbose", "artifacts", "--json"], ["--verb", "artifacts"]):
+    for args in (["-v", "artifacts"], ["--verbose", "artifacts", "--json"], ["-vh"]):
         code, _, err = run_cli(*args)
         assert code == 0, err
 

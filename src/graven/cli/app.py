@@ -471,10 +471,10 @@ _GLOBAL_OPTIONS = frozenset({"-v", "--verbose", "-h", "--help", "--version"})
 
 
 def _global_option(word: str) -> bool:
-    """Whether ``word`` is one of graven's own options: -v, -h (or both, -vh), or a long one, which
-    argparse also takes abbreviated (``--verb``)."""
+    """Whether ``word`` is one of graven's own options: -v, -h (or both, -vh), --verbose, --help,
+    --version, spelled out (the parser takes no abbreviation: ``allow_abbrev=False``)."""
     if word.startswith("--"):
-        return len(word) > 2 and any(option.startswith(word) for option in _GLOBAL_OPTIONS)
+        return word in _GLOBAL_OPTIONS
     return len(word) > 1 and set(word[1:]) <= {"v", "h"}
 
 
