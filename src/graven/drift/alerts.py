@@ -57,8 +57,8 @@ def check_webhook(url: str) -> None:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise InputError(f"--webhook {shown} is not a valid URL ({exc})") from None
+    except ValueError:  # its text may quote the URL (a "port" that is part of a password)
+        raise InputError(f"--webhook {shown} is not a valid URL (a bad host, port or bracket)") from None
     del port
     if not parts.hostname:
         raise InputError(f"--webhook {shown} names no host")

@@ -317,6 +317,7 @@ def test_an_alert_command_at_work_does_not_outlive_the_watcher(tmp_path: Path) -
         ("https://h:port/x", "is not a valid URL"),
         ("https:///path", "names no host"),
         ("https://u:Secret1@chat.example/hook", "holds credentials"),
+        ("https://hookuser:Secret1/rest@hooks.example/x", "is not a valid URL"),  # 'port' Secret1
     ],
 )
 def test_a_webhook_that_could_not_be_used_is_refused_at_start_without_its_secret(
