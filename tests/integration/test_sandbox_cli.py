@@ -596,17 +596,21 @@ def test_a_tool_the_commit_names_runs_in_the_sandbox_not_on_the_host(
 def test_a_tool_in_the_repository_or_through_proc_is_refused(
     graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
 ) -> None:
-    """The checkout is hidden from the sandbox, and /proc/self/cwd/... is one file on the host and
-    another in the sandbox (the version of one, the hash of the other): neither names a tool."""
+    """The checkout is hidden from the sandbox, and /proc/self/cwd/... is the working tree's file on the
+    host and the commit's in the sandbox: a review had the provenance name the version of one and the
+    sha256 of the other. The file the steps run must be the one hashed."""
     repo = make_repo(tmp_path / "repo", {"tool.sh": "#!/bin/sh\necho 1.0\n"}, DEFAULT_STEP_TOML)
     (repo / "tool.sh").chmod(0o755)
     for tool, needle in (
-        ("/proc/self/cwd/tool.sh", "goes through /proc; name a program installed on the build host"),
-        (str(repo / "tool.sh"), "exited with 127 in the build sandbox"),
+        ("/proc/self/cwd/tool.sh", "is another file where the build steps run than on this host"),
+        ("//proc/self/cwd/tool.sh", "is another file where the build steps run than on this host"),
+        (str(repo / "tool.sh"), "cannot be read where the build steps run"),
     ):
         (repo / "graven.toml").write_text(DEFAULT_STEP_TOML + f'tools = ["{tool}"]\n')
         commit_all(repo, tool)
-        code, _, err = run_cli("build", "-C", repo)
+        (repo / "tool.sh").write_text("#!/bin/sh\necho 2.0\n")  # the working tree's differs
+        code, _, err = run_cli("build", "-C", repo, cwd=repo)  # /proc/self/cwd: the repository
+        (repo / "tool.sh").write_text("#!/bin/sh\necho 1.0\n")
         assert code != 0 and needle in err and err.count("\n") == 1, err
 
 

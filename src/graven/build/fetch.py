@@ -32,6 +32,7 @@ __all__ = [
     "FETCHED_PREFIX",
     "LOCKFILE_PREFIX",
     "TOOL_PREFIX",
+    "TOOL_SHA256_LINE",
     "FetchedFile",
     "Tool",
     "ToolProbe",
@@ -47,6 +48,7 @@ __all__ = [
 LOCKFILE_PREFIX = "lockfile:"
 FETCHED_PREFIX = "fetched:"
 TOOL_PREFIX = "tool:"
+TOOL_SHA256_LINE = "graven-tool-sha256"  # the first line a probe prints: the sha256 the steps see
 
 _SHA256_OPTION = re.compile(r"--hash[=\s]+sha256:([0-9a-fA-F]{64})\b")
 _ANY_HASH_OPTION = re.compile(r"--hash[=\s]+\S+")
@@ -362,20 +364,19 @@ def _version_of(line: str) -> str:
 
 
 ToolProbe = Callable[[str], tuple[int, bytes]]
-"""Runs ``PATH --version`` where the build steps run (the sandbox); its exit code and output."""
+"""Runs, where the build steps run (the sandbox), a script that prints ``graven-tool-sha256 HEX`` (the
+sha256 of the file PATH names, symlinks resolved), then ``PATH --version``'s output; its exit code and
+output."""
 
 
 def resolve_tools(names: Iterable[str], env: Mapping[str, str], probe: ToolProbe) -> list[Tool]:
     """Find each tool on the steps' PATH (``env``), hash it, and ask ``TOOL --version`` through
     ``probe``: where the steps run, never on the host, since the commit names the tool (an absolute
-    path such as ``/proc/self/cwd/tool.sh`` is a program from the commit itself)."""
+    path may be a file of the commit itself). The file the steps see must be the one hashed here: a
+    path that names another file in the sandbox (through ``/proc/self/cwd``, or a link into it) would
+    give the version of one file and the sha256 of another."""
     tools: list[Tool] = []
     for name in names:
-        if name.startswith("/proc/"):  # /proc/self/cwd/...: one file on the host, another in the sandbox
-            raise ConfigError(
-                f"[build] tools: {name!r} goes through /proc; name a program installed on the build "
-                "host (a file of the commit is in its provenance already)"
-            )
         found = name if os.path.isabs(name) else shutil.which(name, path=env.get("PATH"))
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
             raise ConfigError(f"[build] tools: {name!r} is not an executable on the build PATH")
@@ -384,12 +385,25 @@ def resolve_tools(names: Iterable[str], env: Mapping[str, str], probe: ToolProbe
             code, output = probe(found)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BuildError(f"[build] tools: `{name} --version` failed: {exc}") from None
-        lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+        first, _, rest = output.decode(errors="replace").partition("\n")
+        seen = first.split()
+        if len(seen) != 2 or seen[0] != TOOL_SHA256_LINE:
+            raise BuildError(
+                f"[build] tools: {name!r} cannot be read where the build steps run (exit {code}); list "
+                "programs installed on the build host that the steps can run"
+            )
+        sha256 = _sha256_file(real)[0]
+        if seen[1] != sha256:
+            raise BuildError(
+                f"[build] tools: {name!r} is another file where the build steps run than on this host; "
+                "name a program installed on the build host"
+            )
+        lines = [line.strip() for line in rest.splitlines() if line.strip()]
         if code != 0 or not lines:
             raise BuildError(
                 f"[build] tools: `{name} --version` exited with {code}"
                 + ("" if code != 0 else " and printed nothing")
                 + " in the build sandbox; list only tools that report a version and that the steps can run"
             )
-        tools.append(Tool(name, real, _version_of(lines[0]), _sha256_file(real)[0]))
+        tools.append(Tool(name, real, _version_of(lines[0]), sha256))
     return tools

@@ -21,6 +21,7 @@ from typing import BinaryIO
 from graven.build.fetch import (
     FETCHED_PREFIX,
     LOCKFILE_PREFIX,
+    TOOL_SHA256_LINE,
     FetchedFile,
     check_fetched,
     check_unchanged_outside,
@@ -276,8 +277,12 @@ def _secret_files(ctx: Context) -> list[Path]:
 
 
 # what the tool prints on stdout, or else on stderr (java -version, older tools), as its version
+# the sha256 of the file the steps would run (symlinks resolved), then what the tool prints on stdout,
+# or else on stderr (java -version, older tools), as its version
 _VERSION_SCRIPT = (
-    'err=$(mktemp) && out=$({tool} --version 2>"$err" </dev/null); code=$?; '
+    't={tool}; r=$(readlink -f -- "$t") && s=$(sha256sum -- "$r") || exit 126; '
+    f'printf "{TOOL_SHA256_LINE} %s\\n" "${{s%% *}}"; '
+    'err=$(mktemp) && out=$("$t" --version 2>"$err" </dev/null); code=$?; '
     'if [ -n "$out" ]; then printf "%s\\n" "$out"; else cat "$err"; fi; rm -f "$err"; exit $code'
 )
 
@@ -291,7 +296,7 @@ def _tool_probe(runner: StepRunner, ws: Workspace) -> Callable[[str], tuple[int,
         out = ws.root / "tool-version.out"
         with open(out, "w+b") as log:
             code = runner.run(
-                _VERSION_SCRIPT.format(tool=shlex.quote(path)), log=log, timeout=60, network=False
+                _VERSION_SCRIPT.replace("{tool}", shlex.quote(path)), log=log, timeout=60, network=False
             )
             log.seek(0)
             data = log.read(1 << 16)

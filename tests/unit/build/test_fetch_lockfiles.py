@@ -113,8 +113,9 @@ def test_tools_are_hashed_and_versioned() -> None:
 
     def probe(path: str) -> tuple[int, bytes]:  # what the sandbox runs, here on the host
         asked.append(path)
+        sha = hashlib.sha256(Path(os.path.realpath(path)).read_bytes()).hexdigest()
         done = subprocess.run([path, "--version"], capture_output=True, env=env, check=False)
-        return done.returncode, done.stdout + done.stderr
+        return done.returncode, f"graven-tool-sha256 {sha}\n".encode() + done.stdout + done.stderr
 
     [tool] = resolve_tools([os.path.basename(sys.executable)], env, probe)
     assert asked == [os.path.join(os.path.dirname(sys.executable), os.path.basename(sys.executable))]
@@ -125,7 +126,14 @@ def test_tools_are_hashed_and_versioned() -> None:
     assert tool.ref_name == f"tool:{os.path.basename(sys.executable)}@{tool.version}"
     with pytest.raises(ConfigError, match="no-such-tool"):
         resolve_tools(["no-such-tool"], env, probe)
+    seen = f"graven-tool-sha256 {tool.sha256}\n".encode()
     with pytest.raises(BuildError, match="exited with 3 in the build sandbox"):
-        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (3, b"x 1.0\n"))
+        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (3, seen + b"x 1.0\n"))
     with pytest.raises(BuildError, match="exited with 0 and printed nothing"):
-        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (0, b" \n"))
+        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (0, seen + b" \n"))
+    # the steps would run another file than the one hashed here (a path through /proc/self/cwd)
+    other = f"graven-tool-sha256 {'0' * 64}\n1.0\n".encode()
+    with pytest.raises(BuildError, match="is another file where the build steps run than on this host"):
+        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (0, other))
+    with pytest.raises(BuildError, match="cannot be read where the build steps run"):
+        resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (126, b""))
