@@ -183,8 +183,17 @@ def test_programs_a_repository_configures_never_run_in_a_build(
     git(repo, "config", "core.fsmonitor", str(hook))
     git(repo, "config", "filter.evil.clean", str(hook))
     git(repo, "config", "filter.evil.required", "true")
+    # and one in a worktree's own configuration (a review of the first fix found it ran)
+    git(repo, "config", "extensions.worktreeConfig", "true")
+    git(repo, "config", "--worktree", "filter.wt.clean", str(hook))
+    (repo / ".gitattributes").write_text("*.py filter=evil\n*.txt filter=wt\n")
+    (repo / "a.txt").write_text("a\n")
+    commit_all(repo, "attributes")
     monkeypatch.setenv("GRAVEN_SIGNING_KEY", str(graven_home / "keys" / "default.key"))
-    (repo / "app" / "main.py").write_text("print('edited')\n")  # a stat change: status hashes it
+    (repo / "app" / "main.py").write_text("print('edited')\n")  # the dirty check sees an edit
+    (repo / "a.txt").write_text("b\n")  # same size, new mtime: git must clean it to compare
+    os.utime(repo / "a.txt", (1, 1))
+    canary.unlink(missing_ok=True)  # the test's own commits ran the filters: from here on, graven
     code, out, err = run_cli("build", "-C", repo, "--json")
     assert code == 0, err
     assert json.loads(out)["dirty_worktree"] is True

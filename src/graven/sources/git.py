@@ -156,14 +156,14 @@ _STATUS = (
 
 
 def _no_filters(root: Path) -> list[tuple[str, str]]:
-    """Settings that turn off every filter driver the repository's own configuration (.git/config and
-    what it includes) defines: git status runs a driver's clean command on each file whose stat
-    changed. A driver without commands leaves the bytes as they are, and is not required. The user's
-    and the system's configuration (git-lfs installed globally) are the operator's, and stay.
-    Reading the configuration runs nothing."""
+    """Settings that turn off every filter driver the repository's own configuration defines
+    (.git/config, a worktree's config.worktree, and what they include): git status runs a driver's
+    clean command on each file whose stat changed. A driver without commands leaves the bytes as they
+    are, and is not required. The user's and the system's configuration (git-lfs installed globally)
+    are the operator's, and stay. Reading the configuration runs nothing."""
     try:
         found = subprocess.run(
-            ["git", "config", "--local", "--includes", "-z", "--get-regexp", r"^filter\."],
+            ["git", "config", "--show-scope", "--includes", "-z", "--get-regexp", r"^filter\."],
             cwd=root,
             capture_output=True,
             env=_git_env(),
@@ -171,8 +171,11 @@ def _no_filters(root: Path) -> list[tuple[str, str]]:
         )
     except OSError:
         return []
+    fields = found.stdout.split(b"\0")
     names = set()
-    for item in found.stdout.split(b"\0"):
+    for scope, item in zip(fields[0::2], fields[1::2], strict=False):  # scope, then key "\n" value
+        if scope not in (b"local", b"worktree"):
+            continue
         key = item.split(b"\n", 1)[0].decode("utf-8", "surrogateescape")
         if key.count(".") >= 2:
             names.add(key[len("filter.") : key.rindex(".")])
