@@ -226,3 +226,7 @@ def test_url_redaction_is_linear_and_leaves_what_is_no_password() -> None:
     text = '{"url":"http://api:8080","email":"ops@example.com"}'
     assert redact_secrets(text, {}) == text
     assert redact_secrets("dsn='postgresql://app:pw@db/x'", {}) == "dsn='postgresql://app:***@db/x'"
+    # what userinfo may hold (a review of the bounded pattern saw these leak), and a long token
+    for password in ("pa,ss", "p(a)ss", "it's", "ab{c}d", "[secret]", "t" * 300):
+        line = f"postgresql://app:{password}@db/x"
+        assert redact_secrets(line, {}) == "postgresql://app:***@db/x", line

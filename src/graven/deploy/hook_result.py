@@ -112,17 +112,17 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
 
 
 def _url_password() -> re.Pattern[str]:
-    """``scheme://user:PASSWORD@``: a scheme that starts a word, a user and a password of at most 256
-    characters each, without a quote, a comma or a bracket (the end of a JSON or shell word). Every
-    part is bounded, so a long line costs linear time (a review fed a 64 KiB line of letters to the
-    unbounded pattern: seconds per line)."""
+    """``scheme://user:PASSWORD@``: a scheme that starts a word, a user (at most 256 characters) and a
+    password (at most 4,096: a token) that hold what userinfo may (RFC 3986: quotes, commas, brackets;
+    an "@" too, up to the last one), but no space, "/", "?", "#" or double quote (the end of a JSON
+    string). A scheme must start a word, so each "://" is tried from one place only and a long line
+    costs linear time (a review fed a 64 KiB line of letters to the first pattern: seconds)."""
     global _URL_PASSWORD  # noqa: PLW0603 - compiled on first use: most commands never redact
     if _URL_PASSWORD is None:
         import re
 
         _URL_PASSWORD = re.compile(
-            r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/?#@:\"'<>,()\[\]{}]{0,256}:)"
-            r"[^\s/?#\"'<>,()\[\]{}]{1,256}@"
+            r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/?#@:\"]{0,256}:)[^\s/?#\"]{1,4096}@"
         )
     return _URL_PASSWORD
 
