@@ -25,7 +25,9 @@ def _assert_input_error(result: tuple[int, str, str], *needles: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("graven: error: "), err
     assert code == 2, (code, err)
-    assert out == ""
+    if out:  # with --json: the error as JSON too, so that a script reading stdout gets JSON
+        message = lines[0].removeprefix("graven: error: ")
+        assert json.loads(out) == {"ok": False, "error": {"exit_code": 2, "message": message}}, out
     for needle in needles:
         assert needle in lines[0], (needle, err)
     return lines[0]
@@ -605,3 +607,22 @@ def test_python_dash_m_graven_is_the_console_script(tmp_path: Path) -> None:
         )
     assert done.returncode == 1
     assert done.stderr == b"graven: error: cannot write the output: No space left on device\n"
+
+
+def test_with_json_a_failure_before_any_result_prints_an_error_object(
+    repo: Path, run_cli: Run, tmp_path: Path
+) -> None:
+    """A JSON review: most failures printed nothing on stdout with --json (a refused deploy, a busy
+    lock, a bad digest), so a script reading stdout got no JSON at all. A command that printed its
+    result (a failed verify) keeps it as it is; without --json nothing is added."""
+    code, out, err = run_cli("show", "abcdef123456", "--json")
+    assert code == 2 and err.count("\n") == 1
+    assert json.loads(out) == {
+        "ok": False,
+        "error": {"exit_code": 2, "message": err.removeprefix("graven: error: ").rstrip("\n")},
+    }
+    assert run_cli("show", "abcdef123456")[1] == ""
+    code, out, _ = run_cli("build", "-C", repo, "--json")
+    digest = json.loads(out)["digest"]
+    code, out, _ = run_cli("verify", digest, "--json")
+    assert code == 0 and "error" not in json.loads(out)

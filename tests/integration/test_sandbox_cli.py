@@ -348,7 +348,11 @@ def test_without_bubblewrap_the_build_is_refused_unless_sandbox_is_none(
     repo2 = make_repo(tmp_path / "repo2", {"a.txt": "a\n"}, _toml(step, extra='sandbox = "none"\n'))
     # the commit alone cannot turn the sandbox off: the operator allows it (exit 1, a policy refusal)
     code, out, err = run_cli("build", "-C", repo2, "--json")
-    assert code == 1 and out == "" and "GRAVEN_ALLOW_UNSANDBOXED=1" in err, err
+    assert code == 1 and "GRAVEN_ALLOW_UNSANDBOXED=1" in err, err
+    assert json.loads(out)["error"] == {
+        "exit_code": 1,
+        "message": err.removeprefix("graven: error: ").strip(),
+    }
     assert len(err.splitlines()) == 1, err
     monkeypatch.setenv("GRAVEN_ALLOW_UNSANDBOXED", "1")
     code, out, err = run_cli("build", "-C", repo2, "--json")

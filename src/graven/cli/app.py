@@ -336,6 +336,7 @@ class _PipeGuard:
 
     def __init__(self, stream: Any) -> None:
         self.broken: OSError | None = None
+        self.written = False  # whether the command printed anything (see _json_error)
         if stream is None:  # closed before graven started (`>&-`): written nowhere, said at the end
             import os
 
@@ -344,6 +345,7 @@ class _PipeGuard:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        self.written = self.written or bool(text)
         if self.broken is None:
             try:
                 return int(self._stream.write(text))
@@ -376,6 +378,8 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
     from graven.errors import GravenError
 
     verbose = False
+    namespace: argparse.Namespace | None = None
+    guard: _PipeGuard | None = None
     _typed_in()
     previous = _handle_sigterm()
     try:
@@ -409,7 +413,6 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         if freeze_gc:
             gc.freeze()
         stdout = sys.stdout
-        guard: _PipeGuard | None = None
         if command not in _OWN_STDOUT:
             guard = sys.stdout = _PipeGuard(stdout)
         try:
@@ -429,6 +432,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
 
             traceback.print_exc()
         _say_error(str(exc))
+        _json_error(namespace, guard, exc.exit_code, str(exc))
         return exc.exit_code
     except UsageError as exc:
         _say_error(f"{exc.message} (see `{exc.prog} --help`)")
@@ -456,7 +460,9 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
 
             traceback.print_exc()
         _say_error(_os_error(exc))
-        return 2 if isinstance(exc, _USER_FIXABLE) else 1
+        code = 2 if isinstance(exc, _USER_FIXABLE) else 1
+        _json_error(namespace, guard, code, _os_error(exc))
+        return code
     finally:
         import contextlib
 
@@ -468,6 +474,21 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
 
 
 _GLOBAL_OPTIONS = frozenset({"-v", "--verbose", "-h", "--help", "--version"})
+
+
+def _json_error(
+    namespace: argparse.Namespace | None, guard: _PipeGuard | None, code: int, message: str
+) -> None:
+    """With ``--json``, a command that failed before printing its result prints
+    ``{"ok": false, "error": {"exit_code": N, "message": "..."}}`` on stdout (as well as its one line
+    on stderr), so that a script reading stdout always gets JSON. A command that printed its result
+    (a failed verify, drift found) leaves it as it is."""
+    if guard is None or guard.written or namespace is None or not getattr(namespace, "as_json", False):
+        return
+    import json
+
+    guard.write(json.dumps({"ok": False, "error": {"exit_code": code, "message": message}}) + "\n")
+    guard.flush()
 
 
 def _global_option(word: str) -> bool:
