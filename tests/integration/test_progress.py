@@ -167,3 +167,26 @@ def _every_call(
         progress(self, stage, done, total)
 
     return draw
+
+
+def test_the_same_line_is_not_drawn_twice_and_a_dumb_terminal_gets_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review counted 188 redraws of `9.1 MiB/9.1 MiB` in one import (a stream's last reads each
+    report 100%, which the rate limit lets through), and progress on TERM=dumb, which cannot redraw."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("TERM", "xterm")
+    reporter = TerminalReporter()
+    for _ in range(50):
+        reporter.progress("reading files", 10, 10)
+    assert terminal.text.count("reading files: 10/10") == 1
+    reporter._last = 0.0  # past the ten-a-second limit: another line is drawn
+    reporter.progress("reading files", 11, 12)
+    assert terminal.text.count("\r\x1b[K") == 2
+    monkeypatch.setenv("TERM", "dumb")
+    terminal.text = ""
+    dumb = TerminalReporter()
+    dumb.progress("reading files", 1, 10)
+    dumb.warn("still said")
+    assert terminal.text == "graven: warning: still said\n"

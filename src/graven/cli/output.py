@@ -118,9 +118,13 @@ class TerminalReporter:
     """Warnings on stderr; progress redrawn in place when stderr is a terminal."""
 
     def __init__(self, *, quiet: bool = False) -> None:
-        self._tty = sys.stderr.isatty() and not quiet
+        import os
+
+        # not on a terminal that cannot redraw a line (TERM=dumb: an editor's shell, some CI logs)
+        self._tty = sys.stderr.isatty() and not quiet and os.environ.get("TERM") != "dumb"
         self._last = 0.0
         self._drawn = False
+        self._shown = ""  # the line drawn last: the same line is not drawn again
 
     def warn(self, message: str) -> None:
         """One warning line."""
@@ -134,10 +138,14 @@ class TerminalReporter:
         now = time.monotonic()
         if now - self._last < 0.1 and (total is None or done < total):
             return
+        text = progress_text(stage, done, total)
+        if self._drawn and text == self._shown:  # 100% reported again and again (a stream's last reads)
+            return
         self._last = now
-        sys.stderr.write(f"\r\x1b[K{progress_text(stage, done, total)}")
+        sys.stderr.write(f"\r\x1b[K{text}")
         sys.stderr.flush()
         self._drawn = True
+        self._shown = text
 
     def _clear(self) -> None:
         if self._drawn:
