@@ -373,3 +373,38 @@ def test_a_promote_refuses_when_the_graven_toml_that_ran_is_not_trusted_for_the_
     with pytest.raises(PolicyError, match=r"ran in staging with the graven.toml 000000000000, which no"):
         promote(world.ctx(), "staging", "prod", world.options())
     assert world.live("prod") is None
+
+
+def _envs_toml(marker: Path, tag: str, envs: dict[str, dict[str, object]]) -> str:
+    """graven.toml outside the artifact whose environments' activate append ``tag-ENV`` to ``marker``."""
+    full = {name: {"path": name, "activate": f"echo {tag}-$GRAVEN_ENV >> {marker}", **extra}
+            for name, extra in envs.items()}  # fmt: skip
+    return env_toml("app", full).replace('name = "app"\n', 'name = "app"\ninclude = ["app/**"]\n', 1)
+
+
+def test_a_new_environment_takes_the_newest_graven_toml_that_defines_it(world: World, tmp_path: Path) -> None:
+    """A review of the deploy rule: the graven.toml tested in staging has no [env.canary]; a
+    graven.toml-only commit adds it. Deploying there was refused, naming a section that exists."""
+    marker = tmp_path / "ran"
+    world.commit({}, _envs_toml(marker, "a", {"staging": {}}))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    world.commit({}, _envs_toml(marker, "b", {"staging": {}, "canary": {"requires": ["staging"]}}))
+    assert world.build() == digest
+    assert world.deploy(digest, "canary").ok
+    assert marker.read_text().split() == ["a-staging", "b-canary"]
+
+
+def test_with_several_required_environments_the_graven_toml_must_have_run_in_all(
+    world: World, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    envs: dict[str, dict[str, object]] = {"staging": {}, "qa": {}, "prod": {"requires": ["staging", "qa"]}}
+    world.commit({}, _envs_toml(marker, "a", envs))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok and world.deploy(digest, "qa").ok
+    world.commit({}, _envs_toml(marker, "b", envs))
+    assert world.build() == digest
+    assert world.deploy(digest, "qa").ok  # b healthy in qa only
+    assert world.deploy(digest, "prod").ok
+    assert marker.read_text().split()[-1] == "a-prod"  # a review saw b's prod hook run

@@ -11,7 +11,14 @@ from graven.db import Connection
 from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyFacts, short
 from graven.deploy.settings import EnvSettings, check_config_path, clashes_with_layout, resolve_env
-from graven.errors import ConfigError, InputError, IntegrityError, PolicyError, VerificationError
+from graven.errors import (
+    ConfigError,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    PolicyError,
+    VerificationError,
+)
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
 from graven.model.pipeline import parse_stored_pipeline
@@ -136,30 +143,48 @@ def tested_target(
     ctx: Context, digest: Digest, env: str, opts: DeployOptions, *, log_failures: bool = True
 ) -> Target:
     """:func:`verify_target` for a deploy by digest. Into an environment that ``requires`` others,
-    the settings come from a graven.toml the digest went live and healthy with in one of them when
-    its newest one never did (a commit that changed only graven.toml, its hooks say, gives the same
-    digest: those hooks were never tested), with a warning; ``--override-policy`` takes the newest."""
+    the settings come from a graven.toml the digest went live and healthy with in *every* one of them
+    when its newest one never did (a commit that changed only graven.toml, its hooks say, gives the
+    same digest: those hooks were never tested), with a warning. When no such graven.toml can serve
+    (it defines no such environment, or no key trusted for ``env`` signed it), or the records predate
+    ``pipeline_digest``, the newest is taken, with a warning where one was tested elsewhere;
+    ``--override-policy`` takes the newest."""
     target = verify_target(ctx, digest, env, opts, log_failures=log_failures)
-    if opts.override or not target.settings.requires:
+    requires = target.settings.requires
+    if opts.override or not requires:
         return target
     with ctx.db.connect() as conn:
         rows = conn.execute(
             "SELECT pipeline_digest, env FROM deployments WHERE digest = :digest AND env IN :envs"
             " AND result = 'ok' AND health IN :healthy AND pipeline_digest IS NOT NULL ORDER BY id DESC",
-            {"digest": str(digest), "envs": list(target.settings.requires), "healthy": list(HEALTHY)},
+            {"digest": str(digest), "envs": list(requires), "healthy": list(HEALTHY)},
         ).all()
-    tested = [(str(pipeline), str(where)) for pipeline, where in rows]
-    if not tested or target.pipeline_digest in {pipeline for pipeline, _ in tested}:
-        return target  # tested as it is (or never healthy there: the policy refuses it)
-    pipeline, where = tested[0]
+    healthy_in: dict[str, set[str]] = {}
+    for pipeline, where in rows:
+        healthy_in.setdefault(str(pipeline), set()).add(str(where))
+    tested = [pipeline for pipeline, envs in healthy_in.items() if envs >= set(requires)]  # newest first
+    if not tested or target.pipeline_digest in tested:
+        return target  # tested as it is (or never healthy with a known graven.toml: the policy decides)
+    where = " and ".join(requires)
+    for pipeline in tested:
+        try:
+            chosen = verify_target(
+                ctx, digest, env, opts, log_failures=False, ran_with=(pipeline, f"in {where}")
+            )
+        except (PolicyError, ConfigError, NotFoundError):  # no [env.ENV] in it, or no trusted key signed it
+            continue
+        ctx.reporter.warn(
+            f"the newest graven.toml of {short(str(digest))} ({short(target.pipeline_digest)}) never ran "
+            f"healthy in {where}, which {env} requires: deploying with the one that did "
+            f"({short(pipeline)}); deploy it to {where} first to use the newer one"
+        )
+        return chosen
     ctx.reporter.warn(
-        f"the newest graven.toml of {short(str(digest))} ({short(target.pipeline_digest)}) never ran "
-        f"healthy in {where}, which {env} requires: deploying with the one that did "
-        f"({short(pipeline)}); deploy it to {where} first to use the newer one"
+        f"the graven.toml {short(str(digest))} ran healthy with in {where} cannot serve {env} (no such "
+        f"environment in it, or no key trusted for {env} signed it): deploying with the newest "
+        f"({short(target.pipeline_digest)}), which never ran there"
     )
-    return verify_target(
-        ctx, digest, env, opts, log_failures=log_failures, ran_with=(pipeline, f"in {where}")
-    )
+    return target
 
 
 def _ran_with(
