@@ -577,6 +577,27 @@ def test_a_verify_by_another_user_writes_no_mark_in_the_home(
     assert not (home / "log" / "in-use").exists()
 
 
+def test_a_mark_root_makes_in_another_users_home_is_that_users(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review: a root append (sudo graven build) or verify in a home that has no mark yet made it
+    root's, 0600, and the owner's next append could not read it. Root gives it to the owner."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to own a home as another user")
+    _append(home, 2)
+    (home / "log" / "in-use").unlink()
+    os.chown(home / "log", 65534, 65534)
+    try:
+        _append(home, 1)  # as root
+        st = os.stat(home / "log" / "in-use")
+        assert (st.st_uid, st.st_gid) == (65534, 65534)
+        (home / "log" / "in-use").unlink()
+        assert _verify(capsys)["ok"]
+        assert os.stat(home / "log" / "in-use").st_uid == 65534
+    finally:
+        os.chown(home / "log", 0, 0)
+
+
 def _failed_transaction(home: Path, appends: int) -> None:
     """A command whose transaction appends ``appends`` entries, then fails before its commit."""
     from graven.errors import BackendError

@@ -235,14 +235,23 @@ class AuditLog:
         self._raise_mark(self._committing, self._origin)
 
     def _raise_mark(self, size: int, origin: str | None) -> None:
-        """Raise the high-water mark in :attr:`in_use_path` to ``size`` (best effort)."""
+        """Raise the high-water mark in :attr:`in_use_path` to ``size`` (best effort). The file is the
+        home's owner's: made by root in another user's home (sudo graven ...), it is given to that
+        user; another user who is not root makes none (a 0600 file of theirs would lock the owner
+        out of the mark: every later append and verify failed to read it)."""
         if not self.key_path.exists() or origin is None:
             return
         import fcntl
 
         with contextlib.suppress(OSError):
+            owner = os.stat(self.in_use_path.parent)
+            euid = os.geteuid()
+            if euid not in (owner.st_uid, 0) and not self.in_use_path.exists():
+                return
             fd = os.open(self.in_use_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
+                if euid == 0 and owner.st_uid != 0 and os.fstat(fd).st_uid == 0:
+                    os.fchown(fd, owner.st_uid, owner.st_gid)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 marked, marked_origin = _parse_high_water(os.pread(fd, 256, 0))
                 if size > marked or origin != marked_origin:  # a log started anew: its own mark
@@ -251,12 +260,6 @@ class AuditLog:
                     os.ftruncate(fd, len(text))
             finally:
                 os.close(fd)
-
-    def _log_dir_is_mine(self) -> bool:
-        try:
-            return os.stat(self.in_use_path.parent).st_uid == os.geteuid()
-        except OSError:
-            return False
 
     def high_water(self) -> tuple[int, str]:
         """The largest size this home committed of the log with the given origin (:attr:`in_use_path`);
@@ -728,10 +731,9 @@ class AuditLog:
                 report.fail(f"the log has no entries but the database has its origin {origin}", 0)
             elif (key_file := self._existing_key_file()) is not None:
                 report.fail(f"the log has no entries but its key {key_file} exists", 0)
-        if report.size and not report.problems and not self.in_use_path.exists() and self._log_dir_is_mine():
+        if report.size and not report.problems and not self.in_use_path.exists():
             # a home of a graven before the mark: without it, a database lost before the next append
-            # would go unnoticed (a new log signed with the old key). Only by the home's owner: a
-            # file made by root (sudo graven log verify) would lock the owner out of the mark
+            # would go unnoticed (a new log signed with the old key)
             self._raise_mark(report.size, origin)
         return report
 
