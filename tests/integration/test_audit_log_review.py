@@ -594,6 +594,14 @@ def test_a_mark_root_makes_in_another_users_home_is_that_users(
         (home / "log" / "in-use").unlink()
         assert _verify(capsys)["ok"]
         assert os.stat(home / "log" / "in-use").st_uid == 65534
+        # a hard link the owner put there to a file of root's is written, never given away
+        (home / "log" / "in-use").unlink()
+        roots = home.parent / "roots-file"
+        roots.write_text("")
+        roots.chmod(0o600)
+        os.link(roots, home / "log" / "in-use")
+        _append(home, 1)
+        assert os.stat(roots).st_uid == 0
     finally:
         os.chown(home / "log", 0, 0)
 

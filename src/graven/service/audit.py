@@ -248,10 +248,14 @@ class AuditLog:
             euid = os.geteuid()
             if euid not in (owner.st_uid, 0) and not self.in_use_path.exists():
                 return
-            fd = os.open(self.in_use_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
             try:
-                if euid == 0 and owner.st_uid != 0 and os.fstat(fd).st_uid == 0:
-                    os.fchown(fd, owner.st_uid, owner.st_gid)
+                fd, created = os.open(self.in_use_path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+            except FileExistsError:
+                fd, created = os.open(self.in_use_path, flags), False
+            try:
+                if created and euid == 0 and owner.st_uid != 0:  # only the file made here: never
+                    os.fchown(fd, owner.st_uid, owner.st_gid)  # one a hard link brought in
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 marked, marked_origin = _parse_high_water(os.pread(fd, 256, 0))
                 if size > marked or origin != marked_origin:  # a log started anew: its own mark

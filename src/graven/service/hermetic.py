@@ -280,7 +280,7 @@ def _secret_files(ctx: Context) -> list[Path]:
 # the sha256 of the file the steps would run (symlinks resolved), then what the tool prints on stdout,
 # or else on stderr (java -version, older tools), as its version
 _VERSION_SCRIPT = (
-    't={tool}; r=$(readlink -f -- "$t") && s=$(sha256sum -- "$r") || exit 126; '
+    't={tool}; r=$(readlink -f -- "$t") && s=$(sha256sum < "$r") || exit 126; '
     f'printf "{TOOL_SHA256_LINE} %s\\n" "${{s%% *}}"; '
     'err=$(mktemp) && out=$("$t" --version 2>"$err" </dev/null); code=$?; '
     'if [ -n "$out" ]; then printf "%s\\n" "$out"; else cat "$err"; fi; rm -f "$err"; exit $code'

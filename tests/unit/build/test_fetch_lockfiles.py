@@ -137,3 +137,34 @@ def test_tools_are_hashed_and_versioned() -> None:
         resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (0, other))
     with pytest.raises(BuildError, match="cannot be read where the build steps run"):
         resolve_tools([os.path.basename(sys.executable)], env, lambda _path: (126, b""))
+
+
+def test_the_sandbox_probe_hashes_a_file_whose_name_holds_a_backslash(tmp_path: Path) -> None:
+    """GNU sha256sum FILE marks a name with a backslash by a leading backslash on the hash: a review
+    had such a tool refused as 'another file'. The probe hashes standard input."""
+    from graven.build.sandbox import HostRunner
+    from graven.build.steps import clean_environment
+    from graven.service.hermetic import _VERSION_SCRIPT
+
+    odd = tmp_path / "back\\slash"
+    odd.mkdir()
+    tool = odd / "mytool"
+    tool.write_text("#!/bin/sh\necho mytool 4.5.6\n")
+    tool.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = HostRunner(
+        work, clean_environment(home=tmp_path, tmp=tmp_path, source_date_epoch=0, host_path=None)
+    )
+
+    def probe(path: str) -> tuple[int, bytes]:
+        log_path = tmp_path / "probe.log"
+        with open(log_path, "w+b") as log:
+            code = runner.run(
+                _VERSION_SCRIPT.replace("{tool}", f"'{path}'"), log=log, timeout=30, network=False
+            )
+        return code, log_path.read_bytes()
+
+    [found] = resolve_tools([str(tool)], {"PATH": "/usr/bin:/bin"}, probe)
+    assert found.version == "4.5.6"
+    assert found.sha256 == hashlib.sha256(tool.read_bytes()).hexdigest()
