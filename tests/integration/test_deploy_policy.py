@@ -382,17 +382,45 @@ def _envs_toml(marker: Path, tag: str, envs: dict[str, dict[str, object]]) -> st
     return env_toml("app", full).replace('name = "app"\n', 'name = "app"\ninclude = ["app/**"]\n', 1)
 
 
-def test_a_new_environment_takes_the_newest_graven_toml_that_defines_it(world: World, tmp_path: Path) -> None:
-    """A review of the deploy rule: the graven.toml tested in staging has no [env.canary]; a
-    graven.toml-only commit adds it. Deploying there was refused, naming a section that exists."""
+def test_a_new_environment_needs_its_graven_toml_to_have_run_in_what_it_requires(
+    world: World, tmp_path: Path
+) -> None:
+    """The graven.toml tested in staging has no [env.canary]; a graven.toml-only commit adds it (a
+    review saw the deploy refused naming a section that exists). Its hooks never ran in staging: the
+    refusal says to deploy there first, and then it goes."""
     marker = tmp_path / "ran"
     world.commit({}, _envs_toml(marker, "a", {"staging": {}}))
     digest = world.build()
     assert world.deploy(digest, "staging").ok
     world.commit({}, _envs_toml(marker, "b", {"staging": {}, "canary": {"requires": ["staging"]}}))
     assert world.build() == digest
+    with pytest.raises(
+        PolicyError, match=r"never ran healthy in staging .* deploy the digest to staging first"
+    ):
+        world.deploy(digest, "canary")
+    assert world.deploy(digest, "staging").ok  # with b now
     assert world.deploy(digest, "canary").ok
-    assert marker.read_text().split() == ["a-staging", "b-canary"]
+    assert marker.read_text().split() == ["a-staging", "b-staging", "b-canary"]
+
+
+def test_graven_tomls_healthy_in_different_required_environments_are_refused(
+    world: World, tmp_path: Path
+) -> None:
+    """A review: a healthy in qa only, b in staging only, prod requires both: b's prod hooks ran."""
+    marker = tmp_path / "ran"
+    envs: dict[str, dict[str, object]] = {"staging": {}, "qa": {}, "prod": {"requires": ["staging", "qa"]}}
+    world.commit({}, _envs_toml(marker, "a", envs))
+    digest = world.build()
+    assert world.deploy(digest, "qa").ok
+    world.commit({}, _envs_toml(marker, "b", envs))
+    assert world.build() == digest
+    assert world.deploy(digest, "staging").ok
+    with pytest.raises(PolicyError, match="never ran healthy in staging and qa"):
+        world.deploy(digest, "prod")
+    with pytest.raises(PolicyError, match="never ran healthy in staging and qa"):
+        promote(world.ctx(), "staging", "prod", world.options())  # the same rule for a promote
+    assert world.deploy(digest, "prod", override=True, reason="on purpose").ok
+    assert marker.read_text().split()[-1] == "b-prod"
 
 
 def test_with_several_required_environments_the_graven_toml_must_have_run_in_all(

@@ -140,51 +140,67 @@ def verify_target(
 
 
 def tested_target(
-    ctx: Context, digest: Digest, env: str, opts: DeployOptions, *, log_failures: bool = True
+    ctx: Context,
+    digest: Digest,
+    env: str,
+    opts: DeployOptions,
+    *,
+    log_failures: bool = True,
+    ran_with: tuple[str, str] | None = None,
 ) -> Target:
-    """:func:`verify_target` for a deploy by digest. Into an environment that ``requires`` others,
-    the settings come from a graven.toml the digest went live and healthy with in *every* one of them
-    when its newest one never did (a commit that changed only graven.toml, its hooks say, gives the
-    same digest: those hooks were never tested), with a warning. When no such graven.toml can serve
-    (it defines no such environment, or no key trusted for ``env`` signed it), or the records predate
-    ``pipeline_digest``, the newest is taken, with a warning where one was tested elsewhere;
-    ``--override-policy`` takes the newest."""
-    target = verify_target(ctx, digest, env, opts, log_failures=log_failures)
+    """:func:`verify_target`, then, into an environment that ``requires`` others, the rule that what
+    reaches it ran there first: the graven.toml it deploys with (its hooks, its settings) must have
+    gone live and healthy, with this digest, in every required environment. A commit that changes
+    only graven.toml gives the same digest; its hooks were never tested.
+
+    A deploy by digest whose newest graven.toml never did takes one that did (newest first, one that
+    can serve: it defines ``env`` and a key trusted for it signed it), with a warning. A promote
+    (``ran_with``: the one that runs in the source environment) takes no other. With none, the
+    deployment is refused (PolicyError, exit 1). ``--override-policy`` skips the rule; so do records
+    that predate ``pipeline_digest`` (which graven.toml ran is not known), and a digest never healthy
+    in a required environment (the policy refuses it, saying so)."""
+    target = verify_target(ctx, digest, env, opts, log_failures=log_failures, ran_with=ran_with)
     requires = target.settings.requires
     if opts.override or not requires:
         return target
     with ctx.db.connect() as conn:
         rows = conn.execute(
             "SELECT pipeline_digest, env FROM deployments WHERE digest = :digest AND env IN :envs"
-            " AND result = 'ok' AND health IN :healthy AND pipeline_digest IS NOT NULL ORDER BY id DESC",
+            " AND result = 'ok' AND health IN :healthy ORDER BY id DESC",
             {"digest": str(digest), "envs": list(requires), "healthy": list(HEALTHY)},
         ).all()
-    healthy_in: dict[str, set[str]] = {}
+    ran: dict[str, list[str | None]] = {name: [] for name in requires}
     for pipeline, where in rows:
-        healthy_in.setdefault(str(pipeline), set()).add(str(where))
-    tested = [pipeline for pipeline, envs in healthy_in.items() if envs >= set(requires)]  # newest first
-    if not tested or target.pipeline_digest in tested:
-        return target  # tested as it is (or never healthy with a known graven.toml: the policy decides)
+        ran[str(where)].append(None if pipeline is None else str(pipeline))
+    if any(not found or None in found for found in ran.values()):
+        return target  # never healthy somewhere (the policy says so), or an old record: not known
+    everywhere = [
+        p
+        for p in dict.fromkeys(p for found in ran.values() for p in found if p)
+        if all(p in f for f in ran.values())
+    ]
+    if target.pipeline_digest in everywhere:
+        return target
     where = " and ".join(requires)
-    for pipeline in tested:
-        try:
-            chosen = verify_target(
-                ctx, digest, env, opts, log_failures=False, ran_with=(pipeline, f"in {where}")
+    if ran_with is None:
+        for pipeline in everywhere:
+            try:
+                chosen = verify_target(
+                    ctx, digest, env, opts, log_failures=False, ran_with=(pipeline, f"in {where}")
+                )
+            except (PolicyError, ConfigError, NotFoundError):  # no [env.ENV] in it, or no trusted signer
+                continue
+            ctx.reporter.warn(
+                f"the newest graven.toml of {short(str(digest))} ({short(target.pipeline_digest)}) never "
+                f"ran healthy in {where}, which {env} requires: deploying with the one that did "
+                f"({short(pipeline)}); deploy it to {where} first to use the newer one"
             )
-        except (PolicyError, ConfigError, NotFoundError):  # no [env.ENV] in it, or no trusted key signed it
-            continue
-        ctx.reporter.warn(
-            f"the newest graven.toml of {short(str(digest))} ({short(target.pipeline_digest)}) never ran "
-            f"healthy in {where}, which {env} requires: deploying with the one that did "
-            f"({short(pipeline)}); deploy it to {where} first to use the newer one"
-        )
-        return chosen
-    ctx.reporter.warn(
-        f"the graven.toml {short(str(digest))} ran healthy with in {where} cannot serve {env} (no such "
-        f"environment in it, or no key trusted for {env} signed it): deploying with the newest "
-        f"({short(target.pipeline_digest)}), which never ran there"
+            return chosen
+    raise PolicyError(
+        f"{short(str(digest))} would reach {env} with the graven.toml {short(target.pipeline_digest)}, which "
+        f"never ran healthy in {where} ({env} requires it): deploy the digest to {where} first (a deploy "
+        "takes its newest graven.toml), or bypass with --override-policy --reason TEXT"
     )
-    return target
 
 
 def _ran_with(
