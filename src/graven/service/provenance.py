@@ -62,12 +62,20 @@ SIGNATURE_MEMO_DIR = ("cache", "signatures")
 
 
 def resolve_signing_key(ctx: Context) -> SigningKey:
-    """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's only key."""
+    """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's only key. A
+    key of the home that the home does not trust is said (a `keys generate` killed half-way, or run
+    with --no-trust): what it signs, this home's verify and deploy refuse. A key GRAVEN_SIGNING_KEY
+    names is a builder's, usually trusted where the artifacts are deployed, not here."""
     key = _choose_signing_key(ctx)
     if key.keyid in read_revoked(ctx.home.trust / REVOKED_FILE):
         raise PolicyError(
             f"the signing key {key.keyid[:16]} is revoked (GRAVEN_HOME/trust/revoked): what it signs "
             "would never verify; sign with another key (`graven keys generate`)"
+        )
+    if not os.environ.get("GRAVEN_SIGNING_KEY") and not (ctx.home.trust / f"{key.keyid}.pub").is_file():
+        ctx.reporter.warn(
+            f"the signing key {key.keyid[:16]} is not trusted by this home: its verify and deploy refuse "
+            "what it signs; trust it (`graven keys export NAME > key.pub && graven keys trust key.pub`)"
         )
     return key
 
