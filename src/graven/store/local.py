@@ -1069,12 +1069,17 @@ class LocalStore:
         self._leave()  # closes the retired descriptors now, unless a read is using one
 
     def clean_tmp(self, *, older_than: float = STALE_TMP_SECONDS) -> int:
-        """Remove temp files left by killed writers; return how many were removed."""
+        """Remove temp files left by killed writers; return how many were removed. A file whose writer
+        is known to be gone (this host and pid namespace, and no process of that pid and start time)
+        goes at once: a review's kill-and-retry loop of a 100 MB import filled tmp/ by 80 MB a kill.
+        Any other (another host, another pid namespace, a name of an older graven) goes once it is
+        ``older_than`` and its writer is not known to run."""
         removed = 0
         cutoff = time.time() - older_than
         for item in self._tmp.iterdir():
             with contextlib.suppress(OSError):
-                if item.lstat().st_mtime < cutoff and not _writer_alive(item.name):
+                state = _writer_state(item.name)
+                if state == "gone" or (state == "unknown" and item.lstat().st_mtime < cutoff):
                     item.unlink()
                     removed += 1
         return removed
@@ -1091,7 +1096,16 @@ def _started(pid: int) -> str:
     return fields[19].decode() if len(fields) > 19 else ""
 
 
-_HOST = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
+def _host_token() -> str:
+    """This host and pid namespace (two containers of one name share no pids), in 8 hex digits."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{os.uname().nodename}\0{namespace}".encode()).hexdigest()[:8]
+
+
+_HOST = _host_token()
 _WRITER: list[tuple[int, str]] = []  # (pid, "PID-START-HOST") of this process, once known
 
 
@@ -1103,16 +1117,17 @@ def _writer_name() -> str:
     return _WRITER[0][1]
 
 
-def _writer_alive(name: str) -> bool:
+def _writer_state(name: str) -> str:
     """Whether the process that made the temp file ``name`` (``PREFIX-PID-START-HOST-...``,
-    :meth:`_tmp_file`) still runs: a batch keeps its files until it commits, however long it takes (a
-    slow ``curl | graven import -``), and they are not a killed writer's. The same pid with another start
-    time is another process; a file of another host (a shared store) is judged by its age alone."""
+    :meth:`_tmp_file`) still runs ("alive": a batch keeps its files until it commits, however long it
+    takes, a slow ``curl | graven import -``), is known to be gone ("gone": this host and pid
+    namespace, and no process of that pid with that start time), or cannot be told ("unknown": another
+    host or namespace, a shared store; judged by its age alone)."""
     parts = name.split("-")
-    if len(parts) < 5 or not parts[1].isdigit() or parts[3] != _HOST:
-        return False
-    start = _started(int(parts[1])) if len(parts[1]) <= 10 else ""
-    return bool(start) and start == parts[2]
+    if len(parts) < 5 or not parts[1].isdigit() or parts[3] != _HOST or len(parts[1]) > 10:
+        return "unknown"
+    start = _started(int(parts[1]))
+    return "alive" if start and start == parts[2] else "gone"
 
 
 _MIN_COMPRESS = 64  # smaller objects are stored raw

@@ -389,3 +389,18 @@ def test_the_temp_files_of_a_batch_at_work_are_not_cleaned_however_old(store: Lo
     reused.write_bytes(b"x")
     os.utime(reused, (0, 0))
     assert store.clean_tmp() == 1
+
+
+def test_the_temp_files_of_a_writer_known_to_be_gone_are_cleaned_at_once(store: LocalStore) -> None:
+    """A crash review: a kill-and-retry loop of a 100 MB import grew tmp/ by 80 MB a kill, since even
+    a writer known to be dead (this host and pid namespace, its pid gone) waited a day."""
+    from graven.store import local
+
+    gone = store.root / "tmp" / f"obj-999999-77-{local._HOST}-1-1"  # no such pid here
+    gone.write_bytes(b"x" * 1000)
+    elsewhere = store.root / "tmp" / "obj-999999-77-0badf00d-1-1"  # another host or namespace: a day
+    elsewhere.write_bytes(b"x")
+    mine = store.root / "tmp" / f"obj-{local._writer_name()}-1-1"  # this process: alive
+    mine.write_bytes(b"x")
+    assert store.clean_tmp() == 1
+    assert not gone.exists() and elsewhere.exists() and mine.exists()
