@@ -14,7 +14,19 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Iterator
 
-__all__ = ["GroupWatchdog", "can_fork", "no_gc"]
+__all__ = ["GroupWatchdog", "can_fork", "host_token", "no_gc"]
+
+
+def host_token() -> str:
+    """This host and pid namespace in 8 hex digits (two containers of one name share no pids): a
+    temp file named with it and a pid is known to be a dead writer's when that pid is gone here."""
+    import hashlib
+
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{os.uname().nodename}\0{namespace}".encode()).hexdigest()[:8]
 
 
 @contextlib.contextmanager

@@ -574,10 +574,40 @@ def test_an_export_removes_what_a_killed_export_to_the_same_path_left(
     os.utime(live, (hour_ago, hour_ago))
     elsewhere = tmp_path / f".a.tar.zst.tmp-{pid + 1_000_000}"  # no such pid here: another namespace's?
     elsewhere.write_bytes(b"being written in a container")  # written just now: left alone
+    from graven.runtime import host_token
+
+    # a killed export of this host and pid namespace, just now: known to be gone, removed at once (a
+    # crash review saw kill-and-retry loops leave every one of them); its attestation's too
+    gone_now = tmp_path / f".a.tar.zst.tmp-{pid}-{host_token()}"
+    gone_now.write_bytes(b"half an archive, just now")
+    gone_json = tmp_path / f".a.json.tmp-{pid}-{host_token()}"
+    gone_json.write_bytes(b"{")
+    other_ns = tmp_path / f".a.tar.zst.tmp-{pid}-0badf00d"  # another namespace: its age decides
+    other_ns.write_bytes(b"being written elsewhere")
     _export(run_cli, artifact[1], out)
     assert not stale.exists()
     assert live.read_bytes() == b"being written"
     assert elsewhere.exists()
+    assert not gone_now.exists() and other_ns.exists()
+    assert run_cli("export", artifact[1], "-o", out, "--attestation", tmp_path / "a.json")[0] == 0
+    assert not gone_json.exists()
+
+
+def test_an_export_with_an_attestation_never_leaves_another_artifacts_beside_it(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash review killed an export of B to the paths of an earlier export of A just before its
+    attestation was written: B's archive sat beside A's attestation. The old one goes first."""
+    out, envelope = tmp_path / "x.tar.zst", tmp_path / "x.json"
+    envelope.write_text('{"an": "earlier artifact\'s attestation"}')
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if stopped between the archive and its attestation
+
+    monkeypatch.setattr("graven.service.transfer.export_artifact", killed)
+    code, _, _ = run_cli("export", artifact[1], "-o", out, "--attestation", envelope)
+    assert code == 130
+    assert not envelope.exists()
 
 
 def test_export_outputs_that_collide_or_are_directories_are_refused_before_writing(

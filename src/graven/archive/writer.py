@@ -452,8 +452,8 @@ def write_archive_file(
     problem = epoch_problem(meta.source_date_epoch)
     if problem is not None:  # before creating any file
         raise InputError(f"source_date_epoch {meta.source_date_epoch!r} cannot go in an archive: {problem}")
-    _remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temps(path)
+    tmp = temp_beside(path)
     try:
         handle = tmp.open("wb")
     except OSError as exc:
@@ -477,23 +477,36 @@ def write_archive_file(
 _STALE_TEMP_SECONDS = 3600  # a running export writes its temp file all the time
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Remove the temp files that exports to ``path`` killed before their rename left beside it:
-    ``.NAME.tmp-PID`` unchanged for an hour whose process is gone (the age alone decides for an
-    export in another PID namespace or on another machine sharing the directory); best effort."""
+def temp_beside(path: Path) -> Path:
+    """The temp file an export (or its attestation) writes before renaming it to ``path``:
+    ``.NAME.tmp-PID-HOST`` (HOST: this host and pid namespace, :func:`graven.runtime.host_token`)."""
+    from graven.runtime import host_token
+
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{host_token()}")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temp files that writes of ``path`` killed before their rename left beside it
+    (best effort): at once when its writer is known to be gone (its pid runs no more on this host and
+    pid namespace: a crash review saw kill-and-retry loops leave them all); else (another namespace
+    or machine sharing the directory, a name of an older graven: ``.NAME.tmp-PID``) once it is an
+    hour unchanged and no process of its pid runs here."""
+    from graven.runtime import host_token
+
     prefix = f".{path.name}.tmp-"
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(prefix)]
     except OSError:
         return
     cutoff = time.time() - _STALE_TEMP_SECONDS
+    here = host_token()
     for name in names:
-        pid = name[len(prefix) :]
+        pid, _, host = name[len(prefix) :].partition("-")
         if not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             stale = path.parent / name
-            if stale.lstat().st_mtime < cutoff:
+            if host == here or stale.lstat().st_mtime < cutoff:
                 stale.unlink()
 
 

@@ -144,7 +144,10 @@ def prepare_attestation(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    from graven.archive.writer import remove_stale_temps, temp_beside
+
+    remove_stale_temps(path)
+    tmp = temp_beside(path)
     try:
         tmp.write_bytes(data)
         tmp.replace(path)

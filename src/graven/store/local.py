@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from graven.errors import BackendError, DigestMismatchError, GravenError, IntegrityError
 from graven.model.digest import Digest
+from graven.runtime import host_token
 
 if TYPE_CHECKING:
     import zstandard
@@ -1096,16 +1097,7 @@ def _started(pid: int) -> str:
     return fields[19].decode() if len(fields) > 19 else ""
 
 
-def _host_token() -> str:
-    """This host and pid namespace (two containers of one name share no pids), in 8 hex digits."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return hashlib.sha256(f"{os.uname().nodename}\0{namespace}".encode()).hexdigest()[:8]
-
-
-_HOST = _host_token()
+_HOST = host_token()
 _WRITER: list[tuple[int, str]] = []  # (pid, "PID-START-HOST") of this process, once known
 
 
