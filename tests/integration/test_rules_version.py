@@ -44,11 +44,13 @@ exclude = ["**/*.md", "app/tmp/"]
 """
 
 # version -> (artifact digest, sha256 of `graven export -o x.tar`)
+_V020 = (
+    "sha256:e1b8fcac44054313486d36c463a171c76483de179f371eee6b1ec834766501e5",
+    "051a1a397e0bd0687c5dec1ab365fb10fab84d9df66f01840d7ece8a237a8f84",
+)
 PINNED = {
-    "0.2.0": (
-        "sha256:e1b8fcac44054313486d36c463a171c76483de179f371eee6b1ec834766501e5",
-        "051a1a397e0bd0687c5dec1ab365fb10fab84d9df66f01840d7ece8a237a8f84",
-    ),
+    "0.2.0": _V020,
+    "0.3.0": _V020,  # 0.3.0 changed the CLI and deploy policy, not what a commit builds to
 }
 
 
