@@ -63,33 +63,34 @@ SIGNATURE_MEMO_DIR = ("cache", "signatures")
 
 def resolve_signing_key(ctx: Context) -> SigningKey:
     """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's only key. A
-    key of the home that the home does not trust is said (a `keys generate` killed half-way, or run
-    with --no-trust): what it signs, this home's verify and deploy refuse. A key GRAVEN_SIGNING_KEY
-    names is a builder's, usually trusted where the artifacts are deployed, not here."""
-    key = _choose_signing_key(ctx)
+    key of the home without its public key file is said: a `keys generate` that did not finish (killed
+    between the private key and the trust), whose key this home may not trust."""
+    key, name = _choose_signing_key(ctx)
     if key.keyid in read_revoked(ctx.home.trust / REVOKED_FILE):
         raise PolicyError(
             f"the signing key {key.keyid[:16]} is revoked (GRAVEN_HOME/trust/revoked): what it signs "
             "would never verify; sign with another key (`graven keys generate`)"
         )
-    if not os.environ.get("GRAVEN_SIGNING_KEY") and not (ctx.home.trust / f"{key.keyid}.pub").is_file():
+    if name is not None and not KeyStore(ctx.home.keys).public_path(name).exists():
         ctx.reporter.warn(
-            f"the signing key {key.keyid[:16]} is not trusted by this home: its verify and deploy refuse "
-            "what it signs; trust it (`graven keys export NAME > key.pub && graven keys trust key.pub`)"
+            f"the signing key {name} has no public key file: `graven keys generate` did not finish, and "
+            f"this home may not trust it; `graven keys export {name} > {name}.pub && graven keys trust "
+            f"{name}.pub` completes it"
         )
     return key
 
 
-def _choose_signing_key(ctx: Context) -> SigningKey:
+def _choose_signing_key(ctx: Context) -> tuple[SigningKey, str | None]:
+    """The signing key, and its name in the home (None for one GRAVEN_SIGNING_KEY names)."""
     keys = KeyStore(ctx.home.keys)
     chosen = os.environ.get("GRAVEN_SIGNING_KEY")
     if chosen:
-        return keys.resolve(chosen)
+        return keys.resolve(chosen), None
     names = keys.private_names()
     if DEFAULT_KEY_NAME in names:
-        return keys.load(DEFAULT_KEY_NAME)
+        return keys.load(DEFAULT_KEY_NAME), DEFAULT_KEY_NAME
     if len(names) == 1:
-        return keys.load(names[0])
+        return keys.load(names[0]), names[0]
     if not names:
         raise InputError(
             "no signing key: create one with `graven keys generate` (or set GRAVEN_SIGNING_KEY "

@@ -1116,10 +1116,19 @@ def _writer_state(name: str) -> str:
     namespace, and no process of that pid with that start time), or cannot be told ("unknown": another
     host or namespace, a shared store; judged by its age alone)."""
     parts = name.split("-")
-    if len(parts) < 5 or not parts[1].isdigit() or parts[3] != _HOST or len(parts[1]) > 10:
-        return "unknown"
-    start = _started(int(parts[1]))
-    return "alive" if start and start == parts[2] else "gone"
+    if len(parts) < 5 or not parts[1].isdigit() or parts[3] != _HOST or len(parts[1]) > 10 or not parts[2]:
+        return "unknown"  # (no start time: written where /proc could not be read)
+    pid = int(parts[1])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except OSError:  # another user's process (EPERM): it runs
+        pass
+    start = _started(pid)
+    if not start:  # it runs, and its start cannot be read (hidepid, no /proc): taken as the writer
+        return "alive"
+    return "alive" if start == parts[2] else "gone"  # the pid given again to another process
 
 
 _MIN_COMPRESS = 64  # smaller objects are stored raw

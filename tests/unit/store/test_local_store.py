@@ -402,5 +402,9 @@ def test_the_temp_files_of_a_writer_known_to_be_gone_are_cleaned_at_once(store: 
     elsewhere.write_bytes(b"x")
     mine = store.root / "tmp" / f"obj-{local._writer_name()}-1-1"  # this process: alive
     mine.write_bytes(b"x")
+    # a writer where /proc could not be read (a chroot, a minimal container) recorded no start time:
+    # it cannot be told gone, whatever its pid (a review had such a running import's files removed)
+    no_proc = store.root / "tmp" / f"obj-999999--{local._HOST}-1-1"
+    no_proc.write_bytes(b"x")
     assert store.clean_tmp() == 1
-    assert not gone.exists() and elsewhere.exists() and mine.exists()
+    assert not gone.exists() and elsewhere.exists() and mine.exists() and no_proc.exists()
