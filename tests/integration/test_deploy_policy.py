@@ -415,9 +415,13 @@ def test_graven_tomls_healthy_in_different_required_environments_are_refused(
     world.commit({}, _envs_toml(marker, "b", envs))
     assert world.build() == digest
     assert world.deploy(digest, "staging").ok
-    with pytest.raises(PolicyError, match="never ran healthy in staging and qa"):
+    with pytest.raises(
+        PolicyError, match=r"never ran healthy in qa \(prod requires it\): deploy the digest to qa"
+    ):
         world.deploy(digest, "prod")
-    with pytest.raises(PolicyError, match="never ran healthy in staging and qa"):
+    with pytest.raises(
+        PolicyError, match=r"never ran healthy in qa .* `graven deploy \w+ prod --override-policy"
+    ):
         promote(world.ctx(), "staging", "prod", world.options())  # the same rule for a promote
     assert world.deploy(digest, "prod", override=True, reason="on purpose").ok
     assert marker.read_text().split()[-1] == "b-prod"
@@ -436,3 +440,21 @@ def test_with_several_required_environments_the_graven_toml_must_have_run_in_all
     assert world.deploy(digest, "qa").ok  # b healthy in qa only
     assert world.deploy(digest, "prod").ok
     assert marker.read_text().split()[-1] == "a-prod"  # a review saw b's prod hook run
+
+
+def test_an_old_record_without_its_graven_toml_does_not_switch_the_rule_off(
+    world: World, tmp_path: Path
+) -> None:
+    """A review: one healthy staging record from before pipeline_digest (an upgraded home) made the
+    rule give up, although a newer record named the graven.toml that ran."""
+    marker = tmp_path / "ran"
+    world.commit({}, _hooks_toml(marker, "tested"))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    with world.ctx().db.begin() as conn:
+        conn.execute("UPDATE deployments SET pipeline_digest = NULL")
+    assert world.deploy(digest, "staging").ok  # recorded with its graven.toml this time
+    world.commit({}, _hooks_toml(marker, "untested"))
+    assert world.build() == digest
+    assert world.deploy(digest, "prod").ok
+    assert marker.read_text().split()[-1] == "tested-prod"

@@ -172,8 +172,8 @@ def tested_target(
     ran: dict[str, list[str | None]] = {name: [] for name in requires}
     for pipeline, where in rows:
         ran[str(where)].append(None if pipeline is None else str(pipeline))
-    if any(not found or None in found for found in ran.values()):
-        return target  # never healthy somewhere (the policy says so), or an old record: not known
+    if any(not found or all(p is None for p in found) for found in ran.values()):
+        return target  # never healthy somewhere (the policy says so), or only old records: not known
     everywhere = [
         p
         for p in dict.fromkeys(p for found in ran.values() for p in found if p)
@@ -196,10 +196,12 @@ def tested_target(
                 f"({short(pipeline)}); deploy it to {where} first to use the newer one"
             )
             return chosen
+    missing = " and ".join(name for name in requires if target.pipeline_digest not in ran[name])
+    bypass = f"`graven deploy {short(str(digest))} {env} --override-policy --reason TEXT`"
     raise PolicyError(
         f"{short(str(digest))} would reach {env} with the graven.toml {short(target.pipeline_digest)}, which "
-        f"never ran healthy in {where} ({env} requires it): deploy the digest to {where} first (a deploy "
-        "takes its newest graven.toml), or bypass with --override-policy --reason TEXT"
+        f"never ran healthy in {missing} ({env} requires it): deploy the digest to {missing} first (a "
+        f"deploy takes its newest graven.toml), or bypass with {bypass}"
     )
 
 
