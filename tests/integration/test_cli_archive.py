@@ -597,17 +597,33 @@ def test_an_export_with_an_attestation_never_leaves_another_artifacts_beside_it(
     artifact: tuple[Path, str], tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash review killed an export of B to the paths of an earlier export of A just before its
-    attestation was written: B's archive sat beside A's attestation. The old one goes first."""
+    attestation was written: B's archive sat beside A's attestation. What stood at the attestation's
+    path goes right before the archive is renamed into place; an export that fails before keeps the
+    old pair (a second review: a full disk lost a matching attestation)."""
+    import errno
+
     out, envelope = tmp_path / "x.tar.zst", tmp_path / "x.json"
-    envelope.write_text('{"an": "earlier artifact\'s attestation"}')
+    out.write_text("A's archive")
+    envelope.write_text("A's attestation")
 
-    def killed(*_args: object, **_kwargs: object) -> None:
-        raise KeyboardInterrupt  # as if stopped between the archive and its attestation
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("graven.service.transfer.export_artifact", killed)
-    code, _, _ = run_cli("export", artifact[1], "-o", out, "--attestation", envelope)
-    assert code == 130
-    assert not envelope.exists()
+    with monkeypatch.context() as patch:
+        patch.setattr("graven.archive.writer.write_archive", full)
+        assert run_cli("export", artifact[1], "-o", out, "--attestation", envelope)[0] == 1
+    assert (out.read_text(), envelope.read_text()) == ("A's archive", "A's attestation")
+
+    real_replace = Path.replace
+
+    def killed(self: Path, target: Path) -> Path:
+        if target == out:
+            raise KeyboardInterrupt  # as if killed between the old attestation's removal and the rename
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", killed)
+    assert run_cli("export", artifact[1], "-o", out, "--attestation", envelope)[0] == 130
+    assert out.read_text() == "A's archive" and not envelope.exists()
 
 
 def test_export_outputs_that_collide_or_are_directories_are_refused_before_writing(

@@ -441,9 +441,11 @@ def write_archive_file(
     *,
     read_many: ReadMany | None = None,
     progress: Callable[[int], None] | None = None,
+    before_rename: Callable[[], None] | None = None,
 ) -> None:
     """Write the archive to ``path`` atomically (a temp file beside it, then rename); ``progress`` as
-    for :func:`write_archive`.
+    for :func:`write_archive`; ``before_rename`` runs once the archive is complete, right before it
+    takes ``path`` (an export removes the attestation of the archive it replaces there).
 
     Errors name ``path``: a missing or unwritable directory is an :class:`InputError`, a disk that fails
     underneath a :class:`BackendError`; the temp file never stays behind.
@@ -465,6 +467,8 @@ def write_archive_file(
             )
             handle.flush()
             os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename()
         tmp.replace(path)
     except OSError as exc:
         _discard(tmp)

@@ -358,15 +358,11 @@ def export_cmd(args: argparse.Namespace) -> int:
     if attestation is not None or bundle is not None:
         # made before anything is written: an attestation that cannot be exported stops the export
         write_attestation = prepare_attestation(ctx, resolved, envelope_path=attestation, bundle_path=bundle)
-    if write_attestation is not None:
-        # an attestation left from an earlier export to these paths would sit beside the new archive
-        # if this one were killed before writing its own (a crash review found such a pair): missing,
-        # never describing another artifact
-        for old in (attestation, bundle):
-            if old is not None and old.is_file() and not old.is_symlink():
-                old.unlink(missing_ok=True)
     try:
-        export_artifact(ctx, resolved, output)
+        # an attestation left there by an earlier export goes right before the new archive is renamed
+        # into place (a crash review found B's archive beside A's attestation; a failed export keeps
+        # the old pair)
+        export_artifact(ctx, resolved, output, replaces=(attestation, bundle) if write_attestation else ())
     finally:
         reporter.close()
     if write_attestation is not None:

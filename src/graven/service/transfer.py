@@ -56,7 +56,9 @@ def check_outputs(*paths: Path | None) -> None:
         seen[key] = path
 
 
-def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
+def export_artifact(
+    ctx: Context, digest: Digest, out: Path, *, replaces: tuple[Path | None, ...] = ()
+) -> None:
     """Write ``digest`` to ``out`` (.tar, .tar.gz or .tar.zst) byte-for-byte reproducibly."""
     compression_for(out)  # refuse a bad name before doing any work
     if out.is_dir():
@@ -78,7 +80,23 @@ def export_artifact(ctx: Context, digest: Digest, out: Path) -> None:
     def progress(written: int) -> None:  # file bytes dominate: the headers make it only a little more
         report("writing archive (bytes)", min(written, total), total)
 
-    write_archive_file(manifest, meta, ctx.store.open, out, read_many=ctx.store.read_many, progress=progress)
+    def drop_replaced() -> None:
+        # what stood at these paths described the archive this one replaces: a kill between the two
+        # renames leaves it missing, never beside another artifact (a link is removed, not followed)
+        for old in replaces:
+            if old is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
+
+    write_archive_file(
+        manifest,
+        meta,
+        ctx.store.open,
+        out,
+        read_many=ctx.store.read_many,
+        progress=progress,
+        before_rename=drop_replaced if replaces else None,
+    )
     report("writing archive (bytes)", total, total)
 
 
