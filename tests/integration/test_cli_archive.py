@@ -703,3 +703,23 @@ def test_a_claimed_commit_the_trusted_provenance_contradicts_is_not_recorded(
     assert code == 0 and "the signed one is recorded" in err, err
     assert json.loads(run_cli("show", digest, "--json")[1])["artifact"]["commit"] == commit
     assert run_cli("verify", digest)[0] == 0
+
+
+def test_an_old_attestation_that_cannot_be_removed_is_named_not_the_archive(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: when the old attestation could not be removed, the error blamed the archive's path."""
+    out, envelope = tmp_path / "x.tar.zst", tmp_path / "att" / "x.json"
+    envelope.parent.mkdir()
+    envelope.write_text("A's attestation")
+    real_unlink = Path.unlink
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        if self == envelope:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    code, _, err = run_cli("export", artifact[1], "-o", out, "--attestation", envelope)
+    assert code == 2 and f"cannot remove {envelope}, the attestation of the archive this export" in err
+    assert not out.exists() and not list(tmp_path.glob(".x.tar.zst.tmp-*"))

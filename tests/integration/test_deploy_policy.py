@@ -419,9 +419,7 @@ def test_graven_tomls_healthy_in_different_required_environments_are_refused(
         PolicyError, match=r"never ran healthy in qa \(prod requires it\): deploy the digest to qa"
     ):
         world.deploy(digest, "prod")
-    with pytest.raises(
-        PolicyError, match=r"never ran healthy in qa .* `graven deploy \w+ prod --override-policy"
-    ):
+    with pytest.raises(PolicyError, match=r"never ran healthy in qa .* \(`graven promote staging qa`\)"):
         promote(world.ctx(), "staging", "prod", world.options())  # the same rule for a promote
     assert world.deploy(digest, "prod", override=True, reason="on purpose").ok
     assert marker.read_text().split()[-1] == "b-prod"
@@ -458,3 +456,22 @@ def test_an_old_record_without_its_graven_toml_does_not_switch_the_rule_off(
     assert world.build() == digest
     assert world.deploy(digest, "prod").ok
     assert marker.read_text().split()[-1] == "tested-prod"
+
+
+def test_an_old_record_counts_for_a_graven_toml_built_before_it(world: World, tmp_path: Path) -> None:
+    """A review: a revert to the graven.toml an upgraded home had run (its record older than
+    pipeline_digest) was refused in favour of a newer one. An old record may have run what was built
+    by then, never what was built later (the test above)."""
+    marker = tmp_path / "ran"
+    world.commit({}, _hooks_toml(marker, "first"))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    with world.ctx().db.begin() as conn:
+        conn.execute("UPDATE deployments SET pipeline_digest = NULL")
+    world.commit({}, _hooks_toml(marker, "second"))
+    assert world.build() == digest
+    assert world.deploy(digest, "staging").ok  # recorded with "second"
+    world.commit({}, _hooks_toml(marker, "first"))  # the revert: first's graven.toml again
+    assert world.build() == digest
+    assert world.deploy(digest, "prod").ok
+    assert marker.read_text().split()[-1] == "first-prod"

@@ -190,3 +190,20 @@ def check_independently(envelope: Path, pub: Path, digest: str) -> None:
     predicate = json_format.Parse(json.dumps(json.loads(payload)["predicate"]), provenance_pb2.Provenance())
     for descriptor in [*predicate.build_definition.resolved_dependencies, *predicate.run_details.byproducts]:
         ResourceDescriptor.copy_from_pb(descriptor).validate()
+
+
+def test_the_untrusted_key_warning_goes_once_its_own_commands_ran(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review: the warning's commands, run from anywhere, write the .pub into the current directory,
+    not the home, and the warning stayed although the key was now trusted."""
+    run_cli(capsys, "keys", "generate", "--no-trust")
+    (home / "keys" / "default.pub").unlink()  # a keys generate that did not finish
+    code, _, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 0 and "has no public key file and this home does not trust it" in err
+    pub = home.parent / "default.pub"
+    pub.write_text(run_cli(capsys, "keys", "export", "default")[1])
+    assert run_cli(capsys, "keys", "trust", str(pub))[0] == 0
+    (repo / "more.txt").write_text("more\n")
+    code, _, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 0 and "warning" not in err, err

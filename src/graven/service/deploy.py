@@ -522,7 +522,7 @@ def deploy(
     if opts.override and not (opts.reason and opts.reason.strip()):
         raise InputError("--override-policy needs --reason TEXT: say why policy is bypassed")
     digest = resolve_digest(ctx, digest_text)
-    target = tested_target(ctx, digest, env, opts, ran_with=ran_with)
+    target = tested_target(ctx, digest, env, opts, ran_with=ran_with, source_env=source_env)
     return _run_deployment(ctx, target, opts, kind=kind, source_env=source_env, recheck=recheck)
 
 

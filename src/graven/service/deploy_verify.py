@@ -147,43 +147,59 @@ def tested_target(
     *,
     log_failures: bool = True,
     ran_with: tuple[str, str] | None = None,
+    source_env: str | None = None,
 ) -> Target:
     """:func:`verify_target`, then, into an environment that ``requires`` others, the rule that what
     reaches it ran there first: the graven.toml it deploys with (its hooks, its settings) must have
     gone live and healthy, with this digest, in every required environment. A commit that changes
     only graven.toml gives the same digest; its hooks were never tested.
 
-    A deploy by digest whose newest graven.toml never did takes one that did (newest first, one that
+    A healthy record older than ``pipeline_digest`` (an upgraded home) may have run any graven.toml
+    that was built by then (which is not known): it counts for those, never for one built later. A
+    deploy by digest whose newest graven.toml never ran takes one that did (newest first, one that
     can serve: it defines ``env`` and a key trusted for it signed it), with a warning. A promote
-    (``ran_with``: the one that runs in the source environment) takes no other. With none, the
-    deployment is refused (PolicyError, exit 1). ``--override-policy`` skips the rule; so do records
-    that predate ``pipeline_digest`` (which graven.toml ran is not known), and a digest never healthy
-    in a required environment (the policy refuses it, saying so)."""
+    (``ran_with``: the one that runs in ``source_env``) takes no other. With none, the deployment is
+    refused (PolicyError, exit 1). ``--override-policy`` skips the rule, and a digest never healthy
+    in a required environment is left to the policy (which refuses it, saying so)."""
     target = verify_target(ctx, digest, env, opts, log_failures=log_failures, ran_with=ran_with)
     requires = target.settings.requires
     if opts.override or not requires:
         return target
     with ctx.db.connect() as conn:
         rows = conn.execute(
-            "SELECT pipeline_digest, env FROM deployments WHERE digest = :digest AND env IN :envs"
-            " AND result = 'ok' AND health IN :healthy ORDER BY id DESC",
+            "SELECT pipeline_digest, env, started_at FROM deployments WHERE digest = :digest"
+            " AND env IN :envs AND result = 'ok' AND health IN :healthy ORDER BY id DESC",
             {"digest": str(digest), "envs": list(requires), "healthy": list(HEALTHY)},
         ).all()
-    ran: dict[str, list[str | None]] = {name: [] for name in requires}
-    for pipeline, where in rows:
-        ran[str(where)].append(None if pipeline is None else str(pipeline))
-    if any(not found or all(p is None for p in found) for found in ran.values()):
-        return target  # never healthy somewhere (the policy says so), or only old records: not known
-    everywhere = [
-        p
-        for p in dict.fromkeys(p for found in ran.values() for p in found if p)
-        if all(p in f for f in ran.values())
-    ]
-    if target.pipeline_digest in everywhere:
+        built: dict[str, str] = dict(
+            conn.execute(
+                "SELECT pipeline_digest, min(finished_at) FROM builds WHERE digest = :digest"
+                " AND pipeline_digest IS NOT NULL GROUP BY pipeline_digest",
+                {"digest": str(digest)},
+            ).all()
+        )
+    ran: dict[str, list[tuple[str | None, str]]] = {name: [] for name in requires}
+    for pipeline, where, started in rows:
+        ran[str(where)].append((None if pipeline is None else str(pipeline), str(started)))
+    if any(not found for found in ran.values()):
+        return target  # never healthy somewhere: the policy says so
+
+    def ran_in(pipeline: str, name: str) -> bool:
+        first = built.get(pipeline)  # None: not built here (imported), so its time is not known
+        return any(
+            p == pipeline or (p is None and (first is None or started >= str(first)))
+            for p, started in ran[name]
+        )
+
+    def ran_everywhere(pipeline: str) -> bool:
+        return all(ran_in(pipeline, name) for name in requires)
+
+    if ran_everywhere(target.pipeline_digest):
         return target
     where = " and ".join(requires)
     if ran_with is None:
-        for pipeline in everywhere:
+        known = dict.fromkeys([p for found in ran.values() for p, _ in found if p is not None] + list(built))
+        for pipeline in (p for p in known if ran_everywhere(p)):
             try:
                 chosen = verify_target(
                     ctx, digest, env, opts, log_failures=False, ran_with=(pipeline, f"in {where}")
@@ -196,12 +212,17 @@ def tested_target(
                 f"({short(pipeline)}); deploy it to {where} first to use the newer one"
             )
             return chosen
-    missing = " and ".join(name for name in requires if target.pipeline_digest not in ran[name])
-    bypass = f"`graven deploy {short(str(digest))} {env} --override-policy --reason TEXT`"
+    missing = [name for name in requires if not ran_in(target.pipeline_digest, name)]
+    listed = " and ".join(missing)
+    what = f"{short(str(digest))} would reach {env} with the graven.toml {short(target.pipeline_digest)}"
+    if source_env is not None:  # a promote: the graven.toml that runs in the source environment
+        first = " and ".join(f"`graven promote {source_env} {name}`" for name in missing)
+        hint = f"promote it there first ({first})"
+    else:
+        hint = f"deploy the digest to {listed} first (a deploy takes its newest graven.toml)"
     raise PolicyError(
-        f"{short(str(digest))} would reach {env} with the graven.toml {short(target.pipeline_digest)}, which "
-        f"never ran healthy in {missing} ({env} requires it): deploy the digest to {missing} first (a "
-        f"deploy takes its newest graven.toml), or bypass with {bypass}"
+        f"{what}, which never ran healthy in {listed} ({env} requires it): {hint}, or deploy it with "
+        f"--override-policy --reason TEXT (which takes the newest graven.toml)"
     )
 
 

@@ -63,19 +63,20 @@ SIGNATURE_MEMO_DIR = ("cache", "signatures")
 
 def resolve_signing_key(ctx: Context) -> SigningKey:
     """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's only key. A
-    key of the home without its public key file is said: a `keys generate` that did not finish (killed
-    between the private key and the trust), whose key this home may not trust."""
+    key of the home without its public key file, that the home does not trust, is said: the sign of a
+    `keys generate` that did not finish (killed between the private key and the trust)."""
     key, name = _choose_signing_key(ctx)
     if key.keyid in read_revoked(ctx.home.trust / REVOKED_FILE):
         raise PolicyError(
             f"the signing key {key.keyid[:16]} is revoked (GRAVEN_HOME/trust/revoked): what it signs "
             "would never verify; sign with another key (`graven keys generate`)"
         )
-    if name is not None and not KeyStore(ctx.home.keys).public_path(name).exists():
+    trusted = (ctx.home.trust / f"{key.keyid}.pub").is_file()
+    if name is not None and not trusted and not KeyStore(ctx.home.keys).public_path(name).exists():
         ctx.reporter.warn(
-            f"the signing key {name} has no public key file: `graven keys generate` did not finish, and "
-            f"this home may not trust it; `graven keys export {name} > {name}.pub && graven keys trust "
-            f"{name}.pub` completes it"
+            f"the signing key {name} has no public key file and this home does not trust it (a "
+            f"`graven keys generate` that did not finish?): what it signs, verify and deploy here refuse; "
+            f"`graven keys export {name} > {name}.pub && graven keys trust {name}.pub` trusts it"
         )
     return key
 

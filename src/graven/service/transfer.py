@@ -84,9 +84,17 @@ def export_artifact(
         # what stood at these paths described the archive this one replaces: a kill between the two
         # renames leaves it missing, never beside another artifact (a link is removed, not followed)
         for old in replaces:
-            if old is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    old.unlink()
+            if old is None:
+                continue
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # said as itself: the archive's own path is not what failed
+                raise InputError(
+                    f"cannot remove {old}, the attestation of the archive this export replaces "
+                    f"({exc.strerror}); the new archive was not written"
+                ) from None
 
     write_archive_file(
         manifest,

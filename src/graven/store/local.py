@@ -1126,8 +1126,8 @@ def _writer_state(name: str) -> str:
     except OSError:  # another user's process (EPERM): it runs
         pass
     start = _started(pid)
-    if not start:  # it runs, and its start cannot be read (hidepid, no /proc): taken as the writer
-        return "alive"
+    if not start:  # it runs, and its start cannot be read (hidepid): its age decides, as before
+        return "unknown"
     return "alive" if start == parts[2] else "gone"  # the pid given again to another process
 
 
