@@ -168,7 +168,9 @@ def test_a_corrupt_store_object_fails_the_build(tmp_path: Path, store: LocalStor
     loose = store.loose_path(big.digest)
     loose.chmod(0o644)
     with loose.open("r+b") as handle:
-        handle.write(b"X")
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 0xFF]))  # a changed byte (writing b"X" changed nothing 1 time in 256)
     with pytest.raises(IntegrityError):
         build_release(store, manifest, tmp_path / "r", StatTable())
 
