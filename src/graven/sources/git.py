@@ -188,9 +188,16 @@ class DirtyCheck:
     it has no working tree that could differ)."""
 
     def __init__(self, root: Path | None) -> None:
-        self._proc = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
         self.error: str | None = None  # why git could not tell, after result()
-        if root is not None:
+        if root is not None:  # reading the repository's filters is one git run more: not on the way
+            self._thread = threading.Thread(target=self._start, args=(root,), name="graven-dirty-check")
+            self._thread.start()
+
+    def _start(self, root: Path) -> None:
+        try:
             self._proc = subprocess.Popen(
                 list(_STATUS),
                 cwd=root,
@@ -198,10 +205,20 @@ class DirtyCheck:
                 stderr=subprocess.PIPE,
                 env=_git_env(_no_filters(root)),
             )
+        except BaseException as exc:  # raised again by result(), in the caller's thread
+            self._failed = exc
+
+    def _joined(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def result(self) -> bool:
         """Wait for git: True when tracked files differ from HEAD; False when they do not, or when git
         could not tell (then :attr:`error` says why: a damaged index, say)."""
+        self._joined()
+        if self._failed is not None:
+            raise self._failed
         if self._proc is None:
             return False
         out, err = self._proc.communicate()
@@ -215,6 +232,7 @@ class DirtyCheck:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self._joined()
         if self._proc is None:
             return
         if self._proc.poll() is None:
