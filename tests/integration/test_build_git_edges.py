@@ -226,3 +226,20 @@ def test_a_filter_of_the_users_own_configuration_still_runs_for_the_dirty_check(
     code, out, err = run_cli("build", "-C", repo, "--json")
     assert code == 0, err
     assert json.loads(out)["dirty_worktree"] is False
+
+
+def test_a_git_status_that_cannot_start_is_a_warning_not_a_failed_build(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: once the dirty check started git from a thread, a failure to start it (EMFILE) was
+    raised after the build had stored its objects, and the build went unrecorded. It is said."""
+    repo = make_repo(tmp_path / "repo", FILES)
+
+    def no_fds(*_args: object, **_kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr("graven.sources.git._no_filters", no_fds)
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    assert "cannot tell whether the working tree has uncommitted changes" in err
+    assert json.loads(out)["digest"].startswith("sha256:")

@@ -475,3 +475,40 @@ def test_an_old_record_counts_for_a_graven_toml_built_before_it(world: World, tm
     assert world.build() == digest
     assert world.deploy(digest, "prod").ok
     assert marker.read_text().split()[-1] == "first-prod"
+
+
+def test_a_switch_back_record_does_not_make_an_old_record_new(world: World, tmp_path: Path) -> None:
+    """A review: staging's old record (no pipeline_digest) was copied, with a new time, by the switch
+    back after a failed health check, and then counted for a graven.toml built after the original."""
+    marker = tmp_path / "ran"
+    world.commit({}, _hooks_toml(marker, "tested"))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    with world.ctx().db.begin() as conn:
+        conn.execute("UPDATE deployments SET pipeline_digest = NULL")
+    world.commit({}, _hooks_toml(marker, "untested"))
+    assert world.build() == digest
+    bad = world.version(9, env_toml("app", staging_prod(health="false")))
+    assert not world.deploy(bad, "staging").ok  # switched back to digest: a new record, copied
+    assert world.live("staging") == digest
+    assert world.deploy(digest, "prod").ok
+    assert marker.read_text().split()[-1] == "tested-prod"  # not "untested": built after the record
+
+
+def test_a_promote_refusal_for_its_own_source_says_to_deploy_there_again(
+    world: World, tmp_path: Path
+) -> None:
+    """A review: the hint said `graven promote staging staging` (which refuses) when the environment
+    missing the graven.toml was the promote's own source."""
+    marker = tmp_path / "ran"
+    world.commit({}, _hooks_toml(marker, "x"))
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    with world.ctx().db.begin() as conn:  # an upgraded home, the artifact imported (no build here)
+        conn.execute("UPDATE deployments SET pipeline_digest = NULL")
+        conn.execute("DELETE FROM builds")
+    assert world.build() == digest  # built here only now: after staging's record
+    with pytest.raises(PolicyError, match=r"promote it there first \(`graven deploy \w+ staging`\)"):
+        promote(world.ctx(), "staging", "prod", world.options())
+    assert world.deploy(digest, "staging").ok  # as it says
+    assert promote(world.ctx(), "staging", "prod", world.options()).ok

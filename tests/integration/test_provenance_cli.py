@@ -207,3 +207,18 @@ def test_the_untrusted_key_warning_goes_once_its_own_commands_ran(
     (repo / "more.txt").write_text("more\n")
     code, _, err = run_cli(capsys, "build", "-C", str(repo))
     assert code == 0 and "warning" not in err, err
+
+
+def test_a_key_trusted_under_another_file_name_is_no_cause_for_a_warning(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review: the trust directory takes any *.pub or *.pem, and a key trusted as trust/ci.pem
+    was warned about as untrusted on every build."""
+    run_cli(capsys, "keys", "generate", "--no-trust")
+    pem = run_cli(capsys, "keys", "export", "default")[1]
+    (home / "keys" / "default.pub").unlink()
+    (home / "trust").mkdir(exist_ok=True, mode=0o700)
+    (home / "trust" / "ci.pem").write_text(pem)
+    (home / "trust" / "ci.pem").chmod(0o644)
+    code, _, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 0 and "warning" not in err, err

@@ -154,8 +154,9 @@ def tested_target(
     gone live and healthy, with this digest, in every required environment. A commit that changes
     only graven.toml gives the same digest; its hooks were never tested.
 
-    A healthy record older than ``pipeline_digest`` (an upgraded home) may have run any graven.toml
-    that was built by then (which is not known): it counts for those, never for one built later. A
+    Healthy records older than ``pipeline_digest`` (an upgraded home) may have run any graven.toml
+    built here before the first of them (which is not known): they count for those, never for one
+    built later or known only from an import (a switch back copies such a record, with a new time). A
     deploy by digest whose newest graven.toml never ran takes one that did (newest first, one that
     can serve: it defines ``env`` and a key trusted for it signed it), with a warning. A promote
     (``ran_with``: the one that runs in ``source_env``) takes no other. With none, the deployment is
@@ -185,11 +186,11 @@ def tested_target(
         return target  # never healthy somewhere: the policy says so
 
     def ran_in(pipeline: str, name: str) -> bool:
-        first = built.get(pipeline)  # None: not built here (imported), so its time is not known
-        return any(
-            p == pipeline or (p is None and (first is None or started >= str(first)))
-            for p, started in ran[name]
-        )
+        if any(p == pipeline for p, _ in ran[name]):
+            return True
+        old = [started for p, started in ran[name] if p is None]
+        first = built.get(pipeline)  # None: never built here (imported): when it came is not known
+        return bool(old) and first is not None and min(old) >= str(first)
 
     def ran_everywhere(pipeline: str) -> bool:
         return all(ran_in(pipeline, name) for name in requires)
@@ -216,8 +217,13 @@ def tested_target(
     listed = " and ".join(missing)
     what = f"{short(str(digest))} would reach {env} with the graven.toml {short(target.pipeline_digest)}"
     if source_env is not None:  # a promote: the graven.toml that runs in the source environment
-        first = " and ".join(f"`graven promote {source_env} {name}`" for name in missing)
-        hint = f"promote it there first ({first})"
+        commands = [
+            f"`graven deploy {short(str(digest))} {name}`"
+            if name == source_env
+            else f"`graven promote {source_env} {name}`"
+            for name in missing
+        ]
+        hint = f"promote it there first ({' and '.join(commands)})"
     else:
         hint = f"deploy the digest to {listed} first (a deploy takes its newest graven.toml)"
     raise PolicyError(

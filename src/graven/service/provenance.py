@@ -71,14 +71,27 @@ def resolve_signing_key(ctx: Context) -> SigningKey:
             f"the signing key {key.keyid[:16]} is revoked (GRAVEN_HOME/trust/revoked): what it signs "
             "would never verify; sign with another key (`graven keys generate`)"
         )
-    trusted = (ctx.home.trust / f"{key.keyid}.pub").is_file()
-    if name is not None and not trusted and not KeyStore(ctx.home.keys).public_path(name).exists():
+    if (
+        name is not None
+        and not KeyStore(ctx.home.keys).public_path(name).exists()
+        and not _home_trusts(ctx, key.keyid)
+    ):
         ctx.reporter.warn(
             f"the signing key {name} has no public key file and this home does not trust it (a "
             f"`graven keys generate` that did not finish?): what it signs, verify and deploy here refuse; "
             f"`graven keys export {name} > {name}.pub && graven keys trust {name}.pub` trusts it"
         )
     return key
+
+
+def _home_trusts(ctx: Context, keyid: str) -> bool:
+    """Whether the home's trust directory holds ``keyid`` (under any file name it accepts)."""
+    if (ctx.home.trust / f"{keyid}.pub").is_file():
+        return True
+    try:
+        return any(key.keyid == keyid for key in load_policy(ctx).keys)
+    except GravenError:
+        return False
 
 
 def _choose_signing_key(ctx: Context) -> tuple[SigningKey, str | None]:

@@ -83,17 +83,20 @@ def export_artifact(
     def drop_replaced() -> None:
         # what stood at these paths described the archive this one replaces: a kill between the two
         # renames leaves it missing, never beside another artifact (a link is removed, not followed)
+        removed: list[str] = []
         for old in replaces:
             if old is None:
                 continue
             try:
                 old.unlink()
+                removed.append(str(old))
             except FileNotFoundError:
                 continue
             except OSError as exc:  # said as itself: the archive's own path is not what failed
+                gone = f" ({', '.join(removed)} already removed)" if removed else ""
                 raise InputError(
                     f"cannot remove {old}, the attestation of the archive this export replaces "
-                    f"({exc.strerror}); the new archive was not written"
+                    f"({exc.strerror}); the new archive was not written{gone}"
                 ) from None
 
     write_archive_file(

@@ -189,7 +189,7 @@ class DirtyCheck:
 
     def __init__(self, root: Path | None) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
-        self._failed: BaseException | None = None
+        self._failed: Exception | None = None
         self._thread: threading.Thread | None = None
         self.error: str | None = None  # why git could not tell, after result()
         if root is not None:  # reading the repository's filters is one git run more: not on the way
@@ -205,7 +205,7 @@ class DirtyCheck:
                 stderr=subprocess.PIPE,
                 env=_git_env(_no_filters(root)),
             )
-        except BaseException as exc:  # raised again by result(), in the caller's thread
+        except Exception as exc:  # said by result() (the check is advisory; the build goes on)
             self._failed = exc
 
     def _joined(self) -> None:
@@ -217,8 +217,9 @@ class DirtyCheck:
         """Wait for git: True when tracked files differ from HEAD; False when they do not, or when git
         could not tell (then :attr:`error` says why: a damaged index, say)."""
         self._joined()
-        if self._failed is not None:
-            raise self._failed
+        if self._failed is not None:  # git could not even start: said, as a failed status is
+            self.error = str(self._failed) or type(self._failed).__name__
+            return False
         if self._proc is None:
             return False
         out, err = self._proc.communicate()
