@@ -14,19 +14,36 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Iterator
 
-__all__ = ["GroupWatchdog", "can_fork", "host_token", "no_gc"]
+__all__ = ["GroupWatchdog", "can_fork", "host_token", "no_gc", "pid_runs"]
+
+
+_HOST_TOKEN: list[str] = []  # host_token(), once computed
 
 
 def host_token() -> str:
     """This host and pid namespace in 8 hex digits (two containers of one name share no pids): a
-    temp file named with it and a pid is known to be a dead writer's when that pid is gone here."""
-    import hashlib
+    temp file named with it and a pid is known to be a dead writer's when that pid is gone here
+    (:func:`pid_runs`). Computed once per process."""
+    if not _HOST_TOKEN:
+        import hashlib
 
+        try:
+            namespace = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            namespace = ""
+        _HOST_TOKEN.append(hashlib.sha256(f"{os.uname().nodename}\0{namespace}".encode()).hexdigest()[:8])
+    return _HOST_TOKEN[0]
+
+
+def pid_runs(pid: int) -> bool:
+    """Whether a process ``pid`` runs in this pid namespace (another user's too: EPERM)."""
     try:
-        namespace = os.readlink("/proc/self/ns/pid")
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
     except OSError:
-        namespace = ""
-    return hashlib.sha256(f"{os.uname().nodename}\0{namespace}".encode()).hexdigest()[:8]
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -495,7 +495,7 @@ def remove_stale_temps(path: Path) -> None:
     pid namespace: a crash review saw kill-and-retry loops leave them all); else (another namespace
     or machine sharing the directory, a name of an older graven: ``.NAME.tmp-PID``) once it is an
     hour unchanged and no process of its pid runs here."""
-    from graven.runtime import host_token
+    from graven.runtime import host_token, pid_runs
 
     prefix = f".{path.name}.tmp-"
     try:
@@ -506,22 +506,12 @@ def remove_stale_temps(path: Path) -> None:
     here = host_token()
     for name in names:
         pid, _, host = name[len(prefix) :].partition("-")
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_runs(int(pid)):
             continue
         with contextlib.suppress(OSError):
             stale = path.parent / name
             if host == here or stale.lstat().st_mtime < cutoff:
                 stale.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
 
 
 def _discard(tmp: Path) -> None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from graven.errors import BackendError, DigestMismatchError, GravenError, IntegrityError
 from graven.model.digest import Digest
-from graven.runtime import host_token
+from graven.runtime import host_token, pid_runs
 
 if TYPE_CHECKING:
     import zstandard
@@ -1119,12 +1119,8 @@ def _writer_state(name: str) -> str:
     if len(parts) < 5 or not parts[1].isdigit() or parts[3] != _HOST or len(parts[1]) > 10 or not parts[2]:
         return "unknown"  # (no start time: written where /proc could not be read)
     pid = int(parts[1])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_runs(pid):
         return "gone"
-    except OSError:  # another user's process (EPERM): it runs
-        pass
     start = _started(pid)
     if not start:  # it runs, and its start cannot be read (hidepid): its age decides, as before
         return "unknown"
