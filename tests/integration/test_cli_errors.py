@@ -626,3 +626,43 @@ def test_with_json_a_failure_before_any_result_prints_an_error_object(
     digest = json.loads(out)["digest"]
     code, out, _ = run_cli("verify", digest, "--json")
     assert code == 0 and "error" not in json.loads(out)
+
+
+def test_json_error_object_for_log_timeline_watch_and_consistency(
+    repo: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error object was missing where --json is stored under another name (`log --json`) and for
+    `watch --json` (which writes its own stdout); `log consistency --json` gave its failed check as a
+    bare string. Every failure with --json now prints the same {"exit_code", "message"} object."""
+
+    def error_object(out: str, err: str, code: int) -> None:
+        assert json.loads(out) == {
+            "ok": False,
+            "error": {"exit_code": code, "message": err.removeprefix("graven: error: ").rstrip("\n")},
+        }, out
+
+    code, out, _ = run_cli("build", "-C", repo, "--json")
+    assert code == 0
+    code, out, err = run_cli("log", "--since", "yesterday", "--json")
+    assert code == 2 and err.count("\n") == 1, err
+    error_object(out, err, 2)
+    code, out, err = run_cli("watch", "--interval", "soon", "--json")
+    assert code == 2 and err.count("\n") == 1, err
+    error_object(out, err, 2)
+    code, out, err = run_cli("watch", "nosuchenv", "--json")
+    assert code == 2 and err.count("\n") == 1, err
+    error_object(out, err, 2)
+
+    old = tmp_path / "old.ckpt"
+    old.write_text(run_cli("log", "checkpoint")[1])
+    # a checkpoint of another home's log: signed by a key this log does not know (a failed check)
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("other-home")))
+    code, out, _ = run_cli("build", "-C", repo, "--json")
+    assert code == 0
+    code, out, err = run_cli("log", "consistency", str(old), "--json")
+    assert code == 1 and err.count("\n") == 1, err
+    error_object(out, err, 1)

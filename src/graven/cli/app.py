@@ -329,6 +329,23 @@ def _retyped(text: str, charset: str) -> str:
 _OWN_STDOUT = frozenset({"watch"})
 
 
+class _Written:
+    """The stdout of a command that handles its own (:data:`_OWN_STDOUT`): written through unchanged,
+    noting only whether anything was (see :func:`_json_error`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.written = False
+        self.broken: OSError | None = None  # a closed pipe ends the command (see _OWN_STDOUT)
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self.written = self.written or bool(text)
+        return int(self._stream.write(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class _PipeGuard:
     """The command's stdout: once a write or flush meets a closed pipe (``| head``), the rest of the
     output is dropped and the command goes on, so that its exit code (a drift found, a failed verify)
@@ -379,7 +396,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
 
     verbose = False
     namespace: argparse.Namespace | None = None
-    guard: _PipeGuard | None = None
+    guard: _PipeGuard | _Written | None = None
     _typed_in()
     previous = _handle_sigterm()
     try:
@@ -413,8 +430,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         if freeze_gc:
             gc.freeze()
         stdout = sys.stdout
-        if command not in _OWN_STDOUT:
-            guard = sys.stdout = _PipeGuard(stdout)
+        guard = sys.stdout = _PipeGuard(stdout) if command not in _OWN_STDOUT else _Written(stdout)
         try:
             code = handler(namespace)
             if guard is not None:
@@ -434,8 +450,10 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         _say_error(str(exc))
         _json_error(namespace, guard, exc.exit_code, str(exc))
         return exc.exit_code
-    except UsageError as exc:
-        _say_error(f"{exc.message} (see `{exc.prog} --help`)")
+    except UsageError as exc:  # from the parser (no namespace yet: no JSON) or from a command's check
+        message = f"{exc.message} (see `{exc.prog} --help`)"
+        _say_error(message)
+        _json_error(namespace, guard, 2, message)
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -477,13 +495,15 @@ _GLOBAL_OPTIONS = frozenset({"-v", "--verbose", "-h", "--help", "--version"})
 
 
 def _json_error(
-    namespace: argparse.Namespace | None, guard: _PipeGuard | None, code: int, message: str
+    namespace: argparse.Namespace | None, guard: _PipeGuard | _Written | None, code: int, message: str
 ) -> None:
     """With ``--json``, a command that failed before printing its result prints
     ``{"ok": false, "error": {"exit_code": N, "message": "..."}}`` on stdout (as well as its one line
     on stderr), so that a script reading stdout always gets JSON. A command that printed its result
     (a failed verify, drift found) leaves it as it is."""
-    if guard is None or guard.written or namespace is None or not getattr(namespace, "as_json", False):
+    if guard is None or guard.written or namespace is None:
+        return
+    if not (getattr(namespace, "as_json", False) or getattr(namespace, "log_json", False)):
         return
     import json
 

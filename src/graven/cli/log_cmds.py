@@ -248,7 +248,7 @@ def consistency_cmd(args: argparse.Namespace) -> int:
         result = ctx.audit.consistency(old)
     except VerificationError as exc:
         if as_json:
-            emit_json({"ok": False, "error": str(exc)})
+            emit_json({"ok": False, "error": {"exit_code": exc.exit_code, "message": str(exc)}})
         sys.stderr.write(f"graven: error: {exc}\n")
         return 1
     if as_json:
