@@ -256,6 +256,8 @@ def _string(value: object, loc: tuple[str, ...], *, empty: bool = False) -> str:
         raise _fail(loc, "{at} must be a string")
     if not value and not empty:
         raise _fail(loc, "{at} must not be empty")
+    if "\x00" in value:  # no command, path, glob or name can hold one (exec and open refuse it)
+        raise _fail(loc, "{at} holds a NUL character (\\u0000); remove it")
     return value
 
 

@@ -525,6 +525,8 @@ def load_private_key(path: Path | str) -> SigningKey:
 def load_public_key(path: Path | str) -> VerifyingKey:
     """Load a SubjectPublicKeyInfo PEM public key file."""
     path = Path(path)
+    if "\x00" in str(path):  # a policy file's "\u0000": open() would raise ValueError
+        raise InputError(f"public key path {str(path)!r} holds a NUL character; remove it")
     try:
         with open(path, "rb") as handle:
             data = handle.read(_MAX_KEY_FILE + 1)

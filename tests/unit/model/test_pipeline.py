@@ -168,6 +168,11 @@ ignore = ["var/**"]
         ),
         ('[artifact]\nname = "a"\n[env.s]\npath = "x"\nactivate_timeout = "1"\n', "must be a number"),
         (A + '[env.s]\npath = "x"\nhealth_interval = 1' + "0" * 400 + "\n", "health_interval is too large"),
+        # a NUL reached exec (a traceback at build or a "failed" health check recorded at deploy)
+        (A + '[build]\nsteps = ["mkdir out\\u0000"]\noutputs = ["out/"]\n', "steps.0 holds a NUL character"),
+        (A + '[env.s]\npath = "x"\nhealth = "true\\u0000x"\n', "health holds a NUL character"),
+        (A + '[env.s]\npath = "x"\nactivate = "\\u0000"\n', "activate holds a NUL character"),
+        ('[artifact]\nname = "a"\nexclude = ["x\\u0000"]\n', "exclude.0 holds a NUL character"),
     ],
 )
 def test_bad_files_are_refused_naming_the_field(text: str, message: str) -> None:
@@ -253,7 +258,10 @@ def test_any_document_is_accepted_or_refused_with_one_config_error(doc: dict[str
 
 # -- valid documents: every one is accepted, and read field by field --------------------------------
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=10)
+# any text but surrogates and NUL (refused in every string: no command, path or name can hold one)
+_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=10
+)
 _segment = st.text("abz09_-.é ", min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
 _relpath = st.lists(_segment, min_size=1, max_size=3).map("/".join)
 _dirpath = st.tuples(_relpath, st.sampled_from(["", "/"])).map("".join)  # "out" or "out/"

@@ -254,6 +254,8 @@ def test_revoked_key_in_an_environment_set(tmp_path: Path) -> None:
         ("env = 1", ConfigError, "env must be a table of [env.NAME] sections"),
         ("[env.prod]\nkey = []", ConfigError, "[env.prod]: unknown setting 'key' (expected: keys)"),
         ("[env.prod]\nkeys = ['" + "a" * 64 + "']", ConfigError, "is not one of the trusted keys"),
+        # a NUL reached open(): a traceback (ValueError: embedded null byte) and exit 1
+        ('keys = ["a\\u0000.pub"]', ConfigError, "a\\x00.pub' holds a NUL character; remove it"),
     ],
 )
 def test_bad_policy_files(tmp_path: Path, text: str, error: type[Exception], message: str) -> None:
