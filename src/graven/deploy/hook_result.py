@@ -132,5 +132,9 @@ _URL_PASSWORD: re.Pattern[str] | None = None
 
 def step_error(what: str, exc: BaseException) -> HookResult:
     """A failed result for a deployment step that raised instead of running a command."""
-    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    from graven.errors import GravenError
+
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    if not isinstance(exc, GravenError):  # not one of graven's own findings: say what raised it
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return HookResult(what, None, "", 0.0, error=text)
