@@ -696,3 +696,24 @@ def test_a_high_water_mark_that_cannot_be_read_is_refused(
     monkeypatch.setattr(builtins, "open", unreadable)
     with pytest.raises(IntegrityError, match=r"cannot read .*in-use"):
         _append(home, 1)
+
+
+@pytest.mark.parametrize("damaged", ["nonsense", "12", "١٢ graven.invalid/log/x", "3 a b"])
+def test_a_damaged_mark_is_reported_never_read_as_zero(
+    home: Path, capsys: pytest.CaptureFixture[str], damaged: str
+) -> None:
+    """An architecture review: anything but "SIZE ORIGIN" in log/in-use was read as 0, which turned the
+    check of a rolled-back database off without a word. Empty (an operator starting the mark again)
+    still means 0; anything else is reported, refuses appends, and is never written over."""
+    _append(home, 3)
+    mark = home / "log" / "in-use"
+    mark.write_text(damaged)
+    with pytest.raises(IntegrityError, match=r"in-use is damaged: it should hold this home's high-water"):
+        _append(home, 1)
+    assert mark.read_text() == damaged
+    report = _verify(capsys)
+    assert not report["ok"] and any("in-use is damaged" in p for p in report["problems"]), report
+    assert mark.read_text() == damaged
+    mark.write_text("")
+    _append(home, 1)
+    assert mark.read_text().startswith("4 ")

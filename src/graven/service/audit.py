@@ -79,11 +79,14 @@ def _actor(default: str) -> str:
     return default
 
 
-def _parse_high_water(data: bytes) -> tuple[int, str]:
-    """The size and the log origin written in ``log/in-use`` (empty, as older versions left it: 0)."""
+def _parse_high_water(data: bytes) -> tuple[int, str] | None:
+    """The size and the log origin written in ``log/in-use`` (empty, as older versions left it, or as
+    an operator empties it to start the mark again: 0); None when it holds anything else."""
     parts = data.decode("utf-8", "replace").split()
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 19:
+    if not parts:
         return 0, ""
+    if len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit() or len(parts[0]) > 19:
+        return None
     return int(parts[0]), parts[1]
 
 
@@ -257,7 +260,10 @@ class AuditLog:
                 if created and euid == 0 and owner.st_uid != 0:  # only the file made here: never
                     os.fchown(fd, owner.st_uid, owner.st_gid)  # one a hard link brought in
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                marked, marked_origin = _parse_high_water(os.pread(fd, 256, 0))
+                mark = _parse_high_water(os.pread(fd, 256, 0))
+                if mark is None:  # damaged: left for high_water() to report, never written over
+                    return
+                marked, marked_origin = mark
                 if size > marked or origin != marked_origin:  # a log started anew: its own mark
                     text = f"{size} {origin}\n".encode()
                     os.pwrite(fd, text, 0)
@@ -271,7 +277,7 @@ class AuditLog:
         when the file is there but cannot be read: the mark would be off without a word."""
         try:
             with open(self.in_use_path, "rb") as handle:
-                return _parse_high_water(handle.read(256))
+                mark = _parse_high_water(handle.read(256))
         except FileNotFoundError:
             return 0, ""
         except OSError as exc:
@@ -279,6 +285,13 @@ class AuditLog:
                 f"cannot read {self.in_use_path} ({exc.strerror}): this home's high-water mark of the log "
                 "is in it; give it back to this user (a sudo run may have taken it)"
             ) from None
+        if mark is None:  # read as 0 it would turn the check of a rolled-back database off unnoticed
+            raise IntegrityError(
+                f"{self.in_use_path} is damaged: it should hold this home's high-water mark of the log "
+                "(a size and the log's origin); empty the file to start the mark again (graven writes it "
+                "at the next entry)"
+            )
+        return mark
 
     def _rolled_back(self, size: int, origin: str | None) -> IntegrityError | None:
         try:
