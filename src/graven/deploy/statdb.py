@@ -17,6 +17,17 @@ File layout (all integers big-endian)::
 
 The tag (:mod:`graven.deploy.recordkey`) means that only the operator's graven can write records it
 will trust: a table whose tag does not verify under the key it is given is read as empty.
+
+Racy records (as git's "racily clean" index entries): a file changed in the same tick of the file
+system's clock as graven recorded it keeps its ``mtime`` and ``ctime`` (1 s on ext4 with small
+inodes, ext3, NFS; a few ms where file times come from the kernel's coarse tick). Before it writes,
+:meth:`StatTable.save` reads the file system's clock (its own temporary file's mtime), waits briefly
+for it to pass the newest recorded ctime, and marks every record whose ctime is not strictly older
+as unknown (a ``ctime`` of -1, which no file has): such a file is checked by content next time,
+never trusted by stat. The table file's mtime, which drift checks take as the time of the records,
+is then later than every trusted record. As for git, a change made between a record and the save,
+within the record's tick, is not seen: a deployment saves right after writing the release, before
+the switch and the hooks.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from graven.core.record import Record as _Mutable
@@ -39,6 +51,8 @@ _MAGIC = b"GRVNSTAT\x00\x02"
 _HEAD = struct.Struct(">QQ")
 _RECORD = struct.Struct(">QQqqI32s")
 Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
+UNKNOWN_CTIME = -1  # a racy record's ctime: no file has it, so the record never matches
+_RACY_WAIT = 0.05  # seconds save() waits at most for the clock to pass the newest record (coarse ticks)
 
 
 class StatTable(_Mutable):
@@ -76,15 +90,8 @@ class StatTable(_Mutable):
         return cls(dev, inodes)
 
     def save(self, path: Path, key: bytes) -> None:
-        """Write the table atomically (temp file, fsync, rename), tagged under ``key``."""
-        pack = _RECORD.pack
-        parts = [_MAGIC, _HEAD.pack(self.dev or 0, len(self.inodes))]
-        parts.extend(
-            pack(ino, size, mtime, ctime, mode, bytes.fromhex(sha))
-            for ino, (sha, size, mtime, ctime, mode) in self.inodes.items()
-        )
-        body = b"".join(parts)
-        data = body + tag(key, body)
+        """Write the table atomically (temp file, fsync, rename), tagged under ``key``; racy records
+        (see the module's docstring) are written as unknown."""
         # a new file of our own (O_EXCL | O_NOFOLLOW): a symlink planted at the temporary name is
         # never followed, and the rename replaces whatever stands at ``path`` (never its target)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
@@ -92,7 +99,15 @@ class StatTable(_Mutable):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             with open(fd, "wb") as handle:
-                handle.write(data)
+                self._smudge_racy(_fs_now(handle.fileno()))
+                pack = _RECORD.pack
+                parts = [_MAGIC, _HEAD.pack(self.dev or 0, len(self.inodes))]
+                parts.extend(
+                    pack(ino, size, mtime, ctime, mode, bytes.fromhex(sha))
+                    for ino, (sha, size, mtime, ctime, mode) in self.inodes.items()
+                )
+                body = b"".join(parts)
+                handle.write(body + tag(key, body))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.rename(tmp, path)
@@ -100,6 +115,31 @@ class StatTable(_Mutable):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise BackendError(f"cannot write {path}: {exc.strerror}") from None
+
+    def newest(self) -> int:
+        """The latest ctime of a trusted record (ns; 0 when there is none). Only the ctime counts: any
+        change of a file sets it to the clock's now (an mtime can be set to anything, which sets the
+        ctime too)."""
+        return max((r[3] for r in self.inodes.values()), default=0)
+
+    def _smudge_racy(self, clock: Callable[[], int]) -> None:
+        """Mark as unknown every record whose times are not strictly older than the file system's
+        clock, after waiting up to :data:`_RACY_WAIT` for the clock to pass the newest of them (on a
+        kernel with a coarse tick this is a few ms, and nothing is lost)."""
+        newest = self.newest()
+        if not newest:
+            return
+        now, waited = clock(), 0.0
+        while now <= newest and waited < _RACY_WAIT:
+            time.sleep(0.002)
+            waited += 0.002
+            now = clock()
+        if now > newest:
+            return
+        inodes = self.inodes
+        for ino, (sha, size, mtime, ctime, mode) in list(inodes.items()):
+            if ctime >= now:
+                inodes[ino] = (sha, size, mtime, UNKNOWN_CTIME, mode)
 
     def record(self, st: os.stat_result, sha256: str) -> None:
         """Remember that the inode of ``st`` holds ``sha256`` (a directory: :data:`DIR_SHA`)."""
@@ -142,3 +182,14 @@ class StatTable(_Mutable):
     def forget(self, ino: int) -> None:
         """Drop the record of an inode that no longer exists."""
         self.inodes.pop(ino, None)
+
+
+def _fs_now(fd: int) -> Callable[[], int]:
+    """A reading of the file system's clock (ns): set the times of the open file ``fd`` to now and
+    read its mtime back (the clock the kernel stamps files with, at the file system's granularity)."""
+
+    def now() -> int:
+        os.utime(fd)
+        return os.fstat(fd).st_mtime_ns
+
+    return now

@@ -1,0 +1,82 @@
+"""Racy stat records: a file changed in the same tick of the file system's clock as graven recorded
+it keeps its times, so such a record must never be trusted (a time review: on a file system with 1 s
+timestamps an activate hook's edit was hard-linked into the next release, and drift said clean)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graven.deploy import statdb
+from graven.deploy.statdb import UNKNOWN_CTIME, StatTable
+
+KEY = b"k" * 32
+SHA = "ab" * 32
+
+
+def _file(path: Path, data: bytes = b"v1\n") -> os.stat_result:
+    path.write_bytes(data)
+    return os.lstat(path)
+
+
+def test_a_record_of_this_tick_is_saved_as_unknown_and_never_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = _file(tmp_path / "old"), _file(tmp_path / "new")
+    tick = new.st_ctime_ns  # a clock that does not move past the newest record (a 1 s tick, say)
+    monkeypatch.setattr(statdb, "_fs_now", lambda fd: lambda: tick)
+    monkeypatch.setattr(statdb, "_RACY_WAIT", 0.01)
+    table = StatTable()
+    table.record(os.lstat(tmp_path / "old"), SHA)
+    table.record(new, SHA)
+    if old.st_ctime_ns >= tick:  # both made in one tick of this file system: make "old" older
+        table.inodes[old.st_ino] = (*table.inodes[old.st_ino][:3], tick - 1, old.st_mode)
+        old = os.lstat(tmp_path / "old")
+    table.save(tmp_path / "stat", KEY)
+    loaded = StatTable.load(tmp_path / "stat", KEY)
+    assert loaded.inodes[new.st_ino][3] == UNKNOWN_CTIME
+    assert not loaded.matches(new, SHA)  # an edit in the same tick would look exactly like this
+    assert loaded.inodes[old.st_ino][3] != UNKNOWN_CTIME
+
+
+def test_save_waits_for_a_coarse_clock_to_pass_the_newest_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = _file(tmp_path / "f")
+    readings: Iterator[int] = iter([st.st_ctime_ns, st.st_ctime_ns, st.st_ctime_ns + 4_000_000])
+    monkeypatch.setattr(statdb, "_fs_now", lambda fd: lambda: next(readings))
+    table = StatTable()
+    table.record(st, SHA)
+    start = time.monotonic()
+    table.save(tmp_path / "stat", KEY)
+    assert time.monotonic() - start < 1.0
+    assert StatTable.load(tmp_path / "stat", KEY).matches(st, SHA)  # the clock moved on: trusted
+
+
+def test_with_the_real_clock_records_are_trusted_and_older_than_the_table_file(tmp_path: Path) -> None:
+    table = StatTable()
+    files = [_file(tmp_path / f"f{i}", b"x" * i) for i in range(50)]
+    for st in files:
+        table.record(st, SHA)
+    table.save(tmp_path / "stat", KEY)
+    loaded = StatTable.load(tmp_path / "stat", KEY)
+    recorded_at = os.stat(tmp_path / "stat").st_mtime_ns  # what a drift check takes as their time
+    for st in files:
+        ctime = loaded.inodes[st.st_ino][3]
+        assert ctime == UNKNOWN_CTIME or (ctime < recorded_at and loaded.matches(st, SHA))
+    assert sum(loaded.matches(st, SHA) for st in files) == len(files)  # a fine clock: none racy
+
+
+def test_a_changed_file_never_matches_a_smudged_or_a_kept_record(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    st = _file(path)
+    table = StatTable()
+    table.record(st, SHA)
+    table.save(tmp_path / "stat", KEY)
+    time.sleep(0.01)
+    path.write_bytes(b"v2\n")  # same size
+    assert not StatTable.load(tmp_path / "stat", KEY).matches(os.lstat(path), SHA)
