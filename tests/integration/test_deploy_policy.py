@@ -512,3 +512,24 @@ def test_a_promote_refusal_for_its_own_source_says_to_deploy_there_again(
         promote(world.ctx(), "staging", "prod", world.options())
     assert world.deploy(digest, "staging").ok  # as it says
     assert promote(world.ctx(), "staging", "prod", world.options()).ok
+
+
+def test_retention_goes_by_the_order_of_deployments_not_the_clock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time review: retention kept the releases with the latest wall-clock finish; after the clock
+    was stepped back (an NTP correction) it deleted the newer releases and kept the oldest."""
+    from graven.service import deploy_records
+
+    toml = env_toml("app", staging_prod(keep=3))
+    digests = [world.version(n, toml) for n in range(1, 6)]
+    times = ["2030-06-01T00:00:00.000000Z"] + [f"2030-01-01T00:00:{i:02d}.000000Z" for i in range(60)]
+    clock = iter(times)  # the first deployment's record, then the clock stepped back and going on
+    monkeypatch.setattr(deploy_records, "utc_now", lambda: next(clock))
+    for digest in digests:
+        assert world.deploy(digest, "staging").ok
+    releases = world.env_dir("staging") / "releases"
+    assert {p.name for p in releases.iterdir()} == {d[7:] for d in digests[2:]}
+    with world.ctx().db.connect() as conn:  # the first record did get the later time
+        first = conn.execute("SELECT finished_at FROM deployments ORDER BY id LIMIT 1").scalar_one()
+    assert first == times[0]

@@ -135,10 +135,12 @@ class ReleaseInfo(Frozen):
     __slots__ = ("digest", "failed", "last_ok")
     _fields = ("digest", "last_ok", "failed")
     digest: str
-    last_ok: str | None  # when it last went live successfully here (sortable UTC), None: never
+    # its latest successful deployment here, as the order of the records (their id), None: never; not
+    # the wall-clock time, which a clock stepped back (an NTP correction) would put out of order
+    last_ok: int | None
     failed: bool  # it was deployed here and never went live successfully
 
-    def __init__(self, digest: str, last_ok: str | None = None, failed: bool = False) -> None:
+    def __init__(self, digest: str, last_ok: int | None = None, failed: bool = False) -> None:
         _set(self, "digest", digest)
         _set(self, "last_ok", last_ok)
         _set(self, "failed", failed)
@@ -164,7 +166,7 @@ def plan_retention(releases: Sequence[ReleaseInfo], *, keep: int, protected: Ite
     guarded = set(protected)
     kept: list[str] = [r.digest for r in releases if r.digest in guarded]
     candidates = [r for r in releases if r.digest not in guarded and not r.failed]
-    candidates.sort(key=lambda r: (r.last_ok is not None, r.last_ok or "", r.digest), reverse=True)
+    candidates.sort(key=lambda r: (r.last_ok is not None, r.last_ok or 0, r.digest), reverse=True)
     room = max(0, keep - len(kept))
     kept.extend(r.digest for r in candidates[:room])
     kept_set = set(kept)

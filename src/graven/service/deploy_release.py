@@ -176,15 +176,15 @@ def retention(
     names = layout.release_names()
     with ctx.db.connect() as conn:
         rows = conn.execute(
-            "SELECT digest, result, finished_at FROM deployments WHERE env = :env", {"env": env}
+            "SELECT id, digest, result, finished_at FROM deployments WHERE env = :env", {"env": env}
         )
-        last_ok: dict[str, str] = {}
+        last_ok: dict[str, int] = {}
         seen: set[str] = set()
         for row in rows:
             hex_digest = str(row.digest).removeprefix("sha256:")
             seen.add(hex_digest)
             if row.result == "ok" and row.finished_at:
-                last_ok[hex_digest] = max(last_ok.get(hex_digest, ""), str(row.finished_at))
+                last_ok[hex_digest] = max(last_ok.get(hex_digest, 0), int(row.id))
     infos = [ReleaseInfo(n, last_ok.get(n), failed=n in seen and n not in last_ok) for n in names]
     protected = {
         d.removeprefix("sha256:")

@@ -107,11 +107,11 @@ def test_config_diff_is_unified_and_names_binary_files() -> None:
 
 def test_retention_keeps_protected_then_newest_and_drops_failed() -> None:
     releases = [
-        ReleaseInfo("r1", "2026-01-01T00:00:01Z"),
-        ReleaseInfo("r2", "2026-01-01T00:00:02Z"),
-        ReleaseInfo("r3", "2026-01-01T00:00:03Z"),
+        ReleaseInfo("r1", 1),
+        ReleaseInfo("r2", 2),
+        ReleaseInfo("r3", 3),
         ReleaseInfo("bad", None, failed=True),
-        ReleaseInfo("r4", "2026-01-01T00:00:04Z"),
+        ReleaseInfo("r4", 4),
         ReleaseInfo("unknown", None),
     ]
     plan = plan_retention(releases, keep=3, protected={"r4", "r1"})
@@ -120,7 +120,7 @@ def test_retention_keeps_protected_then_newest_and_drops_failed() -> None:
 
 
 def test_retention_never_deletes_protected_even_when_keep_is_small() -> None:
-    releases = [ReleaseInfo("a", "1"), ReleaseInfo("b", "2"), ReleaseInfo("held", None, failed=True)]
+    releases = [ReleaseInfo("a", 1), ReleaseInfo("b", 2), ReleaseInfo("held", None, failed=True)]
     plan = plan_retention(releases, keep=1, protected={"a", "b", "held"})
     assert set(plan.keep) == {"a", "b", "held"} and plan.delete == ()
 
@@ -131,7 +131,7 @@ def release_sets(draw: st.DrawFn) -> tuple[list[ReleaseInfo], int, set[str]]:
     releases = [
         ReleaseInfo(
             n,
-            draw(st.one_of(st.none(), st.sampled_from(["1", "2", "3", "4", "5"]))),
+            draw(st.one_of(st.none(), st.integers(1, 5))),
             failed=draw(st.booleans()),
         )
         for n in names
@@ -161,7 +161,7 @@ def test_retention_properties(case: tuple[list[ReleaseInfo], int, set[str]]) -> 
             continue
         for r in releases:
             if r.digest in kept and r.digest not in protected:
-                assert (r.last_ok or "") >= (info.last_ok or "")
+                assert (r.last_ok or 0) >= (info.last_ok or 0)
 
 
 # -- policy ----------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
         True,
     ),
     (TreeDiff, {"added": ("a",), "removed": (), "changed": ("c",), "unchanged": 4}, True),
-    (ReleaseInfo, {"digest": SHA, "last_ok": "2026", "failed": False}, True),
+    (ReleaseInfo, {"digest": SHA, "last_ok": 2026, "failed": False}, True),
     (RetentionPlan, {"keep": ("a",), "delete": ("b",)}, True),
     (
         PolicyFacts,
