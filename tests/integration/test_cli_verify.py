@@ -323,3 +323,62 @@ def test_a_recorded_commit_the_signed_provenance_contradicts_fails_verify(
         db.execute('UPDATE artifacts SET "commit" = ? WHERE digest = ?', ("f" * 40, digest))
     code, _, err = run_cli("verify", digest)
     assert code == 1 and "records commit ffffffffffff for it, but no signed provenance" in err, err
+
+
+def _flip_packed(objects: Path, digest: str) -> None:
+    """Flip a byte in the middle of ``digest``'s record in its pack (index: docs/formats/store-v1.md)."""
+    import struct
+
+    want = bytes.fromhex(digest.removeprefix("sha256:"))
+    for idx in (objects / "pack").glob("*.idx"):
+        data = idx.read_bytes()
+        (count,) = struct.unpack(">Q", data[12:20])
+        for i in range(count):
+            found, offset, length, _raw, _codec = struct.unpack(">32sQQQB", data[20 + 57 * i : 77 + 57 * i])
+            if found == want:
+                _flip(idx.with_suffix(".pack"), offset + length // 2)
+                return
+    raise AssertionError(f"{digest} is in no pack")
+
+
+def test_a_corrupt_graven_toml_named_by_the_provenance_fails_verify(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """A permissions review: verify said ok while the graven.toml its provenance names (what a deploy
+    reads its settings from) was corrupt; deploy then failed on it."""
+    toml = '[artifact]\nname = "docs"\ninclude = ["docs/**"]\n'  # graven.toml is no file of it
+    digest = _build(run_cli, make_repo(tmp_path / "repo", FILES, toml))
+    code, out, _ = run_cli("show", digest, "--json")
+    pipeline = json.loads(out)["builds"][0]["pipeline_digest"]
+    _flip_packed(graven_home / "objects", pipeline)
+    code, out, err = run_cli("verify", digest)
+    assert code == 1 and out == ""
+    assert _problems(err) == [f"corrupt: graven.toml (named by the provenance) (object {pipeline})"]
+    code, out, _ = run_cli("verify", digest, "--json")
+    assert code == 1 and [p["path"] for p in json.loads(out)["problems"]] == [
+        "graven.toml (named by the provenance)"
+    ]
+
+
+def test_the_library_verify_checks_trust_too_and_records_the_failure(
+    graven_home: Path, built: tuple[Path, str]
+) -> None:
+    """An architecture review: the service's verify_artifact only re-hashed objects, and graven verify
+    put the rest together in the CLI, so a library caller got ok for an artifact no key it trusts
+    signed. graven.service.artifacts.verify is the whole check."""
+    import shutil
+
+    from graven.home import Home
+    from graven.service.artifacts import verify
+    from graven.service.context import Context
+    from graven.service.provenance import load_policy
+
+    _, digest = built
+    shutil.move(graven_home / "trust", graven_home.parent / "trust-aside")
+    with Context(home=Home(root=graven_home)) as ctx:
+        result = verify(ctx, Digest.parse(digest), policy=load_policy(ctx, None))
+        assert result.report.ok and not result.ok and not result.provenance.ok
+        assert "no trusted keys" in result.reason
+        with ctx.db.connect() as conn:
+            events = [r[0] for r in conn.execute("SELECT event FROM log_entries ORDER BY idx")]
+    assert events[-1] == "verify-failure"

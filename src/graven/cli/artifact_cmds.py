@@ -230,7 +230,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
     rebuild_repo: Path | None = args.rebuild_repo
     from graven.service import artifacts as svc
     from graven.service.context import Context
-    from graven.service.provenance import check_provenance, load_policy
+    from graven.service.provenance import load_policy
 
     if rebuild_repo is not None and not rebuild:
         raise UsageError("-C/--repo is only used with --rebuild", "graven verify")
@@ -239,14 +239,10 @@ def verify_cmd(args: argparse.Namespace) -> int:
     resolved = svc.resolve_digest(ctx, digest)
     trust = load_policy(ctx, policy)
     try:
-        report = svc.verify_artifact(ctx, resolved)
+        verdict = svc.verify(ctx, resolved, policy=trust, env=env)
     finally:
         reporter.close()
-    provenance = check_provenance(ctx, resolved, policy=trust, env=env)
-    ok = report.ok and provenance.ok
-    if not ok:
-        reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
-        _record_failure(ctx, resolved, reason)
+    report, provenance, ok = verdict.report, verdict.provenance, verdict.ok
     if rebuild:
         return _verify_rebuild(ctx, resolved, rebuild_repo, report, provenance, ok=ok, as_json=as_json)
     if as_json:
@@ -256,18 +252,6 @@ def verify_cmd(args: argparse.Namespace) -> int:
     else:
         _print_problems(resolved, report, provenance)
     return 0 if ok else 1
-
-
-def _record_failure(ctx: Context, digest: Digest, reason: str) -> None:
-    """Record a failed verification in the audit log; when that cannot be done (a read-only home, a
-    database that is down), say so and go on: the failure itself must still be reported."""
-    from graven.errors import GravenError
-    from graven.model.logentry import LogEvent
-
-    try:
-        ctx.audit.record(LogEvent("verify-failure", artifact=str(digest), reason=reason, result="failed"))
-    except GravenError as exc:
-        sys.stderr.write(f"graven: warning: this failure is not in the audit log: {printable(str(exc))}\n")
 
 
 def _print_problems(
@@ -298,6 +282,7 @@ def _verify_rebuild(
     as_json: bool,
 ) -> int:
     """``verify --rebuild``: the usual checks, then a rebuild that must give the same digest."""
+    from graven.service.artifacts import record_verify_failure
     from graven.service.reproduce import rebuild
 
     if not provenance.ok:  # never run steps that an unverified provenance names
@@ -310,7 +295,7 @@ def _verify_rebuild(
     if not result.ok:
         changed = len(result.differences)
         reason = f"rebuild of {result.commit[:12]} gave {result.rebuilt} ({changed} paths differ)"
-        _record_failure(ctx, resolved, reason)
+        record_verify_failure(ctx, resolved, reason)
     ok = ok and result.ok
     if as_json:
         emit_json(

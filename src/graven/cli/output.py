@@ -127,9 +127,9 @@ class TerminalReporter:
         self._shown = ""  # the line drawn last: the same line is not drawn again
 
     def warn(self, message: str) -> None:
-        """One warning line."""
+        """One warning line (control characters escaped: a message may quote a name or a value)."""
         self._clear()
-        sys.stderr.write(f"graven: warning: {message}\n")
+        sys.stderr.write(f"graven: warning: {printable(message)}\n")
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
         """Redraw the progress line at most ten times a second."""

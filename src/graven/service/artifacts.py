@@ -13,15 +13,22 @@ from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 from graven.service.context import Context
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from graven.service.provenance import ProvenanceCheck
+    from graven.signing.trust import TrustPolicy
+
 __all__ = [
     "ArtifactRecord",
     "Problem",
+    "Verification",
     "VerifyReport",
     "get_artifact",
     "list_artifacts",
     "load_manifest",
     "resolve_digest",
     "summarize",
+    "verify",
     "verify_artifact",
 ]
 
@@ -284,6 +291,72 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
     progress("verifying objects", total, total)
     report.problems.sort(key=lambda p: p.path.encode())
     return report
+
+
+class Verification(Frozen):
+    """What ``graven verify`` found: every object of the artifact re-hashed (``report``, which also
+    names the objects its provenance relies on), the provenance against the trust policy, the
+    verdict."""
+
+    __slots__ = ("ok", "provenance", "reason", "report")
+    _fields = ("report", "provenance", "ok", "reason")
+    report: VerifyReport
+    provenance: ProvenanceCheck
+    ok: bool
+    reason: str  # why it failed ("" when ok): what the audit log records
+
+    def __init__(self, report: VerifyReport, provenance: ProvenanceCheck, ok: bool, reason: str) -> None:
+        _set(self, "report", report)
+        _set(self, "provenance", provenance)
+        _set(self, "ok", ok)
+        _set(self, "reason", reason)
+
+
+def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None = None) -> Verification:
+    """``graven verify``: re-hash the manifest and every blob, check the signed provenance against
+    ``policy`` (for ``env``'s keys), and re-hash what the accepted provenance names that a deployment
+    reads (the graven.toml; a build log, when this store has it). A failure is recorded in the audit
+    log; when it cannot be (a read-only home, a database that is down), a warning says so and the
+    failure is still returned."""
+    from graven.service.provenance import PIPELINE_NAME, check_provenance
+
+    report = verify_artifact(ctx, digest)
+    provenance = check_provenance(ctx, digest, policy=policy, env=env)
+    store = ctx.store
+    for name, named in provenance.named:
+        try:
+            object_digest = Digest.parse(named)
+        except GravenError:
+            continue  # a statement's own digests are parsed strictly: never here
+        path = f"{name} (named by the provenance)"
+        report.objects_checked += 1
+        try:
+            if not store.has(object_digest):
+                if name != PIPELINE_NAME:  # a build log does not travel with an export: not needed
+                    report.objects_checked -= 1
+                    continue
+                raise store.missing_error(object_digest)
+            store.verify(object_digest)
+        except IntegrityError as exc:
+            kind = "missing" if not store.has(object_digest) else "corrupt"
+            report.problems.append(Problem(path, str(object_digest), kind, str(exc)))
+    ok = report.ok and provenance.ok
+    reason = ""
+    if not ok:
+        reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
+        record_verify_failure(ctx, digest, reason)
+    return Verification(report, provenance, ok, reason)
+
+
+def record_verify_failure(ctx: Context, digest: Digest, reason: str) -> None:
+    """Record a failed verification in the audit log; when that cannot be done (a read-only home, a
+    database that is down), warn and go on: the failure itself must still be reported."""
+    from graven.model.logentry import LogEvent
+
+    try:
+        ctx.audit.record(LogEvent("verify-failure", artifact=str(digest), reason=reason, result="failed"))
+    except GravenError as exc:
+        ctx.reporter.warn(f"this failure is not in the audit log: {exc}")
 
 
 def summarize(manifest: TreeManifest) -> dict[str, Any]:

@@ -252,27 +252,32 @@ def envelope_digests(ctx: Context, artifact: Digest) -> list[str]:
 class ProvenanceCheck(Frozen):
     """The outcome of checking an artifact's provenance against the trust policy."""
 
-    __slots__ = ("commit", "envelope", "keyid", "ok", "reason")
-    _fields = ("ok", "reason", "keyid", "envelope", "commit")
+    __slots__ = ("commit", "envelope", "keyid", "named", "ok", "reason")
+    _fields = ("ok", "reason", "keyid", "envelope", "commit", "named")
     ok: bool
     reason: str
     keyid: str | None
     envelope: str | None
     commit: str | None
+    # what the accepted statement names that a build stores beside the artifact: (name, digest) of its
+    # graven.toml ("graven.toml") and byproducts (its build log)
+    named: tuple[tuple[str, str], ...]
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
         ok: bool,
         reason: str,
         keyid: str | None = None,
         envelope: str | None = None,
         commit: str | None = None,
+        named: tuple[tuple[str, str], ...] = (),
     ) -> None:
         _set(self, "ok", ok)
         _set(self, "reason", reason)
         _set(self, "keyid", keyid)
         _set(self, "envelope", envelope)
         _set(self, "commit", commit)
+        _set(self, "named", named)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
@@ -359,13 +364,20 @@ def check_provenance(
 
 
 def _accepted(verified: VerifiedProvenance, envelope_digest: str | None) -> ProvenanceCheck:
+    statement = verified.statement
+    named = [(PIPELINE_NAME, statement.pipeline_digest)] if statement.pipeline_digest else []
+    named.extend((item.name, item.digest) for item in statement.byproducts)
     return ProvenanceCheck(
         True,
         f"signed by trusted key {verified.keyid[:16]}",
         keyid=verified.keyid,
         envelope=envelope_digest,
-        commit=verified.statement.commit,
+        commit=statement.commit,
+        named=tuple(named),
     )
+
+
+PIPELINE_NAME = "graven.toml"
 
 
 def check_attestation_file(
