@@ -3,9 +3,12 @@ directories (:mod:`graven.deploy.layout`) and the home's trust material (:mod:`g
 
 A path is safe for user ``me`` when nobody else can change what it resolves to: every directory the
 kernel walks through on the way (each symlink followed where it points) belongs to ``me`` or to root
-and is not writable by every user unless it is sticky (``/tmp``: nobody renames another user's entries
-there), a link in such a sticky directory belongs to ``me`` or root, and the last directory or file
-itself is neither another user's nor writable by every user (not even when sticky).
+and is not writable by other users unless it is sticky (``/tmp``: nobody renames another user's
+entries there), a link in such a sticky directory belongs to ``me`` or root, and the last directory or
+file itself is neither another user's nor writable by others (not even when sticky). Writable by its
+group counts as writable by others when the group has a member besides ``me`` and root (sshd refuses
+any group write; a group of one, as Debian's per-user groups, changes nothing): a member could swap a
+directory graven is writing into for a link, and have a root deploy write and chmod where it points.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import stat
 
 from graven.errors import BackendError, InputError
 
-__all__ = ["first_problem", "unsafe_owner", "walk"]
+__all__ = ["first_problem", "group_others", "unsafe_owner", "walk"]
 
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
 
@@ -28,7 +31,36 @@ def unsafe_owner(st: os.stat_result, me: int, *, top: bool) -> str | None:
         return f"belongs to another user (uid {st.st_uid}; you are {me})"
     if st.st_mode & stat.S_IWOTH and (top or not st.st_mode & stat.S_ISVTX):
         return f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & stat.S_IWGRP and (top or not st.st_mode & stat.S_ISVTX):
+        others = group_others(st.st_gid, me)
+        if others:
+            return (
+                f"is writable by its group {others[0]} (mode {stat.S_IMODE(st.st_mode):04o}), whose members "
+                f"include {', '.join(others[1:])}"
+            )
     return None
+
+
+def group_others(gid: int, me: int) -> list[str]:
+    """The name of group ``gid`` and its members other than ``me`` and root (by supplementary
+    membership or as their primary group); empty when it has none. A group the system cannot name is
+    taken as having others (its members cannot be known)."""
+    import grp
+    import pwd
+
+    try:
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return [f"gid {gid}", "unknown users (the system has no such group)"]
+    mine = {0, me}
+    names = set(group.gr_mem)
+    try:
+        users = pwd.getpwall()
+    except OSError:  # pragma: no cover - no user database at all
+        users = []
+    skip = {u.pw_name for u in users if u.pw_uid in mine}
+    others = sorted((names | {u.pw_name for u in users if u.pw_gid == gid}) - skip)
+    return [group.gr_name, *others] if others else []
 
 
 def walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str | None]:

@@ -103,6 +103,34 @@ def test_a_directory_every_user_may_write_is_refused_on_the_way_and_at_path(
     assert world.deploy(world.version(4), "staging").ok
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory another group needs root")
+def test_a_directory_its_group_may_write_is_refused_when_the_group_has_other_members(world: World) -> None:
+    """A permissions review: root deployed into a root:team 2775 directory; a team member swapped
+    releases/ for a link while the release was written, and root wrote ~4,400 files into, and chmod'ed,
+    a directory the member could not write. As sshd: group-writable is writable by others, unless
+    the group has no member but the deployer (and root)."""
+    import grp
+
+    v1 = world.build()
+    parent = world.root
+    parent.mkdir(parents=True)
+    nogroup = grp.getgrgid(65534).gr_name  # the nobody user's own group: it has a member
+    os.chown(parent, 0, 65534)
+    parent.chmod(0o2775)
+    with pytest.raises(
+        InputError, match=rf"srv is writable by its group {nogroup} \(mode 2775\), whose members"
+    ):
+        world.deploy(v1, "staging")
+    assert not (parent / "staging").exists()
+    os.chown(parent, 0, 0)  # the root group: no member but root here
+    assert world.deploy(v1, "staging").ok
+    (parent / "staging" / "releases").chmod(0o775)
+    assert world.deploy(world.version(2), "staging").ok
+    os.chown(parent / "staging" / "releases", 0, 65534)
+    with pytest.raises(InputError, match=r"releases is writable by its group"):
+        world.deploy(world.version(3), "staging")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user's needs root")
 def test_a_directory_of_another_user_is_refused(world: World) -> None:
     v1 = world.build()

@@ -175,3 +175,24 @@ def test_the_trust_check_walks_dot_dot_as_the_kernel_does(
     monkeypatch.setenv("GRAVEN_HOME", f"{tmp_path}/safe/link/../h")
     code, _, err = run_cli(capsys, "keys", "list")
     assert code == 2 and "is writable by every user" in err and str(pub) in err, err
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="giving a file another group needs root")
+def test_a_revocation_list_another_group_member_may_write_is_refused(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A permissions review: with trust/revoked 0664 and a group of several users, another member
+    emptied the file and a revoked key verified again. Group-writable trust material is refused
+    unless the group has no member but this user (and root)."""
+    import os
+
+    assert run_cli(capsys, "keys", "generate", "--name", "second")[0] == 0
+    keyid = json.loads(run_cli(capsys, "keys", "list", "--json")[1])["signing"][0]["keyid"]
+    assert run_cli(capsys, "keys", "revoke", keyid)[0] == 0
+    revoked = home / "trust" / "revoked"
+    os.chown(revoked, 0, 65534)  # nogroup: the nobody user's group
+    revoked.chmod(0o664)
+    code, _, err = run_cli(capsys, "keys", "list")
+    assert code == 2 and f"{revoked} is writable by its group" in err and "chmod go-w" in err, err
+    os.chown(revoked, 0, 0)
+    assert run_cli(capsys, "keys", "list")[0] == 0  # a group of root alone writes nothing new

@@ -116,7 +116,7 @@ def check_trust_material(path: Path, trust_dir: Path) -> None:
     if found is not None:
         where, problem = found
         fix = (
-            f"chmod o-w {where}"
+            f"chmod go-w {where}"
             if "writable" in problem
             else f"run graven as its owner, or chown {where} to yourself or root"
         )
