@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from graven.cli import keys_cmds
 from graven.errors import BackendError
+from graven.service import keys as keys_service
 from graven.signing import trust
 from helpers_repo import run_cli
 
@@ -54,7 +54,7 @@ def test_a_trust_whose_log_entry_fails_takes_no_effect(
     else:
         args = ["keys", "generate", "--name", "second"]
     with monkeypatch.context() as patch:
-        patch.setattr(keys_cmds, "_log", _busy)
+        patch.setattr(keys_service, "_log", _busy)
         code, _, err = run_cli(capsys, *args)
     assert code == 1, err
     assert _trusted(home) == []  # not trusted, as the log says
@@ -196,3 +196,28 @@ def test_a_revocation_list_another_group_member_may_write_is_refused(
     assert code == 2 and f"{revoked} is writable by its group" in err and "chmod go-w" in err, err
     os.chown(revoked, 0, 0)
     assert run_cli(capsys, "keys", "list")[0] == 0  # a group of root alone writes nothing new
+
+
+def test_the_library_logs_every_trust_change_as_the_cli_does(home: Path, tmp_path: Path) -> None:
+    """An architecture review: key management lived in the CLI, so a key generated and trusted from
+    Python (KeyStore + store_trusted_key) left no key-trusted entry. graven.service.keys does it all."""
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.keys import generate_key, revoke_key, trust_public_key
+    from graven.signing.keys import KeyStore
+
+    graven_home = Home(root=home)
+    made = generate_key(graven_home, "ci")
+    assert made.trusted is not None and made.trusted.is_file()
+    other = generate_key(graven_home, "other", "ecdsa-p256", trust=False)
+    assert other.trusted is None and oct(other.private_key.stat().st_mode)[-3:] == "600"
+    pem = KeyStore(graven_home.keys).export_public("other")
+    first, again = trust_public_key(graven_home, pem, "other.pub"), trust_public_key(graven_home, pem, "x")
+    assert first.changed and not again.changed and first.keyid == other.keyid
+    assert revoke_key(graven_home, f"sha256:{other.keyid}").changed
+    assert not revoke_key(graven_home, other.keyid).changed
+    assert trust_public_key(graven_home, pem, "other.pub").revoked
+    with Context(home=graven_home) as ctx, ctx.db.connect() as conn:
+        logged = [(r[0], r[1]) for r in conn.execute("SELECT event, entry FROM log_entries ORDER BY idx")]
+    assert [e for e, _ in logged] == ["key-trusted", "key-trusted", "key-revoked"]
+    assert made.keyid in logged[0][1] and "from other.pub" in logged[1][1] and other.keyid in logged[2][1]

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_group
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
-from graven.errors import ConfigError, InputError, NotFoundError
+from graven.errors import InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
-    from graven.home import Home
     from graven.model.digest import Digest
     from graven.service.context import Context
 
@@ -70,39 +68,24 @@ def generate_cmd(args: argparse.Namespace) -> int:
     no_trust: bool = args.no_trust
     as_json: bool = args.as_json
     from graven.home import Home
-    from graven.signing.keys import KeyEntry, KeyStore
-    from graven.signing.trust import make_trust_dir, store_trusted_key
+    from graven.service.keys import generate_key
 
-    home = Home.from_env()
-    keys = KeyStore(home.keys)
-    if not no_trust:
-        make_trust_dir(home.trust)  # refused before a key is made or anything logged
-
-    def log_trust(entry: KeyEntry) -> None:
-        # logged before the key files are written and trusted: a trust that takes effect is never
-        # missing from the audit log, and a log that refuses the entry leaves no key behind (a failure
-        # after it leaves an entry and no effect: `graven keys export` + `keys trust` completes it)
-        _log(home, "key-trusted", f"key {entry.keyid} ({entry.key_type}, generated as {name})")
-
-    entry = keys.generate(name, key_type, before_write=None if no_trust else log_trust)
-    trusted = None
-    if not no_trust:
-        trusted = store_trusted_key(home.trust, keys.export_public(name))
+    made = generate_key(Home.from_env(), name, key_type, trust=not no_trust)
     if as_json:
         emit_json(
             {
-                "name": entry.name,
-                "keyid": entry.keyid,
-                "type": entry.key_type,
-                "private_key": str(keys.private_path(name)),
-                "trusted": str(trusted) if trusted else None,
+                "name": made.name,
+                "keyid": made.keyid,
+                "type": made.key_type,
+                "private_key": str(made.private_key),
+                "trusted": str(made.trusted) if made.trusted else None,
             }
         )
     else:
-        print(f"generated {entry.key_type} key {entry.name} ({entry.keyid})")
-        print(f"private key: {keys.private_path(name)} (mode 0600)")
-        if trusted:
-            print(f"trusted by this home: {trusted}")
+        print(f"generated {made.key_type} key {made.name} ({made.keyid})")
+        print(f"private key: {made.private_key} (mode 0600)")
+        if made.trusted:
+            print(f"trusted by this home: {made.trusted}")
     return 0
 
 
@@ -159,7 +142,7 @@ def trust_cmd(args: argparse.Namespace) -> int:
     """Trust the public key in PEM_FILE for verifying provenance."""
     pem_file: Path = args.pem_file
     from graven.home import Home
-    from graven.signing.trust import make_trust_dir, store_trusted_key, trust_key, trusted_key_path
+    from graven.service.keys import trust_public_key
 
     try:
         pem = pem_file.read_bytes()
@@ -167,75 +150,41 @@ def trust_cmd(args: argparse.Namespace) -> int:
         raise NotFoundError(f"{pem_file}: no such file") from None
     except OSError as exc:
         raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
-    keyid, _ = trust_key(pem)
     home = Home.from_env()
-    make_trust_dir(home.trust)  # refused before anything is logged
-    path, already = trusted_key_path(home.trust, pem)
-    if not already:  # logged first, as for generate and revoke; trusting it again changes nothing
-        _log(home, "key-trusted", f"key {keyid} from {pem_file.name}")
-        path = store_trusted_key(home.trust, pem)
-    revoked = keyid in _revoked(home.trust / "revoked")
-    if revoked:  # trusted and revoked: revocation wins everywhere (verify, deploy, build)
+    result = trust_public_key(home, pem, pem_file.name)
+    if result.revoked:  # trusted and revoked: revocation wins everywhere (verify, deploy, build)
         sys.stderr.write(
-            f"graven: warning: key {keyid} is revoked in {home.trust / 'revoked'}: it stays refused "
+            f"graven: warning: key {result.keyid} is revoked in {home.trust / 'revoked'}: it stays refused "
             "everywhere until that line is removed\n"
         )
     if args.as_json:
-        emit_json({"keyid": keyid, "path": str(path), "changed": not already, "revoked": revoked})
+        emit_json(
+            {
+                "keyid": result.keyid,
+                "path": str(result.path),
+                "changed": result.changed,
+                "revoked": result.revoked,
+            }
+        )
     else:
-        print(f"trusted key {keyid} ({path})" + (", but it is revoked" if revoked else ""))
+        print(
+            f"trusted key {result.keyid} ({result.path})" + (", but it is revoked" if result.revoked else "")
+        )
     return 0
 
 
 def revoke_cmd(args: argparse.Namespace) -> int:
     """Never accept KEYID again, even where it is trusted."""
     keyid: str = args.keyid
-    import re
-
     from graven.home import Home
+    from graven.service.keys import revoke_key
 
-    value = keyid.strip().lower().removeprefix("sha256:")
-    if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise InputError(f"{keyid!r} is not a key id (64 hex digits; see `graven keys list`)")
-    from graven.signing.trust import make_trust_dir
-
-    home = Home.from_env()
-    make_trust_dir(home.trust)
-    path = home.trust / "revoked"
-    changed = value not in _revoked(path)
-    if changed:
-        # logged first: a revocation that takes effect is never missing from the audit log (a
-        # failure between the two leaves an entry and no effect; running revoke again completes it)
-        _log(home, "key-revoked", f"key {value}")
-        # 0644 whatever the umask: a revoked file everyone may write would be refused right after
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "a+b") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                last = handle.read(1)
-                handle.seek(0, os.SEEK_END)
-                if last != b"\n":  # a last line without its newline (a comment, say) must not take the id
-                    handle.write(b"\n")
-            handle.write(value.encode() + b"\n")
-        if value not in _revoked(path):  # read back the way verify and deploy read it
-            raise ConfigError(
-                f"{path}: key {value} was written but does not read back as revoked; fix the file"
-            )
+    result = revoke_key(Home.from_env(), keyid)
     if args.as_json:
-        emit_json({"keyid": value, "path": str(path), "changed": changed})
+        emit_json({"keyid": result.keyid, "path": str(result.path), "changed": result.changed})
     else:
-        print(f"revoked key {value}")
+        print(f"revoked key {result.keyid}")
     return 0
-
-
-def _log(home: Home, event: str, reason: str) -> None:
-    """Record a trust change in the audit log."""
-    from graven.model.logentry import LogEvent
-    from graven.service.context import Context
-
-    with Context(home=home) as ctx:
-        ctx.audit.record(LogEvent(event, reason=reason))
 
 
 def attest_verify_cmd(args: argparse.Namespace) -> int:
