@@ -14,6 +14,7 @@ __all__ = [
     "PolicyFacts",
     "ReleaseInfo",
     "RetentionPlan",
+    "TestedPipelines",
     "TreeDiff",
     "config_diff",
     "diff_manifests",
@@ -172,6 +173,66 @@ def plan_retention(releases: Sequence[ReleaseInfo], *, keep: int, protected: Ite
     kept_set = set(kept)
     delete = [r.digest for r in releases if r.digest not in kept_set]
     return RetentionPlan(tuple(sorted(kept_set)), tuple(sorted(delete)))
+
+
+# -- which graven.toml ran where (requires) ---------------------------------------------------------
+
+
+class TestedPipelines(Frozen):
+    """Where one digest went live and healthy in the environments a deployment ``requires``, and with
+    which graven.toml: the rule that what reaches an environment ran in every required one first,
+    hooks and settings included (a commit that changes only graven.toml gives the same digest).
+
+    ``ran``: per required environment, its healthy records of the digest, newest first, as
+    (pipeline digest, or None for a record older than ``pipeline_digest``; started at, UTC text).
+    ``built``: pipeline digest -> when this home first built the digest with it (UTC text). A record
+    without a pipeline may have run any graven.toml built here before the first such record (which
+    one is not known): it counts for those, never for one built later or known only from an import."""
+
+    __slots__ = ("built", "ran", "requires")
+    _fields = ("requires", "ran", "built")
+    requires: tuple[str, ...]
+    ran: Mapping[str, Sequence[tuple[str | None, str]]]
+    built: Mapping[str, str]
+
+    def __init__(
+        self,
+        requires: Sequence[str],
+        ran: Mapping[str, Sequence[tuple[str | None, str]]],
+        built: Mapping[str, str],
+    ) -> None:
+        _set(self, "requires", tuple(requires))
+        _set(self, "ran", {name: tuple(ran.get(name, ())) for name in requires})
+        _set(self, "built", dict(built))
+
+    @property
+    def healthy_everywhere(self) -> bool:
+        """Whether the digest went live healthy at all in every required environment (if not, the
+        policy refuses it, naming where: :func:`evaluate_policy`)."""
+        return all(self.ran[name] for name in self.requires)
+
+    def ran_in(self, pipeline: str, env: str) -> bool:
+        """Whether ``pipeline`` ran healthy with the digest in ``env``."""
+        records = self.ran[env]
+        if any(p == pipeline for p, _ in records):
+            return True
+        old = [started for p, started in records if p is None]
+        first = self.built.get(pipeline)  # None: never built here (imported): when it came is not known
+        return bool(old) and first is not None and min(old) >= first
+
+    def ran_everywhere(self, pipeline: str) -> bool:
+        """Whether ``pipeline`` ran healthy in every required environment."""
+        return all(self.ran_in(pipeline, name) for name in self.requires)
+
+    def missing(self, pipeline: str) -> list[str]:
+        """The required environments where ``pipeline`` never ran healthy."""
+        return [name for name in self.requires if not self.ran_in(pipeline, name)]
+
+    def tested(self) -> list[str]:
+        """Every known graven.toml that ran healthy everywhere required: those of the records (newest
+        first), then those built here."""
+        known = [p for found in self.ran.values() for p, _ in found if p is not None] + list(self.built)
+        return [p for p in dict.fromkeys(known) if self.ran_everywhere(p)]
 
 
 # -- whether policy allows a deployment ------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from graven.db import Connection
 from graven.deploy.layout import EnvLayout
-from graven.deploy.plan import PolicyFacts, short
+from graven.deploy.plan import PolicyFacts, TestedPipelines, short
 from graven.deploy.settings import EnvSettings, check_config_path, clashes_with_layout, resolve_env
 from graven.errors import (
     ConfigError,
@@ -182,25 +182,14 @@ def tested_target(
     ran: dict[str, list[tuple[str | None, str]]] = {name: [] for name in requires}
     for pipeline, where, started in rows:
         ran[str(where)].append((None if pipeline is None else str(pipeline), str(started)))
-    if any(not found for found in ran.values()):
+    tested = TestedPipelines(requires, ran, built)
+    if not tested.healthy_everywhere:
         return target  # never healthy somewhere: the policy says so
-
-    def ran_in(pipeline: str, name: str) -> bool:
-        if any(p == pipeline for p, _ in ran[name]):
-            return True
-        old = [started for p, started in ran[name] if p is None]
-        first = built.get(pipeline)  # None: never built here (imported): when it came is not known
-        return bool(old) and first is not None and min(old) >= str(first)
-
-    def ran_everywhere(pipeline: str) -> bool:
-        return all(ran_in(pipeline, name) for name in requires)
-
-    if ran_everywhere(target.pipeline_digest):
+    if tested.ran_everywhere(target.pipeline_digest):
         return target
     where = " and ".join(requires)
     if ran_with is None:
-        known = dict.fromkeys([p for found in ran.values() for p, _ in found if p is not None] + list(built))
-        for pipeline in (p for p in known if ran_everywhere(p)):
+        for pipeline in tested.tested():
             try:
                 chosen = verify_target(
                     ctx, digest, env, opts, log_failures=False, ran_with=(pipeline, f"in {where}")
@@ -213,7 +202,7 @@ def tested_target(
                 f"({short(pipeline)}); deploy it to {where} first to use the newer one"
             )
             return chosen
-    missing = [name for name in requires if not ran_in(target.pipeline_digest, name)]
+    missing = tested.missing(target.pipeline_digest)
     listed = " and ".join(missing)
     what = f"{short(str(digest))} would reach {env} with the graven.toml {short(target.pipeline_digest)}"
     if source_env is not None:  # a promote: the graven.toml that runs in the source environment

@@ -234,3 +234,37 @@ def test_rejection_always_refuses(
         history_ok=history,
     )
     assert not evaluate_policy(facts).allowed
+
+
+# -- which graven.toml ran where -------------------------------------------------------------------
+
+
+def test_a_graven_toml_counts_only_where_it_ran_healthy() -> None:
+    from graven.deploy.plan import TestedPipelines
+
+    tested = TestedPipelines(
+        ["staging", "qa"],
+        {"staging": [("p2", "2026-03"), ("p1", "2026-02")], "qa": [("p1", "2026-02")]},
+        {"p1": "2026-01", "p2": "2026-03"},
+    )
+    assert tested.healthy_everywhere
+    assert tested.ran_everywhere("p1") and not tested.ran_everywhere("p2")
+    assert tested.missing("p2") == ["qa"] and tested.missing("p1") == []
+    assert tested.tested() == ["p1"]
+    assert not TestedPipelines(["staging", "qa"], {"staging": [("p1", "x")]}, {}).healthy_everywhere
+
+
+def test_old_records_count_only_for_a_graven_toml_built_here_before_the_first_of_them() -> None:
+    """Records from before pipeline_digest may have run any graven.toml built here before the first
+    such record; never one built later, nor one only imported (its arrival time is not known)."""
+    from graven.deploy.plan import TestedPipelines
+
+    tested = TestedPipelines(
+        ["staging"],
+        {"staging": [(None, "2026-05"), (None, "2026-02")]},
+        {"early": "2026-01", "same": "2026-02", "late": "2026-03"},
+    )
+    assert tested.ran_in("early", "staging") and tested.ran_in("same", "staging")
+    assert not tested.ran_in("late", "staging")  # built after the first old record
+    assert not tested.ran_in("imported", "staging")  # never built here
+    assert tested.tested() == ["early", "same"]
