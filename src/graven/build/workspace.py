@@ -18,7 +18,6 @@ import fcntl
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -100,16 +99,16 @@ class Workspace:
                 raise
         return cls(root, workspace._lock)
 
-    def remove(self) -> None:
+    def remove(self) -> str | None:
         """Delete everything (the top-level temp directory, also when nested), then drop the lock.
 
         Directories a step left without write or search permission (``chmod 555``, ``chmod 000``) are
-        made ``u+rwx`` first; what still cannot be removed is named in a warning on stderr."""
+        made ``u+rwx`` first; what still cannot be removed is returned as a warning to show."""
         top = self.root
         while top.name.startswith("level-"):
             top = top.parent
         try:
-            remove_tree(top)
+            return remove_tree(top)
         finally:
             while self._lock:
                 os.close(self._lock.pop())
@@ -154,15 +153,16 @@ def reclaim(tmpdir: Path) -> list[Path]:
             os.close(fd)
             continue  # a live build's
         try:  # held while removing: no other graven removes it at the same time
-            remove_tree(top)
-            removed.append(top)
+            if remove_tree(top) is None:
+                removed.append(top)
         finally:
             os.close(fd)
     return removed
 
 
-def remove_tree(top: Path) -> None:
-    """Remove the directory ``top`` and everything below it, whatever the modes; warn when it cannot."""
+def remove_tree(top: Path) -> str | None:
+    """Remove the directory ``top`` and everything below it, whatever the modes; when something cannot
+    be removed, a warning that names it (None when all is gone)."""
     failures: list[tuple[str, OSError]] = []
 
     def failed(_function: object, path: str, info: object) -> None:
@@ -174,19 +174,17 @@ def remove_tree(top: Path) -> None:
 
     try:
         shutil.rmtree(top)
-        return
+        return None
     except FileNotFoundError:
-        return
+        return None
     except OSError:
         pass  # a directory a step made read-only, most likely: make the tree writable and try again
     _make_writable(top)
     shutil.rmtree(top, onerror=failed)
     if failures or os.path.lexists(top):
         path, error = failures[0] if failures else (str(top), OSError(errno.ENOTEMPTY, "not empty"))
-        sys.stderr.write(
-            f"graven: warning: cannot remove the build directory {top} ({path}: {error.strerror}); "
-            "remove it by hand\n"
-        )
+        return f"cannot remove the build directory {top} ({path}: {error.strerror}); remove it by hand"
+    return None
 
 
 def _make_writable(top: Path) -> None:

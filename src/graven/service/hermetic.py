@@ -447,4 +447,6 @@ def run_step_build(
         ]
         yield StepRun(ws, runner.kind, lock_refs, fetched, tools, snapshot, restored)
     finally:
-        ws.remove()
+        left = ws.remove()
+        if left is not None:
+            ctx.reporter.warn(left)

@@ -264,7 +264,9 @@ REMOVE = """\
 import sys
 from pathlib import Path
 from graven.build.workspace import Workspace
-Workspace(Path(sys.argv[1])).remove()
+left = Workspace(Path(sys.argv[1])).remove()
+if left is not None:  # what the build's reporter shows as a warning
+    sys.stderr.write(f"graven: warning: {left}\\n")
 """
 
 
