@@ -309,7 +309,8 @@ def hold_cmd(args: argparse.Namespace) -> int:
     from graven.service import environments as svc
     from graven.service.context import Context
 
-    result = svc.hold(_closing(Context.from_env()), env, reason)
+    # a terminal reporter: the lock says there what it waits for
+    result = svc.hold(_closing(Context.from_env(TerminalReporter())), env, reason)
     if as_json:
         emit_json(result.to_json())
     elif result.changed:
@@ -345,7 +346,8 @@ def retire_cmd(args: argparse.Namespace) -> int:
     from graven.service import environments as svc
     from graven.service.context import Context
 
-    result = svc.retire(_closing(Context.from_env()), env, reason)
+    # a terminal reporter: the lock says there what it waits for
+    result = svc.retire(_closing(Context.from_env(TerminalReporter())), env, reason)
     if as_json:
         emit_json(result.to_json())
     else:

@@ -2,7 +2,12 @@
 
 The kernel drops the lock when its holder dies, however it dies, so a killed deployer never blocks the
 next one. The holder writes who it is (actor, pid, host, since) into the file so that a second
-deployer can name it.
+deployer can name it; a record is named only while its pid holds the lock (``/proc/locks``), never
+when what holds it is someone else.
+
+Both lock files are mode 0600 (whatever the umask; older ones are tightened when their owner opens
+them): ``flock(2)`` needs nothing but read access, so a lock file other users could open would let any
+of them block every deployment and heal of the environment.
 
 graven never follows a symbolic link under ``PATH/.graven`` (:func:`open_dir_nofollow`): whoever can
 write ``PATH`` could otherwise make graven, often running as root, create, truncate or overwrite a file
@@ -17,15 +22,24 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from graven.errors import BackendError, PolicyError
 from graven.home import make_dirs
+from graven.runtime import pid_runs
 
-__all__ = ["EnvLock", "LockHolder", "check_lock_path", "open_dir_nofollow", "read_holder", "shared_lock"]
+__all__ = [
+    "EnvLock",
+    "LockHolder",
+    "check_lock_path",
+    "flock_holders",
+    "open_dir_nofollow",
+    "read_holder",
+    "shared_lock",
+]
 
 
 class LockHolder(dict[str, object]):
@@ -120,9 +134,11 @@ def _why(exc: OSError) -> str:
 
 def _open_lock(name: str, dir_fd: int) -> int:
     """Open (create) one lock file in ``dir_fd``: a regular file of its own (it is truncated and written),
-    never through a symlink nor a hard link to another file."""
+    never through a symlink nor a hard link to another file. Mode 0600 whatever the umask, and a 0644
+    one an older graven made is tightened: whoever can open it can flock it, and so hold off every
+    deployer (see the module's docstring)."""
     fd = os.open(
-        name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+        name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
     )
     try:
         st = os.fstat(fd)
@@ -130,6 +146,8 @@ def _open_lock(name: str, dir_fd: int) -> int:
             raise OSError(errno.EINVAL, "not a regular file")
         if st.st_nlink != 1:
             raise OSError(errno.EINVAL, "it has other hard links (graven never writes through one)")
+        if stat.S_IMODE(st.st_mode) != 0o600 and st.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)  # only the owner's own file: root never re-modes another user's
     except BaseException:
         os.close(fd)
         raise
@@ -144,9 +162,53 @@ def _read_holder_fd(fd: int) -> LockHolder | None:
     return LockHolder(doc) if isinstance(doc, dict) else None
 
 
+def flock_holders(fd: int) -> set[int] | None:
+    """The pids (as this PID namespace numbers them) that ``/proc/locks`` shows holding a ``flock`` on
+    the file open at ``fd``, waiters left out (none for a holder on another host of a network file
+    system); None when that cannot be told (no /proc)."""
+    try:
+        inode = os.fstat(fd).st_ino
+        with open("/proc/locks", "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    pids: set[int] = set()
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a waiter's line has "->" after the number
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != b"FLOCK":
+            continue
+        try:
+            if int(fields[5].rsplit(b":", 1)[1]) == inode:
+                pids.add(int(fields[4]))
+        except (ValueError, IndexError):
+            continue
+    return pids
+
+
+def _current_holder(fd: int) -> LockHolder | None:
+    """The holder recorded in the lock file open at ``fd`` when it is the one holding the lock now;
+    None when the record is stale: the last deployer wrote it, and someone else (any process that
+    could open the file) holds the flock, or nobody does. A record from another host is taken as it
+    is unless a process here holds the lock; without /proc/locks, a record of a process that is gone
+    from this host is stale."""
+    holder = _read_holder_fd(fd)
+    if holder is None:
+        return None
+    pid = holder.get("pid")
+    here = holder.get("host") == os.uname().nodename and holder.get("pidns", "") == _pid_namespace()
+    holders = flock_holders(fd)
+    if holders is None:  # no /proc/locks: a record of a process gone from here is stale
+        return holder if not here or (isinstance(pid, int) and pid > 0 and pid_runs(pid)) else None
+    if here:
+        return holder if pid in holders else None
+    return None if holders else holder  # another host's holder is not listed here; a local one is
+
+
 def read_holder(path: Path) -> LockHolder | None:
-    """The holder recorded in a lock file (it may be stale when nobody holds the lock); None also when
-    ``path`` is a symlink or not a regular file."""
+    """The holder recorded in the lock file ``path`` while it holds the lock (:func:`_current_holder`);
+    None when nobody does, when the record is stale or cannot be read (a user other than the
+    deployer), and when ``path`` is a symlink or not a regular file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -154,18 +216,25 @@ def read_holder(path: Path) -> LockHolder | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return _read_holder_fd(fd)
+        return _current_holder(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
+_UNKNOWN = "another process (pid unknown)"
+
+
 class EnvLock:
     """An exclusive lock on one environment directory; use as a context manager."""
 
-    def __init__(self, path: Path, *, env: str, actor: str, since: str) -> None:
+    def __init__(
+        self, path: Path, *, env: str, actor: str, since: str, warn: Callable[[str], None] | None = None
+    ) -> None:
+        """``warn``: where to say what the lock waits for, when it has to (the command's reporter)."""
         self.path = path
+        self._warn = warn
         self._info = {
             "env": env,
             "actor": actor,
@@ -198,14 +267,14 @@ class EnvLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _read_holder_fd(fd)
+                holder = _current_holder(fd)
                 if not wait or (holder is not None and holds_from_above(holder)):
                     raise
                 fcntl.flock(fd, fcntl.LOCK_EX)  # queue behind the holder
         except BlockingIOError:
-            holder = _read_holder_fd(fd)
+            holder = _current_holder(fd)
             os.close(fd)
-            who = holder.describe() if holder else "another process"
+            who = holder.describe() if holder else _UNKNOWN
             if wait:  # the holder is an ancestor: a hook of that deployment would wait for itself
                 raise PolicyError(
                     f"environment {self._info['env']} is being deployed by {who}, which runs this "
@@ -236,12 +305,28 @@ class EnvLock:
             self.release()
             raise BackendError(f"cannot open the check lock {check}: {_why(exc)}") from None
         try:
-            fcntl.flock(check_fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(check_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._say_waiting(check, check_fd)
+                fcntl.flock(check_fd, fcntl.LOCK_EX)
         except OSError as exc:
             os.close(check_fd)
             self.release()
             raise BackendError(f"cannot lock {check}: {exc.strerror}") from None
         self._check_fd = check_fd
+
+    def _say_waiting(self, check: Path, check_fd: int) -> None:
+        """Say what the check lock waits for: drift checks in flight hold it shared, briefly; a wait
+        that does not end is someone else holding the file, and the message names whom to look for."""
+        if self._warn is None:
+            return
+        pids = flock_holders(check_fd)
+        who = f"pid {', '.join(str(p) for p in sorted(pids))}" if pids else "pid unknown"
+        self._warn(
+            f"waiting for the drift checks in flight on {self._info['env']} to finish ({check} is held "
+            f"by {who}); interrupt to give up"
+        )
 
     def release(self) -> None:
         """Drop the locks (closing the descriptors releases them)."""
@@ -296,7 +381,7 @@ def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = read_holder(path)
-            who = holder.describe() if holder else "another process"
+            who = holder.describe() if holder else _UNKNOWN
             raise PolicyError(
                 f"environment {env} is being changed by {who}; check again when it is done"
             ) from None

@@ -236,7 +236,7 @@ def _run_deployment(
         check_location(ctx, conn, settings)
         check_path(load_state(conn, env), settings)
     check_links(layout)  # here too: a refusal leaves the directory as it was (again under the lock)
-    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
     lock.acquire(wait=opts.wait)
     with lock:
         locked_at = utc_now()
@@ -653,7 +653,7 @@ def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions
     if pending is None:
         return
     layout = EnvLayout(Path(state.path))
-    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
     lock.acquire(wait=opts.wait)
     with lock:
         reconcile(ctx, env, layout)

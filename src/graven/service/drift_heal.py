@@ -150,7 +150,7 @@ def heal(
     session = session or DriftSession(ctx)
     layout = EnvLayout(Path(target.path))
     try:
-        lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+        lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
         if not plan_only:
             lock.acquire(wait=wait)
         with lock:

@@ -240,7 +240,7 @@ def _deploy_lock(ctx: Context, env: str, layout: EnvLayout, command: str) -> Ite
     if not layout.meta.is_dir():
         yield
         return
-    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now())
+    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
     try:
         lock.acquire(wait=False)
     except PolicyError:
