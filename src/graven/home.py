@@ -20,7 +20,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Home", "make_dirs", "make_home_dir", "make_private_dir"]
+__all__ = ["Home", "make_dir", "make_dirs", "make_home_dir", "make_private_dir"]
 
 
 def make_private_dir(path: Path) -> None:
@@ -47,17 +47,36 @@ def make_home_dir(directory: Path) -> None:
     make_private_dir(directory)
 
 
+def make_dir(directory: Path, mode: int = 0o755) -> bool:
+    """Make ``directory`` (its parent exists) with exactly ``mode``, whatever the umask: a umask of 000
+    or 002 would leave it writable by others or by the group, one of 077 unreadable by the service
+    users of an environment. Only a directory made here gets ``mode`` (and keeps the setgid bit a
+    setgid parent gives); an existing one (made meanwhile too) is left as it is. Whether it was made;
+    OSError propagates."""
+    try:
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        return False
+    # through a descriptor of the new directory itself, never a link put at its name meanwhile; the
+    # setgid bit a setgid parent gave it stays (the group it gives what is made below is intended)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode | (os.fstat(fd).st_mode & 0o2000))
+    finally:
+        os.close(fd)
+    return True
+
+
 def make_dirs(directory: Path) -> None:
     """Make ``directory`` and its missing parents 0755 (``mkdir -p``, but never writable by others
     whatever the umask: graven refuses a world-writable directory on the way to a home's trust or to
-    an environment, and must not make one itself). OSError propagates."""
+    an environment, and must not make one itself; and readable by every user whatever the umask: a
+    service user reads the release in an environment). Existing directories keep their mode. OSError
+    propagates."""
     if directory.exists() or directory == directory.parent:
         return
     make_dirs(directory.parent)
-    try:
-        os.mkdir(directory, 0o755)
-    except FileExistsError:
-        return  # made meanwhile
+    make_dir(directory, 0o755)
 
 
 class Home:

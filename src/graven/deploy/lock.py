@@ -16,7 +16,6 @@ anywhere. A symlinked lock file (or ``PATH/.graven`` itself) is an error naming 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -113,15 +112,32 @@ def open_dir_nofollow(directory: Path, depth: int, *, create: bool = True) -> in
             except FileNotFoundError:
                 if not create:
                     raise
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o777, dir_fd=fd)
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = _make_dir(name, fd)
             os.close(fd)
             fd = child
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _make_dir(name: str, dir_fd: int) -> int:
+    """Make ``name`` in ``dir_fd`` mode 0755 whatever the umask (a service user reads the environment;
+    under umask 000 another user could otherwise replace ``.graven/stat`` with a directory, and every
+    deploy would fail) and open it as :func:`open_dir_nofollow` does. One made meanwhile by another
+    process is opened as it is."""
+    try:
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+    except FileExistsError:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    # an O_PATH descriptor cannot fchmod: the new directory is ours, readable whatever the umask
+    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fchmod(child, 0o755 | (os.fstat(child).st_mode & stat.S_ISGID))  # a setgid parent's bit stays
+    except BaseException:
+        os.close(child)
+        raise
+    return child
 
 
 def _why(exc: OSError) -> str:

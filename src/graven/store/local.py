@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from graven.errors import BackendError, DigestMismatchError, GravenError, IntegrityError
+from graven.home import make_dir, make_dirs
 from graven.model.digest import Digest
 from graven.runtime import host_token, pid_runs
 
@@ -173,10 +174,12 @@ class LocalStore:
 
     @classmethod
     def at(cls, root: Path) -> LocalStore:
-        """Open (creating if needed) the store at ``root``."""
+        """Open (creating if needed) the store at ``root``. What is made is 0755 whatever the umask
+        (:func:`graven.home.make_dirs`): under umask 000 any user could otherwise delete the packs."""
         try:
+            make_dirs(root)
             for sub in ("sha256", "pack", "tmp"):
-                (root / sub).mkdir(parents=True, exist_ok=True)
+                make_dir(root / sub)
         except OSError as exc:
             raise BackendError(f"cannot create the object store at {root}: {exc}") from exc
         return cls(root)
@@ -813,7 +816,7 @@ class LocalStore:
         is replaced atomically by the temp file (rename), which repairs the object."""
         final = self.loose_path(digest)
         try:
-            final.parent.mkdir(exist_ok=True)
+            make_dir(final.parent)  # 0755 whatever the umask, as the store's own directories
             os.chmod(tmp, 0o444)
             try:  # link(2) fails if the object exists (say, another writer won the race)
                 os.link(tmp, final)

@@ -1,0 +1,69 @@
+"""The directories graven makes get their mode whatever the umask. Under umask 000 (a daemon's, some
+CI runners') they were world-writable: any user could replace ``PATH/.graven/stat`` with a directory
+(every deploy then failed) or delete the store's packs; under 077 the environment's own directories
+were 0700, and the service user could not read a release whose files are 0444."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from graven.service.drift import check
+from graven.store.local import LOOSE_THRESHOLD
+from helpers_deploy import World, make_world
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> str:
+    return oct(stat.S_IMODE(path.lstat().st_mode))
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o002, 0o077])
+def test_an_environment_s_directories_are_0755(world: World, mask: int) -> None:
+    digest = world.build()
+    with _umask(mask):
+        assert world.deploy(digest, "staging").ok
+        check(world.ctx(), ["staging"])  # makes .graven/drift
+    env = world.env_dir("staging")
+    made = [world.root, env, env / "releases", env / ".graven", env / ".graven" / "drift"]
+    assert {str(p): _mode(p) for p in made} == {str(p): "0o755" for p in made}
+
+
+def test_directories_that_were_there_keep_their_mode(world: World) -> None:
+    world.root.mkdir(mode=0o750)
+    os.chmod(world.root, 0o750)
+    with _umask(0o077):
+        assert world.deploy(world.build(), "staging").ok
+    assert _mode(world.root) == "0o750"
+    assert _mode(world.env_dir("staging")) == "0o755"
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o002])
+def test_the_store_s_directories_are_never_writable_by_others(world: World, mask: int) -> None:
+    world.commit({"app/big.bin": os.urandom(LOOSE_THRESHOLD + 1)})  # stored loose, in a directory
+    with _umask(mask):
+        world.build()
+    objects = world.home / "objects"
+    made = [objects, *(p for p in objects.rglob("*") if p.is_dir())]
+    assert len(made) > 4  # objects, sha256, pack, tmp and a loose object's directory
+    assert {str(p): _mode(p) for p in made} == {str(p): "0o755" for p in made}
