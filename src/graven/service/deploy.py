@@ -653,6 +653,7 @@ def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions
     if pending is None:
         return
     layout = EnvLayout(Path(state.path))
+    layout.check_owners()  # before the lock makes anything there, as _run_deployment
     lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
     lock.acquire(wait=opts.wait)
     with lock:

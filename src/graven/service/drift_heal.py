@@ -149,6 +149,9 @@ def heal(
     own = session is None
     session = session or DriftSession(ctx)
     layout = EnvLayout(Path(target.path))
+    # as deploy does, before the lock makes .graven/ there: PATH swapped for a link into a directory of
+    # root's by whoever owns its parent would otherwise get root's lock files before the refusal
+    layout.check_releases_dir()
     try:
         lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
         if not plan_only:

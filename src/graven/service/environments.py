@@ -234,9 +234,12 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
 def _deploy_lock(ctx: Context, env: str, layout: EnvLayout, command: str) -> Iterator[None]:
     """Hold the deploy lock of ``env`` (waiting for a deployment at work) while the block runs; none
     when the environment directory has no lock yet. Refused at once from a hook of that deployment,
-    which would wait for itself."""
+    which would wait for itself. First, as deploy does, an environment directory another user could
+    change is refused (:meth:`EnvLayout.check_owners`): the lock would make its files wherever a link
+    planted at ``PATH`` points, and the command would act on a directory that is no longer graven's."""
     from graven.deploy.lock import EnvLock, holds_from_above, read_holder
 
+    layout.check_owners()
     if not layout.meta.is_dir():
         yield
         return
@@ -329,7 +332,9 @@ def _pending_path(conn: Connection, env: str) -> str | None:
 
 
 def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
-    """Lift a hold: deploys and promotes into ``env`` are allowed again."""
+    """Lift a hold: deploys and promotes into ``env`` are allowed again. Refused, as hold is, when
+    another user could change the environment directory (:meth:`EnvLayout.check_owners`): what the
+    hold keeps there is no longer graven's to release."""
     check_env_name(env)
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
@@ -339,6 +344,7 @@ def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
             raise NeverDeployedError(env)
         if not state.held:
             return HoldResult(env, False, False, None)
+        EnvLayout(Path(state.path)).check_owners()
         digest = state.held_digest
         state.held, state.held_digest, state.hold_reason = False, None, None
         save_state(conn, state)
