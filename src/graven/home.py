@@ -20,7 +20,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Home", "make_dir", "make_dirs", "make_home_dir", "make_private_dir"]
+__all__ = ["Home", "check_home", "make_dir", "make_dirs", "make_home", "make_home_dir", "make_private_dir"]
 
 
 def make_private_dir(path: Path) -> None:
@@ -40,10 +40,51 @@ def make_private_dir(path: Path) -> None:
             return
 
 
+def make_home(root: Path) -> None:
+    """Make the home ``root`` (:func:`make_private_dir`) for a command that writes there, and refuse
+    one that is not this user's to write (:func:`check_home`). OSError propagates."""
+    make_private_dir(root)
+    check_home(root)
+
+
+def check_home(root: Path) -> None:
+    """Refuse (ConfigError) a home this user could write into that belongs to another user, or that
+    group or others may write. The first is root run with another user's ``HOME`` (sudo): graven
+    would sign with that user's keys and leave root's files in their store, cache and keys, which
+    breaks their next build; the second lets others replace the keys and what the home trusts. A home
+    this user cannot write (another user's, shared read-only) is left to the commands that only read
+    it. Nothing when ``root`` does not exist."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return  # missing (made by the caller when it writes), or unreadable: the caller says so
+    me = os.geteuid()
+    if st.st_uid != me and not os.access(root, os.W_OK):
+        return
+    from graven.errors import ConfigError
+
+    if st.st_uid != me:
+        raise ConfigError(
+            f"GRAVEN_HOME {root} belongs to another user (uid {st.st_uid}; you are {me}): graven would "
+            "write its store, keys and database there as you; run graven as that user, or set "
+            "GRAVEN_HOME to a home of your own"
+        )
+    if st.st_mode & 0o022:
+        import stat
+
+        who = "every user" if st.st_mode & 0o002 else "its group"
+        raise ConfigError(
+            f"GRAVEN_HOME {root} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): they could "
+            f"replace its keys and trust policy; chmod go-w {root}, or set GRAVEN_HOME to a home only "
+            "you can write"
+        )
+
+
 def make_home_dir(directory: Path) -> None:
     """Make ``directory`` of a home (``keys/``, ``trust/``, ``log/``) and the home itself, both 0700
-    (:func:`make_private_dir`). OSError propagates."""
-    make_private_dir(directory.parent)
+    (:func:`make_private_dir`); a home that is not this user's to write is refused
+    (:func:`make_home`). OSError propagates."""
+    make_home(directory.parent)
     make_private_dir(directory)
 
 

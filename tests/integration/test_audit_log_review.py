@@ -568,10 +568,15 @@ def test_a_verify_by_another_user_writes_no_mark_in_the_home(
     home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A review: root's `graven log verify` made log/in-use as root, 0600, and the home's owner could
-    then not read its own mark (every append and verify failed)."""
+    then not read its own mark (every append and verify failed). The other user may read the home,
+    not write it (one who could is refused: graven.home.check_home)."""
     _append(home, 2)
     (home / "log" / "in-use").unlink()
     monkeypatch.setattr("graven.service.audit.os.geteuid", lambda: os.stat(home / "log").st_uid + 1)
+    access = os.access
+    monkeypatch.setattr(
+        "graven.home.os.access", lambda path, mode: False if mode & os.W_OK else access(path, mode)
+    )
     report = _verify(capsys)
     assert report["ok"]
     assert not (home / "log" / "in-use").exists()

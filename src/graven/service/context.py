@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from graven.core.record import Record
-from graven.home import Home, make_private_dir
+from graven.home import Home, check_home, make_home, make_private_dir
 
 if TYPE_CHECKING:
     from graven.db import Database
@@ -73,6 +73,7 @@ class Context(Record):
 
         with contextlib.suppress(OSError):  # the store says what is wrong, naming its own directory
             make_private_dir(self.home.root)
+        check_home(self.home.root)  # another user's home, or one others may write: refused
         return LocalStore.at(self.home.objects)
 
     @cached_property
@@ -81,7 +82,7 @@ class Context(Record):
         from graven.db import Database
 
         if self.home.db_url_override is None:
-            make_private_dir(self.home.root)
+            make_home(self.home.root)
         return Database.open(self.home.db_url)
 
     @cached_property

@@ -1,0 +1,104 @@
+"""A command that writes into GRAVEN_HOME refuses a home of another user, or one group or others may
+write. A review ran ``graven build`` as root with ``HOME`` pointing at another user's home (sudo): it
+signed with that user's key, left root's files in their store, cache and keys, and broke that user's
+next build; ``keys list`` refused, ``build`` only when a ``trust/revoked`` happened to exist."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graven.home import Home
+from graven.model.digest import Digest
+from graven.service.artifacts import load_manifest
+from graven.service.context import Context
+from helpers_deploy import NOBODY, World, exit_code_as_nobody, make_world
+from helpers_repo import run_cli
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hands the home to another user")
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+def _give_away(home: Path) -> None:
+    for directory, _, files in os.walk(home):
+        os.chown(directory, NOBODY, NOBODY)
+        for name in files:
+            os.chown(os.path.join(directory, name), NOBODY, NOBODY)
+
+
+def _mine(home: Path) -> list[str]:
+    return [
+        os.path.join(directory, name)
+        for directory, dirs, files in os.walk(home)
+        for name in dirs + files
+        if os.lstat(os.path.join(directory, name)).st_uid == os.geteuid()
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("build", "-C", "{repo}"),
+        ("deploy", "{digest}", "staging", "--root", "{root}"),
+        ("keys", "generate", "--name", "mine"),
+        ("artifacts",),
+        ("status",),
+    ],
+)
+def test_root_refuses_another_user_s_home(
+    world: World, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    digest = world.build()
+    _give_away(world.home)
+    values = {"repo": str(world.repo), "digest": digest, "root": str(world.root)}
+    code, _, err = run_cli(capsys, *(arg.format(**values) for arg in args))
+    assert code != 0
+    assert err.count("\n") == 1, err
+    assert f"GRAVEN_HOME {world.home} belongs to another user (uid {NOBODY}; you are 0)" in err
+    assert "run graven as that user, or set GRAVEN_HOME" in err
+    assert _mine(world.home) == []  # nothing of root's left in that user's home
+    assert not world.root.exists()
+
+
+def test_a_home_its_group_may_write_is_refused(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.home.chmod(0o770)
+    code, _, err = run_cli(capsys, "build", "-C", str(world.repo))
+    assert code != 0
+    assert f"GRAVEN_HOME {world.home} is writable by its group (mode 0770)" in err
+    assert f"chmod go-w {world.home}" in err
+    assert not (world.home / "objects").exists()
+
+
+def test_root_s_own_home_is_fine(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "build", "-C", str(world.repo))
+    assert code == 0, err
+    assert out.strip()
+
+
+def test_a_user_who_cannot_write_the_home_still_reads_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's home this user may only read is not refused: nothing would be written there."""
+    digest = world.build()
+    world.home.chmod(0o755)  # shared for reading (graven makes a home 0700)
+    monkeypatch.chdir(world.home)  # nobody cannot walk to the test's directory: /proc/self/cwd is the home
+
+    def read() -> int:
+        from graven.home import check_home
+
+        home = Path("/proc/self/cwd")
+        check_home(home)
+        with Context(home=Home(root=home)) as ctx:
+            manifest = load_manifest(ctx, Digest.parse(digest))  # the store, as verify reads it
+        return 0 if str(manifest.digest) == digest else 3
+
+    assert exit_code_as_nobody(read) == 0
