@@ -49,11 +49,12 @@ def make_home(root: Path) -> None:
 
 def check_home(root: Path) -> None:
     """Refuse (ConfigError) a home this user could write into that belongs to another user, or that
-    group or others may write. The first is root run with another user's ``HOME`` (sudo): graven
-    would sign with that user's keys and leave root's files in their store, cache and keys, which
-    breaks their next build; the second lets others replace the keys and what the home trusts. A home
-    this user cannot write (another user's, shared read-only) is left to the commands that only read
-    it. Nothing when ``root`` does not exist."""
+    others may write (its group counts when it has a member besides this user and root). The first
+    is root run with another user's ``HOME`` (sudo): graven would sign with that user's keys and
+    leave root's files in their store, cache and keys, which breaks their next build; the second lets
+    others replace the keys and what the home trusts. A home this user cannot write (another user's,
+    shared read-only) is left to the commands that only read it. Nothing when ``root`` does not
+    exist."""
     try:
         st = os.stat(root)
     except OSError:
@@ -72,12 +73,17 @@ def check_home(root: Path) -> None:
     if st.st_mode & 0o022:
         import stat
 
-        who = "every user" if st.st_mode & 0o002 else "its group"
-        raise ConfigError(
-            f"GRAVEN_HOME {root} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): they could "
-            f"replace its keys and trust policy; chmod go-w {root}, or set GRAVEN_HOME to a home only "
-            "you can write"
-        )
+        from graven.strictmodes import group_others
+
+        # a group of one (Debian's per-user groups with umask 002) lets nobody else in
+        others = [] if st.st_mode & 0o002 else group_others(st.st_gid, me)
+        if st.st_mode & 0o002 or others:
+            who = "every user" if st.st_mode & 0o002 else f"its group {others[0]} ({', '.join(others[1:])})"
+            raise ConfigError(
+                f"GRAVEN_HOME {root} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): they "
+                f"could replace its keys and trust policy; chmod go-w {root}, or set GRAVEN_HOME to a "
+                "home only you can write"
+            )
 
 
 def make_home_dir(directory: Path) -> None:

@@ -70,12 +70,21 @@ def test_root_refuses_another_user_s_home(
 
 
 def test_a_home_its_group_may_write_is_refused(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused when the group has a member besides this user and root (nogroup: the nobody user's);
+    a group of root alone (as a per-user group under umask 002) lets nobody else in."""
+    import grp
+
     world.home.chmod(0o770)
+    os.chown(world.home, os.geteuid(), 65534)
     code, _, err = run_cli(capsys, "build", "-C", str(world.repo))
     assert code != 0
-    assert f"GRAVEN_HOME {world.home} is writable by its group (mode 0770)" in err
+    nogroup = grp.getgrgid(65534).gr_name
+    assert f"GRAVEN_HOME {world.home} is writable by its group {nogroup} (" in err and "(mode 0770)" in err
     assert f"chmod go-w {world.home}" in err
     assert not (world.home / "objects").exists()
+    os.chown(world.home, os.geteuid(), 0)
+    code, _, err = run_cli(capsys, "build", "-C", str(world.repo))
+    assert code == 0, err
 
 
 def test_root_s_own_home_is_fine(world: World, capsys: pytest.CaptureFixture[str]) -> None:
