@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,3 +184,35 @@ def test_a_submodule_that_gitmodules_ignores_is_still_refused(
     code, out, err = run_cli("build", "-C", repo)
     assert code == 2, out
     assert "app/vendored: submodules are not supported" in err
+
+
+def test_a_planted_tree_in_one_checkout_poisons_no_build_of_another(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """git never hashes the trees it reads: a checkout whose .git someone else can write may hold a
+    tree under a commit's real tree id that names another blob for a path. Its build must fail, and
+    a later build of that commit from a clean clone (earlier builds of the same graven.toml are
+    carried from any repository) must be the commit's true content."""
+    clean = make_repo(tmp_path / "clean", {"a.txt": "good\n", "b.txt": "evil\n"})
+    evil = git(clean, "rev-parse", "HEAD:b.txt").strip()
+    git(clean, "rm", "-q", "b.txt")
+    git(clean, "commit", "-q", "-m", "c2")
+    untrusted = tmp_path / "untrusted"
+    shutil.copytree(clean, untrusted, symlinks=True)
+    tree = git(untrusted, "rev-parse", "HEAD^{tree}").strip()
+    toml = git(untrusted, "rev-parse", "HEAD:graven.toml").strip()
+    body = b"100644 a.txt\0" + bytes.fromhex(evil) + b"100644 graven.toml\0" + bytes.fromhex(toml)
+    loose = untrusted / ".git" / "objects" / tree[:2] / tree[2:]
+    os.chmod(loose, 0o644)
+    loose.write_bytes(zlib.compress(b"tree %d\0" % len(body) + body))
+
+    _build(run_cli, untrusted, "HEAD~1")  # an earlier build of the same graven.toml
+    code, out, err = run_cli("build", "-C", untrusted, "HEAD")
+    assert code == 1, out
+    assert f"git object {tree} does not hash to its id" in err
+    code, out, err = run_cli("build", "-C", untrusted, "--no-cache", "HEAD")
+    assert code == 1, out
+    assert f"git object {tree} does not hash to its id" in err
+
+    carried = _build(run_cli, clean, "HEAD")
+    assert carried["digest"] == _full_digest(run_cli, clean)

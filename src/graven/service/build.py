@@ -51,6 +51,7 @@ from graven.sources.git import (
     GitEntry,
     GitRepo,
     Pending,
+    Running,
 )
 from graven.sources.worktree import worktree_blobs
 from graven.store.local import LOOSE_THRESHOLD, PackBatch
@@ -186,7 +187,7 @@ def build(
         # git works in the background while we build: for a build without steps what changed since
         # an earlier build of the same graven.toml, else the listing of the commit's tree (first: it
         # is needed first), status (is the working tree dirty?), the origin URL
-        listing: Pending[list[GitEntry]] | None = None
+        listing: Running[list[GitEntry]] | None = None
         carry: _Carry | None = None
         if not source.pipeline.build.steps:
             base = _carry_base(ctx, source) if use_cache and not check else None
@@ -222,7 +223,7 @@ def _build(
     use_cache: bool,
     check: bool,
     remote: Pending[str],
-    listing: Pending[list[GitEntry]] | None,
+    listing: Running[list[GitEntry]] | None,
     carry: _Carry | None = None,
 ) -> BuildResult:
     revision = source.revision
@@ -392,11 +393,12 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
 
 class _Carry(NamedTuple):
     """An earlier build to carry entries forward from: its commit, its manifest, and the running
-    ``git diff-tree`` from that commit to the one being built."""
+    comparison of that commit's trees with the one being built (each tree checked against its id,
+    the earlier commit's too: what is carried is what both verified trees agree on)."""
 
     commit: str
     digest: Digest
-    changes: Pending[list[GitChange] | None]
+    changes: Running[list[GitChange] | None]
 
 
 def _carry_base(ctx: Context, source: _Source) -> tuple[str, Digest] | None:

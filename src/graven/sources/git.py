@@ -15,12 +15,12 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Generic, NamedTuple, TypeVar
+from typing import IO, Generic, NamedTuple, TypeVar, cast
 
 from graven.core.paths import decode_path
 from graven.errors import BackendError, GravenError, IntegrityError, NotFoundError, SourceError
 
-__all__ = ["BlobReader", "BlobStream", "CommitFile", "GitChange", "GitEntry", "GitRepo", "Pending"]
+__all__ = ["BlobReader", "BlobStream", "CommitFile", "GitChange", "GitEntry", "GitRepo", "Pending", "Running"]
 
 MODE_FILE = "100644"
 MODE_EXECUTABLE = "100755"
@@ -97,6 +97,23 @@ def _git_env(config: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
     return env
 
 
+def _not_its_id(oid: str) -> IntegrityError:
+    return IntegrityError(
+        f"git object {oid} does not hash to its id: the repository's object store is "
+        "damaged or was tampered with; run `git fsck` there, or build from a fresh clone"
+    )
+
+
+def _check_object(kind: bytes, raw: bytes, oid: str) -> None:
+    """Refuse ``raw`` unless it is the object ``oid`` names: git hashes no object it reads (only
+    ``git fsck`` does), so a planted commit or tree would name other files under the real id."""
+    header = b"%s %d\0" % (kind, len(raw))
+    digest = hashlib.sha1(header) if len(oid) == 40 else hashlib.sha256(header)  # noqa: S324
+    digest.update(raw)
+    if digest.hexdigest() != oid:
+        raise _not_its_id(oid)
+
+
 class BlobReader:
     """Reads exactly ``size`` bytes of the blob ``oid`` from a ``cat-file --batch`` stream, and checks
     them against ``oid`` when the last byte is read: git returns what its object store holds without
@@ -129,10 +146,7 @@ class BlobReader:
 
     def _check(self) -> None:
         if self._hash.hexdigest() != self._oid:
-            raise IntegrityError(
-                f"git object {self._oid} does not hash to its id: the repository's object store is "
-                "damaged or was tampered with; run `git fsck` there, or build from a fresh clone"
-            )
+            raise _not_its_id(self._oid)
 
     def drain(self) -> None:
         """Skip what the consumer did not read."""
@@ -320,55 +334,284 @@ def _checked(args: list[str], result: subprocess.CompletedProcess[bytes]) -> byt
     return result.stdout
 
 
-def parse_ls_tree(out: bytes) -> list[GitEntry]:
-    """Parse ``git ls-tree -r -z``; paths must be valid UTF-8."""
-    try:
-        text = out.decode("utf-8")
-    except UnicodeDecodeError:
-        # Name the offending path: records are NUL-separated and a NUL never occurs inside UTF-8.
-        for raw_record in out.split(b"\0"):
-            decode_path(raw_record.partition(b"\t")[2])
-        raise  # pragma: no cover - the loop above raises
-    records = text.split("\0")
-    if records.pop():
-        raise BackendError("git ls-tree output is malformed (no final NUL)")
-    entries: list[GitEntry] = []
-    append = entries.append
-    try:
-        for record in records:
-            meta, _, path = record.partition("\t")
-            mode, kind, oid = meta.split(" ")
-            append(GitEntry(mode, kind, oid, path))
-    except ValueError:
-        raise BackendError("git ls-tree output is malformed") from None
+_TREE_CHUNK = 256  # requests written before their answers are read: ≤ 17 KB, less than a pipe holds
+_MODE_TREE = "040000"
+_MALFORMED_TREE = "git tree object {} is malformed"
+
+
+class _Objects:
+    """``git cat-file --batch`` for the commits and trees graven relies on (use as a context manager).
+
+    Its errors go to an unnamed file: when an object is missing, the last thing git said (a promisor
+    remote it could not reach) explains why."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self._err = _scratch_fd()
+        try:
+            self._proc = subprocess.Popen(
+                ["git", "cat-file", "--batch"],
+                cwd=root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._err,
+                env=env,
+            )
+        except OSError as exc:
+            os.close(self._err)
+            raise BackendError(f"cannot run git: {exc}") from exc
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self.stdin: IO[bytes] = self._proc.stdin
+        self.stdout: IO[bytes] = self._proc.stdout
+
+    def request(self, name: str) -> tuple[str, str, bytes] | None:
+        """:func:`_batch_request` on this git."""
+        return _batch_request(self.stdin, self.stdout, name)
+
+    def trees(self, oids: Iterable[str], into: dict[str, list[tuple[str, bytes, str]]]) -> None:
+        """Read the trees ``oids`` that ``into`` lacks, check each against its id, and add them parsed
+        (:func:`_parse_tree`). Without ``--buffer`` git answers each request at once: up to
+        :data:`_TREE_CHUNK` requests are written, then their answers read."""
+        wanted = [oid for oid in dict.fromkeys(oids) if oid not in into]
+        read, write = self.stdout.readline, self.stdin.write
+        for start in range(0, len(wanted), _TREE_CHUNK):
+            chunk = wanted[start : start + _TREE_CHUNK]
+            try:
+                write("".join(f"{oid}\n" for oid in chunk).encode())
+                self.stdin.flush()
+            except OSError:
+                raise BackendError("git cat-file ended early") from None
+            for oid in chunk:
+                header = read().split()
+                if len(header) != 3:
+                    if header[1:] == [b"missing"]:
+                        raise self.missing(oid)
+                    raise BackendError(f"git cat-file cannot read tree {oid}")
+                size = int(header[2])
+                raw = self.stdout.read(size + 1)
+                if len(raw) != size + 1 or raw[-1:] != b"\n":
+                    raise BackendError("git cat-file output is malformed")
+                if header[1] != b"tree":
+                    kind = header[1].decode(errors="replace")
+                    raise BackendError(f"git object {oid} is a {kind}, not a tree")
+                raw = raw[:-1]
+                _check_object(b"tree", raw, oid)
+                into[oid] = _parse_tree(raw, oid)
+
+    def root_tree(self, commit: str) -> tuple[str, str] | None:
+        """The id of ``commit`` (checked against its content) and of its tree; None when git has no
+        such commit."""
+        found = self.request(commit)
+        if found is None:
+            return None
+        oid, kind, raw = found
+        if kind != "commit":
+            raise BackendError(f"git object {commit} is a {kind}, not a commit")
+        _check_object(b"commit", raw, oid)
+        return oid, _tree_of(raw, oid)
+
+    def missing(self, oid: str) -> SourceError:
+        """The error for an object this repository does not have."""
+        return _missing(oid, self._err)
+
+    def kill(self) -> None:
+        """Stop git: a reader waiting for it gets the end of its output."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+
+    def __enter__(self) -> _Objects:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for stream in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self.kill()
+        self._proc.wait()
+        os.close(self._err)
+
+
+def _missing(oid: str, err_fd: int) -> SourceError:
+    """An object git does not have: a partial clone whose promisor could not give it (git said why on
+    ``err_fd``), or a shallow one. Not "not found": the commit names it, the clone lacks it."""
+    lines = _read_fd(err_fd).decode(errors="replace").strip().splitlines()
+    said = f": {lines[-1].strip()}" if lines else ""
+    return SourceError(
+        f"object {oid} is not in this repository (a partial or shallow clone? its promisor remote "
+        f"could not be reached{said})"
+    )
+
+
+def _tree_of(raw_commit: bytes, commit: str) -> str:
+    first = raw_commit.split(b"\n", 1)[0]
+    if not first.startswith(b"tree ") or len(first) != 5 + len(commit):
+        raise BackendError(f"git commit {commit} is malformed (no tree)")
+    return first[5:].decode("ascii", "replace")
+
+
+_CANON_MODES: dict[bytes, str] = {}
+
+
+def _canon_mode(mode: bytes, oid: str) -> str:
+    """A tree entry's mode as git's tree-walk.c reads it (canon_mode): a regular file is 100644 or
+    100755 by its owner's execute bit, a symlink 120000, a directory 040000, anything else a
+    submodule (160000); what is no octal number is a malformed tree."""
+    canon = _CANON_MODES.get(mode)
+    if canon is not None:
+        return canon
+    if not mode or len(mode) > 12 or mode.strip(b"01234567"):
+        raise BackendError(_MALFORMED_TREE.format(oid))
+    value = int(mode, 8)
+    kind = value & 0o170000
+    if kind == 0o100000:
+        canon = MODE_EXECUTABLE if value & 0o100 else MODE_FILE
+    elif kind == 0o120000:
+        canon = MODE_SYMLINK
+    elif kind == 0o040000:
+        canon = _MODE_TREE
+    else:
+        canon = MODE_SUBMODULE
+    if len(_CANON_MODES) < 64:  # a crafted tree may spell modes many ways: remember the usual ones
+        _CANON_MODES[mode] = canon
+    return canon
+
+
+def _parse_tree(raw: bytes, oid: str) -> list[tuple[str, bytes, str]]:
+    """The entries of a raw tree object, in its order: (canonical mode, name, object id). An entry is
+    ``<octal mode> <name>\\0<binary id>``; the id is 20 (SHA-1) or 32 (SHA-256) bytes, as the tree's."""
+    size = len(oid) // 2
+    entries: list[tuple[str, bytes, str]] = []
+    append, find = entries.append, raw.find
+    pos, end = 0, len(raw)
+    while pos < end:
+        space = find(b" ", pos)
+        nul = find(b"\0", space + 1)
+        stop = nul + 1 + size
+        if space <= pos or nul <= space + 1 or stop > end:
+            raise BackendError(_MALFORMED_TREE.format(oid))
+        append((_canon_mode(raw[pos:space], oid), raw[space + 1 : nul], raw[nul + 1 : stop].hex()))
+        pos = stop
     return entries
 
 
-_CHANGE_STATUSES = frozenset("AMTD")
+def _subtrees(trees: dict[str, list[tuple[str, bytes, str]]], oids: Iterable[str]) -> list[str]:
+    return [oid for tree in oids for mode, _, oid in trees[tree] if mode == _MODE_TREE and oid not in trees]
 
 
-def parse_diff_tree(out: bytes) -> list[GitChange] | None:
-    """Parse ``git diff-tree -r -z --no-renames`` (raw format), or None when anything in it is not
-    the expected: a path that is not UTF-8, a status other than A/M/T/D, a malformed record. The
-    caller then reads the whole tree instead (and names what is wrong with it)."""
+def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
+    """Every entry of the commit's tree, recursively, as ``git ls-tree -r`` lists them (in its order,
+    with its modes; a submodule is of kind ``commit``), from objects each checked against its id.
+    The trees are read a level at a time, then walked; paths must be valid UTF-8."""
+    found = objects.root_tree(commit)
+    if found is None:
+        raise objects.missing(commit)
+    root = found[1]
+    trees: dict[str, list[tuple[str, bytes, str]]] = {}
+    level = [root]
+    while level:
+        objects.trees(level, trees)
+        level = _subtrees(trees, level)
+    entries: list[GitEntry] = []
+    append = entries.append
+    stack = [(iter(trees[root]), "")]
+    while stack:
+        walking, prefix = stack[-1]
+        for mode, name, oid in walking:
+            try:
+                path = prefix + name.decode("utf-8")
+            except UnicodeDecodeError:
+                decode_path(prefix.encode() + name)  # raises, naming the path
+                raise
+            if mode == _MODE_TREE:
+                stack.append((iter(trees[oid]), path + "/"))
+                break
+            append(GitEntry(mode, "commit" if mode == MODE_SUBMODULE else "blob", oid, path))
+        else:
+            stack.pop()
+    return entries
+
+
+def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | None:
+    """What ``git diff-tree -r --no-renames`` says between the trees of ``base`` and ``commit`` (A, M,
+    T or D, the new mode and id, by path), from objects each checked against its id: equal subtrees
+    are skipped, added and removed ones walked; a file that became a directory (or the reverse) is
+    a D and A's. None when ``base`` or one of its trees is not in this repository, or a changed path
+    is not UTF-8: the caller then lists the whole tree (which names what is wrong)."""
+    old = objects.root_tree(base)
+    new = objects.root_tree(commit)
+    if new is None:
+        raise objects.missing(commit)
+    if old is None:
+        return None
+    zero = "0" * len(new[0])
+    trees: dict[str, list[tuple[str, bytes, str]]] = {}
+    found: list[tuple[bytes, str, str, str]] = []
+    pairs: list[tuple[bytes, str | None, str | None]] = [(b"", old[1], new[1])]
+    while pairs:
+        try:
+            objects.trees([oid for _, a, b in pairs for oid in (a, b) if oid is not None], trees)
+        except SourceError:
+            return None  # a tree is missing (a partial clone): git could not compare either
+        deeper: list[tuple[bytes, str | None, str | None]] = []
+        for prefix, a, b in pairs:
+            before = {(name, mode == _MODE_TREE): (mode, oid) for mode, name, oid in trees[a]} if a else {}
+            after = {(name, mode == _MODE_TREE): (mode, oid) for mode, name, oid in trees[b]} if b else {}
+            for (name, is_tree), (mode, oid) in after.items():
+                was = before.get((name, is_tree))
+                if was == (mode, oid):
+                    continue
+                if is_tree:
+                    deeper.append((prefix + name + b"/", None if was is None else was[1], oid))
+                elif was is None:
+                    found.append((prefix + name, "A", mode, oid))
+                else:
+                    found.append((prefix + name, "T" if was[0][:2] != mode[:2] else "M", mode, oid))
+            for (name, is_tree), (_, oid) in before.items():
+                if (name, is_tree) in after:
+                    continue
+                if is_tree:
+                    deeper.append((prefix + name + b"/", oid, None))
+                else:
+                    found.append((prefix + name, "D", "000000", zero))
+        pairs = deeper
+    found.sort()  # byte order of the paths: git's order of a recursive diff
     try:
-        fields = out.decode("utf-8").split("\0")
+        return [GitChange(status, mode, oid, path.decode("utf-8")) for path, status, mode, oid in found]
     except UnicodeDecodeError:
         return None
-    if fields.pop() or len(fields) % 2:
-        return None
-    changes: list[GitChange] = []
-    append = changes.append
-    for index in range(0, len(fields), 2):
-        meta = fields[index].split(" ")
-        if len(meta) != 5 or not meta[0].startswith(":") or meta[4] not in _CHANGE_STATUSES:
-            return None
-        append(GitChange(meta[4], meta[1], meta[3], fields[index + 1]))
-    return changes
 
 
-def _changes_or_none(result: subprocess.CompletedProcess[bytes]) -> list[GitChange] | None:
-    return parse_diff_tree(result.stdout) if result.returncode == 0 else None
+class Running(Generic[_T]):
+    """Work on git's objects in a thread while the caller works (use as a context manager);
+    :meth:`result` waits for it, and raises what it raised."""
+
+    def __init__(self, objects: _Objects, work: Callable[[_Objects], _T]) -> None:
+        self._objects = objects
+        self._value: _T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name="graven-git-trees", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[_Objects], _T]) -> None:
+        try:
+            with self._objects:
+                self._value = work(self._objects)
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+
+    def result(self) -> _T:
+        """Wait for the work, and return what it gave."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return cast(_T, self._value)
+
+    def __enter__(self) -> Running[_T]:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._thread.is_alive():
+            self._objects.kill()  # left without waiting: git is stopped, the thread ends
+        self._thread.join()
 
 
 def _committer_time(raw: bytes) -> int | None:
@@ -391,8 +634,6 @@ def _committer_time(raw: bytes) -> int | None:
 
 _MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z: what a date, an archive and SQLite all hold
 
-_LS_TREE = ("ls-tree", "-r", "-z", "--full-tree")
-_DIFF_TREE = ("diff-tree", "-r", "-z", "--raw", "--no-commit-id", "--no-renames", "--ignore-submodules=none")
 _REMOTE_URL = ("config", "--get", "remote.origin.url")
 
 
@@ -447,7 +688,7 @@ def _batch_request(stdin: IO[bytes], stdout: IO[bytes], name: str) -> tuple[str,
     return header[0], header[1], content[:-1]
 
 
-def _request_commit(stdin: IO[bytes], stdout: IO[bytes], revision: str) -> tuple[str, bytes] | None:
+def _request_commit(objects: _Objects, revision: str) -> tuple[str, bytes] | None:
     """The commit ``revision`` names (id, raw object) from a ``cat-file --batch``, or None.
 
     Usually one request for ``<revision>^{commit}`` (which also peels tags, and picks the commit when
@@ -456,11 +697,11 @@ def _request_commit(stdin: IO[bytes], stdout: IO[bytes], revision: str) -> tuple
     it is looked up as it is, and a tag it names peeled after.
     """
     if not revision.startswith(":"):
-        found = _batch_request(stdin, stdout, f"{revision}^{{commit}}")
+        found = objects.request(f"{revision}^{{commit}}")
     else:
-        found = _batch_request(stdin, stdout, revision)
+        found = objects.request(revision)
         if found is not None and found[1] == "tag":
-            found = _batch_request(stdin, stdout, f"{found[0]}^{{commit}}")
+            found = objects.request(f"{found[0]}^{{commit}}")
     if found is None or found[1] != "commit":
         return None
     return found[0], found[2]
@@ -490,24 +731,24 @@ def _tree_entry(raw: bytes, name: bytes, oid_size: int) -> tuple[bytes, str] | N
     return None
 
 
-def _request_file(
-    stdin: IO[bytes], stdout: IO[bytes], commit: str, raw_commit: bytes, path: str
-) -> tuple[bytes, bool] | None:
+def _request_file(objects: _Objects, commit: str, raw_commit: bytes, path: str) -> tuple[bytes, bool] | None:
     """The content of ``path`` in the commit and whether it is a symlink there, or None when it is
     no file there (missing, a directory, a submodule). Walks the trees from the commit's root tree:
-    a tree entry's mode is the only place that tells a symlink from a file."""
-    first = raw_commit.split(b"\n", 1)[0]
-    if not first.startswith(b"tree "):
-        raise BackendError(f"git commit {commit} is malformed (no tree)")
-    oid = first[5:].decode("ascii", "replace")
+    a tree entry's mode is the only place that tells a symlink from a file. Each tree and the blob
+    are checked against their ids, as every object a build relies on; one the repository lacks (a
+    partial clone whose promisor is gone) is an error, not a file that is not there."""
+    oid = _tree_of(raw_commit, commit)
     oid_size = len(commit) // 2
     mode = b"40000"
     for name in path.split("/"):
         if mode != b"40000":
             return None  # below a file, a link or a submodule
-        tree = _batch_request(stdin, stdout, oid)
-        if tree is None or tree[1] != "tree":
+        tree = objects.request(oid)
+        if tree is None:
+            raise objects.missing(oid)
+        if tree[1] != "tree":
             return None
+        _check_object(b"tree", tree[2], oid)
         entry = _tree_entry(tree[2], name.encode("utf-8", "surrogateescape"), oid_size)
         if entry is None:
             return None
@@ -515,9 +756,12 @@ def _request_file(
     symlink = mode == b"120000"
     if not (symlink or mode.startswith(b"100")):
         return None
-    blob = _batch_request(stdin, stdout, oid)
-    if blob is None or blob[1] != "blob":
+    blob = objects.request(oid)
+    if blob is None:
+        raise objects.missing(oid)
+    if blob[1] != "blob":
         return None
+    _check_object(b"blob", blob[2], oid)
     return blob[2], symlink
 
 
@@ -736,22 +980,21 @@ class GitRepo:
         return value
 
     def ls_tree(self, commit: str) -> list[GitEntry]:
-        """Every entry of the commit's tree, recursively; paths must be valid UTF-8."""
-        return parse_ls_tree(self._run(*_LS_TREE, commit).stdout)
+        """Every entry of the commit's tree, recursively, as ``git ls-tree -r`` lists them, from trees
+        checked against their ids (:func:`_listing`); paths must be valid UTF-8."""
+        with _Objects(self.root, _git_env()) as objects:
+            return _listing(objects, commit)
 
-    def start_ls_tree(self, commit: str) -> Pending[list[GitEntry]]:
+    def start_ls_tree(self, commit: str) -> Running[list[GitEntry]]:
         """:meth:`ls_tree` in the background (use as a context manager)."""
-        args = [*_LS_TREE, commit]
-        return Pending(self.root, args, lambda result: parse_ls_tree(_checked(args, result)))
+        return Running(_Objects(self.root, _git_env()), lambda objects: _listing(objects, commit))
 
-    def start_diff_tree(self, base: str, commit: str) -> Pending[list[GitChange] | None]:
+    def start_diff_tree(self, base: str, commit: str) -> Running[list[GitChange] | None]:
         """The paths whose blob or mode differ between the trees of commits ``base`` and ``commit``
-        (every file, recursively; no rename detection), in the background; None when git cannot
-        tell (``base`` unknown to this repository, say) or says something unexpected."""
-        # --ignore-submodules=none: a submodule that .gitmodules asks to ignore is still named (and
-        # refused, as a full build refuses it); --no-renames: every path as it is, whatever the config
-        args = [*_DIFF_TREE, base, commit]
-        return Pending(self.root, args, _changes_or_none)
+        (every file, recursively, submodules included; no rename detection), in the background, from
+        trees checked against their ids (:func:`_changes`); None when that cannot tell (``base``
+        unknown to this repository, say)."""
+        return Running(_Objects(self.root, _git_env()), lambda objects: _changes(objects, base, commit))
 
     def read_commit(self, revision: str, path: str) -> CommitFile:
         """Resolve ``revision`` as :meth:`resolve` does, then read the commit's committer time and the
@@ -766,31 +1009,14 @@ class GitRepo:
         _check_revision(revision)
         if not path or any(ch in path for ch in "\n\r\0"):
             raise NotFoundError(f"invalid path {path!r}")
-        try:
-            proc = subprocess.Popen(
-                ["git", "cat-file", "--batch"],
-                cwd=self.root,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=_git_env(),
-            )
-        except OSError as exc:
-            raise BackendError(f"cannot run git: {exc}") from exc
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
+        with _Objects(self.root, _git_env()) as objects:
             # Without --buffer git flushes after every object: ask, read the answer, ask again.
-            found = _request_commit(proc.stdin, proc.stdout, revision)
+            found = _request_commit(objects, revision)
             if found is None:
                 return None
             commit, raw = found
-            target = _request_file(proc.stdin, proc.stdout, commit, raw, path)
-        finally:
-            for stream in (proc.stdin, proc.stdout):
-                with contextlib.suppress(OSError):
-                    stream.close()
-            proc.kill()
-            proc.wait()
+            _check_object(b"commit", raw, commit)  # its tree, parents and time are taken from it
+            target = _request_file(objects, commit, raw, path)
         epoch = _committer_time(raw)
         if epoch is None:  # an unusual committer line: let git parse it
             epoch = self.commit_time(commit)

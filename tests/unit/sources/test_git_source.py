@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import COMMIT_EPOCH, Executable, Symlink, commit_all, create_repo, git, write_files
-from graven.errors import BackendError, NotFoundError, SourceError, UnsafeInputError
-from graven.sources.git import GitEntry, GitRepo, _committer_time, parse_ls_tree
+from graven.errors import BackendError, NotFoundError, SourceError
+from graven.sources.git import GitEntry, GitRepo, _committer_time
 
 FILES = {
     "a.txt": "a\n",
@@ -87,7 +87,8 @@ def test_background_listing_equals_ls_tree(repo: Path) -> None:
     assert by_path["a.txt"] == GitEntry(
         "100644", "blob", git(repo, "rev-parse", "HEAD:a.txt").strip(), "a.txt"
     )
-    with pytest.raises(BackendError, match="ls-tree failed"), git_repo.start_ls_tree("0" * 40) as pending:
+    missing = pytest.raises(SourceError, match="not in this repository")
+    with missing, git_repo.start_ls_tree("0" * 40) as pending:
         pending.result()
     with git_repo.start_ls_tree("HEAD"):
         pass  # left without waiting: git is stopped
@@ -100,22 +101,6 @@ def test_describe_remote_in_the_background(repo: Path) -> None:
     git(repo, "remote", "add", "origin", "https://example.invalid/app.git")
     with git_repo.start_describe_remote() as pending:
         assert pending.result() == "https://example.invalid/app.git" == git_repo.describe_remote()
-
-
-def test_parse_ls_tree() -> None:
-    oid = "1" * 40
-    out = f"100644 blob {oid}\ta b\tc\x00160000 commit {'2' * 64}\tsub\x00".encode()
-    assert parse_ls_tree(out) == [
-        GitEntry("100644", "blob", oid, "a b\tc"),
-        GitEntry("160000", "commit", "2" * 64, "sub"),
-    ]
-    assert parse_ls_tree(b"") == []
-    with pytest.raises(UnsafeInputError, match="not valid UTF-8"):
-        parse_ls_tree(f"100644 blob {oid}\tok\x00100644 blob {oid}\tbad\xff\x00".encode("latin-1"))
-    with pytest.raises(BackendError, match="malformed"):
-        parse_ls_tree(f"100644 blob {oid}\tno final nul".encode())
-    with pytest.raises(BackendError, match="malformed"):
-        parse_ls_tree(b"100644 blob\tx\0")
 
 
 def test_open_blobs_reads_in_order_and_may_be_left_early(repo: Path) -> None:
