@@ -614,22 +614,45 @@ class Running(Generic[_T]):
         self._thread.join()
 
 
-def _committer_time(raw: bytes) -> int | None:
-    """The committer time in a raw commit object, or None when the header is not the usual one."""
+def _committer_line(raw: bytes) -> bytes | None:
+    """The committer header of a raw commit object (after "committer "), or None without one."""
     for line in raw.split(b"\n"):
         if not line:
             break  # the end of the headers
         if line.startswith(b"committer "):
-            fields = line.rpartition(b">")[2].split()
-            if (
-                len(fields) == 2
-                and fields[0].isdigit()
-                and len(fields[0]) <= 12
-                and int(fields[0]) <= _MAX_EPOCH
-            ):
-                return int(fields[0])
-            return None
+            return line[len(b"committer ") :]
     return None
+
+
+_ZONE = re.compile(rb"[+-][0-9]{4}")
+
+
+def _committer_time(raw: bytes) -> int | None:
+    """The committer time in a raw commit object, or None when its committer line is not ``<ident>
+    <seconds> [+-]HHMM``: git fsck flags any other, and ``git show --format=%ct`` prints none for a
+    malformed zone, so a build and a rebuild (:meth:`GitRepo.commit_time`) both refuse it."""
+    line = _committer_line(raw)
+    if line is None:
+        return None
+    fields = line.rpartition(b">")[2].split()
+    if (
+        len(fields) == 2
+        and fields[0].isdigit()
+        and len(fields[0]) <= 12
+        and int(fields[0]) <= _MAX_EPOCH
+        and _ZONE.fullmatch(fields[1])
+    ):
+        return int(fields[0])
+    return None
+
+
+def _no_usable_time(commit: str, raw: bytes) -> SourceError:
+    line = _committer_line(raw) or b""
+    text = line.rpartition(b">")[2].strip().decode(errors="replace")
+    return SourceError(
+        f"commit {commit[:12]} has no usable committer time ({text[:40]!r}): graven needs one "
+        "(SOURCE_DATE_EPOCH, the archive's mtime); build another commit"
+    )
 
 
 _MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z: what a date, an archive and SQLite all hold
@@ -965,19 +988,14 @@ class GitRepo:
         return result.stdout.decode(errors="replace").strip() if result.returncode == 0 else None
 
     def commit_time(self, commit: str) -> int:
-        """The committer time of ``commit`` (seconds since the epoch); SourceError when the commit has
-        none graven can use (a crafted or damaged committer line)."""
-        text = self._run("show", "-s", "--format=%ct", commit).stdout.decode(errors="replace").strip()
-        try:
-            value = int(text) if len(text) <= 20 else -1
-        except ValueError:
-            value = -1
-        if not 0 <= value <= _MAX_EPOCH:
-            raise SourceError(
-                f"commit {commit[:12]} has no usable committer time ({text[:40]!r}): graven needs one "
-                "(SOURCE_DATE_EPOCH, the archive's mtime); build another commit"
-            )
-        return value
+        """The committer time of ``commit`` (seconds since the epoch), read as a build reads it
+        (:func:`_committer_time`); SourceError when the commit has none graven can use (a crafted or
+        damaged committer line)."""
+        raw = self._run("cat-file", "commit", commit).stdout
+        epoch = _committer_time(raw)
+        if epoch is None:
+            raise _no_usable_time(commit, raw)
+        return epoch
 
     def ls_tree(self, commit: str) -> list[GitEntry]:
         """Every entry of the commit's tree, recursively, as ``git ls-tree -r`` lists them, from trees
@@ -1018,8 +1036,8 @@ class GitRepo:
             _check_object(b"commit", raw, commit)  # its tree, parents and time are taken from it
             target = _request_file(objects, commit, raw, path)
         epoch = _committer_time(raw)
-        if epoch is None:  # an unusual committer line: let git parse it
-            epoch = self.commit_time(commit)
+        if epoch is None:
+            raise _no_usable_time(commit, raw)
         if target is None:
             return CommitFile(commit, epoch, None)
         return CommitFile(commit, epoch, target[0], target[1])

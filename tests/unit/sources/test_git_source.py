@@ -73,6 +73,8 @@ def test_committer_time_parsing() -> None:
     assert _committer_time(raw) == 1700000000
     assert _committer_time(b"tree 1\ncommitter C <c@x> notatime +0000\n\n") is None
     assert _committer_time(b"tree 1\n\ncommitter C <c@x> 5 +0000\n") is None  # in the message
+    for zone in (b"0000", b"+000", b"+00000", b"Z", b"+00:00"):
+        assert _committer_time(b"tree 1\ncommitter C <c@x> 1700000000 " + zone + b"\n\n") is None
 
 
 def test_background_listing_equals_ls_tree(repo: Path) -> None:
