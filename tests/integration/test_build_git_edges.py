@@ -248,3 +248,27 @@ def test_a_git_status_that_cannot_start_is_a_warning_not_a_failed_build(
     assert code == 0, err
     assert "cannot tell whether the working tree has uncommitted changes" in err
     assert json.loads(out)["digest"].startswith("sha256:")
+
+
+def test_a_partial_clone_whose_promisor_is_gone_says_the_object_is_missing(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a": "1\n"}, '[artifact]\nname = "old"\n')
+    git(repo, "config", "uploadpack.allowFilter", "true")
+    write_files(repo, {"a": "2\n", "graven.toml": '[artifact]\nname = "x"\n'})
+    commit_all(repo, "2")
+    write_files(repo, {"a": "3\n"})
+    commit_all(repo, "3")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--filter=blob:none", f"file://{repo}", str(clone))
+    git(clone, "remote", "set-url", "origin", f"file://{tmp_path}/gone")  # offline, moved
+    toml = git(clone, "rev-parse", "HEAD~2:graven.toml").strip()
+    blob = git(clone, "rev-parse", "HEAD~1:a").strip()
+    # graven.toml's blob is not local: not "graven.toml not found ... graven init"
+    _refused(
+        run_cli("build", "-C", clone, "HEAD~2"),
+        f"object {toml} is not in this repository (a partial or shallow clone? its promisor remote "
+        "could not be reached: fatal: could not fetch",
+    )
+    # graven.toml is local, another file's blob is not: not "cannot read blob X:" and nothing more
+    _refused(run_cli("build", "-C", clone, "HEAD~1"), f"object {blob} is not in this repository", "fatal:")

@@ -383,7 +383,7 @@ class _Objects:
             for oid in chunk:
                 header = read().split()
                 if len(header) != 3:
-                    if header[1:] == [b"missing"]:
+                    if not header or header[1:] == [b"missing"]:
                         raise self.missing(oid)
                     raise BackendError(f"git cat-file cannot read tree {oid}")
                 size = int(header[2])
@@ -409,7 +409,7 @@ class _Objects:
         _check_object(b"commit", raw, oid)
         return oid, _tree_of(raw, oid)
 
-    def missing(self, oid: str) -> SourceError:
+    def missing(self, oid: str) -> SourceError | BackendError:
         """The error for an object this repository does not have."""
         return _missing(oid, self._err)
 
@@ -430,10 +430,13 @@ class _Objects:
         os.close(self._err)
 
 
-def _missing(oid: str, err_fd: int) -> SourceError:
+def _missing(oid: str, err_fd: int) -> SourceError | BackendError:
     """An object git does not have: a partial clone whose promisor could not give it (git said why on
-    ``err_fd``), or a shallow one. Not "not found": the commit names it, the clone lacks it."""
+    ``err_fd``), or a shallow one. Not "not found": the commit names it, the clone lacks it. When git
+    said something else (it ended for another reason), that."""
     lines = _read_fd(err_fd).decode(errors="replace").strip().splitlines()
+    if lines and oid not in lines[-1] and "promisor" not in lines[-1]:
+        return BackendError(f"git cat-file failed reading {oid}: {lines[-1].strip()}")
     said = f": {lines[-1].strip()}" if lines else ""
     return SourceError(
         f"object {oid} is not in this repository (a partial or shallow clone? its promisor remote "
@@ -549,7 +552,7 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
     while pairs:
         try:
             objects.trees([oid for _, a, b in pairs for oid in (a, b) if oid is not None], trees)
-        except SourceError:
+        except (SourceError, BackendError):
             return None  # a tree is missing (a partial clone): git could not compare either
         deeper: list[tuple[bytes, str | None, str | None]] = []
         for prefix, a, b in pairs:
@@ -1081,8 +1084,10 @@ class BlobStream:
         self._wanted = oids
         self._proc: subprocess.Popen[bytes] | None = None
         self._feeder: threading.Thread | None = None
+        self._err: int | None = None
         if not oids:
             return
+        self._err = _scratch_fd()  # why a blob is missing (a promisor remote git could not reach)
         try:
             proc = subprocess.Popen(
                 # --buffer: no flush after every object; small pack windows bound git's mapped memory
@@ -1099,11 +1104,12 @@ class BlobStream:
                 cwd=root,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=self._err,
                 env=_git_env(),
                 bufsize=1 << 20,
             )
         except OSError as exc:
+            self._close_err()
             raise BackendError(f"cannot run git: {exc}") from exc
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
@@ -1130,18 +1136,26 @@ class BlobStream:
         assert stdout is not None
         for oid in self._wanted:
             header = stdout.readline().decode().split()
+            if (not header or header[1:] == ["missing"]) and self._err is not None:
+                raise _missing(oid, self._err)  # a partial clone's git ends when it cannot fetch
             if len(header) != 3 or header[1] != "blob":
-                raise BackendError(f"git cat-file cannot read blob {oid}: {' '.join(header)}")
+                raise BackendError(f"git cat-file cannot read blob {oid}: {' '.join(header) or 'git ended'}")
             reader = BlobReader(stdout, int(header[2]), oid)
             yield oid, reader
             reader.drain()
             if stdout.read(1) != b"\n":
                 raise BackendError("git cat-file output is malformed")
 
+    def _close_err(self) -> None:
+        fd, self._err = self._err, None
+        if fd is not None:
+            os.close(fd)
+
     def close(self) -> None:
         """Stop git (if it is still running) and wait for it."""
         proc, self._proc = self._proc, None
         if proc is None:
+            self._close_err()
             return
         assert proc.stdout is not None
         proc.stdout.close()
@@ -1149,6 +1163,7 @@ class BlobStream:
         proc.wait()
         if self._feeder is not None:
             self._feeder.join()
+        self._close_err()
 
     def __enter__(self) -> BlobStream:
         return self

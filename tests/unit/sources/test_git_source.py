@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import COMMIT_EPOCH, Executable, Symlink, commit_all, create_repo, git, write_files
-from graven.errors import BackendError, NotFoundError, SourceError
+from graven.errors import NotFoundError, SourceError
 from graven.sources.git import GitEntry, GitRepo, _committer_time
 
 FILES = {
@@ -117,6 +117,7 @@ def test_open_blobs_reads_in_order_and_may_be_left_early(repo: Path) -> None:
         pass  # never read: git is stopped
     with git_repo.open_blobs([]) as blobs:
         assert list(blobs) == []
-    with pytest.raises(BackendError, match="cannot read blob"), git_repo.open_blobs(["0" * 40]) as blobs:
+    missing = pytest.raises(SourceError, match=f"object {'0' * 40} is not in this repository")
+    with missing, git_repo.open_blobs(["0" * 40]) as blobs:
         list(blobs)
     assert [reader.read() for _, reader in git_repo.cat_blobs([oids["a.txt"]])] == [b"a\n"]
