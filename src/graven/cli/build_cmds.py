@@ -38,8 +38,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         "-C",
         "--repo",
         type=Path,
-        default=Path("."),
-        help="Repository to build from (default: the current directory).",
+        help="Repository to build from (default: the current directory, or the repository GIT_DIR names).",
     )
     build.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
     build.add_argument(
@@ -100,7 +99,7 @@ def _starter_name(directory: str) -> str:
 def build_cmd(args: argparse.Namespace) -> int:
     """Build REVISION (default HEAD) into a content-addressed artifact; print its digest."""
     revision: str = args.revision
-    repo: Path = args.repo
+    repo: Path | None = args.repo  # None: the current directory, as git finds it (GIT_DIR in a hook)
     as_json: bool = args.as_json
     check: bool = args.check
     from graven.service.build import build
@@ -109,7 +108,14 @@ def build_cmd(args: argparse.Namespace) -> int:
     reporter = TerminalReporter()
     ctx = _closing(Context.from_env(reporter))
     try:
-        result = build(ctx, path=repo, revision=revision, use_cache=not args.no_cache, check=check)
+        result = build(
+            ctx,
+            path=Path(".") if repo is None else repo,
+            revision=revision,
+            use_cache=not args.no_cache,
+            check=check,
+            isolated=repo is not None,
+        )
     except BuildError as exc:
         # NotReproducibleError lives in graven.build.compare, which only a --check build (or a step
         # build) loads: when it is not loaded, this is another BuildError (start-up of a plain build)

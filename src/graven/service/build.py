@@ -145,8 +145,10 @@ class _Source(NamedTuple):
     epoch: int
 
 
-def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
-    repo, (commit, epoch, pipeline_bytes, symlink) = GitRepo.open_commit(path, revision, PIPELINE_FILE)
+def _open_source(ctx: Context, path: Path, revision: str, *, isolated: bool = True) -> _Source:
+    repo, (commit, epoch, pipeline_bytes, symlink) = GitRepo.open_commit(
+        path, revision, PIPELINE_FILE, isolated=isolated
+    )
     if pipeline_bytes is None:
         if repo.object_type(commit, PIPELINE_FILE) == "tree":
             raise ConfigError(
@@ -173,15 +175,26 @@ def _open_source(ctx: Context, path: Path, revision: str) -> _Source:
 
 
 def build(
-    ctx: Context, *, path: Path, revision: str = "HEAD", use_cache: bool = True, check: bool = False
+    ctx: Context,
+    *,
+    path: Path,
+    revision: str = "HEAD",
+    use_cache: bool = True,
+    check: bool = False,
+    isolated: bool = True,
 ) -> BuildResult:
     """Build ``revision`` of the repository at ``path`` into the store and record it.
+
+    ``isolated``: ``path`` names the repository (-C REPO), whatever git's variables of the environment
+    (GIT_DIR, as git exports it to a hook) say; False builds the current directory's repository as git
+    finds it there (a pre-receive hook: the pushed commit is only in its quarantine, which the
+    environment names).
 
     With ``check``, step builds run twice (the second time varied) and must agree; else
     NotReproducibleError and nothing is stored.
     """
     started_at = utc_now()
-    source = _open_source(ctx, path, revision)
+    source = _open_source(ctx, path, revision, isolated=isolated)
     key = resolve_signing_key(ctx)  # fail before any work when there is no usable key
     with ExitStack() as running:
         # git works in the background while we build: for a build without steps what changed since

@@ -165,7 +165,7 @@ def rebuild(
     if not pipeline.build.steps:
         from graven.service.build import _open_source, _tree_from_git
 
-        source = _open_source(ctx, git.root, resolved)
+        source = _open_source(ctx, git.git_dir or git.root, resolved)  # the work tree may hold no .git
         entries = _tree_from_git(ctx, source, selection, batch, use_cache=False)[0]
         rebuilt = TreeManifest.of(entries)
         differences = diff_entries(recorded.entries, rebuilt.entries, ("recorded artifact", "rebuild"))

@@ -71,11 +71,56 @@ _PRIVATE_ENV = ("GRAVEN_", "PGPASSWORD")
 _FORCED_CONFIG = (("core.fsmonitor", "false"),)
 
 
-def _git_env(config: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+# What `git rev-parse --local-env-vars` prints (git 2.39): the variables that choose a repository
+# and how it is read. Inside a git hook, git exports GIT_DIR (and, in a pre-receive hook, the
+# quarantine's GIT_OBJECT_DIRECTORY...): a repository named with -C must not be read through them.
+_LOCAL_ENV = (
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_IMPLICIT_WORK_TREE",
+    "GIT_GRAFT_FILE",
+    "GIT_INDEX_FILE",
+    "GIT_NO_REPLACE_OBJECTS",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_PREFIX",
+    "GIT_INTERNAL_SUPER_PREFIX",
+    "GIT_SHALLOW_FILE",
+    "GIT_COMMON_DIR",
+)
+
+
+class _Where(NamedTuple):
+    """Which repository a git command reads: with ``isolated``, git's repository variables of the
+    environment are dropped (the repository was named: -C REPO); ``git_dir`` and ``work_tree``, once
+    discovered, are given to git (GIT_DIR, GIT_WORK_TREE) instead of letting it look from the
+    directory it runs in, which need not hold the repository (core.worktree elsewhere)."""
+
+    isolated: bool = False
+    git_dir: Path | None = None
+    work_tree: Path | None = None
+
+
+_HERE = _Where()  # the repository git finds from the directory it runs in, as the environment says
+
+
+def _git_env(config: Iterable[tuple[str, str]] = (), where: _Where = _HERE) -> dict[str, str]:
     """graven's environment for git, without graven's own settings (GRAVEN_SIGNING_KEY names the key,
     GRAVEN_DB_URL may hold a password: nothing git needs), with :data:`_FORCED_CONFIG` and
-    ``config`` (passed as GIT_CONFIG_KEY_n/VALUE_n: a key holding "=" stays one key)."""
+    ``config`` (passed as GIT_CONFIG_KEY_n/VALUE_n: a key holding "=" stays one key), for the
+    repository ``where`` says."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(_PRIVATE_ENV)}
+    if where.isolated:
+        for name in _LOCAL_ENV:
+            env.pop(name, None)
+    if where.git_dir is not None:
+        env["GIT_DIR"] = str(where.git_dir)
+        if where.work_tree is not None:
+            env["GIT_WORK_TREE"] = str(where.work_tree)
     try:
         count = int(env.get("GIT_CONFIG_COUNT", "0"))
     except ValueError:
@@ -169,7 +214,7 @@ _STATUS = (
 )
 
 
-def _no_filters(root: Path) -> list[tuple[str, str]]:
+def _no_filters(root: Path, where: _Where) -> list[tuple[str, str]]:
     """Settings that turn off every filter driver the repository's own configuration defines
     (.git/config, a worktree's config.worktree, and what they include): git status runs a driver's
     clean command on each file whose stat changed. A driver without commands leaves the bytes as they
@@ -180,7 +225,7 @@ def _no_filters(root: Path) -> list[tuple[str, str]]:
             ["git", "config", "--show-scope", "--includes", "-z", "--get-regexp", r"^filter\."],
             cwd=root,
             capture_output=True,
-            env=_git_env(),
+            env=_git_env(where=where),
             check=False,
         )
     except OSError:
@@ -201,23 +246,23 @@ class DirtyCheck:
     """``git status`` running in the background while a build works (nothing, for a bare repository:
     it has no working tree that could differ)."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, where: _Where = _HERE) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._failed: Exception | None = None
         self._thread: threading.Thread | None = None
         self.error: str | None = None  # why git could not tell, after result()
         if root is not None:  # reading the repository's filters is one git run more: not on the way
-            self._thread = threading.Thread(target=self._start, args=(root,), name="graven-dirty-check")
+            self._thread = threading.Thread(target=self._start, args=(root, where), name="graven-dirty-check")
             self._thread.start()
 
-    def _start(self, root: Path) -> None:
+    def _start(self, root: Path, where: _Where) -> None:
         try:
             self._proc = subprocess.Popen(
                 list(_STATUS),
                 cwd=root,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=_git_env(_no_filters(root)),
+                env=_git_env(_no_filters(root, where), where),
             )
         except Exception as exc:  # said by result() (the check is advisory; the build goes on)
             self._failed = exc
@@ -288,6 +333,7 @@ class Pending(Generic[_T]):
         root: Path,
         args: list[str],
         parse: Callable[[subprocess.CompletedProcess[bytes]], _T],
+        where: _Where = _HERE,
     ) -> None:
         self._args = args
         self._parse = parse
@@ -300,7 +346,7 @@ class Pending(Generic[_T]):
                 stdin=subprocess.DEVNULL,
                 stdout=self._fds[0],
                 stderr=self._fds[1],
-                env=_git_env(),
+                env=_git_env(where=where),
             )
         except OSError as exc:
             self._close_fds()
@@ -822,38 +868,52 @@ def _alternate_repositories(git_dirs: list[Path], depth: int = 5) -> list[Path]:
 
 class GitRepo:
     """A git repository, found with :meth:`discover`. ``root`` is its working tree, or the repository
-    itself when it is ``bare`` (graven reads commits only: it never needs a working tree)."""
+    itself when it is ``bare`` (graven reads commits only: it never needs a working tree); a git
+    directory without a working tree (a clone's .git, a linked worktree's) counts as bare.
 
-    def __init__(self, root: Path, *, bare: bool = False) -> None:
+    ``git_dir`` is the repository's git directory once discovered: git is then told it, as it need
+    not be found from ``root`` (core.worktree, GIT_WORK_TREE elsewhere). ``isolated``: the
+    repository was named (-C REPO), and git's repository variables of the environment (GIT_DIR, as
+    git exports it to a hook) are ignored; else (the current directory) they count, as for git."""
+
+    def __init__(
+        self, root: Path, *, bare: bool = False, git_dir: Path | None = None, isolated: bool = False
+    ) -> None:
         self.root = root
         self.bare = bare
+        self.git_dir = git_dir
+        self._where = _Where(isolated, git_dir, None if bare else root)
 
     @classmethod
-    def discover(cls, path: Path) -> GitRepo:
-        """The repository containing ``path``; SourceError when there is none."""
-        return cls._discovered(path, cls._start_discover(path))
+    def discover(cls, path: Path, *, isolated: bool = True) -> GitRepo:
+        """The repository containing ``path``; SourceError when there is none. ``isolated`` (the
+        default): ``path`` names the repository, whatever GIT_DIR says."""
+        return cls._discovered(path, cls._start_discover(path, isolated), isolated)
 
     @staticmethod
-    def _start_discover(path: Path) -> subprocess.Popen[bytes]:
+    def _start_discover(path: Path, isolated: bool) -> subprocess.Popen[bytes]:
         if not path.is_dir():
             what = "not a directory" if path.exists() else "no such directory"
             raise SourceError(f"{path}: {what}; give the repository's directory")
         try:
             return subprocess.Popen(
-                ["git", "rev-parse", "--show-toplevel"],
+                # the git directory first: it is printed even where there is no working tree
+                ["git", "rev-parse", "--absolute-git-dir", "--show-toplevel"],
                 cwd=path,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=_git_env(),
+                env=_git_env(where=_Where(isolated)),
             )
         except FileNotFoundError:
             raise SourceError("git is not installed; install it (apt-get install git)") from None
 
     @classmethod
-    def _discovered(cls, path: Path, proc: subprocess.Popen[bytes]) -> GitRepo:
+    def _discovered(cls, path: Path, proc: subprocess.Popen[bytes], isolated: bool) -> GitRepo:
         with proc:
             out, err = proc.communicate()
+        # exactly git's bytes, one path a line: a name may end in a space
+        lines = out[:-1].split(b"\n") if out.endswith(b"\n") else [out]
         if proc.returncode != 0:
             text = err.decode(errors="replace")
             detail = text.strip().splitlines()
@@ -865,17 +925,25 @@ class GitRepo:
                 )
             if "not a git repository" in reason:
                 raise SourceError(f"{path} is not inside a git repository; run graven in one (or git init)")
-            if "must be run in a work tree" in reason:  # a bare repository, or inside a .git directory
-                bare = cls._bare_git_dir(path)
-                if bare is not None:
-                    return cls(bare, bare=True)
+            if "must be run in a work tree" in reason and len(lines) == 1 and lines[0]:
+                # a bare repository, or a git directory without a working tree (a clone's .git, a
+                # linked worktree's, a --separate-git-dir): its commits are read all the same
+                git_dir = Path(cls._path(lines[0]))
+                return cls(git_dir, bare=True, git_dir=git_dir, isolated=isolated)
             raise SourceError(f"{path}: {reason}")
-        top = out[:-1] if out.endswith(b"\n") else out  # exactly git's bytes: a name may end in a space
+        if len(lines) != 2:
+            raise SourceError(
+                f"the path of the repository at {path} holds a line break; rename the directory"
+            )
+        return cls(Path(cls._path(lines[1])), git_dir=Path(cls._path(lines[0])), isolated=isolated)
+
+    @staticmethod
+    def _path(raw: bytes) -> str:
         try:
-            return cls(Path(top.decode()))
+            return raw.decode()
         except UnicodeDecodeError:
             raise SourceError(
-                f"the repository's path {top.decode(errors='backslashreplace')} is not valid UTF-8, which "
+                f"the repository's path {raw.decode(errors='backslashreplace')} is not valid UTF-8, which "
                 "its records and provenance need; rename the directory"
             ) from None
 
@@ -888,7 +956,7 @@ class GitRepo:
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                env=_git_env(),
+                env=_git_env(where=self._where),
                 check=False,
             )
         except OSError:
@@ -899,40 +967,23 @@ class GitRepo:
         found = [(self.root / line).absolute() for line in lines if line]
         return found + _alternate_repositories(found)
 
-    @staticmethod
-    def _bare_git_dir(path: Path) -> Path | None:
-        """The repository ``path`` is in when that repository is bare, else None."""
-        try:
-            result = subprocess.run(
-                ["git", "rev-parse", "--is-bare-repository", "--absolute-git-dir"],
-                cwd=path,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=_git_env(),
-                check=False,
-            )
-        except OSError:
-            return None
-        lines = result.stdout.decode(errors="surrogateescape").splitlines()
-        if result.returncode != 0 or len(lines) != 2 or lines[0] != "true":
-            return None
-        return Path(lines[1])
-
     @classmethod
-    def open_commit(cls, path: Path, revision: str, file: str) -> tuple[GitRepo, CommitFile]:
+    def open_commit(
+        cls, path: Path, revision: str, file: str, *, isolated: bool = True
+    ) -> tuple[GitRepo, CommitFile]:
         """:meth:`discover`, then :meth:`read_commit`, with the two git processes running at once
         (git finds the repository from ``path`` for both); the errors are those of the two in turn."""
-        proc = cls._start_discover(path)
+        proc = cls._start_discover(path, isolated)
         found: CommitFile | GravenError | None
         try:
-            found = cls(path)._read_commit(revision, file)
+            found = cls(path, isolated=isolated)._read_commit(revision, file)
         except GravenError as exc:
             found = exc
         except BaseException:
             with proc:
                 proc.kill()
             raise
-        repo = cls._discovered(path, proc)
+        repo = cls._discovered(path, proc, isolated)
         if isinstance(found, GravenError):
             raise found
         if found is None:
@@ -942,7 +993,11 @@ class GitRepo:
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         try:
             result = subprocess.run(
-                ["git", *args], cwd=self.root, capture_output=True, env=_git_env(), check=False
+                ["git", *args],
+                cwd=self.root,
+                capture_output=True,
+                env=_git_env(where=self._where),
+                check=False,
             )
         except OSError as exc:
             raise BackendError(f"cannot run git: {exc}") from exc
@@ -1000,22 +1055,25 @@ class GitRepo:
             raise _no_usable_time(commit, raw)
         return epoch
 
+    def _objects(self) -> _Objects:
+        return _Objects(self.root, _git_env(where=self._where))
+
     def ls_tree(self, commit: str) -> list[GitEntry]:
         """Every entry of the commit's tree, recursively, as ``git ls-tree -r`` lists them, from trees
         checked against their ids (:func:`_listing`); paths must be valid UTF-8."""
-        with _Objects(self.root, _git_env()) as objects:
+        with self._objects() as objects:
             return _listing(objects, commit)
 
     def start_ls_tree(self, commit: str) -> Running[list[GitEntry]]:
         """:meth:`ls_tree` in the background (use as a context manager)."""
-        return Running(_Objects(self.root, _git_env()), lambda objects: _listing(objects, commit))
+        return Running(self._objects(), lambda objects: _listing(objects, commit))
 
     def start_diff_tree(self, base: str, commit: str) -> Running[list[GitChange] | None]:
         """The paths whose blob or mode differ between the trees of commits ``base`` and ``commit``
         (every file, recursively, submodules included; no rename detection), in the background, from
         trees checked against their ids (:func:`_changes`); None when that cannot tell (``base``
         unknown to this repository, say)."""
-        return Running(_Objects(self.root, _git_env()), lambda objects: _changes(objects, base, commit))
+        return Running(self._objects(), lambda objects: _changes(objects, base, commit))
 
     def read_commit(self, revision: str, path: str) -> CommitFile:
         """Resolve ``revision`` as :meth:`resolve` does, then read the commit's committer time and the
@@ -1030,7 +1088,7 @@ class GitRepo:
         _check_revision(revision)
         if not path or any(ch in path for ch in "\n\r\0"):
             raise NotFoundError(f"invalid path {path!r}")
-        with _Objects(self.root, _git_env()) as objects:
+        with self._objects() as objects:
             # Without --buffer git flushes after every object: ask, read the answer, ask again.
             found = _request_commit(objects, revision)
             if found is None:
@@ -1048,7 +1106,7 @@ class GitRepo:
     def start_dirty_check(self) -> DirtyCheck:
         """Start ``git status`` in the background (use as a context manager); a bare repository has
         no working tree, so nothing runs and it is never dirty."""
-        return DirtyCheck(None if self.bare else self.root)
+        return DirtyCheck(None if self.bare else self.root, self._where)
 
     def describe_remote(self) -> str:
         """The repository's identity for records: the origin URL, else a file URL of its path."""
@@ -1056,7 +1114,7 @@ class GitRepo:
 
     def start_describe_remote(self) -> Pending[str]:
         """:meth:`describe_remote` in the background (use as a context manager)."""
-        return Pending(self.root, list(_REMOTE_URL), self._remote_or_path)
+        return Pending(self.root, list(_REMOTE_URL), self._remote_or_path, self._where)
 
     def _remote_or_path(self, result: subprocess.CompletedProcess[bytes]) -> str:
         url = result.stdout.decode(errors="replace").strip() if result.returncode == 0 else ""
@@ -1069,7 +1127,7 @@ class GitRepo:
 
     def open_blobs(self, oids: Iterable[str]) -> BlobStream:
         """:meth:`cat_blobs`, with git started at once (use as a context manager, iterate once)."""
-        return BlobStream(self.root, list(oids))
+        return BlobStream(self.root, list(oids), self._where)
 
 
 _F_SETPIPE_SZ = 1031  # fcntl(2) on Linux
@@ -1080,7 +1138,7 @@ class BlobStream:
     """``git cat-file --batch`` reading blobs in order. Git starts when this is made and works ahead
     (about a MiB: a larger pipe) while the caller does other work; iterate to read the blobs."""
 
-    def __init__(self, root: Path, oids: list[str]) -> None:
+    def __init__(self, root: Path, oids: list[str], where: _Where = _HERE) -> None:
         self._wanted = oids
         self._proc: subprocess.Popen[bytes] | None = None
         self._feeder: threading.Thread | None = None
@@ -1105,7 +1163,7 @@ class BlobStream:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._err,
-                env=_git_env(),
+                env=_git_env(where=where),
                 bufsize=1 << 20,
             )
         except OSError as exc:
