@@ -413,12 +413,12 @@ class _Objects:
         """:func:`_batch_request` on this git."""
         return _batch_request(self.stdin, self.stdout, name)
 
-    def trees(self, oids: Iterable[str], into: dict[str, list[tuple[str, bytes, str]]]) -> None:
-        """Read the trees ``oids`` that ``into`` lacks, check each against its id, and add them parsed
-        (:func:`_parse_tree`). Without ``--buffer`` git answers each request at once: up to
-        :data:`_TREE_CHUNK` requests are written, then their answers read."""
+    def trees(self, oids: Iterable[str], into: dict[str, bytes]) -> None:
+        """Read the trees ``oids`` that ``into`` lacks, check each against its id, and add them (raw).
+        Without ``--buffer`` git answers each request at once: up to :data:`_TREE_CHUNK` requests are
+        written, then their answers read."""
         wanted = [oid for oid in dict.fromkeys(oids) if oid not in into]
-        read, write = self.stdout.readline, self.stdin.write
+        read, write, take = self.stdout.readline, self.stdin.write, self.stdout.read
         for start in range(0, len(wanted), _TREE_CHUNK):
             chunk = wanted[start : start + _TREE_CHUNK]
             try:
@@ -433,15 +433,14 @@ class _Objects:
                         raise self.missing(oid)
                     raise BackendError(f"git cat-file cannot read tree {oid}")
                 size = int(header[2])
-                raw = self.stdout.read(size + 1)
-                if len(raw) != size + 1 or raw[-1:] != b"\n":
+                raw = take(size)
+                if len(raw) != size or take(1) != b"\n":
                     raise BackendError("git cat-file output is malformed")
                 if header[1] != b"tree":
                     kind = header[1].decode(errors="replace")
                     raise BackendError(f"git object {oid} is a {kind}, not a tree")
-                raw = raw[:-1]
                 _check_object(b"tree", raw, oid)
-                into[oid] = _parse_tree(raw, oid)
+                into[oid] = raw
 
     def root_tree(self, commit: str) -> tuple[str, str] | None:
         """The id of ``commit`` (checked against its content) and of its tree; None when git has no
@@ -524,26 +523,45 @@ def _canon_mode(mode: bytes, oid: str) -> str:
     return canon
 
 
+# an entry: mode, name, and the binary id (20 bytes for SHA-1, 32 for SHA-256); the whole tree must be
+# such entries. A C loop each: a build reads thousands of trees.
+_ENTRY = rb"([^ \0]+) ([^\0]+)\0(.{%d})"
+_TREE = {size: re.compile(rb"(?:%s)*" % (_ENTRY % size), re.DOTALL).fullmatch for size in (20, 32)}
+_FIELDS = {size: re.compile(_ENTRY % size, re.DOTALL).findall for size in (20, 32)}
+_WHOLE = {size: re.compile(rb"[^ \0]+ [^\0]+\0.{%d}" % size, re.DOTALL).findall for size in (20, 32)}
+
+
 def _parse_tree(raw: bytes, oid: str) -> list[tuple[str, bytes, str]]:
     """The entries of a raw tree object, in its order: (canonical mode, name, object id). An entry is
     ``<octal mode> <name>\\0<binary id>``; the id is 20 (SHA-1) or 32 (SHA-256) bytes, as the tree's."""
     size = len(oid) // 2
-    entries: list[tuple[str, bytes, str]] = []
-    append, find = entries.append, raw.find
-    pos, end = 0, len(raw)
-    while pos < end:
-        space = find(b" ", pos)
-        nul = find(b"\0", space + 1)
-        stop = nul + 1 + size
-        if space <= pos or nul <= space + 1 or stop > end:
-            raise BackendError(_MALFORMED_TREE.format(oid))
-        append((_canon_mode(raw[pos:space], oid), raw[space + 1 : nul], raw[nul + 1 : stop].hex()))
-        pos = stop
-    return entries
+    if _TREE[size](raw) is None:
+        raise BackendError(_MALFORMED_TREE.format(oid))
+    modes = _CANON_MODES
+    return [
+        (modes.get(mode) or _canon_mode(mode, oid), name, binary.hex())
+        for mode, name, binary in _FIELDS[size](raw)
+    ]
 
 
-def _subtrees(trees: dict[str, list[tuple[str, bytes, str]]], oids: Iterable[str]) -> list[str]:
-    return [oid for tree in oids for mode, _, oid in trees[tree] if mode == _MODE_TREE and oid not in trees]
+def _raw_entries(raw: bytes, oid: str) -> list[bytes]:
+    """The entries of a raw tree object, each as its bytes (mode, name and binary id)."""
+    size = len(oid) // 2
+    if _TREE[size](raw) is None:
+        raise BackendError(_MALFORMED_TREE.format(oid))
+    return _WHOLE[size](raw)
+
+
+def _keyed(entries: Iterable[bytes], oid: str) -> dict[tuple[bytes, bool], tuple[str, str]]:
+    """Entries as (name, is a tree) -> (canonical mode, object id): as git compares two trees, a file
+    and a directory of one name are two paths."""
+    size = len(oid) // 2
+    keyed = {}
+    for entry in entries:
+        mode_bytes, _, rest = entry.partition(b" ")
+        mode = _canon_mode(mode_bytes, oid)
+        keyed[rest[: -size - 1], mode == _MODE_TREE] = (mode, rest[-size:].hex())
+    return keyed
 
 
 def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
@@ -554,11 +572,17 @@ def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
     if found is None:
         raise objects.missing(commit)
     root = found[1]
+    raw: dict[str, bytes] = {}
     trees: dict[str, list[tuple[str, bytes, str]]] = {}
     level = [root]
     while level:
-        objects.trees(level, trees)
-        level = _subtrees(trees, level)
+        objects.trees(level, raw)
+        for oid in level:
+            if oid not in trees:
+                trees[oid] = _parse_tree(raw[oid], oid)
+        level = [
+            oid for tree in level for mode, _, oid in trees[tree] if mode == _MODE_TREE and oid not in raw
+        ]
     entries: list[GitEntry] = []
     append = entries.append
     stack = [(iter(trees[root]), "")]
@@ -583,8 +607,10 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
     """What ``git diff-tree -r --no-renames`` says between the trees of ``base`` and ``commit`` (A, M,
     T or D, the new mode and id, by path), from objects each checked against its id: equal subtrees
     are skipped, added and removed ones walked; a file that became a directory (or the reverse) is
-    a D and A's. None when ``base`` or one of its trees is not in this repository, or a changed path
-    is not UTF-8: the caller then lists the whole tree (which names what is wrong)."""
+    a D and A's. Only the entries whose bytes differ between two versions of a tree are parsed (a
+    large directory where one file changed costs two C loops). None when ``base`` or one of its trees
+    is not in this repository, or a changed path is not UTF-8: the caller then lists the whole tree
+    (which names what is wrong)."""
     old = objects.root_tree(base)
     new = objects.root_tree(commit)
     if new is None:
@@ -592,22 +618,25 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
     if old is None:
         return None
     zero = "0" * len(new[0])
-    trees: dict[str, list[tuple[str, bytes, str]]] = {}
+    raw: dict[str, bytes] = {}
     found: list[tuple[bytes, str, str, str]] = []
     pairs: list[tuple[bytes, str | None, str | None]] = [(b"", old[1], new[1])]
     while pairs:
         try:
-            objects.trees([oid for _, a, b in pairs for oid in (a, b) if oid is not None], trees)
+            objects.trees([oid for _, a, b in pairs for oid in (a, b) if oid is not None], raw)
         except (SourceError, BackendError):
             return None  # a tree is missing (a partial clone): git could not compare either
         deeper: list[tuple[bytes, str | None, str | None]] = []
         for prefix, a, b in pairs:
-            before = {(name, mode == _MODE_TREE): (mode, oid) for mode, name, oid in trees[a]} if a else {}
-            after = {(name, mode == _MODE_TREE): (mode, oid) for mode, name, oid in trees[b]} if b else {}
+            gone = set() if a is None else set(_raw_entries(raw[a], a))
+            came = set() if b is None else set(_raw_entries(raw[b], b))
+            same = gone & came  # byte for byte: the same mode, name and object
+            before = _keyed(gone - same, commit)
+            after = _keyed(came - same, commit)
             for (name, is_tree), (mode, oid) in after.items():
                 was = before.get((name, is_tree))
                 if was == (mode, oid):
-                    continue
+                    continue  # the same after canon_mode (100664 is 100644)
                 if is_tree:
                     deeper.append((prefix + name + b"/", None if was is None else was[1], oid))
                 elif was is None:
