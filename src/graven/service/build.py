@@ -420,7 +420,10 @@ def _carry_base(ctx: Context, source: _Source) -> tuple[str, Digest] | None:
 
     Its manifest is a pure function of (commit, graven.toml, graven's rules): the entries of the
     paths that did not change since that commit are the same in this build, and only the changed
-    ones need git's listing, the blob cache or reading."""
+    ones need git's listing, the blob cache or reading. The build may come from any repository:
+    what it is trusted for is only what this repository's verified trees of both commits agree on
+    (:meth:`GitRepo.start_diff_tree` hashes the earlier commit and its trees as this one's), and it
+    was itself made from verified trees."""
     with ctx.db.connect() as conn:
         row = conn.execute(
             """SELECT "commit", digest FROM builds

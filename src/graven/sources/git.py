@@ -428,7 +428,7 @@ class _Objects:
                 raise BackendError("git cat-file ended early") from None
             for oid in chunk:
                 header = read().split()
-                if len(header) != 3:
+                if len(header) != 3 or not header[2].isdigit():
                     if not header or header[1:] == [b"missing"]:
                         raise self.missing(oid)
                     raise BackendError(f"git cat-file cannot read tree {oid}")
