@@ -93,3 +93,41 @@ def test_generated_keys_pass_and_a_weak_trusted_key_is_refused() -> None:
         parse_public_key(pem, "the key to trust")
     with pytest.raises(InputError, match="weak key"):
         VerifyingKey.from_canonical_der(der)
+
+
+# The 19 y values P .. 2**255 - 1 do not fit the field: each is a second encoding of y - P (random
+# bytes hit one with probability 2**-251, so the property test above never does). P + 1 encodes the
+# neutral point without being any of the 8 canonical small-order encodings the fast check lists.
+NON_CANONICAL = [
+    pytest.param(((P + k) | (sign << 255)).to_bytes(32, "little"), id=f"P+{k}{'-signed' if sign else ''}")
+    for k in range(19)
+    for sign in (0, 1)
+]
+# R = the neutral point (y = 1, canonical), S = 0: valid under the neutral point for every message
+FORGED_SIGNATURE = (1).to_bytes(32, "little") + bytes(32)
+
+
+@pytest.mark.parametrize("raw", NON_CANONICAL)
+def test_a_non_canonical_y_is_refused_wherever_a_key_is_made(raw: bytes) -> None:
+    assert int.from_bytes(raw, "little") & ((1 << 255) - 1) >= P
+    with pytest.raises(InputError, match="not canonically encoded"):
+        check_ed25519_point(raw)
+    der = ED25519_SPKI_PREFIX + raw
+    with pytest.raises(InputError, match="not canonically encoded"):
+        VerifyingKey.from_canonical_der(der)
+    from graven.signing.keys import parse_public_key
+
+    pem = b"-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(der) + b"\n-----END PUBLIC KEY-----\n"
+    with pytest.raises(InputError, match="not canonically encoded"):
+        parse_public_key(pem, "the key to trust")
+
+
+@pytest.mark.parametrize("sign", [0, 1], ids=["unsigned", "signed"])
+def test_the_neutral_point_encoded_as_p_plus_1_verifies_no_forgery(sign: int) -> None:
+    der = ED25519_SPKI_PREFIX + ((P + 1) | (sign << 255)).to_bytes(32, "little")
+    try:
+        key = VerifyingKey.from_canonical_der(der)
+    except InputError:
+        return  # refused: nothing can verify under it
+    verified = [key.verify(FORGED_SIGNATURE, message) for message in (b"any message", b"another")]
+    pytest.fail(f"a non-canonical neutral-point key was accepted; the forged signature verifies: {verified}")
