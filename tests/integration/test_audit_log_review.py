@@ -6,6 +6,7 @@ the database would, and checks that `graven log verify` (or `prove`, `consistenc
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -131,6 +132,42 @@ def test_a_forged_note_in_an_older_row_fails_without_all_signatures(
     report = _verify(capsys)
     assert not report["ok"] and report["first_bad_index"] == 2
     assert "checkpoint 3: its signed root does not match the entries" in report["problems"][0]
+
+
+def test_a_complete_forgery_is_caught_by_the_latest_signature_alone(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Entry 2, its leaf hash, every root column, the root line of every older (unsigned-checked) note
+    and the log state all agree with the forgery: only the latest note's signature names the true root."""
+    _append(home, 9)
+    with _db(home) as db:
+        true_roots = _roots(db)
+        _rewrite_entry(db, 2, "forged")
+        roots = _roots(db)
+        for size in range(3, 10):
+            (note,) = db.execute("SELECT note FROM log_checkpoints WHERE size = ?", (size,)).fetchone()
+            if size < 9:  # without --all-signatures an older note's text head is all that is compared
+                old, new = (base64.b64encode(bytes.fromhex(r[size])).decode() for r in (true_roots, roots))
+                assert note.count(old) == 1
+                note = note.replace(old, new)
+            db.execute(
+                "UPDATE log_checkpoints SET root = ?, note = ? WHERE size = ?", (roots[size], note, size)
+            )
+        _rewrite_state(db)
+    report = _verify(capsys)
+    assert not report["ok"]
+    assert report["problems"] == [
+        "the latest signed checkpoint (9) does not match the entries (first bad index at most 8)"
+    ]
+    assert report["first_bad_index"] == 8
+    err = _verify_fails(capsys)
+    assert "the latest signed checkpoint (9) does not match the entries (first bad index at most 8)" in err
+    # the older notes' signatures no longer verify either
+    problems = _verify(capsys, "--all-signatures")["problems"]
+    assert [p.split(":")[0] for p in problems[:6]] == [f"checkpoint {n} does not verify" for n in range(3, 9)]
+    assert problems[6:] == [
+        "the latest signed checkpoint (9) does not match the entries (first bad index at most 8)"
+    ]
 
 
 def test_an_entry_appended_without_a_checkpoint_fails(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
