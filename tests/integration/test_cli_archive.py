@@ -97,6 +97,42 @@ def test_export_is_deterministic_and_gnu_tar_reads_it(
     _assert_same_tree(repo, dest)
 
 
+def _pax_name(nbytes: int, tag: str) -> str:
+    """A path of ``nbytes`` UTF-8 bytes that needs a pax ``path`` record (it is not ASCII), in
+    components short enough for any file system."""
+    head = f"pax-{tag}/" + ("d" * 199 + "/") * (nbytes // 200)
+    rest = nbytes - len(head.encode()) - 2
+    assert 0 <= rest <= 250
+    return head + "\u00e9" + "a" * rest
+
+
+# Names whose record " path=NAME\n" plus its decimal length is 99 and 999 bytes (the longest with 2 and 3
+# digits), and one byte longer: 101 and 1001, where the length's own digits carry it past the boundary.
+PAX_BOUNDARY = {
+    _pax_name(nbytes, str(record)): record
+    for nbytes, record in ((90, 99), (91, 101), (989, 999), (990, 1001))
+}
+
+
+def test_pax_records_at_a_digit_boundary_are_read_by_gnu_tar(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {name: f"{record}\n" for name, record in PAX_BOUNDARY.items()})
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    archive = _export(run_cli, out.splitlines()[-1], tmp_path / "pax.tar")
+    listing = set(_gnu_tar("-tf", archive).splitlines())
+    assert set(PAX_BOUNDARY) <= listing
+    dest = tmp_path / "extracted"
+    dest.mkdir()
+    _gnu_tar("-xf", archive, "-C", dest)
+    _assert_same_tree(repo, dest)
+    data = archive.read_bytes()
+    for name, record in PAX_BOUNDARY.items():  # the names do hit the boundaries
+        at = data.find(b"%d path=%s\n" % (record, name.encode()))
+        assert at > 0 and at % 512 == 0, (record, at)  # the whole body of a pax header of its own
+
+
 def _tracked(repo: Path) -> set[str]:
     out = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout.decode()
     return {p for p in out.split("\0") if p}

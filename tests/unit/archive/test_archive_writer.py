@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from graven.archive.writer import ArchiveMeta, _checksum, _header, write_archive
+from graven.archive.writer import ArchiveMeta, _checksum, _header, entry_header, write_archive
 from graven.errors import BackendError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
@@ -75,6 +75,17 @@ def test_tarfile_reads_every_header_and_file() -> None:
     for directory in ("a", "a/b", "a/b/d", "caf\u00e9", "p/q", "p/q/empty"):
         assert members[directory].isdir()
     assert members["far"].linkname == "a/" + "z" * 120
+
+
+@pytest.mark.parametrize("size", [8**11 - 1, 8**11, 9 * 2**30], ids=["ustar-max", "8GiB", "9GiB"])
+def test_a_size_past_the_ustar_field_is_carried_by_a_pax_record(size: int) -> None:
+    """Only the headers: tarfile reads a member's size without its data (none of the 9 GiB is made)."""
+    header = entry_header("big.bin", kind=b"0", mode=0o644, size=size, mtime=1_700_000_000)
+    with tarfile.open(fileobj=io.BytesIO(header + bytes(1024)), mode="r:") as archive:
+        member = archive.next()
+        assert member is not None and member.name == "big.bin" and member.isreg()
+        assert member.size == size
+    assert (b" size=%d\n" % size in header) is (size >= 8**11)
 
 
 def test_an_object_of_the_wrong_size_is_refused() -> None:
