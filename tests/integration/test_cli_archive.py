@@ -355,6 +355,10 @@ HOSTILE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], str]] = {
     "below-symlink": ([_dir("d"), _file("d/f"), _link("l", "d"), _file("l/x")], "l/x"),
     "below-file": ([_file("f"), _file("f/x")], "f/x"),
     "control-character": ([_file("bad\x01name.txt")], "bad"),
+    "long-linkname": (  # 4097 bytes that would resolve to f: refused for the length alone
+        [_file("f"), _link("l", "./" * 2048 + "f")],
+        "l: link target longer than 4096 bytes",
+    ),
 }
 
 
