@@ -279,6 +279,18 @@ def test_bad_key_in_trust_dir(tmp_path: Path) -> None:
         load_trust_dir(trust_dir)
 
 
+def test_dot_files_in_the_trust_dir_are_not_trusted(tmp_path: Path) -> None:
+    """A key set aside as ``.retired-ci.pub`` is no trusted key, even a valid one; a broken dot-file is
+    not read at all."""
+    kept, retired = generate_key(), generate_key("ecdsa-p256")
+    trust_dir = _trust(tmp_path, kept)
+    write_public_key(trust_dir / ".retired-ci.pub", retired)
+    write_public_key(trust_dir / ".old.pem", retired)
+    assert [k.keyid for k in load_trust_dir(trust_dir)] == [kept.keyid]
+    (trust_dir / ".broken.pub").write_text("garbage")
+    assert [k.keyid for k in load_trust_dir(trust_dir)] == [kept.keyid]
+
+
 def test_trust_key_normalizes_and_validates(tmp_path: Path) -> None:
     key = generate_key("ecdsa-p256")
     messy = b"\n\n" + key.public_pem().replace(b"\n", b"\r\n") + b"\n"
