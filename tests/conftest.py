@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers_services import unavailable
+
 # A fixed author and committer date, so that the same tree always gives the same commit id.
 COMMIT_DATE = "2024-01-02T03:04:05+00:00"
 COMMIT_EPOCH = 1704164645
@@ -39,6 +41,21 @@ class Executable:
 
 FileSpec = bytes | str | Symlink | Executable
 RepoFiles = Mapping[str | bytes, FileSpec]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs_root(reason): runs as root only: skipped otherwise, failed when GRAVEN_REQUIRE_SERVICES"
+        " is set (helpers_services.unavailable)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.needs_root(reason)``: a plain skipif would let CI go green without the check."""
+    marker = item.get_closest_marker("needs_root")
+    if marker is not None and os.geteuid() != 0:
+        unavailable(str(marker.args[0]))
 
 
 def process_alive(pid: int) -> bool:

@@ -23,6 +23,7 @@ from graven.home import Home
 from graven.model.logentry import LogEntry, LogEvent
 from graven.service.context import Context
 from helpers_repo import run_cli
+from helpers_services import unavailable
 
 
 @pytest.fixture
@@ -625,7 +626,7 @@ def test_a_mark_root_makes_in_another_users_home_is_that_users(
     """A review: a root append (sudo graven build) or verify in a home that has no mark yet made it
     root's, 0600, and the owner's next append could not read it. Root gives it to the owner."""
     if os.geteuid() != 0:
-        pytest.skip("needs root, to own a home as another user")
+        unavailable("needs root, to own a home as another user")
     _append(home, 2)
     (home / "log" / "in-use").unlink()
     os.chown(home / "log", 65534, 65534)

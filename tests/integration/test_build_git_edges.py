@@ -137,7 +137,7 @@ def test_grafts_do_not_change_what_a_revision_names(
     assert json.loads(out)["commit"] == second
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a repository of another user needs root to make")
+@pytest.mark.needs_root("a repository of another user needs root to make")
 def test_a_repository_of_another_user_says_why_git_refuses_it(
     graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -103,7 +103,7 @@ def test_a_directory_every_user_may_write_is_refused_on_the_way_and_at_path(
     assert world.deploy(world.version(4), "staging").ok
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory another group needs root")
+@pytest.mark.needs_root("giving a directory another group needs root")
 def test_a_directory_its_group_may_write_is_refused_when_the_group_has_other_members(world: World) -> None:
     """A permissions review: root deployed into a root:team 2775 directory; a team member swapped
     releases/ for a link while the release was written, and root wrote ~4,400 files into, and chmod'ed,
@@ -131,7 +131,7 @@ def test_a_directory_its_group_may_write_is_refused_when_the_group_has_other_mem
         world.deploy(world.version(3), "staging")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user's needs root")
+@pytest.mark.needs_root("making a directory another user's needs root")
 def test_a_directory_of_another_user_is_refused(world: World) -> None:
     v1 = world.build()
     staging = world.root / "staging"
@@ -218,7 +218,7 @@ def test_a_missing_releases_directory_is_the_release_removed(world: World) -> No
     assert report.clean
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user needs root to make")
+@pytest.mark.needs_root("a link of another user needs root to make")
 def test_a_link_of_another_user_on_the_way_is_refused(world: World, tmp_path: Path) -> None:
     """In a sticky directory anyone may make a link: one owned by another user, on the way to PATH,
     could be pointed elsewhere between two of graven's steps."""
@@ -254,7 +254,7 @@ def test_a_link_in_a_directory_every_user_may_write_is_refused(world: World, tmp
     assert list(target.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user needs root to make")
+@pytest.mark.needs_root("a link of another user needs root to make")
 def test_a_link_of_another_user_that_only_root_could_replace_is_fine(world: World, tmp_path: Path) -> None:
     """A link is changed by replacing it in its directory: in one that only root may write (checked as
     a directory on the way), whose link it is does not matter (`chown -R` gives links away too)."""

@@ -529,7 +529,7 @@ def test_an_acl_a_default_acl_gave_is_not_drift(
     try:
         os.setxattr(main, "system.posix_acl_access", acl)
     except OSError as exc:
-        pytest.skip(f"no ACLs on this file system: {exc.strerror}")
+        unavailable(f"no ACLs on this file system: {exc.strerror}")
     assert "system.posix_acl_access" in os.listxattr(main)
     for mode in ((), ("--full",)):
         code, doc = drift(capsys, "staging", *mode)
@@ -600,7 +600,7 @@ def test_a_chowned_file_in_a_release_on_disk_is_not_vouched_for_by_a_rollback(
     recorded it as good: a chown (or a capability) made before a rollback then passed every quick
     check. The release is rebuilt instead."""
     if os.geteuid() != 0:
-        pytest.skip("chown needs root")
+        unavailable("chown needs root")
     v1 = world.build()
     assert world.deploy(v1, "staging").ok
     old = (world.env_dir("staging") / "current").resolve()
@@ -661,7 +661,7 @@ def test_a_chowned_directory_is_drift_and_heal_gives_it_back(
     """The owner was compared for files only: `chown nobody dir` (whose new owner could replace what
     is in it) was clean, also after a full check had seen it once (its record was cached)."""
     if os.geteuid() != 0:
-        pytest.skip("chown needs root")
+        unavailable("chown needs root")
     world, _digest = ignoring(tmp_path, monkeypatch, [])
     release = release_of(world)
     os.chown(release / "out/app", 65534, -1)

@@ -129,7 +129,7 @@ def test_a_changed_stat_with_the_right_bytes_is_vouched_for_again(tmp_path: Path
     assert table.matches(os.lstat(release / "lib/z.py"), SHA)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="making a file owned by another user needs root")
+@pytest.mark.needs_root("making a file owned by another user needs root")
 def test_a_file_owned_by_someone_else_is_not_vouched_for(tmp_path: Path) -> None:
     release, manifest, table = _release(tmp_path)
     os.chown(release / "lib/z.py", 65534, 65534)  # right bytes, someone else's inode

@@ -8,13 +8,12 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from graven.core.drift import compare_tree
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import VerifiedCache, fs_clock
 from graven.drift.scan import BIG, Hasher, ReleaseIndex, hash_path, scan_release
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
+from helpers_services import unavailable
 
 FILES = {"a.txt": b"alpha\n", "d/b.txt": b"beta\n", "d/e/big.bin": os.urandom(BIG + 5)}
 
@@ -275,7 +274,7 @@ def test_the_forked_walker_reports_owners_and_extended_attributes(tmp_path: Path
     try:
         os.setxattr(marked, "user.note", b"x")
     except OSError as exc:
-        pytest.skip(f"no user extended attributes here: {exc.strerror}")
+        unavailable(f"no user extended attributes here: {exc.strerror}")
     observed = marshal.loads(raw_walk(str(release), [""], frozenset()))[0]
     assert observed["d/plain"][5] is None
     assert observed["d/marked"][5] == "extended attributes user.note"
