@@ -38,7 +38,7 @@ def _hijack(world: World, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="hands a directory to another user")
+@pytest.mark.needs_root("hands a directory to another user")
 def test_heal_hold_and_retire_refuse_before_the_lock_makes_anything(world: World, tmp_path: Path) -> None:
     assert world.deploy(world.build(), "staging").ok
     target = _hijack(world, tmp_path)
@@ -55,7 +55,7 @@ def test_heal_hold_and_retire_refuse_before_the_lock_makes_anything(world: World
     assert state is not None and not state.held  # neither held nor retired
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="hands a directory to another user")
+@pytest.mark.needs_root("hands a directory to another user")
 def test_unhold_refuses_as_hold_does(world: World, tmp_path: Path) -> None:
     assert world.deploy(world.build(), "staging").ok
     assert environments.hold(world.ctx(), "staging", "x").changed

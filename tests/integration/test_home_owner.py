@@ -18,7 +18,7 @@ from graven.service.context import Context
 from helpers_deploy import NOBODY, World, exit_code_as_nobody, make_world
 from helpers_repo import run_cli
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hands the home to another user")
+pytestmark = pytest.mark.needs_root("hands the home to another user")
 
 
 @pytest.fixture

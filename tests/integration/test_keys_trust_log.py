@@ -177,7 +177,7 @@ def test_the_trust_check_walks_dot_dot_as_the_kernel_does(
     assert code == 2 and "is writable by every user" in err and str(pub) in err, err
 
 
-@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="giving a file another group needs root")
+@pytest.mark.needs_root("giving a file another group needs root")
 def test_a_revocation_list_another_group_member_may_write_is_refused(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
