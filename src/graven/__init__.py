@@ -1,5 +1,5 @@
 """graven: reproducible, signed, content-addressed artifacts from a git commit."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = ["__version__"]

@@ -51,6 +51,9 @@ _V020 = (
 PINNED = {
     "0.2.0": _V020,
     "0.3.0": _V020,  # 0.3.0 changed the CLI and deploy policy, not what a commit builds to
+    # 0.4.0 reads verified git trees (builds of 0.3.0 are not carried forward: a planted tree object
+    # may have made them) and refuses group-writable directories and homes; the figures are the same
+    "0.4.0": _V020,
 }
 
 
