@@ -139,7 +139,9 @@ class Home:
     db_url_override: str | None
 
     def __init__(self, root: Path, db_url_override: str | None = None) -> None:
-        object.__setattr__(self, "root", root)
+        # absolute at once: a relative home (a library caller's Home(Path("home"))) would name another
+        # directory after a chdir, and its default database URL (sqlite:///home/graven.db) is refused
+        object.__setattr__(self, "root", Path(root).absolute())
         object.__setattr__(self, "db_url_override", db_url_override)
 
     def __setattr__(self, name: str, value: object) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from graven.home import Home
 
 
@@ -20,3 +22,16 @@ def test_a_relative_xdg_data_home_is_ignored_as_the_spec_says() -> None:
     """A relative value would put the home (keys, store, database) in whatever directory graven runs."""
     for relative in ("data", "./data", ""):
         assert Home.from_env({"XDG_DATA_HOME": relative, "HOME": "/h"}).root == Path("/h/.local/share/graven")
+
+
+def test_a_relative_home_given_to_the_library_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An architecture review: Home(Path("home")) failed with a message about a database URL
+    (sqlite:///home/graven.db) the caller never gave."""
+    from graven.home import Home
+
+    monkeypatch.chdir(tmp_path)
+    home = Home(Path("home"))
+    assert home.root == tmp_path / "home"
+    assert home.db_url.endswith(f"{tmp_path}/home/graven.db"), home.db_url
