@@ -105,3 +105,18 @@ def test_positional_class_patterns_still_match() -> None:
     assert _shape(TreeDiff(("a",), (), (), 3)) == "diff 1 0 0 3"
     assert _shape(EnvState("prod", "/srv")) == "env prod /srv"
     assert _shape(Checkpoint("o", 2, bytes(32))) == "checkpoint o 2"
+
+
+def test_random_uuid_is_a_version_4_uuid_the_stdlib_reads_back() -> None:
+    """graven.runtime.random_uuid replaces uuid.uuid4 on the build's start-up path."""
+    import uuid
+
+    from graven.runtime import random_uuid
+
+    seen = set()
+    for _ in range(200):
+        text = random_uuid()
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        seen.add(text)
+    assert len(seen) == 200

@@ -408,9 +408,9 @@ class AuditLog:
                 "entries: restore the database from a backup (`graven log verify` shows what is wrong)"
             )
         if origin is None:
-            import uuid  # here: only the first entry of a log needs it (start-up of every deploy)
+            from graven.runtime import random_uuid
 
-            origin = f"graven.invalid/log/{uuid.uuid4()}"
+            origin = f"graven.invalid/log/{random_uuid()}"
             conn.execute(
                 """INSERT INTO graven_meta ("key", value) VALUES (:key, :value)""",
                 {"key": _ORIGIN_KEY, "value": origin},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,6 +29,7 @@ from graven.model.manifest import (
     unvalidated_entries,
 )
 from graven.model.pipeline import PIPELINE_FILE, Pipeline, parse_pipeline
+from graven.runtime import random_uuid
 from graven.service.context import Context, utc_now
 from graven.service.provenance import (
     provenance_inputs,
@@ -272,7 +272,7 @@ def _build(
         previous = _latest_manifest(ctx, name)
         batch.add(manifest.to_bytes(), delta_base=previous, pack=True)
         finished_at = utc_now()
-        invocation_id = str(uuid.uuid4())
+        invocation_id = random_uuid()
         repository = remote.result()
         envelope = sign_provenance(
             key,
