@@ -267,8 +267,8 @@ def test_a_partial_clone_whose_promisor_is_gone_says_the_object_is_missing(
     # graven.toml's blob is not local: not "graven.toml not found ... graven init"
     _refused(
         run_cli("build", "-C", clone, "HEAD~2"),
-        f"object {toml} is not in this repository (a partial or shallow clone? its promisor remote "
-        "could not be reached: fatal: could not fetch",
+        f"object {toml} is not in this repository (a partial clone: its promisor remote could not "
+        "give it: fatal: could not fetch",
     )
     # graven.toml is local, another file's blob is not: not "cannot read blob X:" and nothing more
     _refused(run_cli("build", "-C", clone, "HEAD~1"), f"object {blob} is not in this repository", "fatal:")

@@ -458,6 +458,17 @@ class _Objects:
         """The error for an object this repository does not have."""
         return _missing(oid, self._err)
 
+    def raise_if_damaged(self) -> None:
+        """IntegrityError when git said an object it read does not hash to its id (a revision whose
+        commit or tag was planted then looks unknown to git: say what it is)."""
+        said = _read_fd(self._err).decode(errors="replace")
+        if "hash mismatch" in said:
+            line = next(line for line in said.splitlines() if "hash mismatch" in line)
+            raise IntegrityError(
+                f"git refuses an object of this repository: {line.strip()}: the repository's object "
+                "store is damaged or was tampered with; run `git fsck` there, or build from a fresh clone"
+            )
+
     def kill(self) -> None:
         """Stop git: a reader waiting for it gets the end of its output."""
         if self._proc.poll() is None:
@@ -483,9 +494,14 @@ def _missing(oid: str, err_fd: int) -> SourceError | BackendError:
     if lines and oid not in lines[-1] and "promisor" not in lines[-1]:
         return BackendError(f"git cat-file failed reading {oid}: {lines[-1].strip()}")
     said = f": {lines[-1].strip()}" if lines else ""
+    if any("promisor" in line for line in lines):
+        return SourceError(
+            f"object {oid} is not in this repository (a partial clone: its promisor remote could not "
+            f"give it{said})"
+        )
     return SourceError(
-        f"object {oid} is not in this repository (a partial or shallow clone? its promisor remote "
-        f"could not be reached{said})"
+        f"object {oid} is not in this repository (a shallow clone, or a damaged repository: `git "
+        f"fsck` there says more{said})"
     )
 
 
@@ -564,6 +580,22 @@ def _keyed(entries: Iterable[bytes], oid: str) -> dict[tuple[bytes, bool], tuple
     return keyed
 
 
+def _not_plain(
+    raw: bytes,
+    listed: list[bytes],
+    entries: set[bytes],
+    changed: set[bytes],
+    keyed: dict[tuple[bytes, bool], tuple[str, str]],
+) -> bool:
+    """Whether a new version of a tree holds what only a crafted tree holds, so that comparing it
+    entry by entry could differ from listing it: an entry twice, two changed entries of one name,
+    a changed name also held by an unchanged entry, or a changed name with a ``/`` in it."""
+    if len(entries) != len(listed) or len(keyed) != len(changed):
+        return True
+    # (a name that is the end of another, or inside a binary id, is a false alarm: it only costs time)
+    return any(b"/" in name or raw.count(b" " + name + b"\0") > 1 for name, _ in keyed)
+
+
 def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
     """Every entry of the commit's tree, recursively, as ``git ls-tree -r`` lists them (in its order,
     with its modes; a submodule is of kind ``commit``), from objects each checked against its id.
@@ -629,10 +661,13 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
         deeper: list[tuple[bytes, str | None, str | None]] = []
         for prefix, a, b in pairs:
             gone = set() if a is None else set(_raw_entries(raw[a], a))
-            came = set() if b is None else set(_raw_entries(raw[b], b))
+            listed = [] if b is None else _raw_entries(raw[b], b)
+            came = set(listed)
             same = gone & came  # byte for byte: the same mode, name and object
-            before = _keyed(gone - same, commit)
-            after = _keyed(came - same, commit)
+            before = _keyed(gone - same, a or commit)
+            after = _keyed(came - same, b or commit)
+            if b is not None and _not_plain(raw[b], listed, came, came - same, after):
+                return None  # the full listing names (and refuses) what git fsck would flag
             for (name, is_tree), (mode, oid) in after.items():
                 was = before.get((name, is_tree))
                 if was == (mode, oid):
@@ -804,6 +839,7 @@ def _request_commit(objects: _Objects, revision: str) -> tuple[str, bytes] | Non
         if found is not None and found[1] == "tag":
             found = objects.request(f"{found[0]}^{{commit}}")
     if found is None or found[1] != "commit":
+        objects.raise_if_damaged()
         return None
     return found[0], found[2]
 
@@ -1064,10 +1100,11 @@ class GitRepo:
         )
 
     def read_file(self, commit: str, path: str) -> bytes | None:
-        """The raw content of ``path`` in ``commit``, or None when it is not a file there."""
-        # One git call: `cat-file blob` fails for a missing path and for a directory alike.
-        result = self._run("cat-file", "blob", f"{commit}:{path}", check=False)
-        return result.stdout if result.returncode == 0 else None
+        """The raw content of ``path`` in ``commit`` (a symlink's target for a link), or None when it
+        is not a file there or ``commit`` is unknown; the commit, each tree on the way and the blob
+        are checked against their ids (:meth:`read_commit`)."""
+        found = self._read_commit(commit, path)
+        return None if found is None else found.data
 
     def object_type(self, commit: str, path: str) -> str | None:
         """What ``path`` is in ``commit`` (``blob``, ``tree``, ``commit`` for a submodule), or None."""
@@ -1078,7 +1115,12 @@ class GitRepo:
         """The committer time of ``commit`` (seconds since the epoch), read as a build reads it
         (:func:`_committer_time`); SourceError when the commit has none graven can use (a crafted or
         damaged committer line)."""
-        raw = self._run("cat-file", "commit", commit).stdout
+        with self._objects() as objects:
+            found = _request_commit(objects, commit)
+        if found is None:
+            raise self._unknown_revision(commit)
+        oid, raw = found
+        _check_object(b"commit", raw, oid)
         epoch = _committer_time(raw)
         if epoch is None:
             raise _no_usable_time(commit, raw)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Executable, Symlink, commit_all, create_repo, git, write_files
-from graven.errors import BackendError, IntegrityError, NotFoundError, SourceError, UnsafeInputError
+from graven.errors import BackendError, IntegrityError, SourceError, UnsafeInputError
 from graven.sources.git import GitChange, GitEntry, GitRepo, _canon_mode, _parse_tree
 
 
@@ -162,8 +162,15 @@ def test_a_planted_commit_is_refused(tmp_path: Path) -> None:
     _plant(repo, commit, b"commit", raw.replace(raw[5:45], first_tree.encode(), 1))
     git_repo = GitRepo(repo)
     message = f"git object {commit} does not hash to its id"
-    with pytest.raises(NotFoundError, match="unknown revision"):
-        git_repo.read_commit(commit, "graven.toml")  # peeling (^{commit}) makes git check it itself
+    # peeling (^{commit}) makes git check it itself: said as tampering, not as an unknown revision
+    with pytest.raises(
+        IntegrityError, match=f"git refuses an object of this repository: .*hash mismatch.*{commit}"
+    ):
+        git_repo.read_commit(commit, "graven.toml")
+    with pytest.raises(IntegrityError, match="hash mismatch"):
+        git_repo.commit_time(commit)
+    with pytest.raises(IntegrityError, match="hash mismatch"):
+        git_repo.read_file(commit, "a.txt")
     with pytest.raises(IntegrityError, match=message):
         git_repo.ls_tree(commit)
     with pytest.raises(IntegrityError, match=message), git_repo.start_diff_tree(base, commit) as running:
@@ -176,8 +183,78 @@ def test_a_missing_tree_says_the_clone_lacks_it(tmp_path: Path) -> None:
     repo = create_repo(tmp_path / "repo", {"d/a.txt": "a\n"})
     sub = git(repo, "rev-parse", "HEAD:d").strip()
     (repo / ".git" / "objects" / sub[:2] / sub[2:]).unlink()
-    with pytest.raises(SourceError, match=f"object {sub} is not in this repository"):
+    # an ordinary clone: not called a partial clone (a review: the promisor was named regardless)
+    with pytest.raises(
+        SourceError, match=f"object {sub} is not in this repository \\(a shallow clone, or a damaged"
+    ):
         GitRepo(repo).ls_tree("HEAD")
+
+
+def test_a_planted_blob_read_by_path_is_refused(tmp_path: Path) -> None:
+    """A review: [build.fetch] lockfiles were read with `git cat-file blob C:PATH`, which hashes
+    nothing: a planted lockfile let the fetch bring in what the commit does not lock."""
+    repo = create_repo(tmp_path / "repo", {"deps.lock": "dep good\n", "other": "x\n"})
+    commit = git(repo, "rev-parse", "HEAD").strip()
+    blob = git(repo, "rev-parse", "HEAD:deps.lock").strip()
+    git_repo = GitRepo(repo)
+    assert git_repo.read_file(commit, "deps.lock") == b"dep good\n"
+    assert git_repo.read_file(commit, "missing") is None
+    assert git_repo.read_file("0" * 40, "deps.lock") is None  # an unknown commit
+    _plant(repo, blob, b"blob", b"dep evil\n")
+    with pytest.raises(IntegrityError, match=f"git object {blob} does not hash to its id"):
+        git_repo.read_file(commit, "deps.lock")
+
+
+def _crafted(repo: Path, entries: list[tuple[str, str, str]], parent: str) -> str:
+    tree = (
+        subprocess.run(
+            ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
+            cwd=repo,
+            input=_tree(entries),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    return git(repo, "commit-tree", tree, "-p", parent, "-m", "crafted").strip()
+
+
+@pytest.mark.parametrize("shape", ["changed-and-kept", "twice-the-same", "two-changed", "slash"])
+def test_a_crafted_tree_the_listing_refuses_is_never_compared_entry_by_entry(
+    tmp_path: Path, shape: str
+) -> None:
+    """A review: a tree holding f twice (f=y, f=x where x was f before) gave one "M f" incrementally,
+    and built, where the listing refuses "duplicate path": the comparison now gives up (None) on what
+    only a crafted tree holds, and the build lists the whole tree."""
+    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
+    base = git(repo, "rev-parse", "HEAD").strip()
+    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
+    y = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"], cwd=repo, input=b"y\n", capture_output=True, check=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    entries = {
+        "changed-and-kept": [("100644", "f", y), ("100644", "f", x)],
+        "twice-the-same": [("100644", "f", y), ("100644", "f", y)],
+        "two-changed": [("100644", "f", y), ("100755", "f", y)],
+        "slash": [("100644", "f", x), ("100644", "g/h", y)],
+    }[shape]
+    commit = _crafted(repo, [("100644", "graven.toml", toml), *entries], base)
+    assert _changes(repo, base, commit) is None
+
+
+def test_messages_of_the_comparison_name_the_tree_not_the_commit(tmp_path: Path) -> None:
+    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
+    base = git(repo, "rev-parse", "HEAD").strip()
+    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
+    commit = _crafted(repo, [("100644", "graven.toml", toml), ("4000000100644", "f", x)], base)
+    tree = git(repo, "rev-parse", f"{commit}^{{tree}}").strip()
+    with pytest.raises(BackendError, match=f"git tree object {tree} is malformed"):
+        _changes(repo, base, commit)
 
 
 def test_leaving_a_running_walk_early_stops_it(history: tuple[Path, list[str]]) -> None:
