@@ -1,4 +1,4 @@
-"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v2``).
+"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v3``).
 
 For every inode of every release (files and directories) graven records the sha256 it wrote there (all
 zeros for a directory) and ``(size, mtime_ns, ctime_ns, st_mode)`` right after writing, linking or
@@ -11,7 +11,7 @@ written again from the store.
 
 File layout (all integers big-endian)::
 
-    b"GRVNSTAT" u16 version (2) | u64 st_dev | u64 count |
+    b"GRVNSTAT" u16 version (3) | u64 st_dev | u64 count |
     count x (u64 ino | u64 size | i64 mtime_ns | i64 ctime_ns | u32 st_mode | 32-byte sha256)
     | HMAC-SHA256 of everything before it, under the home's record key
 
@@ -45,14 +45,21 @@ from graven.errors import BackendError
 
 __all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable"]
 
-STAT_FORMAT = "graven.deploy-stat/v2"
+STAT_FORMAT = "graven.deploy-stat/v3"
 DIR_SHA = "0" * 64
-_MAGIC = b"GRVNSTAT\x00\x02"
+# v3: the layout of v2, and no record is racy (StatTable.save). A v2 table (graven 0.3.0 and before)
+# may hold racy records: it is read as empty, which costs one check by content after an upgrade.
+_MAGIC = b"GRVNSTAT\x00\x03"
 _HEAD = struct.Struct(">QQ")
 _RECORD = struct.Struct(">QQqqI32s")
 Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
 UNKNOWN_CTIME = -1  # a racy record's ctime: no file has it, so the record never matches
-_RACY_WAIT = 0.05  # seconds save() waits at most for the clock to pass the newest record (coarse ticks)
+# How long save() waits at most for the clock to pass the newest record: a few ms where file times come
+# from the kernel's tick; up to a second where they are whole seconds (ext4 with 128-byte inodes, NFS,
+# FAT's two), rather than mark every record of a fresh release unknown (the next deploy would then copy
+# every file instead of linking it).
+_RACY_WAIT = 0.05
+_RACY_WAIT_WHOLE_SECONDS = 2.1
 
 
 class StatTable(_Mutable):
@@ -130,7 +137,8 @@ class StatTable(_Mutable):
         if not newest:
             return
         now, waited = clock(), 0.0
-        while now <= newest and waited < _RACY_WAIT:
+        budget = _RACY_WAIT_WHOLE_SECONDS if now % 1_000_000_000 == 0 else _RACY_WAIT
+        while now <= newest and waited < budget:
             time.sleep(0.002)
             waited += 0.002
             now = clock()

@@ -80,3 +80,39 @@ def test_a_changed_file_never_matches_a_smudged_or_a_kept_record(tmp_path: Path)
     time.sleep(0.01)
     path.write_bytes(b"v2\n")  # same size
     assert not StatTable.load(tmp_path / "stat", KEY).matches(os.lstat(path), SHA)
+
+
+def test_a_whole_second_clock_is_waited_for_so_a_fresh_release_stays_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review on ext4 with 1 s timestamps: every record of a fresh release fell in the save's
+    second, so every one was written unknown and each next deploy copied every file instead of
+    linking it. With whole-second times the save waits (up to 2.1 s) for the next second."""
+    st = _file(tmp_path / "f")
+    second = st.st_ctime_ns - st.st_ctime_ns % 1_000_000_000
+    table = StatTable()
+    table.record(st, SHA)
+    table.inodes[st.st_ino] = (SHA, st.st_size, second, second, st.st_mode)  # as a coarse fs stamps it
+    readings = iter([second] * 30 + [second + 1_000_000_000] * 5)
+    monkeypatch.setattr(statdb, "_fs_now", lambda fd: lambda: next(readings))
+    slept: list[float] = []
+    monkeypatch.setattr(statdb.time, "sleep", slept.append)
+    table.save(tmp_path / "stat", KEY)
+    assert StatTable.load(tmp_path / "stat", KEY).inodes[st.st_ino][3] == second  # trusted
+    assert len(slept) == 30  # waited for the clock's next second, well past the usual 50 ms
+
+
+def test_a_table_written_before_racy_records_were_known_is_ignored(tmp_path: Path) -> None:
+    """A review: a v2 table (graven 0.3.0) may hold a record an activate hook's edit in the same
+    second left matching; after an upgrade the next deploy linked the edited file. v2 reads as empty."""
+    from graven.deploy.recordkey import tag
+
+    st = _file(tmp_path / "f")
+    table = StatTable()
+    table.record(st, SHA)
+    table.save(tmp_path / "stat", KEY)
+    data = (tmp_path / "stat").read_bytes()[: -len(tag(KEY, b""))]
+    assert data.startswith(b"GRVNSTAT\x00\x03")
+    old = b"GRVNSTAT\x00\x02" + data[10:]
+    (tmp_path / "stat").write_bytes(old + tag(KEY, old))
+    assert StatTable.load(tmp_path / "stat", KEY).inodes == {}
