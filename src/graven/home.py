@@ -42,9 +42,38 @@ def make_private_dir(path: Path) -> None:
 
 def make_home(root: Path) -> None:
     """Make the home ``root`` (:func:`make_private_dir`) for a command that writes there, and refuse
-    one that is not this user's to write (:func:`check_home`). OSError propagates."""
+    one that is not this user's to write (:func:`check_home`); root never makes one inside another
+    user's directory (:func:`_check_new_home`). OSError propagates."""
+    _check_new_home(root)
     make_private_dir(root)
     check_home(root)
+
+
+def _check_new_home(root: Path) -> None:
+    """Refuse root making a missing home below a directory of another user (root with that user's
+    ``HOME``: ``~/.local/share/graven`` and its parents would be root's, and their graven and other
+    programs could not write there)."""
+    if os.geteuid() != 0:
+        return  # what another user makes is theirs: nothing of anybody else's breaks
+    existing = root
+    while True:
+        try:
+            st = os.stat(existing)
+            break
+        except FileNotFoundError:
+            if existing.parent == existing:
+                return
+            existing = existing.parent
+        except OSError:
+            return  # the caller's mkdir says what is wrong
+    if existing != root and st.st_uid != 0:
+        from graven.errors import ConfigError
+
+        raise ConfigError(
+            f"GRAVEN_HOME {root} would be made in {existing}, which belongs to another user (uid "
+            f"{st.st_uid}): its directories would be root's, and that user's graven could not write "
+            f"them; run graven as that user (sudo -u), or set GRAVEN_HOME to a home of root's"
+        )
 
 
 def check_home(root: Path) -> None:
@@ -67,8 +96,9 @@ def check_home(root: Path) -> None:
     if st.st_uid != me:
         raise ConfigError(
             f"GRAVEN_HOME {root} belongs to another user (uid {st.st_uid}; you are {me}): graven would "
-            "write its store, keys and database there as you; run graven as that user, or set "
-            "GRAVEN_HOME to a home of your own"
+            "work in it as you (its database and store can leave files of yours there, and a build "
+            "would sign with that user's keys); run graven as that user (sudo -u), or set GRAVEN_HOME "
+            "to a home of your own"
         )
     if st.st_mode & 0o022:
         import stat

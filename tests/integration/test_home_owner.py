@@ -64,9 +64,37 @@ def test_root_refuses_another_user_s_home(
     assert code != 0
     assert err.count("\n") == 1, err
     assert f"GRAVEN_HOME {world.home} belongs to another user (uid {NOBODY}; you are 0)" in err
-    assert "run graven as that user, or set GRAVEN_HOME" in err
+    assert "run graven as that user (sudo -u), or set GRAVEN_HOME" in err
     assert _mine(world.home) == []  # nothing of root's left in that user's home
     assert not world.root.exists()
+
+
+@pytest.mark.parametrize("args", [("import", "{archive}"), ("keys", "generate"), ("keys", "trust", "{pub}")])
+def test_root_makes_no_home_inside_another_user_s_directory(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+) -> None:
+    """A review: with another user's HOME and no home there yet, root made ~/.local/share/graven (and
+    ~/.local, ~/.local/share) as root and filled it: that user's graven, and other programs, could no
+    longer write there."""
+    digest = world.build()
+    archive, pub = tmp_path / "a.tar", tmp_path / "k.pub"
+    assert run_cli(capsys, "export", digest, "-o", str(archive))[0] == 0
+    pub.write_text(run_cli(capsys, "keys", "export", "default")[1])
+    theirs = tmp_path / "alice"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    monkeypatch.delenv("GRAVEN_HOME")
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(theirs))
+    values = {"archive": str(archive), "pub": str(pub)}
+    code, _, err = run_cli(capsys, *(arg.format(**values) for arg in args))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"would be made in {theirs}, which belongs to another user (uid {NOBODY})" in err
+    assert os.listdir(theirs) == []
 
 
 def test_a_home_its_group_may_write_is_refused(world: World, capsys: pytest.CaptureFixture[str]) -> None:

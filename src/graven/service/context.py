@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from graven.core.record import Record
-from graven.home import Home, check_home, make_home, make_private_dir
+from graven.home import Home, check_home, make_home
 
 if TYPE_CHECKING:
     from graven.db import Database
@@ -72,8 +72,8 @@ class Context(Record):
         from graven.store.local import LocalStore
 
         with contextlib.suppress(OSError):  # the store says what is wrong, naming its own directory
-            make_private_dir(self.home.root)
-        check_home(self.home.root)  # another user's home, or one others may write: refused
+            make_home(self.home.root)  # another user's home, or one others may write: refused
+        check_home(self.home.root)
         return LocalStore.at(self.home.objects)
 
     @cached_property
