@@ -95,8 +95,9 @@ def test_a_lock_held_by_another_process_is_not_blamed_on_the_last_deployer(world
     """The record in the lock file is the last deployer's (here this very process, still alive); the
     flock is held by a process that never wrote one."""
     assert world.deploy(world.build(), "staging").ok
-    holder(EnvLayout(world.env_dir("staging")).lock, "ex")
-    with pytest.raises(PolicyError, match=r"being deployed by another process \(pid unknown\)") as raised:
+    proc = holder(EnvLayout(world.env_dir("staging")).lock, "ex")
+    # named by the pid /proc/locks shows (a review: "pid unknown" although the kernel knew it)
+    with pytest.raises(PolicyError, match=rf"being deployed by another process \(pid {proc.pid}\)") as raised:
         world.deploy(world.version(2), "staging")
     assert f"pid {os.getpid()}" not in str(raised.value)
 
@@ -144,9 +145,81 @@ def test_a_check_refused_by_a_held_check_lock_does_not_blame_the_last_deployer(
 
     assert world.deploy(world.build(), "staging").ok
     lock = EnvLayout(world.env_dir("staging")).lock
-    holder(check_lock_path(lock), "ex")
+    proc = holder(check_lock_path(lock), "ex")
     with (
-        pytest.raises(PolicyError, match=r"being changed by another process \(pid unknown\)"),
+        pytest.raises(PolicyError, match=rf"being changed by another process \(pid {proc.pid}\)"),
         shared_lock(lock, env="staging", wait=False),
     ):
         pass
+
+
+def test_flock_holders_match_the_device_as_well_as_the_inode(tmp_path: Path) -> None:
+    """A review: /proc/locks was matched by inode alone, so a lock on another file system's file of the
+    same inode number could make a live record look stale, or hide a holder."""
+    from graven.deploy import lock as lock_module
+
+    path = tmp_path / "f"
+    path.write_text("")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        here = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        elsewhere = f"{os.major(st.st_dev) + 1:02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        table = (
+            f"1: FLOCK  ADVISORY  WRITE 4242 {here} 0 EOF\n2: FLOCK  ADVISORY  WRITE 4343 {elsewhere} 0 EOF\n"
+        )
+        real_open = open
+
+        def fake_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if file == "/proc/locks":
+                import io
+
+                return io.BytesIO(table.encode())
+            return real_open(file, *args, **kwargs)
+
+        import builtins
+
+        original = builtins.open
+        builtins.open = fake_open  # type: ignore[assignment]
+        try:
+            assert lock_module.flock_holders(fd) == {4242}
+        finally:
+            builtins.open = original
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.needs_root("a deployer in another PID namespace needs unshare")
+def test_a_deployer_in_a_container_on_this_host_is_named(world: World) -> None:
+    """A review: a deploy running in another PID namespace of this host (unshare -pf) was named
+    "another process (pid unknown)"; 0.3.0 named it from its record."""
+    import signal
+
+    assert world.deploy(world.build(), "staging").ok
+    lock = EnvLayout(world.env_dir("staging")).lock
+    script = (
+        "import fcntl, json, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "holder = {'env': 'staging', 'actor': 'ci@box', 'pid': os.getpid(), 'host': os.uname().nodename,"
+        " 'pidns': os.readlink('/proc/self/ns/pid'), 'since': '2026-11-27T00:00:00Z', 'start': 0}\n"
+        "os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(holder).encode(), 0)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        ["unshare", "-pf", "--mount-proc", sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        with pytest.raises(PolicyError, match=r"being deployed by ci@box") as raised:
+            world.deploy(world.version(2), "staging")
+        assert "pid unknown" not in str(raised.value)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

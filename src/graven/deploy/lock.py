@@ -183,23 +183,38 @@ def flock_holders(fd: int) -> set[int] | None:
     the file open at ``fd``, waiters left out (none for a holder on another host of a network file
     system); None when that cannot be told (no /proc)."""
     try:
-        inode = os.fstat(fd).st_ino
+        st = os.fstat(fd)
         with open("/proc/locks", "rb") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
+    wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     pids: set[int] = set()
     for line in lines:
-        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a waiter's line has "->" after the number
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (device major:minor in hex, inode);
+        # a waiter's line has "->" after the number
         fields = line.split()
         if len(fields) < 6 or fields[1] != b"FLOCK":
             continue
         try:
-            if int(fields[5].rsplit(b":", 1)[1]) == inode:
+            major, minor, inode = fields[5].split(b":")
+            if (int(major, 16), int(minor, 16), int(inode)) == wanted:
                 pids.add(int(fields[4]))
         except (ValueError, IndexError):
             continue
     return pids
+
+
+def _in_namespace(pids: set[int], pidns: object) -> bool:
+    """Whether one of ``pids`` (as this namespace numbers them) runs in the PID namespace ``pidns``:
+    a deployer in a container on this host holds the lock under another number there."""
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") == pidns:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _current_holder(fd: int) -> LockHolder | None:
@@ -212,13 +227,25 @@ def _current_holder(fd: int) -> LockHolder | None:
     if holder is None:
         return None
     pid = holder.get("pid")
-    here = holder.get("host") == os.uname().nodename and holder.get("pidns", "") == _pid_namespace()
+    this_host = holder.get("host") == os.uname().nodename
+    here = this_host and holder.get("pidns", "") == _pid_namespace()
     holders = flock_holders(fd)
     if holders is None:  # no /proc/locks: a record of a process gone from here is stale
         return holder if not here or (isinstance(pid, int) and pid > 0 and pid_runs(pid)) else None
     if here:
         return holder if pid in holders else None
+    if this_host and holders:  # another PID namespace of this host (a container)
+        return holder if _in_namespace(holders, holder.get("pidns")) else None
     return None if holders else holder  # another host's holder is not listed here; a local one is
+
+
+def unknown_holder(fd: int) -> str:
+    """How to name the holder of the lock open at ``fd`` whose record is stale or unreadable: by the
+    pids /proc/locks shows holding it, when it shows any."""
+    pids = flock_holders(fd)
+    if not pids:
+        return _UNKNOWN
+    return f"another process (pid {', '.join(str(p) for p in sorted(pids))})"
 
 
 def read_holder(path: Path) -> LockHolder | None:
@@ -289,8 +316,8 @@ class EnvLock:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # queue behind the holder
         except BlockingIOError:
             holder = _current_holder(fd)
+            who = holder.describe() if holder else unknown_holder(fd)
             os.close(fd)
-            who = holder.describe() if holder else _UNKNOWN
             if wait:  # the holder is an ancestor: a hook of that deployment would wait for itself
                 raise PolicyError(
                     f"environment {self._info['env']} is being deployed by {who}, which runs this "
@@ -397,7 +424,7 @@ def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = read_holder(path)
-            who = holder.describe() if holder else _UNKNOWN
+            who = holder.describe() if holder else unknown_holder(fd)  # whoever holds lock.check
             raise PolicyError(
                 f"environment {env} is being changed by {who}; check again when it is done"
             ) from None
