@@ -51,7 +51,7 @@ def group_others(gid: int, me: int) -> list[str]:
     try:
         group = grp.getgrgid(gid)
     except KeyError:
-        return [f"gid {gid}", "unknown users (the system has no such group)"]
+        return [f"gid {gid}", "users the system cannot list, as it has no such group"]
     mine = {0, me}
     names = set(group.gr_mem)
     try:
