@@ -13,11 +13,18 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from graven.errors import InputError
 
-__all__ = ["DriftMetrics"]
+__all__ = ["CONTENT_TYPE", "DriftMetrics"]
+
+# The header of what render() writes: the text format 0.0.4, the one every Prometheus (and Go's
+# expfmt) reads. Not prometheus_client's CONTENT_TYPE_LATEST: in newer releases (0.26 here) that
+# names the text format 1.0.0 (UTF-8 names, to be sent with an escaping= parameter), which
+# prometheus_client itself serves only to a scraper that asks for it; expfmt.ResponseFormat reads it
+# as an unknown format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class DriftMetrics:
@@ -92,7 +99,7 @@ class DriftMetrics:
                     return
                 body = metrics.render()
                 self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Type", CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -157,6 +157,8 @@ def test_metrics_are_served_on_localhost_and_parse() -> None:
         metrics.observe("prod", digest="sha256:" + "b" * 64, commit="c2", paths=0, timestamp=1240.0)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
+            # the header of the body: the text format 0.0.4 (not the 1.0.0 prometheus_client may name)
+            assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     finally:
         metrics.close()
     samples = {
