@@ -70,7 +70,7 @@ def _check_new_home(root: Path) -> None:
         from graven.errors import ConfigError
 
         raise ConfigError(
-            f"GRAVEN_HOME {root} would be made in {existing}, which belongs to another user (uid "
+            f"the graven home {root} would be made in {existing}, which belongs to another user (uid "
             f"{st.st_uid}): its directories would be root's, and that user's graven could not write "
             f"them; run graven as that user (sudo -u), or set GRAVEN_HOME to a home of root's"
         )

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import IO, Generic, NamedTuple, TypeVar, cast
 
 from graven.core.paths import decode_path
-from graven.errors import BackendError, GravenError, IntegrityError, NotFoundError, SourceError
+from graven.errors import (
+    BackendError,
+    GravenError,
+    IntegrityError,
+    NotFoundError,
+    SourceError,
+    UnsafeInputError,
+)
 
 __all__ = ["BlobReader", "BlobStream", "CommitFile", "GitChange", "GitEntry", "GitRepo", "Pending", "Running"]
 
@@ -461,13 +468,9 @@ class _Objects:
     def raise_if_damaged(self) -> None:
         """IntegrityError when git said an object it read does not hash to its id (a revision whose
         commit or tag was planted then looks unknown to git: say what it is)."""
-        said = _read_fd(self._err).decode(errors="replace")
-        if "hash mismatch" in said:
-            line = next(line for line in said.splitlines() if "hash mismatch" in line)
-            raise IntegrityError(
-                f"git refuses an object of this repository: {line.strip()}: the repository's object "
-                "store is damaged or was tampered with; run `git fsck` there, or build from a fresh clone"
-            )
+        damaged = _hash_mismatch(_read_fd(self._err))
+        if damaged is not None:
+            raise damaged
 
     def kill(self) -> None:
         """Stop git: a reader waiting for it gets the end of its output."""
@@ -503,6 +506,18 @@ def _missing(oid: str, err_fd: int) -> SourceError | BackendError:
         f"object {oid} is not in this repository (a shallow clone, or a damaged repository: `git "
         f"fsck` there says more{said})"
     )
+
+
+def _hash_mismatch(stderr: bytes) -> IntegrityError | None:
+    """The error to raise when git said it refused an object that does not hash to its id (it checks
+    the commits and tags it peels a revision through), else None."""
+    for line in stderr.decode(errors="replace").splitlines():
+        if "hash mismatch" in line:
+            return IntegrityError(
+                f"git refuses an object of this repository: {line.strip()}: the repository's object "
+                "store is damaged or was tampered with; run `git fsck` there, or build from a fresh clone"
+            )
+    return None
 
 
 def _tree_of(raw_commit: bytes, commit: str) -> str:
@@ -580,20 +595,31 @@ def _keyed(entries: Iterable[bytes], oid: str) -> dict[tuple[bytes, bool], tuple
     return keyed
 
 
-def _not_plain(
-    raw: bytes,
-    listed: list[bytes],
-    entries: set[bytes],
-    changed: set[bytes],
-    keyed: dict[tuple[bytes, bool], tuple[str, str]],
-) -> bool:
-    """Whether a new version of a tree holds what only a crafted tree holds, so that comparing it
-    entry by entry could differ from listing it: an entry twice, two changed entries of one name,
-    a changed name also held by an unchanged entry, or a changed name with a ``/`` in it."""
-    if len(entries) != len(listed) or len(keyed) != len(changed):
-        return True
-    # (a name that is the end of another, or inside a binary id, is a false alarm: it only costs time)
-    return any(b"/" in name or raw.count(b" " + name + b"\0") > 1 for name, _ in keyed)
+def _names_are_plain(names: list[bytes]) -> bool:
+    """Whether a tree's entry names are what git makes: each once (a file and a directory of one
+    name included), none empty, none holding a ``/``. git fsck flags the others (duplicateEntries,
+    fullPathname, emptyName); only a crafted tree holds them."""
+    return len(set(names)) == len(names) and all(name and b"/" not in name for name in names)
+
+
+def _entry_names(entries: list[bytes], oid: str) -> list[bytes]:
+    """The names of raw tree entries (:func:`_raw_entries`)."""
+    tail = len(oid) // 2 + 1  # the NUL and the binary id
+    return [entry.partition(b" ")[2][:-tail] for entry in entries]
+
+
+def _crafted_tree(oid: str, names: list[bytes]) -> UnsafeInputError:
+    seen: set[bytes] = set()
+    for name in names:
+        if not name or b"/" in name or name in seen:
+            what = "an empty name" if not name else "a '/' in a name" if b"/" in name else "a name twice"
+            shown = name.decode("utf-8", "backslashreplace")
+            return UnsafeInputError(
+                f"git tree {oid} holds {what} ({shown!r}), which git itself never writes (git fsck "
+                "reports the tree); build a commit made by git"
+            )
+        seen.add(name)
+    raise AssertionError("a plain tree")  # pragma: no cover - called only for one that is not
 
 
 def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
@@ -611,7 +637,10 @@ def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
         objects.trees(level, raw)
         for oid in level:
             if oid not in trees:
-                trees[oid] = _parse_tree(raw[oid], oid)
+                parsed = trees[oid] = _parse_tree(raw[oid], oid)
+                names = [name for _, name, _ in parsed]
+                if not _names_are_plain(names):
+                    raise _crafted_tree(oid, names)
         level = [
             oid for tree in level for mode, _, oid in trees[tree] if mode == _MODE_TREE and oid not in raw
         ]
@@ -660,14 +689,16 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
             return None  # a tree is missing (a partial clone): git could not compare either
         deeper: list[tuple[bytes, str | None, str | None]] = []
         for prefix, a, b in pairs:
-            gone = set() if a is None else set(_raw_entries(raw[a], a))
+            was_listed = [] if a is None else _raw_entries(raw[a], a)
             listed = [] if b is None else _raw_entries(raw[b], b)
-            came = set(listed)
+            if (a is not None and not _names_are_plain(_entry_names(was_listed, a))) or (
+                b is not None and not _names_are_plain(_entry_names(listed, b))
+            ):
+                return None  # the full listing names (and refuses) what git fsck would flag
+            gone, came = set(was_listed), set(listed)
             same = gone & came  # byte for byte: the same mode, name and object
             before = _keyed(gone - same, a or commit)
             after = _keyed(came - same, b or commit)
-            if b is not None and _not_plain(raw[b], listed, came, came - same, after):
-                return None  # the full listing names (and refuses) what git fsck would flag
             for (name, is_tree), (mode, oid) in after.items():
                 was = before.get((name, is_tree))
                 if was == (mode, oid):
@@ -1083,6 +1114,9 @@ class GitRepo:
             target = f"{revision}^{{commit}}"
         result = self._run("rev-parse", "--verify", "--quiet", "--end-of-options", target, check=False)
         if result.returncode != 0:
+            damaged = _hash_mismatch(result.stderr)  # a planted commit or tag: git refused to peel it
+            if damaged is not None:
+                raise damaged
             raise self._unknown_revision(revision)
         return result.stdout.decode().strip()
 

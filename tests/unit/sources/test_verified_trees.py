@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Executable, Symlink, commit_all, create_repo, git, write_files
-from graven.errors import BackendError, IntegrityError, SourceError, UnsafeInputError
+from graven.errors import BackendError, IntegrityError, NotFoundError, SourceError, UnsafeInputError
 from graven.sources.git import GitChange, GitEntry, GitRepo, _canon_mode, _parse_tree
 
 
@@ -263,3 +263,85 @@ def test_leaving_a_running_walk_early_stops_it(history: tuple[Path, list[str]]) 
         pass
     with GitRepo(repo).start_diff_tree(commits[0], commits[-1]):
         pass
+
+
+def _mktree(repo: Path, entries: list[tuple[str, str, str]]) -> str:
+    return (
+        subprocess.run(
+            ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
+            cwd=repo,
+            input=_tree(entries),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+
+
+@pytest.mark.parametrize("shape", ["two-directories", "file-and-directory", "slash"])
+def test_the_listing_refuses_what_only_a_crafted_tree_holds(tmp_path: Path, shape: str) -> None:
+    """A review: a tree with two directory entries "d" was listed (their files merged), so it could
+    become the base of an incremental build, whose comparison then kept one of them by the hash
+    seed's order and carried stale files over; "e/y" as a name next to a directory "e" likewise."""
+    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
+    base = git(repo, "rev-parse", "HEAD").strip()
+    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
+    sub = _mktree(repo, [("100644", "x", x)])
+    entries = {
+        "two-directories": [("40000", "d", sub), ("40000", "d", _mktree(repo, [("100644", "y", x)]))],
+        "file-and-directory": [("100644", "d", x), ("40000", "d", sub)],
+        "slash": [("40000", "e", sub), ("100644", "e/y", x)],
+    }[shape]  # (an empty name is a malformed tree: refused by the parser)
+    commit = _crafted(repo, [("100644", "graven.toml", toml), *entries], base)
+    with pytest.raises(UnsafeInputError, match="which git itself never writes"):
+        GitRepo(repo).ls_tree(commit)
+    assert _changes(repo, base, commit) is None  # and never compared entry by entry
+    assert _changes(repo, commit, base) is None  # nor used as a base
+
+
+def test_the_comparison_of_a_wide_tree_stays_linear(tmp_path: Path) -> None:
+    """A review: the check for crafted names scanned the whole tree once per changed entry: a
+    directory of 40,000 files all rewritten took 27 s to compare (1.8 s before)."""
+    import time
+
+    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
+    base = git(repo, "rev-parse", "HEAD").strip()
+    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
+    y = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"], cwd=repo, input=b"y\n", capture_output=True, check=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    names = [f"{i:06d}" for i in range(25_000)]
+    old = _crafted(
+        repo,
+        [("100644", "graven.toml", toml), ("40000", "d", _mktree(repo, [("100644", n, x) for n in names]))],
+        base,
+    )
+    new = _crafted(
+        repo,
+        [("100644", "graven.toml", toml), ("40000", "d", _mktree(repo, [("100644", n, y) for n in names]))],
+        old,
+    )
+    start = time.perf_counter()
+    changes = _changes(repo, old, new)
+    assert changes is not None and len(changes) == len(names)
+    assert time.perf_counter() - start < 3.0  # linear: well under 1 s; the quadratic check took ~10 s
+
+
+def test_a_planted_commit_named_by_rev_parse_is_tampering_too(tmp_path: Path) -> None:
+    """verify --rebuild resolves with rev-parse: a planted commit said "not in the repository"."""
+    repo = create_repo(tmp_path / "repo", {"a.txt": "good\n"})
+    first = git(repo, "rev-parse", "HEAD").strip()
+    write_files(repo, {"a.txt": "better\n"})
+    commit = commit_all(repo, "second")
+    first_path = repo / ".git" / "objects" / first[:2] / first[2:]
+    os.chmod(first_path, 0o644)
+    first_path.write_bytes((repo / ".git" / "objects" / commit[:2] / commit[2:]).read_bytes())
+    with pytest.raises(IntegrityError, match="hash mismatch"):
+        GitRepo(repo).resolve(first)
+    with pytest.raises(NotFoundError, match="unknown revision"):
+        GitRepo(repo).resolve("no-such-branch")
