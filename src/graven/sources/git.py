@@ -599,7 +599,8 @@ def _names_are_plain(names: list[bytes]) -> bool:
     """Whether a tree's entry names are what git makes: each once (a file and a directory of one
     name included), none empty, none holding a ``/``. git fsck flags the others (duplicateEntries,
     fullPathname, emptyName); only a crafted tree holds them."""
-    return len(set(names)) == len(names) and all(name and b"/" not in name for name in names)
+    unique = set(names)
+    return len(unique) == len(names) and b"" not in unique and b"/" not in b"\0".join(names)
 
 
 def _entry_names(entries: list[bytes], oid: str) -> list[bytes]:
