@@ -151,6 +151,8 @@ def test_a_path_below_a_symlink_of_the_same_tree_is_refused(tmp_path: Path, reve
     outside.mkdir()
     repo = create_repo(tmp_path / "repo", {"keep": "k\n"})
     commit = _crafted_commit(repo, os.fsencode(outside))
-    with pytest.raises(UnsafeInputError, match="a/c: lies below a"):
+    # the verified listing refuses the tree first (a name twice); the checkout's own check of a path
+    # below a symlink ("a/c: lies below a") stays behind it
+    with pytest.raises(UnsafeInputError, match=r"holds a name twice \('a'\)|a/c: lies below a"):
         checkout(GitRepo(repo), commit, tmp_path / "out", epoch=COMMIT_EPOCH, reverse=reverse)
     assert list(outside.iterdir()) == []
