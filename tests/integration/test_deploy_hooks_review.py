@@ -230,3 +230,25 @@ def test_url_redaction_is_linear_and_leaves_what_is_no_password() -> None:
     for password in ("pa,ss", "p(a)ss", "it's", "ab{c}d", "[secret]", "t" * 300):
         line = f"postgresql://app:{password}@db/x"
         assert redact_secrets(line, {}) == "postgresql://app:***@db/x", line
+
+
+def test_a_switch_back_runs_the_hooks_of_the_verified_graven_toml_not_the_database_s(
+    world: World, tmp_path: Path
+) -> None:
+    """A red-team review: a switch back ran the previous release's hooks from the deployments row's
+    settings column, so whoever could edit the database ran commands as the operator. They come from
+    the graven.toml the previous digest's verified provenance names."""
+    import sqlite3
+
+    marker, pwned = tmp_path / "activated", tmp_path / "pwned"
+    v1 = world.version(1, env_toml("app", staging_prod(activate=f"echo v1 >> {marker}")))
+    assert world.deploy(v1, "staging").ok
+    with sqlite3.connect(world.home / "graven.db") as db:
+        db.execute(
+            "UPDATE deployments SET settings = json_set(settings, '$.activate', ?) WHERE digest = ?",
+            (f"id > {pwned}", v1),
+        )
+    bad = world.version(2, env_toml("app", staging_prod(health="false")))
+    assert not world.deploy(bad, "staging").ok and world.live("staging") == v1
+    assert not pwned.exists()
+    assert marker.read_text() == "v1\nv1\n"  # its own activate, read from its graven.toml, ran again

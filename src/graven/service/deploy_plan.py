@@ -22,10 +22,15 @@ from graven.model.digest import Digest
 from graven.model.manifest import TreeManifest
 from graven.service.artifacts import load_manifest, resolve_digest
 from graven.service.context import Context
-from graven.service.deploy_records import settings_from_row
 from graven.service.deploy_release import check_links
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.deploy_verify import check_location, check_path, policy_facts, tested_target
+from graven.service.deploy_verify import (
+    check_location,
+    check_path,
+    policy_facts,
+    tested_target,
+    verified_settings,
+)
 from graven.service.environments import deployment_row, load_state
 
 
@@ -132,7 +137,7 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
         except GravenError:
             live_manifest = None
     diff = diff_manifests(live_manifest, target.manifest)
-    live_settings = settings_from_row(live_row)
+    live_settings, _ = verified_settings(ctx, live_row, env, opts)  # the hooks as the live graven.toml says
     old_config = live_settings.config if live_settings else settings.config
     text = config_diff(
         _config_bytes(ctx, live_manifest, old_config),

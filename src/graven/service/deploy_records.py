@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from graven.db import Connection, Row
+from graven.db import Connection
 from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyDecision, short
 from graven.deploy.settings import EnvSettings
@@ -29,16 +29,6 @@ _EVENT = {"deploy": "deploy", "promote": "promote", "rollback": "rollback", "aut
 
 def _settings_json(settings: EnvSettings) -> str:
     return json.dumps(settings.to_json(), sort_keys=True, separators=(",", ":"))
-
-
-def settings_from_row(row: Row | None) -> EnvSettings | None:
-    if row is None or not row.settings:
-        return None
-    try:
-        doc = json.loads(row.settings)
-        return EnvSettings(**{**doc, "requires": tuple(doc.get("requires", ()))})
-    except (ValueError, TypeError):
-        return None
 
 
 def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
@@ -257,10 +247,12 @@ def record_failure(
     back_pipeline: str | None = None
     interrupted: BaseException | None = None  # what stopped the old release's hooks, raised once recorded
     if kind != "rollback" and previous is not None and previous != digest and back_ok:
+        from graven.service.deploy_verify import verified_settings
+
         with ctx.db.connect() as conn:
             back_row = deployment_row(conn, state.live_deployment if state else None)
-            back_settings = settings_from_row(back_row)
             back_pipeline = back_row.pipeline_digest if back_row is not None else None
+        back_settings, unverified = verified_settings(ctx, back_row, env, opts)
         point_symlink(layout.current, layout.link_target(previous.removeprefix("sha256:")))
         try:
             if old_config is not None:
@@ -270,6 +262,8 @@ def record_failure(
         except GravenError as exc:  # the release is back; the config link is drift that heal fixes
             back_detail = f"config link not restored: {exc}"
         rolled_back_to = previous
+        if unverified is not None and back_detail is None:
+            back_detail = unverified
         step(ctx, "switched-back")
         try:  # a signal while the old release is checked: recorded all the same, then passed on
             if back_settings is not None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from graven.db import Connection
+from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyFacts, TestedPipelines, short
 from graven.deploy.settings import EnvSettings, check_config_path, clashes_with_layout, resolve_env
 from graven.errors import (
     ConfigError,
+    GravenError,
     InputError,
     IntegrityError,
     NotFoundError,
@@ -137,6 +138,30 @@ def verify_target(
         keyid=verified.keyid,
         pipeline_digest=pipeline_digest,
     )
+
+
+def verified_settings(
+    ctx: Context, row: Row | None, env: str, opts: DeployOptions
+) -> tuple[EnvSettings | None, str | None]:
+    """The settings a past deployment ``row`` of ``env`` ran with, read again from the graven.toml its
+    digest's verified provenance names (the row's ``pipeline_digest``, or the newest for an older
+    row), never from the row's own ``settings`` column: whoever can edit the database must not choose
+    the commands a switch back runs. (None, why) when they cannot be verified: no hook is run then."""
+    if row is None:
+        return None, None
+    pipeline = None if row.pipeline_digest is None else str(row.pipeline_digest)
+    try:
+        target = verify_target(
+            ctx,
+            Digest.parse(str(row.digest)),
+            env,
+            opts,
+            log_failures=False,
+            ran_with=None if pipeline is None else (pipeline, f"in {env} before"),
+        )
+    except GravenError as exc:
+        return None, f"its settings could not be verified, so its hooks were not run: {exc}"
+    return target.settings, None
 
 
 def tested_target(
