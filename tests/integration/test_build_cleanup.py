@@ -396,3 +396,30 @@ def test_the_sandbox_tmp_is_limited_and_pid_1_shows_no_host_path(
         blocks, size = (int(v) for v in line.split())
         if line is sizes[0] or os.geteuid() == 0:
             assert blocks * size == expected, sizes
+
+
+@pytest.mark.needs_root("giving TMPDIR to another user needs root")
+@pytest.mark.parametrize("shape", ["another-users", "writable-by-all"])
+def test_a_tmpdir_another_user_could_change_is_refused(
+    *, graven_home: Path, tmp_path: Path, tmpdir_env: Path, make_repo: Callable[..., Path], shape: str
+) -> None:
+    """A red-team review: with TMPDIR in a directory of another local user, that user renamed the
+    build directory away, put their own in its place and swapped its work copy while the steps ran:
+    graven signed their bytes for the commit. A sticky temp directory (/tmp) stays fine."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml("mkdir out && cp a.txt out/", sandbox="none"))
+    if shape == "another-users":
+        os.chown(tmpdir_env, 65534, 65534)
+        expected = "belongs to another user (uid 65534"
+    else:
+        tmpdir_env.chmod(0o777)
+        expected = "is writable by every user (mode 0777)"
+    env = {"GRAVEN_ALLOW_UNSANDBOXED": "1"}
+    result = _graven("build", "-C", repo, tmpdir=tmpdir_env, env=env)
+    assert result.returncode == 2, result.stderr
+    line = _one_error_line(result.stderr)
+    assert f"{tmpdir_env} {expected}" in line and "point TMPDIR at a directory only you" in line, line
+    assert os.listdir(tmpdir_env) == []
+    tmpdir_env.chmod(0o1777)  # sticky, as /tmp
+    os.chown(tmpdir_env, 0, 0)
+    result = _graven("build", "-C", repo, tmpdir=tmpdir_env, env=env)
+    assert result.returncode == 0, result.stderr

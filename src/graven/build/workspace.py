@@ -82,6 +82,7 @@ class Workspace:
 
         Raises BackendError (one line, naming the path) when the temp directory cannot hold it. The
         workspaces of killed gravens are removed first (:func:`reclaim`)."""
+        _check_tempdir(Path(tempfile.gettempdir()))
         reclaim(Path(tempfile.gettempdir()))
         with _writing("the build directory", Path(tempfile.gettempdir()) / f"{prefix}*") as where:
             root = Path(tempfile.mkdtemp(prefix=prefix))
@@ -214,6 +215,26 @@ class _Where:
 
 # errno values that mean the file system is full (or the user's quota, or RLIMIT_FSIZE)
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _check_tempdir(tmp: Path) -> None:
+    """Refuse a temp directory another user could change (:mod:`graven.strictmodes`: owned by another
+    user, or writable by others and not sticky): they could swap the build directory, or its work
+    copy, for one of their own while the steps run, and graven would sign what they put there. A
+    sticky one (``/tmp``) is fine: nobody renames the private directory graven makes in it."""
+    from graven.errors import InputError
+    from graven.strictmodes import first_problem, walk
+
+    absolute = os.path.abspath(tmp)
+    walked, _ = walk(absolute)
+    found = first_problem(walked, set())
+    if found is not None:
+        where, problem = found
+        raise InputError(
+            f"{where} {problem}: another user could replace the build directory in TMPDIR={tmp} while "
+            "the steps run; point TMPDIR at a directory only you (or root) can write, or a sticky one "
+            "such as /tmp"
+        )
 
 
 @contextmanager
