@@ -126,7 +126,8 @@ class EnvLayout(Frozen):
         """Refuse an environment directory that another user could change under graven (as sshd's
         StrictModes does): every directory and symlink the path goes through, as the kernel walks it
         (each link followed where it points), ``PATH`` and ``PATH/releases`` must belong to this user
-        or to root, and no directory may be writable by every user unless sticky (``/tmp``: nobody
+        or to root, and no directory may be writable by other users (every user, or a group with a
+        member besides this user and root) unless sticky (``/tmp``: nobody
         renames another user's entries there; ``PATH`` and ``releases`` not even then). Otherwise
         that user could swap a link, ``releases`` or ``PATH`` itself between two of graven's steps,
         and have it write, chmod or link files elsewhere. What does not exist yet is made by graven,

@@ -55,7 +55,7 @@ _RECORD = struct.Struct(">QQqqI32s")
 Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
 UNKNOWN_CTIME = -1  # a racy record's ctime: no file has it, so the record never matches
 # How long save() waits at most for the clock to pass the newest record: a few ms where file times come
-# from the kernel's tick; up to a second where they are whole seconds (ext4 with 128-byte inodes, NFS,
+# from the kernel's tick; up to 2.1 s where they are whole seconds (ext4 with 128-byte inodes, NFS,
 # FAT's two), rather than mark every record of a fresh release unknown (the next deploy would then copy
 # every file instead of linking it).
 _RACY_WAIT = 0.05

@@ -121,7 +121,7 @@ def revoke_key(home: Home, keyid: str) -> KeyChange:
     changed = value not in read_revoked(path)
     if changed:
         _log(home, "key-revoked", f"key {value}")
-        # 0644 whatever the umask: a revoked file others may write would be refused right after
+        # at most 0644, never writable by others whatever the umask: it would be refused right after
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "a+b") as handle:
             handle.seek(0, os.SEEK_END)

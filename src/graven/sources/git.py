@@ -671,8 +671,9 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
     are skipped, added and removed ones walked; a file that became a directory (or the reverse) is
     a D and A's. Only the entries whose bytes differ between two versions of a tree are parsed (a
     large directory where one file changed costs two C loops). None when ``base`` or one of its trees
-    is not in this repository, or a changed path is not UTF-8: the caller then lists the whole tree
-    (which names what is wrong)."""
+    is not in this repository, a changed path is not UTF-8, or a tree on either side holds names only
+    a crafted tree has (:func:`_names_are_plain`): the caller then lists the whole tree (which names
+    what is wrong)."""
     old = objects.root_tree(base)
     new = objects.root_tree(commit)
     if new is None:
