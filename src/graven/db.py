@@ -205,6 +205,15 @@ _MIGRATION_6 = (
     "ALTER TABLE deployments ADD COLUMN pipeline_digest VARCHAR(71)",
 )
 
+_MIGRATION_7 = (
+    # HMAC-SHA256 (hex) of the row under the home's record key (GRAVEN_HOME/keys/records.hmac): a build
+    # trusts a blob cache row, or a builds row as the base to carry entries forward from, only with a
+    # valid tag, so that whoever can write the database alone cannot change what a build signs. Rows
+    # without one (made before this version, or by hand) are ignored.
+    "ALTER TABLE git_blob_cache ADD COLUMN tag VARCHAR(64)",
+    "ALTER TABLE builds ADD COLUMN tag VARCHAR(64)",
+)
+
 # One entry per schema version; never edit a released one, append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_1,
@@ -213,6 +222,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_4,
     _MIGRATION_5,
     _MIGRATION_6,
+    _MIGRATION_7,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

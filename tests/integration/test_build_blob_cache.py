@@ -10,9 +10,29 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import commit_all, git
 
 Run = Callable[..., tuple[int, str, str]]
+
+
+def set_blob_cache_row(home: Path, oid: str, content: bytes, *, tag: str | None = "valid") -> None:
+    """Make the blob cache of ``home`` say that blob ``oid`` is ``content``; its tag is the one the
+    home's record key gives (``tag="valid"``), or ``tag`` itself."""
+    from graven.service.build import _blob_tag
+
+    sha, size = hashlib.sha256(content).hexdigest(), len(content)
+    if tag == "valid":
+        tag = _blob_tag((home / "keys" / "records.hmac").read_bytes(), oid, sha, size)
+    with sqlite3.connect(home / "graven.db") as db:
+        db.execute(
+            "INSERT OR REPLACE INTO git_blob_cache (git_oid, sha256, size) VALUES (?, ?, ?)", (oid, sha, size)
+        )
+        if tag is not None:
+            db.execute("UPDATE git_blob_cache SET tag = ? WHERE git_oid = ?", (tag, oid))
+    db.close()
+
 
 APP = {"app/main.py": "print('main')\n", "app/util.py": "X = 1\n", "README.md": "hello\n"}
 
@@ -34,14 +54,10 @@ def test_a_cached_digest_whose_object_is_not_stored_is_read_again(
 
     # The cache says main.py's blob is content the store never held (as when another home filled a
     # shared database): that entry is not trusted, the blob is read from git again.
+    # (tagged under the home's record key: a row without a valid tag is not trusted either way)
     main_oid = git(repo, "rev-parse", "HEAD:app/main.py").strip()
     absent = b"never stored"
-    with sqlite3.connect(graven_home / "graven.db") as db:
-        db.execute(
-            "UPDATE git_blob_cache SET sha256 = ?, size = ? WHERE git_oid = ?",
-            (hashlib.sha256(absent).hexdigest(), len(absent), main_oid),
-        )
-    db.close()
+    set_blob_cache_row(graven_home, main_oid, absent)
     # another graven.toml: no earlier build of it carries entries forward, every blob goes through
     # the cache (graven.toml's new blob and main.py are read; util.py and README.md are not)
     (repo / "graven.toml").write_text((repo / "graven.toml").read_text() + "# changed\n")
@@ -50,6 +66,52 @@ def test_a_cached_digest_whose_object_is_not_stored_is_read_again(
     assert again["files_read"] == 2
     code, _, err = run_cli("verify", again["digest"])  # main.py's entry has its true digest
     assert code == 0, err
+
+
+@pytest.mark.parametrize("forged", ["none", "copied", "another key"])
+def test_a_blob_cache_row_the_record_key_did_not_tag_never_changes_what_a_build_signs(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, forged: str
+) -> None:
+    """A red-team review: whoever could write graven.db (a shared PostgreSQL) but not the home's keys
+    mapped the reviewed commit's blob of run.sh to an older, malicious content the store held; the
+    next build signed that content as the commit's, verify said ok and deploy shipped it."""
+    repo = make_repo(tmp_path / "repo", {"run.sh": "echo MALICIOUS\n"})
+    _build(run_cli, "-C", repo)  # the malicious content is in the store now
+    (repo / "run.sh").write_text("echo safe\n")
+    commit_all(repo, "reviewed")
+    oid = git(repo, "rev-parse", "HEAD:run.sh").strip()
+    tag = {"none": None, "copied": _a_genuine_tag(graven_home), "another key": _another_keys_tag(oid)}[forged]
+    set_blob_cache_row(graven_home, oid, b"echo MALICIOUS\n", tag=tag)
+
+    built = _build(run_cli, "-C", repo)
+    assert built["files_read"] == 1  # run.sh's blob, read again from git
+    with sqlite3.connect(graven_home / "graven.db") as db:  # and its row replaced, with a valid tag
+        row = db.execute("SELECT sha256, size, tag FROM git_blob_cache WHERE git_oid = ?", (oid,)).fetchone()
+    db.close()
+    safe = hashlib.sha256(b"echo safe\n").hexdigest()
+    key = (graven_home / "keys" / "records.hmac").read_bytes()
+    assert row == (safe, 10, _tag(key, oid, safe, 10))
+    again = _build(run_cli, "-C", repo)  # a hit now
+    assert again["files_read"] == 0 and again["digest"] == built["digest"]
+    assert built["digest"] == _build(run_cli, "-C", repo, "--no-cache")["digest"]
+
+
+def _tag(key: bytes, oid: str, sha: str, size: int) -> str:
+    from graven.service.build import _blob_tag
+
+    return _blob_tag(key, oid, sha, size)
+
+
+def _a_genuine_tag(home: Path) -> str:
+    """The tag of another row of the blob cache (a genuine one)."""
+    with sqlite3.connect(home / "graven.db") as db:
+        tag: str = db.execute("SELECT tag FROM git_blob_cache WHERE tag IS NOT NULL").fetchone()[0]
+    db.close()
+    return tag
+
+
+def _another_keys_tag(oid: str) -> str:
+    return _tag(b"k" * 32, oid, hashlib.sha256(b"echo MALICIOUS\n").hexdigest(), 15)
 
 
 def test_a_plain_build_does_not_import_the_step_machinery() -> None:

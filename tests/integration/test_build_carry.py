@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,37 @@ def test_only_changed_selected_files_are_read(
     assert result["files_read"] == 2
     assert result["file_count"] == 20
     assert result["digest"] == _full_digest(run_cli, repo)
+
+
+@pytest.mark.parametrize("tag", ["none", "copied"])
+def test_a_builds_row_the_record_key_did_not_tag_is_never_a_carry_base(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, tag: str
+) -> None:
+    """A red-team review: whoever could write graven.db (not the home's keys) added a builds row that
+    named an older artifact as the build of the base commit, newest of all; the next build carried
+    that artifact's entries forward for the paths unchanged since, and signed them."""
+    repo = make_repo(
+        tmp_path / "repo", {"app/run.sh": "echo MALICIOUS\n", "app/x.txt": "1\n"}, SELECTIVE_TOML
+    )
+    older = _build(run_cli, repo)["digest"]
+    (repo / "app/run.sh").write_text("echo safe\n")
+    commit_all(repo, "reviewed")
+    _build(run_cli, repo)
+    with sqlite3.connect(graven_home / "graven.db") as db:  # the reviewed build's row, forged
+        db.execute(
+            """INSERT INTO builds (digest, name, "commit", repository, revision, pipeline_digest,
+                started_at, finished_at, builder, graven_version, invocation_id, tag)
+            SELECT ?, name, "commit", repository, revision, pipeline_digest, started_at,
+                '9999-12-31T23:59:59Z', builder, graven_version, invocation_id, ?
+            FROM builds ORDER BY id DESC LIMIT 1""",
+            (older, None if tag == "none" else db.execute("SELECT max(tag) FROM builds").fetchone()[0]),
+        )
+    db.close()
+    (repo / "app/x.txt").write_text("2\n")
+    commit_all(repo, "run.sh unchanged")
+    result = _build(run_cli, repo)
+    assert result["digest"] == _full_digest(run_cli, repo)
+    assert result["files_read"] == 1  # the reviewed build (a row with a valid tag) is carried instead
 
 
 def test_an_earlier_build_of_another_history_is_not_carried(

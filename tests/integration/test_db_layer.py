@@ -273,7 +273,9 @@ def test_a_home_made_by_the_sqlalchemy_schema_keeps_working(tmp_path: Path) -> N
     db = Database.open(f"sqlite:///{path}")
     try:
         assert db.schema_version() == SCHEMA_VERSION  # upgraded in place if newer than 5
-        with db.connect() as conn:
+        with db.connect() as conn:  # version 7: the rows a build trusts carry a tag
+            assert conn.execute("SELECT count(tag) FROM git_blob_cache").scalar_one() == 0
+            assert conn.execute("SELECT count(tag) FROM builds").scalar_one() == 0
             assert conn.execute("SELECT held FROM deploy_envs").scalar_one() is True
             assert conn.execute("SELECT override FROM deployments").scalar_one() is False
         with db.begin() as conn:  # new rows get the next id of the old table

@@ -191,13 +191,18 @@ def test_check_of_a_build_without_steps_reads_every_file_again(
     assert code == 0, err
     assert json.loads(out)["check"]["reproducible"] is True
 
-    # A poisoned cache entry (main.py's blob said to be util.py's content) is caught by --check.
+    # A poisoned cache entry (main.py's blob said to be util.py's content) is caught by --check, even
+    # one with a valid tag (a row without one is not used at all: test_build_blob_cache).
+    from graven.service.build import _blob_tag
+
     main_oid = git(repo, "rev-parse", "HEAD:app/main.py").strip()
     util = APP["app/util.py"].encode()
+    sha = hashlib.sha256(util).hexdigest()
+    tag = _blob_tag((graven_home / "keys" / "records.hmac").read_bytes(), main_oid, sha, len(util))
     with sqlite3.connect(graven_home / "graven.db") as db:
         db.execute(
-            "UPDATE git_blob_cache SET sha256 = ?, size = ? WHERE git_oid = ?",
-            (hashlib.sha256(util).hexdigest(), len(util), main_oid),
+            "UPDATE git_blob_cache SET sha256 = ?, size = ?, tag = ? WHERE git_oid = ?",
+            (sha, len(util), tag, main_oid),
         )
     db.close()
     code, _, err = run_cli("build", "-C", repo, "--check")

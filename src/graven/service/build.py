@@ -7,11 +7,12 @@ commit only, so nothing in the working tree (or a change to it during the build)
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from graven import __version__
 from graven.core.globs import GlobSet, Selection, never_matches
@@ -56,6 +57,9 @@ from graven.sources.git import (
 from graven.sources.worktree import worktree_blobs
 from graven.store.local import LOOSE_THRESHOLD, PackBatch
 
+if TYPE_CHECKING:
+    from graven.db import Connection
+
 # Step builds (graven.service.hermetic, graven.build.sandbox, .tree) and --check (graven.build.compare)
 # are imported where they are used: a plain build does not pay for them at start-up.
 
@@ -64,6 +68,11 @@ __all__ = ["BuildResult", "build"]
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 _SANDBOX_NONE = "none"  # graven.build.sandbox.SANDBOX_NONE, without importing the sandbox
 _GIT_FILE_MODES = frozenset((MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK))
+# what the tags of the database rows a build trusts (see _blob_tag, _build_tag) are over, apart from
+# the row: the record key also tags other records (graven.deploy.recordkey, graven.signing.memo)
+_BLOB_TAG_DOMAIN = b"graven.blobcache/v1\0"
+_BUILD_TAG_DOMAIN = b"graven.builds/v1\0"
+_CARRY_CANDIDATES = 8  # newest builds rows looked at for an authenticated carry base
 
 
 class BuildResult(Frozen):
@@ -361,8 +370,10 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
         "revision": result.revision,
         "pipeline_digest": result.pipeline_digest,
     }
+    key = _record_key(ctx)
     with ctx.db.begin() as conn:
-        insert_ignore(conn, "git_blob_cache", new_cache)
+        if key is not None and new_cache:
+            _store_blob_cache(conn, key, new_cache)
         insert_ignore(
             conn,
             "artifacts",
@@ -379,9 +390,9 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
         )
         conn.execute(
             """INSERT INTO builds (digest, name, "commit", repository, revision, pipeline_digest,
-                started_at, finished_at, builder, graven_version, invocation_id)
+                started_at, finished_at, builder, graven_version, invocation_id, tag)
             VALUES (:digest, :name, :commit, :repository, :revision, :pipeline_digest,
-                :started_at, :finished_at, :builder, :graven_version, :invocation_id)""",
+                :started_at, :finished_at, :builder, :graven_version, :invocation_id, :tag)""",
             {
                 **identity,
                 "started_at": result.started_at,
@@ -389,6 +400,16 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
                 "builder": ctx.actor,
                 "graven_version": __version__,
                 "invocation_id": result.invocation_id,
+                "tag": None
+                if key is None
+                else _build_tag(
+                    key,
+                    name=result.name,
+                    pipeline=result.pipeline_digest,
+                    version=__version__,
+                    commit=result.commit,
+                    digest=result.digest,
+                ),
             },
         )
         record_attestation(conn, result.digest, result.provenance, result.signed_by)
@@ -402,6 +423,56 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
                 reason=f"provenance signed by {result.signed_by}",
             ),
         )
+
+
+def _record_key(ctx: Context) -> bytes | None:
+    """The home's record key (made on first use, as the build's :func:`_keep_parsed` would), or None
+    when it cannot be had: the blob cache and carry bases are then neither trusted nor written."""
+    try:
+        return ctx.record_key
+    except GravenError:
+        return None
+
+
+def _blob_tag(key: bytes, oid: str, sha: str, size: int) -> str:
+    """The tag of the blob cache row (``oid``, ``sha``, ``size``): HMAC-SHA256 under the record key,
+    hex. A git oid and a sha256 are hex digits and a size digits, so the NUL-separated text is
+    unambiguous (a row with other values has a tag no genuine row had)."""
+    message = _BLOB_TAG_DOMAIN + f"{oid}\0{sha}\0{size}".encode("utf-8", "surrogateescape")
+    return hmac.digest(key, message, "sha256").hex()
+
+
+def _build_tag(key: bytes, *, name: str, pipeline: str, version: str, commit: str, digest: str) -> str:
+    """The tag of a builds row as a carry base: ``commit`` built with graven.toml ``pipeline`` by
+    graven ``version`` is the artifact ``digest`` named ``name`` (HMAC-SHA256 under the record key,
+    hex, over the JSON list of these: any text is unambiguous)."""
+    fields = json.dumps([name, pipeline, version, commit, digest]).encode("ascii")
+    return hmac.digest(key, _BUILD_TAG_DOMAIN + fields, "sha256").hex()
+
+
+def _tag_matches(expected: str, tag: object) -> bool:
+    """Whether the stored ``tag`` is ``expected`` (in constant time; any value a row may hold)."""
+    return isinstance(tag, str) and hmac.compare_digest(
+        expected.encode("ascii"), tag.encode("utf-8", "surrogateescape")
+    )
+
+
+def _store_blob_cache(conn: Connection, key: bytes, rows: list[dict[str, object]]) -> None:
+    """Write the blob cache rows a build made, each with its tag, over any row of the same blob (one
+    without a valid tag was ignored, and the blob was read again: its row is replaced)."""
+    tagged = {
+        str(row["git_oid"]): {
+            **row,
+            "tag": _blob_tag(key, str(row["git_oid"]), str(row["sha256"]), cast(int, row["size"])),
+        }
+        for row in rows
+    }
+    conn.execute(
+        """INSERT INTO git_blob_cache (git_oid, sha256, size, tag) VALUES (:git_oid, :sha256, :size, :tag)
+        ON CONFLICT (git_oid) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,
+            tag = excluded.tag""",
+        list(tagged.values()),
+    )
 
 
 class _Carry(NamedTuple):
@@ -423,24 +494,36 @@ def _carry_base(ctx: Context, source: _Source) -> tuple[str, Digest] | None:
     ones need git's listing, the blob cache or reading. The build may come from any repository:
     what it is trusted for is only what this repository's verified trees of both commits agree on
     (:meth:`GitRepo.start_diff_tree` hashes the earlier commit and its trees as this one's), and it
-    was itself made from verified trees."""
+    was itself made from verified trees.
+
+    Only a row this home's builds wrote counts: its tag under the record key must match (whoever can
+    write the database could otherwise name an older artifact as the build of the base commit, and
+    its entries would be carried into this one). A row without one is passed over."""
+    key = _record_key(ctx)
+    if key is None:
+        return None
+    name, version = source.pipeline.artifact.name, __version__
+    pipeline = str(sha256_digest(source.pipeline_bytes))
     with ctx.db.connect() as conn:
-        row = conn.execute(
-            """SELECT "commit", digest FROM builds
+        rows = conn.execute(
+            """SELECT "commit", digest, tag FROM builds
             WHERE name = :name AND pipeline_digest = :pipeline AND graven_version = :version
-            ORDER BY finished_at DESC LIMIT 1""",
-            {
-                "name": source.pipeline.artifact.name,
-                "pipeline": str(sha256_digest(source.pipeline_bytes)),
-                "version": __version__,
-            },
-        ).first()
-    if row is None:
-        return None
-    try:
-        return str(row[0]), Digest.parse(str(row[1]))
-    except GravenError:
-        return None
+            ORDER BY finished_at DESC LIMIT :limit""",
+            {"name": name, "pipeline": pipeline, "version": version, "limit": _CARRY_CANDIDATES},
+        ).all()
+    for commit, digest, tag in rows:
+        if not isinstance(commit, str) or not isinstance(digest, str):
+            continue
+        expected = _build_tag(
+            key, name=name, pipeline=pipeline, version=version, commit=commit, digest=digest
+        )
+        if not _tag_matches(expected, tag):
+            continue
+        try:
+            return commit, Digest.parse(digest)
+        except GravenError:
+            continue
+    return None
 
 
 def _carry_forward(
@@ -473,11 +556,28 @@ def _carry_forward(
 
 
 def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, int]]:
-    """The blob cache rows for ``oids``: git oid -> (sha256 hex, size)."""
+    """The blob cache rows for ``oids``: git oid -> (sha256 hex, size); only rows whose tag under the
+    home's record key matches (whoever can write the database could otherwise map a blob to any
+    content the store holds, and the build would sign that content as the commit's): the others are
+    misses, read again and written with a tag."""
     wanted = sorted(set(oids))
+    if not wanted:
+        return {}
+    key = _record_key(ctx)
+    if key is None:
+        return {}
+    found: dict[str, tuple[str, int]] = {}
     with ctx.db.connect() as conn:
-        query = "SELECT git_oid, sha256, size FROM git_blob_cache WHERE git_oid IN :values"
-        return {oid: (sha, size) for oid, sha, size in conn.select_in(query, wanted)}
+        query = "SELECT git_oid, sha256, size, tag FROM git_blob_cache WHERE git_oid IN :values"
+        for oid, sha, size, tag in conn.select_in(query, wanted):
+            if (
+                isinstance(oid, str)
+                and isinstance(sha, str)
+                and type(size) is int
+                and _tag_matches(_blob_tag(key, oid, sha, size), tag)
+            ):
+                found[oid] = (sha, size)
+    return found
 
 
 def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[GitEntry]:
