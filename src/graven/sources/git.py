@@ -693,9 +693,9 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
         for prefix, a, b in pairs:
             was_listed = [] if a is None else _raw_entries(raw[a], a)
             listed = [] if b is None else _raw_entries(raw[b], b)
-            if (a is not None and not _names_are_plain(_entry_names(was_listed, a))) or (
-                b is not None and not _names_are_plain(_entry_names(listed, b))
-            ):
+            # the new side only: the base's trees were all checked when it was built (the listing
+            # refuses what is not plain, and so does this comparison, which then falls back to it)
+            if b is not None and not _names_are_plain(_entry_names(listed, b)):
                 return None  # the full listing names (and refuses) what git fsck would flag
             gone, came = set(was_listed), set(listed)
             same = gone & came  # byte for byte: the same mode, name and object
