@@ -242,10 +242,12 @@ def _current_holder(fd: int) -> LockHolder | None:
 def unknown_holder(fd: int) -> str:
     """How to name the holder of the lock open at ``fd`` whose record is stale or unreadable: by the
     pids /proc/locks shows holding it, when it shows any."""
-    pids = flock_holders(fd)
-    if not pids:
-        return _UNKNOWN
-    return f"another process (pid {', '.join(str(p) for p in sorted(pids))})"
+    return f"another process ({_pids(flock_holders(fd))})"
+
+
+def _pids(pids: set[int] | None) -> str:
+    """``pid 12, 34`` (as /proc/locks shows them), or ``pid unknown``."""
+    return f"pid {', '.join(str(p) for p in sorted(pids))}" if pids else "pid unknown"
 
 
 def read_holder(path: Path) -> LockHolder | None:
@@ -264,9 +266,6 @@ def read_holder(path: Path) -> LockHolder | None:
         return None
     finally:
         os.close(fd)
-
-
-_UNKNOWN = "another process (pid unknown)"
 
 
 class EnvLock:
@@ -364,8 +363,7 @@ class EnvLock:
         that does not end is someone else holding the file, and the message names whom to look for."""
         if self._warn is None:
             return
-        pids = flock_holders(check_fd)
-        who = f"pid {', '.join(str(p) for p in sorted(pids))}" if pids else "pid unknown"
+        who = _pids(flock_holders(check_fd))
         self._warn(
             f"waiting for the drift checks in flight on {self._info['env']} to finish ({check} is held "
             f"by {who}); interrupt to give up"
