@@ -17,6 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from graven.service.provenance import ProvenanceCheck
     from graven.signing.trust import TrustPolicy
+    from graven.store.local import LocalStore
 
 __all__ = [
     "ArtifactRecord",
@@ -281,13 +282,9 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
         progress("verifying objects", done, total)
         blob = Digest(sha)
         report.objects_checked += 1
-        try:
-            if not store.has(blob):
-                raise store.missing_error(blob)  # names the damage that may explain it
-            store.verify(blob)
-        except IntegrityError as exc:
-            kind = "missing" if not store.has(blob) else "corrupt"
-            report.problems.extend(Problem(p, str(blob), kind, str(exc)) for p in paths)
+        found = _object_problem(store, blob)
+        if found is not None:
+            report.problems.extend(Problem(p, str(blob), *found) for p in paths)
     progress("verifying objects", total, total)
     report.problems.sort(key=lambda p: p.path.encode())
     return report
@@ -328,18 +325,12 @@ def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None
             object_digest = Digest.parse(named)
         except GravenError:
             continue  # a statement's own digests are parsed strictly: never here
-        path = f"{name} (named by the provenance)"
+        if name != PIPELINE_NAME and not store.has(object_digest):
+            continue  # a build log does not travel with an export: not needed
         report.objects_checked += 1
-        try:
-            if not store.has(object_digest):
-                if name != PIPELINE_NAME:  # a build log does not travel with an export: not needed
-                    report.objects_checked -= 1
-                    continue
-                raise store.missing_error(object_digest)
-            store.verify(object_digest)
-        except IntegrityError as exc:
-            kind = "missing" if not store.has(object_digest) else "corrupt"
-            report.problems.append(Problem(path, str(object_digest), kind, str(exc)))
+        found = _object_problem(store, object_digest)
+        if found is not None:
+            report.problems.append(Problem(f"{name} (named by the provenance)", str(object_digest), *found))
     ok = report.ok and provenance.ok
     reason = ""
     if not ok:
@@ -357,6 +348,17 @@ def record_verify_failure(ctx: Context, digest: Digest, reason: str) -> None:
         ctx.audit.record(LogEvent("verify-failure", artifact=str(digest), reason=reason, result="failed"))
     except GravenError as exc:
         ctx.reporter.warn(f"this failure is not in the audit log: {exc}")
+
+
+def _object_problem(store: LocalStore, digest: Digest) -> tuple[str, str] | None:
+    """(``missing`` or ``corrupt``, why) when the store has no copy of ``digest`` that verifies."""
+    try:
+        if not store.has(digest):
+            raise store.missing_error(digest)  # names the damage that may explain it
+        store.verify(digest)
+    except IntegrityError as exc:
+        return ("missing" if not store.has(digest) else "corrupt"), str(exc)
+    return None
 
 
 def summarize(manifest: TreeManifest) -> dict[str, Any]:
