@@ -37,6 +37,31 @@ def require_tool(name: str) -> None:
         unavailable(f"{name!r} is not on PATH")
 
 
+GO_PATH = Path("/usr/share/gocode")  # where Debian's golang-*-dev packages put their sources
+
+
+def build_go_program(source: Path, out: Path, packages: dict[str, str]) -> Path:
+    """Build the one-file Go program ``source`` into ``out``, offline, from Debian's Go sources
+    (GOPATH mode); skip (or fail, see :func:`unavailable`) when go or one of ``packages`` (Go package:
+    the Debian package that ships it) is missing."""
+    require_tool("go")
+    for package, debian in packages.items():
+        if not (GO_PATH / "src" / package).is_dir():
+            unavailable(f"Go package {package} is not in {GO_PATH} ({debian})")
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GO_PATH), "GOFLAGS": ""}
+    build = subprocess.run(
+        ["go", "build", "-o", str(out), source.name],
+        cwd=source.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert build.returncode == 0, f"go build failed:\n{build.stderr}"
+    return out
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb as the postgres user when run as root)."""
 

@@ -236,24 +236,11 @@ def test_go_tlog_accepts_graven_cli_output(
 ) -> None:
     """The checkpoint, proofs and raw entries printed by the CLI, checked by golang.org/x/mod/sumdb."""
     sys.path.insert(0, str(GO_CHECKER_TESTS.parent))
-    from test_go_checker import CHECKER_SOURCE, GO_PATH, X_MOD_PACKAGES
+    from test_go_checker import CHECKER_SOURCE, X_MOD_PACKAGES
 
-    from helpers_services import require_tool, unavailable
+    from helpers_services import build_go_program
 
-    require_tool("go")
-    for package in X_MOD_PACKAGES:
-        if not (GO_PATH / "src" / package).is_dir():
-            unavailable(f"Go package {package} is not installed")
-    binary = tmp_path / "gochecker"
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GO_PATH), "GOFLAGS": ""}
-    subprocess.run(
-        ["go", "build", "-o", str(binary), CHECKER_SOURCE.name],
-        cwd=CHECKER_SOURCE.parent,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=240,
-    )
+    binary = build_go_program(CHECKER_SOURCE, tmp_path / "gochecker", X_MOD_PACKAGES)
 
     _append(home, 5)
     old_note = run_cli(capsys, "log", "checkpoint")[1]

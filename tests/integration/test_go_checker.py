@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,13 +21,14 @@ from graven.core.checkpoint import Checkpoint, sign_checkpoint, verifier_key
 from graven.core.merkle import consistency_proof, inclusion_proof, leaf_hash, root_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/helpers_services.py
-from helpers_services import require_tool, unavailable
+from helpers_services import build_go_program
 
 pytestmark = pytest.mark.services
 
 CHECKER_SOURCE = Path(__file__).resolve().parents[1] / "assets" / "gochecker" / "main.go"
-GO_PATH = Path("/usr/share/gocode")
-X_MOD_PACKAGES = ("golang.org/x/mod/sumdb/note", "golang.org/x/mod/sumdb/tlog")
+X_MOD_PACKAGES = dict.fromkeys(
+    ("golang.org/x/mod/sumdb/note", "golang.org/x/mod/sumdb/tlog"), "golang-golang-x-mod-dev"
+)
 
 NAME = "graven.example/log"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
@@ -47,22 +47,7 @@ def _b64(raw: bytes) -> str:
 @pytest.fixture(scope="module")
 def checker(tmp_path_factory: pytest.TempPathFactory) -> Checker:
     """Build the Go checker once and return a function that runs it on a JSON request."""
-    require_tool("go")
-    for package in X_MOD_PACKAGES:
-        if not (GO_PATH / "src" / package).is_dir():
-            unavailable(f"Go package {package} is not in {GO_PATH} (golang-golang-x-mod-dev)")
-    out = tmp_path_factory.mktemp("gochecker") / "gochecker"
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GO_PATH), "GOFLAGS": ""}
-    build = subprocess.run(
-        ["go", "build", "-o", str(out), CHECKER_SOURCE.name],
-        cwd=CHECKER_SOURCE.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert build.returncode == 0, f"go build failed:\n{build.stderr}"
+    out = build_go_program(CHECKER_SOURCE, tmp_path_factory.mktemp("gochecker") / "gochecker", X_MOD_PACKAGES)
 
     def run(request: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -29,12 +29,11 @@ from graven.drift.metrics import DriftMetrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/helpers_*.py
 from helpers_deploy import World, make_world
-from helpers_services import require_tool, unavailable
+from helpers_services import build_go_program
 
 pytestmark = pytest.mark.services
 
 CHECKER_SOURCE = Path(__file__).resolve().parents[1] / "assets" / "promcheck" / "main.go"
-GO_PATH = Path("/usr/share/gocode")
 GO_PACKAGES = {  # Go package: the Debian package that ships it
     "github.com/prometheus/common/expfmt": "golang-github-prometheus-common-dev",
     "github.com/prometheus/client_model/go": "golang-github-prometheus-client-model-dev",
@@ -53,22 +52,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture(scope="module")
 def checker(tmp_path_factory: pytest.TempPathFactory) -> Checker:
     """Build the Go checker once; return a function that runs it on an exposition (and Content-Type)."""
-    require_tool("go")
-    for package, debian in GO_PACKAGES.items():
-        if not (GO_PATH / "src" / package).is_dir():
-            unavailable(f"Go package {package} is not in {GO_PATH} ({debian})")
-    out = tmp_path_factory.mktemp("promcheck") / "promcheck"
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GO_PATH), "GOFLAGS": ""}
-    build = subprocess.run(
-        ["go", "build", "-o", str(out), CHECKER_SOURCE.name],
-        cwd=CHECKER_SOURCE.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert build.returncode == 0, f"go build failed:\n{build.stderr}"
+    out = build_go_program(CHECKER_SOURCE, tmp_path_factory.mktemp("promcheck") / "promcheck", GO_PACKAGES)
 
     def run(exposition: str, content_type: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
