@@ -205,19 +205,30 @@ def test_a_planted_blob_read_by_path_is_refused(tmp_path: Path) -> None:
         git_repo.read_file(commit, "deps.lock")
 
 
+def _object(repo: Path, data: bytes, kind: str = "blob") -> str:
+    """Write ``data`` as a git object of ``kind`` (checked by git only as a blob: ``--literally``)."""
+    args = ["git", "hash-object", "-t", kind, "-w", "--literally", "--stdin"]
+    return subprocess.run(args, cwd=repo, input=data, capture_output=True, check=True).stdout.decode().strip()
+
+
+def _mktree(repo: Path, entries: list[tuple[str, str, str]]) -> str:
+    return _object(repo, _tree(entries), "tree")
+
+
 def _crafted(repo: Path, entries: list[tuple[str, str, str]], parent: str) -> str:
-    tree = (
-        subprocess.run(
-            ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
-            cwd=repo,
-            input=_tree(entries),
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .strip()
+    return git(repo, "commit-tree", _mktree(repo, entries), "-p", parent, "-m", "crafted").strip()
+
+
+def _one_file_repo(tmp_path: Path) -> tuple[Path, str, str, str]:
+    """A repository of graven.toml and ``f`` ("x"): it, its commit, and the two blob ids."""
+    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
+    base = git(repo, "rev-parse", "HEAD").strip()
+    return (
+        repo,
+        base,
+        git(repo, "rev-parse", "HEAD:graven.toml").strip(),
+        git(repo, "rev-parse", "HEAD:f").strip(),
     )
-    return git(repo, "commit-tree", tree, "-p", parent, "-m", "crafted").strip()
 
 
 @pytest.mark.parametrize("shape", ["changed-and-kept", "twice-the-same", "two-changed", "slash"])
@@ -227,16 +238,8 @@ def test_a_crafted_tree_the_listing_refuses_is_never_compared_entry_by_entry(
     """A review: a tree holding f twice (f=y, f=x where x was f before) gave one "M f" incrementally,
     and built, where the listing refuses "duplicate path": the comparison now gives up (None) on what
     only a crafted tree holds, and the build lists the whole tree."""
-    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
-    base = git(repo, "rev-parse", "HEAD").strip()
-    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
-    y = (
-        subprocess.run(
-            ["git", "hash-object", "-w", "--stdin"], cwd=repo, input=b"y\n", capture_output=True, check=True
-        )
-        .stdout.decode()
-        .strip()
-    )
+    repo, base, toml, x = _one_file_repo(tmp_path)
+    y = _object(repo, b"y\n")
     entries = {
         "changed-and-kept": [("100644", "f", y), ("100644", "f", x)],
         "twice-the-same": [("100644", "f", y), ("100644", "f", y)],
@@ -248,9 +251,7 @@ def test_a_crafted_tree_the_listing_refuses_is_never_compared_entry_by_entry(
 
 
 def test_messages_of_the_comparison_name_the_tree_not_the_commit(tmp_path: Path) -> None:
-    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
-    base = git(repo, "rev-parse", "HEAD").strip()
-    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
+    repo, base, toml, x = _one_file_repo(tmp_path)
     commit = _crafted(repo, [("100644", "graven.toml", toml), ("4000000100644", "f", x)], base)
     tree = git(repo, "rev-parse", f"{commit}^{{tree}}").strip()
     with pytest.raises(BackendError, match=f"git tree object {tree} is malformed"):
@@ -265,28 +266,12 @@ def test_leaving_a_running_walk_early_stops_it(history: tuple[Path, list[str]]) 
         pass
 
 
-def _mktree(repo: Path, entries: list[tuple[str, str, str]]) -> str:
-    return (
-        subprocess.run(
-            ["git", "hash-object", "-t", "tree", "-w", "--literally", "--stdin"],
-            cwd=repo,
-            input=_tree(entries),
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .strip()
-    )
-
-
 @pytest.mark.parametrize("shape", ["two-directories", "file-and-directory", "slash"])
 def test_the_listing_refuses_what_only_a_crafted_tree_holds(tmp_path: Path, shape: str) -> None:
     """A review: a tree with two directory entries "d" was listed (their files merged), so it could
     become the base of an incremental build, whose comparison then kept one of them by the hash
     seed's order and carried stale files over; "e/y" as a name next to a directory "e" likewise."""
-    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
-    base = git(repo, "rev-parse", "HEAD").strip()
-    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
+    repo, base, toml, x = _one_file_repo(tmp_path)
     sub = _mktree(repo, [("100644", "x", x)])
     entries = {
         "two-directories": [("40000", "d", sub), ("40000", "d", _mktree(repo, [("100644", "y", x)]))],
@@ -305,16 +290,8 @@ def test_the_comparison_of_a_wide_tree_stays_linear(tmp_path: Path) -> None:
     directory of 40,000 files all rewritten took 27 s to compare (1.8 s before)."""
     import time
 
-    repo = create_repo(tmp_path / "repo", {"f": "x\n"})
-    base = git(repo, "rev-parse", "HEAD").strip()
-    toml, x = git(repo, "rev-parse", "HEAD:graven.toml").strip(), git(repo, "rev-parse", "HEAD:f").strip()
-    y = (
-        subprocess.run(
-            ["git", "hash-object", "-w", "--stdin"], cwd=repo, input=b"y\n", capture_output=True, check=True
-        )
-        .stdout.decode()
-        .strip()
-    )
+    repo, base, toml, x = _one_file_repo(tmp_path)
+    y = _object(repo, b"y\n")
     names = [f"{i:06d}" for i in range(25_000)]
     old = _crafted(
         repo,
