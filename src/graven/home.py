@@ -101,18 +101,15 @@ def check_home(root: Path) -> None:
             "to a home of your own"
         )
     if st.st_mode & 0o022:
-        import stat
+        from graven.strictmodes import unsafe_owner
 
-        from graven.strictmodes import group_others
-
-        # a group of one (Debian's per-user groups with umask 002) lets nobody else in
-        others = [] if st.st_mode & 0o002 else group_others(st.st_gid, me)
-        if st.st_mode & 0o002 or others:
-            who = "every user" if st.st_mode & 0o002 else f"its group {others[0]} ({', '.join(others[1:])})"
+        # the rule for directories on the way to trust/: a group of one (Debian's per-user groups
+        # with umask 002) lets nobody else in
+        problem = unsafe_owner(st, me, top=True)
+        if problem is not None:
             raise ConfigError(
-                f"GRAVEN_HOME {root} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): they "
-                f"could replace its keys and trust policy; chmod go-w {root}, or set GRAVEN_HOME to a "
-                "home only you can write"
+                f"GRAVEN_HOME {root} {problem}: they could replace its keys and trust policy; chmod go-w "
+                f"{root}, or set GRAVEN_HOME to a home only you can write"
             )
 
 
