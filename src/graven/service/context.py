@@ -3,7 +3,6 @@ so that cheap commands never pay for what they do not use."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
@@ -71,9 +70,10 @@ class Context(Record):
         """The object store."""
         from graven.store.local import LocalStore
 
-        with contextlib.suppress(OSError):  # the store says what is wrong, naming its own directory
+        try:
             make_home(self.home.root)  # another user's home, or one others may write: refused
-        check_home(self.home.root)
+        except OSError:  # not made: the store says what is wrong, naming its own directory
+            check_home(self.home.root)
         return LocalStore.at(self.home.objects)
 
     @cached_property
