@@ -181,6 +181,67 @@ def prepare(workloads: Path, scratch: Path) -> Setup:
     return Setup(scratch, graven, template, checkout, digests[0], digests[1], commits, files, size)
 
 
+def tree_of(top: Path) -> tuple[list[str], list[str]]:
+    """The directories (parents first) and the files of ``top``, relative to it (untimed)."""
+    dirs: list[str] = []
+    files: list[str] = []
+    for dirpath, dirnames, names in os.walk(top):
+        rel = os.path.relpath(dirpath, top)
+        prefix = "" if rel == "." else rel + "/"
+        dirs.extend(prefix + d for d in sorted(dirnames))
+        files.extend(prefix + n for n in names)
+    return dirs, files
+
+
+def link_tree(src: Path, dest: Path, dirs: list[str], files: list[str]) -> float:
+    """Wall time of the system calls a hard-linked release tree cannot do without: one ``mkdir`` per
+    directory and one ``link`` per file, shared between two processes as graven shares them (no stat,
+    no record, no verification). A reference, not a
+    baseline: it shows how much of a next-version deploy is the file system's own cost."""
+    # halves by path at the middle directory; the directories of the first half that the second needs
+    # (its ancestors) are made first, and each file goes with its directory
+    ordered = sorted(dirs)
+    cut = ordered[len(ordered) // 2] if ordered else ""
+    spine: set[str] = set()
+    for d in ordered:
+        if d >= cut:
+            parent = os.path.dirname(d)
+            while parent and parent < cut:
+                spine.add(parent)
+                parent = os.path.dirname(parent)
+    mine = (
+        [d for d in ordered if d < cut and d not in spine],
+        [f for f in files if os.path.dirname(f) < cut],
+    )
+    theirs = ([d for d in ordered if d >= cut], [f for f in files if os.path.dirname(f) >= cut])
+    os.sync()
+    start = time.perf_counter()
+    os.mkdir(dest)
+    for d in sorted(spine):
+        os.mkdir(f"{dest}/{d}")
+
+    def work(part: tuple[list[str], list[str]]) -> None:
+        for d in part[0]:
+            os.mkdir(f"{dest}/{d}")
+        for f in part[1]:
+            os.link(f"{src}/{f}", f"{dest}/{f}")
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            work(theirs)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    work(mine)
+    _, status = os.waitpid(pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit("the reference mkdir + link of the tree failed in its second process")
+    return seconds
+
+
 def inproc(home: Path, root: Path) -> Callable[[str, str | None], float]:
     from graven.home import Home
     from graven.service.context import Context
@@ -252,8 +313,11 @@ def measure(s: Setup, repeat: int) -> list[Figure]:
         baseline_what="first deploy (in-process), same round",
         target=0.3,
     )
-    floor = Figure(
-        "reference: `cp -al` of the g1 tree (a hard-linked copy: the kernel's floor for a next release)",
+    floor = Figure("reference: `cp -al` of the g1 tree (a hard-linked copy)", baseline_what=rsync)
+    dirs, files = tree_of(s.checkout)
+    calls = Figure(
+        f"reference: mkdir + link of the g1 tree in two processes ({len(dirs)} directories, "
+        f"{len(files)} links; no stat, no record)",
         baseline_what=rsync,
     )
     # warm the in-process path once (imports, first database open); not counted
@@ -269,9 +333,10 @@ def measure(s: Setup, repeat: int) -> list[Figure]:
         def baseline(r: int = r) -> None:
             dest = s.scratch / "rounds" / f"rsync-{r:03d}"
             seconds = timed(["rsync", "-a", f"{s.checkout}/", f"{dest}/"], sync_first=True)
-            for fig in (cli_first, in_first, floor):
+            for fig in (cli_first, in_first, floor, calls):
                 fig.baseline.append(seconds)
             floor.graven.append(timed(["cp", "-al", str(dest), f"{dest}-linked"], sync_first=True))
+            calls.graven.append(link_tree(dest, Path(f"{dest}-calls"), dirs, files))
 
         def cli() -> None:
             home, root = s.fresh("cli")
@@ -303,7 +368,7 @@ def measure(s: Setup, repeat: int) -> list[Figure]:
             steps.reverse()
         for step in steps:
             step()
-    return [cli_first, in_first, cli_next, in_next, cli_back, in_back, floor]
+    return [cli_first, in_first, cli_next, in_next, cli_back, in_back, floor, calls]
 
 
 def write_results(
@@ -342,19 +407,25 @@ def write_results(
     by_name = {f.name.split(" (")[0]: f for f in figures if f.target is not None and "in-process" in f.name}
     cli_rollback = next(f for f in figures if f.name.startswith("rollback") and "(CLI)" in f.name)
     in_rollback = next(f for f in figures if f.name.startswith("rollback") and "in-process" in f.name)
-    floor = next(f for f in figures if f.target is None)
+    floor = next(f for f in figures if f.name.startswith("reference: `cp -al`"))
+    calls = next(f for f in figures if f.name.startswith("reference: mkdir + link"))
     nxt = statistics.median(by_name["deploy g2 while g1 is live"].graven)
+    first_in = statistics.median(by_name["first deploy of g1, empty environment"].graven)
     rsync = statistics.median(floor.baseline)
     fixed = statistics.median(cli_rollback.graven) - statistics.median(in_rollback.graven)
     lines += [
         "",
         "Reading the figures:",
         "",
-        f"- the next-version deploy (in-process, median {fmt(nxt)}) is {nxt / rsync:.2f}x of `rsync -a` "
-        f"and {nxt / statistics.median(floor.graven):.2f}x of `cp -al` of the same tree (which only makes "
-        "directories and hard links: the least any separate release tree costs on this disk); the target "
-        "compares it with graven's own first deploy, which is itself "
-        f"{statistics.median(by_name['first deploy of g1, empty environment'].graven) / rsync:.2f}x of rsync",
+        f"- the next-version deploy (in-process, median {fmt(nxt)}) is {nxt / rsync:.2f}x of `rsync -a`, "
+        f"{nxt / statistics.median(floor.graven):.2f}x of `cp -al` of the same tree and "
+        f"{nxt / statistics.median(calls.graven):.2f}x of the bare `mkdir` + `link` calls of a "
+        f"hard-linked tree ({fmt(statistics.median(calls.graven))}, "
+        f"{statistics.median(calls.graven) / first_in:.2f}x of graven's first deploy): the rest is "
+        "graven's own work (a stat before and after each link, the records and their table, the "
+        "signature and manifest, the plan, the copies). A first deploy makes the same directories, so "
+        "their cost is on both sides of the ratio; graven's first deploy is itself "
+        f"{first_in / rsync:.2f}x of rsync",
         f"- the fixed cost of a command (CLI minus in-process rollback) is {fmt(fixed)}: interpreter "
         "start-up and imports (cryptography only to sign the audit log's checkpoint: the provenance's "
         "signature comes from the memo of verified signatures), the database and the trust policy; "
