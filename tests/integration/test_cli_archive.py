@@ -745,6 +745,61 @@ def test_a_claimed_commit_the_trusted_provenance_contradicts_is_not_recorded(
     assert run_cli("verify", digest)[0] == 0
 
 
+def test_a_claimed_name_and_commit_time_the_trusted_provenance_contradicts_are_not_recorded(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As for the commit: the archive's unsigned header named another artifact name and commit time
+    than the signed provenance, and the claims were recorded (show, status, and the mtimes of every
+    later export of it)."""
+    _, digest = artifact
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
+    shown = json.loads(run_cli("show", digest, "--json")[1])["artifact"]
+    epoch = str(shown["source_date_epoch"]).encode()
+    data = archive.read_bytes()
+    assert data.count(b'"name":"demo"') == 1 and data.count(b'"source_date_epoch":' + epoch) == 1
+    forged = str(int(epoch) - 86400).encode()
+    assert len(forged) == len(epoch)
+    data = data.replace(b'"name":"demo"', b'"name":"demq"')
+    archive.write_bytes(data.replace(b'"source_date_epoch":' + epoch, b'"source_date_epoch":' + forged))
+    _trusting_home(graven_home, tmp_path, monkeypatch)
+    code, _, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 0, err
+    assert 'claims the name "demq", its signed provenance names "demo"' in err, err
+    assert f"claims commit time {forged.decode()}, its signed provenance names {epoch.decode()}" in err, err
+    again = json.loads(run_cli("show", digest, "--json")[1])["artifact"]
+    assert (again["name"], again["source_date_epoch"]) == ("demo", int(epoch))
+    assert run_cli("verify", digest)[0] == 0
+    # --name still chooses the name (a label of this home), and says nothing about the claim
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "third-home"))
+    shutil.copytree(tmp_path / "second-home" / "trust", tmp_path / "third-home" / "trust")
+    code, _, err = run_cli("import", archive, "--attestation", envelope, "--name", "mine")
+    assert code == 0 and "claims the name" not in err, err
+    assert json.loads(run_cli("show", digest, "--json")[1])["artifact"]["name"] == "mine"
+
+
+def test_an_archive_whose_graven_toml_is_not_the_signed_one_is_named_at_import(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, digest = artifact
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
+    data = archive.read_bytes()
+    claim = b'name = \\"demo\\"'  # as the header's JSON carries graven.toml's text
+    assert data.count(claim) == 1
+    archive.write_bytes(data.replace(claim, b'name = \\"demq\\"'))
+    _trusting_home(graven_home, tmp_path, monkeypatch)
+    code, _, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 0, err
+    assert "holds a graven.toml that is not the one its signed provenance names" in err, err
+
+
 def test_an_old_attestation_that_cannot_be_removed_is_named_not_the_archive(
     artifact: tuple[Path, str], tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -322,7 +322,24 @@ def test_a_recorded_commit_the_signed_provenance_contradicts_fails_verify(
     with sqlite3.connect(graven_home / "graven.db") as db:
         db.execute('UPDATE artifacts SET "commit" = ? WHERE digest = ?', ("f" * 40, digest))
     code, _, err = run_cli("verify", digest)
-    assert code == 1 and "records commit ffffffffffff for it, but no signed provenance" in err, err
+    assert code == 1 and "records commit ffffffffffff (time " in err, err
+    assert "for it, but no signed provenance of it names that" in err, err
+
+
+def test_a_recorded_commit_time_the_signed_provenance_contradicts_fails_verify(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    """The commit time is what every export of the artifact takes as its mtimes: a row edited to
+    another one changed the export's bytes, and verify said ok."""
+    import sqlite3
+
+    _, digest = built
+    with sqlite3.connect(graven_home / "graven.db") as db:
+        db.execute(
+            "UPDATE artifacts SET source_date_epoch = source_date_epoch - 1 WHERE digest = ?", (digest,)
+        )
+    code, _, err = run_cli("verify", digest)
+    assert code == 1 and "but no signed provenance of it names that" in err, err
 
 
 def _flip_packed(objects: Path, digest: str) -> None:

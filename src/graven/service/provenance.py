@@ -37,7 +37,13 @@ from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, sign_envelope
 from graven.signing.keys import KeyStore, SigningKey
 from graven.signing.memo import FileSignatureMemo
-from graven.signing.provenance import PAYLOAD_TYPE, ProvenanceInputs, ResourceRef, statement_bytes
+from graven.signing.provenance import (
+    PAYLOAD_TYPE,
+    ProvenanceInputs,
+    ProvenanceStatement,
+    ResourceRef,
+    statement_bytes,
+)
 from graven.signing.trust import TrustPolicy, VerifiedProvenance, check_trust_material
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -252,8 +258,8 @@ def envelope_digests(ctx: Context, artifact: Digest) -> list[str]:
 class ProvenanceCheck(Frozen):
     """The outcome of checking an artifact's provenance against the trust policy."""
 
-    __slots__ = ("commit", "envelope", "keyid", "named", "ok", "reason")
-    _fields = ("ok", "reason", "keyid", "envelope", "commit", "named")
+    __slots__ = ("commit", "envelope", "epoch", "keyid", "name", "named", "ok", "reason")
+    _fields = ("ok", "reason", "keyid", "envelope", "commit", "named", "name", "epoch")
     ok: bool
     reason: str
     keyid: str | None
@@ -262,6 +268,8 @@ class ProvenanceCheck(Frozen):
     # what the accepted statement names that a build stores beside the artifact: (name, digest) of its
     # graven.toml ("graven.toml") and byproducts (its build log)
     named: tuple[tuple[str, str], ...]
+    name: str | None  # the accepted statement's name for the artifact (its subject's)
+    epoch: int | None  # ... and its sourceDateEpoch (the commit time a build ran with)
 
     def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
@@ -271,6 +279,8 @@ class ProvenanceCheck(Frozen):
         envelope: str | None = None,
         commit: str | None = None,
         named: tuple[tuple[str, str], ...] = (),
+        name: str | None = None,
+        epoch: int | None = None,
     ) -> None:
         _set(self, "ok", ok)
         _set(self, "reason", reason)
@@ -278,6 +288,8 @@ class ProvenanceCheck(Frozen):
         _set(self, "envelope", envelope)
         _set(self, "commit", commit)
         _set(self, "named", named)
+        _set(self, "name", name)
+        _set(self, "epoch", epoch)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
@@ -344,26 +356,38 @@ def check_provenance(
     except (VerificationError, PolicyError, InputError) as exc:
         return ProvenanceCheck(False, str(exc))
     with ctx.db.connect() as conn:
-        recorded = conn.execute(
-            'SELECT "commit" FROM artifacts WHERE digest = :digest', {"digest": str(artifact)}
-        ).scalar_one_or_none()
-    signed = verified.statement.commit
-    if recorded is not None and signed is not None and recorded != signed:
-        # what show, status and export go by must be signed too: several commits may build the same
-        # artifact (they differ outside its files), so any trusted provenance of it may name it; none
-        # doing so is a row edited in the database, or an unsigned import's claim
+        row = conn.execute(
+            'SELECT "commit", source_date_epoch FROM artifacts WHERE digest = :digest',
+            {"digest": str(artifact)},
+        ).one_or_none()
+    recorded = None if row is None else (row.commit, row.source_date_epoch)
+
+    def names(statement: ProvenanceStatement) -> bool:  # what the row says, as far as both say it
+        assert recorded is not None
+        return all(
+            mine is None or signed is None or mine == signed
+            for mine, signed in zip(recorded, (statement.commit, statement.source_date_epoch), strict=True)
+        )
+
+    if recorded is not None and not names(verified.statement):
+        # what show, status and export go by (the commit, and the commit time an export's mtimes are)
+        # must be signed too: several commits may build the same artifact (they differ outside its
+        # files), so any trusted provenance of it may name them; none doing so is a row edited in the
+        # database, or an unsigned import's claim
         every = verified_provenances(ctx, artifact, policy=policy.with_memo(None), env=env)
-        if all(v.statement.commit != recorded for v, _ in every):
+        if not any(names(v.statement) for v, _ in every):
+            commit, epoch = recorded
+            signed = verified.statement
             return ProvenanceCheck(
                 False,
-                f"this home records commit {str(recorded)[:12]} for it, but no signed provenance of it "
-                f"names that commit (the newest names {signed[:12]}): the database was changed, or an "
-                "unsigned import claimed it",
+                f"this home records commit {str(commit)[:12]} (time {epoch}) for it, but no signed "
+                f"provenance of it names that (the newest names {str(signed.commit)[:12]}, time "
+                f"{signed.source_date_epoch}): the database was changed, or an unsigned import claimed it",
             )
-    return _accepted(verified, envelope_digest)
+    return _accepted(verified, envelope_digest, artifact)
 
 
-def _accepted(verified: VerifiedProvenance, envelope_digest: str | None) -> ProvenanceCheck:
+def _accepted(verified: VerifiedProvenance, envelope_digest: str | None, artifact: Digest) -> ProvenanceCheck:
     statement = verified.statement
     named = [(PIPELINE_NAME, statement.pipeline_digest)] if statement.pipeline_digest else []
     named.extend((item.name, item.digest) for item in statement.byproducts)
@@ -374,6 +398,8 @@ def _accepted(verified: VerifiedProvenance, envelope_digest: str | None) -> Prov
         envelope=envelope_digest,
         commit=statement.commit,
         named=tuple(named),
+        name=next((s.name for s in statement.subjects if s.sha256 == artifact.hex), None),
+        epoch=statement.source_date_epoch,
     )
 
 
@@ -390,7 +416,7 @@ def check_attestation_file(
         verified = policy.with_memo(None).verify_attestation(data, str(artifact), env)
     except (VerificationError, PolicyError) as exc:
         return ProvenanceCheck(False, str(exc))
-    return _accepted(verified, None)
+    return _accepted(verified, None, artifact)
 
 
 def latest_envelope(ctx: Context, artifact: Digest) -> bytes:

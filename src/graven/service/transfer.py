@@ -224,7 +224,12 @@ def import_archive(
     claimed one; without either, the name comes from the file name, folded to a valid one.
     """
     from graven.archive.reader import read_archive
-    from graven.service.provenance import check_attestation_file, load_policy, record_attestation
+    from graven.service.provenance import (
+        PIPELINE_NAME,
+        check_attestation_file,
+        load_policy,
+        record_attestation,
+    )
 
     if name is not None and not _valid_name(name):
         raise InputError(f"--name {_shown(name)} is not a valid artifact name: {_NAME_HINT}")
@@ -285,6 +290,31 @@ def import_archive(
                         f"{checked.commit[:12]}: the signed one is recorded"
                     )
                 row["commit"] = commit = checked.commit  # what show, status and verify go by
+            if checked.epoch is not None and checked.epoch != epoch:  # an export's mtimes come from it
+                if epoch is not None:
+                    ctx.reporter.warn(
+                        f"{path.name} claims commit time {epoch}, its signed provenance names "
+                        f"{checked.epoch}: the signed one is recorded"
+                    )
+                row["source_date_epoch"] = epoch = checked.epoch
+            signed_name = checked.name if checked.name is not None and _valid_name(checked.name) else None
+            if name is None and signed_name is not None and signed_name != artifact_name:
+                ctx.reporter.warn(
+                    f"{path.name} claims the name {_shown(artifact_name)}, its signed provenance names "
+                    f"{_shown(signed_name)}: the signed one is recorded (--name chooses another)"
+                )
+                row["name"] = artifact_name = signed_name
+            signed_pipeline = dict(checked.named).get(PIPELINE_NAME)
+            if (
+                signed_pipeline is not None
+                and pipeline_digest is not None
+                and signed_pipeline != pipeline_digest
+            ):
+                ctx.reporter.warn(
+                    f"{path.name} holds a graven.toml that is not the one its signed provenance names "
+                    f"({signed_pipeline[:19]}): deploy reads the signed one, which this archive does not "
+                    "carry"
+                )
         else:
             provenance = " with provenance no key of this home verifies"
             ctx.reporter.warn(

@@ -87,7 +87,16 @@ CASES: list[tuple[type, dict[str, Any]]] = [
     (TrustPolicy, {"keys": (PUBLIC,), "revoked": frozenset({"x"}), "environments": {}, "trust_dir": None}),
     (
         ProvenanceCheck,
-        {"ok": True, "reason": "r", "keyid": None, "envelope": None, "commit": None, "named": ()},
+        {
+            "ok": True,
+            "reason": "r",
+            "keyid": None,
+            "envelope": None,
+            "commit": None,
+            "named": (),
+            "name": "n",
+            "epoch": 1,
+        },
     ),
     (ArchiveMeta, {"digest": SHA, "name": "n", "commit": None, "source_date_epoch": 0, "pipeline": None}),
     (BuildResult, {name: f"v{index}" for index, name in enumerate(BuildResult._fields)}),
@@ -121,7 +130,7 @@ def test_defaults_are_the_dataclasses_defaults() -> None:
     assert ResourceRef("n", "d") == ResourceRef("n", "d", None)
     assert TrustPolicy() == TrustPolicy((), frozenset(), {}, None)
     assert TrustPolicy().environments is not TrustPolicy().environments  # a new dict, as default_factory
-    assert ProvenanceCheck(False, "r") == ProvenanceCheck(False, "r", None, None, None, ())
+    assert ProvenanceCheck(False, "r") == ProvenanceCheck(False, "r", None, None, None, (), None, None)
     assert ArchiveMeta("d", "n", None, 0) == ArchiveMeta("d", "n", None, 0, None)
 
 
