@@ -781,6 +781,32 @@ def test_a_claimed_name_and_commit_time_the_trusted_provenance_contradicts_are_n
     assert json.loads(run_cli("show", digest, "--json")[1])["artifact"]["name"] == "mine"
 
 
+def test_an_archive_without_graven_s_header_verifies_once_its_signer_is_trusted(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another tool's tar of the same files claims no commit time (recorded as 0): when its attestation
+    is only trusted after the import, verify must not take that 0 for a contradicted claim."""
+    _, digest = artifact
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
+    plain = tmp_path / "plain.tar"
+    with tarfile.open(archive) as src, tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src.getmembers():  # tarfile copies the global header's records into each member
+            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k != "comment"}
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    assert b"graven.archive" not in plain.read_bytes()
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "empty-home"))  # trusts nobody yet
+    code, out, err = run_cli("import", plain, "--attestation", envelope)
+    assert code == 0 and "verify and deploy refuse it" in err, err
+    assert out.splitlines()[-1] == digest
+    shutil.copytree(graven_home / "trust", tmp_path / "empty-home" / "trust")
+    code, _, err = run_cli("verify", digest)
+    assert code == 0, err
+
+
 def test_an_archive_whose_graven_toml_is_not_the_signed_one_is_named_at_import(
     artifact: tuple[Path, str],
     graven_home: Path,

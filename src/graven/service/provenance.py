@@ -360,7 +360,9 @@ def check_provenance(
             'SELECT "commit", source_date_epoch FROM artifacts WHERE digest = :digest',
             {"digest": str(artifact)},
         ).one_or_none()
-    recorded = None if row is None else (row.commit, row.source_date_epoch)
+    # an archive without graven's header claims no commit time: import records 0 for it (archive-v1.md),
+    # which stands for "none" here, as a missing commit does
+    recorded = None if row is None else (row.commit, row.source_date_epoch or None)
 
     def names(statement: ProvenanceStatement) -> bool:  # what the row says, as far as both say it
         assert recorded is not None
@@ -380,9 +382,10 @@ def check_provenance(
             signed = verified.statement
             return ProvenanceCheck(
                 False,
-                f"this home records commit {str(commit)[:12]} (time {epoch}) for it, but no signed "
-                f"provenance of it names that (the newest names {str(signed.commit)[:12]}, time "
-                f"{signed.source_date_epoch}): the database was changed, or an unsigned import claimed it",
+                f"this home records commit {str(commit or 'none')[:12]} (time {epoch or 'none'}) for it, "
+                f"but no signed provenance of it names that (the newest names {str(signed.commit)[:12]}, "
+                f"time {signed.source_date_epoch}): the database was changed, or an unsigned import "
+                "claimed it",
             )
     return _accepted(verified, envelope_digest, artifact)
 
