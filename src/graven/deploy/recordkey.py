@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 
-from graven.errors import BackendError
+from graven.errors import BackendError, InputError
 
 __all__ = [
     "KEY_FILE",
@@ -144,6 +144,17 @@ def _read(path: Path) -> bytes | None:
     except OSError as exc:
         raise BackendError(f"cannot read the record key {path}: {exc.strerror}") from None
     try:
+        info = os.fstat(fd)
+        mode = stat.S_IMODE(info.st_mode)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(
+                f"the record key {path} is not a regular file; remove it (graven makes a new one)"
+            )
+        if mode & 0o077:  # as a signing key: whoever reads it can forge the records that hide drift
+            what = "readable" if mode & 0o044 else "writable"
+            raise InputError(
+                f"the record key {path} is {what} by others (mode {mode:04o}); run chmod 600 {path}"
+            )
         data = os.read(fd, KEY_SIZE + 1)
     finally:
         os.close(fd)

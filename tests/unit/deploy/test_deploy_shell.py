@@ -231,6 +231,22 @@ def test_the_record_key_is_made_once_private_and_shared(tmp_path: Path) -> None:
         load_or_create(keys)
 
 
+@pytest.mark.parametrize(("mode", "what"), [(0o644, "readable"), (0o640, "readable"), (0o620, "writable")])
+def test_a_record_key_others_can_read_or_write_is_refused(tmp_path: Path, mode: int, what: str) -> None:
+    """A review restored a home with widened modes: records.hmac at 0644 went unnoticed (the signing
+    keys were refused), and with it a local user forged the stat records of an environment they could
+    write, so that a same-size edit passed the fast drift check."""
+    from graven.deploy.recordkey import KEY_FILE, load_existing, load_or_create
+    from graven.errors import InputError
+
+    keys = tmp_path / "home" / "keys"
+    load_or_create(keys)
+    (keys / KEY_FILE).chmod(mode)
+    for load in (load_or_create, load_existing):
+        with pytest.raises(InputError, match=f"record key .* is {what} by others .*chmod 600"):
+            load(keys)
+
+
 def test_a_new_entry_in_a_checked_release_is_found_without_reading_directories_first(
     tmp_path: Path, store: LocalStore
 ) -> None:
