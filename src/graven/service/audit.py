@@ -461,6 +461,47 @@ class AuditLog:
         )
         return entry
 
+    def check_ready(self) -> None:
+        """Raise what :meth:`append` would raise now for the log's state (a database rolled back
+        behind this home's high-water mark, a log lost while its key signed entries, a missing log
+        key), without appending: an operation that changes an environment asks first, so that it
+        never switches and runs hooks only to find that it cannot be recorded."""
+        if not self._ctx.home.has_database():
+            self.check_not_lost()
+            return
+        with self._ctx.db.connect() as conn:
+            origin = self._read_origin(conn)
+            state = conn.execute("SELECT size FROM log_state").one_or_none()
+            populated = (
+                origin is not None
+                or state is not None
+                or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
+            )
+        if not populated:
+            if self._key is None and self.in_use_path.exists() and self.key_path.exists():
+                raise self._lost_error()
+            return
+        if state is not None and (rolled_back := self._rolled_back(int(state.size), origin)) is not None:
+            raise rolled_back
+        self._signing_key(create=False)
+
+    @staticmethod
+    def head(conn: Connection) -> tuple[str, int, str] | None:
+        """(origin, size, root hex) of the log's latest checkpoint in ``conn``; None for an empty log."""
+        origin = AuditLog._read_origin(conn)
+        row = conn.execute("SELECT size, root FROM log_checkpoints ORDER BY size DESC LIMIT 1").one_or_none()
+        if origin is None or row is None:
+            return None
+        return origin, int(row.size), str(row.root)
+
+    @staticmethod
+    def root_at(conn: Connection, size: int) -> str | None:
+        """The root hex of the log's checkpoint at ``size`` entries; None when the log has none."""
+        root = conn.execute(
+            "SELECT root FROM log_checkpoints WHERE size = :size", {"size": size}
+        ).scalar_one_or_none()
+        return None if root is None else str(root)
+
     def record(self, event: LogEvent) -> LogEntry:
         """Append ``event`` in a transaction of its own (for events that change no other state)."""
         with self._ctx.db.begin() as conn:

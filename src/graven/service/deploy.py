@@ -50,6 +50,7 @@ from graven.service.deploy_verify import (
     verify_target,
 )
 from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection
+from graven.service.witness import check_witness, write_witness
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -241,6 +242,10 @@ def _run_deployment(
     with lock:
         locked_at = utc_now()
         step(ctx, "locked")
+        # before anything changes: a change that could not be recorded (a log rolled back, its key
+        # lost) must not switch and run hooks first; nor may a home older than what it left here
+        ctx.audit.check_ready()
+        check_witness(ctx, layout, env)
         reconcile(ctx, env, layout)
         with ctx.db.connect() as conn:
             # again: another environment may have gone live in this directory while this one waited
@@ -366,6 +371,7 @@ def _run_deployment(
                 )
                 raise  # pragma: no cover - _unrecorded raises
             step(ctx, "recorded")
+            write_witness(ctx, layout)
             with ctx.db.connect() as conn:
                 state_now = load_state(conn, env)
             assert state_now is not None
@@ -404,6 +410,7 @@ def _run_deployment(
             opts=opts,
             overridden=tuple(decision.overridden),
         )
+        write_witness(ctx, layout)
         step(ctx, "done")
         if isinstance(stopped, KeyboardInterrupt):
             raise stopped

@@ -28,6 +28,7 @@ from graven.service.context import Context, utc_now
 from graven.service.drift_check import ROOT_PATH, check_once
 from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, record_check
 from graven.service.drift_targets import DriftSession, live_targets
+from graven.service.witness import check_witness, write_witness
 
 __all__ = ["HealResult", "heal"]
 
@@ -163,6 +164,9 @@ def heal(
                 target = live_targets(ctx, [env])[0]
                 if target.path != str(layout.root):
                     raise PolicyError(f"{env} moved to {target.path} while the heal waited; run it again")
+                # a home restored from an older backup (or a copy of one) would "heal" the environment
+                # back to its own, older idea of what is live
+                check_witness(ctx, layout, env)
             layout.check_releases_dir()  # never heal through a link planted at PATH/releases
             checked = check_once(ctx, session, target, full=True)
             before = checked.report.differences
@@ -211,6 +215,7 @@ def heal(
                     _fix_link(layout, layout.config_link, f"current/{config}" if config else None)
             except GravenError as exc:
                 _record_heal(ctx, result, ok=False, error=str(exc))
+                write_witness(ctx, layout)
                 raise
             after = check_once(ctx, session, target, full=True).report
             result.after = after.differences
@@ -218,6 +223,7 @@ def heal(
                 _unvouch(ctx, layout, layout.release(hex_digest), after.differences)
             result.seconds = time.monotonic() - started
             _record_heal(ctx, result, ok=not after.differences, error=None)
+            write_witness(ctx, layout)
             record_check(ctx, after)
             return result
     finally:

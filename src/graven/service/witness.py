@@ -1,0 +1,170 @@
+"""What an environment's directory remembers of the home that last changed it: ``PATH/.graven/witness``.
+
+Every change graven makes to an environment (deploy, promote, rollback, heal) is recorded in the
+home's audit log first. After recording it, graven writes in the environment's own directory which log
+that was and how far it had got: the log's origin, its size and its root hash at that size (format
+``graven.witness/v1``, three lines after the format line). Before the next change, under the
+environment's lock, it compares them with the home's log:
+
+- another origin: a copy of a home (two homes sharing keys and one log's past), or a log started anew
+  after the old one was lost. What the other log recorded (rejections, holds, what went live where)
+  is not in this one.
+- a size larger than the home's log: ``GRAVEN_HOME`` (or its database with its high-water mark) was
+  restored from an older backup. Rejections, holds, revocations and deployments made since are gone
+  from it, and the environment holds newer state than the home.
+- another root at that size: a copy of this home that ran on elsewhere (a fork of the log).
+
+Each refuses with one line (exit 1) that says what happened and how to go on on purpose: remove the
+witness. A missing witness (a new environment, one deployed by an older graven) is fine, and is
+written at the next change. The home's own high-water mark (``GRAVEN_HOME/log/in-use``) catches a
+database older than its home; the witness catches a whole home older than what it deployed, since
+the deploy roots are not restored with it. It is a guard against accidents (restores, copies), not
+against whoever can write ``PATH``: they could only remove it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+from pathlib import Path
+
+from graven.core.record import Frozen
+from graven.deploy.layout import EnvLayout
+from graven.errors import IntegrityError
+from graven.service.audit import AuditLog
+from graven.service.context import Context
+
+__all__ = ["WITNESS_FORMAT", "Witness", "check_witness", "parse_witness", "write_witness"]
+
+WITNESS_FORMAT = "graven.witness/v1"
+WITNESS_FILE = "witness"
+_MAX_BYTES = 4096
+_HEX = re.compile(r"[0-9a-f]{64}")
+_set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
+
+
+class Witness(Frozen):
+    """The log that last changed an environment: its origin, size and root (hex) at that size."""
+
+    __slots__ = ("origin", "root", "size")
+    _fields = ("origin", "size", "root")
+    origin: str
+    size: int
+    root: str
+
+    def __init__(self, origin: str, size: int, root: str) -> None:
+        _set(self, "origin", origin)
+        _set(self, "size", size)
+        _set(self, "root", root)
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes."""
+        return f"{WITNESS_FORMAT}\n{self.origin}\n{self.size}\n{self.root}\n".encode()
+
+
+def parse_witness(data: bytes) -> Witness | None:
+    """The witness in ``data``; None when it is not one (damaged, or another format)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\n")
+    if len(lines) != 5 or lines[0] != WITNESS_FORMAT or lines[4] != "":
+        return None
+    origin, size, root = lines[1], lines[2], lines[3]
+    if not origin or not origin.isprintable() or not size.isdigit() or not size.isascii():
+        return None
+    if len(size) > 19 or _HEX.fullmatch(root) is None:
+        return None
+    return Witness(origin, int(size), root)
+
+
+def witness_path(layout: EnvLayout) -> Path:
+    """Where an environment's witness lives."""
+    return layout.meta / WITNESS_FILE
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes (at most a few KiB); None when there is none. Never follows a link or blocks
+    on a FIFO; anything but a regular file is damaged."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise IntegrityError(
+            f"cannot read {path} ({exc.strerror}): it says which graven home last changed this "
+            "environment; remove it to go on"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return os.read(fd, _MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
+def check_witness(ctx: Context, layout: EnvLayout, env: str) -> None:
+    """Refuse (IntegrityError, exit 1) to change ``env`` when its directory was last changed by another
+    log, by a later state of this home's log, or by a fork of it (see the module's docstring)."""
+    path = witness_path(layout)
+    data = _read(path)
+    if data is None:
+        return
+    witness = parse_witness(data) if len(data) <= _MAX_BYTES else None
+    on_purpose = f"to go on from this home's state on purpose, remove {path}"
+    if witness is None:
+        raise IntegrityError(
+            f"{path} is damaged: it should say which graven home last changed {env}; {on_purpose}"
+        )
+    with ctx.db.connect() as conn:
+        head = AuditLog.head(conn)
+        root = AuditLog.root_at(conn, witness.size) if head is not None else None
+    if head is None or head[0] != witness.origin:
+        ours = "has no audit log yet" if head is None else f"has the log {head[0]}"
+        raise IntegrityError(
+            f"{env} ({layout.root}) was last changed by another graven home (audit log "
+            f"{witness.origin}; this home {ours}): a copy of a home, or a log started anew, and what "
+            f"that log recorded (rejections, holds, deployments) is not here; change {env} from that "
+            f"home, or, {on_purpose}"
+        )
+    if witness.size > head[1]:
+        raise IntegrityError(
+            f"{env} ({layout.root}) was last changed at entry {witness.size} of this home's audit log, "
+            f"which has only {head[1]}: GRAVEN_HOME was restored from an older backup, and what was "
+            "recorded since (rejections, holds, revocations, deployments) is gone from it (README: "
+            f"Backups); {on_purpose}"
+        )
+    if root != witness.root:
+        raise IntegrityError(
+            f"{env} ({layout.root}) was last changed at entry {witness.size} of a log that differs from "
+            "this home's at that entry: a copy of this home ran on elsewhere (a fork); change "
+            f"{env} from that copy, or, {on_purpose}"
+        )
+
+
+def write_witness(ctx: Context, layout: EnvLayout) -> None:
+    """Write the home's latest checkpoint (origin, size, root) as ``env``'s witness, after a change was
+    recorded: a temporary file beside it, fsynced, renamed over it. A failure is a warning: the change
+    itself is done and recorded, and an older witness still names a prefix of the same log."""
+    with ctx.db.connect() as conn:
+        head = AuditLog.head(conn)
+    if head is None:
+        return
+    data = Witness(*head).to_bytes()
+    path = witness_path(layout)
+    tmp = path.with_name(f".{WITNESS_FILE}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        ctx.reporter.warn(f"cannot write {path} ({exc.strerror}); the change itself is recorded")
