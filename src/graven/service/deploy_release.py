@@ -174,17 +174,22 @@ def retention(
     ctx: Context, layout: EnvLayout, table: StatTable, *, env: str, keep: int, state: EnvState
 ) -> tuple[str, ...]:
     names = layout.release_names()
+    last_ok: dict[str, int] = {}
+    seen: set[str] = set()
     with ctx.db.connect() as conn:
-        rows = conn.execute(
-            "SELECT id, digest, result, finished_at FROM deployments WHERE env = :env", {"env": env}
-        )
-        last_ok: dict[str, int] = {}
-        seen: set[str] = set()
-        for row in rows:
-            hex_digest = str(row.digest).removeprefix("sha256:")
-            seen.add(hex_digest)
-            if row.result == "ok" and row.finished_at:
-                last_ok[hex_digest] = max(last_ok.get(hex_digest, 0), int(row.id))
+        # only the releases on disk (a few): the environment's whole history grows with every deploy
+        for hex_digest in names:
+            row = conn.execute(
+                """SELECT count(*) AS n,
+                max(CASE WHEN result = 'ok' AND finished_at IS NOT NULL AND finished_at <> ''
+                    THEN id END) AS last_ok
+                FROM deployments WHERE env = :env AND digest = :digest""",
+                {"env": env, "digest": f"sha256:{hex_digest}"},
+            ).one()
+            if row.n:
+                seen.add(hex_digest)
+            if row.last_ok is not None:
+                last_ok[hex_digest] = int(row.last_ok)
     infos = [ReleaseInfo(n, last_ok.get(n), failed=n in seen and n not in last_ok) for n in names]
     protected = {
         d.removeprefix("sha256:")
