@@ -385,19 +385,7 @@ class AuditLog:
         """
         if conn.dialect == "postgresql":
             conn.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
-        origin = self._read_origin(conn)
-        state = conn.execute("SELECT size, frontier FROM log_state").one_or_none()
-        populated = (
-            origin is not None
-            or state is not None
-            or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
-        )
-        if not populated and self._key is None and self.in_use_path.exists() and self.key_path.exists():
-            # the key has signed committed entries, and they are gone: a new log signed with the old
-            # key would verify, and hide that the old one is lost (`graven log verify` says so too)
-            raise self._lost_error()
-        if state is not None and (rolled_back := self._rolled_back(int(state.size), origin)) is not None:
-            raise rolled_back  # appending would sign a fork of what this home committed
+        origin, state, populated = self._appendable(conn)
         key = self._signing_key(create=not populated)
         conn.after_commit(self._note_in_use)  # only committed entries make the key "used"
         private = key.private
@@ -461,6 +449,25 @@ class AuditLog:
         )
         return entry
 
+    def _appendable(self, conn: Connection) -> tuple[str | None, Row | None, bool]:
+        """The log's origin, state row (size, frontier) and whether it has anything, once nothing
+        forbids appending to it: raises when the log is gone although its key signed committed
+        entries, or when the database was rolled back behind this home's high-water mark."""
+        origin = self._read_origin(conn)
+        state = conn.execute("SELECT size, frontier FROM log_state").one_or_none()
+        populated = (
+            origin is not None
+            or state is not None
+            or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
+        )
+        if not populated and self._key is None and self.in_use_path.exists() and self.key_path.exists():
+            # the key has signed committed entries, and they are gone: a new log signed with the old
+            # key would verify, and hide that the old one is lost (`graven log verify` says so too)
+            raise self._lost_error()
+        if state is not None and (rolled_back := self._rolled_back(int(state.size), origin)) is not None:
+            raise rolled_back  # appending would sign a fork of what this home committed
+        return origin, state, populated
+
     def check_ready(self) -> None:
         """Raise what :meth:`append` would raise now for the log's state (a database rolled back
         behind this home's high-water mark, a log lost while its key signed entries, a missing log
@@ -470,20 +477,9 @@ class AuditLog:
             self.check_not_lost()
             return
         with self._ctx.db.connect() as conn:
-            origin = self._read_origin(conn)
-            state = conn.execute("SELECT size FROM log_state").one_or_none()
-            populated = (
-                origin is not None
-                or state is not None
-                or conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
-            )
-        if not populated:
-            if self._key is None and self.in_use_path.exists() and self.key_path.exists():
-                raise self._lost_error()
-            return
-        if state is not None and (rolled_back := self._rolled_back(int(state.size), origin)) is not None:
-            raise rolled_back
-        self._signing_key(create=False)
+            _, _, populated = self._appendable(conn)
+        if populated:
+            self._signing_key(create=False)
 
     @staticmethod
     def head(conn: Connection) -> tuple[str, int, str] | None:

@@ -24,14 +24,13 @@ against whoever can write ``PATH``: they could only remove it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import stat
 from pathlib import Path
 
 from graven.core.record import Frozen
 from graven.deploy.layout import EnvLayout
+from graven.deploy.recordkey import read_record_file, replace_file_at
 from graven.errors import IntegrityError
 from graven.service.audit import AuditLog
 from graven.service.context import Context
@@ -86,34 +85,14 @@ def witness_path(layout: EnvLayout) -> Path:
     return layout.meta / WITNESS_FILE
 
 
-def _read(path: Path) -> bytes | None:
-    """The file's bytes (at most a few KiB); None when there is none. Never follows a link or blocks
-    on a FIFO; anything but a regular file is damaged."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise IntegrityError(
-            f"cannot read {path} ({exc.strerror}): it says which graven home last changed this "
-            "environment; remove it to go on"
-        ) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
-        return os.read(fd, _MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-
-
 def check_witness(ctx: Context, layout: EnvLayout, env: str) -> None:
     """Refuse (IntegrityError, exit 1) to change ``env`` when its directory was last changed by another
     log, by a later state of this home's log, or by a fork of it (see the module's docstring)."""
     path = witness_path(layout)
-    data = _read(path)
-    if data is None:
+    data = read_record_file(path, _MAX_BYTES)  # never follows a link, never blocks on a FIFO
+    if data is None and not os.path.lexists(path):
         return
-    witness = parse_witness(data) if len(data) <= _MAX_BYTES else None
+    witness = None if data is None else parse_witness(data)  # None: not a regular file, or too big
     on_purpose = f"to go on from this home's state on purpose, remove {path}"
     if witness is None:
         raise IntegrityError(
@@ -146,25 +125,20 @@ def check_witness(ctx: Context, layout: EnvLayout, env: str) -> None:
 
 
 def write_witness(ctx: Context, layout: EnvLayout) -> None:
-    """Write the home's latest checkpoint (origin, size, root) as ``env``'s witness, after a change was
-    recorded: a temporary file beside it, fsynced, renamed over it. A failure is a warning: the change
-    itself is done and recorded, and an older witness still names a prefix of the same log."""
+    """Write the home's latest checkpoint (origin, size, root) as the environment's witness, after a
+    change was recorded (a temporary file beside it, renamed over it). A failure (or a power loss that
+    keeps the old file) is a warning at most: the change is done and recorded, and an older witness
+    still names a prefix of the same log."""
     with ctx.db.connect() as conn:
         head = AuditLog.head(conn)
     if head is None:
         return
-    data = Witness(*head).to_bytes()
     path = witness_path(layout)
-    tmp = path.with_name(f".{WITNESS_FILE}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(layout.meta, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            replace_file_at(fd, WITNESS_FILE, Witness(*head).to_bytes())
         finally:
             os.close(fd)
-        os.rename(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         ctx.reporter.warn(f"cannot write {path} ({exc.strerror}); the change itself is recorded")
