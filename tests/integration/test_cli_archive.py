@@ -807,6 +807,50 @@ def test_an_archive_without_graven_s_header_verifies_once_its_signer_is_trusted(
     assert code == 0, err
 
 
+def test_an_archive_without_graven_s_header_imports_without_a_commit_time_warning(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No header means no commit-time claim (0, as verify reads it): import said the archive "claims
+    commit time 0" against its signed provenance."""
+    _, digest = artifact
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
+    plain = tmp_path / "plain.tar"
+    with tarfile.open(archive) as src, tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src.getmembers():
+            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k != "comment"}
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    _trusting_home(graven_home, tmp_path, monkeypatch)
+    code, out, err = run_cli("import", plain, "--attestation", envelope)
+    assert code == 0 and out.splitlines()[-1] == digest, err
+    assert "warning" not in err, err
+    shown = json.loads(run_cli("show", digest, "--json")[1])["artifact"]
+    assert shown["source_date_epoch"] > 0  # the signed commit time, as the build recorded it
+    assert run_cli("verify", digest)[0] == 0
+
+
+def test_contradicted_claims_of_an_artifact_recorded_before_are_not_said_to_be_recorded(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path
+) -> None:
+    """The digest was built here: its row stays as the build wrote it, so warnings that "the signed
+    one is recorded" about the archive's forged claims were false (nothing of the archive is taken)."""
+    _, digest = artifact
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
+    before = json.loads(run_cli("show", digest, "--json")[1])["artifact"]
+    data = archive.read_bytes()
+    assert data.count(before["commit"].encode()) == 1 and data.count(b'"name":"demo"') == 1
+    data = data.replace(before["commit"].encode(), b"1" * 40).replace(b'"name":"demo"', b'"name":"demq"')
+    archive.write_bytes(data)
+    code, _, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 0, err
+    assert "claims" not in err and "the signed one is recorded" not in err, err
+    after = json.loads(run_cli("show", digest, "--json")[1])["artifact"]
+    assert (after["name"], after["commit"]) == (before["name"], before["commit"])
+
+
 def test_an_archive_whose_graven_toml_is_not_the_signed_one_is_named_at_import(
     artifact: tuple[Path, str],
     graven_home: Path,

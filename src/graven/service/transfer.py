@@ -245,7 +245,8 @@ def import_archive(
         claimed = _claimed_digest(path, claims)
         if claimed is not None and claimed != str(manifest.digest):
             raise DigestMismatchError(expected=claimed, actual=str(manifest.digest), what=f"archive {path}")
-        artifact_name = name or _claimed_name(path, claims) or _name_from_file(path)
+        claimed_name = _claimed_name(path, claims)
+        artifact_name = name or claimed_name or _name_from_file(path)
         commit = _claimed_commit(path, claims)
         epoch = _claimed_epoch(path, claims)
         pipeline_digest = None
@@ -278,6 +279,9 @@ def import_archive(
     }
     provenance = ""
     signer = ""  # the key that verified the envelope here; "" when none did (never the envelope's hint)
+    # where the archive's unsigned claims contradict its signed provenance: said only when this import
+    # records the artifact (a digest recorded before keeps its row, so nothing of the archive is taken)
+    contradicted: list[str] = []
     if envelope is not None:
         checked = check_attestation_file(envelope[0], manifest.digest, policy=load_policy(ctx))
         if checked.ok and checked.keyid is not None:
@@ -285,24 +289,25 @@ def import_archive(
             provenance = f" with provenance signed by trusted key {signer[:16]}"
             if checked.commit is not None and checked.commit != commit:
                 if commit is not None:
-                    ctx.reporter.warn(
+                    contradicted.append(
                         f"{path.name} claims commit {commit[:12]}, its signed provenance names "
                         f"{checked.commit[:12]}: the signed one is recorded"
                     )
                 row["commit"] = commit = checked.commit  # what show, status and verify go by
             if checked.epoch is not None and checked.epoch != epoch:  # an export's mtimes come from it
-                if epoch is not None:
-                    ctx.reporter.warn(
+                if epoch != 0:  # 0: no claim (an archive without graven's header), as for verify
+                    contradicted.append(
                         f"{path.name} claims commit time {epoch}, its signed provenance names "
                         f"{checked.epoch}: the signed one is recorded"
                     )
                 row["source_date_epoch"] = epoch = checked.epoch
             signed_name = checked.name if checked.name is not None and _valid_name(checked.name) else None
             if name is None and signed_name is not None and signed_name != artifact_name:
-                ctx.reporter.warn(
-                    f"{path.name} claims the name {_shown(artifact_name)}, its signed provenance names "
-                    f"{_shown(signed_name)}: the signed one is recorded (--name chooses another)"
-                )
+                if claimed_name is not None:  # else the name came from the file's: no claim
+                    contradicted.append(
+                        f"{path.name} claims the name {_shown(artifact_name)}, its signed provenance "
+                        f"names {_shown(signed_name)}: the signed one is recorded (--name chooses another)"
+                    )
                 row["name"] = artifact_name = signed_name
             signed_pipeline = dict(checked.named).get(PIPELINE_NAME)
             if (
@@ -310,7 +315,7 @@ def import_archive(
                 and pipeline_digest is not None
                 and signed_pipeline != pipeline_digest
             ):
-                ctx.reporter.warn(
+                contradicted.append(
                     f"{path.name} holds a graven.toml that is not the one its signed provenance names "
                     f"({signed_pipeline[:19]}): deploy reads the signed one, which this archive does not "
                     "carry"
@@ -322,10 +327,10 @@ def import_archive(
                 "until this home trusts its signer (graven keys trust KEY.pub)"
             )
     with ctx.db.begin() as conn:
+        select = 'SELECT name, "commit" FROM artifacts WHERE digest = :digest'
+        known = conn.execute(select, {"digest": str(manifest.digest)}).one_or_none()
         insert_ignore(conn, "artifacts", [row])
-        stored = conn.execute(
-            'SELECT name, "commit" FROM artifacts WHERE digest = :digest', {"digest": str(manifest.digest)}
-        ).one()
+        stored = known or conn.execute(select, {"digest": str(manifest.digest)}).one()
         if stored.name != artifact_name:  # recorded before (a build, an import): its first name stays
             if name is not None:  # asked for by --name: say that it is not taken
                 ctx.reporter.warn(
@@ -345,6 +350,8 @@ def import_archive(
                 reason=f"from {path.name}{provenance}",
             ),
         )
+    for warning in contradicted if known is None else ():
+        ctx.reporter.warn(warning)
     return ImportResult(
         digest=str(manifest.digest),
         name=artifact_name,
