@@ -222,6 +222,14 @@ _MIGRATION_8 = (
     "CREATE INDEX IF NOT EXISTS ix_deployments_env_digest ON deployments (env, digest)",
 )
 
+_MIGRATION_9 = (
+    # the newest N of a listing (`graven artifacts -n N`, `graven history ENV -n N`) read in index
+    # order, N rows and no sort of the whole table: artifacts had no index on their time at all, and
+    # PostgreSQL's index on deployments (env) does not hold the id (SQLite's holds the rowid, which id is)
+    "CREATE INDEX IF NOT EXISTS ix_artifacts_created_at ON artifacts (created_at, digest)",
+    "CREATE INDEX IF NOT EXISTS ix_deployments_env_id ON deployments (env, id)",
+)
+
 # One entry per schema version; never edit a released one, append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_1,
@@ -232,6 +240,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_6,
     _MIGRATION_7,
     _MIGRATION_8,
+    _MIGRATION_9,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

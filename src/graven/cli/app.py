@@ -44,7 +44,9 @@ __all__ = [
     "UsageError",
     "add_command",
     "add_group",
+    "add_limit",
     "build_parser",
+    "limit_count",
     "port_number",
     "run",
 ]
@@ -237,6 +239,33 @@ def port_number(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not in the range 0-65535")
     return port
+
+
+_MAX_LIMIT = 2**63 - 1  # graven.service.context.MAX_LIMIT (not imported here: start-up)
+
+
+def limit_count(value: str) -> int:
+    """An argparse type: how many of the newest rows to show, a positive integer in ASCII digits
+    (no sign, ``_``, spaces or other scripts' digits, which ``int()`` would take)."""
+    if not (value.isascii() and value.isdigit()) or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer (1, 2, 3, ...)")
+    count = int(value)
+    if count > _MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is larger than the largest limit {_MAX_LIMIT}")
+    return count
+
+
+def add_limit(parser: ArgParser, help_text: str, *, dest: str = "limit") -> None:
+    """Add ``-n N`` / ``--limit N``: only the newest N rows of a listing (a usage error, exit 2,
+    unless N is a positive integer)."""
+    parser.add_argument(
+        "-n",
+        "--limit",
+        dest=dest,
+        type=limit_count,
+        metavar="N",
+        help=help_text,
+    )
 
 
 def build_parser(command: str | None) -> ArgParser:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from graven.cli.app import ArgParser, UsageError, add_command
+from graven.cli.app import ArgParser, UsageError, add_command, add_limit
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size, print_table, printable
 
@@ -23,6 +23,7 @@ __all__ = ["register"]
 def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     """Add ``artifacts``, ``show``, ``verify``, ``export`` and ``import``."""
     artifacts = add_command(commands, "artifacts", artifacts_cmd)
+    add_limit(artifacts, "Only the newest N artifacts.")
     artifacts.add_argument("--json", dest="as_json", action="store_true", help="Print the list as JSON.")
 
     show = add_command(commands, "show", show_cmd)
@@ -83,6 +84,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
 def artifacts_cmd(args: argparse.Namespace) -> int:
     """List stored artifacts, newest first."""
+    limit: int | None = args.limit
     as_json: bool = args.as_json
     from graven.home import Home
 
@@ -96,7 +98,7 @@ def artifacts_cmd(args: argparse.Namespace) -> int:
     from graven.service.artifacts import list_artifacts
     from graven.service.context import Context
 
-    records = list_artifacts(_closing(Context(home=home)))
+    records = list_artifacts(_closing(Context(home=home)), limit=limit)
     if as_json:
         emit_json([r.to_json() for r in records])
         return 0

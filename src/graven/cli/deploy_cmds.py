@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from graven.cli.app import ArgParser, add_command
+from graven.cli.app import ArgParser, add_command, add_limit
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size, print_table, printable
 
@@ -80,6 +80,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
     history = add_command(commands, "history", history_cmd)
     history.add_argument("env", help="The environment whose history is shown.")
+    add_limit(history, "Only the newest N rows, still oldest first (as tail).")
     history.add_argument("--json", dest="as_json", action="store_true", help="Print the history as JSON.")
 
 
@@ -431,11 +432,12 @@ def status_cmd(args: argparse.Namespace) -> int:
 def history_cmd(args: argparse.Namespace) -> int:
     """Every deploy, promote and rollback of ENV, with reason and result."""
     env: str = args.env
+    limit: int | None = args.limit
     as_json: bool = args.as_json
     from graven.service import environments as svc
     from graven.service.context import Context
 
-    rows = svc.history(_closing(Context.from_env()), env)
+    rows = svc.history(_closing(Context.from_env()), env, limit=limit)
     if as_json:
         emit_json(rows)
         return 0

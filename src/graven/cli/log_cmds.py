@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from graven.cli.app import ArgParser, UsageError, add_command, add_group
+from graven.cli.app import ArgParser, UsageError, add_command, add_group, add_limit
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, emit_json_list, print_rows, printable
 from graven.errors import InputError, NotFoundError
@@ -30,6 +30,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         "--artifact", dest="log_artifact", help="Only entries about this artifact (digest or unique prefix)."
     )
     log.add_argument("--since", dest="log_since", help="Only entries at or after this time (ISO 8601, UTC).")
+    add_limit(log, "Only the newest N matching entries, still oldest first (as tail).", dest="log_limit")
     log.add_argument("--json", dest="log_json", action="store_true", help="Print the entries as JSON.")
 
     verify = add_command(sub, "verify", verify_cmd)
@@ -68,7 +69,12 @@ def _timeline_options_unused(args: argparse.Namespace) -> None:
     """Refuse the timeline's options before a subcommand: they would be dropped without a word."""
     given = [
         option
-        for option, dest in (("--env", "log_env"), ("--artifact", "log_artifact"), ("--since", "log_since"))
+        for option, dest in (
+            ("--env", "log_env"),
+            ("--artifact", "log_artifact"),
+            ("--since", "log_since"),
+            ("--limit", "log_limit"),
+        )
         if getattr(args, dest, None) is not None
     ] + (["--json"] if getattr(args, "log_json", False) else [])
     if given:
@@ -101,6 +107,7 @@ def log_cmd(args: argparse.Namespace) -> int:
     env: str | None = args.log_env
     artifact: str | None = args.log_artifact
     since: str | None = args.log_since
+    limit: int | None = args.log_limit
     as_json: bool = args.log_json
     if env is not None:
         from graven.deploy.settings import check_env_name
@@ -115,8 +122,10 @@ def log_cmd(args: argparse.Namespace) -> int:
     entries: Iterator[LogEntry] = iter(())
     if ctx.home.has_database():
         digest = str(resolve_digest(ctx, artifact)) if artifact else None
-        entries = (e for e, _ in ctx.audit.entries(env=env, artifact=digest, since=_since(since)))
-    # one entry at a time: a log of 100,000 entries is never held whole
+        entries = (
+            e for e, _ in ctx.audit.entries(env=env, artifact=digest, since=_since(since), limit=limit)
+        )
+    # one entry at a time: a log of 100,000 entries is never held whole (with --limit, only N are read)
     first = next(entries, None)
     if first is None:
         ctx.audit.check_not_lost()  # a lost log is not "no matching entries"

@@ -11,7 +11,7 @@ from graven.db import Row
 from graven.errors import AmbiguousError, GravenError, IntegrityError, NotFoundError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
-from graven.service.context import Context
+from graven.service.context import Context, check_limit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -156,17 +156,23 @@ def _record(row: Row) -> ArtifactRecord:
     return ArtifactRecord(**row._asdict())
 
 
-def list_artifacts(ctx: Context) -> list[ArtifactRecord]:
-    """Every artifact, newest first. An empty home has none and creates nothing."""
+def list_artifacts(ctx: Context, *, limit: int | None = None) -> list[ArtifactRecord]:
+    """Every artifact, newest first (artifacts recorded at the same time: by digest, descending);
+    with ``limit``, only the newest ``limit`` of them (``LIMIT`` in the query, read through the
+    index on ``created_at``: the work grows with ``limit``, not with the table). An empty home has
+    none and creates nothing."""
+    check_limit(limit)
     if not ctx.home.has_database():
         return []
+    query = """SELECT digest, name, "commit", repository, revision, pipeline_digest, source_date_epoch,
+        file_count, total_size, origin, created_at
+        FROM artifacts ORDER BY created_at DESC, digest DESC"""
+    params: dict[str, Any] = {}
+    if limit is not None:
+        query += " LIMIT :limit"
+        params["limit"] = limit
     with ctx.db.connect() as conn:
-        rows = conn.execute(
-            """SELECT digest, name, "commit", repository, revision, pipeline_digest, source_date_epoch,
-                file_count, total_size, origin, created_at
-            FROM artifacts ORDER BY created_at DESC"""
-        )
-        return [_record(row) for row in rows]
+        return [_record(row) for row in conn.execute(query, params)]
 
 
 def get_artifact(ctx: Context, digest: Digest) -> ArtifactRecord:

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from graven.db import Connection, Row
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
 from graven.home import make_home_dir
 from graven.model.logentry import LogEntry, LogEvent
-from graven.service.context import Context, utc_now
+from graven.service.context import Context, check_limit, utc_now
 from graven.signing.keys import (
     SigningKey,
     generate_key,
@@ -578,10 +578,18 @@ class AuditLog:
         artifact: str | None = None,
         since: str | None = None,
         since_index: int | None = None,
+        limit: int | None = None,
     ) -> Iterator[tuple[LogEntry, str]]:
-        """Entries (with their leaf hash, hex) in index order, filtered; none when nothing was logged."""
+        """Entries (with their leaf hash, hex) in index order, filtered; none when nothing was logged.
+
+        With ``limit``, only the newest ``limit`` entries that pass the filters, still in index order
+        (as ``tail`` would): the database is asked for them newest first with ``LIMIT``, so the work
+        grows with ``limit``, not with the log. Each entry is parsed and checked to be canonical, as
+        without a limit; neither reads the rest of the log (``verify`` checks the whole tree).
+        """
         if since_index is not None and not 0 <= since_index <= MAX_TREE_SIZE:
             raise InputError(f"a log index must be in 0..{MAX_TREE_SIZE}, got {since_index}")
+        check_limit(limit)
         if not self._ctx.home.has_database():
             return
         where: list[str] = []
@@ -601,9 +609,15 @@ class AuditLog:
         query = "SELECT entry, leaf_hash FROM log_entries"
         if where:
             query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY idx"
+        if limit is None:
+            query += " ORDER BY idx"
+        else:
+            query += " ORDER BY idx DESC LIMIT :limit"
+            params["limit"] = limit
         with self._ctx.db.connect() as conn:
-            for row in conn.execute(query, params):
+            result = conn.execute(query, params)
+            rows: Iterable[Row] = result if limit is None else reversed(result.all())
+            for row in rows:
                 yield LogEntry.from_bytes(str(row.entry).encode()), str(row.leaf_hash)
 
     def _leaf_hashes(self, conn: Connection, size: int) -> list[bytes]:

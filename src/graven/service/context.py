@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from graven.core.record import Record
+from graven.errors import InputError
 from graven.home import Home, check_home, make_home
 
 if TYPE_CHECKING:
@@ -16,9 +17,21 @@ if TYPE_CHECKING:
     from graven.store.local import LocalStore
     from graven.store.manifest_cache import ManifestCache
 
-__all__ = ["BYTES", "Context", "NullReporter", "Reporter", "utc_now"]
+__all__ = ["BYTES", "MAX_LIMIT", "Context", "NullReporter", "Reporter", "check_limit", "utc_now"]
 
 BYTES = " (bytes)"  # the end of a progress stage counted in bytes
+MAX_LIMIT = 2**63 - 1  # the largest LIMIT both databases take (a signed 64-bit integer)
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a ``limit`` (how many of the newest rows a listing shows) that is not a positive
+    integer a database can take: an InputError (exit 2). None means no limit."""
+    if limit is None:
+        return
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise InputError(f"the limit must be a positive integer, not {limit!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InputError(f"the limit must be a positive integer (1 to {MAX_LIMIT}), not {limit}")
 
 
 def utc_now() -> str:

@@ -15,7 +15,7 @@ from graven.deploy.settings import check_env_name
 from graven.errors import BackendError, InputError, NeverDeployedError, PolicyError
 from graven.model.logentry import LogEvent
 from graven.service.artifacts import resolve_digest
-from graven.service.context import Context, utc_now
+from graven.service.context import Context, check_limit, utc_now
 
 __all__ = [
     "HEALTHY",
@@ -543,21 +543,30 @@ def status(ctx: Context) -> list[EnvStatus]:
     return result
 
 
-def history(ctx: Context, env: str) -> list[dict[str, Any]]:
-    """Every deploy, promote and rollback of ``env``, oldest first."""
+def history(ctx: Context, env: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every deploy, promote and rollback of ``env``, oldest first; with ``limit``, only the newest
+    ``limit`` of them, still oldest first (as ``tail`` would): the database is asked for them newest
+    first with ``LIMIT`` (through the index on ``(env, id)``), so the work grows with ``limit``, not
+    with the history."""
     check_env_name(env)
+    check_limit(limit)
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
+    query = (
+        "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
+        " result, health, override, reason, detail, settings FROM deployments WHERE env = :env"
+    )
+    params: dict[str, Any] = {"env": env}
+    if limit is None:
+        query += " ORDER BY id"
+    else:
+        query += " ORDER BY id DESC LIMIT :limit"
+        params["limit"] = limit
     with ctx.db.connect() as conn:
         known = conn.execute("SELECT name FROM deploy_envs WHERE name = :env", {"env": env}).first()
-        rows = list(
-            conn.execute(
-                "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
-                " result, health, override, reason, detail, settings FROM deployments"
-                " WHERE env = :env ORDER BY id",
-                {"env": env},
-            )
-        )
+        rows = conn.execute(query, params).all()
+    if limit is not None:
+        rows.reverse()
     if known is None and not rows:
         raise NeverDeployedError(env)
     out: list[dict[str, Any]] = []
