@@ -584,8 +584,8 @@ class AuditLog:
 
         With ``limit``, only the newest ``limit`` entries that pass the filters, still in index order
         (as ``tail`` would): the database is asked for them newest first with ``LIMIT``, so the work
-        grows with ``limit``, not with the log. Each entry is parsed and checked to be canonical, as
-        without a limit; neither reads the rest of the log (``verify`` checks the whole tree).
+        grows with ``limit``, not with the log. Each entry given is parsed and checked to be canonical,
+        as without a limit; with or without one, the tree is not recomputed here (:meth:`verify` does).
         """
         if since_index is not None and not 0 <= since_index <= MAX_TREE_SIZE:
             raise InputError(f"a log index must be in 0..{MAX_TREE_SIZE}, got {since_index}")
