@@ -228,6 +228,12 @@ _MIGRATION_9 = (
     # PostgreSQL's index on deployments (env) does not hold the id (SQLite's holds the rowid, which id is)
     "CREATE INDEX IF NOT EXISTS ix_artifacts_created_at ON artifacts (created_at, digest)",
     "CREATE INDEX IF NOT EXISTS ix_deployments_env_id ON deployments (env, id)",
+    # and `graven log --env E -n N` / `--artifact D -n N`: idx is no rowid alias (BIGINT), so the
+    # indexes on (env) and (artifact) alone left every match to be sorted; these replace them
+    "CREATE INDEX IF NOT EXISTS ix_log_entries_env_idx ON log_entries (env, idx)",
+    "CREATE INDEX IF NOT EXISTS ix_log_entries_artifact_idx ON log_entries (artifact, idx)",
+    "DROP INDEX IF EXISTS ix_log_entries_env",
+    "DROP INDEX IF EXISTS ix_log_entries_artifact",
 )
 
 # One entry per schema version; never edit a released one, append a new one.

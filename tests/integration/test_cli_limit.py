@@ -20,7 +20,7 @@ from graven.service import audit as audit_module
 from graven.service.context import Context
 
 Run = Callable[..., tuple[int, str, str]]
-LOG_SIZE = 40  # entries 0..39; entry i is about env{i % 3}, at second i of the day
+LOG_SIZE = 40  # entries 0..39; entry i is about env{i % 3} and artifact i % 4, at second i of the day
 HISTORY_SIZE = 15  # deployments of staging (and as many of prod in between)
 ARTIFACT_COUNT = 12
 
@@ -46,7 +46,9 @@ def _fill(monkeypatch: pytest.MonkeyPatch) -> None:
         patch.setattr(audit_module, "utc_now", lambda: _time(next(times)))
         with Context(home=Home.from_env()) as ctx:
             for i in range(LOG_SIZE):
-                ctx.audit.record(LogEvent("deploy", env=f"env{i % 3}", reason=f"r{i}"))
+                ctx.audit.record(
+                    LogEvent("deploy", env=f"env{i % 3}", artifact=_digest(i % 4), reason=f"r{i}")
+                )
     with Context(home=Home.from_env()) as ctx, ctx.db.begin() as conn:
         conn.execute(
             """INSERT INTO deployments (env, digest, kind, actor, started_at, finished_at, result,
@@ -287,6 +289,8 @@ def _listing(statements: list[_Statement], table: str) -> _Statement:
     [
         (["log"], "log_entries", LOG_SIZE),
         (["log", "--since", "2026-11-27T08:00:01Z"], "log_entries", LOG_SIZE - 1),
+        (["log", "--env", "env1"], "log_entries", 13),
+        (["log", "--artifact", f"sha256:{1:064x}"], "log_entries", 10),
         (["history", "staging"], "deployments", HISTORY_SIZE),
         (["artifacts"], "artifacts", ARTIFACT_COUNT),
     ],
@@ -296,7 +300,7 @@ def test_the_query_reads_only_n_rows_in_index_order(  # noqa: PLR0917 - fixtures
 ) -> None:
     """With -n 3 the listing's one statement ends in ``ORDER BY ... LIMIT :limit`` and gives 3 rows,
     where without it gives every row; and SQLite reads the newest rows in index order (no sort of
-    the whole table, ``USE TEMP B-TREE FOR ORDER BY``) for the unfiltered listings."""
+    all the matches, ``USE TEMP B-TREE FOR ORDER BY``), unfiltered or by environment or artifact."""
     code, _, err = run_cli(*args, "--json")
     assert code == 0, err
     assert _listing(statements, table).rows == total
