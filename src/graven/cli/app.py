@@ -64,6 +64,7 @@ COMMAND_MODULES: dict[str, str] = {
     "keys": "keys_cmds",
     "attest": "keys_cmds",
     "log": "log_cmds",
+    "db": "db_cmds",
     "deploy": "deploy_cmds",
     "promote": "deploy_cmds",
     "rollback": "deploy_cmds",

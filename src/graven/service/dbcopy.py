@@ -1,0 +1,187 @@
+"""``graven db copy URL``: this home's metadata database copied whole into an empty one, so that a home
+that began on SQLite can move to PostgreSQL (or back, or to another file) without losing its history.
+
+The copy is one transaction on each side: the source is read under its writers' lock (``BEGIN
+IMMEDIATE`` on SQLite, the advisory lock every graven writer takes on PostgreSQL), so it is one
+consistent state and no graven writes to it meanwhile; the destination is written in one transaction,
+so a copy that fails or is killed leaves it empty. Rows are copied as they are (ids included), and then
+the destination's audit log is verified as ``graven log verify`` does. Nothing is written to the source.
+
+The destination is only as new as the moment of the copy: when the source changes afterwards (a deploy
+still using the old URL), the home's high-water mark (``log/in-use``) moves past the copy, and every
+write and ``graven log verify`` refuse the copy as a rolled-back database. Stop deployers first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from graven.core.record import Frozen
+from graven.db import MIGRATIONS, Connection, Database, redacted_url, sqlite_path
+from graven.errors import InputError, VerificationError
+from graven.service.context import Context
+
+__all__ = ["CopyReport", "copy_database", "schema_columns"]
+
+_BATCH = 1000  # rows per INSERT statement (executemany)
+_CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\)\Z", re.DOTALL)
+_COLUMN = re.compile(r'\s*"?(\w+)"? (\S+)')
+_ADD = re.compile(r'ALTER TABLE (\w+) ADD COLUMN "?(\w+)"? (\S+)')
+
+
+def schema_columns() -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """From the schema's statements (:data:`graven.db.MIGRATIONS`): the BOOLEAN columns of each table
+    (SQLite keeps them as 0 and 1, which PostgreSQL refuses for a boolean) and each table's serial key
+    (its sequence must follow the copied ids on PostgreSQL)."""
+    booleans: dict[str, list[str]] = {}
+    serials: dict[str, str] = {}
+    for statement in (s for migration in MIGRATIONS for s in migration):
+        if created := _CREATE.match(statement):
+            table = created.group(1)
+            for line in created.group(2).split(",\n"):
+                column = _COLUMN.match(line)
+                if column is None or column.group(1) in ("PRIMARY", "UNIQUE"):
+                    continue
+                name, kind = column.groups()
+                if kind == "BOOLEAN":
+                    booleans.setdefault(table, []).append(name)
+                elif kind == "{serial}":
+                    serials[table] = name
+        elif (added := _ADD.match(statement)) and added.group(3) == "BOOLEAN":
+            booleans.setdefault(added.group(1), []).append(added.group(2))
+    return {t: tuple(c) for t, c in booleans.items()}, serials
+
+
+class CopyReport(Frozen):
+    """What a copy did."""
+
+    __slots__ = ("log_root", "log_size", "rows", "target")
+    _fields = ("target", "rows", "log_size", "log_root")
+    target: str  # the destination, without secrets
+    rows: dict[str, int]  # rows copied, by table
+    log_size: int  # entries of the audit log, verified at the destination
+    log_root: str  # its root (hex), as the latest signed checkpoint says
+
+    def __init__(self, target: str, rows: dict[str, int], log_size: int, log_root: str) -> None:
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "log_size", log_size)
+        object.__setattr__(self, "log_root", log_root)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "target": self.target,
+            "rows": dict(self.rows),
+            "total_rows": sum(self.rows.values()),
+            "log_size": self.log_size,
+            "log_root": self.log_root,
+        }
+
+
+def _same_file(a: str, b: str) -> bool:
+    if not (a.startswith("sqlite") and b.startswith("sqlite")):
+        return False
+    try:
+        return os.path.samefile(sqlite_path(a), sqlite_path(b))
+    except OSError:
+        return False
+
+
+def _rows(table: str) -> str:
+    """The rows of ``table`` a copy takes: all but the schema version (the destination has its own)."""
+    if table == "graven_meta":
+        return """FROM graven_meta WHERE "key" <> 'schema_version'"""
+    return f"FROM {table}"
+
+
+def _count(conn: Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT COUNT(*) {_rows(table)}").scalar_one())
+
+
+def copy_database(ctx: Context, url: str) -> CopyReport:
+    """Copy every row of this home's database into the empty graven database at ``url`` (created there
+    when the database holds no tables), then verify the copy's audit log. Raises InputError for a
+    destination that is this database or holds rows already, VerificationError when the copy's log
+    does not verify (nothing of the source is changed either way)."""
+    source_url = ctx.home.db_url
+    target = redacted_url(url)
+    if url == source_url or _same_file(url, source_url):
+        raise InputError(f"{target} is this home's database already; name another one to copy it into")
+    if not ctx.home.has_database():
+        raise InputError(
+            f"this home has no database yet ({ctx.home.db_path}): there is nothing to copy; set "
+            "GRAVEN_DB_URL to the new database and start there"
+        )
+    source = ctx.db  # opened (and brought to this graven's schema) first: a broken source fails here
+    destination = Database.open(url)
+    booleans, serials = schema_columns()
+    rows: dict[str, int] = {}
+    try:
+        with source.begin() as src, destination.begin() as dst:
+            tables = sorted(source.table_names())  # graven_meta too: the log's origin is there
+            missing = set(tables) - destination.table_names()
+            if missing:  # a schema both graven versions agree on holds the same tables
+                names = ", ".join(sorted(missing))
+                raise InputError(f"{target} lacks the tables {names}: it is not graven's")
+            held = {t: n for t in tables if (n := _count(dst, t))}
+            if held:
+                what = ", ".join(f"{n} in {t}" for t, n in sorted(held.items()))
+                raise InputError(
+                    f"{target} holds rows already ({what}); copy into an empty database (drop and create "
+                    "it again, or name a new one)"
+                )
+            total, done, report = sum(_count(src, t) for t in tables), 0, ctx.reporter.progress
+            for table in tables:
+                flags = booleans.get(table, ()) if dst.dialect == "postgresql" else ()
+                result = src.stream(f"SELECT * {_rows(table)}")
+                batch: list[dict[str, Any]] = []
+                copied = 0
+                for row in result:
+                    record = row._asdict()
+                    for column in flags:
+                        if record[column] is not None:
+                            record[column] = bool(record[column])
+                    batch.append(record)
+                    if len(batch) == _BATCH:
+                        copied += _insert(dst, table, batch)
+                        batch = []
+                        report("copying rows", done + copied, total)
+                if batch:
+                    copied += _insert(dst, table, batch)
+                done += copied
+                rows[table] = copied
+                report("copying rows", done, total)
+                serial = serials.get(table)
+                if serial is not None and dst.dialect == "postgresql":
+                    dst.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', '{serial}'), "  # noqa: S608
+                        f"(SELECT COALESCE(MAX({serial}), 0) + 1 FROM {table}), false)"
+                    )
+    finally:
+        destination.close()
+    return _verified(ctx, url, target, rows)
+
+
+def _insert(conn: Connection, table: str, batch: list[dict[str, Any]]) -> int:
+    columns = list(batch[0])
+    names = ", ".join(f'"{c}"' for c in columns)
+    values = ", ".join(f":{c}" for c in columns)
+    conn.execute(f"INSERT INTO {table} ({names}) VALUES ({values})", batch)  # noqa: S608 (our names)
+    return len(batch)
+
+
+def _verified(ctx: Context, url: str, target: str, rows: dict[str, int]) -> CopyReport:
+    """Verify the copy's audit log from this home, as ``graven log verify`` with the new URL would."""
+    from graven.home import Home
+
+    with Context(home=Home(root=ctx.home.root, db_url_override=url), reporter=ctx.reporter) as copy:
+        report = copy.audit.verify()
+    if report.problems:
+        raise VerificationError(
+            f"the copy in {target} was written, but its audit log does not verify: {report.problems[0]}; "
+            "do not use it (drop it and copy again)"
+        )
+    return CopyReport(target=target, rows=rows, log_size=report.size, log_root=report.root or "")

@@ -1,0 +1,196 @@
+"""``graven db copy URL``: a home's database, history and audit log included, copied into an empty one
+(SQLite to PostgreSQL, or to another SQLite file), after which the home goes on from the copy."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graven.db import Database
+from graven.home import Home
+from graven.service import dbcopy
+from graven.service.context import Context
+from helpers_deploy import World, make_world, tree_problems
+from helpers_repo import run_cli
+
+Capsys = pytest.CaptureFixture[str]
+
+
+def _history(world: World, capsys: Capsys) -> dict[str, Any]:
+    """What the commands that read the database say about the home."""
+    seen: dict[str, Any] = {}
+    for args in (["status"], ["history", "staging"], ["history", "prod"], ["artifacts"], ["log"]):
+        code, out, err = run_cli(capsys, *args, "--json")
+        assert code == 0, err
+        seen[" ".join(args)] = json.loads(out)
+    return seen
+
+
+def _lived(world: World, capsys: Capsys) -> tuple[str, str]:
+    """A home with history: v1 deployed, promoted to prod, v2 deployed and rolled back (held)."""
+    v1 = world.build()
+    v2 = world.version(2)
+    assert run_cli(capsys, "deploy", v1, "staging")[0] == 0
+    assert run_cli(capsys, "promote", "staging", "prod")[0] == 0
+    assert run_cli(capsys, "deploy", v2, "staging")[0] == 0
+    assert run_cli(capsys, "rollback", "staging", "--reason", "copy test")[0] == 0
+    assert run_cli(capsys, "reject", v2, "--reason", "bad")[0] == 0
+    return v1, v2
+
+
+def test_schema_columns_are_read_from_the_schema() -> None:
+    booleans, serials = dbcopy.schema_columns()
+    assert booleans == {"deploy_envs": ("held",), "deployments": ("override",)}
+    assert serials == {"builds": "id", "attestations": "id", "deployments": "id", "drift_events": "id"}
+
+
+def test_a_copy_to_another_sqlite_file_carries_the_home_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    world = make_world(tmp_path, monkeypatch)
+    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
+    try:
+        v1, v2 = _lived(world, capsys)
+        before = _history(world, capsys)
+        url = f"sqlite:///{tmp_path / 'copy.db'}"
+        code, out, err = run_cli(capsys, "db", "copy", url, "--json")
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["log_size"] == len(before["log"]) and report["rows"]["deployments"] == 4
+        monkeypatch.setenv("GRAVEN_DB_URL", url)
+        assert _history(world, capsys) == before
+        assert run_cli(capsys, "log", "verify")[0] == 0
+        code, _, err = run_cli(capsys, "deploy", v2, "staging")  # still rejected and held
+        assert code == 1 and "rejected" in err, err
+        assert run_cli(capsys, "unhold", "staging", "--reason", "go on")[0] == 0
+        v3 = world.version(3)
+        code, _, err = run_cli(capsys, "deploy", v3, "staging")  # the witness knows this log
+        assert code == 0, err
+        assert tree_problems(world.root / "staging" / "current", world.manifest(v3)) == []
+        assert run_cli(capsys, "log", "verify")[0] == 0
+        assert v1 in json.dumps(_history(world, capsys)["history prod"])
+    finally:
+        world.close()
+
+
+def test_a_copy_into_a_database_with_rows_or_into_itself_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "empty-home"))
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{tmp_path / 'x.db'}")
+    assert code == 2 and "has no database yet" in err, err
+    assert not (tmp_path / "empty-home").exists() and not (tmp_path / "x.db").exists()
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        world.build()
+        code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{world.home / 'graven.db'}")
+        assert code == 2 and "is this home's database already" in err, err
+        other = tmp_path / "other.db"
+        assert run_cli(capsys, "db", "copy", f"sqlite:///{other}")[0] == 0
+        code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{other}")
+        assert code == 2 and "holds rows already" in err and "in artifacts" in err, err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        world.close()
+
+
+def test_a_copy_that_fails_midway_leaves_the_destination_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        world.build()
+        calls = 0
+        real = dbcopy._insert
+
+        def failing(conn: Any, table: str, batch: list[dict[str, Any]]) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise OSError(28, "No space left on device")
+            return real(conn, table, batch)
+
+        monkeypatch.setattr(dbcopy, "_insert", failing)
+        target = tmp_path / "copy.db"
+        with pytest.raises(OSError), Context(home=Home.from_env()) as ctx:
+            dbcopy.copy_database(ctx, f"sqlite:///{target}")
+        assert calls == 3
+        with sqlite3.connect(target) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            assert "artifacts" in tables
+            assert all(
+                db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0
+                for t in tables
+                if t != "graven_meta"
+            )
+        monkeypatch.setattr(dbcopy, "_insert", real)
+        assert run_cli(capsys, "db", "copy", f"sqlite:///{target}")[0] == 0  # empty: a retry goes through
+    finally:
+        world.close()
+
+
+def test_a_source_written_after_the_copy_makes_the_copy_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    """The copy is as new as the moment it was made: a deploy that still used the old database moved
+    the home's high-water mark past it, and the copy is then a rolled-back database."""
+    world = make_world(tmp_path, monkeypatch)
+    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
+    try:
+        v1 = world.build()
+        url = f"sqlite:///{tmp_path / 'copy.db'}"
+        assert run_cli(capsys, "db", "copy", url)[0] == 0
+        assert run_cli(capsys, "deploy", v1, "staging")[0] == 0  # on the old database
+        monkeypatch.setenv("GRAVEN_DB_URL", url)
+        code, _, err = run_cli(capsys, "log", "verify")
+        assert code == 1, err
+        code, _, err = run_cli(capsys, "deploy", v1, "prod")
+        assert code != 0 and "roll" in err, err
+    finally:
+        world.close()
+
+
+@pytest.mark.services
+def test_a_copy_into_postgres_carries_the_home_on(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    """SQLite to PostgreSQL: booleans (held, override) and the serial ids' sequences follow."""
+    import psycopg
+
+    server = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS graven_copy")
+        admin.execute("CREATE DATABASE graven_copy")
+    url = postgres_url.rsplit("/", 1)[0] + "/graven_copy"
+    world = make_world(tmp_path, monkeypatch)
+    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
+    try:
+        _, v2 = _lived(world, capsys)
+        before = _history(world, capsys)
+        code, out, err = run_cli(capsys, "db", "copy", url)
+        assert code == 0, err
+        assert out.strip() == url  # no password to hide here
+        monkeypatch.setenv("GRAVEN_DB_URL", url)
+        assert _history(world, capsys) == before
+        assert run_cli(capsys, "unhold", "staging", "--reason", "go on")[0] == 0
+        v3 = world.version(3)
+        code, _, err = run_cli(capsys, "deploy", v3, "staging")
+        assert code == 0, err
+        rows = json.loads(run_cli(capsys, "history", "staging", "--json")[1])
+        assert [r["digest"] for r in rows][-1] == v3 and rows[-1]["id"] > max(r["id"] for r in rows[:-1])
+        assert run_cli(capsys, "log", "verify")[0] == 0
+        database = Database.open(url)
+        try:
+            with database.connect() as conn:
+                held = conn.execute("SELECT held FROM deploy_envs WHERE name = 'prod'").scalar_one()
+            assert held is False
+        finally:
+            database.close()
+        code, _, err = run_cli(capsys, "deploy", v2, "staging")
+        assert code == 1 and "rejected" in err
+    finally:
+        world.close()
