@@ -9,7 +9,12 @@ graven_checks_total{env,result}                  checks by result: clean | drift
 from __future__ import annotations
 
 import contextlib
+import io
+import re
+import socket
 import threading
+import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,7 +22,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from graven.errors import InputError
 
-__all__ = ["CONTENT_TYPE", "DriftMetrics"]
+__all__ = ["CONNECTION_TIMEOUT", "CONTENT_TYPE", "MAX_CONNECTIONS", "MAX_REQUEST_BYTES", "DriftMetrics"]
+
+# What one client of the metrics server may hold: a scrape sends a request of a few hundred bytes at
+# once and reads a few KiB back. A client that connects and sends nothing (or a byte at a time) is
+# closed after CONNECTION_TIMEOUT seconds, whatever it sent; one more than MAX_CONNECTIONS at once is
+# closed at once, so idle clients cost a bounded number of threads and descriptors.
+CONNECTION_TIMEOUT = 5.0  # seconds for the whole request (line and headers), and again for the answer
+MAX_REQUEST_BYTES = 16 * 1024  # the request line and headers (else 431)
+MAX_CONNECTIONS = 32
 
 # The header of what render() writes: the text format 0.0.4, the one every Prometheus (and Go's
 # expfmt) reads. Not prometheus_client's CONTENT_TYPE_LATEST: in newer releases (0.26 here) that
@@ -51,7 +64,7 @@ class DriftMetrics:
             "graven_checks", "Drift checks by result", ["env", "result"], registry=self.registry
         )
         self._releases: dict[str, tuple[str, str]] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def observe(
@@ -88,11 +101,33 @@ class DriftMetrics:
         """The text exposition format."""
         return generate_latest(self.registry)
 
-    def serve(self, port: int) -> int:
-        """Serve ``/metrics`` on 127.0.0.1:``port`` (0: any free port); the port."""
+    def serve(self, port: int, *, timeout: float | None = None) -> int:
+        """Serve ``/metrics`` on 127.0.0.1:``port`` (0: any free port); the port. ``timeout``: the
+        seconds a client has to send its request, and again to take the answer (default
+        :data:`CONNECTION_TIMEOUT`)."""
         metrics = self
+        seconds = CONNECTION_TIMEOUT if timeout is None else timeout
 
         class _Handler(BaseHTTPRequestHandler):
+            # StreamRequestHandler.setup gives the socket this timeout: it bounds every write
+            # (sendall: the whole answer), and _read_head bounds the request as a whole
+            timeout = seconds
+
+            def handle(self) -> None:
+                # one request per connection (HTTP/1.0), its head read here under one deadline and
+                # size bound, then parsed from memory: the parser never waits on the socket
+                try:
+                    head = _read_head(self.connection, seconds, MAX_REQUEST_BYTES)
+                except _TooLargeError:
+                    self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
+                    self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+                    return
+                if head is None:  # nothing (complete) in time, or the client went away
+                    return
+                self.rfile.close()  # the socket's reader (an open one would keep the descriptor)
+                self.rfile = io.BytesIO(head)
+                self.handle_one_request()
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404)
@@ -108,12 +143,11 @@ class DriftMetrics:
                 return
 
         try:
-            server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+            server = _Server(("127.0.0.1", port), _Handler)
         except OSError as exc:
             raise InputError(
                 f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
             ) from None
-        server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, args=(0.1,), name="graven-metrics", daemon=True
@@ -122,11 +156,83 @@ class DriftMetrics:
         return int(server.server_address[1])
 
     def close(self) -> None:
-        """Stop serving."""
+        """Stop serving: no new connection is taken, and the open ones are closed now (an idle client
+        never holds up the watcher's stop)."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.close_connections()
             self._server.server_close()
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class _TooLargeError(Exception):
+    """A request whose line and headers exceed :data:`MAX_REQUEST_BYTES`."""
+
+
+_END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
+
+
+def _read_head(sock: socket.socket, timeout: float, limit: int) -> bytes | None:
+    """The request line and headers (through the blank line) read from ``sock`` within ``timeout``
+    seconds in all (not per read: a client sending a byte at a time gets no longer); what came when the
+    client closed its side; None when nothing came, or not all of it in time. _TooLargeError past ``limit``
+    bytes."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        end = _END_OF_HEAD.search(data)
+        if end is not None:
+            return data[: end.end()]
+        if len(data) > limit:
+            raise _TooLargeError
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            sock.settimeout(remaining)
+            chunk = sock.recv(limit + 1 - len(data))
+        except OSError:  # TimeoutError too: nothing is answered
+            return None
+        if not chunk:
+            return data or None
+        data += chunk
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most :data:`MAX_CONNECTIONS` at once (one more is closed at
+    once); the server never waits for them to end (daemon threads, each bounded by its timeout), and
+    :meth:`close_connections` ends the open ones."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._open_lock:
+            if len(self._open) >= MAX_CONNECTIONS:
+                return False  # BaseServer closes it
+            self._open.add(request)
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut down every open connection: its handler sees the end of it and returns."""
+        with self._open_lock:
+            connections = list(self._open)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that went away mid-answer: nothing to report (the default prints a traceback)

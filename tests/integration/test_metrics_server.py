@@ -1,0 +1,231 @@
+"""The metrics server of `graven watch` against clients that misbehave: one that connects and sends
+nothing, one that sends a byte at a time, one that sends too much, too many at once. None of them
+keeps a scrape from being answered, holds a connection past the timeout, or holds up the stop."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_drift_watch import Watcher, wait_for
+
+from graven.drift import metrics as metrics_module
+from graven.drift.metrics import MAX_REQUEST_BYTES, DriftMetrics
+from graven.drift.watch import WatchOptions
+from helpers_deploy import World, make_world
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()
+
+
+@contextlib.contextmanager
+def serving(timeout: float) -> Iterator[tuple[DriftMetrics, int]]:
+    metrics = DriftMetrics()
+    metrics.observe("staging", digest=DIGEST, commit="c0ffee", paths=2, timestamp=1700000000.0)
+    port = metrics.serve(0, timeout=timeout)
+    try:
+        yield metrics, port
+    finally:
+        metrics.close()
+
+
+@contextlib.contextmanager
+def connected(port: int, count: int = 1) -> Iterator[list[socket.socket]]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def scrape(port: int, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics, read by prometheus_client's own parser (valid text format, or it raises)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def closed_by_server(sock: socket.socket, within: float) -> float | None:
+    """Seconds until the server closed ``sock`` (end of file or a reset); None if still open after
+    ``within``. Whatever it sent before is discarded."""
+    started = time.monotonic()
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return None
+    except OSError:  # reset
+        pass
+    return time.monotonic() - started
+
+
+def test_an_idle_client_neither_holds_up_a_scrape_nor_stays_connected() -> None:
+    with serving(timeout=0.5) as (_, port), connected(port) as (idle,):
+        started = time.monotonic()
+        samples = scrape(port)  # while the idle connection is open
+        assert time.monotonic() - started < 1.0
+        assert samples[("graven_drift_paths", (("env", "staging"),))] == 2
+        assert samples[("graven_checks_total", (("env", "staging"), ("result", "drift")))] == 1
+        info = ("graven_release_info", (("commit", "c0ffee"), ("digest", DIGEST), ("env", "staging")))
+        assert samples[info] == 1
+        # the server, not the client, ends the idle connection: after the timeout, not before
+        waited = closed_by_server(idle, within=5.0)
+        assert waited is not None, "the idle connection is still open"
+        assert time.monotonic() - started >= 0.4
+        assert scrape(port)  # and it still serves
+
+
+def test_a_request_sent_a_byte_at_a_time_gets_no_more_than_the_timeout() -> None:
+    """The timeout is for the whole request, not for each read: a client that keeps sending one byte
+    before each read would time out never holds the connection past it."""
+    request = b"GET /metrics HTTP/1.0\r\nUser-Agent: " + b"x" * 200 + b"\r\n\r\n"
+    with serving(timeout=0.5) as (_, port), connected(port) as (slow,):
+        started = time.monotonic()
+        answer = b""
+        closed = False
+        for byte in request:
+            try:
+                slow.send(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            readable, _, _ = select.select([slow], [], [], 0.05)
+            if readable:
+                try:
+                    chunk = slow.recv(4096)
+                except OSError:
+                    chunk = b""
+                answer += chunk
+                if not chunk:
+                    closed = True
+                    break
+        elapsed = time.monotonic() - started
+        assert closed, f"still connected after {elapsed:.1f}s"
+        assert elapsed < 3.0
+        assert not answer.startswith(b"HTTP/1.0 200"), answer[:60]
+
+
+def test_an_oversized_request_is_refused() -> None:
+    head = b"GET /metrics HTTP/1.0\r\nX-Pad: "
+    request = head + b"a" * (MAX_REQUEST_BYTES + 1 - len(head))  # one byte more than allowed, no end
+    with serving(timeout=5.0) as (_, port), connected(port) as (big,):
+        big.sendall(request)
+        big.settimeout(5)
+        answer = b""
+        while chunk := big.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.0 431 "), answer[:60]
+
+
+def test_a_scrape_request_with_bare_newlines_is_answered() -> None:
+    with serving(timeout=5.0) as (_, port), connected(port) as (client,):
+        client.sendall(b"GET /metrics HTTP/1.0\n\n")
+        client.settimeout(5)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 "), head
+    families = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert {"graven_drift_paths", "graven_checks", "graven_release_info"} <= families
+
+
+def test_connections_past_the_limit_are_closed_and_a_stop_closes_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics_module, "MAX_CONNECTIONS", 4)
+    metrics = DriftMetrics()
+    port = metrics.serve(0, timeout=60.0)  # idle clients could stay a minute
+    try:
+        with connected(port, 4) as idle:
+            time.sleep(0.3)  # taken by the server
+            with connected(port) as (extra,):
+                assert closed_by_server(extra, within=2.0) is not None  # one more than the limit
+            for sock in idle:
+                assert closed_by_server(sock, within=0.05) is None  # still open (60 s timeout)
+            started = time.monotonic()
+            metrics.close()
+            assert time.monotonic() - started < 2.0
+            for sock in idle:
+                assert closed_by_server(sock, within=2.0) is not None, "the stop left a client connected"
+    finally:
+        metrics.close()
+
+
+def test_only_127_0_0_1_is_listened_on() -> None:
+    with serving(timeout=5.0) as (_, port):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=2).close()
+        assert scrape(port)
+
+
+def test_watch_with_an_idle_metrics_client(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_watch's metrics server: an idle client gets closed, scrapes go on, and the watcher stops at
+    once although a client is connected."""
+    monkeypatch.setattr(metrics_module, "CONNECTION_TIMEOUT", 0.5)
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    watcher = Watcher(world, WatchOptions(interval=60, metrics_port=0, as_json=True, full_every=3600))
+    try:
+        port = watcher.ready["metrics_port"]
+        assert wait_for(lambda: watcher.checks() >= 1)
+        with connected(port) as (idle,), connected(port) as (idle_at_stop,):
+            samples = scrape(port)
+            assert samples[("graven_drift_paths", (("env", "staging"),))] == 0
+            assert closed_by_server(idle, within=5.0) is not None
+            monkeypatch.setattr(metrics_module, "CONNECTION_TIMEOUT", 60.0)
+            watcher.close(timeout=5.0)  # the client connected before the stop does not hold it up
+            assert closed_by_server(idle_at_stop, within=2.0) is not None
+    finally:
+        watcher.close()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_cli_watcher_stops_with_an_idle_metrics_client(world: World, stop: signal.Signals) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    env = {**os.environ, "GRAVEN_HOME": str(world.home)}
+    argv = [sys.executable, "-m", "graven", "watch", "--metrics-port", "0", "--json", "staging"]
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            port = json.loads(proc.stdout.readline())["port"]
+            with connected(port, 3):
+                scrape(port)  # answered (maybe before the first check: no sample yet)
+                proc.send_signal(stop)
+                started = time.monotonic()
+                assert proc.wait(timeout=15) == 0
+                assert time.monotonic() - started < 4.0  # less than a connection's timeout (5 s)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
