@@ -119,11 +119,13 @@ class DriftMetrics:
                 try:
                     head = _read_head(self.connection, seconds, MAX_REQUEST_BYTES)
                 except _TooLargeError:
+                    self.connection.settimeout(seconds)  # the answer's own time, not what was left
                     self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
                     self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
                     return
                 if head is None:  # nothing (complete) in time, or the client went away
                     return
+                self.connection.settimeout(seconds)  # the answer's own time, not what was left
                 self.rfile.close()  # the socket's reader (an open one would keep the descriptor)
                 self.rfile = io.BytesIO(head)
                 self.handle_one_request()
