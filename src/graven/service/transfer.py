@@ -245,7 +245,7 @@ def import_archive(
         claimed = _claimed_digest(path, claims)
         if claimed is not None and claimed != str(manifest.digest):
             raise DigestMismatchError(expected=claimed, actual=str(manifest.digest), what=f"archive {path}")
-        claimed_name = _claimed_name(path, claims)
+        claimed_name = None if name is not None else _claimed_name(path, claims)  # --name wins over it
         artifact_name = name or claimed_name or _name_from_file(path)
         commit = _claimed_commit(path, claims)
         epoch = _claimed_epoch(path, claims)
