@@ -267,6 +267,15 @@ def _trusting_home(graven_home: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("GRAVEN_HOME", str(other))
 
 
+def _without_header(archive: Path, plain: Path) -> Path:
+    """``archive`` as another tool's tar of the same files: without graven's global header."""
+    with tarfile.open(archive) as src, tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src.getmembers():  # tarfile copies the global header's records into each member
+            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k != "comment"}
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return plain
+
+
 def test_import_with_attestation_verifies_in_a_home_that_trusts_the_key(
     artifact: tuple[Path, str],
     graven_home: Path,
@@ -792,11 +801,7 @@ def test_an_archive_without_graven_s_header_verifies_once_its_signer_is_trusted(
     is only trusted after the import, verify must not take that 0 for a contradicted claim."""
     _, digest = artifact
     archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
-    plain = tmp_path / "plain.tar"
-    with tarfile.open(archive) as src, tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as dst:
-        for member in src.getmembers():  # tarfile copies the global header's records into each member
-            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k != "comment"}
-            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    plain = _without_header(archive, tmp_path / "plain.tar")
     assert b"graven.archive" not in plain.read_bytes()
     monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "empty-home"))  # trusts nobody yet
     code, out, err = run_cli("import", plain, "--attestation", envelope)
@@ -818,11 +823,7 @@ def test_an_archive_without_graven_s_header_imports_without_a_commit_time_warnin
     commit time 0" against its signed provenance."""
     _, digest = artifact
     archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
-    plain = tmp_path / "plain.tar"
-    with tarfile.open(archive) as src, tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as dst:
-        for member in src.getmembers():
-            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k != "comment"}
-            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    plain = _without_header(archive, tmp_path / "plain.tar")
     _trusting_home(graven_home, tmp_path, monkeypatch)
     code, out, err = run_cli("import", plain, "--attestation", envelope)
     assert code == 0 and out.splitlines()[-1] == digest, err
