@@ -23,6 +23,7 @@ __all__ = [
     "check_unique_nfc",
     "decode_path",
     "display_path",
+    "folded_collisions",
     "implied_dirs",
     "json_text",
     "link_stays_inside",
@@ -215,6 +216,31 @@ def check_unique_nfc(paths: Iterable[str], dirs: Collection[str] | None = None) 
         other = first.setdefault(nfc, name)
         if other != name:
             raise UnsafeInputError(_collision(shown(name), shown(other), name, other))
+
+
+def _folded(name: str) -> str:
+    """A name as a case-insensitive file system compares it: Unicode NFD, then case folded (what ext4
+    and f2fs do in a ``casefold`` directory; vfat, exFAT, NTFS and APFS fold at least ASCII case)."""
+    if name.isascii():
+        return name.lower()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def folded_collisions(paths: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of distinct paths (or directories they imply) that a case-insensitive file system takes for
+    one name: ``README`` and ``readme``, ``App/x`` and ``app/y`` (the directories ``App`` and ``app``).
+    Each pair once, the first of each folded name with a later one, in the order met. Such an artifact
+    is valid (git and Linux keep both), but cannot be written into a directory that folds case."""
+    paths = paths if isinstance(paths, list) else list(paths)
+    every = list(implied_dirs(paths))
+    every.extend(paths)
+    first: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    for name in every:
+        other = first.setdefault(_folded(name), name)
+        if other != name:
+            pairs.append((other, name))
+    return pairs
 
 
 def _collision(path: str, other: str, raw: str | None = None, raw_other: str | None = None) -> str:

@@ -29,11 +29,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from graven.core.paths import display_path, folded_collisions
 from graven.core.record import Frozen, Record
 from graven.deploy.attributes import attribute_problem
 from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
-from graven.errors import BackendError, IntegrityError
+from graven.errors import BackendError, InputError, IntegrityError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 from graven.runtime import can_fork, no_gc
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
@@ -921,6 +922,13 @@ def build_release(
                 table.record_values(builder.records)
                 raise
         except OSError as exc:
+            if exc.errno == errno.EEXIST and (folded := _folded_pair(manifest, dest)) is not None:
+                raise InputError(
+                    f"cannot write the release {dest}: {display_path(folded[0])} and "
+                    f"{display_path(folded[1])} are one name there (its file system folds case: a "
+                    "casefold directory, vfat, exFAT); deploy this artifact to a case-sensitive "
+                    "directory, or rename one of them in the commit"
+                ) from None
             where = f" ({exc.filename})" if exc.filename else ""
             raise BackendError(f"cannot write the release {dest}: {exc.strerror}{where}") from None
         finally:
@@ -932,6 +940,27 @@ def build_release(
     stats.symlinks = sum(len(links) for links in tree.links.values())
     stats.dirs = len(tree.dirs) + 1
     return stats
+
+
+def _folded_pair(manifest: TreeManifest, dest: Path) -> tuple[str, str] | None:
+    """After a name already existed while ``dest`` was written: two paths of ``manifest`` that differ
+    only in case (:func:`folded_collisions`) and that the file system of ``dest`` took for one: both
+    names lead to something there, and not both are listed (a FUSE file system may even give each
+    spelling an inode number of its own); None when no such pair is found."""
+
+    def listed(path: str) -> bool:
+        parent, _, name = path.rpartition("/")
+        return name in os.listdir(f"{dest}/{parent}" if parent else dest)
+
+    for first, second in folded_collisions([entry.path for entry in manifest.entries]):
+        try:
+            os.lstat(f"{dest}/{first}")
+            os.lstat(f"{dest}/{second}")
+            if not (listed(first) and listed(second)):
+                return first, second
+        except OSError:
+            continue
+    return None
 
 
 class ReleaseCheck(Record):
