@@ -13,6 +13,7 @@ the audit log) and deploy_plan (``--plan``).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -237,6 +238,10 @@ def _run_deployment(
         check_location(ctx, conn, settings)
         check_path(load_state(conn, env), settings)
     check_links(layout)  # here too: a refusal leaves the directory as it was (again under the lock)
+    if not os.path.lexists(layout.meta):  # graven has made nothing here yet: can the file system hold it?
+        from graven.deploy.fscheck import check_release_support
+
+        check_release_support(layout.root)
     lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
     lock.acquire(wait=opts.wait)
     with lock:
@@ -415,32 +420,34 @@ def _run_deployment(
         if isinstance(stopped, KeyboardInterrupt):
             raise stopped
         rolled_back_to = restored.rolled_back_to
+        described = _failure_text(failure, layout)
+        fix = "deploy again" if "mounted noexec" in described else "fix the artifact and deploy again"
         if rolled_back_to and restored.health == "failed":
             message = (
-                f"{what} of {short(digest)} in {env} failed ({failure.describe()}); switched back to "
+                f"{what} of {short(digest)} in {env} failed ({described}); switched back to "
                 f"{short(rolled_back_to)}, which failed its checks too ({restored.detail}): {env} is "
                 "unhealthy whatever is deployed; fix the environment, then deploy again"
             )
         elif rolled_back_to:
             message = (
-                f"{what} of {short(digest)} in {env} failed ({failure.describe()}); switched back to "
-                f"{short(rolled_back_to)}; fix the artifact and deploy again"
+                f"{what} of {short(digest)} in {env} failed ({described}); switched back to "
+                f"{short(rolled_back_to)}; {fix}"
             )
         elif kind == "rollback":
             after = "" if what == "the rollback" else " after the rollback"
             message = (
-                f"{what} of {short(digest)} in {env} failed{after} ({failure.describe()}); it "
+                f"{what} of {short(digest)} in {env} failed{after} ({described}); it "
                 f"stays live and held; roll back --to another digest, or fix and `graven unhold {env}`"
             )
         elif previous == digest:
             message = (
-                f"{what} of {short(digest)} in {env} failed ({failure.describe()}); it was already live, so "
+                f"{what} of {short(digest)} in {env} failed ({described}); it was already live, so "
                 "there is nothing to switch back to"
             )
         else:
             message = (
-                f"{what} of {short(digest)} in {env} failed ({failure.describe()}); nothing was live before, "
-                f"so {env} now has no live release; fix the artifact and deploy again"
+                f"{what} of {short(digest)} in {env} failed ({described}); nothing was live before, "
+                f"so {env} now has no live release; {fix}"
             )
         return DeployResult(
             ok=False,
@@ -637,6 +644,21 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
     ran_with = None if pipeline is None else (pipeline, f"when it was live in {env}")
     target = verify_target(ctx, digest, env, opts, ran_with=ran_with)
     return _run_deployment(ctx, target, opts, kind="rollback", recheck=unchanged)
+
+
+def _failure_text(failure: HookResult, layout: EnvLayout) -> str:
+    """What a failed hook did; with a hint when it could not run a file because the environment lies
+    on a file system mounted noexec (exit 126, "Permission denied": not the artifact's fault)."""
+    text = failure.describe()
+    if failure.returncode == 126:
+        from graven.deploy.fscheck import mounted_noexec
+
+        if mounted_noexec(layout.root):
+            text += (
+                f"; {layout.root} is on a file system mounted noexec, where no file of a release can "
+                "run: remount it without noexec, or run the file through its interpreter"
+            )
+    return text
 
 
 def _ran_here_with(conn: Connection, env: str, digest: str) -> str | None:
