@@ -844,21 +844,40 @@ class _Builder:
 
     def link_duplicates(self, duplicates: Sequence[tuple[FileEntry, FileEntry]]) -> None:
         """Files whose content and mode repeat within the artifact are links to the first copy; the last
-        link to an inode gives its record."""
+        link to an inode gives its record. An inode at the file system's limit of links (65,000 on
+        ext4: an artifact with that many empty files, or fewer in each of the releases that share the
+        inode) takes no more: the next duplicate is written from the store, and the ones after it
+        are links to that copy."""
         root = self.root
         per_first: dict[str, list[FileEntry]] = {}
         for entry, first in duplicates:
             per_first.setdefault(first.path, []).append(entry)
         records = self.records
+        linked = 0
         for first_path, entries in per_first.items():
             source = f"{root}/{first_path}"
+            last: str | None = None  # the newest link to ``source``: its stat is the inode's record
             for entry in entries:
                 dst = f"{root}/{entry.path}"
-                os.link(source, dst)
+                try:
+                    os.link(source, dst)
+                except OSError as exc:
+                    if exc.errno != errno.EMLINK:
+                        raise
+                    if last is not None:
+                        records.append(_record(os.lstat(last), entry.sha256))
+                    st = _write_file(root, entry, None, self.store, fix_mode=self.fix_mode)
+                    records.append(_record(st, entry.sha256))
+                    self.stats.copied += 1
+                    self.stats.copied_bytes += entry.size
+                    source, last = dst, None
+                    continue
+                last = dst
+                linked += 1
                 self.stats.linked_bytes += entry.size
-            st = os.lstat(dst)
-            records.append(_record(st, entries[-1].sha256))
-        self.stats.linked += len(duplicates)
+            if last is not None:
+                records.append(_record(os.lstat(last), entries[-1].sha256))
+        self.stats.linked += linked
         self._tick(len(duplicates))
 
     def finish(self) -> None:
