@@ -421,7 +421,10 @@ def _run_deployment(
             raise stopped
         rolled_back_to = restored.rolled_back_to
         described = _failure_text(failure, layout)
-        fix = "deploy again" if "mounted noexec" in described else "fix the artifact and deploy again"
+        # a hook that failed may be the artifact's fault; a switch that failed (a full disk), a
+        # stop or a file system mounted noexec is not
+        artifact_hook = what in ("activate", "health check") and "mounted noexec" not in described
+        fix = "fix the artifact and deploy again" if artifact_hook else "deploy again once that is fixed"
         if rolled_back_to and restored.health == "failed":
             message = (
                 f"{what} of {short(digest)} in {env} failed ({described}); switched back to "
