@@ -181,7 +181,9 @@ class LocalStore:
             for sub in ("sha256", "pack", "tmp"):
                 make_dir(root / sub)
         except OSError as exc:
-            raise BackendError(f"cannot create the object store at {root}: {exc}") from exc
+            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
+            reason = exc.strerror or str(exc)
+            raise BackendError(f"cannot create the object store at {root}: {reason}{where}") from exc
         return cls(root)
 
     # -- lookup ----------------------------------------------------------------------------------

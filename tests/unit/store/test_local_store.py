@@ -408,3 +408,16 @@ def test_the_temp_files_of_a_writer_known_to_be_gone_are_cleaned_at_once(store: 
     no_proc.write_bytes(b"x")
     assert store.clean_tmp() == 1
     assert not gone.exists() and elsewhere.exists() and mine.exists() and no_proc.exists()
+
+
+def test_a_store_that_cannot_be_made_is_one_line_without_python_s_error_text(tmp_path: Path) -> None:
+    """A file system review saw "[Errno 28] No space left on device: '...'" in this message."""
+    from graven.errors import BackendError
+
+    (tmp_path / "home").write_text("a file where a directory goes")
+    root = tmp_path / "home" / "objects"
+    with pytest.raises(BackendError) as caught:
+        LocalStore.at(root)
+    message = caught.value.message
+    assert "[Errno" not in message and "\n" not in message, message
+    assert message.startswith(f"cannot create the object store at {root}: Not a directory"), message
