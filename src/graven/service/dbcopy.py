@@ -4,8 +4,10 @@ that began on SQLite can move to PostgreSQL (or back, or to another file) withou
 The copy is one transaction on each side: the source is read under its writers' lock (``BEGIN
 IMMEDIATE`` on SQLite, the advisory lock every graven writer takes on PostgreSQL), so it is one
 consistent state and no graven writes to it meanwhile; the destination is written in one transaction,
-so a copy that fails or is killed leaves it empty. Rows are copied as they are (ids included), and then
-the destination's audit log is verified as ``graven log verify`` does. Nothing is written to the source.
+so a copy that fails or is killed leaves it empty. Only graven's tables are copied, rows as they are
+(ids included); on PostgreSQL the serial sequences follow and the tables are analyzed. The source's
+audit log is verified first (a damaged or rolled-back one is refused before anything is written), and
+the destination's after the copy, as ``graven log verify`` does. Nothing is written to the source.
 
 The destination is only as new as the moment of the copy: when the source changes afterwards (a deploy
 still using the old URL), the home's high-water mark (``log/in-use``) moves past the copy, and every
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from graven.core.record import Frozen
@@ -23,7 +26,7 @@ from graven.db import MIGRATIONS, Connection, Database, redacted_url, sqlite_pat
 from graven.errors import InputError, VerificationError
 from graven.service.context import Context
 
-__all__ = ["CopyReport", "copy_database", "schema_columns"]
+__all__ = ["CopyReport", "copy_database", "schema_columns", "schema_tables"]
 
 _BATCH = 1000  # rows per INSERT statement (executemany)
 _CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\)\Z", re.DOTALL)
@@ -52,6 +55,17 @@ def schema_columns() -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
         elif (added := _ADD.match(statement)) and added.group(3) == "BOOLEAN":
             booleans.setdefault(added.group(1), []).append(added.group(2))
     return {t: tuple(c) for t, c in booleans.items()}, serials
+
+
+def schema_tables() -> tuple[str, ...]:
+    """The tables of graven's schema (:data:`graven.db.MIGRATIONS`, and ``graven_meta``), sorted: what
+    a copy takes. Other tables in the source (``sqlite_stat1`` after an ``ANALYZE``, an application's
+    own in a shared PostgreSQL database) are none of graven's business."""
+    names = {"graven_meta"}
+    for statement in (s for migration in MIGRATIONS for s in migration):
+        if created := _CREATE.match(statement):
+            names.add(created.group(1))
+    return tuple(sorted(names))
 
 
 class CopyReport(Frozen):
@@ -104,8 +118,9 @@ def _count(conn: Connection, table: str) -> int:
 def copy_database(ctx: Context, url: str) -> CopyReport:
     """Copy every row of this home's database into the empty graven database at ``url`` (created there
     when the database holds no tables), then verify the copy's audit log. Raises InputError for a
-    destination that is this database or holds rows already, VerificationError when the copy's log
-    does not verify (nothing of the source is changed either way)."""
+    destination that is this database (under any name) or holds rows already, VerificationError when
+    this home's log does not verify (before anything is copied) or the copy's does not (nothing of the
+    source is changed either way)."""
     source_url = ctx.home.db_url
     target = redacted_url(url)
     if url == source_url or _same_file(url, source_url):
@@ -120,49 +135,109 @@ def copy_database(ctx: Context, url: str) -> CopyReport:
     booleans, serials = schema_columns()
     rows: dict[str, int] = {}
     try:
-        with source.begin() as src, destination.begin() as dst:
-            tables = sorted(source.table_names())  # graven_meta too: the log's origin is there
-            missing = set(tables) - destination.table_names()
-            if missing:  # a schema both graven versions agree on holds the same tables
-                names = ", ".join(sorted(missing))
-                raise InputError(f"{target} lacks the tables {names}: it is not graven's")
-            held = {t: n for t in tables if (n := _count(dst, t))}
-            if held:
-                what = ", ".join(f"{n} in {t}" for t, n in sorted(held.items()))
-                raise InputError(
-                    f"{target} holds rows already ({what}); copy into an empty database (drop and create "
-                    "it again, or name a new one)"
-                )
-            total, done, report = sum(_count(src, t) for t in tables), 0, ctx.reporter.progress
-            for table in tables:
-                flags = booleans.get(table, ()) if dst.dialect == "postgresql" else ()
-                result = src.stream(f"SELECT * {_rows(table)}")
-                batch: list[dict[str, Any]] = []
-                copied = 0
-                for row in result:
-                    record = row._asdict()
-                    for column in flags:
-                        if record[column] is not None:
-                            record[column] = bool(record[column])
-                    batch.append(record)
-                    if len(batch) == _BATCH:
-                        copied += _insert(dst, table, batch)
-                        batch = []
-                        report("copying rows", done + copied, total)
-                if batch:
-                    copied += _insert(dst, table, batch)
-                done += copied
-                rows[table] = copied
-                report("copying rows", done, total)
-                serial = serials.get(table)
-                if serial is not None and dst.dialect == "postgresql":
-                    dst.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', '{serial}'), "  # noqa: S608
-                        f"(SELECT COALESCE(MAX({serial}), 0) + 1 FROM {table}), false)"
+        _check_source(ctx)
+        with source.begin() as src:
+            if src.dialect == "postgresql" and destination.dialect == "postgresql":
+                _refuse_same_database(src, destination, target)
+            with destination.begin() as dst:
+                tables = schema_tables()  # graven_meta too: the log's origin is there
+                missing = set(tables) - destination.table_names()
+                if missing:  # pragma: no cover - Database.open made them; a safeguard
+                    names = ", ".join(sorted(missing))
+                    raise InputError(f"{target} lacks the tables {names}: it is not graven's")
+                held = {t: n for t in tables if (n := _count(dst, t))}
+                if held:
+                    what = ", ".join(f"{n} in {t}" for t, n in sorted(held.items()))
+                    raise InputError(
+                        f"{target} holds rows already ({what}); copy into an empty database (drop and "
+                        "create it again, or name a new one)"
                     )
+                total, done, report = sum(_count(src, t) for t in tables), 0, ctx.reporter.progress
+                for table in tables:
+                    flags = booleans.get(table, ()) if dst.dialect == "postgresql" else ()
+                    copied = _copy_table(src, dst, table, flags, progress=report, of=(done, total))
+                    done += copied
+                    rows[table] = copied
+                    report("copying rows", done, total)
+                    if dst.dialect == "postgresql":
+                        _follow(dst, table, serials.get(table))
     finally:
         destination.close()
     return _verified(ctx, url, target, rows)
+
+
+def _follow(dst: Connection, table: str, serial: str | None) -> None:
+    """On PostgreSQL, after the rows of ``table``: its serial key's sequence goes on after the copied
+    ids, and its statistics are taken (ANALYZE counts the rows of its own transaction). Without them
+    the planner knows nothing of the new rows, or believes what autovacuum saw of an earlier copy that
+    failed (no rows in many pages): the verification below, and every ``graven log verify`` until
+    autovacuum came by, then joined the log's entries to its checkpoints by a nested loop, minutes for
+    50,000 entries."""
+    if serial is not None:
+        dst.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', '{serial}'), "  # noqa: S608
+            f"(SELECT COALESCE(MAX({serial}), 0) + 1 FROM {table}), false)"
+        )
+    dst.execute(f"ANALYZE {table}")
+
+
+def _copy_table(
+    src: Connection,
+    dst: Connection,
+    table: str,
+    flags: tuple[str, ...],
+    *,
+    progress: Callable[[str, int, int | None], None],
+    of: tuple[int, int],
+) -> int:
+    """Copy the rows of ``table`` in batches (``flags``: its BOOLEAN columns, for PostgreSQL), reporting
+    ``progress`` after ``of`` (rows copied before, in all); how many."""
+    done, total = of
+    batch: list[dict[str, Any]] = []
+    copied = 0
+    for row in src.stream(f"SELECT * {_rows(table)}"):
+        record = row._asdict()
+        for column in flags:
+            if record[column] is not None:
+                record[column] = bool(record[column])
+        batch.append(record)
+        if len(batch) == _BATCH:
+            copied += _insert(dst, table, batch)
+            batch = []
+            progress("copying rows", done + copied, total)
+    if batch:
+        copied += _insert(dst, table, batch)
+    return copied
+
+
+def _check_source(ctx: Context) -> None:
+    """Refuse, before anything is written, a source whose audit log does not verify (damaged, or rolled
+    back behind this home's high-water mark): its copy would not verify either, and copying again
+    would not help."""
+    problems = ctx.audit.verify().problems
+    if problems:
+        raise VerificationError(
+            f"this home's audit log does not verify ({problems[0]}); nothing was copied (a copy would not "
+            "verify either): `graven log verify` lists what is wrong"
+        )
+
+
+def _refuse_same_database(src: Connection, destination: Database, target: str) -> None:
+    """Refuse a destination that is the source's PostgreSQL database under another URL (localhost for
+    127.0.0.1, another port forwarded to the server, another schema of it): the copy would wait for
+    the writers' lock its own source holds, and then fail as if another graven were writing."""
+    pid, started = src.execute("SELECT pg_backend_pid(), pg_postmaster_start_time()::text").one()
+    with destination.connect() as dst:
+        same = dst.execute(
+            """SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND datname = current_database()
+            AND pg_postmaster_start_time()::text = :started""",
+            {"pid": pid, "started": started},
+        ).first()
+    if same is not None:
+        raise InputError(
+            f"{target} is this home's database already (the PostgreSQL database of GRAVEN_DB_URL, named "
+            "another way); name another database to copy it into"
+        )
 
 
 def _insert(conn: Connection, table: str, batch: list[dict[str, Any]]) -> int:
