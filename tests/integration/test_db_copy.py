@@ -204,6 +204,7 @@ def test_a_source_written_after_the_copy_makes_the_copy_refused(
         assert code == 1, err
         code, _, err = run_cli(capsys, "deploy", v1, "prod")
         assert code != 0 and "roll" in err, err
+        assert "graven db copy" in err and "copy again" in err, err  # what happened, and what to do
     finally:
         world.close()
 

@@ -311,9 +311,10 @@ class AuditLog:
             return None
         return IntegrityError(
             f"the audit log has {size} entries, but this home committed {mark}: the database "
-            f"({self._ctx.home.db_shown}) was rolled back (an older backup?) and the newer entries are "
-            f"gone; restore the newest backup, or, to go on from this one on purpose, empty "
-            f"{self.in_use_path}"
+            f"({self._ctx.home.db_shown}) was rolled back (an older backup, or a `graven db copy` of a "
+            f"database written since) and the newer entries are not in it; restore the newest backup "
+            f"or copy again (from the database written since, into an empty one), or, to go on from "
+            f"this one on purpose, empty {self.in_use_path}"
         )
 
     def _existing_key_file(self) -> Path | None:
