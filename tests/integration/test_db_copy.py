@@ -307,3 +307,12 @@ def test_a_copy_into_postgres_leaves_the_planner_statistics_of_its_rows(
             database.close()
     finally:
         world.close()
+
+
+def test_the_help_of_db_says_what_copy_does_in_a_whole_sentence(capsys: Capsys) -> None:
+    """The listing showed the first line of a docstring cut mid-sentence: '... into an empty one (to
+    move to'."""
+    code, out, _ = run_cli(capsys, "db", "--help")
+    assert code == 0
+    listed = " ".join(out.split("copy", 1)[1].split())
+    assert listed.endswith("into an empty one."), out

@@ -25,8 +25,11 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
 
 def copy_cmd(args: argparse.Namespace) -> int:
-    """Copy this home's database, history and audit log included, into an empty one (to move to
-    PostgreSQL); then set GRAVEN_DB_URL to it."""
+    """Copy this home's database, history and audit log included, into an empty one.
+
+    To move a home to PostgreSQL (or to another SQLite file): stop deployers and `graven watch`, copy,
+    then set GRAVEN_DB_URL to the URL. A source whose audit log does not verify is refused before
+    anything is written; a failed copy leaves the destination empty."""
     url: str = args.url
     as_json: bool = args.as_json
     from graven.service.context import Context
