@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,15 @@ def _lived(world: World, capsys: Capsys) -> tuple[str, str]:
     return v1, v2
 
 
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A repository, a home and a deploy root (helpers_deploy), closed after the test."""
+    made = make_world(tmp_path, monkeypatch)
+    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(made.root))
+    yield made
+    made.close()
+
+
 def test_schema_columns_are_read_from_the_schema() -> None:
     booleans, serials = dbcopy.schema_columns()
     assert booleans == {"deploy_envs": ("held",), "deployments": ("override",)}
@@ -55,163 +65,135 @@ def test_schema_tables_are_graven_s_own() -> None:
 
 
 def test_tables_of_the_source_that_are_not_graven_s_are_left_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, tmp_path: Path, capsys: Capsys
 ) -> None:
     """``sqlite_stat1`` (an operator's ANALYZE) or an application's table beside graven's: the copy
     refused before, blaming the destination ("lacks the tables sqlite_stat1: it is not graven's")."""
-    world = make_world(tmp_path, monkeypatch)
-    try:
-        world.build()
-        with sqlite3.connect(world.home / "graven.db") as db:
-            db.execute("CREATE TABLE notes (x INTEGER)")
-            db.execute("ANALYZE")
-        url = f"sqlite:///{tmp_path / 'copy.db'}"
-        code, out, err = run_cli(capsys, "db", "copy", url, "--json")
-        assert code == 0, err
-        assert set(json.loads(out)["rows"]) == set(dbcopy.schema_tables())
-    finally:
-        world.close()
+    world.build()
+    with sqlite3.connect(world.home / "graven.db") as db:
+        db.execute("CREATE TABLE notes (x INTEGER)")
+        db.execute("ANALYZE")
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    code, out, err = run_cli(capsys, "db", "copy", url, "--json")
+    assert code == 0, err
+    assert set(json.loads(out)["rows"]) == set(dbcopy.schema_tables())
 
 
 def test_a_source_whose_log_does_not_verify_is_refused_before_anything_is_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, tmp_path: Path, capsys: Capsys
 ) -> None:
     """A copy of a rolled-back or damaged database cannot verify: it was written whole, then called
     unusable with "drop it and copy again", which could never help."""
-    world = make_world(tmp_path, monkeypatch)
-    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
-    try:
-        _lived(world, capsys)
-        mark = world.home / "log" / "in-use"
-        size, origin = mark.read_text().split()
-        mark.write_text(f"{int(size) + 3} {origin}\n")  # the database is behind the home: rolled back
-        target = tmp_path / "copy.db"
-        code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{target}")
-        assert code == 1 and "this home's audit log does not verify" in err and "rolled back" in err, err
-        assert "nothing was copied" in err and len(err.strip().splitlines()) == 1, err
-        with sqlite3.connect(target) as db:
-            assert db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0] == 0
-        mark.write_text(f"{size} {origin}\n")
-        with sqlite3.connect(world.home / "graven.db") as db:
-            db.execute("UPDATE log_entries SET entry = replace(entry, 'copy test', 'edited') WHERE 1")
-        code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{target}")
-        assert code == 1 and "was changed" in err and "nothing was copied" in err, err
-        with sqlite3.connect(target) as db:
-            assert db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0] == 0
-    finally:
-        world.close()
+    _lived(world, capsys)
+    mark = world.home / "log" / "in-use"
+    size, origin = mark.read_text().split()
+    mark.write_text(f"{int(size) + 3} {origin}\n")  # the database is behind the home: rolled back
+    target = tmp_path / "copy.db"
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{target}")
+    assert code == 1 and "this home's audit log does not verify" in err and "rolled back" in err, err
+    assert "nothing was copied" in err and len(err.strip().splitlines()) == 1, err
+    with sqlite3.connect(target) as db:
+        assert db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0] == 0
+    mark.write_text(f"{size} {origin}\n")
+    with sqlite3.connect(world.home / "graven.db") as db:
+        db.execute("UPDATE log_entries SET entry = replace(entry, 'copy test', 'edited') WHERE 1")
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{target}")
+    assert code == 1 and "was changed" in err and "nothing was copied" in err, err
+    with sqlite3.connect(target) as db:
+        assert db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0] == 0
 
 
 def test_a_copy_to_another_sqlite_file_carries_the_home_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
 ) -> None:
-    world = make_world(tmp_path, monkeypatch)
-    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
-    try:
-        v1, v2 = _lived(world, capsys)
-        before = _history(world, capsys)
-        url = f"sqlite:///{tmp_path / 'copy.db'}"
-        code, out, err = run_cli(capsys, "db", "copy", url, "--json")
-        assert code == 0, err
-        report = json.loads(out)
-        assert report["log_size"] == len(before["log"]) and report["rows"]["deployments"] == 4
-        monkeypatch.setenv("GRAVEN_DB_URL", url)
-        assert _history(world, capsys) == before
-        assert run_cli(capsys, "log", "verify")[0] == 0
-        code, _, err = run_cli(capsys, "deploy", v2, "staging")  # still rejected and held
-        assert code == 1 and "rejected" in err, err
-        assert run_cli(capsys, "unhold", "staging", "--reason", "go on")[0] == 0
-        v3 = world.version(3)
-        code, _, err = run_cli(capsys, "deploy", v3, "staging")  # the witness knows this log
-        assert code == 0, err
-        assert tree_problems(world.root / "staging" / "current", world.manifest(v3)) == []
-        assert run_cli(capsys, "log", "verify")[0] == 0
-        assert v1 in json.dumps(_history(world, capsys)["history prod"])
-    finally:
-        world.close()
+    v1, v2 = _lived(world, capsys)
+    before = _history(world, capsys)
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    code, out, err = run_cli(capsys, "db", "copy", url, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["log_size"] == len(before["log"]) and report["rows"]["deployments"] == 4
+    monkeypatch.setenv("GRAVEN_DB_URL", url)
+    assert _history(world, capsys) == before
+    assert run_cli(capsys, "log", "verify")[0] == 0
+    code, _, err = run_cli(capsys, "deploy", v2, "staging")  # still rejected and held
+    assert code == 1 and "rejected" in err, err
+    assert run_cli(capsys, "unhold", "staging", "--reason", "go on")[0] == 0
+    v3 = world.version(3)
+    code, _, err = run_cli(capsys, "deploy", v3, "staging")  # the witness knows this log
+    assert code == 0, err
+    assert tree_problems(world.root / "staging" / "current", world.manifest(v3)) == []
+    assert run_cli(capsys, "log", "verify")[0] == 0
+    assert v1 in json.dumps(_history(world, capsys)["history prod"])
 
 
 def test_a_copy_into_a_database_with_rows_or_into_itself_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
 ) -> None:
     monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "empty-home"))
     code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{tmp_path / 'x.db'}")
     assert code == 2 and "has no database yet" in err, err
     assert not (tmp_path / "empty-home").exists() and not (tmp_path / "x.db").exists()
-    world = make_world(tmp_path, monkeypatch)
-    try:
-        world.build()
-        code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{world.home / 'graven.db'}")
-        assert code == 2 and "is this home's database already" in err, err
-        other = tmp_path / "other.db"
-        assert run_cli(capsys, "db", "copy", f"sqlite:///{other}")[0] == 0
-        code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{other}")
-        assert code == 2 and "holds rows already" in err and "in artifacts" in err, err
-        assert len(err.strip().splitlines()) == 1
-    finally:
-        world.close()
+    monkeypatch.setenv("GRAVEN_HOME", str(world.home))
+    world.build()
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{world.home / 'graven.db'}")
+    assert code == 2 and "is this home's database already" in err, err
+    other = tmp_path / "other.db"
+    assert run_cli(capsys, "db", "copy", f"sqlite:///{other}")[0] == 0
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{other}")
+    assert code == 2 and "holds rows already" in err and "in artifacts" in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_copy_that_fails_midway_leaves_the_destination_empty(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
 ) -> None:
-    world = make_world(tmp_path, monkeypatch)
-    try:
-        world.build()
-        calls = 0
-        real = dbcopy._insert
+    world.build()
+    calls = 0
+    real = dbcopy._insert
 
-        def failing(conn: Any, table: str, batch: list[dict[str, Any]]) -> int:
-            nonlocal calls
-            calls += 1
-            if calls == 3:
-                raise OSError(28, "No space left on device")
-            return real(conn, table, batch)
+    def failing(conn: Any, table: str, batch: list[dict[str, Any]]) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(28, "No space left on device")
+        return real(conn, table, batch)
 
-        monkeypatch.setattr(dbcopy, "_insert", failing)
-        target = tmp_path / "copy.db"
-        with pytest.raises(OSError), Context(home=Home.from_env()) as ctx:
-            dbcopy.copy_database(ctx, f"sqlite:///{target}")
-        assert calls == 3
-        with sqlite3.connect(target) as db:
-            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            assert "artifacts" in tables
-            assert all(
-                db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0
-                for t in tables
-                if t != "graven_meta"
-            )
-        monkeypatch.setattr(dbcopy, "_insert", real)
-        assert run_cli(capsys, "db", "copy", f"sqlite:///{target}")[0] == 0  # empty: a retry goes through
-    finally:
-        world.close()
+    monkeypatch.setattr(dbcopy, "_insert", failing)
+    target = tmp_path / "copy.db"
+    with pytest.raises(OSError), Context(home=Home.from_env()) as ctx:
+        dbcopy.copy_database(ctx, f"sqlite:///{target}")
+    assert calls == 3
+    with sqlite3.connect(target) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert "artifacts" in tables
+        assert all(
+            db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0 for t in tables if t != "graven_meta"
+        )
+    monkeypatch.setattr(dbcopy, "_insert", real)
+    assert run_cli(capsys, "db", "copy", f"sqlite:///{target}")[0] == 0  # empty: a retry goes through
 
 
 def test_a_source_written_after_the_copy_makes_the_copy_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
 ) -> None:
     """The copy is as new as the moment it was made: a deploy that still used the old database moved
     the home's high-water mark past it, and the copy is then a rolled-back database."""
-    world = make_world(tmp_path, monkeypatch)
-    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
-    try:
-        v1 = world.build()
-        url = f"sqlite:///{tmp_path / 'copy.db'}"
-        assert run_cli(capsys, "db", "copy", url)[0] == 0
-        assert run_cli(capsys, "deploy", v1, "staging")[0] == 0  # on the old database
-        monkeypatch.setenv("GRAVEN_DB_URL", url)
-        code, _, err = run_cli(capsys, "log", "verify")
-        assert code == 1, err
-        code, _, err = run_cli(capsys, "deploy", v1, "prod")
-        assert code != 0 and "roll" in err, err
-        assert "graven db copy" in err and "copy again" in err, err  # what happened, and what to do
-    finally:
-        world.close()
+    v1 = world.build()
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    assert run_cli(capsys, "db", "copy", url)[0] == 0
+    assert run_cli(capsys, "deploy", v1, "staging")[0] == 0  # on the old database
+    monkeypatch.setenv("GRAVEN_DB_URL", url)
+    code, _, err = run_cli(capsys, "log", "verify")
+    assert code == 1, err
+    code, _, err = run_cli(capsys, "deploy", v1, "prod")
+    assert code != 0 and "roll" in err, err
+    assert "graven db copy" in err and "copy again" in err, err  # what happened, and what to do
 
 
 @pytest.mark.services
 def test_a_copy_into_postgres_carries_the_home_on(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
 ) -> None:
     """SQLite to PostgreSQL: booleans (held, override) and the serial ids' sequences follow."""
     import psycopg
@@ -221,34 +203,29 @@ def test_a_copy_into_postgres_carries_the_home_on(
         admin.execute("DROP DATABASE IF EXISTS graven_copy")
         admin.execute("CREATE DATABASE graven_copy")
     url = postgres_url.rsplit("/", 1)[0] + "/graven_copy"
-    world = make_world(tmp_path, monkeypatch)
-    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
+    _, v2 = _lived(world, capsys)
+    before = _history(world, capsys)
+    code, out, err = run_cli(capsys, "db", "copy", url)
+    assert code == 0, err
+    assert out.strip() == url  # no password to hide here
+    monkeypatch.setenv("GRAVEN_DB_URL", url)
+    assert _history(world, capsys) == before
+    assert run_cli(capsys, "unhold", "staging", "--reason", "go on")[0] == 0
+    v3 = world.version(3)
+    code, _, err = run_cli(capsys, "deploy", v3, "staging")
+    assert code == 0, err
+    rows = json.loads(run_cli(capsys, "history", "staging", "--json")[1])
+    assert [r["digest"] for r in rows][-1] == v3 and rows[-1]["id"] > max(r["id"] for r in rows[:-1])
+    assert run_cli(capsys, "log", "verify")[0] == 0
+    database = Database.open(url)
     try:
-        _, v2 = _lived(world, capsys)
-        before = _history(world, capsys)
-        code, out, err = run_cli(capsys, "db", "copy", url)
-        assert code == 0, err
-        assert out.strip() == url  # no password to hide here
-        monkeypatch.setenv("GRAVEN_DB_URL", url)
-        assert _history(world, capsys) == before
-        assert run_cli(capsys, "unhold", "staging", "--reason", "go on")[0] == 0
-        v3 = world.version(3)
-        code, _, err = run_cli(capsys, "deploy", v3, "staging")
-        assert code == 0, err
-        rows = json.loads(run_cli(capsys, "history", "staging", "--json")[1])
-        assert [r["digest"] for r in rows][-1] == v3 and rows[-1]["id"] > max(r["id"] for r in rows[:-1])
-        assert run_cli(capsys, "log", "verify")[0] == 0
-        database = Database.open(url)
-        try:
-            with database.connect() as conn:
-                held = conn.execute("SELECT held FROM deploy_envs WHERE name = 'prod'").scalar_one()
-            assert held is False
-        finally:
-            database.close()
-        code, _, err = run_cli(capsys, "deploy", v2, "staging")
-        assert code == 1 and "rejected" in err
+        with database.connect() as conn:
+            held = conn.execute("SELECT held FROM deploy_envs WHERE name = 'prod'").scalar_one()
+        assert held is False
     finally:
-        world.close()
+        database.close()
+    code, _, err = run_cli(capsys, "deploy", v2, "staging")
+    assert code == 1 and "rejected" in err
 
 
 def _new_database(postgres_url: str, name: str) -> str:
@@ -263,50 +240,39 @@ def _new_database(postgres_url: str, name: str) -> str:
 
 @pytest.mark.services
 def test_the_same_postgres_database_named_another_way_is_refused_at_once(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
 ) -> None:
     """localhost for 127.0.0.1: the copy waited 60 s for the writers' lock its own source held, then
     said another graven had been writing all that time."""
     import time
 
     url = _new_database(postgres_url, "graven_same")
-    world = make_world(tmp_path, monkeypatch)
     monkeypatch.setenv("GRAVEN_DB_URL", url)
-    try:
-        world.build()
-        start = time.monotonic()
-        code, _, err = run_cli(capsys, "db", "copy", url.replace("@127.0.0.1:", "@localhost:"))
-        assert code == 2 and "is this home's database already" in err, err
-        assert time.monotonic() - start < 20
-    finally:
-        world.close()
+    world.build()
+    start = time.monotonic()
+    code, _, err = run_cli(capsys, "db", "copy", url.replace("@127.0.0.1:", "@localhost:"))
+    assert code == 2 and "is this home's database already" in err, err
+    assert time.monotonic() - start < 20
 
 
 @pytest.mark.services
 def test_a_copy_into_postgres_leaves_the_planner_statistics_of_its_rows(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+    world: World, postgres_url: str, capsys: Capsys
 ) -> None:
     """Without them, after an earlier copy into the same database failed and autovacuum analyzed its
     dead rows (no rows in many pages), the copy's own verification joined entries to checkpoints by a
     nested loop: minutes for 50,000 entries."""
     url = _new_database(postgres_url, "graven_stats")
-    world = make_world(tmp_path, monkeypatch)
-    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
+    _lived(world, capsys)
+    assert run_cli(capsys, "db", "copy", url)[0] == 0
+    database = Database.open(url)
     try:
-        _lived(world, capsys)
-        assert run_cli(capsys, "db", "copy", url)[0] == 0
-        database = Database.open(url)
-        try:
-            with database.connect() as conn:
-                entries = conn.execute("SELECT COUNT(*) FROM log_entries").scalar_one()
-                known = conn.execute(
-                    "SELECT reltuples FROM pg_class WHERE relname = 'log_entries'"
-                ).scalar_one()
-            assert entries > 0 and known == entries
-        finally:
-            database.close()
+        with database.connect() as conn:
+            entries = conn.execute("SELECT COUNT(*) FROM log_entries").scalar_one()
+            known = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'log_entries'").scalar_one()
+        assert entries > 0 and known == entries
     finally:
-        world.close()
+        database.close()
 
 
 def test_the_help_of_db_says_what_copy_does_in_a_whole_sentence(capsys: Capsys) -> None:
