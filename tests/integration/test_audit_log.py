@@ -217,14 +217,22 @@ def test_killed_appenders_never_leave_a_gap(home: Path, capsys: pytest.CaptureFi
         "import sys; from pathlib import Path; from graven.home import Home; "
         "from graven.model.logentry import LogEvent; from graven.service.context import Context\n"
         "with Context(home=Home(root=Path(sys.argv[1]))) as ctx:\n"
+        "    ctx.audit.record(LogEvent('drift', reason='x')); print('appending', flush=True)\n"
         "    while True: ctx.audit.record(LogEvent('drift', reason='x'))\n"
     )
-    for delay in (0.3, 0.5, 0.8):
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(home)]) for _ in range(2)]
+    for delay in (0.05, 0.2, 0.4):
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        for proc in procs:  # killed while appending, however long start-up took on a loaded machine
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"appending\n"
         time.sleep(delay)
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            proc.stdout.close()
     report = _verify(capsys)
     assert report["ok"], report["problems"]
     assert report["size"] > 1
