@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from graven.store.local import LocalStore
 from helpers_services import unavailable
 
 # A fixed author and committer date, so that the same tree always gives the same commit id.
@@ -160,6 +161,25 @@ def _add_signing_key(home: Path) -> None:
     keys = KeyStore(home / "keys")
     keys.generate("default", "ed25519")
     store_trusted_key(home / "trust", keys.export_public("default"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    """An empty object store under ``tmp_path``, closed after the test. Modules that need another
+    define their own."""
+    made = LocalStore.at(tmp_path / "objects")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """GRAVEN_HOME in a temp dir that does not exist yet (no key, no database); GRAVEN_DB_URL unset.
+    Modules that need more of it define their own."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("GRAVEN_HOME", str(path))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    return path
 
 
 @pytest.fixture

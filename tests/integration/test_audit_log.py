@@ -26,14 +26,6 @@ from helpers_repo import make_repo, run_cli
 GO_CHECKER_TESTS = Path(__file__).with_name("test_go_checker.py")
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("GRAVEN_HOME", str(path))
-    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
-    return path
-
-
 def _append(home: Path, count: int, **fields: Any) -> None:
     with Context(home=Home(root=home)) as ctx:
         for i in range(count):

@@ -25,14 +25,6 @@ HISTORY_SIZE = 15  # deployments of staging (and as many of prod in between)
 ARTIFACT_COUNT = 12
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("GRAVEN_HOME", str(path))
-    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
-    return path
-
-
 def _time(second: int) -> str:
     return f"2026-11-27T08:{second // 60:02d}:{second % 60:02d}.000000Z"
 

@@ -15,14 +15,6 @@ from graven.signing import trust
 from helpers_repo import run_cli
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("GRAVEN_HOME", str(path))
-    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
-    return path
-
-
 def _trusted(home: Path) -> list[str]:
     return sorted(p.name for p in (home / "trust").glob("*.pub")) if (home / "trust").is_dir() else []
 

@@ -25,6 +25,7 @@ from graven.core.record import Frozen
 from graven.db import MIGRATIONS, Connection, Database, redacted_url, sqlite_path
 from graven.errors import InputError, VerificationError
 from graven.service.context import Context
+from graven.service.records import insert_rows
 
 __all__ = ["CopyReport", "copy_database", "schema_columns", "schema_tables"]
 
@@ -241,10 +242,7 @@ def _refuse_same_database(src: Connection, destination: Database, target: str) -
 
 
 def _insert(conn: Connection, table: str, batch: list[dict[str, Any]]) -> int:
-    columns = list(batch[0])
-    names = ", ".join(f'"{c}"' for c in columns)
-    values = ", ".join(f":{c}" for c in columns)
-    conn.execute(f"INSERT INTO {table} ({names}) VALUES ({values})", batch)  # noqa: S608 (our names)
+    insert_rows(conn, table, batch)  # the destination is empty: a collision is an error
     return len(batch)
 
 

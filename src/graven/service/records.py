@@ -6,11 +6,14 @@ from collections.abc import Sequence
 
 from graven.db import Connection
 
-__all__ = ["insert_ignore"]
+__all__ = ["insert_ignore", "insert_rows"]
 
 
-def insert_ignore(conn: Connection, table: str, rows: Sequence[dict[str, object]]) -> None:
-    """Insert rows, skipping those that collide with an existing key (SQLite and PostgreSQL).
+def insert_rows(
+    conn: Connection, table: str, rows: Sequence[dict[str, object]], *, ignore_conflicts: bool = False
+) -> None:
+    """Insert rows in one statement (executemany); with ``ignore_conflicts``, those that collide with
+    an existing key are skipped (SQLite and PostgreSQL), else such a row is an error.
 
     Every row must have the same columns; ``table`` and the column names are trusted identifiers
     from graven's own code, never user input.
@@ -20,4 +23,10 @@ def insert_ignore(conn: Connection, table: str, rows: Sequence[dict[str, object]
     columns = list(rows[0])
     names = ", ".join(f'"{c}"' for c in columns)
     values = ", ".join(f":{c}" for c in columns)
-    conn.execute(f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT DO NOTHING", rows)  # noqa: S608 (identifiers from code)
+    conflict = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+    conn.execute(f"INSERT INTO {table} ({names}) VALUES ({values}){conflict}", rows)  # noqa: S608 (identifiers from code)
+
+
+def insert_ignore(conn: Connection, table: str, rows: Sequence[dict[str, object]]) -> None:
+    """Insert rows, skipping those that collide with an existing key (:func:`insert_rows`)."""
+    insert_rows(conn, table, rows, ignore_conflicts=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,6 @@ from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, 
 from graven.store.local import LocalStore
 
 FILES = {"a.txt": b"alpha\n", "dir/b.txt": b"beta\n", "bin/run": b"#!/bin/sh\n"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    made = LocalStore.at(tmp_path / "objects")
-    yield made
-    made.close()
 
 
 @pytest.fixture

@@ -34,13 +34,6 @@ def stored_manifest(
     return TreeManifest.of(entries)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> LocalStore:
-    made = LocalStore.at(tmp_path / "objects")
-    yield made
-    made.close()
-
-
 FILES = {
     "a.txt": b"alpha\n",
     "dir/b.txt": b"beta\n",

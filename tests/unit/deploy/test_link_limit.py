@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,6 @@ from graven.model.manifest import FileEntry, TreeManifest
 from graven.store.local import LocalStore
 
 LIMIT = 3
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    made = LocalStore.at(tmp_path / "objects")
-    yield made
-    made.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +58,6 @@ def stored_manifest(store: LocalStore, files: dict[str, bytes]) -> TreeManifest:
             executable = path.startswith("bin/") or "/bin/" in path
             entries.append(FileEntry(path, digest.hex, len(data), executable=executable))
     return TreeManifest.of(entries)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[LocalStore]:
-    made = LocalStore.at(tmp_path / "objects")
-    yield made
-    made.close()
 
 
 def inodes(root: Path) -> set[int]:
