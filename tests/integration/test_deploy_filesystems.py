@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from graven.deploy.fscheck import folds_case
 from graven.deploy.materialize import build_release
 from graven.deploy.statdb import StatTable
 from graven.errors import InputError
@@ -93,3 +94,25 @@ def test_a_hook_that_cannot_run_on_a_noexec_mount_says_so(noexec_world: World) -
     assert not result.ok
     assert "exit 126" in result.message
     assert f"{world.root / 'staging'} is on a file system mounted noexec" in result.message
+
+
+def test_a_plan_onto_a_fat_is_refused_as_the_deploy_is_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fat: Path, run_cli: Callable[..., CliResult]
+) -> None:
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        digest = world.version(1)
+        code, out, err = run_cli("deploy", digest, "staging", "--root", fat, "--plan")
+    finally:
+        world.close()
+    assert code == 2, (out, err)
+    (line,) = err.splitlines()
+    assert line.startswith(
+        f"graven: error: {fat / 'staging'} is on a file system that cannot hold releases ("
+    )
+    assert sorted(p.name for p in fat.iterdir()) == []
+
+
+def test_a_fat_folds_case(fat: Path) -> None:
+    assert folds_case(fat) is True
+    assert sorted(p.name for p in fat.iterdir()) == []

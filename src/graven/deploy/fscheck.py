@@ -16,10 +16,20 @@ import os
 import stat
 from pathlib import Path
 
+from graven.core.paths import display_path, folded_collisions
 from graven.errors import BackendError, InputError
 from graven.home import make_dirs
 
-__all__ = ["check_release_support", "file_system_type", "mounted_noexec", "release_support_problem"]
+__all__ = [
+    "case_fold_refusal",
+    "check_release_support",
+    "file_system_type",
+    "folds_case",
+    "mounted_noexec",
+    "nearest_existing",
+    "plan_release_support",
+    "release_support_problem",
+]
 
 _UNSUPPORTED = frozenset({errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EMLINK})
 
@@ -113,6 +123,69 @@ def _try_release_kinds(probe: Path) -> str | None:
     return None
 
 
+def folds_case(directory: Path) -> bool:
+    """True when names made in ``directory`` fold case (ext4/f2fs ``casefold``, vfat, exFAT): a file
+    made as ``Probe`` is found as ``probe``. Tried in a new directory below ``directory`` (which
+    inherits a casefold flag), removed again; BackendError when nothing can be made there."""
+    probe = directory / f".graven-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        os.mkdir(probe, 0o700)
+    except OSError as exc:
+        raise BackendError(f"cannot write in {directory}: {exc.strerror}") from None
+    try:
+        try:
+            os.close(os.open(probe / "Probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise BackendError(f"cannot write in {directory}: {exc.strerror}") from None
+        return os.path.lexists(probe / "probe")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe / "Probe")
+        with contextlib.suppress(OSError):
+            os.rmdir(probe)
+
+
+def case_fold_refusal(dest: Path, first: str, second: str) -> str:
+    """The error for two paths of an artifact that the file system of ``dest`` takes for one name."""
+    return (
+        f"cannot write the release {dest}: {display_path(first)} and {display_path(second)} are one "
+        "name there (its file system folds case: a casefold directory, vfat, exFAT); deploy this "
+        "artifact to a case-sensitive directory, or rename one of them in the commit"
+    )
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself when it exists, else its nearest ancestor that does (where it would be made)."""
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def plan_release_support(root: Path, release: Path, paths: list[str], *, first: bool) -> None:
+    """What a deploy of an artifact with ``paths`` as ``release`` of the environment directory ``root``
+    refuses for its file system, refused alike without making anything that stays (``deploy --plan``):
+    on a ``first`` deploy (graven has made nothing there yet), a file system that cannot hold releases
+    (:func:`check_release_support`, probed in ``root`` or the directory it would be made in); and two
+    paths that differ only in case where names fold case (probed only when the artifact has such)."""
+    where = nearest_existing(root)
+    if first:
+        problem = release_support_problem(where)
+        if problem is not None:
+            raise InputError(_unsupported(root, problem))
+    pairs = folded_collisions(paths)
+    if pairs and folds_case(where):
+        raise InputError(case_fold_refusal(release, *pairs[0]))
+
+
+def _unsupported(root: Path, problem: str) -> str:
+    kind = file_system_type(nearest_existing(root))
+    return (
+        f"{root} is on a file system that cannot hold releases{f' ({kind})' if kind else ''}: {problem}; "
+        "graven needs symbolic links, hard links and Unix permission bits there (ext4, xfs, btrfs "
+        "and tmpfs have them): deploy somewhere else"
+    )
+
+
 def check_release_support(root: Path) -> None:
     """Refuse (InputError) an environment directory ``root`` whose file system cannot hold a release
     (:func:`release_support_problem`), naming what it lacks and its type; ``root`` is made if missing
@@ -127,12 +200,8 @@ def check_release_support(root: Path) -> None:
     problem = release_support_problem(root)
     if problem is None:
         return
+    message = _unsupported(root, problem)
     if made:
         with contextlib.suppress(OSError):
             os.rmdir(root)
-    kind = file_system_type(root)
-    raise InputError(
-        f"{root} is on a file system that cannot hold releases{f' ({kind})' if kind else ''}: {problem}; "
-        "graven needs symbolic links, hard links and Unix permission bits there (ext4, xfs, btrfs "
-        "and tmpfs have them): deploy somewhere else"
-    )
+    raise InputError(message)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from graven.core.paths import display_path, folded_collisions
+from graven.core.paths import folded_collisions
 from graven.core.record import Frozen, Record
 from graven.deploy.attributes import attribute_problem
 from graven.deploy.lock import open_dir_nofollow
@@ -942,12 +942,9 @@ def build_release(
                 raise
         except OSError as exc:
             if exc.errno == errno.EEXIST and (folded := _folded_pair(manifest, dest)) is not None:
-                raise InputError(
-                    f"cannot write the release {dest}: {display_path(folded[0])} and "
-                    f"{display_path(folded[1])} are one name there (its file system folds case: a "
-                    "casefold directory, vfat, exFAT); deploy this artifact to a case-sensitive "
-                    "directory, or rename one of them in the commit"
-                ) from None
+                from graven.deploy.fscheck import case_fold_refusal
+
+                raise InputError(case_fold_refusal(dest, *folded)) from None
             where = f" ({exc.filename})" if exc.filename else ""
             raise BackendError(f"cannot write the release {dest}: {exc.strerror}{where}") from None
         finally:

@@ -7,10 +7,12 @@ the deployment would."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graven.deploy.fscheck import plan_release_support
 from graven.deploy.layout import EnvLayout
 from graven.deploy.materialize import Transfer, check_release, integrity_error, plan_transfer, verify_objects
 from graven.deploy.plan import TreeDiff, config_diff, diff_manifests, evaluate_policy, short
@@ -129,6 +131,12 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
         raise PolicyError(decision.refusal or "refused")
     layout = EnvLayout(Path(settings.path))
     check_links(layout)  # what the deploy refuses before its lock (a file at PATH/config, a linked releases/)
+    plan_release_support(
+        layout.root,
+        layout.release(digest.hex),
+        [entry.path for entry in target.manifest.entries],
+        first=not os.path.lexists(layout.meta),
+    )
     live_hex = layout.live_hex()
     live_manifest: TreeManifest | None = None
     if live_hex is not None:

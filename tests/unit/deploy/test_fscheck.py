@@ -89,3 +89,56 @@ def test_the_type_of_a_file_system_is_read_from_mountinfo(tmp_path: Path) -> Non
     kind = fscheck.file_system_type(tmp_path)
     assert kind is None or (kind and " " not in kind)
     assert fscheck.file_system_type(Path("/proc")) in (None, "proc")
+
+
+def test_a_case_sensitive_directory_does_not_fold_case_and_keeps_no_probe(tmp_path: Path) -> None:
+    assert fscheck.folds_case(tmp_path) is False
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_nearest_existing_directory_is_where_a_path_would_be_made(tmp_path: Path) -> None:
+    assert fscheck.nearest_existing(tmp_path / "srv" / "staging") == tmp_path
+    (tmp_path / "srv").mkdir()
+    assert fscheck.nearest_existing(tmp_path / "srv" / "staging") == tmp_path / "srv"
+    assert fscheck.nearest_existing(tmp_path) == tmp_path
+
+
+def test_a_plan_refuses_what_the_first_deploy_would_and_makes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "srv" / "staging"
+    release = root / "releases" / "ab"
+    fscheck.plan_release_support(root, release, ["README", "app/x"], first=True)  # a file system that can
+    monkeypatch.setattr(fscheck.os, "link", _refuse(errno.EPERM))
+    with pytest.raises(InputError) as raised:
+        fscheck.plan_release_support(root, release, ["README"], first=True)
+    assert str(raised.value).startswith(f"{root} is on a file system that cannot hold releases")
+    assert "no hard links (Operation not permitted)" in str(raised.value)
+    fscheck.plan_release_support(root, release, ["README"], first=False)  # graven has made it before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plan_refuses_names_that_differ_only_in_case_where_case_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "staging"
+    release = root / "releases" / "ab"
+    paths = ["app/README", "app/main.py", "app/readme"]
+    fscheck.plan_release_support(root, release, paths, first=True)  # tmp_path is case-sensitive
+    probed: list[Path] = []
+
+    def folding(directory: Path) -> bool:
+        probed.append(directory)
+        return True
+
+    monkeypatch.setattr(fscheck, "folds_case", folding)
+    fscheck.plan_release_support(root, release, ["app/README", "app/main.py"], first=True)
+    assert probed == []  # no probe for an artifact without such a pair
+    with pytest.raises(InputError) as raised:
+        fscheck.plan_release_support(root, release, paths, first=False)
+    assert probed == [tmp_path]
+    assert str(raised.value) == (
+        f"cannot write the release {release}: app/README and app/readme are one name there (its file "
+        "system folds case: a casefold directory, vfat, exFAT); deploy this artifact to a "
+        "case-sensitive directory, or rename one of them in the commit"
+    )
