@@ -802,6 +802,15 @@ class Database:
             database._upgrade()
         except (BackendError, ConfigError) as exc:
             database.close()
+            if isinstance(backend, _SqliteDatabase) and "disk I/O error" in exc.message:
+                kind = _walless_file_system(backend.path)
+                if kind is not None:
+                    raise BackendError(
+                        f"cannot open the database {backend.path}: disk I/O error on a {kind} file "
+                        "system, where SQLite cannot keep graven's database (its write-ahead log needs "
+                        "shared memory maps and POSIX locks); put GRAVEN_HOME on a local file system "
+                        "(ext4, xfs, btrfs, tmpfs), or set GRAVEN_DB_URL to a PostgreSQL database"
+                    ) from exc
             if exc.message.startswith("cannot open the database"):
                 raise  # it says so already (the backend's own first connection)
             raise type(exc)(f"cannot open the database {redacted_url(url)}: {exc.message}") from exc
@@ -967,6 +976,25 @@ def _has_table(conn: Connection, name: str) -> bool:
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"
         return conn.execute(query, {"name": name}).first() is not None
     return conn.execute("SELECT to_regclass(:name)", {"name": name}).scalar() is not None
+
+
+# File systems where SQLite's write-ahead log fails (no shared memory maps or POSIX locks of the kind
+# it needs): FAT and network file systems, and FUSE ones (fusefat among them). Named in the error for
+# a disk I/O error there, instead of "full or failing".
+_WALLESS_KINDS = frozenset({"vfat", "msdos", "exfat", "ntfs", "nfs", "nfs4", "cifs", "smb3", "9p"})
+
+
+def _walless_file_system(path: str) -> str | None:
+    """The type of the file system holding the SQLite file ``path`` when it is one of those SQLite
+    cannot keep a write-ahead log on (``_WALLESS_KINDS``, ``fuse.*``); None otherwise or unknown."""
+    from pathlib import Path
+
+    from graven.mounts import file_system_type
+
+    kind = file_system_type(Path(os.path.dirname(path) or "."))
+    if kind is not None and (kind in _WALLESS_KINDS or kind.startswith("fuse")):
+        return kind
+    return None
 
 
 def _sqlite_reason(exc: sqlite3.Error) -> str:

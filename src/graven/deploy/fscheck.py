@@ -19,6 +19,7 @@ from pathlib import Path
 from graven.core.paths import display_path, folded_collisions
 from graven.errors import BackendError, InputError
 from graven.home import make_dirs
+from graven.mounts import file_system_type, mounted_noexec
 
 __all__ = [
     "case_fold_refusal",
@@ -32,37 +33,6 @@ __all__ = [
 ]
 
 _UNSUPPORTED = frozenset({errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EMLINK})
-
-
-def file_system_type(path: Path) -> str | None:
-    """The type of the file system that holds ``path`` (``ext4``, ``vfat``, ``fuse.fusefat``), from
-    /proc/self/mountinfo: the mount point that is the longest prefix of its real path; None if unknown."""
-    try:
-        real = os.path.realpath(path)
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    best: tuple[int, str] | None = None
-    for line in lines:
-        head, sep, tail = line.partition(" - ")
-        fields = head.split(" ")
-        if not sep or len(fields) < 5 or not tail:
-            continue
-        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-        point = point.replace("\\134", "\\")
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= best[0]):  # a later mount over the same point wins
-            best = (len(point), tail.split(" ")[0])
-    return None if best is None else best[1]
-
-
-def mounted_noexec(path: Path) -> bool:
-    """True when ``path`` lies on a file system mounted ``noexec`` (no file there can be run)."""
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
-    except OSError:
-        return False
 
 
 def release_support_problem(directory: Path) -> str | None:
