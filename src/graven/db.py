@@ -779,9 +779,10 @@ class Database:
         return self._backend.dialect
 
     @classmethod
-    def open(cls, url: str) -> Database:
-        """Connect and bring the schema up to date. A URL of another kind of database is a
-        ConfigError (exit 2): graven's schema and locks are SQLite's and PostgreSQL's."""
+    def open(cls, url: str, *, upgrade: bool = True) -> Database:
+        """Connect and bring the schema up to date (with ``upgrade`` False: only read which schema it
+        holds, for a caller that must look at it first; :meth:`upgrade` then). A URL of another kind of
+        database is a ConfigError (exit 2): graven's schema and locks are SQLite's and PostgreSQL's."""
         _check_dialect(url)
         try:
             backend: _SqliteDatabase | _AlchemyDatabase
@@ -799,7 +800,10 @@ class Database:
             raise BackendError(f"cannot open the database {redacted_url(url)}: {_first_line(exc)}") from exc
         database = cls(backend, url)
         try:
-            database._upgrade()
+            if upgrade:
+                database.upgrade()
+            else:
+                database.stored_version()  # the first connection, failing as an upgrade's would
         except (BackendError, ConfigError) as exc:
             database.close()
             if isinstance(backend, _SqliteDatabase) and "disk I/O error" in exc.message:
@@ -832,7 +836,13 @@ class Database:
                 "or it was edited by hand"
             ) from None
 
-    def _upgrade(self) -> None:
+    def stored_version(self) -> int | None:
+        """The schema version the database holds; None when it holds no graven schema."""
+        with self.connect() as conn:
+            return self._stored_version(conn)
+
+    def upgrade(self) -> None:
+        """Bring the schema up to this graven's version (refusing a newer one)."""
         with self.connect() as conn:
             stored = self._stored_version(conn)
         if stored == SCHEMA_VERSION:

@@ -92,15 +92,15 @@ def test_a_source_whose_log_does_not_verify_is_refused_before_anything_is_writte
     code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{target}")
     assert code == 1 and "this home's audit log does not verify" in err and "rolled back" in err, err
     assert "nothing was copied" in err and len(err.strip().splitlines()) == 1, err
-    with sqlite3.connect(target) as db:
-        assert db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0] == 0
+    with sqlite3.connect(target) as db:  # not even its schema was made
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
     mark.write_text(f"{size} {origin}\n")
     with sqlite3.connect(world.home / "graven.db") as db:
         db.execute("UPDATE log_entries SET entry = replace(entry, 'copy test', 'edited') WHERE 1")
     code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{target}")
     assert code == 1 and "was changed" in err and "nothing was copied" in err, err
     with sqlite3.connect(target) as db:
-        assert db.execute("SELECT COUNT(*) FROM log_entries").fetchone()[0] == 0
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 def test_a_copy_to_another_sqlite_file_carries_the_home_on(
@@ -282,3 +282,69 @@ def test_the_help_of_db_says_what_copy_does_in_a_whole_sentence(capsys: Capsys) 
     assert code == 0
     listed = " ".join(out.split("copy", 1)[1].split())
     assert listed.endswith("into an empty one."), out
+
+
+def _older_database(path: Path, version: int) -> None:
+    """An SQLite file in graven's schema ``version`` (its first migrations only), one row past the
+    version in graven_meta."""
+    from graven.db import _META, MIGRATIONS
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(_META)
+        for statements in MIGRATIONS[:version]:
+            for statement in statements:
+                conn.execute(statement.replace("{serial}", "INTEGER"))
+        conn.execute(
+            """INSERT INTO graven_meta ("key", value) VALUES ('schema_version', ?)""", (str(version),)
+        )
+        conn.execute("""INSERT INTO graven_meta ("key", value) VALUES ('log_origin', 'elsewhere')""")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _schema_version(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        (value,) = conn.execute("""SELECT value FROM graven_meta WHERE "key" = 'schema_version'""").fetchone()
+    finally:
+        conn.close()
+    return str(value)
+
+
+def test_a_destination_of_an_older_schema_with_rows_is_refused_and_left_as_it_was(
+    world: World, tmp_path: Path, capsys: Capsys
+) -> None:
+    from graven.db import SCHEMA_VERSION
+
+    world.build()
+    older = tmp_path / "older.db"
+    _older_database(older, SCHEMA_VERSION - 1)
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{older}")
+    assert code == 2 and "holds rows already (1 in graven_meta)" in err, err
+    assert _schema_version(older) == str(SCHEMA_VERSION - 1)  # not upgraded by a copy it refused
+    empty = tmp_path / "older-empty.db"
+    _older_database(empty, SCHEMA_VERSION - 1)
+    conn = sqlite3.connect(empty)
+    conn.execute("""DELETE FROM graven_meta WHERE "key" <> 'schema_version'""")
+    conn.commit()
+    conn.close()
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{empty}")
+    assert code == 0, err  # an empty one of an older schema is upgraded, then filled
+    assert _schema_version(empty) == str(SCHEMA_VERSION)
+
+
+def test_a_destination_that_is_no_database_is_refused_as_a_destination(
+    world: World, tmp_path: Path, capsys: Capsys
+) -> None:
+    world.build()
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database, but a file someone cares about\n" * 100)
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{notes}")
+    assert code == 2, err
+    assert err.strip() == (
+        f"graven: error: {notes} is a file but not an SQLite database; name a new file, or an empty "
+        "database, to copy into"
+    )
+    assert notes.read_text().startswith("not a database")

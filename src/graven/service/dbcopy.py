@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from graven.core.record import Frozen
 from graven.db import MIGRATIONS, Connection, Database, redacted_url, sqlite_path
-from graven.errors import InputError, VerificationError
+from graven.errors import BackendError, InputError, VerificationError
 from graven.service.context import Context
 from graven.service.records import insert_rows
 
@@ -132,7 +132,7 @@ def copy_database(ctx: Context, url: str) -> CopyReport:
             "GRAVEN_DB_URL to the new database and start there"
         )
     source = ctx.db  # opened (and brought to this graven's schema) first: a broken source fails here
-    destination = Database.open(url)
+    destination = _open_destination(url)
     booleans, serials = schema_columns()
     rows: dict[str, int] = {}
     try:
@@ -140,19 +140,15 @@ def copy_database(ctx: Context, url: str) -> CopyReport:
         with source.begin() as src:
             if src.dialect == "postgresql" and destination.dialect == "postgresql":
                 _refuse_same_database(src, destination, target)
+            _refuse_rows(destination, target)  # before its schema is upgraded: a refusal changes nothing
+            destination.upgrade()
             with destination.begin() as dst:
                 tables = schema_tables()  # graven_meta too: the log's origin is there
                 missing = set(tables) - destination.table_names()
                 if missing:  # pragma: no cover - Database.open made them; a safeguard
                     names = ", ".join(sorted(missing))
                     raise InputError(f"{target} lacks the tables {names}: it is not graven's")
-                held = {t: n for t in tables if (n := _count(dst, t))}
-                if held:
-                    what = ", ".join(f"{n} in {t}" for t, n in sorted(held.items()))
-                    raise InputError(
-                        f"{target} holds rows already ({what}); copy into an empty database (drop and "
-                        "create it again, or name a new one)"
-                    )
+                _refuse_held(dst, tables, target)  # again, under the transaction the copy writes in
                 total, done, report = sum(_count(src, t) for t in tables), 0, ctx.reporter.progress
                 for table in tables:
                     flags = booleans.get(table, ()) if dst.dialect == "postgresql" else ()
@@ -165,6 +161,37 @@ def copy_database(ctx: Context, url: str) -> CopyReport:
     finally:
         destination.close()
     return _verified(ctx, url, target, rows)
+
+
+def _open_destination(url: str) -> Database:
+    """The destination, opened without changing its schema; a file that is no SQLite database is
+    refused as a destination (InputError), not as a damaged graven.db to restore."""
+    try:
+        return Database.open(url, upgrade=False)
+    except BackendError as exc:
+        if "file is not a database" in exc.message and url.startswith("sqlite"):
+            raise InputError(
+                f"{sqlite_path(url)} is a file but not an SQLite database; name a new file, or an empty "
+                "database, to copy into"
+            ) from None
+        raise
+
+
+def _refuse_rows(destination: Database, target: str) -> None:
+    """Refuse a destination whose graven tables (of any schema version) hold rows."""
+    present = destination.table_names()
+    with destination.connect() as dst:
+        _refuse_held(dst, [t for t in schema_tables() if t in present], target)
+
+
+def _refuse_held(dst: Connection, tables: Iterable[str], target: str) -> None:
+    held = {t: n for t in tables if (n := _count(dst, t))}
+    if held:
+        what = ", ".join(f"{n} in {t}" for t, n in sorted(held.items()))
+        raise InputError(
+            f"{target} holds rows already ({what}); copy into an empty database (drop and create it "
+            "again, or name a new one)"
+        )
 
 
 def _follow(dst: Connection, table: str, serial: str | None) -> None:
