@@ -267,3 +267,16 @@ def test_a_link_of_another_user_that_only_root_could_replace_is_fine(world: Worl
     digest = world.version(2, env_toml("app", {"x": {"path": str(srv / "app" / "x")}}))
     assert world.deploy(digest, "x").ok
     assert (target / "x" / "current").is_symlink()
+
+
+def test_a_path_below_a_file_is_refused_as_input_naming_the_file(world: World, tmp_path: Path) -> None:
+    """A typo that puts PATH below a file (`/srv/app.conf/staging`) is bad input (exit 2) naming that
+    file, as a PATH that is itself a file is, not a failure of the disk underneath graven (exit 1)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    digest = world.version(2, env_toml("app", {"x": {"path": str(blocker / "staging")}}))
+    with pytest.raises(InputError, match=f"goes through {blocker}, which is not a directory"):
+        plan_deploy(world.ctx(), digest, "x", world.options())
+    with pytest.raises(InputError, match=f"goes through {blocker}, which is not a directory"):
+        world.deploy(digest, "x")
+    assert blocker.read_text() == "not a directory\n"

@@ -278,6 +278,15 @@ def policy_facts(
     )
 
 
+def _not_a_directory(path: Path) -> Path | None:
+    """``path``, or the nearest of its parents that exists, when that is not a directory (a file):
+    nothing could be made there."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, warn: bool = True) -> None:
     """Refuse, before anything is created there, an environment directory that is a file; that lies in
     GRAVEN_HOME (the store, keys and trust policy) or in what graven keeps inside it; that is the
@@ -302,9 +311,11 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, war
             "keeps releases and links, so a deploy would replace or delete it; move GRAVEN_HOME or give "
             "the environment another directory"
         )
-    if path.exists() and not path.is_dir():
+    blocker = _not_a_directory(path)
+    if blocker is not None:
+        where = "exists and" if blocker == path else f"goes through {blocker}, which"
         raise InputError(
-            f"[env.{settings.name}] path {settings.path} exists and is not a directory; "
+            f"[env.{settings.name}] path {settings.path} {where} is not a directory; "
             "point it at a directory graven can own"
         )
     _check_unclaimed(conn, settings, path)
