@@ -666,3 +666,12 @@ def test_json_error_object_for_log_timeline_watch_and_consistency(
     code, out, err = run_cli("log", "consistency", str(old), "--json")
     assert code == 1 and err.count("\n") == 1, err
     error_object(out, err, 1)
+
+
+@pytest.mark.parametrize("command", [["import"], ["log", "consistency"]])
+def test_a_directory_where_a_file_is_read_is_named_without_python_repr(
+    graven_home: Path, tmp_path: Path, run_cli: Run, command: list[str]
+) -> None:
+    result = run_cli(*command, tmp_path, "--json")
+    line = _assert_input_error(result, f"cannot read {tmp_path}: Is a directory")
+    assert "[Errno" not in line and repr(str(tmp_path)) not in line

@@ -247,7 +247,7 @@ def read_archive(
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
     with handle:
         tick = _ticker(handle, progress)
         stream, compressed = _open_stream(handle)

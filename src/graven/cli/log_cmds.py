@@ -243,7 +243,9 @@ def consistency_cmd(args: argparse.Namespace) -> int:
         old = old_checkpoint.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise NotFoundError(f"{old_checkpoint}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise InputError(f"cannot read {old_checkpoint}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
         raise InputError(f"cannot read {old_checkpoint}: {exc}") from None
     ctx = _closing(Context.from_env())
     try:
