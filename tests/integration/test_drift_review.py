@@ -130,6 +130,34 @@ def test_a_failed_heal_leaves_no_directory_record_that_vouches_for_it(
         world.close()
 
 
+def test_an_interrupted_heal_records_its_outcome(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM after `heal started` was logged: the heal is recorded as failed (as a deploy
+    records an interrupted health check), so the log never shows a heal that started and never ended
+    although graven could say how it ended."""
+    from graven.service import drift_heal
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    victim = release_of(world) / "app" / "main.py"
+    victim.chmod(0o644)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(drift_heal, "apply_heal", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        drift_heal.heal(world.ctx(), "staging")
+    with world.ctx().db.connect() as conn:
+        entries = [
+            json.loads(entry)
+            for (entry,) in conn.execute("SELECT entry FROM log_entries WHERE event = 'heal' ORDER BY idx")
+        ]
+        events = [row[0] for row in conn.execute("SELECT result FROM drift_events WHERE event = 'heal'")]
+    assert [e["result"] for e in entries] == ["started", "failed"], entries
+    assert "interrupted" in entries[-1]["reason"], entries[-1]
+    assert events == ["failed"]
+
+
 # -- 2. a self-heal that keeps failing ------------------------------------------------------------
 
 

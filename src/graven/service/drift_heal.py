@@ -213,8 +213,11 @@ def heal(
                 if plan.config:
                     config = checked.expected.config
                     _fix_link(layout, layout.config_link, f"current/{config}" if config else None)
-            except GravenError as exc:
-                _record_heal(ctx, result, ok=False, error=str(exc))
+            except (GravenError, KeyboardInterrupt) as exc:
+                # Ctrl-C or SIGTERM too (as a deploy records its interrupted health check): the log
+                # must not show a heal that started and never ended when graven can say how it ended
+                error = "interrupted (Ctrl-C or SIGTERM)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+                _record_heal(ctx, result, ok=False, error=error)
                 write_witness(ctx, layout)
                 raise
             after = check_once(ctx, session, target, full=True).report
