@@ -675,3 +675,20 @@ def test_a_directory_where_a_file_is_read_is_named_without_python_repr(
     result = run_cli(*command, tmp_path, "--json")
     line = _assert_input_error(result, f"cannot read {tmp_path}: Is a directory")
     assert "[Errno" not in line and repr(str(tmp_path)) not in line
+
+
+def test_a_trust_directory_that_is_a_file_is_refused_not_read_as_empty(
+    graven_home: Path, repo: Path, run_cli: Run
+) -> None:
+    """verify, deploy and keys list took a file at GRAVEN_HOME/trust for an empty trust directory:
+    `keys list` said all was well with no trusted key, and verify said to add a key to trust/."""
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+    trust = graven_home / "trust"
+    for path in trust.iterdir():
+        path.unlink()
+    trust.rmdir()
+    trust.write_text("not a directory\n")
+    for command in (["verify", digest], ["keys", "list"]):
+        _assert_input_error(run_cli(*command), f"the trust directory {trust} is not a directory")

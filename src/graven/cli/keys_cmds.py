@@ -98,7 +98,7 @@ def list_cmd(args: argparse.Namespace) -> int:
 
     home = Home.from_env()
     signing = KeyStore(home.keys).list()
-    trusted = load_trust_dir(home.trust) if home.trust.is_dir() else ()
+    trusted = load_trust_dir(home.trust)  # a missing trust/ is empty; a file there is refused
     revoked = _revoked(home.trust / "revoked")
     if as_json:
         emit_json(

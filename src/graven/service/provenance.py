@@ -234,7 +234,8 @@ def load_policy(ctx: Context, policy_file: Path | None = None, *, memo: bool = T
     verified before with the same key is not checked cryptographically again. :func:`check_provenance`
     and :func:`check_attestation_file` drop the memo whatever policy they are given.
     """
-    policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.is_dir() else None, policy_file)
+    # a missing trust/ is empty; anything else that is not a directory is refused (load_trust_dir)
+    policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.exists() else None, policy_file)
     extra = read_revoked(ctx.home.trust / REVOKED_FILE)
     if extra:
         policy = policy.with_home(ctx.home.trust, extra)

@@ -148,7 +148,10 @@ def load_trust_dir(trust_dir: Path | str) -> tuple[VerifyingKey, ...]:
     if not directory.exists():
         return ()
     if not directory.is_dir():
-        raise ConfigError(f"trust directory {directory} is not a directory")
+        raise ConfigError(
+            f"the trust directory {directory} is not a directory; move what is there away and make it one "
+            "(`graven keys trust FILE` makes it)"
+        )
     check_trust_material(directory, directory)
     keys: list[VerifyingKey] = []
     for path in sorted(directory.iterdir()):
