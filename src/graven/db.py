@@ -622,6 +622,13 @@ class _SqliteDatabase:
             if raw is not None:
                 raw.close()
             what = "cannot begin a transaction in" if raw is not None and opened else "cannot open"
+            parent = os.path.dirname(self.path)
+            if what == "cannot open" and parent and not os.path.lexists(parent):
+                # a typo in GRAVEN_DB_URL (graven makes its home's directory before it opens graven.db)
+                raise ConfigError(
+                    f"cannot open the database {self.path}: its directory {parent} does not exist; "
+                    "create it, or correct the path in GRAVEN_DB_URL"
+                ) from exc
             raise BackendError(f"{what} the database {self.path}: {_sqlite_reason(exc)}") from exc
         conn = _SqliteConnection(raw)
         try:

@@ -692,3 +692,19 @@ def test_a_trust_directory_that_is_a_file_is_refused_not_read_as_empty(
     trust.write_text("not a directory\n")
     for command in (["verify", digest], ["keys", "list"]):
         _assert_input_error(run_cli(*command), f"the trust directory {trust} is not a directory")
+
+
+def test_a_database_url_into_a_missing_directory_is_bad_input(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It exited 1, as a failing disk would, for what is a typo in GRAVEN_DB_URL."""
+    missing = tmp_path / "no-such-dir" / "graven.db"
+    monkeypatch.setenv("GRAVEN_DB_URL", f"sqlite:///{missing}")
+    for command in (["artifacts"], ["keys", "generate", "--name", "second"]):
+        _assert_input_error(
+            run_cli(*command),
+            f"cannot open the database {missing}: its directory {missing.parent} does not exist",
+            "GRAVEN_DB_URL",
+        )
+    assert not missing.parent.exists()
+    assert not (graven_home / "keys" / "second.key").exists()

@@ -240,8 +240,8 @@ def test_an_older_schema_in_a_home_this_user_cannot_write_says_an_upgrade_needs_
 def test_bad_urls_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="in-memory"):
         Database.open("sqlite://")
-    with pytest.raises(BackendError, match="cannot open the database"):
-        Database.open(f"sqlite:///{tmp_path}/no/such/dir/graven.db")
+    with pytest.raises(ConfigError, match=r"cannot open the database .*: its directory .* does not exist"):
+        Database.open(f"sqlite:///{tmp_path}/no/such/dir/graven.db")  # a typo in the URL: exit 2
     with pytest.raises(ConfigError, match="graven does not run on nosuchdialect databases"):
         Database.open("nosuchdialect://x")
 
