@@ -53,16 +53,23 @@ def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex:
     leftovers = layout.leftovers()
     for leftover in leftovers:
         remove_tree(leftover, table, parent_nofollow=True)
-    if leftovers and live_hex is not None:
-        from graven.service.artifacts import load_manifest
+    if leftovers:
+        _refresh_live(ctx, layout, table, live_hex)
 
-        with contextlib.suppress(GravenError, OSError):
-            manifest = load_manifest(ctx, Digest(live_hex))
-            check = check_release(
-                layout.release(live_hex), manifest, table, store_inode=ctx.store.loose_inode
-            )
-            if check.rehashed:
-                table.save(layout.stat_file, ctx.record_key)
+
+def _refresh_live(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: str | None) -> None:
+    """Check the live release by stat, re-hashing what changed, and save the records it refreshed: after
+    a release that hard-linked live files was removed without their records (best effort: a problem
+    found is drift's to report)."""
+    if live_hex is None:
+        return
+    from graven.service.artifacts import load_manifest
+
+    with contextlib.suppress(GravenError, OSError):
+        manifest = load_manifest(ctx, Digest(live_hex))
+        check = check_release(layout.release(live_hex), manifest, table, store_inode=ctx.store.loose_inode)
+        if check.rehashed:
+            table.save(layout.stat_file, ctx.record_key)
 
 
 def ensure_release(
@@ -117,7 +124,7 @@ def ensure_release(
             raise BackendError(f"cannot move the release into {release}: {exc.strerror}") from None
         table.save(layout.stat_file, ctx.record_key)
     except IntegrityError as exc:
-        _discard(ctx, layout, table, tmp)
+        _discard(ctx, layout, table, tmp, live_hex)
         error = integrity_error(exc, release)
         ctx.audit.record(
             LogEvent(
@@ -130,21 +137,24 @@ def ensure_release(
         )
         raise error from None
     except BaseException:
-        _discard(ctx, layout, table, tmp)
+        _discard(ctx, layout, table, tmp, live_hex)
         raise
     return stats, False
 
 
-def _discard(ctx: Context, layout: EnvLayout, table: StatTable, tmp: Path) -> None:
+def _discard(ctx: Context, layout: EnvLayout, table: StatTable, tmp: Path, live_hex: str | None) -> None:
     """Remove a release that could not be built. The live files it hard-linked lose that link, which
     changes their ctime: remove_tree refreshes their records (when they were valid), and the table is
-    saved, so that the next deploy links them again and drift trusts them. Saving is best effort: the
-    error that got us here is the one to report (a tree that cannot be removed now is a leftover the
-    next deploy removes)."""
+    saved, so that the next deploy links them again and drift trusts them. The records of links made
+    by work the failure cut short (a forked child's, a worker's not yet collected) never reached the
+    table: the live release is then checked by stat (:func:`_refresh_live`: one lstat per path, a
+    re-hash of what changed), as after a killed deployer. Best effort: the error that got us here is
+    the one to report (a tree that cannot be removed now is a leftover the next deploy removes)."""
     with contextlib.suppress(GravenError, OSError):
         remove_tree(tmp, table, parent_nofollow=True)
     with contextlib.suppress(GravenError, OSError):
         table.save(layout.stat_file, ctx.record_key)
+    _refresh_live(ctx, layout, table, live_hex)
 
 
 def check_links(layout: EnvLayout) -> None:
