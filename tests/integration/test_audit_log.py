@@ -230,6 +230,44 @@ def test_killed_appenders_never_leave_a_gap(home: Path, capsys: pytest.CaptureFi
     assert report["size"] > 1
 
 
+def _append_before_the_mark_is_read(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """The next read of the high-water mark first lets another writer commit an entry (and raise the
+    mark): what a concurrent build or deploy does at any moment."""
+    from graven.service.audit import AuditLog
+
+    original = AuditLog.high_water
+    pending = [True]
+
+    def high_water(self: AuditLog) -> tuple[int, str]:
+        if pending:
+            pending.clear()
+            _append(home, 1)
+        return original(self)
+
+    monkeypatch.setattr(AuditLog, "high_water", high_water)
+
+
+def test_a_log_verified_while_another_process_appends_verifies(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark read after the database's snapshot could be past it: a live home's log "rolled back"."""
+    _append(home, 3)
+    _append_before_the_mark_is_read(monkeypatch, home)
+    report = _verify(capsys)
+    assert report["ok"], report["problems"]
+    assert _verify(capsys)["size"] == 4
+
+
+def test_a_deployer_s_check_passes_while_another_process_appends(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_ready (a deploy's, under its lock) refused a deploy while a build was being recorded."""
+    _append(home, 3)
+    _append_before_the_mark_is_read(monkeypatch, home)
+    with Context(home=Home(root=home)) as ctx:
+        ctx.audit.check_ready()
+
+
 @pytest.mark.services
 def test_go_tlog_accepts_graven_cli_output(
     home: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path

@@ -293,7 +293,10 @@ class AuditLog:
             )
         return mark
 
-    def _rolled_back(self, size: int, origin: str | None) -> IntegrityError | None:
+    def _read_mark(self) -> tuple[int, str] | IntegrityError:
+        """The high-water mark, or why it cannot be read. Read it before the database: the mark is raised
+        only after a commit, so one read first is never past the log a later snapshot shows, whereas one
+        read after the snapshot may count what other writers committed since (a live log "rolled back")."""
         try:
             st = os.lstat(self.in_use_path)
         except OSError:
@@ -304,13 +307,21 @@ class AuditLog:
                 "mark of the log cannot be kept there; remove it (graven writes it again)"
             )
         try:
-            mark, marked_origin = self.high_water()
+            return self.high_water()
         except IntegrityError as exc:
             return exc
-        if size >= mark or origin != marked_origin:
+
+    def _rolled_back(
+        self, size: int, origin: str | None, mark: tuple[int, str] | IntegrityError
+    ) -> IntegrityError | None:
+        """Whether the log of ``size`` entries is behind ``mark`` (:meth:`_read_mark`, read before it)."""
+        if isinstance(mark, IntegrityError):
+            return mark
+        marked, marked_origin = mark
+        if size >= marked or origin != marked_origin:
             return None
         return IntegrityError(
-            f"the audit log has {size} entries, but this home committed {mark}: the database "
+            f"the audit log has {size} entries, but this home committed {marked}: the database "
             f"({self._ctx.home.db_shown}) was rolled back (an older backup, or a `graven db copy` of a "
             f"database written since) and the newer entries are not in it; restore the newest backup "
             f"or copy again (from the database written since, into an empty one), or, to go on from "
@@ -386,7 +397,7 @@ class AuditLog:
         """
         if conn.dialect == "postgresql":
             conn.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
-        origin, state, populated = self._appendable(conn)
+        origin, state, populated = self._appendable(conn, self._read_mark())  # under the writers' lock
         key = self._signing_key(create=not populated)
         conn.after_commit(self._note_in_use)  # only committed entries make the key "used"
         private = key.private
@@ -450,10 +461,13 @@ class AuditLog:
         )
         return entry
 
-    def _appendable(self, conn: Connection) -> tuple[str | None, Row | None, bool]:
+    def _appendable(
+        self, conn: Connection, mark: tuple[int, str] | IntegrityError
+    ) -> tuple[str | None, Row | None, bool]:
         """The log's origin, state row (size, frontier) and whether it has anything, once nothing
         forbids appending to it: raises when the log is gone although its key signed committed
-        entries, or when the database was rolled back behind this home's high-water mark."""
+        entries, or when the database was rolled back behind this home's high-water ``mark`` (read
+        before ``conn``'s snapshot, or under the writers' lock)."""
         origin = self._read_origin(conn)
         state = conn.execute("SELECT size, frontier FROM log_state").one_or_none()
         populated = (
@@ -465,7 +479,8 @@ class AuditLog:
             # the key has signed committed entries, and they are gone: a new log signed with the old
             # key would verify, and hide that the old one is lost (`graven log verify` says so too)
             raise self._lost_error()
-        if state is not None and (rolled_back := self._rolled_back(int(state.size), origin)) is not None:
+        rolled_back = None if state is None else self._rolled_back(int(state.size), origin, mark)
+        if rolled_back is not None:
             raise rolled_back  # appending would sign a fork of what this home committed
         return origin, state, populated
 
@@ -477,8 +492,9 @@ class AuditLog:
         if not self._ctx.home.has_database():
             self.check_not_lost()
             return
+        mark = self._read_mark()  # before the snapshot: writers may commit (and raise it) meanwhile
         with self._ctx.db.connect() as conn:
-            _, _, populated = self._appendable(conn)
+            _, _, populated = self._appendable(conn, mark)
         if populated:
             self._signing_key(create=False)
 
@@ -758,6 +774,7 @@ class AuditLog:
             public = self.public_key()
         except InputError as exc:  # missing or unreadable: reported below when the log has entries
             public, key_problem = None, str(exc)
+        mark = self._read_mark()  # before the snapshot: writers may commit (and raise it) meanwhile
         with self._ctx.db.connect() as conn:
             origin = self._read_origin(conn)
             states = conn.execute("SELECT size, frontier FROM log_state").all()
@@ -793,7 +810,7 @@ class AuditLog:
         elif public is not None:
             self._check_latest(report, latest, latest_root, name, public)
         self._check_state(report, states, compact)
-        if (rolled_back := self._rolled_back(report.size, origin)) is not None and report.size:
+        if (rolled_back := self._rolled_back(report.size, origin, mark)) is not None and report.size:
             report.fail(str(rolled_back), report.size)
         if report.size == 0:
             if origin is not None:
