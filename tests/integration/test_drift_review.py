@@ -704,3 +704,59 @@ def test_a_chowned_directory_is_drift_and_heal_gives_it_back(
     assert os.listxattr(release / "out/var") == []
     for mode in ((), ("--full",)):
         assert drift(capsys, "staging", *mode)[0] == 0, mode
+
+
+def test_a_check_records_what_it_saw_before_a_heal_can_change_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check recorded what it found after letting go of the check lock: a heal that ran in between
+    recorded `resolved`, and the check's older `found` then landed on top of it (a healed environment
+    left recorded as drifting, and a drift entry in the log after the heal's)."""
+    import signal
+    import sys
+
+    from graven.home import Home
+    from graven.service import drift_check
+    from graven.service.context import Context
+    from graven.service.drift_live import drift_state
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    victim = release_of(world) / "app/main.py"
+    victim.chmod(0o644)
+    victim.write_text("print('tampered')\n")
+    record = drift_check.record_check
+    healer: list[subprocess.Popen[str]] = []
+
+    def heal_then_record(ctx: Context, report: Any) -> str | None:
+        # a heal starts now: it either runs to its end (the check no longer holds the lock) or says that
+        # it waits for the check in flight; then this check records what it saw
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "graven", "heal", "staging"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        healer.append(proc)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "waiting for the drift checks in flight" in line:
+                break
+        return record(ctx, report)
+
+    monkeypatch.setattr(drift_check, "record_check", heal_then_record)
+    with Context(home=Home(root=world.home)) as ctx:
+        [report] = drift_check.check(ctx, ["staging"])
+    assert not report.clean
+    try:
+        assert healer[0].wait(60) == 0
+    finally:
+        if healer[0].poll() is None:
+            healer[0].send_signal(signal.SIGKILL)
+        assert healer[0].stderr is not None
+        healer[0].stderr.close()
+    with Context(home=Home(root=world.home)) as ctx, ctx.db.connect() as conn:
+        state = drift_state(conn, "staging")
+        last = conn.execute("SELECT entry FROM log_entries ORDER BY idx DESC LIMIT 1").scalar_one()
+    assert state is not None and state.keys == "[]", state
+    assert (json.loads(last)["event"], json.loads(last)["result"]) == ("drift", "resolved"), last

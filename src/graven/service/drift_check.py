@@ -327,10 +327,11 @@ def check_target(
 ) -> DriftReport:
     """Check one environment (and record what changed, with ``record``).
 
-    The check holds the environment's lock shared, so a deploy or heal by another process is never
-    seen half-way (without ``wait``, PolicyError when one is running). When drift is found while a
-    deployment changed what is live, the check is repeated against the new state (no false alarm from
-    a deployment that completed during the check)."""
+    The check holds the environment's lock shared until it has recorded, so a deploy or heal by
+    another process is never seen half-way, nor recorded over by this older observation (without
+    ``wait``, PolicyError when one is running). When drift is found while a deployment changed what
+    is live, the check is repeated against the new state (no false alarm from a deployment that
+    completed during the check)."""
     with shared_lock(EnvLayout(Path(target.path)).lock, env=target.env, wait=wait):
         for _attempt in range(3):
             quick = None if full else quick_check(ctx, target)
@@ -345,8 +346,9 @@ def check_target(
             if fresh is None or fresh == target:
                 break
             target = fresh
-    if record and not record_clean(ctx, report):
-        record_check(ctx, report)
+        # still under the lock: a heal or deployment waiting for it records after this, never before
+        if record and not record_clean(ctx, report):
+            record_check(ctx, report)
     return report
 
 

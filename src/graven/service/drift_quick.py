@@ -12,6 +12,7 @@ that changes nothing but the time of the last check.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from graven.deploy.switch import link_kind
@@ -112,15 +113,18 @@ def quick_reports(ctx: Context, envs: Sequence[str] = ()) -> list[DriftReport] |
     from graven.deploy.lock import shared_lock
 
     reports: list[DriftReport] = []
-    for target in live_targets(ctx, envs):
-        with shared_lock(Path(target.path) / ".graven" / "lock", env=target.env, wait=True):
+    with ExitStack() as locks:  # held until recorded: a heal or deployment waiting records after this
+        for target in live_targets(ctx, envs):
+            locks.enter_context(
+                shared_lock(Path(target.path) / ".graven" / "lock", env=target.env, wait=True)
+            )
             report = quick_check(ctx, target)
-        if report is None:
-            return None
-        reports.append(report)
-    for report in reports:
-        if not record_clean(ctx, report):
-            from graven.service.drift_records import record_check
+            if report is None:
+                return None
+            reports.append(report)
+        for report in reports:
+            if not record_clean(ctx, report):
+                from graven.service.drift_records import record_check
 
-            record_check(ctx, report)
+                record_check(ctx, report)
     return reports
