@@ -1475,8 +1475,14 @@ def _publish_pack(
             tmp.unlink()
         else:
             os.rename(tmp, pack)
-        os.rename(idx_tmp, store._packs / f"{name}.idx")  # the commit point of this pack
+        idx = store._packs / f"{name}.idx"
+        os.rename(idx_tmp, idx)  # the commit point of this pack
         idx_tmp = None
+        if not pack.exists():
+            # the identical pack found above was merged away (index first, then pack) before this
+            # rename: its objects are in the merged pack, and an index without its pack reads as damage
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(idx)
         _fsync_dir(store._packs)
     except OSError as exc:
         if idx_tmp is not None:

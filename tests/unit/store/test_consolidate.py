@@ -324,3 +324,42 @@ def test_descriptors_of_merged_away_packs_are_closed_once_no_read_uses_them(tmp_
     assert len(reader._fds) <= len(_packs(root)) // 2  # only packs that exist are open
     writer.close()
     reader.close()
+
+
+def test_a_batch_whose_identical_pack_is_merged_away_as_it_commits_leaves_no_orphan_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches with the same new objects make the same pack; the second finds it published and
+    drops its copy, and a merge then removed that pack before the second renamed its index into place:
+    an index without its pack was left, which every missing-object error named as damage (a review
+    found it in the code)."""
+    root = tmp_path / "objects"
+    z = os.urandom(300)
+    with LocalStore.at(root).batch() as batch:
+        dz = batch.add(z)
+    first, second = LocalStore.at(root), LocalStore.at(root)
+    second._packed()  # loaded before the first commits: it writes x again
+    x = os.urandom(300)
+    before = set(_packs(root))
+    with first.batch() as batch:
+        dx = batch.add(x)
+    (index,) = [name for name in set(_packs(root)) - before if name.endswith(".idx")]
+    real_rename = os.rename
+    merged: list[int] = []
+
+    def rename(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if str(dst).endswith(index) and not merged:  # the second batch's commit point
+            merged.append(LocalStore.at(root).consolidate(above=1))
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local.os, "rename", rename)
+        with second.batch() as batch:
+            assert batch.add(x) == dx
+    assert merged == [2]  # the first batch's pack and z's went into one
+    names = _packs(root)
+    assert [n for n in names if n.endswith(".idx") and f"{n[:-4]}.pack" not in names] == []
+    fresh = LocalStore.at(root)
+    assert (fresh.read(dx), fresh.read(dz)) == (x, z)
+    for store in (first, second, fresh):
+        store.close()
