@@ -1474,6 +1474,9 @@ def _publish_pack(
         if pack.exists():  # same name => same bytes: never rewrite, just drop ours
             tmp.unlink()
         else:
+            # its age counts from here: a merge removes a pack without its index once it is a day old,
+            # and a long batch may have sealed this one a day before its commit
+            os.utime(tmp)
             os.rename(tmp, pack)
         idx = store._packs / f"{name}.idx"
         os.rename(idx_tmp, idx)  # the commit point of this pack

@@ -363,3 +363,37 @@ def test_a_batch_whose_identical_pack_is_merged_away_as_it_commits_leaves_no_orp
     assert (fresh.read(dx), fresh.read(dz)) == (x, z)
     for store in (first, second, fresh):
         store.close()
+
+
+def test_a_pack_sealed_a_day_before_its_batch_commits_is_not_taken_for_an_orphan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge removes a pack without its index once its mtime is a day old; a batch renames its pack
+    a moment before its index, and a long one (an import through a slow pipe) seals a pack long before
+    it commits: a merge at that moment removed the pack just published."""
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    real_chmod, real_rename = os.chmod, os.rename
+    old = time.time() - 2 * local.STALE_TMP_SECONDS
+
+    def chmod(path: object, mode: int, *args: object, **kwargs: object) -> None:
+        real_chmod(path, mode, *args, **kwargs)  # type: ignore[arg-type]
+        sealed = Path(str(path))
+        if sealed.parent.name == "tmp" and sealed.name.startswith("pack-"):  # sealed two days ago
+            os.utime(sealed, (old, old))
+
+    def rename(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if str(dst).endswith(".idx"):  # another process merges between the two renames
+            LocalStore.at(root)._remove_orphan_packs()
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    blob = os.urandom(300)
+    with monkeypatch.context() as patch:
+        patch.setattr(local.os, "chmod", chmod)
+        patch.setattr(local.os, "rename", rename)
+        with store.batch() as batch:
+            digest = batch.add(blob)
+    fresh = LocalStore.at(root)
+    assert fresh.read(digest) == blob
+    for each in (store, fresh):
+        each.close()
