@@ -242,3 +242,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fat(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 16 MiB FAT mounted at ``tmp_path/fat`` (helpers_mounts.mounted_fat: no symbolic links,
+    hard links or permission bits; names fold case), unmounted after the test."""
+    from helpers_mounts import mounted_fat
+
+    with mounted_fat(tmp_path / "fat") as point:
+        yield point

@@ -6,20 +6,12 @@ now names the file system and what to do."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from helpers_mounts import mounted_fat
-
 CliResult = tuple[int, str, str]
-
-
-@pytest.fixture
-def fat(tmp_path: Path) -> Iterator[Path]:
-    with mounted_fat(tmp_path / "fat") as point:
-        yield point
 
 
 def test_a_home_on_a_fat_names_the_file_system_not_a_full_disk(

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from graven.core.paths import display_path, folded_collisions
@@ -40,17 +41,26 @@ def release_support_problem(directory: Path) -> str | None:
     file (chmod to 0555 and 0444 must show), a symbolic link and a hard link. What the file system
     refuses, as a phrase; None when it does all three. BackendError when nothing can be made there at
     all (a read-only file system, a full one): that is not a property of the file system's kind."""
+    with _probe_dir(directory) as probe:
+        return _try_release_kinds(probe)
+
+
+@contextlib.contextmanager
+def _probe_dir(directory: Path) -> Iterator[Path]:
+    """A new directory below ``directory`` to try things in, removed again with what was made in it;
+    BackendError when it cannot be made (a read-only or full file system)."""
     probe = directory / f".graven-probe-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.mkdir(probe, 0o700)
     except OSError as exc:
         raise BackendError(f"cannot write in {directory}: {exc.strerror}") from None
     try:
-        return _try_release_kinds(probe)
+        yield probe
     finally:
-        for name in ("hard", "link", "file"):
-            with contextlib.suppress(OSError):
-                os.unlink(probe / name)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(probe):
+                with contextlib.suppress(OSError):
+                    os.unlink(probe / name)
         with contextlib.suppress(OSError):
             os.rmdir(probe)
 
@@ -97,22 +107,12 @@ def folds_case(directory: Path) -> bool:
     """True when names made in ``directory`` fold case (ext4/f2fs ``casefold``, vfat, exFAT): a file
     made as ``Probe`` is found as ``probe``. Tried in a new directory below ``directory`` (which
     inherits a casefold flag), removed again; BackendError when nothing can be made there."""
-    probe = directory / f".graven-probe-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        os.mkdir(probe, 0o700)
-    except OSError as exc:
-        raise BackendError(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
+    with _probe_dir(directory) as probe:
         try:
             os.close(os.open(probe / "Probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         except OSError as exc:
             raise BackendError(f"cannot write in {directory}: {exc.strerror}") from None
         return os.path.lexists(probe / "probe")
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(probe / "Probe")
-        with contextlib.suppress(OSError):
-            os.rmdir(probe)
 
 
 def case_fold_refusal(dest: Path, first: str, second: str) -> str:
