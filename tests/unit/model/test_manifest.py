@@ -27,6 +27,9 @@ def test_golden_manifest_bytes_and_digest() -> None:
     )
     assert manifest.to_bytes() == expected
     assert manifest.digest == sha256_digest(expected)
+    # as docs/formats/tree-v1.md gives them to an independent implementation
+    assert len(expected) == 249
+    assert str(manifest.digest) == "sha256:8f01db26e0a904fda7cda1a5b386e54bd4f29e24ceacb7377ceb337e2572783f"
 
 
 def test_entries_sort_by_utf8_bytes_not_code_points() -> None:
