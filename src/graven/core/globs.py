@@ -42,15 +42,21 @@ def _translate_class(body: str, negate: bool) -> str:
 
 
 def _translate_segment(segment: str) -> str:
-    out: list[str] = []
+    """The regex of one segment. The fixed-width pieces between its ``*`` are matched each at its first
+    place, never tried again (an atomic group): a segment such as ``*a*a*a*a*a*a*a*c`` costs time
+    linear in a name, where a backtracking ``[^/]*a[^/]*a...`` took minutes for one of 60 bytes (a
+    graven.toml in a commit names these globs). The first place is enough: a later one leaves the
+    rest of the pattern less of the name, and a ``*`` before the rest takes up any difference."""
+    pieces: list[list[str]] = [[]]
     i = 0
     n = len(segment)
     while i < n:
         ch = segment[i]
         if ch == "*":
-            out.append("[^/]*")
+            if pieces[-1] or len(pieces) == 1:
+                pieces.append([])
         elif ch == "?":
-            out.append("[^/]")
+            pieces[-1].append("[^/]")
         elif ch == "[":
             # ``[!...]`` and ``[^...]`` negate; a ``]`` first (after the negation) is a member
             start = i + 1
@@ -59,29 +65,53 @@ def _translate_segment(segment: str) -> str:
                 start += 1
             end = segment.find("]", start + 1 if segment[start : start + 1] == "]" else start)
             if end == -1:
-                out.append(re.escape(ch))
+                pieces[-1].append(re.escape(ch))
             else:
-                out.append(_translate_class(segment[start:end], negate))
+                pieces[-1].append(_translate_class(segment[start:end], negate))
                 i = end
         else:
-            out.append(re.escape(ch))
+            pieces[-1].append(re.escape(ch))
         i += 1
-    return "".join(out)
+    if len(pieces) == 1:
+        return "".join(pieces[0])
+    middle = "".join(f"(?>[^/]*?{''.join(piece)})" for piece in pieces[1:-1] if piece)
+    return "".join(pieces[0]) + middle + "[^/]*" + "".join(pieces[-1])
 
 
 def _glob_regex(pattern: str) -> str:
-    """The regular expression (source) of one glob; GlobError when the glob is invalid."""
+    """The regular expression (source) of one glob; GlobError when the glob is invalid.
+
+    ``**`` in a row are one. The segments between two ``**`` are matched at their first place, never
+    tried again (an atomic group), as the pieces of a segment are: ``**/*/**/*/**/*/**/x`` no longer
+    tries every way of splitting a long path (see :func:`_translate_segment`)."""
     if pattern.endswith("/"):
         pattern += "**"
-    segments = pattern.strip("/").split("/")
+    segments: list[str] = []
+    for segment in pattern.strip("/").split("/"):
+        if segment != "**" or not segments or segments[-1] != "**":
+            segments.append(segment)
     parts: list[str] = []
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "**":
-            # '**' as the last segment matches everything below; elsewhere zero or more segments.
-            parts.append(".*" if last else "(?:[^/]+/)*")
-        else:
-            parts.append(_translate_segment(segment) + ("" if last else "/"))
+    index = 0
+    while index < len(segments):
+        if segments[index] != "**":
+            parts.append(_translate_segment(segments[index]) + ("" if index == len(segments) - 1 else "/"))
+            index += 1
+            continue
+        if index == len(segments) - 1:
+            parts.append(".*")  # '**' as the last segment matches everything below
+            break
+        following = index + 1
+        while following < len(segments) and segments[following] != "**":
+            following += 1
+        piece = "".join(
+            _translate_segment(segments[k]) + ("" if k == len(segments) - 1 else "/")
+            for k in range(index + 1, following)
+        )
+        if following < len(segments):  # another '**' follows: the piece at its first place
+            parts.append(f"(?>(?:[^/]+/)*?{piece})")
+        else:  # the last piece: it ends the path
+            parts.append(f"(?:[^/]+/)*{piece}")
+        index = following
     return "".join(parts)
 
 

@@ -1,6 +1,11 @@
 """Glob semantics of include/exclude."""
 
+import time
+from fnmatch import fnmatchcase
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graven.core.globs import GlobSet, Selection, compile_glob
 
@@ -83,3 +88,58 @@ def test_a_pattern_ending_in_a_slash_names_the_directory_itself_never_a_file() -
     assert Selection.of(["**"], ["a/**"]).selects_dir("a")  # everything *below* a, not a
     included = Selection.of(["app/"], [])
     assert included.selects_dir("app") and included.selects("app/x") and not included.selects("app")
+
+
+def _reference(pattern: str, path: str) -> bool:
+    """What a glob means, by plain recursion over segments (slow, obviously right; within one segment
+    fnmatch means the same)."""
+    if pattern.endswith("/"):
+        pattern += "**"
+    globs, names = pattern.strip("/").split("/"), path.split("/")
+
+    def walk(g: int, n: int) -> bool:
+        if g == len(globs):
+            return n == len(names)
+        if globs[g] == "**":
+            if g == len(globs) - 1:  # the last '**': everything below
+                return n < len(names)
+            return any(walk(g + 1, k) for k in range(n, len(names)))
+        return n < len(names) and fnmatchcase(names[n], globs[g]) and walk(g + 1, n + 1)
+
+    return walk(0, 0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "b", "*", "?", "[ab]", "**", "*a", "a*b", "*a*", "*b*a*"]),
+        min_size=1,
+        max_size=5,
+    ),
+    st.lists(st.text(alphabet="ab", min_size=1, max_size=5), min_size=1, max_size=5),
+)
+def test_globs_match_what_they_mean(parts: list[str], names: list[str]) -> None:
+    """The atomic groups that keep matching linear change no answer (a review: ReDoS)."""
+    pattern = "/".join(part if part == "**" else part.replace("**", "*") for part in parts)
+    path = "/".join(names)
+    assert (compile_glob(pattern).fullmatch(path) is not None) is _reference(pattern, path), (pattern, path)
+    assert GlobSet.of(["zz", pattern]).matches(path) is _reference(pattern, path)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path"),
+    [
+        ("*a" * 12 + "c", "a" * 250),
+        ("**/" * 12 + "x", "/".join(["a"] * 200) + "/y"),
+        ("**/*a*/" * 10 + "x", "/".join(["ab"] * 200) + "/y"),
+        ("**/" + "*a" * 12 + "c/**/z", "/".join(["a" * 60] * 30)),
+    ],
+)
+def test_a_hostile_glob_costs_no_more_than_a_plain_one(pattern: str, path: str) -> None:
+    """A graven.toml in a commit names the globs that every path of the commit is matched against:
+    ``*a*a*a*a*a*a*a*c`` took 35 s for one name of 60 bytes (a review: ReDoS hangs the build, and
+    an ``[env] ignore`` glob hangs every drift check)."""
+    started = time.monotonic()
+    assert not Selection.of([pattern], []).selects(path)
+    assert GlobSet.of([pattern]).unmatched([path]) == [pattern]
+    assert time.monotonic() - started < 1.0
