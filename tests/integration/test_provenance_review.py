@@ -4,7 +4,10 @@ unrelated key file or a revoked key is handled before anything is signed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,41 @@ def test_an_oversized_attestation_is_refused_before_it_is_read(
         handle.truncate(17 * 1024 * 1024)  # sparse: no memory, no disk
     code, _out, err = run_cli(capsys, "import", archive, "--attestation", huge)
     assert code == 2 and "no in-toto provenance is that big" in err and len(err.splitlines()) == 1, err
+
+
+def _endless_fifo(path: Path) -> list[int]:
+    """A FIFO at ``path`` fed up to 256 MiB by a thread (a `<(curl ...)`, a /dev/zero): the count of
+    bytes it got written before the reader went away."""
+    os.mkfifo(path)
+    written = [0]
+
+    def feed() -> None:
+        chunk = b" " * (1 << 20)
+        with contextlib.suppress(OSError), path.open("wb") as handle:
+            while written[0] < 256 << 20:
+                handle.write(chunk)
+                written[0] += len(chunk)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return written
+
+
+@pytest.mark.parametrize("command", ["attest", "import"])
+def test_an_endless_attestation_is_refused_after_its_limit_not_read_whole(
+    home: Path, repo: Path, capsys: Cap, tmp_path: Path, command: str
+) -> None:
+    """A review: `graven attest verify FILE` read FILE whole (no size check at all) and `import
+    --attestation` trusted the size stat gives, 0 for a pipe: an endless or huge stream from whoever
+    supplied the attestation was read into memory before any limit applied."""
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    digest = _build(capsys, repo)
+    archive = tmp_path / "a.tar"
+    assert run_cli(capsys, "export", digest, "-o", archive)[0] == 0
+    fifo = tmp_path / "endless.json"
+    written = _endless_fifo(fifo)
+    if command == "attest":
+        code, _out, err = run_cli(capsys, "attest", "verify", fifo, "--artifact", digest)
+    else:
+        code, _out, err = run_cli(capsys, "import", archive, "--attestation", fifo)
+    assert code == 2 and "that big" in err and len(err.splitlines()) == 1, err
+    assert written[0] < 64 << 20, written[0]

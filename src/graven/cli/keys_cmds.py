@@ -200,12 +200,10 @@ def attest_verify_cmd(args: argparse.Namespace) -> int:
     as_json: bool = args.as_json
     from graven.service.context import Context
     from graven.service.provenance import check_attestation_file, load_policy
+    from graven.signing.bundle import read_attestation
 
     ctx = _closing(Context.from_env())
-    try:
-        data = attestation.read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"{attestation}: no such file") from None
+    data = read_attestation(attestation)
     digest = _artifact_digest(ctx, artifact)
     result = check_attestation_file(data, digest, policy=load_policy(ctx, policy), env=env)
     if as_json:

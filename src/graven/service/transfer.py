@@ -20,7 +20,6 @@ from graven.archive.writer import (
 from graven.errors import (
     DigestMismatchError,
     InputError,
-    NotFoundError,
     VerificationError,
 )
 from graven.model.digest import Digest
@@ -188,20 +187,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
     """Read an envelope or bundle; it must parse and name ``digest`` (signatures are checked by verify)."""
-    from graven.signing.bundle import MAX_ATTESTATION_BYTES, load_attestation
+    from graven.signing.bundle import load_attestation, read_attestation
     from graven.signing.provenance import PAYLOAD_TYPE, check_subject, parse_statement
 
-    try:
-        if path.stat().st_size > MAX_ATTESTATION_BYTES:  # before reading it all into memory
-            raise InputError(
-                f"{path} is more than {MAX_ATTESTATION_BYTES:,} bytes: no in-toto provenance is that big"
-            )
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    envelope = load_attestation(data)
+    envelope = load_attestation(read_attestation(path))
     if envelope.payload_type != PAYLOAD_TYPE:
         raise VerificationError(f"{path}: payloadType is {envelope.payload_type!r}, expected {PAYLOAD_TYPE}")
     try:

@@ -17,10 +17,11 @@ a bundle. A Sigstore bundle holds exactly one signature.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final
 
 from graven.core.record import Frozen
-from graven.errors import InputError
+from graven.errors import InputError, NotFoundError
 from graven.signing.dsse import Envelope, canonical_json, envelope_from_dict, load_json_object
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -34,6 +35,7 @@ __all__ = [
     "load_attestation",
     "make_bundle",
     "parse_bundle",
+    "read_attestation",
 ]
 
 BUNDLE_MEDIA_TYPE: Final = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -124,6 +126,23 @@ def envelope_from_bundle(data: bytes | str) -> Envelope:
 
 
 MAX_ATTESTATION_BYTES = 16 * 1024 * 1024  # a provenance is kilobytes; more is not one
+
+
+def read_attestation(path: Path) -> bytes:
+    """The bytes of the attestation file ``path``, read up to the limit and refused past it: a pipe
+    (``<(curl ...)``) or a device has no size to check first, and an endless one is never read whole."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_ATTESTATION_BYTES + 1)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_ATTESTATION_BYTES:
+        raise InputError(
+            f"{path} is more than {MAX_ATTESTATION_BYTES:,} bytes: no in-toto provenance is that big"
+        )
+    return data
 
 
 def load_attestation(data: bytes | str) -> Envelope:
