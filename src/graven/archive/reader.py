@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Self, cast
 
+from graven.core import paths
 from graven.core.paths import check_path
 from graven.errors import BackendError, InputError, UnsafeInputError
 from graven.model.digest import Digest
@@ -339,6 +340,8 @@ def _read_members(
         check_path(name)
         if name in entries or name in dirs:
             raise UnsafeInputError(f"{name}: duplicate entry in archive")
+        if len(entries) + len(dirs) >= paths.MAX_ENTRIES:
+            raise paths.too_many_paths("the archive")
         if member.isdir():
             dirs.add(name)
         elif member.issym():

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from graven.core import paths
 from graven.core.globs import Selection
 from graven.core.paths import check_path, decode_path, display_path
 from graven.errors import InputError, UnsafeInputError
@@ -46,6 +47,8 @@ def collect_tree(
     def visit(rel: str) -> None:
         if rel in seen:
             return
+        if len(seen) > paths.MAX_ENTRIES:  # the outputs' directories and files alike
+            raise paths.too_many_paths("the build's outputs")
         seen.add(rel)
         full = os.path.join(root, rel)
         with _reading(rel):

@@ -18,6 +18,7 @@ from functools import cache
 from graven.errors import UnsafeInputError
 
 __all__ = [
+    "MAX_ENTRIES",
     "MAX_LINK_HOPS",
     "check_path",
     "check_unique_nfc",
@@ -27,9 +28,25 @@ __all__ = [
     "implied_dirs",
     "json_text",
     "link_stays_inside",
+    "too_many_paths",
 ]
 
 MAX_LINK_HOPS = 40
+
+# Paths one artifact may hold. A few kilobytes of git objects that nest one tree in itself ten times
+# over (a "git bomb"), or an archive of empty members, list millions of paths: graven holds each in
+# memory (~800 bytes per path for a build), and 10^6 took 777 MB. The largest source trees (a browser,
+# an operating system) hold under a million files.
+MAX_ENTRIES = 2_000_000
+
+
+def too_many_paths(what: str) -> UnsafeInputError:
+    """The refusal of ``what`` (a commit's tree, an archive, a build's outputs) past MAX_ENTRIES paths."""
+    return UnsafeInputError(
+        f"more than {MAX_ENTRIES:,} paths in {what}: graven takes at most that many in one artifact (a "
+        'tree that nests one tree in itself many times over, a "git bomb", lists millions from a few '
+        "objects)"
+    )
 
 
 def decode_path(raw: bytes) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 from graven import __version__
+from graven.core import paths
 from graven.core.globs import GlobSet, Selection, never_matches
 from graven.core.paths import display_path
 from graven.core.record import Frozen
@@ -692,6 +693,8 @@ def _tree_from_git(
         else:
             sha, size = known[oid]
             append(FileEntry(path, sha, size, mode == MODE_EXECUTABLE))
+    if len(result) > paths.MAX_ENTRIES:  # carried forward and changed together (the listing checks its own)
+        raise paths.too_many_paths(f"the tree of commit {source.commit[:12]}")
     return result, total, new_cache, from_worktree
 
 

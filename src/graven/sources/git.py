@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Generic, NamedTuple, TypeVar, cast
 
+from graven.core import paths
 from graven.core.paths import decode_path
 from graven.errors import (
     BackendError,
@@ -657,11 +658,15 @@ def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
                 decode_path(prefix.encode() + name)  # raises, naming the path
                 raise
             if mode == _MODE_TREE:
+                if len(entries) > paths.MAX_ENTRIES:  # before a tree nested in itself fills the memory
+                    raise paths.too_many_paths(f"the tree of commit {commit[:12]}")
                 stack.append((iter(trees[oid]), path + "/"))
                 break
             append(GitEntry(mode, "commit" if mode == MODE_SUBMODULE else "blob", oid, path))
         else:
             stack.pop()
+    if len(entries) > paths.MAX_ENTRIES:
+        raise paths.too_many_paths(f"the tree of commit {commit[:12]}")
     return entries
 
 
@@ -718,6 +723,8 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
                     deeper.append((prefix + name + b"/", oid, None))
                 else:
                     found.append((prefix + name, "D", "000000", zero))
+        if len(found) > paths.MAX_ENTRIES:
+            return None  # the full listing refuses it, naming the limit
         pairs = deeper
     found.sort()  # byte order of the paths: git's order of a recursive diff
     try:

@@ -1,0 +1,112 @@
+"""An artifact holds at most graven.core.paths.MAX_ENTRIES paths, however they come: a commit's tree, an
+archive to import, a build's outputs. A few kilobytes of git objects that nest one tree in itself ten
+times over (a "git bomb") list millions of paths; graven held them all in memory (10^6 took 777 MB, one
+level more would have taken ~8 GB). The limit is lowered here to keep the tests small."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import create_repo, git
+from graven.core import paths
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+def _bomb(repo: Path, levels: int, width: int = 10) -> str:
+    """Commit a tree ``bomb`` that nests one tree ``width`` times at each of ``levels`` levels (width **
+    (levels + 1) files from a handful of objects); the commit id."""
+    blob = git(repo, "hash-object", "-w", "--stdin", "--path", "x").strip() if False else None
+    blob = _hash(repo, b"x\n")
+    tree = _mktree(repo, [f"100644 blob {blob}\tf{i}" for i in range(width)])
+    for _ in range(levels):
+        tree = _mktree(repo, [f"040000 tree {tree}\td{i}" for i in range(width)])
+    listed = git(repo, "ls-tree", "HEAD").splitlines()
+    root = _mktree(repo, [*listed, f"040000 tree {tree}\tbomb"])
+    commit = git(repo, "commit-tree", root, "-p", "HEAD", "-m", "bomb").strip()
+    git(repo, "update-ref", "HEAD", commit)
+    return commit
+
+
+def _hash(repo: Path, data: bytes) -> str:
+    import subprocess
+
+    from conftest import git_env
+
+    done = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"],
+        cwd=repo,
+        input=data,
+        capture_output=True,
+        env=git_env(),
+        check=True,
+    )
+    return done.stdout.decode().strip()
+
+
+def _mktree(repo: Path, lines: list[str]) -> str:
+    import subprocess
+
+    from conftest import git_env
+
+    done = subprocess.run(
+        ["git", "mktree"],
+        cwd=repo,
+        input="\n".join(lines).encode() + b"\n",
+        capture_output=True,
+        env=git_env(),
+        check=True,
+    )
+    return done.stdout.decode().strip()
+
+
+@pytest.mark.parametrize("built_before", [False, True], ids=["listed", "carried"])
+def test_a_commit_whose_tree_lists_too_many_paths_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, built_before: bool
+) -> None:
+    repo = create_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    if built_before:  # the next build compares the commits (carried forward): the bomb is what changed
+        code, _, err = run_cli("build", "-C", repo)
+        assert code == 0, err
+    commit = _bomb(repo, levels=2)  # 1,000 files
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 500)
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 2, (out, err)
+    assert err.strip() == (
+        f"graven: error: more than 500 paths in the tree of commit {commit[:12]}: graven takes at most "
+        'that many in one artifact (a tree that nests one tree in itself many times over, a "git bomb", '
+        "lists millions from a few objects)"
+    )
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 1_002)  # the bomb, a.txt and graven.toml
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 0, err  # the limit is what refused it
+
+
+def test_an_archive_with_too_many_paths_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = create_repo(tmp_path / "repo", {f"d/f{i}.txt": f"{i}\n" for i in range(30)})
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    archive = tmp_path / "a.tar"
+    assert run_cli("export", out.strip().splitlines()[-1], "-o", archive)[0] == 0
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "other-home"))
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 20)
+    code, _, err = run_cli("import", archive)
+    assert code == 2, err
+    assert err.startswith("graven: error: more than 20 paths in the archive:") and len(err.splitlines()) == 1
+
+
+def test_build_outputs_with_too_many_paths_are_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = "mkdir out && for i in $(seq 40); do : > out/f$i; done"
+    toml = f'[artifact]\nname = "many"\n\n[build]\nsteps = ["{step}"]\noutputs = ["out/"]\n'
+    repo = create_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 20)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2, err
+    assert err.startswith("graven: error: more than 20 paths in the build's outputs:"), err
