@@ -694,7 +694,7 @@ class _AlchemyConnection:
                     return Result((), 0)
                 result = conn.execute(sa.text(sql), list(params))
         except sa.exc.SQLAlchemyError as exc:
-            raise BackendError(f"database error: {_reason(exc)}") from exc
+            raise _alchemy_error(exc) from exc
         if not result.returns_rows:
             return Result((), result.rowcount)
         row_type = _row_type(tuple(result.keys()))
@@ -764,7 +764,7 @@ class _AlchemyDatabase:
                 ):
                     yield _AlchemyConnection(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise BackendError(f"database error: {_reason(exc)}") from exc
+            raise _alchemy_error(exc) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -1026,6 +1026,44 @@ def _sqlite_reason(exc: sqlite3.Error) -> str:
 def _reason(exc: Exception) -> str:
     orig = getattr(exc, "orig", None)
     return _first_line(orig or exc)
+
+
+# What a PostgreSQL error (libpq's words, which name neither) means for the user, and what to do:
+# (pattern, whether it is a mistake in GRAVEN_DB_URL (exit 2, as a typo in an SQLite path), hint).
+_PG_HINTS: tuple[tuple[re.Pattern[str], bool, str], ...] = (
+    (
+        re.compile(r"password authentication failed|no password supplied|authentication failed for user"),
+        True,
+        "correct the user or password in GRAVEN_DB_URL (or in ~/.pgpass)",
+    ),
+    (
+        re.compile(r'role "[^"]*" does not exist'),
+        True,
+        "correct the user in GRAVEN_DB_URL, or create that role on the server (createuser)",
+    ),
+    (
+        re.compile(r'database "[^"]*" does not exist'),
+        True,
+        "correct the database in GRAVEN_DB_URL, or create it on the server (createdb)",
+    ),
+    (
+        re.compile(r"invalid connection option|bad value for|invalid \w+ value|invalid port number"),
+        True,
+        "correct the query parameters of GRAVEN_DB_URL (libpq's connection parameters)",
+    ),
+)
+
+
+def _alchemy_error(exc: Exception) -> GravenError:
+    """A database error of SQLAlchemy or psycopg as one line that says what to do: a ConfigError
+    (exit 2) when GRAVEN_DB_URL is wrong (a user, password or database the server does not know), a
+    BackendError (exit 1) otherwise."""
+    text = _reason(exc)
+    for pattern, bad_input, hint in _PG_HINTS:
+        if pattern.search(text):
+            kind = ConfigError if bad_input else BackendError
+            return kind(f"database error: {text}: {hint}")
+    return BackendError(f"database error: {text}")
 
 
 _SUPPORTED = "use sqlite:////ABSOLUTE/PATH or postgresql+psycopg://USER@HOST[:PORT]/DATABASE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,47 @@ def test_a_writer_waits_for_another_a_bounded_time(
     finally:
         holder.close()
         waiter.close()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (lambda url: url.replace("postgres@", "nosuchrole@"), "correct the user in GRAVEN_DB_URL"),
+        (lambda url: url.rsplit("/", 1)[0] + "/nosuchdb", "correct the database in GRAVEN_DB_URL"),
+        (lambda url: url + "?bogus=1", "correct the query parameters of GRAVEN_DB_URL"),
+        (lambda url: url + "?sslmode=bogus", "correct the query parameters of GRAVEN_DB_URL"),
+    ],
+)
+def test_a_user_or_database_the_server_does_not_know_is_a_mistake_in_the_url(
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[Callable[[str], str], str],
+) -> None:
+    """Found in a PostgreSQL review: these were exit 1 (a failure of the server underneath) with
+    libpq's words alone; the user fixes them by changing GRAVEN_DB_URL, as a typo in an SQLite path."""
+    change, hint = case
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GRAVEN_DB_URL", change(postgres_url))
+    code, out, err = run_cli(capsys, "status")
+    assert code == 2, err
+    assert out == ""
+    assert err.startswith("graven: error: cannot open the database ") and err.count("\n") == 1, err
+    assert hint in err
+
+
+def test_a_wrong_password_says_to_correct_it() -> None:
+    import psycopg
+    import sqlalchemy as sa
+
+    from graven.db import _alchemy_error
+    from graven.errors import ConfigError
+
+    failed = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  password '
+        'authentication failed for user "graven"'
+    )
+    error = _alchemy_error(sa.exc.OperationalError("connect", {}, failed))
+    assert isinstance(error, ConfigError) and error.exit_code == 2
+    assert error.message.endswith("correct the user or password in GRAVEN_DB_URL (or in ~/.pgpass)")
