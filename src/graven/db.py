@@ -1051,6 +1051,57 @@ _PG_HINTS: tuple[tuple[re.Pattern[str], bool, str], ...] = (
         True,
         "correct the query parameters of GRAVEN_DB_URL (libpq's connection parameters)",
     ),
+    (
+        re.compile(
+            r"Connection refused|could not connect|server closed the connection|terminating connection"
+            r"|the database system is (?:shutting down|starting up|in recovery)|connection is (?:closed|lost)"
+            r"|consuming input failed|on socket .* failed: No such file"
+        ),
+        False,
+        "is the PostgreSQL server running and reachable? start it (or wait for its restart), then run "
+        "this command again",
+    ),
+    (
+        re.compile(r"failed to resolve host|could not translate host name"),
+        False,
+        "check the host in GRAVEN_DB_URL and this machine's network",
+    ),
+    (
+        re.compile(r"too many clients|remaining connection slots are reserved|too many connections for"),
+        False,
+        "the server has no free connection (max_connections, or a CONNECTION LIMIT of the role or "
+        "database); try again when fewer clients are connected, or raise the limit",
+    ),
+    (
+        re.compile(r"permission denied for schema"),
+        False,
+        "this user may not create graven's tables there; make it the database's owner, or GRANT CREATE "
+        "ON SCHEMA to it",
+    ),
+    (
+        re.compile(r"permission denied for (?:table|sequence|relation)|must be owner of"),
+        False,
+        "this user may not change graven's tables; run this command as a user who may (one that only "
+        "reads, such as status or log verify, needs SELECT alone)",
+    ),
+    (
+        re.compile(r"permission denied for database"),
+        False,
+        "this user may not connect to that database; GRANT CONNECT ON DATABASE to it",
+    ),
+    (
+        re.compile(r"due to statement timeout|idle-in-transaction (?:session )?timeout"),
+        False,
+        "the server's statement_timeout or idle_in_transaction_session_timeout (of the role, the "
+        "database or the URL's options) stopped graven; lift it for graven's user (ALTER ROLE ... SET "
+        "statement_timeout = 0)",
+    ),
+    (
+        re.compile(r"in a read-only transaction|recovery is in progress"),
+        False,
+        "the server only reads (a standby, or default_transaction_read_only); point GRAVEN_DB_URL at the "
+        "primary",
+    ),
 )
 
 

@@ -106,3 +106,79 @@ def test_a_wrong_password_says_to_correct_it() -> None:
     error = _alchemy_error(sa.exc.OperationalError("connect", {}, failed))
     assert isinstance(error, ConfigError) and error.exit_code == 2
     assert error.message.endswith("correct the user or password in GRAVEN_DB_URL (or in ~/.pgpass)")
+
+
+def _as_superuser(url: str, *statements: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_a_user_who_may_not_create_or_change_graven_s_tables_is_told_what_it_lacks(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in a PostgreSQL review: "permission denied for schema public" alone, with nothing said of
+    what the user lacks or of who may run the command instead."""
+    from graven.db import Database
+
+    server = postgres_url.rsplit("/", 1)[0]
+    _as_superuser(
+        postgres_url,
+        "CREATE DATABASE connect_only",
+        "CREATE ROLE connector LOGIN",
+        "GRANT CONNECT ON DATABASE connect_only TO connector",
+        "CREATE DATABASE read_only",
+        "CREATE ROLE reader LOGIN",
+    )
+    Database.open(f"{server}/read_only").close()  # graven's tables, owned by the superuser
+    _as_superuser(f"{server}/read_only", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GRAVEN_DB_URL", f"{server}/connect_only".replace("postgres@", "connector@"))
+    code, _, err = run_cli(capsys, "status")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "permission denied for schema public: this user may not create graven's tables" in err
+    monkeypatch.setenv("GRAVEN_DB_URL", f"{server}/read_only".replace("postgres@", "reader@"))
+    assert run_cli(capsys, "status")[0] == 0  # reading needs SELECT alone
+    code, _, err = run_cli(capsys, "keys", "generate")  # its log entry is a write
+    assert code == 1 and err.count("\n") == 1, err
+    assert "this user may not change graven's tables; run this command as a user who may" in err
+
+
+def test_a_server_that_is_down_says_to_start_it(tmp_path: Path) -> None:
+    from graven.db import Database
+    from graven.errors import BackendError
+
+    with pytest.raises(BackendError, match="is the PostgreSQL server running and reachable") as failed:
+        Database.open("postgresql+psycopg://graven@127.0.0.1:1/graven")  # nothing listens on port 1
+    assert failed.value.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "hint"),
+    [
+        ("FATAL:  sorry, too many clients already", "the server has no free connection"),
+        ("FATAL:  remaining connection slots are reserved for roles", "the server has no free connection"),
+        ("canceling statement due to statement timeout", "lift it for graven's user"),
+        ("terminating connection due to administrator command", "is the PostgreSQL server running"),
+        ("FATAL:  the database system is shutting down", "is the PostgreSQL server running"),
+        ("cannot execute INSERT in a read-only transaction", "point GRAVEN_DB_URL at the primary"),
+        ('FATAL:  permission denied for database "graven"', "GRANT CONNECT ON DATABASE"),
+    ],
+)
+def test_failures_of_the_server_say_what_to_do(message: str, hint: str) -> None:
+    import psycopg
+    import sqlalchemy as sa
+
+    from graven.db import _alchemy_error
+    from graven.errors import BackendError
+
+    error = _alchemy_error(sa.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError(message)))
+    assert type(error) is BackendError
+    assert error.message.startswith(f"database error: {message}: ")
+    assert hint in error.message
