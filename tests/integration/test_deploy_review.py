@@ -599,3 +599,34 @@ def test_a_first_deploy_into_a_directory_holding_someone_elses_files_is_refused(
     v2 = world.version(2, env_toml("app", {"staging": {"path": str(empty)}}))
     assert world.deploy(v2, "staging").ok  # new or empty: fine
     assert world.deploy(world.version(3), "staging").ok  # and graven's own files are no obstacle
+
+
+def test_a_failed_check_switches_back_even_when_the_database_fails_to_say_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch back read the previous deployment's row (for its hooks) first: with the database gone
+    at that moment (PostgreSQL stopped during the health check), the error left the release that had
+    just failed its check live. The old release is now switched back without its hooks, and says so."""
+    from graven.errors import BackendError
+    from graven.service import deploy_records
+
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        v1 = world.build()
+        assert world.deploy(v1, "staging").ok
+        world.commit({"config/staging.toml": b"port = = broken\n"})
+        v2 = world.build()
+
+        def gone(*args: object, **kwargs: object) -> None:
+            raise BackendError("database error: server closed the connection unexpectedly")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(deploy_records, "deployment_row", gone)
+            result = world.deploy(v2, "staging")
+        assert not result.ok
+        assert world.live("staging") == v1
+        assert (
+            "its activate and health not run: database error: server closed the connection" in result.message
+        )
+    finally:
+        world.close()

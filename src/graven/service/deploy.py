@@ -432,9 +432,10 @@ def _run_deployment(
                 "unhealthy whatever is deployed; fix the environment, then deploy again"
             )
         elif rolled_back_to:
+            note = f" ({restored.detail})" if restored.detail else ""  # its hooks not run, say
             message = (
                 f"{what} of {short(digest)} in {env} failed ({described}); switched back to "
-                f"{short(rolled_back_to)}; {fix}"
+                f"{short(rolled_back_to)}{note}; {fix}"
             )
         elif kind == "rollback":
             after = "" if what == "the rollback" else " after the rollback"

@@ -249,10 +249,16 @@ def record_failure(
     if kind != "rollback" and previous is not None and previous != digest and back_ok:
         from graven.service.deploy_verify import verified_settings
 
-        with ctx.db.connect() as conn:
-            back_row = deployment_row(conn, state.live_deployment if state else None)
-            back_pipeline = back_row.pipeline_digest if back_row is not None else None
-        back_settings, unverified = verified_settings(ctx, back_row, env, opts)
+        unverified: str | None
+        try:
+            with ctx.db.connect() as conn:
+                back_row = deployment_row(conn, state.live_deployment if state else None)
+                back_pipeline = back_row.pipeline_digest if back_row is not None else None
+            back_settings, unverified = verified_settings(ctx, back_row, env, opts)
+        except GravenError as exc:
+            # the database (or the store) failed under us: the release that failed its check must not
+            # stay live for want of the old one's hooks; switched back without them, and said so
+            back_settings, unverified = None, f"its activate and health not run: {exc}"
         point_symlink(layout.current, layout.link_target(previous.removeprefix("sha256:")))
         try:
             if old_config is not None:
