@@ -47,8 +47,8 @@ __all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable"]
 
 STAT_FORMAT = "graven.deploy-stat/v3"
 DIR_SHA = "0" * 64
-# v3: the layout of v2, and no record is racy (StatTable.save). A v2 table (graven 0.3.0 and before)
-# may hold racy records: it is read as empty, which costs one check by content after an upgrade.
+# v3: the layout of v2, and no record is racy (StatTable.save). A v2 table (graven 0.4.0 and before;
+# 0.3.0's may hold racy records) is read as empty, which costs one check by content after an upgrade.
 _MAGIC = b"GRVNSTAT\x00\x03"
 _HEAD = struct.Struct(">QQ")
 _RECORD = struct.Struct(">QQqqI32s")
