@@ -348,3 +348,21 @@ def test_a_destination_that_is_no_database_is_refused_as_a_destination(
         "database, to copy into"
     )
     assert notes.read_text().startswith("not a database")
+
+
+def test_a_destination_that_refuses_graven_s_tables_is_named(
+    world: World, tmp_path: Path, capsys: Capsys
+) -> None:
+    """An error while the destination's tables were made did not say which of the two databases it was
+    about (PostgreSQL: "database error: permission denied for schema public")."""
+    world.build()
+    newer = tmp_path / "newer.db"
+    conn = sqlite3.connect(newer)
+    conn.execute("""CREATE TABLE graven_meta ("key" TEXT PRIMARY KEY, value TEXT NOT NULL)""")
+    conn.execute("""INSERT INTO graven_meta ("key", value) VALUES ('schema_version', '99')""")
+    conn.commit()
+    conn.close()
+    code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{newer}")
+    assert code == 2, err
+    assert err.startswith(f"graven: error: cannot make graven's tables in sqlite:///{newer}: "), err
+    assert "99" in err and len(err.strip().splitlines()) == 1

@@ -141,7 +141,10 @@ def copy_database(ctx: Context, url: str) -> CopyReport:
             if src.dialect == "postgresql" and destination.dialect == "postgresql":
                 _refuse_same_database(src, destination, target)
             _refuse_rows(destination, target)  # before its schema is upgraded: a refusal changes nothing
-            destination.upgrade()
+            try:
+                destination.upgrade()
+            except (BackendError, InputError) as exc:  # which database, of the two, refused
+                raise type(exc)(f"cannot make graven's tables in {target}: {exc.message}") from exc
             with destination.begin() as dst:
                 tables = schema_tables()  # graven_meta too: the log's origin is there
                 missing = set(tables) - destination.table_names()
