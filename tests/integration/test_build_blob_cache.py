@@ -180,3 +180,25 @@ def test_a_name_no_file_system_takes_is_refused_at_build(
     code, out, err = run_cli("build", "-C", repo)
     assert code == 2 and out == "", err
     assert "a name of 300 bytes; at most 255 are allowed" in err and len(err.splitlines()) == 1
+
+
+def test_a_build_that_cannot_use_the_record_key_says_its_caches_are_not_used(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """A record key others may read is refused (deploy and drift say so); the build went on without
+    its caches, reading every file again, and said nothing."""
+    repo = make_repo(tmp_path / "repo", APP)
+    assert _build(run_cli, "-C", repo)["files_read"] == 4
+    key = graven_home / "keys" / "records.hmac"
+    key.chmod(0o644)
+    code, out, err = run_cli("build", "--json", "-C", repo)
+    assert code == 0, err
+    assert json.loads(out)["files_read"] == 4  # nothing trusted from the cache
+    (warning,) = err.splitlines()
+    assert warning == (
+        f"graven: warning: the build's caches are not used: the record key {key} is readable by others "
+        f"(mode 0644); run chmod 600 {key}"
+    )
+    key.chmod(0o600)
+    code, out, err = run_cli("build", "--json", "-C", repo)
+    assert (code, err, json.loads(out)["files_read"]) == (0, "", 0)

@@ -206,6 +206,8 @@ def build(
     started_at = utc_now()
     source = _open_source(ctx, path, revision, isolated=isolated)
     key = resolve_signing_key(ctx)  # fail before any work when there is no usable key
+    if use_cache:
+        _warn_without_record_key(ctx)
     with ExitStack() as running:
         # git works in the background while we build: for a build without steps what changed since
         # an earlier build of the same graven.toml, else the listing of the commit's tree (first: it
@@ -433,6 +435,16 @@ def _record_key(ctx: Context) -> bytes | None:
         return ctx.record_key
     except GravenError:
         return None
+
+
+def _warn_without_record_key(ctx: Context) -> None:
+    """Say so when the record key cannot be had (a keys/records.hmac others may read, say): the build
+    then neither trusts nor writes its caches, which is safe but reads and hashes every file again,
+    and a deploy or drift check refuses such a key outright."""
+    try:
+        ctx.record_key  # noqa: B018 - made or read here, once; the build's helpers ask it again
+    except GravenError as exc:
+        ctx.reporter.warn(f"the build's caches are not used: {exc}")
 
 
 def _blob_tag(key: bytes, oid: str, sha: str, size: int) -> str:
