@@ -125,6 +125,10 @@ class SandboxLayout:
     extra_ro: tuple[str, ...] = field(default=())
     masked: tuple[str, ...] = ()  # host files shown as empty (/dev/null): a signing key file, say
     devices: str | None = None  # graven's own device nodes for /dev (see make_private_devices)
+    # graven not run as root: the steps run as uid and gid 0 of a user namespace of their own, as they
+    # do when graven runs as root, so that no step output (``id -u``, a tar's owners, ``ls -l``) depends
+    # on which user ran the build
+    map_root: bool = False
 
 
 def bwrap_argv(
@@ -155,6 +159,7 @@ def bwrap_options(
     argv = [
         "--unshare-all",  # user (when needed), ipc, pid, net, uts, cgroup namespaces
         *(["--share-net"] if network else []),
+        *(["--unshare-user", "--uid", "0", "--gid", "0"] if layout.map_root else []),
         "--die-with-parent",
         "--new-session",
         "--cap-drop",
@@ -458,6 +463,8 @@ def probe_bubblewrap(bwrap: str | None) -> str:
 
 def _probe(bwrap: str) -> str | None:
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/"]
+    if os.geteuid() != 0:  # as the steps run (SandboxLayout.map_root)
+        argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
     argv += ["--", "/bin/sh", "-c", "exit 0"]
     try:
         result = subprocess.run(

@@ -206,6 +206,7 @@ def _runner(
         extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
         masked=masked_files([*_secret_files(ctx), *cred_files], hidden),
         devices=make_private_devices(ws.root / "dev"),
+        map_root=os.geteuid() != 0,
     )
     return BubblewrapRunner(
         bwrap,

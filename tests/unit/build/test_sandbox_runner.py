@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from graven.build.sandbox import (
 )
 from graven.build.steps import clean_environment
 from graven.errors import InputError
-from helpers_services import require_tool, sandbox_python
+from helpers_services import require_tool, sandbox_python, unavailable
 
 ROOT = (
     HostEntry("bin", "usr/bin"),
@@ -253,3 +255,50 @@ def test_private_devices_replace_the_hosts_in_dev(tmp_path: Path) -> None:
         st = os.stat(tmp_path / "dev" / name)
         assert stat.S_ISCHR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o666
         assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (major, minor)
+
+
+STEP_OWNERS = "id -u > ids; id -g >> ids; stat -c %u:%g . >> ids; touch made; stat -c %U:%G made >> ids"
+
+
+def _owners_seen(bwrap: str, top: Path, *, map_root: bool, owner: int) -> str:
+    """What the step STEP_OWNERS reports, run by ``bwrap`` in a workspace below ``top`` owned by ``owner``."""
+    root = Path(tempfile.mkdtemp(dir=top))
+    for name in ("src", "work", "home"):
+        (root / name).mkdir()
+        os.chown(root / name, owner, owner)
+    root.chmod(0o755)
+    layout = SandboxLayout(
+        root / "src", root / "work", root / "home", sandbox.host_root_entries(), map_root=map_root
+    )
+    runner = BubblewrapRunner(bwrap, layout, {"PATH": "/usr/bin:/bin"})
+    with (root / "log").open("wb") as log:
+        assert runner.run(STEP_OWNERS, log=log, timeout=30, network=False) == 0, (root / "log").read_text()
+    return (root / "work" / "ids").read_text()
+
+
+def test_steps_run_as_root_whoever_runs_the_build(tmp_path: Path) -> None:
+    """``id -u``, the owners in a tar made without --owner, ``ls -l``: a step's output must not depend on
+    which user ran graven. Steps of a build run as root are uid 0; an unprivileged user's steps get
+    uid and gid 0 of a user namespace (SandboxLayout.map_root, set when graven is not root)."""
+    require_tool("bwrap")
+    bwrap = probe_bubblewrap(sandbox.find_bwrap())
+    assert "--uid" not in bwrap_argv(bwrap, _layout(), {}, ["true"])
+    mapped = bwrap_argv(bwrap, _layout(map_root=True), {}, ["true"])
+    assert _pairs(mapped, "--uid", 1) == [("0",)] and _pairs(mapped, "--gid", 1) == [("0",)]
+    expected = "0\n0\n0:0\nroot:root\n"
+    top = Path(tempfile.mkdtemp(prefix="graven-owners-", dir="/var/tmp"))  # /tmp is not mirrored
+    try:
+        top.chmod(0o755)
+        me = os.geteuid()
+        assert _owners_seen(bwrap, top, map_root=me != 0, owner=me) == expected
+        if me != 0:
+            return
+        if shutil.which("setpriv") is None:
+            unavailable("setpriv is needed to run bwrap as another user")
+        as_nobody = tmp_path / "bwrap-as-nobody"
+        drop = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+        as_nobody.write_text(f'#!/bin/sh\nexec {drop} {bwrap} "$@"\n')
+        as_nobody.chmod(0o755)
+        assert _owners_seen(str(as_nobody), top, map_root=True, owner=65534) == expected
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
