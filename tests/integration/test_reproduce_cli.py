@@ -267,3 +267,67 @@ def test_the_origin_url_is_recorded_without_credentials(
     assert doc["repository"] == "https://example.com/x.git"
     code, out, _ = run_cli("show", doc["digest"], "--provenance", "--json")
     assert code == 0 and "S3CRET" not in out and "ci-token" not in out
+
+
+@pytest.fixture
+def disk_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TMPDIR on a disk (not tmpfs), read again by tempfile."""
+    import tempfile
+
+    from graven.mounts import file_system_type
+
+    disk = tmp_path / "tmpdir"
+    disk.mkdir()
+    if file_system_type(disk) == "tmpfs":  # pragma: no cover - pytest's own temp dir is on a disk here
+        pytest.skip("this machine's temporary files are on tmpfs: the test needs a disk there")
+    monkeypatch.setenv("TMPDIR", str(disk))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return disk
+
+
+@pytest.mark.usefixtures("graven_home", "disk_tmpdir")
+def test_check_catches_a_step_that_depends_on_the_order_directories_list_in(
+    tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ext4 lists a directory by a hash of the names, whatever order they were made in; tmpfs by
+    creation. A step whose output follows that order (find, os.walk, a tar of a directory) built the
+    same commit differently on a CI machine with TMPDIR on tmpfs and a laptop on ext4, and --check on
+    ext4 said "reproducible" (reversing creation order changes nothing there). The second build now
+    runs on a file system of the other kind."""
+    from graven.service import hermetic
+    from helpers_mounts import mounted_tmpfs
+
+    files = {f"app/m{i:02d}.py": f"X = {i}\n" for i in range(24)}
+    repo = make_repo(tmp_path / "repo", files, _toml("mkdir out && find app -type f > out/found.txt"))
+    with mounted_tmpfs(tmp_path / "shm") as shm:
+        monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(shm),))
+        monkeypatch.setattr(hermetic, "_MIN_FREE", 0)
+        code, _, err = run_cli("build", "-C", repo, "--check")
+        assert list(shm.iterdir()) == []  # the second build's directory is removed
+    assert code == 1, err
+    assert err.startswith("differs: out/found.txt: content"), err
+    assert f"the build directory's file system ({shm}: directories list in another order)" in err
+
+
+def test_the_check_uses_another_file_system_only_where_a_step_can_run(
+    tmp_path: Path, disk_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """None when there is no tmpfs, when it is mounted noexec (a step could not run a file of its
+    checkout there) or has no room: the check then varies creation order only, and does not say it
+    varied the file system."""
+    from graven.service import hermetic
+    from helpers_mounts import mounted_tmpfs
+
+    monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(tmp_path / "missing"),))
+    monkeypatch.setattr(hermetic, "_MIN_FREE", 0)
+    assert hermetic.other_file_system_dir() is None
+    monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(disk_tmpdir),))
+    assert hermetic.other_file_system_dir() is None  # the same kind as TMPDIR's
+    with mounted_tmpfs(tmp_path / "noexec", "noexec") as noexec:
+        monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(noexec),))
+        assert hermetic.other_file_system_dir() is None
+    with mounted_tmpfs(tmp_path / "shm") as shm:
+        monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(shm),))
+        assert hermetic.other_file_system_dir() == shm
+        monkeypatch.setattr(hermetic, "_MIN_FREE", 1 << 40)
+        assert hermetic.other_file_system_dir() is None

@@ -77,15 +77,17 @@ class Workspace:
         return self.root / "build.log"
 
     @classmethod
-    def create(cls, *, prefix: str = "graven-build-", nested: int = 0) -> Workspace:
-        """A new workspace in the temp directory; ``nested`` extra levels give a deeper, different path.
+    def create(cls, *, prefix: str = "graven-build-", nested: int = 0, base: Path | None = None) -> Workspace:
+        """A new workspace in ``base``, by default the temp directory; ``nested`` extra levels give a
+        deeper, different path.
 
-        Raises BackendError (one line, naming the path) when the temp directory cannot hold it. The
+        Raises BackendError (one line, naming the path) when the directory cannot hold it. The
         workspaces of killed gravens are removed first (:func:`reclaim`)."""
-        _check_tempdir(Path(tempfile.gettempdir()))
-        reclaim(Path(tempfile.gettempdir()))
-        with _writing("the build directory", Path(tempfile.gettempdir()) / f"{prefix}*") as where:
-            root = Path(tempfile.mkdtemp(prefix=prefix))
+        tmp = Path(tempfile.gettempdir()) if base is None else base
+        _check_tempdir(tmp)
+        reclaim(tmp)
+        with _writing("the build directory", tmp / f"{prefix}*") as where:
+            root = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
             workspace = cls(root)
             try:
                 workspace._lock.append(_hold_lock(root))

@@ -828,6 +828,6 @@ def _tree_from_steps(
                     raise NotReproducibleError(
                         source.commit,
                         with_diffoscope(differences, first.work, second.work),
-                        CHECK_VARIATION.described,
+                        second.described,
                     )
         return _StepsTree(entries, counter[0], first.log, first.sandbox, first.inputs)

@@ -79,6 +79,10 @@ class Variation:
     prefix: str = "graven-build-"
     nested: int = 0  # extra directory levels: another, deeper host build path
     reverse_order: bool = False  # create the checkout and scratch copy in reverse order
+    # the build directory on a file system of another kind than TMPDIR's (tmpfs, or not): directories
+    # list their entries in another order (by creation on tmpfs, by a hash of the name on ext4), which
+    # creation order alone cannot vary on ext4 (see other_file_system_dir)
+    other_file_system: bool = False
     hostname: str = DEFAULT_HOSTNAME
     umask: int = STEP_UMASK
     # graven's own environment when it launches the steps (TZ, locale): the clean step environment
@@ -92,6 +96,7 @@ CHECK_VARIATION = Variation(
     prefix="graven-check-",
     nested=2,
     reverse_order=True,
+    other_file_system=True,
     hostname="graven-check",
     umask=0o002,
     launcher_env={"TZ": "Pacific/Kiritimati", "LC_ALL": "C", "LANG": "C"},
@@ -103,6 +108,38 @@ CHECK_VARIATION = Variation(
         "TZ and locale of the launching process",
     ),
 )
+
+
+# Where ``build --check`` looks for a directory on another kind of file system than TMPDIR's: a tmpfs
+# for a TMPDIR on disk, a disk for a TMPDIR on tmpfs.
+_TMPFS_DIRS = ("/dev/shm",)  # noqa: S108 - only a sticky, root-owned tmpfs passes _check_tempdir
+_DISK_DIRS = ("/var/tmp",)  # noqa: S108 - idem, on disk
+_MIN_FREE = 1 << 30  # a second build directory there needs room: the whole checkout, twice
+
+
+def other_file_system_dir() -> Path | None:
+    """A directory for a second build on a file system of another kind than TMPDIR's (tmpfs, or a
+    disk), where directories list their entries in another order; None when there is none with 1 GiB
+    free and mounted with exec (the check then varies creation order only, which on ext4 does not
+    change that order)."""
+    from graven.mounts import file_system_type, mounted_noexec
+
+    here = file_system_type(Path(tempfile.gettempdir()))
+    on_tmpfs = here == "tmpfs"
+    for candidate in _DISK_DIRS if on_tmpfs else _TMPFS_DIRS:
+        path = Path(candidate)
+        try:
+            free = os.statvfs(path)
+        except OSError:
+            continue
+        kind = file_system_type(path)
+        if kind is None or (kind == "tmpfs") == on_tmpfs or not os.access(path, os.W_OK | os.X_OK):
+            continue
+        if mounted_noexec(path):  # a step that runs a file of the checkout would fail there
+            continue
+        if free.f_bavail * free.f_frsize >= _MIN_FREE:
+            return path
+    return None
 
 
 @dataclass
@@ -120,6 +157,7 @@ class StepRun:
     tools: list[ResourceRef]
     snapshot: Path
     restored: bool = False
+    described: tuple[str, ...] = ()  # what this run varied (Variation.described, and where it ran)
 
     @property
     def work(self) -> Path:
@@ -379,7 +417,14 @@ def run_step_build(
     build = pipeline.build
     lockfiles = _read_lockfiles(repo, commit, pipeline)
     locked = locked_hashes(lockfiles)  # refuses unhashed requirements before anything runs
-    ws = Workspace.create(prefix=variation.prefix, nested=variation.nested)
+    base = other_file_system_dir() if variation.other_file_system else None
+    described = variation.described
+    if base is not None:
+        described = (
+            *described,
+            f"the build directory's file system ({base}: directories list in another order)",
+        )
+    ws = Workspace.create(prefix=variation.prefix, nested=variation.nested, base=base)
     try:
         # Refuses before any work when there is no usable sandbox.
         runner = _runner(ctx, repo, pipeline, ws, epoch=epoch, variation=variation)
@@ -446,7 +491,7 @@ def run_step_build(
             ResourceRef(f"{LOCKFILE_PREFIX}{path}", f"sha256:{hashlib.sha256(data).hexdigest()}")
             for path, data in lockfiles.items()
         ]
-        yield StepRun(ws, runner.kind, lock_refs, fetched, tools, snapshot, restored)
+        yield StepRun(ws, runner.kind, lock_refs, fetched, tools, snapshot, restored, described)
     finally:
         left = ws.remove()
         if left is not None:
