@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_drift_watch import Watcher as DriftWatcher
 from test_drift_watch import wait_for
 
-from graven.drift.alerts import NOT_DELIVERED, QUEUE_MAX, AlertDispatcher, AlertSender
+from graven.drift.alerts import DROPPED, NOT_DELIVERED, QUEUE_MAX, AlertDispatcher, AlertSender
 from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, InputError
 from graven.service import drift_watch
@@ -156,12 +156,34 @@ def test_the_alert_queue_is_bounded_and_undelivered_alerts_are_reported() -> Non
         left = dispatcher.close(timeout=0.2)
         assert left == QUEUE_MAX + 1  # the one in flight and the queue
         results = dispatcher.results()
-        assert [d.context for d in results] == [0, *range(51, QUEUE_MAX + 51)]  # the oldest were dropped
-        assert all(not d.ok and d.channels == {"queue": NOT_DELIVERED} for d in results)
+        dropped, stopped = results[:50], results[50:]
+        assert [d.context for d in dropped] == list(range(1, 51))  # the oldest were dropped ...
+        assert all(not d.ok and d.channels == {"queue": DROPPED} for d in dropped)  # ... and reported
+        assert [d.context for d in stopped] == [0, *range(51, QUEUE_MAX + 51)]
+        assert all(not d.ok and d.channels == {"queue": NOT_DELIVERED} for d in stopped)
     finally:
         sender.release.set()
     time.sleep(0.1)
     assert dispatcher.results() == []  # the abandoned one is not reported twice
+
+
+def test_an_alert_dropped_from_a_full_queue_comes_back_as_a_failed_delivery() -> None:
+    """A hanging webhook filled the queue: the alert dropped for a newer one only went to stderr, and
+    the watcher, which records what results() returns, wrote no `alert-failed` for it: the audit log
+    showed a drift found and no alert ever tried for it."""
+    sender = HangingSender()
+    dispatcher = AlertDispatcher(sender, warn=lambda _: None, maxsize=2)  # type: ignore[arg-type]
+    try:
+        dispatcher.submit({"env": "staging", "event": "drift"}, context="in flight")
+        assert sender.entered.wait(5)
+        for context in ("first", "second", "third"):
+            dispatcher.submit({"env": "staging", "event": "resolved"}, context=context)
+        (delivery,) = dispatcher.results()
+        assert delivery.context == "first"
+        assert not delivery.ok and delivery.channels == {"queue": DROPPED}
+    finally:
+        sender.release.set()
+        dispatcher.close(timeout=5)
 
 
 def test_alerts_left_at_stop_are_reported_and_recorded_as_failed(world: World) -> None:

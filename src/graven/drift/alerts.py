@@ -26,12 +26,13 @@ from graven import __version__
 from graven.deploy.hook_result import redact_secrets
 from graven.errors import InputError
 
-__all__ = ["NOT_DELIVERED", "QUEUE_MAX", "AlertDispatcher", "AlertSender", "Delivery"]
+__all__ = ["DROPPED", "NOT_DELIVERED", "QUEUE_MAX", "AlertDispatcher", "AlertSender", "Delivery"]
 
 _TAIL = 200  # characters of a failed command's output shown (escaped)
 _CAPTURE = 4096  # bytes kept of each output stream of an alert command (its last ones)
 QUEUE_MAX = 100  # alerts waiting for delivery; when full, the oldest is dropped
 NOT_DELIVERED = "not delivered: the watcher stopped first"
+DROPPED = "not delivered: dropped, the alert queue was full"
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 class AlertDispatcher:
     """A bounded queue of alerts delivered in order by one thread: when :data:`QUEUE_MAX` alerts wait
     (a hanging webhook), the oldest is dropped and ``warn`` says so; alerts not delivered when it is
-    closed come back from :meth:`results` as failed deliveries."""
+    closed, and those dropped, come back from :meth:`results` as failed deliveries."""
 
     def __init__(
         self,
@@ -304,8 +305,10 @@ class AlertDispatcher:
                 self._done.put(Delivery(payload, False, {"queue": NOT_DELIVERED}, context))
                 return
             if len(self._pending) >= self.maxsize:
-                dropped = self._pending.popleft()[0]
+                dropped, dropped_context = self._pending.popleft()
                 self.dropped += 1
+                # recorded as a failed delivery, as one left at the stop is: never lost without a trace
+                self._done.put(Delivery(dropped, False, {"queue": DROPPED}, dropped_context))
             self._pending.append((payload, context))
             self._cond.notify()
             count = self.dropped
