@@ -507,6 +507,24 @@ class _SqliteDatabase:
         self.read_only = False  # set when the database can only be read (see _open)
         self._copy: str | None = None  # the private copy of a read-only database with its WAL
         self._full = False  # read-only because its file system is full
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file first opened
+
+    def _check_same_file(self) -> None:
+        """Refuse to go on when the database file was replaced or removed since this process first
+        opened it (a restore, a `graven db copy` moved into place, while `graven watch` ran): its
+        connections would read and write the old file, now deleted, and lose what they record."""
+        if self._identity is None or self.read_only:
+            return
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise BackendError(
+                f"the database {self.path} was replaced or removed while this graven ran; start it "
+                "again (stop `graven watch` before replacing graven.db)"
+            )
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
@@ -531,6 +549,12 @@ class _SqliteDatabase:
             self.read_only = True
             self._full = full
             return self._open_read_only()
+        if self._identity is None:
+            try:
+                st = os.stat(self.path)
+            except OSError:  # pragma: no cover - just opened: a removal in between is caught next time
+                return raw
+            self._identity = (st.st_dev, st.st_ino)
         return raw
 
     def _disk_full(self) -> bool:
@@ -598,6 +622,7 @@ class _SqliteDatabase:
 
     @contextmanager
     def transaction(self, begin: str, *, commit: bool) -> Iterator[Connection]:
+        self._check_same_file()
         with self._lock:
             raw = self._idle.pop() if self._idle else None
         opened = False

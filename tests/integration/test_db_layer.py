@@ -501,3 +501,45 @@ def test_a_home_on_a_full_file_system_is_read_and_a_write_says_the_disk_is_full(
         assert "free some space" in str(caught.value) and "\n" not in str(caught.value)
     finally:
         db.close()
+
+
+def test_a_database_file_replaced_while_a_process_runs_is_refused_not_written_behind(tmp_path: Path) -> None:
+    """`graven watch` kept the replaced file open (a restore, a `db copy` moved into place): it went on
+    recording into the deleted file, whose rows nobody would ever read, and said the new one was
+    "malformed". Every transaction now checks that the file is still the one it opened."""
+    import shutil
+
+    path = tmp_path / "graven.db"
+    db = Database.open(f"sqlite:///{path}")
+    try:
+        with db.begin() as conn:
+            conn.execute("""INSERT INTO graven_meta ("key", value) VALUES ('marker', 'old')""")
+        copy = tmp_path / "copy.db"
+        source = sqlite3.connect(path)  # a consistent copy, then moved over the original
+        source.execute(f"VACUUM INTO '{copy}'")
+        source.close()
+        shutil.move(copy, path)
+        with (
+            pytest.raises(
+                BackendError, match=r"was replaced or removed while this graven ran; start it again"
+            ),
+            db.begin() as conn,
+        ):
+            conn.execute("""UPDATE graven_meta SET value = 'lost' WHERE "key" = 'marker'""")
+    finally:
+        db.close()
+    fresh = Database.open(f"sqlite:///{path}")  # a new process takes the new file
+    try:
+        with fresh.connect() as conn:
+            assert conn.execute("""SELECT value FROM graven_meta WHERE "key" = 'marker'""").scalar() == "old"
+    finally:
+        fresh.close()
+    removed = Database.open(f"sqlite:///{path}")
+    try:
+        with removed.connect() as conn:
+            conn.execute("SELECT 1")
+        path.unlink()
+        with pytest.raises(BackendError, match="was replaced or removed"), removed.connect() as conn:
+            conn.execute("SELECT 1")
+    finally:
+        removed.close()
