@@ -27,7 +27,16 @@ from graven.core.record import Frozen, Record
 from graven.deploy.attributes import attribute_problem, deployer_uid
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
-from graven.drift.walk import BIG, CHUNK, OPEN_FILE, ForkedWalk, hash_rest, kind_of, observe_raw
+from graven.drift.walk import (
+    BIG,
+    CHUNK,
+    OPEN_FILE,
+    ForkedWalk,
+    hash_rest,
+    kind_of,
+    observe_raw,
+    out_of_resources,
+)
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
 from graven.runtime import can_fork
 
@@ -71,6 +80,7 @@ def hash_path(path: str) -> HashResult:
     try:
         fd = os.open(path, OPEN_FILE)
     except OSError as exc:
+        out_of_resources(exc, path)
         return None, f"unreadable: {exc.strerror}"
     try:
         st = os.fstat(fd)
@@ -78,6 +88,7 @@ def hash_path(path: str) -> HashResult:
             return st, ""
         return st, _hash_fd(fd, st.st_size)
     except OSError as exc:
+        out_of_resources(exc, path)
         return None, f"unreadable: {exc.strerror}"
     finally:
         os.close(fd)
@@ -424,7 +435,8 @@ def _fast_scan(
         try:
             with os.scandir(full_path) as entries:
                 names = [e.name for e in entries]
-        except OSError:
+        except OSError as exc:
+            out_of_resources(exc, full_path)
             continue
         result.listed += 1
         # a changed ctime: a chown of the directory (its new owner could replace what is in it)
@@ -574,6 +586,7 @@ class _Walk:
                         return
                     rel = self.stack.pop()
                     self.busy += 1
+                found: list[str] = []
                 try:
                     found, files = self._directory(rel)
                     listed += 1
@@ -607,11 +620,16 @@ class _Walk:
         hashed = 0
         try:
             dir_fd = fopen(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+        except OSError as exc:
+            out_of_resources(exc, directory)
             return subdirs, hashed
         try:
-            with os.scandir(dir_fd) as it:
-                entries = list(it)
+            try:
+                with os.scandir(dir_fd) as it:
+                    entries = list(it)
+            except OSError as exc:
+                out_of_resources(exc, directory)
+                raise
             for item in entries:
                 name = item.name
                 path = prefix + name
@@ -621,6 +639,7 @@ class _Walk:
                     try:
                         fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
                     except OSError as exc:
+                        out_of_resources(exc, f"{directory}/{name}")
                         observed[path] = Observed("file", 0, -1, f"unreadable: {exc.strerror}")
                         continue
                     try:
@@ -639,6 +658,7 @@ class _Walk:
                             sha = hash_rest(fd, b"")
                         attrs = attribute_problem(fd, st, owner)
                     except OSError as exc:
+                        out_of_resources(exc, f"{directory}/{name}")
                         observed[path] = Observed("file", 0, -1, f"unreadable: {exc.strerror}")
                         continue
                     finally:

@@ -8,6 +8,7 @@ processes start (``PATH/.graven/drift/split``). A module of its own, light on im
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import hashlib
 import json
@@ -22,7 +23,7 @@ from typing import Any
 from graven.core.paths import check_path
 from graven.deploy.attributes import attribute_problem, deployer_uid
 from graven.deploy.recordkey import read_record_file
-from graven.errors import UnsafeInputError
+from graven.errors import BackendError, UnsafeInputError
 
 __all__ = [
     "BIG",
@@ -34,6 +35,7 @@ __all__ = [
     "load_split",
     "observe_raw",
     "open_dir",
+    "out_of_resources",
     "raw_walk",
     "split_path",
 ]
@@ -43,6 +45,20 @@ CHUNK = 1 << 20
 OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SPLIT_MAX = 1 << 20  # bytes: a split file is a few KiB
 Split = tuple[list[str], list[str]]
+
+
+# What graven's own process ran out of says nothing about the release: a file it could not open for
+# want of a descriptor is not "unreadable" (drift), and a directory it could not list is not empty.
+_OWN_LIMITS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def out_of_resources(exc: OSError, path: str) -> None:
+    """Raise :class:`BackendError` when ``exc`` is graven running out of descriptors or memory."""
+    if exc.errno in _OWN_LIMITS:
+        raise BackendError(
+            f"cannot check {path}: {exc.strerror}; raise the limit of open files (`ulimit -n`) or "
+            "free some memory, then check again"
+        ) from exc
 
 
 def kind_of(mode: int) -> str:
@@ -88,11 +104,16 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
         try:
             # a starting point is opened one component at a time (its parents were not seen here)
             dir_fd = open_dir(base, rel) if first else fopen(f"{base}/{rel}", dir_flags)
-        except OSError:
+        except OSError as exc:
+            out_of_resources(exc, f"{base}/{rel}")
             continue
         try:
-            with os.scandir(dir_fd) as it:
-                entries = list(it)
+            try:
+                with os.scandir(dir_fd) as it:
+                    entries = list(it)
+            except OSError as exc:
+                out_of_resources(exc, f"{base}/{rel}")
+                raise
             listed += 1
             for item in entries:
                 name = item.name
@@ -101,6 +122,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
                     try:
                         fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
                     except OSError as exc:
+                        out_of_resources(exc, f"{base}/{path}")
                         observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
                         continue
                     try:
@@ -116,6 +138,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
                             sha = hash_rest(fd, b"")
                         attrs = attribute_problem(fd, st, owner)
                     except OSError as exc:
+                        out_of_resources(exc, f"{base}/{path}")
                         observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
                         continue
                     finally:
