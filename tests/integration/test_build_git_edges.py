@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -272,3 +273,29 @@ def test_a_partial_clone_whose_promisor_is_gone_says_the_object_is_missing(
     )
     # graven.toml is local, another file's blob is not: not "cannot read blob X:" and nothing more
     _refused(run_cli("build", "-C", clone, "HEAD~1"), f"object {blob} is not in this repository", "fatal:")
+
+
+def test_a_git_killed_under_the_build_is_a_failure_not_an_unknown_revision(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault-injection review: git killed by a signal (the OOM killer, a CI timeout) while it was asked
+    for the commit made an existing HEAD "unknown revision ... (commit first ...)", exit 2, telling the
+    user to fix what they typed. It is said as git's failure (exit 1), and the next build works."""
+    repo = make_repo(tmp_path / "repo", FILES)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "git"
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *cat-file*) kill -9 $$;; esac\nexec {shutil.which("git")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    code, out, err = run_cli("build", "-C", repo)
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graven: error: "), err
+    assert "killed" in lines[0] and "unknown revision" not in lines[0], lines[0]
+    assert code == 1, (code, err)
+    assert out == ""
+    monkeypatch.setenv("PATH", os.environ["PATH"].removeprefix(f"{bin_dir}:"))
+    assert run_cli("build", "-C", repo)[0] == 0

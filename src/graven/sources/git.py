@@ -418,8 +418,16 @@ class _Objects:
         self.stdout: IO[bytes] = self._proc.stdout
 
     def request(self, name: str) -> tuple[str, str, bytes] | None:
-        """:func:`_batch_request` on this git."""
-        return _batch_request(self.stdin, self.stdout, name)
+        """:func:`_batch_request` on this git; BackendError when git was killed (a signal, the OOM
+        killer): what it did not answer is not missing."""
+        ended: list[bool] = []
+        found = _batch_request(self.stdin, self.stdout, name, ended)
+        if ended:  # no answer: git stopped, which it does on some revision syntax errors too
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self._proc.wait(timeout=5)
+                if code < 0:
+                    raise BackendError(f"git cat-file was killed (signal {-code}); run the command again")
+        return found
 
     def trees(self, oids: Iterable[str], into: dict[str, bytes]) -> None:
         """Read the trees ``oids`` that ``into`` lacks, check each against its id, and add them (raw).
@@ -846,15 +854,22 @@ def _check_revision(revision: str) -> None:
         raise NotFoundError(f"invalid revision {revision!r}")
 
 
-def _batch_request(stdin: IO[bytes], stdout: IO[bytes], name: str) -> tuple[str, str, bytes] | None:
+def _batch_request(
+    stdin: IO[bytes], stdout: IO[bytes], name: str, ended: list[bool] | None = None
+) -> tuple[str, str, bytes] | None:
     """Ask a ``cat-file --batch`` for ``name``: (object id, type, content), or None when it is missing
-    or git stopped (as it does on some revision syntax errors)."""
+    or git stopped (as it does on some revision syntax errors; then True is added to ``ended``)."""
     try:
         stdin.write(f"{name}\n".encode())
         stdin.flush()
     except OSError:
+        if ended is not None:
+            ended.append(True)
         return None
-    header = stdout.readline().decode(errors="replace").split()
+    line = stdout.readline()
+    if not line and ended is not None:
+        ended.append(True)
+    header = line.decode(errors="replace").split()
     if len(header) != 3 or not header[2].isdigit():
         return None  # "<name> missing", "<name> ambiguous", or git ended
     size = int(header[2])
