@@ -5,7 +5,7 @@ level more would have taken ~8 GB). The limit is lowered here to keep the tests 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -16,12 +16,14 @@ from graven.core import paths
 Run = Callable[..., tuple[int, str, str]]
 
 
-def _bomb(repo: Path, levels: int, width: int = 10) -> str:
+def _bomb(repo: Path, levels: int, width: int = 10, *, files: bool = True) -> str:
     """Commit a tree ``bomb`` that nests one tree ``width`` times at each of ``levels`` levels (width **
-    (levels + 1) files from a handful of objects); the commit id."""
+    (levels + 1) files from a handful of objects; without ``files``, empty trees at the bottom: no
+    file, only directories); the commit id."""
     blob = git(repo, "hash-object", "-w", "--stdin", "--path", "x").strip() if False else None
     blob = _hash(repo, b"x\n")
-    tree = _mktree(repo, [f"100644 blob {blob}\tf{i}" for i in range(width)])
+    files_of = [f"100644 blob {blob}\tf{i}" for i in range(width)] if files else []
+    tree = _mktree(repo, files_of) if files_of else _hash(repo, b"", "tree")
     for _ in range(levels):
         tree = _mktree(repo, [f"040000 tree {tree}\td{i}" for i in range(width)])
     listed = git(repo, "ls-tree", "HEAD").splitlines()
@@ -31,13 +33,13 @@ def _bomb(repo: Path, levels: int, width: int = 10) -> str:
     return commit
 
 
-def _hash(repo: Path, data: bytes) -> str:
+def _hash(repo: Path, data: bytes, kind: str = "blob") -> str:
     import subprocess
 
     from conftest import git_env
 
     done = subprocess.run(
-        ["git", "hash-object", "-w", "--stdin"],
+        ["git", "hash-object", "-t", kind, "-w", "--stdin"],
         cwd=repo,
         input=data,
         capture_output=True,
@@ -83,6 +85,47 @@ def test_a_commit_whose_tree_lists_too_many_paths_is_refused(
     monkeypatch.setattr(paths, "MAX_ENTRIES", 1_002)  # the bomb, a.txt and graven.toml
     code, _, err = run_cli("build", "-C", repo)
     assert code == 0, err  # the limit is what refused it
+
+
+@pytest.mark.parametrize("built_before", [False, True], ids=["listed", "carried"])
+def test_a_commit_whose_tree_nests_only_directories_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, built_before: bool
+) -> None:
+    """Empty trees nested in themselves list no file: the limit, counted in files alone, never came,
+    and ten levels of ten took hours to walk (carried forward: the comparison's list of directories
+    to descend held them all in memory)."""
+    repo = create_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    if built_before:
+        code, _, err = run_cli("build", "-C", repo)
+        assert code == 0, err
+    commit = _bomb(repo, levels=2, files=False)  # 111 directories, no file
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 100)
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 2, (out, err)
+    assert err.startswith(f"graven: error: more than 100 paths in the tree of commit {commit[:12]}:"), err
+
+
+def test_a_tree_nested_in_itself_is_read_once(
+    graven_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing read the trees a level at a time, each tree once per place it is named: a bomb of
+    a hundred names per tree and four levels asked for 10^8 trees at its last level (memory and hours)
+    before the limit was ever counted. Each tree is asked for once."""
+    from graven.sources import git as git_source
+
+    repo = create_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    commit = _bomb(repo, levels=3)
+    asked: list[list[str]] = []
+    trees = git_source._Objects.trees
+
+    def counting(self: git_source._Objects, oids: Iterable[str], into: dict[str, bytes]) -> None:
+        listed = list(oids)
+        asked.append(listed)
+        trees(self, listed, into)
+
+    monkeypatch.setattr(git_source._Objects, "trees", counting)
+    assert len(git_source.GitRepo(repo).ls_tree(commit)) == 10_002
+    assert asked and all(len(level) == len(set(level)) for level in asked), [len(x) for x in asked]
 
 
 def test_an_archive_with_too_many_paths_is_refused(

@@ -651,11 +651,15 @@ def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
                 names = [name for _, name, _ in parsed]
                 if not _names_are_plain(names):
                     raise _crafted_tree(oid, names)
-        level = [
-            oid for tree in level for mode, _, oid in trees[tree] if mode == _MODE_TREE and oid not in raw
-        ]
+        # each tree once: a tree nested many times in itself (a "git bomb") is named once per place
+        level = list(
+            dict.fromkeys(
+                oid for tree in level for mode, _, oid in trees[tree] if mode == _MODE_TREE and oid not in raw
+            )
+        )
     entries: list[GitEntry] = []
     append = entries.append
+    walked = 0  # directories: a bomb of trees alone (no file) lists none, yet takes as long to walk
     stack = [(iter(trees[root]), "")]
     while stack:
         walking, prefix = stack[-1]
@@ -666,7 +670,9 @@ def _listing(objects: _Objects, commit: str) -> list[GitEntry]:
                 decode_path(prefix.encode() + name)  # raises, naming the path
                 raise
             if mode == _MODE_TREE:
-                if len(entries) > paths.MAX_ENTRIES:  # before a tree nested in itself fills the memory
+                walked += 1
+                if len(entries) > paths.MAX_ENTRIES or walked > paths.MAX_ENTRIES:  # before a tree
+                    # nested in itself fills the memory, or takes hours to walk
                     raise paths.too_many_paths(f"the tree of commit {commit[:12]}")
                 stack.append((iter(trees[oid]), path + "/"))
                 break
@@ -697,6 +703,7 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
     raw: dict[str, bytes] = {}
     found: list[tuple[bytes, str, str, str]] = []
     pairs: list[tuple[bytes, str | None, str | None]] = [(b"", old[1], new[1])]
+    descended = 0  # directories, as the listing counts them (a bomb of trees alone has no file)
     while pairs:
         try:
             objects.trees([oid for _, a, b in pairs for oid in (a, b) if oid is not None], raw)
@@ -731,8 +738,9 @@ def _changes(objects: _Objects, base: str, commit: str) -> list[GitChange] | Non
                     deeper.append((prefix + name + b"/", oid, None))
                 else:
                     found.append((prefix + name, "D", "000000", zero))
-        if len(found) > paths.MAX_ENTRIES:
-            return None  # the full listing refuses it, naming the limit
+            if len(found) > paths.MAX_ENTRIES or descended + len(deeper) > paths.MAX_ENTRIES:
+                return None  # the full listing refuses it, naming the limit
+        descended += len(deeper)
         pairs = deeper
     found.sort()  # byte order of the paths: git's order of a recursive diff
     try:
