@@ -153,3 +153,23 @@ def test_build_outputs_with_too_many_paths_are_refused(
     code, _, err = run_cli("build", "-C", repo)
     assert code == 2, err
     assert err.startswith("graven: error: more than 20 paths in the build's outputs:"), err
+
+
+def test_build_outputs_one_past_the_limit_are_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs were counted before the path at hand was added: one path more than the limit went
+    through (21 files named one by one, at a limit of 20), where a commit's tree and an archive stop
+    at the limit itself."""
+    names = [f"f{i}" for i in range(21)]
+    outputs = ", ".join(f'"{name}"' for name in names)
+    step = f"touch {' '.join(names)}"
+    toml = f'[artifact]\nname = "many"\n\n[build]\nsteps = ["{step}"]\noutputs = [{outputs}]\n'
+    repo = create_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 20)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2, err
+    assert err.startswith("graven: error: more than 20 paths in the build's outputs:"), err
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 21)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 0, err

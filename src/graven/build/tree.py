@@ -47,7 +47,7 @@ def collect_tree(
     def visit(rel: str) -> None:
         if rel in seen:
             return
-        if len(seen) > paths.MAX_ENTRIES:  # the outputs' directories and files alike
+        if len(seen) >= paths.MAX_ENTRIES:  # the outputs' directories and files alike
             raise paths.too_many_paths("the build's outputs")
         seen.add(rel)
         full = os.path.join(root, rel)
