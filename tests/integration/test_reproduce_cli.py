@@ -331,3 +331,51 @@ def test_the_check_uses_another_file_system_only_where_a_step_can_run(
         assert hermetic.other_file_system_dir() == shm
         monkeypatch.setattr(hermetic, "_MIN_FREE", 1 << 40)
         assert hermetic.other_file_system_dir() is None
+
+
+def test_the_check_skips_a_tmpfs_others_could_write_or_a_container_could_not_hold(
+    tmp_path: Path, disk_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A /dev/shm writable by others and not sticky made `build --check` fail outright (the build
+    directory's own check refused it) instead of passing it over; and a tmpfs's free space says
+    nothing of a container's memory limit, which its pages count against."""
+    from graven.service import hermetic
+    from helpers_mounts import mounted_tmpfs
+
+    monkeypatch.setattr(hermetic, "_MIN_FREE", 1 << 20)
+    with mounted_tmpfs(tmp_path / "shm") as shm:
+        monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(shm),))
+        assert hermetic.other_file_system_dir() == shm
+        shm.chmod(0o777)  # not sticky: another user could swap the build there
+        assert hermetic.other_file_system_dir() is None
+        shm.chmod(0o1777)
+        assert hermetic.other_file_system_dir() == shm
+        monkeypatch.setattr(hermetic, "_memory_headroom", lambda: 1 << 19)
+        assert hermetic.other_file_system_dir() is None
+
+
+def test_memory_headroom_is_the_least_a_cgroup_or_its_parents_allow(tmp_path: Path) -> None:
+    from graven.service import hermetic
+
+    mounted = tmp_path / "sys-fs-cgroup"
+    unlimited = 1 << 62
+
+    def write(directory: Path, **files: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (directory / name.replace("_", ".", 1)).write_text(text + "\n")
+
+    cgroups = tmp_path / "cgroup"
+    cgroups.write_text("0::/box/job\n")  # v2: the job's own limit, then its parent's smaller one
+    write(mounted / "box" / "job", memory_max="max", memory_current="100")
+    assert hermetic._memory_headroom(cgroups, mounted) == unlimited
+    write(mounted / "box", memory_max=str(3 << 30), memory_current=str(1 << 30))
+    assert hermetic._memory_headroom(cgroups, mounted) == 2 << 30
+    write(mounted / "box" / "job", memory_max=str(1 << 30), memory_current=str(1 << 29))
+    assert hermetic._memory_headroom(cgroups, mounted) == 1 << 29
+    cgroups.write_text("4:memory:/docker/abc\n0::/\n")  # v1, as in many containers
+    write(
+        mounted / "memory" / "docker" / "abc", memory_limit_in_bytes=str(4 << 30), memory_usage_in_bytes="0"
+    )
+    assert hermetic._memory_headroom(cgroups, mounted) == 4 << 30
+    assert hermetic._memory_headroom(tmp_path / "missing", mounted) == unlimited

@@ -219,17 +219,23 @@ class _Where:
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-def _check_tempdir(tmp: Path) -> None:
-    """Refuse a temp directory another user could change (:mod:`graven.strictmodes`: owned by another
-    user, or writable by others and not sticky): they could swap the build directory, or its work
-    copy, for one of their own while the steps run, and graven would sign what they put there. A
-    sticky one (``/tmp``) is fine: nobody renames the private directory graven makes in it."""
-    from graven.errors import InputError
+def tempdir_problem(tmp: Path) -> tuple[str, str] | None:
+    """Where and why another user could change the temp directory ``tmp`` (:mod:`graven.strictmodes`:
+    owned by another user, or writable by others and not sticky); None when nobody else can."""
     from graven.strictmodes import first_problem, walk
 
-    absolute = os.path.abspath(tmp)
-    walked, _ = walk(absolute)
-    found = first_problem(walked, set())
+    walked, _ = walk(os.path.abspath(tmp))
+    return first_problem(walked, set())
+
+
+def _check_tempdir(tmp: Path) -> None:
+    """Refuse a temp directory another user could change (:func:`tempdir_problem`): they could swap
+    the build directory, or its work copy, for one of their own while the steps run, and graven would
+    sign what they put there. A sticky one (``/tmp``) is fine: nobody renames the private directory
+    graven makes in it."""
+    from graven.errors import InputError
+
+    found = tempdir_problem(tmp)
     if found is not None:
         where, problem = found
         raise InputError(

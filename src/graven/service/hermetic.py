@@ -50,7 +50,15 @@ from graven.build.sandbox import (
     user_homes,
 )
 from graven.build.steps import BuildLog, clean_environment, run_steps
-from graven.build.workspace import DIR_MODE, Workspace, checkout, copy_tree, ensure_inside, settle_tree
+from graven.build.workspace import (
+    DIR_MODE,
+    Workspace,
+    checkout,
+    copy_tree,
+    ensure_inside,
+    settle_tree,
+    tempdir_problem,
+)
 from graven.core.paths import check_path
 from graven.db import sqlite_path
 from graven.errors import (
@@ -137,9 +145,50 @@ def other_file_system_dir() -> Path | None:
             continue
         if mounted_noexec(path):  # a step that runs a file of the checkout would fail there
             continue
-        if free.f_bavail * free.f_frsize >= _MIN_FREE:
+        if tempdir_problem(path) is not None:  # another user could swap the build there: not used
+            continue
+        room = free.f_bavail * free.f_frsize
+        if kind == "tmpfs":  # its pages are memory: a container's limit counts them, statvfs does not
+            room = min(room, _memory_headroom())
+        if room >= _MIN_FREE:
             return path
     return None
+
+
+def _memory_headroom(
+    cgroups: Path = Path("/proc/self/cgroup"), mounted: Path = Path("/sys/fs/cgroup")
+) -> int:
+    """How much more memory this process's memory cgroup and its parents allow, the least of them
+    (cgroup v2 ``memory.max`` / ``memory.current``, or v1 ``memory.limit_in_bytes`` /
+    ``memory.usage_in_bytes``); unbounded when none sets a limit or none can be read."""
+    headroom = 1 << 62
+    try:
+        with open(cgroups, encoding="ascii", errors="replace") as handle:
+            rows = [row.strip().split(":", 2) for row in handle]
+    except OSError:
+        return headroom
+    places = []
+    for row in rows:
+        if len(row) != 3:
+            continue
+        if row[0] == "0" and row[1] == "":  # v2
+            places.append((mounted, row[2], "memory.max", "memory.current"))
+        elif "memory" in row[1].split(","):  # v1
+            places.append((mounted / "memory", row[2], "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    for root, group, limit_file, used_file in places:
+        directory = root / group.lstrip("/")
+        while True:
+            try:
+                limit = (directory / limit_file).read_text().strip()
+                used = int((directory / used_file).read_text().strip() or 0)
+            except (OSError, ValueError):
+                limit, used = "", 0
+            if limit.isdigit():
+                headroom = min(headroom, max(int(limit) - used, 0))
+            if directory == root or root not in directory.parents:
+                break
+            directory = directory.parent
+    return headroom
 
 
 @dataclass
