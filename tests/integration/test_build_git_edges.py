@@ -275,8 +275,14 @@ def test_a_partial_clone_whose_promisor_is_gone_says_the_object_is_missing(
     _refused(run_cli("build", "-C", clone, "HEAD~1"), f"object {blob} is not in this repository", "fatal:")
 
 
+@pytest.mark.parametrize("command", ["cat-file", "rev-parse"])
+@pytest.mark.usefixtures("graven_home")
 def test_a_git_killed_under_the_build_is_a_failure_not_an_unknown_revision(
-    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    make_repo: MakeRepo,
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
 ) -> None:
     """A fault-injection review: git killed by a signal (the OOM killer, a CI timeout) while it was asked
     for the commit made an existing HEAD "unknown revision ... (commit first ...)", exit 2, telling the
@@ -286,7 +292,7 @@ def test_a_git_killed_under_the_build_is_a_failure_not_an_unknown_revision(
     bin_dir.mkdir()
     wrapper = bin_dir / "git"
     wrapper.write_text(
-        f'#!/bin/sh\ncase "$*" in *cat-file*) kill -9 $$;; esac\nexec {shutil.which("git")} "$@"\n'
+        f'#!/bin/sh\ncase "$*" in *{command}*) kill -9 $$;; esac\nexec {shutil.which("git")} "$@"\n'
     )
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

@@ -1042,6 +1042,8 @@ class GitRepo:
             out, err = proc.communicate()
         # exactly git's bytes, one path a line: a name may end in a space
         lines = out[:-1].split(b"\n") if out.endswith(b"\n") else [out]
+        if proc.returncode < 0:  # a signal (the OOM killer, a CI timeout): nothing wrong with the input
+            raise BackendError(f"git rev-parse was killed (signal {-proc.returncode}); run the command again")
         if proc.returncode != 0:
             text = err.decode(errors="replace")
             detail = text.strip().splitlines()
