@@ -536,7 +536,7 @@ class LocalStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise BackendError(f"cannot read {path}: {exc}") from exc
+            raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from exc
         actual = hashlib.sha256(data)
         if actual.digest() != digest.raw:
             raise DigestMismatchError(
@@ -842,7 +842,7 @@ class LocalStore:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise BackendError(f"cannot read {path}: {exc}") from exc
+            raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from exc
         return actual == digest.raw
 
     def _write_loose(self, digest: Digest, data: bytes) -> None:
@@ -1542,7 +1542,7 @@ def _scan_pack(pack: Path) -> list[tuple[bytes, int, int, int, int]]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise BackendError(f"cannot read {pack}: {exc}") from exc
+        raise BackendError(f"cannot read {pack}: {exc.strerror or exc}") from exc
     entries: list[tuple[bytes, int, int, int, int]] = []
     try:
         end = os.fstat(fd).st_size
@@ -1562,7 +1562,7 @@ def _scan_pack(pack: Path) -> list[tuple[bytes, int, int, int, int]]:
                 entries.append((digest, offset, stored, size, codec))
                 offset = start + stored
     except OSError as exc:
-        raise BackendError(f"cannot read {pack}: {exc}") from exc
+        raise BackendError(f"cannot read {pack}: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
     return entries

@@ -397,3 +397,25 @@ def test_a_pack_sealed_a_day_before_its_batch_commits_is_not_taken_for_an_orphan
     assert fresh.read(digest) == blob
     for each in (store, fresh):
         each.close()
+
+
+def test_a_store_read_that_the_system_refuses_says_why_in_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors, the error was "cannot read X: [Errno 24] Too many open files: 'X'"."""
+    import errno
+
+    from graven.errors import BackendError
+
+    store = LocalStore.at(tmp_path / "objects")
+    digest = store.put(b"a loose object\n")
+    path = store.loose_path(digest)
+
+    def refused(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(self))
+
+    monkeypatch.setattr(Path, "open", refused)
+    with pytest.raises(BackendError) as raised:
+        store._read_loose(digest)
+    store.close()
+    assert str(raised.value) == f"cannot read {path}: Too many open files"
