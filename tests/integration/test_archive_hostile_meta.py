@@ -572,3 +572,35 @@ def test_an_archive_from_standard_input_and_unread_compressions_are_named(
         out.write(_tar(None))  # streamed: the frame header keeps the 2 GiB window (as zstd --long=31)
     long = stream.getvalue()
     _one_line_error(run_cli("import", _write(tmp_path / "l.tar.zst", long)), "zstd --long")
+
+
+def test_an_export_whose_attestation_cannot_be_written_leaves_no_archive(
+    future_artifact: str, run_cli: Run, tmp_path: Path
+) -> None:
+    """The archive was renamed into place first and the attestation written after: with no room
+    for the attestation, the export failed and left the new archive without it (a fault-injection
+    review)."""
+    from helpers_mounts import mounted_tmpfs
+
+    archive = tmp_path / "a.tar"
+    with mounted_tmpfs(tmp_path / "full") as full:
+        with (full / "filler").open("wb") as handle:  # the tmpfs is 16 MiB: fill it to the last byte
+            chunk = b"\0" * (1 << 20)
+            try:
+                while True:
+                    handle.write(chunk)
+                    handle.flush()
+            except OSError:
+                pass
+        for small in range(64):  # and the last pages (a page at a time)
+            try:
+                (full / f"f{small}").write_bytes(b"\0" * 4096)
+            except OSError:
+                break
+        code, out, err = run_cli("export", future_artifact, "-o", archive, "--attestation", full / "x.json")
+        left = sorted(p.name for p in full.iterdir() if not p.name.startswith("f"))
+    assert code == 1, (out, err)
+    assert err.startswith(f"graven: error: cannot write {full / 'x.json'}: No space left on device"), err
+    assert not archive.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("a.tar")] == []  # no temp either
+    assert left == []

@@ -345,15 +345,22 @@ def export_cmd(args: argparse.Namespace) -> int:
     if attestation is not None or bundle is not None:
         # made before anything is written: an attestation that cannot be exported stops the export
         write_attestation = prepare_attestation(ctx, resolved, envelope_path=attestation, bundle_path=bundle)
+        # written beside their paths first: a full disk there stops the export before it replaces
+        # anything (it left the new archive without its attestation)
+        write_attestation.stage()
     try:
         # an attestation left there by an earlier export goes right before the new archive is renamed
         # into place (a crash review found B's archive beside A's attestation; a failed export keeps
         # the old pair)
         export_artifact(ctx, resolved, output, replaces=(attestation, bundle) if write_attestation else ())
+    except BaseException:
+        if write_attestation is not None:
+            write_attestation.discard()
+        raise
     finally:
         reporter.close()
     if write_attestation is not None:
-        write_attestation()
+        write_attestation.commit()
     if as_json:
         emit_json({"digest": str(resolved), "output": str(output), "size": output.stat().st_size})
     else:

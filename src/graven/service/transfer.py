@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -131,11 +130,57 @@ def export_attestation(
     prepare_attestation(ctx, digest, envelope_path=envelope_path, bundle_path=bundle_path)()
 
 
+class AttestationFiles:
+    """The files of an exported attestation, made in memory: :meth:`stage` writes each to a temp file
+    beside its path (a full disk fails there, before the export replaces anything), :meth:`commit`
+    renames them into place, :meth:`discard` removes what was staged; calling it does all at once."""
+
+    def __init__(self, files: list[tuple[Path, bytes]]) -> None:
+        self._files = files
+        self._staged: list[tuple[Path, Path]] = []
+
+    def stage(self) -> None:
+        """Write every file beside its path; on a failure, remove what was written and raise."""
+        from graven.archive.writer import remove_stale_temps, temp_beside
+
+        for path, data in self._files:
+            remove_stale_temps(path)
+            tmp = temp_beside(path)
+            self._staged.append((tmp, path))
+            try:
+                tmp.write_bytes(data)
+            except OSError as exc:
+                self.discard()
+                raise write_error(path, exc) from None
+
+    def commit(self) -> None:
+        """Rename the staged files into place."""
+        staged, self._staged = self._staged, []
+        for done, (tmp, path) in enumerate(staged):
+            try:
+                tmp.replace(path)
+            except OSError as exc:
+                self._staged = staged[done:]
+                self.discard()
+                raise write_error(path, exc) from None
+
+    def discard(self) -> None:
+        """Remove what was staged and not renamed."""
+        staged, self._staged = self._staged, []
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def __call__(self) -> None:
+        self.stage()
+        self.commit()
+
+
 def prepare_attestation(
     ctx: Context, digest: Digest, *, envelope_path: Path | None, bundle_path: Path | None
-) -> Callable[[], None]:
+) -> AttestationFiles:
     """Make the files of :func:`export_attestation` in memory (raising now, before anything is
-    written, when they cannot be made) and return what writes them.
+    written, when they cannot be made) and return them (:class:`AttestationFiles`).
 
     The provenance is the one the home's trust policy accepts (:func:`preferred_envelope`). A Sigstore
     bundle holds one signature: the one that verified, when the envelope has several."""
@@ -163,26 +208,7 @@ def prepare_attestation(
                 signatures=chosen or envelope.signatures,
             )
         files.append((bundle_path, bundle_bytes(single)))
-
-    def write() -> None:
-        for path, payload in files:
-            _write_atomic(path, payload)
-
-    return write
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    from graven.archive.writer import remove_stale_temps, temp_beside
-
-    remove_stale_temps(path)
-    tmp = temp_beside(path)
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise write_error(path, exc) from None
+    return AttestationFiles(files)
 
 
 def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
