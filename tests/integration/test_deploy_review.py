@@ -630,3 +630,34 @@ def test_a_failed_check_switches_back_even_when_the_database_fails_to_say_how(
         )
     finally:
         world.close()
+
+
+def _deploy_and_die_after_switching_back(home: str, digest: str, root: str) -> None:
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.deploy import DeployOptions, deploy
+
+    with Context(home=Home(root=Path(home)), reporter=_KillAt("deploy:switched-back")) as ctx:
+        deploy(ctx, digest, "staging", DeployOptions(root=root))
+
+
+def test_a_deployer_killed_after_switching_back_is_not_said_to_have_stopped_before_the_switch(
+    world: World,
+) -> None:
+    """Its record was settled as "stopped before the switch", though the release had gone live, failed
+    its check and been switched back (a fault-injection review)."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    world.commit({"config/staging.toml": b"port = = broken\n"})
+    v2 = world.build()
+    child = multiprocessing.get_context("fork").Process(
+        target=_deploy_and_die_after_switching_back, args=(str(world.home), v2, str(world.root))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert world.live("staging") == v1
+    assert world.deploy(v1, "staging").ok  # settles the pending record first
+    (settled,) = [h for h in environments.history(world.ctx(), "staging") if h["digest"] == v2]
+    assert settled["result"] == "interrupted"
+    assert "before the switch, or after switching back: this release is not live" in str(settled["detail"])

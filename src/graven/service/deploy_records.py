@@ -52,7 +52,8 @@ def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
             detail = (
                 "the deploying process stopped after the switch: the release is live, its health unknown"
                 if went_live
-                else "the deploying process stopped before the switch: this release is not live"
+                else "the deploying process stopped before the switch, or after switching back: this "
+                "release is not live"
             )
             conn.execute(
                 "UPDATE deployments SET result = 'interrupted', health = 'unknown', finished_at = :now,"
