@@ -20,7 +20,6 @@ def _bomb(repo: Path, levels: int, width: int = 10, *, files: bool = True) -> st
     """Commit a tree ``bomb`` that nests one tree ``width`` times at each of ``levels`` levels (width **
     (levels + 1) files from a handful of objects; without ``files``, empty trees at the bottom: no
     file, only directories); the commit id."""
-    blob = git(repo, "hash-object", "-w", "--stdin", "--path", "x").strip() if False else None
     blob = _hash(repo, b"x\n")
     files_of = [f"100644 blob {blob}\tf{i}" for i in range(width)] if files else []
     tree = _mktree(repo, files_of) if files_of else _hash(repo, b"", "tree")
@@ -143,33 +142,34 @@ def test_an_archive_with_too_many_paths_is_refused(
     assert err.startswith("graven: error: more than 20 paths in the archive:") and len(err.splitlines()) == 1
 
 
+def _outputs_repo(tmp_path: Path, step: str, outputs: list[str]) -> Path:
+    listed = ", ".join(f'"{output}"' for output in outputs)
+    toml = f'[artifact]\nname = "many"\n\n[build]\nsteps = ["{step}"]\noutputs = [{listed}]\n'
+    return create_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "limits"),
+    [
+        # 40 files below out/: refused at 20, taken at 41 (out/ itself counts)
+        ((["mkdir out && for i in $(seq 40); do : > out/f$i; done", "out/"]), (20, 41)),
+        # 21 files named one by one: they were counted before the path at hand was added, so one
+        # path more than the limit went through, where a commit's tree and an archive stop at it
+        (["touch " + " ".join(f"f{i}" for i in range(21)), *(f"f{i}" for i in range(21))], (20, 21)),
+    ],
+    ids=["a-directory", "one-past-the-limit"],
+)
+@pytest.mark.usefixtures("graven_home")
 def test_build_outputs_with_too_many_paths_are_refused(
-    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, outputs: list[str], limits: tuple[int, int]
 ) -> None:
-    step = "mkdir out && for i in $(seq 40); do : > out/f$i; done"
-    toml = f'[artifact]\nname = "many"\n\n[build]\nsteps = ["{step}"]\noutputs = ["out/"]\n'
-    repo = create_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
-    monkeypatch.setattr(paths, "MAX_ENTRIES", 20)
+    step, *paths_out = outputs
+    repo = _outputs_repo(tmp_path, step, paths_out)
+    refused, taken = limits
+    monkeypatch.setattr(paths, "MAX_ENTRIES", refused)
     code, _, err = run_cli("build", "-C", repo)
     assert code == 2, err
-    assert err.startswith("graven: error: more than 20 paths in the build's outputs:"), err
-
-
-def test_build_outputs_one_past_the_limit_are_refused(
-    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The outputs were counted before the path at hand was added: one path more than the limit went
-    through (21 files named one by one, at a limit of 20), where a commit's tree and an archive stop
-    at the limit itself."""
-    names = [f"f{i}" for i in range(21)]
-    outputs = ", ".join(f'"{name}"' for name in names)
-    step = f"touch {' '.join(names)}"
-    toml = f'[artifact]\nname = "many"\n\n[build]\nsteps = ["{step}"]\noutputs = [{outputs}]\n'
-    repo = create_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
-    monkeypatch.setattr(paths, "MAX_ENTRIES", 20)
-    code, _, err = run_cli("build", "-C", repo)
-    assert code == 2, err
-    assert err.startswith("graven: error: more than 20 paths in the build's outputs:"), err
-    monkeypatch.setattr(paths, "MAX_ENTRIES", 21)
+    assert err.startswith(f"graven: error: more than {refused} paths in the build's outputs:"), err
+    monkeypatch.setattr(paths, "MAX_ENTRIES", taken)
     code, _, err = run_cli("build", "-C", repo)
     assert code == 0, err
