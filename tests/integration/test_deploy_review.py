@@ -601,6 +601,32 @@ def test_a_first_deploy_into_a_directory_holding_someone_elses_files_is_refused(
     assert world.deploy(world.version(3), "staging").ok  # and graven's own files are no obstacle
 
 
+def test_a_first_deploy_is_not_refused_for_another_deployers_probe_of_the_same_directory(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first deployments of one environment at once (two CI jobs, two threads of a library
+    caller): the first tries what the file system can hold in a `.graven-probe-*` directory of PATH
+    before it takes the lock, and the second, checking that PATH is new or empty, was refused (exit 2,
+    "already holds files graven did not make (.graven-probe-...)") instead of taking its turn."""
+    from graven.deploy import fscheck
+
+    v1 = world.build()
+    real = fscheck._try_release_kinds
+    second: list[bool] = []
+
+    def another_deployer_meanwhile(probe: Path) -> str | None:
+        if not second:  # the first deployer's probe is there: the second deploys now
+            second.append(False)
+            second[0] = world.deploy(v1, "staging").ok
+        return real(probe)
+
+    monkeypatch.setattr(fscheck, "_try_release_kinds", another_deployer_meanwhile)
+    assert world.deploy(v1, "staging").ok
+    assert second == [True]
+    assert world.live("staging") == v1
+    assert not [name for name in os.listdir(world.env_dir("staging")) if name.startswith(".graven-probe")]
+
+
 def test_a_failed_check_switches_back_even_when_the_database_fails_to_say_how(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

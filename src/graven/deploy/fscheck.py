@@ -23,6 +23,7 @@ from graven.home import make_dirs
 from graven.mounts import file_system_type, mounted_noexec
 
 __all__ = [
+    "PROBE_PREFIX",
     "case_fold_refusal",
     "check_release_support",
     "file_system_type",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 _UNSUPPORTED = frozenset({errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EMLINK})
+PROBE_PREFIX = ".graven-probe-"  # what _probe_dir makes in an environment's directory, before the lock
 
 
 def release_support_problem(directory: Path) -> str | None:
@@ -49,7 +51,7 @@ def release_support_problem(directory: Path) -> str | None:
 def _probe_dir(directory: Path) -> Iterator[Path]:
     """A new directory below ``directory`` to try things in, removed again with what was made in it;
     BackendError when it cannot be made (a read-only or full file system)."""
-    probe = directory / f".graven-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    probe = directory / f"{PROBE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.mkdir(probe, 0o700)
     except OSError as exc:

@@ -358,7 +358,11 @@ def _check_unclaimed(conn: Connection, settings: EnvSettings, path: Path) -> Non
         return
     except OSError:
         return  # what cannot be listed is refused later, with the reason (check_owners, the lock)
-    names = [name for name in names if name != "lost+found"]  # a fresh file system's mount point
+    from graven.deploy.fscheck import PROBE_PREFIX
+
+    # a fresh file system's mount point; what another deployer of this environment tries the file
+    # system with before it takes the lock (graven.deploy.fscheck), removed again
+    names = [name for name in names if name != "lost+found" and not name.startswith(PROBE_PREFIX)]
     if not names or EnvLayout(path).meta.name in names:
         return
     mine = _resolved(str(path))
