@@ -67,3 +67,24 @@ def test_the_store_s_directories_are_never_writable_by_others(world: World, mask
     made = [objects, *(p for p in objects.rglob("*") if p.is_dir())]
     assert len(made) > 4  # objects, sha256, pack, tmp and a loose object's directory
     assert {str(p): _mode(p) for p in made} == {str(p): "0o755" for p in made}
+
+
+def test_a_deploy_never_sets_the_process_umask(world: World) -> None:
+    """A deploy read the umask by setting it to 022 and back: for that moment every other thread of
+    the process (a library caller's, the other deploy of a second Context) made its files under 022,
+    not the caller's 077. It is read from /proc/self/status instead, as the release still needs it."""
+    v1 = world.build()
+    v2 = world.version(2)
+    set_to: list[int] = []
+    real = os.umask
+
+    def recording(mask: int) -> int:
+        set_to.append(mask)
+        return real(mask)
+
+    with _umask(0o077), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "umask", recording)
+        assert world.deploy(v1, "staging").ok
+        assert world.deploy(v2, "staging").ok
+    assert set_to == []
+    assert _mode(world.env_dir("staging") / "current" / "app") == "0o555"  # read-only whatever the umask

@@ -183,6 +183,16 @@ def verify_objects(store: LocalStore, entries: Iterable[FileEntry]) -> None:
 
 
 def _umask() -> int:
+    """The process's umask, read from /proc/self/status (Linux 4.7 and later): setting it to learn it,
+    as the fallback must, changes it for that moment in every other thread of the process (a library
+    caller's own, a second Context's deploy)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
