@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import json
 import re
 import shutil
 from pathlib import Path
@@ -38,6 +38,6 @@ def test_the_readme_library_example_builds_verifies_deploys_and_reports(
     exec(compile(code.replace('"/tmp/graven-srv"', repr(str(tmp_path / "srv"))), "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "True"
-    staging = ast.literal_eval(out[1])
+    staging = json.loads(out[1])  # JSON, as the CLI's --json
     assert staging["env"] == "staging" and staging["live"] and not staging["held"], staging
     assert (tmp_path / "srv" / "shop" / "staging" / "current" / "app").is_dir()
