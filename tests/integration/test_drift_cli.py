@@ -107,6 +107,20 @@ def retarget_symlink(release: Path) -> None:
         (release / "app/current.py").symlink_to("__init__.py")
 
 
+def file_to_directory(release: Path) -> None:
+    with writable(release / "app"):
+        (release / "app/main.py").unlink()
+        (release / "app/main.py").mkdir()
+        (release / "app/main.py/inner.py").write_text("import os\n")
+
+
+def symlink_to_directory(release: Path) -> None:
+    with writable(release / "app"):
+        (release / "app/current.py").unlink()
+        (release / "app/current.py").mkdir()
+        (release / "app/current.py/inner.py").write_text("import os\n")
+
+
 def writable_release(release: Path) -> None:
     release.chmod(0o755)
 
@@ -122,6 +136,9 @@ CASES: list[tuple[Tamper, set[tuple[str, str]]]] = [
     (add, {("app/backdoor.py", "added")}),
     (file_to_symlink, {("app/main.py", "type")}),
     (retarget_symlink, {("app/current.py", "target")}),
+    # the default check names what is in the directory too, as --full does
+    (file_to_directory, {("app/main.py", "type"), ("app/main.py/inner.py", "added")}),
+    (symlink_to_directory, {("app/current.py", "type"), ("app/current.py/inner.py", "added")}),
     (writable_release, {(".", "mode")}),
 ]
 

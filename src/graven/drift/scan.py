@@ -476,6 +476,8 @@ def _fast_scan(
             seen = _observe(full_path)
             if seen is not None:
                 observed[path] = seen
+                if seen.kind == "dir":  # what is in it is added, as a full check finds
+                    _walk_added(base, path, observed)
             continue
         record_f: FileRecord = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
         if old_files is not None and old_files[i] == record_f:
@@ -531,6 +533,8 @@ def _fast_scan(
             seen = _observe(full_path)
             if seen is not None:
                 observed[link.path] = seen
+                if seen.kind == "dir":
+                    _walk_added(base, link.path, observed)
     result.files = len(index.files)
     if changed and now_ns is not None:
         result.cache = VerifiedCache(index.digest_hex, root_st.st_dev, new_files, new_dirs)
