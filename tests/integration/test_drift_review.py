@@ -706,6 +706,25 @@ def test_a_chowned_directory_is_drift_and_heal_gives_it_back(
         assert drift(capsys, "staging", *mode)[0] == 0, mode
 
 
+def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Extended attributes were compared for every directory of the release but the release directory
+    itself: `setfattr -n user.note` on it was clean, for the quick and the full check, and heal left it."""
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    assert drift(capsys, "staging")[0] == 0  # a clean snapshot, which must not answer for it either
+    os.setxattr(release, "user.note", b"planted")
+    for mode in ((), ("--full",), ()):
+        code, doc = drift(capsys, "staging", *mode)
+        assert code == 1 and found(doc) == {(".", "attributes")}, (mode, doc)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0, err
+    assert os.listxattr(release) == []
+    for mode in ((), ("--full",), ()):
+        assert drift(capsys, "staging", *mode)[0] == 0, mode
+
+
 def test_a_check_records_what_it_saw_before_a_heal_can_change_it(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -207,15 +207,19 @@ def compare_tree(
     dirs: AbstractSet[str] | None = None,
     verified: AbstractSet[str] = frozenset(),
     root_mode: int | None = None,
+    root_attrs: str | None = None,
 ) -> list[Difference]:
     """Every difference between ``manifest`` and the observed tree (paths relative to the release),
     sorted by path bytes then kind; paths matching ``ignore`` are left out. ``dirs``: the manifest's
     :func:`expected_dirs`, when the caller has them already; ``verified``: files the shell found to be
     exactly as deployed (content, mode and size) without observing them; ``root_mode``: the permission
-    bits of the release directory itself (path ``.``)."""
+    bits of the release directory itself (path ``.``), ``root_attrs`` its extended attributes that are
+    drift."""
     found: list[Difference] = []
     if root_mode is not None and root_mode != DIR_MODE:
         found.append(Difference(".", "mode", f"{DIR_MODE:04o}", f"{root_mode:04o}"))
+    if root_attrs is not None:
+        found.append(Difference(".", "attributes", "as deployed", root_attrs))
     if dirs is None:
         dirs = expected_dirs(manifest)
     get = observed.get

@@ -347,6 +347,7 @@ def apply_heal(
         for rel in plan.mkdirs:  # the owner and extended attributes graven gives directories
             with _naming(release, rel):
                 _fix_directory(dirs, rel, owner)
+        _fix_directory(dirs, "", owner)  # the release directory's extended attributes (its owner is owner)
         unrestored: list[str] = []  # a damaged or missing object: the rest of the heal is still done
         for entry in plan.files:
             parent, name = _split(entry.path)

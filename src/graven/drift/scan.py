@@ -238,14 +238,26 @@ class ScanResult(Record):
         "hashed",
         "listed",
         "observed",
+        "root_attrs",
         "root_missing",
         "root_mode",
         "verified",
     )
-    _fields = ("observed", "verified", "root_mode", "root_missing", "files", "hashed", "listed", "cache")
+    _fields = (
+        "observed",
+        "verified",
+        "root_mode",
+        "root_missing",
+        "files",
+        "hashed",
+        "listed",
+        "cache",
+        "root_attrs",
+    )
     observed: dict[str, Observed]
     verified: set[str]  # files known to be exactly as deployed
     root_mode: int | None  # the permission bits of the release directory
+    root_attrs: str | None  # its extended attributes that are drift (its owner is the reference)
     root_missing: bool
     files: int
     hashed: int  # files read and hashed
@@ -262,10 +274,12 @@ class ScanResult(Record):
         hashed: int = 0,
         listed: int = 0,
         cache: VerifiedCache | None = None,
+        root_attrs: str | None = None,
     ) -> None:
         self.observed = {} if observed is None else observed
         self.verified = set() if verified is None else verified
         self.root_mode = root_mode
+        self.root_attrs = root_attrs
         self.root_missing = root_missing
         self.files = files
         self.hashed = hashed
@@ -351,6 +365,7 @@ def scan_release(
                 child.cancel()  # stopped, not waited for (a no-op once its result was read)
             raise
         scanned.root_mode = stat.S_IMODE(root_st.st_mode)
+        scanned.root_attrs = attribute_problem(base, root_st, root_st.st_uid)
         return scanned
     if child is not None:  # only a full scan takes one
         child.cancel()
@@ -367,6 +382,7 @@ def scan_release(
         owner=owner,
     )
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
+    scanned.root_attrs = attribute_problem(base, root_st, root_st.st_uid)
     return scanned
 
 

@@ -211,6 +211,7 @@ def _check_now(
                 dirs=index.dir_set,
                 verified=scan.verified,
                 root_mode=scan.root_mode,
+                root_attrs=scan.root_attrs,
             )
         )
     if scan.cache is not None:
@@ -223,6 +224,7 @@ def _check_now(
         dirs=index.dir_set,
         verified=scan.verified,
         root_mode=scan.root_mode,
+        root_attrs=scan.root_attrs,
     ):
         _save_clean(ctx, layout, target, seen, index, scan.cache or cache, trust)
     report = DriftReport(

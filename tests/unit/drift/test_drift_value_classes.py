@@ -73,6 +73,7 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
             "hashed": 1,
             "listed": 1,
             "cache": None,
+            "root_attrs": None,
         },
         False,
     ),
