@@ -54,6 +54,19 @@ def mounted_tmpfs(point: Path, *options: str) -> Iterator[Path]:
 
 
 @contextmanager
+def mounted_bind(source: Path, point: Path) -> Iterator[Path]:
+    """``source`` bind-mounted at ``point`` (the same file system, another mount)."""
+    _need_root("a bind mount")
+    done = _run("mount", "--bind", str(source), str(point))
+    if done.returncode != 0:
+        unavailable(f"cannot bind-mount: {done.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        _unmount(point, fuse=False)
+
+
+@contextmanager
 def mounted_fat(point: Path) -> Iterator[Path]:
     """A fresh 16 MiB FAT at ``point`` (fusefat): no symbolic links, no hard links, no permission bits,
     and names compared without case."""

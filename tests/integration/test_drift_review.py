@@ -21,6 +21,7 @@ from test_drift_watch import wait_for
 from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, PolicyError
 from helpers_deploy import World, env_toml, make_world, staging_prod
+from helpers_mounts import mounted_bind
 from helpers_repo import run_cli
 from helpers_services import unavailable
 
@@ -723,6 +724,33 @@ def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     assert os.listxattr(release) == []
     for mode in ((), ("--full",), ()):
         assert drift(capsys, "staging", *mode)[0] == 0, mode
+
+
+def test_heal_never_empties_what_is_mounted_in_the_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Heal removed an added directory's contents whatever was mounted there: a data directory
+    bind-mounted into the release (or over one of its directories) was emptied and left 0555, and only
+    the rmdir of the mount point failed."""
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    data = tmp_path / "data"
+    (data / "db").mkdir(parents=True)
+    (data / "db/rows").write_text("precious\n")
+    (release / "out/app").chmod(0o755)
+    (release / "out/app/data").mkdir()
+    (release / "out/app").chmod(0o555)
+    for point in (release / "out/app/data", release / "out/var"):
+        with mounted_bind(data, point):
+            code, doc = drift(capsys, "staging", "--full")
+            assert code == 1 and (point.relative_to(release).as_posix() + "/db/rows", "added") in found(doc)
+            code, _out, err = run_cli(capsys, "heal", "staging")
+            assert code == 1 and "is a mount point" in err, err
+            assert (data / "db/rows").read_text() == "precious\n"
+            assert data.stat().st_mode & 0o777 == 0o755
+    code, _out, err = run_cli(capsys, "heal", "staging")  # unmounted: an added directory, removed
+    assert code == 0, err
+    assert drift(capsys, "staging", "--full")[0] == 0
 
 
 def test_a_check_records_what_it_saw_before_a_heal_can_change_it(

@@ -272,8 +272,8 @@ def test_a_heal_of_many_directories_keeps_few_open(
     real_open_dir_at = heal_module._open_dir_at
     most: list[int] = []
 
-    def counting(parent_fd: int, name: str) -> tuple[int, bool]:
-        opened = real_open_dir_at(parent_fd, name)
+    def counting(parent_fd: int, name: str, mount: tuple[int, int | None] | None = None) -> tuple[int, bool]:
+        opened = real_open_dir_at(parent_fd, name, mount)
         most.append(len(os.listdir("/proc/self/fd")))
         return opened
 

@@ -14,7 +14,9 @@ the heal: every call goes through directory file descriptors, each opened relati
 without following a symbolic link (``*at`` calls, ``fchmod``, ``fstat``), so the heal never reads,
 writes, removes nor changes the mode of anything through a link. A directory on the way to a path of the
 plan that is not a real directory (a link, a file) ends the heal with one line; a link that the plan
-itself removes is removed (unlinked in its parent) before anything below its path is needed.
+itself removes is removed (unlinked in its parent) before anything below its path is needed. Nor does it
+cross into another mount (a bind mount in the release, even of the same file system): a directory that
+is one ends the heal with one line before anything in it is removed or changed.
 """
 
 from __future__ import annotations
@@ -48,20 +50,52 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOT_A_DIR = (errno.ELOOP, errno.ENOTDIR)  # what opening a symlink or a file with _OPEN_DIR gives
 _NO_FOLLOW = "graven never follows a symbolic link"
 _MAX_FDS = 64  # directories kept open at once (a heal may touch thousands)
+_O_PATH = getattr(os, "O_PATH", 0)
 
 
-def _open_dir_at(parent_fd: int, name: str) -> tuple[int, bool]:
+def _mount_of(fd: int) -> tuple[int, int | None]:
+    """The device and mount id of the open ``fd`` (the id from /proc/self/fdinfo, which tells a bind
+    mount of the same file system apart; None where it cannot be read)."""
+    dev = os.fstat(fd).st_dev
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return dev, int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return dev, None
+
+
+def _open_dir_at(parent_fd: int, name: str, mount: tuple[int, int | None] | None = None) -> tuple[int, bool]:
     """Open the directory ``name`` of ``parent_fd`` without following a symbolic link; one whose mode
     does not let graven read it (drifted to 0311, say) is made 0755 first, without following a link
-    either: (descriptor, whether its mode was changed)."""
+    either: (descriptor, whether its mode was changed). ``mount``: :func:`_mount_of` the release; a
+    directory of another mount is refused (:class:`_OtherMountError`) before its mode is changed."""
+    opened_up = False
     try:
-        return os.open(name, _OPEN_DIR, dir_fd=parent_fd), False
+        fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
     except PermissionError:
+        if mount is not None and _O_PATH:
+            probe = os.open(name, _O_PATH | _OPEN_DIR, dir_fd=parent_fd)
+            try:
+                if _mount_of(probe) != mount:
+                    raise _OtherMountError(name) from None
+            finally:
+                os.close(probe)
         try:
             os.chmod(name, 0o755, dir_fd=parent_fd, follow_symlinks=False)  # noqa: S103 (set back)
         except (OSError, NotImplementedError):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name) from None
-        return os.open(name, _OPEN_DIR, dir_fd=parent_fd), True
+        fd, opened_up = os.open(name, _OPEN_DIR, dir_fd=parent_fd), True
+    if mount is not None and _mount_of(fd) != mount:
+        os.close(fd)
+        raise _OtherMountError(name)
+    return fd, opened_up
+
+
+class _OtherMountError(Exception):
+    """A directory of the release that is another mount (its mount point)."""
 
 
 @dataclass
@@ -99,6 +133,7 @@ class _Dirs:
         self.table = table
         self.children = children
         self.fds: dict[str, int] = {"": os.open(release, _OPEN_DIR)}
+        self.mount = _mount_of(self.fds[""])  # never crossed: a mount in the release is not the release
         self.changed: set[str] = set()  # set back to 0555 (and recorded or forgotten) by close
         self.writable_now: set[str] = set()  # made 0755 by this heal
 
@@ -113,7 +148,7 @@ class _Dirs:
         if fd is not None:
             return fd
         parent, name = _split(rel)
-        fd, opened_up = self._open_child(self.fd(parent), name, f"{rel} is not a directory")
+        fd, opened_up = self._open_child(self.fd(parent), name, rel, f"{rel} is not a directory")
         if opened_up:  # made 0755 to be read: set back to 0555 by close
             self.changed.add(rel)
             self.writable_now.add(rel)
@@ -123,11 +158,16 @@ class _Dirs:
         self.fds[rel] = fd
         return fd
 
-    def _open_child(self, parent_fd: int, name: str, refusal: str) -> tuple[int, bool]:
+    def _open_child(self, parent_fd: int, name: str, rel: str, refusal: str) -> tuple[int, bool]:
         """:func:`_open_dir_at`, with ``refusal`` as the heal's one line when a link or a file stands
-        there."""
+        there; refused when another file system is mounted at ``rel`` (heal would otherwise empty it)."""
         try:
-            return _open_dir_at(parent_fd, name)
+            return _open_dir_at(parent_fd, name, self.mount)
+        except _OtherMountError:
+            raise self.refuse(
+                f"{rel} is a mount point (something is mounted in the release); graven never changes "
+                "what is mounted there: unmount it"
+            ) from None
         except OSError as exc:
             if exc.errno in _NOT_A_DIR:
                 raise self.refuse(f"{refusal} ({_NO_FOLLOW})") from None
@@ -151,7 +191,7 @@ class _Dirs:
         """Open the directory ``name`` of ``parent_fd`` (``rel``), which an lstat saw as ``seen``, and make
         it writable; refused when something else stands there now (a symlink, a file, another one).
         The descriptor is the caller's to close."""
-        fd, _ = self._open_child(parent_fd, name, f"{rel} changed while it was healed")
+        fd, _ = self._open_child(parent_fd, name, rel, f"{rel} changed while it was healed")
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
