@@ -13,11 +13,15 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from graven.store.local import LocalStore
 from helpers_services import unavailable
+
+if TYPE_CHECKING:
+    from helpers_deploy import World
 
 # A fixed author and committer date, so that the same tree always gives the same commit id.
 COMMIT_DATE = "2024-01-02T03:04:05+00:00"
@@ -252,3 +256,14 @@ def fat(tmp_path: Path) -> Iterator[Path]:
 
     with mounted_fat(tmp_path / "fat") as point:
         yield point
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A repository with staging and prod, a home and a deploy root (helpers_deploy.make_world),
+    closed at teardown. Modules that need another world define their own."""
+    from helpers_deploy import make_world
+
+    made = make_world(tmp_path, monkeypatch)
+    yield made
+    made.close()

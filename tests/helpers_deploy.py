@@ -183,14 +183,6 @@ def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str | None
     return world
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A World (see make_world), closed at teardown."""
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
-
-
 def tree_problems(root: Path, manifest: TreeManifest) -> list[str]:
     """Independently compare a directory with a manifest: content hash, executable bit, symlink targets,
     empty directories, and nothing extra."""

@@ -6,22 +6,14 @@ user can write)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from helpers_deploy import World, make_world
+from helpers_deploy import World
 
 Run = Callable[..., tuple[int, str, str]]
 EVIL = "x\n\x1b[31mRED\u202e"
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def _clean(text: str) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,8 @@ from graven.service import environments
 from graven.service.context import Context, NullReporter
 from graven.service.deploy import DeployOptions, deploy, promote, rollback
 from graven.store.local import LOOSE_THRESHOLD
-from helpers_deploy import CONFIG_PARSES, World, env_toml, make_world, staging_prod, tree_problems
+from helpers_deploy import CONFIG_PARSES, World, env_toml, staging_prod, tree_problems
 from helpers_repo import run_cli
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def live_tree_problems(world: World, env: str) -> list[str]:

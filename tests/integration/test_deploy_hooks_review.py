@@ -5,23 +5,15 @@ hook is named."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from graven.deploy.hook_result import HookResult, redact_secrets
 from graven.service import environments
-from helpers_deploy import World, env_toml, make_world, staging_prod
+from helpers_deploy import World, env_toml, staging_prod
 
 FAIL = "echo bad; exit 3"
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def _log(world: World) -> list[dict[str, object]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from graven.errors import ConfigError, InputError
 from graven.service.deploy_plan import plan_deploy
 from graven.service.drift import check
 from graven.service.drift_heal import heal
-from helpers_deploy import World, env_toml, make_world, staging_prod
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World, env_toml, staging_prod
 
 
 def _listing(path: Path) -> list[str]:

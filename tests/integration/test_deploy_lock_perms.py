@@ -23,7 +23,7 @@ from graven.errors import PolicyError
 from graven.home import Home
 from graven.service.context import Context
 from graven.service.deploy import deploy
-from helpers_deploy import World, make_world
+from helpers_deploy import World
 
 _HOLD = """
 import fcntl, os, sys, time
@@ -32,13 +32,6 @@ fcntl.flock(fd, fcntl.LOCK_SH if sys.argv[2] == "sh" else fcntl.LOCK_EX)
 print("held", flush=True)
 time.sleep(120)
 """
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,8 @@ from graven.errors import IntegrityError
 from graven.model.digest import sha256_digest
 from graven.service.deploy_plan import DeployPlan, plan_deploy
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
-from helpers_deploy import World, make_world, tree_problems
+from helpers_deploy import World, tree_problems
 from helpers_repo import run_cli
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def plan(world: World, digest: str, env: str = "staging") -> DeployPlan:

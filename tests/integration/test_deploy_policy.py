@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,8 @@ from graven.errors import ConfigError, InputError, IntegrityError, NotFoundError
 from graven.model.digest import Digest
 from graven.service import environments
 from graven.service.deploy import deploy, promote, rollback
-from helpers_deploy import BASE_FILES, World, env_toml, make_world, staging_prod, tree_problems
+from helpers_deploy import BASE_FILES, World, env_toml, staging_prod, tree_problems
 from helpers_repo import run_cli
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def log_events(world: World) -> list[dict[str, object]]:

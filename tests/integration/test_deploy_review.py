@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,6 @@ from graven.service.deploy import rollback
 from graven.service.drift import check
 from graven.service.drift_heal import heal
 from helpers_deploy import World, make_world
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def kinds(world: World, env: str = "staging") -> list[tuple[str, str]]:

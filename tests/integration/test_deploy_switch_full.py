@@ -4,22 +4,13 @@ and deploy again", which no change to the artifact would do."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from graven.errors import BackendError
 from graven.service import deploy_release
-from helpers_deploy import World, make_world
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World
 
 
 def test_a_switch_that_fails_for_a_full_disk_does_not_blame_the_artifact(

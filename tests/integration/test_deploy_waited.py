@@ -6,7 +6,7 @@ taken, which is what waiting for it amounts to."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,15 +16,8 @@ from graven.errors import ConfigError, InputError, PolicyError
 from graven.service import environments
 from graven.service.deploy import promote, rollback
 from graven.service.deploy_plan import plan_deploy
-from helpers_deploy import World, env_toml, make_world, staging_prod
+from helpers_deploy import World, env_toml, staging_prod
 from helpers_repo import run_cli
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def _while_waiting(monkeypatch: pytest.MonkeyPatch, env: str, action: Callable[[], object]) -> list[str]:

@@ -5,7 +5,6 @@ deploy roots the way teams do)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from graven.service.drift_heal import heal
 from graven.service.witness import Witness, parse_witness, witness_path
 from helpers_deploy import World, env_toml, make_world, staging_prod
 from helpers_repo import run_cli
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def _copy_home(world: World, dest: Path) -> Path:

@@ -15,14 +15,7 @@ import pytest
 
 from graven.service.drift import check
 from graven.store.local import LOOSE_THRESHOLD
-from helpers_deploy import World, make_world
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World
 
 
 @contextmanager

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from helpers_deploy import World, make_world
+from helpers_deploy import World
 from helpers_repo import run_cli
 
 
@@ -38,13 +37,6 @@ def _open_failing(what: str) -> Callable[..., int]:
         return real_open(path, flags, *args, **kwargs)
 
     return fake
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from graven.drift.watch import WatchOptions
 from graven.service.drift import heal, run_watch
-from helpers_deploy import World, make_world, tree_problems
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World, tree_problems
 
 
 class Receiver:

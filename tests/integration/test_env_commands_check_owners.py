@@ -6,7 +6,6 @@ went ahead, and heal refused only after its lock had made ``.graven/lock`` in ro
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,9 @@ import pytest
 from graven.errors import InputError
 from graven.service import environments
 from graven.service.drift_heal import heal
-from helpers_deploy import NOBODY, World, make_world
+from helpers_deploy import NOBODY, World
 
 REFUSED = r"belongs to another user \(uid 65534; you are 0\): another user could change the environment"
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def _hijack(world: World, tmp_path: Path) -> Path:

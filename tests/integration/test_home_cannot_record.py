@@ -6,7 +6,6 @@ then failed to record it."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,7 @@ from graven.errors import BackendError
 from graven.service.drift import check
 from graven.service.drift_heal import heal
 from graven.service.environments import load_state
-from helpers_deploy import World, env_toml, make_world
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World, env_toml
 
 
 def _full_at_success(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,6 @@ next build; ``keys list`` refused, ``build`` only when a ``trust/revoked`` happe
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,10 @@ from graven.home import Home
 from graven.model.digest import Digest
 from graven.service.artifacts import load_manifest
 from graven.service.context import Context
-from helpers_deploy import NOBODY, World, exit_code_as_nobody, make_world
+from helpers_deploy import NOBODY, World, exit_code_as_nobody
 from helpers_repo import run_cli
 
 pytestmark = pytest.mark.needs_root("hands the home to another user")
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def _give_away(home: Path) -> None:

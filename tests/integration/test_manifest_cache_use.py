@@ -4,7 +4,6 @@ was not written under this home's key is ignored."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,7 @@ from graven.service.drift import check
 from graven.service.drift_targets import DriftSession
 from graven.store.local import LocalStore
 from graven.store.manifest_cache import encode
-from helpers_deploy import World, make_world, tree_problems
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World, tree_problems
 
 
 def _with_record_key(world: World) -> World:

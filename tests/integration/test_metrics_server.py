@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,16 +23,9 @@ from test_drift_watch import Watcher, wait_for
 from graven.drift import metrics as metrics_module
 from graven.drift.metrics import MAX_REQUEST_BYTES, DriftMetrics
 from graven.drift.watch import WatchOptions
-from helpers_deploy import World, make_world
+from helpers_deploy import World
 
 DIGEST = "sha256:" + "ab" * 32
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from graven.drift.metrics import DriftMetrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/helpers_*.py
-from helpers_deploy import World, make_world
+from helpers_deploy import World
 from helpers_services import build_go_program
 
 pytestmark = pytest.mark.services
@@ -112,13 +112,6 @@ def assert_same_reading(families: list[dict[str, Any]], exposition: str) -> None
 
 
 # ---- graven watch --metrics-port, scraped as Prometheus would ----
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 class CliWatcher:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,9 @@ import pytest
 from graven.errors import PolicyError
 from graven.service.deploy import promote, rollback
 from graven.signing.keys import VerifyingKey
-from helpers_deploy import World, make_world
+from helpers_deploy import World
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
 
 
 def _memo_entries(world: World) -> list[str]:

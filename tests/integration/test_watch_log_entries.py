@@ -6,7 +6,6 @@ the heal started and its outcome, the drift resolved, and one entry per alert de
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,7 @@ import pytest
 from test_drift_watch import Watcher, tamper, wait_for
 
 from graven.drift.watch import WatchOptions
-from helpers_deploy import World, make_world
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World
 
 
 def log_entries(world: World) -> list[dict[str, Any]]:

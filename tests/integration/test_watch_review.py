@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,7 @@ from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, InputError
 from graven.service import drift_watch
 from graven.service.drift import run_watch
-from helpers_deploy import World, make_world
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    made = make_world(tmp_path, monkeypatch)
-    yield made
-    made.close()
+from helpers_deploy import World
 
 
 class Watcher(DriftWatcher):
