@@ -40,28 +40,29 @@ def _need_root(what: str) -> None:
 @contextmanager
 def mounted_tmpfs(point: Path, *options: str) -> Iterator[Path]:
     """A fresh 16 MiB tmpfs at ``point`` with mount ``options`` (``noexec``, ...)."""
-    _need_root("a tmpfs")
     point.mkdir(parents=True, exist_ok=True)
-    done = _run(
-        "mount", "-t", "tmpfs", "-o", ",".join(("size=16m", "mode=0755", *options)), "tmpfs", str(point)
-    )
-    if done.returncode != 0:
-        unavailable(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    with _mounted(
+        "a tmpfs", point, "-t", "tmpfs", "-o", ",".join(("size=16m", "mode=0755", *options)), "tmpfs"
+    ):
         yield point
-    finally:
-        _unmount(point, fuse=False)
 
 
 @contextmanager
 def mounted_bind(source: Path, point: Path) -> Iterator[Path]:
     """``source`` bind-mounted at ``point`` (the same file system, another mount)."""
-    _need_root("a bind mount")
-    done = _run("mount", "--bind", str(source), str(point))
-    if done.returncode != 0:
-        unavailable(f"cannot bind-mount: {done.stderr.strip()}")
-    try:
+    with _mounted("a bind mount", point, "--bind", str(source)):
         yield point
+
+
+@contextmanager
+def _mounted(what: str, point: Path, *argv: str) -> Iterator[None]:
+    """``mount ARGV POINT`` (as root; the test is unavailable otherwise), unmounted at the end."""
+    _need_root(what)
+    done = _run("mount", *argv, str(point))
+    if done.returncode != 0:
+        unavailable(f"cannot mount {what}: {done.stderr.strip()}")
+    try:
+        yield
     finally:
         _unmount(point, fuse=False)
 
