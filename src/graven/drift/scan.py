@@ -36,6 +36,7 @@ from graven.drift.walk import (
     kind_of,
     observe_raw,
     out_of_resources,
+    unreadable,
 )
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
 from graven.runtime import can_fork
@@ -80,16 +81,14 @@ def hash_path(path: str) -> HashResult:
     try:
         fd = os.open(path, OPEN_FILE)
     except OSError as exc:
-        out_of_resources(exc, path)
-        return None, f"unreadable: {exc.strerror}"
+        return None, unreadable(exc, path)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return st, ""
         return st, _hash_fd(fd, st.st_size)
     except OSError as exc:
-        out_of_resources(exc, path)
-        return None, f"unreadable: {exc.strerror}"
+        return None, unreadable(exc, path)
     finally:
         os.close(fd)
 
@@ -659,8 +658,7 @@ class _Walk:
                     try:
                         fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
                     except OSError as exc:
-                        out_of_resources(exc, f"{directory}/{name}")
-                        observed[path] = Observed("file", 0, -1, f"unreadable: {exc.strerror}")
+                        observed[path] = Observed("file", 0, -1, unreadable(exc, f"{directory}/{name}"))
                         continue
                     try:
                         st = fstat(fd)
@@ -678,8 +676,7 @@ class _Walk:
                             sha = hash_rest(fd, b"")
                         attrs = attribute_problem(fd, st, owner)
                     except OSError as exc:
-                        out_of_resources(exc, f"{directory}/{name}")
-                        observed[path] = Observed("file", 0, -1, f"unreadable: {exc.strerror}")
+                        observed[path] = Observed("file", 0, -1, unreadable(exc, f"{directory}/{name}"))
                         continue
                     finally:
                         close(fd)

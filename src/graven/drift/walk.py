@@ -38,6 +38,7 @@ __all__ = [
     "out_of_resources",
     "raw_walk",
     "split_path",
+    "unreadable",
 ]
 
 BIG = 1 << 20
@@ -59,6 +60,13 @@ def out_of_resources(exc: OSError, path: str) -> None:
             f"cannot check {path}: {exc.strerror}; raise the limit of open files (`ulimit -n`) or "
             "free some memory, then check again"
         ) from exc
+
+
+def unreadable(exc: OSError, path: str) -> str:
+    """What a file that could not be read is observed as (``unreadable: REASON``, drift); raises
+    :class:`BackendError` instead when graven itself ran out of descriptors or memory."""
+    out_of_resources(exc, path)
+    return f"unreadable: {exc.strerror}"
 
 
 def kind_of(mode: int) -> str:
@@ -122,8 +130,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
                     try:
                         fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
                     except OSError as exc:
-                        out_of_resources(exc, f"{base}/{path}")
-                        observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
+                        observed[path] = ("file", 0, -1, unreadable(exc, f"{base}/{path}"), None)
                         continue
                     try:
                         st = fstat(fd)
@@ -138,8 +145,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
                             sha = hash_rest(fd, b"")
                         attrs = attribute_problem(fd, st, owner)
                     except OSError as exc:
-                        out_of_resources(exc, f"{base}/{path}")
-                        observed[path] = ("file", 0, -1, f"unreadable: {exc.strerror}", None)
+                        observed[path] = ("file", 0, -1, unreadable(exc, f"{base}/{path}"), None)
                         continue
                     finally:
                         close(fd)
