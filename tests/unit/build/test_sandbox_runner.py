@@ -151,6 +151,36 @@ def test_blocked_user_namespaces_are_refused_with_the_fix(tmp_path: Path) -> Non
     assert sandbox._PROBED[str(fake)] is not None
 
 
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_the_probe_asks_for_what_the_steps_of_this_user_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int
+) -> None:
+    # a host without user namespaces for unprivileged users (user.max_user_namespaces=0, a setuid
+    # bwrap): root's sandbox needs none, a non-root graven's steps run as uid 0 in a user namespace,
+    # so its probe must ask for one and be refused there, not let the first step fail
+    fake = tmp_path / "bwrap"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do\n'
+        '  if [ "$arg" = --unshare-user ]; then\n'
+        "    echo 'bwrap: No permissions to create new namespace' >&2; exit 1\n"
+        "  fi\n"
+        "done\n"
+        "exit 0\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    monkeypatch.setattr(sandbox, "_PROBED", {})
+    if euid == 0:
+        assert probe_bubblewrap(str(fake)) == str(fake)
+        return
+    with pytest.raises(InputError) as info:
+        probe_bubblewrap(str(fake))
+    message = str(info.value)
+    assert "No permissions to create new namespace" in message and "user namespaces" in message
+    assert "\n" not in message
+
+
 def test_working_bwrap_passes_the_probe() -> None:
     require_tool("bwrap")
     found = sandbox.find_bwrap()
