@@ -222,6 +222,75 @@ def test_step_outputs_name_the_full_path_of_a_bad_name_or_target(
     _refused(run_cli("build", "-C", repo), "out/sub/link: symlink target to\\xff is not valid UTF-8")
 
 
+@pytest.mark.parametrize(
+    ("command", "needle"),
+    [
+        # a step that clones or `git init`s inside its outputs (a vendored checkout, say)
+        ("git init -q out/vendor && echo x > out/f", "out/vendor/.git/"),
+        ("mkdir -p out/.GIT && echo '[core]' > out/.GIT/config && echo x > out/f", "out/.GIT/config"),
+        ("mkdir -p out && echo 'gitdir: /tmp/x' > out/.git && echo x > out/f", "out/.git: a path"),
+        ("mkdir -p out/repo && ln -s repo out/.git && echo x > out/f", "out/.git: a path"),
+        ("mkdir -p out/.git/empty && echo x > out/f", "out/.git/empty: a path"),
+    ],
+)
+def test_step_outputs_through_git_are_refused_as_a_commit_s_tree_is(
+    *, graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, command: str, needle: str
+) -> None:
+    """A release holding .git/config makes any git command run there execute what it names
+    (core.fsmonitor): a commit cannot hold one (git refuses it), and step outputs may not either."""
+    toml = (
+        f'[artifact]\nname = "x"\n[build]\nsandbox = "none"\nsteps = [{json.dumps(command)}]\n'
+        'outputs = ["out/"]\n'
+    )
+    repo = make_repo(tmp_path / "repo", APP, toml)
+    line = _refused(run_cli("build", "-C", repo), "graven: error: [build] outputs: out/", needle)
+    assert "a path through .git" in line and "exclude it from the outputs" in line, line
+    _no_artifacts(run_cli)
+
+
+def test_step_outputs_build_once_their_git_directory_is_excluded(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run
+) -> None:
+    command = "git init -q out/vendor && echo x > out/vendor/f && echo x > out/.gitignore"
+    toml = (
+        f'[artifact]\nname = "x"\nexclude = ["out/vendor/.git/"]\n[build]\nsandbox = "none"\n'
+        f'steps = [{json.dumps(command)}]\noutputs = ["out/"]\n'
+    )
+    repo = make_repo(tmp_path / "repo", APP, toml)
+    digest, _ = _built(run_cli("build", "-C", repo))
+    code, out, err = run_cli("show", digest, "--json", "--files")
+    assert code == 0, err
+    assert sorted(e["path"] for e in json.loads(out)["entries"]) == [
+        "out/.gitignore",
+        "out/vendor/f",
+    ]
+
+
+def test_an_artifact_an_earlier_graven_built_with_git_outputs_still_verifies_exports_and_deploys(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule is for what graven makes now: a manifest stored before it is read as before."""
+    import graven.service.build
+
+    srv = tmp_path / "srv"
+    command = "mkdir -p out/.git && echo '[core]' > out/.git/config && echo x > out/f"
+    toml = (
+        f'[artifact]\nname = "x"\n[build]\nsandbox = "none"\nsteps = [{json.dumps(command)}]\n'
+        f'outputs = ["out/"]\n[env.staging]\npath = "{srv}"\n'
+    )
+    repo = make_repo(tmp_path / "repo", APP, toml)
+    with monkeypatch.context() as patch:  # as a graven before the rule built it
+        patch.setattr(graven.service.build, "_check_no_dotgit", lambda _entries: None)
+        digest, _ = _built(run_cli("build", "-C", repo))
+    code, _, err = run_cli("verify", digest)
+    assert code == 0, err
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "x.tar")
+    assert code == 0, err
+    code, _, err = run_cli("deploy", digest, "staging")
+    assert code == 0, err
+    assert (srv / "current" / "out" / ".git" / "config").read_text() == "[core]\n"
+
+
 # -- 6: graven init ----------------------------------------------------------------------------------
 
 

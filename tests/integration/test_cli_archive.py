@@ -364,6 +364,16 @@ HOSTILE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], str]] = {
     "below-symlink": ([_dir("d"), _file("d/f"), _link("l", "d"), _file("l/x")], "l/x"),
     "below-file": ([_file("f"), _file("f/x")], "f/x"),
     "control-character": ([_file("bad\x01name.txt")], "bad"),
+    # a .git/config in a release makes any git run there execute what it names (core.fsmonitor)
+    "dotgit-config": (
+        [_file("ok.txt"), _file(".git/config", b"[core]\n\tfsmonitor = touch /tmp/pwned\n")],
+        ".git/config: a path through .git",
+    ),
+    "dotgit-any-case-deep": ([_file("app/.GiT/HEAD")], "app/.GiT/HEAD: a path through .git"),
+    "dotgit-dot-slash": ([_file("ok.txt"), _file("./.git/config")], ".git/config: a path through .git"),
+    "dotgit-empty-dir": ([_file("ok.txt"), _dir("app/.git")], "app/.git: a path through .git"),
+    "dotgit-file": ([_file("ok.txt"), _file(".git", b"gitdir: /srv/repo\n")], ".git: a path through .git"),
+    "dotgit-symlink": ([_dir("repo"), _file("repo/HEAD"), _link(".git", "repo")], ".git: a path through"),
     "long-linkname": (  # 4097 bytes that would resolve to f: refused for the length alone
         [_file("f"), _link("l", "./" * 2048 + "f")],
         "l: link target longer than 4096 bytes",
@@ -398,6 +408,26 @@ def test_hostile_archive_is_refused_naming_the_entry(
     members, needle = HOSTILE[case]
     archive = _write_tar(tmp_path / f"{case}.tar", members, format=tarfile.PAX_FORMAT)
     _assert_refused(run_cli, archive, needle)
+
+
+def test_a_git_path_is_refused_saying_graven_export_never_wrote_it(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    archive = _write_tar(
+        tmp_path / "x.tar", [_file("ok.txt"), _file("a/.git/config")], format=tarfile.PAX_FORMAT
+    )
+    line = _assert_refused(run_cli, archive, "a/.git/config: a path through .git")
+    assert line.endswith("the archive was not made by graven export"), line
+
+
+def test_names_that_only_look_like_git_import(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    names = [".gitignore", ".github/workflows/ci.yml", "vendor/lib.git/x", "git/config", ".gitmodules"]
+    archive = _write_tar(tmp_path / "x.tar", [_file(name) for name in names], format=tarfile.PAX_FORMAT)
+    code, out, err = run_cli("import", "--json", archive)
+    assert code == 0, err
+    code, out, err = run_cli("show", json.loads(out)["digest"], "--json", "--files")
+    assert code == 0, err
+    assert sorted(e["path"] for e in json.loads(out)["entries"]) == sorted(names)
 
 
 @pytest.mark.parametrize("compress", ["gz", "zst"])

@@ -338,6 +338,11 @@ def _read_members(
         if len(member.linkname.encode("utf-8", "surrogateescape")) > _MAX_PATH:
             raise UnsafeInputError(f"{_shown(name[:80])}: link target longer than {_MAX_PATH} bytes")
         check_path(name)
+        if paths.is_through_dotgit(name):
+            raise UnsafeInputError(
+                f"{name}: a path through .git, which graven refuses to build (a release's .git/config "
+                "makes git run there execute what it names); the archive was not made by graven export"
+            )
         if name in entries or name in dirs:
             raise UnsafeInputError(f"{name}: duplicate entry in archive")
         if len(entries) + len(dirs) >= paths.MAX_ENTRIES:

@@ -3,7 +3,9 @@
 An artifact path is relative, ``/``-separated, valid UTF-8 without control characters (C0, DEL and the
 C1 controls U+0080..U+009F, which terminals act on), and has no empty, ``.`` or ``..`` segments. A
 symlink target is relative and, followed through the other links of the same tree, never leaves the
-artifact root.
+artifact root. What graven makes or takes in (a commit's tree, a build's outputs, an imported archive)
+holds no path through ``.git`` (:func:`through_dotgit`); a manifest stored before that rule is still
+read.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ __all__ = [
     "display_path",
     "folded_collisions",
     "implied_dirs",
+    "is_through_dotgit",
     "json_text",
     "link_stays_inside",
+    "through_dotgit",
     "too_many_paths",
 ]
 
@@ -47,6 +51,25 @@ def too_many_paths(what: str) -> UnsafeInputError:
         'tree that nests one tree in itself many times over, a "git bomb", lists millions from a few '
         "objects)"
     )
+
+
+def is_through_dotgit(path: str) -> bool:
+    """Whether a segment of ``path`` is ``.git`` in any case (``.git/config``, ``app/.GIT/hooks/x``, a
+    file or a link named ``.git``), as git's own rules for a tree take it (``git fsck`` flags such a
+    tree, and git refuses to commit or check out the path). In a release, a ``.git`` makes every git
+    command run there read its config, whose ``core.fsmonitor``, aliases and hooks run programs.
+    ``.gitignore``, ``.github`` or ``x.git`` are other names."""
+    lowered = path.lower()
+    return ".git" in lowered and ".git" in lowered.split("/")
+
+
+def through_dotgit(paths: list[str]) -> str | None:
+    """The first of ``paths`` that goes through ``.git`` (:func:`is_through_dotgit`), else None: the
+    one check of a commit's tree, a build's outputs and an imported archive. One search over all of
+    ``paths`` at once; only a hit looks at them one by one."""
+    if "/.git/" not in f"/{'/'.join(paths).lower()}/":
+        return None
+    return next((path for path in paths if is_through_dotgit(path)), None)
 
 
 def decode_path(raw: bytes) -> str:

@@ -593,6 +593,19 @@ def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, i
     return found
 
 
+def _check_no_dotgit(entries: list[TreeEntry]) -> None:
+    """Refuse step outputs with a path through .git (as a commit's tree): in a release, its config
+    would make any git command run there execute what it names. (``verify --rebuild`` collects the
+    outputs without this check: it stores nothing, and an artifact built before it is rebuilt too.)"""
+    dotgit = paths.through_dotgit([entry.path for entry in entries])
+    if dotgit is not None:
+        raise UnsafeInputError(
+            f"[build] outputs: {display_path(dotgit)}: a path through .git, which a release must not "
+            "hold (git run there would execute what its config names); exclude it from the outputs "
+            "(leave it out of [build] outputs, or add it to [artifact] exclude)"
+        )
+
+
 def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[GitEntry]:
     if selection.everything:
         chosen = entries
@@ -602,11 +615,11 @@ def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[G
     # paths are checked once, when the manifest is made; here only what git may hold besides files,
     # and a ".git" that only a crafted tree holds (git refuses to commit one; git fsck flags it): in a
     # release, a .git/config could make any git run there execute its commands
-    if "/.git/" in "/" + "/".join(entry.path for entry in chosen).lower() + "/":
-        dotgit = next(e.path for e in chosen if ".git" in e.path.lower().split("/"))
+    dotgit = paths.through_dotgit([entry.path for entry in chosen])
+    if dotgit is not None:
         raise UnsafeInputError(
-            f"{dotgit}: a path through .git, which git itself refuses to commit (git fsck reports the "
-            "tree); build a commit made by git"
+            f"{display_path(dotgit)}: a path through .git, which git itself refuses to commit (git fsck "
+            "reports the tree); build a commit made by git"
         )
     modes = _GIT_FILE_MODES
     for entry in [entry for entry in chosen if entry.mode not in modes]:
@@ -810,6 +823,7 @@ def _tree_from_steps(
                 ctx.reporter.progress("storing outputs", counter[0], None)
 
         entries = collect_tree(first.work, outputs, selection, batch, on_file=on_file)
+        _check_no_dotgit(entries)
         _check_selection(ctx, source, entries, of=f"of the step outputs {_shown(outputs)}")
         first.store_fetched(batch)
         if check:
