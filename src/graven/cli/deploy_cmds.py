@@ -16,6 +16,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Any
 
+    from graven.errors import GravenError
     from graven.service.context import Context
     from graven.service.deploy import DeployOptions, DeployResult
 
@@ -149,6 +150,15 @@ def _options(
     )
 
 
+def _in_cli_words(exc: GravenError) -> None:
+    """Raise ``exc`` again as the command line says it, when the service's message names a library
+    argument: ``DeployOptions(root=...)`` is ``--root`` or GRAVEN_DEPLOY_ROOT here."""
+    from graven.deploy.settings import DeployRootError
+
+    if isinstance(exc, DeployRootError):
+        raise exc.with_hint("set GRAVEN_DEPLOY_ROOT or pass --root DIR") from None
+
+
 def _context() -> tuple[Context, _DeployReporter]:
     from graven.service.context import Context
 
@@ -196,7 +206,7 @@ def deploy_cmd(args: argparse.Namespace) -> int:
     policy: Path | None = args.policy
     wait: bool = args.wait
     as_json: bool = args.as_json
-    from graven.errors import InputError
+    from graven.errors import GravenError, InputError
     from graven.service import deploy as svc
 
     if override and not (reason and reason.strip()):
@@ -209,6 +219,9 @@ def deploy_cmd(args: argparse.Namespace) -> int:
 
             return _show_plan(plan_deploy(ctx, digest, env, opts), as_json=as_json)
         result = svc.deploy(ctx, digest, env, opts)
+    except GravenError as exc:
+        _in_cli_words(exc)
+        raise
     finally:
         reporter.close()
     return _report(result, as_json=as_json)
@@ -273,11 +286,15 @@ def promote_cmd(args: argparse.Namespace) -> int:
     policy: Path | None = args.policy
     wait: bool = args.wait
     as_json: bool = args.as_json
+    from graven.errors import GravenError
     from graven.service import deploy as svc
 
     ctx, reporter = _context()
     try:
         result = svc.promote(ctx, from_env, to_env, _options(root, policy, wait, reason))
+    except GravenError as exc:
+        _in_cli_words(exc)
+        raise
     finally:
         reporter.close()
     return _report(result, as_json=as_json)
@@ -292,11 +309,15 @@ def rollback_cmd(args: argparse.Namespace) -> int:
     policy: Path | None = args.policy
     wait: bool = args.wait
     as_json: bool = args.as_json
+    from graven.errors import GravenError
     from graven.service import deploy as svc
 
     ctx, reporter = _context()
     try:
         result = svc.rollback(ctx, env, _options(root, policy, wait, reason), to=to)
+    except GravenError as exc:
+        _in_cli_words(exc)
+        raise
     finally:
         reporter.close()
     return _report(result, as_json=as_json)

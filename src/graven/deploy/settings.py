@@ -17,6 +17,7 @@ _set = object.__setattr__  # how a frozen value sets its fields (graven.core.rec
 
 __all__ = [
     "ENV_NAME",
+    "DeployRootError",
     "EnvSettings",
     "check_config_path",
     "check_env_name",
@@ -26,6 +27,23 @@ __all__ = [
 ]
 
 ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+LIBRARY_ROOT_HINT = "pass DeployOptions(root=DIR)"
+
+
+class DeployRootError(InputError):
+    """A relative ``[env.NAME] path`` and no deploy root to resolve it against (exit 2). The message
+    says how a library caller gives one (``DeployOptions(root=...)``: the library reads no
+    ``GRAVEN_DEPLOY_ROOT``); the CLI says it in its own words (:meth:`with_hint`: ``--root``)."""
+
+    def __init__(self, env: str, path: str, hint: str = LIBRARY_ROOT_HINT) -> None:
+        super().__init__(f"[env.{env}] path {path!r} is relative: {hint} to say where it lives")
+        self.env = env
+        self.path = path
+
+    def with_hint(self, hint: str) -> DeployRootError:
+        """The same error, saying ``hint`` for how to give the deploy root."""
+        return DeployRootError(self.env, self.path, hint)
 
 
 def check_env_name(name: str) -> str:
@@ -218,10 +236,7 @@ def resolve_env(envs: Mapping[str, EnvSection], name: str, *, root: str | None, 
         path = raw
     else:
         if not root:
-            raise InputError(
-                f"[env.{name}] path {raw!r} is relative: set GRAVEN_DEPLOY_ROOT or pass --root DIR "
-                "to say where it lives"
-            )
+            raise DeployRootError(name, raw)
         if not root.startswith("/"):
             raise InputError(f"the deploy root {root!r} must be an absolute path")
         path = str(PurePosixPath(root) / raw)

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from graven.deploy.settings import check_config_path, check_env_name, resolve_env
+from graven.deploy.settings import DeployRootError, check_config_path, check_env_name, resolve_env
 from graven.errors import ConfigError, InputError, NotFoundError
 from graven.model.manifest import FileEntry, TreeManifest
 from graven.model.pipeline import EnvSection, parse_pipeline
@@ -51,9 +51,15 @@ def test_invalid_sections_are_refused_by_name(section: str, message: str) -> Non
 
 
 def test_relative_path_needs_a_deploy_root() -> None:
+    """In the library's words: the library reads no GRAVEN_DEPLOY_ROOT and has no --root (the CLI
+    says it in its own, tests/integration/test_deploy_root_words.py)."""
     envs = pipeline('[env.staging]\npath = "staging"\n')
-    with pytest.raises(InputError, match="GRAVEN_DEPLOY_ROOT or pass --root"):
+    with pytest.raises(DeployRootError) as info:
         resolve_env(envs, "staging", root=None, source="graven.toml")
+    assert str(info.value) == (
+        "[env.staging] path 'staging' is relative: pass DeployOptions(root=DIR) to say where it lives"
+    )
+    assert isinstance(info.value, InputError) and info.value.exit_code == 2
     with pytest.raises(InputError, match="absolute"):
         resolve_env(envs, "staging", root="relative/base", source="graven.toml")
 

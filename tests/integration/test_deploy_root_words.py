@@ -1,0 +1,75 @@
+"""A relative ``[env.NAME] path`` with no deploy root is refused in the words of whoever asked: a library
+caller is told to pass ``DeployOptions(root=...)`` (the library reads no GRAVEN_DEPLOY_ROOT and has no
+``--root``), the command line to set GRAVEN_DEPLOY_ROOT or pass ``--root``; one error class for both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from graven.deploy.settings import DeployRootError
+from graven.errors import InputError
+from graven.service.deploy import DeployOptions, deploy, promote, rollback
+from graven.service.deploy_plan import plan_deploy
+from helpers_deploy import World
+
+Run = Callable[..., tuple[int, str, str]]
+
+LIBRARY = "[env.staging] path 'staging' is relative: pass DeployOptions(root=DIR) to say where it lives"
+CLI = (
+    "[env.staging] path 'staging' is relative: set GRAVEN_DEPLOY_ROOT or pass --root DIR to say where "
+    "it lives"
+)
+
+
+def test_the_library_names_deploy_options_root(world: World) -> None:
+    v1 = world.build()
+    for attempt in (
+        lambda: deploy(world.ctx(), v1, "staging", DeployOptions()),
+        lambda: plan_deploy(world.ctx(), v1, "staging", DeployOptions()),
+    ):
+        with pytest.raises(DeployRootError) as info:
+            attempt()
+        assert str(info.value) == LIBRARY
+        assert "--root" not in str(info.value) and "GRAVEN_DEPLOY_ROOT" not in str(info.value)
+        assert isinstance(info.value, InputError) and info.value.exit_code == 2
+    assert not world.root.exists()
+
+
+def test_promote_and_rollback_in_the_library_name_it_too(world: World) -> None:
+    v1, v2 = world.build(), world.version(2)
+    assert world.deploy(v1, "staging").ok and world.deploy(v2, "staging").ok
+    with pytest.raises(DeployRootError, match=r"pass DeployOptions\(root=DIR\)"):
+        rollback(world.ctx(), "staging", DeployOptions(reason="back"))
+    with pytest.raises(DeployRootError, match=r"\[env.prod\] path 'prod' is relative: pass DeployOptions"):
+        promote(world.ctx(), "staging", "prod", DeployOptions())
+
+
+@pytest.mark.parametrize("plan", [False, True])
+def test_the_cli_names_root_and_the_variable(world: World, run_cli: Run, *, plan: bool) -> None:
+    v1 = world.build()
+    code, out, err = run_cli("deploy", v1, "staging", *(["--plan"] if plan else []))
+    assert (code, out, err) == (2, "", f"graven: error: {CLI}\n")
+    code, out, err = run_cli("deploy", v1, "staging", "--json", *(["--plan"] if plan else []))
+    assert code == 2 and err == f"graven: error: {CLI}\n"
+    assert json.loads(out) == {"ok": False, "error": {"exit_code": 2, "message": CLI}}
+    assert not world.root.exists()
+
+
+def test_promote_and_rollback_on_the_cli_name_it_too(world: World, run_cli: Run) -> None:
+    v1, v2 = world.build(), world.version(2)
+    assert world.deploy(v1, "staging").ok and world.deploy(v2, "staging").ok
+    code, _, err = run_cli("rollback", "staging", "--reason", "back")
+    assert code == 2 and err == f"graven: error: {CLI}\n", err
+    code, _, err = run_cli("promote", "staging", "prod")
+    assert code == 2 and err == f"graven: error: {CLI.replace('staging', 'prod')}\n", err
+
+
+def test_with_a_root_both_deploy(world: World, run_cli: Run) -> None:
+    v1 = world.build()
+    assert deploy(world.ctx(), v1, "staging", DeployOptions(root=str(world.root))).ok
+    code, _, err = run_cli("deploy", v1, "prod", "--root", world.root)
+    assert code == 0, err
+    assert (world.root / "prod" / "current").is_symlink()
