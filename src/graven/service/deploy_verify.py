@@ -386,6 +386,7 @@ def check_path(state: EnvState | None, settings: EnvSettings) -> None:
     if state is not None and state.live_digest is not None and state.path != settings.path:
         raise ConfigError(
             f"environment {settings.name} is live at {state.path}, but this artifact's graven.toml (with "
-            f"the deploy root given) puts it at {settings.path}; use the same GRAVEN_DEPLOY_ROOT/--root, "
-            "or give the new location another environment name"
+            f"the deploy root given) puts it at {settings.path}; deploy with the same root (--root or "
+            "GRAVEN_DEPLOY_ROOT; DeployOptions(root=...) from Python), or give the new location another "
+            "environment name"
         )
