@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from graven.errors import BackendError, ConfigError, GravenError
+from graven.errors import BackendError, ConfigError, DatabaseBusyError, GravenError
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -495,6 +495,15 @@ def _set_wal(raw: sqlite3.Connection) -> None:
             delay = min(delay * 2, 0.2)
 
 
+_BUSY_TIMEOUT_MS = 60_000  # how long an SQLite writer waits for another (Database.begin's default)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's SQLITE_BUSY: another connection holds the lock asked for."""
+    text = str(exc)
+    return "database is locked" in text or "database is busy" in text
+
+
 class _SqliteDatabase:
     """A small pool of ``sqlite3`` connections; writers take the lock at BEGIN (IMMEDIATE)."""
 
@@ -539,7 +548,7 @@ class _SqliteDatabase:
         try:
             _set_wal(raw)
             raw.execute("PRAGMA synchronous=NORMAL")
-            raw.execute("PRAGMA busy_timeout=60000")
+            raw.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             raw.execute("PRAGMA foreign_keys=ON")
         except sqlite3.OperationalError:
             raw.close()
@@ -621,7 +630,7 @@ class _SqliteDatabase:
         return raw
 
     @contextmanager
-    def transaction(self, begin: str, *, commit: bool) -> Iterator[Connection]:
+    def transaction(self, begin: str, *, commit: bool, wait: float | None = None) -> Iterator[Connection]:
         self._check_same_file()
         with self._lock:
             raw = self._idle.pop() if self._idle else None
@@ -642,10 +651,26 @@ class _SqliteDatabase:
                     "(it can be read, not changed); run this command where GRAVEN_HOME is writable"
                 )
             opened = True
-            raw.execute(begin)
+            if wait is None:
+                raw.execute(begin)
+            else:  # this writer's own wait for the others (the lock is taken at BEGIN IMMEDIATE)
+                raw.execute(f"PRAGMA busy_timeout={max(0, round(wait * 1000))}")
+                try:
+                    raw.execute(begin)
+                finally:
+                    raw.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             if raw is not None:
                 raw.close()
+            if opened and _is_busy(exc):
+                reason = (
+                    _sqlite_reason(exc)
+                    if wait is None
+                    else f"{_first_line(exc)}: another writer has held it for more than {wait:g} s"
+                )
+                raise DatabaseBusyError(
+                    f"cannot begin a transaction in the database {self.path}: {reason}"
+                ) from exc
             what = "cannot begin a transaction in" if raw is not None and opened else "cannot open"
             parent = os.path.dirname(self.path)
             if what == "cannot open" and parent and not os.path.lexists(parent):
@@ -755,7 +780,7 @@ class _AlchemyDatabase:
         self.dialect = self.engine.dialect.name
 
     @contextmanager
-    def transaction(self, begin: str, *, commit: bool) -> Iterator[Connection]:
+    def transaction(self, begin: str, *, commit: bool, wait: float | None = None) -> Iterator[Connection]:
         import sqlalchemy as sa
 
         try:
@@ -763,16 +788,22 @@ class _AlchemyDatabase:
                 with self.engine.begin() as conn:
                     # writers queue up, as BEGIN IMMEDIATE makes them on SQLite: a transaction that
                     # reads, then writes what it read (state rows, the audit log) is never interleaved;
-                    # and, as there, a writer waits 60 s at most for the others
-                    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT_MS}ms'"))
+                    # and, as there, a writer waits 60 s at most for the others (or ``wait``)
+                    wait_ms = _LOCK_WAIT_MS if wait is None else max(1, round(wait * 1000))
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{wait_ms}ms'"))
                     try:
                         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7438002)"))
                     except sa.exc.OperationalError as exc:
                         if "lock timeout" not in str(exc):
                             raise
-                        raise BackendError(
+                        raise DatabaseBusyError(
                             "the database is locked: another graven has been writing to it for more "
-                            "than 60 s; try again when it is done (a stuck one shows in pg_stat_activity)"
+                            f"than {wait_ms / 1000:g} s"
+                            + (
+                                "; try again when it is done (a stuck one shows in pg_stat_activity)"
+                                if wait is None
+                                else ""
+                            )
                         ) from None
                     written = _AlchemyConnection(conn)
                     yield written
@@ -919,13 +950,15 @@ class Database:
                 )
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
+    def begin(self, *, wait: float | None = None) -> Iterator[Connection]:
         """A transaction that commits when the block ends normally and rolls back otherwise.
 
         On SQLite it takes the write lock at once (``BEGIN IMMEDIATE``), so that concurrent writers
-        queue up instead of failing halfway through.
+        queue up instead of failing halfway through. A writer waits 60 s at most for the others, or
+        ``wait`` seconds (``graven watch``, whose checks must not stall): DatabaseBusyError then, with
+        nothing written.
         """
-        with self._backend.transaction("BEGIN IMMEDIATE", commit=True) as conn:
+        with self._backend.transaction("BEGIN IMMEDIATE", commit=True, wait=wait) as conn:
             yield conn
 
     @contextmanager

@@ -21,6 +21,7 @@ can fix it (permission denied, no such file, a directory where a file was expect
     │   └── BuildError               a build step failed
     ├── ImmutabilityError   (exit 1) an attempt to change something that is write-once
     └── BackendError        (exit 1) the disk, database or network failed underneath graven
+        └── DatabaseBusyError        another writer held the database longer than the caller waits
 
 Expected outcomes that are not failures of graven itself (an artifact that does not verify, drift that
 was found) are returned as values by the library and mapped to exit code 1 by the CLI.
@@ -34,6 +35,7 @@ __all__ = [
     "BuildError",
     "CheckFailedError",
     "ConfigError",
+    "DatabaseBusyError",
     "DigestMismatchError",
     "GravenError",
     "ImmutabilityError",
@@ -140,3 +142,8 @@ class BackendError(GravenError):
     """The disk, the database or the network failed underneath graven."""
 
     exit_code = 1
+
+
+class DatabaseBusyError(BackendError):
+    """Another writer held the database for longer than this one would wait (``Database.begin(wait=...)``;
+    60 s by default): nothing was written, and the same transaction may be tried again later."""

@@ -6,13 +6,14 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from graven.db import SCHEMA_VERSION, Database
-from graven.errors import BackendError, ConfigError
+from graven.errors import BackendError, ConfigError, DatabaseBusyError
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -171,6 +172,37 @@ def test_concurrent_writers_queue_up(db: Database) -> None:
     assert errors == []
     with db.connect() as conn:
         assert conn.execute("SELECT count(*) FROM deploy_envs").scalar_one() == 80
+
+
+def test_a_writer_that_waits_less_gives_up_without_writing_and_the_others_still_wait(db: Database) -> None:
+    """``begin(wait=...)`` (graven watch's own writes) gives up after its wait with DatabaseBusyError;
+    the connection it leaves in the pool waits the default 60 s again."""
+    holder_in = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with db.begin() as conn:
+            conn.execute(INSERT_ENV, _env("holder", False))
+            holder_in.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holder_in.wait(5)
+        started = time.monotonic()
+        with pytest.raises(DatabaseBusyError, match=r"more than 0\.2 s"), db.begin(wait=0.2) as conn:
+            conn.execute(INSERT_ENV, _env("never", False))  # pragma: no cover - not reached
+        assert 0.15 < time.monotonic() - started < 3
+    finally:
+        release.set()
+        thread.join()
+    with db.begin(wait=0.2) as conn:  # free: written at once
+        conn.execute(INSERT_ENV, _env("later", False))
+    with db.connect() as conn:
+        assert sorted(conn.execute("SELECT name FROM deploy_envs").scalars()) == ["holder", "later"]
+        if conn.dialect == "sqlite":
+            assert conn.execute("PRAGMA busy_timeout").scalar_one() == 60000
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
