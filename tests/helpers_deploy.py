@@ -20,7 +20,7 @@ from conftest import git as conftest_git
 from graven.home import Home
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
-from graven.service.context import Context
+from graven.service.context import Context, Reporter
 
 # A health command that really checks something: the exposed config file parses as TOML.
 CONFIG_PARSES = 'python3 -c \'import tomllib; tomllib.load(open("config", "rb"))\''
@@ -91,9 +91,12 @@ class World:
     root: Path
     contexts: list[Context] = field(default_factory=list)
 
-    def ctx(self) -> Context:
+    def ctx(self, reporter: Reporter | None = None) -> Context:
         """A fresh context on the home and GRAVEN_DB_URL, if set (closed at teardown)."""
-        ctx = Context(home=Home(root=self.home, db_url_override=os.environ.get("GRAVEN_DB_URL") or None))
+        ctx = Context(
+            home=Home(root=self.home, db_url_override=os.environ.get("GRAVEN_DB_URL") or None),
+            reporter=reporter,
+        )
         self.contexts.append(ctx)
         return ctx
 

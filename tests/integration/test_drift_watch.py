@@ -67,10 +67,11 @@ class Watcher:
 
     def __init__(self, world: World, opts: WatchOptions) -> None:
         self.lines: list[str] = []
+        self.warnings: list[str] = []
         self.ready: dict[str, Any] = {}
         self.stop = threading.Event()
         self.error: BaseException | None = None
-        self.ctx = world.ctx()
+        self.ctx = world.ctx(reporter=self)
 
         def run() -> None:
             try:
@@ -81,6 +82,13 @@ class Watcher:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         assert wait_for(lambda: bool(self.ready) or self.error is not None)
+
+    def warn(self, message: str) -> None:
+        """The watcher's warnings (the CLI's stderr), kept."""
+        self.warnings.append(message)
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        """No progress is drawn."""
 
     def checks(self) -> int:
         return sum(1 for line in self.lines if json.loads(line)["type"] == "check")

@@ -210,11 +210,13 @@ def test_go_expfmt_reads_what_graven_watch_serves(world: World, checker: Checker
             "graven_release_info": "GAUGE",
             "graven_checks_total": "COUNTER",
             "graven_checks_created": "GAUGE",
+            "graven_pending_records": "GAUGE",
         }
         samples = go_samples(families)
         staging = (("env", "staging"),)
         assert first["clean"] and first["digest"] == digest
         assert samples[("graven_drift_paths", staging)] == 0
+        assert samples[("graven_pending_records", staging)] == 0
         assert samples[("graven_checks_total", (("env", "staging"), ("result", "clean")))] == 1
         assert time.time() - 120 < samples[("graven_last_check_timestamp_seconds", staging)] <= time.time()
         (release,) = by_name["graven_release_info"]["samples"]

@@ -292,5 +292,8 @@ def test_database_errors_in_the_loop_are_survived(world: World, monkeypatch: pyt
         watcher.close()
         receiver.close()
     errors = [d["error"] for d in watcher.docs("error")]
-    assert len(errors) == 3 and all("database is locked" in e for e in errors)
+    assert len(errors) == 2 and all("database is locked" in e for e in errors)
+    # the alert's record that failed: said once on stderr, and once recorded
+    assert len(watcher.warnings) == 1 and "database is locked (record_alert)" in watcher.warnings[0]
+    assert [d["alerts"] for d in watcher.docs("recorded")] == [1]
     assert alert_rows(world) == [("ok", {"event": "drift", "channels": {"webhook": "HTTP 200"}})]

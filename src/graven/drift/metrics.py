@@ -4,6 +4,8 @@ graven_drift_paths{env}                          paths that drift now (0: clean)
 graven_last_check_timestamp_seconds{env}         when the last check finished (Unix time)
 graven_release_info{env,digest,commit}           1 for the release that is checked
 graven_checks_total{env,result}                  checks by result: clean | drift | error
+graven_pending_records{env}                      checks and alert deliveries not recorded yet (the
+                                                 database is busy; 0 when all are recorded)
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ class DriftMetrics:
         self.checks = Counter(
             "graven_checks", "Drift checks by result", ["env", "result"], registry=self.registry
         )
+        self.pending = Gauge(
+            "graven_pending_records",
+            "Checks and alert deliveries of the environment held until the database takes them",
+            ["env"],
+            registry=self.registry,
+        )
         self._releases: dict[str, tuple[str, str]] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -76,6 +84,7 @@ class DriftMetrics:
         self.last_check.labels(env).set(timestamp)
         if paths is not None:
             self.paths.labels(env).set(paths)
+        self.pending.labels(env)  # exported from the first check on (0 until something is held)
         labels = (digest, commit or "")
         previous = self._releases.get(env)
         if previous != labels:
@@ -84,9 +93,13 @@ class DriftMetrics:
             self.release.labels(env, *labels).set(1)
             self._releases[env] = labels
 
+    def held(self, env: str, count: int) -> None:
+        """``count`` checks and alert deliveries of ``env`` wait to be recorded (the database is busy)."""
+        self.pending.labels(env).set(count)
+
     def forget(self, env: str) -> None:
         """Remove every label set of ``env`` (it is no longer watched)."""
-        for gauge in (self.paths, self.last_check):
+        for gauge in (self.paths, self.last_check, self.pending):
             with contextlib.suppress(KeyError):
                 gauge.remove(env)
         for result in ("clean", "drift", "error"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from graven.core.drift import (
@@ -326,8 +326,10 @@ def check_target(
     record: bool = True,
     wait: bool = True,
     early: EarlyWalks | None = None,
+    recorder: Callable[[DriftReport], None] | None = None,
 ) -> DriftReport:
-    """Check one environment (and record what changed, with ``record``).
+    """Check one environment (and record what changed, with ``record``; ``recorder``: called instead
+    to record the report, under the lock: ``graven watch``, which holds it when the database is busy).
 
     The check holds the environment's lock shared until it has recorded, so a deploy or heal by
     another process is never seen half-way, nor recorded over by this older observation (without
@@ -349,7 +351,9 @@ def check_target(
                 break
             target = fresh
         # still under the lock: a heal or deployment waiting for it records after this, never before
-        if record and not record_clean(ctx, report):
+        if recorder is not None:
+            recorder(report)
+        elif record and not record_clean(ctx, report):
             record_check(ctx, report)
     return report
 

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from typing import Any
 
     from graven.service.context import Context
+    from graven.service.drift_report import DriftReport
 
-__all__ = ["DriftTarget", "artifact_row", "live_targets", "still_live"]
+__all__ = ["DriftTarget", "artifact_row", "live_targets", "still_live", "superseded"]
 
 _ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -151,3 +152,16 @@ def write_drift_state(conn: Connection, values: Mapping[str, Any], *, exists: bo
             checked_at = :checked_at WHERE env = :env""",
             values,
         )
+
+
+def superseded(conn: Connection, report: DriftReport, row: Row | None) -> bool:
+    """Whether ``report``, recorded late (``graven watch`` holds what it found while the database is
+    busy), no longer describes what is live: another release went live since, or a newer check (a heal's,
+    another process's) was recorded already. It is then left out: an older observation is never
+    recorded over a newer one, and the next check records what is there now."""
+    live = conn.execute(
+        "SELECT live_digest FROM deploy_envs WHERE name = :env", {"env": report.env}
+    ).scalar_one_or_none()
+    if live != report.digest:
+        return True
+    return row is not None and bool(row.checked_at) and str(row.checked_at) >= (report.checked_at or "")

@@ -18,7 +18,14 @@ from pathlib import Path
 from graven.deploy.switch import link_kind
 from graven.drift.clean import binding, load, trust_fingerprint, unchanged
 from graven.service.context import Context, utc_now
-from graven.service.drift_live import DriftTarget, drift_state, live_targets, still_live, write_drift_state
+from graven.service.drift_live import (
+    DriftTarget,
+    drift_state,
+    live_targets,
+    still_live,
+    superseded,
+    write_drift_state,
+)
 from graven.service.drift_report import DriftReport
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -79,18 +86,20 @@ def quick_check(ctx: Context, target: DriftTarget) -> DriftReport | None:
     )
 
 
-def record_clean(ctx: Context, report: DriftReport) -> bool:
+def record_clean(ctx: Context, report: DriftReport, *, wait: float | None = None, late: bool = False) -> bool:
     """Record a clean check of an environment that was clean at its last check too (or never checked):
     only the time of the check and the digest change, and nothing goes to the audit log. False, and
     nothing written, when the environment drifted at its last check: then the change to clean is an
-    event (``graven.service.drift_records.record_check``)."""
+    event (``graven.service.drift_records.record_check``). ``wait`` and ``late``: as there."""
     if not report.clean:
         return False
     now = report.checked_at or utc_now()
-    with ctx.db.begin() as conn:
+    with ctx.db.begin(wait=wait) as conn:
         if not still_live(conn, report.env):
             return True  # retired while it was checked: nothing of it is recorded, and nothing is due
         row = drift_state(conn, report.env)
+        if late and superseded(conn, report, row):
+            return True  # a newer check was recorded, or another release went live: nothing is due
         if row is not None and row.keys != "[]":
             return False
         values = {

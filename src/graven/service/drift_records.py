@@ -11,7 +11,7 @@ from graven.core.drift import Alert, Difference, keys_of, summarize
 from graven.core.paths import display_path
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
-from graven.service.drift_live import drift_state, still_live, write_drift_state
+from graven.service.drift_live import drift_state, still_live, superseded, write_drift_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -65,16 +65,22 @@ def alerted_keys(ctx: Context, env: str) -> frozenset[tuple[str, str]]:
     return frozenset((str(p), str(k)) for p, k in json.loads(row.alerted))
 
 
-def record_check(ctx: Context, report: DriftReport) -> str | None:
+def record_check(
+    ctx: Context, report: DriftReport, *, wait: float | None = None, late: bool = False
+) -> str | None:
     """Remember what drifts; when that changed, record ``found`` or ``resolved`` and log it (one
-    transaction). Returns the event recorded, if any."""
+    transaction). Returns the event recorded, if any. ``wait``: the seconds to wait for another
+    writer (default 60; DatabaseBusyError after it, nothing written); ``late``: the report was held
+    (:func:`superseded` ones are not recorded)."""
     keys = _keys_json(report.differences)
     now = report.checked_at or utc_now()
     event: str | None = None
-    with ctx.db.begin() as conn:
+    with ctx.db.begin(wait=wait) as conn:
         if not still_live(conn, report.env):  # retired while the check ran: nothing of it is recorded
             return None
         row = _state(conn, report.env)
+        if late and superseded(conn, report, row):
+            return None
         before = row.keys if row is not None else "[]"
         if keys != before:
             event = "found" if report.differences else "resolved"
@@ -118,8 +124,11 @@ def record_check(ctx: Context, report: DriftReport) -> str | None:
     return event
 
 
-def record_alert(ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, str]) -> None:
-    """Record an alert that was sent (or failed to be), and what was alerted, with its log entry."""
+def record_alert(
+    ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, str], wait: float | None = None
+) -> None:
+    """Record an alert that was sent (or failed to be), and what was alerted, with its log entry
+    (``wait``: as for :func:`record_check`)."""
     alerted = json.dumps(
         sorted(
             [[d.path, d.kind] for d in alert.differences],
@@ -129,7 +138,7 @@ def record_alert(ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, st
         else []
     )
     summary = "; ".join(f"{name}: {outcome}" for name, outcome in channels.items()) or "no channel"
-    with ctx.db.begin() as conn:
+    with ctx.db.begin(wait=wait) as conn:
         if not still_live(conn, alert.env):  # retired while the alert was sent: nothing is recorded
             return
         conn.execute(

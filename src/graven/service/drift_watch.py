@@ -15,20 +15,82 @@ from typing import Any
 
 from graven.core.drift import Alert, alert_transition, keys_of, make_alert
 from graven.deploy.layout import EnvLayout
+from graven.deploy.lock import shared_lock
 from graven.drift.watch import ROOT_SUFFIX, Schedule, WatchOptions
-from graven.errors import GravenError, NotFoundError, PolicyError
+from graven.errors import DatabaseBusyError, GravenError, NotFoundError, PolicyError
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import DriftReport, check_target
 from graven.service.drift_heal import heal
-from graven.service.drift_records import alerted_keys, reason_of, record_alert
+from graven.service.drift_quick import record_clean
+from graven.service.drift_records import alerted_keys, reason_of, record_alert, record_check
 from graven.service.drift_targets import DriftSession, live_targets
 
-__all__ = ["HEAL_BACKOFF_MAX", "HEAL_GRACE", "HealBackoff", "run_watch"]
+__all__ = ["DB_WAIT", "HEAL_BACKOFF_MAX", "HEAL_GRACE", "HELD_MAX", "HealBackoff", "HeldChecks", "run_watch"]
 
 # -- watch ------------------------------------------------------------------------------------------
 
 HEAL_GRACE = 0.2  # seconds: a heal's own notifications arrive within this; the check after it waits
 HEAL_BACKOFF_MAX = 3600.0  # seconds: the longest wait between two heals that leave drift behind
+DB_WAIT = 0.5  # seconds the watcher's own writes wait for another writer (then held: HeldChecks)
+HELD_MAX = 100  # checks of one environment held at most while the database is busy (oldest dropped)
+
+
+class HeldChecks:
+    """The checks ``graven watch`` could not record yet (the database is busy, or cannot be written),
+    per environment, in the order they were made; recorded in that order, under the environment's
+    check lock, once the database takes them (:meth:`record`).
+
+    A run of checks that found the same thing keeps its first (when it was found) and its last (the
+    time of the last check); past :data:`HELD_MAX` the oldest is dropped (the database still ends with
+    the newest state). A held check that a newer recorded one (or a deployment) superseded is left out
+    (``drift_live.superseded``). Kept in memory only: a watcher killed meanwhile loses them, and its
+    next check finds the drift again and records it (a restarted watcher then alerts it again:
+    what was alerted is recorded with the drift)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[DriftReport]] = {}
+        self.dropped = 0
+
+    def __bool__(self) -> bool:
+        return any(self._held.values())
+
+    def count(self, env: str) -> int:
+        """How many checks of ``env`` are held."""
+        return len(self._held.get(env, ()))
+
+    def envs(self) -> list[str]:
+        """The environments with held checks."""
+        return sorted(env for env, held in self._held.items() if held)
+
+    def add(self, report: DriftReport) -> None:
+        """Hold ``report`` (the newest check of its environment)."""
+        held = self._held.setdefault(report.env, [])
+        same = (report.digest, keys_of(report.differences))
+        if len(held) >= 2 and all((r.digest, keys_of(r.differences)) == same for r in held[-2:]):
+            held[-1] = report  # the same state again: only the time of the last check changes
+            return
+        if len(held) >= HELD_MAX:
+            del held[0]
+            self.dropped += 1
+        held.append(report)
+
+    def forget(self, env: str) -> None:
+        """Drop what is held for ``env`` (no longer live: nothing of it would be recorded)."""
+        self._held.pop(env, None)
+
+    def record(self, ctx: Context, env: str, *, wait: float) -> int:
+        """Record ``env``'s held checks in order (the caller holds its check lock); how many were.
+        GravenError (DatabaseBusyError: another writer) when one cannot be: it and those after it stay
+        held."""
+        held = self._held.get(env, [])
+        done = 0
+        while held:
+            report = held[0]
+            if not record_clean(ctx, report, wait=wait, late=True):
+                record_check(ctx, report, wait=wait, late=True)
+            held.pop(0)
+            done += 1
+        return done
 
 
 class HealBackoff:
@@ -114,7 +176,62 @@ def run_watch(
     def say(kind: str, text: str, data: dict[str, Any]) -> None:
         out(json.dumps({"type": kind, **data}, sort_keys=True) if opts.as_json else text)
 
-    unrecorded: list[Delivery] = []  # deliveries whose record failed (the database): tried again
+    # What the database did not take yet (another writer holds it: the watcher's writes wait DB_WAIT at
+    # most, so checks, alerts and metrics go on): checks, then deliveries, each recorded in order once it
+    # is free. One failed write per round at most; one warning while it lasts, one line when it ends.
+    held = HeldChecks()
+    unrecorded: list[Delivery] = []  # deliveries not recorded yet
+    episode = {"failed": False, "warned": False, "checks": 0, "alerts": 0}
+
+    def cannot_record(exc: GravenError) -> None:
+        episode["failed"] = True
+        if not episode["warned"]:
+            episode["warned"] = True
+            if isinstance(exc, DatabaseBusyError):
+                ctx.reporter.warn(
+                    f"database busy ({exc}); checks and alerts go on, and what they find is recorded "
+                    "when it is free"
+                )
+            else:
+                ctx.reporter.warn(f"cannot record drift ({exc}); checks and alerts go on, tried again")
+
+    def show_held(env: str) -> None:
+        if metrics is not None:
+            metrics.held(env, held.count(env) + sum(1 for d in unrecorded if d.context.env == env))
+
+    heal_after: set[str] = set()  # environments whose heal waits for their held checks
+
+    def record_held(env: str, *, locked: bool) -> None:
+        """Record what is held for ``env`` (``locked``: the caller holds its check lock)."""
+        if not episode["failed"] and held.count(env):
+            try:
+                if locked:
+                    episode["checks"] += held.record(ctx, env, wait=DB_WAIT)
+                else:
+                    with shared_lock(EnvLayout(Path(targets[env].path)).lock, env=env, wait=False):
+                        episode["checks"] += held.record(ctx, env, wait=DB_WAIT)
+            except PolicyError:  # a deployment or heal at work: after it
+                pass
+            except GravenError as exc:
+                cannot_record(exc)
+            if not held.count(env) and env in heal_after:
+                heal_after.discard(env)
+                schedule.mark(env)  # the heal it waited for: at the next round
+        show_held(env)
+
+    def recorder(report: DriftReport) -> None:
+        """Record a check (under its lock), or hold it while the database does not take it."""
+        if not held.count(report.env) and not episode["failed"]:
+            try:
+                if not record_clean(ctx, report, wait=DB_WAIT):
+                    record_check(ctx, report, wait=DB_WAIT)
+            except GravenError as exc:
+                held.add(report)
+                cannot_record(exc)
+            show_held(report.env)
+            return
+        held.add(report)
+        record_held(report.env, locked=True)
 
     def finish_deliveries() -> None:
         if dispatcher is None:
@@ -129,18 +246,35 @@ def run_watch(
                 f"{'sent' if delivery.ok else 'FAILED'} ({outcome})",
                 {"env": alert.env, "event": alert.event, "ok": delivery.ok, "channels": delivery.channels},
             )
-        while unrecorded:
+        while unrecorded and not episode["failed"]:
             delivery = unrecorded[0]
+            if held.count(delivery.context.env):
+                break  # after the checks it follows (the drift found before its alert)
             try:
-                record_alert(ctx, delivery.context, ok=delivery.ok, channels=delivery.channels)
+                record_alert(ctx, delivery.context, ok=delivery.ok, channels=delivery.channels, wait=DB_WAIT)
             except GravenError as exc:
-                say(
-                    "error",
-                    f"{utc_now()} recording {len(unrecorded)} alert deliveries failed: {exc}; trying again",
-                    {"error": str(exc)},
-                )
-                return
+                cannot_record(exc)
+                break
             unrecorded.pop(0)
+            episode["alerts"] += 1
+            show_held(delivery.context.env)
+
+    def end_round() -> None:
+        """Say once that what was held is recorded; the next failure warns again."""
+        if episode["warned"] and not held and not unrecorded:
+            dropped, held.dropped = held.dropped, 0
+            text = f"{utc_now()} database free again: recorded {episode['checks']} checks and " + (
+                f"{episode['alerts']} alert deliveries held meanwhile"
+            )
+            if dropped:
+                text += f" ({dropped} older checks dropped)"
+            say(
+                "recorded",
+                text,
+                {"checks": episode["checks"], "alerts": episode["alerts"], "dropped": dropped},
+            )
+            episode.update(warned=False, checks=0, alerts=0)
+        episode["failed"] = False
 
     def wake_on_stop() -> None:
         stop.wait()
@@ -170,6 +304,9 @@ def run_watch(
                         {"error": str(exc)},
                     )
             first = False
+            for env in held.envs():
+                if env in targets:
+                    record_held(env, locked=False)
             for env, target in targets.items():
                 release = str(EnvLayout(Path(target.path)).release(target.digest.removeprefix("sha256:")))
                 try:
@@ -194,6 +331,8 @@ def run_watch(
                 notifier.unwatch(env + ROOT_SUFFIX)
                 schedule.forget(env)
                 del watched[env]
+                held.forget(env)
+                heal_after.discard(env)
                 alerted.pop(env, None)
                 backoff.succeeded(env)
                 if metrics is not None:
@@ -205,7 +344,7 @@ def run_watch(
                 target = targets[env]
                 started = schedule.clock()
                 try:
-                    report = check_target(ctx, session, target, full=full, wait=False)
+                    report = check_target(ctx, session, target, full=full, wait=False, recorder=recorder)
                 except PolicyError:  # a deploy or heal is changing it: look again once it is done
                     schedule.postpone(env, 0.2)
                     continue
@@ -257,7 +396,9 @@ def run_watch(
                         dispatcher.submit(alert.to_json(), context=alert)
                 if report.clean:
                     backoff.succeeded(env)
-                if opts.heal and not report.clean and backoff.allowed(env):
+                if opts.heal and not report.clean and held.count(env):
+                    heal_after.add(env)  # its `heal started` follows the drift found, held meanwhile
+                elif opts.heal and not report.clean and backoff.allowed(env):
                     # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
                     schedule.mute(env, math.inf)
                     try:
@@ -286,6 +427,7 @@ def run_watch(
                         data["retry_in"] = wait
                     say("heal", text, data)
             finish_deliveries()
+            end_round()
             # what is live is read again at least every 2 s (a deployment is followed); a notification,
             # a finished delivery or the stop request wakes the loop at once
             schedule.wake.wait(min(schedule.timeout(), 2.0))
@@ -296,7 +438,17 @@ def run_watch(
             left = dispatcher.close(timeout=5.0)
             if left:
                 ctx.reporter.warn(f"{left} alerts were not delivered: the watcher stopped first")
-            finish_deliveries()
+        episode["failed"] = False  # one last try for what is held
+        for env in held.envs():
+            if env in targets:
+                record_held(env, locked=False)
+        finish_deliveries()
+        lost = sum(held.count(env) for env in held.envs()) + len(unrecorded)
+        if lost:
+            ctx.reporter.warn(
+                f"{lost} checks and alert deliveries were not recorded: the database was busy when the "
+                "watcher stopped (the next check finds what drifts again, and records it)"
+            )
         if metrics is not None:
             metrics.close()
         session.close()

@@ -342,3 +342,31 @@ def test_an_empty_alert_command_is_refused() -> None:
     with pytest.raises(InputError, match="--alert-command is empty"):
         AlertSender(command="  ")
     assert AlertSender(webhook="https://chat.example/hook?token=x").configured
+
+
+def test_held_checks_keep_each_change_in_order_and_are_bounded() -> None:
+    """What `graven watch` holds while the database is busy: every change of what drifts (each is an
+    event to record), of a run of equal checks only the first and the last, at most HELD_MAX."""
+    from graven.core.drift import Difference
+    from graven.service.drift_report import DriftReport
+    from graven.service.drift_watch import HELD_MAX, HeldChecks
+
+    def report(n: int, *paths: str) -> DriftReport:
+        diffs = [Difference(p, "modified", "a", "b") for p in paths]
+        return DriftReport(
+            env="prod", path="/srv/prod", digest="sha256:" + "a" * 64, name="app", commit=None,
+            mode="fast", differences=diffs, checked_at=f"2026-01-01T00:00:{n:02d}.000000Z",
+        )  # fmt: skip
+
+    held = HeldChecks()
+    assert not held and held.envs() == []
+    for n, paths in enumerate([(), ("x",), ("x",), ("x",), ("x",), (), ("y",)]):
+        held.add(report(n, *paths))
+    kept = [(r.checked_at[17:19], [d.path for d in r.differences]) for r in held._held["prod"]]
+    assert kept == [("00", []), ("01", ["x"]), ("04", ["x"]), ("05", []), ("06", ["y"])]
+    assert held and held.envs() == ["prod"] and held.count("prod") == 5
+    for n in range(HELD_MAX * 2):
+        held.add(report(n % 60, "x" if n % 2 else "y"))
+    assert held.count("prod") == HELD_MAX and held.dropped == HELD_MAX + 5
+    held.forget("prod")
+    assert not held and held.count("prod") == 0
