@@ -1,4 +1,4 @@
-"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v3``).
+"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v4``).
 
 For every inode of every release (files and directories) graven records the sha256 it wrote there (all
 zeros for a directory) and ``(size, mtime_ns, ctime_ns, st_mode)`` right after writing, linking or
@@ -9,11 +9,20 @@ inodes (unchanged files are hard links between releases), so the records are per
 whenever graven itself adds or removes a link. Anything that does not match is checked by content or
 written again from the store.
 
+It also records who deployed each release: the owner (uid) of ``PATH/releases/<hex>`` when graven
+renamed it into place, which graven made as the deployer, as it made everything in it. Drift and heal
+hold every path of the release, the release directory included, to that uid; read from the release
+directory instead, a ``chown`` of that one directory made it the reference for every other path.
+
 File layout (all integers big-endian)::
 
-    b"GRVNSTAT" u16 version (3) | u64 st_dev | u64 count |
+    b"GRVNSTAT" u16 version (4) | u64 st_dev | u64 count |
     count x (u64 ino | u64 size | i64 mtime_ns | i64 ctime_ns | u32 st_mode | 32-byte sha256)
+    | u32 releases | releases x (32-byte release digest | u32 owner uid)   (sorted by digest)
     | HMAC-SHA256 of everything before it, under the home's record key
+
+A v3 table (the same without the releases) is read with no owner recorded: such a release's owner is
+then its directory's (:func:`graven.deploy.attributes.deployer_uid`), as before.
 
 The tag (:mod:`graven.deploy.recordkey`) means that only the operator's graven can write records it
 will trust: a table whose tag does not verify under the key it is given is read as empty.
@@ -43,15 +52,19 @@ from graven.core.record import Record as _Mutable
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 from graven.errors import BackendError
 
-__all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable"]
+__all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable", "recorded_owner"]
 
-STAT_FORMAT = "graven.deploy-stat/v3"
+STAT_FORMAT = "graven.deploy-stat/v4"
 DIR_SHA = "0" * 64
-# v3: the layout of v2, and no record is racy (StatTable.save). A v2 table (graven 0.4.0 and before;
-# 0.3.0's may hold racy records) is read as empty, which costs one check by content after an upgrade.
-_MAGIC = b"GRVNSTAT\x00\x03"
+# v4: v3 and the owner of each release. v3: the layout of v2, and no record is racy (StatTable.save);
+# a v3 table is read as one that records no owner. A v2 table (graven 0.4.0 and before; 0.3.0's may
+# hold racy records) is read as empty, which costs one check by content after an upgrade.
+_MAGIC = b"GRVNSTAT\x00\x04"
+_MAGIC_V3 = b"GRVNSTAT\x00\x03"
 _HEAD = struct.Struct(">QQ")
 _RECORD = struct.Struct(">QQqqI32s")
+_COUNT = struct.Struct(">I")
+_OWNER = struct.Struct(">32sI")
 Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
 UNKNOWN_CTIME = -1  # a racy record's ctime: no file has it, so the record never matches
 # How long save() waits at most for the clock to pass the newest record: a few ms where file times come
@@ -65,36 +78,49 @@ _RACY_WAIT_WHOLE_SECONDS = 2.1
 class StatTable(_Mutable):
     """The stat records of one environment directory."""
 
-    __slots__ = ("dev", "inodes")
-    _fields = ("dev", "inodes")
+    __slots__ = ("dev", "inodes", "owners")
+    _fields = ("dev", "inodes", "owners")
     dev: int | None
     inodes: dict[int, Record]
+    owners: dict[str, int]  # release digest hex -> the uid that deployed it
 
-    def __init__(self, dev: int | None = None, inodes: dict[int, Record] | None = None) -> None:
+    def __init__(
+        self,
+        dev: int | None = None,
+        inodes: dict[int, Record] | None = None,
+        owners: dict[str, int] | None = None,
+    ) -> None:
         self.dev = dev
         self.inodes = {} if inodes is None else inodes
+        self.owners = {} if owners is None else owners
 
     @classmethod
     def load(cls, path: Path, key: bytes) -> StatTable:
         """Read the table; a missing, damaged or unauthenticated one (its tag does not verify under
-        ``key``) is empty: files are then checked by content."""
-        data = read_record_file(path)
-        if data is None:
+        ``key``) is empty: files are then checked by content (and owners are the release
+        directories')."""
+        parsed = _parse(read_record_file(path), key)
+        if parsed is None:
             return cls()
+        data, dev, owners_at = parsed
         start = len(_MAGIC) + _HEAD.size
-        if len(data) < start + 32 or not data.startswith(_MAGIC):
-            return cls()
-        if not verify(key, memoryview(data)[:-TAG_SIZE], memoryview(data)[-TAG_SIZE:]):
-            return cls()
-        dev, count = _HEAD.unpack_from(data, len(_MAGIC))
-        body = data[start:-32]
-        if len(body) != count * _RECORD.size:
-            return cls()
         inodes = {
             ino: (sha.hex(), size, mtime, ctime, mode)
-            for ino, size, mtime, ctime, mode, sha in _RECORD.iter_unpack(body)
+            for ino, size, mtime, ctime, mode, sha in _RECORD.iter_unpack(memoryview(data)[start:owners_at])
         }
-        return cls(dev, inodes)
+        return cls(dev, inodes, _owners(data, owners_at))
+
+    def owner(self, release: str) -> int | None:
+        """The uid that deployed the release ``release`` (its digest's hex), None when not recorded."""
+        return self.owners.get(release)
+
+    def set_owner(self, release: str, uid: int) -> None:
+        """Record that ``uid`` deployed the release ``release`` (made its directory and everything in it)."""
+        self.owners[release] = uid
+
+    def forget_owner(self, release: str) -> None:
+        """Drop the owner of a release that was deleted."""
+        self.owners.pop(release, None)
 
     def save(self, path: Path, key: bytes) -> None:
         """Write the table atomically (temp file, fsync, rename), tagged under ``key``; racy records
@@ -112,6 +138,10 @@ class StatTable(_Mutable):
                 parts.extend(
                     pack(ino, size, mtime, ctime, mode, bytes.fromhex(sha))
                     for ino, (sha, size, mtime, ctime, mode) in self.inodes.items()
+                )
+                parts.append(_COUNT.pack(len(self.owners)))
+                parts.extend(
+                    _OWNER.pack(bytes.fromhex(release), uid) for release, uid in sorted(self.owners.items())
                 )
                 body = b"".join(parts)
                 handle.write(body + tag(key, body))
@@ -190,6 +220,47 @@ class StatTable(_Mutable):
     def forget(self, ino: int) -> None:
         """Drop the record of an inode that no longer exists."""
         self.inodes.pop(ino, None)
+
+
+def recorded_owner(path: Path, key: bytes, release: str) -> int | None:
+    """The uid that deployed the release ``release`` (its digest's hex) as the table at ``path`` records
+    it (authenticated under ``key``); None when it records none. Reads only that part of the table."""
+    parsed = _parse(read_record_file(path), key)
+    if parsed is None:
+        return None
+    data, _dev, owners_at = parsed
+    return _owners(data, owners_at).get(release)
+
+
+def _parse(data: bytes | None, key: bytes) -> tuple[bytes, int, int] | None:
+    """A v4 or v3 table whose tag verifies under ``key`` and whose parts add up: (its bytes, st_dev,
+    where the records end and the owners start); None for anything else."""
+    if data is None:
+        return None
+    start = len(_MAGIC) + _HEAD.size
+    if len(data) < start + TAG_SIZE or not data.startswith((_MAGIC, _MAGIC_V3)):
+        return None
+    if not verify(key, memoryview(data)[:-TAG_SIZE], memoryview(data)[-TAG_SIZE:]):
+        return None
+    dev, count = _HEAD.unpack_from(data, len(_MAGIC))
+    owners_at = start + count * _RECORD.size
+    end = len(data) - TAG_SIZE
+    if data.startswith(_MAGIC_V3):
+        return (data, dev, owners_at) if owners_at == end else None
+    if owners_at + _COUNT.size > end:
+        return None
+    (owners,) = _COUNT.unpack_from(data, owners_at)
+    if owners_at + _COUNT.size + owners * _OWNER.size != end:
+        return None
+    return data, dev, owners_at
+
+
+def _owners(data: bytes, at: int) -> dict[str, int]:
+    """The owners section of a table :func:`_parse` accepted (none in a v3 table)."""
+    if data.startswith(_MAGIC_V3):
+        return {}
+    body = memoryview(data)[at + _COUNT.size : len(data) - TAG_SIZE]
+    return {release.hex(): uid for release, uid in _OWNER.iter_unpack(body)}
 
 
 def _fs_now(fd: int) -> Callable[[], int]:
