@@ -20,6 +20,7 @@ from graven.service.drift import check
 from graven.service.drift_check import _save_split
 from graven.service.drift_early import start_early
 from helpers_deploy import World, make_world
+from helpers_services import unavailable
 
 SPLIT = ([""], ["app"])  # the walker forked early walks app/; the check itself the rest
 
@@ -189,3 +190,21 @@ def test_a_scan_that_does_not_use_its_walker_stops_it(world: World, monkeypatch:
     assert _reaped(child.pid)
     child.cancel()  # reaped already: nothing to do
     assert time.monotonic() - started < 20
+
+
+def test_the_early_walker_holds_its_part_to_the_recorded_owner(world: World) -> None:
+    """The walker forked early took the release directory's owner as the deployer's: after a `chown`
+    of that directory alone, every path of its part was 'another owner's'. It takes the uid the stat
+    table records, as the check does: only the release directory is drift."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    _digest, release = _deployed(world)
+    os.chown(release, 12345, -1)
+    ctx = world.ctx()
+    with start_early(ctx, ["staging"]) as early:
+        assert list(early.started) == ["staging"]
+        (report,) = check(ctx, ["staging"], full=True, early=early)
+        assert early.started == {}  # taken: its part of the tree was its own
+    assert [(d.path, d.kind, d.actual) for d in report.differences] == [
+        (".", "attributes", f"owner uid 12345 (deployed as {os.geteuid()})")
+    ]

@@ -700,6 +700,121 @@ def test_a_chowned_directory_is_drift_and_heal_gives_it_back(
         assert drift(capsys, "staging", *mode)[0] == 0, mode
 
 
+def owners(release: Path) -> dict[str, int]:
+    """The owner of every path below the release directory (not of the release directory itself)."""
+    return {str(path.relative_to(release)): path.lstat().st_uid for path in release.rglob("*")}
+
+
+def test_a_chowned_release_directory_is_drift_of_that_path_alone_and_heal_gives_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The release directory's owner was the reference for every other path: after `chown 12345` of
+    PATH/releases/<hex> alone, the default check said clean, --full reported every other path as
+    'owner uid 0 (deployed as 12345)' and heal gave every directory to 12345, then failed. The
+    deployer's uid is recorded in the stat table: only '.' is drift, and heal gives it back."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    before = owners(release)
+    assert drift(capsys, "staging")[0] == 0  # a clean snapshot, which must not answer for it either
+    os.chown(release, 12345, -1)
+    for mode in ((), ("--full",), ()):
+        code, doc = drift(capsys, "staging", *mode)
+        assert code == 1 and found(doc) == {(".", "attributes")}, (mode, doc)
+        (diff,) = doc["environments"][0]["differences"]
+        assert diff["actual"] == f"owner uid 12345 (deployed as {os.geteuid()})", (mode, diff)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0, err
+    assert release.lstat().st_uid == os.geteuid()
+    assert owners(release) == before  # nothing else changed hands
+    for mode in ((), ("--full",), ()):
+        assert drift(capsys, "staging", *mode)[0] == 0, mode
+
+
+def test_a_release_chowned_whole_is_drift_of_every_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the deployer's uid recorded, `chown -R` of a whole release is no longer a new reference:
+    every path is named, and heal (as root) gives the release back to the deployer."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    release = release_of(world)
+    everything = [release, *release.rglob("*")]
+    for path in everything:
+        os.lchown(path, 12345, -1)
+    expected = {(".", "attributes")} | {(str(p.relative_to(release)), "attributes") for p in everything[1:]}
+    for mode in ((), ("--full",)):
+        code, doc = drift(capsys, "staging", *mode)
+        assert code == 1 and found(doc) == expected, (mode, doc)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0, err
+    assert {p.lstat().st_uid for p in [release, *release.rglob("*")]} == {os.geteuid()}
+    for mode in ((), ("--full",)):
+        assert drift(capsys, "staging", *mode)[0] == 0, mode
+
+
+def test_a_deploy_does_not_take_back_a_release_whose_directory_another_user_owns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release on disk was checked against its own directory's owner: one chowned to another user
+    (who could then replace what is in it) was taken as it was by a rollback or a new deploy of it."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.deploy import deploy
+
+    class Warnings:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def warn(self, message: str) -> None:
+            self.lines.append(message)
+
+        def progress(self, stage: str, done: int, total: int | None) -> None:
+            pass
+
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        v1 = world.build()
+        assert world.deploy(v1, "staging").ok
+        v2 = world.version(2)
+        assert world.deploy(v2, "staging").ok
+        old = world.env_dir("staging") / "releases" / v1.removeprefix("sha256:")
+        os.chown(old, 12345, -1)
+        warnings = Warnings()
+        with Context(home=Home(root=world.home), reporter=warnings) as ctx:
+            assert deploy(ctx, v1, "staging", world.options()).ok
+        assert old.lstat().st_uid == os.geteuid()  # rebuilt from the store, not taken as it was
+        assert any("./: owner uid 12345" in line for line in warnings.lines), warnings.lines
+    finally:
+        world.close()
+
+
+def test_the_stat_table_records_the_owner_of_each_release_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each deploy records who made its release; retention forgets the owner of a release it deletes."""
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    envs = staging_prod()
+    envs["staging"]["keep"] = 1
+    world = make_world(tmp_path, monkeypatch, env_toml("app", envs))
+    try:
+        for n in range(3):
+            assert world.deploy(world.version(n), "staging").ok
+        layout = EnvLayout(world.env_dir("staging"))
+        names = set(layout.release_names())
+        assert len(names) == 2  # live and previous: the first one was deleted
+        table = StatTable.load(layout.stat_file, world.ctx().record_key)
+        assert table.owners == dict.fromkeys(names, os.geteuid())
+    finally:
+        world.close()
+
+
 def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -367,3 +367,62 @@ def test_a_directory_kept_for_its_mode_is_still_made_writable_for_a_file_written
         os.close(holder)
     assert (release / "app" / "main.py").read_bytes() == data
     assert stat.S_IMODE((release / "app").stat().st_mode) == 0o555
+
+
+def test_a_release_directory_another_user_owns_is_given_back_by_root_and_refused_to_others(
+    tmp_path: Path,
+) -> None:
+    """The release directory of a deployer that is not root, chowned to another user: a heal by that
+    deployer cannot give it back, and ends with one line saying who can, before anything changes (the
+    owner of no other path, no mode); root's heal gives it back to the recorded deployer."""
+    from graven.core.drift import HealPlan
+    from graven.core.globs import GlobSet
+    from graven.deploy.statdb import StatTable
+    from graven.drift.heal import apply_heal
+    from graven.errors import BackendError
+    from graven.model.manifest import FileEntry
+    from graven.store.local import LocalStore
+
+    data = b"print('healed')\n"
+    store = LocalStore.at(tmp_path / "objects")
+    digest = store.put(data)
+    release = tmp_path / "release"
+    (release / "app").mkdir(parents=True)
+    os.chown(release / "app", NOBODY, NOBODY)
+    os.chown(release, 12345, NOBODY)  # the deployer was nobody
+    (release / "app").chmod(0o500)
+    release.chmod(0o555)
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # as root: nobody needs no path to it
+    tmp_path.chmod(0o755)  # ... but must look up names in it
+    plan = HealPlan((), ("app",), (FileEntry("app/main.py", digest.hex, len(data), False),), (), False, False)
+
+    def as_nobody() -> int:
+        base = Path(f"/proc/self/fd/{holder}")
+        try:
+            apply_heal(
+                LocalStore(base / "objects"),
+                base / "release",
+                plan,
+                StatTable(),
+                ignore=GlobSet.of([]),
+                owner=NOBODY,
+            )
+        except BackendError as exc:
+            expected = (
+                f"cannot heal {base / 'release'}: it belongs to uid 12345, but uid {NOBODY} deployed it and "
+                f"only root can give it back: run `chown {NOBODY} {base / 'release'}` as root, or graven "
+                "heal as root"
+            )
+            return 0 if str(exc) == expected else 3
+        return 2
+
+    try:
+        assert exit_code_as_nobody(as_nobody) == 0
+    finally:
+        os.close(holder)
+    for path, owner, mode in ((release, 12345, 0o555), (release / "app", NOBODY, 0o500)):
+        assert (path.lstat().st_uid, stat.S_IMODE(path.lstat().st_mode)) == (owner, mode), path
+    assert not (release / "app" / "main.py").exists()
+    apply_heal(store, release, plan, StatTable(), ignore=GlobSet.of([]), owner=NOBODY)  # as root
+    assert release.lstat().st_uid == NOBODY and (release / "app").lstat().st_uid == NOBODY
+    assert (release / "app" / "main.py").read_bytes() == data

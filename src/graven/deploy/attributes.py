@@ -1,7 +1,8 @@
-"""What a deployed file has that graven never gives one: an owner other than the deployer's, or
-extended attributes such as a file capability. Such a change leaves content and mode alone and moves
-only the ctime; the drift checks (:mod:`graven.drift.scan`) and the stat check of a release on disk
-(:mod:`graven.deploy.materialize`) look at it whenever they look at a file again."""
+"""What a deployed file has that graven never gives one: an owner other than the deployer's (recorded
+by the deploy's stat table, else the release directory's), or extended attributes such as a file
+capability. Such a change leaves content and mode alone and moves only the ctime; the drift checks
+(:mod:`graven.drift.scan`) and the stat check of a release on disk (:mod:`graven.deploy.materialize`)
+look at it whenever they look at a file again."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ __all__ = ["DRIFT_XATTRS", "attribute_problem", "deployer_uid"]
 DRIFT_XATTRS = ("security.capability", "user.", "trusted.")
 
 
-def deployer_uid(release: str, root_st: os.stat_result | None = None) -> int:
-    """Who deployed the release at ``release``: the owner of the release directory, which graven made
-    as the deployer, as it made everything in it (-1 when it cannot be read). Not ``PATH/.graven``'s:
-    an environment may be deployed by root and by a service user in turn, each release by one of them.
-    Only root can give a file to another user, and root could as well rewrite any record graven keeps:
-    a ``chown -R`` of a whole release by root is beyond what a check can hold against."""
+def deployer_uid(release: str, root_st: os.stat_result | None = None, recorded: int | None = None) -> int:
+    """Who deployed the release at ``release``: ``recorded``, the uid the deploy's stat table records
+    for it (:meth:`graven.deploy.statdb.StatTable.owner`), else the owner of the release directory,
+    which graven made as the deployer, as it made everything in it (-1 when it cannot be read). Not
+    ``PATH/.graven``'s: an environment may be deployed by root and by a service user in turn, each
+    release by one of them. The recorded uid is the reference whenever there is one: read from the
+    directory, a ``chown`` of the release directory alone made every other path "another owner's".
+    Only a release deployed before graven recorded owners (a ``graven.deploy-stat/v3`` table) has none.
+    Only root can give a file to another user, and root could as well rewrite any record graven keeps."""
+    if recorded is not None:
+        return recorded
     try:
         return (root_st or os.lstat(release)).st_uid
     except OSError:
@@ -31,7 +37,7 @@ def deployer_uid(release: str, root_st: os.stat_result | None = None) -> int:
 def attribute_problem(path: str | int, st: os.stat_result, owner: int) -> str | None:
     """What a deployed file at ``path`` (or open as that descriptor; its lstat ``st``) has that graven
     never gives one, else None: an
-    owner other than ``owner`` (the release directory's: the deployer), or extended attributes of
+    owner other than ``owner`` (the deployer's: :func:`deployer_uid`), or extended attributes of
     :data:`DRIFT_XATTRS` (``security.capability``: a privilege). Each such
     change moves the file's ctime, so the fast check looks at the file again and finds it."""
     problems: list[str] = []

@@ -1149,9 +1149,10 @@ def _check_entries(
     *,
     rehash: bool,
     store_inode: StoreInode | None,
+    owner: int,
 ) -> set[str]:
     """Check every manifest entry against the scan (taking what matched out of it); the directories the
-    release must have (``""``, its root, included)."""
+    release must have (``""``, its root, included). ``owner``: the deployer's uid."""
     expected_dirs: set[str] = {""}
     for entry in manifest.entries:
         expected_dirs.update(_parents(entry.path))
@@ -1170,7 +1171,7 @@ def _check_entries(
                         check.problems.append(f"{entry.path}: shares its inode with the store's object")
                         continue  # never vouched for, never linked into a next release
                     # the same content, a new ctime: a chown or a capability is never vouched for
-                    problem = attribute_problem(f"{base}/{entry.path}", hashed[1], found.dirs[""].st_uid)
+                    problem = attribute_problem(f"{base}/{entry.path}", hashed[1], owner)
                     if problem is not None:
                         check.problems.append(f"{entry.path}: {problem}")
                         continue
@@ -1210,6 +1211,7 @@ def check_release(
     *,
     rehash: bool = True,
     store_inode: StoreInode | None = None,
+    owner: int | None = None,
 ) -> ReleaseCheck:
     """Compare a release directory with its manifest. When the root, every directory and every file
     still have the stat graven recorded, that is enough. Otherwise every entry is read: paths, kinds,
@@ -1217,13 +1219,21 @@ def check_release(
     when its content is still right, its record is refreshed. Extra, missing and changed entries are
     problems. Only a release without problems has its directories (and its root) recorded again. A
     re-hashed file that is the store's own object (``store_inode``: a hard link made by hand) is a
-    problem, however right its content."""
+    problem, however right its content. ``owner``: the uid that deployed the release, as the stat table
+    records it (None: not recorded, the root's owner is the reference); a root that is another user's
+    is a problem (its owner could replace what is in it)."""
     with no_gc():
-        return _check_release(root, manifest, table, rehash=rehash, store_inode=store_inode)
+        return _check_release(root, manifest, table, rehash=rehash, store_inode=store_inode, owner=owner)
 
 
 def _check_release(
-    root: Path, manifest: TreeManifest, table: StatTable, *, rehash: bool, store_inode: StoreInode | None
+    root: Path,
+    manifest: TreeManifest,
+    table: StatTable,
+    *,
+    rehash: bool,
+    store_inode: StoreInode | None,
+    owner: int | None,
 ) -> ReleaseCheck:
     if _check_by_stat(root, manifest, table):
         return ReleaseCheck(by_stat=True)
@@ -1231,10 +1241,15 @@ def _check_release(
     if found is None:
         return ReleaseCheck(problems=[f"{root}: missing"])
     check = ReleaseCheck(problems=list(found.problems))
-    if not stat.S_ISDIR(found.dirs[""].st_mode):
+    root_st = found.dirs[""]
+    if not stat.S_ISDIR(root_st.st_mode):
         return check
+    if owner is None:
+        owner = root_st.st_uid
+    elif root_st.st_uid != owner:
+        check.problems.append(f"./: owner uid {root_st.st_uid} (deployed as {owner})")
     expected_dirs = _check_entries(
-        found, manifest, table, str(root), check, rehash=rehash, store_inode=store_inode
+        found, manifest, table, str(root), check, rehash=rehash, store_inode=store_inode, owner=owner
     )
     check.problems.extend(_leftover_problems(found, expected_dirs))
     if not check.problems:  # every entry checked: the directories are right as they are now

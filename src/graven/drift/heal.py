@@ -33,7 +33,7 @@ from pathlib import Path
 from graven.core.drift import HealPlan, deployed_mode
 from graven.core.globs import GlobSet
 from graven.core.paths import display_path
-from graven.deploy.attributes import DRIFT_XATTRS, deployer_uid
+from graven.deploy.attributes import DRIFT_XATTRS
 from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, IntegrityError
@@ -344,12 +344,16 @@ def apply_heal(
     *,
     ignore: GlobSet,
     children: Mapping[str, AbstractSet[str]] | None = None,
+    owner: int | None = None,
 ) -> HealStats:
     """Carry out the release part of ``plan`` (the environment's links are the caller's).
 
     ``children``: the names each directory of the manifest holds (``""``: the release directory,
     :attr:`graven.drift.scan.ReleaseIndex.children`); a directory the heal changed is recorded in
-    ``table`` only when it then holds exactly those (None: no directory is recorded)."""
+    ``table`` only when it then holds exactly those (None: no directory is recorded). ``owner``: the
+    uid that deployed the release, as the stat table records it (None: the release directory's owner);
+    a release directory that is another user's is given back to it, which only root can do: any other
+    user's heal is refused before anything changes."""
     stats = HealStats()
     try:
         dirs = _Dirs(release, table, children or {})
@@ -357,6 +361,13 @@ def apply_heal(
         why = f"it is not a directory ({_NO_FOLLOW})" if exc.errno in _NOT_A_DIR else exc.strerror
         raise BackendError(f"cannot heal {release}: {why}") from None
     try:
+        root_uid = os.fstat(dirs.fd("")).st_uid
+        owner = root_uid if owner is None else owner
+        if root_uid != owner and os.geteuid() != 0:
+            raise dirs.refuse(
+                f"it belongs to uid {root_uid}, but uid {owner} deployed it and only root can give it "
+                f"back: run `chown {owner} {release}` as root, or graven heal as root"
+            )
         dirs.writable("")  # the root's record is refreshed with the others
         # plan.remove holds no path below another one: removing one needs only its parents (never a
         # symlink the plan removes, which goes here before a directory is made in its place)
@@ -383,11 +394,10 @@ def apply_heal(
                 os.mkdir(name, 0o755, dir_fd=dirs.writable(parent))
                 dirs.keep(rel)  # set to 0555 at the end
             stats.created_dirs.append(rel)
-        owner = deployer_uid(str(release))
         for rel in plan.mkdirs:  # the owner and extended attributes graven gives directories
             with _naming(release, rel):
                 _fix_directory(dirs, rel, owner)
-        _fix_directory(dirs, "", owner)  # the release directory's extended attributes (its owner is owner)
+        _fix_directory(dirs, "", owner)  # the release directory's owner and extended attributes
         unrestored: list[str] = []  # a damaged or missing object: the rest of the heal is still done
         for entry in plan.files:
             parent, name = _split(entry.path)
@@ -418,7 +428,7 @@ def apply_heal(
 
 
 def _fix_directory(dirs: _Dirs, rel: str, owner: int) -> None:
-    """Give the directory ``rel`` back to ``owner`` (the release directory's; only root can) and remove
+    """Give the directory ``rel`` back to ``owner`` (the deployer's; only root can) and remove
     the extended attributes that are drift (:mod:`graven.deploy.attributes`; the directory is made
     writable for that, as for any change in it, and set back to 0555 with the others)."""
     fd = dirs.fd(rel)

@@ -256,7 +256,7 @@ class ScanResult(Record):
     observed: dict[str, Observed]
     verified: set[str]  # files known to be exactly as deployed
     root_mode: int | None  # the permission bits of the release directory
-    root_attrs: str | None  # its extended attributes that are drift (its owner is the reference)
+    root_attrs: str | None  # its owner (when not the deployer's) and extended attributes that are drift
     root_missing: bool
     files: int
     hashed: int  # files read and hashed
@@ -323,13 +323,17 @@ def scan_release(
     parallel: bool | None = None,
     split_hint: tuple[list[str], list[str]] | None = None,
     child: ForkedWalk | None = None,
+    owner: int | None = None,
 ) -> ScanResult:
     """Observe the release at ``root``. ``now_ns`` is the file system's time before the scan started
     (None: record nothing); ``table`` loads the deploy's stat table and the time it was written (only
     when a file is not in ``cache``). ``index`` may be a function that reads the manifest: a full scan
     given ``split_hint`` (where two processes start walking, from the last full scan) forks its second
     walker first, which hashes while the manifest is read here. ``child``: that walker, already
-    started on ``split_hint`` (:mod:`graven.service.drift_early`; a full scan only)."""
+    started on ``split_hint`` (:mod:`graven.service.drift_early`; a full scan only). ``owner``: the uid
+    that deployed the release as the stat table records it (:func:`graven.deploy.statdb.recorded_owner`;
+    None: not recorded, the release directory's owner is then the reference); every path, the release
+    directory included, must belong to it."""
     base = str(root)
     try:
         root_st = os.lstat(base)
@@ -341,11 +345,13 @@ def scan_release(
         return ScanResult(root_missing=True)
     if cache is not None and cache.dev != root_st.st_dev:
         cache = None
-    owner = deployer_uid(str(root), root_st)
+    owner = deployer_uid(str(root), root_st, owner)
     if full:
         fork = can_fork() if parallel is None else parallel
         if child is None and fork and split_hint is not None and "" in split_hint[0] and split_hint[1]:
-            child = ForkedWalk(base, split_hint[1], frozenset(split_hint[0]) | frozenset(split_hint[1]))
+            child = ForkedWalk(
+                base, split_hint[1], frozenset(split_hint[0]) | frozenset(split_hint[1]), owner=owner
+            )
         try:
             resolved = index() if callable(index) else index
             scanned = _full_scan(
@@ -358,13 +364,14 @@ def scan_release(
                 parallel=parallel,
                 child=child,
                 split=split_hint if child is not None else None,
+                owner=owner,
             )
         except BaseException:
             if child is not None:
                 child.cancel()  # stopped, not waited for (a no-op once its result was read)
             raise
         scanned.root_mode = stat.S_IMODE(root_st.st_mode)
-        scanned.root_attrs = attribute_problem(base, root_st, root_st.st_uid)
+        scanned.root_attrs = attribute_problem(base, root_st, owner)
         return scanned
     if child is not None:  # only a full scan takes one
         child.cancel()
@@ -381,7 +388,7 @@ def scan_release(
         owner=owner,
     )
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
-    scanned.root_attrs = attribute_problem(base, root_st, root_st.st_uid)
+    scanned.root_attrs = attribute_problem(base, root_st, owner)
     return scanned
 
 
@@ -570,9 +577,11 @@ class _Walk:
         *,
         start: Sequence[str] = ("",),
         skip: frozenset[str] = frozenset(),
+        owner: int | None = None,
     ) -> None:
         self.base = base
-        self.owner = deployer_uid(base, root_st)  # whom every file and directory must belong to
+        # whom every file and directory must belong to
+        self.owner = deployer_uid(base, root_st) if owner is None else owner
         self.hasher = hasher  # None: big files are hashed by the walker itself
         self.skip = skip  # directories that are someone else's starting point
         self.big: list[tuple[str, Future[HashResult]]] = []
@@ -812,18 +821,20 @@ def _full_scan(
     parallel: bool | None = None,
     child: ForkedWalk | None = None,
     split: tuple[list[str], list[str]] | None = None,
+    owner: int | None = None,
 ) -> ScanResult:
+    owner = deployer_uid(base, root_st, owner)
     fork = can_fork() and len(index.files) >= SPLIT_MIN_FILES if parallel is None else parallel
     if child is None and fork:
         split = plan_split(index)
         if split is not None:
-            child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]))
+            child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]), owner=owner)
     if child is not None:
         # two processes, each walking and hashing about half of the tree (big files included): hashlib
         # holds the GIL for small files, so threads would not share this work out
         assert split is not None
         skip = frozenset(split[0]) | frozenset(child.start)
-        walk = _Walk(base, index, root_st, now_ns, None, start=split[0], skip=skip)
+        walk = _Walk(base, index, root_st, now_ns, None, start=split[0], skip=skip, owner=owner)
         walk.run()
         data = child.result()
         if data is not None:
@@ -834,7 +845,7 @@ def _full_scan(
     else:
         # one walker hashes small files as it finds them (more walker threads only fight over the GIL);
         # big files go to the hashing threads
-        walk = _Walk(base, index, root_st, now_ns, hasher)
+        walk = _Walk(base, index, root_st, now_ns, hasher, owner=owner)
         walk.run()
     if walk.error is not None:
         raise walk.error

@@ -94,13 +94,15 @@ def open_dir(base: str, rel: str) -> int:
     return fd
 
 
-def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
+def raw_walk(base: str, start: Sequence[str], skip: frozenset[str], owner: int | None = None) -> bytes:
     """Walk and hash below ``start`` (not into ``skip``) knowing nothing of the manifest: what a forked
-    child does while its parent reads the manifest. Returns marshal data for :meth:`_Walk.merge_raw`."""
+    child does while its parent reads the manifest. ``owner``: whom every path must belong to (the
+    deployer's uid; None: the release directory's owner). Returns marshal data for
+    :meth:`_Walk.merge_raw`."""
     observed: dict[str, tuple[Any, ...]] = {}
     stats: dict[str, tuple[int, int, int, int, int]] = {}
     dir_records: dict[str, tuple[int, int, int]] = {}
-    owner = deployer_uid(base)
+    owner = deployer_uid(base, recorded=owner)
     fopen, fstat, close, read, sha256 = os.open, os.fstat, os.close, os.read, hashlib.sha256
     S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
     stack = [(rel, True) for rel in start]
@@ -177,9 +179,12 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str]) -> bytes:
 
 
 class ForkedWalk:
-    """A child process walking and hashing part of a release (``start``, not into ``skip``)."""
+    """A child process walking and hashing part of a release (``start``, not into ``skip``); ``owner``:
+    the deployer's uid, as :func:`raw_walk` takes it."""
 
-    def __init__(self, base: str, start: Sequence[str], skip: frozenset[str]) -> None:
+    def __init__(
+        self, base: str, start: Sequence[str], skip: frozenset[str], *, owner: int | None = None
+    ) -> None:
         self.start = list(start)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -188,7 +193,7 @@ class ForkedWalk:
             gc.disable()  # it makes only what it sends, and exits
             try:
                 os.close(read_fd)
-                view = memoryview(raw_walk(base, start, skip))
+                view = memoryview(raw_walk(base, start, skip, owner))
                 while view:
                     view = view[os.write(write_fd, view) :]
                 code = 0

@@ -67,7 +67,13 @@ def _refresh_live(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: s
 
     with contextlib.suppress(GravenError, OSError):
         manifest = load_manifest(ctx, Digest(live_hex))
-        check = check_release(layout.release(live_hex), manifest, table, store_inode=ctx.store.loose_inode)
+        check = check_release(
+            layout.release(live_hex),
+            manifest,
+            table,
+            store_inode=ctx.store.loose_inode,
+            owner=table.owner(live_hex),
+        )
         if check.rehashed:
             table.save(layout.stat_file, ctx.record_key)
 
@@ -81,7 +87,9 @@ def ensure_release(
     release = layout.release(hex_digest)
     reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
     if release.is_dir():
-        check = check_release(release, target.manifest, table, store_inode=ctx.store.loose_inode)
+        check = check_release(
+            release, target.manifest, table, store_inode=ctx.store.loose_inode, owner=table.owner(hex_digest)
+        )
         if check.ok:
             if not check.by_stat:
                 table.save(layout.stat_file, ctx.record_key)
@@ -119,7 +127,9 @@ def ensure_release(
             else:
                 os.rename(tmp, release)
             fsync_dir(layout.releases)
-            table.record(os.lstat(release), DIR_SHA)  # renaming changed the root's ctime
+            root_st = os.lstat(release)
+            table.record(root_st, DIR_SHA)  # renaming changed the root's ctime
+            table.set_owner(hex_digest, root_st.st_uid)  # who made it: drift's reference for every path
         except OSError as exc:
             raise BackendError(f"cannot move the release into {release}: {exc.strerror}") from None
         table.save(layout.stat_file, ctx.record_key)
@@ -220,6 +230,7 @@ def retention(
             raise BackendError(f"cannot remove release {hex_digest[:12]}: {exc.strerror}") from None
         step(ctx, "retention")
         remove_tree(aside, table, parent_nofollow=True)
+        table.forget_owner(hex_digest)
     if plan.delete:
         table.save(layout.stat_file, ctx.record_key)
     return tuple(f"sha256:{h}" for h in plan.delete)

@@ -23,13 +23,20 @@ from graven.core.record import Record
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import open_dir_nofollow, shared_lock
 from graven.deploy.recordkey import read_record_file
-from graven.deploy.statdb import StatTable
+from graven.deploy.statdb import StatTable, recorded_owner
 from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
 from graven.drift.clean import binding, encode
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.drift.walk import load_split, split_path
-from graven.errors import InputError, IntegrityError, NotFoundError, PolicyError, VerificationError
+from graven.errors import (
+    GravenError,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    PolicyError,
+    VerificationError,
+)
 from graven.model.digest import Digest
 from graven.runtime import no_gc
 from graven.service.context import Context, utc_now
@@ -74,6 +81,17 @@ def _observe_env(ctx: Context, layout: EnvLayout) -> EnvObservation:
         config_kind=config_kind,
         config_target=config_target,
     )
+
+
+def _deployer(ctx: Context, layout: EnvLayout, release: str) -> int | None:
+    """The uid that deployed ``release`` as the deploy's stat table records it (authenticated under the
+    home's record key), for the full check as for the default one; None when it records none (the
+    release directory's owner is then the reference)."""
+    try:
+        key = ctx.record_key
+    except GravenError:
+        return None
+    return recorded_owner(layout.stat_file, key, release)
 
 
 def _table_loader(layout: EnvLayout, key: bytes) -> tuple[StatTable | None, int | None]:
@@ -171,6 +189,7 @@ def _check_now(
             now_ns=now_ns,
             split_hint=hint,
             child=child,
+            owner=_deployer(ctx, layout, hex_digest),
         )
         index = session.index(digest)
         if hint is None and len(index.files) >= SPLIT_MIN_FILES:  # a plan depends on the manifest only
@@ -191,6 +210,7 @@ def _check_now(
             table=lambda: _table_loader(layout, key),
             cache=cache,
             now_ns=now_ns,
+            owner=_deployer(ctx, layout, hex_digest),
         )
     deployed = target.pipeline_digest if digest == target.digest else None  # not for a pending deploy
     trust = session.trust()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
+from graven.deploy.statdb import recorded_owner
 from graven.drift.cache import fs_clock
 from graven.drift.walk import ForkedWalk, Split, load_split, split_path
 from graven.errors import GravenError
@@ -74,14 +75,16 @@ class EarlyWalks:
             if lock is not None:
                 lock.close()
 
-    def start(self, env: str, layout: EnvLayout, digest_hex: str, split: Split) -> None:
+    def start(self, env: str, layout: EnvLayout, digest_hex: str, split: Split, key: bytes) -> None:
         """Hold the check lock of ``env`` shared (until :meth:`close`), read the clock, fork the walker
-        of ``split``'s second part of the release ``digest_hex``."""
+        of ``split``'s second part of the release ``digest_hex`` (holding its paths to the owner the
+        stat table, authenticated under ``key``, records for the release)."""
         locks = self._locks.setdefault(env, ExitStack())
         locks.enter_context(shared_lock(layout.lock, env=env, wait=True))
         now_ns = fs_clock(layout.meta / "drift", depth=2)
         base = str(layout.release(digest_hex))
-        child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]))
+        owner = recorded_owner(layout.stat_file, key, digest_hex)
+        child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]), owner=owner)
         self._walks[env] = EarlyWalk(child, digest_hex, now_ns, split)
 
     def close(self) -> None:
@@ -125,7 +128,11 @@ def start_early(ctx: Context, envs: Sequence[str] = ()) -> EarlyWalks:
     except OSError:
         return early
     try:
-        early.start(target.env, layout, digest_hex, split)
+        key = ctx.record_key  # the stat table's, which records who deployed the release
+    except GravenError:
+        return early
+    try:
+        early.start(target.env, layout, digest_hex, split, key)
     except OSError:  # no pipe or process to spare: the check forks (or not) as usual
         early.close()
         return EarlyWalks()

@@ -93,7 +93,9 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
             move_aside(release, layout.meta / "drift" / "attic")
         build_release(ctx.store, index.manifest, tmp, table)
         os.rename(tmp, release)
-        table.record(os.lstat(release), DIR_SHA)
+        root_st = os.lstat(release)
+        table.record(root_st, DIR_SHA)
+        table.set_owner(hex_digest, root_st.st_uid)  # made anew, by this heal's user
         fsync_dir(layout.releases)
     except OSError as exc:
         remove_tree(tmp)
@@ -206,6 +208,7 @@ def heal(
                         table,
                         ignore=checked.ignore,
                         children=checked.index.children,
+                        owner=table.owner(hex_digest),
                     )
                 table.save(layout.stat_file, ctx.record_key)
                 if plan.current:
