@@ -815,6 +815,36 @@ def test_the_stat_table_records_the_owner_of_each_release_on_disk(
         world.close()
 
 
+def test_a_release_on_disk_without_a_recorded_owner_gets_one_when_a_deploy_takes_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A release made before owners were recorded (a v3 table) has its owner recorded once a deploy or
+    rollback finds it intact, so that a later chown of its directory alone is drift there too."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        v1 = world.build()
+        assert world.deploy(v1, "staging").ok
+        assert world.deploy(world.version(2), "staging").ok
+        layout = EnvLayout(world.env_dir("staging"))
+        key = world.ctx().record_key
+        table = StatTable.load(layout.stat_file, key)
+        table.owners.clear()  # as an upgraded environment's table: no release has a recorded owner
+        table.save(layout.stat_file, key)
+        assert run_cli(capsys, "rollback", "staging", "--root", str(world.root))[0] == 0
+        hex1 = v1.removeprefix("sha256:")
+        assert StatTable.load(layout.stat_file, key).owners == {hex1: os.geteuid()}
+        os.chown(layout.release(hex1), 12345, -1)
+        code, doc = drift(capsys, "staging")
+        assert code == 1 and found(doc) == {(".", "attributes")}, doc
+    finally:
+        world.close()
+
+
 def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -91,7 +91,11 @@ def ensure_release(
             release, target.manifest, table, store_inode=ctx.store.loose_inode, owner=table.owner(hex_digest)
         )
         if check.ok:
-            if not check.by_stat:
+            owned = table.owner(hex_digest) is not None
+            if not owned:  # deployed before owners were recorded: its owner checked out with every path
+                with contextlib.suppress(OSError):
+                    table.set_owner(hex_digest, os.lstat(release).st_uid)
+            if not check.by_stat or not owned:
                 table.save(layout.stat_file, ctx.record_key)
             return None, True
         more = f" and {len(check.problems) - 1} more" if len(check.problems) > 1 else ""
