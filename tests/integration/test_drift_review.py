@@ -845,6 +845,65 @@ def test_a_release_on_disk_without_a_recorded_owner_gets_one_when_a_deploy_takes
         world.close()
 
 
+def test_a_release_without_a_recorded_owner_whose_directory_was_chowned_is_not_taken_back_as_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chown of the directory of a release that records no owner (a v3 table) must not make its new
+    owner the deployer recorded for it: every other path is still the real deployer's, so the release
+    does not check out; it is rebuilt, and the deployer's uid recorded."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        v1 = world.build()
+        assert world.deploy(v1, "staging").ok
+        assert world.deploy(world.version(2), "staging").ok
+        layout = EnvLayout(world.env_dir("staging"))
+        key = world.ctx().record_key
+        table = StatTable.load(layout.stat_file, key)
+        table.owners.clear()  # as an upgraded environment's table: no release has a recorded owner
+        table.save(layout.stat_file, key)
+        hex1 = v1.removeprefix("sha256:")
+        os.chown(layout.release(hex1), 12345, -1)
+        code, _out, err = run_cli(capsys, "rollback", "staging", "--root", str(world.root))
+        assert code == 0, err
+        assert "owner uid" in err and "rebuilding it from the store" in err, err
+        assert StatTable.load(layout.stat_file, key).owner(hex1) == os.geteuid()
+        assert layout.release(hex1).lstat().st_uid == os.geteuid()
+        code, doc = drift(capsys, "--full", "staging")
+        assert code == 0 and found(doc) == set(), doc
+    finally:
+        world.close()
+
+
+def test_a_release_with_a_chowned_directory_inside_is_rebuilt_not_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deploy takes a release on disk back only when every path is the deployer's: a directory inside
+    it given to another user (who could then replace what is in it) is what drift names, so the deploy
+    rebuilds the release rather than record that directory as it is."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        v1 = world.build()
+        assert world.deploy(v1, "staging").ok
+        assert world.deploy(world.version(2), "staging").ok
+        old = world.env_dir("staging") / "releases" / v1.removeprefix("sha256:")
+        os.chown(old / "app", 12345, -1)
+        code, _out, err = run_cli(capsys, "rollback", "staging", "--root", str(world.root))
+        assert code == 0, err
+        assert "app/: owner uid 12345" in err, err
+        assert (old / "app").lstat().st_uid == os.geteuid()
+        code, doc = drift(capsys, "--full", "staging")
+        assert code == 0 and found(doc) == set(), doc
+    finally:
+        world.close()
+
+
 def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

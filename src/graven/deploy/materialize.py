@@ -1150,9 +1150,11 @@ def _check_entries(
     rehash: bool,
     store_inode: StoreInode | None,
     owner: int,
+    every_owner: bool = False,
 ) -> set[str]:
     """Check every manifest entry against the scan (taking what matched out of it); the directories the
-    release must have (``""``, its root, included). ``owner``: the deployer's uid."""
+    release must have (``""``, its root, included). ``owner``: the deployer's uid, held against every
+    file that is read again (``every_owner``: against those that still have their record too)."""
     expected_dirs: set[str] = {""}
     for entry in manifest.entries:
         expected_dirs.update(_parents(entry.path))
@@ -1163,6 +1165,9 @@ def _check_entries(
                 continue
             if stat.S_IMODE(st.st_mode) != file_mode(entry.executable):
                 check.problems.append(f"{entry.path}: mode {stat.S_IMODE(st.st_mode):04o}")
+                continue
+            if every_owner and st.st_uid != owner and table.matches(st, entry.sha256):
+                check.problems.append(f"{entry.path}: owner uid {st.st_uid} (deployed as {owner})")
                 continue
             if not table.matches(st, entry.sha256):
                 hashed = _hash_file(base, entry.path, st) if rehash else None
@@ -1244,12 +1249,29 @@ def _check_release(
     root_st = found.dirs[""]
     if not stat.S_ISDIR(root_st.st_mode):
         return check
+    recorded = owner is not None
     if owner is None:
         owner = root_st.st_uid
     elif root_st.st_uid != owner:
         check.problems.append(f"./: owner uid {root_st.st_uid} (deployed as {owner})")
+    # every directory is the deployer's (a chown moves only the directory's ctime, which the records
+    # below take again); without a recorded owner the root's is only a guess, which every file must
+    # bear out (a chown of the root alone would else make its new owner the deployer recorded)
+    check.problems.extend(
+        f"{path}/: owner uid {st.st_uid} (deployed as {owner})"
+        for path, st in sorted(found.dirs.items())
+        if path and st.st_uid != owner
+    )
     expected_dirs = _check_entries(
-        found, manifest, table, str(root), check, rehash=rehash, store_inode=store_inode, owner=owner
+        found,
+        manifest,
+        table,
+        str(root),
+        check,
+        rehash=rehash,
+        store_inode=store_inode,
+        owner=owner,
+        every_owner=not recorded,
     )
     check.problems.extend(_leftover_problems(found, expected_dirs))
     if not check.problems:  # every entry checked: the directories are right as they are now
