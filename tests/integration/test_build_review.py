@@ -289,6 +289,12 @@ def test_an_artifact_an_earlier_graven_built_with_git_outputs_still_verifies_exp
     code, _, err = run_cli("deploy", digest, "staging")
     assert code == 0, err
     assert (srv / "current" / "out" / ".git" / "config").read_text() == "[core]\n"
+    # its export is refused by import all the same, saying why without blaming the archive's maker
+    code, _, err = run_cli("import", tmp_path / "x.tar")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "out/.git: a path through .git" in line, line
+    assert "not made by graven export" not in line and "earlier graven" in line, line
 
 
 # -- 6: graven init ----------------------------------------------------------------------------------

@@ -410,14 +410,14 @@ def test_hostile_archive_is_refused_naming_the_entry(
     _assert_refused(run_cli, archive, needle)
 
 
-def test_a_git_path_is_refused_saying_graven_export_never_wrote_it(
-    graven_home: Path, tmp_path: Path, run_cli: Run
-) -> None:
+def test_a_git_path_is_refused_saying_what_to_do(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    """An export of an artifact an earlier graven built with a .git path holds one too: the refusal
+    says to build it again, not that graven export never wrote it."""
     archive = _write_tar(
         tmp_path / "x.tar", [_file("ok.txt"), _file("a/.git/config")], format=tarfile.PAX_FORMAT
     )
     line = _assert_refused(run_cli, archive, "a/.git/config: a path through .git")
-    assert line.endswith("the archive was not made by graven export"), line
+    assert line.endswith("an artifact an earlier graven built with one must be built again without it"), line
 
 
 def test_names_that_only_look_like_git_import(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:

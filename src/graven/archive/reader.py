@@ -340,8 +340,9 @@ def _read_members(
         check_path(name)
         if paths.is_through_dotgit(name):
             raise UnsafeInputError(
-                f"{name}: a path through .git, which graven refuses to build (a release's .git/config "
-                "makes git run there execute what it names); the archive was not made by graven export"
+                f"{name}: a path through .git, which graven refuses in what it builds or imports (a "
+                "release's .git/config makes git run there execute what it names); an artifact an "
+                "earlier graven built with one must be built again without it"
             )
         if name in entries or name in dirs:
             raise UnsafeInputError(f"{name}: duplicate entry in archive")
