@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_drift_watch import Receiver, Watcher, scrape, tamper, wait_for
 
 from graven.drift.watch import WatchOptions
@@ -174,3 +175,64 @@ def test_a_watcher_stopped_while_locked_leaves_the_drift_to_the_next_check(
     assert recorded(world) == [("drift", "found"), ("drift", "alert-sent")]
     events = [json.loads(line)["event"] for line in alerts.read_text().splitlines() if line.strip()]
     assert events == ["drift", "drift"]  # at least once: what was alerted is recorded with the drift
+
+
+def test_a_heal_whose_start_cannot_be_recorded_changes_nothing_and_does_not_stall(world: World) -> None:
+    """The watcher's heal records its start with the watcher's short wait: a database another writer
+    holds made it wait up to 60 s (the check loop with it); now it stops at once, having changed
+    nothing, and runs once the database is free."""
+    from graven.service.drift_heal import HealNotStartedError, heal
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    tamper(world, b"evil()\n")
+    main = (world.env_dir("staging") / "current").resolve() / "app/main.py"
+    ctx = world.ctx()
+    with write_locked(world):
+        started = time.monotonic()
+        with pytest.raises(HealNotStartedError, match="the heal did not start"):
+            heal(ctx, "staging", start_wait=0.2)
+        assert time.monotonic() - started < 5
+        assert main.read_bytes().endswith(b"evil()\n")  # nothing changed
+    assert recorded(world) == []
+    assert heal(ctx, "staging", start_wait=0.2).ok
+    assert main.read_bytes() == BASE_FILES["app/main.py"]
+    assert recorded(world) == [("heal", "started"), ("heal", "ok")]
+
+
+def test_the_watcher_tries_a_heal_again_when_the_database_did_not_let_it_start(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import graven.service.drift_watch as watch_service
+
+    real = watch_service.heal
+    waits: list[float | None] = []
+
+    def heal_beside_a_writer(ctx: Any, env: str, **kwargs: Any) -> Any:
+        waits.append(kwargs.get("start_wait"))
+        if len(waits) > 1:
+            return real(ctx, env, **kwargs)
+        with write_locked(world):  # another writer got in between the drift found and the heal
+            return real(ctx, env, **kwargs)
+
+    monkeypatch.setattr(watch_service, "heal", heal_beside_a_writer)
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    receiver = Receiver()
+    watcher = Watcher(world, WatchOptions(interval=0.2, heal=True, webhook=receiver.url, as_json=True))
+    try:
+        assert wait_for(lambda: watcher.checks() >= 1)
+        tamper(world, b"evil()\n")
+        assert wait_for(lambda: receiver.events() == ["drift", "resolved"], timeout=10)
+    finally:
+        watcher.close()
+        receiver.close()
+    assert waits[:2] == [watch_service.DB_WAIT, watch_service.DB_WAIT]
+    assert [w for w in watcher.warnings if "database busy" in w and "heal did not start" in w] != []
+    assert [e for e in recorded(world) if e[1] != "alert-sent"] == [
+        ("drift", "found"),
+        ("heal", "started"),
+        ("heal", "ok"),
+        ("drift", "resolved"),
+    ]
+    assert world.ctx().audit.verify().ok

@@ -21,7 +21,7 @@ from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.drift.heal import HealStats, apply_heal, move_aside
 from graven.drift.scan import ReleaseIndex
-from graven.errors import BackendError, GravenError, PolicyError
+from graven.errors import BackendError, DatabaseBusyError, GravenError, PolicyError
 from graven.home import make_dirs
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
@@ -30,7 +30,7 @@ from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, 
 from graven.service.drift_targets import DriftSession, live_targets
 from graven.service.witness import check_witness, write_witness
 
-__all__ = ["HealResult", "heal"]
+__all__ = ["HealNotStartedError", "HealResult", "heal"]
 
 # -- heal -------------------------------------------------------------------------------------------
 
@@ -144,9 +144,13 @@ def heal(
     plan_only: bool = False,
     wait: bool = False,
     session: DriftSession | None = None,
+    start_wait: float | None = None,
 ) -> HealResult:
     """Restore ``env``'s release (and ``current``, ``config``) to exactly what was deployed, from the
-    store, under the environment's deploy lock; then check it again (full)."""
+    store, under the environment's deploy lock; then check it again (full).
+
+    ``start_wait``: how long the record of the heal's start waits for another writer of the database
+    (default 60 s): ``graven watch`` must not stall on it; HealNotStartedError then, nothing changed."""
     started = time.monotonic()
     target = live_targets(ctx, [env])[0]
     own = session is None
@@ -195,7 +199,7 @@ def heal(
             hex_digest = checked.expected.release_hex
             # a heal that cannot be recorded is not done: its start is logged (a read-only home or a
             # full disk refuse here) before anything in the environment changes, its outcome after
-            _record_start(ctx, result)
+            _record_start(ctx, result, wait=start_wait)
             try:
                 table = StatTable.load(layout.stat_file, ctx.record_key)
                 if rebuild:
@@ -237,11 +241,21 @@ def heal(
             session.close()
 
 
-def _record_start(ctx: Context, result: HealResult) -> None:
+class HealNotStartedError(DatabaseBusyError):
+    """Another writer held the database longer than ``heal(start_wait=...)``: the heal's start could not
+    be recorded, so nothing in the environment was changed; it may be tried again."""
+
+
+def _record_start(ctx: Context, result: HealResult, *, wait: float | None = None) -> None:
     """The audit entry of a heal about to change the environment (``result`` ``started``): whatever
     stops it before its outcome is recorded (a disk that fills, a kill), the log says it ran."""
-    with ctx.db.begin() as conn:
-        _log_heal(ctx, conn, result, reason=f"restoring {reason_of(result.before)}", outcome="started")
+    try:
+        with ctx.db.begin(wait=wait) as conn:
+            _log_heal(ctx, conn, result, reason=f"restoring {reason_of(result.before)}", outcome="started")
+    except DatabaseBusyError as exc:
+        if wait is None:
+            raise
+        raise HealNotStartedError(f"the heal did not start: {exc}") from None
 
 
 def _log_heal(ctx: Context, conn: Connection, result: HealResult, *, reason: str, outcome: str) -> None:

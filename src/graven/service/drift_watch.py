@@ -20,7 +20,7 @@ from graven.drift.watch import ROOT_SUFFIX, Schedule, WatchOptions
 from graven.errors import DatabaseBusyError, GravenError, NotFoundError, PolicyError
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import DriftReport, check_target
-from graven.service.drift_heal import heal
+from graven.service.drift_heal import HealNotStartedError, heal
 from graven.service.drift_quick import record_clean
 from graven.service.drift_records import alerted_keys, reason_of, record_alert, record_check
 from graven.service.drift_targets import DriftSession, live_targets
@@ -402,10 +402,14 @@ def run_watch(
                     # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
                     schedule.mute(env, math.inf)
                     try:
-                        healed = heal(ctx, env, session=session)
+                        healed = heal(ctx, env, session=session, start_wait=DB_WAIT)
                     except PolicyError as exc:  # a deployment holds the lock: try again soon
                         schedule.postpone(env, 1.0)
                         say("heal", f"{utc_now()} {env}: heal postponed: {exc}", {"env": env, "ok": False})
+                        continue
+                    except HealNotStartedError as exc:  # the database is busy: nothing changed yet
+                        schedule.postpone(env, 1.0)
+                        cannot_record(exc)
                         continue
                     except GravenError as exc:
                         wait = backoff.failed(env)
