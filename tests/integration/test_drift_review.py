@@ -904,6 +904,67 @@ def test_a_release_with_a_chowned_directory_inside_is_rebuilt_not_taken_back(
         world.close()
 
 
+DEPLOYER = 12345  # a service user that is not root
+
+
+def deployed_by(world: World, uid: int) -> Path:
+    """Staging's live release as a deploy by ``uid`` leaves it: every path (the release directory
+    included) that user's, and the stat table recording ``uid`` as its deployer. Only root deploys in
+    these tests (a service user's deploy needs a home and an environment directory of its own, which
+    root then refuses); the release is what that user's deploy would have made."""
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    release = release_of(world)
+    for path in [release, *release.rglob("*")]:
+        os.lchown(path, uid, uid)
+    layout = EnvLayout(world.env_dir("staging"))
+    key = world.ctx().record_key
+    table = StatTable.load(layout.stat_file, key)
+    table.set_owner(release.name, uid)
+    table.save(layout.stat_file, key)
+    return release
+
+
+def stat_records(world: World) -> dict[int, tuple[str, int, int, int, int]]:
+    """Staging's stat table: inode -> (sha256, size, mtime_ns, ctime_ns, mode)."""
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    return StatTable.load(EnvLayout(world.env_dir("staging")).stat_file, world.ctx().record_key).inodes
+
+
+def test_root_heals_a_service_users_release_into_that_users_hands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A release a service user deployed, healed by root: the files, symlinks and directories the heal
+    wrote were root's, so its own check after it found them 'owner uid 0 (deployed as 12345)', and
+    the service user could not fix root's files itself. What root's heal writes in the release is
+    given to the recorded deployer (before it is recorded: the chown moves the ctime)."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    world = make_world(tmp_path, monkeypatch)
+    world.commit({**APP_FILES, "out/app/link.py": "->main.py"})
+    assert world.deploy(world.build(), "staging").ok
+    release = deployed_by(world, DEPLOYER)
+    for mode in ((), ("--full",)):
+        assert drift(capsys, "staging", *mode)[0] == 0, mode
+    (release / "out/app/main.py").write_text("print('changed')\n")  # as root: no mode stops it
+    (release / "out/app/link.py").unlink()
+    os.symlink("util.py", release / "out/app/link.py")
+    os.rename(release / "out/var", release / "out/gone")  # var/ and its file missing, gone/ added
+    os.chmod(release / "out", 0o755)
+    code, out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0, (out, err)
+    assert {p.lstat().st_uid for p in [release, *release.rglob("*")]} == {DEPLOYER}
+    recorded = stat_records(world)
+    for path in ("out/app/main.py", "out/var/.keep", "out/var", "out"):  # taken after the chown
+        st = (release / path).lstat()
+        assert recorded[st.st_ino][3] == st.st_ctime_ns, path
+    for mode in ((), ("--full",), ()):
+        assert drift(capsys, "staging", *mode)[0] == 0, mode
+
+
 def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -426,3 +426,55 @@ def test_a_release_directory_another_user_owns_is_given_back_by_root_and_refused
     apply_heal(store, release, plan, StatTable(), ignore=GlobSet.of([]), owner=NOBODY)  # as root
     assert release.lstat().st_uid == NOBODY and (release / "app").lstat().st_uid == NOBODY
     assert (release / "app" / "main.py").read_bytes() == data
+    assert (release / "app" / "main.py").lstat().st_uid == NOBODY  # what root writes is the deployer's
+
+
+def test_a_heal_by_a_user_who_is_neither_the_deployer_nor_root_changes_nothing(tmp_path: Path) -> None:
+    """Root's heal gives what it writes to the deployer; nobody else can give anything away: a heal by a
+    third user (not root) of a release uid 12345 deployed fails before anything changes."""
+    from graven.core.drift import HealPlan
+    from graven.core.globs import GlobSet
+    from graven.deploy.statdb import StatTable
+    from graven.drift.heal import apply_heal
+    from graven.errors import BackendError
+    from graven.model.manifest import FileEntry
+    from graven.store.local import LocalStore
+
+    data = b"print('healed')\n"
+    store = LocalStore.at(tmp_path / "objects")
+    digest = store.put(data)
+    release = tmp_path / "release"
+    (release / "app").mkdir(parents=True)
+    for path in (release / "app", release):
+        os.chown(path, 12345, 12345)
+        path.chmod(0o555)
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    tmp_path.chmod(0o755)
+    plan = HealPlan((), (), (FileEntry("app/main.py", digest.hex, len(data), False),), (), False, False)
+
+    def as_nobody() -> int:
+        base = Path(f"/proc/self/fd/{holder}")
+        try:
+            apply_heal(
+                LocalStore(base / "objects"),
+                base / "release",
+                plan,
+                StatTable(),
+                ignore=GlobSet.of([]),
+                owner=12345,
+            )
+        except BackendError as exc:
+            expected = (
+                f"cannot heal {base / 'release'}: uid 12345 deployed it, and only that user or root can "
+                f"heal it (you are uid {NOBODY})"
+            )
+            return 0 if str(exc) == expected else 3
+        return 2
+
+    try:
+        assert exit_code_as_nobody(as_nobody) == 0
+    finally:
+        os.close(holder)
+    for path in (release, release / "app"):
+        assert (path.lstat().st_uid, stat.S_IMODE(path.lstat().st_mode)) == (12345, 0o555), path
+    assert not (release / "app" / "main.py").exists()

@@ -41,7 +41,7 @@ from graven.model.digest import Digest
 from graven.model.manifest import FileEntry
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
 
-__all__ = ["HealStats", "apply_heal", "move_aside"]
+__all__ = ["HealStats", "apply_heal", "giving", "move_aside"]
 
 _CHUNK = 1 << 20
 _DIR_MODE = 0o555
@@ -254,8 +254,12 @@ def _naming(release: Path, rel: str) -> Iterator[None]:
         raise BackendError(f"cannot heal {release}: {exc.strerror} ({where})") from None
 
 
-def _write_file(store: LocalStore, entry: FileEntry, dir_fd: int, name: str, table: StatTable) -> int:
-    """Write ``entry`` as ``name`` in ``dir_fd`` via a temporary file and a rename; record its stat."""
+def _write_file(
+    store: LocalStore, entry: FileEntry, dir_fd: int, name: str, table: StatTable, *, give: int = -1
+) -> int:
+    """Write ``entry`` as ``name`` in ``dir_fd`` via a temporary file and a rename; record its stat.
+    ``give``: the uid the file is given to before it is renamed into place and recorded (-1: it stays
+    the heal's user's)."""
     tmp = f".graven-heal-{os.urandom(6).hex()}"
     mode = deployed_mode(entry.executable)
     fd = os.open(tmp, _OPEN_NEW, 0o600, dir_fd=dir_fd)
@@ -267,6 +271,8 @@ def _write_file(store: LocalStore, entry: FileEntry, dir_fd: int, name: str, tab
                 with store.open(Digest(entry.sha256)) as stream:
                     while chunk := stream.read(_CHUNK):
                         _write_all(fd, chunk)
+            if give >= 0:
+                os.fchown(fd, give, -1)  # before the mode: a chown may clear mode bits
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
@@ -279,7 +285,7 @@ def _write_file(store: LocalStore, entry: FileEntry, dir_fd: int, name: str, tab
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # after the rename: it changes the ctime
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # after the chown and the rename (ctime)
     table.record(st, entry.sha256)
     return entry.size
 
@@ -290,11 +296,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _write_link(dir_fd: int, name: str, target: str) -> None:
-    """Make ``name`` in ``dir_fd`` a symlink to ``target`` via a temporary name and a rename."""
+def _write_link(dir_fd: int, name: str, target: str, give: int = -1) -> None:
+    """Make ``name`` in ``dir_fd`` a symlink to ``target`` via a temporary name and a rename; ``give``:
+    the uid the link itself (never its target) is given to first (-1: it stays the heal's user's)."""
     tmp = f".graven-heal-{os.urandom(6).hex()}"
     os.symlink(target, tmp, dir_fd=dir_fd)
     try:
+        if give >= 0:
+            os.chown(tmp, give, -1, dir_fd=dir_fd, follow_symlinks=False)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
         with contextlib.suppress(OSError):
@@ -353,7 +362,8 @@ def apply_heal(
     ``table`` only when it then holds exactly those (None: no directory is recorded). ``owner``: the
     uid that deployed the release, as the stat table records it (None: the release directory's owner);
     a release directory that is another user's is given back to it, which only root can do: any other
-    user's heal is refused before anything changes."""
+    user's heal is refused before anything changes. A heal run as root gives what it writes (files,
+    symlinks, directories) to that owner, before recording it; the group is left as it is."""
     stats = HealStats()
     try:
         dirs = _Dirs(release, table, children or {})
@@ -363,11 +373,17 @@ def apply_heal(
     try:
         root_uid = os.fstat(dirs.fd("")).st_uid
         owner = root_uid if owner is None else owner
-        if root_uid != owner and os.geteuid() != 0:
+        me = os.geteuid()
+        if me not in (owner, 0):  # it could change no mode nor owner there: say so before it tries
+            raise dirs.refuse(
+                f"uid {owner} deployed it, and only that user or root can heal it (you are uid {me})"
+            )
+        if root_uid != owner and me != 0:
             raise dirs.refuse(
                 f"it belongs to uid {root_uid}, but uid {owner} deployed it and only root can give it "
                 f"back: run `chown {owner} {release}` as root, or graven heal as root"
             )
+        give = giving(owner)
         dirs.writable("")  # the root's record is refreshed with the others
         # plan.remove holds no path below another one: removing one needs only its parents (never a
         # symlink the plan removes, which goes here before a directory is made in its place)
@@ -403,7 +419,8 @@ def apply_heal(
             parent, name = _split(entry.path)
             try:
                 with _naming(release, entry.path):
-                    stats.bytes_written += _write_file(store, entry, dirs.writable(parent), name, table)
+                    parent_fd = dirs.writable(parent)
+                    stats.bytes_written += _write_file(store, entry, parent_fd, name, table, give=give)
             except IntegrityError as exc:
                 unrestored.append(f"{display_path(entry.path)} ({exc})")
                 continue
@@ -411,7 +428,7 @@ def apply_heal(
         for link in plan.symlinks:
             parent, name = _split(link.path)
             with _naming(release, link.path):
-                _write_link(dirs.writable(parent), name, link.target)
+                _write_link(dirs.writable(parent), name, link.target, give)
             stats.linked.append(link.path)
         dirs.sync()
         if unrestored:
@@ -425,6 +442,13 @@ def apply_heal(
     finally:
         dirs.close()
     return stats
+
+
+def giving(owner: int) -> int:
+    """The uid what this process writes into a release deployed by ``owner`` must be given to: -1
+    (nothing to give) unless this process is root and ``owner`` another user. Only root can give a file
+    away; a deployer healing its own release writes its own files already."""
+    return owner if owner >= 0 and os.geteuid() == 0 and owner != 0 else -1
 
 
 def _fix_directory(dirs: _Dirs, rel: str, owner: int) -> None:
