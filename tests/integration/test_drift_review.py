@@ -965,6 +965,39 @@ def test_root_heals_a_service_users_release_into_that_users_hands(
         assert drift(capsys, "staging", *mode)[0] == 0, mode
 
 
+def test_root_rebuilds_a_missing_release_for_the_user_who_deployed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service user's release removed whole, rebuilt by root's heal: the new release was root's and
+    the stat table made root its deployer, so the service user could neither change nor delete it (its
+    next deploy's retention could not make root's directories writable). The deployer the table still
+    records gets the release back: every path its, recorded as its, and records taken after the chown."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    import shutil
+
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    world = make_world(tmp_path, monkeypatch)
+    world.commit({**APP_FILES, "out/app/link.py": "->main.py"})
+    assert world.deploy(world.build(), "staging").ok
+    release = deployed_by(world, DEPLOYER)
+    shutil.rmtree(release)
+    code, out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0 and "(the release directory is rebuilt)" in out, (out, err)
+    assert {p.lstat().st_uid for p in [release, *release.rglob("*")]} == {DEPLOYER}
+    layout = EnvLayout(world.env_dir("staging"))
+    table = StatTable.load(layout.stat_file, world.ctx().record_key)
+    assert table.owner(release.name) == DEPLOYER
+    for path in [release, *release.rglob("*")]:
+        st = path.lstat()
+        if not path.is_symlink():
+            assert table.inodes[st.st_ino][3] == st.st_ctime_ns, path
+    for mode in ((), ("--full",), ()):
+        assert drift(capsys, "staging", *mode)[0] == 0, mode
+
+
 def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
