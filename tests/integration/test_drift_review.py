@@ -724,8 +724,9 @@ def test_a_chowned_release_directory_is_drift_of_that_path_alone_and_heal_gives_
         assert code == 1 and found(doc) == {(".", "attributes")}, (mode, doc)
         (diff,) = doc["environments"][0]["differences"]
         assert diff["actual"] == f"owner uid 12345 (deployed as {os.geteuid()})", (mode, diff)
-    code, _out, err = run_cli(capsys, "heal", "staging")
+    code, out, err = run_cli(capsys, "heal", "staging")
     assert code == 0, err
+    assert "create or fix 1 directories," in out.splitlines()[0], out  # the release directory's owner
     assert release.lstat().st_uid == os.geteuid()
     assert owners(release) == before  # nothing else changed hands
     for mode in ((), ("--full",), ()):
@@ -1010,8 +1011,13 @@ def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     for mode in ((), ("--full",), ()):
         code, doc = drift(capsys, "staging", *mode)
         assert code == 1 and found(doc) == {(".", "attributes")}, (mode, doc)
-    code, _out, err = run_cli(capsys, "heal", "staging")
+    code, out, err = run_cli(capsys, "heal", "staging", "--plan", "--json")
+    assert code == 0 and json.loads(out)["plan"]["mkdirs"] == ["."], (out, err)
+    code, out, err = run_cli(capsys, "heal", "staging")
     assert code == 0, err
+    assert out.startswith(
+        "staging: 1 difference; did remove 0, create or fix 1 directories, write 0 files and 0 symlinks\n"
+    ), out  # said 0 directories: fixing the release directory itself was not counted
     assert os.listxattr(release) == []
     for mode in ((), ("--full",), ()):
         assert drift(capsys, "staging", *mode)[0] == 0, mode

@@ -541,7 +541,9 @@ class HealPlan(Frozen):
     __slots__ = ("config", "current", "files", "mkdirs", "remove", "symlinks")
     _fields = ("remove", "mkdirs", "files", "symlinks", "current", "config")
     remove: tuple[str, ...]
-    mkdirs: tuple[str, ...]  # directories to create, or to set back to 0555
+    mkdirs: tuple[
+        str, ...
+    ]  # directories to create, or to set back (mode, owner, attributes); ".": the release's
     files: tuple[FileEntry, ...]
     symlinks: tuple[SymlinkEntry, ...]
     current: bool
@@ -599,6 +601,10 @@ def plan_heal(manifest: TreeManifest, diffs: Sequence[Difference]) -> HealPlan:
             continue
         if diff.kind == "releases":
             continue  # never healed through: a heal refuses a PATH/releases that is not a directory
+        if path == ".":  # the release directory itself: its mode, owner or attributes are set back
+            if diff.kind != "removed":  # a missing one is rebuilt whole (the caller's)
+                mkdirs.add(path)
+            continue
         if diff.kind == "added":
             remove.add(path)
             continue

@@ -397,7 +397,8 @@ def apply_heal(
             if parent_fd is not None:
                 _remove(dirs, parent_fd, name, rel, ignore)
             stats.removed.append(rel)
-        for rel in plan.mkdirs:  # shallowest first: a directory's parent is there before it is needed
+        mkdirs = [rel for rel in plan.mkdirs if rel != "."]  # the release directory: fixed below anyway
+        for rel in mkdirs:  # shallowest first: a directory's parent is there before it is needed
             parent, name = _split(rel)
             with _naming(release, rel):
                 try:
@@ -410,7 +411,7 @@ def apply_heal(
                 os.mkdir(name, 0o755, dir_fd=dirs.writable(parent))
                 dirs.keep(rel)  # set to 0555 at the end
             stats.created_dirs.append(rel)
-        for rel in plan.mkdirs:  # the owner and extended attributes graven gives directories
+        for rel in mkdirs:  # the owner and extended attributes graven gives directories
             with _naming(release, rel):
                 _fix_directory(dirs, rel, owner)
         _fix_directory(dirs, "", owner)  # the release directory's owner and extended attributes

@@ -211,3 +211,16 @@ def test_heal_plans() -> None:
     assert [f.path for f in plan.files] == ["app/main.py", "bin/run"]
     assert [s.path for s in plan.symlinks] == ["app/current.py"]
     assert plan_heal(MANIFEST, []).empty
+
+
+def test_a_heal_plan_counts_fixing_the_release_directory_itself() -> None:
+    """A release directory whose owner, extended attributes or mode drifted is fixed by every heal, but
+    the plan left it out: `graven heal` said "create or fix 0 directories" and --plan --json had no
+    step for it. It is the plan's directory "." (a missing one is rebuilt whole, not planned)."""
+    for kind in ("attributes", "mode"):
+        plan = plan_heal(MANIFEST, [Difference(".", kind, "as deployed", "owner uid 12345 (deployed as 0)")])
+        assert plan.mkdirs == (".",) and not plan.empty, kind
+        assert plan.to_json()["mkdirs"] == ["."]
+    plan = plan_heal(MANIFEST, [Difference(".", "mode"), Difference("var/empty", "removed", "dir")])
+    assert plan.mkdirs == (".", "var/empty")
+    assert plan_heal(MANIFEST, [Difference(".", "removed", "dir")]).mkdirs == ()
