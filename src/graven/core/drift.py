@@ -541,9 +541,8 @@ class HealPlan(Frozen):
     __slots__ = ("config", "current", "files", "mkdirs", "remove", "symlinks")
     _fields = ("remove", "mkdirs", "files", "symlinks", "current", "config")
     remove: tuple[str, ...]
-    mkdirs: tuple[
-        str, ...
-    ]  # directories to create, or to set back (mode, owner, attributes); ".": the release's
+    # directories to create, or to set back (mode, owner, attributes); ".": the release's
+    mkdirs: tuple[str, ...]
     files: tuple[FileEntry, ...]
     symlinks: tuple[SymlinkEntry, ...]
     current: bool
