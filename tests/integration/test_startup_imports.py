@@ -1,6 +1,7 @@
 """The commands whose CLI benchmarks are decided by start-up (build, deploy, rollback, drift --full,
 export) load none of the modules that cost milliseconds without doing their work: dataclasses (with
-inspect, ast, dis), the --check machinery, cryptography's serialization (PEM/SSH/ciphers)."""
+inspect, ast, dis), the --check machinery, cryptography's serialization (PEM/SSH/ciphers), gettext
+(argparse's messages stay untranslated: graven.cli.main._import_argparse)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ AVOIDED = (
     "graven.build.compare",
     "graven.service.hermetic",
     "cryptography.hazmat.primitives.serialization",
+    "gettext",
 )
 
 _RUN = (
@@ -82,3 +84,23 @@ def test_listing_an_empty_home_loads_no_context(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_argparse_works_without_gettext_and_gettext_is_the_real_one_after() -> None:
+    script = (
+        "import sys\n"
+        "from graven.cli.main import _import_argparse\n"
+        "_import_argparse()\n"
+        "import argparse\n"
+        "assert 'gettext' not in sys.modules and 'locale' not in sys.modules\n"
+        "parser = argparse.ArgumentParser(prog='x')\n"
+        "parser.add_argument('n', nargs=2)\n"
+        "print(parser.format_usage().strip())\n"
+        "import gettext\n"
+        "print(gettext.translation('x', fallback=True).ngettext('one', 'many', 2))\n"
+        "parser.parse_args(['1', '2', '--nope'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stdout.splitlines() == ["usage: x [-h] n n", "many"]
+    assert out.stderr.strip().endswith("x: error: unrecognized arguments: --nope")

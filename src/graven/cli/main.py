@@ -68,9 +68,32 @@ def main(argv: list[str] | None = None) -> int:
         thresholds = gc_thresholds(command_name(args))
         if thresholds is not None:
             gc.set_threshold(*thresholds)
+    _import_argparse()
     from graven.cli.app import run
 
     return run(args, freeze_gc=argv is None)
+
+
+def _import_argparse() -> None:
+    """Import argparse (for graven.cli.app) with its messages untranslated. argparse imports
+    :mod:`gettext` for them, and gettext compiles a large regular expression (plural forms) and
+    imports :mod:`locale` as it is imported, then looks for a message catalog on disk for each message
+    a parser is built with: ~5 ms of every command on a slow machine, for messages graven never
+    translates (its own are English). A stand-in gettext that returns each message as it is serves
+    argparse alone: it is out of ``sys.modules`` again before anything else can import it (whatever
+    imports gettext later gets the real one)."""
+    if "argparse" in sys.modules or "gettext" in sys.modules:
+        return  # imported already (graven as a library, the tests): nothing to save
+    import types
+
+    untranslated = types.ModuleType("gettext")
+    untranslated.gettext = lambda message: message  # type: ignore[attr-defined]
+    untranslated.ngettext = lambda singular, plural, n: singular if n == 1 else plural  # type: ignore[attr-defined]
+    sys.modules["gettext"] = untranslated
+    try:
+        import argparse  # noqa: F401 - kept in sys.modules for graven.cli.app
+    finally:
+        del sys.modules["gettext"]
 
 
 def entry() -> None:
