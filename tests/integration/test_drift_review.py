@@ -1104,3 +1104,36 @@ def test_a_check_records_what_it_saw_before_a_heal_can_change_it(
         last = conn.execute("SELECT entry FROM log_entries ORDER BY idx DESC LIMIT 1").scalar_one()
     assert state is not None and state.keys == "[]", state
     assert (json.loads(last)["event"], json.loads(last)["result"]) == ("drift", "resolved"), last
+
+
+def test_a_deploy_copies_the_files_of_another_users_release_instead_of_linking_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Root deploying after a service user: the unchanged files of the live release (that user's) were
+    hard-linked into root's new release, where every path must be root's: `drift --full` named them."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        assert world.deploy(world.build(), "staging").ok
+        theirs = deployed_by(world, 12345)
+        layout = EnvLayout(world.env_dir("staging"))
+        key = world.ctx().record_key
+        table = StatTable.load(layout.stat_file, key)
+        for path in [theirs, *theirs.rglob("*")]:  # as that user's deploy recorded them (after the chown)
+            st = path.lstat()
+            record = table.inodes.get(st.st_ino)
+            if record is not None:
+                table.record(st, record[0])
+        table.save(layout.stat_file, key)
+        assert drift(capsys, "staging", "--full")[0] == 0  # that user's release, as it deployed it
+        assert world.deploy(world.version(2), "staging").ok
+        ours = release_of(world)
+        assert ours != theirs
+        assert {p.lstat().st_uid for p in [ours, *ours.rglob("*")]} == {os.geteuid()}
+        assert drift(capsys, "staging", "--full")[0] == 0
+    finally:
+        world.close()

@@ -124,11 +124,15 @@ def unique_files(manifest: TreeManifest) -> tuple[list[FileEntry], list[tuple[Fi
     return list(firsts.values()), duplicates
 
 
-def _reusable(st: os.stat_result, entry: FileEntry, table: StatTable) -> bool:
+def _reusable(st: os.stat_result, entry: FileEntry, table: StatTable, uid: int) -> bool:
     """True when ``st`` (an lstat) is a regular file with ``entry``'s mode that still has the stat
-    graven recorded for ``entry``'s sha256: it may be hard-linked into a new release."""
+    graven recorded for ``entry``'s sha256 and belongs to ``uid`` (who deploys the new release): it
+    may be hard-linked into a new release. A file of another user's release (root and a service user
+    deploying in turn) is copied instead: linked, it would be drift in the new one, whose every path
+    must be its deployer's."""
     return (
         stat.S_ISREG(st.st_mode)
+        and st.st_uid == uid
         and stat.S_IMODE(st.st_mode) == file_mode(entry.executable)
         and table.matches(st, entry.sha256)
     )
@@ -155,10 +159,11 @@ def plan_transfer(manifest: TreeManifest, table: StatTable, *, reuse_root: Path 
     firsts, duplicates = unique_files(manifest)
     linked = 0
     copied: list[FileEntry] = []
+    uid = os.geteuid()
     for entry in firsts:
         if reuse_root is not None:
             try:
-                if _reusable(os.lstat(f"{reuse_root}/{entry.path}"), entry, table):
+                if _reusable(os.lstat(f"{reuse_root}/{entry.path}"), entry, table, uid):
                     linked += 1
                     continue
             except OSError:
@@ -754,13 +759,13 @@ class _Builder:
             done.missing.extend(files)
             return
         table, records, missing = self.table, done.records, done.missing
-        lstat, link = os.lstat, os.link
+        lstat, link, uid = os.lstat, os.link, os.geteuid()
         linked = linked_bytes = 0
         for entry in files:
             src = f"{reuse}/{entry.path}"
             try:
                 st = lstat(src)
-                if not _reusable(st, entry, table):
+                if not _reusable(st, entry, table, uid):
                     missing.append(entry)
                     continue
                 dst = f"{root}/{entry.path}"
