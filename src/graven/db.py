@@ -805,6 +805,8 @@ class _AlchemyDatabase:
                                 else ""
                             )
                         ) from None
+                    if wait_ms != _LOCK_WAIT_MS:  # ``wait`` is for the others' lock; the rest waits as usual
+                        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT_MS}ms'"))
                     written = _AlchemyConnection(conn)
                     yield written
                 # committed: the block ended without an error

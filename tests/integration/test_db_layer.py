@@ -199,6 +199,10 @@ def test_a_writer_that_waits_less_gives_up_without_writing_and_the_others_still_
         thread.join()
     with db.begin(wait=0.2) as conn:  # free: written at once
         conn.execute(INSERT_ENV, _env("later", False))
+        if conn.dialect == "sqlite":  # the wait was for the others' lock; the rest waits as usual
+            assert conn.execute("PRAGMA busy_timeout").scalar_one() == 60000
+        else:
+            assert conn.execute("SHOW lock_timeout").scalar_one() == "1min"
     with db.connect() as conn:
         assert sorted(conn.execute("SELECT name FROM deploy_envs").scalars()) == ["holder", "later"]
         if conn.dialect == "sqlite":
