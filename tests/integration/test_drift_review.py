@@ -816,6 +816,23 @@ def test_the_stat_table_records_the_owner_of_each_release_on_disk(
         world.close()
 
 
+def upgraded_with_two_releases(world: World) -> tuple[Any, bytes, str]:
+    """Staging with v1 then v2 deployed, its stat table recording no owner (as an environment deployed
+    before graven.deploy-stat/v4): (its layout, the record key, v1's hex)."""
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert world.deploy(world.version(2), "staging").ok
+    layout = EnvLayout(world.env_dir("staging"))
+    key = world.ctx().record_key
+    table = StatTable.load(layout.stat_file, key)
+    table.owners.clear()  # as an upgraded environment's table: no release has a recorded owner
+    table.save(layout.stat_file, key)
+    return layout, key, v1.removeprefix("sha256:")
+
+
 def test_a_release_on_disk_without_a_recorded_owner_gets_one_when_a_deploy_takes_it_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -823,21 +840,12 @@ def test_a_release_on_disk_without_a_recorded_owner_gets_one_when_a_deploy_takes
     rollback finds it intact, so that a later chown of its directory alone is drift there too."""
     if os.geteuid() != 0:
         unavailable("chown needs root")
-    from graven.deploy.layout import EnvLayout
     from graven.deploy.statdb import StatTable
 
     world = make_world(tmp_path, monkeypatch)
     try:
-        v1 = world.build()
-        assert world.deploy(v1, "staging").ok
-        assert world.deploy(world.version(2), "staging").ok
-        layout = EnvLayout(world.env_dir("staging"))
-        key = world.ctx().record_key
-        table = StatTable.load(layout.stat_file, key)
-        table.owners.clear()  # as an upgraded environment's table: no release has a recorded owner
-        table.save(layout.stat_file, key)
+        layout, key, hex1 = upgraded_with_two_releases(world)
         assert run_cli(capsys, "rollback", "staging", "--root", str(world.root))[0] == 0
-        hex1 = v1.removeprefix("sha256:")
         assert StatTable.load(layout.stat_file, key).owners == {hex1: os.geteuid()}
         os.chown(layout.release(hex1), 12345, -1)
         code, doc = drift(capsys, "staging")
@@ -854,20 +862,11 @@ def test_a_release_without_a_recorded_owner_whose_directory_was_chowned_is_not_t
     does not check out; it is rebuilt, and the deployer's uid recorded."""
     if os.geteuid() != 0:
         unavailable("chown needs root")
-    from graven.deploy.layout import EnvLayout
     from graven.deploy.statdb import StatTable
 
     world = make_world(tmp_path, monkeypatch)
     try:
-        v1 = world.build()
-        assert world.deploy(v1, "staging").ok
-        assert world.deploy(world.version(2), "staging").ok
-        layout = EnvLayout(world.env_dir("staging"))
-        key = world.ctx().record_key
-        table = StatTable.load(layout.stat_file, key)
-        table.owners.clear()  # as an upgraded environment's table: no release has a recorded owner
-        table.save(layout.stat_file, key)
-        hex1 = v1.removeprefix("sha256:")
+        layout, key, hex1 = upgraded_with_two_releases(world)
         os.chown(layout.release(hex1), 12345, -1)
         code, _out, err = run_cli(capsys, "rollback", "staging", "--root", str(world.root))
         assert code == 0, err
