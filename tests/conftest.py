@@ -6,6 +6,7 @@ asks for the fixture by name.
 
 from __future__ import annotations
 
+import hmac
 import os
 import shutil
 import subprocess
@@ -71,6 +72,13 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
+
+
+def blob_cache_tag(home: Path, oid: str, sha: str, size: int) -> str:
+    """The tag a build gives the blob cache row (oid, sha, size) under ``home``'s record key,
+    computed here with the standard library's HMAC: the format the rows in the field carry."""
+    key = (home / "keys" / "records.hmac").read_bytes()
+    return hmac.new(key, b"graven.blobcache/v1\0" + f"{oid}\0{sha}\0{size}".encode(), "sha256").hexdigest()
 
 
 def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

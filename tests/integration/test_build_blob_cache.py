@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import sqlite3
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import commit_all, git
+from conftest import blob_cache_tag, commit_all, git
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -20,11 +21,9 @@ Run = Callable[..., tuple[int, str, str]]
 def set_blob_cache_row(home: Path, oid: str, content: bytes, *, tag: str | None = "valid") -> None:
     """Make the blob cache of ``home`` say that blob ``oid`` is ``content``; its tag is the one the
     home's record key gives (``tag="valid"``), or ``tag`` itself."""
-    from graven.service.build import _blob_tag
-
     sha, size = hashlib.sha256(content).hexdigest(), len(content)
     if tag == "valid":
-        tag = _blob_tag((home / "keys" / "records.hmac").read_bytes(), oid, sha, size)
+        tag = blob_cache_tag(home, oid, sha, size)
     with sqlite3.connect(home / "graven.db") as db:
         db.execute(
             "INSERT OR REPLACE INTO git_blob_cache (git_oid, sha256, size) VALUES (?, ?, ?)", (oid, sha, size)
@@ -89,17 +88,10 @@ def test_a_blob_cache_row_the_record_key_did_not_tag_never_changes_what_a_build_
         row = db.execute("SELECT sha256, size, tag FROM git_blob_cache WHERE git_oid = ?", (oid,)).fetchone()
     db.close()
     safe = hashlib.sha256(b"echo safe\n").hexdigest()
-    key = (graven_home / "keys" / "records.hmac").read_bytes()
-    assert row == (safe, 10, _tag(key, oid, safe, 10))
+    assert row == (safe, 10, blob_cache_tag(graven_home, oid, safe, 10))
     again = _build(run_cli, "-C", repo)  # a hit now
     assert again["files_read"] == 0 and again["digest"] == built["digest"]
     assert built["digest"] == _build(run_cli, "-C", repo, "--no-cache")["digest"]
-
-
-def _tag(key: bytes, oid: str, sha: str, size: int) -> str:
-    from graven.service.build import _blob_tag
-
-    return _blob_tag(key, oid, sha, size)
 
 
 def _a_genuine_tag(home: Path) -> str:
@@ -111,7 +103,9 @@ def _a_genuine_tag(home: Path) -> str:
 
 
 def _another_keys_tag(oid: str) -> str:
-    return _tag(b"k" * 32, oid, hashlib.sha256(b"echo MALICIOUS\n").hexdigest(), 15)
+    sha = hashlib.sha256(b"echo MALICIOUS\n").hexdigest()
+    message = f"{oid}\0{sha}\0{15}".encode()
+    return hmac.new(b"k" * 32, b"graven.blobcache/v1\0" + message, "sha256").hexdigest()
 
 
 def test_a_plain_build_does_not_import_the_step_machinery() -> None:

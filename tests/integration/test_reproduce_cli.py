@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git_env
+from conftest import blob_cache_tag, git_env
 from helpers_services import require_tool, sandbox_python
 
 
@@ -193,12 +193,10 @@ def test_check_of_a_build_without_steps_reads_every_file_again(
 
     # A poisoned cache entry (main.py's blob said to be util.py's content) is caught by --check, even
     # one with a valid tag (a row without one is not used at all: test_build_blob_cache).
-    from graven.service.build import _blob_tag
-
     main_oid = git(repo, "rev-parse", "HEAD:app/main.py").strip()
     util = APP["app/util.py"].encode()
     sha = hashlib.sha256(util).hexdigest()
-    tag = _blob_tag((graven_home / "keys" / "records.hmac").read_bytes(), main_oid, sha, len(util))
+    tag = blob_cache_tag(graven_home, main_oid, sha, len(util))
     with sqlite3.connect(graven_home / "graven.db") as db:
         db.execute(
             "UPDATE git_blob_cache SET sha256 = ?, size = ?, tag = ? WHERE git_oid = ?",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 from graven import __version__
 from graven.core import paths
 from graven.core.globs import GlobSet, Selection, never_matches
+from graven.core.mac import Hmac256
 from graven.core.paths import display_path
 from graven.core.record import Frozen
 from graven.errors import ConfigError, GravenError, NotFoundError, UnsafeInputError
@@ -447,12 +448,12 @@ def _warn_without_record_key(ctx: Context) -> None:
         ctx.reporter.warn(f"the build's caches are not used: {exc}")
 
 
-def _blob_tag(key: bytes, oid: str, sha: str, size: int) -> str:
-    """The tag of the blob cache row (``oid``, ``sha``, ``size``): HMAC-SHA256 under the record key,
-    hex. A git oid and a sha256 are hex digits and a size digits, so the NUL-separated text is
-    unambiguous (a row with other values has a tag no genuine row had)."""
+def _blob_tag(mac: Hmac256, oid: str, sha: str, size: int) -> str:
+    """The tag of the blob cache row (``oid``, ``sha``, ``size``): HMAC-SHA256 under the record key
+    (``mac``), hex. A git oid and a sha256 are hex digits and a size digits, so the NUL-separated text
+    is unambiguous (a row with other values has a tag no genuine row had)."""
     message = _BLOB_TAG_DOMAIN + f"{oid}\0{sha}\0{size}".encode("utf-8", "surrogateescape")
-    return hmac.digest(key, message, "sha256").hex()
+    return mac.hexdigest(message)
 
 
 def _build_tag(key: bytes, *, name: str, pipeline: str, version: str, commit: str, digest: str) -> str:
@@ -473,10 +474,11 @@ def _tag_matches(expected: str, tag: object) -> bool:
 def _store_blob_cache(conn: Connection, key: bytes, rows: list[dict[str, object]]) -> None:
     """Write the blob cache rows a build made, each with its tag, over any row of the same blob (one
     without a valid tag was ignored, and the blob was read again: its row is replaced)."""
+    mac = Hmac256(key)
     tagged = {
         str(row["git_oid"]): {
             **row,
-            "tag": _blob_tag(key, str(row["git_oid"]), str(row["sha256"]), cast(int, row["size"])),
+            "tag": _blob_tag(mac, str(row["git_oid"]), str(row["sha256"]), cast(int, row["size"])),
         }
         for row in rows
     }
@@ -580,6 +582,7 @@ def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, i
     if key is None:
         return {}
     found: dict[str, tuple[str, int]] = {}
+    mac = Hmac256(key)
     with ctx.db.connect() as conn:
         query = "SELECT git_oid, sha256, size, tag FROM git_blob_cache WHERE git_oid IN :values"
         for oid, sha, size, tag in conn.select_in(query, wanted):
@@ -587,7 +590,7 @@ def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, i
                 isinstance(oid, str)
                 and isinstance(sha, str)
                 and type(size) is int
-                and _tag_matches(_blob_tag(key, oid, sha, size), tag)
+                and _tag_matches(_blob_tag(mac, oid, sha, size), tag)
             ):
                 found[oid] = (sha, size)
     return found
