@@ -326,16 +326,6 @@ MAX_PATH = 4096  # bytes of a path or a symlink target (PATH_MAX)
 
 
 @cache
-def _long_name() -> re.Pattern[str]:
-    return re.compile(f"[^/]{{{MAX_NAME + 1}}}")
-
-
-@cache
-def _long_name_bytes() -> re.Pattern[bytes]:
-    return re.compile(b"[^/]{%d}" % (MAX_NAME + 1))
-
-
-@cache
 def _unsafe_character() -> re.Pattern[str]:
     return re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -374,33 +364,31 @@ def check_fs_limits(manifest: TreeManifest) -> None:
     of more than :data:`MAX_NAME` bytes, a path or a symlink target of more than :data:`MAX_PATH`.
     Checked when an artifact is made (a build), not when a stored manifest is read: an artifact built
     before this check stays readable."""
-    paths = [e.path for e in manifest.entries]
-    joined = "/" + "/".join(paths) + "/"
-    if joined.isascii():
-        too_long = _long_name().search(joined) is not None or max(map(len, paths), default=0) > MAX_PATH
-    else:
-        too_long = _long_name_bytes().search(joined.encode("utf-8", "surrogatepass")) is not None or any(
-            len(p.encode("utf-8", "surrogatepass")) > MAX_PATH for p in paths
-        )
-    if too_long:
-        for path in paths:
-            encoded = path.encode("utf-8", "surrogatepass")
-            if len(encoded) > MAX_PATH:
-                raise UnsafeInputError(
-                    f"{display_path(path[:80])}...: a path of {len(encoded)} bytes; at most {MAX_PATH} "
-                    "are allowed (what a file system takes)"
-                )
-            for name in encoded.split(b"/"):
-                if len(name) > MAX_NAME:
-                    raise UnsafeInputError(
-                        f"{display_path(path[:120])}...: a name of {len(name)} bytes; at most {MAX_NAME} "
-                        "are allowed (what a file system takes)"
-                    )
     for entry in manifest.entries:
+        path = entry.path
+        # UTF-8 takes at most 4 bytes a character: a shorter path has no name over MAX_NAME bytes
+        if len(path) > MAX_NAME // 4:
+            _check_path_limits(path)
         if isinstance(entry, SymlinkEntry) and len(entry.target.encode("utf-8", "surrogatepass")) > MAX_PATH:
             raise UnsafeInputError(
                 f"{entry.path}: a symlink target of more than {MAX_PATH} bytes (what a file system takes)"
             )
+
+
+def _check_path_limits(path: str) -> None:
+    encoded = path.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_PATH:
+        raise UnsafeInputError(
+            f"{display_path(path[:80])}...: a path of {len(encoded)} bytes; at most {MAX_PATH} "
+            "are allowed (what a file system takes)"
+        )
+    if len(encoded) > MAX_NAME:
+        for name in encoded.split(b"/"):
+            if len(name) > MAX_NAME:
+                raise UnsafeInputError(
+                    f"{display_path(path[:120])}...: a name of {len(name)} bytes; at most {MAX_NAME} "
+                    "are allowed (what a file system takes)"
+                )
 
 
 def _validate(entries: tuple[TreeEntry, ...]) -> None:
