@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_limit
@@ -16,7 +18,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from graven.errors import GravenError
     from graven.service.context import Context
     from graven.service.deploy import DeployOptions, DeployResult
 
@@ -150,20 +151,21 @@ def _options(
     )
 
 
-def _in_cli_words(exc: GravenError) -> None:
-    """Raise ``exc`` again as the command line says it, when the service's message names a library
-    argument: ``DeployOptions(root=...)`` is ``--root`` or GRAVEN_DEPLOY_ROOT here."""
+@contextmanager
+def _deploying() -> Iterator[Context]:
+    """The context of a deploy, promote or rollback; its reporter is closed at the end, and an error
+    whose message names a library argument is said as the command line says it
+    (``DeployOptions(root=...)`` is ``--root`` or GRAVEN_DEPLOY_ROOT here)."""
     from graven.deploy.settings import DeployRootError
-
-    if isinstance(exc, DeployRootError):
-        raise exc.with_hint("set GRAVEN_DEPLOY_ROOT or pass --root DIR") from None
-
-
-def _context() -> tuple[Context, _DeployReporter]:
     from graven.service.context import Context
 
     reporter = _DeployReporter(TerminalReporter())
-    return _closing(Context.from_env(reporter)), reporter
+    try:
+        yield _closing(Context.from_env(reporter))
+    except DeployRootError as exc:
+        raise exc.with_hint("set GRAVEN_DEPLOY_ROOT or pass --root DIR") from None
+    finally:
+        reporter.close()
 
 
 def _report(result: DeployResult, *, as_json: bool) -> int:
@@ -206,24 +208,21 @@ def deploy_cmd(args: argparse.Namespace) -> int:
     policy: Path | None = args.policy
     wait: bool = args.wait
     as_json: bool = args.as_json
-    from graven.errors import GravenError, InputError
+    from graven.errors import InputError
     from graven.service import deploy as svc
 
     if override and not (reason and reason.strip()):
         raise InputError("--override-policy needs --reason TEXT: say why policy is bypassed")
     opts = _options(root, policy, wait, reason, override)
-    ctx, reporter = _context()
-    try:
+    with _deploying() as ctx:
         if plan_only:
             from graven.service.deploy_plan import plan_deploy
 
-            return _show_plan(plan_deploy(ctx, digest, env, opts), as_json=as_json)
-        result = svc.deploy(ctx, digest, env, opts)
-    except GravenError as exc:
-        _in_cli_words(exc)
-        raise
-    finally:
-        reporter.close()
+            plan = plan_deploy(ctx, digest, env, opts)
+        else:
+            result = svc.deploy(ctx, digest, env, opts)
+    if plan_only:
+        return _show_plan(plan, as_json=as_json)
     return _report(result, as_json=as_json)
 
 
@@ -286,17 +285,10 @@ def promote_cmd(args: argparse.Namespace) -> int:
     policy: Path | None = args.policy
     wait: bool = args.wait
     as_json: bool = args.as_json
-    from graven.errors import GravenError
     from graven.service import deploy as svc
 
-    ctx, reporter = _context()
-    try:
+    with _deploying() as ctx:
         result = svc.promote(ctx, from_env, to_env, _options(root, policy, wait, reason))
-    except GravenError as exc:
-        _in_cli_words(exc)
-        raise
-    finally:
-        reporter.close()
     return _report(result, as_json=as_json)
 
 
@@ -309,17 +301,10 @@ def rollback_cmd(args: argparse.Namespace) -> int:
     policy: Path | None = args.policy
     wait: bool = args.wait
     as_json: bool = args.as_json
-    from graven.errors import GravenError
     from graven.service import deploy as svc
 
-    ctx, reporter = _context()
-    try:
+    with _deploying() as ctx:
         result = svc.rollback(ctx, env, _options(root, policy, wait, reason), to=to)
-    except GravenError as exc:
-        _in_cli_words(exc)
-        raise
-    finally:
-        reporter.close()
     return _report(result, as_json=as_json)
 
 
