@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from graven.service.context import Context
     from graven.service.drift_report import DriftReport
 
-__all__ = ["DriftTarget", "artifact_row", "live_targets", "still_live", "superseded"]
+__all__ = ["DriftTarget", "artifact_row", "live_targets", "place", "still_live"]
 
 _ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -154,14 +154,28 @@ def write_drift_state(conn: Connection, values: Mapping[str, Any], *, exists: bo
         )
 
 
-def superseded(conn: Connection, report: DriftReport, row: Row | None) -> bool:
-    """Whether ``report``, recorded late (``graven watch`` holds what it found while the database is
-    busy), no longer describes what is live: another release went live since, or a newer check (a heal's,
-    another process's) was recorded already. It is then left out: an older observation is never
-    recorded over a newer one, and the next check records what is there now."""
-    live = conn.execute(
-        "SELECT live_digest FROM deploy_envs WHERE name = :env", {"env": report.env}
-    ).scalar_one_or_none()
-    if live != report.digest:
-        return True
-    return row is not None and bool(row.checked_at) and str(row.checked_at) >= (report.checked_at or "")
+def place(conn: Connection, report: DriftReport, row: Row | None, *, checked_at: str) -> str:
+    """Where ``report``, made at ``checked_at``, stands against what is recorded (``row``: the drift
+    state it would replace): ``graven.core.drift_order.place_check`` on the environment's
+    deployments, read in the caller's transaction. Checks reach the database in any order (``graven
+    drift`` waits for another writer, ``graven watch`` holds its checks while the database is busy):
+    an older observation never becomes the state over a newer one, and a check of a release that a
+    deployment replaced since (one still in progress replaces nothing) records nothing: the next
+    check records what is there now."""
+    from graven.core.drift_order import place_check
+
+    facts = conn.execute(
+        """SELECT (SELECT live_digest FROM deploy_envs WHERE name = :env) AS live,
+        (SELECT max(finished_at) FROM deployments WHERE env = :env) AS finished,
+        (SELECT count(*) FROM deployments WHERE env = :env AND result = 'pending' AND digest = :digest)
+        AS pending""",
+        {"env": report.env, "digest": report.digest},
+    ).one()
+    return place_check(
+        checked_at=checked_at,
+        digest=report.digest,
+        state_checked_at=str(row.checked_at) if row is not None and row.checked_at else None,
+        live=facts.live,
+        pending=bool(facts.pending),
+        finished=facts.finished,
+    )

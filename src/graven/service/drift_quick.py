@@ -15,6 +15,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from graven.core.drift_order import NEWEST
 from graven.deploy.switch import link_kind
 from graven.drift.clean import binding, load, trust_fingerprint, unchanged
 from graven.service.context import Context, utc_now
@@ -22,8 +23,8 @@ from graven.service.drift_live import (
     DriftTarget,
     drift_state,
     live_targets,
+    place,
     still_live,
-    superseded,
     write_drift_state,
 )
 from graven.service.drift_report import DriftReport
@@ -86,11 +87,13 @@ def quick_check(ctx: Context, target: DriftTarget) -> DriftReport | None:
     )
 
 
-def record_clean(ctx: Context, report: DriftReport, *, wait: float | None = None, late: bool = False) -> bool:
+def record_clean(ctx: Context, report: DriftReport, *, wait: float | None = None) -> bool:
     """Record a clean check of an environment that was clean at its last check too (or never checked):
     only the time of the check and the digest change, and nothing goes to the audit log. False, and
     nothing written, when the environment drifted at its last check: then the change to clean is an
-    event (``graven.service.drift_records.record_check``). ``wait`` and ``late``: as there."""
+    event (``graven.service.drift_records.record_check``). True, and nothing written, when the check
+    is older than the one recorded, or of a release a deployment replaced since (``drift_live.place``:
+    nothing is due). ``wait``: as there."""
     if not report.clean:
         return False
     now = report.checked_at or utc_now()
@@ -98,8 +101,8 @@ def record_clean(ctx: Context, report: DriftReport, *, wait: float | None = None
         if not still_live(conn, report.env):
             return True  # retired while it was checked: nothing of it is recorded, and nothing is due
         row = drift_state(conn, report.env)
-        if late and superseded(conn, report, row):
-            return True  # a newer check was recorded, or another release went live: nothing is due
+        if place(conn, report, row, checked_at=now) != NEWEST:
+            return True  # a newer check was recorded, or a deployment replaced the release: nothing is due
         if row is not None and row.keys != "[]":
             return False
         values = {

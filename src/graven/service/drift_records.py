@@ -8,13 +8,15 @@ import json
 from collections.abc import Sequence
 
 from graven.core.drift import Alert, Difference, keys_of, summarize
+from graven.core.drift_order import GONE, OLDER, superseded_evidence
 from graven.core.paths import display_path
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
-from graven.service.drift_live import drift_state, still_live, superseded, write_drift_state
+from graven.service.drift_live import drift_state, place, still_live, write_drift_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from graven.db import Connection
     from graven.service.drift_check import DriftReport  # drift_check imports this module
 
 __all__ = ["DETAIL_LIMIT", "INSERT_EVENT", "alerted_keys", "reason_of", "record_alert", "record_check"]
@@ -54,6 +56,35 @@ VALUES (:env, :digest, :event, :time, :count, :result, :detail)"""
 _state = drift_state
 
 
+def _insert_event(conn: Connection, report: DriftReport, *, event: str, time: str, result: str) -> None:
+    conn.execute(
+        INSERT_EVENT,
+        {
+            "env": report.env,
+            "digest": report.digest,
+            "event": event,
+            "time": time,
+            "count": len(report.differences),
+            "result": result,
+            "detail": _detail(report.differences),
+        },
+    )
+
+
+def _log(ctx: Context, conn: Connection, report: DriftReport, reason: str, *, result: str) -> None:
+    ctx.audit.append(
+        conn,
+        LogEvent(
+            "drift",
+            artifact=report.digest,
+            commit=report.commit,
+            env=report.env,
+            reason=reason,
+            result=result,
+        ),
+    )
+
+
 def alerted_keys(ctx: Context, env: str) -> frozenset[tuple[str, str]]:
     """The (path, kind) pairs an alert was last sent for (a restarted watcher does not repeat it)."""
     if not ctx.home.has_database():
@@ -68,10 +99,18 @@ def alerted_keys(ctx: Context, env: str) -> frozenset[tuple[str, str]]:
 def record_check(
     ctx: Context, report: DriftReport, *, wait: float | None = None, late: bool = False
 ) -> str | None:
-    """Remember what drifts; when that changed, record ``found`` or ``resolved`` and log it (one
-    transaction). Returns the event recorded, if any. ``wait``: the seconds to wait for another
-    writer (default 60; DatabaseBusyError after it, nothing written); ``late``: the report was held
-    (:func:`superseded` ones are not recorded)."""
+    """Remember what drifts, when ``report`` is the newest check of its environment; when that
+    changed, record ``found`` or ``resolved`` and log it (one transaction). Returns the event
+    recorded, if any.
+
+    Checks reach the database in any order (``graven drift`` waits for another writer, ``graven
+    watch`` holds its checks while the database is busy): the state is always the check made last,
+    by its own time (:func:`graven.service.drift_live.place`). An older check never becomes the
+    state; when it found drift that the state does not hold, it is kept in the history as event
+    ``found`` with result ``superseded`` at its own time, and logged with result ``superseded``
+    (returned: ``superseded``). A check of a release that a deployment replaced since records
+    nothing. ``wait``: the seconds to wait for another writer (default 60; DatabaseBusyError after
+    it, nothing written); ``late``: the report was held (its log entry says when it was made)."""
     keys = _keys_json(report.differences)
     now = report.checked_at or utc_now()
     event: str | None = None
@@ -79,36 +118,25 @@ def record_check(
         if not still_live(conn, report.env):  # retired while the check ran: nothing of it is recorded
             return None
         row = _state(conn, report.env)
-        if late and superseded(conn, report, row):
+        where = place(conn, report, row, checked_at=now)
+        if where == GONE:
             return None
         before = row.keys if row is not None else "[]"
+        if where == OLDER:
+            if not superseded_evidence(keys, before):
+                return None
+            newer = row.checked_at if row is not None else "?"
+            _insert_event(conn, report, event="found", time=now, result="superseded")
+            reason = f"{reason_of(report.differences)}; checked at {now}, before the check recorded first"
+            _log(ctx, conn, report, f"{reason} ({newer})", result="superseded")
+            return "superseded"
         if keys != before:
             event = "found" if report.differences else "resolved"
-            conn.execute(
-                INSERT_EVENT,
-                {
-                    "env": report.env,
-                    "digest": report.digest,
-                    "event": event,
-                    "time": now,
-                    "count": len(report.differences),
-                    "result": "drift" if report.differences else "clean",
-                    "detail": _detail(report.differences),
-                },
+            _insert_event(
+                conn, report, event=event, time=now, result="drift" if report.differences else "clean"
             )
-            ctx.audit.append(
-                conn,
-                LogEvent(
-                    "drift",
-                    artifact=report.digest,
-                    commit=report.commit,
-                    env=report.env,
-                    reason=reason_of(report.differences)
-                    if report.differences
-                    else "matches its artifact again",
-                    result=event,
-                ),
-            )
+            reason = reason_of(report.differences) if report.differences else "matches its artifact again"
+            _log(ctx, conn, report, f"{reason} (checked at {now})" if late else reason, result=event)
         since = None
         if report.differences:
             since = row.since if row is not None and row.since and before != "[]" else now

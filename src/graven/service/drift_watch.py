@@ -42,10 +42,12 @@ class HeldChecks:
 
     A run of checks that found the same thing keeps its first (when it was found) and its last (the
     time of the last check); past :data:`HELD_MAX` the oldest is dropped (the database still ends with
-    the newest state). A held check that a newer recorded one (or a deployment) superseded is left out
-    (``drift_live.superseded``). Kept in memory only: a watcher killed meanwhile loses them, and its
-    next check finds the drift again and records it (a restarted watcher then alerts it again:
-    what was alerted is recorded with the drift)."""
+    the newest state). A held check older than the one recorded meanwhile (another process's, a
+    heal's) never becomes the state: it is kept in the history as ``superseded`` when it found drift
+    the state does not hold; one of a release that a deployment completed since replaced is left out;
+    a deployment still in progress supersedes nothing (``drift_live.place``). Kept in memory only: a
+    watcher killed meanwhile loses them, and its next check finds the drift again and records it (a
+    restarted watcher then alerts it again: what was alerted is recorded with the drift)."""
 
     def __init__(self) -> None:
         self._held: dict[str, list[DriftReport]] = {}
@@ -86,7 +88,7 @@ class HeldChecks:
         done = 0
         while held:
             report = held[0]
-            if not record_clean(ctx, report, wait=wait, late=True):
+            if not record_clean(ctx, report, wait=wait):
                 record_check(ctx, report, wait=wait, late=True)
             held.pop(0)
             done += 1
