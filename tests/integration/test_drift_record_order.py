@@ -244,3 +244,33 @@ def test_a_held_check_is_dropped_once_a_pending_deployment_it_saw_was_settled(wo
     assert world.deploy(v3, "staging").ok  # settles the pending one, then deploys v3
     assert watcher_records(ctx, report) == 1
     assert state(ctx) is None and events(ctx) == []
+
+
+def test_a_state_row_an_alert_made_claims_no_check(world: World) -> None:
+    """An alert recorded before any check of the environment makes its drift_state row (what was
+    alerted); that row's time is no check's, so a check made before the alert was recorded still
+    becomes the state."""
+    from graven.core.drift import make_alert
+    from graven.service.drift_records import record_alert
+
+    assert world.deploy(world.build(), "staging").ok
+    ctx = world.ctx()
+    tamper(world, b"# x\n")
+    report = look(ctx)
+    alert = make_alert(
+        "drift",
+        env="staging",
+        path=report.path,
+        digest=report.digest,
+        commit=report.commit,
+        name=report.name,
+        time=report.checked_at,
+        differences=report.differences,
+        alerted=frozenset(),
+    )
+    record_alert(ctx, alert, ok=True, channels={"command": "ok"})
+    assert state(ctx).checked_at == ""
+    cli_records(ctx, report)
+    now = state(ctx)
+    assert json.loads(now.keys) == [["app/main.py", "modified"]] and now.checked_at == report.checked_at
+    assert events(ctx) == [("found", "drift", report.checked_at)]

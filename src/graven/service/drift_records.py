@@ -181,11 +181,11 @@ def record_alert(
                 "detail": json.dumps({"event": alert.event, "channels": channels}, sort_keys=True),
             },
         )
-        if _state(conn, alert.env) is None:
+        if _state(conn, alert.env) is None:  # checked_at '': no check is recorded (drift_live.place)
             conn.execute(
                 """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
-                VALUES (:env, :digest, '[]', 0, NULL, :checked_at, :alerted)""",
-                {"env": alert.env, "digest": alert.digest, "checked_at": utc_now(), "alerted": alerted},
+                VALUES (:env, :digest, '[]', 0, NULL, '', :alerted)""",
+                {"env": alert.env, "digest": alert.digest, "alerted": alerted},
             )
         else:
             conn.execute(
