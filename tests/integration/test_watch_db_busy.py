@@ -16,6 +16,7 @@ import pytest
 from test_drift_watch import Receiver, Watcher, scrape, tamper, wait_for
 
 from graven.drift.watch import WatchOptions
+from graven.service.context import utc_now
 from helpers_deploy import BASE_FILES, World
 
 
@@ -68,6 +69,7 @@ def test_drift_is_alerted_while_the_database_is_locked_and_recorded_once_it_is_f
             busy = [w for w in watcher.warnings if "database busy" in w]
             assert len(busy) == 1, watcher.warnings  # said once, not once per check
             assert "recorded when it is free" in busy[0]
+            freed = utc_now()
         assert wait_for(lambda: docs(watcher, "recorded") != [])
         assert recorded(world) == [("drift", "found"), ("drift", "alert-sent")]
         assert metric(port, "graven_pending_records") == 0
@@ -87,6 +89,10 @@ def test_drift_is_alerted_while_the_database_is_locked_and_recorded_once_it_is_f
         ]
         state = conn.execute("SELECT keys, alerted FROM drift_state WHERE env = 'staging'").one()
     assert rows == [("found", "drift"), ("alert", "ok")]
+    with world.ctx().db.connect() as conn:
+        times = [r.time for r in conn.execute("SELECT time FROM drift_events ORDER BY id")]
+    # when the check looked and when the alert was sent, not when the database took them
+    assert times == sorted(times) and times[-1] < freed
     assert json.loads(state.keys) == json.loads(state.alerted) == [["app/main.py", "modified"]]
     assert world.ctx().audit.verify().ok
 

@@ -153,10 +153,17 @@ def record_check(
 
 
 def record_alert(
-    ctx: Context, alert: Alert, *, ok: bool, channels: dict[str, str], wait: float | None = None
+    ctx: Context,
+    alert: Alert,
+    *,
+    ok: bool,
+    channels: dict[str, str],
+    wait: float | None = None,
+    time: str | None = None,
 ) -> None:
     """Record an alert that was sent (or failed to be), and what was alerted, with its log entry
-    (``wait``: as for :func:`record_check`)."""
+    (``wait``: as for :func:`record_check`; ``time``: when its delivery ended, default now: a
+    delivery ``graven watch`` held while the database was busy keeps its own time)."""
     alerted = json.dumps(
         sorted(
             [[d.path, d.kind] for d in alert.differences],
@@ -175,7 +182,7 @@ def record_alert(
                 "env": alert.env,
                 "digest": alert.digest,
                 "event": "alert",
-                "time": utc_now(),
+                "time": time or utc_now(),
                 "count": len(alert.differences),
                 "result": "ok" if ok else "failed",
                 "detail": json.dumps({"event": alert.event, "channels": channels}, sort_keys=True),

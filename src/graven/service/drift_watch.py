@@ -182,7 +182,7 @@ def run_watch(
     # most, so checks, alerts and metrics go on): checks, then deliveries, each recorded in order once it
     # is free. One failed write per round at most; one warning while it lasts, one line when it ends.
     held = HeldChecks()
-    unrecorded: list[Delivery] = []  # deliveries not recorded yet
+    unrecorded: list[tuple[Delivery, str]] = []  # deliveries not recorded yet, with when each ended
     episode = {"failed": False, "warned": False, "checks": 0, "alerts": 0}
 
     def cannot_record(exc: GravenError) -> None:
@@ -199,7 +199,7 @@ def run_watch(
 
     def show_held(env: str) -> None:
         if metrics is not None:
-            metrics.held(env, held.count(env) + sum(1 for d in unrecorded if d.context.env == env))
+            metrics.held(env, held.count(env) + sum(1 for d, _ in unrecorded if d.context.env == env))
 
     heal_after: set[str] = set()  # environments whose heal waits for their held checks
 
@@ -240,20 +240,21 @@ def run_watch(
             return
         for delivery in dispatcher.results():
             alert: Alert = delivery.context
-            unrecorded.append(delivery)
+            ended = utc_now()
+            unrecorded.append((delivery, ended))
             outcome = "; ".join(f"{k}: {v}" for k, v in delivery.channels.items())
             say(
                 "delivery",
-                f"{utc_now()} {alert.env}: {alert.event} alert "
-                f"{'sent' if delivery.ok else 'FAILED'} ({outcome})",
+                f"{ended} {alert.env}: {alert.event} alert {'sent' if delivery.ok else 'FAILED'} ({outcome})",
                 {"env": alert.env, "event": alert.event, "ok": delivery.ok, "channels": delivery.channels},
             )
         while unrecorded and not episode["failed"]:
-            delivery = unrecorded[0]
+            delivery, ended = unrecorded[0]
             if held.count(delivery.context.env):
                 break  # after the checks it follows (the drift found before its alert)
             try:
-                record_alert(ctx, delivery.context, ok=delivery.ok, channels=delivery.channels, wait=DB_WAIT)
+                alert = delivery.context
+                record_alert(ctx, alert, ok=delivery.ok, channels=delivery.channels, wait=DB_WAIT, time=ended)
             except GravenError as exc:
                 cannot_record(exc)
                 break
