@@ -210,6 +210,8 @@ def test_a_held_check_of_a_deployment_in_progress_is_recorded(world: World) -> N
     assert now.digest == v2 and now.checked_at == report.checked_at
     assert json.loads(now.keys) == [["app/main.py", "modified"]]
     assert events(ctx) == [("found", "drift", report.checked_at)]
+    ((result, reason),) = drift_entries(ctx)
+    assert result == "found" and f"(checked at {report.checked_at})" in reason  # recorded late
 
 
 def test_a_held_check_is_dropped_once_a_deployment_completed_after_it(world: World) -> None:
