@@ -10,6 +10,7 @@ import json
 import re
 from typing import NamedTuple
 
+from graven.core.drift_order import place_check
 from graven.db import Connection, Row
 from graven.errors import InputError, NeverDeployedError, NotFoundError
 
@@ -162,8 +163,6 @@ def place(conn: Connection, report: DriftReport, row: Row | None, *, checked_at:
     an older observation never becomes the state over a newer one, and a check of a release that a
     deployment replaced since (one still in progress replaces nothing) records nothing: the next
     check records what is there now."""
-    from graven.core.drift_order import place_check
-
     facts = conn.execute(
         """SELECT (SELECT live_digest FROM deploy_envs WHERE name = :env) AS live,
         (SELECT max(finished_at) FROM deployments WHERE env = :env) AS finished,
