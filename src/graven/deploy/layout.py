@@ -6,7 +6,8 @@ PATH/releases/<hex>/                               one read-only tree per deploy
 PATH/releases/.tmp-*    being assembled; PATH/releases/.trash-*: being deleted
 PATH/.graven/lock       one deployer at a time (flock), holder written in it
 PATH/.graven/lock.check held exclusively by the deployer at work, shared by drift checks
-PATH/.graven/stat       the stat of every deployed file and directory, each release's owner (deploy-stat/v4)
+PATH/.graven/stat       the stat of every deployed file and directory, each release's owner and group
+                        (deploy-stat/v5)
 """
 
 from __future__ import annotations

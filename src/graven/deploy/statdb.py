@@ -1,4 +1,4 @@
-"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v4``).
+"""What graven deployed, by stat: ``PATH/.graven/stat`` (format ``graven.deploy-stat/v5``).
 
 For every inode of every release (files and directories) graven records the sha256 it wrote there (all
 zeros for a directory) and ``(size, mtime_ns, ctime_ns, st_mode)`` right after writing, linking or
@@ -13,16 +13,20 @@ It also records who deployed each release: the owner (uid) of ``PATH/releases/<h
 renamed it into place, which graven made as the deployer, as it made everything in it. Drift and heal
 hold every path of the release, the release directory included, to that uid; read from the release
 directory instead, a ``chown`` of that one directory made it the reference for every other path.
+Likewise its group: the gid of ``PATH/releases/<hex>`` then, which every path graven made in it has
+(the deployer's egid, or the group of ``PATH/releases`` when that is setgid, as a setgid environment
+directory makes it); a ``chgrp`` can give a group access to what it did not have.
 
 File layout (all integers big-endian)::
 
-    b"GRVNSTAT" u16 version (4) | u64 st_dev | u64 count |
+    b"GRVNSTAT" u16 version (5) | u64 st_dev | u64 count |
     count x (u64 ino | u64 size | i64 mtime_ns | i64 ctime_ns | u32 st_mode | 32-byte sha256)
-    | u32 releases | releases x (32-byte release digest | u32 owner uid)   (sorted by digest)
+    | u32 releases | releases x (32-byte release digest | u32 owner uid | u32 group gid)  (sorted)
     | HMAC-SHA256 of everything before it, under the home's record key
 
-A v3 table (the same without the releases) is read with no owner recorded: such a release's owner is
-then its directory's (:func:`graven.deploy.attributes.deployer_uid`), as before.
+A uid or gid of 0xFFFFFFFF (``(uid_t) -1``, never an id) is none recorded. A v4 table (the releases
+without their gid) is read with no group recorded, a v3 table (no releases) with no owner either: such a
+release is then held to its directory's owner and group (:mod:`graven.deploy.attributes`), as before.
 
 The tag (:mod:`graven.deploy.recordkey`) means that only the operator's graven can write records it
 will trust: a table whose tag does not verify under the key it is given is read as empty.
@@ -52,19 +56,23 @@ from graven.core.record import Record as _Mutable
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
 from graven.errors import BackendError
 
-__all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable", "recorded_owner"]
+__all__ = ["DIR_SHA", "STAT_FORMAT", "StatTable", "recorded_deployer", "recorded_owner"]
 
-STAT_FORMAT = "graven.deploy-stat/v4"
+STAT_FORMAT = "graven.deploy-stat/v5"
 DIR_SHA = "0" * 64
-# v4: v3 and the owner of each release. v3: the layout of v2, and no record is racy (StatTable.save);
-# a v3 table is read as one that records no owner. A v2 table (graven 0.4.0 and before; 0.3.0's may
-# hold racy records) is read as empty, which costs one check by content after an upgrade.
-_MAGIC = b"GRVNSTAT\x00\x04"
+# v5: v4 and the group of each release. v4: v3 and the owner of each release; read as one that records
+# no group. v3: the layout of v2, and no record is racy (StatTable.save); read as one that records no
+# owner. A v2 table (graven 0.4.0 and before; 0.3.0's may hold racy records) is read as empty, which
+# costs one check by content after an upgrade; graven 0.4.0 reads a v3, v4 or v5 table as empty too.
+_MAGIC = b"GRVNSTAT\x00\x05"
+_MAGIC_V4 = b"GRVNSTAT\x00\x04"
 _MAGIC_V3 = b"GRVNSTAT\x00\x03"
 _HEAD = struct.Struct(">QQ")
 _RECORD = struct.Struct(">QQqqI32s")
 _COUNT = struct.Struct(">I")
-_OWNER = struct.Struct(">32sI")
+_OWNER = struct.Struct(">32sII")
+_OWNER_V4 = struct.Struct(">32sI")
+_NO_ID = 0xFFFFFFFF  # (uid_t) -1 / (gid_t) -1: never an id; none recorded
 Record = tuple[str, int, int, int, int]  # sha256 hex, size, mtime_ns, ctime_ns, st_mode
 UNKNOWN_CTIME = -1  # a racy record's ctime: no file has it, so the record never matches
 # How long save() waits at most for the clock to pass the newest record: a few ms where file times come
@@ -78,26 +86,29 @@ _RACY_WAIT_WHOLE_SECONDS = 2.1
 class StatTable(_Mutable):
     """The stat records of one environment directory."""
 
-    __slots__ = ("dev", "inodes", "owners")
-    _fields = ("dev", "inodes", "owners")
+    __slots__ = ("dev", "groups", "inodes", "owners")
+    _fields = ("dev", "inodes", "owners", "groups")
     dev: int | None
     inodes: dict[int, Record]
     owners: dict[str, int]  # release digest hex -> the uid that deployed it
+    groups: dict[str, int]  # release digest hex -> the gid it was deployed with
 
     def __init__(
         self,
         dev: int | None = None,
         inodes: dict[int, Record] | None = None,
         owners: dict[str, int] | None = None,
+        groups: dict[str, int] | None = None,
     ) -> None:
         self.dev = dev
         self.inodes = {} if inodes is None else inodes
         self.owners = {} if owners is None else owners
+        self.groups = {} if groups is None else groups
 
     @classmethod
     def load(cls, path: Path, key: bytes) -> StatTable:
         """Read the table; a missing, damaged or unauthenticated one (its tag does not verify under
-        ``key``) is empty: files are then checked by content (and owners are the release
+        ``key``) is empty: files are then checked by content (and owners and groups are the release
         directories')."""
         parsed = _parse(read_record_file(path), key)
         if parsed is None:
@@ -108,7 +119,8 @@ class StatTable(_Mutable):
             ino: (sha.hex(), size, mtime, ctime, mode)
             for ino, size, mtime, ctime, mode, sha in _RECORD.iter_unpack(memoryview(data)[start:owners_at])
         }
-        return cls(dev, inodes, _owners(data, owners_at))
+        owners, groups = _deployers(data, owners_at)
+        return cls(dev, inodes, owners, groups)
 
     def owner(self, release: str) -> int | None:
         """The uid that deployed the release ``release`` (its digest's hex), None when not recorded."""
@@ -118,9 +130,19 @@ class StatTable(_Mutable):
         """Record that ``uid`` deployed the release ``release`` (made its directory and everything in it)."""
         self.owners[release] = uid
 
+    def group(self, release: str) -> int | None:
+        """The gid the release ``release`` was deployed with (its directory's group then, which every
+        path graven made in it has), None when not recorded (a release taken over from a v4 table)."""
+        return self.groups.get(release)
+
+    def set_group(self, release: str, gid: int) -> None:
+        """Record that the release ``release`` was deployed with the group ``gid``."""
+        self.groups[release] = gid
+
     def forget_owner(self, release: str) -> None:
-        """Drop the owner of a release that was deleted."""
+        """Drop the owner and group of a release that was deleted."""
         self.owners.pop(release, None)
+        self.groups.pop(release, None)
 
     def save(self, path: Path, key: bytes) -> None:
         """Write the table atomically (temp file, fsync, rename), tagged under ``key``; racy records
@@ -139,9 +161,11 @@ class StatTable(_Mutable):
                     pack(ino, size, mtime, ctime, mode, bytes.fromhex(sha))
                     for ino, (sha, size, mtime, ctime, mode) in self.inodes.items()
                 )
-                parts.append(_COUNT.pack(len(self.owners)))
+                uids, gids = self.owners, self.groups
+                releases = sorted(uids.keys() | gids.keys())
+                parts.append(_COUNT.pack(len(releases)))
                 parts.extend(
-                    _OWNER.pack(bytes.fromhex(release), uid) for release, uid in sorted(self.owners.items())
+                    _OWNER.pack(bytes.fromhex(r), uids.get(r, _NO_ID), gids.get(r, _NO_ID)) for r in releases
                 )
                 body = b"".join(parts)
                 handle.write(body + tag(key, body))
@@ -225,20 +249,28 @@ class StatTable(_Mutable):
 def recorded_owner(path: Path, key: bytes, release: str) -> int | None:
     """The uid that deployed the release ``release`` (its digest's hex) as the table at ``path`` records
     it (authenticated under ``key``); None when it records none. Reads only that part of the table."""
+    return recorded_deployer(path, key, release)[0]
+
+
+def recorded_deployer(path: Path, key: bytes, release: str) -> tuple[int | None, int | None]:
+    """(uid, gid): who deployed the release ``release`` (its digest's hex) and with which group, as the
+    table at ``path`` records them (authenticated under ``key``); None for what it does not record (a
+    v4 table records no group, a v3 table neither). Reads only that part of the table."""
     parsed = _parse(read_record_file(path), key)
     if parsed is None:
-        return None
+        return None, None
     data, _dev, owners_at = parsed
-    return _owners(data, owners_at).get(release)
+    owners, groups = _deployers(data, owners_at)
+    return owners.get(release), groups.get(release)
 
 
 def _parse(data: bytes | None, key: bytes) -> tuple[bytes, int, int] | None:
-    """A v4 or v3 table whose tag verifies under ``key`` and whose parts add up: (its bytes, st_dev,
-    where the records end and the owners start); None for anything else."""
+    """A v5, v4 or v3 table whose tag verifies under ``key`` and whose parts add up: (its bytes, st_dev,
+    where the records end and the releases start); None for anything else."""
     if data is None:
         return None
     start = len(_MAGIC) + _HEAD.size
-    if len(data) < start + TAG_SIZE or not data.startswith((_MAGIC, _MAGIC_V3)):
+    if len(data) < start + TAG_SIZE or not data.startswith((_MAGIC, _MAGIC_V4, _MAGIC_V3)):
         return None
     if not verify(key, memoryview(data)[:-TAG_SIZE], memoryview(data)[-TAG_SIZE:]):
         return None
@@ -250,17 +282,29 @@ def _parse(data: bytes | None, key: bytes) -> tuple[bytes, int, int] | None:
     if owners_at + _COUNT.size > end:
         return None
     (owners,) = _COUNT.unpack_from(data, owners_at)
-    if owners_at + _COUNT.size + owners * _OWNER.size != end:
+    size = (_OWNER_V4 if data.startswith(_MAGIC_V4) else _OWNER).size
+    if owners_at + _COUNT.size + owners * size != end:
         return None
     return data, dev, owners_at
 
 
-def _owners(data: bytes, at: int) -> dict[str, int]:
-    """The owners section of a table :func:`_parse` accepted (none in a v3 table)."""
+def _deployers(data: bytes, at: int) -> tuple[dict[str, int], dict[str, int]]:
+    """The releases section of a table :func:`_parse` accepted: (owners, groups); none in a v3 table,
+    no group in a v4 one."""
     if data.startswith(_MAGIC_V3):
-        return {}
+        return {}, {}
     body = memoryview(data)[at + _COUNT.size : len(data) - TAG_SIZE]
-    return {release.hex(): uid for release, uid in _OWNER.iter_unpack(body)}
+    if data.startswith(_MAGIC_V4):
+        return {release.hex(): uid for release, uid in _OWNER_V4.iter_unpack(body)}, {}
+    owners: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    for release, uid, gid in _OWNER.iter_unpack(body):
+        name = release.hex()
+        if uid != _NO_ID:
+            owners[name] = uid
+        if gid != _NO_ID:
+            groups[name] = gid
+    return owners, groups
 
 
 def _fs_now(fd: int) -> Callable[[], int]:

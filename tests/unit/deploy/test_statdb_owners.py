@@ -1,4 +1,4 @@
-"""The stat table records who deployed each release (graven.deploy-stat/v4): drift and heal hold every
+"""The stat table records who deployed each release (since graven.deploy-stat/v4): drift and heal hold every
 path to that uid, not to the release directory's owner, which a `chown` of that directory alone
 changed. A v3 table is still read, with no owner recorded."""
 
@@ -28,8 +28,8 @@ def _table(tmp_path: Path) -> tuple[StatTable, os.stat_result]:
 def test_owners_are_saved_loaded_and_read_alone(tmp_path: Path) -> None:
     table, st = _table(tmp_path)
     table.save(tmp_path / "stat", KEY)
-    assert STAT_FORMAT == "graven.deploy-stat/v4"
-    assert (tmp_path / "stat").read_bytes().startswith(b"GRVNSTAT\x00\x04")
+    assert STAT_FORMAT == "graven.deploy-stat/v5"  # v5: each release's group too (test_statdb_groups)
+    assert (tmp_path / "stat").read_bytes().startswith(b"GRVNSTAT\x00\x05")
     loaded = StatTable.load(tmp_path / "stat", KEY)
     assert loaded.owners == {R1: 1000, R2: 0}
     assert loaded.owner(R1) == 1000 and loaded.owner("3" * 64) is None
@@ -57,7 +57,7 @@ def test_owners_count_only_under_the_key_and_whole(tmp_path: Path) -> None:
 
 def test_a_v3_table_keeps_its_records_and_records_no_owner(tmp_path: Path) -> None:
     """A table an older graven wrote (v3: the records, no owners) is trusted as before; its releases'
-    owners are their directories' until a deploy or a heal writes v4."""
+    owners are their directories' until a deploy or a heal writes v5."""
     table, st = _table(tmp_path)
     table.owners.clear()
     table.save(tmp_path / "stat", KEY)

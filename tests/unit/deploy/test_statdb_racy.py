@@ -112,7 +112,7 @@ def test_a_table_written_before_racy_records_were_known_is_ignored(tmp_path: Pat
     table.record(st, SHA)
     table.save(tmp_path / "stat", KEY)
     data = (tmp_path / "stat").read_bytes()[: -len(tag(KEY, b""))]
-    assert data.startswith(b"GRVNSTAT\x00\x04")
-    old = b"GRVNSTAT\x00\x02" + data[10:-4]  # the layout of v3: no owners
+    assert data.startswith(b"GRVNSTAT\x00\x05")
+    old = b"GRVNSTAT\x00\x02" + data[10:-4]  # the layout of v3: no owners nor groups
     (tmp_path / "stat").write_bytes(old + tag(KEY, old))
     assert StatTable.load(tmp_path / "stat", KEY).inodes == {}

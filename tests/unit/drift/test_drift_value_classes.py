@@ -77,7 +77,7 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
         },
         False,
     ),
-    (StatTable, {"dev": 3, "inodes": {}, "owners": {}}, False),
+    (StatTable, {"dev": 3, "inodes": {}, "owners": {}, "groups": {}}, False),
 ]
 
 
