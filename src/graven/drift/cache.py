@@ -1,4 +1,4 @@
-"""What drift detection verified, by stat: ``PATH/.graven/drift/cache`` (``graven.drift-cache/v3``).
+"""What drift detection verified, by stat: ``PATH/.graven/drift/cache`` (``graven.drift-cache/v4``).
 
 After a check, graven records the stat of every file whose content it verified (hashed, or vouched for
 by the deploy's stat table) and of every directory whose listing was exactly the manifest's, together
@@ -26,9 +26,10 @@ from graven.deploy.recordkey import TAG_SIZE, read_record_file, replace_file_at,
 
 __all__ = ["CACHE_FORMAT", "FileRecord", "VerifiedCache", "fs_clock", "write_atomically"]
 
-# v3: a record vouches for the file's owner and extended attributes too (graven.deploy.attributes);
-# records an older graven wrote are not trusted (it re-hashed a chowned file and recorded it as good)
-CACHE_FORMAT = "graven.drift-cache/v3"
+# v4: a record vouches for the file's group too; v3 (its owner and extended attributes, graven.deploy.
+# attributes) and older records are not trusted (an older graven re-hashed a chgrp'd or chowned file and
+# recorded it as good)
+CACHE_FORMAT = "graven.drift-cache/v4"
 FileRecord = tuple[int, int, int, int, int]  # st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode
 DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
 _OPEN_CLOCK = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -68,7 +69,7 @@ def fs_clock(directory: Path, *, depth: int = 2) -> int | None:
 class VerifiedCache(Record):
     """Verified stat records of one release, aligned with its files and directories (sorted).
 
-    On disk: ``graven.drift-cache/v3`` and a JSON header line (release, device, counts), then the
+    On disk: ``graven.drift-cache/v4`` and a JSON header line (release, device, counts), then the
     records as big-endian int64 (five per file, three per directory, zeros for none), then the
     HMAC-SHA256 of everything before it under the home's record key.
     """

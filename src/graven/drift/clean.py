@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 CLEAN_FORMAT = "graven.drift-clean/v1"
-RULES = 2  # bump when what a check reports changes: older snapshots then no longer answer (2: attributes)
+# bump when what a check reports changes: older snapshots then no longer answer (2: attributes; 3: groups)
+RULES = 3
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
 
