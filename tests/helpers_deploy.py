@@ -9,7 +9,7 @@ import json
 import os
 import stat
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,16 +240,17 @@ def tree_problems(root: Path, manifest: TreeManifest) -> list[str]:
 NOBODY = 65534
 
 
-def exit_code_as_nobody(action: Callable[[], int]) -> int:
+def exit_code_as_nobody(action: Callable[[], int], groups: Sequence[int] = ()) -> int:
     """Run ``action`` in a forked child that has dropped root for the ``nobody`` user (as a deployer
-    that is not root: permission bits apply); its return value (or 1 when it raises) is the exit code
-    returned here. Open what it needs before: nobody may not reach the test's directories by path."""
+    that is not root: permission bits apply), a member of ``groups`` besides its own; its return value
+    (or 1 when it raises) is the exit code returned here. Open what it needs before: nobody may not
+    reach the test's directories by path."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setresuid(NOBODY, NOBODY, NOBODY)
             code = action()
         except BaseException:

@@ -817,8 +817,8 @@ def test_the_stat_table_records_the_owner_of_each_release_on_disk(
 
 
 def upgraded_with_two_releases(world: World) -> tuple[Any, bytes, str]:
-    """Staging with v1 then v2 deployed, its stat table recording no owner (as an environment deployed
-    before graven.deploy-stat/v4): (its layout, the record key, v1's hex)."""
+    """Staging with v1 then v2 deployed, its stat table recording no owner nor group (as an environment
+    deployed before graven.deploy-stat/v4): (its layout, the record key, v1's hex)."""
     from graven.deploy.layout import EnvLayout
     from graven.deploy.statdb import StatTable
 
@@ -829,6 +829,7 @@ def upgraded_with_two_releases(world: World) -> tuple[Any, bytes, str]:
     key = world.ctx().record_key
     table = StatTable.load(layout.stat_file, key)
     table.owners.clear()  # as an upgraded environment's table: no release has a recorded owner
+    table.groups.clear()  # nor group
     table.save(layout.stat_file, key)
     return layout, key, v1.removeprefix("sha256:")
 
@@ -909,7 +910,8 @@ DEPLOYER = 12345  # a service user that is not root
 
 def deployed_by(world: World, uid: int) -> Path:
     """Staging's live release as a deploy by ``uid`` leaves it: every path (the release directory
-    included) that user's, and the stat table recording ``uid`` as its deployer. Only root deploys in
+    included) that user's and in its group (gid ``uid``), and the stat table recording ``uid`` as its
+    deployer and that group as its group. Only root deploys in
     these tests (a service user's deploy needs a home and an environment directory of its own, which
     root then refuses); the release is what that user's deploy would have made."""
     from graven.deploy.layout import EnvLayout
@@ -922,6 +924,7 @@ def deployed_by(world: World, uid: int) -> Path:
     key = world.ctx().record_key
     table = StatTable.load(layout.stat_file, key)
     table.set_owner(release.name, uid)
+    table.set_group(release.name, uid)
     table.save(layout.stat_file, key)
     return release
 

@@ -1,14 +1,14 @@
-"""What a deployed file has that graven never gives one: an owner other than the deployer's (recorded
-by the deploy's stat table, else the release directory's), or extended attributes such as a file
-capability. Such a change leaves content and mode alone and moves only the ctime; the drift checks
-(:mod:`graven.drift.scan`) and the stat check of a release on disk (:mod:`graven.deploy.materialize`)
-look at it whenever they look at a file again."""
+"""What a deployed file has that graven never gives one: an owner other than the deployer's or a group
+other than the release's (both recorded by the deploy's stat table, else the release directory's), or
+extended attributes such as a file capability. Such a change leaves content and mode alone and moves
+only the ctime; the drift checks (:mod:`graven.drift.scan`) and the stat check of a release on disk
+(:mod:`graven.deploy.materialize`) look at it whenever they look at a file again."""
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["DRIFT_XATTRS", "attribute_problem", "deployer_uid"]
+__all__ = ["DRIFT_XATTRS", "attribute_problem", "deployer_gid", "deployer_uid"]
 
 # Extended attributes that are drift: a file capability (a privilege on a file whose content and mode
 # are unchanged) and what users and administrators add (user.*, trusted.*). Not the system's own: a
@@ -34,15 +34,35 @@ def deployer_uid(release: str, root_st: os.stat_result | None = None, recorded: 
         return -1
 
 
-def attribute_problem(path: str | int, st: os.stat_result, owner: int) -> str | None:
+def deployer_gid(release: str, root_st: os.stat_result | None = None, recorded: int | None = None) -> int:
+    """The group the release at ``release`` was deployed with: ``recorded``, the gid the deploy's stat
+    table records for it (:meth:`graven.deploy.statdb.StatTable.group`), else the group of the release
+    directory (-1 when it cannot be read). Graven made the directory and everything in it with one
+    group: the deployer's egid, or the group of a setgid ``PATH/releases`` (a setgid environment
+    directory gives it its bit). Only a release deployed before graven recorded groups (a
+    ``graven.deploy-stat/v4`` table or older) has none recorded: a ``chgrp`` of its directory alone is
+    then not seen, as a ``chown`` of it is not for a release without a recorded owner."""
+    if recorded is not None:
+        return recorded
+    try:
+        return (root_st or os.lstat(release)).st_gid
+    except OSError:
+        return -1
+
+
+def attribute_problem(
+    path: str | int, st: os.stat_result, owner: int, group: int | None = None
+) -> str | None:
     """What a deployed file at ``path`` (or open as that descriptor; its lstat ``st``) has that graven
-    never gives one, else None: an
-    owner other than ``owner`` (the deployer's: :func:`deployer_uid`), or extended attributes of
-    :data:`DRIFT_XATTRS` (``security.capability``: a privilege). Each such
-    change moves the file's ctime, so the fast check looks at the file again and finds it."""
+    never gives one, else None: an owner other than ``owner`` (the deployer's: :func:`deployer_uid`), a
+    group other than ``group`` (the release's: :func:`deployer_gid`; None: not compared), or extended
+    attributes of :data:`DRIFT_XATTRS` (``security.capability``: a privilege). Each such change moves
+    the file's ctime, so the fast check looks at the file again and finds it."""
     problems: list[str] = []
     if st.st_uid != owner:
         problems.append(f"owner uid {st.st_uid} (deployed as {owner})")
+    if group is not None and st.st_gid != group:
+        problems.append(f"group gid {st.st_gid} (deployed as {group})")
     try:
         names = os.listxattr(path) if isinstance(path, int) else os.listxattr(path, follow_symlinks=False)
     except OSError:  # a filesystem without them

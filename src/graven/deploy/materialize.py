@@ -124,18 +124,33 @@ def unique_files(manifest: TreeManifest) -> tuple[list[FileEntry], list[tuple[Fi
     return list(firsts.values()), duplicates
 
 
-def _reusable(st: os.stat_result, entry: FileEntry, table: StatTable, uid: int) -> bool:
+def _reusable(st: os.stat_result, entry: FileEntry, table: StatTable, uid: int, gid: int) -> bool:
     """True when ``st`` (an lstat) is a regular file with ``entry``'s mode that still has the stat
-    graven recorded for ``entry``'s sha256 and belongs to ``uid`` (who deploys the new release): it
-    may be hard-linked into a new release. A file of another user's release (root and a service user
-    deploying in turn) is copied instead: linked, it would be drift in the new one, whose every path
-    must be its deployer's."""
+    graven recorded for ``entry``'s sha256, belongs to ``uid`` (who deploys the new release) and has
+    the group ``gid`` (the new release's): it may be hard-linked into a new release. A file of another
+    user's release (root and a service user deploying in turn), or of a release made with another
+    group (the deployer's egid changed, a setgid environment directory made plain or the other way
+    round), is copied instead: linked, it would be drift in the new one, whose every path must be its
+    deployer's and have its group."""
     return (
         stat.S_ISREG(st.st_mode)
         and st.st_uid == uid
+        and st.st_gid == gid
         and stat.S_IMODE(st.st_mode) == file_mode(entry.executable)
         and table.matches(st, entry.sha256)
     )
+
+
+def _new_release_gid(releases: Path) -> int:
+    """The group a release made in ``releases`` (``PATH/releases``) gets, and everything in it: the
+    directory's own when it is setgid (as a setgid environment directory makes it), else this process's
+    egid. What :func:`build_release` finds its new directory to have (a ``grpid`` mount gives the
+    directory's group whatever its bit: the build reads the group back, only a plan guesses)."""
+    try:
+        st = os.stat(releases)
+    except OSError:
+        return os.getegid()
+    return st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
 
 
 class Transfer(Frozen):
@@ -160,10 +175,11 @@ def plan_transfer(manifest: TreeManifest, table: StatTable, *, reuse_root: Path 
     linked = 0
     copied: list[FileEntry] = []
     uid = os.geteuid()
+    gid = _new_release_gid(reuse_root.parent) if reuse_root is not None else -1
     for entry in firsts:
         if reuse_root is not None:
             try:
-                if _reusable(os.lstat(f"{reuse_root}/{entry.path}"), entry, table, uid):
+                if _reusable(os.lstat(f"{reuse_root}/{entry.path}"), entry, table, uid, gid):
                     linked += 1
                     continue
             except OSError:
@@ -599,6 +615,7 @@ class _Builder:
             if umask & DIR_MODE == 0 and _can_override_permissions() and not _setgid(os.path.dirname(root))
             else 0o755
         )
+        self.gid = -1  # the group of the new release's directory, which everything in it has (make_tree)
         self.stats = BuildStats()
         self.records: list[_Rec] = []  # applied to the table at the end
         self.open_dirs: list[str] = []  # directories whose stat is taken at the end
@@ -644,6 +661,7 @@ class _Builder:
         large enough), else with the pool's threads. The files still to write are returned."""
         tree, root, mode = self.tree, self.root, self.dir_mode
         os.mkdir(root, mode)
+        self.gid = os.lstat(root).st_gid  # the egid, or a setgid parent's group: every path's here
         for rel in tree.spine:
             os.mkdir(f"{root}/{rel}", mode)
         if fork is None:
@@ -759,13 +777,13 @@ class _Builder:
             done.missing.extend(files)
             return
         table, records, missing = self.table, done.records, done.missing
-        lstat, link, uid = os.lstat, os.link, os.geteuid()
+        lstat, link, uid, gid = os.lstat, os.link, os.geteuid(), self.gid
         linked = linked_bytes = 0
         for entry in files:
             src = f"{reuse}/{entry.path}"
             try:
                 st = lstat(src)
-                if not _reusable(st, entry, table, uid):
+                if not _reusable(st, entry, table, uid, gid):
                     missing.append(entry)
                     continue
                 dst = f"{root}/{entry.path}"
@@ -1155,11 +1173,14 @@ def _check_entries(
     rehash: bool,
     store_inode: StoreInode | None,
     owner: int,
+    group: int,
     every_owner: bool = False,
+    every_group: bool = False,
 ) -> set[str]:
     """Check every manifest entry against the scan (taking what matched out of it); the directories the
-    release must have (``""``, its root, included). ``owner``: the deployer's uid, held against every
-    file that is read again (``every_owner``: against those that still have their record too)."""
+    release must have (``""``, its root, included). ``owner`` and ``group``: the deployer's uid and the
+    release's gid, held against every file that is read again (``every_owner``, ``every_group``:
+    against those that still have their record too)."""
     expected_dirs: set[str] = {""}
     for entry in manifest.entries:
         expected_dirs.update(_parents(entry.path))
@@ -1174,14 +1195,17 @@ def _check_entries(
             if every_owner and st.st_uid != owner and table.matches(st, entry.sha256):
                 check.problems.append(f"{entry.path}: owner uid {st.st_uid} (deployed as {owner})")
                 continue
+            if every_group and st.st_gid != group and table.matches(st, entry.sha256):
+                check.problems.append(f"{entry.path}: group gid {st.st_gid} (deployed as {group})")
+                continue
             if not table.matches(st, entry.sha256):
                 hashed = _hash_file(base, entry.path, st) if rehash else None
                 if hashed is not None and hashed[0] == entry.sha256:
                     if store_inode is not None and store_inode(entry.sha256) == (st.st_dev, st.st_ino):
                         check.problems.append(f"{entry.path}: shares its inode with the store's object")
                         continue  # never vouched for, never linked into a next release
-                    # the same content, a new ctime: a chown or a capability is never vouched for
-                    problem = attribute_problem(f"{base}/{entry.path}", hashed[1], owner)
+                    # the same content, a new ctime: a chown, a chgrp or a capability is never vouched for
+                    problem = attribute_problem(f"{base}/{entry.path}", hashed[1], owner, group)
                     if problem is not None:
                         check.problems.append(f"{entry.path}: {problem}")
                         continue
@@ -1222,6 +1246,7 @@ def check_release(
     rehash: bool = True,
     store_inode: StoreInode | None = None,
     owner: int | None = None,
+    group: int | None = None,
 ) -> ReleaseCheck:
     """Compare a release directory with its manifest. When the root, every directory and every file
     still have the stat graven recorded, that is enough. Otherwise every entry is read: paths, kinds,
@@ -1231,9 +1256,13 @@ def check_release(
     re-hashed file that is the store's own object (``store_inode``: a hard link made by hand) is a
     problem, however right its content. ``owner``: the uid that deployed the release, as the stat table
     records it (None: not recorded, the root's owner is the reference); a root that is another user's
-    is a problem (its owner could replace what is in it)."""
+    is a problem (its owner could replace what is in it). ``group``: likewise the gid the release was
+    deployed with (None: the root's group); a path with another group is a problem (that group may have
+    access to it)."""
     with no_gc():
-        return _check_release(root, manifest, table, rehash=rehash, store_inode=store_inode, owner=owner)
+        return _check_release(
+            root, manifest, table, rehash=rehash, store_inode=store_inode, owner=owner, group=group
+        )
 
 
 def _check_release(
@@ -1244,6 +1273,7 @@ def _check_release(
     rehash: bool,
     store_inode: StoreInode | None,
     owner: int | None,
+    group: int | None,
 ) -> ReleaseCheck:
     if _check_by_stat(root, manifest, table):
         return ReleaseCheck(by_stat=True)
@@ -1259,14 +1289,20 @@ def _check_release(
         owner = root_st.st_uid
     elif root_st.st_uid != owner:
         check.problems.append(f"./: owner uid {root_st.st_uid} (deployed as {owner})")
-    # every directory is the deployer's (a chown moves only the directory's ctime, which the records
-    # below take again); without a recorded owner the root's is only a guess, which every file must
-    # bear out (a chown of the root alone would else make its new owner the deployer recorded)
-    check.problems.extend(
-        f"{path}/: owner uid {st.st_uid} (deployed as {owner})"
-        for path, st in sorted(found.dirs.items())
-        if path and st.st_uid != owner
-    )
+    grouped = group is not None
+    if group is None:
+        group = root_st.st_gid
+    elif root_st.st_gid != group:
+        check.problems.append(f"./: group gid {root_st.st_gid} (deployed as {group})")
+    # every directory is the deployer's and has the release's group (a chown or chgrp moves only the
+    # directory's ctime, which the records below take again); without a recorded owner or group the
+    # root's is only a guess, which every file must bear out (a chown or chgrp of the root alone would
+    # else make its new owner or group the one recorded)
+    for path, st in sorted(found.dirs.items()):
+        if path and st.st_uid != owner:
+            check.problems.append(f"{path}/: owner uid {st.st_uid} (deployed as {owner})")
+        if path and st.st_gid != group:
+            check.problems.append(f"{path}/: group gid {st.st_gid} (deployed as {group})")
     expected_dirs = _check_entries(
         found,
         manifest,
@@ -1276,7 +1312,9 @@ def _check_release(
         rehash=rehash,
         store_inode=store_inode,
         owner=owner,
+        group=group,
         every_owner=not recorded,
+        every_group=not grouped,
     )
     check.problems.extend(_leftover_problems(found, expected_dirs))
     if not check.problems:  # every entry checked: the directories are right as they are now

@@ -41,7 +41,7 @@ from graven.model.digest import Digest
 from graven.model.manifest import FileEntry
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
 
-__all__ = ["HealStats", "apply_heal", "giving", "move_aside"]
+__all__ = ["HealStats", "apply_heal", "giving", "giving_group", "move_aside"]
 
 _CHUNK = 1 << 20
 _DIR_MODE = 0o555
@@ -255,11 +255,19 @@ def _naming(release: Path, rel: str) -> Iterator[None]:
 
 
 def _write_file(
-    store: LocalStore, entry: FileEntry, dir_fd: int, name: str, table: StatTable, *, give: int = -1
+    store: LocalStore,
+    entry: FileEntry,
+    dir_fd: int,
+    name: str,
+    table: StatTable,
+    *,
+    give: int = -1,
+    group: int = -1,
 ) -> int:
     """Write ``entry`` as ``name`` in ``dir_fd`` via a temporary file and a rename; record its stat.
     ``give``: the uid the file is given to before it is renamed into place and recorded (-1: it stays
-    the heal's user's)."""
+    the heal's user's); ``group``: the gid it must have, given to it likewise when it was made with
+    another (-1: whatever it was made with)."""
     tmp = f".graven-heal-{os.urandom(6).hex()}"
     mode = deployed_mode(entry.executable)
     fd = os.open(tmp, _OPEN_NEW, 0o600, dir_fd=dir_fd)
@@ -271,8 +279,9 @@ def _write_file(
                 with store.open(Digest(entry.sha256)) as stream:
                     while chunk := stream.read(_CHUNK):
                         _write_all(fd, chunk)
-            if give >= 0:
-                os.fchown(fd, give, -1)  # before the mode: a chown may clear mode bits
+            gid = group if group >= 0 and os.fstat(fd).st_gid != group else -1
+            if give >= 0 or gid >= 0:
+                os.fchown(fd, give, gid)  # before the mode: a chown may clear mode bits
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
@@ -296,14 +305,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _write_link(dir_fd: int, name: str, target: str, give: int = -1) -> None:
+def _write_link(dir_fd: int, name: str, target: str, give: int = -1, group: int = -1) -> None:
     """Make ``name`` in ``dir_fd`` a symlink to ``target`` via a temporary name and a rename; ``give``:
-    the uid the link itself (never its target) is given to first (-1: it stays the heal's user's)."""
+    the uid the link itself (never its target) is given to first (-1: it stays the heal's user's),
+    ``group``: the gid it is given when it was made with another (-1: whatever it was made with)."""
     tmp = f".graven-heal-{os.urandom(6).hex()}"
     os.symlink(target, tmp, dir_fd=dir_fd)
     try:
-        if give >= 0:
-            os.chown(tmp, give, -1, dir_fd=dir_fd, follow_symlinks=False)
+        gid = -1
+        if group >= 0 and os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_gid != group:
+            gid = group
+        if give >= 0 or gid >= 0:
+            os.chown(tmp, give, gid, dir_fd=dir_fd, follow_symlinks=False)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
         with contextlib.suppress(OSError):
@@ -354,6 +367,7 @@ def apply_heal(
     ignore: GlobSet,
     children: Mapping[str, AbstractSet[str]] | None = None,
     owner: int | None = None,
+    group: int | None = None,
 ) -> HealStats:
     """Carry out the release part of ``plan`` (the environment's links are the caller's).
 
@@ -363,7 +377,12 @@ def apply_heal(
     uid that deployed the release, as the stat table records it (None: the release directory's owner);
     a release directory that is another user's is given back to it, which only root can do: any other
     user's heal is refused before anything changes. A heal run as root gives what it writes (files,
-    symlinks, directories) to that owner, before recording it; the group is left as it is."""
+    symlinks, directories) to that owner, before recording it. ``group``: the gid the release was
+    deployed with, as the stat table records it (None: the release directory's group); every directory
+    the plan fixes gets it back, and what the heal writes is given it, by root or by a member of that
+    group (``chgrp`` needs no more); a heal by a user in neither case is refused before anything
+    changes when it would have to give a path that group (write anything, fix a directory but the
+    release's own mode or attributes)."""
     stats = HealStats()
     try:
         dirs = _Dirs(release, table, children or {})
@@ -371,7 +390,8 @@ def apply_heal(
         why = f"it is not a directory ({_NO_FOLLOW})" if exc.errno in _NOT_A_DIR else exc.strerror
         raise BackendError(f"cannot heal {release}: {why}") from None
     try:
-        root_uid = os.fstat(dirs.fd("")).st_uid
+        root_st = os.fstat(dirs.fd(""))
+        root_uid, root_gid = root_st.st_uid, root_st.st_gid
         owner = root_uid if owner is None else owner
         me = os.geteuid()
         if me not in (owner, 0):  # it could change no mode nor owner there: say so before it tries
@@ -383,6 +403,20 @@ def apply_heal(
                 f"it belongs to uid {root_uid}, but uid {owner} deployed it and only root can give it "
                 f"back: run `chown {owner} {release}` as root, or graven heal as root"
             )
+        group = root_gid if group is None else group
+        if giving_group(group) < 0 and group >= 0:  # what it writes keeps its egid: say so before
+            if root_gid != group:
+                raise dirs.refuse(
+                    f"its group is gid {root_gid}, but it was deployed with gid {group}, which uid {me} is "
+                    f"not in: run `chgrp {group} {release}` as root, or graven heal as root or as a member "
+                    f"of gid {group}"
+                )
+            if plan.files or plan.symlinks or any(rel != "." for rel in plan.mkdirs):
+                raise dirs.refuse(
+                    f"it was deployed with group gid {group}, which uid {me} is not in: what the heal "
+                    f"writes would have gid {os.getegid()}; run graven heal as root or as a member of "
+                    f"gid {group}"
+                )
         give = giving(owner)
         dirs.writable("")  # the root's record is refreshed with the others
         # plan.remove holds no path below another one: removing one needs only its parents (never a
@@ -411,17 +445,19 @@ def apply_heal(
                 os.mkdir(name, 0o755, dir_fd=dirs.writable(parent))
                 dirs.keep(rel)  # set to 0555 at the end
             stats.created_dirs.append(rel)
-        for rel in mkdirs:  # the owner and extended attributes graven gives directories
+        for rel in mkdirs:  # the owner, group and extended attributes graven gives directories
             with _naming(release, rel):
-                _fix_directory(dirs, rel, owner)
-        _fix_directory(dirs, "", owner)  # the release directory's owner and extended attributes
+                _fix_directory(dirs, rel, owner, group)
+        _fix_directory(dirs, "", owner, group)  # the release directory's owner, group and attributes
         unrestored: list[str] = []  # a damaged or missing object: the rest of the heal is still done
         for entry in plan.files:
             parent, name = _split(entry.path)
             try:
                 with _naming(release, entry.path):
                     parent_fd = dirs.writable(parent)
-                    stats.bytes_written += _write_file(store, entry, parent_fd, name, table, give=give)
+                    stats.bytes_written += _write_file(
+                        store, entry, parent_fd, name, table, give=give, group=group
+                    )
             except IntegrityError as exc:
                 unrestored.append(f"{display_path(entry.path)} ({exc})")
                 continue
@@ -429,7 +465,7 @@ def apply_heal(
         for link in plan.symlinks:
             parent, name = _split(link.path)
             with _naming(release, link.path):
-                _write_link(dirs.writable(parent), name, link.target, give)
+                _write_link(dirs.writable(parent), name, link.target, give, group)
             stats.linked.append(link.path)
         dirs.sync()
         if unrestored:
@@ -452,14 +488,28 @@ def giving(owner: int) -> int:
     return owner if owner >= 0 and os.geteuid() == 0 and owner != 0 else -1
 
 
-def _fix_directory(dirs: _Dirs, rel: str, owner: int) -> None:
-    """Give the directory ``rel`` back to ``owner`` (the deployer's; only root can) and remove
-    the extended attributes that are drift (:mod:`graven.deploy.attributes`; the directory is made
-    writable for that, as for any change in it, and set back to 0555 with the others)."""
+def giving_group(group: int) -> int:
+    """The gid what this process writes into a release deployed with ``group`` may be given: ``group``
+    when this process is root or in that group (``chgrp`` to a group of one's own needs no privilege),
+    else -1 (what it writes keeps the group it is made with)."""
+    if group < 0:
+        return -1
+    if os.geteuid() == 0 or group == os.getegid() or group in os.getgroups():
+        return group
+    return -1
+
+
+def _fix_directory(dirs: _Dirs, rel: str, owner: int, group: int = -1) -> None:
+    """Give the directory ``rel`` back to ``owner`` (the deployer's; only root can) and to ``group`` (the
+    release's; root, or the directory's owner in that group) and remove the extended attributes that
+    are drift (:mod:`graven.deploy.attributes`; the directory is made writable for that, as for any
+    change in it, and set back to 0555 with the others)."""
     fd = dirs.fd(rel)
     st = os.fstat(fd)
-    if st.st_uid != owner and owner >= 0 and os.geteuid() == 0:
-        os.fchown(fd, owner, -1)
+    uid = owner if st.st_uid != owner and owner >= 0 and os.geteuid() == 0 else -1
+    gid = group if st.st_gid != group and giving_group(group) >= 0 else -1
+    if uid >= 0 or gid >= 0:
+        os.fchown(fd, uid, gid)
     try:
         names = [name for name in os.listxattr(fd) if name.startswith(DRIFT_XATTRS)]
     except OSError as exc:

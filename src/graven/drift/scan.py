@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from graven.core.drift import Observed, is_racy
 from graven.core.record import Frozen, Record
-from graven.deploy.attributes import attribute_problem, deployer_uid
+from graven.deploy.attributes import attribute_problem, deployer_gid, deployer_uid
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.drift.walk import (
@@ -256,7 +256,7 @@ class ScanResult(Record):
     observed: dict[str, Observed]
     verified: set[str]  # files known to be exactly as deployed
     root_mode: int | None  # the permission bits of the release directory
-    root_attrs: str | None  # its owner (when not the deployer's) and extended attributes that are drift
+    root_attrs: str | None  # its owner or group when not the deployer's, extended attributes that are drift
     root_missing: bool
     files: int
     hashed: int  # files read and hashed
@@ -324,6 +324,7 @@ def scan_release(
     split_hint: tuple[list[str], list[str]] | None = None,
     child: ForkedWalk | None = None,
     owner: int | None = None,
+    group: int | None = None,
 ) -> ScanResult:
     """Observe the release at ``root``. ``now_ns`` is the file system's time before the scan started
     (None: record nothing); ``table`` loads the deploy's stat table and the time it was written (only
@@ -333,7 +334,8 @@ def scan_release(
     started on ``split_hint`` (:mod:`graven.service.drift_early`; a full scan only). ``owner``: the uid
     that deployed the release as the stat table records it (:func:`graven.deploy.statdb.recorded_owner`;
     None: not recorded, the release directory's owner is then the reference); every path, the release
-    directory included, must belong to it."""
+    directory included, must belong to it. ``group``: likewise the gid the release was deployed with
+    (:func:`graven.deploy.statdb.recorded_deployer`; None: the release directory's group)."""
     base = str(root)
     try:
         root_st = os.lstat(base)
@@ -346,11 +348,16 @@ def scan_release(
     if cache is not None and cache.dev != root_st.st_dev:
         cache = None
     owner = deployer_uid(str(root), root_st, owner)
+    group = deployer_gid(str(root), root_st, group)
     if full:
         fork = can_fork() if parallel is None else parallel
         if child is None and fork and split_hint is not None and "" in split_hint[0] and split_hint[1]:
             child = ForkedWalk(
-                base, split_hint[1], frozenset(split_hint[0]) | frozenset(split_hint[1]), owner=owner
+                base,
+                split_hint[1],
+                frozenset(split_hint[0]) | frozenset(split_hint[1]),
+                owner=owner,
+                group=group,
             )
         try:
             resolved = index() if callable(index) else index
@@ -365,13 +372,14 @@ def scan_release(
                 child=child,
                 split=split_hint if child is not None else None,
                 owner=owner,
+                group=group,
             )
         except BaseException:
             if child is not None:
                 child.cancel()  # stopped, not waited for (a no-op once its result was read)
             raise
         scanned.root_mode = stat.S_IMODE(root_st.st_mode)
-        scanned.root_attrs = attribute_problem(base, root_st, owner)
+        scanned.root_attrs = attribute_problem(base, root_st, owner, group)
         return scanned
     if child is not None:  # only a full scan takes one
         child.cancel()
@@ -386,9 +394,10 @@ def scan_release(
         cache=cache,
         now_ns=now_ns,
         owner=owner,
+        group=group,
     )
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
-    scanned.root_attrs = attribute_problem(base, root_st, owner)
+    scanned.root_attrs = attribute_problem(base, root_st, owner, group)
     return scanned
 
 
@@ -402,6 +411,7 @@ def _fast_scan(
     cache: VerifiedCache | None,
     now_ns: int | None,
     owner: int,
+    group: int,
 ) -> ScanResult:
     result = ScanResult()
     observed = result.observed
@@ -461,8 +471,8 @@ def _fast_scan(
             out_of_resources(exc, full_path)
             continue
         result.listed += 1
-        # a changed ctime: a chown of the directory (its new owner could replace what is in it)
-        attrs = attribute_problem(full_path, st, owner) if rel else None
+        # a changed ctime: a chown of the directory (its new owner could replace what is in it), a chgrp
+        attrs = attribute_problem(full_path, st, owner, group) if rel else None
         if attrs is not None:
             observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
         expected = index.children.get(rel, frozenset())
@@ -533,8 +543,8 @@ def _fast_scan(
             if not S_ISREG(st_open.st_mode):
                 observed[entry.path] = Observed(kind_of(st_open.st_mode))
                 continue
-            # a changed ctime with the same content: a chown, or extended attributes (a capability)
-            attrs = attribute_problem(_full, st_open, owner)
+            # a changed ctime with the same content: a chown or chgrp, or extended attributes (a capability)
+            attrs = attribute_problem(_full, st_open, owner, group)
             observed[entry.path] = Observed(
                 "file", S_IMODE(st_open.st_mode), st_open.st_size, sha, attrs=attrs
             )
@@ -578,10 +588,12 @@ class _Walk:
         start: Sequence[str] = ("",),
         skip: frozenset[str] = frozenset(),
         owner: int | None = None,
+        group: int | None = None,
     ) -> None:
         self.base = base
-        # whom every file and directory must belong to
+        # whom every file and directory must belong to, and the group each must have
         self.owner = deployer_uid(base, root_st) if owner is None else owner
+        self.group = deployer_gid(base, root_st) if group is None else group
         self.hasher = hasher  # None: big files are hashed by the walker itself
         self.skip = skip  # directories that are someone else's starting point
         self.big: list[tuple[str, Future[HashResult]]] = []
@@ -643,7 +655,7 @@ class _Walk:
         S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
         keep = self.now is not None
         now = self.now or 0
-        owner = self.owner
+        owner, group = self.owner, self.group
         subdirs: list[str] = []
         hashed = 0
         try:
@@ -683,7 +695,7 @@ class _Walk:
                             continue
                         else:
                             sha = hash_rest(fd, b"")
-                        attrs = attribute_problem(fd, st, owner)
+                        attrs = attribute_problem(fd, st, owner, group)
                     except OSError as exc:
                         observed[path] = Observed("file", 0, -1, unreadable(exc, f"{directory}/{name}"))
                         continue
@@ -706,7 +718,7 @@ class _Walk:
                         st = item.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    attrs = attribute_problem(f"{directory}/{name}", st, owner)
+                    attrs = attribute_problem(f"{directory}/{name}", st, owner, group)
                     observed[path] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
                     self.dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
                     if path not in self.skip:
@@ -822,19 +834,23 @@ def _full_scan(
     child: ForkedWalk | None = None,
     split: tuple[list[str], list[str]] | None = None,
     owner: int | None = None,
+    group: int | None = None,
 ) -> ScanResult:
     owner = deployer_uid(base, root_st, owner)
+    group = deployer_gid(base, root_st, group)
     fork = can_fork() and len(index.files) >= SPLIT_MIN_FILES if parallel is None else parallel
     if child is None and fork:
         split = plan_split(index)
         if split is not None:
-            child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]), owner=owner)
+            child = ForkedWalk(
+                base, split[1], frozenset(split[0]) | frozenset(split[1]), owner=owner, group=group
+            )
     if child is not None:
         # two processes, each walking and hashing about half of the tree (big files included): hashlib
         # holds the GIL for small files, so threads would not share this work out
         assert split is not None
         skip = frozenset(split[0]) | frozenset(child.start)
-        walk = _Walk(base, index, root_st, now_ns, None, start=split[0], skip=skip, owner=owner)
+        walk = _Walk(base, index, root_st, now_ns, None, start=split[0], skip=skip, owner=owner, group=group)
         walk.run()
         data = child.result()
         if data is not None:
@@ -845,7 +861,7 @@ def _full_scan(
     else:
         # one walker hashes small files as it finds them (more walker threads only fight over the GIL);
         # big files go to the hashing threads
-        walk = _Walk(base, index, root_st, now_ns, hasher, owner=owner)
+        walk = _Walk(base, index, root_st, now_ns, hasher, owner=owner, group=group)
         walk.run()
     if walk.error is not None:
         raise walk.error
@@ -858,7 +874,7 @@ def _full_scan(
             walk.observed[path] = Observed(kind_of(st_big.st_mode))
         else:
             walk.hashed += 1
-            attrs = attribute_problem(f"{base}/{path}", st_big, walk.owner)
+            attrs = attribute_problem(f"{base}/{path}", st_big, walk.owner, walk.group)
             walk.observed[path] = Observed(
                 "file", stat.S_IMODE(st_big.st_mode), st_big.st_size, sha, attrs=attrs
             )
@@ -884,7 +900,7 @@ def _full_scan(
             clean = (
                 record is not None
                 and rel not in walk.extra_dirs
-                and (seen is None or seen.attrs is None)  # an owner or xattrs drift: looked at again
+                and (seen is None or seen.attrs is None)  # an owner, group or xattrs drift: looked at again
             )
             if record is not None and clean and not is_racy(record[1], record[2], now_ns):
                 new_dirs.append(record)

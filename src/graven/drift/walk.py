@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from graven.core.paths import check_path
-from graven.deploy.attributes import attribute_problem, deployer_uid
+from graven.deploy.attributes import attribute_problem, deployer_gid, deployer_uid
 from graven.deploy.recordkey import read_record_file
 from graven.errors import BackendError, UnsafeInputError
 
@@ -94,15 +94,19 @@ def open_dir(base: str, rel: str) -> int:
     return fd
 
 
-def raw_walk(base: str, start: Sequence[str], skip: frozenset[str], owner: int | None = None) -> bytes:
+def raw_walk(
+    base: str, start: Sequence[str], skip: frozenset[str], owner: int | None = None, group: int | None = None
+) -> bytes:
     """Walk and hash below ``start`` (not into ``skip``) knowing nothing of the manifest: what a forked
     child does while its parent reads the manifest. ``owner``: whom every path must belong to (the
-    deployer's uid; None: the release directory's owner). Returns marshal data for
+    deployer's uid; None: the release directory's owner); ``group``: the group every path must have
+    (the release's gid; None: the release directory's group). Returns marshal data for
     :meth:`_Walk.merge_raw`."""
     observed: dict[str, tuple[Any, ...]] = {}
     stats: dict[str, tuple[int, int, int, int, int]] = {}
     dir_records: dict[str, tuple[int, int, int]] = {}
     owner = deployer_uid(base, recorded=owner)
+    group = deployer_gid(base, recorded=group)
     fopen, fstat, close, read, sha256 = os.open, os.fstat, os.close, os.read, hashlib.sha256
     S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
     stack = [(rel, True) for rel in start]
@@ -145,7 +149,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str], owner: int |
                             sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
                         else:
                             sha = hash_rest(fd, b"")
-                        attrs = attribute_problem(fd, st, owner)
+                        attrs = attribute_problem(fd, st, owner, group)
                     except OSError as exc:
                         observed[path] = ("file", 0, -1, unreadable(exc, f"{base}/{path}"), None)
                         continue
@@ -159,7 +163,7 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str], owner: int |
                         st = item.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    attrs = attribute_problem(f"{base}/{path}", st, owner)
+                    attrs = attribute_problem(f"{base}/{path}", st, owner, group)
                     observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None, attrs)
                     dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
                     if path not in skip:
@@ -179,11 +183,17 @@ def raw_walk(base: str, start: Sequence[str], skip: frozenset[str], owner: int |
 
 
 class ForkedWalk:
-    """A child process walking and hashing part of a release (``start``, not into ``skip``); ``owner``:
-    the deployer's uid, as :func:`raw_walk` takes it."""
+    """A child process walking and hashing part of a release (``start``, not into ``skip``); ``owner``
+    and ``group``: the deployer's uid and the release's gid, as :func:`raw_walk` takes them."""
 
     def __init__(
-        self, base: str, start: Sequence[str], skip: frozenset[str], *, owner: int | None = None
+        self,
+        base: str,
+        start: Sequence[str],
+        skip: frozenset[str],
+        *,
+        owner: int | None = None,
+        group: int | None = None,
     ) -> None:
         self.start = list(start)
         read_fd, write_fd = os.pipe()
@@ -193,7 +203,7 @@ class ForkedWalk:
             gc.disable()  # it makes only what it sends, and exits
             try:
                 os.close(read_fd)
-                view = memoryview(raw_walk(base, start, skip, owner))
+                view = memoryview(raw_walk(base, start, skip, owner, group))
                 while view:
                     view = view[os.write(write_fd, view) :]
                 code = 0

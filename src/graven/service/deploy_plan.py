@@ -100,8 +100,15 @@ def _transfer(ctx: Context, target: Target, layout: EnvLayout, live_hex: str | N
     release = layout.release(target.digest.hex)
     reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
     if release.is_dir():
-        owner = table.owner(target.digest.hex)
-        if check_release(release, target.manifest, table, store_inode=ctx.store.loose_inode, owner=owner).ok:
+        hex_digest = target.digest.hex
+        if check_release(
+            release,
+            target.manifest,
+            table,
+            store_inode=ctx.store.loose_inode,
+            owner=table.owner(hex_digest),
+            group=table.group(hex_digest),
+        ).ok:
             return Transfer(0, ())
         reuse = release
     return plan_transfer(target.manifest, table, reuse_root=reuse)

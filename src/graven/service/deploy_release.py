@@ -73,6 +73,7 @@ def _refresh_live(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: s
             table,
             store_inode=ctx.store.loose_inode,
             owner=table.owner(live_hex),
+            group=table.group(live_hex),
         )
         if check.rehashed:
             table.save(layout.stat_file, ctx.record_key)
@@ -88,14 +89,24 @@ def ensure_release(
     reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
     if release.is_dir():
         check = check_release(
-            release, target.manifest, table, store_inode=ctx.store.loose_inode, owner=table.owner(hex_digest)
+            release,
+            target.manifest,
+            table,
+            store_inode=ctx.store.loose_inode,
+            owner=table.owner(hex_digest),
+            group=table.group(hex_digest),
         )
         if check.ok:
-            owned = table.owner(hex_digest) is not None
-            if not owned:  # deployed before owners were recorded: its owner checked out with every path
+            # deployed before owners (or groups) were recorded: its directory's checked out with every path
+            recorded = table.owner(hex_digest) is not None and table.group(hex_digest) is not None
+            if not recorded:
                 with contextlib.suppress(OSError):
-                    table.set_owner(hex_digest, os.lstat(release).st_uid)
-            if not check.by_stat or not owned:
+                    root_st = os.lstat(release)
+                    if table.owner(hex_digest) is None:
+                        table.set_owner(hex_digest, root_st.st_uid)
+                    if table.group(hex_digest) is None:
+                        table.set_group(hex_digest, root_st.st_gid)
+            if not check.by_stat or not recorded:
                 table.save(layout.stat_file, ctx.record_key)
             return None, True
         more = f" and {len(check.problems) - 1} more" if len(check.problems) > 1 else ""
@@ -134,6 +145,7 @@ def ensure_release(
             root_st = os.lstat(release)
             table.record(root_st, DIR_SHA)  # renaming changed the root's ctime
             table.set_owner(hex_digest, root_st.st_uid)  # who made it: drift's reference for every path
+            table.set_group(hex_digest, root_st.st_gid)  # and the group everything in it was made with
         except OSError as exc:
             raise BackendError(f"cannot move the release into {release}: {exc.strerror}") from None
         table.save(layout.stat_file, ctx.record_key)

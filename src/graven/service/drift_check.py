@@ -23,7 +23,7 @@ from graven.core.record import Record
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import open_dir_nofollow, shared_lock
 from graven.deploy.recordkey import read_record_file
-from graven.deploy.statdb import StatTable, recorded_owner
+from graven.deploy.statdb import StatTable, recorded_deployer
 from graven.deploy.switch import link_kind
 from graven.drift.cache import VerifiedCache, fs_clock, write_atomically
 from graven.drift.clean import binding, encode
@@ -83,15 +83,15 @@ def _observe_env(ctx: Context, layout: EnvLayout) -> EnvObservation:
     )
 
 
-def _deployer(ctx: Context, layout: EnvLayout, release: str) -> int | None:
-    """The uid that deployed ``release`` as the deploy's stat table records it (authenticated under the
-    home's record key), for the full check as for the default one; None when it records none (the
-    release directory's owner is then the reference)."""
+def _deployer(ctx: Context, layout: EnvLayout, release: str) -> tuple[int | None, int | None]:
+    """(uid, gid): who deployed ``release`` and with which group, as the deploy's stat table records
+    them (authenticated under the home's record key), for the full check as for the default one; None
+    for what it does not record (the release directory's owner or group is then the reference)."""
     try:
         key = ctx.record_key
     except GravenError:
-        return None
-    return recorded_owner(layout.stat_file, key, release)
+        return None, None
+    return recorded_deployer(layout.stat_file, key, release)
 
 
 def _table_loader(layout: EnvLayout, key: bytes) -> tuple[StatTable | None, int | None]:
@@ -181,6 +181,7 @@ def _check_now(
             hint, child, now_ns = walk.split, walk.child, walk.now_ns
         else:
             hint = load_split(_split_path(layout), hex_digest)
+        owner, group = _deployer(ctx, layout, hex_digest)
         scan = scan_release(
             layout.release(hex_digest),
             lambda: session.index(digest),
@@ -189,7 +190,8 @@ def _check_now(
             now_ns=now_ns,
             split_hint=hint,
             child=child,
-            owner=_deployer(ctx, layout, hex_digest),
+            owner=owner,
+            group=group,
         )
         index = session.index(digest)
         if hint is None and len(index.files) >= SPLIT_MIN_FILES:  # a plan depends on the manifest only
@@ -202,6 +204,7 @@ def _check_now(
         cache = VerifiedCache.load(
             _cache_path(layout), key, release=hex_digest, files=len(index.files), dirs=len(index.dirs)
         )
+        owner, group = _deployer(ctx, layout, hex_digest)
         scan = scan_release(
             layout.release(hex_digest),
             index,
@@ -210,7 +213,8 @@ def _check_now(
             table=lambda: _table_loader(layout, key),
             cache=cache,
             now_ns=now_ns,
-            owner=_deployer(ctx, layout, hex_digest),
+            owner=owner,
+            group=group,
         )
     deployed = target.pipeline_digest if digest == target.digest else None  # not for a pending deploy
     trust = session.trust()

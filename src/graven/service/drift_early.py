@@ -24,7 +24,7 @@ from pathlib import Path
 
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
-from graven.deploy.statdb import recorded_owner
+from graven.deploy.statdb import recorded_deployer
 from graven.drift.cache import fs_clock
 from graven.drift.walk import ForkedWalk, Split, load_split, split_path
 from graven.errors import GravenError
@@ -77,14 +77,16 @@ class EarlyWalks:
 
     def start(self, env: str, layout: EnvLayout, digest_hex: str, split: Split, key: bytes) -> None:
         """Hold the check lock of ``env`` shared (until :meth:`close`), read the clock, fork the walker
-        of ``split``'s second part of the release ``digest_hex`` (holding its paths to the owner the
-        stat table, authenticated under ``key``, records for the release)."""
+        of ``split``'s second part of the release ``digest_hex`` (holding its paths to the owner and
+        group the stat table, authenticated under ``key``, records for the release)."""
         locks = self._locks.setdefault(env, ExitStack())
         locks.enter_context(shared_lock(layout.lock, env=env, wait=True))
         now_ns = fs_clock(layout.meta / "drift", depth=2)
         base = str(layout.release(digest_hex))
-        owner = recorded_owner(layout.stat_file, key, digest_hex)
-        child = ForkedWalk(base, split[1], frozenset(split[0]) | frozenset(split[1]), owner=owner)
+        owner, group = recorded_deployer(layout.stat_file, key, digest_hex)
+        child = ForkedWalk(
+            base, split[1], frozenset(split[0]) | frozenset(split[1]), owner=owner, group=group
+        )
         self._walks[env] = EarlyWalk(child, digest_hex, now_ns, split)
 
     def close(self) -> None:

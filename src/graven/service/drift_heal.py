@@ -19,7 +19,7 @@ from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import fsync_dir, link_kind, point_symlink, remove_symlink
-from graven.drift.heal import HealStats, apply_heal, giving, move_aside
+from graven.drift.heal import HealStats, apply_heal, giving, giving_group, move_aside
 from graven.drift.scan import ReleaseIndex
 from graven.errors import BackendError, DatabaseBusyError, GravenError, PolicyError
 from graven.home import make_dirs
@@ -94,12 +94,18 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
         build_release(ctx.store, index.manifest, tmp, table)
         recorded = table.owner(hex_digest)
         give = giving(recorded) if recorded is not None else -1
-        if give >= 0:  # root rebuilds it for the user who deployed it (who must manage it still)
-            _give_release(tmp, index, give, table)
+        group = table.group(hex_digest)
+        if group is not None and os.lstat(tmp).st_gid != group:
+            gid = giving_group(group)  # root, or a member of the group: else it keeps the one it has
+        else:
+            gid = -1
+        if give >= 0 or gid >= 0:  # root rebuilds it for the user who deployed it (who must manage it still)
+            _give_release(tmp, index, give, gid, table)
         os.rename(tmp, release)
         root_st = os.lstat(release)
         table.record(root_st, DIR_SHA)
         table.set_owner(hex_digest, root_st.st_uid)  # its deployer's, else this heal's user's
+        table.set_group(hex_digest, root_st.st_gid)  # its group, else the one this heal made it with
         fsync_dir(layout.releases)
     except OSError as exc:
         remove_tree(tmp)
@@ -109,17 +115,17 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
         raise
 
 
-def _give_release(tmp: Path, index: ReleaseIndex, uid: int, table: StatTable) -> None:
-    """Give the release just built at ``tmp`` (the directory and everything in it) to ``uid``, and
-    record again the stat of every inode ``table`` holds a record of (the chown moved its ctime). A
-    link is given itself, never its target; the group is left as it is. ``tmp`` is this process's
-    own, under a ``PATH/releases`` no other user may write (:meth:`EnvLayout.check_owners`), so its
-    paths are walked by name."""
+def _give_release(tmp: Path, index: ReleaseIndex, uid: int, gid: int, table: StatTable) -> None:
+    """Give the release just built at ``tmp`` (the directory and everything in it) to ``uid`` and the
+    group ``gid`` (-1: either left as it is), and record again the stat of every inode ``table`` holds
+    a record of (the chown moved its ctime). A link is given itself, never its target. ``tmp`` is this
+    process's own, under a ``PATH/releases`` no other user may write (:meth:`EnvLayout.check_owners`),
+    so its paths are walked by name."""
     base = str(tmp)
     paths = [*index.dirs, *(f.path for f in index.files), *(s.path for s in index.symlinks)]
     for rel in paths:
         full = f"{base}/{rel}" if rel else base
-        os.chown(full, uid, -1, follow_symlinks=False)
+        os.chown(full, uid, gid, follow_symlinks=False)
         st = os.lstat(full)
         record = table.inodes.get(st.st_ino)
         if record is not None and st.st_dev == table.dev:
@@ -234,6 +240,7 @@ def heal(
                         ignore=checked.ignore,
                         children=checked.index.children,
                         owner=table.owner(hex_digest),
+                        group=table.group(hex_digest),
                     )
                 table.save(layout.stat_file, ctx.record_key)
                 if plan.current:
