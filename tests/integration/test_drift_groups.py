@@ -335,3 +335,40 @@ def test_a_deploy_copies_the_files_of_a_release_of_another_group_instead_of_link
         assert drift(capsys, "staging", "--full")[0] == 0
     finally:
         world.close()
+
+
+def test_what_a_graven_that_never_compared_groups_verified_is_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The drift cache and the clean snapshot an older graven wrote vouched for a file it re-hashed after
+    a chgrp (it compared no group): trusted after the upgrade, that file was never looked at again."""
+    from graven import __version__
+    from graven.deploy.attributes import attribute_problem
+    from graven.deploy.recordkey import tag
+    from graven.drift import scan
+
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    try:
+        release = release_of(world)
+        os.chown(release / "out/top.py", -1, OTHER)
+        with monkeypatch.context() as old:  # the check of a graven that compared no group
+            old.setattr(
+                scan,
+                "attribute_problem",
+                lambda path, st, owner, group=None: attribute_problem(path, st, owner),
+            )
+            assert drift(capsys, "staging")[0] == 0
+        drift_dir = EnvLayout(world.env_dir("staging")).meta / "drift"
+        key = world.ctx().record_key
+        for name, new, older in (
+            ("cache", b"graven.drift-cache/v4\n", b"graven.drift-cache/v3\n"),
+            ("clean", f"3/{__version__}".encode(), f"2/{__version__}".encode()),
+        ):
+            body = (drift_dir / name).read_bytes()[:-32]
+            assert body.count(new) == 1, (name, body[:200])
+            body = body.replace(new, older)
+            (drift_dir / name).write_bytes(body + tag(key, body))
+        code, doc = drift(capsys, "staging")
+        assert code == 1 and found(doc) == {("out/top.py", "attributes")}, doc
+    finally:
+        world.close()
