@@ -6,6 +6,7 @@ on disk whose group changed."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -328,7 +329,14 @@ def test_a_deploy_copies_the_files_of_a_release_of_another_group_instead_of_link
                 table.record(st, record[0])
         table.save(layout.stat_file, key)
         assert drift(capsys, "staging", "--full")[0] == 0  # that release, as it was deployed
-        assert world.deploy(world.version(2), "staging").ok
+        v2 = world.version(2)
+        code, out, err = run_cli(
+            capsys, "deploy", v2, "staging", "--plan", "--json", "--root", str(world.root)
+        )
+        assert code == 0, err
+        plan = json.loads(out)
+        assert plan["would_link"] == 0 and plan["would_copy"] > 0, plan  # as the deploy does it
+        assert world.deploy(v2, "staging").ok
         ours = release_of(world)
         assert ours != theirs
         assert set(groups(ours).values()) == {os.getegid()}

@@ -279,3 +279,26 @@ def test_the_forked_walker_reports_owners_and_extended_attributes(tmp_path: Path
     assert observed["d/plain"][5] is None
     assert observed["d/marked"][5] == "extended attributes user.note"
     assert observed["d"][5] is None
+
+
+def test_the_forked_walker_holds_every_path_to_the_release_group(tmp_path: Path) -> None:
+    """The child of a full check compares each path's group with the release's, as the parent's walker
+    does: the recorded one when it is given, else the release directory's."""
+    import marshal
+
+    from graven.drift.walk import raw_walk
+
+    if os.geteuid() != 0:
+        unavailable("chgrp to a group one is not in needs root")
+    release = tmp_path / "releases" / "r"
+    (release / "d").mkdir(parents=True)
+    (release / "d" / "plain").write_text("a")
+    (release / "d" / "other").write_text("b")
+    gid = release.lstat().st_gid
+    os.chown(release / "d" / "other", -1, 12345)
+    observed = marshal.loads(raw_walk(str(release), [""], frozenset()))[0]
+    assert observed["d/plain"][5] is None and observed["d"][5] is None
+    assert observed["d/other"][5] == f"group gid 12345 (deployed as {gid})"
+    recorded = marshal.loads(raw_walk(str(release), [""], frozenset(), group=12345))[0]
+    assert recorded["d/other"][5] is None
+    assert recorded["d/plain"][5] == f"group gid {gid} (deployed as 12345)"
