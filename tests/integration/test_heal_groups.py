@@ -137,3 +137,17 @@ def test_root_gives_the_group_back_and_to_what_it_writes(tmp_path: Path) -> None
     for path in (release, release / "app", release / "app/main.py", release / "app/link.py"):
         st = path.lstat()
         assert (st.st_uid, st.st_gid) == (NOBODY, GROUP), path
+
+
+def test_a_deployer_in_the_group_leaves_the_group_of_another_users_directory_to_the_check_after(
+    tmp_path: Path,
+) -> None:
+    """A directory given to another user and another group: nobody's heal cannot chgrp what it does not
+    own, and failed on it; it leaves that directory (owner and group) to the check after, as root must
+    give it back."""
+    _store, release, _plan, holder = nobodys_release(tmp_path)
+    os.chown(release / "app", 12346, NOBODY)
+    code, error = heal_as_nobody(holder, HealPlan((), ("app",), (), (), False, False), (GROUP,))
+    assert code == 0, error
+    st = (release / "app").lstat()
+    assert (st.st_uid, st.st_gid) == (12346, NOBODY)

@@ -506,8 +506,10 @@ def _fix_directory(dirs: _Dirs, rel: str, owner: int, group: int = -1) -> None:
     change in it, and set back to 0555 with the others)."""
     fd = dirs.fd(rel)
     st = os.fstat(fd)
-    uid = owner if st.st_uid != owner and owner >= 0 and os.geteuid() == 0 else -1
-    gid = group if st.st_gid != group and giving_group(group) >= 0 else -1
+    me = os.geteuid()
+    uid = owner if st.st_uid != owner and owner >= 0 and me == 0 else -1
+    # a user that is not root changes the group of its own directories only (as it does their mode)
+    gid = group if st.st_gid != group and giving_group(group) >= 0 and me in (0, st.st_uid) else -1
     if uid >= 0 or gid >= 0:
         os.fchown(fd, uid, gid)
     try:
