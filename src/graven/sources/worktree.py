@@ -96,8 +96,11 @@ def _read_regular(dir_fd: int, name: str, max_size: int) -> bytes | None:
         size = info.st_size
         if (info.st_ino, info.st_dev) != (seen.st_ino, seen.st_dev) or size >= max_size:
             return None  # replaced between the two calls
+        # size + 1 bytes asked: one more byte shows that it grew. A read that gives all ``size`` is
+        # the whole file (a short read of a regular file stops at its end), and the content counts
+        # only when it hashes to the blob id, so no second read to find the end is needed.
         data = os.read(fd, size + 1)
-        while len(data) <= size:  # a short read: go on to the end of the file
+        while len(data) < size:  # a short read: go on to the end of the file
             more = os.read(fd, size + 1 - len(data))
             if not more:
                 break

@@ -163,3 +163,30 @@ def test_a_blob_at_several_paths_is_given_once_from_any_path_that_holds_it(tmp_p
     assert list(worktree_blobs(repo, wanted, max_size=99)) == [(oid, b"twin\n")]
     (repo / "one.txt").write_text("edit\n")  # the first path no longer holds it: the second does
     assert list(worktree_blobs(repo, wanted, max_size=99)) == [(oid, b"twin\n")]
+
+
+def test_a_file_is_read_with_one_read_and_a_grown_one_is_left_to_git(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wanted = _wanted(repo, "a.txt", "dir/b.txt")
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
+    assert _found(repo, wanted) == {wanted[0][1]: b"a\n", wanted[1][1]: b"b\n"}
+    assert reads == [3, 3]  # size + 1 each, and no second read to find the end
+
+    # a read that gives one byte more than fstat said: the file grew meanwhile (git's copy is used)
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, n - 1) + b"+")
+    assert _found(repo, wanted) == {}
+
+
+def test_a_short_read_goes_on_to_the_end_of_the_file(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wanted = _wanted(repo, "dir.txt")
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 5)))  # 5 bytes at a time
+    assert _found(repo, wanted) == {wanted[0][1]: FILES["dir.txt"].encode()}
