@@ -42,10 +42,13 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 
 from graven.errors import InputError
 from graven.runtime import GroupWatchdog
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "BUILD_HOME",
@@ -58,15 +61,20 @@ __all__ = [
     "HostEntry",
     "HostRunner",
     "SandboxLayout",
+    "StepLimit",
     "StepRunner",
     "bwrap_argv",
     "bwrap_options",
+    "check_step_limits",
     "find_bwrap",
     "host_root_entries",
+    "limits_problem",
     "probe_bubblewrap",
     "shown_paths",
+    "times_prelude",
     "tmp_size_limit",
     "tmpfs_size_supported",
+    "varied_limits",
 ]
 
 SANDBOX_BUBBLEWRAP: Final = "bubblewrap"
@@ -82,6 +90,46 @@ STEP_UMASK: Final = 0o022
 # The most the sandbox's /tmp (and /dev/shm) may hold: 4 GiB, or half of the RAM when that is less
 # (the kernel's own default for a tmpfs, which is otherwise what a step gets). See tmp_size_limit.
 TMP_SIZE_LIMIT: Final = 4 << 30
+RLIM_INFINITY: Final = -1  # resource.RLIM_INFINITY on Linux
+
+
+@dataclass(frozen=True, slots=True)
+class StepLimit:
+    """One resource limit every step process gets, whatever graven's own process has: ``name`` is the
+    :mod:`resource` constant's name, ``what`` the limit as ``ulimit`` names it; -1 is unlimited."""
+
+    name: str
+    what: str
+    soft: int
+    hard: int
+
+
+# The limits of every step process (bwrap and all it starts; a host step). A step can read them
+# (ulimit -a, getrlimit), so they are the same on every machine: the kernel's own defaults where
+# those do not depend on the machine (open files 1024/4096, stack 8 MiB, message queues), no core
+# files (a core dump in the scratch directory would be an output), and fixed counts where the
+# kernel's default follows the RAM (processes, pending signals: 8192, what a 2 GiB machine gets).
+# A hard limit above the caller's cannot be set without CAP_SYS_RESOURCE: graven then refuses to
+# build (check_step_limits) rather than let the steps see this machine's.
+STEP_LIMITS: tuple[StepLimit, ...] = (
+    StepLimit("RLIMIT_CORE", "core file size (ulimit -c)", 0, 0),
+    StepLimit("RLIMIT_CPU", "cpu time (ulimit -t)", RLIM_INFINITY, RLIM_INFINITY),
+    StepLimit("RLIMIT_DATA", "data segment size (ulimit -d)", RLIM_INFINITY, RLIM_INFINITY),
+    StepLimit("RLIMIT_FSIZE", "file size (ulimit -f)", RLIM_INFINITY, RLIM_INFINITY),
+    StepLimit("RLIMIT_LOCKS", "file locks (ulimit -x)", RLIM_INFINITY, RLIM_INFINITY),
+    StepLimit("RLIMIT_MEMLOCK", "locked memory (ulimit -l)", 64 << 10, 64 << 10),
+    StepLimit("RLIMIT_MSGQUEUE", "POSIX message queues (ulimit -q)", 819200, 819200),
+    StepLimit("RLIMIT_NICE", "scheduling priority (ulimit -e)", 0, 0),
+    StepLimit("RLIMIT_NOFILE", "open files (ulimit -n)", 1024, 4096),
+    StepLimit("RLIMIT_NPROC", "user processes (ulimit -u)", 8192, 8192),
+    StepLimit("RLIMIT_RSS", "resident set size (ulimit -m)", RLIM_INFINITY, RLIM_INFINITY),
+    StepLimit("RLIMIT_RTPRIO", "real-time priority (ulimit -r)", 0, 0),
+    StepLimit("RLIMIT_RTTIME", "real-time timeout (ulimit -R)", RLIM_INFINITY, RLIM_INFINITY),
+    StepLimit("RLIMIT_SIGPENDING", "pending signals (ulimit -i)", 8192, 8192),
+    StepLimit("RLIMIT_STACK", "stack size (ulimit -s)", 8 << 20, RLIM_INFINITY),
+    StepLimit("RLIMIT_AS", "virtual memory (ulimit -v)", RLIM_INFINITY, RLIM_INFINITY),
+)
+_RLIMIT_LOCKS: Final = 10  # the same number on every Linux architecture; the resource module lacks it
 
 # Top-level host directories that are never shown to a step: fresh /proc, /dev and /tmp are mounted
 # instead, /run holds the sockets of host services (a socket is reachable without any network), and
@@ -129,6 +177,9 @@ class SandboxLayout:
     # do when graven runs as root, so that no step output (``id -u``, a tar's owners, ``ls -l``) depends
     # on which user ran the build
     map_root: bool = False
+    # the commit time: what bwrap makes for the step (/tmp, /dev and its entries) gets it before the
+    # step runs (times_prelude); None leaves them the time they were made
+    epoch: int | None = None
 
 
 def bwrap_argv(
@@ -246,9 +297,10 @@ def _dev_argv(devices: str | None, size: list[str]) -> list[str]:
     return argv
 
 
-def make_private_devices(directory: Path) -> str | None:
-    """Make graven's own device nodes (:data:`DEVICES`, mode 0666) in ``directory`` for the sandbox's
-    /dev, so that nothing a step does to them reaches the host's nodes.
+def make_private_devices(directory: Path, epoch: int | None = None) -> str | None:
+    """Make graven's own device nodes (:data:`DEVICES`, mode 0666; access and modification time
+    ``epoch``, when given) in ``directory`` for the sandbox's /dev, so that nothing a step does to
+    them reaches the host's nodes.
 
     Only needed when graven runs as root: without privileges bwrap runs the step in a user namespace
     whose root does not own the host's nodes. None (use bwrap's ``--dev``) when not root, or when nodes
@@ -263,6 +315,8 @@ def make_private_devices(directory: Path) -> str | None:
             path = directory / name
             os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
             os.chmod(path, 0o666)  # noqa: S103 - a device node, as on any host; whatever the umask
+            if epoch is not None:
+                os.utime(path, (epoch, epoch))
         fd = os.open(directory / "null", os.O_WRONLY | os.O_CLOEXEC)  # fails on a nodev mount
         os.close(fd)
     except OSError:
@@ -515,6 +569,175 @@ def tmp_size_limit() -> int:
     return min(TMP_SIZE_LIMIT, half) if half > 0 else TMP_SIZE_LIMIT
 
 
+def _resource(name: str) -> int | None:
+    """The number of the resource ``name`` (an ``RLIMIT_*`` name) here, or None where there is none."""
+    if name == "RLIMIT_LOCKS":
+        return _RLIMIT_LOCKS if sys.platform.startswith("linux") else None
+    import resource
+
+    value = getattr(resource, name, None)
+    return value if isinstance(value, int) else None
+
+
+def _shown(value: int) -> str:
+    return "unlimited" if value == RLIM_INFINITY else str(value)
+
+
+def _above(wanted: int, limit: int) -> bool:
+    """Whether the limit ``wanted`` is more than ``limit`` (-1: unlimited)."""
+    if limit == RLIM_INFINITY:
+        return False
+    return wanted == RLIM_INFINITY or wanted > limit
+
+
+def limits_problem(
+    current: Mapping[str, tuple[int, int]], *, can_raise: bool, limits: Sequence[StepLimit] | None = None
+) -> str | None:
+    """Why the steps cannot get ``limits`` (default :data:`STEP_LIMITS`) from a process whose limits
+    are ``current`` (name: (soft, hard)): the first hard limit they need above its own, when it
+    cannot raise hard limits (``can_raise``: CAP_SYS_RESOURCE); None when they can. Pure."""
+    if can_raise:
+        return None
+    for limit in STEP_LIMITS if limits is None else limits:
+        if limit.name not in current:
+            continue
+        hard = current[limit.name][1]
+        if _above(limit.hard, hard):
+            return (
+                f"build steps get the same limits on every machine, {limit.what} {_shown(limit.soft)} soft "
+                f"and {_shown(limit.hard)} hard, but this process's hard limit is {_shown(hard)} and only "
+                "CAP_SYS_RESOURCE (root) can raise it: raise it for graven (limits.conf, systemd's "
+                "Limit*=, docker run --ulimit) or run graven as root"
+            )
+    return None
+
+
+_CAP_SYS_RESOURCE: Final = 24
+
+
+def _can_raise_limits() -> bool:
+    """Whether this process may raise hard limits (CAP_SYS_RESOURCE in its effective set)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+def current_limits(limits: Sequence[StepLimit] | None = None) -> dict[str, tuple[int, int]]:
+    """This process's own limits (soft, hard) of ``limits`` (default :data:`STEP_LIMITS`), by name."""
+    import resource
+
+    found: dict[str, tuple[int, int]] = {}
+    for limit in STEP_LIMITS if limits is None else limits:
+        number = _resource(limit.name)
+        if number is None:
+            continue
+        try:
+            found[limit.name] = resource.getrlimit(number)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def check_step_limits() -> None:
+    """Refuse (InputError) before any work when the steps cannot get :data:`STEP_LIMITS` here."""
+    problem = limits_problem(current_limits(), can_raise=_can_raise_limits())
+    if problem is not None:
+        raise InputError(problem)
+
+
+def step_limits() -> list[tuple[int, int, int]]:
+    """:data:`STEP_LIMITS` as (resource, soft, hard), those this system knows."""
+    found = []
+    for limit in STEP_LIMITS:
+        number = _resource(limit.name)
+        if number is not None:
+            found.append((number, limit.soft, limit.hard))
+    return found
+
+
+def varied_limits(current: Mapping[int, tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """Other limits than ``current`` (resource: (soft, hard)) for ``build --check``'s second build:
+    every finite soft limit of 2 or more halved. Pure."""
+    return [
+        (number, soft // 2, hard)
+        for number, (soft, hard) in sorted(current.items())
+        if soft != RLIM_INFINITY and soft >= 2
+    ]
+
+
+def launcher_limits() -> list[tuple[int, int, int]]:
+    """:func:`varied_limits` of this process's own limits, every resource this system knows."""
+    import resource
+
+    names = sorted({n for n in dir(resource) if n.startswith("RLIMIT_")} | {"RLIMIT_LOCKS"})
+    current: dict[int, tuple[int, int]] = {}
+    for name in names:
+        number = _resource(name)
+        if number is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            current[number] = resource.getrlimit(number)
+    return varied_limits(current)
+
+
+def _apply_limits(pid: int, limits: Sequence[tuple[int, int, int]]) -> None:
+    """Set ``limits`` (resource, soft, hard) on the process ``pid`` (graven's child, waiting to exec
+    the step); InputError when one cannot be set."""
+    import resource
+
+    for number, soft, hard in limits:
+        try:
+            resource.prlimit(pid, number, (soft, hard))
+        except (OSError, ValueError) as exc:
+            named = next((lim.what for lim in STEP_LIMITS if _resource(lim.name) == number), str(number))
+            raise InputError(
+                f"cannot give the build steps their limit of {named} ({_shown(soft)} soft, {_shown(hard)} "
+                f"hard): {exc}; raise graven's hard limit (limits.conf, systemd's Limit*=, docker run "
+                "--ulimit) or run graven as root"
+            ) from None
+
+
+# Before a step runs, the sandbox's own directories and /dev entries (made by bwrap when the step
+# starts) get the commit's time, as the checkout's files have: a tmpfs cannot be given a time from
+# outside, so the step's shell does it first, then becomes the step (``exec``: the same process and
+# command line). Only what bwrap made: the device nodes are graven's own (given the time when made)
+# or the host's, which a step must not touch. ``-c``: what this bwrap does not make is skipped.
+_SANDBOX_MADE: Final = (
+    SANDBOX_TMP,
+    "/dev/shm",  # noqa: S108 - the sandbox's own tmpfs
+    "/dev/pts/ptmx",
+    "/dev/pts",
+    "/dev/ptmx",
+    "/dev/fd",
+    "/dev/stdin",
+    "/dev/stdout",
+    "/dev/stderr",
+    "/dev/core",
+    "/dev",
+)
+
+
+def times_prelude(touch: str, epoch: int) -> str:
+    """The shell text that gives what the sandbox made (:data:`_SANDBOX_MADE`) the time ``epoch``, then
+    runs the step (``sh -c PRELUDE /bin/sh -c STEP``). Pure."""
+    listed = " ".join(_SANDBOX_MADE)
+    return (
+        f"{touch} -h -c -d @{int(epoch)} {listed} || "
+        '{ echo "graven: cannot set the times of the sandbox\'s /tmp and /dev" >&2; exit 125; }; '
+        'exec "$0" "$@"'
+    )
+
+
+def find_touch() -> str:
+    """The ``touch`` the sandbox runs: the system's (/usr/bin, /bin), else whichever the step's PATH finds."""
+    return shutil.which("touch", path="/usr/bin:/bin") or "touch"
+
+
 class StepRunner(Protocol):
     """Runs one shell command of a build; ``kind`` is what the provenance records, ``env`` the
     environment the command gets."""
@@ -534,8 +757,17 @@ class StepRunner(Protocol):
 # in the sandbox: bwrap's own init) shows no host path. The pipe is moved to a fixed descriptor by
 # this shell, which then execs bwrap: the descriptor number graven's pipe happens to get varies. The
 # shell would export PWD (graven's working directory) to bwrap, and so to /proc/1/environ: not so.
+# The shell first says it runs (a byte on its standard input, a socket) and waits for one line:
+# graven sets the step's limits on it (prlimit) meanwhile, so that bwrap and everything it starts
+# inherit them from their start.
 _ARGS_FD: Final = 9
-_ARGS_TRAMPOLINE: Final = f'unset PWD OLDPWD; exec "$0" --args {_ARGS_FD} "$@" {_ARGS_FD}<&0 0</dev/null'
+_ARGS_TRAMPOLINE: Final = (
+    "echo >&0 && IFS= read -r go || exit 125; unset go PWD OLDPWD; "
+    f'exec "$0" --args {_ARGS_FD} "$@" {_ARGS_FD}<&0 0</dev/null'
+)
+# The same gate for a step on the host (the step's standard input is /dev/null, as before).
+_HOST_GATE: Final = 'echo >&0 && IFS= read -r go || exit 125; unset go; exec "$0" "$@" 0</dev/null'
+_GO: Final = b"\n"
 
 
 def _run_logged(
@@ -548,39 +780,48 @@ def _run_logged(
     umask: int,
     stdin_data: bytes | None = None,
     adopt_orphans: bool = False,
+    limits: Sequence[tuple[int, int, int]] = (),
 ) -> int:
-    """Run ``argv`` in a new session with output to ``log``; ``stdin_data`` is fed to its standard input.
+    """Run ``argv`` in a new session with output to ``log``.
+
+    With ``stdin_data``, the command's standard input is a socket: once the command says it runs (it
+    writes a byte to its standard input: the gate of :data:`_ARGS_TRAMPOLINE`, written after its
+    ``exec`` is over, which would otherwise still put back the stack limit it started with),
+    ``limits`` (resource, soft, hard, in order) are set on it, then ``stdin_data`` is sent.
 
     When the command ends, times out or graven is interrupted, its whole process group is killed
     (the leader is reaped only afterwards, so that its group id cannot have been reused). With
     ``adopt_orphans`` graven is a child subreaper meanwhile (Linux), and the orphans the command
     left behind in other sessions are killed too; and a watchdog kills the group if graven itself
     is killed (SIGKILL runs no ``finally``), as bubblewrap's ``--die-with-parent`` does in a sandbox."""
+    import socket
+
     adopted = _children() if adopt_orphans and _set_subreaper(True) else None
     try:
-        read_end, write_end = os.pipe() if stdin_data is not None else (None, None)
+        ours, theirs = socket.socketpair() if stdin_data is not None else (None, None)
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
                 env=dict(env),
-                stdin=subprocess.DEVNULL if read_end is None else read_end,
+                stdin=subprocess.DEVNULL if theirs is None else theirs.fileno(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 umask=umask,
                 start_new_session=True,
             )
         except BaseException:
-            if write_end is not None:
-                os.close(write_end)
+            if ours is not None:
+                ours.close()
             raise
         finally:
-            if read_end is not None:
-                os.close(read_end)
+            if theirs is not None:
+                theirs.close()
         watchdog = GroupWatchdog(proc.pid) if adopt_orphans else None
         try:
-            if write_end is not None and stdin_data is not None:
-                _feed(write_end, stdin_data)
+            if ours is not None and stdin_data is not None:
+                with ours:
+                    _start(proc, ours, stdin_data, limits, timeout)
             _wait_exited(proc, timeout)
         finally:  # a normal end, the timeout or an interrupt: nothing the step started outlives it
             _kill_group(proc, watchdog)
@@ -591,14 +832,28 @@ def _run_logged(
             _set_subreaper(False)
 
 
-def _feed(fd: int, data: bytes) -> None:
-    """Write ``data`` to the pipe ``fd`` and close it (a reader that died early is not an error here:
-    its exit code tells)."""
+def _start(
+    proc: subprocess.Popen[bytes],
+    sock: socket.socket,
+    data: bytes,
+    limits: Sequence[tuple[int, int, int]],
+    timeout: int,
+) -> None:
+    """Wait for the gate's byte on ``sock``, set ``limits`` on ``proc``, send ``data`` (the caller
+    closes ``sock``: the end of the data). A command that ended first gets nothing (its exit code
+    tells)."""
+    sock.settimeout(timeout)
     try:
-        with os.fdopen(fd, "wb") as pipe:
-            pipe.write(data)
-    except BrokenPipeError:
-        pass
+        ready = sock.recv(1)
+    except TimeoutError:
+        raise subprocess.TimeoutExpired(proc.args, timeout) from None
+    except OSError:
+        return
+    if not ready:
+        return
+    _apply_limits(proc.pid, limits)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(data)
 
 
 def _wait_exited(proc: subprocess.Popen[bytes], timeout: int) -> None:
@@ -707,6 +962,7 @@ class BubblewrapRunner:
         hostname: str = DEFAULT_HOSTNAME,
         umask: int = STEP_UMASK,
         launcher_env: Mapping[str, str] | None = None,
+        vary_limits: bool = False,
     ) -> None:
         self.bwrap = bwrap
         # the PATH directories inside a hidden directory (a venv in the repository) stay reachable
@@ -716,10 +972,19 @@ class BubblewrapRunner:
         self.hostname = hostname
         self.umask = umask
         self.launcher_env = {"PATH": os.defpath, **(launcher_env or {})}
+        self.vary_limits = vary_limits
+        self.touch = find_touch() if layout.epoch is not None else None
 
     def tmp_size(self) -> int | None:
         """The size limit of the sandbox's /tmp, or None where this bwrap cannot set one."""
         return tmp_size_limit() if tmpfs_size_supported(self.bwrap) else None
+
+    def command(self, command: str) -> list[str]:
+        """What bwrap runs for one step: ``/bin/sh -c COMMAND``, after :func:`times_prelude` when the
+        layout has an epoch."""
+        if self.touch is None or self.layout.epoch is None:
+            return ["/bin/sh", "-c", command]
+        return ["/bin/sh", "-c", times_prelude(self.touch, self.layout.epoch), "/bin/sh", "-c", command]
 
     def argv(self, command: str, *, network: bool) -> list[str]:
         """The bwrap command line for one step (:meth:`run` passes the options through a pipe)."""
@@ -727,19 +992,19 @@ class BubblewrapRunner:
             self.bwrap,
             self.layout,
             self.env,
-            ["/bin/sh", "-c", command],
+            self.command(command),
             network=network,
             hostname=self.hostname,
             tmp_size=self.tmp_size(),
         )
 
     def run(self, command: str, *, log: BinaryIO, timeout: int, network: bool) -> int:
-        """Run one step in the sandbox."""
+        """Run one step in the sandbox, with :data:`STEP_LIMITS`."""
         options = bwrap_options(
             self.layout, self.env, network=network, hostname=self.hostname, tmp_size=self.tmp_size()
         )
-        argv = ["/bin/sh", "-c", _ARGS_TRAMPOLINE, self.bwrap, "--", "/bin/sh", "-c", command]
-        data = b"".join(os.fsencode(option) + b"\0" for option in options)
+        argv = ["/bin/sh", "-c", _ARGS_TRAMPOLINE, self.bwrap, "--", *self.command(command)]
+        data = _GO + b"".join(os.fsencode(option) + b"\0" for option in options)
         return _run_logged(
             argv,
             cwd=Path("/"),  # bwrap's --chdir sets the step's; graven's own is nothing to the step
@@ -748,7 +1013,14 @@ class BubblewrapRunner:
             timeout=timeout,
             umask=self.umask,
             stdin_data=data,
+            limits=_limits(vary=self.vary_limits),
         )
+
+
+def _limits(*, vary: bool) -> list[tuple[int, int, int]]:
+    """The limits to set on a step's launcher, in order: with ``vary`` (``build --check``'s second
+    build) other ones first, as if another caller ran graven, then :data:`STEP_LIMITS`."""
+    return [*(launcher_limits() if vary else ()), *step_limits()]
 
 
 class HostRunner:
@@ -757,15 +1029,27 @@ class HostRunner:
 
     kind = SANDBOX_NONE
 
-    def __init__(self, cwd: Path, env: Mapping[str, str], *, umask: int = STEP_UMASK) -> None:
+    def __init__(
+        self, cwd: Path, env: Mapping[str, str], *, umask: int = STEP_UMASK, vary_limits: bool = False
+    ) -> None:
         self.cwd = cwd
         self.env = dict(env)
         self.umask = umask
+        self.vary_limits = vary_limits
 
     def run(self, command: str, *, log: BinaryIO, timeout: int, network: bool) -> int:
-        """Run one step in ``cwd`` (``network`` cannot be taken away without a sandbox)."""
+        """Run one step in ``cwd`` with :data:`STEP_LIMITS` (``network`` cannot be taken away without
+        a sandbox)."""
         del network
-        argv = ["/bin/sh", "-c", command]
+        argv = ["/bin/sh", "-c", _HOST_GATE, "/bin/sh", "-c", command]
         return _run_logged(
-            argv, cwd=self.cwd, env=self.env, log=log, timeout=timeout, umask=self.umask, adopt_orphans=True
+            argv,
+            cwd=self.cwd,
+            env=self.env,
+            log=log,
+            timeout=timeout,
+            umask=self.umask,
+            stdin_data=_GO,
+            adopt_orphans=True,
+            limits=_limits(vary=self.vary_limits),
         )

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from graven.build.sandbox import (
     HostRunner,
     SandboxLayout,
     StepRunner,
+    check_step_limits,
     credential_paths,
     find_bwrap,
     hidden_paths,
@@ -96,6 +99,12 @@ class Variation:
     # graven's own environment when it launches the steps (TZ, locale): the clean step environment
     # must not let it through.
     launcher_env: Mapping[str, str] = field(default_factory=dict)
+    # the limits of the steps' launcher before graven sets the steps' own (sandbox.STEP_LIMITS): as if
+    # another caller ran graven (every finite soft limit halved), which the steps must not see
+    vary_limits: bool = False
+    # start in a later second of the clock than the build before ended: a step that records a time
+    # graven cannot fix (the clock, a ctime, /proc's times) then records another one
+    next_second: bool = False
     described: tuple[str, ...] = ()
 
 
@@ -108,12 +117,16 @@ CHECK_VARIATION = Variation(
     hostname="graven-check",
     umask=0o002,
     launcher_env={"TZ": "Pacific/Kiritimati", "LC_ALL": "C", "LANG": "C"},
+    vary_limits=True,
+    next_second=True,
     described=(
         "the build path",
         "file creation order",
         "umask (002)",
         "hostname",
         "TZ and locale of the launching process",
+        "the limits of the launching process (soft limits halved)",
+        "the time (a later second)",
     ),
 )
 
@@ -264,11 +277,13 @@ def _runner(
     passed = passed_environment(pipeline.build.env)
     if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
         check_unsandboxed_allowed()
+        check_step_limits()
         env = clean_environment(
             home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=host_path, passed=passed
         )
-        return HostRunner(ws.work, env, umask=variation.umask)
+        return HostRunner(ws.work, env, umask=variation.umask, vary_limits=variation.vary_limits)
     bwrap = probe_bubblewrap(find_bwrap())
+    check_step_limits()
     env = clean_environment(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
     )
@@ -292,8 +307,9 @@ def _runner(
         hidden=hidden,
         extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
         masked=masked_files([*_secret_files(ctx), *cred_files], hidden),
-        devices=make_private_devices(ws.root / "dev"),
+        devices=make_private_devices(ws.root / "dev", epoch),
         map_root=os.geteuid() != 0,
+        epoch=epoch,
     )
     return BubblewrapRunner(
         bwrap,
@@ -302,6 +318,7 @@ def _runner(
         hostname=variation.hostname,
         umask=variation.umask,
         launcher_env=variation.launcher_env,
+        vary_limits=variation.vary_limits,
     )
 
 
@@ -394,21 +411,22 @@ def _tool_probe(runner: StepRunner, ws: Workspace) -> Callable[[str], tuple[int,
     return probe
 
 
-def _empty_again(path: Path, aside: Path) -> None:
-    """Replace the directory ``path`` by a new, empty one (mode 0755); the old one goes to ``aside``
-    first, so that whatever a step left in it (even directories it cannot list) is out of the way."""
+def _empty_again(path: Path, aside: Path, epoch: int) -> None:
+    """Replace the directory ``path`` by a new, empty one (mode 0755, time ``epoch``); the old one goes
+    to ``aside`` first, so that whatever a step left in it (even directories it cannot list) is out of
+    the way."""
     os.rename(path, aside)
     shutil.rmtree(aside, ignore_errors=True)
     path.mkdir(mode=DIR_MODE)
-    os.chmod(path, DIR_MODE)
+    settle_tree(path, epoch)
 
 
-def _fresh_devices(directory: Path) -> None:
+def _fresh_devices(directory: Path, epoch: int) -> None:
     """Make the sandbox's device nodes (:func:`make_private_devices`) again, if graven made them."""
     if not directory.is_dir():
         return
     shutil.rmtree(directory)
-    if make_private_devices(directory) is None:
+    if make_private_devices(directory, epoch) is None:
         raise BackendError(f"cannot make the sandbox's device nodes in {directory} again")
 
 
@@ -464,6 +482,8 @@ def run_step_build(
     working tree (:func:`graven.build.workspace.checkout`).
     """
     build = pipeline.build
+    if variation.next_second:
+        time.sleep(1 - math.modf(time.time())[0])
     lockfiles = _read_lockfiles(repo, commit, pipeline)
     locked = locked_hashes(lockfiles)  # refuses unhashed requirements before anything runs
     base = other_file_system_dir() if variation.other_file_system else None
@@ -491,6 +511,9 @@ def run_step_build(
             from_worktree=from_worktree,
         )
         copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
+        # HOME and (without a sandbox) TMPDIR: made now, shown with the commit's time as the checkout is
+        settle_tree(ws.home, epoch)
+        settle_tree(ws.tmp, epoch)
         tools = [
             ResourceRef(t.ref_name, f"sha256:{t.sha256}")
             for t in resolve_tools(build.tools, runner.env, _tool_probe(runner, ws))
@@ -519,8 +542,8 @@ def run_step_build(
                 fetched = collect_fetched(ws.work, ws.src, build.fetch.outputs, snapshot)
                 check_fetched(fetched, locked, lockfiles)
                 if not restored:  # tool caches and the like: not carried into the offline build
-                    _empty_again(ws.home, ws.root / "fetch-home")
-                    _empty_again(ws.tmp, ws.root / "fetch-tmp")
+                    _empty_again(ws.home, ws.root / "fetch-home", epoch)
+                    _empty_again(ws.tmp, ws.root / "fetch-tmp", epoch)
                     # and the build starts from the commit and the checked files alone, as a restore
                     # does: nothing else the fetch left (extended attributes, empty directories,
                     # modes) reaches it
@@ -530,7 +553,7 @@ def run_step_build(
                     _restore(ws.work, _snapshot_openers(snapshot, fetched), build.fetch.outputs)
                     # graven's own device nodes (a root build): a fetch step owns them, and their
                     # modes and times could carry data to the build steps
-                    _fresh_devices(ws.root / "dev")
+                    _fresh_devices(ws.root / "dev", epoch)
                 settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
             ctx.reporter.progress("running build steps", 0, len(build.steps))
             run_steps(build.steps, runner=runner, log=log, timeout=build.timeout)

@@ -332,3 +332,74 @@ def test_steps_run_as_root_whoever_runs_the_build(tmp_path: Path) -> None:
         assert _owners_seen(str(as_nobody), top, map_root=True, owner=65534) == expected
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# -- what the steps see of the machine: times of what the sandbox makes, limits ------------------------
+
+
+def test_with_an_epoch_the_step_first_gives_the_sandboxs_own_entries_that_time() -> None:
+    from graven.build.sandbox import times_prelude
+
+    runner = BubblewrapRunner("bwrap", _layout(epoch=1704164645), {})
+    argv = runner.argv("echo hi", network=False)
+    assert argv[-3:] == ["/bin/sh", "-c", "echo hi"]  # what the step's shell execs into: unchanged
+    prelude = argv[argv.index("--") + 3]
+    assert prelude == times_prelude(runner.touch or "", 1704164645)
+    assert " -h -c -d @1704164645 /tmp /dev/shm " in prelude and prelude.endswith('exec "$0" "$@"')
+    for name, _major, _minor in DEVICES:  # the host's nodes (bwrap's --dev) are never touched
+        assert f"/dev/{name} " not in prelude + " "
+    assert BubblewrapRunner("bwrap", _layout(), {}).argv("echo hi", network=False)[-4:-3] == ["--"]
+
+
+def test_private_device_nodes_get_the_commit_time(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        unavailable("device nodes are made by root only")
+    made = make_private_devices(tmp_path / "dev", 1704164645)
+    if made is None:
+        unavailable("no device nodes here (nodev mount)")
+    for name, _major, _minor in DEVICES:
+        info = os.lstat(tmp_path / "dev" / name)
+        assert (info.st_mtime, info.st_atime) == (1704164645, 1704164645)
+
+
+def test_limits_above_a_hard_limit_that_cannot_be_raised_are_refused_in_one_line() -> None:
+    from graven.build.sandbox import STEP_LIMITS, StepLimit, limits_problem
+
+    inf = -1
+    usual = {limit.name: (limit.soft, inf) for limit in STEP_LIMITS}
+    assert limits_problem(usual, can_raise=False) is None
+    low = {**usual, "RLIMIT_NOFILE": (1024, 2000)}
+    problem = limits_problem(low, can_raise=False)
+    assert problem is not None and "\n" not in problem
+    assert "open files (ulimit -n) 1024 soft and 4096 hard" in problem and "hard limit is 2000" in problem
+    assert limits_problem(low, can_raise=True) is None  # CAP_SYS_RESOURCE raises it
+    stack = limits_problem({"RLIMIT_STACK": (8 << 20, 1 << 30)}, can_raise=False)
+    assert stack is not None and "stack size (ulimit -s) 8388608 soft and unlimited hard" in stack
+    assert limits_problem({}, can_raise=False) is None  # a resource this system lacks
+    core = [StepLimit("RLIMIT_CORE", "core", 0, 0)]
+    assert limits_problem({"RLIMIT_CORE": (0, 0)}, can_raise=False, limits=core) is None
+
+
+def test_check_varies_every_finite_soft_limit() -> None:
+    from graven.build.sandbox import varied_limits
+
+    assert varied_limits({7: (20000, 20000), 3: (8 << 20, -1), 4: (0, -1), 0: (-1, -1), 13: (1, 1)}) == [
+        (3, 4 << 20, -1),
+        (7, 10000, 20000),
+    ]
+
+
+def test_a_step_limit_that_cannot_be_set_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(resource, "prlimit", refuse)
+    runner = sandbox.HostRunner(tmp_path, {"PATH": "/usr/bin:/bin"})
+    with (tmp_path / "log").open("wb") as log, pytest.raises(InputError) as info:
+        runner.run("touch ran", log=log, timeout=30, network=False)
+    message = str(info.value)
+    assert message.startswith("cannot give the build steps their limit of core file size (ulimit -c)")
+    assert "\n" not in message
+    assert not (tmp_path / "ran").exists()  # the step never ran
