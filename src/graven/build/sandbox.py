@@ -14,7 +14,18 @@ Inside the sandbox every step sees the same machine, wherever and whenever it ru
   host's nodes writable, and root owns them: a step could ``chmod`` the host's ``/dev/null``);
 - no network (a network namespace of its own: even 127.0.0.1 is unreachable), except for the fetch
   phase; no capabilities (so a root build cannot remount anything writable); a fixed host name;
-- only the environment graven passes (see :func:`graven.build.steps.clean_environment`), umask 022.
+- only the environment graven passes (see :func:`graven.build.steps.clean_environment`), umask 022;
+- the commit's time on what the sandbox makes for the step: ``/build/home`` (made so on the host),
+  ``/tmp``, ``/dev``, ``/dev/shm`` and bwrap's entries in ``/dev`` (the step's shell first runs
+  :func:`times_prelude`; a tmpfs takes no time from outside), graven's own device nodes. Not fixable:
+  ctimes (no call sets one), an atime once something reads the directory, ``/``, ``/build`` and the
+  hidden directories (read-only mounts bwrap makes: the step cannot set their times, and a host
+  directory bound there instead would list in the host file system's order), ``/proc`` (procfs
+  times its inodes when first looked up) and, when graven is not root, the host's own device nodes
+  that bwrap's ``--dev`` binds (their times are the host's: only root can make nodes of its own);
+- the same limits on every machine (:data:`STEP_LIMITS`, set on the step's launcher before it starts
+  anything, see :func:`_run_logged`); a hard limit above graven's own that it cannot raise is refused
+  (:func:`check_step_limits`).
 
 The bwrap argument list is built by a pure function, :func:`bwrap_argv`, from a :class:`SandboxLayout`;
 :class:`BubblewrapRunner` runs one command with it (the options go through a pipe, ``bwrap --args 9``,
