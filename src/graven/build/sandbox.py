@@ -24,8 +24,8 @@ Inside the sandbox every step sees the same machine, wherever and whenever it ru
   times its inodes when first looked up) and, when graven is not root, the host's own device nodes
   that bwrap's ``--dev`` binds (their times are the host's: only root can make nodes of its own);
 - the same limits on every machine (:data:`STEP_LIMITS`, set on the step's launcher before it starts
-  anything, see :func:`_run_logged`); a hard limit above graven's own that it cannot raise is refused
-  (:func:`check_step_limits`).
+  anything, see :func:`_run_logged`); a hard limit above graven's own that it cannot raise is lowered
+  to it, with a warning (:func:`clamp_limits`).
 
 The bwrap argument list is built by a pure function, :func:`bwrap_argv`, from a :class:`SandboxLayout`;
 :class:`BubblewrapRunner` runs one command with it (the options go through a pipe, ``bwrap --args 9``,
@@ -76,12 +76,12 @@ __all__ = [
     "StepRunner",
     "bwrap_argv",
     "bwrap_options",
-    "check_step_limits",
+    "clamp_limits",
     "find_bwrap",
     "host_root_entries",
-    "limits_problem",
     "probe_bubblewrap",
     "shown_paths",
+    "step_limits_here",
     "times_prelude",
     "tmp_size_limit",
     "tmpfs_size_supported",
@@ -120,8 +120,8 @@ class StepLimit:
 # those do not depend on the machine (open files 1024/4096, stack 8 MiB, message queues), no core
 # files (a core dump in the scratch directory would be an output), and fixed counts where the
 # kernel's default follows the RAM (processes, pending signals: 8192, what a 2 GiB machine gets).
-# A hard limit above the caller's cannot be set without CAP_SYS_RESOURCE: graven then refuses to
-# build (check_step_limits) rather than let the steps see this machine's.
+# A hard limit above the caller's cannot be set without CAP_SYS_RESOURCE: the steps then get the
+# caller's, and graven warns (clamp_limits): a build is not refused for a small machine's limits.
 STEP_LIMITS: tuple[StepLimit, ...] = (
     StepLimit("RLIMIT_CORE", "core file size (ulimit -c)", 0, 0),
     StepLimit("RLIMIT_CPU", "cpu time (ulimit -t)", RLIM_INFINITY, RLIM_INFINITY),
@@ -601,26 +601,37 @@ def _above(wanted: int, limit: int) -> bool:
     return wanted == RLIM_INFINITY or wanted > limit
 
 
-def limits_problem(
+def clamp_limits(
     current: Mapping[str, tuple[int, int]], *, can_raise: bool, limits: Sequence[StepLimit] | None = None
-) -> str | None:
-    """Why the steps cannot get ``limits`` (default :data:`STEP_LIMITS`) from a process whose limits
-    are ``current`` (name: (soft, hard)): the first hard limit they need above its own, when it
-    cannot raise hard limits (``can_raise``: CAP_SYS_RESOURCE); None when they can. Pure."""
+) -> tuple[list[StepLimit], str | None]:
+    """The limits the steps can get from a process whose limits are ``current`` (name: (soft, hard)):
+    ``limits`` (default :data:`STEP_LIMITS`), each hard limit above the process's own lowered to it
+    when it cannot raise hard limits (``can_raise``: CAP_SYS_RESOURCE), and its soft limit with it;
+    and a one-line warning naming what was lowered (None when nothing was). Pure.
+
+    Lowered rather than refused: a machine with little RAM (the kernel's process limit follows it) or
+    a caller's ``ulimit`` must not stop every build. A step that records such a limit builds
+    differently there, which the warning says."""
+    wanted = list(STEP_LIMITS if limits is None else limits)
     if can_raise:
-        return None
-    for limit in STEP_LIMITS if limits is None else limits:
-        if limit.name not in current:
+        return wanted, None
+    given: list[StepLimit] = []
+    lowered: list[str] = []
+    for limit in wanted:
+        hard = current.get(limit.name, (RLIM_INFINITY, RLIM_INFINITY))[1]
+        if not _above(limit.hard, hard):
+            given.append(limit)
             continue
-        hard = current[limit.name][1]
-        if _above(limit.hard, hard):
-            return (
-                f"build steps get the same limits on every machine, {limit.what} {_shown(limit.soft)} soft "
-                f"and {_shown(limit.hard)} hard, but this process's hard limit is {_shown(hard)} and only "
-                "CAP_SYS_RESOURCE (root) can raise it: raise it for graven (limits.conf, systemd's "
-                "Limit*=, docker run --ulimit) or run graven as root"
-            )
-    return None
+        soft = hard if _above(limit.soft, hard) else limit.soft
+        given.append(StepLimit(limit.name, limit.what, soft, hard))
+        lowered.append(f"{limit.what} {_shown(hard)} (not {_shown(limit.hard)})")
+    if not lowered:
+        return given, None
+    return given, (
+        f"build steps get {', '.join(lowered)} here: this process's hard limit is lower, and only "
+        "CAP_SYS_RESOURCE (root) raises it; a step that records its limits builds differently on this "
+        "machine (raise them for graven: limits.conf, systemd's Limit*=, docker run --ulimit)"
+    )
 
 
 _CAP_SYS_RESOURCE: Final = 24
@@ -654,17 +665,16 @@ def current_limits(limits: Sequence[StepLimit] | None = None) -> dict[str, tuple
     return found
 
 
-def check_step_limits() -> None:
-    """Refuse (InputError) before any work when the steps cannot get :data:`STEP_LIMITS` here."""
-    problem = limits_problem(current_limits(), can_raise=_can_raise_limits())
-    if problem is not None:
-        raise InputError(problem)
+def step_limits_here() -> tuple[list[StepLimit], str | None]:
+    """:func:`clamp_limits` for this process: the limits its steps get, and the warning, if any."""
+    return clamp_limits(current_limits(), can_raise=_can_raise_limits())
 
 
-def step_limits() -> list[tuple[int, int, int]]:
-    """:data:`STEP_LIMITS` as (resource, soft, hard), those this system knows."""
+def step_limits(limits: Sequence[StepLimit] | None = None) -> list[tuple[int, int, int]]:
+    """``limits`` (default: :func:`step_limits_here`) as (resource, soft, hard), those this system
+    knows."""
     found = []
-    for limit in STEP_LIMITS:
+    for limit in step_limits_here()[0] if limits is None else limits:
         number = _resource(limit.name)
         if number is not None:
             found.append((number, limit.soft, limit.hard))

@@ -41,7 +41,6 @@ from graven.build.sandbox import (
     HostRunner,
     SandboxLayout,
     StepRunner,
-    check_step_limits,
     credential_paths,
     find_bwrap,
     hidden_paths,
@@ -50,6 +49,7 @@ from graven.build.sandbox import (
     masked_files,
     probe_bubblewrap,
     resolver_files,
+    step_limits_here,
     user_homes,
 )
 from graven.build.steps import BuildLog, clean_environment, run_steps
@@ -270,6 +270,13 @@ def _read_lockfiles(repo: GitRepo, commit: str, pipeline: Pipeline) -> dict[str,
     return found
 
 
+def _warn_lowered_limits(ctx: Context) -> None:
+    """Say when the steps cannot get graven's fixed limits here (a hard limit below them)."""
+    warning = step_limits_here()[1]
+    if warning is not None:
+        ctx.reporter.warn(warning)
+
+
 def _runner(
     ctx: Context, repo: GitRepo, pipeline: Pipeline, ws: Workspace, *, epoch: int, variation: Variation
 ) -> StepRunner:
@@ -277,13 +284,13 @@ def _runner(
     passed = passed_environment(pipeline.build.env)
     if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
         check_unsandboxed_allowed()
-        check_step_limits()
+        _warn_lowered_limits(ctx)
         env = clean_environment(
             home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=host_path, passed=passed
         )
         return HostRunner(ws.work, env, umask=variation.umask, vary_limits=variation.vary_limits)
     bwrap = probe_bubblewrap(find_bwrap())
-    check_step_limits()
+    _warn_lowered_limits(ctx)
     env = clean_environment(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
     )

@@ -362,22 +362,27 @@ def test_private_device_nodes_get_the_commit_time(tmp_path: Path) -> None:
         assert (info.st_mtime, info.st_atime) == (1704164645, 1704164645)
 
 
-def test_limits_above_a_hard_limit_that_cannot_be_raised_are_refused_in_one_line() -> None:
-    from graven.build.sandbox import STEP_LIMITS, StepLimit, limits_problem
+def test_limits_above_a_hard_limit_that_cannot_be_raised_are_lowered_to_it_with_one_warning() -> None:
+    from graven.build.sandbox import STEP_LIMITS, StepLimit, clamp_limits
 
     inf = -1
     usual = {limit.name: (limit.soft, inf) for limit in STEP_LIMITS}
-    assert limits_problem(usual, can_raise=False) is None
-    low = {**usual, "RLIMIT_NOFILE": (1024, 2000)}
-    problem = limits_problem(low, can_raise=False)
-    assert problem is not None and "\n" not in problem
-    assert "open files (ulimit -n) 1024 soft and 4096 hard" in problem and "hard limit is 2000" in problem
-    assert limits_problem(low, can_raise=True) is None  # CAP_SYS_RESOURCE raises it
-    stack = limits_problem({"RLIMIT_STACK": (8 << 20, 1 << 30)}, can_raise=False)
-    assert stack is not None and "stack size (ulimit -s) 8388608 soft and unlimited hard" in stack
-    assert limits_problem({}, can_raise=False) is None  # a resource this system lacks
+    assert clamp_limits(usual, can_raise=False) == (list(STEP_LIMITS), None)
+    low = {**usual, "RLIMIT_NOFILE": (1024, 2000), "RLIMIT_NPROC": (100, 500)}
+    given, warning = clamp_limits(low, can_raise=False)
+    by_name = {limit.name: (limit.soft, limit.hard) for limit in given}
+    assert by_name["RLIMIT_NOFILE"] == (1024, 2000)  # the soft limit fits under the lower hard one
+    assert by_name["RLIMIT_NPROC"] == (500, 500)  # lowered with it
+    assert by_name["RLIMIT_CORE"] == (0, 0)  # the others as they are
+    assert warning is not None and "\n" not in warning
+    assert "open files (ulimit -n) 2000 (not 4096)" in warning
+    assert "user processes (ulimit -u) 500 (not 8192)" in warning
+    assert clamp_limits(low, can_raise=True) == (list(STEP_LIMITS), None)  # CAP_SYS_RESOURCE raises it
+    stack = clamp_limits({"RLIMIT_STACK": (8 << 20, 1 << 30)}, can_raise=False)[1]
+    assert stack is not None and f"stack size (ulimit -s) {1 << 30} (not unlimited)" in stack
+    assert clamp_limits({}, can_raise=False) == (list(STEP_LIMITS), None)  # lacks them: asks nothing
     core = [StepLimit("RLIMIT_CORE", "core", 0, 0)]
-    assert limits_problem({"RLIMIT_CORE": (0, 0)}, can_raise=False, limits=core) is None
+    assert clamp_limits({"RLIMIT_CORE": (0, 0)}, can_raise=False, limits=core) == (core, None)
 
 
 def test_check_varies_every_finite_soft_limit() -> None:
