@@ -56,7 +56,8 @@ def main() -> int:
         for name in ("src", "work", "home", "tmp"):
             (root / name).mkdir()
         host_path = os.environ.get("PATH")
-        layout = SandboxLayout(root / "src", root / "work", root / "home", host_root_entries())
+        # with the commit time, as a build makes it: the step's shell touches /tmp and /dev first
+        layout = SandboxLayout(root / "src", root / "work", root / "home", host_root_entries(), epoch=0)
         sandboxed = BubblewrapRunner(
             bwrap,
             layout,
