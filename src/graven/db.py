@@ -374,7 +374,7 @@ class Connection(Protocol):
         ...
 
 
-_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_PARAM = r"(?<![:\w]):([A-Za-z_]\w*)"  # compiled on first use (re caches it): start-up
 
 
 def _expand(sql: str, params: Params) -> tuple[str, dict[str, Any]]:
@@ -398,7 +398,7 @@ def _expand(sql: str, params: Params) -> tuple[str, dict[str, Any]]:
             return "(SELECT NULL WHERE 1 = 0)"
         return "(" + ", ".join(f":{name}__{i}" for i in range(len(value))) + ")"
 
-    return _PARAM.sub(replace, sql), flat
+    return re.sub(_PARAM, replace, sql), flat
 
 
 # -- SQLite through the standard library -----------------------------------------------------------
@@ -1090,74 +1090,73 @@ def _reason(exc: Exception) -> str:
 
 # What a PostgreSQL error (libpq's words, which name neither) means for the user, and what to do:
 # (pattern, whether it is a mistake in GRAVEN_DB_URL (exit 2, as a typo in an SQLite path), hint).
-_PG_HINTS: tuple[tuple[re.Pattern[str], bool, str], ...] = (
+# The patterns are compiled on first use (an error), not when every command imports this module.
+_PG_HINTS: tuple[tuple[str, bool, str], ...] = (
     (
-        re.compile(r"password authentication failed|no password supplied|authentication failed for user"),
+        r"password authentication failed|no password supplied|authentication failed for user",
         True,
         "correct the user or password in GRAVEN_DB_URL (or in ~/.pgpass)",
     ),
     (
-        re.compile(r'role "[^"]*" does not exist'),
+        r'role "[^"]*" does not exist',
         True,
         "correct the user in GRAVEN_DB_URL, or create that role on the server (createuser)",
     ),
     (
-        re.compile(r'database "[^"]*" does not exist'),
+        r'database "[^"]*" does not exist',
         True,
         "correct the database in GRAVEN_DB_URL, or create it on the server (createdb)",
     ),
     (
-        re.compile(r"invalid connection option|bad value for|invalid \w+ value|invalid port number"),
+        r"invalid connection option|bad value for|invalid \w+ value|invalid port number",
         True,
         "correct the query parameters of GRAVEN_DB_URL (libpq's connection parameters)",
     ),
     (
-        re.compile(
-            r"Connection refused|could not connect|server closed the connection|terminating connection"
-            r"|the database system is (?:shutting down|starting up|in recovery)|connection is (?:closed|lost)"
-            r"|consuming input failed|on socket .* failed: No such file"
-        ),
+        r"Connection refused|could not connect|server closed the connection|terminating connection"
+        r"|the database system is (?:shutting down|starting up|in recovery)|connection is (?:closed|lost)"
+        r"|consuming input failed|on socket .* failed: No such file",
         False,
         "is the PostgreSQL server running and reachable? start it (or wait for its restart), then run "
         "this command again",
     ),
     (
-        re.compile(r"failed to resolve host|could not translate host name"),
+        r"failed to resolve host|could not translate host name",
         False,
         "check the host in GRAVEN_DB_URL and this machine's network",
     ),
     (
-        re.compile(r"too many clients|remaining connection slots are reserved|too many connections for"),
+        r"too many clients|remaining connection slots are reserved|too many connections for",
         False,
         "the server has no free connection (max_connections, or a CONNECTION LIMIT of the role or "
         "database); try again when fewer clients are connected, or raise the limit",
     ),
     (
-        re.compile(r"permission denied for schema"),
+        r"permission denied for schema",
         False,
         "this user may not create graven's tables there; make it the database's owner, or GRANT CREATE "
         "ON SCHEMA to it",
     ),
     (
-        re.compile(r"permission denied for (?:table|sequence|relation)|must be owner of"),
+        r"permission denied for (?:table|sequence|relation)|must be owner of",
         False,
         "this user may not change graven's tables; run this command as a user who may (one that only "
         "reads, such as status or log verify, needs SELECT alone)",
     ),
     (
-        re.compile(r"permission denied for database"),
+        r"permission denied for database",
         False,
         "this user may not connect to that database; GRANT CONNECT ON DATABASE to it",
     ),
     (
-        re.compile(r"due to statement timeout|idle-in-transaction (?:session )?timeout"),
+        r"due to statement timeout|idle-in-transaction (?:session )?timeout",
         False,
         "the server's statement_timeout or idle_in_transaction_session_timeout (of the role, the "
         "database or the URL's options) stopped graven; lift it for graven's user (ALTER ROLE ... SET "
         "statement_timeout = 0)",
     ),
     (
-        re.compile(r"in a read-only transaction|recovery is in progress"),
+        r"in a read-only transaction|recovery is in progress",
         False,
         "the server only reads (a standby, or default_transaction_read_only); point GRAVEN_DB_URL at the "
         "primary",
@@ -1171,7 +1170,7 @@ def _alchemy_error(exc: Exception) -> GravenError:
     BackendError (exit 1) otherwise."""
     text = _reason(exc)
     for pattern, bad_input, hint in _PG_HINTS:
-        if pattern.search(text):
+        if re.search(pattern, text):
             kind = ConfigError if bad_input else BackendError
             return kind(f"database error: {text}: {hint}")
     return BackendError(f"database error: {text}")
@@ -1231,7 +1230,7 @@ def _names_database(url: str) -> bool:
 
 
 # query parameters that carry a secret (libpq's password, sslpassword; common spellings)
-_SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:[a-z_]*pass(?:word|wd)?|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
+_SECRET_QUERY = r"((?:^|[?&;])(?:[a-z_]*pass(?:word|wd)?|pwd|secret|token)=)[^&;]*"  # noqa: S105 - a pattern
 
 
 def _unusable(url: str, exc: BaseException) -> ConfigError:
@@ -1264,4 +1263,4 @@ def redacted_url(url: str) -> str:
         shown = sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<invalid URL>"
-    return _SECRET_QUERY.sub(r"\1***", shown)
+    return re.sub(_SECRET_QUERY, r"\1***", shown, flags=re.IGNORECASE)
