@@ -744,7 +744,7 @@ class _AlchemyConnection:
                     return Result((), 0)
                 result = conn.execute(sa.text(sql), list(params))
         except sa.exc.SQLAlchemyError as exc:
-            raise _alchemy_error(exc) from exc
+            raise _alchemy_error(exc, where=_engine_url(self.conn.engine)) from exc
         if not result.returns_rows:
             return Result((), result.rowcount)
         row_type = _row_type(tuple(result.keys()))
@@ -822,7 +822,7 @@ class _AlchemyDatabase:
                 ):
                     yield _AlchemyConnection(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise _alchemy_error(exc) from exc
+            raise _alchemy_error(exc, where=_engine_url(self.engine)) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -1149,6 +1149,12 @@ _PG_HINTS: tuple[tuple[str, bool, str], ...] = (
         "this user may not connect to that database; GRANT CONNECT ON DATABASE to it",
     ),
     (
+        r"due to lock timeout",
+        False,
+        "another transaction held a row or table graven needed for more than 60 s (a stuck one shows "
+        "in pg_stat_activity); try again when it is done",
+    ),
+    (
         r"due to statement timeout|idle-in-transaction (?:session )?timeout",
         False,
         "the server's statement_timeout or idle_in_transaction_session_timeout (of the role, the "
@@ -1164,16 +1170,27 @@ _PG_HINTS: tuple[tuple[str, bool, str], ...] = (
 )
 
 
-def _alchemy_error(exc: Exception) -> GravenError:
+def _alchemy_error(exc: Exception, *, where: str | None = None) -> GravenError:
     """A database error of SQLAlchemy or psycopg as one line that says what to do: a ConfigError
     (exit 2) when GRAVEN_DB_URL is wrong (a user, password or database the server does not know), a
-    BackendError (exit 1) otherwise."""
+    BackendError (exit 1) otherwise. ``where``: the database, as it may be shown (libpq's messages
+    do not name it), said at the end."""
     text = _reason(exc)
+    at = f" (database {where})" if where else ""
     for pattern, bad_input, hint in _PG_HINTS:
         if re.search(pattern, text):
             kind = ConfigError if bad_input else BackendError
-            return kind(f"database error: {text}: {hint}")
-    return BackendError(f"database error: {text}")
+            return kind(f"database error: {text}: {hint}{at}")
+    return BackendError(f"database error: {text}{at}")
+
+
+def _engine_url(engine: Any) -> str | None:
+    """The URL of a SQLAlchemy engine as it may be shown (no password, none in the query)."""
+    try:
+        shown = str(engine.url.render_as_string(hide_password=True))
+    except Exception:  # a detail of a message: never an error of its own
+        return None
+    return re.sub(_SECRET_QUERY, r"\1***", shown, flags=re.IGNORECASE)
 
 
 _SUPPORTED = "use sqlite:////ABSOLUTE/PATH or postgresql+psycopg://USER@HOST[:PORT]/DATABASE"

@@ -64,6 +64,52 @@ def test_a_writer_waits_for_another_a_bounded_time(
         waiter.close()
 
 
+def test_a_lock_held_past_the_wait_after_the_write_lock_says_so_and_names_the_database(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction outside graven (a DBA's, say) holding a table graven writes: the statement's
+    lock timeout says what it is and what to do, and names the database, as SQLite's errors name the
+    file (libpq's words name neither; found left open by a review)."""
+    import sqlalchemy as sa
+
+    import graven.db
+    from graven.db import Database
+    from graven.errors import BackendError
+
+    monkeypatch.setattr(graven.db, "_LOCK_WAIT_MS", 300)
+    db = Database.open(postgres_url)
+    other = sa.create_engine(postgres_url)
+    try:
+        with db.begin() as conn:  # the schema exists
+            conn.execute("SELECT 1")
+        with other.connect() as holder, holder.begin():
+            holder.execute(sa.text("LOCK TABLE deploy_envs IN ACCESS EXCLUSIVE MODE"))
+            with pytest.raises(BackendError) as caught, db.begin() as conn:
+                conn.execute("SELECT count(*) FROM deploy_envs")
+        message = caught.value.message
+        assert message.startswith("database error: canceling statement due to lock timeout"), message
+        assert "held a row or table graven needed" in message and "pg_stat_activity" in message
+        assert message.endswith(f"(database {sa.engine.make_url(postgres_url).render_as_string()})")
+        assert "\n" not in message
+    finally:
+        other.dispose()
+        db.close()
+
+
+def test_a_database_named_in_an_error_shows_no_password() -> None:
+    import sqlalchemy as sa
+
+    from graven.db import _engine_url
+
+    engine = sa.create_engine("postgresql+psycopg://graven:s3cret@db.example/graven?sslpassword=k3y")
+    try:
+        shown = _engine_url(engine)
+    finally:
+        engine.dispose()
+    assert shown is not None and "s3cret" not in shown and "k3y" not in shown, shown
+    assert shown.startswith("postgresql+psycopg://graven:***@db.example/graven"), shown
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -165,6 +211,7 @@ def test_a_server_that_is_down_says_to_start_it(tmp_path: Path) -> None:
         ("FATAL:  sorry, too many clients already", "the server has no free connection"),
         ("FATAL:  remaining connection slots are reserved for roles", "the server has no free connection"),
         ("canceling statement due to statement timeout", "lift it for graven's user"),
+        ("canceling statement due to lock timeout", "held a row or table graven needed"),
         ("terminating connection due to administrator command", "is the PostgreSQL server running"),
         ("FATAL:  the database system is shutting down", "is the PostgreSQL server running"),
         ("cannot execute INSERT in a read-only transaction", "point GRAVEN_DB_URL at the primary"),
