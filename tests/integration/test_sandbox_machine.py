@@ -187,6 +187,9 @@ def test_a_caller_whose_hard_limit_is_below_the_steps_builds_with_it_and_is_warn
     assert "open files (ulimit -n) 2000 (not 4096)" in warned[0], low.stderr
     assert "builds differently on this machine" in warned[0], low.stderr
     assert _read(run_cli, digest, tmp_path, "n").split() == ["2000"]
+    checked = _graven_with_limits({"RLIMIT_NOFILE": (1000, 2000)}, "build", "-C", repo, "--check")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr.count("open files (ulimit -n)") == 1, checked.stderr  # not again for the second
 
 
 def test_check_varies_the_callers_limits_and_catches_a_step_that_sees_them(

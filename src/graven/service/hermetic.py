@@ -270,8 +270,11 @@ def _read_lockfiles(repo: GitRepo, commit: str, pipeline: Pipeline) -> dict[str,
     return found
 
 
-def _warn_lowered_limits(ctx: Context) -> None:
-    """Say when the steps cannot get graven's fixed limits here (a hard limit below them)."""
+def _warn_lowered_limits(ctx: Context, variation: Variation) -> None:
+    """Say when the steps cannot get graven's fixed limits here (a hard limit below them): once, in
+    the first build (``build --check``'s second, with varied limits, would say it again)."""
+    if variation.vary_limits:
+        return
     warning = step_limits_here()[1]
     if warning is not None:
         ctx.reporter.warn(warning)
@@ -284,13 +287,13 @@ def _runner(
     passed = passed_environment(pipeline.build.env)
     if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
         check_unsandboxed_allowed()
-        _warn_lowered_limits(ctx)
+        _warn_lowered_limits(ctx, variation)
         env = clean_environment(
             home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=host_path, passed=passed
         )
         return HostRunner(ws.work, env, umask=variation.umask, vary_limits=variation.vary_limits)
     bwrap = probe_bubblewrap(find_bwrap())
-    _warn_lowered_limits(ctx)
+    _warn_lowered_limits(ctx, variation)
     env = clean_environment(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
     )
