@@ -635,18 +635,36 @@ def clamp_limits(
 
 
 _CAP_SYS_RESOURCE: Final = 24
+_INIT_USER_NS: Final = 0xEFFFFFFD  # PROC_USER_INIT_INO: the inode of the initial user namespace
+
+
+def _in_initial_user_namespace() -> bool:
+    """Whether this process is in the initial user namespace, where alone a capability raises a hard
+    limit (the kernel asks ``capable()``: a user namespace's root, which has every capability there,
+    still cannot). True where this cannot be told (no /proc)."""
+    try:
+        return os.stat("/proc/self/ns/user").st_ino == _INIT_USER_NS
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as handle:
+            return handle.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
 
 
 def _can_raise_limits() -> bool:
-    """Whether this process may raise hard limits (CAP_SYS_RESOURCE in its effective set)."""
+    """Whether this process may raise hard limits: CAP_SYS_RESOURCE in its effective set, in the
+    initial user namespace (root in a rootless container or ``unshare -r`` has it in its own only)."""
     try:
         with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
             for line in handle:
                 if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+                    capable = bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+                    return capable and _in_initial_user_namespace()
     except (OSError, ValueError, IndexError):
         pass
-    return os.geteuid() == 0
+    return os.geteuid() == 0 and _in_initial_user_namespace()
 
 
 def current_limits(limits: Sequence[StepLimit] | None = None) -> dict[str, tuple[int, int]]:

@@ -408,3 +408,41 @@ def test_a_step_limit_that_cannot_be_set_is_one_line(tmp_path: Path, monkeypatch
     assert message.startswith("cannot give the build steps their limit of core file size (ulimit -c)")
     assert "\n" not in message
     assert not (tmp_path / "ran").exists()  # the step never ran
+
+
+_IN_A_USER_NAMESPACE = """
+import json, pathlib, resource, sys
+from graven.build.sandbox import HostRunner, step_limits_here
+resource.setrlimit(resource.RLIMIT_NOFILE, (1000, 2000))
+warning = step_limits_here()[1]
+out = pathlib.Path(sys.argv[1])
+runner = HostRunner(out, {"PATH": "/usr/bin:/bin"})
+with open(out / "log", "wb") as log:
+    code = runner.run("ulimit -Hn > n", log=log, timeout=30, network=False)
+print(json.dumps({"warning": warning, "code": code, "n": (out / "n").read_text().strip()}))
+"""
+
+
+def test_root_of_a_user_namespace_gets_lowered_limits_not_a_refusal(tmp_path: Path) -> None:
+    """Root in a user namespace of its own (a rootless container, ``unshare -r``) has CAP_SYS_RESOURCE
+    in its effective set, but the kernel lets only the initial namespace's raise a hard limit: graven
+    took it for one that may, asked for the steps' 4096 open files and refused every build."""
+    import subprocess
+    import sys
+
+    require_tool("unshare")
+    if subprocess.run(["unshare", "--user", "--map-root-user", "true"], check=False).returncode != 0:
+        unavailable("no user namespaces here")
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-c", _IN_A_USER_NAMESPACE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    import json
+
+    seen = json.loads(done.stdout)
+    assert seen["code"] == 0 and seen["n"] == "2000", seen
+    assert "open files (ulimit -n) 2000 (not 4096)" in (seen["warning"] or ""), seen
