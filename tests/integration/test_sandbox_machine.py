@@ -111,6 +111,23 @@ def test_unsandboxed_home_and_tmpdir_have_the_commit_time(
     assert _read(run_cli, digest, tmp_path, "times").split() == [epoch] * 4 + ["1024"]
 
 
+def test_unsandboxed_tmpdir_keeps_the_commit_time_after_the_tool_probes(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``tools`` are asked their version as a step runs, before the steps: the probe's ``mktemp`` in
+    TMPDIR gave that directory the time of the build, after graven had given it the commit's."""
+    monkeypatch.setenv("GRAVEN_ALLOW_UNSANDBOXED", "1")
+    step = 'mkdir -p out && stat -c "%Y" "$HOME" "$TMPDIR" > out/times'
+    extra = 'sandbox = "none"\ntools = ["python3"]\n'
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step, extra=extra))
+    digest = _build(run_cli, repo)
+    assert _read(run_cli, digest, tmp_path, "times").split() == [str(COMMIT_EPOCH)] * 2
+
+
 def _graven_with_limits(
     limits: dict[str, tuple[int, int]], *args: object
 ) -> subprocess.CompletedProcess[str]:

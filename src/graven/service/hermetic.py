@@ -521,13 +521,15 @@ def run_step_build(
             from_worktree=from_worktree,
         )
         copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
-        # HOME and (without a sandbox) TMPDIR: made now, shown with the commit's time as the checkout is
-        settle_tree(ws.home, epoch)
-        settle_tree(ws.tmp, epoch)
         tools = [
             ResourceRef(t.ref_name, f"sha256:{t.sha256}")
             for t in resolve_tools(build.tools, runner.env, _tool_probe(runner, ws))
         ]
+        # HOME and (without a sandbox) TMPDIR: made now, shown with the commit's time as the checkout
+        # is; after the tools' probes, which run as steps do (their mktemp writes TMPDIR, a tool's
+        # --version may write HOME)
+        settle_tree(ws.home, epoch)
+        settle_tree(ws.tmp, epoch)
         fetched: list[FetchedFile] = []
         restored = False
         snapshot = ws.root / "fetched"  # not visible to any step
