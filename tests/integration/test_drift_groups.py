@@ -380,3 +380,51 @@ def test_what_a_graven_that_never_compared_groups_verified_is_checked_again(
         assert code == 1 and found(doc) == {("out/top.py", "attributes")}, doc
     finally:
         world.close()
+
+
+def give_other_group_as_recorded(layout: EnvLayout, key: bytes, path: Path) -> None:
+    """``path`` given the group OTHER and its stat recorded again, with no group recorded for any
+    release: what a graven that compared no group left after it hard-linked a file of a release made
+    in another group into the next one (and recorded it, as it records every link)."""
+    table = StatTable.load(layout.stat_file, key)
+    sha = table.inodes[path.lstat().st_ino][0]
+    os.chown(path, -1, OTHER)
+    table.record(path.lstat(), sha)
+    table.groups.clear()
+    table.save(layout.stat_file, key)
+
+
+def test_a_file_of_another_group_that_the_stat_table_vouches_for_is_drift_for_the_default_check_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its record vouched for the file: the default check said clean where --full named it."""
+    world, _digest = ignoring(tmp_path, monkeypatch, [])
+    try:
+        release = release_of(world)
+        layout = EnvLayout(world.env_dir("staging"))
+        give_other_group_as_recorded(layout, world.ctx().record_key, release / "out/top.py")
+        for mode in (("--full",), ()):
+            code, doc = drift(capsys, "staging", *mode)
+            assert code == 1 and found(doc) == {("out/top.py", "attributes")}, (mode, doc)
+    finally:
+        world.close()
+
+
+def test_a_release_with_a_file_of_another_group_is_not_taken_back_by_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rollback found the release intact by its records alone, recorded its directory's group for it
+    and took it back with that file in another group, which --full then named."""
+    world = make_world(tmp_path, monkeypatch)
+    try:
+        layout, key, hex1 = upgraded_from_v4(world)
+        linked = next(p for p in layout.release(hex1).rglob("*") if p.is_file() and not p.is_symlink())
+        give_other_group_as_recorded(layout, key, linked)
+        code, _out, err = run_cli(capsys, "rollback", "staging", "--root", str(world.root))
+        assert code == 0, err
+        assert "rebuilding it from the store" in err, err
+        assert set(groups(layout.release(hex1)).values()) == {os.getegid()}
+        code, doc = drift(capsys, "--full", "staging")
+        assert code == 0 and found(doc) == set(), doc
+    finally:
+        world.close()

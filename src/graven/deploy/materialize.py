@@ -1064,16 +1064,29 @@ def _hash_file(base: str, path: str, seen: os.stat_result) -> tuple[str, os.stat
     return (digest.hexdigest(), after) if _identity(after) == _identity(seen) else None
 
 
-def _check_by_stat(root: Path, manifest: TreeManifest, table: StatTable) -> bool:
-    """True when the root, every directory and every file still have the stat graven recorded. An
-    unchanged directory still holds exactly the entries graven made (adding, removing or replacing one
-    changes its ctime), so its symlinks and its lack of extra entries need no reading."""
+def _check_by_stat(
+    root: Path, manifest: TreeManifest, table: StatTable, owner: int | None = None, group: int | None = None
+) -> bool:
+    """True when the root, every directory and every file still have the stat graven recorded, and the
+    owner and group the release was deployed with (``owner``, ``group``: as the stat table records
+    them; None: the root's). An unchanged directory still holds exactly the entries graven made
+    (adding, removing or replacing one changes its ctime), so its symlinks and its lack of extra
+    entries need no reading. A record alone does not vouch for the owner or group: a graven that
+    compared no group (or no owner) hard-linked a file of a release made with another one into the next
+    release and recorded it there."""
     base = str(root)
     try:
-        if not table.matches(os.lstat(base), DIR_SHA):
+        root_st = os.lstat(base)
+        uid = root_st.st_uid if owner is None else owner
+        gid = root_st.st_gid if group is None else group
+
+        def matches(st: os.stat_result, sha256: str) -> bool:
+            return st.st_uid == uid and st.st_gid == gid and table.matches(st, sha256)
+
+        if not matches(root_st, DIR_SHA):
             return False
         seen_dirs: set[str] = {""}
-        lstat, matches = os.lstat, table.matches
+        lstat = os.lstat
         for entry in manifest.entries:
             parent = entry.path.rpartition("/")[0]
             while parent not in seen_dirs:  # each directory once, the first time an entry is below it
@@ -1275,7 +1288,7 @@ def _check_release(
     owner: int | None,
     group: int | None,
 ) -> ReleaseCheck:
-    if _check_by_stat(root, manifest, table):
+    if _check_by_stat(root, manifest, table, owner, group):
         return ReleaseCheck(by_stat=True)
     found = _scan(root)
     if found is None:

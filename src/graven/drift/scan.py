@@ -401,6 +401,13 @@ def scan_release(
     return scanned
 
 
+def _deployers(st: os.stat_result, owner: int, group: int) -> bool:
+    """Whether ``st`` has the release's owner and group. A stat record alone does not say so: a graven
+    that compared no group (or no owner) hard-linked a file of a release made with another one into the
+    next release and recorded it there, unchanged since; only its stat shows it."""
+    return st.st_uid == owner and st.st_gid == group
+
+
 def _fast_scan(
     base: str,
     index: ReleaseIndex,
@@ -455,13 +462,18 @@ def _fast_scan(
             continue
         changed = True
         records, recorded_at = deployed()
-        if records.get(st.st_ino) == (
-            DIR_SHA,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_mode,
-        ) and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at):
+        if (
+            records.get(st.st_ino)
+            == (
+                DIR_SHA,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_mode,
+            )
+            and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
+            and _deployers(st, owner, group)
+        ):
             new_dirs[i] = record  # the deploy made exactly these entries and nothing changed since
             continue
         try:
@@ -521,13 +533,18 @@ def _fast_scan(
             continue
         changed = True
         records, recorded_at = deployed()
-        if records.get(st.st_ino) == (
-            entry.sha256,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            mode,
-        ) and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at):
+        if (
+            records.get(st.st_ino)
+            == (
+                entry.sha256,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                mode,
+            )
+            and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
+            and _deployers(st, owner, group)
+        ):
             new_files[i] = record_f
             observed[path] = Observed("file", S_IMODE(mode), st.st_size)
             continue
