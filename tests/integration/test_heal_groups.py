@@ -5,6 +5,7 @@ anything changes (as a heal by a user that could not give an owner back)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -151,3 +152,28 @@ def test_a_deployer_in_the_group_leaves_the_group_of_another_users_directory_to_
     assert code == 0, error
     st = (release / "app").lstat()
     assert (st.st_uid, st.st_gid) == (12346, NOBODY)
+
+
+def test_root_never_gives_away_what_the_deployer_put_in_place_of_a_new_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root's heal made the link under a temporary name in the deployer's directory, then gave that name
+    to the deployer and the group by name (lchown): the deployer, who may write there, could put a hard
+    link to another file in its place (inotify names it), and root's heal gave that file away."""
+    store, release, plan, holder = nobodys_release(tmp_path)
+    os.close(holder)
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    real_symlink = os.symlink
+
+    def deployer_swaps(target: str, name: str, *, dir_fd: int | None = None) -> None:
+        real_symlink(target, name, dir_fd=dir_fd)
+        if dir_fd is not None and os.fstat(dir_fd).st_uid == NOBODY:  # only where nobody may write
+            os.unlink(name, dir_fd=dir_fd)
+            os.link(victim, name, dst_dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "symlink", deployer_swaps)
+    with contextlib.suppress(BackendError, OSError):
+        apply_heal(store, release, plan, StatTable(), ignore=GlobSet.of([]), owner=NOBODY, group=GROUP)
+    st = victim.lstat()
+    assert (st.st_uid, st.st_gid) == (0, 0)

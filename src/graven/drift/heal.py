@@ -308,20 +308,47 @@ def _write_all(fd: int, data: bytes) -> None:
 def _write_link(dir_fd: int, name: str, target: str, give: int = -1, group: int = -1) -> None:
     """Make ``name`` in ``dir_fd`` a symlink to ``target`` via a temporary name and a rename; ``give``:
     the uid the link itself (never its target) is given to first (-1: it stays the heal's user's),
-    ``group``: the gid it is given when it was made with another (-1: whatever it was made with)."""
-    tmp = f".graven-heal-{os.urandom(6).hex()}"
-    os.symlink(target, tmp, dir_fd=dir_fd)
-    try:
+    ``group``: the gid it is given when it was made with another (-1: whatever it was made with).
+
+    A link cannot be opened, so it is given by name (``lchown``): the link is made and given in a
+    directory of this process's own (:func:`_private_dir`), then renamed into place. Made in ``dir_fd``,
+    which the deployer may write, the deployer could put a hard link to another file in its place
+    between the two calls, and root's heal would give that file away."""
+    link = "link"
+    with _private_dir(dir_fd) as private:
+        os.symlink(target, link, dir_fd=private)
         gid = -1
-        if group >= 0 and os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_gid != group:
+        if group >= 0 and os.stat(link, dir_fd=private, follow_symlinks=False).st_gid != group:
             gid = group
         if give >= 0 or gid >= 0:
-            os.chown(tmp, give, gid, dir_fd=dir_fd, follow_symlinks=False)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError:
+            os.chown(link, give, gid, dir_fd=private, follow_symlinks=False)
+        os.rename(link, name, src_dir_fd=private, dst_dir_fd=dir_fd)
+
+
+@contextlib.contextmanager
+def _private_dir(dir_fd: int) -> Iterator[int]:
+    """A new, empty directory in ``dir_fd`` that only this process's user may write (0700), open
+    (not followed: the one it made, checked by its owner, mode and emptiness); removed at the end with
+    what is left in it."""
+    tmp = f".graven-heal-{os.urandom(6).hex()}"
+    os.mkdir(tmp, 0o700, dir_fd=dir_fd)
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077 or os.listdir(fd):
+                raise OSError(errno.EEXIST, f"{tmp} was replaced while it was made")
+            try:
+                yield fd
+            finally:
+                for left in os.listdir(fd):
+                    with contextlib.suppress(OSError):
+                        os.unlink(left, dir_fd=fd)
+        finally:
+            os.close(fd)
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
+            os.rmdir(tmp, dir_fd=dir_fd)
 
 
 def _remove(dirs: _Dirs, parent_fd: int, name: str, rel: str, ignore: GlobSet) -> bool:
