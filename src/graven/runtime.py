@@ -89,7 +89,11 @@ class GroupWatchdog:
         import subprocess  # here: most commands run no command of their own (start-up)
 
         self._proc: subprocess.Popen[bytes] | None = None
-        read_end, self._write_end = os.pipe()  # not inheritable: the step started before it anyway
+        self._write_end = -1
+        try:
+            read_end, self._write_end = os.pipe()  # not inheritable: the step started before it anyway
+        except OSError:  # no descriptor to spare (EMFILE): as with no process to spare, below
+            return
         try:
             self._proc = subprocess.Popen(
                 ["/bin/sh", "-c", self._SCRIPT, "graven-watchdog", str(group)],

@@ -44,12 +44,14 @@ of reach without namespaces: that is what the bubblewrap sandbox (a PID namespac
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -856,12 +858,15 @@ def _run_logged(
         finally:
             if theirs is not None:
                 theirs.close()
-        watchdog = GroupWatchdog(proc.pid) if adopt_orphans else None
+        deadline = time.monotonic() + timeout  # the gate, the data and the step: one timeout in all
+        watchdog: GroupWatchdog | None = None
         try:
+            if adopt_orphans:
+                watchdog = GroupWatchdog(proc.pid)
             if ours is not None and stdin_data is not None:
                 with ours:
-                    _start(proc, ours, stdin_data, limits, timeout)
-            _wait_exited(proc, timeout)
+                    _start(proc, ours, stdin_data, limits, deadline=deadline, timeout=timeout)
+            _wait_exited(proc, deadline, timeout)
         finally:  # a normal end, the timeout or an interrupt: nothing the step started outlives it
             _kill_group(proc, watchdog)
         return proc.returncode
@@ -876,36 +881,52 @@ def _start(
     sock: socket.socket,
     data: bytes,
     limits: Sequence[tuple[int, int, int]],
+    *,
+    deadline: float,
     timeout: int,
 ) -> None:
     """Wait for the gate's byte on ``sock``, set ``limits`` on ``proc``, send ``data`` (the caller
     closes ``sock``: the end of the data). A command that ended first gets nothing (its exit code
-    tells)."""
-    sock.settimeout(timeout)
+    tells). Waiting for the gate or for the command to take the data ends at ``deadline`` (a
+    ``time.monotonic()``) with TimeoutExpired, as the step's own ``timeout`` does."""
     try:
+        sock.settimeout(_left(deadline))
         ready = sock.recv(1)
+        if not ready:
+            return
+        _apply_limits(proc.pid, limits)
+        sock.settimeout(_left(deadline))
+        sock.sendall(data)
     except TimeoutError:
         raise subprocess.TimeoutExpired(proc.args, timeout) from None
-    except OSError:
+    except OSError:  # the command ended first (a broken pipe, a reset): its exit code tells
         return
-    if not ready:
-        return
-    _apply_limits(proc.pid, limits)
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        sock.sendall(data)
 
 
-def _wait_exited(proc: subprocess.Popen[bytes], timeout: int) -> None:
-    """Return once ``proc`` has exited, without reaping it; raise TimeoutExpired after ``timeout`` s."""
+def _left(deadline: float) -> float:
+    """The seconds left until ``deadline``; none left is a timeout."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
+
+def _wait_exited(proc: subprocess.Popen[bytes], deadline: float, timeout: int) -> None:
+    """Return once ``proc`` has exited, without reaping it; raise TimeoutExpired (naming ``timeout``)
+    at ``deadline`` (a ``time.monotonic()``)."""
+    left = max(0.0, deadline - time.monotonic())
     try:
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # before Linux 5.3: wait (and reap) the usual way
-        proc.wait(timeout=timeout)
+        try:
+            proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            raise subprocess.TimeoutExpired(proc.args, timeout) from None
         return
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
-        if not poller.poll(timeout * 1000):
+        if not poller.poll(math.ceil(left * 1000)):
             raise subprocess.TimeoutExpired(proc.args, timeout)
     finally:
         os.close(pidfd)
