@@ -919,3 +919,32 @@ def test_an_old_attestation_that_cannot_be_removed_is_named_not_the_archive(
     code, _, err = run_cli("export", artifact[1], "-o", out, "--attestation", envelope)
     assert code == 2 and f"cannot remove {envelope}, the attestation of the archive this export" in err
     assert not out.exists() and not list(tmp_path.glob(".x.tar.zst.tmp-*"))
+
+
+def test_an_export_never_writes_through_what_stands_at_its_temporary_names(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run
+) -> None:
+    """The temporary names are predictable (``.NAME.tmp-PID-HOST``): in a shared directory such as /tmp,
+    another user could put a symlink there to a file of the exporter's (root's export wrote the archive
+    into it and renamed the link into place), or a file of their own (which they could change after the
+    export). The temporary files are made new, never opened through what stood there."""
+    from graven.archive.writer import temp_beside
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not an archive: must stay as it is\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    out, envelope = shared / "x.tar.zst", shared / "x.intoto.json"
+    temp_beside(out).symlink_to(victim)
+    planted = temp_beside(envelope)
+    planted.write_bytes(b"someone else's file")
+    kept = tmp_path / "kept"  # a second name: the planted inode stays, and no new file can reuse it
+    os.link(planted, kept)
+    code, _, err = run_cli("export", artifact[1], "-o", out, "--attestation", envelope)
+    assert code == 0, err
+    assert victim.read_bytes() == b"not an archive: must stay as it is\n"
+    assert not out.is_symlink() and out.is_file()
+    assert run_cli("import", out, "--attestation", envelope)[0] == 0
+    assert kept.read_bytes() == b"someone else's file"
+    assert envelope.stat().st_ino != kept.stat().st_ino
+    assert sorted(p.name for p in shared.iterdir()) == ["x.intoto.json", "x.tar.zst"]

@@ -455,9 +455,8 @@ def write_archive_file(
     if problem is not None:  # before creating any file
         raise InputError(f"source_date_epoch {meta.source_date_epoch!r} cannot go in an archive: {problem}")
     remove_stale_temps(path)
-    tmp = temp_beside(path)
     try:
-        handle = tmp.open("wb")
+        tmp, handle = open_temp_beside(path)
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
@@ -487,6 +486,28 @@ def temp_beside(path: Path) -> Path:
     from graven.runtime import host_token
 
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{host_token()}")
+
+
+_NEW_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_temp_beside(path: Path) -> tuple[Path, BinaryIO]:
+    """A new file at :func:`temp_beside` of ``path``, open for writing. Its name is predictable (pid and
+    host), so in a shared directory (/tmp) another user may have put something there first: a symlink
+    to a file of the exporter's (root's export wrote the archive into it, then renamed the link into
+    place) or a file of their own (which they could change once written). Whatever stands at the name
+    is removed (never followed) and the file made anew with ``O_EXCL | O_NOFOLLOW``; OSError when that
+    cannot be done (another user's file in a sticky directory)."""
+    tmp = temp_beside(path)
+    for _ in range(3):
+        try:
+            fd = os.open(tmp, _NEW_TEMP, 0o666)
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # ours by its name (this pid and host): what was left or planted there
+            continue
+        return tmp, os.fdopen(fd, "wb")
+    raise FileExistsError(errno.EEXIST, "something keeps taking its temporary name", str(tmp))
 
 
 def remove_stale_temps(path: Path) -> None:

@@ -141,14 +141,15 @@ class AttestationFiles:
 
     def stage(self) -> None:
         """Write every file beside its path; on a failure, remove what was written and raise."""
-        from graven.archive.writer import remove_stale_temps, temp_beside
+        from graven.archive.writer import open_temp_beside, remove_stale_temps
 
         for path, data in self._files:
             remove_stale_temps(path)
-            tmp = temp_beside(path)
-            self._staged.append((tmp, path))
             try:
-                tmp.write_bytes(data)
+                tmp, handle = open_temp_beside(path)  # never written through what stood at its name
+                self._staged.append((tmp, path))
+                with handle:
+                    handle.write(data)
             except OSError as exc:
                 self.discard()
                 raise write_error(path, exc) from None

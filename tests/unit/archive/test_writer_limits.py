@@ -198,14 +198,20 @@ def test_an_unwritable_directory_is_an_input_error(
 ) -> None:
     """(Simulated: the tests may run as root, who can write anywhere.) A full disk stays a backend
     error."""
-    real_open = Path.open
+    real_open, real_path_open = os.open, Path.open
 
-    def refuse(self: Path, *args: object, **kwargs: object) -> object:
+    def refuse(path: str | os.PathLike[str], *args: object, **kwargs: object) -> int:
+        if ".tmp-" in os.fspath(path):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def refuse_path(self: Path, *args: object, **kwargs: object) -> object:
         if ".tmp-" in self.name:
             raise OSError(code, os.strerror(code), str(self))
-        return real_open(self, *args, **kwargs)  # type: ignore[call-overload]
+        return real_path_open(self, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(Path, "open", refuse)
+    monkeypatch.setattr(os, "open", refuse)  # however the temporary file is made
+    monkeypatch.setattr(Path, "open", refuse_path)
     out = tmp_path / "x.tar.gz"
     with pytest.raises(kind) as exc:
         write_archive_file(ONE_FILE, _meta(ONE_FILE, 0), _open_blob, out)
