@@ -213,3 +213,34 @@ def test_the_library_logs_every_trust_change_as_the_cli_does(home: Path, tmp_pat
         logged = [(r[0], r[1]) for r in conn.execute("SELECT event, entry FROM log_entries ORDER BY idx")]
     assert [e for e, _ in logged] == ["key-trusted", "key-trusted", "key-revoked"]
     assert made.keyid in logged[0][1] and "from other.pub" in logged[1][1] and other.keyid in logged[2][1]
+
+
+def test_a_revocation_is_on_disk_when_revoke_returns(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key-revoked entry is committed (fsynced) before trust/revoked changes; the line itself was
+    appended without an fsync, so a power loss right after `graven keys revoke` said so could keep the
+    entry and lose the revocation: the key the operator revoked verified again. The file, and the
+    trust directory that names a new one, are fsynced before revoke returns."""
+    import os
+    import stat as stat_module
+
+    from graven.home import Home
+    from graven.service.keys import revoke_key
+
+    graven_home = Home(root=home)
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for keyid in ("1" * 64, "2" * 64):  # a new file, then a line appended to it
+        synced.clear()
+        assert revoke_key(graven_home, keyid).changed
+        revoked, directory = os.stat(graven_home.trust / "revoked"), os.stat(graven_home.trust)
+        assert stat_module.S_ISREG(revoked.st_mode)
+        assert (revoked.st_dev, revoked.st_ino) in synced, keyid
+        if keyid.startswith("1"):
+            assert (directory.st_dev, directory.st_ino) in synced  # the new name

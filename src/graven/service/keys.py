@@ -121,6 +121,7 @@ def revoke_key(home: Home, keyid: str) -> KeyChange:
     changed = value not in read_revoked(path)
     if changed:
         _log(home, "key-revoked", f"key {value}")
+        new = not os.path.lexists(path)
         # at most 0644, never writable by others whatever the umask: it would be refused right after
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "a+b") as handle:
@@ -132,11 +133,26 @@ def revoke_key(home: Home, keyid: str) -> KeyChange:
                 if last != b"\n":  # a last line without its newline (a comment, say) must not take the id
                     handle.write(b"\n")
             handle.write(value.encode() + b"\n")
+            # on disk before revoke returns, as its log entry is: a power loss must not keep the entry
+            # and lose the revocation (the key would verify again)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if new:
+            _fsync_dir(home.trust)
         if value not in read_revoked(path):
             raise ConfigError(
                 f"{path}: key {value} was written but does not read back as revoked; fix the file"
             )
     return KeyChange(value, path, changed)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _log(home: Home, event: str, reason: str) -> None:
