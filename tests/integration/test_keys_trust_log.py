@@ -244,3 +244,32 @@ def test_a_revocation_is_on_disk_when_revoke_returns(home: Path, monkeypatch: py
         assert (revoked.st_dev, revoked.st_ino) in synced, keyid
         if keyid.startswith("1"):
             assert (directory.st_dev, directory.st_ino) in synced  # the new name
+
+
+def test_keys_trust_never_reads_a_huge_file_whole(home: Path, tmp_path: Path) -> None:
+    """`keys trust FILE` read the whole file before looking at it: /dev/zero or a huge file given by
+    mistake took all memory (a MemoryError traceback under a limit). It is read as every key file is,
+    up to 64 KiB, and refused past it (exit 2, one line)."""
+    import resource
+    import subprocess
+    import sys
+
+    huge = tmp_path / "huge.pub"
+    with open(huge, "wb") as handle:
+        handle.truncate(8 << 30)  # sparse: costs no disk
+    limit = 1 << 30
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "graven", "keys", "trust", str(huge)],
+        check=False,
+        capture_output=True,
+        text=True,
+        preexec_fn=limited,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr == f"graven: error: {huge} is too large to be a key file\n"
+    assert not _trusted(home)

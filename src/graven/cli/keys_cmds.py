@@ -143,10 +143,11 @@ def trust_cmd(args: argparse.Namespace) -> int:
     pem_file: Path = args.pem_file
     from graven.home import Home
     from graven.service.keys import trust_public_key
+    from graven.signing.keys import read_public_key_file
 
     try:
-        pem = pem_file.read_bytes()
-    except FileNotFoundError:
+        pem = read_public_key_file(pem_file)  # bounded: /dev/zero given by mistake is not read whole
+    except NotFoundError:
         raise NotFoundError(f"{pem_file}: no such file") from None
     except OSError as exc:
         raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None

@@ -65,6 +65,7 @@ __all__ = [
     "parse_key_type",
     "parse_private_key",
     "parse_public_key",
+    "read_public_key_file",
     "write_private_key",
     "write_public_key",
 ]
@@ -522,8 +523,9 @@ def load_private_key(path: Path | str) -> SigningKey:
     return parse_private_key(data, f"private key {path}")
 
 
-def load_public_key(path: Path | str) -> VerifyingKey:
-    """Load a SubjectPublicKeyInfo PEM public key file."""
+def read_public_key_file(path: Path | str) -> bytes:
+    """The bytes of a public key file, read up to the limit and refused past it (``/dev/zero``, a pipe
+    or a huge file given by mistake is never read whole)."""
     path = Path(path)
     if "\x00" in str(path):  # a policy file's "\u0000": open() would raise ValueError
         raise InputError(f"public key path {str(path)!r} holds a NUL character; remove it")
@@ -538,7 +540,12 @@ def load_public_key(path: Path | str) -> VerifyingKey:
         raise InputError(f"public key {path} is not readable: permission denied") from None
     if len(data) > _MAX_KEY_FILE:
         raise InputError(f"{path} is too large to be a key file")
-    return parse_public_key(data, f"public key {path}")
+    return data
+
+
+def load_public_key(path: Path | str) -> VerifyingKey:
+    """Load a SubjectPublicKeyInfo PEM public key file."""
+    return parse_public_key(read_public_key_file(path), f"public key {path}")
 
 
 def _fsync_dir(directory: Path) -> None:
