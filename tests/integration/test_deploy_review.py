@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import process_alive as _alive
-from graven.errors import BackendError, ConfigError, InputError, IntegrityError
+from graven.errors import BackendError, ConfigError, InputError, IntegrityError, PolicyError
 from graven.service import deploy_release, environments
 from graven.service.deploy import rollback
 from graven.service.drift import check
@@ -680,3 +680,38 @@ def test_a_deployer_killed_after_switching_back_is_not_said_to_have_stopped_befo
     (settled,) = [h for h in environments.history(world.ctx(), "staging") if h["digest"] == v2]
     assert settled["result"] == "interrupted"
     assert "before the switch, or after switching back: this release is not live" in str(settled["detail"])
+
+
+@pytest.mark.parametrize("how", ["revoked", "untrusted"])
+def test_a_key_revoked_while_a_deployment_waits_for_its_lock_switches_nothing(world: World, how: str) -> None:
+    """Trust is decided again under the lock, right before the switch: a deployment that queued behind
+    another (--wait) or built its release while the key was revoked or no longer trusted went live with
+    the signature its operator had just withdrawn."""
+    from graven.home import Home
+    from graven.service.context import Context, NullReporter
+    from graven.service.deploy import DeployOptions, deploy
+    from graven.service.keys import revoke_key
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    home = Home(root=world.home)
+    keyids = [p.stem for p in home.trust.glob("*.pub")]
+    assert len(keyids) == 1
+
+    class _WithdrawAt(NullReporter):
+        def progress(self, stage: str, done: int, total: int | None) -> None:
+            if stage == "deploy:release-ready":  # after the checks made before the lock
+                if how == "revoked":
+                    revoke_key(home, keyids[0])
+                else:
+                    (home.trust / f"{keyids[0]}.pub").unlink()
+
+    with Context(home=home, reporter=_WithdrawAt()) as ctx, pytest.raises(PolicyError) as caught:
+        deploy(ctx, v2, "staging", DeployOptions(root=str(world.root)))
+    assert "cannot be deployed to staging" in str(caught.value)
+    assert world.live("staging") == v1  # nothing switched
+    history = environments.history(world.ctx(), "staging")
+    assert [h["digest"] for h in history] == [v1]  # no pending or failed row either
+    events = [(e.event, e.artifact) for e, _ in world.ctx().audit.entries()]
+    assert ("verify-failure", v2) in events

@@ -47,6 +47,7 @@ from graven.service.deploy_verify import (
     check_location,
     check_path,
     policy_facts,
+    recheck_trust,
     tested_target,
     verify_target,
 )
@@ -270,6 +271,7 @@ def _run_deployment(
         clean_leftovers(ctx, layout, table, live_hex)
         stats, reused = ensure_release(ctx, target, layout, table, live_hex)
         step(ctx, "release-ready")
+        recheck_trust(ctx, target, opts)  # trust may have changed while this waited or built
         dep_id = insert_pending(
             ctx,
             target,

@@ -140,6 +140,34 @@ def verify_target(
     )
 
 
+def recheck_trust(ctx: Context, target: Target, opts: DeployOptions) -> None:
+    """The trust decision of :func:`verify_target` made again, under the environment's lock and right
+    before the switch: the first was made before the lock was taken, which ``--wait`` may have queued
+    for long, and before the release was built. A key revoked or no longer trusted for the
+    environment meanwhile (``graven keys revoke``, an edited trust policy) must not let what it signed
+    go live: the provenance the target was verified with (its key and graven.toml) must still be
+    accepted, else PolicyError (or VerificationError), recorded as a ``verify-failure``. The home's
+    memo of verified signatures keeps this free of cryptography."""
+    env = target.settings.name
+    try:
+        policy = load_policy(ctx, opts.policy_file)
+        provenances = _verified_provenances(ctx, target.digest, policy, env)
+        if not any(
+            v.keyid == target.keyid and v.statement.pipeline_digest == target.pipeline_digest
+            for v in provenances
+        ):
+            raise PolicyError(
+                f"{short(str(target.digest))} cannot be deployed to {env}: the signature it was verified "
+                f"with (key {target.keyid[:16]}) is no longer accepted for {env}; the trust policy changed "
+                "while this deployment waited for its lock; nothing was switched"
+            )
+    except (VerificationError, PolicyError, IntegrityError) as exc:
+        ctx.audit.record(
+            LogEvent("verify-failure", artifact=str(target.digest), env=env, reason=str(exc), result="failed")
+        )
+        raise
+
+
 def verified_settings(
     ctx: Context, row: Row | None, env: str, opts: DeployOptions
 ) -> tuple[EnvSettings | None, str | None]:
