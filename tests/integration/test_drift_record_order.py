@@ -4,7 +4,9 @@ busy (HeldChecks), are recorded after checks made later. The drift state of an e
 that of the check made last (by its own time), whoever records it and in whatever order; an older check
 that found drift the state does not hold is kept in the history as `superseded`, never as the state;
 and a held check is dropped only for something really newer (a newer recorded check, a deployment
-that completed after it), never for a deployment that is still in progress."""
+that may have switched `current` after it), never for a deployment that is still in progress, nor
+for one that switched nothing after it (refused, failed before its switch, or a killed deployer's
+row that a later command settled)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import os
 import signal
 from typing import Any
 
+import pytest
 from test_drift_watch import tamper
 
 from graven.service.context import Context
@@ -174,7 +177,13 @@ def test_the_state_changes_are_in_time_order_whatever_order_checks_are_recorded_
 
 def _die_after_the_switch(world: World, digest: str) -> None:
     """A deployer killed right after its switch: a pending deployment, ``digest`` live on disk."""
-    from graven.home import Home
+    _die_at(world, digest, "deploy:switched")
+    assert world.live("staging") == digest
+
+
+def _die_at(world: World, digest: str, stage: str) -> None:
+    """A deployer of ``digest`` killed at ``stage`` (a pending deployment from deploy:pending-recorded
+    on: just before its switch, or after it)."""
     from graven.service.context import NullReporter
     from graven.service.deploy import DeployOptions, deploy
 
@@ -183,16 +192,15 @@ def _die_after_the_switch(world: World, digest: str) -> None:
         try:
 
             class _Die(NullReporter):
-                def progress(self, stage: str, done: int, total: int | None) -> None:
-                    if stage == "deploy:switched":
+                def progress(self, name: str, done: int, total: int | None) -> None:
+                    if name == stage:
                         os.kill(os.getpid(), signal.SIGKILL)
 
-            with Context(home=Home(root=world.home), reporter=_Die()) as ctx:
+            with world.ctx(reporter=_Die()) as ctx:  # the world's database (GRAVEN_DB_URL, if set)
                 deploy(ctx, digest, "staging", DeployOptions(root=str(world.root)))
         finally:
             os._exit(1)
     os.waitpid(pid, 0)
-    assert world.live("staging") == digest
 
 
 def test_a_held_check_of_a_deployment_in_progress_is_recorded(world: World) -> None:
@@ -244,6 +252,125 @@ def test_a_held_check_is_dropped_once_a_pending_deployment_it_saw_was_settled(wo
     assert report.digest == v2
     v3 = world.version(3)
     assert world.deploy(v3, "staging").ok  # settles the pending one, then deploys v3
+    assert watcher_records(ctx, report) == 1
+    assert state(ctx) is None and events(ctx) == []
+
+
+def _deploy_that_switches_nothing(world: World, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A deployment of a new version that takes the lock (and settles what a killed deployer left
+    pending), then never reaches its switch: refused by policy (the environment is held) or failed
+    while its release was made (a full disk). Neither writes a deployments row of its own."""
+    from graven.errors import BackendError, PolicyError
+    from graven.service import deploy as deploy_module
+    from graven.service.environments import hold
+
+    v3 = world.version(3)
+    if how == "refused":
+        hold(world.ctx(), "staging", "freeze")
+        with pytest.raises(PolicyError, match="held"):
+            world.deploy(v3, "staging")
+    else:
+
+        def full(*_args: Any, **_kwargs: Any) -> Any:
+            raise BackendError("cannot write the release: No space left on device")
+
+        monkeypatch.setattr(deploy_module, "ensure_release", full)
+        with pytest.raises(BackendError, match="No space left"):
+            world.deploy(v3, "staging")
+
+
+def _rows(ctx: Context) -> list[tuple[str, str, str, str | None]]:
+    with ctx.db.connect() as conn:
+        return [
+            (r.digest, r.result, r.started_at, r.finished_at)
+            for r in conn.execute(
+                "SELECT digest, result, started_at, finished_at FROM deployments WHERE env = 'staging'"
+                " ORDER BY id"
+            )
+        ]
+
+
+@pytest.mark.parametrize("how", ["refused", "failed before its switch"])
+@pytest.mark.parametrize("killed", [None, "deploy:pending-recorded", "deploy:switched"])
+def test_a_held_check_is_recorded_after_a_deployment_that_switched_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch, killed: str | None, how: str
+) -> None:
+    """The drift a held check found is recorded when what came after it changed nothing that is live:
+    a deployment refused by policy or failed before its switch (no row of its own), even when it
+    settled, under its lock, a deployment whose deployer was killed before the check (its row then
+    ``interrupted``, with the time it was settled: after the check, though whatever it switched, it
+    switched before). Dropped as superseded, the drift of a release still live went unrecorded."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    if killed is not None:
+        _die_at(world, world.version(2), killed)
+    ctx = world.ctx()
+    tamper(world, b"# drifted\n")
+    report = look(ctx)  # held: the database was busy
+    assert not report.clean
+    before = _rows(ctx)
+    _deploy_that_switches_nothing(world, monkeypatch, how)
+    after = _rows(ctx)
+    assert [row[:3] for row in after] == [
+        row[:3] if row[1] != "pending" else (*row[:1], "interrupted", row[2]) for row in before
+    ]  # no new row; a pending one settled
+    if killed is not None:
+        assert after[-1][3] is not None and after[-1][3] > report.checked_at  # settled after the check
+    assert world.live("staging") == report.digest
+    assert watcher_records(ctx, report) == 1
+    now = state(ctx)
+    assert now is not None, "the drift of the live release was dropped, though nothing was switched"
+    assert now.digest == report.digest and now.checked_at == report.checked_at
+    assert json.loads(now.keys) == [["app/main.py", "modified"]]
+    assert events(ctx) == [("found", "drift", report.checked_at)]
+    # the next check finds the same drift: nothing more recorded
+    cli_records(ctx, look(ctx))
+    assert events(ctx) == [("found", "drift", report.checked_at)]
+
+
+@pytest.mark.parametrize("stage", ["deploy:pending-recorded", "deploy:switched"])
+def test_a_held_check_is_dropped_once_a_deployment_started_after_it_even_one_killed(
+    world: World, stage: str
+) -> None:
+    """A deployment that took the lock after the check and was killed (its row still pending) may have
+    switched ``current``: killed before its switch or after it, its row cannot tell, so the check of
+    the release before it records nothing (the next check records what is there)."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    ctx = world.ctx()
+    tamper(world, b"# before the deployment\n")
+    report = look(ctx)  # held
+    assert report.digest == v1 and not report.clean
+    _die_at(world, world.version(2), stage)
+    assert watcher_records(ctx, report) == 1
+    assert state(ctx) is None and events(ctx) == []
+
+
+def test_a_held_check_is_dropped_after_a_deployment_whose_switch_failed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A switch that failed (a full disk) leaves a failed row and an automatic rollback; whether
+    ``current`` was renamed before the failure, the rows do not say: taken as switched (and back)."""
+    from graven.errors import BackendError
+    from graven.service import deploy_release
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    ctx = world.ctx()
+    tamper(world, b"# before the deployment\n")
+    report = look(ctx)  # held
+    v2 = world.version(2)
+    real = deploy_release.point_symlink
+
+    def full(link: Any, target: str) -> bool:
+        if str(link).endswith("/current") and v2.removeprefix("sha256:") in target:
+            raise BackendError(f"cannot switch {link} to {target}: No space left on device")
+        return real(link, target)
+
+    monkeypatch.setattr(deploy_release, "point_symlink", full)
+    assert not world.deploy(v2, "staging").ok
+    assert world.live("staging") == v1
+    assert [row[:2] for row in _rows(ctx)] == [(v1, "ok"), (v2, "failed"), (v1, "ok")]
     assert watcher_records(ctx, report) == 1
     assert state(ctx) is None and events(ctx) == []
 

@@ -161,13 +161,20 @@ def place(conn: Connection, report: DriftReport, row: Row | None, *, checked_at:
     deployments, read in the caller's transaction. Checks reach the database in any order (``graven
     drift`` waits for another writer, ``graven watch`` holds its checks while the database is busy):
     an older observation never becomes the state over a newer one, and a check of a release that a
-    deployment replaced since (one still in progress replaces nothing) records nothing: the next
-    check records what is there now."""
+    deployment may have switched since records nothing (one that took the lock before the check, a
+    killed deployer's settled later among them, switches nothing after it): the next check records
+    what is there now."""
+    # one pass over the environment's rows, as before: the latest start of any deployment (each row
+    # is written just before its switch), and the latest end that its own deployer recorded (an
+    # interrupted row's finished_at is when a later command settled it, not when anything switched)
     facts = conn.execute(
         """SELECT (SELECT live_digest FROM deploy_envs WHERE name = :env) AS live,
-        (SELECT max(finished_at) FROM deployments WHERE env = :env) AS finished,
+        d.started, d.finished,
         (SELECT count(*) FROM deployments WHERE env = :env AND result = 'pending' AND digest = :digest)
-        AS pending""",
+        AS pending
+        FROM (SELECT max(started_at) AS started,
+            max(CASE WHEN result <> 'interrupted' THEN finished_at END) AS finished
+            FROM deployments WHERE env = :env) AS d""",
         {"env": report.env, "digest": report.digest},
     ).one()
     return place_check(
@@ -176,5 +183,6 @@ def place(conn: Connection, report: DriftReport, row: Row | None, *, checked_at:
         state_checked_at=str(row.checked_at) if row is not None and row.checked_at else None,
         live=facts.live,
         pending=bool(facts.pending),
+        started=facts.started,
         finished=facts.finished,
     )

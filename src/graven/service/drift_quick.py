@@ -92,7 +92,7 @@ def record_clean(ctx: Context, report: DriftReport, *, wait: float | None = None
     only the time of the check and the digest change, and nothing goes to the audit log. False, and
     nothing written, when the environment drifted at its last check: then the change to clean is an
     event (``graven.service.drift_records.record_check``). True, and nothing written, when the check
-    is older than the one recorded, or of a release a deployment replaced since (``drift_live.place``:
+    is older than the one recorded, or one a deployment may have switched since (``drift_live.place``:
     nothing is due). ``wait``: as there."""
     if not report.clean:
         return False

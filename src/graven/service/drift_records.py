@@ -108,9 +108,10 @@ def record_check(
     by its own time (:func:`graven.service.drift_live.place`). An older check never becomes the
     state; when it found drift that the state does not hold, it is kept in the history as event
     ``found`` with result ``superseded`` at its own time, and logged with result ``superseded``
-    (returned: ``superseded``). A check of a release that a deployment replaced since records
-    nothing. ``wait``: the seconds to wait for another writer (default 60; DatabaseBusyError after
-    it, nothing written); ``late``: the report was held (its log entry says when it was made)."""
+    (returned: ``superseded``). A check that a deployment may have switched away from since (or of
+    a release no longer live) records nothing. ``wait``: the seconds to wait for another writer
+    (default 60; DatabaseBusyError after it, nothing written); ``late``: the report was held (its
+    log entry says when it was made)."""
     keys = _keys_json(report.differences)
     now = report.checked_at or utc_now()
     event: str | None = None

@@ -44,8 +44,9 @@ class HeldChecks:
     time of the last check); past :data:`HELD_MAX` the oldest is dropped (the database still ends with
     the newest state). A held check older than the one recorded meanwhile (another process's, a
     heal's) never becomes the state: it is kept in the history as ``superseded`` when it found drift
-    the state does not hold; one of a release that a deployment completed since replaced is left out;
-    a deployment still in progress supersedes nothing (``drift_live.place``). Kept in memory only: a
+    the state does not hold; one that a deployment may have switched away from since (its row
+    started after the check) is left out; a deployment refused or failed before its switch, or still
+    in progress at the check, supersedes nothing (``drift_live.place``). Kept in memory only: a
     watcher killed meanwhile loses them, and its next check finds the drift again and records it (a
     restarted watcher then alerts it again: what was alerted is recorded with the drift)."""
 
