@@ -525,3 +525,30 @@ def test_retention_goes_by_the_order_of_deployments_not_the_clock(
     with world.ctx().db.connect() as conn:  # the first record did get the later time
         first = conn.execute("SELECT finished_at FROM deployments ORDER BY id LIMIT 1").scalar_one()
     assert first == times[0]
+
+
+@pytest.mark.parametrize("loose", ["policy", "key", "directory"])
+def test_a_policy_file_or_key_another_user_could_change_is_refused(
+    world: World, tmp_path: Path, loose: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --policy file, and each key file it names, are held to what the trust directory is: whoever
+    could rewrite them would choose which keys deploy (a world-writable policy naming a
+    world-writable key was accepted)."""
+    digest = world.build()
+    from graven.signing.keys import KeyStore
+
+    where = tmp_path / "policy"
+    where.mkdir(mode=0o755)
+    other = KeyStore(tmp_path / "other-keys")
+    other.generate("release", "ed25519")
+    key = where / "release.pub"
+    key.write_bytes(other.export_public("release"))
+    policy = where / "policy.toml"
+    policy.write_text('keys = ["release.pub"]\n[env.prod]\nkeys = ["release.pub"]\n')
+    assert world.deploy(digest, "staging", policy_file=policy).ok  # as strict as it must be: accepted
+    loosened = {"policy": policy, "key": key, "directory": where}[loose]
+    loosened.chmod(0o777 if loose == "directory" else 0o666)
+    with pytest.raises(ConfigError, match="another user could change the keys .*policy.toml trusts"):
+        world.deploy(digest, "staging", policy_file=policy)
+    code, _, err = run_cli(capsys, "verify", digest, "--policy", str(policy))
+    assert code == 2 and err.count("\n") == 1 and f"chmod go-w {loosened}" in err

@@ -101,11 +101,12 @@ def store_trusted_key(trust_dir: Path | str, pem_bytes: bytes) -> Path:
     return path
 
 
-def check_trust_material(path: Path, trust_dir: Path) -> None:
-    """Refuse ``path`` (the trust directory, a trusted key or the revocation file; nothing when it
-    does not exist) when another user could change it, as sshd's StrictModes refuses an
-    ``authorized_keys`` (:mod:`graven.strictmodes`): a key added there would be trusted, a line taken
-    out of ``revoked`` would un-revoke a key."""
+def check_trust_material(path: Path, trust_dir: Path, *, trusting: str | None = None) -> None:
+    """Refuse ``path`` (the trust directory, a trusted key or the revocation file; a ``--policy``
+    file and the key files it names; nothing when it does not exist) when another user could change
+    it, as sshd's StrictModes refuses an ``authorized_keys`` (:mod:`graven.strictmodes`): a key added
+    there would be trusted, a line taken out of ``revoked`` would un-revoke a key. ``trusting`` says
+    whose keys the error names (default: this home's, in ``trust_dir``)."""
     # not normalised: the kernel resolves ".." after the link before it, and so does walk()
     absolute = os.fspath(path) if os.path.isabs(path) else os.path.join(os.getcwd(), path)
     if not os.path.exists(absolute):
@@ -121,8 +122,8 @@ def check_trust_material(path: Path, trust_dir: Path) -> None:
             else f"run graven as its owner, or chown {where} to yourself or root"
         )
         raise ConfigError(
-            f"{where} {problem}: another user could change the keys this home trusts ({trust_dir}); "
-            f"fix it ({fix})"
+            f"{where} {problem}: another user could change "
+            f"{trusting or f'the keys this home trusts ({trust_dir})'}; fix it ({fix})"
         )
 
 
@@ -180,7 +181,7 @@ def _string_list(value: object, what: str) -> list[str]:
     return value
 
 
-def _key_from_entry(entry: str, base: Path, known: Mapping[str, VerifyingKey], what: str) -> VerifyingKey:
+def _key_from_entry(entry: str, policy: Path, known: Mapping[str, VerifyingKey], what: str) -> VerifyingKey:
     match = _KEYID.fullmatch(entry)
     if match:
         key = known.get(match.group(1))
@@ -189,9 +190,11 @@ def _key_from_entry(entry: str, base: Path, known: Mapping[str, VerifyingKey], w
                 f"{what}: key id {entry} is not one of the trusted keys (trust directory or keys)"
             )
         return key
+    base = policy.parent
     path = Path(entry).expanduser()
     if not path.is_absolute():
         path = base / path
+    check_trust_material(path, base, trusting=f"the keys {policy} trusts")
     try:
         return load_public_key(path)
     except NotFoundError:
@@ -271,10 +274,12 @@ class TrustPolicy(Frozen):
         environments: dict[str, tuple[VerifyingKey, ...]] = {}
         if policy_file is not None:
             policy_path = Path(policy_file)
+            # as strict as the trust directory: whoever can change the policy or a key it names
+            # chooses what deploys
+            check_trust_material(policy_path, policy_path.parent, trusting=f"the keys {policy_path} trusts")
             doc = _read_policy(policy_path)
-            base = policy_path.parent
             for entry in _string_list(doc.get("keys", []), f"{policy_path}: keys"):
-                keys.append(_key_from_entry(entry, base, {}, f"{policy_path}: keys"))
+                keys.append(_key_from_entry(entry, policy_path, {}, f"{policy_path}: keys"))
             for entry in _string_list(doc.get("revoked", []), f"{policy_path}: revoked"):
                 match = _KEYID.fullmatch(entry.strip().lower())
                 if not match:
@@ -294,7 +299,9 @@ class TrustPolicy(Frozen):
                 if unknown:
                     raise ConfigError(f"{what}: unknown setting {unknown[0]!r} (expected: keys)")
                 entries = _string_list(section.get("keys", []), f"{what} keys")
-                environments[name] = _dedupe(_key_from_entry(entry, base, known, what) for entry in entries)
+                environments[name] = _dedupe(
+                    _key_from_entry(entry, policy_path, known, what) for entry in entries
+                )
         return cls(_dedupe(keys), frozenset(revoked), environments, directory)
 
     def keys_for(self, env: str | None = None) -> tuple[VerifyingKey, ...]:
