@@ -734,11 +734,14 @@ class _AlchemyConnection:
     def _run(self, sql: str, params: Params | Sequence[Params] | None, *, stream: bool) -> Result:
         import sqlalchemy as sa
 
-        conn = self.conn.execution_options(stream_results=True, yield_per=20_000) if stream else self.conn
+        # per statement: Connection.execution_options() changes the connection itself (SQLAlchemy 2), and
+        # every statement after a stream in the transaction was streamed too (executemany then failed)
+        options = {"stream_results": True, "yield_per": 20_000} if stream else {}
+        conn = self.conn
         try:
             if params is None or isinstance(params, Mapping):
                 text, flat = _expand(sql, params or {})
-                result = conn.execute(sa.text(text), flat)
+                result = conn.execute(sa.text(text), flat, execution_options=options)
             else:
                 if not params:
                     return Result((), 0)

@@ -229,3 +229,20 @@ def test_failures_of_the_server_say_what_to_do(message: str, hint: str) -> None:
     assert type(error) is BackendError
     assert error.message.startswith(f"database error: {message}: ")
     assert hint in error.message
+
+
+def test_statements_after_a_stream_in_the_same_transaction_are_not_streamed(postgres_url: str) -> None:
+    """A stream's options were set on the connection (SQLAlchemy 2 changes it in place), so every later
+    statement of the transaction ran on a server-side cursor, and an executemany failed ("executemany
+    not supported on server-side cursors": the audit log's upgrade streams entries, then inserts)."""
+    from graven.db import Database
+
+    db = Database.open(postgres_url)
+    try:
+        with db.begin() as conn:
+            conn.execute("CREATE TEMP TABLE streamed (x INTEGER) ON COMMIT DROP")
+            assert [row.one for row in conn.stream("SELECT 1 AS one")] == [1]
+            conn.execute("INSERT INTO streamed (x) VALUES (:x)", [{"x": 1}, {"x": 2}])
+            assert conn.execute("SELECT count(*) FROM streamed").scalar() == 2
+    finally:
+        db.close()
