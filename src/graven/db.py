@@ -12,7 +12,8 @@ parameter inside a string literal). ``"commit"`` and ``"key"`` are keywords and 
 A result is read lazily, within its transaction: leaving the ``with`` block closes it.
 
 The schema carries a version in ``graven_meta`` and is created and upgraded automatically, one
-migration per version, inside one transaction.
+migration per version (SQL statements, then a backfill where plain SQL cannot derive the new rows),
+inside one transaction.
 """
 
 from __future__ import annotations
@@ -236,6 +237,18 @@ _MIGRATION_9 = (
     "DROP INDEX IF EXISTS ix_log_entries_artifact",
 )
 
+_MIGRATION_10 = (
+    # the audit log's stored subtree hashes (service/logtree.py): the hash of every complete subtree of
+    # 2**level entries, idx-th from the left, at the levels that are multiples of 8 (256 entries, 65,536,
+    # ...; one row per 255 entries): a proof reads O(log n) of them instead of every entry. Filled for an
+    # existing log by _fill_log_subtrees below, in the same upgrade transaction.
+    """CREATE TABLE IF NOT EXISTS log_subtrees (
+    level INTEGER NOT NULL,
+    idx BIGINT NOT NULL,
+    hash VARCHAR(64) NOT NULL,
+    PRIMARY KEY (level, idx))""",
+)
+
 # One entry per schema version; never edit a released one, append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_1,
@@ -247,8 +260,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _MIGRATION_7,
     _MIGRATION_8,
     _MIGRATION_9,
+    _MIGRATION_10,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _fill_log_subtrees(conn: Connection) -> None:
+    """Schema 10's rows for the log written so far: one pass over its entries."""
+    from graven.service.logtree import fill  # the log's own code, loaded only by this upgrade
+
+    fill(conn)
+
+
+# What an upgrade computes after a version's statements (by the version it brings the schema to): rows
+# that plain SQL cannot derive. Run in the same transaction, so a killed upgrade leaves nothing half-done.
+BACKFILLS: dict[int, Callable[[Connection], None]] = {10: _fill_log_subtrees}
 
 _SERIAL = {"sqlite": "INTEGER", "postgresql": "SERIAL"}
 
@@ -947,6 +973,8 @@ class Database:
             for version in range(current, SCHEMA_VERSION):
                 for statement in MIGRATIONS[version]:
                     conn.execute(statement.replace("{serial}", serial))
+                if (backfill := BACKFILLS.get(version + 1)) is not None:
+                    backfill(conn)
             if current != SCHEMA_VERSION:
                 conn.execute(
                     """INSERT INTO graven_meta ("key", value) VALUES ('schema_version', :v)

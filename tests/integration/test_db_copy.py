@@ -61,7 +61,7 @@ def test_schema_columns_are_read_from_the_schema() -> None:
 def test_schema_tables_are_graven_s_own() -> None:
     tables = dbcopy.schema_tables()
     assert "graven_meta" in tables and "log_entries" in tables and "drift_events" in tables
-    assert len(tables) == 13 and list(tables) == sorted(tables)
+    assert len(tables) == 14 and list(tables) == sorted(tables)
 
 
 def test_tables_of_the_source_that_are_not_graven_s_are_left_out(

@@ -7,11 +7,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graven.core.merkle import (
+    TILE_HEIGHT,
     CompactRange,
+    consistency_nodes,
+    consistency_path,
     consistency_proof,
+    frontier_ranges,
+    inclusion_nodes,
+    inclusion_path,
     inclusion_proof,
     leaf_hash,
+    range_nodes,
     root_hash,
+    stored_subtree_hash,
     verify_consistency,
     verify_inclusion,
 )
@@ -111,3 +119,97 @@ def test_dropping_or_adding_a_consistency_proof_hash_is_rejected(
     if proof:
         with pytest.raises(VerificationError):
             verify_consistency(size1, len(leaves), proof[1:], root1, root2)
+
+
+# -- stored subtrees: proofs from O(log n) stored nodes equal the list-based ones ----------------------
+
+
+def _leaves(size: int) -> list[bytes]:
+    return [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+
+
+def _stored(leaves: list[bytes], height: int) -> dict[tuple[int, int], bytes]:
+    """Every node a log keeps: the leaves (level 0) and what append_stored gave, one append at a time."""
+    nodes = {(0, i): leaf for i, leaf in enumerate(leaves)}
+    compact = CompactRange()
+    for leaf in leaves:
+        for level, index, value in compact.append_stored(leaf, height):
+            nodes[(level, index)] = value
+    return nodes
+
+
+def _only(nodes: dict[tuple[int, int], bytes], wanted: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    assert wanted <= nodes.keys()  # never a node of a subtree that is not complete yet
+    return {n: nodes[n] for n in wanted}
+
+
+# sizes up to 2,100 with heights 1..4 cross several stored levels; height 8 (graven's) one or two
+stored_trees = st.tuples(st.integers(1, 2100), st.sampled_from([1, 2, 3, 4, TILE_HEIGHT]))
+
+
+@settings(deadline=None, max_examples=120)
+@given(stored_trees, st.data())
+def test_inclusion_proofs_from_the_stored_nodes_they_name_are_the_list_based_ones(
+    tree: tuple[int, int], data: st.DataObject
+) -> None:
+    size, height = tree
+    leaves = _leaves(size)
+    nodes = _stored(leaves, height)
+    for index in {0, size - 1, data.draw(st.integers(0, size - 1), label="index")}:
+        wanted = inclusion_nodes(index, size, height)
+        assert (0, index) in wanted
+        proof = inclusion_path(index, size, stored_subtree_hash(_only(nodes, wanted), height))
+        assert proof == inclusion_proof(leaves, index)
+
+
+@settings(deadline=None, max_examples=120)
+@given(stored_trees, st.data())
+def test_consistency_proofs_and_roots_from_the_stored_nodes_they_name_are_the_list_based_ones(
+    tree: tuple[int, int], data: st.DataObject
+) -> None:
+    size, height = tree
+    leaves = _leaves(size)
+    nodes = _stored(leaves, height)
+    for old in {1, size, data.draw(st.integers(0, size), label="old size")}:
+        subtree_hash = stored_subtree_hash(_only(nodes, consistency_nodes(old, size, height)), height)
+        assert subtree_hash(0, size) == root_hash(leaves)
+        assert subtree_hash(0, old) == root_hash(leaves[:old])
+        if old:
+            assert consistency_path(old, size, subtree_hash) == consistency_proof(leaves, old)
+
+
+@settings(deadline=None, max_examples=150)
+@given(stored_trees, st.data())
+def test_any_range_is_the_mth_of_its_leaves(tree: tuple[int, int], data: st.DataObject) -> None:
+    size, height = tree
+    leaves = _leaves(size)
+    start = data.draw(st.integers(0, size), label="start")
+    end = data.draw(st.integers(start, min(size, start + 300)), label="end")
+    wanted = set(range_nodes(start, end, height))
+    assert stored_subtree_hash(_only(_stored(leaves, height), wanted), height)(start, end) == root_hash(
+        leaves[start:end]
+    )
+
+
+@settings(deadline=None, max_examples=100)
+@given(stored_trees)
+def test_appends_store_exactly_the_complete_subtrees_at_stored_levels(tree: tuple[int, int]) -> None:
+    size, height = tree
+    leaves = _leaves(size)
+    stored = {n: h for n, h in _stored(leaves, height).items() if n[0]}
+    expected = {
+        (level, index) for level in range(height, size.bit_length(), height) for index in range(size >> level)
+    }
+    assert stored.keys() == expected
+    for (level, index), value in stored.items():
+        assert value == root_hash(leaves[index << level : (index + 1) << level])
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.integers(0, 5000))
+def test_frontier_ranges_rebuild_the_compact_range(size: int) -> None:
+    leaves = _leaves(size)
+    compact = CompactRange()
+    compact.extend(leaves)
+    hashes = [root_hash(leaves[start:end]) for start, end in frontier_ranges(size)]
+    assert hashes == list(compact.hashes)

@@ -9,27 +9,42 @@ Verification follows RFC 9162 §2.1.3.2 and §2.1.4.2 and raises :class:`~graven
 on any failure. Proof generation takes a ``subtree_hash(start, end)`` callable so that a caller can
 serve subtree hashes from storage; :func:`inclusion_proof` and :func:`consistency_proof` are the
 list-based conveniences.
+
+Stored subtrees (as C2SP tlog-tiles keeps them): the hash of every complete, aligned subtree of
+``2**level`` leaves whose level is a multiple of :data:`TILE_HEIGHT` (the leaves themselves at level 0,
+then 256 leaves, 65,536 leaves, ...). The node ``(level, index)`` is the subtree over the leaves
+``[index * 2**level, (index + 1) * 2**level)``. :meth:`CompactRange.append_stored` gives the ones an
+append completes; :func:`range_nodes`, :func:`inclusion_nodes` and :func:`consistency_nodes` say which
+stored nodes a range or a proof needs (a proof: at most a few tiles of 2**TILE_HEIGHT nodes per stored
+level, so O(log n)); :func:`stored_subtree_hash` combines them into any ``subtree_hash(start, end)``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from graven.errors import InputError, VerificationError
 
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "TILE_HEIGHT",
     "CompactRange",
+    "Node",
     "SubtreeHash",
+    "consistency_nodes",
     "consistency_path",
     "consistency_proof",
+    "frontier_ranges",
+    "inclusion_nodes",
     "inclusion_path",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
+    "range_nodes",
     "root_hash",
+    "stored_subtree_hash",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -45,6 +60,12 @@ _NODE_PREFIX = b"\x01"
 
 SubtreeHash = Callable[[int, int], bytes]
 """``subtree_hash(start, end)`` returns the root hash of the leaves ``[start, end)``."""
+
+TILE_HEIGHT = 8
+"""Stored subtrees are those whose level is a multiple of this (tiles of 2**8 = 256 hashes)."""
+
+Node = tuple[int, int]
+"""A complete, aligned subtree ``(level, index)``: the leaves ``[index << level, (index + 1) << level)``."""
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -121,6 +142,27 @@ class CompactRange:
         finally:
             self._size = size  # the leaves taken before an error stay appended
 
+    def append_stored(self, leaf: bytes, height: int = TILE_HEIGHT) -> list[tuple[int, int, bytes]]:
+        """Append one leaf hash; return ``(level, index, hash)`` of every complete subtree this append
+        completed whose level is a positive multiple of ``height`` (lowest first): what is stored."""
+        if len(leaf) != HASH_SIZE:
+            raise InputError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
+        stack = self._hashes
+        size = self._size + 1
+        stored: list[tuple[int, int, bytes]] = []
+        right = leaf
+        level = 0
+        carry = self._size
+        while carry & 1:
+            right = hashlib.sha256(_NODE_PREFIX + stack.pop() + right).digest()
+            carry >>= 1
+            level += 1
+            if level % height == 0:
+                stored.append((level, (size >> level) - 1, right))
+        stack.append(right)
+        self._size = size
+        return stored
+
     def extend_data(self, entries: Iterable[bytes]) -> None:
         """Hash each entry as a leaf (see :func:`leaf_hash`) and append it."""
         sha256 = hashlib.sha256
@@ -194,6 +236,126 @@ def consistency_path(old_size: int, new_size: int, subtree_hash: SubtreeHash) ->
         path.append(subtree_hash(start, end))
     path.reverse()
     return path
+
+
+def _perfect_level(start: int, end: int) -> int | None:
+    """The level of ``[start, end)`` when it is one complete, aligned subtree, else None."""
+    size = end - start
+    if size > 0 and size & (size - 1) == 0 and start % size == 0:
+        return size.bit_length() - 1
+    return None
+
+
+def _check_range(start: int, end: int, height: int) -> None:
+    if height < 1:
+        raise InputError(f"the stored levels' height must be at least 1, got {height}")
+    if not 0 <= start <= end:
+        raise InputError(f"no range [{start}, {end}) of leaves: need 0 <= start <= end")
+
+
+def range_nodes(start: int, end: int, height: int = TILE_HEIGHT) -> list[Node]:
+    """The stored nodes (levels that are multiples of ``height``, the leaves at level 0) that
+    :func:`stored_subtree_hash` combines into the RFC 9162 MTH of the leaves ``[start, end)``, in order.
+
+    Any range works. One that a proof asks for (a node of the tree: ``start`` a multiple of the smallest
+    power of two >= its size) is at most one complete subtree per level, each read as at most
+    ``2**(height - 1)`` nodes of the stored level below it: O(2**height * log(n) / height) nodes. In
+    another range, each piece that is no aligned subtree is split as MTH splits it, down to single
+    leaves when need be.
+    """
+    _check_range(start, end, height)
+    nodes: list[Node] = []
+    _collect(start, end, height, nodes)
+    return nodes
+
+
+def _collect(start: int, end: int, height: int, nodes: list[Node]) -> None:
+    if start == end:
+        return
+    level = _perfect_level(start, end)
+    if level is not None:
+        stored = level - level % height
+        first = start >> stored
+        nodes.extend((stored, i) for i in range(first, first + (1 << (level - stored))))
+        return
+    middle = start + _split(end - start)
+    _collect(start, middle, height, nodes)
+    _collect(middle, end, height, nodes)
+
+
+def stored_subtree_hash(nodes: Mapping[Node, bytes], height: int = TILE_HEIGHT) -> SubtreeHash:
+    """A ``subtree_hash(start, end)`` that combines the stored ``nodes`` (:func:`range_nodes` of the range
+    must all be there: a KeyError names the first missing one). An empty range is :data:`EMPTY_ROOT`."""
+
+    def subtree_hash(start: int, end: int) -> bytes:
+        _check_range(start, end, height)
+        return _combine(start, end) if start < end else EMPTY_ROOT
+
+    def _combine(start: int, end: int) -> bytes:
+        level = _perfect_level(start, end)
+        if level is None:
+            middle = start + _split(end - start)
+            return node_hash(_combine(start, middle), _combine(middle, end))
+        stored = level - level % height
+        first = start >> stored
+        hashes = [nodes[(stored, i)] for i in range(first, first + (1 << (level - stored)))]
+        while len(hashes) > 1:  # a complete subtree over 2**k stored nodes, one level at a time
+            hashes = [node_hash(hashes[i], hashes[i + 1]) for i in range(0, len(hashes), 2)]
+        return hashes[0]
+
+    return subtree_hash
+
+
+def _ranges(path: Callable[[SubtreeHash], object]) -> list[tuple[int, int]]:
+    """The ranges that ``path(subtree_hash)`` asks ``subtree_hash`` for, in order."""
+    asked: list[tuple[int, int]] = []
+
+    def record(start: int, end: int) -> bytes:
+        asked.append((start, end))
+        return EMPTY_ROOT
+
+    path(record)
+    return asked
+
+
+def _nodes_of(ranges: Iterable[tuple[int, int]], height: int) -> set[Node]:
+    needed: set[Node] = set()
+    for start, end in ranges:
+        needed.update(range_nodes(start, end, height))
+    return needed
+
+
+def inclusion_nodes(index: int, tree_size: int, height: int = TILE_HEIGHT) -> set[Node]:
+    """The stored nodes :func:`inclusion_path` of ``index`` in ``tree_size`` needs, and the leaf itself
+    (``(0, index)``): O(log n) of them."""
+    ranges = _ranges(lambda subtree_hash: inclusion_path(index, tree_size, subtree_hash))
+    return _nodes_of([*ranges, (index, index + 1)], height)
+
+
+def consistency_nodes(old_size: int, new_size: int, height: int = TILE_HEIGHT) -> set[Node]:
+    """The stored nodes :func:`consistency_path` from ``old_size`` to ``new_size`` needs, and those of
+    both roots (``[0, old_size)`` and ``[0, new_size)``): O(log n) of them. ``old_size`` 0 needs only
+    the new root's."""
+    ranges = [(0, old_size), (0, new_size)]
+    if 0 < old_size < new_size:
+        ranges += _ranges(lambda subtree_hash: consistency_path(old_size, new_size, subtree_hash))
+    elif not 0 <= old_size <= new_size:
+        raise InputError(f"no consistency proof from size {old_size} to size {new_size}")
+    return _nodes_of(ranges, height)
+
+
+def frontier_ranges(size: int) -> list[tuple[int, int]]:
+    """The leaf ranges of the complete subtrees that a :class:`CompactRange` of ``size`` holds, largest
+    first (with :func:`stored_subtree_hash`, :meth:`CompactRange.from_state` rebuilds it)."""
+    if size < 0:
+        raise InputError(f"compact range size must not be negative, got {size}")
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    for bit in reversed(range(size.bit_length())):
+        if size >> bit & 1:
+            ranges.append((start, start + (1 << bit)))
+            start += 1 << bit
+    return ranges
 
 
 def _list_subtree_hash(leaf_hashes: Sequence[bytes]) -> SubtreeHash:

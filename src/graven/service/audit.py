@@ -3,7 +3,9 @@
 Every event is appended inside the database transaction of the state change it records, so the log
 and the state never disagree; concurrent writers serialize on the database's write lock. After each
 append graven signs a C2SP checkpoint (origin, size, root) with the log key
-(``GRAVEN_HOME/log/checkpoint.key``, Ed25519, 0600) and stores it.
+(``GRAVEN_HOME/log/checkpoint.key``, Ed25519, 0600) and stores it. Proofs read the stored subtree
+hashes of ``service/logtree.py`` (O(log n) rows) and are checked against the latest signed checkpoint
+before they are returned; ``verify`` recomputes everything from the entries.
 """
 
 from __future__ import annotations
@@ -30,8 +32,12 @@ from graven.core.checkpoint import (
 from graven.core.merkle import (
     EMPTY_ROOT,
     CompactRange,
-    consistency_proof,
-    inclusion_proof,
+    consistency_nodes,
+    consistency_path,
+    inclusion_nodes,
+    inclusion_path,
+    root_hash,
+    stored_subtree_hash,
     verify_consistency,
     verify_inclusion,
 )
@@ -41,6 +47,7 @@ from graven.db import Connection, Row
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
 from graven.home import make_home_dir
 from graven.model.logentry import LogEntry, LogEvent
+from graven.service import logtree
 from graven.service.context import Context, check_limit, utc_now
 from graven.signing.keys import (
     SigningKey,
@@ -115,7 +122,8 @@ class LogVerifyReport(Record):
 
     @property
     def ok(self) -> bool:
-        """True when the entries, the stored checkpoints, the log state and the latest signature agree."""
+        """True when the entries, the stored checkpoints, the stored subtree hashes, the log state and the
+        latest signature agree."""
         return not self.problems
 
     def fail(self, message: str, index: int | None = None) -> None:
@@ -427,7 +435,7 @@ class AuditLog:
         entry = LogEntry.of(event, index=compact.size, time=utc_now(), actor=self.actor)
         data = entry.to_bytes()
         leaf = hashlib.sha256(_LEAF + data).digest()
-        compact.append(leaf)
+        subtrees = compact.append_stored(leaf)  # one every 256 entries
         self._committing = compact.size  # the high-water mark once the transaction commits
         root = compact.root()
         note = sign_checkpoint(Checkpoint(origin, compact.size, root), origin, private)
@@ -459,6 +467,9 @@ class AuditLog:
             "INSERT INTO log_checkpoints (size, root, note) VALUES (:size, :root, :note)",
             {"size": compact.size, "root": root.hex(), "note": note},
         )
+        if subtrees:
+            logtree.fill(conn, entry.index)  # rows an older graven's appends left out (else 1-3 reads)
+            logtree.write_nodes(conn, subtrees)
         return entry
 
     def _appendable(
@@ -658,10 +669,11 @@ class AuditLog:
             checkpoint = self._check_note(note, self._signed_origin(conn))
             if not 0 <= index < checkpoint.size:
                 raise NotFoundError(f"no log entry {index}: the log has entries 0..{checkpoint.size - 1}")
-            leaves = self._leaf_hashes(conn, checkpoint.size)
-        proof = inclusion_proof(leaves, index)
+            nodes = logtree.read_nodes(conn, inclusion_nodes(index, checkpoint.size), checkpoint.size)
+        leaf = nodes[(0, index)]  # hashed from the entry; its siblings from stored subtrees, unverified
+        proof = inclusion_path(index, checkpoint.size, stored_subtree_hash(nodes))
         try:
-            verify_inclusion(leaves[index], index, checkpoint.size, proof, checkpoint.root)
+            verify_inclusion(leaf, index, checkpoint.size, proof, checkpoint.root)
         except VerificationError:
             raise VerificationError(
                 f"the log's entries do not lead to the root of its latest signed checkpoint "
@@ -670,7 +682,7 @@ class AuditLog:
         return {
             "index": index,
             "tree_size": checkpoint.size,
-            "leaf_hash": leaves[index].hex(),
+            "leaf_hash": leaf.hex(),
             "proof": [h.hex() for h in proof],
             "root": checkpoint.root.hex(),
             "checkpoint": note,
@@ -707,23 +719,7 @@ class AuditLog:
                     f"fork: the log was truncated: the old checkpoint has {old.size} entries, the log's "
                     f"latest signed checkpoint only {new.size}"
                 )
-            leaves = self._leaf_hashes(conn, new.size)
-        compact = CompactRange()
-        compact.extend(leaves[: old.size])
-        old_root_now = compact.root()
-        compact.extend(leaves[old.size :])
-        if compact.root() != new.root:
-            raise VerificationError(
-                f"the log's entries do not match its latest signed checkpoint ({new.size} entries); "
-                "run `graven log verify`"
-            )
-        if old.size and old_root_now != old.root:
-            raise VerificationError(
-                f"fork: the log's first {old.size} entries no longer hash to the old checkpoint's root"
-            )
-        proof = consistency_proof(leaves, old.size) if 0 < old.size < new.size else []
-        if old.size > 0:
-            verify_consistency(old.size, new.size, proof, old.root, new.root)
+            proof = self._consistency_proof(conn, old, new)
         return {
             "old_size": old.size,
             "new_size": new.size,
@@ -732,6 +728,38 @@ class AuditLog:
             "proof": [h.hex() for h in proof],
             "checkpoint": note,
         }
+
+    def _consistency_proof(self, conn: Connection, old: Checkpoint, new: Checkpoint) -> list[bytes]:
+        """The consistency proof from ``old`` to ``new`` (the log's latest signed checkpoint), from the
+        stored subtree hashes, once it and both roots check out. When they do not, the entries, read
+        whole only then, say what is wrong: a fork, entries that no longer match, or (neither) stored
+        subtree hashes that do not match the entries, never called a fork."""
+        nodes = logtree.read_nodes(conn, consistency_nodes(old.size, new.size), new.size)
+        subtree_hash = stored_subtree_hash(nodes)
+        if subtree_hash(0, new.size) == new.root and (old.size == 0 or subtree_hash(0, old.size) == old.root):
+            if old.size == 0:
+                return []
+            proof = consistency_path(old.size, new.size, subtree_hash) if old.size < new.size else []
+            try:
+                verify_consistency(old.size, new.size, proof, old.root, new.root)
+            except VerificationError:
+                pass
+            else:
+                return proof
+        leaves = self._leaf_hashes(conn, new.size)
+        if root_hash(leaves) != new.root:
+            raise VerificationError(
+                f"the log's entries do not match its latest signed checkpoint ({new.size} entries); "
+                "run `graven log verify`"
+            )
+        if old.size and root_hash(leaves[: old.size]) != old.root:
+            raise VerificationError(
+                f"fork: the log's first {old.size} entries no longer hash to the old checkpoint's root"
+            )
+        raise VerificationError(
+            f"the log's stored subtree hashes do not match its entries: no consistency proof to its latest "
+            f"signed checkpoint ({new.size} entries); run `graven log verify`"
+        )
 
     @staticmethod
     def _empty_log_consistency(old: Checkpoint) -> dict[str, Any]:
@@ -753,6 +781,8 @@ class AuditLog:
         * every entry: contiguous index, stored leaf hash and derived columns;
         * every stored checkpoint: its root column and its note's text (origin, size and root
           lines) against the root recomputed at its size; one checkpoint per entry;
+        * every stored subtree hash (``log_subtrees``) against the one recomputed from the entries, and
+          none beyond them (a missing one is no problem: proofs compute it);
         * the latest note: its signature by the log key, and its signed size and root equal to the
           number of entries and their root;
         * the log state (size and compact range) and, for an empty log, that no origin, state or
@@ -852,6 +882,10 @@ class AuditLog:
         missing = 0
         expected = 0
         sha256 = hashlib.sha256
+        subtrees = {
+            (int(level), int(idx)): str(value)
+            for level, idx, value in conn.execute("SELECT level, idx, hash FROM log_subtrees")
+        }  # one row per 255 entries
         rows = conn.stream(
             "SELECT e.idx, e.entry, e.leaf_hash, e.event, e.artifact, e.env, e.time, c.size, c.root, c.note "
             "FROM log_entries e LEFT JOIN log_checkpoints c ON c.size = e.idx + 1 ORDER BY e.idx"
@@ -876,7 +910,14 @@ class AuditLog:
                     time,
                 ):
                     report.fail(f"entry {idx} was changed: its columns disagree with its content", idx)
-            compact.append(leaf)
+            for level, index, value in compact.append_stored(leaf):
+                stored = subtrees.pop((level, index), None)
+                if stored is not None and stored != value.hex():  # a missing one is computed when needed
+                    first = index << level
+                    report.fail(
+                        f"the stored subtree hash of entries {first}..{first + (1 << level) - 1} (level "
+                        f"{level}, index {index}) does not match the entries"
+                    )
             expected += 1
             if size is None:
                 if latest_size is not None and expected < latest_size:  # the rest: _check_latest
@@ -906,6 +947,11 @@ class AuditLog:
                 report.fail(mismatch, expected - 1)
         report.size = expected
         report.root = compact.root().hex()
+        for level, index in sorted(subtrees):
+            report.fail(
+                f"a stored subtree hash (level {level}, index {index}) is of no complete subtree of the "
+                f"{expected} entries"
+            )
         if first_missing is not None:
             report.fail(
                 f"{missing} checkpoints are missing (graven signs one per entry), the first one of "

@@ -9,14 +9,20 @@ import pytest
 
 from graven.core.merkle import (
     EMPTY_ROOT,
+    TILE_HEIGHT,
     CompactRange,
+    consistency_nodes,
     consistency_path,
     consistency_proof,
+    frontier_ranges,
+    inclusion_nodes,
     inclusion_path,
     inclusion_proof,
     leaf_hash,
     node_hash,
+    range_nodes,
     root_hash,
+    stored_subtree_hash,
     verify_consistency,
     verify_inclusion,
 )
@@ -334,3 +340,39 @@ def test_extend_data_from_a_generator_gives_the_root_of_every_leaf() -> None:
     assert compact.size == size
     assert len(compact.hashes) == size.bit_count()
     assert compact.root() == ref_mth(entries)
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 257, 65_537, 300_000, 10**12, 2**63 - 1])
+def test_proofs_need_o_log_n_stored_nodes(size: int) -> None:
+    """What a proof reads grows with the log's height, not its size: per stored level at most two
+    tiles' worth (a complete subtree on each side of the path) for an inclusion proof, four for a
+    consistency proof with both roots."""
+    levels = -(-size.bit_length() // TILE_HEIGHT)
+    for index in {0, size // 3, size - 1}:
+        assert len(inclusion_nodes(index, size)) <= 2 * 256 * levels
+    for old in {1, size // 2, size - 1, size}:
+        assert len(consistency_nodes(old, size)) <= 4 * 256 * levels
+
+
+def test_stored_nodes_are_at_multiples_of_the_height_and_inside_the_tree() -> None:
+    size = 300_000
+    for level, index in inclusion_nodes(123_456, size) | consistency_nodes(70_000, size):
+        assert level % TILE_HEIGHT == 0 and (index + 1) << level <= size
+
+
+def test_stored_subtree_helpers_refuse_bad_input() -> None:
+    with pytest.raises(InputError):
+        range_nodes(5, 4)
+    with pytest.raises(InputError):
+        range_nodes(0, 4, height=0)
+    with pytest.raises(InputError):
+        consistency_nodes(5, 4)
+    with pytest.raises(InputError):
+        inclusion_nodes(4, 4)
+    with pytest.raises(InputError):
+        frontier_ranges(-1)
+    with pytest.raises(InputError):
+        CompactRange().append_stored(b"short")
+    with pytest.raises(KeyError):
+        stored_subtree_hash({})(0, 256)  # a node that is not there is named, never guessed
+    assert stored_subtree_hash({})(3, 3) == EMPTY_ROOT

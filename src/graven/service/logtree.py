@@ -1,0 +1,165 @@
+"""The audit log's stored subtree hashes (table ``log_subtrees``): what makes a proof O(log n) reads.
+
+The row ``(level, idx, hash)`` is the RFC 9162 hash of the complete subtree over the entries
+``[idx * 2**level, (idx + 1) * 2**level)``, for the levels that are positive multiples of
+:data:`~graven.core.merkle.TILE_HEIGHT` (8: subtrees of 256 entries, of 65,536, ...; as C2SP tlog-tiles
+keeps them); level 0, the leaves, is hashed from the entries themselves. An append writes the rows it
+completes (one every 256 entries) in its own transaction; the upgrade to schema 10 fills them for an
+existing log (:func:`fill`, one pass over the entries).
+
+Nothing here is trusted: a proof built from these rows is checked against the latest signed checkpoint
+before anyone sees it, so a wrong row makes a proof fail (and ``graven log verify``, which recomputes
+every row from the entries, names it), never a wrong proof. A missing row is computed from the level
+below it (down to the entries): slower, never wrong. An older graven that was still running when the
+database was upgraded appends without rows; the next append that completes a subtree fills them in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from graven.core.merkle import (
+    HASH_SIZE,
+    TILE_HEIGHT,
+    CompactRange,
+    Node,
+    frontier_ranges,
+    range_nodes,
+    root_hash,
+    stored_subtree_hash,
+)
+from graven.db import Connection
+from graven.errors import InputError, VerificationError
+
+__all__ = ["fill", "read_nodes", "write_nodes"]
+
+_LEAF = b"\x00"
+_TILE = 1 << TILE_HEIGHT
+_UPSERT = """INSERT INTO log_subtrees (level, idx, hash) VALUES (:level, :idx, :hash)
+    ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash"""
+
+
+def _runs(indices: Sequence[int]) -> Iterable[tuple[int, int]]:
+    """Sorted ``indices`` as ``(first, last)`` runs; gaps under a tile are read rather than asked for."""
+    first = last = indices[0]
+    for index in indices[1:]:
+        if index - last > _TILE:
+            yield first, last
+            first = index
+        last = index
+    yield first, last
+
+
+def _fetch(conn: Connection, level: int, indices: Sequence[int]) -> dict[int, bytes]:
+    """The hashes of the nodes ``indices`` (sorted) of ``level`` that the database has: level 0 hashed
+    from the entries, other levels as stored (a row that is no hash counts as missing)."""
+    wanted = set(indices)
+    found: dict[int, bytes] = {}
+    sha256 = hashlib.sha256
+    for first, last in _runs(indices):
+        params = {"level": level, "first": first, "last": last}
+        if level == 0:
+            rows = conn.execute(
+                "SELECT idx, entry FROM log_entries WHERE idx >= :first AND idx <= :last", params
+            )
+            for idx, entry in rows:
+                if idx in wanted:
+                    found[int(idx)] = sha256(_LEAF + str(entry).encode()).digest()
+            continue
+        rows = conn.execute(
+            "SELECT idx, hash FROM log_subtrees WHERE level = :level AND idx >= :first AND idx <= :last",
+            params,
+        )
+        for idx, text in rows:
+            try:
+                value = bytes.fromhex(str(text))
+            except ValueError:
+                continue
+            if idx in wanted and len(value) == HASH_SIZE:
+                found[int(idx)] = value
+    return found
+
+
+def read_nodes(conn: Connection, wanted: Iterable[Node], size: int) -> dict[Node, bytes]:
+    """The hashes of the ``wanted`` nodes of the log's first ``size`` entries (all of them inside it): a
+    few queries per level. A stored node that is missing is computed from the 256 below it; an entry
+    that is missing is a VerificationError."""
+    levels: dict[int, set[int]] = {}
+    for level, index in wanted:
+        levels.setdefault(level, set()).add(index)
+    found: dict[Node, bytes] = {}
+    computed: list[Node] = []  # missing stored nodes, highest level first
+    for level in range(max(levels, default=0), -1, -TILE_HEIGHT):  # a missing node adds the level below
+        indices = sorted(levels.get(level, ()))
+        if not indices:
+            continue
+        got = _fetch(conn, level, indices)
+        for index in indices:
+            if index in got:
+                found[(level, index)] = got[index]
+            elif level == 0:
+                raise VerificationError(
+                    f"the log has no entry {index} below its checkpoint size {size}; run `graven log verify`"
+                )
+            else:
+                computed.append((level, index))
+                first = index << TILE_HEIGHT
+                levels.setdefault(level - TILE_HEIGHT, set()).update(range(first, first + _TILE))
+    for level, index in reversed(computed):  # lowest level first: each needs only the level below
+        first = index << TILE_HEIGHT  # 256 complete subtrees of the same size: MTH over them is theirs
+        found[(level, index)] = root_hash(
+            [found[(level - TILE_HEIGHT, i)] for i in range(first, first + _TILE)]
+        )
+    return found
+
+
+def write_nodes(conn: Connection, rows: Sequence[tuple[int, int, bytes]]) -> None:
+    """Store ``(level, index, hash)`` rows (one that is there already is replaced: the rows follow the
+    entries, never the other way round)."""
+    if rows:
+        conn.execute(_UPSERT, [{"level": lv, "idx": i, "hash": h.hex()} for lv, i, h in rows])
+
+
+def fill(conn: Connection, size: int | None = None) -> int:
+    """Store the complete subtrees of the log's first ``size`` entries (all of them: None) that the
+    table lacks at its end, in one pass over the entries from the first one missing: the upgrade's
+    backfill of a whole log, and an append's repair after entries appended without rows. Stops at a
+    missing entry (``graven log verify`` names it). Returns the number of rows written."""
+    if size is None:
+        last = conn.execute("SELECT max(idx) FROM log_entries").scalar()
+        size = 0 if last is None else int(last) + 1
+    start = size
+    level = TILE_HEIGHT
+    while 1 << level <= size:
+        top = conn.execute(
+            "SELECT max(idx) FROM log_subtrees WHERE level = :level", {"level": level}
+        ).scalar()
+        have = 0 if top is None else int(top) + 1
+        if have < size >> level:
+            start = min(start, have << level)
+        level += TILE_HEIGHT
+    if start >= size:
+        return 0
+    ranges = frontier_ranges(start)
+    try:
+        nodes = read_nodes(conn, {n for s, e in ranges for n in range_nodes(s, e)}, start)
+        subtree = stored_subtree_hash(nodes)
+        compact = CompactRange.from_state(start, [subtree(s, e) for s, e in ranges])
+    except (VerificationError, InputError):
+        return 0  # an entry before the gap is missing: the proofs fall back, verify names it
+    rows: list[tuple[int, int, bytes]] = []
+    sha256 = hashlib.sha256
+    entries = conn.stream(
+        "SELECT idx, entry FROM log_entries WHERE idx >= :start AND idx < :size ORDER BY idx",
+        {"start": start, "size": size},
+    )
+    try:
+        for idx, entry in entries:
+            if idx != compact.size:
+                break
+            rows.extend(compact.append_stored(sha256(_LEAF + str(entry).encode()).digest()))
+    finally:
+        entries.close()
+    write_nodes(conn, rows)
+    return len(rows)

@@ -1,0 +1,260 @@
+"""The audit log's stored subtree hashes (log_subtrees): proofs read O(log n) of them and come out as the
+list-based ones did; a wrong one fails the proofs that use it and `log verify` names it; a missing one
+is computed; a database of the previous schema is filled once by its upgrade."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graven.core.merkle import consistency_proof, inclusion_proof, leaf_hash, root_hash
+from graven.home import Home
+from graven.model.logentry import LogEvent
+from graven.service.audit import AuditLog
+from graven.service.context import Context
+from helpers_repo import run_cli
+
+SIZE = 3000  # 11 stored subtrees of 256 entries; the rest of the proofs come from the entries
+Capsys = pytest.CaptureFixture[str]
+
+
+def _append(home: Path, count: int, db_url: str | None = None) -> None:
+    """``count`` entries, in one transaction (each still its own append and signed checkpoint)."""
+    with Context(home=Home(root=home, db_url_override=db_url)) as ctx, ctx.db.begin() as conn:
+        for i in range(count):
+            ctx.audit.append(conn, LogEvent("deploy", env=f"env{i % 3}", reason=f"r{i}"))
+
+
+@pytest.fixture(scope="module")
+def made_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("subtrees") / "home"
+    _append(path, SIZE)
+    return path
+
+
+@pytest.fixture
+def log_home(made_log: Path, home: Path) -> Path:
+    """A copy of the module's log of SIZE entries as this test's GRAVEN_HOME."""
+    shutil.copytree(made_log, home)
+    return home
+
+
+def _db(home: Path) -> sqlite3.Connection:
+    return sqlite3.connect(home / "graven.db", isolation_level=None)
+
+
+def _leaves(home: Path) -> list[bytes]:
+    with _db(home) as db:
+        return [leaf_hash(e.encode()) for (e,) in db.execute("SELECT entry FROM log_entries ORDER BY idx")]
+
+
+def _subtrees(home: Path) -> dict[tuple[int, int], str]:
+    with _db(home) as db:
+        return {(lv, i): h for lv, i, h in db.execute("SELECT level, idx, hash FROM log_subtrees")}
+
+
+def _note(home: Path, size: int) -> str:
+    with _db(home) as db:
+        (note,) = db.execute("SELECT note FROM log_checkpoints WHERE size = ?", (size,)).fetchone()
+    return str(note)
+
+
+def _verify(capsys: Capsys) -> dict[str, Any]:
+    code, out, _ = run_cli(capsys, "log", "verify", "--json")
+    report: dict[str, Any] = json.loads(out)
+    assert (code == 0) is report["ok"]
+    return report
+
+
+def _expected_rows(leaves: list[bytes]) -> dict[tuple[int, int], str]:
+    return {(8, i): root_hash(leaves[i * 256 : (i + 1) * 256]).hex() for i in range(len(leaves) // 256)}
+
+
+def _no_full_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proofs that check out never read the whole log (only a failure does, to say what is wrong)."""
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("the whole log was read")
+
+    monkeypatch.setattr(AuditLog, "_leaf_hashes", refuse)
+
+
+def test_proofs_from_stored_subtrees_are_the_list_based_proofs(
+    log_home: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaves = _leaves(log_home)
+    assert _subtrees(log_home) == _expected_rows(leaves)  # written by the appends themselves
+    _no_full_read(monkeypatch)
+    rng = random.Random(19)
+    indices = {0, 1, 255, 256, 257, 1023, 2047, 2048, SIZE - 2, SIZE - 1, *rng.sample(range(SIZE), 25)}
+    with Context(home=Home(root=log_home)) as ctx:
+        for index in sorted(indices):
+            proof = ctx.audit.prove(index)
+            assert proof["leaf_hash"] == leaves[index].hex()
+            assert proof["proof"] == [h.hex() for h in inclusion_proof(leaves, index)], index
+        for old in sorted({1, 2, 255, 256, 257, 1024, 2049, SIZE - 1, SIZE, *rng.sample(range(1, SIZE), 10)}):
+            result = ctx.audit.consistency(_note(log_home, old))
+            assert result["proof"] == [h.hex() for h in consistency_proof(leaves, old)], old
+            assert result["old_root"] == root_hash(leaves[:old]).hex()
+    code, out, _ = run_cli(capsys, "log", "prove", "1234")
+    assert code == 0 and json.loads(out)["proof"] == [h.hex() for h in inclusion_proof(leaves, 1234)]
+    assert _verify(capsys) | {"problems": None} == {
+        "ok": True,
+        "size": SIZE,
+        "root": root_hash(leaves).hex(),
+        "checkpoints_checked": SIZE,
+        "first_bad_index": None,
+        "problems": None,
+        "more_problems": 0,
+    }
+
+
+def test_a_wrong_stored_subtree_hash_fails_the_proofs_that_use_it_and_verify_names_it(
+    log_home: Path, tmp_path: Path, capsys: Capsys
+) -> None:
+    with _db(log_home) as db:
+        db.execute(
+            "UPDATE log_subtrees SET hash = ? WHERE level = 8 AND idx = 3",
+            (hashlib.sha256(b"forged").hexdigest(),),
+        )
+    code, out, err = run_cli(capsys, "log", "prove", "5")  # its path holds entries 512..1023
+    assert code == 1 and out == ""
+    assert err == (
+        "graven: error: the log's entries do not lead to the root of its latest signed checkpoint "
+        "(3000 entries): no proof for entry 5; run `graven log verify`\n"
+    )
+    assert run_cli(capsys, "log", "prove", "800")[0] == 0  # inside that subtree: its path is elsewhere
+    old = tmp_path / "old.ckpt"
+    old.write_text(_note(log_home, 1024))
+    code, _, err = run_cli(capsys, "log", "consistency", str(old))
+    assert code == 1 and "fork" not in err  # the entries still are what the old checkpoint signed
+    assert err == (
+        "graven: error: the log's stored subtree hashes do not match its entries: no consistency proof "
+        "to its latest signed checkpoint (3000 entries); run `graven log verify`\n"
+    )
+    report = _verify(capsys)
+    assert not report["ok"] and report["first_bad_index"] is None  # no entry is bad
+    assert report["problems"] == [
+        "the stored subtree hash of entries 768..1023 (level 8, index 3) does not match the entries"
+    ]
+
+
+def test_missing_subtree_rows_are_computed_and_stray_ones_reported(
+    log_home: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaves = _leaves(log_home)
+    with _db(log_home) as db:
+        db.execute("DELETE FROM log_subtrees WHERE idx IN (0, 3, 7)")
+        db.execute("UPDATE log_subtrees SET hash = 'not hex' WHERE idx = 5")
+    with Context(home=Home(root=log_home)) as ctx, monkeypatch.context() as patched:
+        _no_full_read(patched)
+        for index in (5, 800, 1500, SIZE - 1):
+            assert ctx.audit.prove(index)["proof"] == [h.hex() for h in inclusion_proof(leaves, index)]
+        result = ctx.audit.consistency(_note(log_home, 256))
+        assert result["proof"] == [h.hex() for h in consistency_proof(leaves, 256)]
+    report = _verify(capsys)  # the deleted rows are no problem (they are computed when needed)
+    assert report["size"] == SIZE and report["problems"] == [
+        "the stored subtree hash of entries 1280..1535 (level 8, index 5) does not match the entries"
+    ]
+    with _db(log_home) as db:
+        db.execute("UPDATE log_subtrees SET hash = ? WHERE idx = 5", (_expected_rows(leaves)[(8, 5)],))
+        db.execute(
+            "INSERT INTO log_subtrees (level, idx, hash) VALUES (8, 11, ?), (3, 0, ?)", ("00" * 32,) * 2
+        )
+    report = _verify(capsys)
+    assert report["problems"] == [
+        "a stored subtree hash (level 3, index 0) is of no complete subtree of the 3000 entries",
+        "a stored subtree hash (level 8, index 11) is of no complete subtree of the 3000 entries",
+    ]
+
+
+def test_rows_an_older_graven_left_out_are_filled_by_the_next_append_that_completes_a_subtree(
+    log_home: Path, capsys: Capsys
+) -> None:
+    """An older graven that was still running when the database was upgraded appends without rows."""
+    with _db(log_home) as db:
+        db.execute("DELETE FROM log_subtrees WHERE idx >= 9")
+    _append(log_home, 3071 - SIZE)  # up to 3071 entries: no subtree completed, nothing filled
+    assert max(i for _, i in _subtrees(log_home)) == 8
+    _append(log_home, 1)
+    assert _subtrees(log_home) == _expected_rows(_leaves(log_home))  # 9, 10 filled, 11 appended
+    report = _verify(capsys)
+    assert report["ok"] and report["size"] == 3072
+
+
+def _downgrade(home: Path) -> None:
+    """Make the database what graven's schema 9 left: no subtree table, version 9."""
+    with _db(home) as db:
+        db.execute("DROP TABLE log_subtrees")
+        db.execute("""UPDATE graven_meta SET value = '9' WHERE "key" = 'schema_version'""")
+
+
+def test_a_database_of_the_previous_schema_is_filled_by_its_upgrade(
+    log_home: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graven.db import SCHEMA_VERSION
+
+    leaves = _leaves(log_home)
+    _downgrade(log_home)
+    with Context(home=Home(root=log_home)) as ctx, monkeypatch.context() as patched:
+        assert ctx.db.schema_version() == SCHEMA_VERSION == 10
+        _no_full_read(patched)
+        assert ctx.audit.prove(777)["proof"] == [h.hex() for h in inclusion_proof(leaves, 777)]
+        result = ctx.audit.consistency(_note(log_home, 1000))
+        assert result["proof"] == [h.hex() for h in consistency_proof(leaves, 1000)]
+    assert _subtrees(log_home) == _expected_rows(leaves)
+    report = _verify(capsys)
+    assert report["ok"] and report["size"] == SIZE
+
+
+def test_the_upgrade_of_a_damaged_log_fills_up_to_its_first_gap(log_home: Path, capsys: Capsys) -> None:
+    leaves = _leaves(log_home)
+    _downgrade(log_home)
+    with _db(log_home) as db:
+        db.execute("DELETE FROM log_entries WHERE idx = 1000")
+    report = _verify(capsys)  # the upgrade does not fail: the log is as damaged as it was
+    assert not report["ok"] and report["first_bad_index"] == 1000
+    assert _subtrees(log_home) == {n: h for n, h in _expected_rows(leaves).items() if n[1] < 3}
+    code, _, err = run_cli(capsys, "log", "prove", "1001")
+    assert code == 1 and err.endswith("run `graven log verify`\n") and "no entry 1000" in err
+
+
+@pytest.mark.services
+def test_subtrees_on_postgres_are_written_read_and_filled_by_the_upgrade(
+    postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    monkeypatch.setenv("GRAVEN_DB_URL", postgres_url)
+    _append(home, 600, postgres_url)
+    _append(home, 1, postgres_url)  # a second transaction: the appends read what the first one stored
+    from graven.db import Database
+
+    database = Database.open(postgres_url)
+    try:
+        with database.connect() as conn:
+            leaves = [
+                leaf_hash(str(e).encode())
+                for e in conn.execute("SELECT entry FROM log_entries ORDER BY idx").scalars()
+            ]
+            rows = {
+                (r.level, r.idx): r.hash for r in conn.execute("SELECT level, idx, hash FROM log_subtrees")
+            }
+            note = str(conn.execute("SELECT note FROM log_checkpoints WHERE size = 300").scalar_one())
+        assert rows == _expected_rows(leaves) and len(rows) == 2
+        with database.begin() as conn:  # back to schema 9
+            conn.execute("DROP TABLE log_subtrees")
+            conn.execute("""UPDATE graven_meta SET value = '9' WHERE "key" = 'schema_version'""")
+    finally:
+        database.close()
+    with Context(home=Home(root=home, db_url_override=postgres_url)) as ctx, monkeypatch.context() as patched:
+        _no_full_read(patched)
+        assert ctx.audit.prove(299)["proof"] == [h.hex() for h in inclusion_proof(leaves, 299)]
+        assert ctx.audit.consistency(note)["proof"] == [h.hex() for h in consistency_proof(leaves, 300)]
+    report = _verify(capsys)
+    assert report["ok"] and report["size"] == 601
