@@ -374,6 +374,28 @@ HOSTILE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], str]] = {
     "dotgit-empty-dir": ([_file("ok.txt"), _dir("app/.git")], "app/.git: a path through .git"),
     "dotgit-file": ([_file("ok.txt"), _file(".git", b"gitdir: /srv/repo\n")], ".git: a path through .git"),
     "dotgit-symlink": ([_dir("repo"), _file("repo/HEAD"), _link(".git", "repo")], ".git: a path through"),
+    # names git takes for .git on Windows or macOS: unpacked there, they are a .git (core.paths.dotgit_reason)
+    "dotgit-ntfs-short-name": ([_file("a/GIT~1/config")], "a/GIT~1/config: a path through .git ('GIT~1' is"),
+    "dotgit-ntfs-trailing-dot": ([_file(".git./config")], ".git./config: a path through .git (Windows drops"),
+    "dotgit-ntfs-trailing-space": ([_dir(".git ")], ".git : a path through .git (Windows drops"),
+    "dotgit-ntfs-stream": (
+        [_file(".git::$INDEX_ALLOCATION/config")],
+        ".git::$INDEX_ALLOCATION/config: a path through .git ('.git::$INDEX_ALLOCATION' names it",
+    ),
+    "dotgit-ntfs-backslash": (
+        [_file("a\\.git\\config")],
+        "a\\.git\\config: a path through .git (Windows splits",
+    ),
+    "dotgit-hfs-ignorable": ([_file(".g\u200cit/HEAD")], "a path through .git (macOS ignores U+200C in"),
+    # a symlink git takes for .gitmodules: git would read a checkout's submodules through it
+    "gitmodules-symlink": (
+        [_file("x"), _link(".gitmodules", "x")],
+        ".gitmodules: a symlink named .gitmodules",
+    ),
+    "gitmodules-symlink-short-name": (
+        [_file("x"), _link("sub/GITMOD~1", "../x")],
+        "sub/GITMOD~1: a symlink named .gitmodules ('GITMOD~1' is its short (8.3) name on Windows)",
+    ),
     "long-linkname": (  # 4097 bytes that would resolve to f: refused for the length alone
         [_file("f"), _link("l", "./" * 2048 + "f")],
         "l: link target longer than 4096 bytes",
@@ -422,12 +444,16 @@ def test_a_git_path_is_refused_saying_what_to_do(graven_home: Path, tmp_path: Pa
 
 def test_names_that_only_look_like_git_import(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
     names = [".gitignore", ".github/workflows/ci.yml", "vendor/lib.git/x", "git/config", ".gitmodules"]
-    archive = _write_tar(tmp_path / "x.tar", [_file(name) for name in names], format=tarfile.PAX_FORMAT)
+    # git takes none of these for .git (git~1 only: .git is a clone's first entry), nor .gitignore as a
+    # symlink for .gitmodules (a file .gitmodules is one git reads and checks)
+    names += ["git~2/x", "GIT~11/x", ".gitx/y", ".git x/z", "\u0147it", ".g\u200cit./w"]
+    members = [_file(name) for name in names] + [_link("links/.gitignore", "../.gitignore")]
+    archive = _write_tar(tmp_path / "x.tar", members, format=tarfile.PAX_FORMAT)
     code, out, err = run_cli("import", "--json", archive)
     assert code == 0, err
     code, out, err = run_cli("show", json.loads(out)["digest"], "--json", "--files")
     assert code == 0, err
-    assert sorted(e["path"] for e in json.loads(out)["entries"]) == sorted(names)
+    assert sorted(e["path"] for e in json.loads(out)["entries"]) == sorted([*names, "links/.gitignore"])
 
 
 @pytest.mark.parametrize("compress", ["gz", "zst"])

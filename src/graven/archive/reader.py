@@ -338,11 +338,15 @@ def _read_members(
         if len(member.linkname.encode("utf-8", "surrogateescape")) > _MAX_PATH:
             raise UnsafeInputError(f"{_shown(name[:80])}: link target longer than {_MAX_PATH} bytes")
         check_path(name)
-        if paths.is_through_dotgit(name):
+        why = paths.dotgit_refusal(name)
+        harm = "a release's .git/config makes git run there execute what it names"
+        if why is None and member.issym():
+            why = paths.gitmodules_refusal(name)
+            harm = "git would read a checkout's submodules through it"
+        if why is not None:
             raise UnsafeInputError(
-                f"{name}: a path through .git, which graven refuses in what it builds or imports (a "
-                "release's .git/config makes git run there execute what it names); an artifact an "
-                "earlier graven built with one must be built again without it"
+                f"{name}: {why}, which git refuses in a tree and graven in what it builds or imports "
+                f"({harm}); an artifact an earlier graven built with one must be built again without it"
             )
         if name in entries or name in dirs:
             raise UnsafeInputError(f"{name}: duplicate entry in archive")

@@ -4,8 +4,9 @@ An artifact path is relative, ``/``-separated, valid UTF-8 without control chara
 C1 controls U+0080..U+009F, which terminals act on), and has no empty, ``.`` or ``..`` segments. A
 symlink target is relative and, followed through the other links of the same tree, never leaves the
 artifact root. What graven makes or takes in (a commit's tree, a build's outputs, an imported archive)
-holds no path through ``.git`` (:func:`through_dotgit`); a manifest stored before that rule is still
-read.
+holds no path through a name git takes for ``.git`` (:func:`dotgit_reason`: ``.GIT``, ``git~1``,
+``.git.``, ``.g\\u200cit``, ...) and no symlink git takes for ``.gitmodules`` (:func:`gitmodules_reason`),
+as git itself refuses them; a manifest stored before those rules is still read.
 """
 
 from __future__ import annotations
@@ -16,21 +17,29 @@ import unicodedata
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from functools import cache
+from typing import cast
 
 from graven.errors import UnsafeInputError
 
 __all__ = [
+    "HFS_IGNORED",
     "MAX_ENTRIES",
     "MAX_LINK_HOPS",
     "check_path",
     "check_unique_nfc",
     "decode_path",
     "display_path",
+    "dotgit_reason",
+    "dotgit_refusal",
     "folded_collisions",
+    "gitmodules_link",
+    "gitmodules_reason",
+    "gitmodules_refusal",
     "implied_dirs",
     "is_through_dotgit",
     "json_text",
     "link_stays_inside",
+    "refused_by_git",
     "through_dotgit",
     "too_many_paths",
 ]
@@ -53,23 +62,236 @@ def too_many_paths(what: str) -> UnsafeInputError:
     )
 
 
+# Code points HFS+ (macOS) leaves out of a name when it compares names, as git's utf8.c
+# (next_hfs_char) lists them: zero-width joiners and marks, bidirectional controls, deprecated
+# format characters and the byte order mark. ".g\u200cit" is ".git" there.
+HFS_IGNORED = frozenset(
+    "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
+)
+
+# A name NTFS (Windows) takes for ".git" or ".gitmodules" ends in any dots and spaces (which Windows
+# drops), then the end of the name or ":" (an alternate data stream: ".git::$INDEX_ALLOCATION" is the
+# directory itself). ASCII case only, as git compares (strncasecmp in the C locale).
+# Compiled on first use, as the patterns below: most commands that import this module never ask.
+
+
+@cache
+def _ntfs_tail_pattern() -> re.Pattern[str]:
+    return re.compile(r"[ .]*(:.*)?", re.DOTALL)
+
+
+@cache
+def _ntfs_dotgit() -> re.Pattern[str]:
+    return re.compile(r"(\.git|git~1)([ .]*)(:.*)?", re.ASCII | re.IGNORECASE | re.DOTALL)
+
+
 def is_through_dotgit(path: str) -> bool:
-    """Whether a segment of ``path`` is ``.git`` in any case (``.git/config``, ``app/.GIT/hooks/x``, a
-    file or a link named ``.git``), as git's own rules for a tree take it (``git fsck`` flags such a
-    tree, and git refuses to commit or check out the path). In a release, a ``.git`` makes every git
-    command run there read its config, whose ``core.fsmonitor``, aliases and hooks run programs.
-    ``.gitignore``, ``.github`` or ``x.git`` are other names."""
-    lowered = path.lower()
-    return ".git" in lowered and ".git" in lowered.split("/")
+    """Whether a name in ``path`` is one git takes for ``.git`` (:func:`dotgit_reason`)."""
+    return dotgit_reason(path) is not None
+
+
+def dotgit_reason(path: str) -> str | None:
+    """Why a name in ``path`` is ``.git`` by git's own rules, else None: ``""`` for a name that is
+    ``.git`` itself, else what makes it one (``"'GIT~1' is its short (8.3) name on Windows"``).
+
+    git refuses such a path in a tree: ``verify_path`` (read-cache.c) will neither add nor check it
+    out, and ``git fsck`` reports the tree (hasDotgit). The names are those of git's path.c
+    ``is_ntfs_dotgit`` and utf8.c ``is_hfs_dotgit`` (CVE-2014-9390, CVE-2019-1352), checked on every
+    platform as fsck does: ``.git`` in any ASCII case (``.GIT``: a file system that ignores case);
+    on NTFS, ``.git`` followed by dots and spaces (``.git.``, ``.git . .``: Windows drops them),
+    ``git~1`` (``.git``'s short 8.3 name, as git makes ``.git`` a directory's first entry), either
+    followed by ``:`` and anything (``.git::$INDEX_ALLOCATION``, an NTFS stream), and any of these
+    after a backslash (``a\\.git``: a separator on Windows); on HFS+, ``.git`` with code points that
+    macOS ignores (:data:`HFS_IGNORED`: ``.g\\u200cit``). Other names are not: ``.gitignore``,
+    ``.github``, ``x.git``, ``git~2`` (git does not refuse it: ``.git`` is a fresh clone's first
+    entry, so it gets ``git~1``), ``.Ňit`` (only ASCII letters fold).
+
+    In a release, a ``.git`` makes every git command run there read its config, whose
+    ``core.fsmonitor``, aliases and hooks run programs; an artifact extracted on Windows or macOS
+    makes ``.git`` out of any of these names.
+    """
+    if "git" not in path.lower() and path.isascii():  # nearly every path: one test
+        return None
+    for name in path.split("/"):
+        why = _dotgit_name(name)
+        if why is not None:
+            return why
+    return None
+
+
+def _dotgit_name(name: str) -> str | None:
+    """:func:`dotgit_reason` for one name (a segment of a path)."""
+    if not name.isascii() and not HFS_IGNORED.isdisjoint(name):  # is_hfs_dotgit
+        kept = "".join(c for c in name if c not in HFS_IGNORED)
+        if kept.isascii() and kept.lower() == ".git":
+            ignored = ", ".join(sorted({f"U+{ord(c):04X}" for c in name if c in HFS_IGNORED}))
+            return f"macOS ignores {ignored} in {name!a}"
+    parts = name.split("\\")
+    for part in parts:  # is_ntfs_dotgit: fsck reads each part after a backslash too
+        match = _ntfs_dotgit().fullmatch(part)
+        if match is None:
+            continue
+        head, dots, stream = match.groups()
+        if stream is not None:
+            why = f"{part!a} names it on Windows: an NTFS stream"
+        elif head.lower() == "git~1":
+            why = f"{part!a} is its short (8.3) name on Windows"
+        elif dots:
+            why = f"Windows drops the trailing dots and spaces of {part!a}"
+        elif head != ".git":
+            why = f"{part!a} is .git where names ignore case: macOS, Windows"
+        else:
+            why = ""
+        if len(parts) > 1:
+            why = f"Windows splits {name!a} at each backslash" + (f", and {why}" if why else "")
+        return why
+    return None
+
+
+def dotgit_refusal(path: str) -> str | None:
+    """``"a path through .git"`` and why (:func:`dotgit_reason`) when ``path`` goes through a name git
+    takes for ``.git``, else None: what a refusal says after the path."""
+    why = dotgit_reason(path)
+    if why is None:
+        return None
+    return f"a path through .git ({why})" if why else "a path through .git"
+
+
+@cache
+def _joined_dotgit() -> re.Pattern[str]:
+    # "git", then "~1" or not, dots and spaces, and the end of a name or a stream: a literal first,
+    # which the regex engine searches for quickly (a search for "/.git" or "\\.git" first is 10x
+    # slower); what precedes a hit is looked at after
+    return re.compile(r"git(~1)?[ .]*[/\\:]")
 
 
 def through_dotgit(paths: list[str]) -> str | None:
-    """The first of ``paths`` that goes through ``.git`` (:func:`is_through_dotgit`), else None: the
-    one check of a commit's tree, a build's outputs and an imported archive. One search over all of
-    ``paths`` at once; only a hit looks at them one by one."""
-    if "/.git/" not in f"/{'/'.join(paths).lower()}/":
+    """The first of ``paths`` that goes through a name git takes for ``.git`` (:func:`dotgit_reason`),
+    else None: the one check of a commit's tree, a build's outputs and an imported archive. One
+    search over all of ``paths`` at once (as long as a join of them: a tree's ``.gitignore`` files do
+    not make it slower); only a hit looks at them one by one."""
+    joined = f"/{'/'.join(paths).lower()}/"
+    hit = not joined.isascii() and any(char in joined for char in HFS_IGNORED)
+    if not hit:
+        for match in _joined_dotgit().finditer(joined):
+            at = match.start()
+            if joined[at - 1] in "/\\" if match.group(1) else joined[at - 2 : at] in ("/.", "\\."):
+                hit = True
+                break
+    if not hit:
         return None
-    return next((path for path in paths if is_through_dotgit(path)), None)
+    return next((path for path in paths if dotgit_reason(path) is not None), None)
+
+
+def gitmodules_reason(link: str) -> str | None:
+    """Why the symlink ``link`` is named ``.gitmodules`` by git's own rules, else None: ``""`` for the
+    name ``.gitmodules`` itself, else what makes its name one (``"'GITMOD~1' is its short (8.3) name
+    on Windows"``). git refuses ``.gitmodules`` as a symlink (``verify_path`` in read-cache.c; fsck's
+    gitmodulesSymlink is an error): git would read a checkout's submodules through the link, from
+    outside the tree. The names are those of git's utf8.c ``is_hfs_dotgitmodules`` and path.c
+    ``is_ntfs_dotgitmodules`` (CVE-2018-11235): ``.gitmodules`` in any ASCII case, with code points
+    macOS ignores, with trailing dots and spaces or a stream (``:``) on NTFS, and NTFS short names
+    ``gitmod~1`` to ``gitmod~4`` and the hashed ones (``gi7eba~1``, ``gi7eb~10``, ``~1000000``). A
+    regular file named ``.gitmodules`` is not refused, nor symlinks named ``.gitignore`` or
+    ``.gitattributes`` (fsck only notes them; git opens those without following a link)."""
+    name = link.rpartition("/")[2]
+    if "~" not in name and "git" not in name.lower() and name.isascii():
+        return None
+    if not name.isascii() and not HFS_IGNORED.isdisjoint(name):  # is_hfs_dotgitmodules
+        kept = "".join(c for c in name if c not in HFS_IGNORED)
+        if kept.isascii() and kept.lower() == ".gitmodules":
+            ignored = ", ".join(sorted({f"U+{ord(c):04X}" for c in name if c in HFS_IGNORED}))
+            return f"macOS ignores {ignored} in {name!a}"
+    # is_ntfs_dotgitmodules on the name and, as fsck does, on what follows each backslash in it
+    # (unlike is_ntfs_dotgit, it reads to the end of the name: ".gitmodules\\x" is another name)
+    why = _ntfs_dot_generic(name, "gitmodules", "gi7eba")
+    start = name.find("\\")
+    while why is None and start >= 0:
+        why = _ntfs_dot_generic(name[start + 1 :], "gitmodules", "gi7eba")
+        if why is not None:
+            return f"Windows splits {name!a} at each backslash" + (f", and {why}" if why else "")
+        start = name.find("\\", start + 1)
+    return why
+
+
+def _ntfs_dot_generic(name: str, dotted: str, short: str) -> str | None:
+    """git's path.c ``is_ntfs_dot_generic``: whether NTFS takes ``name`` for ``.`` + ``dotted``
+    (``short``: the first six characters of the hashed short name git computed for it), and why."""
+    size = len(dotted)
+    if name[:1] == "." and name[1 : size + 1].isascii() and name[1 : size + 1].lower() == dotted:
+        kind = _ntfs_tail(name, size + 1)
+        if kind is None:
+            return None
+        if kind:
+            return f"{name!a} {kind}"
+        if name[1 : size + 1] == dotted:
+            return ""
+        return f"{name!a} is .{dotted} where names ignore case: macOS, Windows"
+    # a regular short name: the first six characters, then ~1 to ~4
+    if name[:6].isascii() and name[:6].lower() == dotted[:6] and name[6:7] == "~" and "1" <= name[7:8] <= "4":
+        return None if _ntfs_tail(name, 8) is None else f"{name!a} is its short (8.3) name on Windows"
+    # a fall-back short name: up to six characters of ``short``, "~", then digits, eight in all
+    i, tilde = 0, False
+    while i < 8:
+        if i >= len(name):
+            return None
+        char = name[i]
+        if tilde:
+            if not "0" <= char <= "9":
+                return None
+        elif char == "~":
+            i += 1
+            if not "1" <= name[i : i + 1] <= "9":
+                return None
+            tilde = True
+        elif i >= 6 or not char.isascii() or char.lower() != short[i]:
+            return None
+        i += 1
+    return None if _ntfs_tail(name, i) is None else f"{name!a} is its short (8.3) name on Windows"
+
+
+def _ntfs_tail(name: str, start: int) -> str | None:
+    """What follows a name NTFS may take for another from ``start``: None unless only dots and spaces,
+    then the end or ``:``; else ``""`` (nothing), or what the dots, spaces or stream do there."""
+    match = _ntfs_tail_pattern().fullmatch(name, start)
+    if match is None:
+        return None
+    if match.group(1) is not None:
+        return "names it on Windows: an NTFS stream"
+    return "has trailing dots and spaces, which Windows drops" if match.end() > start else ""
+
+
+def gitmodules_link(links: Iterable[str]) -> str | None:
+    """The first of ``links`` (the paths of symlinks) that git takes for ``.gitmodules``
+    (:func:`gitmodules_reason`), else None."""
+    return next((link for link in links if gitmodules_reason(link) is not None), None)
+
+
+def gitmodules_refusal(link: str) -> str | None:
+    """``"a symlink named .gitmodules"`` and why (:func:`gitmodules_reason`) when git takes the
+    symlink ``link`` for one, else None: what a refusal says after the path."""
+    why = gitmodules_reason(link)
+    if why is None:
+        return None
+    return f"a symlink named .gitmodules ({why})" if why else "a symlink named .gitmodules"
+
+
+def refused_by_git(paths: list[str], links: Iterable[str]) -> tuple[str, str, str] | None:
+    """The first of ``paths`` git refuses in a tree, what it is and what it would do, else None: a
+    path through a name git takes for ``.git`` (:func:`through_dotgit`), else one of ``links`` (the
+    paths of symlinks) git takes for ``.gitmodules`` (:func:`gitmodules_link`). What a commit's tree,
+    a build's outputs and an exported artifact are checked with."""
+    dotgit = through_dotgit(paths)
+    if dotgit is not None:
+        harm = (
+            "git run there, or where it is unpacked on Windows or macOS, would execute what its config names"
+        )
+        return dotgit, cast(str, dotgit_refusal(dotgit)), harm
+    link = gitmodules_link(links)
+    if link is not None:
+        harm = "git would read a checkout's submodules through it, from outside the tree"
+        return link, cast(str, gitmodules_refusal(link)), harm
+    return None
 
 
 def decode_path(raw: bytes) -> str:

@@ -560,6 +560,10 @@ def _carry_forward(
     carried = [entry for entry in earlier if entry.path not in changed]
     if not all(isinstance(entry, FileEntry | SymlinkEntry) for entry in carried):
         return None  # git trees hold no empty directories: not a build of a commit's files
+    if paths.refused_by_git(
+        [entry.path for entry in carried], [e.path for e in carried if isinstance(e, SymlinkEntry)]
+    ):
+        return None  # built before graven refused it: the whole tree is read, and refused by name
     if ctx.store.missing({entry.sha256 for entry in carried if isinstance(entry, FileEntry)}):
         return None  # read again from git (as a blob cache hit whose object is gone would be)
     listed = [
@@ -597,14 +601,18 @@ def _cached_digests(ctx: Context, oids: Iterable[str]) -> dict[str, tuple[str, i
 
 
 def _check_no_dotgit(entries: list[TreeEntry]) -> None:
-    """Refuse step outputs with a path through .git (as a commit's tree): in a release, its config
-    would make any git command run there execute what it names. (``verify --rebuild`` collects the
-    outputs without this check: it stores nothing, and an artifact built before it is rebuilt too.)"""
-    dotgit = paths.through_dotgit([entry.path for entry in entries])
-    if dotgit is not None:
+    """Refuse step outputs that git refuses in a tree (as a commit's tree): a path through a name git
+    takes for .git (in a release, its config would make any git command run there execute what it
+    names), a symlink named .gitmodules. (``verify --rebuild`` collects the outputs without this
+    check: it stores nothing, and an artifact built before it is rebuilt too.)"""
+    refused = paths.refused_by_git(
+        [entry.path for entry in entries], [e.path for e in entries if isinstance(e, SymlinkEntry)]
+    )
+    if refused is not None:
+        path, why, harm = refused
         raise UnsafeInputError(
-            f"[build] outputs: {display_path(dotgit)}: a path through .git, which a release must not "
-            "hold (git run there would execute what its config names); exclude it from the outputs "
+            f"[build] outputs: {display_path(path)}: {why}, which a release must not hold "
+            f"({harm}); exclude it from the outputs "
             "(leave it out of [build] outputs, or add it to [artifact] exclude)"
         )
 
@@ -616,13 +624,18 @@ def _select_git_entries(entries: list[GitEntry], selection: Selection) -> list[G
         selects = selection.selects
         chosen = [entry for entry in entries if selects(entry.path)]
     # paths are checked once, when the manifest is made; here only what git may hold besides files,
-    # and a ".git" that only a crafted tree holds (git refuses to commit one; git fsck flags it): in a
-    # release, a .git/config could make any git run there execute its commands
-    dotgit = paths.through_dotgit([entry.path for entry in chosen])
-    if dotgit is not None:
+    # and what git refuses in a tree (git fsck reports it; only a crafted tree holds it, or a commit
+    # made where git does not guard the name: ".g\u200cit" outside macOS): a ".git", ".GIT", "git~1"
+    # (in a release, a .git/config could make any git run there execute its commands) or a symlink
+    # ".gitmodules"
+    refused = paths.refused_by_git(
+        [entry.path for entry in chosen], [e.path for e in chosen if e.mode == MODE_SYMLINK]
+    )
+    if refused is not None:
+        path, why, harm = refused
         raise UnsafeInputError(
-            f"{display_path(dotgit)}: a path through .git, which git itself refuses to commit (git fsck "
-            "reports the tree); build a commit made by git"
+            f"{display_path(path)}: {why}, which git refuses in a tree (git fsck reports it; {harm}); "
+            "build a commit without it"
         )
     modes = _GIT_FILE_MODES
     for entry in [entry for entry in chosen if entry.mode not in modes]:
