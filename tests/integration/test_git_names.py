@@ -1,7 +1,8 @@
 """Names git takes for ``.git`` on Windows or macOS (``GIT~1``, ``.git.``, ``.g\\u200cit``, ...) and
 symlinks it takes for ``.gitmodules``, at each way into the store: a commit's tree, a build's step
-outputs (and what an incremental build carries from an earlier one). `graven import` is tested with
-the other hostile archives (tests/integration/test_cli_archive.py)."""
+outputs (and what an incremental build carries from an earlier one), and an exported artifact an
+earlier graven stored with one (exported with a warning). `graven import` is tested with the other
+hostile archives (tests/integration/test_cli_archive.py)."""
 
 from __future__ import annotations
 
@@ -174,3 +175,32 @@ def test_an_incremental_build_does_not_carry_a_path_an_earlier_graven_took(
     write_files(repo, {"app/main.py": "print(2)\n"})
     commit_all(repo, "an unrelated change")
     _refused(run_cli("build", "-C", repo), "GIT~1/config: a path through .git ('GIT~1' is its short")
+
+
+def test_an_artifact_stored_with_one_exports_with_a_warning_and_its_archive_is_refused(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an earlier graven stored is still verified, deployed and exported (it is what was signed);
+    the export says that its archive holds such a name, which graven import refuses."""
+    import graven.core.paths
+
+    command = "mkdir -p out/.git. && echo '[core]' > out/.git./config && echo x > out/f"
+    toml = (
+        f'[artifact]\nname = "x"\n[build]\nsandbox = "none"\nsteps = [{json.dumps(command)}]\n'
+        'outputs = ["out/"]\n'
+    )
+    repo = make_repo(tmp_path / "repo", APP, toml)
+    with monkeypatch.context() as patch:  # as a graven before the rule built it
+        patch.setattr(graven.core.paths, "refused_by_git", lambda *_: None)
+        code, out, err = run_cli("build", "-C", repo)
+        assert code == 0, err
+    digest = out.splitlines()[-1]
+    code, _, err = run_cli("verify", digest)
+    assert code == 0, err
+    archive = tmp_path / "x.tar"
+    code, _, err = run_cli("export", digest, "-o", archive)
+    assert code == 0, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("graven: warning: out/.git./config: a path through .git (Windows drops"), line
+    assert line.endswith("graven import refuses this archive: build the artifact again without it"), line
+    _refused(run_cli("import", archive), "out/.git.: a path through .git (Windows drops")

@@ -16,6 +16,7 @@ from graven.archive.writer import (
     write_archive_file,
     write_error,
 )
+from graven.core.paths import display_path, refused_by_git
 from graven.errors import (
     DigestMismatchError,
     InputError,
@@ -23,6 +24,7 @@ from graven.errors import (
 )
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
+from graven.model.manifest import SymlinkEntry, TreeManifest
 from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context, utc_now
 from graven.service.records import insert_ignore
@@ -63,6 +65,7 @@ def export_artifact(
         raise InputError(f"{out} is a directory; give a file name ending in .tar.zst")
     record = get_artifact(ctx, digest)
     manifest = load_manifest(ctx, digest)
+    _warn_refused_paths(ctx, manifest)
     pipeline = None
     if record.pipeline_digest:
         pipeline = ctx.store.read(Digest.parse(record.pipeline_digest)).decode("utf-8")
@@ -107,6 +110,24 @@ def export_artifact(
         before_rename=drop_replaced if replaces else None,
     )
     report("writing archive (bytes)", total, total)
+
+
+def _warn_refused_paths(ctx: Context, manifest: TreeManifest) -> None:
+    """Warn when an artifact an earlier graven stored holds a path git refuses in a tree (``.git``,
+    ``GIT~1``, a symlink ``.gitmodules``: core.paths.refused_by_git). It is still exported, as it is
+    still verified and deployed: the artifact is what it was signed as, and refusing it now would
+    strand a release that may need a copy; but its archive is what makes such a name harmful (unpacked
+    on Windows or macOS, where ``GIT~1`` or ``.git.`` is a ``.git``) and graven import refuses it."""
+    entries = manifest.entries
+    refused = refused_by_git(
+        [entry.path for entry in entries], [e.path for e in entries if isinstance(e, SymlinkEntry)]
+    )
+    if refused is not None:
+        path, why, harm = refused
+        ctx.reporter.warn(
+            f"{display_path(path)}: {why}, which graven now refuses in what it builds or imports "
+            f"({harm}); graven import refuses this archive: build the artifact again without it"
+        )
 
 
 class ImportResult(NamedTuple):
