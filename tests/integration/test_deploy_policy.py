@@ -548,7 +548,7 @@ def test_a_policy_file_or_key_another_user_could_change_is_refused(
     assert world.deploy(digest, "staging", policy_file=policy).ok  # as strict as it must be: accepted
     loosened = {"policy": policy, "key": key, "directory": where}[loose]
     loosened.chmod(0o777 if loose == "directory" else 0o666)
-    with pytest.raises(ConfigError, match="another user could change the keys .*policy.toml trusts"):
+    with pytest.raises(ConfigError, match=r"another user could change the keys .*policy\.toml trusts"):
         world.deploy(digest, "staging", policy_file=policy)
     code, _, err = run_cli(capsys, "verify", digest, "--policy", str(policy))
     assert code == 2 and err.count("\n") == 1 and f"chmod go-w {loosened}" in err
