@@ -211,6 +211,9 @@ def sign(payload: bytes, payload_type: str, signer: Signer) -> dict[str, Any]:
     return sign_envelope(payload, payload_type, signer).to_dict()
 
 
+MAX_SIGNATURES = 64  # in one envelope: legitimate ones carry one or a few (a threshold of signers)
+
+
 def envelope_from_dict(data: Mapping[str, Any], what: str = "DSSE envelope") -> Envelope:
     """Check and convert the JSON form of an envelope; malformed input raises InputError."""
     for field in ("payload", "payloadType", "signatures"):
@@ -227,6 +230,12 @@ def envelope_from_dict(data: Mapping[str, Any], what: str = "DSSE envelope") -> 
         raise InputError(f"{what}: 'payloadType' is not a string (of Unicode characters)")
     if not isinstance(raw_signatures, list):
         raise InputError(f"{what}: 'signatures' is not a list")
+    if len(raw_signatures) > MAX_SIGNATURES:
+        # each is tried against each trusted key, on every verify and deploy of the artifact
+        raise InputError(
+            f"{what} has {len(raw_signatures)} signatures; graven accepts at most {MAX_SIGNATURES} in one "
+            "envelope (sign with fewer keys, or give each signer's envelope separately)"
+        )
     signatures: list[Signature] = []
     for index, raw in enumerate(raw_signatures):
         if not isinstance(raw, dict):
