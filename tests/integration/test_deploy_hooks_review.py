@@ -244,3 +244,68 @@ def test_a_switch_back_runs_the_hooks_of_the_verified_graven_toml_not_the_databa
     assert not world.deploy(bad, "staging").ok and world.live("staging") == v1
     assert not pwned.exists()
     assert marker.read_text() == "v1\nv1\n"  # its own activate, read from its graven.toml, ran again
+
+
+def _switch_of_current_fails(monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
+    """``current`` cannot be pointed at ``digest`` (a full disk, a file system gone read-only)."""
+    from graven.errors import BackendError
+    from graven.service import deploy_release
+
+    real = deploy_release.point_symlink
+
+    def full(link: Path, target: str) -> bool:
+        if link.name == "current" and digest.removeprefix("sha256:") in target:
+            raise BackendError(f"cannot switch {link} to {target}: No space left on device")
+        return real(link, target)
+
+    monkeypatch.setattr(deploy_release, "point_symlink", full)
+
+
+def test_a_switch_that_failed_before_current_changed_switches_nothing_back(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing went live, so the previous release's activate does not run again, no automatic
+    rollback is recorded, and the one line says what is still live. Before, the failure was taken for
+    a failed health check: the old release's hooks ran again and an auto-rollback row was written
+    (and a held drift check of the release still live was thrown away for it)."""
+    marker = tmp_path / "activated"
+    v1 = world.version(1, env_toml("app", staging_prod(activate=f"echo v1 >> {marker}")))
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2, env_toml("app", staging_prod(activate=f"echo v2 >> {marker}")))
+    _switch_of_current_fails(monkeypatch, v2)
+    result = world.deploy(v2, "staging")
+    assert not result.ok and result.rolled_back_to is None
+    assert "the switch to" in result.message and "nothing was switched" in result.message
+    assert f"{v1[7:19]} is still live in staging" in result.message
+    assert "No space left on device" in result.message
+    assert world.live("staging") == v1
+    assert marker.read_text() == "v1\n"  # no hook ran again
+    history = environments.history(world.ctx(), "staging")
+    assert [(h["digest"], h["kind"], h["result"]) for h in history] == [
+        (v1, "deploy", "ok"),
+        (v2, "deploy", "failed"),
+    ]
+    state = environments.status(world.ctx())
+    assert [(s.env, s.live) for s in state] == [("staging", v1)]
+    monkeypatch.undo()
+    assert world.deploy(v2, "staging").ok  # the next deploy goes as any
+
+
+def test_a_rollback_whose_switch_failed_holds_nothing_and_leaves_what_is_live(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the environment was recorded as rolled back and held on a digest that ``current`` did
+    not name."""
+    from graven.service.deploy import rollback
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    _switch_of_current_fails(monkeypatch, v1)
+    result = rollback(world.ctx(), "staging", world.options(reason="bad v2"))
+    assert not result.ok and "nothing was switched" in result.message
+    assert f"{v2[7:19]} is still live in staging" in result.message
+    assert world.live("staging") == v2
+    state = environments.status(world.ctx())
+    assert [(s.live, s.held) for s in state] == [(v2, False)]

@@ -403,6 +403,8 @@ def _run_deployment(
         what = "activate" if failure is activate else "health check"
         if stopped is not None:
             what = phase
+        # a switch that failed before current changed (its rename is atomic: one or the other)
+        switched = not (phase == "switch" and layout.live_hex() == (previous or "").removeprefix("sha256:"))
         restored = record_failure(
             ctx,
             target,
@@ -416,6 +418,7 @@ def _run_deployment(
             old_config=old_config,
             opts=opts,
             overridden=tuple(decision.overridden),
+            switched=switched,
         )
         write_witness(ctx, layout)
         step(ctx, "done")
@@ -427,7 +430,14 @@ def _run_deployment(
         # stop or a file system mounted noexec is not
         artifact_hook = what in ("activate", "health check") and "mounted noexec" not in described
         fix = "fix the artifact and deploy again" if artifact_hook else "deploy again once that is fixed"
-        if rolled_back_to and restored.health == "failed":
+        if not switched:
+            still = f"{short(previous)} is still live" if previous else "nothing is live"
+            holding = f" and {env} stays held" if restored.held else ""
+            message = (
+                f"the switch to {short(digest)} in {env} failed ({described}); nothing was switched: "
+                f"{still} in {env}{holding}; {fix}"
+            )
+        elif rolled_back_to and restored.health == "failed":
             message = (
                 f"{what} of {short(digest)} in {env} failed ({described}); switched back to "
                 f"{short(rolled_back_to)}, which failed its checks too ({restored.detail}): {env} is "

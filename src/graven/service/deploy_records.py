@@ -233,10 +233,15 @@ def record_failure(
     old_config: str | None,
     opts: DeployOptions,
     overridden: tuple[str, ...] = (),
+    switched: bool = True,
 ) -> Restored:
     """Record a failed activate/health; switch back to the previous release unless this is a rollback.
     A bypassed requirement (``overridden``) is logged as an ``override`` entry all the same: the
-    digest went live because of it. Returns what the environment was left on (:class:`Restored`)."""
+    digest went live because of it. Returns what the environment was left on (:class:`Restored`).
+
+    ``switched`` False: the switch itself failed before ``current`` changed (a full disk, a file
+    system gone read-only): nothing went live, so nothing is switched back and no hook runs again;
+    the environment's state stays what it was (a rollback that did not switch holds nothing)."""
     env = target.settings.name
     digest = str(target.digest)
     detail = f"{what} failed: {failure.describe()}"
@@ -247,7 +252,9 @@ def record_failure(
     back_ok = previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir()
     back_pipeline: str | None = None
     interrupted: BaseException | None = None  # what stopped the old release's hooks, raised once recorded
-    if kind != "rollback" and previous is not None and previous != digest and back_ok:
+    if not switched:
+        pass  # current names what it named: nothing to undo
+    elif kind != "rollback" and previous is not None and previous != digest and back_ok:
         from graven.service.deploy_verify import verified_settings
 
         unverified: str | None
@@ -327,9 +334,11 @@ def record_failure(
                 result="failed",
             ),
         )
-        if overridden:
+        if overridden and switched:
             _log_override(ctx, conn, target, overridden, opts, result="failed")
-        if rolled_back_to is not None:
+        if not switched:
+            pass  # the state read under the lock still describes the disk
+        elif rolled_back_to is not None:
             rejected = rejection(conn, rolled_back_to)
             if rejected is not None:  # live again only because nothing else is at hand
                 note = f"it is rejected ({rejected}): deploy another digest"
