@@ -76,6 +76,11 @@ _HEX64 = re.compile("[0-9a-f]{64}")
 # No packed object is larger (packs hold objects under LOOSE_THRESHOLD, and manifests: 4 GiB is a tree
 # of some 30 million files); a size past it is damage, refused before anything is allocated for it.
 _MAX_PACKED_SIZE = 1 << 32
+# An index entry is only where to look: a record it says starts this far in, or whose read would be
+# larger than one chunk, is first checked against the pack file's size, so that a damaged entry (an
+# index file not checked yet, or one whose checksum was made again) is corruption, not an attempt to
+# allocate its length or an offset past what pread(2) takes.
+_MAX_OFFSET = 1 << 62
 _IDX_HEADER = len(IDX_MAGIC) + 8
 _POINT_LOOKUPS = 32  # reads served by binary search before the whole index is loaded
 _RELOADS = 8  # index reloads a read makes while the packs it finds are merged away under it
@@ -463,8 +468,15 @@ class LocalStore:
             self._enter()
             try:
                 fd = self._pack_fd(location.pack)
+                want = _RECORD.size + 32 + location.stored
+                if (want > _CHUNK or location.offset >= _MAX_OFFSET) and (
+                    location.offset + _RECORD.size + location.stored > os.fstat(fd).st_size
+                ):
+                    raise IntegrityError(
+                        f"{_what(digest, location)}: its index entry runs past the end of the pack file"
+                    )
                 # one read for header and payload: the header is 49 bytes (81 for a delta)
-                blob = os.pread(fd, _RECORD.size + 32 + location.stored, location.offset)
+                blob = os.pread(fd, want, location.offset)
             finally:
                 self._leave()
         except FileNotFoundError:
@@ -1406,6 +1418,8 @@ class PackBatch:
                 return depth if self._store.has(current) else None
             if location.codec != CODEC_ZSTD_DELTA:
                 return depth
+            if location.offset >= _MAX_OFFSET:
+                return None  # a damaged index entry: no delta against it
             try:
                 with location.pack.open("rb") as handle:
                     header = os.pread(handle.fileno(), _RECORD.size + 32, location.offset)

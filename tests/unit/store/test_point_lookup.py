@@ -4,6 +4,8 @@ still verified."""
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from pathlib import Path
 
 import pytest
@@ -85,4 +87,71 @@ def test_a_tampered_index_entry_never_yields_wrong_bytes(tmp_path: Path) -> None
     store = LocalStore.at(tmp_path / "objects")
     assert store.read(second) == b"B" * 400
     assert store.read(first) == b"A" * 400
+    store.close()
+
+
+def _tamper_entry(idx: Path, digest: Digest, field: int, value: int, *, checksum: bool) -> None:
+    """Set one field of ``digest``'s entry in ``idx``; with ``checksum``, make the checksum match again
+    (the index then loads as a sound one)."""
+    data = bytearray(idx.read_bytes())
+    entry = local._IDX_ENTRY
+    (count,) = struct.unpack_from(">Q", data, len(local.IDX_MAGIC))
+    for i in range(count):
+        at = local._IDX_HEADER + i * entry.size
+        row = list(entry.unpack_from(data, at))
+        if row[0] == digest.raw:
+            row[field] = value
+            entry.pack_into(data, at, *row)
+    if checksum:
+        data[-32:] = hashlib.sha256(data[:-32]).digest()
+    idx.chmod(0o644)
+    idx.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("checksum", [False, True], ids=["unchecked-index", "checksum-made-again"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(1, 2**64 - 1), (1, 2**63), (2, 2**62), (2, 2**40)],
+    ids=["offset-2^64-1", "offset-2^63", "stored-2^62", "stored-2^40"],
+)
+def test_an_index_entry_out_of_the_pack_is_corruption_never_a_crash(
+    tmp_path: Path, field: int, value: int, checksum: bool
+) -> None:
+    """A read took the offset and length an index entry gives on trust: os.pread was asked for 2**62
+    bytes (MemoryError) or an offset past what it takes (OverflowError), a traceback on the command
+    line, where a damaged index is corruption (or, unchecked, no copy at all)."""
+    root = tmp_path / "objects"
+    (digest,) = _packed(root, [[b"A" * 400]])
+    (idx,) = (root / "pack").glob("*.idx")
+    _tamper_entry(idx, digest, field, value, checksum=checksum)
+    for reader in ("point", "loaded", "many"):
+        store = LocalStore.at(root)
+        if reader == "loaded":
+            store._packed()
+        try:
+            if checksum:  # the only index says where the only copy is: it is corrupt
+                with pytest.raises(IntegrityError, match="runs past the end of the pack file"):
+                    store.read(digest) if reader != "many" else list(store.read_many([digest]))
+            else:  # a damaged index is rebuilt from its pack: the object reads
+                got = store.read(digest) if reader != "many" else next(store.read_many([digest]))
+                assert got == b"A" * 400
+        finally:
+            store.close()
+
+
+def test_a_delta_base_whose_index_entry_is_out_of_the_pack_is_no_base(tmp_path: Path) -> None:
+    """A batch asked how deep the delta chain of its base is by reading the base's record header at
+    the offset its index gives: an offset past 2**63 raised OverflowError out of the build."""
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    with store.batch() as batch:
+        base = batch.add(b"manifest " * 300, pack=True)
+        delta = batch.add(b"manifest " * 299 + b"changed", delta_base=base)
+    store.close()
+    (idx,) = (root / "pack").glob("*.idx")
+    _tamper_entry(idx, delta, 1, 2**64 - 1, checksum=True)
+    store = LocalStore.at(root)
+    with store.batch() as batch:
+        newer = batch.add(b"manifest " * 298 + b"changed twice", delta_base=delta)
+    assert store.read(newer) == b"manifest " * 298 + b"changed twice"
     store.close()
