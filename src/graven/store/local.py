@@ -6,7 +6,8 @@ Layout under ``root`` (normally ``GRAVEN_HOME/objects``)::
     pack/pack-<sha256>.pack    packs: many small objects (zstd-compressed when it pays), read-only
     pack/pack-<sha256>.idx     the index of one pack; written last, so it is the commit point
     tmp/                       files being written; never visible as objects
-    consolidate.lock           flock(2): one process merges small packs into one at a time
+    consolidate.lock           flock(2): one process merges small packs into one at a time (held
+                               shared by a batch that publishes a pack already there)
 
 Every file is written to ``tmp/``, fsynced, renamed into place and made read-only, so a process killed
 at any moment leaves no partial object visible. An intact object is never rewritten: putting content that
@@ -1036,7 +1037,7 @@ class LocalStore:
                 out.flush()
                 os.fsync(out.fileno())
             merged = f"pack-{sha.hexdigest()}"
-            _publish_pack(self, tmp, merged, written)
+            _publish_pack(self, tmp, merged, written, merging=True)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -1466,11 +1467,22 @@ class PackBatch:
 
 
 def _publish_pack(
-    store: LocalStore, tmp: Path, name: str, entries: list[tuple[bytes, int, int, int, int]]
+    store: LocalStore,
+    tmp: Path,
+    name: str,
+    entries: list[tuple[bytes, int, int, int, int]],
+    *,
+    merging: bool = False,
 ) -> None:
     """Publish one sealed pack (``tmp``, fsynced): its index is written (and fsynced) to a temp file
     first, so that a full disk leaves neither a pack without its index nor a partial index; then the
-    pack is renamed into place, then the index (the commit point of the pack)."""
+    pack is renamed into place, then the index (the commit point of the pack).
+
+    A pack already there under the same name (same bytes) is kept and ours dropped, under a shared
+    hold of ``consolidate.lock`` (``merging``: the caller, a merge, holds it exclusively): without it a
+    merge could remove that pack between our look and our index's rename, as a merged-away source or,
+    a day-old pack without an index (a batch killed between its two renames), as an orphan, and the
+    batch would commit with its objects in no pack."""
     idx_tmp: Path | None = None
     try:
         body = bytearray(IDX_MAGIC + struct.pack(">Q", len(entries)))
@@ -1484,28 +1496,50 @@ def _publish_pack(
             os.fsync(handle.fileno())
         os.chmod(idx_tmp, 0o444)
         pack = store._packs / f"{name}.pack"
+        idx = store._packs / f"{name}.idx"
         os.chmod(tmp, 0o444)
-        if pack.exists():  # same name => same bytes: never rewrite, just drop ours
-            tmp.unlink()
+        if pack.exists():  # same name => same bytes: never rewritten, ours is dropped
+            with contextlib.nullcontext() if merging else _merges_held(store):
+                if pack.exists():  # still: no merge removes it until the index is in place
+                    tmp.unlink()
+                else:  # merged away (or removed as an orphan) before the hold: ours is published
+                    os.utime(tmp)
+                    os.rename(tmp, pack)
+                os.rename(idx_tmp, idx)  # the commit point of this pack
+                idx_tmp = None
         else:
             # its age counts from here: a merge removes a pack without its index once it is a day old,
             # and a long batch may have sealed this one a day before its commit
             os.utime(tmp)
             os.rename(tmp, pack)
-        idx = store._packs / f"{name}.idx"
-        os.rename(idx_tmp, idx)  # the commit point of this pack
-        idx_tmp = None
-        if not pack.exists():
-            # the identical pack found above was merged away (index first, then pack) before this
-            # rename: its objects are in the merged pack, and an index without its pack reads as damage
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(idx)
+            os.rename(idx_tmp, idx)  # the commit point of this pack
+            idx_tmp = None
+            if not pack.exists():
+                # another batch published the same pack meanwhile and a merge took it (index first,
+                # then pack) after our rename: its objects are in the merged pack, and an index
+                # without its pack reads as damage
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(idx)
         _fsync_dir(store._packs)
     except OSError as exc:
         if idx_tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(idx_tmp)
         raise BackendError(f"cannot write a pack to {store._packs}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def _merges_held(store: LocalStore) -> Iterator[None]:
+    """A shared hold of ``consolidate.lock``: no merge (which holds it exclusively, and skips when it
+    cannot) removes a pack while it is held; one merging now finishes first."""
+    import fcntl
+
+    fd = os.open(store.root / "consolidate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the hold
 
 
 def rollup(sizes: Iterable[int], factor: int = 2) -> int:

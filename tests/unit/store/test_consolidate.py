@@ -6,6 +6,7 @@ merged away; one process merges at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
@@ -340,20 +341,19 @@ def test_a_batch_whose_identical_pack_is_merged_away_as_it_commits_leaves_no_orp
     first, second = LocalStore.at(root), LocalStore.at(root)
     second._packed()  # loaded before the first commits: it writes x again
     x = os.urandom(300)
-    before = set(_packs(root))
     with first.batch() as batch:
         dx = batch.add(x)
-    (index,) = [name for name in set(_packs(root)) - before if name.endswith(".idx")]
-    real_rename = os.rename
+    real_hold = local._merges_held
     merged: list[int] = []
 
-    def rename(src: object, dst: object, *args: object, **kwargs: object) -> None:
-        if str(dst).endswith(index) and not merged:  # the second batch's commit point
-            merged.append(LocalStore.at(root).consolidate(above=1))
-        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+    def hold(store: LocalStore) -> contextlib.AbstractContextManager[None]:
+        # the second batch found its pack published and is about to take the shared hold under
+        # which it renames its index into place: a merge gets there first
+        merged.append(LocalStore.at(root).consolidate(above=1))
+        return real_hold(store)
 
     with monkeypatch.context() as patch:
-        patch.setattr(local.os, "rename", rename)
+        patch.setattr(local, "_merges_held", hold)
         with second.batch() as batch:
             assert batch.add(x) == dx
     assert merged == [2]  # the first batch's pack and z's went into one
@@ -419,3 +419,52 @@ def test_a_store_read_that_the_system_refuses_says_why_in_words(
         store._read_loose(digest)
     store.close()
     assert str(raised.value) == f"cannot read {path}: Too many open files"
+
+
+def test_a_batch_that_finds_its_pack_left_by_a_killed_one_never_loses_it_to_a_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch killed between renaming its pack and its index leaves the pack without an index; the
+    same batch again (the same import, retried a day later) makes the same pack, finds it there and
+    drops its own copy. A merge then removing that day-old pack as an orphan, before the index was
+    renamed into place, left a committed batch whose objects were in no pack (the artifact row would
+    name missing objects): a batch now renames its index there under a shared hold of the merge lock."""
+    root = tmp_path / "objects"
+    with LocalStore.at(root).batch() as batch:
+        batch.add(os.urandom(300))  # a pack with its index: the merge below has something to look at
+    blobs = [f"imported object {i}".encode() * 10 for i in range(50)]
+    real_rename = os.rename
+
+    def killed(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if str(dst).endswith(".idx"):
+            raise KeyboardInterrupt  # killed between the two renames: the pack stays, its index not
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    before = set(_packs(root))
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(local.os, "rename", killed)
+        with LocalStore.at(root).batch() as batch:
+            for blob in blobs:
+                batch.add(blob)
+    (orphan,) = [root / "pack" / n for n in set(_packs(root)) - before]
+    assert orphan.suffix == ".pack"
+    old = time.time() - 2 * local.STALE_TMP_SECONDS
+    os.utime(orphan, (old, old))  # retried two days later
+    merged: list[int] = []
+
+    def racing(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if str(dst).endswith(".idx") and not merged:  # another process merges as the index goes in
+            merged.append(LocalStore.at(root).consolidate(above=0))
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    store = LocalStore.at(root)
+    with monkeypatch.context() as patch:
+        patch.setattr(local.os, "rename", racing)
+        with store.batch() as batch:
+            digests = [batch.add(blob) for blob in blobs]
+    assert merged == [0]
+    fresh = LocalStore.at(root)
+    assert [fresh.read(digest) for digest in digests] == blobs
+    assert orphan.exists() and orphan.with_suffix(".idx").exists()
+    for each in (store, fresh):
+        each.close()
