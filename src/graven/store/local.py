@@ -184,8 +184,9 @@ class LocalStore:
         (:func:`graven.home.make_dirs`): under umask 000 any user could otherwise delete the packs."""
         try:
             make_dirs(root)
-            for sub in ("sha256", "pack", "tmp"):
-                make_dir(root / sub)
+            made = [make_dir(root / sub) for sub in ("sha256", "pack", "tmp")]
+            if any(made):  # their entries durable before anything is published in them
+                _fsync_dir(root)
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
             reason = exc.strerror or str(exc)
@@ -831,7 +832,10 @@ class LocalStore:
         is replaced atomically by the temp file (rename), which repairs the object."""
         final = self.loose_path(digest)
         try:
-            make_dir(final.parent)  # 0755 whatever the umask, as the store's own directories
+            # 0755 whatever the umask, as the store's own directories; a new fan-out directory's own
+            # entry is made durable too, or a crash could lose it with every object linked in it
+            if make_dir(final.parent):
+                _fsync_dir(self._loose)
             os.chmod(tmp, 0o444)
             try:  # link(2) fails if the object exists (say, another writer won the race)
                 os.link(tmp, final)

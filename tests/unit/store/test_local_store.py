@@ -9,6 +9,7 @@ import pytest
 
 from graven.errors import DigestMismatchError, IntegrityError
 from graven.model.digest import Digest, sha256_digest
+from graven.store import local
 from graven.store.base import ArtifactStore
 from graven.store.local import LOOSE_THRESHOLD, LocalStore, is_read_only
 
@@ -421,3 +422,30 @@ def test_a_store_that_cannot_be_made_is_one_line_without_python_s_error_text(tmp
     message = caught.value.message
     assert "[Errno" not in message and "\n" not in message, message
     assert message.startswith(f"cannot create the object store at {root}: Not a directory"), message
+
+
+def test_a_new_directory_of_the_store_is_durable_before_an_object_is_published_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object is linked into sha256/ab/ and that directory is fsynced, but a fan-out directory made
+    for it (and the store's own directories) had no fsync of the directory that names it: after a
+    power failure the new directory, and every object in it, could be gone while the database row
+    that names them, committed after the put, stayed."""
+    synced: list[Path] = []
+    real = local._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    assert synced == [root]
+    digest = store.put(b"first object")
+    assert synced[1:] == [root / "sha256", store.loose_path(digest).parent]
+    synced.clear()
+    # content whose digest falls in the same fan-out directory
+    same = next(b"%d" % i for i in range(10_000) if sha256_digest(b"%d" % i).hex[:2] == digest.hex[:2])
+    store.put(same)
+    assert synced == [store.loose_path(digest).parent]  # an existing fan-out directory: no extra fsync
