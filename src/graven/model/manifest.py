@@ -425,5 +425,7 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
                 raise UnsafeInputError(
                     f"{entry.path}: absolute symlink to {entry.target}; use a relative target"
                 )
+            if not entry.target:
+                raise UnsafeInputError(f"{entry.path}: symlink with an empty target (it names nothing)")
             if not link_stays_inside(entry.path, entry.target, links):
                 raise UnsafeInputError(f"{entry.path}: symlink to {entry.target} escapes the artifact root")

@@ -84,6 +84,7 @@ def test_refuses_unsorted_input_bytes() -> None:
         ([SymlinkEntry("l", "/etc/passwd")], "absolute symlink"),
         ([SymlinkEntry("a/l", "../../x")], "escapes"),
         ([SymlinkEntry("d", "."), SymlinkEntry("e", "d/..")], "escapes"),
+        ([SymlinkEntry("l", "")], "symlink with an empty target"),
         ([FileEntry("e\u0301", SHA, 1), FileEntry("\u00e9", SHA, 1)], "NFC"),
         ([FileEntry("../x", SHA, 1)], "segments"),
     ],
