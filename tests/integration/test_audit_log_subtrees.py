@@ -258,3 +258,28 @@ def test_subtrees_on_postgres_are_written_read_and_filled_by_the_upgrade(
         assert ctx.audit.consistency(note)["proof"] == [h.hex() for h in consistency_proof(leaves, 300)]
     report = _verify(capsys)
     assert report["ok"] and report["size"] == 601
+
+
+def test_verify_names_no_row_past_a_missing_entry_and_counts_the_rows_a_truncation_leaves(
+    log_home: Path, capsys: Capsys
+) -> None:
+    """Past a missing entry the rest of the log is not read, so its rows (right, of entries that are
+    there) are not "of no complete subtree": one per 255 entries, they filled the problems shown (20)
+    and kept (100) before the truncation and the rollback were named. A truncated log's rows are
+    stray, and counted in one line past the first few."""
+    with _db(log_home) as db:
+        db.execute("DELETE FROM log_entries WHERE idx = 1000")
+    report = _verify(capsys)
+    assert report["first_bad_index"] == 1000
+    assert report["problems"][0] == "entry 1000 is missing (next is 1001)"
+    assert not [p for p in report["problems"] if "stored subtree" in p]
+    with _db(log_home) as db:
+        db.execute("DELETE FROM log_entries WHERE idx > 1000")
+        db.execute("DELETE FROM log_checkpoints WHERE size > 1000")
+    report = _verify(capsys)
+    assert [p for p in report["problems"] if "stored subtree" in p] == [
+        "a stored subtree hash (level 8, index 3) is of no complete subtree of the 1000 entries",
+        "a stored subtree hash (level 8, index 4) is of no complete subtree of the 1000 entries",
+        "a stored subtree hash (level 8, index 5) is of no complete subtree of the 1000 entries",
+        "5 more stored subtree hashes are of no complete subtree of the 1000 entries",
+    ]
