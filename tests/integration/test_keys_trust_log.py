@@ -216,10 +216,10 @@ def test_the_library_logs_every_trust_change_as_the_cli_does(home: Path, tmp_pat
 
 
 def test_a_revocation_is_on_disk_when_revoke_returns(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The key-revoked entry is committed (fsynced) before trust/revoked changes; the line itself was
-    appended without an fsync, so a power loss right after `graven keys revoke` said so could keep the
-    entry and lose the revocation: the key the operator revoked verified again. The file, and the
-    trust directory that names a new one, are fsynced before revoke returns."""
+    """The key-revoked entry is committed (fsynced); the line itself was appended without an fsync, so
+    a power loss right after `graven keys revoke` said so could keep the entry and lose the
+    revocation: the key the operator revoked verified again. The file, and the trust directory that
+    names a new one, are fsynced (before the entry is written)."""
     import os
     import stat as stat_module
 
@@ -244,6 +244,31 @@ def test_a_revocation_is_on_disk_when_revoke_returns(home: Path, monkeypatch: py
         assert (revoked.st_dev, revoked.st_ino) in synced, keyid
         if keyid.startswith("1"):
             assert (directory.st_dev, directory.st_ino) in synced  # the new name
+
+
+def test_a_revocation_the_log_refuses_still_takes_effect_and_says_so(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The line comes before its log entry: a database that refuses the entry (busy, rolled back) or a
+    crash between the two leaves the key revoked and unlogged, never logged as revoked and still
+    accepted, and an operator revoking a stolen key is never stopped by the log."""
+    from graven.errors import DatabaseBusyError
+    from graven.home import Home
+    from graven.service import keys
+    from graven.service.provenance import read_revoked
+
+    graven_home = Home(root=home)
+
+    def busy(home: Home, event: str, reason: str) -> None:
+        assert "e" * 64 in read_revoked(home.trust / "revoked")  # already in effect
+        raise DatabaseBusyError("the database is locked")
+
+    monkeypatch.setattr(keys, "_log", busy)
+    with pytest.raises(
+        DatabaseBusyError, match=r"key e{64} is revoked .*, but its audit log entry could not"
+    ):
+        keys.revoke_key(graven_home, "e" * 64)
+    assert "e" * 64 in read_revoked(graven_home.trust / "revoked")
 
 
 def test_keys_trust_never_reads_a_huge_file_whole(home: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from graven.core.record import Frozen
-from graven.errors import ConfigError, InputError
+from graven.errors import ConfigError, GravenError, InputError
 from graven.home import Home
 
 __all__ = ["GeneratedKey", "KeyChange", "TrustedKey", "generate_key", "revoke_key", "trust_public_key"]
@@ -120,7 +120,9 @@ def revoke_key(home: Home, keyid: str) -> KeyChange:
     path = home.trust / "revoked"
     changed = value not in read_revoked(path)
     if changed:
-        _log(home, "key-revoked", f"key {value}")
+        # the line first, then its log entry: a crash (or a database that refuses the entry) between
+        # the two leaves the key revoked and unlogged, never logged as revoked and still accepted; and
+        # an operator revoking a stolen key is never stopped by the log
         new = not os.path.lexists(path)
         # at most 0644, never writable by others whatever the umask: it would be refused right after
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -133,8 +135,7 @@ def revoke_key(home: Home, keyid: str) -> KeyChange:
                 if last != b"\n":  # a last line without its newline (a comment, say) must not take the id
                     handle.write(b"\n")
             handle.write(value.encode() + b"\n")
-            # on disk before revoke returns, as its log entry is: a power loss must not keep the entry
-            # and lose the revocation (the key would verify again)
+            # on disk before its log entry is written
             handle.flush()
             os.fsync(handle.fileno())
         if new:
@@ -143,6 +144,12 @@ def revoke_key(home: Home, keyid: str) -> KeyChange:
             raise ConfigError(
                 f"{path}: key {value} was written but does not read back as revoked; fix the file"
             )
+        try:
+            _log(home, "key-revoked", f"key {value}")
+        except GravenError as exc:
+            raise type(exc)(
+                f"key {value} is revoked ({path}), but its audit log entry could not be written: {exc}"
+            ) from None
     return KeyChange(value, path, changed)
 
 
