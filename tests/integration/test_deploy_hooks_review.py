@@ -309,3 +309,16 @@ def test_a_rollback_whose_switch_failed_holds_nothing_and_leaves_what_is_live(
     assert world.live("staging") == v2
     state = environments.status(world.ctx())
     assert [(s.live, s.held) for s in state] == [(v2, False)]
+
+
+def test_a_first_deploy_whose_switch_failed_says_nothing_is_live(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = world.build()
+    _switch_of_current_fails(monkeypatch, v1)
+    result = world.deploy(v1, "staging")
+    assert not result.ok and "nothing was switched: nothing is live in staging" in result.message
+    assert world.live("staging") is None
+    assert [(h["digest"], h["result"]) for h in environments.history(world.ctx(), "staging")] == [
+        (v1, "failed")
+    ]

@@ -404,7 +404,10 @@ def _run_deployment(
         if stopped is not None:
             what = phase
         # a switch that failed before current changed (its rename is atomic: one or the other)
-        switched = not (phase == "switch" and layout.live_hex() == (previous or "").removeprefix("sha256:"))
+        switched = not (
+            phase == "switch"
+            and layout.live_hex() == (previous.removeprefix("sha256:") if previous else None)
+        )
         restored = record_failure(
             ctx,
             target,
