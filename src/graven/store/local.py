@@ -6,8 +6,9 @@ Layout under ``root`` (normally ``GRAVEN_HOME/objects``)::
     pack/pack-<sha256>.pack    packs: many small objects (zstd-compressed when it pays), read-only
     pack/pack-<sha256>.idx     the index of one pack; written last, so it is the commit point
     tmp/                       files being written; never visible as objects
-    consolidate.lock           flock(2): one process merges small packs into one at a time (held
-                               shared by a batch that publishes a pack already there)
+    consolidate.lock           flock(2): one process merges small packs into one at a time, or
+                               removes day-old packs left without their index (held shared by a
+                               batch that publishes a pack already there)
 
 Every file is written to ``tmp/``, fsynced, renamed into place and made read-only, so a process killed
 at any moment leaves no partial object visible. An intact object is never rewritten: putting content that
@@ -973,23 +974,16 @@ class LocalStore:
         a batch's is; only then are the merged packs removed (index first). A pack with a record that
         does not verify is not removed. One process at a time (``consolidate.lock``; another one at
         it: nothing is done). Returns how many packs were merged and removed."""
-        import fcntl
-
         try:
             names = sorted(n[:-4] for n in os.listdir(self._packs) if n.endswith(".idx"))
         except OSError:
             return 0
         if len(names) <= (CONSOLIDATE_AT if above is None else above):
             return 0
-        try:
-            lock = os.open(self.root / "consolidate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
+        lock = _merges_excluded(self)
+        if lock is None:
             return 0
         try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return 0
             return self._merge_small_packs()
         finally:
             os.close(lock)  # releases the lock
@@ -1060,17 +1054,32 @@ class LocalStore:
         self._reset_index({self._packs / f"{name}.pack" for _s, name, _e in chosen if name not in damaged})
         return removed
 
-    def _remove_orphan_packs(self) -> None:
-        """Remove pack files without an index that are a day old: what a merge killed between removing
-        an index and its pack left (a batch renames its pack a moment before its index)."""
-        cutoff = time.time() - STALE_TMP_SECONDS
-        with contextlib.suppress(OSError), os.scandir(self._packs) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.endswith(".pack") and not os.path.exists(self._packs / f"{name[:-5]}.idx"):
-                    with contextlib.suppress(OSError):
-                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                            os.unlink(entry.path)
+    def _remove_orphan_packs(self) -> int:
+        """Remove :func:`_orphan_packs`; the caller holds ``consolidate.lock`` exclusively, so no batch
+        is between finding such a pack already there and renaming the index that names it. Returns
+        how many were removed."""
+        removed = 0
+        for pack in _orphan_packs(self._packs):
+            with contextlib.suppress(OSError):
+                os.unlink(pack)
+                removed += 1
+        return removed
+
+    def _clean_orphan_packs(self) -> int:
+        """Remove the day-old pack files without an index at a build's or an import's start: a merge
+        removes them too, but a store of :data:`CONSOLIDATE_AT` packs or fewer never merges. Only under
+        an exclusive hold of ``consolidate.lock``, not waited for (while a merge or a batch that
+        publishes a pack already there holds it, nothing is removed: the next build tries again), and
+        they are looked for again under it. Returns how many were removed."""
+        if not _orphan_packs(self._packs):  # the common case: no lock taken (nor its file made)
+            return 0
+        lock = _merges_excluded(self)
+        if lock is None:
+            return 0
+        try:
+            return self._remove_orphan_packs()
+        finally:
+            os.close(lock)  # releases the lock
 
     def _reset_index(self, removed: set[Path]) -> None:
         """Forget what was loaded about the packs (``removed`` are gone): the next lookup loads again.
@@ -1092,11 +1101,12 @@ class LocalStore:
         self._leave()  # closes the retired descriptors now, unless a read is using one
 
     def clean_tmp(self, *, older_than: float = STALE_TMP_SECONDS) -> int:
-        """Remove temp files left by killed writers; return how many were removed. A file whose writer
-        is known to be gone (this host and pid namespace, and no process of that pid and start time)
-        goes at once: a review's kill-and-retry loop of a 100 MB import filled tmp/ by 80 MB a kill.
-        Any other (another host, another pid namespace, a name of an older graven) goes once it is
-        ``older_than`` and its writer is not known to run."""
+        """Remove temp files left by killed writers, and pack files left without their index a day ago
+        (:meth:`_clean_orphan_packs`, whatever ``older_than``); return how many were removed. A temp
+        file whose writer is known to be gone (this host and pid namespace, and no process of that pid
+        and start time) goes at once: a review's kill-and-retry loop of a 100 MB import filled tmp/ by
+        80 MB a kill. Any other (another host, another pid namespace, a name of an older graven) goes
+        once it is ``older_than`` and its writer is not known to run."""
         removed = 0
         cutoff = time.time() - older_than
         for item in self._tmp.iterdir():
@@ -1105,7 +1115,7 @@ class LocalStore:
                 if state == "gone" or (state == "unknown" and item.lstat().st_mtime < cutoff):
                     item.unlink()
                     removed += 1
-        return removed
+        return removed + self._clean_orphan_packs()
 
 
 def _started(pid: int) -> str:
@@ -1485,8 +1495,9 @@ def _publish_pack(
     A pack already there under the same name (same bytes) is kept and ours dropped, under a shared
     hold of ``consolidate.lock`` (``merging``: the caller, a merge, holds it exclusively): without it a
     merge could remove that pack between our look and our index's rename, as a merged-away source or,
-    a day-old pack without an index (a batch killed between its two renames), as an orphan, and the
-    batch would commit with its objects in no pack."""
+    a day-old pack without an index (a batch killed between its two renames), as an orphan (so could
+    a build's cleanup: :meth:`LocalStore.clean_tmp`), and the batch would commit with its objects in
+    no pack."""
     idx_tmp: Path | None = None
     try:
         body = bytearray(IDX_MAGIC + struct.pack(">Q", len(entries)))
@@ -1512,8 +1523,8 @@ def _publish_pack(
                 os.rename(idx_tmp, idx)  # the commit point of this pack
                 idx_tmp = None
         else:
-            # its age counts from here: a merge removes a pack without its index once it is a day old,
-            # and a long batch may have sealed this one a day before its commit
+            # its age counts from here: a merge or a build's cleanup removes a pack without its index
+            # once it is a day old, and a long batch may have sealed this one a day before its commit
             os.utime(tmp)
             os.rename(tmp, pack)
             os.rename(idx_tmp, idx)  # the commit point of this pack
@@ -1532,10 +1543,47 @@ def _publish_pack(
         raise BackendError(f"cannot write a pack to {store._packs}: {exc.strerror or exc}") from exc
 
 
+def _orphan_packs(packs: Path) -> list[Path]:
+    """The pack files in ``packs`` without an index whose mtime is a day old (:data:`STALE_TMP_SECONDS`):
+    what a merge killed between removing an index and its pack left, or a batch killed between renaming
+    its pack and its index. A batch sets its pack's mtime as it renames it into place, a moment before
+    its index; one that finds its pack already there renames its index under a shared hold of
+    ``consolidate.lock`` (:func:`_publish_pack`), so whoever holds that lock exclusively may remove them."""
+    cutoff = time.time() - STALE_TMP_SECONDS
+    found: list[Path] = []
+    with contextlib.suppress(OSError), os.scandir(packs) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.endswith(".pack") and not os.path.exists(packs / f"{name[:-5]}.idx"):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        found.append(Path(entry.path))
+    return found
+
+
+def _merges_excluded(store: LocalStore) -> int | None:
+    """An exclusive hold of ``consolidate.lock``, not waited for: its descriptor (closing it releases
+    the hold), or None when a merge or a batch that publishes a pack already there (:func:`_merges_held`)
+    holds it, or the lock cannot be opened. Whoever holds it may remove packs."""
+    import fcntl
+
+    try:
+        fd = os.open(store.root / "consolidate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextlib.contextmanager
 def _merges_held(store: LocalStore) -> Iterator[None]:
-    """A shared hold of ``consolidate.lock``: no merge (which holds it exclusively, and skips when it
-    cannot) removes a pack while it is held; one merging now finishes first."""
+    """A shared hold of ``consolidate.lock``: no merge and no removal of orphan packs (which hold it
+    exclusively, and skip when they cannot: :func:`_merges_excluded`) removes a pack while it is held;
+    one at work now finishes first."""
     import fcntl
 
     fd = os.open(store.root / "consolidate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

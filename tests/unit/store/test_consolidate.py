@@ -421,6 +421,31 @@ def test_a_store_read_that_the_system_refuses_says_why_in_words(
     assert str(raised.value) == f"cannot read {path}: Too many open files"
 
 
+def _left_by_a_killed_batch(root: Path, monkeypatch: pytest.MonkeyPatch, blobs: list[bytes]) -> Path:
+    """The pack file a batch of ``blobs`` killed between renaming its pack and its index leaves
+    (without an index), two days old."""
+    real_rename = os.rename
+
+    def killed(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if str(dst).endswith(".idx"):
+            raise KeyboardInterrupt  # killed between the two renames: the pack stays, its index not
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    store = LocalStore.at(root)
+    before = set(_packs(root))
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(local.os, "rename", killed)
+        with store.batch() as batch:
+            for blob in blobs:
+                batch.add(blob)
+    store.close()
+    (orphan,) = [root / "pack" / n for n in set(_packs(root)) - before]
+    assert orphan.suffix == ".pack"
+    old = time.time() - 2 * local.STALE_TMP_SECONDS
+    os.utime(orphan, (old, old))
+    return orphan
+
+
 def test_a_batch_that_finds_its_pack_left_by_a_killed_one_never_loses_it_to_a_merge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -433,23 +458,8 @@ def test_a_batch_that_finds_its_pack_left_by_a_killed_one_never_loses_it_to_a_me
     with LocalStore.at(root).batch() as batch:
         batch.add(os.urandom(300))  # a pack with its index: the merge below has something to look at
     blobs = [f"imported object {i}".encode() * 10 for i in range(50)]
+    orphan = _left_by_a_killed_batch(root, monkeypatch, blobs)  # retried two days later
     real_rename = os.rename
-
-    def killed(src: object, dst: object, *args: object, **kwargs: object) -> None:
-        if str(dst).endswith(".idx"):
-            raise KeyboardInterrupt  # killed between the two renames: the pack stays, its index not
-        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
-
-    before = set(_packs(root))
-    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(local.os, "rename", killed)
-        with LocalStore.at(root).batch() as batch:
-            for blob in blobs:
-                batch.add(blob)
-    (orphan,) = [root / "pack" / n for n in set(_packs(root)) - before]
-    assert orphan.suffix == ".pack"
-    old = time.time() - 2 * local.STALE_TMP_SECONDS
-    os.utime(orphan, (old, old))  # retried two days later
     merged: list[int] = []
 
     def racing(src: object, dst: object, *args: object, **kwargs: object) -> None:
@@ -467,4 +477,124 @@ def test_a_batch_that_finds_its_pack_left_by_a_killed_one_never_loses_it_to_a_me
     assert [fresh.read(digest) for digest in digests] == blobs
     assert orphan.exists() and orphan.with_suffix(".idx").exists()
     for each in (store, fresh):
+        each.close()
+
+
+# -- packs left without their index, in a store too small to merge -----------------------------------
+
+
+def test_a_day_old_pack_without_its_index_goes_with_the_next_build_s_cleanup_in_a_small_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack left without its index (a batch killed between its two renames, a merge between its two
+    removals) was removed only by a merge, which a store of 16 packs or fewer never makes: it kept the
+    orphan's disk forever. The cleanup at a build's or import's start (clean_tmp) now removes a day-old
+    one; a fresh one (a batch between its two renames now) and every pack with an index stay."""
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    made = _batches(store, 2)
+    assert store.clean_tmp() == 0
+    assert not (root / "consolidate.lock").exists()  # nothing to remove: no lock taken, nor made
+    orphan = _left_by_a_killed_batch(root, monkeypatch, [b"killed batch %d" % i * 8 for i in range(20)])
+    fresh = root / "pack" / ("pack-" + "cd" * 32 + ".pack")
+    fresh.write_bytes(local.PACK_MAGIC)
+    old = time.time() - 2 * local.STALE_TMP_SECONDS
+    for name in _packs(root):  # the indexed packs are as old: an index, whatever its age, keeps its pack
+        if root / "pack" / name != fresh:
+            os.utime(root / "pack" / name, (old, old))
+    indexed = [name for name in _packs(root) if root / "pack" / name not in (orphan, fresh)]
+    assert len(indexed) == 4
+    # a merge or a batch publishing a pack already there holds the lock: nothing removed, no wait
+    for hold in (fcntl.LOCK_EX, fcntl.LOCK_SH):
+        held = os.open(root / "consolidate.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(held, hold)
+            assert store.clean_tmp() == 0
+        finally:
+            os.close(held)
+        assert orphan.exists()
+    assert store.clean_tmp() == 1
+    assert not orphan.exists() and fresh.exists()
+    assert _packs(root) == sorted([*indexed, fresh.name])
+    reader = LocalStore.at(root)
+    assert all(reader.read(digest) == blob for digest, blob in made.items())
+    assert reader.damage() == []
+    for each in (store, reader):
+        each.close()
+
+
+@pytest.mark.parametrize("when", ["between its look and its hold", "before its commit point", "after it"])
+def test_a_batch_publishing_an_index_for_an_orphan_pack_is_never_harmed_by_the_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The cleanup of a build or an import runs while another batch (the killed one, retried two days
+    later) finds its pack already there and renames its index in: at every point of that, the cleanup
+    either removes the pack before the batch's shared hold (the batch then publishes its own copy) or
+    removes nothing (the hold is taken, or the index is there); the batch's objects are never in no
+    pack."""
+    root = tmp_path / "objects"
+    blobs = [f"retried object {i}".encode() * 10 for i in range(50)]
+    orphan = _left_by_a_killed_batch(root, monkeypatch, blobs)
+    real_hold, real_rename = local._merges_held, os.rename
+    cleaned: list[int] = []
+
+    def clean() -> None:  # another process's build starts
+        cleaned.append(LocalStore.at(root).clean_tmp())
+
+    def hold(store: LocalStore) -> contextlib.AbstractContextManager[None]:
+        if when == "between its look and its hold":
+            clean()
+        return real_hold(store)
+
+    def rename(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        commit_point = str(dst).endswith(".idx")
+        if commit_point and when == "before its commit point":
+            clean()
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+        if commit_point and when == "after it":
+            clean()
+
+    store = LocalStore.at(root)
+    with monkeypatch.context() as patch:
+        patch.setattr(local, "_merges_held", hold)
+        patch.setattr(local.os, "rename", rename)
+        with store.batch() as batch:
+            digests = [batch.add(blob) for blob in blobs]
+    assert cleaned == [1 if when == "between its look and its hold" else 0]
+    assert orphan.exists() and orphan.with_suffix(".idx").exists()  # the batch's own copy, or the one found
+    fresh = LocalStore.at(root)
+    assert [fresh.read(digest) for digest in digests] == blobs
+    assert fresh.damage() == []
+    assert LocalStore.at(root).clean_tmp() == 0
+    for each in (store, fresh):
+        each.close()
+
+
+def test_the_cleanup_looks_again_under_the_lock_before_it_removes_a_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cleanup finds a day-old pack without its index before it takes the lock (no lock on the
+    common path); a batch that renames that pack's index in meanwhile must not lose it: what to remove
+    is decided again under the lock."""
+    root = tmp_path / "objects"
+    blobs = [f"retried object {i}".encode() * 10 for i in range(50)]
+    orphan = _left_by_a_killed_batch(root, monkeypatch, blobs)
+    real_exclude = local._merges_excluded
+    digests: list[Digest] = []
+
+    def exclude(store: LocalStore) -> int | None:
+        if not digests:  # the orphan was found: the killed import, retried, commits first
+            with LocalStore.at(root).batch() as batch:
+                digests.extend(batch.add(blob) for blob in blobs)
+        return real_exclude(store)
+
+    cleaner = LocalStore.at(root)
+    with monkeypatch.context() as patch:
+        patch.setattr(local, "_merges_excluded", exclude)
+        assert cleaner.clean_tmp() == 0
+    assert len(digests) == len(blobs)
+    assert orphan.exists() and orphan.with_suffix(".idx").exists()
+    fresh = LocalStore.at(root)
+    assert [fresh.read(digest) for digest in digests] == blobs
+    for each in (cleaner, fresh):
         each.close()
