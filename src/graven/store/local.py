@@ -830,7 +830,9 @@ class LocalStore:
     def _publish_loose(self, tmp: Path, digest: Digest) -> None:
         """Move a fsynced temp file holding the verified bytes of ``digest`` into place. A loose copy
         that is already there and verifies is kept (an intact object is never replaced); a damaged one
-        is replaced atomically by the temp file (rename), which repairs the object."""
+        is replaced atomically by the temp file (rename), which repairs the object. Either way the
+        directory is fsynced before this returns, so the object's entry is durable before the caller
+        commits a row that names it."""
         final = self.loose_path(digest)
         try:
             # 0755 whatever the umask, as the store's own directories; a new fan-out directory's own
@@ -842,9 +844,12 @@ class LocalStore:
                 os.link(tmp, final)
             except FileExistsError:
                 if self._loose_intact(final, digest):
+                    # kept, and its entry made durable below all the same: its writer may have been
+                    # killed between its link and its fsync (~0.1 ms; mostly a large file that a
+                    # build or an import adds again, just written whole to tmp/ and fsynced)
                     tmp.unlink()
-                    return
-                os.rename(tmp, final)  # same digest, same content: the damaged copy is restored
+                else:
+                    os.rename(tmp, final)  # same digest, same content: the damaged copy is restored
             else:
                 tmp.unlink()
             _fsync_dir(final.parent)

@@ -449,3 +449,46 @@ def test_a_new_directory_of_the_store_is_durable_before_an_object_is_published_i
     same = next(b"%d" % i for i in range(10_000) if sha256_digest(b"%d" % i).hex[:2] == digest.hex[:2])
     store.put(same)
     assert synced == [store.loose_path(digest).parent]  # an existing fan-out directory: no extra fsync
+
+
+@pytest.mark.parametrize("how", ["put_stream", "batch"])
+def test_a_large_object_put_again_is_made_durable_by_its_second_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The writer that finds a large object already there and intact (a build or an import that adds
+    a stored file again) returned without an fsync of its directory: when the first writer was killed
+    between its link and that fsync, nothing made the entry durable, yet the second writer's database
+    row, committed next, named it (a power failure could keep the row and lose the object)."""
+    import io
+
+    store = LocalStore.at(tmp_path / "objects")
+    data = os.urandom(LOOSE_THRESHOLD + 3)
+    directory = store.loose_path(sha256_digest(data)).parent
+    real = local._fsync_dir
+
+    def killed(path: Path) -> None:
+        if Path(path) == directory:
+            raise KeyboardInterrupt  # the first writer: linked, killed before the directory's fsync
+        real(path)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(local, "_fsync_dir", killed)
+        store.put_stream(io.BytesIO(data))
+    digest = sha256_digest(data)
+    assert store.loose_path(digest).exists()  # there (in the page cache), not yet durable
+    synced: list[Path] = []
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    if how == "put_stream":
+        assert store.put_stream(io.BytesIO(data)) == digest
+    else:
+        with store.batch() as batch:
+            assert batch.add_stream(io.BytesIO(data), len(data)) == digest
+    assert synced == [directory]
+    assert store.read(digest) == data
+    assert list((store.root / "tmp").iterdir()) == []
+    store.close()
