@@ -19,6 +19,7 @@ from graven.core.merkle import (
     leaf_hash,
     range_nodes,
     root_hash,
+    stored_nodes,
     stored_subtree_hash,
     verify_consistency,
     verify_inclusion,
@@ -213,3 +214,14 @@ def test_frontier_ranges_rebuild_the_compact_range(size: int) -> None:
     compact.extend(leaves)
     hashes = [root_hash(leaves[start:end]) for start, end in frontier_ranges(size)]
     assert hashes == list(compact.hashes)
+
+
+@settings(deadline=None, max_examples=100)
+@given(stored_trees)
+def test_stored_nodes_recomputes_every_stored_node_and_the_compact_range(tree: tuple[int, int]) -> None:
+    """What a repair of the stored rows writes: every complete subtree at a stored level, from the leaves."""
+    size, height = tree
+    leaves = _leaves(size)
+    compact, nodes = stored_nodes(iter(leaves), height)
+    assert nodes == {n: h for n, h in _stored(leaves, height).items() if n[0]}
+    assert compact.size == size and compact.root() == root_hash(leaves)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, UsageError, add_command, add_group, add_limit
 from graven.cli.context import closing as _closing
-from graven.cli.output import emit_json, emit_json_list, print_rows, printable
+from graven.cli.output import TerminalReporter, emit_json, emit_json_list, print_rows, printable
 from graven.errors import InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -36,6 +36,12 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     verify = add_command(sub, "verify", verify_cmd)
     verify.add_argument(
         "--all-signatures", action="store_true", help="Also check the signature of every stored checkpoint."
+    )
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="Rewrite wrong or stray stored subtree hashes from entries that lead to the latest signed "
+        "checkpoint (one transaction, logged); never changes an entry.",
     )
     verify.add_argument("--json", dest="as_json", action="store_true", help="Print the report as JSON.")
 
@@ -176,17 +182,30 @@ def _since(value: str | None) -> str | None:
 
 
 def verify_cmd(args: argparse.Namespace) -> int:
-    """Recompute the tree from every entry and check it against every stored checkpoint."""
+    """Recompute the tree from every entry and check it against every stored checkpoint.
+
+    With --repair, stored subtree hashes that are wrong or stray (derived rows that proofs read) are
+    rewritten from the entries, only when these lead to the latest signed checkpoint; then it verifies
+    again."""
     _timeline_options_unused(args)
     all_signatures: bool = args.all_signatures
+    repair: bool = args.repair
     as_json: bool = args.as_json
     from graven.service.context import Context
 
     ctx = _closing(Context.from_env())
-    report = ctx.audit.verify(all_signatures=all_signatures)
+    report = ctx.audit.verify(all_signatures=all_signatures, repair=repair)
+    done = report.repair
     if as_json:
         emit_json(report.to_json())
-    elif report.ok and report.size == 0:
+        return 0 if report.ok else 1
+    if done is not None and done.changed:
+        print(
+            f"repaired the stored subtree hashes: {done.rewritten} wrong rewritten, {done.added} missing "
+            f"added, {done.removed} stray removed (recomputed from the {done.size} entries of the latest "
+            f"signed checkpoint; logged as entry {done.entry})"
+        )
+    if report.ok and report.size == 0:
         print("ok: the audit log is empty (nothing was logged yet)")
     elif report.ok:
         print(f"ok: {report.size} entries, {report.checkpoints_checked} checkpoints, root {report.root}")
@@ -196,6 +215,13 @@ def verify_cmd(args: argparse.Namespace) -> int:
         more = len(report.problems) - 20 + report.more_problems
         if more > 0:
             sys.stderr.write(f"... and {more} more problems (--json lists the first 100)\n")
+        if done is not None and done.error is not None:
+            sys.stderr.write(f"the stored subtree hashes were not repaired: {printable(done.error)}\n")
+        elif done is None and report.bad_subtrees:
+            sys.stderr.write(
+                "the stored subtree hashes are derived from the entries: `graven log verify --repair` "
+                "rewrites them\n"
+            )
         where = f" (first bad index {report.first_bad_index})" if report.first_bad_index is not None else ""
         sys.stderr.write(f"graven: error: the audit log does not verify{where}\n")
     return 0 if report.ok else 1
@@ -226,7 +252,8 @@ def prove_cmd(args: argparse.Namespace) -> int:
     from graven.service.context import Context
 
     # --json is accepted for symmetry: the proof is always JSON
-    ctx = _closing(Context.from_env())
+    reporter = TerminalReporter()  # a proof made from the entries (wrong stored hashes) says so
+    ctx = _closing(Context.from_env(reporter))
     emit_json(ctx.audit.prove(index))
     return 0
 
@@ -247,7 +274,7 @@ def consistency_cmd(args: argparse.Namespace) -> int:
         raise InputError(f"cannot read {old_checkpoint}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"cannot read {old_checkpoint}: {exc}") from None
-    ctx = _closing(Context.from_env())
+    ctx = _closing(Context.from_env(TerminalReporter()))  # a proof made from the entries says so
     try:
         ctx.audit.parse_old_checkpoint(old)  # malformed -> exit 2
     except InputError as exc:

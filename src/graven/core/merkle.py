@@ -14,7 +14,8 @@ Stored subtrees (as C2SP tlog-tiles keeps them): the hash of every complete, ali
 ``2**level`` leaves whose level is a multiple of :data:`TILE_HEIGHT` (the leaves themselves at level 0,
 then 256 leaves, 65,536 leaves, ...). The node ``(level, index)`` is the subtree over the leaves
 ``[index * 2**level, (index + 1) * 2**level)``. :meth:`CompactRange.append_stored` gives the ones an
-append completes; :func:`range_nodes`, :func:`inclusion_nodes` and :func:`consistency_nodes` say which
+append completes, :func:`stored_nodes` all of them at once (what a repair of stored ones writes);
+:func:`range_nodes`, :func:`inclusion_nodes` and :func:`consistency_nodes` say which
 stored nodes a range or a proof needs (a proof: at most a few tiles of 2**TILE_HEIGHT nodes per stored
 level, so O(log n)); :func:`stored_subtree_hash` combines them into any ``subtree_hash(start, end)``.
 """
@@ -44,6 +45,7 @@ __all__ = [
     "node_hash",
     "range_nodes",
     "root_hash",
+    "stored_nodes",
     "stored_subtree_hash",
     "verify_consistency",
     "verify_inclusion",
@@ -342,6 +344,20 @@ def consistency_nodes(old_size: int, new_size: int, height: int = TILE_HEIGHT) -
     elif not 0 <= old_size <= new_size:
         raise InputError(f"no consistency proof from size {old_size} to size {new_size}")
     return _nodes_of(ranges, height)
+
+
+def stored_nodes(
+    leaf_hashes: Iterable[bytes], height: int = TILE_HEIGHT
+) -> tuple[CompactRange, dict[Node, bytes]]:
+    """The compact range of ``leaf_hashes`` and every complete subtree over them at a level that is a
+    positive multiple of ``height``, ``(level, index) -> hash``: what is stored for a tree of these
+    leaves, recomputed from them in one pass (about one node hash per leaf)."""
+    compact = CompactRange()
+    nodes: dict[Node, bytes] = {}
+    for leaf in leaf_hashes:
+        for level, index, value in compact.append_stored(leaf, height):
+            nodes[(level, index)] = value
+    return compact, nodes
 
 
 def frontier_ranges(size: int) -> list[tuple[int, int]]:

@@ -34,6 +34,7 @@ EVENT_TYPES = frozenset(
         "verify-failure",
         "key-trusted",
         "key-revoked",
+        "log-repaired",
     }
 )
 _FIELDS = ("actor", "artifact", "commit", "env", "event", "format", "index", "reason", "result", "time")

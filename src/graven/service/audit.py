@@ -5,7 +5,9 @@ and the state never disagree; concurrent writers serialize on the database's wri
 append graven signs a C2SP checkpoint (origin, size, root) with the log key
 (``GRAVEN_HOME/log/checkpoint.key``, Ed25519, 0600) and stores it. Proofs read the stored subtree
 hashes of ``service/logtree.py`` (O(log n) rows) and are checked against the latest signed checkpoint
-before they are returned; ``verify`` recomputes everything from the entries.
+before they are returned (when a stored hash is wrong, the proof is made from the entries instead, with a
+warning); ``verify`` recomputes everything from the entries, and ``verify(repair=True)`` rewrites the
+stored hashes from entries that lead to the signed root.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,15 @@ from graven.core.checkpoint import (
 from graven.core.merkle import (
     EMPTY_ROOT,
     CompactRange,
+    Node,
     consistency_nodes,
     consistency_path,
+    consistency_proof,
     inclusion_nodes,
     inclusion_path,
+    inclusion_proof,
     root_hash,
+    stored_nodes,
     stored_subtree_hash,
     verify_consistency,
     verify_inclusion,
@@ -44,7 +50,14 @@ from graven.core.merkle import (
 from graven.core.paths import json_text
 from graven.core.record import Record
 from graven.db import Connection, Row
-from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, VerificationError
+from graven.errors import (
+    BackendError,
+    GravenError,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    VerificationError,
+)
 from graven.home import make_home_dir
 from graven.model.logentry import LogEntry, LogEvent
 from graven.service import logtree
@@ -58,13 +71,14 @@ from graven.signing.keys import (
     write_public_key,
 )
 
-__all__ = ["AuditLog", "LogVerifyReport", "actor_from_env"]
+__all__ = ["AuditLog", "LogVerifyReport", "SubtreeRepair", "actor_from_env"]
 
 _LEAF = b"\x00"
 _ORIGIN_KEY = "log_origin"
 _ADVISORY_LOCK = 7438002
 _MAX_PROBLEMS = 100
 _SHOWN_STRAY = 3  # stray stored subtree hashes named one by one by verify; the rest counted
+_SHOWN_REPAIRED = 3  # rewritten or removed stored subtree hashes named by a log-repaired entry
 _EMPTY_LOG = "the audit log is empty: nothing was logged yet"
 
 
@@ -98,12 +112,74 @@ def _parse_high_water(data: bytes) -> tuple[int, str] | None:
     return int(parts[0]), parts[1]
 
 
-class LogVerifyReport(Record):
-    """What ``graven log verify`` found (at most 100 problems are kept; the rest are counted). Mutable
-    (a value written by hand: graven.core.record)."""
+class SubtreeRepair(Record):
+    """What ``graven log verify --repair`` did to the stored subtree hashes (``log_subtrees``): recomputed
+    from the ``size`` entries of the latest signed checkpoint, how many rows it rewrote (wrong), added
+    (missing) and removed (of no complete subtree), and the index of the ``log-repaired`` entry that
+    records it (None: nothing changed); ``error`` says why nothing was repaired."""
 
-    __slots__ = ("checkpoints_checked", "first_bad_index", "more_problems", "problems", "root", "size")
-    _fields = ("size", "checkpoints_checked", "first_bad_index", "problems", "root", "more_problems")
+    __slots__ = ("added", "entry", "error", "removed", "rewritten", "size")
+    _fields = ("size", "rewritten", "added", "removed", "entry", "error")
+
+    def __init__(  # noqa: PLR0917 - positional, as the other reports
+        self,
+        size: int = 0,
+        rewritten: int = 0,
+        added: int = 0,
+        removed: int = 0,
+        entry: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.size = size
+        self.rewritten = rewritten
+        self.added = added
+        self.removed = removed
+        self.entry = entry
+        self.error = error
+
+    @property
+    def changed(self) -> bool:
+        """True when rows were written or removed (and the change logged)."""
+        return self.entry is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``repair`` member of ``graven log verify --repair --json``."""
+        return {
+            "ok": self.error is None,
+            "size": self.size,
+            "rewritten": self.rewritten,
+            "added": self.added,
+            "removed": self.removed,
+            "entry": self.entry,
+            "error": self.error,
+        }
+
+
+class LogVerifyReport(Record):
+    """What ``graven log verify`` found (at most 100 problems are kept; the rest are counted), and with
+    ``--repair`` what was repaired. ``bad_subtrees`` counts the stored subtree hashes that are wrong or of
+    no complete subtree (each is a problem too). Mutable (a value written by hand: graven.core.record)."""
+
+    __slots__ = (
+        "bad_subtrees",
+        "checkpoints_checked",
+        "first_bad_index",
+        "more_problems",
+        "problems",
+        "repair",
+        "root",
+        "size",
+    )
+    _fields = (
+        "size",
+        "checkpoints_checked",
+        "first_bad_index",
+        "problems",
+        "root",
+        "more_problems",
+        "bad_subtrees",
+        "repair",
+    )
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -113,6 +189,8 @@ class LogVerifyReport(Record):
         problems: list[str] | None = None,
         root: str | None = None,
         more_problems: int = 0,
+        bad_subtrees: int = 0,
+        repair: SubtreeRepair | None = None,
     ) -> None:
         self.size = size
         self.checkpoints_checked = checkpoints_checked
@@ -120,6 +198,8 @@ class LogVerifyReport(Record):
         self.problems: list[str] = [] if problems is None else problems
         self.root = root
         self.more_problems = more_problems
+        self.bad_subtrees = bad_subtrees
+        self.repair = repair  # set by verify(repair=True)
 
     @property
     def ok(self) -> bool:
@@ -137,8 +217,8 @@ class LogVerifyReport(Record):
             self.first_bad_index = index
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` form."""
-        return {
+        """The ``--json`` form (with ``repair`` only when a repair was asked for)."""
+        doc: dict[str, Any] = {
             "ok": self.ok,
             "size": self.size,
             "root": self.root,
@@ -147,6 +227,9 @@ class LogVerifyReport(Record):
             "problems": self.problems,
             "more_problems": self.more_problems,
         }
+        if self.repair is not None:
+            doc["repair"] = self.repair.to_json()
+        return doc
 
 
 def _shown(text: str) -> str:
@@ -650,17 +733,46 @@ class AuditLog:
                 yield LogEntry.from_bytes(str(row.entry).encode()), str(row.leaf_hash)
 
     def _leaf_hashes(self, conn: Connection, size: int) -> list[bytes]:
+        """The leaf hash of each of the first ``size`` entries: the whole log read (a proof's fallback)."""
         rows = conn.stream("SELECT entry FROM log_entries WHERE idx < :size ORDER BY idx", {"size": size})
         leaves = [hashlib.sha256(_LEAF + str(r.entry).encode()).digest() for r in rows]
         if len(leaves) != size:
-            raise VerificationError(f"the log has {len(leaves)} entries below its checkpoint size {size}")
+            raise VerificationError(
+                f"the log has {len(leaves)} entries below its checkpoint size {size}; run `graven log verify`"
+            )
         return leaves
+
+    def _warn_wrong_subtrees(self, conn: Connection, leaves: Sequence[bytes]) -> None:
+        """Say, in one warning, that a proof was made from the entries because stored subtree hashes are
+        wrong (naming the first), and what rewrites them. Reads only the table: ``leaves`` (all of the
+        checkpoint's, which lead to its signed root) give what each row should be."""
+        _, expected = stored_nodes(leaves)
+        bad = logtree.wrong(logtree.stored(conn), expected)
+        if len(bad) == 1:
+            what = (
+                f"the audit log's stored subtree hash of {logtree.row_name(bad[0])} does not match its "
+                "entries"
+            )
+        elif bad:
+            what = (
+                f"{len(bad)} of the audit log's stored subtree hashes do not match its entries, the first "
+                f"that of {logtree.row_name(bad[0])}"
+            )
+        else:  # pragma: no cover - right rows and entries that lead to the root make a proof that verifies
+            what = "the audit log's stored subtree hashes gave no proof, its entries did"
+        self._ctx.reporter.warn(
+            f"{what}: this proof was made from the entries instead (the whole log read); "
+            "`graven log verify --repair` rewrites the stored hashes"
+        )
 
     def prove(self, index: int) -> dict[str, Any]:
         """An inclusion proof of entry ``index`` in the tree of the latest checkpoint.
 
-        The proof is checked against the signed root before it is returned: entries that no longer
-        lead to that root raise VerificationError.
+        The proof is checked against the signed root before it is returned. One made from the stored
+        subtree hashes that does not check out is made again from the entries (the whole log read, as
+        before those rows existed): when that one checks out it is returned, with a warning (the
+        context's reporter) naming the wrong row; entries that no longer lead to the signed root raise
+        VerificationError. Nothing is written: proving is a read (a read-only home proves too).
         """
         self._require_database()
         with self._ctx.db.connect() as conn:
@@ -668,18 +780,21 @@ class AuditLog:
             if note is None:
                 raise NotFoundError(_EMPTY_LOG)
             checkpoint = self._check_note(note, self._signed_origin(conn))
-            if not 0 <= index < checkpoint.size:
-                raise NotFoundError(f"no log entry {index}: the log has entries 0..{checkpoint.size - 1}")
-            nodes = logtree.read_nodes(conn, inclusion_nodes(index, checkpoint.size), checkpoint.size)
-        leaf = nodes[(0, index)]  # hashed from the entry; its siblings from stored subtrees, unverified
-        proof = inclusion_path(index, checkpoint.size, stored_subtree_hash(nodes))
-        try:
-            verify_inclusion(leaf, index, checkpoint.size, proof, checkpoint.root)
-        except VerificationError:
-            raise VerificationError(
-                f"the log's entries do not lead to the root of its latest signed checkpoint "
-                f"({checkpoint.size} entries): no proof for entry {index}; run `graven log verify`"
-            ) from None
+            size, root = checkpoint.size, checkpoint.root
+            if not 0 <= index < size:
+                raise NotFoundError(f"no log entry {index}: the log has entries 0..{size - 1}")
+            nodes = logtree.read_nodes(conn, inclusion_nodes(index, size), size)
+            leaf = nodes[(0, index)]  # hashed from the entry; its siblings from stored subtrees, unverified
+            proof = inclusion_path(index, size, stored_subtree_hash(nodes))
+            if not _includes(leaf, index, size, proof, root):
+                leaves = self._leaf_hashes(conn, size)
+                leaf, proof = leaves[index], inclusion_proof(leaves, index)
+                if not _includes(leaf, index, size, proof, root):
+                    raise VerificationError(
+                        f"the log's entries do not lead to the root of its latest signed checkpoint "
+                        f"({size} entries): no proof for entry {index}; run `graven log verify`"
+                    )
+                self._warn_wrong_subtrees(conn, leaves)
         return {
             "index": index,
             "tree_size": checkpoint.size,
@@ -733,8 +848,9 @@ class AuditLog:
     def _consistency_proof(self, conn: Connection, old: Checkpoint, new: Checkpoint) -> list[bytes]:
         """The consistency proof from ``old`` to ``new`` (the log's latest signed checkpoint), from the
         stored subtree hashes, once it and both roots check out. When they do not, the entries, read
-        whole only then, say what is wrong: a fork, entries that no longer match, or (neither) stored
-        subtree hashes that do not match the entries, never called a fork."""
+        whole only then, say what is wrong: a fork, or entries that no longer match; when neither,
+        stored subtree hashes were wrong (never called a fork): the proof is made from the entries,
+        checked, and returned with a warning that names the wrong row."""
         nodes = logtree.read_nodes(conn, consistency_nodes(old.size, new.size), new.size)
         subtree_hash = stored_subtree_hash(nodes)
         if subtree_hash(0, new.size) == new.root and (old.size == 0 or subtree_hash(0, old.size) == old.root):
@@ -757,10 +873,11 @@ class AuditLog:
             raise VerificationError(
                 f"fork: the log's first {old.size} entries no longer hash to the old checkpoint's root"
             )
-        raise VerificationError(
-            f"the log's stored subtree hashes do not match its entries: no consistency proof to its latest "
-            f"signed checkpoint ({new.size} entries); run `graven log verify`"
-        )
+        proof = consistency_proof(leaves, old.size) if 0 < old.size < new.size else []
+        if old.size:
+            verify_consistency(old.size, new.size, proof, old.root, new.root)
+        self._warn_wrong_subtrees(conn, leaves)
+        return proof
 
     @staticmethod
     def _empty_log_consistency(old: Checkpoint) -> dict[str, Any]:
@@ -774,7 +891,28 @@ class AuditLog:
 
     # -- verifying --------------------------------------------------------------------------------
 
-    def verify(self, *, all_signatures: bool = False) -> LogVerifyReport:
+    def verify(self, *, all_signatures: bool = False, repair: bool = False) -> LogVerifyReport:
+        """Recompute the tree from every entry and check it against everything stored about it
+        (:meth:`_verify`); with ``repair``, when stored subtree hashes are wrong or stray, rewrite them
+        (:meth:`repair_subtrees`) and verify again. The report's ``repair`` says what was done, or why
+        nothing was (the report then fails: the rows are still wrong)."""
+        report = self._verify(all_signatures=all_signatures)
+        if not repair:
+            return report
+        if not report.bad_subtrees:  # nothing to repair: no write, no entry (a read-only home too)
+            report.repair = SubtreeRepair(size=report.size)
+            return report
+        try:
+            done = self.repair_subtrees()
+        except GravenError as exc:  # the report fails already (the rows); it says why they stay wrong
+            report.repair = SubtreeRepair(size=report.size, error=str(exc))
+            return report
+        # the report of the log as it is now (a new entry too); also when another repair came first
+        report = self._verify(all_signatures=all_signatures)
+        report.repair = done
+        return report
+
+    def _verify(self, *, all_signatures: bool) -> LogVerifyReport:
         """Recompute the tree from every entry and check it against everything stored about it.
 
         Checks, in one pass over the entries (no signature per entry unless ``all_signatures``):
@@ -917,6 +1055,7 @@ class AuditLog:
                 stored = subtrees.pop((level, index), None)
                 if stored is not None and stored != value.hex():  # a missing one is computed when needed
                     first = index << level
+                    report.bad_subtrees += 1
                     report.fail(
                         f"the stored subtree hash of entries {first}..{first + (1 << level) - 1} (level "
                         f"{level}, index {index}) does not match the entries"
@@ -952,6 +1091,7 @@ class AuditLog:
         report.root = compact.root().hex()
         # past a missing entry the rest were not read: their rows are none of this report's business
         stray = [] if gap else sorted(subtrees)
+        report.bad_subtrees += len(stray)
         for level, index in stray[:_SHOWN_STRAY]:
             report.fail(
                 f"a stored subtree hash (level {level}, index {index}) is of no complete subtree of the "
@@ -1027,6 +1167,57 @@ class AuditLog:
         elif frontier != ",".join(h.hex() for h in compact.hashes):
             report.fail("the log state's compact range does not match the entries")
 
+    def repair_subtrees(self) -> SubtreeRepair:
+        """Rewrite the stored subtree hashes (``log_subtrees``) from the entries, in one write transaction.
+
+        Under the writers' lock, the latest checkpoint's signature is verified and its entries are read
+        whole: only when they lead to its signed root, the log state describes exactly them and no entry
+        lies beyond them does the table become exactly the rows they make (a wrong row rewritten, a
+        missing one added, any other removed); else VerificationError, nothing written. A change is
+        logged, in the same transaction: a ``log-repaired`` entry naming the rows (the wrong ones are
+        gone from the database after it; a row is derived data, but a wrong one is the trace of a bug or
+        of someone who wrote the database). It needs the log's private key, as every append; a table
+        that is right is left alone and nothing is logged.
+        """
+        self._require_database()
+        with self._ctx.db.begin() as conn:
+            origin = self._read_origin(conn)
+            note = self._latest_note(conn)
+            if origin is None or note is None:
+                raise VerificationError(
+                    "the log has no signed checkpoint to recompute its stored subtree hashes against"
+                )
+            checkpoint = self._check_note(note, origin)
+            size = checkpoint.size
+            compact, expected = logtree.recompute(conn, size)
+            if compact.root() != checkpoint.root:
+                raise VerificationError(
+                    f"the log's entries do not lead to the root of its latest signed checkpoint ({size} "
+                    "entries): the entries themselves are damaged, and no stored hash is rewritten from them"
+                )
+            beyond = conn.execute(
+                "SELECT min(idx) FROM log_entries WHERE idx >= :size", {"size": size}
+            ).scalar()
+            states = [
+                (int(r.size), str(r.frontier)) for r in conn.execute("SELECT size, frontier FROM log_state")
+            ]
+            if beyond is not None or states != [(size, ",".join(h.hex() for h in compact.hashes))]:
+                raise VerificationError(
+                    f"the log's entries or its state do not end at its latest signed checkpoint ({size} "
+                    "entries)"
+                )
+            changes = logtree.rewrite(conn, expected)
+            if not changes:
+                return SubtreeRepair(size=size)
+            entry = self.append(conn, LogEvent("log-repaired", reason=_repair_reason(size, changes)))
+        return SubtreeRepair(
+            size=size,
+            rewritten=len(changes.rewritten),
+            added=len(changes.added),
+            removed=len(changes.removed),
+            entry=entry.index,
+        )
+
     def parse_old_checkpoint(self, text: str) -> Checkpoint:
         """Parse a checkpoint file given by a user (malformed input is an InputError)."""
         checkpoint, _ = parse_signed_note(text)
@@ -1046,3 +1237,28 @@ def _check_signed_note(
     if signed.origin != origin or signed.size != size or signed.root != root:
         return _note_mismatch(note, origin, size)
     return None
+
+
+def _includes(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> bool:
+    """Whether ``proof`` proves ``leaf`` at ``index`` in the tree of ``size`` entries with ``root``."""
+    try:
+        verify_inclusion(leaf, index, size, proof, root)
+    except VerificationError:
+        return False
+    return True
+
+
+def _named(nodes: list[Node]) -> str:
+    """Rows named by level and index, the first few, the rest counted."""
+    named = "; ".join(f"level {level}, index {index}" for level, index in nodes[:_SHOWN_REPAIRED])
+    more = f" and {len(nodes) - _SHOWN_REPAIRED} more" if len(nodes) > _SHOWN_REPAIRED else ""
+    return f" ({named}{more})" if nodes else ""
+
+
+def _repair_reason(size: int, changes: logtree.Rewritten) -> str:
+    """The reason of a ``log-repaired`` entry: what was rewritten, added and removed."""
+    return (
+        f"stored subtree hashes recomputed from the {size} entries of the latest signed checkpoint: "
+        f"{len(changes.rewritten)} rewritten{_named(changes.rewritten)}, {len(changes.added)} added, "
+        f"{len(changes.removed)} removed{_named(changes.removed)}"
+    )

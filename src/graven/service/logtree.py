@@ -8,8 +8,10 @@ completes (one every 256 entries) in its own transaction; the upgrade to schema 
 existing log (:func:`fill`, one pass over the entries).
 
 Nothing here is trusted: a proof built from these rows is checked against the latest signed checkpoint
-before anyone sees it, so a wrong row makes a proof fail (and ``graven log verify``, which recomputes
-every row from the entries, names it), never a wrong proof. A missing row is computed from the level
+before anyone sees it, so a wrong row never makes a wrong proof: the proof is then made from the entries
+(as before these rows existed), and ``graven log verify``, which recomputes every row from the entries,
+names the row; ``--repair`` rewrites the table from entries that lead to the signed root
+(:func:`recompute`, :func:`rewrite`). A missing row is computed from the level
 below it (down to the entries): slower, never wrong. An older graven that was still running when the
 database was upgraded appends without rows; the next append that completes a subtree fills them in.
 """
@@ -17,7 +19,7 @@ database was upgraded appends without rows; the next append that completes a sub
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from graven.core.merkle import (
     HASH_SIZE,
@@ -27,15 +29,28 @@ from graven.core.merkle import (
     frontier_ranges,
     range_nodes,
     root_hash,
+    stored_nodes,
     stored_subtree_hash,
 )
+from graven.core.record import Record
 from graven.db import Connection
 from graven.errors import InputError, VerificationError
 
-__all__ = ["fill", "read_nodes", "write_nodes"]
+__all__ = [
+    "Rewritten",
+    "fill",
+    "read_nodes",
+    "recompute",
+    "rewrite",
+    "row_name",
+    "stored",
+    "write_nodes",
+    "wrong",
+]
 
 _LEAF = b"\x00"
 _TILE = 1 << TILE_HEIGHT
+_DELETE = "DELETE FROM log_subtrees WHERE level = :level AND idx = :idx"
 _UPSERT = """INSERT INTO log_subtrees (level, idx, hash) VALUES (:level, :idx, :hash)
     ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash"""
 
@@ -163,3 +178,78 @@ def fill(conn: Connection, size: int | None = None) -> int:
         entries.close()
     write_nodes(conn, rows)
     return len(rows)
+
+
+def row_name(node: Node) -> str:
+    """How a message names the row of a node: ``entries 768..1023 (level 8, index 3)``."""
+    level, index = node
+    first = index << level
+    return f"entries {first}..{first + (1 << level) - 1} (level {level}, index {index})"
+
+
+def stored(conn: Connection) -> dict[Node, str]:
+    """Every row of the table as stored (one per 255 entries): ``(level, index) -> hash text``."""
+    return {
+        (int(level), int(idx)): str(value)
+        for level, idx, value in conn.execute("SELECT level, idx, hash FROM log_subtrees")
+    }
+
+
+def wrong(rows: Mapping[Node, str], expected: Mapping[Node, bytes]) -> list[Node]:
+    """The stored ``rows`` of an ``expected`` node whose text is not its hash (lowercase hex), in order."""
+    return sorted(node for node, text in rows.items() if node in expected and text != expected[node].hex())
+
+
+def recompute(conn: Connection, size: int) -> tuple[CompactRange, dict[Node, bytes]]:
+    """The compact range of the log's first ``size`` entries and every row they make, from the entries
+    (one pass, streamed: nothing stored is read). A missing entry is a VerificationError."""
+
+    def leaves(rows: Iterable[tuple[int, str]]) -> Iterator[bytes]:
+        sha256 = hashlib.sha256
+        expected = 0
+        for idx, entry in rows:
+            if idx != expected:
+                break
+            yield sha256(_LEAF + str(entry).encode()).digest()
+            expected += 1
+        if expected != size:
+            raise VerificationError(
+                f"the log has no entry {expected} below its checkpoint size {size}; run `graven log verify`"
+            )
+
+    rows = conn.stream("SELECT idx, entry FROM log_entries WHERE idx < :size ORDER BY idx", {"size": size})
+    try:
+        return stored_nodes(leaves(rows))
+    finally:
+        rows.close()
+
+
+class Rewritten(Record):
+    """What :func:`rewrite` changed: rows whose hash was wrong, rows that were missing, rows of no node."""
+
+    __slots__ = ("added", "removed", "rewritten")
+    _fields = ("rewritten", "added", "removed")
+
+    def __init__(self, rewritten: list[Node], added: list[Node], removed: list[Node]) -> None:
+        self.rewritten = rewritten
+        self.added = added
+        self.removed = removed
+
+    def __bool__(self) -> bool:
+        return bool(self.rewritten or self.added or self.removed)
+
+
+def rewrite(conn: Connection, expected: Mapping[Node, bytes]) -> Rewritten:
+    """Make the table hold exactly the ``expected`` rows (:func:`recompute`'s, of entries the caller
+    checked against the latest signed checkpoint): a wrong row rewritten, a missing one added, any other
+    row deleted. Writes nothing when it holds them already."""
+    rows = stored(conn)
+    changes = Rewritten(
+        rewritten=wrong(rows, expected),
+        added=sorted(node for node in expected if node not in rows),
+        removed=sorted(node for node in rows if node not in expected),
+    )
+    write_nodes(conn, [(*node, expected[node]) for node in (*changes.rewritten, *changes.added)])
+    if changes.removed:
+        conn.execute(_DELETE, [{"level": level, "idx": idx} for level, idx in changes.removed])
+    return changes

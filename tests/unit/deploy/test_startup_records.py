@@ -31,7 +31,7 @@ from graven.model.logentry import LogEntry, LogEvent
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 from graven.model.pipeline import ArtifactSection, BuildSection, EnvSection, FetchSection, Pipeline
 from graven.service.artifacts import ArtifactRecord, Problem, VerifyReport
-from graven.service.audit import LogVerifyReport
+from graven.service.audit import LogVerifyReport, SubtreeRepair
 from graven.service.context import Context, NullReporter
 from graven.service.deploy import DeployResult
 from graven.service.deploy_types import DeployOptions, Target
@@ -171,7 +171,14 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
             "problems": ["x"],
             "root": "r",
             "more_problems": 0,
+            "bad_subtrees": 1,
+            "repair": SubtreeRepair(1, 1),
         },
+        False,
+    ),
+    (
+        SubtreeRepair,
+        {"size": 3, "rewritten": 1, "added": 0, "removed": 2, "entry": 3, "error": None},
         False,
     ),
     (HoldResult, {"env": "prod", "held": True, "changed": False, "digest": SHA}, True),
