@@ -11,6 +11,7 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -974,3 +975,26 @@ def test_an_export_never_writes_through_what_stands_at_its_temporary_names(
     assert kept.read_bytes() == b"someone else's file"
     assert envelope.stat().st_ino != kept.stat().st_ino
     assert sorted(p.name for p in shared.iterdir()) == ["x.intoto.json", "x.tar.zst"]
+
+
+def test_export_to_a_name_that_is_not_utf8_prints_json_that_is(
+    artifact: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The JSON of an export to such a name was the name's raw bytes: no JSON parser read it."""
+    _, digest = artifact
+    out = os.fsencode(tmp_path) + b"/caf\xe9.tar"
+    for flags in ([b"--json"], []):
+        result = subprocess.run(
+            [sys.executable, "-m", "graven.cli.main", b"export", digest.encode(), b"-o", out, *flags],
+            env=dict(os.environ),
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        text = result.stdout.decode("utf-8")  # UTF-8 whatever the name
+        if flags:
+            assert json.loads(text)["output"] == f"{tmp_path}/caf\\xe9.tar"
+        else:
+            assert text.startswith(f"wrote {tmp_path}/caf\\xe9.tar ("), text
+    assert os.path.exists(out)

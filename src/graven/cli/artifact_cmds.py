@@ -364,7 +364,7 @@ def export_cmd(args: argparse.Namespace) -> int:
     if as_json:
         emit_json({"digest": str(resolved), "output": str(output), "size": output.stat().st_size})
     else:
-        print(f"wrote {output} ({human_size(output.stat().st_size)}) for {resolved}")
+        print(f"wrote {printable(str(output))} ({human_size(output.stat().st_size)}) for {resolved}")
     return 0
 
 

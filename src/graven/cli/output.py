@@ -26,22 +26,47 @@ __all__ = [
 
 def emit_json(value: Any) -> None:
     """Print one JSON document on stdout."""
-    import json  # here: most commands print no JSON, and start-up is budgeted
-
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    sys.stdout.write(_dumps(value) + "\n")
 
 
 def emit_json_list(items: Iterable[Any]) -> None:
     """Print one JSON array on stdout as :func:`emit_json` would print the list, one item at a time:
     a long list (the audit log) is never held whole, as objects or as text."""
-    import json
-
     first = True
     for item in items:
-        text = json.dumps(item, indent=2, sort_keys=True, ensure_ascii=False).replace("\n", "\n  ")
+        text = _dumps(item).replace("\n", "\n  ")
         sys.stdout.write(("[\n  " if first else ",\n  ") + text)
         first = False
     sys.stdout.write("[]\n" if first else "\n]\n")
+
+
+def _dumps(value: Any) -> str:
+    """``value`` as JSON text that is UTF-8 (RFC 8259): a name that is not UTF-8 (an output path, a
+    home, a repository given as bytes) holds surrogate escapes, which the UTF-8 stdout would write
+    as the raw bytes, and no JSON parser would read the document. Each such byte is then written as
+    ``\\xNN`` (:func:`graven.core.paths.json_text`, as drift's paths)."""
+    import json  # here: most commands print no JSON, and start-up is budgeted
+
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(_utf8(value), indent=2, sort_keys=True, ensure_ascii=False)
+    return text
+
+
+def _utf8(value: Any) -> Any:
+    """``value`` with every string (keys too) as UTF-8 text can carry it."""
+    from graven.core.paths import json_text
+
+    if isinstance(value, str):
+        return json_text(value)
+    if isinstance(value, dict):
+        return {json_text(k) if isinstance(k, str) else k: _utf8(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8(item) for item in value]
+    return value
 
 
 def human_size(size: int) -> str:

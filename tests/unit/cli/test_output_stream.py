@@ -58,3 +58,17 @@ def _captured(patch: pytest.MonkeyPatch, write: object) -> str:
     write()  # type: ignore[operator]
     patch.undo()
     return buffer.getvalue()
+
+
+def test_json_of_a_name_that_is_not_utf8_is_utf8() -> None:
+    """A path decoded with surrogate escapes (os.fsdecode of b"caf\\xe9") is printed as ``\\xe9``,
+    in keys and values, whole or streamed: the document stays UTF-8 JSON."""
+    value = {"output": "/srv/caf\udce9.tar", "caf\udce9": ["\udce9", 1], "ok": "caf\u00e9"}
+    expected = {"output": "/srv/caf\\xe9.tar", "caf\\xe9": ["\\xe9", 1], "ok": "caf\u00e9"}
+    with pytest.MonkeyPatch.context() as patch:
+        whole = _captured(patch, lambda: emit_json(value))
+        streamed = _captured(patch, lambda: emit_json_list(iter([value])))
+    for text in (whole, streamed):
+        text.encode("utf-8")
+    assert json.loads(whole) == expected
+    assert json.loads(streamed) == [expected]
