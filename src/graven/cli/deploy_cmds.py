@@ -176,8 +176,11 @@ def _report(result: DeployResult, *, as_json: bool) -> int:
         if result.reused_release:
             how = "release already on disk, checked"
         elif stats:
+            # hard links: to the same file of the live release, or to a first copy of the same
+            # content in this one; with nothing live before, only the second
+            linked = "duplicates" if result.previous is None else "unchanged or duplicates"
             how = (
-                f"{stats['files']} files: {stats['linked']} linked from the live release, "
+                f"{stats['files']} files: {stats['linked']} hard-linked ({linked}), "
                 f"{stats['copied']} copied ({human_size(stats['copied_bytes'])})"
             )
         else:
