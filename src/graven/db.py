@@ -701,9 +701,15 @@ class _SqliteDatabase:
             parent = os.path.dirname(self.path)
             if what == "cannot open" and parent and not os.path.lexists(parent):
                 # a typo in GRAVEN_DB_URL (graven makes its home's directory before it opens graven.db)
+                # or in the URL of `graven db copy`
                 raise ConfigError(
                     f"cannot open the database {self.path}: its directory {parent} does not exist; "
-                    "create it, or correct the path in GRAVEN_DB_URL"
+                    "create it, or correct the path in the URL (GRAVEN_DB_URL, or the one given to db copy)"
+                ) from exc
+            if what == "cannot open" and os.path.isdir(self.path):  # the URL names a directory
+                raise ConfigError(
+                    f"cannot open the database {self.path}: it is a directory; name a file in it "
+                    f"(sqlite:///{os.path.join(self.path, 'graven.db')})"
                 ) from exc
             raise BackendError(f"{what} the database {self.path}: {_sqlite_reason(exc)}") from exc
         conn = _SqliteConnection(raw)
@@ -1231,8 +1237,15 @@ def _check_dialect(url: str) -> None:
     """Refuse, naming it, a URL that is none or of a database graven does not run on."""
     scheme, sep, _ = url.partition("://")
     dialect = scheme.split("+", 1)[0].lower()
+    plain = not sep and "@" not in url and ":" not in url  # no user or password to hide
+    if plain and ("/" in url or url.endswith((".db", ".sqlite", ".sqlite3"))):  # a file's path
+        raise ConfigError(
+            f"the database URL {url} is a path, not a URL; an SQLite file is "
+            f"sqlite:///{os.path.abspath(url)} (sqlite:/// then the absolute path)"
+        )
     if not sep or not dialect:
-        raise ConfigError(f"the database URL {redacted_url(url)} is not a URL; {_SUPPORTED}")
+        shown = url if plain and url.strip() else redacted_url(url)
+        raise ConfigError(f"the database URL {shown} is not a URL; {_SUPPORTED}")
     if dialect == "postgres":
         raise ConfigError(f"database URL scheme {scheme}:// is not known; write postgresql+psycopg://")
     if dialect not in ("sqlite", "postgresql"):

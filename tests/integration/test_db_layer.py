@@ -579,3 +579,26 @@ def test_a_database_file_replaced_while_a_process_runs_is_refused_not_written_be
             conn.execute("SELECT 1")
     finally:
         removed.close()
+
+
+@pytest.mark.parametrize("given", ["/srv/graven/graven.db", "graven.db", "state/graven.db"])
+def test_a_path_given_as_the_url_is_shown_with_the_url_to_write(given: str) -> None:
+    """`graven db copy /srv/x.db` (or GRAVEN_DB_URL=/srv/x.db) said 'the database URL <invalid URL> is
+    not a URL': neither what was typed nor the URL that names that file."""
+    with pytest.raises(ConfigError) as refused:
+        Database.open(given)
+    assert refused.value.exit_code == 2
+    assert str(refused.value) == (
+        f"the database URL {given} is a path, not a URL; an SQLite file is "
+        f"sqlite:///{os.path.abspath(given)} (sqlite:/// then the absolute path)"
+    )
+
+
+def test_a_url_naming_a_directory_is_bad_input_naming_a_file_to_use(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:  # was exit 1, "unable to open database file"
+        Database.open(f"sqlite:///{tmp_path}")
+    assert refused.value.exit_code == 2
+    assert str(refused.value) == (
+        f"cannot open the database {tmp_path}: it is a directory; name a file in it "
+        f"(sqlite:///{tmp_path}/graven.db)"
+    )
