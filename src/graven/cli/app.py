@@ -149,7 +149,27 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if message.endswith("expected one argument"):
             message += " (a value that starts with '-' goes after '=': --reason=-x)"
-        raise UsageError(message, self.prog)
+        raise UsageError(_suggested(message), self.prog)
+
+
+def _suggested(message: str) -> str:
+    """argparse's ``argument X: invalid choice: 'genrate' (choose from 'generate', ...)`` with the
+    choice meant, as for a command (``did you mean 'generate'?``); a subcommand's in graven's words,
+    not argparse's name for its list (``argument [SUBCOMMAND]``)."""
+    import re
+
+    found = re.fullmatch(r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)", message, re.DOTALL)
+    if found is None:
+        return message
+    what, given, listed = found.groups()
+    choices = re.findall(r"'([^']*)'", listed)
+    import difflib
+
+    close = difflib.get_close_matches(given, choices, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if what.strip("[]") == "SUBCOMMAND":
+        return f"no such subcommand {given!r}{hint} (one of: {', '.join(choices)})"
+    return f"argument {what}: invalid choice {given!r}{hint} (one of: {', '.join(choices)})"
 
 
 class _Unused(ArgParser):

@@ -25,11 +25,20 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     """Add ``log`` and its subcommands verify, checkpoint, prove, consistency and export."""
     log, sub = add_group(commands, "log", _first_line(log_cmd.__doc__), log_cmd)
     # their own names: a subcommand's defaults would silently replace them (`graven log --json verify`)
-    log.add_argument("--env", dest="log_env", help="Only entries about this environment.")
+    # (and metavars of their own: --help would say --env LOG_ENV)
+    log.add_argument("--env", dest="log_env", metavar="ENV", help="Only entries about this environment.")
     log.add_argument(
-        "--artifact", dest="log_artifact", help="Only entries about this artifact (digest or unique prefix)."
+        "--artifact",
+        dest="log_artifact",
+        metavar="DIGEST",
+        help="Only entries about this artifact (digest or unique prefix).",
     )
-    log.add_argument("--since", dest="log_since", help="Only entries at or after this time (ISO 8601, UTC).")
+    log.add_argument(
+        "--since",
+        dest="log_since",
+        metavar="TIME",
+        help="Only entries at or after this time (ISO 8601, UTC).",
+    )
     add_limit(log, "Only the newest N matching entries, still oldest first (as tail).", dest="log_limit")
     log.add_argument("--json", dest="log_json", action="store_true", help="Print the entries as JSON.")
 

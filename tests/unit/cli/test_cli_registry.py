@@ -53,6 +53,19 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         ),
         (["drift", "prod", "--bogus", "qa"], "unrecognized arguments: --bogus"),
         (["reject", "sha256:00", "--reason", "-x"], "goes after '=': --reason=-x"),
+        # a subcommand's typo is named as a command's is, with the one meant (argparse listed them)
+        (
+            ["keys", "genrate"],
+            "graven: error: no such subcommand 'genrate'; did you mean 'generate'? (one of: generate, list, "
+            "export, trust, revoke) (see `graven keys --help`)",
+        ),
+        (["log", "verfy"], "no such subcommand 'verfy'; did you mean 'verify'? (one of: verify, checkpoint,"),
+        (["db", "cpy", "x"], "no such subcommand 'cpy'; did you mean 'copy'? (one of: copy)"),
+        (["attest", "xyz"], "no such subcommand 'xyz' (one of: verify)"),
+        (
+            ["keys", "generate", "--type", "ed2551"],
+            "argument --type: invalid choice 'ed2551'; did you mean 'ed25519'? (one of: ed25519, ecdsa-p256)",
+        ),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(
@@ -178,3 +191,11 @@ def test_only_free_text_is_decoded_with_the_locale_charset(monkeypatch: pytest.M
     assert namespace.reason == "café closed"
     assert namespace.alert_command == "cat > café.json"
     assert "_GRAVEN_ARGS_ENCODING" not in os.environ  # hooks and steps do not see it
+
+
+def test_the_log_options_show_plain_metavars(capsys: pytest.CaptureFixture[str]) -> None:
+    """`graven log --help` said --env LOG_ENV, --artifact LOG_ARTIFACT, --since LOG_SINCE (their dests)."""
+    assert main(["log", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--env ENV" in out and "--artifact DIGEST" in out and "--since TIME" in out, out
+    assert "LOG_" not in out, out
