@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from graven.model.manifest import FileEntry
 from helpers_deploy import World, env_toml, make_world, staging_prod, tree_problems
 from helpers_repo import run_cli
 
@@ -271,6 +272,26 @@ def test_a_removed_release_directory_is_rebuilt(world: World, capsys: pytest.Cap
     assert drift(capsys, "--full")[0] == 0 and drift(capsys)[0] == 0
 
 
+def test_a_release_rebuilt_whole_draws_its_progress_on_a_terminal_and_clears_it(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rebuilding a removed release of 13,411 files took 3.4 s without a word, where a deploy of the
+    same tree draws its progress: heal draws it too, and clears it before its result."""
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    release = (world.env_dir("staging") / "current").resolve()
+    for directory, _dirs, _files in os.walk(release):
+        os.chmod(directory, 0o755)
+    shutil.rmtree(release)
+    files = sum(1 for entry in world.manifest(digest).entries if isinstance(entry, FileEntry))
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    code, out, err = run_cli(capsys, "heal", "staging")
+    assert code == 0 and "(the release directory is rebuilt)" in out, (out, err)
+    assert f"\r\x1b[Krebuilding release: {files}/{files}" in err, err
+    assert err.endswith("\r\x1b[K"), err  # cleared: the result's first line starts a clean line
+
+
 def test_a_check_of_a_moved_away_environment_never_makes_its_directory_again(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -392,3 +413,20 @@ def test_a_rollback_never_switches_to_a_tampered_release_behind_forged_records(
     assert world.live("staging") == v1
     assert tree_problems(env / "current", world.manifest(v1)) == []  # rebuilt from the store
     assert drift(capsys, "staging", "--full")[0] == 0
+
+
+def test_watch_draws_no_progress_between_its_lines(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watch --heal rebuilds releases as heal does, but its output is one line per check on stdout: its
+    reporter says warnings only, also on a terminal."""
+    from graven.service import drift_watch
+
+    seen: list[Any] = []
+    monkeypatch.setattr(drift_watch, "run_watch", lambda ctx, *_args, **_kw: seen.append(ctx.reporter))
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert run_cli(capsys, "watch", "--heal")[0] == 0
+    (reporter,) = seen
+    reporter.progress("rebuilding release", 1, 2)
+    assert capsys.readouterr().err == ""

@@ -66,10 +66,11 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
 
 
-def _context() -> Any:
+def _context(*, quiet: bool = False) -> Any:
+    """The command's context; ``quiet``: warnings only, no progress (watch's lines come on stdout)."""
     from graven.service.context import Context
 
-    return _closing(Context.from_env(TerminalReporter()))
+    return _closing(Context.from_env(TerminalReporter(quiet=quiet)))
 
 
 def _summary(report: DriftReport) -> str:
@@ -141,8 +142,13 @@ def heal_cmd(args: argparse.Namespace) -> int:
     wait: bool = args.wait
     as_json: bool = args.as_json
     from graven.service import drift as svc
+    from graven.service.context import Context
 
-    result = svc.heal(_context(), env, plan_only=plan_only, wait=wait)
+    reporter = TerminalReporter()  # a release rebuilt whole draws its progress: cleared before the result
+    try:
+        result = svc.heal(_closing(Context.from_env(reporter)), env, plan_only=plan_only, wait=wait)
+    finally:
+        reporter.close()
     if as_json:
         emit_json(result.to_json())
         return 0 if result.ok else 1
@@ -240,7 +246,7 @@ def watch_cmd(args: argparse.Namespace) -> int:
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if main_thread else ()
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
-        run_watch(_context(), options, stop, out=_echo)
+        run_watch(_context(quiet=True), options, stop, out=_echo)  # a heal's progress is no watch line
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -30,7 +30,7 @@ from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, 
 from graven.service.drift_targets import DriftSession, live_targets
 from graven.service.witness import check_witness, write_witness
 
-__all__ = ["HealNotStartedError", "HealResult", "heal"]
+__all__ = ["REBUILD_STAGE", "HealNotStartedError", "HealResult", "heal"]
 
 # -- heal -------------------------------------------------------------------------------------------
 
@@ -81,6 +81,9 @@ def _tree_diffs(diffs: Sequence[Difference]) -> list[Difference]:
     return [d for d in diffs if d.kind not in ("current", "unknown-release", "config")]
 
 
+REBUILD_STAGE = "rebuilding release"  # the progress of a release directory written again whole
+
+
 def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table: StatTable) -> None:
     from graven.deploy.materialize import build_release, remove_tree
 
@@ -91,7 +94,13 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
         make_dirs(layout.releases)
         if os.path.lexists(release):
             move_aside(release, layout.meta / "drift" / "attic")
-        build_release(ctx.store, index.manifest, tmp, table)
+        build_release(  # every file again, as a first deploy writes them: its progress too
+            ctx.store,
+            index.manifest,
+            tmp,
+            table,
+            progress=lambda done, total: ctx.reporter.progress(REBUILD_STAGE, done, total),
+        )
         recorded = table.owner(hex_digest)
         give = giving(recorded) if recorded is not None else -1
         group = table.group(hex_digest)
