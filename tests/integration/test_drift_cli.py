@@ -430,3 +430,33 @@ def test_watch_draws_no_progress_between_its_lines(
     (reporter,) = seen
     reporter.progress("rebuilding release", 1, 2)
     assert capsys.readouterr().err == ""
+
+
+def test_watch_of_a_home_without_live_environments_says_so_once(world: World) -> None:
+    """`graven watch` with nothing deployed (or the wrong GRAVEN_HOME) was silent forever."""
+    import threading
+
+    from graven.drift.watch import WatchOptions
+    from graven.service.drift_watch import run_watch
+
+    class Said:
+        def __init__(self) -> None:
+            self.warnings: list[str] = []
+
+        def warn(self, message: str) -> None:
+            self.warnings.append(message)
+
+        def progress(self, stage: str, done: int, total: int | None) -> None:
+            pass
+
+    stop = threading.Event()
+    stop.set()  # the loop never runs: what is said is said before it
+    said = Said()
+    run_watch(world.ctx(said), WatchOptions(interval=30.0), stop, out=lambda _line: None)
+    assert said.warnings == [
+        f"no live environments yet (home {world.home}); watching for the first deployment (every 30 s)"
+    ]
+    assert world.deploy(world.build(), "staging").ok
+    said.warnings.clear()
+    run_watch(world.ctx(said), WatchOptions(interval=30.0), stop, out=lambda _line: None)
+    assert said.warnings == []

@@ -289,6 +289,11 @@ def run_watch(
         info = {"metrics_port": port, "environments": sorted(targets), "backend": type(notifier).__name__}
         if port is not None:
             say("metrics", f"metrics on http://127.0.0.1:{port}/metrics", {"port": port})
+        if not targets:  # else a watcher of the wrong home (or before any deploy) would say nothing, ever
+            ctx.reporter.warn(
+                f"no live environments yet (home {ctx.home.root}); watching for the first deployment "
+                f"(every {opts.interval:g} s)"
+            )
         if on_ready is not None:
             on_ready(info)
         first = True
