@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
+_DIGEST_HELP = "A digest, or a unique prefix of it (4+ hex digits; `graven artifacts` lists them)."
+
+
 def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     """Add ``artifacts``, ``show``, ``verify``, ``export`` and ``import``."""
     artifacts = add_command(commands, "artifacts", artifacts_cmd)
@@ -27,7 +30,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     artifacts.add_argument("--json", dest="as_json", action="store_true", help="Print the list as JSON.")
 
     show = add_command(commands, "show", show_cmd)
-    show.add_argument("digest")
+    show.add_argument("digest", help=_DIGEST_HELP)
     what = show.add_mutually_exclusive_group()  # one view at a time: neither is dropped in silence
     what.add_argument(
         "--files", dest="list_files", action="store_true", help="List every entry of the artifact."
@@ -36,7 +39,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     show.add_argument("--json", dest="as_json", action="store_true", help="Print as JSON.")
 
     verify = add_command(commands, "verify", verify_cmd)
-    verify.add_argument("digest")
+    verify.add_argument("digest", help=_DIGEST_HELP)
     verify.add_argument("--policy", type=Path, help="A trust policy file (TOML).")
     verify.add_argument("--env", dest="env", help="Check against the keys trusted for this environment.")
     verify.add_argument("--json", dest="as_json", action="store_true", help="Print the report as JSON.")
@@ -55,7 +58,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
 
     export = add_command(commands, "export", export_cmd)
-    export.add_argument("digest")
+    export.add_argument("digest", help=_DIGEST_HELP)
     export.add_argument(
         "-o",
         "--output",
@@ -68,7 +71,9 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     export.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     import_ = add_command(commands, "import", import_cmd)
-    import_.add_argument("archive", type=Path)
+    import_.add_argument(
+        "archive", type=Path, help="The archive (.tar, .tar.gz or .tar.zst); - reads it from standard input."
+    )
     import_.add_argument(
         "--name",
         help="Artifact name (lowercase letters, digits, '.', '_', '-'), instead of the one the archive "

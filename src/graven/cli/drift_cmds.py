@@ -28,14 +28,16 @@ _ROWS = 40
 def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     """Add ``drift``, ``heal`` and ``watch``."""
     drift = add_command(commands, "drift", drift_cmd)
-    drift.add_argument("envs", nargs="*", metavar="ENV")
+    drift.add_argument(
+        "envs", nargs="*", metavar="ENV", help="Environments to check (default: every live one)."
+    )
     drift.add_argument(
         "--full", action="store_true", help="Re-hash every file instead of trusting unchanged stat records."
     )
     drift.add_argument("--json", dest="as_json", action="store_true", help="Print every difference as JSON.")
 
     heal = add_command(commands, "heal", heal_cmd)
-    heal.add_argument("env", metavar="ENV")
+    heal.add_argument("env", metavar="ENV", help="The environment to restore.")
     heal.add_argument(
         "--plan", dest="plan_only", action="store_true", help="Show what would be restored; change nothing."
     )
@@ -45,7 +47,9 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     heal.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     watch = add_command(commands, "watch", watch_cmd)
-    watch.add_argument("envs", nargs="*", metavar="ENV")
+    watch.add_argument(
+        "envs", nargs="*", metavar="ENV", help="Environments to watch (default: every live one)."
+    )
     watch.add_argument("--interval", default="60", help="Seconds between periodic checks. (default: 60)")
     watch.add_argument(
         "--full-every", default="24h", help="How often a check re-hashes everything. (default: 24h)"

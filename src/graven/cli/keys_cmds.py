@@ -41,20 +41,22 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     list_.add_argument("--json", dest="as_json", action="store_true", help="Print as JSON.")
 
     export = add_command(keys, "export", export_cmd)
-    export.add_argument("name", metavar="NAME")
+    export.add_argument("name", metavar="NAME", help="The signing key's name (`graven keys list`).")
 
     trust = add_command(keys, "trust", trust_cmd)
-    trust.add_argument("pem_file", type=Path, metavar="PEM_FILE")
+    trust.add_argument("pem_file", type=Path, metavar="PEM_FILE", help="A public key file (PEM).")
     trust.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     revoke = add_command(keys, "revoke", revoke_cmd)
-    revoke.add_argument("keyid", metavar="KEYID")
+    revoke.add_argument("keyid", metavar="KEYID", help="The key id: all 64 hex digits (`graven keys list`).")
     revoke.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     _, attest = add_group(commands, "attest", "Check attestations (DSSE envelopes and Sigstore bundles).")
 
     verify = add_command(attest, "verify", attest_verify_cmd)
-    verify.add_argument("attestation", type=Path, metavar="ATTESTATION")
+    verify.add_argument(
+        "attestation", type=Path, metavar="ATTESTATION", help="A DSSE envelope or a Sigstore bundle file."
+    )
     verify.add_argument("--artifact", required=True, help="Digest the attestation must name.")
     verify.add_argument("--policy", type=Path, help="A trust policy file (TOML).")
     verify.add_argument("--env", help="Check against the keys trusted for this environment.")

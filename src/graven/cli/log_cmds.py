@@ -60,13 +60,18 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
 
     prove = add_command(sub, "prove", prove_cmd)
-    prove.add_argument("index", type=_log_index, metavar="INDEX")
+    prove.add_argument("index", type=_log_index, metavar="INDEX", help="The entry's index (`graven log`).")
     prove.add_argument(
         "--json", dest="as_json", action="store_true", help="Print the proof as JSON (the default)."
     )
 
     consistency = add_command(sub, "consistency", consistency_cmd)
-    consistency.add_argument("old_checkpoint", type=Path, metavar="OLD_CHECKPOINT")
+    consistency.add_argument(
+        "old_checkpoint",
+        type=Path,
+        metavar="OLD_CHECKPOINT",
+        help="A checkpoint kept from `graven log checkpoint`.",
+    )
     consistency.add_argument("--json", dest="as_json", action="store_true", help="Print the proof as JSON.")
 
     export = add_command(sub, "export", export_cmd)

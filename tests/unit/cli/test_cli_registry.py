@@ -199,3 +199,20 @@ def test_the_log_options_show_plain_metavars(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "--env ENV" in out and "--artifact DIGEST" in out and "--since TIME" in out, out
     assert "LOG_" not in out, out
+
+
+def test_every_argument_of_every_command_says_what_it_is() -> None:
+    """`graven import --help` listed ARCHIVE with no word of `-` (standard input, in the README's
+    tour), and a dozen other positionals (DIGEST, ENV, KEYID...) had no help at all."""
+    bare: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word, sub in action.choices.items():
+                    walk(sub, f"{name} {word}")
+            elif not action.help:
+                bare.append(f"{name} {action.metavar or action.dest}")
+
+    walk(build_parser(None), "graven")
+    assert bare == []
