@@ -72,6 +72,22 @@ def git(repo: Path, *args: str) -> str:
     return conftest_git(repo, *args).strip()
 
 
+def fail_switch_to(monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
+    """``current`` cannot be pointed at ``digest`` (a full disk, a file system gone read-only): the
+    switch fails before ``current`` changes; every other link is made as usual."""
+    from graven.errors import BackendError
+    from graven.service import deploy_release
+
+    real = deploy_release.point_symlink
+
+    def full(link: Path, target: str) -> bool:
+        if link.name == "current" and digest.removeprefix("sha256:") in target:
+            raise BackendError(f"cannot switch {link} to {target}: No space left on device")
+        return real(link, target)
+
+    monkeypatch.setattr(deploy_release, "point_symlink", full)
+
+
 def add_signing_key(home: Path) -> None:
     """A default ed25519 signing key in ``home``, trusted there."""
     from graven.signing.keys import KeyStore

@@ -11,7 +11,7 @@ import pytest
 
 from graven.deploy.hook_result import HookResult, redact_secrets
 from graven.service import environments
-from helpers_deploy import World, env_toml, staging_prod
+from helpers_deploy import World, env_toml, fail_switch_to, staging_prod
 
 FAIL = "echo bad; exit 3"
 
@@ -246,21 +246,6 @@ def test_a_switch_back_runs_the_hooks_of_the_verified_graven_toml_not_the_databa
     assert marker.read_text() == "v1\nv1\n"  # its own activate, read from its graven.toml, ran again
 
 
-def _switch_of_current_fails(monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
-    """``current`` cannot be pointed at ``digest`` (a full disk, a file system gone read-only)."""
-    from graven.errors import BackendError
-    from graven.service import deploy_release
-
-    real = deploy_release.point_symlink
-
-    def full(link: Path, target: str) -> bool:
-        if link.name == "current" and digest.removeprefix("sha256:") in target:
-            raise BackendError(f"cannot switch {link} to {target}: No space left on device")
-        return real(link, target)
-
-    monkeypatch.setattr(deploy_release, "point_symlink", full)
-
-
 def test_a_switch_that_failed_before_current_changed_switches_nothing_back(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,7 +257,7 @@ def test_a_switch_that_failed_before_current_changed_switches_nothing_back(
     v1 = world.version(1, env_toml("app", staging_prod(activate=f"echo v1 >> {marker}")))
     assert world.deploy(v1, "staging").ok
     v2 = world.version(2, env_toml("app", staging_prod(activate=f"echo v2 >> {marker}")))
-    _switch_of_current_fails(monkeypatch, v2)
+    fail_switch_to(monkeypatch, v2)
     result = world.deploy(v2, "staging")
     assert not result.ok and result.rolled_back_to is None
     assert "the switch to" in result.message and "nothing was switched" in result.message
@@ -302,7 +287,7 @@ def test_a_rollback_whose_switch_failed_holds_nothing_and_leaves_what_is_live(
     assert world.deploy(v1, "staging").ok
     v2 = world.version(2)
     assert world.deploy(v2, "staging").ok
-    _switch_of_current_fails(monkeypatch, v1)
+    fail_switch_to(monkeypatch, v1)
     result = rollback(world.ctx(), "staging", world.options(reason="bad v2"))
     assert not result.ok and "nothing was switched" in result.message
     assert f"{v2[7:19]} is still live in staging" in result.message
@@ -315,7 +300,7 @@ def test_a_first_deploy_whose_switch_failed_says_nothing_is_live(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     v1 = world.build()
-    _switch_of_current_fails(monkeypatch, v1)
+    fail_switch_to(monkeypatch, v1)
     result = world.deploy(v1, "staging")
     assert not result.ok and "nothing was switched: nothing is live in staging" in result.message
     assert world.live("staging") is None

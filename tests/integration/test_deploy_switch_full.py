@@ -4,13 +4,9 @@ and deploy again", which no change to the artifact would do."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from graven.errors import BackendError
-from graven.service import deploy_release
-from helpers_deploy import World
+from helpers_deploy import World, fail_switch_to
 
 
 def test_a_switch_that_fails_for_a_full_disk_does_not_blame_the_artifact(
@@ -19,14 +15,7 @@ def test_a_switch_that_fails_for_a_full_disk_does_not_blame_the_artifact(
     v1 = world.version(1)
     assert world.deploy(v1, "staging").ok
     v2 = world.version(2)
-    real = deploy_release.point_symlink
-
-    def full(link: Any, target: str) -> bool:
-        if str(link).endswith("/current") and v2.removeprefix("sha256:") in target:
-            raise BackendError(f"cannot switch {link} to {target}: No space left on device")
-        return real(link, target)
-
-    monkeypatch.setattr(deploy_release, "point_symlink", full)
+    fail_switch_to(monkeypatch, v2)
     result = world.deploy(v2, "staging")
     assert not result.ok
     assert world.live("staging") == v1

@@ -352,8 +352,7 @@ def test_a_held_check_is_dropped_after_a_deployment_whose_switch_failed(
     """A switch that failed (a full disk) leaves a failed row (and, as ``current`` was not renamed,
     no automatic rollback); whether ``current`` was renamed before the failure, the row does not
     say: taken as switched."""
-    from graven.errors import BackendError
-    from graven.service import deploy_release
+    from helpers_deploy import fail_switch_to
 
     v1 = world.build()
     assert world.deploy(v1, "staging").ok
@@ -361,14 +360,7 @@ def test_a_held_check_is_dropped_after_a_deployment_whose_switch_failed(
     tamper(world, b"# before the deployment\n")
     report = look(ctx)  # held
     v2 = world.version(2)
-    real = deploy_release.point_symlink
-
-    def full(link: Any, target: str) -> bool:
-        if str(link).endswith("/current") and v2.removeprefix("sha256:") in target:
-            raise BackendError(f"cannot switch {link} to {target}: No space left on device")
-        return real(link, target)
-
-    monkeypatch.setattr(deploy_release, "point_symlink", full)
+    fail_switch_to(monkeypatch, v2)
     assert not world.deploy(v2, "staging").ok
     assert world.live("staging") == v1
     assert [row[:2] for row in _rows(ctx)] == [(v1, "ok"), (v2, "failed")]
