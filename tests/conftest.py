@@ -74,6 +74,38 @@ def process_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+class ProgressRecorder:
+    """A reporter (graven.service.context.Reporter) that keeps every progress call; a warning fails
+    the test, unless ``warnings`` is a list to keep them in."""
+
+    def __init__(self, warnings: list[str] | None = None) -> None:
+        self.calls: list[tuple[str, int, int | None]] = []
+        self.warnings = warnings
+
+    def warn(self, message: str) -> None:
+        if self.warnings is None:
+            raise AssertionError(f"unexpected warning: {message}")
+        self.warnings.append(message)
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        self.calls.append((stage, done, total))
+
+    def of(self, stage: str) -> list[tuple[int, int | None]]:
+        """``(done, total)`` of each call of ``stage``, in order."""
+        return [(done, total) for name, done, total in self.calls if name == stage]
+
+
+def assert_counts_up_to(ticks: list[tuple[int, int | None]], total: int) -> None:
+    """Progress of one stage: at least a start and an end, always of ``total``, never going back,
+    from below ``total`` to ``total``."""
+    assert len(ticks) >= 2, ticks
+    assert {t for _, t in ticks} == {total}
+    dones = [d for d, _ in ticks]
+    assert dones == sorted(dones), "progress never goes back"
+    assert dones[0] < total
+    assert dones[-1] == total
+
+
 def blob_cache_tag(home: Path, oid: str, sha: str, size: int) -> str:
     """The tag a build gives the blob cache row (oid, sha, size) under ``home``'s record key,
     computed here with the standard library's HMAC: the format the rows in the field carry."""

@@ -1,10 +1,13 @@
-"""Long commands show progress: ``verify`` counts objects, ``export`` and ``import`` count bytes; on a
+"""Long commands show progress: ``verify`` counts objects, ``export`` and ``import`` count bytes, ``log
+verify`` (and ``--repair``, and a proof made from the entries) counts entries a batch at a time; on a
 terminal the line is drawn on stderr and removed at the end, elsewhere nothing is drawn."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable
@@ -12,10 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ProgressRecorder, assert_counts_up_to
 from graven.cli.output import TerminalReporter, progress_text
 from graven.home import Home
 from graven.model.digest import Digest
+from graven.model.logentry import LogEvent
+from graven.service import audit
 from graven.service.artifacts import load_manifest, verify_artifact
+from graven.service.audit import CHECK_STAGE, PROOF_STAGE, RECHECK_STAGE, REPAIR_STAGE
 from graven.service.context import Context
 from graven.service.transfer import export_artifact, import_archive
 
@@ -28,22 +35,6 @@ FILES: dict[str, bytes | str] = {
 }
 
 
-class Recorder:
-    """A reporter that keeps every progress call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, int | None]] = []
-
-    def warn(self, message: str) -> None:
-        raise AssertionError(f"unexpected warning: {message}")
-
-    def progress(self, stage: str, done: int, total: int | None) -> None:
-        self.calls.append((stage, done, total))
-
-    def of(self, stage: str) -> list[tuple[int, int | None]]:
-        return [(done, total) for name, done, total in self.calls if name == stage]
-
-
 @pytest.fixture
 def built(graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run) -> Digest:
     code, out, err = run_cli("build", "-C", make_repo(tmp_path / "repo", FILES))
@@ -51,39 +42,30 @@ def built(graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run
     return Digest.parse(out.splitlines()[-1])
 
 
-def _context(home: Path, reporter: Recorder) -> Context:
+def _context(home: Path, reporter: ProgressRecorder) -> Context:
     return Context(home=Home(root=home), reporter=reporter)
 
 
-def _assert_counts_up_to_the_end(ticks: list[tuple[int, int | None]], total: int) -> None:
-    assert len(ticks) >= 2, ticks
-    assert {t for _, t in ticks} == {total}
-    dones = [d for d, _ in ticks]
-    assert dones == sorted(dones), "progress never goes back"
-    assert dones[0] < total
-    assert dones[-1] == total
-
-
 def test_verify_counts_the_objects(graven_home: Path, built: Digest) -> None:
-    recorder = Recorder()
+    recorder = ProgressRecorder()
     report = verify_artifact(_context(graven_home, recorder), built)
     assert report.ok
-    _assert_counts_up_to_the_end(recorder.of("verifying objects"), report.objects_checked)
+    assert_counts_up_to(recorder.of("verifying objects"), report.objects_checked)
 
 
 def test_export_and_import_count_bytes(graven_home: Path, built: Digest, tmp_path: Path) -> None:
-    recorder = Recorder()
+    recorder = ProgressRecorder()
     ctx = _context(graven_home, recorder)
     out = tmp_path / "a.tar.zst"
     export_artifact(ctx, built, out)
     total = load_manifest(ctx, built).total_size  # the files' bytes (graven.toml among them)
     assert total > 3 << 20
-    _assert_counts_up_to_the_end(recorder.of("writing archive (bytes)"), total)
+    assert_counts_up_to(recorder.of("writing archive (bytes)"), total)
 
     recorder.calls.clear()
     result = import_archive(ctx, out)
     assert result.digest == str(built)
-    _assert_counts_up_to_the_end(recorder.of("reading archive (bytes)"), out.stat().st_size)
+    assert_counts_up_to(recorder.of("reading archive (bytes)"), out.stat().st_size)
 
 
 def test_an_archive_read_from_a_pipe_is_imported_without_progress(
@@ -91,7 +73,7 @@ def test_an_archive_read_from_a_pipe_is_imported_without_progress(
 ) -> None:
     """A pipe has no size and no position (tell() fails): the import works and reports nothing."""
     out = tmp_path / "a.tar.zst"
-    export_artifact(_context(graven_home, Recorder()), built, out)
+    export_artifact(_context(graven_home, ProgressRecorder()), built, out)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
 
@@ -101,7 +83,7 @@ def test_an_archive_read_from_a_pipe_is_imported_without_progress(
 
     writer = threading.Thread(target=feed)
     writer.start()
-    recorder = Recorder()
+    recorder = ProgressRecorder()
     try:
         result = import_archive(_context(graven_home, recorder), fifo, name="demo")
     finally:
@@ -133,7 +115,121 @@ class _Terminal:
         pass
 
 
-@pytest.mark.parametrize("command", ["verify", "export", "import"])
+LOG_SIZE = 768  # three batches of 256 entries: the last one ends the log
+
+
+@pytest.fixture
+def logged(graven_home: Path) -> Path:
+    """GRAVEN_HOME with an audit log of LOG_SIZE entries (appended in one transaction)."""
+    with _context(graven_home, ProgressRecorder()) as ctx, ctx.db.begin() as conn:
+        for i in range(LOG_SIZE):
+            ctx.audit.append(conn, LogEvent("deploy", env=f"env{i % 3}", reason=f"r{i}"))
+    return graven_home
+
+
+def _forge_subtree(home: Path) -> None:
+    """A wrong stored subtree hash (entries 256..511): verify names it, a proof through it is made
+    from the entries."""
+    with sqlite3.connect(home / "graven.db", isolation_level=None) as db:
+        db.execute("UPDATE log_subtrees SET hash = ? WHERE level = 8 AND idx = 1", ("ab" * 32,))
+
+
+def test_log_verify_counts_the_entries_a_batch_at_a_time(
+    logged: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk over every entry (a million on a large home) said nothing: it reports the entries
+    checked of the log's, once per PROGRESS_EVERY entries and at the end, never once per entry."""
+    recorder = ProgressRecorder()
+    report = _context(logged, recorder).audit.verify()
+    assert report.ok and report.size == LOG_SIZE, report.problems
+    assert recorder.calls == [(CHECK_STAGE, 0, LOG_SIZE), (CHECK_STAGE, LOG_SIZE, LOG_SIZE)]
+    monkeypatch.setattr(audit, "PROGRESS_EVERY", 256)
+    recorder = ProgressRecorder()
+    assert _context(logged, recorder).audit.verify(all_signatures=True).ok
+    assert recorder.of(CHECK_STAGE) == [(n, LOG_SIZE) for n in (0, 256, 512, 768)]
+    monkeypatch.setattr(audit, "PROGRESS_EVERY", 500)  # the end between two batches: reported too
+    recorder = ProgressRecorder()
+    assert _context(logged, recorder).audit.verify().ok
+    assert recorder.of(CHECK_STAGE) == [(0, LOG_SIZE), (500, LOG_SIZE), (LOG_SIZE, LOG_SIZE)]
+
+
+def test_log_verify_repair_counts_each_pass(logged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--repair walks the log three times (check, recompute under the writers' lock, check again):
+    each pass has its own stage and counts up to its end."""
+    _forge_subtree(logged)
+    monkeypatch.setattr(audit, "PROGRESS_EVERY", 256)
+    recorder = ProgressRecorder()
+    report = _context(logged, recorder).audit.verify(repair=True)
+    assert report.ok and report.repair is not None and report.repair.rewritten == 1, report.problems
+    assert list(dict.fromkeys(stage for stage, _, _ in recorder.calls)) == [
+        CHECK_STAGE,
+        REPAIR_STAGE,
+        RECHECK_STAGE,
+    ]
+    assert recorder.of(CHECK_STAGE) == [(n, LOG_SIZE) for n in (0, 256, 512, 768)]
+    assert recorder.of(REPAIR_STAGE) == [(n, LOG_SIZE) for n in (0, 256, 512, 768)]
+    assert_counts_up_to(recorder.of(RECHECK_STAGE), LOG_SIZE + 1)  # and the log-repaired entry
+
+
+def test_a_proof_made_from_the_entries_counts_them(logged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong stored hash makes log prove and log consistency read the whole log: that read reports
+    its progress (a proof from the stored hashes reads O(log n) rows and reports none)."""
+    old = _context(logged, ProgressRecorder()).audit.latest_checkpoint()
+    recorder = ProgressRecorder()
+    _context(logged, recorder).audit.prove(5)
+    assert recorder.calls == []
+    _forge_subtree(logged)
+    monkeypatch.setattr(audit, "PROGRESS_EVERY", 256)
+    warnings: list[str] = []
+    recorder = ProgressRecorder(warnings)
+    assert _context(logged, recorder).audit.prove(5)["tree_size"] == LOG_SIZE
+    assert recorder.calls == [(PROOF_STAGE, n, LOG_SIZE) for n in (0, 256, 512, 768)]
+    assert len(warnings) == 1 and "made from the entries" in warnings[0]
+    recorder = ProgressRecorder(warnings)
+    assert _context(logged, recorder).audit.consistency(old)["new_size"] == LOG_SIZE
+    assert recorder.calls == [(PROOF_STAGE, n, LOG_SIZE) for n in (0, 256, 512, 768)]
+
+
+def test_log_verify_json_on_a_terminal_is_json_only(
+    logged: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Run
+) -> None:
+    """Progress is drawn on stderr (a terminal), cleared before the result; stdout holds the JSON
+    report and nothing else."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(TerminalReporter, "progress", _every_call(TerminalReporter.progress))
+    code, out, _err = run_cli("log", "verify", "--json", "--repair")
+    assert code == 0, terminal.text
+    assert json.loads(out)["size"] == LOG_SIZE
+    assert f"\r\x1b[K{CHECK_STAGE}: {LOG_SIZE}/{LOG_SIZE}" in terminal.text
+    assert terminal.text.endswith("\r\x1b[K"), "the line is cleared at the end"
+
+
+@pytest.mark.parametrize("command", ["prove", "consistency"])
+def test_a_proof_that_fails_after_reading_the_log_clears_the_line_first(
+    command: str, logged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Run
+) -> None:
+    """A stored hash and an entry changed: the stored hashes give no proof, the whole log is read (its
+    progress drawn) and gives none either; the error is a line of its own, not the end of the progress
+    line."""
+    old = tmp_path / "old.checkpoint"
+    old.write_text(_context(logged, ProgressRecorder()).audit.latest_checkpoint())
+    _forge_subtree(logged)
+    with sqlite3.connect(logged / "graven.db", isolation_level=None) as db:
+        db.execute("UPDATE log_entries SET entry = replace(entry, '\"r5\"', '\"r6\"') WHERE idx = 5")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(TerminalReporter, "progress", _every_call(TerminalReporter.progress))
+    code, out, _err = run_cli(*(["log", "prove", "5"] if command == "prove" else ["log", "consistency", old]))
+    assert code == 1 and out == "", (out, terminal.text)
+    assert f"\r\x1b[K{PROOF_STAGE}: {LOG_SIZE}/{LOG_SIZE}\r\x1b[Kgraven: error: " in terminal.text, (
+        terminal.text
+    )
+
+
+@pytest.mark.parametrize("command", ["verify", "export", "import", "log verify"])
 def test_on_a_terminal_the_line_is_drawn_and_removed(
     command: str, built: Digest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Run
 ) -> None:
@@ -144,8 +240,14 @@ def test_on_a_terminal_the_line_is_drawn_and_removed(
         "verify": ["verify", str(built)],
         "export": ["export", str(built), "-o", tmp_path / "b.tar.zst"],
         "import": ["import", archive],
+        "log verify": ["log", "verify"],
     }[command]
-    stage = {"verify": "verifying objects: ", "export": "writing archive: ", "import": "reading archive: "}
+    stage = {
+        "verify": "verifying objects: ",
+        "export": "writing archive: ",
+        "import": "reading archive: ",
+        "log verify": f"{CHECK_STAGE}: ",
+    }
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     monkeypatch.setattr(TerminalReporter, "progress", _every_call(TerminalReporter.progress))

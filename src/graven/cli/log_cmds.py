@@ -207,8 +207,12 @@ def verify_cmd(args: argparse.Namespace) -> int:
     as_json: bool = args.as_json
     from graven.service.context import Context
 
-    ctx = _closing(Context.from_env())
-    report = ctx.audit.verify(all_signatures=all_signatures, repair=repair)
+    reporter = TerminalReporter()  # the walk over every entry draws its progress: cleared before the result
+    ctx = _closing(Context.from_env(reporter))
+    try:
+        report = ctx.audit.verify(all_signatures=all_signatures, repair=repair)
+    finally:
+        reporter.close()
     done = report.repair
     if as_json:
         emit_json(report.to_json())
@@ -266,9 +270,14 @@ def prove_cmd(args: argparse.Namespace) -> int:
     from graven.service.context import Context
 
     # --json is accepted for symmetry: the proof is always JSON
-    reporter = TerminalReporter()  # a proof made from the entries (wrong stored hashes) says so
+    # a proof made from the entries (wrong stored hashes) says so, and draws its progress reading them
+    reporter = TerminalReporter()
     ctx = _closing(Context.from_env(reporter))
-    emit_json(ctx.audit.prove(index))
+    try:
+        proof = ctx.audit.prove(index)
+    finally:
+        reporter.close()
+    emit_json(proof)
     return 0
 
 
@@ -288,7 +297,9 @@ def consistency_cmd(args: argparse.Namespace) -> int:
         raise InputError(f"cannot read {old_checkpoint}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"cannot read {old_checkpoint}: {exc}") from None
-    ctx = _closing(Context.from_env(TerminalReporter()))  # a proof made from the entries says so
+    # a proof made from the entries says so, and draws its progress reading them
+    reporter = TerminalReporter()
+    ctx = _closing(Context.from_env(reporter))
     try:
         ctx.audit.parse_old_checkpoint(old)  # malformed -> exit 2
     except InputError as exc:
@@ -299,10 +310,13 @@ def consistency_cmd(args: argparse.Namespace) -> int:
     try:
         result = ctx.audit.consistency(old)
     except VerificationError as exc:
+        reporter.close()
         if as_json:
             emit_json({"ok": False, "error": {"exit_code": exc.exit_code, "message": str(exc)}})
         sys.stderr.write(f"graven: error: {exc}\n")
         return 1
+    finally:
+        reporter.close()  # the progress line, if any, is gone before the result or the error
     if as_json:
         emit_json({"ok": True, **result})
     else:

@@ -16,7 +16,8 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,17 @@ from graven.signing.keys import (
     write_public_key,
 )
 
-__all__ = ["AuditLog", "LogVerifyReport", "SubtreeRepair", "actor_from_env"]
+__all__ = [
+    "CHECK_STAGE",
+    "PROGRESS_EVERY",
+    "PROOF_STAGE",
+    "RECHECK_STAGE",
+    "REPAIR_STAGE",
+    "AuditLog",
+    "LogVerifyReport",
+    "SubtreeRepair",
+    "actor_from_env",
+]
 
 _LEAF = b"\x00"
 _ORIGIN_KEY = "log_origin"
@@ -80,6 +91,14 @@ _MAX_PROBLEMS = 100
 _SHOWN_STRAY = 3  # stray stored subtree hashes named one by one by verify; the rest counted
 _SHOWN_REPAIRED = 3  # rewritten or removed stored subtree hashes named by a log-repaired entry
 _EMPTY_LOG = "the audit log is empty: nothing was logged yet"
+
+# The progress of a walk over every entry (a million, on a large home), reported through the context's
+# reporter once per PROGRESS_EVERY entries and at the end: never a call per entry, whatever the reporter
+CHECK_STAGE = "checking log entries"  # log verify
+RECHECK_STAGE = "checking log entries again"  # log verify --repair: the log as the repair left it
+REPAIR_STAGE = "recomputing stored subtree hashes"  # log verify --repair, under the writers' lock
+PROOF_STAGE = "reading log entries"  # log prove / consistency, when a stored hash is wrong
+PROGRESS_EVERY = 4096
 
 
 def actor_from_env(default: str) -> str:
@@ -733,9 +752,17 @@ class AuditLog:
                 yield LogEntry.from_bytes(str(row.entry).encode()), str(row.leaf_hash)
 
     def _leaf_hashes(self, conn: Connection, size: int) -> list[bytes]:
-        """The leaf hash of each of the first ``size`` entries: the whole log read (a proof's fallback)."""
-        rows = conn.stream("SELECT entry FROM log_entries WHERE idx < :size ORDER BY idx", {"size": size})
-        leaves = [hashlib.sha256(_LEAF + str(r.entry).encode()).digest() for r in rows]
+        """The leaf hash of each of the first ``size`` entries: the whole log read (a proof's fallback),
+        its progress reported (:data:`PROOF_STAGE`, once per :data:`PROGRESS_EVERY` entries)."""
+        rows = iter(
+            conn.stream("SELECT entry FROM log_entries WHERE idx < :size ORDER BY idx", {"size": size})
+        )
+        report, sha256 = self._ctx.reporter.progress, hashlib.sha256
+        report(PROOF_STAGE, 0, size)
+        leaves: list[bytes] = []
+        while batch := [sha256(_LEAF + str(r.entry).encode()).digest() for r in islice(rows, PROGRESS_EVERY)]:
+            leaves += batch
+            report(PROOF_STAGE, len(leaves), size)
         if len(leaves) != size:
             raise VerificationError(
                 f"the log has {len(leaves)} entries below its checkpoint size {size}; run `graven log verify`"
@@ -896,7 +923,7 @@ class AuditLog:
         (:meth:`_verify`); with ``repair``, when stored subtree hashes are wrong or stray, rewrite them
         (:meth:`repair_subtrees`) and verify again. The report's ``repair`` says what was done, or why
         nothing was (the report then fails: the rows are still wrong)."""
-        report = self._verify(all_signatures=all_signatures)
+        report = self._verify(all_signatures=all_signatures, stage=CHECK_STAGE)
         if not repair:
             return report
         if not report.bad_subtrees:  # nothing to repair: no write, no entry (a read-only home too)
@@ -908,11 +935,11 @@ class AuditLog:
             report.repair = SubtreeRepair(size=report.size, error=str(exc))
             return report
         # the report of the log as it is now (a new entry too); also when another repair came first
-        report = self._verify(all_signatures=all_signatures)
+        report = self._verify(all_signatures=all_signatures, stage=RECHECK_STAGE)
         report.repair = done
         return report
 
-    def _verify(self, *, all_signatures: bool) -> LogVerifyReport:
+    def _verify(self, *, all_signatures: bool, stage: str) -> LogVerifyReport:
         """Recompute the tree from every entry and check it against everything stored about it.
 
         Checks, in one pass over the entries (no signature per entry unless ``all_signatures``):
@@ -926,6 +953,9 @@ class AuditLog:
           number of entries and their root;
         * the log state (size and compact range) and, for an empty log, that no origin, state or
           log key says it once had entries.
+
+        The walk reports its progress as ``stage`` (entries checked of the log's), once per
+        :data:`PROGRESS_EVERY` entries and at its end.
 
         Nothing is created (a home without a database gives an empty report), but for the high-water
         mark (:attr:`in_use_path`) of a log that verified whole and has none yet: a home written by a
@@ -951,12 +981,17 @@ class AuditLog:
                 "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1"
             ).one_or_none()
             name = origin if origin is not None else self._claimed_origin(latest)
+            last = conn.execute("SELECT max(idx) FROM log_entries").scalar()  # the same snapshot as the walk
+            total, progress = 0 if last is None else int(last) + 1, self._ctx.reporter.progress
+            if total:
+                progress(stage, 0, total)
             compact, latest_root = self._check_entries(
                 conn,
                 report,
                 name,
                 public if all_signatures else None,
                 None if latest is None else int(latest.size),
+                progress=lambda done: progress(stage, done, total),
             )
             beyond = conn.execute(
                 "SELECT min(size) FROM log_checkpoints WHERE size > :size", {"size": report.size}
@@ -1009,12 +1044,18 @@ class AuditLog:
         origin: str,
         public: Ed25519PublicKey | None,
         latest_size: int | None,
+        *,
+        progress: Callable[[int], None],
     ) -> tuple[CompactRange, bytes | None]:
         """Stream the entries with their checkpoints; return the tree and the root at ``latest_size``.
 
         Each stored note but the latest is compared as text with the recomputed checkpoint; with a
-        ``public`` key its signature is also verified (slow: one signature per entry).
+        ``public`` key its signature is also verified (slow: one signature per entry). ``progress``
+        is given the number of entries checked once per :data:`PROGRESS_EVERY` and at the end (not
+        for an empty log).
         """
+        every = PROGRESS_EVERY
+        tick = every  # the next count reported: one comparison per entry, a call per batch
         compact = CompactRange()
         latest_root: bytes | None = None
         first_missing: int | None = None
@@ -1061,6 +1102,9 @@ class AuditLog:
                         f"{level}, index {index}) does not match the entries"
                     )
             expected += 1
+            if expected == tick:
+                progress(expected)
+                tick += every
             if size is None:
                 if latest_size is not None and expected < latest_size:  # the rest: _check_latest
                     missing += 1
@@ -1087,6 +1131,8 @@ class AuditLog:
                 )
             if mismatch is not None:
                 report.fail(mismatch, expected - 1)
+        if expected % every:  # the end, unless its batch said it
+            progress(expected)
         report.size = expected
         report.root = compact.root().hex()
         # past a missing entry the rest were not read: their rows are none of this report's business
@@ -1189,7 +1235,11 @@ class AuditLog:
                 )
             checkpoint = self._check_note(note, origin)
             size = checkpoint.size
-            compact, expected = logtree.recompute(conn, size)
+            report = self._ctx.reporter.progress
+            report(REPAIR_STAGE, 0, size)
+            compact, expected = logtree.recompute(
+                conn, size, lambda done: report(REPAIR_STAGE, done, size), PROGRESS_EVERY
+            )
             if compact.root() != checkpoint.root:
                 raise VerificationError(
                     f"the log's entries do not lead to the root of its latest signed checkpoint ({size} "

@@ -19,7 +19,7 @@ database was upgraded appends without rows; the next append that completes a sub
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from graven.core.merkle import (
     HASH_SIZE,
@@ -200,28 +200,42 @@ def wrong(rows: Mapping[Node, str], expected: Mapping[Node, bytes]) -> list[Node
     return sorted(node for node, text in rows.items() if node in expected and text != expected[node].hex())
 
 
-def recompute(conn: Connection, size: int) -> tuple[CompactRange, dict[Node, bytes]]:
+def recompute(
+    conn: Connection, size: int, progress: Callable[[int], None] | None = None, every: int = 4096
+) -> tuple[CompactRange, dict[Node, bytes]]:
     """The compact range of the log's first ``size`` entries and every row they make, from the entries
-    (one pass, streamed: nothing stored is read). A missing entry is a VerificationError."""
+    (one pass, streamed: nothing stored is read). A missing entry is a VerificationError. ``progress``
+    is given the number of entries read once per ``every`` and at the end."""
 
     def leaves(rows: Iterable[tuple[int, str]]) -> Iterator[bytes]:
         sha256 = hashlib.sha256
         expected = 0
+        tick = every  # the next count reported: one comparison per entry, a call per batch
         for idx, entry in rows:
             if idx != expected:
                 break
             yield sha256(_LEAF + str(entry).encode()).digest()
             expected += 1
+            if expected == tick:
+                report(expected)
+                tick += every
+        if expected % every:  # the end, unless its batch said it
+            report(expected)
         if expected != size:
             raise VerificationError(
                 f"the log has no entry {expected} below its checkpoint size {size}; run `graven log verify`"
             )
 
+    report = progress if progress is not None else _no_progress
     rows = conn.stream("SELECT idx, entry FROM log_entries WHERE idx < :size ORDER BY idx", {"size": size})
     try:
         return stored_nodes(leaves(rows))
     finally:
         rows.close()
+
+
+def _no_progress(_done: int) -> None:
+    """Report nothing."""
 
 
 class Rewritten(Record):
