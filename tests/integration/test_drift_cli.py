@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from conftest import ProgressRecorder
 from graven.model.manifest import FileEntry
 from helpers_deploy import World, env_toml, make_world, staging_prod, tree_problems
 from helpers_repo import run_cli
@@ -289,6 +290,40 @@ def test_a_release_rebuilt_whole_draws_its_progress_on_a_terminal_and_clears_it(
     code, out, err = run_cli(capsys, "heal", "staging")
     assert code == 0 and "(the release directory is rebuilt)" in out, (out, err)
     assert f"\r\x1b[Krebuilding release: {files}/{files}" in err, err
+    assert err.endswith("\r\x1b[K"), err  # cleared: the result's first line starts a clean line
+
+
+def test_files_healed_one_by_one_report_their_progress(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that is there is healed file by file (each fsynced: seconds for thousands), which said
+    nothing: heal reports the files written of those the plan writes, and on a terminal draws them on
+    stderr and clears the line; stdout (the --json result) holds none of it."""
+    from graven.service import drift as svc
+    from graven.service.drift_heal import HEAL_STAGE
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    release = (world.env_dir("staging") / "current").resolve()
+    changed = ["app/main.py", "bin/run", "config/staging.toml"]
+
+    def tamper() -> None:
+        for rel in changed:
+            rewrite(release / rel, b"tampered\n")
+
+    tamper()
+    recorder = ProgressRecorder()
+    result = svc.heal(world.ctx(recorder), "staging")
+    assert result.ok and not result.rebuilt and result.stats is not None
+    assert sorted(result.stats.written) == changed
+    assert recorder.calls == [(HEAL_STAGE, n, 3) for n in range(4)]
+
+    tamper()
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    code, out, err = run_cli(capsys, "heal", "staging", "--json")
+    assert code == 0 and sorted(json.loads(out)["written"]) == changed, (out, err)
+    assert f"\r\x1b[K{HEAL_STAGE}: 3/3" in err, err
     assert err.endswith("\r\x1b[K"), err  # cleared: the result's first line starts a clean line
 
 

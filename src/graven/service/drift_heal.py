@@ -30,7 +30,7 @@ from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, 
 from graven.service.drift_targets import DriftSession, live_targets
 from graven.service.witness import check_witness, write_witness
 
-__all__ = ["REBUILD_STAGE", "HealNotStartedError", "HealResult", "heal"]
+__all__ = ["HEAL_STAGE", "REBUILD_STAGE", "HealNotStartedError", "HealResult", "heal"]
 
 # -- heal -------------------------------------------------------------------------------------------
 
@@ -82,6 +82,7 @@ def _tree_diffs(diffs: Sequence[Difference]) -> list[Difference]:
 
 
 REBUILD_STAGE = "rebuilding release"  # the progress of a release directory written again whole
+HEAL_STAGE = "healing files"  # the progress of the files of a release written again one by one
 
 
 def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table: StatTable) -> None:
@@ -250,6 +251,7 @@ def heal(
                         children=checked.index.children,
                         owner=table.owner(hex_digest),
                         group=table.group(hex_digest),
+                        progress=lambda done, total: ctx.reporter.progress(HEAL_STAGE, done, total),
                     )
                 table.save(layout.stat_file, ctx.record_key)
                 if plan.current:
