@@ -190,6 +190,24 @@ def test_a_proof_made_from_the_entries_counts_them(logged: Path, monkeypatch: py
     assert recorder.calls == [(PROOF_STAGE, n, LOG_SIZE) for n in (0, 256, 512, 768)]
 
 
+def test_db_copy_counts_both_logs_it_verifies_and_the_rows(logged: Path, tmp_path: Path) -> None:
+    """db copy walks the log twice: this home's before the copy, the copy's after it; each reports
+    under its own name, the rows copied between them."""
+    from graven.service.dbcopy import COPY_CHECK_STAGE, copy_database
+
+    recorder = ProgressRecorder()
+    report = copy_database(_context(logged, recorder), f"sqlite:///{tmp_path / 'copy.db'}")
+    assert report.log_size == LOG_SIZE
+    assert list(dict.fromkeys(stage for stage, _, _ in recorder.calls)) == [
+        CHECK_STAGE,
+        "copying rows",
+        COPY_CHECK_STAGE,
+    ]
+    assert recorder.of(CHECK_STAGE) == [(0, LOG_SIZE), (LOG_SIZE, LOG_SIZE)]
+    assert recorder.of(COPY_CHECK_STAGE) == [(0, LOG_SIZE), (LOG_SIZE, LOG_SIZE)]
+    assert_counts_up_to(recorder.of("copying rows"), sum(report.rows.values()))
+
+
 def test_log_verify_json_on_a_terminal_is_json_only(
     logged: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Run
 ) -> None:

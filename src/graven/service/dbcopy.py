@@ -24,10 +24,13 @@ from typing import Any
 from graven.core.record import Frozen
 from graven.db import MIGRATIONS, Connection, Database, redacted_url, sqlite_path
 from graven.errors import BackendError, InputError, VerificationError
-from graven.service.context import Context
+from graven.service.audit import CHECK_STAGE  # the copy verifies two logs: audit is loaded anyway
+from graven.service.context import Context, Reporter
 from graven.service.records import insert_rows
 
-__all__ = ["CopyReport", "copy_database", "schema_columns", "schema_tables"]
+__all__ = ["COPY_CHECK_STAGE", "CopyReport", "copy_database", "schema_columns", "schema_tables"]
+
+COPY_CHECK_STAGE = "checking the copy's log entries"  # the source's walk, before, is log verify's own
 
 _BATCH = 1000  # rows per INSERT statement (executemany)
 _CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\)\Z", re.DOTALL)
@@ -271,6 +274,20 @@ def _refuse_same_database(src: Connection, destination: Database, target: str) -
         )
 
 
+class _CopyCheck:
+    """The reporter of the copy's verification: its walk over the log is named apart from the
+    source's, which ran before the copy under the same name as ``graven log verify``'s."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self._inner = inner
+
+    def warn(self, message: str) -> None:
+        self._inner.warn(message)
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        self._inner.progress(COPY_CHECK_STAGE if stage == CHECK_STAGE else stage, done, total)
+
+
 def _insert(conn: Connection, table: str, batch: list[dict[str, Any]]) -> int:
     insert_rows(conn, table, batch)  # the destination is empty: a collision is an error
     return len(batch)
@@ -280,7 +297,8 @@ def _verified(ctx: Context, url: str, target: str, rows: dict[str, int]) -> Copy
     """Verify the copy's audit log from this home, as ``graven log verify`` with the new URL would."""
     from graven.home import Home
 
-    with Context(home=Home(root=ctx.home.root, db_url_override=url), reporter=ctx.reporter) as copy:
+    reporter = _CopyCheck(ctx.reporter)
+    with Context(home=Home(root=ctx.home.root, db_url_override=url), reporter=reporter) as copy:
         report = copy.audit.verify()
     if report.problems:
         raise VerificationError(
