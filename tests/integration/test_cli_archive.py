@@ -998,3 +998,151 @@ def test_export_to_a_name_that_is_not_utf8_prints_json_that_is(
         else:
             assert text.startswith(f"wrote {tmp_path}/caf\\xe9.tar ("), text
     assert os.path.exists(out)
+
+
+def _export_piped(
+    digest: str, *args: str | Path, stdout: int = subprocess.PIPE
+) -> subprocess.CompletedProcess[bytes]:
+    """``graven export DIGEST -o - ARGS`` in its own process, stdout a pipe (or ``stdout``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "graven.cli.main", "export", digest, "-o", "-", *map(str, args)],
+        env=dict(os.environ),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(("archive_format", "suffix"), [(None, ".tar.zst"), *((s[1:], s) for s in SUFFIXES)])
+def test_export_to_standard_output_is_the_file_export_byte_for_byte(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path, archive_format: str | None, suffix: str
+) -> None:
+    """`-o -` was refused ("-: unknown archive type"): an archive could not be piped into ssh or curl.
+    It now writes exactly the bytes of the file export of that format (tar.zst without --format),
+    and nothing else: what graven says goes to stderr."""
+    repo, digest = artifact
+    expected = _export(run_cli, digest, tmp_path / f"file{suffix}").read_bytes()
+    result = _export_piped(digest, *(["--format", archive_format] if archive_format else []))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected
+    said = result.stderr.decode()
+    assert said.startswith("wrote ") and said.count("\n") == 1 and "to standard output" in said, said
+    if suffix == ".tar.zst":
+        require_tool("zstd")
+    how = {".tar.zst": ["--zstd"], ".tar.gz": ["-z"], ".tar": []}[suffix]  # a pipe: tar guesses nothing
+    listing = subprocess.run(
+        ["tar", *how, "-tvf", "-"], input=result.stdout, capture_output=True, check=False
+    )
+    assert listing.returncode == 0, listing.stderr
+    names = listing.stdout.decode()
+    assert "app/current -> main.py" in names, names
+    assert f"{LONG_DIR}/file-with-a-long-name-to-need-a-pax-header.txt" in names
+    assert all(path in names for path in _tracked(repo)), names
+
+
+def test_export_to_standard_output_keeps_its_attestation(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path
+) -> None:
+    digest = artifact[1]
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "file.tar.gz")
+    piped_envelope = tmp_path / "piped.intoto.json"
+    bundle = tmp_path / "piped.sigstore.json"
+    result = _export_piped(digest, "--format", "tar.gz", "--attestation", piped_envelope, "--bundle", bundle)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == archive.read_bytes()
+    assert piped_envelope.read_bytes() == envelope.read_bytes()
+    assert bundle.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_export_to_standard_output_refuses_what_would_garble_it(
+    artifact: tuple[Path, str], run_cli: Run, tmp_path: Path
+) -> None:
+    """A terminal, --json (stdout twice), a --format the file name contradicts, an attestation written
+    over the file stdout is: each a one-line usage error (exit 2), nothing written."""
+    import pty
+
+    digest = artifact[1]
+    master, slave = pty.openpty()
+    try:
+        result = _export_piped(digest, stdout=slave)
+        os.set_blocking(master, False)
+        try:
+            shown = os.read(master, 1 << 16)
+        except OSError:  # nothing there (BlockingIOError) or nothing more (EIO)
+            shown = b""
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert result.returncode == 2 and shown == b"", shown
+    err = result.stderr.decode()
+    assert (
+        err.startswith("graven: error: -o - would write the archive to a terminal;") and err.count("\n") == 1
+    )
+    code, out, err = run_cli("export", digest, "-o", "-", "--json")
+    assert code == 2 and "--json and -o - both write to standard output" in err and err.count("\n") == 1
+    assert json.loads(out)["ok"] is False
+    for name, wrong in (("a.tar", "tar.zst"), ("a.tar.zst", "tar.gz"), ("a.tgz", "tar")):
+        code, out, err = run_cli("export", digest, "-o", tmp_path / name, "--format", wrong)
+        assert (code, out) == (2, ""), err
+        assert err.startswith(f"graven: error: --format {wrong} contradicts -o ") and err.count("\n") == 1, (
+            err
+        )
+        assert not (tmp_path / name).exists()
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "b.tar.gz", "--format", "tar.gz")
+    assert code == 0, err
+    envelope = tmp_path / "same.intoto.json"
+    with envelope.open("wb") as stdout:
+        result = _export_piped(digest, "--attestation", envelope, stdout=stdout.fileno())
+    assert result.returncode == 2 and b"which --attestation or --bundle names too" in result.stderr
+    assert envelope.read_bytes() == b""
+
+
+def test_export_to_standard_output_that_fails_midway_exits_non_zero(
+    artifact: tuple[Path, str], graven_home: Path
+) -> None:
+    """A corrupt object found once part of the archive went out, or a reader that left: never exit 0,
+    and the archive is never completed."""
+    from graven.model.digest import Digest
+    from graven.store.local import LocalStore
+
+    digest = artifact[1]
+    whole = _export_piped(digest, "--format", "tar")
+    assert whole.returncode == 0, whole.stderr
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "graven.cli.main", "export", digest, "-o", "-"],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    assert len(reader.stdout.read(10)) == 10
+    reader.stdout.close()  # the reader leaves (`| head -c 10`), long before the end of the archive
+    assert reader.wait(timeout=120) == 141, reader.stderr.read()
+    reader.stderr.close()
+
+    large = hashlib.sha256(random.Random(4).randbytes((1 << 20) + 5)).hexdigest()  # data/large.bin
+    loose = LocalStore.at(graven_home / "objects").loose_path(Digest(large))
+    loose.chmod(0o644)
+    with loose.open("r+b") as handle:
+        handle.seek(1 << 19)
+        handle.write(b"\xff" * 8)
+    for flags in (["--format", "tar"], []):
+        result = _export_piped(digest, *flags)
+        assert result.returncode == 1, result.stderr
+        err = result.stderr.decode()
+        assert err.startswith("graven: error: ") and err.count("\n") == 1 and large in err, err
+        if flags:  # a plain tar goes out as it is made: part of it did, never its end
+            assert 0 < len(result.stdout) < len(whole.stdout)
+            cut = subprocess.run(["tar", "-tf", "-"], input=result.stdout, capture_output=True, check=False)
+            assert cut.returncode != 0 and b"Unexpected EOF" in cut.stderr, cut.stderr
+        else:  # zstd holds its input back (jobs of several MiB): nothing went out, or a cut frame
+            assert _cut_zstd(result.stdout)
+
+
+def _cut_zstd(data: bytes) -> bool:
+    """Whether ``data`` is a zstd stream that ends before its frame does (or nothing at all)."""
+    reader = zstandard.ZstdDecompressor().decompressobj()
+    reader.decompress(data)
+    return not reader.eof

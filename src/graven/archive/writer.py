@@ -32,6 +32,7 @@ from graven.model.manifest import DirEntry, FileEntry, TreeManifest
 
 __all__ = [
     "ARCHIVE_FORMAT",
+    "ARCHIVE_FORMATS",
     "MAX_EPOCH",
     "ArchiveMeta",
     "check_output_dir",
@@ -100,6 +101,11 @@ def epoch_problem(value: object) -> str | None:
     if not 0 <= value <= MAX_EPOCH:
         return f"it must be from 0 to {MAX_EPOCH} (9999-12-31T23:59:59Z)"
     return None
+
+
+ARCHIVE_FORMATS = {"tar": "tar", "tar.gz": "gz", "tar.zst": "zst"}
+"""An archive's format by name (``graven export --format``, the end of a file name) -> its compression
+(what :func:`write_archive` takes)."""
 
 
 def compression_for(path: Path) -> str:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
+_FORMATS = ("tar.zst", "tar.gz", "tar")  # graven.archive.writer.ARCHIVE_FORMATS (not imported: start-up)
 _DIGEST_HELP = "A digest, or a unique prefix of it (4+ hex digits; `graven artifacts` lists them)."
 
 
@@ -64,7 +65,15 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         "--output",
         type=Path,
         required=True,
-        help="Archive to write: .tar, .tar.gz or .tar.zst.",
+        help="Archive to write: .tar, .tar.gz or .tar.zst (the name says which); - writes it to standard "
+        "output (a pipe or a file, never a terminal).",
+    )
+    export.add_argument(
+        "--format",
+        dest="archive_format",
+        choices=_FORMATS,
+        help="The archive's compression: tar.zst (the default for -o -), tar.gz or tar (plain). With a "
+        "file name, it must agree with the name's ending.",
     )
     export.add_argument("--attestation", type=Path, help="Also write the DSSE envelope here.")
     export.add_argument("--bundle", type=Path, help="Also write a Sigstore bundle (v0.3) here.")
@@ -332,17 +341,28 @@ def _verify_rebuild(
 
 
 def export_cmd(args: argparse.Namespace) -> int:
-    """Write an artifact as a deterministic archive (same artifact, same bytes)."""
+    """Write an artifact as a deterministic archive (same artifact, same bytes).
+
+    `-o -` writes the archive to standard output (`graven export D -o - | ssh host graven import -`):
+    the same bytes as `-o FILE` of that format (--format, tar.zst by default); anything else graven
+    says goes to stderr."""
     digest: str = args.digest
     output: Path = args.output
+    archive_format: str | None = args.archive_format
     attestation: Path | None = args.attestation
     bundle: Path | None = args.bundle
     as_json: bool = args.as_json
+    to_stdout = str(output) == "-"  # as for import and tar -f -
+    if to_stdout:
+        _check_stdout_for_archive(as_json=as_json, others=(attestation, bundle))
     from graven.service import artifacts as svc
     from graven.service.context import Context
     from graven.service.transfer import check_outputs, export_artifact, prepare_attestation
 
-    check_outputs(output, attestation, bundle)  # not half an export for a mistyped --attestation path
+    if not to_stdout and archive_format is not None:
+        _check_format_agrees(output, archive_format)
+    # not half an export for a mistyped --attestation path
+    check_outputs(None if to_stdout else output, attestation, bundle)
     reporter = TerminalReporter()
     ctx = _closing(Context.from_env(reporter))
     resolved = svc.resolve_digest(ctx, digest)
@@ -353,11 +373,16 @@ def export_cmd(args: argparse.Namespace) -> int:
         # written beside their paths first: a full disk there stops the export before it replaces
         # anything (it left the new archive without its attestation)
         write_attestation.stage()
+    size = 0
     try:
-        # an attestation left there by an earlier export goes right before the new archive is renamed
-        # into place (a crash review found B's archive beside A's attestation; a failed export keeps
-        # the old pair)
-        export_artifact(ctx, resolved, output, replaces=(attestation, bundle) if write_attestation else ())
+        if to_stdout:
+            size = _export_to_stdout(ctx, resolved, archive_format or "tar.zst")
+        else:
+            # an attestation left there by an earlier export goes right before the new archive is
+            # renamed into place (a crash review found B's archive beside A's attestation; a failed
+            # export keeps the old pair)
+            replaces = (attestation, bundle) if write_attestation else ()
+            export_artifact(ctx, resolved, output, replaces=replaces)
     except BaseException:
         if write_attestation is not None:
             write_attestation.discard()
@@ -366,11 +391,74 @@ def export_cmd(args: argparse.Namespace) -> int:
         reporter.close()
     if write_attestation is not None:
         write_attestation.commit()
-    if as_json:
+    if to_stdout:  # stdout holds the archive, and only the archive
+        sys.stderr.write(
+            f"wrote {human_size(size)} ({archive_format or 'tar.zst'}) for {resolved} to standard output\n"
+        )
+    elif as_json:
         emit_json({"digest": str(resolved), "output": str(output), "size": output.stat().st_size})
     else:
         print(f"wrote {printable(str(output))} ({human_size(output.stat().st_size)}) for {resolved}")
     return 0
+
+
+def _check_stdout_for_archive(*, as_json: bool, others: tuple[Path | None, ...]) -> None:
+    """Refuse ``-o -`` where the archive cannot go: with --json (which stdout would carry too), to a
+    terminal (binary that would garble it), to a standard output closed before graven started, or to
+    the file that --attestation or --bundle (``others``) names (renamed over it at the end)."""
+    import os
+
+    if as_json:
+        raise UsageError(
+            "--json and -o - both write to standard output; give -o FILE to have the result as JSON",
+            "graven export",
+        )
+    if sys.__stdout__ is None:  # `>&-`: the CLI's stdout is a stand-in that writes nowhere
+        raise UsageError("-o -: standard output is closed; redirect it to a file or a pipe", "graven export")
+    if sys.stdout.isatty():
+        raise UsageError(
+            "-o - would write the archive to a terminal; redirect standard output (> FILE, | COMMAND) "
+            "or give -o FILE",
+            "graven export",
+        )
+    try:
+        written = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a file descriptor (graven run in-process)
+        return
+    for other in others:
+        try:
+            same = other is not None and os.path.samestat(written, os.stat(other))
+        except OSError:
+            continue
+        if same:
+            raise UsageError(
+                f"standard output is {printable(str(other))}, which --attestation or --bundle names "
+                "too; give each output its own file",
+                "graven export",
+            )
+
+
+def _check_format_agrees(output: Path, archive_format: str) -> None:
+    """Refuse a --format that the name of ``output`` contradicts (its ending decides the format)."""
+    from graven.archive.writer import ARCHIVE_FORMATS, compression_for
+
+    named = compression_for(output)  # an unknown ending is refused as without --format
+    if ARCHIVE_FORMATS[archive_format] != named:
+        meant = next(name for name, compression in ARCHIVE_FORMATS.items() if compression == named)
+        raise UsageError(
+            f"--format {archive_format} contradicts -o {printable(str(output))}, whose name makes it "
+            f"{meant}; drop --format or end the name in .{archive_format}",
+            "graven export",
+        )
+
+
+def _export_to_stdout(ctx: Context, resolved: Digest, archive_format: str) -> int:
+    """The archive on standard output, as bytes; the number written. A closed pipe (the reader left)
+    ends the command as it ends any other's (exit 141)."""
+    from graven.service.transfer import export_to_stream
+
+    sys.stdout.flush()  # nothing was printed: the archive is the first byte there
+    return export_to_stream(ctx, resolved, sys.stdout.buffer, archive_format, name="standard output")
 
 
 def import_cmd(args: argparse.Namespace) -> int:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, cast
 
 from graven.archive.writer import (
+    ARCHIVE_FORMATS,
     ArchiveMeta,
     check_output_dir,
     compression_for,
     epoch_problem,
+    write_archive,
     write_archive_file,
     write_error,
 )
 from graven.core.paths import display_path, refused_by_git
 from graven.errors import (
+    BackendError,
     DigestMismatchError,
     InputError,
     VerificationError,
@@ -32,7 +36,14 @@ from graven.service.records import insert_ignore
 # Signing (cryptography) and the archive reader are imported by the functions that use them:
 # `graven export` needs neither, and start-up is part of every command's cost.
 
-__all__ = ["ImportResult", "check_outputs", "export_artifact", "export_attestation", "import_archive"]
+__all__ = [
+    "ImportResult",
+    "check_outputs",
+    "export_artifact",
+    "export_attestation",
+    "export_to_stream",
+    "import_archive",
+]
 
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git commit id: SHA-1 or SHA-256
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -63,23 +74,7 @@ def export_artifact(
     compression_for(out)  # refuse a bad name before doing any work
     if out.is_dir():
         raise InputError(f"{out} is a directory; give a file name ending in .tar.zst")
-    record = get_artifact(ctx, digest)
-    manifest = load_manifest(ctx, digest)
-    _warn_refused_paths(ctx, manifest)
-    pipeline = None
-    if record.pipeline_digest:
-        pipeline = ctx.store.read(Digest.parse(record.pipeline_digest)).decode("utf-8")
-    meta = ArchiveMeta(
-        digest=str(digest),
-        name=record.name,
-        commit=record.commit,
-        source_date_epoch=record.source_date_epoch,
-        pipeline=pipeline,
-    )
-    total, report = manifest.total_size, ctx.reporter.progress
-
-    def progress(written: int) -> None:  # file bytes dominate: the headers make it only a little more
-        report("writing archive (bytes)", min(written, total), total)
+    manifest, meta, progress = _archive_parts(ctx, digest)
 
     def drop_replaced() -> None:
         # what stood at these paths described the archive this one replaces: a kill between the two
@@ -109,7 +104,101 @@ def export_artifact(
         progress=progress,
         before_rename=drop_replaced if replaces else None,
     )
-    report("writing archive (bytes)", total, total)
+    progress(manifest.total_size)
+
+
+def export_to_stream(
+    ctx: Context, digest: Digest, out: BinaryIO, archive_format: str = "tar.zst", *, name: str = "the stream"
+) -> int:
+    """Write ``digest`` as an archive to ``out`` (a pipe, a socket: nothing is seeked), in
+    ``archive_format`` (``tar``, ``tar.gz`` or ``tar.zst``: :data:`ARCHIVE_FORMATS`); return the
+    number of bytes written. The bytes are those :func:`export_artifact` writes to a file of that
+    format. Nothing is written when the artifact cannot be exported (its record, manifest or commit
+    time); a failure later (a corrupt object, a closed pipe) raises after part of the archive went
+    out, never completed: a reader finds it cut (tar: an unexpected end; zstd and gzip: a truncated
+    stream). ``out`` is flushed, not closed. A write to ``out`` that fails is a :class:`BackendError`
+    naming it as ``name`` (``standard output``), but for a closed pipe: its :class:`BrokenPipeError`
+    (the reader left, which a command line ends quietly)."""
+    compression = ARCHIVE_FORMATS.get(archive_format)
+    if compression is None:
+        raise InputError(
+            f"unknown archive format {archive_format!r}; use one of {', '.join(ARCHIVE_FORMATS)}"
+        )
+    manifest, meta, progress = _archive_parts(ctx, digest)
+    problem = epoch_problem(meta.source_date_epoch)
+    if problem is not None:  # before a byte is written (a gzip stream starts with its header)
+        raise InputError(f"source_date_epoch {meta.source_date_epoch!r} cannot go in an archive: {problem}")
+    counted = _Counted(out)
+    try:
+        write_archive(
+            manifest,
+            meta,
+            ctx.store.open,
+            cast(BinaryIO, counted),
+            compression,
+            read_many=ctx.store.read_many,
+            progress=progress,
+        )
+        counted.flush()
+    except OSError as exc:
+        if exc is not counted.failed or isinstance(exc, BrokenPipeError):
+            raise
+        reason = exc.strerror or str(exc)
+        raise BackendError(
+            f"cannot write the archive to {name}: {reason}; what it holds is incomplete"
+        ) from None
+    progress(manifest.total_size)
+    return counted.written
+
+
+class _Counted:
+    """A binary stream that counts the bytes written through it and keeps the error of a write that
+    failed (so that it is told from an error reading the store)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.written = 0
+        self.failed: OSError | None = None
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._stream.write(data)
+        except OSError as exc:
+            self.failed = exc
+            raise
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+
+def _archive_parts(ctx: Context, digest: Digest) -> tuple[TreeManifest, ArchiveMeta, Callable[[int], None]]:
+    """What an export of ``digest`` writes (its manifest, the global header's claims) and its progress
+    callback (uncompressed archive bytes written so far)."""
+    record = get_artifact(ctx, digest)
+    manifest = load_manifest(ctx, digest)
+    _warn_refused_paths(ctx, manifest)
+    pipeline = None
+    if record.pipeline_digest:
+        pipeline = ctx.store.read(Digest.parse(record.pipeline_digest)).decode("utf-8")
+    meta = ArchiveMeta(
+        digest=str(digest),
+        name=record.name,
+        commit=record.commit,
+        source_date_epoch=record.source_date_epoch,
+        pipeline=pipeline,
+    )
+    total, report = manifest.total_size, ctx.reporter.progress
+
+    def progress(written: int) -> None:  # file bytes dominate: the headers make it only a little more
+        report("writing archive (bytes)", min(written, total), total)
+
+    return manifest, meta, progress
 
 
 def _warn_refused_paths(ctx: Context, manifest: TreeManifest) -> None:
