@@ -5,11 +5,15 @@ user can write)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from conftest import DEFAULT_TOML, Executable, Symlink
 from helpers_deploy import World
 
 Run = Callable[..., tuple[int, str, str]]
@@ -75,3 +79,51 @@ def test_a_config_diff_keeps_its_tabs(world: World, run_cli: Run) -> None:
     code, out, err = run_cli("deploy", world.build(), "staging", "--plan", "--root", world.root)
     assert code == 0, err
     assert '-\tbanner = "one"\n' in out and '+\tbanner = "two"\\x1b[2J\n' in out, out
+
+
+def test_show_files_is_an_aligned_table_with_names_escaped(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """``show --files`` printed ``file    0644  PATH  SHA256``: the whole digest after paths of any
+    length (nothing lined up past the path) and names as they were, so a U+202E in a name reversed
+    what followed it on the line. It is now a table like the other listings, the path last."""
+    rlo = "\u202e"
+    long = "deep/" + "d" * 120 + "/file.txt"
+    repo = make_repo(
+        tmp_path / "repo",
+        {
+            "README.md": "# x\n",
+            f"app/rtl{rlo}txt.exe": "x\n",
+            "app/link": Symlink(f"rtl{rlo}txt.exe"),
+            "bin/run": Executable("#!/bin/sh\n"),
+            "sp ace.txt": b"",
+            long: "y" * 3000,
+        },
+    )
+    code, out, err = run_cli("build", "--json", "-C", repo)
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    code, out, err = run_cli("show", digest, "--files", "--json")
+    assert code == 0, err
+    entries = json.loads(out)["entries"]  # --json keeps every field, the names as they are
+    assert {e["path"] for e in entries} >= {f"app/rtl{rlo}txt.exe", "app/link", long}
+    assert next(e for e in entries if e["path"] == "app/link")["target"] == f"rtl{rlo}txt.exe"
+    code, out, err = run_cli("show", digest, "--files")
+    assert code == 0, err
+    _clean(out + err)
+    lines = out.split("\n\n")[-1].splitlines()  # the listing: the last block
+    header = lines[0]
+    assert header.split() == ["TYPE", "MODE", "SIZE", "SHA256", "PATH"]
+    start = header.index("PATH")
+    assert all(line[start - 2 : start] == "  " and line[start] != " " for line in lines[1:]), out
+    rows = {line[start:]: re.split(r"\s{2,}", line[:start].strip()) for line in lines[1:]}
+    sha = {e["path"]: e.get("sha256", "")[:12] for e in entries}
+    assert rows == {
+        "README.md": ["file", "0644", "4 B", sha["README.md"]],
+        "app/link -> rtl\\u202etxt.exe": ["symlink", "-", "-", "-"],
+        "app/rtl\\u202etxt.exe": ["file", "0644", "2 B", sha[f"app/rtl{rlo}txt.exe"]],
+        "bin/run": ["file", "0755", "10 B", sha["bin/run"]],
+        long: ["file", "0644", "2.9 KiB", sha[long]],
+        "graven.toml": ["file", "0644", f"{len(DEFAULT_TOML)} B", sha["graven.toml"]],
+        "sp ace.txt": ["file", "0644", "0 B", sha["sp ace.txt"]],
+    }

@@ -19,6 +19,7 @@ import pytest
 from conftest import commit_all, write_files
 from graven.model.digest import Digest
 from graven.store.local import LocalStore
+from helpers_deploy import World, env_toml
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -399,3 +400,56 @@ def test_the_library_verify_checks_trust_too_and_records_the_failure(
         with ctx.db.connect() as conn:
             events = [r[0] for r in conn.execute("SELECT event FROM log_entries ORDER BY idx")]
     assert events[-1] == "verify-failure"
+
+
+def test_verify_for_an_environment_nothing_defines_is_refused_naming_the_known_ones(
+    world: World, run_cli: Run, tmp_path: Path
+) -> None:
+    """`verify --env prdo` (a typo) was checked with the default keys and passed (exit 0), where
+    prod's own keys may refuse the artifact. An environment known here still is: defined in the
+    artifact's graven.toml, deployed to here, or given keys in the policy file (the default keys when
+    it has none of its own, as a deployment checks it)."""
+    from graven.errors import NotFoundError
+    from graven.service.artifacts import verify
+    from graven.service.provenance import load_policy
+
+    v1 = world.build()
+    known = "known here: prod, staging"
+    code, out, err = run_cli("verify", v1, "--env", "prdo")
+    assert (code, out) == (2, ""), err
+    assert err.startswith(f"graven: error: unknown environment 'prdo' ({known}); did you mean 'prod'? "), err
+    assert err.count("\n") == 1 and "[env.NAME] section in graven.toml" in err
+    code, out, err = run_cli("verify", v1, "--env", "qa", "--json")
+    assert code == 2 and json.loads(out)["error"]["message"].startswith(
+        f"unknown environment 'qa' ({known}); def"
+    )
+    ctx = world.ctx()
+    with pytest.raises(NotFoundError, match="unknown environment 'prdo'"):
+        verify(ctx, Digest.parse(v1), policy=load_policy(ctx), env="prdo")
+    assert run_cli("verify", v1, "--env", "staging")[0] == 0  # its graven.toml defines it
+    (key,) = (world.home / "trust").glob("*.pub")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[env.canary]\nkeys = ["{key}"]\n')
+    assert run_cli("verify", v1, "--env", "canary")[0] == 2
+    code, out, err = run_cli("verify", v1, "--env", "canary", "--policy", policy)
+    assert code == 0 and out.startswith(f"ok {v1} "), err
+
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2, env_toml("app"))  # no [env] at all: only what is deployed here is known
+    code, out, err = run_cli("verify", v2, "--env", "staging")
+    assert code == 0, err
+    code, _, err = run_cli("verify", v2, "--env", "prod")
+    assert code == 2 and err.startswith(
+        "graven: error: unknown environment 'prod' (known here: staging); "
+    ), err
+
+
+def test_verify_for_an_environment_where_none_is_configured_says_how_to_make_one(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    code, out, err = run_cli("verify", built[1], "--env", "prod")
+    assert (code, out) == (2, "")
+    assert err == (
+        "graven: error: unknown environment 'prod': none is configured here; define it with an [env.prod] "
+        "section in graven.toml (and build again) or [env.prod] keys in a trust policy file\n"
+    )

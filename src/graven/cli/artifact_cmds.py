@@ -34,7 +34,10 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     show.add_argument("digest", help=_DIGEST_HELP)
     what = show.add_mutually_exclusive_group()  # one view at a time: neither is dropped in silence
     what.add_argument(
-        "--files", dest="list_files", action="store_true", help="List every entry of the artifact."
+        "--files",
+        dest="list_files",
+        action="store_true",
+        help="List every entry: type, mode, size, sha256 (12 digits; --json has all) and path.",
     )
     what.add_argument("--provenance", action="store_true", help="Print the signed provenance statement.")
     show.add_argument("--json", dest="as_json", action="store_true", help="Print as JSON.")
@@ -42,7 +45,12 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     verify = add_command(commands, "verify", verify_cmd)
     verify.add_argument("digest", help=_DIGEST_HELP)
     verify.add_argument("--policy", type=Path, help="A trust policy file (TOML).")
-    verify.add_argument("--env", dest="env", help="Check against the keys trusted for this environment.")
+    verify.add_argument(
+        "--env",
+        dest="env",
+        help="Check against the keys trusted for this environment (one that the artifact's graven.toml "
+        "defines, deployed to here, or in the --policy file; another name is refused).",
+    )
     verify.add_argument("--json", dest="as_json", action="store_true", help="Print the report as JSON.")
     verify.add_argument(
         "--rebuild",
@@ -190,11 +198,24 @@ def show_cmd(args: argparse.Namespace) -> int:
     )
     if list_files:
         print()
-        for entry in manifest.entries:
-            data = entry.to_json()
-            detail = data.get("sha256", data.get("target", ""))
-            print(f"{data['type']:<8}{data.get('mode', ''):<6}{data['path']}  {detail}")
+        print_table(
+            ["type", "mode", "size", "sha256", "path"], [_entry_row(e.to_json()) for e in manifest.entries]
+        )
     return 0
+
+
+def _entry_row(entry: dict[str, object]) -> list[str]:
+    """One line of ``show --files``: type, mode, size and digest (12 hex digits, as ``artifacts``
+    shows them) of a file; a symlink's path ``-> target``; an empty directory's path with a ``/``.
+    What a kind does not have is ``-``; every cell is escaped by print_table (``\u202e``)."""
+    kind, path = str(entry["type"]), str(entry["path"])
+    if kind == "file":
+        size = entry["size"]
+        assert isinstance(size, int)
+        return [kind, str(entry["mode"]), human_size(size), str(entry["sha256"])[:12], path]
+    if kind == "symlink":
+        return [kind, "-", "-", "-", f"{path} -> {entry['target']}"]
+    return [kind, "-", "-", "-", f"{path}/"]
 
 
 def _utc(epoch: int) -> str:

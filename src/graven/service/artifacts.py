@@ -24,7 +24,9 @@ __all__ = [
     "Problem",
     "Verification",
     "VerifyReport",
+    "check_known_env",
     "get_artifact",
+    "known_environments",
     "list_artifacts",
     "load_manifest",
     "resolve_digest",
@@ -318,11 +320,13 @@ class Verification(Frozen):
 def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None = None) -> Verification:
     """``graven verify``: re-hash the manifest and every blob, check the signed provenance against
     ``policy`` (for ``env``'s keys), and re-hash what the accepted provenance names that a deployment
-    reads (the graven.toml; a build log, when this store has it). A failure is recorded in the audit
-    log; when it cannot be (a read-only home, a database that is down), a warning says so and the
-    failure is still returned."""
+    reads (the graven.toml; a build log, when this store has it). An ``env`` no environment has is
+    refused (:func:`check_known_env`). A failure is recorded in the audit log; when it cannot be (a
+    read-only home, a database that is down), a warning says so and the failure is still returned."""
     from graven.service.provenance import PIPELINE_NAME, check_provenance
 
+    if env is not None:  # a mistyped name would be checked with the default keys and pass
+        check_known_env(ctx, digest, policy, env)
     report = verify_artifact(ctx, digest)
     provenance = check_provenance(ctx, digest, policy=policy, env=env)
     store = ctx.store
@@ -343,6 +347,61 @@ def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None
         reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
         record_verify_failure(ctx, digest, reason)
     return Verification(report, provenance, ok, reason)
+
+
+def known_environments(ctx: Context, digest: Digest, policy: TrustPolicy) -> list[str]:
+    """The environments this home knows, sorted: those ``policy`` has keys for (``[env.NAME] keys``
+    of a policy file), those recorded here (deployed to, not retired) and those the graven.toml of
+    ``digest`` defines (``[env.NAME]``: the one its record and its builds here name). Each may
+    verify ``digest`` with its keys: the policy's own for that environment, else the default ones."""
+    import tomllib
+
+    names = set(policy.environments)
+    with ctx.db.connect() as conn:
+        names.update(str(name) for name in conn.execute("SELECT name FROM deploy_envs").scalars())
+        pipelines = {
+            str(found)
+            for found in conn.execute(
+                "SELECT pipeline_digest FROM artifacts WHERE digest = :digest UNION"
+                " SELECT pipeline_digest FROM builds WHERE digest = :digest",
+                {"digest": str(digest)},
+            ).scalars()
+            if found
+        }
+    for pipeline in sorted(pipelines):
+        try:  # only the names of its sections: trust still comes from the policy alone
+            doc = tomllib.loads(ctx.store.read(Digest.parse(pipeline)).decode("utf-8"))
+        except (GravenError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue  # missing or damaged: `graven verify` names what is wrong with the objects
+        envs = doc.get("env")
+        if isinstance(envs, dict):
+            names.update(name for name in envs if isinstance(name, str))
+    return sorted(names)
+
+
+def check_known_env(ctx: Context, digest: Digest, policy: TrustPolicy, env: str) -> None:
+    """Refuse (:class:`NotFoundError`, exit 2) to verify ``digest`` for ``env`` when no environment of
+    that name is known (:func:`known_environments`): the trust policy would check it with the default
+    keys, and a mistyped name would pass where the environment's own keys refuse."""
+    from graven.deploy.settings import check_env_name
+
+    check_env_name(env)
+    known = known_environments(ctx, digest, policy)
+    if env in known:
+        return
+    if not known:
+        raise NotFoundError(
+            f"unknown environment {env!r}: none is configured here; define it with an [env.{env}] section "
+            f"in graven.toml (and build again) or [env.{env}] keys in a trust policy file"
+        )
+    import difflib
+
+    close = difflib.get_close_matches(env, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise NotFoundError(
+        f"unknown environment {env!r} (known here: {', '.join(known)}); {hint}define an environment with "
+        "an [env.NAME] section in graven.toml or [env.NAME] keys in a trust policy file"
+    )
 
 
 def record_verify_failure(ctx: Context, digest: Digest, reason: str) -> None:
