@@ -381,20 +381,29 @@ def test_a_stored_object_that_is_no_artifact_is_refused_by_name(
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "helps"),
     [
-        ["hold", "staging", "--reason", "\udcff"],
-        ["reject", "abcd", "--reason", "\udcff"],
-        ["log", "--env", "\udcff"],
-        ["deploy", "abcd", "staging", "--reason", "\udcff"],
+        (["hold", "staging", "--reason", "\udcff"], "graven hold"),
+        (["reject", "abcd", "--reason", "\udcff"], "graven reject"),
+        (["log", "--env", "\udcff"], "graven log"),
+        (["log", "--env", "\udcff", "verify"], "graven log"),  # --env is the timeline's
+        (["deploy", "abcd", "staging", "--reason", "\udcff"], "graven deploy"),
+        (["db", "copy", "\udcff"], "graven db copy"),
+        (["attest", "verify", "x.json", "--artifact", "\udcff"], "graven attest verify"),
+        (
+            ["-v", "attest", "verify", "--env", "\udcff", "x.json", "--artifact", "abcd"],
+            "graven attest verify",
+        ),
     ],
-    ids=["hold", "reject", "log-env", "deploy"],
+    ids=["hold", "reject", "log-env", "log-env-verify", "deploy", "db-copy", "attest-verify", "attest-env"],
 )
 def test_an_argument_that_is_not_utf8_is_refused_in_one_line(
-    graven_home: Path, run_cli: Run, args: list[str]
+    graven_home: Path, run_cli: Run, args: list[str], helps: str
 ) -> None:
-    """A byte that is no UTF-8 reached the database as a surrogate: a UnicodeEncodeError traceback."""
-    _assert_input_error(run_cli(*args), "is not valid UTF-8 text")
+    """A byte that is no UTF-8 reached the database as a surrogate: a UnicodeEncodeError traceback.
+    The hint names the help that describes the argument: a subcommand's said `graven db --help`,
+    which lists no argument of `db copy`."""
+    _assert_input_error(run_cli(*args), "is not valid UTF-8 text", f"(see `{helps} --help`)")
 
 
 def _graven_process(tmp_path: Path, args: list[str], stdout: int) -> subprocess.CompletedProcess[str]:
@@ -435,8 +444,11 @@ def test_output_that_cannot_be_written_is_an_error_never_exit_0(graven_home: Pat
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["log", "--json", "verify"], "--json before a subcommand"),
-        (["log", "--since", "2020-01-01", "prove", "1"], "--since before a subcommand"),
+        (["log", "--json", "verify"], "--json before `graven log verify` would not apply to it"),
+        (
+            ["log", "--since", "2020-01-01", "prove", "1"],
+            "own options after it (see `graven log prove --help`)",
+        ),
         (["log", "--env", "../x"], "invalid environment name"),
         (["log", "--artifact", ""], "--artifact is empty"),
         (

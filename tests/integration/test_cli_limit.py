@@ -140,7 +140,8 @@ def test_log_limit_on_a_home_without_a_log(home: Path, run_cli: Run) -> None:
 def test_log_limit_before_a_subcommand_is_refused(filled: Path, run_cli: Run) -> None:
     code, out, err = run_cli("log", "-n", "2", "verify")
     assert code == 2 and out == ""
-    assert err.startswith("graven: error: --limit before a subcommand of `graven log`")
+    assert err.startswith("graven: error: --limit before `graven log verify` would not apply to it")
+    assert err.endswith("(see `graven log verify --help`)\n")
     _one_line(err)
 
 

@@ -345,7 +345,8 @@ def test_a_path_that_is_a_file_or_another_root_is_refused_before_anything_is_mad
     elsewhere = world.root.parent / "elsewhere"
     with pytest.raises(ConfigError, match="is live at") as info:
         deploy(world.ctx(), v1, "staging", DeployOptions(root=str(elsewhere)))
-    assert "DeployOptions(root=...) from Python" in str(info.value)  # words a library caller can use
+    assert "(pass DeployOptions(root=DIR))" in str(info.value)  # words a library caller can use
+    assert "--root" not in str(info.value) and "GRAVEN_DEPLOY_ROOT" not in str(info.value)
     assert not elsewhere.exists()  # no lock directory made in the wrong place
 
 

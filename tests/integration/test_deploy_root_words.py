@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from graven.deploy.settings import DeployRootError
-from graven.errors import InputError
+from graven.deploy.settings import DeployRootError, EnvMovedError
+from graven.errors import ConfigError, InputError
 from graven.service.deploy import DeployOptions, deploy, promote, rollback
 from graven.service.deploy_plan import plan_deploy
 from helpers_deploy import World
@@ -73,3 +73,41 @@ def test_with_a_root_both_deploy(world: World, run_cli: Run) -> None:
     code, _, err = run_cli("deploy", v1, "prod", "--root", world.root)
     assert code == 0, err
     assert (world.root / "prod" / "current").is_symlink()
+
+
+def _moved(live: object, path: object, hint: str) -> str:
+    return (
+        f"environment staging is live at {live}, but this artifact's graven.toml (with the deploy root "
+        f"given) puts it at {path}; deploy with the root it went live with ({hint}), or give the new "
+        "location another environment name"
+    )
+
+
+def test_an_environment_another_root_would_move_is_named_in_each_callers_words(
+    world: World, run_cli: Run
+) -> None:
+    """Its message named both (`--root or GRAVEN_DEPLOY_ROOT; DeployOptions(root=...) from Python`):
+    a CLI user read about a Python API, a library caller about options it has not."""
+    v1, v2 = world.build(), world.version(2)
+    assert world.deploy(v1, "staging").ok and world.deploy(v2, "staging").ok
+    live, elsewhere = world.root / "staging", world.root.parent / "elsewhere"
+    library = _moved(live, elsewhere / "staging", "pass DeployOptions(root=DIR)")
+    options = DeployOptions(root=str(elsewhere), reason="back")
+    for attempt in (
+        lambda: deploy(world.ctx(), v1, "staging", options),
+        lambda: plan_deploy(world.ctx(), v1, "staging", options),
+        lambda: rollback(world.ctx(), "staging", options),
+    ):
+        with pytest.raises(EnvMovedError) as info:
+            attempt()
+        assert str(info.value) == library
+        assert isinstance(info.value, ConfigError) and info.value.exit_code == 2
+    cli = _moved(live, elsewhere / "staging", "set GRAVEN_DEPLOY_ROOT or pass --root DIR")
+    for args in (
+        ["deploy", v1, "staging", "--root", elsewhere],
+        ["deploy", v1, "staging", "--root", elsewhere, "--plan"],
+        ["rollback", "staging", "--reason", "back", "--root", elsewhere],
+    ):
+        assert run_cli(*args) == (2, "", f"graven: error: {cli}\n")
+    assert not elsewhere.exists()
+    assert world.live("staging") == v2

@@ -312,13 +312,17 @@ def build_parser(command: str | None) -> ArgParser:
     return parser
 
 
-def _check_text(namespace: argparse.Namespace) -> None:
+def _check_text(namespace: argparse.Namespace, help_of: Callable[[str], str] | None = None) -> None:
     """Refuse an argument that is not UTF-8 text (a byte that is none arrives as a surrogate escape):
     reasons, names and digests are recorded in UTF-8 databases and logs. Paths (``pathlib.Path``
-    values) may hold any bytes and are checked where they are used."""
+    values) may hold any bytes and are checked where they are used. ``help_of`` names the command
+    whose ``--help`` describes an argument (by its dest: :func:`_help_of`)."""
+    where: Callable[[str], str] = help_of or (lambda _dest: "graven")
     reason = getattr(namespace, "reason", None)
     if isinstance(reason, str) and not reason.strip():  # recorded for good: it must say something
-        raise UsageError("--reason is empty; say why (it is recorded in the history and the audit log)")
+        raise UsageError(
+            "--reason is empty; say why (it is recorded in the history and the audit log)", where("reason")
+        )
     typed_in = _typed_in()
     for name, value in vars(namespace).items():
         if typed_in and name in _FREE_TEXT and isinstance(value, str) and not value.isascii():
@@ -333,8 +337,32 @@ def _check_text(namespace: argparse.Namespace) -> None:
 
                     shown = json_text(item)
                     raise UsageError(
-                        f"the argument {what} '{shown[:80]}' is not valid UTF-8 text; use UTF-8"
+                        f"the argument {what} '{shown[:80]}' is not valid UTF-8 text; use UTF-8", where(name)
                     ) from None
+
+
+def _help_of(parser: ArgParser, args: list[str]) -> Callable[[str], str]:
+    """For the command line ``args``: the name of the (sub)command whose ``--help`` describes an
+    argument, given its dest: the innermost one on the line that has it (``graven db copy`` for
+    ``url``, ``graven log`` for its own ``--env``), else the innermost one (``graven --help`` lists
+    no subcommand's options)."""
+    chain = [parser]
+    rest = args
+    while True:
+        sub = next((a for a in chain[-1]._actions if isinstance(a, argparse._SubParsersAction)), None)
+        word = _command_name(rest)
+        if sub is None or word is None or word not in sub.choices:
+            break
+        chain.append(sub.choices[word])
+        rest = rest[rest.index(word) + 1 :]
+
+    def prog(dest: str) -> str:
+        for found in reversed(chain):
+            if any(action.dest == dest for action in found._actions):
+                return found.prog
+        return chain[-1].prog
+
+    return prog
 
 
 # Arguments that are words for people (recorded in the history and the log), decoded with the user's
@@ -468,11 +496,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
                 f"unrecognized arguments: {' '.join(extra)}", f"graven {command}" if command else "graven"
             )
         verbose = namespace.verbose
-        try:
-            _check_text(namespace)
-        except UsageError as exc:  # name the command's own help, not graven's
-            exc.prog = f"graven {command}" if command else "graven"
-            raise
+        _check_text(namespace, _help_of(parser, args))  # naming the subcommand's help, not graven's
         handler: Handler | None = getattr(namespace, "handler", None)
         if handler is None:
             parser.print_help(sys.stderr)

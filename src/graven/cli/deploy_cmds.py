@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 _LIST_LIMIT = 40
+CLI_ROOT_HINT = "set GRAVEN_DEPLOY_ROOT or pass --root DIR"  # the CLI's words for DeployOptions(root=...)
 
 
 def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
@@ -154,16 +155,16 @@ def _options(
 @contextmanager
 def _deploying() -> Iterator[Context]:
     """The context of a deploy, promote or rollback; its reporter is closed at the end, and an error
-    whose message names a library argument is said as the command line says it
-    (``DeployOptions(root=...)`` is ``--root`` or GRAVEN_DEPLOY_ROOT here)."""
-    from graven.deploy.settings import DeployRootError
+    that says how to give the deploy root says it as the command line does (the library's
+    ``DeployOptions(root=...)`` is ``--root`` or GRAVEN_DEPLOY_ROOT here: RootHintError)."""
+    from graven.deploy.settings import RootHintError
     from graven.service.context import Context
 
     reporter = _DeployReporter(TerminalReporter())
     try:
         yield _closing(Context.from_env(reporter))
-    except DeployRootError as exc:
-        raise exc.with_hint("set GRAVEN_DEPLOY_ROOT or pass --root DIR") from None
+    except RootHintError as exc:
+        raise exc.with_hint(CLI_ROOT_HINT) from None
     finally:
         reporter.close()
 

@@ -85,8 +85,8 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
 
 
-def _timeline_options_unused(args: argparse.Namespace) -> None:
-    """Refuse the timeline's options before a subcommand: they would be dropped without a word."""
+def _timeline_options_unused(args: argparse.Namespace, subcommand: str) -> None:
+    """Refuse the timeline's options before ``subcommand``: they would be dropped without a word."""
     given = [
         option
         for option, dest in (
@@ -99,9 +99,9 @@ def _timeline_options_unused(args: argparse.Namespace) -> None:
     ] + (["--json"] if getattr(args, "log_json", False) else [])
     if given:
         raise UsageError(
-            f"{', '.join(given)} before a subcommand of `graven log` would not apply to it; put the "
-            "subcommand's own options after it (`graven log SUBCOMMAND --help` lists them)",
-            "graven log",
+            f"{', '.join(given)} before `graven log {subcommand}` would not apply to it (the timeline's "
+            f"options are for `graven log` alone); put {subcommand}'s own options after it",
+            f"graven log {subcommand}",
         )
 
 
@@ -201,7 +201,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
     With --repair, stored subtree hashes that are wrong or stray (derived rows that proofs read) are
     rewritten from the entries, only when these lead to the latest signed checkpoint; then it verifies
     again."""
-    _timeline_options_unused(args)
+    _timeline_options_unused(args, "verify")
     all_signatures: bool = args.all_signatures
     repair: bool = args.repair
     as_json: bool = args.as_json
@@ -249,7 +249,7 @@ def checkpoint_cmd(args: argparse.Namespace) -> int:
     """Print the latest signed checkpoint (for an auditor or a witness to keep).
 
     The checkpoint is printed only when its signature verifies with the log key (else exit 1)."""
-    _timeline_options_unused(args)
+    _timeline_options_unused(args, "checkpoint")
     vkey: bool = args.vkey
     from graven.service.context import Context
 
@@ -265,7 +265,7 @@ def prove_cmd(args: argparse.Namespace) -> int:
     """An inclusion proof of entry INDEX (0-based) in the latest checkpoint, verifiable offline.
 
     The proof is checked against the signed root first: exit 1 when the entries no longer lead to it."""
-    _timeline_options_unused(args)
+    _timeline_options_unused(args, "prove")
     index: int = args.index
     from graven.service.context import Context
 
@@ -283,7 +283,7 @@ def prove_cmd(args: argparse.Namespace) -> int:
 
 def consistency_cmd(args: argparse.Namespace) -> int:
     """Prove that an old checkpoint is a prefix of the current log; exit 1 on a fork."""
-    _timeline_options_unused(args)
+    _timeline_options_unused(args, "consistency")
     old_checkpoint: Path = args.old_checkpoint
     as_json: bool = args.as_json
     from graven.errors import VerificationError
@@ -329,7 +329,7 @@ def consistency_cmd(args: argparse.Namespace) -> int:
 
 def export_cmd(args: argparse.Namespace) -> int:
     """Every entry as JSON Lines, with its index and leaf hash (hex)."""
-    _timeline_options_unused(args)
+    _timeline_options_unused(args, "export")
     since_index: int = args.since_index
     from graven.service.context import Context
 

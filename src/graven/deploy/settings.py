@@ -17,8 +17,11 @@ _set = object.__setattr__  # how a frozen value sets its fields (graven.core.rec
 
 __all__ = [
     "ENV_NAME",
+    "LIBRARY_ROOT_HINT",
     "DeployRootError",
+    "EnvMovedError",
     "EnvSettings",
+    "RootHintError",
     "check_config_path",
     "check_env_name",
     "check_environments",
@@ -29,21 +32,57 @@ __all__ = [
 ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 LIBRARY_ROOT_HINT = "pass DeployOptions(root=DIR)"
+"""How a library caller gives the deploy root, said in :class:`RootHintError` messages (the command line
+says it in its own words: :meth:`RootHintError.with_hint`)."""
 
 
-class DeployRootError(InputError):
-    """A relative ``[env.NAME] path`` and no deploy root to resolve it against (exit 2). The message
-    says how a library caller gives one (``DeployOptions(root=...)``: the library reads no
-    ``GRAVEN_DEPLOY_ROOT``); the CLI says it in its own words (:meth:`with_hint`: ``--root``)."""
+class RootHintError(InputError):
+    """An error whose message says how to give the operator's deploy root. The library reads no
+    ``GRAVEN_DEPLOY_ROOT`` and has no ``--root``: its message says ``hint`` (by default
+    :data:`LIBRARY_ROOT_HINT`); a caller with other words for it (the CLI: ``--root``,
+    ``GRAVEN_DEPLOY_ROOT``) raises :meth:`with_hint` instead. The message is written once, here."""
+
+    hint: str
+
+    def with_hint(self, hint: str) -> RootHintError:
+        """The same error, saying ``hint`` (a verb phrase: ``pass --root DIR``) for how to give the
+        deploy root."""
+        raise NotImplementedError
+
+
+class DeployRootError(RootHintError):
+    """A relative ``[env.NAME] path`` and no deploy root to resolve it against (exit 2)."""
 
     def __init__(self, env: str, path: str, hint: str = LIBRARY_ROOT_HINT) -> None:
         super().__init__(f"[env.{env}] path {path!r} is relative: {hint} to say where it lives")
         self.env = env
         self.path = path
+        self.hint = hint
 
     def with_hint(self, hint: str) -> DeployRootError:
         """The same error, saying ``hint`` for how to give the deploy root."""
         return DeployRootError(self.env, self.path, hint)
+
+
+class EnvMovedError(RootHintError, ConfigError):
+    """An environment live at one path that the artifact's graven.toml, with the deploy root given,
+    puts at another (exit 2): the root differs from the one it was deployed with, or the graven.toml
+    moved it."""
+
+    def __init__(self, env: str, live: str, path: str, hint: str = LIBRARY_ROOT_HINT) -> None:
+        super().__init__(
+            f"environment {env} is live at {live}, but this artifact's graven.toml (with the deploy root "
+            f"given) puts it at {path}; deploy with the root it went live with ({hint}), or give the "
+            "new location another environment name"
+        )
+        self.env = env
+        self.live = live
+        self.path = path
+        self.hint = hint
+
+    def with_hint(self, hint: str) -> EnvMovedError:
+        """The same error, saying ``hint`` for how to give the deploy root."""
+        return EnvMovedError(self.env, self.live, self.path, hint)
 
 
 def check_env_name(name: str) -> str:

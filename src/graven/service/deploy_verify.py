@@ -10,7 +10,13 @@ from pathlib import Path, PurePosixPath
 from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyFacts, TestedPipelines, short
-from graven.deploy.settings import EnvSettings, check_config_path, clashes_with_layout, resolve_env
+from graven.deploy.settings import (
+    EnvMovedError,
+    EnvSettings,
+    check_config_path,
+    clashes_with_layout,
+    resolve_env,
+)
 from graven.errors import (
     ConfigError,
     GravenError,
@@ -412,9 +418,4 @@ def _resolved(path: str) -> PurePosixPath:
 
 def check_path(state: EnvState | None, settings: EnvSettings) -> None:
     if state is not None and state.live_digest is not None and state.path != settings.path:
-        raise ConfigError(
-            f"environment {settings.name} is live at {state.path}, but this artifact's graven.toml (with "
-            f"the deploy root given) puts it at {settings.path}; deploy with the same root (--root or "
-            "GRAVEN_DEPLOY_ROOT; DeployOptions(root=...) from Python), or give the new location another "
-            "environment name"
-        )
+        raise EnvMovedError(settings.name, state.path, settings.path)
