@@ -381,29 +381,32 @@ def test_a_stored_object_that_is_no_artifact_is_refused_by_name(
 
 
 @pytest.mark.parametrize(
-    ("args", "helps"),
+    ("args", "helps", "named"),
     [
-        (["hold", "staging", "--reason", "\udcff"], "graven hold"),
-        (["reject", "abcd", "--reason", "\udcff"], "graven reject"),
-        (["log", "--env", "\udcff"], "graven log"),
-        (["log", "--env", "\udcff", "verify"], "graven log"),  # --env is the timeline's
-        (["deploy", "abcd", "staging", "--reason", "\udcff"], "graven deploy"),
-        (["db", "copy", "\udcff"], "graven db copy"),
-        (["attest", "verify", "x.json", "--artifact", "\udcff"], "graven attest verify"),
+        (["hold", "staging", "--reason", "\udcff"], "graven hold", "--reason"),
+        (["reject", "abcd", "--reason", "\udcff"], "graven reject", "--reason"),
+        (["log", "--env", "\udcff"], "graven log", "--env"),
+        (["log", "--env", "\udcff", "verify"], "graven log", "--env"),  # --env is the timeline's
+        (["deploy", "abcd", "staging", "--reason", "\udcff"], "graven deploy", "--reason"),
+        (["db", "copy", "\udcff"], "graven db copy", "URL"),
+        (["attest", "verify", "x.json", "--artifact", "\udcff"], "graven attest verify", "--artifact"),
         (
             ["-v", "attest", "verify", "--env", "\udcff", "x.json", "--artifact", "abcd"],
             "graven attest verify",
+            "--env",
         ),
     ],
     ids=["hold", "reject", "log-env", "log-env-verify", "deploy", "db-copy", "attest-verify", "attest-env"],
 )
 def test_an_argument_that_is_not_utf8_is_refused_in_one_line(
-    graven_home: Path, run_cli: Run, args: list[str], helps: str
+    graven_home: Path, run_cli: Run, args: list[str], helps: str, named: str
 ) -> None:
     """A byte that is no UTF-8 reached the database as a surrogate: a UnicodeEncodeError traceback.
     The hint names the help that describes the argument: a subcommand's said `graven db --help`,
-    which lists no argument of `db copy`."""
-    _assert_input_error(run_cli(*args), "is not valid UTF-8 text", f"(see `{helps} --help`)")
+    which lists no argument of `db copy`. The argument is named as it was typed (`--env`), not as
+    graven stores it (`log-env`)."""
+    line = _assert_input_error(run_cli(*args), "is not valid UTF-8 text", f"(see `{helps} --help`)")
+    assert line.startswith(f"graven: error: {named} '"), line
 
 
 def _graven_process(tmp_path: Path, args: list[str], stdout: int) -> subprocess.CompletedProcess[str]:

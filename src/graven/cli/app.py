@@ -312,16 +312,17 @@ def build_parser(command: str | None) -> ArgParser:
     return parser
 
 
-def _check_text(namespace: argparse.Namespace, help_of: Callable[[str], str] | None = None) -> None:
+def _check_text(namespace: argparse.Namespace, where: _ArgNames | None = None) -> None:
     """Refuse an argument that is not UTF-8 text (a byte that is none arrives as a surrogate escape):
     reasons, names and digests are recorded in UTF-8 databases and logs. Paths (``pathlib.Path``
-    values) may hold any bytes and are checked where they are used. ``help_of`` names the command
-    whose ``--help`` describes an argument (by its dest: :func:`_help_of`)."""
-    where: Callable[[str], str] = help_of or (lambda _dest: "graven")
+    values) may hold any bytes and are checked where they are used. ``where`` says, for an argument's
+    dest, how the user wrote it and which command's ``--help`` describes it (:class:`_ArgNames`)."""
+    names = where or _ArgNames([])
     reason = getattr(namespace, "reason", None)
     if isinstance(reason, str) and not reason.strip():  # recorded for good: it must say something
         raise UsageError(
-            "--reason is empty; say why (it is recorded in the history and the audit log)", where("reason")
+            "--reason is empty; say why (it is recorded in the history and the audit log)",
+            names.help("reason"),
         )
     typed_in = _typed_in()
     for name, value in vars(namespace).items():
@@ -332,37 +333,63 @@ def _check_text(namespace: argparse.Namespace, help_of: Callable[[str], str] | N
                 try:
                     item.encode("utf-8")
                 except UnicodeEncodeError:
-                    what = name.replace("_", "-")
                     from graven.core.paths import json_text
 
                     shown = json_text(item)
                     raise UsageError(
-                        f"the argument {what} '{shown[:80]}' is not valid UTF-8 text; use UTF-8", where(name)
+                        f"{names.shown(name)} '{shown[:80]}' is not valid UTF-8 text; use UTF-8",
+                        names.help(name),
                     ) from None
 
 
-def _help_of(parser: ArgParser, args: list[str]) -> Callable[[str], str]:
-    """For the command line ``args``: the name of the (sub)command whose ``--help`` describes an
-    argument, given its dest: the innermost one on the line that has it (``graven db copy`` for
-    ``url``, ``graven log`` for its own ``--env``), else the innermost one (``graven --help`` lists
-    no subcommand's options)."""
-    chain = [parser]
-    rest = args
-    while True:
-        sub = next((a for a in chain[-1]._actions if isinstance(a, argparse._SubParsersAction)), None)
-        word = _command_name(rest)
-        if sub is None or word is None or word not in sub.choices:
-            break
-        chain.append(sub.choices[word])
-        rest = rest[rest.index(word) + 1 :]
+class _ArgNames:
+    """For one command line: the (sub)commands it names, outermost first, and through them how an
+    argument (by its dest) is shown to the user."""
 
-    def prog(dest: str) -> str:
-        for found in reversed(chain):
-            if any(action.dest == dest for action in found._actions):
-                return found.prog
-        return chain[-1].prog
+    def __init__(self, chain: list[argparse.ArgumentParser]) -> None:
+        self.chain = chain
 
-    return prog
+    @classmethod
+    def of(cls, parser: ArgParser, args: list[str]) -> _ArgNames:
+        """The chain of parsers of ``args``: graven's, then each subcommand's that the line names."""
+        chain: list[argparse.ArgumentParser] = [parser]
+        rest = args
+        while True:
+            sub = next((a for a in chain[-1]._actions if isinstance(a, argparse._SubParsersAction)), None)
+            word = _command_name(rest)
+            if sub is None or word is None or word not in sub.choices:
+                break
+            chain.append(sub.choices[word])
+            rest = rest[rest.index(word) + 1 :]
+        return cls(chain)
+
+    def _owner(self, dest: str) -> tuple[argparse.ArgumentParser, argparse.Action] | None:
+        """The innermost parser of the line with an argument ``dest``, and that argument (``graven
+        log``'s own ``--env`` stays the timeline's under ``graven log verify``)."""
+        for found in reversed(self.chain):
+            for action in found._actions:
+                if action.dest == dest:
+                    return found, action
+        return None
+
+    def help(self, dest: str) -> str:
+        """The command whose ``--help`` describes ``dest``: ``graven db copy`` for ``url``; else the
+        innermost command (``graven --help`` lists no subcommand's options)."""
+        owner = self._owner(dest)
+        if owner is not None:
+            return owner[0].prog
+        return self.chain[-1].prog if self.chain else "graven"
+
+    def shown(self, dest: str) -> str:
+        """``dest`` as the user wrote it: an option by its longest spelling (``--env``, not the
+        ``log_env`` it is stored as), a positional argument by its metavar (``URL``)."""
+        owner = self._owner(dest)
+        if owner is None:
+            return f"the argument {dest.replace('_', '-')}"
+        action = owner[1]
+        if action.option_strings:
+            return max(action.option_strings, key=len)
+        return action.metavar if isinstance(action.metavar, str) else dest.upper()
 
 
 # Arguments that are words for people (recorded in the history and the log), decoded with the user's
@@ -496,7 +523,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
                 f"unrecognized arguments: {' '.join(extra)}", f"graven {command}" if command else "graven"
             )
         verbose = namespace.verbose
-        _check_text(namespace, _help_of(parser, args))  # naming the subcommand's help, not graven's
+        _check_text(namespace, _ArgNames.of(parser, args))  # naming the subcommand's help, not graven's
         handler: Handler | None = getattr(namespace, "handler", None)
         if handler is None:
             parser.print_help(sys.stderr)
