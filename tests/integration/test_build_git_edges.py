@@ -62,7 +62,7 @@ def test_a_revision_that_is_not_utf8_is_refused_in_one_line(
     repo = make_repo(tmp_path / "repo", FILES)
     _refused(
         run_cli("build", "-C", repo, os.fsdecode(b"caf\xe9")),
-        "revision 'caf\\xe9'",
+        "REVISION 'caf\\xe9'",
         "not valid UTF-8",
     )
 
