@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ProgressRecorder
+from conftest import ProgressRecorder, assert_counts_up_to
 from graven.model.manifest import FileEntry
 from helpers_deploy import World, env_toml, make_world, staging_prod, tree_problems
 from helpers_repo import run_cli
@@ -316,7 +316,9 @@ def test_files_healed_one_by_one_report_their_progress(
     result = svc.heal(world.ctx(recorder), "staging")
     assert result.ok and not result.rebuilt and result.stats is not None
     assert sorted(result.stats.written) == changed
-    assert recorder.calls == [(HEAL_STAGE, n, 3) for n in range(4)]
+    assert recorder.of(HEAL_STAGE) == [(n, 3) for n in range(4)]
+    # the full checks before and after the heal report their own stage (test_a_full_check_...)
+    assert {stage for stage, _, _ in recorder.calls} == {HEAL_STAGE, "hashing the files of staging"}
 
     tamper()
     monkeypatch.setenv("TERM", "xterm")
@@ -325,6 +327,30 @@ def test_files_healed_one_by_one_report_their_progress(
     assert code == 0 and sorted(json.loads(out)["written"]) == changed, (out, err)
     assert f"\r\x1b[K{HEAL_STAGE}: 3/3" in err, err
     assert err.endswith("\r\x1b[K"), err  # cleared: the result's first line starts a clean line
+
+
+def test_a_full_check_reports_the_files_it_has_hashed(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`graven drift --full` hashes every file of every live release (minutes for a large one) and said
+    nothing meanwhile: each environment's check reports its files from 0 to the manifest's count, and
+    on a terminal the CLI draws it on stderr and clears it before the result (stdout: JSON only)."""
+    from graven.service import drift as svc
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    files = sum(1 for entry in world.manifest(digest).entries if isinstance(entry, FileEntry))
+    recorder = ProgressRecorder()
+    (report,) = svc.check(world.ctx(recorder), ["staging"], full=True)
+    assert report.clean, report
+    assert_counts_up_to(recorder.of("hashing the files of staging"), files)
+
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    code, out, err = run_cli(capsys, "drift", "--full", "--json")
+    assert code == 0 and json.loads(out)["clean"], (out, err)
+    assert f"\r\x1b[Khashing the files of staging: {files}/{files}" in err, err
+    assert err.endswith("\r\x1b[K"), err  # cleared before the result
 
 
 def test_a_check_of_a_moved_away_environment_never_makes_its_directory_again(

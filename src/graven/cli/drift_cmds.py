@@ -129,6 +129,7 @@ def drift_cmd(args: argparse.Namespace) -> int:
         from graven.service import drift as svc
 
         reports = svc.check(ctx, envs, full=full)
+    ctx.reporter.close()  # the progress line of a full check, before the result
     clean = all(r.clean for r in reports)
     if as_json:
         emit_json({"clean": clean, "environments": [r.to_json() for r in reports]})

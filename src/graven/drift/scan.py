@@ -590,6 +590,29 @@ def _fast_scan(
     return result
 
 
+PROGRESS_FILES = 512
+"""A full scan reports its progress each time a walker has hashed about this many more files."""
+
+
+class _FilesProgress:
+    """The progress of a full scan, ``(done, total)`` files: this process's walker and, when the work is
+    shared, the forked child's count (:meth:`ForkedWalk.hashed`). Never above ``total`` (a file that
+    is not in the manifest is hashed too) and never backwards."""
+
+    def __init__(self, progress: Callable[[int, int], None], total: int, child: ForkedWalk | None) -> None:
+        self.progress = progress
+        self.total = total
+        self.child = child
+        self.shown = 0
+
+    def __call__(self, mine: int) -> None:
+        theirs = self.child.hashed() if self.child is not None else 0
+        done = min(mine + theirs, self.total)
+        if done > self.shown:
+            self.shown = done
+            self.progress(done, self.total)
+
+
 class _Walk:
     """The state of a full scan shared by its walker threads: a stack of directories still to read,
     and what was found (dict and list stores are atomic under the GIL; counters are per thread)."""
@@ -606,8 +629,10 @@ class _Walk:
         skip: frozenset[str] = frozenset(),
         owner: int | None = None,
         group: int | None = None,
+        on_files: Callable[[int], None] | None = None,
     ) -> None:
         self.base = base
+        self.on_files = on_files  # told the files hashed so far, every PROGRESS_FILES or so
         # whom every file and directory must belong to, and the group each must have
         self.owner = deployer_uid(base, root_st) if owner is None else owner
         self.group = deployer_gid(base, root_st) if group is None else group
@@ -633,6 +658,7 @@ class _Walk:
     def run(self) -> None:
         """Take directories until none is left and no other thread can add one."""
         hashed = listed = 0
+        on_files, due = self.on_files, PROGRESS_FILES
         try:
             while True:
                 with self.cond:
@@ -648,6 +674,9 @@ class _Walk:
                     found, files = self._directory(rel)
                     listed += 1
                     hashed += files
+                    if on_files is not None and hashed >= due:
+                        on_files(self.hashed + hashed)
+                        due = hashed + PROGRESS_FILES
                 finally:
                     with self.cond:
                         self.stack.extend(found)
@@ -862,12 +891,28 @@ def _full_scan(
             child = ForkedWalk(
                 base, split[1], frozenset(split[0]) | frozenset(split[1]), owner=owner, group=group
             )
+    total = len(index.files)
+    on_files = None
+    if progress is not None:
+        on_files = _FilesProgress(progress, total, child)
+        progress(0, total)
     if child is not None:
         # two processes, each walking and hashing about half of the tree (big files included): hashlib
         # holds the GIL for small files, so threads would not share this work out
         assert split is not None
         skip = frozenset(split[0]) | frozenset(child.start)
-        walk = _Walk(base, index, root_st, now_ns, None, start=split[0], skip=skip, owner=owner, group=group)
+        walk = _Walk(
+            base,
+            index,
+            root_st,
+            now_ns,
+            None,
+            start=split[0],
+            skip=skip,
+            owner=owner,
+            group=group,
+            on_files=on_files,
+        )
         walk.run()
         data = child.result()
         if data is not None:
@@ -878,7 +923,7 @@ def _full_scan(
     else:
         # one walker hashes small files as it finds them (more walker threads only fight over the GIL);
         # big files go to the hashing threads
-        walk = _Walk(base, index, root_st, now_ns, hasher, owner=owner, group=group)
+        walk = _Walk(base, index, root_st, now_ns, hasher, owner=owner, group=group, on_files=on_files)
         walk.run()
     if walk.error is not None:
         raise walk.error
@@ -905,7 +950,7 @@ def _full_scan(
             ):
                 walk.new_files[at] = _record(st_big)
     if progress is not None:
-        progress(walk.hashed, len(index.files))
+        progress(total, total)  # every file of the manifest was looked at: found, changed or missing
     result = ScanResult(
         walk.observed, walk.verified, files=len(index.files), hashed=walk.hashed, listed=walk.listed
     )

@@ -13,9 +13,11 @@ import gc
 import hashlib
 import json
 import marshal
+import mmap
 import os
 import signal
 import stat
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,14 +96,24 @@ def open_dir(base: str, rel: str) -> int:
     return fd
 
 
+_COUNT = struct.Struct("=Q")  # the files a forked walker has hashed so far, in memory its parent shares
+
+
 def raw_walk(
-    base: str, start: Sequence[str], skip: frozenset[str], owner: int | None = None, group: int | None = None
+    base: str,
+    start: Sequence[str],
+    skip: frozenset[str],
+    owner: int | None = None,
+    group: int | None = None,
+    *,
+    counter: mmap.mmap | None = None,
 ) -> bytes:
     """Walk and hash below ``start`` (not into ``skip``) knowing nothing of the manifest: what a forked
     child does while its parent reads the manifest. ``owner``: whom every path must belong to (the
     deployer's uid; None: the release directory's owner); ``group``: the group every path must have
-    (the release's gid; None: the release directory's group). Returns marshal data for
-    :meth:`_Walk.merge_raw`."""
+    (the release's gid; None: the release directory's group). ``counter``: where the number of files
+    hashed so far is written after each directory, for the parent's progress (:class:`ForkedWalk`).
+    Returns marshal data for :meth:`_Walk.merge_raw`."""
     observed: dict[str, tuple[Any, ...]] = {}
     stats: dict[str, tuple[int, int, int, int, int]] = {}
     dir_records: dict[str, tuple[int, int, int]] = {}
@@ -179,6 +191,8 @@ def raw_walk(
                         observed[path] = seen
         finally:
             close(dir_fd)
+        if counter is not None:
+            _COUNT.pack_into(counter, 0, hashed)
     return marshal.dumps((observed, stats, dir_records, hashed, listed))
 
 
@@ -196,6 +210,9 @@ class ForkedWalk:
         group: int | None = None,
     ) -> None:
         self.start = list(start)
+        # the child's count of hashed files, shared (MAP_SHARED, anonymous): the parent reads it for
+        # its progress while the child walks
+        self.counter = mmap.mmap(-1, _COUNT.size)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: walk, send, exit without running any cleanup of the parent's objects
@@ -203,7 +220,7 @@ class ForkedWalk:
             gc.disable()  # it makes only what it sends, and exits
             try:
                 os.close(read_fd)
-                view = memoryview(raw_walk(base, start, skip, owner, group))
+                view = memoryview(raw_walk(base, start, skip, owner, group, counter=self.counter))
                 while view:
                     view = view[os.write(write_fd, view) :]
                 code = 0
@@ -213,6 +230,10 @@ class ForkedWalk:
         self.pid = pid
         self.fd = read_fd
         self.reaped = False
+
+    def hashed(self) -> int:
+        """How many files the child has hashed so far (it says so after each directory)."""
+        return int(_COUNT.unpack_from(self.counter, 0)[0])
 
     def result(self) -> bytes | None:
         """What the child found (None: it failed, or it was reaped before)."""

@@ -182,6 +182,7 @@ def _check_now(
         else:
             hint = load_split(_split_path(layout), hex_digest)
         owner, group = _deployer(ctx, layout, hex_digest)
+        stage = f"hashing the files of {target.env}"
         scan = scan_release(
             layout.release(hex_digest),
             lambda: session.index(digest),
@@ -192,6 +193,7 @@ def _check_now(
             child=child,
             owner=owner,
             group=group,
+            progress=lambda done, total: ctx.reporter.progress(stage, done, total),
         )
         index = session.index(digest)
         if hint is None and len(index.files) >= SPLIT_MIN_FILES:  # a plan depends on the manifest only

@@ -302,3 +302,59 @@ def test_the_forked_walker_holds_every_path_to_the_release_group(tmp_path: Path)
     recorded = marshal.loads(raw_walk(str(release), [""], frozenset(), group=12345))[0]
     assert recorded["d/other"][5] is None
     assert recorded["d/plain"][5] == f"group gid {gid} (deployed as 12345)"
+
+
+def test_a_full_scan_reports_its_progress_while_it_hashes(tmp_path: Path) -> None:
+    """`graven drift --full` of a large release said nothing until it was done: the scan now reports
+    the files hashed (both processes' when the work is shared: the child's count is in shared
+    memory), from 0 to the manifest's count, never backwards, with counts in between."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = tmp_path / "rel"
+    index = big_release(root)
+    total = len(index.files)
+    assert total >= 1000
+    (root / "t3/s1").chmod(0o755)
+    (root / "t3/s1/f5.txt").unlink()  # a missing file is looked at too: the end is still the total
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from pathlib import Path
+        from graven.drift.scan import Hasher, ReleaseIndex, plan_split, scan_release
+        from graven.model.manifest import FileEntry, TreeManifest
+        root = Path({str(root)!r})
+        index = ReleaseIndex.of(TreeManifest.of([FileEntry(p, s, n) for p, s, n in json.load(sys.stdin)]))
+        out = {{}}
+        for parallel in (True, "hint", False):
+            calls = []
+            scan_release(
+                root,
+                (lambda: index) if parallel == "hint" else index,
+                full=True,
+                hasher=Hasher(2),
+                parallel=bool(parallel),
+                split_hint=plan_split(index) if parallel == "hint" else None,
+                progress=lambda done, total: calls.append([done, total]),
+            )
+            out[str(parallel)] = calls
+        from graven.drift.walk import ForkedWalk
+        child = ForkedWalk(str(root), [""], frozenset())
+        child.result()
+        print(json.dumps(out), child.hashed())
+        """
+    )
+    files = [[e.path, e.sha256, e.size] for e in index.files]
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(files), capture_output=True, text=True, check=True
+    )
+    reports, child_count = done.stdout.rsplit(" ", 1)
+    assert int(child_count) == total - 1  # what a forked walker tells its parent: the files it hashed
+    for mode, calls in json.loads(reports).items():
+        assert calls[0] == [0, total], mode
+        assert calls[-1] == [total, total], mode
+        assert {t for _, t in calls} == {total}, mode
+        counts = [d for d, _ in calls]
+        assert counts == sorted(counts), (mode, counts)
+        assert any(0 < d < total for d in counts), (mode, counts)  # reported while it hashed
