@@ -1189,15 +1189,26 @@ def _check_entries(
     group: int,
     every_owner: bool = False,
     every_group: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> set[str]:
     """Check every manifest entry against the scan (taking what matched out of it); the directories the
     release must have (``""``, its root, included). ``owner`` and ``group``: the deployer's uid and the
     release's gid, held against every file that is read again (``every_owner``, ``every_group``:
-    against those that still have their record too)."""
+    against those that still have their record too). ``progress``: ``(done, total)`` files, at the
+    start, every ``_CHECK_EVERY`` files and at the end."""
     expected_dirs: set[str] = {""}
+    total = sum(1 for _ in manifest.files()) if progress is not None else 0
+    if not total:
+        progress = None  # nothing to count
+    done = 0
+    if progress is not None:
+        progress(0, total)
     for entry in manifest.entries:
         expected_dirs.update(_parents(entry.path))
         if isinstance(entry, FileEntry):
+            done += 1
+            if progress is not None and not done % _CHECK_EVERY:
+                progress(done, total)
             st = found.files.pop(entry.path, None)
             if st is None:
                 check.problems.append(f"{entry.path}: missing or not a regular file")
@@ -1233,7 +1244,12 @@ def _check_entries(
                 check.problems.append(f"{entry.path}: symlink {what}, expected {entry.target}")
         elif isinstance(entry, DirEntry):
             expected_dirs.add(entry.path)
+    if progress is not None and done % _CHECK_EVERY:
+        progress(done, total)
     return expected_dirs
+
+
+_CHECK_EVERY = 256  # files between two reports of a release's check (a re-hash is most of their cost)
 
 
 def _leftover_problems(found: _Scan, expected_dirs: set[str]) -> list[str]:
@@ -1260,6 +1276,7 @@ def check_release(
     store_inode: StoreInode | None = None,
     owner: int | None = None,
     group: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReleaseCheck:
     """Compare a release directory with its manifest. When the root, every directory and every file
     still have the stat graven recorded, that is enough. Otherwise every entry is read: paths, kinds,
@@ -1271,10 +1288,18 @@ def check_release(
     records it (None: not recorded, the root's owner is the reference); a root that is another user's
     is a problem (its owner could replace what is in it). ``group``: likewise the gid the release was
     deployed with (None: the root's group); a path with another group is a problem (that group may have
-    access to it)."""
+    access to it). ``progress``: ``(done, total)`` files of the manifest, when the check by stat was not
+    enough and every entry is read (re-hashing can then take long); nothing for a check by stat."""
     with no_gc():
         return _check_release(
-            root, manifest, table, rehash=rehash, store_inode=store_inode, owner=owner, group=group
+            root,
+            manifest,
+            table,
+            rehash=rehash,
+            store_inode=store_inode,
+            owner=owner,
+            group=group,
+            progress=progress,
         )
 
 
@@ -1287,6 +1312,7 @@ def _check_release(
     store_inode: StoreInode | None,
     owner: int | None,
     group: int | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReleaseCheck:
     if _check_by_stat(root, manifest, table, owner, group):
         return ReleaseCheck(by_stat=True)
@@ -1328,6 +1354,7 @@ def _check_release(
         group=group,
         every_owner=not recorded,
         every_group=not grouped,
+        progress=progress,
     )
     check.problems.extend(_leftover_problems(found, expected_dirs))
     if not check.problems:  # every entry checked: the directories are right as they are now

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from graven.deploy.layout import EnvLayout
@@ -44,6 +45,15 @@ def step(ctx: Context, name: str) -> None:
     ctx.reporter.progress(f"deploy:{name}", 0, None)
 
 
+CHECK_STAGE = "checking the release on disk"
+"""The progress of a release on disk checked entry by entry (its stat changed: files are re-hashed)."""
+RETENTION_STAGE = "removing old releases"
+
+
+def _check_progress(ctx: Context) -> Callable[[int, int], None]:
+    return lambda done, total: ctx.reporter.progress(CHECK_STAGE, done, total)
+
+
 def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: str | None) -> None:
     """Remove what killed deployers left (``.tmp-*``, ``.trash-*``). A killed deployer had hard-linked
     live files into its release, which changed their ctime before their records were saved: so that
@@ -74,6 +84,7 @@ def _refresh_live(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: s
             store_inode=ctx.store.loose_inode,
             owner=table.owner(live_hex),
             group=table.group(live_hex),
+            progress=_check_progress(ctx),
         )
         if check.rehashed:
             table.save(layout.stat_file, ctx.record_key)
@@ -95,6 +106,7 @@ def ensure_release(
             store_inode=ctx.store.loose_inode,
             owner=table.owner(hex_digest),
             group=table.group(hex_digest),
+            progress=_check_progress(ctx),
         )
         if check.ok:
             # deployed before owners (or groups) were recorded: its directory's checked out with every path
@@ -236,7 +248,8 @@ def retention(
     if live_hex:
         protected.add(live_hex)
     plan = plan_retention(infos, keep=keep, protected=protected)
-    for hex_digest in plan.delete:
+    count = len(plan.delete)
+    for removed, hex_digest in enumerate(plan.delete):
         aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             os.rename(layout.release(hex_digest), aside)
@@ -245,8 +258,11 @@ def retention(
         except OSError as exc:
             raise BackendError(f"cannot remove release {hex_digest[:12]}: {exc.strerror}") from None
         step(ctx, "retention")
+        ctx.reporter.progress(RETENTION_STAGE, removed, count)  # a release of many files: a moment each
         remove_tree(aside, table, parent_nofollow=True)
         table.forget_owner(hex_digest)
+    if count:
+        ctx.reporter.progress(RETENTION_STAGE, count, count)
     if plan.delete:
         table.save(layout.stat_file, ctx.record_key)
     return tuple(f"sha256:{h}" for h in plan.delete)
