@@ -595,7 +595,12 @@ def test_an_actor_that_is_not_utf8_is_recorded_not_a_traceback(
 )
 def test_an_option_before_the_command_word_is_refused(repo: Path, run_cli: Run, args: list[str]) -> None:
     code, out, err = run_cli(*args)
-    assert (code, out) == (2, ""), (code, out, err)
+    assert code == 2, (code, out, err)
+    # nothing ran: stdout holds only the error object, and only for a line that asked for JSON
+    if "--json" in args:
+        assert json.loads(out)["error"]["message"] == err.removeprefix("graven: error: ").rstrip("\n")
+    else:
+        assert out == "", out
     assert err.count("\n") == 1 and "unrecognized arguments before the command" in err, err
     assert f"a command's options go after its name (graven {args[-1]} ... " in err
 
@@ -641,6 +646,29 @@ def test_with_json_a_failure_before_any_result_prints_an_error_object(
     digest = json.loads(out)["digest"]
     code, out, _ = run_cli("verify", digest, "--json")
     assert code == 0 and "error" not in json.loads(out)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "--json"],  # a missing argument
+        ["status", "--no-such-option", "--json"],  # an unknown option
+        ["history", "staging", "--json", "--limit", "many"],  # a value of the wrong type
+    ],
+    ids=["missing", "unknown", "bad-value"],
+)
+def test_with_json_a_refused_command_line_prints_the_error_object_too(run_cli: Run, args: list[str]) -> None:
+    """A command line that argparse refused before the command started printed nothing on stdout with
+    --json (there was no parsed --json yet): a script reading stdout got no JSON at all."""
+    code, out, err = run_cli(*args)
+    assert code == 2 and err.count("\n") == 1, err
+    assert json.loads(out) == {
+        "ok": False,
+        "error": {"exit_code": 2, "message": err.removeprefix("graven: error: ").rstrip("\n")},
+    }
+    without = [a for a in args if a != "--json"]
+    assert run_cli(*without)[1] == ""  # without --json, stdout stays empty
+    assert run_cli(*without, "--", "--json")[1] == ""  # after --, --json is an operand, not the option
 
 
 def test_json_error_object_for_log_timeline_watch_and_consistency(

@@ -214,7 +214,11 @@ def test_a_bad_limit_is_one_line_and_exit_2(
 ) -> None:
     for option in (["-n", value], [f"--limit={value}"]):
         code, out, err = run_cli(*command, *option)
-        assert code == 2 and out == "", (option, out, err)
+        assert code == 2, (option, out, err)
+        if "--json" in command:  # refused before the command ran: the error object, nothing else
+            assert json.loads(out)["error"]["exit_code"] == 2, out
+        else:
+            assert out == "", (option, out, err)
         _one_line(err)
         assert "-n/--limit" in err, err
 

@@ -551,10 +551,13 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         _say_error(str(exc))
         _json_error(namespace, guard, exc.exit_code, str(exc))
         return exc.exit_code
-    except UsageError as exc:  # from the parser (no namespace yet: no JSON) or from a command's check
+    except UsageError as exc:  # from the parser (no namespace yet) or from a command's check
         message = f"{exc.message} (see `{exc.prog} --help`)"
         _say_error(message)
-        _json_error(namespace, guard, 2, message)
+        if guard is None:  # the command did not start: --json as the line says it
+            _json_usage_error(args, message)
+        else:
+            _json_error(namespace, guard, 2, message)
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -610,6 +613,19 @@ def _json_error(
 
     guard.write(json.dumps({"ok": False, "error": {"exit_code": code, "message": message}}) + "\n")
     guard.flush()
+
+
+def _json_usage_error(args: list[str], message: str) -> None:
+    """The error object of :func:`_json_error` for a command line refused before its command started
+    (an unknown option, a missing argument, a bad value): there is no parsed ``--json`` then, so the
+    line's own words decide (``--json`` before any ``--``), and a script that asked for JSON gets it."""
+    words = args[: args.index("--")] if "--" in args else args
+    if "--json" not in words:
+        return
+    import json
+
+    sys.stdout.write(json.dumps({"ok": False, "error": {"exit_code": 2, "message": message}}) + "\n")
+    sys.stdout.flush()
 
 
 def _global_option(word: str) -> bool:
