@@ -285,6 +285,15 @@ def iter_archive(
 
     Files below 1 MiB come whole from ``read_many`` (every small file's digest, in manifest order:
     one call), or else from ``open_blob``; bigger files are streamed from ``open_blob``.
+
+    When a read fails (a corrupt or missing object) or the consumer is interrupted (Ctrl-C), what
+    was built so far is handed out before the error, ending inside a file's data: the failing file's
+    header without its data, or a header of :data:`FAILED_MARKER` when the bytes so far end where an
+    entry does. tar (GNU, bsdtar, Python's, Go's) takes an archive that ends where an entry ends as
+    complete, with or without its end blocks, so a stream cut there (``graven export -o - | tar x``)
+    would be extracted in part and with success. The last chunk of a streamed file goes out only once
+    the end of the object was read, where a verified store read checks its digest, so that a corrupt
+    file never goes out whole.
     """
     mtime = meta.source_date_epoch
     problem = epoch_problem(mtime)
@@ -295,47 +304,68 @@ def iter_archive(
         _pax_header([("comment", meta.to_comment())], mtime=mtime, kind=b"g", name=b"pax_global_header")
     )
     flushed = 0  # bytes handed out so far, for the final record padding
-    small = [entry.digest for entry in manifest.files() if entry.size < _SMALL]
-    contents = iter(read_many(small) if read_many is not None else _read_whole(open_blob, small))
-    emitted: set[str] = set()
-    for entry in manifest.entries:
-        path = entry.path
-        parent = path.rpartition("/")[0]
-        if parent and parent not in emitted:
-            out += headers.parents(parent, emitted)
-        if isinstance(entry, FileEntry):
-            size = entry.size
-            out += headers.file(path, size, entry.executable)
-            if size < _SMALL:
-                data = next(contents)
-                if len(data) != size:
-                    raise BackendError(f"{path}: object has {len(data)} bytes, manifest says {size}")
-                out += data
+    inside = False  # whether the bytes so far end inside a file's data (its header went out, not all of it)
+    try:
+        small = [entry.digest for entry in manifest.files() if entry.size < _SMALL]
+        contents = iter(read_many(small) if read_many is not None else _read_whole(open_blob, small))
+        emitted: set[str] = set()
+        for entry in manifest.entries:
+            path = entry.path
+            parent = path.rpartition("/")[0]
+            if parent and parent not in emitted:
+                out += headers.parents(parent, emitted)
+            if isinstance(entry, FileEntry):
+                size = entry.size
+                out += headers.file(path, size, entry.executable)
+                inside = size > 0
+                if size < _SMALL:
+                    data = next(contents)
+                    if len(data) != size:
+                        raise BackendError(f"{path}: object has {len(data)} bytes, manifest says {size}")
+                    out += data
+                else:
+                    flushed += len(out)
+                    yield out
+                    out = bytearray()
+                    copied = 0
+                    held = b""  # the chunk read last: it goes out once the object is known to go on
+                    with open_blob(entry.digest) as stream:
+                        while chunk := stream.read(_CHUNK):
+                            if held and copied <= size:  # never more than the header says
+                                yield held
+                            copied += len(chunk)
+                            held = chunk
+                    if copied != size:
+                        raise BackendError(f"{path}: object has {copied} bytes, manifest says {size}")
+                    yield held
+                    flushed += size
+                out += _PADDING[size % BLOCK]
+                inside = False
+            elif isinstance(entry, DirEntry):
+                emitted.add(path)
+                out += headers.directory(path)
             else:
+                out += entry_header(path, kind=b"2", mode=0o777, size=0, mtime=mtime, target=entry.target)
+            if len(out) >= _CHUNK:
                 flushed += len(out)
                 yield out
                 out = bytearray()
-                copied = 0
-                with open_blob(entry.digest) as stream:
-                    while chunk := stream.read(_CHUNK):
-                        copied += len(chunk)
-                        yield chunk
-                if copied != size:
-                    raise BackendError(f"{path}: object has {copied} bytes, manifest says {size}")
-                flushed += size
-            out += _PADDING[size % BLOCK]
-        elif isinstance(entry, DirEntry):
-            emitted.add(path)
-            out += headers.directory(path)
-        else:
-            out += entry_header(path, kind=b"2", mode=0o777, size=0, mtime=mtime, target=entry.target)
-        if len(out) >= _CHUNK:
-            flushed += len(out)
-            yield out
-            out = bytearray()
+    except GeneratorExit:  # the consumer stopped reading: nothing more goes out
+        raise
+    except BaseException:
+        if not inside:
+            out += entry_header(FAILED_MARKER, kind=b"0", mode=0o644, size=BLOCK, mtime=mtime)
+        if out:
+            yield out  # then the error: the archive stops inside a file's data
+        raise
     out += bytes(2 * BLOCK)
     out += bytes(-(flushed + len(out)) % RECORD)
     yield out
+
+
+FAILED_MARKER = "GRAVEN-EXPORT-FAILED"
+"""The name of the file an archive that failed ends with (its header, none of its data) when the
+failure came where an entry ends: a reader reports the archive as cut rather than complete."""
 
 
 class _ThreadedSink:
@@ -368,6 +398,23 @@ class _ThreadedSink:
             raise self._error
 
 
+class _Gate:
+    """A compressor's output: ``out`` until shut, nothing after (the end of a stream that failed)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.shut = False
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        if self.shut:
+            return len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        if not self.shut:
+            self._out.flush()
+
+
 def write_archive(
     manifest: TreeManifest,
     meta: ArchiveMeta,
@@ -379,34 +426,44 @@ def write_archive(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Write the whole archive to ``out`` with the given compression (tar, gz, zst); ``progress`` is
-    called with the number of uncompressed archive bytes handed out so far, about every MiB."""
+    called with the number of uncompressed archive bytes handed out so far, about every MiB.
+
+    When it fails, nothing written to ``out`` reads as a whole archive: the tar stops inside a file's
+    data (:func:`iter_archive`) and a gzip or zstd stream is never ended."""
     compressor: BinaryIO | None = None
+    gate = _Gate(out)  # what the compressor writes to
     if compression == "zst":
         import zstandard
 
         # Multi-threaded zstd: its output is the same whatever the number of workers (tested), so
         # every machine writes the same bytes, and the cores share the work.
         zstd = zstandard.ZstdCompressor(level=3, threads=-1)
-        compressor = cast(BinaryIO, zstd.stream_writer(out, closefd=False))
+        compressor = cast(BinaryIO, zstd.stream_writer(cast(BinaryIO, gate), closefd=False))
     elif compression == "gz":
         compressor = cast(
-            BinaryIO, gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6)
+            BinaryIO, gzip.GzipFile(filename="", mode="wb", fileobj=gate, mtime=0, compresslevel=6)
         )
     target = compressor if compressor is not None else out
     sink = _ThreadedSink(target.write)
     try:
-        # The pieces are about 1 MiB and never changed once handed out: they go to the sink as they
-        # are (how a stream is cut does not change what zstd or gzip make of it).
-        written = 0
-        for piece in iter_archive(manifest, meta, open_blob, read_many):
-            sink.write(piece)
-            if progress is not None:
-                written += len(piece)
-                progress(written)
-    finally:
-        sink.close()
-    if compressor is not None:
-        compressor.close()
+        try:
+            # The pieces are about 1 MiB and never changed once handed out: they go to the sink as
+            # they are (how a stream is cut does not change what zstd or gzip make of it).
+            written = 0
+            for piece in iter_archive(manifest, meta, open_blob, read_many):
+                sink.write(piece)
+                if progress is not None:
+                    written += len(piece)
+                    progress(written)
+        finally:
+            sink.close()
+        if compressor is not None:
+            compressor.close()
+    except BaseException:
+        # A compressor left open would end its stream when it is closed, by whoever frees it (gzip's
+        # is closed by the garbage collector): a reader would take the cut archive inside for whole.
+        gate.shut = True
+        raise
 
 
 def _missing_dir(path: Path) -> InputError | None:

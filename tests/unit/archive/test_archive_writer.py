@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import random
 import tarfile
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO, cast
 
 import pytest
+import zstandard
 
-from graven.archive.writer import ArchiveMeta, _checksum, _header, entry_header, write_archive
+from graven.archive.writer import ArchiveMeta, ReadMany, _checksum, _header, entry_header, write_archive
 from graven.errors import BackendError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
@@ -112,3 +116,86 @@ def test_header_checksum_is_the_sum_of_the_bytes(name: bytes, linkname: bytes, m
     spaced = header[:at] + b" " * 8 + header[at + 8 :]
     assert int(header[at : at + 6], 8) == sum(spaced)
     assert _checksum(header[:at], header[at + 8 :]) == sum(spaced)
+
+
+class _Corrupt(io.RawIOBase):
+    """A store's verified stream of an object whose bytes hash wrong: every byte, then an error at the
+    end (graven.store.local._VerifyingReader)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._data.readinto(buffer)
+        if not n:
+            raise BackendError("object: content hashes to something else")
+        return n
+
+
+# Files enough to hand out a piece of 1 MiB (at an entry's end) before the one that fails.
+_BEFORE = [_file(f"before/{i:03}", 60_000) for i in range(20)]
+
+
+def _failing(where: str) -> tuple[TreeManifest, Callable[[Digest], BinaryIO], ReadMany, bytes]:
+    """A manifest, its readers, and the bytes of the object they fail on (``where``): a small file
+    (its read fails), an empty one (so the archive so far ends where an entry does), or a file
+    streamed in pieces, a multiple of 512 bytes long, whose last read finds it corrupt."""
+    failing = {"small": _file("z/small", 300), "empty": _file("z/empty", 0), "big": _file("z/big", 2 << 20)}
+    bad = failing[where]
+    manifest = TreeManifest.of([*_BEFORE, bad, _file("z/zz-after", 10)])
+
+    def open_blob(digest: Digest) -> BinaryIO:
+        if digest.hex == bad.sha256:
+            return cast(BinaryIO, io.BufferedReader(_Corrupt(BLOBS[digest.hex]), buffer_size=1 << 20))
+        return io.BytesIO(BLOBS[digest.hex])
+
+    def read_many(digests: Sequence[Digest]) -> Iterator[bytes]:
+        for digest in digests:
+            if digest.hex == bad.sha256:
+                raise BackendError("object: content hashes to something else")
+            yield BLOBS[digest.hex]
+
+    return manifest, open_blob, read_many, BLOBS[bad.sha256]
+
+
+@pytest.mark.parametrize("where", ["small", "empty", "big"])
+def test_a_tar_stream_that_fails_is_never_a_whole_archive_to_its_reader(where: str) -> None:
+    """`graven export -o - | tar x` (or ssh host tar x): what went out before the failure must not read
+    as a complete archive. tar (GNU, Python's, Go's) takes an archive that ends where an entry ends as
+    complete, end blocks or not: the stream was cut there (at the last whole piece), so the reader
+    exited 0 with part of the tree. A corrupt streamed file also went out whole before its end
+    said so."""
+    manifest, open_blob, read_many, bad = _failing(where)
+    out = io.BytesIO()
+    with pytest.raises(BackendError, match="hashes to something else"):
+        write_archive(manifest, META, open_blob, out, "tar", read_many=read_many)
+    written = out.getvalue()
+    assert len(written) > 1 << 20  # the pieces before the failure went out
+    with tarfile.open(fileobj=io.BytesIO(written), mode="r:") as archive, pytest.raises(tarfile.ReadError):
+        archive.getmembers()
+    if where == "big":
+        assert bad[-1000:] not in written  # its last piece waited for the end of the object
+
+
+@pytest.mark.parametrize("compression", ["gz", "zst"])
+def test_a_compressed_stream_that_fails_is_never_ended(compression: str) -> None:
+    """Nor is the compressed stream completed around the cut tar: the gzip writer left open was closed
+    by the garbage collector, which wrote its end, and `tar xz` read the cut tar inside as whole."""
+    manifest, open_blob, read_many, _ = _failing("small")
+    out = io.BytesIO()
+    with pytest.raises(BackendError):
+        write_archive(manifest, META, open_blob, out, compression, read_many=read_many)
+    gc.collect()  # what the writer left behind is freed (as the CLI's process drops the error)
+    written = out.getvalue()
+    if compression == "gz":
+        reader = zlib.decompressobj(wbits=31)
+        reader.decompress(written)
+        assert not reader.eof
+    else:
+        unzstd = zstandard.ZstdDecompressor().decompressobj()
+        unzstd.decompress(written)
+        assert not unzstd.eof
