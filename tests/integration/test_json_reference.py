@@ -1,10 +1,13 @@
 """docs/json.md is the reference of every ``--json`` output: each of its sections is run here in a real
 home (built artifacts, deployed environments, drift, log entries) and must print exactly the keys the
-section lists, and every command whose parser has a ``--json`` flag must have a section."""
+section lists, each of the type it says and each in one output at least (a key of an empty array or an
+optional one no run prints would be checked against nothing), and every command whose parser has a
+``--json`` flag must have a section."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -21,6 +24,8 @@ from typing import Any
 import pytest
 
 from conftest import create_repo
+from graven.model.digest import Digest
+from graven.store.local import LocalStore
 from helpers_deploy import World
 from helpers_services import require_tool, sandbox_python
 
@@ -119,6 +124,8 @@ def _check_object(section: Section, value: Any, parent: str, where: str) -> None
         path = f"{parent}.{name}" if parent else name
         if name not in value:
             continue
+        check_type(section, path, documented[name], value[name], f"{where}.{name}")
+        SEEN.add((section.title, path))
         if _children(section.keys, path):
             if value[name] is None:
                 assert "or null" in documented[name], f"{section.title}: {path} is null"
@@ -130,6 +137,40 @@ def _check_object(section: Section, value: Any, parent: str, where: str) -> None
             assert isinstance(value[name], list), f"{section.title}: {path} is not an array"
             for i, item in enumerate(value[name]):
                 _check_object(section, item, path + "[]", f"{where}.{name}[{i}]")
+
+
+SEEN: set[tuple[str, str]] = set()  # (section, key path) of every documented key found in an output
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "string (digest)": lambda v: isinstance(v, str) and _DIGEST.fullmatch(v) is not None,
+    "string (hex)": lambda v: isinstance(v, str) and _HEX.fullmatch(v) is not None,
+    "string (time)": lambda v: isinstance(v, str) and _TIME.fullmatch(v) is not None,
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "object (map)": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "array of string": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+    "array of object": lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+}
+
+
+def check_type(section: Section, path: str, documented: str, value: Any, where: str) -> None:
+    """``value`` is of the documented type: ``string (digest)``, ``integer or null``, ``object or {}``..."""
+    kind = documented.removesuffix(", optional")
+    if kind.endswith(" or null"):
+        if value is None:
+            return
+        kind = kind.removesuffix(" or null")
+    elif kind.endswith(" or {}"):
+        kind = kind.removesuffix(" or {}")
+    assert kind in _TYPES, f"{section.title}: {path}: unknown type {documented!r} in {DOC.name}"
+    assert _TYPES[kind](value), f"{section.title}: {where} is {value!r}; {DOC.name} says {documented}"
 
 
 def check_output(section: Section, docs: list[Any]) -> None:
@@ -210,7 +251,8 @@ def artifacts_scenario(
     put("`graven init --json`", _doc(run_cli, "init", "-C", fresh, "--json"))
 
     repo = create_repo(
-        tmp_path / "repo", {"app/main.py": "print('hi')\n", "bin/run": "#!/bin/sh\n", "top.txt": "t\n"}
+        tmp_path / "repo",
+        {"app/main.py": "print('hi')\n", "bin/run": "#!/bin/sh\n", "top.txt": "t\n", "big.bin": _BIG},
     )
     build = _doc(run_cli, "build", "-C", repo, "--json")
     put("`graven build --json`", build)
@@ -264,7 +306,19 @@ def artifacts_scenario(
         "`graven log consistency OLD_CHECKPOINT --json` when it fails",
         _doc(run_cli, "log", "consistency", tmp_path / "ckpt.txt", "--json", code=1),
     )
+    # a corrupt object: the problems verify lists (a verify that passes lists none, so checks no key)
+    big = LocalStore.at(Path(os.environ["GRAVEN_HOME"]) / "objects").loose_path(
+        Digest(hashlib.sha256(_BIG).hexdigest())
+    )
+    big.chmod(0o644)
+    big.write_bytes(b"not the file")
+    failed = _doc(run_cli, "verify", digest, "--json", code=1)
+    assert failed["problems"]
+    put("`graven verify DIGEST --json`", failed)
     return out
+
+
+_BIG = bytes(range(256)) * 4097  # stored loose (1 MiB or more): a file the test can damage
 
 
 def tamper(world: World, env: str, data: bytes) -> None:
@@ -468,6 +522,22 @@ def _check_scenario(name: str, outputs: Outputs) -> None:
     assert expected <= printed, f"{name}: not printed: {sorted(expected - printed)}"
     for title in sorted(printed):
         check_output(SECTIONS[title], outputs[title])
+    unseen = sorted(
+        f"{title}: {path}"
+        for title in printed
+        for path in SECTIONS[title].keys
+        if (title, path) not in SEEN and (title, path) not in UNREACHED
+    )
+    # a key no output had (an optional one, those of an empty array or a null object) was checked
+    # against nothing: the page could name a key graven does not print, or the wrong keys below it
+    assert not unseen, f"{name}: keys of docs/json.md that no output of the scenario has: {unseen}"
+
+
+# Keys that no scenario prints, and why.
+UNREACHED = {
+    # a heal that failed while graven watch ran: test_drift_review.py has one
+    ("`graven watch --json` lines of type `heal`", "retry_in"),
+}
 
 
 def test_artifact_keys_and_log_commands_print_the_documented_keys(
