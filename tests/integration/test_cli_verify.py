@@ -453,3 +453,32 @@ def test_verify_for_an_environment_where_none_is_configured_says_how_to_make_one
         "graven: error: unknown environment 'prod': none is configured here; define it with an [env.prod] "
         "section in graven.toml (and build again) or [env.prod] keys in a trust policy file\n"
     )
+
+
+def test_verify_for_an_environment_of_a_corrupt_graven_toml_names_the_corruption(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """`verify --env staging` of an artifact whose graven.toml (the one that defines staging) was
+    damaged in the store said `unknown environment 'staging' ...; define it` (exit 2, bad input): the
+    name was looked for in what could not be read. It is checked as it is without --env: the damage
+    is named (exit 1)."""
+    import sqlite3
+
+    toml = '[artifact]\nname = "docs"\ninclude = ["docs/**"]\n\n[env.staging]\npath = "staging"\n'
+    digest = _build(run_cli, make_repo(tmp_path / "repo", FILES, toml))
+    assert run_cli("verify", digest, "--env", "staging")[0] == 0
+    with sqlite3.connect(graven_home / "graven.db") as db:  # a graven.toml no provenance names is lost
+        db.execute(
+            "UPDATE artifacts SET pipeline_digest = ? WHERE digest = ?", (f"sha256:{'0' * 64}", digest)
+        )
+    assert run_cli("verify", digest, "--env", "staging")[0] == 0  # its build's graven.toml defines it
+    code, _, err = run_cli("verify", digest, "--env", "prdo")  # verified whole: the name is still unknown
+    assert code == 2 and "unknown environment 'prdo' (known here: staging)" in err, err
+    code, out, _ = run_cli("show", digest, "--json")
+    pipeline = json.loads(out)["builds"][0]["pipeline_digest"]
+    _flip_packed(graven_home / "objects", pipeline)
+    code, out, err = run_cli("verify", digest, "--env", "staging")
+    assert code == 1 and out == "", err
+    assert _problems(err) == [f"corrupt: graven.toml (named by the provenance) (object {pipeline})"]
+    code, _, err = run_cli("verify", digest, "--env", "prdo")  # it may be a typo: the damage first
+    assert code == 1 and "corrupt: graven.toml" in err, err

@@ -325,8 +325,13 @@ def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None
     read-only home, a database that is down), a warning says so and the failure is still returned."""
     from graven.service.provenance import PIPELINE_NAME, check_provenance
 
+    unknown: NotFoundError | None = None
     if env is not None:  # a mistyped name would be checked with the default keys and pass
-        check_known_env(ctx, digest, policy, env)
+        unknown, unread = _unknown_env(ctx, digest, policy, env)
+        # a graven.toml of the artifact that cannot be read may be the one that defines env: the
+        # check below names the damage (exit 1), which "unknown environment" (exit 2) would hide
+        if unknown is not None and not unread:
+            raise unknown
     report = verify_artifact(ctx, digest)
     provenance = check_provenance(ctx, digest, policy=policy, env=env)
     store = ctx.store
@@ -342,6 +347,8 @@ def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None
         if found is not None:
             report.problems.append(Problem(f"{name} (named by the provenance)", str(object_digest), *found))
     ok = report.ok and provenance.ok
+    if unknown is not None and ok:  # what could not be read is none of what the provenance names
+        raise unknown
     reason = ""
     if not ok:
         reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
@@ -354,6 +361,12 @@ def known_environments(ctx: Context, digest: Digest, policy: TrustPolicy) -> lis
     of a policy file), those recorded here (deployed to, not retired) and those the graven.toml of
     ``digest`` defines (``[env.NAME]``: the one its record and its builds here name). Each may
     verify ``digest`` with its keys: the policy's own for that environment, else the default ones."""
+    return _known_environments(ctx, digest, policy)[0]
+
+
+def _known_environments(ctx: Context, digest: Digest, policy: TrustPolicy) -> tuple[list[str], bool]:
+    """:func:`known_environments`, and whether a graven.toml of ``digest`` could not be read (missing,
+    corrupt, not TOML): the environments it defines are then not among them."""
     import tomllib
 
     names = set(policy.environments)
@@ -368,40 +381,52 @@ def known_environments(ctx: Context, digest: Digest, policy: TrustPolicy) -> lis
             ).scalars()
             if found
         }
+    unread = False
     for pipeline in sorted(pipelines):
         try:  # only the names of its sections: trust still comes from the policy alone
             doc = tomllib.loads(ctx.store.read(Digest.parse(pipeline)).decode("utf-8"))
         except (GravenError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            continue  # missing or damaged: `graven verify` names what is wrong with the objects
+            unread = True  # missing or damaged: `graven verify` names what is wrong with the objects
+            continue
         envs = doc.get("env")
         if isinstance(envs, dict):
             names.update(name for name in envs if isinstance(name, str))
-    return sorted(names)
+    return sorted(names), unread
 
 
 def check_known_env(ctx: Context, digest: Digest, policy: TrustPolicy, env: str) -> None:
     """Refuse (:class:`NotFoundError`, exit 2) to verify ``digest`` for ``env`` when no environment of
     that name is known (:func:`known_environments`): the trust policy would check it with the default
     keys, and a mistyped name would pass where the environment's own keys refuse."""
+    unknown = _unknown_env(ctx, digest, policy, env)[0]
+    if unknown is not None:
+        raise unknown
+
+
+def _unknown_env(
+    ctx: Context, digest: Digest, policy: TrustPolicy, env: str
+) -> tuple[NotFoundError | None, bool]:
+    """The error of :func:`check_known_env` for ``env`` (None: it is known), and whether a graven.toml
+    of ``digest`` could not be read (an ``env`` it defines would be said unknown)."""
     from graven.deploy.settings import check_env_name
 
     check_env_name(env)
-    known = known_environments(ctx, digest, policy)
+    known, unread = _known_environments(ctx, digest, policy)
     if env in known:
-        return
+        return None, unread
     if not known:
-        raise NotFoundError(
+        return NotFoundError(
             f"unknown environment {env!r}: none is configured here; define it with an [env.{env}] section "
             f"in graven.toml (and build again) or [env.{env}] keys in a trust policy file"
-        )
+        ), unread
     import difflib
 
     close = difflib.get_close_matches(env, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise NotFoundError(
+    return NotFoundError(
         f"unknown environment {env!r} (known here: {', '.join(known)}); {hint}define an environment with "
         "an [env.NAME] section in graven.toml or [env.NAME] keys in a trust policy file"
-    )
+    ), unread
 
 
 def record_verify_failure(ctx: Context, digest: Digest, reason: str) -> None:
