@@ -40,7 +40,10 @@ def utc_now() -> str:
 
 
 class Reporter(Protocol):
-    """Where long-running work reports progress and warnings (the CLI draws them)."""
+    """Where long-running work reports progress and warnings (the CLI draws them). Its calls come from
+    the middle of work that must finish what it started (a heal between its writes and its records, a
+    deploy before its switch): a reporter must not raise. What it cannot show it drops; to stop the
+    work, interrupt it (Ctrl-C, SIGTERM), which graven's own steps handle."""
 
     def warn(self, message: str) -> None:
         """A warning that does not stop the work."""
