@@ -275,11 +275,29 @@ def _with_checksum(head: bytes, tail: bytes, tail_sum: int) -> bytes:
     return b"%s%06o\x00 %s" % (head, (adler32(head) & 0xFFFF) + tail_sum, tail)
 
 
+class _Position:
+    """Where the bytes an archive's generator handed out so far end, as what must follow them for a
+    reader to find the archive cut: ``cut`` is empty when they end inside a file's data (its header
+    went out, not all of its data); else, where an entry ends (a reader would take them for a whole
+    archive), the padding of that entry's data and a header of :data:`FAILED_MARKER` without its data.
+    Set before each piece is handed out, for the bytes up to that piece's end."""
+
+    __slots__ = ("cut", "marker")
+
+    def __init__(self, mtime: int) -> None:
+        self.marker = entry_header(FAILED_MARKER, kind=b"0", mode=0o644, size=BLOCK, mtime=mtime)
+        self.cut = b""
+
+    def at_entry_end(self, padding: bytes = b"") -> None:
+        self.cut = padding + self.marker
+
+
 def iter_archive(
     manifest: TreeManifest,
     meta: ArchiveMeta,
     open_blob: Callable[[Digest], BinaryIO],
     read_many: ReadMany | None = None,
+    position: _Position | None = None,
 ) -> Iterator[bytes | bytearray]:
     """The archive's bytes, uncompressed, in pieces of about 1 MiB (a big file: its chunks).
 
@@ -293,9 +311,11 @@ def iter_archive(
     complete, with or without its end blocks, so a stream cut there (``graven export -o - | tar x``)
     would be extracted in part and with success. The last chunk of a streamed file goes out only once
     the end of the object was read, where a verified store read checks its digest, so that a corrupt
-    file never goes out whole.
+    file never goes out whole. ``position`` tells, for each piece handed out, where the bytes so far
+    end (for a consumer interrupted between pieces: :func:`write_archive`).
     """
     mtime = meta.source_date_epoch
+    at = position if position is not None else _Position(mtime)
     problem = epoch_problem(mtime)
     if problem is not None:
         raise InputError(f"source_date_epoch {mtime!r} cannot go in an archive: {problem}")
@@ -325,6 +345,7 @@ def iter_archive(
                     out += data
                 else:
                     flushed += len(out)
+                    at.cut = b""  # the header of a file of 1 MiB or more, without its data
                     yield out
                     out = bytearray()
                     copied = 0
@@ -332,11 +353,12 @@ def iter_archive(
                     with open_blob(entry.digest) as stream:
                         while chunk := stream.read(_CHUNK):
                             if held and copied <= size:  # never more than the header says
-                                yield held
+                                yield held  # the file's last chunk is still held: inside
                             copied += len(chunk)
                             held = chunk
                     if copied != size:
                         raise BackendError(f"{path}: object has {copied} bytes, manifest says {size}")
+                    at.at_entry_end(_PADDING[size % BLOCK])  # its data whole, not its padding
                     yield held
                     flushed += size
                 out += _PADDING[size % BLOCK]
@@ -348,6 +370,7 @@ def iter_archive(
                 out += entry_header(path, kind=b"2", mode=0o777, size=0, mtime=mtime, target=entry.target)
             if len(out) >= _CHUNK:
                 flushed += len(out)
+                at.at_entry_end()
                 yield out
                 out = bytearray()
     except GeneratorExit:  # the consumer stopped reading: nothing more goes out
@@ -356,10 +379,12 @@ def iter_archive(
         if not inside:
             out += entry_header(FAILED_MARKER, kind=b"0", mode=0o644, size=BLOCK, mtime=mtime)
         if out:
+            at.cut = b""
             yield out  # then the error: the archive stops inside a file's data
         raise
     out += bytes(2 * BLOCK)
     out += bytes(-(flushed + len(out)) % RECORD)
+    at.cut = b""  # whole: nothing would make it cut
     yield out
 
 
@@ -445,16 +470,29 @@ def write_archive(
         )
     target = compressor if compressor is not None else out
     sink = _ThreadedSink(target.write)
+    position = _Position(meta.source_date_epoch)
+    cut = b""  # what cuts the bytes the sink took so far (none yet: nothing to cut)
     try:
         try:
             # The pieces are about 1 MiB and never changed once handed out: they go to the sink as
             # they are (how a stream is cut does not change what zstd or gzip make of it).
             written = 0
-            for piece in iter_archive(manifest, meta, open_blob, read_many):
+            for piece in iter_archive(manifest, meta, open_blob, read_many, position):
+                after = position.cut
                 sink.write(piece)
+                cut = after
                 if progress is not None:
                     written += len(piece)
                     progress(written)
+        except BaseException:
+            # Stopped between two pieces (Ctrl-C while the sink was full, a progress callback that
+            # raised): iter_archive's own end of a failed archive never ran. What the sink took may
+            # end where an entry ends, which a reader takes for a whole archive: a file's header
+            # without its data goes after it (as iter_archive does), and the stream is cut there.
+            if cut:
+                with contextlib.suppress(BaseException):
+                    sink.write(cut)
+            raise
         finally:
             sink.close()
         if compressor is not None:

@@ -6,6 +6,7 @@ import gc
 import hashlib
 import io
 import random
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -199,3 +200,44 @@ def test_a_compressed_stream_that_fails_is_never_ended(compression: str) -> None
         unzstd = zstandard.ZstdDecompressor().decompressobj()
         unzstd.decompress(written)
         assert not unzstd.eof
+
+
+# Pieces that end where an entry ends, inside a streamed file (its header, a chunk held back), and
+# after a streamed file's last chunk with its padding still to come (3 MiB + 100 bytes).
+_INTERRUPTED = TreeManifest.of(
+    [*_BEFORE, _file("m/big", (3 << 20) + 100), _file("m/small", 700), _file("n/big", 2 << 20)]
+)
+
+
+def _tar_with_progress(out: io.BytesIO, progress: Callable[[int], None]) -> None:
+    write_archive(_INTERRUPTED, META, _open_blob, out, "tar", read_many=_read_many, progress=progress)
+
+
+def test_the_interrupted_archive_has_the_pieces_the_cases_stop_at() -> None:
+    sizes: list[int] = []
+    _tar_with_progress(io.BytesIO(), sizes.append)
+    assert len(sizes) == 10  # the cases below stop after each piece but the last
+
+
+@pytest.mark.parametrize("stop", range(1, 10))
+def test_a_tar_stream_stopped_between_pieces_is_never_a_whole_archive(stop: int) -> None:
+    """Ctrl-C can land in the writer's own loop (while the sink is full, or in the progress line),
+    not only while the archive's generator reads: the generator's end of a failed archive never ran,
+    and what went out ended where an entry ends, which tar extracts in part and with success."""
+    calls = 0
+
+    def progress(_: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == stop:
+            raise KeyboardInterrupt
+
+    out = io.BytesIO()
+    with pytest.raises(KeyboardInterrupt):
+        _tar_with_progress(out, progress)
+    written = out.getvalue()
+    assert len(written) > 0
+    with tarfile.open(fileobj=io.BytesIO(written), mode="r:") as archive, pytest.raises(tarfile.ReadError):
+        archive.getmembers()
+    listed = subprocess.run(["tar", "-tf", "-"], input=written, capture_output=True, check=False)
+    assert listed.returncode != 0, listed.stdout.decode()[-300:]
