@@ -7,6 +7,8 @@
     keys/           private (0600) and public signing keys; records.hmac (0600), the key that
                     authenticates the stat records beside deployments (graven.deploy.recordkey)
     trust/          public keys the operator trusts
+    policy.toml     the operator's trust policy (optional; the format of ``--policy FILE``, which
+                    replaces it for one command): trusted and revoked keys, ``[env.NAME] keys``
     cache/signatures/  the memo of verified signatures (graven.signing.memo; safe to delete)
     cache/manifests/   parsed, validated manifests (graven.store.manifest_cache; safe to delete)
 """
@@ -246,6 +248,12 @@ class Home:
     def trust(self) -> Path:
         """Trusted public keys."""
         return self.root / "trust"
+
+    @property
+    def policy(self) -> Path:
+        """The operator's trust policy file (optional): every command reads it unless ``--policy``
+        names another."""
+        return self.root / "policy.toml"
 
     def has_database(self) -> bool:
         """True when a database exists (always assumed for an external GRAVEN_DB_URL)."""

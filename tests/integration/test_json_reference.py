@@ -285,6 +285,10 @@ def artifacts_scenario(
     keyid = out["`graven keys generate --json`"][0]["keyid"]
     put("`graven keys revoke KEYID --json`", _doc(run_cli, "keys", "revoke", keyid, "--json"))
     put("`graven keys list --json`", _doc(run_cli, "keys", "list", "--json"))
+    policy = Path(os.environ["GRAVEN_HOME"]) / "policy.toml"  # the home's policy: listed too
+    policy.write_text(f'keys = ["{tmp_path / "other.pub"}"]\n[env.prod]\nkeys = ["{keyid}"]\n')
+    put("`graven keys list --json`", _doc(run_cli, "keys", "list", "--json"))
+    policy.unlink()
 
     put("`graven log --json`", _doc(run_cli, "log", "--json"))
     put("`graven log verify --json`", _doc(run_cli, "log", "verify", "--json"))

@@ -44,12 +44,14 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
     verify = add_command(commands, "verify", verify_cmd)
     verify.add_argument("digest", help=_DIGEST_HELP)
-    verify.add_argument("--policy", type=Path, help="A trust policy file (TOML).")
+    verify.add_argument(
+        "--policy", type=Path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
+    )
     verify.add_argument(
         "--env",
         dest="env",
         help="Check against the keys trusted for this environment (one that the artifact's graven.toml "
-        "defines, deployed to here, or in the --policy file; another name is refused).",
+        "defines, deployed to here, or in the trust policy; another name is refused).",
     )
     verify.add_argument("--json", dest="as_json", action="store_true", help="Print the report as JSON.")
     verify.add_argument(

@@ -110,7 +110,9 @@ def _target_options(parser: ArgParser) -> None:
         type=_root_path,
         help="Base directory for relative [env] paths (default: $GRAVEN_DEPLOY_ROOT).",
     )
-    parser.add_argument("--policy", type=Path, help="An extra trust policy file (TOML).")
+    parser.add_argument(
+        "--policy", type=Path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
+    )
     parser.add_argument(
         "--wait",
         action="store_true",

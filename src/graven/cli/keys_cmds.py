@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_group
@@ -15,6 +17,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from graven.model.digest import Digest
     from graven.service.context import Context
+    from graven.signing.keys import VerifyingKey
 
 __all__ = ["register"]
 
@@ -58,7 +61,9 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         "attestation", type=Path, metavar="ATTESTATION", help="A DSSE envelope or a Sigstore bundle file."
     )
     verify.add_argument("--artifact", required=True, help="Digest the attestation must name.")
-    verify.add_argument("--policy", type=Path, help="A trust policy file (TOML).")
+    verify.add_argument(
+        "--policy", type=Path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
+    )
     verify.add_argument("--env", help="Check against the keys trusted for this environment.")
     verify.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
@@ -96,31 +101,55 @@ def list_cmd(args: argparse.Namespace) -> int:
     as_json: bool = args.as_json
     from graven.home import Home
     from graven.signing.keys import KeyStore
-    from graven.signing.trust import load_trust_dir
+    from graven.signing.trust import TrustPolicy, load_trust_dir
 
     home = Home.from_env()
     signing = KeyStore(home.keys).list()
     trusted = load_trust_dir(home.trust)  # a missing trust/ is empty; a file there is refused
-    revoked = _revoked(home.trust / "revoked")
+    policy = TrustPolicy.load(None, home.policy) if os.path.lexists(home.policy) else None
+    revoked = _revoked(home.trust / "revoked") | (policy.revoked if policy is not None else frozenset())
     if as_json:
+
+        def shown(keys: Iterable[VerifyingKey]) -> list[dict[str, object]]:
+            return [{"keyid": k.keyid, "type": k.key_type, "revoked": k.keyid in revoked} for k in keys]
+
         emit_json(
             {
                 "signing": [{"name": e.name, "keyid": e.keyid, "type": e.key_type} for e in signing],
-                "trusted": [
-                    {"keyid": k.keyid, "type": k.key_type, "revoked": k.keyid in revoked} for k in trusted
-                ],
+                "trusted": shown(trusted),
+                "policy": None
+                if policy is None
+                else {
+                    "path": str(home.policy),
+                    "keys": shown(policy.keys),
+                    "environments": [
+                        {"name": name, "keys": shown(keys)}
+                        for name, keys in sorted(policy.environments.items())
+                    ],
+                },
                 "revoked": sorted(revoked),
             }
         )
         return 0
+
+    def role(keyid: str, text: str) -> str:
+        return text + (" (revoked)" if keyid in revoked else "")
+
     rows = [["signing", e.name, e.key_type, e.keyid] for e in signing]
-    rows += [
-        ["trusted" + (" (revoked)" if k.keyid in revoked else ""), "-", k.key_type, k.keyid] for k in trusted
-    ]
+    rows += [[role(k.keyid, "trusted"), "-", k.key_type, k.keyid] for k in trusted]
+    if policy is not None:
+        rows += [[role(k.keyid, "trusted (policy.toml)"), "-", k.key_type, k.keyid] for k in policy.keys]
+        for name, keys in sorted(policy.environments.items()):
+            rows += [
+                [role(k.keyid, f"trusted for {name} (policy.toml)"), "-", k.key_type, k.keyid] for k in keys
+            ]
     if not rows:
         print("no keys; create one with `graven keys generate`")
         return 0
     print_table(["role", "name", "type", "keyid"], rows)
+    if policy is not None and any(not keys for keys in policy.environments.values()):
+        empty = sorted(name for name, keys in policy.environments.items() if not keys)
+        print(f"no key is trusted for {', '.join(empty)} ({home.policy}): nothing can be deployed there")
     return 0
 
 

@@ -22,7 +22,7 @@ class DeployOptions(Frozen):
     __slots__ = ("override", "policy_file", "reason", "root", "wait")
     _fields = ("root", "policy_file", "wait", "reason", "override")
     root: str | None  # absolute deploy root for relative [env] paths (GRAVEN_DEPLOY_ROOT, --root)
-    policy_file: Path | None  # an extra trust policy file (--policy)
+    policy_file: Path | None  # a trust policy file instead of GRAVEN_HOME/policy.toml (--policy)
     wait: bool  # queue behind another deployer instead of failing at once
     reason: str | None
     override: bool  # --override-policy: bypass `requires` (never hashes, signatures, rejection)

@@ -1,7 +1,8 @@
 """Signing provenance at build time and checking it at every stage after.
 
-Trust belongs to the operator: the keys in ``GRAVEN_HOME/trust`` (plus an optional ``--policy`` file and
-``GRAVEN_HOME/trust/revoked``), never a key carried by an artifact or an envelope.
+Trust belongs to the operator: the keys in ``GRAVEN_HOME/trust`` (plus ``GRAVEN_HOME/trust/revoked`` and
+an optional policy file, ``GRAVEN_HOME/policy.toml`` or ``--policy FILE``), never a key carried by an
+artifact or an envelope.
 
 The policy of :func:`load_policy` remembers the signatures it verified in ``GRAVEN_HOME/cache/signatures``
 (:mod:`graven.signing.memo`), so deploy, promote, rollback and drift do not check the same signature
@@ -227,13 +228,16 @@ def signature_memo(ctx: Context) -> FileSignatureMemo:
 
 
 def load_policy(ctx: Context, policy_file: Path | None = None, *, memo: bool = True) -> TrustPolicy:
-    """The operator's trust: ``GRAVEN_HOME/trust``, ``trust/revoked`` and an optional policy file.
+    """The operator's trust: ``GRAVEN_HOME/trust``, ``trust/revoked`` and a policy file:
+    ``policy_file`` (``--policy``) when given, else ``GRAVEN_HOME/policy.toml`` when it exists.
 
     With ``memo`` (the default) the policy checks signatures through the home's memo of verified
     signatures (:func:`signature_memo`): what it accepts and refuses is the same, only a signature
     verified before with the same key is not checked cryptographically again. :func:`check_provenance`
     and :func:`check_attestation_file` drop the memo whatever policy they are given.
     """
+    if policy_file is None and os.path.lexists(ctx.home.policy):
+        policy_file = ctx.home.policy  # the home's policy, for every command (--policy replaces it)
     # a missing trust/ is empty; anything else that is not a directory is refused (load_trust_dir)
     policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.exists() else None, policy_file)
     extra = read_revoked(ctx.home.trust / REVOKED_FILE)

@@ -3,7 +3,7 @@
 Trust never comes from the artifact. It comes from:
 
 * a directory of trusted public keys (``GRAVEN_HOME/trust/*.pub`` or ``*.pem``), and
-* optionally a policy TOML file (``--policy``)::
+* optionally a policy TOML file (``GRAVEN_HOME/policy.toml``, or ``--policy FILE`` instead of it)::
 
       keys = ["keys/ci.pub"]            # more trusted keys (paths relative to the policy file)
       revoked = ["<keyid>", ...]        # key ids that are never accepted, wherever they appear
@@ -231,26 +231,30 @@ class TrustPolicy(Frozen):
     """Trusted keys, revoked key ids and per-environment key sets (and, optionally, a memo of the
     signatures already verified on this machine: it never changes what is accepted)."""
 
-    __slots__ = ("environments", "keys", "memo", "revoked", "trust_dir")
-    _fields = ("keys", "revoked", "environments", "trust_dir")  # memo: neither compared nor shown
+    __slots__ = ("environments", "keys", "memo", "policy_file", "revoked", "trust_dir")
+    # memo: neither compared nor shown
+    _fields = ("keys", "revoked", "environments", "trust_dir", "policy_file")
     keys: tuple[VerifyingKey, ...]
     revoked: frozenset[str]
     environments: Mapping[str, tuple[VerifyingKey, ...]]
     trust_dir: Path | None
+    policy_file: Path | None
     memo: SignatureMemo | None
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one parameter per field (and the memo), as the dataclass it was
         self,
         keys: tuple[VerifyingKey, ...] = (),
         revoked: frozenset[str] = frozenset(),
         environments: Mapping[str, tuple[VerifyingKey, ...]] | None = None,
         trust_dir: Path | None = None,
+        policy_file: Path | None = None,
         memo: SignatureMemo | None = None,
     ) -> None:
         _set(self, "keys", keys)
         _set(self, "revoked", revoked)
         _set(self, "environments", {} if environments is None else environments)
         _set(self, "trust_dir", trust_dir)
+        _set(self, "policy_file", policy_file)
         _set(self, "memo", memo)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -259,11 +263,13 @@ class TrustPolicy(Frozen):
 
     def with_memo(self, memo: SignatureMemo | None) -> TrustPolicy:
         """The same policy, checking signatures through ``memo`` (None: always cryptographically)."""
-        return TrustPolicy(self.keys, self.revoked, self.environments, self.trust_dir, memo)
+        return TrustPolicy(self.keys, self.revoked, self.environments, self.trust_dir, self.policy_file, memo)
 
     def with_home(self, trust_dir: Path, revoked: frozenset[str] = frozenset()) -> TrustPolicy:
         """The same policy read from the home's ``trust_dir``, revoking ``revoked`` too."""
-        return TrustPolicy(self.keys, self.revoked | revoked, self.environments, trust_dir, self.memo)
+        return TrustPolicy(
+            self.keys, self.revoked | revoked, self.environments, trust_dir, self.policy_file, self.memo
+        )
 
     @classmethod
     def load(cls, trust_dir: Path | str | None, policy_file: Path | str | None = None) -> TrustPolicy:
@@ -302,7 +308,8 @@ class TrustPolicy(Frozen):
                 environments[name] = _dedupe(
                     _key_from_entry(entry, policy_path, known, what) for entry in entries
                 )
-        return cls(_dedupe(keys), frozenset(revoked), environments, directory)
+        policy = Path(policy_file) if policy_file is not None else None
+        return cls(_dedupe(keys), frozenset(revoked), environments, directory, policy)
 
     def keys_for(self, env: str | None = None) -> tuple[VerifyingKey, ...]:
         """The unrevoked keys trusted for ``env`` (its own set if it has one, else the default)."""
@@ -335,7 +342,11 @@ class TrustPolicy(Frozen):
             if by_revoked is not None:
                 raise PolicyError(f"signed by revoked key {by_revoked}")
             where = f" for environment {env}" if env is not None else ""
-            hint = f"; add a public key to {self.trust_dir}" if self.trust_dir is not None else ""
+            hint = ""
+            if env in self.environments and self.policy_file is not None:  # its own keys: none left
+                hint = f"; name a public key in [env.{env}] keys of {self.policy_file}"
+            elif self.trust_dir is not None:
+                hint = f"; add a public key to {self.trust_dir} (graven keys trust PEM_FILE)"
             raise PolicyError(f"no trusted keys{where}{hint}")
         verified = verify_envelope(
             envelope, trusted + revoked_known, revoked_keyids=self.revoked, memo=self.memo

@@ -84,7 +84,16 @@ CASES: list[tuple[type, dict[str, Any]]] = [
     ),
     (VerifiedProvenance, {"statement": STATEMENT, "key": PUBLIC, "payload": b"{}", "envelope": ENVELOPE}),
     (VerifyingKey, {"spki": PUBLIC.spki, "keyid": PUBLIC.keyid, "key_type": "ed25519"}),
-    (TrustPolicy, {"keys": (PUBLIC,), "revoked": frozenset({"x"}), "environments": {}, "trust_dir": None}),
+    (
+        TrustPolicy,
+        {
+            "keys": (PUBLIC,),
+            "revoked": frozenset({"x"}),
+            "environments": {},
+            "trust_dir": None,
+            "policy_file": None,
+        },
+    ),
     (
         ProvenanceCheck,
         {

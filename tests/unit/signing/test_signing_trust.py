@@ -172,7 +172,7 @@ def test_no_trusted_keys(tmp_path: Path) -> None:
         policy,
         signed_provenance(generate_key()).to_json(),
         PolicyError,
-        f"no trusted keys; add a public key to {tmp_path / 'trust'}",
+        f"no trusted keys; add a public key to {tmp_path / 'trust'} (graven keys trust PEM_FILE)",
     )
 
 
@@ -238,7 +238,7 @@ def test_revoked_key_in_an_environment_set(tmp_path: Path) -> None:
         policy,
         signed_provenance(generate_key()).to_json(),
         PolicyError,
-        "no trusted keys for environment prod; add a public key to " + str(tmp_path / "trust"),
+        f"no trusted keys for environment prod; name a public key in [env.prod] keys of {policy_file}",
         env="prod",
     )
 

@@ -1,0 +1,121 @@
+"""The home's trust policy, ``GRAVEN_HOME/policy.toml``: read by every command that checks provenance
+(deploy, promote, rollback, verify, drift), so that an operator who trusts a key for one environment
+says it once. Before it, such a policy was a ``--policy`` file given to deploy and verify only: drift
+then checked the provenance with the default keys and applied no ignore globs, and ``verify --env``
+without the file said that no key was trusted for the environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from graven.errors import PolicyError
+from graven.signing.keys import KeyStore
+from helpers_deploy import World
+from helpers_repo import run_cli
+
+
+def _release_key(tmp_path: Path) -> tuple[Path, Path]:
+    """A signing key this home does not trust (its trust/ has only the home's own key): the private
+    key file and the public key's PEM file."""
+    store = KeyStore(tmp_path / "release-keys")
+    store.generate("release", "ed25519")
+    public = tmp_path / "release.pub"
+    public.write_bytes(store.export_public("release"))
+    return tmp_path / "release-keys" / "release.key", public
+
+
+def _policy(world: World, text: str) -> Path:
+    path = world.home / "policy.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_the_home_policy_decides_what_an_environment_trusts(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digest = world.build()  # signed by the home's own key, trusted in trust/
+    _, public = _release_key(tmp_path)
+    _policy(world, f'[env.prod]\nkeys = ["{public}"]\n')
+    assert world.deploy(digest, "staging").ok  # staging: the default keys
+    with pytest.raises(PolicyError, match="cannot be deployed to prod"):
+        world.deploy(digest, "prod")
+    code, _, err = run_cli(capsys, "verify", digest, "--env", "prod")
+    assert code == 1 and err.count("\n") == 1
+    code, _, _ = run_cli(capsys, "verify", digest, "--env", "staging")
+    assert code == 0
+    # --policy FILE is used instead of the home's policy, for that command only
+    instead = tmp_path / "instead.toml"
+    instead.write_text("")
+    instead.chmod(0o600)
+    assert world.deploy(digest, "prod", policy_file=instead).ok
+    code, _, _ = run_cli(capsys, "verify", digest, "--env", "prod", "--policy", str(instead))
+    assert code == 0
+
+
+def test_a_key_only_the_home_policy_trusts_needs_no_flag_anywhere(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = _release_key(tmp_path)
+    monkeypatch.setenv("GRAVEN_SIGNING_KEY", str(private))
+    digest = world.build()  # signed by a key that is not in trust/
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 1 and "trusted" in err  # no policy yet: refused
+    _policy(world, f'keys = ["{public}"]\n[env.prod]\nkeys = ["{public}"]\n')
+    assert world.deploy(digest, "staging").ok
+    assert world.deploy(digest, "prod").ok
+    code, out, err = run_cli(capsys, "verify", digest, "--env", "prod", "--json")
+    assert code == 0, err
+    assert json.loads(out)["provenance"]["ok"] is True
+    code, out, err = run_cli(capsys, "drift", "--full")
+    assert code == 0, out + err
+    assert "does not verify" not in out + err  # the ignore globs come from the verified graven.toml
+    code, _, _ = run_cli(capsys, "rollback", "prod", "--to", digest)  # the live digest: nothing before it
+    assert code == 2
+    (world.home / "policy.toml").unlink()
+    code, out, err = run_cli(capsys, "drift", "--full")
+    assert "does not verify" in out + err  # what the policy changed
+
+
+def test_a_home_policy_another_user_could_change_is_refused(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digest = world.build()
+    policy = _policy(world, "")
+    policy.chmod(0o666)
+    code, _, err = run_cli(capsys, "deploy", digest, "staging", "--root", str(world.root))
+    assert code == 2 and err.count("\n") == 1
+    assert f"chmod go-w {policy}" in err
+    assert world.live("staging") is None
+
+
+def test_an_invalid_home_policy_is_named(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    digest = world.build()
+    policy = _policy(world, "[env.prod]\nkeys = []\nrevoked = []\n")
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 2
+    assert err == f"graven: error: {policy}: [env.prod]: unknown setting 'revoked' (expected: keys)\n"
+
+
+def test_keys_list_shows_the_home_policy(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, public = _release_key(tmp_path)
+    code, out, _ = run_cli(capsys, "keys", "list", "--json")
+    assert code == 0 and json.loads(out)["policy"] is None
+    policy = _policy(
+        world, f'revoked = ["{"a" * 64}"]\n[env.prod]\nkeys = ["{public}"]\n[env.qa]\nkeys = []\n'
+    )
+    code, out, _ = run_cli(capsys, "keys", "list")
+    assert code == 0
+    assert "trusted for prod (policy.toml)" in out
+    assert f"no key is trusted for qa ({policy}): nothing can be deployed there" in out
+    code, out, _ = run_cli(capsys, "keys", "list", "--json")
+    listed = json.loads(out)
+    assert listed["policy"]["path"] == str(policy)
+    assert [e["name"] for e in listed["policy"]["environments"]] == ["prod", "qa"]
+    assert listed["policy"]["environments"][1]["keys"] == []
+    assert "a" * 64 in listed["revoked"]
