@@ -12,6 +12,7 @@ Target: each adds <= 20 ms. The whole verify (re-hashing every object) is timed 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -54,7 +55,10 @@ def prepare(repo: Path, scratch: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repo", type=Path, default=Path("/work/bench-data/django"))
+    workloads = os.environ.get("GRAVEN_BENCH_WORKLOADS") or os.path.join(
+        os.environ.get("TMPDIR") or "/tmp", "graven-bench"
+    )
+    parser.add_argument("--repo", type=Path, default=Path(workloads) / "django")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

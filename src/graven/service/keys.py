@@ -1,8 +1,11 @@
 """Signing keys and the keys a home trusts: ``graven keys generate / trust / revoke`` as a library.
 
-Every change of trust is in the audit log, and is logged *before* it takes effect: a trust that takes
-effect is never missing from the log, and a log that refuses the entry leaves no key behind (a failure
-between the two leaves an entry and no effect; running the command again completes it).
+Every change of trust is in the audit log. A key trusted is logged *before* it takes effect: a trust
+that takes effect is never missing from the log, and a log that refuses the entry leaves no key behind
+(a failure between the two leaves an entry and no effect; running the command again completes it). A
+key revoked is the other way round: the revocation is on disk first, then logged, so that a crash or a
+log that refuses the entry never leaves a revoked key accepted, nor stops an operator revoking a
+stolen key (the entry is then missing; revoking again writes it).
 """
 
 from __future__ import annotations

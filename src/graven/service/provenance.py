@@ -69,7 +69,8 @@ SIGNATURE_MEMO_DIR = ("cache", "signatures")
 
 
 def resolve_signing_key(ctx: Context) -> SigningKey:
-    """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's only key. A
+    """The key that signs builds: ``GRAVEN_SIGNING_KEY`` (path or name), else the home's key named
+    ``default``, else the home's only key (several others: an :class:`InputError`). A
     key of the home without its public key file, that the home does not trust, is said: the sign of a
     `keys generate` that did not finish (killed between the private key and the trust)."""
     key, name = _choose_signing_key(ctx)
