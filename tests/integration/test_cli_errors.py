@@ -168,6 +168,26 @@ def test_init_writes_a_starter_that_builds(graven_home: Path, tmp_path: Path, ru
     assert not (other / "graven.toml").exists()
 
 
+def test_init_says_to_create_a_key_when_the_home_has_none(
+    tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first build of a new user signs its provenance: without a key it is refused, so the step
+    that init names next must not be that build."""
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "new-home"))
+    monkeypatch.delenv("GRAVEN_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        git(tmp_path / name, "init", "-q")
+    code, out, _ = run_cli("init", "-C", tmp_path / "first")
+    assert code == 0
+    assert "create a signing key with `graven keys generate` (this home has none), then run" in out
+    assert run_cli("keys", "generate")[0] == 0
+    code, out, _ = run_cli("init", "-C", tmp_path / "second")
+    assert code == 0
+    assert out.endswith("; commit it, then run `graven build`\n")
+
+
 def test_init_outside_a_repository(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
     _assert_input_error(run_cli("init", "-C", tmp_path), "git")
     assert not (tmp_path / "graven.toml").exists()
@@ -191,6 +211,10 @@ def test_malformed_digest(repo: Path, run_cli: Run, tmp_path: Path) -> None:
         extra = ["-o", str(tmp_path / "x.tar")] if command == "export" else []
         for text in MALFORMED:
             _assert_input_error(run_cli(command, text, *extra), "digest")
+    # a revision where a digest goes (graven deploy HEAD prod): where digests come from
+    _assert_input_error(
+        run_cli("show", "HEAD"), "`graven artifacts` lists the digests, `graven build REVISION`"
+    )
 
 
 def test_unknown_digest(repo: Path, run_cli: Run, tmp_path: Path) -> None:

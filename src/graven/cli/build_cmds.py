@@ -10,7 +10,7 @@ from pathlib import Path
 from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, human_size
-from graven.errors import BuildError, InputError
+from graven.errors import BuildError, GravenError, InputError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -85,8 +85,26 @@ def init_cmd(args: argparse.Namespace) -> int:
     if args.as_json:
         emit_json({"path": str(target), "name": name})
     else:
-        print(f"wrote {target}; commit it, then run `graven build`")
+        print(f"wrote {target}; commit it, {_key_step()}then run `graven build`")
     return 0
+
+
+def _key_step() -> str:
+    """The step before a first build when this home has no key to sign it with (else nothing)."""
+    import os
+
+    from graven.home import Home
+    from graven.signing.keys import KeyStore
+
+    if os.environ.get("GRAVEN_SIGNING_KEY"):
+        return ""
+    try:
+        home = Home.from_env()
+        if KeyStore(home.keys).list():
+            return ""
+    except (GravenError, OSError):  # an unusable home: the build will say what is wrong with it
+        return ""
+    return "create a signing key with `graven keys generate` (this home has none), "
 
 
 def _starter_name(directory: str) -> str:

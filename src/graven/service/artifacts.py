@@ -115,7 +115,8 @@ def resolve_digest(ctx: Context, text: str) -> Digest:
     value = value.removeprefix("sha256:")
     if not _PREFIX.fullmatch(value):
         raise NotFoundError(
-            f"{text!r} is not a digest or digest prefix (4 to 64 hex digits, sha256: optional)"
+            f"{text!r} is not a digest or digest prefix (4 to 64 hex digits, sha256: optional); "
+            "`graven artifacts` lists the digests, `graven build REVISION` prints a revision's"
         )
     if not ctx.home.has_database():
         raise NotFoundError(f"no artifact matches {text!r} (this graven home has no artifacts yet)")
