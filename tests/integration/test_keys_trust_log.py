@@ -151,6 +151,33 @@ def test_a_new_home_under_missing_parents_is_made_safe_whatever_the_umask(
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 
+def test_a_home_a_build_makes_first_is_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build signing with GRAVEN_SIGNING_KEY is the first command in a new home: the record key it
+    made first came with a home of mode 0755 (its database and store readable by every user)."""
+    import os
+    import stat
+
+    from helpers_repo import make_repo
+
+    key_home = tmp_path / "key-home"
+    monkeypatch.setenv("GRAVEN_HOME", str(key_home))
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    home = tmp_path / "new" / "home"
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    monkeypatch.setenv("GRAVEN_SIGNING_KEY", str(key_home / "keys" / "default.key"))
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli(capsys, "build", "-C", str(repo))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "keys").stat().st_mode) == 0o700
+
+
 def test_the_trust_check_walks_dot_dot_as_the_kernel_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,6 +20,7 @@ import stat
 from pathlib import Path
 
 from graven.errors import BackendError, InputError
+from graven.home import make_home_dir
 
 __all__ = [
     "KEY_FILE",
@@ -108,7 +109,7 @@ def load_or_create(keys_dir: Path) -> bytes:
     if key is not None:
         return key
     try:
-        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_home_dir(keys_dir)  # and the home itself 0700 (pathlib made a missing home 0755)
         temp = keys_dir / f".{KEY_FILE}.tmp-{os.urandom(8).hex()}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
