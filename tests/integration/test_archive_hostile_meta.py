@@ -4,6 +4,8 @@ them, and names the user's own path when it cannot write it."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import os
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from conftest import COMMIT_EPOCH, commit_all
 
@@ -330,6 +333,63 @@ def test_trailing_data_after_the_end_blocks_is_ignored(
     archive = _write(tmp_path / "tail.tar", _tar(None) + b"trailing garbage")
     code, _, err = run_cli("import", archive)
     assert code == 0, err
+
+
+def _gzip_stored(data: bytes) -> bytes:
+    """``data`` as gzip in stored (uncompressed) deflate blocks: its bytes are there to flip."""
+    import zlib
+
+    packer = zlib.compressobj(0, zlib.DEFLATED, 31)
+    return packer.compress(data) + packer.flush()
+
+
+def _flipped(packed: bytes) -> bytes:
+    """``packed`` with a byte of a.txt's content changed where it lies in it (uncompressed)."""
+    at = packed.index(b"alpha\n")
+    return packed[:at] + b"A" + packed[at + 1 :]
+
+
+def _zstd_checked(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(data)
+
+
+def _padded() -> bytes:
+    """The archive and 2 MiB more after its end blocks: more than a reader decompresses ahead."""
+    return _tar(None) + hashlib.shake_256(b"tail").digest(2 << 20)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "needle"),
+    [
+        # gzip checks its CRC and length in the trailer, after the tar's end: never read, so a corrupt
+        # member (no digest claim to catch it) was imported, and so was a stream cut before the trailer
+        ("crc.tar.gz", lambda: _flipped(_gzip_stored(_tar(None))), "CRC check failed"),
+        ("cut.tar.gz", lambda: gzip.compress(_tar(None))[:-8], "truncated or corrupt"),
+        ("junk.tar.gz", lambda: gzip.compress(_tar(None)) + b"junk", "truncated or corrupt"),
+        ("sum.tar.zst", lambda: _flipped(_zstd_checked(_padded())), "checksum"),
+        ("long.tar.gz", lambda: gzip.compress(_tar(None) + bytes(17 << 20)), "more than 16 MiB after"),
+    ],
+    ids=["gz-crc", "gz-cut-trailer", "gz-trailing-garbage", "zst-checksum", "gz-long-tail"],
+)
+def test_a_compressed_stream_is_read_to_its_end(
+    *, graven_home: Path, tmp_path: Path, run_cli: Run, name: str, make: Callable[[], bytes], needle: str
+) -> None:
+    """As under GNU tar (its gzip or zstd fails): a stream whose check fails, or that is cut or followed
+    by garbage after the tar's end, is refused; what is read past the end is bounded."""
+    archive = _write(tmp_path / name, make())
+    _one_line_error(run_cli("import", archive), needle, str(archive))
+    _nothing_recorded(run_cli)
+
+
+def test_a_compressed_stream_read_to_its_end_imports(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
+    data = _tar(None)
+    plain = _imported(run_cli, _write(tmp_path / "a.tar", data))
+    for name, packed in (
+        ("b.tar.gz", _gzip_stored(_padded())),
+        ("c.tar.zst", _zstd_checked(_padded())),
+        ("d.tar.gz", gzip.compress(data[:2048]) + gzip.compress(data[2048:])),  # two gzip members
+    ):
+        assert _imported(run_cli, _write(tmp_path / name, packed))["digest"] == plain["digest"]
 
 
 # -- export -----------------------------------------------------------------------------------------

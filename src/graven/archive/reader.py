@@ -4,7 +4,8 @@ Everything in the archive is hostile until proven otherwise: absolute paths, ``.
 that escape, hard links, device files and duplicate entries are refused with the entry's name. Files
 stream into the store; the result is a manifest whose digest is recomputed here, never taken from the
 archive. The member list must end with the end-of-archive zero block(s): a stream that stops at a
-member boundary (truncated) or at a corrupt header is refused, where :mod:`tarfile` would just stop.
+member boundary (truncated) or at a corrupt header is refused, where :mod:`tarfile` would just stop;
+a compressed stream is read to its end, where its check (gzip's CRC, zstd's checksum) is.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # A zstd skippable frame (pzstd starts with one): 0x184D2A50..0x184D2A5F, little endian.
 _ZSTD_SKIPPABLE = frozenset(bytes([n, 0x2A, 0x4D, 0x18]) for n in range(0x50, 0x60))
 _MAX_PAX_CHAIN = 4  # extended headers in a row (graven writes at most a global one, then one per member)
+_MAX_TAIL = 16 << 20  # bytes a compressed stream may hold after the tar's end (tar pads to a record)
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,20 @@ def _check_end(tar: tarfile.TarFile, last: _LastBlock, path: Path) -> None:
     raise InputError(f"{path}: archive is truncated (no end-of-archive blocks after byte {at})")
 
 
+def _read_to_end(stream: IO[bytes], path: Path) -> None:
+    """Read a decompressed stream to its end, past the tar's end-of-archive blocks: gzip checks its
+    CRC and length there and zstd its checksum, and garbage after the stream or a gzip stream cut
+    there fails, as under GNU tar. Refused past :data:`_MAX_TAIL` bytes, which no tar pads with."""
+    tail = 0
+    while chunk := stream.read(1 << 16):
+        tail += len(chunk)
+        if tail > _MAX_TAIL:
+            raise InputError(
+                f"{path}: more than {_MAX_TAIL >> 20} MiB after the end of the archive in its compressed "
+                "stream; not an archive tar or graven export writes"
+            )
+
+
 def read_archive(
     path: Path, batch: PackBatch, progress: Callable[[int, int], None] | None = None
 ) -> ImportedTree:
@@ -259,6 +275,8 @@ def read_archive(
                 if tick is not None:
                     tick(True)
                 _check_end(tar, last, path)
+                if compressed:
+                    _read_to_end(stream, path)
                 claims = _claims(tar)
         except tarfile.TarError as exc:
             if str(exc) == "empty file" and compressed:  # compressed bytes, and no tar came out of them
