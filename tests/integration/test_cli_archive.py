@@ -364,6 +364,9 @@ HOSTILE: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], str]] = {
     "duplicate-dot-slash": ([_file("a.txt", b"one"), _file("./a.txt", b"two")], "a.txt"),
     "below-symlink": ([_dir("d"), _file("d/f"), _link("l", "d"), _file("l/x")], "l/x"),
     "below-file": ([_file("f"), _file("f/x")], "f/x"),
+    # tar takes a name ending in / for a directory's (GNU tar makes one, then reads the data as headers)
+    "file-named-as-directory": ([_file("ok"), _file("d/", b"data")], "d/: only a directory's name"),
+    "symlink-named-as-directory": ([_file("ok"), _link("s/", "ok")], "s/: only a directory's name"),
     "control-character": ([_file("bad\x01name.txt")], "bad"),
     # a .git/config in a release makes any git run there execute what it names (core.fsmonitor)
     "dotgit-config": (
@@ -633,6 +636,10 @@ HOSTILE_HEADERS: dict[str, tuple[Callable[[Path], Path], str]] = {
         "malformed extended header",
     ),
     "pax-digits-only": (lambda p: _raw_archive(p, _pax_header(b"1" * 600_000)), "malformed extended header"),
+    "pax-path-names-a-directory": (  # tarfile drops the "/" of a pax path: a file f.txt
+        lambda p: _raw_archive(p, _pax_header(b"11 path=d/\n")),
+        "d/: only a directory's name may end in '/'",
+    ),
     "pax-binary-names": (
         lambda p: _raw_archive(p, _pax_header(b"21 hdrcharset=BINARY\n")),
         "hdrcharset=BINARY",

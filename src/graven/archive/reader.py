@@ -39,6 +39,9 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # A zstd skippable frame (pzstd starts with one): 0x184D2A50..0x184D2A5F, little endian.
 _ZSTD_SKIPPABLE = frozenset(bytes([n, 0x2A, 0x4D, 0x18]) for n in range(0x50, 0x60))
 _MAX_PAX_CHAIN = 4  # extended headers in a row (graven writes at most a global one, then one per member)
+# tar reads a name that ends in "/" as a directory's: GNU tar makes a directory of a file "d/" (and reads
+# its data as headers), where tarfile reads a file "d"
+_NOT_A_DIRECTORY = "only a directory's name may end in '/'"
 _MAX_TAIL = 16 << 20  # bytes a compressed stream may hold after the tar's end (tar pads to a record)
 
 
@@ -175,6 +178,9 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
             finally:
                 last.pax_chain = 0
             if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                path = pax_headers.get("path", "")
+                if path.endswith("/") and not following.isdir():  # tarfile drops the "/"; tar does not
+                    raise UnsafeInputError(f"{_shown(path[:200])}: {_NOT_A_DIRECTORY}")
                 following._apply_pax_info(pax_headers, archive.encoding, archive.errors)  # type: ignore[attr-defined]
                 following.offset = self.offset
                 if "size" in pax_headers:  # the header replaces the size: where the next one starts
@@ -347,6 +353,8 @@ def _read_members(
             if member.isdir():
                 continue  # the root itself
             raise UnsafeInputError(f"{_shown(raw_name)}: only a directory may stand for the archive's root")
+        if raw_name.endswith("/") and not member.isdir():
+            raise UnsafeInputError(f"{_shown(raw_name[:200])}: {_NOT_A_DIRECTORY}")
         encoded = name.encode("utf-8", "surrogateescape")
         if len(encoded) > _MAX_PATH or any(len(part) > _MAX_SEGMENT for part in encoded.split(b"/")):
             raise UnsafeInputError(
