@@ -620,7 +620,7 @@ HOSTILE_HEADERS: dict[str, tuple[Callable[[Path], Path], str]] = {
     ),
     "gnu-long-name": (
         lambda p: _write_tar(p, [_file("d/" + "n" * 150)], format=tarfile.GNU_FORMAT),
-        "GNU long-name and sparse members are refused",
+        "d/" + "n" * 150 + ": GNU long-name and sparse members are refused",  # the name, not ././@LongLink
     ),
     "gnu-sparse-pax": (
         lambda p: _write_tar(
@@ -660,6 +660,19 @@ def test_hostile_headers_are_refused_at_once_in_bounded_memory(
     make, needle = HOSTILE_HEADERS[case]
     archive = make(tmp_path / f"{case}.tar")
     _assert_refused(run_cli, archive, needle)
+
+
+def test_gnu_tar_s_sparse_files_are_refused_naming_them(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """GNU tar names an extended header after its entry (PaxHeaders/NAME): a refusal of one says it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with (src / "holes.img").open("wb") as handle:
+        handle.truncate(1 << 20)
+    archive = tmp_path / "sparse.tar"
+    _gnu_tar("--format=posix", "--sparse", "-C", src, "-cf", archive, "holes.img")
+    _assert_refused(run_cli, archive, "PaxHeaders/holes.img: extended header key GNU.sparse.")
 
 
 def test_an_error_never_prints_terminal_control_codes(

@@ -141,8 +141,12 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
 
         def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
             if self.type in _GNU_TYPES:  # graven writes PAX only; GNU long names and sparse files never
+                name = self.name
+                if self.type == tarfile.GNUTYPE_LONGNAME:  # the entry's name is this member's data
+                    data = archive.fileobj.read(min(self.size, _BLOCK))
+                    name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape") or name
                 raise UnsafeInputError(
-                    f"{_shown(self.name)}: GNU long-name and sparse members are refused; "
+                    f"{_shown(name[:200])}: GNU long-name and sparse members are refused; "
                     "export with `graven export` (PAX)"
                 )
             return cast(tarfile.TarInfo, super()._proc_member(archive))  # type: ignore[misc]
@@ -151,10 +155,16 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
             """tarfile's own, with a bounded size and a linear parser of the records (tarfile reads any
             declared size into memory and parses it with backtracking regular expressions), refusing
             GNU sparse keys."""
+            header = _shown(self.name[:200])  # GNU tar's and bsdtar's name the entry (PaxHeaders/NAME)
             if self.size > _MAX_PAX:
-                raise UnsafeInputError(f"extended header of {self.size} bytes (at most {_MAX_PAX} are read)")
+                raise UnsafeInputError(
+                    f"{header}: extended header of {self.size} bytes (at most {_MAX_PAX} are read)"
+                )
             buf = archive.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
-            records = _pax_records(buf[: self.size])
+            try:
+                records = _pax_records(buf[: self.size])
+            except UnsafeInputError as exc:
+                raise UnsafeInputError(f"{header}: {exc}") from None
             shared = cast(dict[str, str], archive.pax_headers)
             if self.type == tarfile.XGLTYPE:
                 # graven writes one global header, holding its comment: more of them (each member
