@@ -288,6 +288,21 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def registry() -> Iterator[str]:
+    """A throwaway OCI registry on 127.0.0.1 for one test module: its ``host:port`` (skipped when
+    docker-registry is not installed and GRAVEN_REQUIRE_SERVICES is unset)."""
+    from helpers_services import RegistryServer
+
+    root = Path(tempfile.mkdtemp(prefix="graven-registry-"))
+    server = RegistryServer(root)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def fat(tmp_path: Path) -> Iterator[Path]:
     """A fresh 16 MiB FAT mounted at ``tmp_path/fat`` (helpers_mounts.mounted_fat: no symbolic links,

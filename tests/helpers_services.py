@@ -146,6 +146,59 @@ class PostgresServer:
             )
 
 
+class RegistryServer:
+    """A throwaway OCI registry (Distribution, Debian's docker-registry) on 127.0.0.1, its blobs and
+    manifests under ``root``; deletes are off, as on a registry that keeps what it was given."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.process: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def start(self) -> str:
+        import time
+        import urllib.request
+
+        binary = shutil.which("docker-registry")
+        if binary is None:
+            unavailable("docker-registry (Distribution, Debian package docker-registry) is not installed")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            port = free_port()
+            config = self.root / "config.yml"
+            config.write_text(
+                "version: 0.1\n"
+                "log:\n  accesslog:\n    disabled: true\n  level: error\n"
+                f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+                "  delete:\n    enabled: false\n"
+                f"http:\n  addr: 127.0.0.1:{port}\n  secret: graven-tests\n"
+            )
+            with (self.root / "log").open("wb") as log:  # the server keeps its own descriptor
+                self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+            self.address = f"127.0.0.1:{port}"
+            for _ in range(100):
+                if self.process.poll() is not None:
+                    break  # the port was taken meanwhile: another one
+                try:
+                    with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1) as answer:
+                        if answer.status == 200:
+                            return self.address
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()
+        pytest.fail(f"the registry did not start: {(self.root / 'log').read_text()[-500:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:

@@ -453,8 +453,31 @@ def not_reproducible_scenario(tmp_path: Path, run_cli: Run) -> Outputs:
     return {"`graven build --check --json` when not reproducible": [doc]}
 
 
+def registry_scenario(
+    registry: str,
+    tmp_path: Path,
+    run_cli: Run,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Outputs:
+    out: Outputs = {}
+    repo = create_repo(tmp_path / "repo", {"app/main.py": "print('hi')\n"})
+    digest = _doc(run_cli, "build", "-C", repo, "--json")["digest"]
+    out["`graven push DIGEST REFERENCE --json`"] = [
+        _doc(run_cli, "push", digest, f"{registry}/json/app:v1", "--json")
+    ]
+    code, pem, _ = run_cli("keys", "export", "default")
+    assert code == 0
+    (tmp_path / "ci.pem").write_text(pem)
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("deploy-host")))
+    assert run_cli("keys", "trust", tmp_path / "ci.pem")[0] == 0
+    out["`graven pull REFERENCE --json`"] = [_doc(run_cli, "pull", f"{registry}/json/app:v1", "--json")]
+    return out
+
+
 # Each scenario and the sections it runs (all of them: the test fails on one it did not print).
 SCENARIOS: dict[str, tuple[str, ...]] = {
+    "registry": ("`graven push DIGEST REFERENCE --json`", "`graven pull REFERENCE --json`"),
     "artifacts": (
         "`graven COMMAND ... --json` on an error",
         "`graven init --json`",
@@ -552,6 +575,18 @@ def test_artifact_keys_and_log_commands_print_the_documented_keys(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _check_scenario("artifacts", artifacts_scenario(tmp_path, run_cli, new_home, monkeypatch))
+
+
+def test_registry_commands_print_the_documented_keys(
+    *,
+    registry: str,
+    graven_home: Path,
+    tmp_path: Path,
+    run_cli: Run,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _check_scenario("registry", registry_scenario(registry, tmp_path, run_cli, new_home, monkeypatch))
 
 
 def test_environment_and_drift_commands_print_the_documented_keys(world: World, run_cli: Run) -> None:

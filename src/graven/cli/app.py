@@ -61,6 +61,8 @@ COMMAND_MODULES: dict[str, str] = {
     "verify": "artifact_cmds",
     "export": "artifact_cmds",
     "import": "artifact_cmds",
+    "push": "registry_cmds",
+    "pull": "registry_cmds",
     "keys": "keys_cmds",
     "attest": "keys_cmds",
     "log": "log_cmds",

@@ -21,6 +21,7 @@ EVENT_TYPES = frozenset(
         "build",
         "sign",
         "import",
+        "push",
         "deploy",
         "promote",
         "rollback",

@@ -341,13 +341,22 @@ def _read_attestation(path: Path, digest: Digest) -> tuple[bytes, str]:
 
 
 def import_archive(
-    ctx: Context, path: Path, *, name: str | None = None, attestation: Path | None = None
+    ctx: Context,
+    path: Path,
+    *,
+    name: str | None = None,
+    attestation: Path | None = None,
+    expected: str | None = None,
+    source: str | None = None,
 ) -> ImportResult:
     """Ingest an archive; the digest is recomputed from its content, never taken on trust.
 
     The global header's other claims are checked before anything is recorded: an invalid one is an
     :class:`InputError` naming it. ``name`` (``--name``) must be a valid artifact name and replaces the
-    claimed one; without either, the name comes from the file name, folded to a valid one.
+    claimed one; without either, the name comes from the file name, folded to a valid one. With
+    ``expected`` (a digest another source claims: a registry's manifest), an archive of another
+    artifact is refused before anything is recorded. ``source`` says where the archive came from in
+    the audit log (default: its file name).
     """
     from graven.archive.reader import read_archive
     from graven.service.provenance import (
@@ -371,6 +380,10 @@ def import_archive(
         claimed = _claimed_digest(path, claims)
         if claimed is not None and claimed != str(manifest.digest):
             raise DigestMismatchError(expected=claimed, actual=str(manifest.digest), what=f"archive {path}")
+        if expected is not None and expected != str(manifest.digest):
+            raise DigestMismatchError(
+                expected=expected, actual=str(manifest.digest), what=source or str(path)
+            )
         claimed_name = None if name is not None else _claimed_name(path, claims)  # --name wins over it
         artifact_name = name or claimed_name or _name_from_file(path)
         commit = _claimed_commit(path, claims)
@@ -449,7 +462,8 @@ def import_archive(
         else:
             provenance = " with provenance no key of this home verifies"
             ctx.reporter.warn(
-                f"{attestation}: {checked.reason}; it is stored, but verify and deploy refuse it "
+                f"{f'the provenance from {source}' if source else attestation}: {checked.reason}; it is "
+                "stored, but verify and deploy refuse it "
                 "until this home trusts its signer (graven keys trust KEY.pub)"
             )
     with ctx.db.begin() as conn:
@@ -473,7 +487,7 @@ def import_archive(
                 "import",
                 artifact=str(manifest.digest),
                 commit=commit,
-                reason=f"from {path.name}{provenance}",
+                reason=f"from {source or path.name}{provenance}",
             ),
         )
     for warning in contradicted if known is None else ():

@@ -1,0 +1,328 @@
+"""A small OCI distribution client (``/v2/`` API) on httpx: what ``graven push`` and ``graven pull``
+need and nothing more.
+
+Blobs are streamed both ways (never held whole), every blob and manifest read is checked against its
+digest (and its size, before a byte more is read), redirects are followed for blob downloads only (a
+registry hands those to its storage; httpx drops the credentials when the redirect leaves the host),
+and every request has timeouts. Credentials come from ``GRAVEN_REGISTRY_USERNAME`` and
+``GRAVEN_REGISTRY_PASSWORD`` and go only to the registry and to its token service (HTTP Basic, or the
+Bearer token flow of Docker's token specification); they are never printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
+
+from graven import __version__
+from graven.errors import BackendError, InputError, IntegrityError, NotFoundError
+from graven.registry.oci import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_SIZE, Descriptor, Reference
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["RegistryClient"]
+
+USERNAME_ENV = "GRAVEN_REGISTRY_USERNAME"
+PASSWORD_ENV = "GRAVEN_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
+_CHUNK = 1 << 20
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+class RegistryClient:
+    """The repository of ``reference`` on its registry; ``push`` asks for push rights too."""
+
+    def __init__(self, reference: Reference, *, push: bool = False) -> None:
+        import httpx
+
+        self.reference = reference
+        self._scope = f"repository:{reference.repository}:{'pull,push' if push else 'pull'}"
+        user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+        self._credentials = (user, password or "") if user else None
+        self._authorization: str | None = None
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            headers={"User-Agent": f"graven/{__version__}"},
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], bytes | Iterator[bytes]] | None = None,
+        stream: bool = False,
+        follow: bool = False,
+    ) -> httpx.Response:
+        """Send a request, authenticating once when the registry asks (401) and sending it again."""
+        import httpx
+
+        for attempt in (1, 2):
+            sent = dict(headers or {})
+            if self._authorization is not None:
+                sent["Authorization"] = self._authorization
+            try:
+                request = self._http.build_request(
+                    method, url, headers=sent, content=body() if body is not None else None
+                )
+                response = self._http.send(request, stream=stream, follow_redirects=follow)
+            except httpx.InvalidURL as exc:
+                raise InputError(f"registry {self.reference.host}: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise BackendError(
+                    f"cannot reach the registry {self.reference.host} ({self.reference.scheme}): "
+                    f"{_reason(exc)}"
+                ) from None
+            if response.status_code != 401 or attempt == 2:
+                return response
+            challenge = response.headers.get("WWW-Authenticate", "")
+            response.close()
+            self._authenticate(challenge)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _authenticate(self, challenge: str) -> None:
+        """Answer a 401's challenge: HTTP Basic with the credentials, or a Bearer token from the token
+        service it names (with the credentials, when there are some)."""
+        import httpx
+
+        kind, _, params = challenge.partition(" ")
+        if kind.lower() == "basic":
+            if self._credentials is None:
+                raise InputError(
+                    f"the registry {self.reference.host} needs credentials: set {USERNAME_ENV} and "
+                    f"{PASSWORD_ENV}"
+                )
+            self._authorization = _basic(*self._credentials)
+            return
+        if kind.lower() != "bearer":
+            raise BackendError(
+                f"the registry {self.reference.host} asks for {kind or 'an unknown'} authentication"
+            )
+        fields = dict(_CHALLENGE.findall(params))
+        realm = fields.get("realm", "")
+        realm_url = httpx.URL(realm) if realm else None
+        if realm_url is None or realm_url.scheme not in ("https", "http"):
+            raise BackendError(f"the registry {self.reference.host} names no token service ({challenge!r})")
+        query = {"scope": self._scope}
+        if fields.get("service"):
+            query["service"] = fields["service"]
+        headers = {}
+        if self._credentials is not None:
+            if (
+                realm_url.scheme != "https"
+                and realm_url.host not in _LOOPBACK
+                and self.reference.scheme == "https"
+            ):
+                raise BackendError(
+                    f"the registry {self.reference.host} would have the credentials sent to {realm} over "
+                    "plain HTTP; refused"
+                )
+            headers["Authorization"] = _basic(*self._credentials)
+        try:
+            response = self._http.get(realm_url, params=query, headers=headers)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"cannot reach the token service {realm}: {_reason(exc)}") from None
+        if response.status_code in (401, 403):
+            raise InputError(f"the registry {self.reference.host} refused the credentials; {self._hint()}")
+        if response.status_code != 200:
+            raise BackendError(f"the token service {realm} answered {response.status_code}")
+        try:
+            token = response.json()
+        except ValueError:
+            token = None
+        value = token.get("token") or token.get("access_token") if isinstance(token, dict) else None
+        if not isinstance(value, str) or not value:
+            raise BackendError(f"the token service {realm} gave no token")
+        self._authorization = f"Bearer {value}"
+
+    def _fail(self, response: httpx.Response, what: str) -> BackendError | InputError:
+        """The error of a registry's refusal (its OCI error codes said)."""
+        with contextlib.suppress(Exception):  # a body that cannot be read: the status says enough
+            response.read()
+        detail = _errors(response)
+        if response.status_code in (401, 403):
+            return InputError(
+                f"the registry {self.reference.host} refused to {what}: {detail}; {self._hint()}"
+            )
+        return BackendError(f"the registry {self.reference.host} could not {what}: {detail}")
+
+    def _hint(self) -> str:
+        if self._credentials is None:
+            return f"set {USERNAME_ENV} and {PASSWORD_ENV}"
+        return f"check {USERNAME_ENV} and {PASSWORD_ENV}"
+
+    # -- blobs -------------------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the repository holds blob ``digest``."""
+        response = self._send("HEAD", f"{self.reference.base}/blobs/{digest}")
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise self._fail(response, f"look up blob {digest[:19]}")
+
+    def put_blob(
+        self,
+        descriptor: Descriptor,
+        open_body: Callable[[], IO[bytes]],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Upload a blob (POST, then one PUT of its bytes streamed from ``open_body()``, ``progress``
+        told the bytes sent so far); the registry checks the digest it is given."""
+        import httpx
+
+        response = self._send("POST", f"{self.reference.base}/blobs/uploads/")
+        if response.status_code != 202 or "Location" not in response.headers:
+            raise self._fail(response, f"start an upload of blob {descriptor.digest[:19]}")
+        location = str(httpx.URL(self.reference.base + "/").join(response.headers["Location"]))
+        # appended by hand: the location's own query (distribution's _state) must stay as it is
+        location += ("&" if "?" in location else "?") + f"digest={descriptor.digest}"
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with open_body() as handle:
+                while chunk := handle.read(_CHUNK):
+                    yield chunk
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent)
+
+        response = self._send(
+            "PUT",
+            location,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(descriptor.size)},
+            body=chunks,
+        )
+        if response.status_code not in (201, 204):
+            raise self._fail(response, f"store blob {descriptor.digest[:19]}")
+
+    def get_blob(
+        self, descriptor: Descriptor, out: IO[bytes], progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Download blob ``descriptor`` into ``out``, checking its size while it streams and its
+        sha256 at its end (an :class:`IntegrityError` naming it otherwise)."""
+        response = self._send(
+            "GET", f"{self.reference.base}/blobs/{descriptor.digest}", stream=True, follow=True
+        )
+        try:
+            if response.status_code == 404:
+                raise NotFoundError(f"{self.reference}: blob {descriptor.digest} is not in the registry")
+            if response.status_code != 200:
+                raise self._fail(response, f"send blob {descriptor.digest[:19]}")
+            hasher = hashlib.sha256()
+            size = 0
+            for chunk in response.iter_bytes(_CHUNK):
+                size += len(chunk)
+                if size > descriptor.size:
+                    raise IntegrityError(
+                        f"{self.reference}: blob {descriptor.digest} is longer than the {descriptor.size} "
+                        "bytes its manifest says"
+                    )
+                hasher.update(chunk)
+                out.write(chunk)
+                if progress is not None:
+                    progress(size)
+        finally:
+            response.close()
+        found = "sha256:" + hasher.hexdigest()
+        if size != descriptor.size or found != descriptor.digest:
+            raise IntegrityError(
+                f"{self.reference}: blob {descriptor.digest} came back as {size} bytes hashing to {found}"
+            )
+
+    # -- manifests ---------------------------------------------------------------------------------
+
+    def put_manifest(self, data: bytes, reference: str) -> None:
+        """Store manifest ``data`` under ``reference`` (a tag, or its own digest)."""
+        response = self._send(
+            "PUT",
+            f"{self.reference.base}/manifests/{reference}",
+            headers={"Content-Type": MANIFEST_MEDIA_TYPE},
+            body=lambda: data,
+        )
+        if response.status_code not in (201, 204):
+            raise self._fail(response, f"store the manifest as {reference}")
+        said = response.headers.get("Docker-Content-Digest")
+        expected = "sha256:" + hashlib.sha256(data).hexdigest()
+        if said is not None and said != expected:
+            raise IntegrityError(
+                f"the registry {self.reference.host} stored the manifest as {said}, not {expected}"
+            )
+
+    def get_manifest(self, reference: str) -> bytes:
+        """The manifest ``reference`` (a tag or a digest) names, at most :data:`MAX_MANIFEST_SIZE`
+        bytes; by digest, checked against it."""
+        response = self._send(
+            "GET",
+            f"{self.reference.base}/manifests/{reference}",
+            headers={"Accept": MANIFEST_MEDIA_TYPE},
+            stream=True,
+        )
+        try:
+            if response.status_code == 404:
+                raise NotFoundError(f"{self.reference} is not in the registry (no manifest {reference})")
+            if response.status_code != 200:
+                raise self._fail(response, f"send the manifest {reference}")
+            data = bytearray()
+            for chunk in response.iter_bytes(_CHUNK):
+                data += chunk
+                if len(data) > MAX_MANIFEST_SIZE:
+                    raise IntegrityError(
+                        f"{self.reference}: the manifest is larger than {MAX_MANIFEST_SIZE} bytes"
+                    )
+        finally:
+            response.close()
+        if reference.startswith("sha256:"):
+            found = "sha256:" + hashlib.sha256(data).hexdigest()
+            if found != reference:
+                raise IntegrityError(f"{self.reference}: the registry sent a manifest hashing to {found}")
+        return bytes(data)
+
+
+def _basic(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _errors(response: httpx.Response) -> str:
+    """The registry's OCI error codes and messages, else the HTTP status."""
+    try:
+        document: Any = response.json()
+        errors = document.get("errors") if isinstance(document, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        errors = None
+    if isinstance(errors, list) and errors:
+        said = [
+            f"{e.get('code', '?')}: {e.get('message', '')}".strip(": ")
+            for e in errors[:3]
+            if isinstance(e, dict)
+        ]
+        if said:
+            return f"HTTP {response.status_code} ({'; '.join(said)})"
+    return f"HTTP {response.status_code}"

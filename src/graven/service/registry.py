@@ -1,0 +1,195 @@
+"""``graven push`` and ``graven pull``: an artifact to and from an OCI registry, by digest.
+
+Push sends what ``graven export`` writes (the deterministic ``.tar.zst`` of the artifact, read from
+the store through verified reads) and the signed provenance the home's trust policy accepts, as an OCI
+artifact (:mod:`graven.registry.oci`); it refuses an artifact whose provenance no trusted key signed,
+so that a team's registry holds only what verify would accept. Blobs the repository holds already
+are not sent again. Pull downloads the manifest (checked against the digest it was asked for), the
+archive and the provenance (each checked against its descriptor while it streams) and imports them
+(``graven import``: every path checked, the artifact's digest recomputed from the content and
+compared with the manifest's claim before anything is recorded, the provenance verified against the
+home's trust policy). A pulled artifact is deployed like a built one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+from graven.errors import InputError, NotFoundError, PolicyError
+from graven.model.digest import Digest
+from graven.model.logentry import LogEvent
+from graven.registry.oci import (
+    ARCHIVE_MEDIA_TYPE,
+    EMPTY,
+    EMPTY_CONFIG,
+    ENVELOPE_MEDIA_TYPE,
+    Descriptor,
+    Reference,
+    artifact_manifest,
+    parse_manifest,
+)
+from graven.service.context import Context
+
+__all__ = ["PullResult", "PushResult", "pull_artifact", "push_artifact"]
+
+
+class PushResult(NamedTuple):
+    """What a push stored in the registry."""
+
+    digest: str  # the artifact
+    reference: str  # where it is: HOST/REPOSITORY[:TAG]@MANIFEST_DIGEST
+    manifest_digest: str
+    size: int  # bytes of the archive and the provenance
+    sent: int  # bytes uploaded (blobs the repository did not hold yet)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return self._asdict()
+
+
+class PullResult(NamedTuple):
+    """What a pull stored in the home."""
+
+    digest: str
+    name: str
+    commit: str | None
+    reference: str  # HOST/REPOSITORY[:TAG]@MANIFEST_DIGEST
+    manifest_digest: str
+    signed_by: str | None  # the trusted key that verified its provenance here; None when none did
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return self._asdict()
+
+
+def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult:
+    """Push artifact ``digest`` to ``target`` (tagged when it names a tag)."""
+    from graven.registry.client import RegistryClient
+    from graven.service.artifacts import get_artifact
+    from graven.service.provenance import preferred_envelope
+    from graven.service.transfer import export_artifact
+
+    if target.digest is not None:
+        raise InputError(
+            f"{target}: push names a repository and, optionally, a tag (the digest is the one the push makes)"
+        )
+    record = get_artifact(ctx, digest)
+    try:
+        envelope, keyid = preferred_envelope(ctx, digest)
+    except NotFoundError:  # no envelope at all (an archive imported without one)
+        envelope, keyid = b"", None
+    if keyid is None:
+        raise PolicyError(
+            f"{digest} has no provenance a key of this home trusts; push sends only what verify accepts "
+            "(graven verify says why)"
+        )
+    with tempfile.TemporaryDirectory(prefix="graven-push-") as scratch:
+        archive_path = Path(scratch) / f"{record.name}.tar.zst"
+        export_artifact(ctx, digest, archive_path)  # every object read is verified
+        archive = Descriptor(
+            ARCHIVE_MEDIA_TYPE, _file_digest(archive_path), archive_path.stat().st_size, archive_path.name
+        )
+        signed = Descriptor(
+            ENVELOPE_MEDIA_TYPE,
+            "sha256:" + hashlib.sha256(envelope).hexdigest(),
+            len(envelope),
+            f"{record.name}.intoto.json",
+        )
+        manifest = artifact_manifest(
+            digest=str(digest),
+            name=record.name,
+            commit=record.commit,
+            created=_rfc3339(record.source_date_epoch),
+            archive=archive,
+            envelope=signed,
+        )
+        blobs: list[tuple[Descriptor, Callable[[], IO[bytes]]]] = [
+            (EMPTY, lambda: io.BytesIO(EMPTY_CONFIG)),
+            (archive, lambda: archive_path.open("rb")),
+            (signed, lambda: io.BytesIO(envelope)),
+        ]
+        sent = 0
+        total = sum(descriptor.size for descriptor, _ in blobs)
+        with RegistryClient(target, push=True) as client:
+            ctx.reporter.progress("uploading (bytes)", 0, total)
+            for descriptor, opener in blobs:
+                if client.has_blob(descriptor.digest):
+                    continue
+                client.put_blob(descriptor, opener, functools.partial(_uploaded, ctx, sent, total))
+                sent += descriptor.size
+            ctx.reporter.progress("uploading (bytes)", total, total)  # the rest was there already
+            manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            client.put_manifest(manifest, target.tag or manifest_digest)
+    pinned = target.with_digest(manifest_digest)
+    with ctx.db.begin() as conn:
+        ctx.audit.append(
+            conn, LogEvent("push", artifact=str(digest), commit=record.commit, reason=f"to {pinned}")
+        )
+    return PushResult(str(digest), str(pinned), manifest_digest, total, sent)
+
+
+def pull_artifact(ctx: Context, source: Reference) -> PullResult:
+    """Pull the artifact ``source`` names (a tag or a manifest digest) into the home."""
+    from graven.registry.client import RegistryClient
+    from graven.service.transfer import import_archive
+
+    wanted = source.digest or source.tag
+    if wanted is None:
+        raise InputError(f"{source}: name a tag (REPOSITORY:TAG) or a digest (REPOSITORY@sha256:...) to pull")
+    with RegistryClient(source) as client:
+        data = client.get_manifest(wanted)
+        manifest_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        pinned = source.with_digest(manifest_digest)
+        pulled = parse_manifest(data, str(pinned))
+        with tempfile.TemporaryDirectory(prefix="graven-pull-") as scratch:
+            archive_path = Path(scratch) / "artifact.tar.zst"
+            total = pulled.archive.size
+            ctx.reporter.progress("downloading (bytes)", 0, total)
+            with archive_path.open("wb") as out:
+                client.get_blob(
+                    pulled.archive,
+                    out,
+                    lambda done: ctx.reporter.progress("downloading (bytes)", done, total),
+                )
+            envelope_path = None
+            if pulled.envelopes:  # the first: push writes one
+                envelope_path = Path(scratch) / "artifact.intoto.json"
+                with envelope_path.open("wb") as out:
+                    client.get_blob(pulled.envelopes[0], out)
+            imported = import_archive(
+                ctx, archive_path, attestation=envelope_path, expected=pulled.claimed, source=str(pinned)
+            )
+    signed_by = _signer(ctx, Digest.parse(imported.digest)) if envelope_path is not None else None
+    return PullResult(
+        imported.digest, imported.name, imported.commit, str(pinned), manifest_digest, signed_by
+    )
+
+
+def _uploaded(ctx: Context, before: int, total: int, done: int) -> None:
+    ctx.reporter.progress("uploading (bytes)", before + done, total)
+
+
+def _signer(ctx: Context, digest: Digest) -> str | None:
+    from graven.service.provenance import preferred_envelope
+
+    return preferred_envelope(ctx, digest)[1]
+
+
+def _file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def _rfc3339(epoch: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

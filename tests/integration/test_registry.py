@@ -1,0 +1,393 @@
+"""graven push / graven pull against a real OCI registry (Distribution), checked with an independent
+client (skopeo), and against a registry that lies (a small server of our own)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from helpers_repo import make_repo
+from helpers_services import require_tool
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+def _build(run_cli: Run, repo: Path) -> str:
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    return out.splitlines()[-1]
+
+
+@pytest.fixture
+def built(graven_home: Path, tmp_path: Path, run_cli: Run) -> str:
+    repo = make_repo(
+        tmp_path / "repo",
+        {"app/main.py": "print('hi')\n", "bin/run": "#!/bin/sh\n", "config/prod.toml": "x = 1\n"},
+    )
+    return _build(run_cli, repo)
+
+
+def _trusting_home(
+    new_home: Callable[[str], Path],
+    graven_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_cli: Run,
+    name: str,
+) -> Path:
+    """Another home that trusts the first home's key (as a deploy host trusts CI's)."""
+    code, pem, _ = run_cli("keys", "export", "default")
+    assert code == 0
+    home = new_home(name)
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    (home.parent / f"{name}-ci.pem").write_text(pem)
+    assert run_cli("keys", "trust", home.parent / f"{name}-ci.pem")[0] == 0
+    return home
+
+
+def test_push_then_pull_elsewhere_gives_the_same_artifact(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    run_cli: Run,
+    tmp_path: Path,
+) -> None:
+    code, out, err = run_cli("push", built, f"{registry}/team/app:v1")
+    assert code == 0, err
+    pinned = out.strip()
+    assert pinned.startswith(f"{registry}/team/app:v1@sha256:")
+    code, out, _ = run_cli("export", built, "-o", tmp_path / "here.tar.zst")
+    assert code == 0
+    code, out, _ = run_cli("log", "--json")
+    assert [e["event"] for e in json.loads(out)][-1] == "push"
+
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "deploy-host")
+    code, out, err = run_cli("pull", f"{registry}/team/app:v1", "--json")
+    assert code == 0, err
+    pulled = json.loads(out)
+    assert pulled["digest"] == built
+    assert pulled["reference"] == pinned
+    assert pulled["signed_by"] is not None
+    code, out, err = run_cli("verify", built)
+    assert code == 0, err
+    # the same bytes everywhere: what the other home exports is what this one exported
+    assert run_cli("export", built, "-o", tmp_path / "there.tar.zst")[0] == 0
+    assert (tmp_path / "here.tar.zst").read_bytes() == (tmp_path / "there.tar.zst").read_bytes()
+    # and by digest, as push printed it
+    code, out, err = run_cli("pull", pinned.replace(":v1@", "@"))
+    assert code == 0, err
+    assert out.strip() == built
+
+
+def test_a_push_is_deterministic_and_sends_only_what_is_missing(
+    registry: str, built: str, run_cli: Run
+) -> None:
+    code, first, err = run_cli("push", built, f"{registry}/team/again", "--json")
+    assert code == 0, err
+    code, second, err = run_cli("push", built, f"{registry}/team/again:latest", "--json")
+    assert code == 0, err
+    one, two = json.loads(first), json.loads(second)
+    assert one["manifest_digest"] == two["manifest_digest"]
+    assert one["sent"] == one["size"] > 0
+    assert two["sent"] == 0
+
+
+def test_push_and_pull_show_progress(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    run_cli: Run,
+) -> None:
+    from conftest import ProgressRecorder, assert_counts_up_to
+    from graven.home import Home
+    from graven.model.digest import Digest
+    from graven.registry.oci import Reference
+    from graven.service.context import Context
+    from graven.service.registry import pull_artifact, push_artifact
+
+    pushing = ProgressRecorder()
+    with Context(Home(graven_home), pushing) as ctx:
+        pushed = push_artifact(ctx, Digest.parse(built), Reference.parse(f"{registry}/team/progress:v1"))
+    assert_counts_up_to(pushing.of("uploading (bytes)"), pushed.size)
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "progress")
+    pulling = ProgressRecorder()
+    with Context(Home.from_env(), pulling) as ctx:
+        pull_artifact(ctx, Reference.parse(f"{registry}/team/progress:v1"))
+    ticks = pulling.of("downloading (bytes)")
+    assert_counts_up_to(ticks, ticks[0][1] or 0)
+
+
+def test_an_independent_client_reads_the_artifact(
+    registry: str, built: str, run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """skopeo (containers/image) fetches the manifest and copies the artifact to an OCI layout; the
+    archive layer it wrote is what graven import takes, by itself, to the same digest."""
+    require_tool("skopeo")
+    code, out, err = run_cli("push", built, f"{registry}/team/skopeo:v1")
+    assert code == 0, err
+    manifest_digest = out.strip().rpartition("@")[2]
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry}/team/skopeo:v1"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == manifest_digest
+    manifest = json.loads(raw)
+    assert manifest["artifactType"] == "application/vnd.graven.artifact.v1"
+    assert manifest["annotations"]["dev.graven.artifact.digest"] == built
+    layout = tmp_path / "layout"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            f"docker://{registry}/team/skopeo@{manifest_digest}",
+            f"oci:{layout}:v1",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    (archive,) = [layer for layer in manifest["layers"] if layer["mediaType"].endswith("tar+zstd")]
+    blob = layout / "blobs" / "sha256" / archive["digest"].removeprefix("sha256:")
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == archive["digest"].removeprefix("sha256:")
+    listed = subprocess.run(["tar", "--zstd", "-tf", str(blob)], capture_output=True, text=True, check=True)
+    assert "app/main.py" in listed.stdout.split()
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "fresh-home"))
+    shutil.copy(blob, tmp_path / "from-skopeo.tar.zst")
+    code, out, err = run_cli("import", tmp_path / "from-skopeo.tar.zst")
+    assert code == 0, err
+    assert out.strip() == built
+
+
+def test_push_refuses_an_artifact_without_trusted_provenance(
+    *,
+    registry: str,
+    built: str,
+    run_cli: Run,
+    tmp_path: Path,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert run_cli("export", built, "-o", tmp_path / "a.tar.zst")[0] == 0
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("other")))
+    assert run_cli("import", tmp_path / "a.tar.zst")[0] == 0  # no attestation: unsigned here
+    code, out, err = run_cli("push", built, f"{registry}/team/unsigned:v1")
+    assert code == 1 and out == ""
+    assert err.startswith("graven: error: ") and "no provenance a key of this home trusts" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("reference", "says"),
+    [
+        ("team/app:v1", "must start with the registry's host"),
+        ("127.0.0.1:5000/Team/app:v1", "repository 'Team/app' is not valid"),
+        ("127.0.0.1:5000/team/app:-v1", "tag '-v1' is not valid"),
+        ("127.0.0.1:5000/team/app@sha256:abc", "is not a digest"),
+        ("127.0.0.1:5000", "names no repository"),
+    ],
+)
+def test_bad_references_are_usage_errors(built: str, run_cli: Run, reference: str, says: str) -> None:
+    for args in (("push", built, reference), ("pull", reference)):
+        code, _, err = run_cli(*args)
+        assert code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_an_unreachable_registry_is_one_line(built: str, run_cli: Run) -> None:
+    from helpers_services import free_port
+
+    port = free_port()
+    code, _, err = run_cli("pull", f"127.0.0.1:{port}/team/app:v1")
+    assert code == 1 and f"cannot reach the registry 127.0.0.1:{port}" in err and err.count("\n") == 1
+
+
+# -- a registry that lies, and one that wants a token ---------------------------------------------
+
+
+class _Fake:
+    """A registry of our own: serves ``manifests`` and ``blobs`` (by name/reference), optionally behind
+    Docker's token flow with one user."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, bytes] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.user: tuple[str, str] | None = None
+        self.seen_authorization: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/token":
+                    expected = (
+                        "Basic " + base64.b64encode(f"{fake.user[0]}:{fake.user[1]}".encode()).decode()
+                        if fake.user
+                        else ""
+                    )
+                    if self.headers.get("Authorization") != expected:
+                        self._send(401)
+                        return
+                    self._send(200, json.dumps({"token": "t0ken"}).encode())
+                    return
+                auth = self.headers.get("Authorization", "")
+                fake.seen_authorization.append(auth)
+                if fake.user is not None and auth != "Bearer t0ken":
+                    realm = f"http://{self.headers['Host']}/token"
+                    self._send(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="fake"'})
+                    return
+                if "/manifests/" in path:
+                    found = fake.manifests.get(path.rpartition("/manifests/")[2])
+                elif "/blobs/" in path:
+                    found = fake.blobs.get(path.rpartition("/blobs/")[2])
+                else:
+                    found = None
+                if found is None:
+                    self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"no"}]}')
+                else:
+                    self._send(200, found)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake() -> Iterator[_Fake]:
+    made = _Fake()
+    yield made
+    made.close()
+
+
+def _copy_from(registry: str, fake: _Fake, reference: str, tag: str) -> dict[str, object]:
+    """Copy what ``reference`` holds in the real registry into the fake one (under ``tag``)."""
+    import httpx
+
+    base = f"http://{registry}/v2/team/app"
+    data = httpx.get(
+        f"{base}/manifests/{reference}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    ).content
+    manifest: dict[str, object] = json.loads(data)
+    fake.manifests[tag] = data
+    fake.manifests["sha256:" + hashlib.sha256(data).hexdigest()] = data
+    for layer in manifest["layers"]:  # type: ignore[attr-defined]
+        fake.blobs[layer["digest"]] = httpx.get(f"{base}/blobs/{layer['digest']}").content
+    return manifest
+
+
+def test_pull_refuses_what_a_lying_registry_sends(
+    *,
+    registry: str,
+    graven_home: Path,
+    tmp_path: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one = _build(run_cli, make_repo(tmp_path / "one", {"a.txt": "one\n"}))
+    two = _build(run_cli, make_repo(tmp_path / "two", {"a.txt": "two\n"}))
+    assert run_cli("push", one, f"{registry}/team/app:one")[0] == 0
+    assert run_cli("push", two, f"{registry}/team/app:two")[0] == 0
+    manifest = _copy_from(registry, fake, "one", "one")
+    second = _copy_from(registry, fake, "two", "two")
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "victim")
+
+    def artifacts() -> list[object]:
+        code, out, _ = run_cli("artifacts", "--json")
+        return list(json.loads(out)) if code == 0 and out.strip() else []
+
+    # the manifest of "one" with the archive of "two": the claim and the content disagree
+    lying = dict(manifest)
+    lying["layers"] = [second["layers"][0], *manifest["layers"][1:]]  # type: ignore[index]
+    fake.manifests["swapped"] = json.dumps(lying).encode()
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:swapped")
+    assert code == 1 and "content hashes to" in err and one in err, err
+    assert artifacts() == []
+    # a blob that is not what its descriptor says
+    archive = manifest["layers"][0]["digest"]  # type: ignore[index]
+    good = fake.blobs[archive]
+    fake.blobs[archive] = good[:-1] + bytes([good[-1] ^ 1])
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:one")
+    assert code == 1 and f"blob {archive}" in err, err
+    fake.blobs[archive] = good + b"more"
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:one")
+    assert code == 1 and "longer than" in err, err
+    assert artifacts() == []
+    # asked by digest, served another manifest
+    wanted = "sha256:" + hashlib.sha256(fake.manifests["one"]).hexdigest()
+    fake.manifests[wanted] = fake.manifests["two"]
+    code, _, err = run_cli("pull", f"{fake.address}/team/app@{wanted}")
+    assert code == 1 and "sent a manifest hashing to" in err, err
+    # not a graven artifact at all
+    fake.manifests["image"] = json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}
+    ).encode()
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:image")
+    assert code == 1 and "not a graven artifact" in err, err
+    assert artifacts() == []
+    fake.blobs[archive] = good
+    code, out, err = run_cli("pull", f"{fake.address}/team/app:one")
+    assert code == 0, err
+    assert out.strip() == one
+
+
+def test_pull_with_a_token_service_and_credentials(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+    _copy_from(registry, fake, "v1", "v1")
+    fake.user = ("ci", "s3cret-pass")
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "with-token")
+    monkeypatch.delenv("GRAVEN_REGISTRY_USERNAME", raising=False)
+    monkeypatch.delenv("GRAVEN_REGISTRY_PASSWORD", raising=False)
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 2 and "set GRAVEN_REGISTRY_USERNAME and GRAVEN_REGISTRY_PASSWORD" in err, err
+    monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "wrong")
+    code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 2 and "refused the credentials" in err and "wrong" not in out + err, err
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
+    code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 0, err
+    assert out.strip() == built and "s3cret" not in out + err
+    assert "Bearer t0ken" in fake.seen_authorization
+    code, out, _ = run_cli("log")
+    assert "s3cret" not in out
