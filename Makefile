@@ -25,6 +25,9 @@ demo: $(STAMP)
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 	    else echo "the demo needs:$$missing (apt-get install -y$$missing)" >&2; exit 1; fi; fi
+	@# optional: a throwaway OCI registry for the push / pull step (skipped without it)
+	@command -v docker-registry >/dev/null || [ "$$(id -u)" != 0 ] || \
+	    apt-get install -y -qq docker-registry >/dev/null 2>&1 || true
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 lint: $(STAMP)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The graven demo: build the bundled shop example from a git commit, sign it, verify it, export it
-# and import it into a second graven home that trusts only the public key.
+# and import it into a second graven home that trusts only the public key (and, when docker-registry is
+# installed, push it to a throwaway OCI registry and pull it into a third).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/graven-demo.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+registry_pid=""
+trap '[ -z "$registry_pid" ] || kill "$registry_pid" 2>/dev/null; rm -rf "$work"' EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
@@ -63,6 +65,28 @@ run graven keys trust "$work/ci.pub"
 run graven import "$work/shop.tar.zst" --attestation "$work/shop.intoto.json"
 run graven verify "$digest"
 run graven attest verify "$work/shop.sigstore.json" --artifact "$digest"
+
+step "through an OCI registry: push from the build home, pull by digest into a third one"
+if command -v docker-registry >/dev/null; then
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$work/registry"
+    printf 'version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n  secret: demo\n' \
+        "$work/registry/data" "$port" > "$work/registry/config.yml"
+    docker-registry serve "$work/registry/config.yml" > "$work/registry/log" 2>&1 &
+    registry_pid=$!
+    for _ in $(seq 50); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/')" 2>/dev/null && break; sleep 0.1; done
+    echo "$ graven push $digest 127.0.0.1:$port/demo/shop:v1"
+    pinned=$(GRAVEN_HOME="$work/home" graven push "$digest" "127.0.0.1:$port/demo/shop:v1")
+    echo "$pinned"
+    export GRAVEN_HOME="$work/home3"
+    run graven keys trust "$work/ci.pub"
+    run graven pull "127.0.0.1:$port/demo/shop@${pinned##*@}"
+    run graven verify "$digest"
+    kill "$registry_pid" && registry_pid=""
+    export GRAVEN_HOME="$work/home2"
+else
+    echo "(skipped: no docker-registry here; apt-get install docker-registry to see it)"
+fi
 
 step "tampering is caught: a changed object fails verification"
 obj=$(find "$work/home2/objects/pack" -name '*.pack' | head -n 1)
