@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -46,7 +46,10 @@ class Executable:
 
 
 FileSpec = bytes | str | Symlink | Executable
-RepoFiles = Mapping[str | bytes, FileSpec]
+# a path of RepoFiles: str, bytes or either (a Mapping's key type is invariant: Mapping[str | bytes, ...]
+# would take no dict[str, ...])
+PathKey = TypeVar("PathKey", bound=str | bytes)
+RepoFiles = Mapping[PathKey, FileSpec]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -142,7 +145,7 @@ def git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
     return result.stdout.decode(errors="surrogateescape")
 
 
-def write_files(root: Path, files: RepoFiles) -> None:
+def write_files(root: Path, files: RepoFiles[PathKey]) -> None:
     """Write ``files`` (path -> content, Symlink or Executable) below ``root``; bytes paths are raw."""
     base = os.fsencode(root)
     for name, spec in files.items():
@@ -177,7 +180,7 @@ def commit_all(repo: Path, message: str = "change", *, date: str = COMMIT_DATE) 
 
 def create_repo(
     path: Path,
-    files: RepoFiles,
+    files: RepoFiles[PathKey],
     graven_toml: str | None = DEFAULT_TOML,
     *,
     message: str = "initial",

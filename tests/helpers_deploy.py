@@ -75,10 +75,9 @@ def git(repo: Path, *args: str) -> str:
 def fail_switch_to(monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
     """``current`` cannot be pointed at ``digest`` (a full disk, a file system gone read-only): the
     switch fails before ``current`` changes; every other link is made as usual."""
+    from graven.deploy.switch import point_symlink as real  # what deploy_release calls
     from graven.errors import BackendError
     from graven.service import deploy_release
-
-    real = deploy_release.point_symlink
 
     def full(link: Path, target: str) -> bool:
         if link.name == "current" and digest.removeprefix("sha256:") in target:
@@ -208,10 +207,10 @@ def tree_problems(root: Path, manifest: TreeManifest) -> list[str]:
     problems: list[str] = []
     expected = manifest.by_path()
     expected_dirs: set[str] = set()
-    for path, entry in expected.items():
+    for path, listed in expected.items():
         parts = path.split("/")
         expected_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-        if isinstance(entry, DirEntry):
+        if isinstance(listed, DirEntry):
             expected_dirs.add(path)
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root):

@@ -628,8 +628,8 @@ def test_an_archive_from_standard_input_and_unread_compressions_are_named(
         3, window_log=31, enable_ldm=True, write_content_size=False
     )
     stream = io.BytesIO()
-    with zstandard.ZstdCompressor(compression_params=params).stream_writer(stream, closefd=False) as out:
-        out.write(_tar(None))  # streamed: the frame header keeps the 2 GiB window (as zstd --long=31)
+    with zstandard.ZstdCompressor(compression_params=params).stream_writer(stream, closefd=False) as writer:
+        writer.write(_tar(None))  # streamed: the frame header keeps the 2 GiB window (as zstd --long=31)
     long = stream.getvalue()
     _one_line_error(run_cli("import", _write(tmp_path / "l.tar.zst", long)), "zstd --long")
 

@@ -224,6 +224,7 @@ def test_killed_appenders_never_leave_a_gap(home: Path, capsys: pytest.CaptureFi
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            assert proc.stdout is not None
             proc.stdout.close()
     report = _verify(capsys)
     assert report["ok"], report["problems"]

@@ -192,12 +192,10 @@ def test_no_space_left_in_the_scratch_copy_says_where(
     run_cli: Run,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from graven.build import workspace
-
     def full(src: object, dst: object, **_: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(workspace.shutil, "copyfile", full)
+    monkeypatch.setattr(shutil, "copyfile", full)
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml("mkdir out", sandbox="none"))
     code, _, err = run_cli("build", "-C", repo)
     assert code == 1
@@ -337,10 +335,12 @@ def test_a_virtualenv_in_the_repository_does_not_expose_the_working_tree(
     assert code == 0, err
     archive = tmp_path / "a.tar"
     assert run_cli("export", json.loads(out)["digest"], "-o", archive)[0] == 0
+    read: dict[str, str] = {}
     with tarfile.open(archive) as tar:
-        read = {
-            n: tar.extractfile(f"out/{n}").read().decode() for n in ("tool", "ptool", "secret", "ls", "venv")
-        }  # type: ignore[union-attr]
+        for n in ("tool", "ptool", "secret", "ls", "venv"):
+            member = tar.extractfile(f"out/{n}")
+            assert member is not None, f"out/{n} is not a file"
+            read[n] = member.read().decode()
     assert read["tool"] == "mytool ran\n" and read["ptool"] == "ptool ran\n"  # the tools are reachable
     assert "SECRET" not in read["secret"]
     assert read["ls"].split() == [".venv", "tools"]  # nothing but the PATH directories' mount points

@@ -280,8 +280,8 @@ def _assert_store_is_whole(objects: Path) -> int:
         assert idx.with_suffix(".pack").is_file(), f"{idx.name} has no pack"
     store = LocalStore.at(objects)
     listed = list(store.list())  # loads every *.idx: a partial one raises
-    for digest in listed:
-        store.verify(digest)
+    for each in listed:
+        store.verify(each)
     return len(listed)
 
 

@@ -173,7 +173,7 @@ def test_flock_holders_match_the_device_as_well_as_the_inode(tmp_path: Path) -> 
         import builtins
 
         original = builtins.open
-        builtins.open = fake_open  # type: ignore[assignment]
+        builtins.open = fake_open
         try:
             assert lock_module.flock_holders(fd) == {4242}
         finally:

@@ -33,8 +33,8 @@ def test_a_release_on_disk_whose_stat_changed_reports_its_check(world: World) ->
     assert world.deploy(v1, "staging").ok
     assert world.deploy(v2, "staging").ok
     release = world.env_dir("staging") / "releases" / v1.removeprefix("sha256:")
-    for directory, _dirs, files in os.walk(release):
-        for name in files:
+    for directory, _dirs, names in os.walk(release):
+        for name in names:
             os.utime(os.path.join(directory, name), (1_000_000_000, 1_000_000_000))
     files = sum(1 for entry in world.manifest(v1).entries if isinstance(entry, FileEntry))
 

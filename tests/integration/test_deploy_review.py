@@ -540,7 +540,7 @@ def test_a_hook_dies_with_a_killed_deployer(tmp_path: Path) -> None:
 
 
 def test_after_a_deployer_is_killed_having_linked_the_live_files_the_next_deploy_links_them_again(
-    world: World,
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world.commit({f"lib/m{i}.py": f"x = {i}\n" for i in range(50)})
     v1 = world.version(1)
@@ -550,13 +550,13 @@ def test_after_a_deployer_is_killed_having_linked_the_live_files_the_next_deploy
     if pid == 0:  # a deployer killed right after building its release (live files linked into it)
         code = 3
         try:
-            real = deploy_release.build_release
+            from graven.deploy.materialize import build_release as real  # what deploy_release calls
 
             def build_then_die(*args: Any, **kwargs: Any) -> Any:
                 real(*args, **kwargs)
                 os.kill(os.getpid(), signal.SIGKILL)
 
-            deploy_release.build_release = build_then_die  # type: ignore[assignment]
+            monkeypatch.setattr(deploy_release, "build_release", build_then_die)  # in the child only
             world.deploy(v2, "staging")
         finally:
             os._exit(code)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from test_drift_cli import CASES, Tamper, drift, found
 from graven.deploy.lock import check_lock_path
 from graven.drift import walk as drift_walk
 from graven.service import drift_early
+from graven.service.context import Context
 from graven.service.drift import check
 from graven.service.drift_check import _save_split
 from graven.service.drift_early import start_early
@@ -73,8 +74,8 @@ def test_tampering_is_found_in_either_part(
     started: list[dict[str, int]] = []
     real = drift_early.start_early
 
-    def spy(ctx: object, envs: object) -> drift_early.EarlyWalks:
-        early = real(ctx, envs)  # type: ignore[arg-type]
+    def spy(ctx: Context, envs: Sequence[str] = ()) -> drift_early.EarlyWalks:
+        early = real(ctx, envs)
         started.append(early.started)
         return early
 

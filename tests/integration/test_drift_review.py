@@ -248,7 +248,7 @@ def test_the_watcher_waits_instead_of_spinning_while_the_check_lock_is_held(
     layout = EnvLayout(world.env_dir("staging"))
     refused: list[float] = []  # when a check found the lock held
     third_refusal = threading.Event()
-    real = drift_watch.check_target
+    from graven.service.drift_check import check_target as real  # what drift_watch calls
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -260,7 +260,7 @@ def test_the_watcher_waits_instead_of_spinning_while_the_check_lock_is_held(
             raise
 
     reads: list[float] = []
-    real_targets = drift_watch.live_targets
+    from graven.service.drift_targets import live_targets as real_targets  # what drift_watch calls
 
     def counting_targets(*args: Any, **kwargs: Any) -> Any:
         reads.append(time.monotonic())
@@ -1071,7 +1071,8 @@ def test_a_check_records_what_it_saw_before_a_heal_can_change_it(
     victim = release_of(world) / "app/main.py"
     victim.chmod(0o644)
     victim.write_text("print('tampered')\n")
-    record = drift_check.record_check
+    from graven.service.drift_records import record_check as record  # what drift_check calls
+
     healer: list[subprocess.Popen[str]] = []
 
     def heal_then_record(ctx: Context, report: Any) -> str | None:

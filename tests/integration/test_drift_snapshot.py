@@ -256,8 +256,8 @@ def test_drift_then_clean_records_found_and_resolved_once(
         events = [
             r.event for r in conn.execute("SELECT event FROM drift_events WHERE env = 'staging' ORDER BY id")
         ]
-        state = conn.execute("SELECT keys, count FROM drift_state WHERE env = 'staging'").one()
-    assert events == ["found", "resolved"] and (state.keys, state.count) == ("[]", 0)
+        keys, count = conn.execute("SELECT keys, count FROM drift_state WHERE env = 'staging'").one()
+    assert events == ["found", "resolved"] and (keys, count) == ("[]", 0)
     assert snapshot_path(world).exists()
 
 

@@ -82,7 +82,7 @@ def writable(path: Path, change: Callable[[], object]) -> None:
 def before_the_heal(monkeypatch: pytest.MonkeyPatch, attack: Callable[[], None]) -> None:
     """Run ``attack`` after the heal's full check and plan, just before the plan is carried out: the
     race of an intruder who can write the release, won every time."""
-    real = drift_heal.apply_heal
+    from graven.drift.heal import apply_heal as real  # what drift_heal calls
 
     def racing(*args: Any, **kwargs: Any) -> Any:
         attack()
@@ -118,8 +118,12 @@ def test_a_directory_swapped_for_a_link_after_the_check_is_not_followed(
     outside = outside_dir(tmp_path, ("passwd", "main.py", "current.py"))
     before = snapshot(outside)
 
+    def link_app_outside() -> None:
+        app.rename(release / "app.old")
+        app.symlink_to(outside)
+
     def swap() -> None:
-        writable(release, lambda: (app.rename(release / "app.old"), app.symlink_to(outside)))
+        writable(release, link_app_outside)
 
     before_the_heal(monkeypatch, swap)
     code, _out, err = run_cli(capsys, "heal", "staging")
@@ -140,7 +144,12 @@ def test_a_directory_swapped_while_the_heal_removes_it_is_not_entered(
     it goes in: the heal must not chmod, list nor empty what now stands there."""
     release = release_of(world)
     evil = release / "app/evil"
-    writable(release / "app", lambda: (evil.mkdir(), (evil / "payload.py").write_text("2\n")))
+
+    def add_evil() -> None:
+        evil.mkdir()
+        (evil / "payload.py").write_text("2\n")
+
+    writable(release / "app", add_evil)
     assert ("app/evil", "added") in drift_full(capsys)
     outside = outside_dir(tmp_path, ("payload.py", "keep.txt"))
     before = snapshot(outside)
@@ -193,7 +202,7 @@ def test_a_regular_heal_restores_nested_files_links_directories_and_modes(
         (deep / "added/x.py").write_text("x\n")
 
     writable(deep, tamper_deep)
-    writable(release / "app", lambda: ((release / "app/current.py").unlink(),))
+    writable(release / "app", (release / "app/current.py").unlink)
     (release / "app/lib/util.py").chmod(0o644)
     (release / "app/lib/util.py").write_text("X = 666\n")
     (release / "app/lib").chmod(0o777)
@@ -209,7 +218,12 @@ def test_a_regular_heal_restores_nested_files_links_directories_and_modes(
 def plant_link(release: Path, outside: Path) -> None:
     """``app/lib`` (a directory of the manifest) replaced by a link to ``outside``."""
     lib = release / "app/lib"
-    writable(release / "app", lambda: (lib.rename(release / "app/lib.old"), lib.symlink_to(outside)))
+
+    def link_lib_outside() -> None:
+        lib.rename(release / "app/lib.old")
+        lib.symlink_to(outside)
+
+    writable(release / "app", link_lib_outside)
 
 
 def test_a_link_planted_where_a_directory_belongs_is_replaced_not_followed(

@@ -59,11 +59,12 @@ def test_trusting_a_key_twice_or_at_once_succeeds_and_logs_once(
     assert run_cli(capsys, "keys", "generate", "--name", "ci", "--no-trust")[0] == 0
     pem = run_cli(capsys, "keys", "export", "ci")[1]
     (tmp_path / "ci.pub").write_text(pem)
-    real_write = trust.write_public_key
+    from graven.signing.keys import SigningKey, VerifyingKey
+    from graven.signing.keys import write_public_key as real_write  # what trust calls
 
-    def another_process_first(path: Path, key: object) -> None:
+    def another_process_first(path: Path, key: SigningKey | VerifyingKey) -> None:
         """The same key written by another `keys trust` between our check and our write."""
-        real_write(path, key)  # type: ignore[arg-type]
+        real_write(path, key)
         real_write(path, key)  # ours: the file exists now
 
     with monkeypatch.context() as patch:

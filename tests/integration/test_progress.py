@@ -254,12 +254,13 @@ def test_on_a_terminal_the_line_is_drawn_and_removed(
     archive = tmp_path / "a.tar.zst"
     if command == "import":
         assert run_cli("export", str(built), "-o", archive)[0] == 0
-    args = {
+    arguments: dict[str, list[str | Path]] = {
         "verify": ["verify", str(built)],
         "export": ["export", str(built), "-o", tmp_path / "b.tar.zst"],
         "import": ["import", archive],
         "log verify": ["log", "verify"],
-    }[command]
+    }
+    args = arguments[command]
     stage = {
         "verify": "verifying objects: ",
         "export": "writing archive: ",

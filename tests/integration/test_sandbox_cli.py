@@ -593,7 +593,7 @@ def test_a_tool_the_commit_names_runs_in_the_sandbox_not_on_the_host(
     assert not canary.exists()  # the host's /tmp is out of the sandbox's reach
     statement = _statement(run_cli, json.loads(out)["digest"])
     deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]  # type: ignore[index]
-    names = [d["name"] for d in deps if d.get("name", "").startswith("tool:")]  # type: ignore[attr-defined]
+    names = [d["name"] for d in deps if d.get("name", "").startswith("tool:")]
     assert names == [f"tool:{where}/tool.sh@1.2.3"]  # no secret, no home: the sandbox's answer
 
 

@@ -61,7 +61,7 @@ def test_a_full_disk_stops_a_build_with_one_line(
                 handle.write = _full
                 return handle
 
-            patch.setattr(local.os, "fdopen", fdopen)
+            patch.setattr(os, "fdopen", fdopen)
         else:
             real_open = os.open
 
@@ -70,7 +70,7 @@ def test_a_full_disk_stops_a_build_with_one_line(
                     _full()
                 return real_open(path, *args, **kwargs)
 
-            patch.setattr(local.os, "open", full_open)
+            patch.setattr(os, "open", full_open)
         code, out, err = run_cli("build", "-C", repo)
     assert code == 1, err
     assert out == ""
@@ -120,7 +120,7 @@ def test_a_full_disk_while_a_pack_index_is_written_leaves_no_pack_and_no_partial
         real_fsync(fd)
 
     with monkeypatch.context() as patch:
-        patch.setattr(local.os, "fsync", fsync)
+        patch.setattr(os, "fsync", fsync)
         code, _out, err = run_cli("build", "-C", repo)
     assert code == 1, err
     assert err.splitlines() == [

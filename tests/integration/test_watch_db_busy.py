@@ -210,8 +210,8 @@ def test_the_watcher_tries_a_heal_again_when_the_database_did_not_let_it_start(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import graven.service.drift_watch as watch_service
+    from graven.service.drift_heal import heal as real  # what watch_service calls
 
-    real = watch_service.heal
     waits: list[float | None] = []
 
     def heal_beside_a_writer(ctx: Any, env: str, **kwargs: Any) -> Any:

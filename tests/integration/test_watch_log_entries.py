@@ -63,7 +63,11 @@ def test_rounds_without_drift_write_nothing_to_the_log(world: World, tmp_path: P
         try:
             for env in ("staging", "prod"):
                 for mode, count in (("fast", 5), ("full", 2)):
-                    assert wait_for(lambda w=watcher, e=env, m=mode, n=count: checks(w, e, m) >= n)
+
+                    def done(w: Watcher = watcher, e: str = env, m: str = mode, n: int = count) -> bool:
+                        return checks(w, e, m) >= n
+
+                    assert wait_for(done)
         finally:
             watcher.close()
         assert not any(json.loads(line)["type"] in ("alert", "heal") for line in watcher.lines)

@@ -275,9 +275,12 @@ def test_database_errors_in_the_loop_are_survived(world: World, monkeypatch: pyt
 
         return call
 
-    monkeypatch.setattr(drift_watch, "live_targets", flaky("live_targets", drift_watch.live_targets, after=1))
-    monkeypatch.setattr(drift_watch, "alerted_keys", flaky("alerted_keys", drift_watch.alerted_keys))
-    monkeypatch.setattr(drift_watch, "record_alert", flaky("record_alert", drift_watch.record_alert))
+    from graven.service.drift_records import alerted_keys, record_alert  # what drift_watch calls
+    from graven.service.drift_targets import live_targets
+
+    monkeypatch.setattr(drift_watch, "live_targets", flaky("live_targets", live_targets, after=1))
+    monkeypatch.setattr(drift_watch, "alerted_keys", flaky("alerted_keys", alerted_keys))
+    monkeypatch.setattr(drift_watch, "record_alert", flaky("record_alert", record_alert))
     receiver = Receiver()
     watcher = Watcher(world, WatchOptions(interval=0.2, webhook=receiver.url, as_json=True))
     try:

@@ -14,6 +14,7 @@ from graven.model.manifest import (
     DirEntry,
     FileEntry,
     SymlinkEntry,
+    TreeEntry,
     TreeManifest,
     _check_paths,
     _from_canonical,
@@ -76,7 +77,7 @@ def test_relative_links_inside_one_dir_are_accepted(a: str, b: str) -> None:
 
 
 tricky = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=8
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="/\x00"), min_size=1, max_size=8
 ).filter(lambda s: s not in (".", "..") and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in s))
 
 
@@ -85,7 +86,7 @@ tricky = st.text(
 def test_fast_serializer_equals_canonical_json(names: list[str], digest: str, executable: bool) -> None:
     from graven.model.manifest import DirEntry, canonical_json
 
-    entries = [FileEntry(f"f/{n}", digest, len(n), executable) for n in names[:4]]
+    entries: list[TreeEntry] = [FileEntry(f"f/{n}", digest, len(n), executable) for n in names[:4]]
     entries += [SymlinkEntry(f"l/{n}", names[0]) for n in names[4:8]]
     entries += [DirEntry(f"d/{n}") for n in names[8:]]
     manifest = TreeManifest.of(entries)

@@ -40,7 +40,7 @@ def test_a_failure_after_the_switch_is_switched_back_without_importing_hooks(
     v1 = world.build()
     assert world.deploy(v1, "staging").ok
     v2 = world.version(2)
-    real_switch = deploy_mod.switch
+    from graven.service.deploy_release import switch as real_switch  # what deploy_mod calls
 
     def switch_then_fail(*args: Any, **kwargs: Any) -> None:
         real_switch(*args, **kwargs)
@@ -78,20 +78,21 @@ def test_assignment_to_a_frozen_value_still_raises_attribute_error(assign: Any) 
 
 
 def _shape(value: object) -> str:
+    # _Fields.__init_subclass__ sets __match_args__ at run time, out of mypy's sight: hence [misc]
     match value:
-        case FileEntry(path, sha256, size, executable):
+        case FileEntry(path, sha256, size, executable):  # type: ignore[misc]
             return f"file {path} {sha256[:4]} {size} {executable}"
-        case SymlinkEntry(path, target):
+        case SymlinkEntry(path, target):  # type: ignore[misc]
             return f"link {path} -> {target}"
-        case DirEntry(path):
+        case DirEntry(path):  # type: ignore[misc]
             return f"dir {path}"
-        case Digest(hex_):
+        case Digest(hex_):  # type: ignore[misc]
             return f"digest {hex_[:4]}"
-        case TreeDiff(added, removed, changed, unchanged):
+        case TreeDiff(added, removed, changed, unchanged):  # type: ignore[misc]
             return f"diff {len(added)} {len(removed)} {len(changed)} {unchanged}"
-        case EnvState(name, path):
+        case EnvState(name, path):  # type: ignore[misc]
             return f"env {name} {path}"
-        case Checkpoint(origin, size):
+        case Checkpoint(origin, size):  # type: ignore[misc]
             return f"checkpoint {origin} {size}"
     return "?"
 

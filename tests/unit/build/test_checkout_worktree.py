@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMMIT_EPOCH, Executable, Symlink, create_repo, git, write_files
+from conftest import COMMIT_EPOCH, Executable, FileSpec, Symlink, create_repo, git, write_files
 from graven.build.workspace import checkout
 from graven.sources.git import BlobReader, GitRepo
 
-FILES = {
+FILES: dict[str, FileSpec] = {
     "src/app.py": "print('app')\n",
     "src/same.txt": "twin\n",
     "other/same.txt": "twin\n",

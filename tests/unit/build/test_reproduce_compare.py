@@ -9,14 +9,14 @@ import pytest
 
 from graven.build.compare import NotReproducibleError, diff_entries, diffoscope_summary, with_diffoscope
 from graven.errors import ConfigError
-from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
 from graven.model.pipeline import parse_pipeline
 
 A, B = "a" * 64, "b" * 64
 
 
 def test_each_kind_of_difference_is_named() -> None:
-    first = [
+    first: list[TreeEntry] = [
         FileEntry("same.txt", A, 1),
         FileEntry("content.txt", A, 5),
         FileEntry("size.txt", A, 5),
@@ -26,7 +26,7 @@ def test_each_kind_of_difference_is_named() -> None:
         FileEntry("gone.txt", A, 1),
         DirEntry("empty"),
     ]
-    second = [
+    second: list[TreeEntry] = [
         FileEntry("same.txt", A, 1),
         FileEntry("content.txt", B, 5),
         FileEntry("size.txt", B, 6),

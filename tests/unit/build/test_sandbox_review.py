@@ -329,7 +329,7 @@ def test_collecting_an_unreadable_output_names_it(tmp_path: Path, monkeypatch: p
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_listdir(path)
 
-    monkeypatch.setattr(tree.os, "listdir", listdir)
+    monkeypatch.setattr(os, "listdir", listdir)
     with pytest.raises(InputError) as info:
         tree.collect_tree(tmp_path, ["out/"], Selection.of(["**"], []), None)  # type: ignore[arg-type]
     assert str(info.value).startswith("[build] outputs: cannot read out/d: Permission denied")

@@ -27,7 +27,7 @@ def test_a_streamed_json_list_is_the_list_printed_whole(items: list[object]) -> 
     assert json.loads(streamed) == items
 
 
-cells = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8)
+cells = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
 
 
 @given(st.lists(st.tuples(cells, cells, cells), max_size=12))

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graven.core import paths as paths_module
 from graven.core.globs import GlobError, GlobSet, check_glob, compile_glob, never_matches
 from graven.core.paths import check_path, check_unique_nfc, decode_path, display_path, implied_dirs
 from graven.errors import InputError, UnsafeInputError
@@ -138,7 +137,7 @@ def test_fast_and_general_parsers_agree_c1_included(items: list[tuple[str, str]]
 
 
 _NAMES = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=8
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="/\x00"), min_size=1, max_size=8
 ).filter(lambda s: s not in (".", "..") and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in s))
 
 
@@ -217,7 +216,7 @@ def test_nfc_check_does_work_only_for_non_ascii_names(monkeypatch: pytest.Monkey
         calls.append(text)
         return real(form, text)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(paths_module.unicodedata, "normalize", counting)
+    monkeypatch.setattr(unicodedata, "normalize", counting)
     ascii_tree = [f"d{i % 50}/sub/f{i}.py" for i in range(5000)]
     check_unique_nfc(ascii_tree)
     assert calls == []

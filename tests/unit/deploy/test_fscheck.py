@@ -43,7 +43,7 @@ def test_a_file_system_with_links_and_modes_is_fine(tmp_path: Path) -> None:
 def test_what_the_file_system_refuses_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, err: int, expected: str
 ) -> None:
-    monkeypatch.setattr(fscheck.os, name, _refuse(err))
+    monkeypatch.setattr(os, name, _refuse(err))
     assert fscheck.release_support_problem(tmp_path) == expected
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
@@ -53,14 +53,14 @@ def test_a_chmod_that_changes_nothing_is_no_permission_bits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # vfat mounted with `quiet`: chmod succeeds and every file stays 0755
-    monkeypatch.setattr(fscheck.os, "fchmod", lambda fd, mode: None)
+    monkeypatch.setattr(os, "fchmod", lambda fd, mode: None)
     assert fscheck.release_support_problem(tmp_path) == "no Unix permission bits (chmod 0555 leaves 0600)"
 
 
 def test_a_directory_nothing_can_be_made_in_is_a_backend_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fscheck.os, "mkdir", _refuse(errno.EROFS))
+    monkeypatch.setattr(os, "mkdir", _refuse(errno.EROFS))
     with pytest.raises(BackendError, match=r"cannot write in .*: Read-only file system"):
         fscheck.release_support_problem(tmp_path)
 
@@ -70,7 +70,7 @@ def test_a_refused_directory_made_by_the_check_is_removed_again(
 ) -> None:
     root = tmp_path / "srv" / "staging"
     (tmp_path / "srv").mkdir()
-    monkeypatch.setattr(fscheck.os, "symlink", _refuse(errno.EPERM))
+    monkeypatch.setattr(os, "symlink", _refuse(errno.EPERM))
     with pytest.raises(InputError) as raised:
         fscheck.check_release_support(root)
     assert raised.value.exit_code == 2
@@ -109,7 +109,7 @@ def test_a_plan_refuses_what_the_first_deploy_would_and_makes_nothing(
     root = tmp_path / "srv" / "staging"
     release = root / "releases" / "ab"
     fscheck.plan_release_support(root, release, ["README", "app/x"], first=True)  # a file system that can
-    monkeypatch.setattr(fscheck.os, "link", _refuse(errno.EPERM))
+    monkeypatch.setattr(os, "link", _refuse(errno.EPERM))
     with pytest.raises(InputError) as raised:
         fscheck.plan_release_support(root, release, ["README"], first=True)
     assert str(raised.value).startswith(f"{root} is on a file system that cannot hold releases")

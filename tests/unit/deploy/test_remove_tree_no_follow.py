@@ -64,7 +64,7 @@ def _swap_after_listing(monkeypatch: pytest.MonkeyPatch, tree: Path, swap: Calla
             swap()
         return _Listed(entries)
 
-    monkeypatch.setattr(materialize.os, "scandir", racing_scandir)
+    monkeypatch.setattr(os, "scandir", racing_scandir)
 
 
 def test_a_directory_swapped_for_a_symlink_is_not_followed(

@@ -28,7 +28,7 @@ from graven.errors import GravenError, InputError
 from graven.home import Home
 from graven.model.digest import Digest
 from graven.model.logentry import LogEntry, LogEvent
-from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
+from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.model.pipeline import ArtifactSection, BuildSection, EnvSection, FetchSection, Pipeline
 from graven.service.artifacts import ArtifactRecord, Problem, VerifyReport
 from graven.service.audit import LogVerifyReport, SubtreeRepair
@@ -331,7 +331,7 @@ def test_the_json_forms_are_what_asdict_made() -> None:
         ),
     ):
         old = _dataclass_like(type(value), True)(*value._values())
-        assert value.to_json() == dataclasses.asdict(old), type(value).__name__  # type: ignore[attr-defined]
+        assert value.to_json() == dataclasses.asdict(old), type(value).__name__
     reject = RejectResult(SHA, "bad", False, ("prod",))
     assert reject.to_json() == {"digest": SHA, "reason": "bad", "already": False, "live_in": ["prod"]}
     report = VerifyReport(SHA, 1, [Problem("a", SHA, "corrupt", "d")])
@@ -374,7 +374,7 @@ def test_check_path_refuses_what_its_regex_refused() -> None:
 
 def test_symlink_targets_are_checked_as_before() -> None:
     for target in ("ok\x7f", "ok\x1f", "ok\x85", "ok\ud800", "ok"):
-        entries = [FileEntry("a/f", SHA, 1), SymlinkEntry("a/l", target)]
+        entries: list[TreeEntry] = [FileEntry("a/f", SHA, 1), SymlinkEntry("a/l", target)]
         if target == "ok":
             TreeManifest.of(entries)
             continue

@@ -96,7 +96,7 @@ def test_a_whole_second_clock_is_waited_for_so_a_fresh_release_stays_trusted(
     readings = iter([second] * 30 + [second + 1_000_000_000] * 5)
     monkeypatch.setattr(statdb, "_fs_now", lambda fd: lambda: next(readings))
     slept: list[float] = []
-    monkeypatch.setattr(statdb.time, "sleep", slept.append)
+    monkeypatch.setattr(time, "sleep", slept.append)
     table.save(tmp_path / "stat", KEY)
     assert StatTable.load(tmp_path / "stat", KEY).inodes[st.st_ino][3] == second  # trusted
     assert len(slept) == 30  # waited for the clock's next second, well past the usual 50 ms

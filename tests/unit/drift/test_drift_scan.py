@@ -11,7 +11,8 @@ from pathlib import Path
 from graven.core.drift import compare_tree
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import VerifiedCache, fs_clock
-from graven.drift.scan import BIG, Hasher, ReleaseIndex, hash_path, scan_release
+from graven.drift.scan import Hasher, ReleaseIndex, hash_path, scan_release
+from graven.drift.walk import BIG
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
 from helpers_services import unavailable
 

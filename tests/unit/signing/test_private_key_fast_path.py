@@ -32,7 +32,9 @@ def test_the_fast_path_gives_the_key_the_full_parser_gives(seed: bytes) -> None:
     pem = _pem(private)
     assert keys._ed25519_seed(pem) == seed
     fast = keys.parse_private_key(pem)
-    full = keys.SigningKey.from_private_key(serialization.load_pem_private_key(pem, password=None))
+    loaded = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(loaded, Ed25519PrivateKey)
+    full = keys.SigningKey.from_private_key(loaded)
     assert (fast.keyid, fast.key_type, fast.public_pem(), fast.private_pem()) == (
         full.keyid,
         full.key_type,

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from graven.errors import InputError, NotFoundError
-from graven.signing import keys as keys_module
 from graven.signing.keys import (
     KeyEntry,
     KeyStore,
@@ -123,7 +122,7 @@ def test_private_key_file_is_created_exclusively_with_mode_0600(
             calls.append((flags, mode))
         return real_open(path, flags, mode, **kwargs)
 
-    monkeypatch.setattr(keys_module.os, "open", spy)
+    monkeypatch.setattr(os, "open", spy)
     write_private_key(tmp_path / "k.key", generate_key())
     assert calls, "the key file was not created with os.open"
     for flags, mode in calls:

@@ -116,7 +116,7 @@ CASES: list[tuple[type, dict[str, Any]]] = [
 def test_behaves_as_the_frozen_dataclass_it_replaced(case: tuple[type, dict[str, Any]]) -> None:
     cls, fields = case
     assert issubclass(cls, Frozen)
-    assert tuple(fields) == cls._fields  # type: ignore[attr-defined]
+    assert tuple(fields) == cls._fields
     value = cls(**fields)
     old = dataclasses.make_dataclass(cls.__name__, list(fields), frozen=True)(**fields)
     assert repr(value) == repr(old).replace("types.", "")

@@ -129,5 +129,6 @@ def test_the_neutral_point_encoded_as_p_plus_1_verifies_no_forgery(sign: int) ->
         key = VerifyingKey.from_canonical_der(der)
     except InputError:
         return  # refused: nothing can verify under it
+    assert key is not None  # an Ed25519 SPKI is of the canonical layout: a key or a refusal
     verified = [key.verify(FORGED_SIGNATURE, message) for message in (b"any message", b"another")]
     pytest.fail(f"a non-canonical neutral-point key was accepted; the forged signature verifies: {verified}")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMMIT_EPOCH, Executable, Symlink, commit_all, create_repo, git, write_files
+from conftest import COMMIT_EPOCH, Executable, FileSpec, Symlink, commit_all, create_repo, git, write_files
 from graven.errors import NotFoundError, SourceError
 from graven.sources.git import GitEntry, GitRepo, _committer_time
 
-FILES = {
+FILES: dict[str, FileSpec] = {
     "a.txt": "a\n",
     "dir/b.txt": "b\n",
     "dir/run.sh": Executable("#!/bin/sh\n"),

@@ -12,14 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Symlink, create_repo, git, write_files
+from conftest import FileSpec, Symlink, create_repo, git, write_files
 from graven.sources.worktree import blob_id, worktree_blobs
 
-FILES = {
+DIR_TXT = "sorts between dir and dir/b.txt as a string\n"
+FILES: dict[str, FileSpec] = {
     "a.txt": "a\n",
     "dir/b.txt": "b\n",
     "dir/sub/c.txt": "c\n",
-    "dir.txt": "sorts between dir and dir/b.txt as a string\n",
+    "dir.txt": DIR_TXT,
     "é.txt": "unicode\n",
     "link": Symlink("a.txt"),
 }
@@ -189,4 +190,4 @@ def test_a_short_read_goes_on_to_the_end_of_the_file(repo: Path, monkeypatch: py
     wanted = _wanted(repo, "dir.txt")
     real_read = os.read
     monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 5)))  # 5 bytes at a time
-    assert _found(repo, wanted) == {wanted[0][1]: FILES["dir.txt"].encode()}
+    assert _found(repo, wanted) == {wanted[0][1]: DIR_TXT.encode()}

@@ -389,8 +389,8 @@ def test_a_pack_sealed_a_day_before_its_batch_commits_is_not_taken_for_an_orphan
 
     blob = os.urandom(300)
     with monkeypatch.context() as patch:
-        patch.setattr(local.os, "chmod", chmod)
-        patch.setattr(local.os, "rename", rename)
+        patch.setattr(os, "chmod", chmod)
+        patch.setattr(os, "rename", rename)
         with store.batch() as batch:
             digest = batch.add(blob)
     fresh = LocalStore.at(root)
@@ -434,7 +434,7 @@ def _left_by_a_killed_batch(root: Path, monkeypatch: pytest.MonkeyPatch, blobs: 
     store = LocalStore.at(root)
     before = set(_packs(root))
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(local.os, "rename", killed)
+        patch.setattr(os, "rename", killed)
         with store.batch() as batch:
             for blob in blobs:
                 batch.add(blob)
@@ -469,7 +469,7 @@ def test_a_batch_that_finds_its_pack_left_by_a_killed_one_never_loses_it_to_a_me
 
     store = LocalStore.at(root)
     with monkeypatch.context() as patch:
-        patch.setattr(local.os, "rename", racing)
+        patch.setattr(os, "rename", racing)
         with store.batch() as batch:
             digests = [batch.add(blob) for blob in blobs]
     assert merged == [0]
@@ -557,7 +557,7 @@ def test_a_batch_publishing_an_index_for_an_orphan_pack_is_never_harmed_by_the_c
     store = LocalStore.at(root)
     with monkeypatch.context() as patch:
         patch.setattr(local, "_merges_held", hold)
-        patch.setattr(local.os, "rename", rename)
+        patch.setattr(os, "rename", rename)
         with store.batch() as batch:
             digests = [batch.add(blob) for blob in blobs]
     assert cleaned == [1 if when == "between its look and its hold" else 0]
