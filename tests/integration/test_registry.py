@@ -227,6 +227,7 @@ class _Fake:
         self.manifests: dict[str, bytes] = {}
         self.blobs: dict[str, bytes] = {}
         self.user: tuple[str, str] | None = None
+        self.cut: set[str] = set()  # blobs whose answer says more bytes than it sends, then closes
         self.seen_authorization: list[str] = []
         fake = self
 
@@ -269,6 +270,12 @@ class _Fake:
                     found = None
                 if found is None:
                     self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"no"}]}')
+                elif path.rpartition("/")[2] in fake.cut:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(found) + 100))
+                    self.end_headers()
+                    self.wfile.write(found)
+                    self.close_connection = True
                 else:
                     self._send(200, found)
 
@@ -356,7 +363,13 @@ def test_pull_refuses_what_a_lying_registry_sends(
     code, _, err = run_cli("pull", f"{fake.address}/team/app:image")
     assert code == 1 and "not a graven artifact" in err, err
     assert artifacts() == []
+    # a connection that breaks in the middle of a blob
     fake.blobs[archive] = good
+    fake.cut.add(archive)
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:one")
+    assert code == 1 and "stopped sending blob" in err and err.count("\n") == 1, err
+    assert artifacts() == []
+    fake.cut.clear()
     code, out, err = run_cli("pull", f"{fake.address}/team/app:one")
     assert code == 0, err
     assert out.strip() == one

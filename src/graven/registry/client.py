@@ -170,6 +170,18 @@ class RegistryClient:
             return f"set {USERNAME_ENV} and {PASSWORD_ENV}"
         return f"check {USERNAME_ENV} and {PASSWORD_ENV}"
 
+    def _chunks(self, response: httpx.Response, what: str) -> Iterator[bytes]:
+        """The body of ``response`` as it arrives; a connection that breaks or stalls meanwhile is a
+        :class:`BackendError` naming ``what``."""
+        import httpx
+
+        try:
+            yield from response.iter_bytes(_CHUNK)
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"the registry {self.reference.host} stopped sending {what}: {_reason(exc)}"
+            ) from None
+
     # -- blobs -------------------------------------------------------------------------------------
 
     def has_blob(self, digest: str) -> bool:
@@ -231,7 +243,7 @@ class RegistryClient:
                 raise self._fail(response, f"send blob {descriptor.digest[:19]}")
             hasher = hashlib.sha256()
             size = 0
-            for chunk in response.iter_bytes(_CHUNK):
+            for chunk in self._chunks(response, f"blob {descriptor.digest[:19]}"):
                 size += len(chunk)
                 if size > descriptor.size:
                     raise IntegrityError(
@@ -284,7 +296,7 @@ class RegistryClient:
             if response.status_code != 200:
                 raise self._fail(response, f"send the manifest {reference}")
             data = bytearray()
-            for chunk in response.iter_bytes(_CHUNK):
+            for chunk in self._chunks(response, f"the manifest {reference}"):
                 data += chunk
                 if len(data) > MAX_MANIFEST_SIZE:
                     raise IntegrityError(
