@@ -122,9 +122,7 @@ class Reference(Frozen):
                 f"registry reference {text!r}: repository {path!r} is not valid (lowercase letters, "
                 "digits and separators . _ __ - between them, / between components)"
             )
-        if not scheme:
-            scheme = "http" if host.rpartition(":")[0] in _LOOPBACK or host in _LOOPBACK else "https"
-        return cls(scheme, host, path, tag, digest)
+        return cls(scheme or _default_scheme(host), host, path, tag, digest)
 
     @property
     def base(self) -> str:
@@ -132,7 +130,11 @@ class Reference(Frozen):
         return f"{self.scheme}://{self.host}/v2/{self.repository}"
 
     def __str__(self) -> str:
+        """What :meth:`parse` reads back as this reference: the scheme written only when it is not
+        the one the host implies."""
         text = f"{self.host}/{self.repository}"
+        if self.scheme != _default_scheme(self.host):
+            text = f"{self.scheme}://{text}"
         if self.tag is not None:
             text += f":{self.tag}"
         if self.digest is not None:
@@ -142,6 +144,11 @@ class Reference(Frozen):
     def with_digest(self, digest: str) -> Reference:
         """This reference pinned to ``digest`` (the tag kept, as docker shows ``repo:tag@digest``)."""
         return Reference(self.scheme, self.host, self.repository, self.tag, digest)
+
+
+def _default_scheme(host: str) -> str:
+    """Plain HTTP for this machine's loopback (as Docker has it), else HTTPS."""
+    return "http" if host.rpartition(":")[0] in _LOOPBACK or host in _LOOPBACK else "https"
 
 
 class Descriptor(Frozen):
@@ -239,10 +246,12 @@ def parse_manifest(data: bytes, where: str) -> PulledManifest:
         or document.get("mediaType", MANIFEST_MEDIA_TYPE) != MANIFEST_MEDIA_TYPE
     ):
         raise bad(f"not an OCI image manifest (mediaType {document.get('mediaType')!r})")
-    if document.get("artifactType") != ARTIFACT_TYPE:
-        raise bad(
-            f"not a graven artifact (artifactType {document.get('artifactType')!r}, expected {ARTIFACT_TYPE})"
-        )
+    # without an artifactType, the config's mediaType is the artifact's type (OCI 1.1; what oras 1.0
+    # and oras-py write)
+    config = document.get("config")
+    kind = document.get("artifactType") or (config.get("mediaType") if isinstance(config, dict) else None)
+    if kind != ARTIFACT_TYPE:
+        raise bad(f"not a graven artifact (artifactType {kind!r}, expected {ARTIFACT_TYPE})")
     annotations = document.get("annotations")
     if not isinstance(annotations, dict):
         raise bad("the manifest has no annotations (the artifact's digest is one)")

@@ -52,7 +52,7 @@ def test_references(  # noqa: PLR0917 - one parameter per column
         digest,
     )
     assert ref.base == f"{scheme}://{host}/v2/{repository}"
-    assert Reference.parse(str(ref)).repository == repository
+    assert Reference.parse(str(ref)) == ref  # what push prints, pull reads back (http:// kept)
     assert str(ref.with_digest(OTHER)).endswith("@" + OTHER)
 
 
@@ -107,6 +107,16 @@ def test_the_manifest_is_canonical_and_reads_back() -> None:
     assert pulled.archive == Descriptor(ARCHIVE_MEDIA_TYPE, OTHER, 1234)
     assert [e.size for e in pulled.envelopes] == [99]
     assert parse_manifest(_manifest(envelope=False), "here").envelopes == ()
+
+
+def test_the_artifact_type_may_be_the_config_media_type() -> None:
+    """OCI 1.1: a manifest without artifactType has its config's mediaType as its type (what oras 1.0
+    and oras-py write: the empty config, typed)."""
+    config = {"mediaType": ARTIFACT_TYPE, "digest": EMPTY_DIGEST, "size": 2}
+    pulled = parse_manifest(_changed(artifactType=None, config=config), "here")
+    assert pulled.claimed == DIGEST
+    with pytest.raises(IntegrityError, match="not a graven artifact"):
+        parse_manifest(_changed(artifactType=None, config={**config, "mediaType": "text/plain"}), "here")
 
 
 def _changed(**changes: object) -> bytes:
@@ -192,3 +202,4 @@ def test_any_text_is_a_reference_or_an_input_error(text: str) -> None:
     except InputError:
         return
     assert ref.scheme in ("http", "https") and ref.repository and "/" not in ref.host
+    assert Reference.parse(str(ref)) == ref
