@@ -4,6 +4,7 @@ client (skopeo), and against a registry that lies (a small server of our own).""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import shutil
@@ -220,15 +221,23 @@ def test_an_unreachable_registry_is_one_line(built: str, run_cli: Run) -> None:
 
 
 class _Fake:
-    """A registry of our own: serves ``manifests`` and ``blobs`` (by name/reference), optionally behind
-    Docker's token flow with one user."""
+    """A registry of our own: serves ``manifests`` and ``blobs`` (by name/reference), takes uploads
+    (POST, then one PUT, at ``upload_location`` when set), optionally behind Docker's token flow with
+    one user (its token service at ``realm`` when set)."""
 
     def __init__(self) -> None:
         self.manifests: dict[str, bytes] = {}
         self.blobs: dict[str, bytes] = {}
         self.user: tuple[str, str] | None = None
-        self.cut: set[str] = set()  # blobs whose answer says more bytes than it sends, then closes
+        self.realm: str | None = None
+        self.upload_location: str | None = None
         self.seen_authorization: list[str] = []
+        self.requests: list[tuple[str, str, str]] = []  # method, path, Authorization
+        self.moved_heads = False  # HEAD of a blob: 307 to /moved/... (storage redirects, as on S3)
+        self.challenge = True  # a 401 says WWW-Authenticate
+        self.cut: set[str] = set()  # blobs sent short, the connection closed
+        self.error_body = 0  # bytes of the body of a 500 to every blob GET (0: serve blobs)
+        self.error_body_sent = 0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -243,6 +252,42 @@ class _Fake:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _authorized(self) -> bool:
+                auth = self.headers.get("Authorization", "")
+                fake.requests.append((self.command, self.path, auth))
+                if fake.user is not None and auth != "Bearer t0ken":
+                    realm = fake.realm or f"http://{self.headers['Host']}/token"
+                    challenge = f'Bearer realm="{realm}",service="fake"'
+                    self._send(401, headers={"WWW-Authenticate": challenge} if fake.challenge else {})
+                    return False
+                return True
+
+            def do_HEAD(self) -> None:
+                if fake.moved_heads and not self.path.startswith("/moved/"):
+                    self._send(307, headers={"Location": "/moved" + self.path})
+                elif self._authorized():
+                    found = self.path.rpartition("/blobs/")[2] in fake.blobs
+                    self._send(200 if found else 404)
+
+            def do_POST(self) -> None:
+                if self._authorized():
+                    where = fake.upload_location or self.path + "u1?_state=s"
+                    self._send(202, headers={"Location": where})
+
+            def do_PUT(self) -> None:
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                if not self._authorized():
+                    return
+                path, _, query = self.path.partition("?")
+                if "/manifests/" in path:
+                    fake.manifests[path.rpartition("/")[2]] = data
+                elif "/blobs/uploads/u1" in path and "_state=s" in query:
+                    fake.blobs[query.rpartition("digest=")[2]] = data
+                else:
+                    self._send(404)
+                    return
+                self._send(201)
+
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 if path == "/token":
@@ -256,11 +301,8 @@ class _Fake:
                         return
                     self._send(200, json.dumps({"token": "t0ken"}).encode())
                     return
-                auth = self.headers.get("Authorization", "")
-                fake.seen_authorization.append(auth)
-                if fake.user is not None and auth != "Bearer t0ken":
-                    realm = f"http://{self.headers['Host']}/token"
-                    self._send(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="fake"'})
+                fake.seen_authorization.append(self.headers.get("Authorization", ""))
+                if not self._authorized():
                     return
                 if "/manifests/" in path:
                     found = fake.manifests.get(path.rpartition("/manifests/")[2])
@@ -268,16 +310,27 @@ class _Fake:
                     found = fake.blobs.get(path.rpartition("/blobs/")[2])
                 else:
                     found = None
-                if found is None:
+                digest = path.rpartition("/blobs/")[2]
+                if "/blobs/" in path and fake.error_body:
+                    self._send_endless_error()
+                elif found is None:
                     self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"no"}]}')
-                elif path.rpartition("/")[2] in fake.cut:
+                elif digest in fake.cut:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(found) + 100))
                     self.end_headers()
-                    self.wfile.write(found)
-                    self.close_connection = True
+                    self.wfile.write(found)  # and the connection closes (HTTP/1.0)
                 else:
                     self._send(200, found)
+
+            def _send_endless_error(self) -> None:
+                self.send_response(500)
+                self.send_header("Content-Length", str(fake.error_body))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the client went away
+                    while fake.error_body_sent < fake.error_body:
+                        self.wfile.write(b"x" * 65536)
+                        fake.error_body_sent += 65536
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
@@ -367,7 +420,7 @@ def test_pull_refuses_what_a_lying_registry_sends(
     fake.blobs[archive] = good
     fake.cut.add(archive)
     code, _, err = run_cli("pull", f"{fake.address}/team/app:one")
-    assert code == 1 and "stopped sending blob" in err and err.count("\n") == 1, err
+    assert code == 1 and "broke off sending blob" in err and err.count("\n") == 1, err
     assert artifacts() == []
     fake.cut.clear()
     code, out, err = run_cli("pull", f"{fake.address}/team/app:one")
@@ -404,3 +457,69 @@ def test_pull_with_a_token_service_and_credentials(
     assert "Bearer t0ken" in fake.seen_authorization
     code, out, _ = run_cli("log")
     assert "s3cret" not in out
+
+
+def test_credentials_go_to_the_registry_only(
+    *, built: str, run_cli: Run, fake: _Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload location on another host (or port) gets the blob, not the token; a token service
+    over plain HTTP on another host does not get the credentials."""
+    other = _Fake()  # the registry's storage, say: needs no credentials
+    try:
+        fake.user = ("ci", "s3cret-pass")
+        fake.upload_location = f"http://{other.address}/v2/team/app/blobs/uploads/u1?_state=s"
+        monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+        monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
+        code, _, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+        assert code == 0, err
+        assert ("PUT", "/v2/team/app/manifests/v1", "Bearer t0ken") in fake.requests
+        assert len(other.blobs) == 3
+        assert [auth for _, _, auth in other.requests] == ["", "", ""]
+    finally:
+        other.close()
+    fake.realm = "http://0.0.0.0:1/token"
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and "over plain HTTP; refused" in err and err.count("\n") == 1, err
+
+
+def test_uploads_and_lookups_as_registries_answer(*, built: str, run_cli: Run, fake: _Fake) -> None:
+    """An upload location relative to the upload's URL (RFC 3986), and a HEAD of a blob redirected
+    to the registry's storage."""
+    fake.upload_location = "u1?_state=s"
+    fake.moved_heads = True
+    code, _, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 0, err
+    assert len(fake.blobs) == 3
+    assert any(path.startswith("/moved/") for method, path, _ in fake.requests if method == "HEAD")
+
+
+def test_a_registry_that_breaks_off_is_one_line(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+    manifest = _copy_from(registry, fake, "v1", "v1")
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "cut-off")
+    archive = manifest["layers"][0]["digest"]  # type: ignore[index]
+    fake.cut.add(archive)
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and err.startswith("graven: error: ") and err.count("\n") == 1, err
+    assert archive[:19] in err
+    fake.cut.clear()
+    # a 500 with an endless body: the error is said without reading it all
+    fake.error_body = 256 << 20
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and "HTTP 500" in err and err.count("\n") == 1, err
+    assert fake.error_body_sent < 64 << 20
+    fake.error_body = 0
+    # a 401 that does not say how to authenticate: a refusal, as any other
+    fake.user, fake.challenge = ("ci", "pass"), False
+    monkeypatch.delenv("GRAVEN_REGISTRY_USERNAME", raising=False)
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 2 and "set GRAVEN_REGISTRY_USERNAME and GRAVEN_REGISTRY_PASSWORD" in err, err

@@ -2,11 +2,11 @@
 need and nothing more.
 
 Blobs are streamed both ways (never held whole), every blob and manifest read is checked against its
-digest (and its size, before a byte more is read), redirects are followed for blob downloads only (a
-registry hands those to its storage; httpx drops the credentials when the redirect leaves the host),
-and every request has timeouts. Credentials come from ``GRAVEN_REGISTRY_USERNAME`` and
-``GRAVEN_REGISTRY_PASSWORD`` and go only to the registry and to its token service (HTTP Basic, or the
-Bearer token flow of Docker's token specification); they are never printed.
+digest (and its size, before a byte more is read), redirects are followed for blob downloads and
+lookups only (a registry hands those to its storage; httpx drops the credentials when the redirect
+leaves the host), and every request has timeouts. Credentials come from ``GRAVEN_REGISTRY_USERNAME``
+and ``GRAVEN_REGISTRY_PASSWORD`` and go only to the registry's own origin and to its token service
+(HTTP Basic, or the Bearer token flow of Docker's token specification); they are never printed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = ["RegistryClient"]
 USERNAME_ENV = "GRAVEN_REGISTRY_USERNAME"
 PASSWORD_ENV = "GRAVEN_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
 _CHUNK = 1 << 20
+_MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 
@@ -73,12 +74,18 @@ class RegistryClient:
         stream: bool = False,
         follow: bool = False,
     ) -> httpx.Response:
-        """Send a request, authenticating once when the registry asks (401) and sending it again."""
+        """Send a request, authenticating once when the registry asks (401) and sending it again.
+
+        Credentials and tokens go only to the registry's own scheme, host and port: not to an upload
+        location elsewhere (another host, or plain HTTP), which gets the request without them."""
         import httpx
 
+        here = httpx.URL(self.reference.base)
+        target = httpx.URL(url)
+        at_registry = (target.scheme, target.host, target.port) == (here.scheme, here.host, here.port)
         for attempt in (1, 2):
             sent = dict(headers or {})
-            if self._authorization is not None:
+            if self._authorization is not None and at_registry:
                 sent["Authorization"] = self._authorization
             try:
                 request = self._http.build_request(
@@ -92,7 +99,7 @@ class RegistryClient:
                     f"cannot reach the registry {self.reference.host} ({self.reference.scheme}): "
                     f"{_reason(exc)}"
                 ) from None
-            if response.status_code != 401 or attempt == 2:
+            if response.status_code != 401 or attempt == 2 or not at_registry:
                 return response
             challenge = response.headers.get("WWW-Authenticate", "")
             response.close()
@@ -105,6 +112,11 @@ class RegistryClient:
         import httpx
 
         kind, _, params = challenge.partition(" ")
+        if not kind:  # a 401 that does not say how: a refusal all the same
+            raise InputError(
+                f"the registry {self.reference.host} refused access (HTTP 401, no WWW-Authenticate); "
+                f"{self._hint()}"
+            )
         if kind.lower() == "basic":
             if self._credentials is None:
                 raise InputError(
@@ -127,10 +139,12 @@ class RegistryClient:
             query["service"] = fields["service"]
         headers = {}
         if self._credentials is not None:
+            # over plain HTTP only to this machine, or to the host the reference itself names over HTTP
+            registry = httpx.URL(self.reference.base)
             if (
                 realm_url.scheme != "https"
                 and realm_url.host not in _LOOPBACK
-                and self.reference.scheme == "https"
+                and (registry.scheme == "https" or realm_url.host != registry.host)
             ):
                 raise BackendError(
                     f"the registry {self.reference.host} would have the credentials sent to {realm} over "
@@ -156,37 +170,41 @@ class RegistryClient:
 
     def _fail(self, response: httpx.Response, what: str) -> BackendError | InputError:
         """The error of a registry's refusal (its OCI error codes said)."""
+        body = bytearray()
         with contextlib.suppress(Exception):  # a body that cannot be read: the status says enough
-            response.read()
-        detail = _errors(response)
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > _MAX_ERROR_BODY:  # never all of an endless one
+                    break
+        response.close()
+        detail = _errors(response.status_code, bytes(body))
         if response.status_code in (401, 403):
             return InputError(
                 f"the registry {self.reference.host} refused to {what}: {detail}; {self._hint()}"
             )
         return BackendError(f"the registry {self.reference.host} could not {what}: {detail}")
 
-    def _hint(self) -> str:
-        if self._credentials is None:
-            return f"set {USERNAME_ENV} and {PASSWORD_ENV}"
-        return f"check {USERNAME_ENV} and {PASSWORD_ENV}"
-
-    def _chunks(self, response: httpx.Response, what: str) -> Iterator[bytes]:
-        """The body of ``response`` as it arrives; a connection that breaks or stalls meanwhile is a
-        :class:`BackendError` naming ``what``."""
+    def _streamed(self, response: httpx.Response, what: str) -> Iterator[bytes]:
+        """The body of ``response``; a connection that breaks or stalls midway a :class:`BackendError`."""
         import httpx
 
         try:
             yield from response.iter_bytes(_CHUNK)
         except httpx.HTTPError as exc:
             raise BackendError(
-                f"the registry {self.reference.host} stopped sending {what}: {_reason(exc)}"
+                f"the registry {self.reference.host} broke off sending {what}: {_reason(exc)}"
             ) from None
+
+    def _hint(self) -> str:
+        if self._credentials is None:
+            return f"set {USERNAME_ENV} and {PASSWORD_ENV}"
+        return f"check {USERNAME_ENV} and {PASSWORD_ENV}"
 
     # -- blobs -------------------------------------------------------------------------------------
 
     def has_blob(self, digest: str) -> bool:
-        """Whether the repository holds blob ``digest``."""
-        response = self._send("HEAD", f"{self.reference.base}/blobs/{digest}")
+        """Whether the repository holds blob ``digest`` (redirects to its storage followed)."""
+        response = self._send("HEAD", f"{self.reference.base}/blobs/{digest}", follow=True)
         if response.status_code == 200:
             return True
         if response.status_code == 404:
@@ -201,12 +219,11 @@ class RegistryClient:
     ) -> None:
         """Upload a blob (POST, then one PUT of its bytes streamed from ``open_body()``, ``progress``
         told the bytes sent so far); the registry checks the digest it is given."""
-        import httpx
-
         response = self._send("POST", f"{self.reference.base}/blobs/uploads/")
         if response.status_code != 202 or "Location" not in response.headers:
             raise self._fail(response, f"start an upload of blob {descriptor.digest[:19]}")
-        location = str(httpx.URL(self.reference.base + "/").join(response.headers["Location"]))
+        # relative to the URL that answered (RFC 3986), which may be elsewhere than the API root
+        location = str(response.request.url.join(response.headers["Location"]))
         # appended by hand: the location's own query (distribution's _state) must stay as it is
         location += ("&" if "?" in location else "?") + f"digest={descriptor.digest}"
 
@@ -243,7 +260,7 @@ class RegistryClient:
                 raise self._fail(response, f"send blob {descriptor.digest[:19]}")
             hasher = hashlib.sha256()
             size = 0
-            for chunk in self._chunks(response, f"blob {descriptor.digest[:19]}"):
+            for chunk in self._streamed(response, f"blob {descriptor.digest}"):
                 size += len(chunk)
                 if size > descriptor.size:
                     raise IntegrityError(
@@ -296,7 +313,7 @@ class RegistryClient:
             if response.status_code != 200:
                 raise self._fail(response, f"send the manifest {reference}")
             data = bytearray()
-            for chunk in self._chunks(response, f"the manifest {reference}"):
+            for chunk in self._streamed(response, f"the manifest {reference}"):
                 data += chunk
                 if len(data) > MAX_MANIFEST_SIZE:
                     raise IntegrityError(
@@ -322,12 +339,14 @@ def _reason(exc: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
-def _errors(response: httpx.Response) -> str:
-    """The registry's OCI error codes and messages, else the HTTP status."""
+def _errors(status: int, body: bytes) -> str:
+    """The registry's OCI error codes and messages (in ``body``), else the HTTP status."""
+    import json
+
     try:
-        document: Any = response.json()
+        document: Any = json.loads(body)
         errors = document.get("errors") if isinstance(document, dict) else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         errors = None
     if isinstance(errors, list) and errors:
         said = [
@@ -336,5 +355,5 @@ def _errors(response: httpx.Response) -> str:
             if isinstance(e, dict)
         ]
         if said:
-            return f"HTTP {response.status_code} ({'; '.join(said)})"
-    return f"HTTP {response.status_code}"
+            return f"HTTP {status} ({'; '.join(said)})"
+    return f"HTTP {status}"
