@@ -236,6 +236,7 @@ class _Fake:
         self.moved_heads = False  # HEAD of a blob: 307 to /moved/... (storage redirects, as on S3)
         self.challenge = True  # a 401 says WWW-Authenticate
         self.cut: set[str] = set()  # blobs sent short, the connection closed
+        self.token_body = 0  # bytes of whitespace the token service answers with, instead of a token
         self.error_body = 0  # bytes of the body of a 500 to every blob GET (0: serve blobs)
         self.error_body_sent = 0
         fake = self
@@ -298,6 +299,9 @@ class _Fake:
                     )
                     if self.headers.get("Authorization") != expected:
                         self._send(401)
+                        return
+                    if fake.token_body:
+                        self._send(200, b" " * fake.token_body)
                         return
                     self._send(200, json.dumps({"token": "t0ken"}).encode())
                     return
@@ -445,8 +449,15 @@ def test_pull_with_a_token_service_and_credentials(
     monkeypatch.delenv("GRAVEN_REGISTRY_USERNAME", raising=False)
     monkeypatch.delenv("GRAVEN_REGISTRY_PASSWORD", raising=False)
     code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
-    assert code == 2 and "set GRAVEN_REGISTRY_USERNAME and GRAVEN_REGISTRY_PASSWORD" in err, err
+    assert (
+        code == 2 and "needs credentials: set GRAVEN_REGISTRY_USERNAME and GRAVEN_REGISTRY_PASSWORD" in err
+    ), err
     monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
+    fake.token_body = 8 << 20  # a token service that never stops answering
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and "sent more than 1048576 bytes" in err, err
+    fake.token_body = 0
     monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "wrong")
     code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
     assert code == 2 and "refused the credentials" in err and "wrong" not in out + err, err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ USERNAME_ENV = "GRAVEN_REGISTRY_USERNAME"
 PASSWORD_ENV = "GRAVEN_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
 _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
+_MAX_TOKEN_BODY = 1 << 20  # of a token service's answer
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 
@@ -151,17 +153,26 @@ class RegistryClient:
                     "plain HTTP; refused"
                 )
             headers["Authorization"] = _basic(*self._credentials)
+        body = bytearray()
         try:
-            response = self._http.get(realm_url, params=query, headers=headers)
+            with self._http.stream("GET", realm_url, params=query, headers=headers) as response:
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_TOKEN_BODY:  # a token is a few KiB: never all of an endless one
+                        raise BackendError(
+                            f"the token service {realm} sent more than {_MAX_TOKEN_BODY} bytes"
+                        )
         except httpx.HTTPError as exc:
             raise BackendError(f"cannot reach the token service {realm}: {_reason(exc)}") from None
         if response.status_code in (401, 403):
+            if self._credentials is None:
+                raise InputError(f"the registry {self.reference.host} needs credentials: {self._hint()}")
             raise InputError(f"the registry {self.reference.host} refused the credentials; {self._hint()}")
         if response.status_code != 200:
             raise BackendError(f"the token service {realm} answered {response.status_code}")
         try:
-            token = response.json()
-        except ValueError:
+            token = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
             token = None
         value = token.get("token") or token.get("access_token") if isinstance(token, dict) else None
         if not isinstance(value, str) or not value:
