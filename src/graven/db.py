@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from graven.errors import BackendError, ConfigError, DatabaseBusyError, GravenError
+from graven.errors import BackendError, ConfigError, DatabaseBusyError, DatabaseReplacedError, GravenError
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -556,7 +556,7 @@ class _SqliteDatabase:
         except OSError:
             same = False
         if not same:
-            raise BackendError(
+            raise DatabaseReplacedError(
                 f"the database {self.path} was replaced or removed while this graven ran; start it "
                 "again (stop `graven watch` before replacing graven.db)"
             )

@@ -36,6 +36,7 @@ __all__ = [
     "CheckFailedError",
     "ConfigError",
     "DatabaseBusyError",
+    "DatabaseReplacedError",
     "DigestMismatchError",
     "GravenError",
     "ImmutabilityError",
@@ -142,6 +143,12 @@ class BackendError(GravenError):
     """The disk, the database or the network failed underneath graven."""
 
     exit_code = 1
+
+
+class DatabaseReplacedError(BackendError):
+    """The database file this process opened was replaced or removed under it (a restore, a ``graven db
+    copy`` moved into place): nothing it reads or records can be right again, and trying again never
+    helps; only a new process takes the new file."""
 
 
 class DatabaseBusyError(BackendError):

@@ -21,7 +21,7 @@ from test_drift_watch import wait_for
 
 from graven.drift.alerts import DROPPED, NOT_DELIVERED, QUEUE_MAX, AlertDispatcher, AlertSender
 from graven.drift.watch import WatchOptions
-from graven.errors import BackendError, InputError
+from graven.errors import BackendError, DatabaseReplacedError, InputError
 from graven.service import drift_watch
 from graven.service.drift import run_watch
 from helpers_deploy import World
@@ -300,3 +300,39 @@ def test_database_errors_in_the_loop_are_survived(world: World, monkeypatch: pyt
     assert len(watcher.warnings) == 1 and "database is locked (record_alert)" in watcher.warnings[0]
     assert [d["alerts"] for d in watcher.docs("recorded")] == [1]
     assert alert_rows(world) == [("ok", {"event": "drift", "channels": {"webhook": "HTTP 200"}})]
+
+
+# -- 6. the database replaced or removed under the watcher --------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_a_database_replaced_or_removed_stops_the_watcher(world: World, how: str) -> None:
+    """A watcher whose graven.db was replaced (a restore moved into place) said "check failed ...
+    start it again; trying again" twice a second, forever: the file it opened is gone for good. One
+    whose graven.db was removed said "nothing is live there now" and went on watching nothing. It
+    stops instead, with the database layer's error (a service manager starts it again on the new
+    file)."""
+    import sqlite3
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    watcher = Watcher(world, WatchOptions(interval=0.1, as_json=True))
+    path = watcher.ctx.home.db_path
+    try:
+        assert wait_for(lambda: len(watcher.docs("check")) >= 2)
+        if how == "replaced":
+            copy = path.with_name("copy.db")
+            source = sqlite3.connect(path)
+            source.execute(f"VACUUM INTO '{copy}'")
+            source.close()
+            copy.replace(path)
+        else:
+            for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+                path.with_name(name).unlink(missing_ok=True)
+        assert wait_for(lambda: not watcher.thread.is_alive(), timeout=10)
+    finally:
+        watcher.stop.set()
+        watcher.thread.join(timeout=15)
+    assert isinstance(watcher.error, DatabaseReplacedError)
+    assert "start it again" in str(watcher.error)
+    assert watcher.docs("unwatch") == []  # never "nothing is live there now"

@@ -17,7 +17,13 @@ from graven.core.drift import Alert, alert_transition, keys_of, make_alert
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
 from graven.drift.watch import ROOT_SUFFIX, Schedule, WatchOptions
-from graven.errors import DatabaseBusyError, GravenError, NotFoundError, PolicyError
+from graven.errors import (
+    DatabaseBusyError,
+    DatabaseReplacedError,
+    GravenError,
+    NotFoundError,
+    PolicyError,
+)
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import DriftReport, check_target
 from graven.service.drift_heal import HealNotStartedError, heal
@@ -297,15 +303,22 @@ def run_watch(
         if on_ready is not None:
             on_ready(info)
         first = True
+        opened = ctx.home.has_database()  # a database this watcher reads: one removed later is an error
         while not stop.is_set():
             schedule.wake.clear()
             if not first:
                 try:
+                    if opened and not ctx.home.has_database():
+                        with ctx.db.connect():  # DatabaseReplacedError (never "nothing is live" now)
+                            pass
+                    opened = opened or ctx.home.has_database()
                     try:
                         targets = {t.env: t for t in live_targets(ctx, opts.envs)}
                     except NotFoundError:
                         targets = {t.env: t for t in live_targets(ctx)}
                         targets = {k: v for k, v in targets.items() if not opts.envs or k in opts.envs}
+                except DatabaseReplacedError:  # for good: only a new process takes the new file
+                    raise
                 except GravenError as exc:  # the database: keep the environments known, read them again soon
                     say(
                         "error",
