@@ -106,24 +106,46 @@ class InotifyNotifier:
         self._thread = threading.Thread(target=self._run, name="graven-inotify", daemon=True)
         self._thread.start()
 
-    def _add(self, key: str, directory: str, recursive: bool) -> None:
+    def _add(self, key: str, directory: str, recursive: bool) -> bool:
+        """Watch one directory; False when the user's inotify watch limit is reached (ENOSPC: said once
+        for the whole tree by the caller, never once per directory)."""
         mask = CHANGES | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
         wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), mask)
         if wd < 0:
             err = ctypes.get_errno()
+            if err == errno.ENOSPC:
+                return False
             if err in (errno.ENOENT, errno.ENOTDIR):
-                return  # gone meanwhile: the check will tell
+                return True  # gone meanwhile: the check will tell
             self.failures.append(f"cannot watch {directory}: {os.strerror(err)}")
-            return
+            return True
         self._wds[wd] = (key, directory, recursive)
         self._keys.setdefault(key, set()).add(wd)
+        return True
 
     def _add_tree(self, key: str, root: str) -> None:
         """Watch ``root`` and every directory below it (links are not followed)."""
-        self._add(key, root, True)
+        results = [self._add(key, root, True)]
         for dirpath, dirnames, _files in os.walk(root):
             for name in dirnames:
-                self._add(key, os.path.join(dirpath, name), True)
+                results.append(self._add(key, os.path.join(dirpath, name), True))
+        self._limited(root, results)
+
+    def _limited(self, root: str, results: list[bool]) -> None:
+        """One failure for the directories of ``root`` the watch limit left unwatched, if any."""
+        missed = results.count(False)
+        if not missed:
+            return
+        try:
+            with open("/proc/sys/fs/inotify/max_user_watches", encoding="ascii") as limit_file:
+                limit = f" = {int(limit_file.read())}"
+        except (OSError, ValueError):
+            limit = ""
+        what = "directory" if len(results) == 1 else "directories"
+        self.failures.append(
+            f"cannot watch {missed} of {len(results)} {what} of {root}: the inotify watch limit is "
+            f"reached (fs.inotify.max_user_watches{limit}; raise it with sysctl)"
+        )
 
     def watch(self, key: str, root: Path, *, recursive: bool) -> None:
         """Watch ``root`` (and the directories below it)."""
@@ -131,7 +153,7 @@ class InotifyNotifier:
             if recursive:
                 self._add_tree(key, str(root))
             else:
-                self._add(key, str(root), False)
+                self._limited(str(root), [self._add(key, str(root), False)])
 
     def unwatch(self, key: str) -> None:
         """Remove every watch of ``key``."""

@@ -286,6 +286,45 @@ def test_inotify_watches_every_directory_of_a_tree_moved_in(tmp_path: Path) -> N
         notifier.close()
 
 
+def test_the_inotify_watch_limit_is_said_once_per_tree_and_named(tmp_path: Path) -> None:
+    """Past fs.inotify.max_user_watches the watcher printed one warning per directory (thousands for a
+    big release, at every deployment), each saying "No space left on device"."""
+    import ctypes
+    import errno
+
+    for i in range(30):
+        (tmp_path / f"tree/d{i}").mkdir(parents=True)
+    notifier = InotifyNotifier(lambda key, overflow, name: None)
+    real = notifier._libc
+    added: list[bytes] = []
+
+    class Limited:
+        """libc whose inotify_add_watch fails with ENOSPC after 5 watches (the user's limit)."""
+
+        def inotify_add_watch(self, fd: int, path: bytes, mask: int) -> int:
+            if len(added) >= 5:
+                ctypes.set_errno(errno.ENOSPC)
+                return -1
+            added.append(path)
+            return int(real.inotify_add_watch(fd, path, mask))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    notifier._libc = Limited()
+    try:
+        notifier.watch("env", tmp_path / "tree", recursive=True)
+        notifier.watch("env\0root", tmp_path, recursive=False)
+    finally:
+        notifier.close()
+    assert len(added) == 5
+    assert len(notifier.failures) == 2, notifier.failures
+    assert "cannot watch 26 of 31 directories" in notifier.failures[0]
+    assert "cannot watch 1 of 1 directory" in notifier.failures[1]
+    assert all("fs.inotify.max_user_watches" in f for f in notifier.failures)
+    assert not any("No space left" in f for f in notifier.failures)
+
+
 def test_an_alert_command_at_work_does_not_outlive_the_watcher(tmp_path: Path) -> None:
     """After SIGTERM the watcher closed its dispatcher and left a running alert command (and what it
     started) behind, recorded as not delivered."""
