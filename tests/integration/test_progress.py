@@ -311,3 +311,28 @@ def test_the_same_line_is_not_drawn_twice_and_a_dumb_terminal_gets_none(
     dumb.progress("reading files", 1, 10)
     dumb.warn("still said")
     assert terminal.text == "graven: warning: still said\n"
+
+
+def test_a_reporter_whose_terminal_is_gone_drops_what_it_cannot_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed terminal or ssh session (SIGHUP) makes every write to stderr fail (EIO): the reporter
+    raised it into the work that reported (a heal between its writes and its records; `graven watch`
+    stopping, whose warning then kept it from recording the alerts it had not delivered)."""
+    import errno
+
+    class Gone:
+        def write(self, text: str) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(sys, "stderr", Gone())
+    reporter = TerminalReporter()
+    reporter.progress("hashing", 1, 2)
+    reporter.warn("the terminal is gone")
+    reporter.progress("hashing", 2, 2)
+    reporter.close()

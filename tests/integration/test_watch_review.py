@@ -336,3 +336,52 @@ def test_a_database_replaced_or_removed_stops_the_watcher(world: World, how: str
     assert isinstance(watcher.error, DatabaseReplacedError)
     assert "start it again" in str(watcher.error)
     assert watcher.docs("unwatch") == []  # never "nothing is live there now"
+
+
+# -- 7. the output gone at the stop (a closed terminal: SIGHUP) ---------------------------------------
+
+
+def test_an_output_gone_at_the_stop_still_records_what_was_left(world: World) -> None:
+    """SIGHUP from a closed terminal or ssh session: the stop's last lines (an alert not delivered)
+    could not be written (EIO), and that error ended the watcher before it recorded them: the audit
+    log lost the alert's outcome. Everything is recorded; the error still ends the command (the CLI
+    never exits 0 when its output was lost)."""
+    import errno
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    lines: list[str] = []
+    gone = threading.Event()
+
+    def out(line: str) -> None:
+        if gone.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        lines.append(line)
+
+    def docs(kind: str) -> list[dict[str, Any]]:
+        return [doc for doc in map(json.loads, list(lines)) if doc["type"] == kind]
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    opts = WatchOptions(interval=60, alert_command="sleep 30", as_json=True, full_every=3600)
+
+    def run() -> None:
+        try:
+            run_watch(world.ctx(), opts, stop, out=out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(docs("check")) >= 1)
+        tamper(world, b"# gone\n")
+        assert wait_for(lambda: len(docs("alert")) >= 1)
+        time.sleep(0.2)  # the alert command is at work
+    finally:
+        gone.set()
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
+    assert alert_rows(world) == [("failed", {"event": "drift", "channels": {"queue": NOT_DELIVERED}})]

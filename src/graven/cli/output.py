@@ -139,6 +139,17 @@ def progress_text(stage: str, done: int, total: int | None) -> str:
     return f"{stage}: {shown(done)}/{shown(total)}" if total else f"{stage}: {shown(done)}"
 
 
+def _write_stderr(text: str) -> bool:
+    """Write ``text`` to stderr at once; False when stderr is gone (a closed terminal or ssh session:
+    SIGHUP, EIO): a reporter drops what it cannot show, never raising into the work that reports."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):  # ValueError: stderr closed
+        return False
+    return True
+
+
 class TerminalReporter:
     """Warnings on stderr; progress redrawn in place when stderr is a terminal."""
 
@@ -154,7 +165,7 @@ class TerminalReporter:
     def warn(self, message: str) -> None:
         """One warning line (control characters escaped: a message may quote a name or a value)."""
         self._clear()
-        sys.stderr.write(f"graven: warning: {printable(message)}\n")
+        _write_stderr(f"graven: warning: {printable(message)}\n")
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
         """Redraw the progress line at most ten times a second."""
@@ -167,14 +178,12 @@ class TerminalReporter:
         if self._drawn and text == self._shown:  # 100% reported again and again (a stream's last reads)
             return
         self._last = now
-        sys.stderr.write(f"\r\x1b[K{text}")
-        sys.stderr.flush()
-        self._drawn = True
+        self._drawn = _write_stderr(f"\r\x1b[K{text}")
         self._shown = text
 
     def _clear(self) -> None:
         if self._drawn:
-            sys.stderr.write("\r\x1b[K")
+            _write_stderr("\r\x1b[K")
             self._drawn = False
 
     def close(self) -> None:

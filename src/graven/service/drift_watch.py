@@ -182,8 +182,19 @@ def run_watch(
     backoff = HealBackoff(opts.interval, clock=schedule.clock)
     alerted: dict[str, frozenset[tuple[str, str]]] = {}
 
+    # The output gone (a closed pipe, or terminal: SIGHUP): the error ends the watcher, but only once what
+    # its stop still records (alerts not delivered, held checks) is recorded; nothing more is written.
+    lost_output: list[OSError] = []
+
     def say(kind: str, text: str, data: dict[str, Any]) -> None:
-        out(json.dumps({"type": kind, **data}, sort_keys=True) if opts.as_json else text)
+        if lost_output:
+            return
+        try:
+            out(json.dumps({"type": kind, **data}, sort_keys=True) if opts.as_json else text)
+        except OSError as exc:
+            lost_output.append(exc)
+            if not stop.is_set():
+                raise
 
     # What the database did not take yet (another writer holds it: the watcher's writes wait DB_WAIT at
     # most, so checks, alerts and metrics go on): checks, then deliveries, each recorded in order once it
@@ -291,6 +302,7 @@ def run_watch(
         schedule.wake.set()
 
     threading.Thread(target=wake_on_stop, name="graven-watch-stop", daemon=True).start()
+    stopped = False  # the loop ended at the stop request (not by an error, which goes on as it is)
     try:
         info = {"metrics_port": port, "environments": sorted(targets), "backend": type(notifier).__name__}
         if port is not None:
@@ -457,6 +469,7 @@ def run_watch(
             # what is live is read again at least every 2 s (a deployment is followed); a notification,
             # a finished delivery or the stop request wakes the loop at once
             schedule.wake.wait(min(schedule.timeout(), 2.0))
+        stopped = True
     finally:
         stop.set()  # also ends the thread that waits for it
         notifier.close()
@@ -478,3 +491,5 @@ def run_watch(
         if metrics is not None:
             metrics.close()
         session.close()
+    if lost_output and stopped:  # lost at the stop: the command must not end as if it was written
+        raise lost_output[0]
