@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -225,7 +226,7 @@ class _Fake:
     (POST, then one PUT, at ``upload_location`` when set), optionally behind Docker's token flow with
     one user (its token service at ``realm`` when set)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.manifests: dict[str, bytes] = {}
         self.blobs: dict[str, bytes] = {}
         self.user: tuple[str, str] | None = None
@@ -337,6 +338,8 @@ class _Fake:
                         fake.error_body_sent += 65536
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -534,3 +537,73 @@ def test_a_registry_that_breaks_off_is_one_line(
     monkeypatch.delenv("GRAVEN_REGISTRY_USERNAME", raising=False)
     code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
     assert code == 2 and "set GRAVEN_REGISTRY_USERNAME and GRAVEN_REGISTRY_PASSWORD" in err, err
+
+
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (the PEM files of both)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "graven test registry")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = where / "registry.crt", where / "registry.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def test_https_certificates_are_verified(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    tmp_path: Path,
+    run_cli: Run,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry whose certificate no trusted CA signed is refused; SSL_CERT_FILE names the CA of a
+    registry that has one of its own (a company's)."""
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    tls = _Fake(tls=context)
+    try:
+        assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+        _copy_from(registry, tls, "v1", "v1")
+        _trusting_home(new_home, graven_home, monkeypatch, run_cli, "tls")
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        code, _, err = run_cli("pull", f"https://{tls.address}/team/app:v1")
+        assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err and err.count("\n") == 1, err
+        assert tls.requests == []  # no request went over the connection that failed to verify
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        code, out, err = run_cli("pull", f"https://{tls.address}/team/app:v1")
+        assert code == 0, err
+        assert out.strip() == built
+    finally:
+        tls.close()
