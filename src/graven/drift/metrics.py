@@ -1,7 +1,9 @@
 """Prometheus metrics of ``graven watch`` (prometheus-client), served on 127.0.0.1 only::
 
 graven_drift_paths{env}                          paths that drift now (0: clean)
-graven_last_check_timestamp_seconds{env}         when the last check finished (Unix time)
+graven_last_check_timestamp_seconds{env}         when the last check with a result (clean or drift)
+                                                 finished (Unix time): a watcher whose checks fail
+                                                 shows as stale
 graven_release_info{env,digest,commit}           1 for the release that is checked
 graven_checks_total{env,result}                  checks by result: clean | drift | error
 graven_pending_records{env}                      checks and alert deliveries not recorded yet (the
@@ -78,11 +80,12 @@ class DriftMetrics:
     def observe(
         self, env: str, *, digest: str, commit: str | None, paths: int | None, timestamp: float
     ) -> None:
-        """Record one check (``paths`` None: the check failed)."""
+        """Record one check (``paths`` None: the check failed; it counts as an error and leaves
+        the time of the last check with a result as it was)."""
         result = "error" if paths is None else ("drift" if paths else "clean")
         self.checks.labels(env, result).inc()
-        self.last_check.labels(env).set(timestamp)
         if paths is not None:
+            self.last_check.labels(env).set(timestamp)
             self.paths.labels(env).set(paths)
         self.pending.labels(env)  # exported from the first check on (0 until something is held)
         labels = (digest, commit or "")
@@ -143,7 +146,7 @@ class DriftMetrics:
                 self.rfile = io.BytesIO(head)
                 self.handle_one_request()
 
-            def do_GET(self) -> None:
+            def do_GET(self, *, head: bool = False) -> None:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404)
                     return
@@ -152,7 +155,11 @@ class DriftMetrics:
                 self.send_header("Content-Type", CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not head:
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:  # a probe's (curl -I): the headers of GET, no body
+                self.do_GET(head=True)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

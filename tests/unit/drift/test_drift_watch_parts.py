@@ -149,6 +149,35 @@ def test_the_dispatcher_delivers_in_order_on_its_own_thread(receiver: Receiver) 
     assert [b["n"] for b in receiver.bodies] == [0, 1, 2] and done.is_set()
 
 
+def test_a_failed_check_leaves_the_time_of_the_last_check_with_a_result() -> None:
+    """A watcher whose checks all fail (a database gone, a release it cannot read) must show as stale:
+    the staleness alert (time() - graven_last_check_timestamp_seconds) is how it is noticed."""
+    metrics = DriftMetrics()
+    metrics.observe("prod", digest="sha256:" + "a" * 64, commit="c1", paths=0, timestamp=100.0)
+    metrics.observe("prod", digest="sha256:" + "a" * 64, commit="c1", paths=None, timestamp=200.0)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+    }
+    assert samples[("graven_last_check_timestamp_seconds", (("env", "prod"),))] == 100.0
+    assert samples[("graven_checks_total", (("env", "prod"), ("result", "error")))] == 1
+
+
+def test_metrics_answer_head_as_get_without_a_body() -> None:
+    metrics = DriftMetrics()
+    port = metrics.serve(0)
+    try:
+        metrics.observe("prod", digest="sha256:" + "a" * 64, commit="c1", paths=0, timestamp=1.0)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+            assert int(response.headers["Content-Length"]) > 0
+            assert response.read() == b""
+    finally:
+        metrics.close()
+
+
 def test_metrics_are_served_on_localhost_and_parse() -> None:
     metrics = DriftMetrics()
     port = metrics.serve(0)
