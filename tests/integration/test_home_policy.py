@@ -119,3 +119,30 @@ def test_keys_list_shows_the_home_policy(
     assert [e["name"] for e in listed["policy"]["environments"]] == ["prod", "qa"]
     assert listed["policy"]["environments"][1]["keys"] == []
     assert "a" * 64 in listed["revoked"]
+
+
+def test_a_policy_that_is_no_regular_file_is_refused_without_blocking(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO at policy.toml (or given as --policy) blocked every command in open(), for ever."""
+    import os
+    import subprocess
+    import sys
+
+    digest = world.build()
+    policy = world.home / "policy.toml"
+    os.mkfifo(policy, 0o600)
+    run = subprocess.run(
+        [sys.executable, "-m", "graven", "verify", digest],
+        env={**os.environ, "GRAVEN_HOME": str(world.home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert run.stderr == f"graven: error: policy file {policy} is not a regular file\n"
+    policy.unlink()
+    _policy(world, "# " + "x" * (2 << 20) + "\n")
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 2 and "is larger than 1048576 bytes" in err and err.count("\n") == 1

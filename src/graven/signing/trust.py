@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -361,16 +362,40 @@ class TrustPolicy(Frozen):
         return VerifiedProvenance(statement, verified.key, verified.payload, envelope)
 
 
+_MAX_POLICY = 1 << 20  # a policy names keys and environments: a few KiB
+
+
 def _read_policy(path: Path) -> dict[str, Any]:
+    """The policy file's TOML: a regular file (a FIFO or a device is never read: opening one blocks
+    or has effects) of at most :data:`_MAX_POLICY` bytes."""
     try:
-        with open(path, "rb") as handle:
-            doc = tomllib.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFoundError(f"policy file {path} does not exist") from None
     except IsADirectoryError:
         raise ConfigError(f"policy file {path} is a directory") from None
     except PermissionError:
         raise ConfigError(f"policy file {path} is not readable: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"policy file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"policy file {path} is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"policy file {path} is not a regular file")
+        if info.st_size > _MAX_POLICY:
+            raise ConfigError(f"policy file {path} is larger than {_MAX_POLICY} bytes; is it the right file?")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(_MAX_POLICY + 1)
+    except OSError as exc:
+        raise ConfigError(f"policy file {path} cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_POLICY:
+        raise ConfigError(f"policy file {path} is larger than {_MAX_POLICY} bytes; is it the right file?")
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(doc) - _POLICY_FIELDS)
