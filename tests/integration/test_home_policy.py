@@ -146,3 +146,60 @@ def test_a_policy_that_is_no_regular_file_is_refused_without_blocking(
     _policy(world, "# " + "x" * (2 << 20) + "\n")
     code, _, err = run_cli(capsys, "verify", digest)
     assert code == 2 and "is larger than 1048576 bytes" in err and err.count("\n") == 1
+
+
+def test_a_changed_policy_is_seen_by_the_next_drift_check(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The steady-state drift check answers from the last clean check's snapshot, bound to the trust
+    policy's files: policy.toml (and the key files it names) were not among them, so a policy that no
+    longer trusted the deployment's signer still had its ignore globs applied, unverified."""
+    private, public = _release_key(tmp_path)
+    monkeypatch.setenv("GRAVEN_SIGNING_KEY", str(private))
+    digest = world.build()
+    _policy(world, f'keys = ["{public}"]\n')
+    assert world.deploy(digest, "staging").ok
+    code, out, err = run_cli(capsys, "drift", "staging")
+    assert code == 0 and "does not verify" not in out + err, out + err
+    code, out, err = run_cli(capsys, "drift", "staging")  # from the snapshot
+    assert code == 0 and "does not verify" not in out + err, out + err
+    # the key file the policy names is replaced by another key: no longer trusted
+    release = public.read_bytes()
+    other = KeyStore(tmp_path / "other-keys")
+    other.generate("other", "ed25519")
+    public.write_bytes(other.export_public("other"))
+    code, out, err = run_cli(capsys, "drift", "staging")
+    assert "does not verify" in out + err, out + err
+    public.write_bytes(release)  # trusted again
+    code, out, err = run_cli(capsys, "drift", "staging")
+    assert code == 0 and "does not verify" not in out + err, out + err
+    code, out, err = run_cli(capsys, "drift", "staging")  # a snapshot again
+    assert code == 0 and "does not verify" not in out + err, out + err
+    # the policy itself: without the key
+    _policy(world, "")
+    code, out, err = run_cli(capsys, "drift", "staging")
+    assert "does not verify" in out + err, out + err
+
+
+def test_the_trust_fingerprint_covers_the_policy_and_its_key_files(tmp_path: Path) -> None:
+    import os
+
+    from graven.drift.clean import trust_fingerprint
+
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    policy = tmp_path / "policy.toml"
+    alone = trust_fingerprint(trust, policy)
+    assert alone == trust_fingerprint(trust) != ""  # no policy: the trust directory's alone
+    _, public = _release_key(tmp_path)
+    policy.write_text('keys = ["release.pub"]\n[env.prod]\nkeys = ["' + "a" * 64 + '"]\n')
+    with_policy = trust_fingerprint(trust, policy)
+    assert with_policy not in (alone, "")
+    assert trust_fingerprint(trust, policy) == with_policy
+    public.write_bytes(public.read_bytes() + b"\n")
+    assert trust_fingerprint(trust, policy) not in (with_policy, "")
+    public.unlink()
+    assert trust_fingerprint(trust, policy) == ""  # a key file it names is missing: verify again
+    policy.unlink()
+    os.mkfifo(policy)
+    assert trust_fingerprint(trust, policy) == ""  # never blocks on a FIFO

@@ -26,6 +26,7 @@ import array
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 from itertools import chain
@@ -114,38 +115,88 @@ def binding(
     }
 
 
-def trust_fingerprint(trust_dir: Path) -> str:
+def trust_fingerprint(trust_dir: Path, policy: Path | None = None) -> str:
     """The sha256 of the trust policy's files (every regular file in ``trust_dir`` whose name does not
-    start with a dot: trusted keys and the revocation list), by name; "" when one cannot be read (then
-    no snapshot matches: the check verifies the provenance again)."""
+    start with a dot: trusted keys and the revocation list, by name; and the policy file ``policy``,
+    ``GRAVEN_HOME/policy.toml``, when there is one, with the key files it names); "" when one cannot
+    be read (then no snapshot matches: the check verifies the provenance again)."""
     digest = hashlib.sha256(b"graven.trust-fingerprint/v1\0")
     try:
         names = sorted(os.listdir(trust_dir))
     except FileNotFoundError:
-        return digest.hexdigest()
+        names = []
     except OSError:
         return ""
     for name in names:
         if name.startswith("."):
             continue
-        try:  # read through symlinks (as the trust policy does), never blocking on a FIFO
-            fd = os.open(trust_dir / name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        data = _regular(trust_dir / name)
+        if data is None:
             return ""
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                continue  # the trust policy reads regular files only
-            if info.st_size > _TRUST_FILE_MAX:
-                return ""
-            data = os.read(fd, _TRUST_FILE_MAX + 1)
-        except OSError:
-            return ""
-        finally:
-            os.close(fd)
+        if data is _NOT_REGULAR:
+            continue  # the trust policy reads regular files only
         encoded = name.encode("utf-8", "surrogateescape")
         digest.update(len(encoded).to_bytes(4, "big") + encoded + hashlib.sha256(data).digest())
+    if policy is not None and os.path.lexists(policy):
+        part = _policy_part(policy)
+        if part is None:
+            return ""
+        digest.update(b"\0policy\0" + part)
     return digest.hexdigest()
+
+
+_NOT_REGULAR = b"\0not a regular file"
+
+
+def _regular(path: Path | str) -> bytes | None:
+    """The bytes of the regular file ``path`` (read through symlinks, as the trust policy does, never
+    blocking on a FIFO); :data:`_NOT_REGULAR` for anything else; None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _NOT_REGULAR
+        if info.st_size > _TRUST_FILE_MAX:
+            return None
+        return os.read(fd, _TRUST_FILE_MAX + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _policy_part(policy: Path) -> bytes | None:
+    """The policy file's sha256 and those of the key files it names (``keys`` and ``[env.NAME] keys``
+    entries that are not key ids, relative to the policy's directory); None when one cannot be read."""
+    import tomllib
+
+    data = _regular(policy)
+    if data is None or data is _NOT_REGULAR:
+        return None
+    part = hashlib.sha256(data).digest()
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    entries: list[object] = list(doc.get("keys", [])) if isinstance(doc.get("keys"), list) else []
+    envs = doc.get("env")
+    for section in envs.values() if isinstance(envs, dict) else ():
+        if isinstance(section, dict) and isinstance(section.get("keys"), list):
+            entries.extend(section["keys"])
+    for entry in sorted({e for e in entries if isinstance(e, str) and not _KEYID.fullmatch(e)}):
+        # as TrustPolicy.load finds it (an absolute entry stays as it is)
+        key = _regular(os.path.join(os.path.dirname(policy), os.path.expanduser(entry)))
+        if key is None or key is _NOT_REGULAR:
+            return None
+        encoded = entry.encode("utf-8", "surrogateescape")
+        part += len(encoded).to_bytes(4, "big") + encoded + hashlib.sha256(key).digest()
+    return part
+
+
+_KEYID = re.compile(r"(?:sha256:)?[0-9a-f]{64}")
 
 
 def _fs(path: str) -> bytes:

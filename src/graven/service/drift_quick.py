@@ -65,7 +65,7 @@ def quick_check(ctx: Context, target: DriftTarget) -> DriftReport | None:
         release=release,
         config=target.config,
         pipeline=target.pipeline_digest,
-        trust=trust_fingerprint(ctx.home.trust),
+        trust=trust_fingerprint(ctx.home.trust, ctx.home.policy),
         dev=int(snapshot.binding.get("dev", -1)),  # compared with the release directory's by unchanged()
         current=link_kind(root / "current"),
         config_link=link_kind(root / "config"),

@@ -59,7 +59,7 @@ class DriftSession:
 
     def trust(self) -> str:
         """The digest of the trust policy's files now (:func:`graven.drift.clean.trust_fingerprint`)."""
-        return trust_fingerprint(self.ctx.home.trust)
+        return trust_fingerprint(self.ctx.home.trust, self.ctx.home.policy)
 
     def ignore(
         self, digest: str, env: str, deployed: str | None = None, trust: str | None = None
