@@ -121,3 +121,31 @@ def test_a_healed_drift_writes_six_distinct_entries_once(world: World, tmp_path:
         ("staging", "alert"),
     ]
     assert world.ctx().audit.verify().ok  # the log is whole: each entry in the Merkle tree
+
+
+def test_watch_heal_never_recreates_an_environment_whose_directory_is_gone(world: World) -> None:
+    """An environment on a file system that is not mounted (its mount point empty) or removed whole:
+    --heal wrote the whole release back wherever PATH led, onto the file system under the mount point."""
+    import shutil
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    gone = world.env_dir("staging")
+    for path in sorted(gone.rglob("*"), reverse=True):  # read-only releases: writable first
+        if not path.is_symlink():
+            path.chmod(0o755)
+    shutil.rmtree(gone)
+    watcher = Watcher(world, WatchOptions(interval=0.1, full_every=3600, heal=True, as_json=True))
+    try:
+
+        def refused() -> bool:
+            return any(
+                json.loads(line)["type"] == "heal" and "holds no .graven" in json.loads(line).get("error", "")
+                for line in watcher.lines
+            )
+
+        assert wait_for(refused)
+    finally:
+        watcher.close()
+    assert not gone.exists()
+    assert not any(json.loads(line).get("ok") for line in watcher.lines if json.loads(line)["type"] == "heal")

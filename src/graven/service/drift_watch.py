@@ -432,6 +432,25 @@ def run_watch(
                     backoff.succeeded(env)
                 if opts.heal and not report.clean and held.count(env):
                     heal_after.add(env)  # its `heal started` follows the drift found, held meanwhile
+                elif (
+                    opts.heal
+                    and not report.clean
+                    and backoff.allowed(env)
+                    and not os.path.isdir(os.path.join(report.path, ".graven"))
+                ):
+                    # Every deployed environment has PATH/.graven: without it the directory is gone, or
+                    # the file system it lies on is not mounted (an empty mount point): healing would
+                    # write the release wherever PATH leads now. The operator decides (graven heal).
+                    wait = backoff.failed(env)
+                    reason = (
+                        f"{report.path} holds no .graven: the environment's directory is gone, or its file "
+                        f"system is not mounted; not healed automatically (graven heal {env} recreates it)"
+                    )
+                    say(
+                        "heal",
+                        f"{utc_now()} {env}: heal failed: {reason}; next heal in {wait:g}s at the earliest",
+                        {"env": env, "ok": False, "error": reason, "retry_in": wait},
+                    )
                 elif opts.heal and not report.clean and backoff.allowed(env):
                     # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
                     schedule.mute(env, math.inf)
