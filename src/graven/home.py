@@ -22,7 +22,24 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Home", "check_home", "make_dir", "make_dirs", "make_home", "make_home_dir", "make_private_dir"]
+__all__ = [
+    "Home",
+    "check_home",
+    "make_dir",
+    "make_dirs",
+    "make_home",
+    "make_home_dir",
+    "make_private_dir",
+    "policy_key_path",
+]
+
+
+def policy_key_path(policy: Path, entry: str) -> Path:
+    """The key file that ``entry`` of a policy file's ``keys`` (one that is not a key id) names: ``~``
+    expanded, a relative path taken from the directory of the policy file. Read by the trust policy
+    (graven.signing.trust) and by the drift snapshot's fingerprint of it (graven.drift.clean)."""
+    path = Path(os.path.expanduser(entry))
+    return path if path.is_absolute() else policy.parent / path
 
 
 def make_private_dir(path: Path) -> None:

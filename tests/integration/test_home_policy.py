@@ -7,9 +7,12 @@ without the file said that no key was trusted for the environment."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+from test_drift_cli import drift
+from test_drift_snapshot import settled, snapshot_path
 
 from graven.errors import PolicyError
 from graven.signing.keys import KeyStore
@@ -197,9 +200,56 @@ def test_the_trust_fingerprint_covers_the_policy_and_its_key_files(tmp_path: Pat
     assert with_policy not in (alone, "")
     assert trust_fingerprint(trust, policy) == with_policy
     public.write_bytes(public.read_bytes() + b"\n")
-    assert trust_fingerprint(trust, policy) not in (with_policy, "")
+    changed = trust_fingerprint(trust, policy)
+    assert changed not in (with_policy, "")
     public.unlink()
-    assert trust_fingerprint(trust, policy) == ""  # a key file it names is missing: verify again
+    assert trust_fingerprint(trust, policy) not in (changed, with_policy)  # missing: marked as such
     policy.unlink()
     os.mkfifo(policy)
-    assert trust_fingerprint(trust, policy) == ""  # never blocks on a FIFO
+    assert trust_fingerprint(trust, policy) not in (alone, with_policy)  # never blocks on a FIFO
+
+
+def test_a_changed_home_policy_is_seen_by_the_next_drift_check(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The snapshot of a clean check (and a watcher's verified ignore globs) were bound to trust/
+    alone: after policy.toml stopped trusting the key for staging, or a key file it names was
+    replaced, `graven drift` and `graven watch` still said clean, without the note a full check
+    gives."""
+    from graven.service.drift import check
+    from graven.service.drift_targets import DriftSession
+
+    settled(world, capsys)
+    _, public = _release_key(tmp_path)
+    named = tmp_path / "named.pub"
+    named.write_bytes(next((world.home / "trust").glob("*.pub")).read_bytes())  # the home's own key
+    _policy(world, f'[env.staging]\nkeys = ["{named}"]\n')
+    session = DriftSession(world.ctx())  # as a watcher keeps one
+    try:
+        [report] = check(world.ctx(), ["staging"], full=True, record=False, session=session)
+        assert report.clean and report.note is None
+        for _ in range(50):  # the snapshot under this policy (records of this clock tick are racy)
+            code, doc = drift(capsys, "staging")
+            assert code == 0 and doc["environments"][0]["note"] is None
+            if snapshot_path(world).exists():
+                break
+            time.sleep(0.02)
+        assert snapshot_path(world).exists()
+        named.write_bytes(public.read_bytes())  # the file the policy names: another key now
+        code, doc = drift(capsys, "staging")
+        assert code == 0 and "does not verify" in (doc["environments"][0]["note"] or ""), doc
+        [report] = check(world.ctx(), ["staging"], full=True, record=False, session=session)
+        assert "does not verify" in (report.note or "")
+    finally:
+        session.close()
+    _policy(world, "")
+    code, doc = drift(capsys, "staging")
+    assert doc["environments"][0]["note"] is None
+    (world.home / "policy.toml").write_text("[env.staging]\nkeys = []\n")  # the policy itself changed
+    code, doc = drift(capsys, "staging")
+    assert "does not verify" in (doc["environments"][0]["note"] or ""), doc
+    (world.home / "policy.toml").write_text("keys = 1\n")  # a broken one stops the check (exit 2)
+    code, _, err = run_cli(capsys, "drift", "staging")
+    assert (
+        code == 2 and err == f"graven: error: {world.home / 'policy.toml'}: keys must be a list of strings\n"
+    )

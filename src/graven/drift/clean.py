@@ -33,6 +33,7 @@ from itertools import chain
 
 from graven import __version__
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
+from graven.home import policy_key_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ CLEAN_FORMAT = "graven.drift-clean/v1"
 RULES = 3
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
+_KEYID = re.compile(r"(?:sha256:)?[0-9a-f]{64}")  # a policy's key named by its id (graven.signing.trust)
 
 Binding = dict[str, "str | int"]
 DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
@@ -117,9 +119,9 @@ def binding(
 
 def trust_fingerprint(trust_dir: Path, policy: Path | None = None) -> str:
     """The sha256 of the trust policy's files (every regular file in ``trust_dir`` whose name does not
-    start with a dot: trusted keys and the revocation list, by name; and the policy file ``policy``,
-    ``GRAVEN_HOME/policy.toml``, when there is one, with the key files it names); "" when one cannot
-    be read (then no snapshot matches: the check verifies the provenance again)."""
+    start with a dot: trusted keys and the revocation list), by name, and of the policy file ``policy``
+    (``GRAVEN_HOME/policy.toml``) with every key file it names, when it exists; "" when one cannot be
+    read (then no snapshot matches: the check verifies the provenance again, or names what is wrong)."""
     digest = hashlib.sha256(b"graven.trust-fingerprint/v1\0")
     try:
         names = sorted(os.listdir(trust_dir))
@@ -127,76 +129,65 @@ def trust_fingerprint(trust_dir: Path, policy: Path | None = None) -> str:
         names = []
     except OSError:
         return ""
+    # (name, bytes or None): the trust files by name, then the policy and its key files by a name with
+    # a "/", which no name in trust_dir has; a key file that is missing or no regular file is recorded
+    # as such (the trust policy refuses it: no check is clean while it is)
+    found: list[tuple[str, bytes | None]] = []
     for name in names:
         if name.startswith("."):
             continue
-        data = _regular(trust_dir / name)
-        if data is None:
+        try:  # read through symlinks (as the trust policy does), never blocking on a FIFO
+            data = _regular_file(trust_dir / name)
+        except (OSError, ValueError):
             return ""
-        if data is _NOT_REGULAR:
-            continue  # the trust policy reads regular files only
-        encoded = name.encode("utf-8", "surrogateescape")
-        digest.update(len(encoded).to_bytes(4, "big") + encoded + hashlib.sha256(data).digest())
+        if data is not None:  # the trust policy reads regular files only
+            found.append((name, data))
     if policy is not None and os.path.lexists(policy):
-        part = _policy_part(policy)
-        if part is None:
+        import tomllib
+
+        try:
+            data = _regular_file(policy)
+            doc = tomllib.loads(data.decode("utf-8")) if data is not None else {}
+        except (OSError, ValueError):  # UnicodeDecodeError and TOMLDecodeError are ValueErrors
             return ""
-        digest.update(b"\0policy\0" + part)
+        found.append(("/policy.toml", data))
+        for path in _policy_key_files(policy, doc):
+            try:
+                found.append((f"/key {path}", _regular_file(path)))
+            except FileNotFoundError:
+                found.append((f"/key {path}", None))
+            except (OSError, ValueError):
+                return ""
+    for name, data in found:
+        encoded = name.encode("utf-8", "surrogateescape")
+        content = hashlib.sha256(data).digest() if data is not None else b"-"
+        digest.update(len(encoded).to_bytes(4, "big") + encoded + content)
     return digest.hexdigest()
 
 
-_NOT_REGULAR = b"\0not a regular file"
-
-
-def _regular(path: Path | str) -> bytes | None:
-    """The bytes of the regular file ``path`` (read through symlinks, as the trust policy does, never
-    blocking on a FIFO); :data:`_NOT_REGULAR` for anything else; None when it cannot be read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
+def _regular_file(path: Path) -> bytes | None:
+    """The bytes of the regular file at ``path`` (through symlinks, never blocking on a FIFO), None when
+    it is something else; OSError when it cannot be read, ValueError when it is too large."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            return _NOT_REGULAR
-        if info.st_size > _TRUST_FILE_MAX:
             return None
+        if info.st_size > _TRUST_FILE_MAX:
+            raise ValueError(f"{path} is too large")
         return os.read(fd, _TRUST_FILE_MAX + 1)
-    except OSError:
-        return None
     finally:
         os.close(fd)
 
 
-def _policy_part(policy: Path) -> bytes | None:
-    """The policy file's sha256 and those of the key files it names (``keys`` and ``[env.NAME] keys``
-    entries that are not key ids, relative to the policy's directory); None when one cannot be read."""
-    import tomllib
-
-    data = _regular(policy)
-    if data is None or data is _NOT_REGULAR:
-        return None
-    part = hashlib.sha256(data).digest()
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    entries: list[object] = list(doc.get("keys", [])) if isinstance(doc.get("keys"), list) else []
+def _policy_key_files(policy: Path, doc: dict[str, object]) -> list[Path]:
+    """The key files the policy ``doc`` names by path (its ``keys`` and ``[env.NAME] keys``), sorted."""
+    lists = [doc.get("keys")]
     envs = doc.get("env")
-    for section in envs.values() if isinstance(envs, dict) else ():
-        if isinstance(section, dict) and isinstance(section.get("keys"), list):
-            entries.extend(section["keys"])
-    for entry in sorted({e for e in entries if isinstance(e, str) and not _KEYID.fullmatch(e)}):
-        # as TrustPolicy.load finds it (an absolute entry stays as it is)
-        key = _regular(os.path.join(os.path.dirname(policy), os.path.expanduser(entry)))
-        if key is None or key is _NOT_REGULAR:
-            return None
-        encoded = entry.encode("utf-8", "surrogateescape")
-        part += len(encoded).to_bytes(4, "big") + encoded + hashlib.sha256(key).digest()
-    return part
-
-
-_KEYID = re.compile(r"(?:sha256:)?[0-9a-f]{64}")
+    if isinstance(envs, dict):
+        lists.extend(section.get("keys") for section in envs.values() if isinstance(section, dict))
+    entries = {e for found in lists if isinstance(found, list) for e in found if isinstance(e, str)}
+    return sorted({policy_key_path(policy, e) for e in entries if not _KEYID.fullmatch(e) and "\0" not in e})
 
 
 def _fs(path: str) -> bytes:

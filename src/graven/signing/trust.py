@@ -31,7 +31,7 @@ from typing import Any
 
 from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
-from graven.home import make_home_dir
+from graven.home import make_home_dir, policy_key_path
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, SignatureMemo, revoked_signer, verify_envelope
 from graven.signing.keys import VerifyingKey, load_public_key, parse_public_key, write_public_key
@@ -191,11 +191,8 @@ def _key_from_entry(entry: str, policy: Path, known: Mapping[str, VerifyingKey],
                 f"{what}: key id {entry} is not one of the trusted keys (trust directory or keys)"
             )
         return key
-    base = policy.parent
-    path = Path(entry).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    check_trust_material(path, base, trusting=f"the keys {policy} trusts")
+    path = policy_key_path(policy, entry)
+    check_trust_material(path, policy.parent, trusting=f"the keys {policy} trusts")
     try:
         return load_public_key(path)
     except NotFoundError:

@@ -178,3 +178,20 @@ def test_trust_fingerprint_follows_every_trust_file(tmp_path: Path) -> None:
     (trust / "ci.pem").unlink()
     (trust / "ci.pub").write_text("key two\n")
     assert clean.trust_fingerprint(trust) not in (one, revoked, "")
+
+
+def test_trust_fingerprint_follows_the_home_policy_and_the_key_files_it_names(tmp_path: Path) -> None:
+    trust, policy = tmp_path / "trust", tmp_path / "policy.toml"
+    trust.mkdir()
+    none = clean.trust_fingerprint(trust, policy)
+    assert none == clean.trust_fingerprint(trust)  # no policy.toml: as before it
+    policy.write_text(f'keys = ["ci.pub"]\n[env.prod]\nkeys = ["sha256:{"ab" * 32}"]\n')
+    missing = clean.trust_fingerprint(trust, policy)  # a key named by its id is no file
+    assert missing not in (none, "")
+    (tmp_path / "ci.pub").write_text("key one\n")
+    one = clean.trust_fingerprint(trust, policy)
+    assert one not in (none, missing, "")
+    (tmp_path / "ci.pub").write_text("key two\n")
+    assert clean.trust_fingerprint(trust, policy) not in (none, missing, one, "")
+    policy.write_text("keys = [\n")  # not TOML: the full check names it
+    assert clean.trust_fingerprint(trust, policy) == ""
