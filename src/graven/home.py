@@ -36,10 +36,12 @@ __all__ = [
 
 def policy_key_path(policy: Path, entry: str) -> Path:
     """The key file that ``entry`` of a policy file's ``keys`` (one that is not a key id) names: ``~``
-    expanded, a relative path taken from the directory of the policy file. Read by the trust policy
-    (graven.signing.trust) and by the drift snapshot's fingerprint of it (graven.drift.clean)."""
+    expanded, a relative path taken from the directory the policy file is in, where a link to it
+    points (a policy linked into the home means what it says where it was written, not a key file of
+    the home's). Read by the trust policy (graven.signing.trust) and by the drift snapshot's
+    fingerprint of it (graven.drift.clean)."""
     path = Path(os.path.expanduser(entry))
-    return path if path.is_absolute() else policy.parent / path
+    return path if path.is_absolute() else Path(os.path.realpath(policy)).parent / path
 
 
 def make_private_dir(path: Path) -> None:

@@ -253,3 +253,49 @@ def test_a_changed_home_policy_is_seen_by_the_next_drift_check(
     assert (
         code == 2 and err == f"graven: error: {world.home / 'policy.toml'}: keys must be a list of strings\n"
     )
+
+
+def test_key_files_a_policy_names_are_read_where_it_says_and_never_block(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Key files were taken relative to the link when policy.toml was a link to a policy kept
+    elsewhere (GRAVEN_HOME/keys/release.pub, a signing key of the home, for ../etc's keys/release.pub);
+    a FIFO named as a key file blocked every command for ever; ~nosuchuser/ was a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    digest = world.build()  # signed by the home's own key
+    own = next((world.home / "trust").glob("*.pub")).read_bytes()
+    _, public = _release_key(tmp_path)
+    etc = tmp_path / "etc"
+    (etc / "keys").mkdir(parents=True)
+    (etc / "keys" / "release.pub").write_bytes(own)
+    (world.home / "keys" / "release.pub").write_bytes(public.read_bytes())  # not the policy's key
+    (etc / "policy.toml").write_text('[env.prod]\nkeys = ["keys/release.pub"]\n')
+    (world.home / "policy.toml").symlink_to(etc / "policy.toml")
+    code, _, err = run_cli(capsys, "verify", digest, "--env", "prod")
+    assert code == 0, err
+    (world.home / "policy.toml").unlink()
+    os.mkfifo(tmp_path / "fifo.pub", 0o600)
+    _policy(world, f'keys = ["{tmp_path / "fifo.pub"}"]\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "graven", "verify", digest],
+        env={**os.environ, "GRAVEN_HOME": str(world.home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert run.stderr == (
+        f"graven: error: {world.home / 'policy.toml'}: keys: key file {tmp_path / 'fifo.pub'} "
+        "is not a regular file\n"
+    )
+    _policy(world, 'keys = ["~graven-no-such-user/ci.pub"]\n')
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 2
+    assert err == (
+        f"graven: error: {world.home / 'policy.toml'}: keys: ~graven-no-such-user/ci.pub names the "
+        "home directory of an unknown user\n"
+    )

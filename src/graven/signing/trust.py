@@ -191,8 +191,15 @@ def _key_from_entry(entry: str, policy: Path, known: Mapping[str, VerifyingKey],
                 f"{what}: key id {entry} is not one of the trusted keys (trust directory or keys)"
             )
         return key
+    if entry.startswith("~") and os.path.expanduser(entry) == entry:  # "~name/" of no such user
+        raise ConfigError(f"{what}: {entry} names the home directory of an unknown user")
     path = policy_key_path(policy, entry)
     check_trust_material(path, policy.parent, trusting=f"the keys {policy} trusts")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block open() for ever
+            raise ConfigError(f"{what}: key file {path} is not a regular file")
+    except (OSError, ValueError):  # missing, unreadable, a NUL in it: load_public_key names it
+        pass
     try:
         return load_public_key(path)
     except NotFoundError:
