@@ -299,3 +299,21 @@ def test_key_files_a_policy_names_are_read_where_it_says_and_never_block(
         f"graven: error: {world.home / 'policy.toml'}: keys: ~graven-no-such-user/ci.pub names the "
         "home directory of an unknown user\n"
     )
+
+
+def test_keys_list_shows_an_environment_that_names_a_trusted_key_by_its_id(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`[env.prod] keys = ["<keyid of a key in trust/>"]`, which deploy and verify accept, made
+    `graven keys list` exit 2: it read the policy without the trust directory."""
+    code, out, _ = run_cli(capsys, "keys", "list", "--json")
+    [own] = json.loads(out)["trusted"]
+    _policy(world, f'[env.prod]\nkeys = ["sha256:{own["keyid"]}"]\n')
+    code, out, err = run_cli(capsys, "keys", "list", "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    assert listed["trusted"] == [own]
+    assert listed["policy"]["keys"] == []  # besides trusted: none
+    assert listed["policy"]["environments"] == [{"name": "prod", "keys": [own]}]
+    code, out, _ = run_cli(capsys, "keys", "list")
+    assert code == 0 and "trusted for prod (policy.toml)" in out

@@ -286,7 +286,12 @@ def artifacts_scenario(
     put("`graven keys revoke KEYID --json`", _doc(run_cli, "keys", "revoke", keyid, "--json"))
     put("`graven keys list --json`", _doc(run_cli, "keys", "list", "--json"))
     policy = Path(os.environ["GRAVEN_HOME"]) / "policy.toml"  # the home's policy: listed too
-    policy.write_text(f'keys = ["{tmp_path / "other.pub"}"]\n[env.prod]\nkeys = ["{keyid}"]\n')
+    from graven.signing.keys import KeyStore
+
+    outside = KeyStore(tmp_path / "outside-keys")  # a key only the policy trusts
+    outside.generate("outside", "ed25519")
+    (tmp_path / "outside.pub").write_bytes(outside.export_public("outside"))
+    policy.write_text(f'keys = ["{tmp_path / "outside.pub"}"]\n[env.prod]\nkeys = ["{keyid}"]\n')
     put("`graven keys list --json`", _doc(run_cli, "keys", "list", "--json"))
     policy.unlink()
 

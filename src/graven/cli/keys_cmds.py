@@ -106,7 +106,10 @@ def list_cmd(args: argparse.Namespace) -> int:
     home = Home.from_env()
     signing = KeyStore(home.keys).list()
     trusted = load_trust_dir(home.trust)  # a missing trust/ is empty; a file there is refused
-    policy = TrustPolicy.load(None, home.policy) if os.path.lexists(home.policy) else None
+    # with trust/: an [env.NAME] may name a key there by its id, as deploy and verify accept
+    policy = TrustPolicy.load(home.trust, home.policy) if os.path.lexists(home.policy) else None
+    mine = {k.keyid for k in trusted}
+    extra = [k for k in policy.keys if k.keyid not in mine] if policy is not None else []  # besides trust/
     revoked = _revoked(home.trust / "revoked") | (policy.revoked if policy is not None else frozenset())
     if as_json:
 
@@ -121,7 +124,7 @@ def list_cmd(args: argparse.Namespace) -> int:
                 if policy is None
                 else {
                     "path": str(home.policy),
-                    "keys": shown(policy.keys),
+                    "keys": shown(extra),
                     "environments": [
                         {"name": name, "keys": shown(keys)}
                         for name, keys in sorted(policy.environments.items())
@@ -138,7 +141,7 @@ def list_cmd(args: argparse.Namespace) -> int:
     rows = [["signing", e.name, e.key_type, e.keyid] for e in signing]
     rows += [[role(k.keyid, "trusted"), "-", k.key_type, k.keyid] for k in trusted]
     if policy is not None:
-        rows += [[role(k.keyid, "trusted (policy.toml)"), "-", k.key_type, k.keyid] for k in policy.keys]
+        rows += [[role(k.keyid, "trusted (policy.toml)"), "-", k.key_type, k.keyid] for k in extra]
         for name, keys in sorted(policy.environments.items()):
             rows += [
                 [role(k.keyid, f"trusted for {name} (policy.toml)"), "-", k.key_type, k.keyid] for k in keys
