@@ -8,6 +8,9 @@ recording time are "racy" and never trusted (:func:`graven.core.drift.is_racy`).
 
 Full: list every directory and hash every file, trusting no record. Small files are hashed as the walk
 finds them; files of 1 MiB and more go to a thread pool (hashlib releases the GIL while it hashes).
+
+Either scan given a ``stop`` event raises :class:`ScanStopped` soon after it is set: between files, and
+between chunks of a large one (``graven watch`` must not wait for a full check of a large release).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.drift.walk import (
     BIG,
-    CHUNK,
     OPEN_FILE,
     ForkedWalk,
+    ScanStopped,
     hash_rest,
     kind_of,
     observe_raw,
@@ -52,6 +55,7 @@ __all__ = [
     "Hasher",
     "ReleaseIndex",
     "ScanResult",
+    "ScanStopped",
     "plan_split",
     "scan_release",
 ]
@@ -63,21 +67,20 @@ def _record(st: os.stat_result) -> FileRecord:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
-def _hash_fd(fd: int, size: int) -> str:
+def _hash_fd(fd: int, size: int, stop: threading.Event | None) -> str:
     if size < BIG:
         data = os.read(fd, size + 1)  # exactly the file, plus one byte to notice that it grew
-        digest = hashlib.sha256(data)
         if len(data) <= size:
-            return digest.hexdigest()
-    else:
-        digest = hashlib.sha256()
-    while chunk := os.read(fd, CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
+            return hashlib.sha256(data).hexdigest()
+        return hash_rest(fd, data, stop)
+    return hash_rest(fd, b"", stop)
 
 
-def hash_path(path: str) -> HashResult:
-    """Open (never following a symlink), fstat and hash one file."""
+def hash_path(path: str, stop: threading.Event | None = None) -> HashResult:
+    """Open (never following a symlink), fstat and hash one file (:class:`ScanStopped`: ``stop`` was
+    set)."""
+    if stop is not None and stop.is_set():
+        raise ScanStopped
     try:
         fd = os.open(path, OPEN_FILE)
     except OSError as exc:
@@ -86,7 +89,7 @@ def hash_path(path: str) -> HashResult:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return st, ""
-        return st, _hash_fd(fd, st.st_size)
+        return st, _hash_fd(fd, st.st_size, stop)
     except OSError as exc:
         return None, unreadable(exc, path)
     finally:
@@ -101,46 +104,48 @@ class Hasher:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def submit(self, path: str) -> Future[HashResult]:
-        """Hash ``path`` in the pool."""
+    def submit(self, path: str, stop: threading.Event | None = None) -> Future[HashResult]:
+        """Hash ``path`` in the pool (:func:`hash_path`)."""
         with self._lock:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
             pool = self._pool
-        return pool.submit(hash_path, path)
+        return pool.submit(hash_path, path, stop)
 
-    def hash_many(self, paths: list[tuple[str, int]]) -> list[HashResult]:
+    def hash_many(
+        self, paths: list[tuple[str, int]], stop: threading.Event | None = None
+    ) -> list[HashResult]:
         """Hash ``(path, size)`` pairs: small files here, big ones in parallel."""
         futures: dict[int, Future[HashResult]] = {}
         results: list[HashResult | None] = [None] * len(paths)
         for i, (path, size) in enumerate(paths):
             if size >= BIG:
-                futures[i] = self.submit(path)
+                futures[i] = self.submit(path, stop)
         small = [i for i in range(len(paths)) if i not in futures]
         if len(small) > 256 and self.workers > 1:
             # many changed small files (a first check): share them out in batches
             batches = [small[j : j + 128] for j in range(0, len(small), 128)]
-            batch_futures = [self._submit_batch([paths[i][0] for i in b]) for b in batches]
+            batch_futures = [self._submit_batch([paths[i][0] for i in b], stop) for b in batches]
             for batch, future in zip(batches, batch_futures, strict=True):
                 for i, result in zip(batch, future.result(), strict=True):
                     results[i] = result
         else:
             for i in small:
-                results[i] = hash_path(paths[i][0])
+                results[i] = hash_path(paths[i][0], stop)
         for i, single in futures.items():
             results[i] = single.result()
         return [r if r is not None else (None, "unreadable") for r in results]
 
-    def _submit_batch(self, paths: list[str]) -> Future[list[HashResult]]:
+    def _submit_batch(self, paths: list[str], stop: threading.Event | None) -> Future[list[HashResult]]:
         with self._lock:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
             pool = self._pool
-        return pool.submit(lambda: [hash_path(p) for p in paths])
+        return pool.submit(lambda: [hash_path(p, stop) for p in paths])
 
     def close(self) -> None:
         """Stop the pool."""
@@ -325,6 +330,7 @@ def scan_release(
     child: ForkedWalk | None = None,
     owner: int | None = None,
     group: int | None = None,
+    stop: threading.Event | None = None,
 ) -> ScanResult:
     """Observe the release at ``root``. ``now_ns`` is the file system's time before the scan started
     (None: record nothing); ``table`` loads the deploy's stat table and the time it was written (only
@@ -335,7 +341,9 @@ def scan_release(
     that deployed the release as the stat table records it (:func:`graven.deploy.statdb.recorded_owner`;
     None: not recorded, the release directory's owner is then the reference); every path, the release
     directory included, must belong to it. ``group``: likewise the gid the release was deployed with
-    (:func:`graven.deploy.statdb.recorded_deployer`; None: the release directory's group)."""
+    (:func:`graven.deploy.statdb.recorded_deployer`; None: the release directory's group). ``stop``: once
+    it is set, :class:`ScanStopped` is raised within a file or a chunk of a large one (a forked walker is
+    killed)."""
     base = str(root)
     try:
         root_st = os.lstat(base)
@@ -373,6 +381,7 @@ def scan_release(
                 split=split_hint if child is not None else None,
                 owner=owner,
                 group=group,
+                stop=stop,
             )
         except BaseException:
             if child is not None:
@@ -395,6 +404,7 @@ def scan_release(
         now_ns=now_ns,
         owner=owner,
         group=group,
+        stop=stop,
     )
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
     scanned.root_attrs = attribute_problem(base, root_st, owner, group)
@@ -419,6 +429,7 @@ def _fast_scan(
     now_ns: int | None,
     owner: int,
     group: int,
+    stop: threading.Event | None = None,
 ) -> ScanResult:
     result = ScanResult()
     observed = result.observed
@@ -550,7 +561,7 @@ def _fast_scan(
             continue
         to_hash.append((i, full_path, st))
     if to_hash:
-        hashed = hasher.hash_many([(p, st.st_size) for _, p, st in to_hash])
+        hashed = hasher.hash_many([(p, st.st_size) for _, p, st in to_hash], stop)
         result.hashed = len(hashed)
         for (i, _full, st_before), (st_open, sha) in zip(to_hash, hashed, strict=True):
             entry = index.files[i]
@@ -630,8 +641,10 @@ class _Walk:
         owner: int | None = None,
         group: int | None = None,
         on_files: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.base = base
+        self.stop = stop  # set: ScanStopped between files and chunks
         self.on_files = on_files  # told the files hashed so far, every PROGRESS_FILES or so
         # whom every file and directory must belong to, and the group each must have
         self.owner = deployer_uid(base, root_st) if owner is None else owner
@@ -702,6 +715,7 @@ class _Walk:
         keep = self.now is not None
         now = self.now or 0
         owner, group = self.owner, self.group
+        stop = self.stop
         subdirs: list[str] = []
         hashed = 0
         try:
@@ -717,6 +731,8 @@ class _Walk:
                 out_of_resources(exc, directory)
                 raise
             for item in entries:
+                if stop is not None and stop.is_set():
+                    raise ScanStopped
                 name = item.name
                 path = prefix + name
                 if name not in expected:
@@ -735,12 +751,12 @@ class _Walk:
                             continue
                         if size < BIG:
                             data = read(fd, size + 1)
-                            sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
+                            sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data, stop)
                         elif self.hasher is not None:  # hashed in parallel (hashlib releases the GIL)
-                            self.big.append((path, self.hasher.submit(f"{directory}/{name}")))
+                            self.big.append((path, self.hasher.submit(f"{directory}/{name}", stop)))
                             continue
                         else:
-                            sha = hash_rest(fd, b"")
+                            sha = hash_rest(fd, b"", stop)
                         attrs = attribute_problem(fd, st, owner, group)
                     except OSError as exc:
                         observed[path] = Observed("file", 0, -1, unreadable(exc, f"{directory}/{name}"))
@@ -881,6 +897,7 @@ def _full_scan(
     split: tuple[list[str], list[str]] | None = None,
     owner: int | None = None,
     group: int | None = None,
+    stop: threading.Event | None = None,
 ) -> ScanResult:
     owner = deployer_uid(base, root_st, owner)
     group = deployer_gid(base, root_st, group)
@@ -893,38 +910,46 @@ def _full_scan(
             )
     total = len(index.files)
     on_files = None
-    if progress is not None:
-        on_files = _FilesProgress(progress, total, child)
-        progress(0, total)
-    if child is not None:
-        # two processes, each walking and hashing about half of the tree (big files included): hashlib
-        # holds the GIL for small files, so threads would not share this work out
-        assert split is not None
-        skip = frozenset(split[0]) | frozenset(child.start)
-        walk = _Walk(
-            base,
-            index,
-            root_st,
-            now_ns,
-            None,
-            start=split[0],
-            skip=skip,
-            owner=owner,
-            group=group,
-            on_files=on_files,
-        )
-        walk.run()
-        data = child.result()
-        if data is not None:
-            walk.merge_raw(data)
-        else:
-            walk.stack.extend(child.start)  # the child failed: do its part here
+    try:
+        if progress is not None:
+            on_files = _FilesProgress(progress, total, child)
+            progress(0, total)
+        if child is not None:
+            # two processes, each walking and hashing about half of the tree (big files included):
+            # hashlib holds the GIL for small files, so threads would not share this work out
+            assert split is not None
+            skip = frozenset(split[0]) | frozenset(child.start)
+            walk = _Walk(
+                base,
+                index,
+                root_st,
+                now_ns,
+                None,
+                start=split[0],
+                skip=skip,
+                owner=owner,
+                group=group,
+                on_files=on_files,
+                stop=stop,
+            )
             walk.run()
-    else:
-        # one walker hashes small files as it finds them (more walker threads only fight over the GIL);
-        # big files go to the hashing threads
-        walk = _Walk(base, index, root_st, now_ns, hasher, owner=owner, group=group, on_files=on_files)
-        walk.run()
+            data = child.result(stop)
+            if data is not None:
+                walk.merge_raw(data)
+            else:
+                walk.stack.extend(child.start)  # the child failed: do its part here
+                walk.run()
+        else:
+            # one walker hashes small files as it finds them (more walker threads only fight over the
+            # GIL); big files go to the hashing threads
+            walk = _Walk(
+                base, index, root_st, now_ns, hasher, owner=owner, group=group, on_files=on_files, stop=stop
+            )
+            walk.run()
+    except BaseException:  # a stop request, Ctrl-C: the child is killed (a no-op once its result was read)
+        if child is not None:
+            child.cancel()
+        raise
     if walk.error is not None:
         raise walk.error
     positions, files, now = index.positions, index.files, now_ns or 0

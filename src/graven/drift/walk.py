@@ -20,18 +20,22 @@ import stat
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graven.core.paths import check_path
 from graven.deploy.attributes import attribute_problem, deployer_gid, deployer_uid
 from graven.deploy.recordkey import read_record_file
 from graven.errors import BackendError, UnsafeInputError
 
+if TYPE_CHECKING:
+    import threading
+
 __all__ = [
     "BIG",
     "CHUNK",
     "OPEN_FILE",
     "ForkedWalk",
+    "ScanStopped",
     "hash_rest",
     "kind_of",
     "load_split",
@@ -48,6 +52,12 @@ CHUNK = 1 << 20
 OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SPLIT_MAX = 1 << 20  # bytes: a split file is a few KiB
 Split = tuple[list[str], list[str]]
+
+
+class ScanStopped(Exception):  # noqa: N818 - a request, not an error
+    """The scan was asked to stop (``graven watch`` is stopping): it is abandoned, and nothing of it is
+    kept. Raised between files and between chunks of a large file, so that a stop never waits for a
+    full check of a large release."""
 
 
 # What graven's own process ran out of says nothing about the release: a file it could not open for
@@ -235,10 +245,19 @@ class ForkedWalk:
         """How many files the child has hashed so far (it says so after each directory)."""
         return int(_COUNT.unpack_from(self.counter, 0)[0])
 
-    def result(self) -> bytes | None:
-        """What the child found (None: it failed, or it was reaped before)."""
+    def result(self, stop: threading.Event | None = None) -> bytes | None:
+        """What the child found (None: it failed, or it was reaped before). :class:`ScanStopped` when
+        ``stop`` is set before the child is done (the caller cancels it)."""
         if self.reaped:
             return None
+        if stop is not None:
+            import select
+
+            while not stop.is_set():
+                if select.select([self.fd], [], [], 0.05)[0]:  # its data come once it is done
+                    break
+            else:
+                raise ScanStopped
         self.reaped = True
         chunks: list[bytes] = []
         try:
@@ -261,12 +280,16 @@ class ForkedWalk:
         os.waitpid(self.pid, 0)
 
 
-def hash_rest(fd: int, head: bytes) -> str:
-    """The file grew while it was read: hash what was read and the rest."""
+def hash_rest(fd: int, head: bytes, stop: threading.Event | None = None) -> str:
+    """Hash ``head`` (what was read already) and the rest of the file; :class:`ScanStopped` as soon as
+    ``stop`` is set."""
     digest = hashlib.sha256(head)
-    while chunk := os.read(fd, CHUNK):
+    while not (stop is not None and stop.is_set()):
+        chunk = os.read(fd, CHUNK)
+        if not chunk:
+            return digest.hexdigest()
         digest.update(chunk)
-    return digest.hexdigest()
+    raise ScanStopped
 
 
 def observe_raw(path: str) -> tuple[Any, ...] | None:

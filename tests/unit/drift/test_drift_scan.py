@@ -359,3 +359,74 @@ def test_a_full_scan_reports_its_progress_while_it_hashes(tmp_path: Path) -> Non
         counts = [d for d, _ in calls]
         assert counts == sorted(counts), (mode, counts)
         assert any(0 < d < total for d in counts), (mode, counts)  # reported while it hashed
+
+
+def test_a_stop_abandons_a_scan_within_a_chunk(tmp_path: Path) -> None:
+    """`graven watch` waited for a running full check to end before it stopped (tens of seconds on a
+    large release: past a service manager's stop timeout). Given a stop event, a scan raises
+    ScanStopped within a chunk of a large file: in the hashing threads, in a walker that hashes large
+    files itself, and while it waits for a forked walker (which is killed and reaped)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = tmp_path / "rel"
+    entries: list[FileEntry | SymlinkEntry] = []
+    for n in range(4):
+        data = bytes([n]) * (4 * BIG)
+        (root / f"d{n}").mkdir(parents=True)
+        (root / f"d{n}/big.bin").write_bytes(data)
+        entries.append(FileEntry(f"d{n}/big.bin", hashlib.sha256(data).hexdigest(), len(data)))
+    files = [[e.path, e.sha256, e.size] for e in entries]  # type: ignore[union-attr]
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys, threading, time
+        from pathlib import Path
+        from graven.drift.scan import Hasher, ReleaseIndex, ScanStopped, scan_release
+        from graven.drift.walk import CHUNK
+        from graven.model.manifest import FileEntry, TreeManifest
+        root = Path({str(root)!r})
+        index = ReleaseIndex.of(TreeManifest.of([FileEntry(p, s, n) for p, s, n in json.load(sys.stdin)]))
+        parent, read, slow_in = os.getpid(), os.read, []
+        def slow_read(fd, size):  # hashing a large file: 2 s each
+            if size == CHUNK and (os.getpid() == parent) == ("parent" in slow_in):
+                time.sleep(0.5)
+            return read(fd, size)
+        os.read = slow_read
+        out = {{}}
+        for mode in ("threads", "forked", "fast"):
+            slow_in[:] = ["child"] if mode == "forked" else ["parent"]
+            stop, asked = threading.Event(), []
+            def ask():
+                time.sleep(0.3)
+                asked.append(time.monotonic())
+                stop.set()
+            def progress(done, total):  # after the fork: no thread is forked
+                if not asked and mode == "forked":
+                    threading.Thread(target=ask).start()
+            if mode != "forked":
+                threading.Thread(target=ask).start()
+            hasher = Hasher(2)
+            try:
+                scan_release(
+                    root, index, full=mode != "fast", hasher=hasher, parallel=mode == "forked",
+                    progress=progress, stop=stop,
+                )
+                out[mode] = ["finished", time.monotonic() - asked[0]]
+            except ScanStopped:
+                out[mode] = ["stopped", time.monotonic() - asked[0]]
+            hasher.close()
+            try:
+                os.waitpid(-1, os.WNOHANG)
+                out[mode].append("child left")
+            except ChildProcessError:
+                pass
+        print(json.dumps(out))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(files), capture_output=True, text=True, check=True
+    )
+    out = json.loads(done.stdout)
+    for mode, (how, *rest) in out.items():
+        assert how == "stopped" and rest[0] < 1.5 and rest[1:] == [], (mode, out)
