@@ -47,6 +47,8 @@ from graven.service.drift_targets import DriftSession, DriftTarget, artifact_row
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    import threading
+
     from graven.service.drift_early import EarlyWalks
 
 __all__ = ["ROOT_PATH", "Checked", "DriftReport", "check", "check_once", "check_target"]
@@ -142,14 +144,27 @@ class Checked(Record):
 
 
 def check_once(
-    ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool, early: EarlyWalks | None = None
+    ctx: Context,
+    session: DriftSession,
+    target: DriftTarget,
+    *,
+    full: bool,
+    early: EarlyWalks | None = None,
+    stop: threading.Event | None = None,
 ) -> Checked:
+    """One check of ``target``; ``stop``: once set, the check is abandoned (ScanStopped)."""
     with no_gc():
-        return _check_now(ctx, session, target, full=full, early=early)
+        return _check_now(ctx, session, target, full=full, early=early, stop=stop)
 
 
 def _check_now(
-    ctx: Context, session: DriftSession, target: DriftTarget, *, full: bool, early: EarlyWalks | None
+    ctx: Context,
+    session: DriftSession,
+    target: DriftTarget,
+    *,
+    full: bool,
+    early: EarlyWalks | None,
+    stop: threading.Event | None,
 ) -> Checked:
     started = time.monotonic()
     layout = EnvLayout(Path(target.path))
@@ -194,6 +209,7 @@ def _check_now(
             owner=owner,
             group=group,
             progress=lambda done, total: ctx.reporter.progress(stage, done, total),
+            stop=stop,
         )
         index = session.index(digest)
         if hint is None and len(index.files) >= SPLIT_MIN_FILES:  # a plan depends on the manifest only
@@ -217,6 +233,7 @@ def _check_now(
             now_ns=now_ns,
             owner=owner,
             group=group,
+            stop=stop,
         )
     deployed = target.pipeline_digest if digest == target.digest else None  # not for a pending deploy
     trust = session.trust()
@@ -353,6 +370,7 @@ def check_target(
     wait: bool = True,
     early: EarlyWalks | None = None,
     recorder: Callable[[DriftReport], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> DriftReport:
     """Check one environment (and record what changed, with ``record``; ``recorder``: called instead
     to record the report, under the lock: ``graven watch``, which holds it when the database is busy).
@@ -361,14 +379,17 @@ def check_target(
     another process is never seen half-way, nor recorded over by this older observation (without
     ``wait``, PolicyError when one is running). When drift is found while a deployment changed what
     is live, the check is repeated against the new state (no false alarm from a deployment that
-    completed during the check)."""
+    completed during the check).
+
+    ``stop`` (``graven watch``): once it is set, the check is abandoned within a file or a chunk of a
+    large one (:class:`graven.drift.scan.ScanStopped`), and nothing of it is recorded."""
     with shared_lock(EnvLayout(Path(target.path)).lock, env=target.env, wait=wait):
         for _attempt in range(3):
             quick = None if full else quick_check(ctx, target)
             report = (
                 quick
                 if quick is not None
-                else check_once(ctx, session, target, full=full, early=early).report
+                else check_once(ctx, session, target, full=full, early=early, stop=stop).report
             )
             if report.clean:
                 break

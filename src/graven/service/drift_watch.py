@@ -16,6 +16,7 @@ from typing import Any
 from graven.core.drift import Alert, alert_transition, keys_of, make_alert
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
+from graven.drift.scan import ScanStopped
 from graven.drift.watch import ROOT_SUFFIX, Schedule, WatchOptions
 from graven.errors import (
     DatabaseBusyError,
@@ -378,7 +379,11 @@ def run_watch(
                 target = targets[env]
                 started = schedule.clock()
                 try:
-                    report = check_target(ctx, session, target, full=full, wait=False, recorder=recorder)
+                    report = check_target(
+                        ctx, session, target, full=full, wait=False, recorder=recorder, stop=stop
+                    )
+                except ScanStopped:  # the watcher is stopping: the check is abandoned, nothing of it kept
+                    break
                 except PolicyError:  # a deploy or heal is changing it: look again once it is done
                     schedule.postpone(env, 0.2)
                     continue
