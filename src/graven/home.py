@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -30,8 +31,20 @@ __all__ = [
     "make_home",
     "make_home_dir",
     "make_private_dir",
+    "policy_key_id",
     "policy_key_path",
 ]
+
+
+_KEY_ID = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+
+def policy_key_id(entry: str) -> str | None:
+    """The key id that ``entry`` of a policy file's ``keys`` names (64 hex digits, ``sha256:``
+    optional, in either case, as ``revoked`` entries are read), else None: a key file's path
+    (:func:`policy_key_path`)."""
+    match = _KEY_ID.fullmatch(entry.strip().lower())
+    return match.group(1) if match else None
 
 
 def policy_key_path(policy: Path, entry: str) -> Path:

@@ -317,3 +317,18 @@ def test_keys_list_shows_an_environment_that_names_a_trusted_key_by_its_id(
     assert listed["policy"]["environments"] == [{"name": "prod", "keys": [own]}]
     code, out, _ = run_cli(capsys, "keys", "list")
     assert code == 0 and "trusted for prod (policy.toml)" in out
+
+
+def test_a_key_id_in_the_policy_is_read_in_either_case(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upper-case key id (copied from a tool that prints them so) was taken for a key file's path:
+    "key file .../ABC... does not exist". revoked entries were already read in either case."""
+    digest = world.build()
+    code, out, _ = run_cli(capsys, "keys", "list", "--json")
+    keyid = json.loads(out)["signing"][0]["keyid"]
+    _policy(world, f'[env.prod]\nkeys = ["sha256:{keyid.upper()}"]\n')
+    code, out, err = run_cli(capsys, "verify", digest, "--env", "prod")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "keys", "list")
+    assert code == 0 and "trusted for prod (policy.toml)" in out, out + err

@@ -26,14 +26,13 @@ import array
 import hashlib
 import json
 import os
-import re
 import stat
 import sys
 from itertools import chain
 
 from graven import __version__
 from graven.deploy.recordkey import TAG_SIZE, read_record_file, tag, verify
-from graven.home import policy_key_path
+from graven.home import policy_key_id, policy_key_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -56,7 +55,6 @@ CLEAN_FORMAT = "graven.drift-clean/v1"
 RULES = 3
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUST_FILE_MAX = 1 << 20
-_KEYID = re.compile(r"(?:sha256:)?[0-9a-f]{64}")  # a policy's key named by its id (graven.signing.trust)
 
 Binding = dict[str, "str | int"]
 DirRecord = tuple[int, int, int]  # st_ino, st_mtime_ns, st_ctime_ns
@@ -187,7 +185,7 @@ def _policy_key_files(policy: Path, doc: dict[str, object]) -> list[Path]:
     if isinstance(envs, dict):
         lists.extend(section.get("keys") for section in envs.values() if isinstance(section, dict))
     entries = {e for found in lists if isinstance(found, list) for e in found if isinstance(e, str)}
-    return sorted({policy_key_path(policy, e) for e in entries if not _KEYID.fullmatch(e) and "\0" not in e})
+    return sorted({policy_key_path(policy, e) for e in entries if policy_key_id(e) is None and "\0" not in e})
 
 
 def _fs(path: str) -> bytes:

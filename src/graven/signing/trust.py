@@ -31,7 +31,7 @@ from typing import Any
 
 from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
-from graven.home import make_home_dir, policy_key_path
+from graven.home import make_home_dir, policy_key_id, policy_key_path
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, SignatureMemo, revoked_signer, verify_envelope
 from graven.signing.keys import VerifyingKey, load_public_key, parse_public_key, write_public_key
@@ -183,9 +183,9 @@ def _string_list(value: object, what: str) -> list[str]:
 
 
 def _key_from_entry(entry: str, policy: Path, known: Mapping[str, VerifyingKey], what: str) -> VerifyingKey:
-    match = _KEYID.fullmatch(entry)
-    if match:
-        key = known.get(match.group(1))
+    keyid = policy_key_id(entry)
+    if keyid is not None:
+        key = known.get(keyid)
         if key is None:
             raise ConfigError(
                 f"{what}: key id {entry} is not one of the trusted keys (trust directory or keys)"
