@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from graven import __version__
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError
+from graven.model.digest import sha256_digest
 from graven.registry.oci import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_SIZE, Descriptor, Reference
 
 if TYPE_CHECKING:
@@ -121,10 +122,7 @@ class RegistryClient:
             )
         if kind.lower() == "basic":
             if self._credentials is None:
-                raise InputError(
-                    f"the registry {self.reference.host} needs credentials: set {USERNAME_ENV} and "
-                    f"{PASSWORD_ENV}"
-                )
+                raise InputError(f"the registry {self.reference.host} needs credentials: {self._hint()}")
             self._authorization = _basic(*self._credentials)
             return
         if kind.lower() != "bearer":
@@ -303,7 +301,7 @@ class RegistryClient:
         if response.status_code not in (201, 204):
             raise self._fail(response, f"store the manifest as {reference}")
         said = response.headers.get("Docker-Content-Digest")
-        expected = "sha256:" + hashlib.sha256(data).hexdigest()
+        expected = str(sha256_digest(data))
         if said is not None and said != expected:
             raise IntegrityError(
                 f"the registry {self.reference.host} stored the manifest as {said}, not {expected}"
@@ -332,11 +330,12 @@ class RegistryClient:
                     )
         finally:
             response.close()
+        manifest = bytes(data)
         if reference.startswith("sha256:"):
-            found = "sha256:" + hashlib.sha256(data).hexdigest()
+            found = str(sha256_digest(manifest))
             if found != reference:
                 raise IntegrityError(f"{self.reference}: the registry sent a manifest hashing to {found}")
-        return bytes(data)
+        return manifest
 
 
 def _basic(user: str, password: str) -> str:

@@ -19,10 +19,10 @@ import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, BinaryIO, NamedTuple, cast
 
 from graven.errors import InputError, NotFoundError, PolicyError
-from graven.model.digest import Digest
+from graven.model.digest import Digest, sha256_digest
 from graven.model.logentry import LogEvent
 from graven.registry.oci import (
     ARCHIVE_MEDIA_TYPE,
@@ -73,7 +73,7 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
     from graven.registry.client import RegistryClient
     from graven.service.artifacts import get_artifact
     from graven.service.provenance import preferred_envelope
-    from graven.service.transfer import export_artifact
+    from graven.service.transfer import export_to_stream
 
     if target.digest is not None:
         raise InputError(
@@ -91,15 +91,13 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
         )
     with tempfile.TemporaryDirectory(prefix="graven-push-") as scratch:
         archive_path = Path(scratch) / f"{record.name}.tar.zst"
-        export_artifact(ctx, digest, archive_path)  # every object read is verified
-        archive = Descriptor(
-            ARCHIVE_MEDIA_TYPE, _file_digest(archive_path), archive_path.stat().st_size, archive_path.name
-        )
+        # the bytes of graven export (every object read is verified), hashed as they are written
+        with archive_path.open("wb") as out:
+            hashing = _Hashing(out)
+            size = export_to_stream(ctx, digest, cast(BinaryIO, hashing), "tar.zst", name=str(archive_path))
+        archive = Descriptor(ARCHIVE_MEDIA_TYPE, f"sha256:{hashing.hexdigest()}", size, archive_path.name)
         signed = Descriptor(
-            ENVELOPE_MEDIA_TYPE,
-            "sha256:" + hashlib.sha256(envelope).hexdigest(),
-            len(envelope),
-            f"{record.name}.intoto.json",
+            ENVELOPE_MEDIA_TYPE, str(sha256_digest(envelope)), len(envelope), f"{record.name}.intoto.json"
         )
         manifest = artifact_manifest(
             digest=str(digest),
@@ -124,7 +122,7 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
                 client.put_blob(descriptor, opener, functools.partial(_uploaded, ctx, sent, total))
                 sent += descriptor.size
             ctx.reporter.progress("uploading (bytes)", total, total)  # the rest was there already
-            manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            manifest_digest = str(sha256_digest(manifest))
             client.put_manifest(manifest, target.tag or manifest_digest)
     pinned = target.with_digest(manifest_digest)
     with ctx.db.begin() as conn:
@@ -144,7 +142,7 @@ def pull_artifact(ctx: Context, source: Reference) -> PullResult:
         raise InputError(f"{source}: name a tag (REPOSITORY:TAG) or a digest (REPOSITORY@sha256:...) to pull")
     with RegistryClient(source) as client:
         data = client.get_manifest(wanted)
-        manifest_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        manifest_digest = str(sha256_digest(data))
         pinned = source.with_digest(manifest_digest)
         pulled = parse_manifest(data, str(pinned))
         with tempfile.TemporaryDirectory(prefix="graven-pull-") as scratch:
@@ -181,12 +179,22 @@ def _signer(ctx: Context, digest: Digest) -> str | None:
     return preferred_envelope(ctx, digest)[1]
 
 
-def _file_digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+class _Hashing:
+    """A binary file written through, hashed (sha256) on the way."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._hasher = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self._hasher.update(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
 
 
 def _rfc3339(epoch: int) -> str:
