@@ -321,10 +321,11 @@ def run_watch(
             schedule.wake.clear()
             if not first:
                 try:
-                    if opened and not ctx.home.has_database():
+                    present = ctx.home.has_database()
+                    if opened and not present:
                         with ctx.db.connect():  # DatabaseReplacedError (never "nothing is live" now)
                             pass
-                    opened = opened or ctx.home.has_database()
+                    opened = opened or present
                     try:
                         targets = {t.env: t for t in live_targets(ctx, opts.envs)}
                     except NotFoundError:
