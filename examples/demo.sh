@@ -6,7 +6,14 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/graven-demo.XXXXXX")
 registry_pid=""
-trap '[ -z "$registry_pid" ] || kill "$registry_pid" 2>/dev/null; rm -rf "$work"' EXIT
+cleanup() {
+    [ -z "$registry_pid" ] || kill "$registry_pid" 2>/dev/null || true
+    # graven makes deployed releases read-only: without write permission back on their directories, only
+    # root could remove them (chmod -R does not follow symbolic links)
+    chmod -R u+w "$work" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
