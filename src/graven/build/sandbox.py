@@ -148,6 +148,10 @@ _RLIMIT_LOCKS: Final = 10  # the same number on every Linux architecture; the re
 # instead, /run holds the sockets of host services (a socket is reachable without any network), and
 # /build is the sandbox's own.
 _NOT_MIRRORED: Final = frozenset({"proc", "dev", "tmp", "run", "build", "lost+found"})
+# Host directories the sandbox does not show whose PATH directories it binds back read-only at their own
+# paths (a virtualenv whole), as it does for PATH directories in a hidden directory: the steps' own /tmp
+# is a fresh tmpfs, and /run is not there at all.
+UNSHOWN_TOOL_PARENTS: Final = ("/run", "/tmp")  # noqa: S108 - the host's, never written
 # What bwrap itself covers read-only in a new /proc when it can (its cover_proc_dirs).
 _PROC_READ_ONLY: Final = ("sys", "sysrq-trigger", "irq", "bus")
 
@@ -1025,8 +1029,10 @@ class BubblewrapRunner:
         vary_limits: bool = False,
     ) -> None:
         self.bwrap = bwrap
-        # the PATH directories inside a hidden directory (a venv in the repository) stay reachable
-        shown = shown_paths(layout.hidden, env.get("PATH", "").split(os.pathsep))
+        # the PATH directories inside a hidden directory (a venv in the repository), or in /tmp or /run,
+        # which the sandbox does not show (a venv made in /tmp, NixOS's /run/current-system/sw/bin),
+        # stay reachable
+        shown = shown_paths((*layout.hidden, *UNSHOWN_TOOL_PARENTS), env.get("PATH", "").split(os.pathsep))
         self.layout = replace(layout, shown=tuple(dict.fromkeys((*layout.shown, *shown))))
         self.env = dict(env)
         self.hostname = hostname

@@ -446,3 +446,40 @@ def test_root_of_a_user_namespace_gets_lowered_limits_not_a_refusal(tmp_path: Pa
     seen = json.loads(done.stdout)
     assert seen["code"] == 0 and seen["n"] == "2000", seen
     assert "open files (ulimit -n) 2000 (not 4096)" in (seen["warning"] or ""), seen
+
+
+def test_path_directories_in_the_hosts_tmp_are_bound_back_read_only(tmp_path: Path) -> None:
+    """The steps' /tmp is a fresh tmpfs, so a PATH directory in the host's /tmp (a virtualenv a CI job
+    made there, the checkout of graven itself) would be gone: it is bound back, read-only, at its own
+    path, a virtualenv whole (its scripts need what is beside bin/); nothing else of /tmp shows."""
+    require_tool("bwrap")
+    bwrap = probe_bubblewrap(sandbox.find_bwrap())
+    for name in ("src", "work", "home"):
+        (tmp_path / name).mkdir()
+    outside = Path(tempfile.mkdtemp(dir="/tmp"))  # the host's /tmp is what is tested
+    try:
+        venv = outside / "venv"
+        (venv / "bin").mkdir(parents=True)
+        (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        (venv / "share.txt").write_text("beside bin\n")
+        tool = venv / "bin" / "hello"
+        tool.write_text(f"#!/bin/sh\ncat {venv}/share.txt\n")
+        tool.chmod(0o755)
+        (outside / "secret").write_text("not for steps\n")
+        layout = SandboxLayout(
+            tmp_path / "src", tmp_path / "work", tmp_path / "home", sandbox.host_root_entries()
+        )
+        runner = BubblewrapRunner(bwrap, layout, {"PATH": f"{venv}/bin:/usr/bin:/bin"})
+        script = (
+            f"hello > out; cat {outside}/secret > secret 2>/dev/null; "
+            f"touch {venv}/bin/x 2>/dev/null && echo writable > mode || echo read-only > mode"
+        )
+        with (tmp_path / "log").open("wb") as log:
+            assert runner.run(script, log=log, timeout=30, network=False) == 0, (tmp_path / "log").read_text()
+        work = tmp_path / "work"
+        assert (work / "out").read_text() == "beside bin\n"
+        assert (work / "secret").read_text() == ""
+        assert (work / "mode").read_text().strip() == "read-only"
+        assert not (venv / "bin" / "x").exists()
+    finally:
+        shutil.rmtree(outside)
