@@ -5,7 +5,8 @@ Layout under ``root`` (normally ``GRAVEN_HOME/objects``)::
     sha256/ab/cdef...          loose objects: raw bytes, read-only; large files and single puts
     pack/pack-<sha256>.pack    packs: many small objects (zstd-compressed when it pays), read-only
     pack/pack-<sha256>.idx     the index of one pack; written last, so it is the commit point
-    tmp/                       files being written; never visible as objects
+    tmp/                       files being written; never visible as objects; and scratch directories
+                               (0700) of work that is no object: a push's archive, a pull's download
     consolidate.lock           flock(2): one process merges small packs into one at a time, or
                                removes day-old packs left without their index (held shared by a
                                batch that publishes a pack already there)
@@ -822,6 +823,26 @@ class LocalStore:
             raise self.write_error(exc) from exc
         return fd, path
 
+    @contextlib.contextmanager
+    def scratch_dir(self, prefix: str) -> Iterator[Path]:
+        """A private (0700) directory in ``tmp/`` for work that makes no object (``push`` writes the
+        archive it uploads there, ``pull`` what it downloads), removed when the block ends. In the
+        home, not in ``$TMPDIR``: a pull of a large artifact fits where the store does (a tmpfs /tmp
+        may be small), and it is named as temp files are (``PREFIX-PID-START-HOST-...``; ``prefix``
+        without ``-``), so that :meth:`clean_tmp` removes one a killed process left, and never one
+        a running process uses."""
+        import shutil
+        import tempfile
+
+        try:
+            path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{_writer_name()}-", dir=self._tmp))
+        except OSError as exc:
+            raise self.write_error(exc) from exc
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
     def write_error(self, exc: OSError) -> BackendError:
         """The one-line error for a write into the store that failed (a full disk, a read-only
         file system): the store stays as it was, nothing half-written becomes visible."""
@@ -1111,16 +1132,36 @@ class LocalStore:
         file whose writer is known to be gone (this host and pid namespace, and no process of that pid
         and start time) goes at once: a review's kill-and-retry loop of a 100 MB import filled tmp/ by
         80 MB a kill. Any other (another host, another pid namespace, a name of an older graven) goes
-        once it is ``older_than`` and its writer is not known to run."""
+        once it is ``older_than`` and its writer is not known to run. A scratch directory
+        (:meth:`scratch_dir`) follows the same rule, its age that of its newest file."""
+        import shutil
+
         removed = 0
         cutoff = time.time() - older_than
         for item in self._tmp.iterdir():
             with contextlib.suppress(OSError):
                 state = _writer_state(item.name)
-                if state == "gone" or (state == "unknown" and item.lstat().st_mtime < cutoff):
-                    item.unlink()
+                if state == "alive":
+                    continue
+                st = item.lstat()
+                if state == "gone" or _newest_mtime(item, st) < cutoff:
+                    if stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(item)
+                    else:
+                        item.unlink()
                     removed += 1
         return removed + self._clean_orphan_packs()
+
+
+def _newest_mtime(item: Path, st: os.stat_result) -> float:
+    """The mtime of temp file ``item`` (``st``: its lstat), or of a scratch directory the newest of its
+    own and its files' (a download that still grows its file adds no entry to the directory)."""
+    newest = st.st_mtime
+    if stat.S_ISDIR(st.st_mode):
+        with os.scandir(item) as entries:
+            for entry in entries:
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
 
 
 def _started(pid: int) -> str:

@@ -411,6 +411,41 @@ def test_the_temp_files_of_a_writer_known_to_be_gone_are_cleaned_at_once(store: 
     assert not gone.exists() and elsewhere.exists() and mine.exists() and no_proc.exists()
 
 
+def test_scratch_directories_follow_the_temp_file_rule(store: LocalStore) -> None:
+    """push and pull staged their archive in $TMPDIR/graven-push-* (graven-pull-*): a SIGKILL left
+    it there for good, and a large pull could fill a small tmpfs /tmp. They stage in the store's tmp/
+    now, in a directory named as temp files are, which clean_tmp removes as it removes those."""
+    import stat
+
+    tmp = store.root / "tmp"
+    with store.scratch_dir("pull") as scratch:
+        assert scratch.parent == tmp and stat.S_IMODE(scratch.stat().st_mode) == 0o700
+        (scratch / "artifact.tar.zst").write_bytes(b"x" * 1000)
+        for item in (scratch / "artifact.tar.zst", scratch):
+            os.utime(item, (0, 0))  # as if started two days ago: still at work, so kept
+        assert store.clean_tmp() == 0 and scratch.exists()
+    assert not scratch.exists()  # removed when the block ends
+
+    def left(name: str, *, old: bool, fresh_file: bool = False) -> Path:
+        entry = tmp / name
+        entry.mkdir(0o700)
+        (entry / "artifact.tar.zst").write_bytes(b"x" * 1000)
+        if old:
+            for item in (entry / "artifact.tar.zst", entry):
+                if not (fresh_file and item != entry):
+                    os.utime(item, (0, 0))
+        return entry
+
+    gone = left(f"pull-999999-77-{local._HOST}-abc", old=False)  # no such pid here: at once
+    reused = left(f"push-{os.getpid()}-1-{local._HOST}-abc", old=False)  # our pid, another start
+    elsewhere = left("pull-999999-77-0badf00d-abc", old=False)  # another host: a day
+    writing = left("pull-999999-77-0badf00d-def", old=True, fresh_file=True)  # its file still grows
+    abandoned = left("push-999999-77-0badf00d-ghi", old=True)
+    assert store.clean_tmp() == 3
+    assert not gone.exists() and not reused.exists() and not abandoned.exists()
+    assert elsewhere.exists() and writing.exists()
+
+
 def test_a_store_that_cannot_be_made_is_one_line_without_python_s_error_text(tmp_path: Path) -> None:
     """A file system review saw "[Errno 28] No space left on device: '...'" in this message."""
     from graven.errors import BackendError
