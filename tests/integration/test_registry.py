@@ -240,6 +240,10 @@ class _Fake:
         self.token_body = 0  # bytes of whitespace the token service answers with, instead of a token
         self.error_body = 0  # bytes of the body of a 500 to every blob GET (0: serve blobs)
         self.error_body_sent = 0
+        self.stall: set[str] = set()  # blobs sent half, then held until ``release`` (a hung GET)
+        self.stall_uploads = False  # an upload's POST held until ``release``
+        self.stalled = threading.Event()  # set when one is held
+        self.release = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -272,6 +276,10 @@ class _Fake:
                     self._send(200 if found else 404)
 
             def do_POST(self) -> None:
+                if fake.stall_uploads:
+                    fake.stalled.set()
+                    fake.release.wait(60)
+                    return
                 if self._authorized():
                     where = fake.upload_location or self.path + "u1?_state=s"
                     self._send(202, headers={"Location": where})
@@ -320,6 +328,14 @@ class _Fake:
                     self._send_endless_error()
                 elif found is None:
                     self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"no"}]}')
+                elif digest in fake.stall:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(found)))
+                    self.end_headers()
+                    self.wfile.write(found[: len(found) // 2])
+                    self.wfile.flush()
+                    fake.stalled.set()
+                    fake.release.wait(60)
                 elif digest in fake.cut:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(found) + 100))
@@ -345,6 +361,7 @@ class _Fake:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -607,3 +624,70 @@ def test_https_certificates_are_verified(
         assert out.strip() == built
     finally:
         tls.close()
+
+
+def test_a_push_or_pull_killed_midway_leaves_nothing_for_good(
+    *,
+    built: str,
+    graven_home: Path,
+    tmp_path: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """push and pull staged the archive in $TMPDIR/graven-push-* (graven-pull-*): one killed with
+    SIGKILL left it there for good (a large pull in a small tmpfs /tmp could also not fit). They stage
+    in the store's tmp/, and the next push or pull removes what a killed one left there."""
+    import os
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))  # in-process: gettempdir() caches it
+
+    def killed_midway(*args: str) -> list[str]:
+        """Run ``graven ARGS`` until the fake registry holds its request, SIGKILL it: the kinds of the
+        scratch directories it left in the store's tmp/."""
+        fake.stalled.clear()
+        fake.release.clear()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "graven", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not fake.stalled.wait(0.1) and proc.poll() is None and time.monotonic() < deadline:
+                pass
+            held = fake.stalled.is_set()
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            _, err = proc.communicate()
+            fake.release.set()
+        assert held, err.decode()
+        tmp = Path(os.environ["GRAVEN_HOME"]) / "objects" / "tmp"
+        return [entry.name.split("-")[0] for entry in tmp.iterdir()]
+
+    reference = f"{fake.address}/team/app:v1"
+    fake.stall_uploads = True
+    assert killed_midway("push", built, reference) == ["push"]
+    fake.stall_uploads = False
+    code, _, err = run_cli("push", built, reference)
+    assert code == 0, err
+    assert list((graven_home / "objects/tmp").iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
+
+    home = _trusting_home(new_home, graven_home, monkeypatch, run_cli, "killed-pull")
+    layers = json.loads(fake.manifests["v1"])["layers"]
+    (archive,) = [layer["digest"] for layer in layers if layer["mediaType"].endswith("tar+zstd")]
+    fake.stall.add(archive)
+    assert killed_midway("pull", reference) == ["pull"]
+    fake.stall.clear()
+    code, out, err = run_cli("pull", reference)
+    assert code == 0, err
+    assert out.strip() == built
+    assert list((home / "objects/tmp").iterdir()) == []
+    assert list(system_tmp.iterdir()) == []

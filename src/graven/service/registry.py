@@ -16,9 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any, BinaryIO, NamedTuple, cast
 
 from graven.errors import InputError, NotFoundError, PolicyError
@@ -89,8 +87,10 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
             f"{digest} has no provenance a key of this home trusts; push sends only what verify accepts "
             "(graven verify says why)"
         )
-    with tempfile.TemporaryDirectory(prefix="graven-push-") as scratch:
-        archive_path = Path(scratch) / f"{record.name}.tar.zst"
+    store = ctx.store
+    store.clean_tmp()  # what a killed push or pull (or build, import) left
+    with store.scratch_dir("push") as scratch:
+        archive_path = scratch / f"{record.name}.tar.zst"
         # the bytes of graven export (every object read is verified), hashed as they are written
         with archive_path.open("wb") as out:
             hashing = _Hashing(out)
@@ -145,8 +145,10 @@ def pull_artifact(ctx: Context, source: Reference) -> PullResult:
         manifest_digest = str(sha256_digest(data))
         pinned = source.with_digest(manifest_digest)
         pulled = parse_manifest(data, str(pinned))
-        with tempfile.TemporaryDirectory(prefix="graven-pull-") as scratch:
-            archive_path = Path(scratch) / "artifact.tar.zst"
+        store = ctx.store
+        store.clean_tmp()  # what a killed pull (or push, build, import) left: before downloading
+        with store.scratch_dir("pull") as scratch:
+            archive_path = scratch / "artifact.tar.zst"
             total = pulled.archive.size
             ctx.reporter.progress("downloading (bytes)", 0, total)
             with archive_path.open("wb") as out:
@@ -157,7 +159,7 @@ def pull_artifact(ctx: Context, source: Reference) -> PullResult:
                 )
             envelope_path = None
             if pulled.envelopes:  # the first: push writes one
-                envelope_path = Path(scratch) / "artifact.intoto.json"
+                envelope_path = scratch / "artifact.intoto.json"
                 with envelope_path.open("wb") as out:
                     client.get_blob(pulled.envelopes[0], out)
             imported = import_archive(
