@@ -218,6 +218,41 @@ def test_an_unreachable_registry_is_one_line(built: str, run_cli: Run) -> None:
     assert code == 1 and f"cannot reach the registry 127.0.0.1:{port}" in err and err.count("\n") == 1
 
 
+def test_a_broken_home_policy_stops_push_and_pull_before_the_registry(
+    *, built: str, graven_home: Path, run_cli: Run, fake: _Fake, tmp_path: Path
+) -> None:
+    """A policy.toml that cannot be read is exit 2 naming it, as for verify and deploy: push said
+    "no provenance a key of this home trusts" (exit 1), export --attestation warned the same, and
+    pull downloaded the whole artifact before it read the policy."""
+    code, _, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 0, err
+    fake.requests.clear()
+    policy = graven_home / "policy.toml"
+    for text, says in (
+        ("keys = [\n", f"policy file {policy} is not valid TOML"),
+        ("kyes = []\n", f"policy file {policy}: unknown setting 'kyes'"),
+        ('keys = ["missing.pub"]\n', f"key file {graven_home / 'missing.pub'} does not exist"),
+    ):
+        policy.write_text(text)
+        policy.chmod(0o600)
+        for args in (
+            ("push", built, f"{fake.address}/team/app:v2"),
+            ("pull", f"{fake.address}/team/app:v1"),
+            ("export", built, "-o", tmp_path / "a.tar.zst", "--attestation", tmp_path / "a.intoto.json"),
+        ):
+            code, out, err = run_cli(*args)
+            assert code == 2 and out == "", (args, err)
+            assert err.startswith("graven: error: ") and says in err and err.count("\n") == 1, (args, err)
+        code, out, _ = run_cli("push", built, f"{fake.address}/team/app:v2", "--json")
+        assert code == 2 and json.loads(out)["error"]["exit_code"] == 2
+    assert fake.requests == []
+    assert not (tmp_path / "a.tar.zst").exists()
+    policy.unlink()  # a dangling link: refused as well (it "does not exist"), never "untrusted"
+    policy.symlink_to(tmp_path / "gone.toml")
+    code, _, err = run_cli("push", built, f"{fake.address}/team/app:v2")
+    assert code == 2 and f"policy file {policy} does not exist" in err, err
+
+
 # -- a registry that lies, and one that wants a token ---------------------------------------------
 
 

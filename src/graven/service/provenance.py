@@ -440,9 +440,11 @@ def preferred_envelope(ctx: Context, artifact: Digest) -> tuple[bytes, str | Non
     """The envelope of ``artifact`` to show, export or rebuild from: the newest one the home's trust
     policy accepts, and the key id that verified it; when none verifies, the newest stored one and
     None. (The newest stored one alone could be any later import or a build with an untrusted key,
-    hiding the provenance that verify accepts.)"""
+    hiding the provenance that verify accepts.) A policy that cannot be read is its own error (exit 2),
+    never taken for a provenance no key trusts."""
+    policy = load_policy(ctx)
     try:
-        verified, envelope_digest = verified_provenance(ctx, artifact, policy=load_policy(ctx))
+        verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy)
     except (VerificationError, PolicyError, InputError):
         return latest_envelope(ctx, artifact), None
     return ctx.store.read(Digest.parse(envelope_digest)), verified.keyid

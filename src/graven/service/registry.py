@@ -70,13 +70,15 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
     """Push artifact ``digest`` to ``target`` (tagged when it names a tag)."""
     from graven.registry.client import RegistryClient
     from graven.service.artifacts import get_artifact
-    from graven.service.provenance import preferred_envelope
+    from graven.service.provenance import load_policy, preferred_envelope
     from graven.service.transfer import export_to_stream
 
     if target.digest is not None:
         raise InputError(
             f"{target}: push names a repository and, optionally, a tag (the digest is the one the push makes)"
         )
+    # a policy that cannot be read stops here (exit 2), never taken for "no trusted provenance"
+    load_policy(ctx, memo=False)
     record = get_artifact(ctx, digest)
     try:
         envelope, keyid = preferred_envelope(ctx, digest)
@@ -135,11 +137,13 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
 def pull_artifact(ctx: Context, source: Reference) -> PullResult:
     """Pull the artifact ``source`` names (a tag or a manifest digest) into the home."""
     from graven.registry.client import RegistryClient
+    from graven.service.provenance import load_policy
     from graven.service.transfer import import_archive
 
     wanted = source.digest or source.tag
     if wanted is None:
         raise InputError(f"{source}: name a tag (REPOSITORY:TAG) or a digest (REPOSITORY@sha256:...) to pull")
+    load_policy(ctx, memo=False)  # one that cannot be read stops the pull now, not after the download
     with RegistryClient(source) as client:
         data = client.get_manifest(wanted)
         manifest_digest = str(sha256_digest(data))
