@@ -218,6 +218,41 @@ def test_an_unreachable_registry_is_one_line(built: str, run_cli: Run) -> None:
     assert code == 1 and f"cannot reach the registry 127.0.0.1:{port}" in err and err.count("\n") == 1
 
 
+def test_pull_of_a_tag_that_names_an_index_says_what_it_is(registry: str, built: str, run_cli: Run) -> None:
+    """A tag that names an OCI index (a multi-platform image, say) was "not in the registry (no
+    manifest TAG)", exit 2: the registry answers 404 to a request that accepts image manifests only,
+    and graven did not say what the registry did."""
+    import httpx
+
+    code, out, err = run_cli("push", built, f"{registry}/team/app:single")
+    assert code == 0, err
+    manifest = httpx.get(
+        f"http://{registry}/v2/team/app/manifests/single",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).content
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": out.strip().rpartition("@")[2],
+                "size": len(manifest),
+            }
+        ],
+    }
+    answer = httpx.put(
+        f"http://{registry}/v2/team/app/manifests/multi",
+        content=json.dumps(index).encode(),
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    assert answer.status_code == 201, answer.text
+    for args in (("pull", f"{registry}/team/app:multi"), ("pull", f"{registry}/team/app:multi", "--json")):
+        code, _, err = run_cli(*args)
+        assert code == 1, err
+        assert "an OCI index" in err and "not in the registry" not in err and err.count("\n") == 1, err
+
+
 def test_a_broken_home_policy_stops_push_and_pull_before_the_registry(
     *, built: str, graven_home: Path, run_cli: Run, fake: _Fake, tmp_path: Path
 ) -> None:

@@ -22,7 +22,13 @@ from typing import IO, TYPE_CHECKING, Any
 from graven import __version__
 from graven.errors import BackendError, InputError, IntegrityError, NotFoundError
 from graven.model.digest import sha256_digest
-from graven.registry.oci import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_SIZE, Descriptor, Reference
+from graven.registry.oci import (
+    ACCEPTED_MANIFESTS,
+    MANIFEST_MEDIA_TYPE,
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    Reference,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -313,7 +319,7 @@ class RegistryClient:
         response = self._send(
             "GET",
             f"{self.reference.base}/manifests/{reference}",
-            headers={"Accept": MANIFEST_MEDIA_TYPE},
+            headers={"Accept": ", ".join(ACCEPTED_MANIFESTS)},
             stream=True,
         )
         try:

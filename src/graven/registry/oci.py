@@ -28,6 +28,7 @@ from graven.core.record import Frozen
 from graven.errors import InputError, IntegrityError
 
 __all__ = [
+    "ACCEPTED_MANIFESTS",
     "ARCHIVE_MEDIA_TYPE",
     "ARTIFACT_TYPE",
     "ENVELOPE_MEDIA_TYPE",
@@ -41,6 +42,18 @@ __all__ = [
 ]
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.list.v2+json"
+# what a pull accepts: a graven artifact is an image manifest, but a tag may name an index or a Docker
+# image, which a registry answers with 404 when they are not accepted ("not in the registry"); taken,
+# the pull says what they are
+ACCEPTED_MANIFESTS = (
+    MANIFEST_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    DOCKER_LIST_MEDIA_TYPE,
+)
 ARTIFACT_TYPE = "application/vnd.graven.artifact.v1"
 ARCHIVE_MEDIA_TYPE = "application/vnd.graven.archive.v1.tar+zstd"
 ENVELOPE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
@@ -241,6 +254,15 @@ def parse_manifest(data: bytes, where: str) -> PulledManifest:
         raise bad("the manifest is not JSON") from None
     if not isinstance(document, dict):
         raise bad("the manifest is not a JSON object")
+    if document.get("mediaType") in (INDEX_MEDIA_TYPE, DOCKER_LIST_MEDIA_TYPE) or (
+        "manifests" in document and "layers" not in document
+    ):
+        raise bad(
+            "an OCI index (a list of manifests, as a multi-platform image has), not a graven artifact; "
+            "pull the artifact's own tag or digest"
+        )
+    if document.get("mediaType") == DOCKER_MANIFEST_MEDIA_TYPE:
+        raise bad("a Docker image manifest, not a graven artifact")
     if (
         document.get("schemaVersion") != 2
         or document.get("mediaType", MANIFEST_MEDIA_TYPE) != MANIFEST_MEDIA_TYPE

@@ -140,6 +140,20 @@ def _changed(**changes: object) -> bytes:
         (_changed(annotations=None), "no annotations"),
         (_changed(annotations={"dev.graven.artifact.digest": "sha256:12"}), "not a sha256 digest"),
         (_changed(layers=None), "no layers"),
+        # what else a tag may name, now that a pull accepts it (a 404 "not in the registry" before)
+        (
+            b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}',
+            "an OCI index",
+        ),
+        (b'{"schemaVersion":2,"manifests":[]}', "an OCI index"),
+        (
+            b'{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json"}',
+            "an OCI index",
+        ),
+        (
+            _changed(mediaType="application/vnd.docker.distribution.manifest.v2+json"),
+            "a Docker image manifest",
+        ),
         (_changed(layers=[]), "0 layers of type"),
         (
             _changed(layers=[{"mediaType": ARCHIVE_MEDIA_TYPE, "digest": OTHER, "size": -1}]),
