@@ -288,6 +288,41 @@ def test_a_broken_home_policy_stops_push_and_pull_before_the_registry(
     assert code == 2 and f"policy file {policy} does not exist" in err, err
 
 
+def test_pull_into_a_home_that_trusts_the_signer_for_one_environment(
+    *,
+    registry: str,
+    built: str,
+    run_cli: Run,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deploy host that trusts CI's key for prod only ([env.prod] keys in policy.toml, as the
+    README's policy has it): pull warned that verify and deploy refuse the artifact until the home
+    trusts its signer, and said signed_by null, though verify --env prod and a deploy to prod
+    accept it."""
+    code, pem, _ = run_cli("keys", "export", "default")
+    assert code == 0
+    code, out, _ = run_cli("keys", "list", "--json")
+    keyid = json.loads(out)["signing"][0]["keyid"]
+    assert run_cli("push", built, f"{registry}/team/app:env")[0] == 0
+    home = new_home("prod-host")
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    (home / "ci.pub").write_text(pem)
+    (home / "policy.toml").write_text('[env.prod]\nkeys = ["ci.pub"]\n')
+    for path in (home / "ci.pub", home / "policy.toml"):
+        path.chmod(0o600)
+    code, out, err = run_cli("pull", f"{registry}/team/app:env", "--json")
+    assert code == 0, err
+    assert "refuse" not in err and "no trusted keys" not in err, err
+    assert json.loads(out)["signed_by"] == keyid
+    code, _, err = run_cli("pull", f"{registry}/team/app:env")
+    assert code == 0 and f"(signed by key {keyid[:16]}, trusted for prod)" in err, err
+    code, out, _ = run_cli("log")
+    assert "no key of this home verifies" not in out and "trusted for prod" in out, out
+    code, _, err = run_cli("verify", built, "--env", "prod")
+    assert code == 0, err
+
+
 # -- a registry that lies, and one that wants a token ---------------------------------------------
 
 

@@ -82,9 +82,12 @@ def pull_cmd(args: argparse.Namespace) -> int:
     if as_json:
         emit_json(result.to_json())
     else:
-        signed = (
-            f"signed by trusted key {result.signed_by[:16]}" if result.signed_by else "no trusted signature"
-        )
+        if result.signed_by is None:
+            signed = "no trusted signature"
+        elif result.trusted_for is not None:
+            signed = f"signed by key {result.signed_by[:16]}, trusted for {result.trusted_for}"
+        else:
+            signed = f"signed by trusted key {result.signed_by[:16]}"
         sys.stderr.write(f"pulled {result.name} from {result.reference} ({signed})\n")
         print(result.digest)
     return 0

@@ -60,10 +60,13 @@ class PullResult(NamedTuple):
     reference: str  # HOST/REPOSITORY[:TAG]@MANIFEST_DIGEST
     manifest_digest: str
     signed_by: str | None  # the trusted key that verified its provenance here; None when none did
+    trusted_for: str | None = None  # the environment whose keys alone trust signed_by (not in --json)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return self._asdict()
+        found = self._asdict()
+        del found["trusted_for"]
+        return found
 
 
 def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult:
@@ -169,9 +172,18 @@ def pull_artifact(ctx: Context, source: Reference) -> PullResult:
             imported = import_archive(
                 ctx, archive_path, attestation=envelope_path, expected=pulled.claimed, source=str(pinned)
             )
-    signed_by = _signer(ctx, Digest.parse(imported.digest)) if envelope_path is not None else None
+    # the key that verified the provenance pulled, else one that verifies a provenance stored before
+    signed_by = imported.signer
+    if signed_by is None and envelope_path is not None:
+        signed_by = _signer(ctx, Digest.parse(imported.digest))
     return PullResult(
-        imported.digest, imported.name, imported.commit, str(pinned), manifest_digest, signed_by
+        imported.digest,
+        imported.name,
+        imported.commit,
+        str(pinned),
+        manifest_digest,
+        signed_by,
+        imported.trusted_for if signed_by == imported.signer else None,
     )
 
 

@@ -227,10 +227,16 @@ class ImportResult(NamedTuple):
     commit: str | None
     file_count: int
     total_size: int
+    # the key that verified the archive's provenance here (None: none did, or no provenance came with
+    # it) and, when only an environment's keys trust it, that environment; not in the --json form
+    signer: str | None = None
+    trusted_for: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return self._asdict()
+        found = self._asdict()
+        del found["signer"], found["trusted_for"]
+        return found
 
 
 def export_attestation(
@@ -421,11 +427,25 @@ def import_archive(
     # where the archive's unsigned claims contradict its signed provenance: said only when this import
     # records the artifact (a digest recorded before keeps its row, so nothing of the archive is taken)
     contradicted: list[str] = []
+    trusted_for: str | None = None  # the environment whose keys alone verified the envelope
     if envelope is not None:
-        checked = check_attestation_file(envelope[0], manifest.digest, policy=load_policy(ctx))
+        policy = load_policy(ctx)
+        checked = check_attestation_file(envelope[0], manifest.digest, policy=policy)
+        # a home may trust the signer for some environments only ([env.NAME] keys of its policy):
+        # signed all the same, and what deploy to those environments accepts
+        for env in sorted(policy.environments):
+            if checked.ok:
+                break
+            for_env = check_attestation_file(envelope[0], manifest.digest, policy=policy, env=env)
+            if for_env.ok:
+                checked, trusted_for = for_env, env
         if checked.ok and checked.keyid is not None:
             signer = checked.keyid
-            provenance = f" with provenance signed by trusted key {signer[:16]}"
+            provenance = (
+                f" with provenance signed by trusted key {signer[:16]}"
+                if trusted_for is None
+                else f" with provenance signed by key {signer[:16]} (trusted for {trusted_for})"
+            )
             if checked.commit is not None and checked.commit != commit:
                 if commit is not None:
                     contradicted.append(
@@ -498,6 +518,8 @@ def import_archive(
         commit=commit,
         file_count=file_count,
         total_size=manifest.total_size,
+        signer=signer or None,
+        trusted_for=trusted_for,
     )
 
 

@@ -61,6 +61,9 @@ TRUSTED_KEY_SUFFIXES = (".pub", ".pem")
 _KEYID = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 _POLICY_FIELDS = frozenset({"keys", "revoked", "env"})
 _ENV_FIELDS = frozenset({"keys"})
+# the environment names deploy takes (graven.deploy.settings.ENV_NAME; signing imports nothing of deploy)
+ENV_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
 
 def trust_key(pem_bytes: bytes) -> tuple[str, bytes]:
@@ -303,6 +306,12 @@ class TrustPolicy(Frozen):
             if not isinstance(env_table, dict):
                 raise ConfigError(f"{policy_path}: env must be a table of [env.NAME] sections")
             for name, section in env_table.items():
+                if not _ENV_NAME.fullmatch(name):  # never matched: that environment trusted the defaults
+                    raise ConfigError(
+                        f"{policy_path}: [env.NAME] section {name!r} is not an environment name (1 to 64 "
+                        "lowercase letters, digits, '.', '_', '-', starting with a letter or digit): it "
+                        "would never apply"
+                    )
                 what = f"{policy_path}: [env.{name}]"
                 if not isinstance(section, dict):
                     raise ConfigError(f"{what} must be a table")

@@ -256,6 +256,10 @@ def test_revoked_key_in_an_environment_set(tmp_path: Path) -> None:
         ("[env.prod]\nkeys = ['" + "a" * 64 + "']", ConfigError, "is not one of the trusted keys"),
         # a NUL reached open(): a traceback (ValueError: embedded null byte) and exit 1
         ('keys = ["a\\u0000.pub"]', ConfigError, "a\\x00.pub' holds a NUL character; remove it"),
+        # a section no environment can match (environment names are lowercase): that environment
+        # then trusted the default keys, not the ones the operator meant to be its only ones
+        ("[env.Prod]\nkeys = []", ConfigError, "[env.NAME] section 'Prod' is not an environment name"),
+        ('[env."a\\nb"]\nkeys = []', ConfigError, "section 'a\\nb' is not an environment name"),
     ],
 )
 def test_bad_policy_files(tmp_path: Path, text: str, error: type[Exception], message: str) -> None:
@@ -306,3 +310,11 @@ def test_trust_key_normalizes_and_validates(tmp_path: Path) -> None:
     assert path.read_bytes() == key.public_pem()
     assert store_trusted_key(tmp_path / "trust", key.public_pem()) == path  # idempotent
     assert [k.keyid for k in load_trust_dir(tmp_path / "trust")] == [key.keyid]
+
+
+def test_policy_environment_names_are_the_ones_deploy_takes() -> None:
+    """trust.py keeps its own copy of the pattern (signing imports nothing of deploy)."""
+    from graven.deploy.settings import ENV_NAME
+    from graven.signing import trust
+
+    assert ENV_NAME.pattern == trust.ENV_NAME_PATTERN
