@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 from graven.cli.app import ArgParser, UsageError, add_command, port_number
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 _ROWS = 40
+_Handler = Callable[[int, "FrameType | None"], "Any"]
 
 
 def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
@@ -106,6 +108,41 @@ def show_reports(reports: Sequence[DriftReport]) -> None:
             print(f"... and {len(rows) - _ROWS} more (--json lists every difference)")
 
 
+@contextlib.contextmanager
+def _stopped_by_interrupts(stop: threading.Event) -> Iterator[None]:
+    """While the block runs, Ctrl-C (SIGINT) and SIGTERM set ``stop`` before they interrupt the main
+    thread as they always do (KeyboardInterrupt, :class:`graven.cli.app.Terminated`: the command ends
+    with its usual message and exit code). A check given ``stop`` abandons its hashing threads and
+    kills its forked walker with it (:class:`graven.drift.scan.ScanStopped`, as when ``graven watch``
+    stops), instead of hashing on while the command unwinds. A signal that is ignored stays ignored;
+    outside the main thread (graven as a library) nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[signal.Signals, _Handler] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is None or isinstance(handler, int):  # SIG_IGN (in the background), SIG_DFL: left
+            continue
+        signal.signal(sig, _setting(stop, handler))
+        previous[sig] = handler
+    try:
+        yield
+    finally:
+        for sig, restored in previous.items():
+            signal.signal(sig, restored)
+
+
+def _setting(stop: threading.Event, then: _Handler) -> _Handler:
+    """A signal handler that sets ``stop``, then does what ``then`` does."""
+
+    def handler(signum: int, frame: FrameType | None) -> Any:
+        stop.set()
+        return then(signum, frame)
+
+    return handler
+
+
 def drift_cmd(args: argparse.Namespace) -> int:
     """Compare live environments with what graven deployed; exit 1 when anything drifted."""
     envs: list[str] = args.envs
@@ -117,18 +154,20 @@ def drift_cmd(args: argparse.Namespace) -> int:
         from graven.service.drift_quick import quick_reports
 
         reports = quick_reports(ctx, envs)
-    if reports is None and full:
-        # the forked walker starts before the check's imports (graven.service.drift_early)
-        from graven.service.drift_early import start_early
+    stop = threading.Event()
+    with _stopped_by_interrupts(stop):
+        if reports is None and full:
+            # the forked walker starts before the check's imports (graven.service.drift_early)
+            from graven.service.drift_early import start_early
 
-        with start_early(ctx, envs) as early:
+            with start_early(ctx, envs) as early:
+                from graven.service import drift as svc
+
+                reports = svc.check(ctx, envs, full=True, early=early, stop=stop)
+        elif reports is None:
             from graven.service import drift as svc
 
-            reports = svc.check(ctx, envs, full=True, early=early)
-    elif reports is None:
-        from graven.service import drift as svc
-
-        reports = svc.check(ctx, envs, full=full)
+            reports = svc.check(ctx, envs, full=full, stop=stop)
     ctx.reporter.close()  # the progress line of a full check, before the result
     clean = all(r.clean for r in reports)
     if as_json:

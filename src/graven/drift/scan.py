@@ -151,8 +151,8 @@ class Hasher:
         """Stop the pool."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if pool is not None:  # what a stopped scan left queued is not started
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ReleaseIndex(Frozen):
@@ -933,6 +933,8 @@ def _full_scan(
                 stop=stop,
             )
             walk.run()
+            if walk.error is not None:  # Ctrl-C, a stop: never wait for the child's half first
+                raise walk.error
             data = child.result(stop)
             if data is not None:
                 walk.merge_raw(data)
@@ -946,12 +948,12 @@ def _full_scan(
                 base, index, root_st, now_ns, hasher, owner=owner, group=group, on_files=on_files, stop=stop
             )
             walk.run()
+        if walk.error is not None:
+            raise walk.error
     except BaseException:  # a stop request, Ctrl-C: the child is killed (a no-op once its result was read)
         if child is not None:
             child.cancel()
         raise
-    if walk.error is not None:
-        raise walk.error
     positions, files, now = index.positions, index.files, now_ns or 0
     for path, future in walk.big:
         st_big, sha = future.result()

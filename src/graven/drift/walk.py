@@ -55,9 +55,10 @@ Split = tuple[list[str], list[str]]
 
 
 class ScanStopped(Exception):  # noqa: N818 - a request, not an error
-    """The scan was asked to stop (``graven watch`` is stopping): it is abandoned, and nothing of it is
-    kept. Raised between files and between chunks of a large file, so that a stop never waits for a
-    full check of a large release."""
+    """The scan was asked to stop (``graven watch`` is stopping, ``graven drift`` was interrupted: see
+    :func:`graven.cli.drift_cmds._stopped_by_interrupts`): it is abandoned, and nothing of it is kept.
+    Raised between files and between chunks of a large file, so that a stop never waits for a full
+    check of a large release."""
 
 
 # What graven's own process ran out of says nothing about the release: a file it could not open for
@@ -117,13 +118,16 @@ def raw_walk(
     group: int | None = None,
     *,
     counter: mmap.mmap | None = None,
+    parent: int | None = None,
 ) -> bytes:
     """Walk and hash below ``start`` (not into ``skip``) knowing nothing of the manifest: what a forked
     child does while its parent reads the manifest. ``owner``: whom every path must belong to (the
     deployer's uid; None: the release directory's owner); ``group``: the group every path must have
     (the release's gid; None: the release directory's group). ``counter``: where the number of files
     hashed so far is written after each directory, for the parent's progress (:class:`ForkedWalk`).
-    Returns marshal data for :meth:`_Walk.merge_raw`."""
+    ``parent``: the process the results are for; once it is gone (killed, or ended without stopping
+    this walk), :class:`ScanStopped` is raised at the next directory or large file, so that a walker
+    never goes on hashing for no one. Returns marshal data for :meth:`_Walk.merge_raw`."""
     observed: dict[str, tuple[Any, ...]] = {}
     stats: dict[str, tuple[int, int, int, int, int]] = {}
     dir_records: dict[str, tuple[int, int, int]] = {}
@@ -131,10 +135,13 @@ def raw_walk(
     group = deployer_gid(base, recorded=group)
     fopen, fstat, close, read, sha256 = os.open, os.fstat, os.close, os.read, hashlib.sha256
     S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
+    getppid = os.getppid
     stack = [(rel, True) for rel in start]
     hashed = listed = 0
     dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     while stack:
+        if parent is not None and getppid() != parent:  # orphaned: its parent is gone
+            raise ScanStopped
         rel, first = stack.pop()
         prefix = f"{rel}/" if rel else ""
         try:
@@ -169,6 +176,8 @@ def raw_walk(
                         if size < BIG:
                             data = read(fd, size + 1)
                             sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
+                        elif parent is not None and getppid() != parent:
+                            raise ScanStopped
                         else:
                             sha = hash_rest(fd, b"")
                         attrs = attribute_problem(fd, st, owner, group)
@@ -223,6 +232,7 @@ class ForkedWalk:
         # the child's count of hashed files, shared (MAP_SHARED, anonymous): the parent reads it for
         # its progress while the child walks
         self.counter = mmap.mmap(-1, _COUNT.size)
+        parent = os.getpid()
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: walk, send, exit without running any cleanup of the parent's objects
@@ -230,7 +240,8 @@ class ForkedWalk:
             gc.disable()  # it makes only what it sends, and exits
             try:
                 os.close(read_fd)
-                view = memoryview(raw_walk(base, start, skip, owner, group, counter=self.counter))
+                walked = raw_walk(base, start, skip, owner, group, counter=self.counter, parent=parent)
+                view = memoryview(walked)
                 while view:
                     view = view[os.write(write_fd, view) :]
                 code = 0

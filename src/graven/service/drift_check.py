@@ -413,16 +413,21 @@ def check(
     record: bool = True,
     session: DriftSession | None = None,
     early: EarlyWalks | None = None,
+    stop: threading.Event | None = None,
 ) -> list[DriftReport]:
     """Check the named environments (default: every live one); ``early``: walkers a full check
-    started before (:func:`graven.service.drift_early.start_early`)."""
+    started before (:func:`graven.service.drift_early.start_early`); ``stop``: once set, the check
+    at work is abandoned (:class:`graven.drift.scan.ScanStopped`; ``graven drift`` sets it on Ctrl-C
+    or SIGTERM, which also interrupt it, so that its hashing threads and forked walker stop too)."""
     own = session is None
     session = session or DriftSession(ctx)
     try:
         reports: list[DriftReport] = []
         for target in live_targets(ctx, envs):
             try:
-                reports.append(check_target(ctx, session, target, full=full, record=record, early=early))
+                reports.append(
+                    check_target(ctx, session, target, full=full, record=record, early=early, stop=stop)
+                )
             except (IntegrityError, VerificationError, PolicyError) as exc:
                 # this environment's artifact is damaged or no longer trusted: said for it, and the
                 # others are still checked
