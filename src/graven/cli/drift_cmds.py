@@ -189,8 +189,11 @@ def heal_cmd(args: argparse.Namespace) -> int:
     from graven.service.context import Context
 
     reporter = TerminalReporter()  # a release rebuilt whole draws its progress: cleared before the result
+    stop = threading.Event()  # Ctrl-C also stops the hashing threads of its full checks
     try:
-        result = svc.heal(_closing(Context.from_env(reporter)), env, plan_only=plan_only, wait=wait)
+        with _stopped_by_interrupts(stop):
+            ctx = _closing(Context.from_env(reporter))
+            result = svc.heal(ctx, env, plan_only=plan_only, wait=wait, stop=stop)
     finally:
         reporter.close()
     if as_json:

@@ -17,6 +17,12 @@ plan that is not a real directory (a link, a file) ends the heal with one line; 
 itself removes is removed (unlinked in its parent) before anything below its path is needed. Nor does it
 cross into another mount (a bind mount in the release, even of the same file system): a directory that
 is one ends the heal with one line before anything in it is removed or changed.
+
+A heal given a ``stop`` event (``graven watch`` is stopping) is abandoned once it is set, with
+:class:`graven.drift.walk.ScanStopped`, but only between two paths, or between two chunks of a large
+file (whose temporary file is removed): what it wrote so far is in place whole, what it did not reach
+is as the drift left it, and the directories are set back to 0555 as on any failure. A heal stopped so
+leaves every path of the release either as it found it or as deployed, never a partial file.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from graven.core.drift import HealPlan, deployed_mode
 from graven.core.globs import GlobSet
@@ -36,10 +43,14 @@ from graven.core.paths import display_path
 from graven.deploy.attributes import DRIFT_XATTRS
 from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
+from graven.drift.walk import ScanStopped
 from graven.errors import BackendError, IntegrityError
 from graven.model.digest import Digest
 from graven.model.manifest import FileEntry
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
+
+if TYPE_CHECKING:
+    import threading
 
 __all__ = ["HealStats", "apply_heal", "giving", "giving_group", "move_aside"]
 
@@ -263,11 +274,13 @@ def _write_file(
     *,
     give: int = -1,
     group: int = -1,
+    stop: threading.Event | None = None,
 ) -> int:
     """Write ``entry`` as ``name`` in ``dir_fd`` via a temporary file and a rename; record its stat.
     ``give``: the uid the file is given to before it is renamed into place and recorded (-1: it stays
     the heal's user's); ``group``: the gid it must have, given to it likewise when it was made with
-    another (-1: whatever it was made with)."""
+    another (-1: whatever it was made with). ``stop``: once set, :class:`ScanStopped` between two
+    chunks of a large file (the temporary file is removed, the path left as it was)."""
     tmp = f".graven-heal-{os.urandom(6).hex()}"
     mode = deployed_mode(entry.executable)
     fd = os.open(tmp, _OPEN_NEW, 0o600, dir_fd=dir_fd)
@@ -278,6 +291,7 @@ def _write_file(
             else:
                 with store.open(Digest(entry.sha256)) as stream:
                     while chunk := stream.read(_CHUNK):
+                        _stopping(stop)
                         _write_all(fd, chunk)
             gid = group if group >= 0 and os.fstat(fd).st_gid != group else -1
             if give >= 0 or gid >= 0:
@@ -297,6 +311,12 @@ def _write_file(
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # after the chown and the rename (ctime)
     table.record(st, entry.sha256)
     return entry.size
+
+
+def _stopping(stop: threading.Event | None) -> None:
+    """:class:`ScanStopped` when ``stop`` is set (the heal is abandoned there)."""
+    if stop is not None and stop.is_set():
+        raise ScanStopped
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -396,6 +416,7 @@ def apply_heal(
     owner: int | None = None,
     group: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> HealStats:
     """Carry out the release part of ``plan`` (the environment's links are the caller's).
 
@@ -412,7 +433,9 @@ def apply_heal(
     changes when it would have to give a path that group (write anything, fix a directory but the
     release's own mode or attributes). ``progress``: given ``(done, total)`` files of ``plan.files``
     written (or found unrestorable), 0 first, after each file (each is fsynced: a call costs nothing
-    beside it); not called when the plan writes no file."""
+    beside it); not called when the plan writes no file. ``stop``: once it is set, the heal is
+    abandoned (:class:`ScanStopped`) before the next path it removes or writes, or the next chunk of a
+    large file (see the module's docstring)."""
     stats = HealStats()
     try:
         dirs = _Dirs(release, table, children or {})
@@ -452,6 +475,7 @@ def apply_heal(
         # plan.remove holds no path below another one: removing one needs only its parents (never a
         # symlink the plan removes, which goes here before a directory is made in its place)
         for rel in plan.remove:
+            _stopping(stop)
             parent, name = _split(rel)
             with _naming(release, rel):
                 try:
@@ -484,12 +508,13 @@ def apply_heal(
         if progress is not None and total:
             progress(0, total)
         for done, entry in enumerate(plan.files, 1):
+            _stopping(stop)
             parent, name = _split(entry.path)
             try:
                 with _naming(release, entry.path):
                     parent_fd = dirs.writable(parent)
                     stats.bytes_written += _write_file(
-                        store, entry, parent_fd, name, table, give=give, group=group
+                        store, entry, parent_fd, name, table, give=give, group=group, stop=stop
                     )
             except IntegrityError as exc:
                 unrestored.append(f"{display_path(entry.path)} ({exc})")
@@ -498,6 +523,7 @@ def apply_heal(
             if progress is not None:
                 progress(done, total)
         for link in plan.symlinks:
+            _stopping(stop)
             parent, name = _split(link.path)
             with _naming(release, link.path):
                 _write_link(dirs.writable(parent), name, link.target, give, group)

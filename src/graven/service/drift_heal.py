@@ -1,5 +1,22 @@
 """``graven heal``: restore an environment to what was deployed there, from the store, under its
 deploy lock (:func:`heal`, :class:`HealResult`), and record the heal.
+
+A heal given a ``stop`` event (``graven watch`` is stopping) is abandoned once it is set, where that
+leaves what is live no worse than the heal found it, and never torn:
+
+- during the full check before it: nothing was changed, nothing is recorded (:class:`ScanStopped`);
+- while it writes the release in place: between two paths, or two chunks of a large file
+  (:mod:`graven.drift.heal`): each path is as the drift left it or as deployed, whole;
+- while it rebuilds a missing release directory: before the new directory is renamed into place
+  (the materializer's progress, every few hundred files, is where it stops; the temporary directory
+  is removed): the release is still missing, as it was;
+- never from that rename, nor while the stat table is saved and ``current`` and ``config`` are
+  pointed back (a few renames, each atomic: the switch of ``current`` is one rename, as a deploy's);
+- during the full check after it: the heal is done but not verified.
+
+A heal abandoned after it started changing anything is recorded as failed, saying so (as a heal
+interrupted by Ctrl-C is), and :class:`HealStopped` says it to the watcher; the next check finds
+whatever still differs.
 """
 
 from __future__ import annotations
@@ -11,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graven.core.drift import Difference, HealPlan, plan_heal
 from graven.db import Connection
@@ -20,7 +37,7 @@ from graven.deploy.lock import EnvLock
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.drift.heal import HealStats, apply_heal, giving, giving_group, move_aside
-from graven.drift.scan import ReleaseIndex
+from graven.drift.scan import ReleaseIndex, ScanStopped
 from graven.errors import BackendError, DatabaseBusyError, GravenError, PolicyError
 from graven.home import make_dirs
 from graven.model.logentry import LogEvent
@@ -30,7 +47,13 @@ from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, 
 from graven.service.drift_targets import DriftSession, live_targets
 from graven.service.witness import check_witness, write_witness
 
-__all__ = ["HEAL_STAGE", "REBUILD_STAGE", "HealNotStartedError", "HealResult", "heal"]
+if TYPE_CHECKING:
+    import threading
+
+__all__ = ["HEAL_STAGE", "REBUILD_STAGE", "HealNotStartedError", "HealResult", "HealStopped", "heal"]
+
+STOPPED = "interrupted: graven watch stopped"  # the error recorded of a heal abandoned half-way
+UNCHECKED = "not checked after: graven watch stopped first (the next check finds what still differs)"
 
 # -- heal -------------------------------------------------------------------------------------------
 
@@ -85,8 +108,19 @@ REBUILD_STAGE = "rebuilding release"  # the progress of a release directory writ
 HEAL_STAGE = "healing files"  # the progress of the files of a release written again one by one
 
 
-def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table: StatTable) -> None:
+def _rebuild_release(
+    ctx: Context,
+    layout: EnvLayout,
+    index: ReleaseIndex,
+    table: StatTable,
+    stop: threading.Event | None = None,
+) -> None:
     from graven.deploy.materialize import build_release, remove_tree
+
+    def progress(done: int, total: int) -> None:
+        if stop is not None and stop.is_set():  # before the rename: the new directory is removed
+            raise ScanStopped
+        ctx.reporter.progress(REBUILD_STAGE, done, total)
 
     hex_digest = index.manifest.digest.hex
     release = layout.release(hex_digest)
@@ -100,7 +134,7 @@ def _rebuild_release(ctx: Context, layout: EnvLayout, index: ReleaseIndex, table
             index.manifest,
             tmp,
             table,
-            progress=lambda done, total: ctx.reporter.progress(REBUILD_STAGE, done, total),
+            progress=progress,
         )
         recorded = table.owner(hex_digest)
         give = giving(recorded) if recorded is not None else -1
@@ -182,12 +216,17 @@ def heal(
     wait: bool = False,
     session: DriftSession | None = None,
     start_wait: float | None = None,
+    stop: threading.Event | None = None,
 ) -> HealResult:
     """Restore ``env``'s release (and ``current``, ``config``) to exactly what was deployed, from the
     store, under the environment's deploy lock; then check it again (full).
 
     ``start_wait``: how long the record of the heal's start waits for another writer of the database
-    (default 60 s): ``graven watch`` must not stall on it; HealNotStartedError then, nothing changed."""
+    (default 60 s): ``graven watch`` must not stall on it; HealNotStartedError then, nothing changed.
+
+    ``stop``: once it is set, the heal is abandoned where the module's docstring says:
+    :class:`ScanStopped` before it changed anything (nothing recorded), :class:`HealStopped` after
+    (recorded as failed)."""
     started = time.monotonic()
     target = live_targets(ctx, [env])[0]
     own = session is None
@@ -211,7 +250,7 @@ def heal(
                 # back to its own, older idea of what is live
                 check_witness(ctx, layout, env)
             layout.check_releases_dir()  # never heal through a link planted at PATH/releases
-            checked = check_once(ctx, session, target, full=True)
+            checked = check_once(ctx, session, target, full=True, stop=stop)
             before = checked.report.differences
             manifest = checked.index.manifest
             plan = plan_heal(manifest, _tree_diffs(before))
@@ -234,13 +273,15 @@ def heal(
                 result.seconds = time.monotonic() - started
                 return result
             hex_digest = checked.expected.release_hex
+            if stop is not None and stop.is_set():
+                raise ScanStopped  # nothing changed yet
             # a heal that cannot be recorded is not done: its start is logged (a read-only home or a
             # full disk refuse here) before anything in the environment changes, its outcome after
             _record_start(ctx, result, wait=start_wait)
             try:
                 table = StatTable.load(layout.stat_file, ctx.record_key)
                 if rebuild:
-                    _rebuild_release(ctx, layout, checked.index, table)
+                    _rebuild_release(ctx, layout, checked.index, table, stop)
                 else:
                     result.stats = apply_heal(
                         ctx.store,
@@ -252,6 +293,7 @@ def heal(
                         owner=table.owner(hex_digest),
                         group=table.group(hex_digest),
                         progress=lambda done, total: ctx.reporter.progress(HEAL_STAGE, done, total),
+                        stop=stop,
                     )
                 table.save(layout.stat_file, ctx.record_key)
                 if plan.current:
@@ -259,14 +301,26 @@ def heal(
                 if plan.config:
                     config = checked.expected.config
                     _fix_link(layout, layout.config_link, f"current/{config}" if config else None)
-            except (GravenError, KeyboardInterrupt) as exc:
-                # Ctrl-C or SIGTERM too (as a deploy records its interrupted health check): the log
-                # must not show a heal that started and never ended when graven can say how it ended
-                error = "interrupted (Ctrl-C or SIGTERM)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            except (GravenError, KeyboardInterrupt, ScanStopped) as exc:
+                # Ctrl-C or SIGTERM too (as a deploy records its interrupted health check), and the stop
+                # of graven watch: the log must not show a heal that started and never ended when graven
+                # can say how it ended
+                if isinstance(exc, KeyboardInterrupt):
+                    error = "interrupted (Ctrl-C or SIGTERM)"
+                else:
+                    error = STOPPED if isinstance(exc, ScanStopped) else str(exc)
                 _record_heal(ctx, result, ok=False, error=error)
                 write_witness(ctx, layout)
+                if isinstance(exc, ScanStopped):
+                    raise HealStopped(error) from None
                 raise
-            after = check_once(ctx, session, target, full=True).report
+            try:
+                after = check_once(ctx, session, target, full=True, stop=stop).report
+            except ScanStopped:
+                result.seconds = time.monotonic() - started
+                _record_heal(ctx, result, ok=False, error=UNCHECKED)
+                write_witness(ctx, layout)
+                raise HealStopped(UNCHECKED) from None
             result.after = after.differences
             if after.differences:
                 _unvouch(ctx, layout, layout.release(hex_digest), after.differences)
@@ -278,6 +332,11 @@ def heal(
     finally:
         if own:
             session.close()
+
+
+class HealStopped(ScanStopped):
+    """The heal was abandoned at the watcher's stop after it started changing the environment; it is
+    recorded as failed, with the reason (the message)."""
 
 
 class HealNotStartedError(DatabaseBusyError):

@@ -27,7 +27,7 @@ from graven.errors import (
 )
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import DriftReport, check_target
-from graven.service.drift_heal import HealNotStartedError, heal
+from graven.service.drift_heal import HealNotStartedError, HealStopped, heal
 from graven.service.drift_quick import record_clean
 from graven.service.drift_records import alerted_keys, reason_of, record_alert, record_check
 from graven.service.drift_targets import DriftSession, live_targets
@@ -461,7 +461,16 @@ def run_watch(
                     # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
                     schedule.mute(env, math.inf)
                     try:
-                        healed = heal(ctx, env, session=session, start_wait=DB_WAIT)
+                        healed = heal(ctx, env, session=session, start_wait=DB_WAIT, stop=stop)
+                    except HealStopped as exc:  # the watcher is stopping: abandoned half-way, recorded
+                        say(
+                            "heal",
+                            f"{utc_now()} {env}: heal stopped: {exc}",
+                            {"env": env, "ok": False, "error": str(exc)},
+                        )
+                        break
+                    except ScanStopped:  # ... before it changed anything: nothing of it kept
+                        break
                     except PolicyError as exc:  # a deployment holds the lock: try again soon
                         schedule.postpone(env, 1.0)
                         say("heal", f"{utc_now()} {env}: heal postponed: {exc}", {"env": env, "ok": False})
