@@ -20,7 +20,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from graven import __version__
 from graven.deploy.hook_result import redact_secrets
@@ -30,6 +30,10 @@ __all__ = ["DROPPED", "NOT_DELIVERED", "QUEUE_MAX", "AlertDispatcher", "AlertSen
 
 _TAIL = 200  # characters of a failed command's output shown (escaped)
 _CAPTURE = 4096  # bytes kept of each output stream of an alert command (its last ones)
+# seconds the output of an alert command that exited is still read while a process it left in the
+# background holds its pipes open (what the command itself wrote last comes within it)
+_GRACE = 0.5
+_POLL = 0.05  # seconds between two looks at whether the alert command exited, while its pipes are open
 QUEUE_MAX = 100  # alerts waiting for delivery; when full, the oldest is dropped
 NOT_DELIVERED = "not delivered: the watcher stopped first"
 DROPPED = "not delivered: dropped, the alert queue was full"
@@ -119,8 +123,10 @@ class AlertSender:
 
     def _run_command(self, data: bytes) -> tuple[bool, str]:
         """Run the alert command in a session of its own, ``data`` on its stdin; only the last
-        :data:`_CAPTURE` bytes of its stdout and stderr are kept. On timeout its whole process group is
-        killed (not only ``/bin/sh``: a child it started would keep running, and keep its pipes open)."""
+        :data:`_CAPTURE` bytes of its stdout and stderr are kept. Its own exit status is the outcome: a
+        process it started in the background (``notify &``) is neither waited for nor killed once it
+        exited (:func:`_exchange`). On timeout its whole process group is killed (not only
+        ``/bin/sh``: a child it started would keep running, and keep its pipes open)."""
         assert self.command is not None
         try:
             proc = subprocess.Popen(
@@ -147,28 +153,17 @@ class AlertSender:
 
     def _wait_command(self, proc: subprocess.Popen[bytes], data: bytes) -> tuple[bool, str]:
         assert self.command is not None
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        tails = [_TailReader(proc.stdout), _TailReader(proc.stderr)]
-        feeder = threading.Thread(
-            target=_feed, args=(proc.stdin, data), name="graven-alert-stdin", daemon=True
-        )
-        feeder.start()
-        deadline = time.monotonic() + self.command_timeout
         try:
-            proc.wait(timeout=self.command_timeout)
-            for tail in tails:  # a child that keeps the pipes open counts as still running
-                tail.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-            if any(tail.thread.is_alive() for tail in tails):
-                raise subprocess.TimeoutExpired(self.command, self.command_timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return False, f"timed out after {self.command_timeout:.0f}s"
+            tails = _exchange(proc, data, time.monotonic() + self.command_timeout)
         except BaseException:
             _kill_group(proc)
             raise
+        if tails is None:
+            _kill_group(proc)
+            return False, f"timed out after {self.command_timeout:.0f}s"
         if proc.returncode == 0:
             return True, "exit 0"
-        text = (tails[1].tail() or tails[0].tail()).decode("utf-8", "replace").strip()
+        text = (tails[1] or tails[0]).decode("utf-8", "replace").strip()
         # recorded in the watcher's output and the append-only audit log: no credentials in it
         shown = _printable(redact_secrets(text))[-_TAIL:]
         return False, f"exit {proc.returncode}" + (f": {shown}" if shown else "")
@@ -221,50 +216,86 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _feed(stream: IO[bytes], data: bytes) -> None:
-    """Write ``data`` to a command's stdin and close it (a command that does not read it is fine)."""
+def _exchange(proc: subprocess.Popen[bytes], data: bytes, deadline: float) -> tuple[bytes, bytes] | None:
+    """Write ``data`` to the alert command's stdin (a command that does not read it is fine) and keep
+    the last :data:`_CAPTURE` bytes of its stdout and stderr, until it has exited (and is reaped) and
+    its pipes are closed. A process it left in the background that holds a pipe open is not waited
+    for: the output is read for :data:`_GRACE` seconds more after the command's exit (what it wrote
+    last), then no longer; the command's own exit status is the outcome. Returns (stdout, stderr)
+    tails, or None when ``deadline`` passes before the command exits (it still runs: the caller kills
+    it). One thread, no other: the three pipes are non-blocking, and closed before this returns."""
+    import selectors
+
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    streams = (proc.stdin, proc.stdout, proc.stderr)
+    out_fd, err_fd, in_fd = proc.stdout.fileno(), proc.stderr.fileno(), proc.stdin.fileno()
+    tails = {out_fd: bytearray(), err_fd: bytearray()}
+    pending = memoryview(data)
     try:
-        stream.write(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            stream.close()
-
-
-class _TailReader:
-    """Reads a pipe to its end on a thread of its own, keeping only its last :data:`_CAPTURE` bytes."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._fd = stream.fileno()
-        self._stream = stream
-        self._tail = bytearray()
-        self.thread = threading.Thread(target=self._run, name="graven-alert-output", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
+        with selectors.DefaultSelector() as selector:
+            for fd in tails:
+                os.set_blocking(fd, False)
+                selector.register(fd, selectors.EVENT_READ)
+            if pending:
+                os.set_blocking(in_fd, False)
+                selector.register(in_fd, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+            exited: float | None = None
             while True:
-                chunk = os.read(self._fd, 65536)
-                if not chunk:
-                    return
-                self._tail += chunk
-                if len(self._tail) > _CAPTURE:
-                    del self._tail[: len(self._tail) - _CAPTURE]
-        except OSError:
-            return
-        finally:
+                now = time.monotonic()
+                if exited is None and proc.poll() is not None:
+                    exited = now
+                if exited is not None:
+                    if not selector.get_map() or now >= exited + _GRACE:
+                        break
+                    wait = exited + _GRACE - now
+                elif now >= deadline:
+                    return None
+                elif not selector.get_map():  # every pipe is closed: only its exit is waited for
+                    try:
+                        proc.wait(timeout=deadline - now)
+                    except subprocess.TimeoutExpired:
+                        return None
+                    continue
+                else:  # its exit is looked for between reads: a child keeping the pipes open
+                    wait = min(_POLL, deadline - now)
+                for key, _events in selector.select(wait):
+                    fd = key.fd
+                    if fd == in_fd:
+                        try:
+                            pending = pending[os.write(fd, pending) :]
+                        except BlockingIOError:
+                            continue
+                        except OSError:  # EPIPE: it closed its stdin unread
+                            pending = pending[:0]
+                        if not pending:
+                            selector.unregister(fd)
+                            proc.stdin.close()
+                        continue
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        selector.unregister(fd)
+                        continue
+                    tail = tails[fd]
+                    tail += chunk
+                    if len(tail) > _CAPTURE:
+                        del tail[: len(tail) - _CAPTURE]
+    finally:
+        for stream in streams:
             with contextlib.suppress(OSError):
-                self._stream.close()
-
-    def tail(self) -> bytes:
-        """The last bytes read (call once the thread is done)."""
-        return bytes(self._tail)
+                stream.close()
+    return bytes(tails[out_fd]), bytes(tails[err_fd])
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the process group of ``proc`` (it leads its own session) and reap it; its output readers
-    end when the pipes close (a process that left the group and keeps them open is not waited for)."""
+    """Kill the process group of ``proc`` (it leads its own session) and reap it (a process that left
+    the group is not waited for)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -5,9 +5,11 @@ through a symlink."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -441,3 +443,30 @@ def test_a_split_that_walks_anything_twice_or_misses_the_root_is_refused(
     path = tmp_path / "env/.graven/drift/split"
     _save_split(path, "0" * 64, split)
     assert _load_split(path, "0" * 64) is None
+
+
+def test_an_alert_command_that_leaves_a_child_running_is_judged_by_its_own_exit(tmp_path: Path) -> None:
+    """`sh -c 'sleep 100 & echo hi'` was reported as timed out: graven waited for the pipes to close,
+    which the background child holds open. Its exit status counts (with the output it wrote), the child
+    is not waited for, and the command is reaped (no zombie)."""
+    pid_file = tmp_path / "pids"
+    command = f"sleep 100 & echo $$ $! > {pid_file}; echo hi; echo 'it failed' >&2; exit %d"
+    try:
+        for code, expected in (
+            (0, (True, {"command": "exit 0"})),
+            (3, (False, {"command": "exit 3: it failed"})),
+        ):
+            sender = AlertSender(command=command % code, command_timeout=20)
+            started = time.monotonic()
+            outcome = sender.send({"event": "drift"})
+            elapsed = time.monotonic() - started
+            assert outcome == expected
+            assert elapsed < 5.0, elapsed  # ~0.5 s of grace, not the 20 s timeout
+            shell, child = map(int, pid_file.read_text().split())
+            assert not os.path.exists(f"/proc/{shell}")  # reaped: no zombie of ours
+            assert not _gone(child)  # its background child runs on: the command's business
+            os.kill(child, signal.SIGKILL)
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().split()[1]), signal.SIGKILL)
