@@ -482,3 +482,52 @@ def test_verify_for_an_environment_of_a_corrupt_graven_toml_names_the_corruption
     assert _problems(err) == [f"corrupt: graven.toml (named by the provenance) (object {pipeline})"]
     code, _, err = run_cli("verify", digest, "--env", "prdo")  # it may be a typo: the damage first
     assert code == 1 and "corrupt: graven.toml" in err, err
+
+
+def test_attest_verify_for_an_environment_nothing_defines_is_refused_as_verify_refuses_it(
+    world: World, run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`attest verify ... --env prdo` (a typo) was checked with the default keys and passed (exit 0),
+    where prod's own keys may refuse the attestation. It now knows the environments `verify --env`
+    knows (the policy's, those deployed to here, the artifact's graven.toml's) and refuses any other
+    name in one line (exit 2), naming the known ones; --json says it as `verify --json` does."""
+    v1 = world.build()
+    envelope = tmp_path / "v1.intoto.json"
+    code, _, err = run_cli("export", v1, "-o", tmp_path / "v1.tar", "--attestation", envelope)
+    assert code == 0, err
+    attest = ("attest", "verify", envelope, "--artifact", v1)
+    code, out, err = run_cli(*attest, "--env", "prdo")
+    assert (code, out) == (2, ""), err
+    assert err.startswith(
+        "graven: error: unknown environment 'prdo' (known here: prod, staging); did you mean 'prod'? "
+    ), err
+    assert err.count("\n") == 1
+    code, out, err = run_cli(*attest, "--env", "qa", "--json")
+    assert code == 2 and json.loads(out)["error"]["message"].startswith(
+        "unknown environment 'qa' (known here: prod, staging); def"
+    ), out
+    code, out, err = run_cli(*attest, "--env", "staging")  # its graven.toml defines it
+    assert code == 0 and out.startswith(f"ok {v1}: "), err
+    (key,) = (world.home / "trust").glob("*.pub")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[env.canary]\nkeys = ["{key}"]\n')
+    assert run_cli(*attest, "--env", "canary")[0] == 2
+    code, _, err = run_cli(*attest, "--env", "canary", "--policy", policy)
+    assert code == 0, err
+
+    # a home that stores nothing (the artifact checked offline, by its whole digest): only the
+    # environments of its policy are known
+    other = tmp_path / "other-home"
+    other.mkdir()
+    (other / "trust").mkdir(mode=0o700)
+    (other / "trust" / key.name).write_bytes(key.read_bytes())
+    monkeypatch.setenv("GRAVEN_HOME", str(other))
+    code, out, err = run_cli(*attest)
+    assert code == 0, err
+    code, _, err = run_cli(*attest, "--env", "prod")
+    assert code == 2 and err.startswith(
+        "graven: error: unknown environment 'prod': none is configured here; "
+    ), err
+    code, _, err = run_cli(*attest, "--env", "canary", "--policy", policy)
+    assert code == 0, err
+    assert sorted(path.name for path in other.iterdir()) == ["trust"]  # no database made for it

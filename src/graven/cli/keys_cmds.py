@@ -240,7 +240,12 @@ def attest_verify_cmd(args: argparse.Namespace) -> int:
     ctx = _closing(Context.from_env())
     data = read_attestation(attestation)
     digest = _artifact_digest(ctx, artifact)
-    result = check_attestation_file(data, digest, policy=load_policy(ctx, policy), env=env)
+    trust = load_policy(ctx, policy)
+    if env is not None:  # a mistyped name would be checked with the default keys and pass
+        from graven.service.artifacts import check_known_env
+
+        check_known_env(ctx, digest, trust, env)  # as `graven verify --env` does
+    result = check_attestation_file(data, digest, policy=trust, env=env)
     if as_json:
         emit_json({"artifact": str(digest), **result.to_json()})
     elif result.ok:

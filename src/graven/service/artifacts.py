@@ -371,6 +371,8 @@ def _known_environments(ctx: Context, digest: Digest, policy: TrustPolicy) -> tu
     import tomllib
 
     names = set(policy.environments)
+    if not ctx.home.has_database():  # nothing stored or deployed here (`attest verify` offline): none made
+        return sorted(names), False
     with ctx.db.connect() as conn:
         names.update(str(name) for name in conn.execute("SELECT name FROM deploy_envs").scalars())
         pipelines = {
