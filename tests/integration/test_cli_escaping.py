@@ -53,6 +53,30 @@ def test_drift_heal_history_and_reject_escape_what_they_show(world: World, run_c
     assert "already rejected (x\\x0a\\x1b[31mRED\\u202e)" in out
 
 
+def test_a_name_that_reads_like_an_escape_is_told_apart_from_the_name_it_escapes(
+    world: World, run_cli: Run
+) -> None:
+    """A file really named ``a\\x1b`` (four printable characters after the a) and a file named a+ESC
+    were both shown ``a\\x1b``: the drift report could not say which was planted. A backslash is now
+    shown doubled; --json keeps the names as they are (JSON escapes them its own way)."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    release_dir = (world.env_dir("staging") / "current" / "app").resolve()
+    release_dir.chmod(0o755)
+    (release_dir / "a\x1b").write_text("escape\n")
+    (release_dir / "a\\x1b").write_text("backslash\n")
+    code, out, err = run_cli("drift", "staging")
+    assert code == 1, err
+    _clean(out + err)
+    shown = sorted(line.split()[2] for line in out.splitlines()[2:] if line.split()[1] == "added")
+    assert shown == ["app/a\\\\x1b", "app/a\\x1b"]
+    code, out, err = run_cli("drift", "staging", "--json")
+    assert code == 1, err
+    (report,) = json.loads(out)["environments"]
+    added = sorted(d["path"] for d in report["differences"] if d["kind"] == "added")
+    assert added == ["app/a\x1b", "app/a\\x1b"]
+
+
 def test_an_os_error_no_check_caught_is_one_line(
     world: World, run_cli: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,6 +92,24 @@ def test_an_os_error_no_check_caught_is_one_line(
     assert code == 2
     assert err == "graven: error: /srv/x\\x0a\\x1b[31mRED\\u202e: permission denied; check its permissions\n"
     assert os.linesep not in err[:-1]
+
+    # escaped once (the path is a value of the line), and --json says the path as it is
+    def backslash(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "/srv/a\\x1b\x1b")
+
+    monkeypatch.setattr(artifacts, "resolve_digest", backslash)
+    code, out, err = run_cli("show", "abcd", "--json")
+    assert code == 2
+    assert err == "graven: error: /srv/a\\\\x1b\\x1b: permission denied; check its permissions\n"
+    assert json.loads(out)["error"]["message"] == "/srv/a\\x1b\x1b: permission denied; check its permissions"
+
+    def not_utf8(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", b"/srv/caf\xe9")
+
+    monkeypatch.setattr(artifacts, "resolve_digest", not_utf8)
+    code, out, err = run_cli("show", "abcd", "--json")
+    assert err == "graven: error: /srv/caf\\xe9: permission denied; check its permissions\n"
+    assert json.loads(out)["error"]["message"] == "/srv/caf\\xe9: permission denied; check its permissions"
 
 
 def test_a_config_diff_keeps_its_tabs(world: World, run_cli: Run) -> None:

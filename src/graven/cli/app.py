@@ -583,9 +583,9 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
             import traceback
 
             traceback.print_exc()
-        _say_error(_os_error(exc))
+        _say_error(_os_error(exc, escape=True))
         code = 2 if isinstance(exc, _USER_FIXABLE) else 1
-        _json_error(namespace, guard, code, _os_error(exc))
+        _json_error(namespace, guard, code, _os_error(exc, escape=False))
         return code
     finally:
         import contextlib
@@ -672,11 +672,11 @@ def _intermixed(
 
 
 def _say_error(message: str) -> None:
-    from graven.cli.output import printable
+    from graven.cli.output import printable_message
 
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
     try:  # stderr may share a pipe the reader closed (`2>&1 | head`): the exit code says it all
-        sys.stderr.write(f"graven: error: {printable(first)}\n")
+        sys.stderr.write(f"graven: error: {printable_message(first)}\n")
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass
@@ -686,15 +686,22 @@ def _say_error(message: str) -> None:
 _USER_FIXABLE = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
-def _os_error(exc: OSError) -> str:
-    """``path: reason`` for an OSError that reached the top (with the second path of a rename)."""
+def _os_error(exc: OSError, *, escape: bool) -> str:
+    """``path: reason`` for an OSError that reached the top (with the second path of a rename); with
+    ``escape``, the paths as the error line shows them (:func:`graven.cli.output.printable`), else
+    as JSON carries them (JSON escapes the rest; a byte that is not UTF-8 is ``\\xNN``, as everywhere
+    in graven's JSON: :func:`graven.core.paths.json_text`)."""
     reason = (exc.strerror or str(exc)).lower()
     where = exc.filename if exc.filename is not None else None
     if where is None:
         return reason
-    also = f" -> {exc.filename2}" if exc.filename2 is not None else ""
-    hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
     from graven.cli.output import printable
+    from graven.core.paths import json_text
 
-    shown = os.fsdecode(where) if isinstance(where, str | bytes) else str(where)
-    return printable(f"{shown}{also}: {reason}{hint}")
+    def shown(name: object) -> str:
+        text = os.fsdecode(name) if isinstance(name, str | bytes) else str(name)
+        return printable(text) if escape else json_text(text)
+
+    also = f" -> {shown(exc.filename2)}" if exc.filename2 is not None else ""
+    hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
+    return f"{shown(where)}{also}: {reason}{hint}"

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, UsageError, add_command, add_limit
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, human_size, print_table, printable
+from graven.cli.output import (
+    TerminalReporter,
+    emit_json,
+    human_size,
+    print_table,
+    printable,
+    printable_message,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -134,8 +141,8 @@ def artifacts_cmd(args: argparse.Namespace) -> int:
         [
             [
                 r.digest[7:19],
-                printable(r.name),
-                printable((r.commit or "-")[:12]),
+                r.name,  # print_table escapes every cell
+                (r.commit or "-")[:12],
                 str(r.file_count),
                 human_size(r.total_size),
                 r.created_at[:19].replace("T", " "),
@@ -177,8 +184,8 @@ def show_cmd(args: argparse.Namespace) -> int:
         ("digest", record.digest),
         ("name", printable(record.name)),
         ("commit", printable(record.commit or "-")),
-        ("repository", record.repository or "-"),
-        ("revision", record.revision or "-"),
+        ("repository", printable(record.repository or "-")),
+        ("revision", printable(record.revision or "-")),
         ("commit time", f"{_utc(record.source_date_epoch)} ({record.source_date_epoch})"),
         ("pipeline", record.pipeline_digest or "-"),
         ("origin", record.origin),
@@ -307,7 +314,7 @@ def _print_problems(
         verdicts.append("not rebuilt, as its provenance does not verify")
     if verdicts:
         line = f"graven: error: {resolved} failed verification: {'; '.join(verdicts)}"
-        sys.stderr.write(printable(line) + "\n")
+        sys.stderr.write(printable_message(line) + "\n")
 
 
 def _verify_rebuild(

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_limit
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, human_size, print_table, printable
+from graven.cli.output import (
+    TerminalReporter,
+    emit_json,
+    human_size,
+    print_table,
+    printable,
+    printable_message,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -196,9 +203,9 @@ def _report(result: DeployResult, *, as_json: bool) -> int:
             print(f"removed old releases: {', '.join(d[7:19] for d in result.removed)}")
         if result.held:
             print(f"{result.env} is held on {result.digest[7:19]}; `graven unhold {result.env}` lifts it")
-        print(printable(result.message))
+        print(printable_message(result.message))
     if not result.ok:
-        sys.stderr.write(f"graven: error: {printable(result.message)}\n")
+        sys.stderr.write(f"graven: error: {printable_message(result.message)}\n")
         return 1
     return 0
 

@@ -13,7 +13,7 @@ from types import FrameType
 
 from graven.cli.app import ArgParser, UsageError, add_command, port_number
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, print_table, printable
+from graven.cli.output import TerminalReporter, emit_json, print_table, printable, printable_message
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -80,21 +80,22 @@ def _context(*, quiet: bool = False) -> Any:
 
 
 def _summary(report: DriftReport) -> str:
-    what = f"{report.name or 'artifact'} {report.digest[7:19]}"
+    what = f"{printable(report.name or 'artifact')} {report.digest[7:19]}"
+    where = printable(report.path)  # a value, escaped once; the line around it keeps its backslashes
     how = (
         f"{report.mode} check of {report.files} files, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
     )
     if report.error is not None:
-        line = f"{report.env}: ERROR, the check failed ({what} at {report.path}): {report.error}"
+        line = f"{report.env}: ERROR, the check failed ({what} at {where}): {report.error}"
     elif report.clean:
-        line = f"{report.env}: clean ({what} at {report.path}; {how})"
+        line = f"{report.env}: clean ({what} at {where}; {how})"
     else:
         from graven.core.drift import summarize
 
         counts = ", ".join(f"{n} {kind}" for kind, n in summarize(report.differences).items())
         n = len(report.differences)
         line = f"{report.env}: DRIFT, {n} difference{'s' if n != 1 else ''} ({counts}) ({what}; {how})"
-    return printable(line + (f"; {report.note}" if report.note else ""))
+    return printable_message(line + (f"; {report.note}" if report.note else ""))
 
 
 def show_reports(reports: Sequence[DriftReport]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, UsageError, add_command, add_group, add_limit
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, emit_json_list, print_rows, printable
+from graven.cli.output import TerminalReporter, emit_json, emit_json_list, print_rows, printable_message
 from graven.errors import InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -229,12 +229,14 @@ def verify_cmd(args: argparse.Namespace) -> int:
         print(f"ok: {report.size} entries, {report.checkpoints_checked} checkpoints, root {report.root}")
     else:
         for problem in report.problems[:20]:
-            sys.stderr.write(f"{printable(problem)}\n")
+            sys.stderr.write(f"{printable_message(problem)}\n")
         more = len(report.problems) - 20 + report.more_problems
         if more > 0:
             sys.stderr.write(f"... and {more} more problems (--json lists the first 100)\n")
         if done is not None and done.error is not None:
-            sys.stderr.write(f"the stored subtree hashes were not repaired: {printable(done.error)}\n")
+            sys.stderr.write(
+                f"the stored subtree hashes were not repaired: {printable_message(done.error)}\n"
+            )
         elif done is None and report.bad_subtrees:
             sys.stderr.write(
                 "the stored subtree hashes are derived from the entries: `graven log verify --repair` "

@@ -20,6 +20,7 @@ __all__ = [
     "print_rows",
     "print_table",
     "printable",
+    "printable_message",
     "progress_text",
 ]
 
@@ -80,13 +81,31 @@ def human_size(size: int) -> str:
 
 
 def printable(text: str, *, tabs: bool = False) -> str:
-    """``text`` with control and other invisible characters escaped (``\\x0a``, ``\\x1b``,
-    ``\\u202e``), so that a value from a file name, a reason or a log can neither draw fake lines
-    nor drive the terminal (escape sequences). With ``tabs``, a tab stays a tab (the lines of a
-    file shown as they are: a config diff)."""
+    """``text`` (a value: a file name, a path, a reason, a command, a line of a file) with control and
+    other invisible characters escaped (``\\x0a``, ``\\x1b``, ``\\u202e``), so that it can neither draw
+    fake lines nor drive the terminal (escape sequences), and a backslash doubled (``\\\\``), so that
+    what is shown reads back one way only: a name holding ESC is shown ``a\\x1b``, a name holding the
+    four characters ``\\x1b`` is shown ``a\\\\x1b``. With ``tabs``, a tab stays a tab (the lines of a
+    file shown as they are: a config diff). A value is escaped once, where it is put in what is shown
+    (escaped twice, its backslashes would double again); a line graven composed around escaped
+    values is shown with :func:`printable_message`."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        "\\\\" if ch == "\\" else ch if ch.isprintable() or (tabs and ch == "\t") else _escape(ch)
+        for ch in text
+    )
+
+
+def printable_message(text: str) -> str:
+    """A line graven composed (an error, a warning, a verdict) with control and other invisible
+    characters escaped as :func:`printable` escapes them, and a backslash left as it is: a message
+    shows its values already quoted (``repr``, :func:`graven.core.paths.display_path`,
+    :func:`printable`), and doubling their backslashes would show ``'caf\\\\xe9'`` for what they wrote
+    ``'caf\\xe9'``. Idempotent: a line escaped twice (a warning of an escaped message) is unchanged."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() or (tabs and ch == "\t") else _escape(ch) for ch in text)
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
 
 
 def _escape(ch: str) -> str:
@@ -165,7 +184,7 @@ class TerminalReporter:
     def warn(self, message: str) -> None:
         """One warning line (control characters escaped: a message may quote a name or a value)."""
         self._clear()
-        _write_stderr(f"graven: warning: {printable(message)}\n")
+        _write_stderr(f"graven: warning: {printable_message(message)}\n")
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
         """Redraw the progress line at most ten times a second."""

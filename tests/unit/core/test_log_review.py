@@ -67,13 +67,34 @@ def test_log_index_refuses_anything_else(text: str) -> None:
 
 
 def test_printable_escapes_control_and_invisible_characters() -> None:
-    assert (
-        _printable("alice@ci r\u00e9sum\u00e9 \u65e5\u672c \\n")
-        == "alice@ci r\u00e9sum\u00e9 \u65e5\u672c \\n"
-    )
+    assert _printable("alice@ci r\u00e9sum\u00e9 \u65e5\u672c") == "alice@ci r\u00e9sum\u00e9 \u65e5\u672c"
     assert _printable("a\nb\r\x1b[1A\x7f\x9b") == "a\\x0ab\\x0d\\x1b[1A\\x7f\\x9b"
     assert _printable("\u202eevil\u2028\U000e0001") == "\\u202eevil\\u2028\\U000e0001"
     assert _printable("\ud800") == "\\ud800"  # a lone surrogate could not even be printed
+
+
+def test_printable_doubles_a_backslash_so_that_an_escape_reads_back_one_way() -> None:
+    """A name really holding the four characters ``\\x1b`` and a name holding ESC were both shown
+    ``a\\x1b``: which file drifted could not be told from what was printed."""
+    assert _printable("a\x1b") == "a\\x1b"
+    assert _printable("a\\x1b") == "a\\\\x1b"
+    assert _printable("C:\\tmp\\new") == "C:\\\\tmp\\\\new"  # printable otherwise: escaped all the same
+    assert _printable("\\") == "\\\\"
+    assert _printable('a\t\\t"', tabs=True) == 'a\t\\\\t"'
+    shown = {_printable(name) for name in ("a\x1b", "a\\x1b", "a\\\x1b", "a\\\\x1b")}
+    assert len(shown) == 4
+
+
+def test_printable_message_escapes_controls_and_keeps_the_backslashes_of_its_quoted_values() -> None:
+    """An error or a warning quotes its values already (repr, display_path): those are not escaped
+    twice, and a line escaped twice is unchanged."""
+    from graven.cli.output import printable_message
+
+    name, path = "a\x1b", _printable("/srv/b\\x1b\n")
+    line = f"invalid environment name {name!r} at {path}: \x1b[2Jgone"
+    assert printable_message(line) == "invalid environment name 'a\\x1b' at /srv/b\\\\x1b\\x0a: \\x1b[2Jgone"
+    assert printable_message(printable_message(line)) == printable_message(line)
+    assert printable_message("caf\\xe9 \u202e") == "caf\\xe9 \\u202e"
 
 
 @pytest.mark.parametrize(
