@@ -4,12 +4,14 @@ exactly an artifact."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,7 +254,58 @@ def tree_problems(root: Path, manifest: TreeManifest) -> list[str]:
     return problems
 
 
+@contextlib.contextmanager
+def opened_up(*paths: Path) -> Iterator[None]:
+    """Each of ``paths`` (a file or directory of a deployed release, which graven leaves read-only)
+    writable by its owner for the block, as an intruder with the deployer's rights must make it first
+    (root could write through the read-only modes; a user gets EACCES), and given its mode back after
+    the block, even when the block moved it: the drift the block leaves is only what it did there, not
+    a ``mode`` finding of its own making. A path already writable by its owner, and a symlink, are not
+    touched."""
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+            stack.callback(os.close, fd)
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode) or mode & stat.S_IWUSR:
+                continue
+            by_fd = f"/proc/self/fd/{fd}"  # the same inode wherever the block moves it
+            os.chmod(by_fd, stat.S_IMODE(mode) | stat.S_IWUSR)
+            stack.callback(os.chmod, by_fd, stat.S_IMODE(mode))
+        yield
+
+
+def append_to(path: Path, data: bytes) -> None:
+    """Append ``data`` to a deployed (read-only) file, leaving its mode and its directory's as they
+    were: only its content drifts."""
+    with opened_up(path), open(path, "ab") as handle:
+        handle.write(data)
+
+
+def remove_deployed(path: Path) -> None:
+    """Remove a deployed tree whose directories are read-only, as its owner can: each directory made
+    writable first."""
+    for directory, _dirs, _files in os.walk(path):
+        if not os.path.islink(directory):
+            os.chmod(directory, 0o755)
+    shutil.rmtree(path)
+
+
 NOBODY = 65534
+
+
+def give_to_deployer(*paths: Path) -> None:
+    """Hand ``paths`` to the deployer that is not root of :func:`exit_code_as_deployer`: as root, to
+    nobody; a user's own paths are that user's already."""
+    if os.geteuid() == 0:
+        for path in paths:
+            os.lchown(path, NOBODY, NOBODY)
+
+
+def exit_code_as_deployer(action: Callable[[], int]) -> int:
+    """:func:`exit_code_as_nobody` when the suite runs as root; as any other user, which already is a
+    deployer that is not root, ``action`` runs in a forked child as that user."""
+    return _exit_code_in_child(action, NOBODY if os.geteuid() == 0 else None, ())
 
 
 def exit_code_as_nobody(action: Callable[[], int], groups: Sequence[int] = ()) -> int:
@@ -260,13 +313,20 @@ def exit_code_as_nobody(action: Callable[[], int], groups: Sequence[int] = ()) -
     that is not root: permission bits apply), a member of ``groups`` besides its own; its return value
     (or 1 when it raises) is the exit code returned here. Open what it needs before: nobody may not
     reach the test's directories by path."""
+    return _exit_code_in_child(action, NOBODY, groups)
+
+
+def _exit_code_in_child(action: Callable[[], int], uid: int | None, groups: Sequence[int]) -> int:
+    """``action``'s return value (1 when it raises) as the exit code of a forked child, which first
+    becomes ``uid`` (None: stays who it is)."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setgroups(list(groups))
-            os.setresuid(NOBODY, NOBODY, NOBODY)
+            if uid is not None:
+                os.setresgid(uid, uid, uid)
+                os.setgroups(list(groups))
+                os.setresuid(uid, uid, uid)
             code = action()
         except BaseException:
             traceback.print_exc()  # shown with the failing test's captured output

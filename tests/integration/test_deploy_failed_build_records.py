@@ -15,7 +15,7 @@ from graven.deploy.layout import EnvLayout
 from graven.deploy.recordkey import load_or_create
 from graven.deploy.statdb import StatTable
 from graven.errors import GravenError
-from helpers_deploy import World, env_toml, make_world
+from helpers_deploy import World, env_toml, make_world, opened_up
 
 
 @pytest.fixture
@@ -78,8 +78,9 @@ def test_links_whose_records_were_lost_with_the_failure_are_checked_again(
         root, reuse = Path(self.root), Path(self.reuse_root)
         for entry in world.manifest(v1).files():  # linked, and the records of it lost
             target = root / f"{entry.path}.lost"
-            if target.parent.is_dir():
-                os.link(reuse / entry.path, target)
+            if target.parent.is_dir():  # made, and maybe sealed (0555) already
+                with opened_up(target.parent):
+                    os.link(reuse / entry.path, target)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:

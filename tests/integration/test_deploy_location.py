@@ -15,7 +15,7 @@ from graven.errors import ConfigError, InputError
 from graven.service.deploy_plan import plan_deploy
 from graven.service.drift import check
 from graven.service.drift_heal import heal
-from helpers_deploy import World, env_toml, staging_prod
+from helpers_deploy import World, env_toml, remove_deployed, staging_prod
 
 
 def _listing(path: Path) -> list[str]:
@@ -199,10 +199,7 @@ def test_a_missing_releases_directory_is_the_release_removed(world: World) -> No
     """Only something standing at PATH/releases is kind ``releases``; when it is gone, so is the
     release, as drift always said (``removed .``), and heal rebuilds it."""
     assert world.deploy(world.build(), "staging").ok
-    releases = world.env_dir("staging") / "releases"
-    for release in releases.iterdir():
-        release.chmod(0o755)
-    shutil.rmtree(releases)
+    remove_deployed(world.env_dir("staging") / "releases")
     (report,) = check(world.ctx(), ["staging"])
     assert [(d.path, d.kind) for d in report.differences] == [(".", "removed")]
     heal(world.ctx(), "staging")

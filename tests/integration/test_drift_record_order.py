@@ -24,14 +24,13 @@ from graven.service.drift_quick import record_clean
 from graven.service.drift_records import record_check
 from graven.service.drift_report import DriftReport
 from graven.service.drift_watch import HeldChecks
-from helpers_deploy import BASE_FILES, World
+from helpers_deploy import BASE_FILES, World, opened_up
 
 
 def repair(world: World) -> None:
     main = (world.env_dir("staging") / "current").resolve() / "app/main.py"
-    main.write_bytes(BASE_FILES["app/main.py"])
-    main.chmod(0o444)
-    main.parent.chmod(0o555)
+    with opened_up(main):
+        main.write_bytes(BASE_FILES["app/main.py"])
 
 
 def look(ctx: Context) -> DriftReport:
@@ -148,9 +147,11 @@ def test_the_state_changes_are_in_time_order_whatever_order_checks_are_recorded_
     repair(world)
     second = look(ctx)
     extra = (world.env_dir("staging") / "current").resolve() / "app/extra.py"
-    extra.write_bytes(b"evil()\n")
+    with opened_up(extra.parent):
+        extra.write_bytes(b"evil()\n")
     third = look(ctx)
-    extra.unlink()
+    with opened_up(extra.parent):
+        extra.unlink()
     fourth = look(ctx)
     assert [r.clean for r in (first, second, third, fourth)] == [False, True, False, True]
     for report in (first, third, second, fourth):  # third waited less for the database than second

@@ -20,7 +20,7 @@ from test_drift_watch import wait_for
 
 from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, PolicyError
-from helpers_deploy import World, env_toml, make_world, staging_prod
+from helpers_deploy import World, env_toml, make_world, opened_up, staging_prod
 from helpers_mounts import mounted_bind
 from helpers_repo import run_cli
 from helpers_services import unavailable
@@ -84,7 +84,8 @@ def test_a_heal_that_leaves_a_directory_behind_does_not_hide_it_from_the_fast_ch
         assert code == 1 and "still differs" in err
         assert (evil / "x.pid").exists() and not (evil / "payload.py").exists()
         time.sleep(0.02)  # past the racy window of every record the heal made
-        (evil / "backdoor.py").write_text("import os\n")
+        with opened_up(evil):
+            (evil / "backdoor.py").write_text("import os\n")
         for mode in ((), ("--full",), ()):
             code, doc = drift(capsys, *mode)
             assert code == 1 and ("out/app/evil/backdoor.py", "added") in found(doc), (mode, doc)
@@ -117,7 +118,8 @@ def test_a_failed_heal_leaves_no_directory_record_that_vouches_for_it(
             assert record is None or record[0] != DIR_SHA, directory
         assert table.matches(os.lstat(app / "main.py"), table.inodes[os.lstat(app / "main.py").st_ino][0])
         time.sleep(0.02)
-        (app / "__pycache__/later.py").write_text("import os\n")
+        with opened_up(app / "__pycache__"):
+            (app / "__pycache__/later.py").write_text("import os\n")
         code, doc = drift(capsys)
         assert code == 1 and ("out/app/__pycache__/later.py", "added") in found(doc), doc
     finally:
@@ -511,7 +513,8 @@ def test_an_owner_or_extended_attributes_graven_never_gave_are_drift_and_healed(
     release = release_of(world)
     expected: set[tuple[str, str]] = set()
     main, util, top = release / "out/app/main.py", release / "out/app/util.py", release / "out/top.py"
-    os.setxattr(main, "user.note", b"planted")
+    with opened_up(main):  # user.* attributes need write access
+        os.setxattr(main, "user.note", b"planted")
     expected.add(("out/app/main.py", "attributes"))
     if os.geteuid() == 0:
         os.chown(util, 65534, -1)
@@ -1009,7 +1012,8 @@ def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     world, _digest = ignoring(tmp_path, monkeypatch, [])
     release = release_of(world)
     assert drift(capsys, "staging")[0] == 0  # a clean snapshot, which must not answer for it either
-    os.setxattr(release, "user.note", b"planted")
+    with opened_up(release):  # user.* attributes need write access
+        os.setxattr(release, "user.note", b"planted")
     for mode in ((), ("--full",), ()):
         code, doc = drift(capsys, "staging", *mode)
         assert code == 1 and found(doc) == {(".", "attributes")}, (mode, doc)

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from graven.drift.watch import WatchOptions
 from graven.service.drift import heal, run_watch
-from helpers_deploy import World, tree_problems
+from helpers_deploy import World, append_to, tree_problems
 
 
 class Receiver:
@@ -112,16 +112,8 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def tamper(world: World, data: bytes) -> None:
-    """Append to app/main.py (as root: through the read-only modes, so only the content changes)."""
-    target = (world.env_dir("staging") / "current").resolve() / "app/main.py"
-    try:
-        handle = open(target, "ab")  # noqa: SIM115
-    except PermissionError:
-        target.parent.chmod(0o755)
-        target.chmod(0o644)
-        handle = open(target, "ab")  # noqa: SIM115
-    with handle:
-        handle.write(data)
+    """Append to app/main.py of staging's live release: only its content changes."""
+    append_to((world.env_dir("staging") / "current").resolve() / "app/main.py", data)
 
 
 def test_one_alert_per_drift_one_resolve_and_metrics(world: World) -> None:

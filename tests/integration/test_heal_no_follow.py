@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 
 from graven.service import drift_heal
-from helpers_deploy import NOBODY, World, exit_code_as_nobody, make_world, tree_problems
+from helpers_deploy import (
+    NOBODY,
+    World,
+    exit_code_as_deployer,
+    exit_code_as_nobody,
+    give_to_deployer,
+    make_world,
+    opened_up,
+    remove_deployed,
+    tree_problems,
+)
 from helpers_repo import run_cli
 
 Snapshot = dict[str, tuple[int, bytes]]
@@ -72,11 +82,8 @@ def snapshot(directory: Path) -> Snapshot:
 
 def writable(path: Path, change: Callable[[], object]) -> None:
     """Make a change in a read-only directory of the release and put its mode back."""
-    path.chmod(0o755)
-    try:
+    with opened_up(path):
         change()
-    finally:
-        path.chmod(0o555)
 
 
 def before_the_heal(monkeypatch: pytest.MonkeyPatch, attack: Callable[[], None]) -> None:
@@ -281,7 +288,7 @@ def test_a_heal_of_many_directories_keeps_few_open(
     digest = world.build()
     assert world.deploy(digest, "staging").ok
     release = release_of(world)
-    writable(release / "app", lambda: _remove_tree(release / "app" / "many"))
+    writable(release / "app", lambda: remove_deployed(release / "app" / "many"))
     monkeypatch.setattr(heal_module, "_MAX_FDS", 6)
     real_open_dir_at = heal_module._open_dir_at
     most: list[int] = []
@@ -300,18 +307,6 @@ def test_a_heal_of_many_directories_keeps_few_open(
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o555 for p in (release / "app" / "many").iterdir())
 
 
-def _remove_tree(path: Path) -> None:
-    for sub in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
-        if sub.is_dir() and not sub.is_symlink():
-            sub.chmod(0o755)
-            sub.rmdir()
-        else:
-            sub.parent.chmod(0o755)
-            sub.unlink()
-    path.chmod(0o755)
-    path.rmdir()
-
-
 def test_a_directory_graven_cannot_read_is_opened_up_without_following_a_link(tmp_path: Path) -> None:
     """For a deployer that is not root, a directory of the release drifted to 0311 (no read bit) is
     made 0755 through its parent (never through a link) so that the heal can list it."""
@@ -321,23 +316,21 @@ def test_a_directory_graven_cannot_read_is_opened_up_without_following_a_link(tm
     top.mkdir()
     (top / "unreadable").mkdir()
     (top / "link").symlink_to(top / "unreadable")
-    for path in (top / "unreadable", top):
-        os.chown(path, NOBODY, NOBODY)
-    os.lchown(top / "link", NOBODY, NOBODY)
+    give_to_deployer(top / "unreadable", top, top / "link")
     (top / "unreadable").chmod(0o311)
-    parent = os.open(top, os.O_RDONLY | os.O_DIRECTORY)  # opened as root: nobody needs no path to it
+    parent = os.open(top, os.O_RDONLY | os.O_DIRECTORY)  # opened here: the deployer needs no path to it
 
-    def as_nobody() -> int:
-        fd, opened_up = _open_dir_at(parent, "unreadable")
+    def as_deployer() -> int:
+        fd, opened = _open_dir_at(parent, "unreadable")
         os.listdir(fd)
         try:
             _open_dir_at(parent, "link")
         except OSError as exc:  # a link is never opened, nor its target's mode changed through it
-            return 0 if opened_up and exc.errno in (errno.ELOOP, errno.ENOTDIR) else 2
+            return 0 if opened and exc.errno in (errno.ELOOP, errno.ENOTDIR) else 2
         return 3
 
     try:
-        assert exit_code_as_nobody(as_nobody) == 0
+        assert exit_code_as_deployer(as_deployer) == 0
     finally:
         os.close(parent)
     assert stat.S_IMODE((top / "unreadable").stat().st_mode) == 0o755
@@ -360,15 +353,14 @@ def test_a_directory_kept_for_its_mode_is_still_made_writable_for_a_file_written
     digest = store.put(data)
     release = tmp_path / "release"
     (release / "app").mkdir(parents=True)
-    for path in (release, release / "app"):
-        os.chown(path, NOBODY, NOBODY)
+    give_to_deployer(release, release / "app")
     (release / "app").chmod(0o500)
     release.chmod(0o555)
-    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # as root: nobody needs no path to it
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # the deployer needs no path to it ...
     tmp_path.chmod(0o755)  # ... but must look up names in it
     plan = HealPlan((), ("app",), (FileEntry("app/main.py", digest.hex, len(data), False),), (), False, False)
 
-    def as_nobody() -> int:
+    def as_deployer() -> int:
         base = Path(f"/proc/self/fd/{holder}")
         stats = apply_heal(
             LocalStore(base / "objects"), base / "release", plan, StatTable(), ignore=GlobSet.of([])
@@ -376,13 +368,14 @@ def test_a_directory_kept_for_its_mode_is_still_made_writable_for_a_file_written
         return 0 if stats.written == ["app/main.py"] else 2
 
     try:
-        assert exit_code_as_nobody(as_nobody) == 0
+        assert exit_code_as_deployer(as_deployer) == 0
     finally:
         os.close(holder)
     assert (release / "app" / "main.py").read_bytes() == data
     assert stat.S_IMODE((release / "app").stat().st_mode) == 0o555
 
 
+@pytest.mark.needs_root("making a directory another user's needs root")
 def test_a_release_directory_another_user_owns_is_given_back_by_root_and_refused_to_others(
     tmp_path: Path,
 ) -> None:
@@ -443,6 +436,7 @@ def test_a_release_directory_another_user_owns_is_given_back_by_root_and_refused
     assert (release / "app" / "main.py").lstat().st_uid == NOBODY  # what root writes is the deployer's
 
 
+@pytest.mark.needs_root("making a directory another user's needs root")
 def test_a_heal_by_a_user_who_is_neither_the_deployer_nor_root_changes_nothing(tmp_path: Path) -> None:
     """Root's heal gives what it writes to the deployer; nobody else can give anything away: a heal by a
     third user (not root) of a release uid 12345 deployed fails before anything changes."""

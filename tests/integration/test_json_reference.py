@@ -26,7 +26,7 @@ import pytest
 from conftest import create_repo
 from graven.model.digest import Digest
 from graven.store.local import LocalStore
-from helpers_deploy import World
+from helpers_deploy import World, append_to, opened_up
 from helpers_services import require_tool, sandbox_python
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "json.md"
@@ -331,12 +331,8 @@ _BIG = bytes(range(256)) * 4097  # stored loose (1 MiB or more): a file the test
 
 
 def tamper(world: World, env: str, data: bytes) -> None:
-    """Append to app/main.py of ``env``'s live release (through its read-only modes)."""
-    target = (world.env_dir(env) / "current").resolve() / "app/main.py"
-    target.parent.chmod(0o755)
-    target.chmod(0o644)
-    with open(target, "ab") as handle:
-        handle.write(data)
+    """Append to app/main.py of ``env``'s live release: only its content changes."""
+    append_to((world.env_dir(env) / "current").resolve() / "app/main.py", data)
 
 
 def deploy_scenario(world: World, run_cli: Run) -> Outputs:
@@ -368,7 +364,9 @@ def deploy_scenario(world: World, run_cli: Run) -> Outputs:
     put("`graven history ENV --json`", _doc(run_cli, "history", "staging", "--json"))
 
     tamper(world, "staging", b"evil()\n")
-    (world.env_dir("staging") / "current").resolve().joinpath("extra.txt").write_text("x")
+    live = (world.env_dir("staging") / "current").resolve()
+    with opened_up(live):
+        (live / "extra.txt").write_text("x")
     drift = _doc(run_cli, "drift", "--json", code=1)
     assert not drift["clean"] and any(e["differences"] for e in drift["environments"])
     put("`graven drift --json`", drift)

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from graven.drift.metrics import DriftMetrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/helpers_*.py
-from helpers_deploy import World
+from helpers_deploy import World, append_to
 from helpers_services import build_go_program
 
 pytestmark = pytest.mark.services
@@ -180,16 +180,8 @@ def scrape(port: int) -> tuple[str, str]:
 
 
 def tamper(world: World) -> None:
-    """Append to app/main.py of staging's release (as root: through its read-only modes)."""
-    target = (world.env_dir("staging") / "current").resolve() / "app/main.py"
-    try:
-        handle = open(target, "ab")  # noqa: SIM115
-    except PermissionError:
-        target.parent.chmod(0o755)
-        target.chmod(0o644)
-        handle = open(target, "ab")  # noqa: SIM115
-    with handle:
-        handle.write(b"# drift\n")
+    """Append to app/main.py of staging's release: only its content changes."""
+    append_to((world.env_dir("staging") / "current").resolve() / "app/main.py", b"# drift\n")
 
 
 def test_go_expfmt_reads_what_graven_watch_serves(world: World, checker: Checker) -> None:

@@ -17,7 +17,7 @@ from test_drift_watch import Receiver, Watcher, scrape, tamper, wait_for
 
 from graven.drift.watch import WatchOptions
 from graven.service.context import utc_now
-from helpers_deploy import BASE_FILES, World
+from helpers_deploy import BASE_FILES, World, opened_up
 
 
 @contextmanager
@@ -108,9 +108,8 @@ def test_a_drift_and_its_repair_while_locked_are_both_recorded_in_order(world: W
             tamper(world, b"# drift\n")
             assert wait_for(lambda: receiver.events() == ["drift"], timeout=5)
             main = (world.env_dir("staging") / "current").resolve() / "app/main.py"
-            main.write_bytes(BASE_FILES["app/main.py"])  # repaired by hand
-            main.chmod(0o444)
-            main.parent.chmod(0o555)
+            with opened_up(main):
+                main.write_bytes(BASE_FILES["app/main.py"])  # repaired by hand
             assert wait_for(lambda: receiver.events() == ["drift", "resolved"], timeout=5)
         assert wait_for(lambda: docs(watcher, "recorded") != [])
     finally:

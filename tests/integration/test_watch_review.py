@@ -24,7 +24,7 @@ from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, DatabaseReplacedError, InputError
 from graven.service import drift_watch
 from graven.service.drift import run_watch
-from helpers_deploy import World
+from helpers_deploy import World, append_to
 
 
 class Watcher(DriftWatcher):
@@ -60,15 +60,7 @@ class Receiver:
 
 
 def tamper(world: World, data: bytes) -> None:
-    target = (world.env_dir("staging") / "current").resolve() / "app/main.py"
-    try:
-        handle = open(target, "ab")  # noqa: SIM115
-    except PermissionError:
-        target.parent.chmod(0o755)
-        target.chmod(0o644)
-        handle = open(target, "ab")  # noqa: SIM115
-    with handle:
-        handle.write(data)
+    append_to((world.env_dir("staging") / "current").resolve() / "app/main.py", data)
 
 
 def alert_rows(world: World) -> list[tuple[str, dict[str, Any]]]:

@@ -16,6 +16,7 @@ import pytest
 from graven.deploy import materialize
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.model.manifest import FileEntry, TreeManifest
+from helpers_deploy import opened_up
 
 GOOD, BAD = b"print('good')\n", b"print('EVIL')\n"
 SHA = hashlib.sha256(GOOD).hexdigest()
@@ -43,15 +44,15 @@ def _tamper(release: Path, stash: Path) -> None:
     """Whoever can write the release puts bad bytes (same size, mode) in place of lib/sub, and keeps a
     good copy of it at hand."""
     lib = release / "lib"
-    os.chmod(lib, 0o755)
-    os.rename(lib / "sub", stash / "sub.orig")
-    (lib / "sub").mkdir()
-    (lib / "sub" / "app.py").write_bytes(BAD)
-    os.chmod(lib / "sub" / "app.py", materialize.file_mode(False))
+    with opened_up(lib, lib / "sub"):  # a directory moved elsewhere must be writable (its "..")
+        os.rename(lib / "sub", stash / "sub.orig")
+        (lib / "sub").mkdir()
+        (lib / "sub" / "app.py").write_bytes(BAD)
+        os.chmod(lib / "sub" / "app.py", materialize.file_mode(False))
     (stash / "sub.good").mkdir()
     (stash / "sub.good" / "app.py").write_bytes(GOOD)
     os.chmod(stash / "sub.good" / "app.py", materialize.file_mode(False))
-    for directory in (stash / "sub.good", lib / "sub", lib):
+    for directory in (stash / "sub.good", lib / "sub"):
         os.chmod(directory, 0o555)
 
 
@@ -100,16 +101,14 @@ def test_a_good_copy_swapped_in_only_for_the_hash_is_not_vouched_for(
     lib = release / "lib"
 
     def swap() -> None:
-        os.chmod(lib, 0o755)
-        os.rename(lib / "sub", stash / "sub.bad")
-        os.rename(stash / "sub.good", lib / "sub")
-        os.chmod(lib, 0o555)
+        with opened_up(lib, lib / "sub", stash / "sub.good"):
+            os.rename(lib / "sub", stash / "sub.bad")
+            os.rename(stash / "sub.good", lib / "sub")
 
     def back() -> None:
-        os.chmod(lib, 0o755)
-        os.rename(lib / "sub", stash / "sub.good")
-        os.rename(stash / "sub.bad", lib / "sub")
-        os.chmod(lib, 0o555)
+        with opened_up(lib, lib / "sub", stash / "sub.bad"):
+            os.rename(lib / "sub", stash / "sub.good")
+            os.rename(stash / "sub.bad", lib / "sub")
 
     with monkeypatch.context() as patched:
         _race_on_open(patched, "app.py", swap, back)

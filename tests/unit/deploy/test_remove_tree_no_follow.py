@@ -15,7 +15,7 @@ import pytest
 from graven.deploy import materialize
 from graven.deploy.statdb import StatTable
 from graven.errors import BackendError
-from helpers_deploy import NOBODY, exit_code_as_nobody
+from helpers_deploy import exit_code_as_deployer, give_to_deployer
 
 
 def _world(tmp_path: Path) -> tuple[Path, Path]:
@@ -122,18 +122,17 @@ def test_a_directory_without_read_access_is_opened_up_and_removed_by_its_owner(t
     tree = tmp_path / "tree"
     (tree / "locked" / "inner").mkdir(parents=True)
     (tree / "locked" / "inner" / "f").write_text("x")
-    for path in (tree, tree / "locked", tree / "locked" / "inner", tree / "locked" / "inner" / "f"):
-        os.chown(path, NOBODY, NOBODY)
+    give_to_deployer(tree, tree / "locked", tree / "locked" / "inner", tree / "locked" / "inner" / "f")
     (tree / "locked").chmod(0o000)
-    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # as root: nobody needs no path to it
-    os.chmod(tmp_path, 0o777)  # nobody removes "tree" from it
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # the deployer needs no path to it
+    os.chmod(tmp_path, 0o777)  # the deployer removes "tree" from it
 
-    def as_nobody() -> int:
+    def as_deployer() -> int:
         materialize.remove_tree(Path(f"/proc/self/fd/{holder}/tree"))
         return 0
 
     try:
-        assert exit_code_as_nobody(as_nobody) == 0
+        assert exit_code_as_deployer(as_deployer) == 0
     finally:
         os.close(holder)
     assert not tree.exists()
