@@ -125,6 +125,27 @@ def test_a_bad_unrelated_key_file_does_not_stop_a_build_but_a_revoked_key_does(
     assert code == 1 and "is revoked" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_key_the_home_policy_revokes_signs_nothing(home: Path, repo: Path, capsys: Cap) -> None:
+    """A black-box review: build read trust/revoked only, so with the key revoked in policy.toml it
+    signed (exit 0) provenance that verify, deploy and pull then refused for ever."""
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    _build(capsys, repo)
+    policy = home / "policy.toml"
+    policy.write_text(f'revoked = ["{_keyid_from_pub(home)}"]\n')
+    policy.chmod(0o600)
+    (repo / "more.txt").write_text("more\n")
+    code, out, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 1 and out == "", out
+    assert err.startswith("graven: error: the signing key ") and err.count("\n") == 1, err
+    assert f"is revoked (revoked in {policy})" in err
+    # a policy that cannot be read stops the build too, as it stops every check of what it signs
+    policy.write_text("revoked = [\n")
+    code, _out, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 2 and "is not valid TOML" in err and err.count("\n") == 1, err
+    policy.unlink()
+    _build(capsys, repo)
+
+
 def _keyid_from_pub(home: Path) -> str:
     from graven.signing.keys import load_public_key
 

@@ -31,6 +31,7 @@ from graven.errors import (
     PolicyError,
     VerificationError,
 )
+from graven.home import check_home
 from graven.model.digest import Digest
 from graven.service.context import Context, utc_now
 from graven.service.records import insert_ignore
@@ -73,16 +74,28 @@ def resolve_signing_key(ctx: Context) -> SigningKey:
     ``default``, else the home's only key (several others: an :class:`InputError`). A
     key of the home without its public key file, that the home does not trust, is said: the sign of a
     `keys generate` that did not finish (killed between the private key and the trust)."""
+    # a home of another user's (root with their HOME), or one others may write, is said as such
+    # before its keys and trust are read (the store would refuse it later, after the policy's
+    # strict-modes check named a file in it)
+    check_home(ctx.home.root)
     key, name = _choose_signing_key(ctx)
-    if key.keyid in read_revoked(ctx.home.trust / REVOKED_FILE):
+    # the policy every check of what it signs reads (trust/revoked and policy.toml's revoked): one
+    # that cannot be read stops the build here, as it would stop the verify and deploy after it
+    policy = load_policy(ctx, memo=False)
+    if key.keyid in policy.revoked:
+        where = (
+            "GRAVEN_HOME/trust/revoked"
+            if key.keyid in read_revoked(ctx.home.trust / REVOKED_FILE) or policy.policy_file is None
+            else f"revoked in {policy.policy_file}"
+        )
         raise PolicyError(
-            f"the signing key {key.keyid[:16]} is revoked (GRAVEN_HOME/trust/revoked): what it signs "
+            f"the signing key {key.keyid[:16]} is revoked ({where}): what it signs "
             "would never verify; sign with another key (`graven keys generate`)"
         )
     if (
         name is not None
         and not KeyStore(ctx.home.keys).public_path(name).exists()
-        and not _home_trusts(ctx, key.keyid)
+        and not _home_trusts(ctx, key.keyid, policy)
     ):
         ctx.reporter.warn(
             f"the signing key {name} has no public key file and this home does not trust it (a "
@@ -92,14 +105,12 @@ def resolve_signing_key(ctx: Context) -> SigningKey:
     return key
 
 
-def _home_trusts(ctx: Context, keyid: str) -> bool:
-    """Whether the home's trust directory holds ``keyid`` (under any file name it accepts)."""
+def _home_trusts(ctx: Context, keyid: str, policy: TrustPolicy) -> bool:
+    """Whether the home's trust directory holds ``keyid`` (under any file name it accepts), or its
+    ``policy`` trusts it by default."""
     if (ctx.home.trust / f"{keyid}.pub").is_file():
         return True
-    try:
-        return any(key.keyid == keyid for key in load_policy(ctx).keys)
-    except GravenError:
-        return False
+    return any(key.keyid == keyid for key in policy.keys)
 
 
 def _choose_signing_key(ctx: Context) -> tuple[SigningKey, str | None]:
