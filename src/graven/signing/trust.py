@@ -5,7 +5,8 @@ Trust never comes from the artifact. It comes from:
 * a directory of trusted public keys (``GRAVEN_HOME/trust/*.pub`` or ``*.pem``), and
 * optionally a policy TOML file (``GRAVEN_HOME/policy.toml``, or ``--policy FILE`` instead of it)::
 
-      keys = ["keys/ci.pub"]            # more trusted keys (paths relative to the policy file)
+      keys = ["keys/ci.pub"]            # more trusted keys (paths relative to the policy file; a
+                                        # key id names one of them or of the trust directory)
       revoked = ["<keyid>", ...]        # key ids that are never accepted, wherever they appear
 
       [env.prod]                        # optional: the only keys trusted for environment "prod"
@@ -292,8 +293,18 @@ class TrustPolicy(Frozen):
             # chooses what deploys
             check_trust_material(policy_path, policy_path.parent, trusting=f"the keys {policy_path} trusts")
             doc = _read_policy(policy_path)
-            for entry in _string_list(doc.get("keys", []), f"{policy_path}: keys"):
-                keys.append(_key_from_entry(entry, policy_path, {}, f"{policy_path}: keys"))
+            entries = _string_list(doc.get("keys", []), f"{policy_path}: keys")
+            # the key files first: a key id among them names one of those or of the trust directory
+            # (trusted already, so it adds nothing), as a key id of an [env.NAME] section does
+            keys.extend(
+                _key_from_entry(entry, policy_path, {}, f"{policy_path}: keys")
+                for entry in entries
+                if policy_key_id(entry) is None
+            )
+            known = {key.keyid: key for key in keys}
+            for entry in entries:
+                if policy_key_id(entry) is not None:
+                    _key_from_entry(entry, policy_path, known, f"{policy_path}: keys")
             for entry in _string_list(doc.get("revoked", []), f"{policy_path}: revoked"):
                 match = _KEYID.fullmatch(entry.strip().lower())
                 if not match:

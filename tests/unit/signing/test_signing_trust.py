@@ -214,6 +214,22 @@ def test_environment_key_sets(tmp_path: Path) -> None:
         policy.verify_attestation(release_signed, ARTIFACT)
 
 
+def test_a_key_id_in_the_default_keys_names_a_trusted_key(tmp_path: Path) -> None:
+    """A black-box review: a key id in the top-level ``keys`` was looked up in an empty set, so a
+    policy naming a key of the trust directory by its id was refused as naming no trusted key."""
+    ci, extra, stranger = generate_key(), generate_key(), generate_key()
+    trust_dir = _trust(tmp_path, ci)
+    (tmp_path / "keys").mkdir()
+    write_public_key(tmp_path / "keys" / "extra.pub", extra)
+    # a key id of the trust directory, and one of a key file listed after it
+    text = f'keys = ["{ci.keyid.upper()}", "sha256:{extra.keyid}", "keys/extra.pub"]\n'
+    policy = TrustPolicy.load(trust_dir, _policy(tmp_path, text))
+    assert {key.keyid for key in policy.keys_for(None)} == {ci.keyid, extra.keyid}
+    assert policy.verify_attestation(signed_provenance(ci).to_json(), ARTIFACT).keyid == ci.keyid
+    with pytest.raises(ConfigError, match=f"keys: key id {stranger.keyid} is not one of the trusted"):
+        TrustPolicy.load(trust_dir, _policy(tmp_path, f'keys = ["{stranger.keyid}"]\n'))
+
+
 def test_revoked_key_in_an_environment_set(tmp_path: Path) -> None:
     release = generate_key()
     keys_dir = tmp_path / "keys"
