@@ -533,6 +533,12 @@ def test_pull_refuses_what_a_lying_registry_sends(
     code, _, err = run_cli("pull", f"{fake.address}/team/app:one")
     assert code == 1 and "longer than" in err, err
     assert artifacts() == []
+    # a blob the manifest names that the registry does not have (an unfinished push, a collected
+    # blob): the manifest asked for exists, so a failed check of the registry, not bad input (exit 2)
+    del fake.blobs[archive]
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:one")
+    assert code == 1 and f"does not have blob {archive}" in err and err.count("\n") == 1, err
+    assert artifacts() == []
     # asked by digest, served another manifest
     wanted = "sha256:" + hashlib.sha256(fake.manifests["one"]).hexdigest()
     fake.manifests[wanted] = fake.manifests["two"]

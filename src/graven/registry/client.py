@@ -264,13 +264,20 @@ class RegistryClient:
         self, descriptor: Descriptor, out: IO[bytes], progress: Callable[[int], None] | None = None
     ) -> None:
         """Download blob ``descriptor`` into ``out``, checking its size while it streams and its
-        sha256 at its end (an :class:`IntegrityError` naming it otherwise)."""
+        sha256 at its end (an :class:`IntegrityError` naming it otherwise, and when the registry does
+        not have it)."""
         response = self._send(
             "GET", f"{self.reference.base}/blobs/{descriptor.digest}", stream=True, follow=True
         )
         try:
             if response.status_code == 404:
-                raise NotFoundError(f"{self.reference}: blob {descriptor.digest} is not in the registry")
+                # the manifest named exists: a registry that cannot serve what it names is a failed
+                # check of the registry (a push that did not finish, blobs collected), not bad input
+                raise IntegrityError(
+                    f"{self.reference}: the registry does not have blob {descriptor.digest}, which its "
+                    "manifest names (an unfinished push, or a garbage-collected blob?); push the "
+                    "artifact again"
+                )
             if response.status_code != 200:
                 raise self._fail(response, f"send blob {descriptor.digest[:19]}")
             hasher = hashlib.sha256()

@@ -80,8 +80,8 @@ _EXAMPLE = "registry.example.com/team/shop:v1 (or host:port/repository@sha256:..
 class Reference(Frozen):
     """Where an artifact is in a registry: ``[http://|https://]HOST[:PORT]/REPOSITORY[:TAG][@DIGEST]``.
 
-    HTTPS unless the reference says ``http://`` or the host is this machine's loopback (``localhost``,
-    ``127.0.0.1``, ``[::1]``), as Docker treats those."""
+    HTTPS unless the reference says ``http://`` or the host is this machine's loopback (``localhost``
+    in any case, ``127.0.0.1``, ``[::1]``), as Docker treats those. A port is 1 to 65535."""
 
     __slots__ = ("digest", "host", "repository", "scheme", "tag")
     _fields = ("scheme", "host", "repository", "tag", "digest")
@@ -109,10 +109,15 @@ class Reference(Frozen):
         host, slash, path = rest.partition("/")
         if not slash or not host or not path:
             raise InputError(f"registry reference {text!r} names no repository; use {_EXAMPLE}")
-        if not _HOST.fullmatch(host) or ("." not in host and ":" not in host and host != "localhost"):
+        if not _HOST.fullmatch(host) or ("." not in host and ":" not in host and host.lower() != "localhost"):
             raise InputError(
                 f"registry reference {text!r} must start with the registry's host (a name with a dot, "
                 f"a host:port or localhost); use {_EXAMPLE}"
+            )
+        port = _split_port(host)[1]
+        if port is not None and not 1 <= int(port) <= 65535:
+            raise InputError(
+                f"registry reference {text!r}: port {port} is out of range (a port is 1 to 65535)"
             )
         digest = None
         if "@" in path:
@@ -159,9 +164,17 @@ class Reference(Frozen):
         return Reference(self.scheme, self.host, self.repository, self.tag, digest)
 
 
+def _split_port(host: str) -> tuple[str, str | None]:
+    """``HOST[:PORT]`` (an IPv6 address in brackets) as its name and its port, if it has one."""
+    end = host.rfind("]") + 1  # 0 unless an IPv6 address: its colons are no port
+    name, colon, port = host[end:].partition(":")
+    return host[:end] + name, port if colon else None
+
+
 def _default_scheme(host: str) -> str:
-    """Plain HTTP for this machine's loopback (as Docker has it), else HTTPS."""
-    return "http" if host.rpartition(":")[0] in _LOOPBACK or host in _LOOPBACK else "https"
+    """Plain HTTP for this machine's loopback (as Docker has it; a host name in any case), else
+    HTTPS."""
+    return "http" if _split_port(host)[0].lower() in _LOOPBACK else "https"
 
 
 class Descriptor(Frozen):

@@ -38,6 +38,12 @@ OTHER = "sha256:" + "cd" * 32
         ("localhost/shop", "http", "localhost", "shop", None, None),
         ("http://ci.internal:5000/x__y.z-w", "http", "ci.internal:5000", "x__y.z-w", None, None),
         ("https://127.0.0.1:5000/shop", "https", "127.0.0.1:5000", "shop", None, None),
+        # host names are case-insensitive (Distribution's domain grammar takes either case); the
+        # loopback is this machine's whatever the case it is written in
+        ("LOCALHOST:5077/team/app:v1", "http", "LOCALHOST:5077", "team/app", "v1", None),
+        ("LocalHost/shop", "http", "LocalHost", "shop", None, None),
+        ("Registry.Example.COM:65535/shop", "https", "Registry.Example.COM:65535", "shop", None, None),
+        ("[::1]:1/shop", "http", "[::1]:1", "shop", None, None),
     ],
 )
 def test_references(  # noqa: PLR0917 - one parameter per column
@@ -74,6 +80,12 @@ def test_references(  # noqa: PLR0917 - one parameter per column
         "registry.example.com/sh--op_",
         "bad_host.example/shop",
         "host:port/shop",
+        "LOCALHOST/Shop",  # the repository stays lowercase
+        # a port is 1 to 65535: the request could not be sent ("cannot reach", exit 1, before)
+        "127.0.0.1:99999/team/app:v1",
+        "localhost:0/shop",
+        "registry.example.com:65536/shop",
+        "[::1]:70000/shop",
     ],
 )
 def test_bad_references_say_what_is_wrong(text: str) -> None:
