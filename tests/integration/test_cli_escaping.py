@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DEFAULT_TOML, Executable, Symlink
-from helpers_deploy import World
+from graven.cli.output import printable
+from helpers_deploy import World, env_toml
 
 Run = Callable[..., tuple[int, str, str]]
 EVIL = "x\n\x1b[31mRED\u202e"
@@ -169,3 +170,41 @@ def test_show_files_is_an_aligned_table_with_names_escaped(
         "graven.toml": ["file", "0644", f"{len(DEFAULT_TOML)} B", sha["graven.toml"]],
         "sp ace.txt": ["file", "0644", "0 B", sha["sp ace.txt"]],
     }
+
+
+def test_deploy_plan_retire_and_status_escape_the_environment_path(
+    world: World, run_cli: Run, tmp_path: Path
+) -> None:
+    """The environment's directory (the deploy root and the path of graven.toml) and the config path
+    were printed as they were: a root holding ESC drove the terminal, and a backslash in either read
+    like an escape. Each is now a value shown :func:`printable`; --json keeps them as they are."""
+    root = tmp_path / "srv\x1b[2J\\x1b"
+    toml = env_toml("app", {"staging": {"path": "st\\x0a", "config": "config/a\\x1b.toml"}})
+    world.commit({"config/a\\x1b.toml": "port = 1\n"}, toml)
+    digest = world.build()
+    shown_root = printable(str(root))
+    assert shown_root.endswith("srv\\x1b[2J\\\\x1b")
+    code, out, err = run_cli("deploy", digest, "staging", "--plan", "--root", root)
+    assert code == 0, err
+    _clean(out + err)
+    assert f"to staging ({shown_root}/st\\\\x0a)\n" in out, out
+    assert "config (config/a\\\\x1b.toml):\n" in out, out
+    code, out, err = run_cli("deploy", digest, "staging", "--plan", "--root", root, "--json")
+    assert code == 0, err
+    assert json.loads(out)["path"] == f"{root}/st\\x0a"
+    code, out, err = run_cli("deploy", digest, "staging", "--root", root)
+    assert code == 0, err
+    _clean(out + err)
+    assert f"in staging ({shown_root}/st\\\\x0a); " in out, out
+    code, out, err = run_cli("deploy", digest, "staging", "--plan", "--root", root)
+    assert code == 0, err
+    assert "config (config/a\\\\x1b.toml): unchanged\n" in out, out
+    (root / "st\\x0a" / "current").unlink()  # status warns that current points elsewhere
+    code, out, err = run_cli("status")
+    assert code == 0, err
+    _clean(out + err)
+    assert f"staging: {shown_root}/st\\\\x0a/current points to -" in err, err
+    code, out, err = run_cli("retire", "staging", "--reason", "gone")
+    assert code == 0, err
+    _clean(out + err)
+    assert f"its directory {shown_root}/st\\\\x0a may become" in out, out

@@ -196,7 +196,8 @@ def _report(result: DeployResult, *, as_json: bool) -> int:
         else:
             how = ""
         verb = {"deploy": "deployed", "promote": "promoted", "rollback": "rolled back to"}[result.kind]
-        print(f"{verb} {result.name} {result.digest[7:19]} in {result.env} ({result.path}); {how}")
+        name, path = printable(result.name), printable(result.path)  # from graven.toml and the deploy root
+        print(f"{verb} {name} {result.digest[7:19]} in {result.env} ({path}); {how}")
         if result.overridden:
             print(f"policy overridden: requires {', '.join(result.overridden)}")
         if result.removed:
@@ -243,7 +244,7 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
     if as_json:
         emit_json(plan.to_json())
         return 0
-    print(f"plan: deploy {plan.name} {plan.digest[7:19]} to {plan.env} ({plan.path})")
+    print(f"plan: deploy {printable(plan.name)} {plan.digest[7:19]} to {plan.env} ({printable(plan.path)})")
     print(f"live: {plan.live[7:19] if plan.live else 'nothing'}")
     diff = plan.diff
     print(
@@ -260,14 +261,15 @@ def _show_plan(plan: Any, *, as_json: bool) -> int:
         print(f"policy: requires {', '.join(plan.overridden)} would be overridden")
     _show_hooks(plan.settings, plan.live_settings)
     if plan.config:
+        config = printable(plan.config)  # a path of the artifact's graven.toml
         if plan.config_diff:
-            print(f"config ({plan.config}):")
+            print(f"config ({config}):")
             lines = plan.config_diff.split("\n")  # not splitlines(): \x0b, \x0c... end no line here
             if lines[-1] == "":
                 lines.pop()
             sys.stdout.writelines(printable(line, tabs=True) + "\n" for line in lines)
         else:
-            print(f"config ({plan.config}): unchanged")
+            print(f"config ({config}): unchanged")
     print("nothing was changed (--plan)")
     return 0
 
@@ -371,12 +373,10 @@ def retire_cmd(args: argparse.Namespace) -> int:
     if as_json:
         emit_json(result.to_json())
     else:
-        print(
-            printable(
-                f"retired {env}: graven no longer deploys, checks or lists it, and changed nothing on disk;"
-                f" its directory {result.path} may become another environment's (`graven history {env}`"
-                " keeps its past)"
-            )
+        print(  # the path escaped as a value (once), as every other line shows one
+            f"retired {env}: graven no longer deploys, checks or lists it, and changed nothing on disk;"
+            f" its directory {printable(result.path)} may become another environment's"
+            f" (`graven history {env}` keeps its past)"
         )
     return 0
 
@@ -442,7 +442,7 @@ def status_cmd(args: argparse.Namespace) -> int:
     for e in envs:
         if e.on_disk != e.live:
             sys.stderr.write(
-                f"graven: warning: {e.env}: {e.path}/current points to {digest_cell(e.on_disk)}, "
+                f"graven: warning: {e.env}: {printable(e.path)}/current points to {digest_cell(e.on_disk)}, "
                 f"not the recorded {digest_cell(e.live)}; redeploy or roll back to settle it\n"
             )
     return 0
