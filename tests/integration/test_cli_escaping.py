@@ -208,3 +208,61 @@ def test_deploy_plan_retire_and_status_escape_the_environment_path(
     assert code == 0, err
     _clean(out + err)
     assert f"its directory {shown_root}/st\\\\x0a may become" in out, out
+
+
+def test_build_check_escapes_the_differing_paths_and_diffoscope_lines(
+    world: World, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``differs: PATH: DETAIL`` and diffoscope's summary (which quotes the files' content) were written
+    as they were: a file holding ESC drove the terminal through ``build --check`` or ``verify
+    --rebuild``. The path is a value (a backslash doubled), diffoscope's lines are a file's lines."""
+    from graven.build import compare
+    from graven.service import build
+
+    diff = compare.Difference(
+        "app/a\\x1b\x1b",
+        ("content",),
+        "content (size 1 != 2)",
+        diffoscope="--- a\n+\tb\\x1b\x1b[2J\n@@\x0b",
+    )
+
+    def not_reproducible(*_args: object, **_kwargs: object) -> None:
+        raise compare.NotReproducibleError("c" * 40, [diff], ["time"])
+
+    monkeypatch.setattr(build, "build", not_reproducible)
+    code, out, err = run_cli("build", "--check", "-C", world.repo)
+    assert code != 0
+    _clean(out + err)
+    assert err.startswith(
+        "differs: app/a\\\\x1b\\x1b: content (size 1 != 2)\n    --- a\n    +\tb\\\\x1b\\x1b[2J\n    @@\\x0b\n"
+    ), err
+    code, out, err = run_cli("build", "--check", "-C", world.repo, "--json")
+    (item,) = json.loads(out)["check"]["differences"]
+    assert item["path"] == diff.path and item["diffoscope"] == diff.diffoscope
+
+
+def test_show_provenance_escapes_what_the_envelope_says(
+    world: World, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key ids and payload type of an attestation are whatever an imported or pulled envelope holds
+    (show does not verify it): they were printed as they were."""
+    from graven.signing import bundle
+    from graven.signing.dsse import Envelope, Signature
+
+    digest = world.build()
+    load = bundle.load_attestation
+
+    def planted(*args: object, **kwargs: object) -> Envelope:
+        real = load(*args, **kwargs)  # type: ignore[arg-type]
+        sig = Signature("k\\x1b\x1b]0;owned\x07", real.signatures[0].sig)
+        return Envelope(real.payload, f"{real.payload_type}\x1b[2J", (sig,))
+
+    monkeypatch.setattr(bundle, "load_attestation", planted)
+    code, out, err = run_cli("show", digest, "--provenance")
+    assert code == 0, err
+    _clean(out + err)
+    assert "\x07" not in out
+    assert "\nsigned by:   k\\\\x1b\\x1b]0;owned\\x07\n" in out, out
+    assert "\\x1b[2J\n" in out.splitlines(keepends=True)[0], out
+    code, out, err = run_cli("show", digest, "--provenance", "--json")
+    assert json.loads(out)["keyids"] == ["k\\x1b\x1b]0;owned\x07"]

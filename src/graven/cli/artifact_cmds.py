@@ -15,6 +15,7 @@ from graven.cli.output import (
     print_table,
     printable,
     printable_message,
+    write_differences,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -255,8 +256,9 @@ def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:
             }
         )
     else:
-        print(f"payloadType: {envelope.payload_type}")
-        print(f"signed by:   {', '.join(sig.keyid for sig in envelope.signatures)}")
+        # what the envelope says, unverified: any string an imported or pulled attestation holds
+        print(f"payloadType: {printable(envelope.payload_type)}")
+        print(f"signed by:   {', '.join(printable(sig.keyid) for sig in envelope.signatures)}")
         print("(signature not checked here; `graven verify` checks it against your trusted keys)")
         print(json.dumps(statement, indent=2, sort_keys=True))
     return 0
@@ -352,11 +354,7 @@ def _verify_rebuild(
     for note in result.notes:
         sys.stderr.write(f"note: {note}\n")
     if not result.ok:
-        for item in result.differences:
-            sys.stderr.write(f"differs: {item.line()}\n")
-            if item.diffoscope:
-                for line in item.diffoscope.splitlines():
-                    sys.stderr.write(f"    {line}\n")
+        write_differences(result.differences)
         count = len(result.differences)
         sys.stderr.write(
             f"graven: error: rebuild of {result.commit[:12]} gave {result.rebuilt}, not {resolved} "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, human_size
+from graven.cli.output import TerminalReporter, emit_json, human_size, write_differences
 from graven.errors import BuildError, GravenError, InputError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -176,8 +176,4 @@ def _report_not_reproducible(exc: NotReproducibleError, *, as_json: bool) -> Non
             }
         )
         return
-    for item in exc.differences:
-        sys.stderr.write(f"differs: {item.line()}\n")
-        if item.diffoscope:
-            for line in item.diffoscope.splitlines():
-                sys.stderr.write(f"    {line}\n")
+    write_differences(exc.differences)

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from graven.build.compare import Difference
+
 __all__ = [
     "TerminalReporter",
     "emit_json",
@@ -22,6 +24,7 @@ __all__ = [
     "printable",
     "printable_message",
     "progress_text",
+    "write_differences",
 ]
 
 
@@ -117,6 +120,18 @@ def _escape(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def write_differences(differences: Iterable[Difference]) -> None:
+    """Each path two builds differ in, ``differs: PATH: DETAIL`` on stderr, with diffoscope's summary
+    indented under it: the path is a value of the artifact (:func:`printable`), the detail a line graven
+    composed around quoted values (:func:`printable_message`), and diffoscope's lines quote the files
+    themselves (shown as a file's lines are: tabs kept, anything else escaped)."""
+    for item in differences:
+        sys.stderr.write(f"differs: {printable(item.path)}: {printable_message(item.detail)}\n")
+        if item.diffoscope:
+            for line in item.diffoscope.split("\n"):
+                sys.stderr.write(f"    {printable(line, tabs=True)}\n")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
