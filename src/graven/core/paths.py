@@ -340,7 +340,14 @@ def _escape_controls(text: str) -> str:
 
 def display_path(path: str) -> str:
     """``path`` as an error message may show it: unchanged when it is clean, else with control
-    characters as ``\\xNN`` and undecodable bytes (surrogateescape) as ``\\xNN`` too."""
+    characters as ``\\xNN`` and undecodable bytes (surrogateescape) as ``\\xNN`` too.
+
+    A message's text, not a terminal's rendering: what it returns is kept as it is in ``--json``
+    (``error.message``), in drift reasons and in the audit log, so a backslash is left as it is (a
+    name holding the four characters ``\\x1b`` and one holding ESC read alike here). The terminal
+    shows such a message with :func:`graven.cli.output.printable_message`, which adds no escape of
+    its own; a value shown on its own (a listing's cell, a path in a line) is escaped with
+    :func:`graven.cli.output.printable` instead, which doubles a backslash and reads back one way."""
     clean = path.isprintable() if path.isascii() else _unprintable().search(path) is None
     if clean:
         return path

@@ -212,7 +212,15 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _printable(text: str) -> str:
-    """``text`` with every non-printable character escaped (``\\x00``, ``\\n``, ...)."""
+    """``text`` with every non-printable character escaped (``\\x00``, ``\\n``, ...), a backslash
+    left as it is.
+
+    The outcome of a failed alert command is stored text, not a terminal's rendering: it is the
+    channel's outcome in ``watch --json`` (``channels``), in the drift event's JSON and in the audit
+    log's reason (``alert-failed``), which keep it as it was first written. It escapes what would
+    break a line or drive a terminal, so the watch line that quotes it is safe to print; it is not
+    meant to read back one way (a backslash in the command's output is not doubled), and ``graven log``
+    shows it escaped once more, as every field (``printable``: its backslashes doubled)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
