@@ -54,6 +54,7 @@ __all__ = ["HEAL_STAGE", "REBUILD_STAGE", "HealNotStartedError", "HealResult", "
 
 STOPPED = "interrupted: graven watch stopped"  # the error recorded of a heal abandoned half-way
 UNCHECKED = "not checked after: graven watch stopped first (the next check finds what still differs)"
+STOPPED_WAIT = 0.5  # seconds the record of a heal abandoned at the stop waits for another writer at most
 
 # -- heal -------------------------------------------------------------------------------------------
 
@@ -223,6 +224,9 @@ def heal(
 
     ``start_wait``: how long the record of the heal's start waits for another writer of the database
     (default 60 s): ``graven watch`` must not stall on it; HealNotStartedError then, nothing changed.
+    The record of a heal abandoned at the ``stop`` waits as long (:data:`STOPPED_WAIT` without it): a
+    watcher that is stopping must stop within its service manager's stop timeout; not written in time,
+    :class:`HealStopped` says so (``unrecorded``).
 
     ``stop``: once it is set, the heal is abandoned where the module's docstring says:
     :class:`ScanStopped` before it changed anything (nothing recorded), :class:`HealStopped` after
@@ -278,6 +282,7 @@ def heal(
             # a heal that cannot be recorded is not done: its start is logged (a read-only home or a
             # full disk refuse here) before anything in the environment changes, its outcome after
             _record_start(ctx, result, wait=start_wait)
+            stop_wait = start_wait if start_wait is not None else STOPPED_WAIT
             try:
                 table = StatTable.load(layout.stat_file, ctx.record_key)
                 if rebuild:
@@ -309,18 +314,16 @@ def heal(
                     error = "interrupted (Ctrl-C or SIGTERM)"
                 else:
                     error = STOPPED if isinstance(exc, ScanStopped) else str(exc)
+                if isinstance(exc, ScanStopped):
+                    raise _stopped(ctx, layout, result, error, stop_wait) from None
                 _record_heal(ctx, result, ok=False, error=error)
                 write_witness(ctx, layout)
-                if isinstance(exc, ScanStopped):
-                    raise HealStopped(error) from None
                 raise
             try:
                 after = check_once(ctx, session, target, full=True, stop=stop).report
             except ScanStopped:
                 result.seconds = time.monotonic() - started
-                _record_heal(ctx, result, ok=False, error=UNCHECKED)
-                write_witness(ctx, layout)
-                raise HealStopped(UNCHECKED) from None
+                raise _stopped(ctx, layout, result, UNCHECKED, stop_wait) from None
             result.after = after.differences
             if after.differences:
                 _unvouch(ctx, layout, layout.release(hex_digest), after.differences)
@@ -336,7 +339,25 @@ def heal(
 
 class HealStopped(ScanStopped):
     """The heal was abandoned at the watcher's stop after it started changing the environment; it is
-    recorded as failed, with the reason (the message)."""
+    recorded as failed, with the reason (the message), unless the database stayed busy for longer than
+    the heal's ``start_wait``: ``unrecorded`` then says why it was not (the log shows the heal started,
+    not how it ended)."""
+
+    def __init__(self, message: str, unrecorded: str | None = None) -> None:
+        super().__init__(message)
+        self.unrecorded = unrecorded
+
+
+def _stopped(ctx: Context, layout: EnvLayout, result: HealResult, error: str, wait: float) -> HealStopped:
+    """Record the heal abandoned at the watcher's stop as failed with ``error``, waiting ``wait``
+    seconds at most for another writer of the database, and say it to the watcher."""
+    unrecorded = None
+    try:
+        _record_heal(ctx, result, ok=False, error=error, wait=wait)
+    except DatabaseBusyError as exc:  # the stop goes on: a service manager kills a watcher that waits
+        unrecorded = str(exc)
+    write_witness(ctx, layout)
+    return HealStopped(error, unrecorded)
 
 
 class HealNotStartedError(DatabaseBusyError):
@@ -370,7 +391,9 @@ def _log_heal(ctx: Context, conn: Connection, result: HealResult, *, reason: str
     )
 
 
-def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | None) -> None:
+def _record_heal(
+    ctx: Context, result: HealResult, *, ok: bool, error: str | None, wait: float | None = None
+) -> None:
     stats = result.stats
     restored = len(result.before)
     reason = (
@@ -384,7 +407,7 @@ def _record_heal(ctx: Context, result: HealResult, *, ok: bool, error: str | Non
         "rebuilt_release": result.rebuilt,
         "error": error,
     }
-    with ctx.db.begin() as conn:
+    with ctx.db.begin(wait=wait) as conn:
         conn.execute(
             INSERT_EVENT,
             {

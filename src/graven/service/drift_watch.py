@@ -468,6 +468,11 @@ def run_watch(
                             f"{utc_now()} {env}: heal stopped: {exc}",
                             {"env": env, "ok": False, "error": str(exc)},
                         )
+                        if exc.unrecorded is not None:  # the database stayed busy: the stop goes on
+                            ctx.reporter.warn(
+                                f"the stopped heal of {env} was not recorded ({exc.unrecorded}); the log "
+                                "shows it started, not how it ended (the next check finds what still differs)"
+                            )
                         break
                     except ScanStopped:  # ... before it changed anything: nothing of it kept
                         break
