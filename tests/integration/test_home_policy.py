@@ -15,7 +15,7 @@ from test_drift_cli import drift
 from test_drift_snapshot import settled, snapshot_path
 
 from graven.errors import PolicyError
-from graven.signing.keys import KeyStore
+from graven.signing.keys import KeyStore, load_public_key
 from helpers_deploy import World
 from helpers_repo import run_cli
 
@@ -332,3 +332,30 @@ def test_a_key_id_in_the_policy_is_read_in_either_case(
     assert code == 0, err
     code, out, err = run_cli(capsys, "keys", "list")
     assert code == 0 and "trusted for prod (policy.toml)" in out, out + err
+
+
+def test_keys_list_shows_what_verify_decides_for_an_environment_of_revoked_keys(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An [env.NAME] whose keys are all revoked (here in policy.toml, by an upper-case key id, the key
+    named by a path relative to the policy) trusts no key: verify --env and deploy refuse everything
+    there. `graven keys list` said so only of a section that names no key at all."""
+    digest = world.build()
+    _, public = _release_key(tmp_path)
+    (world.home / "release.pub").write_bytes(public.read_bytes())
+    code, out, _ = run_cli(capsys, "keys", "list", "--json")
+    own = json.loads(out)["signing"][0]["keyid"]
+    release = load_public_key(public).keyid
+    _policy(world, f'revoked = ["SHA256:{own.upper()}"]\n[env.prod]\nkeys = ["release.pub", "{own}"]\n')
+    (world.home / "trust" / "revoked").write_text(f"{release}\n")
+    code, _, _ = run_cli(capsys, "verify", digest, "--env", "prod")
+    assert code == 1  # no unrevoked key is trusted for prod
+    code, out, err = run_cli(capsys, "keys", "list", "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    assert listed["revoked"] == sorted([own, release])
+    [prod] = listed["policy"]["environments"]
+    assert prod["name"] == "prod" and all(k["revoked"] for k in prod["keys"]) and len(prod["keys"]) == 2
+    code, out, err = run_cli(capsys, "keys", "list")
+    assert code == 0, err
+    assert "no key is trusted for prod" in out and "nothing can be deployed there" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -99,18 +98,21 @@ def generate_cmd(args: argparse.Namespace) -> int:
 def list_cmd(args: argparse.Namespace) -> int:
     """List signing keys and trusted public keys."""
     as_json: bool = args.as_json
-    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.provenance import load_policy
     from graven.signing.keys import KeyStore
-    from graven.signing.trust import TrustPolicy, load_trust_dir
+    from graven.signing.trust import load_trust_dir
 
-    home = Home.from_env()
+    ctx = _closing(Context.from_env())
+    home = ctx.home
     signing = KeyStore(home.keys).list()
-    trusted = load_trust_dir(home.trust)  # a missing trust/ is empty; a file there is refused
-    # with trust/: an [env.NAME] may name a key there by its id, as deploy and verify accept
-    policy = TrustPolicy.load(home.trust, home.policy) if os.path.lexists(home.policy) else None
+    # the policy every check enforces (verify, deploy, build, push, pull, drift), read as they read it
+    effective = load_policy(ctx, memo=False)
+    trusted = load_trust_dir(home.trust)  # which of its default keys trust/ holds (a missing one: none)
+    policy = effective if effective.policy_file is not None else None
     mine = {k.keyid for k in trusted}
-    extra = [k for k in policy.keys if k.keyid not in mine] if policy is not None else []  # besides trust/
-    revoked = _revoked(home.trust / "revoked") | (policy.revoked if policy is not None else frozenset())
+    extra = [k for k in effective.keys if k.keyid not in mine]  # besides trust/: the policy's keys
+    revoked = effective.revoked  # trust/revoked and the policy's revoked
     if as_json:
 
         def shown(keys: Iterable[VerifyingKey]) -> list[dict[str, object]]:
@@ -123,7 +125,7 @@ def list_cmd(args: argparse.Namespace) -> int:
                 "policy": None
                 if policy is None
                 else {
-                    "path": str(home.policy),
+                    "path": str(policy.policy_file),
                     "keys": shown(extra),
                     "environments": [
                         {"name": name, "keys": shown(keys)}
@@ -150,16 +152,13 @@ def list_cmd(args: argparse.Namespace) -> int:
         print("no keys; create one with `graven keys generate`")
         return 0
     print_table(["role", "name", "type", "keyid"], rows)
-    if policy is not None and any(not keys for keys in policy.environments.values()):
-        empty = sorted(name for name, keys in policy.environments.items() if not keys)
-        print(f"no key is trusted for {', '.join(empty)} ({home.policy}): nothing can be deployed there")
+    # no unrevoked key (its section names none, or only revoked ones): verify and deploy refuse it all
+    empty = sorted(name for name in effective.environments if not effective.keys_for(name))
+    if policy is not None and empty:
+        print(
+            f"no key is trusted for {', '.join(empty)} ({policy.policy_file}): nothing can be deployed there"
+        )
     return 0
-
-
-def _revoked(path: Path) -> frozenset[str]:
-    from graven.service.provenance import read_revoked  # the one reader verify and deploy use too
-
-    return read_revoked(path)
 
 
 def export_cmd(args: argparse.Namespace) -> int:
