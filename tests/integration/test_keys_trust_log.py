@@ -103,6 +103,28 @@ def test_trust_and_revoke_report_as_json(
     assert out.rstrip().endswith(", but it is revoked")
 
 
+def test_trusting_a_key_the_home_policy_revokes_says_where(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """keys trust read only trust/revoked: a key policy.toml revokes was reported as trusted and
+    not revoked, while verify and deploy refuse it; a policy that cannot be read refuses the trust."""
+    assert run_cli(capsys, "keys", "generate", "--name", "ci", "--no-trust")[0] == 0
+    (tmp_path / "ci.pub").write_text(run_cli(capsys, "keys", "export", "ci")[1])
+    policy = home / "policy.toml"
+    policy.write_text('revoked = ["not a key id"]\n')
+    code, out, err = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"))
+    assert code == 2 and f"{policy}: revoked entry" in err and _trusted(home) == []
+    policy.write_text("")
+    code, out, err = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"), "--json")
+    assert code == 0, err
+    keyid = json.loads(out)["keyid"]
+    assert json.loads(out)["revoked"] is False
+    policy.write_text(f'revoked = ["SHA256:{keyid.upper()}"]\n')
+    code, out, err = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"), "--json")
+    assert code == 0 and json.loads(out)["revoked"] is True
+    assert f"warning: key {keyid} is revoked in {policy}: it stays refused" in err
+
+
 @pytest.mark.parametrize("command", ["generate", "trust", "revoke"])
 @pytest.mark.parametrize("trust_dir", ["world-writable", "dangling-link"])
 def test_an_unsafe_trust_directory_is_refused_before_anything_is_logged_or_written(

@@ -186,10 +186,10 @@ def trust_cmd(args: argparse.Namespace) -> int:
         raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
     home = Home.from_env()
     result = trust_public_key(home, pem, pem_file.name)
-    if result.revoked:  # trusted and revoked: revocation wins everywhere (verify, deploy, build)
+    if result.revoked_in is not None:  # trusted and revoked: revocation wins (verify, deploy, build)
         sys.stderr.write(
-            f"graven: warning: key {result.keyid} is revoked in {home.trust / 'revoked'}: it stays refused "
-            "everywhere until that line is removed\n"
+            f"graven: warning: key {result.keyid} is revoked in {result.revoked_in}: it stays refused "
+            "everywhere until that entry is removed\n"
         )
     if args.as_json:
         emit_json(

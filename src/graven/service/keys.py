@@ -44,21 +44,27 @@ class GeneratedKey(Frozen):
 
 
 class TrustedKey(Frozen):
-    """A key now trusted: its id, its file in ``trust/``, whether this call added it, whether it is
-    revoked all the same (revocation wins everywhere)."""
+    """A key now trusted: its id, its file in ``trust/``, whether this call added it, and where it is
+    revoked all the same (``revoked_in``: ``trust/revoked`` or the home's policy.toml; None when it is
+    not: revocation wins everywhere)."""
 
-    __slots__ = ("changed", "keyid", "path", "revoked")
-    _fields = ("keyid", "path", "changed", "revoked")
+    __slots__ = ("changed", "keyid", "path", "revoked_in")
+    _fields = ("keyid", "path", "changed", "revoked_in")
     keyid: str
     path: Path
     changed: bool
-    revoked: bool
+    revoked_in: Path | None
 
-    def __init__(self, keyid: str, path: Path, changed: bool, revoked: bool) -> None:
+    def __init__(self, keyid: str, path: Path, changed: bool, revoked_in: Path | None) -> None:
         _set(self, "keyid", keyid)
         _set(self, "path", path)
         _set(self, "changed", changed)
-        _set(self, "revoked", revoked)
+        _set(self, "revoked_in", revoked_in)
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the key is revoked (it stays refused everywhere)."""
+        return self.revoked_in is not None
 
 
 class KeyChange(Frozen):
@@ -98,16 +104,29 @@ def trust_public_key(home: Home, pem: bytes, source: str) -> TrustedKey:
     """Trust the public key ``pem`` (read from ``source``, named in the log entry) for verifying
     provenance; trusting it again changes nothing and logs nothing."""
     from graven.service.provenance import read_revoked
-    from graven.signing.trust import make_trust_dir, store_trusted_key, trust_key, trusted_key_path
+    from graven.signing.trust import (
+        TrustPolicy,
+        make_trust_dir,
+        store_trusted_key,
+        trust_key,
+        trusted_key_path,
+    )
 
     keyid, _ = trust_key(pem)  # not a usable public key: InputError, before anything is written
+    # the home's policy.toml as every check reads it: one that cannot be read is refused (exit 2, naming
+    # it) before anything is written, as verify and deploy would refuse everything
+    policy = TrustPolicy.load(None, home.policy) if os.path.lexists(home.policy) else None
     make_trust_dir(home.trust)  # refused before anything is logged
     path, already = trusted_key_path(home.trust, pem)
     if not already:
         _log(home, "key-trusted", f"key {keyid} from {source}")
         path = store_trusted_key(home.trust, pem)
-    revoked = keyid in read_revoked(home.trust / "revoked")
-    return TrustedKey(keyid, path, not already, revoked)
+    revoked_in: Path | None = None
+    if keyid in read_revoked(home.trust / "revoked"):
+        revoked_in = home.trust / "revoked"
+    elif policy is not None and keyid in policy.revoked:
+        revoked_in = home.policy
+    return TrustedKey(keyid, path, not already, revoked_in)
 
 
 def revoke_key(home: Home, keyid: str) -> KeyChange:
