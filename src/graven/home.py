@@ -3,7 +3,8 @@
 ``GRAVEN_HOME`` defaults to ``$XDG_DATA_HOME/graven``, else ``~/.local/share/graven``::
 
     objects/        the content-addressed store (see graven.store.local); objects/tmp/ also holds
-                    push's and pull's scratch directories (LocalStore.scratch_dir)
+                    the scratch directories of push, pull and verify --rebuild
+                    (LocalStore.scratch_dir)
     graven.db       the metadata database (SQLite, WAL) unless GRAVEN_DB_URL names another
     keys/           private (0600) and public signing keys; records.hmac (0600), the key that
                     authenticates the stat records beside deployments (graven.deploy.recordkey)

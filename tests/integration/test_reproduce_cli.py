@@ -377,3 +377,63 @@ def test_memory_headroom_is_the_least_a_cgroup_or_its_parents_allow(tmp_path: Pa
     )
     assert hermetic._memory_headroom(cgroups, mounted) == 4 << 30
     assert hermetic._memory_headroom(tmp_path / "missing", mounted) == unlimited
+
+
+def test_a_rebuild_killed_during_diffoscope_leaves_nothing_for_good(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify --rebuild wrote the recorded files for diffoscope in $TMPDIR/graven-rebuild-*: one killed
+    with SIGKILL left them there for good. They go to the store's tmp/, where the next rebuild (or
+    build, import, push, pull) removes them; the killed rebuild's workspace is reclaimed as ever."""
+    import contextlib
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))  # in-process: gettempdir() caches it
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    started = tmp_path / "diffoscope-started"
+    fake = tools / "diffoscope"
+    fake.write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out", STAMP))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "graven", "verify", digest, "--rebuild"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reached = started.exists()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        _, err_bytes = proc.communicate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the stand-in diffoscope it started
+    assert reached, err_bytes.decode()
+    store_tmp = graven_home / "objects" / "tmp"
+    assert [entry.name.split("-")[0] for entry in store_tmp.iterdir()] == ["rebuild"]
+    assert not [entry for entry in system_tmp.iterdir() if entry.name.startswith("graven-rebuild-")]
+
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    code, _, err = run_cli("verify", digest, "--rebuild")
+    assert code == 1 and "differs: out/stamp.txt: content" in err
+    assert list(store_tmp.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []  # the killed rebuild's workspace was reclaimed too

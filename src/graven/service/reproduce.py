@@ -4,11 +4,13 @@ As ``nix build --check`` and ``guix challenge`` do: the signed provenance names 
 repository and the fetched inputs; the rebuild reads the commit from that repository (a ``file://``
 or local path, else the one given with ``-C``), restores the fetched inputs from the store when they
 are all there (so it runs offline), runs the pipeline of that commit and compares the manifest with
-the stored one. Nothing is written to the store or the database.
+the stored one. Nothing is stored and the database is not changed (the recorded files shown to
+diffoscope are written out in the store's tmp/ and removed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -23,7 +25,7 @@ from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
 from graven.build.sandbox import SANDBOX_NONE
 from graven.build.tree import collect_tree
 from graven.core.globs import Selection
-from graven.errors import InputError, NotFoundError, PolicyError, VerificationError
+from graven.errors import BackendError, InputError, NotFoundError, PolicyError, VerificationError
 from graven.model.digest import Digest
 from graven.model.manifest import FileEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, parse_pipeline
@@ -238,8 +240,14 @@ def _with_diffoscope(ctx: Context, differences: list[Difference], rebuilt_root: 
     ]
     if not wanted or shutil.which("diffoscope") is None:
         return differences
-    with tempfile.TemporaryDirectory(prefix="graven-rebuild-") as tmp:
-        recorded_root = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        # in the store's tmp/ (a recorded file may be large; a tmpfs /tmp small), where the next
+        # rebuild's clean_tmp removes what a killed one left; in $TMPDIR where the home is read-only
+        try:
+            ctx.store.clean_tmp()
+            recorded_root = stack.enter_context(ctx.store.scratch_dir("rebuild"))
+        except BackendError:
+            recorded_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="graven-rebuild-")))
         for item in wanted:
             assert isinstance(item.a, FileEntry)
             target = recorded_root / item.path
