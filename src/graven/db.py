@@ -637,7 +637,15 @@ class _SqliteDatabase:
         import tempfile
 
         if self._copy is None:
-            copy = tempfile.mkdtemp(prefix="graven-db-")
+            # in $TMPDIR (the home is read-only, or full); named after this process, so that the next
+            # read-only open removes the copy a killed graven left (this home's WAL stays, so that is
+            # the next command run on it)
+            from pathlib import Path
+
+            from graven.store.local import remove_dead_dirs, writer_prefix
+
+            remove_dead_dirs(Path(tempfile.gettempdir()), "graven-db-")
+            copy = tempfile.mkdtemp(prefix=writer_prefix("graven-db-"))
             try:
                 shutil.copyfile(self.path, os.path.join(copy, "graven.db"))
                 shutil.copyfile(wal, os.path.join(copy, "graven.db-wal"))

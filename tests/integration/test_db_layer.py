@@ -444,6 +444,8 @@ def test_a_read_only_home_with_commits_in_its_write_ahead_log_shows_them(
     made.close()
     copy = tmp_path / "copy"
     copy.mkdir()
+    (tmp_path / "system-tmp").mkdir(exist_ok=True)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "system-tmp"))
     for name in ("graven.db", "graven.db-wal"):  # no -shm: it is not copied, or not writable
         shutil.copyfile(live / name, copy / name)
     holder.close()
@@ -464,6 +466,42 @@ def test_a_read_only_home_with_commits_in_its_write_ahead_log_shows_them(
     finally:
         db.close()
     assert sorted(p.name for p in copy.iterdir()) == ["graven.db", "graven.db-wal"]  # untouched
+
+
+def test_a_read_only_open_removes_the_copy_a_killed_graven_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The private copy of a read-only database and its WAL is made in $TMPDIR (the home cannot hold
+    it): a graven killed while it read left graven-db-* there for good. It is named after its
+    process, and the next read-only open removes those whose process is gone, and only those."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from graven.store.local import writer_prefix
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, tempfile; from graven.store.local import writer_prefix; "
+            f"tempfile.mkdtemp(prefix=writer_prefix('graven-db-'), dir={str(system_tmp)!r}); "
+            "os.kill(os.getpid(), 9)",
+        ],
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert len(os.listdir(system_tmp)) == 1  # the killed one's copy
+    running = Path(tempfile.mkdtemp(prefix=writer_prefix("graven-db-"), dir=system_tmp))  # this process
+    foreign = system_tmp / "graven-db-abc123"  # another graven's name, or not graven's: kept
+    foreign.mkdir()
+    test_a_read_only_home_with_commits_in_its_write_ahead_log_shows_them(tmp_path, monkeypatch)
+    # the dead one removed; the private copy made meanwhile gone with the database
+    assert sorted(os.listdir(system_tmp)) == sorted([running.name, foreign.name])
 
 
 @pytest.mark.parametrize(

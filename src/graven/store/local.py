@@ -1187,6 +1187,35 @@ def _writer_name() -> str:
     return _WRITER[0][1]
 
 
+def writer_prefix(prefix: str) -> str:
+    """``PREFIXPID-START-HOST-``: how a temp directory outside the store made by this process starts
+    (``prefix`` ends with ``-``), so that :func:`remove_dead_dirs` can tell when its maker is gone."""
+    return f"{prefix}{_writer_name()}-"
+
+
+def remove_dead_dirs(directory: Path, prefix: str) -> int:
+    """Remove this user's directories ``PREFIXPID-START-HOST-*`` (:func:`writer_prefix`) in
+    ``directory`` whose maker is known to be gone (this host and pid namespace; never by age: the
+    directory may be a shared $TMPDIR); how many. Best effort: an error leaves the entry."""
+    import shutil
+
+    removed = 0
+    me = os.geteuid()
+    try:
+        names = [name for name in os.listdir(directory) if name.startswith(prefix)]
+    except OSError:
+        return 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = (directory / name).lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
+                continue
+            if _writer_state("x-" + name[len(prefix) :]) == "gone":
+                shutil.rmtree(directory / name)
+                removed += 1
+    return removed
+
+
 def _writer_state(name: str) -> str:
     """Whether the process that made the temp file ``name`` (``PREFIX-PID-START-HOST-...``,
     :meth:`_tmp_file`) still runs ("alive": a batch keeps its files until it commits, however long it
