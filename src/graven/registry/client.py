@@ -28,6 +28,7 @@ from graven.registry.oci import (
     MAX_MANIFEST_SIZE,
     Descriptor,
     Reference,
+    is_loopback,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
 _MAX_TOKEN_BODY = 1 << 20  # of a token service's answer
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
-_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 class RegistryClient:
@@ -149,7 +149,7 @@ class RegistryClient:
             registry = httpx.URL(self.reference.base)
             if (
                 realm_url.scheme != "https"
-                and realm_url.host not in _LOOPBACK
+                and not is_loopback(realm_url.host)
                 and (registry.scheme == "https" or realm_url.host != registry.host)
             ):
                 raise BackendError(

@@ -20,6 +20,7 @@ annotation's digest is a claim: a pull recomputes the artifact's digest from the
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any
@@ -73,7 +74,6 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _HOST = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
-_LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 _EXAMPLE = "registry.example.com/team/shop:v1 (or host:port/repository@sha256:...)"
 
 
@@ -81,7 +81,8 @@ class Reference(Frozen):
     """Where an artifact is in a registry: ``[http://|https://]HOST[:PORT]/REPOSITORY[:TAG][@DIGEST]``.
 
     HTTPS unless the reference says ``http://`` or the host is this machine's loopback (``localhost``
-    in any case, ``127.0.0.1``, ``[::1]``), as Docker treats those. A port is 1 to 65535."""
+    in any case, 127.0.0.0/8, ``[::1]``: :func:`is_loopback`), as Docker treats those. A port is 1 to
+    65535."""
 
     __slots__ = ("digest", "host", "repository", "scheme", "tag")
     _fields = ("scheme", "host", "repository", "tag", "digest")
@@ -171,10 +172,21 @@ def _split_port(host: str) -> tuple[str, str | None]:
     return host[:end] + name, port if colon else None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (no port; an IPv6 address with or without its brackets) is this machine's
+    loopback: ``localhost`` in any case, any address of 127.0.0.0/8, ``::1`` in any spelling (as Docker
+    treats them: plain HTTP is allowed there)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _default_scheme(host: str) -> str:
-    """Plain HTTP for this machine's loopback (as Docker has it; a host name in any case), else
-    HTTPS."""
-    return "http" if _split_port(host)[0].lower() in _LOOPBACK else "https"
+    """Plain HTTP for this machine's loopback (:func:`is_loopback`), else HTTPS."""
+    return "http" if is_loopback(_split_port(host)[0]) else "https"
 
 
 class Descriptor(Frozen):

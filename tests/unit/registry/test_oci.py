@@ -44,6 +44,12 @@ OTHER = "sha256:" + "cd" * 32
         ("LocalHost/shop", "http", "LocalHost", "shop", None, None),
         ("Registry.Example.COM:65535/shop", "https", "Registry.Example.COM:65535", "shop", None, None),
         ("[::1]:1/shop", "http", "[::1]:1", "shop", None, None),
+        # the whole loopback, as Docker has it: 127.0.0.0/8 and ::1 in any spelling; nothing else
+        ("127.0.0.2:5000/shop", "http", "127.0.0.2:5000", "shop", None, None),
+        ("[0:0::1]:5000/shop", "http", "[0:0::1]:5000", "shop", None, None),
+        ("128.0.0.1:5000/shop", "https", "128.0.0.1:5000", "shop", None, None),
+        ("localhost.example.com/shop", "https", "localhost.example.com", "shop", None, None),
+        ("[::2]:5000/shop", "https", "[::2]:5000", "shop", None, None),
     ],
 )
 def test_references(  # noqa: PLR0917 - one parameter per column
@@ -229,3 +235,10 @@ def test_any_text_is_a_reference_or_an_input_error(text: str) -> None:
         return
     assert ref.scheme in ("http", "https") and ref.repository and "/" not in ref.host
     assert Reference.parse(str(ref)) == ref
+
+
+def test_is_loopback_takes_any_spelling_of_this_machines_addresses() -> None:
+    from graven.registry.oci import is_loopback
+
+    assert all(map(is_loopback, ["localhost", "LOCALHOST", "127.0.0.1", "127.255.0.9", "::1", "[::1]"]))
+    assert not any(map(is_loopback, ["", "localhost.", "10.0.0.1", "[::2]", "::ffff:8.8.8.8", "host"]))
