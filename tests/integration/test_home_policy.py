@@ -359,3 +359,30 @@ def test_keys_list_shows_what_verify_decides_for_an_environment_of_revoked_keys(
     code, out, err = run_cli(capsys, "keys", "list")
     assert code == 0, err
     assert "no key is trusted for prod" in out and "nothing can be deployed there" in out
+
+
+def test_keys_list_says_when_every_default_key_is_revoked(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every key trusted by default revoked: verify refuses every artifact; `keys list` only marked
+    each key "(revoked)"."""
+    digest = world.build()
+    code, out, _ = run_cli(capsys, "keys", "list", "--json")
+    own = json.loads(out)["signing"][0]["keyid"]
+    code, out, _ = run_cli(capsys, "keys", "list")
+    assert code == 0 and "revoked: verify refuses" not in out
+    _policy(world, f'revoked = ["{own}"]\n')
+    assert run_cli(capsys, "verify", digest)[0] == 1
+    code, out, err = run_cli(capsys, "keys", "list")
+    assert code == 0, err
+    assert out.rstrip().splitlines()[-1] == (
+        "every key trusted by default is revoked: verify refuses every artifact, and deploy does outside "
+        "the environments the policy gives keys of their own"
+    )
+    (world.home / "policy.toml").unlink()
+    (world.home / "trust" / "revoked").write_text(f"{own}\n")
+    code, out, _ = run_cli(capsys, "keys", "list")
+    assert (
+        out.rstrip().splitlines()[-1]
+        == "every key trusted by default is revoked: verify refuses every artifact"
+    )

@@ -158,6 +158,17 @@ def list_cmd(args: argparse.Namespace) -> int:
         print(
             f"no key is trusted for {', '.join(empty)} ({policy.policy_file}): nothing can be deployed there"
         )
+    if effective.keys and not effective.keys_for():
+        # every default key is revoked: verify refuses every artifact, and so do the environments
+        # without keys of their own
+        print(
+            "every key trusted by default is revoked: verify refuses every artifact"
+            + (
+                ", and deploy does outside the environments the policy gives keys of their own"
+                if policy
+                else ""
+            )
+        )
     return 0
 
 
