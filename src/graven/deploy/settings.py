@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+from graven.core.names import ENV_NAME_PATTERN
 from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError
 from graven.model.manifest import TreeManifest
@@ -29,7 +30,7 @@ __all__ = [
     "resolve_env",
 ]
 
-ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
 LIBRARY_ROOT_HINT = "pass DeployOptions(root=DIR)"
 """How a library caller gives the deploy root, said in :class:`RootHintError` messages (the command line

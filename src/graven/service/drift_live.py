@@ -11,6 +11,7 @@ import re
 from typing import NamedTuple
 
 from graven.core.drift_order import place_check
+from graven.core.names import ENV_NAME_PATTERN
 from graven.db import Connection, Row
 from graven.errors import InputError, NeverDeployedError, NotFoundError
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DriftTarget", "artifact_row", "live_targets", "place", "still_live"]
 
-_ENV_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
 
 class DriftTarget(NamedTuple):
@@ -68,7 +69,7 @@ def artifact_row(conn: Connection, digest: str) -> Row | None:
 def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
     """The live environments (all of them, or those named); a named one must be live."""
     for env in envs:
-        if not _ENV_NAME.fullmatch(env):  # graven.deploy.settings.ENV_NAME, without importing it
+        if not _ENV_NAME.fullmatch(env):  # deploy's rule, without importing graven.deploy.settings
             raise InputError(
                 f"invalid environment name {env!r}: use 1 to 64 lowercase letters, digits, '.', '_', '-', "
                 "starting with a letter or digit"

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from graven.core.names import ENV_NAME_PATTERN
 from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
 from graven.home import make_home_dir, policy_key_id, policy_key_path
@@ -48,6 +49,7 @@ from graven.strictmodes import first_problem, walk
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 __all__ = [
+    "ENV_NAME_PATTERN",
     "TRUSTED_KEY_SUFFIXES",
     "TrustPolicy",
     "VerifiedProvenance",
@@ -62,9 +64,7 @@ TRUSTED_KEY_SUFFIXES = (".pub", ".pem")
 _KEYID = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 _POLICY_FIELDS = frozenset({"keys", "revoked", "env"})
 _ENV_FIELDS = frozenset({"keys"})
-# the environment names deploy takes (graven.deploy.settings.ENV_NAME; signing imports nothing of deploy)
-ENV_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
-_ENV_NAME = re.compile(ENV_NAME_PATTERN)
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)  # the environment names deploy takes
 
 
 def trust_key(pem_bytes: bytes) -> tuple[str, bytes]:
