@@ -835,7 +835,7 @@ class LocalStore:
         import tempfile
 
         try:
-            path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{_writer_name()}-", dir=self._tmp))
+            path = Path(tempfile.mkdtemp(prefix=writer_prefix(f"{prefix}-"), dir=self._tmp))
         except OSError as exc:
             raise self.write_error(exc) from exc
         try:
