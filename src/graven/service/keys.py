@@ -103,7 +103,7 @@ def generate_key(home: Home, name: str, key_type: str = "ed25519", *, trust: boo
 def trust_public_key(home: Home, pem: bytes, source: str) -> TrustedKey:
     """Trust the public key ``pem`` (read from ``source``, named in the log entry) for verifying
     provenance; trusting it again changes nothing and logs nothing."""
-    from graven.service.provenance import read_revoked
+    from graven.service.provenance import revoked_in
     from graven.signing.trust import (
         TrustPolicy,
         make_trust_dir,
@@ -121,12 +121,7 @@ def trust_public_key(home: Home, pem: bytes, source: str) -> TrustedKey:
     if not already:
         _log(home, "key-trusted", f"key {keyid} from {source}")
         path = store_trusted_key(home.trust, pem)
-    revoked_in: Path | None = None
-    if keyid in read_revoked(home.trust / "revoked"):
-        revoked_in = home.trust / "revoked"
-    elif policy is not None and keyid in policy.revoked:
-        revoked_in = home.policy
-    return TrustedKey(keyid, path, not already, revoked_in)
+    return TrustedKey(keyid, path, not already, revoked_in(home, keyid, policy))
 
 
 def revoke_key(home: Home, keyid: str) -> KeyChange:

@@ -31,7 +31,7 @@ from graven.errors import (
     PolicyError,
     VerificationError,
 )
-from graven.home import check_home
+from graven.home import Home, check_home
 from graven.model.digest import Digest
 from graven.service.context import Context, utc_now
 from graven.service.records import insert_ignore
@@ -83,10 +83,11 @@ def resolve_signing_key(ctx: Context) -> SigningKey:
     # that cannot be read stops the build here, as it would stop the verify and deploy after it
     policy = load_policy(ctx, memo=False)
     if key.keyid in policy.revoked:
+        found = revoked_in(ctx.home, key.keyid, policy)
         where = (
             "GRAVEN_HOME/trust/revoked"
-            if key.keyid in read_revoked(ctx.home.trust / REVOKED_FILE) or policy.policy_file is None
-            else f"revoked in {policy.policy_file}"
+            if found in (None, ctx.home.trust / REVOKED_FILE)
+            else f"revoked in {found}"
         )
         raise PolicyError(
             f"the signing key {key.keyid[:16]} is revoked ({where}): what it signs "
@@ -197,6 +198,19 @@ def record_attestation(conn: Connection, artifact: str, envelope_digest: str, ke
 
 
 _KEY_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def revoked_in(home: Home, keyid: str, policy: TrustPolicy | None) -> Path | None:
+    """Where ``keyid`` is revoked: ``trust/revoked`` of ``home`` (first), else the file of ``policy``
+    (the home's policy.toml as read by :meth:`TrustPolicy.load` or :func:`load_policy`); None when
+    it is not."""
+    revoked_file = home.trust / REVOKED_FILE
+    if keyid in read_revoked(revoked_file):
+        return revoked_file
+    if policy is not None and keyid in policy.revoked:
+        named: Path | None = policy.policy_file
+        return named
+    return None
 
 
 def read_revoked(path: Path) -> frozenset[str]:
