@@ -14,7 +14,7 @@ from typing import Any
 
 from graven.deploy.fscheck import plan_release_support
 from graven.deploy.layout import EnvLayout
-from graven.deploy.materialize import Transfer, check_release, integrity_error, plan_transfer, verify_objects
+from graven.deploy.materialize import Transfer, integrity_error, plan_transfer, verify_objects
 from graven.deploy.plan import TreeDiff, config_diff, diff_manifests, evaluate_policy, short
 from graven.deploy.recordkey import KEY_FILE
 from graven.deploy.settings import check_env_name, config_files
@@ -24,7 +24,7 @@ from graven.model.digest import Digest
 from graven.model.manifest import TreeManifest
 from graven.service.artifacts import load_manifest, resolve_digest
 from graven.service.context import Context
-from graven.service.deploy_release import check_links
+from graven.service.deploy_release import check_links, check_on_disk
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.deploy_verify import (
     check_location,
@@ -100,15 +100,7 @@ def _transfer(ctx: Context, target: Target, layout: EnvLayout, live_hex: str | N
     release = layout.release(target.digest.hex)
     reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
     if release.is_dir():
-        hex_digest = target.digest.hex
-        if check_release(
-            release,
-            target.manifest,
-            table,
-            store_inode=ctx.store.loose_inode,
-            owner=table.owner(hex_digest),
-            group=table.group(hex_digest),
-        ).ok:
+        if check_on_disk(ctx, layout, target.digest.hex, target.manifest, table).ok:
             return Transfer(0, ())
         reuse = release
     return plan_transfer(target.manifest, table, reuse_root=reuse)

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graven.deploy.layout import EnvLayout
-from graven.deploy.materialize import BuildStats, build_release, check_release, integrity_error, remove_tree
+from graven.deploy.materialize import (
+    BuildStats,
+    ReleaseCheck,
+    build_release,
+    check_release,
+    integrity_error,
+    remove_tree,
+)
 from graven.deploy.plan import ReleaseInfo, plan_retention, short
 from graven.deploy.settings import EnvSettings
 from graven.deploy.statdb import DIR_SHA, StatTable
@@ -19,6 +26,7 @@ from graven.errors import BackendError, GravenError, InputError, IntegrityError
 from graven.home import make_dirs
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
+from graven.model.manifest import TreeManifest
 from graven.service.context import Context
 from graven.service.deploy_types import Target
 from graven.service.environments import EnvState
@@ -54,6 +62,30 @@ def _check_progress(ctx: Context) -> Callable[[int, int], None]:
     return lambda done, total: ctx.reporter.progress(CHECK_STAGE, done, total)
 
 
+def check_on_disk(
+    ctx: Context,
+    layout: EnvLayout,
+    hex_digest: str,
+    manifest: TreeManifest,
+    table: StatTable,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReleaseCheck:
+    """``releases/<hex_digest>`` checked against ``manifest`` as a deployment checks a release on disk:
+    by the stat records of ``table`` (re-hashing what changed), refusing a hard link to the store's own
+    object, with the owner and group the release was deployed with. One test, so that ``deploy --plan``
+    decides on the release on disk as the deployment does."""
+    return check_release(
+        layout.release(hex_digest),
+        manifest,
+        table,
+        store_inode=ctx.store.loose_inode,
+        owner=table.owner(hex_digest),
+        group=table.group(hex_digest),
+        progress=progress,
+    )
+
+
 def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: str | None) -> None:
     """Remove what killed deployers left (``.tmp-*``, ``.trash-*``). A killed deployer had hard-linked
     live files into its release, which changed their ctime before their records were saved: so that
@@ -77,15 +109,7 @@ def _refresh_live(ctx: Context, layout: EnvLayout, table: StatTable, live_hex: s
 
     with contextlib.suppress(GravenError, OSError):
         manifest = load_manifest(ctx, Digest(live_hex))
-        check = check_release(
-            layout.release(live_hex),
-            manifest,
-            table,
-            store_inode=ctx.store.loose_inode,
-            owner=table.owner(live_hex),
-            group=table.group(live_hex),
-            progress=_check_progress(ctx),
-        )
+        check = check_on_disk(ctx, layout, live_hex, manifest, table, progress=_check_progress(ctx))
         if check.rehashed:
             table.save(layout.stat_file, ctx.record_key)
 
@@ -99,15 +123,7 @@ def ensure_release(
     release = layout.release(hex_digest)
     reuse: Path | None = layout.release(live_hex) if live_hex is not None else None
     if release.is_dir():
-        check = check_release(
-            release,
-            target.manifest,
-            table,
-            store_inode=ctx.store.loose_inode,
-            owner=table.owner(hex_digest),
-            group=table.group(hex_digest),
-            progress=_check_progress(ctx),
-        )
+        check = check_on_disk(ctx, layout, hex_digest, target.manifest, table, progress=_check_progress(ctx))
         if check.ok:
             # deployed before owners (or groups) were recorded: its directory's checked out with every path
             recorded = table.owner(hex_digest) is not None and table.group(hex_digest) is not None
