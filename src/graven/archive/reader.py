@@ -311,13 +311,7 @@ def read_archive(
                     ) from None
                 raise InputError(f"{path}: corrupt zstd data ({exc})") from None
             raise
-    parents = {p.rpartition("/")[0] for p in (*entries, *dirs)}
-    ancestors: set[str] = set()
-    for start in parents:
-        parent = start
-        while parent and parent not in ancestors:
-            ancestors.add(parent)
-            parent = parent.rpartition("/")[0]
+    ancestors = paths.implied_dirs((*entries, *dirs))  # a directory with entries below is no DirEntry
     for directory in dirs:
         if directory not in ancestors:
             entries[directory] = DirEntry(directory)

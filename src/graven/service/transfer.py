@@ -539,14 +539,22 @@ def _bad_claim(path: Path, key: str, value: object, why: str) -> InputError:
     return InputError(f"{path}: the archive's {key} claim {_shown(value)} is not valid: {why}")
 
 
-def _claimed_digest(path: Path, claims: dict[str, Any]) -> str | None:
-    """The ``digest`` claim (``sha256:<64 hex>``), or None when there is none."""
-    value = claims.get("digest")
+def _claimed_text(
+    path: Path, claims: dict[str, Any], key: str, pattern: re.Pattern[str], rule: str
+) -> str | None:
+    """The ``key`` claim, a string that ``pattern`` matches in full (``rule`` says how it must be), or
+    None when there is none."""
+    value = claims.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
-        raise _bad_claim(path, "digest", value, "it must be sha256:<64 lowercase hex digits>")
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise _bad_claim(path, key, value, rule)
     return value
+
+
+def _claimed_digest(path: Path, claims: dict[str, Any]) -> str | None:
+    """The ``digest`` claim (``sha256:<64 hex>``), or None when there is none."""
+    return _claimed_text(path, claims, "digest", _DIGEST, "it must be sha256:<64 lowercase hex digits>")
 
 
 def _claimed_name(path: Path, claims: dict[str, Any]) -> str | None:
@@ -565,12 +573,7 @@ def _claimed_name(path: Path, claims: dict[str, Any]) -> str | None:
 
 def _claimed_commit(path: Path, claims: dict[str, Any]) -> str | None:
     """The ``commit`` claim (40 or 64 lowercase hex digits), or None when there is none."""
-    value = claims.get("commit")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _COMMIT.fullmatch(value):
-        raise _bad_claim(path, "commit", value, "it must be 40 or 64 lowercase hex digits")
-    return value
+    return _claimed_text(path, claims, "commit", _COMMIT, "it must be 40 or 64 lowercase hex digits")
 
 
 def _claimed_epoch(path: Path, claims: dict[str, Any]) -> int:
