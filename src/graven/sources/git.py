@@ -474,6 +474,17 @@ class _Objects:
         """The error for an object this repository does not have."""
         return _missing(oid, self._err)
 
+    def checked(self, oid: str, kind: str) -> bytes | None:
+        """The content of the object ``oid``, checked against its id, when it is a ``kind`` (tree,
+        blob); None when it is another kind; :meth:`missing` raised when the repository lacks it."""
+        found = self.request(oid)
+        if found is None:
+            raise self.missing(oid)
+        if found[1] != kind:
+            return None
+        _check_object(kind.encode(), found[2], oid)
+        return found[2]
+
     def raise_if_damaged(self) -> None:
         """IntegrityError when git said an object it read does not hash to its id (a revision whose
         commit or tag was planted then looks unknown to git: say what it is)."""
@@ -943,26 +954,18 @@ def _request_file(objects: _Objects, commit: str, raw_commit: bytes, path: str) 
     for name in path.split("/"):
         if mode != b"40000":
             return None  # below a file, a link or a submodule
-        tree = objects.request(oid)
+        tree = objects.checked(oid, "tree")
         if tree is None:
-            raise objects.missing(oid)
-        if tree[1] != "tree":
             return None
-        _check_object(b"tree", tree[2], oid)
-        entry = _tree_entry(tree[2], name.encode("utf-8", "surrogateescape"), oid_size)
+        entry = _tree_entry(tree, name.encode("utf-8", "surrogateescape"), oid_size)
         if entry is None:
             return None
         mode, oid = entry
     symlink = mode == b"120000"
     if not (symlink or mode.startswith(b"100")):
         return None
-    blob = objects.request(oid)
-    if blob is None:
-        raise objects.missing(oid)
-    if blob[1] != "blob":
-        return None
-    _check_object(b"blob", blob[2], oid)
-    return blob[2], symlink
+    blob = objects.checked(oid, "blob")
+    return None if blob is None else (blob, symlink)
 
 
 def _alternate_repositories(git_dirs: list[Path], depth: int = 5) -> list[Path]:

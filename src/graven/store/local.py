@@ -1006,13 +1006,7 @@ class LocalStore:
             return 0
         if len(names) <= (CONSOLIDATE_AT if above is None else above):
             return 0
-        lock = _merges_excluded(self)
-        if lock is None:
-            return 0
-        try:
-            return self._merge_small_packs()
-        finally:
-            os.close(lock)  # releases the lock
+        return _when_merges_excluded(self, self._merge_small_packs)
 
     def _merge_small_packs(self) -> int:
         self._remove_orphan_packs()
@@ -1099,13 +1093,7 @@ class LocalStore:
         they are looked for again under it. Returns how many were removed."""
         if not _orphan_packs(self._packs):  # the common case: no lock taken (nor its file made)
             return 0
-        lock = _merges_excluded(self)
-        if lock is None:
-            return 0
-        try:
-            return self._remove_orphan_packs()
-        finally:
-            os.close(lock)  # releases the lock
+        return _when_merges_excluded(self, self._remove_orphan_packs)
 
     def _reset_index(self, removed: set[Path]) -> None:
         """Forget what was loaded about the packs (``removed`` are gone): the next lookup loads again.
@@ -1652,6 +1640,18 @@ def _merges_excluded(store: LocalStore) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _when_merges_excluded(store: LocalStore, removal: Callable[[], int]) -> int:
+    """``removal()`` (it removes packs: a merge, the orphans) under :func:`_merges_excluded`, and what it
+    returns; 0, nothing done, when that hold cannot be had."""
+    lock = _merges_excluded(store)
+    if lock is None:
+        return 0
+    try:
+        return removal()
+    finally:
+        os.close(lock)  # releases the lock
 
 
 @contextlib.contextmanager
