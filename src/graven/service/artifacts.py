@@ -29,6 +29,7 @@ __all__ = [
     "known_environments",
     "list_artifacts",
     "load_manifest",
+    "not_stored_error",
     "resolve_digest",
     "summarize",
     "verify",
@@ -208,16 +209,34 @@ def load_manifest(ctx: Context, digest: Digest, *, cached: bool = True) -> TreeM
     """Read and verify an artifact's manifest, and parse it: unless ``cached`` is false, the entries come
     from the home's cache of manifests parsed and validated before (:mod:`graven.store.manifest_cache`;
     the store's copy is still read and verified), else from the bytes, and are then kept in that cache."""
+    try:
+        data = ctx.store.read(digest)  # a verified read, cached or not: a missing or corrupt manifest fails
+    except IntegrityError:
+        if not ctx.store.has(digest):
+            raise not_stored_error(ctx, digest) from None
+        raise
     if cached:
         entries = ctx.manifest_cache.get(digest.hex)
         if entries is not None:
-            ctx.store.read(digest)  # still a verified read: a missing or corrupt manifest fails here
             manifest = TreeManifest(entries)
             manifest.__dict__["digest"] = digest  # what the cache entry is bound to
             return manifest
-    manifest = TreeManifest.from_bytes(ctx.store.read(digest))
+    manifest = TreeManifest.from_bytes(data)
     ctx.manifest_cache.put(digest.hex, manifest.entries)
     return manifest
+
+
+def not_stored_error(ctx: Context, digest: Digest) -> IntegrityError:
+    """The error for an artifact the database records but whose manifest this home's store does not
+    hold: pulled or imported by another home whose database this is, or objects lost. Said before
+    anything else is read for it: the first object missing (its provenance, say) would name neither
+    the artifact nor how to get it back."""
+    damage = "; ".join(ctx.store.damage())  # what may explain it, as the store's own error says
+    return IntegrityError(
+        f"{digest} is recorded in the database but not in this home's store ({ctx.home.objects}): "
+        "pull or import it here (`graven pull REGISTRY/REPOSITORY@sha256:...` or `graven import FILE`), "
+        f"or restore GRAVEN_HOME/objects from a backup{'; ' if damage else ''}{damage}"
+    )
 
 
 class Problem(Frozen):

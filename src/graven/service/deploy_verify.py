@@ -29,7 +29,7 @@ from graven.errors import (
 from graven.model.digest import Digest
 from graven.model.logentry import LogEvent
 from graven.model.pipeline import parse_stored_pipeline
-from graven.service.artifacts import get_artifact, load_manifest
+from graven.service.artifacts import get_artifact, load_manifest, not_stored_error
 from graven.service.context import Context
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.environments import HEALTHY, EnvState, healthy_in, rejection, went_live_here
@@ -100,6 +100,8 @@ def verify_target(
     # decides trust, revocation or the environment's keys, so this needs no cryptography on a warm home.
     policy = load_policy(ctx, opts.policy_file, memo=log_failures)  # a plan writes nothing
     try:
+        if not ctx.store.has(digest):  # recorded (by another home, say) but not here: say so first
+            raise not_stored_error(ctx, digest)
         provenances = _verified_provenances(ctx, digest, policy, env)
         verified = provenances[0] if ran_with is None else _ran_with(digest, env, provenances, *ran_with)
         pipeline_digest = verified.statement.pipeline_digest

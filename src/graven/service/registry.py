@@ -72,7 +72,7 @@ class PullResult(NamedTuple):
 def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult:
     """Push artifact ``digest`` to ``target`` (tagged when it names a tag)."""
     from graven.registry.client import RegistryClient
-    from graven.service.artifacts import get_artifact
+    from graven.service.artifacts import get_artifact, not_stored_error
     from graven.service.provenance import load_policy, preferred_envelope
     from graven.service.transfer import export_to_stream
 
@@ -83,6 +83,8 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
     # a policy that cannot be read stops here (exit 2), never taken for "no trusted provenance"
     load_policy(ctx, memo=False)
     record = get_artifact(ctx, digest)
+    if not ctx.store.has(digest):  # recorded (by another home, say) but not here: say so first
+        raise not_stored_error(ctx, digest)
     try:
         envelope, keyid = preferred_envelope(ctx, digest)
     except NotFoundError:  # no envelope at all (an archive imported without one)
