@@ -760,10 +760,15 @@ class _SqliteDatabase:
 
 # -- anything else through SQLAlchemy Core ----------------------------------------------------------
 
+# Where a URL came from, as an error's hint names what to correct: the home's database; ``graven db
+# copy`` opens its destination as "the URL given to db copy".
+HOME_URL = "GRAVEN_DB_URL"
+
 
 class _AlchemyConnection:
-    def __init__(self, conn: sqlalchemy.Connection) -> None:
+    def __init__(self, conn: sqlalchemy.Connection, named: str) -> None:
         self.conn = conn
+        self.named = named
         self.dialect = conn.dialect.name
         self.committed: list[Callable[[], None]] = []
 
@@ -787,7 +792,7 @@ class _AlchemyConnection:
                     return Result((), 0)
                 result = conn.execute(sa.text(sql), list(params))
         except sa.exc.SQLAlchemyError as exc:
-            raise _alchemy_error(exc, where=_engine_url(self.conn.engine)) from exc
+            raise _alchemy_error(exc, where=_engine_url(self.conn.engine), named=self.named) from exc
         if not result.returns_rows:
             return Result((), result.rowcount)
         row_type = _row_type(tuple(result.keys()))
@@ -810,12 +815,13 @@ _LOCK_WAIT_MS = 60_000  # how long a PostgreSQL writer waits for another (SQLite
 
 
 class _AlchemyDatabase:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, named: str) -> None:
+        self.named = named
         try:
             import sqlalchemy as sa
         except ImportError:
             raise BackendError(
-                "GRAVEN_DB_URL names a database other than SQLite, which needs SQLAlchemy: "
+                f"{named} names a database other than SQLite, which needs SQLAlchemy: "
                 "install graven[postgres]"
             ) from None
 
@@ -850,7 +856,7 @@ class _AlchemyDatabase:
                         ) from None
                     if wait_ms != _LOCK_WAIT_MS:  # ``wait`` is for the others' lock; the rest waits as usual
                         conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT_MS}ms'"))
-                    written = _AlchemyConnection(conn)
+                    written = _AlchemyConnection(conn, self.named)
                     yield written
                 # committed: the block ended without an error
                 for callback in written.committed:
@@ -863,9 +869,9 @@ class _AlchemyDatabase:
                     ) as conn,
                     conn.begin(),
                 ):
-                    yield _AlchemyConnection(conn)
+                    yield _AlchemyConnection(conn, self.named)
         except sa.exc.SQLAlchemyError as exc:
-            raise _alchemy_error(exc, where=_engine_url(self.engine)) from exc
+            raise _alchemy_error(exc, where=_engine_url(self.engine), named=self.named) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -887,17 +893,18 @@ class Database:
         return self._backend.dialect
 
     @classmethod
-    def open(cls, url: str, *, upgrade: bool = True) -> Database:
+    def open(cls, url: str, *, upgrade: bool = True, named: str = HOME_URL) -> Database:
         """Connect and bring the schema up to date (with ``upgrade`` False: only read which schema it
         holds, for a caller that must look at it first; :meth:`upgrade` then). A URL of another kind of
-        database is a ConfigError (exit 2): graven's schema and locks are SQLite's and PostgreSQL's."""
+        database is a ConfigError (exit 2): graven's schema and locks are SQLite's and PostgreSQL's.
+        ``named``: where ``url`` came from, as the hints of its errors say what to correct."""
         _check_dialect(url)
         try:
             backend: _SqliteDatabase | _AlchemyDatabase
             if url.startswith("sqlite"):
                 backend = _SqliteDatabase(sqlite_path(url))
             else:
-                backend = _AlchemyDatabase(url)
+                backend = _AlchemyDatabase(url, named)
         except BackendError:
             raise
         except (ValueError, ImportError) as exc:  # a malformed URL (a port that is no number), no driver
@@ -925,7 +932,9 @@ class Database:
                     ) from exc
             if exc.message.startswith("cannot open the database"):
                 raise  # it says so already (the backend's own first connection)
-            raise type(exc)(f"cannot open the database {redacted_url(url)}: {exc.message}") from exc
+            # the error's own "(database URL)" at its end would name the database a second time
+            message = re.sub(r" \(database [^ ]*\)$", "", exc.message)
+            raise type(exc)(f"cannot open the database {redacted_url(url)}: {message}") from exc
         return database
 
     def _stored_version(self, conn: Connection) -> int | None:
@@ -1134,28 +1143,29 @@ def _reason(exc: Exception) -> str:
 
 
 # What a PostgreSQL error (libpq's words, which name neither) means for the user, and what to do:
-# (pattern, whether it is a mistake in GRAVEN_DB_URL (exit 2, as a typo in an SQLite path), hint).
+# (pattern, whether it is a mistake in GRAVEN_DB_URL (exit 2, as a typo in an SQLite path), hint; {url}
+# in it: where the URL came from, GRAVEN_DB_URL or the URL given to db copy).
 # The patterns are compiled on first use (an error), not when every command imports this module.
 _PG_HINTS: tuple[tuple[str, bool, str], ...] = (
     (
         r"password authentication failed|no password supplied|authentication failed for user",
         True,
-        "correct the user or password in GRAVEN_DB_URL (or in ~/.pgpass)",
+        "correct the user or password in {url} (or in ~/.pgpass)",
     ),
     (
         r'role "[^"]*" does not exist',
         True,
-        "correct the user in GRAVEN_DB_URL, or create that role on the server (createuser)",
+        "correct the user in {url}, or create that role on the server (createuser)",
     ),
     (
         r'database "[^"]*" does not exist',
         True,
-        "correct the database in GRAVEN_DB_URL, or create it on the server (createdb)",
+        "correct the database in {url}, or create it on the server (createdb)",
     ),
     (
         r"invalid connection option|bad value for|invalid \w+ value|invalid port number",
         True,
-        "correct the query parameters of GRAVEN_DB_URL (libpq's connection parameters)",
+        "correct the query parameters of {url} (libpq's connection parameters)",
     ),
     (
         r"Connection refused|could not connect|server closed the connection|terminating connection"
@@ -1168,7 +1178,7 @@ _PG_HINTS: tuple[tuple[str, bool, str], ...] = (
     (
         r"failed to resolve host|could not translate host name",
         False,
-        "check the host in GRAVEN_DB_URL and this machine's network",
+        "check the host in {url} and this machine's network",
     ),
     (
         r"too many clients|remaining connection slots are reserved|too many connections for",
@@ -1209,23 +1219,22 @@ _PG_HINTS: tuple[tuple[str, bool, str], ...] = (
     (
         r"in a read-only transaction|recovery is in progress",
         False,
-        "the server only reads (a standby, or default_transaction_read_only); point GRAVEN_DB_URL at the "
-        "primary",
+        "the server only reads (a standby, or default_transaction_read_only); point {url} at the primary",
     ),
 )
 
 
-def _alchemy_error(exc: Exception, *, where: str | None = None) -> GravenError:
+def _alchemy_error(exc: Exception, *, where: str | None = None, named: str = HOME_URL) -> GravenError:
     """A database error of SQLAlchemy or psycopg as one line that says what to do: a ConfigError
     (exit 2) when GRAVEN_DB_URL is wrong (a user, password or database the server does not know), a
     BackendError (exit 1) otherwise. ``where``: the database, as it may be shown (libpq's messages
-    do not name it), said at the end."""
+    do not name it), said at the end; ``named``: where the URL came from, as the hint names it."""
     text = _reason(exc)
     at = f" (database {where})" if where else ""
     for pattern, bad_input, hint in _PG_HINTS:
         if re.search(pattern, text):
             kind = ConfigError if bad_input else BackendError
-            return kind(f"database error: {text}: {hint}{at}")
+            return kind(f"database error: {text}: {hint.format(url=named)}{at}")
     return BackendError(f"database error: {text}{at}")
 
 

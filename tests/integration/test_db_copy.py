@@ -366,3 +366,25 @@ def test_a_destination_that_refuses_graven_s_tables_is_named(
     assert code == 2, err
     assert err.startswith(f"graven: error: cannot make graven's tables in sqlite:///{newer}: "), err
     assert "99" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.services
+@pytest.mark.parametrize(
+    ("change", "hint"),
+    [
+        (lambda url: url.rsplit("/", 1)[0] + "/nosuchdb", "correct the database in the URL given to db copy"),
+        (lambda url: url.replace("postgres@", "nosuchrole@"), "correct the user in the URL given to db copy"),
+    ],
+)
+def test_a_destination_the_server_does_not_know_names_the_url_given_to_copy(
+    world: World, postgres_url: str, capsys: Capsys, change: Any, hint: str
+) -> None:
+    """Found in a team review: a copy into a database not created yet said to "correct the database
+    in GRAVEN_DB_URL", which names the source (the home's own database, fine as it is), and named the
+    destination twice."""
+    world.build()
+    url = change(postgres_url)
+    code, _, err = run_cli(capsys, "db", "copy", url)
+    assert code == 2 and err.count("\n") == 1, err
+    assert hint in err and "GRAVEN_DB_URL" not in err, err
+    assert err.count(url.split("://", 1)[1]) == 1, err

@@ -173,7 +173,7 @@ def _open_destination(url: str) -> Database:
     """The destination, opened without changing its schema; a file that is no SQLite database is
     refused as a destination (InputError), not as a damaged graven.db to restore."""
     try:
-        return Database.open(url, upgrade=False)
+        return Database.open(url, upgrade=False, named="the URL given to db copy")
     except BackendError as exc:
         if "file is not a database" in exc.message and url.startswith("sqlite"):
             raise InputError(
