@@ -270,6 +270,14 @@ def _note_mismatch(note: str, origin: str, size: int) -> str:
     )
 
 
+# A database belongs to one home (its log key signs the log there): a home whose GRAVEN_DB_URL names
+# another's finds a log with entries and no key of its own, as a home that lost its key does.
+_ANOTHER_HOME = (
+    "if GRAVEN_DB_URL names the database of another GRAVEN_HOME (homes never share one), give this home "
+    "a database of its own"
+)
+
+
 class AuditLog:
     """The log of one graven home (its database and its log key)."""
 
@@ -310,8 +318,7 @@ class AuditLog:
                     raise NotFoundError(
                         f"the log key {path} is missing but the log already has entries: restore "
                         "GRAVEN_HOME/log/checkpoint.key from a backup (a new key would not match "
-                        "the log's checkpoints), or, if GRAVEN_DB_URL names the database of another "
-                        "GRAVEN_HOME, give this home a database of its own"
+                        f"the log's checkpoints), or, {_ANOTHER_HOME}"
                     )
                 if self.public_key_path.exists():
                     raise NotFoundError(
@@ -465,7 +472,7 @@ class AuditLog:
             else:
                 raise NotFoundError(
                     f"the log key is missing ({self.key_path} and {self.public_key_path.name}): "
-                    "restore it from a backup"
+                    f"restore it from a backup, or, {_ANOTHER_HOME}"
                 )
         return self._public
 
