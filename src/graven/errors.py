@@ -18,6 +18,7 @@ can fix it (permission denied, no such file, a directory where a file was expect
     │   │   └── DigestMismatchError  carries expected and actual digests
     │   ├── VerificationError        a signature or attestation does not verify
     │   ├── PolicyError              trust or deployment policy refuses
+    │   │   └── UntrustedSignerError a signature by a key this home does not trust (nor revokes)
     │   └── BuildError               a build step failed
     ├── ImmutabilityError   (exit 1) an attempt to change something that is write-once
     └── BackendError        (exit 1) the disk, database or network failed underneath graven
@@ -47,6 +48,7 @@ __all__ = [
     "PolicyError",
     "SourceError",
     "UnsafeInputError",
+    "UntrustedSignerError",
     "VerificationError",
 ]
 
@@ -127,6 +129,11 @@ class VerificationError(CheckFailedError):
 
 class PolicyError(CheckFailedError):
     """A trust or deployment policy refuses."""
+
+
+class UntrustedSignerError(PolicyError):
+    """Only keys this home does not trust signed it (none of them revoked): trusting the signer's
+    public key is the way on, if the signer is trusted."""
 
 
 class BuildError(CheckFailedError):

@@ -222,3 +222,33 @@ def test_a_key_trusted_under_another_file_name_is_no_cause_for_a_warning(
     (home / "trust" / "ci.pem").chmod(0o644)
     code, _, err = run_cli(capsys, "build", "-C", str(repo))
     assert code == 0 and "warning" not in err, err
+
+
+def test_verify_of_an_untrusted_signer_says_how_to_trust_it(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a team's deploy host that trusts its own key but not CI's: verify named the key and stopped
+    run_cli(capsys, "keys", "generate", "--name", "ci", "--no-trust")
+    digest = _build(capsys, repo)
+    assert run_cli(capsys, "keys", "generate", "--name", "mine")[0] == 0
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "signed by untrusted key" in err
+    assert err.rstrip().endswith(
+        "; if you trust its signer, trust its public key (graven keys trust KEY.pub)"
+    )
+    # an environment with keys of its own: the policy file is where its signer goes
+    mine = home.parent / "mine.pub"
+    mine.write_text(run_cli(capsys, "keys", "export", "mine")[1])
+    (home / "policy.toml").write_text(f'[env.prod]\nkeys = ["{mine}"]\n')
+    code, _, err = run_cli(capsys, "verify", digest, "--env", "prod")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.rstrip().endswith(
+        f"if its signer may deploy to prod, name its key in [env.prod] keys of {home / 'policy.toml'}"
+    )
+    # a revoked signer gets no such advice: it is refused on purpose
+    ci = json.loads(run_cli(capsys, "keys", "list", "--json")[1])
+    keyid = next(key["keyid"] for key in ci["signing"] if key["name"] == "ci")
+    assert run_cli(capsys, "keys", "revoke", keyid)[0] == 0
+    code, _, err = run_cli(capsys, "verify", digest)
+    assert code == 1 and "revoked" in err and "graven keys trust" not in err, err

@@ -29,6 +29,7 @@ from graven.errors import (
     IntegrityError,
     NotFoundError,
     PolicyError,
+    UntrustedSignerError,
     VerificationError,
 )
 from graven.home import Home, check_home
@@ -375,6 +376,13 @@ def verified_provenances(
     raise first_error
 
 
+def _trust_hint(policy: TrustPolicy, env: str | None) -> str:
+    """How to make a key that signed an artifact trusted where ``policy`` (for ``env``) looks for it."""
+    if env is not None and env in policy.environments and policy.policy_file is not None:
+        return f"if its signer may deploy to {env}, name its key in [env.{env}] keys of {policy.policy_file}"
+    return "if you trust its signer, trust its public key (graven keys trust KEY.pub)"
+
+
 def check_provenance(
     ctx: Context, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
 ) -> ProvenanceCheck:
@@ -384,6 +392,8 @@ def check_provenance(
     of verified signatures, if any, is not used)."""
     try:
         verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy.with_memo(None), env=env)
+    except UntrustedSignerError as exc:
+        return ProvenanceCheck(False, f"{exc}; {_trust_hint(policy, env)}")
     except (VerificationError, PolicyError, InputError) as exc:
         return ProvenanceCheck(False, str(exc))
     with ctx.db.connect() as conn:

@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from graven.core.record import Frozen
-from graven.errors import InputError, PolicyError, VerificationError
+from graven.errors import InputError, PolicyError, UntrustedSignerError, VerificationError
 from graven.signing.keys import VerifyingKey
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -368,5 +368,5 @@ def verify_envelope(
             )
     hint = next((signature.keyid for signature in env.signatures if signature.keyid), "")
     if hint:
-        raise PolicyError(f"signed by untrusted key {hint}: no trusted key verifies the signature")
-    raise PolicyError("signed by an untrusted key: no trusted key verifies the signature")
+        raise UntrustedSignerError(f"signed by untrusted key {hint}: no trusted key verifies the signature")
+    raise UntrustedSignerError("signed by an untrusted key: no trusted key verifies the signature")
