@@ -216,6 +216,9 @@ def test_an_unreachable_registry_is_one_line(built: str, run_cli: Run) -> None:
     port = free_port()
     code, _, err = run_cli("pull", f"127.0.0.1:{port}/team/app:v1")
     assert code == 1 and f"cannot reach the registry 127.0.0.1:{port}" in err and err.count("\n") == 1
+    assert err.rstrip().endswith(
+        "check the registry's address and that it is running and reachable from here"
+    )
 
 
 def test_pull_of_a_tag_that_names_an_index_says_what_it_is(registry: str, built: str, run_cli: Run) -> None:

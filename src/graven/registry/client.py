@@ -106,7 +106,7 @@ class RegistryClient:
             except httpx.HTTPError as exc:
                 raise BackendError(
                     f"cannot reach the registry {self.reference.host} ({self.reference.scheme}): "
-                    f"{_reason(exc)}"
+                    f"{_reason(exc)}{_unreachable_hint(exc)}"
                 ) from None
             if response.status_code != 401 or attempt == 2 or not at_registry:
                 return response
@@ -355,6 +355,18 @@ def _basic(user: str, password: str) -> str:
     import base64
 
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _unreachable_hint(exc: Exception) -> str:
+    """What to look at when the registry could not be reached at all (nothing was sent or nothing came
+    back): the address and the server for a refused or failed connection, the network for a timeout."""
+    import httpx
+
+    if isinstance(exc, httpx.ConnectError):
+        return "; check the registry's address and that it is running and reachable from here"
+    if isinstance(exc, httpx.TimeoutException):
+        return "; the registry or the network did not answer in time: try again, or check them"
+    return ""
 
 
 def _reason(exc: Exception) -> str:
