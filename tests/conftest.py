@@ -109,6 +109,20 @@ def assert_counts_up_to(ticks: list[tuple[int, int | None]], total: int) -> None
     assert dones[-1] == total
 
 
+def assert_cli_error(result: tuple[int, str, str], code: int, *needles: str) -> str:
+    """A CLI error as the CLI's rules have it: exit ``code``, nothing on stdout, and on stderr one line
+    ``graven: error: ...`` holding each of ``needles``, never a traceback. The line."""
+    exit_code, out, err = result
+    assert "Traceback" not in err, err
+    assert exit_code == code, (exit_code, err)
+    assert out == "", out
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graven: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+    return lines[0]
+
+
 def blob_cache_tag(home: Path, oid: str, sha: str, size: int) -> str:
     """The tag a build gives the blob cache row (oid, sha, size) under ``home``'s record key,
     computed here with the standard library's HMAC: the format the rows in the field carry."""

@@ -403,9 +403,9 @@ def test_a_lost_origin_or_state_is_refused_not_restarted(home: Path) -> None:
     _append(home, 2)
     with _db(home) as db:
         db.execute("DELETE FROM log_state")
-    with pytest.raises(Exception, match="origin or state is missing from the database") as info:
+    with pytest.raises(IntegrityError, match="origin or state is missing from the database") as info:
         _append(home, 1)
-    assert getattr(info.value, "exit_code", None) == 1
+    assert info.value.exit_code == 1
 
 
 def test_a_replaced_private_key_is_refused(home: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import COMMIT_EPOCH, Executable, Symlink
+from conftest import COMMIT_EPOCH, Executable, Symlink, assert_cli_error
 from helpers_services import require_tool
 
 Run = Callable[..., tuple[int, str, str]]
@@ -737,7 +737,11 @@ def test_an_export_with_an_attestation_never_leaves_another_artifacts_beside_it(
 
     with monkeypatch.context() as patch:
         patch.setattr("graven.archive.writer.write_archive", full)
-        assert run_cli("export", artifact[1], "-o", out, "--attestation", envelope)[0] == 1
+        assert_cli_error(
+            run_cli("export", artifact[1], "-o", out, "--attestation", envelope),
+            1,
+            f"cannot write {out}: No space left on device",
+        )
     assert (out.read_text(), envelope.read_text()) == ("A's archive", "A's attestation")
 
     real_replace = Path.replace

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ProgressRecorder, assert_counts_up_to
+from conftest import ProgressRecorder, assert_cli_error, assert_counts_up_to
 from graven.model.manifest import FileEntry
 from helpers_deploy import World, env_toml, make_world, staging_prod, tree_problems
 from helpers_repo import run_cli
@@ -400,9 +400,9 @@ def test_bad_input_exits_2(world: World, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 2 and "never been deployed" in err and err.count("\n") == 1
     code, out, _ = run_cli(capsys, "drift")
     assert code == 0 and "no live environments" in out
-    assert run_cli(capsys, "heal", "staging")[0] == 2
-    assert run_cli(capsys, "drift", "BAD NAME")[0] == 2
-    assert run_cli(capsys, "watch", "--interval", "0")[0] == 2
+    assert_cli_error(run_cli(capsys, "heal", "staging"), 2, "environment staging has never been deployed")
+    assert_cli_error(run_cli(capsys, "drift", "BAD NAME"), 2, "invalid environment name 'BAD NAME'")
+    assert_cli_error(run_cli(capsys, "watch", "--interval", "0"), 2, "--interval: '0' must be more than zero")
 
 
 def test_speed_of_the_fast_check_does_not_depend_on_reading_files(

@@ -14,6 +14,7 @@ import pytest
 from test_drift_cli import drift
 from test_drift_snapshot import settled, snapshot_path
 
+from conftest import assert_cli_error
 from graven.errors import PolicyError
 from graven.signing.keys import KeyStore, load_public_key
 from helpers_deploy import World
@@ -76,8 +77,10 @@ def test_a_key_only_the_home_policy_trusts_needs_no_flag_anywhere(
     code, out, err = run_cli(capsys, "drift", "--full")
     assert code == 0, out + err
     assert "does not verify" not in out + err  # the ignore globs come from the verified graven.toml
-    code, _, _ = run_cli(capsys, "rollback", "prod", "--to", digest)  # the live digest: nothing before it
-    assert code == 2
+    # the live digest: nothing before it
+    assert_cli_error(
+        run_cli(capsys, "rollback", "prod", "--to", digest), 2, "already live in prod; nothing to roll back"
+    )
     (world.home / "policy.toml").unlink()
     code, out, err = run_cli(capsys, "drift", "--full")
     assert "does not verify" in out + err  # what the policy changed
@@ -348,8 +351,8 @@ def test_keys_list_shows_what_verify_decides_for_an_environment_of_revoked_keys(
     release = load_public_key(public).keyid
     _policy(world, f'revoked = ["SHA256:{own.upper()}"]\n[env.prod]\nkeys = ["release.pub", "{own}"]\n')
     (world.home / "trust" / "revoked").write_text(f"{release}\n")
-    code, _, _ = run_cli(capsys, "verify", digest, "--env", "prod")
-    assert code == 1  # no unrevoked key is trusted for prod
+    # no unrevoked key is trusted for prod
+    assert_cli_error(run_cli(capsys, "verify", digest, "--env", "prod"), 1, f"signed by revoked key {own}")
     code, out, err = run_cli(capsys, "keys", "list", "--json")
     assert code == 0, err
     listed = json.loads(out)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import blob_cache_tag, git_env
-from helpers_services import require_tool, sandbox_python
+from helpers_services import require_tool, sandbox_python, unavailable
 
 
 @pytest.fixture(autouse=True)
@@ -277,7 +277,7 @@ def disk_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     disk = tmp_path / "tmpdir"
     disk.mkdir()
     if file_system_type(disk) == "tmpfs":  # pragma: no cover - pytest's own temp dir is on a disk here
-        pytest.skip("this machine's temporary files are on tmpfs: the test needs a disk there")
+        unavailable("this machine's temporary files are on tmpfs: the test needs a disk there")
     monkeypatch.setenv("TMPDIR", str(disk))
     monkeypatch.setattr(tempfile, "tempdir", None)
     return disk

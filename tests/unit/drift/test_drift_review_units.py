@@ -27,7 +27,7 @@ from graven.drift.heal import apply_heal, move_aside
 from graven.drift.scan import ReleaseIndex
 from graven.drift.walk import load_split as _load_split
 from graven.drift.watch import Schedule
-from graven.errors import BackendError
+from graven.errors import BackendError, PolicyError
 from graven.model.manifest import DirEntry, FileEntry, TreeManifest
 from graven.service.drift_check import _save_split
 from graven.service.drift_watch import HEAL_BACKOFF_MAX, HealBackoff
@@ -368,7 +368,7 @@ def test_a_lock_in_a_new_directory_is_made_and_taken(tmp_path: Path) -> None:
     lock = EnvLock(tmp_path / "new/env/.graven/lock", env="prod", actor="t", since="now")
     lock.acquire(wait=False)
     try:
-        with pytest.raises(Exception, match="being deployed by t"):
+        with pytest.raises(PolicyError, match="being deployed by t"):
             EnvLock(tmp_path / "new/env/.graven/lock", env="prod", actor="u", since="now").acquire(wait=False)
     finally:
         lock.release()
@@ -385,7 +385,7 @@ def test_open_dir_nofollow_checks_only_the_last_components(tmp_path: Path) -> No
     assert (real / ".graven/drift").is_dir()
     with pytest.raises(FileNotFoundError):
         open_dir_nofollow(tmp_path / "none/.graven", 1, create=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="has no 1 components to check"):
         open_dir_nofollow(Path("/"), 1)
 
 

@@ -428,5 +428,6 @@ def test_a_stop_abandons_a_scan_within_a_chunk(tmp_path: Path) -> None:
         [sys.executable, "-c", script], input=json.dumps(files), capture_output=True, text=True, check=True
     )
     out = json.loads(done.stdout)
+    assert sorted(out) == ["fast", "forked", "threads"], out  # each mode ran: the loop checks something
     for mode, (how, *rest) in out.items():
         assert how == "stopped" and rest[0] < 1.5 and rest[1:] == [], (mode, out)

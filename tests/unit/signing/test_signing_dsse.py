@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from securesystemslib.dsse import Envelope as SslibEnvelope
+from securesystemslib.exceptions import VerificationError as SslibVerificationError
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from graven.errors import InputError, PolicyError, VerificationError
@@ -266,7 +267,7 @@ def test_graven_envelope_verifies_with_securesystemslib(key_type: str) -> None:
     assert list(accepted) == [key.keyid]
 
     tampered = _tamper(envelope, payload=base64.b64encode(b'{"hello":"mars"}').decode())
-    with pytest.raises(Exception, match="Accepted signatures do not match threshold"):
+    with pytest.raises(SslibVerificationError, match="Accepted signatures do not match threshold"):
         SslibEnvelope.from_dict(json.loads(json.dumps(tampered))).verify([_sslib_key(key)], 1)
 
 
