@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -75,6 +75,17 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
+
+
+def survivors(pids: Iterable[int], within: float = 15.0) -> list[int]:
+    """Those of ``pids`` still running after ``within`` seconds (at once when none runs): a killed
+    process takes a moment to die, longer on a loaded machine, so a fixed sleep before looking flakes."""
+    import time
+
+    wanted, deadline = list(pids), time.monotonic() + within
+    while (running := [pid for pid in wanted if process_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return running
 
 
 class ProgressRecorder:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import process_alive as _alive
+from conftest import survivors
 from helpers_services import require_tool, unavailable
 
 
@@ -266,8 +266,7 @@ def test_sigterm_stops_the_build_like_ctrl_c(
     assert proc.returncode == 143, err
     assert err == "graven: terminated\n"
     assert os.listdir(tmpdir_env) == []
-    time.sleep(0.2)
-    assert [p for p in pids if _alive(p)] == []
+    assert survivors(pids) == []
 
 
 # -- 5. background processes of sandbox = "none" ----------------------------------------------------
@@ -288,8 +287,7 @@ def test_nothing_a_host_step_started_outlives_it(
         assert "timed out after 2 s" in err
     pids = [int(p) for p in pids_file.read_text().split()]
     assert len(pids) == 4
-    time.sleep(0.2)
-    assert [p for p in pids if _alive(p)] == []
+    assert survivors(pids) == []
 
 
 # -- 6. the working tree stays hidden with a virtualenv inside it -----------------------------------

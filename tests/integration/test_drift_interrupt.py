@@ -173,8 +173,11 @@ def test_a_forked_walker_whose_command_was_killed_stops(world: World) -> None:
         try:
             assert proc.stderr is not None
             assert proc.stderr.readline() == "hashing\n"
-            time.sleep(0.3)
-            assert len(_running_in_group(proc.pid)) == 2  # the command and its walker
+            # the command and its walker (forked maybe after the command's first read: wait for it)
+            deadline = time.monotonic() + 30
+            while len(_running_in_group(proc.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(_running_in_group(proc.pid)) == 2
             proc.kill()
             proc.wait()
             killed = time.monotonic()
