@@ -31,5 +31,5 @@ def test_the_order_is_strict_and_total() -> None:
 def test_ordering_against_another_type_is_a_type_error(other: object) -> None:
     for compare in (A.__lt__, A.__le__, A.__gt__, A.__ge__):
         assert compare(other) is NotImplemented  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="'<' not supported between instances"):
         A < other  # type: ignore[operator]  # noqa: B015
