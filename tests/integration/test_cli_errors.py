@@ -563,6 +563,20 @@ def test_a_file_name_that_is_not_utf8_does_not_break_the_audit_log(
     assert run_cli("log", "verify")[0] == 0
 
 
+def test_the_json_error_writes_a_byte_that_is_not_utf8_as_the_error_line_does(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """docs/json.md: each byte of a name that is not UTF-8 is written as the four characters ``\\xNN``.
+    The error document wrote it as ``\\udcff``, a lone surrogate (a strict parser's U+FFFD), while
+    the error line on stderr said ``\\xff``."""
+    name = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"a\xff.tar.zst"))
+    code, out, err = run_cli("import", name, "--json")
+    message = err.removeprefix("graven: error: ").rstrip("\n")
+    assert code == 2 and "a\\xff.tar.zst" in message and err.count("\n") == 1, err
+    assert "\\udc" not in out, out
+    assert json.loads(out) == {"ok": False, "error": {"exit_code": 2, "message": message}}, out
+
+
 def test_an_error_line_to_a_closed_pipe_keeps_the_exit_code(graven_home: Path, tmp_path: Path) -> None:
     """`2>&1 | head`: the error line itself met the closed pipe, and the exit was 141 instead of 2."""
     graven = f'"{sys.executable}" -m graven.cli.main'

@@ -611,9 +611,7 @@ def _json_error(
         return
     if not (getattr(namespace, "as_json", False) or getattr(namespace, "log_json", False)):
         return
-    import json
-
-    guard.write(json.dumps({"ok": False, "error": {"exit_code": code, "message": message}}) + "\n")
+    guard.write(_error_document(code, message) + "\n")
     guard.flush()
 
 
@@ -624,10 +622,20 @@ def _json_usage_error(args: list[str], message: str) -> None:
     words = args[: args.index("--")] if "--" in args else args
     if "--json" not in words:
         return
+    sys.stdout.write(_error_document(2, message) + "\n")
+    sys.stdout.flush()
+
+
+def _error_document(code: int, message: str) -> str:
+    """The error object as one line of JSON. A byte of a name that is not UTF-8 (a path given on the
+    command line) is in ``message`` as a surrogate escape, which ``json.dumps`` would write as
+    ``\\udcNN``, a lone surrogate that no UTF-8 text holds: it is written ``\\xNN``, as everywhere in
+    graven's JSON and as the error line on stderr shows it (:func:`graven.core.paths.json_text`)."""
     import json
 
-    sys.stdout.write(json.dumps({"ok": False, "error": {"exit_code": 2, "message": message}}) + "\n")
-    sys.stdout.flush()
+    from graven.core.paths import json_text
+
+    return json.dumps({"ok": False, "error": {"exit_code": code, "message": json_text(message)}})
 
 
 def _global_option(word: str) -> bool:
