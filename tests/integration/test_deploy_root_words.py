@@ -5,6 +5,7 @@ caller is told to pass ``DeployOptions(root=...)`` (the library reads no GRAVEN_
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import pytest
@@ -65,6 +66,27 @@ def test_promote_and_rollback_on_the_cli_name_it_too(world: World, run_cli: Run)
     assert code == 2 and err == f"graven: error: {CLI}\n", err
     code, _, err = run_cli("promote", "staging", "prod")
     assert code == 2 and err == f"graven: error: {CLI.replace('staging', 'prod')}\n", err
+
+
+@pytest.mark.parametrize("how", ["--root", "GRAVEN_DEPLOY_ROOT", "--plan"])
+def test_a_root_that_is_not_utf8_is_refused_in_one_line(
+    world: World, run_cli: Run, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The environment's path reached the database as a surrogate escape: a UnicodeEncodeError
+    traceback (exit 1, no JSON), after the deploy had made directories below that root."""
+    v1 = world.build()
+    root = world.root.parent / os.fsdecode(b"r\xff")
+    args = ["deploy", v1, "staging", "--json"]
+    if how == "GRAVEN_DEPLOY_ROOT":
+        monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(root))
+    else:
+        args += ["--root", str(root)] + (["--plan"] if how == "--plan" else [])
+    code, out, err = run_cli(*args)
+    message = err.removeprefix("graven: error: ").rstrip("\n")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message.startswith("the deploy root ") and "r\\xff is not valid UTF-8" in message, err
+    assert json.loads(out) == {"ok": False, "error": {"exit_code": 2, "message": message}}
+    assert not os.path.lexists(root)
 
 
 def test_with_a_root_both_deploy(world: World, run_cli: Run) -> None:

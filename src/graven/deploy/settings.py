@@ -279,6 +279,8 @@ def resolve_env(envs: Mapping[str, EnvSection], name: str, *, root: str | None, 
             raise DeployRootError(name, raw)
         if not root.startswith("/"):
             raise InputError(f"the deploy root {root!r} must be an absolute path")
+        if not root.isascii():
+            _check_utf8_root(root)
         path = str(PurePosixPath(root) / raw)
     return EnvSettings(
         name=name,
@@ -293,6 +295,21 @@ def resolve_env(envs: Mapping[str, EnvSection], name: str, *, root: str | None, 
         keep=section.keep,
         requires=tuple(section.requires),
     )
+
+
+def _check_utf8_root(root: str) -> None:
+    """Refuse a deploy root whose name is not UTF-8 (``--root`` or GRAVEN_DEPLOY_ROOT holding such a
+    byte, a surrogate escape here): the environment's path is recorded in the database and the audit
+    log, which hold UTF-8 text, and the deployment failed there with a traceback."""
+    try:
+        root.encode("utf-8")
+    except UnicodeEncodeError:
+        from graven.core.paths import display_path
+
+        raise InputError(
+            f"the deploy root {display_path(root)} is not valid UTF-8; graven records an environment's "
+            "path in its database and audit log: give a deploy root whose name is UTF-8"
+        ) from None
 
 
 def config_files(manifest: TreeManifest, config: str) -> dict[str, str]:
