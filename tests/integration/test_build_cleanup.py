@@ -159,7 +159,10 @@ def test_outputs_that_were_not_produced_are_named(
     repo2 = make_repo(tmp_path / "repo2", {"src.txt": "a\n"}, missing)
     code, _, err = run_cli("build", "-C", repo2)
     assert code == 2
-    assert _one_error_line(err) == "graven: error: [build] outputs: 'missing' was not produced by the steps"
+    assert _one_error_line(err) == (
+        "graven: error: [build] outputs: 'missing' was not produced by the steps; "
+        "make a step create it, or leave it out of outputs"
+    )
     assert json.loads(run_cli("artifacts", "--json")[1]) == []
 
 

@@ -379,7 +379,10 @@ def resolve_tools(names: Iterable[str], env: Mapping[str, str], probe: ToolProbe
     for name in names:
         found = name if os.path.isabs(name) else shutil.which(name, path=env.get("PATH"))
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
-            raise ConfigError(f"[build] tools: {name!r} is not an executable on the build PATH")
+            raise ConfigError(
+                f"[build] tools: {name!r} is not an executable on the build PATH (graven's own PATH): "
+                "install it, add its directory to PATH before running graven, or leave it out of tools"
+            )
         real = os.path.realpath(found)
         try:
             code, output = probe(found)

@@ -222,9 +222,38 @@ def run_steps(
         except subprocess.TimeoutExpired:
             raise BuildError(f"{phase} step {number} ({step!r}) timed out after {timeout} s") from None
         if code != 0:
+            tail = _tail(log)
+            # this step's own output: the whole tail once its header scrolled out of it
+            own = tail.rpartition(f"$ {label}{step}")[2]
+            hint = "" if network or not _wanted_network(own) else _OFFLINE_HINT
             raise BuildError(
-                f"{phase} step {number} ({step!r}) failed with exit code {code}; last lines: {_tail(log)}"
+                f"{phase} step {number} ({step!r}) failed with exit code {code}{hint}; last lines: {tail}"
             )
+
+
+# What tools print when they cannot reach the network (resolvers of glibc and musl, curl, Go, Node,
+# Python's urllib3/requests, Java, Rust's reqwest/cargo): an offline step that fails with one of them
+# most likely tried to download what the fetch phase should have.
+_NETWORK_ERRORS = (
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Name does not resolve",
+    "Could not resolve host",
+    "Network is unreachable",
+    "No address associated with hostname",
+    "dial tcp: lookup",
+    "getaddrinfo",
+    "UnknownHostException",
+    "failed to lookup address",
+)
+_OFFLINE_HINT = (
+    " (it seems to have needed the network, which build steps do not have: download what they need in "
+    "[build.fetch] steps, locked by a lockfile)"
+)
+
+
+def _wanted_network(tail: str) -> bool:
+    return any(error in tail for error in _NETWORK_ERRORS)
 
 
 def _tail(log: BuildLog) -> str:

@@ -133,7 +133,10 @@ def _check_produced(root: Path, rel: str) -> None:
                 f"({display_path(parent)} is not a directory)"
             )
         break
-    raise InputError(f"[build] outputs: '{shown}' was not produced by the steps")
+    raise InputError(
+        f"[build] outputs: '{shown}' was not produced by the steps; "
+        "make a step create it, or leave it out of outputs"
+    )
 
 
 def _store_file(full: str, rel: str, info: os.stat_result, batch: PackBatch) -> FileEntry:

@@ -166,6 +166,11 @@ def _open_source(ctx: Context, path: Path, revision: str, *, isolated: bool = Tr
                 f"{PIPELINE_FILE} in commit {commit[:12]} is a directory; it must be a regular file: "
                 "commit the file itself"
             )
+        if _uncommitted_pipeline(repo, commit):
+            raise NotFoundError(
+                f"{PIPELINE_FILE} not found in commit {commit[:12]} ({revision}): the one in the working "
+                f"tree is not committed; commit it (`git add {PIPELINE_FILE} && git commit`), then build"
+            )
         raise NotFoundError(
             f"{PIPELINE_FILE} not found in commit {commit[:12]} ({revision}); "
             "create one with `graven init`, then commit it"
@@ -183,6 +188,17 @@ def _open_source(ctx: Context, path: Path, revision: str, *, isolated: bool = Tr
 
         check_environments(pipeline.env, source=source)
     return _Source(repo, commit, revision, pipeline_bytes, pipeline, epoch)
+
+
+def _uncommitted_pipeline(repo: GitRepo, commit: str) -> bool:
+    """Whether the working tree holds a graven.toml that ``commit``, the checked-out one, lacks (a
+    newcomer's `graven init` without `git commit`): a hint only, so any doubt is no."""
+    if repo.bare or not (repo.root / PIPELINE_FILE).is_file():
+        return False
+    try:
+        return repo.resolve("HEAD") == commit
+    except GravenError:
+        return False
 
 
 def build(
@@ -307,7 +323,13 @@ def _build(
         )
         envelope_digest = batch.add(envelope.to_json())
     dirty = dirty_check.result()
-    if dirty:
+    if dirty and PIPELINE_FILE in dirty_check.changed:
+        ctx.reporter.warn(
+            f"the working tree has uncommitted changes, {PIPELINE_FILE} among them; they are not built: "
+            f"commit {source.commit[:12]} was built with its committed {PIPELINE_FILE} (commit yours "
+            "to build with it)"
+        )
+    elif dirty:
         ctx.reporter.warn(
             "the working tree has uncommitted changes; they are not built "
             f"(built commit {source.commit[:12]})"

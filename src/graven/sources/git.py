@@ -259,6 +259,7 @@ class DirtyCheck:
         self._failed: Exception | None = None
         self._thread: threading.Thread | None = None
         self.error: str | None = None  # why git could not tell, after result()
+        self.changed: list[str] = []  # the changed tracked paths (from the root), after result()
         if root is not None:  # reading the repository's filters is one git run more: not on the way
             self._thread = threading.Thread(target=self._start, args=(root, where), name="graven-dirty-check")
             self._thread.start()
@@ -294,6 +295,7 @@ class DirtyCheck:
             lines = err.decode(errors="replace").strip().splitlines()
             self.error = lines[-1] if lines else f"exit {self._proc.returncode}"
             return False
+        self.changed = _porcelain_paths(out)
         return bool(out.strip())
 
     def __enter__(self) -> DirtyCheck:
@@ -309,6 +311,20 @@ class DirtyCheck:
         for stream in (self._proc.stdout, self._proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def _porcelain_paths(out: bytes) -> list[str]:
+    """The paths of ``git status --porcelain -z`` (``XY PATH``; a rename or copy is followed by the
+    path it came from, which is skipped)."""
+    paths: list[str] = []
+    fields = iter(out.split(b"\0"))
+    for field in fields:
+        if len(field) < 4:
+            continue
+        paths.append(field[3:].decode("utf-8", "surrogateescape"))
+        if field[:1] in (b"R", b"C"):
+            next(fields, None)
+    return paths
 
 
 def _scratch_fd() -> int:
