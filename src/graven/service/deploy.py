@@ -428,7 +428,7 @@ def _run_deployment(
         if isinstance(stopped, KeyboardInterrupt):
             raise stopped
         rolled_back_to = restored.rolled_back_to
-        described = _failure_text(failure, layout)
+        described = _failure_text(failure, layout, env, "activate" if failure is activate else "health")
         # a hook that failed may be the artifact's fault; a switch that failed (a full disk), a
         # stop or a file system mounted noexec is not
         artifact_hook = what in ("activate", "health check") and "mounted noexec" not in described
@@ -665,10 +665,14 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
     return _run_deployment(ctx, target, opts, kind="rollback", recheck=unchanged)
 
 
-def _failure_text(failure: HookResult, layout: EnvLayout) -> str:
-    """What a failed hook did; with a hint when it could not run a file because the environment lies
-    on a file system mounted noexec (exit 126, "Permission denied": not the artifact's fault)."""
+def _failure_text(failure: HookResult, layout: EnvLayout, env: str, hook: str) -> str:
+    """What a failed hook (``activate`` or ``health``) did, with a hint for what a newcomer meets: a
+    file the shell cannot run (exit 126: the environment on a file system mounted noexec, which is not
+    the artifact's fault, else a file committed without its executable bit), a command not found
+    (exit 127: hooks run in PATH, not in the release) and a hook that timed out."""
     text = failure.describe()
+    if failure.error is not None:
+        return text
     if failure.returncode == 126:
         from graven.deploy.fscheck import mounted_noexec
 
@@ -677,6 +681,19 @@ def _failure_text(failure: HookResult, layout: EnvLayout) -> str:
                 f"; {layout.root} is on a file system mounted noexec, where no file of a release can "
                 "run: remount it without noexec, or run the file through its interpreter"
             )
+        else:
+            text += (
+                "; the shell found a file it cannot run: commit it with its executable bit "
+                "(`git update-index --chmod=+x FILE`), or run it through its interpreter (`sh FILE`)"
+            )
+    elif failure.returncode == 127:
+        text += (
+            f"; a command was not found: {hook} runs in {layout.root} with the deployer's PATH, and the "
+            "release's files are below current/ there"
+        )
+    elif failure.returncode is None and failure.timeout is not None:
+        tries = f", the last of {failure.attempts} attempts" if failure.attempts > 1 else ""
+        text += f"{tries}; give it longer with {hook}_timeout in [env.{env}], or make it end sooner"
     return text
 
 
