@@ -561,13 +561,29 @@ def _parse_doc(doc: dict[str, Any], source: str) -> Pipeline:
 STARTER = """\
 # graven.toml: the pipeline definition. graven reads it from the commit being built, never from the
 # working tree, so a build always follows the pipeline that was committed with the code.
+# Every section is described in graven's README; uncomment what you need, then commit.
 
 [artifact]
 name = "{name}"                # lowercase letters, digits, '.', '_', '-'
 # include = ["app/**", "config/**"]   # default: every tracked file
 # exclude = ["**/*.md"]
 
-# [build]                       # optional: steps run in a clean copy of the commit
+# [build]                       # optional: steps run in a clean copy of the commit, without network
 # steps = ["python3 -m compileall -q -d app app"]
 # outputs = ["app/", "config/"] # the artifact is these paths after the steps ran
+
+# [build.fetch]                 # optional: runs first, the only steps with network; every file they
+#                               # write below outputs must have its sha256 in a lockfile
+# steps = ["pip download --require-hashes -r requirements.txt -d wheels/"]
+# lockfiles = ["requirements.txt"]   # committed; every line needs --hash=sha256:... (pip hash FILE)
+# outputs = ["wheels/"]         # then install them offline in [build] steps, e.g.
+#   python3 -m pip install --no-index --find-links wheels/ --require-hashes -r requirements.txt
+#   --no-compile --target site/    (--no-compile: pip's .pyc files would name a random directory)
+
+# [env.staging]                 # where `graven deploy DIGEST staging` puts a release
+# path = "/srv/{name}/staging"  # absolute, or relative to GRAVEN_DEPLOY_ROOT (or --root DIR)
+# config = "config/staging.toml"      # a file of the artifact, exposed at PATH/config
+# activate = "current/bin/restart"    # run in PATH after the switch; the release is PATH/current,
+#                                     # so a script there must be committed executable
+# health = "curl -fsS http://127.0.0.1:8000/health"   # a failure switches back to the previous release
 """

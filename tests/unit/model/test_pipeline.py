@@ -358,3 +358,23 @@ def test_any_valid_document_is_accepted_and_read_field_by_field(doc: dict[str, A
     assert list(pipeline.env) == list(doc.get("env", {}))
     for env in pipeline.env.values():  # durations are floats even when written as integers
         assert all(type(v) is float for v in (env.activate_timeout, env.health_interval, env.health_timeout))
+
+
+def test_the_starter_shows_each_section_a_new_project_needs_and_each_parses() -> None:
+    """`graven init`'s template is where a newcomer starts: its commented examples of [build],
+    [build.fetch] and [env.NAME] must be valid once uncommented, and the fetch example must say how
+    the fetched files reach the artifact."""
+    import re
+
+    from graven.deploy.settings import check_environments
+    from graven.model.pipeline import STARTER
+
+    text = STARTER.format(name="shop")
+    uncommented = re.sub(r"(?m)^# (?=\[|[a-z_]+ = )", "", text)
+    pipeline = parse_pipeline(uncommented.encode(), source="starter")
+    assert pipeline.build.steps and pipeline.build.fetch is not None
+    assert list(pipeline.build.fetch.lockfiles) == ["requirements.txt"]
+    assert set(pipeline.env) == {"staging"} and pipeline.env["staging"].activate
+    check_environments(pipeline.env, source="starter")
+    assert "--no-index --find-links wheels/" in text  # offline install of what was fetched
+    assert not parse_pipeline(text.encode(), source="starter").build.steps  # all commented out
