@@ -10,8 +10,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graven.core.drift import Alert, alert_transition, keys_of, make_alert
 from graven.deploy.layout import EnvLayout
@@ -31,6 +32,10 @@ from graven.service.drift_heal import HealNotStartedError, HealStopped, heal
 from graven.service.drift_quick import record_clean
 from graven.service.drift_records import alerted_keys, reason_of, record_alert, record_check
 from graven.service.drift_targets import DriftSession, live_targets
+
+if TYPE_CHECKING:
+    from graven.drift.alerts import Delivery
+    from graven.drift.notify import Notifier
 
 __all__ = ["DB_WAIT", "HEAL_BACKOFF_MAX", "HEAL_GRACE", "HELD_MAX", "HealBackoff", "HeldChecks", "run_watch"]
 
@@ -151,384 +156,525 @@ def run_watch(
 ) -> None:
     """``graven watch``: check on every notification and periodically, alert on new drift and on its
     resolution, heal (with ``opts.heal``), export metrics; until ``stop`` is set."""
-    from graven.drift.alerts import AlertDispatcher, AlertSender, Delivery
-    from graven.drift.metrics import DriftMetrics
-    from graven.drift.notify import make_notifier
+    _Watcher(ctx, opts, stop, out=out, notifier_backend=notifier_backend).run(on_ready)
 
-    targets = {t.env: t for t in live_targets(ctx, opts.envs)}  # a named environment must be live now
-    schedule = Schedule(interval=opts.interval, full_every=opts.full_every, debounce=opts.debounce)
-    sender = AlertSender(
-        command=opts.alert_command,
-        webhook=opts.webhook,
-        retries=opts.webhook_retries,
-        backoff=opts.webhook_backoff,
-        stop=stop,
-    )
-    # the metrics port first: one in use is an InputError before any thread or notifier is started
-    metrics = DriftMetrics() if opts.metrics_port is not None else None
-    port = metrics.serve(opts.metrics_port or 0) if metrics is not None else None
-    try:
-        session = DriftSession(ctx)
-        notifier = make_notifier(schedule.notify, backend=notifier_backend)
-    except BaseException:
-        if metrics is not None:
-            metrics.close()
-        raise
-    dispatcher = (
-        AlertDispatcher(sender, on_done=schedule.wake.set, warn=ctx.reporter.warn)
-        if sender.configured
-        else None
-    )
-    watched: dict[str, tuple[str, str, int]] = {}
-    backoff = HealBackoff(opts.interval, clock=schedule.clock)
-    alerted: dict[str, frozenset[tuple[str, str]]] = {}
 
-    # The output gone (a closed pipe, or terminal: SIGHUP): the error ends the watcher, but only once what
-    # its stop still records (alerts not delivered, held checks) is recorded; nothing more is written.
-    lost_output: list[OSError] = []
+@dataclass
+class _BusyEpisode:
+    """While the database does not take the watcher's writes (another writer holds it: they wait
+    :data:`DB_WAIT` at most, so checks, alerts and metrics go on): ``failed``, a write failed this round
+    (no other is tried before the next); ``warned``, said once while it lasts; ``checks`` and ``alerts``,
+    recorded late meanwhile (said in one line when it ends: :meth:`_Watcher._end_round`)."""
 
-    def say(kind: str, text: str, data: dict[str, Any]) -> None:
-        if lost_output:
-            return
+    failed: bool = False
+    warned: bool = False
+    checks: int = 0
+    alerts: int = 0
+
+
+class _Watcher:
+    """One run of :func:`run_watch`: its attributes are the state the phases share, its methods the
+    phases, in the order they run:
+
+    - start-up (``__init__``): the live environments, the schedule, the metrics port, the notifier,
+      the alert dispatcher; then :meth:`run`: :meth:`_announce`, :meth:`_loop`, :meth:`_shut_down`;
+    - a round (:meth:`_round`): :meth:`_read_targets` (a deployment is followed), what the database
+      did not take yet (:meth:`_record_all_held`), the notifier follows the live releases
+      (:meth:`_watch_targets`, :meth:`_unwatch_gone`), :meth:`_check` of each environment due (then
+      :meth:`_alert`, :meth:`_heal_drift`, :meth:`_heal`), :meth:`_finish_deliveries`,
+      :meth:`_end_round`;
+    - the database busy: checks are held (:class:`HeldChecks`; :meth:`_record`, the recorder of each
+      check, and :meth:`_record_held`), then deliveries (``unrecorded``), each recorded in order once
+      it is free; one failed write per round at most (:meth:`_cannot_record`), one warning while it
+      lasts, one line when it ends (:meth:`_end_round`);
+    - the output (:meth:`_say`): gone (a closed pipe, or terminal: SIGHUP), its error ends the
+      watcher, but only once what its stop still records (alerts not delivered, held checks) is
+      recorded; nothing more is written."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        opts: WatchOptions,
+        stop: threading.Event,
+        *,
+        out: Callable[[str], None],
+        notifier_backend: str,
+    ) -> None:
+        """Start-up: a named environment must be live now; a metrics port in use is an InputError
+        before any thread or notifier is started."""
+        from graven.drift.alerts import AlertDispatcher, AlertSender
+        from graven.drift.metrics import DriftMetrics
+        from graven.drift.notify import make_notifier
+
+        self.ctx = ctx
+        self.opts = opts
+        self.stop = stop
+        self.out = out
+        # a named environment must be live now
+        self.targets = {t.env: t for t in live_targets(ctx, opts.envs)}
+        self.schedule = schedule = Schedule(
+            interval=opts.interval, full_every=opts.full_every, debounce=opts.debounce
+        )
+        sender = AlertSender(
+            command=opts.alert_command,
+            webhook=opts.webhook,
+            retries=opts.webhook_retries,
+            backoff=opts.webhook_backoff,
+            stop=stop,
+        )
+        # the metrics port first: one in use is an InputError before any thread or notifier is started
+        metrics = DriftMetrics() if opts.metrics_port is not None else None
+        self.metrics = metrics
+        self.port = metrics.serve(opts.metrics_port or 0) if metrics is not None else None
         try:
-            out(json.dumps({"type": kind, **data}, sort_keys=True) if opts.as_json else text)
-        except OSError as exc:
-            lost_output.append(exc)
-            if not stop.is_set():
-                raise
+            self.session = DriftSession(ctx)
+            self.notifier: Notifier = make_notifier(schedule.notify, backend=notifier_backend)
+        except BaseException:
+            if metrics is not None:
+                metrics.close()
+            raise
+        self.dispatcher = (
+            AlertDispatcher(sender, on_done=schedule.wake.set, warn=ctx.reporter.warn)
+            if sender.configured
+            else None
+        )
+        # per environment: what the notifier watches (release, PATH, the release's inode), when it may
+        # be healed again, what its last alert was about
+        self.watched: dict[str, tuple[str, str, int]] = {}
+        self.backoff = HealBackoff(opts.interval, clock=schedule.clock)
+        self.alerted: dict[str, frozenset[tuple[str, str]]] = {}
+        self.lost_output: list[OSError] = []  # the output gone: raised once the stop recorded the rest
+        # what the database did not take yet: checks, then deliveries (with when each ended)
+        self.held = HeldChecks()
+        self.unrecorded: list[tuple[Delivery, str]] = []
+        self.episode = _BusyEpisode()
+        self.heal_after: set[str] = set()  # environments whose heal waits for their held checks
 
-    # What the database did not take yet (another writer holds it: the watcher's writes wait DB_WAIT at
-    # most, so checks, alerts and metrics go on): checks, then deliveries, each recorded in order once it
-    # is free. One failed write per round at most; one warning while it lasts, one line when it ends.
-    held = HeldChecks()
-    unrecorded: list[tuple[Delivery, str]] = []  # deliveries not recorded yet, with when each ended
-    episode = {"failed": False, "warned": False, "checks": 0, "alerts": 0}
+    # -- the run --------------------------------------------------------------------------------------
 
-    def cannot_record(exc: GravenError) -> None:
-        episode["failed"] = True
-        if not episode["warned"]:
-            episode["warned"] = True
+    def run(self, on_ready: Callable[[dict[str, Any]], None] | None) -> None:
+        """Rounds until ``stop`` is set, then the stop (also after an error, which goes on as it is).
+        An output lost at the stop is raised last: the command must not end as if it was written."""
+        threading.Thread(target=self._wake_on_stop, name="graven-watch-stop", daemon=True).start()
+        stopped = False  # the loop ended at the stop request (not by an error, which goes on as it is)
+        try:
+            self._announce(on_ready)
+            self._loop()
+            stopped = True
+        finally:
+            self._shut_down()
+        if self.lost_output and stopped:  # lost at the stop: the command must not end as if it was written
+            raise self.lost_output[0]
+
+    def _wake_on_stop(self) -> None:
+        """A thread's: the stop request wakes the loop at once."""
+        self.stop.wait()
+        self.schedule.wake.set()
+
+    def _announce(self, on_ready: Callable[[dict[str, Any]], None] | None) -> None:
+        """Say the metrics port, warn when nothing is live yet, then ``on_ready``."""
+        info = {
+            "metrics_port": self.port,
+            "environments": sorted(self.targets),
+            "backend": type(self.notifier).__name__,
+        }
+        if self.port is not None:
+            self._say("metrics", f"metrics on http://127.0.0.1:{self.port}/metrics", {"port": self.port})
+        # nothing live: else a watcher of the wrong home (or before any deploy) would say nothing, ever
+        if not self.targets:
+            self.ctx.reporter.warn(
+                f"no live environments yet (home {self.ctx.home.root}); watching for the first deployment "
+                f"(every {self.opts.interval:g} s)"
+            )
+        if on_ready is not None:
+            on_ready(info)
+
+    def _loop(self) -> None:
+        """Round after round (what is live read again before each but the first) until ``stop``."""
+        first = True
+        # a database this watcher reads: one removed later is an error
+        opened = self.ctx.home.has_database()
+        while not self.stop.is_set():
+            self.schedule.wake.clear()
+            if not first:
+                opened = self._read_targets(opened)
+            first = False
+            self._round()
+            # what is live is read again at least every 2 s (a deployment is followed); a notification,
+            # a finished delivery or the stop request wakes the loop at once
+            self.schedule.wake.wait(min(self.schedule.timeout(), 2.0))
+
+    def _read_targets(self, opened: bool) -> bool:
+        """Read the live environments again (a database error keeps those known: read again soon);
+        ``opened``: the watcher read a database, whose removal is DatabaseReplacedError, as its
+        replacement is. Returns ``opened`` now."""
+        try:
+            present = self.ctx.home.has_database()
+            if opened and not present:
+                with self.ctx.db.connect():  # DatabaseReplacedError (never "nothing is live" now)
+                    pass
+            opened = opened or present
+            try:
+                self.targets = {t.env: t for t in live_targets(self.ctx, self.opts.envs)}
+            except NotFoundError:
+                targets = {t.env: t for t in live_targets(self.ctx)}
+                self.targets = {k: v for k, v in targets.items() if not self.opts.envs or k in self.opts.envs}
+        except DatabaseReplacedError:  # for good: only a new process takes the new file
+            raise
+        except GravenError as exc:  # the database: keep the environments known, read them again soon
+            self._say(
+                "error",
+                f"{utc_now()} reading the live environments failed: {exc}; trying again",
+                {"error": str(exc)},
+            )
+        return opened
+
+    def _round(self) -> None:
+        """One round: what is held, the notifier's watches, the checks due, the deliveries finished."""
+        self._record_all_held()
+        self._watch_targets()
+        self._unwatch_gone()
+        for env, full in self.schedule.due():
+            if self.stop.is_set() or not self._check(env, full):
+                break
+        self._finish_deliveries()
+        self._end_round()
+
+    def _watch_targets(self) -> None:
+        """Watch each live environment's release and PATH, again when a deployment replaced them (a
+        redeploy may replace the release directory itself); a new one is checked, one that changed
+        gets a full check."""
+        notifier = self.notifier
+        for env, target in self.targets.items():
+            release = str(EnvLayout(Path(target.path)).release(target.digest.removeprefix("sha256:")))
+            try:
+                inode = os.stat(release).st_ino  # a redeploy may replace the directory itself
+            except OSError:
+                inode = 0
+            if self.watched.get(env) != (release, target.path, inode):
+                notifier.unwatch(env)
+                notifier.unwatch(env + ROOT_SUFFIX)
+                notifier.watch(env, Path(release), recursive=True)
+                notifier.watch(env + ROOT_SUFFIX, Path(target.path), recursive=False)
+                for failure in getattr(notifier, "failures", []):
+                    self.ctx.reporter.warn(f"{failure}; periodic checks still run")
+                getattr(notifier, "failures", []).clear()
+                if env not in self.watched:
+                    self.schedule.add(env)
+                else:
+                    self.schedule.mark(env, full=True)
+                self.watched[env] = (release, target.path, inode)
+
+    def _unwatch_gone(self) -> None:
+        """Forget the environments no longer live (nothing of them is held, healed or exported)."""
+        for env in sorted(set(self.watched) - set(self.targets)):
+            self.notifier.unwatch(env)
+            self.notifier.unwatch(env + ROOT_SUFFIX)
+            self.schedule.forget(env)
+            del self.watched[env]
+            self.held.forget(env)
+            self.heal_after.discard(env)
+            self.alerted.pop(env, None)
+            self.backoff.succeeded(env)
+            if self.metrics is not None:
+                self.metrics.forget(env)
+            self._say("unwatch", f"{utc_now()} {env}: nothing is live there now; not watched", {"env": env})
+
+    # -- a check, its alert and its heal --------------------------------------------------------------
+
+    def _check(self, env: str, full: bool) -> bool:
+        """Check ``env`` (recorded by :meth:`_record`), export and say it, then alert and heal; False
+        when the watcher is stopping (the round ends here)."""
+        target = self.targets[env]
+        started = self.schedule.clock()
+        try:
+            report = check_target(
+                self.ctx, self.session, target, full=full, wait=False, recorder=self._record, stop=self.stop
+            )
+        except ScanStopped:  # the watcher is stopping: the check is abandoned, nothing of it kept
+            return False
+        except PolicyError:  # a deploy or heal is changing it: look again once it is done
+            self.schedule.postpone(env, 0.2)
+            return True
+        except GravenError as exc:
+            self.schedule.checked(env, full=False, started=started)
+            if self.metrics is not None:
+                self.metrics.observe(
+                    env, digest=target.digest, commit=target.commit, paths=None, timestamp=time.time()
+                )
+            self._say("error", f"{utc_now()} {env}: check failed: {exc}", {"env": env, "error": str(exc)})
+            return True
+        self.schedule.checked(env, full=full, started=started)
+        if self.metrics is not None:
+            self.metrics.observe(
+                env,
+                digest=report.digest,
+                commit=report.commit,
+                paths=len({d.path for d in report.differences}),
+                timestamp=time.time(),
+            )
+        self._say("check", _check_line(report), report.to_json())
+        if not self._alert(env, report):
+            return True  # no heal either: the next check decides
+        return self._heal_drift(env, report)
+
+    def _alert(self, env: str, report: DriftReport) -> bool:
+        """Alert new drift and its resolution (said, and delivered by the dispatcher); False when what
+        was alerted cannot be read (the database: decided at the next check, soon)."""
+        before = self.alerted.get(env)
+        if before is None:
+            try:
+                before = alerted_keys(self.ctx, env)
+            except GravenError as exc:  # the database: decide on alerting at the next check
+                self.schedule.postpone(env, 1.0)
+                self._say(
+                    "error",
+                    f"{utc_now()} {env}: reading alert state failed: {exc}",
+                    {"env": env, "error": str(exc)},
+                )
+                return False
+        event, self.alerted[env] = alert_transition(before, keys_of(report.differences))
+        if event is not None:
+            alert = make_alert(
+                event,
+                env=env,
+                path=report.path,
+                digest=report.digest,
+                commit=report.commit,
+                name=report.name,
+                time=report.checked_at,
+                differences=report.differences,
+                alerted=before,
+            )
+            self._say("alert", alert.text(), alert.to_json())
+            if self.dispatcher is not None:
+                self.dispatcher.submit(alert.to_json(), context=alert)
+        return True
+
+    def _heal_drift(self, env: str, report: DriftReport) -> bool:
+        """With ``--heal``, heal the drift found unless its backoff says not yet, or its checks are
+        held (healed once they are recorded), or PATH/.graven is gone; False when the watcher is
+        stopping. A clean check ends the backoff."""
+        if report.clean:
+            self.backoff.succeeded(env)
+        if not self.opts.heal or report.clean:
+            return True
+        if self.held.count(env):
+            self.heal_after.add(env)  # its `heal started` follows the drift found, held meanwhile
+            return True
+        if not self.backoff.allowed(env):
+            return True
+        if not os.path.isdir(os.path.join(report.path, ".graven")):
+            # Every deployed environment has PATH/.graven: without it the directory is gone, or the
+            # file system it lies on is not mounted (an empty mount point): healing would write the
+            # release wherever PATH leads now. The operator decides (graven heal).
+            wait = self.backoff.failed(env)
+            reason = (
+                f"{report.path} holds no .graven: the environment's directory is gone, or its file "
+                f"system is not mounted; not healed automatically (graven heal {env} recreates it)"
+            )
+            self._say(
+                "heal",
+                f"{utc_now()} {env}: heal failed: {reason}; next heal in {wait:g}s at the earliest",
+                {"env": env, "ok": False, "error": reason, "retry_in": wait},
+            )
+            return True
+        return self._heal(env)
+
+    def _heal(self, env: str) -> bool:
+        """Heal ``env`` and say how it went; False when the watcher is stopping (the heal abandoned)."""
+        # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
+        self.schedule.mute(env, math.inf)
+        try:
+            healed = heal(self.ctx, env, session=self.session, start_wait=DB_WAIT, stop=self.stop)
+        except HealStopped as exc:  # the watcher is stopping: abandoned half-way, recorded
+            self._say(
+                "heal",
+                f"{utc_now()} {env}: heal stopped: {exc}",
+                {"env": env, "ok": False, "error": str(exc)},
+            )
+            if exc.unrecorded is not None:  # the database stayed busy: the stop goes on
+                self.ctx.reporter.warn(
+                    f"the stopped heal of {env} was not recorded ({exc.unrecorded}); the log "
+                    "shows it started, not how it ended (the next check finds what still differs)"
+                )
+            return False
+        except ScanStopped:  # ... before it changed anything: nothing of it kept
+            return False
+        except PolicyError as exc:  # a deployment holds the lock: try again soon
+            self.schedule.postpone(env, 1.0)
+            self._say("heal", f"{utc_now()} {env}: heal postponed: {exc}", {"env": env, "ok": False})
+            return True
+        except HealNotStartedError as exc:  # the database is busy: nothing changed yet
+            self.schedule.postpone(env, 1.0)
+            self._cannot_record(exc)
+            return True
+        except GravenError as exc:
+            wait = self.backoff.failed(env)
+            self._say(
+                "heal",
+                f"{utc_now()} {env}: heal failed: {exc}; next heal in {wait:g}s at the earliest",
+                {"env": env, "ok": False, "error": str(exc), "retry_in": wait},
+            )
+            return True
+        finally:
+            self.schedule.mute(env, HEAL_GRACE)
+        text = f"{utc_now()} {env}: healed {len(healed.before)} differences"
+        data = healed.to_json()
+        if healed.ok:
+            self.backoff.succeeded(env)
+        else:
+            wait = self.backoff.failed(env)
+            text += f"; {len(healed.after)} remain; next heal in {wait:g}s at the earliest"
+            data["retry_in"] = wait
+        self._say("heal", text, data)
+        return True
+
+    # -- recording while the database is busy ---------------------------------------------------------
+
+    def _record(self, report: DriftReport) -> None:
+        """Record a check (under its lock), or hold it while the database does not take it."""
+        if not self.held.count(report.env) and not self.episode.failed:
+            try:
+                if not record_clean(self.ctx, report, wait=DB_WAIT):
+                    record_check(self.ctx, report, wait=DB_WAIT)
+            except GravenError as exc:
+                self.held.add(report)
+                self._cannot_record(exc)
+            self._show_held(report.env)
+            return
+        self.held.add(report)
+        self._record_held(report.env, locked=True)
+
+    def _record_all_held(self) -> None:
+        """Try again to record what is held, for each environment still live."""
+        for env in self.held.envs():
+            if env in self.targets:
+                self._record_held(env, locked=False)
+
+    def _record_held(self, env: str, *, locked: bool) -> None:
+        """Record what is held for ``env`` (``locked``: the caller holds its check lock)."""
+        held, episode = self.held, self.episode
+        if not episode.failed and held.count(env):
+            try:
+                if locked:
+                    episode.checks += held.record(self.ctx, env, wait=DB_WAIT)
+                else:
+                    with shared_lock(EnvLayout(Path(self.targets[env].path)).lock, env=env, wait=False):
+                        episode.checks += held.record(self.ctx, env, wait=DB_WAIT)
+            except PolicyError:  # a deployment or heal at work: after it
+                pass
+            except GravenError as exc:
+                self._cannot_record(exc)
+            if not held.count(env) and env in self.heal_after:
+                self.heal_after.discard(env)
+                self.schedule.mark(env)  # the heal it waited for: at the next round
+        self._show_held(env)
+
+    def _cannot_record(self, exc: GravenError) -> None:
+        """A write failed: none other this round; warned once while the database does not take them."""
+        self.episode.failed = True
+        if not self.episode.warned:
+            self.episode.warned = True
             if isinstance(exc, DatabaseBusyError):
-                ctx.reporter.warn(
+                self.ctx.reporter.warn(
                     f"database busy ({exc}); checks and alerts go on, and what they find is recorded "
                     "when it is free"
                 )
             else:
-                ctx.reporter.warn(f"cannot record drift ({exc}); checks and alerts go on, tried again")
+                self.ctx.reporter.warn(f"cannot record drift ({exc}); checks and alerts go on, tried again")
 
-    def show_held(env: str) -> None:
-        if metrics is not None:
-            metrics.held(env, held.count(env) + sum(1 for d, _ in unrecorded if d.context.env == env))
+    def _show_held(self, env: str) -> None:
+        """Export how many checks and deliveries of ``env`` are held."""
+        if self.metrics is not None:
+            self.metrics.held(
+                env, self.held.count(env) + sum(1 for d, _ in self.unrecorded if d.context.env == env)
+            )
 
-    heal_after: set[str] = set()  # environments whose heal waits for their held checks
-
-    def record_held(env: str, *, locked: bool) -> None:
-        """Record what is held for ``env`` (``locked``: the caller holds its check lock)."""
-        if not episode["failed"] and held.count(env):
-            try:
-                if locked:
-                    episode["checks"] += held.record(ctx, env, wait=DB_WAIT)
-                else:
-                    with shared_lock(EnvLayout(Path(targets[env].path)).lock, env=env, wait=False):
-                        episode["checks"] += held.record(ctx, env, wait=DB_WAIT)
-            except PolicyError:  # a deployment or heal at work: after it
-                pass
-            except GravenError as exc:
-                cannot_record(exc)
-            if not held.count(env) and env in heal_after:
-                heal_after.discard(env)
-                schedule.mark(env)  # the heal it waited for: at the next round
-        show_held(env)
-
-    def recorder(report: DriftReport) -> None:
-        """Record a check (under its lock), or hold it while the database does not take it."""
-        if not held.count(report.env) and not episode["failed"]:
-            try:
-                if not record_clean(ctx, report, wait=DB_WAIT):
-                    record_check(ctx, report, wait=DB_WAIT)
-            except GravenError as exc:
-                held.add(report)
-                cannot_record(exc)
-            show_held(report.env)
-            return
-        held.add(report)
-        record_held(report.env, locked=True)
-
-    def finish_deliveries() -> None:
+    def _finish_deliveries(self) -> None:
+        """Say the alert deliveries finished since the last round, then record them in order (each
+        after the held checks of its environment: the drift found before its alert)."""
+        dispatcher = self.dispatcher
         if dispatcher is None:
             return
         for delivery in dispatcher.results():
             alert: Alert = delivery.context
             ended = utc_now()
-            unrecorded.append((delivery, ended))
+            self.unrecorded.append((delivery, ended))
             outcome = "; ".join(f"{k}: {v}" for k, v in delivery.channels.items())
-            say(
+            self._say(
                 "delivery",
                 f"{ended} {alert.env}: {alert.event} alert {'sent' if delivery.ok else 'FAILED'} ({outcome})",
                 {"env": alert.env, "event": alert.event, "ok": delivery.ok, "channels": delivery.channels},
             )
-        while unrecorded and not episode["failed"]:
+        unrecorded = self.unrecorded
+        while unrecorded and not self.episode.failed:
             delivery, ended = unrecorded[0]
-            if held.count(delivery.context.env):
+            if self.held.count(delivery.context.env):
                 break  # after the checks it follows (the drift found before its alert)
             try:
                 alert = delivery.context
-                record_alert(ctx, alert, ok=delivery.ok, channels=delivery.channels, wait=DB_WAIT, time=ended)
+                record_alert(
+                    self.ctx, alert, ok=delivery.ok, channels=delivery.channels, wait=DB_WAIT, time=ended
+                )
             except GravenError as exc:
-                cannot_record(exc)
+                self._cannot_record(exc)
                 break
             unrecorded.pop(0)
-            episode["alerts"] += 1
-            show_held(delivery.context.env)
+            self.episode.alerts += 1
+            self._show_held(delivery.context.env)
 
-    def end_round() -> None:
+    def _end_round(self) -> None:
         """Say once that what was held is recorded; the next failure warns again."""
-        if episode["warned"] and not held and not unrecorded:
-            dropped, held.dropped = held.dropped, 0
-            text = f"{utc_now()} database free again: recorded {episode['checks']} checks and " + (
-                f"{episode['alerts']} alert deliveries held meanwhile"
+        episode = self.episode
+        if episode.warned and not self.held and not self.unrecorded:
+            dropped, self.held.dropped = self.held.dropped, 0
+            text = f"{utc_now()} database free again: recorded {episode.checks} checks and " + (
+                f"{episode.alerts} alert deliveries held meanwhile"
             )
             if dropped:
                 text += f" ({dropped} older checks dropped)"
-            say(
+            self._say(
                 "recorded",
                 text,
-                {"checks": episode["checks"], "alerts": episode["alerts"], "dropped": dropped},
+                {"checks": episode.checks, "alerts": episode.alerts, "dropped": dropped},
             )
-            episode.update(warned=False, checks=0, alerts=0)
-        episode["failed"] = False
+            episode.warned, episode.checks, episode.alerts = False, 0, 0
+        episode.failed = False
 
-    def wake_on_stop() -> None:
-        stop.wait()
-        schedule.wake.set()
+    # -- the output and the stop ----------------------------------------------------------------------
 
-    threading.Thread(target=wake_on_stop, name="graven-watch-stop", daemon=True).start()
-    stopped = False  # the loop ended at the stop request (not by an error, which goes on as it is)
-    try:
-        info = {"metrics_port": port, "environments": sorted(targets), "backend": type(notifier).__name__}
-        if port is not None:
-            say("metrics", f"metrics on http://127.0.0.1:{port}/metrics", {"port": port})
-        if not targets:  # else a watcher of the wrong home (or before any deploy) would say nothing, ever
-            ctx.reporter.warn(
-                f"no live environments yet (home {ctx.home.root}); watching for the first deployment "
-                f"(every {opts.interval:g} s)"
-            )
-        if on_ready is not None:
-            on_ready(info)
-        first = True
-        opened = ctx.home.has_database()  # a database this watcher reads: one removed later is an error
-        while not stop.is_set():
-            schedule.wake.clear()
-            if not first:
-                try:
-                    present = ctx.home.has_database()
-                    if opened and not present:
-                        with ctx.db.connect():  # DatabaseReplacedError (never "nothing is live" now)
-                            pass
-                    opened = opened or present
-                    try:
-                        targets = {t.env: t for t in live_targets(ctx, opts.envs)}
-                    except NotFoundError:
-                        targets = {t.env: t for t in live_targets(ctx)}
-                        targets = {k: v for k, v in targets.items() if not opts.envs or k in opts.envs}
-                except DatabaseReplacedError:  # for good: only a new process takes the new file
-                    raise
-                except GravenError as exc:  # the database: keep the environments known, read them again soon
-                    say(
-                        "error",
-                        f"{utc_now()} reading the live environments failed: {exc}; trying again",
-                        {"error": str(exc)},
-                    )
-            first = False
-            for env in held.envs():
-                if env in targets:
-                    record_held(env, locked=False)
-            for env, target in targets.items():
-                release = str(EnvLayout(Path(target.path)).release(target.digest.removeprefix("sha256:")))
-                try:
-                    inode = os.stat(release).st_ino  # a redeploy may replace the directory itself
-                except OSError:
-                    inode = 0
-                if watched.get(env) != (release, target.path, inode):
-                    notifier.unwatch(env)
-                    notifier.unwatch(env + ROOT_SUFFIX)
-                    notifier.watch(env, Path(release), recursive=True)
-                    notifier.watch(env + ROOT_SUFFIX, Path(target.path), recursive=False)
-                    for failure in getattr(notifier, "failures", []):
-                        ctx.reporter.warn(f"{failure}; periodic checks still run")
-                    getattr(notifier, "failures", []).clear()
-                    if env not in watched:
-                        schedule.add(env)
-                    else:
-                        schedule.mark(env, full=True)
-                    watched[env] = (release, target.path, inode)
-            for env in sorted(set(watched) - set(targets)):
-                notifier.unwatch(env)
-                notifier.unwatch(env + ROOT_SUFFIX)
-                schedule.forget(env)
-                del watched[env]
-                held.forget(env)
-                heal_after.discard(env)
-                alerted.pop(env, None)
-                backoff.succeeded(env)
-                if metrics is not None:
-                    metrics.forget(env)
-                say("unwatch", f"{utc_now()} {env}: nothing is live there now; not watched", {"env": env})
-            for env, full in schedule.due():
-                if stop.is_set():
-                    break
-                target = targets[env]
-                started = schedule.clock()
-                try:
-                    report = check_target(
-                        ctx, session, target, full=full, wait=False, recorder=recorder, stop=stop
-                    )
-                except ScanStopped:  # the watcher is stopping: the check is abandoned, nothing of it kept
-                    break
-                except PolicyError:  # a deploy or heal is changing it: look again once it is done
-                    schedule.postpone(env, 0.2)
-                    continue
-                except GravenError as exc:
-                    schedule.checked(env, full=False, started=started)
-                    if metrics is not None:
-                        metrics.observe(
-                            env, digest=target.digest, commit=target.commit, paths=None, timestamp=time.time()
-                        )
-                    say("error", f"{utc_now()} {env}: check failed: {exc}", {"env": env, "error": str(exc)})
-                    continue
-                schedule.checked(env, full=full, started=started)
-                if metrics is not None:
-                    metrics.observe(
-                        env,
-                        digest=report.digest,
-                        commit=report.commit,
-                        paths=len({d.path for d in report.differences}),
-                        timestamp=time.time(),
-                    )
-                say("check", _check_line(report), report.to_json())
-                before = alerted.get(env)
-                if before is None:
-                    try:
-                        before = alerted_keys(ctx, env)
-                    except GravenError as exc:  # the database: decide on alerting at the next check
-                        schedule.postpone(env, 1.0)
-                        say(
-                            "error",
-                            f"{utc_now()} {env}: reading alert state failed: {exc}",
-                            {"env": env, "error": str(exc)},
-                        )
-                        continue
-                event, alerted[env] = alert_transition(before, keys_of(report.differences))
-                if event is not None:
-                    alert = make_alert(
-                        event,
-                        env=env,
-                        path=report.path,
-                        digest=report.digest,
-                        commit=report.commit,
-                        name=report.name,
-                        time=report.checked_at,
-                        differences=report.differences,
-                        alerted=before,
-                    )
-                    say("alert", alert.text(), alert.to_json())
-                    if dispatcher is not None:
-                        dispatcher.submit(alert.to_json(), context=alert)
-                if report.clean:
-                    backoff.succeeded(env)
-                if opts.heal and not report.clean and held.count(env):
-                    heal_after.add(env)  # its `heal started` follows the drift found, held meanwhile
-                elif (
-                    opts.heal
-                    and not report.clean
-                    and backoff.allowed(env)
-                    and not os.path.isdir(os.path.join(report.path, ".graven"))
-                ):
-                    # Every deployed environment has PATH/.graven: without it the directory is gone, or
-                    # the file system it lies on is not mounted (an empty mount point): healing would
-                    # write the release wherever PATH leads now. The operator decides (graven heal).
-                    wait = backoff.failed(env)
-                    reason = (
-                        f"{report.path} holds no .graven: the environment's directory is gone, or its file "
-                        f"system is not mounted; not healed automatically (graven heal {env} recreates it)"
-                    )
-                    say(
-                        "heal",
-                        f"{utc_now()} {env}: heal failed: {reason}; next heal in {wait:g}s at the earliest",
-                        {"env": env, "ok": False, "error": reason, "retry_in": wait},
-                    )
-                elif opts.heal and not report.clean and backoff.allowed(env):
-                    # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
-                    schedule.mute(env, math.inf)
-                    try:
-                        healed = heal(ctx, env, session=session, start_wait=DB_WAIT, stop=stop)
-                    except HealStopped as exc:  # the watcher is stopping: abandoned half-way, recorded
-                        say(
-                            "heal",
-                            f"{utc_now()} {env}: heal stopped: {exc}",
-                            {"env": env, "ok": False, "error": str(exc)},
-                        )
-                        if exc.unrecorded is not None:  # the database stayed busy: the stop goes on
-                            ctx.reporter.warn(
-                                f"the stopped heal of {env} was not recorded ({exc.unrecorded}); the log "
-                                "shows it started, not how it ended (the next check finds what still differs)"
-                            )
-                        break
-                    except ScanStopped:  # ... before it changed anything: nothing of it kept
-                        break
-                    except PolicyError as exc:  # a deployment holds the lock: try again soon
-                        schedule.postpone(env, 1.0)
-                        say("heal", f"{utc_now()} {env}: heal postponed: {exc}", {"env": env, "ok": False})
-                        continue
-                    except HealNotStartedError as exc:  # the database is busy: nothing changed yet
-                        schedule.postpone(env, 1.0)
-                        cannot_record(exc)
-                        continue
-                    except GravenError as exc:
-                        wait = backoff.failed(env)
-                        say(
-                            "heal",
-                            f"{utc_now()} {env}: heal failed: {exc}; next heal in {wait:g}s at the earliest",
-                            {"env": env, "ok": False, "error": str(exc), "retry_in": wait},
-                        )
-                        continue
-                    finally:
-                        schedule.mute(env, HEAL_GRACE)
-                    text = f"{utc_now()} {env}: healed {len(healed.before)} differences"
-                    data = healed.to_json()
-                    if healed.ok:
-                        backoff.succeeded(env)
-                    else:
-                        wait = backoff.failed(env)
-                        text += f"; {len(healed.after)} remain; next heal in {wait:g}s at the earliest"
-                        data["retry_in"] = wait
-                    say("heal", text, data)
-            finish_deliveries()
-            end_round()
-            # what is live is read again at least every 2 s (a deployment is followed); a notification,
-            # a finished delivery or the stop request wakes the loop at once
-            schedule.wake.wait(min(schedule.timeout(), 2.0))
-        stopped = True
-    finally:
-        stop.set()  # also ends the thread that waits for it
-        notifier.close()
-        if dispatcher is not None:
-            left = dispatcher.close(timeout=5.0)
+    def _say(self, kind: str, text: str, data: dict[str, Any]) -> None:
+        """One line of output (a --json document with ``--json``); nothing once the output is gone.
+        Its error is raised at once, but at the stop kept for the end (:meth:`run`)."""
+        if self.lost_output:
+            return
+        try:
+            self.out(json.dumps({"type": kind, **data}, sort_keys=True) if self.opts.as_json else text)
+        except OSError as exc:
+            self.lost_output.append(exc)
+            if not self.stop.is_set():
+                raise
+
+    def _shut_down(self) -> None:
+        """The stop (also after an error): the alerts still queued get 5 s, then one last try to
+        record what is held; what is not is said; the notifier, the metrics port, the hashing threads
+        are closed."""
+        self.stop.set()  # also ends the thread that waits for it
+        self.notifier.close()
+        if self.dispatcher is not None:
+            left = self.dispatcher.close(timeout=5.0)
             if left:
-                ctx.reporter.warn(f"{left} alerts were not delivered: the watcher stopped first")
-        episode["failed"] = False  # one last try for what is held
-        for env in held.envs():
-            if env in targets:
-                record_held(env, locked=False)
-        finish_deliveries()
-        lost = sum(held.count(env) for env in held.envs()) + len(unrecorded)
+                self.ctx.reporter.warn(f"{left} alerts were not delivered: the watcher stopped first")
+        self.episode.failed = False  # one last try for what is held
+        self._record_all_held()
+        self._finish_deliveries()
+        lost = sum(self.held.count(env) for env in self.held.envs()) + len(self.unrecorded)
         if lost:
-            ctx.reporter.warn(
+            self.ctx.reporter.warn(
                 f"{lost} checks and alert deliveries were not recorded: the database was busy when the "
                 "watcher stopped (the next check finds what drifts again, and records it)"
             )
-        if metrics is not None:
-            metrics.close()
-        session.close()
-    if lost_output and stopped:  # lost at the stop: the command must not end as if it was written
-        raise lost_output[0]
+        if self.metrics is not None:
+            self.metrics.close()
+        self.session.close()
