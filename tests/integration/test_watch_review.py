@@ -377,3 +377,63 @@ def test_an_output_gone_at_the_stop_still_records_what_was_left(world: World) ->
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
     assert alert_rows(world) == [("failed", {"event": "drift", "channels": {"queue": NOT_DELIVERED}})]
+
+
+def test_an_output_gone_while_running_still_records_every_delivery_it_was_saying(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`graven watch | head`: the output gone (EPIPE) while the watcher says the deliveries finished
+    in one round ended it before it took the rest of them from the dispatcher: the drift's alert was
+    recorded, the resolution's was lost (not recorded, not even counted). Both are recorded; the
+    error still ends the command."""
+    import errno
+
+    from graven.service.drift import heal
+
+    real_results = AlertDispatcher.results
+    finished: list[Any] = []
+
+    def two_at_once(self: AlertDispatcher) -> list[Any]:  # both deliveries end in the same round
+        finished.extend(real_results(self))
+        if len(finished) < 2:
+            return []
+        out, finished[:] = list(finished), []
+        return out
+
+    monkeypatch.setattr(AlertDispatcher, "results", two_at_once)
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        if json.loads(line)["type"] == "delivery":  # the reader went away
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        lines.append(line)
+
+    def docs(kind: str) -> list[dict[str, Any]]:
+        return [doc for doc in map(json.loads, list(lines)) if doc["type"] == kind]
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    opts = WatchOptions(interval=60, alert_command="cat >/dev/null", as_json=True, full_every=3600)
+
+    def run() -> None:
+        try:
+            run_watch(world.ctx(), opts, stop, out=out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(docs("check")) >= 1)
+        tamper(world, b"# drift\n")
+        assert wait_for(lambda: len(docs("alert")) >= 1)
+        heal(world.ctx(), "staging")
+        assert wait_for(lambda: not thread.is_alive(), timeout=30)  # ended by the lost output
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert [d["event"] for d in docs("alert")] == ["drift", "resolved"]
+    assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
+    assert [(r, d["event"]) for r, d in alert_rows(world)] == [("ok", "drift"), ("ok", "resolved")]

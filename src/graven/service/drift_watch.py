@@ -597,10 +597,10 @@ class _Watcher:
         dispatcher = self.dispatcher
         if dispatcher is None:
             return
-        for delivery in dispatcher.results():
+        finished = [(delivery, utc_now()) for delivery in dispatcher.results()]
+        self.unrecorded.extend(finished)  # all of them before any is said: an output gone loses none
+        for delivery, ended in finished:
             alert: Alert = delivery.context
-            ended = utc_now()
-            self.unrecorded.append((delivery, ended))
             outcome = "; ".join(f"{k}: {v}" for k, v in delivery.channels.items())
             self._say(
                 "delivery",
