@@ -437,3 +437,44 @@ def test_an_output_gone_while_running_still_records_every_delivery_it_was_saying
     assert [d["event"] for d in docs("alert")] == ["drift", "resolved"]
     assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
     assert [(r, d["event"]) for r, d in alert_rows(world)] == [("ok", "drift"), ("ok", "resolved")]
+
+
+def test_an_output_gone_while_saying_an_alert_still_delivers_and_records_it(world: World) -> None:
+    """`graven watch | head` whose reader went away just as the watcher said an alert: the alert was
+    said first and handed to the alert command after, so the error ended the watcher before anyone
+    was alerted (and nothing recorded it: a restarted watcher alerted it late). It is handed over
+    first: delivered and recorded at the stop; the error still ends the command."""
+    import errno
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    lines: list[str] = []
+    alerted = world.root / "alerted"
+
+    def out(line: str) -> None:
+        if json.loads(line)["type"] == "alert":  # the reader went away
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        lines.append(line)
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    opts = WatchOptions(interval=60, alert_command=f"cat > {alerted}", as_json=True, full_every=3600)
+
+    def run() -> None:
+        try:
+            run_watch(world.ctx(), opts, stop, out=out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in list(lines)))
+        tamper(world, b"# drift\n")
+        assert wait_for(lambda: not thread.is_alive(), timeout=30)  # ended by the lost output
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
+    assert json.loads(alerted.read_text())["event"] == "drift"
+    assert [(r, d["event"]) for r, d in alert_rows(world)] == [("ok", "drift")]

@@ -446,9 +446,9 @@ class _Watcher:
                 differences=report.differences,
                 alerted=before,
             )
-            self._say("alert", alert.text(), alert.to_json())
-            if self.dispatcher is not None:
+            if self.dispatcher is not None:  # first: an output gone while saying it loses no alert
                 self.dispatcher.submit(alert.to_json(), context=alert)
+            self._say("alert", alert.text(), alert.to_json())
         return True
 
     def _heal_drift(self, env: str, report: DriftReport) -> bool:
