@@ -57,7 +57,9 @@ from graven.service.witness import check_witness, write_witness
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from graven.deploy.materialize import BuildStats
     from graven.service.deploy_plan import DeployPlan, plan_deploy
+    from graven.service.deploy_records import Restored
 
 __all__ = [
     "ROOT_ENV",
@@ -229,206 +231,384 @@ def _run_deployment(
 ) -> DeployResult:
     """Lock the environment and deploy ``target``. ``recheck`` (a promote's "still live in FROM", a
     rollback's "still the release the choice was made on") runs under the lock, on the state read
-    there, and refuses by raising."""
-    started = time.monotonic()
-    settings = target.settings
-    env = settings.name
-    digest = str(target.digest)
-    layout = EnvLayout(Path(settings.path))
-    with ctx.db.connect() as conn:  # before the lock creates anything in the directory
-        check_location(ctx, conn, settings)
-        check_path(load_state(conn, env), settings)
-    check_links(layout)  # here too: a refusal leaves the directory as it was (again under the lock)
-    if not os.path.lexists(layout.meta):  # graven has made nothing here yet: can the file system hold it?
-        from graven.deploy.fscheck import check_release_support
+    there, and refuses by raising.
 
-        check_release_support(layout.root)
-    lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
+    The phases run in this order, which is what makes a deployment crash safe (see :class:`_Deployment`):
+    a deployer killed at any point leaves ``current`` on a complete release and, at worst, a
+    ``pending`` row that the next deployment settles from what ``current`` shows."""
+    run = _Deployment(ctx, target, opts, kind=kind, source_env=source_env)
+    run.check_directory()
+    lock = EnvLock(
+        run.layout.lock, env=run.env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn
+    )
     lock.acquire(wait=opts.wait)
     with lock:
-        locked_at = utc_now()
+        run.check_under_lock(recheck)
+        run.build_release()
+        run.record_pending()
+        run.switch_and_check()
+        if run.passed:
+            return run.succeed()
+        return run.fail()
+
+
+def _passed(result: HookResult | None) -> bool:
+    """A hook that was not configured (None) or that succeeded."""
+    return result is None or result.ok
+
+
+class _Deployment:
+    """One deployment of ``target`` into its environment, one method per phase (run by
+    :func:`_run_deployment`, in the order below); each phase reads what the phases before it set.
+
+    Crash safety comes from this order: the checks change nothing but the lock and the records a dead
+    deployer left; :meth:`build_release` makes the new release beside the live one; ``current`` is
+    switched (one rename) only once that release is complete and the intent is recorded as a
+    ``pending`` row (:meth:`record_pending`), which the next deployment settles from what ``current``
+    names should this one be killed; the outcome is recorded in one transaction (:meth:`succeed`,
+    :meth:`fail`).
+    """
+
+    # set by check_under_lock
+    locked_at: str
+    state: EnvState | None  # the environment's row, read under the lock
+    decision: PolicyDecision
+    # set by build_release
+    previous: str | None  # what was live before (sha256:HEX), None for a first deployment
+    table: StatTable
+    stats: BuildStats | None
+    reused: bool
+    # set by record_pending
+    dep_id: int
+    # set by switch_and_check
+    old_config: str | None  # where the config link pointed before the switch
+
+    def __init__(
+        self, ctx: Context, target: Target, opts: DeployOptions, *, kind: str, source_env: str | None
+    ) -> None:
+        self.started = time.monotonic()
+        self.ctx, self.target, self.opts = ctx, target, opts
+        self.kind, self.source_env = kind, source_env
+        self.settings = target.settings
+        self.env = self.settings.name
+        self.digest = str(target.digest)
+        self.layout = EnvLayout(Path(self.settings.path))
+        # how the switch and the hooks went (switch_and_check)
+        self.activate: HookResult | None = None
+        self.health: HookResult | None = None
+        self.stopped: BaseException | None = None  # what ended the steps after the switch early
+        self.phase = "switch"  # the step under way when it stopped
+
+    # -- before anything changes ---------------------------------------------------------------------
+
+    def check_directory(self) -> None:
+        """Before the lock creates anything in the directory: refuse (raising) a directory graven may not
+        deploy to. After this returns, the directory is as it was, and its file system can hold a
+        release (checked while graven has made nothing there yet)."""
+        ctx, settings, layout = self.ctx, self.settings, self.layout
+        with ctx.db.connect() as conn:
+            check_location(ctx, conn, settings)
+            check_path(load_state(conn, self.env), settings)
+        check_links(layout)  # here too: a refusal leaves the directory as it was (again under the lock)
+        if not os.path.lexists(layout.meta):  # graven has made nothing here yet: can the file system hold it?
+            from graven.deploy.fscheck import check_release_support
+
+            check_release_support(layout.root)
+
+    def check_under_lock(self, recheck: Callable[[Connection, EnvState | None], None] | None) -> None:
+        """Under the lock, before anything changes: the audit log can record, the home is the one that
+        deployed here, what a dead deployer left ``pending`` is settled, and the location, ``recheck``
+        and policy allow this deployment (else it raises). Sets ``locked_at``, ``state`` and
+        ``decision``."""
+        ctx, env = self.ctx, self.env
+        self.locked_at = utc_now()
         step(ctx, "locked")
         # before anything changes: a change that could not be recorded (a log rolled back, its key
         # lost) must not switch and run hooks first; nor may a home older than what it left here
         ctx.audit.check_ready()
-        check_witness(ctx, layout, env)
-        reconcile(ctx, env, layout)
+        check_witness(ctx, self.layout, env)
+        reconcile(ctx, env, self.layout)
         with ctx.db.connect() as conn:
             # again: another environment may have gone live in this directory while this one waited
-            check_location(ctx, conn, settings, warn=False)
-            state = load_state(conn, env)
+            check_location(ctx, conn, self.settings, warn=False)
+            self.state = load_state(conn, env)
             if recheck is not None:
-                recheck(conn, state)
-            facts = policy_facts(conn, target, state, kind=kind, override=opts.override)
-        check_path(state, settings)
-        decision = evaluate_policy(facts)
-        if not decision.allowed:
-            raise PolicyError(decision.refusal or "refused")
+                recheck(conn, self.state)
+            facts = policy_facts(conn, self.target, self.state, kind=self.kind, override=self.opts.override)
+        check_path(self.state, self.settings)
+        self.decision = evaluate_policy(facts)
+        if not self.decision.allowed:
+            raise PolicyError(self.decision.refusal or "refused")
+
+    def build_release(self) -> None:
+        """After this returns, releases/<hex> is a complete, checked release of the artifact beside the
+        live one (made, or the one already there), leftovers of a dead deployer are gone, and
+        ``current`` is untouched. Sets ``previous``, ``table``, ``stats`` and ``reused``."""
+        ctx, layout = self.ctx, self.layout
         check_links(layout)
         live_hex = layout.live_hex()
-        previous = f"sha256:{live_hex}" if live_hex else None
-        table = StatTable.load(layout.stat_file, ctx.record_key)
-        clean_leftovers(ctx, layout, table, live_hex)
-        stats, reused = ensure_release(ctx, target, layout, table, live_hex)
+        self.previous = f"sha256:{live_hex}" if live_hex else None
+        self.table = StatTable.load(layout.stat_file, ctx.record_key)
+        clean_leftovers(ctx, layout, self.table, live_hex)
+        self.stats, self.reused = ensure_release(ctx, self.target, layout, self.table, live_hex)
         step(ctx, "release-ready")
-        recheck_trust(ctx, target, opts)  # trust may have changed while this waited or built
-        dep_id = insert_pending(
-            ctx,
-            target,
-            kind=kind,
-            source_env=source_env,
-            previous=previous,
-            opts=opts,
-            started_at=locked_at,
-            overridden=bool(decision.overridden),
+
+    def record_pending(self) -> None:
+        """The last checks before the switch (trust may have changed while this waited or built; a
+        rejection, under the database's write lock), then the intent: after this returns, the
+        deployment has a ``pending`` row (``dep_id``) that a deployer killed from here on leaves for
+        the next one to settle."""
+        recheck_trust(self.ctx, self.target, self.opts)
+        self.dep_id = insert_pending(
+            self.ctx,
+            self.target,
+            kind=self.kind,
+            source_env=self.source_env,
+            previous=self.previous,
+            opts=self.opts,
+            started_at=self.locked_at,
+            overridden=bool(self.decision.overridden),
         )
-        step(ctx, "pending-recorded")
-        old_config = readlink(layout.config_link)
-        activate: HookResult | None = None
-        health: HookResult | None = None
-        stopped: BaseException | None = None  # what ended the steps after the switch early
-        phase = "switch"
+        step(self.ctx, "pending-recorded")
+
+    # -- the switch and the checks -------------------------------------------------------------------
+
+    def switch_and_check(self) -> None:
+        """Switch ``current`` to the new release, run ``activate`` and ``health``, and check the digest
+        was not rejected meanwhile. Whatever stops these steps half-way (an error, Ctrl-C) is not
+        raised: it is kept in ``stopped`` and recorded as the failed result of the step under way
+        (``phase``), to be switched back like a failed health check. After this returns, :attr:`passed`
+        says whether the deployment may stay live; when it may, ``current`` names the new release
+        (hooks that pointed it elsewhere fail the health check).
+        """
+        self.old_config = readlink(self.layout.config_link)
         try:
-            switch(layout, target.digest.hex, settings.config)
-            step(ctx, "switched")
-            hook_env = hook_environment(layout, settings, digest, previous)
-            if settings.activate:
-                phase = "activate"
-                activate = run_hook(
-                    settings.activate, cwd=layout.root, env=hook_env, timeout=settings.activate_timeout
-                )
-                step(ctx, "activated")
-            if settings.health and (activate is None or activate.ok):
-                phase = "health check"
-                health = run_health(
-                    settings.health,
-                    cwd=layout.root,
-                    env=hook_env,
-                    timeout=settings.health_timeout,
-                    retries=settings.health_retries,
-                    interval=settings.health_interval,
-                )
-                step(ctx, "health-checked")
-            if (activate is None or activate.ok) and (health is None or health.ok):
-                phase = "the deployment" if kind != "rollback" else "the rollback"
-                with ctx.db.connect() as conn:
-                    rejected = rejection(conn, digest)
-                if rejected is not None:  # `graven reject` while this deployment ran: never left live
-                    # (a rollback is not switched back: it fails, and stays live and held)
-                    raise PolicyError(f"{short(digest)} was rejected during {phase} ({rejected})")
+            self._switch_and_run_hooks()
         except (Exception, KeyboardInterrupt) as exc:
             # Whatever stops the switch or the hooks half-way (an error, Ctrl-C) must not leave an
             # unchecked release live: it is a failure like a failed health check, and is switched back.
-            stopped = exc
-            failed = step_error(phase, exc)
+            self.stopped = exc
+            failed = step_error(self.phase, exc)
             if isinstance(exc, KeyboardInterrupt):
-                failed = step_error(phase, InputError("interrupted (Ctrl-C or SIGTERM)"))
-            if phase == "activate":
-                activate = failed
+                failed = step_error(self.phase, InputError("interrupted (Ctrl-C or SIGTERM)"))
+            if self.phase == "activate":
+                self.activate = failed
             else:
-                health = failed
-        ok = stopped is None and (activate is None or activate.ok) and (health is None or health.ok)
-        if ok and (activate is not None or health is not None):
-            now_live = layout.live_hex()  # a hook may have pointed current elsewhere
-            if now_live != target.digest.hex:
-                ok = False
-                # back to what graven made, so that the failure's records (a switch back, or a
-                # rollback that stays) describe the disk
-                point_symlink(layout.current, layout.link_target(target.digest.hex))
-                health = step_error(
-                    "health check",
-                    InputError(
-                        f"{layout.current} was changed while the hooks ran (it names "
-                        f"{now_live[:12] if now_live else 'nothing'}); graven made no such switch"
-                    ),
-                )
-        common: dict[str, Any] = {
-            "env": env,
-            "kind": kind,
-            "digest": digest,
-            "name": target.name,
-            "commit": target.commit,
-            "path": settings.path,
-            "release": str(layout.release(target.digest.hex)),
-            "previous": previous,
-            "overridden": decision.overridden,
-            "reused_release": reused,
+                self.health = failed
+        if self.passed and (self.activate is not None or self.health is not None):
+            self._check_current_unmoved()
+
+    @property
+    def passed(self) -> bool:
+        """Nothing stopped the steps after the switch, and every hook that ran succeeded."""
+        return self.stopped is None and _passed(self.activate) and _passed(self.health)
+
+    def _switch_and_run_hooks(self) -> None:
+        """The steps after the switch, each naming itself in ``phase`` before it starts; raises what
+        stops one."""
+        ctx, settings, layout = self.ctx, self.settings, self.layout
+        switch(layout, self.target.digest.hex, settings.config)
+        step(ctx, "switched")
+        hook_env = hook_environment(layout, settings, self.digest, self.previous)
+        if settings.activate:
+            self.phase = "activate"
+            self.activate = run_hook(
+                settings.activate, cwd=layout.root, env=hook_env, timeout=settings.activate_timeout
+            )
+            step(ctx, "activated")
+        if settings.health and _passed(self.activate):
+            self.phase = "health check"
+            self.health = run_health(
+                settings.health,
+                cwd=layout.root,
+                env=hook_env,
+                timeout=settings.health_timeout,
+                retries=settings.health_retries,
+                interval=settings.health_interval,
+            )
+            step(ctx, "health-checked")
+        if _passed(self.activate) and _passed(self.health):
+            self.phase = "the deployment" if self.kind != "rollback" else "the rollback"
+            with ctx.db.connect() as conn:
+                rejected = rejection(conn, self.digest)
+            if rejected is not None:  # `graven reject` while this deployment ran: never left live
+                # (a rollback is not switched back: it fails, and stays live and held)
+                raise PolicyError(f"{short(self.digest)} was rejected during {self.phase} ({rejected})")
+
+    def _check_current_unmoved(self) -> None:
+        """After hooks that passed: ``current`` must still name the new release. A hook that pointed it
+        elsewhere fails the health check, and ``current`` is pointed back at the new release first, so
+        that the failure's records (a switch back, or a rollback that stays) describe the disk."""
+        layout, hex_digest = self.layout, self.target.digest.hex
+        now_live = layout.live_hex()  # a hook may have pointed current elsewhere
+        if now_live != hex_digest:
+            point_symlink(layout.current, layout.link_target(hex_digest))
+            self.health = step_error(
+                "health check",
+                InputError(
+                    f"{layout.current} was changed while the hooks ran (it names "
+                    f"{now_live[:12] if now_live else 'nothing'}); graven made no such switch"
+                ),
+            )
+
+    # -- the outcome ---------------------------------------------------------------------------------
+
+    def _result_fields(self) -> dict[str, Any]:
+        """The fields of the :class:`DeployResult` that success and failure share."""
+        activate, health, stats = self.activate, self.health, self.stats
+        return {
+            "env": self.env,
+            "kind": self.kind,
+            "digest": self.digest,
+            "name": self.target.name,
+            "commit": self.target.commit,
+            "path": self.settings.path,
+            "release": str(self.layout.release(self.target.digest.hex)),
+            "previous": self.previous,
+            "overridden": self.decision.overridden,
+            "reused_release": self.reused,
             "stats": stats.to_json() if stats else {},
             "activate": activate.describe() if activate else None,
             "health_detail": health.describe() if health else None,
         }
-        if ok:
-            health_state = "healthy" if health is not None else "none"
-            try:
-                held = record_success(
-                    ctx,
-                    target,
-                    dep_id,
-                    decision,
-                    kind=kind,
-                    source_env=source_env,
-                    previous=previous,
-                    health=health_state,
-                    opts=opts,
-                    layout=layout,
-                )
-            except GravenError as exc:  # a full or read-only home: not left live without a record
-                _unrecorded(
-                    ctx, target, dep_id, state, kind, previous, layout, old_config, opts, exc, decision
-                )
-                raise  # pragma: no cover - _unrecorded raises
-            step(ctx, "recorded")
-            write_witness(ctx, layout)
-            with ctx.db.connect() as conn:
-                state_now = load_state(conn, env)
-            assert state_now is not None
-            removed = retention(ctx, layout, table, env=env, keep=settings.keep, state=state_now)
-            step(ctx, "done")
-            message = f"{short(digest)} is live in {env}"
-            if health is not None:
-                message += (
-                    f" and healthy ({health.attempts} health check{'s' if health.attempts > 1 else ''})"
-                )
-            return DeployResult(
-                ok=True,
+
+    def succeed(self) -> DeployResult:
+        """The checks passed: record the success (one transaction), then the witness, then retention.
+        After this returns, the records name the new release live, as ``current`` does; when the
+        success cannot be recorded, the deployment is switched back and this raises instead."""
+        ctx, env, health = self.ctx, self.env, self.health
+        common = self._result_fields()
+        health_state = "healthy" if health is not None else "none"
+        try:
+            held = record_success(
+                ctx,
+                self.target,
+                self.dep_id,
+                self.decision,
+                kind=self.kind,
+                source_env=self.source_env,
+                previous=self.previous,
                 health=health_state,
-                message=message,
-                held=held,
-                removed=removed,
-                seconds=time.monotonic() - started,
-                **common,
+                opts=self.opts,
+                layout=self.layout,
             )
-        failure = activate if activate is not None and not activate.ok else health
+        except GravenError as exc:  # a full or read-only home: not left live without a record
+            self._unrecorded(exc)
+        step(ctx, "recorded")
+        write_witness(ctx, self.layout)
+        with ctx.db.connect() as conn:
+            state_now = load_state(conn, env)
+        assert state_now is not None
+        removed = retention(ctx, self.layout, self.table, env=env, keep=self.settings.keep, state=state_now)
+        step(ctx, "done")
+        message = f"{short(self.digest)} is live in {env}"
+        if health is not None:
+            message += f" and healthy ({health.attempts} health check{'s' if health.attempts > 1 else ''})"
+        return DeployResult(
+            ok=True,
+            health=health_state,
+            message=message,
+            held=held,
+            removed=removed,
+            seconds=time.monotonic() - self.started,
+            **common,
+        )
+
+    def _unrecorded(self, exc: GravenError) -> NoReturn:
+        """A healthy deployment whose success could not be written: exit 1 means what was live stays live,
+        so it is switched back as after a failed health check (the old release's hooks run again; a
+        rollback stays, as a failed rollback does), and the error says what the environment is on. A
+        bypassed requirement is logged as an ``override`` entry, as after a failed health check."""
+        env, digest, kind, previous, layout = self.env, self.digest, self.kind, self.previous, self.layout
+        failure = step_error("recording", exc)
+        try:
+            restored = record_failure(
+                self.ctx,
+                self.target,
+                self.dep_id,
+                self.state,
+                kind=kind,
+                previous=previous,
+                failure=failure,
+                what="recording",
+                layout=layout,
+                old_config=self.old_config,
+                opts=self.opts,
+                overridden=tuple(self.decision.overridden),
+            )
+            back, health, detail = restored.rolled_back_to, restored.health, restored.detail
+        except GravenError:  # the database still refuses: its pending row is settled by the next command
+            back = previous if kind != "rollback" and layout.live_hex() != self.target.digest.hex else None
+            health, detail = None, None
+        if kind == "rollback":
+            where = f"{short(digest)} stays live and held"
+            then = f"make GRAVEN_HOME writable (free space), then check `graven status {env}`"
+        elif back is None:
+            now = layout.live_hex()
+            where = f"{short(now)} is live" if now else "nothing is live"
+            then = "make GRAVEN_HOME writable (free space), then deploy again"
+        else:
+            where = f"switched back to {short(back)}"
+            if health == "failed":
+                where += f", which failed its checks too ({detail}): {env} is unhealthy"
+            then = "make GRAVEN_HOME writable (free space), then deploy again"
+        raise BackendError(
+            f"{short(digest)} passed its checks in {env} but could not be recorded ({exc}); {where}; {then}"
+        ) from exc
+
+    def fail(self) -> DeployResult:
+        """A step failed or was stopped: switch back (unless this is a rollback, or the switch itself
+        failed before ``current`` changed) and record the failure (one transaction, see
+        record_failure), then the witness. After this returns (or re-raises a Ctrl-C, once all that
+        is done), ``current`` and the records agree on what is live."""
+        ctx, layout, previous, activate = self.ctx, self.layout, self.previous, self.activate
+        common = self._result_fields()
+        failure = activate if activate is not None and not activate.ok else self.health
         assert failure is not None
         what = "activate" if failure is activate else "health check"
-        if stopped is not None:
-            what = phase
+        if self.stopped is not None:
+            what = self.phase
         # a switch that failed before current changed (its rename is atomic: one or the other)
         switched = not (
-            phase == "switch"
+            self.phase == "switch"
             and layout.live_hex() == (previous.removeprefix("sha256:") if previous else None)
         )
         restored = record_failure(
             ctx,
-            target,
-            dep_id,
-            state,
-            kind=kind,
+            self.target,
+            self.dep_id,
+            self.state,
+            kind=self.kind,
             previous=previous,
             failure=failure,
             what=what,
             layout=layout,
-            old_config=old_config,
-            opts=opts,
-            overridden=tuple(decision.overridden),
+            old_config=self.old_config,
+            opts=self.opts,
+            overridden=tuple(self.decision.overridden),
             switched=switched,
         )
         write_witness(ctx, layout)
         step(ctx, "done")
-        if isinstance(stopped, KeyboardInterrupt):
-            raise stopped
-        rolled_back_to = restored.rolled_back_to
-        described = _failure_text(failure, layout, env, "activate" if failure is activate else "health")
+        if isinstance(self.stopped, KeyboardInterrupt):
+            raise self.stopped
+        described = _failure_text(failure, layout, self.env, "activate" if failure is activate else "health")
+        return DeployResult(
+            ok=False,
+            health="failed",
+            message=self._failure_message(what, described, restored, switched=switched),
+            rolled_back_to=restored.rolled_back_to,
+            rolled_back_health=restored.health,
+            held=restored.held,
+            seconds=time.monotonic() - self.started,
+            **common,
+        )
+
+    def _failure_message(self, what: str, described: str, restored: Restored, *, switched: bool) -> str:
+        """The one line a failed deployment reports: what failed, what the environment is on now, and
+        what to do next."""
+        env, kind, previous, rolled_back_to = self.env, self.kind, self.previous, restored.rolled_back_to
+        digest = short(self.digest)
         # a hook that failed may be the artifact's fault; a switch that failed (a full disk), a
         # stop or a file system mounted noexec is not
         artifact_hook = what in ("activate", "health check") and "mounted noexec" not in described
@@ -436,103 +616,37 @@ def _run_deployment(
         if not switched:
             still = f"{short(previous)} is still live" if previous else "nothing is live"
             holding = f" and {env} stays held" if restored.held else ""
-            message = (
-                f"the switch to {short(digest)} in {env} failed ({described}); nothing was switched: "
+            return (
+                f"the switch to {digest} in {env} failed ({described}); nothing was switched: "
                 f"{still} in {env}{holding}; {fix}"
             )
-        elif rolled_back_to and restored.health == "failed":
-            message = (
-                f"{what} of {short(digest)} in {env} failed ({described}); switched back to "
+        if rolled_back_to and restored.health == "failed":
+            return (
+                f"{what} of {digest} in {env} failed ({described}); switched back to "
                 f"{short(rolled_back_to)}, which failed its checks too ({restored.detail}): {env} is "
                 "unhealthy whatever is deployed; fix the environment, then deploy again"
             )
-        elif rolled_back_to:
+        if rolled_back_to:
             note = f" ({restored.detail})" if restored.detail else ""  # its hooks not run, say
-            message = (
-                f"{what} of {short(digest)} in {env} failed ({described}); switched back to "
+            return (
+                f"{what} of {digest} in {env} failed ({described}); switched back to "
                 f"{short(rolled_back_to)}{note}; {fix}"
             )
-        elif kind == "rollback":
+        if kind == "rollback":
             after = "" if what == "the rollback" else " after the rollback"
-            message = (
-                f"{what} of {short(digest)} in {env} failed{after} ({described}); it "
+            return (
+                f"{what} of {digest} in {env} failed{after} ({described}); it "
                 f"stays live and held; roll back --to another digest, or fix and `graven unhold {env}`"
             )
-        elif previous == digest:
-            message = (
-                f"{what} of {short(digest)} in {env} failed ({described}); it was already live, so "
+        if previous == self.digest:
+            return (
+                f"{what} of {digest} in {env} failed ({described}); it was already live, so "
                 "there is nothing to switch back to"
             )
-        else:
-            message = (
-                f"{what} of {short(digest)} in {env} failed ({described}); nothing was live before, "
-                f"so {env} now has no live release; {fix}"
-            )
-        return DeployResult(
-            ok=False,
-            health="failed",
-            message=message,
-            rolled_back_to=rolled_back_to,
-            rolled_back_health=restored.health,
-            held=restored.held,
-            seconds=time.monotonic() - started,
-            **common,
+        return (
+            f"{what} of {digest} in {env} failed ({described}); nothing was live before, "
+            f"so {env} now has no live release; {fix}"
         )
-
-
-def _unrecorded(  # noqa: PLR0917 (the deployment's state, as record_failure takes it)
-    ctx: Context,
-    target: Target,
-    dep_id: int,
-    state: EnvState | None,
-    kind: str,
-    previous: str | None,
-    layout: EnvLayout,
-    old_config: str | None,
-    opts: DeployOptions,
-    exc: GravenError,
-    decision: PolicyDecision,
-) -> NoReturn:
-    """A healthy deployment whose success could not be written: exit 1 means what was live stays live,
-    so it is switched back as after a failed health check (the old release's hooks run again; a
-    rollback stays, as a failed rollback does), and the error says what the environment is on. A
-    bypassed requirement is logged as an ``override`` entry, as after a failed health check."""
-    env, digest = target.settings.name, str(target.digest)
-    failure = step_error("recording", exc)
-    try:
-        restored = record_failure(
-            ctx,
-            target,
-            dep_id,
-            state,
-            kind=kind,
-            previous=previous,
-            failure=failure,
-            what="recording",
-            layout=layout,
-            old_config=old_config,
-            opts=opts,
-            overridden=tuple(decision.overridden),
-        )
-        back, health, detail = restored.rolled_back_to, restored.health, restored.detail
-    except GravenError:  # the database still refuses: its pending row is settled by the next command
-        back = previous if kind != "rollback" and layout.live_hex() != target.digest.hex else None
-        health, detail = None, None
-    if kind == "rollback":
-        where = f"{short(digest)} stays live and held"
-        then = f"make GRAVEN_HOME writable (free space), then check `graven status {env}`"
-    elif back is None:
-        now = layout.live_hex()
-        where = f"{short(now)} is live" if now else "nothing is live"
-        then = "make GRAVEN_HOME writable (free space), then deploy again"
-    else:
-        where = f"switched back to {short(back)}"
-        if health == "failed":
-            where += f", which failed its checks too ({detail}): {env} is unhealthy"
-        then = "make GRAVEN_HOME writable (free space), then deploy again"
-    raise BackendError(
-        f"{short(digest)} passed its checks in {env} but could not be recorded ({exc}); {where}; {then}"
-    ) from exc
 
 
 # -- use cases -------------------------------------------------------------------------------------

@@ -241,159 +241,254 @@ def record_failure(
 
     ``switched`` False: the switch itself failed before ``current`` changed (a full disk, a file
     system gone read-only): nothing went live, so nothing is switched back and no hook runs again;
-    the environment's state stays what it was (a rollback that did not switch holds nothing)."""
-    env = target.settings.name
+    the environment's state stays what it was (a rollback that did not switch holds nothing).
+
+    The disk first, then one transaction: a process killed in between leaves the ``pending`` row,
+    which the next deployment settles from what ``current`` names. A signal that stops the previous
+    release's hooks is raised once the failure is recorded."""
     digest = str(target.digest)
     detail = f"{what} failed: {failure.describe()}"
-    rolled_back_to: str | None = None
-    back_health = "unknown"
-    back_detail: str | None = None
-    back_settings: EnvSettings | None = None
-    back_ok = previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir()
-    back_pipeline: str | None = None
-    interrupted: BaseException | None = None  # what stopped the old release's hooks, raised once recorded
-    if not switched:
-        pass  # current names what it named: nothing to undo
-    elif kind != "rollback" and previous is not None and previous != digest and back_ok:
-        from graven.service.deploy_verify import verified_settings
-
-        unverified: str | None
-        try:
-            with ctx.db.connect() as conn:
-                back_row = deployment_row(conn, state.live_deployment if state else None)
-                back_pipeline = back_row.pipeline_digest if back_row is not None else None
-            back_settings, unverified = verified_settings(ctx, back_row, env, opts)
-        except GravenError as exc:
-            # the database (or the store) failed under us: the release that failed its check must not
-            # stay live for want of the old one's hooks; switched back without them, and said so
-            back_settings, unverified = None, f"its activate and health not run: {exc}"
-        point_symlink(layout.current, layout.link_target(previous.removeprefix("sha256:")))
-        try:
-            if old_config is not None:
-                point_symlink(layout.config_link, old_config)
-            else:
-                remove_symlink(layout.config_link)
-        except GravenError as exc:  # the release is back; the config link is drift that heal fixes
-            back_detail = f"config link not restored: {exc}"
-        rolled_back_to = previous
-        if unverified is not None and back_detail is None:
-            back_detail = unverified
-        step(ctx, "switched-back")
-        try:  # a signal while the old release is checked: recorded all the same, then passed on
-            if back_settings is not None:
-                if back_settings.activate or back_settings.health:  # only then: hooks import subprocess
-                    from graven.deploy.hooks import run_health, run_hook
-                hook_env = hook_environment(layout, back_settings, previous, digest)
-                if back_settings.activate:
-                    result = run_hook(
-                        back_settings.activate,
-                        cwd=layout.root,
-                        env=hook_env,
-                        timeout=back_settings.activate_timeout,
-                    )
-                    if not result.ok:
-                        back_health, back_detail = "failed", f"activate failed: {result.describe()}"
-                if back_settings.health and back_health != "failed":
-                    result = run_health(
-                        back_settings.health,
-                        cwd=layout.root,
-                        env=hook_env,
-                        timeout=back_settings.health_timeout,
-                        retries=back_settings.health_retries,
-                        interval=back_settings.health_interval,
-                    )
-                    back_health = "healthy" if result.ok else "failed"
-                    back_detail = None if result.ok else f"health check failed: {result.describe()}"
-                elif back_health != "failed":
-                    back_health = "none"
-        except BaseException as exc:
-            interrupted = exc
-            back_health = "unknown"
-            back_detail = f"stopped while its hooks ran ({type(exc).__name__})"
-    elif kind != "rollback" and (previous is None or (previous != digest and not back_ok)):
-        previous = None  # nothing (complete) to switch back to
-        remove_symlink(layout.current)
-        remove_symlink(layout.config_link)
+    # a rollback stays live, as does a redeploy of the live digest: nothing is switched back
+    back = _SwitchBack()
+    if switched and kind != "rollback" and previous != digest:
+        if previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir():
+            back = _switch_back(
+                ctx, target, state=state, layout=layout, previous=previous, old_config=old_config, opts=opts
+            )
+        else:  # nothing (complete) to switch back to
+            _leave_nothing_live(layout)
     with ctx.db.begin() as conn:
-        conn.execute(
-            "UPDATE deployments SET result = 'failed', health = 'failed', finished_at = :now,"
-            " detail = :detail WHERE id = :id",
-            {"now": utc_now(), "detail": detail, "id": dep_id},
-        )
-        current = load_state(conn, env) or EnvState(name=env, path=str(layout.root))
-        current.path = str(layout.root)
-        reason = _event_reason(kind, None, opts)
-        ctx.audit.append(
-            conn,
-            LogEvent(
-                _EVENT[kind],
-                artifact=digest,
-                commit=target.commit,
-                env=env,
-                reason=f"{detail}{f'; {reason}' if reason else ''}",
-                result="failed",
-            ),
+        current = _record_failed(
+            ctx, conn, target, dep_id, kind=kind, detail=detail, opts=opts, layout=layout
         )
         if overridden and switched:
             _log_override(ctx, conn, target, overridden, opts, result="failed")
         if not switched:
             pass  # the state read under the lock still describes the disk
-        elif rolled_back_to is not None:
-            rejected = rejection(conn, rolled_back_to)
-            if rejected is not None:  # live again only because nothing else is at hand
-                note = f"it is rejected ({rejected}): deploy another digest"
-                back_detail = f"{back_detail}; {note}" if back_detail else note
-                ctx.reporter.warn(f"{env} is back on {short(rolled_back_to)}, which {note}")
-            now = utc_now()
-            back_id = conn.execute(
-                "INSERT INTO deployments (env, digest, kind, previous_digest, actor, started_at,"
-                " finished_at, result, health, override, reason, detail, settings, pipeline_digest)"
-                " VALUES (:env, :digest, 'auto-rollback', :previous_digest, :actor, :now, :now, 'ok',"
-                " :health, :override, :reason, :detail, :settings, :pipeline_digest) RETURNING id",
-                {
-                    "env": env,
-                    "digest": rolled_back_to,
-                    "previous_digest": digest,
-                    "actor": ctx.audit.actor,
-                    "now": now,
-                    "health": back_health,
-                    "override": False,
-                    "reason": f"automatic: {what} of {short(digest)} failed",
-                    "detail": back_detail,
-                    "settings": _settings_json(back_settings) if back_settings else None,
-                    "pipeline_digest": back_pipeline,
-                },
-            ).scalar_one()
-            current.live_digest = rolled_back_to
-            current.live_deployment = int(back_id)
-            ctx.audit.append(
-                conn,
-                LogEvent(
-                    "rollback",
-                    artifact=rolled_back_to,
-                    env=env,
-                    reason=f"automatic: {what} of {short(digest)} failed",
-                    result="ok" if back_health != "failed" else "failed",
-                ),
-            )
+        elif back.to is not None:
+            current.live_digest = back.to
+            current.live_deployment = _record_switch_back(ctx, conn, target, back, what=what)
         elif kind == "rollback" or previous == digest:
-            if current.live_digest != digest and current.live_digest is not None:
-                current.previous_digest = current.live_digest
-            current.live_digest = digest
-            current.live_deployment = dep_id
-            if kind == "rollback":
-                current.held, current.held_digest = True, digest
-                current.hold_reason = opts.reason or f"rolled back to {short(digest)}"
-                ctx.audit.append(
-                    conn,
-                    LogEvent(
-                        "hold", artifact=digest, commit=target.commit, env=env, reason=current.hold_reason
-                    ),
-                )
+            _record_still_live(ctx, conn, current, target, dep_id, kind=kind, opts=opts)
         else:
             current.live_digest = None
             current.live_deployment = None
         save_state(conn, current)
-    if interrupted is not None:
-        raise interrupted
-    return Restored(rolled_back_to, back_health if rolled_back_to else None, back_detail, current.held)
+    if back.interrupted is not None:
+        raise back.interrupted
+    return Restored(back.to, back.health if back.to else None, back.detail, current.held)
+
+
+class _SwitchBack:
+    """What switching back to the previous release did: the release switched back to (None: none
+    was), its health after its own hooks ran again and why, the verified settings and graven.toml its
+    hooks ran with, and what stopped those hooks (raised once the failure is recorded)."""
+
+    __slots__ = ("detail", "health", "interrupted", "pipeline", "settings", "to")
+
+    def __init__(self, to: str | None = None) -> None:
+        self.to = to
+        self.health = "unknown"
+        self.detail: str | None = None
+        self.settings: EnvSettings | None = None
+        self.pipeline: str | None = None
+        self.interrupted: BaseException | None = None
+
+
+def _switch_back(
+    ctx: Context,
+    target: Target,
+    *,
+    state: EnvState | None,
+    layout: EnvLayout,
+    previous: str,
+    old_config: str | None,
+    opts: DeployOptions,
+) -> _SwitchBack:
+    """Point ``current`` back at ``previous`` (a complete release), restore the config link, then run
+    the previous release's own activate and health again, from its verified graven.toml (never from
+    the database's copy). After this returns ``current`` names ``previous``; a config link that could
+    not be restored, settings that could not be verified or hooks that failed are in ``detail``."""
+    env = target.settings.name
+    back = _SwitchBack(previous)
+    from graven.service.deploy_verify import verified_settings
+
+    unverified: str | None
+    try:
+        with ctx.db.connect() as conn:
+            back_row = deployment_row(conn, state.live_deployment if state else None)
+            back.pipeline = back_row.pipeline_digest if back_row is not None else None
+        back.settings, unverified = verified_settings(ctx, back_row, env, opts)
+    except GravenError as exc:
+        # the database (or the store) failed under us: the release that failed its check must not
+        # stay live for want of the old one's hooks; switched back without them, and said so
+        back.settings, unverified = None, f"its activate and health not run: {exc}"
+    point_symlink(layout.current, layout.link_target(previous.removeprefix("sha256:")))
+    try:
+        if old_config is not None:
+            point_symlink(layout.config_link, old_config)
+        else:
+            remove_symlink(layout.config_link)
+    except GravenError as exc:  # the release is back; the config link is drift that heal fixes
+        back.detail = f"config link not restored: {exc}"
+    if unverified is not None and back.detail is None:
+        back.detail = unverified
+    step(ctx, "switched-back")
+    _recheck_previous(back, layout, previous, str(target.digest))
+    return back
+
+
+def _recheck_previous(back: _SwitchBack, layout: EnvLayout, previous: str, failed_digest: str) -> None:
+    """Run the hooks of the release switched back to (``back.settings``; none when they could not be
+    verified) and set ``back.health``: ``failed``, ``healthy``, ``none`` (no health command) or
+    ``unknown`` (not run, or stopped: a signal is kept in ``back.interrupted``, not raised)."""
+    settings = back.settings
+    try:  # a signal while the old release is checked: recorded all the same, then passed on
+        if settings is not None:
+            if settings.activate or settings.health:  # only then: hooks import subprocess
+                from graven.deploy.hooks import run_health, run_hook
+            hook_env = hook_environment(layout, settings, previous, failed_digest)
+            if settings.activate:
+                result = run_hook(
+                    settings.activate, cwd=layout.root, env=hook_env, timeout=settings.activate_timeout
+                )
+                if not result.ok:
+                    back.health, back.detail = "failed", f"activate failed: {result.describe()}"
+            if settings.health and back.health != "failed":
+                result = run_health(
+                    settings.health,
+                    cwd=layout.root,
+                    env=hook_env,
+                    timeout=settings.health_timeout,
+                    retries=settings.health_retries,
+                    interval=settings.health_interval,
+                )
+                back.health = "healthy" if result.ok else "failed"
+                back.detail = None if result.ok else f"health check failed: {result.describe()}"
+            elif back.health != "failed":
+                back.health = "none"
+    except BaseException as exc:
+        back.interrupted = exc
+        back.health = "unknown"
+        back.detail = f"stopped while its hooks ran ({type(exc).__name__})"
+
+
+def _leave_nothing_live(layout: EnvLayout) -> None:
+    """Nothing complete was live before the failed release: after this returns neither ``current`` nor
+    the config link exists, so the environment has no live release rather than an unchecked one."""
+    remove_symlink(layout.current)
+    remove_symlink(layout.config_link)
+
+
+def _record_failed(
+    ctx: Context,
+    conn: Connection,
+    target: Target,
+    dep_id: int,
+    *,
+    kind: str,
+    detail: str,
+    opts: DeployOptions,
+    layout: EnvLayout,
+) -> EnvState:
+    """In the failure's transaction: the deployment's row ``failed``, and its audit entry. Returns the
+    environment's state for the caller to update and save."""
+    conn.execute(
+        "UPDATE deployments SET result = 'failed', health = 'failed', finished_at = :now,"
+        " detail = :detail WHERE id = :id",
+        {"now": utc_now(), "detail": detail, "id": dep_id},
+    )
+    env = target.settings.name
+    current = load_state(conn, env) or EnvState(name=env, path=str(layout.root))
+    current.path = str(layout.root)
+    reason = _event_reason(kind, None, opts)
+    ctx.audit.append(
+        conn,
+        LogEvent(
+            _EVENT[kind],
+            artifact=str(target.digest),
+            commit=target.commit,
+            env=env,
+            reason=f"{detail}{f'; {reason}' if reason else ''}",
+            result="failed",
+        ),
+    )
+    return current
+
+
+def _record_switch_back(
+    ctx: Context, conn: Connection, target: Target, back: _SwitchBack, *, what: str
+) -> int:
+    """In the failure's transaction: the ``auto-rollback`` row of the release switched back to, and its
+    ``rollback`` audit entry (a rejected release is live again only for want of another: said in
+    ``back.detail`` and warned). Returns the row's id."""
+    env, digest = target.settings.name, str(target.digest)
+    assert back.to is not None
+    rejected = rejection(conn, back.to)
+    if rejected is not None:  # live again only because nothing else is at hand
+        note = f"it is rejected ({rejected}): deploy another digest"
+        back.detail = f"{back.detail}; {note}" if back.detail else note
+        ctx.reporter.warn(f"{env} is back on {short(back.to)}, which {note}")
+    now = utc_now()
+    back_id = conn.execute(
+        "INSERT INTO deployments (env, digest, kind, previous_digest, actor, started_at,"
+        " finished_at, result, health, override, reason, detail, settings, pipeline_digest)"
+        " VALUES (:env, :digest, 'auto-rollback', :previous_digest, :actor, :now, :now, 'ok',"
+        " :health, :override, :reason, :detail, :settings, :pipeline_digest) RETURNING id",
+        {
+            "env": env,
+            "digest": back.to,
+            "previous_digest": digest,
+            "actor": ctx.audit.actor,
+            "now": now,
+            "health": back.health,
+            "override": False,
+            "reason": f"automatic: {what} of {short(digest)} failed",
+            "detail": back.detail,
+            "settings": _settings_json(back.settings) if back.settings else None,
+            "pipeline_digest": back.pipeline,
+        },
+    ).scalar_one()
+    ctx.audit.append(
+        conn,
+        LogEvent(
+            "rollback",
+            artifact=back.to,
+            env=env,
+            reason=f"automatic: {what} of {short(digest)} failed",
+            result="ok" if back.health != "failed" else "failed",
+        ),
+    )
+    return int(back_id)
+
+
+def _record_still_live(
+    ctx: Context,
+    conn: Connection,
+    current: EnvState,
+    target: Target,
+    dep_id: int,
+    *,
+    kind: str,
+    opts: DeployOptions,
+) -> None:
+    """In the failure's transaction: the failed release stays live (a rollback, which is not switched
+    back, or a redeploy of the live digest); a rollback holds the environment, with its audit entry."""
+    digest = str(target.digest)
+    if current.live_digest != digest and current.live_digest is not None:
+        current.previous_digest = current.live_digest
+    current.live_digest = digest
+    current.live_deployment = dep_id
+    if kind == "rollback":
+        current.held, current.held_digest = True, digest
+        current.hold_reason = opts.reason or f"rolled back to {short(digest)}"
+        ctx.audit.append(
+            conn,
+            LogEvent(
+                "hold",
+                artifact=digest,
+                commit=target.commit,
+                env=target.settings.name,
+                reason=current.hold_reason,
+            ),
+        )
