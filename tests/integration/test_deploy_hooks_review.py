@@ -306,3 +306,32 @@ def test_a_first_deploy_whose_switch_failed_says_nothing_is_live(
     assert [(h["digest"], h["result"]) for h in environments.history(world.ctx(), "staging")] == [
         (v1, "failed")
     ]
+
+
+def test_a_config_link_not_restored_on_a_switch_back_is_said_even_when_the_old_release_is_healthy(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch back restores ``current`` but not the config link (a full disk): the record and the
+    one line say so whatever the old release's health check does. Before, its passing health check
+    wiped the note (and a release without a health check kept it)."""
+    from graven.deploy.switch import point_symlink as real
+    from graven.errors import BackendError
+    from graven.service import deploy_records
+
+    v1 = world.build()  # a health check that passes
+    assert world.deploy(v1, "staging").ok
+    bad = world.version(2, env_toml("app", staging_prod(health=FAIL)))
+
+    def full(link: Path, target: str) -> bool:
+        if link.name != "current":
+            raise BackendError(f"cannot point {link} at {target}: No space left on device")
+        return real(link, target)
+
+    monkeypatch.setattr(deploy_records, "point_symlink", full)
+    result = world.deploy(bad, "staging")
+    assert not result.ok and world.live("staging") == v1
+    assert result.rolled_back_to == v1 and result.rolled_back_health == "healthy"
+    assert "config link not restored" in result.message, result.message
+    back = environments.history(world.ctx(), "staging")[-1]
+    assert back["kind"] == "auto-rollback" and back["health"] == "healthy"
+    assert "config link not restored" in str(back["detail"])

@@ -364,7 +364,8 @@ def _recheck_previous(back: _SwitchBack, layout: EnvLayout, previous: str, faile
                     interval=settings.health_interval,
                 )
                 back.health = "healthy" if result.ok else "failed"
-                back.detail = None if result.ok else f"health check failed: {result.describe()}"
+                if not result.ok:  # a passing check keeps the note of a config link not restored
+                    back.detail = f"health check failed: {result.describe()}"
             elif back.health != "failed":
                 back.health = "none"
     except BaseException as exc:
