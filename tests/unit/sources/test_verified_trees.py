@@ -285,14 +285,16 @@ def test_the_listing_refuses_what_only_a_crafted_tree_holds(tmp_path: Path, shap
     # (nor can it be a base: no build of it is recorded, as the listing refuses it)
 
 
+# No wall-clock bound (a busy machine is slow at times): 100,000 names take some 1.5 s to compare in one
+# linear pass, and a scan of the whole tree per changed name (25,000 took 10 to 25 s) would take
+# minutes, which the timeout (far from anything the linear pass needs) ends.
+@pytest.mark.timeout(60)
 def test_the_comparison_of_a_wide_tree_stays_linear(tmp_path: Path) -> None:
     """A review: the check for crafted names scanned the whole tree once per changed entry: a
     directory of 40,000 files all rewritten took 27 s to compare (1.8 s before)."""
-    import time
-
     repo, base, toml, x = _one_file_repo(tmp_path)
     y = _object(repo, b"y\n")
-    names = [f"{i:06d}" for i in range(25_000)]
+    names = [f"{i:06d}" for i in range(100_000)]
     old = _crafted(
         repo,
         [("100644", "graven.toml", toml), ("40000", "d", _mktree(repo, [("100644", n, x) for n in names]))],
@@ -303,10 +305,8 @@ def test_the_comparison_of_a_wide_tree_stays_linear(tmp_path: Path) -> None:
         [("100644", "graven.toml", toml), ("40000", "d", _mktree(repo, [("100644", n, y) for n in names]))],
         old,
     )
-    start = time.perf_counter()
     changes = _changes(repo, old, new)
     assert changes is not None and len(changes) == len(names)
-    assert time.perf_counter() - start < 3.0  # linear: well under 1 s; the quadratic check took ~10 s
 
 
 def test_a_planted_commit_named_by_rev_parse_is_tampering_too(tmp_path: Path) -> None:
