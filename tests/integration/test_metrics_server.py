@@ -99,18 +99,21 @@ def test_an_idle_client_neither_holds_up_a_scrape_nor_stays_connected() -> None:
 
 def test_a_request_sent_a_byte_at_a_time_gets_no_more_than_the_timeout() -> None:
     """The timeout is for the whole request, not for each read: a client that keeps sending one byte
-    before each read would time out never holds the connection past it."""
+    before each read would time out never holds the connection past it. Not timed (a busy machine
+    is slow at times): the client waits 0.05 s or more before each byte, so that the bytes it sent
+    before it was closed tell how long it was given."""
     request = b"GET /metrics HTTP/1.0\r\nUser-Agent: " + b"x" * 200 + b"\r\n\r\n"
     with serving(timeout=0.5) as (_, port), connected(port) as (slow,):
-        started = time.monotonic()
         answer = b""
         closed = False
+        sent = 0
         for byte in request:
             try:
                 slow.send(bytes([byte]))
             except OSError:
                 closed = True
                 break
+            sent += 1
             readable, _, _ = select.select([slow], [], [], 0.05)
             if readable:
                 try:
@@ -121,9 +124,9 @@ def test_a_request_sent_a_byte_at_a_time_gets_no_more_than_the_timeout() -> None
                 if not chunk:
                     closed = True
                     break
-        elapsed = time.monotonic() - started
-        assert closed, f"still connected after {elapsed:.1f}s"
-        assert elapsed < 3.0
+        assert closed, f"still connected after {sent} bytes"
+        # closed after its 0.5 s (10 bytes at most), not after 1 s; a timeout per read: never
+        assert sent <= 20, f"closed after {sent} bytes"
         assert not answer.startswith(b"HTTP/1.0 200"), answer[:60]
 
 
@@ -167,7 +170,8 @@ def test_connections_past_the_limit_are_closed_and_a_stop_closes_the_rest(
                 assert closed_by_server(sock, within=0.05) is None  # still open (60 s timeout)
             started = time.monotonic()
             metrics.close()
-            assert time.monotonic() - started < 2.0
+            # not the idle clients' 60 s; generous (it needs ~0.1 s) as a busy machine is slow at times
+            assert time.monotonic() - started < 30
             for sock in idle:
                 assert closed_by_server(sock, within=2.0) is not None, "the stop left a client connected"
     finally:
@@ -207,7 +211,13 @@ def test_the_cli_watcher_stops_with_an_idle_metrics_client(world: World, stop: s
     digest = world.build()
     assert world.deploy(digest, "staging").ok
     env = {**os.environ, "GRAVEN_HOME": str(world.home)}
-    argv = [sys.executable, "-m", "graven", "watch", "--metrics-port", "0", "--json", "staging"]
+    # a connection's timeout of 10 minutes: a stop that waited for the idle clients would take it,
+    # which the 60 s wait below (far from what a stop needs on a busy machine) ends
+    script = (
+        "from graven.drift import metrics; metrics.CONNECTION_TIMEOUT = 600.0\n"
+        "from graven.cli.main import entry; entry()"
+    )
+    argv = [sys.executable, "-c", script, "watch", "--metrics-port", "0", "--json", "staging"]
     with subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     ) as proc:
@@ -217,9 +227,7 @@ def test_the_cli_watcher_stops_with_an_idle_metrics_client(world: World, stop: s
             with connected(port, 3):
                 scrape(port)  # answered (maybe before the first check: no sample yet)
                 proc.send_signal(stop)
-                started = time.monotonic()
-                assert proc.wait(timeout=15) == 0
-                assert time.monotonic() - started < 4.0  # less than a connection's timeout (5 s)
+                assert proc.wait(timeout=60) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -57,12 +57,13 @@ def test_drift_is_alerted_while_the_database_is_locked_and_recorded_once_it_is_f
         assert wait_for(lambda: watcher.checks() >= 1)
         with write_locked(world):
             tamper(world, b"# while the database is locked\n")
-            tampered = time.monotonic()
-            assert wait_for(lambda: receiver.events() == ["drift"], timeout=5)  # before: after the lock
-            assert receiver.alerts[0][0] - tampered < 3
-            checks = watcher.checks()
+            # while the lock is held (before: only after it, each check waiting 60 s to record); not
+            # timed further, a busy machine is slow at times
+            assert wait_for(lambda: receiver.events() == ["drift"], timeout=30)
+            since, checks = time.time(), watcher.checks()
             assert wait_for(lambda: watcher.checks() >= checks + 3)  # each check bounded
-            assert time.time() - metric(port, "graven_last_check_timestamp_seconds") < 2
+            # the metric tells of a check that began after `since` (before: 60 s stale)
+            assert metric(port, "graven_last_check_timestamp_seconds") >= since
             assert metric(port, "graven_pending_records") >= 2  # the drift found and its alert
             assert metric(port, "graven_drift_paths") == 1
             assert recorded(world) == []  # nothing could be written yet
@@ -197,7 +198,8 @@ def test_a_heal_whose_start_cannot_be_recorded_changes_nothing_and_does_not_stal
         started = time.monotonic()
         with pytest.raises(HealNotStartedError, match="the heal did not start"):
             heal(ctx, "staging", start_wait=0.2)
-        assert time.monotonic() - started < 5
+        # not the 60 s wait; generous (the heal needs ~1 s on a loaded machine): not a timing test
+        assert time.monotonic() - started < 30
         assert main.read_bytes().endswith(b"evil()\n")  # nothing changed
     assert recorded(world) == []
     assert heal(ctx, "staging", start_wait=0.2).ok
