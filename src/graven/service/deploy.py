@@ -298,6 +298,7 @@ class _Deployment:
         self.health: HookResult | None = None
         self.stopped: BaseException | None = None  # what ended the steps after the switch early
         self.phase = "switch"  # the step under way when it stopped
+        self.moved: str | None = None  # how hooks that failed anyway moved ``current``
 
     # -- before anything changes ---------------------------------------------------------------------
 
@@ -378,8 +379,9 @@ class _Deployment:
         was not rejected meanwhile. Whatever stops these steps half-way (an error, Ctrl-C) is not
         raised: it is kept in ``stopped`` and recorded as the failed result of the step under way
         (``phase``), to be switched back like a failed health check. After this returns, :attr:`passed`
-        says whether the deployment may stay live; when it may, ``current`` names the new release
-        (hooks that pointed it elsewhere fail the health check).
+        says whether the deployment may stay live; ``current`` names the new release whenever the
+        switch was made (hooks that pointed it elsewhere fail the health check; when they failed
+        anyway, :attr:`moved` says what they did, for the failure's records and message).
         """
         self.old_config = readlink(self.layout.config_link)
         try:
@@ -395,8 +397,8 @@ class _Deployment:
                 self.activate = failed
             else:
                 self.health = failed
-        if self.passed and (self.activate is not None or self.health is not None):
-            self._check_current_unmoved()
+        if self.phase != "switch" and (self.settings.activate or self.settings.health):
+            self._check_current_unmoved()  # the switch was made and hooks ran: passed or not
 
     @property
     def passed(self) -> bool:
@@ -436,20 +438,27 @@ class _Deployment:
                 raise PolicyError(f"{short(self.digest)} was rejected during {self.phase} ({rejected})")
 
     def _check_current_unmoved(self) -> None:
-        """After hooks that passed: ``current`` must still name the new release. A hook that pointed it
-        elsewhere fails the health check, and ``current`` is pointed back at the new release first, so
-        that the failure's records (a switch back, or a rollback that stays) describe the disk."""
+        """After the hooks, whether they passed or not: ``current`` must still name the new release. A
+        hook that pointed it elsewhere has ``current`` pointed back at the new release first, so that
+        the failure's records (a switch back, or a rollback or a redeploy that stays) describe the
+        disk; hooks that passed then fail the health check, hooks that failed keep their failure and
+        :attr:`moved` says what they did to ``current``."""
         layout, hex_digest = self.layout, self.target.digest.hex
-        now_live = layout.live_hex()  # a hook may have pointed current elsewhere
-        if now_live != hex_digest:
+        try:
+            now_live = layout.live_hex()  # a hook may have pointed current elsewhere
+            if now_live == hex_digest:
+                return
             point_symlink(layout.current, layout.link_target(hex_digest))
-            self.health = step_error(
-                "health check",
-                InputError(
-                    f"{layout.current} was changed while the hooks ran (it names "
-                    f"{now_live[:12] if now_live else 'nothing'}); graven made no such switch"
-                ),
+            moved = (
+                f"{layout.current} was changed while the hooks ran (it names "
+                f"{now_live[:12] if now_live else 'nothing'}); graven made no such switch"
             )
+        except GravenError as exc:  # made a directory, say: the failure's switch back tries again
+            moved = f"{layout.current} was changed while the hooks ran: {exc}"
+        if self.passed:
+            self.health = step_error("health check", InputError(moved))
+        else:
+            self.moved = moved
 
     # -- the outcome ---------------------------------------------------------------------------------
 
@@ -587,12 +596,15 @@ class _Deployment:
             opts=self.opts,
             overridden=tuple(self.decision.overridden),
             switched=switched,
+            moved=self.moved,
         )
         write_witness(ctx, layout)
         step(ctx, "done")
         if isinstance(self.stopped, KeyboardInterrupt):
             raise self.stopped
         described = _failure_text(failure, layout, self.env, "activate" if failure is activate else "health")
+        if self.moved is not None:
+            described = f"{described}; {self.moved}"
         return DeployResult(
             ok=False,
             health="failed",

@@ -234,6 +234,7 @@ def record_failure(
     opts: DeployOptions,
     overridden: tuple[str, ...] = (),
     switched: bool = True,
+    moved: str | None = None,
 ) -> Restored:
     """Record a failed activate/health; switch back to the previous release unless this is a rollback.
     A bypassed requirement (``overridden``) is logged as an ``override`` entry all the same: the
@@ -245,9 +246,12 @@ def record_failure(
 
     The disk first, then one transaction: a process killed in between leaves the ``pending`` row,
     which the next deployment settles from what ``current`` names. A signal that stops the previous
-    release's hooks is raised once the failure is recorded."""
+    release's hooks is raised once the failure is recorded. ``moved``: what the failed hooks did to
+    ``current`` (pointed back at the failed release since), said in the failure's detail."""
     digest = str(target.digest)
     detail = f"{what} failed: {failure.describe()}"
+    if moved is not None:
+        detail = f"{detail}; {moved}"
     # a rollback stays live, as does a redeploy of the live digest: nothing is switched back
     back = _SwitchBack()
     if switched and kind != "rollback" and previous != digest:
