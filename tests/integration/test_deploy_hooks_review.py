@@ -89,6 +89,7 @@ def test_a_signal_while_the_old_release_is_checked_after_a_switch_back_keeps_the
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
+    assert f"switched back to {v1.removeprefix('sha256:')[:12]}" in err.decode(), err  # what is live
     assert world.live("staging") == v1
     rows = [(h["digest"], h["kind"], h["result"]) for h in environments.history(world.ctx(), "staging")]
     assert rows[-2:] == [(v2, "deploy", "failed"), (v1, "auto-rollback", "ok")], rows

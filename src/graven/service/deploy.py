@@ -530,6 +530,7 @@ class _Deployment:
         bypassed requirement is logged as an ``override`` entry, as after a failed health check."""
         env, digest, kind, previous, layout = self.env, self.digest, self.kind, self.previous, self.layout
         failure = step_error("recording", exc)
+        stopped: BaseException | None = None
         try:
             restored = record_failure(
                 self.ctx,
@@ -546,6 +547,7 @@ class _Deployment:
                 overridden=tuple(self.decision.overridden),
             )
             back, health, detail = restored.rolled_back_to, restored.health, restored.detail
+            stopped = restored.interrupted
         except GravenError:  # the database still refuses: its pending row is settled by the next command
             back = previous if kind != "rollback" and layout.live_hex() != self.target.digest.hex else None
             health, detail = None, None
@@ -561,15 +563,20 @@ class _Deployment:
             if health == "failed":
                 where += f", which failed its checks too ({detail}): {env} is unhealthy"
             then = "make GRAVEN_HOME writable (free space), then deploy again"
-        raise BackendError(
+        message = (
             f"{short(digest)} passed its checks in {env} but could not be recorded ({exc}); {where}; {then}"
-        ) from exc
+        )
+        if stopped is not None:  # the command ends as interrupted: it says first what is live
+            self.ctx.reporter.warn(message)
+            raise stopped
+        raise BackendError(message) from exc
 
     def fail(self) -> DeployResult:
         """A step failed or was stopped: switch back (unless this is a rollback, or the switch itself
         failed before ``current`` changed) and record the failure (one transaction, see
-        record_failure), then the witness. After this returns (or re-raises a Ctrl-C, once all that
-        is done), ``current`` and the records agree on what is live."""
+        record_failure), then the witness. After this returns (or re-raises a Ctrl-C or SIGTERM, once
+        all that is done and the failure's message is warned), ``current`` and the records agree on
+        what is live."""
         ctx, layout, previous, activate = self.ctx, self.layout, self.previous, self.activate
         common = self._result_fields()
         failure = activate if activate is not None and not activate.ok else self.health
@@ -600,15 +607,18 @@ class _Deployment:
         )
         write_witness(ctx, layout)
         step(ctx, "done")
-        if isinstance(self.stopped, KeyboardInterrupt):
-            raise self.stopped
         described = _failure_text(failure, layout, self.env, "activate" if failure is activate else "health")
         if self.moved is not None:
             described = f"{described}; {self.moved}"
+        message = self._failure_message(what, described, restored, switched=switched)
+        stopped = self.stopped if isinstance(self.stopped, KeyboardInterrupt) else restored.interrupted
+        if stopped is not None:  # the command ends as interrupted: it says first what is live
+            ctx.reporter.warn(message)
+            raise stopped
         return DeployResult(
             ok=False,
             health="failed",
-            message=self._failure_message(what, described, restored, switched=switched),
+            message=message,
             rolled_back_to=restored.rolled_back_to,
             rolled_back_health=restored.health,
             held=restored.held,

@@ -22,6 +22,10 @@ from graven.service.environments import EnvState, deployment_row, load_state, re
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any
+
     from graven.deploy.hook_result import HookResult
 
 _EVENT = {"deploy": "deploy", "promote": "promote", "rollback": "rollback", "auto-rollback": "rollback"}
@@ -211,12 +215,14 @@ def _log_override(
 class Restored(NamedTuple):
     """What a failed deployment left the environment on: the release switched back to (None when
     none was), that release's health after its own hooks ran again (``healthy``, ``none``, ``failed``,
-    ``unknown``) and why, and whether the environment is held."""
+    ``unknown``) and why, whether the environment is held, and the signal (Ctrl-C, SIGTERM) that
+    arrived while this was done, for the caller to raise once it has said what is live."""
 
     rolled_back_to: str | None
     health: str | None
     detail: str | None
     held: bool
+    interrupted: BaseException | None = None
 
 
 def record_failure(
@@ -245,23 +251,41 @@ def record_failure(
     the environment's state stays what it was (a rollback that did not switch holds nothing).
 
     The disk first, then one transaction: a process killed in between leaves the ``pending`` row,
-    which the next deployment settles from what ``current`` names. A signal that stops the previous
-    release's hooks is raised once the failure is recorded. ``moved``: what the failed hooks did to
-    ``current`` (pointed back at the failed release since), said in the failure's detail."""
+    which the next deployment settles from what ``current`` names. Ctrl-C and SIGTERM (a second
+    one, often) wait while ``current`` is pointed back and while the outcome is recorded: the
+    failed release must not stay live with records that say it failed. One that came meanwhile
+    skips the previous release's hooks; one that stops them is kept too; either is returned in
+    :attr:`Restored.interrupted`, not raised. ``moved``: what the failed hooks did to ``current``
+    (pointed back at the failed release since), said in the failure's detail."""
     digest = str(target.digest)
     detail = f"{what} failed: {failure.describe()}"
     if moved is not None:
         detail = f"{detail}; {moved}"
     # a rollback stays live, as does a redeploy of the live digest: nothing is switched back
     back = _SwitchBack()
-    if switched and kind != "rollback" and previous != digest:
-        if previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir():
-            back = _switch_back(
-                ctx, target, state=state, layout=layout, previous=previous, old_config=old_config, opts=opts
-            )
-        else:  # nothing (complete) to switch back to
-            _leave_nothing_live(layout)
-    with ctx.db.begin() as conn:
+    with _HeldSignals() as held:
+        if switched and kind != "rollback" and previous != digest:
+            if previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir():
+                back = _switch_back(
+                    ctx,
+                    target,
+                    state=state,
+                    layout=layout,
+                    previous=previous,
+                    old_config=old_config,
+                    opts=opts,
+                )
+            else:  # nothing (complete) to switch back to
+                _leave_nothing_live(layout)
+    if back.to is not None and previous is not None:
+        if held.stopped is None:
+            _recheck_previous(back, layout, previous, digest)
+        else:  # stopped before the previous release's hooks: not run
+            back.interrupted = held.stopped
+            note = f"its activate and health not run: stopped ({type(held.stopped).__name__})"
+            back.detail = f"{back.detail}; {note}" if back.detail else note
+    interrupted = back.interrupted or held.stopped
+    with _HeldSignals() as recording, ctx.db.begin() as conn:
         current = _record_failed(
             ctx, conn, target, dep_id, kind=kind, detail=detail, opts=opts, layout=layout
         )
@@ -278,9 +302,50 @@ def record_failure(
             current.live_digest = None
             current.live_deployment = None
         save_state(conn, current)
-    if back.interrupted is not None:
-        raise back.interrupted
-    return Restored(back.to, back.health if back.to else None, back.detail, current.held)
+    interrupted = interrupted or recording.stopped
+    return Restored(back.to, back.health if back.to else None, back.detail, current.held, interrupted)
+
+
+class _HeldSignals:
+    """While entered, in the main thread: SIGINT and SIGTERM are noted instead of handled (a signal
+    whose handler is the default or ignored is left alone: it kills, or does nothing). On exit the
+    handlers are put back and ``stopped`` is what the first noted signal's own handler raises
+    (KeyboardInterrupt; graven.cli.app.Terminated), kept for the caller to raise."""
+
+    __slots__ = ("_noted", "_previous", "stopped")
+
+    def __init__(self) -> None:
+        self.stopped: BaseException | None = None
+        self._noted: list[int] = []
+        self._previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
+
+    def __enter__(self) -> _HeldSignals:
+        import signal  # here: only a failed deployment needs it
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if not callable(handler):
+                continue
+            try:
+                signal.signal(sig, self._note)
+            except ValueError:  # not the main thread (graven as a library): signals are not ours
+                return self
+            self._previous[sig] = handler
+        return self
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self._noted.append(signum)
+
+    def __exit__(self, *exc_info: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        for signum in self._noted:
+            try:
+                self._previous[signum](signum, None)
+            except BaseException as exc:  # what the handler raises is the stop
+                self.stopped = self.stopped or exc
 
 
 class _SwitchBack:
@@ -309,10 +374,11 @@ def _switch_back(
     old_config: str | None,
     opts: DeployOptions,
 ) -> _SwitchBack:
-    """Point ``current`` back at ``previous`` (a complete release), restore the config link, then run
-    the previous release's own activate and health again, from its verified graven.toml (never from
-    the database's copy). After this returns ``current`` names ``previous``; a config link that could
-    not be restored, settings that could not be verified or hooks that failed are in ``detail``."""
+    """Point ``current`` back at ``previous`` (a complete release), restore the config link, and read
+    the previous release's verified graven.toml (never the database's copy) for its own activate and
+    health to run again (:func:`_recheck_previous`). After this returns ``current`` names
+    ``previous``; a config link that could not be restored or settings that could not be verified
+    are in ``detail``."""
     env = target.settings.name
     back = _SwitchBack(previous)
     from graven.service.deploy_verify import verified_settings
@@ -338,7 +404,6 @@ def _switch_back(
     if unverified is not None and back.detail is None:
         back.detail = unverified
     step(ctx, "switched-back")
-    _recheck_previous(back, layout, previous, str(target.digest))
     return back
 
 
