@@ -42,9 +42,9 @@ from graven.errors import BackendError, DatabaseBusyError, GravenError, PolicyEr
 from graven.home import make_dirs
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
-from graven.service.drift_check import ROOT_PATH, check_once
+from graven.service.drift_check import ROOT_PATH, Checked, check_once
 from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, record_check
-from graven.service.drift_targets import DriftSession, live_targets
+from graven.service.drift_targets import DriftSession, DriftTarget, live_targets
 from graven.service.witness import check_witness, write_witness
 
 if TYPE_CHECKING:
@@ -230,7 +230,10 @@ def heal(
 
     ``stop``: once it is set, the heal is abandoned where the module's docstring says:
     :class:`ScanStopped` before it changed anything (nothing recorded), :class:`HealStopped` after
-    (recorded as failed)."""
+    (recorded as failed).
+
+    In order, under the lock: :func:`_still_live`, the full check and :func:`_planned` (nothing changed
+    yet), the record of the start, :func:`_restore`, :func:`_check_after` (which records the outcome)."""
     started = time.monotonic()
     target = live_targets(ctx, [env])[0]
     own = session is None
@@ -245,96 +248,167 @@ def heal(
             lock.acquire(wait=wait)
         with lock:
             if not plan_only:
-                # what is live is read again under the lock: a deployment that held it while this
-                # heal waited changed it, and its release must never be "healed" back to the old one
-                target = live_targets(ctx, [env])[0]
-                if target.path != str(layout.root):
-                    raise PolicyError(f"{env} moved to {target.path} while the heal waited; run it again")
-                # a home restored from an older backup (or a copy of one) would "heal" the environment
-                # back to its own, older idea of what is live
-                check_witness(ctx, layout, env)
+                target = _still_live(ctx, env, layout)
             layout.check_releases_dir()  # never heal through a link planted at PATH/releases
             checked = check_once(ctx, session, target, full=True, stop=stop)
-            before = checked.report.differences
-            manifest = checked.index.manifest
-            plan = plan_heal(manifest, _tree_diffs(before))
-            if any(d.kind in ("current", "unknown-release") for d in before):
-                plan = HealPlan(plan.remove, plan.mkdirs, plan.files, plan.symlinks, True, plan.config)
-            if any(d.kind == "config" for d in before):
-                plan = HealPlan(plan.remove, plan.mkdirs, plan.files, plan.symlinks, plan.current, True)
-            rebuild = checked.scan.root_missing
-            result = HealResult(
-                env=env,
-                path=target.path,
-                digest=checked.report.digest,
-                planned=plan_only,
-                plan=plan,
-                before=before,
-            )
-            result.rebuilt = rebuild
-            if plan_only or not before:
-                result.after = before if plan_only else []
+            result = _planned(env, target, checked, plan_only=plan_only)
+            if plan_only or not result.before:
+                result.after = result.before if plan_only else []
                 result.seconds = time.monotonic() - started
                 return result
-            hex_digest = checked.expected.release_hex
             if stop is not None and stop.is_set():
                 raise ScanStopped  # nothing changed yet
             # a heal that cannot be recorded is not done: its start is logged (a read-only home or a
             # full disk refuse here) before anything in the environment changes, its outcome after
             _record_start(ctx, result, wait=start_wait)
             stop_wait = start_wait if start_wait is not None else STOPPED_WAIT
-            try:
-                table = StatTable.load(layout.stat_file, ctx.record_key)
-                if rebuild:
-                    _rebuild_release(ctx, layout, checked.index, table, stop)
-                else:
-                    result.stats = apply_heal(
-                        ctx.store,
-                        layout.release(hex_digest),
-                        plan,
-                        table,
-                        ignore=checked.ignore,
-                        children=checked.index.children,
-                        owner=table.owner(hex_digest),
-                        group=table.group(hex_digest),
-                        progress=lambda done, total: ctx.reporter.progress(HEAL_STAGE, done, total),
-                        stop=stop,
-                    )
-                table.save(layout.stat_file, ctx.record_key)
-                if plan.current:
-                    _fix_link(layout, layout.current, layout.link_target(hex_digest))
-                if plan.config:
-                    config = checked.expected.config
-                    _fix_link(layout, layout.config_link, f"current/{config}" if config else None)
-            except (GravenError, KeyboardInterrupt, ScanStopped) as exc:
-                # Ctrl-C or SIGTERM too (as a deploy records its interrupted health check), and the stop
-                # of graven watch: the log must not show a heal that started and never ended when graven
-                # can say how it ended
-                if isinstance(exc, KeyboardInterrupt):
-                    error = "interrupted (Ctrl-C or SIGTERM)"
-                else:
-                    error = STOPPED if isinstance(exc, ScanStopped) else str(exc)
-                if isinstance(exc, ScanStopped):
-                    raise _stopped(ctx, layout, result, error, stop_wait) from None
-                _record_heal(ctx, result, ok=False, error=error)
-                write_witness(ctx, layout)
-                raise
-            try:
-                after = check_once(ctx, session, target, full=True, stop=stop).report
-            except ScanStopped:
-                result.seconds = time.monotonic() - started
-                raise _stopped(ctx, layout, result, UNCHECKED, stop_wait) from None
-            result.after = after.differences
-            if after.differences:
-                _unvouch(ctx, layout, layout.release(hex_digest), after.differences)
-            result.seconds = time.monotonic() - started
-            _record_heal(ctx, result, ok=not after.differences, error=None)
-            write_witness(ctx, layout)
-            record_check(ctx, after)
+            _restore(ctx, layout, checked, result, stop=stop, wait=stop_wait)
+            hex_digest = checked.expected.release_hex
+            _check_after(
+                ctx,
+                session,
+                target,
+                layout,
+                result,
+                hex_digest=hex_digest,
+                started=started,
+                stop=stop,
+                wait=stop_wait,
+            )
             return result
     finally:
         if own:
             session.close()
+
+
+def _still_live(ctx: Context, env: str, layout: EnvLayout) -> DriftTarget:
+    """What is live in ``env``, read again under the lock: a deployment that held it while this heal
+    waited changed it, and its release must never be "healed" back to the old one.
+
+    After it: ``env`` is still deployed at ``layout``'s path (else PolicyError), and its witness says
+    this home's log, as it is now, last changed it (else IntegrityError: a home restored from an older
+    backup, or a copy of one, would "heal" the environment back to its own, older idea of it)."""
+    target = live_targets(ctx, [env])[0]
+    if target.path != str(layout.root):
+        raise PolicyError(f"{env} moved to {target.path} while the heal waited; run it again")
+    check_witness(ctx, layout, env)
+    return target
+
+
+def _planned(env: str, target: DriftTarget, checked: Checked, *, plan_only: bool) -> HealResult:
+    """After it: the result holds what the full check found different and the plan that restores it
+    (the release rebuilt whole when its directory is missing); nothing has changed."""
+    before = checked.report.differences
+    manifest = checked.index.manifest
+    plan = plan_heal(manifest, _tree_diffs(before))
+    if any(d.kind in ("current", "unknown-release") for d in before):
+        plan = HealPlan(plan.remove, plan.mkdirs, plan.files, plan.symlinks, True, plan.config)
+    if any(d.kind == "config" for d in before):
+        plan = HealPlan(plan.remove, plan.mkdirs, plan.files, plan.symlinks, plan.current, True)
+    rebuild = checked.scan.root_missing
+    result = HealResult(
+        env=env,
+        path=target.path,
+        digest=checked.report.digest,
+        planned=plan_only,
+        plan=plan,
+        before=before,
+    )
+    result.rebuilt = rebuild
+    return result
+
+
+def _restore(
+    ctx: Context,
+    layout: EnvLayout,
+    checked: Checked,
+    result: HealResult,
+    *,
+    stop: threading.Event | None,
+    wait: float,
+) -> None:
+    """Carry out ``result``'s plan (its start recorded).
+
+    After it: the release, ``current`` and ``config`` are as deployed and the stat table is saved; or
+    it raised, and the heal is recorded as failed and the witness written (at the ``stop``:
+    :class:`HealStopped`, the record waiting ``wait`` seconds at most)."""
+    try:
+        _write_back(ctx, layout, checked, result, stop)
+    except (GravenError, KeyboardInterrupt, ScanStopped) as exc:
+        # Ctrl-C or SIGTERM too (as a deploy records its interrupted health check), and the stop
+        # of graven watch: the log must not show a heal that started and never ended when graven
+        # can say how it ended
+        if isinstance(exc, KeyboardInterrupt):
+            error = "interrupted (Ctrl-C or SIGTERM)"
+        else:
+            error = STOPPED if isinstance(exc, ScanStopped) else str(exc)
+        if isinstance(exc, ScanStopped):
+            raise _stopped(ctx, layout, result, error, wait) from None
+        _record_heal(ctx, result, ok=False, error=error)
+        write_witness(ctx, layout)
+        raise
+
+
+def _write_back(
+    ctx: Context, layout: EnvLayout, checked: Checked, result: HealResult, stop: threading.Event | None
+) -> None:
+    """Rebuild the release directory or write its differing paths again (``result.stats``), save the
+    stat table, then point ``current`` and ``config`` back as the plan says."""
+    hex_digest = checked.expected.release_hex
+    plan = result.plan
+    table = StatTable.load(layout.stat_file, ctx.record_key)
+    if result.rebuilt:
+        _rebuild_release(ctx, layout, checked.index, table, stop)
+    else:
+        result.stats = apply_heal(
+            ctx.store,
+            layout.release(hex_digest),
+            plan,
+            table,
+            ignore=checked.ignore,
+            children=checked.index.children,
+            owner=table.owner(hex_digest),
+            group=table.group(hex_digest),
+            progress=lambda done, total: ctx.reporter.progress(HEAL_STAGE, done, total),
+            stop=stop,
+        )
+    table.save(layout.stat_file, ctx.record_key)
+    if plan.current:
+        _fix_link(layout, layout.current, layout.link_target(hex_digest))
+    if plan.config:
+        config = checked.expected.config
+        _fix_link(layout, layout.config_link, f"current/{config}" if config else None)
+
+
+def _check_after(
+    ctx: Context,
+    session: DriftSession,
+    target: DriftTarget,
+    layout: EnvLayout,
+    result: HealResult,
+    *,
+    hex_digest: str,
+    started: float,
+    stop: threading.Event | None,
+    wait: float,
+) -> None:
+    """Check the environment again (full) and record the heal's outcome.
+
+    After it: ``result.after`` holds what still differs (no stat record vouching for it), the heal and
+    the check are recorded and the witness written; at the ``stop`` during the check, the heal is
+    recorded as failed, unchecked (:class:`HealStopped`)."""
+    try:
+        after = check_once(ctx, session, target, full=True, stop=stop).report
+    except ScanStopped:
+        result.seconds = time.monotonic() - started
+        raise _stopped(ctx, layout, result, UNCHECKED, wait) from None
+    result.after = after.differences
+    if after.differences:
+        _unvouch(ctx, layout, layout.release(hex_digest), after.differences)
+    result.seconds = time.monotonic() - started
+    _record_heal(ctx, result, ok=not after.differences, error=None)
+    write_witness(ctx, layout)
+    record_check(ctx, after)
 
 
 class HealStopped(ScanStopped):

@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from graven.archive.writer import (
     ARCHIVE_FORMATS,
@@ -20,6 +20,7 @@ from graven.archive.writer import (
     write_error,
 )
 from graven.core.paths import display_path, refused_by_git
+from graven.core.record import Record
 from graven.errors import (
     BackendError,
     DigestMismatchError,
@@ -32,6 +33,9 @@ from graven.model.manifest import SymlinkEntry, TreeManifest
 from graven.service.artifacts import get_artifact, load_manifest
 from graven.service.context import Context, utc_now
 from graven.service.records import insert_ignore
+
+if TYPE_CHECKING:
+    from graven.service.provenance import ProvenanceCheck
 
 # Signing (cryptography) and the archive reader are imported by the functions that use them:
 # `graven export` needs neither, and start-up is part of every command's cost.
@@ -363,133 +367,287 @@ def import_archive(
     ``expected`` (a digest another source claims: a registry's manifest), an archive of another
     artifact is refused before anything is recorded. ``source`` says where the archive came from in
     the audit log (default: its file name).
-    """
-    from graven.archive.reader import read_archive
-    from graven.service.provenance import (
-        PIPELINE_NAME,
-        check_attestation_file,
-        load_policy,
-        record_attestation,
-    )
 
+    In order: :func:`_store_archive` (read, check, store), :func:`_check_provenance` (the signed
+    provenance's word over the archive's claims), :func:`_record_import` (the database, after the store:
+    a crash between them leaves content nothing records, never a record of missing content).
+    """
     if name is not None and not _valid_name(name):
         raise InputError(f"--name {_shown(name)} is not a valid artifact name: {_NAME_HINT}")
-    store = ctx.store
-    store.clean_tmp()  # what killed writers (an import, a build) left, as a build does
-    with store.batch() as batch:
+    ctx.store.clean_tmp()  # what killed writers (an import, a build) left, as a build does
+    archive = _store_archive(ctx, path, name=name, attestation=attestation, expected=expected, source=source)
+    signed = _check_provenance(ctx, path, archive, name=name, attestation=attestation, source=source)
+    return _record_import(ctx, path, archive, signed, name=name, source=source)
+
+
+class _Archive(Record):
+    """An archive being imported: its manifest, and what it claims once checked (``name``, ``commit``
+    and ``epoch`` what is to be recorded: :func:`_check_provenance` puts the signed ones in)."""
+
+    __slots__ = (
+        "claimed_name",
+        "commit",
+        "envelope",
+        "envelope_digest",
+        "epoch",
+        "manifest",
+        "name",
+        "pipeline",
+        "pipeline_digest",
+        "stored_at",
+    )
+    _fields = (
+        "manifest",
+        "name",
+        "claimed_name",
+        "commit",
+        "epoch",
+        "pipeline",
+        "pipeline_digest",
+        "envelope",
+        "envelope_digest",
+        "stored_at",
+    )
+    manifest: TreeManifest
+    name: str  # --name, else the claimed name, else one from the file name
+    claimed_name: str | None  # the archive's name claim (None with --name: not read)
+    commit: str | None
+    epoch: int  # 0: no claim
+    pipeline: bytes | None  # the graven.toml the archive carries
+    pipeline_digest: str | None  # ... once stored
+    envelope: bytes | None  # the provenance given with it (--attestation), as stored
+    envelope_digest: str | None
+    stored_at: str  # when its content was in the store: the row's created_at
+
+    def __init__(  # noqa: PLR0917 - one parameter per field, as a dataclass's
+        self,
+        manifest: TreeManifest,
+        name: str,
+        claimed_name: str | None,
+        commit: str | None,
+        epoch: int,
+        pipeline: bytes | None,
+        pipeline_digest: str | None = None,
+        envelope: bytes | None = None,
+        envelope_digest: str | None = None,
+        stored_at: str = "",
+    ) -> None:
+        self.manifest = manifest
+        self.name = name
+        self.claimed_name = claimed_name
+        self.commit = commit
+        self.epoch = epoch
+        self.pipeline = pipeline
+        self.pipeline_digest = pipeline_digest
+        self.envelope = envelope
+        self.envelope_digest = envelope_digest
+        self.stored_at = stored_at
+
+
+def _store_archive(
+    ctx: Context,
+    path: Path,
+    *,
+    name: str | None,
+    attestation: Path | None,
+    expected: str | None,
+    source: str | None,
+) -> _Archive:
+    """Read the archive into the store, with its manifest, the graven.toml it carries and the
+    ``attestation`` file, in one batch of the store.
+
+    After it: all of them are in the store, the archive holds files and is the artifact its header
+    and ``expected`` claim, its claims are valid and ``attestation`` names its digest; else it raised
+    and none of it became visible in the store. Nothing is recorded in the database yet."""
+    from graven.archive.reader import read_archive
+
+    with ctx.store.batch() as batch:
         report = ctx.reporter.progress
         tree = read_archive(path, batch, lambda done, size: report("reading archive (bytes)", done, size))
-        manifest = tree.manifest
-        claims = tree.claims
-        if not any(manifest.files()):  # empty directories alone are no artifact either
-            raise InputError(f"{path}: the archive holds no files (an artifact has at least one, as a build)")
-        claimed = _claimed_digest(path, claims)
-        if claimed is not None and claimed != str(manifest.digest):
-            raise DigestMismatchError(expected=claimed, actual=str(manifest.digest), what=f"archive {path}")
-        if expected is not None and expected != str(manifest.digest):
-            raise DigestMismatchError(
-                expected=expected, actual=str(manifest.digest), what=source or str(path)
-            )
-        claimed_name = None if name is not None else _claimed_name(path, claims)  # --name wins over it
-        artifact_name = name or claimed_name or _name_from_file(path)
-        commit = _claimed_commit(path, claims)
-        epoch = _claimed_epoch(path, claims)
-        pipeline_digest = None
-        pipeline_text = claims.get("pipeline")
-        if isinstance(pipeline_text, str):
-            try:
-                pipeline_bytes = pipeline_text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError(f"{path}: the archive's pipeline claim is not valid UTF-8 text") from None
-            pipeline_digest = str(batch.add(pipeline_bytes))
-        batch.add(manifest.to_bytes())
-        envelope: tuple[bytes, str] | None = None
-        envelope_digest = None
+        _check_content(path, tree.manifest, tree.claims, expected=expected, source=source)
+        archive = _checked_claims(path, tree.manifest, tree.claims, name=name)
+        if archive.pipeline is not None:
+            archive.pipeline_digest = str(batch.add(archive.pipeline))
+        batch.add(archive.manifest.to_bytes())
         if attestation is not None:
-            envelope = _read_attestation(attestation, manifest.digest)
-            envelope_digest = str(batch.add(envelope[0]))
-    file_count = sum(1 for _ in manifest.files())
-    row: dict[str, object] = {
-        "digest": str(manifest.digest),
-        "name": artifact_name,
-        "commit": commit,
-        "repository": None,
-        "revision": None,
-        "pipeline_digest": pipeline_digest,
-        "source_date_epoch": epoch,
-        "file_count": file_count,
-        "total_size": manifest.total_size,
-        "origin": "import",
-        "created_at": utc_now(),
-    }
-    provenance = ""
-    signer = ""  # the key that verified the envelope here; "" when none did (never the envelope's hint)
+            archive.envelope = _read_attestation(attestation, archive.manifest.digest)[0]
+            archive.envelope_digest = str(batch.add(archive.envelope))
+    archive.stored_at = utc_now()
+    return archive
+
+
+def _check_content(
+    path: Path, manifest: TreeManifest, claims: dict[str, Any], *, expected: str | None, source: str | None
+) -> None:
+    """After it: the archive holds a file, and its digest is the one its header claims (if any) and
+    ``expected`` (if given); else InputError or DigestMismatchError."""
+    if not any(manifest.files()):  # empty directories alone are no artifact either
+        raise InputError(f"{path}: the archive holds no files (an artifact has at least one, as a build)")
+    claimed = _claimed_digest(path, claims)
+    if claimed is not None and claimed != str(manifest.digest):
+        raise DigestMismatchError(expected=claimed, actual=str(manifest.digest), what=f"archive {path}")
+    if expected is not None and expected != str(manifest.digest):
+        raise DigestMismatchError(expected=expected, actual=str(manifest.digest), what=source or str(path))
+
+
+def _checked_claims(
+    path: Path, manifest: TreeManifest, claims: dict[str, Any], *, name: str | None
+) -> _Archive:
+    """After it: the header's name (unless ``name`` replaces it), commit, commit time and graven.toml
+    claims are valid, and the returned archive holds them; else InputError naming the claim."""
+    claimed_name = None if name is not None else _claimed_name(path, claims)  # --name wins over it
+    artifact_name = name or claimed_name or _name_from_file(path)
+    commit = _claimed_commit(path, claims)
+    epoch = _claimed_epoch(path, claims)
+    pipeline = None
+    pipeline_text = claims.get("pipeline")
+    if isinstance(pipeline_text, str):
+        try:
+            pipeline = pipeline_text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{path}: the archive's pipeline claim is not valid UTF-8 text") from None
+    return _Archive(manifest, artifact_name, claimed_name, commit, epoch, pipeline)
+
+
+class _Provenance(Record):
+    """What :func:`_check_provenance` found of the archive's provenance."""
+
+    __slots__ = ("contradicted", "reason", "signer", "trusted_for")
+    _fields = ("reason", "signer", "trusted_for", "contradicted")
+    reason: str  # the audit entry's " with provenance ..." ("" without provenance)
+    signer: str  # the key that verified the envelope here; "" when none did (never the envelope's hint)
+    trusted_for: str | None  # the environment whose keys alone verified the envelope
     # where the archive's unsigned claims contradict its signed provenance: said only when this import
     # records the artifact (a digest recorded before keeps its row, so nothing of the archive is taken)
+    contradicted: list[str]
+
+    def __init__(
+        self,
+        reason: str = "",
+        signer: str = "",
+        trusted_for: str | None = None,
+        contradicted: list[str] | None = None,
+    ) -> None:
+        self.reason = reason
+        self.signer = signer
+        self.trusted_for = trusted_for
+        self.contradicted = [] if contradicted is None else contradicted
+
+
+def _check_provenance(
+    ctx: Context,
+    path: Path,
+    archive: _Archive,
+    *,
+    name: str | None,
+    attestation: Path | None,
+    source: str | None,
+) -> _Provenance:
+    """Verify the provenance given with the archive (if any) against this home's trust policy.
+
+    After it: when a key of this home verified it, ``archive`` holds the signed commit, commit time and
+    name (unless ``name`` was given) where they differ from its claims, and the result says who signed
+    and what the claims contradicted; when none did, that is warned (it is stored all the same)."""
+    found = _Provenance()
+    if archive.envelope is None:
+        return found
+    checked, found.trusted_for = _verify_envelope(ctx, archive.envelope, archive.manifest.digest)
+    if checked.ok and checked.keyid is not None:
+        found.signer = signer = checked.keyid
+        found.reason = (
+            f" with provenance signed by trusted key {signer[:16]}"
+            if found.trusted_for is None
+            else f" with provenance signed by key {signer[:16]} (trusted for {found.trusted_for})"
+        )
+        found.contradicted = _take_signed(path, archive, checked, name=name)
+    else:
+        found.reason = " with provenance no key of this home verifies"
+        ctx.reporter.warn(
+            f"{f'the provenance from {source}' if source else attestation}: {checked.reason}; it is "
+            "stored, but verify and deploy refuse it "
+            "until this home trusts its signer (graven keys trust KEY.pub)"
+        )
+    return found
+
+
+def _verify_envelope(ctx: Context, envelope: bytes, digest: Digest) -> tuple[ProvenanceCheck, str | None]:
+    """The check of ``envelope`` against the home's trust policy and, when only an environment's keys
+    verify it, that environment (else None)."""
+    from graven.service.provenance import check_attestation_file, load_policy
+
+    policy = load_policy(ctx)
+    checked = check_attestation_file(envelope, digest, policy=policy)
+    trusted_for = None
+    # a home may trust the signer for some environments only ([env.NAME] keys of its policy):
+    # signed all the same, and what deploy to those environments accepts
+    for env in sorted(policy.environments):
+        if checked.ok:
+            break
+        for_env = check_attestation_file(envelope, digest, policy=policy, env=env)
+        if for_env.ok:
+            checked, trusted_for = for_env, env
+    return checked, trusted_for
+
+
+def _take_signed(path: Path, archive: _Archive, checked: ProvenanceCheck, *, name: str | None) -> list[str]:
+    """After it: ``archive`` holds the verified provenance's commit, commit time and name (not over
+    ``name``) where they differ from its own; the returned warnings say each claim it contradicted."""
+    from graven.service.provenance import PIPELINE_NAME
+
     contradicted: list[str] = []
-    trusted_for: str | None = None  # the environment whose keys alone verified the envelope
-    if envelope is not None:
-        policy = load_policy(ctx)
-        checked = check_attestation_file(envelope[0], manifest.digest, policy=policy)
-        # a home may trust the signer for some environments only ([env.NAME] keys of its policy):
-        # signed all the same, and what deploy to those environments accepts
-        for env in sorted(policy.environments):
-            if checked.ok:
-                break
-            for_env = check_attestation_file(envelope[0], manifest.digest, policy=policy, env=env)
-            if for_env.ok:
-                checked, trusted_for = for_env, env
-        if checked.ok and checked.keyid is not None:
-            signer = checked.keyid
-            provenance = (
-                f" with provenance signed by trusted key {signer[:16]}"
-                if trusted_for is None
-                else f" with provenance signed by key {signer[:16]} (trusted for {trusted_for})"
+    if checked.commit is not None and checked.commit != archive.commit:
+        if archive.commit is not None:
+            contradicted.append(
+                f"{path.name} claims commit {archive.commit[:12]}, its signed provenance names "
+                f"{checked.commit[:12]}: the signed one is recorded"
             )
-            if checked.commit is not None and checked.commit != commit:
-                if commit is not None:
-                    contradicted.append(
-                        f"{path.name} claims commit {commit[:12]}, its signed provenance names "
-                        f"{checked.commit[:12]}: the signed one is recorded"
-                    )
-                row["commit"] = commit = checked.commit  # what show, status and verify go by
-            if checked.epoch is not None and checked.epoch != epoch:  # an export's mtimes come from it
-                if epoch != 0:  # 0: no claim (an archive without graven's header), as for verify
-                    contradicted.append(
-                        f"{path.name} claims commit time {epoch}, its signed provenance names "
-                        f"{checked.epoch}: the signed one is recorded"
-                    )
-                row["source_date_epoch"] = epoch = checked.epoch
-            signed_name = checked.name if checked.name is not None and _valid_name(checked.name) else None
-            if name is None and signed_name is not None and signed_name != artifact_name:
-                if claimed_name is not None:  # else the name came from the file's: no claim
-                    contradicted.append(
-                        f"{path.name} claims the name {_shown(artifact_name)}, its signed provenance "
-                        f"names {_shown(signed_name)}: the signed one is recorded (--name chooses another)"
-                    )
-                row["name"] = artifact_name = signed_name
-            signed_pipeline = dict(checked.named).get(PIPELINE_NAME)
-            if (
-                signed_pipeline is not None
-                and pipeline_digest is not None
-                and signed_pipeline != pipeline_digest
-            ):
-                contradicted.append(
-                    f"{path.name} holds a graven.toml that is not the one its signed provenance names "
-                    f"({signed_pipeline[:19]}): deploy reads the signed one, which this archive does not "
-                    "carry"
-                )
-        else:
-            provenance = " with provenance no key of this home verifies"
-            ctx.reporter.warn(
-                f"{f'the provenance from {source}' if source else attestation}: {checked.reason}; it is "
-                "stored, but verify and deploy refuse it "
-                "until this home trusts its signer (graven keys trust KEY.pub)"
+        archive.commit = checked.commit  # what show, status and verify go by
+    if checked.epoch is not None and checked.epoch != archive.epoch:  # an export's mtimes come from it
+        if archive.epoch != 0:  # 0: no claim (an archive without graven's header), as for verify
+            contradicted.append(
+                f"{path.name} claims commit time {archive.epoch}, its signed provenance names "
+                f"{checked.epoch}: the signed one is recorded"
             )
+        archive.epoch = checked.epoch
+    signed_name = checked.name if checked.name is not None and _valid_name(checked.name) else None
+    if name is None and signed_name is not None and signed_name != archive.name:
+        if archive.claimed_name is not None:  # else the name came from the file's: no claim
+            contradicted.append(
+                f"{path.name} claims the name {_shown(archive.name)}, its signed provenance "
+                f"names {_shown(signed_name)}: the signed one is recorded (--name chooses another)"
+            )
+        archive.name = signed_name
+    signed_pipeline = dict(checked.named).get(PIPELINE_NAME)
+    if (
+        signed_pipeline is not None
+        and archive.pipeline_digest is not None
+        and signed_pipeline != archive.pipeline_digest
+    ):
+        contradicted.append(
+            f"{path.name} holds a graven.toml that is not the one its signed provenance names "
+            f"({signed_pipeline[:19]}): deploy reads the signed one, which this archive does not "
+            "carry"
+        )
+    return contradicted
+
+
+def _record_import(
+    ctx: Context, path: Path, archive: _Archive, signed: _Provenance, *, name: str | None, source: str | None
+) -> ImportResult:
+    """Record the artifact (a digest recorded before keeps its row: its first name and commit), its
+    attestation and the ``import`` audit entry, in one transaction.
+
+    After it: all three are recorded (or none), and what the archive's claims contradicted is warned
+    when this import recorded the artifact; the result says what the database holds."""
+    from graven.service.provenance import record_attestation
+
+    manifest = archive.manifest
+    file_count = sum(1 for _ in manifest.files())
+    artifact_name = archive.name
     with ctx.db.begin() as conn:
         select = 'SELECT name, "commit" FROM artifacts WHERE digest = :digest'
         known = conn.execute(select, {"digest": str(manifest.digest)}).one_or_none()
-        insert_ignore(conn, "artifacts", [row])
+        insert_ignore(conn, "artifacts", [_artifact_row(archive, file_count)])
         stored = known or conn.execute(select, {"digest": str(manifest.digest)}).one()
         if stored.name != artifact_name:  # recorded before (a build, an import): its first name stays
             if name is not None:  # asked for by --name: say that it is not taken
@@ -499,18 +657,18 @@ def import_archive(
                 )
             artifact_name = str(stored.name)
         commit = None if stored.commit is None else str(stored.commit)  # what show and status say
-        if envelope is not None and envelope_digest is not None:
-            record_attestation(conn, str(manifest.digest), envelope_digest, signer)
+        if archive.envelope is not None and archive.envelope_digest is not None:
+            record_attestation(conn, str(manifest.digest), archive.envelope_digest, signed.signer)
         ctx.audit.append(
             conn,
             LogEvent(
                 "import",
                 artifact=str(manifest.digest),
                 commit=commit,
-                reason=f"from {source or path.name}{provenance}",
+                reason=f"from {source or path.name}{signed.reason}",
             ),
         )
-    for warning in contradicted if known is None else ():
+    for warning in signed.contradicted if known is None else ():
         ctx.reporter.warn(warning)
     return ImportResult(
         digest=str(manifest.digest),
@@ -518,9 +676,26 @@ def import_archive(
         commit=commit,
         file_count=file_count,
         total_size=manifest.total_size,
-        signer=signer or None,
-        trusted_for=trusted_for,
+        signer=signed.signer or None,
+        trusted_for=signed.trusted_for,
     )
+
+
+def _artifact_row(archive: _Archive, file_count: int) -> dict[str, object]:
+    """The ``artifacts`` row of an imported archive."""
+    return {
+        "digest": str(archive.manifest.digest),
+        "name": archive.name,
+        "commit": archive.commit,
+        "repository": None,
+        "revision": None,
+        "pipeline_digest": archive.pipeline_digest,
+        "source_date_epoch": archive.epoch,
+        "file_count": file_count,
+        "total_size": archive.manifest.total_size,
+        "origin": "import",
+        "created_at": archive.stored_at,
+    }
 
 
 def _shown(value: object) -> str:
