@@ -3,13 +3,14 @@ stops being live, a metrics port in use, database errors in the loop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ class Watcher(DriftWatcher):
     """The watcher of test_drift_watch, with its JSON lines sorted by type."""
 
     def docs(self, kind: str) -> list[dict[str, Any]]:
-        return [doc for doc in map(json.loads, list(self.lines)) if doc["type"] == kind]
+        return json_docs(self.lines, kind)
 
 
 class Receiver:
@@ -69,6 +70,35 @@ def alert_rows(world: World) -> list[tuple[str, dict[str, Any]]]:
             (r.result, json.loads(r.detail))
             for r in conn.execute("SELECT result, detail FROM drift_events WHERE event = 'alert' ORDER BY id")
         ]
+
+
+def json_docs(lines: list[str], kind: str) -> list[dict[str, Any]]:
+    """The JSON lines of ``kind`` among ``lines`` (read while the watcher may still add to them)."""
+    return [doc for doc in map(json.loads, list(lines)) if doc["type"] == kind]
+
+
+@contextlib.contextmanager
+def watching(
+    world: World, opts: WatchOptions, out: Callable[[str], None]
+) -> Iterator[tuple[threading.Thread, list[BaseException]]]:
+    """``run_watch`` with the output ``out`` in a thread, and what it raised; stopped and joined on
+    leaving."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_watch(world.ctx(), opts, stop, out=out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield thread, errors
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 # -- 1. an alert command's output ---------------------------------------------------------------------
@@ -351,30 +381,15 @@ def test_an_output_gone_at_the_stop_still_records_what_was_left(world: World) ->
             raise OSError(errno.EIO, "Input/output error")
         lines.append(line)
 
-    def docs(kind: str) -> list[dict[str, Any]]:
-        return [doc for doc in map(json.loads, list(lines)) if doc["type"] == kind]
-
-    stop = threading.Event()
-    errors: list[BaseException] = []
     opts = WatchOptions(interval=60, alert_command="sleep 30", as_json=True, full_every=3600)
-
-    def run() -> None:
+    with watching(world, opts, out) as (thread, errors):
         try:
-            run_watch(world.ctx(), opts, stop, out=out)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: len(docs("check")) >= 1)
-        tamper(world, b"# gone\n")
-        assert wait_for(lambda: len(docs("alert")) >= 1)
-        time.sleep(0.2)  # the alert command is at work
-    finally:
-        gone.set()
-        stop.set()
-        thread.join(timeout=30)
+            assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
+            tamper(world, b"# gone\n")
+            assert wait_for(lambda: len(json_docs(lines, "alert")) >= 1)
+            time.sleep(0.2)  # the alert command is at work
+        finally:
+            gone.set()  # before the stop
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
     assert alert_rows(world) == [("failed", {"event": "drift", "channels": {"queue": NOT_DELIVERED}})]
@@ -411,31 +426,14 @@ def test_an_output_gone_while_running_still_records_every_delivery_it_was_saying
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         lines.append(line)
 
-    def docs(kind: str) -> list[dict[str, Any]]:
-        return [doc for doc in map(json.loads, list(lines)) if doc["type"] == kind]
-
-    stop = threading.Event()
-    errors: list[BaseException] = []
     opts = WatchOptions(interval=60, alert_command="cat >/dev/null", as_json=True, full_every=3600)
-
-    def run() -> None:
-        try:
-            run_watch(world.ctx(), opts, stop, out=out)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: len(docs("check")) >= 1)
+    with watching(world, opts, out) as (thread, errors):
+        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
         tamper(world, b"# drift\n")
-        assert wait_for(lambda: len(docs("alert")) >= 1)
+        assert wait_for(lambda: len(json_docs(lines, "alert")) >= 1)
         heal(world.ctx(), "staging")
         assert wait_for(lambda: not thread.is_alive(), timeout=30)  # ended by the lost output
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert [d["event"] for d in docs("alert")] == ["drift", "resolved"]
+    assert [d["event"] for d in json_docs(lines, "alert")] == ["drift", "resolved"]
     assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
     assert [(r, d["event"]) for r, d in alert_rows(world)] == [("ok", "drift"), ("ok", "resolved")]
 
@@ -457,25 +455,11 @@ def test_an_output_gone_while_saying_an_alert_still_delivers_and_records_it(worl
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         lines.append(line)
 
-    stop = threading.Event()
-    errors: list[BaseException] = []
     opts = WatchOptions(interval=60, alert_command=f"cat > {alerted}", as_json=True, full_every=3600)
-
-    def run() -> None:
-        try:
-            run_watch(world.ctx(), opts, stop, out=out)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in list(lines)))
+    with watching(world, opts, out) as (thread, errors):
+        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
         tamper(world, b"# drift\n")
         assert wait_for(lambda: not thread.is_alive(), timeout=30)  # ended by the lost output
-    finally:
-        stop.set()
-        thread.join(timeout=30)
     assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
     assert json.loads(alerted.read_text())["event"] == "drift"
     assert [(r, d["event"]) for r, d in alert_rows(world)] == [("ok", "drift")]
