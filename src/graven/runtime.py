@@ -12,9 +12,21 @@ import threading
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+    from types import FrameType
+    from typing import Any
 
-__all__ = ["GroupWatchdog", "can_fork", "host_token", "no_gc", "pid_runs", "random_uuid"]
+    SignalHandler = Callable[[int, FrameType | None], Any]
+
+__all__ = [
+    "GroupWatchdog",
+    "can_fork",
+    "host_token",
+    "interrupt_handlers",
+    "no_gc",
+    "pid_runs",
+    "random_uuid",
+]
 
 
 _HOST_TOKEN: list[str] = []  # host_token(), once computed
@@ -69,6 +81,33 @@ def no_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def interrupt_handlers(
+    replace: Callable[[SignalHandler], SignalHandler],
+) -> Iterator[dict[int, SignalHandler]]:
+    """While the block runs, SIGINT's and SIGTERM's handlers are ``replace(handler)``; yields the
+    handlers replaced (by signal number), put back when the block ends. A signal that is ignored
+    (SIG_IGN: a job in the background) or has the default action is left as it is, and outside the
+    main thread (graven as a library) nothing is changed: the signals are not graven's there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    import signal
+
+    previous: dict[int, SignalHandler] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if not callable(handler):
+            continue
+        signal.signal(sig, replace(handler))
+        previous[sig] = handler
+    try:
+        yield previous
+    finally:
+        for signum, restored in previous.items():
+            signal.signal(signum, restored)
 
 
 def can_fork() -> bool:

@@ -116,22 +116,12 @@ def _stopped_by_interrupts(stop: threading.Event) -> Iterator[None]:
     with its usual message and exit code). A check given ``stop`` abandons its hashing threads and
     kills its forked walker with it (:class:`graven.drift.scan.ScanStopped`, as when ``graven watch``
     stops), instead of hashing on while the command unwinds. A signal that is ignored stays ignored;
-    outside the main thread (graven as a library) nothing is changed."""
-    if threading.current_thread() is not threading.main_thread():
+    outside the main thread (graven as a library) nothing is changed
+    (:func:`graven.runtime.interrupt_handlers`)."""
+    from graven.runtime import interrupt_handlers
+
+    with interrupt_handlers(lambda handler: _setting(stop, handler)):
         yield
-        return
-    previous: dict[signal.Signals, _Handler] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(sig)
-        if handler is None or isinstance(handler, int):  # SIG_IGN (in the background), SIG_DFL: left
-            continue
-        signal.signal(sig, _setting(stop, handler))
-        previous[sig] = handler
-    try:
-        yield
-    finally:
-        for sig, restored in previous.items():
-            signal.signal(sig, restored)
 
 
 def _setting(stop: threading.Event, then: _Handler) -> _Handler:

@@ -312,35 +312,25 @@ class _HeldSignals:
     handlers are put back and ``stopped`` is what the first noted signal's own handler raises
     (KeyboardInterrupt; graven.cli.app.Terminated), kept for the caller to raise."""
 
-    __slots__ = ("_noted", "_previous", "stopped")
+    __slots__ = ("_held", "_noted", "_previous", "stopped")
 
     def __init__(self) -> None:
+        from graven.runtime import interrupt_handlers
+
         self.stopped: BaseException | None = None
         self._noted: list[int] = []
+        self._held = interrupt_handlers(lambda _handler: self._note)
         self._previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
 
     def __enter__(self) -> _HeldSignals:
-        import signal  # here: only a failed deployment needs it
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handler = signal.getsignal(sig)
-            if not callable(handler):
-                continue
-            try:
-                signal.signal(sig, self._note)
-            except ValueError:  # not the main thread (graven as a library): signals are not ours
-                return self
-            self._previous[sig] = handler
+        self._previous = self._held.__enter__()
         return self
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self._noted.append(signum)
 
     def __exit__(self, *exc_info: object) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._held.__exit__(None, None, None)
         for signum in self._noted:
             try:
                 self._previous[signum](signum, None)
