@@ -932,8 +932,9 @@ class Database:
                     ) from exc
             if exc.message.startswith("cannot open the database"):
                 raise  # it says so already (the backend's own first connection)
-            # the error's own "(database URL)" at its end would name the database a second time
-            message = re.sub(r" \(database [^ ]*\)$", "", exc.message)
+            message = exc.message
+            if isinstance(backend, _AlchemyDatabase):  # its "(database URL)" would name it a second time
+                message = message.removesuffix(f" (database {_engine_url(backend.engine)})")
             raise type(exc)(f"cannot open the database {redacted_url(url)}: {message}") from exc
         return database
 
