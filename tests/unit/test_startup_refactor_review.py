@@ -79,12 +79,13 @@ def test_assignment_to_a_frozen_value_still_raises_attribute_error(assign: Any) 
 
 def _shape(value: object) -> str:
     # _Fields.__init_subclass__ sets __match_args__ at run time, out of mypy's sight: hence [misc]
+    # (the manifest entries are NamedTuples, whose __match_args__ mypy knows)
     match value:
-        case FileEntry(path, sha256, size, executable):  # type: ignore[misc]
+        case FileEntry(path, sha256, size, executable):
             return f"file {path} {sha256[:4]} {size} {executable}"
-        case SymlinkEntry(path, target):  # type: ignore[misc]
+        case SymlinkEntry(path, target):
             return f"link {path} -> {target}"
-        case DirEntry(path):  # type: ignore[misc]
+        case DirEntry(path):
             return f"dir {path}"
         case Digest(hex_):  # type: ignore[misc]
             return f"digest {hex_[:4]}"

@@ -749,13 +749,13 @@ def _tree_from_git(
     if lost:
         with source.repo.open_blobs(lost) as blobs:
             read(blobs)
-    append = result.append
+    append, new = result.append, tuple.__new__  # FileEntry(...) without the NamedTuple's __new__
     for mode, _, oid, path in chosen:
         if mode == MODE_SYMLINK:
             append(SymlinkEntry(path, targets[oid]))
         else:
             sha, size = known[oid]
-            append(FileEntry(path, sha, size, mode == MODE_EXECUTABLE))
+            append(new(FileEntry, (path, sha, size, mode == MODE_EXECUTABLE)))
     if len(result) > paths.MAX_ENTRIES:  # carried forward and changed together (the listing checks its own)
         raise paths.too_many_paths(f"the tree of commit {source.commit[:12]}")
     return result, total, new_cache, from_worktree

@@ -131,15 +131,16 @@ def decode(key: bytes, digest_hex: str, data: bytes) -> tuple[TreeEntry, ...] | 
         return None
     if len(strings) != count + kinds.count(b"l") or len(sha_hex) != 64 * n_files or "" in strings:
         return None
+    if sizes and min(sizes) < 0:
+        return None
     entries: list[TreeEntry] = []
     append = entries.append
+    new = tuple.__new__  # FileEntry(...) without its Python-level __new__ (a NamedTuple's)
     names = iter(strings)
     file_at = 0
     for kind, size in zip(kinds, sizes, strict=True):
         if kind == 0x66 or kind == 0x78:  # noqa: PLR1714 (ints from bytes: a tuple test is slower)
-            if size < 0:
-                return None
-            append(FileEntry(next(names), sha_hex[file_at : file_at + 64], size, kind == 0x78))
+            append(new(FileEntry, (next(names), sha_hex[file_at : file_at + 64], size, kind == 0x78)))
             file_at += 64
         elif kind == 0x6C:
             append(SymlinkEntry(next(names), next(names)))

@@ -38,6 +38,7 @@ from graven.service.deploy_types import DeployOptions, Target
 from graven.service.environments import EnvState, EnvStatus, HoldResult, RejectResult
 
 SHA = "ab" * 32
+_ENTRIES = (FileEntry, SymlinkEntry, DirEntry)
 FILE = FileEntry("app/main.py", SHA, 12, True)
 MANIFEST = TreeManifest.of([FILE, SymlinkEntry("app/link", "main.py"), DirEntry("var")])
 
@@ -255,7 +256,10 @@ def test_behaves_as_the_dataclass_it_replaced(case: tuple[type, dict[str, Any], 
     assert repr(value) == repr(old)
     assert value == cls(*fields.values())  # positional, in field order
     assert value != old  # another class: never equal, as between two dataclasses
-    assert issubclass(cls, Frozen if frozen else Record)
+    if cls in _ENTRIES:  # NamedTuples (read in bulk: graven.model.manifest), frozen all the same
+        assert issubclass(cls, tuple) and frozen
+    else:
+        assert issubclass(cls, Frozen if frozen else Record)
     first = next(iter(fields))
     if frozen:
         with pytest.raises(AttributeError, match="cannot assign to field"):
@@ -285,6 +289,18 @@ def test_an_unequal_field_makes_unequal_values() -> None:
     assert PolicyDecision() != PolicyDecision("refused")
     assert EnvState("prod", "/a") != EnvState("prod", "/b")
     assert Digest(SHA) != SHA and FileEntry("a", SHA, 1) != ("a", SHA, 1, False)
+
+
+def test_an_entry_is_never_equal_to_a_plain_tuple() -> None:
+    """The entries are tuples underneath; equality still looks at the kind, from either side."""
+    plain: list[tuple[object, ...]] = [("a", SHA, 1, False), ("a", "b"), ("a",)]
+    entries = [FileEntry("a", SHA, 1), SymlinkEntry("a", "b"), DirEntry("a")]
+    for entry, same_fields in zip(entries, plain, strict=True):
+        assert entry != same_fields and same_fields != entry
+        assert not entry == same_fields and not same_fields == entry  # noqa: SIM201 (== itself)
+        assert entry == tuple.__new__(type(entry), same_fields)  # the bulk readers' construction
+        assert {entry: 1}.get(tuple.__new__(type(entry), same_fields)) == 1
+    assert FileEntry("a", SHA, 1) not in [("a", SHA, 1, False)]
 
 
 def test_digests_order_by_hex_and_validate() -> None:
