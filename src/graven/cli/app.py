@@ -151,7 +151,41 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if message.endswith("expected one argument"):
             message += " (a value that starts with '-' goes after '=': --reason=-x)"
-        raise UsageError(_suggested(message), self.prog)
+        raise UsageError(_suggested(_readable(message)), self.prog)
+
+
+def quoted(value: str) -> str:
+    """``value`` (an argument as typed) in quotes, as an error line shows it: a byte that is not UTF-8
+    (a surrogate escape) and a control character as ``\\xNN`` (:func:`graven.core.paths.display_path`),
+    never repr's ``'\\udcff'``, which is no byte the user typed."""
+    from graven.core.paths import display_path  # here: only an error needs it (start-up)
+
+    return f"'{display_path(value)}'"
+
+
+# A str literal as repr writes it: argparse quotes the values of its messages with %r
+_LITERAL = r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*["]"""
+
+
+def _readable(message: str) -> str:
+    """argparse's ``message`` with each value it quoted with repr (``invalid choice: '\\udcff'``,
+    ``ignored explicit argument``, a type's ``'\\x1b' is not a port number``) that holds a byte that is
+    not UTF-8 or a control character shown by :func:`quoted`; any other literal is left as it is."""
+    if message.isascii() and "\\" not in message:
+        return message  # no escape in any literal: nothing to show otherwise
+    import ast
+    import re
+
+    def shown(found: re.Match[str]) -> str:
+        try:
+            value = ast.literal_eval(found.group(0))
+        except (ValueError, SyntaxError):
+            return found.group(0)
+        if not isinstance(value, str) or value.isprintable():
+            return found.group(0)
+        return quoted(value)
+
+    return re.sub(_LITERAL, shown, message)
 
 
 def _suggested(message: str) -> str:
@@ -169,9 +203,10 @@ def _suggested(message: str) -> str:
 
     close = difflib.get_close_matches(given, choices, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
+    # ``given`` is quoted already (repr's, or :func:`quoted`'s): quoted again, its escapes would double
     if what.strip("[]") == "SUBCOMMAND":
-        return f"no such subcommand {given!r}{hint} (one of: {', '.join(choices)})"
-    return f"argument {what}: invalid choice {given!r}{hint} (one of: {', '.join(choices)})"
+        return f"no such subcommand '{given}'{hint} (one of: {', '.join(choices)})"
+    return f"argument {what}: invalid choice '{given}'{hint} (one of: {', '.join(choices)})"
 
 
 class _Unused(ArgParser):
@@ -513,7 +548,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
 
             close = difflib.get_close_matches(command, list(COMMAND_MODULES), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"no such command {command!r}{hint}")
+            raise UsageError(f"no such command {quoted(command)}{hint}")
         if command is not None:
             _check_global_options(args[: args.index(command)], command)
         parser = build_parser(command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -216,3 +217,44 @@ def test_every_argument_of_every_command_says_what_it_is() -> None:
 
     walk(build_parser(None), "graven")
     assert bare == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["\udcff"], "no such command '\\xff'"),
+        (["keys", "\udcffab"], "no such subcommand '\\xffab'"),
+        (["log", "a\x1bb"], "no such subcommand 'a\\x1bb'"),
+        (["keys", "generate", "--type", "\udcff"], "argument --type: invalid choice '\\xff'"),
+        (["export", "abcd", "-o", "x.tar", "--format", "t\x07"], "invalid choice 't\\x07'"),
+        (["show", "--json=\udcff", "abcd"], "argument --json: ignored explicit argument '\\xff'"),
+        (["watch", "--metrics-port", "\udcff"], "argument --metrics-port: '\\xff' is not a port number"),
+        (["artifacts", "-n", "1\x1b"], "argument -n/--limit: '1\\x1b' is not a positive integer"),
+        (["log", "prove", "\udcff1"], "argument INDEX: '\\xff1' is not a log index"),
+    ],
+    ids=[
+        "command",
+        "subcommand",
+        "subcommand-control",
+        "choice",
+        "choice-control",
+        "explicit",
+        "port",
+        "limit",
+        "index",
+    ],
+)
+def test_a_bad_byte_or_control_in_a_usage_error_is_shown_as_the_other_errors_show_it(
+    argv: list[str], shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse quotes a value with repr: a byte that is no UTF-8 showed as '\\udcff' (a surrogate,
+    which is no byte the user typed), and a subcommand's or a choice's was escaped twice ('a\\\\x1bb');
+    the error line shows it as every other error does (graven.core.paths.display_path)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and shown in err, err
+    assert "udc" not in err and "\\\\" not in err, err
+    assert main([*argv, "--json"]) == 2
+    out = capsys.readouterr().out
+    if out:  # the JSON error object says it alike (a usage error before the command's --json)
+        assert shown in json.loads(out)["error"]["message"], out
