@@ -585,8 +585,10 @@ class _Watcher:
                 self.ctx.reporter.warn(f"cannot record drift ({exc}); checks and alerts go on, tried again")
 
     def _show_held(self, env: str) -> None:
-        """Export how many checks and deliveries of ``env`` are held."""
-        if self.metrics is not None:
+        """Export how many checks and deliveries of ``env`` are held; not for an environment no longer
+        watched (:meth:`_unwatch_gone` removed its series): a delivery of it recorded after that would
+        bring ``graven_pending_records{env}`` back, and nothing would remove it again."""
+        if self.metrics is not None and env in self.watched:
             self.metrics.held(
                 env, self.held.count(env) + sum(1 for d, _ in self.unrecorded if d.context.env == env)
             )

@@ -438,3 +438,48 @@ def test_held_checks_keep_each_change_in_order_and_are_bounded() -> None:
     assert held.count("prod") == HELD_MAX and held.dropped == HELD_MAX + 5
     held.forget("prod")
     assert not held and held.count("prod") == 0
+
+
+def test_an_environment_no_longer_watched_keeps_no_pending_records_series(monkeypatch: Any) -> None:
+    """An alert delivery of an environment that stopped being live is still recorded (after the
+    metrics of the environment were removed, when the database was busy or the delivery slow): its
+    held count was exported again then, and graven_pending_records{env} came back for good."""
+    from graven.core.drift import Alert
+    from graven.drift.alerts import Delivery
+    from graven.drift.watch import WatchOptions
+    from graven.service import drift_watch
+    from graven.service.drift_watch import HealBackoff, HeldChecks, _BusyEpisode, _Watcher
+
+    class Notifier:
+        def unwatch(self, name: str) -> None:
+            del name
+
+    class Dispatcher:
+        def __init__(self) -> None:
+            self.done: list[Delivery] = []
+
+        def results(self) -> list[Delivery]:
+            done, self.done = self.done, []
+            return done
+
+    recorded: list[str] = []
+    monkeypatch.setattr(drift_watch, "record_alert", lambda ctx, alert, **kw: recorded.append(alert.env))
+    watcher = _Watcher.__new__(_Watcher)
+    dispatcher = Dispatcher()
+    metrics = DriftMetrics()
+    schedule = Schedule(interval=60, full_every=3600, debounce=0.05)
+    schedule.add("gone")
+    watcher.__dict__.update(
+        metrics=metrics, targets={}, watched={"gone": ("r", "p", 1)}, notifier=Notifier(), schedule=schedule,
+        held=HeldChecks(), unrecorded=[], episode=_BusyEpisode(), heal_after=set(), alerted={},
+        backoff=HealBackoff(60), dispatcher=dispatcher, lost_output=[], out=lambda line: None,
+        opts=WatchOptions(), stop=threading.Event(), ctx=None,
+    )  # fmt: skip
+    metrics.observe("gone", digest="sha256:" + "a" * 64, commit=None, paths=1, timestamp=1.0)
+    alert = Alert("drift", "gone", "/srv/gone", None, None, None, "t", ())
+    dispatcher.done.append(Delivery({}, True, {"webhook": "ok"}, alert))  # finished meanwhile
+    watcher._unwatch_gone()  # the environment is no longer live: its series go
+    assert 'env="gone"' not in metrics.render().decode()
+    watcher._finish_deliveries()  # its delivery is still recorded ...
+    assert recorded == ["gone"]
+    assert 'env="gone"' not in metrics.render().decode()  # ... and its series stay gone
