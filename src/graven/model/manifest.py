@@ -64,8 +64,8 @@ def _same_kind(entry: tuple[Any, ...], other: object) -> bool:
     return other.__class__ is entry.__class__ and tuple.__eq__(entry, other)
 
 
-def _frozen(name: str) -> FrozenInstanceError:
-    return FrozenInstanceError(f"cannot assign to field {name!r}")
+def _frozen(name: str, what: str = "assign to") -> FrozenInstanceError:
+    return FrozenInstanceError(f"cannot {what} field {name!r}")
 
 
 class FileEntry(NamedTuple):
@@ -109,7 +109,7 @@ class FileEntry(NamedTuple):
         raise _frozen(name)
 
     def __delattr__(self, name: str) -> None:
-        raise _frozen(name)
+        raise _frozen(name, "delete")
 
 
 class SymlinkEntry(NamedTuple):
@@ -135,7 +135,7 @@ class SymlinkEntry(NamedTuple):
         raise _frozen(name)
 
     def __delattr__(self, name: str) -> None:
-        raise _frozen(name)
+        raise _frozen(name, "delete")
 
 
 class DirEntry(NamedTuple):
@@ -160,7 +160,7 @@ class DirEntry(NamedTuple):
         raise _frozen(name)
 
     def __delattr__(self, name: str) -> None:
-        raise _frozen(name)
+        raise _frozen(name, "delete")
 
 
 TreeEntry = FileEntry | SymlinkEntry | DirEntry
