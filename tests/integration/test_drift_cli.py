@@ -353,6 +353,39 @@ def test_a_full_check_reports_the_files_it_has_hashed(
     assert err.endswith("\r\x1b[K"), err  # cleared before the result
 
 
+def test_a_stat_check_reports_the_changed_files_it_hashes(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`graven drift` (stat mode) hashes every file whose stat changed (a release whose files were all
+    touched: as long as a full check) and said nothing meanwhile: it reports them from 0 to their
+    count, drawn on a terminal and cleared before the result. A clean release hashes nothing and
+    reports nothing."""
+    from graven.service import drift as svc
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    stage = "hashing the changed files of staging"
+    recorder = ProgressRecorder()
+    (report,) = svc.check(world.ctx(recorder), ["staging"])
+    assert report.clean and recorder.of(stage) == [], (report, recorder.calls)
+
+    release = (world.env_dir("staging") / "current").resolve()
+    changed = ["app/main.py", "bin/run", "config/staging.toml"]
+    for rel in changed:
+        rewrite(release / rel, b"tampered\n")
+    recorder = ProgressRecorder()
+    (report,) = svc.check(world.ctx(recorder), ["staging"])
+    assert not report.clean
+    assert recorder.of(stage) == [(0, 3), (3, 3)], recorder.calls
+
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    code, out, err = run_cli(capsys, "drift", "--json")
+    assert code == 1 and not json.loads(out)["clean"], (out, err)
+    assert f"\r\x1b[K{stage}: 3/3" in err, err
+    assert err.endswith("\r\x1b[K"), err  # cleared before the result
+
+
 def test_a_check_of_a_moved_away_environment_never_makes_its_directory_again(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,7 +21,7 @@ import marshal
 import os
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -405,6 +405,7 @@ def scan_release(
         owner=owner,
         group=group,
         stop=stop,
+        progress=progress,
     )
     scanned.root_mode = stat.S_IMODE(root_st.st_mode)
     scanned.root_attrs = attribute_problem(base, root_st, owner, group)
@@ -430,6 +431,7 @@ def _fast_scan(
     owner: int,
     group: int,
     stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ScanResult:
     result = ScanResult()
     observed = result.observed
@@ -560,12 +562,15 @@ def _fast_scan(
             observed[path] = Observed("file", S_IMODE(mode), st.st_size)
             continue
         to_hash.append((i, full_path, mode, st.st_size))
-    for start in range(0, len(to_hash), HASH_BATCH):
+    if to_hash and progress is not None:
+        progress(0, len(to_hash))
+    for part in _hash_batches(to_hash):
         # In batches, each stat result dropped once looked at: a release whose every file changed
         # held two of them (some 600 bytes) per file until the last one was hashed.
-        part = to_hash[start : start + HASH_BATCH]
         hashed = hasher.hash_many([(p, size) for _, p, _, size in part], stop)
         result.hashed += len(hashed)
+        if progress is not None:
+            progress(result.hashed, len(to_hash))
         for (i, _full, mode_before, size_before), (st_open, sha) in zip(part, hashed, strict=True):
             entry = index.files[i]
             if st_open is None:
@@ -605,7 +610,26 @@ def _fast_scan(
 
 
 HASH_BATCH = 4096
-"""A fast scan hashes the files whose stat changed this many at a time."""
+"""A fast scan hashes the files whose stat changed this many at a time, at most, ..."""
+HASH_BATCH_BYTES = 256 << 20
+"""... and of at most this many bytes in all (a batch's first file may be larger): its progress is
+reported after each batch."""
+
+
+def _hash_batches(to_hash: list[tuple[int, str, int, int]]) -> Iterator[list[tuple[int, str, int, int]]]:
+    """``to_hash`` (index, path, mode, size) in batches of :data:`HASH_BATCH` files and
+    :data:`HASH_BATCH_BYTES` bytes at most (a single larger file is a batch of its own)."""
+    part: list[tuple[int, str, int, int]] = []
+    size = 0
+    for item in to_hash:
+        if part and (len(part) >= HASH_BATCH or size + item[3] > HASH_BATCH_BYTES):
+            yield part
+            part, size = [], 0
+        part.append(item)
+        size += item[3]
+    if part:
+        yield part
+
 
 PROGRESS_FILES = 512
 """A full scan reports its progress each time a walker has hashed about this many more files."""

@@ -223,6 +223,7 @@ def _check_now(
             _cache_path(layout), key, release=hex_digest, files=len(index.files), dirs=len(index.dirs)
         )
         owner, group = _deployer(ctx, layout, hex_digest)
+        changed_stage = f"hashing the changed files of {target.env}"  # those whose stat changed
         scan = scan_release(
             layout.release(hex_digest),
             index,
@@ -234,6 +235,7 @@ def _check_now(
             owner=owner,
             group=group,
             stop=stop,
+            progress=lambda done, total: ctx.reporter.progress(changed_stage, done, total),
         )
     deployed = target.pipeline_digest if digest == target.digest else None  # not for a pending deploy
     trust = session.trust()

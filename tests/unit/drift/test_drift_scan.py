@@ -506,3 +506,43 @@ def test_a_fast_check_of_many_changed_files_holds_few_stat_results(
     differences = compare_tree(index.manifest, result.observed, verified=result.verified)
     assert sum(d.kind == "modified" for d in differences) == total
     assert _CountedStat.most <= 2 * 100 + 10, _CountedStat.most
+
+
+def test_a_fast_check_hashes_in_batches_of_files_and_bytes_and_reports_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files whose stat changed are hashed HASH_BATCH files or HASH_BATCH_BYTES at a time (a
+    larger file alone), and the progress is reported before the first batch and after each."""
+    from graven.drift import scan
+
+    root = tmp_path / "rel"
+    index = big_release(root)
+    for directory, _dirs, files in os.walk(root):
+        os.chmod(directory, 0o755)
+        for name in files:
+            path = Path(directory, name)
+            path.chmod(0o644)
+            path.write_bytes(path.read_bytes() + b"changed\n")
+    total = len(index.files)
+    monkeypatch.setattr(scan, "HASH_BATCH", 400)
+    monkeypatch.setattr(scan, "HASH_BATCH_BYTES", 4096)
+    sizes = [os.lstat(root / entry.path).st_size for entry in index.files]
+    calls: list[tuple[int, int]] = []
+    batches: list[int] = []
+    real_hash_many = Hasher.hash_many
+
+    def hash_many(self: Hasher, paths: list[tuple[str, int]], stop: object = None) -> list[object]:
+        assert len(paths) <= 400 and (len(paths) == 1 or sum(size for _, size in paths) <= 4096)
+        batches.append(len(paths))
+        return real_hash_many(self, paths, stop)  # type: ignore[arg-type, return-value]
+
+    monkeypatch.setattr(Hasher, "hash_many", hash_many)
+    hasher = Hasher(2)
+    result = scan_release(
+        root, index, full=False, hasher=hasher, table=None, progress=lambda d, t: calls.append((d, t))
+    )
+    hasher.close()
+    assert result.hashed == total and sum(batches) == total
+    assert len(batches) >= sum(sizes) // 4096  # batched by bytes: far more than total / 400
+    assert calls[0] == (0, total) and calls[-1] == (total, total) and len(calls) == len(batches) + 1
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
