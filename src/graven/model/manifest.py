@@ -57,15 +57,24 @@ _set = object.__setattr__  # how a frozen value sets its fields (graven.core.rec
 # ``tuple.__new__(FileEntry, fields)`` costs a quarter of a hand-written ``__init__`` (~1.5 against ~6
 # ms). They behave as the frozen dataclasses they replaced (tests/unit/deploy/test_startup_records.py):
 # equal only to an entry of the same kind with the same fields (never to a plain tuple), hashable,
-# and assignment raises FrozenInstanceError. Reading a field is as fast as a slot.
+# and assignment raises FrozenInstanceError (the methods below, set on each class after it: a
+# NamedTuple takes no base class of its own). Reading a field is as fast as a slot.
 
 
 def _same_kind(entry: tuple[Any, ...], other: object) -> bool:
     return other.__class__ is entry.__class__ and tuple.__eq__(entry, other)
 
 
-def _frozen(name: str, what: str = "assign to") -> FrozenInstanceError:
-    return FrozenInstanceError(f"cannot {what} field {name!r}")
+def _not_same_kind(entry: tuple[Any, ...], other: object) -> bool:
+    return not _same_kind(entry, other)
+
+
+def _refuse_assignment(_entry: object, name: str, _value: object) -> None:
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _refuse_deletion(_entry: object, name: str) -> None:
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
 class FileEntry(NamedTuple):
@@ -96,21 +105,6 @@ class FileEntry(NamedTuple):
             "type": "file",
         }
 
-    def __eq__(self, other: object) -> bool:
-        return _same_kind(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not _same_kind(self, other)
-
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise _frozen(name)
-
-    def __delattr__(self, name: str) -> None:
-        raise _frozen(name, "delete")
-
 
 class SymlinkEntry(NamedTuple):
     """A relative symbolic link that stays inside the artifact."""
@@ -122,21 +116,6 @@ class SymlinkEntry(NamedTuple):
         """The manifest form of this entry."""
         return {"path": self.path, "target": self.target, "type": "symlink"}
 
-    def __eq__(self, other: object) -> bool:
-        return _same_kind(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not _same_kind(self, other)
-
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise _frozen(name)
-
-    def __delattr__(self, name: str) -> None:
-        raise _frozen(name, "delete")
-
 
 class DirEntry(NamedTuple):
     """An empty directory (non-empty ones are implied by their contents)."""
@@ -147,20 +126,16 @@ class DirEntry(NamedTuple):
         """The manifest form of this entry."""
         return {"path": self.path, "type": "dir"}
 
-    def __eq__(self, other: object) -> bool:
-        return _same_kind(self, other)
 
-    def __ne__(self, other: object) -> bool:
-        return not _same_kind(self, other)
-
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise _frozen(name)
-
-    def __delattr__(self, name: str) -> None:
-        raise _frozen(name, "delete")
+_FROZEN_ENTRY = {
+    "__eq__": _same_kind,
+    "__ne__": _not_same_kind,
+    "__setattr__": _refuse_assignment,
+    "__delattr__": _refuse_deletion,
+}
+for _kind in (FileEntry, SymlinkEntry, DirEntry):
+    for _name, _method in _FROZEN_ENTRY.items():
+        setattr(_kind, _name, _method)  # set after the class is made: __hash__ stays tuple's
 
 
 TreeEntry = FileEntry | SymlinkEntry | DirEntry

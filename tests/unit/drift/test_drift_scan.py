@@ -467,6 +467,16 @@ class _CountedStat:
         _CountedStat.live -= 1
 
 
+def _change_every_file(root: Path) -> None:
+    """Make every file of the release at ``root`` differ from its manifest entry (its stat too)."""
+    for directory, _dirs, files in os.walk(root):
+        os.chmod(directory, 0o755)
+        for name in files:
+            path = Path(directory, name)
+            path.chmod(0o644)
+            path.write_bytes(path.read_bytes() + b"changed\n")
+
+
 def test_a_fast_check_of_many_changed_files_holds_few_stat_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -478,12 +488,7 @@ def test_a_fast_check_of_many_changed_files_holds_few_stat_results(
 
     root = tmp_path / "rel"
     index = big_release(root)
-    for directory, _dirs, files in os.walk(root):
-        os.chmod(directory, 0o755)
-        for name in files:
-            path = Path(directory, name)
-            path.chmod(0o644)
-            path.write_bytes(path.read_bytes() + b"changed\n")  # every file differs
+    _change_every_file(root)
     total = len(index.files)
     assert total >= 1000
     monkeypatch.setattr(scan, "HASH_BATCH", 100)
@@ -517,12 +522,7 @@ def test_a_fast_check_hashes_in_batches_of_files_and_bytes_and_reports_each(
 
     root = tmp_path / "rel"
     index = big_release(root)
-    for directory, _dirs, files in os.walk(root):
-        os.chmod(directory, 0o755)
-        for name in files:
-            path = Path(directory, name)
-            path.chmod(0o644)
-            path.write_bytes(path.read_bytes() + b"changed\n")
+    _change_every_file(root)
     total = len(index.files)
     monkeypatch.setattr(scan, "HASH_BATCH", 400)
     monkeypatch.setattr(scan, "HASH_BATCH_BYTES", 4096)
