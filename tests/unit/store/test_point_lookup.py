@@ -155,3 +155,74 @@ def test_a_delta_base_whose_index_entry_is_out_of_the_pack_is_no_base(tmp_path: 
         newer = batch.add(b"manifest " * 298 + b"changed twice", delta_base=delta)
     assert store.read(newer) == b"manifest " * 298 + b"changed twice"
     store.close()
+
+
+def test_has_answers_for_a_packed_object_without_loading_the_index(tmp_path: Path) -> None:
+    """A deploy or a rollback asks whether one artifact is stored: in a store of a million objects,
+    loading the whole index for that took ~2 s and ~250 MB."""
+    root = tmp_path / "objects"
+    first, second = _packed(root, [[b"A" * 400], [b"B" * 400]])
+    store = LocalStore.at(root)
+    assert store.has(first)
+    assert store.has(second)
+    assert store._index is None
+    assert not store.has(sha256_digest(b"never stored"))  # an absence is the loaded index's answer
+    assert store._index is not None
+    store.close()
+
+
+def test_has_loads_the_index_once_its_point_lookups_are_spent(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    digests = _packed(root, [[f"object {i}".encode() * 20 for i in range(local._POINT_LOOKUPS + 2)]])
+    store = LocalStore.at(root)
+    for digest in digests[: local._POINT_LOOKUPS]:
+        assert store.has(digest)
+    assert store._index is None
+    assert all(store.has(digest) for digest in digests[local._POINT_LOOKUPS :])
+    assert store._index is not None
+    store.close()
+
+
+def test_has_trusts_no_index_entry_its_pack_does_not_bear_out(tmp_path: Path) -> None:
+    """An entry whose record is not in the pack (a damaged index that still checks, or a pack file that
+    is gone) is not taken for the object: the loaded index answers, as before."""
+    root = tmp_path / "objects"
+    first, second = _packed(root, [[b"A" * 400, b"B" * 400]])
+    (idx,) = (root / "pack").glob("*.idx")
+    entry = local._IDX_ENTRY
+    data = idx.read_bytes()
+    rows = {
+        row[0]: row for row in (entry.unpack_from(data, local._IDX_HEADER + i * entry.size) for i in range(2))
+    }
+    # second's entry names first's record (another digest there), with a checksum made again
+    _tamper_entry(idx, second, 1, rows[first.raw][1], checksum=True)
+    store = LocalStore.at(root)
+    assert store.has(first)
+    assert store._index is None
+    assert store.has(second)  # the loaded index lists it too (a read then says it is corrupt)
+    assert store._index is not None
+    store.close()
+    for pack in (root / "pack").glob("*.pack"):
+        pack.unlink()  # the index remains, its pack is gone
+    store = LocalStore.at(root)
+    assert not store.has(first)
+    assert any("is missing" in line for line in store.damage())
+    store.close()
+
+
+def test_reading_a_few_objects_of_a_larger_store_loads_no_index(tmp_path: Path) -> None:
+    """The number of lookups served before the index is loaded grows with the store (about what the
+    load would cost): a deploy of a small artifact reads its objects from a store of many more."""
+    root = tmp_path / "objects"
+    data = [f"object {i}".encode() * 20 for i in range(3000)]
+    digests = _packed(root, [data[:2000], data[2000:]])
+    store = LocalStore.at(root)
+    wanted = list(range(0, 3000, 30))  # 100 objects, more than the fixed minimum of lookups
+    assert list(store.read_many([digests[i] for i in wanted])) == [data[i] for i in wanted]
+    assert all(store.read(digests[i]) == data[i] for i in range(5))
+    assert store._index is None
+    assert store._point_left > 0
+    everything = list(store.read_many(digests))  # more than the lookups left: one table
+    assert everything == data
+    assert store._index is not None
+    store.close()
