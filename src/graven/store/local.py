@@ -80,9 +80,9 @@ _HEX64 = re.compile("[0-9a-f]{64}")
 # of some 30 million files); a size past it is damage, refused before anything is allocated for it.
 _MAX_PACKED_SIZE = 1 << 32
 # An index entry is only where to look: a record it says starts this far in, or whose read would be
-# larger than one chunk, is first checked against the pack file's size, so that a damaged entry (an
-# index file not checked yet, or one whose checksum was made again) is corruption, not an attempt to
-# allocate its length or an offset past what pread(2) takes.
+# larger than one chunk, is first checked against the pack file's size, so that a damaged entry (in an
+# index file whose checksum was made again) is corruption, not an attempt to allocate its length or an
+# offset past what pread(2) takes.
 _MAX_OFFSET = 1 << 62
 _IDX_HEADER = len(IDX_MAGIC) + 8
 _POINT_LOOKUPS = 32  # lookups served by binary search before the whole index is loaded (at least)
@@ -169,6 +169,7 @@ class LocalStore:
         # of every object of every pack.
         self._point_left = _POINT_LOOKUPS
         self._point_maps: list[tuple[Path, mmap.mmap]] | None = None
+        self._point_stale = False  # index files were added since they were mapped (refresh_index)
         self._packs_mtime = -1
         self._fds: dict[Path, int] = {}
         # descriptors and maps of packs merged away (consolidate), closed with the store: another
@@ -248,7 +249,9 @@ class LocalStore:
         return found if found is not None else self._packed().get(raw)
 
     def _point_lookup(self, raw: bytes) -> _Location | None:
-        maps = self._point_maps if self._point_maps is not None else self._map_indexes()
+        maps = self._point_maps
+        if maps is None or self._point_stale:
+            maps = self._map_indexes()
         entry = _IDX_ENTRY
         for pack, mapped in maps:
             if mapped[: len(IDX_MAGIC)] != IDX_MAGIC:
@@ -272,6 +275,19 @@ class LocalStore:
                     return _Location(pack, offset, stored, size, codec)
         return None
 
+    def _listed(self, raw: bytes) -> bool:
+        """Whether a pack index lists ``raw``: for a writer, which verifies a copy it is told of (by
+        reading it) and writes one it is not told of. So point lookups serve while they last: one
+        that finds nothing (an index file added since they were mapped) only costs a second copy,
+        as the loaded index would (it is not reloaded for this either)."""
+        if self._index is None and self._point_left > 0:
+            self._point_left -= 1
+            try:
+                return self._point_lookup(raw) is not None
+            except (OSError, ValueError):
+                pass
+        return raw in self._packed()
+
     def _lookups_left(self) -> int:
         """How many more lookups point lookups may serve before the index is loaded (none once it is)."""
         if self._index is not None or self._point_left <= 0:
@@ -284,12 +300,20 @@ class LocalStore:
         return self._point_left
 
     def _map_indexes(self) -> list[tuple[Path, mmap.mmap]]:
-        """The pack index files mapped for point lookups (once); how many lookups they may serve
-        is set then (:func:`_point_budget`)."""
+        """The pack index files mapped for point lookups: all of them the first time, which sets how
+        many lookups they may serve (:func:`_point_budget`); after :meth:`refresh_index`, those added
+        since (the maps of packs merged away stay: what they find no longer reads, and the loaded
+        index is asked then)."""
+        with self._lock:
+            self._point_stale = False
+            old = self._point_maps
+        known = {pack.name for pack, _mapped in old or ()}
         maps: list[tuple[Path, mmap.mmap]] = []
         names = sorted(n for n in os.listdir(self._packs) if n.endswith(".idx"))
         for name in names:
             idx = self._packs / name
+            if idx.with_suffix(".pack").name in known:
+                continue
             fd = os.open(idx, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 if os.fstat(fd).st_size < _IDX_HEADER + 32:
@@ -297,15 +321,21 @@ class LocalStore:
                 mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
             finally:
                 os.close(fd)
-            maps.append((idx.with_suffix(".pack"), mapped))
+            if _checked(mapped) and os.path.exists(idx.with_suffix(".pack")):
+                maps.append((idx.with_suffix(".pack"), mapped))
+            else:  # damaged, or its pack is gone: the loaded index deals with it (and says so)
+                mapped.close()
         with self._lock:
-            if self._point_maps is None:
-                self._point_maps = maps
-                self._point_left = max(self._point_left, _point_budget(maps))
-                return maps
+            if self._point_maps is old:
+                if old is None:
+                    self._point_left = max(self._point_left, _point_budget(maps))
+                    self._point_maps = maps
+                else:  # a new list: a lookup may be iterating the old one
+                    self._point_maps = sorted([*old, *maps], key=lambda item: item[0].name)
+                return self._point_maps
             current = self._point_maps
         _release_maps(maps)  # another thread mapped them first
-        return current
+        return current if current is not None else []
 
     def _load_new_indexes(self, index: dict[bytes, _Location], *, force: bool = False) -> None:
         """Add the entries of indexes not loaded yet; called with the lock held. Each index is added
@@ -406,10 +436,28 @@ class LocalStore:
         return IntegrityError(f"object {digest} is missing from the store{'; ' if damage else ''}{damage}")
 
     def refresh_index(self) -> None:
-        """Load the indexes of packs added since the last scan (by this or another process)."""
-        index = self._packed()
+        """Make the packs added since the last scan (by this or another process) visible: loaded into
+        the index when it is loaded, else to point lookups (the next one maps their index files)."""
         with self._lock:
-            self._load_new_indexes(index, force=True)
+            index = self._index
+            if index is not None:
+                self._load_new_indexes(index, force=True)
+                return
+            self._point_stale = True
+            try:
+                listed = {n for n in os.listdir(self._packs) if n.endswith(".idx")}
+            except OSError:
+                return
+            # packs merged away (consolidate): their descriptors and maps are let go of, as a load
+            # of the index would (:meth:`_load_new_indexes`), so that their disk space is freed
+            self._drop_packs({pack for pack in self._fds if f"{pack.stem}.idx" not in listed}, {})
+            maps = self._point_maps or []
+            kept = [item for item in maps if f"{item[0].stem}.idx" in listed]
+            if len(kept) != len(maps):
+                self._retired_maps.extend(item for item in maps if f"{item[0].stem}.idx" not in listed)
+                self._point_maps = kept
+        self._enter()
+        self._leave()  # closes the retired descriptors now, unless a read is using one
 
     def has(self, digest: Digest) -> bool:
         """True when the object is stored (loose or packed). Before the whole index is loaded, a few
@@ -435,18 +483,41 @@ class LocalStore:
         # Another process may have committed a pack since we loaded the indexes (or merged some)
         return self._reload_until_found(digest.raw, force=False)
 
-    def _record_at(self, location: _Location, raw: bytes) -> bool:
+    def _record_at(self, location: _Location, raw: bytes, fds: dict[Path, int] | None = None) -> bool:
         """Whether the pack at ``location`` holds the record header the index entry describes (the
-        object's bytes are verified when read, as always)."""
+        object's bytes are verified when read, as always). ``fds``: packs the caller has open (and
+        closes); else the pack is opened for this and closed (has() reads no object)."""
         pack, offset, stored, size, codec = location
         if offset >= _MAX_OFFSET:
             return False
-        fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)  # not kept: has() reads no object
+        fd = fds.get(pack) if fds is not None else None
+        if fd is None:
+            fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)
+            if fds is not None:
+                fds[pack] = fd
         try:
             header = os.pread(fd, _RECORD.size, offset)
         finally:
-            os.close(fd)
+            if fds is None:
+                os.close(fd)
         return len(header) == _RECORD.size and _RECORD.unpack(header) == (raw, codec, size, stored)
+
+    def _pointed_out(self, hexes: list[str]) -> set[str]:
+        """The digests among ``hexes`` (canonical) that point lookups find, each confirmed by its
+        record header in the pack (what has() accepts); the lookups are taken from the budget."""
+        self._point_left -= len(hexes)
+        found: set[str] = set()
+        fds: dict[Path, int] = {}
+        try:
+            for h in hexes:
+                raw = bytes.fromhex(h)
+                location = self._point_lookup(raw)
+                if location is not None and self._record_at(location, raw, fds):
+                    found.add(h)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return found
 
     def _reload_until_found(self, raw: bytes, *, force: bool) -> bool:
         """Load the indexes added since, again while the pack directory keeps changing (packs merged
@@ -467,10 +538,22 @@ class LocalStore:
 
     def missing(self, hexes: Iterable[str]) -> set[str]:
         """The sha256 hex digests among ``hexes`` that are not stored: one pass against the pack
-        indexes, then a look at loose objects (and at packs added since) for the rest."""
-        index = self._packed()
+        indexes, then a look at loose objects (and at packs added since) for the rest. Fewer than
+        the point lookups left are looked up in the index files (see :meth:`has`); only what they
+        do not find is looked for in the loaded index."""
         canonical = _HEX64.fullmatch
-        absent = {h for h in hexes if not (canonical(h) and bytes.fromhex(h) in index)}
+        wanted = list(hexes)
+        if len(wanted) <= self._lookups_left():
+            valid = [h for h in wanted if canonical(h)]
+            try:
+                found = self._pointed_out(valid)
+            except (OSError, ValueError):
+                found = set()
+            wanted = [h for h in wanted if h not in found]
+            if not wanted:
+                return set()
+        index = self._packed()
+        absent = {h for h in wanted if not (canonical(h) and bytes.fromhex(h) in index)}
         if not absent:
             return absent
         index = self._packed()  # the current table (a merge may have reset it)
@@ -544,8 +627,9 @@ class LocalStore:
         index = self._packed()
         with self._lock:
             others = [loc for loc in (index.get(raw), *self._extra.get(raw, ())) if loc is not None]
-        # a copy only a point lookup found (in an index file not checked yet) that the checked
-        # index does not list is no copy: its failure is not the object's corruption
+        # a copy only a point lookup found (in an index file mapped before its pack was merged away,
+        # say) that the loaded index does not list is no copy: its failure is not the object's
+        # corruption
         known = failed in others
         gone = isinstance(error, _PackGoneError)
         corrupt = None if gone or not known else error
@@ -1054,18 +1138,21 @@ class LocalStore:
 
     def _merge_small_packs(self) -> int:
         self._remove_orphan_packs()
-        packs: list[tuple[int, str, list[tuple[bytes, int, int, int, int]]]] = []
+        sizes: list[tuple[int, str]] = []
         for name in sorted(n[:-4] for n in os.listdir(self._packs) if n.endswith(".idx")):
+            with contextlib.suppress(OSError):  # gone: left out
+                sizes.append((os.stat(self._packs / f"{name}.pack").st_size, name))
+        # only the indexes of the packs merged are read: the largest pack of a store of a million
+        # objects has an index of ~55 MB, which a merge of the small ones never needs
+        packs: list[tuple[int, str, list[tuple[bytes, int, int, int, int]]]] = []
+        for size, name in sorted(sizes)[: rollup(size for size, _name in sizes)]:
             try:
-                entries = list(_read_index(self._packs / f"{name}.idx"))
-                size = os.stat(self._packs / f"{name}.pack").st_size
+                packs.append((size, name, list(_read_index(self._packs / f"{name}.idx"))))
             except (OSError, GravenError):  # gone, or damaged: left as it is (verify names it)
                 continue
-            packs.append((size, name, entries))
-        count = rollup(size for size, _name, _entries in packs)
-        if count < 2:
+        if len(packs) < 2:
             return 0
-        chosen = sorted(packs, key=lambda item: item[0])[:count]
+        chosen = packs
         fd, tmp = self._tmp_file("pack")
         written: list[tuple[bytes, int, int, int, int]] = []
         damaged: set[str] = set()
@@ -1452,7 +1539,7 @@ class PackBatch:
 
     def _stored(self, digest: Digest) -> bool:
         """Whether the store held ``digest`` when the batch began (or a pack appeared since)."""
-        return bool(digest.raw in self._store._packed() or digest.hex in self._loose)
+        return bool(self._store._listed(digest.raw) or digest.hex in self._loose)
 
     def _add(self, digest: Digest, data: bytes, delta_base: Digest | None, *, pack: bool) -> None:
         if self._stored(digest):
@@ -1488,7 +1575,7 @@ class PackBatch:
         if digest.hex in self._loose:
             # stored loose: nothing becomes visible, and a damaged copy is repaired at once
             self._store._publish_loose(tmp, digest)
-        elif raw in self._store._packed():
+        elif self._store._listed(raw):
             try:
                 self._store.verify(digest)  # a packed copy is checked, as add() checks one
                 tmp.unlink(missing_ok=True)
@@ -1535,7 +1622,7 @@ class PackBatch:
         """Delta depth of a stored object, or None when it is not stored or unreadable."""
         current = digest
         for depth in range(MAX_DELTA_DEPTH):
-            location = self._store._packed().get(current.raw)
+            location = self._store._locate(current.raw)
             if location is None:
                 return depth if self._store.has(current) else None
             if location.codec != CODEC_ZSTD_DELTA:
@@ -1547,8 +1634,8 @@ class PackBatch:
                     header = os.pread(handle.fileno(), _RECORD.size + 32, location.offset)
             except OSError:
                 return None  # the pack is gone: no delta against it
-            if len(header) < _RECORD.size + 32:
-                return None
+            if len(header) < _RECORD.size + 32 or header[:32] != current.raw:
+                return None  # not the record the index names (an index whose checksum was made again)
             current = Digest.from_bytes(header[_RECORD.size : _RECORD.size + 32])
         return None
 
@@ -1731,6 +1818,26 @@ def rollup(sizes: Iterable[int], factor: int = 2) -> int:
         total += ordered[merged]
         merged += 1
     return merged if merged >= 2 else 0
+
+
+def _checked(mapped: mmap.mmap) -> bool:
+    """Whether a mapped pack index checks as :func:`_read_index` checks one (magic, length, checksum:
+    ~30 ms for the ~55 MB index of a million objects): point lookups then answer what the loaded
+    index would."""
+    if mapped[: len(IDX_MAGIC)] != IDX_MAGIC:
+        return False
+    (count,) = struct.unpack_from(">Q", mapped, len(IDX_MAGIC))
+    if _IDX_HEADER + count * _IDX_ENTRY.size + 32 != len(mapped):
+        return False
+    view = memoryview(mapped)
+    try:
+        body = view[:-32]
+        try:
+            return hashlib.sha256(body).digest() == mapped[-32:]
+        finally:
+            body.release()
+    finally:
+        view.release()
 
 
 def _point_budget(maps: list[tuple[Path, mmap.mmap]]) -> int:
