@@ -694,6 +694,7 @@ def _tree_from_git(
     link_oids = {oid for mode, _, oid, _ in chosen if mode == MODE_SYMLINK}
     cached = _cached_digests(ctx, file_oids) if use_cache else {}
     to_read = sorted(file_oids - cached.keys()) + sorted(link_oids)
+    ctx.store.expect_lookups(len(to_read))  # the batch asks the store about each blob it adds
     targets: dict[str, str] = {}
     new_cache: list[dict[str, object]] = []
     known: dict[str, tuple[str, int]] = {}

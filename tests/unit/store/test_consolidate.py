@@ -157,7 +157,8 @@ def test_consolidate_on_demand_keeps_the_delta_records(tmp_path: Path, above: in
     fresh = LocalStore.at(root)
     assert fresh.read(second) == base + b"entry 3000\n"
     assert fresh.read(first) == base
-    assert fresh._packed()[second.raw].codec == local.CODEC_ZSTD_DELTA  # copied, not re-encoded
+    location = fresh._packed().where(second.raw)
+    assert location is not None and location.codec == local.CODEC_ZSTD_DELTA  # copied, not re-encoded
     assert len(_packs(root)) == 2
     store.close()
     fresh.close()

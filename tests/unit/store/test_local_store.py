@@ -296,7 +296,8 @@ def test_batch_packs_compress_each_object_to_its_own_frame(
         digests = [batch.add(blob) for blob in blobs]
     fresh = LocalStore.at(store.root)
     assert [fresh.read(d) for d in digests] == blobs
-    codecs = {d.raw: location.codec for d, location in ((d, fresh._packed()[d.raw]) for d in digests)}
+    table = fresh._packed()
+    codecs = {d.raw: _where(table, d).codec for d in digests}
     assert {codecs[d.raw] for d in digests[:300]} == {local.CODEC_ZSTD}
     assert {codecs[d.raw] for d in digests[300:]} == {local.CODEC_RAW}
     pack = next((store.root / "pack").glob("*.pack")).read_bytes()
@@ -527,3 +528,9 @@ def test_a_large_object_put_again_is_made_durable_by_its_second_writer(
     assert store.read(digest) == data
     assert list((store.root / "tmp").iterdir()) == []
     store.close()
+
+
+def _where(table: local._Table, digest: Digest) -> local._Location:
+    location = table.where(digest.raw)
+    assert location is not None, f"{digest} is not listed"
+    return location

@@ -43,7 +43,7 @@ def test_a_point_lookup_finds_what_the_loaded_index_finds(
     found = [pointed._point_lookup(raw) for raw in probes]
     assert pointed._index is None  # nothing loaded for that
     loaded = LocalStore.at(root)._packed()
-    assert found == [loaded.get(raw) for raw in probes]
+    assert found == [loaded.where(raw) for raw in probes]
     pointed.close()
 
 
@@ -281,4 +281,17 @@ def test_a_merge_reads_only_the_indexes_of_the_packs_it_merges(
     assert store.consolidate(above=1) == 4
     assert len(read) == 4
     assert not big & set(read)
+    store.close()
+
+
+def test_a_caller_that_says_it_will_ask_about_many_objects_loads_the_index_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    _packed(root, [_many(3000)])
+    store = LocalStore.at(root)
+    store.expect_lookups(10)
+    assert store._index is None  # few: point lookups serve them
+    left = store._point_left
+    assert 32 < left < 3000  # more than the minimum for a store this size, less than a lookup each
+    store.expect_lookups(left + 1)
+    assert store._index is not None
     store.close()
