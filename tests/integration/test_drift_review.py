@@ -237,6 +237,57 @@ def test_watch_heal_backs_off_when_the_heal_cannot_clean_up(
 # -- 3. a watcher waits while a deployer holds the lock -------------------------------------------
 
 
+def test_a_heal_a_deployment_holds_off_says_why_and_when_it_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A postponed heal's JSON line was {"type", "env", "ok": false}: a script saw that it did not run,
+    not why nor when the next one would."""
+    from graven.service import drift_watch
+    from graven.service.drift import run_watch
+
+    world, _digest = ignoring(tmp_path, monkeypatch, ["out/var/**"])
+    release = release_of(world)
+    tries: list[float] = []
+
+    def held(*_args: object, **_kwargs: object) -> object:
+        tries.append(time.monotonic())
+        raise PolicyError("staging is being deployed by t (pid 1); try again when it is done")
+
+    monkeypatch.setattr(drift_watch, "heal", held)
+    lines: list[str] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    opts = WatchOptions(interval=1.0, heal=True, as_json=True, full_every=3600)
+
+    def run() -> None:
+        try:
+            run_watch(world.ctx(), opts, stop, out=lines.append)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in lines))
+        main = release / "out/app/main.py"
+        main.chmod(0o644)
+        main.write_text("print('changed')\n")
+        assert wait_for(lambda: len(tries) >= 2, timeout=15), lines
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert not thread.is_alive() and not errors, errors
+    heals = [json.loads(line) for line in lines if json.loads(line)["type"] == "heal"]
+    assert heals[0] == {
+        "type": "heal",
+        "env": "staging",
+        "ok": False,
+        "error": "staging is being deployed by t (pid 1); try again when it is done",
+        "retry_in": 1.0,
+    }
+    assert tries[1] - tries[0] >= 0.9  # not before it said
+
+
 def test_the_watcher_waits_instead_of_spinning_while_the_check_lock_is_held(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -42,6 +42,7 @@ __all__ = ["DB_WAIT", "HEAL_BACKOFF_MAX", "HEAL_GRACE", "HELD_MAX", "HealBackoff
 # -- watch ------------------------------------------------------------------------------------------
 
 HEAL_GRACE = 0.2  # seconds: a heal's own notifications arrive within this; the check after it waits
+_POSTPONED = 1.0  # seconds before a heal a deployment held off is tried again
 HEAL_BACKOFF_MAX = 3600.0  # seconds: the longest wait between two heals that leave drift behind
 DB_WAIT = 0.5  # seconds the watcher's own writes wait for another writer (then held: HeldChecks)
 HELD_MAX = 100  # checks of one environment held at most while the database is busy (oldest dropped)
@@ -502,8 +503,12 @@ class _Watcher:
         except ScanStopped:  # ... before it changed anything: nothing of it kept
             return False
         except PolicyError as exc:  # a deployment holds the lock: try again soon
-            self.schedule.postpone(env, 1.0)
-            self._say("heal", f"{utc_now()} {env}: heal postponed: {exc}", {"env": env, "ok": False})
+            self.schedule.postpone(env, _POSTPONED)
+            self._say(
+                "heal",
+                f"{utc_now()} {env}: heal postponed: {exc}; next heal in {_POSTPONED:g}s at the earliest",
+                {"env": env, "ok": False, "error": str(exc), "retry_in": _POSTPONED},
+            )
             return True
         except HealNotStartedError as exc:  # the database is busy: nothing changed yet
             self.schedule.postpone(env, 1.0)
