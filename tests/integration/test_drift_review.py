@@ -5,13 +5,14 @@ release directory or a file."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,30 @@ def plant_evil(release: Path) -> Path:
     (evil / "x.pid").write_text("1\n")
     (evil / "payload.py").write_text("2\n")
     return evil
+
+
+@contextlib.contextmanager
+def watching(world: World, opts: WatchOptions, out: Callable[[str], None]) -> Iterator[None]:
+    """``graven watch`` (in a thread) for the duration of the block; it must stop cleanly after it."""
+    from graven.service.drift import run_watch
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_watch(world.ctx(), opts, stop, out=out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert not thread.is_alive() and not errors, errors
 
 
 # -- 1. a heal that cannot clean up --------------------------------------------------------------
@@ -173,8 +198,6 @@ def plant_immutable(release: Path) -> Path:
 def test_watch_heal_backs_off_when_the_heal_cannot_clean_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plant: Callable[[Path], Path]
 ) -> None:
-    from graven.service.drift import run_watch
-
     world, _digest = ignoring(tmp_path, monkeypatch, ["out/var/**", "**/*.pid"])
     planted: Path | None = None
     try:
@@ -182,9 +205,6 @@ def test_watch_heal_backs_off_when_the_heal_cannot_clean_up(
         lines: list[str] = []
         heal_times: list[float] = []
         second_heal = threading.Event()
-        stop = threading.Event()
-        ready: dict[str, Any] = {}
-        errors: list[BaseException] = []
         opts = WatchOptions(interval=1.0, heal=True, as_json=True, full_every=3600)
 
         def out(line: str) -> None:
@@ -194,22 +214,10 @@ def test_watch_heal_backs_off_when_the_heal_cannot_clean_up(
                 if len(heal_times) == 2:
                     second_heal.set()
 
-        def run() -> None:
-            try:
-                run_watch(world.ctx(), opts, stop, out=out, on_ready=ready.update)
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        try:
+        with watching(world, opts, out):
             assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in lines))
             planted = plant(release)
             assert second_heal.wait(timeout=15), lines
-        finally:
-            stop.set()
-            thread.join(timeout=15)
-        assert not thread.is_alive() and not errors, errors
         docs = [json.loads(line) for line in lines]
         heals = [d for d in docs if d["type"] == "heal"]
         # heal at once, then not before the interval (1 s), then not before twice the interval
@@ -243,7 +251,6 @@ def test_a_heal_a_deployment_holds_off_says_why_and_when_it_is_tried_again(
     """A postponed heal's JSON line was {"type", "env", "ok": false}: a script saw that it did not run,
     not why nor when the next one would."""
     from graven.service import drift_watch
-    from graven.service.drift import run_watch
 
     world, _digest = ignoring(tmp_path, monkeypatch, ["out/var/**"])
     release = release_of(world)
@@ -255,28 +262,13 @@ def test_a_heal_a_deployment_holds_off_says_why_and_when_it_is_tried_again(
 
     monkeypatch.setattr(drift_watch, "heal", held)
     lines: list[str] = []
-    stop = threading.Event()
-    errors: list[BaseException] = []
     opts = WatchOptions(interval=1.0, heal=True, as_json=True, full_every=3600)
-
-    def run() -> None:
-        try:
-            run_watch(world.ctx(), opts, stop, out=lines.append)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    with watching(world, opts, lines.append):
         assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in lines))
         main = release / "out/app/main.py"
         main.chmod(0o644)
         main.write_text("print('changed')\n")
         assert wait_for(lambda: len(tries) >= 2, timeout=15), lines
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-    assert not thread.is_alive() and not errors, errors
     heals = [json.loads(line) for line in lines if json.loads(line)["type"] == "heal"]
     assert heals[0] == {
         "type": "heal",
