@@ -558,10 +558,13 @@ class LocalStore:
                 fds[pack] = fd
         try:
             header = os.pread(fd, _RECORD.size, offset)
+            # a record cut short by the end of its pack is no copy, as the rebuild of a damaged index
+            # (_confirmed_entries) has it: "stored" here would make a build name an object no copy holds
+            whole = _record_end(offset, stored, codec) <= os.fstat(fd).st_size
         finally:
             if fds is None:
                 os.close(fd)
-        return len(header) == _RECORD.size and _RECORD.unpack(header) == (raw, codec, size, stored)
+        return whole and len(header) == _RECORD.size and _RECORD.unpack(header) == (raw, codec, size, stored)
 
     def _pointed_out(self, hexes: list[str]) -> set[str]:
         """The digests among ``hexes`` (canonical) that point lookups find, each confirmed by its
@@ -1942,6 +1945,11 @@ def _read_index_bytes(idx: Path) -> bytes:
     return data
 
 
+def _record_end(offset: int, stored: int, codec: int) -> int:
+    """Where the record at ``offset`` of ``stored`` bytes ends in its pack (a delta names its base)."""
+    return offset + _RECORD.size + (32 if codec == CODEC_ZSTD_DELTA else 0) + stored
+
+
 def _confirmed_entries(idx: Path, pack: Path, known: set[bytes]) -> list[tuple[bytes, int, int, int, int]]:
     """The entries of a damaged index (not in ``known``) whose record header the pack holds where the
     entry says: a scan of the pack stops at its first damaged record, and the index still names the
@@ -1959,7 +1967,7 @@ def _confirmed_entries(idx: Path, pack: Path, known: set[bytes]) -> list[tuple[b
         end = os.fstat(fd).st_size
         for entry in _IDX_ENTRY.iter_unpack(data[_IDX_HEADER:-32]):
             raw, offset, stored, size, codec = entry
-            if raw in known or offset >= _MAX_OFFSET or offset + _RECORD.size + stored > end:
+            if raw in known or offset >= _MAX_OFFSET or _record_end(offset, stored, codec) > end:
                 continue
             if _RECORD.unpack(os.pread(fd, _RECORD.size, offset)) == (raw, codec, size, stored):
                 found.append(entry)

@@ -268,6 +268,33 @@ def test_a_damaged_record_header_ends_the_scan_of_a_damaged_index_not_its_rebuil
     assert idx.name in damage and f"{6 - len(lost)} objects recovered" in damage
 
 
+@pytest.mark.parametrize("loaded", [False, True], ids=["point-lookups", "loaded-index"])
+def test_a_record_a_truncated_pack_cut_short_is_missing_either_way_when_its_index_is_damaged(
+    store: LocalStore, loaded: bool
+) -> None:
+    """A damaged index is rebuilt without a record that runs past the end of its pack, so the loaded
+    index says it is missing; point lookups said "stored" from its record header alone, and a build
+    then named the cached blob instead of adding it again: an artifact whose object no copy holds."""
+    blobs = [os.urandom(1000) for _ in range(3)]
+    with store.batch() as batch:
+        digests = [batch.add(data) for data in blobs]
+    (pack,) = _packs(store)
+    data = pack.read_bytes()
+    last = max(digests, key=lambda d: data.find(d.raw))
+    pack.chmod(0o644)
+    os.truncate(pack, data.find(last.raw) + HEADER + 500)  # its header is left, half its bytes
+    idx = pack.with_suffix(".idx")
+    _flip_byte(idx, idx.stat().st_size - 1)  # the checksum: damaged, every entry as written
+    fresh = LocalStore.at(store.root)
+    if loaded:
+        fresh._packed()
+    assert not fresh.has(last)
+    assert fresh.missing([last.hex]) == {last.hex}
+    with fresh.batch() as batch:  # what a build does with a cached blob that is missing
+        batch.add(blobs[digests.index(last)])
+    assert LocalStore.at(store.root).read(last) == blobs[digests.index(last)]
+
+
 def test_objects_of_a_damaged_index_and_pack_read_as_missing_and_name_the_index(
     store: LocalStore,
 ) -> None:
