@@ -318,18 +318,28 @@ class LocalStore:
                     return _Location(pack, offset, stored, size, codec)
         return None
 
-    def _listed(self, raw: bytes) -> bool:
+    def _listed(self, raw: bytes) -> _Location | bool:
         """Whether a pack index lists ``raw``: for a writer, which verifies a copy it is told of (by
         reading it) and writes one it is not told of. So point lookups serve while they last: one
         that finds nothing (an index file added since they were mapped) only costs a second copy,
-        as the loaded index would (it is not reloaded for this either)."""
+        as the loaded index would (it is not reloaded for this either). A point lookup gives the
+        location it found, which the writer verifies (:meth:`_verify_at`) without a second lookup:
+        a build that says how many objects it adds (:meth:`expect_lookups`) takes one each."""
         if self._index is None and self._point_left > 0:
             self._point_left -= 1
             try:
-                return self._point_lookup(raw) is not None
+                found = self._point_lookup(raw)
+                return found if found is not None else False
             except (OSError, ValueError):
                 pass
         return raw in self._packed()
+
+    def _verify_listed(self, digest: Digest, listed: _Location | bool) -> None:
+        """Verify an object :meth:`_listed` told of: at the location it found, if any."""
+        if isinstance(listed, _Location):
+            self._verify_at(digest, listed)
+        else:
+            self.verify(digest)
 
     def expect_lookups(self, count: int) -> None:
         """A hint: about ``count`` objects are about to be looked up one by one (a verify of every
@@ -990,7 +1000,10 @@ class LocalStore:
 
     def verify(self, digest: Digest) -> None:
         """Re-hash one object; raise IntegrityError when it is missing or when no copy verifies."""
-        location = self._locate(digest.raw)
+        self._verify_at(digest, self._locate(digest.raw))
+
+    def _verify_at(self, digest: Digest, location: _Location | None) -> None:
+        """:meth:`verify`, with the copy at ``location`` (where a lookup found it) tried first."""
         if location is not None:
             try:
                 self._read_packed(digest, location)
@@ -1611,14 +1624,16 @@ class PackBatch:
         if digest.raw not in self._added:
             self._add(digest, data, None, pack=False)
 
-    def _stored(self, digest: Digest) -> bool:
-        """Whether the store held ``digest`` when the batch began (or a pack appeared since)."""
-        return bool(self._store._listed(digest.raw) or digest.hex in self._loose)
+    def _stored(self, digest: Digest) -> _Location | bool:
+        """Whether the store held ``digest`` when the batch began (or a pack appeared since): where a
+        point lookup found it, else whether it is listed or loose."""
+        return self._store._listed(digest.raw) or digest.hex in self._loose
 
     def _add(self, digest: Digest, data: bytes, delta_base: Digest | None, *, pack: bool) -> None:
-        if self._stored(digest):
-            try:
-                self._store.verify(digest)  # already stored: never rewritten, but checked ...
+        stored = self._stored(digest)
+        if stored:
+            try:  # already stored: never rewritten, but checked ...
+                self._store._verify_listed(digest, stored)
             except IntegrityError:  # ... and repaired when no copy verifies (loose, at once)
                 self._store._repair(digest, data)
             self._added[digest.raw] = 0
@@ -1649,9 +1664,9 @@ class PackBatch:
         if digest.hex in self._loose:
             # stored loose: nothing becomes visible, and a damaged copy is repaired at once
             self._store._publish_loose(tmp, digest)
-        elif self._store._listed(raw):
+        elif listed := self._store._listed(raw):
             try:
-                self._store.verify(digest)  # a packed copy is checked, as add() checks one
+                self._store._verify_listed(digest, listed)  # a packed copy is checked, as add() checks one
                 tmp.unlink(missing_ok=True)
             except IntegrityError:
                 self._loose_tmps[raw] = (tmp, digest)  # a good loose copy, with the commit

@@ -295,3 +295,22 @@ def test_a_caller_that_says_it_will_ask_about_many_objects_loads_the_index_at_on
     store.expect_lookups(left + 1)
     assert store._index is not None
     store.close()
+
+
+def test_a_batch_adding_as_many_stored_objects_as_it_said_loads_no_index(tmp_path: Path) -> None:
+    """A build says how many blobs it will add (expect_lookups), and the index is loaded at once when
+    point lookups would not serve them all; a blob found stored then took a second lookup to be
+    verified, so a build adding no more than it said spent every lookup by half-way and loaded the
+    index after all: half a load wasted, which saying so first is meant to spare."""
+    root = tmp_path / "objects"
+    old = _many(3000)
+    _packed(root, [old])
+    store = LocalStore.at(root)
+    said = store._lookups_left()
+    store.expect_lookups(said)
+    assert store._index is None
+    with store.batch() as batch:
+        assert [batch.add(blob) for blob in old[:said]] == [sha256_digest(blob) for blob in old[:said]]
+    assert store._index is None
+    assert len(list((root / "pack").glob("*.pack"))) == 1  # verified, not written again
+    store.close()
