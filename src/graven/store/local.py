@@ -220,11 +220,11 @@ class LocalStore:
         self._point_stale = False  # index files were added since they were mapped (refresh_index)
         self._packs_mtime = -1
         self._fds: dict[Path, int] = {}
-        # descriptors and maps of packs merged away (consolidate), closed with the store: another
-        # thread may be reading through them
+        # descriptors and maps of packs merged away (consolidate), closed once no read or point
+        # lookup is using one (_leave): another thread may be reading through them
         self._retired_fds: list[int] = []
         self._retired_maps: list[tuple[Path, mmap.mmap]] = []
-        self._busy = 0  # reads between taking a pack descriptor and being done with it
+        self._busy = 0  # reads (and point lookups) between taking a descriptor (a map) and being done
         self._loading: _Table | None = None  # the table _packed is filling
         self._lock = threading.Lock()
         self._local = threading.local()  # per-thread zstd contexts (see _contexts)
@@ -297,6 +297,13 @@ class LocalStore:
         return found if found is not None else self._packed().where(raw)
 
     def _point_lookup(self, raw: bytes) -> _Location | None:
+        self._enter()  # no map this lookup searches is closed under it (see _leave)
+        try:
+            return self._search_maps(raw)
+        finally:
+            self._leave()
+
+    def _search_maps(self, raw: bytes) -> _Location | None:
         maps = self._point_maps
         if maps is None or self._point_stale:
             maps = self._map_indexes()
@@ -898,12 +905,17 @@ class LocalStore:
 
     def _leave(self) -> None:
         """A read is done with its descriptor; when no other is using one, close the retired ones (of
-        packs merged away): closed only then, since a closed number is soon another file's."""
+        packs merged away): closed only then, since a closed number is soon another file's. So are
+        the retired maps of point lookups (of indexes merged away, or all of them after a merge): kept
+        until then, a process committing batch after batch kept every one, and the disk space of the
+        index files merged away."""
         with self._lock:
             self._busy -= 1
-            if self._busy or not self._retired_fds:
+            if self._busy or not (self._retired_fds or self._retired_maps):
                 return
             retired, self._retired_fds = self._retired_fds, []
+            maps, self._retired_maps = self._retired_maps, []
+        _release_maps(maps)
         for fd in retired:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -1327,7 +1339,7 @@ class LocalStore:
                 fd = self._fds.pop(pack, None)
                 if fd is not None:
                     self._retired_fds.append(fd)
-            if maps is not None:  # a point lookup may be searching them: closed with the store
+            if maps is not None:  # a point lookup may be searching them: closed by _leave
                 self._retired_maps.extend(maps)
         self._enter()
         self._leave()  # closes the retired descriptors now, unless a read is using one

@@ -599,3 +599,24 @@ def test_the_cleanup_looks_again_under_the_lock_before_it_removes_a_pack(
     assert [fresh.read(digest) for digest in digests] == blobs
     for each in (cleaner, fresh):
         each.close()
+
+
+def test_a_store_that_commits_batch_after_batch_keeps_no_map_of_a_merged_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Point lookups map the index files; a merge (or a refresh after one) put the maps it let go of
+    aside, closed only with the store: a process committing batch after batch kept a map of every
+    index file at every merge, those of indexes merged away holding their disk space."""
+    monkeypatch.setattr(local, "CONSOLIDATE_AT", 3)
+    monkeypatch.setattr(local, "_POINT_LOOKUPS", 10_000)  # a store large enough to serve them all
+    root = tmp_path / "objects"
+    store = LocalStore.at(root)
+    made: dict[Digest, bytes] = {}
+    for round_ in range(20):
+        made |= _batches(store, 1, start=round_)
+        assert all(store.has(digest) for digest in made)  # by point lookups, maps made again
+    assert store._index is None
+    maps = [mapped for _pack, mapped in [*(store._point_maps or []), *store._retired_maps]]
+    assert len([mapped for mapped in maps if not mapped.closed]) <= len(list((root / "pack").glob("*.idx")))
+    assert all(store.read(digest) == blob for digest, blob in made.items())
+    store.close()
