@@ -250,6 +250,10 @@ class LocalStore:
         """Where a loose object lives (whether or not it exists)."""
         return self._loose / digest.hex[:2] / digest.hex[2:]
 
+    def _loose_name(self, hex_digest: str) -> str:
+        """Where a loose object lives, as a string (a stat of it costs no Path)."""
+        return f"{self._loose_prefix}{hex_digest[:2]}/{hex_digest[2:]}"
+
     def loose_inode(self, hex_digest: str) -> tuple[int, int] | None:
         """(device, inode) of the loose object ``hex_digest``, or None when it is not stored loose:
         a deployed file must never be that inode (writing it would change the store)."""
@@ -294,7 +298,11 @@ class LocalStore:
             found = self._point_lookup(raw)
         except (OSError, ValueError):
             found = None
-        return found if found is not None else self._packed().where(raw)
+        if found is not None:
+            return found
+        if os.path.exists(self._loose_name(raw.hex())):
+            return None  # stored loose (a large file): read there, no table of every packed object
+        return self._packed().where(raw)
 
     def _point_lookup(self, raw: bytes) -> _Location | None:
         self._enter()  # no map this lookup searches is closed under it (see _leave)
@@ -381,7 +389,10 @@ class LocalStore:
             idx = self._packs / name
             if idx.with_suffix(".pack").name in known:
                 continue
-            fd = os.open(idx, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(idx, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # merged away since the listing (another process): the rest are mapped
             try:
                 if os.fstat(fd).st_size < _IDX_HEADER + 32:
                     continue
@@ -552,6 +563,8 @@ class LocalStore:
                     return True
             except (OSError, ValueError):
                 pass
+            if os.path.exists(self._loose_name(digest.hex)):
+                return True  # stored loose (a large file): no table of every packed object for it
         index = self._packed()
         if digest.raw in index:
             return True
@@ -630,7 +643,8 @@ class LocalStore:
                 found = self._pointed_out(valid)
             except (OSError, ValueError):
                 found = set()
-            wanted = [h for h in wanted if h not in found]
+            loose = self._loose_name
+            wanted = [h for h in wanted if h not in found and not (canonical(h) and os.path.exists(loose(h)))]
             if not wanted:
                 return set()
         index = self._packed()

@@ -5,6 +5,7 @@ still verified."""
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -313,4 +314,39 @@ def test_a_batch_adding_as_many_stored_objects_as_it_said_loads_no_index(tmp_pat
         assert [batch.add(blob) for blob in old[:said]] == [sha256_digest(blob) for blob in old[:said]]
     assert store._index is None
     assert len(list((root / "pack").glob("*.pack"))) == 1  # verified, not written again
+    store.close()
+
+
+def test_an_object_stored_loose_is_found_without_loading_the_index(tmp_path: Path) -> None:
+    """Files of a MiB and more are stored loose: a point lookup finds no pack that holds them, and a
+    deploy or verify of an artifact with one loaded the whole index for it."""
+    root = tmp_path / "objects"
+    _packed(root, [_many(200)])
+    big = os.urandom(local.LOOSE_THRESHOLD + 10)
+    with LocalStore.at(root).batch() as batch:
+        loose = batch.add(big)
+    assert (root / "sha256" / loose.hex[:2] / loose.hex[2:]).exists()
+    store = LocalStore.at(root)
+    assert store.has(loose)
+    assert store.missing([loose.hex]) == set()
+    assert store.read(loose) == big
+    store.verify(loose)
+    assert store._index is None
+    store.close()
+
+
+def test_an_index_file_merged_away_while_they_are_mapped_does_not_stop_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "objects"
+    first, second = _packed(root, [[b"A" * 400], [b"B" * 400]])
+    store = LocalStore.at(root)
+    real = os.listdir
+
+    def listing_a_ghost(path: str | Path) -> list[str]:
+        return [*real(path), "pack-0000-merged-away.idx"]
+
+    monkeypatch.setattr(os, "listdir", listing_a_ghost)
+    assert store.has(first) and store.has(second)
+    assert store._index is None
     store.close()
