@@ -5,19 +5,19 @@ release directory or a file."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_drift_watch import wait_for
+from test_watch_review import watching
 
 from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, PolicyError
@@ -67,30 +67,6 @@ def plant_evil(release: Path) -> Path:
     (evil / "x.pid").write_text("1\n")
     (evil / "payload.py").write_text("2\n")
     return evil
-
-
-@contextlib.contextmanager
-def watching(world: World, opts: WatchOptions, out: Callable[[str], None]) -> Iterator[None]:
-    """``graven watch`` (in a thread) for the duration of the block; it must stop cleanly after it."""
-    from graven.service.drift import run_watch
-
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_watch(world.ctx(), opts, stop, out=out)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-    assert not thread.is_alive() and not errors, errors
 
 
 # -- 1. a heal that cannot clean up --------------------------------------------------------------
@@ -214,10 +190,11 @@ def test_watch_heal_backs_off_when_the_heal_cannot_clean_up(
                 if len(heal_times) == 2:
                     second_heal.set()
 
-        with watching(world, opts, out):
+        with watching(world, opts, out) as (thread, errors):
             assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in lines))
             planted = plant(release)
             assert second_heal.wait(timeout=15), lines
+        assert not thread.is_alive() and not errors, errors
         docs = [json.loads(line) for line in lines]
         heals = [d for d in docs if d["type"] == "heal"]
         # heal at once, then not before the interval (1 s), then not before twice the interval
@@ -263,12 +240,13 @@ def test_a_heal_a_deployment_holds_off_says_why_and_when_it_is_tried_again(
     monkeypatch.setattr(drift_watch, "heal", held)
     lines: list[str] = []
     opts = WatchOptions(interval=1.0, heal=True, as_json=True, full_every=3600)
-    with watching(world, opts, lines.append):
+    with watching(world, opts, lines.append) as (thread, errors):
         assert wait_for(lambda: any(json.loads(line)["type"] == "check" for line in lines))
         main = release / "out/app/main.py"
         main.chmod(0o644)
         main.write_text("print('changed')\n")
         assert wait_for(lambda: len(tries) >= 2, timeout=15), lines
+    assert not thread.is_alive() and not errors, errors
     heals = [json.loads(line) for line in lines if json.loads(line)["type"] == "heal"]
     assert heals[0] == {
         "type": "heal",
