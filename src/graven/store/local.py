@@ -377,8 +377,9 @@ class LocalStore:
     def _map_indexes(self) -> list[tuple[Path, mmap.mmap]]:
         """The pack index files mapped for point lookups: all of them the first time, which sets how
         many lookups they may serve (:func:`_point_budget`); after :meth:`refresh_index`, those added
-        since (the maps of packs merged away stay: what they find no longer reads, and the loaded
-        index is asked then)."""
+        since (refresh_index lets go of the maps of index files merged away; one another process
+        merges away later stays mapped: what it finds no longer reads, and the loaded index is
+        asked then)."""
         with self._lock:
             self._point_stale = False
             old = self._point_maps
