@@ -531,3 +531,35 @@ def test_attest_verify_for_an_environment_nothing_defines_is_refused_as_verify_r
     code, _, err = run_cli(*attest, "--env", "canary", "--policy", policy)
     assert code == 0, err
     assert sorted(path.name for path in other.iterdir()) == ["trust"]  # no database made for it
+
+
+def test_verify_says_how_many_lookups_it_makes_so_none_are_spent_before_a_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify_artifact asks about each object twice (has, then the verified read); it told the store
+    once per object, so with a budget between the two it spent the whole budget in binary searches
+    and then loaded the index anyway."""
+    from graven.service.artifacts import verify_artifact
+    from helpers_deploy import make_world
+
+    world = make_world(tmp_path, monkeypatch)
+    files = {f"src/f{i}.py": f"X = {i}\n" for i in range(40)}
+    world.commit(files)
+    digest = Digest.parse(world.build())
+    ctx = world.ctx()
+    store = ctx.store
+    objects = len({e.sha256 for e in world.manifest(str(digest)).files()})
+    store._lookups_left()  # the index files mapped, the budget set; now one between n and 2n:
+    store._point_left = objects + 5
+    searched: list[bytes] = []
+    real = LocalStore._search_maps
+
+    def counting(self: LocalStore, raw: bytes) -> object:
+        searched.append(raw)
+        return real(self, raw)
+
+    monkeypatch.setattr(LocalStore, "_search_maps", counting)
+    assert verify_artifact(ctx, digest).ok
+    assert store._index is not None  # more lookups than the budget: loaded ...
+    assert len(searched) <= 3, len(searched)  # ... before the objects, not after a budget of searches
+    world.close()

@@ -305,7 +305,7 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
     for entry in manifest.files():
         paths_by_blob.setdefault(entry.sha256, []).append(entry.path)
     total = len(paths_by_blob) + 1  # and the manifest, checked already: as the final line counts
-    store.expect_lookups(len(paths_by_blob))
+    store.expect_lookups(2 * len(paths_by_blob))  # has() and the verified read of each
     progress = ctx.reporter.progress
     for done, (sha, paths) in enumerate(paths_by_blob.items(), start=1):
         progress("verifying objects", done, total)
