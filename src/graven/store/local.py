@@ -109,7 +109,7 @@ class _Table(dict[bytes, "_Location | int"]):
         one of them is listed already or twice (a copy in another pack: the caller lists them one by
         one, the others as further copies)."""
         size = _IDX_ENTRY.size
-        count = (len(data) - _IDX_HEADER - 32) // size
+        count = _entries_in(len(data))
         keys = [data[at : at + 32] for at in range(_IDX_HEADER, _IDX_HEADER + count * size, size)]
         base = len(self.bodies) << 32
         new = dict(zip(keys, range(base, base + count), strict=True))
@@ -318,7 +318,7 @@ class LocalStore:
         entry = _IDX_ENTRY
         step = entry.size
         for pack, mapped in maps:  # each laid out as an index (checked when mapped: _checked)
-            count = (len(mapped) - _IDX_HEADER - 32) // step
+            count = _entries_in(len(mapped))
             low, high = 0, count
             while low < high:
                 middle = (low + high) // 2
@@ -575,42 +575,44 @@ class LocalStore:
         # Another process may have committed a pack since we loaded the indexes (or merged some)
         return self._reload_until_found(digest.raw, force=False)
 
-    def _record_at(self, location: _Location, raw: bytes, fds: dict[Path, int] | None = None) -> bool:
-        """Whether the pack at ``location`` holds the record header the index entry describes (the
-        object's bytes are verified when read, as always). ``fds``: packs the caller has open (and
-        closes); else the pack is opened for this and closed (has() reads no object)."""
+    def _record_at(
+        self, location: _Location, raw: bytes, packs: dict[Path, tuple[int, int]] | None = None
+    ) -> bool:
+        """Whether the pack at ``location`` holds, whole, the record the index entry describes
+        (:func:`_holds_record`; the object's bytes are verified when read, as always). ``packs``:
+        the packs the caller has open, with their sizes (it closes them); else the pack is opened for
+        this and closed (has() reads no object)."""
         pack, offset, stored, size, codec = location
-        if offset >= _MAX_OFFSET:
-            return False
-        fd = fds.get(pack) if fds is not None else None
-        if fd is None:
+        opened = packs.get(pack) if packs is not None else None
+        if opened is None:
             fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)
-            if fds is not None:
-                fds[pack] = fd
-        try:
-            header = os.pread(fd, _RECORD.size, offset)
-            # a record cut short by the end of its pack is no copy, as the rebuild of a damaged index
-            # (_confirmed_entries) has it: "stored" here would make a build name an object no copy holds
-            whole = _record_end(offset, stored, codec) <= os.fstat(fd).st_size
-        finally:
-            if fds is None:
+            try:
+                opened = (fd, os.fstat(fd).st_size)
+            except OSError:
                 os.close(fd)
-        return whole and len(header) == _RECORD.size and _RECORD.unpack(header) == (raw, codec, size, stored)
+                raise
+            if packs is not None:
+                packs[pack] = opened
+        try:
+            return _holds_record(*opened, (raw, offset, stored, size, codec))
+        finally:
+            if packs is None:
+                os.close(opened[0])
 
     def _pointed_out(self, hexes: list[str]) -> set[str]:
         """The digests among ``hexes`` (canonical) that point lookups find, each confirmed by its
         record header in the pack (what has() accepts); the lookups are taken from the budget."""
         self._point_left -= len(hexes)
         found: set[str] = set()
-        fds: dict[Path, int] = {}
+        packs: dict[Path, tuple[int, int]] = {}
         try:
             for h in hexes:
                 raw = bytes.fromhex(h)
                 location = self._point_lookup(raw)
-                if location is not None and self._record_at(location, raw, fds):
+                if location is not None and self._record_at(location, raw, packs):
                     found.add(h)
         finally:
-            for fd in fds.values():
+            for fd, _size in packs.values():
                 os.close(fd)
         return found
 
@@ -1957,7 +1959,7 @@ def _point_budget(maps: list[tuple[Path, mmap.mmap]]) -> int:
     first (:meth:`LocalStore.expect_lookups`), wastes at most about half a load."""
     entries = steps = 0
     for _pack, mapped in maps:
-        count = (len(mapped) - _IDX_HEADER - 32) // _IDX_ENTRY.size
+        count = _entries_in(len(mapped))
         entries += count
         steps += count.bit_length() + 2
     return int(0.3 * entries / (5 + 0.1 * steps))
@@ -1992,6 +1994,23 @@ def _record_end(offset: int, stored: int, codec: int) -> int:
     return offset + _RECORD.size + (32 if codec == CODEC_ZSTD_DELTA else 0) + stored
 
 
+def _holds_record(fd: int, end: int, entry: tuple[bytes, int, int, int, int]) -> bool:
+    """Whether the pack open as ``fd`` (``end`` bytes long) holds, whole, the record an index entry
+    (digest, offset, stored length, size, codec) describes: its header where the entry says, and its
+    end inside the file. What a point lookup's "stored" and the rebuild of a damaged index
+    (:func:`_confirmed_entries`) both require, so that they agree."""
+    raw, offset, stored, size, codec = entry
+    if offset >= _MAX_OFFSET or _record_end(offset, stored, codec) > end:
+        return False
+    header = os.pread(fd, _RECORD.size, offset)
+    return len(header) == _RECORD.size and _RECORD.unpack(header) == (raw, codec, size, stored)
+
+
+def _entries_in(length: int) -> int:
+    """How many entries an index file of ``length`` bytes holds (laid out as one: :func:`_checked`)."""
+    return (length - _IDX_HEADER - 32) // _IDX_ENTRY.size
+
+
 def _confirmed_entries(idx: Path, pack: Path, known: set[bytes]) -> list[tuple[bytes, int, int, int, int]]:
     """The entries of a damaged index (not in ``known``) whose record header the pack holds where the
     entry says: a scan of the pack stops at its first damaged record, and the index still names the
@@ -2008,12 +2027,9 @@ def _confirmed_entries(idx: Path, pack: Path, known: set[bytes]) -> list[tuple[b
             return found
         end = os.fstat(fd).st_size
         for entry in _IDX_ENTRY.iter_unpack(data[_IDX_HEADER:-32]):
-            raw, offset, stored, size, codec = entry
-            if raw in known or offset >= _MAX_OFFSET or _record_end(offset, stored, codec) > end:
-                continue
-            if _RECORD.unpack(os.pread(fd, _RECORD.size, offset)) == (raw, codec, size, stored):
+            if entry[0] not in known and _holds_record(fd, end, entry):
                 found.append(entry)
-                known.add(raw)
+                known.add(entry[0])
     except (OSError, struct.error):
         return found
     finally:
