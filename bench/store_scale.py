@@ -28,11 +28,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from common import GIT_PREP_ENV, fmt, git, log, replace_section
+from run import run  # wall time, wait4's peak RSS, stdout
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "RESULTS.md"
@@ -40,23 +40,6 @@ SECTION = "## Large stores (issue 2 and 4: one small artifact among many objects
 FILES = 200
 STEPS = ("deploy (new release)", "deploy (next version)", "rollback", "verify", "build (one file changed)")
 TARGETS = {"deploy (new release)": 1.5, "deploy (next version)": 1.5, "rollback": 1.5, "verify": 1.5}
-
-
-def run(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB (wait4) and stdout of one command; a failure stops the benchmark."""
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        proc.stdout.close()
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {err.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1000, out.decode()
 
 
 def objects_in(home: Path) -> int:
@@ -113,9 +96,11 @@ def main() -> int:
             env.pop("GRAVEN_DB_URL", None)
         digests: dict[str, list[str]] = {}
         for name, env in envs_of.items():
-            run([graven, "keys", "generate"], env)  # the home's own signing key, trusted by it
+            run([graven, "keys", "generate"], env=env)  # the home's own signing key, trusted by it
             digests[name] = [
-                json.loads(run([graven, "build", "-C", str(repo), c, "--json"], env)[2])["digest"]
+                json.loads(
+                    run([graven, "build", "-C", str(repo), c, "--json"], env=env, capture=True).stdout
+                )["digest"]
                 for c in commits
             ]
         if digests["small"] != digests["large"]:
@@ -158,9 +143,9 @@ def main() -> int:
                 ]
                 for step, argv in zip(STEPS, steps, strict=True):
                     os.sync()
-                    seconds, peak, _out = run(argv, env)
-                    wall.setdefault((step, name), []).append(seconds)
-                    rss.setdefault((step, name), []).append(peak)
+                    done = run(argv, env=env)
+                    wall.setdefault((step, name), []).append(done.seconds)
+                    rss.setdefault((step, name), []).append(done.maxrss_bytes / 1e6)
         stored = objects_in(homes["large"])
     finally:
         if not args.keep:
