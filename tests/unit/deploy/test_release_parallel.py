@@ -535,3 +535,61 @@ def test_a_forked_first_release_shows_progress_as_the_parent_writes(
     assert seen[-1] == (total, total)
     assert all(done <= total for done, _ in seen)
     assert len(seen) >= 3  # not only at the end
+
+
+# -- the check by stat, shared with a forked process -----------------------------------------------------
+
+CHECK_SCRIPT = """
+from graven.deploy.materialize import _check_by_stat
+from graven.model.manifest import FileEntry
+base = Path(args["base"])
+table = StatTable()
+build_release(store, first, base / "r1", table, fork=True)
+root = base / "r1"
+table.record(os.lstat(root), DIR_SHA)
+entries = first.entries
+half = len(entries) // 2
+files = [e for e in entries if isinstance(e, FileEntry)]
+early = next(e for e in files if entries.index(e) < half)
+late = [e for e in files if entries.index(e) >= half][-1]
+late_dir = late.path.rpartition("/")[0]
+assert late_dir and all(not e.path.startswith(late_dir + "/") for e in entries[:half])
+
+def answers():
+    return [_check_by_stat(root, first, table, fork=fork) for fork in (True, False)]
+
+out = {"intact": answers()}
+for name, entry in (("early file", early), ("late file", late)):
+    path = root / entry.path
+    os.chmod(path, os.lstat(path).st_mode)  # the same mode: only the ctime moves
+    out[name] = answers()
+    table.record(os.lstat(path), entry.sha256)
+    out[name + " recorded again"] = answers()
+(root / late_dir / "extra").write_bytes(b"x")  # a new entry: the directory's ctime moves
+out["late directory"] = answers()
+try:
+    os.waitpid(-1, os.WNOHANG)
+    out["children"] = "some"
+except ChildProcessError:
+    out["children"] = "none"
+store.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_check_by_stat_shared_with_a_forked_process_sees_a_change_in_either_half(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    """The forked process checks the second half of the entries (the directories above them too): a
+    change there is seen as surely as one in the parent's half, and the process is always reaped."""
+    args, _ = script_world(store, tmp_path, versions=1)
+    out = run_script(CHECK_SCRIPT, args)
+    assert out.pop("children") == "none"
+    assert out == {
+        "intact": [True, True],
+        "early file": [False, False],
+        "early file recorded again": [True, True],
+        "late file": [False, False],
+        "late file recorded again": [True, True],
+        "late directory": [False, False],
+    }
