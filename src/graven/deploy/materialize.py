@@ -1100,7 +1100,10 @@ def _check_by_stat(
     if not fork:
         return _entries_match(base, entries, table, uid, gid)
     half = len(entries) // 2
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to be had (limits, memory): this one checks everything
+        return _entries_match(base, entries, table, uid, gid)
     if pid == 0:  # the child: the second half; its answer is its exit status
         code = 1
         try:

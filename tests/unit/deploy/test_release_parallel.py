@@ -572,6 +572,13 @@ try:
     out["children"] = "some"
 except ChildProcessError:
     out["children"] = "none"
+
+def no_fork():
+    raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+real_fork, os.fork = os.fork, no_fork
+out["without a process to fork"] = answers()
+os.fork = real_fork
 store.close()
 print(json.dumps(out))
 """
@@ -592,4 +599,5 @@ def test_a_check_by_stat_shared_with_a_forked_process_sees_a_change_in_either_ha
         "late file": [False, False],
         "late file recorded again": [True, True],
         "late directory": [False, False],
+        "without a process to fork": [False, False],  # checked whole, the change still seen
     }
