@@ -1114,11 +1114,25 @@ def _check_by_stat(
     try:
         ok = _entries_match(base, entries[:half], table, uid, gid)
     finally:
-        if not ok:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)  # its answer no longer matters
-        _, status = os.waitpid(pid, 0)
+        status = _reap_check(pid, kill=not ok)  # its answer no longer matters when this half failed
     return ok and os.waitstatus_to_exitcode(status) == 0
+
+
+def _reap_check(pid: int, *, kill: bool) -> int:
+    """Wait for the process sharing a check by stat (killed first with ``kill``); its wait status. An
+    interrupt while it waits (Ctrl-C, SIGTERM) goes on, but not before the process is killed and
+    reaped: no process of a check is left behind, running or not waited for."""
+    if kill:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        return os.waitpid(pid, 0)[1]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise
 
 
 def _entries_match(base: str, entries: Sequence[TreeEntry], table: StatTable, uid: int, gid: int) -> bool:

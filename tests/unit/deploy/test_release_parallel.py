@@ -601,3 +601,46 @@ def test_a_check_by_stat_shared_with_a_forked_process_sees_a_change_in_either_ha
         "late directory": [False, False],
         "without a process to fork": [False, False],  # checked whole, the change still seen
     }
+
+
+INTERRUPTED_CHECK_SCRIPT = """
+from graven.deploy.materialize import _check_by_stat
+base = Path(args["base"])
+table = StatTable()
+build_release(store, first, base / "r1", table, fork=True)
+table.record(os.lstat(base / "r1"), DIR_SHA)
+real_waitpid = os.waitpid
+calls = []
+
+def interrupted_waitpid(pid, options):
+    calls.append(pid)
+    if len(calls) == 1:  # Ctrl-C while the parent waits for the child's answer
+        raise KeyboardInterrupt
+    return real_waitpid(pid, options)
+
+os.waitpid = interrupted_waitpid
+out = {}
+try:
+    _check_by_stat(base / "r1", first, table, fork=True)
+    out["raised"] = False
+except KeyboardInterrupt:
+    out["raised"] = True
+os.waitpid = real_waitpid
+try:
+    os.waitpid(-1, os.WNOHANG)
+    out["children"] = "some"
+except ChildProcessError:
+    out["children"] = "none"
+store.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_check_by_stat_interrupted_while_it_waits_for_the_forked_process_still_reaps_it(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    """Ctrl-C (or SIGTERM) while the parent waits for the forked process's answer: the interrupt goes
+    on, and the process is not left behind (killed and reaped, as when the parent's own half fails)."""
+    args, _ = script_world(store, tmp_path, versions=1)
+    out = run_script(INTERRUPTED_CHECK_SCRIPT, args)
+    assert out == {"raised": True, "children": "none"}
