@@ -277,3 +277,37 @@ def test_concurrent_deploys_to_one_environment_serialize(world: World) -> None:
         assert end <= start, "two deployments of one environment overlapped"
     assert world.live("staging") in digests
     assert live_tree_problems(world, "staging") == []
+
+
+def _save_and_die(home: str, stat_file: str) -> None:
+    from graven.deploy.statdb import StatTable
+
+    with Context(home=Home(root=Path(home))) as ctx:
+        table = StatTable.load(Path(stat_file), ctx.record_key)
+
+        def killed(fd: object) -> None:
+            os.kill(os.getpid(), signal.SIGKILL)  # written, not yet renamed over the table
+
+        os.fsync = killed
+        table.save(Path(stat_file), ctx.record_key)
+
+
+def test_a_deployer_killed_while_it_saves_the_stat_table_leaves_nothing_behind(world: World) -> None:
+    """The temporary file of a table being saved (as large as the table: ~100 bytes per path) is
+    removed by the next deployer, as it removes a killed one's release directories; the table itself
+    is the last one saved, whole."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    meta = world.env_dir("staging") / ".graven"
+    before = (meta / "stat").read_bytes()
+    child = multiprocessing.get_context("fork").Process(
+        target=_save_and_die, args=(str(world.home), str(meta / "stat"))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert (meta / "stat").read_bytes() == before
+    assert [n for n in os.listdir(meta) if n.startswith(".stat.tmp-")]
+    assert world.deploy(world.version(2), "staging").ok
+    assert not [n for n in os.listdir(meta) if n.startswith(".stat.tmp-")]
+    assert live_tree_problems(world, "staging") == []

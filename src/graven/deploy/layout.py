@@ -160,3 +160,13 @@ class EnvLayout(Frozen):
         except OSError as exc:
             raise BackendError(f"cannot list {self.releases}: {exc.strerror}") from None
         return [self.releases / n for n in sorted(names) if n.startswith((".tmp-", ".trash-"))]
+
+    def table_leftovers(self) -> list[Path]:
+        """Temporary files of stat tables whose saver was killed before renaming them over
+        ``.graven/stat`` (:meth:`graven.deploy.statdb.StatTable.save`): each as large as the table."""
+        prefix = f".{self.stat_file.name}.tmp-"
+        try:
+            names = os.listdir(self.meta)
+        except OSError:
+            return []
+        return [self.meta / n for n in sorted(names) if n.startswith(prefix)]

@@ -91,7 +91,11 @@ def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex:
     live files into its release, which changed their ctime before their records were saved: so that
     the next deployment links them again (and drift does not re-hash them all), the live release is
     then checked, re-hashing what changed by stat only (best effort: a problem found is drift's to
-    report)."""
+    report). Temporary files of a stat table whose saver was killed go too: every saver of the table
+    (a deployer, a healer) holds the deploy lock, as this one does."""
+    for table_tmp in layout.table_leftovers():
+        with contextlib.suppress(OSError):
+            table_tmp.unlink()
     leftovers = layout.leftovers()
     for leftover in leftovers:
         remove_tree(leftover, table, parent_nofollow=True)
