@@ -3,7 +3,8 @@
 Every failure that graven expects is a :class:`GravenError`; anything else is a bug. The CLI catches the
 root, prints ``graven: error: <message>`` and exits with :attr:`GravenError.exit_code`; an ``OSError`` no
 check of graven's caught (a file of the user's, a full disk) also gets one line: exit 2 when the user
-can fix it (permission denied, no such file, a directory where a file was expected), else 1::
+can fix it (permission denied, no such file, a directory where a file was expected, a name too long, a
+loop of symbolic links, a read-only file system), else 1::
 
     GravenError                      root; never raised directly
     ├── InputError          (exit 2) bad usage or input: the user can fix it by changing what they typed

@@ -789,3 +789,15 @@ def test_a_database_url_into_a_missing_directory_is_bad_input(
         )
     assert not missing.parent.exists()
     assert not (graven_home / "keys" / "second.key").exists()
+
+
+def test_a_path_with_a_name_too_long_is_bad_input(repo: Path, run_cli: Run, tmp_path: Path) -> None:
+    """A name longer than the file system takes (ENAMETOOLONG, an OSError of no subclass) exited 1, as a
+    failing disk does, where `import` of the same name said exit 2: the user fixes it by typing another
+    path."""
+    digest = _built(run_cli, repo)
+    long = tmp_path / ("a" * 300)
+    _assert_input_error(run_cli("export", digest, "-o", f"{long}.tar", "--json"), "file name too long")
+    _assert_input_error(run_cli("build", "-C", long), "file name too long")
+    _assert_input_error(run_cli("init", "-C", long), "file name too long")
+    _assert_input_error(run_cli("import", f"{long}.tar"), "File name too long")

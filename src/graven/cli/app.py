@@ -619,7 +619,7 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
 
             traceback.print_exc()
         _say_error(_os_error(exc, escape=True))
-        code = 2 if isinstance(exc, _USER_FIXABLE) else 1
+        code = 2 if _user_fixable(exc) else 1
         _json_error(namespace, guard, code, _os_error(exc, escape=False))
         return code
     finally:
@@ -727,6 +727,16 @@ def _say_error(message: str) -> None:
 
 # What the user fixes (a path, a permission) rather than the machine (a full disk, an I/O error).
 _USER_FIXABLE = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _user_fixable(exc: OSError) -> bool:
+    """Whether an OSError that reached the top is the user's to fix (exit 2) rather than the machine's:
+    one of :data:`_USER_FIXABLE`, or a path's error that has no subclass of its own, as
+    graven.archive.writer.write_error counts them: a name too long (a `-o` or `-C` of 300 characters),
+    a loop of symbolic links, a read-only file system."""
+    import errno
+
+    return isinstance(exc, _USER_FIXABLE) or exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.EROFS)
 
 
 def _os_error(exc: OSError, *, escape: bool) -> str:
