@@ -1253,6 +1253,8 @@ _SUPPORTED = "use sqlite:////ABSOLUTE/PATH or postgresql+psycopg://USER@HOST[:PO
 
 def _check_dialect(url: str) -> None:
     """Refuse, naming it, a URL that is none or of a database graven does not run on."""
+    if not url.strip():  # `graven db copy ""`, an unset shell variable: shown as "<invalid URL>"
+        raise ConfigError(f"the database URL is empty; {_SUPPORTED}")
     scheme, sep, _ = url.partition("://")
     dialect = scheme.split("+", 1)[0].lower()
     plain = not sep and "@" not in url and ":" not in url  # no user or password to hide

@@ -801,3 +801,33 @@ def test_a_path_with_a_name_too_long_is_bad_input(repo: Path, run_cli: Run, tmp_
     _assert_input_error(run_cli("build", "-C", long), "file name too long")
     _assert_input_error(run_cli("init", "-C", long), "file name too long")
     _assert_input_error(run_cli("import", f"{long}.tar"), "File name too long")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "abcd", "--policy", ""],
+        ["export", "abcd", "-o", ""],
+        ["export", "abcd", "-o", "x.tar", "--attestation", ""],
+        ["import", ""],
+        ["import", "x.tar", "--attestation", ""],
+        ["keys", "trust", ""],
+        ["attest", "verify", "", "--artifact", "abcd"],
+        ["log", "consistency", ""],
+        ["deploy", "abcd", "prod", "--policy", ""],
+    ],
+)
+def test_an_empty_file_argument_is_named_not_taken_for_the_current_directory(
+    graven_home: Path, run_cli: Run, args: list[str]
+) -> None:
+    """An empty file name (an unset shell variable) was Path(""), the current directory: `policy file
+    . is a directory`, `cannot read .: Is a directory`."""
+    line = _assert_input_error(run_cli(*args, "--json"), "is empty; give a file name")
+    assert " . " not in line and "read ." not in line
+
+
+def test_an_empty_database_url_to_copy_into_is_named(repo: Path, run_cli: Run) -> None:
+    """It said `the database URL <invalid URL> is not a URL`."""
+    _built(run_cli, repo)  # a database to copy
+    line = _assert_input_error(run_cli("db", "copy", ""), "the database URL is empty")
+    assert "<invalid URL>" not in line

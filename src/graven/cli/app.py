@@ -28,6 +28,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:  # typing and collections.abc are not needed at run time: start-up stays smaller
     import signal as _signal
     from collections.abc import Callable
+    from pathlib import Path
     from types import FrameType
     from typing import Any, NoReturn
 
@@ -46,6 +47,7 @@ __all__ = [
     "add_group",
     "add_limit",
     "build_parser",
+    "file_path",
     "limit_count",
     "port_number",
     "run",
@@ -311,6 +313,17 @@ def limit_count(value: str) -> int:
     if count > _MAX_LIMIT:
         raise argparse.ArgumentTypeError(f"{value} is larger than the largest limit {_MAX_LIMIT}")
     return count
+
+
+def file_path(text: str) -> Path:
+    """An argparse type: a file that a command reads or writes. An empty value (an unset shell
+    variable) names no file: ``Path("")`` is the current directory, and the error said so
+    (``policy file . is a directory``, ``cannot read .: Is a directory``)."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give a file name")
+    from pathlib import Path
+
+    return Path(text)
 
 
 def add_limit(parser: ArgParser, help_text: str, *, dest: str = "limit") -> None:

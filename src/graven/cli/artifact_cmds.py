@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from graven.cli.app import ArgParser, UsageError, add_command, add_limit
+from graven.cli.app import ArgParser, UsageError, add_command, add_limit, file_path
 from graven.cli.context import closing as _closing
 from graven.cli.output import (
     TerminalReporter,
@@ -53,7 +53,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     verify = add_command(commands, "verify", verify_cmd)
     verify.add_argument("digest", help=_DIGEST_HELP)
     verify.add_argument(
-        "--policy", type=Path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
+        "--policy", type=file_path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
     )
     verify.add_argument(
         "--env",
@@ -81,7 +81,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     export.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=file_path,
         required=True,
         help="Archive to write: .tar, .tar.gz or .tar.zst (the name says which); - writes it to standard "
         "output (a pipe or a file, never a terminal).",
@@ -93,13 +93,15 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         help="The archive's compression: tar.zst (the default for -o -), tar.gz or tar (plain). With a "
         "file name, it must agree with the name's ending.",
     )
-    export.add_argument("--attestation", type=Path, help="Also write the DSSE envelope here.")
-    export.add_argument("--bundle", type=Path, help="Also write a Sigstore bundle (v0.3) here.")
+    export.add_argument("--attestation", type=file_path, help="Also write the DSSE envelope here.")
+    export.add_argument("--bundle", type=file_path, help="Also write a Sigstore bundle (v0.3) here.")
     export.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     import_ = add_command(commands, "import", import_cmd)
     import_.add_argument(
-        "archive", type=Path, help="The archive (.tar, .tar.gz or .tar.zst); - reads it from standard input."
+        "archive",
+        type=file_path,
+        help="The archive (.tar, .tar.gz or .tar.zst); - reads it from standard input.",
     )
     import_.add_argument(
         "--name",
@@ -108,7 +110,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     )
     import_.add_argument(
         "--attestation",
-        type=Path,
+        type=file_path,
         help="The artifact's signed provenance (DSSE envelope or Sigstore bundle).",
     )
     import_.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")

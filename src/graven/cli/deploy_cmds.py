@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from graven.cli.app import ArgParser, add_command, add_limit
+from graven.cli.app import ArgParser, add_command, add_limit, file_path
 from graven.cli.context import closing as _closing
 from graven.cli.output import (
     TerminalReporter,
@@ -118,7 +118,7 @@ def _target_options(parser: ArgParser) -> None:
         help="Base directory for relative [env] paths (default: $GRAVEN_DEPLOY_ROOT).",
     )
     parser.add_argument(
-        "--policy", type=Path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
+        "--policy", type=file_path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
     )
     parser.add_argument(
         "--wait",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from graven.cli.app import ArgParser, add_command, add_group
+from graven.cli.app import ArgParser, add_command, add_group, file_path
 from graven.cli.context import closing as _closing
 from graven.cli.output import emit_json, print_table
 from graven.errors import InputError, NotFoundError
@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     export.add_argument("name", metavar="NAME", help="The signing key's name (`graven keys list`).")
 
     trust = add_command(keys, "trust", trust_cmd)
-    trust.add_argument("pem_file", type=Path, metavar="PEM_FILE", help="A public key file (PEM).")
+    trust.add_argument("pem_file", type=file_path, metavar="PEM_FILE", help="A public key file (PEM).")
     trust.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     revoke = add_command(keys, "revoke", revoke_cmd)
@@ -57,11 +57,14 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
 
     verify = add_command(attest, "verify", attest_verify_cmd)
     verify.add_argument(
-        "attestation", type=Path, metavar="ATTESTATION", help="A DSSE envelope or a Sigstore bundle file."
+        "attestation",
+        type=file_path,
+        metavar="ATTESTATION",
+        help="A DSSE envelope or a Sigstore bundle file.",
     )
     verify.add_argument("--artifact", required=True, help="Digest the attestation must name.")
     verify.add_argument(
-        "--policy", type=Path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
+        "--policy", type=file_path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
     )
     verify.add_argument("--env", help="Check against the keys trusted for this environment.")
     verify.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from graven.cli.app import ArgParser, UsageError, add_command, add_group, add_limit
+from graven.cli.app import ArgParser, UsageError, add_command, add_group, add_limit, file_path
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, emit_json_list, print_rows, printable_message
 from graven.errors import InputError, NotFoundError
@@ -68,7 +68,7 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     consistency = add_command(sub, "consistency", consistency_cmd)
     consistency.add_argument(
         "old_checkpoint",
-        type=Path,
+        type=file_path,
         metavar="OLD_CHECKPOINT",
         help="A checkpoint kept from `graven log checkpoint`.",
     )
