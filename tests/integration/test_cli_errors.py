@@ -831,3 +831,19 @@ def test_an_empty_database_url_to_copy_into_is_named(repo: Path, run_cli: Run) -
     _built(run_cli, repo)  # a database to copy
     line = _assert_input_error(run_cli("db", "copy", ""), "the database URL is empty")
     assert "<invalid URL>" not in line
+
+
+@pytest.mark.parametrize("option", ["--attestation", "--bundle"])
+def test_export_writes_no_file_named_dash_for_an_attestation(
+    repo: Path, run_cli: Run, tmp_path: Path, option: str
+) -> None:
+    """`-o -` is standard output; `--attestation -` silently wrote a file named `-` in the current
+    directory (beside an archive on stdout too). `./-` still names that file."""
+    digest = _built(run_cli, repo)
+    _assert_input_error(
+        run_cli("export", digest, "-o", tmp_path / "a.tar", option, "-", cwd=tmp_path), "only for -o"
+    )
+    assert not (tmp_path / "-").exists() and not (tmp_path / "a.tar").exists()
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "a.tar", option, "./-", cwd=tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "-").is_file()

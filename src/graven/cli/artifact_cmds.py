@@ -93,8 +93,8 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         help="The archive's compression: tar.zst (the default for -o -), tar.gz or tar (plain). With a "
         "file name, it must agree with the name's ending.",
     )
-    export.add_argument("--attestation", type=file_path, help="Also write the DSSE envelope here.")
-    export.add_argument("--bundle", type=file_path, help="Also write a Sigstore bundle (v0.3) here.")
+    export.add_argument("--attestation", type=_side_file, help="Also write the DSSE envelope here.")
+    export.add_argument("--bundle", type=_side_file, help="Also write a Sigstore bundle (v0.3) here.")
     export.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     import_ = add_command(commands, "import", import_cmd)
@@ -114,6 +114,16 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         help="The artifact's signed provenance (DSSE envelope or Sigstore bundle).",
     )
     import_.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
+
+
+def _side_file(text: str) -> Path:
+    """``export --attestation`` and ``--bundle``: a file. ``-`` is standard output for ``-o`` alone:
+    here it made a file named ``-`` in the current directory (``./-`` still does)."""
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            "- is standard output only for -o (the archive); give a file name (./- for a file named -)"
+        )
+    return file_path(text)
 
 
 def artifacts_cmd(args: argparse.Namespace) -> int:
