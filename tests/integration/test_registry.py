@@ -346,6 +346,8 @@ class _Fake:
         self.challenge = True  # a 401 says WWW-Authenticate
         self.cut: set[str] = set()  # blobs sent short, the connection closed
         self.token_body = 0  # bytes of whitespace the token service answers with, instead of a token
+        self.token_requests: list[str] = []  # the Authorization of each request to the token service
+        self.blobs_at: str | None = None  # a blob GET: 307 to the same path there (storage elsewhere)
         self.error_body = 0  # bytes of the body of a 500 to every blob GET (0: serve blobs)
         self.error_body_sent = 0
         self.stall: set[str] = set()  # blobs sent half, then held until ``release`` (a hung GET)
@@ -409,6 +411,7 @@ class _Fake:
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 if path == "/token":
+                    fake.token_requests.append(self.headers.get("Authorization", ""))
                     expected = (
                         "Basic " + base64.b64encode(f"{fake.user[0]}:{fake.user[1]}".encode()).decode()
                         if fake.user
@@ -423,6 +426,9 @@ class _Fake:
                     self._send(200, json.dumps({"token": "t0ken"}).encode())
                     return
                 fake.seen_authorization.append(self.headers.get("Authorization", ""))
+                if fake.blobs_at is not None and "/blobs/" in path:
+                    self._send(307, headers={"Location": fake.blobs_at + self.path})
+                    return
                 if not self._authorized():
                     return
                 if "/manifests/" in path:
@@ -625,6 +631,39 @@ def test_credentials_go_to_the_registry_only(
     fake.realm = "http://0.0.0.0:1/token"
     code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
     assert code == 1 and "over plain HTTP; refused" in err and err.count("\n") == 1, err
+
+
+def test_a_redirect_elsewhere_that_asks_for_credentials_gets_none(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blob redirected to storage elsewhere that answers 401 naming a token service of its own: the
+    credentials went to that token service (and its token to the registry). Neither gets them now,
+    and the refusal names who refused (exit 1: not the registry, whose credentials may be right)."""
+    assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+    _copy_from(registry, fake, "v1", "v1")
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "redirected")
+    storage = _Fake()
+    try:
+        storage.blobs = dict(fake.blobs)
+        storage.user = fake.user = ("ci", "s3cret-pass")
+        fake.blobs_at = f"http://{storage.address}"
+        monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+        monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
+        code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
+        assert code == 1 and f"answered by {storage.address}" in err and err.count("\n") == 1, err
+        assert "s3cret" not in out + err
+        assert storage.token_requests == []
+        assert [auth for _, _, auth in storage.requests] == [""]
+        assert fake.token_requests != []  # the registry's own token service was asked, as it should
+    finally:
+        storage.close()
 
 
 def test_uploads_and_lookups_as_registries_answer(*, built: str, run_cli: Run, fake: _Fake) -> None:

@@ -89,9 +89,7 @@ class RegistryClient:
         location elsewhere (another host, or plain HTTP), which gets the request without them."""
         import httpx
 
-        here = httpx.URL(self.reference.base)
-        target = httpx.URL(url)
-        at_registry = (target.scheme, target.host, target.port) == (here.scheme, here.host, here.port)
+        at_registry = self._at_registry(httpx.URL(url))
         for attempt in (1, 2):
             sent = dict(headers or {})
             if self._authorization is not None and at_registry:
@@ -108,12 +106,21 @@ class RegistryClient:
                     f"cannot reach the registry {self.reference.host} ({self.reference.scheme}): "
                     f"{_reason(exc)}{_unreachable_hint(exc)}"
                 ) from None
-            if response.status_code != 401 or attempt == 2 or not at_registry:
+            # the URL that answered: a redirect's target elsewhere (storage) that asks for credentials
+            # gets none, and no token from a token service it names
+            if response.status_code != 401 or attempt == 2 or not self._at_registry(response.url):
                 return response
             challenge = response.headers.get("WWW-Authenticate", "")
             response.close()
             self._authenticate(challenge)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _at_registry(self, url: httpx.URL) -> bool:
+        """Whether ``url`` is the registry's own origin (scheme, host and port)."""
+        import httpx
+
+        here = httpx.URL(self.reference.base)
+        return (url.scheme, url.host, url.port) == (here.scheme, here.host, here.port)
 
     def _authenticate(self, challenge: str) -> None:
         """Answer a 401's challenge: HTTP Basic with the credentials, or a Bearer token from the token
@@ -193,6 +200,12 @@ class RegistryClient:
                     break
         response.close()
         detail = _errors(response.status_code, bytes(body))
+        if response.status_code in (401, 403) and not self._at_registry(response.url):
+            # a redirect's target (the registry's storage), which gets no credentials: not theirs
+            return BackendError(
+                f"the registry {self.reference.host} could not {what}: {detail}, answered by "
+                f"{_origin(response.url)} (where the registry sent the request, which gets no credentials)"
+            )
         if response.status_code in (401, 403):
             return InputError(
                 f"the registry {self.reference.host} refused to {what}: {detail}; {self._hint()}"
@@ -367,6 +380,12 @@ def _unreachable_hint(exc: Exception) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "; the registry or the network did not answer in time: try again, or check them"
     return ""
+
+
+def _origin(url: httpx.URL) -> str:
+    """``HOST[:PORT]`` of ``url`` (an IPv6 address in brackets), nothing else of it."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return host if url.port is None else f"{host}:{url.port}"
 
 
 def _reason(exc: Exception) -> str:
