@@ -348,6 +348,7 @@ class _Fake:
         self.token_body = 0  # bytes of whitespace the token service answers with, instead of a token
         self.token_requests: list[str] = []  # the Authorization of each request to the token service
         self.blobs_at: str | None = None  # a blob GET: 307 to the same path there (storage elsewhere)
+        self.encoding: str | None = None  # the Content-Encoding said of every blob and manifest sent
         self.error_body = 0  # bytes of the body of a 500 to every blob GET (0: serve blobs)
         self.error_body_sent = 0
         self.stall: set[str] = set()  # blobs sent half, then held until ``release`` (a hung GET)
@@ -456,7 +457,7 @@ class _Fake:
                     self.end_headers()
                     self.wfile.write(found)  # and the connection closes (HTTP/1.0)
                 else:
-                    self._send(200, found)
+                    self._send(200, found, {"Content-Encoding": fake.encoding} if fake.encoding else None)
 
             def _send_endless_error(self) -> None:
                 self.send_response(500)
@@ -707,6 +708,36 @@ def test_a_registry_that_breaks_off_is_one_line(
     monkeypatch.delenv("GRAVEN_REGISTRY_USERNAME", raising=False)
     code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
     assert code == 2 and "set GRAVEN_REGISTRY_USERNAME and GRAVEN_REGISTRY_PASSWORD" in err, err
+
+
+def test_a_compressed_answer_is_never_inflated_in_memory(fake: _Fake) -> None:
+    """A registry that answers with Content-Encoding (asked or not): the bytes it sends are the ones
+    checked, a few KiB at a time, never a whole inflated chunk (256 MiB from 256 KiB of gzip here)."""
+    import gzip
+    import io
+    import tracemalloc
+
+    from graven.errors import IntegrityError
+    from graven.registry.client import RegistryClient
+    from graven.registry.oci import ARCHIVE_MEDIA_TYPE, Descriptor, Reference
+
+    blob = b"\0" * 4096
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    fake.blobs[digest] = fake.manifests["v1"] = gzip.compress(b"\0" * (256 << 20), compresslevel=9)
+    fake.encoding = "gzip"
+    tracemalloc.start()
+    try:
+        with RegistryClient(Reference.parse(f"{fake.address}/team/app:v1")) as client:
+            with pytest.raises(IntegrityError, match=f"blob {digest}"):
+                client.get_blob(Descriptor(ARCHIVE_MEDIA_TYPE, digest, len(blob)), io.BytesIO())
+            blob_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            manifest = client.get_manifest("v1")  # what was sent, as it was sent
+            manifest_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert blob_peak < 16 << 20 and manifest_peak < 16 << 20, (blob_peak, manifest_peak)
+    assert manifest == fake.manifests["v1"]
 
 
 def _self_signed(where: Path) -> tuple[Path, Path]:

@@ -57,7 +57,9 @@ class RegistryClient:
         self._authorization: str | None = None
         self._http = httpx.Client(
             timeout=httpx.Timeout(60.0, connect=10.0),
-            headers={"User-Agent": f"graven/{__version__}"},
+            # the bytes as they are stored: a blob's digest is of those, and an answer inflated by
+            # httpx (gzip, zstd) would be a whole network read inflated at once, before any limit
+            headers={"User-Agent": f"graven/{__version__}", "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
 
@@ -167,7 +169,7 @@ class RegistryClient:
         body = bytearray()
         try:
             with self._http.stream("GET", realm_url, params=query, headers=headers) as response:
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     body += chunk
                     if len(body) > _MAX_TOKEN_BODY:  # a token is a few KiB: never all of an endless one
                         raise BackendError(
@@ -194,7 +196,7 @@ class RegistryClient:
         """The error of a registry's refusal (its OCI error codes said)."""
         body = bytearray()
         with contextlib.suppress(Exception):  # a body that cannot be read: the status says enough
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():
                 body += chunk
                 if len(body) > _MAX_ERROR_BODY:  # never all of an endless one
                     break
@@ -213,11 +215,13 @@ class RegistryClient:
         return BackendError(f"the registry {self.reference.host} could not {what}: {detail}")
 
     def _streamed(self, response: httpx.Response, what: str) -> Iterator[bytes]:
-        """The body of ``response``; a connection that breaks or stalls midway a :class:`BackendError`."""
+        """The body of ``response`` as it was sent (a Content-Encoding is not undone: the bytes a
+        digest names are checked, and never more in memory than a chunk); a connection that breaks or
+        stalls midway a :class:`BackendError`."""
         import httpx
 
         try:
-            yield from response.iter_bytes(_CHUNK)
+            yield from response.iter_raw(_CHUNK)
         except httpx.HTTPError as exc:
             raise BackendError(
                 f"the registry {self.reference.host} broke off sending {what}: {_reason(exc)}"
