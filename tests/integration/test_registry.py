@@ -346,6 +346,7 @@ class _Fake:
         self.challenge = True  # a 401 says WWW-Authenticate
         self.cut: set[str] = set()  # blobs sent short, the connection closed
         self.token_body = 0  # bytes of whitespace the token service answers with, instead of a token
+        self.token_answer: bytes | None = None  # what the token service answers with, when set
         self.token_requests: list[str] = []  # the Authorization of each request to the token service
         self.blobs_at: str | None = None  # a blob GET: 307 to the same path there (storage elsewhere)
         self.encoding: str | None = None  # the Content-Encoding said of every blob and manifest sent
@@ -423,6 +424,9 @@ class _Fake:
                         return
                     if fake.token_body:
                         self._send(200, b" " * fake.token_body)
+                        return
+                    if fake.token_answer is not None:
+                        self._send(200, fake.token_answer)
                         return
                     self._send(200, json.dumps({"token": "t0ken"}).encode())
                     return
@@ -738,6 +742,40 @@ def test_a_compressed_answer_is_never_inflated_in_memory(fake: _Fake) -> None:
         tracemalloc.stop()
     assert blob_peak < 16 << 20 and manifest_peak < 16 << 20, (blob_peak, manifest_peak)
     assert manifest == fake.manifests["v1"]
+
+
+def test_malformed_answers_are_one_line(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A manifest or a token nested too deep for Python's JSON reader, a token service or an upload
+    location that is no URL: each a failed registry (exit 1, one line), not a traceback."""
+    assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+    _copy_from(registry, fake, "v1", "v1")
+    fake.blobs.clear()  # each one uploaded again
+    fake.upload_location = "http://[::1/v2/team/app/blobs/uploads/u1?_state=s"
+    code, _, err = run_cli("push", built, f"{fake.address}/team/app:v2")
+    assert code == 1 and "upload location" in err and err.count("\n") == 1, err
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "malformed")
+    fake.manifests["deep"] = b"[" * 100_000 + b"]" * 100_000
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:deep")
+    assert code == 1 and "the manifest is not JSON" in err and err.count("\n") == 1, err
+    monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
+    fake.user = ("ci", "s3cret-pass")
+    fake.token_answer = b"[" * 100_000
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and "gave no token" in err and err.count("\n") == 1, err
+    fake.token_answer = None
+    fake.realm = "http://[::1/token"
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and "names no token service" in err and err.count("\n") == 1, err
 
 
 def _self_signed(where: Path) -> tuple[Path, Path]:

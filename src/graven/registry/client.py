@@ -146,7 +146,10 @@ class RegistryClient:
             )
         fields = dict(_CHALLENGE.findall(params))
         realm = fields.get("realm", "")
-        realm_url = httpx.URL(realm) if realm else None
+        try:
+            realm_url = httpx.URL(realm) if realm else None
+        except httpx.InvalidURL:  # what the registry says: not the caller's input
+            realm_url = None
         if realm_url is None or realm_url.scheme not in ("https", "http"):
             raise BackendError(f"the registry {self.reference.host} names no token service ({challenge!r})")
         query = {"scope": self._scope}
@@ -185,7 +188,7 @@ class RegistryClient:
             raise BackendError(f"the token service {realm} answered {response.status_code}")
         try:
             token = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than Python reads
             token = None
         value = token.get("token") or token.get("access_token") if isinstance(token, dict) else None
         if not isinstance(value, str) or not value:
@@ -251,11 +254,19 @@ class RegistryClient:
     ) -> None:
         """Upload a blob (POST, then one PUT of its bytes streamed from ``open_body()``, ``progress``
         told the bytes sent so far); the registry checks the digest it is given."""
+        import httpx
+
         response = self._send("POST", f"{self.reference.base}/blobs/uploads/")
         if response.status_code != 202 or "Location" not in response.headers:
             raise self._fail(response, f"start an upload of blob {descriptor.digest[:19]}")
         # relative to the URL that answered (RFC 3986), which may be elsewhere than the API root
-        location = str(response.request.url.join(response.headers["Location"]))
+        try:
+            location = str(response.request.url.join(response.headers["Location"]))
+        except httpx.InvalidURL as exc:  # what the registry says: not the caller's input
+            raise BackendError(
+                f"the registry {self.reference.host} answered the upload of blob {descriptor.digest[:19]} "
+                f"with an upload location that is not a URL ({_reason(exc)})"
+            ) from None
         # appended by hand: the location's own query (distribution's _state) must stay as it is
         location += ("&" if "?" in location else "?") + f"digest={descriptor.digest}"
 

@@ -275,7 +275,7 @@ def parse_manifest(data: bytes, where: str) -> PulledManifest:
 
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise bad("the manifest is not JSON") from None
     if not isinstance(document, dict):
         raise bad("the manifest is not a JSON object")

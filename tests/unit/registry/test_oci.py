@@ -151,6 +151,7 @@ def _changed(**changes: object) -> bytes:
     ("data", "says"),
     [
         (b"not json", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # deeper than Python's reader goes
         (b"[]", "not a JSON object"),
         (_changed(schemaVersion=1), "not an OCI image manifest"),
         (_changed(artifactType="application/vnd.example+json"), "not a graven artifact"),
