@@ -11,10 +11,13 @@ import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_audit_log import _append, _db
 
 from graven.core.merkle import CompactRange, leaf_hash
@@ -135,12 +138,9 @@ def test_a_forged_note_in_an_older_row_fails_without_all_signatures(
     assert "checkpoint 3: its signed root does not match the entries" in report["problems"][0]
 
 
-def test_a_complete_forgery_is_caught_by_the_latest_signature_alone(
-    home: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Entry 2, its leaf hash, every root column, the root line of every older (unsigned-checked) note
-    and the log state all agree with the forgery: only the latest note's signature names the true root."""
-    _append(home, 9)
+def _forge_completely(home: Path) -> None:
+    """Rewrite entry 2 of 9 and everything but the latest note's signature to agree with it: its leaf
+    hash, every root column, the root line of every older note and the log state."""
     with _db(home) as db:
         true_roots = _roots(db)
         _rewrite_entry(db, 2, "forged")
@@ -155,6 +155,15 @@ def test_a_complete_forgery_is_caught_by_the_latest_signature_alone(
                 "UPDATE log_checkpoints SET root = ?, note = ? WHERE size = ?", (roots[size], note, size)
             )
         _rewrite_state(db)
+
+
+def test_a_complete_forgery_is_caught_by_the_latest_signature_alone(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Entry 2, its leaf hash, every root column, the root line of every older (unsigned-checked) note
+    and the log state all agree with the forgery: only the latest note's signature names the true root."""
+    _append(home, 9)
+    _forge_completely(home)
     report = _verify(capsys)
     assert not report["ok"]
     assert report["problems"] == [
@@ -169,6 +178,83 @@ def test_a_complete_forgery_is_caught_by_the_latest_signature_alone(
     assert problems[6:] == [
         "the latest signed checkpoint (9) does not match the entries (first bad index at most 8)"
     ]
+
+
+def test_an_append_never_signs_a_forgery_that_only_the_latest_signature_catches(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The next append signs its checkpoint from the stored compact range: after a complete forgery,
+    a checkpoint signed from it would cover the forged entry, and the whole forged log would verify."""
+    _append(home, 9)
+    _forge_completely(home)
+    with _db(home) as db:
+        notes = db.execute("SELECT size, note FROM log_checkpoints ORDER BY size").fetchall()
+    refused = "does not lead to the root of its latest signed checkpoint"
+    with Context(home=Home(root=home)) as ctx, pytest.raises(IntegrityError, match=refused):
+        ctx.audit.check_ready()  # what a deployer asks before it switches
+    with pytest.raises(IntegrityError, match="an append would sign a log that the log key never signed"):
+        _append(home, 1)
+    with _db(home) as db:
+        assert db.execute("SELECT size, note FROM log_checkpoints ORDER BY size").fetchall() == notes
+        assert db.execute("SELECT count(*) FROM log_entries").fetchone() == (9,)
+    assert _verify(capsys)["problems"] == [
+        "the latest signed checkpoint (9) does not match the entries (first bad index at most 8)"
+    ]
+
+
+@pytest.mark.parametrize("size", [4, 9, 10])
+def test_an_append_never_signs_a_rewritten_compact_range(home: Path, size: int) -> None:
+    """A log state whose compact range is of other entries (the log cut to its size first, or not, or
+    one entry longer than the log) would have the key sign a root that someone else chose."""
+    _append(home, 9)
+    forged = CompactRange()
+    for i in range(size):
+        forged.append(leaf_hash(f"forged {i}".encode()))
+    with _db(home) as db:
+        db.execute("DELETE FROM log_entries WHERE idx >= ?", (size,))
+        db.execute("DELETE FROM log_checkpoints WHERE size > ?", (size,))
+        frontier = ",".join(h.hex() for h in forged.hashes)
+        db.execute("UPDATE log_state SET size = ?, frontier = ?", (size, frontier))
+        notes = db.execute("SELECT size, note FROM log_checkpoints ORDER BY size").fetchall()
+    (home / "log" / "in-use").write_text("")  # not the high-water mark: the signed checkpoint refuses
+    with pytest.raises(IntegrityError, match="an append would sign a log that the log key never signed"):
+        _append(home, 1)
+    with _db(home) as db:
+        assert db.execute("SELECT size, note FROM log_checkpoints ORDER BY size").fetchall() == notes
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 20), data=st.data())
+def test_any_bit_of_the_compact_range_changed_refuses_the_append(
+    home: Path, size: int, data: st.DataObject
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "home"
+        _append(root, size)
+        with _db(root) as db:
+            (frontier,) = db.execute("SELECT frontier FROM log_state").fetchone()
+            hashes = [bytearray(bytes.fromhex(h)) for h in frontier.split(",")]
+            which = data.draw(st.integers(0, len(hashes) - 1), label="hash")
+            bit = data.draw(st.integers(0, 255), label="bit")
+            hashes[which][bit // 8] ^= 1 << bit % 8
+            db.execute("UPDATE log_state SET frontier = ?", (",".join(h.hex() for h in hashes),))
+        with pytest.raises(IntegrityError, match="does not lead to the root of its latest signed"):
+            _append(root, 1)
+        with _db(root) as db:
+            assert db.execute("SELECT max(size) FROM log_checkpoints").fetchone() == (size,)
+
+
+def test_an_append_after_a_latest_note_that_does_not_verify_is_refused(home: Path) -> None:
+    _append(home, 3)
+    with _db(home) as db:
+        (note,) = db.execute("SELECT note FROM log_checkpoints WHERE size = 3").fetchone()
+        db.execute("UPDATE log_checkpoints SET note = ? WHERE size = 3", (note.replace("\n3\n", "\n2\n"),))
+    with pytest.raises(IntegrityError, match="latest checkpoint does not verify"):
+        _append(home, 1)
+    with _db(home) as db:
+        db.execute("DELETE FROM log_checkpoints WHERE size = 3")
+    with pytest.raises(IntegrityError, match="records 3 entries, its latest signed checkpoint 2"):
+        _append(home, 1)
 
 
 def test_an_entry_appended_without_a_checkpoint_fails(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

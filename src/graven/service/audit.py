@@ -537,11 +537,7 @@ class AuditLog:
         if state is None:
             compact = CompactRange()
         else:
-            try:
-                hashes = [bytes.fromhex(h) for h in str(state.frontier).split(",") if h]
-                compact = CompactRange.from_state(int(state.size), hashes)
-            except (ValueError, InputError) as exc:
-                raise IntegrityError(f"the audit log's stored state is damaged: {exc}") from None
+            compact = self._signed_state(conn, origin, state, private.public_key())
         entry = LogEntry.of(event, index=compact.size, time=utc_now(), actor=self.actor)
         data = entry.to_bytes()
         leaf = hashlib.sha256(_LEAF + data).digest()
@@ -582,6 +578,42 @@ class AuditLog:
             logtree.write_nodes(conn, subtrees)
         return entry
 
+    def _signed_state(
+        self, conn: Connection, origin: str, state: Row, public: Ed25519PublicKey
+    ) -> CompactRange:
+        """The log state's compact range, once it is that of the latest checkpoint the log key signed
+        (its size and root): the next checkpoint is signed from it, so a state row that someone
+        rewrote (a compact range of other entries, another size) would have the key sign a log it
+        never signed, one that verifies with the verifier key. One signature check per append."""
+        try:
+            hashes = [bytes.fromhex(h) for h in str(state.frontier).split(",") if h]
+            compact = CompactRange.from_state(int(state.size), hashes)
+        except (ValueError, InputError) as exc:
+            raise IntegrityError(f"the audit log's stored state is damaged: {exc}") from None
+        note = self._latest_note(conn)
+        try:
+            if note is None:
+                raise VerificationError("the log has no signed checkpoint")
+            signed = verify_checkpoint(note, origin, public)
+        except (VerificationError, InputError) as exc:
+            raise IntegrityError(
+                f"the audit log's latest checkpoint does not verify ({exc}): nothing is signed after "
+                "it; run `graven log verify`"
+            ) from None
+        if signed.origin != origin:
+            what = f"cannot be checked: its latest checkpoint is for another log ({_shown(signed.origin)})"
+        elif signed.size != compact.size:
+            what = f"records {compact.size} entries, its latest signed checkpoint {signed.size}"
+        elif signed.root != compact.root():
+            what = f"does not lead to the root of its latest signed checkpoint ({signed.size} entries)"
+        else:
+            return compact
+        raise IntegrityError(
+            f"the audit log's state (size and compact range) {what}: the database was changed, and an "
+            "append would sign a log that the log key never signed; run `graven log verify`, and "
+            "restore the database from a backup"
+        )
+
     def _appendable(
         self, conn: Connection, mark: tuple[int, str] | IntegrityError
     ) -> tuple[str | None, Row | None, bool]:
@@ -615,9 +647,12 @@ class AuditLog:
             return
         mark = self._read_mark()  # before the snapshot: writers may commit (and raise it) meanwhile
         with self._ctx.db.connect() as conn:
-            _, _, populated = self._appendable(conn, mark)
-        if populated:
-            self._signing_key(create=False)
+            origin, state, populated = self._appendable(conn, mark)
+            if populated:
+                key = self._signing_key(create=False)
+                if origin is not None and state is not None:
+                    assert isinstance(key.private, Ed25519PrivateKey)
+                    self._signed_state(conn, origin, state, key.private.public_key())
 
     @staticmethod
     def head(conn: Connection) -> tuple[str, int, str] | None:
