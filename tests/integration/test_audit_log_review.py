@@ -602,6 +602,25 @@ def test_export_since_the_largest_index_prints_nothing(
     assert code == 0 and [json.loads(line)["index"] for line in out.splitlines()] == [2]
 
 
+def test_export_gives_the_leaf_hash_of_each_entry_not_the_stored_column(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stored leaf_hash is derived data (verify names a wrong one): what export prints is the RFC
+    9162 leaf hash of the entry it prints, the one `log prove` proves."""
+    _append(home, 3)
+    with _db(home) as db:
+        db.execute("UPDATE log_entries SET leaf_hash = ? WHERE idx = 1", ("00" * 32,))
+    code, out, _ = run_cli(capsys, "log", "export")
+    assert code == 0
+    stated = []
+    for line in out.splitlines():
+        doc = json.loads(line)
+        stated.append(doc.pop("leaf_hash"))
+        data = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        assert stated[-1] == leaf_hash(data).hex(), doc["index"]
+    assert json.loads(run_cli(capsys, "log", "prove", "1")[1])["leaf_hash"] == stated[1]
+
+
 def test_since_a_year_before_1000_is_zero_padded(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _append(home, 2)
     for since in ("0999-01-01", "0001-01-01T05:00:00+01:00", "0001-01-01"):

@@ -753,7 +753,8 @@ class AuditLog:
         since_index: int | None = None,
         limit: int | None = None,
     ) -> Iterator[tuple[LogEntry, str]]:
-        """Entries (with their leaf hash, hex) in index order, filtered; none when nothing was logged.
+        """Entries (with the leaf hash of each, hex, hashed from it) in index order, filtered; none when
+        nothing was logged.
 
         With ``limit``, only the newest ``limit`` entries that pass the filters, still in index order
         (as ``tail`` would): the database is asked for them newest first with ``LIMIT``, so the work
@@ -779,7 +780,7 @@ class AuditLog:
         if since_index is not None:
             where.append("idx >= :since_index")
             params["since_index"] = since_index
-        query = "SELECT entry, leaf_hash FROM log_entries"
+        query = "SELECT entry FROM log_entries"
         if where:
             query += " WHERE " + " AND ".join(where)
         if limit is None:
@@ -790,8 +791,11 @@ class AuditLog:
         with self._ctx.db.connect() as conn:
             result = conn.execute(query, params)
             rows: Iterable[Row] = result if limit is None else reversed(result.all())
+            sha256 = hashlib.sha256
             for row in rows:
-                yield LogEntry.from_bytes(str(row.entry).encode()), str(row.leaf_hash)
+                data = str(row.entry).encode()
+                # the leaf hash of these bytes, never the stored column (derived data verify checks)
+                yield LogEntry.from_bytes(data), sha256(_LEAF + data).hexdigest()
 
     def _leaf_hashes(self, conn: Connection, size: int) -> list[bytes]:
         """The leaf hash of each of the first ``size`` entries: the whole log read (a proof's fallback),
