@@ -252,3 +252,46 @@ def test_verify_of_an_untrusted_signer_says_how_to_trust_it(
     assert run_cli(capsys, "keys", "revoke", keyid)[0] == 0
     code, _, err = run_cli(capsys, "verify", digest)
     assert code == 1 and "revoked" in err and "graven keys trust" not in err, err
+
+
+@pytest.mark.parametrize("decoy", ["lying-hint", "other-signer"])
+def test_export_bundle_carries_the_signature_that_verified_not_the_one_whose_hint_matches(
+    home: Path, repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], decoy: str
+) -> None:
+    """A review: export --bundle chose the envelope's signature by its keyid hint, which anyone writes.
+    An envelope whose verifying signature has no hint (securesystemslib's own key ids, or none) next
+    to a decoy then gave a bundle of the decoy's bad signature (which no verifier accepts) or no
+    bundle at all; the bundle's hint must be the id of the key that verified it."""
+    import base64
+
+    from graven.signing.keys import generate_key
+
+    run_cli(capsys, "keys", "generate")
+    digest = _build(capsys, repo)
+    archive, envelope = tmp_path / "a.tar", tmp_path / "a.intoto.json"
+    assert run_cli(capsys, "export", digest, "-o", str(archive), "--attestation", str(envelope))[0] == 0
+    doc = json.loads(envelope.read_text())
+    genuine = doc["signatures"][0]
+    keyid = genuine["keyid"]
+    if decoy == "lying-hint":  # a junk signature that names the trusted key, first
+        junk = {"keyid": keyid, "sig": base64.b64encode(b"\x01" * 64).decode()}
+    else:  # a real signature by a key this home does not trust
+        stranger = generate_key()
+        pae = b"DSSEv1 %d %b %d %b" % (
+            len(doc["payloadType"]),
+            doc["payloadType"].encode(),
+            len(base64.b64decode(doc["payload"])),
+            base64.b64decode(doc["payload"]),
+        )
+        junk = {"keyid": stranger.keyid, "sig": base64.b64encode(stranger.sign(pae)).decode()}
+    doc["signatures"] = [junk, {"keyid": "", "sig": genuine["sig"]}]  # the genuine one without its hint
+    envelope.write_text(json.dumps(doc))
+    code, _, err = run_cli(capsys, "import", str(archive), "--attestation", str(envelope))
+    assert code == 0, err
+    bundle = tmp_path / "a.sigstore.json"
+    code, _, err = run_cli(capsys, "export", digest, "-o", str(tmp_path / "b.tar"), "--bundle", str(bundle))
+    assert code == 0, err
+    written = json.loads(bundle.read_text())
+    assert written["verificationMaterial"]["publicKey"]["hint"] == keyid
+    assert [s["sig"] for s in written["dsseEnvelope"]["signatures"]] == [genuine["sig"]]
+    assert run_cli(capsys, "attest", "verify", str(bundle), "--artifact", digest)[0] == 0

@@ -57,6 +57,7 @@ __all__ = [
     "check_provenance",
     "load_policy",
     "preferred_envelope",
+    "preferred_provenance",
     "read_revoked",
     "record_attestation",
     "resolve_signing_key",
@@ -477,9 +478,16 @@ def preferred_envelope(ctx: Context, artifact: Digest) -> tuple[bytes, str | Non
     None. (The newest stored one alone could be any later import or a build with an untrusted key,
     hiding the provenance that verify accepts.) A policy that cannot be read is its own error (exit 2),
     never taken for a provenance no key trusts."""
+    data, verified = preferred_provenance(ctx, artifact)
+    return data, None if verified is None else verified.keyid
+
+
+def preferred_provenance(ctx: Context, artifact: Digest) -> tuple[bytes, VerifiedProvenance | None]:
+    """:func:`preferred_envelope`, with the verified provenance (its key: the one that verified it)
+    instead of the key id."""
     policy = load_policy(ctx)
     try:
         verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy)
     except (VerificationError, PolicyError, InputError):
         return latest_envelope(ctx, artifact), None
-    return ctx.store.read(Digest.parse(envelope_digest)), verified.keyid
+    return ctx.store.read(Digest.parse(envelope_digest)), verified

@@ -303,14 +303,14 @@ def prepare_attestation(
     """Make the files of :func:`export_attestation` in memory (raising now, before anything is
     written, when they cannot be made) and return them (:class:`AttestationFiles`).
 
-    The provenance is the one the home's trust policy accepts (:func:`preferred_envelope`). A Sigstore
-    bundle holds one signature: the one that verified, when the envelope has several."""
-    from graven.service.provenance import preferred_envelope
-    from graven.signing.bundle import bundle_bytes, load_attestation
-    from graven.signing.dsse import Envelope
+    The provenance is the one the home's trust policy accepts (:func:`preferred_provenance`). A Sigstore
+    bundle holds one signature: the one that verified (checked again with its key, never chosen by its
+    key id hint), and names that key in its hint."""
+    from graven.service.provenance import preferred_provenance
+    from graven.signing.bundle import bundle_bytes, load_attestation, signed_by
 
-    data, keyid = preferred_envelope(ctx, digest)
-    if keyid is None:
+    data, verified = preferred_provenance(ctx, digest)
+    if verified is None:
         ctx.reporter.warn(
             f"no stored provenance of {digest} verifies against this home's trust policy; the newest "
             "one is exported as stored (`graven verify` says why it does not verify)"
@@ -320,15 +320,10 @@ def prepare_attestation(
     if envelope_path is not None:
         files.append((envelope_path, envelope.to_json()))
     if bundle_path is not None:
-        single = envelope
-        if len(envelope.signatures) > 1 and keyid is not None:
-            chosen = tuple(s for s in envelope.signatures if s.keyid == keyid)[:1]
-            single = Envelope(
-                payload=envelope.payload,
-                payload_type=envelope.payload_type,
-                signatures=chosen or envelope.signatures,
-            )
-        files.append((bundle_path, bundle_bytes(single)))
+        if verified is None:  # as stored (a bundle of one signature only)
+            files.append((bundle_path, bundle_bytes(envelope)))
+        else:
+            files.append((bundle_path, bundle_bytes(signed_by(envelope, verified.key), verified.keyid)))
     return AttestationFiles(files)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Final
 from graven.core.record import Frozen
 from graven.errors import InputError, NotFoundError
 from graven.signing.dsse import Envelope, canonical_json, envelope_from_dict, load_json_object
+from graven.signing.keys import VerifyingKey
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
@@ -36,6 +37,7 @@ __all__ = [
     "make_bundle",
     "parse_bundle",
     "read_attestation",
+    "signed_by",
 ]
 
 BUNDLE_MEDIA_TYPE: Final = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -64,8 +66,9 @@ class Bundle(Frozen):
         _set(self, "envelope", envelope)
 
 
-def make_bundle(envelope: Envelope) -> dict[str, Any]:
-    """The Sigstore bundle v0.3 (JSON-ready dict) for a singly signed ``envelope``."""
+def make_bundle(envelope: Envelope, hint: str | None = None) -> dict[str, Any]:
+    """The Sigstore bundle v0.3 (JSON-ready dict) for a singly signed ``envelope``; ``hint`` (the id of
+    the key that verified it: :func:`signed_by`) names the key, else the signature's own key id hint."""
     if len(envelope.signatures) != 1:
         raise InputError(
             f"a Sigstore bundle holds exactly one signature, this envelope has {len(envelope.signatures)}"
@@ -73,16 +76,27 @@ def make_bundle(envelope: Envelope) -> dict[str, Any]:
     return {
         "mediaType": BUNDLE_MEDIA_TYPE,
         "verificationMaterial": {
-            "publicKey": {"hint": envelope.signatures[0].keyid},
+            "publicKey": {"hint": envelope.signatures[0].keyid if hint is None else hint},
             "tlogEntries": [],
         },
         "dsseEnvelope": envelope.to_dict(),
     }
 
 
-def bundle_bytes(envelope: Envelope) -> bytes:
-    """The bundle of ``envelope`` as canonical JSON bytes."""
-    return canonical_json(make_bundle(envelope))
+def bundle_bytes(envelope: Envelope, hint: str | None = None) -> bytes:
+    """The bundle of ``envelope`` as canonical JSON bytes (``hint``: as :func:`make_bundle`)."""
+    return canonical_json(make_bundle(envelope, hint))
+
+
+def signed_by(envelope: Envelope, key: VerifyingKey) -> Envelope:
+    """``envelope`` with only its first signature that verifies with ``key`` (a bundle holds one). The
+    choice is cryptographic: a signature's ``keyid`` is a hint anyone writes, so a junk signature
+    naming ``key`` must not stand in for the one ``key`` made. InputError when none verifies."""
+    message = envelope.pae()
+    for signature in envelope.signatures:
+        if key.verify(signature.sig, message):
+            return Envelope(envelope.payload, envelope.payload_type, (signature,))
+    raise InputError(f"no signature of the envelope verifies with key {key.keyid[:16]}")
 
 
 def is_bundle(document: Mapping[str, Any]) -> bool:

@@ -20,8 +20,9 @@ from graven.signing.bundle import (
     load_attestation,
     make_bundle,
     parse_bundle,
+    signed_by,
 )
-from graven.signing.dsse import Envelope, sign_envelope
+from graven.signing.dsse import Envelope, Signature, sign_envelope
 from graven.signing.keys import generate_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -165,3 +166,30 @@ def test_bundle_verifies_with_sigstore_js(sigstore_verify: Path, key_type: str) 
     untrusted = _node_verify(sigstore_verify, bundle_bytes(envelope), other.public_pem())
     assert untrusted.returncode == 1
     assert "key not found" in untrusted.stderr
+
+
+def test_signed_by_chooses_the_signature_that_verifies_never_the_hint() -> None:
+    key, stranger = generate_key(), generate_key()
+    genuine = sign_envelope(b"{}", "application/vnd.in-toto+json", key).signatures[0]
+    foreign = sign_envelope(b"{}", "application/vnd.in-toto+json", stranger).signatures[0]
+    junk = Signature(key.keyid, b"\x01" * 64)  # names the key, made by nobody
+    mixed = Envelope(b"{}", "application/vnd.in-toto+json", (junk, foreign, Signature("", genuine.sig)))
+    single = signed_by(mixed, key.public)
+    assert single.signatures == (Signature("", genuine.sig),)
+    assert make_bundle(single, key.keyid)["verificationMaterial"]["publicKey"]["hint"] == key.keyid
+    with pytest.raises(InputError, match="no signature of the envelope verifies"):
+        signed_by(Envelope(b"{}", "application/vnd.in-toto+json", (junk, foreign)), key.public)
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_a_bundle_of_an_envelope_without_hints_verifies_with_sigstore_js(sigstore_verify: Path) -> None:
+    """An envelope signed elsewhere (securesystemslib writes its own key ids; DSSE makes them optional):
+    @sigstore/verify finds the key by the bundle's hint, which must be the verifying key's id."""
+    key = generate_key()
+    envelope = signed_provenance(key)
+    hintless = Envelope(envelope.payload, envelope.payload_type, (Signature("", envelope.signatures[0].sig),))
+    assert _node_verify(sigstore_verify, bundle_bytes(hintless), key.public_pem()).returncode == 1
+    single = signed_by(hintless, key.public)
+    result = _node_verify(sigstore_verify, bundle_bytes(single, key.keyid), key.public_pem())
+    assert result.returncode == 0, result.stderr
