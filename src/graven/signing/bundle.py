@@ -9,7 +9,8 @@ graven writes::
 
 There is no transparency log entry and no timestamp: the verifier supplies the public key (found by
 its hint) and sets its tlog, CT log and timestamp thresholds to 0. ``@sigstore/verify`` accepts such
-a bundle. A Sigstore bundle holds exactly one signature.
+a bundle. A Sigstore bundle holds exactly one signature: one with more is refused when read, as
+``@sigstore/verify`` refuses it.
 
 :func:`load_attestation` reads either a bundle or a bare DSSE envelope.
 """
@@ -126,6 +127,11 @@ def _bundle_from_dict(doc: Mapping[str, Any]) -> Bundle:
     if not isinstance(raw_envelope, dict):
         raise InputError("Sigstore bundle: dsseEnvelope is not an object")
     envelope = envelope_from_dict(raw_envelope, "Sigstore bundle dsseEnvelope")
+    if len(envelope.signatures) > 1:  # none: refused as unsigned, as a bare envelope is
+        raise InputError(
+            f"Sigstore bundle: its dsseEnvelope has {len(envelope.signatures)} signatures; a bundle holds "
+            "exactly one (@sigstore/verify refuses it too): give the bare DSSE envelope instead"
+        )
     return Bundle(media_type, hint, envelope)
 
 

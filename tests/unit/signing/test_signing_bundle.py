@@ -193,3 +193,27 @@ def test_a_bundle_of_an_envelope_without_hints_verifies_with_sigstore_js(sigstor
     single = signed_by(hintless, key.public)
     result = _node_verify(sigstore_verify, bundle_bytes(single, key.keyid), key.public_pem())
     assert result.returncode == 0, result.stderr
+
+
+def _two_signature_bundle(key: Any) -> dict[str, Any]:
+    """A bundle whose envelope carries a stranger's signature and then ``key``'s."""
+    genuine, foreign = signed_provenance(key), signed_provenance(generate_key())
+    bundle = make_bundle(genuine)
+    bundle["dsseEnvelope"]["signatures"] = [foreign.signatures[0].to_dict(), genuine.signatures[0].to_dict()]
+    return bundle
+
+
+def test_a_bundle_of_several_signatures_is_refused() -> None:
+    """A review: graven read any number of signatures from a bundle's dsseEnvelope (and accepted it when
+    one verified), where the Sigstore bundle format holds exactly one and @sigstore/verify refuses
+    the bundle as invalid: the same file must not be accepted by one and refused by the other."""
+    with pytest.raises(InputError, match=r"^Sigstore bundle: its dsseEnvelope has 2 signatures; a bundle"):
+        load_attestation(json.dumps(_two_signature_bundle(generate_key())))
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_sigstore_js_refuses_a_bundle_of_several_signatures_too(sigstore_verify: Path) -> None:
+    key = generate_key()
+    result = _node_verify(sigstore_verify, json.dumps(_two_signature_bundle(key)).encode(), key.public_pem())
+    assert result.returncode == 1 and "invalid bundle" in result.stderr
