@@ -349,6 +349,30 @@ def _flipped(packed: bytes) -> bytes:
     return packed[:at] + b"A" + packed[at + 1 :]
 
 
+def _gzip_broken(data: bytes, at: int) -> bytes:
+    """``data`` as gzip whose deflate stream breaks at byte ``at`` of ``data`` (a stored block of a
+    wrong length after a full flush): zlib raises its own error, no OSError, when it gets there."""
+    import zlib
+
+    packer = zlib.compressobj(0, zlib.DEFLATED, 31)
+    head = packer.compress(data[:at]) + packer.flush(zlib.Z_FULL_FLUSH)
+    assert head.endswith(b"\0\0\xff\xff")  # the empty stored block of the flush: LEN 0, NLEN ~0
+    return head[:-2] + b"\xfe\xff" + packer.compress(data[at:]) + packer.flush()
+
+
+def _with_big_file() -> bytes:
+    """An archive with a 64 KiB file after a.txt: what tarfile reads ahead (10 KiB) ends inside it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in _members():
+            tar.addfile(info, io.BytesIO(data))
+        data = hashlib.shake_256(b"big").digest(64 << 10)
+        info = tarfile.TarInfo("big.bin")
+        info.size, info.mode, info.mtime = len(data), 0o644, COMMIT_EPOCH
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def _zstd_checked(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(data)
 
@@ -368,8 +392,20 @@ def _padded() -> bytes:
         ("junk.tar.gz", lambda: gzip.compress(_tar(None)) + b"junk", "truncated or corrupt"),
         ("sum.tar.zst", lambda: _flipped(_zstd_checked(_padded())), "checksum"),
         ("long.tar.gz", lambda: gzip.compress(_tar(None) + bytes(17 << 20)), "more than 16 MiB after"),
+        # a deflate stream that breaks inside a file's data or after the tar's end: zlib.error, which
+        # tarfile turns into its own error only while it reads a header (a traceback, exit 1)
+        ("data.tar.gz", lambda: _gzip_broken(_with_big_file(), 40_000), "corrupt gzip data"),
+        ("tail.tar.gz", lambda: _gzip_broken(_padded(), len(_tar(None)) + 100_000), "corrupt gzip data"),
     ],
-    ids=["gz-crc", "gz-cut-trailer", "gz-trailing-garbage", "zst-checksum", "gz-long-tail"],
+    ids=[
+        "gz-crc",
+        "gz-cut-trailer",
+        "gz-trailing-garbage",
+        "zst-checksum",
+        "gz-long-tail",
+        "gz-broken-in-data",
+        "gz-broken-after-end",
+    ],
 )
 def test_a_compressed_stream_is_read_to_its_end(
     *, graven_home: Path, tmp_path: Path, run_cli: Run, name: str, make: Callable[[], bytes], needle: str

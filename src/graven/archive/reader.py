@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +303,9 @@ def read_archive(
             raise InputError(f"{path}: archive is truncated or corrupt ({exc})") from None
         except RecursionError:
             raise InputError(f"{path}: headers nested too deeply; not an archive graven reads") from None
+        except zlib.error as exc:  # no OSError: tarfile makes it a TarError only while it reads a header,
+            # not inside a file's data nor after the tar's end
+            raise InputError(f"{path}: corrupt gzip data ({exc})") from None
         except Exception as exc:
             if type(exc).__module__.startswith("zstandard"):
                 if "too much memory" in str(exc):  # zstd --long: a window past zstd's default limit
