@@ -636,6 +636,14 @@ HOSTILE_HEADERS: dict[str, tuple[Callable[[Path], Path], str]] = {
         "malformed extended header",
     ),
     "pax-digits-only": (lambda p: _raw_archive(p, _pax_header(b"1" * 600_000)), "malformed extended header"),
+    # tarfile reads a size with int(): signs, spaces, underscores and other scripts' digits; GNU tar
+    # refuses them and goes by the ustar size, so the two read other data for the member
+    "pax-size-signed": (lambda p: _raw_archive(p, _pax_header(b"11 size=+1\n")), "size=+1"),
+    "pax-size-underscore": (lambda p: _raw_archive(p, _pax_header(b"12 size=1_0\n")), "size=1_0"),
+    "pax-size-arabic-digit": (
+        lambda p: _raw_archive(p, _pax_header("11 size=\u0661\n".encode())),
+        "not a decimal number",
+    ),
     "pax-path-names-a-directory": (  # tarfile drops the "/" of a pax path: a file f.txt
         lambda p: _raw_archive(p, _pax_header(b"11 path=d/\n")),
         "d/: only a directory's name may end in '/'",

@@ -206,7 +206,8 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
 
 def _pax_records(buf: bytes) -> dict[str, str]:
     """The records of an extended header (``"%d %s=%s\n"``: the length counts the whole record), parsed
-    in one pass; refused when malformed, not UTF-8, or a GNU sparse key."""
+    in one pass; refused when malformed, not UTF-8, a GNU sparse key or a size that is not decimal
+    digits."""
     records: dict[str, str] = {}
     pos, end = 0, len(buf)
     while pos < end:
@@ -231,6 +232,12 @@ def _pax_records(buf: bytes) -> dict[str, str]:
         ):
             raise UnsafeInputError(
                 f"extended header key {keyword}={_shown(value[:40])} is refused (sparse or binary names)"
+            )
+        if keyword == "size" and not (value.isascii() and value.isdigit()):
+            # tarfile reads it with int() ("+1", " 1", "1_0", "\u0661"), GNU tar refuses it and goes by
+            # the ustar size: each would read other bytes as the member's data
+            raise UnsafeInputError(
+                f"malformed extended header (size={_shown(value[:40])} is not a decimal number)"
             )
         records[keyword] = value
         pos = stop
