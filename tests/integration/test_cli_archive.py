@@ -488,6 +488,32 @@ def test_non_utf8_entry_name_is_refused(graven_home: Path, tmp_path: Path, run_c
     _assert_refused(run_cli, archive, "xff.txt")
 
 
+def test_ustar_names_are_read_as_utf8_whatever_the_locale(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ustar (or GNU tar's default format) name field holds the name's bytes: tarfile decodes them
+    with the file system encoding, which a library caller under a Latin-1 locale has (the CLI alone
+    starts again in UTF-8 mode): "café" was imported as "cafÃ©", another artifact, without a word."""
+    archive = _write_tar(
+        tmp_path / "ustar.tar",
+        [_file("caf\u00e9.txt", b"one"), _link("l\u00efnk", "caf\u00e9.txt")],
+        format=tarfile.USTAR_FORMAT,
+        encoding="utf-8",
+    )
+    assert "caf\u00e9.txt\0".encode() in archive.read_bytes()  # no pax header: the ustar field's bytes
+    code, out, err = run_cli("import", "--json", archive)
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    monkeypatch.setattr(tarfile.TarFile, "encoding", "iso8859-1")  # what Python takes from such a locale
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "latin1-home"))
+    code, out, err = run_cli("import", "--json", archive)
+    assert code == 0, err
+    assert json.loads(out)["digest"] == digest
+    code, out, err = run_cli("show", digest, "--json", "--files")
+    assert code == 0, err
+    assert {e["path"] for e in json.loads(out)["entries"]} == {"caf\u00e9.txt", "l\u00efnk"}
+
+
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_truncated_archive_is_refused(
     artifact: tuple[Path, str], run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str

@@ -293,8 +293,13 @@ def read_archive(
         tick = _ticker(handle, progress)
         stream, compressed = _open_stream(handle)
         last = _LastBlock()
+        # ustar name fields as UTF-8 bytes, never the locale's charset (tarfile's default: a library
+        # caller under a Latin-1 locale read "café" as "cafÃ©"); undecodable bytes are refused by name
+        probing = _probing_tarinfo(last)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_probing_tarinfo(last)) as tar:
+            with tarfile.open(
+                fileobj=stream, mode="r|", tarinfo=probing, encoding="utf-8", errors="surrogateescape"
+            ) as tar:
                 entries, dirs = _read_members(tar, batch, tick)
                 if tick is not None:
                     tick(True)
