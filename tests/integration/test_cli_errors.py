@@ -847,3 +847,47 @@ def test_export_writes_no_file_named_dash_for_an_attestation(
     code, _, err = run_cli("export", digest, "-o", tmp_path / "a.tar", option, "./-", cwd=tmp_path)
     assert code == 0, err
     assert (tmp_path / "-").is_file()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "hello\n",
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    ],
+)
+def test_trusting_a_file_that_is_no_public_key_names_it_and_says_how_to_get_one(
+    graven_home: Path, run_cli: Run, tmp_path: Path, content: str
+) -> None:
+    """It said `the key to trust is not a PEM public key (Unable to load PEM file. See https://...
+    MalformedFraming)`: not the file, and cryptography's words instead of what to give."""
+    text = tmp_path / "notes.txt"
+    text.write_text(content)
+    line = _assert_input_error(
+        run_cli("keys", "trust", text, "--json"),
+        f"{text}: not a PEM public key (-----BEGIN PUBLIC KEY-----",
+        "graven keys export NAME",
+    )
+    assert "cryptography" not in line and "Malformed" not in line and "ASN.1" not in line
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "hello\n",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    ],
+)
+def test_a_signing_key_file_that_is_no_private_key_is_named_without_its_content(
+    repo: Path, run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str
+) -> None:
+    key = tmp_path / "mine.key"
+    key.write_text(content)
+    key.chmod(0o600)
+    monkeypatch.setenv("GRAVEN_SIGNING_KEY", str(key))
+    line = _assert_input_error(
+        run_cli("build", "-C", repo),
+        f"GRAVEN_SIGNING_KEY file {key}: not a PEM private key (-----BEGIN PRIVATE KEY-----",
+        "graven keys generate",
+    )
+    assert "cryptography" not in line and "Malformed" not in line and "AAAA" not in line

@@ -199,7 +199,7 @@ def trust_cmd(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
     home = Home.from_env()
-    result = trust_public_key(home, pem, pem_file.name)
+    result = trust_public_key(home, pem, pem_file.name, given=str(pem_file))
     if result.revoked_in is not None:  # trusted and revoked: revocation wins (verify, deploy, build)
         sys.stderr.write(
             f"graven: warning: key {result.keyid} is revoked in {result.revoked_in}: it stays refused "

@@ -100,9 +100,10 @@ def generate_key(home: Home, name: str, key_type: str = "ed25519", *, trust: boo
     return GeneratedKey(entry.name, entry.keyid, entry.key_type, keys.private_path(name), trusted)
 
 
-def trust_public_key(home: Home, pem: bytes, source: str) -> TrustedKey:
+def trust_public_key(home: Home, pem: bytes, source: str, *, given: str | None = None) -> TrustedKey:
     """Trust the public key ``pem`` (read from ``source``, named in the log entry) for verifying
-    provenance; trusting it again changes nothing and logs nothing."""
+    provenance; trusting it again changes nothing and logs nothing. ``given``, the file as the user
+    named it, is what an error names (a file that holds no public key)."""
     from graven.service.provenance import revoked_in
     from graven.signing.trust import (
         TrustPolicy,
@@ -112,7 +113,8 @@ def trust_public_key(home: Home, pem: bytes, source: str) -> TrustedKey:
         trusted_key_path,
     )
 
-    keyid, _ = trust_key(pem)  # not a usable public key: InputError, before anything is written
+    # not a usable public key: InputError (naming the file), before anything is written
+    keyid, _ = trust_key(pem, given or "the key to trust")
     # the home's policy.toml as every check reads it: one that cannot be read is refused (exit 2, naming
     # it) before anything is written, as verify and deploy would refuse everything
     policy = TrustPolicy.load(None, home.policy) if os.path.lexists(home.policy) else None

@@ -436,8 +436,11 @@ def parse_public_key(pem: bytes, source: str = "public key") -> VerifyingKey:
 
     try:
         loaded = serialization.load_pem_public_key(pem)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise InputError(f"{source} is not a PEM public key ({exc})") from None
+    except (ValueError, UnsupportedAlgorithm):  # cryptography's own words name neither file nor fix
+        raise InputError(
+            f"{source}: not a PEM public key (-----BEGIN PUBLIC KEY-----, Ed25519 or ECDSA P-256); "
+            "export one with `graven keys export NAME`"
+        ) from None
     if not isinstance(loaded, Ed25519PublicKey | ec.EllipticCurvePublicKey):
         raise InputError(
             f"{source}: unsupported key type {type(loaded).__name__} (graven verifies Ed25519 and"
@@ -473,8 +476,12 @@ def parse_private_key(pem: bytes, source: str = "private key") -> SigningKey:
         loaded = serialization.load_pem_private_key(pem, password=None)
     except TypeError:
         raise InputError(f"{source} is encrypted; graven needs an unencrypted key") from None
-    except (ValueError, UnsupportedAlgorithm, InternalError) as exc:  # InternalError: a malformed key
-        raise InputError(f"{source} is not a PEM private key ({exc})") from None
+    except (ValueError, UnsupportedAlgorithm, InternalError):  # InternalError: a malformed key
+        # cryptography's own words name neither the file nor the fix (and the key is never quoted)
+        raise InputError(
+            f"{source}: not a PEM private key (-----BEGIN PRIVATE KEY-----, unencrypted Ed25519 or "
+            "ECDSA P-256); make one with `graven keys generate`"
+        ) from None
     if not isinstance(loaded, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
         raise InputError(
             f"{source}: unsupported key type {type(loaded).__name__} (graven signs with Ed25519 or"
@@ -496,8 +503,9 @@ def _read_limited(fd: int, path: Path) -> bytes:
         chunks.append(chunk)
 
 
-def load_private_key(path: Path | str) -> SigningKey:
-    """Load a private key file, refusing one that a group or other user can read or write."""
+def load_private_key(path: Path | str, *, named_by: str | None = None) -> SigningKey:
+    """Load a private key file, refusing one that a group or other user can read or write;
+    ``named_by`` (``GRAVEN_SIGNING_KEY``) says where its path came from when it is not refused."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
@@ -520,7 +528,7 @@ def load_private_key(path: Path | str) -> SigningKey:
         data = _read_limited(fd, path)
     finally:
         os.close(fd)
-    return parse_private_key(data, f"private key {path}")
+    return parse_private_key(data, f"{named_by} file {path}" if named_by else f"private key {path}")
 
 
 def read_public_key_file(path: Path | str) -> bytes:
@@ -746,7 +754,7 @@ class KeyStore:
             )
         candidate = Path(value).expanduser()
         if candidate.is_file():
-            return load_private_key(candidate)
+            return load_private_key(candidate, named_by="GRAVEN_SIGNING_KEY")
         if _KEY_NAME.fullmatch(value) and value not in {".", ".."}:
             if self.private_path(value).exists():
                 return load_private_key(self.private_path(value))

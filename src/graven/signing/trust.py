@@ -67,9 +67,10 @@ _ENV_FIELDS = frozenset({"keys"})
 _ENV_NAME = re.compile(ENV_NAME_PATTERN)  # the environment names deploy takes
 
 
-def trust_key(pem_bytes: bytes) -> tuple[str, bytes]:
-    """Check a public key PEM and return ``(keyid, normalized PEM)`` to store as ``<keyid>.pub``."""
-    key = parse_public_key(pem_bytes, "the key to trust")
+def trust_key(pem_bytes: bytes, source: str = "the key to trust") -> tuple[str, bytes]:
+    """Check a public key PEM and return ``(keyid, normalized PEM)`` to store as ``<keyid>.pub``;
+    ``source`` (the file it was read from) names it in error messages."""
+    key = parse_public_key(pem_bytes, source)
     key.key  # noqa: B018 - a key is trusted only once cryptography loads it too
     return key.keyid, key.pem()
 

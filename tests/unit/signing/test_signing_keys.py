@@ -175,7 +175,7 @@ def test_garbage_private_key(tmp_path: Path) -> None:
     path = tmp_path / "k.key"
     path.write_bytes(b"not a key")
     path.chmod(0o600)
-    with pytest.raises(InputError, match="is not a PEM private key"):
+    with pytest.raises(InputError, match="not a PEM private key"):
         load_private_key(path)
 
 
@@ -190,7 +190,7 @@ def test_encrypted_private_key_is_refused() -> None:
 
 
 def test_public_key_parsing_refusals() -> None:
-    with pytest.raises(InputError, match="is not a PEM public key"):
+    with pytest.raises(InputError, match="not a PEM public key"):
         parse_public_key(b"hello")
     with pytest.raises(InputError, match="is a private key; give the public key"):
         parse_public_key(generate_key().private_pem())
