@@ -891,3 +891,42 @@ def test_a_signing_key_file_that_is_no_private_key_is_named_without_its_content(
         "graven keys generate",
     )
     assert "cryptography" not in line and "Malformed" not in line and "AAAA" not in line
+
+
+def test_a_long_value_is_shortened_in_the_middle_of_the_error_line(
+    repo: Path, run_cli: Run, tmp_path: Path
+) -> None:
+    """`graven show <100,000 characters>` printed a line of 100 KB (and the same in the JSON message):
+    a value longer than 200 characters keeps its start and its end, and says how long it was."""
+    long = "a" * 99_996 + "tail"
+    for args in (
+        ["show", long, "--json"],
+        ["build", long, "-C", repo],
+        ["deploy", "abcd", long],
+        ["log", "--env", long],
+        ["keys", "revoke", long],
+        ["import", tmp_path / long],
+        ["status", long],
+    ):
+        line = _assert_input_error(run_cli(*args), "aaa…", "atail", ",0")
+        assert "(100,000 characters)" in line or args[0] == "import", line
+        assert len(line) < 700, (args, len(line))
+    spaced = "a b " * 25_000  # a value with spaces: the line keeps its start and its end
+    line = _assert_input_error(
+        run_cli("build", spaced, "-C", repo), "unknown revision 'a b", "characters left out"
+    )
+    assert len(line) < 1000 and line.endswith("(commit first, or name a branch, tag or commit id)")
+    # a short value is shown whole
+    _assert_input_error(run_cli("show", "x" * 150), "x" * 150)
+
+
+def test_shortened_keeps_quotes_and_punctuation_outside() -> None:
+    from graven.cli.output import shortened, shortened_message
+
+    assert shortened("abc") == "abc"
+    assert shortened("x" * 201) == f"{'x' * 80}…{'x' * 80} (201 characters)"
+    assert (
+        shortened_message(f"no env {'e' * 300!r}: fix it")
+        == f"no env '{'e' * 80}…{'e' * 80}' (300 characters): fix it"
+    )
+    assert shortened_message("short 'value'; hint") == "short 'value'; hint"

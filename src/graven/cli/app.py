@@ -678,12 +678,16 @@ def _error_document(code: int, message: str) -> str:
     """The error object as one line of JSON. A byte of a name that is not UTF-8 (a path given on the
     command line) is in ``message`` as a surrogate escape, which ``json.dumps`` would write as
     ``\\udcNN``, a lone surrogate that no UTF-8 text holds: it is written ``\\xNN``, as everywhere in
-    graven's JSON and as the error line on stderr shows it (:func:`graven.core.paths.json_text`)."""
+    graven's JSON and as the error line on stderr shows it (:func:`graven.core.paths.json_text`). A
+    value longer than 200 characters is shortened in the middle, as the error line shows it
+    (:func:`graven.cli.output.shortened_message`)."""
     import json
 
+    from graven.cli.output import shortened_message
     from graven.core.paths import json_text
 
-    return json.dumps({"ok": False, "error": {"exit_code": code, "message": json_text(message)}})
+    message = json_text(shortened_message(message))
+    return json.dumps({"ok": False, "error": {"exit_code": code, "message": message}})
 
 
 def _global_option(word: str) -> bool:
@@ -728,11 +732,10 @@ def _intermixed(
 
 
 def _say_error(message: str) -> None:
-    from graven.cli.output import printable_message
+    from graven.cli.output import error_line
 
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
     try:  # stderr may share a pipe the reader closed (`2>&1 | head`): the exit code says it all
-        sys.stderr.write(f"graven: error: {printable_message(first)}\n")
+        sys.stderr.write(error_line(message))  # a value of 100,000 characters given by mistake: shortened
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_group, file_path
 from graven.cli.context import closing as _closing
-from graven.cli.output import emit_json, print_table
+from graven.cli.output import emit_json, error_line, print_table
 from graven.errors import InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -264,7 +264,7 @@ def attest_verify_cmd(args: argparse.Namespace) -> int:
     elif result.ok:
         print(f"ok {digest}: {result.reason}")
     else:
-        sys.stderr.write(f"graven: error: {attestation}: {result.reason}\n")
+        sys.stderr.write(error_line(f"{attestation}: {result.reason}"))
     return 0 if result.ok else 1
 
 

@@ -18,12 +18,15 @@ __all__ = [
     "TerminalReporter",
     "emit_json",
     "emit_json_list",
+    "error_line",
     "human_size",
     "print_rows",
     "print_table",
     "printable",
     "printable_message",
     "progress_text",
+    "shortened",
+    "shortened_message",
     "write_differences",
 ]
 
@@ -109,6 +112,63 @@ def printable_message(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+# A value longer than this (a digest prefix, a name, a path, a revision of 100,000 characters) is shown
+# by its start and its end in an error line; a line longer than _MAX_LINE, by its start and its end.
+MAX_SHOWN = 200
+_MAX_LINE = 1000
+_KEEP = 80  # characters kept at each end of a long value
+_OPEN = "'\"([<"
+_CLOSE = "'\")]>"
+_TRAIL = ":;,.!?"
+
+
+def shortened(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` as an error line shows one value: unchanged up to ``limit`` characters, else its first
+    and last characters around an ellipsis and its length, ``abc…xyz (100,000 characters)``."""
+    return text if len(text) <= limit else f"{_cut(text)} ({len(text):,} characters)"
+
+
+def _cut(text: str) -> str:
+    return f"{text[:_KEEP]}…{text[-_KEEP:]}"
+
+
+def shortened_message(message: str) -> str:
+    """``message`` (an error graven composed around what the user gave) with every value longer than
+    :data:`MAX_SHOWN` characters shortened in the middle (:func:`shortened`): a word of the line, its
+    quotes and the punctuation after it left outside (``'abc…xyz' (100,000 characters);``); a line
+    still longer than ``_MAX_LINE`` (a long value holding spaces) keeps its start and its end, where
+    the hint is. A message that is short already is returned as it is."""
+    if len(message) <= MAX_SHOWN:
+        return message
+    import re
+
+    def word(match: re.Match[str]) -> str:
+        token = match.group()
+        core = token.lstrip(_OPEN)
+        lead = token[: len(token) - len(core)]
+        body = core.rstrip(_TRAIL)
+        trail = core[len(body) :]
+        value = body.rstrip(_CLOSE)
+        close = body[len(value) :]
+        if len(value) <= MAX_SHOWN:
+            return token
+        return f"{lead}{_cut(value)}{close} ({len(value):,} characters){trail}"
+
+    text = re.sub(rf"\S{{{MAX_SHOWN + 1},}}", word, message)
+    if len(text) <= _MAX_LINE:
+        return text
+    left = len(text) - 600 - 300
+    return f"{text[:600]} … ({left:,} characters left out) … {text[-300:]}"
+
+
+def error_line(message: str) -> str:
+    """The one line an error is shown as on stderr: ``graven: error: `` and the first line of
+    ``message``, its long values shortened (:func:`shortened_message`) and its control characters
+    escaped (:func:`printable_message`)."""
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    return f"graven: error: {printable_message(shortened_message(first))}\n"
 
 
 def _escape(ch: str) -> str:
