@@ -930,3 +930,21 @@ def test_shortened_keeps_quotes_and_punctuation_outside() -> None:
         == f"no env '{'e' * 80}…{'e' * 80}' (300 characters): fix it"
     )
     assert shortened_message("short 'value'; hint") == "short 'value'; hint"
+
+
+@pytest.mark.parametrize("url", ["http://exa mple/", "https://example:70000/hook"])
+def test_watch_refuses_a_webhook_it_could_never_send_to_at_start(
+    graven_home: Path, tmp_path: Path, url: str
+) -> None:
+    """`--webhook 'http://exa mple/'` was taken, and the watcher (waiting for its first deployment here)
+    failed only when it sent an alert. A process of its own: the old watcher ran until killed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "graven", "watch", "--webhook", url],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=20,
+    )
+    _assert_input_error((result.returncode, result.stdout, result.stderr), "--webhook http")

@@ -260,9 +260,12 @@ def watch_cmd(args: argparse.Namespace) -> int:
     do_heal: bool = args.do_heal
     metrics_port: int | None = args.metrics_port
     as_json: bool = args.as_json
+    from graven.drift.alerts import check_webhook
     from graven.drift.watch import WatchOptions
     from graven.service.drift import run_watch
 
+    if webhook is not None:  # before the home is opened or a watcher waits for its first deployment
+        check_webhook(webhook)
     options = WatchOptions(
         envs=tuple(envs),
         interval=_duration(interval, "--interval"),

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -49,29 +50,49 @@ class Delivery:
     context: Any = None
 
 
+# A host name or an IPv4 address as a request can send it: letters (an internationalized name too),
+# digits, '-', '_' (some internal names hold one) and '.'.
+_HOST_NAME = re.compile(r"[\w.-]+")
+
+
 def check_webhook(url: str) -> None:
     """Refuse, when the watcher starts rather than at its first alert, a webhook URL it could not use:
-    not http(s), no host, a port that is no number, or credentials in it (``user:password@``: the
-    request would not send them). The URL is never echoed whole: it may hold a secret."""
+    not http(s), no host or a host that is no host name (a space, a control character), a port that is
+    no number or out of range, a space or a control character anywhere, or credentials in it
+    (``user:password@``: the request would not send them). The URL is never echoed whole: it may hold a
+    secret."""
     from urllib.parse import urlsplit
 
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     shown = f"{scheme}://..." if scheme else "(not a URL)"
     if scheme not in ("http", "https"):
         raise InputError(f"--webhook {shown} must be an http:// or https:// URL")
+    # before urlsplit, which drops a tab or a newline where the request would send it (or refuse it)
+    if not url.isprintable():
+        raise InputError(f"--webhook {shown} holds a control character (a tab, a newline); remove it")
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError:  # its text may quote the URL (a "port" that is part of a password)
+    except ValueError as exc:  # its text may quote the URL (a "port" that is part of a password)
+        if str(exc).startswith("Port out of range"):
+            raise InputError(f"--webhook {shown} has a port out of range (1 to 65535)") from None
         raise InputError(f"--webhook {shown} is not a valid URL (a bad host, port or bracket)") from None
-    del port
     if not parts.hostname:
         raise InputError(f"--webhook {shown} names no host")
+    if port == 0:
+        raise InputError(f"--webhook {shown} has a port out of range (1 to 65535)")
+    if "[" not in parts.netloc and not _HOST_NAME.fullmatch(parts.hostname):
+        raise InputError(
+            f"--webhook {shown} has a host that is no host name (a space or a character a host name "
+            "cannot hold); give letters, digits, '-' and '.', or an address ([::1] for IPv6)"
+        )
     if parts.username is not None or parts.password is not None:
         raise InputError(
             f"--webhook {scheme}://{parts.hostname}/... holds credentials (user:password@), which the "
             "request would not send; put the webhook's token in its path or query, as chat webhooks do"
         )
+    if any(ch.isspace() for ch in url):
+        raise InputError(f"--webhook {shown} holds a space; write it %20 in the path or the query")
 
 
 class AlertSender:

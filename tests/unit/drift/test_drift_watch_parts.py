@@ -388,6 +388,15 @@ def test_an_alert_command_at_work_does_not_outlive_the_watcher(tmp_path: Path) -
         ("https:///path", "names no host"),
         ("https://u:Secret1@chat.example/hook", "holds credentials"),
         ("https://hookuser:Secret1/rest@hooks.example/x", "is not a valid URL"),  # 'port' Secret1
+        # accepted, and every alert failed when it was sent
+        ("http://exa mple/Secret1", "has a host that is no host name"),
+        ("http://u:Secret1@exa mple/", "has a host that is no host name"),
+        ("http://exa%20mple/Secret1", "has a host that is no host name"),
+        ("http://ex\tample/Secret1", "holds a control character"),
+        ("http://example/Secret1\n", "holds a control character"),
+        ("http://example/a b?Secret1", "holds a space; write it %20"),
+        ("http://example:0/Secret1", "has a port out of range"),
+        ("http://example:70000/Secret1", "has a port out of range"),
     ],
 )
 def test_a_webhook_that_could_not_be_used_is_refused_at_start_without_its_secret(
@@ -401,6 +410,16 @@ def test_a_webhook_that_could_not_be_used_is_refused_at_start_without_its_secret
     with pytest.raises(InputError, match=message) as refused:
         AlertSender(webhook=url)
     assert "Secret1" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://hooks.example/x?token=a%20b", "https://[::1]:8443/hook", "http://hook_host.internal:8080/"],
+)
+def test_a_webhook_that_can_be_used_is_taken(url: str) -> None:
+    from graven.drift.alerts import AlertSender
+
+    assert AlertSender(webhook=url).webhook == url
 
 
 def test_an_empty_alert_command_is_refused() -> None:
