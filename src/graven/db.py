@@ -707,6 +707,12 @@ class _SqliteDatabase:
                 ) from exc
             what = "cannot begin a transaction in" if raw is not None and opened else "cannot open"
             parent = os.path.dirname(self.path)
+            if what == "cannot open" and _name_too_long(self.path):  # a typo or a paste in the URL
+                raise ConfigError(
+                    f"cannot open the database {self.path}: file name too long (a name in it longer than "
+                    "its file system takes, or the whole path); correct the path in the URL "
+                    "(GRAVEN_DB_URL, or the one given to db copy)"
+                ) from exc
             if what == "cannot open" and parent and not os.path.lexists(parent):
                 # a typo in GRAVEN_DB_URL (graven makes its home's directory before it opens graven.db)
                 # or in the URL of `graven db copy`
@@ -1127,6 +1133,18 @@ def _walless_file_system(path: str) -> str | None:
     if kind is not None and (kind in _WALLESS_KINDS or kind.startswith("fuse")):
         return kind
     return None
+
+
+def _name_too_long(path: str) -> bool:
+    """Whether the file system refuses ``path`` for its length (ENAMETOOLONG: a name of more than 255
+    bytes, or a path of more than PATH_MAX), which SQLite reports only as "unable to open"."""
+    import errno
+
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENAMETOOLONG
+    return False
 
 
 def _sqlite_reason(exc: sqlite3.Error) -> str:

@@ -948,3 +948,18 @@ def test_watch_refuses_a_webhook_it_could_never_send_to_at_start(
         timeout=20,
     )
     _assert_input_error((result.returncode, result.stdout, result.stderr), "--webhook http")
+
+
+@pytest.mark.parametrize("name", ["a" * 300 + ".db", "a" * 300 + "/graven.db"])
+def test_a_database_url_with_a_name_too_long_is_bad_input(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """It exited 1 with SQLite's `unable to open database file`, as a failing disk would, for what
+    is a mistake in GRAVEN_DB_URL (README: a bad SQLite URL is exit 2)."""
+    monkeypatch.setenv("GRAVEN_DB_URL", f"sqlite:///{tmp_path / name}")
+    for command in (["artifacts"], ["keys", "generate", "--name", "second"]):
+        line = _assert_input_error(
+            run_cli(*command, "--json"), "cannot open the database", "file name too long", "GRAVEN_DB_URL"
+        )
+        assert "unable to open" not in line
+    assert not (graven_home / "keys" / "second.key").exists()
