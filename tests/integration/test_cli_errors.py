@@ -963,3 +963,34 @@ def test_a_database_url_with_a_name_too_long_is_bad_input(
         )
         assert "unable to open" not in line
     assert not (graven_home / "keys" / "second.key").exists()
+
+
+def test_keys_trust_dash_reads_the_key_from_standard_input(
+    graven_home: Path, run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`graven keys export NAME | ssh host graven keys trust -` read a file named `-`; standard input
+    is read, at most 64 KiB of it, and `./-` still names that file."""
+    import io
+
+    from graven.signing.keys import generate_key
+
+    key = generate_key()
+
+    def stdin(data: bytes) -> None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    stdin(key.public_pem())
+    code, out, err = run_cli("keys", "trust", "-", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["keyid"] == key.keyid and json.loads(out)["changed"] is True
+    assert (graven_home / "trust" / f"{key.keyid}.pub").is_file()
+    code, out, err = run_cli("log", "--json")
+    assert code == 0, err
+    assert any(entry["reason"] == f"key {key.keyid} from stdin" for entry in json.loads(out)), out
+    stdin(b"hello\n")
+    _assert_input_error(run_cli("keys", "trust", "-"), "standard input: not a PEM public key")
+    stdin(key.public_pem() + b"\n" * (64 * 1024))
+    _assert_input_error(run_cli("keys", "trust", "-"), "standard input: more than 64 KiB")
+    _assert_input_error(run_cli("keys", "trust", "./-", cwd=tmp_path), "./-: no such file")
+    (tmp_path / "-").write_bytes(generate_key().public_pem())
+    assert run_cli("keys", "trust", "./-", cwd=tmp_path)[0] == 0

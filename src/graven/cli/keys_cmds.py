@@ -46,7 +46,12 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     export.add_argument("name", metavar="NAME", help="The signing key's name (`graven keys list`).")
 
     trust = add_command(keys, "trust", trust_cmd)
-    trust.add_argument("pem_file", type=file_path, metavar="PEM_FILE", help="A public key file (PEM).")
+    trust.add_argument(
+        "pem_file",
+        type=_pem_source,
+        metavar="PEM_FILE",
+        help="A public key file (PEM); - reads it from standard input (graven keys export NAME | ...).",
+    )
     trust.add_argument("--json", dest="as_json", action="store_true", help="Print the result as JSON.")
 
     revoke = add_command(keys, "revoke", revoke_cmd)
@@ -185,21 +190,61 @@ def export_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pem_source(text: str) -> Path | None:
+    """``keys trust PEM_FILE``: a file, or None for ``-``, standard input (``./-`` names a file ``-``;
+    argparse's text is looked at, as ``Path("./-")`` is ``Path("-")``)."""
+    return None if text == "-" else file_path(text)
+
+
+# at most this much is read from standard input: a public key PEM is well under 1 KiB
+_MAX_STDIN_KEY = 64 * 1024
+
+
+def _read_stdin_key() -> bytes:
+    """The public key piped to ``keys trust -``, read up to :data:`_MAX_STDIN_KEY` bytes and refused
+    past it (an archive piped by mistake is never read whole)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise InputError("keys trust -: standard input is closed; pipe a key (graven keys export NAME | ...)")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= _MAX_STDIN_KEY:
+            chunk = stream.read(_MAX_STDIN_KEY + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise InputError(f"keys trust -: cannot read standard input: {exc.strerror}") from None
+    if size > _MAX_STDIN_KEY:
+        raise InputError(
+            f"standard input: more than {_MAX_STDIN_KEY // 1024} KiB, too large to be a public key; pipe one "
+            "key (graven keys export NAME | graven keys trust -)"
+        )
+    return b"".join(chunks)
+
+
 def trust_cmd(args: argparse.Namespace) -> int:
-    """Trust the public key in PEM_FILE for verifying provenance."""
-    pem_file: Path = args.pem_file
+    """Trust the public key in PEM_FILE (- for standard input) for verifying provenance."""
+    pem_file: Path | None = args.pem_file
     from graven.home import Home
     from graven.service.keys import trust_public_key
     from graven.signing.keys import read_public_key_file
 
-    try:
-        pem = read_public_key_file(pem_file)  # bounded: /dev/zero given by mistake is not read whole
-    except NotFoundError:
-        raise NotFoundError(f"{pem_file}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
+    if pem_file is None:
+        pem, source, given = _read_stdin_key(), "stdin", "standard input"
+    else:
+        try:
+            pem = read_public_key_file(pem_file)  # bounded: /dev/zero given by mistake is not read whole
+        except NotFoundError:  # ./- is the file named -, shown so (Path("./-") prints as -)
+            shown = "./-" if str(pem_file) == "-" else pem_file
+            raise NotFoundError(f"{shown}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {pem_file}: {exc.strerror}") from None
+        source, given = pem_file.name, str(pem_file)
     home = Home.from_env()
-    result = trust_public_key(home, pem, pem_file.name, given=str(pem_file))
+    result = trust_public_key(home, pem, source, given=given)
     if result.revoked_in is not None:  # trusted and revoked: revocation wins (verify, deploy, build)
         sys.stderr.write(
             f"graven: warning: key {result.keyid} is revoked in {result.revoked_in}: it stays refused "
