@@ -138,6 +138,49 @@ def test_read_only_output_directories_do_not_leak_the_workspace(
     assert os.listdir(tmpdir_env) == []
 
 
+# A step nests directories with relative paths (as ``mkdir a && cd a`` over and over): 1,200 levels
+# below out/ (past Python's recursion limit, a path of about 2,400 bytes) and 2,100 levels of "ab"
+# outside the outputs (past PATH_MAX), with a directory it made unreadable at the bottom.
+NEST = """\
+import os
+start = os.getcwd()
+for base, levels, name in (("out", 1200, "a"), ("junk", 2100, "ab")):
+    os.chdir(start)
+    os.makedirs(base, exist_ok=True)
+    os.chdir(base)
+    for _ in range(levels):
+        os.mkdir(name)
+        os.chdir(name)
+    with open("f", "w") as handle:
+        handle.write("deep\\n")
+os.mkdir("locked")
+os.chmod("locked", 0)
+"""
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_deeply_nested_directories_are_collected_and_the_workspace_removed(
+    graven_home: Path, tmp_path: Path, tmpdir_env: Path, make_repo: Callable[..., Path], sandbox: str
+) -> None:
+    # A commit's steps chose the depth: the build crashed with a RecursionError traceback (collecting
+    # out/, then removing the workspace), and left the workspace, outputs and all, in TMPDIR.
+    _need(sandbox)
+    from helpers_services import sandbox_python
+
+    step = f"{sandbox_python()} nest.py"
+    repo = make_repo(tmp_path / "repo", {"nest.py": NEST}, _toml(step, sandbox=sandbox))
+    result = _graven("build", "-C", repo, tmpdir=tmpdir_env, prefix=_unprivileged())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning" not in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(tmpdir_env) == []
+    exported = tmp_path / "a.tar"
+    digest = result.stdout.split()[0]
+    assert _graven("export", digest, "-o", exported, tmpdir=tmpdir_env).returncode == 0
+    with tarfile.open(exported) as tar:
+        member = tar.extractfile("out/" + "a/" * 1200 + "f")
+        assert member is not None and member.read() == b"deep\n"
+
+
 # -- 2. outputs that were not produced ---------------------------------------------------------------
 
 

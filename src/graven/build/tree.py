@@ -22,7 +22,7 @@ from graven.core.globs import Selection
 from graven.core.paths import check_path, decode_path, display_path
 from graven.errors import InputError, UnsafeInputError
 from graven.model.digest import Digest
-from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
+from graven.model.manifest import MAX_PATH, DirEntry, FileEntry, SymlinkEntry, TreeEntry
 from graven.store.local import LOOSE_THRESHOLD, PackBatch
 
 __all__ = ["collect_tree"]
@@ -38,18 +38,25 @@ def collect_tree(
     """Walk ``roots`` (paths relative to ``root``), store every selected file and return the entries.
 
     Symlinks are recorded, never followed; sockets, devices and FIFOs are refused by path, and so are
-    names and link targets that are not UTF-8 (the whole path, escaped). A root that does not exist
-    (or lies below a file) and an entry that cannot be read raise InputError naming the path.
+    names and link targets that are not UTF-8 (the whole path, escaped), and paths longer than a file
+    system takes (:data:`MAX_PATH` bytes: a step can nest directories without end). A root that does
+    not exist (or lies below a file) and an entry that cannot be read raise InputError naming the path.
     """
     entries: list[TreeEntry] = []
     seen: set[str] = set()
 
-    def visit(rel: str) -> None:
+    def visit(rel: str) -> list[str]:
+        """Record ``rel``; the paths below it (a directory's entries, sorted), to visit next."""
         if rel in seen:
-            return
+            return []
         if len(seen) >= paths.MAX_ENTRIES:  # the outputs' directories and files alike
             raise paths.too_many_paths("the build's outputs")
         seen.add(rel)
+        if len(rel) > MAX_PATH // 4 and len(os.fsencode(rel)) > MAX_PATH:
+            raise UnsafeInputError(
+                f"[build] outputs: {display_path(rel[:120])}...: a path of more than {MAX_PATH} bytes "
+                f"({rel.count('/')} levels deep); at most {MAX_PATH} are allowed (what a file system takes)"
+            )
         full = os.path.join(root, rel)
         with _reading(rel):
             info = os.lstat(full)
@@ -59,14 +66,15 @@ def collect_tree(
                 names = sorted(os.listdir(full))
             if not names and selection.selects_dir(rel):
                 entries.append(DirEntry(rel))
+            children = []
             for name in names:
                 child = f"{rel}/{name}"  # os.listdir gives undecodable bytes as surrogates
                 if not name.isascii():
                     decode_path(os.fsencode(child))  # refuses a name that is not UTF-8, naming the path
-                visit(child)
-            return
+                children.append(child)
+            return children
         if not selection.selects(rel):
-            return
+            return []
         check_path(rel)
         if stat.S_ISLNK(mode):
             with _reading(rel):
@@ -85,11 +93,16 @@ def collect_tree(
                 on_file(info.st_size)
         else:
             raise UnsafeInputError(f"{rel}: special files (devices, sockets, FIFOs) are refused")
+        return []
 
     for item in roots:
         rel = item.strip("/")
         _check_produced(root, rel)
-        visit(rel)
+        # depth first, each directory's entries in order, without recursion: a step can nest
+        # directories deeper than Python's recursion limit (about 1,000 levels)
+        pending = [rel]
+        while pending:
+            pending.extend(reversed(visit(pending.pop())))
     return entries
 
 
@@ -107,7 +120,8 @@ def _unreadable(rel: str, exc: OSError) -> InputError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         hint = "; a step left it unreadable: make it readable (chmod -R u+rwX) before the steps end"
     reason = exc.strerror or str(exc)
-    return InputError(f"[build] outputs: cannot read {display_path(rel)}: {reason}{hint}")
+    shown = display_path(rel) if len(rel) <= 240 else f"{display_path(rel[:120])}..."  # one short line
+    return InputError(f"[build] outputs: cannot read {shown}: {reason}{hint}")
 
 
 def _check_produced(root: Path, rel: str) -> None:

@@ -13,6 +13,7 @@ stderr when it cannot.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -165,47 +166,111 @@ def reclaim(tmpdir: Path) -> list[Path]:
 
 def remove_tree(top: Path) -> str | None:
     """Remove the directory ``top`` and everything below it, whatever the modes; when something cannot
-    be removed, a warning that names it (None when all is gone)."""
+    be removed, a warning that names it (None when all is gone).
+
+    Without recursion, through one directory descriptor at a time (:func:`_remove_below`): a step can
+    make a tree as deep as it likes (``mkdir a && cd a``, over and over: deeper than Python's recursion
+    limit, which ``shutil.rmtree`` of Python 3.11 hits at about 1,000 levels, and than PATH_MAX)."""
     failures: list[tuple[str, OSError]] = []
-
-    def failed(_function: object, path: str, info: object) -> None:
-        error = info[1] if isinstance(info, tuple) else info
-        if isinstance(error, FileNotFoundError):
-            return
-        if isinstance(error, OSError):
-            failures.append((path, error))
-
     try:
-        shutil.rmtree(top)
-        return None
+        info = os.lstat(top)
     except FileNotFoundError:
         return None
-    except OSError:
-        pass  # a directory a step made read-only, most likely: make the tree writable and try again
-    _make_writable(top)
-    shutil.rmtree(top, onerror=failed)
+    except OSError as exc:
+        failures.append((str(top), exc))
+    else:
+        try:
+            if stat.S_ISDIR(info.st_mode):
+                _remove_below(top, info, failures)
+                os.rmdir(top)
+            else:
+                os.unlink(top)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failures.append((str(top), exc))
     if failures or os.path.lexists(top):
         path, error = failures[0] if failures else (str(top), OSError(errno.ENOTEMPTY, "not empty"))
         return f"cannot remove the build directory {top} ({path}: {error.strerror}); remove it by hand"
     return None
 
 
-def _make_writable(top: Path) -> None:
-    """Give every directory below ``top`` (``top`` included) ``u+rwx``, so that it can be listed and
-    its entries removed. Symlinks are never followed: the steps have ended, and made the links."""
-    pending = [str(top)]
-    while pending:
-        path = pending.pop()
-        try:
-            info = os.lstat(path)
-            if not stat.S_ISDIR(info.st_mode):
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SHOWN_PATH = 240  # a longer path in a warning is shortened (the build directory, ..., the name)
+
+
+def _remove_below(top: Path, info: os.stat_result, failures: list[tuple[str, OSError]]) -> None:
+    """Remove everything below the directory ``top`` (``info``: its lstat), recording what fails.
+
+    One descriptor is open at a time: the walk goes down by name and back up through ``..``, checked
+    to be the directory it came from (the steps have ended: nothing else changes the tree). A directory
+    without ``u+rwx`` (a step's ``chmod 000``, Go's read-only module cache) is given it first."""
+    below: list[str] = []  # the names from ``top`` down to the directory being cleared
+
+    def shown(name: str) -> str:
+        path = os.path.join(top, *below, name)
+        return path if len(path) <= _SHOWN_PATH else f"{top}/.../{name} ({len(below) + 1} levels down)"
+
+    def clear(fd: int) -> list[str]:
+        """Unlink the non-directories in ``fd``; its subdirectories, each made ``u+rwx``."""
+        subdirs: list[str] = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                        if mode & stat.S_IRWXU != stat.S_IRWXU:
+                            with contextlib.suppress(OSError):  # not ours: what fails below is named
+                                os.chmod(entry.name, mode | stat.S_IRWXU, dir_fd=fd)
+                        subdirs.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    failures.append((shown(entry.name), exc))
+        return subdirs
+
+    if stat.S_IMODE(info.st_mode) & stat.S_IRWXU != stat.S_IRWXU:
+        with contextlib.suppress(OSError):
+            os.chmod(top, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+    fd = os.open(top, _DIR_OPEN)
+    above: list[tuple[int, int]] = []  # (device, inode) of each directory above the current one
+    try:
+        pending = [clear(fd)]  # for each level down to the current one: the subdirectories left
+        while True:
+            if pending[-1]:
+                name = pending[-1].pop()
+                try:
+                    child = os.open(name, _DIR_OPEN, dir_fd=fd)
+                except OSError as exc:
+                    failures.append((shown(name), exc))
+                    continue
+                here = os.fstat(fd)
+                above.append((here.st_dev, here.st_ino))
+                os.close(fd)
+                fd = child
+                below.append(name)
+                pending.append(clear(fd))
                 continue
-            if info.st_mode & stat.S_IRWXU != stat.S_IRWXU:
-                os.chmod(path, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
-            with os.scandir(path) as entries:
-                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-        except OSError:
-            continue  # not ours, or gone: rmtree names what is left
+            pending.pop()
+            if not below:
+                return
+            parent = os.open("..", _DIR_OPEN, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            up = os.fstat(fd)
+            if (up.st_dev, up.st_ino) != above.pop():
+                raise OSError(errno.ESTALE, "the directory tree changed while it was removed")
+            name = below.pop()
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failures.append((shown(name), exc))
+    finally:
+        os.close(fd)
 
 
 class _Where:

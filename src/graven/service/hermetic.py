@@ -59,6 +59,7 @@ from graven.build.workspace import (
     checkout,
     copy_tree,
     ensure_inside,
+    remove_tree,
     settle_tree,
     tempdir_problem,
 )
@@ -426,7 +427,7 @@ def _empty_again(path: Path, aside: Path, epoch: int) -> None:
     to ``aside`` first, so that whatever a step left in it (even directories it cannot list) is out of
     the way."""
     os.rename(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)
+    remove_tree(aside)  # what stays (named by no warning here): ws.remove()
     path.mkdir(mode=DIR_MODE)
     settle_tree(path, epoch)
 
@@ -560,7 +561,7 @@ def run_step_build(
                     # does: nothing else the fetch left (extended attributes, empty directories,
                     # modes) reaches it
                     os.rename(ws.work, ws.root / "fetch-work")
-                    shutil.rmtree(ws.root / "fetch-work", ignore_errors=True)  # what stays: ws.remove()
+                    remove_tree(ws.root / "fetch-work")  # what stays: ws.remove()
                     copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
                     _restore(ws.work, _snapshot_openers(snapshot, fetched), build.fetch.outputs)
                     # graven's own device nodes (a root build): a fetch step owns them, and their
