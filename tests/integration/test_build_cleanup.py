@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import survivors
-from helpers_services import require_tool, unavailable
+from conftest import commit_all, survivors
+from graven.build.workspace import make_dirs, remove_tree
+from helpers_services import require_tool, sandbox_python, unavailable
 
 
 @pytest.fixture(autouse=True)
@@ -165,8 +166,6 @@ def test_deeply_nested_directories_are_collected_and_the_workspace_removed(
     # A commit's steps chose the depth: the build crashed with a RecursionError traceback (collecting
     # out/, then removing the workspace), and left the workspace, outputs and all, in TMPDIR.
     _need(sandbox)
-    from helpers_services import sandbox_python
-
     step = f"{sandbox_python()} nest.py"
     repo = make_repo(tmp_path / "repo", {"nest.py": NEST}, _toml(step, sandbox=sandbox))
     result = _graven("build", "-C", repo, tmpdir=tmpdir_env, prefix=_unprivileged())
@@ -179,6 +178,34 @@ def test_deeply_nested_directories_are_collected_and_the_workspace_removed(
     with tarfile.open(exported) as tar:
         member = tar.extractfile("out/" + "a/" * 1200 + "f")
         assert member is not None and member.read() == b"deep\n"
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_a_commit_nested_deeper_than_the_recursion_limit_builds(
+    graven_home: Path, tmp_path: Path, tmpdir_env: Path, make_repo: Callable[..., Path], sandbox: str
+) -> None:
+    # git takes a tree 1,100 levels deep (a path of 2,200 bytes); a build without steps did too, but a
+    # step build's checkout crashed with a RecursionError traceback (pathlib's mkdir(parents=True),
+    # then os.walk in the scratch copy).
+    _need(sandbox)
+    step = "mkdir -p out && cp -R d out/ && find d -name f | wc -c > out/length"
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step, sandbox=sandbox))
+    deep = "/".join(["d"] * 1100)
+    try:
+        make_dirs(repo / deep)
+        (repo / deep / "f").write_text("deep\n")
+        commit_all(repo, "deep")
+        result = _graven("build", "-C", repo, tmpdir=tmpdir_env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert os.listdir(tmpdir_env) == []
+        exported = tmp_path / "a.tar"
+        assert _graven("export", result.stdout.split()[0], "-o", exported, tmpdir=tmpdir_env).returncode == 0
+        with tarfile.open(exported) as tar:
+            member = tar.extractfile(f"out/{deep}/f")
+            assert member is not None and member.read() == b"deep\n"
+    finally:
+        assert remove_tree(repo) is None  # pytest's clean-up (shutil.rmtree) cannot
 
 
 # -- 2. outputs that were not produced ---------------------------------------------------------------

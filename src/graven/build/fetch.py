@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from graven.build.workspace import make_dirs
 from graven.core.paths import decode_path, display_path
 from graven.errors import BuildError, ConfigError, UnsafeInputError
 
@@ -182,7 +183,7 @@ def _copy_hashing(source: str, target: Path) -> tuple[str, int]:
     """Copy ``source`` to a new file ``target``; the sha256 and size of the bytes copied."""
     digest = hashlib.sha256()
     size = 0
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     with open(source, "rb") as handle, open(target, "xb") as copy:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)

@@ -32,7 +32,17 @@ from graven.sources.worktree import worktree_blobs
 
 _WORKTREE_MAX = 1 << 20  # larger files are streamed from git
 
-__all__ = ["Workspace", "checkout", "copy_tree", "ensure_inside", "reclaim", "remove_tree", "settle_tree"]
+__all__ = [
+    "Workspace",
+    "checkout",
+    "copy_tree",
+    "ensure_inside",
+    "make_dirs",
+    "reclaim",
+    "remove_tree",
+    "settle_tree",
+    "walk",
+]
 
 # Every directory a step sees has this mode (what git checkouts give under the usual umask 022).
 DIR_MODE = 0o755
@@ -328,6 +338,61 @@ def _writing(what: str, path: Path) -> Iterator[_Where]:
         raise BackendError(f"cannot write {what} {failed}: {reason}{hint}") from None
 
 
+def make_dirs(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)`` without recursion: pathlib's (and ``os.makedirs``)
+    call themselves once per missing parent, and a commit's tree can be nested deeper than Python's
+    recursion limit (about 1,000 levels, still within PATH_MAX)."""
+    missing: list[Path] = []
+    here = path
+    while True:
+        try:
+            here.mkdir()
+        except FileNotFoundError:
+            if here.parent == here:
+                raise
+            missing.append(here)
+            here = here.parent
+            continue
+        except FileExistsError:
+            if not here.is_dir():
+                raise
+        break
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+
+
+def walk(top: Path | str, *, topdown: bool = True) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(top, topdown)`` without recursion (Python 3.11's calls itself once per level: a tree
+    deeper than about 1,000 raises RecursionError), names sorted. A symlink is never followed (it is
+    among the file names); a directory that cannot be listed is skipped, as os.walk skips it. With
+    ``topdown``, removing a name from the directory names leaves that directory out."""
+    stack: list[str | tuple[str, list[str], list[str]]] = [os.fspath(top)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):  # bottom-up: a directory, once all below it was given
+            yield item
+            continue
+        dirs: list[str] = []
+        files: list[str] = []
+        try:
+            with os.scandir(item) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(entry.name)
+        except OSError:
+            continue
+        dirs.sort()
+        files.sort()
+        if topdown:
+            yield item, dirs, files
+        else:
+            stack.append((item, dirs, files))
+        stack.extend(os.path.join(item, name) for name in reversed(dirs))
+
+
 def checkout(
     repo: GitRepo,
     commit: str,
@@ -398,7 +463,7 @@ def _write_blobs(
             if entry.mode != MODE_SYMLINK:
                 target = dest / entry.path
                 where.path = target
-                target.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(target.parent)
                 os.close(os.open(target, _CREATE, 0o644))
     total = len(oids)
     done = 0
@@ -444,7 +509,7 @@ def _write_blobs(
             if entry.mode == MODE_SYMLINK:
                 target = dest / entry.path
                 where.path = target
-                target.parent.mkdir(parents=True, exist_ok=True)  # a directory of links only
+                make_dirs(target.parent)  # a directory of links only
                 os.symlink(targets[oid], target)
 
 
@@ -472,7 +537,7 @@ def _fill(dest: Path, entry: GitEntry, where: _Where, source: bytes | BlobReader
 def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> None:
     """Copy the checkout ``src`` to a new directory ``dst`` with the same modes and times."""
     items: list[tuple[str, os.stat_result]] = []
-    for dirpath, dirnames, filenames in os.walk(src):
+    for dirpath, dirnames, filenames in walk(src):
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, src)
         for name in sorted(dirnames + filenames):
@@ -485,7 +550,7 @@ def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> Non
         for rel, info in items:
             target = dst / rel
             where.path = target
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             if stat.S_ISDIR(info.st_mode):
                 target.mkdir(exist_ok=True)
             elif stat.S_ISLNK(info.st_mode):
@@ -502,7 +567,7 @@ def settle_tree(root: Path, epoch: int) -> None:
 
     Directories are done bottom-up and last, since writing below a directory changes its mtime.
     """
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+    for dirpath, dirnames, filenames in walk(root, topdown=False):
         for name in filenames + dirnames:
             full = os.path.join(dirpath, name)
             if os.path.islink(full):

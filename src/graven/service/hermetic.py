@@ -59,6 +59,7 @@ from graven.build.workspace import (
     checkout,
     copy_tree,
     ensure_inside,
+    make_dirs,
     remove_tree,
     settle_tree,
     tempdir_problem,
@@ -459,7 +460,7 @@ def _restore(work: Path, files: Mapping[str, Opener], outputs: list[str]) -> Non
             raise UnsafeInputError(f"recorded input {rel} is not below the [build.fetch] outputs")
         ensure_inside(work, [rel], "recorded input")  # before creating any directory for it
         target = work / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with opener() as source, os.fdopen(fd, "wb") as handle:
             shutil.copyfileobj(source, handle, 1 << 20)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from graven.build.tree import collect_tree
-from graven.build.workspace import remove_tree
+from graven.build.workspace import copy_tree, make_dirs, remove_tree
 from graven.core.globs import Selection
 from graven.errors import InputError
 from graven.model.manifest import FileEntry
@@ -84,3 +84,19 @@ def test_outputs_past_path_max_are_one_short_line(tmp_path: Path) -> None:
     message = str(raised.value)
     assert message.startswith("[build] outputs: ") and "out/ab/ab/" in message
     assert "\n" not in message and len(message) < 400, message
+
+
+def test_a_deep_checkout_is_copied_with_the_commits_modes_and_times(tmp_path: Path) -> None:
+    # A commit's tree may be nested as deep (git takes it): the step build's scratch copy of it, and
+    # the settling of its modes and times, crashed with a RecursionError.
+    deep = "/".join(["d"] * RECURSION_DEEP)
+    make_dirs(tmp_path / "src" / deep)
+    (tmp_path / "src" / deep / "f").write_text("deep\n")
+    make_dirs(tmp_path / "src" / deep)  # exists already: nothing to do
+    with pytest.raises(FileExistsError):
+        make_dirs(tmp_path / "src" / deep / "f")
+    copy_tree(tmp_path / "src", tmp_path / "work", epoch=1_700_000_000, reverse=True)
+    copied = tmp_path / "work" / deep / "f"
+    assert copied.read_text() == "deep\n"
+    assert copied.stat().st_mtime == 1_700_000_000 and stat.S_IMODE(copied.stat().st_mode) == 0o644
+    assert (tmp_path / "work" / "d").stat().st_mtime == 1_700_000_000
