@@ -865,3 +865,39 @@ def test_a_damaged_mark_is_reported_never_read_as_zero(
     mark.write_text("")
     _append(home, 1)
     assert mark.read_text().startswith("4 ")
+
+
+def test_one_process_checks_each_signature_once_and_still_sees_a_state_changed_meanwhile(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process appending many entries checks the latest note once: after that, the state and note in
+    the database are byte for byte those it signed itself. A state someone rewrote between two of its
+    appends is not that, and is checked (and refused) as by a process of its own."""
+    from graven.core import checkpoint
+    from graven.service import audit
+
+    _append(home, 3)
+    checked: list[str] = []
+    real = checkpoint.verify_checkpoint
+
+    def counting(note: str, *args: Any, **kwargs: Any) -> Any:
+        checked.append(note)
+        return real(note, *args, **kwargs)
+
+    monkeypatch.setattr(audit, "verify_checkpoint", counting)
+    with Context(home=Home(root=home)) as ctx:
+        for i in range(5):
+            ctx.audit.record(LogEvent("deploy", env="prod", reason=f"r{i}"))
+        assert len(checked) == 1  # the note of size 3, left by another process
+        with _db(home) as db:
+            (frontier,) = db.execute("SELECT frontier FROM log_state").fetchone()
+            forged = bytearray(bytes.fromhex(frontier.split(",")[0]))
+            forged[0] ^= 1
+            db.execute(
+                "UPDATE log_state SET frontier = ?", (",".join([forged.hex(), *frontier.split(",")[1:]]),)
+            )
+        with pytest.raises(IntegrityError, match="does not lead to the root of its latest signed"):
+            ctx.audit.record(LogEvent("deploy", env="prod", reason="after the forgery"))
+    assert len(checked) == 2
+    with _db(home) as db:
+        assert db.execute("SELECT max(size) FROM log_checkpoints").fetchone() == (8,)
