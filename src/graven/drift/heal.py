@@ -158,16 +158,25 @@ class _Dirs:
         fd = self.fds.get(rel)
         if fd is not None:
             return fd
-        parent, name = _split(rel)
-        fd, opened_up = self._open_child(self.fd(parent), name, rel, f"{rel} is not a directory")
-        if opened_up:  # made 0755 to be read: set back to 0555 by close
-            self.changed.add(rel)
-            self.writable_now.add(rel)
-        if len(self.fds) >= _MAX_FDS:
-            for key in [k for k in self.fds if k]:
-                os.close(self.fds.pop(key))
-        self.fds[rel] = fd
-        return fd
+        # from the nearest directory open (the release's at least), down one name at a time: without
+        # recursion, as a release can be nested deeper than Python's recursion limit (~1,000 levels)
+        names: list[str] = []
+        here = rel
+        while here not in self.fds:
+            here, name = _split(here)
+            names.append(name)
+        for name in reversed(names):
+            below = f"{here}/{name}" if here else name
+            fd, opened_up = self._open_child(self.fds[here], name, below, f"{below} is not a directory")
+            if opened_up:  # made 0755 to be read: set back to 0555 by close
+                self.changed.add(below)
+                self.writable_now.add(below)
+            if len(self.fds) >= _MAX_FDS:
+                for key in [k for k in self.fds if k]:
+                    os.close(self.fds.pop(key))
+            self.fds[below] = fd
+            here = below
+        return self.fds[rel]
 
     def _open_child(self, parent_fd: int, name: str, rel: str, refusal: str) -> tuple[int, bool]:
         """:func:`_open_dir_at`, with ``refusal`` as the heal's one line when a link or a file stands
@@ -375,34 +384,106 @@ def _remove(dirs: _Dirs, parent_fd: int, name: str, rel: str, ignore: GlobSet) -
     """Remove ``name`` of ``parent_fd`` (``rel``) and what is below it, except ignored paths; True when
     it is gone. A directory is entered only when it is still the one the lstat saw."""
     with _naming(dirs.release, rel):
-        try:
-            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return True
-        if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
-            dirs.table.forget(st.st_ino)
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(name, dir_fd=parent_fd)  # a symlink itself, never what it points to
+        st = _forget_or_unlink(dirs, parent_fd, name)
+        if st is None:
             return True
         fd = dirs.enter(parent_fd, name, rel, st)
-        gone = True
-        try:
-            with os.scandir(fd) as entries:
-                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-            for child, is_dir in names:
-                child_rel = f"{rel}/{child}" if rel else child
-                # a directory is also kept when the globs cover everything below it; a file only by
-                # its path
-                if ignore.matches(child_rel) or (is_dir and ignore.matches(child_rel + "/")):
-                    gone = False
-                    continue
-                gone = _remove(dirs, fd, child, child_rel, ignore) and gone
-        finally:
-            os.close(fd)
-        if gone:
+    gone = _remove_dir(dirs, fd, rel, st, ignore)
+    if gone:
+        with _naming(dirs.release, rel):
             os.rmdir(name, dir_fd=parent_fd)
-            dirs.removed(rel)
-        return gone
+        dirs.removed(rel)
+    return gone
+
+
+def _forget_or_unlink(dirs: _Dirs, parent_fd: int, name: str) -> os.stat_result | None:
+    """Forget the record of ``name`` of ``parent_fd`` and unlink it unless it is a directory (a symlink
+    itself, never what it points to): the directory's lstat, None when nothing is left to remove."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
+        dirs.table.forget(st.st_ino)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return None
+    return st
+
+
+@dataclass
+class _Level:
+    """A directory :func:`_remove_dir` is in: its name, path, lstat, the entries still to remove (name,
+    whether a directory) and whether all of it can go."""
+
+    name: str
+    rel: str
+    seen: os.stat_result
+    pending: list[tuple[str, bool]]
+    gone: bool = True
+
+
+def _remove_dir(dirs: _Dirs, fd: int, rel: str, seen: os.stat_result, ignore: GlobSet) -> bool:
+    """Remove what is below the directory ``fd`` (entered by :meth:`_Dirs.enter`: ``rel``, which an
+    lstat saw as ``seen``; closed here), except ignored paths; True when all of it is gone (the
+    directory itself is the caller's to remove).
+
+    Without recursion and with one descriptor open at a time: a drifted release can hold a tree nested
+    deeper than Python's recursion limit and than PATH_MAX. The walk goes down by name (each directory
+    entered only when it is the one its lstat saw) and back up through ``..``, which must be the
+    directory it came from (else the heal ends in one line, as when one is swapped for a link)."""
+
+    def listing(level_fd: int, level: _Level) -> None:
+        with os.scandir(level_fd) as entries:
+            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for child, is_dir in reversed(names):
+            child_rel = f"{level.rel}/{child}" if level.rel else child
+            # a directory is also kept when the globs cover everything below it; a file only by its path
+            if ignore.matches(child_rel) or (is_dir and ignore.matches(child_rel + "/")):
+                level.gone = False
+            else:
+                level.pending.append((child, is_dir))
+
+    levels = [_Level(rel.rpartition("/")[2], rel, seen, [])]
+    try:
+        with _naming(dirs.release, rel):
+            listing(fd, levels[0])
+        while True:
+            level = levels[-1]
+            if level.pending:
+                child, _is_dir = level.pending.pop()
+                child_rel = f"{level.rel}/{child}" if level.rel else child
+                with _naming(dirs.release, child_rel):
+                    st = _forget_or_unlink(dirs, fd, child)
+                    if st is None:
+                        continue
+                    child_fd = dirs.enter(fd, child, child_rel, st)
+                    os.close(fd)
+                    fd = child_fd
+                    levels.append(_Level(child, child_rel, st, []))
+                    listing(fd, levels[-1])
+                continue
+            levels.pop()
+            if not levels:
+                break
+            parent = levels[-1]
+            with _naming(dirs.release, parent.rel):
+                up = os.open("..", _OPEN_DIR, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                here = os.fstat(fd)
+                if (here.st_dev, here.st_ino) != (parent.seen.st_dev, parent.seen.st_ino):
+                    raise dirs.refuse(
+                        f"{display_path(parent.rel)} changed while it was healed ({_NO_FOLLOW})"
+                    )
+                if level.gone:
+                    os.rmdir(level.name, dir_fd=fd)
+                    dirs.removed(level.rel)
+                else:
+                    parent.gone = False
+    finally:
+        os.close(fd)
+    return level.gone
 
 
 def apply_heal(

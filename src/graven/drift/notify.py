@@ -124,9 +124,12 @@ class InotifyNotifier:
         return True
 
     def _add_tree(self, key: str, root: str) -> None:
-        """Watch ``root`` and every directory below it (links are not followed)."""
+        """Watch ``root`` and every directory below it (links are not followed; without recursion: a
+        release can be nested deeper than Python's recursion limit, where os.walk of Python 3.11 fails)."""
+        from graven.build.workspace import walk
+
         results = [self._add(key, root, True)]
-        for dirpath, dirnames, _files in os.walk(root):
+        for dirpath, dirnames, _files in walk(root):
             for name in dirnames:
                 results.append(self._add(key, os.path.join(dirpath, name), True))
         self._limited(root, results)
