@@ -76,6 +76,18 @@ def test_a_deep_release_is_healed(world: World, capsys: pytest.CaptureFixture[st
     assert not (release / "added").exists()
 
 
+def test_old_deep_releases_are_removed(world: World) -> None:
+    # keep = 1: the third deploy removes the first release, whose removal recursed once per level
+    # (RecursionError after the switch, a .trash-* directory left half removed)
+    digests = []
+    for n in range(3):
+        world.commit({DEEP + "f": f"version {n}\n"})
+        digests.append(world.build())
+        assert world.deploy(digests[-1], "staging").ok
+    releases = world.env_dir("staging") / "releases"
+    assert sorted(os.listdir(releases)) == sorted(d.removeprefix("sha256:") for d in digests[1:])
+
+
 def test_watch_sees_changes_at_the_bottom_of_a_deep_tree(tmp_path: Path) -> None:
     # watching a tree called os.walk, which recursed once per level: RecursionError, watch ended
     from graven.drift.notify import InotifyNotifier

@@ -1437,7 +1437,8 @@ def remove_tree(path: Path, table: StatTable | None = None, *, parent_nofollow: 
     the removal fail, never reach outside the tree (the ``rm -rf`` race). With ``parent_nofollow`` the
     directory holding ``path`` must not be a symbolic link either (an environment's ``releases``)."""
 
-    def remove_dir(parent_fd: int, name: str, listed_ino: int) -> None:
+    def open_listed(parent_fd: int, name: str, listed_ino: int) -> tuple[int, os.stat_result]:
+        """The directory ``name`` of ``parent_fd``, which must be the inode its listing named."""
         try:
             fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent_fd)
         except PermissionError:  # a directory without read access (0000, say): opened up, never via a link
@@ -1449,18 +1450,62 @@ def remove_tree(path: Path, table: StatTable | None = None, *, parent_nofollow: 
                 raise OSError(errno.ESTALE, "replaced while it was being removed", name)
             with contextlib.suppress(OSError):
                 os.fchmod(fd, 0o700)
-            with os.scandir(fd) as entries:
-                items = list(entries)
-            for item in items:
-                try:
-                    if item.is_dir(follow_symlinks=False):
-                        remove_dir(fd, item.name, item.inode())
-                    elif table is not None and item.is_file(follow_symlinks=False):
-                        unlink_file(table, fd, item.name, item.stat(follow_symlinks=False))
-                    else:
-                        os.unlink(item.name, dir_fd=fd)
-                except FileNotFoundError:  # gone meanwhile: one less to remove, the rest still goes
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
+    def listing(fd: int) -> list[tuple[str, bool, bool, int]]:
+        """The entries of ``fd``, last first: (name, a directory, a regular file, inode)."""
+        with os.scandir(fd) as entries:
+            items = [
+                (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False), e.inode())
+                for e in entries
+            ]
+        items.reverse()
+        return items
+
+    def remove_dir(parent_fd: int, name: str, listed_ino: int) -> None:
+        """Remove the directory ``name`` of ``parent_fd`` and everything below it, without recursion
+        and with one descriptor open at a time (a release can be nested deeper than Python's recursion
+        limit, ~1,000 levels, a drifted one deeper than PATH_MAX): down by name, each directory the
+        inode its parent's listing named, and back up through ``..``, which must be the directory it
+        came from."""
+        fd, st = open_listed(parent_fd, name, listed_ino)
+        # for each level from ``name`` down: its name, its stat, the entries still to remove
+        levels: list[tuple[str, os.stat_result, list[tuple[str, bool, bool, int]]]] = []
+        try:
+            levels.append((name, st, listing(fd)))
+            while levels:
+                here, here_st, items = levels[-1]
+                if items:
+                    item, is_dir, is_file, ino = items.pop()
+                    try:
+                        if is_dir:
+                            child_fd, child_st = open_listed(fd, item, ino)
+                            os.close(fd)
+                            fd = child_fd
+                            levels.append((item, child_st, listing(fd)))
+                        elif table is not None and is_file:
+                            unlink_file(table, fd, item, os.stat(item, dir_fd=fd, follow_symlinks=False))
+                        else:
+                            os.unlink(item, dir_fd=fd)
+                    except FileNotFoundError:  # gone meanwhile: one less to remove, the rest still goes
+                        pass
                     continue
+                levels.pop()
+                if not levels:
+                    break
+                up = os.open("..", _DIR_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                above = os.fstat(fd)
+                if (above.st_dev, above.st_ino) != (levels[-1][1].st_dev, levels[-1][1].st_ino):
+                    raise OSError(errno.ESTALE, "moved while it was being removed", levels[-1][0])
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(here, dir_fd=fd)
+                    if table is not None:
+                        table.forget(here_st.st_ino)
         finally:
             os.close(fd)
         os.rmdir(name, dir_fd=parent_fd)
