@@ -7,6 +7,7 @@ nor leave a release half removed; an artifact whose paths cannot fit below ``PAT
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from graven.build.workspace import make_dirs, remove_tree
+from graven.errors import InputError
 from helpers_deploy import World, env_toml, make_world, staging_prod
 from helpers_repo import run_cli
 
@@ -86,6 +88,35 @@ def test_old_deep_releases_are_removed(world: World) -> None:
         assert world.deploy(digests[-1], "staging").ok
     releases = world.env_dir("staging") / "releases"
     assert sorted(os.listdir(releases)) == sorted(d.removeprefix("sha256:") for d in digests[1:])
+
+
+def test_a_path_too_long_for_the_release_directory_is_refused_before_anything_is_written(
+    world: World,
+) -> None:
+    # a path of 3,999 bytes is valid in a manifest (at most 4,096), but not below PATH/releases/<hex>/:
+    # the deploy failed half-way with ENAMETOOLONG, then crashed removing what it had made
+    longest = "a/" * 1_999 + "f"
+    blob = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"], cwd=world.repo, input=b"x\n", capture_output=True, check=True
+    ).stdout.decode()
+    world_git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(
+        [*world_git, "update-index", "--add", "--cacheinfo", f"100644,{blob.strip()},{longest}"],
+        cwd=world.repo,
+        check=True,
+    )
+    subprocess.run([*world_git, "commit", "-q", "-m", "long"], cwd=world.repo, check=True)
+    digest = world.build()
+    from graven.service.deploy_plan import plan_deploy
+
+    for attempt in (
+        lambda: world.deploy(digest, "staging"),
+        lambda: plan_deploy(world.ctx(), digest, "staging", world.options()),
+    ):
+        with pytest.raises(InputError, match=r"a path of 3999 bytes \(1999 levels deep\)") as refused:
+            attempt()
+        assert "\n" not in str(refused.value) and len(str(refused.value)) < 500
+    assert not world.env_dir("staging").exists()
 
 
 def test_watch_sees_changes_at_the_bottom_of_a_deep_tree(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from graven.core.paths import display_path, folded_collisions
@@ -25,6 +25,7 @@ from graven.mounts import file_system_type, mounted_noexec
 __all__ = [
     "PROBE_PREFIX",
     "case_fold_refusal",
+    "check_path_room",
     "check_release_support",
     "file_system_type",
     "folds_case",
@@ -139,6 +140,7 @@ def plan_release_support(root: Path, release: Path, paths: list[str], *, first: 
     on a ``first`` deploy (graven has made nothing there yet), a file system that cannot hold releases
     (:func:`check_release_support`, probed in ``root`` or the directory it would be made in); and two
     paths that differ only in case where names fold case (probed only when the artifact has such)."""
+    check_path_room(release, paths)
     where = nearest_existing(root)
     if first:
         problem = release_support_problem(where)
@@ -147,6 +149,36 @@ def plan_release_support(root: Path, release: Path, paths: list[str], *, first: 
     pairs = folded_collisions(paths)
     if pairs and folds_case(where):
         raise InputError(case_fold_refusal(release, *pairs[0]))
+
+
+PATH_MAX = 4096  # bytes of a path the kernel takes, its terminating NUL included (ENAMETOOLONG past it)
+
+
+def check_path_room(release: Path, paths: Iterable[str]) -> None:
+    """Refuse (InputError) an artifact with ``paths`` whose longest path, below the release directory
+    ``release``, makes an absolute path longer than the kernel takes (PATH_MAX, NUL included): graven
+    writes and checks a release by path, and so would whatever runs from it. A manifest's path may have
+    4,096 bytes (what one file system takes): such an artifact is built, exported and imported, but
+    deployed only where ``PATH/releases/<hex>/`` leaves room for it."""
+    longest = max(paths, key=len, default="")
+    if len(longest) * 4 + len(os.fsencode(release)) < PATH_MAX:  # UTF-8: at most 4 bytes a character
+        return
+    longest = max(paths, key=lambda path: len(path.encode("utf-8", "surrogatepass")))
+    size = len(longest.encode("utf-8", "surrogatepass"))
+    total = len(os.fsencode(release)) + 1 + size
+    if total < PATH_MAX:
+        return
+    shown = display_path(longest[:60]) + ("..." if len(longest) > 60 else "")
+    room = PATH_MAX - 1 - size - len("/releases/") - 64 - 1  # the longest environment PATH it fits in
+    where = (
+        f"deploy it to an environment whose path has at most {room} bytes"
+        if room > 1
+        else "no environment path leaves room for it: its paths must be shorter"
+    )
+    raise InputError(
+        f"{shown}: a path of {size} bytes ({longest.count('/')} levels deep) makes one of {total} bytes "
+        f"in {release}, more than the {PATH_MAX - 1} a file system takes; {where}"
+    )
 
 
 def _unsupported(root: Path, problem: str) -> str:

@@ -311,9 +311,12 @@ class _Deployment:
             check_location(ctx, conn, settings)
             check_path(load_state(conn, self.env), settings)
         check_links(layout)  # here too: a refusal leaves the directory as it was (again under the lock)
-        if not os.path.lexists(layout.meta):  # graven has made nothing here yet: can the file system hold it?
-            from graven.deploy.fscheck import check_release_support
+        from graven.deploy.fscheck import check_path_room, check_release_support
 
+        check_path_room(
+            layout.release(self.target.digest.hex), [e.path for e in self.target.manifest.entries]
+        )
+        if not os.path.lexists(layout.meta):  # graven has made nothing here yet: can the file system hold it?
             check_release_support(layout.root)
 
     def check_under_lock(self, recheck: Callable[[Connection, EnvState | None], None] | None) -> None:
