@@ -209,7 +209,8 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
     """Hold ``env`` on its live digest: deploy and promote refuse any other until unhold.
 
     Taken under the environment's deploy lock (waiting for a deployment at work to finish), so the
-    hold is on what is live once it is done, never on the digest it is replacing."""
+    hold is on what is live once it is done, never on the digest it is replacing; a deployment a
+    killed deployer left pending is settled first (as retire does), for the same reason."""
     check_env_name(env)
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
@@ -218,15 +219,22 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
         path = recorded.path if recorded is not None else _pending_path(conn, env)
     if path is None:
         raise NeverDeployedError(env)
-    with _deploy_lock(ctx, env, EnvLayout(Path(path)), "hold"), ctx.db.begin() as conn:
-        state = load_state(conn, env)
-        if state is None:  # the first deployment, waited for, made nothing live
-            raise NeverDeployedError(env)
-        if state.held:
-            return HoldResult(env, True, False, state.held_digest)
-        state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
-        save_state(conn, state)
-        ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
+    layout = EnvLayout(Path(path))
+    with _deploy_lock(ctx, env, layout, "hold"):
+        from graven.service.deploy_records import reconcile
+
+        # a deployer killed after its switch left its release live and its row pending: settled
+        # first, so that the hold is on what is live, not on what the records named before it
+        reconcile(ctx, env, layout)
+        with ctx.db.begin() as conn:
+            state = load_state(conn, env)
+            if state is None:  # the first deployment, waited for, made nothing live
+                raise NeverDeployedError(env)
+            if state.held:
+                return HoldResult(env, True, False, state.held_digest)
+            state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
+            save_state(conn, state)
+            ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
     return HoldResult(env, True, True, state.held_digest)
 
 

@@ -1,0 +1,55 @@
+"""Policy and its records when something happens at the wrong moment: a deployer killed after its
+switch, then a hold."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from graven.errors import PolicyError
+from graven.home import Home
+from graven.service import environments
+from graven.service.context import Context, NullReporter
+from graven.service.deploy import DeployOptions, deploy
+from helpers_deploy import World
+
+
+class _KillAt(NullReporter):
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        if stage == self.stage:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _deploy_and_die(home: str, digest: str, env: str, root: str, opts: dict[str, object]) -> None:
+    with Context(home=Home(root=Path(home)), reporter=_KillAt("deploy:switched")) as ctx:
+        deploy(ctx, digest, env, DeployOptions(root=root, **opts))  # type: ignore[arg-type]
+
+
+def _killed_after_the_switch(world: World, digest: str, env: str, **opts: object) -> None:
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(target=_deploy_and_die, args=(str(world.home), digest, env, str(world.root), opts))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert world.live(env) == digest
+
+
+def test_a_hold_after_a_deployer_was_killed_holds_what_is_live(world: World) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    _killed_after_the_switch(world, v2, "staging")
+    held = environments.hold(world.ctx(), "staging", "freeze")
+    assert held.digest == v2 == world.live("staging")
+    status = {s.env: s for s in environments.status(world.ctx())}["staging"]
+    assert status.live == status.held_digest == status.on_disk == v2
+    with pytest.raises(PolicyError, match="staging is held on"):  # the hold keeps what is live
+        world.deploy(v1, "staging")
+    assert world.live("staging") == v2
