@@ -1,5 +1,5 @@
 """Policy and its records when something happens at the wrong moment: a deployer killed after its
-switch, then a hold."""
+switch, then a hold, or after an override's switch."""
 
 from __future__ import annotations
 
@@ -53,3 +53,22 @@ def test_a_hold_after_a_deployer_was_killed_holds_what_is_live(world: World) -> 
     with pytest.raises(PolicyError, match="staging is held on"):  # the hold keeps what is live
         world.deploy(v1, "staging")
     assert world.live("staging") == v2
+
+
+def test_an_override_whose_deployer_was_killed_after_the_switch_is_logged_with_who_and_why(
+    world: World,
+) -> None:
+    v1 = world.build()
+    _killed_after_the_switch(world, v1, "prod", override=True, reason="staging is down")
+    settler = world.ctx()
+    actor = settler.audit.actor
+    environments.hold(settler, "prod", "look at it")  # settles the dead deployer's row
+    entries = [e for e, _ in world.ctx().audit.entries() if e.env == "prod"]
+    deployed = [e for e in entries if e.event == "deploy"]
+    assert [e.result for e in deployed] == ["interrupted"]
+    assert f"started by {actor}: staging is down" in str(deployed[0].reason)
+    overrides = [e for e in entries if e.event == "override"]
+    assert [(e.artifact, e.result) for e in overrides] == [(v1, "interrupted")], entries
+    assert overrides[0].reason == f"requires staging bypassed: staging is down (started by {actor})"
+    history = environments.history(world.ctx(), "prod")
+    assert [(h["result"], h["override"]) for h in history] == [("interrupted", True)]

@@ -18,7 +18,7 @@ from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
 from graven.service.deploy_release import hook_environment, step
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.environments import EnvState, deployment_row, load_state, rejection, save_state
+from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection, save_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -73,17 +73,52 @@ def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
                 if row.kind == "rollback":
                     state.held, state.held_digest = True, row.digest
                     state.hold_reason = row.reason or "rollback"
+            # the entry is appended by whoever settles the row: it names who deployed, and why
+            by = f"started by {row.actor}"
+            started = f"{by}: {row.reason}" if row.reason else by
             ctx.audit.append(
                 conn,
                 LogEvent(
                     _EVENT.get(row.kind, "deploy"),
                     artifact=row.digest,
                     env=env,
-                    reason=detail,
+                    reason=f"{detail} ({started})",
                     result="interrupted",
                 ),
             )
+            if went_live and row.override:  # it went live because of the override: logged as one
+                bypassed = _bypassed(conn, row.id, row.digest, row.settings)
+                ctx.audit.append(
+                    conn,
+                    LogEvent(
+                        "override",
+                        artifact=row.digest,
+                        env=env,
+                        reason=f"requires {bypassed} bypassed: {row.reason} ({by})",
+                        result="interrupted",
+                    ),
+                )
         save_state(conn, state)
+
+
+def _bypassed(conn: Connection, dep_id: int, digest: str, settings: str | None) -> str:
+    """The ``requires`` an override deployment ``dep_id`` bypassed, as far as the records tell: those
+    of its settings where ``digest`` had not gone live healthy before it."""
+    try:
+        requires = [str(r) for r in json.loads(settings or "{}").get("requires", [])]
+    except (ValueError, AttributeError, TypeError):
+        requires = []
+    missing = [
+        name
+        for name in requires
+        if conn.execute(
+            "SELECT id FROM deployments WHERE env = :env AND digest = :digest AND result = 'ok'"
+            " AND health IN :healthy AND id < :id LIMIT 1",
+            {"env": name, "digest": digest, "healthy": HEALTHY, "id": dep_id},
+        ).first()
+        is None
+    ]
+    return ", ".join(missing) or "(not known)"
 
 
 def insert_pending(
