@@ -1,5 +1,6 @@
 """Policy and its records when something happens at the wrong moment: a deployer killed after its
-switch, then a hold, or after an override's switch."""
+switch, then a hold, or after an override's switch; a rejection right before the success is
+recorded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from graven.errors import PolicyError
 from graven.home import Home
 from graven.service import environments
 from graven.service.context import Context, NullReporter
-from graven.service.deploy import DeployOptions, deploy
+from graven.service.deploy import DeployOptions, deploy, rollback
 from helpers_deploy import World
 
 
@@ -72,3 +73,49 @@ def test_an_override_whose_deployer_was_killed_after_the_switch_is_logged_with_w
     assert overrides[0].reason == f"requires staging bypassed: staging is down (started by {actor})"
     history = environments.history(world.ctx(), "prod")
     assert [(h["result"], h["override"]) for h in history] == [("interrupted", True)]
+
+
+def test_a_rejection_right_before_the_success_is_recorded_is_not_left_live(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    real = environments.rejection
+
+    def then_rejected(conn: object, digest: str) -> str | None:
+        found = real(conn, digest)  # type: ignore[arg-type]
+        if digest == v2:  # another operator's reject lands right after this look
+            environments.reject(world.ctx(), v2, "found a bug")
+        return found
+
+    monkeypatch.setattr("graven.service.deploy.rejection", then_rejected)
+    result = world.deploy(v2, "staging")
+    assert not result.ok and result.rolled_back_to == v1, result
+    assert "rejected" in result.message
+    assert world.live("staging") == v1
+    status = {s.env: s for s in environments.status(world.ctx())}["staging"]
+    assert status.live == v1 and not status.rejected
+
+
+def test_a_rollback_rejected_right_before_its_success_is_recorded_fails_and_holds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    real = environments.rejection
+
+    def then_rejected(conn: object, digest: str) -> str | None:
+        found = real(conn, digest)  # type: ignore[arg-type]
+        if digest == v1:
+            environments.reject(world.ctx(), v1, "found a bug")
+        return found
+
+    monkeypatch.setattr("graven.service.deploy.rejection", then_rejected)
+    result = rollback(world.ctx(), "staging", world.options())
+    assert not result.ok and result.held, result
+    assert "rejected during the rollback (found a bug)" in result.message
+    history = environments.history(world.ctx(), "staging")
+    assert (history[-1]["kind"], history[-1]["result"]) == ("rollback", "failed")

@@ -31,7 +31,13 @@ from graven.errors import BackendError, GravenError, InputError, NeverDeployedEr
 from graven.model.digest import Digest
 from graven.service.artifacts import resolve_digest
 from graven.service.context import Context, utc_now
-from graven.service.deploy_records import insert_pending, reconcile, record_failure, record_success
+from graven.service.deploy_records import (
+    RejectedMeanwhileError,
+    insert_pending,
+    reconcile,
+    record_failure,
+    record_success,
+)
 from graven.service.deploy_release import (
     check_links,
     clean_leftovers,
@@ -504,6 +510,11 @@ class _Deployment:
                 opts=self.opts,
                 layout=self.layout,
             )
+        except RejectedMeanwhileError as exc:  # `graven reject` after the last look: as in the hooks
+            self.phase = "the deployment" if self.kind != "rollback" else "the rollback"
+            self.stopped = exc
+            self.health = step_error(self.phase, exc)
+            return self.fail()
         except GravenError as exc:  # a full or read-only home: not left live without a record
             self._unrecorded(exc)
         step(ctx, "recorded")

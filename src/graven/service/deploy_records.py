@@ -171,6 +171,11 @@ def _event_reason(kind: str, source_env: str | None, opts: DeployOptions) -> str
     return "; ".join(parts) or None
 
 
+class RejectedMeanwhileError(PolicyError):
+    """The digest was rejected after the deployment's last look and before its success was recorded:
+    nothing was recorded, and the deployment fails (a rejected digest is never recorded live)."""
+
+
 def record_success(
     ctx: Context,
     target: Target,
@@ -184,9 +189,18 @@ def record_success(
     opts: DeployOptions,
     layout: EnvLayout,
 ) -> bool:
+    """Record the success (the row ``ok``, the environment's state, the audit entries) in one
+    transaction, unless the digest was rejected meanwhile: that is checked again in it, under the
+    database's write lock (a ``reject`` committed after the deployment's last look would otherwise
+    be recorded live, though ``reject`` says such a deployment switches back): RejectedMeanwhileError,
+    nothing recorded."""
     env = target.settings.name
     digest = str(target.digest)
     with ctx.db.begin() as conn:
+        rejected = rejection(conn, digest)
+        if rejected is not None:
+            during = "the rollback" if kind == "rollback" else "the deployment"
+            raise RejectedMeanwhileError(f"{short(digest)} was rejected during {during} ({rejected})")
         conn.execute(
             "UPDATE deployments SET result = 'ok', health = :health, finished_at = :now WHERE id = :id",
             {"health": health, "now": utc_now(), "id": dep_id},
