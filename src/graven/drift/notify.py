@@ -101,6 +101,7 @@ class InotifyNotifier:
         self._lock = threading.Lock()
         self._wds: dict[int, tuple[str, str, bool]] = {}  # wd -> key, directory, recursive
         self._keys: dict[str, set[int]] = {}
+        self._roots: dict[str, str] = {}  # key -> the top of its recursive watch (walked again on overflow)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.failures: list[str] = []
         self._thread = threading.Thread(target=self._run, name="graven-inotify", daemon=True)
@@ -154,6 +155,7 @@ class InotifyNotifier:
         """Watch ``root`` (and the directories below it)."""
         with self._lock:
             if recursive:
+                self._roots[key] = str(root)
                 self._add_tree(key, str(root))
             else:
                 self._limited(str(root), [self._add(key, str(root), False)])
@@ -161,6 +163,7 @@ class InotifyNotifier:
     def unwatch(self, key: str) -> None:
         """Remove every watch of ``key``."""
         with self._lock:
+            self._roots.pop(key, None)
             for wd in self._keys.pop(key, set()):
                 self._wds.pop(wd, None)
                 self._libc.inotify_rm_watch(self._fd, wd)
@@ -206,6 +209,12 @@ class InotifyNotifier:
                     # a tree moved in brings its own directories: each is watched, not only its top
                     self._add_tree(key, os.path.join(directory, name))
                 changed[(key, None if recursive else name)] = None
+            if overflow:
+                # the lost events may have made directories (a tree swapped for a copy): each is
+                # watched now, else a change in one waited for the periodic check (a directory
+                # watched already keeps its watch: inotify_add_watch gives its descriptor again)
+                for key, root in list(self._roots.items()):
+                    self._add_tree(key, root)
         if overflow:
             self._callback(None, True, None)
         for key, name in changed:

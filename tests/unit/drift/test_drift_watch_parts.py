@@ -315,6 +315,30 @@ def test_inotify_watches_every_directory_of_a_tree_moved_in(tmp_path: Path) -> N
         notifier.close()
 
 
+def test_inotify_watches_again_the_directories_made_while_events_were_lost(tmp_path: Path) -> None:
+    """Events lost (IN_Q_OVERFLOW) may include the creation of a directory, which the notifier then never
+    watched: an edit in it (a directory swapped for a copy while the queue overflowed, kept by a heal
+    that rewrote its files) waited for the periodic check for as long as the watcher ran."""
+    (tmp_path / "tree/sub").mkdir(parents=True)
+    calls: list[tuple[str | None, bool, str | None]] = []
+    notifier = InotifyNotifier(lambda key, overflow, name: calls.append((key, overflow, name)))
+    dispatch = notifier._dispatch
+    try:
+        notifier.watch("env", tmp_path / "tree", recursive=True)
+        notifier._dispatch = lambda data: None  # type: ignore[method-assign] # the kernel drops them
+        (tmp_path / "tree/sub/new").mkdir()
+        (tmp_path / "tree/sub/new/f").write_text("x")
+        time.sleep(0.2)
+        notifier._dispatch = dispatch  # type: ignore[method-assign]
+        notifier._dispatch(struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0))
+        assert (None, True, None) in calls
+        calls.clear()
+        (tmp_path / "tree/sub/new/f").write_text("y")
+        assert wait_for(lambda: ("env", False, None) in calls)
+    finally:
+        notifier.close()
+
+
 def test_the_inotify_watch_limit_is_said_once_per_tree_and_named(tmp_path: Path) -> None:
     """Past fs.inotify.max_user_watches the watcher printed one warning per directory (thousands for a
     big release, at every deployment), each saying "No space left on device"."""
