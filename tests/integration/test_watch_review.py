@@ -463,3 +463,26 @@ def test_an_output_gone_while_saying_an_alert_still_delivers_and_records_it(worl
     assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
     assert json.loads(alerted.read_text())["event"] == "drift"
     assert [(r, d["event"]) for r, d in alert_rows(world)] == [("ok", "drift")]
+
+
+# -- 8. PATH/releases replaced ------------------------------------------------------------------------
+
+
+def test_releases_replaced_by_a_link_is_checked_at_once(world: World) -> None:
+    """PATH/releases renamed away and a symlink to it put in its place (the drift kind `releases`): the
+    notifications of PATH other than `current` and `config` were all dropped as graven's own, and the
+    release itself did not change, so the watcher found it only at its next periodic check (60 s by
+    default)."""
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    lines: list[str] = []
+    opts = WatchOptions(interval=3600, as_json=True, full_every=3600)
+    with watching(world, opts, lines.append) as (_thread, errors):
+        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
+        env = world.env_dir("staging")
+        (env / "releases").rename(env / "releases.old")
+        (env / "releases").symlink_to("releases.old")
+        assert wait_for(lambda: any(not d["clean"] for d in json_docs(lines, "check")), timeout=10)
+    assert errors == []
+    found = [d for d in json_docs(lines, "check") if not d["clean"]]
+    assert [(x["path"], x["kind"]) for x in found[0]["differences"]] == [("releases", "releases")]

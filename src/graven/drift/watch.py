@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 __all__ = ["ROOT_SUFFIX", "Schedule", "WatchOptions"]
 
-ROOT_SUFFIX = "\0root"  # notifier key of an environment's own directory (current, config)
-_ROOT_NAMES = frozenset({"current", "config"})
+ROOT_SUFFIX = "\0root"  # notifier key of an environment's own directory (current, config, releases)
+# what is checked in it: a deployment writes inside releases/ (not watched there) and .graven/, never
+# PATH/releases itself, which only the first deployment makes: a change of it is a link put there
+_ROOT_NAMES = frozenset({"current", "config", "releases"})
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class Schedule:
             elif key is not None:
                 env = key.removesuffix(ROOT_SUFFIX)
                 if key.endswith(ROOT_SUFFIX) and name not in _ROOT_NAMES:
-                    return  # releases/, .graven/: deployments and graven's own files
+                    return  # .graven/ and the like: graven's own files
                 if now < self._muted.get(env, -1e18):
                     return  # graven's own heal at work (a check follows it: see mute)
                 if env in self._next:
