@@ -465,7 +465,7 @@ def test_an_output_gone_while_saying_an_alert_still_delivers_and_records_it(worl
     assert [(r, d["event"]) for r, d in alert_rows(world)] == [("ok", "drift")]
 
 
-# -- 8. PATH/releases replaced ------------------------------------------------------------------------
+# -- 8. the environment directory's own entries: releases, current, config --------------------------
 
 
 def test_releases_replaced_by_a_link_is_checked_at_once(world: World) -> None:
@@ -486,3 +486,62 @@ def test_releases_replaced_by_a_link_is_checked_at_once(world: World) -> None:
     assert errors == []
     found = [d for d in json_docs(lines, "check") if not d["clean"]]
     assert [(x["path"], x["kind"]) for x in found[0]["differences"]] == [("releases", "releases")]
+
+
+def repoint_config(world: World) -> None:
+    """Point staging's config link at prod's config (a `config` drift, seen through PATH's watch only)."""
+    config = world.env_dir("staging") / "config"
+    config.unlink()
+    config.symlink_to("current/config/prod.toml")
+
+
+def test_a_config_link_repointed_is_checked_at_once_when_path_is_a_symlink(world: World) -> None:
+    """An environment whose PATH is a symlink to its directory (which deploy takes): PATH was watched
+    with IN_DONT_FOLLOW, which watches no symlink (ENOTDIR, taken for a directory gone meanwhile), so no
+    change of `current` or `config` woke a check: only the periodic one found them."""
+    world.root.mkdir()
+    (world.root / "staging-data").mkdir()
+    world.env_dir("staging").symlink_to("staging-data")
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    lines: list[str] = []
+    opts = WatchOptions(interval=3600, as_json=True, full_every=3600)
+    with watching(world, opts, lines.append) as (_thread, errors):
+        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
+        repoint_config(world)
+        assert wait_for(lambda: any(not d["clean"] for d in json_docs(lines, "check")), timeout=10)
+    assert errors == []
+    found = [d for d in json_docs(lines, "check") if not d["clean"]]
+    assert [(x["path"], x["kind"]) for x in found[0]["differences"]] == [("config", "config")]
+
+
+def test_a_config_link_repointed_is_checked_at_once_in_a_replaced_environment_directory(
+    world: World,
+) -> None:
+    """PATH replaced by a new directory that took over its releases and .graven (renamed: the release
+    keeps its inode) and links like its own: the watcher went on watching the old directory, so a later
+    change of `current` or `config` in the new one waited for the periodic check."""
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    lines: list[str] = []
+    opts = WatchOptions(interval=3600, as_json=True, full_every=3600)
+    with watching(world, opts, lines.append) as (_thread, errors):
+        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
+        env = world.env_dir("staging")
+        old = env.with_name("staging-old")
+        env.rename(old)
+        env.mkdir()
+        for name in ("releases", ".graven"):
+            (old / name).rename(env / name)
+        for name in ("current", "config"):
+            (env / name).symlink_to((old / name).readlink())
+        # the watcher takes the new directory (read again at least every 2 s), and finds it clean
+        time.sleep(2.5)
+        assert wait_for(lambda: json_docs(lines, "check")[-1]["clean"], timeout=10)
+        time.sleep(0.3)
+        seen = len(json_docs(lines, "check"))
+        repoint_config(world)
+        assert wait_for(lambda: any(not d["clean"] for d in json_docs(lines, "check")[seen:]), timeout=10)
+    assert errors == []
+    found = [d for d in json_docs(lines, "check")[seen:] if not d["clean"]]
+    assert [(x["path"], x["kind"]) for x in found[0]["differences"]] == [("config", "config")]

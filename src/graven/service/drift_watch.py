@@ -239,9 +239,9 @@ class _Watcher:
             if sender.configured
             else None
         )
-        # per environment: what the notifier watches (release, PATH, the release's inode), when it may
-        # be healed again, what its last alert was about
-        self.watched: dict[str, tuple[str, str, int]] = {}
+        # per environment: what the notifier watches (release, its inode, PATH's directory, its inode),
+        # when it may be healed again, what its last alert was about
+        self.watched: dict[str, tuple[str, int, str, int]] = {}
         self.backoff = HealBackoff(opts.interval, clock=schedule.clock)
         self.alerted: dict[str, frozenset[tuple[str, str]]] = {}
         self.lost_output: list[OSError] = []  # the output gone: raised once the stop recorded the rest
@@ -343,20 +343,25 @@ class _Watcher:
 
     def _watch_targets(self) -> None:
         """Watch each live environment's release and PATH, again when a deployment replaced them (a
-        redeploy may replace the release directory itself); a new one is checked, one that changed
-        gets a full check."""
+        redeploy may replace the release directory itself) or PATH is another directory now; a new
+        one is checked, one that changed gets a full check."""
         notifier = self.notifier
         for env, target in self.targets.items():
             release = str(EnvLayout(Path(target.path)).release(target.digest.removeprefix("sha256:")))
-            try:
-                inode = os.stat(release).st_ino  # a redeploy may replace the directory itself
-            except OSError:
-                inode = 0
-            if self.watched.get(env) != (release, target.path, inode):
+            # PATH may be a symlink: the directory it leads to is watched (the notifier follows no link)
+            root = os.path.realpath(target.path)
+            inodes = []
+            for path in (release, root):
+                try:
+                    inodes.append(os.stat(path).st_ino)  # a redeploy may replace the release itself
+                except OSError:
+                    inodes.append(0)
+            watch = (release, inodes[0], root, inodes[1])
+            if self.watched.get(env) != watch:
                 notifier.unwatch(env)
                 notifier.unwatch(env + ROOT_SUFFIX)
                 notifier.watch(env, Path(release), recursive=True)
-                notifier.watch(env + ROOT_SUFFIX, Path(target.path), recursive=False)
+                notifier.watch(env + ROOT_SUFFIX, Path(root), recursive=False)
                 for failure in getattr(notifier, "failures", []):
                     self.ctx.reporter.warn(f"{failure}; periodic checks still run")
                 getattr(notifier, "failures", []).clear()
@@ -364,7 +369,7 @@ class _Watcher:
                     self.schedule.add(env)
                 else:
                     self.schedule.mark(env, full=True)
-                self.watched[env] = (release, target.path, inode)
+                self.watched[env] = watch
 
     def _unwatch_gone(self) -> None:
         """Forget the environments no longer live (nothing of them is held, healed or exported)."""
