@@ -1073,14 +1073,14 @@ def sqlite_path(url: str) -> str:
 
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+", 1)[0] != "sqlite":
-        raise BackendError(f"cannot open the database {url}: expected sqlite:///PATH")
+        raise BackendError(f"cannot open the database {redacted_url(url)}: expected sqlite:///PATH")
     path = unquote(rest.removeprefix("/").split("?", 1)[0]) if rest.startswith("/") else None
     if path and path.startswith("file:"):
         path = "./" + path  # sqlite3 would read 'file:...' as a URI (file::memory: is in memory)
     if not path or path == ":memory:":
         raise BackendError(
-            f"cannot open the database {url}: an in-memory or unnamed SQLite database cannot hold "
-            "graven's state; use sqlite:///PATH"
+            f"cannot open the database {redacted_url(url)}: an in-memory or unnamed SQLite database "
+            "cannot hold graven's state; use sqlite:///PATH"
         )
     return path
 

@@ -388,3 +388,15 @@ def test_a_destination_the_server_does_not_know_names_the_url_given_to_copy(
     assert code == 2 and err.count("\n") == 1, err
     assert hint in err and "GRAVEN_DB_URL" not in err, err
     assert err.count(url.split("://", 1)[1]) == 1, err
+
+
+@pytest.mark.parametrize("authority", ["bob:Hunter2Secret@", "bob:Hunter2Secret@db.example"])
+def test_an_sqlite_url_with_a_password_is_refused_without_showing_it(
+    world: World, tmp_path: Path, capsys: Capsys, authority: str
+) -> None:
+    world.build()  # a home with a database: the copy gets as far as comparing the two files
+    code, out, err = run_cli(capsys, "db", "copy", f"sqlite://{authority}/{tmp_path / 'x.db'}", "--json")
+    assert code == 2 and "names a host" in err, err
+    assert "Hunter2Secret" not in err + out
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.db").exists()

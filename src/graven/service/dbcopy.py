@@ -23,7 +23,7 @@ from typing import Any
 
 from graven.core.record import Frozen
 from graven.db import MIGRATIONS, Connection, Database, redacted_url, sqlite_path
-from graven.errors import BackendError, InputError, VerificationError
+from graven.errors import BackendError, GravenError, InputError, VerificationError
 from graven.service.audit import CHECK_STAGE  # the copy verifies two logs: audit is loaded anyway
 from graven.service.context import Context, Reporter
 from graven.service.records import insert_rows
@@ -104,7 +104,7 @@ def _same_file(a: str, b: str) -> bool:
         return False
     try:
         return os.path.samefile(sqlite_path(a), sqlite_path(b))
-    except OSError:
+    except (OSError, GravenError):  # no file of its own (a host, a password): Database.open says so
         return False
 
 
