@@ -241,10 +241,8 @@ def test_a_git_status_that_cannot_start_is_a_warning_not_a_failed_build(
     raised after the build had stored its objects, and the build went unrecorded. It is said."""
     repo = make_repo(tmp_path / "repo", FILES)
 
-    def no_fds(*_args: object, **_kwargs: object) -> None:
-        raise OSError(24, "Too many open files")
-
-    monkeypatch.setattr("graven.sources.git._no_filters", no_fds)
+    # git status alone cannot start (as with EMFILE): a program that is not there
+    monkeypatch.setattr("graven.sources.git._STATUS", (str(tmp_path / "no-git"), "status"))
     code, out, err = run_cli("build", "-C", repo, "--json")
     assert code == 0, err
     assert "cannot tell whether the working tree has uncommitted changes" in err
@@ -305,3 +303,37 @@ def test_a_git_killed_under_the_build_is_a_failure_not_an_unknown_revision(
     assert out == ""
     monkeypatch.setenv("PATH", os.environ["PATH"].removeprefix(f"{bin_dir}:"))
     assert run_cli("build", "-C", repo)[0] == 0
+
+
+def test_a_lazy_fetch_runs_no_command_the_repositorys_own_config_names(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: in a partial clone, git fetches a blob it lacks from the promisor remote as graven reads
+    it, and that fetch ran what the clone's own .git/config names (remote.*.uploadpack, the upload-pack
+    of a file:// or ssh remote; core.sshCommand): a checkout graven did not clone ran its command. The
+    operator's own settings stay, and a clone that names none still fetches its blobs."""
+    repo = make_repo(tmp_path / "repo", {"a": "1\n"})
+    git(repo, "config", "uploadpack.allowFilter", "true")
+    operator = tmp_path / "gitconfig"
+    operator.write_text("[core]\n\tsshCommand = false\n")  # the user's own: it fails at once
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(operator))
+    mark = tmp_path / "ran"
+    clones = []
+    for name, key, value in (
+        ("plain", "", ""),
+        ("pack", "remote.origin.uploadpack", f"touch {mark}; git-upload-pack"),
+        ("ssh", "core.sshCommand", f"touch {mark}; false"),
+    ):
+        clone = tmp_path / name
+        git(tmp_path, "clone", "-q", "--no-checkout", "--filter=blob:none", f"file://{repo}", str(clone))
+        if name == "ssh":
+            git(clone, "remote", "set-url", "origin", "ssh://graven.invalid/repo")
+        if key:
+            git(clone, "config", key, value)
+        clones.append(clone)
+    code, out, err = run_cli("build", "-C", clones[0], "--json")
+    assert code == 0, err
+    assert json.loads(out)["file_count"] == 2
+    for clone in clones[1:]:
+        _refused(run_cli("build", "-C", clone), "is not in this repository (a partial clone")
+        assert not mark.exists(), clone

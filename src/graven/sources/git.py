@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -75,8 +76,16 @@ _PRIVATE_ENV = ("GRAVEN_", "PGPASSWORD")
 # Settings of the repository's own configuration that make git run a program of its choosing in the
 # commands graven runs: a checkout graven did not clone (a CI cache, an unpacked tarball, a rebuild's
 # -C REPO) may name one in .git/config. git status runs core.fsmonitor (a hook, or a daemon) and the
-# clean filter of a file whose stat changed; the filters are disabled by name in DirtyCheck.
-_FORCED_CONFIG = (("core.fsmonitor", "false"),)
+# clean filter of a file whose stat changed; in a partial clone, every command that reads a missing
+# object fetches it from the promisor remote, and that fetch runs the remote's upload-pack, ssh, a
+# credential helper... and then `git maintenance run --auto` (hooks). What no git command of graven
+# needs is off here; what the repository itself names is overridden by name (_repository_overrides).
+_FORCED_CONFIG = (
+    ("core.fsmonitor", "false"),
+    ("core.hooksPath", os.path.join(os.devnull, "no-hooks")),
+    ("maintenance.auto", "false"),
+    ("gc.auto", "0"),
+)
 
 
 # What `git rev-parse --local-env-vars` prints (git 2.39): the variables that choose a repository
@@ -111,6 +120,7 @@ class _Where(NamedTuple):
     isolated: bool = False
     git_dir: Path | None = None
     work_tree: Path | None = None
+    overrides: tuple[tuple[str, str], ...] = ()  # _repository_overrides: config, then env ("=" + name)
 
 
 _HERE = _Where()  # the repository git finds from the directory it runs in, as the environment says
@@ -133,7 +143,13 @@ def _git_env(config: Iterable[tuple[str, str]] = (), where: _Where = _HERE) -> d
         count = int(env.get("GIT_CONFIG_COUNT", "0"))
     except ValueError:
         count = 0
-    for key, value in (*_FORCED_CONFIG, *config):  # after the caller's own (the last value of a key wins)
+    settings = [*_FORCED_CONFIG, *config]
+    for key, value in where.overrides:
+        if key.startswith("="):
+            env[key[1:]] = value
+        else:
+            settings.append((key, value))
+    for key, value in settings:  # after the caller's own (the last value of a key wins)
         env[f"GIT_CONFIG_KEY_{count}"] = key
         env[f"GIT_CONFIG_VALUE_{count}"] = value
         count += 1
@@ -222,32 +238,76 @@ _STATUS = (
 )
 
 
-def _no_filters(root: Path, where: _Where) -> list[tuple[str, str]]:
-    """Settings that turn off every filter driver the repository's own configuration defines
-    (.git/config, a worktree's config.worktree, and what they include): git status runs a driver's
-    clean command on each file whose stat changed. A driver without commands leaves the bytes as they
-    are, and is not required. The user's and the system's configuration (git-lfs installed globally)
-    are the operator's, and stay. Reading the configuration runs nothing."""
+# what the repository's own configuration may name that makes git run a program: a filter driver
+# (filter.NAME.clean...), a remote's upload-pack, ssh, the git:// proxy, the askpass program, a
+# credential helper, the command listing an alternate's refs, and which transports are allowed (ext::
+# runs a command); core.hooksPath and core.fsmonitor are forced for every repository
+_COMMAND_KEYS = (
+    r"^(filter\.|credential\.|protocol\.|remote\..*\.uploadpack$"
+    r"|core\.(sshcommand|gitproxy|askpass|alternaterefscommand)$)"
+)
+_TRANSPORTS = ("file", "git", "ssh", "http", "https")  # those git allows by default: not ext::
+_SINGLE_DEFAULTS = {"core.sshcommand": None, "core.askpass": "", "core.alternaterefscommand": ":"}
+
+
+def _repository_overrides(root: Path, where: _Where) -> tuple[tuple[str, str], ...]:
+    """Settings (and, as ``("=NAME", value)``, environment variables) that undo each setting of the
+    repository's own configuration (.git/config, a worktree's config.worktree, and what they include)
+    that makes git run a program (:data:`_COMMAND_KEYS`): the value the user's or the system's
+    configuration gives (theirs is the operator's, and stays), else git's default. A filter driver
+    without commands leaves the bytes as they are, and is not required. Reading the configuration
+    runs nothing."""
     try:
         found = subprocess.run(
-            ["git", "config", "--show-scope", "--includes", "-z", "--get-regexp", r"^filter\."],
+            ["git", "config", "--show-scope", "--includes", "-z", "--get-regexp", _COMMAND_KEYS],
             cwd=root,
+            stdin=subprocess.DEVNULL,
             capture_output=True,
-            env=_git_env(where=where),
+            env=_git_env(where=where._replace(overrides=())),
             check=False,
         )
     except OSError:
-        return []
+        return ()
     fields = found.stdout.split(b"\0")
-    names = set()
+    local: set[str] = set()
+    operator: list[tuple[str, str]] = []  # the other scopes' values, in git's order
     for scope, item in zip(fields[0::2], fields[1::2], strict=False):  # scope, then key "\n" value
-        if scope not in (b"local", b"worktree"):
-            continue
-        key = item.split(b"\n", 1)[0].decode("utf-8", "surrogateescape")
-        if key.count(".") >= 2:
-            names.add(key[len("filter.") : key.rindex(".")])
+        key, _, value = (part.decode("utf-8", "surrogateescape") for part in item.partition(b"\n"))
+        if scope in (b"local", b"worktree"):
+            local.add(key)
+        elif scope != b"command":  # the command scope is the environment's: git applies it anyway
+            operator.append((key, value))
+    out: list[tuple[str, str]] = []
+    filters = sorted({key[len("filter.") : key.rindex(".")] for key in local if key.startswith("filter.")})
     off = (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))
-    return [(f"filter.{name}.{var}", value) for name in sorted(names) for var, value in off]
+    out += [(f"filter.{name}.{var}", value) for name in filters if name for var, value in off]
+    for key in sorted(local):
+        if key in _SINGLE_DEFAULTS:  # git takes the last value of these
+            theirs = [value for name, value in operator if name == key]
+            if theirs:
+                out.append((key, theirs[-1]))
+            elif key == "core.sshcommand":  # what git runs without one: GIT_SSH, else ssh
+                if "GIT_SSH_COMMAND" not in os.environ:
+                    ssh = os.environ.get("GIT_SSH")
+                    out.append(("=GIT_SSH_COMMAND", shlex.quote(ssh) if ssh else "ssh"))
+            else:
+                out.append((key, _SINGLE_DEFAULTS[key] or ""))
+    if any(key.startswith("credential.") for key in local):
+        # an empty helper empties the list: then the operator's own helpers again
+        out.append(("credential.helper", ""))
+        out += [(key, value) for key, value in operator if key.startswith("credential.")]
+    if "core.gitproxy" in local and "GIT_PROXY_COMMAND" not in os.environ:
+        out.append(("=GIT_PROXY_COMMAND", ""))  # set, even empty, it wins over every core.gitProxy
+    # git takes the first remote.NAME.uploadpack (the repository's, before any of ours): a remote
+    # naming one is fetched from over no transport that runs it (file://, ssh); GIT_ALLOW_PROTOCOL
+    # wins over every protocol.*.allow, and the operator's own list stays (less those two)
+    pack = any(key.startswith("remote.") for key in local)
+    if pack or any(key.startswith("protocol.") for key in local):
+        given = os.environ.get("GIT_ALLOW_PROTOCOL")
+        allowed = _TRANSPORTS if given is None else tuple(given.split(":"))
+        kept = [name for name in allowed if not (pack and name in ("file", "ssh"))]
+        out.append(("=GIT_ALLOW_PROTOCOL", ":".join(kept)))
+    return tuple(out)
 
 
 class DirtyCheck:
@@ -260,7 +320,7 @@ class DirtyCheck:
         self._thread: threading.Thread | None = None
         self.error: str | None = None  # why git could not tell, after result()
         self.changed: list[str] = []  # the changed tracked paths (from the root), after result()
-        if root is not None:  # reading the repository's filters is one git run more: not on the way
+        if root is not None:  # started from a thread: git's start is not on the way
             self._thread = threading.Thread(target=self._start, args=(root, where), name="graven-dirty-check")
             self._thread.start()
 
@@ -271,7 +331,7 @@ class DirtyCheck:
                 cwd=root,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=_git_env(_no_filters(root, where), where),
+                env=_git_env(where=where),
             )
         except Exception as exc:  # said by result() (the check is advisory; the build goes on)
             self._failed = exc
@@ -1024,12 +1084,26 @@ class GitRepo:
     git exports it to a hook) are ignored; else (the current directory) they count, as for git."""
 
     def __init__(
-        self, root: Path, *, bare: bool = False, git_dir: Path | None = None, isolated: bool = False
+        self,
+        root: Path,
+        *,
+        bare: bool = False,
+        git_dir: Path | None = None,
+        isolated: bool = False,
+        overrides: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self.root = root
         self.bare = bare
         self.git_dir = git_dir
-        self._where = _Where(isolated, git_dir, None if bare else root)
+        self._base = _Where(isolated, git_dir, None if bare else root)
+        self._overrides = overrides
+
+    @property
+    def _where(self) -> _Where:
+        """Where git reads, with :func:`_repository_overrides` (read once, at the first git run)."""
+        if self._overrides is None:
+            self._overrides = _repository_overrides(self.root, self._base)
+        return self._base._replace(overrides=self._overrides)
 
     @classmethod
     def discover(cls, path: Path, *, isolated: bool = True) -> GitRepo:
@@ -1056,7 +1130,13 @@ class GitRepo:
             raise SourceError("git is not installed; install it (apt-get install git)") from None
 
     @classmethod
-    def _discovered(cls, path: Path, proc: subprocess.Popen[bytes], isolated: bool) -> GitRepo:
+    def _discovered(
+        cls,
+        path: Path,
+        proc: subprocess.Popen[bytes],
+        isolated: bool,
+        overrides: tuple[tuple[str, str], ...] | None = None,
+    ) -> GitRepo:
         with proc:
             out, err = proc.communicate()
         # exactly git's bytes, one path a line: a name may end in a space
@@ -1078,13 +1158,14 @@ class GitRepo:
                 # a bare repository, or a git directory without a working tree (a clone's .git, a
                 # linked worktree's, a --separate-git-dir): its commits are read all the same
                 git_dir = Path(cls._path(lines[0]))
-                return cls(git_dir, bare=True, git_dir=git_dir, isolated=isolated)
+                return cls(git_dir, bare=True, git_dir=git_dir, isolated=isolated, overrides=overrides)
             raise SourceError(f"{path}: {reason}")
         if len(lines) != 2:
             raise SourceError(
                 f"the path of the repository at {path} holds a line break; rename the directory"
             )
-        return cls(Path(cls._path(lines[1])), git_dir=Path(cls._path(lines[0])), isolated=isolated)
+        root, git_dir = Path(cls._path(lines[1])), Path(cls._path(lines[0]))
+        return cls(root, git_dir=git_dir, isolated=isolated, overrides=overrides)
 
     @staticmethod
     def _path(raw: bytes) -> str:
@@ -1124,15 +1205,16 @@ class GitRepo:
         (git finds the repository from ``path`` for both); the errors are those of the two in turn."""
         proc = cls._start_discover(path, isolated)
         found: CommitFile | GravenError | None
+        here = cls(path, isolated=isolated)  # the repository's overrides, read once for both
         try:
-            found = cls(path, isolated=isolated)._read_commit(revision, file)
+            found = here._read_commit(revision, file)
         except GravenError as exc:
             found = exc
         except BaseException:
             with proc:
                 proc.kill()
             raise
-        repo = cls._discovered(path, proc, isolated)
+        repo = cls._discovered(path, proc, isolated, here._overrides)
         if isinstance(found, GravenError):
             raise found
         if found is None:
