@@ -901,3 +901,38 @@ def test_one_process_checks_each_signature_once_and_still_sees_a_state_changed_m
     assert len(checked) == 2
     with _db(home) as db:
         assert db.execute("SELECT max(size) FROM log_checkpoints").fetchone() == (8,)
+
+
+def test_a_log_key_pair_another_process_writes_meanwhile_is_used(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two processes making the first entry of a log at once: the other one writes the key pair between
+    this one's look for the private key and its look for the public key. That pair is the log's key,
+    not a private key "missing" beside its public key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from graven.signing.keys import generate_key, write_private_key, write_public_key
+
+    theirs = generate_key("ed25519")
+    assert isinstance(theirs.private, Ed25519PrivateKey)
+    key_path = home / "log" / "checkpoint.key"
+    real_exists = Path.exists
+    looked: list[Path] = []
+
+    def exists(self: Path, *args: Any, **kwargs: Any) -> bool:
+        if self == key_path and not looked:
+            looked.append(self)  # the first look: missing, then the other process writes both files
+            answer = real_exists(self)
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            write_private_key(key_path, theirs)
+            write_public_key(key_path.with_suffix(".pub"), theirs)
+            return answer
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    _append(home, 1)
+    monkeypatch.undo()
+    assert looked
+    assert _verify(capsys)["ok"]
+    with Context(home=Home(root=home)) as ctx:
+        assert ctx.audit.public_key().public_bytes_raw() == theirs.private.public_key().public_bytes_raw()

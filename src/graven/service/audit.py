@@ -323,7 +323,7 @@ class AuditLog:
                         "GRAVEN_HOME/log/checkpoint.key from a backup (a new key would not match "
                         f"the log's checkpoints), or, {_ANOTHER_HOME}"
                     )
-                if self.public_key_path.exists():
+                if self.public_key_path.exists() and not path.exists():  # not another process's new pair
                     raise NotFoundError(
                         f"the log key {path} is missing but its public key {self.public_key_path.name} "
                         "exists: restore GRAVEN_HOME/log/checkpoint.key from a backup (or remove "
