@@ -11,6 +11,7 @@ import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    import queue
     import subprocess
     from collections.abc import Callable, Iterator
     from types import FrameType
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GroupWatchdog",
     "can_fork",
+    "end_queue",
     "host_token",
     "interrupt_handlers",
     "no_gc",
@@ -108,6 +110,23 @@ def interrupt_handlers(
     finally:
         for signum, restored in previous.items():
             signal.signal(signum, restored)
+
+
+def end_queue(handover: queue.Queue[Any]) -> None:
+    """Hand ``None`` (the end) to the thread that takes items from ``handover``, and make sure it wakes.
+
+    A plain ``put(None)`` is not enough once Ctrl-C or SIGTERM interrupted an earlier ``put``:
+    landing in ``Condition.notify()`` between waking the thread and removing its waiter from the list
+    (CPython 3.11), it leaves that waiter, locked again by the thread it woke, first in the list. The
+    next ``notify()`` releases that stale waiter instead of the one the thread sleeps on, so the thread
+    never sees the end and a ``join()`` on it (the cleanup of the interrupted command) waits forever.
+    ``notify_all()`` releases every waiter in the list, the thread's own included: once before the
+    ``put`` (the thread may sleep with a full queue, which the put would wait on) and once after it."""
+    with handover.not_empty:
+        handover.not_empty.notify_all()
+    handover.put(None)
+    with handover.not_empty:
+        handover.not_empty.notify_all()
 
 
 def can_fork() -> bool:

@@ -29,6 +29,7 @@ from graven.core.record import Frozen
 from graven.errors import BackendError, GravenError, InputError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, TreeManifest
+from graven.runtime import end_queue
 
 __all__ = [
     "ARCHIVE_FORMAT",
@@ -417,7 +418,7 @@ class _ThreadedSink:
         self._queue.put(data)
 
     def close(self) -> None:
-        self._queue.put(None)
+        end_queue(self._queue)
         self._thread.join()
         if self._error is not None:
             raise self._error

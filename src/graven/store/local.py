@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 from graven.errors import BackendError, DigestMismatchError, GravenError, IntegrityError
 from graven.home import make_dir, make_dirs
 from graven.model.digest import Digest
-from graven.runtime import host_token, pid_runs
+from graven.runtime import end_queue, host_token, pid_runs
 
 if TYPE_CHECKING:
     import zstandard
@@ -1596,7 +1596,7 @@ class _PackWriter:
 
     def close(self, *, commit: bool) -> None:
         """Stop the thread; with ``commit``, publish every pack of the batch, else drop them."""
-        self._queue.put(None)
+        end_queue(self._queue)
         self._thread.join()
         try:
             if commit and self._error is None and self._fd is not None:
