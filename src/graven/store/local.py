@@ -9,7 +9,7 @@ Layout under ``root`` (normally ``GRAVEN_HOME/objects``)::
                                (0700) of work that is no object: a push's archive, a pull's download
     consolidate.lock           flock(2): one process merges small packs into one at a time, or
                                removes day-old packs left without their index (held shared by a
-                               batch that publishes a pack already there)
+                               batch as it publishes its pack)
 
 Every file is written to ``tmp/``, fsynced, renamed into place and made read-only, so a process killed
 at any moment leaves no partial object visible. An intact object is never rewritten: putting content that
@@ -1804,12 +1804,15 @@ def _publish_pack(
     first, so that a full disk leaves neither a pack without its index nor a partial index; then the
     pack is renamed into place, then the index (the commit point of the pack).
 
-    A pack already there under the same name (same bytes) is kept and ours dropped, under a shared
-    hold of ``consolidate.lock`` (``merging``: the caller, a merge, holds it exclusively): without it a
-    merge could remove that pack between our look and our index's rename, as a merged-away source or,
-    a day-old pack without an index (a batch killed between its two renames), as an orphan (so could
-    a build's cleanup: :meth:`LocalStore.clean_tmp`), and the batch would commit with its objects in
-    no pack."""
+    The look and the renames are made under a shared hold of ``consolidate.lock`` (``merging``: the
+    caller, a merge, holds it exclusively; a batch waits for a merge at work to finish). A pack already
+    there under the same name (same bytes) is kept and ours dropped: without the hold a merge could
+    remove that pack between our look and our index's rename, as a merged-away source or, a day-old
+    pack without an index (a batch killed between its two renames), as an orphan (so could a build's
+    cleanup: :meth:`LocalStore.clean_tmp`), and the batch would commit with its objects in no pack.
+    A pack not there yet may be published by another batch (the same new objects) right after our
+    look and merged away around our renames (its index removed before ours goes in, its pack after):
+    without the hold our index would stay without its pack."""
     idx_tmp: Path | None = None
     try:
         body = bytearray(IDX_MAGIC + struct.pack(">Q", len(entries)))
@@ -1825,28 +1828,19 @@ def _publish_pack(
         pack = store._packs / f"{name}.pack"
         idx = store._packs / f"{name}.idx"
         os.chmod(tmp, 0o444)
-        if pack.exists():  # same name => same bytes: never rewritten, ours is dropped
-            with contextlib.nullcontext() if merging else _merges_held(store):
-                if pack.exists():  # still: no merge removes it until the index is in place
-                    tmp.unlink()
-                else:  # merged away (or removed as an orphan) before the hold: ours is published
-                    os.utime(tmp)
-                    os.rename(tmp, pack)
-                os.rename(idx_tmp, idx)  # the commit point of this pack
-                idx_tmp = None
-        else:
-            # its age counts from here: a merge or a build's cleanup removes a pack without its index
-            # once it is a day old, and a long batch may have sealed this one a day before its commit
-            os.utime(tmp)
-            os.rename(tmp, pack)
+        # under the hold whether or not the pack is there yet: another batch may publish the same
+        # pack after our look, and a merge take it (index, then pack) around our renames, which
+        # left our index without its pack
+        with contextlib.nullcontext() if merging else _merges_held(store):
+            if pack.exists():  # same name => same bytes: never rewritten, ours is dropped
+                tmp.unlink()
+            else:
+                # its age counts from here: a merge or a build's cleanup removes a pack without its
+                # index once it is a day old, and a long batch may have sealed it a day before its commit
+                os.utime(tmp)
+                os.rename(tmp, pack)
             os.rename(idx_tmp, idx)  # the commit point of this pack
             idx_tmp = None
-            if not pack.exists():
-                # another batch published the same pack meanwhile and a merge took it (index first,
-                # then pack) after our rename: its objects are in the merged pack, and an index
-                # without its pack reads as damage
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(idx)
         _fsync_dir(store._packs)
     except OSError as exc:
         if idx_tmp is not None:
@@ -1859,7 +1853,7 @@ def _orphan_packs(packs: Path) -> list[Path]:
     """The pack files in ``packs`` without an index whose mtime is a day old (:data:`STALE_TMP_SECONDS`):
     what a merge killed between removing an index and its pack left, or a batch killed between renaming
     its pack and its index. A batch sets its pack's mtime as it renames it into place, a moment before
-    its index; one that finds its pack already there renames its index under a shared hold of
+    its index, both under a shared hold of
     ``consolidate.lock`` (:func:`_publish_pack`), so whoever holds that lock exclusively may remove them."""
     cutoff = time.time() - STALE_TMP_SECONDS
     found: list[Path] = []
@@ -1875,7 +1869,7 @@ def _orphan_packs(packs: Path) -> list[Path]:
 
 def _merges_excluded(store: LocalStore) -> int | None:
     """An exclusive hold of ``consolidate.lock``, not waited for: its descriptor (closing it releases
-    the hold), or None when a merge or a batch that publishes a pack already there (:func:`_merges_held`)
+    the hold), or None when a merge or a batch that publishes its pack (:func:`_merges_held`)
     holds it, or the lock cannot be opened. Whoever holds it may remove packs."""
     import fcntl
 

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import itertools
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -132,12 +133,12 @@ def test_one_process_merges_at_a_time(tmp_path: Path) -> None:
     _batches(store, local.CONSOLIDATE_AT)
     fd = os.open(root / "consolidate.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another process is at it
-        _batches(store, 2, start=50)
-        assert len(_packs(root)) // 2 == local.CONSOLIDATE_AT + 2
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process is at it (a batch would wait to publish)
+        assert store.consolidate(above=1) == 0
+        assert len(_packs(root)) // 2 == local.CONSOLIDATE_AT
     finally:
         os.close(fd)
-    assert store.consolidate() > 0
+    _batches(store, 2, start=50)  # the second commit merges
     assert len(_packs(root)) // 2 < local.CONSOLIDATE_AT
     store.close()
 
@@ -366,6 +367,62 @@ def test_a_batch_whose_identical_pack_is_merged_away_as_it_commits_leaves_no_orp
         store.close()
 
 
+def test_a_batch_publishing_its_pack_as_a_merge_removes_the_identical_one_leaves_no_orphan_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches with the same new objects make the same pack. The second found no pack of that name;
+    the first then published it, and a merge took it and removed its index; the second renamed its own
+    pack and index into place and found the pack there, and the merge then removed that pack: an index
+    whose pack is missing stayed for good (every missing-object error named it as damage). A batch now
+    renames its pack and its index under a shared hold of the merge lock, so no merge removes between."""
+    root = tmp_path / "objects"
+    with LocalStore.at(root).batch() as batch:
+        dz = batch.add(z := os.urandom(300))  # a second pack: the merge has two to merge
+    before = set(_packs(root))
+    first, second = LocalStore.at(root), LocalStore.at(root)
+    x = os.urandom(300)
+    real_rename, real_unlink = os.rename, Path.unlink
+    at_rename, go = threading.Event(), threading.Event()
+    published: list[str] = []
+
+    def rename(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if threading.current_thread() is committer and str(dst).endswith(".pack"):
+            at_rename.set()  # the second batch found no such pack: it renames its own now
+            go.wait(10)
+        real_rename(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        real_unlink(path, missing_ok=missing_ok)
+        if path.name in published:  # the merge removed the first batch's index, not yet its pack
+            go.set()
+            committer.join(10)
+
+    def commit_second() -> None:
+        with second.batch() as batch:
+            batch.add(x)
+
+    committer = threading.Thread(target=commit_second)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", rename)
+        patch.setattr(Path, "unlink", unlink)
+        committer.start()
+        assert at_rename.wait(10)
+        with first.batch() as batch:
+            dx = batch.add(x)
+        published.extend(n for n in set(_packs(root)) - before if n.endswith(".idx"))
+        LocalStore.at(root).consolidate(above=1)
+        go.set()
+        committer.join(10)
+    assert not committer.is_alive()
+    names = _packs(root)
+    assert [n for n in names if n.endswith(".idx") and f"{n[:-4]}.pack" not in names] == []
+    fresh = LocalStore.at(root)
+    assert (fresh.read(dx), fresh.read(dz)) == (x, z)
+    assert fresh.damage() == []
+    for store in (first, second, fresh):
+        store.close()
+
+
 def test_a_pack_sealed_a_day_before_its_batch_commits_is_not_taken_for_an_orphan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -494,6 +551,7 @@ def test_a_day_old_pack_without_its_index_goes_with_the_next_build_s_cleanup_in_
     root = tmp_path / "objects"
     store = LocalStore.at(root)
     made = _batches(store, 2)
+    (root / "consolidate.lock").unlink()  # made by the batches, which publish their packs under it
     assert store.clean_tmp() == 0
     assert not (root / "consolidate.lock").exists()  # nothing to remove: no lock taken, nor made
     orphan = _left_by_a_killed_batch(root, monkeypatch, [b"killed batch %d" % i * 8 for i in range(20)])
