@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from conftest import commit_all, survivors
-from graven.build.workspace import make_dirs, remove_tree
+from graven.build.workspace import remove_tree
+from graven.fstree import make_dirs
 from helpers_services import require_tool, sandbox_python, unavailable
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from graven.build.workspace import make_dirs, remove_tree
+from graven.build.workspace import remove_tree
 from graven.errors import InputError
+from graven.fstree import make_dirs
 from helpers_deploy import World, env_toml, make_world, staging_prod
 from helpers_repo import run_cli
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from graven.build.workspace import make_dirs
 from graven.core.paths import decode_path, display_path
 from graven.errors import BuildError, ConfigError, UnsafeInputError
+from graven.fstree import make_dirs
 
 __all__ = [
     "FETCHED_PREFIX",

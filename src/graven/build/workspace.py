@@ -27,6 +27,7 @@ from pathlib import Path
 
 from graven.core.paths import check_path
 from graven.errors import BackendError, UnsafeInputError
+from graven.fstree import make_dirs, walk
 from graven.sources.git import MODE_EXECUTABLE, MODE_SUBMODULE, MODE_SYMLINK, BlobReader, GitEntry, GitRepo
 from graven.sources.worktree import worktree_blobs
 
@@ -37,11 +38,9 @@ __all__ = [
     "checkout",
     "copy_tree",
     "ensure_inside",
-    "make_dirs",
     "reclaim",
     "remove_tree",
     "settle_tree",
-    "walk",
 ]
 
 # Every directory a step sees has this mode (what git checkouts give under the usual umask 022).
@@ -336,61 +335,6 @@ def _writing(what: str, path: Path) -> Iterator[_Where]:
         if exc.errno in _FULL:
             hint = hint[:-1] + "; free some space there or point TMPDIR at a larger file system)"
         raise BackendError(f"cannot write {what} {failed}: {reason}{hint}") from None
-
-
-def make_dirs(path: Path) -> None:
-    """``path.mkdir(parents=True, exist_ok=True)`` without recursion: pathlib's (and ``os.makedirs``)
-    call themselves once per missing parent, and a commit's tree can be nested deeper than Python's
-    recursion limit (about 1,000 levels, still within PATH_MAX)."""
-    missing: list[Path] = []
-    here = path
-    while True:
-        try:
-            here.mkdir()
-        except FileNotFoundError:
-            if here.parent == here:
-                raise
-            missing.append(here)
-            here = here.parent
-            continue
-        except FileExistsError:
-            if not here.is_dir():
-                raise
-        break
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-
-
-def walk(top: Path | str, *, topdown: bool = True) -> Iterator[tuple[str, list[str], list[str]]]:
-    """``os.walk(top, topdown)`` without recursion (Python 3.11's calls itself once per level: a tree
-    deeper than about 1,000 raises RecursionError), names sorted. A symlink is never followed (it is
-    among the file names); a directory that cannot be listed is skipped, as os.walk skips it. With
-    ``topdown``, removing a name from the directory names leaves that directory out."""
-    stack: list[str | tuple[str, list[str], list[str]]] = [os.fspath(top)]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, tuple):  # bottom-up: a directory, once all below it was given
-            yield item
-            continue
-        dirs: list[str] = []
-        files: list[str] = []
-        try:
-            with os.scandir(item) as entries:
-                for entry in entries:
-                    try:
-                        is_dir = entry.is_dir(follow_symlinks=False)
-                    except OSError:
-                        is_dir = False
-                    (dirs if is_dir else files).append(entry.name)
-        except OSError:
-            continue
-        dirs.sort()
-        files.sort()
-        if topdown:
-            yield item, dirs, files
-        else:
-            stack.append((item, dirs, files))
-        stack.extend(os.path.join(item, name) for name in reversed(dirs))
 
 
 def checkout(

@@ -127,7 +127,7 @@ class InotifyNotifier:
     def _add_tree(self, key: str, root: str) -> None:
         """Watch ``root`` and every directory below it (links are not followed; without recursion: a
         release can be nested deeper than Python's recursion limit, where os.walk of Python 3.11 fails)."""
-        from graven.build.workspace import walk
+        from graven.fstree import walk
 
         results = [self._add(key, root, True)]
         for dirpath, dirnames, _files in walk(root):

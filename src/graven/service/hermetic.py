@@ -59,7 +59,6 @@ from graven.build.workspace import (
     checkout,
     copy_tree,
     ensure_inside,
-    make_dirs,
     remove_tree,
     settle_tree,
     tempdir_problem,
@@ -74,6 +73,7 @@ from graven.errors import (
     PolicyError,
     UnsafeInputError,
 )
+from graven.fstree import make_dirs
 from graven.model.pipeline import Pipeline
 from graven.service.context import Context
 from graven.signing.provenance import ResourceRef

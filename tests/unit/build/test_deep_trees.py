@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from graven.build.tree import collect_tree
-from graven.build.workspace import copy_tree, make_dirs, remove_tree
+from graven.build.workspace import copy_tree, remove_tree
 from graven.core.globs import Selection
 from graven.errors import InputError
+from graven.fstree import make_dirs
 from graven.model.manifest import FileEntry
 from graven.store.local import LocalStore
 
