@@ -18,7 +18,7 @@ from graven.build.workspace import remove_tree
 from graven.errors import InputError
 from graven.fstree import make_dirs
 from helpers_deploy import World, env_toml, make_world, staging_prod
-from helpers_repo import run_cli
+from helpers_repo import nest, run_cli
 
 LEVELS = 1_200  # past Python's recursion limit, well within PATH_MAX
 DEEP = "a/" * LEVELS
@@ -39,21 +39,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     made.close()
 
 
-def _nest(base: Path, levels: int, name: str = "a") -> None:
-    """``levels`` nested directories ``name`` below the directory ``base``, with a file ``f`` at the
-    bottom, made with relative paths (no path length limits the depth)."""
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(levels):
-            os.mkdir(name, dir_fd=fd)
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    finally:
-        os.close(fd)
-
-
 def test_a_deep_release_is_healed(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     # heal opened a directory by opening its parent first (recursively) and removed an added tree
     # recursively: RecursionError, the release left as the drift made it
@@ -67,8 +52,8 @@ def test_a_deep_release_is_healed(world: World, capsys: pytest.CaptureFixture[st
     (bottom / "g").unlink()
     os.chmod(release, 0o755)
     (release / "added").mkdir()
-    _nest(release / "added", LEVELS)
-    _nest(release / "added", 2_100, "ab")  # past PATH_MAX too: only a walk by descriptors reaches it
+    nest(release / "added", LEVELS)
+    nest(release / "added", 2_100, "ab")  # past PATH_MAX too: only a walk by descriptors reaches it
     code, _out, err = run_cli(capsys, "drift", "--full")
     assert code == 1, err
     code, _out, err = run_cli(capsys, "heal", "staging")
@@ -124,7 +109,7 @@ def test_watch_sees_changes_at_the_bottom_of_a_deep_tree(tmp_path: Path) -> None
     # watching a tree called os.walk, which recursed once per level: RecursionError, watch ended
     from graven.drift.notify import InotifyNotifier
 
-    _nest(tmp_path, LEVELS)
+    nest(tmp_path, LEVELS)
     changed = threading.Event()
 
     def callback(key: str | None, _overflow: bool, _name: str | None) -> None:

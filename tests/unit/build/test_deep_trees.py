@@ -19,6 +19,7 @@ from graven.errors import InputError
 from graven.fstree import make_dirs
 from graven.model.manifest import FileEntry
 from graven.store.local import LocalStore
+from helpers_repo import nest
 
 RECURSION_DEEP = 1_200  # past Python's default recursion limit; a path of about 2,400 bytes
 PATH_MAX_DEEP = 2_100  # "ab/" 2,100 times: 6,300 bytes, past PATH_MAX (4,096)
@@ -31,37 +32,17 @@ def _remove_deep_trees(tmp_path: Path) -> Iterator[None]:
     assert remove_tree(tmp_path) is None
 
 
-def _nest(base: Path, levels: int, name: str = "a") -> None:
-    """``levels`` nested directories ``name`` below ``base`` with a file ``f`` at the bottom, made with
-    relative paths (as a step's ``cd``), so that no path length limits the depth."""
-    base.mkdir(parents=True, exist_ok=True)
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(levels):
-            os.mkdir(name, dir_fd=fd)
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        made = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(made, b"deep\n")
-        os.close(made)
-        os.mkdir("locked", 0o700, dir_fd=fd)
-        os.chmod("locked", 0, dir_fd=fd)  # a step's chmod 000, at the very bottom
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("levels", [RECURSION_DEEP, PATH_MAX_DEEP])
 def test_a_deep_tree_is_removed(tmp_path: Path, levels: int) -> None:
     top = tmp_path / "graven-build-x"
-    _nest(top / "work" / "junk", levels, "ab")
+    nest(top / "work" / "junk", levels, "ab", content=b"deep\n", locked=True)
     os.chmod(top / "work", stat.S_IRUSR | stat.S_IXUSR)  # read-only on the way down too
     assert remove_tree(top) is None
     assert not os.path.lexists(top)
 
 
 def test_deep_outputs_are_collected(tmp_path: Path) -> None:
-    _nest(tmp_path / "work" / "out", RECURSION_DEEP)
+    nest(tmp_path / "work" / "out", RECURSION_DEEP, content=b"deep\n", locked=True)
     os.chmod(tmp_path / "work" / "out" / "/".join(["a"] * RECURSION_DEEP) / "locked", 0o700)
     store = LocalStore.at(tmp_path / "objects")
     try:
@@ -75,7 +56,7 @@ def test_deep_outputs_are_collected(tmp_path: Path) -> None:
 
 
 def test_outputs_past_path_max_are_one_short_line(tmp_path: Path) -> None:
-    _nest(tmp_path / "work" / "out", PATH_MAX_DEEP, "ab")
+    nest(tmp_path / "work" / "out", PATH_MAX_DEEP, "ab", content=b"deep\n", locked=True)
     store = LocalStore.at(tmp_path / "objects")
     try:
         with store.batch() as batch, pytest.raises(InputError) as raised:
