@@ -468,6 +468,26 @@ def test_an_output_gone_while_saying_an_alert_still_delivers_and_records_it(worl
 # -- 8. the environment directory's own entries: releases, current, config --------------------------
 
 
+def first_drift_seen(
+    world: World, change: Callable[[], None], prepare: Callable[[list[str]], None] | None = None
+) -> list[tuple[str, str]]:
+    """Watch (periodic checks an hour apart, so that only a notification can wake one), wait for the
+    first check, ``prepare`` (given the output lines), ``change``, and wait for a check that finds
+    drift: its (path, kind) differences. The watcher reported no error."""
+    lines: list[str] = []
+    opts = WatchOptions(interval=3600, as_json=True, full_every=3600)
+    with watching(world, opts, lines.append) as (_thread, errors):
+        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
+        if prepare is not None:
+            prepare(lines)
+        seen = len(json_docs(lines, "check"))
+        change()
+        assert wait_for(lambda: any(not d["clean"] for d in json_docs(lines, "check")[seen:]), timeout=10)
+    assert errors == []
+    found = [d for d in json_docs(lines, "check")[seen:] if not d["clean"]]
+    return [(x["path"], x["kind"]) for x in found[0]["differences"]]
+
+
 def test_releases_replaced_by_a_link_is_checked_at_once(world: World) -> None:
     """PATH/releases renamed away and a symlink to it put in its place (the drift kind `releases`): the
     notifications of PATH other than `current` and `config` were all dropped as graven's own, and the
@@ -475,17 +495,13 @@ def test_releases_replaced_by_a_link_is_checked_at_once(world: World) -> None:
     default)."""
     digest = world.build()
     assert world.deploy(digest, "staging").ok
-    lines: list[str] = []
-    opts = WatchOptions(interval=3600, as_json=True, full_every=3600)
-    with watching(world, opts, lines.append) as (_thread, errors):
-        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
-        env = world.env_dir("staging")
+    env = world.env_dir("staging")
+
+    def replace_releases() -> None:
         (env / "releases").rename(env / "releases.old")
         (env / "releases").symlink_to("releases.old")
-        assert wait_for(lambda: any(not d["clean"] for d in json_docs(lines, "check")), timeout=10)
-    assert errors == []
-    found = [d for d in json_docs(lines, "check") if not d["clean"]]
-    assert [(x["path"], x["kind"]) for x in found[0]["differences"]] == [("releases", "releases")]
+
+    assert first_drift_seen(world, replace_releases) == [("releases", "releases")]
 
 
 def repoint_config(world: World) -> None:
@@ -504,15 +520,7 @@ def test_a_config_link_repointed_is_checked_at_once_when_path_is_a_symlink(world
     world.env_dir("staging").symlink_to("staging-data")
     digest = world.build()
     assert world.deploy(digest, "staging").ok
-    lines: list[str] = []
-    opts = WatchOptions(interval=3600, as_json=True, full_every=3600)
-    with watching(world, opts, lines.append) as (_thread, errors):
-        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
-        repoint_config(world)
-        assert wait_for(lambda: any(not d["clean"] for d in json_docs(lines, "check")), timeout=10)
-    assert errors == []
-    found = [d for d in json_docs(lines, "check") if not d["clean"]]
-    assert [(x["path"], x["kind"]) for x in found[0]["differences"]] == [("config", "config")]
+    assert first_drift_seen(world, lambda: repoint_config(world)) == [("config", "config")]
 
 
 def test_a_config_link_repointed_is_checked_at_once_in_a_replaced_environment_directory(
@@ -523,10 +531,8 @@ def test_a_config_link_repointed_is_checked_at_once_in_a_replaced_environment_di
     change of `current` or `config` in the new one waited for the periodic check."""
     digest = world.build()
     assert world.deploy(digest, "staging").ok
-    lines: list[str] = []
-    opts = WatchOptions(interval=3600, as_json=True, full_every=3600)
-    with watching(world, opts, lines.append) as (_thread, errors):
-        assert wait_for(lambda: len(json_docs(lines, "check")) >= 1)
+
+    def replace_path(lines: list[str]) -> None:
         env = world.env_dir("staging")
         old = env.with_name("staging-old")
         env.rename(old)
@@ -539,9 +545,6 @@ def test_a_config_link_repointed_is_checked_at_once_in_a_replaced_environment_di
         time.sleep(2.5)
         assert wait_for(lambda: json_docs(lines, "check")[-1]["clean"], timeout=10)
         time.sleep(0.3)
-        seen = len(json_docs(lines, "check"))
-        repoint_config(world)
-        assert wait_for(lambda: any(not d["clean"] for d in json_docs(lines, "check")[seen:]), timeout=10)
-    assert errors == []
-    found = [d for d in json_docs(lines, "check")[seen:] if not d["clean"]]
-    assert [(x["path"], x["kind"]) for x in found[0]["differences"]] == [("config", "config")]
+
+    found = first_drift_seen(world, lambda: repoint_config(world), prepare=replace_path)
+    assert found == [("config", "config")]
