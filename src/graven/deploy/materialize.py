@@ -493,6 +493,23 @@ class _Done(Record):
         self.copied_bytes += other.copied_bytes
 
 
+def _reap(pid: int, *, kill: bool) -> int:
+    """Wait for the forked process ``pid`` (killed first with ``kill``); its wait status. An interrupt
+    while it waits (Ctrl-C, SIGTERM) goes on, but not before the process is killed and reaped: no
+    forked process is left behind, running or not waited for."""
+    if kill:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        return os.waitpid(pid, 0)[1]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise
+
+
 class _Child:
     """A forked process doing some of the tasks (processes, not threads: the work is tens of thousands
     of short system calls, and threads would spend much of it handing the GIL to each other)."""
@@ -571,19 +588,18 @@ class _Child:
 
     def stop(self) -> None:
         """Kill the child (when the parent failed) and wait for it: nothing writes into the release after."""
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        self.reap()
+        if self.pid is not None:
+            pid, self.pid = self.pid, None
+            _reap(pid, kill=True)
 
     def reap(self) -> None:
         """Wait for the child's exit."""
         if self.pid is not None:
             pid, self.pid = self.pid, None
-            os.waitpid(pid, 0)
+            _reap(pid, kill=False)
 
 
 class _Builder:
@@ -1114,25 +1130,8 @@ def _check_by_stat(
     try:
         ok = _entries_match(base, entries[:half], table, uid, gid)
     finally:
-        status = _reap_check(pid, kill=not ok)  # its answer no longer matters when this half failed
+        status = _reap(pid, kill=not ok)  # its answer no longer matters when this half failed
     return ok and os.waitstatus_to_exitcode(status) == 0
-
-
-def _reap_check(pid: int, *, kill: bool) -> int:
-    """Wait for the process sharing a check by stat (killed first with ``kill``); its wait status. An
-    interrupt while it waits (Ctrl-C, SIGTERM) goes on, but not before the process is killed and
-    reaped: no process of a check is left behind, running or not waited for."""
-    if kill:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    try:
-        return os.waitpid(pid, 0)[1]
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise
 
 
 def _entries_match(base: str, entries: Sequence[TreeEntry], table: StatTable, uid: int, gid: int) -> bool:
