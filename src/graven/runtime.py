@@ -28,6 +28,7 @@ __all__ = [
     "no_gc",
     "pid_runs",
     "random_uuid",
+    "reap",
 ]
 
 
@@ -127,6 +128,25 @@ def end_queue(handover: queue.Queue[Any]) -> None:
     handover.put(None)
     with handover.not_empty:
         handover.not_empty.notify_all()
+
+
+def reap(pid: int, *, kill: bool) -> int:
+    """Wait for the forked process ``pid`` (killed first with ``kill``); its wait status. An interrupt
+    while it waits (Ctrl-C, SIGTERM) goes on, but not before the process is killed and reaped: no
+    forked process is left behind, running or not waited for."""
+    import signal
+
+    if kill:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        return os.waitpid(pid, 0)[1]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise
 
 
 def can_fork() -> bool:

@@ -22,7 +22,6 @@ import hashlib
 import heapq
 import marshal
 import os
-import signal
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,7 +35,7 @@ from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, InputError, IntegrityError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
-from graven.runtime import can_fork, no_gc
+from graven.runtime import can_fork, no_gc, reap
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -493,23 +492,6 @@ class _Done(Record):
         self.copied_bytes += other.copied_bytes
 
 
-def _reap(pid: int, *, kill: bool) -> int:
-    """Wait for the forked process ``pid`` (killed first with ``kill``); its wait status. An interrupt
-    while it waits (Ctrl-C, SIGTERM) goes on, but not before the process is killed and reaped: no
-    forked process is left behind, running or not waited for."""
-    if kill:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    try:
-        return os.waitpid(pid, 0)[1]
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise
-
-
 class _Child:
     """A forked process doing some of the tasks (processes, not threads: the work is tens of thousands
     of short system calls, and threads would spend much of it handing the GIL to each other)."""
@@ -593,13 +575,13 @@ class _Child:
             self.fd = -1
         if self.pid is not None:
             pid, self.pid = self.pid, None
-            _reap(pid, kill=True)
+            reap(pid, kill=True)
 
     def reap(self) -> None:
         """Wait for the child's exit."""
         if self.pid is not None:
             pid, self.pid = self.pid, None
-            _reap(pid, kill=False)
+            reap(pid, kill=False)
 
 
 class _Builder:
@@ -1130,7 +1112,7 @@ def _check_by_stat(
     try:
         ok = _entries_match(base, entries[:half], table, uid, gid)
     finally:
-        status = _reap(pid, kill=not ok)  # its answer no longer matters when this half failed
+        status = reap(pid, kill=not ok)  # its answer no longer matters when this half failed
     return ok and os.waitstatus_to_exitcode(status) == 0
 
 

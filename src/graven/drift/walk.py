@@ -15,7 +15,6 @@ import json
 import marshal
 import mmap
 import os
-import signal
 import stat
 import struct
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from graven.core.paths import check_path
 from graven.deploy.attributes import attribute_problem, deployer_gid, deployer_uid
 from graven.deploy.recordkey import read_record_file
 from graven.errors import BackendError, UnsafeInputError
+from graven.runtime import reap
 
 if TYPE_CHECKING:
     import threading
@@ -277,7 +277,7 @@ class ForkedWalk:
                     chunks.append(chunk)
         finally:
             os.close(self.fd)
-            _, status = os.waitpid(self.pid, 0)
+            status = reap(self.pid, kill=False)
         return b"".join(chunks) if status == 0 and chunks else None
 
     def cancel(self) -> None:
@@ -285,10 +285,8 @@ class ForkedWalk:
         if self.reaped:
             return
         self.reaped = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
         os.close(self.fd)
-        os.waitpid(self.pid, 0)
+        reap(self.pid, kill=True)
 
 
 def hash_rest(fd: int, head: bytes, stop: threading.Event | None = None) -> str:
