@@ -913,3 +913,34 @@ def test_a_push_or_pull_killed_midway_leaves_nothing_for_good(
     assert out.strip() == built
     assert list((home / "objects/tmp").iterdir()) == []
     assert list(system_tmp.iterdir()) == []
+
+
+def test_a_pull_larger_than_the_free_disk_is_refused_before_downloading(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A manifest whose archive is larger than the store's disk has free (a huge artifact, or a
+    registry that lies about the size) was downloaded until the disk was full, taking the space every
+    other write of the home needs meanwhile. It is refused before any blob is asked for."""
+    assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+    manifest = _copy_from(registry, fake, "v1", "v1")
+    home = _trusting_home(new_home, graven_home, monkeypatch, run_cli, "small-disk")
+    huge = dict(manifest)
+    layers = [dict(layer) for layer in manifest["layers"]]  # type: ignore[attr-defined]
+    layers[0]["size"] = 1 << 49  # 512 TiB: more than any disk this runs on has free
+    huge["layers"] = layers
+    fake.manifests["huge"] = json.dumps(huge).encode()
+    fake.requests.clear()
+    code, out, err = run_cli("pull", f"{fake.address}/team/app:huge")
+    assert code == 1 and out == "", err
+    assert "its archive is 512.0 TiB" in err and "free; make room there" in err, err
+    assert str(home) in err and err.count("\n") == 1, err
+    assert [path for _, path, _ in fake.requests if "/blobs/" in path] == []
+    assert list((home / "objects/tmp").iterdir()) == []
+    assert run_cli("pull", f"{fake.address}/team/app:v1")[0] == 0

@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
+from graven.core.units import human_size
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,16 +76,6 @@ def _utf8(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_utf8(item) for item in value]
     return value
-
-
-def human_size(size: int) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def printable(text: str, *, tabs: bool = False) -> str:

@@ -17,9 +17,11 @@ import functools
 import hashlib
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any, BinaryIO, NamedTuple, cast
 
-from graven.errors import InputError, NotFoundError, PolicyError
+from graven.core.units import human_size
+from graven.errors import BackendError, InputError, NotFoundError, PolicyError
 from graven.model.digest import Digest, sha256_digest
 from graven.model.logentry import LogEvent
 from graven.registry.oci import (
@@ -159,6 +161,7 @@ def pull_artifact(ctx: Context, source: Reference) -> PullResult:
         with store.scratch_dir("pull") as scratch:
             archive_path = scratch / "artifact.tar.zst"
             total = pulled.archive.size
+            _check_room(scratch, total, str(pinned), store.root)
             ctx.reporter.progress("downloading (bytes)", 0, total)
             with archive_path.open("wb") as out:
                 client.get_blob(
@@ -187,6 +190,24 @@ def pull_artifact(ctx: Context, source: Reference) -> PullResult:
         signed_by,
         imported.trusted_for if signed_by == imported.signer else None,
     )
+
+
+def _check_room(scratch: Path, size: int, where: str, root: Path) -> None:
+    """Refuse, before a byte is downloaded, an archive larger than the free space of the disk that
+    holds the store: a pull that filled it would fail anyway, after taking the space every other
+    write of the home (a build, a deploy's records, the database) needs meanwhile."""
+    import os
+
+    try:
+        st = os.statvfs(scratch)
+    except OSError:
+        return  # unknown: the download finds out (and fails with one line when the disk is full)
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise BackendError(
+            f"{where}: its archive is {human_size(size)} and the disk of the store ({root}) has "
+            f"{human_size(free)} free; make room there, or pull into a home on a larger disk (GRAVEN_HOME)"
+        )
 
 
 def _uploaded(ctx: Context, before: int, total: int, done: int) -> None:
