@@ -637,6 +637,26 @@ def check_key_name(name: str) -> str:
     return name
 
 
+def _is_key_base64(text: str) -> bool:
+    """Whether ``text`` is the base64 of a DER structure of key size (a PEM block's lines without
+    them): a secret to refuse unquoted, never a file or key name to echo in an error."""
+    compact = "".join(text.split())
+    if len(compact) < 43 or not compact.isascii():  # 32 bytes at least: a seed's worth
+        return False
+    try:
+        der = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    # one whole DER SEQUENCE (PKCS#8, SEC 1, PKCS#1), its length as its header says: no name is that
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    size = der[1]
+    if size < 0x80:
+        return len(der) == 2 + size
+    count = size - 0x80
+    return 1 <= count <= 2 and len(der) == 2 + count + int.from_bytes(der[2 : 2 + count], "big")
+
+
 class KeyEntry(NamedTuple):
     """One key of a :class:`KeyStore`."""
 
@@ -747,10 +767,12 @@ class KeyStore:
         value = name_or_path.strip()
         if not value:
             raise InputError("no signing key given (empty key name)")
-        if "-----BEGIN" in value or "\n" in value or len(value) > 4096:  # never echoed: it may be the key
+        if "-----BEGIN" in value or "\n" in value or len(value) > 4096 or _is_key_base64(value):
+            # never echoed: it may be the key (a PEM block, or its base64 lines alone)
             raise InputError(
-                "GRAVEN_SIGNING_KEY holds key text (a PEM block), not a key file or a key name: write "
-                "the key to a file only you can read (chmod 600) and set GRAVEN_SIGNING_KEY to its path"
+                "GRAVEN_SIGNING_KEY holds key text (a PEM block or its base64), not a key file or a key "
+                "name: write the key to a file only you can read (chmod 600) and set GRAVEN_SIGNING_KEY "
+                "to its path"
             )
         candidate = Path(value).expanduser()
         if candidate.is_file():

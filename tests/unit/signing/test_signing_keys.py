@@ -279,3 +279,16 @@ def test_resolve_by_name_and_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path.chmod(0o644)
     with pytest.raises(InputError, match="run chmod 600"):
         store.resolve(str(path))
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_resolve_never_echoes_the_base64_of_a_key(tmp_path: Path, key_type: str) -> None:
+    """The base64 body of a private key where its path belongs (a CI secret stored without its PEM
+    lines): refused as key text, never quoted (it reads as a key name or a path otherwise)."""
+    store = KeyStore(tmp_path / "keys")
+    pem = generate_key(key_type).private_pem().decode()
+    body = "".join(pem.splitlines()[1:-1])
+    for text in (body, body.rstrip("="), " ".join(pem.splitlines()[1:-1])):
+        with pytest.raises(InputError, match="holds key text") as refused:
+            store.resolve(text)
+        assert body[8:40] not in str(refused.value)
