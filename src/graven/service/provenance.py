@@ -266,8 +266,9 @@ def load_policy(ctx: Context, policy_file: Path | None = None, *, memo: bool = T
     """
     if policy_file is None and os.path.lexists(ctx.home.policy):
         policy_file = ctx.home.policy  # the home's policy, for every command (--policy replaces it)
-    # a missing trust/ is empty; anything else that is not a directory is refused (load_trust_dir)
-    policy = TrustPolicy.load(ctx.home.trust if ctx.home.trust.exists() else None, policy_file)
+    # a missing trust/ is empty; anything else that is not a directory (a dangling link too: its
+    # revocations are unknown) is refused (load_trust_dir)
+    policy = TrustPolicy.load(ctx.home.trust if os.path.lexists(ctx.home.trust) else None, policy_file)
     extra = read_revoked(ctx.home.trust / REVOKED_FILE)
     if extra:
         policy = policy.with_home(ctx.home.trust, extra)

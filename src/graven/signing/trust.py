@@ -148,11 +148,16 @@ def make_trust_dir(directory: Path) -> None:
 
 
 def load_trust_dir(trust_dir: Path | str) -> tuple[VerifyingKey, ...]:
-    """The public keys in ``trust_dir`` (``*.pub`` and ``*.pem``); a missing directory is empty. The
-    directory and each key are refused when another user could change them
-    (:func:`check_trust_material`)."""
+    """The public keys in ``trust_dir`` (``*.pub`` and ``*.pem``); a missing directory is empty, a
+    dangling link to one is refused (its revocations are unknown). The directory and each key are
+    refused when another user could change them (:func:`check_trust_material`)."""
     directory = Path(trust_dir)
     if not directory.exists():
+        if os.path.lexists(directory):  # its trust/revoked is unknown: never read as nothing revoked
+            raise ConfigError(
+                f"the trust directory {directory} is a link to nothing: the keys it revokes are unknown; "
+                "restore what it points to (or remove the link)"
+            )
         return ()
     if not directory.is_dir():
         raise ConfigError(
