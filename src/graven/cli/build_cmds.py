@@ -49,8 +49,9 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
     build.add_argument(
         "--check",
         action="store_true",
-        help="Build twice, the second time varied (path, file order, umask, hostname, TZ, locale); "
-        "exit 1 and list the differing paths unless both give the same manifest.",
+        help="Build twice, the second time varied (path, file order, file system, umask, hostname, TZ, "
+        "locale, limits, a later second); exit 1 and list the differing paths unless both give the same "
+        "manifest.",
     )
 
 

@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 _REF_HELP = (
     "HOST[:PORT]/REPOSITORY[:TAG]: the registry and repository (HTTPS; plain HTTP for localhost, "
-    "127.0.0.1 and [::1], or with an http:// prefix)."
+    "127.0.0.0/8 and [::1], or with an http:// prefix)."
 )
 
 
