@@ -38,7 +38,7 @@ step "the same commit built again gives the same digest"
 again=$(graven build 2>/dev/null | tail -n 1)
 [ "$again" = "$digest" ] && echo "same digest: $again"
 
-step "prove it: build twice, the second time varied (build path, file order, umask, hostname, TZ, locale)"
+step "prove it: build twice, the second time varied (build path, file order, file system, umask, hostname, TZ, locale, limits, a later second)"
 run graven build --check
 
 step "a step that writes the clock into an output is caught by --check: exit 1, the path is named"
