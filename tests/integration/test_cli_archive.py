@@ -1204,3 +1204,32 @@ def _cut_zstd(data: bytes) -> bool:
     reader = zstandard.ZstdDecompressor().decompressobj()
     reader.decompress(data)
     return not reader.eof
+
+
+def test_an_export_to_a_name_near_the_file_system_s_limit_is_written(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name of up to 255 bytes is one the file system takes, but its temporary name
+    (``.NAME.tmp-PID-HOST``, 22 bytes more) was not: the export failed, "cannot write NAME: File name
+    too long", about a name that is not. A long name's temporary name is shortened; what a killed
+    export to it left is still found and removed."""
+    from graven.archive.writer import temp_beside
+    from graven.runtime import host_token
+
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    out = outs / ("a" * 240 + ".tar.zst")  # 248 bytes
+    envelope = outs / ("\u00e9" * 125 + ".json")  # 255 bytes of UTF-8
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # a process that is gone, as a killed export's
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "getpid", lambda: pid)
+        stale = temp_beside(out)
+    assert len(os.fsencode(stale.name)) <= 255 and stale.name.endswith(f"-{pid}-{host_token()}")
+    stale.write_bytes(b"half an archive")
+    code, _, err = run_cli("export", artifact[1], "-o", out, "--attestation", envelope)
+    assert code == 0, err
+    assert sorted(p.name for p in outs.iterdir()) == sorted([out.name, envelope.name])
+    assert run_cli("import", out, "--attestation", envelope)[0] == 0

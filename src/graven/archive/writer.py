@@ -582,12 +582,30 @@ def write_archive_file(
 _STALE_TEMP_SECONDS = 3600  # a running export writes its temp file all the time
 
 
+_TEMP_NAME_MAX = 200  # bytes of NAME in a temp name: with ".", ".tmp-", a pid and HOST, within 255
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.NAME.tmp-``, what the temp names of writes of ``path`` begin with. A NAME of more than
+    :data:`_TEMP_NAME_MAX` bytes is shortened (its start, ``~`` and 16 hex digits of its sha256): a
+    name the file system takes (255 bytes) would make a temp name it refuses (ENAMETOOLONG)."""
+    name = path.name
+    raw = os.fsencode(name)
+    if len(raw) > _TEMP_NAME_MAX:
+        import hashlib
+
+        start = raw[: _TEMP_NAME_MAX - 17].decode("utf-8", "ignore")  # never half a character
+        name = f"{start}~{hashlib.sha256(raw).hexdigest()[:16]}"
+    return f".{name}.tmp-"
+
+
 def temp_beside(path: Path) -> Path:
     """The temp file an export (or its attestation) writes before renaming it to ``path``:
-    ``.NAME.tmp-PID-HOST`` (HOST: this host and pid namespace, :func:`graven.runtime.host_token`)."""
+    ``.NAME.tmp-PID-HOST`` (HOST: this host and pid namespace, :func:`graven.runtime.host_token`;
+    a long NAME shortened, :func:`_temp_prefix`)."""
     from graven.runtime import host_token
 
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{host_token()}")
+    return path.with_name(f"{_temp_prefix(path)}{os.getpid()}-{host_token()}")
 
 
 _NEW_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -620,7 +638,7 @@ def remove_stale_temps(path: Path) -> None:
     hour unchanged and no process of its pid runs here."""
     from graven.runtime import host_token, pid_runs
 
-    prefix = f".{path.name}.tmp-"
+    prefix = _temp_prefix(path)
     try:
         names = [n for n in os.listdir(path.parent) if n.startswith(prefix)]
     except OSError:
