@@ -1233,3 +1233,22 @@ def test_an_export_to_a_name_near_the_file_system_s_limit_is_written(
     assert code == 0, err
     assert sorted(p.name for p in outs.iterdir()) == sorted([out.name, envelope.name])
     assert run_cli("import", out, "--attestation", envelope)[0] == 0
+
+
+def test_an_archive_s_ending_is_read_in_any_case(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run
+) -> None:
+    """import takes ``SHOP.TAR.GZ`` for a .tar.gz (its name drops the ending in any case); export
+    refused that name: "unknown archive type; use a name ending in .tar, .tar.gz or .tar.zst"."""
+    digest = artifact[1]
+    for ending in SUFFIXES:
+        lower = _export(run_cli, digest, tmp_path / f"a{ending}")
+        upper = _export(run_cli, digest, tmp_path / f"B{ending.upper()}")
+        assert upper.read_bytes() == lower.read_bytes()
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "c.Tar.Gz", "--format", "tar.gz")
+    assert code == 0, err
+    assert_cli_error(
+        run_cli("export", digest, "-o", tmp_path / "d.TAR", "--format", "tar.zst"),
+        2,
+        "--format tar.zst contradicts",
+    )

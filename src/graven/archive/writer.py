@@ -110,8 +110,9 @@ ARCHIVE_FORMATS = {"tar": "tar", "tar.gz": "gz", "tar.zst": "zst"}
 
 
 def compression_for(path: Path) -> str:
-    """``tar``, ``gz`` or ``zst`` from the file name; anything else is an input error."""
-    name = path.name
+    """``tar``, ``gz`` or ``zst`` from the file name's ending, in any case (``SHOP.TAR.GZ``, as import
+    reads it); anything else is an input error."""
+    name = path.name.lower()
     if name.endswith(".tar"):
         return "tar"
     if name.endswith((".tar.gz", ".tgz")):
