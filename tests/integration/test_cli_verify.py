@@ -215,6 +215,16 @@ def test_deleted_pack_names_every_missing_object(
     assert _problems(err) == [f"missing: (manifest) (object {v1})"]
 
 
+def test_the_path_of_a_problem_with_the_manifest_is_the_one_docs_json_md_names() -> None:
+    """docs/json.md said ``graven.tree``; verify reports ``(manifest)``, and a script that looked for the
+    former never found it."""
+    from graven.service.artifacts import MANIFEST_PATH
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "json.md"
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| `problems[].path` |")]
+    assert rows and all(f"`{MANIFEST_PATH}` for the manifest itself" in row for row in rows), rows
+
+
 # -- SIGKILL while storing -------------------------------------------------------------------------
 
 
