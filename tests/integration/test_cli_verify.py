@@ -209,6 +209,11 @@ def test_deleted_pack_names_every_missing_object(
         f"missing: docs/copy-of-readme.txt (object sha256:{readme})",
         f"missing: docs/readme.txt (object sha256:{readme})",
     ]
+    # the audit log records how many objects: two (the readme's is at two paths), not three
+    code, out, _ = run_cli("log", "--json")
+    assert code == 0
+    failure = json.loads(out)[-1]
+    assert (failure["event"], failure["reason"]) == ("verify-failure", "2 objects missing or corrupt")
     # v1's manifest was in the deleted pack: the manifest itself is reported missing.
     code, _, err = run_cli("verify", v1)
     assert code == 1

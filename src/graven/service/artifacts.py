@@ -372,7 +372,9 @@ def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None
         raise unknown
     reason = ""
     if not ok:
-        reason = provenance.reason if report.ok else f"{len(report.problems)} objects missing or corrupt"
+        # objects, not the paths they are at (one object's problem is listed once per path)
+        damaged = len({problem.object for problem in report.problems})
+        reason = provenance.reason if report.ok else f"{damaged} objects missing or corrupt"
         record_verify_failure(ctx, digest, reason)
     return Verification(report, provenance, ok, reason)
 
