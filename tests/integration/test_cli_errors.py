@@ -826,6 +826,20 @@ def test_an_empty_file_argument_is_named_not_taken_for_the_current_directory(
     assert " . " not in line and "read ." not in line
 
 
+def test_a_file_argument_ending_in_a_slash_is_refused(
+    repo: Path, run_cli: Run, tmp_path: Path, graven_home: Path
+) -> None:
+    """`-o new.tar/` (a directory that does not exist) wrote a file `new.tar`: Path drops the
+    slash. A trailing slash names a directory, never the file the argument asks for."""
+    digest = _built(run_cli, repo)
+    out = tmp_path / "new.tar"
+    line = _assert_input_error(run_cli("export", digest, "-o", f"{out}/"), "ends with '/'")
+    assert "give a file name" in line
+    assert not out.exists()
+    (tmp_path / "p.toml").write_text("")
+    _assert_input_error(run_cli("verify", digest, "--policy", f"{tmp_path / 'p.toml'}/"), "ends with '/'")
+
+
 def test_an_empty_database_url_to_copy_into_is_named(repo: Path, run_cli: Run) -> None:
     """It said `the database URL <invalid URL> is not a URL`."""
     _built(run_cli, repo)  # a database to copy

@@ -318,9 +318,12 @@ def limit_count(value: str) -> int:
 def file_path(text: str) -> Path:
     """An argparse type: a file that a command reads or writes. An empty value (an unset shell
     variable) names no file: ``Path("")`` is the current directory, and the error said so
-    (``policy file . is a directory``, ``cannot read .: Is a directory``)."""
+    (``policy file . is a directory``, ``cannot read .: Is a directory``). A value ending in ``/``
+    names a directory, which ``Path`` would drop: ``-o new.tar/`` wrote a file ``new.tar``."""
     if not text:
         raise argparse.ArgumentTypeError("is empty; give a file name")
+    if text.endswith("/"):
+        raise argparse.ArgumentTypeError("ends with '/', which names a directory; give a file name")
     from pathlib import Path
 
     return Path(text)
