@@ -188,6 +188,53 @@ def test_a_rollback_first_settles_what_a_killed_deployer_left(world: World) -> N
     assert [(h["digest"], h["result"]) for h in history][-2:] == [(f1, "interrupted"), (f3, "ok")]
 
 
+def test_a_release_a_killed_deployer_left_live_can_be_rolled_back_to(world: World) -> None:
+    """f2 went live (its deployer was killed after the switch; the next command settled it as
+    ``interrupted``, live), then f3 replaced it: f2 is what was live before, and a rollback to it (by
+    default or --to) is a rollback to a release this environment ran, not a digest it never did."""
+    f1 = world.build()
+    f2 = world.version(2)
+    f3 = world.version(3)
+    f4 = world.version(4)
+    assert world.deploy(f1, "staging").ok
+    child = multiprocessing.get_context("fork").Process(
+        target=_deploy_and_die, args=(str(world.home), f2, str(world.root))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert world.live("staging") == f2
+    assert world.deploy(f3, "staging").ok
+    result = rollback(world.ctx(), "staging", world.options())
+    assert result.ok and result.digest == f2, result
+    assert world.live("staging") == f2
+    environments.unhold(world.ctx(), "staging")
+    assert world.deploy(f3, "staging").ok
+    assert rollback(world.ctx(), "staging", world.options(), to=f2).digest == f2
+    # a deployment killed before its switch never went live: still no rollback target
+    environments.unhold(world.ctx(), "staging")
+    assert world.deploy(f3, "staging").ok
+    child = multiprocessing.get_context("fork").Process(
+        target=_deploy_before_switch_and_die, args=(str(world.home), f4, str(world.root))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert world.live("staging") == f3
+    with pytest.raises(PolicyError, match="never live in staging"):
+        rollback(world.ctx(), "staging", world.options(), to=f4)
+    assert world.live("staging") == f3
+
+
+def _deploy_before_switch_and_die(home: str, digest: str, root: str) -> None:
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.deploy import DeployOptions, deploy
+
+    with Context(home=Home(root=Path(home)), reporter=_KillAt("deploy:pending-recorded")) as ctx:
+        deploy(ctx, digest, "staging", DeployOptions(root=root))
+
+
 def test_two_environments_never_share_a_directory(world: World) -> None:
     from graven.errors import ConfigError
     from helpers_deploy import env_toml

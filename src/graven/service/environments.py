@@ -164,9 +164,14 @@ def rejection(conn: Connection, digest: str) -> str | None:
 
 
 def went_live_here(conn: Connection, env: str, digest: str) -> bool:
-    """True when ``digest`` once went live in ``env``."""
+    """True when ``digest`` once went live in ``env``: a deployment of it succeeded there, or one
+    whose deployer was killed after its switch (settled ``interrupted``) left it live, as a later
+    deployment of ``env`` shows: the release ``current`` named when it started (its previous digest).
+    A deployment killed before its switch is ``interrupted`` too, and no later one names it."""
     row = conn.execute(
-        "SELECT id FROM deployments WHERE env = :env AND digest = :digest AND result = 'ok' LIMIT 1",
+        "SELECT d.id FROM deployments d WHERE d.env = :env AND d.digest = :digest AND (d.result = 'ok'"
+        " OR (d.result = 'interrupted' AND EXISTS (SELECT 1 FROM deployments n WHERE n.env = :env"
+        " AND n.previous_digest = :digest AND n.id > d.id))) LIMIT 1",
         {"env": env, "digest": digest},
     ).first()
     return row is not None
