@@ -552,3 +552,40 @@ def test_a_policy_file_or_key_another_user_could_change_is_refused(
         world.deploy(digest, "staging", policy_file=policy)
     code, _, err = run_cli(capsys, "verify", digest, "--policy", str(policy))
     assert code == 2 and err.count("\n") == 1 and f"chmod go-w {loosened}" in err
+
+
+def test_an_old_release_that_cannot_be_removed_fails_neither_this_deployment_nor_the_next(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retention runs once the deployment is live and recorded: an old release it cannot remove (a
+    directory in it that the service's user made, say, which a deployer that is not root cannot
+    empty) is a warning, not exit 1 (which says that what was live stays live), and what it left
+    aside does not stop the next deployment either."""
+    from graven.deploy.materialize import remove_tree as real
+    from graven.deploy.statdb import StatTable
+    from graven.errors import BackendError
+    from graven.service import deploy_release
+
+    toml = env_toml("app", staging_prod(keep=1))
+    v1, v2, v3, v4 = (world.version(n, toml) for n in range(1, 5))
+    for digest in (v1, v2):
+        assert world.deploy(digest, "staging").ok
+
+    def stuck(path: Path, table: StatTable | None = None, *, parent_nofollow: bool = False) -> None:
+        if path.name.startswith(".trash-"):
+            raise BackendError(f"cannot remove {path}: Permission denied")
+        real(path, table, parent_nofollow=parent_nofollow)
+
+    monkeypatch.setattr(deploy_release, "remove_tree", stuck)
+    root = str(world.root)
+    code, out, err = run_cli(capsys, "deploy", v3, "staging", "--root", root)
+    assert code == 0, err
+    assert world.live("staging") == v3
+    assert f"{v1[7:19]} could not be removed" in err and "Permission denied" in err
+    assert "removed old releases" not in out
+    code, out, err = run_cli(capsys, "deploy", v4, "staging", "--root", root)
+    assert code == 0, err
+    assert world.live("staging") == v4
+    assert "could not be removed" in err
+    releases = world.env_dir("staging") / "releases"
+    assert {p.name for p in releases.iterdir() if not p.name.startswith(".")} == {v4[7:], v3[7:]}

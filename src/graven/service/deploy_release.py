@@ -98,7 +98,13 @@ def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex:
             table_tmp.unlink()
     leftovers = layout.leftovers()
     for leftover in leftovers:
-        remove_tree(leftover, table, parent_nofollow=True)
+        try:
+            remove_tree(leftover, table, parent_nofollow=True)
+        except GravenError as exc:  # no release's name, in nobody's way: it must not stop every deploy
+            ctx.reporter.warn(
+                f"{leftover.name}, left by an earlier deployment, could not be removed ({exc}); "
+                "deploying all the same: remove it by hand"
+            )
     if leftovers:
         _refresh_live(ctx, layout, table, live_hex)
 
@@ -269,23 +275,33 @@ def retention(
         protected.add(live_hex)
     plan = plan_retention(infos, keep=keep, protected=protected)
     count = len(plan.delete)
+    removed_ok: list[str] = []
     for removed, hex_digest in enumerate(plan.delete):
         aside = layout.releases / f".trash-{hex_digest[:12]}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             os.rename(layout.release(hex_digest), aside)
         except FileNotFoundError:
             continue
-        except OSError as exc:
-            raise BackendError(f"cannot remove release {hex_digest[:12]}: {exc.strerror}") from None
+        except OSError as exc:  # still a whole release under its name: kept, as if protected
+            ctx.reporter.warn(f"old release {short(hex_digest)} could not be removed ({exc.strerror})")
+            continue
         step(ctx, "retention")
         ctx.reporter.progress(RETENTION_STAGE, removed, count)  # a release of many files: a moment each
-        remove_tree(aside, table, parent_nofollow=True)
+        try:
+            remove_tree(aside, table, parent_nofollow=True)
+            removed_ok.append(hex_digest)
+        except GravenError as exc:
+            # the deployment is live and recorded: exit 1 would say that what was live stays live
+            ctx.reporter.warn(
+                f"old release {short(hex_digest)} could not be removed ({exc}); it was moved aside "
+                f"to {aside.name}, which the next deployment tries to remove again"
+            )
         table.forget_owner(hex_digest)
     if count:
         ctx.reporter.progress(RETENTION_STAGE, count, count)
     if plan.delete:
         table.save(layout.stat_file, ctx.record_key)
-    return tuple(f"sha256:{h}" for h in plan.delete)
+    return tuple(f"sha256:{h}" for h in removed_ok)
 
 
 def readlink(path: Path) -> str | None:
