@@ -5,6 +5,7 @@ hook is named."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,21 @@ def test_a_config_link_not_restored_on_a_switch_back_is_said_even_when_the_old_r
     back = environments.history(world.ctx(), "staging")[-1]
     assert back["kind"] == "auto-rollback" and back["health"] == "healthy"
     assert "config link not restored" in str(back["detail"])
+
+
+def test_a_secret_cut_by_the_kept_tail_of_a_long_output_is_redacted_all_the_same(tmp_path: Path) -> None:
+    """Only the last 4 KiB of a hook's output are kept: where that cut falls inside a secret, what is
+    left of it (its end) no longer equals the secret, and was recorded as it is, in the audit log."""
+    from graven.deploy.hooks import run_hook
+
+    secret = "s3cr3t-" + "abcdefghij" * 4
+    env = dict(os.environ, API_TOKEN=secret)
+    command = (
+        "python3 -c 'import os, sys; "
+        'sys.stdout.write("x" * 100 + os.environ["API_TOKEN"] + "y" * 4076); sys.exit(3)\''
+    )
+    result = run_hook(command, cwd=tmp_path, env=env, timeout=30)
+    assert result.returncode == 3
+    assert len(result.output) <= 4096
+    shown = result.describe()
+    assert secret[-20:] not in shown and secret[-20:] not in result.output, shown

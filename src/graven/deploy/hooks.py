@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from graven.deploy.hook_result import HookResult, step_error
+from graven.deploy.hook_result import HookResult, redact_secrets, step_error
 from graven.runtime import GroupWatchdog
 
 __all__ = ["HookResult", "run_health", "run_hook", "step_error"]
 
 _TAIL = 4096
+_MARGIN = 65536  # read before the kept tail of a longer output: a secret the cut falls in is redacted whole
 
 
 def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:
@@ -52,8 +53,10 @@ def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float)
         finally:
             watchdog.stop()  # a command that ended by itself keeps what it started (a daemon)
         size = out.tell()
-        out.seek(max(0, size - _TAIL))
+        out.seek(max(0, size - _TAIL - _MARGIN))
         output = out.read().decode("utf-8", "replace")
+        if len(output) > _TAIL:  # the cut could leave the end of a secret, which no longer matches it
+            output = redact_secrets(output, dict(env))[-_TAIL:]
     return HookResult(command, code, output, time.monotonic() - start, timeout=timeout)
 
 
