@@ -506,7 +506,7 @@ class Alert(Frozen):
             "time": self.time,
             "count": len(self.differences),
             "kinds": summarize(self.differences),
-            "paths": self.paths,
+            "paths": [json_text(path) for path in self.paths],  # as differences name them: UTF-8
             "differences": [d.to_json() for d in self.differences],
             "new": [d.to_json() for d in self.new],
             "text": self.text(),

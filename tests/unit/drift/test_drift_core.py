@@ -3,6 +3,10 @@ heal plans."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from graven.core.drift import (
     Difference,
     EnvExpectation,
@@ -18,6 +22,7 @@ from graven.core.drift import (
     summarize,
 )
 from graven.core.globs import GlobSet
+from graven.drift.alerts import AlertSender
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
 
 A = "a" * 64
@@ -224,3 +229,28 @@ def test_a_heal_plan_counts_fixing_the_release_directory_itself() -> None:
     plan = plan_heal(MANIFEST, [Difference(".", "mode"), Difference("var/empty", "removed", "dir")])
     assert plan.mkdirs == (".", "var/empty")
     assert plan_heal(MANIFEST, [Difference(".", "removed", "dir")]).mkdirs == ()
+
+
+def test_an_alert_about_a_name_that_is_not_utf8_is_still_delivered(tmp_path: Path) -> None:
+    """An added file whose name is not UTF-8 (os.fsdecode gives it surrogate escapes) was listed raw in
+    the payload's `paths`: the alert sender's UTF-8 encoding failed, so neither the alert command nor
+    the webhook got the alert (recorded as alert-failed). An intruder could silence the alert of a
+    drift by naming its file with one such byte. `paths` names it as `differences` does (`\\xNN`)."""
+    name = os.fsdecode(b"app/evil\xff.py")
+    diffs = [Difference(name, "added", None, "file"), Difference("app/main.py", "modified")]
+    alert = make_alert(
+        "drift",
+        env="prod",
+        path="/srv/prod",
+        digest="sha256:" + HEX,
+        commit="abc",
+        name="shop",
+        time="2026-01-01T00:00:00Z",
+        differences=diffs,
+    )
+    doc = alert.to_json()
+    assert doc["paths"] == [d["path"] for d in doc["differences"]] == ["app/evil\\xff.py", "app/main.py"]
+    out = tmp_path / "alert.json"
+    ok, channels = AlertSender(command=f"cat > {out}").send(doc)
+    assert (ok, channels) == (True, {"command": "exit 0"})
+    assert json.loads(out.read_bytes().decode("utf-8"))["paths"][0] == "app/evil\\xff.py"
