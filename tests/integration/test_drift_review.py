@@ -609,6 +609,41 @@ def test_a_damaged_object_does_not_stop_the_rest_of_a_heal(
     assert (release / "out/app/util.py").read_text() == "X = 1\n"  # healed all the same
 
 
+def test_a_file_or_link_replaced_by_a_directory_holding_ignored_files_does_not_stop_the_heal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file of the release replaced by a directory holding an ignored file: the heal keeps that file,
+    so the directory stays, and writing the file there failed with "cannot heal ...: a directory there
+    should have been removed first". Every path after it was left as the drift made it: an intruder
+    could keep a backdoor in place through every heal (and `graven watch --heal`) by planting such a
+    directory at a path that sorts first. The heal writes everything else; the check after it names
+    what stays (exit 1, "still differs")."""
+    world, _digest = ignoring(tmp_path, monkeypatch, ["**/*.pid"])
+    try:
+        world.commit({"out/app/link.py": "->main.py"})
+        digest = world.build()
+        assert world.deploy(digest, "staging").ok
+        release = release_of(world)
+        with opened_up(release / "out/app"):
+            for name in ("main.py", "link.py"):
+                (release / "out/app" / name).unlink()
+                (release / "out/app" / name).mkdir()
+                (release / "out/app" / name / "x.pid").write_text("1\n")
+        top = release / "out/top.py"  # after out/app/ in the plan: the backdoor
+        with opened_up(top.parent):
+            top.chmod(0o644)
+            top.write_text("import os\n")
+            top.chmod(0o444)
+        code, _out, err = run_cli(capsys, "heal", "staging")
+        assert code == 1 and "still differs after the heal" in err, err
+        assert top.read_text() == "TOP = 1\n"
+        assert (release / "out/app/main.py/x.pid").exists() and (release / "out/app/link.py/x.pid").exists()
+        code, doc = drift(capsys, "--full")
+        assert code == 1 and found(doc) == {("out/app/main.py", "type"), ("out/app/link.py", "type")}, doc
+    finally:
+        world.close()
+
+
 def test_a_damaged_artifact_in_one_environment_does_not_hide_the_others(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

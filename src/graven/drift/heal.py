@@ -594,21 +594,23 @@ def apply_heal(
             try:
                 with _naming(release, entry.path):
                     parent_fd = dirs.writable(parent)
-                    stats.bytes_written += _write_file(
-                        store, entry, parent_fd, name, table, give=give, group=group, stop=stop
-                    )
+                    if not _kept_directory(parent_fd, name):
+                        stats.bytes_written += _write_file(
+                            store, entry, parent_fd, name, table, give=give, group=group, stop=stop
+                        )
+                        stats.written.append(entry.path)
             except IntegrityError as exc:
                 unrestored.append(f"{display_path(entry.path)} ({exc})")
-            else:
-                stats.written.append(entry.path)
             if progress is not None:
                 progress(done, total)
         for link in plan.symlinks:
             _stopping(stop)
             parent, name = _split(link.path)
             with _naming(release, link.path):
-                _write_link(dirs.writable(parent), name, link.target, give, group)
-            stats.linked.append(link.path)
+                parent_fd = dirs.writable(parent)
+                if not _kept_directory(parent_fd, name):
+                    _write_link(parent_fd, name, link.target, give, group)
+                    stats.linked.append(link.path)
         dirs.sync()
         if unrestored:
             more = f" and {len(unrestored) - 3} more" if len(unrestored) > 3 else ""
@@ -621,6 +623,16 @@ def apply_heal(
     finally:
         dirs.close()
     return stats
+
+
+def _kept_directory(dir_fd: int, name: str) -> bool:
+    """Whether a directory stands at ``name`` of ``dir_fd`` where the plan writes a file or a symlink:
+    one the removal kept for the ignored paths in it. Nothing is written there; every other path is,
+    and the check after the heal names this one (a failure here left the rest of the plan undone)."""
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def giving(owner: int) -> int:
