@@ -5,6 +5,7 @@ release directory or a file."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -607,6 +608,49 @@ def test_a_damaged_object_does_not_stop_the_rest_of_a_heal(
     code, _out, err = run_cli(capsys, "heal", "staging")
     assert code == 1 and "cannot restore 1 file(s)" in err and "out/top.py" in err, err
     assert (release / "out/app/util.py").read_text() == "X = 1\n"  # healed all the same
+
+
+def test_a_damaged_object_does_not_stop_the_heal_of_current_config_and_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A heal that could not restore one file (its store object damaged) said "the rest is healed", but
+    left `current` pointing where the drift put it (another release of the environment, an older one)
+    and `config` as it was, and saved no record of the files it wrote."""
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.statdb import StatTable
+
+    world, first = ignoring(tmp_path, monkeypatch, [])
+    world.commit({"out/top.py": "TOP = 2\n"})
+    second = world.build()
+    assert world.deploy(second, "staging").ok
+    env = world.env_dir("staging")
+    release = release_of(world)
+    pack = next((world.home / "objects" / "pack").glob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    at = data.find(b"X = 1\n")  # small objects are stored raw
+    assert at > 0
+    data[at] ^= 0x01
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    for rel, text in (("out/app/util.py", "X = 2\n"), ("out/app/main.py", "import os\n")):
+        with opened_up((release / rel).parent):
+            (release / rel).chmod(0o644)
+            (release / rel).write_text(text)
+            (release / rel).chmod(0o444)
+    (env / "current").unlink()
+    (env / "current").symlink_to(f"releases/{first.removeprefix('sha256:')}")  # the older release
+    (env / "config").unlink()
+    (env / "config").symlink_to("/etc/hostname")
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert code == 1 and "cannot restore 1 file(s)" in err and "out/app/util.py" in err, err
+    assert (release / "out/app/main.py").read_text() == "print('app')\n"
+    assert os.readlink(env / "current") == f"releases/{second.removeprefix('sha256:')}"
+    assert os.readlink(env / "config") == "current/config/staging.toml"
+    table = StatTable.load(EnvLayout(env).stat_file, world.ctx().record_key)
+    main = os.lstat(release / "out/app/main.py")
+    assert table.inodes.get(main.st_ino, ("",))[0] == hashlib.sha256(b"print('app')\n").hexdigest()
+    code, doc = drift(capsys)
+    assert code == 1 and found(doc) == {("out/app/util.py", "modified")}, doc
 
 
 def test_a_file_or_link_replaced_by_a_directory_holding_ignored_files_does_not_stop_the_heal(

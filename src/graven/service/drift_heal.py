@@ -38,7 +38,7 @@ from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.drift.heal import HealStats, apply_heal, giving, giving_group, move_aside
 from graven.drift.scan import ReleaseIndex, ScanStopped
-from graven.errors import BackendError, DatabaseBusyError, GravenError, PolicyError
+from graven.errors import BackendError, DatabaseBusyError, GravenError, IntegrityError, PolicyError
 from graven.home import make_dirs
 from graven.model.logentry import LogEvent
 from graven.service.context import Context, utc_now
@@ -357,27 +357,35 @@ def _write_back(
     hex_digest = checked.expected.release_hex
     plan = result.plan
     table = StatTable.load(layout.stat_file, ctx.record_key)
+    unrestored: IntegrityError | None = None
     if result.rebuilt:
         _rebuild_release(ctx, layout, checked.index, table, stop)
     else:
-        result.stats = apply_heal(
-            ctx.store,
-            layout.release(hex_digest),
-            plan,
-            table,
-            ignore=checked.ignore,
-            children=checked.index.children,
-            owner=table.owner(hex_digest),
-            group=table.group(hex_digest),
-            progress=lambda done, total: ctx.reporter.progress(HEAL_STAGE, done, total),
-            stop=stop,
-        )
+        try:
+            result.stats = apply_heal(
+                ctx.store,
+                layout.release(hex_digest),
+                plan,
+                table,
+                ignore=checked.ignore,
+                children=checked.index.children,
+                owner=table.owner(hex_digest),
+                group=table.group(hex_digest),
+                progress=lambda done, total: ctx.reporter.progress(HEAL_STAGE, done, total),
+                stop=stop,
+            )
+        except IntegrityError as exc:
+            # files whose store object is damaged: the rest of the release is written, and its records
+            # and the environment's links are still the heal's to restore ("the rest is healed")
+            unrestored = exc
     table.save(layout.stat_file, ctx.record_key)
     if plan.current:
         _fix_link(layout, layout.current, layout.link_target(hex_digest))
     if plan.config:
         config = checked.expected.config
         _fix_link(layout, layout.config_link, f"current/{config}" if config else None)
+    if unrestored is not None:
+        raise unrestored
 
 
 def _check_after(
