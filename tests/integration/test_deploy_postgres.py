@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_deploy import make_world, tree_problems
+from helpers_deploy import env_toml, make_world, tree_problems
 from helpers_repo import run_cli
 
 pytestmark = pytest.mark.services
@@ -38,5 +38,40 @@ def test_deploy_promote_rollback_on_postgres(
         assert tree_problems(world.root / "prod" / "current", world.manifest(v1)) == []
         assert run_cli(capsys, "log", "verify")[0] == 0
         assert not (world.home / "graven.db").exists()
+    finally:
+        world.close()
+
+
+def _fresh_database(postgres_url: str, name: str) -> str:
+    """A new, empty database on the module's server (another test's home is in postgres_url's)."""
+    import psycopg
+
+    server = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_a_hook_whose_output_holds_a_nul_byte_is_recorded_as_failed(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database review: a health check whose last line held a NUL byte (binary output: a curl of a
+    compressed page) failed the deployment's record on PostgreSQL, whose text refuses NUL: the failure
+    was never recorded (the row stayed pending) and the command ended with a database error."""
+    nul_health = "printf 'broken\\000output'; exit 3"
+    envs = {"staging": {"path": "staging", "health": nul_health, "health_interval": 0, "health_retries": 0}}
+    world = make_world(tmp_path, monkeypatch, env_toml("app", envs))
+    monkeypatch.setenv("GRAVEN_DB_URL", _fresh_database(postgres_url, "graven_nul"))
+    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
+    try:
+        v1 = world.build()
+        code, _, err = run_cli(capsys, "deploy", v1, "staging")
+        assert code == 1 and "failed (exit 3: broken\\x00output)" in err, err
+        assert "database error" not in err
+        code, out, _ = run_cli(capsys, "history", "staging", "--json")
+        (row,) = json.loads(out)
+        assert row["result"] == "failed" and row["detail"].endswith("exit 3: broken\\x00output")
+        assert run_cli(capsys, "log", "verify")[0] == 0
     finally:
         world.close()

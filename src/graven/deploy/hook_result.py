@@ -66,8 +66,10 @@ class HookResult(Frozen):
             status = f"killed by signal {-self.returncode}"
         else:
             status = f"exit {self.returncode}"
-        # lines end at newlines only: a carriage return must not hide what came before it on the line
-        last = redact_secrets(self.output).strip().split("\n")[-1:] if self.output.strip() else []
+        # lines end at newlines only: a carriage return must not hide what came before it on the line;
+        # a NUL byte (binary output) is written \x00: PostgreSQL's text, where this is recorded, has none
+        text = redact_secrets(self.output).replace("\x00", "\\x00")
+        last = text.strip().split("\n")[-1:] if text.strip() else []
         return f"{status}: {last[0][:200]}" if last else status
 
 
