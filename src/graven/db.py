@@ -818,6 +818,17 @@ class _AlchemyConnection:
 
 
 _LOCK_WAIT_MS = 60_000  # how long a PostgreSQL writer waits for another (SQLite: busy_timeout)
+_CONNECT_TIMEOUT_S = 30  # how long a new connection to PostgreSQL may take, unless the URL says
+
+
+def _sets_connect_timeout(url: str) -> bool:
+    """Whether libpq is told how long to wait for a connection other than by graven: ``connect_timeout``
+    in the URL's query, PGCONNECT_TIMEOUT, or a service (pg_service.conf may set it; an explicit value
+    would override the file's)."""
+    query = url.partition("?")[2]
+    keys = {part.partition("=")[0] for part in query.split("&")}
+    environ = os.environ.get("PGCONNECT_TIMEOUT") or os.environ.get("PGSERVICE")
+    return bool(keys & {"connect_timeout", "service"}) or bool(environ)
 
 
 class _AlchemyDatabase:
@@ -831,7 +842,10 @@ class _AlchemyDatabase:
                 "install graven[postgres]"
             ) from None
 
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        # libpq waits without end for a server that takes the connection and never answers (hung, or a
+        # firewall that drops): a bounded wait, unless the URL, its service or PGCONNECT_TIMEOUT sets one
+        timeout = {} if _sets_connect_timeout(url) else {"connect_timeout": _CONNECT_TIMEOUT_S}
+        self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args=timeout)
         self.dialect = self.engine.dialect.name
 
     @contextmanager
@@ -1189,7 +1203,7 @@ _PG_HINTS: tuple[tuple[str, bool, str], ...] = (
     (
         r"Connection refused|could not connect|server closed the connection|terminating connection"
         r"|the database system is (?:shutting down|starting up|in recovery)|connection is (?:closed|lost)"
-        r"|consuming input failed|on socket .* failed: No such file",
+        r"|consuming input failed|on socket .* failed: No such file|connection timeout expired",
         False,
         "is the PostgreSQL server running and reachable? start it (or wait for its restart), then run "
         "this command again",

@@ -205,6 +205,32 @@ def test_a_server_that_is_down_says_to_start_it(tmp_path: Path) -> None:
     assert failed.value.exit_code == 1
 
 
+def test_a_server_that_never_answers_is_given_up_on_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database review: a URL whose host takes the connection but never answers (a hung server, a
+    firewall that drops, the wrong service behind the port) made every command wait forever: libpq
+    waits without end unless connect_timeout is set. Now graven waits a bounded time, unless the URL
+    (or PGCONNECT_TIMEOUT) says how long."""
+    import socket
+    import time
+
+    from graven.db import Database
+    from graven.errors import BackendError
+
+    monkeypatch.setattr("graven.db._CONNECT_TIMEOUT_S", 2)
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    with socket.socket() as silent:  # takes connections into its backlog, never accepts nor answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(BackendError) as failed:
+            Database.open(f"postgresql+psycopg://graven:Secret1@127.0.0.1:{port}/graven")
+        assert time.monotonic() - started < 15
+    shown = str(failed.value)
+    assert "timeout expired" in shown and "is the PostgreSQL server running and reachable" in shown, shown
+    assert "Secret1" not in shown and "\n" not in shown
+
+
 @pytest.mark.parametrize(
     ("message", "hint"),
     [
