@@ -355,3 +355,32 @@ def test_a_secret_cut_by_the_kept_tail_of_a_long_output_is_redacted_all_the_same
     assert len(result.output) <= 4096
     shown = result.describe()
     assert secret[-20:] not in shown and secret[-20:] not in result.output, shown
+
+
+def test_a_deploy_whose_activate_leaves_a_daemon_on_its_output_warns(world: World, tmp_path: Path) -> None:
+    """`activate = "./server &"`: the server writes into the hook's output, a temp file graven
+    removed, for as long as it runs. The deployment succeeds, and says so once, naming the process."""
+    import signal
+
+    from graven.service.context import NullReporter
+    from graven.service.deploy import deploy
+
+    pids = tmp_path / "daemon.pid"
+
+    class _Warnings(NullReporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def warn(self, message: str) -> None:
+            self.lines.append(message)
+
+    digest = world.version(2, env_toml("app", staging_prod(activate=f"sleep 600 & echo $! > {pids}")))
+    reporter = _Warnings()
+    try:
+        result = deploy(world.ctx(reporter), digest, "staging", world.options())
+        assert result.ok
+    finally:
+        if pids.exists():
+            os.kill(int(pids.read_text()), signal.SIGKILL)
+    leaks = [line for line in reporter.lines if "left 1 process running" in line]
+    assert len(leaks) == 1 and f"(pid {pids.read_text().strip()})" in leaks[0], reporter.lines

@@ -26,8 +26,16 @@ _TAIL = 4096
 _MARGIN = 65536  # read before the kept tail of a longer output: a secret the cut falls in is redacted whole
 
 
-def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:
-    """Run ``command`` with ``/bin/sh -c``; never raises for a failing command."""
+def run_hook(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    warn: Callable[[str], None] | None = None,
+) -> HookResult:
+    """Run ``command`` with ``/bin/sh -c``; never raises for a failing command. ``warn`` is told when
+    the command left processes behind that still write to its output (:func:`_holders`)."""
     import tempfile  # here: a deployment without hooks never needs it (start-up)
 
     start = time.monotonic()
@@ -52,12 +60,55 @@ def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float)
             raise
         finally:
             watchdog.stop()  # a command that ended by itself keeps what it started (a daemon)
+        if warn is not None and code is not None:
+            holders = _holders(out.fileno())
+            if holders:
+                shown = ", ".join(str(pid) for pid in holders[:5]) + (" ..." if len(holders) > 5 else "")
+                warn(
+                    f"`{command}` left {len(holders)} process{'es' if len(holders) > 1 else ''} running "
+                    f"(pid {shown}) that write{'' if len(holders) > 1 else 's'} to its output, a file graven "
+                    "has removed: the disk space it takes cannot be seen, nor freed until they stop; "
+                    "redirect a daemon's output (`nohup ./server >server.log 2>&1 &`) or start it with "
+                    "a service manager"
+                )
         size = out.tell()
         out.seek(max(0, size - _TAIL - _MARGIN))
         output = out.read().decode("utf-8", "replace")
         if len(output) > _TAIL:  # the cut could leave the end of a secret, which no longer matches it
             output = redact_secrets(output, dict(env))[-_TAIL:]
     return HookResult(command, code, output, time.monotonic() - start, timeout=timeout)
+
+
+def _holders(fd: int) -> list[int]:
+    """The processes of this user, other than this one, that hold the file open at ``fd`` (a hook's
+    output, which a daemon the hook started inherits as its stdout or stderr): found through
+    ``/proc``; none where it cannot be read."""
+    try:
+        st = os.fstat(fd)
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    me, uid, target = os.getpid(), os.geteuid(), (st.st_dev, st.st_ino)
+    found: list[int] = []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        base = f"/proc/{name}/fd"
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            fds = os.listdir(base)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        for entry in fds:
+            try:
+                held = os.stat(f"{base}/{entry}")
+            except OSError:
+                continue
+            if (held.st_dev, held.st_ino) == target:
+                found.append(int(name))
+                break
+    return sorted(found)
 
 
 def _kill(proc: subprocess.Popen[bytes], watchdog: GroupWatchdog) -> None:
@@ -78,14 +129,15 @@ def run_health(
     retries: int,
     interval: float,
     sleep: Callable[[float], None] = time.sleep,
+    warn: Callable[[str], None] | None = None,
 ) -> HookResult:
     """Run the health command until it passes, at most ``retries + 1`` times, ``interval`` apart."""
     start = time.monotonic()
-    result = run_hook(command, cwd=cwd, env=env, timeout=timeout)
+    result = run_hook(command, cwd=cwd, env=env, timeout=timeout, warn=warn)
     attempts = 1
     while not result.ok and attempts <= retries:
         sleep(interval)
-        result = run_hook(command, cwd=cwd, env=env, timeout=timeout)
+        result = run_hook(command, cwd=cwd, env=env, timeout=timeout, warn=warn)
         attempts += 1
     return HookResult(
         command, result.returncode, result.output, time.monotonic() - start, attempts, timeout=timeout

@@ -94,20 +94,31 @@ def __getattr__(name: str) -> Any:
 # -- hooks: graven.deploy.hooks (and subprocess) is loaded only when a step needs it -----------------
 
 
-def run_hook(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> HookResult:
+def run_hook(
+    command: str, *, cwd: Path, env: Mapping[str, str], timeout: float, warn: Callable[[str], None]
+) -> HookResult:
     """:func:`graven.deploy.hooks.run_hook` (the activate command)."""
     from graven.deploy import hooks
 
-    return hooks.run_hook(command, cwd=cwd, env=env, timeout=timeout)
+    return hooks.run_hook(command, cwd=cwd, env=env, timeout=timeout, warn=warn)
 
 
 def run_health(
-    command: str, *, cwd: Path, env: Mapping[str, str], timeout: float, retries: int, interval: float
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    retries: int,
+    interval: float,
+    warn: Callable[[str], None],
 ) -> HookResult:
     """:func:`graven.deploy.hooks.run_health` (the health command, with its retries)."""
     from graven.deploy import hooks
 
-    return hooks.run_health(command, cwd=cwd, env=env, timeout=timeout, retries=retries, interval=interval)
+    return hooks.run_health(
+        command, cwd=cwd, env=env, timeout=timeout, retries=retries, interval=interval, warn=warn
+    )
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -424,7 +435,11 @@ class _Deployment:
         if settings.activate:
             self.phase = "activate"
             self.activate = run_hook(
-                settings.activate, cwd=layout.root, env=hook_env, timeout=settings.activate_timeout
+                settings.activate,
+                cwd=layout.root,
+                env=hook_env,
+                timeout=settings.activate_timeout,
+                warn=ctx.reporter.warn,
             )
             step(ctx, "activated")
         if settings.health and _passed(self.activate):
@@ -436,6 +451,7 @@ class _Deployment:
                 timeout=settings.health_timeout,
                 retries=settings.health_retries,
                 interval=settings.health_interval,
+                warn=ctx.reporter.warn,
             )
             step(ctx, "health-checked")
         if _passed(self.activate) and _passed(self.health):

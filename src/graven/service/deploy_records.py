@@ -328,7 +328,7 @@ def record_failure(
                 _leave_nothing_live(layout)
     if back.to is not None and previous is not None:
         if held.stopped is None:
-            _recheck_previous(back, layout, previous, digest)
+            _recheck_previous(back, layout, previous, digest, ctx.reporter.warn)
         else:  # stopped before the previous release's hooks: not run
             back.interrupted = held.stopped
             note = f"its activate and health not run: stopped ({type(held.stopped).__name__})"
@@ -446,7 +446,13 @@ def _switch_back(
     return back
 
 
-def _recheck_previous(back: _SwitchBack, layout: EnvLayout, previous: str, failed_digest: str) -> None:
+def _recheck_previous(
+    back: _SwitchBack,
+    layout: EnvLayout,
+    previous: str,
+    failed_digest: str,
+    warn: Callable[[str], None],
+) -> None:
     """Run the hooks of the release switched back to (``back.settings``; none when they could not be
     verified) and set ``back.health``: ``failed``, ``healthy``, ``none`` (no health command) or
     ``unknown`` (not run, or stopped: a signal is kept in ``back.interrupted``, not raised)."""
@@ -458,7 +464,11 @@ def _recheck_previous(back: _SwitchBack, layout: EnvLayout, previous: str, faile
             hook_env = hook_environment(layout, settings, previous, failed_digest)
             if settings.activate:
                 result = run_hook(
-                    settings.activate, cwd=layout.root, env=hook_env, timeout=settings.activate_timeout
+                    settings.activate,
+                    cwd=layout.root,
+                    env=hook_env,
+                    timeout=settings.activate_timeout,
+                    warn=warn,
                 )
                 if not result.ok:
                     back.health, back.detail = "failed", f"activate failed: {result.describe()}"
@@ -470,6 +480,7 @@ def _recheck_previous(back: _SwitchBack, layout: EnvLayout, previous: str, faile
                     timeout=settings.health_timeout,
                     retries=settings.health_retries,
                     interval=settings.health_interval,
+                    warn=warn,
                 )
                 back.health = "healthy" if result.ok else "failed"
                 if not result.ok:  # a passing check keeps the note of a config link not restored

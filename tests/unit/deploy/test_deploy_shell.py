@@ -365,6 +365,37 @@ def test_health_retries_until_it_passes(tmp_path: Path) -> None:
     assert not failing.ok and failing.attempts == 3
 
 
+def test_a_hook_that_leaves_a_process_writing_to_its_output_is_named(tmp_path: Path) -> None:
+    """An activate command that starts a daemon (`./server &`) without redirecting it: the daemon
+    keeps writing to the hook's output, a temp file graven removed, filling the disk unseen until it
+    stops. The warning names it and says how to start one; a daemon whose output goes elsewhere,
+    and a command that leaves nothing behind, are not named."""
+    import os
+    import signal
+
+    warned: list[str] = []
+    pids = tmp_path / "pids"
+    leaky = run_hook(f"sleep 600 & echo $! > {pids}", cwd=tmp_path, env={}, timeout=10, warn=warned.append)
+    (pid,) = [int(line) for line in pids.read_text().split()]
+    try:
+        assert leaky.ok
+        assert len(warned) == 1 and f"left 1 process running (pid {pid})" in warned[0], warned
+        assert "nohup ./server >server.log 2>&1 &" in warned[0]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    warned.clear()
+    quiet = run_hook(
+        f"sleep 600 >/dev/null 2>&1 & echo $! > {pids}", cwd=tmp_path, env={}, timeout=10, warn=warned.append
+    )
+    (pid,) = [int(line) for line in pids.read_text().split()]
+    try:
+        assert quiet.ok and warned == []
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert run_hook("echo done", cwd=tmp_path, env={}, timeout=10, warn=warned.append).ok
+    assert warned == []
+
+
 def test_stat_records_never_follow_a_symlink_or_block_on_a_fifo(tmp_path: Path) -> None:
     """Whoever can write PATH can plant a symlink or a FIFO where graven keeps its records: a root
     deploy must neither overwrite the link's target nor hang reading."""
