@@ -311,3 +311,87 @@ def test_work_in_progress_under_the_deploy_lock_is_never_alerted(world: World) -
     finally:
         watcher.close()
         receiver.close()
+
+
+class FlakyReceiver(Receiver):
+    """A webhook receiver that answers 503 to its first ``failures`` requests, then 200."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.refused = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.refused < outer.failures:
+                    outer.refused += 1
+                    self.send_response(503)
+                else:
+                    outer.alerts.append((time.monotonic(), json.loads(body)))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server.RequestHandlerClass = Handler
+
+
+def test_an_alert_no_channel_took_is_sent_again_while_its_drift_lasts(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook down for longer than its retries lost the alert for good: what it said was taken as
+    alerted, so the drift, still there, was never sent again (after a restart neither). It is now
+    sent again after a check at its retry time, with what it said as new; a drift already alerted
+    is not."""
+    from graven.service import drift_watch
+
+    monkeypatch.setattr(drift_watch, "ALERT_RETRY", 0.3)
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    receiver = FlakyReceiver(failures=2)  # the first alert and its first retry are refused
+    watcher = Watcher(world, WatchOptions(interval=60, webhook=receiver.url, webhook_retries=0, as_json=True))
+    try:
+        assert wait_for(lambda: watcher.checks() >= 1)
+        tamper(world, b"# 1\n")
+        assert wait_for(lambda: len(receiver.alerts) >= 1)
+        assert receiver.refused == 2
+        alert = receiver.alerts[0][1]
+        assert alert["event"] == "drift" and alert["paths"] == ["app/main.py"]
+        assert [d["path"] for d in alert["new"]] == ["app/main.py"]
+        checks = watcher.checks()
+        assert wait_for(lambda: watcher.checks() >= checks + 1, timeout=5) is False  # nothing due
+        assert receiver.events() == ["drift"]  # delivered once: not sent again
+    finally:
+        watcher.close()
+        receiver.close()
+    with world.ctx().db.connect() as conn:
+        results = [
+            r.result
+            for r in conn.execute("SELECT result FROM drift_events WHERE event = 'alert' ORDER BY id")
+        ]
+    assert results == ["failed", "failed", "ok"]
+
+
+def test_a_restarted_watcher_sends_again_what_no_channel_took(world: World) -> None:
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    down = Watcher(
+        world, WatchOptions(interval=60, webhook="http://127.0.0.1:9/nobody", webhook_retries=0, as_json=True)
+    )
+    try:
+        assert wait_for(lambda: down.checks() >= 1)
+        tamper(world, b"# 1\n")
+        assert wait_for(lambda: any('"ok": false' in line for line in down.lines if '"delivery"' in line))
+    finally:
+        down.close()
+    receiver = Receiver()
+    up = Watcher(world, WatchOptions(interval=60, webhook=receiver.url, as_json=True))
+    try:
+        assert wait_for(lambda: receiver.events() == ["drift"])
+        assert [d["path"] for d in receiver.alerts[0][1]["new"]] == ["app/main.py"]
+    finally:
+        up.close()
+        receiver.close()

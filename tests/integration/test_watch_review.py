@@ -149,10 +149,10 @@ class HangingSender:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def send(self, payload: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+    def send_each(self, payload: dict[str, Any]) -> dict[str, tuple[bool, str]]:
         self.entered.set()
         self.release.wait(30)
-        return True, {"webhook": "HTTP 200"}
+        return {"webhook": (True, "HTTP 200")}
 
     def kill_running(self) -> None:
         """No command runs: a webhook is abandoned, not killed."""

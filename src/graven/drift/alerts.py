@@ -42,12 +42,14 @@ DROPPED = "not delivered: dropped, the alert queue was full"
 
 @dataclass(frozen=True)
 class Delivery:
-    """How one alert went: ``ok`` when every channel took it; per channel, what happened."""
+    """How one alert went: ``ok`` when every channel took it, ``reached`` when one did at least; per
+    channel, what happened."""
 
     payload: dict[str, Any]
     ok: bool
     channels: dict[str, str]
     context: Any = None
+    reached: bool = False
 
 
 # A host name or an IPv4 address as a request can send it: letters (an internationalized name too),
@@ -129,18 +131,18 @@ class AlertSender:
 
     def send(self, payload: dict[str, Any]) -> tuple[bool, dict[str, str]]:
         """Deliver ``payload``; (every channel ok, outcome per channel)."""
+        each = self.send_each(payload)
+        return all(good for good, _ in each.values()), {name: outcome for name, (_, outcome) in each.items()}
+
+    def send_each(self, payload: dict[str, Any]) -> dict[str, tuple[bool, str]]:
+        """Deliver ``payload``; per channel, whether it took it and what happened."""
         data = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
-        channels: dict[str, str] = {}
-        ok = True
+        each: dict[str, tuple[bool, str]] = {}
         if self.command:
-            good, outcome = self._run_command(data)
-            channels["command"] = outcome
-            ok = ok and good
+            each["command"] = self._run_command(data)
         if self.webhook:
-            good, outcome = self._post(data)
-            channels["webhook"] = outcome
-            ok = ok and good
-        return ok, channels
+            each["webhook"] = self._post(data)
+        return each
 
     def _run_command(self, data: bytes) -> tuple[bool, str]:
         """Run the alert command in a session of its own, ``data`` on its stdin; only the last
@@ -398,14 +400,16 @@ class AlertDispatcher:
                 item = self._current = self._pending.popleft()
             payload, context = item
             try:
-                ok, channels = self.sender.send(payload)
+                each = self.sender.send_each(payload)
+                ok, reached = all(good for good, _ in each.values()), any(good for good, _ in each.values())
+                channels = {name: outcome for name, (_, outcome) in each.items()}
             except Exception as exc:
-                ok, channels = False, {"error": str(exc)[:_TAIL]}
+                ok, reached, channels = False, False, {"error": str(exc)[:_TAIL]}
             with self._cond:
                 self._current = None
                 if self._abandoned:  # reported as not delivered already
                     return
-                self._done.put(Delivery(payload, ok, channels, context))
+                self._done.put(Delivery(payload, ok, channels, context, reached))
             if self._on_done is not None:
                 self._on_done()
 

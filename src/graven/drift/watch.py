@@ -137,6 +137,15 @@ class Schedule:
                 self._hold[env] = now + seconds
                 self._next[env] = min(self._next[env], now + seconds)
 
+    def check_in(self, env: str, seconds: float) -> None:
+        """Check ``env`` in ``seconds`` at the latest (an alert that was not delivered is sent again
+        after the check then); unlike :meth:`postpone`, nothing that is due sooner waits for it."""
+        now = self.clock()
+        with self._lock:
+            if env in self._next:
+                self._next[env] = min(self._next[env], now + seconds)
+        self.wake.set()
+
     def _ready_at(self, env: str) -> float:
         at = self._next[env]
         dirty = self._dirty.get(env)

@@ -159,20 +159,28 @@ def record_alert(
     *,
     ok: bool,
     channels: dict[str, str],
+    reached: bool | None = None,
     wait: float | None = None,
     time: str | None = None,
 ) -> None:
     """Record an alert that was sent (or failed to be), and what was alerted, with its log entry
     (``wait``: as for :func:`record_check`; ``time``: when its delivery ended, default now: a
-    delivery ``graven watch`` held while the database was busy keeps its own time)."""
-    alerted = json.dumps(
+    delivery ``graven watch`` held while the database was busy keeps its own time). What was alerted
+    changes only with a delivery that ``reached`` a channel at least (default: ``ok``): one that
+    reached none leaves out what it said first (its ``new`` differences; a ``resolved`` one leaves it
+    all), so that a watcher sends it again, after a restart too."""
+    reached = ok if reached is None else reached
+    said = alert.differences if reached else tuple(d for d in alert.differences if d not in alert.new)
+    alerted: str | None = json.dumps(
         sorted(
-            [[d.path, d.kind] for d in alert.differences],
+            [[d.path, d.kind] for d in said],
             key=lambda k: (k[0].encode("utf-8", "surrogateescape"), k[1]),
         )
         if alert.event == "drift"
         else []
     )
+    if not reached and alert.event != "drift":
+        alerted = None  # the drift it says resolved stays alerted: the resolution is still to say
     summary = "; ".join(f"{name}: {outcome}" for name, outcome in channels.items()) or "no channel"
     with ctx.db.begin(wait=wait) as conn:
         if not still_live(conn, alert.env):  # retired while the alert was sent: nothing is recorded
@@ -189,17 +197,18 @@ def record_alert(
                 "detail": json.dumps({"event": alert.event, "channels": channels}, sort_keys=True),
             },
         )
-        if _state(conn, alert.env) is None:  # checked_at '': no check is recorded (drift_live.place)
-            conn.execute(
-                """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
-                VALUES (:env, :digest, '[]', 0, NULL, '', :alerted)""",
-                {"env": alert.env, "digest": alert.digest, "alerted": alerted},
-            )
-        else:
-            conn.execute(
-                "UPDATE drift_state SET alerted = :alerted WHERE env = :env",
-                {"env": alert.env, "alerted": alerted},
-            )
+        if alerted is not None:  # else: left as it is (a resolved alert not delivered)
+            if _state(conn, alert.env) is None:  # checked_at '': no check is recorded (drift_live.place)
+                conn.execute(
+                    """INSERT INTO drift_state (env, digest, keys, count, since, checked_at, alerted)
+                    VALUES (:env, :digest, '[]', 0, NULL, '', :alerted)""",
+                    {"env": alert.env, "digest": alert.digest, "alerted": alerted},
+                )
+            else:
+                conn.execute(
+                    "UPDATE drift_state SET alerted = :alerted WHERE env = :env",
+                    {"env": alert.env, "alerted": alerted},
+                )
         ctx.audit.append(
             conn,
             LogEvent(

@@ -46,6 +46,8 @@ _POSTPONED = 1.0  # seconds before a heal a deployment held off is tried again
 HEAL_BACKOFF_MAX = 3600.0  # seconds: the longest wait between two heals that leave drift behind
 DB_WAIT = 0.5  # seconds the watcher's own writes wait for another writer (then held: HeldChecks)
 HELD_MAX = 100  # checks of one environment held at most while the database is busy (oldest dropped)
+ALERT_RETRY = 30.0  # seconds after an alert that was not delivered before it is sent again
+ALERT_RETRY_MAX = 900.0  # seconds: the longest wait between two tries of an undelivered alert
 
 
 class HeldChecks:
@@ -244,6 +246,9 @@ class _Watcher:
         self.watched: dict[str, tuple[str, int, str, int]] = {}
         self.backoff = HealBackoff(opts.interval, clock=schedule.clock)
         self.alerted: dict[str, frozenset[tuple[str, str]]] = {}
+        # per environment whose last alert was not delivered: failures in a row, and the clock time
+        # before which it is not sent again (:meth:`_undelivered`)
+        self.alert_retry: dict[str, tuple[int, float]] = {}
         self.lost_output: list[OSError] = []  # the output gone: raised once the stop recorded the rest
         # what the database did not take yet: checks, then deliveries (with when each ended)
         self.held = HeldChecks()
@@ -381,6 +386,7 @@ class _Watcher:
             self.held.forget(env)
             self.heal_after.discard(env)
             self.alerted.pop(env, None)
+            self.alert_retry.pop(env, None)
             self.backoff.succeeded(env)
             if self.metrics is not None:
                 self.metrics.forget(env)
@@ -426,7 +432,11 @@ class _Watcher:
 
     def _alert(self, env: str, report: DriftReport) -> bool:
         """Alert new drift and its resolution (said, and delivered by the dispatcher); False when what
-        was alerted cannot be read (the database: decided at the next check, soon)."""
+        was alerted cannot be read (the database: decided at the next check, soon). After a delivery
+        that failed, nothing is decided before its retry time (:meth:`_undelivered`)."""
+        retry = self.alert_retry.get(env)
+        if retry is not None and env not in self.alerted and self.schedule.clock() < retry[1]:
+            return True
         before = self.alerted.get(env)
         if before is None:
             try:
@@ -619,6 +629,10 @@ class _Watcher:
                 f"{ended} {alert.env}: {alert.event} alert {'sent' if delivery.ok else 'FAILED'} ({outcome})",
                 {"env": alert.env, "event": alert.event, "ok": delivery.ok, "channels": delivery.channels},
             )
+            if delivery.reached:
+                self.alert_retry.pop(alert.env, None)
+            else:
+                self._undelivered(alert.env)
         unrecorded = self.unrecorded
         while unrecorded and not self.episode.failed:
             delivery, ended = unrecorded[0]
@@ -627,7 +641,13 @@ class _Watcher:
             try:
                 alert = delivery.context
                 record_alert(
-                    self.ctx, alert, ok=delivery.ok, channels=delivery.channels, wait=DB_WAIT, time=ended
+                    self.ctx,
+                    alert,
+                    ok=delivery.ok,
+                    reached=delivery.reached,
+                    channels=delivery.channels,
+                    wait=DB_WAIT,
+                    time=ended,
                 )
             except GravenError as exc:
                 self._cannot_record(exc)
@@ -635,6 +655,18 @@ class _Watcher:
             unrecorded.pop(0)
             self.episode.alerts += 1
             self._show_held(delivery.context.env)
+
+    def _undelivered(self, env: str) -> None:
+        """An alert of ``env`` reached no channel (each failed, or it was dropped from a full queue, or
+        left at a stop): what it said is not taken as alerted, so the first check after its retry time that
+        still finds the drift (or, for ``resolved``, none) sends it again; 30 s after the first
+        failure, doubling up to 15 min while they go on. What was alerted is read again from the
+        database, where a failed delivery leaves it as it was (:func:`record_alert`)."""
+        failures = self.alert_retry.get(env, (0, 0.0))[0] + 1
+        delay = min(ALERT_RETRY * 2 ** (failures - 1), ALERT_RETRY_MAX)
+        self.alert_retry[env] = (failures, self.schedule.clock() + delay)
+        self.alerted.pop(env, None)
+        self.schedule.check_in(env, delay)
 
     def _end_round(self) -> None:
         """Say once that what was held is recorded; the next failure warns again."""
