@@ -243,6 +243,34 @@ def test_a_step_cannot_read_the_users_credentials(
     assert len(report.splitlines()) == len(secrets) + 1, report  # every file was tried
 
 
+def test_a_step_cannot_read_the_postgresql_service_file(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libpq reads a connection's password from a service file as it does from ~/.pgpass: the one in
+    # the home (~/.pg_service.conf), or the one PGSERVICEFILE names (which [build] env cannot pass)
+    base = Path(tempfile.mkdtemp(prefix="graven-home-", dir="/var/tmp"))  # a directory the sandbox mirrors
+    try:
+        home, named = base / "home", base / "etc" / "services.conf"
+        for path in (home / ".pg_service.conf", named):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("[graven]\nhost=db\npassword=SECRET\n")
+        (home / "notes.txt").write_text("visible\n")
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("PGSERVICEFILE", str(named))
+        targets = f"{home / '.pg_service.conf'} {named} {home / 'notes.txt'}"
+        repo = make_repo(tmp_path / "repo", {"probe.py": READ_PROBE}, _toml(f"{PY} probe.py {targets}"))
+        (report,) = _built_files(run_cli, repo, tmp_path, "report.txt")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "SECRET" not in report, report
+    assert f"{home / 'notes.txt'}: 'visible\\n'" in report, report
+    assert len(report.splitlines()) == 3, report
+
+
 def test_steps_see_a_fixed_machine_and_a_clean_environment(
     graven_home: Path,
     tmp_path: Path,

@@ -455,6 +455,7 @@ CREDENTIAL_FILES: Final = (
     ".boto",
     ".my.cnf",
     ".pgpass",  # the password GRAVEN_DB_URL's PostgreSQL connection may come from
+    ".pg_service.conf",  # or a service's (GRAVEN_DB_URL ?service=, PGSERVICE): libpq reads it there too
     ".bash_history",
     ".zsh_history",
     ".python_history",

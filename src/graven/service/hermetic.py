@@ -371,17 +371,19 @@ def check_unsandboxed_allowed() -> None:
 
 def _secret_files(ctx: Context) -> list[Path]:
     """Files outside the home a step must not read: the signing key GRAVEN_SIGNING_KEY names (a path,
-    relative or with ``~``, as :meth:`graven.signing.keys.KeyStore.resolve` reads it) and an SQLite
-    database file named by GRAVEN_DB_URL, with its journal files."""
+    relative or with ``~``, as :meth:`graven.signing.keys.KeyStore.resolve` reads it), the password and
+    service files of libpq (PGPASSFILE, PGSERVICEFILE) and an SQLite database file named by
+    GRAVEN_DB_URL, with its journal files."""
     found: list[Path] = []
     key = os.environ.get("GRAVEN_SIGNING_KEY", "").strip()
     if key:
         candidate = Path(key).expanduser()
         if candidate.is_file():
             found.append(candidate.absolute())
-    passfile = os.environ.get("PGPASSFILE", "").strip()
-    if passfile:
-        found.append(Path(passfile).expanduser().absolute())
+    for variable in ("PGPASSFILE", "PGSERVICEFILE"):  # libpq reads a password from either
+        named = os.environ.get(variable, "").strip()
+        if named:
+            found.append(Path(named).expanduser().absolute())
     url = ctx.home.db_url
     if url.startswith("sqlite"):
         try:
