@@ -343,6 +343,50 @@ def test_sigterm_stops_the_build_like_ctrl_c(
     assert survivors(pids) == []
 
 
+def test_a_killed_checks_workspace_on_the_other_file_system_is_removed_by_the_next_build(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``build --check`` makes its second workspace in /dev/shm or /var/tmp (another kind of file
+    system than TMPDIR's); a graven killed meanwhile (SIGKILL, the OOM killer) left it there, a copy
+    of the whole checkout in memory on /dev/shm, until a later --check: the next build removes it."""
+    from graven.build.workspace import Workspace
+    from graven.service import hermetic
+
+    tmpdir, other = tmp_path / "tmpdir", tmp_path / "shm"
+    tmpdir.mkdir()
+    other.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(other),))
+    monkeypatch.setattr(hermetic, "_DISK_DIRS", (str(other),))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the killed graven: its check workspace, as CHECK_VARIATION makes it
+        try:
+            os.close(read_end)
+            Workspace.create(prefix="graven-check-", nested=2, base=other)
+            os.write(write_end, b"made")
+            os.close(write_end)
+            time.sleep(300)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"made"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert [p.name[:13] for p in other.iterdir()] == ["graven-check-"]
+    toml = _toml("mkdir out && echo x > out/x", sandbox="none")
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, toml)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    assert list(other.iterdir()) == []
+    assert list(tmpdir.iterdir()) == []
+
+
 # -- 5. background processes of sandbox = "none" ----------------------------------------------------
 
 

@@ -59,6 +59,7 @@ from graven.build.workspace import (
     checkout,
     copy_tree,
     ensure_inside,
+    reclaim,
     remove_tree,
     settle_tree,
     tempdir_problem,
@@ -168,6 +169,17 @@ def other_file_system_dir() -> Path | None:
         if room >= _MIN_FREE:
             return path
     return None
+
+
+def _reclaim_elsewhere() -> None:
+    """Remove the workspaces killed gravens left where ``build --check`` makes its second one (see
+    :func:`other_file_system_dir`): :meth:`Workspace.create` reclaims only the directory it makes one
+    in, and a killed check's copy of the checkout on /dev/shm holds memory until it is removed. Only
+    where no other user could change the directory, as there alone a workspace is ever made."""
+    for candidate in dict.fromkeys((*_TMPFS_DIRS, *_DISK_DIRS)):
+        path = Path(candidate)
+        if path.is_dir() and tempdir_problem(path) is None:
+            reclaim(path)
 
 
 def _memory_headroom(
@@ -507,6 +519,7 @@ def run_step_build(
             *described,
             f"the build directory's file system ({base}: directories list in another order)",
         )
+    _reclaim_elsewhere()
     ws = Workspace.create(prefix=variation.prefix, nested=variation.nested, base=base)
     try:
         # Refuses before any work when there is no usable sandbox.
