@@ -271,6 +271,35 @@ def test_a_step_cannot_read_the_postgresql_service_file(
     assert len(report.splitlines()) == 3, report
 
 
+def test_a_step_cannot_read_the_workspaces_of_other_checks(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # build --check makes its second workspace in /var/tmp when TMPDIR is a tmpfs (in /dev/shm when
+    # not: not mirrored); /var is mirrored, so another build's check there showed its checkout, its
+    # fetched files and its HOME to every step, as TMPDIR's workspaces are not shown
+    from graven.service import hermetic
+
+    base = Path(tempfile.mkdtemp(prefix="graven-test-", dir="/var/tmp"))
+    try:
+        other = base / "graven-check-other" / "level-0" / "level-1" / "src"
+        other.mkdir(parents=True)
+        (other / "secret.txt").write_text("SECRET\n")
+        # where a check from this TMPDIR would go (the other kind of file system than TMPDIR's)
+        monkeypatch.setattr(hermetic, "_TMPFS_DIRS", (str(base),))
+        monkeypatch.setattr(hermetic, "_DISK_DIRS", (str(base),))
+        target = other / "secret.txt"
+        repo = make_repo(tmp_path / "repo", {"probe.py": READ_PROBE}, _toml(f"{PY} probe.py {target}"))
+        (report,) = _built_files(run_cli, repo, tmp_path, "report.txt")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "SECRET" not in report, report
+    assert len(report.splitlines()) == 1, report
+
+
 def test_steps_see_a_fixed_machine_and_a_clean_environment(
     graven_home: Path,
     tmp_path: Path,

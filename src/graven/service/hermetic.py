@@ -148,10 +148,8 @@ def other_file_system_dir() -> Path | None:
     change that order)."""
     from graven.mounts import file_system_type, mounted_noexec
 
-    here = file_system_type(Path(tempfile.gettempdir()))
-    on_tmpfs = here == "tmpfs"
-    for candidate in _DISK_DIRS if on_tmpfs else _TMPFS_DIRS:
-        path = Path(candidate)
+    on_tmpfs = file_system_type(Path(tempfile.gettempdir())) == "tmpfs"
+    for path in _check_dirs(on_tmpfs=on_tmpfs):
         try:
             free = os.statvfs(path)
         except OSError:
@@ -169,6 +167,17 @@ def other_file_system_dir() -> Path | None:
         if room >= _MIN_FREE:
             return path
     return None
+
+
+def _check_dirs(*, on_tmpfs: bool | None = None) -> list[Path]:
+    """Where :func:`other_file_system_dir` looks for a place for ``build --check``'s second workspace:
+    on a file system of the other kind than TMPDIR's (``on_tmpfs``: whether TMPDIR is a tmpfs; by
+    default, looked up)."""
+    if on_tmpfs is None:
+        from graven.mounts import file_system_type
+
+        on_tmpfs = file_system_type(Path(tempfile.gettempdir())) == "tmpfs"
+    return [Path(candidate) for candidate in (_DISK_DIRS if on_tmpfs else _TMPFS_DIRS)]
 
 
 def _reclaim_elsewhere() -> None:
@@ -315,12 +324,14 @@ def _runner(
     # hidden; a signing key file named by GRAVEN_SIGNING_KEY elsewhere and credential files read as
     # empty.
     # So are the repository's git directories (a linked worktree's common one is elsewhere, with the
-    # remotes' credentials), the temp directory holding every workspace (this one's and other builds',
-    # in a TMPDIR the sandbox mirrors; this one is bound at /build), and an SQLite database outside the
-    # home.
+    # remotes' credentials), the temp directories holding every workspace (this one's and other builds',
+    # in a TMPDIR the sandbox mirrors, and where `build --check` makes its second one from this TMPDIR,
+    # /var/tmp when TMPDIR is a tmpfs: in both builds of a check, which then see the same; this one is
+    # bound at /build), and an SQLite database outside the home.
     cred_dirs, cred_files = credential_paths(user_homes())
+    workspaces = [Path(tempfile.gettempdir()), *_check_dirs()]
     hidden = hidden_paths(
-        [ctx.home.root, repo.root, *repo.git_dirs(), Path(tempfile.gettempdir()), *cred_dirs],
+        [ctx.home.root, repo.root, *repo.git_dirs(), *workspaces, *cred_dirs],
         (host_path or "").split(os.pathsep),
     )
     layout = SandboxLayout(
