@@ -234,6 +234,48 @@ def test_a_filter_of_the_users_own_configuration_still_runs_for_the_dirty_check(
     assert json.loads(out)["dirty_worktree"] is False
 
 
+def test_the_users_filter_still_runs_when_the_repository_names_the_same_one(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`git lfs install --local` (actions/checkout with `lfs: true` runs it) writes the filter the
+    operator also has in ~/.gitconfig into .git/config. Emptying the repository's filter emptied the
+    operator's too, so every touched LFS file was called dirty; the operator's commands stay, and
+    a command only the repository names is still emptied."""
+    canary = tmp_path / "canary"
+    evil = tmp_path / "evil.sh"
+    evil.write_text(f"#!/bin/sh\necho ran >> {canary}\ncat\n")
+    evil.chmod(0o755)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "b.txt").write_text("b\n")
+    filters = {"clean": "sed s/REAL/POINTER/", "smudge": "sed s/POINTER/REAL/"}
+    for name, command in filters.items():
+        (tmp_path / f"{name}.sh").write_text(f"#!/bin/sh\n{command}\n")
+        (tmp_path / f"{name}.sh").chmod(0o755)
+    global_config = tmp_path / "gitconfig"
+    global_config.write_text(
+        f'[filter "lfs"]\n\tclean = {tmp_path / "clean.sh"}\n\tsmudge = {tmp_path / "smudge.sh"}\n'
+    )
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
+    repo = make_repo(
+        tmp_path / "repo",
+        {**FILES, ".gitattributes": "*.bin filter=lfs\n*.txt filter=own\n", "a.bin": "POINTER\n"},
+    )
+    for name in filters:  # the same commands, as `git lfs install --local` writes them
+        git(repo, "config", f"filter.lfs.{name}", str(tmp_path / f"{name}.sh"))
+    (repo / "a.bin").unlink()
+    git(repo, "checkout", "--", "a.bin", env=git_env({"GIT_CONFIG_GLOBAL": str(global_config)}))
+    assert (repo / "a.bin").read_text() == "REAL\n"
+    git(repo, "config", "filter.lfs.required", "true")
+    git(repo, "config", "filter.own.clean", str(evil))  # the repository's own: never run
+    git(repo, "config", "filter.own.required", "true")
+    os.utime(repo / "a.bin", (1, 1))  # a stat change: status cleans the file again to compare
+    os.utime(repo / "b.txt", (1, 1))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dirty_worktree"] is False, err
+    assert not canary.exists()
+
+
 def test_a_git_status_that_cannot_start_is_a_warning_not_a_failed_build(
     graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:

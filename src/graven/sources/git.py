@@ -247,6 +247,7 @@ _COMMAND_KEYS = (
     r"|core\.(sshcommand|gitproxy|askpass|alternaterefscommand)$)"
 )
 _TRANSPORTS = ("file", "git", "ssh", "http", "https")  # those git allows by default: not ext::
+_FILTER_OFF = (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))
 _SINGLE_DEFAULTS = {"core.sshcommand": None, "core.askpass": "", "core.alternaterefscommand": ":"}
 
 
@@ -255,7 +256,8 @@ def _repository_overrides(root: Path, where: _Where) -> tuple[tuple[str, str], .
     repository's own configuration (.git/config, a worktree's config.worktree, and what they include)
     that makes git run a program (:data:`_COMMAND_KEYS`): the value the user's or the system's
     configuration gives (theirs is the operator's, and stays), else git's default. A filter driver
-    without commands leaves the bytes as they are, and is not required. Reading the configuration
+    without commands leaves the bytes as they are, and is not required (unless the operator's
+    configuration says so). Reading the configuration
     runs nothing."""
     try:
         found = subprocess.run(
@@ -279,8 +281,19 @@ def _repository_overrides(root: Path, where: _Where) -> tuple[tuple[str, str], .
             operator.append((key, value))
     out: list[tuple[str, str]] = []
     filters = sorted({key[len("filter.") : key.rindex(".")] for key in local if key.startswith("filter.")})
-    off = (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))
-    out += [(f"filter.{name}.{var}", value) for name in filters if name for var, value in off]
+    # each command the repository sets, emptied (an empty process, set, is one git then runs neither
+    # instead of: so only where the repository sets one), and no driver required; then the operator's
+    # own settings of those again (`git lfs install --local` writes the filter ~/.gitconfig has into
+    # .git/config): theirs run, the repository's do not
+    off = {
+        key: value
+        for name in filters
+        if name
+        for var, value in _FILTER_OFF
+        if (key := f"filter.{name}.{var}") in local or var == "required"
+    }
+    out += off.items()
+    out += [(key, value) for key, value in operator if key in off]
     for key in sorted(local):
         if key in _SINGLE_DEFAULTS:  # git takes the last value of these
             theirs = [value for name, value in operator if name == key]
