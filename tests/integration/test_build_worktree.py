@@ -145,3 +145,65 @@ def test_a_bare_repository_reads_every_blob_from_git(
     git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
     _build(run_cli, "-C", bare)
     assert len(from_git) == 6
+
+
+def test_a_checkout_git_converted_is_built_as_the_commit_holds_it(
+    graven_home: Path,
+    tmp_path: Path,
+    *,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    from_git: list[str],
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clone through core.autocrlf, eol and ident attributes and the operator's LFS-like filter
+    holds other bytes than the blobs: those come from git, the others from the working tree, and the
+    digest is that of the raw blobs (an LFS file is its pointer; export-ignore and export-subst,
+    which only git archive applies, change nothing). An edit hidden by assume-unchanged or
+    skip-worktree never reaches the artifact either."""
+    filters = {"clean": "sed s/REAL/POINTER/", "smudge": "sed s/POINTER/REAL/"}
+    for name, command in filters.items():
+        (tmp_path / f"{name}.sh").write_text(f"#!/bin/sh\n{command}\n")
+        (tmp_path / f"{name}.sh").chmod(0o755)
+    global_config = tmp_path / "gitconfig"
+    global_config.write_text(
+        "[core]\n\tautocrlf = true\n"
+        f'[filter "lfs"]\n\tclean = {tmp_path / "clean.sh"}\n\tsmudge = {tmp_path / "smudge.sh"}\n'
+    )
+    attributes = (
+        "*.bin filter=lfs -text\ncrlf.txt eol=crlf\nid.txt ident\nbin.dat -text\n"
+        "gone.txt export-ignore\nsubst.txt export-subst\n"
+    )
+    files = {
+        ".gitattributes": attributes,
+        "a.bin": "POINTER\n",
+        "crlf.txt": "one\ntwo\n",
+        "auto.txt": "lf\n",
+        "id.txt": "$Id$\n",
+        "bin.dat": "raw\n",
+        "gone.txt": "kept\n",
+        "subst.txt": "$Format:%H$\n",
+        "hidden.txt": "committed\n",
+        "skipped.txt": "committed\n",
+    }
+    repo = make_repo(tmp_path / "repo", files)
+    expected = _build(run_cli, "-C", repo, "--no-cache")["digest"]
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone), env={"GIT_CONFIG_GLOBAL": str(global_config)})
+    assert (clone / "a.bin").read_bytes() == b"REAL\n"
+    assert (clone / "crlf.txt").read_bytes() == b"one\r\ntwo\r\n"
+    assert (clone / "auto.txt").read_bytes() == b"lf\r\n"
+    assert (clone / "id.txt").read_bytes().startswith(b"$Id: ")
+    (clone / "hidden.txt").write_text("EDITED\n")
+    git(clone, "update-index", "--assume-unchanged", "hidden.txt")
+    git(clone, "update-index", "--skip-worktree", "skipped.txt")
+    (clone / "skipped.txt").write_text("EDITED\n")
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("fresh")))
+    from_git.clear()
+    built = _build(run_cli, "-C", clone)
+    assert built["digest"] == expected
+    converted = {_oid(clone, f"HEAD:{p}") for p in ("a.bin", "crlf.txt", "auto.txt", "id.txt", "hidden.txt")}
+    assert converted <= set(from_git)
+    assert _oid(clone, "HEAD:bin.dat") not in from_git  # not converted: from the working tree
