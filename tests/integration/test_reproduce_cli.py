@@ -110,6 +110,39 @@ def test_check_adds_the_diffoscope_summary_where_it_is_installed(
     assert lines[3].startswith("    -1") and lines[4].startswith("    +1")  # time_ns() values
 
 
+def test_diffoscope_runs_in_the_sandbox_the_steps_ran_in(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """diffoscope parses what the commit's steps made (a commit can make its build differ on purpose
+    and feed diffoscope's parsers what it likes): it ran on the host with graven's environment, its
+    home (keys, store) and the network in reach. It runs as the steps did: the home hidden, nothing
+    of graven's environment, the host read-only."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    fake = tools / "diffoscope"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "home entries: $(ls -A {graven_home} | wc -l)"\n'
+        'echo "secret: ${GRAVEN_REGISTRY_PASSWORD:-none}"\n'
+        f"touch {tmp_path}/written-by-diffoscope 2>/dev/null\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "pw-of-the-registry")
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out", STAMP))
+    assert len(list(graven_home.iterdir())) > 0
+    code, _, err = run_cli("build", "-C", repo, "--check")
+    assert code == 1
+    assert "    home entries: 0" in err, err
+    assert "    secret: none" in err and "pw-of-the-registry" not in err, err
+    assert not (tmp_path / "written-by-diffoscope").exists()  # (the sandbox's own /tmp took it)
+
+
 def test_check_catches_path_leaks_when_there_is_no_sandbox(
     graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
 ) -> None:
@@ -401,9 +434,17 @@ def test_a_rebuild_killed_during_diffoscope_leaves_nothing_for_good(
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))  # in-process: gettempdir() caches it
     tools = tmp_path / "tools"
     tools.mkdir()
-    started = tmp_path / "diffoscope-started"
     fake = tools / "diffoscope"
-    fake.write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 60\n")
+    # it runs in the sandbox, where it can write nothing the test sees: found by its command line
+    fake.write_text("#!/bin/sh\nexec sleep 60.25\n")
+
+    def started() -> bool:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0060.25\x00":
+                    return True
+        return False
+
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out", STAMP))
@@ -419,9 +460,9 @@ def test_a_rebuild_killed_during_diffoscope_leaves_nothing_for_good(
     )
     try:
         deadline = time.monotonic() + 120
-        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not started() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        reached = started.exists()
+        reached = started()
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         _, err_bytes = proc.communicate()

@@ -1,15 +1,21 @@
 """Comparing two builds of the same commit: which paths differ, and how (content, size, mode, type).
 
 :func:`diff_entries` is pure; :func:`diffoscope_summary` runs ``diffoscope`` (when it is installed) on
-the two versions of one file and keeps the start of its report.
+the two versions of one file and keeps the start of its report. Those files are what the commit's
+steps made: diffoscope (and the tools it runs on them: archivers, binutils, decompilers) parses hostile
+input, so it runs with an environment of its own, never graven's (tokens, passwords), and confined as
+the steps were when the caller gives a :data:`Confine` (the sandbox: service/hermetic.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,6 +25,7 @@ from graven.model.digest import Digest
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry
 
 __all__ = [
+    "Confine",
     "Difference",
     "HashOnlyBatch",
     "NotReproducibleError",
@@ -29,6 +36,29 @@ __all__ = [
 
 DIFFOSCOPE_LINES = 12
 DIFFOSCOPE_TIMEOUT = 120
+DIFFOSCOPE_OPTIONS = ("--no-progress", "--text", "-")
+
+Confine = Callable[[str, Path, Path, str, Path], list[str]]
+"""How diffoscope runs on ``path`` of two trees: ``(tool, a_root, b_root, path, scratch)`` -> the
+command line (``scratch``: an empty private directory for its HOME and temp files). Its environment
+is :func:`diffoscope_environment` of ``scratch``."""
+
+
+def unconfined(tool: str, a_root: Path, b_root: Path, path: str, scratch: Path) -> list[str]:
+    """diffoscope on the host (a build whose steps ran there too: ``sandbox = "none"``)."""
+    return [tool, *DIFFOSCOPE_OPTIONS, str(a_root / path), str(b_root / path)]
+
+
+def diffoscope_environment(scratch: Path) -> dict[str, str]:
+    """All of diffoscope's environment: the host's PATH, a fixed locale, HOME and TMPDIR in
+    ``scratch``; nothing else of graven's (a registry password, a cloud key, GRAVEN_*)."""
+    return {
+        "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(scratch),
+        "TMPDIR": str(scratch),
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+    }
 
 
 @dataclass(frozen=True)
@@ -117,18 +147,36 @@ def diff_entries(
     return result
 
 
-def diffoscope_summary(a: Path, b: Path, *, diffoscope: str | None = None) -> str | None:
-    """The first lines of ``diffoscope``'s text report on ``a`` vs ``b``; None when it is not installed."""
+def diffoscope_summary(
+    a_root: Path,
+    b_root: Path,
+    path: str,
+    *,
+    diffoscope: str | None = None,
+    confine: Confine | None = None,
+    scratch: Path | None = None,
+) -> str | None:
+    """The first lines of ``diffoscope``'s text report on ``path`` of ``a_root`` vs ``b_root`` (run as
+    ``confine`` says, else on the host; in ``scratch``, else a temporary directory of its own); None
+    when it is not installed."""
     tool = diffoscope or shutil.which("diffoscope")
     if tool is None:
         return None
+    if scratch is None:
+        with tempfile.TemporaryDirectory(prefix="graven-diffoscope-") as made:
+            return diffoscope_summary(
+                a_root, b_root, path, diffoscope=tool, confine=confine, scratch=Path(made)
+            )
+    argv = (confine or unconfined)(tool, a_root, b_root, path, scratch)
     try:
         result = subprocess.run(
-            [tool, "--no-progress", "--text", "-", str(a), str(b)],
+            argv,
             capture_output=True,
             stdin=subprocess.DEVNULL,
+            env=diffoscope_environment(scratch),
             timeout=DIFFOSCOPE_TIMEOUT,
             check=False,
+            start_new_session=True,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"(diffoscope failed: {exc})"
@@ -147,18 +195,30 @@ def with_diffoscope(
     b_root: Path | None,
     *,
     diffoscope: str | None = None,
+    confine: Confine | None = None,
+    scratch: Path | None = None,
 ) -> list[Difference]:
-    """Add diffoscope's summary to each differing regular file present on both sides (when installed)."""
+    """Add diffoscope's summary to each differing regular file present on both sides (when installed),
+    each run confined by ``confine`` (else on the host, with an environment of its own). ``scratch``
+    (made, 0700) holds its HOME and temp files: in a build's workspace, which the next build reclaims
+    after a kill; else a temporary directory of its own."""
     tool = diffoscope or shutil.which("diffoscope")
     if tool is None or a_root is None or b_root is None:
         return list(differences)
     result: list[Difference] = []
-    for item in differences:
-        if isinstance(item.a, FileEntry) and isinstance(item.b, FileEntry) and "content" in item.aspects:
-            summary = diffoscope_summary(a_root / item.path, b_root / item.path, diffoscope=tool)
-            result.append(replace(item, diffoscope=summary))
+    with contextlib.ExitStack() as stack:
+        if scratch is None:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="graven-diffoscope-")))
         else:
-            result.append(item)
+            scratch.mkdir(mode=0o700, exist_ok=True)
+        for item in differences:
+            if isinstance(item.a, FileEntry) and isinstance(item.b, FileEntry) and "content" in item.aspects:
+                summary = diffoscope_summary(
+                    a_root, b_root, item.path, diffoscope=tool, confine=confine, scratch=scratch
+                )
+                result.append(replace(item, diffoscope=summary))
+            else:
+                result.append(item)
     return result
 
 

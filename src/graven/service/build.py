@@ -843,7 +843,7 @@ def _tree_from_steps(
     second reads every blob from git."""
     from graven.build.compare import NotReproducibleError, diff_entries, with_diffoscope
     from graven.build.tree import collect_tree
-    from graven.service.hermetic import CHECK_VARIATION, run_step_build
+    from graven.service.hermetic import CHECK_VARIATION, diffoscope_confinement, run_step_build
 
     outputs = list(source.pipeline.build.outputs)
     with run_step_build(
@@ -880,7 +880,13 @@ def _tree_from_steps(
                 if differences:
                     raise NotReproducibleError(
                         source.commit,
-                        with_diffoscope(differences, first.work, second.work),
+                        with_diffoscope(
+                            differences,
+                            first.work,
+                            second.work,
+                            confine=diffoscope_confinement(ctx, source.repo, source.pipeline),
+                            scratch=second.workspace.root / "diffoscope",
+                        ),
                         second.described,
                     )
         return _StepsTree(entries, counter[0], first.log, first.sandbox, first.inputs)

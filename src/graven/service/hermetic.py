@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from graven.build.compare import DIFFOSCOPE_OPTIONS, Confine, diffoscope_environment
 from graven.build.fetch import (
     FETCHED_PREFIX,
     LOCKFILE_PREFIX,
@@ -33,14 +34,18 @@ from graven.build.fetch import (
 )
 from graven.build.sandbox import (
     BUILD_HOME,
+    BUILD_SRC,
+    BUILD_WORK,
     DEFAULT_HOSTNAME,
     SANDBOX_BUBBLEWRAP,
     SANDBOX_TMP,
     STEP_UMASK,
+    UNSHOWN_TOOL_PARENTS,
     BubblewrapRunner,
     HostRunner,
     SandboxLayout,
     StepRunner,
+    bwrap_argv,
     credential_paths,
     find_bwrap,
     hidden_paths,
@@ -49,6 +54,7 @@ from graven.build.sandbox import (
     masked_files,
     probe_bubblewrap,
     resolver_files,
+    shown_paths,
     step_limits_here,
     user_homes,
 )
@@ -355,6 +361,48 @@ def _runner(
         launcher_env=variation.launcher_env,
         vary_limits=variation.vary_limits,
     )
+
+
+def diffoscope_confinement(ctx: Context, repo: GitRepo, pipeline: Pipeline) -> Confine | None:
+    """How diffoscope runs on two builds of ``pipeline``'s steps: in a sandbox as they ran (bubblewrap:
+    no network, no capability, the host read-only with the same directories hidden and credential
+    files masked, the first tree read-only at /build/src, the second at /build/work, HOME and /tmp its
+    own), so that a commit that makes its build differ on purpose, and feeds diffoscope's parsers
+    (archivers, binutils, decompilers) what it likes, reaches nothing its steps could not; None (on
+    the host, with an environment of its own: :func:`graven.build.compare.diffoscope_environment`)
+    for steps that ran on the host (``sandbox = "none"``) or where bubblewrap is gone meanwhile."""
+    if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
+        return None
+    bwrap = find_bwrap()
+    if bwrap is None:
+        return None
+    host_path = os.environ.get("PATH")
+    cred_dirs, cred_files = credential_paths(user_homes())
+    hidden = hidden_paths(
+        [ctx.home.root, repo.root, *repo.git_dirs(), Path(tempfile.gettempdir()), *_check_dirs(), *cred_dirs],
+        (host_path or "").split(os.pathsep),
+    )
+    masked = masked_files([*_secret_files(ctx), *cred_files], hidden)
+    root_entries = host_root_entries()
+    env = {**diffoscope_environment(Path(BUILD_HOME)), "TMPDIR": SANDBOX_TMP}
+
+    def confine(tool: str, a_root: Path, b_root: Path, path: str, scratch: Path) -> list[str]:
+        # the PATH directories (and diffoscope's own) below a hidden one stay reachable, as for steps
+        tools = [*env["PATH"].split(os.pathsep), os.path.dirname(os.path.abspath(tool))]
+        layout = SandboxLayout(
+            src=a_root,
+            work=b_root,
+            home=scratch,
+            root_entries=root_entries,
+            hidden=hidden,
+            shown=shown_paths((*hidden, *UNSHOWN_TOOL_PARENTS), tools),
+            masked=masked,
+            map_root=os.geteuid() != 0,
+        )
+        command = [tool, *DIFFOSCOPE_OPTIONS, f"{BUILD_SRC}/{path}", f"{BUILD_WORK}/{path}"]
+        return bwrap_argv(bwrap, layout, env, command)
+
+    return confine
 
 
 ALLOW_UNSANDBOXED = "GRAVEN_ALLOW_UNSANDBOXED"

@@ -20,7 +20,7 @@ from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 from graven import __version__
-from graven.build.compare import Difference, HashOnlyBatch, diff_entries, with_diffoscope
+from graven.build.compare import Confine, Difference, HashOnlyBatch, diff_entries, with_diffoscope
 from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
 from graven.build.sandbox import SANDBOX_NONE
 from graven.build.tree import collect_tree
@@ -31,7 +31,7 @@ from graven.model.manifest import FileEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, parse_pipeline
 from graven.service.artifacts import load_manifest
 from graven.service.context import Context
-from graven.service.hermetic import Opener, run_step_build
+from graven.service.hermetic import Opener, diffoscope_confinement, run_step_build
 from graven.service.provenance import load_policy, verified_provenance
 from graven.signing.bundle import load_attestation
 from graven.signing.provenance import ProvenanceStatement, ResourceRef, parse_statement
@@ -195,7 +195,10 @@ def rebuild(
                 if ref.name.startswith(FETCHED_PREFIX) and old is not None and old != ref.digest:
                     notes.append(f"{ref.name}: fetched {ref.digest}, recorded {old}")
             differences = diff_entries(recorded.entries, rebuilt.entries, ("recorded artifact", "rebuild"))
-            differences = _with_diffoscope(ctx, differences, run.work)
+            confine = diffoscope_confinement(ctx, git, pipeline)
+            differences = _with_diffoscope(
+                ctx, differences, run.work, confine, run.workspace.root / "diffoscope"
+            )
     if str(rebuilt.digest) != str(digest) and statement.graven_version != __version__:
         notes.append(_rules_note(statement.graven_version or "(unknown)"))
     return RebuildReport(
@@ -231,7 +234,13 @@ def _rules_note(recorded: str) -> str:
     return f"built by graven {recorded}, rebuilt by graven {__version__}{said}"
 
 
-def _with_diffoscope(ctx: Context, differences: list[Difference], rebuilt_root: Path) -> list[Difference]:
+def _with_diffoscope(
+    ctx: Context,
+    differences: list[Difference],
+    rebuilt_root: Path,
+    confine: Confine | None,
+    scratch: Path,
+) -> list[Difference]:
     """Diffoscope the recorded file (written out of the store) against the rebuilt one."""
     wanted = [
         d
@@ -254,4 +263,4 @@ def _with_diffoscope(ctx: Context, differences: list[Difference], rebuilt_root: 
             target.parent.mkdir(parents=True, exist_ok=True)
             with ctx.store.open(item.a.digest) as source, open(target, "wb") as handle:
                 shutil.copyfileobj(source, handle, 1 << 20)
-        return with_diffoscope(differences, recorded_root, rebuilt_root)
+        return with_diffoscope(differences, recorded_root, rebuilt_root, confine=confine, scratch=scratch)

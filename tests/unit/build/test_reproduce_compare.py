@@ -67,7 +67,27 @@ def test_diffoscope_summary_is_added_for_changed_files(tmp_path: Path) -> None:
     [item] = with_diffoscope(differences, a, b, diffoscope=tool)
     assert item.diffoscope is not None
     assert item.diffoscope.splitlines() == [f"--- {a}/out/f.txt", f"+++ {b}/out/f.txt", "@@ -1 +1 @@"]
-    assert diffoscope_summary(a, b, diffoscope=str(tmp_path / "missing")) is not None  # reported, not raised
+    missing = str(tmp_path / "missing")
+    assert diffoscope_summary(a, b, "out/f.txt", diffoscope=missing) is not None  # reported, not raised
+
+
+def test_diffoscope_never_gets_graven_s_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """diffoscope (and the tools it runs) parse files the commit's steps made: it ran with graven's
+    whole environment, a registry password or a cloud key among it."""
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "hunter2-registry")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        (root / "f").write_text(root.name)
+    tool = tmp_path / "diffoscope"
+    tool.write_text('#!/bin/sh\nenv | sort\necho "home=$HOME"\n')
+    tool.chmod(0o755)
+    summary = diffoscope_summary(a, b, "f", diffoscope=str(tool))
+    assert summary is not None
+    assert "hunter2-registry" not in summary and "aws-secret-value" not in summary
+    names = {line.split("=", 1)[0] for line in summary.splitlines() if "=" in line}
+    assert names <= {"PATH", "HOME", "TMPDIR", "LC_ALL", "LANG", "PWD", "SHLVL", "_", "home"}, names
 
 
 def test_not_reproducible_error_is_one_line() -> None:
