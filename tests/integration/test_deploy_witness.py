@@ -120,6 +120,20 @@ def test_a_damaged_witness_is_refused_and_named(world: World) -> None:
     assert world.live("staging") == v1
 
 
+def test_a_witness_past_the_largest_log_size_is_damaged_not_a_traceback(world: World) -> None:
+    """A size of 19 digits above 2**63-1 reached the database's query (SQLite: OverflowError)."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    path = witness_path(EnvLayout(world.env_dir("staging")))
+    seen = _witness(world, "staging")
+    path.write_bytes(Witness(seen.origin, 2**63, seen.root).to_bytes())
+    with pytest.raises(IntegrityError, match=f"{path} is damaged"):
+        world.deploy(world.version(2), "staging")
+    with pytest.raises(IntegrityError, match=f"{path} is damaged"):
+        heal(world.ctx(), "staging")
+    assert world.live("staging") == v1
+
+
 def test_a_rolled_back_database_is_refused_before_the_switch_and_the_hooks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,6 +173,9 @@ def test_a_rolled_back_database_is_refused_before_the_switch_and_the_hooks(
         b"graven.witness/v1\n\n1\n" + b"a" * 64 + b"\n",
         b"graven.witness/v1\no\xff\n1\n" + b"a" * 64 + b"\n",
         b"graven.witness/v1\no\n\xd9\xa1\n" + b"a" * 64 + b"\n",  # a non-ASCII digit
+        b"graven.witness/v1\no\n9223372036854775808\n" + b"a" * 64 + b"\n",  # past 2**63-1
+        b"graven.witness/v1\no\n0\n" + b"a" * 64 + b"\n",  # no change is recorded by an empty log
+        b"graven.witness/v1\no\n012\n" + b"a" * 64 + b"\n",
     ],
 )
 def test_parse_witness_refuses_what_graven_never_writes(data: bytes) -> None:

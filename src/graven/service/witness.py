@@ -28,6 +28,7 @@ import os
 import re
 from pathlib import Path
 
+from graven.core.checkpoint import MAX_TREE_SIZE
 from graven.core.record import Frozen
 from graven.deploy.layout import EnvLayout
 from graven.deploy.recordkey import read_record_file, replace_file_at
@@ -41,6 +42,7 @@ WITNESS_FORMAT = "graven.witness/v1"
 WITNESS_FILE = "witness"
 _MAX_BYTES = 4096
 _HEX = re.compile(r"[0-9a-f]{64}")
+_SIZE = re.compile(r"[1-9][0-9]{0,18}")  # as graven writes it: a log that recorded a change, in 1..2**63-1
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
 
@@ -73,9 +75,10 @@ def parse_witness(data: bytes) -> Witness | None:
     if len(lines) != 5 or lines[0] != WITNESS_FORMAT or lines[4] != "":
         return None
     origin, size, root = lines[1], lines[2], lines[3]
-    if not origin or not origin.isprintable() or not size.isdigit() or not size.isascii():
+    if not origin or not origin.isprintable() or _SIZE.fullmatch(size) is None:
         return None
-    if len(size) > 19 or _HEX.fullmatch(root) is None:
+    # a size past the largest log never reaches the database (SQLite's INTEGER overflows)
+    if int(size) > MAX_TREE_SIZE or _HEX.fullmatch(root) is None:
         return None
     return Witness(origin, int(size), root)
 
