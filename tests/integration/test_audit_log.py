@@ -169,6 +169,42 @@ def test_malformed_old_checkpoint_is_an_input_error(
     assert "`graven log checkpoint` wrote" in err and err.count("\n") == 1
 
 
+def test_an_old_checkpoint_with_crlf_line_ends_is_refused_as_the_note_is(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A signed note's lines end in LF (C2SP; Go's note.Open refuses a CR): the file was read in text
+    mode, whose universal newlines turned CRLF (and a lone CR) into LF, so the CLI took a note that
+    graven's own parser and other tools refuse."""
+    _append(home, 2)
+    _, note, _ = run_cli(capsys, "log", "checkpoint")
+    kept = tmp_path / "kept.ckpt"
+    kept.write_bytes(note.encode())
+    assert run_cli(capsys, "log", "consistency", str(kept))[0] == 0
+    kept.write_bytes(note.replace("\n", "\r\n").encode())
+    refused = run_cli(capsys, "log", "consistency", str(kept))
+    assert_cli_error(refused, 2, "is not a checkpoint of a graven log", "control characters")
+
+
+def test_a_huge_old_checkpoint_is_refused_without_reading_it_whole(home: Path) -> None:
+    """The file was read whole: /dev/zero (or a large file passed by mistake) ran graven out of memory,
+    a MemoryError traceback. A checkpoint is a few hundred bytes; more than 1 MiB is not one."""
+    _append(home, 2)
+    limited = (  # 1 GiB of address space: the old read fails within it, and never takes the machine's
+        "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+        "sys.argv = ['graven', 'log', 'consistency', '/dev/zero']; "
+        "runpy.run_module('graven', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", limited],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GRAVEN_HOME": str(home), "LC_ALL": "C.UTF-8"},
+        timeout=120,
+        check=False,
+    )
+    assert_cli_error((result.returncode, result.stdout, result.stderr), 2, "/dev/zero is not a checkpoint")
+
+
 def test_inclusion_proofs_are_small_and_verify(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from graven.core.merkle import verify_inclusion
 

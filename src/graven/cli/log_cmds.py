@@ -110,6 +110,7 @@ def _first_line(doc: str | None) -> str:
 
 
 _MAX_INDEX = 2**63 - 1  # the largest tree size (Go's int64, SQLite's INTEGER)
+_MAX_CHECKPOINT_BYTES = 1 << 20  # a signed note of at most 100 signature lines is a few KiB
 
 
 def _log_index(value: str) -> int:
@@ -292,11 +293,21 @@ def consistency_cmd(args: argparse.Namespace) -> int:
     from graven.service.context import Context
 
     try:
-        old = old_checkpoint.read_text(encoding="utf-8")
+        # bytes as kept (text mode would turn a CRLF into the LF the note needs), and no more than a
+        # checkpoint can hold: /dev/zero or a large file given by mistake is not read whole
+        with old_checkpoint.open("rb") as handle:
+            data = handle.read(_MAX_CHECKPOINT_BYTES + 1)
     except FileNotFoundError:
         raise NotFoundError(f"{old_checkpoint}: no such file") from None
     except OSError as exc:
         raise InputError(f"cannot read {old_checkpoint}: {exc.strerror}") from None
+    if len(data) > _MAX_CHECKPOINT_BYTES:
+        raise InputError(
+            f"{old_checkpoint} is not a checkpoint of a graven log (it holds more than 1 MiB); pass a "
+            "file that `graven log checkpoint` wrote"
+        )
+    try:
+        old = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"cannot read {old_checkpoint}: {exc}") from None
     # a proof made from the entries says so, and draws its progress reading them
