@@ -205,6 +205,22 @@ def test_a_huge_old_checkpoint_is_refused_without_reading_it_whole(home: Path) -
     assert_cli_error((result.returncode, result.stdout, result.stderr), 2, "/dev/zero is not a checkpoint")
 
 
+def test_a_damaged_entry_stops_the_timeline_and_export_as_a_failed_check_naming_it(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry that is not canonical graven.log/v1 is a damaged database (exit 1, as `log verify`),
+    not the user's bad input (exit 2), and the error names which entry it is."""
+    _append(home, 6)
+    with _db(home) as db:
+        (text,) = db.execute("SELECT entry FROM log_entries WHERE idx = 3").fetchone()
+        db.execute("UPDATE log_entries SET entry = ? WHERE idx = 3", (" " + text,))
+    assert_cli_error(run_cli(capsys, "log"), 1, "log entry 3 ", "`graven log verify`")
+    code, out, err = run_cli(capsys, "log", "export")
+    assert code == 1 and len(out.splitlines()) == 3, out
+    assert err.startswith("graven: error: log entry 3 ") and err.count("\n") == 1, err
+    assert run_cli(capsys, "log", "export", "--since", "4")[0] == 0
+
+
 def test_inclusion_proofs_are_small_and_verify(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from graven.core.merkle import verify_inclusion
 

@@ -127,7 +127,7 @@ def test_log_limit_still_refuses_an_entry_that_is_not_canonical(filled: Path, ru
             (text,) = db.execute("SELECT entry FROM log_entries WHERE idx = ?", (index,)).fetchone()
             db.execute("UPDATE log_entries SET entry = ? WHERE idx = ?", (text + " ", index))
     code, _, err = run_cli("log", "-n", "2")
-    assert code == 2 and "not in canonical form" in err
+    assert code == 1 and "log entry 39 is damaged (log entry is not in canonical form)" in err
     assert [e["index"] for e in _json(run_cli, "log", "--env", "env1", "-n", "2")] == [34, 37]
 
 

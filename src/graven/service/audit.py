@@ -790,7 +790,7 @@ class AuditLog:
         if since_index is not None:
             where.append("idx >= :since_index")
             params["since_index"] = since_index
-        query = "SELECT entry FROM log_entries"
+        query = "SELECT idx, entry FROM log_entries"
         if where:
             query += " WHERE " + " AND ".join(where)
         if limit is None:
@@ -804,8 +804,14 @@ class AuditLog:
             sha256 = hashlib.sha256
             for row in rows:
                 data = str(row.entry).encode()
+                try:
+                    entry = LogEntry.from_bytes(data)
+                except InputError as exc:  # the database's, not the caller's input: a failed check
+                    raise IntegrityError(
+                        f"log entry {row.idx} is damaged ({exc}); run `graven log verify`"
+                    ) from None
                 # the leaf hash of these bytes, never the stored column (derived data verify checks)
-                yield LogEntry.from_bytes(data), sha256(_LEAF + data).hexdigest()
+                yield entry, sha256(_LEAF + data).hexdigest()
 
     def _leaf_hashes(self, conn: Connection, size: int) -> list[bytes]:
         """The leaf hash of each of the first ``size`` entries: the whole log read (a proof's fallback),
