@@ -389,3 +389,26 @@ def test_keys_list_says_when_every_default_key_is_revoked(
         out.rstrip().splitlines()[-1]
         == "every key trusted by default is revoked: verify refuses every artifact"
     )
+
+
+def test_keys_list_skips_a_key_it_cannot_read_and_lists_the_others(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An RSA key (or a damaged file) dropped in keys/ stopped `keys list` with its error: every other
+    key was hidden with it, the one verify and build use among them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    keys = world.home / "keys"
+    (keys / "old-rsa.key").write_bytes(pem)
+    (keys / "old-rsa.key").chmod(0o600)
+    good = [e.name for e in KeyStore(keys).list(lambda name, exc: None)]
+    assert good and "old-rsa" not in good
+    code, out, err = run_cli(capsys, "keys", "list", "--json")
+    assert code == 0, err
+    assert [e["name"] for e in json.loads(out)["signing"]] == good
+    assert err.count("\n") == 1 and "key old-rsa not listed: " in err, err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, add_command, add_group, file_path
 from graven.cli.context import closing as _closing
-from graven.cli.output import emit_json, error_line, print_table
+from graven.cli.output import TerminalReporter, emit_json, error_line, print_table
 from graven.errors import InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -111,9 +111,11 @@ def list_cmd(args: argparse.Namespace) -> int:
     from graven.signing.keys import KeyStore
     from graven.signing.trust import load_trust_dir
 
-    ctx = _closing(Context.from_env())
+    reporter = TerminalReporter()
+    ctx = _closing(Context.from_env(reporter))
     home = ctx.home
-    signing = KeyStore(home.keys).list()
+    # one key that cannot be read (an RSA key dropped in keys/) hid every other one: said, and skipped
+    signing = KeyStore(home.keys).list(lambda name, exc: reporter.warn(f"key {name} not listed: {exc}"))
     # the policy every check enforces (verify, deploy, build, push, pull, drift), read as they read it
     effective = load_policy(ctx, memo=False)
     trusted = load_trust_dir(home.trust)  # which of its default keys trust/ holds (a missing one: none)

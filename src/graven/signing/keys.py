@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeAlias
 
 from graven.core.record import Frozen
-from graven.errors import BackendError, InputError, NotFoundError
+from graven.errors import BackendError, GravenError, InputError, NotFoundError
 from graven.home import make_home_dir
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -724,8 +724,10 @@ class KeyStore:
             if path.suffix == ".key" and _KEY_NAME.fullmatch(path.stem) and path.stem not in {".", ".."}
         )
 
-    def list(self) -> list[KeyEntry]:
-        """All keys of the directory, sorted by name (read from ``NAME.pub``, else ``NAME.key``)."""
+    def list(self, skipped: Callable[[str, GravenError], None] | None = None) -> list[KeyEntry]:
+        """All keys of the directory, sorted by name (read from ``NAME.pub``, else ``NAME.key``). A key
+        that cannot be read (an RSA or encrypted key dropped there, a damaged file) is passed to
+        ``skipped`` with why, and the others are listed; without ``skipped`` it raises."""
         if not self.directory.is_dir():
             return []
         names = {
@@ -735,10 +737,16 @@ class KeyStore:
         }
         entries: list[KeyEntry] = []
         for name in sorted(names):
-            if (self.directory / f"{name}.pub").is_file():
-                public = load_public_key(self.directory / f"{name}.pub")
-            else:
-                public = load_private_key(self.directory / f"{name}.key").public
+            try:
+                if (self.directory / f"{name}.pub").is_file():
+                    public = load_public_key(self.directory / f"{name}.pub")
+                else:
+                    public = load_private_key(self.directory / f"{name}.key").public
+            except GravenError as exc:
+                if skipped is None:
+                    raise
+                skipped(name, exc)
+                continue
             entries.append(KeyEntry(name, public.keyid, public.key_type))
         return entries
 
