@@ -311,3 +311,36 @@ def test_a_deployer_killed_while_it_saves_the_stat_table_leaves_nothing_behind(w
     assert world.deploy(world.version(2), "staging").ok
     assert not [n for n in os.listdir(meta) if n.startswith(".stat.tmp-")]
     assert live_tree_problems(world, "staging") == []
+
+
+def _switch_and_die(link: str) -> None:
+    from graven.deploy import switch
+
+    def killed(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)  # the new link made, not yet renamed over current
+
+    setattr(os, "rename", killed)  # noqa: B010 - in the forked child only, which dies in it
+    switch.point_symlink(Path(link), "releases/elsewhere")
+
+
+def test_a_switch_killed_before_its_rename_leaves_no_link_behind(world: World) -> None:
+    """A deployer (or healer) killed between making `.current.tmp-*` and renaming it over `current`
+    left that link in the environment directory for good. The next deployer removes it; a file of
+    the same name that is no link is not its to remove."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    env_dir = world.env_dir("staging")
+    child = multiprocessing.get_context("fork").Process(
+        target=_switch_and_die, args=(str(env_dir / "current"),)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    left = [n for n in os.listdir(env_dir) if n.startswith(".current.tmp-")]
+    assert len(left) == 1 and (env_dir / left[0]).is_symlink()
+    (env_dir / ".config.tmp-not-a-link").write_text("the operator's\n")
+    assert world.deploy(world.version(2), "staging").ok
+    assert [n for n in os.listdir(env_dir) if n.startswith((".current.tmp-", ".config.tmp-"))] == [
+        ".config.tmp-not-a-link"
+    ]
+    assert live_tree_problems(world, "staging") == []

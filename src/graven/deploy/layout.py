@@ -161,6 +161,19 @@ class EnvLayout(Frozen):
             raise BackendError(f"cannot list {self.releases}: {exc.strerror}") from None
         return [self.releases / n for n in sorted(names) if n.startswith((".tmp-", ".trash-"))]
 
+    def link_leftovers(self) -> list[Path]:
+        """Temporary symlinks of a switch whose process was killed before renaming them over ``current``
+        or ``config`` (:func:`graven.deploy.switch.point_symlink`): symlinks only, never anything else
+        of the environment directory."""
+        prefixes = (f".{CURRENT}.tmp-", f".{CONFIG}.tmp-")
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return []
+        return [
+            self.root / n for n in sorted(names) if n.startswith(prefixes) and os.path.islink(self.root / n)
+        ]
+
     def table_leftovers(self) -> list[Path]:
         """Temporary files of stat tables whose saver was killed before renaming them over
         ``.graven/stat`` (:meth:`graven.deploy.statdb.StatTable.save`): each as large as the table."""

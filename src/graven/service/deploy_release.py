@@ -91,11 +91,15 @@ def clean_leftovers(ctx: Context, layout: EnvLayout, table: StatTable, live_hex:
     live files into its release, which changed their ctime before their records were saved: so that
     the next deployment links them again (and drift does not re-hash them all), the live release is
     then checked, re-hashing what changed by stat only (best effort: a problem found is drift's to
-    report). Temporary files of a stat table whose saver was killed go too: every saver of the table
-    (a deployer, a healer) holds the deploy lock, as this one does."""
+    report). Temporary files of a stat table whose saver was killed go too, and the temporary links
+    of a switch: every saver of the table and every switch (a deployer, a healer) holds the deploy
+    lock, as this one does."""
     for table_tmp in layout.table_leftovers():
         with contextlib.suppress(OSError):
             table_tmp.unlink()
+    for link_tmp in layout.link_leftovers():  # a switch's temporary link (of a killed deployer, healer)
+        with contextlib.suppress(OSError):
+            link_tmp.unlink()
     leftovers = layout.leftovers()
     for leftover in leftovers:
         try:
