@@ -333,3 +333,32 @@ def test_the_fetch_cannot_pass_data_through_the_sandboxs_device_nodes(
     store = LocalStore.at(graven_home / "objects")
     seen = store.read(Digest(_entries(run_cli, json.loads(out)["digest"])["out/seen"])).decode()
     assert "1234567890" not in seen and "604" not in seen, seen
+
+
+def test_a_secret_a_step_prints_is_not_stored_in_the_build_log(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The failed step's last lines were redacted, the stored build log not: a token `[build] env`
+    passes, printed by a step, went into a store object the signed provenance names, for good."""
+    require_tool("bwrap")
+    monkeypatch.setenv("DEPLOY_TOKEN", "tok-51c7e9aa0b")
+    monkeypatch.setenv("GRAVEN_PASS_ENV", "DEPLOY_TOKEN")
+    toml = _steps_toml(
+        "echo token=$DEPLOY_TOKEN url=https://u:pa55word@example.invalid/x", "mkdir out && touch out/x"
+    )
+    repo = make_repo(
+        tmp_path / "repo", {"a.txt": "a\n"}, toml.replace("[build]\n", '[build]\nenv = ["DEPLOY_TOKEN"]\n')
+    )
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    digest = json.loads(out)["digest"]
+    code, out, _ = run_cli("show", digest, "--provenance", "--json")
+    byproducts = json.loads(out)["statement"]["predicate"]["runDetails"]["byproducts"]
+    log_ref = next(b for b in byproducts if b["name"] == "build.log")
+    log = LocalStore.at(graven_home / "objects").read(Digest(log_ref["digest"]["sha256"]))
+    assert b"token=*** url=https://u:***@example.invalid/x" in log, log
+    assert b"tok-51c7e9aa0b" not in log and b"pa55word" not in log

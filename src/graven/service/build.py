@@ -282,7 +282,8 @@ def _build(
             entries, files_read, new_cache = built.entries, built.files_read, list[dict[str, object]]()
             from_worktree = 0
             sandbox, inputs = built.sandbox, built.inputs
-            byproducts.append(ResourceRef("build.log", str(batch.add(built.log)), "text/plain"))
+            log = _redacted_log(built.log)
+            byproducts.append(ResourceRef("build.log", str(batch.add(log)), "text/plain"))
         else:
             entries, files_read, new_cache, from_worktree = _tree_from_git(
                 ctx,
@@ -890,3 +891,15 @@ def _tree_from_steps(
                         second.described,
                     )
         return _StepsTree(entries, counter[0], first.log, first.sandbox, first.inputs)
+
+
+def _redacted_log(log: bytes) -> bytes:
+    """The build log as stored (an object of the write-once store, named by the signed provenance: it
+    can never be removed): the values of secret-looking variables (a token ``[build] env`` passes, a
+    password of GRAVEN_DB_URL's) and the passwords of URLs replaced by ``***``, as the failed step's
+    last lines already are. Bytes that are not UTF-8 go through unchanged."""
+    from graven.deploy.hook_result import redact_secrets
+
+    text = log.decode("utf-8", "surrogateescape")
+    redacted = redact_secrets(text)
+    return log if redacted == text else redacted.encode("utf-8", "surrogateescape")
