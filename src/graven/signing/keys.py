@@ -519,13 +519,18 @@ def load_private_key(path: Path | str, *, named_by: str | None = None) -> Signin
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise InputError(f"private key {path} is not a regular file")
+        data = _read_limited(fd, path)
+        if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:  # not a secret: said first
+            raise InputError(
+                f"{named_by + ' file ' if named_by else ''}{path} is a public key, which cannot sign: "
+                "name the private key file (GRAVEN_HOME/keys/NAME.key) or the key's name"
+            )
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             what = "readable" if mode & 0o044 else "writable"
             raise InputError(
                 f"private key {path} is {what} by others (mode {mode:04o}); run chmod 600 {path}"
             )
-        data = _read_limited(fd, path)
     finally:
         os.close(fd)
     return parse_private_key(data, f"{named_by} file {path}" if named_by else f"private key {path}")

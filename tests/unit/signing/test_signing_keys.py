@@ -150,6 +150,21 @@ def test_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     assert caught.value.exit_code == 2
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o600])
+def test_a_public_key_given_as_the_private_key_is_named_as_one(tmp_path: Path, mode: int) -> None:
+    """GRAVEN_SIGNING_KEY naming the .pub file (0644, as it is written) said to `chmod 600` it, which
+    then said it is no private key: the first answer is what it is."""
+    path = tmp_path / "k.pub"
+    write_public_key(path, generate_key())
+    path.chmod(mode)
+    with pytest.raises(InputError) as caught:
+        load_private_key(path, named_by="GRAVEN_SIGNING_KEY")
+    assert str(caught.value) == (
+        f"GRAVEN_SIGNING_KEY file {path} is a public key, which cannot sign: name the private key file "
+        "(GRAVEN_HOME/keys/NAME.key) or the key's name"
+    )
+
+
 @pytest.mark.parametrize(("mode", "word"), [(0o640, "readable"), (0o604, "readable"), (0o620, "writable")])
 def test_private_key_open_to_group_or_others_is_refused(tmp_path: Path, mode: int, word: str) -> None:
     path = tmp_path / "k.key"
