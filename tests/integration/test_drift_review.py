@@ -518,10 +518,17 @@ def test_a_name_that_is_not_utf8_is_reported_logged_and_healed(
     assert code == 1 and "out/app/a\\xff\\x1b.py" in out and "\x1b" not in out, (out, err)
     code, out, err = run_cli(capsys, "log", "--json")
     assert code == 0 and "a\\\\xff\\\\x1b.py" in out, out  # the log's reason: escaped, then JSON
-    code, out, err = run_cli(capsys, "heal", "staging")
+    code, out, err = run_cli(capsys, "heal", "staging", "--json")
     assert code == 0, err
     assert os.listdir(os.fsencode(release / "out/app")).count(b"a\xff\x1b.py") == 0
     assert drift(capsys, "staging")[0] == 0
+    # what heal removed, in its --json and in its drift_events row: the byte as \xNN (as in
+    # `differences`), never a lone surrogate, which strict JSON readers refuse
+    assert json.loads(out)["removed"] == ["out/app/a\\xff\x1b.py"], out
+    with world.ctx().db.connect() as conn:
+        (detail,) = conn.execute("SELECT detail FROM drift_events WHERE event = 'heal'").scalars()
+    assert json.loads(detail)["removed"] == ["out/app/a\\xff\x1b.py"]
+    detail.encode("utf-8")  # no surrogate
 
 
 def test_an_owner_or_extended_attributes_graven_never_gave_are_drift_and_healed(

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graven.core.drift import Difference, HealPlan, plan_heal
+from graven.core.paths import json_text
 from graven.db import Connection
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import EnvLock
@@ -92,7 +93,8 @@ class HealResult:
             "before": [d.to_json() for d in self.before],
             "after": [d.to_json() for d in self.after],
             "rebuilt_release": self.rebuilt,
-            "removed": stats.removed if stats else [],
+            # an extra file removed may have a name that is not UTF-8: written as \xNN, as differences are
+            "removed": [json_text(path) for path in stats.removed] if stats else [],
             "written": stats.written if stats else [],
             "symlinks": stats.linked if stats else [],
             "created_dirs": stats.created_dirs if stats else [],
@@ -485,7 +487,7 @@ def _record_heal(
         "before": [d.to_json() for d in result.before[:DETAIL_LIMIT]],
         "after": [d.to_json() for d in result.after[:DETAIL_LIMIT]],
         "written": stats.written[:DETAIL_LIMIT] if stats else [],
-        "removed": stats.removed[:DETAIL_LIMIT] if stats else [],
+        "removed": [json_text(path) for path in stats.removed[:DETAIL_LIMIT]] if stats else [],
         "rebuilt_release": result.rebuilt,
         "error": error,
     }
