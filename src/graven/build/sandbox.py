@@ -409,8 +409,9 @@ def shown_paths(hidden: Iterable[str], tool_dirs: Iterable[str]) -> tuple[tuple[
 
 
 # Where users keep credentials in their home directory: the directories are hidden from steps (an
-# empty read-only tmpfs) and the files read as empty, like the graven home itself. A build step runs
-# code from the commit, which may come from anyone who can push a branch.
+# empty read-only tmpfs, like the graven home itself) and the files made unreadable (/dev/null bound
+# over them, which opens with EACCES: the sandbox's mounts allow no device). A build step runs code
+# from the commit, which may come from anyone who can push a branch.
 CREDENTIAL_DIRS: Final = (
     ".ssh",
     ".gnupg",
