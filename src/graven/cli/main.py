@@ -107,6 +107,7 @@ def entry() -> None:
 
     if sys.getfilesystemencoding() != "utf-8" and sys.executable:
         _run_in_utf8_mode()
+    _buffer_stdout()
     code = 0
     try:
         code = main()
@@ -126,6 +127,24 @@ def entry() -> None:
     except (OSError, ValueError):
         pass
     os._exit(code)
+
+
+def _buffer_stdout() -> None:
+    """Give stdout a buffer again when the interpreter runs unbuffered (``python -u``,
+    ``PYTHONUNBUFFERED=1``, set in many container images). Its text then goes to the descriptor in one
+    ``write(2)`` per write, and the part a short write leaves (a full disk, a file size limit, a reader
+    that closed the pipe midway) is dropped without an error: ``graven log export > FILE`` exited 0
+    with FILE cut short. A buffered writer writes on until all is written or the write fails, and the
+    failure reaches :func:`output_failed`."""
+    import io
+
+    stream = sys.stdout
+    if stream is None or not isinstance(getattr(stream, "buffer", None), io.RawIOBase):
+        return
+    try:  # line-buffered on a terminal, as the interpreter's own buffered stdout
+        sys.stdout = open(stream.fileno(), "w", encoding=stream.encoding, errors=stream.errors, closefd=False)  # noqa: SIM115
+    except (OSError, ValueError, AttributeError):  # no descriptor to be had: left as it is
+        return
 
 
 ARGS_ENCODING = "_GRAVEN_ARGS_ENCODING"  # the charset the arguments were typed in, for the re-run

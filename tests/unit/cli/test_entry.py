@@ -60,3 +60,55 @@ def test_output_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     reader.stdin.close()
     reader.wait()
     assert "Traceback" not in done.stderr
+
+
+def _limited_to_one_kib() -> None:
+    """In the child: files may grow to 1 KiB, and a write past it fails (EFBIG) instead of killing."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_output_cut_short_by_the_file_it_goes_to_is_an_error(tmp_path: Path, unbuffered: bool) -> None:
+    """A write that stops short (a full disk, a file size limit) fails the command, also when the
+    interpreter runs unbuffered (PYTHONUNBUFFERED=1, as many container images set it): there, the
+    text a short write left out was dropped, and the command exited 0 with its output cut."""
+    env = dict(os.environ, GRAVEN_HOME=str(tmp_path / "home"))
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    whole = _graven("--help", home=tmp_path / "home").stdout
+    assert len(whole.encode()) > 1024
+    target = tmp_path / "help.txt"
+    with target.open("wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "graven.cli.main", "--help"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            preexec_fn=_limited_to_one_kib,
+        )
+    assert target.stat().st_size == 1024
+    assert done.returncode == 1
+    assert done.stderr == "graven: error: cannot write the output: File too large\n"
+
+
+def test_unbuffered_output_is_whole_and_in_order(tmp_path: Path) -> None:
+    """With stdout buffered again under PYTHONUNBUFFERED, a command's output is still all there."""
+    env = dict(os.environ, GRAVEN_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    done = subprocess.run(
+        [sys.executable, "-m", "graven.cli.main", "drift", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout == _graven("drift", "--help", home=tmp_path).stdout
