@@ -550,8 +550,10 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
     argparse, the command's module) so that no collection scans it again; only for a process that runs
     one command (see graven.cli.main)."""
     from graven.cli.context import close_all
+    from graven.cli.main import STOPPED, stopped
     from graven.errors import GravenError
 
+    STOPPED.clear()  # this command's stop is yet to be said (run() may run again in this process)
     verbose = False
     namespace: argparse.Namespace | None = None
     guard: _PipeGuard | _Written | None = None
@@ -614,17 +616,12 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
-    except Terminated:
-        sys.stderr.write("graven: terminated\n")
-        return 143
-    except KeyboardInterrupt:
-        sys.stderr.write("graven: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): one line, said once
+        return stopped(terminated=isinstance(exc, Terminated))
     except RuntimeError as exc:  # Ctrl-C while a class was made (a command module's first import)
         if not isinstance(exc.__cause__, KeyboardInterrupt):
             raise
-        sys.stderr.write("graven: interrupted\n")
-        return 130
+        return stopped(terminated=False)
     except BrokenPipeError as exc:  # the reader left (`| head`): never 0, a failed check may hide here
         from graven.cli.main import output_failed
 

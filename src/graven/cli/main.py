@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import contextlib
     from collections.abc import Sequence
 
-__all__ = ["GC_YOUNG_THRESHOLD", "command_name", "entry", "gc_thresholds", "main"]
+__all__ = ["GC_YOUNG_THRESHOLD", "STOPPED", "command_name", "entry", "gc_thresholds", "main", "stopped"]
 
 # The parser (and the registry of command modules) lives in graven.cli.app; it is imported only when
 # a command runs, so that `graven --version` loads nothing else.
@@ -115,12 +115,17 @@ def entry() -> None:
             sys.stdout.flush()
     except OSError as exc:  # the output could not be written: say so, and never exit 0
         code = output_failed(exc, code)
-    except KeyboardInterrupt:  # Ctrl-C before run() handles it: while graven.cli.app is imported
-        code = interrupted()
+    except KeyboardInterrupt as exc:  # Ctrl-C before run() handles it (graven.cli.app is imported),
+        code = stopped(terminated=type(exc).__name__ == "Terminated")  # or a second one as it ends
     except RuntimeError as exc:  # ... or while a class is made (3.11 wraps it in __set_name__'s error)
         if not isinstance(exc.__cause__, KeyboardInterrupt):
             raise
         code = interrupted()
+    with _suppressed():  # the command is over: another Ctrl-C or SIGTERM could only cut its end short
+        import _signal  # type: ignore[import-not-found]  # signal would import enum: --version loads nothing
+
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     try:
         if sys.stderr is not None:
             sys.stderr.flush()
@@ -169,11 +174,23 @@ def _run_in_utf8_mode() -> None:
     os.environ.pop(ARGS_ENCODING, None)
 
 
+STOPPED: list[int] = []  # the exit code of the signal that stopped the command, once it was said
+
+
+def stopped(*, terminated: bool) -> int:
+    """Say that Ctrl-C (``graven: interrupted``, exit 130, as a shell's for SIGINT) or SIGTERM
+    (``graven: terminated``, 143) stopped the command; its exit code. Said once: a second signal as
+    the command ends (Ctrl-C pressed twice) adds no line and keeps the first one's code."""
+    if not STOPPED:
+        STOPPED.append(143 if terminated else 130)
+        with _suppressed():
+            sys.stderr.write("graven: terminated\n" if terminated else "graven: interrupted\n")
+    return STOPPED[0]
+
+
 def interrupted() -> int:
-    """Say that Ctrl-C stopped the command; its exit code (130, as a shell's for SIGINT)."""
-    with _suppressed():
-        sys.stderr.write("graven: interrupted\n")
-    return 130
+    """Say that Ctrl-C stopped the command (:func:`stopped`); its exit code."""
+    return stopped(terminated=False)
 
 
 def output_failed(exc: OSError, code: int) -> int:

@@ -258,3 +258,46 @@ def test_a_bad_byte_or_control_in_a_usage_error_is_shown_as_the_other_errors_sho
     out = capsys.readouterr().out
     if out:  # the JSON error object says it alike (a usage error before the command's --json)
         assert shown in json.loads(out)["error"]["message"], out
+
+
+_SECOND_SIGNAL = """
+import os, signal, sys
+import graven.cli.app as app
+first, second = sys.argv[1], getattr(signal, sys.argv[2])
+def stopped(_command):
+    raise app.Terminated if first == "SIGTERM" else KeyboardInterrupt
+app.build_parser = stopped
+class Stderr:  # the second signal comes right after the first one's line (a Ctrl-C pressed twice)
+    sent = False
+    def write(self, text):
+        written = sys.__stderr__.write(text)
+        if text.startswith("graven: ") and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), second)
+        return written
+    def __getattr__(self, name):
+        return getattr(sys.__stderr__, name)
+sys.stderr = Stderr()
+sys.argv[1:] = ["artifacts"]
+from graven.cli.main import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "code", "line"),
+    [
+        ("SIGINT", "SIGINT", 130, "graven: interrupted\n"),
+        ("SIGTERM", "SIGINT", 143, "graven: terminated\n"),
+        ("SIGTERM", "SIGTERM", 143, "graven: terminated\n"),
+    ],
+)
+def test_a_second_signal_as_the_command_ends_adds_no_line(
+    first: str, second: str, code: int, line: str
+) -> None:
+    """Ctrl-C pressed twice (or SIGTERM, then Ctrl-C): the second one, arriving once graven has said
+    why it stops, neither says it again nor changes the exit code."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SECOND_SIGNAL, first, second], capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stderr) == (code, line)
