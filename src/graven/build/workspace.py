@@ -116,15 +116,30 @@ class Workspace:
         """Delete everything (the top-level temp directory, also when nested), then drop the lock.
 
         Directories a step left without write or search permission (``chmod 555``, ``chmod 000``) are
-        made ``u+rwx`` first; what still cannot be removed is returned as a warning to show."""
+        made ``u+rwx`` first; what still cannot be removed is returned as a warning to show.
+
+        The lock file goes last: a removal cut short (Ctrl-C or SIGTERM as the build ends, a second
+        Ctrl-C during its clean-up) leaves a workspace the next step build still knows and reclaims
+        (:func:`reclaim`), not a checkout no graven would ever remove."""
         top = self.root
         while top.name.startswith("level-"):
             top = top.parent
         try:
-            return remove_tree(top)
+            return _remove_workspace(top)
         finally:
             while self._lock:
                 os.close(self._lock.pop())
+
+
+def _remove_workspace(top: Path) -> str | None:
+    """:func:`remove_tree` of the workspace ``top``, its lock file last (see :meth:`Workspace.remove`)."""
+    try:
+        names = [name for name in os.listdir(top) if name != LOCK_NAME]
+    except OSError:
+        names = []
+    for name in names:
+        remove_tree(top / name)  # what stays is named by the removal of the whole, below
+    return remove_tree(top)
 
 
 def _hold_lock(root: Path) -> int:
@@ -166,7 +181,7 @@ def reclaim(tmpdir: Path) -> list[Path]:
             os.close(fd)
             continue  # a live build's
         try:  # held while removing: no other graven removes it at the same time
-            if remove_tree(top) is None:
+            if _remove_workspace(top) is None:
                 removed.append(top)
         finally:
             os.close(fd)

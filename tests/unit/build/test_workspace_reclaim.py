@@ -89,3 +89,30 @@ def test_a_workspace_in_use_by_this_process_is_not_reclaimed(tmpdir: Path) -> No
         assert first.root.is_dir()
     finally:
         first.remove()
+
+
+def test_a_workspace_whose_removal_was_interrupted_is_removed_by_the_next_build(
+    tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or SIGTERM while a build removes its workspace (its last step: the signal comes as the
+    build ends, or a second Ctrl-C cuts the clean-up of the first) leaves part of it; the lock file
+    must be among what stays, or no later build could tell it from a directory being made, and the
+    checkout would stay in the temp directory for good."""
+    ws = Workspace.create(nested=1)
+    for name in ("src", "home", "tmp"):
+        (ws.root / name / "f").write_text("x\n")
+    real = os.rmdir
+
+    def interrupted(*args: object, **kwargs: object) -> None:  # the first directory removed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rmdir", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ws.remove()
+    finally:
+        monkeypatch.setattr(os, "rmdir", real)
+    top = _top(ws.root)
+    assert top.is_dir()
+    assert reclaim(tmpdir) == [top]
+    assert list(tmpdir.iterdir()) == []
