@@ -165,8 +165,15 @@ class _Counted:
         self._stream = stream
 
     def write(self, data: bytes) -> int:
+        """Write all of ``data``: a raw (unbuffered) stream may take part of it (a pipe, a full disk,
+        a file size limit), and what it leaves is written on, never dropped."""
+        view = memoryview(data)
         try:
-            self._stream.write(data)
+            while view:
+                done = self._stream.write(view)
+                if done is None:  # a non-blocking raw stream that took nothing: as a failed write
+                    raise BlockingIOError(0, "the output takes no more bytes now")
+                view = view[done:]
         except OSError as exc:
             self.failed = exc
             raise

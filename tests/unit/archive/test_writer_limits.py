@@ -229,3 +229,27 @@ def test_a_failed_rename_leaves_no_temp_file(tmp_path: Path) -> None:
         write_archive_file(ONE_FILE, _meta(ONE_FILE, 0), _open_blob, out)
     _assert_names_only(exc, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.tar"]
+
+
+def test_an_export_to_a_raw_stream_that_takes_part_of_a_write_loses_nothing() -> None:
+    """A library caller exporting to an unbuffered stream (a raw pipe, a file opened with
+    buffering=0) got a truncated archive without an error: the part a short write left was dropped."""
+    from graven.service.transfer import _Counted
+
+    class Trickle(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: object) -> int:
+            chunk = bytes(memoryview(b))[:7]  # type: ignore[arg-type]
+            self.data += chunk
+            return len(chunk)
+
+    sink = Trickle()
+    counted = _Counted(sink)  # type: ignore[arg-type]
+    payload = bytes(range(256)) * 40
+    assert counted.write(payload) == len(payload)
+    assert bytes(sink.data) == payload and counted.written == len(payload)
