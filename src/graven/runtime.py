@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GroupWatchdog",
+    "HeldSignals",
     "can_fork",
     "end_queue",
     "host_token",
@@ -111,6 +112,37 @@ def interrupt_handlers(
     finally:
         for signum, restored in previous.items():
             signal.signal(signum, restored)
+
+
+class HeldSignals:
+    """While entered, in the main thread: SIGINT and SIGTERM are noted instead of handled (a signal
+    whose handler is the default or ignored is left alone: it kills, or does nothing). On exit the
+    handlers are put back and ``stopped`` is what the first noted signal's own handler raises
+    (KeyboardInterrupt; graven.cli.app.Terminated), kept for the caller to raise. For the records
+    of how something ended (a deployment's, a heal's), which a second Ctrl-C must not cut short."""
+
+    __slots__ = ("_held", "_noted", "_previous", "stopped")
+
+    def __init__(self) -> None:
+        self.stopped: BaseException | None = None
+        self._noted: list[int] = []
+        self._held = interrupt_handlers(lambda _handler: self._note)
+        self._previous: dict[int, SignalHandler] = {}
+
+    def __enter__(self) -> HeldSignals:
+        self._previous = self._held.__enter__()
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._noted.append(signum)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held.__exit__(None, None, None)
+        for signum in self._noted:
+            try:
+                self._previous[signum](signum, None)
+            except BaseException as exc:  # what the handler raises is the stop
+                self.stopped = self.stopped or exc
 
 
 def end_queue(handover: queue.Queue[Any]) -> None:

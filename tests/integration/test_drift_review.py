@@ -156,6 +156,70 @@ def test_an_interrupted_heal_records_its_outcome(world: World, monkeypatch: pyte
     assert events == ["failed"]
 
 
+def _heal_results(world: World) -> list[str]:
+    with world.ctx().db.connect() as conn:
+        return [
+            json.loads(entry)["result"]
+            for (entry,) in conn.execute("SELECT entry FROM log_entries WHERE event = 'heal' ORDER BY idx")
+        ]
+
+
+def test_a_second_ctrl_c_while_an_interrupted_heal_is_recorded_does_not_cut_the_record(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record of an interrupted heal was not shielded as a deployment's is: a second Ctrl-C (or a
+    SIGTERM after the Ctrl-C) while it was written left `heal started` in the log with no end."""
+    import signal
+
+    from graven.service import drift_heal
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    (release_of(world) / "app" / "main.py").chmod(0o644)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    real = drift_heal._record_heal
+
+    def signalled_again(*args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, as the record starts
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(drift_heal, "apply_heal", interrupted)
+    monkeypatch.setattr(drift_heal, "_record_heal", signalled_again)
+    with pytest.raises(KeyboardInterrupt):
+        drift_heal.heal(world.ctx(), "staging")
+    assert _heal_results(world) == ["started", "failed"]
+
+
+def test_a_heal_interrupted_in_the_check_after_it_is_recorded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the full check that follows the heal's writes left `heal started` without an end."""
+    from graven.service import drift_heal
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    (release_of(world) / "app" / "main.py").chmod(0o644)
+    from graven.service.drift_check import check_once as real
+
+    calls = [0]
+
+    def second_interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(drift_heal, "check_once", second_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        drift_heal.heal(world.ctx(), "staging")
+    assert calls[0] == 2
+    assert _heal_results(world) == ["started", "failed"]
+    assert drift_heal.heal(world.ctx(), "staging").ok  # written whole: nothing left to heal
+
+
 # -- 2. a self-heal that keeps failing ------------------------------------------------------------
 
 
@@ -632,7 +696,8 @@ def test_a_damaged_object_does_not_stop_the_heal_of_current_config_and_the_recor
     assert world.deploy(second, "staging").ok
     env = world.env_dir("staging")
     release = release_of(world)
-    pack = next((world.home / "objects" / "pack").glob("*.pack"))
+    # the pack that holds it (two builds made two: which one a glob lists first is the file system's)
+    (pack,) = [p for p in (world.home / "objects" / "pack").glob("*.pack") if b"X = 1\n" in p.read_bytes()]
     data = bytearray(pack.read_bytes())
     at = data.find(b"X = 1\n")  # small objects are stored raw
     assert at > 0

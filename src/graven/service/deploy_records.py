@@ -15,6 +15,7 @@ from graven.deploy.settings import EnvSettings
 from graven.deploy.switch import point_symlink, remove_symlink
 from graven.errors import GravenError, PolicyError
 from graven.model.logentry import LogEvent
+from graven.runtime import HeldSignals
 from graven.service.context import Context, utc_now
 from graven.service.deploy_release import hook_environment, step
 from graven.service.deploy_types import DeployOptions, Target
@@ -23,8 +24,6 @@ from graven.service.environments import HEALTHY, EnvState, deployment_row, load_
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import FrameType
-    from typing import Any
 
     from graven.deploy.hook_result import HookResult
 
@@ -312,7 +311,7 @@ def record_failure(
         detail = f"{detail}; {moved}"
     # a rollback stays live, as does a redeploy of the live digest: nothing is switched back
     back = _SwitchBack()
-    with _HeldSignals() as held:
+    with HeldSignals() as held:
         if switched and kind != "rollback" and previous != digest:
             if previous is not None and layout.release(previous.removeprefix("sha256:")).is_dir():
                 back = _switch_back(
@@ -334,7 +333,7 @@ def record_failure(
             note = f"its activate and health not run: stopped ({type(held.stopped).__name__})"
             back.detail = f"{back.detail}; {note}" if back.detail else note
     interrupted = back.interrupted or held.stopped
-    with _HeldSignals() as recording, ctx.db.begin() as conn:
+    with HeldSignals() as recording, ctx.db.begin() as conn:
         current = _record_failed(
             ctx, conn, target, dep_id, kind=kind, detail=detail, opts=opts, layout=layout
         )
@@ -353,38 +352,6 @@ def record_failure(
         save_state(conn, current)
     interrupted = interrupted or recording.stopped
     return Restored(back.to, back.health if back.to else None, back.detail, current.held, interrupted)
-
-
-class _HeldSignals:
-    """While entered, in the main thread: SIGINT and SIGTERM are noted instead of handled (a signal
-    whose handler is the default or ignored is left alone: it kills, or does nothing). On exit the
-    handlers are put back and ``stopped`` is what the first noted signal's own handler raises
-    (KeyboardInterrupt; graven.cli.app.Terminated), kept for the caller to raise."""
-
-    __slots__ = ("_held", "_noted", "_previous", "stopped")
-
-    def __init__(self) -> None:
-        from graven.runtime import interrupt_handlers
-
-        self.stopped: BaseException | None = None
-        self._noted: list[int] = []
-        self._held = interrupt_handlers(lambda _handler: self._note)
-        self._previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
-
-    def __enter__(self) -> _HeldSignals:
-        self._previous = self._held.__enter__()
-        return self
-
-    def _note(self, signum: int, frame: FrameType | None) -> None:
-        self._noted.append(signum)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._held.__exit__(None, None, None)
-        for signum in self._noted:
-            try:
-                self._previous[signum](signum, None)
-            except BaseException as exc:  # what the handler raises is the stop
-                self.stopped = self.stopped or exc
 
 
 class _SwitchBack:

@@ -42,6 +42,7 @@ from graven.drift.scan import ReleaseIndex, ScanStopped
 from graven.errors import BackendError, DatabaseBusyError, GravenError, IntegrityError, PolicyError
 from graven.home import make_dirs
 from graven.model.logentry import LogEvent
+from graven.runtime import HeldSignals
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import ROOT_PATH, Checked, check_once
 from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, record_check
@@ -55,6 +56,7 @@ __all__ = ["HEAL_STAGE", "REBUILD_STAGE", "HealNotStartedError", "HealResult", "
 
 STOPPED = "interrupted: graven watch stopped"  # the error recorded of a heal abandoned half-way
 UNCHECKED = "not checked after: graven watch stopped first (the next check finds what still differs)"
+INTERRUPTED_UNCHECKED = "not checked after: interrupted (Ctrl-C or SIGTERM) in the check that follows it"
 STOPPED_WAIT = 0.5  # seconds the record of a heal abandoned at the stop waits for another writer at most
 
 # -- heal -------------------------------------------------------------------------------------------
@@ -346,8 +348,11 @@ def _restore(
             error = STOPPED if isinstance(exc, ScanStopped) else str(exc)
         if isinstance(exc, ScanStopped):
             raise _stopped(ctx, layout, result, error, wait) from None
-        _record_heal(ctx, result, ok=False, error=error)
-        write_witness(ctx, layout)
+        with HeldSignals() as held:  # a second Ctrl-C must not leave the heal started and never ended
+            _record_heal(ctx, result, ok=False, error=error)
+            write_witness(ctx, layout)
+        if held.stopped is not None and not isinstance(exc, KeyboardInterrupt):
+            raise held.stopped from exc
         raise
 
 
@@ -412,13 +417,22 @@ def _check_after(
     except ScanStopped:
         result.seconds = time.monotonic() - started
         raise _stopped(ctx, layout, result, UNCHECKED, wait) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM in the check after it: the heal is written, unchecked
+        result.seconds = time.monotonic() - started
+        with HeldSignals():
+            _record_heal(ctx, result, ok=False, error=INTERRUPTED_UNCHECKED)
+            write_witness(ctx, layout)
+        raise
     result.after = after.differences
     if after.differences:
         _unvouch(ctx, layout, layout.release(hex_digest), after.differences)
     result.seconds = time.monotonic() - started
-    _record_heal(ctx, result, ok=not after.differences, error=None)
-    write_witness(ctx, layout)
-    record_check(ctx, after)
+    with HeldSignals() as held:  # the outcome is recorded whole, then the signal is the stop
+        _record_heal(ctx, result, ok=not after.differences, error=None)
+        write_witness(ctx, layout)
+        record_check(ctx, after)
+    if held.stopped is not None:
+        raise held.stopped
 
 
 class HealStopped(ScanStopped):
