@@ -540,3 +540,34 @@ def test_a_tmpdir_another_user_could_change_is_refused(
     os.chown(tmpdir_env, 0, 0)
     result = _graven("build", "-C", repo, tmpdir=tmpdir_env, env=env)
     assert result.returncode == 0, result.stderr
+
+
+# -- a graven killed while it removes its workspace ------------------------------------------------
+
+
+def test_a_workspace_whose_removal_was_killed_is_reclaimed_by_the_next_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock file is what marks a directory as a workspace the next build may remove: removing it
+    first, and the rest of the tree after, left a graven killed in between (a checkout of thousands
+    of files takes a while to remove) a workspace no build would ever reclaim."""
+    from graven.build.workspace import LOCK_NAME, Workspace, reclaim
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    pid = os.fork()
+    if pid == 0:  # make a workspace with a file in it, then be killed at its first rmdir
+        try:
+            ws = Workspace.create(base=tmpdir)
+            (ws.src / "d").mkdir()
+            (ws.src / "d" / "f").write_bytes(b"x\n")
+            monkeypatch.setattr(os, "rmdir", lambda *_a, **_k: os.kill(os.getpid(), signal.SIGKILL))
+            ws.remove()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    (left,) = tmpdir.iterdir()
+    assert (left / LOCK_NAME).is_file()
+    assert reclaim(tmpdir) == [left]
+    assert list(tmpdir.iterdir()) == []
