@@ -571,3 +571,21 @@ def test_a_workspace_whose_removal_was_killed_is_reclaimed_by_the_next_build(
     assert (left / LOCK_NAME).is_file()
     assert reclaim(tmpdir) == [left]
     assert list(tmpdir.iterdir()) == []
+
+
+def test_an_empty_workspace_a_killed_graven_left_is_reclaimed_once_it_is_old(tmp_path: Path) -> None:
+    """A graven killed between making its workspace and locking it (or between removing the lock file
+    and the directory) left an empty directory no build removed; one just made is left alone (its
+    graven may be about to lock it)."""
+    from graven.build.workspace import reclaim
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    old, new, full = tmpdir / "graven-build-old", tmpdir / "graven-check-new", tmpdir / "graven-build-full"
+    for path in (old, new, full):
+        path.mkdir()
+    (full / "data").write_text("kept\n")
+    for path in (old, full):
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert reclaim(tmpdir) == [old]
+    assert sorted(p.name for p in tmpdir.iterdir()) == [full.name, new.name]

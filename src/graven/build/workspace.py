@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ DIR_MODE = 0o755
 # can be taken was left by a killed graven, and the next step build removes it (:func:`reclaim`).
 LOCK_NAME = ".graven-lock"
 PREFIXES = ("graven-build-", "graven-check-")  # hermetic.CANONICAL's and CHECK_VARIATION's
+# An empty workspace directory older than this was left by a graven killed before it locked it (or
+# after it removed the lock file): one being made is locked within microseconds of its mkdir.
+EMPTY_LEFT_AFTER = 60.0
 
 
 @dataclass(frozen=True)
@@ -158,10 +162,12 @@ def _hold_lock(root: Path) -> int:
 
 def reclaim(tmpdir: Path) -> list[Path]:
     """Remove the workspaces a killed graven left in ``tmpdir`` (SIGKILL runs no clean-up): this user's
-    directories named like a workspace whose lock file nobody holds. A directory without the lock
-    file (being made right now, or not graven's) is left alone. Best effort: the removed ones."""
+    directories named like a workspace whose lock file nobody holds, and empty ones made more than
+    EMPTY_LEFT_AFTER seconds ago. Another directory without the lock file (being made right now, or
+    not graven's) is left alone. Best effort: the removed ones."""
     removed: list[Path] = []
     me = os.geteuid()
+    now = time.time()
     try:
         names = [n for n in os.listdir(tmpdir) if n.startswith(PREFIXES)]
     except OSError:
@@ -171,6 +177,10 @@ def reclaim(tmpdir: Path) -> list[Path]:
         try:
             info = os.lstat(top)
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != me:
+                continue
+            if now - info.st_mtime > EMPTY_LEFT_AFTER and not os.listdir(top):
+                os.rmdir(top)  # fails (ENOTEMPTY) when something appeared since
+                removed.append(top)
                 continue
             fd = os.open(top / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
