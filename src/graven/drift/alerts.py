@@ -8,6 +8,7 @@ back through :meth:`AlertDispatcher.results` for the watcher to record. Nothing 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import queue
@@ -220,6 +221,9 @@ class AlertSender:
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"unreachable: {reason}"
+            except http.client.HTTPException as exc:  # no OSError: a bad status line, a header too long
+                # its class only: its text quotes what the receiver sent (recorded in the audit log)
+                last = f"not an HTTP answer: {type(exc).__name__}"
         return False, f"{last} ({self.retries + 1} attempts)"
 
 

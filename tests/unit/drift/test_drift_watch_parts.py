@@ -526,3 +526,38 @@ def test_an_environment_no_longer_watched_keeps_no_pending_records_series(monkey
     watcher._finish_deliveries()  # its delivery is still recorded ...
     assert recorded == ["gone"]
     assert 'env="gone"' not in metrics.render().decode()  # ... and its series stay gone
+
+
+def test_a_webhook_that_answers_no_http_fails_its_channel_without_raising() -> None:
+    """http.client's own errors (a status line that is no HTTP, a header line too long) are no
+    OSError: they escaped the webhook's retries, and the dispatcher recorded the alert as reaching no
+    channel although the alert command had taken it (it was then sent to the command again)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        sender = AlertSender(
+            command="cat >/dev/null",
+            webhook=f"http://127.0.0.1:{server.getsockname()[1]}/hook",
+            retries=1,
+            backoff=0.01,
+        )
+        each = sender.send_each({"text": "hi"})
+    finally:
+        server.close()
+    assert each == {
+        "command": (True, "exit 0"),
+        "webhook": (False, "not an HTTP answer: BadStatusLine (2 attempts)"),
+    }
