@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -206,12 +207,19 @@ class AlertSender:
                 method="POST",
                 headers={"Content-Type": "application/json", "User-Agent": f"graven/{__version__}"},
             )
+            deadline = _Deadline(self.timeout)
             try:
-                with _OPENER.open(request, timeout=self.timeout) as response:
+                response = deadline.opener().open(request, timeout=self.timeout)
+                try:
                     status = int(response.status)
-                    if 200 <= status < 300:
-                        return True, f"HTTP {status}" + (f" after {attempt + 1} attempts" if attempt else "")
-                    last = f"HTTP {status}"
+                finally:
+                    deadline.end()  # before the socket is closed (and its number given to another)
+                    response.close()
+                if deadline.expired:  # the headers the shut socket ended: not the receiver's answer
+                    raise TimeoutError
+                if 200 <= status < 300:
+                    return True, f"HTTP {status}" + (f" after {attempt + 1} attempts" if attempt else "")
+                last = f"HTTP {status}"
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
                 if 300 <= exc.code < 400:  # a login page or http -> https: the alert never arrived
@@ -221,9 +229,15 @@ class AlertSender:
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"unreachable: {reason}"
+                if deadline.expired:  # whatever the shut socket made of it
+                    last = f"unreachable: timed out after {self.timeout:g}s"
             except http.client.HTTPException as exc:  # no OSError: a bad status line, a header too long
                 # its class only: its text quotes what the receiver sent (recorded in the audit log)
                 last = f"not an HTTP answer: {type(exc).__name__}"
+                if deadline.expired:
+                    last = f"unreachable: timed out after {self.timeout:g}s"
+            finally:
+                deadline.end()
         return False, f"{last} ({self.retries + 1} attempts)"
 
 
@@ -235,7 +249,83 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _Deadline:
+    """The whole time of one webhook attempt. urllib's timeout bounds each socket operation, not the
+    request: a receiver answering a byte at a time would hold the delivery thread as long as it liked.
+    When the time is up, the attempt's socket is shut down (not closed: http.client still owns it),
+    which ends the read or write that waits; the connection and the TLS handshake are bounded by what
+    is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._ended = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        """Seconds left (a little at least: a socket timeout of 0 would make it non-blocking)."""
+        return max(self.at - time.monotonic(), 0.01)
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Shut ``sock`` down when the time is up (now, if it is)."""
+        with self._lock:
+            if sock is None or self._ended:
+                return
+            self._socks.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def end(self) -> None:
+        """The attempt is over: its sockets are left alone from now on."""
+        with self._lock:
+            self._ended = True
+            self._socks.clear()
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self.expired = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """An opener (no redirects) whose connections are bounded by this deadline."""
+        deadline = self
+
+        class _Connection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.timeout = min(self.timeout or deadline.left(), deadline.left())
+                super().connect()
+                deadline.watch(self.sock)
+
+        class _TLSConnection(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                self.timeout = min(self.timeout or deadline.left(), deadline.left())
+                super().connect()  # the handshake too: bounded as a whole by the socket's timeout
+                deadline.watch(self.sock)
+
+        class _HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(_Connection, req)
+
+        class _HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(_TLSConnection, req)  # the default context: certificates checked
+
+        return urllib.request.build_opener(_NoRedirect, _HTTPHandler, _HTTPSHandler)
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown would drop its TLS state
+    # under the thread that reads it
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _printable(text: str) -> str:

@@ -561,3 +561,56 @@ def test_a_webhook_that_answers_no_http_fails_its_channel_without_raising() -> N
         "command": (True, "exit 0"),
         "webhook": (False, "not an HTTP answer: BadStatusLine (2 attempts)"),
     }
+
+
+class Dripping:
+    """A webhook on 127.0.0.1 that reads the request, then answers one byte every ``pause`` seconds
+    (a header that does not end): no read waits ``pause``, and the answer takes ``length`` seconds."""
+
+    def __init__(self, pause: float = 0.05, length: float = 6.0) -> None:
+        import socket
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.pause, self.length = pause, length
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: Any) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                end = time.monotonic() + self.length
+                while time.monotonic() < end and not self.stop.wait(self.pause):
+                    conn.sendall(b"a")
+                conn.sendall(b"\r\n\r\n")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+def test_the_webhook_timeout_bounds_a_whole_attempt_not_each_read() -> None:
+    """The timeout was urllib's, per socket read: a receiver that answered a byte at a time held the
+    delivery thread as long as it liked (every alert after it queued, then dropped)."""
+    dripping = Dripping()
+    try:
+        sender = AlertSender(webhook=dripping.url, retries=1, backoff=0.01, timeout=0.5)
+        started = time.monotonic()
+        ok, channels = sender.send({"text": "hi"})
+        elapsed = time.monotonic() - started
+    finally:
+        dripping.close()
+    assert not ok and channels == {"webhook": "unreachable: timed out after 0.5s (2 attempts)"}, channels
+    assert elapsed < 3, elapsed
