@@ -62,7 +62,8 @@ _HOST_NAME = re.compile(r"[\w.-]+")
 def check_webhook(url: str) -> None:
     """Refuse, when the watcher starts rather than at its first alert, a webhook URL it could not use:
     not http(s), no host or a host that is no host name (a space, a control character), a port that is
-    no number or out of range, a space or a control character anywhere, or credentials in it
+    no number or out of range, a space or a control character anywhere, a character that is not ASCII
+    in the path or the query (http.client cannot write it in the request line), or credentials in it
     (``user:password@``: the request would not send them). The URL is never echoed whole: it may hold a
     secret."""
     from urllib.parse import urlsplit
@@ -97,6 +98,11 @@ def check_webhook(url: str) -> None:
         )
     if any(ch.isspace() for ch in url):
         raise InputError(f"--webhook {shown} holds a space; write it %20 in the path or the query")
+    if not (parts.path + parts.query).isascii():  # the request line is ASCII (a host is sent IDNA-encoded)
+        raise InputError(
+            f"--webhook {shown} holds a character that is not ASCII in its path or query; write it "
+            "percent-encoded (its UTF-8 bytes: %C3%A9 for \u00e9)"
+        )
 
 
 class AlertSender:

@@ -421,6 +421,8 @@ def test_an_alert_command_at_work_does_not_outlive_the_watcher(tmp_path: Path) -
         ("http://example/a b?Secret1", "holds a space; write it %20"),
         ("http://example:0/Secret1", "has a port out of range"),
         ("http://example:70000/Secret1", "has a port out of range"),
+        ("https://chat.example/hooks/caf\u00e9/Secret1", "not ASCII in its path or query"),
+        ("https://chat.example/hook?token=Secret1&who=\u00e9", "not ASCII in its path or query"),
     ],
 )
 def test_a_webhook_that_could_not_be_used_is_refused_at_start_without_its_secret(
@@ -438,7 +440,12 @@ def test_a_webhook_that_could_not_be_used_is_refused_at_start_without_its_secret
 
 @pytest.mark.parametrize(
     "url",
-    ["http://hooks.example/x?token=a%20b", "https://[::1]:8443/hook", "http://hook_host.internal:8080/"],
+    [
+        "http://hooks.example/x?token=a%20b",
+        "https://[::1]:8443/hook",
+        "http://hook_host.internal:8080/",
+        "https://b\u00fccher.example/hook/caf%C3%A9",  # a host name is sent IDNA-encoded
+    ],
 )
 def test_a_webhook_that_can_be_used_is_taken(url: str) -> None:
     from graven.drift.alerts import AlertSender
