@@ -29,7 +29,16 @@ from graven import __version__
 from graven.deploy.hook_result import redact_secrets
 from graven.errors import InputError
 
-__all__ = ["DROPPED", "NOT_DELIVERED", "QUEUE_MAX", "AlertDispatcher", "AlertSender", "Delivery"]
+__all__ = [
+    "DROPPED",
+    "NOT_DELIVERED",
+    "QUEUE_MAX",
+    "RETRY_AFTER_MAX",
+    "AlertDispatcher",
+    "AlertSender",
+    "Delivery",
+    "retry_after",
+]
 
 _TAIL = 200  # characters of a failed command's output shown (escaped)
 _CAPTURE = 4096  # bytes kept of each output stream of an alert command (its last ones)
@@ -38,6 +47,7 @@ _CAPTURE = 4096  # bytes kept of each output stream of an alert command (its las
 _GRACE = 0.5
 _POLL = 0.05  # seconds between two looks at whether the alert command exited, while its pipes are open
 QUEUE_MAX = 100  # alerts waiting for delivery; when full, the oldest is dropped
+RETRY_AFTER_MAX = 60.0  # seconds a webhook's Retry-After may hold a retry back (the backoff's own bound)
 NOT_DELIVERED = "not delivered: the watcher stopped first"
 DROPPED = "not delivered: dropped, the alert queue was full"
 
@@ -202,9 +212,11 @@ class AlertSender:
     def _post(self, data: bytes) -> tuple[bool, str]:
         assert self.webhook is not None
         last = ""
+        asked: float | None = None  # the seconds the last answer's Retry-After asked for
         for attempt in range(self.retries + 1):
             if attempt:
-                delay = min(self.backoff * 2 ** (attempt - 1), 60.0)
+                delay = max(min(self.backoff * 2 ** (attempt - 1), 60.0), asked or 0.0)
+                asked = None
                 if self.stop.wait(delay):
                     return False, f"{last}; stopped before retry {attempt}"
             request = urllib.request.Request(  # noqa: S310 (the scheme is checked: http or https)
@@ -228,6 +240,7 @@ class AlertSender:
                 last = f"HTTP {status}"
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
+                asked = retry_after(exc.headers.get("Retry-After"), time.time()) if exc.headers else None
                 if 300 <= exc.code < 400:  # a login page or http -> https: the alert never arrived
                     return False, f"{last}: redirects are not followed; give the webhook's final URL"
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
@@ -245,6 +258,26 @@ class AlertSender:
             finally:
                 deadline.end()
         return False, f"{last} ({self.retries + 1} attempts)"
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """The seconds a ``Retry-After`` header asks a client to wait (RFC 9110: whole seconds, or an HTTP
+    date, ``now`` being the Unix time), at most :data:`RETRY_AFTER_MAX`; None when there is none or it
+    cannot be read."""
+    import email.utils
+
+    text = (value or "").strip()
+    if text.isascii() and text.isdigit():
+        seconds = float(int(text))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": a time in no known zone
+            return None
+        seconds = when.timestamp() - now
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -621,3 +621,47 @@ def test_the_webhook_timeout_bounds_a_whole_attempt_not_each_read() -> None:
         dripping.close()
     assert not ok and channels == {"webhook": "unreachable: timed out after 0.5s (2 attempts)"}, channels
     assert elapsed < 3, elapsed
+
+
+def test_a_webhooks_retry_after_is_obeyed_up_to_a_bound() -> None:
+    """A rate-limited chat webhook (429, Retry-After: 1) was asked again after the backoff's 0.01 s,
+    4 times within moments: every retry refused, the alert failed. Its Retry-After is now waited for,
+    up to RETRY_AFTER_MAX (a day asked for is not a day without alerts)."""
+    times: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            times.append(time.monotonic())
+            if len(times) == 1:
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+            else:
+                self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/h"
+        sender = AlertSender(webhook=url, retries=2, backoff=0.01)
+        assert sender.send({"text": "hi"}) == (True, {"webhook": "HTTP 204 after 2 attempts"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert times[1] - times[0] >= 0.9
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from graven.drift.alerts import RETRY_AFTER_MAX, retry_after
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert retry_after("7", now.timestamp()) == 7
+    assert retry_after(" 86400 ", now.timestamp()) == RETRY_AFTER_MAX
+    assert retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now.timestamp()) == 30
+    assert retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now.timestamp()) == 0
+    for unreadable in (None, "", "soon", "-5", "1.5", "\u0661"):
+        assert retry_after(unreadable, now.timestamp()) is None
