@@ -19,7 +19,7 @@ from pathlib import Path
 
 from graven.core import paths
 from graven.core.globs import Selection
-from graven.core.paths import check_path, decode_path, display_path
+from graven.core.paths import check_path, display_path
 from graven.errors import InputError, UnsafeInputError
 from graven.model.digest import Digest
 from graven.model.manifest import MAX_PATH, DirEntry, FileEntry, SymlinkEntry, TreeEntry
@@ -38,9 +38,10 @@ def collect_tree(
     """Walk ``roots`` (paths relative to ``root``), store every selected file and return the entries.
 
     Symlinks are recorded, never followed; sockets, devices and FIFOs are refused by path, and so are
-    names and link targets that are not UTF-8 (the whole path, escaped), and paths longer than a file
-    system takes (:data:`MAX_PATH` bytes: a step can nest directories without end). A root that does
-    not exist (or lies below a file) and an entry that cannot be read raise InputError naming the path.
+    names and link targets that are not UTF-8 (the whole path, escaped; not a name the selection
+    leaves out), and paths longer than a file system takes (:data:`MAX_PATH` bytes: a step can nest
+    directories without end). A root that does not exist (or lies below a file) and an entry that
+    cannot be read raise InputError naming the path.
     """
     entries: list[TreeEntry] = []
     seen: set[str] = set()
@@ -65,14 +66,11 @@ def collect_tree(
             with _reading(rel):
                 names = sorted(os.listdir(full))
             if not names and selection.selects_dir(rel):
+                check_path(rel)
                 entries.append(DirEntry(rel))
-            children = []
-            for name in names:
-                child = f"{rel}/{name}"  # os.listdir gives undecodable bytes as surrogates
-                if not name.isascii():
-                    decode_path(os.fsencode(child))  # refuses a name that is not UTF-8, naming the path
-                children.append(child)
-            return children
+            # os.listdir gives undecodable bytes as surrogates: such a name is refused (check_path)
+            # only once it is selected, so that [artifact] exclude can leave it out
+            return [f"{rel}/{name}" for name in names]
         if not selection.selects(rel):
             return []
         check_path(rel)
