@@ -192,7 +192,8 @@ def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
         try:
             check_env_name(name)
         except InputError as exc:
-            raise ConfigError(f"{source}: [env.{name}]: {exc}") from None
+            # the name as the error quotes it (repr): a line break in it cut the one line shown
+            raise ConfigError(f"{source}: [env] {exc}") from None
         for required in section.requires:
             if required == name:
                 raise ConfigError(f"{source}: [env.{name}] requires itself")

@@ -6,7 +6,13 @@ import hashlib
 
 import pytest
 
-from graven.deploy.settings import DeployRootError, check_config_path, check_env_name, resolve_env
+from graven.deploy.settings import (
+    DeployRootError,
+    check_config_path,
+    check_env_name,
+    check_environments,
+    resolve_env,
+)
 from graven.errors import ConfigError, InputError, NotFoundError
 from graven.model.manifest import FileEntry, TreeManifest
 from graven.model.pipeline import EnvSection, parse_pipeline
@@ -106,3 +112,13 @@ def test_config_must_name_a_file_or_directory_of_the_artifact() -> None:
     envs = pipeline('[env.c]\npath = "/c"\nconfig = "config/missing.toml"\n')
     with pytest.raises(ConfigError, match="is not a file or directory of the artifact"):
         check_config_path(manifest, resolve_env(envs, "c", root=None, source="t"))
+
+
+@pytest.mark.parametrize("name", ["x\ny", "a\rb", "e\x1b[31m"])
+def test_an_env_name_with_a_line_break_is_refused_in_one_line(name: str) -> None:
+    # the CLI shows an error's first line: "[env.x" said nothing of what was wrong
+    envs = {name: EnvSection(path="/srv/a")}
+    with pytest.raises(ConfigError) as refused:
+        check_environments(envs, source="graven.toml")
+    message = str(refused.value)
+    assert message.isprintable() and "invalid environment name" in message, message
