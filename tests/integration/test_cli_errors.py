@@ -1008,3 +1008,27 @@ def test_keys_trust_dash_reads_the_key_from_standard_input(
     _assert_input_error(run_cli("keys", "trust", "./-", cwd=tmp_path), "./-: no such file")
     (tmp_path / "-").write_bytes(generate_key().public_pem())
     assert run_cli("keys", "trust", "./-", cwd=tmp_path)[0] == 0
+
+
+def test_init_that_cannot_write_the_whole_file_leaves_none(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """A disk or quota that fills up as init writes (EFBIG here: a file size limit) must not leave a cut
+    starter behind, which the next `graven init` would refuse to replace."""
+    import resource
+    import signal
+
+    fresh = tmp_path / "full"
+    fresh.mkdir()
+    git(fresh, "init", "-q")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+        result = run_cli("init", "-C", fresh)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    _assert_input_error(result, "cannot write")
+    assert not (fresh / "graven.toml").exists()
+    assert run_cli("init", "-C", fresh)[0] == 0

@@ -77,12 +77,19 @@ def init_cmd(args: argparse.Namespace) -> int:
             "(starting with a letter or digit)"
         )
     try:
-        with target.open("x", encoding="utf-8") as handle:
-            handle.write(STARTER.format(name=name))
+        handle = target.open("x", encoding="utf-8")
     except FileExistsError:  # created meanwhile
         raise InputError(f"{target} already exists; edit it instead (graven init never overwrites)") from None
     except OSError as exc:
         raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    try:
+        with handle:
+            handle.write(STARTER.format(name=name))
+    except BaseException as exc:  # a full disk, Ctrl-C: no cut starter that the next init would keep
+        target.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise
     if args.as_json:
         emit_json({"path": str(target), "name": name})
     else:
