@@ -192,7 +192,7 @@ def _ignored(ignore: GlobSet, path: str, *, is_dir: bool) -> bool:
     ``out/*/**`` leaves out what is below ``out/top``, never the file ``out/top``)."""
     if path == "." or not path:
         return False
-    return ignore.matches(path) or (is_dir and ignore.matches(path + "/"))
+    return ignore.matches(path) or (is_dir and ignore.covers_below(path))
 
 
 def _order(diff: Difference) -> tuple[bytes, int]:

@@ -137,6 +137,9 @@ def check_glob(pattern: str) -> None:
     compile_glob(pattern)
 
 
+_BELOW = "\x00" * 300  # a name no path holds (NUL) and no run of `?` or classes matches (300 long)
+
+
 class GlobSet(Frozen):
     """A set of globs; ``matches(path)`` is true when any of them matches. A frozen value (written by
     hand: graven.core.record)."""
@@ -169,6 +172,21 @@ class GlobSet(Frozen):
         """True when ``path`` (relative, ``/``-separated) matches one of the patterns."""
         regex = self._regex
         return regex is not None and regex.fullmatch(path) is not None
+
+    @cached_property
+    def _each(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(_glob_regex(p), re.DOTALL) for p in self.patterns)
+
+    def covers_below(self, directory: str) -> bool:
+        """True when one pattern matches every path below ``directory`` (``var/**``, ``**``,
+        ``var/**/*``; not ``var/*``, whose ``*`` also matches the empty name of ``var/``, but not
+        ``var/a/b``). Told by two paths no literal part of a pattern matches, of one and of two
+        names below ``directory``: only a pattern made of wildcards there, ``**`` among them,
+        matches both. Several patterns that cover it only together do not count (a directory is
+        then checked: drift says too much rather than too little)."""
+        one = f"{directory}/{_BELOW}"
+        two = f"{one}/{_BELOW}"
+        return any(r.fullmatch(one) is not None and r.fullmatch(two) is not None for r in self._each)
 
     @cached_property
     def _dir_regex(self) -> re.Pattern[str] | None:

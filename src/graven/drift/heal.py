@@ -439,7 +439,7 @@ def _remove_dir(dirs: _Dirs, fd: int, rel: str, seen: os.stat_result, ignore: Gl
         for child, is_dir in reversed(names):
             child_rel = f"{level.rel}/{child}" if level.rel else child
             # a directory is also kept when the globs cover everything below it; a file only by its path
-            if ignore.matches(child_rel) or (is_dir and ignore.matches(child_rel + "/")):
+            if ignore.matches(child_rel) or (is_dir and ignore.covers_below(child_rel)):
                 level.gone = False
             else:
                 level.pending.append((child, is_dir))

@@ -154,6 +154,41 @@ def test_the_release_directory_is_never_ignored() -> None:
     assert kinds(["**", "*"], clean(), root_mode=0o755) == [(".", "mode")]
 
 
+def test_a_glob_whose_last_name_is_star_does_not_hide_the_directory_itself() -> None:
+    """`out/var/*` matched `out/var/` (its `*` matches the empty name), which the check took for "the
+    globs cover everything below out/var": a chmod 0777 of out/var itself went unreported, though
+    `out/var/*` does not cover `out/var/a/b`. Only a pattern that matches every path below does."""
+    tree = clean()
+    tree["out/var"] = Observed("dir", 0o777)
+    assert kinds(["out/var/*"], tree) == [("out/var", "mode")]
+    assert kinds(["out/var/*", "out/var/*/*"], tree) == [("out/var", "mode")]  # only together: checked
+    assert kinds(["out/var/**"], tree) == []
+    assert kinds(["out/var/**/*"], tree) == []
+    assert kinds(["**"], tree) == []
+
+
+@pytest.mark.parametrize(
+    ("patterns", "covered"),
+    [
+        (["var/**"], True),
+        (["**"], True),
+        (["var/**/*"], True),
+        (["*/**"], True),
+        (["var/*"], False),
+        (["var/*/**"], False),
+        (["**/*.pyc"], False),
+        (["var/**/?"], False),
+        (["var/**/x*"], False),
+        (["*"], False),
+        ([], False),
+    ],
+)
+def test_covers_below_needs_one_pattern_that_matches_every_path_below(
+    patterns: list[str], covered: bool
+) -> None:
+    assert GlobSet.of(patterns).covers_below("var") is covered
+
+
 def test_a_file_is_ignored_by_its_own_path_only() -> None:
     tree = clean()
     tree["out/top.py"] = Observed("file", 0o644, 1)
