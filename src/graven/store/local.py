@@ -856,6 +856,7 @@ class LocalStore:
         entry_size, mask = _IDX_ENTRY.size, _ENTRY_MASK
         views: dict[Path, memoryview | None] = {}
         decompress = self._contexts()[1].decompress
+        frame_size = zstandard.frame_content_size
         unpack = _RECORD.unpack_from
         sha256 = hashlib.sha256
         header = _RECORD.size
@@ -888,8 +889,9 @@ class LocalStore:
                         if codec == CODEC_RAW:
                             data = bytes(view[start : start + stored])
                         else:
-                            try:
-                                data = decompress(view[start : start + stored], max_output_size=size)
+                            try:  # a frame that says another size: the slow path says why
+                                if frame_size(view[start : start + stored]) in (-1, size):
+                                    data = decompress(view[start : start + stored], max_output_size=size)
                             except zstandard.ZstdError:
                                 data = None
                 if data is None or sha256(data).digest() != raw:
@@ -977,6 +979,12 @@ class LocalStore:
         import zstandard
 
         try:
+            declared = zstandard.frame_content_size(payload)
+            if declared not in (-1, size):  # zstd would allocate what a damaged frame header says
+                raise IntegrityError(
+                    f"{_what(digest, location)}: cannot be decompressed (its frame says {declared} "
+                    f"bytes, its record {size})"
+                )
             if codec == CODEC_ZSTD:
                 return self._contexts()[1].decompress(payload, max_output_size=size)
             if codec == CODEC_ZSTD_DELTA and base is not None:

@@ -435,3 +435,51 @@ def test_a_pack_deleted_after_the_indexes_were_loaded_reports_missing(store: Loc
     with pytest.raises(IntegrityError, match="missing"):
         fresh.verify(digest)
     assert not fresh.has(digest)
+
+
+# -- a damaged zstd frame header ----------------------------------------------------------------------
+
+
+def _compressed_pair(store: LocalStore) -> dict[Digest, bytes]:
+    """A zstd record and a delta record (codecs 1 and 2), one pack each."""
+    text = b"".join(f"line {i} of some compressible text\n".encode() for i in range(2000))
+    with store.batch() as batch:
+        base = batch.add(text)
+    with store.batch() as batch:
+        delta = batch.add(text + b"one more line\n", delta_base=base)
+    return {base: text, delta: text + b"one more line\n"}
+
+
+def _flip_frame_size_flag(store: LocalStore, digest: Digest) -> None:
+    """Set the two top bits of the frame header descriptor of ``digest``'s zstd frame (one or two bits
+    flipped): the frame then says it holds an 8-byte content size, read from the bytes after it."""
+    pack = _pack_holding(store, digest)
+    data = pack.read_bytes()
+    at = data.find(digest.raw)
+    payload = at + HEADER + (32 if data[at + 32] == 2 else 0)  # a delta's base digest
+    assert data[payload : payload + 4] == b"\x28\xb5\x2f\xfd"  # zstd's magic number
+    assert data[payload + 4] & 0xC0 != 0xC0
+    pack.chmod(0o644)
+    with pack.open("r+b") as handle:
+        handle.seek(payload + 4)
+        handle.write(bytes([data[payload + 4] | 0xC0]))
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["zstd", "delta"])
+def test_a_frame_header_that_claims_a_huge_size_is_a_damaged_copy(store: LocalStore, which: int) -> None:
+    contents = _compressed_pair(store)
+    digest = list(contents)[which]
+    _flip_frame_size_flag(store, digest)
+    for read in (
+        lambda s: s.read(digest),
+        lambda s: s.verify(digest),
+        lambda s: s.open(digest).read(),
+        lambda s: list(s.read_many([digest])),
+    ):
+        with pytest.raises(IntegrityError, match="cannot be decompressed"):
+            read(LocalStore.at(store.root))
+    with LocalStore.at(store.root).batch() as batch:  # a writer repairs it with a good loose copy
+        batch.add(contents[digest])
+    fresh = LocalStore.at(store.root)
+    assert fresh.read(digest) == contents[digest]
+    assert list(LocalStore.at(store.root).read_many([digest])) == [contents[digest]]
