@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from graven.core.record import Record
-from graven.errors import InputError
+from graven.errors import InputError, IntegrityError
 from graven.home import Home, check_home, make_home
 
 if TYPE_CHECKING:
@@ -21,6 +21,22 @@ __all__ = ["BYTES", "MAX_LIMIT", "Context", "NullReporter", "Reporter", "check_l
 
 BYTES = " (bytes)"  # the end of a progress stage counted in bytes
 MAX_LIMIT = 2**63 - 1  # the largest LIMIT both databases take (a signed 64-bit integer)
+
+
+def _refuse_emptied_database(home: Home) -> None:
+    """IntegrityError for a graven.db of 0 bytes in a home whose log key signed committed entries
+    (``log/in-use``, :class:`graven.service.audit.AuditLog`): the file was truncated or restored from a
+    bad copy. SQLite would make a new database of it, and every command would answer as in a new home
+    (no artifacts, no environments, an artifact unsigned)."""
+    try:
+        emptied = home.db_path.stat().st_size == 0 and (home.root / "log" / "in-use").exists()
+    except OSError:  # missing (a new home), or not readable: opening it says what is wrong
+        return
+    if emptied:
+        raise IntegrityError(
+            f"the database {home.db_path} is empty (0 bytes), but this home recorded entries in its audit "
+            "log (log/in-use): it was truncated, or restored from a bad copy; restore it from a backup"
+        )
 
 
 def check_limit(limit: int | None) -> None:
@@ -99,6 +115,7 @@ class Context(Record):
 
         if self.home.db_url_override is None:
             make_home(self.home.root)
+            _refuse_emptied_database(self.home)
         return Database.open(self.home.db_url)
 
     @cached_property
