@@ -38,3 +38,18 @@ def test_a_database_emptied_to_zero_bytes_is_named_not_taken_for_a_new_home(
         run_cli(*args), 1, f"the database {database} is empty (0 bytes)", "restore it from a backup"
     )
     assert database.stat().st_size == 0  # the evidence is left as it was, no new database made in it
+
+
+@pytest.mark.parametrize("damage", ["directory", "dangling-symlink"])
+def test_a_damaged_pack_lock_is_named_by_the_build_it_stops(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, damage: str
+) -> None:
+    lock = graven_home / "objects" / "consolidate.lock"
+    lock.parent.mkdir(parents=True)
+    if damage == "directory":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "gone" / "consolidate.lock")
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    assert_cli_error(run_cli("build", "-C", repo), 1, f"cannot open {lock}: ", "remove it")
+    assert not list((graven_home / "objects" / "tmp").iterdir())  # nothing of the batch left behind

@@ -1850,10 +1850,12 @@ def _publish_pack(
             os.rename(idx_tmp, idx)  # the commit point of this pack
             idx_tmp = None
         _fsync_dir(store._packs)
-    except OSError as exc:
+    except (OSError, BackendError) as exc:
         if idx_tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(idx_tmp)
+        if isinstance(exc, BackendError):  # the lock: it names itself
+            raise
         raise BackendError(f"cannot write a pack to {store._packs}: {exc.strerror or exc}") from exc
 
 
@@ -1912,7 +1914,13 @@ def _merges_held(store: LocalStore) -> Iterator[None]:
     one at work now finishes first."""
     import fcntl
 
-    fd = os.open(store.root / "consolidate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = store.root / "consolidate.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # else named as the pack directory's fault, where nothing is wrong
+        raise BackendError(
+            f"cannot open {lock}: {exc.strerror or exc}; remove it (graven makes it again)"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield
