@@ -720,6 +720,17 @@ class _SqliteDatabase:
                     f"cannot open the database {self.path}: its directory {parent} does not exist; "
                     "create it, or correct the path in the URL (GRAVEN_DB_URL, or the one given to db copy)"
                 ) from exc
+            if (
+                what == "cannot open"
+                and os.path.isfile(self.path)
+                and not os.access(self.path, os.R_OK | os.W_OK)
+            ):
+                st = os.stat(self.path)  # not its directory's fault, as SQLite's "unable to open" says
+                raise BackendError(
+                    f"cannot open the database {self.path}: this user cannot read and write it (mode "
+                    f"{st.st_mode & 0o7777:04o}, owner uid {st.st_uid}); make it this user's, mode 0600 "
+                    "(chown, chmod)"
+                ) from exc
             if what == "cannot open" and os.path.isdir(self.path):  # the URL names a directory
                 raise ConfigError(
                     f"cannot open the database {self.path}: it is a directory; name a file in it "

@@ -4,6 +4,8 @@ to do, never an answer as if the damage were the home's real state."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,3 +55,31 @@ def test_a_damaged_pack_lock_is_named_by_the_build_it_stops(
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
     assert_cli_error(run_cli("build", "-C", repo), 1, f"cannot open {lock}: ", "remove it")
     assert not list((graven_home / "objects" / "tmp").iterdir())  # nothing of the batch left behind
+
+
+@pytest.mark.needs_root("makes the database unreadable for a user that is not root")
+def test_a_database_file_this_user_cannot_open_is_named_with_its_mode_not_its_directory() -> None:
+    from graven.db import Database
+    from graven.errors import BackendError
+    from helpers_deploy import NOBODY, exit_code_as_nobody
+
+    with tempfile.TemporaryDirectory(prefix="graven-test-") as top:  # pytest's tmp_path: root's only
+        os.chmod(top, 0o755)
+        home = Path(top) / "home"
+        home.mkdir()
+        path = home / "graven.db"
+        Database.open(f"sqlite:///{path}").close()
+        for item in (home, *home.iterdir()):
+            os.chown(item, NOBODY, NOBODY)
+        path.chmod(0)  # an operator's chmod, a restore with the wrong mode
+
+        def open_it() -> int:
+            try:
+                Database.open(f"sqlite:///{path}").close()
+            except BackendError as exc:
+                print(exc.message)
+                wanted = f"cannot open the database {path}: this user cannot read and write it (mode 0000"
+                return 0 if exc.message.startswith(wanted) and "directory" not in exc.message else 3
+            return 4
+
+        assert exit_code_as_nobody(open_it) == 0
