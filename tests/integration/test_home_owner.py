@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from graven.errors import BackendError
 from graven.home import Home
 from graven.model.digest import Digest
-from graven.service.artifacts import load_manifest
+from graven.service.artifacts import load_manifest, verify_artifact
 from graven.service.context import Context
 from helpers_deploy import NOBODY, World, exit_code_as_nobody
 from helpers_repo import run_cli
@@ -131,3 +132,33 @@ def test_a_user_who_cannot_write_the_home_still_reads_it(
         return 0 if str(manifest.digest) == digest else 3
 
     assert exit_code_as_nobody(read) == 0
+
+
+@pytest.mark.parametrize("missing", ["objects/tmp", "objects/sha256"])
+def test_a_home_this_user_cannot_write_is_read_without_its_empty_store_directories(
+    world: World, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    """A review: a home restored or copied without the store's empty directories (a backup that
+    leaves out ``tmp/``), on a read-only mount or another user's, could not be read: `show`, `verify`
+    and `export` failed with "cannot create the object store ... (objects/tmp)", though reading needs
+    none of them."""
+    digest = world.build()
+    world.home.chmod(0o755)  # shared for reading (graven makes a home 0700)
+    (world.home / missing).rmdir()
+    monkeypatch.chdir(world.home)  # nobody cannot walk to the test's directory: /proc/self/cwd is the home
+
+    def read() -> int:
+        home = Path("/proc/self/cwd")
+        with Context(home=Home(root=home)) as ctx:
+            report = verify_artifact(ctx, Digest.parse(digest))  # every object re-hashed, as verify
+            if report.objects_checked < 2 or report.problems:
+                return 3
+            assert ctx.store.clean_tmp() == 0  # a build's first step: nothing to clean
+            try:  # a write names what stops it, as in a home with all its directories
+                ctx.store.put(b"new")
+            except BackendError as exc:
+                return 0 if str(exc).endswith("/objects: Permission denied") else 4
+        return 5
+
+    assert exit_code_as_nobody(read) == 0
+    assert not (world.home / missing).exists()

@@ -152,6 +152,15 @@ def _release_maps(maps: list[tuple[Path, mmap.mmap]]) -> None:
             mapped.close()
 
 
+def _read_only_store(root: Path, exc: OSError) -> bool:
+    """Whether ``exc``, from making the store's directories, says that this user may only read the
+    existing store at ``root`` (a read-only mount, or another user's home): readers go on without the
+    directories that could not be made."""
+    if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return False
+    return os.path.isdir(root) and (exc.errno == errno.EROFS or not os.access(root, os.W_OK))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -208,6 +217,7 @@ class LocalStore:
         self._loose_prefix = f"{self._loose}/"
         self._packs = root / "pack"
         self._tmp = root / "tmp"
+        self._unmade: OSError | None = None  # why at() could not make the store's directories
         self._index: _Table | None = None  # the copy each object is read from first
         self._extra: dict[bytes, list[_Location]] = {}  # further packed copies (concurrent writers)
         self._damaged: dict[str, str] = {}  # index file name -> what is wrong with it or its pack
@@ -239,6 +249,12 @@ class LocalStore:
             if any(made):  # their entries durable before anything is published in them
                 _fsync_dir(root)
         except OSError as exc:
+            if _read_only_store(root, exc):
+                # a copy without its empty directories (a backup that left out tmp/), on a read-only
+                # mount or another user's: reading needs none of them, and a write says what it could not
+                store = cls(root)
+                store._unmade = exc
+                return store
             where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
             reason = exc.strerror or str(exc)
             raise BackendError(f"cannot create the object store at {root}: {reason}{where}") from exc
@@ -1098,6 +1114,8 @@ class LocalStore:
     def write_error(self, exc: OSError) -> BackendError:
         """The one-line error for a write into the store that failed (a full disk, a read-only
         file system): the store stays as it was, nothing half-written becomes visible."""
+        if self._unmade is not None and exc.errno == errno.ENOENT:  # in a directory at() could not make
+            exc = self._unmade
         return BackendError(f"cannot write to the object store in {self.root}: {exc.strerror or exc}")
 
     def _publish_loose(self, tmp: Path, digest: Digest) -> None:
@@ -1381,6 +1399,8 @@ class LocalStore:
 
         removed = 0
         cutoff = time.time() - older_than
+        if self._unmade is not None and not self._tmp.is_dir():  # nothing was left: a write says why
+            return 0
         for item in self._tmp.iterdir():
             with contextlib.suppress(OSError):
                 state = _writer_state(item.name)
