@@ -725,6 +725,60 @@ def test_a_verify_by_another_user_writes_no_mark_in_the_home(
     assert not (home / "log" / "in-use").exists()
 
 
+def test_another_user_verifies_a_shared_home_whose_mark_only_its_owner_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: a home shared for reading (an auditor's `graven log verify`) failed whenever it had a
+    mark, as every home has after its first entry: log/in-use is its owner's, 0600, and the reader was
+    told the log "does not verify (first bad index N)" and to give the file back "(a sudo run may have
+    taken it)". The reader cannot make that one check; the log itself verifies, with a warning."""
+    if os.geteuid() != 0:
+        unavailable("needs root, to read a home as another user")
+    import shutil
+
+    from helpers_deploy import exit_code_as_nobody
+
+    shared = Path(tempfile.mkdtemp(prefix="graven-review-"))  # SQLite opens the real path: one nobody
+    try:  # can walk (the test's own directory is root's, 0700)
+        shared.chmod(0o755)
+        _another_user_verifies(shared / "home", monkeypatch, exit_code_as_nobody)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _another_user_verifies(home: Path, monkeypatch: pytest.MonkeyPatch, as_nobody: Any) -> None:
+    _append(home, 3)
+    assert (home / "log" / "in-use").stat().st_mode & 0o777 == 0o600
+    for directory in (home, home / "log"):
+        directory.chmod(0o755)  # shared for reading (graven makes both 0700)
+    monkeypatch.chdir(home)  # nobody cannot walk to the test's directory: /proc/self/cwd is the home
+    warnings: list[str] = []
+
+    class Warnings:
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+        def progress(self, stage: str, done: int, total: int | None) -> None:
+            pass
+
+    def verify() -> int:
+        with Context(home=Home(root=Path("/proc/self/cwd")), reporter=Warnings()) as ctx:
+            report = ctx.audit.verify()
+        if not report.ok:
+            print(report.problems)
+            return 3
+        if report.size != 3 or len(warnings) != 1:
+            return 4
+        return 0 if "cannot read /proc/self/cwd/log/in-use (Permission denied)" in warnings[0] else 5
+
+    assert as_nobody(verify) == 0
+    assert (home / "log" / "in-use").read_text().startswith("3 ")
+    # its owner's verify still checks the mark: a rolled-back database is found
+    (home / "log" / "in-use").write_text((home / "log" / "in-use").read_text().replace("3 ", "9 ", 1))
+    with Context(home=Home(root=home)) as ctx:
+        assert not ctx.audit.verify().ok
+
+
 def test_a_mark_root_makes_in_another_users_home_is_that_users(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -449,6 +449,16 @@ class AuditLog:
             f"this one on purpose, empty {self.in_use_path}"
         )
 
+    def _owners_mark(self) -> bool:
+        """Whether the high-water mark is the home's owner's and this user, another, may not read it (a
+        home shared for reading: the mark is 0600): a reader cannot make that check, which is no fault
+        of the log's."""
+        try:
+            owner = os.stat(self.in_use_path.parent).st_uid
+        except OSError:
+            return False
+        return owner != os.geteuid() and not os.access(self.in_use_path, os.R_OK)
+
     def _existing_key_file(self) -> Path | None:
         """The log key file (private, else public) when one exists: the log had a key."""
         for path in (self.key_path, self.public_key_path):
@@ -1036,6 +1046,13 @@ class AuditLog:
         except InputError as exc:  # missing or unreadable: reported below when the log has entries
             public, key_problem = None, str(exc)
         mark = self._read_mark()  # before the snapshot: writers may commit (and raise it) meanwhile
+        if isinstance(mark, IntegrityError) and self._owners_mark():
+            self._ctx.reporter.warn(
+                f"cannot read {self.in_use_path} (Permission denied): this home's owner keeps the high-water "
+                "mark of the log there; whether the database was rolled back behind it is not checked "
+                "(only the owner's graven log verify checks that)"
+            )
+            mark = (0, "")
         with self._ctx.db.connect() as conn:
             origin = self._read_origin(conn)
             states = conn.execute("SELECT size, frontier FROM log_state").all()
