@@ -147,6 +147,37 @@ def check_home(root: Path) -> None:
                 f"GRAVEN_HOME {root} {problem}: they could replace its keys and trust policy; chmod go-w "
                 f"{root}, or set GRAVEN_HOME to a home only you can write"
             )
+    _check_private_dirs(root, me)
+
+
+# The directories of a home whose files graven takes as its own secrets or verdicts: the signing keys
+# and the record key (keys/), the log key and the high-water mark (log/), the memo of verified
+# signatures (cache/). trust/ has its own, stricter check (graven.signing.trust).
+_PRIVATE_DIRS = ("keys", "log", "cache")
+
+
+def _check_private_dirs(root: Path, me: int) -> None:
+    """Refuse (ConfigError) a private directory of the home that every user, or a group with other
+    members, may write: they could put a key, a record key or a memo of "verified" signatures there,
+    which graven (root, too) would then use. Made 0700 by graven; this is one opened up by hand or by
+    a copy. (Who owns it is the owner's business: root gives the log's mark to the owner of log/.)"""
+    for name in _PRIVATE_DIRS:
+        path = root / name
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # missing (made when needed), or unreadable: its reader says so
+        if not st.st_mode & 0o022:
+            continue
+        from graven.errors import ConfigError
+        from graven.strictmodes import unsafe_owner
+
+        problem = unsafe_owner(os.stat_result((*st[:4], me, *st[5:])), me, top=True)  # its mode alone
+        if problem is not None:
+            raise ConfigError(
+                f"{path} {problem}: they could put keys or records there that graven would use; chmod 700 "
+                f"{path}"
+            )
 
 
 def make_home_dir(directory: Path) -> None:

@@ -108,6 +108,28 @@ def test_a_home_its_group_may_write_is_refused(world: World, capsys: pytest.Capt
     assert code == 0, err
 
 
+@pytest.mark.parametrize("name", ["keys", "log", "cache"])
+def test_a_private_directory_others_may_write_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Only the home itself was checked: with the home 0755 and keys/ (log/, cache/) opened to 0777,
+    another user could plant a signing key, a record key, a log key or a memo of "verified"
+    signatures there, which graven (run as root, too) then used. Refused, naming the directory."""
+    code, _, err = run_cli(capsys, "build", "-C", str(world.repo))
+    assert code == 0, err
+    private = world.home / name
+    private.mkdir(exist_ok=True)
+    world.home.chmod(0o755)
+    private.chmod(0o777)
+    code, _, err = run_cli(capsys, "build", "-C", str(world.repo))
+    assert code == 2, err
+    assert f"{private} is writable by every user (mode 0777)" in err and f"chmod 700 {private}" in err
+    assert err.count("\n") == 1
+    private.chmod(0o700)
+    code, _, err = run_cli(capsys, "build", "-C", str(world.repo))
+    assert code == 0, err
+
+
 def test_root_s_own_home_is_fine(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "build", "-C", str(world.repo))
     assert code == 0, err
