@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import COMMIT_EPOCH, Executable, Symlink, assert_cli_error
+from conftest import COMMIT_EPOCH, Executable, Symlink, assert_cli_error, commit_all
 from helpers_services import require_tool
 
 Run = Callable[..., tuple[int, str, str]]
@@ -984,6 +984,41 @@ def test_an_archive_whose_graven_toml_is_not_the_signed_one_is_named_at_import(
     code, _, err = run_cli("import", archive, "--attestation", envelope)
     assert code == 0, err
     assert "holds a graven.toml that is not the one its signed provenance names" in err, err
+
+
+def test_verify_fails_an_import_whose_recorded_graven_toml_no_signed_provenance_names(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verification review: the import above records the archive's graven.toml (what `show` says and
+    every later export carries), and when the signed one was stored already (another artifact built
+    from the same graven.toml) verify said ok, so an unsigned graven.toml travelled on as the
+    artifact's, vouched for by a verify that passed."""
+    repo, digest = artifact
+    (repo / "README.md").write_text("# shop, again\n")  # another artifact, the same graven.toml
+    commit_all(repo, "second")
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    other = out.splitlines()[-1]
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
+    data = archive.read_bytes()
+    claim = b'name = \\"demo\\"'
+    assert data.count(claim) == 1
+    archive.write_bytes(data.replace(claim, b'name = \\"demq\\"'))
+    (tmp_path / "other").mkdir()
+    other_archive, other_envelope = _export_attested(run_cli, other, tmp_path / "other" / "shop.tar")
+    _trusting_home(graven_home, tmp_path, monkeypatch)
+    assert run_cli("import", other_archive, "--attestation", other_envelope)[0] == 0
+    code, _, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 0 and "holds a graven.toml that is not the one" in err, err
+    code, _, err = run_cli("verify", digest)
+    assert code == 1, err
+    assert "graven.toml" in err and "no signed provenance of it names that" in err, err
+    code, out, _ = run_cli("verify", digest, "--json")
+    assert code == 1 and "graven.toml" in json.loads(out)["provenance"]["reason"]
 
 
 def test_an_old_attestation_that_cannot_be_removed_is_named_not_the_archive(

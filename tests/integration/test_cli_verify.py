@@ -482,15 +482,22 @@ def test_verify_for_an_environment_of_a_corrupt_graven_toml_names_the_corruption
     toml = '[artifact]\nname = "docs"\ninclude = ["docs/**"]\n\n[env.staging]\npath = "staging"\n'
     digest = _build(run_cli, make_repo(tmp_path / "repo", FILES, toml))
     assert run_cli("verify", digest, "--env", "staging")[0] == 0
-    with sqlite3.connect(graven_home / "graven.db") as db:  # a graven.toml no provenance names is lost
-        db.execute(
-            "UPDATE artifacts SET pipeline_digest = ? WHERE digest = ?", (f"sha256:{'0' * 64}", digest)
-        )
-    assert run_cli("verify", digest, "--env", "staging")[0] == 0  # its build's graven.toml defines it
-    code, _, err = run_cli("verify", digest, "--env", "prdo")  # verified whole: the name is still unknown
-    assert code == 2 and "unknown environment 'prdo' (known here: staging)" in err, err
     code, out, _ = run_cli("show", digest, "--json")
     pipeline = json.loads(out)["builds"][0]["pipeline_digest"]
+    lost = f"sha256:{'0' * 64}"
+    with sqlite3.connect(graven_home / "graven.db") as db:  # a graven.toml no provenance names is lost
+        db.execute("UPDATE artifacts SET pipeline_digest = ? WHERE digest = ?", (lost, digest))
+    # its build's graven.toml defines staging; the row's graven.toml (what export carries) is no signed one
+    code, _, err = run_cli("verify", digest, "--env", "staging")
+    assert code == 1 and f"graven.toml {lost[:19]}) for it, but no signed provenance" in err, err
+    code, _, err = run_cli("verify", digest, "--env", "prdo")  # what could not be read is named first
+    assert code == 1 and "no signed provenance of it names that" in err, err
+    with sqlite3.connect(graven_home / "graven.db") as db:  # the build's record names the lost one now
+        db.execute("UPDATE artifacts SET pipeline_digest = ? WHERE digest = ?", (pipeline, digest))
+        db.execute("UPDATE builds SET pipeline_digest = ? WHERE digest = ?", (lost, digest))
+    assert run_cli("verify", digest, "--env", "staging")[0] == 0  # the artifact's graven.toml defines it
+    code, _, err = run_cli("verify", digest, "--env", "prdo")  # verified whole: the name is still unknown
+    assert code == 2 and "unknown environment 'prdo' (known here: staging)" in err, err
     _flip_packed(graven_home / "objects", pipeline)
     code, out, err = run_cli("verify", digest, "--env", "staging")
     assert code == 1 and out == "", err

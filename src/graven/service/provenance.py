@@ -400,35 +400,38 @@ def check_provenance(
         return ProvenanceCheck(False, str(exc))
     with ctx.db.connect() as conn:
         row = conn.execute(
-            'SELECT "commit", source_date_epoch FROM artifacts WHERE digest = :digest',
+            'SELECT "commit", source_date_epoch, pipeline_digest FROM artifacts WHERE digest = :digest',
             {"digest": str(artifact)},
         ).one_or_none()
     # an archive without graven's header claims no commit time: import records 0 for it (archive-v1.md),
     # which stands for "none" here, as a missing commit does
-    recorded = None if row is None else (row.commit, row.source_date_epoch or None)
+    recorded = None if row is None else (row.commit, row.source_date_epoch or None, row.pipeline_digest)
 
     def names(statement: ProvenanceStatement) -> bool:  # what the row says, as far as both say it
         assert recorded is not None
+        signed = (statement.commit, statement.source_date_epoch, statement.pipeline_digest)
         return all(
-            mine is None or signed is None or mine == signed
-            for mine, signed in zip(recorded, (statement.commit, statement.source_date_epoch), strict=True)
+            mine is None or theirs is None or mine == theirs
+            for mine, theirs in zip(recorded, signed, strict=True)
         )
 
     if recorded is not None and not names(verified.statement):
-        # what show, status and export go by (the commit, and the commit time an export's mtimes are)
-        # must be signed too: several commits may build the same artifact (they differ outside its
-        # files), so any trusted provenance of it may name them; none doing so is a row edited in the
-        # database, or an unsigned import's claim
+        # what show, status and export go by (the commit, the commit time an export's mtimes are, the
+        # graven.toml an export carries) must be signed too: several commits may build the same
+        # artifact (they differ outside its files), so any trusted provenance of it may name them; none
+        # doing so is a row edited in the database, or an unsigned import's claim (an archive's
+        # graven.toml that is not the signed one)
         every = verified_provenances(ctx, artifact, policy=policy.with_memo(None), env=env)
         if not any(names(v.statement) for v, _ in every):
-            commit, epoch = recorded
+            commit, epoch, pipeline = recorded
             signed = verified.statement
             return ProvenanceCheck(
                 False,
-                f"this home records commit {str(commit or 'none')[:12]} (time {epoch or 'none'}) for it, "
-                f"but no signed provenance of it names that (the newest names {str(signed.commit)[:12]}, "
-                f"time {signed.source_date_epoch}): the database was changed, or an unsigned import "
-                "claimed it",
+                f"this home records commit {str(commit or 'none')[:12]} (time {epoch or 'none'}, "
+                f"graven.toml {str(pipeline or 'none')[:19]}) for it, but no signed provenance of it names "
+                f"that (the newest names {str(signed.commit)[:12]}, time {signed.source_date_epoch}, "
+                f"graven.toml {str(signed.pipeline_digest)[:19]}): the database was changed, or an "
+                "unsigned import claimed it",
             )
     return _accepted(verified, envelope_digest, artifact)
 
