@@ -57,7 +57,14 @@ from graven.service.deploy_verify import (
     tested_target,
     verify_target,
 )
-from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection
+from graven.service.environments import (
+    HEALTHY,
+    EnvState,
+    deployment_row,
+    load_state,
+    rejection,
+    settle_path,
+)
 from graven.service.witness import check_witness, write_witness
 
 if TYPE_CHECKING:
@@ -881,9 +888,10 @@ def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions
         pending = conn.execute(
             "SELECT id FROM deployments WHERE env = :env AND result = 'pending'", {"env": env}
         ).first()
-    if pending is None:
+        path = settle_path(conn, env, state)
+    if pending is None or path is None:
         return
-    layout = EnvLayout(Path(state.path))
+    layout = EnvLayout(Path(path))
     layout.check_owners()  # before the lock makes anything there, as _run_deployment
     lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
     lock.acquire(wait=opts.wait)

@@ -32,6 +32,7 @@ __all__ = [
     "reject",
     "rejection",
     "save_state",
+    "settle_path",
     "status",
     "unhold",
     "went_live_here",
@@ -220,8 +221,7 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
     with ctx.db.connect() as conn:
-        recorded = load_state(conn, env)
-        path = recorded.path if recorded is not None else _pending_path(conn, env)
+        path = settle_path(conn, env, load_state(conn, env))
     if path is None:
         raise NeverDeployedError(env)
     layout = EnvLayout(Path(path))
@@ -302,9 +302,10 @@ def retire(ctx: Context, env: str, reason: str) -> RetireResult:
         raise NeverDeployedError(env)
     with ctx.db.connect() as conn:
         recorded = load_state(conn, env)
-    if recorded is None:
+        path = settle_path(conn, env, recorded)
+    if recorded is None or path is None:
         raise NeverDeployedError(env)
-    layout = EnvLayout(Path(recorded.path))
+    layout = EnvLayout(Path(path))
     with _deploy_lock(ctx, env, layout, "retire"):
         from graven.service.deploy_records import reconcile
 
@@ -328,9 +329,18 @@ def retire(ctx: Context, env: str, reason: str) -> RetireResult:
     return RetireResult(env, state.path, state.live_digest)
 
 
+def settle_path(conn: Connection, env: str, recorded: EnvState | None) -> str | None:
+    """The directory whose lock and ``current`` say what became of ``env``'s pending deployments: the
+    newest pending one's (its settings name it), else the recorded one (None: neither). They differ
+    when the environment, with nothing live, was deployed to another directory: the lock of the
+    recorded one would not wait for that deployer, and its ``current`` would settle a release that
+    went live as one that did not."""
+    return _pending_path(conn, env) or (recorded.path if recorded is not None else None)
+
+
 def _pending_path(conn: Connection, env: str) -> str | None:
-    """The directory of the first deployment to ``env`` while it is at work (its pending record holds
-    its settings), so that a hold waits for it; None when there is none."""
+    """The directory of the newest deployment to ``env`` that is pending (at work, or its deployer
+    dead: its record holds its settings), so that a hold waits for it; None when there is none."""
     import json
 
     settings = conn.execute(
