@@ -76,3 +76,28 @@ def test_a_killed_deployment_at_a_new_path_is_settled_there(world: World, run_cl
     else:
         retired = [e for e, _ in world.ctx().audit.entries() if e.event == "retire"]
         assert retired[-1].artifact == v2 and str(path) in str(retired[-1].reason)
+
+
+def test_promote_from_a_release_whose_deployer_was_killed_says_how_to_check_it(
+    world: World, run_cli: Any
+) -> None:
+    """A deployer killed after its switch leaves its release live with health unknown once settled:
+    promote refuses it (exit 1) and says what makes it promotable, a deploy of it that runs the
+    health check, rather than an unexplained `fix staging`."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    _killed_after_the_switch(world, v2, "staging", world.env_dir("staging"))
+    root = ("--root", world.root)
+    code, _, err = run_cli("promote", "staging", "prod", *root)  # not settled yet: current moved
+    assert code == 1 and "redeploy staging (or roll it back)" in err, err
+    environments.hold(world.ctx(), "staging", "look at it")  # settles the dead deployer's record
+    code, _, err = run_cli("promote", "staging", "prod", *root)
+    assert code == 1, err
+    assert "its deployer stopped before its health check was recorded" in err, err
+    assert f"`graven deploy {v2[7:19]} staging`" in err, err
+    code, _, err = run_cli("deploy", v2[7:19], "staging", *root)  # as it says (the hold is on v2)
+    assert code == 0, err
+    code, _, err = run_cli("promote", "staging", "prod", *root)
+    assert code == 0, err
+    assert world.live("prod") == v2

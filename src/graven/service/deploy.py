@@ -779,6 +779,13 @@ def _promotable(conn: Connection, from_env: str) -> tuple[str, str | None]:
             f"{short(on_disk)}; redeploy {from_env} (or roll it back) before promoting"
         )
     health = row.health if row is not None else "unknown"
+    if row is not None and row.result == "interrupted":  # settled: live, its health never checked
+        live = short(state.live_digest)
+        raise PolicyError(
+            f"{live} is live in {from_env} but its deployer stopped before its health check was "
+            f"recorded (`graven history {from_env}`); `graven deploy {live} {from_env}` checks it "
+            "again, then promote"
+        )
     if row is None or row.result != "ok" or health not in HEALTHY:
         raise PolicyError(
             f"{short(state.live_digest)} is live in {from_env} but not healthy ({health}); fix {from_env} "
