@@ -101,3 +101,20 @@ def test_promote_from_a_release_whose_deployer_was_killed_says_how_to_check_it(
     code, _, err = run_cli("promote", "staging", "prod", *root)
     assert code == 0, err
     assert world.live("prod") == v2
+
+
+def test_retire_says_that_a_deploy_to_the_name_manages_it_again(world: World, run_cli: Any) -> None:
+    """retire stops checks and listings, not deploys: its words must not claim graven will no longer
+    deploy ENV, since the next deploy to the name makes it an environment again (its history goes on)."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    code, out, err = run_cli("retire", "staging", "--reason", "decommissioned")
+    assert code == 0, err
+    assert "no longer deploys" not in out
+    assert "a deploy to staging manages it again" in out, out
+    assert environments.status(world.ctx()) == []
+    v2 = world.version(2)
+    assert world.deploy(v2, "staging").ok
+    assert [(s.env, s.live) for s in environments.status(world.ctx())] == [("staging", v2)]
+    history = environments.history(world.ctx(), "staging")
+    assert [(h["digest"], h["result"]) for h in history] == [(v1, "ok"), (v2, "ok")]

@@ -374,9 +374,9 @@ def retire_cmd(args: argparse.Namespace) -> int:
         emit_json(result.to_json())
     else:
         print(  # the path escaped as a value (once), as every other line shows one
-            f"retired {env}: graven no longer deploys, checks or lists it, and changed nothing on disk;"
+            f"retired {env}: graven no longer checks or lists it, and changed nothing on disk;"
             f" its directory {printable(result.path)} may become another environment's"
-            f" (`graven history {env}` keeps its past)"
+            f" (`graven history {env}` keeps its past; a deploy to {env} manages it again)"
         )
     return 0
 
