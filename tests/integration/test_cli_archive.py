@@ -986,23 +986,26 @@ def test_an_archive_whose_graven_toml_is_not_the_signed_one_is_named_at_import(
     assert "holds a graven.toml that is not the one its signed provenance names" in err, err
 
 
-def test_verify_fails_an_import_whose_recorded_graven_toml_no_signed_provenance_names(
+def test_an_import_records_the_signed_graven_toml_or_verify_fails_it(
     artifact: tuple[Path, str],
     graven_home: Path,
     run_cli: Run,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A verification review: the import above records the archive's graven.toml (what `show` says and
-    every later export carries), and when the signed one was stored already (another artifact built
-    from the same graven.toml) verify said ok, so an unsigned graven.toml travelled on as the
-    artifact's, vouched for by a verify that passed."""
+    """A verification review: the import of an archive whose graven.toml is not the signed one recorded
+    the archive's (what `show` says and every later export carries), and when the signed one was stored
+    already (another artifact built from the same graven.toml) verify said ok: an unsigned graven.toml
+    travelled on as the artifact's. As for the commit and the name, the signed one is now recorded when
+    it is stored; else the archive's is, and verify fails the artifact, naming graven.toml."""
     repo, digest = artifact
     (repo / "README.md").write_text("# shop, again\n")  # another artifact, the same graven.toml
     commit_all(repo, "second")
     code, out, err = run_cli("build", "-C", repo)
     assert code == 0, err
     other = out.splitlines()[-1]
+    code, out, _ = run_cli("show", digest, "--json")
+    signed = json.loads(out)["artifact"]["pipeline_digest"]
     archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar")
     data = archive.read_bytes()
     claim = b'name = \\"demo\\"'
@@ -1010,15 +1013,39 @@ def test_verify_fails_an_import_whose_recorded_graven_toml_no_signed_provenance_
     archive.write_bytes(data.replace(claim, b'name = \\"demq\\"'))
     (tmp_path / "other").mkdir()
     other_archive, other_envelope = _export_attested(run_cli, other, tmp_path / "other" / "shop.tar")
+    # a home that holds it (another artifact built from it; the artifact's own graven.toml file, too):
+    # the signed one is recorded, verify passes, and an export carries the signed one
     _trusting_home(graven_home, tmp_path, monkeypatch)
     assert run_cli("import", other_archive, "--attestation", other_envelope)[0] == 0
     code, _, err = run_cli("import", archive, "--attestation", envelope)
-    assert code == 0 and "holds a graven.toml that is not the one" in err, err
+    assert code == 0 and "the signed one, stored already, is recorded" in err, err
+    code, out, _ = run_cli("show", digest, "--json")
+    assert json.loads(out)["artifact"]["pipeline_digest"] == signed
+    code, _, err = run_cli("verify", digest)
+    assert code == 0, err
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "again.tar")
+    assert code == 0, err
+    assert claim in (tmp_path / "again.tar").read_bytes()  # the signed graven.toml travels on
+    # a recorded graven.toml no signed provenance names (the archive's, stored by the import): verify
+    # fails the artifact, naming graven.toml
+    import sqlite3
+
+    unsigned = "sha256:" + hashlib.sha256(_pipeline_of(archive)).hexdigest()
+    with sqlite3.connect(tmp_path / "second-home" / "graven.db") as db:
+        db.execute("UPDATE artifacts SET pipeline_digest = ? WHERE digest = ?", (unsigned, digest))
     code, _, err = run_cli("verify", digest)
     assert code == 1, err
     assert "graven.toml" in err and "no signed provenance of it names that" in err, err
     code, out, _ = run_cli("verify", digest, "--json")
     assert code == 1 and "graven.toml" in json.loads(out)["provenance"]["reason"]
+
+
+def _pipeline_of(archive: Path) -> bytes:
+    """The graven.toml an archive's global header carries."""
+    with tarfile.open(archive) as tar:
+        first = tar.next()
+        assert first is not None
+        return str(json.loads(first.pax_headers["comment"])["pipeline"]).encode()
 
 
 def test_an_old_attestation_that_cannot_be_removed_is_named_not_the_archive(

@@ -561,7 +561,7 @@ def _check_provenance(
             if found.trusted_for is None
             else f" with provenance signed by key {signer[:16]} (trusted for {found.trusted_for})"
         )
-        found.contradicted = _take_signed(path, archive, checked, name=name)
+        found.contradicted = _take_signed(path, archive, checked, name=name, stored=ctx.store.has)
     else:
         found.reason = " with provenance no key of this home verifies"
         ctx.reporter.warn(
@@ -591,9 +591,17 @@ def _verify_envelope(ctx: Context, envelope: bytes, digest: Digest) -> tuple[Pro
     return checked, trusted_for
 
 
-def _take_signed(path: Path, archive: _Archive, checked: ProvenanceCheck, *, name: str | None) -> list[str]:
+def _take_signed(
+    path: Path,
+    archive: _Archive,
+    checked: ProvenanceCheck,
+    *,
+    name: str | None,
+    stored: Callable[[Digest], bool],
+) -> list[str]:
     """After it: ``archive`` holds the verified provenance's commit, commit time and name (not over
-    ``name``) where they differ from its own; the returned warnings say each claim it contradicted."""
+    ``name``) where they differ from its own, and its graven.toml when that one is ``stored``; the
+    returned warnings say each claim it contradicted."""
     from graven.service.provenance import PIPELINE_NAME
 
     contradicted: list[str] = []
@@ -625,11 +633,18 @@ def _take_signed(path: Path, archive: _Archive, checked: ProvenanceCheck, *, nam
         and archive.pipeline_digest is not None
         and signed_pipeline != archive.pipeline_digest
     ):
-        contradicted.append(
-            f"{path.name} holds a graven.toml that is not the one its signed provenance names "
-            f"({signed_pipeline[:19]}): deploy reads the signed one, which this archive does not "
-            "carry"
-        )
+        if stored(Digest.parse(signed_pipeline)):  # what show names and an export carries: signed
+            contradicted.append(
+                f"{path.name} holds a graven.toml that is not the one its signed provenance names "
+                f"({signed_pipeline[:19]}): the signed one, stored already, is recorded"
+            )
+            archive.pipeline_digest = signed_pipeline
+        else:
+            contradicted.append(
+                f"{path.name} holds a graven.toml that is not the one its signed provenance names "
+                f"({signed_pipeline[:19]}): deploy reads the signed one, which this archive does not "
+                "carry, and verify fails the artifact until it is stored"
+            )
     return contradicted
 
 
