@@ -199,11 +199,12 @@ def test_deploy_plan_retire_and_status_escape_the_environment_path(
     code, out, err = run_cli("deploy", digest, "staging", "--plan", "--root", root)
     assert code == 0, err
     assert "config (config/a\\\\x1b.toml): unchanged\n" in out, out
-    (root / "st\\x0a" / "current").unlink()  # status warns that current points elsewhere
+    (root / "st\\x0a" / "current").unlink()  # status warns that current is gone, and what puts it back
     code, out, err = run_cli("status")
     assert code == 0, err
     _clean(out + err)
-    assert f"staging: {shown_root}/st\\\\x0a/current points to -" in err, err
+    assert f"staging: {shown_root}/st\\\\x0a/current is not a link to a release" in err, err
+    assert "`graven heal staging` points it back" in err, err
     code, out, err = run_cli("retire", "staging", "--reason", "gone")
     assert code == 0, err
     _clean(out + err)

@@ -440,7 +440,12 @@ def status_cmd(args: argparse.Namespace) -> int:
         ],
     )
     for e in envs:
-        if e.on_disk != e.live:
+        if e.on_disk is None and e.live is not None:  # missing, or a file or directory in its place
+            sys.stderr.write(
+                f"graven: warning: {e.env}: {printable(e.path)}/current is not a link to a release (the "
+                f"recorded one is {digest_cell(e.live)}); `graven heal {e.env}` points it back\n"
+            )
+        elif e.on_disk != e.live:
             sys.stderr.write(
                 f"graven: warning: {e.env}: {printable(e.path)}/current points to {digest_cell(e.on_disk)}, "
                 f"not the recorded {digest_cell(e.live)}; redeploy or roll back to settle it\n"
