@@ -327,8 +327,8 @@ def _runner(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
     )
     # The graven home (keys, store), the working tree and the user's credential directories are
-    # hidden; a signing key file named by GRAVEN_SIGNING_KEY elsewhere and credential files read as
-    # empty.
+    # hidden; a signing key file named by GRAVEN_SIGNING_KEY elsewhere and credential files cannot be
+    # read (/dev/null over them).
     # So are the repository's git directories (a linked worktree's common one is elsewhere, with the
     # remotes' credentials), the temp directories holding every workspace (this one's and other builds',
     # in a TMPDIR the sandbox mirrors, and where `build --check` makes its second one from this TMPDIR,
