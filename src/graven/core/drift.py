@@ -70,6 +70,7 @@ KINDS = (
 )
 ALERT_FORMAT = "graven.drift-alert/v1"
 TEXT_PATHS = 5  # paths named in an alert's `text`
+ALERT_LIST_MAX = 1000  # entries of each list of an alert's payload at most (count says how many in all)
 
 
 DIR_MODE = 0o555  # deployed directories are read-only too
@@ -506,9 +507,12 @@ class Alert(Frozen):
             "time": self.time,
             "count": len(self.differences),
             "kinds": summarize(self.differences),
-            "paths": [json_text(path) for path in self.paths],  # as differences name them: UTF-8
-            "differences": [d.to_json() for d in self.differences],
-            "new": [d.to_json() for d in self.new],
+            # the lists are cut at ALERT_LIST_MAX (a tree wiped whole: megabytes a chat tool refuses);
+            # count and kinds are of all of them, truncated says whether a list was cut
+            "paths": [json_text(path) for path in self.paths[:ALERT_LIST_MAX]],  # as differences: UTF-8
+            "differences": [d.to_json() for d in self.differences[:ALERT_LIST_MAX]],
+            "new": [d.to_json() for d in self.new[:ALERT_LIST_MAX]],
+            "truncated": max(len(self.paths), len(self.differences), len(self.new)) > ALERT_LIST_MAX,
             "text": self.text(),
         }
 

@@ -197,6 +197,23 @@ def test_the_alert_payload() -> None:
     assert "resolved" in resolved.to_json()["text"]
 
 
+def test_an_alert_about_a_tree_wiped_whole_is_cut_to_a_payload_chat_tools_take() -> None:
+    """Every drifted path went into the payload three times over: a release wiped whole made a POST of
+    megabytes, which chat tools refuse (413) and a slow link may not send in the webhook's time."""
+    diffs = [Difference(f"app/f{i:05d}.py", "removed") for i in range(2500)]
+    doc = make_alert(
+        "drift", env="prod", path="/p", digest=None, commit=None, name=None, time="t", differences=diffs
+    ).to_json()
+    assert doc["count"] == 2500 and doc["kinds"] == {"removed": 2500} and doc["truncated"] is True
+    assert len(doc["paths"]) == len(doc["differences"]) == len(doc["new"]) == 1000
+    assert doc["paths"][0] == "app/f00000.py" and doc["paths"][-1] == "app/f00999.py"
+    assert len(json.dumps(doc)) < 300_000
+    small = make_alert(
+        "drift", env="prod", path="/p", digest=None, commit=None, name=None, time="t", differences=diffs[:3]
+    ).to_json()
+    assert small["truncated"] is False and len(small["paths"]) == 3
+
+
 def test_heal_plans() -> None:
     diffs = [
         Difference("current", "current"),
