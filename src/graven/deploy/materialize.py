@@ -1207,6 +1207,8 @@ def _scan(root: Path) -> _Scan | None:
             stack.extend(_scan_dir(found, rel, absdir))
         except FileNotFoundError:
             found.problems.append(f"{rel or './'}: removed while being checked")
+        except PermissionError as exc:  # made unreadable (chmod 0000): a difference, rebuilt from the store
+            found.problems.append(f"{rel or './'}: cannot be read ({exc.strerror})")
         except OSError as exc:
             raise BackendError(f"cannot read the release {root}: {exc.strerror}") from None
     return found

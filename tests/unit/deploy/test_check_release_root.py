@@ -12,6 +12,7 @@ from graven.deploy.materialize import DIR_MODE, build_release, check_release
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
 from graven.store.local import LocalStore
+from helpers_deploy import exit_code_as_deployer, give_to_deployer
 
 FILES = {"a.txt": b"alpha\n", "dir/b.txt": b"beta\n", "bin/run": b"#!/bin/sh\n"}
 
@@ -84,3 +85,31 @@ def test_a_root_that_is_a_symlink_to_a_good_copy_is_a_problem(
     (tmp_path / "r").symlink_to(tmp_path / "real")
     check = check_release(tmp_path / "r", manifest, table)
     assert not check.ok and check.problems == ["./: not a directory"]
+
+
+@pytest.mark.parametrize("locked", ["dir", ""])
+def test_a_directory_its_deployer_cannot_read_is_a_problem_not_an_error(
+    tmp_path: Path, store: LocalStore, manifest: TreeManifest, locked: str
+) -> None:
+    """A deployer that is not root checks a release in which a directory (or the release directory
+    itself) was made 0000: that is a difference, as drift reports it, so that a rollback rebuilds the
+    release from the store (remove_tree opens such a directory up) instead of failing on it for good."""
+    root = tmp_path / "r"
+    table = deployed(store, manifest, root)
+    for dirpath, dirs, names in os.walk(root):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirs + names)]:
+            give_to_deployer(Path(name))
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # the deployer needs no path to it
+    os.chmod(tmp_path, 0o711)
+
+    def as_deployer() -> int:
+        release = Path(f"/proc/self/fd/{holder}/r")
+        (release / locked).chmod(0o000)
+        check = check_release(release, manifest, table)
+        expected = f"{locked or '.'}/: cannot be read (Permission denied)"
+        return 0 if not check.ok and expected in check.problems else 3
+
+    try:
+        assert exit_code_as_deployer(as_deployer) == 0
+    finally:
+        os.close(holder)
