@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	@{ $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' && \
 	    $(BIN)/python -m pip --version; } >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV) || { \
 	    echo "python3 -m venv failed; on Debian install it with: apt-get install -y python3-venv" >&2; \
-	    if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv --clear $(VENV); else exit 1; fi; }
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && \
+	        $(PYTHON) -m venv --clear $(VENV); else exit 1; fi; }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)

@@ -86,3 +86,37 @@ def test_a_working_venv_is_kept(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert calls == ""
     assert (project / ".venv" / "kept").exists()
+
+
+def test_as_root_python3_venv_is_installed_from_fresh_package_lists(tmp_path: Path) -> None:
+    """A fresh Debian (a container image) has no package lists: apt-get install alone finds nothing."""
+    require_tool("make")
+    if os.geteuid() != 0:
+        pytest.skip("the Makefile installs python3-venv only as root")
+    project = _project(tmp_path)
+    log = tmp_path / "apt.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # apt-get: finds python3-venv only after an update; python3 -m venv works only once it is installed
+    (bin_dir / "apt-get").write_text(
+        f'#!/bin/sh\necho "$*" >> "{log}"\n'
+        f'case "$1" in update) touch "{tmp_path}/lists";; '
+        f'install) [ -e "{tmp_path}/lists" ] && touch "{tmp_path}/installed";; esac\n'
+    )
+    (bin_dir / "apt-get").chmod(0o755)
+    fake = tmp_path / "fake-python3"
+    fake.write_text(
+        f'#!/bin/sh\n[ -e "{tmp_path}/installed" ] || exit 1\n'
+        + FAKE_PYTHON.format(log=tmp_path / "python.log").removeprefix("#!/bin/sh\n")
+    )
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["make", "-C", str(project), ".venv/.installed-stamp", f"PYTHON={fake}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "MAKEFLAGS": "", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + log.read_text()
+    assert (project / ".venv" / ".installed-stamp").exists()
