@@ -15,7 +15,7 @@ import itertools
 import re
 import unicodedata
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from functools import cache
 from typing import cast
 
@@ -38,6 +38,7 @@ __all__ = [
     "implied_dirs",
     "is_through_dotgit",
     "json_text",
+    "link_checker",
     "link_stays_inside",
     "refused_by_git",
     "through_dotgit",
@@ -403,33 +404,61 @@ def link_stays_inside(path: str, target: str, links: Mapping[str, str]) -> bool:
 
     Resolution follows the other symlinks of the tree (``links``: path -> target) exactly as the kernel
     would, so ``a -> .`` plus ``b -> a/..`` is caught although each looks harmless on its own. A loop
-    never resolves, so it cannot escape; it counts as inside.
+    never resolves, so it cannot escape; it counts as inside. For many links of one tree, make one
+    :func:`link_checker` instead.
     """
-    if target.startswith("/") or not target:
-        return False
-    stack = path.split("/")[:-1]
-    queue = deque(target.split("/"))
-    hops = 0
-    while queue:
-        segment = queue.popleft()
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if not stack:
-                return False
-            stack.pop()
-            continue
-        stack.append(segment)
-        linked = links.get("/".join(stack))
-        if linked is not None:
-            hops += 1
-            if hops > MAX_LINK_HOPS:
-                return True
-            if linked.startswith("/"):
-                return False
-            stack.pop()
-            queue.extendleft(reversed(linked.split("/")))
-    return True
+    return link_checker(links)(path, target)
+
+
+def link_checker(links: Mapping[str, str]) -> Callable[[str, str], bool]:
+    """:func:`link_stays_inside` for the links of one tree (``links``: path -> target), which are read
+    once here: each check then takes time linear in the names it follows.
+
+    The directory being resolved is a node of a tree of the links' paths, or None below every link
+    (nothing there is a link): a name costs one lookup, where the join of every name before it
+    made 41 links of 4 KB targets (80,000 names followed) take minutes for each link."""
+    children: dict[tuple[int, str], int] = {}
+    targets: dict[int, str] = {}
+    for link, linked in links.items():
+        node = 0  # the root
+        for name in link.split("/"):
+            node = children.setdefault((node, name), len(children) + 1)
+        targets[node] = linked
+
+    def stays_inside(path: str, target: str) -> bool:
+        if target.startswith("/") or not target:
+            return False
+        stack: list[int | None] = []  # the nodes of the directories from the root down
+        node: int | None = 0
+        for name in path.split("/")[:-1]:
+            node = None if node is None else children.get((node, name))
+            stack.append(node)
+        queue = deque(target.split("/"))
+        hops = 0
+        while queue:
+            segment = queue.popleft()
+            if segment in ("", "."):
+                continue
+            if segment == "..":
+                if not stack:
+                    return False
+                stack.pop()
+                continue
+            parent = stack[-1] if stack else 0
+            node = None if parent is None else children.get((parent, segment))
+            stack.append(node)
+            linked = None if node is None else targets.get(node)
+            if linked is not None:
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    return True
+                if linked.startswith("/"):
+                    return False
+                stack.pop()
+                queue.extendleft(reversed(linked.split("/")))
+        return True
+
+    return stays_inside
 
 
 def implied_dirs(paths: Iterable[str]) -> dict[str, None]:

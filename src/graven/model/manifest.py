@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cache, cached_property
 from typing import Any, NamedTuple
 
-from graven.core.paths import check_path, check_unique_nfc, display_path, implied_dirs, link_stays_inside
+from graven.core.paths import check_path, check_unique_nfc, display_path, implied_dirs, link_checker
 from graven.core.record import Frozen, FrozenInstanceError
 from graven.errors import GravenError, InputError, UnsafeInputError
 from graven.model.digest import Digest, sha256_digest
@@ -417,6 +417,7 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
     ancestors = implied_dirs(paths)
     check_unique_nfc(paths, ancestors)  # entries and directories alike
     links = {e.path: e.target for e in entries if isinstance(e, SymlinkEntry)}
+    stays_inside = link_checker(links) if links else None
     for entry in entries:
         if entry.path in ancestors:
             if isinstance(entry, DirEntry):
@@ -443,5 +444,5 @@ def _validate(entries: tuple[TreeEntry, ...]) -> None:
                 )
             if not entry.target:
                 raise UnsafeInputError(f"{entry.path}: symlink with an empty target (it names nothing)")
-            if not link_stays_inside(entry.path, entry.target, links):
+            if stays_inside is not None and not stays_inside(entry.path, entry.target):
                 raise UnsafeInputError(f"{entry.path}: symlink to {entry.target} escapes the artifact root")
