@@ -379,3 +379,51 @@ def test_a_lazy_fetch_runs_no_command_the_repositorys_own_config_names(
     for clone in clones[1:]:
         _refused(run_cli("build", "-C", clone), "is not in this repository (a partial clone")
         assert not mark.exists(), clone
+
+
+def _crafted_links(repo: Path, link_target: bytes, *, also_a_file: bool) -> str:
+    """A commit of ``repo`` whose tree holds the symlink ``d/l`` to ``link_target`` (and, with
+    ``also_a_file``, the regular file ``f`` of the same blob), made without git's checks."""
+
+    def hashed(*args: str, data: bytes) -> str:
+        out = subprocess.run(["git", *args], cwd=repo, input=data, capture_output=True, check=True)
+        return out.stdout.decode().strip()
+
+    blob = hashed("hash-object", "-w", "--stdin", data=link_target)
+    toml = hashed("hash-object", "-w", "--stdin", data=b'[artifact]\nname = "x"\n')
+    sub = hashed("mktree", data=f"120000 blob {blob}\tl\n".encode())
+    listed = f"040000 tree {sub}\td\n100644 blob {toml}\tgraven.toml\n"
+    if also_a_file:
+        listed += f"100644 blob {blob}\tf\n"
+    return git(repo, "commit-tree", hashed("mktree", data=listed.encode()), "-m", "crafted").strip()
+
+
+@pytest.mark.usefixtures("graven_home")
+@pytest.mark.parametrize("also_a_file", [False, True])
+def test_a_symlink_blob_longer_than_a_target_is_refused_unread(
+    also_a_file: bool,
+    tmp_path: Path,
+    make_repo: MakeRepo,
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A symlink's blob is its target: one of megabytes (a crafted tree; a few KB of git objects
+    can hold gigabytes of it) was read whole into memory, decoded and split into names before its
+    length was refused; the blob of a file of 1 MiB or more that is also a symlink's was streamed
+    as the file only, and the link's missing target was a KeyError."""
+    import graven.service.build as build_module
+
+    read: list[int] = []
+    decode = build_module._link_target
+
+    def spy(data: bytes, oid: str, chosen: list[object]) -> str:
+        read.append(len(data))
+        return decode(data, oid, chosen)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "_link_target", spy)
+    repo = make_repo(tmp_path / "repo", FILES)
+    commit = _crafted_links(repo, b"a/" * (1 << 19), also_a_file=also_a_file)
+    for flags in ((), ("--no-cache",)):
+        refused = run_cli("build", *flags, "-C", repo, commit)
+        _refused(refused, "d/l: a symlink target of more than 4096 bytes")
+    assert all(size <= 4096 for size in read), read

@@ -24,6 +24,7 @@ from graven.errors import ConfigError, GravenError, NotFoundError, UnsafeInputEr
 from graven.model.digest import Digest, sha256_digest
 from graven.model.logentry import LogEvent
 from graven.model.manifest import (
+    MAX_PATH,
     FileEntry,
     SymlinkEntry,
     TreeEntry,
@@ -717,6 +718,8 @@ def _tree_from_git(
 
     def read(blobs: Iterable[tuple[str, BlobReader]]) -> None:
         for oid, reader in blobs:
+            if oid in link_oids and reader.size > MAX_PATH:  # refused before a byte of it is read
+                raise _long_target(oid, chosen)
             if oid in link_oids and oid not in file_oids:
                 targets[oid] = _link_target(reader.read(), oid, chosen)
             elif reader.size < LOOSE_THRESHOLD:
@@ -761,6 +764,15 @@ def _tree_from_git(
     if len(result) > paths.MAX_ENTRIES:  # carried forward and changed together (the listing checks its own)
         raise paths.too_many_paths(f"the tree of commit {source.commit[:12]}")
     return result, total, new_cache, from_worktree
+
+
+def _long_target(oid: str, chosen: list[GitEntry]) -> UnsafeInputError:
+    """The refusal of the symlink blob ``oid``, longer than a target may be (check_fs_limits), naming a
+    link with that blob: a crafted tree's few KB of objects can hold gigabytes of one."""
+    path = next(e.path for e in chosen if e.oid == oid and e.mode == MODE_SYMLINK)
+    return UnsafeInputError(
+        f"{display_path(path)}: a symlink target of more than {MAX_PATH} bytes (what a file system takes)"
+    )
 
 
 def _link_target(data: bytes, oid: str, chosen: list[GitEntry]) -> str:
