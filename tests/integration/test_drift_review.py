@@ -519,6 +519,31 @@ def test_an_ignore_glob_for_what_is_below_does_not_hide_a_file(
         world.close()
 
 
+@pytest.mark.parametrize("ignore", [["config/**"], ["**/*.toml"], ["config/"]])
+def test_an_ignore_glob_does_not_hide_the_environments_own_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ignore: list[str]
+) -> None:
+    """PATH/config exposes config/staging.toml: an ignore glob that matches it (or the directory it lies
+    in) must not hide an edit of the very file the environment runs with, nor keep heal from it."""
+    world, _digest = ignoring(tmp_path, monkeypatch, ignore)
+    try:
+        release = release_of(world)
+        config = release / "config/staging.toml"
+        with opened_up(config, config.parent):
+            config.write_text('port = 9999\nbanner = "edited"\n')
+        (release / "config/prod.toml").chmod(0o644)  # another environment's config: still ignored
+        for mode in ((), ("--full",)):
+            code, doc = drift(capsys, *mode)
+            assert code == 1, (mode, doc)
+            assert ("config/staging.toml", "modified") in found(doc), (mode, doc)
+            assert ("config/prod.toml", "mode") not in found(doc), (mode, doc)
+        assert run_cli(capsys, "heal", "staging")[0] == 0
+        assert config.read_text() == 'port = 8001\nbanner = "staging"\n'
+        assert (world.env_dir("staging") / "config").read_text() == config.read_text()
+    finally:
+        world.close()
+
+
 def test_a_heal_that_waited_for_a_deployment_heals_the_new_release_not_back_to_the_old(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -209,9 +209,12 @@ def compare_tree(
     verified: AbstractSet[str] = frozenset(),
     root_mode: int | None = None,
     root_attrs: str | None = None,
+    config: str | None = None,
 ) -> list[Difference]:
     """Every difference between ``manifest`` and the observed tree (paths relative to the release),
-    sorted by path bytes then kind; paths matching ``ignore`` are left out. ``dirs``: the manifest's
+    sorted by path bytes then kind; paths matching ``ignore`` are left out, except the environment's
+    ``config`` (the file or directory ``PATH/config`` exposes, what is below it and the directories it
+    lies in: what the environment runs with is never hidden by a glob). ``dirs``: the manifest's
     :func:`expected_dirs`, when the caller has them already; ``verified``: files the shell found to be
     exactly as deployed (content, mode and size) without observing them; ``root_mode``: the permission
     bits of the release directory itself (path ``.``), ``root_attrs`` its extended attributes that are
@@ -259,9 +262,20 @@ def compare_tree(
     for path in observed.keys() - known - dirs:
         found.append(Difference(path, "added", None, observed[path].kind))
     if ignore is not None and ignore.patterns and found:
-        found = [d for d in found if not _ignored_difference(ignore, d.path, known, dirs, observed)]
+        found = [
+            d
+            for d in found
+            if _is_config(d.path, config) or not _ignored_difference(ignore, d.path, known, dirs, observed)
+        ]
     found.sort(key=_order)
     return found
+
+
+def _is_config(path: str, config: str | None) -> bool:
+    """Whether ``path`` is ``config``, below it, or a directory it lies in."""
+    if not config:
+        return False
+    return path == config or path.startswith(config + "/") or config.startswith(path + "/")
 
 
 def _ignored_difference(

@@ -253,6 +253,7 @@ def _check_now(
                 index.manifest,
                 scan.observed,
                 ignore=ignore,
+                config=config,
                 dirs=index.dir_set,
                 verified=scan.verified,
                 root_mode=scan.root_mode,
