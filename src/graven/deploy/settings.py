@@ -4,6 +4,7 @@ operator's deploy root in; nothing here reads the environment or the disk."""
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from graven.core.names import ENV_NAME_PATTERN
 from graven.core.record import Frozen
 from graven.errors import ConfigError, InputError, NotFoundError
-from graven.model.manifest import TreeManifest
+from graven.model.manifest import SymlinkEntry, TreeEntry, TreeManifest
 from graven.model.pipeline import EnvSection
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -329,6 +330,13 @@ def check_config_path(manifest: TreeManifest, settings: EnvSettings) -> None:
         return
     config = settings.config
     entries = manifest.by_path()
+    if isinstance(entries.get(config), SymlinkEntry):
+        if not _leads_somewhere(entries, config):
+            raise ConfigError(
+                f"[env.{settings.name}] config {config!r} is a symlink that leads to nothing in the "
+                "artifact; name the file itself or fix the link, commit and build"
+            )
+        return
     if config in entries or config_files(manifest, config):
         return
     prefix = config + "/"
@@ -338,3 +346,37 @@ def check_config_path(manifest: TreeManifest, settings: EnvSettings) -> None:
         f"[env.{settings.name}] config {config!r} is not a file or directory of the artifact; fix "
         "graven.toml, commit and build"
     )
+
+
+def _leads_somewhere(entries: Mapping[str, TreeEntry], path: str) -> bool:
+    """Whether ``path``, followed through the artifact's symlinks as the kernel would (each link's
+    target relative to its directory), ends at a file or directory of the artifact."""
+    from graven.core.paths import MAX_LINK_HOPS
+
+    queue = deque(path.split("/"))
+    stack: list[str] = []  # the names from the release directory down
+    hops = 0
+    while queue:
+        name = queue.popleft()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if not stack:
+                return False  # out of the release (the manifest refuses such links)
+            stack.pop()
+            continue
+        stack.append(name)
+        entry = entries.get("/".join(stack))
+        if isinstance(entry, SymlinkEntry):
+            hops += 1
+            if hops > MAX_LINK_HOPS or entry.target.startswith("/"):
+                return False
+            stack.pop()
+            queue.extendleft(reversed(entry.target.split("/")))
+    if not stack:
+        return True  # the release directory itself
+    found = "/".join(stack)
+    if found in entries:
+        return True
+    prefix = found + "/"
+    return any(other.startswith(prefix) for other in entries)

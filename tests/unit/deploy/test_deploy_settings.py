@@ -14,7 +14,7 @@ from graven.deploy.settings import (
     resolve_env,
 )
 from graven.errors import ConfigError, InputError, NotFoundError
-from graven.model.manifest import FileEntry, TreeManifest
+from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
 from graven.model.pipeline import EnvSection, parse_pipeline
 
 
@@ -112,6 +112,32 @@ def test_config_must_name_a_file_or_directory_of_the_artifact() -> None:
     envs = pipeline('[env.c]\npath = "/c"\nconfig = "config/missing.toml"\n')
     with pytest.raises(ConfigError, match="is not a file or directory of the artifact"):
         check_config_path(manifest, resolve_env(envs, "c", root=None, source="t"))
+
+
+def test_a_config_symlink_must_lead_to_a_file_or_directory_of_the_artifact() -> None:
+    """PATH/config -> current/<config>: a config that is a link into nothing would go live as a config
+    link that resolves to nothing (the service starting without its config), where a config naming
+    nothing is refused."""
+    sha = hashlib.sha256(b"x").hexdigest()
+    manifest = TreeManifest.of(
+        [
+            FileEntry("config/prod.toml", sha, 1),
+            SymlinkEntry("config/dangling.toml", "nothing.toml"),
+            SymlinkEntry("config/loop.toml", "loop.toml"),
+            SymlinkEntry("config/staging.toml", "prod.toml"),
+            SymlinkEntry("config/chain.toml", "staging.toml"),
+            SymlinkEntry("etc", "config"),
+            SymlinkEntry("via-dir.toml", "etc/prod.toml"),
+            SymlinkEntry("up.toml", "config/../etc/../config/prod.toml"),
+        ]
+    )
+    for config in ("config/staging.toml", "config/chain.toml", "etc", "via-dir.toml", "up.toml"):
+        envs = pipeline(f'[env.a]\npath = "/a"\nconfig = "{config}"\n')
+        check_config_path(manifest, resolve_env(envs, "a", root=None, source="t"))
+    for config in ("config/dangling.toml", "config/loop.toml"):
+        envs = pipeline(f'[env.a]\npath = "/a"\nconfig = "{config}"\n')
+        with pytest.raises(ConfigError, match=f"config '{config}' is a symlink that leads to nothing"):
+            check_config_path(manifest, resolve_env(envs, "a", root=None, source="t"))
 
 
 @pytest.mark.parametrize("name", ["x\ny", "a\rb", "e\x1b[31m"])
