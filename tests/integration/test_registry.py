@@ -356,6 +356,7 @@ class _Fake:
         self.stall_uploads = False  # an upload's POST held until ``release``
         self.stalled = threading.Event()  # set when one is held
         self.release = threading.Event()
+        self.keep_nothing = False  # a PUT (blob or manifest) answered 201, and nothing kept
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -384,6 +385,14 @@ class _Fake:
                 if fake.moved_heads and not self.path.startswith("/moved/"):
                     self._send(307, headers={"Location": "/moved" + self.path})
                 elif self._authorized():
+                    if "/manifests/" in self.path:
+                        manifest = fake.manifests.get(self.path.rpartition("/manifests/")[2])
+                        if manifest is None:
+                            self._send(404)
+                        else:
+                            said = "sha256:" + hashlib.sha256(manifest).hexdigest()
+                            self._send(200, headers={"Docker-Content-Digest": said})
+                        return
                     found = self.path.rpartition("/blobs/")[2] in fake.blobs
                     self._send(200 if found else 404)
 
@@ -401,8 +410,11 @@ class _Fake:
                 if not self._authorized():
                     return
                 path, _, query = self.path.partition("?")
-                if "/manifests/" in path:
+                if fake.keep_nothing:
+                    pass
+                elif "/manifests/" in path:  # by its tag (or digest) and by its digest, as registries do
                     fake.manifests[path.rpartition("/")[2]] = data
+                    fake.manifests["sha256:" + hashlib.sha256(data).hexdigest()] = data
                 elif "/blobs/uploads/u1" in path and "_state=s" in query:
                     fake.blobs[query.rpartition("digest=")[2]] = data
                 else:
@@ -624,6 +636,7 @@ def test_credentials_go_to_the_registry_only(
     try:
         fake.user = ("ci", "s3cret-pass")
         fake.upload_location = f"http://{other.address}/v2/team/app/blobs/uploads/u1?_state=s"
+        other.blobs = fake.blobs  # the registry's own storage: it has what was uploaded there
         monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
         monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
         code, _, err = run_cli("push", built, f"{fake.address}/team/app:v1")
@@ -944,3 +957,20 @@ def test_a_pull_larger_than_the_free_disk_is_refused_before_downloading(
     assert [path for _, path, _ in fake.requests if "/blobs/" in path] == []
     assert list((home / "objects/tmp").iterdir()) == []
     assert run_cli("pull", f"{fake.address}/team/app:v1")[0] == 0
+
+
+def test_a_push_the_registry_did_not_keep_is_not_said_to_be_done(
+    built: str, graven_home: Path, run_cli: Run, fake: _Fake
+) -> None:
+    """A registry (or a proxy before it) that answered every upload and the manifest with 201 but kept
+    nothing: push said "pushed" and logged it, and the deploy host's pull failed later. The push now
+    looks the manifest and its blobs up afterwards."""
+    fake.keep_nothing = True
+    code, out, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 1 and out == "", err
+    assert "does not have" in err and err.count("\n") == 1, err
+    code, out, _ = run_cli("log", "--json")
+    assert "push" not in [entry["event"] for entry in json.loads(out)]
+    fake.keep_nothing = False
+    code, out, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 0, err

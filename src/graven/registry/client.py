@@ -348,6 +348,23 @@ class RegistryClient:
                 f"the registry {self.reference.host} stored the manifest as {said}, not {expected}"
             )
 
+    def manifest_digest(self, reference: str) -> str | None:
+        """The digest of the manifest ``reference`` (a tag or a digest) names, None when the repository
+        has none (``HEAD``, redirects followed; the manifest itself hashed when the registry does not
+        say its digest)."""
+        response = self._send(
+            "HEAD",
+            f"{self.reference.base}/manifests/{reference}",
+            headers={"Accept": ", ".join(ACCEPTED_MANIFESTS)},
+            follow=True,
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._fail(response, f"look up the manifest {reference}")
+        said = response.headers.get("Docker-Content-Digest")
+        return said if said is not None else str(sha256_digest(self.get_manifest(reference)))
+
     def get_manifest(self, reference: str) -> bytes:
         """The manifest ``reference`` (a tag or a digest) names, at most :data:`MAX_MANIFEST_SIZE`
         bytes; by digest, checked against it."""

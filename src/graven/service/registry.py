@@ -18,10 +18,10 @@ import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, BinaryIO, NamedTuple, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from graven.core.units import human_size
-from graven.errors import BackendError, InputError, NotFoundError, PolicyError
+from graven.errors import BackendError, InputError, IntegrityError, NotFoundError, PolicyError
 from graven.model.digest import Digest, sha256_digest
 from graven.model.logentry import LogEvent
 from graven.registry.oci import (
@@ -35,6 +35,9 @@ from graven.registry.oci import (
     parse_manifest,
 )
 from graven.service.context import Context
+
+if TYPE_CHECKING:
+    from graven.registry.client import RegistryClient
 
 __all__ = ["PullResult", "PushResult", "pull_artifact", "push_artifact"]
 
@@ -133,6 +136,7 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
             ctx.reporter.progress("uploading (bytes)", total, total)  # the rest was there already
             manifest_digest = str(sha256_digest(manifest))
             client.put_manifest(manifest, target.tag or manifest_digest)
+            _check_stored(client, target, manifest_digest, [descriptor for descriptor, _ in blobs])
     pinned = target.with_digest(manifest_digest)
     with ctx.db.begin() as conn:
         ctx.audit.append(
@@ -190,6 +194,28 @@ def pull_artifact(ctx: Context, source: Reference) -> PullResult:
         signed_by,
         imported.trusted_for if signed_by == imported.signer else None,
     )
+
+
+def _check_stored(
+    client: RegistryClient, target: Reference, manifest_digest: str, blobs: list[Descriptor]
+) -> None:
+    """Look up what the push stored, as a pull will ask for it: a registry (or a proxy before it) that
+    answered 201 and kept nothing is a failed push, not one said to be done and logged."""
+    names = [manifest_digest] if target.tag is None else [target.tag, manifest_digest]
+    for name in names:
+        found = client.manifest_digest(name)
+        if found != manifest_digest:
+            held = f"does not have the manifest {name}" if found is None else f"names {found} by {name}"
+            raise IntegrityError(
+                f"{target.with_digest(manifest_digest)}: the registry accepted the push but {held}; "
+                "push again, or check the registry (and any proxy before it)"
+            )
+    for descriptor in blobs:
+        if not client.has_blob(descriptor.digest):
+            raise IntegrityError(
+                f"{target.with_digest(manifest_digest)}: the registry accepted the push but does not have "
+                f"blob {descriptor.digest}; push again, or check the registry (and any proxy before it)"
+            )
 
 
 def _check_room(scratch: Path, size: int, where: str, root: Path) -> None:
