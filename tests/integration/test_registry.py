@@ -974,3 +974,23 @@ def test_a_push_the_registry_did_not_keep_is_not_said_to_be_done(
     fake.keep_nothing = False
     code, out, err = run_cli("push", built, f"{fake.address}/team/app:v1")
     assert code == 0, err
+
+
+def test_a_push_that_moves_a_tag_says_so(
+    registry: str, built: str, graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """Pushing another artifact to a tag that named one moved the tag without a word (and the log said
+    only where it points now): a release tag re-pushed by mistake went unnoticed until a deploy host
+    pulled something else under it. The push says which manifest the tag named, and logs it."""
+    other = _build(run_cli, make_repo(tmp_path / "other", {"app/main.py": "print('other')\n"}))
+    code, first, err = run_cli("push", built, f"{registry}/team/moved:v1")
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run_cli("push", built, f"{registry}/team/moved:v1")
+    assert code == 0 and "warning" not in err, err  # the same manifest again: nothing moved
+    code, second, err = run_cli("push", other, f"{registry}/team/moved:v1")
+    assert code == 0, err
+    previous = first.strip().rpartition("@")[2]
+    assert f"graven: warning: tag v1 of {registry}/team/moved named {previous}" in err, err
+    assert second.strip() != first.strip()
+    code, out, _ = run_cli("log", "--json")
+    assert previous in json.loads(out)[-1]["reason"]

@@ -135,13 +135,20 @@ def push_artifact(ctx: Context, digest: Digest, target: Reference) -> PushResult
                 sent += descriptor.size
             ctx.reporter.progress("uploading (bytes)", total, total)  # the rest was there already
             manifest_digest = str(sha256_digest(manifest))
+            # a tag that named another manifest is moved, as registries do: said, and logged
+            previous = client.manifest_digest(target.tag) if target.tag is not None else None
             client.put_manifest(manifest, target.tag or manifest_digest)
             _check_stored(client, target, manifest_digest, [descriptor for descriptor, _ in blobs])
     pinned = target.with_digest(manifest_digest)
-    with ctx.db.begin() as conn:
-        ctx.audit.append(
-            conn, LogEvent("push", artifact=str(digest), commit=record.commit, reason=f"to {pinned}")
+    reason = f"to {pinned}"
+    if previous is not None and previous != manifest_digest:
+        reason += f" (the tag named {previous} before)"
+        ctx.reporter.warn(
+            f"tag {target.tag} of {target.host}/{target.repository} named {previous} before this push; "
+            "it names this one now (pull by that digest for what it named)"
         )
+    with ctx.db.begin() as conn:
+        ctx.audit.append(conn, LogEvent("push", artifact=str(digest), commit=record.commit, reason=reason))
     return PushResult(str(digest), str(pinned), manifest_digest, total, sent)
 
 
