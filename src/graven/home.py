@@ -321,5 +321,16 @@ class Home:
         return self.root / "policy.toml"
 
     def has_database(self) -> bool:
-        """True when a database exists (always assumed for an external GRAVEN_DB_URL)."""
-        return self.db_url_override is not None or self.db_path.exists()
+        """True when a database exists (always assumed for an external GRAVEN_DB_URL). A ``graven.db``
+        that is a link to nothing (a volume not mounted) is refused (ConfigError): read as no database,
+        every command answered as in a new home (no artifacts, nothing deployed)."""
+        if self.db_url_override is not None or self.db_path.exists():
+            return True
+        if os.path.islink(self.db_path):
+            from graven.errors import ConfigError
+
+            raise ConfigError(
+                f"the database {self.db_path} is a link to {os.readlink(self.db_path)}, which does not "
+                "exist (a volume not mounted?); mount or restore what it names, or remove the link"
+            )
+        return False

@@ -42,6 +42,30 @@ def test_a_database_emptied_to_zero_bytes_is_named_not_taken_for_a_new_home(
     assert database.stat().st_size == 0  # the evidence is left as it was, no new database made in it
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("show", "{digest}"), ("artifacts",), ("status",), ("log",), ("build", "-C", "{repo}")],
+)
+def test_a_database_that_is_a_link_to_nothing_is_named_not_taken_for_a_new_home(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, command: tuple[str, ...]
+) -> None:
+    """graven.db a symlink to a volume that is not mounted: the reading commands answered as in a new
+    home (no artifacts, nothing deployed, exit 0), the writing ones with SQLite's 'its directory is
+    missing or not writable'."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    digest = _build(run_cli, repo)
+    database = graven_home / "graven.db"
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    for extra in ("", "-wal", "-shm"):
+        if Path(f"{database}{extra}").exists():
+            os.rename(f"{database}{extra}", volume / f"graven.db{extra}")
+    database.symlink_to(tmp_path / "unmounted" / "graven.db")
+    args = [part.format(digest=digest, repo=repo) for part in command]
+    assert_cli_error(run_cli(*args), 2, f"the database {database} is a link to ", "mount or restore")
+    assert not (tmp_path / "unmounted").exists()
+
+
 @pytest.mark.parametrize("damage", ["directory", "dangling-symlink"])
 def test_a_damaged_pack_lock_is_named_by_the_build_it_stops(
     graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, damage: str

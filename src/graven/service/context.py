@@ -116,6 +116,7 @@ class Context(Record):
         if self.home.db_url_override is None:
             make_home(self.home.root)
             _refuse_emptied_database(self.home)
+            self.home.has_database()  # a graven.db that is a link to nothing: said so (ConfigError)
         return Database.open(self.home.db_url)
 
     @cached_property
