@@ -170,9 +170,9 @@ def _check_private_dirs(root: Path, me: int) -> None:
         if not st.st_mode & 0o022:
             continue
         from graven.errors import ConfigError
-        from graven.strictmodes import unsafe_owner
+        from graven.strictmodes import unsafe_mode
 
-        problem = unsafe_owner(os.stat_result((*st[:4], me, *st[5:])), me, top=True)  # its mode alone
+        problem = unsafe_mode(st, me, top=True)
         if problem is not None:
             raise ConfigError(
                 f"{path} {problem}: they could put keys or records there that graven would use; chmod 700 "

@@ -18,7 +18,7 @@ import stat
 
 from graven.errors import BackendError, InputError
 
-__all__ = ["first_problem", "group_others", "unsafe_owner", "walk"]
+__all__ = ["first_problem", "group_others", "unsafe_mode", "unsafe_owner", "walk"]
 
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
 
@@ -29,6 +29,12 @@ def unsafe_owner(st: os.stat_result, me: int, *, top: bool) -> str | None:
     could put names there that graven then owns, or rewrite the file)."""
     if st.st_uid not in (me, 0):
         return f"belongs to another user (uid {st.st_uid}; you are {me})"
+    return unsafe_mode(st, me, top=top)
+
+
+def unsafe_mode(st: os.stat_result, me: int, *, top: bool) -> str | None:
+    """What of :func:`unsafe_owner` is the mode's: writable by every user, or by a group with members
+    other than ``me`` and root (whoever owns it)."""
     if st.st_mode & stat.S_IWOTH and (top or not st.st_mode & stat.S_ISVTX):
         return f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
     if st.st_mode & stat.S_IWGRP and (top or not st.st_mode & stat.S_ISVTX):
