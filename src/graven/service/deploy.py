@@ -895,8 +895,8 @@ def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions
         pending = conn.execute(
             "SELECT id FROM deployments WHERE env = :env AND result = 'pending'", {"env": env}
         ).first()
-        path = settle_path(conn, env, state)
-    if pending is None or path is None:
+        path = settle_path(conn, env, state) if pending is not None else None
+    if path is None:
         return
     layout = EnvLayout(Path(path))
     layout.check_owners()  # before the lock makes anything there, as _run_deployment
