@@ -326,11 +326,16 @@ class Home:
         every command answered as in a new home (no artifacts, nothing deployed)."""
         if self.db_url_override is not None or self.db_path.exists():
             return True
-        if os.path.islink(self.db_path):
+        self.refuse_dangling_database()
+        return False
+
+    def refuse_dangling_database(self) -> None:
+        """ConfigError when ``graven.db`` is a link to nothing (a volume not mounted): SQLite would
+        fail to open it as a missing directory, and a reader would take the home for a new one."""
+        if os.path.islink(self.db_path) and not self.db_path.exists():
             from graven.errors import ConfigError
 
             raise ConfigError(
                 f"the database {self.db_path} is a link to {os.readlink(self.db_path)}, which does not "
                 "exist (a volume not mounted?); mount or restore what it names, or remove the link"
             )
-        return False

@@ -116,7 +116,7 @@ class Context(Record):
         if self.home.db_url_override is None:
             make_home(self.home.root)
             _refuse_emptied_database(self.home)
-            self.home.has_database()  # a graven.db that is a link to nothing: said so (ConfigError)
+            self.home.refuse_dangling_database()
         return Database.open(self.home.db_url)
 
     @cached_property
