@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -147,6 +147,17 @@ def diff_entries(
     return result
 
 
+@contextlib.contextmanager
+def _scratch_dir(scratch: Path | None) -> Iterator[Path]:
+    """``scratch`` (made 0700 when missing), else a temporary directory removed at the end."""
+    if scratch is not None:
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        yield scratch
+        return
+    with tempfile.TemporaryDirectory(prefix="graven-diffoscope-") as made:
+        yield Path(made)
+
+
 def diffoscope_summary(
     a_root: Path,
     b_root: Path,
@@ -162,24 +173,20 @@ def diffoscope_summary(
     tool = diffoscope or shutil.which("diffoscope")
     if tool is None:
         return None
-    if scratch is None:
-        with tempfile.TemporaryDirectory(prefix="graven-diffoscope-") as made:
-            return diffoscope_summary(
-                a_root, b_root, path, diffoscope=tool, confine=confine, scratch=Path(made)
+    with _scratch_dir(scratch) as home:
+        argv = (confine or unconfined)(tool, a_root, b_root, path, home)
+        try:
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                env=diffoscope_environment(home),
+                timeout=DIFFOSCOPE_TIMEOUT,
+                check=False,
+                start_new_session=True,
             )
-    argv = (confine or unconfined)(tool, a_root, b_root, path, scratch)
-    try:
-        result = subprocess.run(
-            argv,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-            env=diffoscope_environment(scratch),
-            timeout=DIFFOSCOPE_TIMEOUT,
-            check=False,
-            start_new_session=True,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"(diffoscope failed: {exc})"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(diffoscope failed: {exc})"
     lines = [line for line in result.stdout.decode(errors="replace").splitlines() if line.strip()]
     if not lines:
         return None
@@ -206,15 +213,11 @@ def with_diffoscope(
     if tool is None or a_root is None or b_root is None:
         return list(differences)
     result: list[Difference] = []
-    with contextlib.ExitStack() as stack:
-        if scratch is None:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="graven-diffoscope-")))
-        else:
-            scratch.mkdir(mode=0o700, exist_ok=True)
+    with _scratch_dir(scratch) as home:
         for item in differences:
             if isinstance(item.a, FileEntry) and isinstance(item.b, FileEntry) and "content" in item.aspects:
                 summary = diffoscope_summary(
-                    a_root, b_root, item.path, diffoscope=tool, confine=confine, scratch=scratch
+                    a_root, b_root, item.path, diffoscope=tool, confine=confine, scratch=home
                 )
                 result.append(replace(item, diffoscope=summary))
             else:
