@@ -188,6 +188,20 @@ def test_init_says_to_create_a_key_when_the_home_has_none(
     assert out.endswith("; commit it, then run `graven build`\n")
 
 
+def test_init_in_a_git_directory_names_the_working_tree(
+    graven_home: Path, tmp_path: Path, run_cli: Run
+) -> None:
+    """init run inside a clone's .git was told the .git was a bare repository: it names the working
+    tree to run it in instead; a real bare repository is still called one."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    git(clone, "init", "-q")
+    _assert_input_error(run_cli("init", cwd=clone / ".git"), f"run graven init in {clone}")
+    assert not (clone / ".git" / "graven.toml").exists()
+    git(tmp_path, "init", "-q", "--bare", str(tmp_path / "server.git"))
+    _assert_input_error(run_cli("init", "-C", tmp_path / "server.git"), "is a bare repository")
+
+
 def test_init_outside_a_repository(graven_home: Path, tmp_path: Path, run_cli: Run) -> None:
     _assert_input_error(run_cli("init", "-C", tmp_path), "git")
     assert not (tmp_path / "graven.toml").exists()

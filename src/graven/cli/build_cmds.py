@@ -63,6 +63,11 @@ def init_cmd(args: argparse.Namespace) -> int:
     from graven.sources.git import GitRepo
 
     found = GitRepo.discover(repo)
+    if found.bare and found.root.name == ".git":  # run inside a clone's git directory
+        raise InputError(
+            f"{found.root} is a clone's git directory, not its working tree; run graven init in "
+            f"{found.root.parent}"
+        )
     if found.bare:
         raise InputError(f"{found.root} is a bare repository; run graven init in a clone with a working tree")
     root = found.root
