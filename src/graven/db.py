@@ -1313,6 +1313,10 @@ def _check_dialect(url: str) -> None:
         raise ConfigError(f"database URL scheme {scheme}:// is not known; write postgresql+psycopg://")
     if dialect not in ("sqlite", "postgresql"):
         raise ConfigError(f"graven does not run on {dialect} databases ({scheme}://); {_SUPPORTED}")
+    if scheme != scheme.lower():  # SQLAlchemy knows its schemes in lower case only
+        raise ConfigError(
+            f"the database URL scheme {scheme}:// is not known; write it in lower case ({scheme.lower()}://)"
+        )
     if url.partition("://")[2].split("/", 1)[0].count("@") > 1:
         raise ConfigError(
             "the database URL's user or password holds an unescaped '@' (its host would be read from "
@@ -1324,7 +1328,10 @@ def _check_dialect(url: str) -> None:
                 f"the database URL {scheme}://... names a host; an SQLite URL names a file: "
                 "sqlite:////ABSOLUTE/PATH (four slashes)"
             )
-        path = sqlite_path(url)
+        try:
+            path = sqlite_path(url)
+        except BackendError as exc:  # no file named (sqlite://, :memory:): the URL is what is wrong
+            raise ConfigError(exc.message) from None
         if not os.path.isabs(path):  # each command would open the file of its own working directory
             raise ConfigError(
                 f"the database URL {url} names the relative path {path}, a file of whatever directory "

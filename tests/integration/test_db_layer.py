@@ -275,7 +275,7 @@ def test_an_older_schema_in_a_home_this_user_cannot_write_says_an_upgrade_needs_
 
 
 def test_bad_urls_are_one_line_errors(tmp_path: Path) -> None:
-    with pytest.raises(BackendError, match="in-memory"):
+    with pytest.raises(ConfigError, match="in-memory"):  # a URL naming no file: exit 2
         Database.open("sqlite://")
     with pytest.raises(ConfigError, match=r"cannot open the database .*: its directory .* does not exist"):
         Database.open(f"sqlite:///{tmp_path}/no/such/dir/graven.db")  # a typo in the URL: exit 2
@@ -641,3 +641,23 @@ def test_a_url_naming_a_directory_is_bad_input_naming_a_file_to_use(tmp_path: Pa
         f"cannot open the database {tmp_path}: it is a directory; name a file in it "
         f"(sqlite:///{tmp_path}/graven.db)"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "in-memory or unnamed"),
+        ("sqlite:///:memory:", "in-memory or unnamed"),
+        ("SQLITE:////srv/graven/graven.db", r"in lower case \(sqlite://\)"),
+        ("Sqlite+pysqlite:////srv/graven/graven.db", r"in lower case \(sqlite\+pysqlite://\)"),
+        ("POSTGRESQL+psycopg://u:Secret1@127.0.0.1/db", r"in lower case \(postgresql\+psycopg://\)"),
+    ],
+)
+def test_a_malformed_sqlite_url_or_a_scheme_in_capitals_is_bad_input(url: str, message: str) -> None:
+    """A database review: GRAVEN_DB_URL=sqlite:// (or :memory:, or SQLITE:////PATH) was exit 1, as if
+    the database had failed, though the URL is what is wrong; SQLITE:// said only 'expected
+    sqlite:///PATH', and POSTGRESQL+psycopg:// spoke of a plugin SQLAlchemy could not load."""
+    with pytest.raises(ConfigError, match=message) as refused:
+        Database.open(url)
+    assert refused.value.exit_code == 2
+    assert "Secret1" not in str(refused.value)
