@@ -1298,6 +1298,11 @@ def _check_dialect(url: str) -> None:
     """Refuse, naming it, a URL that is none or of a database graven does not run on."""
     if not url.strip():  # `graven db copy ""`, an unset shell variable: shown as "<invalid URL>"
         raise ConfigError(f"the database URL is empty; {_SUPPORTED}")
+    if "%00" in url:  # SQLite refuses the file name; libpq would read its connection string up to it
+        raise ConfigError(
+            f"the database URL {redacted_url(url)} holds %00, a NUL byte, which no file name, user, "
+            "password or database name can hold; remove it"
+        )
     scheme, sep, _ = url.partition("://")
     dialect = scheme.split("+", 1)[0].lower()
     plain = not sep and "@" not in url and ":" not in url  # no user or password to hide

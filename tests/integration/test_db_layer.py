@@ -661,3 +661,21 @@ def test_a_malformed_sqlite_url_or_a_scheme_in_capitals_is_bad_input(url: str, m
         Database.open(url)
     assert refused.value.exit_code == 2
     assert "Secret1" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////srv/graven/gra%00ven.db",
+        "postgresql+psycopg://u:Sec%00ret1@127.0.0.1:1/db",
+        "postgresql+psycopg://u:Secret1@127.0.0.1:1/d%00b?connect_timeout=1",
+    ],
+)
+def test_a_nul_in_the_database_url_is_bad_input_never_a_truncated_connection(url: str) -> None:
+    """A database review: %00 in an SQLite URL was a traceback (ValueError: embedded null byte); in a
+    PostgreSQL URL libpq read its connection string only up to the NUL, and connected to another
+    port and database (5432, the user's own) than the URL names."""
+    with pytest.raises(ConfigError, match="NUL") as refused:
+        Database.open(url)
+    assert refused.value.exit_code == 2
+    assert "Sec" not in str(refused.value) and "\n" not in str(refused.value)
