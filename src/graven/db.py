@@ -1356,13 +1356,24 @@ def _check_dialect(url: str) -> None:
 
 def _names_database(url: str) -> bool:
     """Whether a PostgreSQL URL names its database, or libpq will: a path after the host,
-    ``?dbname=`` or ``?service=`` (pg_service.conf), or PGDATABASE / PGSERVICE in the environment."""
-    rest = url.partition("://")[2]
-    path, _, query = rest.partition("?")
-    name = path.split("/", 1)[1] if "/" in path else ""
-    named = {part.partition("=")[0] for part in query.split("&") if part.partition("=")[2]}
+    ``?dbname=`` or ``?service=`` (pg_service.conf), or PGDATABASE / PGSERVICE in the environment.
+    Read with SQLAlchemy's own parser, as the URL will be: a password may hold '/' or '?'."""
+    parsed = _parsed_url(url)
+    if parsed is None:
+        return True  # not a URL SQLAlchemy reads: opening it says so (_unusable)
+    named = {key for key, value in parsed.query.items() if value}
     environ = bool(os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE"))
-    return bool(name) or bool(named & {"dbname", "service"}) or environ
+    return bool(parsed.database) or bool(named & {"dbname", "service"}) or environ
+
+
+def _parsed_url(url: str) -> Any:
+    """``url`` as SQLAlchemy reads it (its ``URL``), or None when it cannot."""
+    try:
+        import sqlalchemy as sa
+
+        return sa.engine.make_url(url)
+    except Exception:
+        return None
 
 
 # query parameters that carry a secret (libpq's password, sslpassword; common spellings)
@@ -1377,9 +1388,12 @@ def _unusable(url: str, exc: BaseException) -> ConfigError:
 
 def _scrubbed(text: str, url: str) -> str:
     """``text`` (a library's message about ``url``) without the URL itself or its password."""
-    authority = url.partition("://")[2].split("/", 1)[0]
-    userinfo = authority.rpartition("@")[0]
-    password = userinfo.partition(":")[2]
+    parsed = _parsed_url(url)
+    if parsed is not None and isinstance(parsed.password, str):  # as the URL is read: may hold '/'
+        password = parsed.password
+    else:  # a URL SQLAlchemy cannot read: its message may quote what stands where the password would
+        userinfo = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
     text = text.replace(url, redacted_url(url))
     return text.replace(password, "***") if len(password) >= 3 else text
 

@@ -236,7 +236,11 @@ def test_a_relative_sqlite_path_and_a_postgresql_url_without_a_database_are_refu
     with pytest.raises(ConfigError, match=r"relative path meta.db.*sqlite:////ABSOLUTE/PATH") as refused:
         Database.open("sqlite:///meta.db")
     assert refused.value.exit_code == 2 and not (tmp_path / "meta.db").exists()
-    for url in ("postgresql+psycopg://u:Secret1@127.0.0.1:1", "postgresql+psycopg://u:Secret1@h:1/?x=1"):
+    for url in (
+        "postgresql+psycopg://u:Secret1@127.0.0.1:1",
+        "postgresql+psycopg://u:Secret1@h:1/?x=1",
+        "postgresql+psycopg://u:Sec/ret1@127.0.0.1:1",  # a '/' in the password is no database's
+    ):
         with pytest.raises(ConfigError, match="names no database") as refused:
             Database.open(url)
         assert "Secret1" not in str(refused.value)
@@ -244,6 +248,7 @@ def test_a_relative_sqlite_path_and_a_postgresql_url_without_a_database_are_refu
     for url in (
         "postgresql+psycopg://u@127.0.0.1:1?dbname=graven&connect_timeout=1",
         "postgresql+psycopg://u@127.0.0.1:1?service=graven&connect_timeout=1",
+        "postgresql+psycopg://u:pa?ss@127.0.0.1:1/graven?connect_timeout=1",  # '?' in the password
     ):
         with pytest.raises(BackendError, match="cannot open the database"):
             Database.open(url)
