@@ -424,6 +424,9 @@ def parse_public_key(pem: bytes, source: str = "public key") -> VerifyingKey:
     """
     if b"PRIVATE KEY" in pem:
         raise InputError(f"{source} is a private key; give the public key (NAME.pub) instead")
+    blocks = pem.count(b"-----BEGIN ")
+    if blocks > 1:  # cryptography would read the first and drop the others without a word
+        raise InputError(f"{source} holds {blocks} PEM blocks; give one public key per file")
     der = _canonical_pem_der(pem)
     if der is not None:
         fast = VerifyingKey.from_canonical_der(der)

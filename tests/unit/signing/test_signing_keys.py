@@ -224,6 +224,17 @@ def test_public_key_parsing_refusals() -> None:
         parse_public_key(p384_pem)
 
 
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_a_file_of_several_public_keys_is_refused_not_read_as_its_first(key_type: str) -> None:
+    # `graven keys trust` takes one key (README): a second one was silently left untrusted
+    first, second = generate_key(key_type).public_pem(), generate_key().public_pem()
+    with pytest.raises(InputError, match="2 PEM blocks; give one public key"):
+        parse_public_key(first + second, "keys.pem")
+    with pytest.raises(InputError, match="2 PEM blocks"):
+        parse_public_key(first + first, "keys.pem")
+    assert parse_public_key(first).keyid == parse_public_key(b"comment\n" + first).keyid
+
+
 def test_key_store_generate_list_export(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys")
     assert store.list() == []
