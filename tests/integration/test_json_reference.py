@@ -605,3 +605,12 @@ def test_a_build_that_is_not_reproducible_prints_the_documented_keys(
     graven_home: Path, tmp_path: Path, run_cli: Run
 ) -> None:
     _check_scenario("not-reproducible", not_reproducible_scenario(tmp_path, run_cli))
+
+
+def test_the_keys_no_scenario_prints_are_named_by_the_page() -> None:
+    """docs/json.md says which keys no run of the test prints: exactly those of UNREACHED."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index("Every key of the sections it runs is printed")
+    paragraph = text[start : text.index("\n\n", start)]
+    for title, key in sorted(UNREACHED):
+        assert f"`{key}`" in paragraph, f"{DOC.name} does not say {title}: {key} is printed by no run"
