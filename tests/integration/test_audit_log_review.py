@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_audit_log import _append, _db
 
+from conftest import assert_cli_error
 from graven.core.merkle import CompactRange, leaf_hash
 from graven.errors import IntegrityError, NotFoundError, VerificationError
 from graven.home import Home
@@ -990,3 +991,35 @@ def test_a_log_key_pair_another_process_writes_meanwhile_is_used(
     assert _verify(capsys)["ok"]
     with Context(home=Home(root=home)) as ctx:
         assert ctx.audit.public_key().public_bytes_raw() == theirs.private.public_key().public_bytes_raw()
+
+
+# -- a number column that holds text (SQLite keeps whatever is written in a BIGINT column) --------------
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "UPDATE log_state SET size = 'abc'",
+        "UPDATE log_entries SET idx = 'abc' WHERE idx = 256",
+        "UPDATE log_checkpoints SET size = 'abc' WHERE size = 257",
+        "UPDATE log_subtrees SET level = 'x'",
+        "UPDATE log_subtrees SET idx = 'x'",
+    ],
+)
+def test_text_in_a_number_column_fails_verify_in_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str], tamper: str
+) -> None:
+    _append(home, 257)  # a stored subtree row (level 8, index 0)
+    assert _verify(capsys)["ok"]
+    with _db(home) as db:
+        db.execute(tamper)
+    line = assert_cli_error(run_cli(capsys, "log", "verify"), 1, "damaged", "not an integer")
+    assert "'abc'" in line or "'x'" in line
+
+
+def test_an_append_after_text_in_the_state_size_is_refused_in_one_line(home: Path) -> None:
+    _append(home, 3)
+    with _db(home) as db:
+        db.execute("UPDATE log_state SET size = 'abc'")
+    with pytest.raises(IntegrityError, match="not an integer"):
+        _append(home, 1)

@@ -601,7 +601,7 @@ class AuditLog:
         never signed, one that verifies with the verifier key. One signature check per append."""
         try:
             hashes = [bytes.fromhex(h) for h in str(state.frontier).split(",") if h]
-            compact = CompactRange.from_state(int(state.size), hashes)
+            compact = CompactRange.from_state(logtree.stored_int(state.size, "log_state size"), hashes)
         except (ValueError, InputError) as exc:
             raise IntegrityError(f"the audit log's stored state is damaged: {exc}") from None
         note = self._latest_note(conn)
@@ -652,7 +652,7 @@ class AuditLog:
             # the key has signed committed entries, and they are gone: a new log signed with the old
             # key would verify, and hide that the old one is lost (`graven log verify` says so too)
             raise self._lost_error()
-        rolled_back = None if state is None else self._rolled_back(int(state.size), origin, mark)
+        rolled_back = None if state is None else self._rolled_back(_state_size(state), origin, mark)
         if rolled_back is not None:
             raise rolled_back  # appending would sign a fork of what this home committed
         return origin, state, populated
@@ -681,7 +681,7 @@ class AuditLog:
         row = conn.execute("SELECT size, root FROM log_checkpoints ORDER BY size DESC LIMIT 1").one_or_none()
         if origin is None or row is None:
             return None
-        return origin, int(row.size), str(row.root)
+        return origin, logtree.stored_int(row.size, "log_checkpoints size"), str(row.root)
 
     @staticmethod
     def root_at(conn: Connection, size: int) -> str | None:
@@ -1061,7 +1061,8 @@ class AuditLog:
             ).one_or_none()
             name = origin if origin is not None else self._claimed_origin(latest)
             last = conn.execute("SELECT max(idx) FROM log_entries").scalar()  # the same snapshot as the walk
-            total, progress = 0 if last is None else int(last) + 1, self._ctx.reporter.progress
+            total = 0 if last is None else logtree.stored_int(last, "log_entries idx") + 1
+            progress = self._ctx.reporter.progress
             if total:
                 progress(stage, 0, total)
             compact, latest_root = self._check_entries(
@@ -1069,7 +1070,7 @@ class AuditLog:
                 report,
                 name,
                 public if all_signatures else None,
-                None if latest is None else int(latest.size),
+                None if latest is None else logtree.stored_int(latest.size, "log_checkpoints size"),
                 progress=lambda done: progress(stage, done, total),
             )
             beyond = conn.execute(
@@ -1142,10 +1143,7 @@ class AuditLog:
         expected = 0
         sha256 = hashlib.sha256
         gap = False
-        subtrees = {
-            (int(level), int(idx)): str(value)
-            for level, idx, value in conn.execute("SELECT level, idx, hash FROM log_subtrees")
-        }  # one row per 255 entries
+        subtrees = logtree.stored(conn)  # one row per 255 entries
         rows = conn.stream(
             "SELECT e.idx, e.entry, e.leaf_hash, e.event, e.artifact, e.env, e.time, c.size, c.root, c.note "
             "FROM log_entries e LEFT JOIN log_checkpoints c ON c.size = e.idx + 1 ORDER BY e.idx"
@@ -1240,7 +1238,7 @@ class AuditLog:
         report: LogVerifyReport, latest: Row, root: bytes | None, origin: str, public: Ed25519PublicKey
     ) -> None:
         """The latest note must verify and sign exactly the entries: their number and their root."""
-        size = int(latest.size)
+        size = logtree.stored_int(latest.size, "log_checkpoints size")
         try:
             signed = verify_checkpoint(str(latest.note), origin, public)
         except (VerificationError, InputError) as exc:
@@ -1276,7 +1274,7 @@ class AuditLog:
             return
         if len(states) > 1:
             report.fail(f"the log state has {len(states)} rows instead of one")
-        size, frontier = int(states[0].size), str(states[0].frontier)
+        size, frontier = _state_size(states[0]), str(states[0].frontier)
         if size > report.size:
             report.fail(
                 f"the log state records {size} entries but only {report.size} are in the log: "
@@ -1327,9 +1325,8 @@ class AuditLog:
             beyond = conn.execute(
                 "SELECT min(idx) FROM log_entries WHERE idx >= :size", {"size": size}
             ).scalar()
-            states = [
-                (int(r.size), str(r.frontier)) for r in conn.execute("SELECT size, frontier FROM log_state")
-            ]
+            rows = conn.execute("SELECT size, frontier FROM log_state")
+            states = [(_state_size(r), str(r.frontier)) for r in rows]
             if beyond is not None or states != [(size, ",".join(h.hex() for h in compact.hashes))]:
                 raise VerificationError(
                     f"the log's entries or its state do not end at its latest signed checkpoint ({size} "
@@ -1366,6 +1363,11 @@ def _check_signed_note(
     if signed.origin != origin or signed.size != size or signed.root != root:
         return _note_mismatch(note, origin, size)
     return None
+
+
+def _state_size(state: Row) -> int:
+    """The size of the log state's row (IntegrityError when it is no integer)."""
+    return logtree.stored_int(state.size, "log_state size")
 
 
 def _includes(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> bool:

@@ -34,7 +34,7 @@ from graven.core.merkle import (
 )
 from graven.core.record import Record
 from graven.db import Connection
-from graven.errors import InputError, VerificationError
+from graven.errors import InputError, IntegrityError, VerificationError
 
 __all__ = [
     "Rewritten",
@@ -44,6 +44,7 @@ __all__ = [
     "rewrite",
     "row_name",
     "stored",
+    "stored_int",
     "write_nodes",
     "wrong",
 ]
@@ -53,6 +54,19 @@ _TILE = 1 << TILE_HEIGHT
 _DELETE = "DELETE FROM log_subtrees WHERE level = :level AND idx = :idx"
 _UPSERT = """INSERT INTO log_subtrees (level, idx, hash) VALUES (:level, :idx, :hash)
     ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash"""
+
+
+def stored_int(value: object, what: str) -> int:
+    """An integer as the log's tables hold it. SQLite keeps whatever is written in a BIGINT column (text
+    that is no number, a real): such a value is a damaged log, a failed check (IntegrityError, exit 1)
+    that names it, never a traceback."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    raise IntegrityError(
+        f"the audit log's database is damaged: {what} holds {shown}, not an integer; restore the "
+        "database from a backup"
+    )
 
 
 def _runs(indices: Sequence[int]) -> Iterable[tuple[int, int]]:
@@ -143,14 +157,14 @@ def fill(conn: Connection, size: int | None = None) -> int:
     missing entry (``graven log verify`` names it). Returns the number of rows written."""
     if size is None:
         last = conn.execute("SELECT max(idx) FROM log_entries").scalar()
-        size = 0 if last is None else int(last) + 1
+        size = 0 if last is None else stored_int(last, "log_entries idx") + 1
     start = size
     level = TILE_HEIGHT
     while 1 << level <= size:
         top = conn.execute(
             "SELECT max(idx) FROM log_subtrees WHERE level = :level", {"level": level}
         ).scalar()
-        have = 0 if top is None else int(top) + 1
+        have = 0 if top is None else stored_int(top, "log_subtrees idx") + 1
         if have < size >> level:
             start = min(start, have << level)
         level += TILE_HEIGHT
@@ -190,7 +204,7 @@ def row_name(node: Node) -> str:
 def stored(conn: Connection) -> dict[Node, str]:
     """Every row of the table as stored (one per 255 entries): ``(level, index) -> hash text``."""
     return {
-        (int(level), int(idx)): str(value)
+        (stored_int(level, "log_subtrees level"), stored_int(idx, "log_subtrees idx")): str(value)
         for level, idx, value in conn.execute("SELECT level, idx, hash FROM log_subtrees")
     }
 
