@@ -276,6 +276,15 @@ def test_verify_consistency_accepts_every_pair_of_small_sizes() -> None:
             verify_consistency(size1, size2, proof, root_hash(LEAVES[:size1]), root2)
 
 
+def test_verify_consistency_refuses_a_first_size_one_above_the_second() -> None:
+    # the boundary of `size1 > size2`: off by one, (2, 1, [], R, R) verified (mutation-tested)
+    for size2 in range(1, 34):
+        root = root_hash(LEAVES[:size2])
+        for proof in ([], consistency_proof(LEAVES[: size2 + 1], size2)):
+            with pytest.raises(VerificationError, match="larger than second"):
+                verify_consistency(size2 + 1, size2, proof, root, root)
+
+
 @pytest.mark.parametrize(
     ("size1", "size2", "proof", "root1", "root2", "message"),
     [
