@@ -1212,6 +1212,14 @@ def test_export_to_standard_output_refuses_what_would_garble_it(
         assert not (tmp_path / name).exists()
     code, _, err = run_cli("export", digest, "-o", tmp_path / "b.tar.gz", "--format", "tar.gz")
     assert code == 0, err
+    # the short names the help and the refusal name: .tgz is gzip, .tzst zstd (their magic numbers)
+    for name, magic in (("c.tgz", b"\x1f\x8b"), ("c.tzst", b"\x28\xb5\x2f\xfd")):
+        code, _, err = run_cli("export", digest, "-o", tmp_path / name)
+        assert code == 0, err
+        assert (tmp_path / name).read_bytes().startswith(magic)
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "c.zip")
+    assert code == 2 and "a name ending in .tar, .tar.gz (.tgz) or .tar.zst (.tzst)" in err, err
+    assert "(.tgz) or .tar.zst (.tzst)" in " ".join(run_cli("export", "--help")[1].split())
     envelope = tmp_path / "same.intoto.json"
     with envelope.open("wb") as stdout:
         result = _export_piped(digest, "--attestation", envelope, stdout=stdout.fileno())

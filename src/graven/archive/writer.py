@@ -119,7 +119,9 @@ def compression_for(path: Path) -> str:
         return "gz"
     if name.endswith((".tar.zst", ".tzst")):
         return "zst"
-    raise InputError(f"{path}: unknown archive type; use a name ending in .tar, .tar.gz or .tar.zst")
+    raise InputError(
+        f"{path}: unknown archive type; use a name ending in .tar, .tar.gz (.tgz) or .tar.zst (.tzst)"
+    )
 
 
 def _pax_record(key: str, value: str) -> bytes:

@@ -83,8 +83,8 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         "--output",
         type=file_path,
         required=True,
-        help="Archive to write: .tar, .tar.gz or .tar.zst (the name says which); - writes it to standard "
-        "output (a pipe or a file, never a terminal).",
+        help="Archive to write: .tar, .tar.gz (.tgz) or .tar.zst (.tzst): the name says which; - writes it "
+        "to standard output (a pipe or a file, never a terminal).",
     )
     export.add_argument(
         "--format",
