@@ -518,6 +518,20 @@ def test_verify_without_any_key_reports_it(home: Path, capsys: pytest.CaptureFix
     )
 
 
+def test_a_damaged_public_key_is_named_not_blamed_on_the_checkpoint(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A garbage checkpoint.pub was reported as "the latest checkpoint is malformed", sending the
+    operator to the database instead of to the key file."""
+    _append(home, 2)
+    (home / "log" / "checkpoint.pub").write_bytes(b"not a key\n")
+    for command in (("log", "checkpoint"), ("log", "prove", "0")):
+        code, out, err = run_cli(capsys, *command)
+        assert code == 2 and out == "", (command, err)
+        _one_line_error(err)
+        assert "checkpoint.pub" in err and "checkpoint is malformed" not in err, err
+
+
 def test_the_first_append_creates_both_key_files(home: Path) -> None:
     _append(home, 1)
     assert (home / "log" / "checkpoint.key").stat().st_mode & 0o777 == 0o600

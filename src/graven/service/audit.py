@@ -716,11 +716,10 @@ class AuditLog:
 
     def _check_note(self, note: str, origin: str) -> Checkpoint:
         """The checkpoint of a stored note once the log key's signature and the origin check out."""
+        public = self.public_key()  # its own errors name the key file, not the checkpoint
         try:
-            checkpoint = verify_checkpoint(note, origin, self.public_key())
+            checkpoint = verify_checkpoint(note, origin, public)
         except InputError as exc:
-            if isinstance(exc, NotFoundError):
-                raise
             raise VerificationError(f"the latest checkpoint is malformed: {exc}") from None
         if checkpoint.origin != origin:
             raise VerificationError(f"the latest checkpoint is for another log ({_shown(checkpoint.origin)})")
