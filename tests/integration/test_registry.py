@@ -357,6 +357,9 @@ class _Fake:
         self.stalled = threading.Event()  # set when one is held
         self.release = threading.Event()
         self.keep_nothing = False  # a PUT (blob or manifest) answered 201, and nothing kept
+        self.answer_body = 0  # bytes of the body of each blob redirect and upload's 202 (0: none)
+        self.answer_body_sent = 0  # of all of them
+        self.refusal: bytes | None = None  # the body of a 400 to every manifest PUT, when set
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -403,7 +406,10 @@ class _Fake:
                     return
                 if self._authorized():
                     where = fake.upload_location or self.path + "u1?_state=s"
-                    self._send(202, headers={"Location": where})
+                    if fake.answer_body:
+                        self._send_endless(202, {"Location": where})
+                    else:
+                        self._send(202, headers={"Location": where})
 
             def do_PUT(self) -> None:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
@@ -412,6 +418,9 @@ class _Fake:
                 path, _, query = self.path.partition("?")
                 if fake.keep_nothing:
                     pass
+                elif "/manifests/" in path and fake.refusal is not None:
+                    self._send(400, fake.refusal)
+                    return
                 elif "/manifests/" in path:  # by its tag (or digest) and by its digest, as registries do
                     fake.manifests[path.rpartition("/")[2]] = data
                     fake.manifests["sha256:" + hashlib.sha256(data).hexdigest()] = data
@@ -444,7 +453,10 @@ class _Fake:
                     return
                 fake.seen_authorization.append(self.headers.get("Authorization", ""))
                 if fake.blobs_at is not None and "/blobs/" in path:
-                    self._send(307, headers={"Location": fake.blobs_at + self.path})
+                    if fake.answer_body:
+                        self._send_endless(307, {"Location": fake.blobs_at + self.path})
+                    else:
+                        self._send(307, headers={"Location": fake.blobs_at + self.path})
                     return
                 if not self._authorized():
                     return
@@ -474,6 +486,19 @@ class _Fake:
                     self.wfile.write(found)  # and the connection closes (HTTP/1.0)
                 else:
                     self._send(200, found, {"Content-Encoding": fake.encoding} if fake.encoding else None)
+
+            def _send_endless(self, status: int, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(fake.answer_body))
+                self.end_headers()
+                sent = 0
+                with contextlib.suppress(OSError):  # the client went away
+                    while sent < fake.answer_body:
+                        self.wfile.write(b"x" * 65536)
+                        sent += 65536
+                        fake.answer_body_sent += 65536
 
             def _send_endless_error(self) -> None:
                 self.send_response(500)
@@ -755,6 +780,48 @@ def test_a_compressed_answer_is_never_inflated_in_memory(fake: _Fake) -> None:
         tracemalloc.stop()
     assert blob_peak < 16 << 20 and manifest_peak < 16 << 20, (blob_peak, manifest_peak)
     assert manifest == fake.manifests["v1"]
+
+
+def test_an_endless_redirect_or_upload_answer_is_never_read_whole(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blob's redirect (to the registry's storage) and an upload's 202 with a body that does not end:
+    httpx read the whole of a redirect's body, and of every answer not streamed, into memory (a hostile
+    registry took all of it). Each is read a little at most; the push and the pull go on."""
+    fake.answer_body = 256 << 20
+    code, _, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 0, err
+    assert fake.answer_body_sent < 64 << 20, fake.answer_body_sent
+    storage = _Fake()
+    try:
+        storage.blobs = dict(fake.blobs)
+        fake.blobs_at = f"http://{storage.address}"
+        fake.answer_body_sent = 0
+        _trusting_home(new_home, graven_home, monkeypatch, run_cli, "endless")
+        code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
+        assert code == 0 and out.strip() == built, err
+        assert fake.answer_body_sent < 64 << 20, fake.answer_body_sent
+    finally:
+        storage.close()
+
+
+def test_a_refused_upload_or_manifest_says_the_registrys_error_codes(
+    built: str, run_cli: Run, fake: _Fake
+) -> None:
+    """The OCI error codes of a refusal to a request whose answer was not streamed (an upload, a
+    manifest) were never read (httpx had read the body; reading it again raised, and was suppressed):
+    the error said only the HTTP status."""
+    fake.refusal = b'{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}'
+    code, _, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 1 and "HTTP 400 (MANIFEST_INVALID: manifest invalid)" in err, err
+    assert err.count("\n") == 1, err
 
 
 def test_malformed_answers_are_one_line(

@@ -88,7 +88,10 @@ class RegistryClient:
         """Send a request, authenticating once when the registry asks (401) and sending it again.
 
         Credentials and tokens go only to the registry's own scheme, host and port: not to an upload
-        location elsewhere (another host, or plain HTTP), which gets the request without them."""
+        location elsewhere (another host, or plain HTTP), which gets the request without them. Every
+        answer is streamed: a redirect's body is not read (httpx would read all of it), and of an
+        answer not asked as a stream at most :data:`_MAX_ERROR_BODY` bytes are (its status, headers
+        and OCI error codes are what is wanted of it), never all of an endless one."""
         import httpx
 
         at_registry = self._at_registry(httpx.URL(url))
@@ -100,7 +103,20 @@ class RegistryClient:
                 request = self._http.build_request(
                     method, url, headers=sent, content=body() if body is not None else None
                 )
-                response = self._http.send(request, stream=stream, follow_redirects=follow)
+                response = self._http.send(request, stream=True, follow_redirects=False)
+                redirects = 0
+                while follow and response.next_request is not None:  # httpx's redirect, unread
+                    redirects += 1
+                    if redirects > self._http.max_redirects:
+                        response.close()
+                        raise BackendError(
+                            f"the registry {self.reference.host} redirected {method} {_origin(request.url)}"
+                            f"{request.url.path} more than {self._http.max_redirects} times"
+                        )
+                    response.close()
+                    response = self._http.send(response.next_request, stream=True, follow_redirects=False)
+                if not stream:
+                    response = _buffered(response)
             except httpx.InvalidURL as exc:
                 raise InputError(f"registry {self.reference.host}: {exc}") from None
             except httpx.HTTPError as exc:
@@ -394,6 +410,28 @@ class RegistryClient:
             if found != reference:
                 raise IntegrityError(f"{self.reference}: the registry sent a manifest hashing to {found}")
         return manifest
+
+
+def _buffered(response: httpx.Response) -> httpx.Response:
+    """``response`` with at most :data:`_MAX_ERROR_BODY` bytes of its body, read now (the rest is
+    never read: the connection is closed), as a response that streams them again (for ``_fail``)."""
+    import httpx
+
+    body = bytearray()
+    try:
+        with contextlib.suppress(httpx.HTTPError):  # a body that breaks off: what came is enough
+            for chunk in response.iter_raw():
+                body += chunk
+                if len(body) > _MAX_ERROR_BODY:
+                    break
+    finally:
+        response.close()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=httpx.ByteStream(bytes(body[:_MAX_ERROR_BODY])),
+        request=response.request,
+    )
 
 
 def _basic(user: str, password: str) -> str:
