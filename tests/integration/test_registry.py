@@ -824,6 +824,22 @@ def test_a_refused_upload_or_manifest_says_the_registrys_error_codes(
     assert err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("token", ["t\u00f6ken", "t0ken\r\nX-Other: 1", "t0 ken"])
+def test_a_token_that_is_no_bearer_token_is_one_line(
+    token: str, run_cli: Run, fake: _Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token service's token that cannot be an HTTP header's bearer token (RFC 6750's b64token): a
+    non-ASCII one was a traceback (UnicodeEncodeError from httpx), one with a line break or a space
+    went into the registry's requests as it was."""
+    monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
+    fake.user = ("ci", "s3cret-pass")
+    fake.token_answer = json.dumps({"token": token}).encode()
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and "gave no bearer token" in err and err.count("\n") == 1, err
+    assert "s3cret" not in err
+
+
 def test_malformed_answers_are_one_line(
     *,
     registry: str,

@@ -42,6 +42,7 @@ _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
 _MAX_TOKEN_BODY = 1 << 20  # of a token service's answer
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750's b64token: what a header can carry
 
 
 class RegistryClient:
@@ -209,6 +210,11 @@ class RegistryClient:
         value = token.get("token") or token.get("access_token") if isinstance(token, dict) else None
         if not isinstance(value, str) or not value:
             raise BackendError(f"the token service {realm} gave no token")
+        if not _BEARER_TOKEN.fullmatch(value):  # never put into a header (nor an error) as it is
+            raise BackendError(
+                f"the token service {realm} gave no bearer token (not RFC 6750's letters, digits and "
+                "-._~+/ then any =)"
+            )
         self._authorization = f"Bearer {value}"
 
     def _fail(self, response: httpx.Response, what: str) -> BackendError | InputError:
