@@ -360,6 +360,7 @@ class _Fake:
         self.answer_body = 0  # bytes of the body of each blob redirect and upload's 202 (0: none)
         self.answer_body_sent = 0  # of all of them
         self.refusal: bytes | None = None  # the body of a 400 to every manifest PUT, when set
+        self.said_digest: str | None = None  # the Docker-Content-Digest of every manifest HEAD, when set
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -393,7 +394,7 @@ class _Fake:
                         if manifest is None:
                             self._send(404)
                         else:
-                            said = "sha256:" + hashlib.sha256(manifest).hexdigest()
+                            said = fake.said_digest or "sha256:" + hashlib.sha256(manifest).hexdigest()
                             self._send(200, headers={"Docker-Content-Digest": said})
                         return
                     found = self.path.rpartition("/blobs/")[2] in fake.blobs
@@ -838,6 +839,25 @@ def test_a_token_that_is_no_bearer_token_is_one_line(
     code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
     assert code == 1 and "gave no bearer token" in err and err.count("\n") == 1, err
     assert "s3cret" not in err
+
+
+def test_a_digest_the_registry_says_is_not_taken_unless_it_is_one(
+    built: str, tmp_path: Path, run_cli: Run, fake: _Fake
+) -> None:
+    """The Docker-Content-Digest a registry says of the manifest a tag named went, as it was said, into
+    the push's warning and its signed audit log entry: any text the registry chose. A value that is
+    no sha256 digest is not taken; the manifest itself is hashed."""
+    other = _build(run_cli, make_repo(tmp_path / "other", {"app/main.py": "print('other')\n"}))
+    code, first, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 0, err
+    fake.said_digest = "sha256:0 (approved by the release board)"
+    code, _, err = run_cli("push", other, f"{fake.address}/team/app:v1")
+    assert code == 0, err
+    previous = first.strip().rpartition("@")[2]
+    assert f"named {previous} before this push" in err and "release board" not in err, err
+    code, out, _ = run_cli("log", "--json")
+    reason = json.loads(out)[-1]["reason"]
+    assert previous in reason and "release board" not in reason, reason
 
 
 def test_malformed_answers_are_one_line(

@@ -42,6 +42,7 @@ _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
 _MAX_TOKEN_BODY = 1 << 20  # of a token service's answer
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750's b64token: what a header can carry
 
 
@@ -373,7 +374,7 @@ class RegistryClient:
     def manifest_digest(self, reference: str) -> str | None:
         """The digest of the manifest ``reference`` (a tag or a digest) names, None when the repository
         has none (``HEAD``, redirects followed; the manifest itself hashed when the registry does not
-        say its digest)."""
+        say a sha256 digest of it)."""
         response = self._send(
             "HEAD",
             f"{self.reference.base}/manifests/{reference}",
@@ -384,8 +385,11 @@ class RegistryClient:
             return None
         if response.status_code != 200:
             raise self._fail(response, f"look up the manifest {reference}")
-        said = response.headers.get("Docker-Content-Digest")
-        return said if said is not None else str(sha256_digest(self.get_manifest(reference)))
+        said: str | None = response.headers.get("Docker-Content-Digest")
+        if said is not None and _DIGEST.fullmatch(said):
+            return said
+        # none said, or not a sha256 digest (text of the registry's choosing, for a warning and the log)
+        return str(sha256_digest(self.get_manifest(reference)))
 
     def get_manifest(self, reference: str) -> bytes:
         """The manifest ``reference`` (a tag or a digest) names, at most :data:`MAX_MANIFEST_SIZE`
