@@ -683,3 +683,33 @@ def test_a_tool_that_cannot_run_in_the_sandbox_is_refused(
     code, _, err = run_cli("build", "-C", repo)
     assert code != 0
     assert "`false --version` exited with 1 in the build sandbox" in err and err.count("\n") == 1
+
+
+def test_a_step_cannot_read_the_users_default_graven_home_when_another_is_used(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The user's default graven home (~/.local/share/graven, or $XDG_DATA_HOME/graven) holds their
+    signing keys: a build with GRAVEN_HOME pointing elsewhere (a CI home, a second one for staging)
+    hid only that one, and a step read the default home's private key."""
+    home = Path(tempfile.mkdtemp(prefix="graven-home-", dir="/var/tmp"))  # mirrored by the sandbox
+    try:
+        default_key = home / ".local" / "share" / "graven" / "keys" / "default.key"
+        xdg_key = home / "xdg" / "graven" / "keys" / "default.key"
+        for key in (default_key, xdg_key):
+            key.parent.mkdir(parents=True)
+            key.write_text("SECRET private key\n")
+        (home / "notes.txt").write_text("visible\n")
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("XDG_DATA_HOME", str(home / "xdg"))
+        targets = f"{default_key} {xdg_key} {home / 'notes.txt'}"
+        repo = make_repo(tmp_path / "repo", {"probe.py": READ_PROBE}, _toml(f"{PY} probe.py {targets}"))
+        (report,) = _built_files(run_cli, repo, tmp_path, "report.txt")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert "SECRET" not in report, report
+    assert f"{home / 'notes.txt'}: 'visible\\n'" in report, report
+    assert len(report.splitlines()) == 3, report

@@ -326,7 +326,7 @@ def _runner(
     env = clean_environment(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
     )
-    # The graven home (keys, store), the working tree and the user's credential directories are
+    # The graven home (keys, store) and the default one, the working tree and the user's credential dirs are
     # hidden; a signing key file named by GRAVEN_SIGNING_KEY elsewhere and credential files cannot be
     # read (/dev/null over them).
     # So are the repository's git directories (a linked worktree's common one is elsewhere, with the
@@ -337,7 +337,7 @@ def _runner(
     cred_dirs, cred_files = credential_paths(user_homes())
     workspaces = [Path(tempfile.gettempdir()), *_check_dirs()]
     hidden = hidden_paths(
-        [ctx.home.root, repo.root, *repo.git_dirs(), *workspaces, *cred_dirs],
+        [ctx.home.root, *_default_homes(), repo.root, *repo.git_dirs(), *workspaces, *cred_dirs],
         (host_path or "").split(os.pathsep),
     )
     layout = SandboxLayout(
@@ -379,7 +379,15 @@ def diffoscope_confinement(ctx: Context, repo: GitRepo, pipeline: Pipeline) -> C
     host_path = os.environ.get("PATH")
     cred_dirs, cred_files = credential_paths(user_homes())
     hidden = hidden_paths(
-        [ctx.home.root, repo.root, *repo.git_dirs(), Path(tempfile.gettempdir()), *_check_dirs(), *cred_dirs],
+        [
+            ctx.home.root,
+            *_default_homes(),
+            repo.root,
+            *repo.git_dirs(),
+            Path(tempfile.gettempdir()),
+            *_check_dirs(),
+            *cred_dirs,
+        ],
         (host_path or "").split(os.pathsep),
     )
     masked = masked_files([*_secret_files(ctx), *cred_files], hidden)
@@ -438,6 +446,16 @@ def check_unsandboxed_allowed() -> None:
             'graven.toml asks for sandbox = "none": its steps would run on this host as you, with your '
             f"files and network; if you trust this commit, allow it with {ALLOW_UNSANDBOXED}=1"
         )
+
+
+def _default_homes() -> list[Path]:
+    """The graven homes this user has where GRAVEN_HOME is not set (``$XDG_DATA_HOME/graven``,
+    ``~/.local/share/graven`` below ``$HOME`` and the password database's home): their signing keys
+    are this user's as much as the home in use, which may be another one (a CI home, a staging one)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    homes = [Path(xdg) / "graven"] if os.path.isabs(xdg) else []  # as Home.from_env finds it
+    homes += [Path(home) / ".local" / "share" / "graven" for home in user_homes() if os.path.isabs(home)]
+    return homes
 
 
 def _secret_files(ctx: Context) -> list[Path]:
