@@ -252,6 +252,7 @@ class PolicyFacts(Frozen):
         "override",
         "rejected",
         "requires",
+        "untested",
     )
     _fields = (
         "digest",
@@ -264,6 +265,7 @@ class PolicyFacts(Frozen):
         "held_digest",
         "override",
         "history_ok",
+        "untested",
     )
     digest: str
     env: str
@@ -275,6 +277,9 @@ class PolicyFacts(Frozen):
     held_digest: str | None  # ... on this digest (None: on nothing, every digest is refused)
     override: bool  # --override-policy (bypasses `requires` only)
     history_ok: bool  # rollback: the digest went live here before
+    # required environments where the digest went healthy, but never with the graven.toml it is
+    # deployed with (its hooks untested there): refused like ``requires``, unless overridden
+    untested: tuple[str, ...]
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -288,6 +293,7 @@ class PolicyFacts(Frozen):
         held_digest: str | None = None,
         override: bool = False,
         history_ok: bool = True,
+        untested: tuple[str, ...] = (),
     ) -> None:
         _set(self, "digest", digest)
         _set(self, "env", env)
@@ -299,6 +305,7 @@ class PolicyFacts(Frozen):
         _set(self, "held_digest", held_digest)
         _set(self, "override", override)
         _set(self, "history_ok", history_ok)
+        _set(self, "untested", untested)
 
 
 class PolicyDecision(Frozen):
@@ -321,8 +328,9 @@ class PolicyDecision(Frozen):
 
 def evaluate_policy(facts: PolicyFacts) -> PolicyDecision:
     """Rejection always refuses; a hold refuses every other digest; ``requires`` refuses a digest that
-    was never healthy in a required environment unless overridden; a rollback target must have been
-    live in the environment before."""
+    was never healthy in a required environment, or one deployed with a graven.toml that never ran
+    healthy there (``untested``), unless overridden (``overridden`` then names them); a rollback
+    target must have been live in the environment before."""
     d = short(facts.digest)
     if facts.rejected is not None:
         return PolicyDecision(
@@ -347,4 +355,13 @@ def evaluate_policy(facts: PolicyFacts) -> PolicyDecision:
             f"{d} was never deployed healthy to {names}, which {facts.env} requires; deploy it to "
             f"{missing[0]} first (or, in an emergency, --override-policy --reason TEXT)"
         )
-    return PolicyDecision(overridden=missing)
+    untested = tuple(env for env in facts.requires if env in facts.untested and env not in missing)
+    if untested and not facts.override:
+        names = ", ".join(untested)
+        return PolicyDecision(
+            f"{d} would reach {facts.env} with a graven.toml that never ran healthy in {names}, which "
+            f"{facts.env} requires; deploy it to {untested[0]} first (or, in an emergency, "
+            "--override-policy --reason TEXT)"
+        )
+    bypassed = set(missing) | set(untested)  # in the order of requires
+    return PolicyDecision(overridden=tuple(env for env in facts.requires if env in bypassed))

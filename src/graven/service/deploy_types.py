@@ -45,8 +45,8 @@ class DeployOptions(Frozen):
 class Target(Frozen):
     """An artifact checked for one environment: everything its deployment reads of it."""
 
-    __slots__ = ("commit", "digest", "keyid", "manifest", "name", "pipeline_digest", "settings")
-    _fields = ("digest", "name", "commit", "manifest", "settings", "keyid", "pipeline_digest")
+    __slots__ = ("commit", "digest", "keyid", "manifest", "name", "pipeline_digest", "settings", "untested")
+    _fields = ("digest", "name", "commit", "manifest", "settings", "keyid", "pipeline_digest", "untested")
     digest: Digest
     name: str
     commit: str | None
@@ -54,6 +54,9 @@ class Target(Frozen):
     settings: EnvSettings
     keyid: str
     pipeline_digest: str
+    # required environments where the digest went healthy, but never with this graven.toml: taken
+    # only under --override-policy (graven.service.deploy_verify.tested_target), which bypasses them
+    untested: tuple[str, ...]
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -64,6 +67,7 @@ class Target(Frozen):
         settings: EnvSettings,
         keyid: str,
         pipeline_digest: str,
+        untested: tuple[str, ...] = (),
     ) -> None:
         _set(self, "digest", digest)
         _set(self, "name", name)
@@ -72,3 +76,9 @@ class Target(Frozen):
         _set(self, "settings", settings)
         _set(self, "keyid", keyid)
         _set(self, "pipeline_digest", pipeline_digest)
+        _set(self, "untested", untested)
+
+    def with_untested(self, untested: tuple[str, ...]) -> Target:
+        """The same target, its graven.toml untested in ``untested``."""
+        values = {name: getattr(self, name) for name in self._fields}
+        return Target(**(values | {"untested": untested}))

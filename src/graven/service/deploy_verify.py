@@ -221,11 +221,13 @@ def tested_target(
     deploy by digest whose newest graven.toml never ran takes one that did (newest first, one that
     can serve: it defines ``env`` and a key trusted for it signed it), with a warning. A promote
     (``ran_with``: the one that runs in ``source_env``) takes no other. With none, the deployment is
-    refused (PolicyError, exit 1). ``--override-policy`` skips the rule, and a digest never healthy
-    in a required environment is left to the policy (which refuses it, saying so)."""
+    refused (PolicyError, exit 1). ``--override-policy`` bypasses the rule as it bypasses
+    ``requires``: the newest graven.toml goes, its untested environments in :attr:`Target.untested`,
+    an override the deployment records as one. A digest never healthy in a required environment is
+    left to the policy (which refuses it, saying so)."""
     target = verify_target(ctx, digest, env, opts, log_failures=log_failures, ran_with=ran_with)
     requires = target.settings.requires
-    if opts.override or not requires:
+    if not requires:
         return target
     with ctx.db.connect() as conn:
         rows = conn.execute(
@@ -244,6 +246,9 @@ def tested_target(
     for pipeline, where, started in rows:
         ran[str(where)].append((None if pipeline is None else str(pipeline), str(started)))
     tested = TestedPipelines(requires, ran, built)
+    if opts.override:  # where it was healthy with another graven.toml only: bypassed, recorded so
+        missing = tested.missing(target.pipeline_digest)
+        return target.with_untested(tuple(name for name in missing if tested.ran[name]))
     if not tested.healthy_everywhere:
         return target  # never healthy somewhere: the policy says so
     if tested.ran_everywhere(target.pipeline_digest):
@@ -310,6 +315,7 @@ def policy_facts(
         held=state.held if state else False,
         held_digest=state.held_digest if state else None,
         override=override,
+        untested=target.untested,
         history_ok=went_live_here(conn, target.settings.name, digest) if kind == "rollback" else True,
     )
 

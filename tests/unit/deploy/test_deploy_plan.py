@@ -196,6 +196,17 @@ def test_override_bypasses_requires_only() -> None:
     assert not held.allowed and "graven unhold prod" in (held.refusal or "")
 
 
+def test_an_untested_graven_toml_is_refused_and_its_override_names_where() -> None:
+    """Healthy in staging and qa, but its graven.toml ran only in staging: qa is bypassed by an
+    override, as a requirement never met is, and named with it (in the order of requires)."""
+    healthy = frozenset({"staging", "qa"})
+    facts = PolicyFacts(D, "prod", "deploy", requires=("qa", "staging"), healthy_in=healthy, untested=("qa",))
+    refused = evaluate_policy(facts)
+    assert not refused.allowed and "never ran healthy in qa" in (refused.refusal or "")
+    over = PolicyFacts(D, "prod", "deploy", requires=("qa", "staging"), untested=("staging",), override=True)
+    assert evaluate_policy(over).overridden == ("qa", "staging")
+
+
 def test_a_hold_refuses_other_digests_but_not_the_held_one() -> None:
     assert evaluate_policy(PolicyFacts(D, "prod", "deploy", held=True, held_digest=D)).allowed
     refused = evaluate_policy(PolicyFacts(D, "prod", "promote", held=True, held_digest=OTHER))

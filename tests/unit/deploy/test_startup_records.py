@@ -135,6 +135,7 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
             "held_digest": SHA,
             "override": False,
             "history_ok": True,
+            "untested": ("qa",),
         },
         True,
     ),
