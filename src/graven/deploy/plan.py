@@ -348,20 +348,23 @@ def evaluate_policy(facts: PolicyFacts) -> PolicyDecision:
             f"{facts.env} is held on {short(facts.held_digest)}; run `graven unhold {facts.env}` when it "
             "is safe to deploy again"
         )
+    # only deploy overrides (promote has no --override-policy: it ships what ran in FROM)
+    override = "--override-policy --reason TEXT"
+    if facts.kind != "deploy":
+        override = f"`graven deploy {d} {facts.env} {override}`"
     missing = tuple(env for env in facts.requires if env not in facts.healthy_in)
     if missing and not facts.override:
         names = ", ".join(missing)
         return PolicyDecision(
             f"{d} was never deployed healthy to {names}, which {facts.env} requires; deploy it to "
-            f"{missing[0]} first (or, in an emergency, --override-policy --reason TEXT)"
+            f"{missing[0]} first (or, in an emergency, {override})"
         )
     untested = tuple(env for env in facts.requires if env in facts.untested and env not in missing)
     if untested and not facts.override:
         names = ", ".join(untested)
         return PolicyDecision(
             f"{d} would reach {facts.env} with a graven.toml that never ran healthy in {names}, which "
-            f"{facts.env} requires; deploy it to {untested[0]} first (or, in an emergency, "
-            "--override-policy --reason TEXT)"
+            f"{facts.env} requires; deploy it to {untested[0]} first (or, in an emergency, {override})"
         )
     bypassed = set(missing) | set(untested)  # in the order of requires
     return PolicyDecision(overridden=tuple(env for env in facts.requires if env in bypassed))

@@ -207,6 +207,18 @@ def test_an_untested_graven_toml_is_refused_and_its_override_names_where() -> No
     assert evaluate_policy(over).overridden == ("qa", "staging")
 
 
+def test_a_promote_refused_by_requires_names_the_command_that_overrides() -> None:
+    """promote has no --override-policy (argparse refused what the hint said): the hint names the
+    deploy that does."""
+    for untested in ((), ("staging",)):
+        healthy = frozenset(untested)
+        facts = PolicyFacts(
+            D, "prod", "promote", requires=("staging",), healthy_in=healthy, untested=untested
+        )
+        refusal = evaluate_policy(facts).refusal or ""
+        assert "`graven deploy aaaaaaaaaaaa prod --override-policy --reason TEXT`" in refusal, refusal
+
+
 def test_a_hold_refuses_other_digests_but_not_the_held_one() -> None:
     assert evaluate_policy(PolicyFacts(D, "prod", "deploy", held=True, held_digest=D)).allowed
     refused = evaluate_policy(PolicyFacts(D, "prod", "promote", held=True, held_digest=OTHER))
