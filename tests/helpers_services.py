@@ -207,6 +207,21 @@ def free_port() -> int:
         return port
 
 
+def host_address() -> str:
+    """This machine's IPv4 address on the interface of its default route (not loopback): where a
+    server the fetch phase must reach listens (the fetch's own network never reaches the host's
+    loopback, graven.build.netns). Skips (or fails, see :func:`unavailable`) without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("198.51.100.1", 9))  # TEST-NET-2; no packet is sent: only the route is looked up
+            address: str = sock.getsockname()[0]
+        except OSError:
+            address = ""
+    if not address or address.startswith("127.") or address == "0.0.0.0":
+        unavailable("this machine has no IPv4 address besides loopback")
+    return address
+
+
 def sandbox_python() -> str:
     """An interpreter that sandboxed build steps can run.
 

@@ -1,6 +1,8 @@
 """``[build.fetch]``: the only phase with network access, limited to files locked by hash in the commit.
 
-A small HTTP server on 127.0.0.1 in the test process stands in for the package index.
+A small HTTP server in the test process stands in for the package index. It listens on this machine's
+own address, not on 127.0.0.1: the fetch has a network of its own (graven.build.netns), in which the
+host's loopback services cannot be reached.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import io
 import json
 import threading
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from helpers_services import require_tool, sandbox_python
+from helpers_services import host_address, require_tool, sandbox_python
 
 Run = Callable[..., tuple[int, str, str]]
 PY = sandbox_python()
@@ -50,6 +52,7 @@ class Index:
     """The files served, and the paths that were asked for."""
 
     url: str
+    host: str
     port: int
     files: dict[str, bytes]
     requests: list[str] = field(default_factory=list)
@@ -61,6 +64,11 @@ class Index:
 @pytest.fixture
 def index() -> Iterator[Index]:
     require_tool("bwrap")
+    require_tool("slirp4netns")
+    yield from _serve(host_address())
+
+
+def _serve(host: str) -> Generator[Index, None, None]:
     files = {WHEEL: _wheel(), "evil.whl": b"not locked anywhere\n"}
     seen: list[str] = []
 
@@ -84,12 +92,12 @@ def index() -> Iterator[Index]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = server.server_address[1]
     try:
-        yield Index(f"http://127.0.0.1:{port}", port, files, seen)
+        yield Index(f"http://{host}:{port}", host, port, files, seen)
     finally:
         server.shutdown()
         server.server_close()
@@ -102,11 +110,11 @@ def _download(index: Index, *names: str) -> str:
     return f'mkdir -p wheels && {PY} -c "{code}" {index.url} {" ".join(names)}'
 
 
-def _offline_probe(port: int) -> str:
+def _offline_probe(index: Index) -> str:
     return (
         "import socket, pathlib\n"
         "try:\n"
-        f"    socket.create_connection(('127.0.0.1', {port}), timeout=5); state = 'online'\n"
+        f"    socket.create_connection(({index.host!r}, {index.port}), timeout=5); state = 'online'\n"
         "except OSError:\n"
         "    state = 'offline'\n"
         "pathlib.Path('out').mkdir(exist_ok=True); pathlib.Path('out/net.txt').write_text(state)\n"
@@ -133,7 +141,7 @@ def test_fetched_inputs_are_locked_recorded_stored_and_the_build_is_offline(
 ) -> None:
     lock = f"# locked\ndemo-lib==1.0 \\\n    --hash=sha256:{index.sha256(WHEEL)}\n"
     steps = [f"{PY} offline.py", f"{PY} -m zipfile -e wheels/{WHEEL} out/lib"]
-    files = {"requirements.lock": lock, "offline.py": _offline_probe(index.port)}
+    files = {"requirements.lock": lock, "offline.py": _offline_probe(index)}
     repo = make_repo(tmp_path / "repo", files, _toml([_download(index, WHEEL)], steps))
     code, out, err = run_cli("build", "-C", repo, "--json")
     assert code == 0, err
@@ -175,7 +183,7 @@ def test_pip_download_with_require_hashes_works_in_the_fetch_phase(
     lock = f"demo-lib==1.0 --hash=sha256:{index.sha256(WHEEL)}\n"
     fetch = (
         f"{PY} -m pip download --disable-pip-version-check --no-cache-dir --require-hashes --no-index "
-        f"--find-links {index.url}/ -r requirements.lock -d wheels/"
+        f"--find-links {index.url}/ --trusted-host {index.host} -r requirements.lock -d wheels/"
     )
     steps = [f"mkdir -p out && cp wheels/{WHEEL} out/"]
     repo = make_repo(tmp_path / "repo", {"requirements.lock": lock}, _toml([fetch], steps))
@@ -222,3 +230,76 @@ def test_a_declared_lockfile_must_be_in_the_commit(
     assert code == 2
     assert "[build.fetch] lockfiles: requirements.lock is not a file in commit" in err
     assert index.requests == []
+
+
+def test_the_fetch_never_reaches_this_hosts_own_services_unless_the_operator_says_host(
+    graven_home: Path,
+    tmp_path: Path,
+    *,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    index: Index,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The fetch steps are the commit's code: with the host's network they reached every service on
+    127.0.0.1 (a trust-authenticated PostgreSQL, a registry). By default they get a network of their
+    own (slirp4netns): the index on this machine's address is reached, its loopback (127.0.0.1, and
+    slirp's gateway to it, 10.0.2.2) is not, and names resolve through slirp's forwarder.
+    GRAVEN_FETCH_NETWORK=host, the operator's choice (a package mirror on 127.0.0.1), shares the
+    host's network as before."""
+    serving = _serve("127.0.0.1")
+    loopback = next(serving)
+    request.addfinalizer(serving.close)
+    probe = (
+        "import socket, sys\n"
+        "for host in sys.argv[1:]:\n"
+        "    try:\n"
+        f"        socket.create_connection((host, {loopback.port}), timeout=5)\n"
+        "    except OSError as exc:\n"
+        "        print(host, 'unreachable:', exc)\n"
+        "    else:\n"
+        "        print(host, 'REACHED'); sys.exit(3)\n"
+    )
+    lock = f"demo-lib==1.0 --hash=sha256:{index.sha256(WHEEL)}\n"
+    fetch = [
+        f"{PY} probe.py 127.0.0.1 10.0.2.2",
+        "grep -qx 'nameserver 10.0.2.3' /etc/resolv.conf",
+        _download(index, WHEEL),
+    ]
+    steps = [f"mkdir -p out && cp wheels/{WHEEL} out/"]
+    files = {"requirements.lock": lock, "probe.py": probe}
+    repo = make_repo(tmp_path / "repo", files, _toml(fetch, steps))
+    code, _, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    assert index.requests == [f"/{WHEEL}"] and loopback.requests == []
+    # the operator's choice: the host's network, its loopback in reach (the probe fails the fetch)
+    monkeypatch.setenv("GRAVEN_FETCH_NETWORK", "host")
+    code, _, err = run_cli("build", "-C", repo, "--no-cache")
+    assert code != 0 and "127.0.0.1 REACHED" in err, err
+    monkeypatch.setenv("GRAVEN_FETCH_NETWORK", "bridge")
+    code, _, err = run_cli("build", "-C", repo, "--no-cache")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("graven: error: GRAVEN_FETCH_NETWORK='bridge' is not known: use nat"), err
+
+
+def test_a_fetch_without_slirp4netns_is_refused_before_anything_runs(
+    graven_home: Path,
+    tmp_path: Path,
+    *,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    index: Index,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from graven.service import hermetic
+
+    monkeypatch.setattr(hermetic, "find_slirp", lambda: None)
+    lock = f"demo-lib==1.0 --hash=sha256:{index.sha256(WHEEL)}\n"
+    repo = make_repo(
+        tmp_path / "repo", {"requirements.lock": lock}, _toml([_download(index, WHEEL)], ["true"])
+    )
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "slirp4netns, which is not installed: install it (apt-get install slirp4netns)" in err
+    assert "GRAVEN_FETCH_NETWORK=host" in err and index.requests == []

@@ -7,7 +7,8 @@
 3. The build log is capped: a step that prints 50 MB neither makes a 50 MB store object nor hides the
    last lines of a failure.
 
-A small HTTP server on 127.0.0.1 in the test process stands in for the package index.
+A small HTTP server on this machine's own address (the fetch's network never reaches its loopback:
+graven.build.netns) in the test process stands in for the package index.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from graven.build.fetch import check_unchanged_outside
 from graven.errors import BuildError
 from graven.model.digest import Digest
 from graven.store.local import LocalStore
-from helpers_services import require_tool, sandbox_python
+from helpers_services import host_address, require_tool, sandbox_python
 
 Run = Callable[..., tuple[int, str, str]]
 PY = sandbox_python()
@@ -46,6 +47,8 @@ class Index:
 @pytest.fixture
 def index() -> Iterator[Index]:
     require_tool("bwrap")
+    require_tool("slirp4netns")
+    host = host_address()
     files = {DEP: DEP_DATA}
     seen: list[str] = []
 
@@ -64,11 +67,11 @@ def index() -> Iterator[Index]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Index(f"http://127.0.0.1:{server.server_address[1]}", files, seen)
+        yield Index(f"http://{host}:{server.server_address[1]}", files, seen)
     finally:
         server.shutdown()
         server.server_close()

@@ -52,7 +52,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
@@ -62,6 +62,8 @@ from graven.runtime import GroupWatchdog
 
 if TYPE_CHECKING:
     import socket
+
+    from graven.build.netns import FetchNetwork
 
 __all__ = [
     "BUILD_HOME",
@@ -221,9 +223,12 @@ def bwrap_options(
     network: bool = False,
     hostname: str = DEFAULT_HOSTNAME,
     tmp_size: int | None = None,
+    resolver: tuple[str, str] | None = None,
 ) -> list[str]:
     """The bwrap options (everything before ``--``) for ``layout``; ``tmp_size`` limits the
-    sandbox's /tmp and /dev/shm (bwrap's ``--size``, 0.7 and later). Pure: reads nothing."""
+    sandbox's /tmp and /dev/shm (bwrap's ``--size``, 0.7 and later); ``resolver`` (host file, sandbox
+    path) is bound read-only over the sandbox's resolver configuration (the fetch's own network:
+    :mod:`graven.build.netns`). Pure: reads nothing."""
     argv = [
         "--unshare-all",  # user (when needed), ipc, pid, net, uts, cgroup namespaces
         *(["--share-net"] if network else []),
@@ -268,6 +273,8 @@ def bwrap_options(
         argv += ["--remount-ro", path]
     for path in layout.masked:
         argv += ["--ro-bind", "/dev/null", path]
+    if resolver is not None:
+        argv += ["--ro-bind", resolver[0], resolver[1]]
     argv += [
         "--dir",
         BUILD_ROOT,
@@ -828,8 +835,13 @@ def _run_logged(
     stdin_data: bytes | None = None,
     adopt_orphans: bool = False,
     limits: Sequence[tuple[int, int, int]] = (),
+    pass_fds: Sequence[int] = (),
+    attach: Callable[[float], None] | None = None,
 ) -> int:
     """Run ``argv`` in a new session with output to ``log``.
+
+    ``pass_fds`` are inherited by the command; ``attach`` is called with the deadline once the command
+    has ``stdin_data`` (it gives bwrap's sandbox its network: :class:`graven.build.netns.Slirp`).
 
     With ``stdin_data``, the command's standard input is a socket: once the command says it runs (it
     writes a byte to its standard input: the gate of :data:`_ARGS_TRAMPOLINE`, written after its
@@ -856,6 +868,7 @@ def _run_logged(
                 stderr=subprocess.STDOUT,
                 umask=umask,
                 start_new_session=True,
+                pass_fds=tuple(pass_fds),
             )
         except BaseException:
             if ours is not None:
@@ -872,6 +885,8 @@ def _run_logged(
             if ours is not None and stdin_data is not None:
                 with ours:
                     _start(proc, ours, stdin_data, limits, deadline=deadline, timeout=timeout)
+            if attach is not None:
+                attach(deadline)
             _wait_exited(proc, deadline, timeout)
         finally:  # a normal end, the timeout or an interrupt: nothing the step started outlives it
             _kill_group(proc, watchdog)
@@ -1029,8 +1044,11 @@ class BubblewrapRunner:
         umask: int = STEP_UMASK,
         launcher_env: Mapping[str, str] | None = None,
         vary_limits: bool = False,
+        fetch_network: FetchNetwork | None = None,
     ) -> None:
         self.bwrap = bwrap
+        # the network of a step run with ``network``: slirp4netns (the default), or None: the host's
+        self.fetch_network = fetch_network
         # the PATH directories inside a hidden directory (a venv in the repository), or in /tmp or /run,
         # which the sandbox does not show (a venv made in /tmp, NixOS's /run/current-system/sw/bin),
         # stay reachable
@@ -1067,22 +1085,38 @@ class BubblewrapRunner:
         )
 
     def run(self, command: str, *, log: BinaryIO, timeout: int, network: bool) -> int:
-        """Run one step in the sandbox, with :data:`STEP_LIMITS`."""
-        options = bwrap_options(
-            self.layout, self.env, network=network, hostname=self.hostname, tmp_size=self.tmp_size()
-        )
-        argv = ["/bin/sh", "-c", _ARGS_TRAMPOLINE, self.bwrap, "--", *self.command(command)]
-        data = _GO + b"".join(os.fsencode(option) + b"\0" for option in options)
-        return _run_logged(
-            argv,
-            cwd=Path("/"),  # bwrap's --chdir sets the step's; graven's own is nothing to the step
-            env=self.launcher_env,
-            log=log,
-            timeout=timeout,
-            umask=self.umask,
-            stdin_data=data,
-            limits=_limits(vary=self.vary_limits),
-        )
+        """Run one step in the sandbox, with :data:`STEP_LIMITS`; with ``network``, through
+        slirp4netns when the runner has a :class:`FetchNetwork` (else the host's network)."""
+        with contextlib.ExitStack() as stack:
+            slirp = None
+            if network and self.fetch_network is not None:
+                from graven.build.netns import Slirp
+
+                slirp = stack.enter_context(Slirp(self.fetch_network))
+            options = bwrap_options(
+                self.layout,
+                self.env,
+                network=network and slirp is None,
+                hostname=self.hostname,
+                tmp_size=self.tmp_size(),
+                resolver=None if slirp is None else slirp.resolver(),
+            )
+            if slirp is not None:
+                options += slirp.options()
+            argv = ["/bin/sh", "-c", _ARGS_TRAMPOLINE, self.bwrap, "--", *self.command(command)]
+            data = _GO + b"".join(os.fsencode(option) + b"\0" for option in options)
+            return _run_logged(
+                argv,
+                cwd=Path("/"),  # bwrap's --chdir sets the step's; graven's own is nothing to the step
+                env=self.launcher_env,
+                log=log,
+                timeout=timeout,
+                umask=self.umask,
+                stdin_data=data,
+                limits=_limits(vary=self.vary_limits),
+                pass_fds=() if slirp is None else slirp.child_fds,
+                attach=None if slirp is None else slirp.attach,
+            )
 
 
 def _limits(*, vary: bool) -> list[tuple[int, int, int]]:

@@ -32,6 +32,7 @@ from graven.build.fetch import (
     locked_hashes,
     resolve_tools,
 )
+from graven.build.netns import NAT, FetchNetwork, fetch_network_mode, find_slirp, missing_slirp_error
 from graven.build.sandbox import (
     BUILD_HOME,
     BUILD_SRC,
@@ -310,8 +311,17 @@ def _warn_lowered_limits(ctx: Context, variation: Variation) -> None:
 
 
 def _runner(
-    ctx: Context, repo: GitRepo, pipeline: Pipeline, ws: Workspace, *, epoch: int, variation: Variation
+    ctx: Context,
+    repo: GitRepo,
+    pipeline: Pipeline,
+    ws: Workspace,
+    *,
+    epoch: int,
+    variation: Variation,
+    fetching: bool = False,
 ) -> StepRunner:
+    """The runner of the steps; ``fetching``: the fetch steps run (not restored), with the network
+    that :data:`FETCH_NETWORK_ENV` chooses (graven.build.netns)."""
     host_path = os.environ.get("PATH")
     passed = passed_environment(pipeline.build.env)
     if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
@@ -322,6 +332,12 @@ def _runner(
         )
         return HostRunner(ws.work, env, umask=variation.umask, vary_limits=variation.vary_limits)
     bwrap = probe_bubblewrap(find_bwrap())
+    network = None
+    if fetching and fetch_network_mode(os.environ) == NAT:  # before any work, as bwrap's probe
+        slirp = find_slirp()
+        if slirp is None:
+            raise missing_slirp_error()
+        network = FetchNetwork.prepare(slirp, ws.root, join_userns=os.geteuid() != 0)
     _warn_lowered_limits(ctx, variation)
     env = clean_environment(
         home=BUILD_HOME, tmp=SANDBOX_TMP, source_date_epoch=epoch, host_path=host_path, passed=passed
@@ -346,7 +362,9 @@ def _runner(
         home=ws.home,
         root_entries=host_root_entries(),
         hidden=hidden,
-        extra_ro=resolver_files() if pipeline.build.fetch is not None else (),
+        # the host's resolver configuration, for a fetch with the host's network (the fetch's own
+        # network has its own: graven.build.netns)
+        extra_ro=resolver_files() if pipeline.build.fetch is not None and network is None else (),
         masked=masked_files([*_secret_files(ctx), *cred_files], hidden),
         devices=make_private_devices(ws.root / "dev", epoch),
         map_root=os.geteuid() != 0,
@@ -360,6 +378,7 @@ def _runner(
         umask=variation.umask,
         launcher_env=variation.launcher_env,
         vary_limits=variation.vary_limits,
+        fetch_network=network,
     )
 
 
@@ -600,7 +619,15 @@ def run_step_build(
     ws = Workspace.create(prefix=variation.prefix, nested=variation.nested, base=base)
     try:
         # Refuses before any work when there is no usable sandbox.
-        runner = _runner(ctx, repo, pipeline, ws, epoch=epoch, variation=variation)
+        runner = _runner(
+            ctx,
+            repo,
+            pipeline,
+            ws,
+            epoch=epoch,
+            variation=variation,
+            fetching=build.fetch is not None and restore is None,
+        )
 
         def progress(done: int, total: int) -> None:
             ctx.reporter.progress("checking out", done, total)
