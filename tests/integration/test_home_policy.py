@@ -412,3 +412,23 @@ def test_keys_list_skips_a_key_it_cannot_read_and_lists_the_others(
     assert code == 0, err
     assert [e["name"] for e in json.loads(out)["signing"]] == good
     assert err.count("\n") == 1 and "key old-rsa not listed: " in err, err
+
+
+def test_a_key_the_home_policy_revokes_stays_revoked_under_another_policy_file(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`revoked` in the home's policy.toml: key ids never accepted, wherever they appear (as
+    trust/revoked). `--policy FILE` replaced the whole home policy, its revocations too: a key the
+    operator revoked there (a stolen key) verified and deployed again with any other policy file."""
+    digest = world.build()
+    _, out, _ = run_cli(capsys, "keys", "list", "--json")
+    own = json.loads(out)["signing"][0]["keyid"]
+    _policy(world, f'revoked = ["{own}"]\n')
+    instead = tmp_path / "instead.toml"
+    instead.write_text("")
+    instead.chmod(0o600)
+    expected = f"signed by revoked key {own}"
+    assert_cli_error(run_cli(capsys, "verify", digest, "--policy", str(instead)), 1, expected)
+    with pytest.raises(PolicyError, match="revoked"):
+        world.deploy(digest, "staging", policy_file=instead)
+    assert world.live("staging") is None

@@ -47,7 +47,12 @@ from graven.signing.provenance import (
     ResourceRef,
     statement_bytes,
 )
-from graven.signing.trust import TrustPolicy, VerifiedProvenance, check_trust_material
+from graven.signing.trust import (
+    TrustPolicy,
+    VerifiedProvenance,
+    check_trust_material,
+    read_policy_revoked,
+)
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
 
@@ -257,24 +262,37 @@ def signature_memo(ctx: Context) -> FileSignatureMemo:
 
 def load_policy(ctx: Context, policy_file: Path | None = None, *, memo: bool = True) -> TrustPolicy:
     """The operator's trust: ``GRAVEN_HOME/trust``, ``trust/revoked`` and a policy file:
-    ``policy_file`` (``--policy``) when given, else ``GRAVEN_HOME/policy.toml`` when it exists.
+    ``policy_file`` (``--policy``) when given, else ``GRAVEN_HOME/policy.toml`` when it exists (whose
+    ``revoked`` key ids are refused with a ``policy_file`` too).
 
     With ``memo`` (the default) the policy checks signatures through the home's memo of verified
     signatures (:func:`signature_memo`): what it accepts and refuses is the same, only a signature
     verified before with the same key is not checked cryptographically again. :func:`check_provenance`
     and :func:`check_attestation_file` drop the memo whatever policy they are given.
     """
-    if policy_file is None and os.path.lexists(ctx.home.policy):
+    home_policy = os.path.lexists(ctx.home.policy)
+    if policy_file is None and home_policy:
         policy_file = ctx.home.policy  # the home's policy, for every command (--policy replaces it)
     # a missing trust/ is empty; anything else that is not a directory (a dangling link too: its
     # revocations are unknown) is refused (load_trust_dir)
     policy = TrustPolicy.load(ctx.home.trust if os.path.lexists(ctx.home.trust) else None, policy_file)
     extra = read_revoked(ctx.home.trust / REVOKED_FILE)
+    if home_policy and policy_file is not None and not _same_file(policy_file, ctx.home.policy):
+        # --policy replaces the home's policy but not its revocations: a key revoked there is never
+        # accepted, whatever policy a command is given (as trust/revoked)
+        extra |= read_policy_revoked(ctx.home.policy)
     if extra:
         policy = policy.with_home(ctx.home.trust, extra)
     elif policy.trust_dir is None:
         policy = policy.with_home(ctx.home.trust)
     return policy.with_memo(signature_memo(ctx) if memo else None)
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except (OSError, ValueError):  # missing (said when read), a NUL in the name
+        return False
 
 
 def envelope_digests(ctx: Context, artifact: Digest) -> list[str]:

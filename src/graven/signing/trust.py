@@ -56,6 +56,7 @@ __all__ = [
     "check_trust_material",
     "load_trust_dir",
     "make_trust_dir",
+    "read_policy_revoked",
     "store_trusted_key",
     "trust_key",
 ]
@@ -218,6 +219,25 @@ def _key_from_entry(entry: str, policy: Path, known: Mapping[str, VerifyingKey],
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def _revoked_ids(doc: Mapping[str, Any], policy_path: Path) -> frozenset[str]:
+    """The key ids of a policy's ``revoked`` list (``sha256:`` and upper case allowed)."""
+    revoked: set[str] = set()
+    for entry in _string_list(doc.get("revoked", []), f"{policy_path}: revoked"):
+        match = _KEYID.fullmatch(entry.strip().lower())
+        if not match:
+            raise ConfigError(f"{policy_path}: revoked entry {entry!r} is not a key id (64 hex digits)")
+        revoked.add(match.group(1))
+    return frozenset(revoked)
+
+
+def read_policy_revoked(policy_file: Path) -> frozenset[str]:
+    """The key ids a policy file revokes, read as :meth:`TrustPolicy.load` reads it (refused when another
+    user could change it): a home's policy.toml revokes them for every command, also one given another
+    policy file (``--policy``), as ``trust/revoked`` does."""
+    check_trust_material(policy_file, policy_file.parent, trusting=f"the keys {policy_file} trusts")
+    return _revoked_ids(_read_policy(policy_file), policy_file)
+
+
 class VerifiedProvenance(Frozen):
     """A provenance statement signed by a trusted key, about the expected artifact."""
 
@@ -311,13 +331,7 @@ class TrustPolicy(Frozen):
             for entry in entries:
                 if policy_key_id(entry) is not None:
                     _key_from_entry(entry, policy_path, known, f"{policy_path}: keys")
-            for entry in _string_list(doc.get("revoked", []), f"{policy_path}: revoked"):
-                match = _KEYID.fullmatch(entry.strip().lower())
-                if not match:
-                    raise ConfigError(
-                        f"{policy_path}: revoked entry {entry!r} is not a key id (64 hex digits)"
-                    )
-                revoked.add(match.group(1))
+            revoked.update(_revoked_ids(doc, policy_path))
             known = {key.keyid: key for key in keys}
             env_table = doc.get("env", {})
             if not isinstance(env_table, dict):
