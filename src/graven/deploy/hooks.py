@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from graven.deploy.hook_result import HookResult, redact_secrets, step_error
-from graven.runtime import GroupWatchdog
+from graven.runtime import GroupWatchdog, HeldSignals
 
 __all__ = ["HookResult", "run_health", "run_hook", "step_error"]
 
@@ -40,17 +40,22 @@ def run_hook(
 
     start = time.monotonic()
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        watchdog = GroupWatchdog(proc.pid)  # kills the command's group if graven itself is killed
+        # a Ctrl-C or SIGTERM while the command and its watchdog start is held, then raised below,
+        # where it kills the command's group: else it would leave the command running, unwatched
+        with HeldSignals() as starting:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            watchdog = GroupWatchdog(proc.pid)  # kills the command's group if graven itself is killed
         try:
+            if starting.stopped is not None:
+                raise starting.stopped
             code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill(proc, watchdog)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -424,3 +425,54 @@ def test_a_timed_out_health_check_reports_the_limit_of_one_attempt(tmp_path: Pat
     result = run_health("sleep 5", cwd=tmp_path, env={}, timeout=0.3, retries=2, interval=0)
     assert not result.ok and result.attempts == 3
     assert result.describe() == "timed out after 0.3s"  # not the ~0.9 s all three attempts took
+
+
+def _running_in_group(group: int) -> list[int]:
+    """The processes of process group ``group`` that still run (a zombie has stopped; its reaping is
+    its parent's, or init's once its parent died)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat_line = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat_line.rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def test_ctrl_c_while_a_hook_is_being_started_kills_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C (or SIGTERM) that lands after the hook's process started but before graven watches it
+    (its watchdog starting: a few ms of every hook) still kills the hook's whole group: the interrupted
+    deployment switches back and runs the old release's hooks, not beside the new one's."""
+    from graven.deploy import hooks
+    from graven.runtime import GroupWatchdog
+
+    groups: list[int] = []
+
+    class SignalledWatchdog(GroupWatchdog):
+        def __init__(self, group: int) -> None:
+            groups.append(group)
+            os.kill(os.getpid(), signal.SIGINT)  # the operator's Ctrl-C, while the watchdog starts
+            super().__init__(group)
+
+    monkeypatch.setattr(hooks, "GroupWatchdog", SignalledWatchdog)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_hook("sleep 30; echo done", cwd=tmp_path, env=dict(os.environ), timeout=60)
+        assert len(groups) == 1
+        deadline = time.monotonic() + 5  # a SIGKILL ends another's child soon, not at once
+        while _running_in_group(groups[0]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _running_in_group(groups[0]) == []
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for group in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
