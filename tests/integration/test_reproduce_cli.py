@@ -159,6 +159,25 @@ def test_check_catches_path_leaks_when_there_is_no_sandbox(
     assert "differs: out/where: content" in err  # the host build path leaks without a sandbox
 
 
+def test_check_without_a_sandbox_never_claims_it_varied_the_hostname(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """On the host (sandbox = "none") a step sees the host's hostname in both builds: nothing can vary
+    it there. --check passed a step that records it in silence and, when something else differed,
+    said it had varied the hostname."""
+    extra = 'sandbox = "none"\n'
+    leaks = make_repo(tmp_path / "a", APP, _toml("mkdir out && hostname > out/host", extra=extra))
+    code, _, err = run_cli("build", "-C", leaks, "--check")
+    assert code == 0, err  # not caught, and cannot be on this host: then say so
+    assert 'sandbox = "none"' in err and "hostname" in err and "not varied" in err, err
+
+    stamps = make_repo(tmp_path / "b", APP, _toml("mkdir out", STAMP, extra=extra))
+    code, out, err = run_cli("build", "-C", stamps, "--check", "--json")
+    assert code == 1
+    variations = json.loads(out)["check"]["variations"]
+    assert "umask (002)" in variations and "hostname" not in variations, variations
+
+
 def _clone(origin: Path, dest: Path) -> Path:
     subprocess.run(
         ["git", "clone", "-q", str(origin), str(dest)], env=git_env(), check=True, capture_output=True
