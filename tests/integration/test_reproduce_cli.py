@@ -229,6 +229,27 @@ def test_verify_rebuild_fails_and_names_the_differing_path(
     assert code == 0, err
 
 
+def test_rebuild_notes_are_shown_escaped(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """A note quotes what a tool printed for --version (where the steps run): a control character in
+    it reached the terminal as it was (an escape sequence could clear the screen or draw lines)."""
+    tool = tmp_path / "tools" / "mytool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho 'mytool 1.0'\n")
+    tool.chmod(0o755)
+    extra = f'sandbox = "none"\ntools = ["{tool}"]\n'
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out && cp -r app out/", extra=extra))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+    tool.write_text("#!/bin/sh\nprintf 'mytool 2.0\\033[2J\\n'\n")
+    code, out, err = run_cli("verify", digest, "--rebuild")
+    assert code == 0, err  # the tool is not used: the same digest, and a note that it changed
+    assert "\x1b" not in err
+    assert "note: tool " in err and "@2.0\\x1b[2J (" in err, err
+
+
 def test_check_of_a_build_without_steps_reads_every_file_again(
     graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
 ) -> None:

@@ -364,7 +364,7 @@ def _verify_rebuild(
         return 0 if ok else 1
     _print_problems(resolved, report, provenance)
     for note in result.notes:
-        sys.stderr.write(f"note: {note}\n")
+        sys.stderr.write(f"note: {printable_message(note)}\n")
     if not result.ok:
         write_differences(result.differences)
         count = len(result.differences)
