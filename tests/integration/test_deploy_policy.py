@@ -247,6 +247,9 @@ def test_hold_refuses_promote(world: World) -> None:
     assert world.deploy(v1, "staging").ok and promote(world.ctx(), "staging", "prod", world.options()).ok
     v2 = world.version(2)
     assert world.deploy(v2, "staging").ok
+    for blank in ("", "  \n"):  # the library refuses it as the CLI does (as retire and reject do)
+        with pytest.raises(InputError, match="hold needs --reason TEXT"):
+            environments.hold(world.ctx(), "prod", blank)
     environments.hold(world.ctx(), "prod", "release freeze")
     with pytest.raises(PolicyError, match="prod is held"):
         promote(world.ctx(), "staging", "prod", world.options())

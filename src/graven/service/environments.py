@@ -218,6 +218,8 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
     hold is on what is live once it is done, never on the digest it is replacing; a deployment a
     killed deployer left pending is settled first (as retire does), for the same reason."""
     check_env_name(env)
+    if not reason.strip():
+        raise InputError(f"hold needs --reason TEXT: say why {env} must not change")
     if not ctx.home.has_database():
         raise NeverDeployedError(env)
     with ctx.db.connect() as conn:
