@@ -323,6 +323,18 @@ def test_rebuild_never_runs_steps_an_untrusted_provenance_names(
     assert not marker.exists()
 
 
+def test_a_repository_given_with_c_that_lacks_the_commit_is_named_without_suggesting_c(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, '[artifact]\nname = "demo"\n')
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    other = make_repo(tmp_path / "other", {"b.txt": "b\n"}, '[artifact]\nname = "demo"\n')
+    code, _, err = run_cli("verify", json.loads(out)["digest"], "--rebuild", "-C", other)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"is not in {other}; fetch it there" in err and "pass -C REPO" not in err, err
+
+
 def test_the_origin_url_is_recorded_without_credentials(
     graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
 ) -> None:

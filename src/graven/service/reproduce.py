@@ -146,7 +146,8 @@ def rebuild(
     try:
         resolved = git.resolve(commit)
     except NotFoundError:
-        raise NotFoundError(f"commit {commit[:12]} is not in {git.root}; fetch it or pass -C REPO") from None
+        where = "fetch it there" if repo is not None else "fetch it or pass -C REPO"  # -C named that one
+        raise NotFoundError(f"commit {commit[:12]} is not in {git.root}; {where}") from None
     pipeline_bytes = git.read_file(resolved, PIPELINE_FILE)
     if pipeline_bytes is None:
         raise NotFoundError(f"{PIPELINE_FILE} is not in commit {commit[:12]}")
