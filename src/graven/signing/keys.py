@@ -585,6 +585,9 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     fails if ``path`` exists. A reader sees either no file or the complete file.
     """
     directory = path.parent
+    if _write_unnamed(path, data, mode):
+        _fsync_dir(directory)
+        return
     temp = directory / f".{path.name}.tmp-{os.urandom(8).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -597,11 +600,7 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
         raise BackendError(f"cannot create {temp}: {exc.strerror}") from None
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            _write_all(fd, data)
         finally:
             os.close(fd)
         try:
@@ -621,6 +620,45 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
     _fsync_dir(directory)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
+
+
+def _write_unnamed(path: Path, data: bytes, mode: int) -> bool:
+    """Write ``data`` to a file without a name (``O_TMPFILE``), then give it ``path``: a process killed
+    before that leaves nothing behind (a named temporary file would stay, a private key in it). False
+    where the file system makes no such file, or cannot name it (the caller writes a named one)."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return False
+    try:
+        fd = os.open(path.parent, flag | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        raise NotFoundError(f"directory {path.parent} does not exist") from None
+    except PermissionError:
+        raise InputError(f"cannot write to {path.parent}: permission denied") from None
+    except OSError:  # EOPNOTSUPP, EISDIR (no O_TMPFILE here), ...: a named temporary file then
+        return False
+    try:
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            raise BackendError(f"cannot write {path}: {exc.strerror}") from None
+        try:
+            os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+        except FileExistsError:
+            raise InputError(f"{path} already exists; refusing to overwrite it") from None
+        except OSError:  # no /proc, or a file system that links no such file: a named one then
+            return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_private_key(path: Path | str, key: SigningKey) -> None:

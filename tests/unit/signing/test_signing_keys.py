@@ -117,8 +117,10 @@ def test_private_key_file_is_created_exclusively_with_mode_0600(
     calls: list[tuple[int, int]] = []
     real_open = os.open
 
+    unnamed = getattr(os, "O_TMPFILE", 0)
+
     def spy(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
-        if flags & os.O_CREAT:
+        if flags & os.O_CREAT or (unnamed and flags & unnamed == unnamed):
             calls.append((flags, mode))
         return real_open(path, flags, mode, **kwargs)
 
@@ -126,8 +128,28 @@ def test_private_key_file_is_created_exclusively_with_mode_0600(
     write_private_key(tmp_path / "k.key", generate_key())
     assert calls, "the key file was not created with os.open"
     for flags, mode in calls:
-        assert flags & os.O_EXCL
+        # a named file exclusively; an unnamed one (O_TMPFILE) is new by nature, and O_EXCL would
+        # forbid giving it a name
+        assert flags & os.O_EXCL if flags & os.O_CREAT else not flags & os.O_EXCL
         assert mode == 0o600
+
+
+def test_a_key_writer_killed_midway_leaves_no_key_material_behind(tmp_path: Path) -> None:
+    """keys generate killed between writing the key and naming it left a hidden .NAME.key.tmp-* file
+    holding the private key, which nothing removed: the key is now written to an unnamed file
+    (O_TMPFILE) that only gets a name, the key's, once complete."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from graven.signing.keys import generate_key, write_private_key\n"
+        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # killed once the bytes are written\n"
+        "write_private_key(sys.argv[1], generate_key())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "k.key")], check=False)
+    assert result.returncode == -9
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_private_key_is_never_overwritten(tmp_path: Path) -> None:
