@@ -160,7 +160,8 @@ class Slirp:
 
     def attach(self, deadline: float) -> None:
         """Once bwrap runs: give its sandbox the network, then let it start the step. A bwrap that
-        ended before it said its pid is left to its exit code (its error is in the step's log)."""
+        ended before its sandbox got the network is left to its exit code (its error is in the step's
+        log)."""
         for fd in self.child_fds:  # bwrap has its own copies: its end shows as the pipe's end
             os.close(fd)
         self._info_w = self._block_r = -1
@@ -223,6 +224,8 @@ class Slirp:
             os.close(ready_r)
         if ready != b"1":
             self._proc.wait()
+            if not os.path.exists(f"/proc/{pid}/ns/net"):  # bwrap failed after saying the pid:
+                return  # its exit code and its message (in the step's log) tell, not slirp4netns's
             self._errors.seek(0)
             said = [line.strip() for line in self._errors.read().decode(errors="replace").splitlines()]
             shown = "; ".join([line for line in said if line][-2:])[:300]  # open("/dev/net/tun"): ...

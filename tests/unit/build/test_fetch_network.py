@@ -117,3 +117,17 @@ def test_slirp4netns_that_cannot_start_the_network_is_one_clear_error(tmp_path: 
     message = str(failed.value)
     assert 'open("/dev/net/tun"): Permission denied; child failed(1)' in message, message
     assert "GRAVEN_FETCH_NETWORK=host" in message and not (root / "work" / "ran").exists()
+
+
+def test_a_sandbox_that_bwrap_cannot_finish_is_its_own_error_not_slirp4netns(tmp_path: Path) -> None:
+    """bwrap says the sandbox's pid, then fails to set it up (a bind whose source is gone): the step
+    fails with bwrap's exit code and its message in the log, not with a slirp4netns error that blames
+    /dev/net/tun and suggests giving the fetch the host's network."""
+    require_tool("bwrap")
+    require_tool("slirp4netns")
+    runner = _runner(tmp_path, str(shutil.which("slirp4netns")))
+    (tmp_path / "src").rmdir()
+    with (tmp_path / "log").open("wb") as log:
+        code = runner.run("true", log=log, timeout=60, network=True)
+    assert code != 0
+    assert "Can't find source path" in (tmp_path / "log").read_text()
