@@ -167,6 +167,8 @@ class Slirp:
         self._info_w = self._block_r = -1
         pid = self._sandbox_pid(deadline)
         if pid is None or not _loopback_set_up(pid, deadline):
+            os.close(self._block_w)  # a bwrap still waiting on it goes on, without a network
+            self._block_w = -1
             return
         self._start(pid, deadline)
         with contextlib.suppress(BrokenPipeError):  # bwrap ended meanwhile: its exit code tells
@@ -249,8 +251,8 @@ def _loopback_set_up(pid: int, deadline: float) -> bool:
                     return True
         except FileNotFoundError:
             return os.path.isdir(f"/proc/{pid}")  # no routing table to read here: go on as it is
-        except OSError:
-            return False
+        except OSError:  # not ours to read (another user's sandbox?): go on without waiting, as
+            return os.path.isdir(f"/proc/{pid}")  # a step held until its timeout would be worse
         if time.monotonic() > deadline:
             raise subprocess.TimeoutExpired("bwrap to set up the fetch's loopback", 0)
         time.sleep(0.0002)
