@@ -155,6 +155,28 @@ def test_a_scrape_request_with_bare_newlines_is_answered() -> None:
     assert {"graven_drift_paths", "graven_checks", "graven_release_info"} <= families
 
 
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        (b"garbage", b"400"),  # one word: no request at all
+        (b"GET /metrics HTTP/2.0", b"505"),  # a version this server does not speak
+        (b"GET /metrics HTTP/1.x", b"400"),  # a version that is no version
+        (b"GET /metrics", b"200"),  # HTTP/0.9: answered as HTTP/1.0, headers and all
+    ],
+    ids=["one-word", "http2", "bad-version", "http09"],
+)
+def test_a_malformed_request_line_gets_a_status_line(request_line: bytes, status: bytes) -> None:
+    """Every answer starts with a status line: http.server's default (HTTP/0.9) would send an error's
+    HTML, or the metrics, bare, which a client reads as garbage (curl: "Received HTTP/0.9")."""
+    with serving(timeout=5.0) as (_, port), connected(port) as (client,):
+        client.sendall(request_line + b"\r\n\r\n")
+        client.settimeout(5)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer[:80]
+
+
 def test_connections_past_the_limit_are_closed_and_a_stop_closes_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -128,6 +128,10 @@ class DriftMetrics:
             # StreamRequestHandler.setup gives the socket this timeout: it bounds every write
             # (sendall: the whole answer), and _read_head bounds the request as a whole
             timeout = seconds
+            # what an answer says when the request line names no version it speaks (one word,
+            # HTTP/2.0, HTTP/1.x, or HTTP/0.9's "GET /metrics"): http.server's default, HTTP/0.9,
+            # sends the error page or the metrics with no status line nor headers
+            default_request_version = "HTTP/1.0"
 
             def handle(self) -> None:
                 # one request per connection (HTTP/1.0), its head read here under one deadline and
