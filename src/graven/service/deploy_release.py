@@ -304,7 +304,13 @@ def retention(
     if count:
         ctx.reporter.progress(RETENTION_STAGE, count, count)
     if plan.delete:
-        table.save(layout.stat_file, ctx.record_key)
+        try:
+            table.save(layout.stat_file, ctx.record_key)
+        except GravenError as exc:  # a disk the application filled meanwhile: live and recorded all the same
+            ctx.reporter.warn(
+                f"{exc}; the deployment is live and recorded (the next deployment copies the files "
+                "whose records were not saved instead of linking them)"
+            )
     return tuple(f"sha256:{h}" for h in removed_ok)
 
 
