@@ -57,3 +57,31 @@ def test_a_disk_full_after_the_health_check_leaves_a_recorded_deployment_a_succe
     assert "No space left on device" in stat_warning[0]
     assert "live and recorded" in stat_warning[0]
     assert "graven: error:" not in err
+
+
+def test_old_releases_it_cannot_look_at_are_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Callable[..., CliResult]
+) -> None:
+    """Retention's look at the releases (their listing, the database's rows of them) failing after a
+    recorded deployment (a busy database) was exit 1 for a deployment that is live and recorded."""
+    from graven.deploy.layout import EnvLayout
+    from graven.errors import DatabaseBusyError
+
+    world = make_world(tmp_path, monkeypatch, env_toml("app", {"staging": {"path": "staging", "keep": 1}}))
+    try:
+        v1 = world.build()
+        world.commit({"app/two": ""})
+        v2 = world.build()
+        assert run_cli("deploy", v1, "staging", "--root", world.root)[0] == 0
+
+        def busy(layout: EnvLayout) -> list[str]:
+            raise DatabaseBusyError("the database is locked")
+
+        monkeypatch.setattr(EnvLayout, "release_names", busy)
+        code, out, err = run_cli("deploy", v2, "staging", "--root", world.root)
+        assert world.live("staging") == v2
+    finally:
+        world.close()
+    assert code == 0, (out, err)
+    assert "graven: warning: old releases were not looked at (the database is locked)" in err, err
+    assert "graven: error:" not in err

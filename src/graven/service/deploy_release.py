@@ -251,23 +251,30 @@ def switch(layout: EnvLayout, hex_digest: str, config: str | None) -> None:
 def retention(
     ctx: Context, layout: EnvLayout, table: StatTable, *, env: str, keep: int, state: EnvState
 ) -> tuple[str, ...]:
-    names = layout.release_names()
     last_ok: dict[str, int] = {}
     seen: set[str] = set()
-    with ctx.db.connect() as conn:
-        # only the releases on disk (a few): the environment's whole history grows with every deploy
-        for hex_digest in names:
-            row = conn.execute(
-                """SELECT count(*) AS n,
-                max(CASE WHEN result = 'ok' AND finished_at IS NOT NULL AND finished_at <> ''
-                    THEN id END) AS last_ok
-                FROM deployments WHERE env = :env AND digest = :digest""",
-                {"env": env, "digest": f"sha256:{hex_digest}"},
-            ).one()
-            if row.n:
-                seen.add(hex_digest)
-            if row.last_ok is not None:
-                last_ok[hex_digest] = int(row.last_ok)
+    try:
+        names = layout.release_names()
+        with ctx.db.connect() as conn:
+            # only the releases on disk (a few): the environment's whole history grows with every deploy
+            for hex_digest in names:
+                row = conn.execute(
+                    """SELECT count(*) AS n,
+                    max(CASE WHEN result = 'ok' AND finished_at IS NOT NULL AND finished_at <> ''
+                        THEN id END) AS last_ok
+                    FROM deployments WHERE env = :env AND digest = :digest""",
+                    {"env": env, "digest": f"sha256:{hex_digest}"},
+                ).one()
+                if row.n:
+                    seen.add(hex_digest)
+                if row.last_ok is not None:
+                    last_ok[hex_digest] = int(row.last_ok)
+    except GravenError as exc:  # a busy database, a releases/ it cannot list: nothing removed this time
+        ctx.reporter.warn(
+            f"old releases were not looked at ({exc}); the deployment is live and recorded, and the "
+            "next deployment tries again"
+        )
+        return ()
     infos = [ReleaseInfo(n, last_ok.get(n), failed=n in seen and n not in last_ok) for n in names]
     protected = {
         d.removeprefix("sha256:")
