@@ -1046,3 +1046,15 @@ def test_init_that_cannot_write_the_whole_file_leaves_none(
     _assert_input_error(result, "cannot write")
     assert not (fresh / "graven.toml").exists()
     assert run_cli("init", "-C", fresh)[0] == 0
+
+
+def test_deploy_with_the_environment_before_the_digest_says_the_order(repo: Path, run_cli: Run) -> None:
+    """`graven deploy staging 3fa2` (the order of `kubectl`, `helm`...) said only that 'staging' is not a
+    digest, and pointed at `graven build`: the newcomer never learned that the digest comes first."""
+    prefix = _built(run_cli, repo)[7:15]
+    line = _assert_input_error(run_cli("deploy", "staging", prefix, "--json"), "DIGEST ENV")
+    assert f"graven deploy {prefix} staging" in line, line
+    line = _assert_input_error(run_cli("deploy", "staging", prefix.upper(), "--plan"), "DIGEST ENV")
+    assert f"graven deploy {prefix.upper()} staging" in line, line
+    # neither a digest: where digests come from, as before
+    _assert_input_error(run_cli("deploy", "v1", "staging"), "`graven artifacts` lists the digests")

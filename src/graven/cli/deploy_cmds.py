@@ -225,6 +225,11 @@ def deploy_cmd(args: argparse.Namespace) -> int:
     from graven.errors import InputError
     from graven.service import deploy as svc
 
+    if not _digest_shaped(digest) and _digest_shaped(env):  # `graven deploy staging 3fa2`: kubectl's order
+        raise InputError(
+            f"{digest!r} is not a digest, {env!r} is: the digest comes first, graven deploy DIGEST ENV "
+            f"(graven deploy {env} {digest})"
+        )
     if override and not (reason and reason.strip()):
         raise InputError("--override-policy needs --reason TEXT: say why policy is bypassed")
     opts = _options(root, policy, wait, reason, override)
@@ -238,6 +243,12 @@ def deploy_cmd(args: argparse.Namespace) -> int:
     if plan_only:
         return _show_plan(plan, as_json=as_json)
     return _report(result, as_json=as_json)
+
+
+def _digest_shaped(text: str) -> bool:
+    """Whether ``text`` has the shape of a digest or a prefix of one (as resolve_digest takes it)."""
+    value = text.strip().lower().removeprefix("sha256:")
+    return 4 <= len(value) <= 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _show_plan(plan: Any, *, as_json: bool) -> int:
