@@ -1058,3 +1058,21 @@ def test_deploy_with_the_environment_before_the_digest_says_the_order(repo: Path
     assert f"graven deploy {prefix.upper()} staging" in line, line
     # neither a digest: where digests come from, as before
     _assert_input_error(run_cli("deploy", "v1", "staging"), "`graven artifacts` lists the digests")
+
+
+def test_a_file_given_as_attestation_that_is_none_is_named(repo: Path, run_cli: Run, tmp_path: Path) -> None:
+    """`import A --attestation B` and `attest verify B` with B not an attestation (the archive itself,
+    graven.toml, some JSON) said `attestation is not UTF-8 text` or `DSSE envelope has no 'payload'
+    field`: no file named, and nothing said of which file is wanted."""
+    digest = _built(run_cli, repo)
+    archive = tmp_path / "a.tar.gz"
+    assert run_cli("export", digest, "-o", archive)[0] == 0
+    some_json = tmp_path / "some.json"
+    some_json.write_text('{"a": 1}\n')
+    for wrong in (archive, repo / "graven.toml", some_json):
+        for args in (
+            ("import", archive, "--attestation", wrong),
+            ("attest", "verify", wrong, "--artifact", digest),
+        ):
+            line = _assert_input_error(run_cli(*args, "--json"), str(wrong))
+            assert "graven export" in line, line

@@ -150,7 +150,9 @@ MAX_ATTESTATION_BYTES = 16 * 1024 * 1024  # a provenance is kilobytes; more is n
 
 def read_attestation(path: Path) -> bytes:
     """The bytes of the attestation file ``path``, read up to the limit and refused past it: a pipe
-    (``<(curl ...)``) or a device has no size to check first, and an endless one is never read whole."""
+    (``<(curl ...)``) or a device has no size to check first, and an endless one is never read whole.
+    Bytes that are no envelope nor bundle are refused naming ``path`` (the archive given in its place,
+    say: the parse's own message names no file)."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_ATTESTATION_BYTES + 1)
@@ -162,6 +164,13 @@ def read_attestation(path: Path) -> bytes:
         raise InputError(
             f"{path} is more than {MAX_ATTESTATION_BYTES:,} bytes: no in-toto provenance is that big"
         )
+    try:
+        load_attestation(data)
+    except InputError as exc:
+        raise InputError(
+            f"{path}: {exc}; give the file that `graven export --attestation` (a DSSE envelope) or "
+            "`--bundle` (a Sigstore bundle) wrote"
+        ) from None
     return data
 
 
