@@ -1076,3 +1076,17 @@ def test_a_file_given_as_attestation_that_is_none_is_named(repo: Path, run_cli: 
         ):
             line = _assert_input_error(run_cli(*args, "--json"), str(wrong))
             assert "graven export" in line, line
+
+
+def test_a_checkpoint_that_is_not_text_is_named_without_a_codec_message(
+    repo: Path, run_cli: Run, tmp_path: Path
+) -> None:
+    """`log consistency FILE` with a binary FILE (an archive given by mistake) printed Python's
+    `'utf-8' codec can't decode byte 0xb5 in position 1: ...`."""
+    _built(run_cli, repo)
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(b"(\xb5/\xfd\x00binary")
+    line = _assert_input_error(
+        run_cli("log", "consistency", binary, "--json"), str(binary), "graven log checkpoint"
+    )
+    assert "codec" not in line and "position" not in line, line

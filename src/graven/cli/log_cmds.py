@@ -308,8 +308,11 @@ def consistency_cmd(args: argparse.Namespace) -> int:
         )
     try:
         old = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"cannot read {old_checkpoint}: {exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{old_checkpoint} is not a checkpoint of a graven log (it is not UTF-8 text); pass a file "
+            "that `graven log checkpoint` wrote"
+        ) from None
     # a proof made from the entries says so, and draws its progress reading them
     reporter = TerminalReporter()
     ctx = _closing(Context.from_env(reporter))
