@@ -258,6 +258,13 @@ class Home:
         env = os.environ if environ is None else environ
         explicit = env.get("GRAVEN_HOME")
         if explicit:
+            if not os.path.isabs(explicit):  # each command would find (or make) a home of its own
+                from graven.errors import InputError
+
+                raise InputError(
+                    f"GRAVEN_HOME {explicit} is a relative path: each command would use a home below "
+                    "its own working directory; give an absolute one (GRAVEN_HOME=$PWD/...)"
+                )
             root = Path(explicit)
         else:
             xdg = env.get("XDG_DATA_HOME")
@@ -273,6 +280,14 @@ class Home:
 
             raise InputError(
                 f"GRAVEN_HOME {root} is not a directory; point GRAVEN_HOME at a directory (made when missing)"
+            )
+        blocker = _file_above(root)
+        if blocker is not None:  # no home can be made there: say so before "no key" or an empty home
+            from graven.errors import InputError
+
+            raise InputError(
+                f"GRAVEN_HOME {root} lies below {blocker}, which is not a directory; point GRAVEN_HOME at "
+                "a directory (made when missing)"
             )
         return cls(root=root.absolute(), db_url_override=env.get("GRAVEN_DB_URL") or None)
 
@@ -339,3 +354,13 @@ class Home:
                 f"the database {self.db_path} is a link to {os.readlink(self.db_path)}, which does not "
                 "exist (a volume not mounted?); mount or restore what it names, or remove the link"
             )
+
+
+def _file_above(root: Path) -> Path | None:
+    """The nearest existing ancestor of a missing ``root`` when it is no directory, else None."""
+    if os.path.lexists(root):
+        return None
+    for parent in root.absolute().parents:
+        if os.path.lexists(parent):
+            return None if os.path.isdir(parent) else parent
+    return None

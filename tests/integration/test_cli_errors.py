@@ -409,6 +409,29 @@ def test_a_graven_home_that_is_a_file_is_one_line_and_exit_2(
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("args", [["artifacts"], ["keys", "generate"], ["build"], ["status"]])
+def test_a_graven_home_below_a_file_or_relative_is_one_line_and_exit_2(
+    tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """GRAVEN_HOME=FILE/sub made build say "no signing key, run graven keys generate", which then
+    failed on the trust directory, and artifacts and status report an empty home; a relative
+    GRAVEN_HOME made a home (keys included) below whatever directory a command ran in."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    monkeypatch.setenv("GRAVEN_HOME", str(blocker / "sub" / "home"))
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == "" and err.count("\n") == 1, (args, out, err)
+    assert err.startswith(
+        f"graven: error: GRAVEN_HOME {blocker}/sub/home lies below {blocker}, which is not"
+    ), err
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRAVEN_HOME", "rel/home")
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == "" and err.count("\n") == 1, (args, out, err)
+    assert err.startswith("graven: error: GRAVEN_HOME rel/home is a relative path"), err
+    assert not (tmp_path / "rel").exists()
+
+
 def test_a_stored_object_that_is_no_artifact_is_refused_by_name(
     graven_home: Path, repo: Path, run_cli: Run
 ) -> None:
