@@ -432,6 +432,17 @@ def test_a_graven_home_below_a_file_or_relative_is_one_line_and_exit_2(
     assert not (tmp_path / "rel").exists()
 
 
+def test_rollback_given_a_digest_where_the_environment_goes_says_how_to_roll_back_to_it(
+    graven_home: Path, repo: Path, run_cli: Run
+) -> None:
+    digest = _built(run_cli, repo)
+    code, out, err = run_cli("rollback", digest[7:15])
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "has never been deployed to" in err and f"graven rollback ENV --to {digest[7:15]}" in err, err
+    code, _, err = run_cli("rollback", "staging")  # a name: no such hint
+    assert code == 2 and "--to" not in err, err
+
+
 def test_a_stored_object_that_is_no_artifact_is_refused_by_name(
     graven_home: Path, repo: Path, run_cli: Run
 ) -> None:

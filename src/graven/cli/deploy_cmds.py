@@ -327,10 +327,18 @@ def rollback_cmd(args: argparse.Namespace) -> int:
     policy: Path | None = args.policy
     wait: bool = args.wait
     as_json: bool = args.as_json
+    from graven.errors import NeverDeployedError, NotFoundError
     from graven.service import deploy as svc
 
-    with _deploying() as ctx:
-        result = svc.rollback(ctx, env, _options(root, policy, wait, reason), to=to)
+    try:
+        with _deploying() as ctx:
+            result = svc.rollback(ctx, env, _options(root, policy, wait, reason), to=to)
+    except NeverDeployedError as exc:
+        if to is None and _digest_shaped(env):  # `graven rollback 7a10`: a digest where ENV goes
+            raise NotFoundError(
+                f"{exc.message}; to make a digest live again: graven rollback ENV --to {env}"
+            ) from None
+        raise
     return _report(result, as_json=as_json)
 
 
