@@ -30,12 +30,10 @@ from graven.drift.clean import binding, encode
 from graven.drift.scan import SPLIT_MIN_FILES, ReleaseIndex, ScanResult, plan_split, scan_release
 from graven.drift.walk import load_split, split_path
 from graven.errors import (
+    CheckFailedError,
     GravenError,
     InputError,
-    IntegrityError,
     NotFoundError,
-    PolicyError,
-    VerificationError,
 )
 from graven.model.digest import Digest
 from graven.runtime import no_gc
@@ -356,6 +354,12 @@ def _save_clean(  # noqa: PLR0917 (what one check saw)
         write_atomically(path, data, depth=2)
 
 
+def _os_reason(exc: OSError, path: str) -> str:
+    """``path: reason`` of an OSError met while observing the environment at ``path``."""
+    where = path if exc.filename is None else os.fsdecode(exc.filename)
+    return f"{where}: {(exc.strerror or str(exc)).lower()}"
+
+
 def _refresh(ctx: Context, target: DriftTarget) -> DriftTarget | None:
     try:
         return live_targets(ctx, [target.env])[0]
@@ -388,12 +392,18 @@ def check_target(
     large one (:class:`graven.drift.scan.ScanStopped`), and nothing of it is recorded."""
     with shared_lock(EnvLayout(Path(target.path)).lock, env=target.env, wait=wait):
         for _attempt in range(3):
-            quick = None if full else quick_check(ctx, target)
-            report = (
-                quick
-                if quick is not None
-                else check_once(ctx, session, target, full=full, early=early, stop=stop).report
-            )
+            try:
+                quick = None if full else quick_check(ctx, target)
+                report = (
+                    quick
+                    if quick is not None
+                    else check_once(ctx, session, target, full=full, early=early, stop=stop).report
+                )
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # PATH cannot be entered (chmod 000, a volume of another user): this
+                # environment cannot be checked, the others still are (and graven watch goes on)
+                raise CheckFailedError(_os_reason(exc, target.path)) from None
             if report.clean:
                 break
             fresh = _refresh(ctx, target)
@@ -431,9 +441,9 @@ def check(
                 reports.append(
                     check_target(ctx, session, target, full=full, record=record, early=early, stop=stop)
                 )
-            except (IntegrityError, VerificationError, PolicyError) as exc:
-                # this environment's artifact is damaged or no longer trusted: said for it, and the
-                # others are still checked
+            except CheckFailedError as exc:
+                # this environment's artifact is damaged or no longer trusted, or its directory cannot
+                # be read: said for it, and the others are still checked
                 reports.append(
                     DriftReport(
                         env=target.env,
