@@ -743,6 +743,8 @@ def _tree_from_git(
             progress()
             from_worktree += 1
         to_read = [oid for oid in to_read if oid not in known]
+    if to_read:
+        source.repo.prefetch(source.commit, to_read)  # a partial clone: one fetch, not one per blob
     with source.repo.open_blobs(to_read) as blobs:
         # git reads the blobs the cache does not know while the cached ones are checked: a cached
         # digest counts only when the store has the object; the others are read again after

@@ -1373,6 +1373,49 @@ class GitRepo:
         url = result.stdout.decode(errors="replace").strip() if result.returncode == 0 else ""
         return without_credentials(url) or self.root.as_uri()
 
+    def prefetch(self, commit: str, oids: Iterable[str]) -> None:
+        """In a partial clone, fetch the blobs of ``commit`` among ``oids`` that it lacks with one
+        fetch from its promisor remote, as git's own checkout does: ``git cat-file`` fetches each
+        missing blob on its own (a process, a round trip and a pack file per blob). The same fetch
+        git would run, with the same configuration (:func:`_repository_overrides`); what it could not
+        fetch is left to ``cat-file``, which fetches it or says why not."""
+        # the remote a partial clone fetches from: extensions.partialClone, or (git 2.39's clone) a
+        # remote.NAME.promisor set true; none when this is no partial clone
+        found = self._run(
+            "config",
+            "--type=bool-or-str",
+            "--get-regexp",
+            r"^(extensions\.partialclone|remote\..*\.promisor)$",
+            check=False,
+        ).stdout.decode(errors="surrogateescape")
+        remotes = [
+            value if key == "extensions.partialclone" else key[len("remote.") : -len(".promisor")]
+            for key, _, value in (line.partition(" ") for line in found.splitlines())
+            if key == "extensions.partialclone" or value == "true"
+        ]
+        remote = next((name for name in remotes if name and not name.startswith("-")), None)
+        if remote is None:
+            return
+        # --missing=print: rev-list lists what is missing, fetching nothing
+        listed = self._run(
+            "rev-list", "--objects", "--no-walk", "--no-object-names", "--missing=print", commit, check=False
+        ).stdout.split()
+        wanted = set(oids)
+        missing = [oid for line in listed if line[:1] == b"?" and (oid := line[1:].decode()) in wanted]
+        if not missing:
+            return
+        fetch = ["fetch", remote, "--no-tags", "--no-write-fetch-head"]
+        fetch += ["--recurse-submodules=no", "--filter=blob:none", "--stdin"]
+        with contextlib.suppress(OSError):
+            subprocess.run(
+                ["git", "-c", "fetch.negotiationAlgorithm=noop", *fetch],
+                cwd=self.root,
+                input="".join(f"{oid}\n" for oid in missing).encode(),
+                capture_output=True,
+                env=_git_env(where=self._where),
+                check=False,
+            )
+
     def cat_blobs(self, oids: Iterable[str]) -> Iterator[tuple[str, BlobReader]]:
         """Stream the blobs ``oids`` in order, each as a reader that must be consumed in turn."""
         with self.open_blobs(oids) as blobs:
