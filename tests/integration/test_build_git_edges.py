@@ -449,3 +449,27 @@ def test_a_partial_clone_fetches_the_blobs_it_lacks_at_once(
     code, again, err = run_cli("build", "-C", repo, "--no-cache", "--json")
     assert code == 0, err
     assert json.loads(out)["digest"] == json.loads(again)["digest"]
+
+
+@pytest.mark.usefixtures("graven_home")
+@pytest.mark.parametrize(("mode", "kind"), [("100644", "tree"), ("120000", "tree"), ("40000", "blob")])
+def test_a_tree_entry_naming_an_object_of_another_kind_is_refused_as_crafted(
+    tmp_path: Path, make_repo: MakeRepo, run_cli: Run, mode: str, kind: str
+) -> None:
+    """A review: a crafted tree (git fsck reports it) whose file or symlink entry names a tree, or whose
+    directory entry names a blob, failed as git's failure (exit 1: "git cat-file cannot read blob X: X
+    tree 34"), as if the disk had failed underneath graven. It is refused as the input it is (exit 2),
+    as a tree holding a name twice is."""
+    repo = make_repo(tmp_path / "repo", FILES)
+
+    def written(kind_: str, data: bytes) -> str:
+        args = ["git", "hash-object", "-w", "--literally", "-t", kind_, "--stdin"]
+        found = subprocess.run(args, cwd=repo, input=data, capture_output=True, check=True)
+        return found.stdout.decode().strip()
+
+    toml = git(repo, "rev-parse", "HEAD:graven.toml").strip()
+    other = git(repo, "rev-parse", "HEAD:app" if kind == "tree" else "HEAD:app/main.py").strip()
+    entries = [(mode.encode(), b"f", other), (b"100644", b"graven.toml", toml)]
+    tree = written("tree", b"".join(m + b" " + n + b"\0" + bytes.fromhex(o) for m, n, o in entries))
+    crafted = git(repo, "commit-tree", tree, "-m", "crafted").strip()
+    _refused(run_cli("build", "-C", repo, crafted), other, f"is a {kind}", "git fsck")

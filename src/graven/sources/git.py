@@ -542,8 +542,7 @@ class _Objects:
                 if len(raw) != size or take(1) != b"\n":
                     raise BackendError("git cat-file output is malformed")
                 if header[1] != b"tree":
-                    kind = header[1].decode(errors="replace")
-                    raise BackendError(f"git object {oid} is a {kind}, not a tree")
+                    raise _wrong_kind(oid, header[1].decode(errors="replace"), "a directory")
                 _check_object(b"tree", raw, oid)
                 into[oid] = raw
 
@@ -614,6 +613,15 @@ def _missing(oid: str, err_fd: int) -> SourceError | BackendError:
     return SourceError(
         f"object {oid} is not in this repository (a shallow clone, or a damaged repository: `git "
         f"fsck` there says more{said})"
+    )
+
+
+def _wrong_kind(oid: str, kind: str, entry: str) -> UnsafeInputError:
+    """The refusal of a tree entry whose object is of another kind than its mode says: only a crafted
+    tree holds one (bad input, not git failing underneath)."""
+    return UnsafeInputError(
+        f"git object {oid} is a {kind}, yet a tree of the commit names it as {entry}, which git itself "
+        "never writes (git fsck reports the tree); build a commit made by git"
     )
 
 
@@ -1492,6 +1500,8 @@ class BlobStream:
             header = stdout.readline().decode().split()
             if (not header or header[1:] == ["missing"]) and self._err is not None:
                 raise _missing(oid, self._err)  # a partial clone's git ends when it cannot fetch
+            if len(header) == 3 and header[1] in ("tree", "commit", "tag"):
+                raise _wrong_kind(oid, header[1], "a file or symlink")
             if len(header) != 3 or header[1] != "blob":
                 raise BackendError(f"git cat-file cannot read blob {oid}: {' '.join(header) or 'git ended'}")
             reader = BlobReader(stdout, int(header[2]), oid)
