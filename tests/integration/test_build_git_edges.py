@@ -451,6 +451,27 @@ def test_a_partial_clone_fetches_the_blobs_it_lacks_at_once(
     assert json.loads(out)["digest"] == json.loads(again)["digest"]
 
 
+def test_a_repository_that_is_no_partial_clone_spends_no_git_process_on_the_prefetch(
+    graven_home: Path, tmp_path: Path, make_repo: MakeRepo, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prefetch of a partial clone's blobs asked git's configuration on every build (a process, a
+    few ms of an incremental build): a repository without a promisor pack is no partial clone."""
+    from graven.sources.git import GitRepo
+
+    repo = make_repo(tmp_path / "repo", {f"f{i}": f"{i}\n" for i in range(5)})
+    asked: list[tuple[str, ...]] = []
+    real = GitRepo._run
+
+    def run(self: GitRepo, *args: str, **kwargs: object) -> object:
+        asked.append(args)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GitRepo, "_run", run)
+    code, _, err = run_cli("build", "-C", repo, "--no-cache")
+    assert code == 0, err
+    assert not [args for args in asked if args[:1] in (("config",), ("rev-list",))], asked
+
+
 @pytest.mark.usefixtures("graven_home")
 @pytest.mark.parametrize(("mode", "kind"), [("100644", "tree"), ("120000", "tree"), ("40000", "blob")])
 def test_a_tree_entry_naming_an_object_of_another_kind_is_refused_as_crafted(

@@ -1387,6 +1387,8 @@ class GitRepo:
         missing blob on its own (a process, a round trip and a pack file per blob). The same fetch
         git would run, with the same configuration (:func:`_repository_overrides`); what it could not
         fetch is left to ``cat-file``, which fetches it or says why not."""
+        if not self._has_promisor_pack():
+            return  # no partial clone: no git process spent on asking (every build reads blobs)
         # the remote a partial clone fetches from: extensions.partialClone, or (git 2.39's clone) a
         # remote.NAME.promisor set true; none when this is no partial clone
         found = self._run(
@@ -1423,6 +1425,20 @@ class GitRepo:
                 env=_git_env(where=self._where),
                 check=False,
             )
+
+    def _has_promisor_pack(self) -> bool:
+        """Whether the repository's object directory holds a promisor pack (``*.promisor``: what a
+        partial clone fetched from its promisor remote); True when it cannot tell (the fetch is then
+        looked for as git would)."""
+        common = self.git_dir
+        if common is None:
+            return True
+        try:
+            with contextlib.suppress(FileNotFoundError):  # a linked worktree: the common directory's
+                common = common / (common / "commondir").read_text(encoding="utf-8").strip()
+            return any(name.endswith(".promisor") for name in os.listdir(common / "objects" / "pack"))
+        except (OSError, UnicodeDecodeError):
+            return True
 
     def cat_blobs(self, oids: Iterable[str]) -> Iterator[tuple[str, BlobReader]]:
         """Stream the blobs ``oids`` in order, each as a reader that must be consumed in turn."""
