@@ -57,6 +57,9 @@ def test_round_trip() -> None:
         b'"format":"graven.tree/v1"}',
         b'{"entries":[{"mode":"0644","path":"a","sha256":"xyz","size":1,"type":"file"}],'
         b'"format":"graven.tree/v1"}',
+        # uppercase hex: a second manifest (digest) of the same content
+        b'{"entries":[{"mode":"0644","path":"a","sha256":"' + SHA.upper().encode() + b'","size":1,'
+        b'"type":"file"}],"format":"graven.tree/v1"}',
         b'{"entries":[],"extra":1,"format":"graven.tree/v1"}',
     ],
 )
@@ -102,6 +105,13 @@ def test_digest_parse() -> None:
         Digest.parse("sha256:abc")
     with pytest.raises(InputError):
         Digest.parse("md5:" + SHA)
+    # lowercase only: an uppercase digest would name another store object and give one content two
+    # manifests (a file's sha256 in a manifest is checked with Digest)
+    for text in ("sha256:" + SHA.upper(), SHA.upper(), "SHA256:" + SHA):
+        with pytest.raises(InputError, match="not a sha256 digest"):
+            Digest.parse(text)
+    with pytest.raises(InputError, match="not a sha256 digest"):
+        Digest(SHA.upper())
 
 
 def _canonical(entries: list) -> bytes:  # type: ignore[type-arg]
