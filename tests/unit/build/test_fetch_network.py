@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -55,7 +56,8 @@ def _runner(tmp_path: Path, slirp: str) -> BubblewrapRunner:
     return BubblewrapRunner(bwrap, layout, {"PATH": "/usr/bin:/bin"}, fetch_network=network)
 
 
-def _listen(host: str) -> tuple[socket.socket, list[str]]:
+def _listen(host: str) -> tuple[socket.socket, list[str], threading.Thread]:
+    """A server on ``host`` recording who connects, and its thread (:func:`_stop`)."""
     server = socket.create_server((host, 0))
     seen: list[str] = []
 
@@ -68,17 +70,29 @@ def _listen(host: str) -> tuple[socket.socket, list[str]]:
             seen.append(peer[0])
             conn.close()
 
-    threading.Thread(target=accept, daemon=True).start()
-    return server, seen
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return server, seen, thread
+
+
+def _stop(server: socket.socket, thread: threading.Thread) -> None:
+    """Close ``server`` and wait for its thread: close() alone does not wake accept(), and a thread
+    left running made graven.runtime.can_fork() say no for every later test in the process (their
+    forked paths untested, or failing: test_drift_early)."""
+    with contextlib.suppress(OSError):
+        server.shutdown(socket.SHUT_RDWR)  # wakes accept() (EINVAL)
+    server.close()
+    thread.join(10)
+    assert not thread.is_alive()
 
 
 def test_a_step_with_the_network_reaches_out_but_never_the_hosts_loopback(tmp_path: Path) -> None:
     require_tool("bwrap")
     require_tool("slirp4netns")
     runner = _runner(tmp_path, str(shutil.which("slirp4netns")))
-    outside, reached = _listen(host_address())
-    loopback, leaked = _listen("127.0.0.1")
-    with outside, loopback:
+    outside, reached, outside_thread = _listen(host_address())
+    loopback, leaked, loopback_thread = _listen("127.0.0.1")
+    try:
         ports = (outside.getsockname()[1], loopback.getsockname()[1])
         script = (
             f"python3 -c \"import socket, sys\nfor host, port in (('{host_address()}', {ports[0]}), "
@@ -90,6 +104,9 @@ def test_a_step_with_the_network_reaches_out_but_never_the_hosts_loopback(tmp_pa
         with (tmp_path / "log").open("wb") as log:
             assert runner.run(script, log=log, timeout=60, network=True) == 0, (tmp_path / "log").read_text()
         lines = (tmp_path / "work" / "net.txt").read_text().splitlines()
+    finally:
+        _stop(outside, outside_thread)
+        _stop(loopback, loopback_thread)
     assert lines[0] == f"{host_address()} reached", lines
     assert lines[1].startswith("127.0.0.1 unreachable") and lines[2].startswith("10.0.2.2 unreachable"), lines
     assert reached and not leaked

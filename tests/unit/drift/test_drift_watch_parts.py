@@ -3,7 +3,9 @@ file system notifications (inotify, its overflow, watchdog)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import struct
 import threading
 import time
@@ -117,8 +119,6 @@ def test_webhook_retries_with_backoff(receiver: Receiver) -> None:
 
 
 def test_a_dead_webhook_fails_without_raising_and_the_command_gets_stdin(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nobody listens there
@@ -535,12 +535,23 @@ def test_an_environment_no_longer_watched_keeps_no_pending_records_series(monkey
     assert 'env="gone"' not in metrics.render().decode()  # ... and its series stay gone
 
 
+def _stop_serving(server: socket.socket, *threads: threading.Thread) -> None:
+    """Close ``server`` and wait for its threads. close() alone does not wake a thread blocked in
+    accept(): it stayed alive, and every later test in the process found a thread running, so
+    graven.runtime.can_fork() said no and the forked paths (a release's build and check, drift's
+    full check) were silently not tested, or failed (test_drift_early)."""
+    with contextlib.suppress(OSError):
+        server.shutdown(socket.SHUT_RDWR)  # wakes accept() (EINVAL)
+    server.close()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+
+
 def test_a_webhook_that_answers_no_http_fails_its_channel_without_raising() -> None:
     """http.client's own errors (a status line that is no HTTP, a header line too long) are no
     OSError: they escaped the webhook's retries, and the dispatcher recorded the alert as reaching no
     channel although the alert command had taken it (it was then sent to the command again)."""
-    import socket
-
     server = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -553,7 +564,8 @@ def test_a_webhook_that_answers_no_http_fails_its_channel_without_raising() -> N
                 conn.recv(65536)
                 conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
 
-    threading.Thread(target=serve, daemon=True).start()
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
     try:
         sender = AlertSender(
             command="cat >/dev/null",
@@ -563,7 +575,7 @@ def test_a_webhook_that_answers_no_http_fails_its_channel_without_raising() -> N
         )
         each = sender.send_each({"text": "hi"})
     finally:
-        server.close()
+        _stop_serving(server, serving)
     assert each == {
         "command": (True, "exit 0"),
         "webhook": (False, "not an HTTP answer: BadStatusLine (2 attempts)"),
@@ -575,13 +587,12 @@ class Dripping:
     (a header that does not end): no read waits ``pause``, and the answer takes ``length`` seconds."""
 
     def __init__(self, pause: float = 0.05, length: float = 6.0) -> None:
-        import socket
-
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
         self.pause, self.length = pause, length
         self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while not self.stop.is_set():
@@ -589,7 +600,9 @@ class Dripping:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+            dripping = threading.Thread(target=self._drip, args=(conn,), daemon=True)
+            self.threads.append(dripping)
+            dripping.start()
 
     def _drip(self, conn: Any) -> None:
         with conn:
@@ -605,7 +618,10 @@ class Dripping:
 
     def close(self) -> None:
         self.stop.set()
-        self.server.close()
+        _stop_serving(self.server, self.threads[0])  # no connection is taken after this
+        for dripping in self.threads[1:]:
+            dripping.join(10)
+            assert not dripping.is_alive()
 
 
 def test_the_webhook_timeout_bounds_a_whole_attempt_not_each_read() -> None:
