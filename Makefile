@@ -7,6 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck unit bench clean
 
+# the stamp says the venv was made, not that it still runs: one whose Python has gone since (uninstalled,
+# or upgraded away) loses its stamp here, so that the rule below makes it again
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(shell $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+endif
+
 # a .venv whose Python or pip does not run (made by a Python since removed or older than 3.11, its
 # creation cut short by Ctrl-C or failed for want of python3-venv) is made again from scratch
 $(STAMP): pyproject.toml

@@ -74,6 +74,26 @@ def test_a_venv_that_cannot_run_pip_is_made_again(tmp_path: Path, state: str) ->
     assert (venv / ".installed-stamp").exists()
 
 
+def test_a_stamped_venv_whose_python_was_removed_is_made_again(tmp_path: Path) -> None:
+    """The stamp is newer than pyproject.toml, so it alone would keep the venv: `make demo` then ran
+    .venv/bin/graven and failed with 'cannot execute: required file not found' (the Python it was
+    made with since uninstalled or upgraded away) until the user found `make clean` by themselves."""
+    require_tool("make")
+    project = _project(tmp_path)
+    venv = project / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(tmp_path / "removed" / "python3.11")
+    stamp = venv / ".installed-stamp"
+    stamp.touch()
+    later = (project / "pyproject.toml").stat().st_mtime + 60
+    os.utime(stamp, (later, later))
+    done, calls = _make_stamp(project, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "-m venv --clear" in calls
+    assert (venv / "bin" / "python").exists()
+    assert stamp.exists()
+
+
 def test_a_working_venv_is_kept(tmp_path: Path) -> None:
     require_tool("make")
     project = _project(tmp_path)
