@@ -4,7 +4,7 @@ Incremental builds carry entries forward only from builds of the same graven ver
 (``builds.graven_version``), and ``verify --rebuild`` names what changed by version: an upgrade
 review built one commit to two digests with two development snapshots that changed the glob rules
 under one version string. A change to graven that changes these digests must bump the version (in
-pyproject.toml and src/graven/__init__.py) and add the new figures below, so that no two gravens of
+src/graven/__init__.py, which pyproject.toml reads) and add the new figures below, so that no two gravens of
 one version build one commit differently.
 """
 
@@ -85,6 +85,6 @@ def test_the_rules_of_this_version_are_pinned(
     assert __version__ in PINNED, f"no pinned figures for graven {__version__}: add {(digest, exported)}"
     assert (digest, exported) == PINNED[__version__], (
         f"what a commit builds to (or exports as) changed under graven {__version__}: bump the version "
-        "(pyproject.toml, src/graven/__init__.py), name the change in graven.service.reproduce's notes, "
+        "(src/graven/__init__.py), name the change in graven.service.reproduce's notes, "
         f"and pin {(digest, exported)} for it"
     )
