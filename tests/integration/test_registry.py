@@ -11,6 +11,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -353,6 +354,7 @@ class _Fake:
         self.error_body = 0  # bytes of the body of a 500 to every blob GET (0: serve blobs)
         self.error_body_sent = 0
         self.stall: set[str] = set()  # blobs sent half, then held until ``release`` (a hung GET)
+        self.drip: set[str] = set()  # blobs sent a few bytes at a time, slower than any timeout says
         self.stall_uploads = False  # an upload's POST held until ``release``
         self.stalled = threading.Event()  # set when one is held
         self.release = threading.Event()
@@ -480,6 +482,17 @@ class _Fake:
                     self.wfile.flush()
                     fake.stalled.set()
                     fake.release.wait(60)
+                elif digest in fake.drip:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(found)))
+                    self.end_headers()
+                    for at in range(0, len(found), 8):  # 8 bytes each 50 ms: never a read timeout
+                        try:
+                            self.wfile.write(found[at : at + 8])
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                        time.sleep(0.05)
                 elif digest in fake.cut:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(found) + 100))
@@ -811,6 +824,33 @@ def test_an_endless_redirect_or_upload_answer_is_never_read_whole(
         assert fake.answer_body_sent < 64 << 20, fake.answer_body_sent
     finally:
         storage.close()
+
+
+def test_a_registry_that_sends_a_blob_a_few_bytes_at_a_time_is_given_up_on(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each read had a timeout, so a registry that sent a byte just before each one ran out held a
+    pull for hours (Ctrl-C the only way out). A blob that arrives slower than a floor (curl's
+    --speed-limit, over a window) is given up on, naming the registry and what it sent."""
+    from graven.registry import client
+
+    monkeypatch.setattr(client, "_STALL_WINDOW", 0.5)
+    monkeypatch.setattr(client, "_STALL_BYTES", 1024)
+    assert run_cli("push", built, f"{fake.address}/team/app:v1")[0] == 0
+    fake.drip = set(fake.blobs)
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "drip")
+    started = time.monotonic()
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "sent less than 1 KiB in 0.5 s" in err and fake.address.split(":")[0] in err, err
+    assert time.monotonic() - started < 30
 
 
 def test_a_refused_upload_or_manifest_says_the_registrys_error_codes(

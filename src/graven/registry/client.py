@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,6 +41,10 @@ USERNAME_ENV = "GRAVEN_REGISTRY_USERNAME"
 PASSWORD_ENV = "GRAVEN_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
 _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
+# a body that arrives slower than this is given up on (curl's --speed-limit / --speed-time): each read
+# has a timeout, but a registry that sends a byte before each one ends would hold a pull for hours
+_STALL_WINDOW = 60.0  # seconds
+_STALL_BYTES = 16 << 10  # at least this much in every window
 _MAX_TOKEN_BODY = 1 << 20  # of a token service's answer
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -246,12 +251,30 @@ class RegistryClient:
         stalls midway a :class:`BackendError`."""
         import httpx
 
+        window, floor = _STALL_WINDOW, _STALL_BYTES
+        since, got = time.monotonic(), 0
+        pending = bytearray()
         try:
-            yield from response.iter_raw(_CHUNK)
+            for piece in response.iter_raw():  # as it arrives: a drip is seen piece by piece
+                got += len(piece)
+                pending += piece
+                now = time.monotonic()
+                if now - since >= window:
+                    if got < floor:
+                        raise BackendError(
+                            f"the registry {self.reference.host} sent less than {_kib(floor)} in "
+                            f"{window:g} s of {what}; given up on (try again, or another registry)"
+                        )
+                    since, got = now, 0
+                if len(pending) >= _CHUNK:
+                    yield bytes(pending)
+                    pending.clear()
         except httpx.HTTPError as exc:
             raise BackendError(
                 f"the registry {self.reference.host} broke off sending {what}: {_reason(exc)}"
             ) from None
+        if pending:
+            yield bytes(pending)
 
     def _hint(self) -> str:
         if self._credentials is None:
@@ -491,3 +514,7 @@ def _errors(status: int, body: bytes) -> str:
         if said:
             return f"HTTP {status} ({'; '.join(said)})"
     return f"HTTP {status}"
+
+
+def _kib(size: int) -> str:
+    return f"{size >> 10} KiB" if size >= 1024 else f"{size} bytes"
