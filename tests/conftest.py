@@ -1,7 +1,7 @@
 """Shared fixtures for the CLI integration tests (tests/integration/test_cli_*.py).
 
-Nothing here is autouse: a test gets a graven home, a git repository or an in-process CLI only when it
-asks for the fixture by name.
+A test gets a graven home, a git repository or an in-process CLI only when it asks for the fixture by
+name. One fixture is autouse: :func:`_no_thread_left`, which fails a test that leaves a thread running.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,20 @@ DEFAULT_TOML = '[artifact]\nname = "demo"\n'
 # belongs in bench/; every @given test (35 of them had the default) runs without a deadline.
 settings.register_profile("graven", deadline=None)
 settings.load_profile("graven")
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left() -> Iterator[None]:
+    """Fail a test that leaves a thread of its own running (a test server's accept loop, say). graven
+    forks only where no other thread is alive (graven.runtime.can_fork): a leaked thread silently sent
+    every later test of the same worker down the one-process paths, their forked halves untested."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while left := [t for t in threading.enumerate() if t not in before and t.is_alive()]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the test left {len(left)} thread(s) running: {', '.join(t.name for t in left)}")
+        time.sleep(0.01)
 
 
 @dataclass(frozen=True)
