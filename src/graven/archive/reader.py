@@ -34,6 +34,10 @@ _BLOCK = tarfile.BLOCKSIZE
 _MAX_PAX = 1 << 20  # bytes of one extended header (graven writes path, linkpath and its comment)
 _MAX_PATH = 4096  # bytes of a path, and of a symlink target
 _MAX_SEGMENT = 255  # bytes of one path component
+# bytes of the paths an archive holds and of the directories they imply, held in memory while it is read
+# and checked: a path of 2,048 levels implies 2,047 directories of 4 MiB of names in all, so a few KiB
+# of a compressed archive would take gigabytes. 2,000,000 paths of 128 bytes, directories included
+_MAX_PATH_BYTES = 256 << 20
 _GNU_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -300,7 +304,7 @@ def read_archive(
             with tarfile.open(
                 fileobj=stream, mode="r|", tarinfo=probing, encoding="utf-8", errors="surrogateescape"
             ) as tar:
-                entries, dirs = _read_members(tar, batch, tick)
+                entries, dirs, ancestors = _read_members(tar, batch, tick)
                 if tick is not None:
                     tick(True)
                 _check_end(tar, last, path)
@@ -327,9 +331,8 @@ def read_archive(
                     ) from None
                 raise InputError(f"{path}: corrupt zstd data ({exc})") from None
             raise
-    ancestors = paths.implied_dirs((*entries, *dirs))  # a directory with entries below is no DirEntry
     for directory in dirs:
-        if directory not in ancestors:
+        if directory not in ancestors:  # a directory with entries below is no DirEntry
             entries[directory] = DirEntry(directory)
     return ImportedTree(TreeManifest.of(entries.values()), claims)
 
@@ -352,9 +355,12 @@ def _ticker(handle: BinaryIO, progress: Callable[[int, int], None] | None) -> Ca
 
 def _read_members(
     tar: tarfile.TarFile, batch: PackBatch, tick: Callable[[bool], None] | None
-) -> tuple[dict[str, TreeEntry], set[str]]:
+) -> tuple[dict[str, TreeEntry], set[str], set[str]]:
+    """The entries, the directory entries and the directories the paths of both lie below."""
     entries: dict[str, TreeEntry] = {}
     dirs: set[str] = set()
+    ancestors: set[str] = set()
+    held = 0  # bytes of the paths in the three
     for member in tar:
         tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member it read (with its headers); not needed here
         if tick is not None:
@@ -398,6 +404,18 @@ def _read_members(
             raise UnsafeInputError(f"{name}: duplicate entry in archive")
         if len(entries) + len(dirs) >= paths.MAX_ENTRIES:
             raise paths.too_many_paths("the archive")
+        held += len(encoded)
+        parent = name.rpartition("/")[0]
+        while parent and parent not in ancestors:
+            ancestors.add(parent)
+            held += len(parent)
+            parent = parent.rpartition("/")[0]
+        if held > _MAX_PATH_BYTES:
+            raise UnsafeInputError(
+                f"{_shown(name[:80])}...: the archive's paths and the directories they lie in make more "
+                f"than {_MAX_PATH_BYTES >> 20} MiB of names (paths nested thousands of levels deep?); "
+                "graven holds at most that much of them"
+            )
         if member.isdir():
             dirs.add(name)
         elif member.issym():
@@ -408,7 +426,7 @@ def _read_members(
             entries[name] = _store_member(tar, member, name, batch)
         else:
             raise UnsafeInputError(f"{name}: devices, FIFOs and other special files are refused")
-    return entries, dirs
+    return entries, dirs, ancestors
 
 
 def _store_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, batch: PackBatch) -> FileEntry:
