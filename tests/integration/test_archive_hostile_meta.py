@@ -595,8 +595,33 @@ _END = b"\0" * 1024
             + _END,
             "with data",
         ),
+        # two extended headers for one member: GNU tar takes the second's records, tarfile the first's,
+        # so a member `tar -t` lists as B.txt was imported as A.txt, and with other data (its size)
+        (
+            _pax_block({"path": "A.txt"}, tarfile.XHDTYPE)
+            + _pax_block({"path": "B.txt"}, tarfile.XHDTYPE)
+            + _member("ok.txt", b"fine")
+            + _END,
+            "two extended headers in a row",
+        ),
+        (
+            _pax_block({"size": "1024"}, tarfile.XHDTYPE)
+            + _pax_block({"size": "1"}, tarfile.XHDTYPE)
+            + _member("a.txt", b"")
+            + _member("smuggled", b"EVIL")
+            + _member("ok.txt", b"fine")
+            + _END,
+            "two extended headers in a row",
+        ),
+        (
+            _pax_block({"path": "A.txt"}, tarfile.XHDTYPE)
+            + _pax_block({"comment": "{}"}, tarfile.XGLTYPE)
+            + _member("ok.txt", b"fine")
+            + _END,
+            "two extended headers in a row",
+        ),
     ],
-    ids=["pax-chain", "two-globals", "global-size", "link-with-data"],
+    ids=["pax-chain", "two-globals", "global-size", "link-with-data", "x-x-path", "x-x-size", "x-g"],
 )
 def test_headers_graven_never_writes_are_refused_in_one_line(
     graven_home: Path, tmp_path: Path, run_cli: Run, archive: bytes, needle: str

@@ -125,6 +125,7 @@ class _LastBlock:
     def __init__(self) -> None:
         self.kind = "eof"
         self.pax_chain = 0  # extended headers read in a row, before the member they describe
+        self.member_header = False  # an ``x`` header was read and its member not yet
 
 
 def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
@@ -161,6 +162,11 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
             declared size into memory and parses it with backtracking regular expressions), refusing
             GNU sparse keys."""
             header = _shown(self.name[:200])  # GNU tar's and bsdtar's name the entry (PaxHeaders/NAME)
+            if last.member_header:  # GNU tar takes the later one's records, tarfile the earlier one's
+                raise UnsafeInputError(
+                    f"{header}: two extended headers in a row for one member (GNU tar and graven would "
+                    "read other names or sizes from them); not an archive `graven export` writes"
+                )
             if self.size > _MAX_PAX:
                 raise UnsafeInputError(
                     f"{header}: extended header of {self.size} bytes (at most {_MAX_PAX} are read)"
@@ -186,12 +192,14 @@ def _probing_tarinfo(last: _LastBlock) -> type[tarfile.TarInfo]:
             chain = last.pax_chain = last.pax_chain + 1
             if chain > _MAX_PAX_CHAIN:
                 raise UnsafeInputError(f"more than {_MAX_PAX_CHAIN} extended headers in a row")
+            last.member_header = self.type != tarfile.XGLTYPE
             try:
                 following = self.fromtarfile(archive)
             except tarfile.HeaderError as exc:
                 raise tarfile.SubsequentHeaderError(str(exc)) from None  # type: ignore[attr-defined]
             finally:
                 last.pax_chain = 0
+                last.member_header = False
             if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
                 path = pax_headers.get("path", "")
                 if path.endswith("/") and not following.isdir():  # tarfile drops the "/"; tar does not
