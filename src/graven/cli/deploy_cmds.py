@@ -452,7 +452,7 @@ def status_cmd(args: argparse.Namespace) -> int:
                 (e.deployed_at or "-")[:19].replace("T", " "),
                 e.deployed_by or "-",
                 e.health or "-",
-                f"yes ({digest_cell(e.held_digest)})" if e.held else "no",
+                _held_cell(digest_cell(e.held_digest), e.hold_reason) if e.held else "no",
                 digest_cell(e.previous),
             ]
             for e in envs
@@ -470,6 +470,11 @@ def status_cmd(args: argparse.Namespace) -> int:
                 f"not the recorded {digest_cell(e.live)}; redeploy or roll back to settle it\n"
             )
     return 0
+
+
+def _held_cell(digest: str, reason: str | None) -> str:
+    """The HELD cell of a held environment: the digest and why (what to read before `unhold`)."""
+    return f"yes ({digest}: {reason})" if reason else f"yes ({digest})"
 
 
 def history_cmd(args: argparse.Namespace) -> int:
