@@ -3,9 +3,31 @@ deployment recorded pending (at work, or its deployer killed) told as such."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
+from graven.home import Home
+from graven.service.context import Context, NullReporter
+from graven.service.deploy import DeployOptions, deploy
 from helpers_deploy import World
+
+
+class _KillAt(NullReporter):
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        if stage == self.stage:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _deploy_and_die(home: str, digest: str, env: str, root: str) -> None:
+    with Context(home=Home(root=Path(home)), reporter=_KillAt("deploy:switched")) as ctx:
+        deploy(ctx, digest, env, DeployOptions(root=root))
 
 
 def test_status_shows_why_an_environment_is_held(world: World, run_cli: Any) -> None:
@@ -19,3 +41,35 @@ def test_status_shows_why_an_environment_is_held(world: World, run_cli: Any) -> 
     assert code == 0, err
     assert "investigating INC-43" in out, out
     assert f"yes ({v1[7:19]}: investigating INC-43)" in out, out
+
+
+def test_status_tells_a_pending_deployment_from_a_crash_to_settle(world: World, run_cli: Any) -> None:
+    """Between a deployment's switch and its record (its hooks at work, or its deployer killed there),
+    current points to its release: status says a deployment of it is pending, and does not tell the
+    operator to redeploy or roll back over a deployment that may be at work; --json names it."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    child = multiprocessing.get_context("fork").Process(
+        target=_deploy_and_die, args=(str(world.home), v2, "staging", str(world.root))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    code, out, err = run_cli("status")
+    assert code == 0, err
+    assert "redeploy or roll back" not in err, err
+    assert f"a deployment of {v2[7:19]} is pending" in err, err
+    assert "`graven history staging`" in err, err
+    code, out, err = run_cli("status", "--json")
+    assert code == 0, err
+    (staging,) = [e for e in json.loads(out) if e["env"] == "staging"]
+    assert (staging["live"], staging["on_disk"], staging["pending"]) == (v1, v2, v2)
+    (prod,) = [e for e in json.loads(out) if e["env"] == "prod"] or [None]
+    assert prod is None
+    # settled (hold takes the lock): nothing is pending any more
+    code, _, err = run_cli("hold", "staging", "--reason", "look")
+    assert code == 0, err
+    code, out, err = run_cli("status", "--json")
+    (staging,) = json.loads(out)
+    assert (staging["live"], staging["pending"]) == (v2, None)

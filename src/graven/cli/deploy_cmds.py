@@ -459,6 +459,14 @@ def status_cmd(args: argparse.Namespace) -> int:
         ],
     )
     for e in envs:
+        if e.pending is not None:  # its deployer may be at work: neither redeploy nor roll back over it
+            sys.stderr.write(
+                f"graven: warning: {e.env}: a deployment of {digest_cell(e.pending)} is pending (at work, or "
+                f"its deployer was killed); `graven history {e.env}` shows it, and the next deploy, "
+                f"rollback or hold of {e.env} settles a killed one\n"
+            )
+            if e.on_disk in (e.pending, e.live):
+                continue
         if e.on_disk is None and e.live is not None:  # missing, or a file or directory in its place
             sys.stderr.write(
                 f"graven: warning: {e.env}: {printable(e.path)}/current is not a link to a release (the "

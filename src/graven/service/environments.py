@@ -456,6 +456,7 @@ class EnvStatus(Frozen):
         "name",
         "on_disk",
         "path",
+        "pending",
         "previous",
         "rejected",
     )
@@ -475,6 +476,7 @@ class EnvStatus(Frozen):
         "previous",
         "on_disk",
         "rejected",
+        "pending",
     )
     env: str
     path: str
@@ -491,6 +493,7 @@ class EnvStatus(Frozen):
     previous: str | None
     on_disk: str | None  # what PATH/current points to
     rejected: bool
+    pending: str | None  # a deployment recorded pending: at work, or its deployer killed (unsettled)
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -509,10 +512,11 @@ class EnvStatus(Frozen):
         previous: str | None,
         on_disk: str | None,
         rejected: bool,
+        pending: str | None = None,
     ) -> None:
         values = (env, path, live, name, commit, deployed_at, deployed_by, kind, health, held, held_digest)
         for field, value in zip(
-            self._fields, (*values, hold_reason, previous, on_disk, rejected), strict=True
+            self._fields, (*values, hold_reason, previous, on_disk, rejected, pending), strict=True
         ):
             _set(self, field, value)
 
@@ -546,6 +550,11 @@ def status(ctx: Context) -> list[EnvStatus]:
                 disk = EnvLayout(Path(row.path)).live_hex()
             except BackendError:
                 disk = None
+            pending = conn.execute(
+                "SELECT digest FROM deployments WHERE env = :env AND result = 'pending'"
+                " ORDER BY id DESC LIMIT 1",
+                {"env": row.name},
+            ).first()
             result.append(
                 EnvStatus(
                     env=row.name,
@@ -563,6 +572,7 @@ def status(ctx: Context) -> list[EnvStatus]:
                     previous=row.previous_digest,
                     on_disk=f"sha256:{disk}" if disk else None,
                     rejected=bool(row.live_digest and rejection(conn, row.live_digest)),
+                    pending=pending.digest if pending is not None else None,
                 )
             )
     return result
