@@ -494,3 +494,32 @@ def test_a_tree_entry_naming_an_object_of_another_kind_is_refused_as_crafted(
     tree = written("tree", b"".join(m + b" " + n + b"\0" + bytes.fromhex(o) for m, n, o in entries))
     crafted = git(repo, "commit-tree", tree, "-m", "crafted").strip()
     _refused(run_cli("build", "-C", repo, crafted), other, f"is a {kind}", "git fsck")
+
+
+def test_a_commit_naming_one_deep_tree_from_many_places_is_refused_before_it_takes_gigabytes(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review of import found paths 2,048 levels deep implying gigabytes of directory names; in git
+    the same takes a few objects (one chain of trees, named from many top-level entries), and the
+    build's checks held every implied directory. Bounded (MAX_IMPLIED_BYTES), one line, exit 2."""
+    from graven.core import paths
+
+    monkeypatch.setattr(paths, "MAX_IMPLIED_BYTES", 16 << 20)  # the test's memory: 8 paths imply ~32 MiB
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    deep = "a/" * 2044 + "f"
+    files = {"graven.toml": '[artifact]\nname = "demo"\n', **{f"{i:05d}/{deep}": "x\n" for i in range(8)}}
+    stream = ["commit refs/heads/main", "committer t <t@x> 1704164645 +0000", "data 1", "x"]
+    for name, text in files.items():
+        stream += [f"M 100644 inline {name}", f"data {len(text.encode())}", text.rstrip("\n")]
+    subprocess.run(
+        ["git", "fast-import", "--quiet"],
+        cwd=repo,
+        input="\n".join(stream).encode() + b"\n",
+        check=True,
+        env=git_env(),
+    )
+    code, out, err = run_cli("build", "-C", repo, "main")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "MiB of names" in err and "Traceback" not in err, err

@@ -34,10 +34,6 @@ _BLOCK = tarfile.BLOCKSIZE
 _MAX_PAX = 1 << 20  # bytes of one extended header (graven writes path, linkpath and its comment)
 _MAX_PATH = 4096  # bytes of a path, and of a symlink target
 _MAX_SEGMENT = 255  # bytes of one path component
-# bytes of the paths an archive holds and of the directories they imply, held in memory while it is read
-# and checked: a path of 2,048 levels implies 2,047 directories of 4 MiB of names in all, so a few KiB
-# of a compressed archive would take gigabytes. 2,000,000 paths of 128 bytes, directories included
-_MAX_PATH_BYTES = 256 << 20
 _GNU_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -418,12 +414,8 @@ def _read_members(
             ancestors.add(parent)
             held += len(parent)
             parent = parent.rpartition("/")[0]
-        if held > _MAX_PATH_BYTES:
-            raise UnsafeInputError(
-                f"{_shown(name[:80])}...: the archive's paths and the directories they lie in make more "
-                f"than {_MAX_PATH_BYTES >> 20} MiB of names (paths nested thousands of levels deep?); "
-                "graven holds at most that much of them"
-            )
+        if held > paths.MAX_IMPLIED_BYTES:  # the archive's paths and the directories they imply
+            raise paths.too_deep_paths(name)
         if member.isdir():
             dirs.add(name)
         elif member.issym():

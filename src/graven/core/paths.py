@@ -24,6 +24,7 @@ from graven.errors import UnsafeInputError
 __all__ = [
     "HFS_IGNORED",
     "MAX_ENTRIES",
+    "MAX_IMPLIED_BYTES",
     "MAX_LINK_HOPS",
     "check_path",
     "check_unique_nfc",
@@ -42,6 +43,7 @@ __all__ = [
     "link_stays_inside",
     "refused_by_git",
     "through_dotgit",
+    "too_deep_paths",
     "too_many_paths",
 ]
 
@@ -52,6 +54,10 @@ MAX_LINK_HOPS = 40
 # memory (~800 bytes per path for a build), and 10^6 took 777 MB. The largest source trees (a browser,
 # an operating system) hold under a million files.
 MAX_ENTRIES = 2_000_000
+# bytes of the names of the directories a tree's paths imply, held while they are checked: a path of
+# 2,048 levels implies 2,047 directories of ~4 MiB of names, so a tree that names one deep subtree
+# from many places (a few objects in git, a few KiB in an archive) would take gigabytes
+MAX_IMPLIED_BYTES = 256 << 20
 
 
 def too_many_paths(what: str) -> UnsafeInputError:
@@ -468,12 +474,26 @@ def implied_dirs(paths: Iterable[str]) -> dict[str, None]:
     not depend on string hashing.
     """
     dirs: dict[str, None] = {}
+    held = 0
     for path in paths:
         parent = path.rpartition("/")[0]
         while parent and parent not in dirs:
             dirs[parent] = None
+            held += len(parent)
             parent = parent.rpartition("/")[0]
+        if held > MAX_IMPLIED_BYTES:
+            raise too_deep_paths(path)
     return dirs
+
+
+def too_deep_paths(path: str) -> UnsafeInputError:
+    """The refusal of a tree whose paths imply more than :data:`MAX_IMPLIED_BYTES` of directory names
+    (found at ``path``)."""
+    return UnsafeInputError(
+        f"{display_path(path[:80])}...: the paths and the directories they lie in make more than "
+        f"{MAX_IMPLIED_BYTES >> 20} MiB of names (one deep tree named from many places?); graven holds "
+        "at most that much of them"
+    )
 
 
 def check_unique_nfc(paths: Iterable[str], dirs: Collection[str] | None = None) -> None:
