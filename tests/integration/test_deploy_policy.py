@@ -592,3 +592,21 @@ def test_an_old_release_that_cannot_be_removed_fails_neither_this_deployment_nor
     assert "could not be removed" in err
     releases = world.env_dir("staging") / "releases"
     assert {p.name for p in releases.iterdir() if not p.name.startswith(".")} == {v4[7:], v3[7:]}
+
+
+def test_hold_unhold_retire_and_an_automatic_rollback_name_their_commit_in_the_log(world: World) -> None:
+    """A review of the reporting commands: these entries said `"commit": null` although the artifact's
+    commit is recorded, so `graven log` could not tell which commit an incident was about."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    bad = world.version(2, env_toml("app", staging_prod(health="false")))
+    assert not world.deploy(bad, "staging").ok  # fails its health check: rolled back to v1 by itself
+    environments.hold(world.ctx(), "staging", "incident 12")
+    environments.unhold(world.ctx(), "staging", "fixed")
+    environments.retire(world.ctx(), "staging", "moved")
+    with world.ctx().db.connect() as conn:
+        commit_of_v1 = environments.commit_of(conn, v1)
+    assert commit_of_v1
+    events = {str(e["event"]): e for e in log_events(world) if e.get("env") == "staging"}
+    for name in ("hold", "unhold", "retire", "rollback"):
+        assert events[name]["artifact"] == v1 and events[name]["commit"] == commit_of_v1, events[name]

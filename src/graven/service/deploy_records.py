@@ -19,7 +19,15 @@ from graven.runtime import HeldSignals
 from graven.service.context import Context, utc_now
 from graven.service.deploy_release import hook_environment, step
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.environments import HEALTHY, EnvState, deployment_row, load_state, rejection, save_state
+from graven.service.environments import (
+    HEALTHY,
+    EnvState,
+    commit_of,
+    deployment_row,
+    load_state,
+    rejection,
+    save_state,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -80,6 +88,7 @@ def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
                 LogEvent(
                     _EVENT.get(row.kind, "deploy"),
                     artifact=row.digest,
+                    commit=commit_of(conn, row.digest),
                     env=env,
                     reason=f"{detail} ({started})",
                     result="interrupted",
@@ -92,6 +101,7 @@ def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
                     LogEvent(
                         "override",
                         artifact=row.digest,
+                        commit=commit_of(conn, row.digest),
                         env=env,
                         reason=f"requires {bypassed} bypassed: {row.reason} ({by})",
                         result="interrupted",
@@ -541,6 +551,7 @@ def _record_switch_back(
         LogEvent(
             "rollback",
             artifact=back.to,
+            commit=commit_of(conn, back.to),
             env=env,
             reason=f"automatic: {what} of {short(digest)} failed",
             result="ok" if back.health != "failed" else "failed",

@@ -241,7 +241,9 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
                 return HoldResult(env, True, False, state.held_digest)
             state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
             save_state(conn, state)
-            ctx.audit.append(conn, LogEvent("hold", artifact=state.live_digest, env=env, reason=reason))
+            live = state.live_digest
+            commit = None if live is None else commit_of(conn, live)
+            ctx.audit.append(conn, LogEvent("hold", artifact=live, commit=commit, env=env, reason=reason))
     return HoldResult(env, True, True, state.held_digest)
 
 
@@ -324,8 +326,13 @@ def retire(ctx: Context, env: str, reason: str) -> RetireResult:
                 )
             conn.execute("DELETE FROM drift_state WHERE env = :env", {"env": env})
             conn.execute("DELETE FROM deploy_envs WHERE name = :env", {"env": env})
+            live = state.live_digest
             event = LogEvent(
-                "retire", artifact=state.live_digest, env=env, reason=f"{reason} (at {state.path})"
+                "retire",
+                artifact=live,
+                commit=None if live is None else commit_of(conn, live),
+                env=env,
+                reason=f"{reason} (at {state.path})",
             )
             ctx.audit.append(conn, event)
     return RetireResult(env, state.path, state.live_digest)
@@ -373,7 +380,8 @@ def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
         digest = state.held_digest
         state.held, state.held_digest, state.hold_reason = False, None, None
         save_state(conn, state)
-        ctx.audit.append(conn, LogEvent("unhold", artifact=digest, env=env, reason=reason))
+        commit = None if digest is None else commit_of(conn, digest)
+        ctx.audit.append(conn, LogEvent("unhold", artifact=digest, commit=commit, env=env, reason=reason))
     return HoldResult(env, False, True, digest)
 
 
