@@ -25,7 +25,7 @@ from graven.drift.watch import WatchOptions
 from graven.errors import BackendError, DatabaseReplacedError, InputError
 from graven.service import drift_watch
 from graven.service.drift import run_watch
-from helpers_deploy import World, append_to
+from helpers_deploy import World, append_to, opened_up
 
 
 class Watcher(DriftWatcher):
@@ -559,3 +559,40 @@ def test_a_config_link_repointed_is_checked_at_once_in_a_replaced_environment_di
 
     found = first_drift_seen(world, lambda: repoint_config(world), prepare=replace_path)
     assert found == [("config", "config")]
+
+
+def test_a_directory_the_watch_limit_leaves_unwatched_later_is_warned(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory made in a watched release while the watcher ran, which inotify could not watch (the
+    user's fs.inotify.max_user_watches reached: ENOSPC), was never said: the failure waited in the
+    notifier's list for a redeploy, and changes in that directory silently waited for the periodic
+    check."""
+    from graven.drift.notify import InotifyNotifier
+
+    real_add = InotifyNotifier._add
+
+    def limited(self: InotifyNotifier, key: str, directory: str, recursive: bool) -> bool:
+        if directory.endswith("/late"):
+            return False  # ENOSPC: the limit is reached
+        return real_add(self, key, directory, recursive)
+
+    monkeypatch.setattr(InotifyNotifier, "_add", limited)
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    watcher = Watcher(world, WatchOptions(interval=60, as_json=True, full_every=3600))
+    try:
+        assert watcher.ready["backend"] == "InotifyNotifier"
+        assert wait_for(lambda: watcher.checks() >= 1)
+        assert watcher.warnings == []
+        release = (world.env_dir("staging") / "current").resolve()
+        with opened_up(release):
+            (release / "late").mkdir()
+
+        def said() -> bool:
+            return any("inotify watch limit" in w for w in watcher.warnings)
+
+        assert wait_for(said, 10), watcher.warnings
+        assert any("late" in w and "periodic checks still run" in w for w in watcher.warnings)
+    finally:
+        watcher.close()

@@ -367,14 +367,20 @@ class _Watcher:
                 notifier.unwatch(env + ROOT_SUFFIX)
                 notifier.watch(env, Path(release), recursive=True)
                 notifier.watch(env + ROOT_SUFFIX, Path(root), recursive=False)
-                for failure in getattr(notifier, "failures", []):
-                    self.ctx.reporter.warn(f"{failure}; periodic checks still run")
-                getattr(notifier, "failures", []).clear()
                 if env not in self.watched:
                     self.schedule.add(env)
                 else:
                     self.schedule.mark(env, full=True)
                 self.watched[env] = watch
+        self._warn_unwatched()
+
+    def _warn_unwatched(self) -> None:
+        """Warn of each directory the notifier could not watch: those of a release it was given, and
+        those its thread found made later (a directory created there, every directory again after an
+        overflow), which the user's inotify watch limit may leave unwatched as well."""
+        failures: list[str] = getattr(self.notifier, "failures", [])
+        while failures:
+            self.ctx.reporter.warn(f"{failures.pop(0)}; periodic checks still run")
 
     def _unwatch_gone(self) -> None:
         """Forget the environments no longer live (nothing of them is held, healed or exported)."""
