@@ -596,3 +596,36 @@ def test_a_directory_the_watch_limit_leaves_unwatched_later_is_warned(
         assert any("late" in w and "periodic checks still run" in w for w in watcher.warnings)
     finally:
         watcher.close()
+
+
+def test_an_environment_whose_check_lock_stays_held_is_said_not_checked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever held PATH/.graven/lock.check (a deployment whose hook hangs; an intruder with the
+    deployer's rights, before changing the release) kept the watcher from checking the environment
+    for as long as it liked, and the watcher said nothing: each check was put off 0.2 s, silently, and
+    the drift made meanwhile was neither said nor alerted."""
+    import fcntl
+    import os
+
+    monkeypatch.setattr(drift_watch, "LOCKED_WARN", 0.5)
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    watcher = Watcher(world, WatchOptions(interval=60, as_json=True, full_every=3600))
+    try:
+        assert wait_for(lambda: watcher.checks() >= 1)
+        fd = os.open(world.env_dir("staging") / ".graven" / "lock.check", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            append_to((world.env_dir("staging") / "current").resolve() / "app/main.py", b"evil()\n")
+            assert wait_for(lambda: bool(watcher.docs("error")), 5), watcher.lines
+            time.sleep(1.5)
+            (said,) = watcher.docs("error")  # once while it lasts
+            assert said["env"] == "staging" and "not checked for" in said["error"], said
+            assert "is being changed by" in said["error"], said
+        finally:
+            os.close(fd)
+        assert wait_for(lambda: any(not d["clean"] for d in watcher.docs("check")), 5)
+        assert watcher.docs("alert")[0]["event"] == "drift"
+    finally:
+        watcher.close()

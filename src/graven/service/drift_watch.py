@@ -37,7 +37,16 @@ if TYPE_CHECKING:
     from graven.drift.alerts import Delivery
     from graven.drift.notify import Notifier
 
-__all__ = ["DB_WAIT", "HEAL_BACKOFF_MAX", "HEAL_GRACE", "HELD_MAX", "HealBackoff", "HeldChecks", "run_watch"]
+__all__ = [
+    "DB_WAIT",
+    "HEAL_BACKOFF_MAX",
+    "HEAL_GRACE",
+    "HELD_MAX",
+    "LOCKED_WARN",
+    "HealBackoff",
+    "HeldChecks",
+    "run_watch",
+]
 
 # -- watch ------------------------------------------------------------------------------------------
 
@@ -48,6 +57,7 @@ DB_WAIT = 0.5  # seconds the watcher's own writes wait for another writer (then 
 HELD_MAX = 100  # checks of one environment held at most while the database is busy (oldest dropped)
 ALERT_RETRY = 30.0  # seconds after an alert that was not delivered before it is sent again
 ALERT_RETRY_MAX = 900.0  # seconds: the longest wait between two tries of an undelivered alert
+LOCKED_WARN = 60.0  # seconds an environment's check lock may keep its checks off before it is said
 
 
 class HeldChecks:
@@ -255,6 +265,9 @@ class _Watcher:
         self.unrecorded: list[tuple[Delivery, str]] = []
         self.episode = _BusyEpisode()
         self.heal_after: set[str] = set()  # environments whose heal waits for their held checks
+        # per environment whose checks a held check lock keeps off: since when (clock), and whether
+        # that was said (:meth:`_locked_out`)
+        self.locked: dict[str, tuple[float, bool]] = {}
 
     # -- the run --------------------------------------------------------------------------------------
 
@@ -393,6 +406,7 @@ class _Watcher:
             self.heal_after.discard(env)
             self.alerted.pop(env, None)
             self.alert_retry.pop(env, None)
+            self.locked.pop(env, None)
             self.backoff.succeeded(env)
             if self.metrics is not None:
                 self.metrics.forget(env)
@@ -411,10 +425,12 @@ class _Watcher:
             )
         except ScanStopped:  # the watcher is stopping: the check is abandoned, nothing of it kept
             return False
-        except PolicyError:  # a deploy or heal is changing it: look again once it is done
+        except PolicyError as exc:  # a deploy or heal is changing it: look again once it is done
             self.schedule.postpone(env, 0.2)
+            self._locked_out(env, exc)
             return True
         except GravenError as exc:
+            self.locked.pop(env, None)
             self.schedule.checked(env, full=False, started=started)
             if self.metrics is not None:
                 self.metrics.observe(
@@ -422,6 +438,7 @@ class _Watcher:
                 )
             self._say("error", f"{utc_now()} {env}: check failed: {exc}", {"env": env, "error": str(exc)})
             return True
+        self.locked.pop(env, None)
         self.schedule.checked(env, full=full, started=started)
         if self.metrics is not None:
             self.metrics.observe(
@@ -435,6 +452,19 @@ class _Watcher:
         if not self._alert(env, report):
             return True  # no heal either: the next check decides
         return self._heal_drift(env, report)
+
+    def _locked_out(self, env: str, exc: PolicyError) -> None:
+        """A check of ``env`` was put off: its check lock is held (a deployment or heal at work). Said
+        once, as an ``error`` line, when that has lasted :data:`LOCKED_WARN` seconds: a deployment
+        whose hook hangs, or an intruder with the deployer's rights holding the lock while changing
+        the release, would else keep the environment unchecked, and what drifts unsaid, silently."""
+        now = self.schedule.clock()
+        since, said = self.locked.setdefault(env, (now, False))
+        if said or now - since < LOCKED_WARN:
+            return
+        self.locked[env] = (since, True)
+        text = f"not checked for {now - since:.0f} s: {exc}"
+        self._say("error", f"{utc_now()} {env}: {text}", {"env": env, "error": text})
 
     def _alert(self, env: str, report: DriftReport) -> bool:
         """Alert new drift and its resolution (said, and delivered by the dispatcher); False when what
