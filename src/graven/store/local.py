@@ -1006,7 +1006,15 @@ class LocalStore:
             if codec == CODEC_ZSTD_DELTA and base is not None:
                 if depth >= MAX_DELTA_DEPTH:
                     raise IntegrityError(f"{_what(digest, location)}: delta chain is too long")
-                base_bytes = self._read_any(base, depth + 1)
+                try:
+                    base_bytes = self._read_any(base, depth + 1)
+                except IntegrityError as exc:
+                    if depth:  # named once, by the object read (not once per link of the chain)
+                        raise
+                    # a base that no copy holds may be a damaged record naming one that never was
+                    raise IntegrityError(
+                        f"{_what(digest, location)}: its delta base cannot be read: {exc}"
+                    ) from None
                 dictionary = zstandard.ZstdCompressionDict(
                     base_bytes, dict_type=zstandard.DICT_TYPE_RAWCONTENT
                 )

@@ -124,6 +124,27 @@ def test_delta_compressed_objects_round_trip(store: LocalStore) -> None:
         assert hashlib.sha256(fresh.read(digest)).hexdigest() == digest.hex
 
 
+def test_a_delta_whose_base_name_is_damaged_fails_naming_the_object_read(store: LocalStore) -> None:
+    """A flipped bit in a delta record's base digest made every read of the object (``graven show``,
+    a deploy, ``verify``'s detail) fail as "object <a digest nothing names> is missing from the
+    store": the object read, and where its damaged record is, were not named at all."""
+    base = b"".join(f"line {i} {'x' * 40}\n".encode() for i in range(2000))
+    with store.batch() as batch:
+        first = batch.add(base)
+    with store.batch() as batch:
+        second = batch.add(base + b"one more line\n", delta_base=first)
+    fresh = LocalStore.at(store.root)
+    location = fresh._packed().where(second.raw)
+    assert location is not None and location.codec == local.CODEC_ZSTD_DELTA
+    _flip_byte(location.pack, location.offset + local._RECORD.size + 3)  # in the base's digest
+    fresh = LocalStore.at(store.root)
+    with pytest.raises(IntegrityError) as caught:
+        fresh.read(second)
+    message = str(caught.value)
+    assert str(second) in message and location.pack.name in message, message
+    assert fresh.read(first) == base
+
+
 def _packed_with_a_flipped_byte(store: LocalStore) -> tuple[list[bytes], list[Digest], LocalStore]:
     """Ten objects in one pack, a byte in the middle of the pack flipped, and a fresh store on it."""
     blobs = [bytes([i]) * 300 + os.urandom(300) for i in range(10)]
