@@ -732,7 +732,7 @@ def test_deep_paths_that_imply_gigabytes_of_directories_are_refused(
 ) -> None:
     """Each path of 2,048 levels implies 2,047 directories whose names (each a prefix of it) add up to
     4 MiB: a 917-byte .tar.zst of 300 of them took 2.6 GB to import, one of 3,000 more than any machine
-    has. The bytes of the paths an archive holds and implies are bounded as they are read."""
+    has. The bytes of the directories an archive's paths imply are bounded as they are read."""
     from graven.core import paths
 
     monkeypatch.setattr(paths, "MAX_IMPLIED_BYTES", 16 << 20)  # the test's memory
@@ -741,3 +741,30 @@ def test_deep_paths_that_imply_gigabytes_of_directories_are_refused(
     archive = zstandard.ZstdCompressor().compress(_member("ok.txt", b"fine") + b"".join(members) + _END)
     _one_line_error(run_cli("import", _write(tmp_path / "deep.tar.zst", archive)), "/a/a/a", "MiB of names")
     _nothing_recorded(run_cli)
+
+
+def test_an_artifact_the_build_accepts_under_the_implied_directories_bound_imports_again(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MAX_IMPLIED_BYTES bounds the names of the directories a tree's paths imply, for a build as for an
+    import: long paths in a few directories (a large tree's many files) imply little, so an artifact
+    the build accepted is exported and imported again, never refused as 'one deep tree'."""
+    from graven.core import paths
+
+    files = {f"app/{i:03d}-{'n' * 200}.txt": f"{i}\n" for i in range(40)}  # ~8 KiB of paths, 3 B implied
+    repo = make_repo(tmp_path / "repo", files)
+    monkeypatch.setattr(paths, "MAX_IMPLIED_BYTES", 4 << 10)  # paths > bound > implied directories
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    digest = out.splitlines()[-1]
+    archive = tmp_path / "a.tar.zst"
+    code, _, err = run_cli("export", digest, "-o", archive)
+    assert code == 0, err
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "second-home"))
+    code, out, err = run_cli("import", archive)
+    assert code == 0, err
+    assert out.splitlines()[-1] == digest

@@ -364,7 +364,7 @@ def _read_members(
     entries: dict[str, TreeEntry] = {}
     dirs: set[str] = set()
     ancestors: set[str] = set()
-    held = 0  # bytes of the paths in the three
+    held = 0  # bytes of the names in ``ancestors``: what paths.implied_dirs bounds in a build's tree too
     for member in tar:
         tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member it read (with its headers); not needed here
         if tick is not None:
@@ -408,13 +408,14 @@ def _read_members(
             raise UnsafeInputError(f"{name}: duplicate entry in archive")
         if len(entries) + len(dirs) >= paths.MAX_ENTRIES:
             raise paths.too_many_paths("the archive")
-        held += len(encoded)
         parent = name.rpartition("/")[0]
         while parent and parent not in ancestors:
             ancestors.add(parent)
             held += len(parent)
             parent = parent.rpartition("/")[0]
-        if held > paths.MAX_IMPLIED_BYTES:  # the archive's paths and the directories they imply
+        # the directories the paths imply, bounded as a build bounds them (not the paths: an artifact
+        # the build accepted is imported again)
+        if held > paths.MAX_IMPLIED_BYTES:
             raise paths.too_deep_paths(name)
         if member.isdir():
             dirs.add(name)
