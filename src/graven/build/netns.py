@@ -120,11 +120,17 @@ class Slirp:
 
     def __init__(self, network: FetchNetwork) -> None:
         self.network = network
-        self._info_r, self._info_w = os.pipe()
-        self._block_r, self._block_w = os.pipe()
         self._exit_w: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        opened: list[int] = []
+        try:  # out of descriptors midway: none of those made so far is left open
+            self._info_r, self._info_w = _pipe(opened)
+            self._block_r, self._block_w = _pipe(opened)
+            self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
 
     @property
     def child_fds(self) -> tuple[int, int]:
@@ -214,8 +220,10 @@ class Slirp:
                 stderr=self._errors,
                 pass_fds=(ready_w, exit_r),
             )
-        except OSError as exc:
+        except BaseException as exc:  # an interrupt too: the end that waits for it is not left open
             os.close(ready_r)
+            if not isinstance(exc, OSError):
+                raise
             raise BackendError(f"cannot start {self.network.slirp}: {exc.strerror or exc}") from None
         finally:
             os.close(ready_w)
@@ -236,6 +244,13 @@ class Slirp:
                 f"{': ' + shown if shown else ''}); it needs /dev/net/tun readable and writable by this "
                 f"user; or set {FETCH_NETWORK_ENV}={HOST} to give the fetch this host's network"
             )
+
+
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    """A pipe, its two descriptors noted in ``opened``."""
+    read, write = os.pipe()
+    opened += (read, write)
+    return read, write
 
 
 def _loopback_set_up(pid: int, deadline: float) -> bool:

@@ -490,7 +490,7 @@ def too_deep_paths(path: str) -> UnsafeInputError:
     """The refusal of a tree whose paths imply more than :data:`MAX_IMPLIED_BYTES` of directory names
     (found at ``path``)."""
     return UnsafeInputError(
-        f"{display_path(path[:80])}...: the paths and the directories they lie in make more than "
+        f"{display_path(path[:80])}...: the directories the paths lie in make more than "
         f"{MAX_IMPLIED_BYTES >> 20} MiB of names (one deep tree named from many places?); graven holds "
         "at most that much of them"
     )
