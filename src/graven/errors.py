@@ -132,6 +132,12 @@ class PolicyError(CheckFailedError):
     """A trust or deployment policy refuses."""
 
 
+class EnvironmentBusyError(PolicyError):
+    """Another process holds the environment's lock (a deployment, a heal): the same command, run
+    again once it is done, may well succeed (graven watch tries again soon; any other refusal of
+    policy is no reason to)."""
+
+
 class UntrustedSignerError(PolicyError):
     """Only keys this home does not trust signed it (none of them revoked): trusting the signer's
     public key is the way on, if the signer is trusted."""

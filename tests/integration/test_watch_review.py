@@ -629,3 +629,28 @@ def test_an_environment_whose_check_lock_stays_held_is_said_not_checked(
         assert watcher.docs("alert")[0]["event"] == "drift"
     finally:
         watcher.close()
+
+
+def test_a_check_refused_by_policy_is_a_failed_check_not_a_held_lock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher took every PolicyError of a check for its lock held by a deployment: a check refused
+    because no trusted key signed the artifact any more was put off 0.2 s, again and again, and said
+    as 'not checked ... being changed' at best. Only a held lock is waited for; any other refusal is
+    the environment's failed check, said at once."""
+    from graven.errors import UntrustedSignerError
+
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+
+    def untrusted(*_args: object, **_kwargs: object) -> object:
+        raise UntrustedSignerError("only keys this home does not trust signed it")
+
+    monkeypatch.setattr(drift_watch, "check_target", untrusted)
+    watcher = Watcher(world, WatchOptions(interval=60, as_json=True, full_every=3600))
+    try:
+        assert wait_for(lambda: bool(watcher.docs("error")), 5), watcher.lines
+        said = watcher.docs("error")[0]
+        assert said["error"] == "only keys this home does not trust signed it", said
+    finally:
+        watcher.close()

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from graven.errors import BackendError, PolicyError
+from graven.errors import BackendError, EnvironmentBusyError, PolicyError
 from graven.home import make_dirs
 from graven.runtime import pid_runs
 
@@ -323,7 +323,7 @@ class EnvLock:
                     "command from one of its hooks: it would wait for itself; run it once that "
                     "deployment is over"
                 ) from None
-            raise PolicyError(
+            raise EnvironmentBusyError(
                 f"environment {self._info['env']} is being deployed by {who}; wait for it to finish, "
                 "or pass --wait to queue behind it"
             ) from None
@@ -423,7 +423,7 @@ def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
         except BlockingIOError:
             holder = read_holder(path)
             who = holder.describe() if holder else unknown_holder(fd)  # whoever holds lock.check
-            raise PolicyError(
+            raise EnvironmentBusyError(
                 f"environment {env} is being changed by {who}; check again when it is done"
             ) from None
         yield True

@@ -22,9 +22,9 @@ from graven.drift.watch import ROOT_SUFFIX, Schedule, WatchOptions
 from graven.errors import (
     DatabaseBusyError,
     DatabaseReplacedError,
+    EnvironmentBusyError,
     GravenError,
     NotFoundError,
-    PolicyError,
 )
 from graven.service.context import Context, utc_now
 from graven.service.drift_check import DriftReport, check_target
@@ -425,7 +425,7 @@ class _Watcher:
             )
         except ScanStopped:  # the watcher is stopping: the check is abandoned, nothing of it kept
             return False
-        except PolicyError as exc:  # a deploy or heal is changing it: look again once it is done
+        except EnvironmentBusyError as exc:  # a deploy or heal is changing it: look again once it is done
             self.schedule.postpone(env, 0.2)
             self._locked_out(env, exc)
             return True
@@ -453,7 +453,7 @@ class _Watcher:
             return True  # no heal either: the next check decides
         return self._heal_drift(env, report)
 
-    def _locked_out(self, env: str, exc: PolicyError) -> None:
+    def _locked_out(self, env: str, exc: EnvironmentBusyError) -> None:
         """A check of ``env`` was put off: its check lock is held (a deployment or heal at work). Said
         once, as an ``error`` line, when that has lasted :data:`LOCKED_WARN` seconds: a deployment
         whose hook hangs, or an intruder with the deployer's rights holding the lock while changing
@@ -553,7 +553,7 @@ class _Watcher:
             return False
         except ScanStopped:  # ... before it changed anything: nothing of it kept
             return False
-        except PolicyError as exc:  # a deployment holds the lock: try again soon
+        except EnvironmentBusyError as exc:  # a deployment holds the lock: try again soon
             self.schedule.postpone(env, _POSTPONED)
             self._say(
                 "heal",
@@ -618,7 +618,7 @@ class _Watcher:
                 else:
                     with shared_lock(EnvLayout(Path(self.targets[env].path)).lock, env=env, wait=False):
                         episode.checks += held.record(self.ctx, env, wait=DB_WAIT)
-            except PolicyError:  # a deployment or heal at work: after it
+            except EnvironmentBusyError:  # a deployment or heal at work: after it
                 pass
             except GravenError as exc:
                 self._cannot_record(exc)
