@@ -865,7 +865,14 @@ class _AlchemyDatabase:
 
         try:
             if commit:
-                with self.engine.begin() as conn:
+                # READ COMMITTED whatever the server's default_transaction_isolation: each statement
+                # after the lock then sees what the writer before committed (under repeatable read or
+                # serializable, the snapshot of the statement that waited for the lock: a writer that
+                # queued up failed with "could not serialize access" or wrote from stale rows)
+                with (
+                    self.engine.connect().execution_options(isolation_level="READ COMMITTED") as conn,
+                    conn.begin(),
+                ):
                     # writers queue up, as BEGIN IMMEDIATE makes them on SQLite: a transaction that
                     # reads, then writes what it read (state rows, the audit log) is never interleaved;
                     # and, as there, a writer waits 60 s at most for the others (or ``wait``)

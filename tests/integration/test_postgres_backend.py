@@ -272,3 +272,50 @@ def test_statements_after_a_stream_in_the_same_transaction_are_not_streamed(post
             assert conn.execute("SELECT count(*) FROM streamed").scalar() == 2
     finally:
         db.close()
+
+
+def test_writers_queue_up_whatever_isolation_the_server_defaults_to(postgres_url: str) -> None:
+    """A server (or database, or role) whose default_transaction_isolation is repeatable read or
+    serializable: a writer that waited for another's write lock read the rows as they were before that
+    one committed (its snapshot was taken by the statement that waited), and failed with "could not
+    serialize access" where SQLite queues writers up (found by a PostgreSQL runtime review)."""
+    import threading
+
+    import psycopg
+
+    from graven.db import Database
+
+    server = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS graven_rr")
+        admin.execute("CREATE DATABASE graven_rr")
+        admin.execute("ALTER DATABASE graven_rr SET default_transaction_isolation = 'repeatable read'")
+    url = postgres_url.rsplit("/", 1)[0] + "/graven_rr"
+    first, second = Database.open(url), Database.open(url)
+    bump = """INSERT INTO graven_meta ("key", value) VALUES ('counter', :v)
+        ON CONFLICT ("key") DO UPDATE SET value = :v"""
+    read = """SELECT value FROM graven_meta WHERE "key" = 'counter'"""
+    failures: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            with second.begin() as conn:  # waits for the first writer's lock
+                value = int(conn.execute(read).scalar() or 0)
+                conn.execute(bump, {"v": str(value + 1)})
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    try:
+        with first.begin() as conn:
+            conn.execute(bump, {"v": "1"})
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            thread.join(0.5)  # the second writer is waiting for the lock now
+            assert thread.is_alive()
+        thread.join(10)
+        assert not failures, failures
+        with first.connect() as conn:
+            assert conn.execute(read).scalar() == "2"  # the second read what the first committed
+    finally:
+        first.close()
+        second.close()
