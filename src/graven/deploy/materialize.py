@@ -1425,7 +1425,11 @@ def remove_tree(path: Path, table: StatTable | None = None, *, parent_nofollow: 
         try:
             fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent_fd)
         except PermissionError:  # a directory without read access (0000, say): opened up, never via a link
-            os.chmod(name, 0o700, dir_fd=parent_fd, follow_symlinks=False)
+            try:
+                os.chmod(name, 0o700, dir_fd=parent_fd, follow_symlinks=False)
+            except (ValueError, NotImplementedError):
+                # Python's answer to EOPNOTSUPP: a link there now (or glibc < 2.32, or no /proc)
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name) from None
             fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent_fd)
         try:
             st = os.fstat(fd)

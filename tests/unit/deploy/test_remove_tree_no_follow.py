@@ -162,3 +162,31 @@ def test_an_entry_that_vanishes_meanwhile_does_not_stop_the_removal(
     _swap_after_listing(monkeypatch, tree, vanish)
     materialize.remove_tree(tree, StatTable())
     assert not tree.exists()
+
+
+def test_a_locked_directory_swapped_for_a_symlink_before_its_chmod_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory the deployer cannot read is opened up with chmod(2) through its parent, never via a
+    link: one swapped for a symbolic link between the refused open and that chmod makes Python's
+    ``os.chmod(..., dir_fd=, follow_symlinks=False)`` raise ValueError (glibc answers EOPNOTSUPP for a
+    link; so it does for every name on glibc < 2.32 or without /proc): a BackendError naming the tree,
+    never a traceback, and nothing outside the tree changes."""
+    tree, outside = _world(tmp_path)
+    real_open = os.open
+    swapped: list[bool] = []
+
+    def refusing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == "sub" and kwargs.get("dir_fd") is not None and not swapped:
+            swapped.append(True)
+            os.rename(tree / "sub", tree / "sub.moved")
+            os.symlink(outside, tree / "sub")
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(BackendError, match="cannot remove"):
+        materialize.remove_tree(tree, StatTable())
+    assert swapped
+    assert sorted(os.listdir(outside)) == ["precious.txt"]
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o750
