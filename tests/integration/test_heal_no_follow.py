@@ -486,3 +486,37 @@ def test_a_heal_by_a_user_who_is_neither_the_deployer_nor_root_changes_nothing(t
     for path in (release, release / "app"):
         assert (path.lstat().st_uid, stat.S_IMODE(path.lstat().st_mode)) == (12345, 0o555), path
     assert not (release / "app" / "main.py").exists()
+
+
+def test_a_directory_swapped_for_a_link_before_it_is_opened_up_is_refused_as_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable directory replaced with a symbolic link between the refused open and the chmod
+    that opens it up: Python's chmod(dir_fd=, follow_symlinks=False) raises ValueError there (glibc's
+    EOPNOTSUPP for a link; for every name on glibc < 2.32 or without /proc), which must be the same
+    PermissionError as any chmod refused, never a traceback; the link's target keeps its mode."""
+    from graven.drift.heal import _open_dir_at
+
+    top = tmp_path / "release"
+    top.mkdir()
+    (top / "unreadable").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    outside.chmod(0o700)
+    parent = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    real_open = os.open
+
+    def refusing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == "unreadable" and not (top / "unreadable").is_symlink():
+            os.rename(top / "unreadable", top / "moved")
+            os.symlink(outside, top / "unreadable")
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    try:
+        with pytest.raises(PermissionError):
+            _open_dir_at(parent, "unreadable")
+    finally:
+        os.close(parent)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o700

@@ -96,7 +96,7 @@ def _open_dir_at(parent_fd: int, name: str, mount: tuple[int, int | None] | None
                 os.close(probe)
         try:
             os.chmod(name, 0o755, dir_fd=parent_fd, follow_symlinks=False)  # noqa: S103 (set back)
-        except (OSError, NotImplementedError):
+        except (OSError, ValueError, NotImplementedError):  # ValueError: Python's word for EOPNOTSUPP
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name) from None
         fd, opened_up = os.open(name, _OPEN_DIR, dir_fd=parent_fd), True
     if mount is not None and _mount_of(fd) != mount:
