@@ -214,10 +214,13 @@ def test_deleted_pack_names_every_missing_object(
     assert code == 0
     failure = json.loads(out)[-1]
     assert (failure["event"], failure["reason"]) == ("verify-failure", "2 objects missing or corrupt")
-    # v1's manifest was in the deleted pack: the manifest itself is reported missing.
+    # v1's manifest and signed provenance were in the deleted pack: both are reported missing.
     code, _, err = run_cli("verify", v1)
     assert code == 1
-    assert _problems(err) == [f"missing: (manifest) (object {v1})"]
+    assert _problems(err) == [
+        f"missing: (manifest) (object {v1})",
+        f"missing: (provenance) (object {_envelope_of(graven_home, v1)})",
+    ]
 
 
 def test_the_path_of_a_problem_with_the_manifest_is_the_one_docs_json_md_names() -> None:
@@ -585,3 +588,32 @@ def test_verify_says_how_many_lookups_it_makes_so_none_are_spent_before_a_load(
     assert store._index is not None  # more lookups than the budget: loaded ...
     assert len(searched) <= 3, len(searched)  # ... before the objects, not after a budget of searches
     world.close()
+
+
+def _envelope_of(home: Path, digest: str) -> str:
+    import sqlite3
+
+    with sqlite3.connect(home / "graven.db") as conn:
+        rows = conn.execute("SELECT envelope_digest FROM attestations WHERE artifact_digest = ?", (digest,))
+        (envelope,) = (row[0] for row in rows)
+    return str(envelope)
+
+
+def test_a_corrupt_provenance_envelope_is_named_as_an_object_of_the_artifact(
+    graven_home: Path, built: tuple[Path, str], run_cli: Run
+) -> None:
+    """A verify review: the signed provenance is a stored object of the artifact, but a corrupt one was
+    no problem line (``problems`` was empty in --json): only the provenance's reason said it, so a
+    script reading ``problems`` took a damaged store for an untrusted signer."""
+    _, digest = built
+    envelope = _envelope_of(graven_home, digest)
+    _flip_packed(graven_home / "objects", envelope)
+    code, out, err = run_cli("verify", digest)
+    assert code == 1 and out == ""
+    assert _problems(err) == [f"corrupt: (provenance) (object {envelope})"]
+    code, out, _ = run_cli("verify", digest, "--json")
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False and report["provenance"]["ok"] is False
+    assert [(p["path"], p["object"], p["kind"]) for p in report["problems"]] == [
+        ("(provenance)", envelope, "corrupt")
+    ]

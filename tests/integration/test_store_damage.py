@@ -107,8 +107,9 @@ def test_objects_lost_with_a_damaged_index_are_missing_and_the_index_is_named(
     _verify_ok(run_cli, in_b)
     code, out, err = run_cli("verify", "--json", in_a)
     assert code == 1, err
-    (problem,) = json.loads(out)["problems"]
+    problem, envelope = json.loads(out)["problems"]  # its signed provenance was in that pack too
     assert (problem["path"], problem["object"], problem["kind"]) == ("(manifest)", in_a, "missing")
+    assert (envelope["path"], envelope["kind"]) == ("(provenance)", "missing")
     assert idx_a.name in problem["detail"]
 
 

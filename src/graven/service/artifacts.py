@@ -38,6 +38,7 @@ __all__ = [
 
 _PREFIX = re.compile(r"[0-9a-f]{4,64}")
 MANIFEST_PATH = "(manifest)"
+PROVENANCE_PATH = "(provenance)"  # a stored signed-provenance envelope of the artifact
 
 
 # The values here are written by hand (graven.core.record: @dataclass costs start-up).
@@ -344,7 +345,7 @@ def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None
     reads (the graven.toml; a build log, when this store has it). An ``env`` no environment has is
     refused (:func:`check_known_env`). A failure is recorded in the audit log; when it cannot be (a
     read-only home, a database that is down), a warning says so and the failure is still returned."""
-    from graven.service.provenance import PIPELINE_NAME, check_provenance
+    from graven.service.provenance import PIPELINE_NAME, check_provenance, envelope_digests
 
     unknown: NotFoundError | None = None
     if env is not None:  # a mistyped name would be checked with the default keys and pass
@@ -356,6 +357,17 @@ def verify(ctx: Context, digest: Digest, *, policy: TrustPolicy, env: str | None
     report = verify_artifact(ctx, digest)
     provenance = check_provenance(ctx, digest, policy=policy, env=env)
     store = ctx.store
+    for envelope in envelope_digests(ctx, digest):  # objects of the artifact too: named when damaged
+        try:
+            object_digest = Digest.parse(envelope)
+        except GravenError:
+            continue  # not a digest: the provenance check has said what is wrong with it
+        if provenance.ok and not store.has(object_digest):
+            continue  # another home's attestation (a shared database); one that verifies is here
+        report.objects_checked += 1
+        found = _object_problem(store, object_digest)
+        if found is not None:
+            report.problems.append(Problem(PROVENANCE_PATH, str(object_digest), *found))
     for name, named in provenance.named:
         try:
             object_digest = Digest.parse(named)
