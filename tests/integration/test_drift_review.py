@@ -1201,6 +1201,43 @@ def test_root_rebuilds_a_missing_release_for_the_user_who_deployed_it(
         assert drift(capsys, "staging", *mode)[0] == 0, mode
 
 
+def test_root_rebuilding_a_release_never_gives_away_what_a_swapped_directory_leads_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The deployer owns ``PATH/releases``: while root's heal rebuilds the missing release in a temporary
+    directory there, the deployer renames that directory away and puts a symlink to another directory
+    (``/usr``, say) in its place. Root then gave every path of the manifest, found through the link, to
+    the deployer (``chown /usr/app``): whatever the link leads to must stay as it was, the heal refused."""
+    if os.geteuid() != 0:
+        unavailable("chown needs root")
+    import shutil
+
+    from graven.deploy import materialize
+
+    world = make_world(tmp_path, monkeypatch)
+    world.commit(APP_FILES)
+    assert world.deploy(world.build(), "staging").ok
+    release = deployed_by(world, DEPLOYER)
+    shutil.rmtree(release)
+    outside = tmp_path / "usr"
+    for name in ("app", "var"):
+        (outside / name).mkdir(parents=True)
+        (outside / name / "main.py").write_text("root's\n")
+    owners = {p: p.lstat().st_uid for p in [outside, *outside.rglob("*")]}
+    real_build = materialize.build_release
+
+    def build_then_swap(store: Any, manifest: Any, dest: Path, *args: Any, **kwargs: Any) -> Any:
+        built = real_build(store, manifest, dest, *args, **kwargs)
+        dest.rename(dest.with_name(dest.name + ".moved"))
+        dest.symlink_to(outside)
+        return built
+
+    monkeypatch.setattr(materialize, "build_release", build_then_swap)
+    code, _out, err = run_cli(capsys, "heal", "staging")
+    assert {p: p.lstat().st_uid for p in [outside, *outside.rglob("*")]} == owners
+    assert code == 1 and "cannot rebuild" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

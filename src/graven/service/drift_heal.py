@@ -22,6 +22,7 @@ whatever still differs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -167,18 +168,31 @@ def _rebuild_release(
 def _give_release(tmp: Path, index: ReleaseIndex, uid: int, gid: int, table: StatTable) -> None:
     """Give the release just built at ``tmp`` (the directory and everything in it) to ``uid`` and the
     group ``gid`` (-1: either left as it is), and record again the stat of every inode ``table`` holds
-    a record of (the chown moved its ctime). A link is given itself, never its target. ``tmp`` is this
-    process's own, under a ``PATH/releases`` no other user may write (:meth:`EnvLayout.check_owners`),
-    so its paths are walked by name."""
-    base = str(tmp)
-    paths = [*index.dirs, *(f.path for f in index.files), *(s.path for s in index.symlinks)]
-    for rel in paths:
-        full = f"{base}/{rel}" if rel else base
-        os.chown(full, uid, gid, follow_symlinks=False)
-        st = os.lstat(full)
-        record = table.inodes.get(st.st_ino)
-        if record is not None and st.st_dev == table.dev:
-            table.record(st, record[0])
+    a record of (the chown moved its ctime). A link is given itself, never its target.
+
+    ``tmp`` lies in ``PATH/releases``, which the deployer may write: it could swap ``tmp`` for a symbolic
+    link to another directory (``/usr``) while the release is built, and root would give that directory's
+    paths away. So ``tmp`` is opened without following a link and must be this process's own directory
+    (what is in it is then this process's too, which no one else may change); every path is given relative
+    to it, files and links first, then directories deepest first: a directory given to the deployer is
+    one the deployer could change, so nothing below it is reached by name after that."""
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise OSError(
+                errno.EPERM, "it was replaced while it was built (graven never follows a symbolic link)"
+            )
+        dirs = sorted(index.dirs, key=lambda rel: (-rel.count("/") if rel else 1, rel))
+        paths = [*(f.path for f in index.files), *(s.path for s in index.symlinks), *dirs]
+        for rel in paths:
+            name = rel or "."
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            record = table.inodes.get(st.st_ino)
+            if record is not None and st.st_dev == table.dev:
+                table.record(st, record[0])
+    finally:
+        os.close(fd)
 
 
 def _unvouch(ctx: Context, layout: EnvLayout, release: Path, remaining: Sequence[Difference]) -> None:
