@@ -19,10 +19,12 @@ loop of symbolic links, a read-only file system), else 1::
     │   │   └── DigestMismatchError  carries expected and actual digests
     │   ├── VerificationError        a signature or attestation does not verify
     │   ├── PolicyError              trust or deployment policy refuses
+    │   │   ├── EnvironmentBusyError another process holds the environment's lock (deploy, heal)
     │   │   └── UntrustedSignerError a signature by a key this home does not trust (nor revokes)
     │   └── BuildError               a build step failed
     ├── ImmutabilityError   (exit 1) an attempt to change something that is write-once
     └── BackendError        (exit 1) the disk, database or network failed underneath graven
+        ├── DatabaseReplacedError    the database file was replaced or removed under this process
         └── DatabaseBusyError        another writer held the database longer than the caller waits
 
 Expected outcomes that are not failures of graven itself (an artifact that does not verify, drift that
@@ -40,6 +42,7 @@ __all__ = [
     "DatabaseBusyError",
     "DatabaseReplacedError",
     "DigestMismatchError",
+    "EnvironmentBusyError",
     "GravenError",
     "ImmutabilityError",
     "InputError",
