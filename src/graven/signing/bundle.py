@@ -105,6 +105,31 @@ def is_bundle(document: Mapping[str, Any]) -> bool:
     return "mediaType" in document
 
 
+def _check_material(material: Mapping[str, Any]) -> None:
+    """Refuse verification material graven does not check: a bundle's signer is a bare public key of
+    the operator's trust policy. Transparency-log entries, timestamps and certificates would be
+    passed over unchecked, and the bundle said verified as if they had been."""
+    entries = material.get("tlogEntries", [])
+    if not isinstance(entries, list):
+        raise InputError("Sigstore bundle: verificationMaterial.tlogEntries is not a list")
+    if entries:
+        raise InputError(
+            f"Sigstore bundle carries transparency-log entries ({len(entries)}), which graven does not "
+            "check: it verifies bundles of a bare public key only (as `graven export --bundle` writes)"
+        )
+    if material.get("timestampVerificationData"):
+        raise InputError(
+            "Sigstore bundle carries timestamps (timestampVerificationData), which graven does not "
+            "check: it verifies bundles of a bare public key only (as `graven export --bundle` writes)"
+        )
+    if "publicKey" not in material or "certificate" in material or "x509CertificateChain" in material:
+        raise InputError(
+            "Sigstore bundle has no public key hint (verificationMaterial.publicKey): graven checks "
+            "no certificates; it verifies bundles of a bare public key only (as `graven export --bundle` "
+            "writes)"
+        )
+
+
 def _bundle_from_dict(doc: Mapping[str, Any]) -> Bundle:
     media_type = doc.get("mediaType")
     if not isinstance(media_type, str) or media_type not in _ACCEPTED_MEDIA_TYPES:
@@ -112,15 +137,17 @@ def _bundle_from_dict(doc: Mapping[str, Any]) -> Bundle:
     material = doc.get("verificationMaterial")
     if not isinstance(material, dict):
         raise InputError("Sigstore bundle has no verificationMaterial object")
-    hint: str | None = None
-    public_key = material.get("publicKey")
-    if public_key is not None:
-        if not isinstance(public_key, dict):
-            raise InputError("Sigstore bundle: verificationMaterial.publicKey is not an object")
-        raw_hint = public_key.get("hint")
-        if raw_hint is not None and not isinstance(raw_hint, str):
-            raise InputError("Sigstore bundle: verificationMaterial.publicKey.hint is not a string")
-        hint = raw_hint
+    _check_material(material)
+    public_key = material["publicKey"]
+    if not isinstance(public_key, dict):
+        raise InputError("Sigstore bundle: verificationMaterial.publicKey is not an object")
+    hint = public_key.get("hint")
+    if hint is not None and not isinstance(hint, str):
+        raise InputError("Sigstore bundle: verificationMaterial.publicKey.hint is not a string")
+    if "messageSignature" in doc and "dsseEnvelope" in doc:
+        raise InputError(
+            "Sigstore bundle has both a messageSignature and a dsseEnvelope; a bundle holds one of them"
+        )
     raw_envelope = doc.get("dsseEnvelope")
     if raw_envelope is None:
         raise InputError("Sigstore bundle has no dsseEnvelope (graven attestations are DSSE)")

@@ -95,6 +95,54 @@ def test_message_signature_bundle_is_refused() -> None:
         load_attestation(json.dumps(bundle))
 
 
+_KEY_HINT = {"publicKey": {"hint": "0" * 64}}
+
+
+@pytest.mark.parametrize(
+    ("material", "extra", "message"),
+    [
+        (
+            {**_KEY_HINT, "tlogEntries": "x"},
+            {},
+            "Sigstore bundle: verificationMaterial.tlogEntries is not a list",
+        ),
+        ({**_KEY_HINT, "tlogEntries": [{"logIndex": "1"}]}, {}, "Sigstore bundle carries transparency-log"),
+        (
+            {**_KEY_HINT, "tlogEntries": [], "timestampVerificationData": {"rfc3161Timestamps": [{}]}},
+            {},
+            "Sigstore bundle carries timestamps",
+        ),
+        ({"certificate": {"rawBytes": "AAAA"}, "tlogEntries": []}, {}, "Sigstore bundle has no public key"),
+        (
+            {**_KEY_HINT, "x509CertificateChain": {"certificates": []}},
+            {},
+            "Sigstore bundle has no public key",
+        ),
+        (
+            {**_KEY_HINT, "tlogEntries": []},
+            {"messageSignature": {"signature": "AAAA"}},
+            "Sigstore bundle has both",
+        ),
+    ],
+)
+def test_a_bundle_with_material_graven_does_not_check_is_refused(
+    material: dict[str, Any], extra: dict[str, Any], message: str
+) -> None:
+    """A review: the transparency-log entries, timestamps, certificates of a bundle (and a second,
+    messageSignature content, which the format forbids) were ignored without a word and the bundle
+    verified "ok", as if they had been checked (@sigstore/verify refuses a bundle whose log entry it
+    cannot verify, or reads the messageSignature instead). graven writes and checks bundles of a bare
+    public key only: anything more is refused as input it does not read, never passed over."""
+    bundle = {**_bundle_dict(), **extra, "verificationMaterial": material}
+    with pytest.raises(InputError) as caught:
+        load_attestation(json.dumps(bundle))
+    assert str(caught.value).startswith(message), caught.value
+    # what graven writes, and a bundle without the (optional) empty list or the hint, still read
+    plain_materials: list[dict[str, Any]] = [{**_KEY_HINT, "tlogEntries": []}, _KEY_HINT, {"publicKey": {}}]
+    for plain in plain_materials:
+        load_attestation(json.dumps({**_bundle_dict(), "verificationMaterial": plain}))
+
+
 def test_truncated_bundle_is_refused() -> None:
     data = bundle_bytes(signed_provenance(generate_key()))
     with pytest.raises(InputError, match=r"^attestation is not valid JSON"):
