@@ -265,3 +265,31 @@ def test_sigstore_js_refuses_a_bundle_of_several_signatures_too(sigstore_verify:
     key = generate_key()
     result = _node_verify(sigstore_verify, json.dumps(_two_signature_bundle(key)).encode(), key.public_pem())
     assert result.returncode == 1 and "invalid bundle" in result.stderr
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_the_bundle_graven_export_writes_verifies_with_sigstore_js(
+    sigstore_verify: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The independent check on what the command writes (`graven export --bundle`: the signature that
+    verified, chosen by signed_by, and the hint of its key), not only on bundle_bytes of a test envelope."""
+    from helpers_repo import make_repo, run_cli
+
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GRAVEN_DB_URL", raising=False)
+    monkeypatch.delenv("GRAVEN_SIGNING_KEY", raising=False)
+    repo = make_repo(tmp_path / "repo", {"app/main.py": "print('hi')\n"})
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    code, out, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 0, err
+    digest = out.strip().splitlines()[-1]
+    bundle = tmp_path / "a.sigstore.json"
+    code, _, err = run_cli(capsys, "export", digest, "-o", str(tmp_path / "a.tar"), "--bundle", str(bundle))
+    assert code == 0, err
+    public_pem = run_cli(capsys, "keys", "export", "default")[1].encode()
+    result = _node_verify(sigstore_verify, bundle.read_bytes(), public_pem)
+    assert result.returncode == 0, result.stderr
+    statement = json.loads(load_attestation(bundle.read_bytes()).payload)
+    assert statement["subject"][0]["digest"] == {"sha256": digest.removeprefix("sha256:")}
+    assert run_cli(capsys, "attest", "verify", str(bundle), "--artifact", digest)[0] == 0
