@@ -136,82 +136,114 @@ def raw_walk(
     fopen, fstat, close, read, sha256 = os.open, os.fstat, os.close, os.read, hashlib.sha256
     S_ISREG, S_IMODE = stat.S_ISREG, stat.S_IMODE  # noqa: N806
     getppid = os.getppid
-    stack = [(rel, True) for rel in start]
+    # a directory is opened in its parent's descriptor (never by its path, whose middle components
+    # its owner could swap for symlinks meanwhile); a starting point, one component at a time. A parent
+    # is held, shared by its subdirectories still to walk, until the last of them is opened: at most
+    # one descriptor per level of the path being walked.
+    stack: list[tuple[str, list[int] | None]] = [(rel, None) for rel in start]
     hashed = listed = 0
     dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    while stack:
-        if parent is not None and getppid() != parent:  # orphaned: its parent is gone
-            raise ScanStopped
-        rel, first = stack.pop()
-        prefix = f"{rel}/" if rel else ""
-        try:
-            # a starting point is opened one component at a time (its parents were not seen here)
-            dir_fd = open_dir(base, rel) if first else fopen(f"{base}/{rel}", dir_flags)
-        except OSError as exc:
-            out_of_resources(exc, f"{base}/{rel}")
-            continue
-        try:
+    try:
+        while stack:
+            if parent is not None and getppid() != parent:  # orphaned: its parent is gone
+                raise ScanStopped
+            rel, held = stack.pop()
+            prefix = f"{rel}/" if rel else ""
+            if held is None:
+                try:
+                    dir_fd = open_dir(base, rel)
+                except OSError as exc:
+                    out_of_resources(exc, f"{base}/{rel}")
+                    continue
+            else:
+                name = rel.rpartition("/")[2]
+                try:
+                    dir_fd = fopen(name, dir_flags, dir_fd=held[0])
+                except OSError as exc:
+                    out_of_resources(exc, f"{base}/{rel}")
+                    # swapped (for a symlink, a file) or removed since its parent was listed: what is
+                    # there now, never followed
+                    seen = observe_raw(name, held[0])
+                    if seen is None:
+                        del observed[rel], dir_records[rel]
+                    elif seen[0] != "dir":
+                        observed[rel] = seen
+                        del dir_records[rel]
+                    continue
+                finally:
+                    held[1] -= 1
+                    if not held[1]:
+                        close(held[0])
+            holder = [dir_fd, 0]  # this directory, and how many of its subdirectories still need it
             try:
-                with os.scandir(dir_fd) as it:
-                    entries = list(it)
-            except OSError as exc:
-                out_of_resources(exc, f"{base}/{rel}")
-                raise
-            listed += 1
-            for item in entries:
-                name = item.name
-                path = prefix + name
-                if item.is_file(follow_symlinks=False):
-                    try:
-                        fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
-                    except OSError as exc:
-                        observed[path] = ("file", 0, -1, unreadable(exc, f"{base}/{path}"), None)
-                        continue
-                    try:
-                        st = fstat(fd)
-                        size = st.st_size
-                        if not S_ISREG(st.st_mode):
-                            observed[path] = (kind_of(st.st_mode), 0, -1, None, None)
+                try:
+                    with os.scandir(dir_fd) as it:
+                        entries = list(it)
+                except OSError as exc:
+                    out_of_resources(exc, f"{base}/{rel}")
+                    raise
+                listed += 1
+                for item in entries:
+                    name = item.name
+                    path = prefix + name
+                    if item.is_file(follow_symlinks=False):
+                        try:
+                            fd = fopen(name, OPEN_FILE, dir_fd=dir_fd)
+                        except OSError as exc:
+                            observed[path] = ("file", 0, -1, unreadable(exc, f"{base}/{path}"), None)
                             continue
-                        if size < BIG:
-                            data = read(fd, size + 1)
-                            sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
-                        elif parent is not None and getppid() != parent:
-                            raise ScanStopped
-                        else:
-                            sha = hash_rest(fd, b"")
-                        attrs = attribute_problem(fd, st, owner, group)
-                    except OSError as exc:
-                        observed[path] = ("file", 0, -1, unreadable(exc, f"{base}/{path}"), None)
-                        continue
-                    finally:
-                        close(fd)
-                    hashed += 1
-                    observed[path] = ("file", S_IMODE(st.st_mode), size, sha, None, attrs)
-                    stats[path] = (st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
-                elif item.is_dir(follow_symlinks=False):
-                    try:
-                        st = item.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    attrs = attribute_problem(f"{base}/{path}", st, owner, group)
-                    observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None, attrs)
-                    dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-                    if path not in skip:
-                        stack.append((path, False))
-                elif item.is_symlink():
-                    try:
-                        observed[path] = ("symlink", 0, -1, None, os.readlink(name, dir_fd=dir_fd))
-                    except OSError:
-                        observed[path] = ("symlink", 0, -1, None, None)
-                else:
-                    seen = observe_raw(f"{base}/{path}")
-                    if seen is not None:
-                        observed[path] = seen
-        finally:
-            close(dir_fd)
-        if counter is not None:
-            _COUNT.pack_into(counter, 0, hashed)
+                        try:
+                            st = fstat(fd)
+                            size = st.st_size
+                            if not S_ISREG(st.st_mode):
+                                observed[path] = (kind_of(st.st_mode), 0, -1, None, None)
+                                continue
+                            if size < BIG:
+                                data = read(fd, size + 1)
+                                sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data)
+                            elif parent is not None and getppid() != parent:
+                                raise ScanStopped
+                            else:
+                                sha = hash_rest(fd, b"")
+                            attrs = attribute_problem(fd, st, owner, group)
+                        except OSError as exc:
+                            observed[path] = ("file", 0, -1, unreadable(exc, f"{base}/{path}"), None)
+                            continue
+                        finally:
+                            close(fd)
+                        hashed += 1
+                        observed[path] = ("file", S_IMODE(st.st_mode), size, sha, None, attrs)
+                        stats[path] = (st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+                    elif item.is_dir(follow_symlinks=False):
+                        try:
+                            st = item.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        attrs = attribute_problem(f"{base}/{path}", st, owner, group)
+                        observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None, attrs)
+                        dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+                        if path not in skip:
+                            stack.append((path, holder))
+                            holder[1] += 1
+                    elif item.is_symlink():
+                        try:
+                            observed[path] = ("symlink", 0, -1, None, os.readlink(name, dir_fd=dir_fd))
+                        except OSError:
+                            observed[path] = ("symlink", 0, -1, None, None)
+                    else:
+                        seen = observe_raw(name, dir_fd)
+                        if seen is not None:
+                            observed[path] = seen
+            finally:
+                if not holder[1]:
+                    close(dir_fd)
+            if counter is not None:
+                _COUNT.pack_into(counter, 0, hashed)
+    finally:  # stopped, or out of descriptors: the parents still held
+        for _, held in stack:
+            if held is not None and held[1]:
+                held[1] = 0
+                close(held[0])
     return marshal.dumps((observed, stats, dir_records, hashed, listed))
 
 
@@ -301,17 +333,17 @@ def hash_rest(fd: int, head: bytes, stop: threading.Event | None = None) -> str:
     raise ScanStopped
 
 
-def observe_raw(path: str) -> tuple[Any, ...] | None:
-    """The fields of :class:`graven.core.drift.Observed` for what is at ``path`` (not followed), or None
-    when nothing is."""
+def observe_raw(path: str, dir_fd: int | None = None) -> tuple[Any, ...] | None:
+    """The fields of :class:`graven.core.drift.Observed` for what is at ``path`` (in ``dir_fd``; not
+    followed), or None when nothing is."""
     try:
-        st = os.lstat(path)
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return None
     kind = kind_of(st.st_mode)
     if kind == "symlink":
         try:
-            return ("symlink", 0, -1, None, os.readlink(path))
+            return ("symlink", 0, -1, None, os.readlink(path, dir_fd=dir_fd))
         except OSError:
             return ("symlink", 0, -1, None, None)
     return (kind, stat.S_IMODE(st.st_mode), st.st_size, None, None)

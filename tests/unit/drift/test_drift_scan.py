@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -546,3 +547,67 @@ def test_a_fast_check_hashes_in_batches_of_files_and_bytes_and_reports_each(
     assert len(batches) >= sum(sizes) // 4096  # batched by bytes: far more than total / 400
     assert calls[0] == (0, total) and calls[-1] == (total, total) and len(calls) == len(batches) + 1
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def _swap_for_symlink(
+    monkeypatch: pytest.MonkeyPatch, release: Path, outside: Path, when: str, swap: str
+) -> None:
+    """Replace the release's directory ``swap`` with a symlink to ``outside`` just before the walker opens
+    the directory ``when`` (by its full path, or by its name in its parent): the owner of a release
+    racing a drift check run by root."""
+    real_open = os.open
+    name = when.rpartition("/")[2]
+
+    def racing_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        target = os.fspath(path)
+        at_when = target == f"{release}/{when}" or (dir_fd is not None and target == name)
+        if flags & os.O_DIRECTORY and at_when and not (release / swap).is_symlink():
+            (release / swap).rename(release / "moved")
+            (release / swap).symlink_to(outside)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", racing_open)
+
+
+def _swap_release(tmp_path: Path) -> tuple[Path, Path]:
+    release = tmp_path / "releases" / "r"
+    (release / "a" / "b").mkdir(parents=True)
+    (release / "a" / "b" / "mine.txt").write_text("mine")
+    outside = tmp_path / "secret"
+    (outside / "b").mkdir(parents=True)
+    (outside / "b" / "shadow").write_text("root only")
+    (outside / "top").write_text("root only")
+    return release, outside
+
+
+def test_the_forked_walker_never_follows_a_middle_directory_swapped_for_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release's owner who swaps ``a`` for a symlink to a directory outside the release once the walker
+    is inside ``a`` (about to open ``a/b``) never makes it list or hash files outside the release (a
+    drift check runs as root): each directory is opened in its already opened parent."""
+    import marshal
+
+    from graven.drift.walk import raw_walk
+
+    release, outside = _swap_release(tmp_path)
+    _swap_for_symlink(monkeypatch, release, outside, "a/b", "a")
+    observed = marshal.loads(raw_walk(str(release), [""], frozenset()))[0]
+    assert "a/b/shadow" not in observed
+    assert all(raw[3] != hashlib.sha256(b"root only").hexdigest() for raw in observed.values())
+
+
+def test_the_forked_walker_reports_a_directory_swapped_for_a_symlink_as_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory swapped for a symlink between its parent's listing and its own opening is reported as
+    what is there now (a symlink: a type change), and nothing below it is read."""
+    import marshal
+
+    from graven.drift.walk import raw_walk
+
+    release, outside = _swap_release(tmp_path)
+    _swap_for_symlink(monkeypatch, release, outside, "a", "a")
+    observed = marshal.loads(raw_walk(str(release), [""], frozenset()))[0]
+    assert observed["a"][0] == "symlink" and observed["a"][4] == str(outside)
+    assert not any(path.startswith("a/") for path in observed)
