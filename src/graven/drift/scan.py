@@ -96,6 +96,21 @@ def hash_path(path: str, stop: threading.Event | None = None) -> HashResult:
         os.close(fd)
 
 
+def _hash_owned(fd: int, what: str, stop: threading.Event | None) -> HashResult:
+    """fstat and hash the open file ``fd``, then close it (:func:`hash_path` for a descriptor)."""
+    try:
+        if stop is not None and stop.is_set():
+            raise ScanStopped
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st, ""
+        return st, _hash_fd(fd, st.st_size, stop)
+    except OSError as exc:
+        return None, unreadable(exc, what)
+    finally:
+        os.close(fd)
+
+
 class Hasher:
     """Hashes files; big ones in a pool of threads (kept for the life of a watcher)."""
 
@@ -113,6 +128,20 @@ class Hasher:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
             pool = self._pool
         return pool.submit(hash_path, path, stop)
+
+    def submit_fd(self, fd: int, what: str, stop: threading.Event | None = None) -> Future[HashResult]:
+        """Hash the open file ``fd`` in the pool, which closes it (``what`` names it in an error)."""
+        with self._lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
+            pool = self._pool
+        try:
+            return pool.submit(_hash_owned, fd, what, stop)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def hash_many(
         self, paths: list[tuple[str, int]], stop: threading.Event | None = None
@@ -754,6 +783,13 @@ class _Walk:
             out_of_resources(exc, directory)
             return subdirs, hashed
         try:
+            listed = self.dir_records.get(rel)
+            if listed is not None and fstat(dir_fd).st_ino != listed[0]:
+                # the path leads to another directory than its parent listed: a directory above was
+                # swapped for a link since (a drift check may run as root; the release's owner can
+                # rename in it). Nothing read: what is below shows as removed, and the next check
+                # finds the link
+                return subdirs, hashed
             try:
                 with os.scandir(dir_fd) as it:
                     entries = list(it)
@@ -783,7 +819,9 @@ class _Walk:
                             data = read(fd, size + 1)
                             sha = sha256(data).hexdigest() if len(data) <= size else hash_rest(fd, data, stop)
                         elif self.hasher is not None:  # hashed in parallel (hashlib releases the GIL)
-                            self.big.append((path, self.hasher.submit(f"{directory}/{name}", stop)))
+                            # the file opened here, not its path again: nothing above it can be
+                            # swapped in between
+                            self.big.append((path, self.hasher.submit_fd(os.dup(fd), path, stop)))
                             continue
                         else:
                             sha = hash_rest(fd, b"", stop)

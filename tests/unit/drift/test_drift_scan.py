@@ -611,3 +611,32 @@ def test_the_forked_walker_reports_a_directory_swapped_for_a_symlink_as_a_symlin
     observed = marshal.loads(raw_walk(str(release), [""], frozenset()))[0]
     assert observed["a"][0] == "symlink" and observed["a"][4] == str(outside)
     assert not any(path.startswith("a/") for path in observed)
+
+
+def test_the_in_process_walker_never_reads_through_a_middle_directory_swapped_for_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walker of a small release (and the parent's half of a large one) opened each directory by its
+    full path: a release's owner who swapped ``a`` for a link to a directory outside the release once
+    the walker was inside it made root list and hash what lies there. The directory opened must be the
+    one its parent listed (its inode), and a big file is hashed from the descriptor opened in its
+    directory, never from its path again."""
+    release, outside = _swap_release(tmp_path)
+    (outside / "b" / "big.bin").write_bytes(b"root only" * (BIG // 9 + 1))
+    (release / "a" / "b" / "big.bin").write_bytes(b"mine" * (BIG // 4 + 1))
+    entries = [
+        FileEntry(
+            path, hashlib.sha256((release / path).read_bytes()).hexdigest(), (release / path).stat().st_size
+        )
+        for path in ("a/b/big.bin", "a/b/mine.txt")
+    ]
+    index = ReleaseIndex.of(TreeManifest.of(entries))
+    _swap_for_symlink(monkeypatch, release, outside, "a/b", "a")
+    hasher = Hasher()
+    try:
+        result = scan_release(release, index, full=True, hasher=hasher, parallel=False)
+    finally:
+        hasher.close()
+    secret = {hashlib.sha256(p.read_bytes()).hexdigest() for p in outside.rglob("*") if p.is_file()}
+    assert "a/b/shadow" not in result.observed, result.observed
+    assert not {seen.sha256 for seen in result.observed.values()} & secret, result.observed
