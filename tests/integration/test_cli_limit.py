@@ -336,3 +336,20 @@ def test_limits_on_postgres(
     assert [r["reason"] for r in rows] == ["staging 12", "staging 13", "staging 14"]
     assert [a["name"] for a in _json(run_cli, "artifacts", "-n", "3")] == ["app11", "app10", "app9"]
     assert _json(run_cli, "artifacts", "-n", "9223372036854775807") == _json(run_cli, "artifacts")
+
+
+def test_log_event_filters_by_event_and_names_the_events_it_knows(home: Path, run_cli: Run) -> None:
+    """An operator after one kind of event ran `graven log --event deploy` and was told "no such
+    subcommand 'deploy'". --event filters the timeline, with the other filters and a limit."""
+    with Context(home=Home.from_env()) as ctx:
+        for i, event in enumerate(["deploy", "rollback", "deploy", "drift", "rollback", "deploy"]):
+            ctx.audit.record(LogEvent(event, env="prod", artifact=_digest(i), reason=f"r{i}"))
+    rollbacks = _json(run_cli, "log", "--event", "rollback")
+    assert [(e["event"], e["reason"]) for e in rollbacks] == [("rollback", "r1"), ("rollback", "r4")]
+    assert [e["reason"] for e in _json(run_cli, "log", "--event", "deploy", "-n", "2")] == ["r2", "r5"]
+    assert _json(run_cli, "log", "--event", "heal") == []
+    code, out, err = run_cli("log", "--event", "deploys")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "--event 'deploys' is no event of the log; one of: " in err and "rollback" in err, err
+    code, _, err = run_cli("log", "--event", "deploy", "verify")
+    assert code == 2 and "--event" in err, err

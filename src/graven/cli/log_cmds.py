@@ -39,6 +39,12 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         metavar="TIME",
         help="Only entries at or after this time (ISO 8601, UTC).",
     )
+    log.add_argument(
+        "--event",
+        dest="log_event",
+        metavar="EVENT",
+        help="Only entries of this event (build, deploy, rollback, promote, drift, heal, override, ...).",
+    )
     add_limit(log, "Only the newest N matching entries, still oldest first (as tail).", dest="log_limit")
     log.add_argument("--json", dest="log_json", action="store_true", help="Print the entries as JSON.")
 
@@ -93,6 +99,7 @@ def _timeline_options_unused(args: argparse.Namespace, subcommand: str) -> None:
             ("--env", "log_env"),
             ("--artifact", "log_artifact"),
             ("--since", "log_since"),
+            ("--event", "log_event"),
             ("--limit", "log_limit"),
         )
         if getattr(args, dest, None) is not None
@@ -129,7 +136,15 @@ def log_cmd(args: argparse.Namespace) -> int:
     artifact: str | None = args.log_artifact
     since: str | None = args.log_since
     limit: int | None = args.log_limit
+    event: str | None = args.log_event
     as_json: bool = args.log_json
+    if event is not None:
+        from graven.model.logentry import EVENT_TYPES
+
+        if event not in EVENT_TYPES:
+            raise InputError(
+                f"--event {event!r} is no event of the log; one of: {', '.join(sorted(EVENT_TYPES))}"
+            )
     if env is not None:
         from graven.deploy.settings import check_env_name
 
@@ -144,7 +159,10 @@ def log_cmd(args: argparse.Namespace) -> int:
     if ctx.home.has_database():
         digest = str(resolve_digest(ctx, artifact)) if artifact else None
         entries = (
-            e for e, _ in ctx.audit.entries(env=env, artifact=digest, since=_since(since), limit=limit)
+            e
+            for e, _ in ctx.audit.entries(
+                env=env, artifact=digest, since=_since(since), event=event, limit=limit
+            )
         )
     # one entry at a time: a log of 100,000 entries is never held whole (with --limit, only N are read)
     first = next(entries, None)

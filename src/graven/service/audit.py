@@ -770,6 +770,7 @@ class AuditLog:
         artifact: str | None = None,
         since: str | None = None,
         since_index: int | None = None,
+        event: str | None = None,
         limit: int | None = None,
     ) -> Iterator[tuple[LogEntry, str]]:
         """Entries (with the leaf hash of each, hex, hashed from it) in index order, filtered; none when
@@ -796,6 +797,9 @@ class AuditLog:
         if since is not None:
             where.append("time >= :since")
             params["since"] = since
+        if event is not None:
+            where.append("event = :event")
+            params["event"] = event
         if since_index is not None:
             where.append("idx >= :since_index")
             params["since_index"] = since_index
