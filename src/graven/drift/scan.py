@@ -85,19 +85,11 @@ def hash_path(path: str, stop: threading.Event | None = None) -> HashResult:
         fd = os.open(path, OPEN_FILE)
     except OSError as exc:
         return None, unreadable(exc, path)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return st, ""
-        return st, _hash_fd(fd, st.st_size, stop)
-    except OSError as exc:
-        return None, unreadable(exc, path)
-    finally:
-        os.close(fd)
+    return _hash_owned(fd, path, stop)
 
 
 def _hash_owned(fd: int, what: str, stop: threading.Event | None) -> HashResult:
-    """fstat and hash the open file ``fd``, then close it (:func:`hash_path` for a descriptor)."""
+    """fstat and hash the open file ``fd``, then close it (``what`` names it in an error)."""
     try:
         if stop is not None and stop.is_set():
             raise ScanStopped
@@ -119,26 +111,23 @@ class Hasher:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def submit(self, path: str, stop: threading.Event | None = None) -> Future[HashResult]:
-        """Hash ``path`` in the pool (:func:`hash_path`)."""
+    def _the_pool(self) -> ThreadPoolExecutor:
+        """The pool, made on first use."""
         with self._lock:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
-            pool = self._pool
-        return pool.submit(hash_path, path, stop)
+            return self._pool
+
+    def submit(self, path: str, stop: threading.Event | None = None) -> Future[HashResult]:
+        """Hash ``path`` in the pool (:func:`hash_path`)."""
+        return self._the_pool().submit(hash_path, path, stop)
 
     def submit_fd(self, fd: int, what: str, stop: threading.Event | None = None) -> Future[HashResult]:
         """Hash the open file ``fd`` in the pool, which closes it (``what`` names it in an error)."""
-        with self._lock:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
-            pool = self._pool
         try:
-            return pool.submit(_hash_owned, fd, what, stop)
+            return self._the_pool().submit(_hash_owned, fd, what, stop)
         except BaseException:
             os.close(fd)
             raise
@@ -168,13 +157,7 @@ class Hasher:
         return [r if r is not None else (None, "unreadable") for r in results]
 
     def _submit_batch(self, paths: list[str], stop: threading.Event | None) -> Future[list[HashResult]]:
-        with self._lock:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
-            pool = self._pool
-        return pool.submit(lambda: [hash_path(p, stop) for p in paths])
+        return self._the_pool().submit(lambda: [hash_path(p, stop) for p in paths])
 
     def close(self) -> None:
         """Stop the pool."""
