@@ -247,8 +247,9 @@ def deploy_cmd(args: argparse.Namespace) -> int:
 
 def _digest_shaped(text: str) -> bool:
     """Whether ``text`` has the shape of a digest or a prefix of one (as resolve_digest takes it)."""
-    value = text.strip().lower().removeprefix("sha256:")
-    return 4 <= len(value) <= 64 and all(c in "0123456789abcdef" for c in value)
+    from graven.service.artifacts import digest_prefix
+
+    return digest_prefix(text) is not None
 
 
 def _show_plan(plan: Any, *, as_json: bool) -> int:

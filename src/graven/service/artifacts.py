@@ -25,6 +25,7 @@ __all__ = [
     "Verification",
     "VerifyReport",
     "check_known_env",
+    "digest_prefix",
     "get_artifact",
     "known_environments",
     "list_artifacts",
@@ -111,11 +112,17 @@ class ArtifactRecord(Frozen):
         return {field: getattr(self, field) for field in self._fields}
 
 
+def digest_prefix(text: str) -> str | None:
+    """The hex of ``text`` when it has the shape of a digest or a prefix of one (4 to 64 hex digits,
+    ``sha256:`` optional, any case), else None."""
+    value = text.strip().lower().removeprefix("sha256:")
+    return value if _PREFIX.fullmatch(value) else None
+
+
 def resolve_digest(ctx: Context, text: str) -> Digest:
     """Turn a full digest or a unique prefix (4+ hex digits, ``sha256:`` optional) into a digest."""
-    value = text.strip().lower()
-    value = value.removeprefix("sha256:")
-    if not _PREFIX.fullmatch(value):
+    value = digest_prefix(text)
+    if value is None:
         raise NotFoundError(
             f"{text!r} is not a digest or digest prefix (4 to 64 hex digits, sha256: optional); "
             "`graven artifacts` lists the digests, `graven build REVISION` prints a revision's"
