@@ -1414,10 +1414,8 @@ def redacted_url(url: str) -> str:
     authority = url.partition("://")[2].split("/", 1)[0]
     if authority.count("@") > 1:  # an unescaped '@' in the password: where it ends is a guess
         return f"{url.partition('://')[0]}://<hidden>"
-    try:
-        import sqlalchemy as sa
-
-        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    parsed = _parsed_url(url)
+    if parsed is None:
         return "<invalid URL>"
+    shown = str(parsed.render_as_string(hide_password=True))
     return re.sub(_SECRET_QUERY, r"\1***", shown, flags=re.IGNORECASE)
