@@ -195,14 +195,11 @@ class RegistryClient:
         body = bytearray()
         try:
             with self._http.stream("GET", realm_url, params=query, headers=headers) as response:
-                for chunk in response.iter_raw():
-                    body += chunk
-                    if len(body) > _MAX_TOKEN_BODY:  # a token is a few KiB: never all of an endless one
-                        raise BackendError(
-                            f"the token service {realm} sent more than {_MAX_TOKEN_BODY} bytes"
-                        )
+                _read_into(body, response, _MAX_TOKEN_BODY)  # a token is a few KiB
         except httpx.HTTPError as exc:
             raise BackendError(f"cannot reach the token service {realm}: {_reason(exc)}") from None
+        if len(body) > _MAX_TOKEN_BODY:  # never all of an endless one
+            raise BackendError(f"the token service {realm} sent more than {_MAX_TOKEN_BODY} bytes")
         if response.status_code in (401, 403):
             if self._credentials is None:
                 raise InputError(f"the registry {self.reference.host} needs credentials: {self._hint()}")
@@ -227,10 +224,7 @@ class RegistryClient:
         """The error of a registry's refusal (its OCI error codes said)."""
         body = bytearray()
         with contextlib.suppress(Exception):  # a body that cannot be read: the status says enough
-            for chunk in response.iter_raw():
-                body += chunk
-                if len(body) > _MAX_ERROR_BODY:  # never all of an endless one
-                    break
+            _read_into(body, response, _MAX_ERROR_BODY)
         response.close()
         detail = _errors(response.status_code, bytes(body))
         if response.status_code in (401, 403) and not self._at_registry(response.url):
@@ -445,6 +439,15 @@ class RegistryClient:
         return manifest
 
 
+def _read_into(body: bytearray, response: httpx.Response, limit: int) -> None:
+    """Add ``response``'s body to ``body`` as it arrives, until it ends or ``body`` holds more than
+    ``limit`` bytes: never all of an endless one (what came stays in ``body`` if reading fails)."""
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) > limit:
+            return
+
+
 def _buffered(response: httpx.Response) -> httpx.Response:
     """``response`` with at most :data:`_MAX_ERROR_BODY` bytes of its body, read now (the rest is
     never read: the connection is closed), as a response that streams them again (for ``_fail``)."""
@@ -453,10 +456,7 @@ def _buffered(response: httpx.Response) -> httpx.Response:
     body = bytearray()
     try:
         with contextlib.suppress(httpx.HTTPError):  # a body that breaks off: what came is enough
-            for chunk in response.iter_raw():
-                body += chunk
-                if len(body) > _MAX_ERROR_BODY:
-                    break
+            _read_into(body, response, _MAX_ERROR_BODY)
     finally:
         response.close()
     return httpx.Response(
