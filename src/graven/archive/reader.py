@@ -359,11 +359,11 @@ def _ticker(handle: BinaryIO, progress: Callable[[int, int], None] | None) -> Ca
 
 def _read_members(
     tar: tarfile.TarFile, batch: PackBatch, tick: Callable[[bool], None] | None
-) -> tuple[dict[str, TreeEntry], set[str], set[str]]:
+) -> tuple[dict[str, TreeEntry], set[str], dict[str, None]]:
     """The entries, the directory entries and the directories the paths of both lie below."""
     entries: dict[str, TreeEntry] = {}
     dirs: set[str] = set()
-    ancestors: set[str] = set()
+    ancestors: dict[str, None] = {}  # an ordered set
     held = 0  # bytes of the names in ``ancestors``: what paths.implied_dirs bounds in a build's tree too
     for member in tar:
         tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member it read (with its headers); not needed here
@@ -408,15 +408,9 @@ def _read_members(
             raise UnsafeInputError(f"{name}: duplicate entry in archive")
         if len(entries) + len(dirs) >= paths.MAX_ENTRIES:
             raise paths.too_many_paths("the archive")
-        parent = name.rpartition("/")[0]
-        while parent and parent not in ancestors:
-            ancestors.add(parent)
-            held += len(parent)
-            parent = parent.rpartition("/")[0]
         # the directories the paths imply, bounded as a build bounds them (not the paths: an artifact
         # the build accepted is imported again)
-        if held > paths.MAX_IMPLIED_BYTES:
-            raise paths.too_deep_paths(name)
+        held = paths.add_implied_dirs((name,), ancestors, held)
         if member.isdir():
             dirs.add(name)
         elif member.issym():

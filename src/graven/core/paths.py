@@ -26,6 +26,7 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_IMPLIED_BYTES",
     "MAX_LINK_HOPS",
+    "add_implied_dirs",
     "check_path",
     "check_unique_nfc",
     "decode_path",
@@ -474,7 +475,15 @@ def implied_dirs(paths: Iterable[str]) -> dict[str, None]:
     not depend on string hashing.
     """
     dirs: dict[str, None] = {}
-    held = 0
+    add_implied_dirs(paths, dirs)
+    return dirs
+
+
+def add_implied_dirs(paths: Iterable[str], dirs: dict[str, None], held: int = 0) -> int:
+    """Add to ``dirs`` the directories ``paths`` lie below that it lacks (:func:`implied_dirs`, for a
+    caller that meets the paths one at a time: an archive being read); ``held`` is the bytes of the
+    names already in ``dirs``, the sum is returned. Past :data:`MAX_IMPLIED_BYTES` the paths are
+    refused (:func:`too_deep_paths`)."""
     for path in paths:
         parent = path.rpartition("/")[0]
         while parent and parent not in dirs:
@@ -483,7 +492,7 @@ def implied_dirs(paths: Iterable[str]) -> dict[str, None]:
             parent = parent.rpartition("/")[0]
         if held > MAX_IMPLIED_BYTES:
             raise too_deep_paths(path)
-    return dirs
+    return held
 
 
 def too_deep_paths(path: str) -> UnsafeInputError:
