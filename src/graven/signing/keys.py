@@ -580,9 +580,10 @@ def _fsync_dir(directory: Path) -> None:
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` with ``data`` atomically, never replacing an existing file.
 
-    The bytes go to a temporary file created with ``O_CREAT | O_EXCL`` and ``mode`` (so the file is
-    never more open than ``mode``), are fsynced, and the file is then hard-linked to ``path``, which
-    fails if ``path`` exists. A reader sees either no file or the complete file.
+    The bytes go to a file without a name (:func:`_write_unnamed`), or where the file system makes none
+    to a temporary file created with ``O_CREAT | O_EXCL``, made with ``mode`` (so the file is never more
+    open than ``mode``) and fsynced; the file is then hard-linked to ``path``, which fails if ``path``
+    exists. A reader sees either no file or the complete file.
     """
     directory = path.parent
     if _write_unnamed(path, data, mode):
