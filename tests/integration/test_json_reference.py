@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,10 +234,23 @@ def test_the_reference_is_well_formed() -> None:
 # -- running them -----------------------------------------------------------------------------------
 
 
-def _doc(run_cli: Run, *args: object, code: int = 0) -> Any:
+def _doc(run_cli: Run, *args: object, code: int = 0, error: bool = False) -> Any:
+    """The document ``graven ARGS`` prints, laid out as docs/json.md's conventions say: indented with
+    two spaces, sorted keys, one newline after it; with ``error``, the error document instead: one
+    compact line, its keys in the order shown, its message the error line on stderr."""
     exit_code, out, err = run_cli(*args)
-    assert exit_code == code, f"graven {' '.join(map(str, args))}: exit {exit_code}: {err}"
-    return json.loads(out)
+    command = f"graven {' '.join(map(str, args))}"
+    assert exit_code == code, f"{command}: exit {exit_code}: {err}"
+    doc = json.loads(out)
+    if error:
+        assert out == json.dumps(doc) + "\n", f"{command}: not one compact line: {out!r}"
+        assert list(doc) == ["ok", "error"] and list(doc["error"]) == ["exit_code", "message"], out
+        assert doc["error"]["exit_code"] == code, out
+        assert err == f"graven: error: {doc['error']['message']}\n", f"{command}: stderr {err!r}"
+    else:
+        layout = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        assert out == layout, f"{command}: not indented by two with sorted keys: {out!r}"
+    return doc
 
 
 def artifacts_scenario(
@@ -264,7 +278,9 @@ def artifacts_scenario(
     put("`graven show DIGEST --provenance --json`", _doc(run_cli, "show", digest, "--provenance", "--json"))
     put("`graven verify DIGEST --json`", _doc(run_cli, "verify", digest, "--json"))
     put("`graven verify DIGEST --rebuild --json`", _doc(run_cli, "verify", digest, "--rebuild", "--json"))
-    put("`graven COMMAND ... --json` on an error", _doc(run_cli, "show", "ffffffff", "--json", code=2))
+    on_error = "`graven COMMAND ... --json` on an error"
+    put(on_error, _doc(run_cli, "show", "ffffffff", "--json", code=2, error=True))
+    put(on_error, _doc(run_cli, "show", "--json", code=2, error=True))  # refused before it runs
 
     archive, envelope = tmp_path / "a.tar", tmp_path / "a.intoto.json"
     export = _doc(run_cli, "export", digest, "-o", archive, "--attestation", envelope, "--json")
@@ -386,12 +402,16 @@ class _Lines:
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.lines: list[dict[str, Any]] = []
+        self.layout_ok = True
         assert proc.stdout is not None
         stdout = proc.stdout
 
         def read() -> None:
             for line in stdout:
-                self.lines.append(json.loads(line))
+                doc = json.loads(line)
+                # JSON Lines as docs/json.md says: compact, sorted keys (checked where it is read)
+                self.layout_ok = self.layout_ok and line == json.dumps(doc, sort_keys=True) + "\n"
+                self.lines.append(doc)
 
         self.thread = threading.Thread(target=read, daemon=True)
         self.thread.start()
@@ -432,6 +452,41 @@ def watch_scenario(world: World, run_cli: Run) -> Outputs:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
             lines.thread.join(timeout=30)
+            assert lines.layout_ok, "graven watch --json: a line not compact with sorted keys"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out: Outputs = {}
+    for line in lines.lines:
+        out.setdefault(f"`graven watch --json` lines of type `{line['type']}`", []).append(line)
+    return out
+
+
+def watch_error_scenario(world: World) -> Outputs:
+    """``error`` lines: every check of an environment fails while the watcher runs on (its artifact's
+    objects are gone from the store)."""
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    objects = world.home / "objects"
+    for gone in (objects / "pack", objects / "sha256", world.home / "cache"):
+        shutil.rmtree(gone, ignore_errors=True)
+    env = {**os.environ, "GRAVEN_HOME": str(world.home)}
+    command = [sys.executable, "-c", "from graven.cli.main import main; raise SystemExit(main())", "watch"]
+    with subprocess.Popen(
+        [*command, "staging", "--json", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            lines = _Lines(proc)
+            lines.wait_for("error")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            lines.thread.join(timeout=30)
+            assert lines.layout_ok, "graven watch --json: a line not compact with sorted keys"
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -530,6 +585,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
         "`graven watch --json` lines of type `metrics`",
         "`graven watch --json` lines of type `unwatch`",
     ),
+    "watch-error": ("`graven watch --json` lines of type `error`",),
     "not-reproducible": ("`graven build --check --json` when not reproducible",),
 }
 
@@ -599,6 +655,10 @@ def test_environment_and_drift_commands_print_the_documented_keys(world: World, 
 
 def test_watch_prints_the_documented_lines(world: World, run_cli: Run) -> None:
     _check_scenario("watch", watch_scenario(world, run_cli))
+
+
+def test_watch_prints_the_documented_error_lines(world: World) -> None:
+    _check_scenario("watch-error", watch_error_scenario(world))
 
 
 def test_a_build_that_is_not_reproducible_prints_the_documented_keys(
