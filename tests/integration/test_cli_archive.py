@@ -803,6 +803,41 @@ def test_export_outputs_that_collide_or_are_directories_are_refused_before_writi
     assert not out.exists()  # nothing half-done: the archive is not written either
 
 
+def test_export_never_replaces_a_device_or_fifo_at_an_output_path(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run
+) -> None:
+    # an export replaced what stood at --attestation by a rename: as root, `--attestation /dev/null`
+    # turned /dev/null into a regular file for the whole machine
+    digest = artifact[1]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    specials = [fifo]
+    if os.geteuid() == 0:
+        device = tmp_path / "null"
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        specials.append(device)
+    for special in specials:
+        before = os.lstat(special)
+        for option in ("--attestation", "--bundle"):
+            code, _, err = run_cli("export", digest, "-o", tmp_path / "a.tar.zst", option, special)
+            assert code == 2 and f"{special} is not a regular file" in err, err
+            assert os.lstat(special).st_mode == before.st_mode and os.lstat(special).st_ino == before.st_ino
+            assert not (tmp_path / "a.tar.zst").exists()
+        special_archive = tmp_path / f"{special.name}.tar"
+        os.rename(special, special_archive)
+        code, _, err = run_cli("export", digest, "-o", special_archive)
+        assert code == 2 and f"{special_archive} is not a regular file" in err, err
+        assert os.lstat(special_archive).st_mode == before.st_mode
+    # a symlink is replaced, never followed (as before): what it points to is left alone
+    target = tmp_path / "kept"
+    target.write_bytes(b"x")
+    link = tmp_path / "link.intoto.json"
+    link.symlink_to(target)
+    code, _, err = run_cli("export", digest, "-o", tmp_path / "b.tar.zst", "--attestation", link)
+    assert code == 0, err
+    assert target.read_bytes() == b"x" and not link.is_symlink()
+
+
 def test_an_archive_of_directories_only_is_no_artifact(
     graven_home: Path, tmp_path: Path, run_cli: Run
 ) -> None:

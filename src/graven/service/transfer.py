@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
@@ -65,10 +66,26 @@ def check_outputs(*paths: Path | None) -> None:
         check_output_dir(path)
         if path.is_dir():
             raise InputError(f"{path} is a directory; give a file name")
+        _refuse_special(path)
         key = os.path.realpath(path)
         if key in seen:
             raise InputError(f"{seen[key]} and {path} are the same file; give each output its own name")
         seen[key] = path
+
+
+def _refuse_special(path: Path) -> None:
+    """Refuse an output path where a device, FIFO or socket stands: an export writes beside the path and
+    renames over it, which would replace the node itself (as root, ``--attestation /dev/null`` made
+    /dev/null a regular file). A symlink is replaced, never followed, as a file is."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # nothing there yet (or unreadable: the write says why)
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise InputError(
+            f"{path} is not a regular file (a device, FIFO or socket); give a file name "
+            "(-o - writes the archive to standard output)"
+        )
 
 
 def export_artifact(
