@@ -626,7 +626,8 @@ def test_an_environment_whose_check_lock_stays_held_is_said_not_checked(
         finally:
             os.close(fd)
         assert wait_for(lambda: any(not d["clean"] for d in watcher.docs("check")), 5)
-        assert watcher.docs("alert")[0]["event"] == "drift"
+        assert wait_for(lambda: len(watcher.docs("alert")) >= 3, 5)
+        assert [d["event"] for d in watcher.docs("alert")] == ["check-failed", "check-resumed", "drift"]
     finally:
         watcher.close()
 

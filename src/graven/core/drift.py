@@ -34,6 +34,7 @@ _set = object.__setattr__  # how a frozen value sets its fields (graven.core.rec
 
 __all__ = [
     "ALERT_FORMAT",
+    "CHECK_EVENTS",
     "DIR_MODE",
     "KINDS",
     "Alert",
@@ -51,6 +52,7 @@ __all__ = [
     "is_racy",
     "keys_of",
     "make_alert",
+    "make_check_alert",
     "plan_heal",
     "summarize",
 ]
@@ -69,6 +71,9 @@ KINDS = (
     "attributes",
 )
 ALERT_FORMAT = "graven.drift-alert/v1"
+# the alerts about the checks themselves: an environment that cannot be checked, then checked again
+# (graven watch); they leave what was alerted of its drift as it is
+CHECK_EVENTS = ("check-failed", "check-resumed")
 TEXT_PATHS = 5  # paths named in an alert's `text`
 ALERT_LIST_MAX = 1000  # entries of each list of an alert's payload at most (count says how many in all)
 
@@ -458,9 +463,9 @@ def alert_transition(
 class Alert(Frozen):
     """The alert payload (format ``graven.drift-alert/v1``)."""
 
-    __slots__ = ("commit", "differences", "digest", "env", "event", "name", "new", "path", "time")
-    _fields = ("event", "env", "path", "digest", "commit", "name", "time", "differences", "new")
-    event: str  # drift | resolved
+    __slots__ = ("commit", "differences", "digest", "env", "error", "event", "name", "new", "path", "time")
+    _fields = ("event", "env", "path", "digest", "commit", "name", "time", "differences", "new", "error")
+    event: str  # drift | resolved | check-failed | check-resumed (CHECK_EVENTS)
     env: str
     path: str
     digest: str | None
@@ -469,6 +474,7 @@ class Alert(Frozen):
     time: str
     differences: tuple[Difference, ...]
     new: tuple[Difference, ...]
+    error: str | None  # check-failed: why the environment cannot be checked
 
     def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
@@ -481,6 +487,7 @@ class Alert(Frozen):
         time: str,
         differences: tuple[Difference, ...],
         new: tuple[Difference, ...] = (),
+        error: str | None = None,
     ) -> None:
         _set(self, "event", event)
         _set(self, "env", env)
@@ -491,6 +498,7 @@ class Alert(Frozen):
         _set(self, "time", time)
         _set(self, "differences", differences)
         _set(self, "new", new)
+        _set(self, "error", error)
 
     @property
     def paths(self) -> list[str]:
@@ -502,6 +510,13 @@ class Alert(Frozen):
         who = f"{self.name or 'artifact'} {(self.digest or '-').removeprefix('sha256:')[:12]}"
         if self.event == "resolved":
             return f"graven: drift in {self.env} resolved: {who} at {self.path} matches its artifact again"
+        if self.event == "check-failed":
+            return (
+                f"graven: {self.env} NOT CHECKED ({who} at {self.path}): {_one_line(self.error or '')}; "
+                "drift there goes unseen until it is checked again"
+            )
+        if self.event == "check-resumed":
+            return f"graven: {self.env} checked again ({who} at {self.path})"
         counts = ", ".join(f"{n} {kind}" for kind, n in summarize(self.differences).items())
         shown = [display_path(path) for path in self.paths[:TEXT_PATHS]]  # one line, whatever the names
         more = len(self.paths) - len(shown)
@@ -527,6 +542,7 @@ class Alert(Frozen):
             "differences": [d.to_json() for d in self.differences[:ALERT_LIST_MAX]],
             "new": [d.to_json() for d in self.new[:ALERT_LIST_MAX]],
             "truncated": max(len(self.paths), len(self.differences), len(self.new)) > ALERT_LIST_MAX,
+            "error": self.error,
             "text": self.text(),
         }
 
@@ -546,6 +562,28 @@ def make_alert(
     """Build an alert; ``new`` lists the differences whose (path, kind) was not alerted before."""
     new = tuple(d for d in differences if (d.path, d.kind) not in alerted)
     return Alert(event, env, path, digest, commit, name, time, tuple(differences), new)
+
+
+def make_check_alert(
+    event: str,
+    *,
+    env: str,
+    path: str,
+    digest: str | None,
+    commit: str | None,
+    name: str | None,
+    time: str,
+    error: str | None = None,
+) -> Alert:
+    """An alert about the check itself (:data:`CHECK_EVENTS`): ``check-failed``, with ``error``, when
+    the environment cannot be checked; ``check-resumed`` when it is checked again."""
+    assert event in CHECK_EVENTS
+    return Alert(event, env, path, digest, commit, name, time, (), (), error)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters escaped (a chat line stays one line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # -- heal ------------------------------------------------------------------------------------------

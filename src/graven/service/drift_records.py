@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from graven.core.drift import Alert, Difference, keys_of, summarize
+from graven.core.drift import CHECK_EVENTS, Alert, Difference, keys_of, summarize
 from graven.core.drift_order import GONE, OLDER, superseded_evidence
 from graven.core.paths import display_path
 from graven.model.logentry import LogEvent
@@ -181,6 +181,8 @@ def record_alert(
     )
     if not reached and alert.event != "drift":
         alerted = None  # the drift it says resolved stays alerted: the resolution is still to say
+    if alert.event in CHECK_EVENTS:
+        alerted = None  # about the check, not the drift: what was alerted of it stays as it is
     summary = "; ".join(f"{name}: {outcome}" for name, outcome in channels.items()) or "no channel"
     with ctx.db.begin(wait=wait) as conn:
         if not still_live(conn, alert.env):  # retired while the alert was sent: nothing is recorded

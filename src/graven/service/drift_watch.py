@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graven.core.drift import Alert, alert_transition, keys_of, make_alert
+from graven.core.drift import CHECK_EVENTS, Alert, alert_transition, keys_of, make_alert, make_check_alert
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
 from graven.drift.scan import ScanStopped
@@ -31,7 +31,7 @@ from graven.service.drift_check import DriftReport, check_target
 from graven.service.drift_heal import HealNotStartedError, HealStopped, heal
 from graven.service.drift_quick import record_clean
 from graven.service.drift_records import alerted_keys, reason_of, record_alert, record_check
-from graven.service.drift_targets import DriftSession, live_targets
+from graven.service.drift_targets import DriftSession, DriftTarget, live_targets
 
 if TYPE_CHECKING:
     from graven.drift.alerts import Delivery
@@ -259,6 +259,10 @@ class _Watcher:
         # per environment whose last alert was not delivered: failures in a row, and the clock time
         # before which it is not sent again (:meth:`_undelivered`)
         self.alert_retry: dict[str, tuple[int, float]] = {}
+        # per environment that cannot be checked (its check fails, or its check lock keeps it off for
+        # LOCKED_WARN): its check-failed alert's failed deliveries in a row, and the clock time before
+        # which it is not sent (again): inf once sent (:meth:`_unchecked`)
+        self.unchecked: dict[str, tuple[int, float]] = {}
         self.lost_output: list[OSError] = []  # the output gone: raised once the stop recorded the rest
         # what the database did not take yet: checks, then deliveries (with when each ended)
         self.held = HeldChecks()
@@ -406,6 +410,7 @@ class _Watcher:
             self.heal_after.discard(env)
             self.alerted.pop(env, None)
             self.alert_retry.pop(env, None)
+            self.unchecked.pop(env, None)
             self.locked.pop(env, None)
             self.backoff.succeeded(env)
             if self.metrics is not None:
@@ -436,6 +441,7 @@ class _Watcher:
                 self.metrics.observe(
                     env, digest=target.digest, commit=target.commit, paths=None, timestamp=time.time()
                 )
+            self._unchecked(target, str(exc))
             self._say("error", f"{utc_now()} {env}: check failed: {exc}", {"env": env, "error": str(exc)})
             return True
         self.locked.pop(env, None)
@@ -449,6 +455,7 @@ class _Watcher:
                 timestamp=time.time(),
             )
         self._say("check", _check_line(report), report.to_json())
+        self._checked_again(target, report.checked_at)
         if not self._alert(env, report):
             return True  # no heal either: the next check decides
         return self._heal_drift(env, report)
@@ -464,7 +471,38 @@ class _Watcher:
             return
         self.locked[env] = (since, True)
         text = f"not checked for {now - since:.0f} s: {exc}"
+        self._unchecked(self.targets[env], text)
         self._say("error", f"{utc_now()} {env}: {text}", {"env": env, "error": text})
+
+    def _unchecked(self, target: DriftTarget, error: str) -> None:
+        """``target`` cannot be checked (``error``: why): one ``check-failed`` alert while that lasts,
+        not one per check; sent again only when no channel took it (after :data:`ALERT_RETRY`,
+        doubling up to :data:`ALERT_RETRY_MAX`). Kept in memory: a restarted watcher sends it again."""
+        failures, not_before = self.unchecked.get(target.env, (0, -math.inf))
+        if self.schedule.clock() < not_before:
+            return
+        self.unchecked[target.env] = (failures, math.inf)
+        self._send_check_alert("check-failed", target, utc_now(), error)
+
+    def _checked_again(self, target: DriftTarget, at: str) -> None:
+        """``target`` was checked (clean or drift) after it could not be: ``check-resumed``."""
+        if self.unchecked.pop(target.env, None) is not None:
+            self._send_check_alert("check-resumed", target, at, None)
+
+    def _send_check_alert(self, event: str, target: DriftTarget, at: str, error: str | None) -> None:
+        alert = make_check_alert(
+            event,
+            env=target.env,
+            path=target.path,
+            digest=target.digest,
+            commit=target.commit,
+            name=target.name,
+            time=at,
+            error=error,
+        )
+        if self.dispatcher is not None:  # first: an output gone while saying it loses no alert
+            self.dispatcher.submit(alert.to_json(), context=alert)
+        self._say("alert", alert.text(), alert.to_json())
 
     def _alert(self, env: str, report: DriftReport) -> bool:
         """Alert new drift and its resolution (said, and delivered by the dispatcher); False when what
@@ -665,7 +703,9 @@ class _Watcher:
                 f"{ended} {alert.env}: {alert.event} alert {'sent' if delivery.ok else 'FAILED'} ({outcome})",
                 {"env": alert.env, "event": alert.event, "ok": delivery.ok, "channels": delivery.channels},
             )
-            if delivery.reached:
+            if alert.event in CHECK_EVENTS:
+                self._check_alert_done(alert, reached=delivery.reached)
+            elif delivery.reached:
                 self.alert_retry.pop(alert.env, None)
             else:
                 self._undelivered(alert.env)
@@ -691,6 +731,20 @@ class _Watcher:
             unrecorded.pop(0)
             self.episode.alerts += 1
             self._show_held(delivery.context.env)
+
+    def _check_alert_done(self, alert: Alert, *, reached: bool) -> None:
+        """A ``check-failed`` alert that reached no channel is sent again by the first check after
+        its retry time that still fails (30 s, doubling up to 15 min); a ``check-resumed`` one is not
+        (the environment is checked: its drift, if any, is alerted as usual)."""
+        state = self.unchecked.get(alert.env)
+        if alert.event != "check-failed" or state is None:
+            return
+        if reached:
+            self.unchecked[alert.env] = (0, math.inf)
+            return
+        failures = state[0] + 1
+        delay = min(ALERT_RETRY * 2 ** (failures - 1), ALERT_RETRY_MAX)
+        self.unchecked[alert.env] = (failures, self.schedule.clock() + delay)
 
     def _undelivered(self, env: str) -> None:
         """An alert of ``env`` reached no channel (each failed, or it was dropped from a full queue, or

@@ -46,6 +46,7 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
             "time": "t",
             "differences": (DIFF,),
             "new": (DIFF,),
+            "error": None,
         },
         True,
     ),

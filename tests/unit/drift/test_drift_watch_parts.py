@@ -523,7 +523,7 @@ def test_an_environment_no_longer_watched_keeps_no_pending_records_series(monkey
         metrics=metrics, targets={}, watched={"gone": ("r", "p", 1)}, notifier=Notifier(), schedule=schedule,
         held=HeldChecks(), unrecorded=[], episode=_BusyEpisode(), heal_after=set(), alerted={},
         alert_retry={}, backoff=HealBackoff(60), dispatcher=dispatcher, lost_output=[], out=lambda line: None,
-        opts=WatchOptions(), stop=threading.Event(), ctx=None, locked={},
+        opts=WatchOptions(), stop=threading.Event(), ctx=None, locked={}, unchecked={},
     )  # fmt: skip
     metrics.observe("gone", digest="sha256:" + "a" * 64, commit=None, paths=1, timestamp=1.0)
     alert = Alert("drift", "gone", "/srv/gone", None, None, None, "t", ())
