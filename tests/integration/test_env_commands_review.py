@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,11 @@ def test_promote_from_a_release_whose_deployer_was_killed_says_how_to_check_it(
     v2 = world.version(2)
     _killed_after_the_switch(world, v2, "staging", world.env_dir("staging"))
     root = ("--root", world.root)
-    code, _, err = run_cli("promote", "staging", "prod", *root)  # not settled yet: current moved
-    assert code == 1 and "redeploy staging (or roll it back)" in err, err
-    environments.hold(world.ctx(), "staging", "look at it")  # settles the dead deployer's record
-    code, _, err = run_cli("promote", "staging", "prod", *root)
+    code, _, err = run_cli("promote", "staging", "prod", *root)  # settles the dead deployer's record
     assert code == 1, err
     assert "its deployer stopped before its health check was recorded" in err, err
     assert f"`graven deploy {v2[7:19]} staging`" in err, err
-    code, _, err = run_cli("deploy", v2[7:19], "staging", *root)  # as it says (the hold is on v2)
+    code, _, err = run_cli("deploy", v2[7:19], "staging", *root)  # as it says
     assert code == 0, err
     code, _, err = run_cli("promote", "staging", "prod", *root)
     assert code == 0, err
@@ -118,3 +116,87 @@ def test_retire_says_that_a_deploy_to_the_name_manages_it_again(world: World, ru
     assert [(s.env, s.live) for s in environments.status(world.ctx())] == [("staging", v2)]
     history = environments.history(world.ctx(), "staging")
     assert [(h["digest"], h["result"]) for h in history] == [(v1, "ok"), (v2, "ok")]
+
+
+def _deploy_and_die_at(home: str, digest: str, env: str, root: str, stage: str) -> None:
+    with Context(home=Home(root=Path(home)), reporter=_KillAt(stage)) as ctx:
+        deploy(ctx, digest, env, DeployOptions(root=root))
+
+
+def test_promote_settles_a_deployment_of_from_killed_before_its_switch(world: World, run_cli: Any) -> None:
+    """A deployer of staging killed after recording its intent, before its switch, leaves a `pending`
+    row: promote settles it (under staging's lock, as rollback does) and promotes what is live and
+    healthy there, the release that never stopped being live, leaving no unsettled record behind."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    fork = multiprocessing.get_context("fork")
+    args = (str(world.home), v2, "staging", str(world.root), "deploy:pending-recorded")
+    child = fork.Process(target=_deploy_and_die_at, args=args)
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert world.live("staging") == v1
+    code, _, err = run_cli("promote", "staging", "prod", "--root", world.root)
+    assert code == 0, err
+    assert world.live("prod") == v1
+    history = environments.history(world.ctx(), "staging")
+    assert [(h["digest"], h["result"]) for h in history] == [(v1, "ok"), (v2, "interrupted")]
+
+
+def _deploy_in_child(home: str, digest: str, root: str) -> None:
+    with Context(home=Home(root=Path(home))) as ctx:
+        result = deploy(ctx, digest, "staging", DeployOptions(root=root))
+    os._exit(0 if result.ok else 1)
+
+
+def test_promote_while_from_is_being_deployed_says_so(world: World, run_cli: Any, tmp_path: Path) -> None:
+    """A deployer of staging at work (switched, its health check running) holds staging's lock: a
+    promote from staging must say staging is being deployed (and queue with --wait), not report a
+    directory that disagrees with the records and ask for a redeploy of staging."""
+    started, go = tmp_path / "health-started", tmp_path / "health-go"
+    health = f"touch {started}; while ! test -e {go}; do sleep 0.05; done"
+    staging = {"path": "staging", "health": health, "health_interval": 0, "health_retries": 0}
+    prod = {"path": "prod", "health_interval": 0, "requires": ["staging"]}
+    toml = env_toml("app", {"staging": staging, "prod": prod})
+    go.touch()
+    v1 = world.version(1, toml)
+    assert world.deploy(v1, "staging").ok
+    go.unlink()
+    started.unlink()
+    v2 = world.version(2, toml)
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(target=_deploy_in_child, args=(str(world.home), v2, str(world.root)))
+    child.start()
+    try:
+        for _ in range(600):
+            if started.exists():
+                break
+            time.sleep(0.05)
+        assert started.exists(), "the staging deployment never reached its health check"
+        code, _, err = run_cli("promote", "staging", "prod", "--root", world.root)
+        assert code == 1, err
+        assert "staging is being deployed by" in err and "--wait" in err, err
+        assert "redeploy staging" not in err, err
+        assert world.live("prod") is None
+    finally:
+        go.touch()
+        child.join(60)
+    assert child.exitcode == 0
+    code, _, err = run_cli("promote", "staging", "prod", "--root", world.root)
+    assert code == 0, err
+    assert world.live("prod") == v2
+
+
+def test_promote_from_a_first_deployment_whose_deployer_was_killed_says_what_is_live(
+    world: World, run_cli: Any
+) -> None:
+    """staging's first deployment killed after its switch: nothing is recorded for staging but that
+    `pending` row, yet its release is live. promote settles it and names it, rather than claiming
+    staging was never deployed."""
+    v1 = world.build()
+    _killed_after_the_switch(world, v1, "staging", world.env_dir("staging"))
+    code, _, err = run_cli("promote", "staging", "prod", "--root", world.root)
+    assert code == 1, err
+    assert "its deployer stopped before its health check was recorded" in err, err
+    assert world.live("prod") is None

@@ -734,13 +734,21 @@ def deploy(
 
 def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> DeployResult:
     """Deploy to ``to_env`` exactly the digest that is live and healthy in ``from_env`` (checked again
-    under ``to_env``'s lock: a promote that waited must not ship what ``from_env`` rolled away from)."""
+    under ``to_env``'s lock: a promote that waited must not ship what ``from_env`` rolled away from).
+
+    A deployment of ``from_env`` recorded ``pending`` is settled first, under ``from_env``'s lock (as
+    rollback does): a deployer at work there makes this promote fail naming it (or, with ``wait``,
+    queue behind it), and one that was killed is recorded as what its directory shows, so that the
+    choice is made on what is really live there and a refusal says what happened."""
     check_env_name(from_env)
     check_env_name(to_env)
     if from_env == to_env:
         raise InputError(f"cannot promote {from_env} to itself")
     if not ctx.home.has_database():
         raise NeverDeployedError(from_env)
+    with ctx.db.connect() as conn:
+        source = load_state(conn, from_env)
+    _settle_pending(ctx, from_env, source, opts)  # its first deployment's too (nothing recorded yet)
     with ctx.db.connect() as conn:
         digest, pipeline = _promotable(conn, from_env)
 
@@ -888,7 +896,7 @@ def _ran_here_with(conn: Connection, env: str, digest: str) -> str | None:
     return None if found is None else str(found)
 
 
-def _settle_pending(ctx: Context, env: str, state: EnvState, opts: DeployOptions) -> None:
+def _settle_pending(ctx: Context, env: str, state: EnvState | None, opts: DeployOptions) -> None:
     """Settle deployments a dead process left pending, under the environment's lock (so a deployer
     at work is never mistaken for a dead one)."""
     with ctx.db.connect() as conn:
