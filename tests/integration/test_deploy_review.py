@@ -763,3 +763,38 @@ def test_a_key_revoked_while_a_deployment_waits_for_its_lock_switches_nothing(wo
     assert [h["digest"] for h in history] == [v1]  # no pending or failed row either
     events = [(e.event, e.artifact) for e, _ in world.ctx().audit.entries()]
     assert ("verify-failure", v2) in events
+
+
+def _first_deploy_and_die(home: str, digest: str, env: str, root: str) -> None:
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.deploy import DeployOptions, deploy
+
+    with Context(home=Home(root=Path(home)), reporter=_KillAt("deploy:switched")) as ctx:
+        deploy(ctx, digest, env, DeployOptions(root=root))
+
+
+def test_a_killed_first_deployment_of_one_environment_keeps_its_directory_from_another(world: World) -> None:
+    """``a``'s first deployment into ``shared`` was killed after its switch: its release is live there,
+    yet nothing but its ``pending`` row records ``a``. ``b`` (another artifact's graven.toml names the
+    same directory) must not take the directory over as if it were free: under the directory's lock,
+    which no deployer of it then holds, ``a``'s record is settled and ``b`` is refused, naming ``a``."""
+    from helpers_deploy import env_toml
+
+    da = world.version(1, env_toml("app", {"a": {"path": "shared"}}))
+    db = world.version(2, env_toml("app", {"b": {"path": "shared"}}))
+    child = multiprocessing.get_context("fork").Process(
+        target=_first_deploy_and_die, args=(str(world.home), da, "a", str(world.root))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert world.live("shared") == da
+    with pytest.raises(ConfigError, match=r"is the directory of environment a .* is live"):
+        world.deploy(db, "b")
+    assert world.live("shared") == da
+    with world.ctx().db.connect() as conn:
+        assert environments.load_state(conn, "b") is None
+        state = environments.load_state(conn, "a")
+    assert state is not None and state.live_digest == da
+    assert [h["result"] for h in environments.history(world.ctx(), "a")] == ["interrupted"]

@@ -35,6 +35,7 @@ from graven.service.deploy_records import (
     RejectedMeanwhileError,
     insert_pending,
     reconcile,
+    reconcile_sharers,
     record_failure,
     record_success,
 )
@@ -356,6 +357,7 @@ class _Deployment:
         ctx.audit.check_ready()
         check_witness(ctx, self.layout, env)
         reconcile(ctx, env, self.layout)
+        reconcile_sharers(ctx, env, self.layout)  # another environment's killed deployer, here
         with ctx.db.connect() as conn:
             # again: another environment may have gone live in this directory while this one waited
             check_location(ctx, conn, self.settings, warn=False)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,6 +28,7 @@ from graven.service.environments import (
     load_state,
     rejection,
     save_state,
+    settle_path,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -108,6 +110,26 @@ def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
                     ),
                 )
         save_state(conn, state)
+
+
+def reconcile_sharers(ctx: Context, env: str, layout: EnvLayout) -> None:
+    """Settle what dead deployers of *other* environments left ``pending`` in ``layout``'s directory
+    (two graven.toml files may name one directory for two environments): called under that
+    directory's lock, which such a deployer would hold were it at work. A first deployment killed
+    after its switch records nothing but that row, so until it is settled the directory looks free
+    to another environment, which would take over a live release it knows nothing of."""
+    mine = os.path.realpath(layout.root)
+    with ctx.db.connect() as conn:
+        names = conn.execute(
+            "SELECT DISTINCT env FROM deployments WHERE result = 'pending' AND env <> :env", {"env": env}
+        ).scalars()
+        others = []
+        for other in sorted(str(name) for name in names):
+            path = settle_path(conn, other, load_state(conn, other))
+            if path is not None and os.path.realpath(path) == mine:
+                others.append(other)
+    for other in others:
+        reconcile(ctx, other, layout)
 
 
 def _bypassed(conn: Connection, dep_id: int, digest: str, settings: str | None) -> str:
