@@ -53,6 +53,10 @@ def test_schema_is_created_at_the_current_version(db: Database) -> None:
         (
             "SELECT digest, settings FROM deployments WHERE env = 'e' AND result = 'pending' "
             "ORDER BY id DESC LIMIT 1",
+            "ix_deployments_pending",  # schema 11's: the pending rows alone
+        ),
+        (
+            "SELECT digest FROM deployments WHERE env = 'e' AND result = 'ok' ORDER BY id DESC LIMIT 1",
             "ix_deployments_env_result",
         ),
         # retention (per release on disk), rollback's target and the graven.toml a digest ran with
@@ -77,6 +81,19 @@ def test_questions_about_one_environment_s_history_use_an_index_on_both_columns(
     assert (
         f"USING INDEX {index} (env=? AND " in plan or f"USING COVERING INDEX {index} (env=? AND " in plan
     ), plan
+
+
+def test_the_pending_rows_of_every_environment_are_read_from_their_own_index(tmp_path: Path) -> None:
+    """Every deploy asks which other environments' deployments are pending (a killed deployer in its
+    directory): the index on (env, result) answered it by reading all of itself."""
+    db = Database.open(f"sqlite:///{tmp_path / 'graven.db'}")
+    query = "SELECT DISTINCT env FROM deployments WHERE result = 'pending' AND env <> 'e'"
+    try:
+        with db.connect() as conn:
+            plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}").all())
+    finally:
+        db.close()
+    assert "ix_deployments_pending" in plan, plan
 
 
 def test_rows_have_columns_as_attributes_and_booleans_round_trip(db: Database) -> None:
