@@ -67,7 +67,7 @@ from graven.cli.main import entry
 entry()
 """
 
-MAX_POINTS = 24  # kill points per command at most (an even sample of its events beyond)
+MAX_POINTS = 12  # kill points per command at most (an even sample of its events beyond; the suite's time)
 
 
 def _run(home: Path, root: Path, kill_at: int, trace: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -152,7 +152,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     made.close()
 
 
-PARTS = 6  # each command's kill points are shared between this many tests (each under ~10 s)
+PARTS = 3  # each command's kill points are shared between this many tests (each under ~10 s)
 
 
 def _cycle(
