@@ -283,6 +283,50 @@ def test_the_fetch_never_reaches_this_hosts_own_services_unless_the_operator_say
     assert err.startswith("graven: error: GRAVEN_FETCH_NETWORK='bridge' is not known: use nat"), err
 
 
+def _external_parameters(run_cli: Run, digest: str) -> dict[str, object]:
+    code, out, err = run_cli("show", digest, "--provenance", "--json")
+    assert code == 0, err
+    external: dict[str, object] = json.loads(out)["statement"]["predicate"]["buildDefinition"][
+        "externalParameters"
+    ]
+    return external
+
+
+def test_the_provenance_says_which_network_the_fetch_had(
+    graven_home: Path,
+    tmp_path: Path,
+    *,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    index: Index,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GRAVEN_FETCH_NETWORK=host makes the build less hermetic (the fetch could reach this host's
+    own services): the signed provenance says so, and says nat for the default; a build without a
+    fetch phase names no fetch network."""
+    lock = f"demo-lib==1.0 --hash=sha256:{index.sha256(WHEEL)}\n"
+    digests = {}
+    for network in ("nat", "host"):
+        monkeypatch.setenv("GRAVEN_FETCH_NETWORK", network)
+        steps = [f"mkdir -p out && cp wheels/{WHEEL} out/ && echo {network} > out/network"]
+        files = {"requirements.lock": lock}
+        repo = make_repo(tmp_path / network, files, _toml([_download(index, WHEEL)], steps))
+        code, out, err = run_cli("build", "-C", repo, "--json")
+        assert code == 0, err
+        digests[network] = json.loads(out)["digest"]
+        assert _external_parameters(run_cli, digests[network])["fetchNetwork"] == network
+    # the default is nat, and is recorded as such
+    monkeypatch.delenv("GRAVEN_FETCH_NETWORK")
+    code, out, err = run_cli("build", "-C", tmp_path / "nat", "--no-cache", "--json")
+    assert code == 0, err
+    assert _external_parameters(run_cli, json.loads(out)["digest"])["fetchNetwork"] == "nat"
+    assert run_cli("verify", digests["host"])[0] == 0
+    plain = make_repo(tmp_path / "plain", {"out/a.txt": "a\n"}, '[artifact]\nname = "plain"\n')
+    code, out, err = run_cli("build", "-C", plain, "--json")
+    assert code == 0, err
+    assert "fetchNetwork" not in _external_parameters(run_cli, json.loads(out)["digest"])
+
+
 def test_a_fetch_without_slirp4netns_is_refused_before_anything_runs(
     graven_home: Path,
     tmp_path: Path,

@@ -275,14 +275,14 @@ def _build(
     selection = Selection.of(source.pipeline.artifact.include, source.pipeline.artifact.exclude)
     name = source.pipeline.artifact.name
     byproducts: list[ResourceRef] = []
-    sandbox, inputs = _SANDBOX_NONE, list[ResourceRef]()
+    sandbox, inputs, fetch_network = _SANDBOX_NONE, list[ResourceRef](), None
     with store.batch() as batch:
         pipeline_digest = batch.add(source.pipeline_bytes)
         if source.pipeline.build.steps:
             built = _tree_from_steps(ctx, source, selection, batch, check=check, use_cache=use_cache)
             entries, files_read, new_cache = built.entries, built.files_read, list[dict[str, object]]()
             from_worktree = 0
-            sandbox, inputs = built.sandbox, built.inputs
+            sandbox, inputs, fetch_network = built.sandbox, built.inputs, built.fetch_network
             log = _redacted_log(built.log)
             byproducts.append(ResourceRef("build.log", str(batch.add(log)), "text/plain"))
         else:
@@ -321,6 +321,7 @@ def _build(
                 pipeline_digest=str(pipeline_digest),
                 inputs=inputs,
                 byproducts=byproducts,
+                fetch_network=fetch_network,
             ),
         )
         envelope_digest = batch.add(envelope.to_json())
@@ -841,6 +842,7 @@ class _StepsTree(NamedTuple):
     log: bytes
     sandbox: str
     inputs: list[ResourceRef]
+    fetch_network: str | None  # the network the [build.fetch] steps had, None without them
 
 
 def _tree_from_steps(
@@ -904,7 +906,7 @@ def _tree_from_steps(
                         ),
                         second.described,
                     )
-        return _StepsTree(entries, counter[0], first.log, first.sandbox, first.inputs)
+        return _StepsTree(entries, counter[0], first.log, first.sandbox, first.inputs, first.fetch_network)
 
 
 def _redacted_log(log: bytes) -> bytes:

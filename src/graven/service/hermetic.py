@@ -32,7 +32,7 @@ from graven.build.fetch import (
     locked_hashes,
     resolve_tools,
 )
-from graven.build.netns import NAT, FetchNetwork, fetch_network_mode, find_slirp, missing_slirp_error
+from graven.build.netns import HOST, NAT, FetchNetwork, fetch_network_mode, find_slirp, missing_slirp_error
 from graven.build.sandbox import (
     BUILD_HOME,
     BUILD_SRC,
@@ -251,6 +251,9 @@ class StepRun:
     snapshot: Path
     restored: bool = False
     described: tuple[str, ...] = ()  # what this run varied (Variation.described, and where it ran)
+    # the network the fetch steps had (netns.NAT: their own; netns.HOST: the host's, the operator's
+    # GRAVEN_FETCH_NETWORK=host or sandbox = "none"); None when no fetch ran (none, or restored)
+    fetch_network: str | None = None
 
     @property
     def work(self) -> Path:
@@ -704,7 +707,11 @@ def run_step_build(
             ResourceRef(f"{LOCKFILE_PREFIX}{path}", f"sha256:{hashlib.sha256(data).hexdigest()}")
             for path, data in lockfiles.items()
         ]
-        yield StepRun(ws, runner.kind, lock_refs, fetched, tools, snapshot, restored, described)
+        network = None
+        if build.fetch is not None and not restored:
+            own = isinstance(runner, BubblewrapRunner) and runner.fetch_network is not None
+            network = NAT if own else HOST
+        yield StepRun(ws, runner.kind, lock_refs, fetched, tools, snapshot, restored, described, network)
     finally:
         left = ws.remove()
         if left is not None:

@@ -163,8 +163,10 @@ def provenance_inputs(
     pipeline_digest: str,
     inputs: Sequence[ResourceRef] = (),
     byproducts: Sequence[ResourceRef] = (),
+    fetch_network: str | None = None,
 ) -> ProvenanceInputs:
-    """The statement's values for one build."""
+    """The statement's values for one build; ``fetch_network``: the network its ``[build.fetch]``
+    steps had (None: no fetch ran)."""
     return ProvenanceInputs(
         artifact_name=name,
         artifact_digest=digest,
@@ -181,6 +183,7 @@ def provenance_inputs(
         pipeline_digest=pipeline_digest,
         inputs=tuple(inputs),
         byproducts=tuple(byproducts),
+        fetch_network=fetch_network,
     )
 
 

@@ -24,6 +24,7 @@ _set = object.__setattr__  # how a frozen value sets its fields (graven.core.rec
 
 __all__ = [
     "BUILD_TYPE",
+    "FETCH_NETWORKS",
     "PAYLOAD_TYPE",
     "PIPELINE_ROLE",
     "PREDICATE_TYPE",
@@ -47,6 +48,9 @@ BUILD_TYPE: Final = "https://graven.dev/build/v1"
 DEFAULT_PIPELINE: Final = "graven.toml"
 ROLE_ANNOTATION: Final = "graven.role"
 PIPELINE_ROLE: Final = "pipeline"
+# The network the [build.fetch] steps had (graven.build.netns: NAT, HOST; not imported here, the
+# sandbox's module is no dependency of a provenance check)
+FETCH_NETWORKS: Final = ("nat", "host")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -107,6 +111,7 @@ class ProvenanceInputs(Frozen):
         "builder_id",
         "byproducts",
         "commit",
+        "fetch_network",
         "finished_on",
         "graven_version",
         "inputs",
@@ -136,6 +141,7 @@ class ProvenanceInputs(Frozen):
         "pipeline_digest",
         "inputs",
         "byproducts",
+        "fetch_network",
     )
     artifact_name: str
     artifact_digest: str
@@ -153,6 +159,7 @@ class ProvenanceInputs(Frozen):
     pipeline_digest: str | None
     inputs: tuple[ResourceRef, ...]
     byproducts: tuple[ResourceRef, ...]
+    fetch_network: str | None
 
     def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
@@ -172,6 +179,7 @@ class ProvenanceInputs(Frozen):
         pipeline_digest: str | None = None,
         inputs: tuple[ResourceRef, ...] = (),
         byproducts: tuple[ResourceRef, ...] = (),
+        fetch_network: str | None = None,
     ) -> None:
         _set(self, "artifact_name", artifact_name)
         _set(self, "artifact_digest", artifact_digest)
@@ -189,6 +197,7 @@ class ProvenanceInputs(Frozen):
         _set(self, "pipeline_digest", pipeline_digest)
         _set(self, "inputs", inputs)
         _set(self, "byproducts", byproducts)
+        _set(self, "fetch_network", fetch_network)
 
 
 def _require_text(value: object, what: str) -> str:
@@ -244,6 +253,14 @@ def build_statement(inputs: ProvenanceInputs) -> dict[str, Any]:
             _require_text(item.name, "byproduct name")
         run_details["byproducts"] = [item.to_descriptor() for item in inputs.byproducts]
 
+    external: dict[str, Any] = {"repository": repository, "revision": revision, "pipeline": pipeline}
+    if inputs.fetch_network is not None:
+        if inputs.fetch_network not in FETCH_NETWORKS:
+            raise InputError(
+                f"fetch network {inputs.fetch_network!r} is not one of {', '.join(FETCH_NETWORKS)}"
+            )
+        external["fetchNetwork"] = inputs.fetch_network
+
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": name, "digest": {"sha256": artifact}}],
@@ -251,11 +268,7 @@ def build_statement(inputs: ProvenanceInputs) -> dict[str, Any]:
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "repository": repository,
-                    "revision": revision,
-                    "pipeline": pipeline,
-                },
+                "externalParameters": external,
                 "internalParameters": {
                     "sourceDateEpoch": epoch,
                     "sandbox": _require_text(inputs.sandbox, "sandbox"),
@@ -298,6 +311,7 @@ class ProvenanceStatement(Frozen):
         "builder_id",
         "byproducts",
         "commit",
+        "fetch_network",
         "finished_on",
         "graven_version",
         "inputs",
@@ -330,6 +344,7 @@ class ProvenanceStatement(Frozen):
         "started_on",
         "finished_on",
         "raw",
+        "fetch_network",
     )
     subjects: tuple[Subject, ...]
     build_type: str
@@ -348,6 +363,7 @@ class ProvenanceStatement(Frozen):
     started_on: str | None
     finished_on: str | None
     raw: Mapping[str, Any]
+    fetch_network: str | None
 
     def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
@@ -368,6 +384,7 @@ class ProvenanceStatement(Frozen):
         started_on: str | None,
         finished_on: str | None,
         raw: Mapping[str, Any],
+        fetch_network: str | None = None,
     ) -> None:
         _set(self, "subjects", subjects)
         _set(self, "build_type", build_type)
@@ -386,6 +403,7 @@ class ProvenanceStatement(Frozen):
         _set(self, "started_on", started_on)
         _set(self, "finished_on", finished_on)
         _set(self, "raw", raw)
+        _set(self, "fetch_network", fetch_network)
 
     @property
     def subject_digests(self) -> tuple[str, ...]:
@@ -517,6 +535,7 @@ def parse_statement(data: bytes | str) -> ProvenanceStatement:
         started_on=_optional_str(metadata, "startedOn", "metadata.startedOn"),
         finished_on=_optional_str(metadata, "finishedOn", "metadata.finishedOn"),
         raw=doc,
+        fetch_network=_optional_str(external, "fetchNetwork", "externalParameters.fetchNetwork"),
     )
 
 

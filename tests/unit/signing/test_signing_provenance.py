@@ -129,6 +129,26 @@ def test_parse_round_trip() -> None:
     assert parsed.finished_on == "2024-01-02T03:05:06.25Z"
 
 
+def test_the_fetch_network_is_an_external_parameter_when_a_fetch_ran() -> None:
+    """Whoever runs the build chooses the fetch's network (GRAVEN_FETCH_NETWORK): a parameter a
+    verifier checks, so externalParameters; left out when no fetch ran, and a statement without it
+    (an older build) still parses."""
+    for network in ("nat", "host"):
+        data = statement_bytes(make_inputs(fetch_network=network))
+        external = json.loads(data)["predicate"]["buildDefinition"]["externalParameters"]
+        assert external["fetchNetwork"] == network
+        assert parse_statement(data).fetch_network == network
+    statement = build_statement(make_inputs())
+    assert "fetchNetwork" not in statement["predicate"]["buildDefinition"]["externalParameters"]
+    assert parse_statement(statement_bytes(make_inputs())).fetch_network is None
+    with pytest.raises(InputError, match="fetch network 'bridge'"):
+        build_statement(make_inputs(fetch_network="bridge"))
+    doc = build_statement(make_inputs())
+    doc["predicate"]["buildDefinition"]["externalParameters"]["fetchNetwork"] = 1
+    with pytest.raises(InputError, match=r"externalParameters\.fetchNetwork is not a string"):
+        parse_statement(json.dumps(doc).encode())
+
+
 def _statement(**changes: Any) -> bytes:
     doc = build_statement(make_inputs())
     doc.update(changes)

@@ -49,6 +49,7 @@ STATEMENT_FIELDS: dict[str, Any] = {
     "started_on": "s",
     "finished_on": "f",
     "raw": {"_type": "x"},
+    "fetch_network": "nat",
 }
 STATEMENT = ProvenanceStatement(**STATEMENT_FIELDS)
 
@@ -80,6 +81,7 @@ CASES: list[tuple[type, dict[str, Any]]] = [
             "pipeline_digest": None,
             "inputs": (REF,),
             "byproducts": (),
+            "fetch_network": None,
         },
     ),
     (VerifiedProvenance, {"statement": STATEMENT, "key": PUBLIC, "payload": b"{}", "envelope": ENVELOPE}),
