@@ -20,7 +20,8 @@ loop of symbolic links, a read-only file system), else 1::
     │   ├── VerificationError        a signature or attestation does not verify
     │   ├── PolicyError              trust or deployment policy refuses
     │   │   ├── EnvironmentBusyError another process holds the environment's lock (deploy, heal)
-    │   │   └── UntrustedSignerError a signature by a key this home does not trust (nor revokes)
+    │   │   ├── UntrustedSignerError a signature by a key this home does not trust (nor revokes)
+    │   │   └── RevokedSignerError   a signature by a key this home revoked
     │   └── BuildError               a build step failed
     ├── ImmutabilityError   (exit 1) an attempt to change something that is write-once
     └── BackendError        (exit 1) the disk, database or network failed underneath graven
@@ -50,6 +51,7 @@ __all__ = [
     "NeverDeployedError",
     "NotFoundError",
     "PolicyError",
+    "RevokedSignerError",
     "SourceError",
     "UnsafeInputError",
     "UntrustedSignerError",
@@ -144,6 +146,10 @@ class EnvironmentBusyError(PolicyError):
 class UntrustedSignerError(PolicyError):
     """Only keys this home does not trust signed it (none of them revoked): trusting the signer's
     public key is the way on, if the signer is trusted."""
+
+
+class RevokedSignerError(PolicyError):
+    """A key this home revoked signed it: never accepted again, whoever trusts it."""
 
 
 class BuildError(CheckFailedError):

@@ -3,6 +3,7 @@ and refuses hostile ones by entry name."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -315,6 +316,58 @@ def test_import_with_an_attestation_no_key_here_verifies_says_so(
     code, out, err = run_cli("log", "--json")
     assert code == 0 and "with provenance no key of this home verifies" in out, out
     assert run_cli("verify", digest)[0] == 1
+
+
+def _changed_envelope(envelope: Path) -> None:
+    """Change the signed statement (its revision) and keep the signature: a tampered envelope that
+    still names the artifact."""
+    doc = json.loads(envelope.read_text())
+    statement = json.loads(base64.b64decode(doc["payload"]))
+    statement["predicate"]["buildDefinition"]["externalParameters"]["revision"] = "evil"
+    doc["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    envelope.write_text(json.dumps(doc))
+
+
+def _nothing_stored(home: Path) -> list[str]:
+    objects = home / "objects"
+    return sorted(
+        str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file() and "tmp" not in p.parts
+    )
+
+
+@pytest.mark.parametrize("case", ["tampered", "revoked"])
+def test_import_refuses_a_tampered_or_revoked_attestation_and_stores_nothing(
+    artifact: tuple[Path, str],
+    graven_home: Path,
+    *,
+    run_cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    """Trusting a key again cannot help with either (its signature does not match the statement, or
+    the key is revoked): the import said "stored ... until this home trusts its signer (graven keys
+    trust KEY.pub)". As verify does, the envelope is refused, and with it the import: nothing stored
+    or recorded, as for an envelope of another artifact."""
+    _, digest = artifact
+    archive, envelope = _export_attested(run_cli, digest, tmp_path / "shop.tar.gz")
+    _trusting_home(graven_home, tmp_path, monkeypatch)
+    second = tmp_path / "second-home"
+    if case == "tampered":
+        _changed_envelope(envelope)
+    else:
+        keyid = next((graven_home / "trust").glob("*.pub")).stem
+        (second / "trust" / "revoked").write_text(f"{keyid}\n")
+    code, _, err = run_cli("import", archive, "--attestation", envelope)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "keys trust" not in err and "nothing was imported" in err, err
+    wanted = "bad signature" if case == "tampered" else "signed by revoked key"
+    assert err.startswith(f"graven: error: {envelope}: {wanted}"), err
+    assert _nothing_stored(second) == [], _nothing_stored(second)
+    assert run_cli("show", digest)[0] == 2
+    # without the attestation the archive imports (unsigned)
+    code, _, err = run_cli("import", archive)
+    assert code == 0, err
 
 
 # -- hostile archives ------------------------------------------------------------------------------

@@ -477,13 +477,21 @@ PIPELINE_NAME = "graven.toml"
 
 
 def check_attestation_file(
-    data: bytes, artifact: Digest, *, policy: TrustPolicy, env: str | None = None
+    data: bytes,
+    artifact: Digest,
+    *,
+    policy: TrustPolicy,
+    env: str | None = None,
+    refused: tuple[type[GravenError], ...] = (),
 ) -> ProvenanceCheck:
     """Check a standalone envelope or Sigstore bundle; malformed input raises InputError. Every signature
-    is checked cryptographically (the policy's memo of verified signatures, if any, is not used)."""
+    is checked cryptographically (the policy's memo of verified signatures, if any, is not used). A
+    failure of a ``refused`` kind is raised rather than returned."""
     load_attestation(data)  # unparseable input is a usage error (exit 2), not a failed check
     try:
         verified = policy.with_memo(None).verify_attestation(data, str(artifact), env)
+    except refused:
+        raise
     except (VerificationError, PolicyError) as exc:
         return ProvenanceCheck(False, str(exc))
     return _accepted(verified, None, artifact)

@@ -25,7 +25,9 @@ from graven.core.record import Record
 from graven.errors import (
     BackendError,
     DigestMismatchError,
+    GravenError,
     InputError,
+    RevokedSignerError,
     VerificationError,
 )
 from graven.model.digest import Digest
@@ -414,6 +416,7 @@ class _Archive(Record):
         "pipeline",
         "pipeline_digest",
         "stored_at",
+        "verdict",
     )
     _fields = (
         "manifest",
@@ -426,6 +429,7 @@ class _Archive(Record):
         "envelope",
         "envelope_digest",
         "stored_at",
+        "verdict",
     )
     manifest: TreeManifest
     name: str  # --name, else the claimed name, else one from the file name
@@ -437,6 +441,9 @@ class _Archive(Record):
     envelope: bytes | None  # the provenance given with it (--attestation), as stored
     envelope_digest: str | None
     stored_at: str  # when its content was in the store: the row's created_at
+    # the envelope's check against this home's trust policy, and the environment whose keys alone
+    # verified it (None: the default keys, or none did); None without an envelope
+    verdict: tuple[ProvenanceCheck, str | None] | None
 
     def __init__(  # noqa: PLR0917 - one parameter per field, as a dataclass's
         self,
@@ -450,6 +457,7 @@ class _Archive(Record):
         envelope: bytes | None = None,
         envelope_digest: str | None = None,
         stored_at: str = "",
+        verdict: tuple[ProvenanceCheck, str | None] | None = None,
     ) -> None:
         self.manifest = manifest
         self.name = name
@@ -461,6 +469,7 @@ class _Archive(Record):
         self.envelope = envelope
         self.envelope_digest = envelope_digest
         self.stored_at = stored_at
+        self.verdict = verdict
 
 
 def _store_archive(
@@ -476,8 +485,10 @@ def _store_archive(
     ``attestation`` file, in one batch of the store.
 
     After it: all of them are in the store, the archive holds files and is the artifact its header
-    and ``expected`` claim, its claims are valid and ``attestation`` names its digest; else it raised
-    and none of it became visible in the store. Nothing is recorded in the database yet."""
+    and ``expected`` claim, its claims are valid and ``attestation`` names its digest, carries no
+    signature of a key this home trusts that does not match it and none of a revoked key (its check
+    is ``verdict``); else it raised and none of it became visible in the store. Nothing is recorded
+    in the database yet."""
     from graven.archive.reader import read_archive
 
     with ctx.store.batch() as batch:
@@ -490,6 +501,9 @@ def _store_archive(
         batch.add(archive.manifest.to_bytes())
         if attestation is not None:
             archive.envelope = _read_attestation(attestation, archive.manifest.digest)[0]
+            where = f"the provenance from {source}" if source else str(attestation)
+            # a forged or revoked signature raises here, before the batch makes anything visible
+            archive.verdict = _verify_envelope(ctx, archive.envelope, archive.manifest.digest, where)
             archive.envelope_digest = str(batch.add(archive.envelope))
     archive.stored_at = utc_now()
     return archive
@@ -568,9 +582,9 @@ def _check_provenance(
     name (unless ``name`` was given) where they differ from its claims, and the result says who signed
     and what the claims contradicted; when none did, that is warned (it is stored all the same)."""
     found = _Provenance()
-    if archive.envelope is None:
+    if archive.envelope is None or archive.verdict is None:
         return found
-    checked, found.trusted_for = _verify_envelope(ctx, archive.envelope, archive.manifest.digest)
+    checked, found.trusted_for = archive.verdict
     if checked.ok and checked.keyid is not None:
         found.signer = signer = checked.keyid
         found.reason = (
@@ -589,22 +603,47 @@ def _check_provenance(
     return found
 
 
-def _verify_envelope(ctx: Context, envelope: bytes, digest: Digest) -> tuple[ProvenanceCheck, str | None]:
+def _verify_envelope(
+    ctx: Context, envelope: bytes, digest: Digest, where: str
+) -> tuple[ProvenanceCheck, str | None]:
     """The check of ``envelope`` against the home's trust policy and, when only an environment's keys
-    verify it, that environment (else None)."""
+    verify it, that environment (else None).
+
+    An envelope no key verifies is stored all the same when only keys this home does not know signed
+    it (trusting one later makes it count). One that a key of this home signed and that does not match
+    its signature (changed since), or that a revoked key signed, is refused, as verify refuses it:
+    trusting a key could never make it count."""
     from graven.service.provenance import check_attestation_file, load_policy
 
     policy = load_policy(ctx)
-    checked = check_attestation_file(envelope, digest, policy=policy)
-    trusted_for = None
+    forged = (VerificationError, RevokedSignerError)  # what _read_attestation left: bad signatures
+    refusal: GravenError | None = None
+
+    def check(env: str | None) -> ProvenanceCheck | None:
+        nonlocal refusal
+        try:
+            return check_attestation_file(envelope, digest, policy=policy, env=env, refused=forged)
+        except forged as exc:  # another environment's keys may verify it all the same
+            refusal = refusal or exc
+            return None
+
+    checked, trusted_for = check(None), None
     # a home may trust the signer for some environments only ([env.NAME] keys of its policy):
     # signed all the same, and what deploy to those environments accepts
     for env in sorted(policy.environments):
-        if checked.ok:
+        if checked is not None and checked.ok:
             break
-        for_env = check_attestation_file(envelope, digest, policy=policy, env=env)
-        if for_env.ok:
+        for_env = check(env)
+        if for_env is not None and for_env.ok:
             checked, trusted_for = for_env, env
+    if (checked is None or not checked.ok) and refusal is not None:
+        why = (
+            "the envelope was changed after it was signed, or is not the signed one"
+            if isinstance(refusal, VerificationError)
+            else "this home never accepts it again"
+        )
+        raise type(refusal)(f"{where}: {refusal}: {why}; nothing was imported")
+    assert checked is not None  # no refusal: the default check returned
     return checked, trusted_for
 
 

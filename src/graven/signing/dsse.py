@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from graven.core.record import Frozen
-from graven.errors import InputError, PolicyError, UntrustedSignerError, VerificationError
+from graven.errors import InputError, PolicyError, RevokedSignerError, UntrustedSignerError, VerificationError
 from graven.signing.keys import VerifyingKey
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -356,7 +356,7 @@ def verify_envelope(
 
     by_revoked = revoked_signer(env, trusted_keys, revoked, memo=memo)
     if by_revoked is not None:
-        raise PolicyError(f"signed by revoked key {by_revoked}")
+        raise RevokedSignerError(f"signed by revoked key {by_revoked}")
     if not usable:
         raise PolicyError("no trusted keys to verify the envelope with")
     trusted_ids = {key.keyid for key in usable}

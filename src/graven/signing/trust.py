@@ -32,7 +32,14 @@ from typing import Any
 
 from graven.core.names import ENV_NAME_PATTERN
 from graven.core.record import Frozen
-from graven.errors import ConfigError, InputError, NotFoundError, PolicyError, VerificationError
+from graven.errors import (
+    ConfigError,
+    InputError,
+    NotFoundError,
+    PolicyError,
+    RevokedSignerError,
+    VerificationError,
+)
 from graven.home import make_home_dir, policy_key_id, policy_key_path
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, SignatureMemo, revoked_signer, verify_envelope
@@ -385,7 +392,7 @@ class TrustPolicy(Frozen):
         if not trusted:
             by_revoked = revoked_signer(envelope, revoked_known, self.revoked, memo=self.memo)
             if by_revoked is not None:
-                raise PolicyError(f"signed by revoked key {by_revoked}")
+                raise RevokedSignerError(f"signed by revoked key {by_revoked}")
             where = f" for environment {env}" if env is not None else ""
             hint = ""
             if env in self.environments and self.policy_file is not None:  # its own keys: none left

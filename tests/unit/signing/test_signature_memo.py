@@ -607,7 +607,7 @@ def test_a_warm_memo_verifies_without_importing_cryptography(tmp_path: Path, key
         check=False,
     )
     assert refused.returncode == 1
-    assert f"PolicyError: signed by revoked key {signer.keyid}" in refused.stderr
+    assert f"RevokedSignerError: signed by revoked key {signer.keyid}" in refused.stderr
     assert len(os.listdir(root / "cache" / "signatures")) == 1
 
 
