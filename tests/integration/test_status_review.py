@@ -10,6 +10,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from graven.home import Home
 from graven.service.context import Context, NullReporter
 from graven.service.deploy import DeployOptions, deploy
@@ -73,3 +75,35 @@ def test_status_tells_a_pending_deployment_from_a_crash_to_settle(world: World, 
     code, out, err = run_cli("status", "--json")
     (staging,) = json.loads(out)
     assert (staging["live"], staging["pending"]) == (v2, None)
+
+
+def test_status_says_when_current_cannot_be_read(
+    world: World, run_cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment directory this user may not search (a deployer's, status run as another user):
+    PATH/current cannot be read, which status said was "not a link to a release" (`graven heal`
+    points it back). It says it cannot be read, and how to read it; --json says why."""
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+
+    def denied(real: Any) -> Any:  # as the kernel answers below a directory this user may not search
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path).endswith("/current"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "readlink", denied(os.readlink))
+    monkeypatch.setattr(os, "lstat", denied(os.lstat))
+    code, _, err = run_cli("status")
+    assert code == 0, err
+    assert "is not a link" not in err and "graven heal" not in err, err
+    assert "/current cannot be read: permission denied" in err, err
+    assert "search permission" in err, err
+    code, out, err = run_cli("status", "--json")
+    assert code == 0, err
+    (staging,) = json.loads(out)
+    assert staging["on_disk"] is None
+    assert "permission denied" in staging["on_disk_error"], staging

@@ -468,7 +468,9 @@ def status_cmd(args: argparse.Namespace) -> int:
             )
             if e.on_disk in (e.pending, e.live):
                 continue
-        if e.on_disk is None and e.live is not None:  # missing, or a file or directory in its place
+        if e.on_disk_error is not None:  # what is there is unknown: neither heal nor redeploy is the way
+            sys.stderr.write(f"graven: warning: {e.env}: {printable(e.on_disk_error)}\n")
+        elif e.on_disk is None and e.live is not None:  # missing, or a file or directory in its place
             sys.stderr.write(
                 f"graven: warning: {e.env}: {printable(e.path)}/current is not a link to a release (the "
                 f"recorded one is {digest_cell(e.live)}); `graven heal {e.env}` points it back\n"

@@ -86,6 +86,12 @@ class EnvLayout(Frozen):
             target = os.readlink(self.current)
         except FileNotFoundError:
             return None
+        except PermissionError:  # a directory on the way this user may not search
+            raise BackendError(
+                f"{self.current} cannot be read: permission denied (run graven as a user who may "
+                f"read {self.root}, the one that deploys there or root, or give this user search "
+                "permission on it and the directories above it)"
+            ) from None
         except OSError as exc:
             if exc.errno == 22:  # EINVAL: not a symlink
                 raise BackendError(

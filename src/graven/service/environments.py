@@ -4,6 +4,7 @@ helpers that the deployment use cases (graven.service.deploy) share."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -463,6 +464,7 @@ class EnvStatus(Frozen):
         "live",
         "name",
         "on_disk",
+        "on_disk_error",
         "path",
         "pending",
         "previous",
@@ -485,6 +487,7 @@ class EnvStatus(Frozen):
         "on_disk",
         "rejected",
         "pending",
+        "on_disk_error",
     )
     env: str
     path: str
@@ -502,6 +505,7 @@ class EnvStatus(Frozen):
     on_disk: str | None  # what PATH/current points to
     rejected: bool
     pending: str | None  # a deployment recorded pending: at work, or its deployer killed (unsettled)
+    on_disk_error: str | None  # why PATH/current could not be read (permission denied, say)
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -521,10 +525,13 @@ class EnvStatus(Frozen):
         on_disk: str | None,
         rejected: bool,
         pending: str | None = None,
+        on_disk_error: str | None = None,
     ) -> None:
         values = (env, path, live, name, commit, deployed_at, deployed_by, kind, health, held, held_digest)
         for field, value in zip(
-            self._fields, (*values, hold_reason, previous, on_disk, rejected, pending), strict=True
+            self._fields,
+            (*values, hold_reason, previous, on_disk, rejected, pending, on_disk_error),
+            strict=True,
         ):
             _set(self, field, value)
 
@@ -554,10 +561,13 @@ def status(ctx: Context) -> list[EnvStatus]:
                 if row.live_digest
                 else None
             )
+            layout, unreadable = EnvLayout(Path(row.path)), None
             try:
-                disk = EnvLayout(Path(row.path)).live_hex()
-            except BackendError:
+                disk = layout.live_hex()
+            except BackendError as exc:
                 disk = None
+                if not _lexists(layout.current):  # else a file or directory in its place: heal's
+                    unreadable = str(exc)
             pending = conn.execute(
                 "SELECT digest FROM deployments WHERE env = :env AND result = 'pending'"
                 " ORDER BY id DESC LIMIT 1",
@@ -581,9 +591,19 @@ def status(ctx: Context) -> list[EnvStatus]:
                     on_disk=f"sha256:{disk}" if disk else None,
                     rejected=bool(row.live_digest and rejection(conn, row.live_digest)),
                     pending=pending.digest if pending is not None else None,
+                    on_disk_error=unreadable,
                 )
             )
     return result
+
+
+def _lexists(path: Path) -> bool:
+    """Whether ``path`` is there, link or not (False also when it cannot be looked at)."""
+    try:
+        os.lstat(path)
+    except OSError:
+        return False
+    return True
 
 
 def history(ctx: Context, env: str, *, limit: int | None = None) -> list[dict[str, Any]]:
