@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,34 @@ def test_status_says_when_current_cannot_be_read(
     (staging,) = json.loads(out)
     assert staging["on_disk"] is None
     assert "permission denied" in staging["on_disk_error"], staging
+
+
+def test_history_shows_when_an_interrupted_deployment_started_not_when_it_was_settled(
+    world: World, run_cli: Any
+) -> None:
+    """A deployment whose deployer was killed is settled (result interrupted) by the next deployer,
+    hold or rollback, maybe days later: its finished_at is that moment. The table's time column is
+    when each deployment started (--json's started_at), for it as for every other row."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    v2 = world.version(2)
+    child = multiprocessing.get_context("fork").Process(
+        target=_deploy_and_die, args=(str(world.home), v2, "staging", str(world.root))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    time.sleep(1.1)  # settled in another second than it started
+    code, _, err = run_cli("hold", "staging", "--reason", "look")
+    assert code == 0, err
+    code, out, err = run_cli("history", "staging", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    interrupted = next(r for r in rows if r["result"] == "interrupted")
+    assert interrupted["started_at"][:19] != interrupted["finished_at"][:19]
+    code, out, err = run_cli("history", "staging")
+    assert code == 0, err
+    shown = {line.split()[0]: line for line in out.splitlines()[1:] if line.split()}
+    for row in rows:
+        assert row["started_at"][:19].replace("T", " ") in shown[str(row["id"])], out
+    assert interrupted["finished_at"][:19].replace("T", " ") not in shown[str(interrupted["id"])], out

@@ -501,11 +501,13 @@ def history_cmd(args: argparse.Namespace) -> int:
         emit_json(rows)
         return 0
     print_table(
-        ["id", "time", "kind", "digest", "result", "health", "actor", "reason"],
+        ["id", "started", "kind", "digest", "result", "health", "actor", "reason"],
         [
             [
                 str(r["id"]),
-                str(r["finished_at"] or r["started_at"])[:19].replace("T", " "),
+                # when it began, as --json's started_at: an interrupted one's finished_at is when a
+                # later deployer (or hold, rollback) found it and settled it, maybe days later
+                str(r["started_at"])[:19].replace("T", " "),
                 r["kind"] + (f" from {r['source_env']}" if r["source_env"] else ""),
                 str(r["digest"])[7:19],
                 r["result"],
