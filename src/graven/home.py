@@ -275,6 +275,13 @@ class Home:
                 else Path(env.get("HOME", str(Path.home()))) / ".local/share"
             )
             root = base / "graven"
+        if os.path.islink(root) and not os.path.exists(root):  # read as a new, empty home otherwise
+            from graven.errors import InputError
+
+            raise InputError(
+                f"GRAVEN_HOME {root} is a symbolic link to {os.readlink(root)}, which {_unresolved(root)}; "
+                "mount or make what it names (a volume not mounted?), or point GRAVEN_HOME at a directory"
+            )
         if os.path.exists(root) and not os.path.isdir(root):
             from graven.errors import InputError
 
@@ -354,6 +361,24 @@ class Home:
                 f"the database {self.db_path} is a link to {os.readlink(self.db_path)}, which does not "
                 "exist (a volume not mounted?); mount or restore what it names, or remove the link"
             )
+
+
+def _unresolved(link: Path) -> str:
+    """Why the symbolic link ``link`` leads nowhere, as a message goes on: "does not exist", "is a
+    loop of symbolic links"."""
+    import errno
+
+    try:
+        os.stat(link)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        return (
+            f"cannot be reached ({os.strerror(exc.errno or 0).lower()})"
+            if exc.errno != errno.ENOENT
+            else "does not exist"
+        )
+    return "does not exist"
 
 
 def _file_above(root: Path) -> Path | None:

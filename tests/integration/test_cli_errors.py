@@ -432,6 +432,29 @@ def test_a_graven_home_below_a_file_or_relative_is_one_line_and_exit_2(
     assert not (tmp_path / "rel").exists()
 
 
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+@pytest.mark.parametrize(
+    "args", [["artifacts"], ["drift"], ["log", "verify"], ["keys", "generate"], ["status"]]
+)
+def test_a_graven_home_that_is_a_link_to_nothing_is_one_line_and_exit_2(
+    tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, args: list[str], link: str
+) -> None:
+    """GRAVEN_HOME a symbolic link to nothing (a volume not mounted) or a loop of links: the read
+    commands answered as in a new home (`graven drift` "no live environments", `graven log verify`
+    "ok: the audit log is empty", exit 0) and keys generate failed on the trust directory."""
+    home = tmp_path / "home"
+    if link == "dangling":
+        home.symlink_to(tmp_path / "unmounted" / "graven")
+    else:
+        home.symlink_to(tmp_path / "other")
+        (tmp_path / "other").symlink_to(home)
+    monkeypatch.setenv("GRAVEN_HOME", str(home))
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == "" and err.count("\n") == 1, (args, out, err)
+    assert err.startswith(f"graven: error: GRAVEN_HOME {home} is a symbolic link to "), err
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_rollback_given_a_digest_where_the_environment_goes_says_how_to_roll_back_to_it(
     graven_home: Path, repo: Path, run_cli: Run
 ) -> None:
