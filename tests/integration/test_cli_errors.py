@@ -540,6 +540,27 @@ def test_output_that_cannot_be_written_is_an_error_never_exit_0(graven_home: Pat
 
 
 @pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["show", "--json"], 2),
+        (["show", "--json", "nope"], 2),
+        (["build", "--json"], 2),
+        (["log", "prove", "0", "--json"], 2),
+    ],
+)
+def test_a_json_error_object_that_cannot_be_written_keeps_the_error_s_exit_code(
+    graven_home: Path, tmp_path: Path, args: list[str], code: int
+) -> None:
+    """With --json on a full disk, the error object's write failed and the usage error (exit 2) ended
+    as "cannot write the output" with exit 1: a second error line, and a script that tells bad input
+    (2) from a failed check (1) was told the wrong one. The error line said it already."""
+    with open("/dev/full", "wb") as full:
+        result = _graven_process(tmp_path, args, full.fileno())
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("graven: error: "), result.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "needle"),
     [
         (["log", "--json", "verify"], "--json before `graven log verify` would not apply to it"),

@@ -659,8 +659,11 @@ def _json_error(
         return
     if not (getattr(namespace, "as_json", False) or getattr(namespace, "log_json", False)):
         return
-    guard.write(_error_document(code, message) + "\n")
-    guard.flush()
+    try:  # a full disk: the error line said it, and the error's exit code stays (not "cannot write")
+        guard.write(_error_document(code, message) + "\n")
+        guard.flush()
+    except OSError:
+        pass
 
 
 def _json_usage_error(args: list[str], message: str) -> None:
@@ -670,8 +673,11 @@ def _json_usage_error(args: list[str], message: str) -> None:
     words = args[: args.index("--")] if "--" in args else args
     if "--json" not in words:
         return
-    sys.stdout.write(_error_document(2, message) + "\n")
-    sys.stdout.flush()
+    try:  # as in _json_error: a full disk leaves the usage error's line and its exit code
+        sys.stdout.write(_error_document(2, message) + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass
 
 
 def _error_document(code: int, message: str) -> str:
