@@ -739,6 +739,8 @@ class KeyStore:
         the trust of the key there): when it raises, no key file is left behind."""
         kind = parse_key_type(key_type)
         private_path, public_path = self.private_path(name), self.public_path(name)
+        if not name[0].isalnum():  # '-x' reads as an option (`keys export -x`), '.x' as a hidden file
+            raise InputError(f"invalid name {name!r} for a new key: start it with a letter or digit")
         self._check_free(name, private_path, public_path)
         try:
             make_home_dir(self.directory)

@@ -295,7 +295,16 @@ def test_invalid_key_names_are_refused(tmp_path: Path, name: str) -> None:
         check_key_name(name)
 
 
-@pytest.mark.parametrize("name", ["a", "ci-2024", "Release_1.0", "x" * 64])
+@pytest.mark.parametrize("name", ["-", "-x", "--json", ".hidden", "_x"])
+def test_a_new_key_s_name_starts_with_a_letter_or_digit(tmp_path: Path, name: str) -> None:
+    # `keys generate --name -x` made keys/-x.key, which `keys export -x` then took for an option
+    with pytest.raises(InputError, match="start it with a letter or digit"):
+        KeyStore(tmp_path).generate(name)
+    assert not list(tmp_path.iterdir())
+    assert check_key_name(name) == name  # a key an older version named so is still found
+
+
+@pytest.mark.parametrize("name", ["a", "ci-2024", "Release_1.0", "x" * 64, "0.x"])
 def test_valid_key_names(name: str) -> None:
     assert check_key_name(name) == name
 
