@@ -916,6 +916,9 @@ class _AlchemyDatabase:
                     ) as conn,
                     conn.begin(),
                 ):
+                    # and waits as long as a writer at most: a migration's or a stuck session's ACCESS
+                    # EXCLUSIVE lock kept status, artifacts, history waiting without end
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT_MS}ms'"))
                     yield _AlchemyConnection(conn, self.named)
         except sa.exc.SQLAlchemyError as exc:
             raise _alchemy_error(exc, where=_engine_url(self.engine), named=self.named) from exc

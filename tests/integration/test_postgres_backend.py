@@ -319,3 +319,37 @@ def test_writers_queue_up_whatever_isolation_the_server_defaults_to(postgres_url
     finally:
         first.close()
         second.close()
+
+
+def test_a_read_behind_a_lock_gives_up_in_one_line_instead_of_hanging(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PostgreSQL review: reads set no lock_timeout, so `graven status` (or artifacts, history) waited
+    without end behind a migration's or a stuck session's ACCESS EXCLUSIVE lock, where a writer gives
+    up after 60 s. A watchdog lets the lock go after 20 s, so that the old behaviour fails, not hangs."""
+    import threading
+    import time
+
+    import psycopg
+
+    import graven.db
+
+    monkeypatch.setattr(graven.db, "_LOCK_WAIT_MS", 300)
+    monkeypatch.setenv("GRAVEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GRAVEN_DB_URL", postgres_url)
+    assert run_cli(capsys, "status")[0] == 0  # the schema exists
+    holder = psycopg.connect(postgres_url.replace("postgresql+psycopg://", "postgresql://"))
+    watchdog = threading.Timer(20, holder.close)
+    try:
+        holder.execute("LOCK TABLE deploy_envs IN ACCESS EXCLUSIVE MODE")
+        watchdog.start()
+        started = time.monotonic()
+        code, out, err = run_cli(capsys, "status")
+        elapsed = time.monotonic() - started
+    finally:
+        watchdog.cancel()
+        holder.close()
+    assert code == 1 and out == "", (code, out, err)
+    assert elapsed < 15, elapsed
+    assert err.startswith("graven: error: database error: canceling statement due to lock timeout"), err
+    assert "pg_stat_activity" in err and err.count("\n") == 1, err
