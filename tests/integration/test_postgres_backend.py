@@ -353,3 +353,56 @@ def test_a_read_behind_a_lock_gives_up_in_one_line_instead_of_hanging(
     assert elapsed < 15, elapsed
     assert err.startswith("graven: error: database error: canceling statement due to lock timeout"), err
     assert "pg_stat_activity" in err and err.count("\n") == 1, err
+
+
+def _icu_database(postgres_url: str, name: str) -> str:
+    """A database whose default collation is ICU's en-US, where '_' < '-' < '.' < digits (bytewise:
+    '-' < '.' < digits < '_'): the URL of it, with graven's schema."""
+    from graven.db import Database
+
+    _as_superuser(
+        postgres_url,
+        f"DROP DATABASE IF EXISTS {name}",
+        f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+    )
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    Database.open(url).close()
+    return url
+
+
+def test_environments_are_listed_in_the_same_order_as_on_sqlite_whatever_the_collation(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A PostgreSQL review: `ORDER BY name` followed the database's collation, so status, drift's
+    environments and reject's "live in" came out in another order than on SQLite (bytewise) under an
+    en_US database."""
+    import sqlalchemy as sa
+
+    from graven.home import Home
+    from graven.service.context import Context
+    from graven.service.drift_live import live_targets
+    from graven.service.environments import status
+
+    url = _icu_database(postgres_url, "graven_icu")
+    names = ["a1", "a.b", "a_b", "a-b"]
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            order = [
+                row[0]
+                for row in conn.execute(sa.text("SELECT unnest(CAST(:n AS text[])) ORDER BY 1"), {"n": names})
+            ]
+            assert order != sorted(names)  # the collation does differ from bytewise
+            for name in names:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO deploy_envs (name, path, live_digest, held, updated_at)"
+                        " VALUES (:name, :path, :digest, false, '2024-01-01T00:00:00Z')"
+                    ),
+                    {"name": name, "path": str(tmp_path / name), "digest": "sha256:" + "0" * 64},
+                )
+    finally:
+        engine.dispose()
+    with Context(home=Home(root=tmp_path / "home", db_url_override=url)) as ctx:
+        assert [env.env for env in status(ctx)] == sorted(names)
+        assert [target.env for target in live_targets(ctx)] == sorted(names)

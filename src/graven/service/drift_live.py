@@ -80,12 +80,9 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
         return []
     targets: list[DriftTarget] = []
     with ctx.db.connect() as conn:
-        rows = {
-            row.name: row
-            for row in conn.execute(
-                "SELECT name, path, live_digest, live_deployment FROM deploy_envs ORDER BY name"
-            )
-        }
+        found = conn.execute("SELECT name, path, live_digest, live_deployment FROM deploy_envs")
+        # by name bytewise, as on SQLite: not in the PostgreSQL database's collation
+        rows = {row.name: row for row in sorted(found, key=lambda row: str(row.name))}
         for env in envs:
             if env not in rows:
                 raise NeverDeployedError(env)

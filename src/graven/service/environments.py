@@ -419,10 +419,10 @@ def reject(ctx: Context, digest_text: str, reason: str) -> RejectResult:
     digest = str(resolve_digest(ctx, digest_text))
     with ctx.db.begin() as conn:
         existing = rejection(conn, digest)
-        names: list[str] = list(
+        names: list[str] = sorted(  # bytewise, as on SQLite: not in the PostgreSQL database's collation
             conn.execute(
                 "SELECT name FROM deploy_envs WHERE live_digest = :digest UNION"
-                " SELECT env FROM deployments WHERE digest = :digest AND result = 'pending' ORDER BY 1",
+                " SELECT env FROM deployments WHERE digest = :digest AND result = 'pending'",
                 {"digest": digest},
             ).scalars()
         )
@@ -546,11 +546,12 @@ def status(ctx: Context) -> list[EnvStatus]:
         return []
     result: list[EnvStatus] = []
     with ctx.db.connect() as conn:
-        states = list(
+        states = sorted(  # by name bytewise, as on SQLite: not in the PostgreSQL database's collation
             conn.execute(
                 "SELECT name, path, live_digest, live_deployment, previous_digest,"
-                " held, held_digest, hold_reason, updated_at FROM deploy_envs ORDER BY name"
-            )
+                " held, held_digest, hold_reason, updated_at FROM deploy_envs"
+            ),
+            key=lambda row: str(row.name),
         )
         for row in states:
             dep = deployment_row(conn, row.live_deployment)
