@@ -406,3 +406,24 @@ def test_environments_are_listed_in_the_same_order_as_on_sqlite_whatever_the_col
     with Context(home=Home(root=tmp_path / "home", db_url_override=url)) as ctx:
         assert [env.env for env in status(ctx)] == sorted(names)
         assert [target.env for target in live_targets(ctx)] == sorted(names)
+
+
+def test_the_psycopg_the_project_allows_says_what_is_wrong_in_a_bad_url() -> None:
+    """A PostgreSQL review: psycopg 3.1.0-3.1.18 drop libpq's words for a bad connection parameter
+    (`?sslmode=bogus` failed as 'connection is bad: "bogus"'), so the hint that makes it bad input (exit
+    2) never matched and it was exit 1; 3.1.19 keeps them ('invalid sslmode value'). The lower bound
+    of both requirements must not allow the older ones."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    bounds = [
+        re.fullmatch(r"psycopg\[binary\]>=([\d.]+),<4", requirement)
+        for requirement in (*extras["postgres"], *extras["dev"])
+        if requirement.startswith("psycopg")
+    ]
+    assert len(bounds) == 2 and all(bounds), bounds
+    for bound in bounds:
+        assert bound is not None
+        assert tuple(int(part) for part in bound.group(1).split(".")) >= (3, 1, 19), bound.group(0)
