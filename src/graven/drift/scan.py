@@ -16,6 +16,8 @@ between chunks of a large one (``graven watch`` must not wait for a full check o
 from __future__ import annotations
 
 import bisect
+import errno
+import functools
 import hashlib
 import marshal
 import os
@@ -23,7 +25,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from graven.core.drift import Observed, is_racy
 from graven.core.record import Frozen, Record
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 HashResult = tuple[os.stat_result | None, str]  # stat of the open file, sha256 hex or "unreadable: ..."
+_R = TypeVar("_R")
 
 
 def _record(st: os.stat_result) -> FileRecord:
@@ -86,6 +89,32 @@ def hash_path(path: str, stop: threading.Event | None = None) -> HashResult:
     except OSError as exc:
         return None, unreadable(exc, path)
     return _hash_owned(fd, path, stop)
+
+
+AttrsResult = tuple[os.stat_result | None, str, str | None]  # HashResult and the file's attribute problem
+
+
+def hash_at(  # noqa: PLR0917 - what partial() binds for the pool
+    dir_fd: int, name: str, what: str, owner: int, group: int, stop: threading.Event | None = None
+) -> AttrsResult:
+    """Open ``name`` in the open directory ``dir_fd`` (never following a symlink), fstat and hash it, and
+    read its owner, group and extended attributes from the descriptor (:func:`attribute_problem`):
+    nothing is looked up by a path whose middle its owner could swap for a symlink meanwhile."""
+    if stop is not None and stop.is_set():
+        raise ScanStopped
+    try:
+        fd = os.open(name, OPEN_FILE, dir_fd=dir_fd)
+    except OSError as exc:
+        return None, unreadable(exc, what), None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st, "", None
+        return st, _hash_fd(fd, st.st_size, stop), attribute_problem(fd, st, owner, group)
+    except OSError as exc:
+        return None, unreadable(exc, what), None
+    finally:
+        os.close(fd)
 
 
 def _hash_owned(fd: int, what: str, stop: threading.Event | None) -> HashResult:
@@ -136,28 +165,48 @@ class Hasher:
         self, paths: list[tuple[str, int]], stop: threading.Event | None = None
     ) -> list[HashResult]:
         """Hash ``(path, size)`` pairs: small files here, big ones in parallel."""
-        futures: dict[int, Future[HashResult]] = {}
-        results: list[HashResult | None] = [None] * len(paths)
-        for i, (path, size) in enumerate(paths):
+        jobs = [(functools.partial(hash_path, path, stop), size) for path, size in paths]
+        return self._run(jobs, (None, "unreadable"))
+
+    def hash_many_at(
+        self,
+        files: list[tuple[int, str, str, int]],
+        owner: int,
+        group: int,
+        stop: threading.Event | None = None,
+    ) -> list[AttrsResult]:
+        """Hash ``(dir_fd, name, what, size)`` files (:func:`hash_at`; the directories stay open until
+        this returns): small files here, big ones in parallel."""
+        jobs = [
+            (functools.partial(hash_at, dir_fd, name, what, owner, group, stop), size)
+            for dir_fd, name, what, size in files
+        ]
+        return self._run(jobs, (None, "unreadable", None))
+
+    def _run(self, jobs: Sequence[tuple[Callable[[], _R], int]], lost: _R) -> list[_R]:
+        """Run hashing ``(job, size)`` pairs, big files in the pool, and return their results in order."""
+        futures: dict[int, Future[_R]] = {}
+        results: list[_R | None] = [None] * len(jobs)
+        for i, (job, size) in enumerate(jobs):
             if size >= BIG:
-                futures[i] = self.submit(path, stop)
-        small = [i for i in range(len(paths)) if i not in futures]
+                futures[i] = self._the_pool().submit(job)
+        small = [i for i in range(len(jobs)) if i not in futures]
         if len(small) > 256 and self.workers > 1:
             # many changed small files (a first check): share them out in batches
             batches = [small[j : j + 128] for j in range(0, len(small), 128)]
-            batch_futures = [self._submit_batch([paths[i][0] for i in b], stop) for b in batches]
+            batch_futures = [self._submit_batch([jobs[i][0] for i in b]) for b in batches]
             for batch, future in zip(batches, batch_futures, strict=True):
                 for i, result in zip(batch, future.result(), strict=True):
                     results[i] = result
         else:
             for i in small:
-                results[i] = hash_path(paths[i][0], stop)
+                results[i] = jobs[i][0]()
         for i, single in futures.items():
             results[i] = single.result()
-        return [r if r is not None else (None, "unreadable") for r in results]
+        return [r if r is not None else lost for r in results]
 
-    def _submit_batch(self, paths: list[str], stop: threading.Event | None) -> Future[list[HashResult]]:
-        return self._the_pool().submit(lambda: [hash_path(p, stop) for p in paths])
+    def _submit_batch(self, jobs: list[Callable[[], _R]]) -> Future[list[_R]]:
+        return self._the_pool().submit(lambda: [job() for job in jobs])
 
     def close(self) -> None:
         """Stop the pool."""
@@ -308,23 +357,110 @@ def _observe(path: str) -> Observed | None:
     return Observed(*raw) if raw is not None else None
 
 
-def _walk_added(base: str, rel: str, observed: dict[str, Observed]) -> None:
-    """Observe everything below an added directory (nothing there is expected)."""
-    stack = [rel]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(f"{base}/{current}") as entries:
-                names = [e.name for e in entries]
-        except OSError:
-            continue
-        for name in names:
-            path = f"{current}/{name}"
-            seen = _observe(f"{base}/{path}")
-            if seen is not None:
-                observed[path] = seen
-                if seen.kind == "dir":
-                    stack.append(path)
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SWAPPED = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENOENT})  # a directory that is no longer one
+
+
+def _observe_at(name: str, dir_fd: int) -> Observed | None:
+    raw = observe_raw(name, dir_fd)
+    return Observed(*raw) if raw is not None else None
+
+
+def _walk_added(base: str, dir_fd: int, name: str, rel: str, observed: dict[str, Observed]) -> None:
+    """Observe everything below the added directory ``name`` of the open directory ``dir_fd`` (``rel``
+    in the release; nothing there is expected). Each directory is opened in its opened parent, never
+    through a symlink; a parent is held until its last subdirectory is opened."""
+    stack: list[tuple[str, list[int]]] = [(rel, [os.dup(dir_fd), 1])]
+    try:
+        while stack:
+            current, held = stack.pop()
+            try:
+                fd = os.open(current.rpartition("/")[2], _DIR_OPEN, dir_fd=held[0])
+            except OSError as exc:
+                out_of_resources(exc, f"{base}/{current}")
+                continue
+            finally:
+                held[1] -= 1
+                if not held[1]:
+                    os.close(held[0])
+            holder = [fd, 1]
+            try:
+                with os.scandir(fd) as entries:
+                    names = [e.name for e in entries]
+                for entry in names:
+                    path = f"{current}/{entry}"
+                    seen = _observe_at(entry, fd)
+                    if seen is not None:
+                        observed[path] = seen
+                        if seen.kind == "dir":
+                            stack.append((path, holder))
+                            holder[1] += 1
+            except OSError as exc:
+                out_of_resources(exc, f"{base}/{current}")
+            finally:
+                holder[1] -= 1
+                if not holder[1]:
+                    os.close(fd)
+    finally:  # stopped, or out of descriptors: the parents still held
+        for _, held in stack:
+            if held[1]:
+                held[1] = 0
+                os.close(held[0])
+
+
+class _Dirs:
+    """Descriptors of a release's directories for a pass over its paths in manifest order: each
+    directory opened in its already opened parent (``O_NOFOLLOW``), never by its path, whose middle
+    components the release's owner could swap for symlinks during the check (a check may run as
+    root). Only the directories on the path to the current one are held. A directory must still be
+    the one the directories' pass stat'ed (``inodes``); one that is no longer a directory is noted in
+    ``changed`` (what is there now, never followed), and nothing below it is looked at."""
+
+    def __init__(self, base: str, root_fd: int, inodes: dict[str, int]) -> None:
+        self.base = base
+        self.stack: list[tuple[str, int]] = [("", root_fd)]  # the root is the caller's to close
+        self.inodes = inodes
+        self.bad: str | None = None  # the last directory that could not be opened (as stat'ed)
+        self.changed: dict[str, Observed] = {}
+
+    def fd(self, rel: str) -> int | None:
+        """The open directory ``rel`` (None: not the directory stat'ed there)."""
+        stack = self.stack
+        top = stack[-1][0]
+        if top == rel:
+            return stack[-1][1]
+        bad = self.bad
+        if bad is not None and (rel == bad or rel.startswith(f"{bad}/")):
+            return None
+        while len(stack) > 1 and not rel.startswith(f"{top}/"):
+            os.close(stack.pop()[1])
+            top = stack[-1][0]
+            if top == rel:
+                return stack[-1][1]
+        for name in rel[len(top) + 1 if top else 0 :].split("/"):
+            parent_rel, parent_fd = stack[-1]
+            here = f"{parent_rel}/{name}" if parent_rel else name
+            try:
+                fd = os.open(name, _DIR_OPEN, dir_fd=parent_fd)
+            except OSError as exc:
+                out_of_resources(exc, f"{self.base}/{here}")
+                self.bad = here
+                seen = _observe_at(name, parent_fd) if exc.errno in _SWAPPED else None
+                if seen is not None and seen.kind != "dir":
+                    self.changed[here] = seen  # swapped for a link (or a file) since it was stat'ed
+                return None
+            if os.fstat(fd).st_ino != self.inodes.get(here):
+                os.close(fd)  # another directory than the one stat'ed: what is below shows as removed
+                self.bad = here
+                return None
+            stack.append((here, fd))
+        return stack[-1][1]
+
+    def close(self, observed: dict[str, Observed]) -> None:
+        """Close what is held (not the root) and report the directories that became something else."""
+        while len(self.stack) > 1:
+            os.close(self.stack.pop()[1])
+        observed.update(self.changed)
 
 
 def scan_release(
@@ -445,15 +581,60 @@ def _fast_scan(
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScanResult:
+    try:
+        root_fd = os.open(base, _DIR_OPEN)
+    except OSError as exc:
+        out_of_resources(exc, base)
+        return ScanResult(root_missing=True)
+    try:
+        if os.fstat(root_fd).st_ino != root_st.st_ino:
+            return ScanResult(root_missing=True)  # replaced since its lstat
+        return _fast_scan_at(
+            base,
+            root_fd,
+            index,
+            root_st,
+            hasher=hasher,
+            table=table,
+            cache=cache,
+            now_ns=now_ns,
+            owner=owner,
+            group=group,
+            stop=stop,
+            progress=progress,
+        )
+    finally:
+        os.close(root_fd)
+
+
+def _fast_scan_at(
+    base: str,
+    root_fd: int,
+    index: ReleaseIndex,
+    root_st: os.stat_result,
+    *,
+    hasher: Hasher,
+    table: Callable[[], tuple[StatTable | None, int | None]] | None,
+    cache: VerifiedCache | None,
+    now_ns: int | None,
+    owner: int,
+    group: int,
+    stop: threading.Event | None,
+    progress: Callable[[int, int], None] | None,
+) -> ScanResult:
+    """The fast scan, every path looked up in its directory's descriptor (:class:`_Dirs`), never by
+    its full path: a check run by root never stats, lists, hashes or reads the extended attributes of
+    anything outside the release, even while the release's owner swaps a directory for a symlink."""
     result = ScanResult()
     observed = result.observed
-    lstat = os.lstat
+    lstat = os.stat  # with dir_fd and follow_symlinks=False: an lstat in that directory
     S_ISDIR, S_ISREG, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_IMODE  # noqa: N806
     new_dirs: list[DirRecord | None] = [None] * len(index.dirs)
     new_files: list[FileRecord | None] = [None] * len(index.files)
     old_dirs = cache.dirs if cache is not None else None
     old_files = cache.files if cache is not None else None
     good_dirs: set[str] = set()
+    inodes: dict[str, int] = {"": root_st.st_ino}  # each directory as the directories' pass stat'ed it
     changed = cache is None
     deployed_table: list[tuple[dict[int, tuple[str, int, int, int, int]], int | None]] = []
 
@@ -464,126 +645,149 @@ def _fast_scan(
             deployed_table.append((loaded.inodes if loaded is not None and usable else {}, recorded_at))
         return deployed_table[0]
 
-    for i, rel in enumerate(index.dirs):
-        parent = rel.rpartition("/")[0]
-        if rel and parent not in good_dirs:
-            continue  # below a missing directory, or one that is not a directory: not there
-        full_path = f"{base}/{rel}" if rel else base
-        try:
-            st = lstat(full_path) if rel else root_st
-        except OSError:
-            continue
-        if not S_ISDIR(st.st_mode):
-            seen = _observe(full_path)
-            if seen is not None:
-                observed[rel] = seen
-            continue
-        good_dirs.add(rel)
-        if rel:
-            observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size)
-        record: DirRecord = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-        if old_dirs is not None and old_dirs[i] == record:
-            new_dirs[i] = record
-            continue
-        changed = True
-        records, recorded_at = deployed()
-        if (
-            records.get(st.st_ino)
-            == (
-                DIR_SHA,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                st.st_mode,
-            )
-            and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
-            and _deployers(st, owner, group)
-        ):
-            new_dirs[i] = record  # the deploy made exactly these entries and nothing changed since
-            continue
-        try:
-            with os.scandir(full_path) as entries:
-                names = [e.name for e in entries]
-        except OSError as exc:
-            out_of_resources(exc, full_path)
-            continue
-        result.listed += 1
-        # a changed ctime: a chown of the directory (its new owner could replace what is in it), a chgrp
-        attrs = attribute_problem(full_path, st, owner, group) if rel else None
-        if attrs is not None:
-            observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
-        expected = index.children.get(rel, frozenset())
-        extra = [n for n in names if n not in expected]
-        for name in extra:
-            path = f"{rel}/{name}" if rel else name
-            seen = _observe(f"{base}/{path}")
-            if seen is not None:
-                observed[path] = seen
-                if seen.kind == "dir":
-                    _walk_added(base, path, observed)
-        if (
-            not extra
-            and attrs is None
-            and now_ns is not None
-            and not is_racy(st.st_mtime_ns, st.st_ctime_ns, now_ns)
-        ):
-            new_dirs[i] = record
+    dirs = _Dirs(base, root_fd, inodes)
+    try:
+        for i, rel in enumerate(index.dirs):
+            if rel:
+                parent, _, name = rel.rpartition("/")
+                if parent not in good_dirs:
+                    continue  # below a missing directory, or one that is not a directory: not there
+                parent_fd = dirs.fd(parent)
+                if parent_fd is None:
+                    continue
+                try:
+                    st = lstat(name, dir_fd=parent_fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if not S_ISDIR(st.st_mode):
+                    seen = _observe_at(name, parent_fd)
+                    if seen is not None:
+                        observed[rel] = seen
+                    continue
+                inodes[rel] = st.st_ino
+                observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size)
+            else:
+                st = root_st
+            good_dirs.add(rel)
+            record: DirRecord = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+            if old_dirs is not None and old_dirs[i] == record:
+                new_dirs[i] = record
+                continue
+            changed = True
+            records, recorded_at = deployed()
+            if (
+                records.get(st.st_ino)
+                == (
+                    DIR_SHA,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_mode,
+                )
+                and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
+                and _deployers(st, owner, group)
+            ):
+                new_dirs[i] = record  # the deploy made exactly these entries and nothing changed since
+                continue
+            full_path = f"{base}/{rel}" if rel else base
+            dir_fd = dirs.fd(rel)
+            if dir_fd is None:
+                continue
+            try:
+                with os.scandir(dir_fd) as entries:
+                    names = [e.name for e in entries]
+            except OSError as exc:
+                out_of_resources(exc, full_path)
+                continue
+            result.listed += 1
+            # a changed ctime: a chown of the directory (its new owner could replace what is in it), a
+            # chgrp
+            attrs = attribute_problem(dir_fd, st, owner, group) if rel else None
+            if attrs is not None:
+                observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
+            expected = index.children.get(rel, frozenset())
+            extra = [n for n in names if n not in expected]
+            for name in extra:
+                path = f"{rel}/{name}" if rel else name
+                seen = _observe_at(name, dir_fd)
+                if seen is not None:
+                    observed[path] = seen
+                    if seen.kind == "dir":
+                        _walk_added(base, dir_fd, name, path, observed)
+            if (
+                not extra
+                and attrs is None
+                and now_ns is not None
+                and not is_racy(st.st_mtime_ns, st.st_ctime_ns, now_ns)
+            ):
+                new_dirs[i] = record
+    finally:
+        dirs.close(observed)
     to_hash: list[tuple[int, str, int, int]] = []  # the index, path, mode and size lstat saw
     all_good = len(good_dirs) == len(index.dirs)
     verified = result.verified
-    for i, entry in enumerate(index.files):
-        path = entry.path
-        if not all_good and path.rpartition("/")[0] not in good_dirs:
-            continue
-        full_path = f"{base}/{path}"
-        try:
-            st = lstat(full_path)
-        except OSError:
-            continue
-        mode = st.st_mode
-        if not S_ISREG(mode):
-            seen = _observe(full_path)
-            if seen is not None:
-                observed[path] = seen
-                if seen.kind == "dir":  # what is in it is added, as a full check finds
-                    _walk_added(base, path, observed)
-            continue
-        record_f: FileRecord = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
-        if old_files is not None and old_files[i] == record_f:
-            new_files[i] = record_f
-            if S_IMODE(mode) == (0o555 if entry.executable else 0o444) and st.st_size == entry.size:
-                verified.add(path)  # exactly as deployed: nothing to compare
-            else:
+    dirs = _Dirs(base, root_fd, inodes)
+    try:
+        for i, entry in enumerate(index.files):
+            path = entry.path
+            parent, _, name = path.rpartition("/")
+            if not all_good and parent not in good_dirs:
+                continue
+            dir_fd = dirs.fd(parent)
+            if dir_fd is None:
+                continue
+            try:
+                st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            mode = st.st_mode
+            if not S_ISREG(mode):
+                seen = _observe_at(name, dir_fd)
+                if seen is not None:
+                    observed[path] = seen
+                    if seen.kind == "dir":  # what is in it is added, as a full check finds
+                        _walk_added(base, dir_fd, name, path, observed)
+                continue
+            record_f: FileRecord = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
+            if old_files is not None and old_files[i] == record_f:
+                new_files[i] = record_f
+                if S_IMODE(mode) == (0o555 if entry.executable else 0o444) and st.st_size == entry.size:
+                    verified.add(path)  # exactly as deployed: nothing to compare
+                else:
+                    observed[path] = Observed("file", S_IMODE(mode), st.st_size)
+                continue
+            changed = True
+            records, recorded_at = deployed()
+            if (
+                records.get(st.st_ino)
+                == (
+                    entry.sha256,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    mode,
+                )
+                and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
+                and _deployers(st, owner, group)
+            ):
+                new_files[i] = record_f
                 observed[path] = Observed("file", S_IMODE(mode), st.st_size)
-            continue
-        changed = True
-        records, recorded_at = deployed()
-        if (
-            records.get(st.st_ino)
-            == (
-                entry.sha256,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                mode,
-            )
-            and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
-            and _deployers(st, owner, group)
-        ):
-            new_files[i] = record_f
-            observed[path] = Observed("file", S_IMODE(mode), st.st_size)
-            continue
-        to_hash.append((i, full_path, mode, st.st_size))
+                continue
+            to_hash.append((i, path, mode, st.st_size))
+    finally:
+        dirs.close(observed)
     if to_hash and progress is not None:
         progress(0, len(to_hash))
+    done = 0
     for part in _hash_batches(to_hash):
         # In batches, each stat result dropped once looked at: a release whose every file changed
         # held two of them (some 600 bytes) per file until the last one was hashed.
-        hashed = hasher.hash_many([(p, size) for _, p, _, size in part], stop)
+        hashed = _hash_part(base, root_fd, inodes, part, hasher, owner, group, stop, observed)
+        done += len(part)
         result.hashed += len(hashed)
         if progress is not None:
-            progress(result.hashed, len(to_hash))
-        for (i, _full, mode_before, size_before), (st_open, sha) in zip(part, hashed, strict=True):
+            progress(done, len(to_hash))
+        for (i, _path, mode_before, size_before), (st_open, sha, attrs) in hashed:
             entry = index.files[i]
             if st_open is None:
                 observed[entry.path] = Observed("file", S_IMODE(mode_before), size_before, sha)
@@ -591,8 +795,8 @@ def _fast_scan(
             if not S_ISREG(st_open.st_mode):
                 observed[entry.path] = Observed(kind_of(st_open.st_mode))
                 continue
-            # a changed ctime with the same content: a chown or chgrp, or extended attributes (a capability)
-            attrs = attribute_problem(_full, st_open, owner, group)
+            # a changed ctime with the same content: a chown or chgrp, or extended attributes (a
+            # capability)
             observed[entry.path] = Observed(
                 "file", S_IMODE(st_open.st_mode), st_open.st_size, sha, attrs=attrs
             )
@@ -603,22 +807,68 @@ def _fast_scan(
                 and not is_racy(st_open.st_mtime_ns, st_open.st_ctime_ns, now_ns)
             ):
                 new_files[i] = _record(st_open)
-    for link in index.symlinks:
-        if link.path.rpartition("/")[0] not in good_dirs:
-            continue
-        full_path = f"{base}/{link.path}"
-        try:
-            observed[link.path] = Observed("symlink", target=os.readlink(full_path))
-        except OSError:
-            seen = _observe(full_path)
-            if seen is not None:
-                observed[link.path] = seen
-                if seen.kind == "dir":
-                    _walk_added(base, link.path, observed)
+    dirs = _Dirs(base, root_fd, inodes)
+    try:
+        for link in index.symlinks:
+            parent, _, name = link.path.rpartition("/")
+            if parent not in good_dirs:
+                continue
+            dir_fd = dirs.fd(parent)
+            if dir_fd is None:
+                continue
+            try:
+                observed[link.path] = Observed("symlink", target=os.readlink(name, dir_fd=dir_fd))
+            except OSError:
+                seen = _observe_at(name, dir_fd)
+                if seen is not None:
+                    observed[link.path] = seen
+                    if seen.kind == "dir":
+                        _walk_added(base, dir_fd, name, link.path, observed)
+    finally:
+        dirs.close(observed)
     result.files = len(index.files)
     if changed and now_ns is not None:
         result.cache = VerifiedCache(index.digest_hex, root_st.st_dev, new_files, new_dirs)
     return result
+
+
+def _hash_part(  # noqa: PLR0917 - the batch and where it is
+    base: str,
+    root_fd: int,
+    inodes: dict[str, int],
+    part: list[tuple[int, str, int, int]],
+    hasher: Hasher,
+    owner: int,
+    group: int,
+    stop: threading.Event | None,
+    observed: dict[str, Observed],
+) -> list[tuple[tuple[int, str, int, int], AttrsResult]]:
+    """Hash one batch of (index, path, mode, size): each file opened in its directory, each directory
+    opened once in its parent (:class:`_Dirs`) and held until the batch is hashed. A file whose
+    directory is no longer the one stat'ed is left out (it shows as removed)."""
+    held: dict[str, int | None] = {}
+    files: list[tuple[int, str, str, int]] = []
+    at: list[tuple[int, str, int, int]] = []
+    dirs = _Dirs(base, root_fd, inodes)
+    try:
+        try:
+            for item in part:
+                path, size = item[1], item[3]
+                parent, _, name = path.rpartition("/")
+                if parent not in held:
+                    dir_fd = dirs.fd(parent)
+                    held[parent] = os.dup(dir_fd) if dir_fd is not None else None
+                kept = held[parent]
+                if kept is not None:
+                    files.append((kept, name, f"{base}/{path}", size))
+                    at.append(item)
+        finally:
+            dirs.close(observed)
+        return list(zip(at, hasher.hash_many_at(files, owner, group, stop), strict=True))
+    finally:
+        for kept in held.values():
+            if kept is not None:
+                os.close(kept)
 
 
 HASH_BATCH = 4096

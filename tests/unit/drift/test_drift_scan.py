@@ -493,19 +493,19 @@ def test_a_fast_check_of_many_changed_files_holds_few_stat_results(
     total = len(index.files)
     assert total >= 1000
     monkeypatch.setattr(scan, "HASH_BATCH", 100)
-    real_lstat, real_hash_path = os.lstat, scan.hash_path
+    real_stat, real_hash_at = os.stat, scan.hash_at
 
-    def counted_lstat(path: str) -> _CountedStat:
-        return _CountedStat(real_lstat(path))
+    def counted_stat(path: str, **kwargs: Any) -> _CountedStat:
+        return _CountedStat(real_stat(path, **kwargs))
 
-    def counted_hash_path(path: str, stop: object = None) -> tuple[_CountedStat | None, str]:
-        st, sha = real_hash_path(path)
-        return (_CountedStat(st) if st is not None else None), sha
+    def counted_hash_at(*args: Any) -> tuple[_CountedStat | None, str, str | None]:
+        st, sha, attrs = real_hash_at(*args)
+        return (_CountedStat(st) if st is not None else None), sha, attrs
 
-    monkeypatch.setattr(scan, "hash_path", counted_hash_path)
+    monkeypatch.setattr(scan, "hash_at", counted_hash_at)
     hasher = Hasher(2)
     with monkeypatch.context() as patch:
-        patch.setattr(os, "lstat", counted_lstat)
+        patch.setattr(os, "stat", counted_stat)
         result = scan_release(root, index, full=False, hasher=hasher, table=None)
     hasher.close()
     assert result.hashed == total
@@ -530,14 +530,14 @@ def test_a_fast_check_hashes_in_batches_of_files_and_bytes_and_reports_each(
     sizes = [os.lstat(root / entry.path).st_size for entry in index.files]
     calls: list[tuple[int, int]] = []
     batches: list[int] = []
-    real_hash_many = Hasher.hash_many
+    real_hash_many = Hasher.hash_many_at
 
-    def hash_many(self: Hasher, paths: list[tuple[str, int]], stop: object = None) -> list[object]:
-        assert len(paths) <= 400 and (len(paths) == 1 or sum(size for _, size in paths) <= 4096)
-        batches.append(len(paths))
-        return real_hash_many(self, paths, stop)  # type: ignore[arg-type, return-value]
+    def hash_many(self: Hasher, files: list[tuple[int, str, str, int]], *args: Any) -> list[object]:
+        assert len(files) <= 400 and (len(files) == 1 or sum(file[3] for file in files) <= 4096)
+        batches.append(len(files))
+        return real_hash_many(self, files, *args)  # type: ignore[return-value]
 
-    monkeypatch.setattr(Hasher, "hash_many", hash_many)
+    monkeypatch.setattr(Hasher, "hash_many_at", hash_many)
     hasher = Hasher(2)
     result = scan_release(
         root, index, full=False, hasher=hasher, table=None, progress=lambda d, t: calls.append((d, t))
@@ -640,3 +640,84 @@ def test_the_in_process_walker_never_reads_through_a_middle_directory_swapped_fo
     secret = {hashlib.sha256(p.read_bytes()).hexdigest() for p in outside.rglob("*") if p.is_file()}
     assert "a/b/shadow" not in result.observed, result.observed
     assert not {seen.sha256 for seen in result.observed.values()} & secret, result.observed
+
+
+def _watch_outside(monkeypatch: pytest.MonkeyPatch, release: Path, outside: Path, swap_at: str) -> list[str]:
+    """Swap the release's directory ``a`` for a symlink to ``outside`` at the first look at ``a/b`` or
+    below (the release's owner racing a check run by root), and note every stat, open, listing and
+    listxattr that reached an inode of ``outside``."""
+    secret = {os.lstat(p).st_ino for p in [outside, *outside.rglob("*")]}
+    leaks: list[str] = []
+    real = {name: getattr(os, name) for name in ("lstat", "stat", "open", "scandir", "listxattr", "readlink")}
+
+    def hook(name: str) -> Any:
+        def racing(path: Any = ".", *args: Any, **kwargs: Any) -> Any:
+            target = os.fspath(path) if not isinstance(path, int) else ""
+            at = target.endswith(f"/{swap_at}") or f"/{swap_at}/" in target
+            at = at or (kwargs.get("dir_fd") is not None and target in ("b", "mine.txt"))
+            if at and not (release / "a").is_symlink():
+                (release / "a").rename(release / "moved")
+                (release / "a").symlink_to(outside)
+            result = real[name](path, *args, **kwargs)
+            if name in ("lstat", "stat"):
+                inode = result.st_ino
+            elif name == "open":
+                inode = os.fstat(result).st_ino
+            elif isinstance(path, int):
+                inode = os.fstat(path).st_ino
+            else:
+                follow = name == "scandir" or kwargs.get("follow_symlinks", True)
+                inode = real["stat"](path, follow_symlinks=follow).st_ino
+            if inode in secret:
+                leaks.append(f"{name}({path!r}, {kwargs})")
+            return result
+
+        return racing
+
+    for name in real:
+        monkeypatch.setattr(os, name, hook(name))
+    return leaks
+
+
+@pytest.mark.parametrize("table_known", [False, True])
+def test_the_stat_check_never_follows_a_middle_directory_swapped_for_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table_known: bool
+) -> None:
+    """The default check stat'ed, listed, hashed and read the extended attributes of every path by its
+    full path: a release's owner who swapped ``a`` for a symlink to a directory outside the release
+    once the check had looked at ``a`` made root (a check may run as root) stat, list and hash what lies
+    there (``a/b/shadow`` reported as added, the hash of a root-only file reported as drift). Every
+    directory is now opened in its opened parent, never through a link; a directory that turned into a
+    link is reported as what it is now."""
+    release, outside = _swap_release(tmp_path)
+    (outside / "b" / "mine.txt").write_text("root only, but a much longer file")
+    (release / "a" / "b" / "extra").mkdir()
+    (release / "a" / "b" / "extra" / "x").write_text("x")
+    (outside / "b" / "extra").mkdir()
+    (outside / "b" / "extra" / "y").write_text("root only")
+    (release / "a" / "b" / "link").symlink_to("mine.txt")
+    (outside / "b" / "link").symlink_to("/root/secret")
+    mine = FileEntry("a/b/mine.txt", hashlib.sha256(b"mine").hexdigest(), 4)
+    entries: list[FileEntry | SymlinkEntry] = [mine, SymlinkEntry("a/b/link", "mine.txt")]
+    (release / "a" / "b" / "mine.txt").chmod(0o444)
+    index = ReleaseIndex.of(TreeManifest.of(entries))
+    table = StatTable()
+    if table_known:
+        for path in ("a", "a/b", "a/b/mine.txt"):
+            st = os.lstat(release / path)
+            table.record(st, DIR_SHA if path != mine.path else mine.sha256)
+    leaks = _watch_outside(monkeypatch, release, outside, "a/b")
+    hasher = Hasher()
+    try:
+        result = scan_release(release, index, full=False, hasher=hasher, table=lambda: (table, None))
+    finally:
+        hasher.close()
+    monkeypatch.undo()
+    assert (release / "a").is_symlink()  # the race happened
+    secret = {hashlib.sha256(p.read_bytes()).hexdigest() for p in outside.rglob("*") if p.is_file()}
+    assert leaks == []
+    assert not any("shadow" in path or path.endswith("/y") for path in result.observed), result.observed
+    assert not {seen.sha256 for seen in result.observed.values()} & secret, result.observed
+    assert all(seen.target != "/root/secret" for seen in result.observed.values())
+    differences = compare_tree(index.manifest, result.observed, verified=result.verified)
+    assert any(d.path == "a" for d in differences), differences  # a directory turned into a link: drift
