@@ -178,6 +178,22 @@ def test_check_without_a_sandbox_never_claims_it_varied_the_hostname(
     assert "umask (002)" in variations and "hostname" not in variations, variations
 
 
+@pytest.mark.parametrize("extra", ["", 'sandbox = "none"\n'])
+def test_check_catches_a_step_that_records_how_many_cpus_it_may_use(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run, extra: str
+) -> None:
+    """``nproc`` (and ``make -j$(nproc)``, Go's and Rust's parallelism) follows the CPUs the process
+    may run on: --check's second build gave the steps the same ones, so such a step passed."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: nothing to vary")
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out && nproc > out/cpus", extra=extra))
+    code, out, err = run_cli("build", "-C", repo, "--check", "--json")
+    assert code == 1, err
+    check = json.loads(out)["check"]
+    assert [d["path"] for d in check["differences"]] == ["out/cpus"]
+    assert any("CPUs" in v for v in check["variations"]), check["variations"]
+
+
 def _clone(origin: Path, dest: Path) -> Path:
     subprocess.run(
         ["git", "clone", "-q", str(origin), str(dest)], env=git_env(), check=True, capture_output=True

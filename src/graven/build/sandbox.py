@@ -52,7 +52,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
@@ -739,6 +739,35 @@ def launcher_limits() -> list[tuple[int, int, int]]:
     return varied_limits(current)
 
 
+def varied_cpus(cpus: Collection[int]) -> frozenset[int] | None:
+    """The CPUs of ``build --check``'s second build, of those the first may use (``cpus``): the lower
+    half, at least one, so that a step that records its parallelism (``nproc``, ``make -j$(nproc)``,
+    Go's GOMAXPROCS) sees another number; None with one CPU (nothing to vary). Pure."""
+    ordered = sorted(cpus)
+    if len(ordered) < 2:
+        return None
+    return frozenset(ordered[: len(ordered) // 2])
+
+
+def available_cpus() -> frozenset[int]:
+    """The CPUs this process may run on (its affinity, which ``nproc`` counts); none where the system
+    does not say."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return frozenset()
+
+
+def _apply_cpus(pid: int, cpus: frozenset[int] | None) -> None:
+    """Let the process ``pid`` (graven's child, waiting to exec the step) run on ``cpus`` only."""
+    if cpus is None:
+        return
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except OSError as exc:
+        raise InputError(f"cannot give the build steps CPUs {sorted(cpus)}: {exc}") from None
+
+
 def _apply_limits(pid: int, limits: Sequence[tuple[int, int, int]]) -> None:
     """Set ``limits`` (resource, soft, hard) on the process ``pid`` (graven's child, waiting to exec
     the step); InputError when one cannot be set."""
@@ -835,6 +864,7 @@ def _run_logged(
     stdin_data: bytes | None = None,
     adopt_orphans: bool = False,
     limits: Sequence[tuple[int, int, int]] = (),
+    cpus: frozenset[int] | None = None,
     pass_fds: Sequence[int] = (),
     attach: Callable[[float], None] | None = None,
 ) -> int:
@@ -846,7 +876,8 @@ def _run_logged(
     With ``stdin_data``, the command's standard input is a socket: once the command says it runs (it
     writes a byte to its standard input: the gate of :data:`_ARGS_TRAMPOLINE`, written after its
     ``exec`` is over, which would otherwise still put back the stack limit it started with),
-    ``limits`` (resource, soft, hard, in order) are set on it, then ``stdin_data`` is sent.
+    ``limits`` (resource, soft, hard, in order) and the CPUs it may run on (``cpus``: all of graven's
+    when None) are set on it, then ``stdin_data`` is sent.
 
     When the command ends, times out or graven is interrupted, its whole process group is killed
     (the leader is reaped only afterwards, so that its group id cannot have been reused). With
@@ -884,7 +915,7 @@ def _run_logged(
                 watchdog = GroupWatchdog(proc.pid)
             if ours is not None and stdin_data is not None:
                 with ours:
-                    _start(proc, ours, stdin_data, limits, deadline=deadline, timeout=timeout)
+                    _start(proc, ours, stdin_data, limits, cpus, deadline=deadline, timeout=timeout)
             if attach is not None:
                 attach(deadline)
             _wait_exited(proc, deadline, timeout)
@@ -902,13 +933,14 @@ def _start(
     sock: socket.socket,
     data: bytes,
     limits: Sequence[tuple[int, int, int]],
+    cpus: frozenset[int] | None = None,
     *,
     deadline: float,
     timeout: int,
 ) -> None:
-    """Wait for the gate's byte on ``sock``, set ``limits`` on ``proc``, send ``data`` (the caller
-    closes ``sock``: the end of the data). A command that ended first gets nothing (its exit code
-    tells). Waiting for the gate or for the command to take the data ends at ``deadline`` (a
+    """Wait for the gate's byte on ``sock``, set ``limits`` and ``cpus`` on ``proc``, send ``data``
+    (the caller closes ``sock``: the end of the data). A command that ended first gets nothing (its
+    exit code tells). Waiting for the gate or for the command to take the data ends at ``deadline`` (a
     ``time.monotonic()``) with TimeoutExpired, as the step's own ``timeout`` does."""
     try:
         sock.settimeout(_left(deadline))
@@ -916,6 +948,7 @@ def _start(
         if not ready:
             return
         _apply_limits(proc.pid, limits)
+        _apply_cpus(proc.pid, cpus)
         sock.settimeout(_left(deadline))
         sock.sendall(data)
     except TimeoutError:
@@ -1044,6 +1077,7 @@ class BubblewrapRunner:
         umask: int = STEP_UMASK,
         launcher_env: Mapping[str, str] | None = None,
         vary_limits: bool = False,
+        cpus: frozenset[int] | None = None,
         fetch_network: FetchNetwork | None = None,
     ) -> None:
         self.bwrap = bwrap
@@ -1059,6 +1093,7 @@ class BubblewrapRunner:
         self.umask = umask
         self.launcher_env = {"PATH": os.defpath, **(launcher_env or {})}
         self.vary_limits = vary_limits
+        self.cpus = cpus  # the CPUs the steps may use (build --check's second build); None: graven's
         self.touch = find_touch() if layout.epoch is not None else None
 
     def tmp_size(self) -> int | None:
@@ -1114,6 +1149,7 @@ class BubblewrapRunner:
                 umask=self.umask,
                 stdin_data=data,
                 limits=_limits(vary=self.vary_limits),
+                cpus=self.cpus,
                 pass_fds=() if slirp is None else slirp.child_fds,
                 attach=None if slirp is None else slirp.attach,
             )
@@ -1132,12 +1168,19 @@ class HostRunner:
     kind = SANDBOX_NONE
 
     def __init__(
-        self, cwd: Path, env: Mapping[str, str], *, umask: int = STEP_UMASK, vary_limits: bool = False
+        self,
+        cwd: Path,
+        env: Mapping[str, str],
+        *,
+        umask: int = STEP_UMASK,
+        vary_limits: bool = False,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.cwd = cwd
         self.env = dict(env)
         self.umask = umask
         self.vary_limits = vary_limits
+        self.cpus = cpus
 
     def run(self, command: str, *, log: BinaryIO, timeout: int, network: bool) -> int:
         """Run one step in ``cwd`` with :data:`STEP_LIMITS` (``network`` cannot be taken away without
@@ -1154,4 +1197,5 @@ class HostRunner:
             stdin_data=_GO,
             adopt_orphans=True,
             limits=_limits(vary=self.vary_limits),
+            cpus=self.cpus,
         )

@@ -47,6 +47,7 @@ from graven.build.sandbox import (
     HostRunner,
     SandboxLayout,
     StepRunner,
+    available_cpus,
     bwrap_argv,
     credential_paths,
     find_bwrap,
@@ -59,6 +60,7 @@ from graven.build.sandbox import (
     shown_paths,
     step_limits_here,
     user_homes,
+    varied_cpus,
 )
 from graven.build.steps import BuildLog, clean_environment, run_steps
 from graven.build.workspace import (
@@ -113,6 +115,9 @@ class Variation:
     # the limits of the steps' launcher before graven sets the steps' own (sandbox.STEP_LIMITS): as if
     # another caller ran graven (every finite soft limit halved), which the steps must not see
     vary_limits: bool = False
+    # the steps run on half the CPUs graven may use (sandbox.varied_cpus): a step that records its
+    # parallelism (nproc, make -j$(nproc)) then records another number
+    fewer_cpus: bool = False
     # start in a later second of the clock than the build before ended: a step that records a time
     # graven cannot fix (the clock, a ctime, /proc's times) then records another one
     next_second: bool = False
@@ -129,6 +134,7 @@ CHECK_VARIATION = Variation(
     umask=0o002,
     launcher_env={"TZ": "Pacific/Kiritimati", "LC_ALL": "C", "LANG": "C"},
     vary_limits=True,
+    fewer_cpus=True,
     next_second=True,
     described=(
         "the build path",
@@ -323,6 +329,7 @@ def _runner(
     epoch: int,
     variation: Variation,
     fetching: bool = False,
+    cpus: frozenset[int] | None = None,
 ) -> StepRunner:
     """The runner of the steps; ``fetching``: the fetch steps run (not restored), with the network
     that :data:`FETCH_NETWORK_ENV` chooses (graven.build.netns)."""
@@ -334,7 +341,7 @@ def _runner(
         env = clean_environment(
             home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=host_path, passed=passed
         )
-        return HostRunner(ws.work, env, umask=variation.umask, vary_limits=variation.vary_limits)
+        return HostRunner(ws.work, env, umask=variation.umask, vary_limits=variation.vary_limits, cpus=cpus)
     bwrap = probe_bubblewrap(find_bwrap())
     network = None
     if fetching and fetch_network_mode(os.environ) == NAT:  # before any work, as bwrap's probe
@@ -382,6 +389,7 @@ def _runner(
         umask=variation.umask,
         launcher_env=variation.launcher_env,
         vary_limits=variation.vary_limits,
+        cpus=cpus,
         fetch_network=network,
     )
 
@@ -619,6 +627,12 @@ def run_step_build(
             *described,
             f"the build directory's file system ({base}: directories list in another order)",
         )
+    cpus = None
+    if variation.fewer_cpus:
+        here = available_cpus()
+        cpus = varied_cpus(here)
+        if cpus is not None:
+            described = (*described, f"the CPUs the steps may use ({len(cpus)} of {len(here)})")
     _reclaim_elsewhere()
     ws = Workspace.create(prefix=variation.prefix, nested=variation.nested, base=base)
     try:
@@ -631,6 +645,7 @@ def run_step_build(
             epoch=epoch,
             variation=variation,
             fetching=build.fetch is not None and restore is None,
+            cpus=cpus,
         )
         if runner.kind == SANDBOX_NONE and variation.hostname != DEFAULT_HOSTNAME:
             # the steps see the host's own hostname, in every build: no UTS namespace to set another

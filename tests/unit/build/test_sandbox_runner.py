@@ -483,3 +483,16 @@ def test_path_directories_in_the_hosts_tmp_are_bound_back_read_only(tmp_path: Pa
         assert not (venv / "bin" / "x").exists()
     finally:
         shutil.rmtree(outside)
+
+
+def test_check_varies_the_cpus_a_step_may_use() -> None:
+    """The second build of ``build --check`` runs on half the CPUs the first may use (at least one),
+    so a step that records its parallelism (``nproc``, ``make -j$(nproc)``) is caught; with one CPU
+    there is nothing to vary."""
+    from graven.build.sandbox import varied_cpus
+
+    assert varied_cpus({0, 1}) == frozenset({0})
+    assert varied_cpus({3, 1, 7, 5}) == frozenset({1, 3})
+    assert varied_cpus({0, 1, 2}) == frozenset({0})
+    assert varied_cpus({4}) is None
+    assert varied_cpus(set()) is None
