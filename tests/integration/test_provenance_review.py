@@ -202,3 +202,24 @@ def test_an_endless_attestation_is_refused_after_its_limit_not_read_whole(
         code, _out, err = run_cli(capsys, "import", archive, "--attestation", fifo)
     assert code == 2 and "that big" in err and len(err.splitlines()) == 1, err
     assert written[0] < 64 << 20, written[0]
+
+
+def test_show_provenance_says_whether_a_trusted_key_verified_what_it_shows(
+    home: Path, repo: Path, capsys: Cap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """show --provenance picks the envelope the trust policy accepts: it said "signature not checked
+    here" whether or not one verified, and said nothing when none did (export warns then)."""
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    digest = _build(capsys, repo)
+    trusted = _keyid(capsys, "default")
+    code, out, err = run_cli(capsys, "show", digest, "--provenance")
+    assert code == 0 and err == "", err
+    assert f"verified with trusted key {trusted}" in out and "not checked" not in out, out
+    code, out, err = run_cli(capsys, "show", digest, "--provenance", "--json")
+    assert code == 0 and json.loads(out)["verified_keyid"] == trusted, out
+    assert run_cli(capsys, "keys", "revoke", trusted)[0] == 0
+    code, out, err = run_cli(capsys, "show", digest, "--provenance")
+    assert code == 0 and "verified with" not in out, out
+    assert "no stored provenance" in err and "graven verify" in err and len(err.splitlines()) == 1, err
+    code, out, err = run_cli(capsys, "show", digest, "--provenance", "--json")
+    assert code == 0 and json.loads(out)["verified_keyid"] is None, out

@@ -175,7 +175,7 @@ def show_cmd(args: argparse.Namespace) -> int:
     from graven.service import artifacts as svc
     from graven.service.context import Context
 
-    ctx = _closing(Context.from_env())
+    ctx = _closing(Context.from_env(TerminalReporter()))
     resolved = svc.resolve_digest(ctx, digest)
     if provenance:
         return _show_provenance(ctx, resolved, as_json=as_json)
@@ -257,21 +257,29 @@ def _show_provenance(ctx: Context, digest: Digest, *, as_json: bool) -> int:
     from graven.service.provenance import preferred_envelope
     from graven.signing.bundle import load_attestation
 
-    envelope = load_attestation(preferred_envelope(ctx, digest)[0])
+    data, verified = preferred_envelope(ctx, digest)  # the newest one the trust policy accepts
+    envelope = load_attestation(data)
     statement = json.loads(envelope.payload)
+    if verified is None:  # as export says it: what is shown is no provenance this home accepts
+        ctx.reporter.warn(
+            f"no stored provenance of {digest} verifies against this home's trust policy; the newest "
+            "one is shown as stored (`graven verify` says why it does not verify)"
+        )
     if as_json:
         emit_json(
             {
                 "payloadType": envelope.payload_type,
                 "keyids": [sig.keyid for sig in envelope.signatures],
+                "verified_keyid": verified,
                 "statement": statement,
             }
         )
     else:
-        # what the envelope says, unverified: any string an imported or pulled attestation holds
+        # the key ids are what the envelope says: any string an imported or pulled attestation holds
         print(f"payloadType: {printable(envelope.payload_type)}")
         print(f"signed by:   {', '.join(printable(sig.keyid) for sig in envelope.signatures)}")
-        print("(signature not checked here; `graven verify` checks it against your trusted keys)")
+        if verified is not None:
+            print(f"(verified with trusted key {verified}; `graven verify` checks the whole artifact)")
         print(json.dumps(statement, indent=2, sort_keys=True))
     return 0
 
