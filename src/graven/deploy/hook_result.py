@@ -15,14 +15,18 @@ from graven.core.record import Frozen
 if TYPE_CHECKING:
     import re
 
-__all__ = ["HookResult", "redact_secrets", "step_error"]
+__all__ = ["OUTPUT_CAP", "HookResult", "redact_secrets", "step_error"]
+
+# The disk space a hook's output may take while it runs (graven.deploy.hooks): past it, all but its
+# last MiB is dropped (a hook printing gigabytes within its timeout must not fill TMPDIR).
+OUTPUT_CAP = 16 * 1024 * 1024
 
 
 class HookResult(Frozen):
     """How one command ended (a frozen value: graven.core.record)."""
 
-    __slots__ = ("attempts", "command", "error", "output", "returncode", "seconds", "timeout")
-    _fields = ("command", "returncode", "output", "seconds", "attempts", "error", "timeout")
+    __slots__ = ("attempts", "command", "dropped", "error", "output", "returncode", "seconds", "timeout")
+    _fields = ("command", "returncode", "output", "seconds", "attempts", "error", "timeout", "dropped")
     command: str
     returncode: int | None  # None: killed after the timeout
     output: str  # the last few KiB of stdout + stderr
@@ -30,6 +34,7 @@ class HookResult(Frozen):
     attempts: int
     error: str | None  # the step could not run at all (see :func:`step_error`)
     timeout: float | None  # the limit of one attempt (what a timed-out run reports)
+    dropped: int  # bytes of output dropped while it ran, past the cap on its disk use (OUTPUT_CAP)
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -40,6 +45,7 @@ class HookResult(Frozen):
         attempts: int = 1,
         error: str | None = None,
         timeout: float | None = None,
+        dropped: int = 0,
     ) -> None:
         set_field = object.__setattr__
         set_field(self, "command", command)
@@ -49,6 +55,7 @@ class HookResult(Frozen):
         set_field(self, "attempts", attempts)
         set_field(self, "error", error)
         set_field(self, "timeout", timeout)
+        set_field(self, "dropped", dropped)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +77,12 @@ class HookResult(Frozen):
         # a NUL byte (binary output) is written \x00: PostgreSQL's text, where this is recorded, has none
         text = redact_secrets(self.output).replace("\x00", "\\x00")
         last = text.strip().split("\n")[-1:] if text.strip() else []
-        return f"{status}: {last[0][:200]}" if last else status
+        shown = f"{status}: {last[0][:200]}" if last else status
+        if self.dropped:  # the command printed more than graven keeps: its last line is still its own
+            from graven.core.units import human_size
+
+            shown += f" (output past {human_size(OUTPUT_CAP)}: its first {human_size(self.dropped)} dropped)"
+        return shown
 
 
 # Environment variables whose values are secrets by their names (a hook sees the operator's environment),
