@@ -11,6 +11,7 @@ from graven.cli.context import closing as _closing
 from graven.cli.output import (
     TerminalReporter,
     emit_json,
+    emit_json_with_list,
     human_size,
     print_table,
     printable,
@@ -20,7 +21,10 @@ from graven.cli.output import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from graven.model.digest import Digest
+    from graven.model.manifest import TreeEntry
     from graven.service.artifacts import VerifyReport
     from graven.service.context import Context
     from graven.service.provenance import ProvenanceCheck
@@ -189,9 +193,10 @@ def show_cmd(args: argparse.Namespace) -> int:
             "summary": summary,
             "builds": history,
         }
-        if list_files:
-            doc["entries"] = [e.to_json() for e in manifest.entries]
-        emit_json(doc)
+        if list_files:  # written one entry at a time (a million files), in the key's sorted place
+            emit_json_with_list(doc, "entries", (e.to_json() for e in manifest.entries))
+        else:
+            emit_json(doc)
         return 0
     lines = [
         ("digest", record.digest),
@@ -220,10 +225,24 @@ def show_cmd(args: argparse.Namespace) -> int:
     )
     if list_files:
         print()
-        print_table(
-            ["type", "mode", "size", "sha256", "path"], [_entry_row(e.to_json()) for e in manifest.entries]
-        )
+        _print_entries(manifest.entries)
     return 0
+
+
+def _print_entries(entries: Sequence[TreeEntry]) -> None:
+    """``show --files``: the table :func:`print_table` prints, written a row at a time (an artifact
+    of a million files is not held again as rows): the columns before the path are measured first;
+    the path's width does not matter (it is last, and a line's trailing spaces are cut)."""
+    headers = ["type", "mode", "size", "sha256", "path"]
+    widths = [len(h) for h in headers]
+    for entry in entries:
+        row = _entry_row(entry.to_json())
+        widths[:4] = [max(w, len(printable(cell))) for w, cell in zip(widths[:4], row[:4], strict=True)]
+    write = sys.stdout.write
+    write("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
+    for entry in entries:
+        row = [printable(cell) for cell in _entry_row(entry.to_json())]
+        write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def _entry_row(entry: dict[str, object]) -> list[str]:

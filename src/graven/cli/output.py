@@ -49,6 +49,23 @@ def emit_json_list(items: Iterable[Any]) -> None:
     sys.stdout.write("[]\n" if first else "\n]\n")
 
 
+def emit_json_with_list(doc: dict[str, Any], key: str, items: Iterable[Any]) -> None:
+    """Print ``doc`` with ``items`` as its list ``key``, as :func:`emit_json` would print it, writing
+    the list one item at a time (``show --files``: an artifact of a million files is not held again
+    as objects or as one text). The list's place is found by a marker no string value can spell: a
+    raw newline and the key at the top level's indent."""
+    marker = "\x00graven-list\x00"
+    head, found, tail = _dumps({**doc, key: marker}).partition(f'\n  "{key}": "\\u0000graven-list\\u0000"')
+    assert found, key
+    sys.stdout.write(f'{head}\n  "{key}": ')
+    it, first = iter(items), True
+    while chunk := list(itertools.islice(it, 256)):  # 256 at a time: a dumps() each is slow
+        body = _dumps(chunk)[2:-2]  # "[\n  A,\n  B\n]": the items, one level in; two here
+        sys.stdout.write(("[\n  " if first else ",\n  ") + body.replace("\n", "\n  "))
+        first = False
+    sys.stdout.write(("[]" if first else "\n  ]") + tail + "\n")
+
+
 def _dumps(value: Any) -> str:
     """``value`` as JSON text that is UTF-8 (RFC 8259): a name that is not UTF-8 (an output path, a
     home, a repository given as bytes) holds surrogate escapes, which the UTF-8 stdout would write
