@@ -116,6 +116,7 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
             "attempts": 2,
             "error": None,
             "timeout": 3.0,
+            "dropped": 0,
         },
         True,
     ),
