@@ -942,6 +942,12 @@ class Database:
         """``sqlite`` or ``postgresql``."""
         return self._backend.dialect
 
+    @property
+    def read_only(self) -> bool:
+        """Whether this database can only be read (an SQLite file this user cannot write beside, or on
+        a full file system), as found when it was first opened: read as an immutable file then."""
+        return isinstance(self._backend, _SqliteDatabase) and self._backend.read_only
+
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True, named: str = HOME_URL) -> Database:
         """Connect and bring the schema up to date (with ``upgrade`` False: only read which schema it

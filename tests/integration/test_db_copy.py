@@ -400,3 +400,35 @@ def test_an_sqlite_url_with_a_password_is_refused_without_showing_it(
     assert "Hunter2Secret" not in err + out
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_home_this_user_can_only_read_is_copied(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    """A home whose file system is full, or that this user cannot write (an auditor's copy, a
+    read-only mount), is read as an immutable file, which nobody writes meanwhile: the copy, which
+    writes nothing to its source, was refused with "cannot write the database ...", though moving
+    such a home to PostgreSQL (or to a disk with room) is what it is for."""
+    import os
+
+    import graven.db
+
+    _lived(world, capsys)
+    before = _history(world, capsys)
+    home, real_access, real_wal = str(world.home), os.access, graven.db._set_wal
+
+    def cannot_make_shm(raw: sqlite3.Connection) -> None:  # as in a directory this user cannot write
+        if any(row[2].startswith(home + os.sep) for row in raw.execute("PRAGMA database_list")):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        real_wal(raw)
+
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    with monkeypatch.context() as patched:
+        patched.setattr("graven.db.os.access", lambda p, mode: str(p) != home and real_access(p, mode))
+        patched.setattr("graven.db._set_wal", cannot_make_shm)
+        code, out, err = run_cli(capsys, "db", "copy", url, "--json")
+    assert code == 0, err
+    assert json.loads(out)["log_size"] == len(before["log"])
+    monkeypatch.setenv("GRAVEN_DB_URL", url)
+    assert _history(world, capsys) == before
+    assert run_cli(capsys, "log", "verify")[0] == 0

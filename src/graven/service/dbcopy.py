@@ -3,11 +3,13 @@ that began on SQLite can move to PostgreSQL (or back, or to another file) withou
 
 The copy is one transaction on each side: the source is read under its writers' lock (``BEGIN
 IMMEDIATE`` on SQLite, the advisory lock every graven writer takes on PostgreSQL), so it is one
-consistent state and no graven writes to it meanwhile; the destination is written in one transaction,
-so a copy that fails or is killed leaves it empty. Only graven's tables are copied, rows as they are
-(ids included); on PostgreSQL the serial sequences follow and the tables are analyzed. The source's
-audit log is verified first (a damaged or rolled-back one is refused before anything is written), and
-the destination's after the copy, as ``graven log verify`` does. Nothing is written to the source.
+consistent state and no graven writes to it meanwhile (an SQLite file this user can only read, on a
+full disk or a read-only mount, is read as one snapshot of that immutable file instead); the
+destination is written in one transaction, so a copy that fails or is killed leaves it empty. Only
+graven's tables are copied, rows as they are (ids included); on PostgreSQL the serial sequences follow
+and the tables are analyzed. The source's audit log is verified first (a damaged or rolled-back one is
+refused before anything is written), and the destination's after the copy, as ``graven log verify``
+does. Nothing is written to the source.
 
 The destination is only as new as the moment of the copy: when the source changes afterwards (a deploy
 still using the old URL), the home's high-water mark (``log/in-use``) moves past the copy, and every
@@ -140,7 +142,10 @@ def copy_database(ctx: Context, url: str) -> CopyReport:
     rows: dict[str, int] = {}
     try:
         _check_source(ctx)
-        with source.begin() as src:
+        # a source this user can only read (a full disk, an auditor's read-only copy) is read as an
+        # immutable file, which none of this user's gravens can write meanwhile: its writers' lock
+        # cannot be taken (it is a write), and one snapshot is as consistent
+        with source.connect() if source.read_only else source.begin() as src:
             if src.dialect == "postgresql" and destination.dialect == "postgresql":
                 _refuse_same_database(src, destination, target)
             _refuse_rows(destination, target)  # before its schema is upgraded: a refusal changes nothing
