@@ -248,6 +248,8 @@ class AlertSender:
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"unreachable: {reason}"
+                if isinstance(exc, ValueError):  # urllib's words quote the proxy URL it read, password too
+                    last = "unreachable: a proxy variable (http_proxy, https_proxy, all_proxy) is not a URL"
                 if deadline.expired:  # whatever the shut socket made of it
                     last = f"unreachable: timed out after {self.timeout:g}s"
             except http.client.HTTPException as exc:  # no OSError: a bad status line, a header too long

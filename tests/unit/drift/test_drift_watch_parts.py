@@ -681,3 +681,28 @@ def test_a_webhooks_retry_after_is_obeyed_up_to_a_bound() -> None:
     assert retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now.timestamp()) == 0
     for unreadable in (None, "", "soon", "-5", "1.5", "\u0661"):
         assert retry_after(unreadable, now.timestamp()) is None
+
+
+@pytest.mark.parametrize("variable", ["http_proxy", "HTTP_PROXY"])
+def test_a_proxy_urllib_cannot_read_is_named_without_its_password(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urllib's ValueError quotes the whole proxy URL it read (user and password): the outcome is
+    printed by the watcher and kept in the append-only audit log."""
+    for name in (
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("REQUEST_METHOD", raising=False)  # urllib ignores HTTP_PROXY under CGI
+    monkeypatch.setenv(variable, "http:/user:S3CR3T-xyz@proxy.invalid:3128")
+    sender = AlertSender(webhook="http://hooks.invalid/services/T0/B0/S3CR3T-path", retries=0)
+    ok, channels = sender.send({"event": "drift"})
+    assert not ok
+    assert "S3CR3T" not in channels["webhook"]
+    assert channels["webhook"].startswith("unreachable: ") and "proxy" in channels["webhook"]
