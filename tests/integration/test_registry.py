@@ -1137,3 +1137,24 @@ def test_a_push_that_moves_a_tag_says_so(
     assert second.strip() != first.strip()
     code, out, _ = run_cli("log", "--json")
     assert previous in json.loads(out)[-1]["reason"]
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "ftp://user:S3CR3T-xyz@proxy.invalid:3128",  # a scheme httpx has no proxy for
+        "http://user:S3CR3T-xyz/a@proxy.invalid:3128",  # an unescaped '/': httpx reads the password as a port
+        "http://user:S3CR3T-xyz@proxy.invalid:99x",
+    ],
+)
+def test_a_proxy_variable_httpx_cannot_use_is_one_line_without_its_password(
+    proxy: str, graven_home: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Run
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    code, out, err = run_cli("pull", "registry.invalid/team/app:v1")
+    assert code == 2, err
+    assert err.startswith("graven: error: ") and err.count("\n") == 1, err
+    assert "HTTPS_PROXY" in err and "S3CR3T" not in err + out

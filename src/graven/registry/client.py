@@ -62,13 +62,16 @@ class RegistryClient:
         user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
         self._credentials = (user, password or "") if user else None
         self._authorization: str | None = None
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(60.0, connect=10.0),
-            # the bytes as they are stored: a blob's digest is of those, and an answer inflated by
-            # httpx (gzip, zstd) would be a whole network read inflated at once, before any limit
-            headers={"User-Agent": f"graven/{__version__}", "Accept-Encoding": "identity"},
-            follow_redirects=False,
-        )
+        try:
+            self._http = httpx.Client(
+                timeout=httpx.Timeout(60.0, connect=10.0),
+                # the bytes as they are stored: a blob's digest is of those, and an answer inflated by
+                # httpx (gzip, zstd) would be a whole network read inflated at once, before any limit
+                headers={"User-Agent": f"graven/{__version__}", "Accept-Encoding": "identity"},
+                follow_redirects=False,
+            )
+        except (httpx.InvalidURL, ValueError, ImportError):  # the proxy variables httpx reads
+            raise InputError(_proxy_error()) from None
 
     def close(self) -> None:
         """Close the connections."""
@@ -464,6 +467,22 @@ def _buffered(response: httpx.Response) -> httpx.Response:
         headers=response.headers,
         stream=httpx.ByteStream(bytes(body[:_MAX_ERROR_BODY])),
         request=response.request,
+    )
+
+
+def _proxy_error() -> str:
+    """Why the proxy variables cannot be used, naming them but not their values: httpx's words quote
+    them, or a password read as a port, and a proxy URL may hold a user and password."""
+    names = sorted(
+        name
+        for name in os.environ
+        if name.lower() in ("http_proxy", "https_proxy", "all_proxy") and os.environ[name]
+    )
+    named = ", ".join(names) or "the proxy variables (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY)"
+    return (
+        f"cannot reach the registry through the proxy {named} names: not an http://, https:// or "
+        "socks5:// URL of a proxy host and port (write a '/', '@' or ':' in its user or password as %2F, "
+        "%40 or %3A; a socks5 proxy needs httpx's socks extra); correct it, or unset it"
     )
 
 
