@@ -501,7 +501,7 @@ def test_an_argument_that_is_not_utf8_is_refused_in_one_line(
     which lists no argument of `db copy`. The argument is named as it was typed (`--env`), not as
     graven stores it (`log-env`)."""
     line = _assert_input_error(run_cli(*args), "is not valid UTF-8 text", f"(see `{helps} --help`)")
-    assert line.startswith(f"graven: error: {named} '"), line
+    assert line.startswith(f"graven: error: {named} " + ("'" if named != "URL" else "is")), line
 
 
 def _graven_process(tmp_path: Path, args: list[str], stdout: int) -> subprocess.CompletedProcess[str]:
@@ -1168,3 +1168,25 @@ def test_a_checkpoint_that_is_not_text_is_named_without_a_codec_message(
         run_cli("log", "consistency", binary, "--json"), str(binary), "graven log checkpoint"
     )
     assert "codec" not in line and "position" not in line, line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["db", "copy", "postgresql+psycopg://app:S3CR3T-xyz@db.invalid/graven\udcff"], "URL"),
+        (["watch", "--webhook", "https://hooks.invalid/services/T0/B0/S3CR3T-xyz\udcff"], "--webhook"),
+        (
+            ["watch", "--alert-command", "curl -H 'Authorization: Bearer S3CR3T-xyz\udcff' x"],
+            "--alert-command",
+        ),
+    ],
+    ids=["db-copy-url", "webhook", "alert-command"],
+)
+def test_an_argument_that_may_hold_a_secret_is_not_echoed_when_it_is_not_utf8(
+    graven_home: Path, run_cli: Run, args: list[str], named: str
+) -> None:
+    """A database URL's password, a webhook's token (in its path) and an alert command's credentials
+    must not reach a terminal or a CI log through the error about a stray byte in them."""
+    line = _assert_input_error(run_cli(*args), "is not valid UTF-8 text")
+    assert line.startswith(f"graven: error: {named} "), line
+    assert "S3CR3T" not in line

@@ -388,9 +388,9 @@ def _check_text(namespace: argparse.Namespace, where: _ArgNames | None = None) -
                 except UnicodeEncodeError:
                     from graven.core.paths import json_text
 
-                    shown = json_text(item)
+                    shown = "" if name in _SECRET_ARGS else f" '{json_text(item)[:80]}'"
                     raise UsageError(
-                        f"{names.shown(name)} '{shown[:80]}' is not valid UTF-8 text; use UTF-8",
+                        f"{names.shown(name)}{shown} is not valid UTF-8 text; use UTF-8",
                         names.help(name),
                     ) from None
 
@@ -448,6 +448,8 @@ class _ArgNames:
 # Arguments that are words for people (recorded in the history and the log), decoded with the user's
 # charset; every other one (a command line, a URL, a git revision) goes on as the bytes it was.
 _FREE_TEXT = frozenset({"reason"})
+# arguments never echoed: a database URL's password, a webhook's token (in its path), an alert command's
+_SECRET_ARGS = frozenset({"url", "webhook", "alert_command"})
 _TYPED_IN: list[str | None] = []  # the charset of the arguments, once read (see _typed_in)
 
 
