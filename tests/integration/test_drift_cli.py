@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ProgressRecorder, assert_cli_error, assert_counts_up_to
 from graven.model.manifest import FileEntry
-from helpers_deploy import World, env_toml, make_world, staging_prod, tree_problems
+from helpers_deploy import World, append_to, env_toml, make_world, staging_prod, tree_problems
 from helpers_repo import run_cli
 
 Tamper = Callable[[Path], None]
@@ -554,3 +554,14 @@ def test_watch_of_a_home_without_live_environments_says_so_once(world: World) ->
     said.warnings.clear()
     run_watch(world.ctx(said), WatchOptions(interval=30.0), stop, out=lambda _line: None)
     assert said.warnings == []
+
+
+def test_heal_counts_one_file_in_the_singular(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """`graven heal` said "write 1 files" for the one file it rewrote."""
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    append_to((world.env_dir("staging") / "current").resolve() / "app/main.py", b"evil()\n")
+    code, out, _ = run_cli(capsys, "heal", "staging")
+    assert code == 0, out
+    said = "staging: 1 difference; did remove 0, create or fix 0 directories, write 1 file and 0 symlinks"
+    assert said in out

@@ -104,7 +104,7 @@ def test_a_chgrp_of_the_release_directory_is_drift_of_that_path_alone_and_heal_g
             assert diff["actual"] == f"group gid {OTHER} (deployed as {os.getegid()})", (mode, diff)
         code, out, err = run_cli(capsys, "heal", "staging")
         assert code == 0, err
-        assert "create or fix 1 directories," in out.splitlines()[0], out
+        assert "create or fix 1 directory," in out.splitlines()[0], out
         assert groups(release) == before
         for mode in ((), ("--full",), ()):
             assert drift(capsys, "staging", *mode)[0] == 0, mode

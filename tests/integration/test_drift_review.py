@@ -926,7 +926,7 @@ def test_a_chowned_release_directory_is_drift_of_that_path_alone_and_heal_gives_
         assert diff["actual"] == f"owner uid 12345 (deployed as {os.geteuid()})", (mode, diff)
     code, out, err = run_cli(capsys, "heal", "staging")
     assert code == 0, err
-    assert "create or fix 1 directories," in out.splitlines()[0], out  # the release directory's owner
+    assert "create or fix 1 directory," in out.splitlines()[0], out  # the release directory's owner
     assert release.lstat().st_uid == os.geteuid()
     assert owners(release) == before  # nothing else changed hands
     for mode in ((), ("--full",), ()):
@@ -1256,7 +1256,7 @@ def test_extended_attributes_of_the_release_directory_are_drift_and_healed(
     code, out, err = run_cli(capsys, "heal", "staging")
     assert code == 0, err
     assert out.startswith(
-        "staging: 1 difference; did remove 0, create or fix 1 directories, write 0 files and 0 symlinks\n"
+        "staging: 1 difference; did remove 0, create or fix 1 directory, write 0 files and 0 symlinks\n"
     ), out  # said 0 directories: fixing the release directory itself was not counted
     assert os.listxattr(release) == []
     for mode in ((), ("--full",), ()):

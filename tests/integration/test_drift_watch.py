@@ -395,3 +395,18 @@ def test_a_restarted_watcher_sends_again_what_no_channel_took(world: World) -> N
     finally:
         up.close()
         receiver.close()
+
+
+def test_the_heal_line_counts_one_difference_in_the_singular(world: World) -> None:
+    """The watcher said "healed 1 differences" after healing one changed file."""
+    digest = world.build()
+    assert world.deploy(digest, "staging").ok
+    watcher = Watcher(world, WatchOptions(interval=60, heal=True))
+    try:
+        assert wait_for(lambda: any(": clean (" in line for line in watcher.lines))
+        tamper(world, b"evil()\n")
+        assert wait_for(lambda: any(": healed " in line for line in watcher.lines))
+    finally:
+        watcher.close()
+    healed = [line for line in watcher.lines if ": healed " in line]
+    assert healed and healed[0].endswith("staging: healed 1 difference"), healed

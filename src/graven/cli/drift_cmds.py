@@ -14,6 +14,7 @@ from types import FrameType
 from graven.cli.app import ArgParser, UsageError, add_command, port_number
 from graven.cli.context import closing as _closing
 from graven.cli.output import TerminalReporter, emit_json, print_table, printable, printable_message
+from graven.core.units import counted
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
@@ -82,9 +83,8 @@ def _context(*, quiet: bool = False) -> Any:
 def _summary(report: DriftReport) -> str:
     what = f"{printable(report.name or 'artifact')} {report.digest[7:19]}"
     where = printable(report.path)  # a value, escaped once; the line around it keeps its backslashes
-    how = (
-        f"{report.mode} check of {report.files} files, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
-    )
+    files = counted(report.files, "file")
+    how = f"{report.mode} check of {files}, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
     if report.error is not None:
         line = f"{report.env}: ERROR, the check failed ({what} at {where}): {report.error}"
     elif report.clean:
@@ -94,7 +94,7 @@ def _summary(report: DriftReport) -> str:
 
         counts = ", ".join(f"{n} {kind}" for kind, n in summarize(report.differences).items())
         n = len(report.differences)
-        line = f"{report.env}: DRIFT, {n} difference{'s' if n != 1 else ''} ({counts}) ({what}; {how})"
+        line = f"{report.env}: DRIFT, {counted(n, 'difference')} ({counts}) ({what}; {how})"
     return printable_message(line + (f"; {report.note}" if report.note else ""))
 
 
@@ -195,10 +195,11 @@ def heal_cmd(args: argparse.Namespace) -> int:
         print(f"{env}: nothing to heal, it matches {result.digest[7:19]}")
         return 0
     verb = "would" if plan_only else "did"
-    n = len(result.before)
+    differences = counted(len(result.before), "difference")
     print(
-        f"{env}: {n} difference{'s' if n != 1 else ''}; {verb} remove {len(plan.remove)}, create or fix "
-        f"{len(plan.mkdirs)} directories, write {len(plan.files)} files and {len(plan.symlinks)} symlinks"
+        f"{env}: {differences}; {verb} remove {len(plan.remove)}, create or fix "
+        f"{counted(len(plan.mkdirs), 'directory', 'directories')}, write {counted(len(plan.files), 'file')} "
+        f"and {counted(len(plan.symlinks), 'symlink')}"
         + (", repoint current" if plan.current else "")
         + (", repoint config" if plan.config else "")
         + (" (the release directory is rebuilt)" if result.rebuilt else "")
@@ -213,8 +214,9 @@ def heal_cmd(args: argparse.Namespace) -> int:
     if result.ok:
         print(f"{env}: healed in {result.seconds * 1000:.0f} ms; a full check finds it clean")
         return 0
+    remaining = counted(len(result.after), "difference")
     sys.stderr.write(
-        f"graven: error: {env} still differs after the heal ({len(result.after)} differences, first: "
+        f"graven: error: {env} still differs after the heal ({remaining}, first: "
         f"{printable(result.after[0].path)} {result.after[0].kind})\n"
     )
     return 1

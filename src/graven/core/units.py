@@ -1,8 +1,8 @@
-"""Byte counts for people: what the CLI prints and what errors say of sizes."""
+"""Byte counts and counts of things for people: what the CLI prints and what errors say of sizes."""
 
 from __future__ import annotations
 
-__all__ = ["human_size"]
+__all__ = ["counted", "human_size"]
 
 
 def human_size(size: int) -> str:
@@ -13,3 +13,8 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1, "file"`` -> ``1 file``; ``2, "file"`` -> ``2 files`` (``plural`` when not noun + s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graven.core.drift import CHECK_EVENTS, Alert, alert_transition, keys_of, make_alert, make_check_alert
+from graven.core.units import counted
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
 from graven.drift.scan import ScanStopped
@@ -152,7 +153,8 @@ class HealBackoff:
 
 
 def _check_line(report: DriftReport) -> str:
-    what = f"{report.mode}, {report.files} files, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
+    files = counted(report.files, "file")
+    what = f"{report.mode}, {files}, {report.hashed} hashed, {report.seconds * 1000:.0f} ms"
     if report.clean:
         return f"{report.checked_at} {report.env}: clean ({what})"
     return f"{report.checked_at} {report.env}: DRIFT: {reason_of(report.differences)} ({what})"
@@ -613,7 +615,7 @@ class _Watcher:
             return True
         finally:
             self.schedule.mute(env, HEAL_GRACE)
-        text = f"{utc_now()} {env}: healed {len(healed.before)} differences"
+        text = f"{utc_now()} {env}: healed {counted(len(healed.before), 'difference')}"
         data = healed.to_json()
         if healed.ok:
             self.backoff.succeeded(env)
