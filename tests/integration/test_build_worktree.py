@@ -207,3 +207,17 @@ def test_a_checkout_git_converted_is_built_as_the_commit_holds_it(
     converted = {_oid(clone, f"HEAD:{p}") for p in ("a.bin", "crlf.txt", "auto.txt", "id.txt", "hidden.txt")}
     assert converted <= set(from_git)
     assert _oid(clone, "HEAD:bin.dat") not in from_git  # not converted: from the working tree
+
+
+def test_build_check_says_the_check_read_every_file_again(
+    graven_home: Path, tmp_path: Path, *, make_repo: Callable[..., Path], run_cli: Run, from_git: list[str]
+) -> None:
+    """`graven build --check` of a built commit said "(1 read)" (its link), though its second build read every
+    blob from git again: the count is the first build's, and the summary now says so."""
+    repo = make_repo(tmp_path / "repo", FILES)
+    assert run_cli("build", "-C", repo)[0] == 0
+    from_git.clear()
+    code, _, err = run_cli("build", "-C", repo, "--check")
+    assert code == 0, err
+    assert len(from_git) >= 6, from_git  # the check read every blob again
+    assert " read by the first build; the second read every file again)\n" in err, err

@@ -167,6 +167,8 @@ def build_cmd(args: argparse.Namespace) -> int:
             f"built {result.name} from {result.commit[:12]}: {result.file_count} files, "
             f"{human_size(result.total_size)} ({result.files_read} read"
             + (f", {result.files_from_worktree} from the working tree" if result.files_from_worktree else "")
+            # the count is the first build's (which may take blobs from the cache); say so
+            + (" by the first build; the second read every file again" if check else "")
             + ")\n"
         )
         if check:
