@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import process_alive as _alive
+from graven.deploy.plan import short
 from graven.errors import BackendError, ConfigError, InputError, IntegrityError, PolicyError
 from graven.service import deploy_release, environments
 from graven.service.deploy import rollback
@@ -143,6 +144,35 @@ def test_a_second_rollback_goes_further_back_through_history(world: World) -> No
     environments.unhold(world.ctx(), "staging")
     assert world.deploy(f3, "staging").ok
     assert rollback(world.ctx(), "staging", world.options()).digest == f1
+
+
+def test_a_rollback_with_nothing_older_names_what_it_considered_and_the_candidates(world: World) -> None:
+    """Deploy D1, D2, roll back (to D1), unhold, deploy D3, roll back (to D1 again): a third rollback
+    has nothing older than D1 (it went live first), by design (it never returns to a release a
+    rollback left). It said only "no earlier release", though D2 and D3 were live: it now says why and
+    names them for --to, newest first."""
+    d1, d2, d3 = world.build(), world.version(2), world.version(3)
+    assert world.deploy(d1, "staging").ok
+    assert world.deploy(d2, "staging").ok
+    assert rollback(world.ctx(), "staging", world.options()).digest == d1
+    environments.unhold(world.ctx(), "staging")
+    assert world.deploy(d3, "staging").ok
+    assert rollback(world.ctx(), "staging", world.options()).digest == d1
+    environments.unhold(world.ctx(), "staging")
+    with pytest.raises(InputError, match="no earlier release to roll back to") as caught:
+        rollback(world.ctx(), "staging", world.options())
+    message = str(caught.value)
+    assert f"{short(d1)} went live in staging with nothing live before it" in message, message
+    assert f"with --to DIGEST: {short(d3)}, {short(d2)} (`graven history staging`)" in message, message
+    assert rollback(world.ctx(), "staging", world.options(), to=short(d3)).digest == d3
+
+
+def test_a_rollback_of_the_only_release_says_it_is_the_only_one(world: World) -> None:
+    d1 = world.build()
+    assert world.deploy(d1, "staging").ok
+    with pytest.raises(InputError, match="no earlier release to roll back to") as caught:
+        rollback(world.ctx(), "staging", world.options())
+    assert f"{short(d1)} is the only release that went live in staging" in str(caught.value)
 
 
 class _KillAt:

@@ -828,10 +828,7 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
         else:
             found = _rollback_target(conn, env, state.live_digest)
             if found is None:
-                raise InputError(
-                    f"{env} has no earlier release to roll back to; name one with --to DIGEST "
-                    f"(`graven history {env}` lists them)"
-                )
+                raise InputError(_no_rollback_target(conn, env, state.live_digest))
             digest = Digest.parse(found)
     if str(digest) == state.live_digest:
         raise InputError(f"{short(str(digest))} is already live in {env}; nothing to roll back")
@@ -914,6 +911,34 @@ def _settle_pending(ctx: Context, env: str, state: EnvState | None, opts: Deploy
     lock.acquire(wait=opts.wait)
     with lock:
         reconcile(ctx, env, layout)
+
+
+_CANDIDATES_SHOWN = 5  # releases a refused rollback names for --to
+
+
+def _no_rollback_target(conn: Connection, env: str, live: str | None) -> str:
+    """Why a rollback without --to has no target (:func:`_rollback_target` found none), and the
+    releases that were live in ``env`` (newest first), which --to takes."""
+    text = f"{env} has no earlier release to roll back to"
+    if live is None:
+        return f"{text}: nothing is live in it; name one with --to DIGEST (`graven history {env}` lists them)"
+    others = [
+        str(digest)
+        for (digest,) in conn.execute(
+            "SELECT digest FROM deployments WHERE env = :env AND digest != :live"
+            " AND result IN ('ok', 'interrupted') GROUP BY digest ORDER BY MAX(id) DESC",
+            {"env": env, "live": live},
+        ).all()
+    ]
+    if not others:
+        return f"{text}: {short(live)} is the only release that went live in {env}"
+    shown = ", ".join(short(d) for d in others[:_CANDIDATES_SHOWN])
+    more = f" and {len(others) - _CANDIDATES_SHOWN} more" if len(others) > _CANDIDATES_SHOWN else ""
+    return (
+        f"{text}: {short(live)} went live in {env} with nothing live before it (a rollback goes to what "
+        "was live before the live release was last deployed or promoted, never forward to a release a "
+        f"rollback left); name one that was live with --to DIGEST: {shown}{more} (`graven history {env}`)"
+    )
 
 
 def _rollback_target(conn: Connection, env: str, live: str | None) -> str | None:
