@@ -52,6 +52,15 @@ class LockHolder(dict[str, object]):
         )
 
 
+def _busy_env(env: str, holder: LockHolder | None) -> str:
+    """``environment ENV``, named as the lock's holder recorded it: environments at one PATH share its
+    lock, and the one at work there may be another (``environment a (at the same path as b)``)."""
+    held = holder.get("env") if holder is not None else None
+    if isinstance(held, str) and held and held != env:
+        return f"environment {held} (at the same path as {env})"
+    return f"environment {env}"
+
+
 def _pid_namespace() -> str:
     """This process's PID namespace (``pid:[4026531836]``), or "" where there is no /proc."""
     try:
@@ -276,6 +285,7 @@ class EnvLock:
     ) -> None:
         """``warn``: where to say what the lock waits for, when it has to (the command's reporter)."""
         self.path = path
+        self.env = env
         self._warn = warn
         self._info = {
             "env": env,
@@ -319,12 +329,12 @@ class EnvLock:
             os.close(fd)
             if wait:  # the holder is an ancestor: a hook of that deployment would wait for itself
                 raise PolicyError(
-                    f"environment {self._info['env']} is being deployed by {who}, which runs this "
+                    f"{_busy_env(self.env, holder)} is being deployed by {who}, which runs this "
                     "command from one of its hooks: it would wait for itself; run it once that "
                     "deployment is over"
                 ) from None
             raise EnvironmentBusyError(
-                f"environment {self._info['env']} is being deployed by {who}; wait for it to finish, "
+                f"{_busy_env(self.env, holder)} is being deployed by {who}; wait for it to finish, "
                 "or pass --wait to queue behind it"
             ) from None
         except OSError as exc:
@@ -424,7 +434,7 @@ def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
             holder = read_holder(path)
             who = holder.describe() if holder else unknown_holder(fd)  # whoever holds lock.check
             raise EnvironmentBusyError(
-                f"environment {env} is being changed by {who}; check again when it is done"
+                f"{_busy_env(env, holder)} is being changed by {who}; check again when it is done"
             ) from None
         yield True
     finally:

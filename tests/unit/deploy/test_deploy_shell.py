@@ -14,7 +14,7 @@ import pytest
 
 from graven.deploy.hooks import run_health, run_hook
 from graven.deploy.layout import EnvLayout
-from graven.deploy.lock import EnvLock
+from graven.deploy.lock import EnvLock, shared_lock
 from graven.deploy.materialize import build_release, check_release, remove_tree
 from graven.deploy.statdb import StatTable
 from graven.deploy.switch import exchange_dirs, point_symlink
@@ -317,8 +317,8 @@ def test_layout_reads_current(tmp_path: Path) -> None:
 # -- the lock --------------------------------------------------------------------------------------
 
 
-def _hold_lock(path: str, ready: Any) -> None:
-    lock = EnvLock(Path(path), env="staging", actor="holder@test", since="now")
+def _hold_lock(path: str, ready: Any, env: str = "staging") -> None:
+    lock = EnvLock(Path(path), env=env, actor="holder@test", since="now")
     lock.acquire(wait=False)
     ready.set()
     time.sleep(60)
@@ -340,6 +340,29 @@ def test_lock_names_the_holder_and_is_freed_when_the_holder_is_killed(tmp_path: 
         child.join()
     with EnvLock(tmp_path / "lock", env="staging", actor="me", since="now") as lock:
         lock.acquire(wait=False)  # a killed holder never blocks
+
+
+def test_a_lock_lost_to_another_environment_at_the_same_path_names_that_environment(tmp_path: Path) -> None:
+    """Environments a and b at one PATH share its lock: b's deployer (and b's drift check) that found
+    a's deployer at work said "environment b is being deployed by ...", naming the wrong one."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    child = ctx.Process(target=_hold_lock, args=(str(tmp_path / "lock"), ready, "a"))
+    child.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(PolicyError) as info:
+            EnvLock(tmp_path / "lock", env="b", actor="me", since="now").acquire(wait=False)
+        said = str(info.value)
+        assert said.startswith("environment a (at the same path as b) is being deployed by holder@test"), said
+        with pytest.raises(PolicyError) as info, shared_lock(tmp_path / "lock", env="b", wait=False):
+            pass
+        said = str(info.value)
+        assert said.startswith("environment a (at the same path as b) is being changed by holder@test"), said
+    finally:
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
 
 
 # -- hooks -----------------------------------------------------------------------------------------
