@@ -67,7 +67,13 @@ def register(commands: argparse._SubParsersAction[ArgParser]) -> None:
         metavar="ATTESTATION",
         help="A DSSE envelope or a Sigstore bundle file.",
     )
-    verify.add_argument("--artifact", required=True, help="Digest the attestation must name.")
+    verify.add_argument(
+        "--artifact",
+        required=True,
+        metavar="DIGEST",
+        help="The artifact the attestation must name: its full digest (need not be stored here), or a "
+        "unique prefix of one in this home's store.",
+    )
     verify.add_argument(
         "--policy", type=file_path, help="A trust policy file (TOML) instead of GRAVEN_HOME/policy.toml."
     )

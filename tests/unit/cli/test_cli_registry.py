@@ -202,6 +202,15 @@ def test_the_log_options_show_plain_metavars(capsys: pytest.CaptureFixture[str])
     assert "LOG_" not in out, out
 
 
+def test_attest_verify_help_says_artifact_takes_a_unique_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    """`graven attest verify --help` said "--artifact ARTIFACT  Digest the attestation must name.", but
+    it also takes a unique prefix of a digest in this home's store (as `graven log --artifact`)."""
+    assert main(["attest", "verify", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--artifact DIGEST" in out, out
+    assert "unique prefix of one in this home's store" in out, out
+
+
 def test_every_argument_of_every_command_says_what_it_is() -> None:
     """`graven import --help` listed ARCHIVE with no word of `-` (standard input, in the README's
     tour), and a dozen other positionals (DIGEST, ENV, KEYID...) had no help at all."""
