@@ -400,7 +400,7 @@ def test_a_database_of_the_previous_schema_is_filled_by_its_upgrade(
     leaves = _leaves(log_home)
     _downgrade(log_home)
     with Context(home=Home(root=log_home)) as ctx, monkeypatch.context() as patched:
-        assert ctx.db.schema_version() == SCHEMA_VERSION == 10
+        assert ctx.db.schema_version() == SCHEMA_VERSION >= 10  # upgraded through 10 and on
         _no_full_read(patched)
         assert ctx.audit.prove(777)["proof"] == [h.hex() for h in inclusion_proof(leaves, 777)]
         result = ctx.audit.consistency(_note(log_home, 1000))
