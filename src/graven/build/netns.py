@@ -1,4 +1,4 @@
-"""The network of the fetch phase: the internet, not the host's own services.
+"""The network of the fetch phase: the internet, not the services on the host's loopback.
 
 ``[build.fetch]`` steps are the commit's code, run with the network so that they can download what the
 lockfiles pin. Sharing the host's network namespace (bubblewrap's ``--share-net``) would also give them
@@ -10,6 +10,8 @@ rootless Podman) connects it to the outside: outgoing TCP and UDP are made by sl
 the host's loopback is refused (``--disable-host-loopback``: neither ``127.0.0.1`` in the sandbox, which
 is its own, nor slirp's gateway ``10.0.2.2`` reaches it), and names are resolved through slirp's
 forwarder at ``10.0.2.3``, which asks the host's resolver (the sandbox's ``resolv.conf`` names it).
+The host's other addresses are the local network's: a service listening on ``0.0.0.0`` is reached
+there (slirp4netns connects from the host, so from one of its addresses: PostgreSQL's ``samehost``).
 ``GRAVEN_FETCH_NETWORK=host`` is the operator's choice to give the fetch the host's network (a package
 mirror on ``127.0.0.1``); it is never the commit's.
 
