@@ -216,10 +216,56 @@ class Hasher:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+Named = Sequence[tuple[int, str]]  # (position, name) of the files or symlinks of a directory
+WalkDir = tuple[int, str, str, int, Named, Named]
+"""A directory of :meth:`ReleaseIndex.walk`: its position in ``dirs``, its path, its name, its depth
+(the root's is 0), and the ``(position, name)`` of its files and of its symlinks."""
+
+
+def _group(entries: Sequence[FileEntry | SymlinkEntry]) -> dict[str, list[tuple[int, str]]]:
+    """``(position, name)`` of ``entries`` by directory."""
+    grouped: dict[str, list[tuple[int, str]]] = {}
+    for k, entry in enumerate(entries):
+        parent, _, name = entry.path.rpartition("/")
+        held = grouped.get(parent)
+        if held is None:
+            grouped[parent] = [(k, name)]
+        else:
+            held.append((k, name))
+    return grouped
+
+
+def _walk_plan(
+    dirs: tuple[str, ...],
+    in_files: dict[str, list[tuple[int, str]]],
+    in_links: dict[str, list[tuple[int, str]]],
+) -> tuple[WalkDir, ...]:
+    none: Named = ()
+    # "a", "a/b", "a-b" ("/" as the lowest character): each directory right before what is below it,
+    # and never back to one once past what is below it
+    order = sorted(range(len(dirs)), key=lambda i: dirs[i].replace("/", "\0"))
+    plan: list[WalkDir] = []
+    for i in order:
+        rel = dirs[i]
+        depth = rel.count("/") + 1 if rel else 0
+        plan.append((i, rel, rel.rpartition("/")[2], depth, in_files.get(rel, none), in_links.get(rel, none)))
+    return tuple(plan)
+
+
 class ReleaseIndex(Frozen):
     """A manifest arranged for scanning (built once per manifest; a watcher keeps it)."""
 
-    __slots__ = ("children", "digest_hex", "dir_set", "dirs", "files", "manifest", "positions", "symlinks")
+    __slots__ = (
+        "_walk",
+        "children",
+        "digest_hex",
+        "dir_set",
+        "dirs",
+        "files",
+        "manifest",
+        "positions",
+        "symlinks",
+    )
     _fields = ("manifest", "digest_hex", "files", "symlinks", "dirs", "dir_set", "children", "positions")
     manifest: TreeManifest
     digest_hex: str
@@ -229,6 +275,7 @@ class ReleaseIndex(Frozen):
     dir_set: frozenset[str]  # the same without the root: what compare_tree expects
     children: dict[str, frozenset[str]]  # directory -> the names it holds
     positions: dict[str, int]  # file path -> its index in ``files``
+    _walk: tuple[WalkDir, ...] | None  # walk(), once made
 
     def __init__(  # noqa: PLR0917 - one parameter per field, as the dataclass it was
         self,
@@ -249,6 +296,16 @@ class ReleaseIndex(Frozen):
         _set(self, "dir_set", dir_set)
         _set(self, "children", children)
         _set(self, "positions", positions)
+        _set(self, "_walk", None)
+
+    def walk(self) -> tuple[WalkDir, ...]:
+        """The directories in the order a walk of the tree meets them, each right before what is below
+        it, with the files and symlinks it holds (made on first use, then kept with the index)."""
+        plan: tuple[WalkDir, ...] | None = self._walk
+        if plan is None:
+            plan = _walk_plan(self.dirs, _group(self.files), _group(self.symlinks))
+            _set(self, "_walk", plan)
+        return plan
 
     @classmethod
     def of(cls, manifest: TreeManifest, digest_hex: str | None = None) -> ReleaseIndex:
@@ -256,15 +313,27 @@ class ReleaseIndex(Frozen):
         children: dict[str, set[str]] = {"": set()}
         files_list: list[FileEntry] = []
         links_list: list[SymlinkEntry] = []
+        in_files: dict[str, list[tuple[int, str]]] = {}  # for walk(), while the names are at hand
+        in_links: dict[str, list[tuple[int, str]]] = {}
         for entry in manifest.entries:
             path = entry.path
+            parent, _, name = path.rpartition("/")
             if type(entry) is FileEntry:
+                held = in_files.get(parent)
+                if held is None:
+                    in_files[parent] = [(len(files_list), name)]
+                else:
+                    held.append((len(files_list), name))
                 files_list.append(entry)
             elif type(entry) is SymlinkEntry:
+                held = in_links.get(parent)
+                if held is None:
+                    in_links[parent] = [(len(links_list), name)]
+                else:
+                    held.append((len(links_list), name))
                 links_list.append(entry)
             else:
                 children.setdefault(path, set())
-            parent, _, name = path.rpartition("/")
             names = children.get(parent)
             if names is not None:
                 names.add(name)
@@ -282,16 +351,19 @@ class ReleaseIndex(Frozen):
         dirs.discard("")
         files = tuple(files_list)
         links = tuple(links_list)
-        return cls(
+        ordered = ("", *sorted(dirs))
+        index = cls(
             manifest,
             digest_hex or manifest.digest.hex,
             files,
             links,
-            ("", *sorted(dirs)),
+            ordered,
             frozenset(dirs),
             {k: frozenset(v) for k, v in children.items()},
             {e.path: i for i, e in enumerate(files)},
         )
+        _set(index, "_walk", _walk_plan(ordered, in_files, in_links))
+        return index
 
 
 class ScanResult(Record):
@@ -409,12 +481,13 @@ def _walk_added(base: str, dir_fd: int, name: str, rel: str, observed: dict[str,
 
 
 class _Dirs:
-    """Descriptors of a release's directories for a pass over its paths in manifest order: each
-    directory opened in its already opened parent (``O_NOFOLLOW``), never by its path, whose middle
-    components the release's owner could swap for symlinks during the check (a check may run as
-    root). Only the directories on the path to the current one are held. A directory must still be
-    the one the directories' pass stat'ed (``inodes``); one that is no longer a directory is noted in
-    ``changed`` (what is there now, never followed), and nothing below it is looked at."""
+    """Descriptors of a release's directories for a pass over its paths in manifest order (the
+    hashing of the files whose stat changed): each directory opened in its already opened parent
+    (``O_NOFOLLOW``), never by its path, whose middle components the release's owner could swap for
+    symlinks during the check (a check may run as root). Only the directories on the path to the
+    current one are held. A directory must still be the one the walk opened (``inodes``); one that is
+    no longer a directory is noted in ``changed`` (what is there now, never followed), and nothing
+    below it is looked at."""
 
     def __init__(self, base: str, root_fd: int, inodes: dict[str, int]) -> None:
         self.base = base
@@ -461,6 +534,47 @@ class _Dirs:
         while len(self.stack) > 1:
             os.close(self.stack.pop()[1])
         observed.update(self.changed)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _list_dir(  # noqa: PLR0917 - the directory and what to report it with
+    base: str,
+    dir_fd: int,
+    rel: str,
+    st: os.stat_result,
+    expected: frozenset[str],
+    owner: int,
+    group: int,
+    result: ScanResult,
+) -> bool:
+    """List the directory ``rel`` (open as ``dir_fd``, stat'ed as ``st``): observe what it holds that
+    the manifest does not (``expected``), everything below that, and its owner, group and extended
+    attributes when they are drift (the root's are the caller's). True: exactly as deployed."""
+    try:
+        with os.scandir(dir_fd) as entries:
+            names = [e.name for e in entries]
+    except OSError as exc:
+        out_of_resources(exc, f"{base}/{rel}" if rel else base)
+        return False
+    result.listed += 1
+    observed = result.observed
+    # a changed ctime: a chown of the directory (its new owner could replace what is in it), a chgrp
+    attrs = attribute_problem(dir_fd, st, owner, group) if rel else None
+    if attrs is not None:
+        observed[rel] = Observed("dir", stat.S_IMODE(st.st_mode), st.st_size, attrs=attrs)
+    extra = [n for n in names if n not in expected]
+    for name in extra:
+        path = f"{rel}/{name}" if rel else name
+        seen = _observe_at(name, dir_fd)
+        if seen is not None:
+            observed[path] = seen
+            if seen.kind == "dir":
+                _walk_added(base, dir_fd, name, path, observed)
+    return not extra and attrs is None
 
 
 def scan_release(
@@ -622,19 +736,22 @@ def _fast_scan_at(
     stop: threading.Event | None,
     progress: Callable[[int, int], None] | None,
 ) -> ScanResult:
-    """The fast scan, every path looked up in its directory's descriptor (:class:`_Dirs`), never by
-    its full path: a check run by root never stats, lists, hashes or reads the extended attributes of
-    anything outside the release, even while the release's owner swaps a directory for a symlink."""
+    """The fast scan: one walk of the manifest's directories (:meth:`ReleaseIndex.walk`), each opened
+    once (``O_NOFOLLOW``) in its opened parent, and every path looked up in its directory's
+    descriptor, never by its full path: a check run by root never stats, lists, hashes or reads the
+    extended attributes of anything outside the release, even while the release's owner swaps a
+    directory for a symlink. A directory that is no longer one is reported as what it is now, and
+    nothing below it is looked at."""
     result = ScanResult()
     observed = result.observed
     lstat = os.stat  # with dir_fd and follow_symlinks=False: an lstat in that directory
+    dopen, fstat = os.open, os.fstat
     S_ISDIR, S_ISREG, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_IMODE  # noqa: N806
     new_dirs: list[DirRecord | None] = [None] * len(index.dirs)
     new_files: list[FileRecord | None] = [None] * len(index.files)
     old_dirs = cache.dirs if cache is not None else None
     old_files = cache.files if cache is not None else None
-    good_dirs: set[str] = set()
-    inodes: dict[str, int] = {"": root_st.st_ino}  # each directory as the directories' pass stat'ed it
+    inodes: dict[str, int] = {"": root_st.st_ino}  # each directory as the walk opened it
     changed = cache is None
     deployed_table: list[tuple[dict[int, tuple[str, int, int, int, int]], int | None]] = []
 
@@ -645,137 +762,133 @@ def _fast_scan_at(
             deployed_table.append((loaded.inodes if loaded is not None and usable else {}, recorded_at))
         return deployed_table[0]
 
-    dirs = _Dirs(base, root_fd, inodes)
+    to_hash: list[tuple[int, str, int, int]] = []  # the index, path, mode and size lstat saw
+    verified = result.verified
+    files, links = index.files, index.symlinks
+    # The directories on the path to the current one, each opened once in its opened parent (None:
+    # nothing below it is looked at); the root's descriptor is the caller's to close.
+    held: list[int | None] = []
     try:
-        for i, rel in enumerate(index.dirs):
-            if rel:
-                parent, _, name = rel.rpartition("/")
-                if parent not in good_dirs:
-                    continue  # below a missing directory, or one that is not a directory: not there
-                parent_fd = dirs.fd(parent)
+        for i, rel, dir_name, depth, file_names, link_names in index.walk():
+            while len(held) > depth:
+                _close(held.pop())
+            if depth:
+                parent_fd = held[-1]
                 if parent_fd is None:
+                    held.append(None)  # below a directory that is not there
                     continue
+                dir_fd: int | None
                 try:
-                    st = lstat(name, dir_fd=parent_fd, follow_symlinks=False)
-                except OSError:
-                    continue
-                if not S_ISDIR(st.st_mode):
-                    seen = _observe_at(name, parent_fd)
-                    if seen is not None:
-                        observed[rel] = seen
-                    continue
+                    dir_fd = dopen(dir_name, _DIR_OPEN, dir_fd=parent_fd)
+                except OSError as exc:
+                    out_of_resources(exc, f"{base}/{rel}")
+                    held.append(None)
+                    try:
+                        st = lstat(dir_name, dir_fd=parent_fd, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not S_ISDIR(st.st_mode):
+                        seen = _observe_at(dir_name, parent_fd)
+                        if seen is not None:
+                            observed[rel] = seen
+                        continue
+                    dir_fd = None  # a directory that cannot be opened: what is below is not looked at
+                else:
+                    try:
+                        st = fstat(dir_fd)
+                    except BaseException:
+                        os.close(dir_fd)
+                        raise
+                    held.append(dir_fd)
                 inodes[rel] = st.st_ino
                 observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size)
             else:
-                st = root_st
-            good_dirs.add(rel)
+                st, dir_fd = root_st, root_fd
+                held.append(root_fd)
             record: DirRecord = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
             if old_dirs is not None and old_dirs[i] == record:
                 new_dirs[i] = record
-                continue
-            changed = True
-            records, recorded_at = deployed()
-            if (
-                records.get(st.st_ino)
-                == (
-                    DIR_SHA,
-                    st.st_size,
-                    st.st_mtime_ns,
-                    st.st_ctime_ns,
-                    st.st_mode,
-                )
-                and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
-                and _deployers(st, owner, group)
-            ):
-                new_dirs[i] = record  # the deploy made exactly these entries and nothing changed since
-                continue
-            full_path = f"{base}/{rel}" if rel else base
-            dir_fd = dirs.fd(rel)
+            else:
+                changed = True
+                records, recorded_at = deployed()
+                if (
+                    records.get(st.st_ino)
+                    == (
+                        DIR_SHA,
+                        st.st_size,
+                        st.st_mtime_ns,
+                        st.st_ctime_ns,
+                        st.st_mode,
+                    )
+                    and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
+                    and _deployers(st, owner, group)
+                ):
+                    new_dirs[i] = record  # the deploy made exactly these entries and nothing changed since
+                elif (
+                    dir_fd is not None
+                    and _list_dir(
+                        base, dir_fd, rel, st, index.children.get(rel, frozenset()), owner, group, result
+                    )
+                    and now_ns is not None
+                    and not is_racy(st.st_mtime_ns, st.st_ctime_ns, now_ns)
+                ):
+                    new_dirs[i] = record  # listed: exactly the entries of the manifest
             if dir_fd is None:
                 continue
-            try:
-                with os.scandir(dir_fd) as entries:
-                    names = [e.name for e in entries]
-            except OSError as exc:
-                out_of_resources(exc, full_path)
-                continue
-            result.listed += 1
-            # a changed ctime: a chown of the directory (its new owner could replace what is in it), a
-            # chgrp
-            attrs = attribute_problem(dir_fd, st, owner, group) if rel else None
-            if attrs is not None:
-                observed[rel] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
-            expected = index.children.get(rel, frozenset())
-            extra = [n for n in names if n not in expected]
-            for name in extra:
-                path = f"{rel}/{name}" if rel else name
-                seen = _observe_at(name, dir_fd)
-                if seen is not None:
-                    observed[path] = seen
-                    if seen.kind == "dir":
-                        _walk_added(base, dir_fd, name, path, observed)
-            if (
-                not extra
-                and attrs is None
-                and now_ns is not None
-                and not is_racy(st.st_mtime_ns, st.st_ctime_ns, now_ns)
-            ):
-                new_dirs[i] = record
-    finally:
-        dirs.close(observed)
-    to_hash: list[tuple[int, str, int, int]] = []  # the index, path, mode and size lstat saw
-    all_good = len(good_dirs) == len(index.dirs)
-    verified = result.verified
-    dirs = _Dirs(base, root_fd, inodes)
-    try:
-        for i, entry in enumerate(index.files):
-            path = entry.path
-            parent, _, name = path.rpartition("/")
-            if not all_good and parent not in good_dirs:
-                continue
-            dir_fd = dirs.fd(parent)
-            if dir_fd is None:
-                continue
-            try:
-                st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                continue
-            mode = st.st_mode
-            if not S_ISREG(mode):
-                seen = _observe_at(name, dir_fd)
-                if seen is not None:
-                    observed[path] = seen
-                    if seen.kind == "dir":  # what is in it is added, as a full check finds
-                        _walk_added(base, dir_fd, name, path, observed)
-                continue
-            record_f: FileRecord = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
-            if old_files is not None and old_files[i] == record_f:
-                new_files[i] = record_f
-                if S_IMODE(mode) == (0o555 if entry.executable else 0o444) and st.st_size == entry.size:
-                    verified.add(path)  # exactly as deployed: nothing to compare
-                else:
+            for k, name in file_names:
+                entry = files[k]
+                path = entry.path
+                try:
+                    st = lstat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                mode = st.st_mode
+                if not S_ISREG(mode):
+                    seen = _observe_at(name, dir_fd)
+                    if seen is not None:
+                        observed[path] = seen
+                        if seen.kind == "dir":  # what is in it is added, as a full check finds
+                            _walk_added(base, dir_fd, name, path, observed)
+                    continue
+                record_f: FileRecord = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
+                if old_files is not None and old_files[k] == record_f:
+                    new_files[k] = record_f
+                    if S_IMODE(mode) == (0o555 if entry.executable else 0o444) and st.st_size == entry.size:
+                        verified.add(path)  # exactly as deployed: nothing to compare
+                    else:
+                        observed[path] = Observed("file", S_IMODE(mode), st.st_size)
+                    continue
+                changed = True
+                records, recorded_at = deployed()
+                if (
+                    records.get(st.st_ino)
+                    == (
+                        entry.sha256,
+                        st.st_size,
+                        st.st_mtime_ns,
+                        st.st_ctime_ns,
+                        mode,
+                    )
+                    and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
+                    and _deployers(st, owner, group)
+                ):
+                    new_files[k] = record_f
                     observed[path] = Observed("file", S_IMODE(mode), st.st_size)
-                continue
-            changed = True
-            records, recorded_at = deployed()
-            if (
-                records.get(st.st_ino)
-                == (
-                    entry.sha256,
-                    st.st_size,
-                    st.st_mtime_ns,
-                    st.st_ctime_ns,
-                    mode,
-                )
-                and not is_racy(st.st_mtime_ns, st.st_ctime_ns, recorded_at)
-                and _deployers(st, owner, group)
-            ):
-                new_files[i] = record_f
-                observed[path] = Observed("file", S_IMODE(mode), st.st_size)
-                continue
-            to_hash.append((i, path, mode, st.st_size))
+                    continue
+                to_hash.append((k, path, mode, st.st_size))
+            for k, name in link_names:
+                path = links[k].path
+                try:
+                    observed[path] = Observed("symlink", target=os.readlink(name, dir_fd=dir_fd))
+                except OSError:
+                    seen = _observe_at(name, dir_fd)
+                    if seen is not None:
+                        observed[path] = seen
+                        if seen.kind == "dir":
+                            _walk_added(base, dir_fd, name, path, observed)
     finally:
-        dirs.close(observed)
+        while len(held) > 1:
+            _close(held.pop())
     if to_hash and progress is not None:
         progress(0, len(to_hash))
     done = 0
@@ -807,25 +920,6 @@ def _fast_scan_at(
                 and not is_racy(st_open.st_mtime_ns, st_open.st_ctime_ns, now_ns)
             ):
                 new_files[i] = _record(st_open)
-    dirs = _Dirs(base, root_fd, inodes)
-    try:
-        for link in index.symlinks:
-            parent, _, name = link.path.rpartition("/")
-            if parent not in good_dirs:
-                continue
-            dir_fd = dirs.fd(parent)
-            if dir_fd is None:
-                continue
-            try:
-                observed[link.path] = Observed("symlink", target=os.readlink(name, dir_fd=dir_fd))
-            except OSError:
-                seen = _observe_at(name, dir_fd)
-                if seen is not None:
-                    observed[link.path] = seen
-                    if seen.kind == "dir":
-                        _walk_added(base, dir_fd, name, link.path, observed)
-    finally:
-        dirs.close(observed)
     result.files = len(index.files)
     if changed and now_ns is not None:
         result.cache = VerifiedCache(index.digest_hex, root_st.st_dev, new_files, new_dirs)

@@ -721,3 +721,63 @@ def test_the_stat_check_never_follows_a_middle_directory_swapped_for_a_symlink(
     assert all(seen.target != "/root/secret" for seen in result.observed.values())
     differences = compare_tree(index.manifest, result.observed, verified=result.verified)
     assert any(d.path == "a" for d in differences), differences  # a directory turned into a link: drift
+
+
+def test_the_stat_check_opens_each_directory_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default check looked at the directories, the files and the symlinks in three passes, each
+    opening again every directory on its way (a third of a check with a verified cache went to opening
+    directories): one walk now opens each directory once, in its opened parent, and finds every path,
+    including those whose names sort between a directory and what it holds ("a/b-x", "a/b.txt")."""
+    root = tmp_path / "rel"
+    data = b"x\n"
+    paths = ["a/b-x/f", "a/b.txt", "a/b/c/d/f", "a/b/f", "a/c.txt", "a/b/c/g", "e/f", "top"]
+    entries: list[FileEntry | SymlinkEntry] = []
+    for path in paths:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+        (root / path).chmod(0o444)
+        entries.append(FileEntry(path, hashlib.sha256(data).hexdigest(), len(data)))
+    for link in ("a/b/c/link", "a/b-x/link", "link"):
+        (root / link).symlink_to("f")
+        entries.append(SymlinkEntry(link, "f"))
+    index = ReleaseIndex.of(TreeManifest.of(entries))
+    for directory in reversed(index.dirs):
+        (root / directory).chmod(0o555)
+    hasher = Hasher()
+    time.sleep(0.02)  # records are kept only when older than the check (one clock tick at least)
+    first = scan_release(root, index, full=True, hasher=hasher, now_ns=fs_clock(tmp_path / "drift"))
+    assert first.cache is not None and all(first.cache.dirs)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if flags & os.O_DIRECTORY:
+            opened.append(os.fspath(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    try:
+        second = scan_release(root, index, full=False, hasher=hasher, cache=first.cache, now_ns=None)
+    finally:
+        hasher.close()
+    monkeypatch.undo()
+    assert second.hashed == 0 and second.listed == 0
+    assert second.verified == set(paths)
+    assert compare_tree(index.manifest, second.observed, verified=second.verified) == []
+    assert sorted(opened) == sorted([str(root), "a", "b-x", "b", "c", "d", "e"]), opened
+    # a missing directory and a directory swapped for a file are found by the same walk
+    for directory in ("", "a/b/c", "a/b/c/d", "e"):
+        (root / directory).chmod(0o755)
+    (root / "a/b/c/d/f").unlink()
+    (root / "a/b/c/d").rmdir()
+    (root / "e/f").unlink()
+    (root / "e").rmdir()
+    (root / "e").write_text("now a file")
+    (root / "a/b/c").chmod(0o555)
+    hasher = Hasher()
+    try:
+        third = scan_release(root, index, full=False, hasher=hasher, cache=first.cache, now_ns=None)
+    finally:
+        hasher.close()
+    found = {(d.path, d.kind) for d in compare_tree(index.manifest, third.observed, verified=third.verified)}
+    assert found == {("a/b/c/d", "removed"), ("a/b/c/d/f", "removed"), ("e", "type"), ("e/f", "removed")}
