@@ -51,20 +51,25 @@ def deployer_gid(release: str, root_st: os.stat_result | None = None, recorded: 
 
 
 def attribute_problem(
-    path: str | int, st: os.stat_result, owner: int, group: int | None = None
+    path: str | int | None, st: os.stat_result, owner: int, group: int | None = None
 ) -> str | None:
     """What a deployed file at ``path`` (or open as that descriptor; its lstat ``st``) has that graven
     never gives one, else None: an owner other than ``owner`` (the deployer's: :func:`deployer_uid`), a
     group other than ``group`` (the release's: :func:`deployer_gid`; None: not compared), or extended
-    attributes of :data:`DRIFT_XATTRS` (``security.capability``: a privilege). Each such change moves
-    the file's ctime, so the fast check looks at the file again and finds it."""
+    attributes of :data:`DRIFT_XATTRS` (``security.capability``: a privilege; ``path`` None: not read).
+    Each such change moves the file's ctime, so the fast check looks at the file again and finds it."""
     problems: list[str] = []
     if st.st_uid != owner:
         problems.append(f"owner uid {st.st_uid} (deployed as {owner})")
     if group is not None and st.st_gid != group:
         problems.append(f"group gid {st.st_gid} (deployed as {group})")
     try:
-        names = os.listxattr(path) if isinstance(path, int) else os.listxattr(path, follow_symlinks=False)
+        if path is None:
+            names = []
+        elif isinstance(path, int):
+            names = os.listxattr(path)
+        else:
+            names = os.listxattr(path, follow_symlinks=False)
     except OSError:  # a filesystem without them
         names = []
     extra = sorted(name for name in names if name.startswith(DRIFT_XATTRS))

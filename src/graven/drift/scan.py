@@ -37,6 +37,7 @@ from graven.drift.walk import (
     OPEN_FILE,
     ForkedWalk,
     ScanStopped,
+    dir_attribute_problem,
     hash_rest,
     kind_of,
     observe_raw,
@@ -422,11 +423,6 @@ class ScanResult(Record):
         self.hashed = hashed
         self.listed = listed
         self.cache = cache
-
-
-def _observe(path: str) -> Observed | None:
-    raw = observe_raw(path)
-    return Observed(*raw) if raw is not None else None
 
 
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -1037,7 +1033,9 @@ class _Walk:
         self.group = deployer_gid(base, root_st) if group is None else group
         self.hasher = hasher  # None: big files are hashed by the walker itself
         self.skip = skip  # directories that are someone else's starting point
-        self.big: list[tuple[str, Future[HashResult]]] = []
+        # big files hashed in the pool, and their owner, group and extended attributes (read from the
+        # descriptor the walker opened, never by their path again)
+        self.big: list[tuple[str, str | None, Future[HashResult]]] = []
         self.index = index
         self.now = now_ns
         self.observed: dict[str, Observed] = {}
@@ -1148,7 +1146,8 @@ class _Walk:
                         elif self.hasher is not None:  # hashed in parallel (hashlib releases the GIL)
                             # the file opened here, not its path again: nothing above it can be
                             # swapped in between
-                            self.big.append((path, self.hasher.submit_fd(os.dup(fd), path, stop)))
+                            attrs = attribute_problem(fd, st, owner, group)
+                            self.big.append((path, attrs, self.hasher.submit_fd(os.dup(fd), path, stop)))
                             continue
                         else:
                             sha = hash_rest(fd, b"", stop)
@@ -1175,7 +1174,7 @@ class _Walk:
                         st = item.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    attrs = attribute_problem(f"{directory}/{name}", st, owner, group)
+                    attrs = dir_attribute_problem(dir_fd, name, st, owner, group)
                     observed[path] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
                     self.dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
                     if path not in self.skip:
@@ -1186,7 +1185,7 @@ class _Walk:
                     except OSError:
                         observed[path] = Observed("symlink")
                 else:
-                    seen = _observe(f"{directory}/{name}")
+                    seen = _observe_at(name, dir_fd)
                     if seen is not None:
                         observed[path] = seen
         finally:
@@ -1350,7 +1349,7 @@ def _full_scan(
             child.cancel()
         raise
     positions, files, now = index.positions, index.files, now_ns or 0
-    for path, future in walk.big:
+    for path, attrs, future in walk.big:
         st_big, sha = future.result()
         if st_big is None:
             walk.observed[path] = Observed("file", 0, -1, sha)
@@ -1358,7 +1357,6 @@ def _full_scan(
             walk.observed[path] = Observed(kind_of(st_big.st_mode))
         else:
             walk.hashed += 1
-            attrs = attribute_problem(f"{base}/{path}", st_big, walk.owner, walk.group)
             walk.observed[path] = Observed(
                 "file", stat.S_IMODE(st_big.st_mode), st_big.st_size, sha, attrs=attrs
             )

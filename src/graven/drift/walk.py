@@ -110,6 +110,25 @@ def open_dir(base: str, rel: str) -> int:
 _COUNT = struct.Struct("=Q")  # the files a forked walker has hashed so far, in memory its parent shares
 
 
+def dir_attribute_problem(
+    dir_fd: int, name: str, st: os.stat_result, owner: int, group: int | None
+) -> str | None:
+    """:func:`attribute_problem` of the directory ``name`` of the open directory ``dir_fd`` (``st``: its
+    lstat), its extended attributes read from a descriptor opened there (``O_NOFOLLOW``), never by
+    its path: ``listxattr`` refuses a symlink as the last component only, and the release's owner could
+    swap a middle one for a symlink meanwhile (a check may run as root). One that can no longer be
+    opened as a directory: its owner and group only (the walk finds what it became)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        out_of_resources(exc, name)
+        return attribute_problem(None, st, owner, group)
+    try:
+        return attribute_problem(fd, st, owner, group)
+    finally:
+        os.close(fd)
+
+
 def raw_walk(
     base: str,
     start: Sequence[str],
@@ -219,7 +238,7 @@ def raw_walk(
                             st = item.stat(follow_symlinks=False)
                         except OSError:
                             continue
-                        attrs = attribute_problem(f"{base}/{path}", st, owner, group)
+                        attrs = dir_attribute_problem(dir_fd, name, st, owner, group)
                         observed[path] = ("dir", S_IMODE(st.st_mode), st.st_size, None, None, attrs)
                         dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
                         if path not in skip:

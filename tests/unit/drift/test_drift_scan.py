@@ -642,10 +642,17 @@ def test_the_in_process_walker_never_reads_through_a_middle_directory_swapped_fo
     assert not {seen.sha256 for seen in result.observed.values()} & secret, result.observed
 
 
-def _watch_outside(monkeypatch: pytest.MonkeyPatch, release: Path, outside: Path, swap_at: str) -> list[str]:
+def _watch_outside(
+    monkeypatch: pytest.MonkeyPatch,
+    release: Path,
+    outside: Path,
+    swap_at: str,
+    names: tuple[str, ...] = ("b", "mine.txt"),
+) -> list[str]:
     """Swap the release's directory ``a`` for a symlink to ``outside`` at the first look at ``a/b`` or
-    below (the release's owner racing a check run by root), and note every stat, open, listing and
-    listxattr that reached an inode of ``outside``."""
+    below (by a full path; by its name in an open directory: one of ``names``) (the release's owner
+    racing a check run by root), and note every stat, open, listing and listxattr that reached an
+    inode of ``outside``."""
     secret = {os.lstat(p).st_ino for p in [outside, *outside.rglob("*")]}
     leaks: list[str] = []
     real = {name: getattr(os, name) for name in ("lstat", "stat", "open", "scandir", "listxattr", "readlink")}
@@ -654,7 +661,7 @@ def _watch_outside(monkeypatch: pytest.MonkeyPatch, release: Path, outside: Path
         def racing(path: Any = ".", *args: Any, **kwargs: Any) -> Any:
             target = os.fspath(path) if not isinstance(path, int) else ""
             at = target.endswith(f"/{swap_at}") or f"/{swap_at}/" in target
-            at = at or (kwargs.get("dir_fd") is not None and target in ("b", "mine.txt"))
+            at = at or (kwargs.get("dir_fd") is not None and target in names)
             if at and not (release / "a").is_symlink():
                 (release / "a").rename(release / "moved")
                 (release / "a").symlink_to(outside)
@@ -781,3 +788,45 @@ def test_the_stat_check_opens_each_directory_once(tmp_path: Path, monkeypatch: p
         hasher.close()
     found = {(d.path, d.kind) for d in compare_tree(index.manifest, third.observed, verified=third.verified)}
     assert found == {("a/b/c/d", "removed"), ("a/b/c/d/f", "removed"), ("e", "type"), ("e/f", "removed")}
+
+
+@pytest.mark.parametrize(
+    ("walker", "swap_at"),
+    [("in-process", "a/b/c"), ("in-process", "a/b/fifo"), ("in-process", "a/b/big.bin"), ("forked", "a/b/c")],
+)
+def test_the_full_check_never_reads_attributes_through_a_middle_directory_swapped_for_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walker: str, swap_at: str
+) -> None:
+    """``drift --full`` read the extended attributes of a subdirectory and of a big file, and the stat
+    of a FIFO, by their full paths; ``listxattr(follow_symlinks=False)`` refuses a symlink as the last
+    component only: a release's owner who swapped ``a`` for a symlink to a directory outside the
+    release meanwhile made root (a check may run as root) list the extended attributes of, or stat,
+    what lies there. They are read from a descriptor opened in the directory being listed."""
+    import marshal
+
+    from graven.drift.walk import raw_walk
+
+    release, outside = _swap_release(tmp_path)
+    for where in (release / "a" / "b", outside / "b"):
+        (where / "c").mkdir()
+        (where / "big.bin").write_bytes(b"x" * (BIG + 1))
+    os.mkfifo(release / "a" / "b" / "fifo")
+    (outside / "b" / "fifo").write_text("root only")
+    name = swap_at.rpartition("/")[2]
+    leaks = _watch_outside(monkeypatch, release, outside, swap_at, names=(name,))
+    if walker == "forked":
+        marshal.loads(raw_walk(str(release), [""], frozenset()))
+    else:
+        index = ReleaseIndex.of(
+            TreeManifest.of([FileEntry("a/b/mine.txt", hashlib.sha256(b"mine").hexdigest(), 4)])
+        )
+        hasher = Hasher()
+        try:
+            scan_release(release, index, full=True, hasher=hasher, parallel=False)
+        finally:
+            hasher.close()
+    monkeypatch.undo()
+    assert (release / "a").is_symlink()  # the race happened
+    # (the in-process walker opens a directory by its path, then refuses it when it is not the one
+    # its parent listed: test_the_in_process_walker_never_reads_through_a_middle_directory_...)
+    assert [leak for leak in leaks if not leak.startswith("open(")] == []
