@@ -386,9 +386,10 @@ def test_rows_an_older_graven_left_out_are_filled_by_the_next_append_that_comple
 
 
 def _downgrade(home: Path) -> None:
-    """Make the database what graven's schema 9 left: no subtree table, version 9."""
+    """Make the database what graven's schema 9 left: no subtree table, no later index, version 9."""
     with _db(home) as db:
         db.execute("DROP TABLE log_subtrees")
+        db.execute("DROP INDEX ix_deployments_pending")  # schema 11's
         db.execute("""UPDATE graven_meta SET value = '9' WHERE "key" = 'schema_version'""")
 
 
