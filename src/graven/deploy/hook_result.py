@@ -111,7 +111,9 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
     of every variable GRAVEN_PASS_ENV lets a build pass in from the host (a ``NPM_RC``, a ``GH_PAT``:
     what the operator hands a build is what may be a credential, whatever its name), at least 6
     characters (a ``true`` stays), with the passwords of URLs in them (at least 4), and the password
-    written in any ``scheme://user:PASSWORD@`` URL, replaced by ``***``: a command that prints its
+    written in any ``scheme://user:PASSWORD@`` URL, the value of a URL's query parameter named as a
+    credential (``?token=``, ``&X-Amz-Signature=``) and the secret path of a webhook (Slack, Discord,
+    Teams, Telegram) replaced by ``***``: a command that prints its
     environment must not write credentials into records that can never be removed.
 
     Each value is replaced with one ``str.replace`` (longest first): measured on a 6 MB log with 20
@@ -139,7 +141,9 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
         text = text.replace(secret, "***")
     if "://" in text:  # a password written in any URL (a connection string the hook printed)
         text = _url_password().sub(r"\1***@", text)
-    return text
+    if "=" in text:  # a token in a URL's query (an access token, a presigned URL's signature)
+        text = _url_query_secret().sub(r"\1***", text)
+    return _redact_webhooks(text)  # a webhook whose path is its secret
 
 
 def _url_password() -> re.Pattern[str]:
@@ -159,6 +163,59 @@ def _url_password() -> re.Pattern[str]:
 
 
 _URL_PASSWORD: re.Pattern[str] | None = None
+
+# A query parameter whose value is a secret by its name: ``token``, ``access_token``, ``accessToken``,
+# ``client_secret``, ``password``, ``api_key``, ``key`` (Google), ``sig`` (an Azure SAS),
+# ``X-Amz-Signature``, ``X-Amz-Credential``, ``X-Amz-Security-Token``, ... (a ``sort_key``, a
+# ``monkey``, a ``tokens`` are not). Names are a few words joined by ``_``, ``-`` or ``.`` (each
+# matched once, possessively: a text of ``&`` costs linear time).
+_HIDDEN_PARAM = (
+    r"(?:(?:[A-Za-z0-9]{1,32}+[_.-]){0,4}"
+    r"(?:(?:access|refresh|id|auth|api|private|session|client)?token|secret|password|passwd|passphrase"
+    r"|signature|credentials?|(?:api|access|secret|private|subscription)[_-]?key)"
+    r"|apikey|key|sig|pwd|pass|auth)"
+)
+_URL_QUERY_SECRET: re.Pattern[str] | None = None
+
+# Webhooks whose URL path is their secret (anyone who has it can post): Slack, Discord, Microsoft
+# Teams (the old Office 365 connectors too), a Telegram bot's token; the part that names one, and the
+# pattern, looked for only when that part is in the text, starting with it: a literal start the regex
+# engine finds fast (an alternation of them all took 0.5 s on a 6 MB log). Hosts are lowercase.
+_WEBHOOKS = (
+    ("hooks.slack.com/", r"hooks\.slack\.com/(?:services|workflows|triggers)/"),
+    ("discord.com/api/", r"discord\.com/api(?:/v\d{1,3})?/webhooks/"),
+    ("discordapp.com/api/", r"discordapp\.com/api(?:/v\d{1,3})?/webhooks/"),
+    (".webhook.office.com/", r"\.webhook\.office\.com/webhookb2/"),
+    ("outlook.office", r"outlook\.office(?:365)?\.com/webhook/"),
+    ("api.telegram.org/bot", r"api\.telegram\.org/bot"),
+)
+_WEBHOOK_PATHS: dict[str, re.Pattern[str]] = {}
+
+
+def _url_query_secret() -> re.Pattern[str]:
+    """``?token=VALUE`` or ``&api_key=VALUE`` (or after ``;``): the value (at most 4,096 characters)
+    runs up to the next ``&``, ``#``, space, quote, ``<``, ``>`` or backslash (the end of a JSON
+    string)."""
+    global _URL_QUERY_SECRET  # noqa: PLW0603 - compiled on first use: most commands never redact
+    if _URL_QUERY_SECRET is None:
+        import re
+
+        _URL_QUERY_SECRET = re.compile(rf"([?&;]{_HIDDEN_PARAM}=)[^\s&#\"'<>\\]{{1,4096}}", re.IGNORECASE)
+    return _URL_QUERY_SECRET
+
+
+def _redact_webhooks(text: str) -> str:
+    """``text`` with each webhook's secret path, from the part that names a webhook to the query,
+    fragment or the end of the URL (at most 4,096 characters), replaced by ``***``."""
+    for marker, start in _WEBHOOKS:
+        if marker in text:
+            pattern = _WEBHOOK_PATHS.get(marker)
+            if pattern is None:
+                import re
+
+                pattern = _WEBHOOK_PATHS[marker] = re.compile(f"({start})[^\\s?#\"'<>\\\\]{{1,4096}}")
+            text = pattern.sub(r"\1***", text)
+    return text
 
 
 def step_error(what: str, exc: BaseException) -> HookResult:

@@ -1,12 +1,15 @@
 """Secrets in what graven keeps for good or prints (a stored build log, a failed step's last lines, a
 hook's output in the history and the audit log), after a review of :func:`redact_secrets`: a value the
-operator passes into the build went by its name only."""
+operator passes into the build went by its name only, and a token in a URL's query or a webhook's path
+was kept."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graven.build.steps import BuildLog, _tail
 from graven.deploy.hook_result import redact_secrets
@@ -46,3 +49,121 @@ def test_the_stored_build_log_and_a_failed_steps_last_lines_lose_a_passed_value(
         log.write(printed.encode())
         tail = _tail(log)
     assert "ghp_" not in tail and "npm_" not in tail and tail.count("***") == 2, tail
+
+
+@pytest.mark.parametrize(
+    ("line", "redacted"),
+    [
+        (
+            "GET https://api.example.com/v1/items?page=2&access_token=ya29.a0AfH6SMB&x=1",
+            "GET https://api.example.com/v1/items?page=2&access_token=***&x=1",
+        ),
+        (
+            "https://bucket.s3.amazonaws.com/o?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20240101%2Fus-east-1%2Fs3%2Faws4_request"
+            "&X-Amz-Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024",
+            "https://bucket.s3.amazonaws.com/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***"
+            "&X-Amz-Signature=***",
+        ),
+        (
+            "see https://acct.blob.core.windows.net/c/f?sv=2022-11-02&sp=r&sig=abcDEF%2B123%3D done",
+            "see https://acct.blob.core.windows.net/c/f?sv=2022-11-02&sp=r&sig=*** done",
+        ),
+        ('{"url": "https://h/x?apikey=K3yK3yK3y"}', '{"url": "https://h/x?apikey=***"}'),
+        ("https://h/x?API_KEY=abc123def&key=zzz999", "https://h/x?API_KEY=***&key=***"),
+        ("https://h/x?password=hunter22#frag", "https://h/x?password=***#frag"),
+        (
+            "https://gitlab.example/api/v4/projects?private_token=glpat-xYz12",
+            "https://gitlab.example/api/v4/projects?private_token=***",
+        ),
+        (
+            "https://h/cb?client_secret=s3cr3t&code_challenge=abc",
+            "https://h/cb?client_secret=***&code_challenge=abc",
+        ),
+        (
+            "posting to https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX failed",
+            "posting to https://hooks.slack.com/services/*** failed",
+        ),
+        (
+            "https://discord.com/api/webhooks/1234567890/AbCdEfGhIjKlMnOp-qRsTuV",
+            "https://discord.com/api/webhooks/***",
+        ),
+        (
+            "'https://discordapp.com/api/webhooks/123/tok'",
+            "'https://discordapp.com/api/webhooks/***'",
+        ),
+        (
+            "https://contoso.webhook.office.com/webhookb2/1a2b@3c4d/IncomingWebhook/5e6f/7a8b",
+            "https://contoso.webhook.office.com/webhookb2/***",
+        ),
+        (
+            "https://api.telegram.org/bot123456:ABC-DEF1234ghIkl/sendMessage",
+            "https://api.telegram.org/bot***",
+        ),
+    ],
+)
+def test_a_token_in_a_urls_query_or_a_webhooks_path_is_redacted(line: str, redacted: str) -> None:
+    """Only ``scheme://user:PASSWORD@`` was redacted: a health check printing the URL it called, an
+    alert command its webhook, kept an access token, a signature or the webhook's secret path."""
+    assert redact_secrets(line, {}) == redacted
+
+
+def test_ordinary_urls_stay_readable() -> None:
+    kept = (
+        "git clone https://github.com/org/repo.git; pip install --index-url https://pypi.org/simple/ x; "
+        "https://h/search?q=token&page=2&sort=key https://h/a?monkey=1&keys=2&tokens=3 "
+        "https://hooks.slack.com/ https://discord.com/api/channels/1 file:///srv/app?x=1 a&b=c"
+    )
+    assert redact_secrets(kept, {}) == kept
+
+
+_SECRET = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.", min_size=6, max_size=40
+)
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
+
+
+@settings(max_examples=300)
+@given(text=_TEXT, secret=_SECRET, url_secret=_SECRET, before=_TEXT, after=_TEXT)
+def test_a_planted_secret_never_survives_and_redacting_again_changes_nothing(
+    text: str, secret: str, url_secret: str, before: str, after: str
+) -> None:
+    env = {"GRAVEN_PASS_ENV": "RC", "RC": secret}
+    planted = f"{before}{secret}{text} https://h/x?token={url_secret} {after}"
+    once = redact_secrets(planted, env)
+    assert secret not in once
+    assert f"token={url_secret}" not in once
+    assert redact_secrets(once, env) == once
+
+
+@settings(max_examples=300)
+@given(text=st.text(alphabet=st.characters(blacklist_characters="*", codec="utf-8"), max_size=300))
+def test_text_without_secrets_is_unchanged_and_redaction_is_idempotent(text: str) -> None:
+    once = redact_secrets(text, {})
+    assert redact_secrets(once, {}) == once
+    if "://" not in text and "=" not in text and "hooks" not in text:
+        assert once == text
+
+
+_ORDINARY_NAME = st.sampled_from(
+    ["q", "page", "per_page", "sort", "sort_key", "ref", "v", "version", "format", "lang", "id", "keys",
+     "tokens", "monkey", "passive", "signed", "author", "limit", "offset", "branch", "path", "files"]
+)  # fmt: skip
+_VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-.%/:+", min_size=1, max_size=30)
+
+
+@settings(max_examples=300)
+@given(
+    host=st.sampled_from(
+        ["github.com", "pypi.org", "registry.npmjs.org", "example.com:8443", "hooks.example"]
+    ),
+    path=st.lists(_VALUE.filter(lambda s: "/" not in s and ":" not in s), max_size=4),
+    query=st.lists(st.tuples(_ORDINARY_NAME, _VALUE), max_size=5),
+)
+def test_a_url_without_credentials_is_unchanged(
+    host: str, path: list[str], query: list[tuple[str, str]]
+) -> None:
+    url = f"https://{host}/{'/'.join(path)}"
+    if query:
+        url += "?" + "&".join(f"{name}={value}" for name, value in query)
+    assert redact_secrets(f"fetch {url} done", {}) == f"fetch {url} done"
