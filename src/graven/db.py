@@ -533,6 +533,21 @@ def _set_wal(raw: sqlite3.Connection) -> None:
 _BUSY_TIMEOUT_MS = 60_000  # how long an SQLite writer waits for another (Database.begin's default)
 
 
+def _create_private(path: str) -> None:
+    """Make the database file ``path`` mode 0600 when it does not exist yet, before SQLite makes it
+    with the umask's mode (0644): a database outside the home's 0700 directory (`graven db copy`'s
+    destination, a GRAVEN_DB_URL elsewhere) holds the home's history (actors, reasons, hook outputs)
+    and must not be readable by other users. SQLite makes its write-ahead log and shared memory with
+    the database file's mode. A file that cannot be made here is left to SQLite, whose error says why."""
+    if os.path.lexists(path):
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        os.close(os.open(path, flags, 0o600))
+    except OSError:
+        return
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     """Whether ``exc`` is SQLite's SQLITE_BUSY: another connection holds the lock asked for."""
     text = str(exc)
@@ -573,6 +588,7 @@ class _SqliteDatabase:
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
             return self._open_read_only()
+        _create_private(self.path)
         raw = sqlite3.connect(
             self.path,
             timeout=60,

@@ -432,3 +432,31 @@ def test_a_home_this_user_can_only_read_is_copied(
     monkeypatch.setenv("GRAVEN_DB_URL", url)
     assert _history(world, capsys) == before
     assert run_cli(capsys, "log", "verify")[0] == 0
+
+
+def test_a_new_sqlite_destination_is_made_private_whatever_the_umask(
+    world: World, tmp_path: Path, capsys: Capsys
+) -> None:
+    """The copy holds the home's history (actors, reasons, hook outputs), which the home keeps in a
+    0700 directory: a new file made with the umask's mode (0644) let every user read it, and its
+    write-ahead log beside it (SQLite makes those with the database file's mode)."""
+    import os
+    import stat
+
+    _lived(world, capsys)
+    target = tmp_path / "shared" / "copy.db"
+    target.parent.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli(capsys, "db", "copy", f"sqlite:///{target}")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    database = Database.open(f"sqlite:///{target}")
+    try:
+        with database.begin() as conn:  # its write-ahead log and shared memory, while open
+            conn.execute("INSERT INTO graven_meta (key, value) VALUES ('x', 'y')")
+            made = {p.name: stat.S_IMODE(p.stat().st_mode) for p in target.parent.iterdir()}
+    finally:
+        database.close()
+    assert made == {"copy.db": 0o600, "copy.db-wal": 0o600, "copy.db-shm": 0o600}
