@@ -180,7 +180,10 @@ _URL_QUERY_SECRET: re.Pattern[str] | None = None
 # Webhooks whose URL path is their secret (anyone who has it can post): Slack, Discord, Microsoft
 # Teams (the old Office 365 connectors too), a Telegram bot's token; the part that names one, and the
 # pattern, looked for only when that part is in the text, starting with it: a literal start the regex
-# engine finds fast (an alternation of them all took 0.5 s on a 6 MB log). Hosts are lowercase.
+# engine finds fast (an alternation of them all took 0.5 s on a 6 MB log). Host names are
+# case-insensitive (``HTTPS://HOOKS.SLACK.COM/...`` posts as well): the parts are looked for in the
+# text lowercased once (8 ms on a 10 MB log), the patterns ignore case (on that log, with a Slack
+# webhook in it: 140 ms, 45 ms when they did not; the kept build log is at most 2 MiB).
 _WEBHOOKS = (
     ("hooks.slack.com/", r"hooks\.slack\.com/(?:services|workflows|triggers)/"),
     ("discord.com/api/", r"discord\.com/api(?:/v\d{1,3})?/webhooks/"),
@@ -206,14 +209,18 @@ def _url_query_secret() -> re.Pattern[str]:
 
 def _redact_webhooks(text: str) -> str:
     """``text`` with each webhook's secret path, from the part that names a webhook to the query,
-    fragment or the end of the URL (at most 4,096 characters), replaced by ``***``."""
+    fragment or the end of the URL (at most 4,096 characters), replaced by ``***``, whatever the case
+    of its letters."""
+    lowered = text.lower()  # only to look for the parts: it may differ in length (a Turkish İ)
     for marker, start in _WEBHOOKS:
-        if marker in text:
+        if marker in lowered:
             pattern = _WEBHOOK_PATHS.get(marker)
             if pattern is None:
                 import re
 
-                pattern = _WEBHOOK_PATHS[marker] = re.compile(f"({start})[^\\s?#\"'<>\\\\]{{1,4096}}")
+                pattern = _WEBHOOK_PATHS[marker] = re.compile(
+                    f"({start})[^\\s?#\"'<>\\\\]{{1,4096}}", re.IGNORECASE
+                )
             text = pattern.sub(r"\1***", text)
     return text
 

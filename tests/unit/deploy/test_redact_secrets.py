@@ -141,7 +141,8 @@ def test_a_planted_secret_never_survives_and_redacting_again_changes_nothing(
 def test_text_without_secrets_is_unchanged_and_redaction_is_idempotent(text: str) -> None:
     once = redact_secrets(text, {})
     assert redact_secrets(once, {}) == once
-    if "://" not in text and "=" not in text and "hooks" not in text:
+    lowered = text.lower()  # a webhook's host, in any case
+    if "://" not in text and "=" not in text and "hooks" not in lowered and "/bot" not in lowered:
         assert once == text
 
 
@@ -167,3 +168,27 @@ def test_a_url_without_credentials_is_unchanged(
     if query:
         url += "?" + "&".join(f"{name}={value}" for name, value in query)
     assert redact_secrets(f"fetch {url} done", {}) == f"fetch {url} done"
+
+
+@pytest.mark.parametrize(
+    ("line", "redacted"),
+    [
+        (
+            "HTTPS://HOOKS.SLACK.COM/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX failed",
+            "HTTPS://HOOKS.SLACK.COM/services/*** failed",
+        ),
+        ("https://Hooks.Slack.com/SERVICES/T0/B0/XyZ", "https://Hooks.Slack.com/SERVICES/***"),
+        ("https://Discord.com/api/webhooks/123/AbCdEf", "https://Discord.com/api/webhooks/***"),
+        ("https://DISCORDAPP.COM/API/WEBHOOKS/123/tok", "https://DISCORDAPP.COM/API/WEBHOOKS/***"),
+        (
+            "https://contoso.Webhook.Office.com/webhookb2/1a2b@3c4d/IncomingWebhook/5e6f",
+            "https://contoso.Webhook.Office.com/webhookb2/***",
+        ),
+        ("https://OUTLOOK.OFFICE.COM/webhook/1a2b/x", "https://OUTLOOK.OFFICE.COM/webhook/***"),
+        ("https://API.Telegram.ORG/bot123456:ABC-DEF/sendMessage", "https://API.Telegram.ORG/bot***"),
+    ],
+)
+def test_a_webhook_whose_host_is_written_in_capitals_is_redacted(line: str, redacted: str) -> None:
+    """Host names are case-insensitive: a hook printing its webhook's URL in capitals (an environment
+    variable written so, a shell's ``${URL^^}``) kept the secret path."""
+    assert redact_secrets(line, {}) == redacted
