@@ -35,6 +35,11 @@ LOG_TAIL_LINES = 20
 LOG_HEAD_BYTES = 1 << 20
 LOG_TAIL_BYTES = 1 << 20
 _TAIL_READ = 64 << 10  # what a failure message's last lines are taken from
+# Read beyond each cut of the log (and before a failure message's window), redacted with what is kept,
+# then dropped: a secret a cut falls in is recognised whole, not kept as two fragments (as a hook's
+# output: graven.deploy.hooks). At the outer edge of such a margin, a secret cut there is left as it
+# was by redaction: its first half of the margin is never kept.
+_MARGIN = 64 << 10
 _CHUNK = 1 << 16
 _POLL_SECONDS = 0.1  # how often the log thread looks whether the step has finished
 _DRAIN_SECONDS = 0.5  # how long output is still copied after the step exited (from what it left running)
@@ -79,15 +84,19 @@ class BuildLog:
     What lies between is dropped as it arrives (a line ``[graven: N bytes of output cut here]`` takes
     its place when the log is closed), so neither the file nor graven's memory grows with a step that
     prints without end. The first bytes go straight to the file; the last ones are held in memory (at
-    most ``tail`` plus one chunk) until :meth:`close` writes them after the marker.
+    most ``tail`` plus a margin plus one chunk) until :meth:`close` writes them after the marker. Both
+    sides of the cut are redacted (:func:`graven.deploy.hook_result.redact_secrets`) with a margin of
+    what was dropped before they are cut, so that a secret printed across a cut is not kept in pieces
+    the redaction of the stored log could not recognise.
     """
 
     def __init__(self, path: Path, *, head: int = LOG_HEAD_BYTES, tail: int = LOG_TAIL_BYTES) -> None:
         self.path = path
         self._head = head
         self._tail = tail
-        self._file: BinaryIO | None = path.open("wb")
+        self._file: BinaryIO | None = path.open("w+b")  # read back at a cut: its end is redacted
         self._written = 0  # bytes of the head in the file
+        self._after = bytearray()  # the first bytes after the head (a margin), for a cut there
         self._held: deque[bytes] = deque()  # after the head: the newest bytes, oldest chunk first
         self.held = 0  # their total size
         self.cut = 0  # bytes dropped between head and tail
@@ -109,9 +118,11 @@ class BuildLog:
             data = data[len(first) :]
         if not data:
             return
+        if len(self._after) < _MARGIN:
+            self._after += data[: _MARGIN - len(self._after)]
         self._held.append(data)
         self.held += len(data)
-        while len(self._held) > 1 and self.held - len(self._held[0]) >= self._tail:
+        while len(self._held) > 1 and self.held - len(self._held[0]) >= self._tail + _MARGIN:
             dropped = self._held.popleft()
             self.held -= len(dropped)
             self.cut += len(dropped)
@@ -139,15 +150,55 @@ class BuildLog:
         """Write the marker (when bytes were cut) and the kept tail; close the file. Idempotent."""
         if self._file is None:
             return
-        held = self._tail_bytes()
-        cut = self.cut + self.held - len(held)
+        held = b"".join(self._held)
+        cut = self.cut + max(0, len(held) - self._tail)
         if cut:
+            self._redact_head_end()
+            held = _redacted_end(held, self._tail, after_cut=self.cut > 0)
             self._file.write(f"\n[graven: {cut} bytes of output cut here]\n".encode())
         self._file.write(held)
         self._held.clear()
         self.held = 0
         self._file.close()
         self._file = None
+
+    def _redact_head_end(self) -> None:
+        """Redact the head's last bytes with the first ones cut after it (the margin), in the file."""
+        assert self._file is not None
+        start = max(0, self._written - _MARGIN)
+        self._file.seek(start)
+        end = self._file.read(self._written - start)
+        window = _decoded(end + self._after)
+        redacted = _redact(window)
+        if redacted == window:
+            return
+        data = redacted.encode("utf-8", "surrogateescape")
+        keep = min(len(end), len(data) - min(len(self._after), _MARGIN // 2))
+        self._file.seek(start)
+        self._file.write(data[: max(0, keep)])
+        self._file.truncate()
+
+
+def _decoded(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")  # bytes that are not UTF-8 go through unchanged
+
+
+def _redact(text: str) -> str:
+    from graven.deploy.hook_result import redact_secrets
+
+    return redact_secrets(text)
+
+
+def _redacted_end(held: bytes, size: int, *, after_cut: bool) -> bytes:
+    """The last ``size`` bytes of ``held`` once redacted with what comes before them (a margin, or
+    all since the head); ``after_cut``: ``held`` itself begins at a cut, whose side of a secret
+    redaction left as it was is never kept."""
+    text = _decoded(held)
+    redacted = _redact(text)
+    if redacted == text:
+        return held[-size:]
+    data = redacted.encode("utf-8", "surrogateescape")
+    return data[max(len(data) - size, min(len(data), _MARGIN // 2) if after_cut else 0) :]
 
 
 class _Pump:
@@ -258,11 +309,14 @@ def _wanted_network(tail: str) -> bool:
 
 def _tail(log: BuildLog) -> str:
     """The last lines of the log, joined on one line (read from its end only)."""
-    from graven.deploy.hook_result import redact_secrets
-
-    lines = log.last_bytes(_TAIL_READ).decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    # shown on terminals and kept in CI logs: a URL's password, a secret-looking variable's value
-    return redact_secrets(" | ".join(line for line in lines if line.strip()))[-2000:]
+    # shown on terminals and kept in CI logs: a URL's password, a secret-looking variable's value;
+    # redacted with a margin before the window, so that a secret the window begins in is found whole
+    data = log.last_bytes(_TAIL_READ + _MARGIN)
+    text = _redact(data.decode(errors="replace"))
+    if len(data) == _TAIL_READ + _MARGIN:  # it begins inside the log: a secret may begin before it
+        text = text[max(len(text) - _TAIL_READ, _MARGIN // 2) :]
+    lines = text.splitlines()[-LOG_TAIL_LINES:]
+    return " | ".join(line for line in lines if line.strip())[-2000:]
 
 
 def ensure_dirs(*paths: Path) -> None:

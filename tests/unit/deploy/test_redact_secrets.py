@@ -192,3 +192,46 @@ def test_a_webhook_whose_host_is_written_in_capitals_is_redacted(line: str, reda
     """Host names are case-insensitive: a hook printing its webhook's URL in capitals (an environment
     variable written so, a shell's ``${URL^^}``) kept the secret path."""
     assert redact_secrets(line, {}) == redacted
+
+
+_LONG_SECRET = "Zq81xkqQpLm2Wn7Rt4Yv9Bc3Hd6Jf0Ks5Gx8Ue1Na"
+
+
+def _fragments(text: str, secret: str = _LONG_SECRET, size: int = 6) -> list[str]:
+    """The pieces of ``secret`` (``size`` characters or more) that ``text`` still holds."""
+    return [secret[i : i + size] for i in range(len(secret) - size + 1) if secret[i : i + size] in text]
+
+
+@pytest.mark.parametrize("inside", [3, 20, 37])
+def test_a_secret_the_build_logs_cuts_fall_in_is_not_stored_in_pieces(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inside: int
+) -> None:
+    """The stored log keeps its first and last MiB: a secret printed across either cut was kept as
+    two fragments, which redaction (of the stored log, after the cut) could no longer recognise."""
+    monkeypatch.setenv("CI_DEPLOY_TOKEN", _LONG_SECRET)
+    head, tail = 1000, 1000
+    printed = b"a" * (head - inside) + _LONG_SECRET.encode() + b"b" * 200_000
+    printed += _LONG_SECRET.encode() + b"c" * (tail - len(_LONG_SECRET) + inside)
+    path = tmp_path / "build.log"
+    with BuildLog(path, head=head, tail=tail) as log:
+        for start in range(0, len(printed), 7000):
+            log.write(printed[start : start + 7000])
+    kept = path.read_bytes()
+    assert b"bytes of output cut here]" in kept
+    stored = _redacted_log(kept).decode()
+    assert _fragments(stored) == []
+    assert stored.startswith("a" * (head - inside)) and stored.endswith("c" * (tail - 50))
+
+
+def test_a_failed_steps_last_lines_hold_no_piece_of_a_secret_its_read_window_cut(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The last lines are read from the log's last 64 KiB: a secret that window began in was shown
+    from its middle, unrecognised, when its line was among the last ones (long blank lines after it)."""
+    monkeypatch.setenv("CI_DEPLOY_TOKEN", _LONG_SECRET)
+    window, error = 64 << 10, b"\nerror: it failed\n"
+    end = b"\n" + b" " * (window - len(_LONG_SECRET) // 2 - 1 - len(error)) + error
+    with BuildLog(tmp_path / "build.log") as log:
+        log.write(b"x" * 10 + _LONG_SECRET.encode() + end)  # the window begins inside the secret
+        tail = _tail(log)
+    assert tail.endswith("error: it failed") and _fragments(tail) == [], tail
