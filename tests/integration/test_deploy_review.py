@@ -828,3 +828,22 @@ def test_a_killed_first_deployment_of_one_environment_keeps_its_directory_from_a
         state = environments.load_state(conn, "a")
     assert state is not None and state.live_digest == da
     assert [h["result"] for h in environments.history(world.ctx(), "a")] == ["interrupted"]
+
+
+def test_hold_from_a_hook_names_the_environment_whose_deployment_holds_the_shared_lock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Environments at one PATH share its lock: a hold of b from a hook of a's deployment said "runs
+    inside a hook of the deployment that holds b", naming the wrong environment (as deploy did)."""
+    from graven.deploy import lock as deploy_lock
+    from graven.deploy.layout import EnvLayout
+    from graven.deploy.lock import EnvLock
+
+    assert world.deploy(world.build(), "staging").ok
+    monkeypatch.setattr(deploy_lock, "holds_from_above", lambda holder: True)  # as from a's hook
+    with EnvLock(EnvLayout(world.root / "staging").lock, env="a", actor="holder@test", since="now") as held:
+        held.acquire(wait=False)
+        with pytest.raises(PolicyError) as info:
+            environments.hold(world.ctx(), "staging", "from a hook")
+    said = str(info.value)
+    assert "the deployment that holds environment a (at the same path as staging) (pid" in said, said

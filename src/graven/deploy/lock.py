@@ -33,6 +33,7 @@ from graven.runtime import pid_runs
 __all__ = [
     "EnvLock",
     "LockHolder",
+    "busy_env",
     "check_lock_path",
     "flock_holders",
     "open_dir_nofollow",
@@ -52,7 +53,7 @@ class LockHolder(dict[str, object]):
         )
 
 
-def _busy_env(env: str, holder: LockHolder | None) -> str:
+def busy_env(env: str, holder: LockHolder | None) -> str:
     """``environment ENV``, named as the lock's holder recorded it: environments at one PATH share its
     lock, and the one at work there may be another (``environment a (at the same path as b)``)."""
     held = holder.get("env") if holder is not None else None
@@ -329,12 +330,12 @@ class EnvLock:
             os.close(fd)
             if wait:  # the holder is an ancestor: a hook of that deployment would wait for itself
                 raise PolicyError(
-                    f"{_busy_env(self.env, holder)} is being deployed by {who}, which runs this "
+                    f"{busy_env(self.env, holder)} is being deployed by {who}, which runs this "
                     "command from one of its hooks: it would wait for itself; run it once that "
                     "deployment is over"
                 ) from None
             raise EnvironmentBusyError(
-                f"{_busy_env(self.env, holder)} is being deployed by {who}; wait for it to finish, "
+                f"{busy_env(self.env, holder)} is being deployed by {who}; wait for it to finish, "
                 "or pass --wait to queue behind it"
             ) from None
         except OSError as exc:
@@ -434,7 +435,7 @@ def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
             holder = read_holder(path)
             who = holder.describe() if holder else unknown_holder(fd)  # whoever holds lock.check
             raise EnvironmentBusyError(
-                f"{_busy_env(env, holder)} is being changed by {who}; check again when it is done"
+                f"{busy_env(env, holder)} is being changed by {who}; check again when it is done"
             ) from None
         yield True
     finally:

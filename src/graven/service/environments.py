@@ -255,7 +255,7 @@ def _deploy_lock(ctx: Context, env: str, layout: EnvLayout, command: str) -> Ite
     which would wait for itself. First, as deploy does, an environment directory another user could
     change is refused (:meth:`EnvLayout.check_owners`): the lock would make its files wherever a link
     planted at ``PATH`` points, and the command would act on a directory that is no longer graven's."""
-    from graven.deploy.lock import EnvLock, holds_from_above, read_holder
+    from graven.deploy.lock import EnvLock, busy_env, holds_from_above, read_holder
 
     layout.check_owners()
     if not layout.meta.is_dir():
@@ -268,7 +268,9 @@ def _deploy_lock(ctx: Context, env: str, layout: EnvLayout, command: str) -> Ite
         holder = read_holder(layout.lock)
         if holder is not None and holds_from_above(holder):
             raise PolicyError(
-                f"graven {command} {env} runs inside a hook of the deployment that holds {env} (pid "
+                # environments at one PATH share its lock: the deployment may be another one's
+                f"graven {command} {env} runs inside a hook of the deployment that holds "
+                f"{busy_env(env, holder)} (pid "
                 f"{holder.get('pid')}): it would wait for itself; {command} {env} once that deployment "
                 "is over"
             ) from None
