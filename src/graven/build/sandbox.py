@@ -68,22 +68,26 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILD_HOME",
     "BUILD_SRC",
+    "BUILD_USER_ENV",
     "BUILD_WORK",
     "DEFAULT_HOSTNAME",
     "SANDBOX_BUBBLEWRAP",
     "SANDBOX_NONE",
     "BubblewrapRunner",
+    "BuildUser",
     "HostEntry",
     "HostRunner",
     "SandboxLayout",
     "StepLimit",
     "StepRunner",
+    "build_user",
     "bwrap_argv",
     "bwrap_options",
     "clamp_limits",
     "find_bwrap",
     "host_root_entries",
     "probe_bubblewrap",
+    "searchable_by",
     "shown_paths",
     "step_limits_here",
     "times_prelude",
@@ -161,6 +165,76 @@ FIX: Final = (
     'install bubblewrap (apt-get install bubblewrap) or set sandbox = "none" in [build] and allow it '
     "with GRAVEN_ALLOW_UNSANDBOXED=1"
 )
+
+
+# The host user the steps of a build run as root run as, when the operator opts in (in a user namespace
+# of their own, as its uid 0): the kernel never applies the process limit to the host's uid 0, and root
+# reads every file the sandbox mirrors (/etc/shadow, /root). The operator's setting, never the commit's;
+# unset (or root, 0) keeps the steps root's: that user must reach the tools and TMPDIR, which a root
+# install (a pyenv under /root, a 0700 TMPDIR) often does not let it.
+BUILD_USER_ENV: Final = "GRAVEN_BUILD_USER"
+NOBODY: Final = 65534  # nobody and nogroup on Debian, Fedora, Alpine, Arch...
+
+
+@dataclass(frozen=True, slots=True)
+class BuildUser:
+    """The unprivileged host user (``uid``, ``gid``; ``name`` for messages) a root build's steps run as."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def build_user(environ: Mapping[str, str] | None = None, *, euid: int | None = None) -> BuildUser | None:
+    """Who the sandboxed steps run as: None for graven's own user (graven not run as root, or
+    :data:`BUILD_USER_ENV` unset, ``root`` or ``0``), else the user it names (a name, or ``UID[:GID]``;
+    nobody, say). InputError for a user this host does not know."""
+    env = os.environ if environ is None else environ
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    value = env.get(BUILD_USER_ENV, "").strip()
+    if not value:
+        return None
+    uid_text, _, gid_text = value.partition(":")
+    if uid_text.isdigit() and (gid_text.isdigit() or not gid_text):
+        uid = int(uid_text)
+        gid = int(gid_text) if gid_text else uid
+        return None if uid == 0 else BuildUser(value, uid, gid)
+    try:
+        import pwd
+
+        entry = pwd.getpwnam(value)
+    except (ImportError, KeyError):
+        raise InputError(
+            f"{BUILD_USER_ENV}={value!r}: no such user here; name the unprivileged user (or UID:GID) that "
+            f"the steps of a root build run as (nobody, {NOBODY}:{NOBODY}, or a dedicated one), or unset it "
+            "to run them as root (no process limit applies to root, and steps read what root reads)"
+        ) from None
+    return None if entry.pw_uid == 0 else BuildUser(value, entry.pw_uid, entry.pw_gid)
+
+
+def searchable_by(path: str, user: BuildUser) -> bool:
+    """Whether ``user`` (no supplementary groups) can look ``path`` up: search permission on every
+    directory above it (by the mode bits; ACLs are not read). A directory the steps cannot reach needs
+    no hiding from them, and bubblewrap, which runs as them, could not mount anything there."""
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    while True:
+        try:
+            info = os.stat(parent)
+        except OSError:
+            return False
+        if info.st_uid == user.uid:
+            bit = 0o100
+        elif info.st_gid == user.gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not info.st_mode & bit:
+            return False
+        if parent == "/":
+            return True
+        parent = os.path.dirname(parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,10 +395,13 @@ def _dev_argv(devices: str | None, size: list[str]) -> list[str]:
     return argv
 
 
-def make_private_devices(directory: Path, epoch: int | None = None) -> str | None:
+def make_private_devices(
+    directory: Path, epoch: int | None = None, owner: BuildUser | None = None
+) -> str | None:
     """Make graven's own device nodes (:data:`DEVICES`, mode 0666; access and modification time
-    ``epoch``, when given) in ``directory`` for the sandbox's /dev, so that nothing a step does to
-    them reaches the host's nodes.
+    ``epoch``, when given; owned by ``owner``, the steps' user, when given: they show as uid 0's, as
+    they do when the steps run as root) in ``directory`` for the sandbox's /dev, so that nothing a step
+    does to them reaches the host's nodes.
 
     Only needed when graven runs as root: without privileges bwrap runs the step in a user namespace
     whose root does not own the host's nodes. None (use bwrap's ``--dev``) when not root, or when nodes
@@ -339,6 +416,8 @@ def make_private_devices(directory: Path, epoch: int | None = None) -> str | Non
             path = directory / name
             os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
             os.chmod(path, 0o666)  # noqa: S103 - a device node, as on any host; whatever the umask
+            if owner is not None:
+                os.chown(path, owner.uid, owner.gid)
             if epoch is not None:
                 os.utime(path, (epoch, epoch))
         fd = os.open(directory / "null", os.O_WRONLY | os.O_CLOEXEC)  # fails on a nodev mount
@@ -526,13 +605,23 @@ def find_bwrap(path: str | None = None) -> str | None:
 _PROBED: dict[str, str | None] = {}
 
 
-def probe_bubblewrap(bwrap: str | None) -> str:
-    """Check once per process that ``bwrap`` can build a sandbox; return its path or raise InputError."""
+def probe_bubblewrap(bwrap: str | None, user: BuildUser | None = None) -> str:
+    """Check once per process that ``bwrap`` can build a sandbox (run as ``user``, when given: a root
+    build's steps' user); return its path or raise InputError."""
     if bwrap is None:
         raise InputError(f"[build] steps run in a bubblewrap sandbox, but bwrap is not installed; {FIX}")
-    if bwrap not in _PROBED:
-        _PROBED[bwrap] = _probe(bwrap)
-    problem = _PROBED[bwrap]
+    key = bwrap if user is None else f"{bwrap}\0{user.uid}:{user.gid}"
+    if key not in _PROBED:
+        _PROBED[key] = _probe(bwrap, user)
+    problem = _PROBED[key]
+    if problem is not None and user is not None:
+        raise InputError(
+            f"bubblewrap cannot create a sandbox as {user.name} ({user.uid}:{user.gid}), the user a root "
+            f"build's steps run as ({problem}): allow unprivileged user namespaces "
+            "(kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, "
+            f"kernel.apparmor_restrict_unprivileged_userns=0), or set {BUILD_USER_ENV}=root to run the "
+            "steps as root (no process limit applies to root, and steps read what root reads)"
+        )
     if problem is not None:
         raise InputError(
             f"bubblewrap cannot create a sandbox here ({problem}); user namespaces may be blocked "
@@ -541,9 +630,9 @@ def probe_bubblewrap(bwrap: str | None) -> str:
     return bwrap
 
 
-def _probe(bwrap: str) -> str | None:
+def _probe(bwrap: str, user: BuildUser | None = None) -> str | None:
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/"]
-    if os.geteuid() != 0:  # as the steps run (SandboxLayout.map_root)
+    if os.geteuid() != 0 or user is not None:  # as the steps run (SandboxLayout.map_root)
         argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
     argv += ["--", "/bin/sh", "-c", "exit 0"]
     try:
@@ -554,6 +643,10 @@ def _probe(bwrap: str) -> str | None:
             timeout=30,
             check=False,
             env={"PATH": os.defpath},
+            cwd="/",
+            user=None if user is None else user.uid,
+            group=None if user is None else user.gid,
+            extra_groups=None if user is None else [],
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{bwrap}: {exc}"
@@ -848,6 +941,30 @@ _ARGS_TRAMPOLINE: Final = (
     "echo >&0 && IFS= read -r go || exit 125; unset go PWD OLDPWD; "
     f'exec "$0" --args {_ARGS_FD} "$@" {_ARGS_FD}<&0 0</dev/null'
 )
+# The gate of a root build's steps, which bwrap runs as another user (BuildUser): graven (which may
+# lack CAP_SYS_RESOURCE, as root in a container does) can set the limits of its own user's processes
+# only, so the launcher stays root's until it has them, then execs "$@": drop_argv's command, which
+# becomes that user (inheriting the limits) and execs bwrap with its options on the same descriptor.
+_DROP_TRAMPOLINE: Final = (
+    f'echo >&0 && IFS= read -r go || exit 125; unset go PWD OLDPWD; exec "$0" "$@" {_ARGS_FD}<&0 0</dev/null'
+)
+# Without setpriv (util-linux), the interpreter running graven does the same: no supplementary group,
+# then the group and the user (real, effective and saved), then exec.
+_DROP_SCRIPT: Final = (
+    "import os, sys; os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[2])); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
+
+
+def drop_argv(user: BuildUser) -> list[str]:
+    """The command that runs the command after it as ``user`` (no supplementary group): setpriv from
+    the system's directories, else this Python."""
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if setpriv is not None:
+        return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--"]
+    return [sys.executable, "-I", "-S", "-c", _DROP_SCRIPT, str(user.gid), str(user.uid)]
+
+
 # The same gate for a step on the host (the step's standard input is /dev/null, as before).
 _HOST_GATE: Final = 'echo >&0 && IFS= read -r go || exit 125; unset go; exec "$0" "$@" 0</dev/null'
 _GO: Final = b"\n"
@@ -1079,14 +1196,19 @@ class BubblewrapRunner:
         vary_limits: bool = False,
         cpus: frozenset[int] | None = None,
         fetch_network: FetchNetwork | None = None,
+        user: BuildUser | None = None,
     ) -> None:
         self.bwrap = bwrap
+        # the host user bwrap runs as (graven run as root: see build_user); None: graven's own
+        self.user = user
         # the network of a step run with ``network``: slirp4netns (the default), or None: the host's
         self.fetch_network = fetch_network
         # the PATH directories inside a hidden directory (a venv in the repository), or in /tmp or /run,
         # which the sandbox does not show (a venv made in /tmp, NixOS's /run/current-system/sw/bin),
         # stay reachable
         shown = shown_paths((*layout.hidden, *UNSHOWN_TOOL_PARENTS), env.get("PATH", "").split(os.pathsep))
+        if user is not None:  # what the steps' user cannot reach on the host it cannot run either
+            shown = tuple(pair for pair in shown if searchable_by(os.path.join(pair[0], "."), user))
         self.layout = replace(layout, shown=tuple(dict.fromkeys((*layout.shown, *shown))))
         self.env = dict(env)
         self.hostname = hostname
@@ -1139,6 +1261,9 @@ class BubblewrapRunner:
             if slirp is not None:
                 options += slirp.options()
             argv = ["/bin/sh", "-c", _ARGS_TRAMPOLINE, self.bwrap, "--", *self.command(command)]
+            if self.user is not None:  # the limits are set on the launcher while it is still root's
+                launch = [*drop_argv(self.user), self.bwrap, "--args", str(_ARGS_FD)]
+                argv = ["/bin/sh", "-c", _DROP_TRAMPOLINE, *launch, "--", *self.command(command)]
             data = _GO + b"".join(os.fsencode(option) + b"\0" for option in options)
             return _run_logged(
                 argv,

@@ -39,6 +39,7 @@ __all__ = [
     "checkout",
     "copy_tree",
     "ensure_inside",
+    "give_to",
     "reclaim",
     "remove_tree",
     "settle_tree",
@@ -115,6 +116,17 @@ class Workspace:
                 workspace.remove()
                 raise
         return cls(root, workspace._lock)
+
+    def open_to(self, gid: int) -> None:
+        """Let the group ``gid`` (the steps' user's, a root build's: :func:`graven.build.sandbox.build_user`)
+        through the top directory (0710, group ``gid``), so that bubblewrap, run as that user, reaches
+        what it mounts; it lists nothing there, and writes only what :func:`give_to` gives it."""
+        top = self.root
+        while top.name.startswith("level-"):
+            top = top.parent
+        with _writing("the build directory", top):
+            os.chown(top, -1, gid)
+            os.chmod(top, 0o710)  # noqa: S103 - search only, for the steps' group: they list nothing
 
     def remove(self) -> str | None:
         """Delete everything (the top-level temp directory, also when nested), then drop the lock.
@@ -529,6 +541,20 @@ def copy_tree(src: Path, dst: Path, *, epoch: int, reverse: bool = False) -> Non
                 os.chmod(target, 0o755 if info.st_mode & stat.S_IXUSR else 0o644)
         where.path = dst
         settle_tree(dst, epoch)
+
+
+def give_to(paths: Iterable[Path], uid: int, gid: int) -> None:
+    """Make everything at and below ``paths`` (symlinks themselves, never followed) owned by ``uid`` and
+    ``gid``: what graven made for the steps of a root build, which run as that user (and see it as
+    uid 0's, as when they run as root). Modes and times stay."""
+    for top in paths:
+        with _writing("the build directory", top) as where:
+            for dirpath, dirnames, filenames in walk(top):
+                for name in dirnames + filenames:
+                    where.path = Path(dirpath, name)
+                    os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+            where.path = top
+            os.chown(top, uid, gid, follow_symlinks=False)
 
 
 def settle_tree(root: Path, epoch: int) -> None:

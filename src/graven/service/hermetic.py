@@ -36,6 +36,7 @@ from graven.build.netns import HOST, NAT, FetchNetwork, fetch_network_mode, find
 from graven.build.sandbox import (
     BUILD_HOME,
     BUILD_SRC,
+    BUILD_USER_ENV,
     BUILD_WORK,
     DEFAULT_HOSTNAME,
     SANDBOX_BUBBLEWRAP,
@@ -44,10 +45,12 @@ from graven.build.sandbox import (
     STEP_UMASK,
     UNSHOWN_TOOL_PARENTS,
     BubblewrapRunner,
+    BuildUser,
     HostRunner,
     SandboxLayout,
     StepRunner,
     available_cpus,
+    build_user,
     bwrap_argv,
     credential_paths,
     find_bwrap,
@@ -57,6 +60,7 @@ from graven.build.sandbox import (
     masked_files,
     probe_bubblewrap,
     resolver_files,
+    searchable_by,
     shown_paths,
     step_limits_here,
     user_homes,
@@ -69,6 +73,7 @@ from graven.build.workspace import (
     checkout,
     copy_tree,
     ensure_inside,
+    give_to,
     reclaim,
     remove_tree,
     settle_tree,
@@ -80,6 +85,7 @@ from graven.errors import (
     BackendError,
     ConfigError,
     GravenError,
+    InputError,
     IntegrityError,
     PolicyError,
     UnsafeInputError,
@@ -342,7 +348,10 @@ def _runner(
             home=ws.home, tmp=ws.tmp, source_date_epoch=epoch, host_path=host_path, passed=passed
         )
         return HostRunner(ws.work, env, umask=variation.umask, vary_limits=variation.vary_limits, cpus=cpus)
-    bwrap = probe_bubblewrap(find_bwrap())
+    user = build_user()  # graven run as root with GRAVEN_BUILD_USER: the unprivileged user of the steps
+    bwrap = probe_bubblewrap(find_bwrap(), user)
+    if user is not None:
+        _open_workspace(ws, user)
     network = None
     if fetching and fetch_network_mode(os.environ) == NAT:  # before any work, as bwrap's probe
         slirp = find_slirp()
@@ -367,18 +376,24 @@ def _runner(
         [ctx.home.root, *_default_homes(), repo.root, *repo.git_dirs(), *workspaces, *cred_dirs],
         (host_path or "").split(os.pathsep),
     )
+    masked = masked_files([*_secret_files(ctx), *cred_files], hidden)
+    # the host's resolver configuration, for a fetch with the host's network (the fetch's own network
+    # has its own: graven.build.netns)
+    extra_ro = resolver_files() if pipeline.build.fetch is not None and network is None else ()
+    if user is not None:  # what the steps' user cannot reach needs no hiding (and bwrap, as it, cannot)
+        hidden = tuple(path for path in hidden if searchable_by(path, user))
+        masked = tuple(path for path in masked if searchable_by(path, user))
+        extra_ro = tuple(path for path in extra_ro if searchable_by(path, user))
     layout = SandboxLayout(
         src=ws.src,
         work=ws.work,
         home=ws.home,
         root_entries=host_root_entries(),
         hidden=hidden,
-        # the host's resolver configuration, for a fetch with the host's network (the fetch's own
-        # network has its own: graven.build.netns)
-        extra_ro=resolver_files() if pipeline.build.fetch is not None and network is None else (),
-        masked=masked_files([*_secret_files(ctx), *cred_files], hidden),
-        devices=make_private_devices(ws.root / "dev", epoch),
-        map_root=os.geteuid() != 0,
+        extra_ro=extra_ro,
+        masked=masked,
+        devices=make_private_devices(ws.root / "dev", epoch, user),
+        map_root=os.geteuid() != 0 or user is not None,
         epoch=epoch,
     )
     return BubblewrapRunner(
@@ -391,7 +406,33 @@ def _runner(
         vary_limits=variation.vary_limits,
         cpus=cpus,
         fetch_network=network,
+        user=user,
     )
+
+
+def _open_workspace(ws: Workspace, user: BuildUser) -> None:
+    """Let ``user`` (a root build's steps' user, whom bwrap runs as) reach the workspace; refuse, naming
+    the fix, when a directory above it (TMPDIR's) does not let it through."""
+    ws.open_to(user.gid)
+    if not searchable_by(str(ws.src), user):
+        raise InputError(
+            f"the build directory {ws.root} cannot be reached by {user.name} ({user.uid}:{user.gid}), the "
+            f"user a root build's steps run as: point TMPDIR at a directory it can search (/tmp), or set "
+            f"{BUILD_USER_ENV}=root to run the steps as root"
+        )
+
+
+def _steps_user(runner: StepRunner) -> BuildUser | None:
+    """The user the steps run as when that is not graven's own (a root build: :func:`build_user`)."""
+    return runner.user if isinstance(runner, BubblewrapRunner) else None
+
+
+def _hand_over(runner: StepRunner, *paths: Path) -> None:
+    """Give what graven made for the steps (``paths``) to the user they run as, when that is not
+    graven's own."""
+    user = _steps_user(runner)
+    if user is not None:
+        give_to(paths, user.uid, user.gid)
 
 
 def diffoscope_confinement(ctx: Context, repo: GitRepo, pipeline: Pipeline) -> Confine | None:
@@ -555,12 +596,12 @@ def _empty_again(path: Path, aside: Path, epoch: int) -> None:
     settle_tree(path, epoch)
 
 
-def _fresh_devices(directory: Path, epoch: int) -> None:
+def _fresh_devices(directory: Path, epoch: int, user: BuildUser | None = None) -> None:
     """Make the sandbox's device nodes (:func:`make_private_devices`) again, if graven made them."""
     if not directory.is_dir():
         return
     shutil.rmtree(directory)
-    if make_private_devices(directory, epoch) is None:
+    if make_private_devices(directory, epoch, user) is None:
         raise BackendError(f"cannot make the sandbox's device nodes in {directory} again")
 
 
@@ -668,6 +709,7 @@ def run_step_build(
             from_worktree=from_worktree,
         )
         copy_tree(ws.src, ws.work, epoch=epoch, reverse=variation.reverse_order)
+        _hand_over(runner, ws.src, ws.work, ws.home)
         tools = [
             ResourceRef(t.ref_name, f"sha256:{t.sha256}")
             for t in resolve_tools(build.tools, runner.env, _tool_probe(runner, ws))
@@ -712,8 +754,9 @@ def run_step_build(
                     _restore(ws.work, _snapshot_openers(snapshot, fetched), build.fetch.outputs)
                     # graven's own device nodes (a root build): a fetch step owns them, and their
                     # modes and times could carry data to the build steps
-                    _fresh_devices(ws.root / "dev", epoch)
+                    _fresh_devices(ws.root / "dev", epoch, _steps_user(runner))
                 settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
+                _hand_over(runner, ws.work, ws.home)
             ctx.reporter.progress("running build steps", 0, len(build.steps))
             run_steps(build.steps, runner=runner, log=log, timeout=build.timeout)
         ctx.reporter.progress("running build steps", len(build.steps), len(build.steps))

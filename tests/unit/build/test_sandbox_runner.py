@@ -496,3 +496,32 @@ def test_check_varies_the_cpus_a_step_may_use() -> None:
     assert varied_cpus({0, 1, 2}) == frozenset({0})
     assert varied_cpus({4}) is None
     assert varied_cpus(set()) is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "euid", "expected"),
+    [
+        ({}, 0, None),  # opt-in: a root build's steps stay root's unless the operator names a user
+        ({"GRAVEN_BUILD_USER": " "}, 0, None),
+        ({"GRAVEN_BUILD_USER": "root"}, 0, None),
+        ({"GRAVEN_BUILD_USER": "0"}, 0, None),
+        ({"GRAVEN_BUILD_USER": "nobody"}, 1000, None),  # not root: the steps are graven's user's anyway
+        ({"GRAVEN_BUILD_USER": "nobody"}, 0, sandbox.BuildUser("nobody", 65534, 65534)),
+        ({"GRAVEN_BUILD_USER": "4242"}, 0, sandbox.BuildUser("4242", 4242, 4242)),
+        ({"GRAVEN_BUILD_USER": "4242:4343"}, 0, sandbox.BuildUser("4242:4343", 4242, 4343)),
+    ],
+)
+def test_build_user_is_opt_in(environ: dict[str, str], euid: int, expected: sandbox.BuildUser | None) -> None:
+    import pwd
+
+    if environ.get("GRAVEN_BUILD_USER") == "nobody":
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("no nobody user here")
+    assert sandbox.build_user(environ, euid=euid) == expected
+
+
+def test_an_unknown_build_user_is_refused() -> None:
+    with pytest.raises(InputError, match=r"GRAVEN_BUILD_USER='no-such-user-graven': no such user here"):
+        sandbox.build_user({"GRAVEN_BUILD_USER": "no-such-user-graven"}, euid=0)
