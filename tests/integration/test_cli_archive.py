@@ -891,6 +891,27 @@ def test_export_never_replaces_a_device_or_fifo_at_an_output_path(
     assert target.read_bytes() == b"x" and not link.is_symlink()
 
 
+def test_export_never_replaces_a_symlink_to_a_fifo_or_a_descriptor(
+    artifact: tuple[Path, str], tmp_path: Path, run_cli: Run
+) -> None:
+    # /dev/stdout is a symlink (to /proc/self/fd/1: a pipe, a terminal): `-o /dev/stdout` as root
+    # replaced it by a regular file for the whole machine, as `--attestation /dev/null` did /dev/null
+    digest = artifact[1]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    to_fifo = tmp_path / "to-fifo.tar"
+    to_fifo.symlink_to(fifo)
+    to_fd = tmp_path / "stdout"
+    to_fd.symlink_to("/proc/self/fd/1")
+    for link in (to_fifo, to_fd):
+        code, _, err = run_cli("export", digest, "-o", link)
+        assert code == 2 and f"{link} is a symbolic link to" in err, err
+        assert link.is_symlink()
+        code, _, err = run_cli("export", digest, "-o", tmp_path / "a.tar.zst", "--attestation", link)
+        assert code == 2 and f"{link} is a symbolic link to" in err, err
+        assert link.is_symlink() and not (tmp_path / "a.tar.zst").exists()
+
+
 def test_an_archive_of_directories_only_is_no_artifact(
     graven_home: Path, tmp_path: Path, run_cli: Run
 ) -> None:

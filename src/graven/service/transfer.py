@@ -78,7 +78,9 @@ def check_outputs(*paths: Path | None) -> None:
 def _refuse_special(path: Path) -> None:
     """Refuse an output path where a device, FIFO or socket stands: an export writes beside the path and
     renames over it, which would replace the node itself (as root, ``--attestation /dev/null`` made
-    /dev/null a regular file). A symlink is replaced, never followed, as a file is."""
+    /dev/null a regular file). A symlink is replaced, never followed, as a file is; but not one to
+    such a node or to a process's descriptor: ``/dev/stdout`` is a symlink to ``/proc/self/fd/1``,
+    which a rename would replace for the whole machine."""
     try:
         mode = os.lstat(path).st_mode
     except OSError:
@@ -88,6 +90,18 @@ def _refuse_special(path: Path) -> None:
             f"{path} is not a regular file (a device, FIFO or socket); give a file name "
             "(-o - writes the archive to standard output)"
         )
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(path)
+            followed = os.stat(path).st_mode
+        except OSError:
+            return  # to nothing (yet): replaced as a file is
+        if target.startswith("/proc/") or not (stat.S_ISREG(followed) or stat.S_ISDIR(followed)):
+            raise InputError(
+                f"{path} is a symbolic link to {display_path(target)} (a device, FIFO, socket or a "
+                "process's descriptor), which writing it would replace; give a file name (-o - writes "
+                "the archive to standard output)"
+            )
 
 
 def export_artifact(
