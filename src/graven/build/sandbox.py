@@ -199,7 +199,14 @@ def build_user(environ: Mapping[str, str] | None = None, *, euid: int | None = N
     if uid_text.isdigit() and (gid_text.isdigit() or not gid_text):
         uid = int(uid_text)
         gid = int(gid_text) if gid_text else uid
-        return None if uid == 0 else BuildUser(value, uid, gid)
+        if uid == 0 and gid == 0:
+            return None
+        if uid == 0 or gid == 0:  # half root: the steps would read what root's group may read
+            raise InputError(
+                f"{BUILD_USER_ENV}={value!r} names root's user or group; name an unprivileged user and "
+                "group (nobody, 65534:65534, or a dedicated one), or unset it to run the steps as root"
+            )
+        return BuildUser(value, uid, gid)
     try:
         import pwd
 
@@ -210,7 +217,14 @@ def build_user(environ: Mapping[str, str] | None = None, *, euid: int | None = N
             f"the steps of a root build run as (nobody, {NOBODY}:{NOBODY}, or a dedicated one), or unset it "
             "to run them as root (no process limit applies to root, and steps read what root reads)"
         ) from None
-    return None if entry.pw_uid == 0 else BuildUser(value, entry.pw_uid, entry.pw_gid)
+    if entry.pw_uid == 0:
+        return None
+    if entry.pw_gid == 0:
+        raise InputError(
+            f"{BUILD_USER_ENV}={value!r} names a user whose group is root's; name an unprivileged user and "
+            "group (nobody, 65534:65534, or a dedicated one), or unset it to run the steps as root"
+        )
+    return BuildUser(value, entry.pw_uid, entry.pw_gid)
 
 
 def searchable_by(path: str, user: BuildUser) -> bool:
