@@ -32,7 +32,7 @@ def _open_failing(what: str) -> Callable[..., int]:
         at = name if kwargs.get("dir_fd") is None else f"/releases/?/{name}"
         if what == "file" and at.endswith("/main.py") and "/releases/" in at:
             raise _emfile()
-        if what == "dir" and flags & os.O_DIRECTORY and name.endswith("/app") and "/releases/" in name:
+        if what == "dir" and flags & os.O_DIRECTORY and at.endswith("/app") and "/releases/" in at:
             raise _emfile()
         return real_open(path, flags, *args, **kwargs)
 

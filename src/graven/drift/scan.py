@@ -41,6 +41,7 @@ from graven.drift.walk import (
     hash_rest,
     kind_of,
     observe_raw,
+    open_dir,
     out_of_resources,
     unreadable,
 )
@@ -1006,9 +1007,29 @@ class _FilesProgress:
             self.progress(done, self.total)
 
 
+# a directory still to walk, and its parent's descriptor shared by the parent's subdirectories still
+# to open with how many they are ([fd, count]; None: opened from the release, one component at a time)
+_Pending = tuple[str, list[int] | None]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _release_held(held: list[int] | None) -> None:
+    """One subdirectory less needs its parent's descriptor; the last one closes it."""
+    if held is not None:
+        held[1] -= 1
+        if not held[1]:
+            os.close(held[0])
+
+
 class _Walk:
     """The state of a full scan shared by its walker threads: a stack of directories still to read,
-    and what was found (dict and list stores are atomic under the GIL; counters are per thread)."""
+    and what was found (dict and list stores are atomic under the GIL; counters are per thread).
+
+    A directory is opened in its parent's descriptor (``O_NOFOLLOW``), never by its path, whose middle
+    components the release's owner could swap for symlinks meanwhile (a check may run as root: it
+    must not even open what lies outside the release, an automount would mount it). A parent is held,
+    shared by its subdirectories still to walk, until the last of them is done: at most one descriptor
+    per level of the path being walked (as :func:`graven.drift.walk.raw_walk`)."""
 
     def __init__(
         self,
@@ -1045,7 +1066,7 @@ class _Walk:
             "": (root_st.st_ino, root_st.st_mtime_ns, root_st.st_ctime_ns)
         }
         self.extra_dirs: set[str] = set()
-        self.stack: list[str] = list(start)
+        self.stack: list[_Pending] = [(rel, None) for rel in start]
         self.busy = 0
         self.cond = threading.Condition()
         self.hashed = 0
@@ -1064,11 +1085,11 @@ class _Walk:
                     if not self.stack or self.error is not None:
                         self.cond.notify_all()
                         return
-                    rel = self.stack.pop()
+                    rel, held = self.stack.pop()
                     self.busy += 1
-                found: list[str] = []
+                found: list[_Pending] = []
                 try:
-                    found, files = self._directory(rel)
+                    found, files = self._directory(rel, held)
                     listed += 1
                     hashed += files
                     if on_files is not None and hashed >= due:
@@ -1077,6 +1098,10 @@ class _Walk:
                 finally:
                     with self.cond:
                         self.stack.extend(found)
+                        if held is not None:  # (under the lock: its siblings may be other threads')
+                            held[1] -= 1
+                            if not held[1]:
+                                os.close(held[0])
                         self.busy -= 1
                         self.cond.notify_all()
         except BaseException as exc:
@@ -1087,8 +1112,11 @@ class _Walk:
             with self.cond:
                 self.hashed += hashed
                 self.listed += listed
+                if self.error is not None:  # stopped, failed: nothing more is walked; close what is held
+                    while self.stack:
+                        _release_held(self.stack.pop()[1])
 
-    def _directory(self, rel: str) -> tuple[list[str], int]:
+    def _directory(self, rel: str, held: list[int] | None) -> tuple[list[_Pending], int]:
         base, index, observed = self.base, self.index, self.observed
         directory = f"{base}/{rel}" if rel else base
         prefix = f"{rel}/" if rel else ""
@@ -1100,21 +1128,25 @@ class _Walk:
         now = self.now or 0
         owner, group = self.owner, self.group
         stop = self.stop
-        subdirs: list[str] = []
+        subdirs: list[_Pending] = []
+        found: list[_Pending] = []  # subdirs once this directory's descriptor is theirs
         hashed = 0
         try:
-            dir_fd = fopen(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if held is None:  # a starting point: one component at a time
+                dir_fd = open_dir(base, rel)
+            else:  # in its parent's descriptor: never through a link
+                dir_fd = fopen(rel.rpartition("/")[2], _DIR_FLAGS, dir_fd=held[0])
         except OSError as exc:
             out_of_resources(exc, directory)
-            return subdirs, hashed
+            return found, hashed
+        holder = [dir_fd, 0]  # this directory, and how many of its subdirectories still need it
         try:
             listed = self.dir_records.get(rel)
             if listed is not None and fstat(dir_fd).st_ino != listed[0]:
-                # the path leads to another directory than its parent listed: a directory above was
-                # swapped for a link since (a drift check may run as root; the release's owner can
-                # rename in it). Nothing read: what is below shows as removed, and the next check
-                # finds the link
-                return subdirs, hashed
+                # another directory than its parent listed: it was swapped (renamed over) since (a drift
+                # check may run as root; the release's owner can rename in it). Nothing read: what is
+                # below shows as removed, and the next check finds what is there
+                return found, hashed
             try:
                 with os.scandir(dir_fd) as it:
                     entries = list(it)
@@ -1178,7 +1210,7 @@ class _Walk:
                     observed[path] = Observed("dir", S_IMODE(st.st_mode), st.st_size, attrs=attrs)
                     self.dir_records[path] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
                     if path not in self.skip:
-                        subdirs.append(path)
+                        subdirs.append((path, holder))
                 elif item.is_symlink():
                     try:
                         observed[path] = Observed("symlink", target=os.readlink(name, dir_fd=dir_fd))
@@ -1188,9 +1220,13 @@ class _Walk:
                     seen = _observe_at(name, dir_fd)
                     if seen is not None:
                         observed[path] = seen
+            if subdirs:  # this directory's descriptor is theirs now; the last one walked closes it
+                holder[1] = len(subdirs)
+                found = subdirs
         finally:
-            close(dir_fd)
-        return subdirs, hashed
+            if not found:
+                close(dir_fd)
+        return found, hashed
 
     def merge_raw(self, data: bytes) -> None:
         """Add what a forked :func:`raw_walk` found, matching it with the manifest here."""
@@ -1333,7 +1369,7 @@ def _full_scan(
             if data is not None:
                 walk.merge_raw(data)
             else:
-                walk.stack.extend(child.start)  # the child failed: do its part here
+                walk.stack.extend((rel, None) for rel in child.start)  # the child failed: its part here
                 walk.run()
         else:
             # one walker hashes small files as it finds them (more walker threads only fight over the

@@ -618,9 +618,10 @@ def test_the_in_process_walker_never_reads_through_a_middle_directory_swapped_fo
 ) -> None:
     """The walker of a small release (and the parent's half of a large one) opened each directory by its
     full path: a release's owner who swapped ``a`` for a link to a directory outside the release once
-    the walker was inside it made root list and hash what lies there. The directory opened must be the
-    one its parent listed (its inode), and a big file is hashed from the descriptor opened in its
-    directory, never from its path again."""
+    the walker was inside it made root list and hash what lies there, and later still open (never read)
+    the directory there (on an automount path, an open mounts it). Each directory is opened in its
+    opened parent, never through a link, and must be the one its parent listed (its inode); a big file
+    is hashed from the descriptor opened in its directory, never from its path again."""
     release, outside = _swap_release(tmp_path)
     (outside / "b" / "big.bin").write_bytes(b"root only" * (BIG // 9 + 1))
     (release / "a" / "b" / "big.bin").write_bytes(b"mine" * (BIG // 4 + 1))
@@ -631,12 +632,15 @@ def test_the_in_process_walker_never_reads_through_a_middle_directory_swapped_fo
         for path in ("a/b/big.bin", "a/b/mine.txt")
     ]
     index = ReleaseIndex.of(TreeManifest.of(entries))
-    _swap_for_symlink(monkeypatch, release, outside, "a/b", "a")
+    leaks = _watch_outside(monkeypatch, release, outside, "a/b")
     hasher = Hasher()
     try:
         result = scan_release(release, index, full=True, hasher=hasher, parallel=False)
     finally:
         hasher.close()
+    monkeypatch.undo()
+    assert (release / "a").is_symlink()  # the race happened
+    assert leaks == []
     secret = {hashlib.sha256(p.read_bytes()).hexdigest() for p in outside.rglob("*") if p.is_file()}
     assert "a/b/shadow" not in result.observed, result.observed
     assert not {seen.sha256 for seen in result.observed.values()} & secret, result.observed
@@ -827,6 +831,141 @@ def test_the_full_check_never_reads_attributes_through_a_middle_directory_swappe
             hasher.close()
     monkeypatch.undo()
     assert (release / "a").is_symlink()  # the race happened
-    # (the in-process walker opens a directory by its path, then refuses it when it is not the one
-    # its parent listed: test_the_in_process_walker_never_reads_through_a_middle_directory_...)
-    assert [leak for leak in leaks if not leak.startswith("open(")] == []
+    assert leaks == []
+
+
+@pytest.mark.parametrize("stop_after", [None, 9])
+def test_the_in_process_walker_holds_one_directory_per_level_and_closes_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_after: int | None
+) -> None:
+    """The in-process walker opens each directory in its opened parent and holds a parent until its
+    last subdirectory is opened: at most one directory descriptor per level of the path walked (never
+    one per directory of the tree), and none is left open when the walk ends or is stopped half-way."""
+    import threading
+
+    from graven.drift.scan import ScanStopped
+
+    root = tmp_path / "rel"
+    entries: list[FileEntry | SymlinkEntry] = []
+    for top in "abcd":  # 4 x 3 x 3 directories, 3 levels deep
+        for mid in "xyz":
+            for low in "pqr":
+                path = f"{top}/{mid}/{low}/f"
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                (root / path).write_bytes(path.encode())
+                entries.append(FileEntry(path, hashlib.sha256(path.encode()).hexdigest(), len(path)))
+    index = ReleaseIndex.of(TreeManifest.of(entries))
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):
+        pytest.skip("needs /proc/self/fd")
+    before = set(os.listdir(fd_dir))
+    stop = threading.Event()
+    real_open = os.open
+    held: set[int] = set()
+    most = 0
+    opened = 0
+
+    def counting_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        nonlocal most, opened
+        fd = real_open(path, flags, mode, dir_fd=dir_fd)
+        if flags & os.O_DIRECTORY:
+            assert dir_fd is not None or os.fspath(path) == str(root)  # never by a path below the root
+            opened += 1
+            if opened == stop_after:
+                stop.set()
+            held.intersection_update(int(n) for n in os.listdir(fd_dir))
+            held.add(fd)
+            most = max(most, len(held))
+        return fd
+
+    monkeypatch.setattr(os, "open", counting_open)
+    hasher = Hasher()
+    try:
+        if stop_after is None:
+            result = scan_release(root, index, full=True, hasher=hasher, parallel=False, stop=stop)
+            assert result.hashed == 36 and result.listed == 1 + 4 + 12 + 36
+            assert {d.path for d in compare_tree(index.manifest, result.observed)} <= {
+                e.path for e in index.manifest.entries
+            } | set(index.dirs)  # modes only: everything was found where it is
+        else:
+            with pytest.raises(ScanStopped):
+                scan_release(root, index, full=True, hasher=hasher, parallel=False, stop=stop)
+    finally:
+        hasher.close()
+    monkeypatch.undo()
+    assert set(os.listdir(fd_dir)) == before
+    assert most <= 4 + 1, most  # the root and one per level (and the one an attribute check opens)
+
+
+def test_the_in_process_walker_does_the_part_of_a_forked_walker_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the forked walker fails, the parent walks its starting points too (opened one component at a
+    time from the release) and finds what a walk of its own would."""
+    from graven.drift.walk import ForkedWalk
+
+    root = tmp_path / "rel"
+    entries: list[FileEntry | SymlinkEntry] = []
+    for path in [f"{top}/{mid}/f{i}" for top in "abcde" for mid in "xy" for i in range(3)] + ["top"]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(path.encode())
+        entries.append(FileEntry(path, hashlib.sha256(path.encode()).hexdigest(), len(path)))
+    index = ReleaseIndex.of(TreeManifest.of(entries))
+    hasher = Hasher()
+    try:
+        alone = scan_release(root, index, full=True, hasher=hasher, parallel=False)
+        failed: list[list[str]] = []
+
+        def failing(self: ForkedWalk, stop: object = None) -> None:
+            failed.append(self.start)
+            self.cancel()
+
+        monkeypatch.setattr(ForkedWalk, "result", failing)
+        both = scan_release(root, index, full=True, hasher=hasher, parallel=True)
+    finally:
+        hasher.close()
+    assert failed and all(failed[0])  # the child had starting points below the root, and failed
+    assert (both.observed, both.verified, both.hashed, both.listed) == (
+        alone.observed,
+        alone.verified,
+        alone.hashed,
+        alone.listed,
+    )
+    assert both.hashed == len(entries)
+
+
+def test_the_in_process_walker_out_of_descriptors_at_a_directory_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running out of descriptors when opening a directory in its parent is graven's limit, never an
+    empty directory (nor drift): the check fails, and nothing stays open."""
+    import errno
+
+    from graven.errors import BackendError
+
+    release, _ = _swap_release(tmp_path)
+    index = ReleaseIndex.of(
+        TreeManifest.of([FileEntry("a/b/mine.txt", hashlib.sha256(b"mine").hexdigest(), 4)])
+    )
+    real_open = os.open
+    looks: list[int] = []
+
+    def failing(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if flags & os.O_DIRECTORY and dir_fd is not None and path == "b":
+            looks.append(dir_fd)
+            if len(looks) == 2:  # the first: its attributes, while its parent is listed; then the walk
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    before = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else set()
+    monkeypatch.setattr(os, "open", failing)
+    hasher = Hasher()
+    try:
+        with pytest.raises(BackendError, match="open files"):
+            scan_release(release, index, full=True, hasher=hasher, parallel=False)
+    finally:
+        hasher.close()
+    monkeypatch.undo()
+    assert len(looks) == 2
+    if before:
+        assert set(os.listdir("/proc/self/fd")) == before
