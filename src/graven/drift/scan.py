@@ -427,7 +427,19 @@ class ScanResult(Record):
 
 
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_SEARCH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SWAPPED = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENOENT})  # a directory that is no longer one
+
+
+def _open_dir(name: str, dir_fd: int | None = None) -> int:
+    """Open the directory ``name`` (in ``dir_fd``; never through a symlink) to look paths up in it. One
+    that may be searched but not read (0111, a check run by a user other than root) is opened
+    ``O_PATH``: enough to fstat it, stat, open and read links in it as a lookup by its path did; only
+    listing it fails (reported by whoever lists it, as before)."""
+    try:
+        return os.open(name, _DIR_OPEN, dir_fd=dir_fd)
+    except PermissionError:
+        return os.open(name, _DIR_SEARCH, dir_fd=dir_fd)
 
 
 def _observe_at(name: str, dir_fd: int) -> Observed | None:
@@ -511,7 +523,7 @@ class _Dirs:
             parent_rel, parent_fd = stack[-1]
             here = f"{parent_rel}/{name}" if parent_rel else name
             try:
-                fd = os.open(name, _DIR_OPEN, dir_fd=parent_fd)
+                fd = _open_dir(name, parent_fd)
             except OSError as exc:
                 out_of_resources(exc, f"{self.base}/{here}")
                 self.bad = here
@@ -693,7 +705,7 @@ def _fast_scan(
     progress: Callable[[int, int], None] | None = None,
 ) -> ScanResult:
     try:
-        root_fd = os.open(base, _DIR_OPEN)
+        root_fd = _open_dir(base)
     except OSError as exc:
         out_of_resources(exc, base)
         return ScanResult(root_missing=True)
@@ -742,7 +754,7 @@ def _fast_scan_at(
     result = ScanResult()
     observed = result.observed
     lstat = os.stat  # with dir_fd and follow_symlinks=False: an lstat in that directory
-    dopen, fstat = os.open, os.fstat
+    dopen, fstat = _open_dir, os.fstat
     S_ISDIR, S_ISREG, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_IMODE  # noqa: N806
     new_dirs: list[DirRecord | None] = [None] * len(index.dirs)
     new_files: list[FileRecord | None] = [None] * len(index.files)
@@ -776,7 +788,7 @@ def _fast_scan_at(
                     continue
                 dir_fd: int | None
                 try:
-                    dir_fd = dopen(dir_name, _DIR_OPEN, dir_fd=parent_fd)
+                    dir_fd = dopen(dir_name, parent_fd)
                 except OSError as exc:
                     out_of_resources(exc, f"{base}/{rel}")
                     held.append(None)

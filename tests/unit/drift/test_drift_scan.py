@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from graven.drift.cache import VerifiedCache, fs_clock
 from graven.drift.scan import Hasher, ReleaseIndex, hash_path, scan_release
 from graven.drift.walk import BIG
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeManifest
+from helpers_deploy import exit_code_as_deployer
 from helpers_services import unavailable
 
 FILES = {"a.txt": b"alpha\n", "d/b.txt": b"beta\n", "d/e/big.bin": os.urandom(BIG + 5)}
@@ -969,3 +971,60 @@ def test_the_in_process_walker_out_of_descriptors_at_a_directory_is_an_error(
     assert len(looks) == 2
     if before:
         assert set(os.listdir("/proc/self/fd")) == before
+
+
+def _differences_as_deployer(root: Path, index: ReleaseIndex, *, full: bool) -> list[list[str]]:
+    """The differences a check of ``root`` finds run by a deployer that is not root (nobody, when the
+    suite runs as root): the check runs in a forked child in ``root``'s parent, opened here (nobody may
+    not search the directories above it), its result sent back through a pipe."""
+    importlib.import_module("concurrent.futures.thread")  # the hasher's pool: nobody may not import it
+    root.parent.chmod(0o711)
+    parent_fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    read_end, write_end = os.pipe()
+
+    def check() -> int:
+        os.close(read_end)
+        os.fchdir(parent_fd)
+        hasher = Hasher()
+        try:
+            found = scan_release(Path(root.name), index, full=full, hasher=hasher)
+        finally:
+            hasher.close()
+        differences = compare_tree(
+            index.manifest, found.observed, verified=found.verified, root_mode=found.root_mode
+        )
+        payload = json.dumps([found.root_missing, [[d.path, d.kind] for d in differences]]).encode()
+        with os.fdopen(write_end, "wb") as out:
+            out.write(payload)
+        return 0
+
+    try:
+        code = exit_code_as_deployer(check)
+    finally:
+        os.close(write_end)
+        os.close(parent_fd)
+    with os.fdopen(read_end, "rb") as received:  # a few hundred bytes: never more than a pipe holds
+        root_missing, differences = json.loads(received.read() or b"[true, null]")
+    assert code == 0 and not root_missing
+    return list(differences)
+
+
+@pytest.mark.parametrize("directory", ["d", ""])
+def test_the_stat_check_of_a_directory_that_cannot_be_listed_reports_its_mode_only(
+    tmp_path: Path, directory: str
+) -> None:
+    """A deployer that is not root checks a release one of whose directories lost its read permission
+    (0111: searched, not listed). The default check opened each directory O_RDONLY in its parent since
+    fbef90e: refused there, everything below it was reported removed (the release's root: the whole
+    release missing), where the check looked its files up by path before and reported the mode only.
+    A directory it may only search is now opened O_PATH: its files are stat'ed, hashed and its links
+    read in it, as before."""
+    root = tmp_path / "rel"
+    index, _table = make_release(root)
+    give = root / directory if directory else root
+    give.chmod(0o111)
+    try:
+        differences = _differences_as_deployer(root, index, full=False)
+    finally:
+        give.chmod(0o555)
+    assert differences == ([[directory, "mode"]] if directory else [[".", "mode"]]), differences
