@@ -517,6 +517,13 @@ def parse_statement(data: bytes | str) -> ProvenanceStatement:
             name = _optional_str(item, "name", f"{what}.name") or ""
             byproducts.append(ResourceRef(name, f"sha256:{sha}", _optional_str(item, "mediaType", what)))
 
+    fetch_network = _optional_str(external, "fetchNetwork", "externalParameters.fetchNetwork")
+    if fetch_network is not None and fetch_network not in FETCH_NETWORKS:
+        raise InputError(
+            f"statement: externalParameters.fetchNetwork {fetch_network!r} is not one of "
+            f"{', '.join(FETCH_NETWORKS)}"
+        )
+
     return ProvenanceStatement(
         subjects=tuple(subjects),
         build_type=build_type,
@@ -535,7 +542,7 @@ def parse_statement(data: bytes | str) -> ProvenanceStatement:
         started_on=_optional_str(metadata, "startedOn", "metadata.startedOn"),
         finished_on=_optional_str(metadata, "finishedOn", "metadata.finishedOn"),
         raw=doc,
-        fetch_network=_optional_str(external, "fetchNetwork", "externalParameters.fetchNetwork"),
+        fetch_network=fetch_network,
     )
 
 

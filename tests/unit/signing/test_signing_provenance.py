@@ -149,6 +149,18 @@ def test_the_fetch_network_is_an_external_parameter_when_a_fetch_ran() -> None:
         parse_statement(json.dumps(doc).encode())
 
 
+@pytest.mark.parametrize("network", ["bridge", "", "NAT", "host "])
+def test_a_statement_naming_an_unknown_fetch_network_is_refused(network: str) -> None:
+    """parse_statement took any string for externalParameters.fetchNetwork (b65031b): a statement
+    claiming a network no graven build runs its fetch steps with parsed, and a policy or a reader
+    comparing it with "nat" saw neither a hermetic nor a host build. It names one of FETCH_NETWORKS
+    or is refused, naming the field."""
+    doc = build_statement(make_inputs(fetch_network="nat"))
+    doc["predicate"]["buildDefinition"]["externalParameters"]["fetchNetwork"] = network
+    with pytest.raises(InputError, match=r"externalParameters\.fetchNetwork .* is not one of nat, host"):
+        parse_statement(json.dumps(doc).encode())
+
+
 def _statement(**changes: Any) -> bytes:
     doc = build_statement(make_inputs())
     doc.update(changes)
