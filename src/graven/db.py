@@ -538,9 +538,16 @@ def _create_private(path: str) -> None:
     with the umask's mode (0644): a database outside the home's 0700 directory (`graven db copy`'s
     destination, a GRAVEN_DB_URL elsewhere) holds the home's history (actors, reasons, hook outputs)
     and must not be readable by other users. SQLite makes its write-ahead log and shared memory with
-    the database file's mode. A file that cannot be made here is left to SQLite, whose error says why."""
+    the database file's mode. A file that cannot be made here is left to SQLite, whose error says why.
+    Not in a directory private already: there the umask's mode stays, as a shared home needs it."""
     if os.path.lexists(path):
         return
+    try:  # in a directory only its owner may enter (the home's, 0700) the umask's mode is kept: a home
+        # shared for reading (an auditor's `graven log verify`, its directories made 0755) reads it
+        if os.stat(os.path.dirname(os.path.abspath(path))).st_mode & 0o077 == 0:
+            return
+    except OSError:
+        return  # SQLite's error says why
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         os.close(os.open(path, flags, 0o600))
