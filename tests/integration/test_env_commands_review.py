@@ -200,3 +200,47 @@ def test_promote_from_a_first_deployment_whose_deployer_was_killed_says_what_is_
     assert code == 1, err
     assert "its deployer stopped before its health check was recorded" in err, err
     assert world.live("prod") is None
+
+
+@pytest.mark.parametrize("stage", ["deploy:pending-recorded", "deploy:switched"])
+def test_status_lists_an_environment_whose_first_deployment_is_pending(
+    world: World, run_cli: Any, stage: str
+) -> None:
+    """staging's first deployer killed before or after its switch: its only record is a `pending`
+    row (no deploy_envs row yet). status lists it all the same, with nothing live recorded, the
+    pending digest, what PATH/current shows, and what to do; history shows the row."""
+    import json
+
+    v1 = world.build()
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(
+        target=_deploy_and_die_at, args=(str(world.home), v1, "staging", str(world.root), stage)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    switched = stage == "deploy:switched"
+    on_disk = v1 if switched else None
+    (status,) = environments.status(world.ctx())
+    assert (status.env, status.live, status.pending, status.on_disk) == ("staging", None, v1, on_disk)
+    assert status.path == str(world.env_dir("staging"))
+    assert (status.held, status.rejected, status.on_disk_error) == (False, False, None)
+    code, out, err = run_cli("status", "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert set(row) == set(environments.EnvStatus._fields)
+    assert (row["env"], row["live"], row["pending"], row["on_disk"]) == ("staging", None, v1, on_disk)
+    code, out, err = run_cli("status")
+    assert code == 0, err
+    assert "staging" in out and "no environments yet" not in out, out
+    assert f"a deployment of {v1[7:19]} is pending since " in err, err
+    assert f"`graven deploy {v1[7:19]} staging`" in err, err
+    code, out, err = run_cli("history", "staging")
+    assert code == 0, err
+    assert "pending" in out and v1[7:19] in out, out
+    code, _, err = run_cli("deploy", v1[7:19], "staging", "--root", world.root)  # as status says
+    assert code == 0, err
+    (status,) = environments.status(world.ctx())
+    assert (status.live, status.pending, status.pending_since, status.on_disk) == (v1, None, None, v1)
+    history = environments.history(world.ctx(), "staging")
+    assert [(h["digest"], h["result"]) for h in history] == [(v1, "interrupted"), (v1, "ok")]

@@ -461,10 +461,15 @@ def status_cmd(args: argparse.Namespace) -> int:
     )
     for e in envs:
         if e.pending is not None:  # its deployer may be at work: neither redeploy nor roll back over it
+            since = f" since {e.pending_since[:19].replace('T', ' ')}" if e.pending_since else ""
+            settles = (  # nothing recorded live (a first deployment, say): nothing to roll back to
+                f"`graven deploy {digest_cell(e.pending)} {e.env}` settles a killed one and deploys it again"
+                if e.live is None
+                else f"the next deploy, rollback or hold of {e.env} settles a killed one"
+            )
             sys.stderr.write(
-                f"graven: warning: {e.env}: a deployment of {digest_cell(e.pending)} is pending (at work, or "
-                f"its deployer was killed); `graven history {e.env}` shows it, and the next deploy, "
-                f"rollback or hold of {e.env} settles a killed one\n"
+                f"graven: warning: {e.env}: a deployment of {digest_cell(e.pending)} is pending{since} (at "
+                f"work, or its deployer was killed); `graven history {e.env}` shows it, and {settles}\n"
             )
             if e.on_disk in (e.pending, e.live):
                 continue

@@ -469,6 +469,7 @@ class EnvStatus(Frozen):
         "on_disk_error",
         "path",
         "pending",
+        "pending_since",
         "previous",
         "rejected",
     )
@@ -490,6 +491,7 @@ class EnvStatus(Frozen):
         "rejected",
         "pending",
         "on_disk_error",
+        "pending_since",
     )
     env: str
     path: str
@@ -508,6 +510,7 @@ class EnvStatus(Frozen):
     rejected: bool
     pending: str | None  # a deployment recorded pending: at work, or its deployer killed (unsettled)
     on_disk_error: str | None  # why PATH/current could not be read (permission denied, say)
+    pending_since: str | None  # when that pending deployment took the environment's lock
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -528,11 +531,12 @@ class EnvStatus(Frozen):
         rejected: bool,
         pending: str | None = None,
         on_disk_error: str | None = None,
+        pending_since: str | None = None,
     ) -> None:
         values = (env, path, live, name, commit, deployed_at, deployed_by, kind, health, held, held_digest)
         for field, value in zip(
             self._fields,
-            (*values, hold_reason, previous, on_disk, rejected, pending, on_disk_error),
+            (*values, hold_reason, previous, on_disk, rejected, pending, on_disk_error, pending_since),
             strict=True,
         ):
             _set(self, field, value)
@@ -543,18 +547,24 @@ class EnvStatus(Frozen):
 
 
 def status(ctx: Context) -> list[EnvStatus]:
-    """Every environment this graven home has deployed to."""
+    """Every environment this graven home has deployed to; one whose only record is a ``pending``
+    deployment (its first deployer at work, or killed before anything settled it) too, with nothing
+    recorded live, at the directory that deployment names."""
     if not ctx.home.has_database():
         return []
     result: list[EnvStatus] = []
     with ctx.db.connect() as conn:
-        states = sorted(  # by name bytewise, as on SQLite: not in the PostgreSQL database's collation
+        states = list(
             conn.execute(
                 "SELECT name, path, live_digest, live_deployment, previous_digest,"
                 " held, held_digest, hold_reason, updated_at FROM deploy_envs"
-            ),
-            key=lambda row: str(row.name),
+            )
         )
+        known = {str(row.name) for row in states}
+        first = {  # a first deployment, pending: no deploy_envs row yet
+            str(env)
+            for env in conn.execute("SELECT DISTINCT env FROM deployments WHERE result = 'pending'").scalars()
+        } - known
         for row in states:
             dep = deployment_row(conn, row.live_deployment)
             art = (
@@ -564,18 +574,8 @@ def status(ctx: Context) -> list[EnvStatus]:
                 if row.live_digest
                 else None
             )
-            layout, unreadable = EnvLayout(Path(row.path)), None
-            try:
-                disk = layout.live_hex()
-            except BackendError as exc:
-                disk = None
-                if not _lexists(layout.current):  # else a file or directory in its place: heal's
-                    unreadable = str(exc)
-            pending = conn.execute(
-                "SELECT digest FROM deployments WHERE env = :env AND result = 'pending'"
-                " ORDER BY id DESC LIMIT 1",
-                {"env": row.name},
-            ).first()
+            disk, unreadable = _on_disk(row.path)
+            pending = _pending(conn, row.name)
             result.append(
                 EnvStatus(
                     env=row.name,
@@ -591,13 +591,63 @@ def status(ctx: Context) -> list[EnvStatus]:
                     held_digest=row.held_digest,
                     hold_reason=row.hold_reason,
                     previous=row.previous_digest,
-                    on_disk=f"sha256:{disk}" if disk else None,
+                    on_disk=disk,
                     rejected=bool(row.live_digest and rejection(conn, row.live_digest)),
                     pending=pending.digest if pending is not None else None,
                     on_disk_error=unreadable,
+                    pending_since=pending.started_at if pending is not None else None,
                 )
             )
+        for env in first:
+            pending = _pending(conn, env)
+            if pending is None:  # settled meanwhile (no snapshot on SQLite between the queries)
+                continue
+            path = _pending_path(conn, env)
+            disk, unreadable = _on_disk(path) if path else (None, "its pending deployment names no directory")
+            result.append(
+                EnvStatus(
+                    env=env,
+                    path=path or "",
+                    live=None,
+                    name=None,
+                    commit=None,
+                    deployed_at=None,
+                    deployed_by=None,
+                    kind=None,
+                    health=None,
+                    held=False,
+                    held_digest=None,
+                    hold_reason=None,
+                    previous=None,
+                    on_disk=disk,
+                    rejected=False,
+                    pending=pending.digest,
+                    on_disk_error=unreadable,
+                    pending_since=pending.started_at,
+                )
+            )
+    result.sort(key=lambda e: e.env)  # by name bytewise, as on SQLite: not in the PostgreSQL collation
     return result
+
+
+def _pending(conn: Connection, env: str) -> Row | None:
+    """The newest deployment of ``env`` recorded ``pending`` (None: none)."""
+    return conn.execute(
+        "SELECT digest, started_at FROM deployments WHERE env = :env AND result = 'pending'"
+        " ORDER BY id DESC LIMIT 1",
+        {"env": env},
+    ).first()
+
+
+def _on_disk(path: str) -> tuple[str | None, str | None]:
+    """What ``path``/current points to (a digest, or None), and why it could not be read (None: it
+    could, or a file or directory stands in its place: heal's)."""
+    layout = EnvLayout(Path(path))
+    try:
+        disk = layout.live_hex()
+    except BackendError as exc:
+        return None, (None if _lexists(layout.current) else str(exc))
+    return (f"sha256:{disk}" if disk else None), None
 
 
 def _lexists(path: Path) -> bool:
