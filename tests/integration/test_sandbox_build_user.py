@@ -165,3 +165,30 @@ def test_a_root_build_still_writes_its_workspace_as_uid_0(
         "0 0 666 /dev/null",
         "0 0 755 out",
     ]
+
+
+def test_a_root_build_step_cannot_nest_a_user_namespace(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """The steps' user namespace is theirs to use, not to multiply: ``unshare -U`` (every unprivileged
+    user namespace is kernel attack surface) fails where bubblewrap has --disable-userns (0.8)."""
+    require_tool("unshare")
+    bwrap = sandbox.find_bwrap()
+    assert bwrap is not None
+    if not sandbox.userns_disable_supported(bwrap):
+        pytest.skip("this bubblewrap has no --disable-userns (0.8 and later)")
+    step = "mkdir out && unshare -U true && echo x > out/x"
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 1 and out == "", err
+    assert "unshare" in err, err
+
+
+def test_a_root_build_with_a_build_user_checks_reproducible(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """``build --check``'s two builds see the same user namespace (ids, maps) with the build user."""
+    step = "mkdir out && id > out/id && cat /proc/self/uid_map /proc/self/gid_map > out/maps"
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step))
+    code, _out, err = run_cli("build", "--check", "-C", repo)
+    assert code == 0, err

@@ -31,7 +31,10 @@ The bwrap argument list is built by a pure function, :func:`bwrap_argv`, from a 
 :class:`BubblewrapRunner` runs one command with it (the options go through a pipe, ``bwrap --args 9``,
 so that the sandbox's ``/proc/1/cmdline`` does not show the host's random workspace path).
 :func:`probe_bubblewrap` checks once per process that bubblewrap exists and can create its namespaces,
-and raises an error with a one-line fix otherwise.
+and raises an error with a one-line fix otherwise. Steps in a user namespace of their own
+(:attr:`SandboxLayout.map_root`) cannot make another one where bubblewrap can stop them
+(``--disable-userns``, 0.8 and later: :func:`userns_disable_supported`): each user namespace an
+unprivileged process makes opens more of the kernel to it.
 
 Every step runs in a session of its own, and when it ends (or times out, or graven is interrupted)
 the whole process group is killed: ``sleep 1000 &`` does not outlive its step. Without a sandbox
@@ -93,6 +96,7 @@ __all__ = [
     "times_prelude",
     "tmp_size_limit",
     "tmpfs_size_supported",
+    "userns_disable_supported",
     "varied_limits",
 ]
 
@@ -298,9 +302,12 @@ def bwrap_argv(
     network: bool = False,
     hostname: str = DEFAULT_HOSTNAME,
     tmp_size: int | None = None,
+    disable_userns: bool = False,
 ) -> list[str]:
     """The full bwrap command line that runs ``command`` in ``layout``. Pure: reads nothing."""
-    options = bwrap_options(layout, env, network=network, hostname=hostname, tmp_size=tmp_size)
+    options = bwrap_options(
+        layout, env, network=network, hostname=hostname, tmp_size=tmp_size, disable_userns=disable_userns
+    )
     return [bwrap, *options, "--", *command]
 
 
@@ -312,15 +319,21 @@ def bwrap_options(
     hostname: str = DEFAULT_HOSTNAME,
     tmp_size: int | None = None,
     resolver: tuple[str, str] | None = None,
+    disable_userns: bool = False,
 ) -> list[str]:
     """The bwrap options (everything before ``--``) for ``layout``; ``tmp_size`` limits the
     sandbox's /tmp and /dev/shm (bwrap's ``--size``, 0.7 and later); ``resolver`` (host file, sandbox
     path) is bound read-only over the sandbox's resolver configuration (the fetch's own network:
-    :mod:`graven.build.netns`). Pure: reads nothing."""
+    :mod:`graven.build.netns`); ``disable_userns`` keeps the steps of a layout with a user namespace
+    (``map_root``) from making more (bwrap's ``--disable-userns``, 0.8 and later: it needs
+    ``--unshare-user``). Pure: reads nothing."""
+    userns = ["--unshare-user", "--uid", "0", "--gid", "0"] if layout.map_root else []
+    if userns and disable_userns:
+        userns.append("--disable-userns")
     argv = [
         "--unshare-all",  # user (when needed), ipc, pid, net, uts, cgroup namespaces
         *(["--share-net"] if network else []),
-        *(["--unshare-user", "--uid", "0", "--gid", "0"] if layout.map_root else []),
+        *userns,
         "--die-with-parent",
         "--new-session",
         "--cap-drop",
@@ -644,11 +657,29 @@ def probe_bubblewrap(bwrap: str | None, user: BuildUser | None = None) -> str:
     return bwrap
 
 
-def _probe(bwrap: str, user: BuildUser | None = None) -> str | None:
+_USERNS_DISABLE: dict[str, bool] = {}
+
+
+def userns_disable_supported(bwrap: str, user: BuildUser | None = None) -> bool:
+    """Whether ``bwrap`` (run as ``user``, when given) can keep the steps of a sandbox with a user
+    namespace from making more (``--disable-userns``: bubblewrap 0.8 and later, and a kernel that lets
+    it set user.max_user_namespaces in the sandbox's); tried once per process. False: the steps run as
+    before, able to nest user namespaces."""
+    key = bwrap if user is None else f"{bwrap}\0{user.uid}:{user.gid}"
+    if key not in _USERNS_DISABLE:
+        _USERNS_DISABLE[key] = _probe(bwrap, user, map_root=True, options=["--disable-userns"]) is None
+    return _USERNS_DISABLE[key]
+
+
+def _probe(
+    bwrap: str, user: BuildUser | None = None, *, map_root: bool | None = None, options: Sequence[str] = ()
+) -> str | None:
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/"]
-    if os.geteuid() != 0 or user is not None:  # as the steps run (SandboxLayout.map_root)
+    if map_root is None:  # as the steps run (SandboxLayout.map_root)
+        map_root = os.geteuid() != 0 or user is not None
+    if map_root:
         argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
-    argv += ["--", "/bin/sh", "-c", "exit 0"]
+    argv += [*options, "--", "/bin/sh", "-c", "exit 0"]
     try:
         result = subprocess.run(
             argv,
@@ -1236,6 +1267,11 @@ class BubblewrapRunner:
         """The size limit of the sandbox's /tmp, or None where this bwrap cannot set one."""
         return tmp_size_limit() if tmpfs_size_supported(self.bwrap) else None
 
+    def disable_userns(self) -> bool:
+        """Whether the steps, in a user namespace of their own, are kept from making more (where this
+        bwrap can: :func:`userns_disable_supported`)."""
+        return self.layout.map_root and userns_disable_supported(self.bwrap, self.user)
+
     def command(self, command: str) -> list[str]:
         """What bwrap runs for one step: ``/bin/sh -c COMMAND``, after :func:`times_prelude` when the
         layout has an epoch."""
@@ -1253,6 +1289,7 @@ class BubblewrapRunner:
             network=network,
             hostname=self.hostname,
             tmp_size=self.tmp_size(),
+            disable_userns=self.disable_userns(),
         )
 
     def run(self, command: str, *, log: BinaryIO, timeout: int, network: bool) -> int:
@@ -1271,6 +1308,7 @@ class BubblewrapRunner:
                 hostname=self.hostname,
                 tmp_size=self.tmp_size(),
                 resolver=None if slirp is None else slirp.resolver(),
+                disable_userns=self.disable_userns(),
             )
             if slirp is not None:
                 options += slirp.options()

@@ -64,6 +64,7 @@ from graven.build.sandbox import (
     shown_paths,
     step_limits_here,
     user_homes,
+    userns_disable_supported,
     varied_cpus,
 )
 from graven.build.steps import BuildLog, clean_environment, run_steps
@@ -480,7 +481,8 @@ def diffoscope_confinement(ctx: Context, repo: GitRepo, pipeline: Pipeline) -> C
             map_root=os.geteuid() != 0,
         )
         command = [tool, *DIFFOSCOPE_OPTIONS, f"{BUILD_SRC}/{path}", f"{BUILD_WORK}/{path}"]
-        return bwrap_argv(bwrap, layout, env, command)
+        disable_userns = layout.map_root and userns_disable_supported(bwrap)
+        return bwrap_argv(bwrap, layout, env, command, disable_userns=disable_userns)
 
     return confine
 

@@ -525,3 +525,56 @@ def test_a_build_user_in_root_s_group_or_root_itself_with_another_group_is_refus
 def test_an_unknown_build_user_is_refused() -> None:
     with pytest.raises(InputError, match=r"GRAVEN_BUILD_USER='no-such-user-graven': no such user here"):
         sandbox.build_user({"GRAVEN_BUILD_USER": "no-such-user-graven"}, euid=0)
+
+
+# -- nested user namespaces ------------------------------------------------------------------------------
+
+
+NESTED_USERNS = "unshare -U true && echo made > nested || echo refused > nested"
+
+
+def test_steps_in_a_user_namespace_cannot_make_another() -> None:
+    """A step in a user namespace of its own (graven not root, or a root build's GRAVEN_BUILD_USER) must
+    not nest one (``unshare -U``): every unprivileged user namespace is kernel attack surface.
+    bubblewrap 0.8 and later stops it (``--disable-userns``); bwrap as root with map_root runs the
+    steps just as an unprivileged user's build does."""
+    require_tool("bwrap")
+    if shutil.which("unshare") is None:
+        unavailable("unshare (util-linux) is needed to try a nested user namespace")
+    bwrap = probe_bubblewrap(sandbox.find_bwrap())
+    if not sandbox.userns_disable_supported(bwrap):
+        pytest.skip("this bubblewrap has no --disable-userns (0.8 and later)")
+    top = Path(tempfile.mkdtemp(prefix="graven-userns-", dir="/var/tmp"))  # /tmp is not mirrored
+    try:
+        top.chmod(0o755)
+        for name in ("src", "work", "home"):
+            (top / name).mkdir()
+        layout = SandboxLayout(
+            top / "src", top / "work", top / "home", sandbox.host_root_entries(), map_root=True
+        )
+        runner = BubblewrapRunner(bwrap, layout, {"PATH": "/usr/bin:/bin"})
+        assert "--disable-userns" in runner.argv("true", network=False)
+        with (top / "log").open("wb") as log:
+            assert runner.run(NESTED_USERNS, log=log, timeout=30, network=False) == 0
+        assert (top / "work" / "nested").read_text() == "refused\n", (top / "log").read_text()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_disable_userns_only_with_a_user_namespace_and_a_bwrap_that_knows_it(tmp_path: Path) -> None:
+    """--disable-userns needs --unshare-user (bwrap refuses it otherwise), so a root build without a
+    build user never gets it; a bubblewrap before 0.8 does not know it: the steps run without it."""
+    mapped = bwrap_argv("bwrap", _layout(map_root=True), {}, ["true"], disable_userns=True)
+    assert mapped.index("--disable-userns") > mapped.index("--unshare-user")
+    assert "--disable-userns" not in bwrap_argv("bwrap", _layout(map_root=True), {}, ["true"])
+    assert "--disable-userns" not in bwrap_argv("bwrap", _layout(), {}, ["true"], disable_userns=True)
+    old = tmp_path / "bwrap"  # a bubblewrap before 0.8
+    old.write_text(
+        '#!/bin/sh\nfor a; do [ "$a" = --disable-userns ] && '
+        '{ echo "bwrap: Unknown option --disable-userns" >&2; exit 1; }; done\nexit 0\n'
+    )
+    old.chmod(0o755)
+    assert sandbox.userns_disable_supported(str(old)) is False
+    assert sandbox.userns_disable_supported(str(tmp_path / "missing")) is False
+    runner = BubblewrapRunner(str(old), _layout(map_root=True), {})
+    assert "--disable-userns" not in runner.argv("true", network=False)
