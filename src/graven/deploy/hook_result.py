@@ -112,9 +112,10 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
     what the operator hands a build is what may be a credential, whatever its name), at least 6
     characters (a ``true`` stays), with the passwords of URLs in them (at least 4), and the password
     written in any ``scheme://user:PASSWORD@`` URL, the value of a URL's query parameter named as a
-    credential (``?token=``, ``&X-Amz-Signature=``) and the secret path of a webhook (Slack, Discord,
-    Teams, Telegram) replaced by ``***``: a command that prints its
-    environment must not write credentials into records that can never be removed.
+    credential (``?token=``, ``&X-Amz-Signature=``), the secret path of a webhook (Slack, Discord,
+    Teams, Telegram) and a credential of a well-known format (GitHub, GitLab, Slack, AWS key id,
+    Google, Stripe, npm, PyPI tokens; private key blocks) wherever it came from replaced by ``***``: a
+    command that prints its environment must not write credentials into records that can never be removed.
 
     Each value is replaced with one ``str.replace`` (longest first): measured on a 6 MB log with 20
     values, 60 ms, six times faster than one alternation of them all (Python's ``re`` tries each
@@ -139,6 +140,7 @@ def redact_secrets(text: str, environ: dict[str, str] | None = None) -> str:
                     secrets.add(password)
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
+    text = _redact_credentials(text)  # a token of a well-known format, wherever it came from
     if "://" in text:  # a password written in any URL (a connection string the hook printed)
         text = _url_password().sub(r"\1***@", text)
     if "=" in text:  # a token in a URL's query (an access token, a presigned URL's signature)
@@ -222,6 +224,54 @@ def _redact_webhooks(text: str) -> str:
                     f"({start})[^\\s?#\"'<>\\\\]{{1,4096}}", re.IGNORECASE
                 )
             text = pattern.sub(r"\1***", text)
+    return text
+
+
+# Credentials of well-known formats (as GitHub's secret scanning and the vendors document them), found
+# wherever a step or a hook printed them (read from a file, a config, an API: not from the environment):
+# GitHub (classic tokens, fine-grained ones), GitLab, Slack, AWS access key ids, Google API keys,
+# Stripe live keys, npm, PyPI, and private key blocks (PEM, OpenSSH, PGP; one cut before its END line,
+# from its BEGIN line to the end of its body). A token's length and characters are exact, and one that
+# goes on in a longer word is not one; a prefix of letters only (AKIA, ASIA, AIza) must also start a
+# word, or follow an escaped ``\n``/``\t`` (a JSON string). Each pattern starts with a literal (its
+# look-behind sits after it) that the regex engine searches for fast, and is first searched for once:
+# it rewrites the text only when it is in it. A pattern that starts with a choice of letters
+# (``[rs]k_live_``: a slow search) is looked for by a literal part of it. Measured on a 6.6 MB log:
+# 55 ms on a 6 MB log when none is in it (a literal search, 3-14 ms, each; 20 ``in`` tests took
+# twice that), 150 ms with one of each kind in it.
+_B62 = "[0-9A-Za-z]"
+_CREDENTIALS = (
+    ("", rf"gh[oprsu]_{_B62}{{36}}(?![0-9A-Za-z_])"),
+    ("", rf"github_pat_{_B62}{{22}}_{_B62}{{59}}(?![0-9A-Za-z_])"),
+    ("", r"glpat-[0-9A-Za-z_-]{20}[0-9A-Za-z_.-]{0,230}+"),
+    ("", rf"xox[abprs]-{_B62}[0-9A-Za-z-]{{9,250}}+"),
+    (
+        "",
+        r"A(?:[KS]IA(?:(?<![0-9A-Za-z]A[KS]IA)|(?<=\\[nt]A[KS]IA))[0-9A-Z]{16}(?![0-9A-Za-z])"
+        r"|Iza(?:(?<![0-9A-Za-z_-]AIza)|(?<=\\[nt]AIza))[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-]))",
+    ),
+    ("k_live_", rf"[rs]k_live_{_B62}{{24,247}}+"),
+    ("", rf"npm_{_B62}{{36}}(?![0-9A-Za-z_])"),
+    ("", r"pypi-AgEIcHlwaS5vcmc[0-9A-Za-z_-]{50,4096}+"),
+    (
+        "",  # its body holds no "--": a block ends at its END line, or at the next "-----"
+        r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,2}PRIVATE KEY(?: BLOCK)?-----"
+        r"(?:(?:[^-]|-(?!-)){0,65536}+-----END (?:[A-Z0-9]{1,20} ){0,2}PRIVATE KEY(?: BLOCK)?-----"
+        r"|(?:[0-9A-Za-z+/=\s\\:,]|-(?!-)){0,65536}+)",
+    ),
+)
+_CREDENTIAL_PATTERNS: list[tuple[str, re.Pattern[str]]] = []
+
+
+def _redact_credentials(text: str) -> str:
+    """``text`` with each credential of a well-known format (:data:`_CREDENTIALS`) replaced by ``***``."""
+    if not _CREDENTIAL_PATTERNS:
+        import re
+
+        _CREDENTIAL_PATTERNS.extend((gate, re.compile(pattern)) for gate, pattern in _CREDENTIALS)
+    for gate, pattern in _CREDENTIAL_PATTERNS:
+        if (gate in text) if gate else pattern.search(text) is not None:
+            text = pattern.sub("***", text)
     return text
 
 

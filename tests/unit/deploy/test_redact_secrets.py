@@ -235,3 +235,105 @@ def test_a_failed_steps_last_lines_hold_no_piece_of_a_secret_its_read_window_cut
         log.write(b"x" * 10 + _LONG_SECRET.encode() + end)  # the window begins inside the secret
         tail = _tail(log)
     assert tail.endswith("error: it failed") and _fragments(tail) == [], tail
+
+
+# Well-known credential formats (as GitHub's secret scanning and the vendors document them), built
+# here from parts so that this file holds no string a scanner would flag: a step or a hook printing a
+# token it read from a file, a config or an API (not from its environment) kept it in the stored log.
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_URLSAFE = _B62 + "_-"
+_PEM_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\nVJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1G\n"
+
+
+def _token(kind: str, draw: str) -> str:
+    """A token of ``kind`` whose variable part is taken (repeated) from ``draw``."""
+    body = (draw * 300)[:300]
+    pem = "-----BEGIN {0}PRIVATE KEY-----\n{1}-----END {0}PRIVATE KEY-----"
+    made = {
+        "ghp": "ghp_" + body[:36],
+        "gho": "gho_" + body[:36],
+        "ghu": "ghu_" + body[:36],
+        "ghs": "ghs_" + body[:36],
+        "ghr": "ghr_" + body[:36],
+        "github_pat": f"github_pat_{body[:22]}_{body[22:81]}",
+        "glpat": "glpat-" + body[:20],
+        "xoxb": "xoxb-" + body[:12] + "-" + body[12:25] + "-" + body[25:49],
+        "xoxp": "xoxp-" + body[:12] + "-" + body[12:24] + "-" + body[24:56],
+        "akia": "AKIA" + body.upper()[:16],
+        "asia": "ASIA" + body.upper()[:16],
+        "aiza": "AIza" + body[:35],
+        "sk_live": "sk_live_" + body[:24],
+        "rk_live": "rk_live_" + body[:99],
+        "npm": "npm_" + body[:36],
+        "pypi": "pypi-AgEIcHlwaS5vcmc" + body[:150],
+        "pem": pem.format("", _PEM_BODY),
+        "pem_rsa": pem.format("RSA ", _PEM_BODY),
+        "pem_openssh": pem.format("OPENSSH ", _PEM_BODY),
+        "pem_json": pem.format("", _PEM_BODY.replace("\n", "\\n")).replace("-\n", "-\\n"),
+    }
+    return made[kind]
+
+
+_KINDS = ["ghp", "gho", "ghu", "ghs", "ghr", "github_pat", "glpat", "xoxb", "xoxp", "akia", "asia", "aiza",
+          "sk_live", "rk_live", "npm", "pypi", "pem", "pem_rsa", "pem_openssh", "pem_json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("", ""), ("token: ", "\n"), ('{"key": "', '"}'), ("GH_TOKEN=", " done"), ("x\\n", "\\n"), ("'", "'")],
+)
+def test_a_well_known_credential_printed_bare_is_redacted(kind: str, before: str, after: str) -> None:
+    """A token not in the environment (read from a file, printed by a CLI) was kept verbatim."""
+    token = _token(kind, "Zq81xkqQpLm2Wn7Rt4Yv9Bc3Hd6Jf0Ks5Gx8Ue1Na")
+    assert redact_secrets(f"{before}{token}{after}", {}) == f"{before}***{after}"
+
+
+def test_a_private_key_block_cut_before_its_end_is_redacted() -> None:
+    """A key whose output was cut (a killed step, a capped log) has no END line: its body goes too."""
+    text = "cat key\n-----BEGIN RSA PRIVATE KEY-----\n" + _PEM_BODY
+    assert redact_secrets(text, {}) == "cat key\n***"
+    assert "MIIE" not in redact_secrets(text + "[graven: cut]", {})
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        "ghp_short gho_ ghs_abc npm_install npm_config_cache=/x glpat-short xoxb-1 AKIA ASIA1234",
+        "AKIAIOSFODNN7EXAMPLEX AAKIAIOSFODNN7EXAMPL AKIAIOSFODNN7EXAMPl",  # longer words, lower case
+        "sk_live_short rk_test_" + "a" * 30 + " sk_test_" + "b" * 30 + " pypi-token pypi-AgEI",
+        "ghp_" + "a" * 35 + " npm_" + "b" * 35 + " AIza" + "c" * 34 + " AIza" + "d" * 36,
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
+        "-----BEGIN CERTIFICATE-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END CERTIFICATE-----",
+        "the private key is missing; ssh: no PRIVATE KEY found; -----BEGIN PRIVATE KEY",
+    ],
+)
+def test_text_that_only_resembles_a_credential_stays(kept: str) -> None:
+    assert redact_secrets(kept, {}) == kept
+
+
+_DRAW = st.text(alphabet=_B62, min_size=1, max_size=120)
+
+
+@settings(max_examples=300)
+@given(kind=st.sampled_from(_KINDS), draw=_DRAW, before=_TEXT, after=_TEXT)
+def test_a_planted_credential_never_survives_and_redacting_again_changes_nothing(
+    kind: str, draw: str, before: str, after: str
+) -> None:
+    token = _token(kind, draw)
+    once = redact_secrets(f"{before} {token} {after}", {})
+    assert token not in once
+    assert redact_secrets(once, {}) == once
+
+
+_PREFIXES = ("gh", "github_pat_", "glpat-", "xox", "AKIA", "ASIA", "AIza", "_live_", "npm_", "pypi-", "-----")
+
+
+@settings(max_examples=300)
+@given(text=st.text(alphabet=_URLSAFE + " \n\t:=\"'*.", max_size=400))
+def test_text_without_a_credentials_prefix_is_unchanged(text: str) -> None:
+    once = redact_secrets(text, {})
+    assert redact_secrets(once, {}) == once
+    if not any(prefix in text for prefix in _PREFIXES) and "=" not in text:
+        assert once == text
