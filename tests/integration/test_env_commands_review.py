@@ -244,3 +244,35 @@ def test_status_lists_an_environment_whose_first_deployment_is_pending(
     assert (status.live, status.pending, status.pending_since, status.on_disk) == (v1, None, None, v1)
     history = environments.history(world.ctx(), "staging")
     assert [(h["digest"], h["result"]) for h in history] == [(v1, "interrupted"), (v1, "ok")]
+
+
+@pytest.mark.parametrize("stage", ["deploy:pending-recorded", "deploy:switched"])
+def test_rollback_settles_a_first_deployment_whose_deployer_was_killed(
+    world: World, run_cli: Any, stage: str
+) -> None:
+    """staging's only record is its first deployment, `pending`, its deployer killed before or after
+    its switch: rollback settles it (as deploy and promote do) rather than claiming staging was never
+    deployed, then says truthfully what is live and that there is nothing earlier to go to."""
+    v1 = world.build()
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(
+        target=_deploy_and_die_at, args=(str(world.home), v1, "staging", str(world.root), stage)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    switched = stage == "deploy:switched"
+    code, _, err = run_cli("rollback", "staging", "--root", world.root)
+    assert code == 2, err
+    assert "never been deployed" not in err, err
+    assert "no earlier release to roll back to" in err, err
+    history = environments.history(world.ctx(), "staging")
+    assert [(h["digest"], h["result"]) for h in history] == [(v1, "interrupted")]
+    (status,) = environments.status(world.ctx())
+    assert (status.live, status.pending, status.held) == (v1 if switched else None, None, False)
+    assert f"`graven deploy {v1[7:19]} staging`" in err, err
+    if switched:  # live, its health never checked
+        assert "its deployer stopped before its health check was recorded" in err, err
+    else:  # nothing ever went live: no --to DIGEST to name
+        assert "nothing was ever live in it" in err and "--to" not in err, err
+    assert world.live("staging") == (v1 if switched else None)

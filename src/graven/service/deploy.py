@@ -65,6 +65,7 @@ from graven.service.environments import (
     load_state,
     rejection,
     settle_path,
+    went_live_here,
 )
 from graven.service.witness import check_witness, write_witness
 
@@ -817,12 +818,12 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
         raise NeverDeployedError(env)
     with ctx.db.connect() as conn:
         state = load_state(conn, env)
-    if state is None:
-        raise NeverDeployedError(env)
-    _settle_pending(ctx, env, state, opts)  # a killed deployer may have changed what is live
+    # a killed deployer may have changed what is live; its first deployment's too (no row yet)
+    _settle_pending(ctx, env, state, opts)
     with ctx.db.connect() as conn:
         state = load_state(conn, env)
-        assert state is not None
+        if state is None:
+            raise NeverDeployedError(env)
         if to is not None:
             digest = resolve_digest(ctx, to)
         else:
@@ -921,7 +922,16 @@ def _no_rollback_target(conn: Connection, env: str, live: str | None) -> str:
     releases that were live in ``env`` (newest first), which --to takes."""
     text = f"{env} has no earlier release to roll back to"
     if live is None:
+        newest = conn.execute(
+            "SELECT digest FROM deployments WHERE env = :env ORDER BY id DESC LIMIT 1", {"env": env}
+        ).scalar_one_or_none()
+        if newest is not None and not _ever_live(conn, env):
+            return (
+                f"{text}: nothing was ever live in it (`graven history {env}`: its deployments failed or "
+                f"stopped before their switch); `graven deploy {short(str(newest))} {env}` deploys one"
+            )
         return f"{text}: nothing is live in it; name one with --to DIGEST (`graven history {env}` lists them)"
+    note = _unchecked(conn, env, live)
     others = [
         str(digest)
         for (digest,) in conn.execute(
@@ -931,13 +941,38 @@ def _no_rollback_target(conn: Connection, env: str, live: str | None) -> str:
         ).all()
     ]
     if not others:
-        return f"{text}: {short(live)} is the only release that went live in {env}"
+        return f"{text}: {short(live)} is the only release that went live in {env}{note}"
     shown = ", ".join(short(d) for d in others[:_CANDIDATES_SHOWN])
     more = f" and {len(others) - _CANDIDATES_SHOWN} more" if len(others) > _CANDIDATES_SHOWN else ""
     return (
         f"{text}: {short(live)} went live in {env} with nothing live before it (a rollback goes to what "
         "was live before the live release was last deployed or promoted, never forward to a release a "
         f"rollback left); name one that was live with --to DIGEST: {shown}{more} (`graven history {env}`)"
+        f"{note}"
+    )
+
+
+def _ever_live(conn: Connection, env: str) -> bool:
+    """Whether any release went live in ``env`` (as :func:`went_live_here` tells of one)."""
+    return any(
+        went_live_here(conn, env, str(digest))
+        for digest in conn.execute(
+            "SELECT DISTINCT digest FROM deployments WHERE env = :env AND result IN ('ok', 'interrupted')",
+            {"env": env},
+        ).scalars()
+    )
+
+
+def _unchecked(conn: Connection, env: str, live: str) -> str:
+    """What to add when ``live`` is live in ``env`` from a deployment whose deployer was killed after
+    its switch (settled ``interrupted``): its health never ran, and a deploy of it runs it."""
+    state = load_state(conn, env)
+    row = deployment_row(conn, state.live_deployment) if state is not None else None
+    if row is None or row.result != "interrupted" or row.digest != live:
+        return ""
+    return (
+        f"; its deployer stopped before its health check was recorded (`graven history {env}`): "
+        f"`graven deploy {short(live)} {env}` checks it again"
     )
 
 
