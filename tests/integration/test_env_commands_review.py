@@ -276,3 +276,23 @@ def test_rollback_settles_a_first_deployment_whose_deployer_was_killed(
     else:  # nothing ever went live: no --to DIGEST to name
         assert "nothing was ever live in it" in err and "--to" not in err, err
     assert world.live("staging") == (v1 if switched else None)
+
+
+def test_status_reads_a_moved_environment_where_its_pending_deployment_is(world: World, run_cli: Any) -> None:
+    """staging, nothing live at its recorded directory, is deployed to another one (graven.toml moved
+    it) by a deployer killed after its switch: status shows the directory that pending deployment
+    names and what its `current` shows (where hold, retire, rollback and deploy settle it), not the
+    old directory, where nothing is, which read as a deployment that never switched."""
+    import json
+
+    v2, path = _moved_after_a_failed_first_deployment(world)
+    (status,) = environments.status(world.ctx())
+    assert (status.live, status.pending, status.path, status.on_disk) == (None, v2, str(path), v2)
+    code, out, err = run_cli("status", "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert (row["path"], row["on_disk"], row["pending"]) == (str(path), v2, v2)
+    code, _, err = run_cli("hold", "staging", "--reason", "look at it")  # settled there: the same place
+    assert code == 0, err
+    (status,) = environments.status(world.ctx())
+    assert (status.live, status.pending, status.path, status.on_disk) == (v2, None, str(path), v2)

@@ -549,7 +549,9 @@ class EnvStatus(Frozen):
 def status(ctx: Context) -> list[EnvStatus]:
     """Every environment this graven home has deployed to; one whose only record is a ``pending``
     deployment (its first deployer at work, or killed before anything settled it) too, with nothing
-    recorded live, at the directory that deployment names."""
+    recorded live. An environment with a pending deployment is shown at the directory that deployment
+    names (where it is settled: :func:`settle_path`), which differs from the recorded one only when,
+    with nothing live, it moved."""
     if not ctx.home.has_database():
         return []
     result: list[EnvStatus] = []
@@ -574,12 +576,15 @@ def status(ctx: Context) -> list[EnvStatus]:
                 if row.live_digest
                 else None
             )
-            disk, unreadable = _on_disk(row.path)
             pending = _pending(conn, row.name)
+            # a pending deployment names its directory: another one when the environment, with
+            # nothing live, moved (check_path); it is settled from there (settle_path), so shown there
+            path = (_pending_path(conn, row.name) if pending is not None else None) or row.path
+            disk, unreadable = _on_disk(path)
             result.append(
                 EnvStatus(
                     env=row.name,
-                    path=row.path,
+                    path=path,
                     live=row.live_digest,
                     name=art.name if art is not None else None,
                     commit=(art.commit if art is not None else None),
