@@ -192,3 +192,25 @@ def test_a_root_build_with_a_build_user_checks_reproducible(
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step))
     code, _out, err = run_cli("build", "--check", "-C", repo)
     assert code == 0, err
+
+
+def test_a_root_build_without_a_build_user_cannot_nest_a_user_namespace(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without GRAVEN_BUILD_USER the steps run in the user namespace bwrap makes for root (0 mapped to 0):
+    ``unshare -U`` fails there too where bubblewrap has --disable-userns (0.8)."""
+    monkeypatch.delenv("GRAVEN_BUILD_USER")
+    require_tool("unshare")
+    bwrap = sandbox.find_bwrap()
+    assert bwrap is not None
+    if not sandbox.userns_disable_supported(bwrap):
+        pytest.skip("this bubblewrap has no --disable-userns (0.8 and later)")
+    step = "mkdir out && id -u > out/id && unshare -U true && echo x > out/x"
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, _toml(step))
+    code, out, err = run_cli("build", "-C", repo)
+    assert code == 1 and out == "", err
+    assert "unshare" in err, err

@@ -26,6 +26,7 @@ a seccomp filter (``--enable-seccomp``): it parses every packet the step sends.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -58,6 +59,7 @@ NAT: Final = "nat"
 HOST: Final = "host"
 SLIRP_DNS: Final = "10.0.2.3"  # slirp4netns's DNS forwarder (its default --cidr 10.0.2.0/24)
 _INFO_LIMIT: Final = 4096  # bwrap's --info-fd JSON: a few dozen bytes
+_NS_GET_USERNS: Final = 0xB701  # ioctl: the user namespace that owns a namespace (Linux 4.9)
 
 
 def fetch_network_mode(environ: Mapping[str, str]) -> str:
@@ -210,17 +212,23 @@ class Slirp:
             "--enable-seccomp",
             f"--ready-fd={ready_w}",
             f"--exit-fd={exit_r}",
-            *([f"--userns-path=/proc/{pid}/ns/user"] if self.network.join_userns else []),
-            str(pid),
-            "tap0",
         ]
+        # the user namespace that owns the step's network: bwrap's, where it has one (root's too); a
+        # step kept from nesting more (--disable-userns) runs in one below it, whose root cannot enter
+        # that network (slirp4netns's default, /proc/PID/ns/user, is that one)
+        owner = _netns_owner(pid)
+        if owner is not None:
+            argv.append(f"--userns-path=/proc/self/fd/{owner}")
+        elif self.network.join_userns:
+            argv.append(f"--userns-path=/proc/{pid}/ns/user")
+        argv += [str(pid), "tap0"]
         try:
             self._proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._errors,
-                pass_fds=(ready_w, exit_r),
+                pass_fds=(ready_w, exit_r) if owner is None else (ready_w, exit_r, owner),
             )
         except BaseException as exc:  # an interrupt too: the end that waits for it is not left open
             os.close(ready_r)
@@ -230,6 +238,8 @@ class Slirp:
         finally:
             os.close(ready_w)
             os.close(exit_r)
+            if owner is not None:
+                os.close(owner)
         try:
             ready = _read(ready_r, deadline, "slirp4netns to give the fetch its network")
         finally:
@@ -253,6 +263,21 @@ def _pipe(opened: list[int]) -> tuple[int, int]:
     read, write = os.pipe()
     opened += (read, write)
     return read, write
+
+
+def _netns_owner(pid: int) -> int | None:
+    """A descriptor of the user namespace that owns the network namespace of ``pid``, or None where
+    there is none to say (the sandbox gone, a kernel before 4.9)."""
+    try:
+        net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(net, _NS_GET_USERNS)
+    except OSError:
+        return None
+    finally:
+        os.close(net)
 
 
 def _loopback_set_up(pid: int, deadline: float) -> bool:

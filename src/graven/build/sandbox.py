@@ -32,9 +32,10 @@ The bwrap argument list is built by a pure function, :func:`bwrap_argv`, from a 
 so that the sandbox's ``/proc/1/cmdline`` does not show the host's random workspace path).
 :func:`probe_bubblewrap` checks once per process that bubblewrap exists and can create its namespaces,
 and raises an error with a one-line fix otherwise. Steps in a user namespace of their own
-(:attr:`SandboxLayout.map_root`) cannot make another one where bubblewrap can stop them
-(``--disable-userns``, 0.8 and later: :func:`userns_disable_supported`): each user namespace an
-unprivileged process makes opens more of the kernel to it.
+(:attr:`SandboxLayout.map_root`; a root build's too: bwrap run by root makes one, mapping 0 to 0 alone)
+cannot make another one where bubblewrap can stop them (``--disable-userns``, 0.8 and later:
+:func:`userns_disable_supported`): each user namespace an unprivileged process makes opens more of the
+kernel to it.
 
 Every step runs in a session of its own, and when it ends (or times out, or graven is interrupted)
 the whole process group is killed: ``sleep 1000 &`` does not outlive its step. Without a sandbox
@@ -328,8 +329,10 @@ def bwrap_options(
     (``map_root``) from making more (bwrap's ``--disable-userns``, 0.8 and later: it needs
     ``--unshare-user``). Pure: reads nothing."""
     userns = ["--unshare-user", "--uid", "0", "--gid", "0"] if layout.map_root else []
-    if userns and disable_userns:
-        userns.append("--disable-userns")
+    if disable_userns:
+        # bwrap run by root already makes a user namespace (--unshare-all's --unshare-user-try) that
+        # maps 0 to 0 alone; --unshare-user names it, without changing its maps, as --disable-userns needs
+        userns = [*(userns or ["--unshare-user"]), "--disable-userns"]
     argv = [
         "--unshare-all",  # user (when needed), ipc, pid, net, uts, cgroup namespaces
         *(["--share-net"] if network else []),
@@ -1268,9 +1271,9 @@ class BubblewrapRunner:
         return tmp_size_limit() if tmpfs_size_supported(self.bwrap) else None
 
     def disable_userns(self) -> bool:
-        """Whether the steps, in a user namespace of their own, are kept from making more (where this
-        bwrap can: :func:`userns_disable_supported`)."""
-        return self.layout.map_root and userns_disable_supported(self.bwrap, self.user)
+        """Whether the steps, in a user namespace of their own (a root build's too: bwrap makes one that
+        maps 0 to 0), are kept from making more (where this bwrap can: :func:`userns_disable_supported`)."""
+        return userns_disable_supported(self.bwrap, self.user)
 
     def command(self, command: str) -> list[str]:
         """What bwrap runs for one step: ``/bin/sh -c COMMAND``, after :func:`times_prelude` when the

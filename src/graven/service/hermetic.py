@@ -481,7 +481,7 @@ def diffoscope_confinement(ctx: Context, repo: GitRepo, pipeline: Pipeline) -> C
             map_root=os.geteuid() != 0,
         )
         command = [tool, *DIFFOSCOPE_OPTIONS, f"{BUILD_SRC}/{path}", f"{BUILD_WORK}/{path}"]
-        disable_userns = layout.map_root and userns_disable_supported(bwrap)
+        disable_userns = userns_disable_supported(bwrap)
         return bwrap_argv(bwrap, layout, env, command, disable_userns=disable_userns)
 
     return confine

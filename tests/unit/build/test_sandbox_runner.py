@@ -562,12 +562,17 @@ def test_steps_in_a_user_namespace_cannot_make_another() -> None:
 
 
 def test_disable_userns_only_with_a_user_namespace_and_a_bwrap_that_knows_it(tmp_path: Path) -> None:
-    """--disable-userns needs --unshare-user (bwrap refuses it otherwise), so a root build without a
-    build user never gets it; a bubblewrap before 0.8 does not know it: the steps run without it."""
+    """--disable-userns needs --unshare-user (bwrap refuses it otherwise): a root build without a build
+    user names the user namespace bwrap run by root makes anyway (--unshare-all's --unshare-user-try,
+    0 mapped to 0 alone), without --uid or --gid; a bubblewrap before 0.8 does not know it: the steps
+    run without it."""
     mapped = bwrap_argv("bwrap", _layout(map_root=True), {}, ["true"], disable_userns=True)
     assert mapped.index("--disable-userns") > mapped.index("--unshare-user")
     assert "--disable-userns" not in bwrap_argv("bwrap", _layout(map_root=True), {}, ["true"])
-    assert "--disable-userns" not in bwrap_argv("bwrap", _layout(), {}, ["true"], disable_userns=True)
+    assert "--unshare-user" not in bwrap_argv("bwrap", _layout(), {}, ["true"])
+    root = bwrap_argv("bwrap", _layout(), {}, ["true"], disable_userns=True)
+    assert root.index("--disable-userns") == root.index("--unshare-user") + 1
+    assert "--uid" not in root and "--gid" not in root
     old = tmp_path / "bwrap"  # a bubblewrap before 0.8
     old.write_text(
         '#!/bin/sh\nfor a; do [ "$a" = --disable-userns ] && '
@@ -578,3 +583,49 @@ def test_disable_userns_only_with_a_user_namespace_and_a_bwrap_that_knows_it(tmp
     assert sandbox.userns_disable_supported(str(tmp_path / "missing")) is False
     runner = BubblewrapRunner(str(old), _layout(map_root=True), {})
     assert "--disable-userns" not in runner.argv("true", network=False)
+
+
+@pytest.mark.needs_root("only bwrap run by root makes the steps' user namespace without a build user")
+def test_a_root_build_s_steps_cannot_make_a_user_namespace_and_see_the_same_owners(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A root build without a build user runs its steps in the user namespace bwrap makes for root (0
+    mapped to 0 alone): they must not nest another (``unshare -U``) where bubblewrap can stop them, and
+    stopping them changes nothing else a step can record (ids, maps, a file's owners, /dev)."""
+    require_tool("bwrap")
+    if shutil.which("unshare") is None:
+        unavailable("unshare (util-linux) is needed to try a nested user namespace")
+    bwrap = probe_bubblewrap(sandbox.find_bwrap())
+    if not sandbox.userns_disable_supported(bwrap):
+        pytest.skip("this bubblewrap has no --disable-userns (0.8 and later)")
+    top = Path(tempfile.mkdtemp(prefix="graven-userns-", dir="/var/tmp"))  # /tmp is not mirrored
+    record = (
+        "id > seen && cat /proc/self/uid_map /proc/self/gid_map >> seen && "
+        "stat -c '%u %g %n' /build/src/owned /build/work /dev/null >> seen && "
+        "ls -ln --time-style=+ /dev >> seen && "
+        "ulimit -a >> seen && touch w $HOME/h && "
+    )
+    try:
+        top.chmod(0o755)
+        for name in ("src", "work", "home"):
+            (top / name).mkdir()
+        (top / "src" / "owned").write_text("x\n")
+        os.chown(top / "src" / "owned", 1234, 4321)  # an owner the user namespace does not map
+        layout = SandboxLayout(top / "src", top / "work", top / "home", sandbox.host_root_entries())
+        seen = []
+        for supported in (False, True):  # before (an older bwrap), then with --disable-userns
+            if not supported:
+                monkeypatch.setattr(sandbox, "userns_disable_supported", lambda *_args: False)
+            else:
+                monkeypatch.undo()
+            runner = BubblewrapRunner(bwrap, layout, {"PATH": "/usr/bin:/bin"})
+            assert ("--disable-userns" in runner.argv("true", network=False)) is supported
+            with (top / "log").open("wb") as log:
+                assert runner.run(record + NESTED_USERNS, log=log, timeout=30, network=False) == 0, (
+                    top / "log"
+                ).read_text()
+            seen.append(((top / "work" / "seen").read_text(), (top / "work" / "nested").read_text()))
+        assert seen[0][0] == seen[1][0]
+        assert seen[1][1] == "refused\n", (top / "log").read_text()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
