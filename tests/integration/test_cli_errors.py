@@ -1190,3 +1190,23 @@ def test_an_argument_that_may_hold_a_secret_is_not_echoed_when_it_is_not_utf8(
     line = _assert_input_error(run_cli(*args), "is not valid UTF-8 text")
     assert line.startswith(f"graven: error: {named} "), line
     assert "S3CR3T" not in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--webhook", "https://hooks.slack.com/services/T0001/B0001/S3CR3Tpath"],
+        ["status", "postgresql://user:S3CR3Tpw@db.example/graven"],
+        ["status", "https://ci.example/x?token=S3CR3Ttok"],
+    ],
+    ids=["webhook-option-of-another-command", "stray-database-url", "stray-url-with-token"],
+)
+def test_a_usage_error_never_echoes_a_credential_it_quotes(
+    graven_home: Path, run_cli: Run, args: list[str]
+) -> None:
+    """argparse repeats what it could not place ('unrecognized arguments: ...'): a mistyped option
+    before a webhook URL or a stray database URL put its token or password in the error line."""
+    code, out, err = run_cli(*args)
+    assert code == 2, err
+    assert "S3CR3T" not in err + out, err
+    assert "***" in err, err

@@ -88,6 +88,11 @@ class UsageError(Exception):
     """Bad usage of the command line (exit 2); ``prog`` names the command for the ``--help`` hint."""
 
     def __init__(self, message: str, prog: str = "graven") -> None:
+        # argparse repeats what it could not place ("unrecognized arguments: --webhok URL"): a URL's
+        # password or token, a chat webhook's path, a known credential is never echoed
+        from graven.deploy.hook_result import redact_secrets  # here: only an error needs it
+
+        message = redact_secrets(message)
         super().__init__(message)
         self.message = message
         self.prog = prog
