@@ -357,10 +357,11 @@ def bwrap_options(
             argv += ["--ro-bind", dest, dest]
     size = ["--size", str(tmp_size)] if tmp_size else []
     argv += ["--proc", "/proc"]
-    # bwrap makes these read-only only when it can write them (a user namespace); a step running as
-    # root (graven run by root: no user namespace) could otherwise write the host's kernel settings
-    # (kernel.core_pattern runs a command as root on the next crash) or /proc/sysrq-trigger. Bound
-    # read-only from the host: a sysctl of a namespace (hostname, net.*) still reads the step's own.
+    # bwrap makes these read-only only in a user namespace it maps itself; a step running as root
+    # (graven run by root: its user namespace maps 0 to the host's 0) could otherwise write the
+    # host's kernel settings (kernel.core_pattern runs a command as root on the next crash) or
+    # /proc/sysrq-trigger. Bound read-only from the host: a sysctl of a namespace (hostname, net.*)
+    # still reads the step's own.
     for name in _PROC_READ_ONLY:
         argv += ["--ro-bind-try", f"/proc/{name}", f"/proc/{name}"]
     argv += [*_dev_argv(layout.devices, size), *size, "--tmpfs", SANDBOX_TMP]
