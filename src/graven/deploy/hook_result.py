@@ -257,7 +257,9 @@ _CREDENTIALS = (
         "",  # its body holds no "--": a block ends at its END line, or at the next "-----"
         r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,2}PRIVATE KEY(?: BLOCK)?-----"
         r"(?:(?:[^-]|-(?!-)){0,65536}+-----END (?:[A-Z0-9]{1,20} ){0,2}PRIVATE KEY(?: BLOCK)?-----"
-        r"|(?:[0-9A-Za-z+/=\s\\:,]|-(?!-)){0,65536}+)",
+        # cut before its END line: only with a body (a header alone, as an error message names the
+        # format it expects, holds no secret)
+        r"|(?=(?:\s|\\[nr])*[0-9A-Za-z+/]{16})(?:[0-9A-Za-z+/=\s\\:,]|-(?!-)){0,65536}+)",
     ),
 )
 _CREDENTIAL_PATTERNS: list[tuple[str, re.Pattern[str]]] = []

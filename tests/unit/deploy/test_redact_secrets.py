@@ -307,6 +307,9 @@ def test_a_private_key_block_cut_before_its_end_is_redacted() -> None:
         "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
         "-----BEGIN CERTIFICATE-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END CERTIFICATE-----",
         "the private key is missing; ssh: no PRIVATE KEY found; -----BEGIN PRIVATE KEY",
+        # a header alone, as an error names the format it expects: no body, no secret
+        "mine.key: not a PEM private key (-----BEGIN PRIVATE KEY-----, unencrypted Ed25519 or ECDSA)",
+        "expected -----BEGIN OPENSSH PRIVATE KEY-----\n, got nothing",
     ],
 )
 def test_text_that_only_resembles_a_credential_stays(kept: str) -> None:
