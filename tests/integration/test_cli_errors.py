@@ -1198,14 +1198,23 @@ def test_an_argument_that_may_hold_a_secret_is_not_echoed_when_it_is_not_utf8(
         ["status", "--webhook", "https://hooks.slack.com/services/T0001/B0001/S3CR3Tpath"],
         ["status", "postgresql://user:S3CR3Tpw@db.example/graven"],
         ["status", "https://ci.example/x?token=S3CR3Ttok"],
+        ["history", "postgresql://user:S3CR3Tpw@db.example/graven"],
+        ["verify", "x", "--env", "https://hooks.slack.com/services/T0001/B0001/S3CR3Tpath"],
     ],
-    ids=["webhook-option-of-another-command", "stray-database-url", "stray-url-with-token"],
+    ids=[
+        "webhook-option-of-another-command",
+        "stray-database-url",
+        "stray-url-with-token",
+        "url-as-an-environment",
+        "webhook-as-an-environment",
+    ],
 )
 def test_a_usage_error_never_echoes_a_credential_it_quotes(
     graven_home: Path, run_cli: Run, args: list[str]
 ) -> None:
-    """argparse repeats what it could not place ('unrecognized arguments: ...'): a mistyped option
-    before a webhook URL or a stray database URL put its token or password in the error line."""
+    """argparse repeats what it could not place ('unrecognized arguments: ...'), and an input error
+    quotes the value it refuses: a webhook URL or a database URL given in the wrong place put its token
+    or password in the error line (and the --json error object)."""
     code, out, err = run_cli(*args)
     assert code == 2, err
     assert "S3CR3T" not in err + out, err

@@ -90,12 +90,18 @@ class UsageError(Exception):
     def __init__(self, message: str, prog: str = "graven") -> None:
         # argparse repeats what it could not place ("unrecognized arguments: --webhok URL"): a URL's
         # password or token, a chat webhook's path, a known credential is never echoed
-        from graven.deploy.hook_result import redact_secrets  # here: only an error needs it
-
-        message = redact_secrets(message)
+        message = _redacted(message)
         super().__init__(message)
         self.message = message
         self.prog = prog
+
+
+def _redacted(message: str) -> str:
+    """An error's ``message`` as it may be shown: what it quotes as typed (a URL given to --since or
+    --env, a stray argument) may hold a password, a token or a webhook's secret path."""
+    from graven.deploy.hook_result import redact_secrets  # here: only an error needs it
+
+    return redact_secrets(message)
 
 
 class Terminated(KeyboardInterrupt):
@@ -610,8 +616,9 @@ def run(args: list[str], *, freeze_gc: bool = False) -> int:
             import traceback
 
             traceback.print_exc()
-        _say_error(str(exc))
-        _json_error(namespace, guard, exc.exit_code, str(exc))
+        message = _redacted(str(exc))  # a value as typed (--since URL) may hold a credential
+        _say_error(message)
+        _json_error(namespace, guard, exc.exit_code, message)
         return exc.exit_code
     except UsageError as exc:  # from the parser (no namespace yet) or from a command's check
         message = f"{exc.message} (see `{exc.prog} --help`)"
