@@ -77,6 +77,7 @@ def test_not_a_git_repository(graven_home: Path, tmp_path: Path, run_cli: Run) -
         ('[artifact]\nname = "x"\n\n[build]\nsteps = ["make"]\n', "outputs"),
         ('[artifact]\nname = "x"\n\n[build]\nsteps = ["make"]\noutputs = ["../up"]\n', "../up"),
         ('[artifact]\nname = "x"\ninclude = "**"\n', "include"),
+        ('[artifact]\nname = "x"\n[env.prod]\npath = "/srv/x"\nkeep = ' + "9" * 5000 + "\n", "digits"),
     ],
 )
 def test_invalid_graven_toml(

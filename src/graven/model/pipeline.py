@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import tomllib
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, cast
@@ -538,6 +539,10 @@ def _toml(data: bytes, source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: not valid UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except ValueError:  # int() refuses more than 4,300 digits; tomllib lets that ValueError through
+        raise ConfigError(
+            f"{source}: invalid TOML: an integer of more than {sys.get_int_max_str_digits():,} digits"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
 
