@@ -189,12 +189,13 @@ class EnvSettings(Frozen):
 def check_environments(envs: Mapping[str, EnvSection], *, source: str) -> None:
     """Refuse bad names, ``requires`` naming unknown environments or itself, cycles, and two
     environments sharing a directory."""
-    for name, section in envs.items():
+    for name in envs:  # every name first: a requires error lists them all
         try:
             check_env_name(name)
         except InputError as exc:
             # the name as the error quotes it (repr): a line break in it cut the one line shown
             raise ConfigError(f"{source}: [env] {exc}") from None
+    for name, section in envs.items():
         for required in section.requires:
             if required == name:
                 raise ConfigError(f"{source}: [env.{name}] requires itself")

@@ -148,3 +148,17 @@ def test_an_env_name_with_a_line_break_is_refused_in_one_line(name: str) -> None
         check_environments(envs, source="graven.toml")
     message = str(refused.value)
     assert message.isprintable() and "invalid environment name" in message, message
+
+
+@pytest.mark.parametrize("bad", ["b\nc", "b\rc", "B"])
+def test_a_bad_environment_name_is_refused_before_it_is_listed_as_a_known_one(bad: str) -> None:
+    """Every name is checked before any ``requires``: the list of known environments that a
+    ``requires`` naming none of them shows held the raw names of the ones not checked yet, and a
+    line break in one cut the message (graven build showed ``known: a, b`` and lost the rest)."""
+    quoted = bad.encode("unicode_escape").decode()
+    envs = pipeline(f'[env.a]\npath = "/a"\nrequires = ["zz"]\n[env."{quoted}"]\npath = "/b"\n')
+    with pytest.raises(ConfigError) as info:
+        check_environments(envs, source="graven.toml")
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message, message
+    assert f"invalid environment name {bad!r}" in message, message
