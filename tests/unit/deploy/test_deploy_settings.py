@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graven.deploy.settings import (
     DeployRootError,
@@ -162,3 +164,72 @@ def test_a_bad_environment_name_is_refused_before_it_is_listed_as_a_known_one(ba
     message = str(info.value)
     assert "\n" not in message and "\r" not in message, message
     assert f"invalid environment name {bad!r}" in message, message
+
+
+def test_a_deep_environment_path_is_checked_in_linear_time() -> None:
+    """Each environment's path was looked up with every parent it has, each parent a new path as long
+    as the part of it above: quadratic in its depth. A graven.toml (the commit's: anyone who pushes)
+    with a path of 100,000 segments made `graven build`, and every deploy, take about a minute."""
+    import time
+
+    deep = "/srv/" + "a/" * 120_000 + "x"
+    envs = pipeline(f'[env.deep]\npath = "{deep}"\n[env.top]\npath = "/srv/a"\n[env.b]\npath = "/srv/b"\n')
+    started = time.monotonic()
+    check_environments(envs, source="graven.toml")
+    assert time.monotonic() - started < 5
+    clash = pipeline(
+        f'[env.deep]\npath = "/srv/a/releases{deep.removeprefix("/srv")}"\n[env.top]\npath = "/srv/a"\n'
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        ConfigError, match=r"\[env.deep\] path .* is inside the files graven keeps in the path of \[env.top\]"
+    ):
+        check_environments(clash, source="graven.toml")
+    assert time.monotonic() - started < 5
+
+
+def _by_every_parent(paths: dict[str, str]) -> str | None:
+    """The check as it was (each path against each of its parents), for the test below."""
+    from pathlib import PurePosixPath
+
+    from graven.deploy.settings import clashes_with_layout
+
+    owner: dict[PurePosixPath, str] = {}
+    for path, name in sorted((PurePosixPath(p.rstrip("/") or "/"), n) for n, p in paths.items()):
+        first = owner.setdefault(path, name)
+        if first != name:
+            return f"{name} is {first}"
+        for parent in path.parents:
+            outer = owner.get(parent)
+            if outer is not None and clashes_with_layout(path, parent):
+                return f"{name} inside {outer}"
+    return None
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-e]", fullmatch=True),
+        st.tuples(
+            st.sampled_from(["", "/"]),
+            st.lists(
+                st.sampled_from(["a", "b", "releases", "current", "config", ".graven"]),
+                min_size=1,
+                max_size=4,
+            ),
+        ).map(lambda t: t[0] + "/".join(t[1])),
+        max_size=5,
+    )
+)
+def test_shared_and_nested_environment_paths_are_refused_as_before(paths: dict[str, str]) -> None:
+    envs = {name: EnvSection(path=path) for name, path in paths.items()}
+    expected = _by_every_parent(paths)
+    try:
+        check_environments(envs, source="graven.toml")
+    except ConfigError as exc:
+        assert expected is not None, exc
+        name, how, other = expected.split(" ")
+        wanted = "is the path of" if how == "is" else "is inside the files graven keeps in the path of"
+        assert f"[env.{name}] path" in str(exc) and f"{wanted} [env.{other}]" in str(exc), (exc, expected)
+    else:
+        assert expected is None
