@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -449,6 +450,11 @@ def _read_policy(path: Path) -> dict[str, Any]:
         doc = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+    except ValueError:  # int() refuses more than 4,300 digits; tomllib lets that ValueError through
+        raise ConfigError(
+            f"policy file {path} is not valid TOML: an integer of more than "
+            f"{sys.get_int_max_str_digits():,} digits"
+        ) from None
     unknown = sorted(set(doc) - _POLICY_FIELDS)
     if unknown:
         raise ConfigError(

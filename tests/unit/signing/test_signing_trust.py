@@ -263,6 +263,8 @@ def test_revoked_key_in_an_environment_set(tmp_path: Path) -> None:
     ("text", "error", "message"),
     [
         ("keys = [", ConfigError, "is not valid TOML"),
+        # int() refuses more than 4,300 digits, and tomllib let that ValueError through: a traceback
+        ("x = " + "9" * 4301, ConfigError, "is not valid TOML: an integer of more than 4,300 digits"),
         ("trusted = []", ConfigError, "unknown setting 'trusted' (expected: keys, revoked, [env.NAME])"),
         ("keys = 'a.pub'", ConfigError, "keys must be a list of strings"),
         ("keys = ['missing.pub']", ConfigError, "keys: key file"),
