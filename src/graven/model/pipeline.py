@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-import tomllib
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, cast
 
 from graven.core.globs import GlobError, check_glob
 from graven.core.paths import check_path, display_path
 from graven.core.record import Frozen
+from graven.core.tomltext import TomlError
+from graven.core.tomltext import loads as toml_loads
 from graven.errors import ConfigError, UnsafeInputError
 
 __all__ = [
@@ -534,17 +534,13 @@ def _toml(data: bytes, source: str) -> dict[str, Any]:
     if data.startswith(b"\xef\xbb\xbf"):  # TOML has none; tomllib says only "Invalid statement"
         raise ConfigError(f"{source}: starts with a byte-order mark (BOM); save it as UTF-8 without one")
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not valid UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
+    try:
+        return toml_loads(text)
+    except TomlError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    except ValueError:  # int() refuses more than 4,300 digits; tomllib lets that ValueError through
-        raise ConfigError(
-            f"{source}: invalid TOML: an integer of more than {sys.get_int_max_str_digits():,} digits"
-        ) from None
-    except RecursionError:
-        raise ConfigError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def _parse_doc(doc: dict[str, Any], source: str) -> Pipeline:

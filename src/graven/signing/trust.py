@@ -25,14 +25,14 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from graven.core.names import ENV_NAME_PATTERN
 from graven.core.record import Frozen
+from graven.core.tomltext import TomlError
+from graven.core.tomltext import loads as toml_loads
 from graven.errors import (
     ConfigError,
     InputError,
@@ -447,14 +447,9 @@ def _read_policy(path: Path) -> dict[str, Any]:
     if len(data) > _MAX_POLICY:
         raise ConfigError(f"policy file {path} is larger than {_MAX_POLICY} bytes; is it the right file?")
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        doc = toml_loads(data.decode("utf-8"))
+    except (TomlError, UnicodeDecodeError) as exc:
         raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
-    except ValueError:  # int() refuses more than 4,300 digits; tomllib lets that ValueError through
-        raise ConfigError(
-            f"policy file {path} is not valid TOML: an integer of more than "
-            f"{sys.get_int_max_str_digits():,} digits"
-        ) from None
     unknown = sorted(set(doc) - _POLICY_FIELDS)
     if unknown:
         raise ConfigError(
