@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 from graven.core.globs import Selection
 from graven.deploy.settings import check_environments
 from graven.errors import ConfigError, InputError
-from graven.model.pipeline import Pipeline, parse_pipeline, parse_stored_pipeline
+from graven.model.pipeline import (
+    ArtifactSection,
+    BuildSection,
+    EnvSection,
+    FetchSection,
+    Pipeline,
+    parse_pipeline,
+    parse_stored_pipeline,
+)
 
 SOURCE = "graven.toml in 0123456789ab"
 
@@ -101,22 +109,11 @@ _values = st.recursive(
     max_leaves=8,
 )
 
-_ARTIFACT = ("name", "include", "exclude")
-_BUILD = ("steps", "outputs", "timeout", "sandbox", "env", "tools", "fetch")
-_FETCH = ("steps", "lockfiles", "outputs")
-_ENV = (
-    "path",
-    "config",
-    "activate",
-    "activate_timeout",
-    "health",
-    "health_retries",
-    "health_interval",
-    "health_timeout",
-    "keep",
-    "requires",
-    "ignore",
-)
+# the keys of each table, as the model names them (its fields are the TOML keys)
+_ARTIFACT = ArtifactSection._fields
+_BUILD = BuildSection._fields
+_FETCH = FetchSection._fields
+_ENV = EnvSection._fields
 
 
 def _section(keys: tuple[str, ...], required: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
