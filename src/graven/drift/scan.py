@@ -34,6 +34,7 @@ from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.drift.cache import DirRecord, FileRecord, VerifiedCache
 from graven.drift.walk import (
     BIG,
+    DIR_OPEN,
     OPEN_FILE,
     ForkedWalk,
     ScanStopped,
@@ -426,8 +427,7 @@ class ScanResult(Record):
         self.cache = cache
 
 
-_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_SEARCH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_SEARCH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # to look names up in it only
 _SWAPPED = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENOENT})  # a directory that is no longer one
 
 
@@ -437,7 +437,7 @@ def _open_dir(name: str, dir_fd: int | None = None) -> int:
     ``O_PATH``: enough to fstat it, stat, open and read links in it as a lookup by its path did; only
     listing it fails (reported by whoever lists it, as before)."""
     try:
-        return os.open(name, _DIR_OPEN, dir_fd=dir_fd)
+        return os.open(name, DIR_OPEN, dir_fd=dir_fd)
     except PermissionError:
         return os.open(name, _DIR_SEARCH, dir_fd=dir_fd)
 
@@ -456,7 +456,7 @@ def _walk_added(base: str, dir_fd: int, name: str, rel: str, observed: dict[str,
         while stack:
             current, held = stack.pop()
             try:
-                fd = os.open(current.rpartition("/")[2], _DIR_OPEN, dir_fd=held[0])
+                fd = os.open(current.rpartition("/")[2], DIR_OPEN, dir_fd=held[0])
             except OSError as exc:
                 out_of_resources(exc, f"{base}/{current}")
                 continue
@@ -1022,7 +1022,6 @@ class _FilesProgress:
 # a directory still to walk, and its parent's descriptor shared by the parent's subdirectories still
 # to open with how many they are ([fd, count]; None: opened from the release, one component at a time)
 _Pending = tuple[str, list[int] | None]
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _release_held(held: list[int] | None) -> None:
@@ -1147,7 +1146,7 @@ class _Walk:
             if held is None:  # a starting point: one component at a time
                 dir_fd = open_dir(base, rel)
             else:  # in its parent's descriptor: never through a link
-                dir_fd = fopen(rel.rpartition("/")[2], _DIR_FLAGS, dir_fd=held[0])
+                dir_fd = fopen(rel.rpartition("/")[2], DIR_OPEN, dir_fd=held[0])
         except OSError as exc:
             out_of_resources(exc, directory)
             return found, hashed

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BIG",
     "CHUNK",
+    "DIR_OPEN",
     "OPEN_FILE",
     "ForkedWalk",
     "ScanStopped",
@@ -92,9 +93,13 @@ def kind_of(mode: int) -> str:
     return "other"
 
 
+# how a walk opens a directory: to list it, never through a symlink (relative to its opened parent)
+DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def open_dir(base: str, rel: str) -> int:
     """Open ``base/rel`` one component at a time, never following a symlink."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = DIR_OPEN
     fd = os.open(base, flags)
     try:
         for name in rel.split("/") if rel else ():
@@ -119,7 +124,7 @@ def dir_attribute_problem(
     swap a middle one for a symlink meanwhile (a check may run as root). One that can no longer be
     opened as a directory: its owner and group only (the walk finds what it became)."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, DIR_OPEN, dir_fd=dir_fd)
     except OSError as exc:
         out_of_resources(exc, name)
         return attribute_problem(None, st, owner, group)
@@ -161,7 +166,7 @@ def raw_walk(
     # one descriptor per level of the path being walked.
     stack: list[tuple[str, list[int] | None]] = [(rel, None) for rel in start]
     hashed = listed = 0
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_flags = DIR_OPEN
     try:
         while stack:
             if parent is not None and getppid() != parent:  # orphaned: its parent is gone
