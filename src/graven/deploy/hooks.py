@@ -28,6 +28,9 @@ from graven.runtime import GroupWatchdog, HeldSignals
 
 __all__ = ["OUTPUT_CAP", "HookResult", "run_health", "run_hook", "step_error"]
 
+# The command's start: it waits for a line on the pipe that is its standard input (graven writes it
+# once the command's watchdog runs), then becomes the command, its standard input /dev/null again.
+_GATE = 'IFS= read -r go || exit 125; unset go; exec "$0" "$@" 0</dev/null'
 _TAIL = 4096
 _MARGIN = 65536  # read before the kept tail of a longer output: a secret the cut falls in is redacted whole
 _KEEP = 1024 * 1024  # what a cut of an output past OUTPUT_CAP keeps of its end (more than _TAIL + _MARGIN)
@@ -49,17 +52,28 @@ def run_hook(
     with tempfile.TemporaryFile() as out:
         # a Ctrl-C or SIGTERM while the command and its watchdog start is held, then raised below,
         # where it kills the command's group: else it would leave the command running, unwatched
-        with HeldSignals() as starting:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            watchdog = GroupWatchdog(proc.pid)  # kills the command's group if graven itself is killed
+        # The command waits at a gate until its watchdog runs: a graven SIGKILLed in between (no
+        # signal can be held) closes the gate's pipe, and the gate exits without running it.
+        gate_r, gate_w = os.pipe()
+        try:
+            with HeldSignals() as starting:
+                try:
+                    proc = subprocess.Popen(
+                        ["/bin/sh", "-c", _GATE, "/bin/sh", "-c", command],
+                        cwd=cwd,
+                        env=dict(env),
+                        stdin=gate_r,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                finally:
+                    os.close(gate_r)
+                watchdog = GroupWatchdog(proc.pid)  # kills the command's group if graven itself is killed
+                with contextlib.suppress(OSError):  # a gate that is gone already: its exit status says it
+                    os.write(gate_w, b"\n")
+        finally:
+            os.close(gate_w)
         try:
             if starting.stopped is not None:
                 raise starting.stopped
