@@ -884,6 +884,26 @@ def test_a_database_url_into_a_missing_directory_is_bad_input(
     assert not (graven_home / "keys" / "second.key").exists()
 
 
+def test_a_database_url_mistake_names_the_url_to_write(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: a plain file path or a directory in GRAVEN_DB_URL "is refused naming the URL to write".
+    The CLI hid every copy of the variable's value as a secret (its name holds DB_URL), so the URL
+    to write came out as `sqlite:///***`; only the password of a URL is one."""
+    path = tmp_path / "graven.db"
+    monkeypatch.setenv("GRAVEN_DB_URL", str(path))
+    line = _assert_input_error(
+        run_cli("artifacts"), f"the database URL {path} is a path", f"sqlite:///{path} "
+    )
+    assert "***" not in line
+    monkeypatch.setenv("GRAVEN_DB_URL", f"sqlite:///{tmp_path}")
+    line = _assert_input_error(run_cli("artifacts", "--json"), f"(sqlite:///{tmp_path}/graven.db)")
+    assert "***" not in line
+    monkeypatch.setenv("GRAVEN_DB_URL", "postgresql+psycopg://u:Secret1@127.0.0.1")  # no database
+    line = _assert_input_error(run_cli("artifacts"), "postgresql+psycopg://u:***@127.0.0.1 names no database")
+    assert "Secret1" not in line
+
+
 def test_a_path_with_a_name_too_long_is_bad_input(repo: Path, run_cli: Run, tmp_path: Path) -> None:
     """A name longer than the file system takes (ENAMETOOLONG, an OSError of no subclass) exited 1, as a
     failing disk does, where `import` of the same name said exit 2: the user fixes it by typing another

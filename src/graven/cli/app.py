@@ -101,7 +101,24 @@ def _redacted(message: str) -> str:
     --env, a stray argument) may hold a password, a token or a webhook's secret path."""
     from graven.deploy.hook_result import redact_secrets  # here: only an error needs it
 
-    return redact_secrets(message)
+    environ = dict(os.environ)
+    if environ.get(_DB_URL):  # graven names it without its password (db.redacted_url): the rest of it is
+        environ[_DB_URL] = _url_password(environ[_DB_URL])  # what the error is about (the URL to write)
+    return redact_secrets(message, environ)
+
+
+_DB_URL = "GRAVEN_DB_URL"  # db.HOME_URL, without importing the database layer on every error
+
+
+def _url_password(url: str) -> str:
+    """Of GRAVEN_DB_URL's value, what is secret: the password in ``url`` ("" without one); all of
+    it when it does not parse (where its password ends is a guess)."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:
+        return url
 
 
 class Terminated(KeyboardInterrupt):
