@@ -91,6 +91,7 @@ _MAX_PROBLEMS = 100
 _SHOWN_STRAY = 3  # stray stored subtree hashes named one by one by verify; the rest counted
 _SHOWN_REPAIRED = 3  # rewritten or removed stored subtree hashes named by a log-repaired entry
 _EMPTY_LOG = "the audit log is empty: nothing was logged yet"
+_NO_CHECKPOINT = "the audit log has no signed checkpoint (its checkpoints were deleted)"
 
 # The progress of a walk over every entry (a million, on a large home), reported through the context's
 # reporter once per PROGRESS_EVERY entries and at the end: never a call per entry, whatever the reporter
@@ -495,17 +496,33 @@ class AuditLog:
             raise NotFoundError(_EMPTY_LOG)
 
     def origin(self, conn: Connection | None = None) -> str:
-        """This instance's log origin (created once, kept in the database)."""
+        """This instance's log origin (created once, kept in the database). A log that has none is empty
+        (NotFoundError), or, when it holds anything else, damaged (VerificationError)."""
         if self._origin is None:
             if conn is None:
                 self._require_database()
                 with self._ctx.db.connect() as own:
                     self._origin = self._read_origin(own)
+                    if self._origin is None:
+                        raise self._headless(own, "the log origin is missing from the database")
             else:
                 self._origin = self._read_origin(conn)
-            if self._origin is None:
-                raise NotFoundError(_EMPTY_LOG)
+                if self._origin is None:
+                    raise self._headless(conn, "the log origin is missing from the database")
         return self._origin
+
+    @staticmethod
+    def _headless(conn: Connection, what: str) -> GravenError:
+        """Why the log has no origin or no signed checkpoint: it is empty (NotFoundError, exit 2: nothing
+        was logged yet), or it holds entries or a state that say otherwise, and the database lost or
+        someone deleted what it lacks (VerificationError, exit 1: never shown as an empty log)."""
+        populated = (
+            conn.execute("SELECT 1 FROM log_entries LIMIT 1").first() is not None
+            or conn.execute("SELECT 1 FROM log_state LIMIT 1").first() is not None
+        )
+        if not populated:
+            return NotFoundError(_EMPTY_LOG)
+        return VerificationError(f"{what} although the log has entries; run `graven log verify`")
 
     @staticmethod
     def _read_origin(conn: Connection) -> str | None:
@@ -703,8 +720,8 @@ class AuditLog:
         self._require_database()
         with self._ctx.db.connect() as conn:
             note = self._latest_note(conn)
-        if note is None:
-            raise NotFoundError(_EMPTY_LOG)
+            if note is None:
+                raise self._headless(conn, _NO_CHECKPOINT)
         return note
 
     @staticmethod
@@ -731,7 +748,7 @@ class AuditLog:
         with self._ctx.db.connect() as conn:
             note = self._latest_note(conn)
             if note is None:
-                raise NotFoundError(_EMPTY_LOG)
+                raise self._headless(conn, _NO_CHECKPOINT)
             self._check_note(note, self._signed_origin(conn))
         return note
 
@@ -880,7 +897,7 @@ class AuditLog:
         with self._ctx.db.connect() as conn:
             note = self._latest_note(conn)
             if note is None:
-                raise NotFoundError(_EMPTY_LOG)
+                raise self._headless(conn, _NO_CHECKPOINT)
             checkpoint = self._check_note(note, self._signed_origin(conn))
             size, root = checkpoint.size, checkpoint.root
             if not 0 <= index < size:
