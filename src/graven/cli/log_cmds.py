@@ -11,7 +11,14 @@ from pathlib import Path
 
 from graven.cli.app import ArgParser, UsageError, add_command, add_group, add_limit, file_path
 from graven.cli.context import closing as _closing
-from graven.cli.output import TerminalReporter, emit_json, emit_json_list, print_rows, printable_message
+from graven.cli.output import (
+    TerminalReporter,
+    emit_json,
+    emit_json_list,
+    error_line,
+    print_rows,
+    printable_message,
+)
 from graven.errors import InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
@@ -347,7 +354,9 @@ def consistency_cmd(args: argparse.Namespace) -> int:
         reporter.close()
         if as_json:
             emit_json({"ok": False, "error": {"exit_code": exc.exit_code, "message": str(exc)}})
-        sys.stderr.write(f"graven: error: {exc}\n")
+        # the CLI's one error line, escaped and shortened: it names the kept checkpoint's origin, and a
+        # note's text may hold U+202E, C1 controls (U+009B: a CSI) or 100,000 characters
+        sys.stderr.write(error_line(str(exc)))
         return 1
     finally:
         reporter.close()  # the progress line, if any, is gone before the result or the error
