@@ -168,3 +168,40 @@ def test_go_rejects_entries_that_do_not_match_the_root(checker: Checker) -> None
     entries = [_b64(e) for e in ENTRIES]
     entries[3] = _b64(b"forged")
     _assert_rejected(checker(_request(_note(), entries=entries)))
+
+
+# Sizes where RFC 9162's proofs take their edge shapes: a single leaf, powers of two (the old root is
+# itself a node of the new tree and is left out of the consistency proof), one past them, and equal
+# old and new sizes (the empty proof). The tests above use one size, 23, none of these.
+EDGE_SIZES = (1, 2, 3, 4, 8, 9, 16, 17, 32)
+
+
+@pytest.mark.parametrize("size", EDGE_SIZES)
+def test_go_accepts_every_proof_in_trees_of_edge_sizes(checker: Checker, size: int) -> None:
+    leaves = [leaf_hash(f"edge {i}".encode()) for i in range(size)]
+    note = sign_checkpoint(Checkpoint(NAME, size, root_hash(leaves)), NAME, KEY)
+    for index in range(size):
+        inclusion = {
+            "index": index,
+            "leafHash": _b64(leaves[index]),
+            "proof": [_b64(h) for h in inclusion_proof(leaves, index)],
+        }
+        _assert_accepted(checker(_request(note, inclusion=inclusion)))
+    for old_size in range(1, size + 1):
+        consistency = {
+            "oldSize": old_size,
+            "oldRoot": _b64(root_hash(leaves[:old_size])),
+            "proof": [_b64(h) for h in consistency_proof(leaves, old_size)],
+        }
+        _assert_accepted(checker(_request(note, consistency=consistency)))
+
+
+def test_go_rejects_an_equal_size_proof_that_is_not_empty_or_of_another_root(checker: Checker) -> None:
+    """Between equal sizes only the empty proof of the same root holds, for Go as for graven."""
+    note = _note()
+    root = _b64(root_hash(LEAVES))
+    _assert_accepted(checker(_request(note, consistency={"oldSize": SIZE, "oldRoot": root, "proof": []})))
+    extra = {"oldSize": SIZE, "oldRoot": root, "proof": [root]}
+    _assert_rejected(checker(_request(note, consistency=extra)))
+    other = {"oldSize": SIZE, "oldRoot": _b64(root_hash(LEAVES[:-1])), "proof": []}
+    _assert_rejected(checker(_request(note, consistency=other)))
