@@ -269,3 +269,69 @@ def test_a_path_below_a_file_is_refused_as_input_naming_the_file(world: World, t
     with pytest.raises(InputError, match=f"goes through {blocker}, which is not a directory"):
         world.deploy(digest, "x")
     assert blocker.read_text() == "not a directory\n"
+
+
+def test_a_recorded_path_that_now_names_someone_elses_directory_is_refused(
+    world: World, tmp_path: Path
+) -> None:
+    """An environment's PATH is a symlink (a volume) that an administrator re-points at a user's
+    directory: the recorded path resolves there, but nothing in it is graven's. Adopting it made
+    releases there, replaced the user's ``config`` link and ran the hooks in it."""
+    vol = tmp_path / "vol1"
+    vol.mkdir()
+    alice = tmp_path / "alice"
+    alice.mkdir()
+    (alice / "thesis.tex").write_text("precious\n")
+    (alice / "config").symlink_to("thesis.tex")
+    link = tmp_path / "app"
+    link.symlink_to(vol)
+    toml = env_toml("app", {"x": {"path": str(link), "activate": "touch hook-ran"}})
+    assert world.deploy(world.version(1, toml), "x").ok
+    link.unlink()
+    link.symlink_to(alice)
+    v2 = world.version(2, toml)
+    with pytest.raises(ConfigError, match=r"already holds files graven did not make \(config, thesis.tex\)"):
+        plan_deploy(world.ctx(), v2, "x", world.options())
+    with pytest.raises(ConfigError, match=r"already holds files graven did not make \(config, thesis.tex\)"):
+        world.deploy(v2, "x")
+    assert sorted(os.listdir(alice)) == ["config", "thesis.tex"]
+    assert os.readlink(alice / "config") == "thesis.tex"
+
+
+def test_a_recorded_directory_deleted_and_made_again_by_someone_else_is_refused(world: World) -> None:
+    """``rm -rf PATH`` without ``graven retire``, then another team's files at that path: the
+    environment's record alone must not make them graven's."""
+    assert world.deploy(world.build(), "staging").ok
+    staging = world.env_dir("staging")
+    for path in [staging, *staging.rglob("*")]:
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+    shutil.rmtree(staging)
+    staging.mkdir()
+    (staging / "uploads").mkdir()
+    with pytest.raises(ConfigError, match=r"already holds files graven did not make \(uploads\)"):
+        world.deploy(world.version(2), "staging")
+    assert sorted(os.listdir(staging)) == ["uploads"]
+
+
+def test_a_dot_graven_that_graven_did_not_make_claims_nothing(world: World, tmp_path: Path) -> None:
+    """A ``.graven`` directory with no deploy lock in it (another tool's, an old GRAVEN_HOME named so)
+    is no sign that graven deployed there: retention would delete a ``releases/<hex>`` of its owner's."""
+    other = tmp_path / "project"
+    (other / ".graven").mkdir(parents=True)
+    (other / "releases" / ("a" * 64)).mkdir(parents=True)
+    (other / "releases" / ("a" * 64) / "notes").write_text("precious\n")
+    digest = world.version(2, env_toml("app", {"p": {"path": str(other), "keep": 1}}))
+    with pytest.raises(ConfigError, match=r"already holds files graven did not make \(.graven, releases\)"):
+        world.deploy(digest, "p")
+    assert (other / "releases" / ("a" * 64) / "notes").read_text() == "precious\n"
+    assert sorted(os.listdir(other)) == [".graven", "releases"]
+
+
+def test_a_recorded_directory_holding_only_graven_s_own_names_is_still_deployed_to(world: World) -> None:
+    """Its ``.graven`` removed by hand (the witness, the stat table reset): ``current`` and
+    ``releases`` are graven's own, so the environment goes on."""
+    assert world.deploy(world.build(), "staging").ok
+    staging = world.env_dir("staging")
+    shutil.rmtree(staging / ".graven")
+    assert world.deploy(world.version(2), "staging").ok

@@ -5,12 +5,14 @@ environment's settings from the verified graven.toml, and policy facts.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyFacts, TestedPipelines, short
 from graven.deploy.settings import (
+    GRAVEN_NAMES,
     EnvMovedError,
     EnvSettings,
     check_config_path,
@@ -390,10 +392,14 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, war
 
 
 def _check_unclaimed(conn: Connection, settings: EnvSettings, path: Path) -> None:
-    """Refuse a first deployment into a directory that already holds files graven did not put there
-    (no ``PATH/.graven``, no environment recorded at that path): the path comes from the artifact's
-    graven.toml, and graven makes ``current``, ``config`` and ``releases`` in it (a review pointed an
-    environment at ``~/.ssh``, whose ``config`` became a link into the release)."""
+    """Refuse a deployment into a directory that holds files graven did not put there: the path comes
+    from the artifact's graven.toml, and graven makes ``current``, ``config`` and ``releases`` in it
+    (a review pointed an environment at ``~/.ssh``, whose ``config`` became a link into the release),
+    deletes what it takes for its old releases and runs the hooks there. A directory is graven's when
+    it holds the deploy lock (``PATH/.graven/lock``: every deployer makes it first), or when an
+    environment is recorded at that path and it holds nothing but graven's own names (its ``.graven``
+    removed by hand). A recorded path alone is no claim: it may now lead elsewhere (a symlink
+    re-pointed, a directory deleted and made again by someone else)."""
     try:
         names = sorted(os.listdir(path))
     except (FileNotFoundError, NotADirectoryError):
@@ -405,18 +411,39 @@ def _check_unclaimed(conn: Connection, settings: EnvSettings, path: Path) -> Non
     # a fresh file system's mount point; what another deployer of this environment tries the file
     # system with before it takes the lock (graven.deploy.fscheck), removed again
     names = [name for name in names if name != "lost+found" and not name.startswith(PROBE_PREFIX)]
-    if not names or EnvLayout(path).meta.name in names:
+    layout = EnvLayout(path)
+    if not names or _holds_lock(layout):
         return
+    foreign = [name for name in names if name not in GRAVEN_NAMES and not name.startswith(_SWITCH_TMP)]
     mine = _resolved(str(path))
-    for (recorded,) in conn.execute("SELECT path FROM deploy_envs"):
-        if _resolved(recorded) == mine:
-            return
+    recorded = [
+        str(name) for name, at in conn.execute("SELECT name, path FROM deploy_envs") if _resolved(at) == mine
+    ]
+    if recorded and not foreign:
+        return
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    hint = (
+        f"; environment {recorded[0]} is recorded there, but its PATH/.graven/lock is gone: if this "
+        "is still its directory, move what graven did not make out of it"
+        if recorded
+        else ""
+    )
     raise ConfigError(
         f"[env.{settings.name}] path {settings.path} already holds files graven did not make ({shown}); "
         "an environment's directory must be new or empty, since graven makes current, config and "
-        "releases/ in it: give the environment a directory of its own"
+        f"releases/ in it: give the environment a directory of its own{hint}"
     )
+
+
+_SWITCH_TMP = (".current.tmp-", ".config.tmp-")  # a switch's temporary links (graven.deploy.switch)
+
+
+def _holds_lock(layout: EnvLayout) -> bool:
+    """Whether ``PATH/.graven`` is a real directory holding the deploy lock graven makes in it."""
+    try:
+        return stat.S_ISDIR(os.lstat(layout.meta).st_mode) and os.path.lexists(layout.lock)
+    except OSError:
+        return False
 
 
 def _resolved(path: str) -> PurePosixPath:
