@@ -133,3 +133,39 @@ def test_an_environment_another_root_would_move_is_named_in_each_callers_words(
         assert run_cli(*args) == (2, "", f"graven: error: {cli}\n")
     assert not elsewhere.exists()
     assert world.live("staging") == v2
+
+
+@pytest.mark.parametrize("value", ["srv", "./srv", "~/srv"])
+def test_a_relative_graven_deploy_root_is_refused_in_one_line(
+    world: World, run_cli: Run, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """GRAVEN_DEPLOY_ROOT=srv (or a quoted ``~/srv``, which no shell expands) was resolved against each
+    command's working directory: the same environment landed below whatever directory the operator
+    stood in (a directory named ``~`` in it, for the tilde), as a relative GRAVEN_HOME would have."""
+    v1 = world.build()
+    cwd = world.root.parent / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", value)
+    for plan in ([], ["--plan"]):
+        code, out, err = run_cli("deploy", v1, "staging", *plan, cwd=cwd)
+        assert code == 2 and out == "", (code, err)
+        assert err == (
+            f"graven: error: GRAVEN_DEPLOY_ROOT {value} is a relative path: each command would deploy "
+            "below its own working directory; give an absolute one (GRAVEN_DEPLOY_ROOT=$PWD/...)\n"
+        ), err
+    assert os.listdir(cwd) == []
+
+
+def test_an_unexpanded_tilde_in_root_is_refused(world: World, run_cli: Run) -> None:
+    """``--root=~/srv`` reaches graven as written (the shell expands a tilde only at the start of a
+    word): it made a directory named ``~`` in the working directory, where an ``rm -rf ~`` to clean
+    it up deletes the home directory."""
+    v1 = world.build()
+    cwd = world.root.parent / "elsewhere"
+    cwd.mkdir()
+    code, _, err = run_cli("deploy", v1, "staging", "--root=~/srv", cwd=cwd)
+    assert code == 2 and "--root ~/srv starts with '~', which no shell expanded" in err, err
+    assert os.listdir(cwd) == []
+    code, _, err = run_cli("deploy", v1, "staging", "--root", "srv", cwd=cwd)  # relative: the cwd's
+    assert code == 0, err
+    assert (cwd / "srv" / "staging" / "current").is_symlink()

@@ -141,9 +141,31 @@ def _root(args: argparse.Namespace) -> Path | None:
     from graven.errors import InputError
 
     root: Path | None = args.root
+    if root is not None and str(root).startswith("~"):
+        # --root=~/srv: the shell expands a tilde only at the start of a word; taken as written, it
+        # made a directory named ~ in the working directory (which `rm -rf ~` would then clean up)
+        raise InputError(
+            f"--root {printable(str(root))} starts with '~', which no shell expanded; give the directory "
+            "itself (--root ~/srv, with a space, or --root $HOME/srv)"
+        )
     if root is not None and root.exists() and not root.is_dir():
         raise InputError(f"--root {root} is a file, not a directory")
     return root
+
+
+def _root_from_env(value: str | None, name: str) -> str | None:
+    """The deploy root the environment variable ``name`` gives, which must be absolute: a relative one
+    (``srv``, a quoted ``~/srv`` no shell expanded) would put every environment below the working
+    directory of each command, as a relative GRAVEN_HOME would its home (refused alike, exit 2).
+    ``--root`` on the command line is a path typed for this command and may be relative."""
+    from graven.errors import InputError
+
+    if value is not None and not value.startswith("/"):
+        raise InputError(
+            f"{name} {printable(value)} is a relative path: each command would deploy below its own "
+            f"working directory; give an absolute one ({name}=$PWD/...)"
+        )
+    return value
 
 
 def _options(
@@ -151,7 +173,7 @@ def _options(
 ) -> DeployOptions:
     from graven.service.deploy import ROOT_ENV, DeployOptions
 
-    base = str(root) if root is not None else os.environ.get(ROOT_ENV) or None
+    base = str(root) if root is not None else _root_from_env(os.environ.get(ROOT_ENV) or None, ROOT_ENV)
     return DeployOptions(
         root=os.path.abspath(base) if base else None,
         policy_file=policy,
