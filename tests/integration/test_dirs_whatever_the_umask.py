@@ -81,3 +81,22 @@ def test_a_deploy_never_sets_the_process_umask(world: World) -> None:
         assert world.deploy(v2, "staging").ok
     assert set_to == []
     assert _mode(world.env_dir("staging") / "current" / "app") == "0o555"  # read-only whatever the umask
+
+
+def test_a_private_environment_directory_keeps_its_mode_and_checks_clean(world: World) -> None:
+    """A release's files are 0444 whatever the umask (a service user reads them): an artifact's
+    secrets are kept from other users by the mode of PATH, made by the operator before the first
+    deploy, which deploys, drift checks and heals keep (docs/formats/environments-v1.md)."""
+    from graven.service.drift_heal import heal
+
+    env = world.env_dir("staging")
+    env.mkdir(parents=True, mode=0o700)
+    os.chmod(env, 0o700)
+    with _umask(0o077):
+        assert world.deploy(world.build(), "staging").ok
+        assert world.deploy(world.version(2), "staging").ok
+        (report,) = check(world.ctx(), ["staging"])
+        heal(world.ctx(), "staging")
+    assert report.clean
+    assert _mode(env) == "0o700"
+    assert _mode(env / "current" / "config" / "prod.toml") == "0o444"
