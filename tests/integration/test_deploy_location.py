@@ -271,6 +271,25 @@ def test_a_path_below_a_file_is_refused_as_input_naming_the_file(world: World, t
     assert blocker.read_text() == "not a directory\n"
 
 
+@pytest.mark.parametrize("below", [False, True])
+def test_a_path_through_a_link_to_nothing_is_refused_as_input_naming_the_link(
+    world: World, tmp_path: Path, below: bool
+) -> None:
+    """PATH (or a directory on its way) a symbolic link whose target is gone (an unmounted volume, a
+    removed release of another tool) is bad input (exit 2) naming the link and where it points, not
+    'cannot write in PATH: No such file or directory' (exit 1); nothing is made at the target."""
+    link = tmp_path / "srv"
+    link.symlink_to(tmp_path / "unmounted")
+    path = link / "staging" if below else link
+    digest = world.version(2, env_toml("app", {"x": {"path": str(path)}}))
+    expected = f"{link} is a symbolic link to {tmp_path / 'unmounted'}, which does not exist"
+    with pytest.raises(InputError, match=expected):
+        plan_deploy(world.ctx(), digest, "x", world.options())
+    with pytest.raises(InputError, match=expected):
+        world.deploy(digest, "x")
+    assert not os.path.lexists(tmp_path / "unmounted")
+
+
 def test_a_recorded_path_that_now_names_someone_elses_directory_is_refused(
     world: World, tmp_path: Path
 ) -> None:

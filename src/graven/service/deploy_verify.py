@@ -331,6 +331,20 @@ def _not_a_directory(path: Path) -> Path | None:
     return None
 
 
+def _broken_link(path: Path) -> tuple[Path, str] | None:
+    """The nearest of ``path`` and its parents that is a symbolic link leading nowhere (its target
+    gone, or a loop), with its target as written; None when the nearest one there is leads somewhere."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None
+        if candidate.is_symlink():
+            try:
+                return candidate, os.readlink(candidate)
+            except OSError:  # replaced since: the checks that follow say what it is now
+                return None
+    return None
+
+
 def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, warn: bool = True) -> None:
     """Refuse, before anything is created there, an environment directory that is a file; that lies in
     GRAVEN_HOME (the store, keys and trust policy) or in what graven keeps inside it; that is the
@@ -361,6 +375,14 @@ def check_location(ctx: Context, conn: Connection, settings: EnvSettings, *, war
         raise InputError(
             f"[env.{settings.name}] path {settings.path} {where} is not a directory; "
             "point it at a directory graven can own"
+        )
+    broken = _broken_link(path)
+    if broken is not None:
+        link, target = broken
+        raise InputError(
+            f"[env.{settings.name}] path {settings.path}: {link} is a symbolic link to {target}, which "
+            "does not exist (an unmounted volume, a removed directory?); make the directory it names, "
+            "or point the environment at another directory"
         )
     _check_unclaimed(conn, settings, path)
     rows = conn.execute(
