@@ -323,6 +323,7 @@ class EnvLock:
                 holder = _current_holder(fd)
                 if not wait or (holder is not None and holds_from_above(holder)):
                     raise
+                self._say_queued(holder, fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)  # queue behind the holder
         except BlockingIOError:
             holder = _current_holder(fd)
@@ -369,6 +370,17 @@ class EnvLock:
             raise BackendError(f"cannot lock {check}: {exc.strerror}") from None
         self._check_fd = check_fd
 
+    def _say_queued(self, holder: LockHolder | None, fd: int) -> None:
+        """Say whom ``--wait`` queues behind (the lock open at ``fd`` is held by ``holder``, as
+        recorded): a deployment's health checks may take minutes, and a silent wait looks hung."""
+        if self._warn is None:
+            return
+        who = holder.describe() if holder else unknown_holder(fd)
+        self._warn(
+            f"{busy_env(self.env, holder)} is being deployed by {who}; waiting for it to finish "
+            "(interrupt to give up)"
+        )
+
     def _say_waiting(self, check: Path, check_fd: int) -> None:
         """Say what the check lock waits for: drift checks in flight hold it shared, briefly; a wait
         that does not end is someone else holding the file, and the message names whom to look for."""
@@ -404,13 +416,17 @@ def check_lock_path(lock: Path) -> Path:
 
 
 @contextmanager
-def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
+def shared_lock(
+    path: Path, *, env: str, wait: bool, warn: Callable[[str], None] | None = None
+) -> Iterator[bool]:
     """Hold the environment's check lock (beside the deploy lock ``path``) *shared* while its release
     is observed (a drift check). A deployer or healer holds it exclusively while it works, after
     waiting for the checks in flight, so no check sees its work half-way (a heal's temporary files, a
     release being switched); checks do not exclude each other, and never make a deployer fail.
 
-    Without ``wait``, a deployer at work raises PolicyError at once, naming it. Yields False when there
+    Without ``wait``, a deployer at work raises PolicyError at once, naming it; with it, ``warn`` is
+    told whom the check waits for before it does (a deployment may hold the lock for minutes: a check
+    run by cron would otherwise look hung). Yields False when there
     is no lock file to take (never deployed here, or not readable by this user): the check then goes
     ahead without it. The file is opened read-only and never written, and never through a symlink
     (a symlink or anything but a regular file there counts as no lock file: the deployer refuses it).
@@ -430,13 +446,20 @@ def shared_lock(path: Path, *, env: str, wait: bool) -> Iterator[bool]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = read_holder(path)
             who = holder.describe() if holder else unknown_holder(fd)  # whoever holds lock.check
-            raise EnvironmentBusyError(
-                f"{busy_env(env, holder)} is being changed by {who}; check again when it is done"
-            ) from None
+            if not wait:
+                raise EnvironmentBusyError(
+                    f"{busy_env(env, holder)} is being changed by {who}; check again when it is done"
+                ) from None
+            if warn is not None:
+                warn(
+                    f"{busy_env(env, holder)} is being changed by {who}; the check is waiting for it "
+                    "to finish (interrupt to give up)"
+                )
+            fcntl.flock(fd, fcntl.LOCK_SH)
         yield True
     finally:
         os.close(fd)

@@ -390,7 +390,8 @@ def check_target(
 
     ``stop`` (``graven watch``): once it is set, the check is abandoned within a file or a chunk of a
     large one (:class:`graven.drift.scan.ScanStopped`), and nothing of it is recorded."""
-    with shared_lock(EnvLayout(Path(target.path)).lock, env=target.env, wait=wait):
+    lock = EnvLayout(Path(target.path)).lock
+    with shared_lock(lock, env=target.env, wait=wait, warn=ctx.reporter.warn):
         for _attempt in range(3):
             try:
                 quick = None if full else quick_check(ctx, target)

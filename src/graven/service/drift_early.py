@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -75,12 +75,22 @@ class EarlyWalks:
             if lock is not None:
                 lock.close()
 
-    def start(self, env: str, layout: EnvLayout, digest_hex: str, split: Split, key: bytes) -> None:
+    def start(
+        self,
+        env: str,
+        layout: EnvLayout,
+        digest_hex: str,
+        split: Split,
+        key: bytes,
+        *,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         """Hold the check lock of ``env`` shared (until :meth:`close`), read the clock, fork the walker
         of ``split``'s second part of the release ``digest_hex`` (holding its paths to the owner and
-        group the stat table, authenticated under ``key``, records for the release)."""
+        group the stat table, authenticated under ``key``, records for the release). ``warn``: told
+        whom the lock waits for, when a deployer or healer holds it."""
         locks = self._locks.setdefault(env, ExitStack())
-        locks.enter_context(shared_lock(layout.lock, env=env, wait=True))
+        locks.enter_context(shared_lock(layout.lock, env=env, wait=True, warn=warn))
         now_ns = fs_clock(layout.meta / "drift", depth=2)
         base = str(layout.release(digest_hex))
         owner, group = recorded_deployer(layout.stat_file, key, digest_hex)
@@ -134,7 +144,7 @@ def start_early(ctx: Context, envs: Sequence[str] = ()) -> EarlyWalks:
     except GravenError:
         return early
     try:
-        early.start(target.env, layout, digest_hex, split, key)
+        early.start(target.env, layout, digest_hex, split, key, warn=ctx.reporter.warn)
     except OSError:  # no pipe or process to spare: the check forks (or not) as usual
         early.close()
         return EarlyWalks()

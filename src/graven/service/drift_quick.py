@@ -128,7 +128,9 @@ def quick_reports(ctx: Context, envs: Sequence[str] = ()) -> list[DriftReport] |
     with ExitStack() as locks:  # held until recorded: a heal or deployment waiting records after this
         for target in live_targets(ctx, envs):
             locks.enter_context(
-                shared_lock(Path(target.path) / ".graven" / "lock", env=target.env, wait=True)
+                shared_lock(
+                    Path(target.path) / ".graven" / "lock", env=target.env, wait=True, warn=ctx.reporter.warn
+                )
             )
             report = quick_check(ctx, target)
             if report is None:
