@@ -38,6 +38,7 @@ from graven.service.context import Context, utc_now
 from graven.service.provenance import (
     provenance_inputs,
     record_attestation,
+    refuse_revoked_signer,
     resolve_signing_key,
     sign_provenance,
 )
@@ -401,6 +402,10 @@ def _record(ctx: Context, result: BuildResult, new_cache: list[dict[str, object]
     }
     key = _record_key(ctx)
     with ctx.db.begin() as conn:
+        # under the writers' lock, where `keys revoke` logs its revocation (after writing it): one
+        # made while the build ran refuses the build here, or is logged after its entries, never
+        # before a `sign` by the key it revoked
+        refuse_revoked_signer(ctx, result.signed_by, meanwhile=True)
         if key is not None and new_cache:
             _store_blob_cache(conn, key, new_cache)
         insert_ignore(

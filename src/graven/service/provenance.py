@@ -65,6 +65,7 @@ __all__ = [
     "preferred_provenance",
     "read_revoked",
     "record_attestation",
+    "refuse_revoked_signer",
     "resolve_signing_key",
     "sign_provenance",
     "signature_memo",
@@ -89,17 +90,7 @@ def resolve_signing_key(ctx: Context) -> SigningKey:
     # the policy every check of what it signs reads (trust/revoked and policy.toml's revoked): one
     # that cannot be read stops the build here, as it would stop the verify and deploy after it
     policy = load_policy(ctx, memo=False)
-    if key.keyid in policy.revoked:
-        found = revoked_in(ctx.home, key.keyid, policy)
-        where = (
-            "GRAVEN_HOME/trust/revoked"
-            if found in (None, ctx.home.trust / REVOKED_FILE)
-            else f"revoked in {found}"
-        )
-        raise PolicyError(
-            f"the signing key {key.keyid[:16]} is revoked ({where}): what it signs "
-            "would never verify; sign with another key (`graven keys generate`)"
-        )
+    refuse_revoked_signer(ctx, key.keyid, policy)
     if (
         name is not None
         and not KeyStore(ctx.home.keys).public_path(name).exists()
@@ -111,6 +102,34 @@ def resolve_signing_key(ctx: Context) -> SigningKey:
             f"`graven keys export {name} > {name}.pub && graven keys trust {name}.pub` trusts it"
         )
     return key
+
+
+def refuse_revoked_signer(
+    ctx: Context, keyid: str, policy: TrustPolicy | None = None, *, meanwhile: bool = False
+) -> None:
+    """PolicyError when the signing key ``keyid`` is revoked in ``policy`` (default: the home's, read
+    now). ``meanwhile``: the build checked it at its start, and it was revoked while the build ran (the
+    build, still holding the database's writers' lock, records nothing)."""
+    if policy is None:
+        policy = load_policy(ctx, memo=False)
+    if keyid not in policy.revoked:
+        return
+    found = revoked_in(ctx.home, keyid, policy)
+    where = (
+        "GRAVEN_HOME/trust/revoked"
+        if found in (None, ctx.home.trust / REVOKED_FILE)
+        else f"revoked in {found}"
+    )
+    if meanwhile:
+        raise PolicyError(
+            f"the signing key {keyid[:16]} was revoked while this build ran ({where}): nothing is "
+            "recorded, what it signed would never verify; build again with another key "
+            "(`graven keys generate`)"
+        )
+    raise PolicyError(
+        f"the signing key {keyid[:16]} is revoked ({where}): what it signs "
+        "would never verify; sign with another key (`graven keys generate`)"
+    )
 
 
 def _home_trusts(ctx: Context, keyid: str, policy: TrustPolicy) -> bool:
