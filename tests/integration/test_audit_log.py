@@ -372,3 +372,41 @@ def test_go_tlog_accepts_graven_cli_output(
         [str(binary)], input=json.dumps(tampered), capture_output=True, text=True, check=False
     )
     assert bad.returncode == 1
+
+
+def test_the_mark_is_read_only_between_two_writes_of_it(home: Path) -> None:
+    """A writer raising the mark of a log started anew writes its shorter text over the old one, then
+    cuts the file (pwrite, ftruncate) under an exclusive lock: a reader between the two saw the new text
+    with the old one's tail, and called a sound mark damaged. The reader takes the lock shared."""
+    import fcntl
+    import threading
+
+    from graven.service.audit import AuditLog
+
+    _append(home, 2)
+    with Context(home=Home(root=home)) as ctx:
+        log = AuditLog(ctx)
+        path = log.in_use_path
+        size, origin = log.high_water()
+        assert size == 2
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a writer half-way: the new text written, not yet cut
+            os.pwrite(fd, f"3 {origin[:-5]}\n".encode(), 0)
+            seen: list[object] = []
+            reader = threading.Thread(target=lambda: seen.append(_mark_or_error(log)))
+            reader.start()
+            reader.join(timeout=0.3)
+            assert reader.is_alive(), f"the mark was read while a writer held it: {seen}"
+            os.ftruncate(fd, len(f"3 {origin[:-5]}\n"))
+        finally:
+            os.close(fd)  # releases the lock
+        reader.join(timeout=30)
+        assert seen == [(3, origin[:-5])]
+
+
+def _mark_or_error(log: Any) -> object:
+    try:
+        return log.high_water()
+    except IntegrityError as exc:
+        return exc

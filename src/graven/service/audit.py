@@ -397,8 +397,13 @@ class AuditLog:
         """The largest size this home committed of the log with the given origin (:attr:`in_use_path`);
         (0, "") when it never did, or when the file predates the mark (it was empty). IntegrityError
         when the file is there but cannot be read: the mark would be off without a word."""
+        import fcntl
+
         try:
             with open(self.in_use_path, "rb") as handle:
+                # shared: a writer (_raise_mark) writes a new text over the old, then cuts the file,
+                # under the lock held exclusively; read between the two, a sound mark looks damaged
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
                 mark = _parse_high_water(handle.read(256))
         except FileNotFoundError:
             return 0, ""
