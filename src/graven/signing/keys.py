@@ -684,6 +684,28 @@ def check_key_name(name: str) -> str:
     return name
 
 
+_RAW_KEY_HEX = re.compile(r"(?:[0-9A-Fa-f]{64}){1,2}")
+_RAW_KEY_BASE64 = re.compile(r"[A-Za-z0-9+/_-]{43,88}={0,2}")
+
+
+def _may_be_raw_key(text: str) -> bool:
+    """Whether ``text`` may be a raw private key: 32 or 64 bytes (an Ed25519 seed, libsodium's seed and
+    public key, a P-256 scalar) in hex or base64. A value that names no file and no key is then not
+    echoed in an error (a key id is 64 hex digits too: it is not shown either)."""
+    if _RAW_KEY_HEX.fullmatch(text):
+        return True
+    if not _RAW_KEY_BASE64.fullmatch(text):
+        return False
+    compact = text.rstrip("=")
+    try:
+        raw = base64.urlsafe_b64decode(
+            compact.replace("+", "-").replace("/", "_") + "=" * (-len(compact) % 4)
+        )
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) in {32, 64}
+
+
 def _is_key_base64(text: str) -> bool:
     """Whether ``text`` is the base64 of a DER structure of key size (a PEM block's lines without
     them): a secret to refuse unquoted, never a file or key name to echo in an error."""
@@ -694,6 +716,8 @@ def _is_key_base64(text: str) -> bool:
         der = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError):
         return False
+    if b"-----BEGIN" in der:  # a whole PEM file's base64 (`base64 -w0 key.pem`, a CI secret)
+        return True
     # one whole DER SEQUENCE (PKCS#8, SEC 1, PKCS#1), its length as its header says: no name is that
     if len(der) < 2 or der[0] != 0x30:
         return False
@@ -832,16 +856,34 @@ class KeyStore:
                 "to its path"
             )
         candidate = Path(value).expanduser()
-        if candidate.is_file():
-            return load_private_key(candidate, named_by="GRAVEN_SIGNING_KEY")
-        if _KEY_NAME.fullmatch(value) and value not in {".", ".."}:
-            if self.private_path(value).exists():
-                return load_private_key(self.private_path(value))
+        try:
+            if candidate.is_file():
+                return load_private_key(candidate, named_by="GRAVEN_SIGNING_KEY")
+        except OSError as exc:  # a name too long for a path (a key's text, say): never echoed
+            raise InputError(
+                f"GRAVEN_SIGNING_KEY names no file that can be read ({exc.strerror}); set it to a private "
+                "key file's path or to the name of a key in GRAVEN_HOME/keys"
+            ) from None
+        named = _KEY_NAME.fullmatch(value) is not None and value not in {".", ".."}
+        if named and self.private_path(value).exists():
+            return load_private_key(self.private_path(value))
+        if _may_be_raw_key(value):  # 32 or 64 bytes in hex or base64: a seed is not echoed
+            raise NotFoundError(
+                "GRAVEN_SIGNING_KEY names no key file and no key of this home, and looks like a raw key "
+                "(32 or 64 bytes in hex or base64, or a key id, which names no key; its value is not "
+                "shown): write the key as a PEM file only you can read (chmod 600) and set "
+                "GRAVEN_SIGNING_KEY to its path"
+            )
+        if named:
             raise NotFoundError(
                 f"no signing key {value!r}: not a file, and no key {value}.key in {self.directory}"
             )
         if candidate.is_dir():
             raise InputError(
                 f"signing key {value} is a directory; GRAVEN_SIGNING_KEY names a key file or a key name"
+            )
+        if os.path.lexists(candidate):  # a FIFO or a device (never opened: a FIFO blocks), a dangling link
+            raise InputError(
+                f"signing key {value} is not a regular file; GRAVEN_SIGNING_KEY names a key file"
             )
         raise NotFoundError(f"signing key file {value} does not exist")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
@@ -13,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from graven.errors import InputError, NotFoundError
+from graven.errors import GravenError, InputError, NotFoundError
 from graven.signing.keys import (
     KeyEntry,
     KeyStore,
@@ -349,3 +350,38 @@ def test_resolve_never_echoes_the_base64_of_a_key(tmp_path: Path, key_type: str)
         with pytest.raises(InputError, match="holds key text") as refused:
             store.resolve(text)
         assert body[8:40] not in str(refused.value)
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_resolve_never_echoes_a_key_encoded_for_a_ci_secret(tmp_path: Path, key_type: str) -> None:
+    """A CI secret is often the key file's base64 (`base64 -w0 key.pem`) or a raw Ed25519 seed (hex
+    or base64): set as GRAVEN_SIGNING_KEY without being decoded, it names no file and no key, and
+    the error line (and --json) printed it whole."""
+    store = KeyStore(tmp_path / "keys")
+    key = generate_key(key_type)
+    pem = key.private_pem()
+    whole = base64.b64encode(pem).decode()
+    with pytest.raises(InputError, match="holds key text") as refused:
+        store.resolve(whole)
+    assert whole[20:60] not in str(refused.value)
+    seed = hashlib.sha256(pem).digest()  # 32 bytes, as a raw Ed25519 seed (and 64: libsodium's key)
+    for text in (
+        seed.hex(),
+        (seed + seed).hex(),
+        base64.b64encode(seed).decode(),
+        base64.urlsafe_b64encode(seed + seed).decode().rstrip("="),
+    ):
+        with pytest.raises(GravenError) as missing:
+            store.resolve(text)
+        assert text[4:40] not in str(missing.value), text
+        assert "GRAVEN_SIGNING_KEY" in str(missing.value)
+
+
+def test_resolve_names_a_fifo_or_dangling_link_as_such(tmp_path: Path) -> None:
+    """GRAVEN_SIGNING_KEY naming a FIFO or a dangling link said the file "does not exist"."""
+    store = KeyStore(tmp_path / "keys")
+    os.mkfifo(tmp_path / "fifo.key")
+    (tmp_path / "gone.key").symlink_to(tmp_path / "nothing")
+    for name in ("fifo.key", "gone.key"):
+        with pytest.raises(InputError, match="is not a regular file"):
+            store.resolve(str(tmp_path / name))
