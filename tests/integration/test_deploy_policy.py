@@ -94,6 +94,36 @@ def test_untrusted_keys_are_refused_per_environment(world: World, tmp_path: Path
         world.deploy(digest, "staging")
 
 
+def test_a_refusal_for_an_environment_with_its_own_keys_names_its_section(
+    world: World, tmp_path: Path
+) -> None:
+    """prod trusts only the keys of its [env.prod] section: a deploy refused there said "trust the
+    signing key for prod (graven keys trust)", which trusts it everywhere but prod (and added that
+    wrong remedy after the right one when the section had no key left)."""
+    digest = world.build()
+    from graven.signing.keys import KeyStore
+
+    other = KeyStore(tmp_path / "other-keys")
+    other.generate("release", "ed25519")
+    (tmp_path / "release.pub").write_bytes(other.export_public("release"))
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[env.prod]\nkeys = ["release.pub"]\n')
+    with pytest.raises(PolicyError) as refused:
+        world.deploy(digest, "prod", policy_file=policy)
+    message = str(refused.value)
+    assert f"[env.prod] keys of {policy}" in message and "graven keys trust" not in message
+    policy.write_text("[env.prod]\nkeys = []\n")
+    with pytest.raises(PolicyError) as refused:
+        world.deploy(digest, "prod", policy_file=policy)
+    message = str(refused.value)
+    assert "no trusted keys for environment prod" in message and "graven keys trust" not in message
+    for path in (world.home / "trust").iterdir():  # an environment without a section: the home's trust
+        path.unlink()
+    with pytest.raises(PolicyError, match=r"graven keys trust") as refused:
+        world.deploy(digest, "staging", policy_file=policy)
+    assert str(refused.value).count("graven keys trust") == 1
+
+
 def test_settings_come_from_the_graven_toml_named_by_verified_provenance(world: World) -> None:
     digest = world.build()
     # Someone rewrites the database's idea of the pipeline: it must not matter.

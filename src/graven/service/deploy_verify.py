@@ -26,6 +26,7 @@ from graven.errors import (
     IntegrityError,
     NotFoundError,
     PolicyError,
+    UntrustedSignerError,
     VerificationError,
 )
 from graven.model.digest import Digest
@@ -35,7 +36,7 @@ from graven.service.artifacts import get_artifact, load_manifest, not_stored_err
 from graven.service.context import Context
 from graven.service.deploy_types import DeployOptions, Target
 from graven.service.environments import HEALTHY, EnvState, healthy_in, rejection, went_live_here
-from graven.service.provenance import UnsignedError, load_policy, verified_provenances
+from graven.service.provenance import UnsignedError, load_policy, trust_hint, verified_provenances
 from graven.signing.trust import TrustPolicy, VerifiedProvenance
 
 
@@ -51,9 +52,12 @@ def _verified_provenances(
         ) from None
     except (VerificationError, PolicyError, InputError) as exc:
         where = f"{short(str(digest))} cannot be deployed to {env}"
-        if isinstance(exc, PolicyError):
-            hint = "" if "revoked" in str(exc) else f"; trust the signing key for {env} (graven keys trust)"
-            raise PolicyError(f"{where}: {exc}{hint}") from None
+        if isinstance(exc, UntrustedSignerError):
+            # where this environment's keys come from: its [env.NAME] section when it has one (a key
+            # trusted in trust/ is trusted everywhere else), else the home's trust
+            raise PolicyError(f"{where}: {exc}; {trust_hint(policy, env)}") from None
+        if isinstance(exc, PolicyError):  # revoked, no trusted keys: each says its own remedy
+            raise PolicyError(f"{where}: {exc}") from None
         raise VerificationError(f"{where}: {exc}") from None
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "resolve_signing_key",
     "sign_provenance",
     "signature_memo",
+    "trust_hint",
 ]
 
 BUILDER_ID = "https://graven.dev/builders/local/v1"
@@ -418,7 +419,7 @@ def verified_provenances(
     raise first_error
 
 
-def _trust_hint(policy: TrustPolicy, env: str | None) -> str:
+def trust_hint(policy: TrustPolicy, env: str | None) -> str:
     """How to make a key that signed an artifact trusted where ``policy`` (for ``env``) looks for it."""
     if env is not None and env in policy.environments and policy.policy_file is not None:
         return f"if its signer may deploy to {env}, name its key in [env.{env}] keys of {policy.policy_file}"
@@ -435,7 +436,7 @@ def check_provenance(
     try:
         verified, envelope_digest = verified_provenance(ctx, artifact, policy=policy.with_memo(None), env=env)
     except UntrustedSignerError as exc:
-        return ProvenanceCheck(False, f"{exc}; {_trust_hint(policy, env)}")
+        return ProvenanceCheck(False, f"{exc}; {trust_hint(policy, env)}")
     except (VerificationError, PolicyError, InputError) as exc:
         return ProvenanceCheck(False, str(exc))
     with ctx.db.connect() as conn:
