@@ -295,3 +295,19 @@ def test_export_bundle_carries_the_signature_that_verified_not_the_one_whose_hin
     assert written["verificationMaterial"]["publicKey"]["hint"] == keyid
     assert [s["sig"] for s in written["dsseEnvelope"]["signatures"]] == [genuine["sig"]]
     assert run_cli(capsys, "attest", "verify", str(bundle), "--artifact", digest)[0] == 0
+
+
+def test_a_build_says_when_the_signing_key_is_not_the_one_its_public_key_file_holds(
+    home: Path, repo: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """keys/default.key replaced by another key, keys/default.pub left: builds were signed by the new
+    key without a word while `keys list` and `keys export` named the old one."""
+    from graven.signing.keys import generate_key, write_private_key
+
+    assert run_cli(capsys, "keys", "generate")[0] == 0
+    (home / "keys" / "default.key").unlink()
+    write_private_key(home / "keys" / "default.key", generate_key())
+    code, _, err = run_cli(capsys, "build", "-C", str(repo))
+    assert code == 0 and "default.pub" in err and "is not the public half of default.key" in err, err
+    code, out, err = run_cli(capsys, "keys", "export", "default")
+    assert code == 2 and out == "" and "is not the public half" in err

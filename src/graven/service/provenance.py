@@ -38,7 +38,7 @@ from graven.service.context import Context, utc_now
 from graven.service.records import insert_ignore
 from graven.signing.bundle import load_attestation
 from graven.signing.dsse import Envelope, sign_envelope
-from graven.signing.keys import KeyStore, SigningKey
+from graven.signing.keys import KeyStore, SigningKey, load_public_key
 from graven.signing.memo import FileSignatureMemo
 from graven.signing.provenance import (
     PAYLOAD_TYPE,
@@ -92,11 +92,14 @@ def resolve_signing_key(ctx: Context) -> SigningKey:
     # that cannot be read stops the build here, as it would stop the verify and deploy after it
     policy = load_policy(ctx, memo=False)
     refuse_revoked_signer(ctx, key.keyid, policy)
-    if (
-        name is not None
-        and not KeyStore(ctx.home.keys).public_path(name).exists()
-        and not _home_trusts(ctx, key.keyid, policy)
-    ):
+    store = KeyStore(ctx.home.keys)
+    if name is not None and store.public_path(name).exists():
+        # a NAME.key replaced beside the old NAME.pub: `keys list` and `keys export` name the old key
+        try:
+            store.check_pair(name, load_public_key(store.public_path(name)), key)
+        except InputError as exc:
+            ctx.reporter.warn(f"{exc}; this build is signed by {key.keyid[:16]}")
+    elif name is not None and not _home_trusts(ctx, key.keyid, policy):
         ctx.reporter.warn(
             f"the signing key {name} has no public key file and this home does not trust it (a "
             f"`graven keys generate` that did not finish?): what it signs, verify and deploy here refuse; "

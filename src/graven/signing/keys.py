@@ -812,7 +812,7 @@ class KeyStore:
         for name in sorted(names):
             try:
                 if (self.directory / f"{name}.pub").is_file():
-                    public = load_public_key(self.directory / f"{name}.pub")
+                    public = self.load_public(name)  # refused when NAME.key is another key
                 else:
                     public = load_private_key(self.directory / f"{name}.key").public
             except GravenError as exc:
@@ -834,10 +834,29 @@ class KeyStore:
         """The public key called ``name`` (from ``NAME.pub``, else derived from ``NAME.key``)."""
         public_path = self.public_path(name)
         if public_path.exists():
-            return load_public_key(public_path)
+            public = load_public_key(public_path)
+            self.check_pair(name, public)
+            return public
         if self.private_path(name).exists():
             return self.load(name).public
         raise NotFoundError(f"no key named {name} in {self.directory}")
+
+    def check_pair(self, name: str, public: VerifyingKey, private: SigningKey | None = None) -> None:
+        """Refuse ``public`` (read from ``NAME.pub``) when it is not the public half of ``NAME.key``
+        (``private``, read here when not given): a key file replaced (a restore, a key copied over)
+        beside the old ``NAME.pub``, which would be listed and exported for a key that signs nothing.
+        A ``NAME.key`` that is missing or cannot be read (signing refuses it too) is not compared."""
+        if private is None:
+            try:
+                private = self.load(name)
+            except (GravenError, OSError):
+                return
+        if private.keyid != public.keyid:
+            raise InputError(
+                f"key {name}: {name}.pub ({public.keyid[:16]}) is not the public half of {name}.key "
+                f"({private.keyid[:16]}), the key that signs; move the stale {name}.pub out of "
+                f"{self.directory} (`graven keys export {name}` then derives the public key from {name}.key)"
+            )
 
     def export_public(self, name: str) -> bytes:
         """The SubjectPublicKeyInfo PEM of the key called ``name``."""

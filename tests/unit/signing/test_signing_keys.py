@@ -385,3 +385,25 @@ def test_resolve_names_a_fifo_or_dangling_link_as_such(tmp_path: Path) -> None:
     for name in ("fifo.key", "gone.key"):
         with pytest.raises(InputError, match="is not a regular file"):
             store.resolve(str(tmp_path / name))
+
+
+def test_a_stale_public_key_file_is_never_exported_nor_listed_as_the_signing_key(tmp_path: Path) -> None:
+    """keys/NAME.key replaced (a restore, a key copied over) beside the old NAME.pub: `keys list` showed
+    the old key's id for NAME and `keys export NAME` handed out the old public key, which verifies
+    nothing that NAME now signs."""
+    store = KeyStore(tmp_path / "keys")
+    old = store.generate("ci")
+    store.private_path("ci").unlink()
+    write_private_key(store.private_path("ci"), new := generate_key())
+    with pytest.raises(InputError, match=r"ci.pub .* is not the public half of ci.key") as refused:
+        store.export_public("ci")
+    assert old.keyid[:16] in str(refused.value) and new.keyid[:16] in str(refused.value)
+    skipped: list[str] = []
+    assert store.list(lambda name, exc: skipped.append(name)) == []
+    assert skipped == ["ci"]
+    store.public_path("ci").unlink()  # the remedy: NAME.pub derived from NAME.key again
+    assert parse_public_key(store.export_public("ci")).keyid == new.keyid
+    # a private key that cannot be read (mode 0644 here) leaves NAME.pub what it is: exported as before
+    write_public_key(store.public_path("ci"), new)
+    store.private_path("ci").chmod(0o644)
+    assert parse_public_key(store.export_public("ci")).keyid == new.keyid
