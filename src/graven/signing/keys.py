@@ -511,7 +511,9 @@ def load_private_key(path: Path | str, *, named_by: str | None = None) -> Signin
     ``named_by`` (``GRAVEN_SIGNING_KEY``) says where its path came from when it is not refused."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+        # O_NONBLOCK: a FIFO put there is refused below, never waited on (a regular file reads alike)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise NotFoundError(f"private key {path} does not exist") from None
     except IsADirectoryError:

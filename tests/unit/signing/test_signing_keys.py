@@ -407,3 +407,16 @@ def test_a_stale_public_key_file_is_never_exported_nor_listed_as_the_signing_key
     write_public_key(store.public_path("ci"), new)
     store.private_path("ci").chmod(0o644)
     assert parse_public_key(store.export_public("ci")).keyid == new.keyid
+
+
+@pytest.mark.timeout(20)
+def test_a_private_key_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """keys/NAME.key as a FIFO (nobody writing): `keys list`, `keys export` and every build blocked in
+    open() for ever before the regular-file check could refuse it."""
+    store = KeyStore(tmp_path / "keys")
+    store.directory.mkdir()
+    os.mkfifo(store.private_path("ci"), 0o600)
+    with pytest.raises(InputError, match="is not a regular file"):
+        store.load("ci")
+    skipped: list[str] = []
+    assert store.list(lambda name, exc: skipped.append(name)) == [] and skipped == ["ci"]
