@@ -363,6 +363,8 @@ class _Fake:
         self.answer_body_sent = 0  # of all of them
         self.refusal: bytes | None = None  # the body of a 400 to every manifest PUT, when set
         self.said_digest: str | None = None  # the Docker-Content-Digest of every manifest HEAD, when set
+        self.slow_error = False  # a 500 to every blob GET, its 64 KiB body sent 8 bytes each 50 ms
+        self.slow_token = False  # the token service's answer sent 8 bytes each 50 ms
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -449,6 +451,9 @@ class _Fake:
                     if fake.token_body:
                         self._send(200, b" " * fake.token_body)
                         return
+                    if fake.slow_token:
+                        self._drip(200, json.dumps({"token": "t0ken"}).encode() + b" " * (64 << 10))
+                        return
                     if fake.token_answer is not None:
                         self._send(200, fake.token_answer)
                         return
@@ -472,6 +477,8 @@ class _Fake:
                 digest = path.rpartition("/blobs/")[2]
                 if "/blobs/" in path and fake.error_body:
                     self._send_endless_error()
+                elif "/blobs/" in path and fake.slow_error:
+                    self._drip(500, b'{"errors":[]}' + b" " * (64 << 10))
                 elif found is None:
                     self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"no"}]}')
                 elif digest in fake.stall:
@@ -483,16 +490,7 @@ class _Fake:
                     fake.stalled.set()
                     fake.release.wait(60)
                 elif digest in fake.drip:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(found)))
-                    self.end_headers()
-                    for at in range(0, len(found), 8):  # 8 bytes each 50 ms: never a read timeout
-                        try:
-                            self.wfile.write(found[at : at + 8])
-                            self.wfile.flush()
-                        except OSError:
-                            return
-                        time.sleep(0.05)
+                    self._drip(200, found)
                 elif digest in fake.cut:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(found) + 100))
@@ -500,6 +498,18 @@ class _Fake:
                     self.wfile.write(found)  # and the connection closes (HTTP/1.0)
                 else:
                     self._send(200, found, {"Content-Encoding": fake.encoding} if fake.encoding else None)
+
+            def _drip(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for at in range(0, len(body), 8):  # 8 bytes each 50 ms: never a read timeout
+                    try:
+                        self.wfile.write(body[at : at + 8])
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(0.05)
 
             def _send_endless(self, status: int, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -851,6 +861,47 @@ def test_a_registry_that_sends_a_blob_a_few_bytes_at_a_time_is_given_up_on(
     assert code == 1 and err.count("\n") == 1, err
     assert "sent less than 1 KiB in 0.5 s" in err and fake.address.split(":")[0] in err, err
     assert time.monotonic() - started < 30
+
+
+def test_an_error_or_a_token_sent_a_few_bytes_at_a_time_is_given_up_on(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a manifest's and a blob's bodies were held to the floor: the body of an error (read for its
+    OCI codes, up to 64 KiB) and a token service's answer (up to 1 MiB), sent a byte just before each
+    read timeout, held a pull for weeks. An error that arrives slower than the floor is said by its
+    status; a token, given up on."""
+    from graven.registry import client
+
+    monkeypatch.setattr(client, "_STALL_WINDOW", 0.5)
+    monkeypatch.setattr(client, "_STALL_BYTES", 1024)
+    assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+    _copy_from(registry, fake, "v1", "v1")
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "slow-answers")
+    fake.slow_error = True
+    started = time.monotonic()
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and "HTTP 500" in err and err.count("\n") == 1, err
+    assert time.monotonic() - started < 30
+    fake.slow_error = False
+    monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "s3cret-pass")
+    fake.user = ("ci", "s3cret-pass")
+    fake.slow_token = True
+    started = time.monotonic()
+    code, _, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "token service" in err and "sent less than 1 KiB in 0.5 s" in err, err
+    assert time.monotonic() - started < 30
+    fake.slow_token = False
+    code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 0 and out.strip() == built, err
 
 
 def test_a_refused_upload_or_manifest_says_the_registrys_error_codes(

@@ -41,8 +41,8 @@ USERNAME_ENV = "GRAVEN_REGISTRY_USERNAME"
 PASSWORD_ENV = "GRAVEN_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
 _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
-# a body that arrives slower than this is given up on (curl's --speed-limit / --speed-time): each read
-# has a timeout, but a registry that sends a byte before each one ends would hold a pull for hours
+# a body that arrives slower than this is given up on (curl's --speed-limit / --speed-time, _Pace): each
+# read has a timeout, but a registry that sends a byte before each one ends would hold a pull for hours
 _STALL_WINDOW = 60.0  # seconds
 _STALL_BYTES = 16 << 10  # at least this much in every window
 _MAX_TOKEN_BODY = 1 << 20  # of a token service's answer
@@ -198,9 +198,13 @@ class RegistryClient:
         body = bytearray()
         try:
             with self._http.stream("GET", realm_url, params=query, headers=headers) as response:
-                _read_into(body, response, _MAX_TOKEN_BODY)  # a token is a few KiB
+                pace = _read_into(body, response, _MAX_TOKEN_BODY)  # a token is a few KiB
         except httpx.HTTPError as exc:
             raise BackendError(f"cannot reach the token service {realm}: {_reason(exc)}") from None
+        if pace is not None:
+            raise BackendError(
+                f"the token service {realm} sent {pace.said('its answer')}; given up on (try again)"
+            )
         if len(body) > _MAX_TOKEN_BODY:  # never all of an endless one
             raise BackendError(f"the token service {realm} sent more than {_MAX_TOKEN_BODY} bytes")
         if response.status_code in (401, 403):
@@ -227,7 +231,7 @@ class RegistryClient:
         """The error of a registry's refusal (its OCI error codes said)."""
         body = bytearray()
         with contextlib.suppress(Exception):  # a body that cannot be read: the status says enough
-            _read_into(body, response, _MAX_ERROR_BODY)
+            _read_into(body, response, _MAX_ERROR_BODY)  # as much as came before a stall, if one did
         response.close()
         detail = _errors(response.status_code, bytes(body))
         if response.status_code in (401, 403) and not self._at_registry(response.url):
@@ -248,21 +252,16 @@ class RegistryClient:
         stalls midway a :class:`BackendError`."""
         import httpx
 
-        window, floor = _STALL_WINDOW, _STALL_BYTES
-        since, got = time.monotonic(), 0
+        pace = _Pace()
         pending = bytearray()
         try:
             for piece in response.iter_raw():  # as it arrives: a drip is seen piece by piece
-                got += len(piece)
                 pending += piece
-                now = time.monotonic()
-                if now - since >= window:
-                    if got < floor:
-                        raise BackendError(
-                            f"the registry {self.reference.host} sent less than {_kib(floor)} in "
-                            f"{window:g} s of {what}; given up on (try again, or another registry)"
-                        )
-                    since, got = now, 0
+                if pace.too_slow(len(piece)):
+                    raise BackendError(
+                        f"the registry {self.reference.host} sent {pace.said(what)}; given up on (try "
+                        "again, or another registry)"
+                    )
                 if len(pending) >= _CHUNK:
                     yield bytes(pending)
                     pending.clear()
@@ -442,18 +441,50 @@ class RegistryClient:
         return manifest
 
 
-def _read_into(body: bytearray, response: httpx.Response, limit: int) -> None:
+class _Pace:
+    """How fast a body arrives, against a floor (curl's --speed-limit / --speed-time): at least
+    :data:`_STALL_BYTES` in every :data:`_STALL_WINDOW` seconds. Each read has a timeout, but a sender
+    that sends a byte before each one ends would hold graven for hours, or weeks."""
+
+    def __init__(self) -> None:
+        self.window, self.floor = _STALL_WINDOW, _STALL_BYTES
+        self._since, self._got = time.monotonic(), 0
+
+    def too_slow(self, size: int) -> bool:
+        """Count ``size`` bytes that just arrived: whether the body came slower than the floor."""
+        self._got += size
+        now = time.monotonic()
+        if now - self._since < self.window:
+            return False
+        if self._got < self.floor:
+            return True
+        self._since, self._got = now, 0
+        return False
+
+    def said(self, what: str) -> str:
+        """``less than FLOOR in WINDOW s of WHAT``, for the error."""
+        return f"less than {_kib(self.floor)} in {self.window:g} s of {what}"
+
+
+def _read_into(body: bytearray, response: httpx.Response, limit: int) -> _Pace | None:
     """Add ``response``'s body to ``body`` as it arrives, until it ends or ``body`` holds more than
-    ``limit`` bytes: never all of an endless one (what came stays in ``body`` if reading fails)."""
+    ``limit`` bytes: never all of an endless one (what came stays in ``body`` if reading fails). The
+    :class:`_Pace` it fell below when it arrived slower than the floor (and was given up on), else
+    None."""
+    pace = _Pace()
     for chunk in response.iter_raw():
         body += chunk
         if len(body) > limit:
-            return
+            return None
+        if pace.too_slow(len(chunk)):
+            return pace
+    return None
 
 
 def _buffered(response: httpx.Response) -> httpx.Response:
     """``response`` with at most :data:`_MAX_ERROR_BODY` bytes of its body, read now (the rest is
-    never read: the connection is closed), as a response that streams them again (for ``_fail``)."""
+    never read: the connection is closed, also once it arrives slower than the floor: its status and
+    headers are what is wanted of it), as a response that streams them again (for ``_fail``)."""
     import httpx
 
     body = bytearray()
