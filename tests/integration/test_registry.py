@@ -365,6 +365,8 @@ class _Fake:
         self.said_digest: str | None = None  # the Docker-Content-Digest of every manifest HEAD, when set
         self.slow_error = False  # a 500 to every blob GET, its 64 KiB body sent 8 bytes each 50 ms
         self.slow_token = False  # the token service's answer sent 8 bytes each 50 ms
+        self.informational = False  # a manifest GET answered by "100 Continue" each 10 ms, no end
+        self.slow_headers = False  # a manifest GET's headers sent a byte each 50 ms, no end
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -468,6 +470,9 @@ class _Fake:
                     return
                 if not self._authorized():
                     return
+                if "/manifests/" in path and (fake.informational or fake.slow_headers):
+                    self._never_answer()
+                    return
                 if "/manifests/" in path:
                     found = fake.manifests.get(path.rpartition("/manifests/")[2])
                 elif "/blobs/" in path:
@@ -498,6 +503,22 @@ class _Fake:
                     self.wfile.write(found)  # and the connection closes (HTTP/1.0)
                 else:
                     self._send(200, found, {"Content-Encoding": fake.encoding} if fake.encoding else None)
+
+            def _never_answer(self) -> None:
+                """Informational answers, or a header a byte at a time: each read gets bytes in time,
+                and the answer never comes (for a minute at most, this test's own limit)."""
+                if fake.slow_headers:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                deadline = time.monotonic() + 60
+                with contextlib.suppress(OSError):  # the client went away
+                    while time.monotonic() < deadline:
+                        if fake.informational:
+                            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        else:
+                            self.wfile.write(b"a")
+                        self.wfile.flush()
+                        time.sleep(0.01 if fake.informational else 0.05)
+                self.close_connection = True
 
             def _drip(self, status: int, body: bytes) -> None:
                 self.send_response(status)
@@ -902,6 +923,26 @@ def test_an_error_or_a_token_sent_a_few_bytes_at_a_time_is_given_up_on(
     fake.slow_token = False
     code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
     assert code == 0 and out.strip() == built, err
+
+
+@pytest.mark.parametrize("how", ["informational", "slow_headers"])
+def test_a_registry_that_never_finishes_its_answers_headers_is_given_up_on(
+    how: str, built: str, run_cli: Run, fake: _Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read got bytes before its timeout, so nothing ended a registry that answered with
+    "100 Continue" after "100 Continue" (httpcore reads on until a final answer) or sent its headers a
+    byte at a time (up to h11's 100 KiB): a pull held forever, or for months. An answer's headers
+    that take longer than a limit are given up on, with a line that says so."""
+    from graven.registry import client
+
+    monkeypatch.setattr(client, "_HEADERS_TIME", 1.0)
+    setattr(fake, how, True)
+    started = time.monotonic()
+    code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert f"the registry {fake.address} did not finish the headers of its answer" in err, err
+    assert "in 1 s" in err and "try again" in err, err
+    assert time.monotonic() - started < 30
 
 
 def test_a_refused_upload_or_manifest_says_the_registrys_error_codes(

@@ -12,6 +12,7 @@ and ``GRAVEN_REGISTRY_PASSWORD`` and go only to the registry's own origin and to
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +47,10 @@ _MAX_ERROR_BODY = 64 << 10  # of a refusal's body, read for its OCI error codes
 _STALL_WINDOW = 60.0  # seconds
 _STALL_BYTES = 16 << 10  # at least this much in every window
 _MAX_TOKEN_BODY = 1 << 20  # of a token service's answer
+# an answer's status line and headers, however they arrive: each read has a timeout, but "100 Continue"
+# after "100 Continue" (httpcore reads on until a final answer) or a header a byte at a time (up to
+# h11's 100 KiB) would hold a pull forever, or for months
+_HEADERS_TIME = 60.0  # seconds, from the end of the request
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750's b64token: what a header can carry
@@ -62,6 +67,8 @@ class RegistryClient:
         user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
         self._credentials = (user, password or "") if user else None
         self._authorization: str | None = None
+        self._headers_by: float | None = None  # while an answer's headers are read: their deadline
+        self._headers_late = False  # that deadline ran out (the error says so)
         try:
             self._http = httpx.Client(
                 timeout=httpx.Timeout(60.0, connect=10.0),
@@ -109,9 +116,14 @@ class RegistryClient:
             sent = dict(headers or {})
             if self._authorization is not None and at_registry:
                 sent["Authorization"] = self._authorization
+            self._headers_late = False
             try:
                 request = self._http.build_request(
-                    method, url, headers=sent, content=body() if body is not None else None
+                    method,
+                    url,
+                    headers=sent,
+                    content=body() if body is not None else None,
+                    extensions={"trace": self._trace},  # kept by the redirects httpx builds
                 )
                 response = self._http.send(request, stream=True, follow_redirects=False)
                 redirects = 0
@@ -130,6 +142,12 @@ class RegistryClient:
             except httpx.InvalidURL as exc:
                 raise InputError(f"registry {self.reference.host}: {exc}") from None
             except httpx.HTTPError as exc:
+                if self._headers_late:
+                    raise BackendError(
+                        f"the registry {self.reference.host} did not finish the headers of its answer to "
+                        f"{method} {_origin(request.url)}{request.url.path} in {_HEADERS_TIME:g} s; given "
+                        "up on (try again, or another registry)"
+                    ) from None
                 raise BackendError(
                     f"cannot reach the registry {self.reference.host} ({self.reference.scheme}): "
                     f"{_reason(exc)}{_unreachable_hint(exc)}"
@@ -142,6 +160,38 @@ class RegistryClient:
             response.close()
             self._authenticate(challenge)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace of a request (its ``trace`` extension): each connection's reads are bound
+        to :data:`_HEADERS_TIME` while an answer's headers are read (:meth:`_read`); a body's reads
+        are held to the floor of :class:`_Pace` instead."""
+        if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            stream = info["return_value"]  # the stream httpcore reads (a TLS one over the TCP one)
+            stream.read = functools.partial(self._read, stream.read)
+        elif event == "http11.receive_response_headers.started":
+            self._headers_by = time.monotonic() + _HEADERS_TIME
+        elif event.startswith("http11.receive_response_headers."):  # complete, or failed
+            self._headers_by = None
+
+    def _read(
+        self, read: Callable[[int, float | None], bytes], size: int, timeout: float | None = None
+    ) -> bytes:
+        """``read(size, timeout)`` of a connection, its timeout cut to what is left of the headers'
+        deadline while there is one (an httpcore ``ReadTimeout`` once it has run out)."""
+        import httpcore
+
+        by = self._headers_by
+        if by is None:
+            return read(size, timeout)
+        left = by - time.monotonic()
+        if left <= 0:
+            self._headers_late = True
+            raise httpcore.ReadTimeout(f"no complete answer in {_HEADERS_TIME:g} s")
+        try:
+            return read(size, left if timeout is None else min(timeout, left))
+        except httpcore.ReadTimeout:
+            self._headers_late = time.monotonic() >= by
+            raise
 
     def _at_registry(self, url: httpx.URL) -> bool:
         """Whether ``url`` is the registry's own origin (scheme, host and port)."""
@@ -196,10 +246,18 @@ class RegistryClient:
                 )
             headers["Authorization"] = _basic(*self._credentials)
         body = bytearray()
+        self._headers_late = False
         try:
-            with self._http.stream("GET", realm_url, params=query, headers=headers) as response:
+            with self._http.stream(
+                "GET", realm_url, params=query, headers=headers, extensions={"trace": self._trace}
+            ) as response:
                 pace = _read_into(body, response, _MAX_TOKEN_BODY)  # a token is a few KiB
         except httpx.HTTPError as exc:
+            if self._headers_late:
+                raise BackendError(
+                    f"the token service {realm} did not finish the headers of its answer in "
+                    f"{_HEADERS_TIME:g} s; given up on (try again)"
+                ) from None
             raise BackendError(f"cannot reach the token service {realm}: {_reason(exc)}") from None
         if pace is not None:
             raise BackendError(
