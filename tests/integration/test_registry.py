@@ -945,6 +945,41 @@ def test_a_registry_that_never_finishes_its_answers_headers_is_given_up_on(
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("file://", " (file), which is no http or https location; refused"),
+        ("gopher://127.0.0.1:1", "to 127.0.0.1:1 (gopher), which is no http or https location"),
+        ("data:text/plain,x", "with a redirect to a location that is not a URL"),
+        ("http://127.0.0.1:1", "redirected GET "),
+    ],
+)
+def test_a_redirect_graven_cannot_follow_is_the_registrys_failure(
+    *,
+    registry: str,
+    built: str,
+    graven_home: Path,
+    run_cli: Run,
+    fake: _Fake,
+    new_home: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    storage: str,
+    says: str,
+) -> None:
+    """A blob redirected to a file:// or gopher:// location, to one that is not a URL, or to storage
+    that cannot be reached was said as the registry itself being unreachable ("check the registry's
+    address", the reference the user wrote), or as bad input (exit 2, a data: URL): each is the
+    registry's answer, exit 1, naming the redirect."""
+    assert run_cli("push", built, f"{registry}/team/app:v1")[0] == 0
+    _copy_from(registry, fake, "v1", "v1")
+    _trusting_home(new_home, graven_home, monkeypatch, run_cli, "redirected-away")
+    fake.blobs_at = storage
+    code, out, err = run_cli("pull", f"{fake.address}/team/app:v1")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert f"the registry {fake.address} " in err and says in err, err
+    assert "check the registry's address" not in err, err
+
+
 def test_a_refused_upload_or_manifest_says_the_registrys_error_codes(
     built: str, run_cli: Run, fake: _Fake
 ) -> None:

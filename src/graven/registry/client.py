@@ -125,28 +125,46 @@ class RegistryClient:
                     content=body() if body is not None else None,
                     extensions={"trace": self._trace},  # kept by the redirects httpx builds
                 )
+            except httpx.InvalidURL as exc:
+                raise InputError(f"registry {self.reference.host}: {exc}") from None
+            asked = f"{method} {_origin(request.url)}{request.url.path}"
+            hop = request  # the request last sent: a redirect's, once one is followed
+            try:
                 response = self._http.send(request, stream=True, follow_redirects=False)
                 redirects = 0
                 while follow and response.next_request is not None:  # httpx's redirect, unread
                     redirects += 1
-                    if redirects > self._http.max_redirects:
-                        response.close()
-                        raise BackendError(
-                            f"the registry {self.reference.host} redirected {method} {_origin(request.url)}"
-                            f"{request.url.path} more than {self._http.max_redirects} times"
-                        )
                     response.close()
-                    response = self._http.send(response.next_request, stream=True, follow_redirects=False)
+                    if redirects > self._http.max_redirects:
+                        raise BackendError(
+                            f"the registry {self.reference.host} redirected {asked} more than "
+                            f"{self._http.max_redirects} times"
+                        )
+                    hop = response.next_request
+                    if hop.url.scheme not in ("http", "https"):  # file://, ...: httpx says no protocol
+                        raise BackendError(
+                            f"the registry {self.reference.host} redirected {asked} to {_place(hop.url)}, "
+                            "which is no http or https location; refused"
+                        )
+                    response = self._http.send(hop, stream=True, follow_redirects=False)
                 if not stream:
                     response = _buffered(response)
-            except httpx.InvalidURL as exc:
-                raise InputError(f"registry {self.reference.host}: {exc}") from None
+            except httpx.InvalidURL as exc:  # a redirect's Location (httpx reads one of every answer)
+                raise BackendError(
+                    f"the registry {self.reference.host} answered {asked} with a redirect to a location "
+                    f"that is not a URL ({_reason(exc)})"
+                ) from None
             except httpx.HTTPError as exc:
                 if self._headers_late:
                     raise BackendError(
                         f"the registry {self.reference.host} did not finish the headers of its answer to "
-                        f"{method} {_origin(request.url)}{request.url.path} in {_HEADERS_TIME:g} s; given "
-                        "up on (try again, or another registry)"
+                        f"{method} {_origin(hop.url)}{hop.url.path} in {_HEADERS_TIME:g} s; given up on "
+                        "(try again, or another registry)"
+                    ) from None
+                if hop is not request:  # where the registry sent it: not what the reference names
+                    raise BackendError(
+                        f"the registry {self.reference.host} redirected {asked} to {_place(hop.url)}, "
+                        f"which failed: {_reason(exc)}"
                     ) from None
                 raise BackendError(
                     f"cannot reach the registry {self.reference.host} ({self.reference.scheme}): "
@@ -597,6 +615,12 @@ def _origin(url: httpx.URL) -> str:
     """``HOST[:PORT]`` of ``url`` (an IPv6 address in brackets), nothing else of it."""
     host = f"[{url.host}]" if ":" in url.host else url.host
     return host if url.port is None else f"{host}:{url.port}"
+
+
+def _place(url: httpx.URL) -> str:
+    """``HOST[:PORT] (SCHEME)`` of ``url`` (httpx gives a redirect to ``file:///...`` the host that
+    answered)."""
+    return f"{_origin(url)} ({url.scheme})"
 
 
 def _reason(exc: Exception) -> str:
