@@ -992,6 +992,29 @@ def test_a_refused_upload_or_manifest_says_the_registrys_error_codes(
     assert err.count("\n") == 1, err
 
 
+def test_a_refusal_that_echoes_the_credentials_does_not_show_them(
+    built: str, run_cli: Run, fake: _Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry (or a proxy before it) whose refusal quotes the request's Authorization: its
+    message went into the error line as it was, the Basic credentials (base64) or the token with it
+    (the CLI hides only a password's own text, and one of 6 characters or more)."""
+    monkeypatch.setenv("GRAVEN_REGISTRY_USERNAME", "ci")
+    monkeypatch.setenv("GRAVEN_REGISTRY_PASSWORD", "pw1x")
+    fake.user = ("ci", "pw1x")
+    basic = base64.b64encode(b"ci:pw1x").decode()
+    fake.refusal = json.dumps(
+        {
+            "errors": [
+                {"code": "DENIED", "message": "token Bearer t0ken is not valid for this"},
+                {"code": "DENIED", "message": f"Basic {basic} (ci:pw1x) is not valid either"},
+            ]
+        }
+    ).encode()
+    code, out, err = run_cli("push", built, f"{fake.address}/team/app:v1")
+    assert code == 1 and "HTTP 400 (DENIED: token Bearer *** is not valid" in err, err
+    assert "t0ken" not in err + out and basic not in err + out and "pw1x" not in err + out, err
+
+
 @pytest.mark.parametrize("token", ["t\u00f6ken", "t0ken\r\nX-Other: 1", "t0 ken"])
 def test_a_token_that_is_no_bearer_token_is_one_line(
     token: str, run_cli: Run, fake: _Fake, monkeypatch: pytest.MonkeyPatch

@@ -309,7 +309,7 @@ class RegistryClient:
         with contextlib.suppress(Exception):  # a body that cannot be read: the status says enough
             _read_into(body, response, _MAX_ERROR_BODY)  # as much as came before a stall, if one did
         response.close()
-        detail = _errors(response.status_code, bytes(body))
+        detail = self._unsaid(_errors(response.status_code, bytes(body)))
         if response.status_code in (401, 403) and not self._at_registry(response.url):
             # a redirect's target (the registry's storage), which gets no credentials: not theirs
             return BackendError(
@@ -321,6 +321,22 @@ class RegistryClient:
                 f"the registry {self.reference.host} refused to {what}: {detail}; {self._hint()}"
             )
         return BackendError(f"the registry {self.reference.host} could not {what}: {detail}")
+
+    def _unsaid(self, said: str) -> str:
+        """What a registry ``said`` (its error messages) without the credentials or the token it may
+        quote back (a proxy that echoes the request's Authorization): the password (of 4 characters
+        or more: a shorter one would be replaced in any word), their Basic form, the bearer token."""
+        secrets = set()
+        if self._authorization is not None:
+            secrets.add(self._authorization.partition(" ")[2])
+        if self._credentials is not None:
+            secrets.add(_basic(*self._credentials).partition(" ")[2])
+            if len(self._credentials[1]) >= 4:
+                secrets.add(self._credentials[1])
+        for secret in sorted(secrets, key=len, reverse=True):
+            if secret:
+                said = said.replace(secret, "***")
+        return said
 
     def _streamed(self, response: httpx.Response, what: str) -> Iterator[bytes]:
         """The body of ``response`` as it was sent (a Content-Encoding is not undone: the bytes a
