@@ -184,8 +184,9 @@ class RegistryClient:
         to :data:`_HEADERS_TIME` while an answer's headers are read (:meth:`_read`); a body's reads
         are held to the floor of :class:`_Pace` instead."""
         if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
-            stream = info["return_value"]  # the stream httpcore reads (a TLS one over the TCP one)
-            stream.read = functools.partial(self._read, stream.read)
+            stream = info.get("return_value")  # the stream httpcore reads (a TLS one over the TCP one)
+            if stream is not None:
+                stream.read = functools.partial(self._read, stream.read)
         elif event == "http11.receive_response_headers.started":
             self._headers_by = time.monotonic() + _HEADERS_TIME
         elif event.startswith("http11.receive_response_headers."):  # complete, or failed
