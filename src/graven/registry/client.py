@@ -186,7 +186,8 @@ class RegistryClient:
         if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
             stream = info.get("return_value")  # the stream httpcore reads (a TLS one over the TCP one)
             if stream is not None:
-                stream.read = functools.partial(self._read, stream.read)
+                with contextlib.suppress(AttributeError):  # a stream class with slots: left as it is
+                    stream.read = functools.partial(self._read, stream.read)
         elif event == "http11.receive_response_headers.started":
             self._headers_by = time.monotonic() + _HEADERS_TIME
         elif event.startswith("http11.receive_response_headers."):  # complete, or failed

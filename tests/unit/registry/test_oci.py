@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -243,3 +244,30 @@ def test_is_loopback_takes_any_spelling_of_this_machines_addresses() -> None:
 
     assert all(map(is_loopback, ["localhost", "LOCALHOST", "127.0.0.1", "127.255.0.9", "::1", "[::1]"]))
     assert not any(map(is_loopback, ["", "localhost.", "10.0.0.1", "[::2]", "::ffff:8.8.8.8", "host"]))
+
+
+def test_a_connection_stream_that_takes_no_new_read_is_left_as_it_is() -> None:
+    """The headers' deadline wraps each connection's ``read`` through httpcore's trace extension; a
+    stream whose class takes no new attribute (slots) must leave the request alone, not fail it."""
+    from graven.registry.client import RegistryClient
+    from graven.registry.oci import Reference
+
+    class Slotted:
+        __slots__ = ("read",)
+        read: Callable[..., bytes]
+
+        def __init__(self) -> None:
+            object.__setattr__(self, "read", lambda size, timeout=None: b"")
+
+    class Fixed:
+        __slots__ = ()
+
+        def read(self, size: int, timeout: float | None = None) -> bytes:
+            return b"x"
+
+    with RegistryClient(Reference.parse("127.0.0.1:5000/team/app:v1")) as client:
+        client._trace("connection.connect_tcp.complete", {"return_value": Fixed()})  # read not assignable
+        client._trace("connection.connect_tcp.complete", {})
+        slotted = Slotted()
+        client._trace("connection.connect_tcp.complete", {"return_value": slotted})
+        assert slotted.read(1) == b""  # wrapped: no deadline outside an answer's headers
