@@ -906,7 +906,12 @@ def _tree_from_steps(
                             differences,
                             first.work,
                             second.work,
-                            confine=diffoscope_confinement(ctx, source.repo, source.pipeline),
+                            confine=diffoscope_confinement(
+                                ctx,
+                                source.repo,
+                                source.pipeline,
+                                devices=second.workspace.root / "diffoscope-dev",
+                            ),
                             scratch=second.workspace.root / "diffoscope",
                         ),
                         second.described,

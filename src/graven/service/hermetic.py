@@ -53,6 +53,7 @@ from graven.build.sandbox import (
     build_user,
     bwrap_argv,
     credential_paths,
+    drop_argv,
     find_bwrap,
     hidden_paths,
     host_root_entries,
@@ -436,19 +437,27 @@ def _hand_over(runner: StepRunner, *paths: Path) -> None:
         give_to(paths, user.uid, user.gid)
 
 
-def diffoscope_confinement(ctx: Context, repo: GitRepo, pipeline: Pipeline) -> Confine | None:
+def diffoscope_confinement(
+    ctx: Context, repo: GitRepo, pipeline: Pipeline, *, devices: Path | None = None
+) -> Confine | None:
     """How diffoscope runs on two builds of ``pipeline``'s steps: in a sandbox as they ran (bubblewrap:
     no network, no capability, the host read-only with the same directories hidden and credential
     files masked, the first tree read-only at /build/src, the second at /build/work, HOME and /tmp its
     own), so that a commit that makes its build differ on purpose, and feeds diffoscope's parsers
     (archivers, binutils, decompilers) what it likes, reaches nothing its steps could not; None (on
     the host, with an environment of its own: :func:`graven.build.compare.diffoscope_environment`)
-    for steps that ran on the host (``sandbox = "none"``) or where bubblewrap is gone meanwhile."""
+    for steps that ran on the host (``sandbox = "none"``) or where bubblewrap is gone meanwhile.
+
+    In a build run as root, as the steps: as the steps' user (``GRAVEN_BUILD_USER``: the trees and its
+    scratch directory must be that user's to reach, see :func:`diffoscope_user`), and with graven's own
+    device nodes, made in ``devices`` (a directory no step or diffoscope run can write: the
+    workspace's), not the host's, which bwrap's ``--dev`` binds writable (root owns them)."""
     if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
         return None
     bwrap = find_bwrap()
     if bwrap is None:
         return None
+    user = build_user()
     host_path = os.environ.get("PATH")
     cred_dirs, cred_files = credential_paths(user_homes())
     hidden = hidden_paths(
@@ -464,27 +473,51 @@ def diffoscope_confinement(ctx: Context, repo: GitRepo, pipeline: Pipeline) -> C
         (host_path or "").split(os.pathsep),
     )
     masked = masked_files([*_secret_files(ctx), *cred_files], hidden)
+    if user is not None:  # what that user cannot reach needs no hiding (and bwrap, as it, cannot)
+        hidden = tuple(path for path in hidden if searchable_by(path, user))
+        masked = tuple(path for path in masked if searchable_by(path, user))
     root_entries = host_root_entries()
     env = {**diffoscope_environment(Path(BUILD_HOME)), "TMPDIR": SANDBOX_TMP}
+    nodes: list[str | None] = []  # made once, at the first run
 
     def confine(tool: str, a_root: Path, b_root: Path, path: str, scratch: Path) -> list[str]:
+        if not nodes:
+            made = None
+            if devices is not None and not devices.exists():
+                made = make_private_devices(devices, None, user)
+            nodes.append(made)
+        if user is not None:  # HOME: made by graven, 0700
+            give_to([scratch], user.uid, user.gid)
         # the PATH directories (and diffoscope's own) below a hidden one stay reachable, as for steps
         tools = [*env["PATH"].split(os.pathsep), os.path.dirname(os.path.abspath(tool))]
+        shown = shown_paths((*hidden, *UNSHOWN_TOOL_PARENTS), tools)
+        if user is not None:
+            shown = tuple(pair for pair in shown if searchable_by(os.path.join(pair[0], "."), user))
         layout = SandboxLayout(
             src=a_root,
             work=b_root,
             home=scratch,
             root_entries=root_entries,
             hidden=hidden,
-            shown=shown_paths((*hidden, *UNSHOWN_TOOL_PARENTS), tools),
+            shown=shown,
             masked=masked,
-            map_root=os.geteuid() != 0,
+            devices=nodes[0],
+            map_root=os.geteuid() != 0 or user is not None,
         )
         command = [tool, *DIFFOSCOPE_OPTIONS, f"{BUILD_SRC}/{path}", f"{BUILD_WORK}/{path}"]
-        disable_userns = userns_disable_supported(bwrap)
-        return bwrap_argv(bwrap, layout, env, command, disable_userns=disable_userns)
+        disable_userns = userns_disable_supported(bwrap, user)
+        argv = bwrap_argv(bwrap, layout, env, command, disable_userns=disable_userns)
+        return argv if user is None else [*drop_argv(user), *argv]
 
     return confine
+
+
+def diffoscope_user(pipeline: Pipeline) -> BuildUser | None:
+    """The host user diffoscope runs as on ``pipeline``'s builds when that is not graven's own: a root
+    build's steps' user (``GRAVEN_BUILD_USER``), whom what it reads must be given to."""
+    if pipeline.build.sandbox != SANDBOX_BUBBLEWRAP:
+        return None
+    return build_user()
 
 
 ALLOW_UNSANDBOXED = "GRAVEN_ALLOW_UNSANDBOXED"

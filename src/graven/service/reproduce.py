@@ -22,8 +22,9 @@ from urllib.parse import unquote, urlparse
 from graven import __version__
 from graven.build.compare import Confine, Difference, HashOnlyBatch, diff_entries, with_diffoscope
 from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
-from graven.build.sandbox import SANDBOX_NONE
+from graven.build.sandbox import SANDBOX_NONE, BuildUser
 from graven.build.tree import collect_tree
+from graven.build.workspace import give_to
 from graven.core.globs import Selection
 from graven.errors import BackendError, InputError, NotFoundError, PolicyError, VerificationError
 from graven.model.digest import Digest
@@ -31,7 +32,7 @@ from graven.model.manifest import FileEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, parse_pipeline
 from graven.service.artifacts import load_manifest
 from graven.service.context import Context
-from graven.service.hermetic import Opener, diffoscope_confinement, run_step_build
+from graven.service.hermetic import Opener, diffoscope_confinement, diffoscope_user, run_step_build
 from graven.service.provenance import load_policy, verified_provenance
 from graven.signing.bundle import load_attestation
 from graven.signing.provenance import ProvenanceStatement, ResourceRef, parse_statement
@@ -196,9 +197,15 @@ def rebuild(
                 if ref.name.startswith(FETCHED_PREFIX) and old is not None and old != ref.digest:
                     notes.append(f"{ref.name}: fetched {ref.digest}, recorded {old}")
             differences = diff_entries(recorded.entries, rebuilt.entries, ("recorded artifact", "rebuild"))
-            confine = diffoscope_confinement(ctx, git, pipeline)
+            devices = run.workspace.root / "diffoscope-dev"
+            confine = diffoscope_confinement(ctx, git, pipeline, devices=devices)
             differences = _with_diffoscope(
-                ctx, differences, run.work, confine, run.workspace.root / "diffoscope"
+                ctx,
+                differences,
+                run.work,
+                confine,
+                run.workspace.root / "diffoscope",
+                user=diffoscope_user(pipeline),
             )
     if str(rebuilt.digest) != str(digest) and statement.graven_version != __version__:
         notes.append(_rules_note(statement.graven_version or "(unknown)"))
@@ -241,8 +248,12 @@ def _with_diffoscope(
     rebuilt_root: Path,
     confine: Confine | None,
     scratch: Path,
+    *,
+    user: BuildUser | None = None,
 ) -> list[Difference]:
-    """Diffoscope the recorded file (written out of the store) against the rebuilt one."""
+    """Diffoscope the recorded file (written out of the store) against the rebuilt one; with ``user``
+    (a root build's steps' user, whom diffoscope runs as), the recorded files are written beside
+    ``scratch`` (in the rebuild's workspace, which that user reaches) and given to it."""
     wanted = [
         d
         for d in differences
@@ -253,15 +264,23 @@ def _with_diffoscope(
     with contextlib.ExitStack() as stack:
         # in the store's tmp/ (a recorded file may be large; a tmpfs /tmp small), where the next
         # rebuild's clean_tmp removes what a killed one left; in $TMPDIR where the home is read-only
-        try:
-            ctx.store.clean_tmp()
-            recorded_root = stack.enter_context(ctx.store.scratch_dir("rebuild"))
-        except BackendError:
-            recorded_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="graven-rebuild-")))
+        if user is not None:  # the home's store is root's alone (0700): in the workspace instead
+            recorded_root = scratch.parent / "recorded"
+            recorded_root.mkdir(mode=0o700)
+        else:
+            try:
+                ctx.store.clean_tmp()
+                recorded_root = stack.enter_context(ctx.store.scratch_dir("rebuild"))
+            except BackendError:
+                recorded_root = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="graven-rebuild-"))
+                )
         for item in wanted:
             assert isinstance(item.a, FileEntry)
             target = recorded_root / item.path
             target.parent.mkdir(parents=True, exist_ok=True)
             with ctx.store.open(item.a.digest) as source, open(target, "wb") as handle:
                 shutil.copyfileobj(source, handle, 1 << 20)
+        if user is not None:
+            give_to([recorded_root], user.uid, user.gid)
         return with_diffoscope(differences, recorded_root, rebuilt_root, confine=confine, scratch=scratch)
