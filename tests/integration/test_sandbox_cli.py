@@ -5,6 +5,7 @@ name the step, and the sandbox kind in the provenance."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -241,6 +242,38 @@ def test_a_step_cannot_read_the_users_credentials(
     # the control: the same home is mirrored, so a file that is no credential reads as it is
     assert f"{home / 'notes.txt'}: 'visible\\n'" in report, report
     assert len(report.splitlines()) == len(secrets) + 1, report  # every file was tried
+
+
+def test_a_step_cannot_read_the_credentials_the_environment_names(
+    graven_home: Path,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    run_cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CI job's cloud login (GOOGLE_APPLICATION_CREDENTIALS: a file in the runner's temp directory,
+    which the sandbox mirrors), a docker login (DOCKER_CONFIG): the operator's environment names them.
+    Stood in for by host files and directories the sandbox mirrors (nothing here writes outside the
+    test's directories): /etc/hostname and /etc/ssl, with /etc/hosts as the control."""
+    for needed in ("/etc/hostname", "/etc/hosts", "/etc/ssl/openssl.cnf"):
+        if not os.path.isfile(needed) or os.path.islink(needed):
+            pytest.skip(f"{needed} is not a plain file here")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/etc/hostname")
+    monkeypatch.setenv("DOCKER_CONFIG", "/etc/ssl")
+    targets = "/etc/hostname /etc/ssl/openssl.cnf /etc/hosts"
+    repo = make_repo(tmp_path / "repo", {"probe.py": READ_PROBE}, _toml(f"{PY} probe.py {targets}"))
+    (report,) = _built_files(run_cli, repo, tmp_path, "report.txt")
+    lines = report.splitlines()
+    assert lines[0] == "/etc/hostname: Permission denied", report
+    assert lines[1] == "/etc/ssl/openssl.cnf: No such file or directory", report
+    assert lines[2].startswith("/etc/hosts: '"), report  # the control: the rest of /etc reads as it is
+
+    # one the operator passes to the steps ([build] env, allowed by GRAVEN_PASS_ENV) is theirs to read
+    monkeypatch.setenv("GRAVEN_PASS_ENV", "GOOGLE_APPLICATION_CREDENTIALS")
+    passing = _toml(f"{PY} probe.py {targets}", extra='env = ["GOOGLE_APPLICATION_CREDENTIALS"]\n')
+    repo = make_repo(tmp_path / "passing", {"probe.py": READ_PROBE}, passing)
+    (report,) = _built_files(run_cli, repo, tmp_path, "report.txt")
+    assert report.splitlines()[0].startswith("/etc/hostname: '"), report
 
 
 def test_a_step_cannot_read_the_postgresql_service_file(

@@ -592,6 +592,94 @@ def credential_paths(homes: Iterable[str]) -> tuple[list[Path], list[Path]]:
     return dirs, files
 
 
+# Where the operator's own environment says credentials are, wherever that is: a CI job's cloud login
+# (google-github-actions/auth writes GOOGLE_APPLICATION_CREDENTIALS into the runner's temp directory,
+# which the sandbox mirrors), a docker or kubectl login in a directory of the job's, an SSH agent's
+# socket (an agent signs with the user's keys for whoever connects). Directories are hidden, files and
+# sockets masked, as those below the home are.
+CREDENTIAL_ENV_DIRS: Final = (
+    "GNUPGHOME",
+    "DOCKER_CONFIG",
+    "CLOUDSDK_CONFIG",
+    "AZURE_CONFIG_DIR",
+    "GH_CONFIG_DIR",
+    "PASSWORD_STORE_DIR",
+)
+CREDENTIAL_ENV_FILES: Final = (
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "KUBECONFIG",  # a list, as PATH
+    "REGISTRY_AUTH_FILE",
+    "GIT_CONFIG_GLOBAL",
+    "NETRC",
+    "NPM_CONFIG_USERCONFIG",
+    "npm_config_userconfig",
+    "PIP_CONFIG_FILE",
+    "RCLONE_CONFIG",
+    "TF_CLI_CONFIG_FILE",
+    "BOTO_CONFIG",
+    "VAULT_CONFIG_PATH",
+    "HISTFILE",
+    "SSH_AUTH_SOCK",
+)
+# Variables naming a directory of tools that holds credentials too: those alone (the rest is a
+# toolchain the steps may use), as for the home's ~/.cargo.
+CREDENTIAL_ENV_HOMES: Final = (
+    ("CARGO_HOME", ".cargo/"),
+    ("GRADLE_USER_HOME", ".gradle/"),
+    ("XDG_CONFIG_HOME", ".config/"),
+    ("XDG_DATA_HOME", ".local/share/"),
+)
+
+
+def environment_credentials(
+    environ: Mapping[str, str], homes: Iterable[str] = ()
+) -> tuple[list[Path], list[Path]]:
+    """The credential directories and files ``environ`` names (:data:`CREDENTIAL_ENV_DIRS`,
+    :data:`CREDENTIAL_ENV_FILES`, and the credential places of :data:`CREDENTIAL_DIRS` and
+    :data:`CREDENTIAL_FILES` below :data:`CREDENTIAL_ENV_HOMES`). Absolute paths only (a relative one
+    names no host file here); a directory that is one of ``homes`` or holds one is left out: hiding it
+    would hide the home's toolchains, whose credentials are looked for by name. Pure."""
+    bases = [os.path.normpath(home) for home in homes if home and os.path.isabs(home)]
+    dirs: list[Path] = []
+    files: list[Path] = []
+    for name in CREDENTIAL_ENV_DIRS:
+        value = environ.get(name, "")
+        if not os.path.isabs(value):
+            continue
+        real = os.path.normpath(value)
+        if any(base == real or base.startswith(real.rstrip("/") + "/") for base in bases):
+            continue
+        dirs.append(Path(real))
+    for name in CREDENTIAL_ENV_FILES:
+        for value in environ.get(name, "").split(os.pathsep):
+            if os.path.isabs(value):
+                files.append(Path(os.path.normpath(value)))
+    for name, prefix in CREDENTIAL_ENV_HOMES:
+        value = environ.get(name, "")
+        if not os.path.isabs(value):
+            continue
+        base = Path(os.path.normpath(value))
+        dirs += [base / entry[len(prefix) :] for entry in CREDENTIAL_DIRS if entry.startswith(prefix)]
+        files += [base / entry[len(prefix) :] for entry in CREDENTIAL_FILES if entry.startswith(prefix)]
+    return list(dict.fromkeys(dirs)), list(dict.fromkeys(files))
+
+
+def user_credentials(passed: Collection[str] = ()) -> tuple[list[Path], list[Path]]:
+    """The credential directories and files of the user running graven: below its homes
+    (:func:`credential_paths`) and where its environment says (:func:`environment_credentials`), but
+    for the variables ``passed`` to the steps (``[build] env``, as the operator allowed: the steps are
+    meant to use what those name)."""
+    homes = user_homes()
+    dirs, files = credential_paths(homes)
+    environ = {name: value for name, value in os.environ.items() if name not in passed}
+    named_dirs, named_files = environment_credentials(environ, homes)
+    return [*dirs, *named_dirs], [*files, *named_files]
+
+
 def user_homes() -> list[str]:
     """The home directories of the user running graven: ``$HOME`` and the password database's."""
     homes = [os.environ.get("HOME", "")]
@@ -603,14 +691,20 @@ def user_homes() -> list[str]:
 
 
 def masked_files(candidates: Iterable[Path], hidden: Iterable[str]) -> tuple[str, ...]:
-    """Host files to replace by /dev/null: ``candidates`` (resolved) that are regular files the
-    sandbox would otherwise show (not below an unmirrored or a hidden directory)."""
+    """Host files to replace by /dev/null: ``candidates`` (resolved) that are regular files or sockets
+    (an SSH agent's) the sandbox would otherwise show (not below an unmirrored or a hidden directory)."""
+    import stat
+
     covered = tuple(hidden)
     chosen: set[str] = set()
     for candidate in candidates:
         real = os.path.realpath(candidate)
         top = real.strip("/").split("/", 1)[0]
-        if not os.path.isfile(real) or top in _NOT_MIRRORED:
+        try:
+            mode = os.stat(real).st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISSOCK(mode)) or top in _NOT_MIRRORED:
             continue
         if any(real.startswith(h + "/") for h in covered):
             continue

@@ -52,7 +52,6 @@ from graven.build.sandbox import (
     available_cpus,
     build_user,
     bwrap_argv,
-    credential_paths,
     drop_argv,
     find_bwrap,
     hidden_paths,
@@ -64,6 +63,7 @@ from graven.build.sandbox import (
     searchable_by,
     shown_paths,
     step_limits_here,
+    user_credentials,
     user_homes,
     userns_disable_supported,
     varied_cpus,
@@ -372,7 +372,7 @@ def _runner(
     # in a TMPDIR the sandbox mirrors, and where `build --check` makes its second one from this TMPDIR,
     # /var/tmp when TMPDIR is a tmpfs: in both builds of a check, which then see the same; this one is
     # bound at /build), and an SQLite database outside the home.
-    cred_dirs, cred_files = credential_paths(user_homes())
+    cred_dirs, cred_files = user_credentials(passed)
     workspaces = [Path(tempfile.gettempdir()), *_check_dirs()]
     hidden = hidden_paths(
         [ctx.home.root, *_default_homes(), repo.root, *repo.git_dirs(), *workspaces, *cred_dirs],
@@ -459,7 +459,7 @@ def diffoscope_confinement(
         return None
     user = build_user()
     host_path = os.environ.get("PATH")
-    cred_dirs, cred_files = credential_paths(user_homes())
+    cred_dirs, cred_files = user_credentials()
     hidden = hidden_paths(
         [
             ctx.home.root,

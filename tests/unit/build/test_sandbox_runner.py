@@ -18,6 +18,7 @@ from graven.build.sandbox import (
     SandboxLayout,
     bwrap_argv,
     credential_paths,
+    environment_credentials,
     hidden_paths,
     make_private_devices,
     masked_files,
@@ -267,6 +268,57 @@ def test_credential_paths_name_the_usual_places_below_each_absolute_home() -> No
     assert Path("/home/ci/.netrc") in files and Path("/home/ci/.git-credentials") in files
     assert all(str(p).startswith("/home/ci/") for p in [*dirs, *files])  # no relative or empty home
     assert len(dirs) == len(set(dirs))  # each home once
+
+
+def test_credentials_the_environment_names_are_candidates_too() -> None:
+    """A CI job's cloud login (GOOGLE_APPLICATION_CREDENTIALS in its temp directory), a docker login's
+    DOCKER_CONFIG, an XDG_CONFIG_HOME elsewhere than ~/.config: the operator's environment says where
+    the credentials are, wherever that is."""
+    environ = {
+        "GOOGLE_APPLICATION_CREDENTIALS": "/home/runner/work/_temp/gha-creds.json",
+        "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks/token",
+        "KUBECONFIG": "/srv/ci/kube-a:/srv/ci/kube-b::relative",
+        "DOCKER_CONFIG": "/srv/ci/docker",
+        "SSH_AUTH_SOCK": "/home/ci/.1password/agent.sock",
+        "XDG_CONFIG_HOME": "/srv/cfg",
+        "XDG_DATA_HOME": "/srv/data",
+        "CARGO_HOME": "/opt/cargo",
+        "GNUPGHOME": "/home/ci",  # the home itself: hiding it would hide the home's toolchains
+        "NETRC": "relative/netrc",
+        "PATH": "/srv/ci/docker",
+    }
+    dirs, files = environment_credentials(environ, homes=["/home/ci"])
+    assert Path("/srv/ci/docker") in dirs and Path("/srv/cfg/gh") in dirs
+    assert Path("/srv/data/keyrings") in dirs
+    assert Path("/home/ci") not in dirs  # nor a directory holding a home
+    assert environment_credentials({"DOCKER_CONFIG": "/home"}, homes=["/home/ci"])[0] == []
+    for named in (
+        "/home/runner/work/_temp/gha-creds.json",
+        "/var/run/secrets/eks/token",
+        "/srv/ci/kube-a",
+        "/srv/ci/kube-b",
+        "/home/ci/.1password/agent.sock",
+        "/srv/cfg/git/credentials",
+        "/srv/cfg/pip/pip.conf",
+        "/opt/cargo/credentials.toml",
+    ):
+        assert Path(named) in files, named
+    assert all(p.is_absolute() for p in [*dirs, *files])  # a relative one names nothing of the host
+    assert Path("/opt/cargo") not in dirs  # CARGO_HOME holds the toolchain: its credentials alone
+    assert environment_credentials({}, homes=["/home/ci"]) == ([], [])
+
+
+def test_a_socket_is_masked_as_a_file_is(tmp_path: Path) -> None:
+    """SSH_AUTH_SOCK in a mirrored directory: the agent would sign with the user's keys."""
+    import socket
+
+    path = tmp_path / "agent.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        if str(path.resolve()).startswith("/tmp/"):  # the sandbox's /tmp is its own
+            assert masked_files([path], []) == ()
+            return
+        assert masked_files([path], []) == (os.path.realpath(path),)
 
 
 def test_private_devices_replace_the_hosts_in_dev(tmp_path: Path) -> None:
