@@ -25,6 +25,7 @@ from graven.model.digest import Digest
 from graven.model.manifest import FileEntry, SymlinkEntry, TreeEntry
 
 __all__ = [
+    "DIFFOSCOPE_FILES",
     "Confine",
     "Difference",
     "HashOnlyBatch",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 DIFFOSCOPE_LINES = 12
+DIFFOSCOPE_FILES = 10  # files summarized per comparison (in path order); the rest are only listed
 DIFFOSCOPE_TIMEOUT = 120
 DIFFOSCOPE_OPTIONS = ("--no-progress", "--text", "-")
 
@@ -206,16 +208,25 @@ def with_diffoscope(
     scratch: Path | None = None,
 ) -> list[Difference]:
     """Add diffoscope's summary to each differing regular file present on both sides (when installed),
-    each run confined by ``confine`` (else on the host, with an environment of its own). ``scratch``
-    (made, 0700) holds its HOME and temp files: in a build's workspace, which the next build reclaims
-    after a kill; else a temporary directory of its own."""
+    the first :data:`DIFFOSCOPE_FILES` of them only (each run may take up to
+    :data:`DIFFOSCOPE_TIMEOUT` seconds: a build that differs in every file would wait hours for
+    summaries nobody reads), each run confined by ``confine`` (else on the host, with an environment
+    of its own). ``scratch`` (made, 0700) holds its HOME and temp files: in a build's workspace, which
+    the next build reclaims after a kill; else a temporary directory of its own."""
     tool = diffoscope or shutil.which("diffoscope")
     if tool is None or a_root is None or b_root is None:
         return list(differences)
     result: list[Difference] = []
+    runs = 0
     with _scratch_dir(scratch) as home:
         for item in differences:
-            if isinstance(item.a, FileEntry) and isinstance(item.b, FileEntry) and "content" in item.aspects:
+            if (
+                runs < DIFFOSCOPE_FILES
+                and isinstance(item.a, FileEntry)
+                and isinstance(item.b, FileEntry)
+                and "content" in item.aspects
+            ):
+                runs += 1
                 summary = diffoscope_summary(
                     a_root, b_root, item.path, diffoscope=tool, confine=confine, scratch=home
                 )

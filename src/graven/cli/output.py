@@ -191,16 +191,25 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-def write_differences(differences: Iterable[Difference]) -> None:
+SHOWN_DIFFERENCES = 100  # differs: lines on a terminal; --json lists every difference
+
+
+def write_differences(differences: Sequence[Difference]) -> None:
     """Each path two builds differ in, ``differs: PATH: DETAIL`` on stderr, with diffoscope's summary
     indented under it: the path is a value of the artifact (:func:`printable`), the detail a line graven
     composed around quoted values (:func:`printable_message`), and diffoscope's lines quote the files
-    themselves (shown as a file's lines are: tabs kept, anything else escaped)."""
-    for item in differences:
+    themselves (shown as a file's lines are: tabs kept, anything else escaped). The first
+    :data:`SHOWN_DIFFERENCES` paths, then one line counting the others (a build that differs
+    everywhere would bury the error line under thousands)."""
+    for item in differences[:SHOWN_DIFFERENCES]:
         sys.stderr.write(f"differs: {printable(item.path)}: {printable_message(item.detail)}\n")
         if item.diffoscope:
             for line in item.diffoscope.split("\n"):
                 sys.stderr.write(f"    {printable(line, tabs=True)}\n")
+    hidden = len(differences) - SHOWN_DIFFERENCES
+    if hidden > 0:
+        noun = "path" if hidden == 1 else "paths"
+        sys.stderr.write(f"... and {hidden} more differing {noun} (--json lists every one)\n")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

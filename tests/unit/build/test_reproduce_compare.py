@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from graven.build.compare import NotReproducibleError, diff_entries, diffoscope_summary, with_diffoscope
+from graven.build.compare import (
+    DIFFOSCOPE_FILES,
+    NotReproducibleError,
+    diff_entries,
+    diffoscope_summary,
+    with_diffoscope,
+)
 from graven.errors import ConfigError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry
 from graven.model.pipeline import parse_pipeline
@@ -69,6 +75,31 @@ def test_diffoscope_summary_is_added_for_changed_files(tmp_path: Path) -> None:
     assert item.diffoscope.splitlines() == [f"--- {a}/out/f.txt", f"+++ {b}/out/f.txt", "@@ -1 +1 @@"]
     missing = str(tmp_path / "missing")
     assert diffoscope_summary(a, b, "out/f.txt", diffoscope=missing) is not None  # reported, not raised
+
+
+def test_diffoscope_runs_on_a_bounded_number_of_files(tmp_path: Path) -> None:
+    """A thousand differing files ran diffoscope a thousand times (each up to two minutes): a check
+    or rebuild that differs everywhere took hours before it said so. Only the first few get a
+    summary; the rest are still listed (--json lists every one)."""
+    count = DIFFOSCOPE_FILES + 30
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        for i in range(count):
+            (root / f"f{i:03}").write_text(root.name)
+    calls = tmp_path / "calls"
+    tool = tmp_path / "diffoscope"
+    tool.write_text(f'#!/bin/sh\necho x >> {calls}\necho "--- $4"\nexit 1\n')
+    tool.chmod(0o755)
+    differences = diff_entries(
+        [FileEntry(f"f{i:03}", A, 1) for i in range(count)],
+        [FileEntry(f"f{i:03}", B, 1) for i in range(count)],
+    )
+    found = with_diffoscope(differences, a, b, diffoscope=str(tool))
+    assert len(found) == count
+    assert len(calls.read_text().splitlines()) == DIFFOSCOPE_FILES
+    assert all(d.diffoscope is not None for d in found[:DIFFOSCOPE_FILES])
+    assert all(d.diffoscope is None for d in found[DIFFOSCOPE_FILES:])
 
 
 def test_diffoscope_never_gets_graven_s_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
