@@ -194,6 +194,23 @@ def test_check_catches_a_step_that_records_how_many_cpus_it_may_use(
     assert any("CPUs" in v for v in check["variations"]), check["variations"]
 
 
+def test_a_step_failing_only_in_the_varied_build_is_named_as_the_check_s_second_build(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """A step that fails only under --check's variations (one that asserts the umask, the hostname)
+    said only "build step 1 failed": the same as a broken pipeline, though `graven build` passes."""
+    repo = make_repo(tmp_path / "repo", APP, _toml("mkdir out && cp -r app out/", 'test "$(umask)" = 0022'))
+    code, out, err = run_cli("build", "-C", repo, "--check")
+    assert code == 1 and out == "", err
+    [line] = err.strip().splitlines()
+    assert line.startswith("graven: error: the second build of --check failed where the first passed"), err
+    assert "umask (002)" in line and "build step 2" in line, err
+    assert _artifacts(run_cli) == []
+    code, out, err = run_cli("build", "-C", repo, "--check", "--json")
+    assert code == 1 and "the second build of --check" in json.loads(out)["error"]["message"]
+    assert run_cli("build", "-C", repo)[0] == 0
+
+
 def _clone(origin: Path, dest: Path) -> Path:
     subprocess.run(
         ["git", "clone", "-q", str(origin), str(dest)], env=git_env(), check=True, capture_output=True

@@ -85,6 +85,7 @@ from graven.core.paths import check_path
 from graven.db import sqlite_path
 from graven.errors import (
     BackendError,
+    BuildError,
     ConfigError,
     GravenError,
     InputError,
@@ -666,6 +667,22 @@ def _restore(work: Path, files: Mapping[str, Opener], outputs: list[str]) -> Non
 
 
 @contextmanager
+def _named_variation(described: tuple[str, ...]) -> Iterator[None]:
+    """A step that fails in ``build --check``'s varied second build (``described``: what it varied;
+    empty in any other build), where the first build passed: say so and name the variations, else
+    the failure reads as a broken pipeline that a plain ``graven build`` then builds."""
+    try:
+        yield
+    except BuildError as exc:
+        if not described:
+            raise
+        raise BuildError(
+            f"the second build of --check failed where the first passed (it varied "
+            f"{', '.join(described)}): {exc}"
+        ) from exc
+
+
+@contextmanager
 def run_step_build(
     ctx: Context,
     *,
@@ -764,14 +781,15 @@ def run_step_build(
                     restored = True
                 else:
                     ctx.reporter.progress("fetching locked inputs", 0, len(build.fetch.steps))
-                    run_steps(
-                        build.fetch.steps,
-                        runner=runner,
-                        log=log,
-                        timeout=build.timeout,
-                        phase="fetch",
-                        network=True,
-                    )
+                    with _named_variation(described):
+                        run_steps(
+                            build.fetch.steps,
+                            runner=runner,
+                            log=log,
+                            timeout=build.timeout,
+                            phase="fetch",
+                            network=True,
+                        )
                 ensure_inside(ws.work, build.fetch.outputs, "[build.fetch] output")
                 if not restored:
                     check_unchanged_outside(ws.work, ws.src, build.fetch.outputs)
@@ -793,7 +811,8 @@ def run_step_build(
                 settle_tree(ws.work, epoch)  # what the fetch wrote gets the commit's times too
                 _hand_over(runner, ws.work, ws.home)
             ctx.reporter.progress("running build steps", 0, len(build.steps))
-            run_steps(build.steps, runner=runner, log=log, timeout=build.timeout)
+            with _named_variation(described):
+                run_steps(build.steps, runner=runner, log=log, timeout=build.timeout)
         ctx.reporter.progress("running build steps", len(build.steps), len(build.steps))
         ensure_inside(ws.work, build.outputs, "[build] output")
         lock_refs = [
