@@ -262,6 +262,39 @@ def test_verify_rebuild_fails_and_names_the_differing_path(
     assert code == 0, err
 
 
+def test_a_rebuild_whose_step_fails_says_it_was_the_rebuild_and_is_logged(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """A step failing in the rebuild (a tool gone or changed since) said only "build step 1 failed":
+    not that the stored artifact verified, nor that this was the rebuild of the recorded commit; and,
+    unlike a rebuild that gave another digest, it was not in the audit log as a failed verify."""
+    import sqlite3
+
+    script = tmp_path / "step.sh"
+    script.write_text("mkdir -p out && echo x > out/x\n")
+    repo = make_repo(tmp_path / "repo", APP, _toml(f"sh {script}", extra='sandbox = "none"\n'))
+    code, out, err = run_cli("build", "-C", repo, "--json")
+    assert code == 0, err
+    built = json.loads(out)
+    digest, commit = built["digest"], built["commit"]
+    script.write_text("exit 3\n")
+    code, out, err = run_cli("verify", digest, "--rebuild")
+    assert code == 1 and out == "", err
+    [line] = err.strip().splitlines()
+    assert line.startswith(
+        f"graven: error: {digest} was not rebuilt: the rebuild of {commit[:12]} failed: "
+    ), err
+    assert "build step 1" in line and "exit code 3" in line, err
+    with sqlite3.connect(graven_home / "graven.db") as db:
+        [entry] = db.execute("SELECT entry FROM log_entries ORDER BY idx DESC LIMIT 1").fetchone()
+    db.close()
+    logged = json.loads(entry)
+    assert logged["event"] == "verify-failure" and "the rebuild of" in logged["reason"]
+    assert "last lines" not in logged["reason"]
+    code, out, _ = run_cli("verify", digest, "--rebuild", "--json")
+    assert code == 1 and "was not rebuilt: the rebuild of" in json.loads(out)["error"]["message"]
+
+
 def test_rebuild_notes_are_shown_escaped(
     graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
 ) -> None:

@@ -369,6 +369,7 @@ def _verify_rebuild(
     as_json: bool,
 ) -> int:
     """``verify --rebuild``: the usual checks, then a rebuild that must give the same digest."""
+    from graven.errors import CheckFailedError
     from graven.service.artifacts import record_verify_failure
     from graven.service.reproduce import rebuild
 
@@ -378,7 +379,12 @@ def _verify_rebuild(
             return 1
         _print_problems(resolved, report, provenance, not_rebuilt=True)
         return 1
-    result = rebuild(ctx, resolved, repo=repo, envelope=provenance.envelope)
+    try:
+        result = rebuild(ctx, resolved, repo=repo, envelope=provenance.envelope)
+    except CheckFailedError as exc:  # a check that said no (a step failed, another graven.toml)
+        # the step's last lines stay out of the permanent log (the error shows them)
+        record_verify_failure(ctx, resolved, str(exc).partition("; last lines:")[0])
+        raise
     if not result.ok:
         changed = len(result.differences)
         reason = f"rebuild of {result.commit[:12]} gave {result.rebuilt} ({changed} paths differ)"

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +27,7 @@ from graven.build.sandbox import SANDBOX_NONE, BuildUser
 from graven.build.tree import collect_tree
 from graven.build.workspace import give_to
 from graven.core.globs import Selection
-from graven.errors import BackendError, InputError, NotFoundError, PolicyError, VerificationError
+from graven.errors import BackendError, BuildError, InputError, NotFoundError, PolicyError, VerificationError
 from graven.model.digest import Digest
 from graven.model.manifest import FileEntry, TreeManifest
 from graven.model.pipeline import PIPELINE_FILE, parse_pipeline
@@ -182,9 +183,12 @@ def rebuild(
             }
         elif fetched:
             notes.append("the fetched inputs are not all in the store: the fetch steps ran again")
-        with run_step_build(
-            ctx, repo=git, commit=resolved, epoch=epoch, pipeline=pipeline, restore=restore
-        ) as run:
+        with (
+            _named_rebuild(digest, resolved),
+            run_step_build(
+                ctx, repo=git, commit=resolved, epoch=epoch, pipeline=pipeline, restore=restore
+            ) as run,
+        ):
             sandbox, restored = run.sandbox, run.restored
             entries = collect_tree(run.work, list(pipeline.build.outputs), selection, batch)
             rebuilt = TreeManifest.of(entries)
@@ -219,6 +223,16 @@ def rebuild(
         differences=differences,
         notes=notes,
     )
+
+
+@contextlib.contextmanager
+def _named_rebuild(digest: Digest, commit: str) -> Iterator[None]:
+    """A step that fails in the rebuild: say that it was the rebuild of ``commit`` for ``digest`` (the
+    stored artifact verified), not a build the user ran."""
+    try:
+        yield
+    except BuildError as exc:
+        raise BuildError(f"{digest} was not rebuilt: the rebuild of {commit[:12]} failed: {exc}") from exc
 
 
 # What changed, by version, in the rules that decide what a commit builds to (the selection of files)
