@@ -75,3 +75,54 @@ def test_a_hook_whose_output_holds_a_nul_byte_is_recorded_as_failed(
         assert run_cli(capsys, "log", "verify")[0] == 0
     finally:
         world.close()
+
+
+def test_a_database_lost_while_the_hooks_ran_says_what_is_live_and_that_its_hooks_did_not_run(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PostgreSQL review: the server went away while a deployment's activate hook ran (a restart, a
+    failover). The deployment was switched back to the previous release, whose own hooks could not run
+    again (its settings are read from the database), and the failure could not be recorded; the command
+    said only "database error: ... run this command again", not that the new release's activate had run
+    and the old one was back without its own."""
+    import subprocess
+
+    import psycopg
+
+    name = "graven_lost"
+    url = _fresh_database(postgres_url, name)
+    server = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    psql = Path(
+        subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+    )
+    host, port = server.rsplit("@", 1)[1].split(":")
+    cut_off = (
+        f"{psql / 'psql'} -q -h {host} -p {port} -U postgres -d postgres"
+        f" -c 'ALTER DATABASE {name} ALLOW_CONNECTIONS false'"
+        f" -c \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'\" >/dev/null"
+    )
+    envs = {"staging": {"path": "staging", "activate": "true", "health": "true", "health_interval": 0}}
+    world = make_world(tmp_path, monkeypatch, env_toml("app", envs))
+    monkeypatch.setenv("GRAVEN_DB_URL", url)
+    monkeypatch.setenv("GRAVEN_DEPLOY_ROOT", str(world.root))
+    try:
+        v1 = world.build()
+        assert run_cli(capsys, "deploy", v1, "staging")[0] == 0
+        envs["staging"]["activate"] = cut_off
+        v2 = world.version(2, env_toml("app", envs))
+        code, out, err = run_cli(capsys, "deploy", v2, "staging")
+        assert code == 1 and err.startswith("graven: error: ") and err.count("\n") == 1, err
+        assert world.live("staging") == v1
+        assert f"switched back to {v1[7:19]}" in err, err
+        assert "its activate and health not run" in err, err
+        assert "could not be recorded either" in err and err.count("is not currently accepting") == 1, err
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        code, out, _ = run_cli(capsys, "status", "--json")
+        assert code == 0 and json.loads(out)[0]["live"] == v1
+        code, out, _ = run_cli(capsys, "deploy", v1, "staging")  # settles the pending row
+        code, out, _ = run_cli(capsys, "history", "staging", "--json")
+        assert [row["result"] for row in json.loads(out)] == ["ok", "interrupted", "ok"]
+        assert run_cli(capsys, "log", "verify")[0] == 0
+    finally:
+        world.close()

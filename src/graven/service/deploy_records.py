@@ -14,7 +14,7 @@ from graven.deploy.layout import EnvLayout
 from graven.deploy.plan import PolicyDecision, short
 from graven.deploy.settings import EnvSettings
 from graven.deploy.switch import point_symlink, remove_symlink
-from graven.errors import GravenError, PolicyError
+from graven.errors import BackendError, GravenError, PolicyError
 from graven.model.logentry import LogEvent
 from graven.runtime import HeldSignals
 from graven.service.context import Context, utc_now
@@ -365,25 +365,55 @@ def record_failure(
             note = f"its activate and health not run: stopped ({type(held.stopped).__name__})"
             back.detail = f"{back.detail}; {note}" if back.detail else note
     interrupted = back.interrupted or held.stopped
-    with HeldSignals() as recording, ctx.db.begin() as conn:
-        current = _record_failed(
-            ctx, conn, target, dep_id, kind=kind, detail=detail, opts=opts, layout=layout
-        )
-        if overridden and switched:
-            _log_override(ctx, conn, target, overridden, opts, result="failed")
-        if not switched:
-            pass  # the state read under the lock still describes the disk
-        elif back.to is not None:
-            current.live_digest = back.to
-            current.live_deployment = _record_switch_back(ctx, conn, target, back, what=what)
-        elif kind == "rollback" or previous == digest:
-            _record_still_live(ctx, conn, current, target, dep_id, kind=kind, opts=opts)
-        else:
-            current.live_digest = None
-            current.live_deployment = None
-        save_state(conn, current)
+    try:
+        with HeldSignals() as recording, ctx.db.begin() as conn:
+            current = _record_failed(
+                ctx, conn, target, dep_id, kind=kind, detail=detail, opts=opts, layout=layout
+            )
+            if overridden and switched:
+                _log_override(ctx, conn, target, overridden, opts, result="failed")
+            if not switched:
+                pass  # the state read under the lock still describes the disk
+            elif back.to is not None:
+                current.live_digest = back.to
+                current.live_deployment = _record_switch_back(ctx, conn, target, back, what=what)
+            elif kind == "rollback" or previous == digest:
+                _record_still_live(ctx, conn, current, target, dep_id, kind=kind, opts=opts)
+            else:
+                current.live_digest = None
+                current.live_deployment = None
+            save_state(conn, current)
+    except GravenError as exc:  # the database went away (a server restarted while the hooks ran)
+        raise BackendError(
+            _unrecorded_failure(exc, target, what=what, failure=failure, back=back, layout=layout)
+        ) from exc
     interrupted = interrupted or recording.stopped
     return Restored(back.to, back.health if back.to else None, back.detail, current.held, interrupted)
+
+
+def _unrecorded_failure(
+    exc: GravenError, target: Target, *, what: str, failure: HookResult, back: _SwitchBack, layout: EnvLayout
+) -> str:
+    """The one line of a failed deployment whose failure could not be recorded either (the database
+    went away while its hooks ran): what failed, that the records still say pending, and what the
+    disk holds now, the previous release's hooks not run again included (the next deploy, rollback
+    or hold settles the pending row from ``current``)."""
+    env, error, failed = target.settings.name, str(exc), failure.describe()
+    if back.to is not None:
+        where = f"switched back to {short(back.to)}"
+        if back.health == "failed":
+            where += ", which failed its checks too"
+        if back.detail:  # its hooks not run, as often for the same error: said once
+            where += f" ({back.detail.replace(error, 'the same database error')})"
+    else:
+        live = layout.live_hex()
+        where = f"{short(live)} is live" if live else "nothing is live"
+    unrecorded = "could not be recorded either" if error in failed else f"could not be recorded ({error})"
+    return (
+        f"{what} of {short(str(target.digest))} in {env} failed ({failed}) and {unrecorded}; {where}; "
+        f"once the database answers, the next deploy, rollback or hold of {env} records it (`graven "
+        "status` shows it pending until then)"
+    )
 
 
 class _SwitchBack:
