@@ -52,3 +52,35 @@ def test_a_second_home_on_the_database_of_another_is_told_to_use_its_own(
     code, _, err = run_cli("keys", "generate", "--name", "other")  # a write: its entry needs the key
     assert code == 2 and err.count("\n") == 1, err
     assert "homes never share one" in err and "give this home a database of its own" in err, err
+
+
+@pytest.mark.usefixtures("shared")
+def test_a_second_home_with_a_log_of_its_own_is_told_the_same(
+    new_home: Callable[[str], Path],
+    make_repo: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_cli: Run,
+) -> None:
+    """A PostgreSQL review: the second machine had begun on its own SQLite database (so it has a log
+    key, which signed entries there) before GRAVEN_DB_URL was pointed at the team's database. Every
+    write was refused, but as a damaged log ("the audit log's latest checkpoint does not verify ...
+    run `graven log verify`", exit 1), and `log verify` reported a checkpoint without this key's
+    signature: never that two homes share one database."""
+    repo = make_repo(tmp_path / "repo", {"app/main.py": "print('v1')\n"})
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("a")))
+    assert run_cli("build", "-C", repo)[0] == 0
+    monkeypatch.setenv("GRAVEN_HOME", str(new_home("b")))
+    with monkeypatch.context() as own:  # b's first days, on its own SQLite database
+        own.delenv("GRAVEN_DB_URL")
+        code, _, err = run_cli("keys", "generate", "--name", "early")
+        assert code == 0, err
+    writes: list[tuple[object, ...]] = [("keys", "generate", "--name", "other"), ("build", "-C", repo)]
+    for args in writes:
+        code, _, err = run_cli(*args)
+        assert code == 2 and err.count("\n") == 1, (args, err)
+        assert "homes never share one" in err and "give this home a database of its own" in err, (args, err)
+    for reads in (("log", "verify"), ("log", "checkpoint")):
+        code, out, err = run_cli(*reads)
+        assert code != 0, (reads, out, err)
+        assert "names the database of another GRAVEN_HOME" in out + err, (reads, out, err)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from graven.core.checkpoint import (
     MAX_TREE_SIZE,
     Checkpoint,
+    key_id,
     note_head,
     parse_signed_note,
     sign_checkpoint,
@@ -277,6 +278,17 @@ _ANOTHER_HOME = (
     "if GRAVEN_DB_URL names the database of another GRAVEN_HOME (homes never share one), give this home "
     "a database of its own"
 )
+
+
+def _signed_elsewhere(note: str, origin: str, public: Ed25519PublicKey) -> bool:
+    """Whether the note is signed, but by no key of this home's (``public`` under ``origin``): the log of
+    another home, whose key signed it (or a note someone replaced; `graven log verify` tells)."""
+    try:
+        _, signatures = parse_signed_note(note)
+    except InputError:
+        return False
+    ours = key_id(origin, public)
+    return bool(signatures) and not any(s.name == origin and s.key_id == ours for s in signatures)
 
 
 class AuditLog:
@@ -637,6 +649,12 @@ class AuditLog:
                 raise VerificationError("the log has no signed checkpoint")
             signed = verify_checkpoint(note, origin, public)
         except (VerificationError, InputError) as exc:
+            if note is not None and _signed_elsewhere(note, origin, public):  # never signed by this home
+                raise InputError(
+                    f"the audit log's latest checkpoint is signed by another key than this home's log key "
+                    f"({self.key_path}): {_ANOTHER_HOME}; else the database or this home's log/ was "
+                    "changed (`graven log verify` shows what)"
+                ) from None
             raise IntegrityError(
                 f"the audit log's latest checkpoint does not verify ({exc}): nothing is signed after "
                 "it; run `graven log verify`"
@@ -743,6 +761,10 @@ class AuditLog:
             checkpoint = verify_checkpoint(note, origin, public)
         except InputError as exc:
             raise VerificationError(f"the latest checkpoint is malformed: {exc}") from None
+        except VerificationError as exc:
+            if _signed_elsewhere(note, origin, public):
+                raise VerificationError(f"{exc.message}: {_ANOTHER_HOME}") from None
+            raise
         if checkpoint.origin != origin:
             raise VerificationError(f"the latest checkpoint is for another log ({_shown(checkpoint.origin)})")
         return checkpoint
@@ -1267,7 +1289,11 @@ class AuditLog:
         try:
             signed = verify_checkpoint(str(latest.note), origin, public)
         except (VerificationError, InputError) as exc:
-            report.fail(f"the latest checkpoint ({size}) does not verify: {exc}")
+            elsewhere = _signed_elsewhere(str(latest.note), origin, public)
+            report.fail(
+                f"the latest checkpoint ({size}) does not verify: {exc}"
+                + (f"; {_ANOTHER_HOME}" if elsewhere else "")
+            )
             return
         if signed.origin != origin:
             report.fail(f"the latest checkpoint ({size}) is for another log ({_shown(signed.origin)})")
