@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import os
+import pwd
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from graven.core.paths import display_path, folded_collisions
-from graven.errors import BackendError, InputError
+from graven.errors import BackendError, GravenError, InputError
 from graven.home import make_dirs
 from graven.mounts import file_system_type, mounted_noexec
 
@@ -31,6 +33,7 @@ __all__ = [
     "folds_case",
     "mounted_noexec",
     "nearest_existing",
+    "not_writable",
     "plan_release_support",
     "release_support_problem",
 ]
@@ -43,7 +46,8 @@ def release_support_problem(directory: Path) -> str | None:
     """Try, in a new directory below ``directory`` (removed again), what a release needs: a read-only
     file (chmod to 0555 and 0444 must show), a symbolic link and a hard link. What the file system
     refuses, as a phrase; None when it does all three. BackendError when nothing can be made there at
-    all (a read-only file system, a full one): that is not a property of the file system's kind."""
+    all (a read-only file system, a full one): that is not a property of the file system's kind;
+    PermissionError when this user may not write there (the caller names the remedy: not_writable)."""
     with _probe_dir(directory) as probe:
         return _try_release_kinds(probe)
 
@@ -55,6 +59,8 @@ def _probe_dir(directory: Path) -> Iterator[Path]:
     probe = directory / f"{PROBE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.mkdir(probe, 0o700)
+    except PermissionError:
+        raise  # this user may not write there: the caller knows the environment (not_writable)
     except OSError as exc:
         raise BackendError(f"cannot write in {directory}: {exc.strerror}") from None
     try:
@@ -142,13 +148,16 @@ def plan_release_support(root: Path, release: Path, paths: list[str], *, first: 
     paths that differ only in case where names fold case (probed only when the artifact has such)."""
     check_path_room(release, paths)
     where = nearest_existing(root)
-    if first:
-        problem = release_support_problem(where)
-        if problem is not None:
-            raise InputError(_unsupported(root, problem))
-    pairs = folded_collisions(paths)
-    if pairs and folds_case(where):
-        raise InputError(case_fold_refusal(release, *pairs[0]))
+    try:
+        if first:
+            problem = release_support_problem(where)
+            if problem is not None:
+                raise InputError(_unsupported(root, problem))
+        pairs = folded_collisions(paths)
+        if pairs and folds_case(where):
+            raise InputError(case_fold_refusal(release, *pairs[0]))
+    except PermissionError as exc:
+        raise not_writable(f"cannot write in {where}", root, where / PROBE_PREFIX, exc) from None
 
 
 PATH_MAX = 4096  # bytes of a path the kernel takes, its terminating NUL included (ENAMETOOLONG past it)
@@ -200,8 +209,11 @@ def check_release_support(root: Path) -> None:
     except OSError as exc:
         # made, but its mode could not be set (a chmod refused): the probe says what is missing
         if exc.errno not in _UNSUPPORTED or not os.path.isdir(root):
-            raise BackendError(f"cannot create {root}: {exc.strerror}") from None
-    problem = release_support_problem(root)
+            raise not_writable(f"cannot create {root}", root, root, exc) from None
+    try:
+        problem = release_support_problem(root)
+    except PermissionError as exc:
+        raise not_writable(f"cannot write in {root}", root, root / PROBE_PREFIX, exc) from None
     if problem is None:
         return
     message = _unsupported(root, problem)
@@ -209,3 +221,60 @@ def check_release_support(root: Path) -> None:
         with contextlib.suppress(OSError):
             os.rmdir(root)
     raise InputError(message)
+
+
+def not_writable(what: str, root: Path, tried: Path, exc: OSError) -> GravenError:
+    """The error for ``what`` (``cannot create PATH``), refused with ``exc`` while graven made or opened
+    ``tried`` in (or on the way to) the environment directory ``root``. Permission denied is the
+    operator's to fix (InputError, exit 2): it names the directory that refused (its owner and mode),
+    the user graven runs as, and the remedy: a missing environment made for this user, an empty one
+    given to it, one that another user deploys deployed as that user. Anything else (a read-only or
+    full file system) is the disk's (BackendError, exit 1)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno != errno.EACCES:
+        return BackendError(f"{what}: {reason}")
+    me, group = _user_name(os.geteuid()), _group_name(os.getegid())
+    blocker = nearest_existing(tried)
+    try:
+        st = os.lstat(blocker)
+        whose = f"{blocker} is {_user_name(st.st_uid)}'s, mode {stat.S_IMODE(st.st_mode):04o}; "
+    except OSError:
+        whose = ""
+    meta = root / ".graven"
+    try:
+        deployer = os.lstat(meta).st_uid
+    except OSError:
+        deployer = None
+    if deployer is not None and deployer != os.geteuid():
+        owner = _user_name(deployer)
+        how = "sudo graven ..." if deployer == 0 else f"sudo -u {owner} graven ..."
+        fix = (
+            f"{root} is deployed by another user ({owner}, whose {meta} it is): run graven as {owner} "
+            f"({how}, with {owner}'s GRAVEN_HOME)"
+        )
+    elif os.path.lexists(root) and blocker == root:
+        fix = (
+            f"give the environment directory to {me} (as root: chown {me}: {root}), or deploy it as its owner"
+        )
+    elif not os.path.lexists(root):
+        fix = (
+            f"make the environment directory for {me} (as root: install -d -o {me} -g {group} {root}), "
+            f"or deploy it where {me} may write"
+        )
+    else:
+        fix = f"let {me} write there, or run graven as the user who owns it"
+    return InputError(f"{what}: {reason} ({whose}graven runs as {me}): {fix}")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from graven.errors import BackendError, EnvironmentBusyError, PolicyError
+from graven.errors import BackendError, EnvironmentBusyError, GravenError, PolicyError
 from graven.home import make_dirs
 from graven.runtime import pid_runs
 
@@ -305,7 +305,7 @@ class EnvLock:
         try:
             dir_fd = open_dir_nofollow(self.path.parent, 1, create=True)
         except OSError as exc:
-            raise BackendError(f"cannot open the deploy lock {self.path}: {_why(exc)}") from None
+            raise self._refusal(f"cannot open the deploy lock {self.path}", self.path.parent, exc) from None
         try:
             self._acquire(dir_fd, wait=wait)
         finally:
@@ -315,7 +315,7 @@ class EnvLock:
         try:
             fd = _open_lock(self.path.name, dir_fd)
         except OSError as exc:
-            raise BackendError(f"cannot open the deploy lock {self.path}: {_why(exc)}") from None
+            raise self._refusal(f"cannot open the deploy lock {self.path}", self.path, exc) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -357,7 +357,7 @@ class EnvLock:
             check_fd = _open_lock(check.name, dir_fd)
         except OSError as exc:
             self.release()
-            raise BackendError(f"cannot open the check lock {check}: {_why(exc)}") from None
+            raise self._refusal(f"cannot open the check lock {check}", check, exc) from None
         try:
             try:
                 fcntl.flock(check_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -369,6 +369,15 @@ class EnvLock:
             self.release()
             raise BackendError(f"cannot lock {check}: {exc.strerror}") from None
         self._check_fd = check_fd
+
+    def _refusal(self, what: str, tried: Path, exc: OSError) -> GravenError:
+        """``what`` refused by ``exc`` at ``tried``: permission denied names its remedy (the user who
+        deploys the environment, fscheck.not_writable); anything else is the disk's (BackendError)."""
+        if exc.errno == errno.EACCES:
+            from graven.deploy.fscheck import not_writable  # only when refused
+
+            return not_writable(what, self.path.parent.parent, tried, exc)
+        return BackendError(f"{what}: {_why(exc)}")
 
     def _say_queued(self, holder: LockHolder | None, fd: int) -> None:
         """Say whom ``--wait`` queues behind (the lock open at ``fd`` is held by ``holder``, as
