@@ -747,10 +747,13 @@ def probe_bubblewrap(bwrap: str | None, user: BuildUser | None = None) -> str:
             f"kernel.apparmor_restrict_unprivileged_userns=0), or set {BUILD_USER_ENV}=root to run the "
             "steps as root (no process limit applies to root, and steps read what root reads)"
         )
-    if problem is not None:
+    if problem is not None:  # bwrap is installed: what blocks it is the kernel's settings
         raise InputError(
-            f"bubblewrap cannot create a sandbox here ({problem}); user namespaces may be blocked "
-            f"(e.g. kernel.apparmor_restrict_unprivileged_userns=1): allow them, or {FIX}"
+            f"bubblewrap cannot create a sandbox here ({problem}); user namespaces may be blocked for "
+            "this user: allow them (as root: sysctl user.max_user_namespaces=N with N > 0, "
+            "kernel.unprivileged_userns_clone=1 where that exists, "
+            "kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap), or set "
+            'sandbox = "none" in [build] and allow it with GRAVEN_ALLOW_UNSANDBOXED=1'
         )
     return bwrap
 

@@ -152,6 +152,30 @@ def test_blocked_user_namespaces_are_refused_with_the_fix(tmp_path: Path) -> Non
     assert sandbox._PROBED[str(fake)] is not None
 
 
+def test_an_installed_bwrap_that_cannot_make_a_sandbox_is_not_told_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walked through as an ordinary user where user namespaces are blocked, the refusal said
+    "install bubblewrap (apt-get install bubblewrap)" about the bwrap it had just run, and "allow
+    them" without saying how; it now names the settings that block them."""
+    fake = tmp_path / "bwrap"
+    fake.write_text(
+        "#!/bin/sh\necho 'bwrap: Creating new namespace failed: nesting depth or "
+        "/proc/sys/user/max_*_namespaces exceeded (ENOSPC)' >&2\nexit 1\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(sandbox, "_PROBED", {})
+    with pytest.raises(InputError) as info:
+        probe_bubblewrap(str(fake))
+    message = str(info.value)
+    assert "max_*_namespaces exceeded (ENOSPC)" in message
+    assert "install bubblewrap" not in message and "apt-get" not in message
+    assert "user.max_user_namespaces" in message
+    assert "kernel.apparmor_restrict_unprivileged_userns=0" in message
+    assert 'sandbox = "none"' in message and "GRAVEN_ALLOW_UNSANDBOXED=1" in message
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize("euid", [0, 1000])
 def test_the_probe_asks_for_what_the_steps_of_this_user_need(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int
