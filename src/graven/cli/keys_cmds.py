@@ -112,6 +112,7 @@ def generate_cmd(args: argparse.Namespace) -> int:
 def list_cmd(args: argparse.Namespace) -> int:
     """List signing keys and trusted public keys."""
     as_json: bool = args.as_json
+    from graven.home import check_home
     from graven.service.context import Context
     from graven.service.provenance import load_policy
     from graven.signing.keys import KeyStore
@@ -120,6 +121,9 @@ def list_cmd(args: argparse.Namespace) -> int:
     reporter = TerminalReporter()
     ctx = _closing(Context.from_env(reporter))
     home = ctx.home
+    # root with another user's HOME (sudo) is told to run graven as that user, as every other command
+    # tells it, before the trust directory's check would name that user's directory to chown
+    check_home(home.root)
     # one key that cannot be read (an RSA key dropped in keys/) hid every other one: said, and skipped
     signing = KeyStore(home.keys).list(lambda name, exc: reporter.warn(f"key {name} not listed: {exc}"))
     # the policy every check enforces (verify, deploy, build, push, pull, drift), read as they read it
