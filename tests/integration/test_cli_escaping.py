@@ -267,3 +267,28 @@ def test_show_provenance_escapes_what_the_envelope_says(
     assert "\\x1b[2J\n" in out.splitlines(keepends=True)[0], out
     code, out, err = run_cli("show", digest, "--provenance", "--json")
     assert json.loads(out)["keyids"] == ["k\\x1b\x1b]0;owned\x07"]
+
+
+def test_a_permission_denied_in_another_user_s_home_says_whose_it_is(
+    world: World, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walked through as an ordinary user with a home root made (GRAVEN_HOME=/var/lib/graven, say):
+    `graven build` said `.../keys: permission denied; check its permissions`, an invitation to open
+    up the directory of the signing keys. A path in a home of another user's says whose it is and
+    what to do instead."""
+    from graven.service import artifacts
+
+    owner = os.stat(world.home).st_uid
+
+    def theirs(*_args: object, **_kwargs: object) -> None:
+        monkeypatch.setattr(os, "geteuid", lambda: owner + 4242)  # this user is not the home's owner
+        raise PermissionError(13, "Permission denied", str(world.home / "keys"))
+
+    monkeypatch.setattr(artifacts, "resolve_digest", theirs)
+    code, _out, err = run_cli("show", "abcd")
+    assert code == 2
+    assert err.startswith(f"graven: error: {world.home}/keys: permission denied; "), err
+    assert "check its permissions" not in err
+    assert f"GRAVEN_HOME {world.home} belongs to another user (" in err
+    assert "run graven as that user" in err and "set GRAVEN_HOME to a home of your own" in err
+    assert err.count("\n") == 1

@@ -809,5 +809,35 @@ def _os_error(exc: OSError, *, escape: bool) -> str:
         return printable(text) if escape else json_text(text)
 
     also = f" -> {shown(exc.filename2)}" if exc.filename2 is not None else ""
-    hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
+    hint = _permission_hint(where, shown) if isinstance(exc, PermissionError) else ""
     return f"{shown(where)}{also}: {reason}{hint}"
+
+
+def _permission_hint(where: object, shown: Callable[[object], str]) -> str:
+    """What to do about a permission denied at ``where``: in a GRAVEN_HOME of another user (one root
+    made, used by a team member), run graven as that user or use a home of one's own, never open up
+    that home (its keys/ holds the signing keys); anywhere else, check the path's permissions.
+    ``shown``: a path as the error line shows it."""
+    import pwd
+
+    from graven.errors import GravenError
+    from graven.home import Home
+
+    try:
+        root = os.fspath(Home.from_env().root)
+        path = os.fsdecode(where) if isinstance(where, str | bytes) else str(where)
+        inside = os.path.isabs(path) and os.path.commonpath([root, path]) == root
+        owner = os.stat(root).st_uid if inside else os.geteuid()
+    except (GravenError, OSError, ValueError):
+        inside, owner, root = False, os.geteuid(), ""
+    if not inside or owner == os.geteuid():
+        return "; check its permissions"
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    how = "sudo graven ..." if owner == 0 else f"sudo -u {name} graven ..."
+    return (
+        f"; GRAVEN_HOME {shown(root)} belongs to another user ({name}, uid {owner}): run graven as that user "
+        f"({how}), or set GRAVEN_HOME to a home of your own"
+    )
