@@ -11,6 +11,7 @@ import pytest
 
 from graven.deploy.layout import EnvLayout
 from graven.errors import IntegrityError
+from graven.service.deploy_plan import plan_deploy
 from graven.service.drift_heal import heal
 from graven.service.witness import Witness, parse_witness, witness_path
 from helpers_deploy import World, env_toml, make_world, staging_prod
@@ -57,6 +58,8 @@ def test_a_home_restored_from_an_older_backup_refuses_to_deploy_or_heal(
 
     with pytest.raises(IntegrityError, match="restored from an older backup"):
         world.deploy(v1, "staging")
+    with pytest.raises(IntegrityError, match="restored from an older backup"):  # --plan says so too
+        plan_deploy(world.ctx(), v1, "staging", world.options())
     with pytest.raises(IntegrityError, match="restored from an older backup"):
         heal(world.ctx(), "staging")
     assert world.live("staging") == v2  # nothing was switched back

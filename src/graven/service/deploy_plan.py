@@ -34,6 +34,7 @@ from graven.service.deploy_verify import (
     verified_settings,
 )
 from graven.service.environments import deployment_row, load_state
+from graven.service.witness import check_witness
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ def plan_deploy(ctx: Context, digest_text: str, env: str, opts: DeployOptions) -
         raise PolicyError(decision.refusal or "refused")
     layout = EnvLayout(Path(settings.path))
     check_links(layout)  # what the deploy refuses before its lock (a file at PATH/config, a linked releases/)
+    check_witness(
+        ctx, layout, env
+    )  # and under it: another home (or an older state of this one) changed it last
     plan_release_support(
         layout.root,
         layout.release(digest.hex),
