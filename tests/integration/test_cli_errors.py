@@ -1240,3 +1240,28 @@ def test_a_usage_error_never_echoes_a_credential_it_quotes(
     assert code == 2, err
     assert "S3CR3T" not in err + out, err
     assert "***" in err, err
+
+
+def test_a_value_holding_a_newline_does_not_cut_the_error_line(
+    repo: Path, run_cli: Run, tmp_path: Path
+) -> None:
+    """A path typed with a newline (`-C "$(printf 'a\\nb')"`) is a value of the line: the line showed
+    only what came before it (`graven: error: a`), the reason and the hint after it lost, and a value
+    with a leading space lost the space (` : no such file` in JSON, `: no such file` on stderr). The
+    line escapes the newline as it escapes any control character, and keeps the message whole."""
+    odd = str(tmp_path / "a\nb")
+    code, digest, err = run_cli("build", "-C", repo)
+    assert code == 0, err
+    for args, needle in (
+        (["build", "-C", odd], "no such directory; give the repository's directory"),
+        (["init", "-C", odd], "no such directory; give the repository's directory"),
+        (["import", odd], "no such file"),
+        (["export", digest.strip(), "-o", str(tmp_path / "x\n.tgz2")], "unknown archive type; use a name"),
+        (["verify", digest.strip(), "--policy", odd], "does not exist"),
+    ):
+        line = _assert_input_error(run_cli(*args), needle)
+        assert "a\\x0ab" in line or "x\\x0a.tgz2" in line, line
+    for args in (["import", " ", "--json"], ["build", "-C", " ", "--json"]):
+        code, out, err = run_cli(*args)
+        message = json.loads(out)["error"]["message"]
+        assert code == 2 and err == f"graven: error: {message}\n", (out, err)

@@ -173,11 +173,14 @@ def shortened_message(message: str) -> str:
 
 
 def error_line(message: str) -> str:
-    """The one line an error is shown as on stderr: ``graven: error: `` and the first line of
-    ``message``, its long values shortened (:func:`shortened_message`) and its control characters
-    escaped (:func:`printable_message`)."""
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    return f"graven: error: {printable_message(shortened_message(first))}\n"
+    """The one line an error is shown as on stderr: ``graven: error: `` and ``message``, its long
+    values shortened (:func:`shortened_message`) and its control characters escaped
+    (:func:`printable_message`). A newline in it is a value's (a path typed with one: graven's own
+    messages are one line) and is escaped as any control character: cut there, the line lost its
+    reason and its hint. The message is shown as the JSON error document carries it, a value's
+    leading or trailing space included."""
+    text = message if message.strip() else "unknown error"
+    return f"graven: error: {printable_message(shortened_message(text))}\n"
 
 
 def _escape(ch: str) -> str:
