@@ -47,6 +47,18 @@ def test_unknown_revision(repo: Path, run_cli: Run) -> None:
     _assert_input_error(run_cli("build", "HEAD~5", "-C", repo), "HEAD~5")
 
 
+def test_an_empty_or_multiline_revision_says_how_to_name_one(repo: Path, run_cli: Run) -> None:
+    """`graven build "$REV"` with REV unset said only "invalid revision ''": neither what is wrong
+    with it nor what to give instead."""
+    line = _assert_input_error(run_cli("build", "", "-C", repo, "--json"), "invalid revision ''")
+    assert line.endswith(
+        "it is empty; name a branch, tag or commit id, or leave REVISION out to build HEAD"
+    ), line
+    for revision in ("HEAD\nmain", "HEAD\r", "HEAD\0"):
+        line = _assert_input_error(run_cli("build", revision, "-C", repo), "invalid revision 'HEAD\\")
+        assert line.endswith("a revision holds no line break or NUL; name a branch, tag or commit id"), line
+
+
 def test_commit_without_graven_toml(
     graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
 ) -> None:

@@ -966,8 +966,16 @@ def _check_revision(revision: str) -> None:
         raise NotFoundError(
             f"invalid revision '{shown}': not valid UTF-8; name the commit by its id"
         ) from None
-    if not revision or any(ch in revision for ch in "\n\r\0"):
-        raise NotFoundError(f"invalid revision {revision!r}")
+    if not revision:  # `graven build "$REV"` with REV unset
+        raise NotFoundError(
+            "invalid revision '': it is empty; name a branch, tag or commit id, or leave REVISION out "
+            "to build HEAD"
+        )
+    if any(ch in revision for ch in "\n\r\0"):
+        raise NotFoundError(
+            f"invalid revision {revision!r}: a revision holds no line break or NUL; name a branch, tag "
+            "or commit id"
+        )
 
 
 def _batch_request(
