@@ -149,7 +149,11 @@ class Hasher:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
+                from graven.runtime import block_interrupts  # Ctrl-C goes to the waiting main thread
+
+                self._pool = ThreadPoolExecutor(
+                    self.workers, thread_name_prefix="graven-hash", initializer=block_interrupts
+                )
             return self._pool
 
     def submit(self, path: str, stop: threading.Event | None = None) -> Future[HashResult]:
