@@ -253,6 +253,7 @@ class PolicyFacts(Frozen):
         "rejected",
         "requires",
         "untested",
+        "withdrawn",
     )
     _fields = (
         "digest",
@@ -266,6 +267,7 @@ class PolicyFacts(Frozen):
         "override",
         "history_ok",
         "untested",
+        "withdrawn",
     )
     digest: str
     env: str
@@ -280,6 +282,9 @@ class PolicyFacts(Frozen):
     # required environments where the digest went healthy, but never with the graven.toml it is
     # deployed with (its hooks untested there): refused like ``requires``, unless overridden
     untested: tuple[str, ...]
+    # required environments where the digest went healthy, each such deployment withdrawn since, with
+    # how (env, "rolled back" | "failed"): not in ``healthy_in``; named so in the refusal
+    withdrawn: tuple[tuple[str, str], ...]
 
     def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaced
         self,
@@ -294,6 +299,7 @@ class PolicyFacts(Frozen):
         override: bool = False,
         history_ok: bool = True,
         untested: tuple[str, ...] = (),
+        withdrawn: tuple[tuple[str, str], ...] = (),
     ) -> None:
         _set(self, "digest", digest)
         _set(self, "env", env)
@@ -306,6 +312,7 @@ class PolicyFacts(Frozen):
         _set(self, "override", override)
         _set(self, "history_ok", history_ok)
         _set(self, "untested", untested)
+        _set(self, "withdrawn", withdrawn)
 
 
 class PolicyDecision(Frozen):
@@ -328,7 +335,8 @@ class PolicyDecision(Frozen):
 
 def evaluate_policy(facts: PolicyFacts) -> PolicyDecision:
     """Rejection always refuses; a hold refuses every other digest; ``requires`` refuses a digest that
-    was never healthy in a required environment, or one deployed with a graven.toml that never ran
+    was never healthy in a required environment (or whose healthy deployments there were withdrawn
+    since: rolled back, failed), or one deployed with a graven.toml that never ran
     healthy there (``untested``), unless overridden (``overridden`` then names them); a rollback
     target must have been live in the environment before."""
     d = short(facts.digest)
@@ -354,6 +362,18 @@ def evaluate_policy(facts: PolicyFacts) -> PolicyDecision:
         override = f"`graven deploy {d} {facts.env} {override}`"
     missing = tuple(env for env in facts.requires if env not in facts.healthy_in)
     if missing and not facts.override:
+        withdrawn = dict(facts.withdrawn)
+        if any(env in withdrawn for env in missing):
+            what = "; ".join(
+                f"{d} was {withdrawn[env]} in {env} after its healthy deployment there"
+                if env in withdrawn
+                else f"{d} was never deployed healthy to {env}"
+                for env in missing
+            )
+            return PolicyDecision(
+                f"{what}, which {facts.env} requires; deploy it to {missing[0]} again first (or, in an "
+                f"emergency, {override})"
+            )
         names = ", ".join(missing)
         return PolicyDecision(
             f"{d} was never deployed healthy to {names}, which {facts.env} requires; deploy it to "

@@ -35,7 +35,15 @@ from graven.model.pipeline import parse_stored_pipeline
 from graven.service.artifacts import get_artifact, load_manifest, not_stored_error
 from graven.service.context import Context
 from graven.service.deploy_types import DeployOptions, Target
-from graven.service.environments import HEALTHY, EnvState, healthy_in, rejection, went_live_here
+from graven.service.environments import (
+    HEALTHY,
+    NOT_WITHDRAWN,
+    EnvState,
+    healthy_in,
+    rejection,
+    went_live_here,
+    withdrawn_in,
+)
 from graven.service.provenance import UnsignedError, load_policy, trust_hint, verified_provenances
 from graven.signing.trust import TrustPolicy, VerifiedProvenance
 
@@ -237,8 +245,9 @@ def tested_target(
         return target
     with ctx.db.connect() as conn:
         rows = conn.execute(
-            "SELECT pipeline_digest, env, started_at FROM deployments WHERE digest = :digest"
-            " AND env IN :envs AND result = 'ok' AND health IN :healthy ORDER BY id DESC",
+            "SELECT d.pipeline_digest, d.env, d.started_at FROM deployments d WHERE d.digest = :digest"  # noqa: S608 (a constant of code)
+            f" AND d.env IN :envs AND d.result = 'ok' AND d.health IN :healthy AND {NOT_WITHDRAWN}"
+            " ORDER BY d.id DESC",
             {"digest": str(digest), "envs": list(requires), "healthy": list(HEALTHY)},
         ).all()
         built: dict[str, str] = dict(
@@ -317,6 +326,7 @@ def policy_facts(
         kind=kind,
         requires=target.settings.requires,
         healthy_in=healthy_in(conn, digest),
+        withdrawn=tuple(withdrawn_in(conn, digest, target.settings.requires).items()),
         rejected=rejection(conn, digest),
         held=state.held if state else False,
         held_digest=state.held_digest if state else None,

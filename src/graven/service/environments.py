@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from graven.service.context import Context, check_limit, utc_now
 
 __all__ = [
     "HEALTHY",
+    "NOT_WITHDRAWN",
     "EnvState",
     "EnvStatus",
     "HoldResult",
@@ -37,6 +38,7 @@ __all__ = [
     "status",
     "unhold",
     "went_live_here",
+    "withdrawn_in",
 ]
 
 HEALTHY = ("healthy", "none")  # a deployment's health that counts as healthy (none: no health command)
@@ -147,14 +149,52 @@ def save_state(conn: Connection, state: EnvState) -> None:
         state.exists = True
 
 
+# A healthy record ``d`` of a digest in an environment is withdrawn by what happened there after it: a
+# rollback away from the digest (the operator undid it: the hold keeps automation from putting it back
+# there, and it must not flow on to what requires the environment either), or a later deployment of the
+# digest itself that failed there (the newest evidence says it is not healthy). An automatic rollback
+# that failed its checks is the environment's failure, not the digest's (the message says so).
+NOT_WITHDRAWN = (
+    "NOT EXISTS (SELECT 1 FROM deployments w WHERE w.env = d.env AND w.id > d.id AND ((w.kind = 'rollback'"
+    " AND w.previous_digest = d.digest AND w.digest <> d.digest) OR (w.digest = d.digest"
+    " AND w.result = 'failed' AND w.kind <> 'auto-rollback')))"
+)
+
+
 def healthy_in(conn: Connection, digest: str) -> frozenset[str]:
-    """The environments where ``digest`` went live and healthy."""
+    """The environments where ``digest`` went live and healthy, that healthy deployment not withdrawn
+    since (:data:`NOT_WITHDRAWN`: rolled back there, or failed there since)."""
     rows = conn.execute(
-        "SELECT DISTINCT env FROM deployments WHERE digest = :digest AND result = 'ok'"
-        " AND health IN :healthy",
+        "SELECT DISTINCT d.env FROM deployments d WHERE d.digest = :digest AND d.result = 'ok'"  # noqa: S608 (a constant of code)
+        f" AND d.health IN :healthy AND {NOT_WITHDRAWN}",
         {"digest": digest, "healthy": HEALTHY},
     )
     return frozenset(str(r.env) for r in rows)
+
+
+def withdrawn_in(conn: Connection, digest: str, envs: Iterable[str]) -> dict[str, str]:
+    """Of ``envs``, those where ``digest`` went live and healthy but every such deployment was
+    withdrawn since (:func:`healthy_in` leaves them out): env -> how the newest withdrawal went
+    (``rolled back``, ``failed``)."""
+    wanted = list(envs)
+    if not wanted:
+        return {}
+    healthy = healthy_in(conn, digest)
+    found: dict[str, str] = {}
+    for env in wanted:
+        if env in healthy:
+            continue
+        row = conn.execute(
+            "SELECT w.kind, w.digest FROM deployments w WHERE w.env = :env AND w.id > (SELECT min(d.id)"
+            " FROM deployments d WHERE d.env = :env AND d.digest = :digest AND d.result = 'ok'"
+            " AND d.health IN :healthy) AND ((w.kind = 'rollback' AND w.previous_digest = :digest"
+            " AND w.digest <> :digest) OR (w.digest = :digest AND w.result = 'failed'"
+            " AND w.kind <> 'auto-rollback')) ORDER BY w.id DESC LIMIT 1",
+            {"env": env, "digest": digest, "healthy": HEALTHY},
+        ).first()
+        if row is not None:
+            found[env] = "rolled back" if str(row.digest) != digest else "failed"
+    return found
 
 
 def rejection(conn: Connection, digest: str) -> str | None:

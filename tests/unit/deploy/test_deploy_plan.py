@@ -187,6 +187,22 @@ def test_policy_requires_a_healthy_deployment_to_the_required_env() -> None:
     assert ok.allowed
 
 
+def test_a_withdrawn_healthy_deployment_is_named_as_such() -> None:
+    """Healthy in staging once, then rolled back there: refused saying so, qa still "never"."""
+    facts = PolicyFacts(
+        D, "prod", "deploy", requires=("staging", "qa"), withdrawn=(("staging", "rolled back"),)
+    )
+    refusal = evaluate_policy(facts).refusal or ""
+    assert "was rolled back in staging after its healthy deployment there" in refusal
+    assert "never deployed healthy to qa" in refusal and "deploy it to staging again first" in refusal
+    over = evaluate_policy(
+        PolicyFacts(
+            D, "prod", "deploy", requires=("staging",), override=True, withdrawn=(("staging", "failed"),)
+        )
+    )
+    assert over.allowed and over.overridden == ("staging",)
+
+
 def test_override_bypasses_requires_only() -> None:
     over = evaluate_policy(PolicyFacts(D, "prod", "deploy", requires=("staging", "qa"), override=True))
     assert over.allowed and over.overridden == ("staging", "qa")

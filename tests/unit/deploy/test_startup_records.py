@@ -137,6 +137,7 @@ CASES: list[tuple[type, dict[str, Any], bool]] = [
             "override": False,
             "history_ok": True,
             "untested": ("qa",),
+            "withdrawn": (("qa", "rolled back"),),
         },
         True,
     ),
