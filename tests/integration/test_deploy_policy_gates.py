@@ -1,5 +1,6 @@
 """``requires`` as a gate: the evidence it takes (a healthy deployment to the required environment) is
-withdrawn by what happened there after it."""
+withdrawn by what happened there after it, and an artifact's own graven.toml cannot drop the gate
+of the environment it goes to."""
 
 from __future__ import annotations
 
@@ -60,3 +61,61 @@ def test_a_digest_whose_later_deployment_to_staging_failed_is_not_healthy_there(
     # v2's switch back failed too, but that was the environment's doing (an automatic rollback),
     # not a deployment of v2: its own healthy deployment still counts
     assert world.deploy(v2, "prod").ok
+
+
+def _lax(n: int) -> str:
+    envs = staging_prod()
+    del envs["prod"]["requires"]
+    return env_toml("app", envs) + f"# {n}\n"
+
+
+def test_a_new_graven_toml_cannot_drop_the_gate_of_the_live_deployment(world: World) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert promote(world.ctx(), "staging", "prod", world.options()).ok
+    v2 = world.version(2, _lax(2))  # code and a graven.toml whose prod requires nothing
+    for attempt in (
+        lambda: world.deploy(v2, "prod"),
+        lambda: plan_deploy(world.ctx(), v2, "prod", world.options()),
+    ):
+        with pytest.raises(PolicyError, match=r"never deployed healthy to staging, which prod requires"):
+            attempt()
+    assert world.live("prod") == v1
+    # retiring prod does not forget its gate either
+    environments.retire(world.ctx(), "prod", "moving hosts")
+    with pytest.raises(PolicyError, match="which prod requires"):
+        world.deploy(v2, "prod")
+    # dropping the gate takes one override, recorded as such
+    result = world.deploy(v2, "prod", override=True, reason="staging decommissioned")
+    assert result.ok and result.overridden == ("staging",)
+    events = [(e["event"], e["env"], e["reason"]) for e in log_events(world)]
+    assert ("override", "prod", "requires staging bypassed: staging decommissioned") in events
+    # from then on what is live in prod requires nothing
+    v3 = world.version(3, _lax(3))
+    assert world.deploy(v3, "prod").ok
+
+
+def test_the_live_gate_also_needs_the_graven_toml_to_have_run_there(world: World) -> None:
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert promote(world.ctx(), "staging", "prod", world.options()).ok
+    v2 = world.version(2, _lax(2))
+    assert world.deploy(v2, "staging").ok  # healthy in staging: the gate is met
+    result = promote(world.ctx(), "staging", "prod", world.options())
+    assert result.ok and result.overridden == ()
+
+
+def test_a_killed_override_of_the_live_gate_is_logged_naming_it(world: World) -> None:
+    from test_deploy_policy_races import _killed_after_the_switch
+
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert promote(world.ctx(), "staging", "prod", world.options()).ok
+    v2 = world.version(2, _lax(2))
+    _killed_after_the_switch(world, v2, "prod", override=True, reason="staging decommissioned")
+    settler = world.ctx()
+    environments.hold(settler, "prod", "look at it")  # settles the dead deployer's row
+    overrides = [e for e, _ in world.ctx().audit.entries() if e.env == "prod" and e.event == "override"]
+    assert [(e.artifact, e.result) for e in overrides] == [(v2, "interrupted")]
+    actor = settler.audit.actor
+    assert overrides[0].reason == f"requires staging bypassed: staging decommissioned (started by {actor})"

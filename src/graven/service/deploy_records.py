@@ -25,6 +25,7 @@ from graven.service.environments import (
     EnvState,
     commit_of,
     deployment_row,
+    live_gate,
     load_state,
     rejection,
     save_state,
@@ -97,7 +98,7 @@ def reconcile(ctx: Context, env: str, layout: EnvLayout) -> None:
                 ),
             )
             if went_live and row.override:  # it went live because of the override: logged as one
-                bypassed = _bypassed(conn, row.id, row.digest, row.settings)
+                bypassed = _bypassed(conn, row.id, str(row.env), row.digest, row.settings)
                 ctx.audit.append(
                     conn,
                     LogEvent(
@@ -132,13 +133,15 @@ def reconcile_sharers(ctx: Context, env: str, layout: EnvLayout) -> None:
         reconcile(ctx, other, layout)
 
 
-def _bypassed(conn: Connection, dep_id: int, digest: str, settings: str | None) -> str:
+def _bypassed(conn: Connection, dep_id: int, env: str, digest: str, settings: str | None) -> str:
     """The ``requires`` an override deployment ``dep_id`` bypassed, as far as the records tell: those
-    of its settings where ``digest`` had not gone live healthy before it."""
+    of its settings and of the environment's gate it met (live_gate) where ``digest`` had not gone
+    live healthy before it."""
     try:
         requires = [str(r) for r in json.loads(settings or "{}").get("requires", [])]
     except (ValueError, AttributeError, TypeError):
         requires = []
+    requires = list(dict.fromkeys((*requires, *live_gate(conn, env, before=dep_id))))
     missing = [
         name
         for name in requires

@@ -40,6 +40,7 @@ from graven.service.environments import (
     NOT_WITHDRAWN,
     EnvState,
     healthy_in,
+    live_gate,
     rejection,
     went_live_here,
     withdrawn_in,
@@ -241,6 +242,17 @@ def tested_target(
     left to the policy (which refuses it, saying so)."""
     target = verify_target(ctx, digest, env, opts, log_failures=log_failures, ran_with=ran_with)
     requires = target.settings.requires
+    if ctx.home.has_database():
+        with ctx.db.connect() as conn:
+            gate = live_gate(conn, env)
+        dropped = tuple(name for name in gate if name not in requires)
+        if dropped:
+            ctx.reporter.warn(
+                f"the graven.toml of {short(str(digest))} does not make {env} require "
+                f"{', '.join(dropped)}, but {env}'s live deployment does: that still applies (lowering "
+                "the gate takes --override-policy --reason TEXT, once)"
+            )
+            requires = (*requires, *dropped)
     if not requires:
         return target
     with ctx.db.connect() as conn:
@@ -320,13 +332,17 @@ def policy_facts(
     conn: Connection, target: Target, state: EnvState | None, *, kind: str, override: bool
 ) -> PolicyFacts:
     digest = str(target.digest)
+    env = target.settings.name
+    # the artifact's own requires and those of the environment's live deployment (live_gate): a new
+    # graven.toml may add a requirement, never drop one (a rollback does not check requires at all)
+    requires = tuple(dict.fromkeys((*target.settings.requires, *live_gate(conn, env))))
     return PolicyFacts(
         digest=digest,
-        env=target.settings.name,
+        env=env,
         kind=kind,
-        requires=target.settings.requires,
+        requires=requires,
         healthy_in=healthy_in(conn, digest),
-        withdrawn=tuple(withdrawn_in(conn, digest, target.settings.requires).items()),
+        withdrawn=tuple(withdrawn_in(conn, digest, requires).items()),
         rejected=rejection(conn, digest),
         held=state.held if state else False,
         held_digest=state.held_digest if state else None,

@@ -4,6 +4,7 @@ helpers that the deployment use cases (graven.service.deploy) share."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "healthy_in",
     "history",
     "hold",
+    "live_gate",
     "load_state",
     "reject",
     "rejection",
@@ -195,6 +197,31 @@ def withdrawn_in(conn: Connection, digest: str, envs: Iterable[str]) -> dict[str
         if row is not None:
             found[env] = "rolled back" if str(row.digest) != digest else "failed"
     return found
+
+
+def live_gate(conn: Connection, env: str, *, before: int | None = None) -> tuple[str, ...]:
+    """The ``requires`` of ``env`` as its newest deployment that went live there (``ok``, an automatic
+    switch back included) was recorded with: the gate the next deployment must pass too, whatever its
+    own graven.toml says. An artifact's graven.toml is written by whoever commits it, so it must not
+    decide alone the gate it is let through: a commit dropping ``requires = ["staging"]`` from
+    ``[env.prod]`` would otherwise ship itself to prod untested. Lowering the gate takes one
+    ``--override-policy`` (recorded), after which the live deployment's settings no longer require it.
+    Rows without settings (a switch back whose settings could not be verified) are passed over.
+    ``before``: the gate a deployment of that id met (the rows before it)."""
+    rows = conn.execute(
+        "SELECT settings FROM deployments WHERE env = :env AND result = 'ok' AND settings IS NOT NULL"
+        " AND id < :before ORDER BY id DESC LIMIT 1",
+        {"env": env, "before": before if before is not None else 2**62},
+    ).scalars()
+    for text in rows:
+        try:
+            found = json.loads(str(text)).get("requires", [])
+        except (ValueError, AttributeError):
+            return ()
+        if not isinstance(found, list):
+            return ()
+        return tuple(dict.fromkeys(str(name) for name in found if isinstance(name, str) and name != env))
+    return ()
 
 
 def rejection(conn: Connection, digest: str) -> str | None:
