@@ -9,12 +9,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from graven.core.drift import CHECK_EVENTS, Alert, alert_transition, keys_of, make_alert, make_check_alert
+from graven.core.paths import display_path
 from graven.core.units import counted
 from graven.deploy.layout import EnvLayout
 from graven.deploy.lock import shared_lock
@@ -44,8 +45,10 @@ __all__ = [
     "HEAL_GRACE",
     "HELD_MAX",
     "LOCKED_WARN",
+    "RELAPSE_WINDOW",
     "HealBackoff",
     "HeldChecks",
+    "Relapse",
     "run_watch",
 ]
 
@@ -54,6 +57,7 @@ __all__ = [
 HEAL_GRACE = 0.2  # seconds: a heal's own notifications arrive within this; the check after it waits
 _POSTPONED = 1.0  # seconds before a heal a deployment held off is tried again
 HEAL_BACKOFF_MAX = 3600.0  # seconds: the longest wait between two heals that leave drift behind
+RELAPSE_WINDOW = 60.0  # seconds (or twice the interval): what a heal restored drifting again within it
 DB_WAIT = 0.5  # seconds the watcher's own writes wait for another writer (then held: HeldChecks)
 HELD_MAX = 100  # checks of one environment held at most while the database is busy (oldest dropped)
 ALERT_RETRY = 30.0  # seconds after an alert that was not delivered before it is sent again
@@ -122,34 +126,91 @@ class HeldChecks:
         return done
 
 
+class Relapse(NamedTuple):
+    """What a heal restored drifted again soon after it (:meth:`HealBackoff.relapsed`)."""
+
+    paths: tuple[str, ...]  # the paths the heal restored that drift again, sorted
+    since: float  # seconds from the end of the heal to the check that found them
+    wait: float  # seconds before the next heal may run
+
+
 class HealBackoff:
     """When ``watch --heal`` may heal an environment again: after a heal that did not leave it clean
     (it failed, or something it cannot remove stays), not before ``interval`` seconds, then twice as
     long after each further one (at most :data:`HEAL_BACKOFF_MAX`, or the interval when longer); a
-    clean check or a successful heal ends the backoff."""
+    clean check or a successful heal ends the backoff.
+
+    A heal that succeeds but whose paths drift again at once (an application that rewrites its own
+    file every second) would else be healed again and again, as fast as the watcher notices, forever:
+    the first drift found after a heal, within :attr:`window` of it, on a path it restored, is a
+    relapse (:meth:`relapsed`): the next heal waits the interval, twice as long after each relapse
+    in a row; a first drift after a heal on other paths, or after the window, ends the doubling."""
 
     def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self.clock = clock
+        self.window = max(RELAPSE_WINDOW, 2.0 * interval)  # a periodic check after a heal falls in it
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
+        self._healed: dict[str, tuple[float, frozenset[str]]] = {}  # the last heal: when, what
+        self._relapses: dict[str, int] = {}
 
     def allowed(self, env: str) -> bool:
         """True when ``env`` may be healed now."""
         return self.clock() >= self._not_before.get(env, -math.inf)
 
+    def _wait(self, count: int) -> float:
+        return min(self.interval * 2.0 ** min(count - 1, 32), max(self.interval, HEAL_BACKOFF_MAX))
+
     def failed(self, env: str) -> float:
         """A heal of ``env`` did not leave it clean: the seconds until the next may run."""
         count = self._failures.get(env, 0) + 1
         self._failures[env] = count
-        wait = min(self.interval * 2.0 ** min(count - 1, 32), max(self.interval, HEAL_BACKOFF_MAX))
+        wait = self._wait(count)
         self._not_before[env] = self.clock() + wait
         return wait
 
     def succeeded(self, env: str) -> None:
-        """``env`` is clean: heal it at once the next time it drifts."""
+        """``env`` is clean: heal it at once the next time it drifts (a relapse aside)."""
         self._failures.pop(env, None)
         self._not_before.pop(env, None)
+
+    def healed(self, env: str, paths: Iterable[str]) -> None:
+        """A heal left ``env`` clean, restoring ``paths``: :meth:`succeeded`, and the first drift found
+        after it decides whether they came back (:meth:`relapsed`)."""
+        self.succeeded(env)
+        self._healed[env] = (self.clock(), frozenset(paths))
+
+    def relapsed(self, env: str, paths: Iterable[str]) -> Relapse | None:
+        """Drift of ``paths`` was found in ``env``, which :meth:`allowed` a heal of: a :class:`Relapse`
+        (the next heal held back) when it is the first drift found since the last heal, within
+        :attr:`window` of it, on paths that heal restored; else None (heal it)."""
+        last = self._healed.pop(env, None)
+        if last is None:
+            return None
+        at, restored = last
+        since = self.clock() - at
+        again = tuple(sorted(restored.intersection(paths)))
+        if not again or since >= self.window:
+            self._relapses.pop(env, None)
+            return None
+        count = self._relapses.get(env, 0) + 1
+        self._relapses[env] = count
+        wait = self._wait(count)
+        self._not_before[env] = self.clock() + wait
+        return Relapse(again, since, wait)
+
+
+def _relapse_reason(relapse: Relapse) -> str:
+    """Why a heal is held back: what it restored drifted again (each path shown on one line)."""
+    paths = relapse.paths
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    shown = ", ".join(display_path(path) for path in paths[:3]) + more
+    them = "it" if len(paths) == 1 else "them"
+    return (
+        f"{shown} drifted again {relapse.since:.1f} s after the heal restored {them}: something keeps "
+        f"changing {them}; not healed again at once"
+    )
 
 
 def _check_line(report: DriftReport) -> str:
@@ -556,6 +617,16 @@ class _Watcher:
             return True
         if not self.backoff.allowed(env):
             return True
+        relapse = self.backoff.relapsed(env, {d.path for d in report.differences})
+        if relapse is not None:
+            reason = _relapse_reason(relapse)
+            self._say(
+                "heal",
+                f"{utc_now()} {env}: heal held back: {reason}; "
+                f"next heal in {relapse.wait:g}s at the earliest",
+                {"env": env, "ok": False, "error": reason, "retry_in": relapse.wait},
+            )
+            return True
         if not os.path.isdir(os.path.join(report.path, ".graven")):
             # Every deployed environment has PATH/.graven: without it the directory is gone, or the
             # file system it lies on is not mounted (an empty mount point): healing would write the
@@ -618,7 +689,7 @@ class _Watcher:
         text = f"{utc_now()} {env}: healed {counted(len(healed.before), 'difference')}"
         data = healed.to_json()
         if healed.ok:
-            self.backoff.succeeded(env)
+            self.backoff.healed(env, {d.path for d in healed.before})
         else:
             wait = self.backoff.failed(env)
             text += f"; {len(healed.after)} remain; next heal in {wait:g}s at the earliest"

@@ -126,6 +126,40 @@ def test_heal_backoff_doubles_from_the_interval_and_ends_on_success() -> None:
     assert HealBackoff(7200.0, clock=clock).failed("x") == 7200.0  # never less than the interval
 
 
+def test_what_a_heal_restored_drifting_again_soon_after_backs_off_and_doubles() -> None:
+    """Something rewrites app/main.py right after each heal: the first drift found after a heal, on a
+    path it restored, within the window, holds the next heal back (the interval, then twice as long);
+    another path, or the same one found after the window, is healed at once and ends the doubling."""
+    clock = FakeClock()
+    backoff = HealBackoff(10.0, clock=clock)
+    assert backoff.relapsed("prod", {"app/main.py"}) is None  # never healed: heal it
+    backoff.healed("prod", {"app/main.py"})
+    clock.now += 0.5
+    relapse = backoff.relapsed("prod", {"app/main.py", "app/other.py"})
+    assert relapse is not None
+    assert relapse.paths == ("app/main.py",) and relapse.since == 0.5 and relapse.wait == 10.0
+    assert not backoff.allowed("prod") and backoff.allowed("other")
+    backoff.succeeded("prod")  # a clean check meanwhile (the file written back by someone): heal at once
+    assert backoff.allowed("prod")
+    assert backoff.relapsed("prod", {"app/main.py"}) is None  # only the first drift after a heal counts
+    backoff.healed("prod", {"app/main.py"})
+    clock.now += 1
+    again = backoff.relapsed("prod", {"app/main.py"})
+    assert again is not None and again.wait == 20.0
+    backoff.healed("prod", {"app/main.py"})
+    clock.now += 1
+    assert backoff.relapsed("prod", {"app/config.toml"}) is None  # another path: a drift of its own
+    backoff.healed("prod", {"app/main.py"})
+    clock.now += 1
+    third = backoff.relapsed("prod", {"app/main.py"})
+    assert third is not None and third.wait == 10.0  # the doubling began again
+    backoff.healed("prod", {"app/main.py"})
+    clock.now += backoff.window
+    assert backoff.relapsed("prod", {"app/main.py"}) is None  # it held for the window: a new drift
+    assert backoff.allowed("prod")
+    assert HealBackoff(1.0).window == 60.0 and HealBackoff(600.0).window == 1200.0
+
+
 # -- ignore globs ---------------------------------------------------------------------------------
 
 SHA = hashlib.sha256(b"x").hexdigest()
