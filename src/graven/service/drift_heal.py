@@ -48,7 +48,7 @@ from graven.service.context import Context, utc_now
 from graven.service.drift_check import ROOT_PATH, Checked, check_once
 from graven.service.drift_records import DETAIL_LIMIT, INSERT_EVENT, reason_of, record_check
 from graven.service.drift_targets import DriftSession, DriftTarget, live_targets
-from graven.service.witness import check_witness, write_witness
+from graven.service.witness import check_witness, witnessed_size, write_witness
 
 if TYPE_CHECKING:
     import threading
@@ -278,7 +278,7 @@ def heal(
                 raise ScanStopped  # nothing changed yet
             # a heal that cannot be recorded is not done: its start is logged (a read-only home or a
             # full disk refuse here) before anything in the environment changes, its outcome after
-            _record_start(ctx, result, wait=start_wait)
+            _record_start(ctx, result, wait=start_wait, since=witnessed_size(layout))
             stop_wait = start_wait if start_wait is not None else STOPPED_WAIT
             _restore(ctx, layout, checked, result, stop=stop, wait=stop_wait)
             hex_digest = checked.expected.release_hex
@@ -477,16 +477,58 @@ class HealNotStartedError(DatabaseBusyError):
     be recorded, so nothing in the environment was changed; it may be tried again."""
 
 
-def _record_start(ctx: Context, result: HealResult, *, wait: float | None = None) -> None:
+def _record_start(ctx: Context, result: HealResult, *, wait: float | None = None, since: int = 0) -> None:
     """The audit entry of a heal about to change the environment (``result`` ``started``): whatever
-    stops it before its outcome is recorded (a disk that fills, a kill), the log says it ran."""
+    stops it before its outcome is recorded (a disk that fills, a kill), the log says it ran. Before
+    it, in the same transaction, :func:`_settle_unfinished` (the log's entries from ``since`` on)."""
     try:
         with ctx.db.begin(wait=wait) as conn:
+            _settle_unfinished(ctx, conn, result.env, since)
             _log_heal(ctx, conn, result, reason=f"restoring {reason_of(result.before)}", outcome="started")
     except DatabaseBusyError as exc:
         if wait is None:
             raise
         raise HealNotStartedError(f"the heal did not start: {exc}") from None
+
+
+UNFINISHED = (
+    "heal failed: the heal started at {time} never recorded how it ended (its process was killed, or "
+    "its outcome could not be written); the next heal found it so"
+)
+
+
+def _settle_unfinished(ctx: Context, conn: Connection, env: str, since: int) -> None:
+    """Record as ``failed`` the last heal of ``env`` whose ``started`` entry has no outcome after it (a
+    heal killed, or one whose outcome could not be written): called under the deploy lock, which that
+    heal would hold were it still at work, so it is not. ``since``: the log's size when the environment
+    was last changed (:func:`graven.service.witness.witnessed_size`, 0: not known): every heal recorded
+    its outcome, then wrote that, so an unfinished one lies past it (the read stays short)."""
+    rows = conn.execute(
+        "SELECT entry FROM log_entries WHERE idx >= :since AND env = :env AND event = 'heal' ORDER BY idx",
+        {"since": since, "env": env},
+    ).scalars()
+    unfinished: dict[str, Any] | None = None
+    for text in rows:
+        try:
+            entry = json.loads(text)
+        except ValueError:  # `graven log verify` names a damaged entry; it settles nothing here
+            continue
+        if isinstance(entry, dict):
+            unfinished = entry if entry.get("result") == "started" else None
+    if unfinished is None:
+        return
+    artifact, commit = unfinished.get("artifact"), unfinished.get("commit")
+    ctx.audit.append(
+        conn,
+        LogEvent(
+            "heal",
+            artifact=artifact if isinstance(artifact, str) else None,
+            commit=commit if isinstance(commit, str) else None,
+            env=env,
+            reason=UNFINISHED.format(time=unfinished.get("time")),
+            result="failed",
+        ),
+    )
 
 
 def _log_heal(ctx: Context, conn: Connection, result: HealResult, *, reason: str, outcome: str) -> None:

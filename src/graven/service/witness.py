@@ -36,7 +36,7 @@ from graven.errors import IntegrityError
 from graven.service.audit import AuditLog
 from graven.service.context import Context
 
-__all__ = ["WITNESS_FORMAT", "Witness", "check_witness", "parse_witness", "write_witness"]
+__all__ = ["WITNESS_FORMAT", "Witness", "check_witness", "parse_witness", "witnessed_size", "write_witness"]
 
 WITNESS_FORMAT = "graven.witness/v1"
 WITNESS_FILE = "witness"
@@ -125,6 +125,14 @@ def check_witness(ctx: Context, layout: EnvLayout, env: str) -> None:
             "this home's at that entry: a copy of this home ran on elsewhere (a fork); change "
             f"{env} from that copy, or, {on_purpose}"
         )
+
+
+def witnessed_size(layout: EnvLayout) -> int:
+    """The size of the home's log when the environment was last changed, as its witness says (0: no
+    witness, or one that cannot be read): every entry of a change made since has an index past it."""
+    data = read_record_file(witness_path(layout), _MAX_BYTES)
+    witness = None if data is None else parse_witness(data)
+    return 0 if witness is None else witness.size
 
 
 def write_witness(ctx: Context, layout: EnvLayout) -> None:
