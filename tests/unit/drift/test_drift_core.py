@@ -235,6 +235,25 @@ def test_heal_plans() -> None:
     assert plan_heal(MANIFEST, []).empty
 
 
+def test_a_heal_plan_of_many_added_paths_takes_time_in_proportion() -> None:
+    """Whoever can write a directory of the release adds 100,000 empty files: the plan kept only the
+    outermost paths to remove by comparing each with every one kept before (quadratic: 38 s for 20,000
+    names, hours for 100,000), all of it under the deploy lock (no deployment meanwhile) and before a
+    stopping watcher could abandon the heal. Each path's own parents are looked up instead."""
+    import time
+
+    many = [Difference(f"app/x{i}", "added") for i in range(100_000)]
+    nested = [Difference("extra", "added"), Difference("extra/a", "added"), Difference("extra/a/b", "added")]
+    nested += [Difference(f"extra/a/f{i}", "added") for i in range(100_000)]
+    for diffs, outermost in ((many, 100_000), (nested, 1)):
+        started = time.monotonic()
+        plan = plan_heal(MANIFEST, diffs)
+        assert time.monotonic() - started < 5.0  # well under 1 s; quadratic, it never ends
+        assert len(plan.remove) == outermost
+    plan = plan_heal(MANIFEST, [*nested[:3], Difference("extra2", "added"), Difference("ext/ra", "added")])
+    assert plan.remove == ("ext/ra", "extra", "extra2")  # deepest first; "extra2" is not below "extra"
+
+
 def test_a_heal_plan_counts_fixing_the_release_directory_itself() -> None:
     """A release directory whose owner, extended attributes or mode drifted is fixed by every heal, but
     the plan left it out: `graven heal` said "create or fix 0 directories" and --plan --json had no
