@@ -241,9 +241,52 @@ def _fail(loc: tuple[str, ...], text: str) -> _InvalidError:
 
 
 def _unknown(table: dict[str, Any], known: tuple[str, ...], loc: tuple[str, ...]) -> None:
-    for key in table:
-        if key not in known:
-            raise _fail((*loc, key), "unknown key {at}; remove it or check its spelling")
+    for key, value in table.items():
+        if key in known:
+            continue
+        if not loc and not isinstance(value, dict) and (home := _home_of(key)) is not None:
+            raise _InvalidError(
+                (key,),
+                f"unknown key {key} above every table: {key} is a key of {home}; put it after that "
+                "table's header",
+            )
+        raise _fail((*loc, key), "unknown key {at}" + _advice(key, value, known, loc))
+
+
+def _advice(key: str, value: object, known: tuple[str, ...], loc: tuple[str, ...]) -> str:
+    """What the writer of an unknown ``key`` most likely meant: a key of the same table spelt nearly
+    so (did you mean), a key of another table (move it), an environment name with an unquoted dot;
+    else the plain advice. Only on this error path: difflib costs start-up."""
+    import difflib  # an error path: start-up does not pay for it
+
+    if len(loc) == 2 and loc[0] == "env" and isinstance(value, dict):  # [env.prod.eu]
+        return (
+            f"; [env.{loc[1]}.{key}] is a table {key!r} inside [env.{loc[1]}]; an environment name with a "
+            f'dot must be quoted: [env."{loc[1]}.{key}"]'
+        )
+    name = key.lower()
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    # a plural, or more than the key (environment, healthcheck): the longest key it starts with
+    near = near or sorted((k for k in known if len(name) >= 3 and name.startswith(k)), key=len)[-1:]
+    if not near and loc and (home := _home_of(key)) is not None:
+        return f": {key} is a key of {home}; move it there"
+    near = near or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {near[0] if loc else f'[{near[0]}]'}?"
+    return "; remove it or check its spelling"
+
+
+def _home_of(key: str) -> str | None:
+    """The table that has ``key`` (the first of them), as graven.toml writes it."""
+    for table, fields in (
+        ("[artifact]", ArtifactSection._fields),
+        ("[build]", BuildSection._fields),
+        ("[build.fetch]", FetchSection._fields),
+        ("an [env.NAME] section", EnvSection._fields),
+    ):
+        if key in fields:
+            return table
+    return None
 
 
 def _table(value: object, loc: tuple[str, ...]) -> dict[str, Any]:

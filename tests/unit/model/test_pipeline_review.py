@@ -153,3 +153,56 @@ def test_any_duration_is_accepted_in_range_or_refused_in_one_line(key: str, valu
     got = getattr(env, key)
     assert math.isfinite(got) and 0 <= got <= MAX_DURATION
     assert got > 0 or key == "health_interval"
+
+
+# -- unknown keys: what the writer meant ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a near miss of a key of the same table
+        (
+            A + '[build]\nsteps = ["true"]\nouputs = ["app/"]\n',
+            "unknown key [build] ouputs; did you mean outputs?",
+        ),
+        (A + '[build]\nstep = ["true"]\n', "unknown key [build] step; did you mean steps?"),
+        (ENV + 'requirs = ["dev"]\n', "unknown key [env] s.requirs; did you mean requires?"),
+        (ENV + "health_retry = 3\n", "unknown key [env] s.health_retry; did you mean health_retries?"),
+        ('[artifact]\nnme = "a"\n', "unknown key [artifact] nme; did you mean name?"),
+        (
+            A + '[build]\nsteps = ["x"]\noutputs = ["o"]\n[build.fetch]\nlockfile = ["l"]\n',
+            "unknown key [build] fetch.lockfile; did you mean lockfiles?",
+        ),
+        # a near miss of a table
+        (A + '[enviroment.prod]\npath = "p"\n', "unknown key [enviroment]; did you mean [env]?"),
+        (A + '[environments.prod]\npath = "p"\n', "unknown key [environments]; did you mean [env]?"),
+        ('[Artifact]\nname = "a"\n', "unknown key [Artifact]; did you mean [artifact]?"),
+        ('[artifacts]\nname = "a"\n', "unknown key [artifacts]; did you mean [artifact]?"),
+        # a key of another table
+        (A + 'path = "/srv/a"\n', "unknown key [artifact] path: path is a key of an [env.NAME] section"),
+        (A + '[build]\nexclude = ["x"]\n', "unknown key [build] exclude: exclude is a key of [artifact]"),
+        (ENV + 'outputs = ["o"]\n', "unknown key [env] s.outputs: outputs is a key of [build]"),
+        # a key written above its table's header
+        (
+            'name = "a"\n[artifact]\n',
+            "unknown key name above every table: name is a key of [artifact]; put it after that table's "
+            "header",
+        ),
+        # an environment name with a dot, unquoted: TOML reads a table inside [env.prod]
+        (
+            A + '[env.prod]\npath = "p"\n[env.prod.eu]\npath = "q"\n',
+            "[env.prod.eu] is a table 'eu' inside [env.prod]; an environment name with a dot must be "
+            'quoted: [env."prod.eu"]',
+        ),
+    ],
+)
+def test_unknown_keys_say_what_was_meant(text: str, expected: str) -> None:
+    message = refused(text)
+    assert message.endswith(expected) or f"{expected}; " in message, message
+
+
+def test_an_unknown_key_with_no_near_miss_keeps_the_plain_advice() -> None:
+    assert refused(A + "colour = 1\n").endswith(
+        "unknown key [artifact] colour; remove it or check its spelling"
+    )
