@@ -289,15 +289,51 @@ def _home_of(key: str) -> str | None:
     return None
 
 
+def _kind(value: object) -> str:
+    """What TOML value ``value`` is, for an error: ``a string``, ``a list``, ..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, name in ((str, "a string"), (int, "an integer"), (float, "a float"), (list, "a list")):
+        if isinstance(value, kind):
+            return name
+    return "a table" if isinstance(value, dict) else "a date or time"
+
+
+def _toml_string(value: str) -> str:
+    """``value`` as a TOML basic string (a JSON string is one). Only on an error path: not at start-up."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _wrong(loc: tuple[str, ...], want: str, value: object, written: str | None = None) -> _InvalidError:
+    """``{at} must be WANT, not KIND``, and how to write it when that is plain (``written``, the value
+    as TOML: only for a key, not for an item of a list)."""
+    hint = f": write {loc[-1]} = {written}" if written is not None and not loc[-1].isdigit() else ""
+    return _fail(loc, f"{{at}} must be {want}, not {_kind(value)}{hint}")
+
+
 def _table(value: object, loc: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _fail(loc, "{at} must be a table")
+        hint = ""
+        if loc == ("env",) and isinstance(value, list):
+            hint = ": write [env.NAME], not [[env]]"
+        elif len(loc) == 2 and loc[0] == "env" and isinstance(value, str):
+            hint = f": write [env.{loc[1]}] with path = {_toml_string(value)}"
+        elif loc == ("artifact",) and isinstance(value, str):
+            hint = f": write [artifact] with name = {_toml_string(value)}"
+        raise _fail(loc, f"{{at}} must be a table, not {_kind(value)}{hint}")
     return cast(dict[str, Any], value)
 
 
 def _string(value: object, loc: tuple[str, ...], *, empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise _fail(loc, "{at} must be a string")
+        written = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            written = _toml_string(str(value))
+        elif isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            written = _toml_string(value[0])
+        raise _wrong(loc, "a string", value, written)
     if not value and not empty:
         raise _fail(loc, "{at} must not be empty")
     if "\x00" in value:  # no command, path, glob or name can hold one (exec and open refuse it)
@@ -307,7 +343,7 @@ def _string(value: object, loc: tuple[str, ...], *, empty: bool = False) -> str:
 
 def _strings(value: object, loc: tuple[str, ...], *, min_items: int = 0, empty: bool = False) -> list[str]:
     if not isinstance(value, list):
-        raise _fail(loc, "{at} must be a list")
+        raise _wrong(loc, "a list", value, f"[{_toml_string(value)}]" if isinstance(value, str) else None)
     if len(value) < min_items:
         raise _fail(loc, "{at} must not be empty")
     return [_string(item, (*loc, str(i)), empty=empty) for i, item in enumerate(value)]
@@ -315,7 +351,10 @@ def _strings(value: object, loc: tuple[str, ...], *, min_items: int = 0, empty: 
 
 def _integer(value: object, loc: tuple[str, ...], *, minimum: int, maximum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _fail(loc, "{at} must be an integer")
+        quoted = isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,30}\s*", value) is not None
+        whole = isinstance(value, float) and value.is_integer()
+        written = str(int(cast(str | float, value))) if quoted or whole else None
+        raise _wrong(loc, "an integer", value, written)
     allowed = f" ({minimum} to {maximum})" if maximum is not None else ""
     if value < minimum:
         raise _fail(loc, f"{{at}} must be at least {minimum}{allowed}")
@@ -324,10 +363,15 @@ def _integer(value: object, loc: tuple[str, ...], *, minimum: int, maximum: int 
     return value
 
 
+# "10", "10s", "1.5 seconds": a duration written as a string
+_SECONDS = r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*(?:s|secs?|seconds?)?\s*"
+
+
 def _number(value: object, loc: tuple[str, ...], *, positive: bool, maximum: float = MAX_DURATION) -> float:
     """A duration in seconds: a number (integer or float) in ``(0, maximum]``, or ``[0, maximum]``."""
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _fail(loc, "{at} must be a number")
+        seconds = re.fullmatch(_SECONDS, value) if isinstance(value, str) else None
+        raise _wrong(loc, "a number of seconds", value, seconds[1] if seconds else None)
     limit = f"{maximum:g}"
     try:
         number = float(value)

@@ -206,3 +206,64 @@ def test_an_unknown_key_with_no_near_miss_keeps_the_plain_advice() -> None:
     assert refused(A + "colour = 1\n").endswith(
         "unknown key [artifact] colour; remove it or check its spelling"
     )
+
+
+# -- a value of the wrong type: what was given and how to write it ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            A + '[build]\nsteps = ["true"]\noutputs = "dist"\n',
+            '[build] outputs must be a list, not a string: write outputs = ["dist"]',
+        ),
+        (
+            A + '[build]\nsteps = "make all"\noutputs = ["o"]\n',
+            '[build] steps must be a list, not a string: write steps = ["make all"]',
+        ),
+        (
+            ENV + 'requires = "staging"\n',
+            '[env] s.requires must be a list, not a string: write requires = ["staging"]',
+        ),
+        (
+            ENV + 'health_retries = "3"\n',
+            "[env] s.health_retries must be an integer, not a string: write health_retries = 3",
+        ),
+        (ENV + "keep = 2.0\n", "[env] s.keep must be an integer, not a float: write keep = 2"),
+        (
+            ENV + 'health_timeout = "10"\n',
+            "[env] s.health_timeout must be a number of seconds, not a string: write health_timeout = 10",
+        ),
+        (
+            ENV + 'health_timeout = "10s"\n',
+            "[env] s.health_timeout must be a number of seconds, not a string: write health_timeout = 10",
+        ),
+        (
+            A + '[build]\ntimeout = "3600"\n',
+            "[build] timeout must be an integer, not a string: write timeout = 3600",
+        ),
+        ("[artifact]\nname = 5\n", '[artifact] name must be a string, not an integer: write name = "5"'),
+        (
+            A + '[env.s]\npath = ["/srv/a"]\n',
+            '[env] s.path must be a string, not a list: write path = "/srv/a"',
+        ),
+        (ENV + "activate = true\n", "[env] s.activate must be a string, not a boolean"),
+        (
+            A + '[build]\nsteps = ["x"]\noutputs = ["o"]\nsandbox = false\n',
+            "[build] sandbox must be a string, not a boolean",
+        ),
+        (
+            A + '[env]\ns = "/srv/a"\n',
+            '[env] s must be a table, not a string: write [env.s] with path = "/srv/a"',
+        ),
+        (
+            A + '[[env]]\npath = "/srv/a"\n',
+            "[env] must be a table, not a list: write [env.NAME], not [[env]]",
+        ),
+        ('artifact = "a"\n', '[artifact] must be a table, not a string: write [artifact] with name = "a"'),
+    ],
+)
+def test_a_value_of_the_wrong_type_says_what_it_is_and_how_to_write_it(text: str, expected: str) -> None:
+    message = refused(text)
+    assert message.endswith(expected), message
