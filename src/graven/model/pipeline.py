@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar, cast
 from graven.core.globs import GlobError, check_glob
 from graven.core.paths import check_path, display_path
 from graven.core.record import Frozen
-from graven.core.tomltext import TomlError
+from graven.core.tomltext import TomlError, key_line
 from graven.core.tomltext import loads as toml_loads
 from graven.errors import ConfigError, UnsafeInputError
 
@@ -595,7 +595,8 @@ def parse_pipeline(data: bytes, *, source: str = PIPELINE_FILE, limit: bool = Tr
             f"{source}: {len(data):,} bytes; a pipeline definition may have at most "
             f"{MAX_PIPELINE_BYTES:,} (it travels with every exported archive)"
         )
-    return _parse_doc(_toml(data, source), source)
+    text, doc = _toml(data, source)
+    return _parse_doc(doc, source, text)
 
 
 def parse_stored_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeline:
@@ -605,19 +606,20 @@ def parse_stored_pipeline(data: bytes, *, source: str = PIPELINE_FILE) -> Pipeli
     it is the emergency path): when the whole file no longer passes, its build-only parts (``[build]``,
     ``[artifact] include/exclude``, which the build already applied) are left out and the rest is
     read again, as strictly as ever."""
-    doc = _toml(data, source)
+    text, doc = _toml(data, source)
     try:
-        return _parse_doc(doc, source)
+        return _parse_doc(doc, source, text)
     except ConfigError:
         doc.pop("build", None)
         artifact = doc.get("artifact")
         if isinstance(artifact, dict):
             artifact.pop("include", None)
             artifact.pop("exclude", None)
-        return _parse_doc(doc, source)
+        return _parse_doc(doc, source, text)
 
 
-def _toml(data: bytes, source: str) -> dict[str, Any]:
+def _toml(data: bytes, source: str) -> tuple[str, dict[str, Any]]:
+    """The text of ``data`` and the document it holds."""
     if data.startswith(b"\xef\xbb\xbf"):  # TOML has none; tomllib says only "Invalid statement"
         raise ConfigError(f"{source}: starts with a byte-order mark (BOM); save it as UTF-8 without one")
     try:
@@ -625,17 +627,20 @@ def _toml(data: bytes, source: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not valid UTF-8") from None
     try:
-        return toml_loads(text)
+        return text, toml_loads(text)
     except TomlError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
 
 
-def _parse_doc(doc: dict[str, Any], source: str) -> Pipeline:
+def _parse_doc(doc: dict[str, Any], source: str, text: str) -> Pipeline:
     try:
         pipeline = _pipeline(doc)
     except _InvalidError as exc:
-        # one line, whatever the user's values hold (control characters are shown escaped)
-        raise ConfigError(f"{source}: {display_path(exc.problem)}") from None
+        # one line, whatever the user's values hold (control characters are shown escaped); the line
+        # of the key when the text shows it, as tomllib names the line of a syntax error
+        line = key_line(text, exc.loc)
+        at = f" (at line {line})" if line is not None else ""
+        raise ConfigError(f"{source}: {display_path(exc.problem)}{at}") from None
     if pipeline.build.steps and not pipeline.build.outputs:
         raise ConfigError(f"{source}: [build] outputs is required when [build] steps are given")
     for output in pipeline.build.outputs:

@@ -4,6 +4,7 @@ bounded, and every refusal one ConfigError line naming the field (never a traceb
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 
 import pytest
@@ -21,6 +22,12 @@ ENV = A + '[env.s]\npath = "/srv/a"\n'
 
 
 def refused(text: str, source: str = "graven.toml") -> str:
+    """The one-line refusal of ``text``, without the ``(at line N)`` that ends it when a line has the key
+    (test_a_refusal_names_the_line_of_the_key: :func:`refused_at`)."""
+    return re.sub(r" \(at line [0-9]+\)$", "", refused_at(text, source))
+
+
+def refused_at(text: str, source: str = "graven.toml") -> str:
     with pytest.raises(ConfigError) as info:
         parse_pipeline(text.encode(), source=source)
     message = str(info.value)
@@ -267,3 +274,30 @@ def test_an_unknown_key_with_no_near_miss_keeps_the_plain_advice() -> None:
 def test_a_value_of_the_wrong_type_says_what_it_is_and_how_to_write_it(text: str, expected: str) -> None:
     message = refused(text)
     assert message.endswith(expected), message
+
+
+# -- the line of the key ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (A + '[build]\nsteps = ["true"]\nouputs = ["app/"]\n', 5),
+        (A + "\n# staging\n[env.staging]\npath = 'x'\n\nhealth_retries = \"3\"  # retries\n", 8),
+        (A + '[enviroment.prod]\npath = "p"\n', 3),  # the table's header
+        (A + '[env.prod]\npath = "p"\n[env.prod.eu]\npath = "q"\n', 5),
+        (A + '[build]\nsteps = [\n  "a",\n  1,\n]\noutputs = ["o"]\n', 4),  # the list, not its item
+        (A + '[build]\nsteps = """\nouputs = 1\n"""\nouputs = ["o"]\n', 7),  # not in a string
+        (A + '[env."prod.eu"]\npath = "p"\nkeep = 0\n', 5),
+        (A + "env.s.path = 1\n", 3),  # a dotted key
+        (A + "[env]\ns = { path = 1 }\n", 4),  # inside an inline table: its line
+        ('[artifact]\r\nname = "a"\r\n[env.s]\r\npath = "x"\r\nkeep = 0\r\n', 5),  # CRLF
+    ],
+)
+def test_a_refusal_names_the_line_of_the_key(text: str, line: int) -> None:
+    message = refused_at(text)
+    assert message.endswith(f" (at line {line})"), message
+
+
+def test_no_line_is_named_for_the_whole_file() -> None:
+    assert "(at line" not in refused_at("[build]\n")  # [artifact] is required: no line has it
