@@ -173,3 +173,63 @@ def test_build_outputs_with_too_many_paths_are_refused(
     monkeypatch.setattr(paths, "MAX_ENTRIES", taken)
     code, _, err = run_cli("build", "-C", repo)
     assert code == 0, err
+
+
+def _long_paths_archive(path: Path, count: int) -> Path:
+    """``count`` empty files, each named by a path of ~3.8 KB in one deep directory (a pax ``path``
+    record per member): a few hundred bytes of zstd per thousand of them."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    deep = "/".join(["d" * 254] * 15)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(count):
+            tar.addfile(tarfile.TarInfo(f"{deep}/{i:0200d}"), io.BytesIO(b""))
+        link = tarfile.TarInfo("l")
+        link.type, link.linkname = tarfile.SYMTYPE, "/".join(["d" * 254] * 16)
+        tar.addfile(link)
+    path.write_bytes(zstandard.ZstdCompressor(level=19).compress(buf.getvalue()))
+    return path
+
+
+def test_an_archive_whose_paths_make_too_many_bytes_is_refused(
+    graven_home: Path, tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAX_ENTRIES paths of up to 4 KB each: a 4.6 MB .tar.zst of 2,000,000 empty files with 3.8 KB
+    paths in one directory held ~16 KB per path while it was read (200,000 of them took 3.4 GB, the
+    whole of it ~33 GB). The bytes of an artifact's paths and link targets are bounded as they are read."""
+    monkeypatch.setattr(paths, "MAX_PATH_BYTES", 200 << 10)
+    archive = _long_paths_archive(tmp_path / "long.tar.zst", 60)  # ~233 KB of paths
+    code, out, err = run_cli("import", archive)
+    assert code == 2, (out, err)
+    assert len(err.splitlines()) == 1, err
+    assert "more than 200.0 KiB of paths and link targets" in err, err
+    assert run_cli("artifacts", "--json")[1].strip() == "[]"
+    assert not [
+        p for p in (graven_home / "objects").rglob("*") if p.is_file() and p.name != "consolidate.lock"
+    ]
+    monkeypatch.setattr(paths, "MAX_PATH_BYTES", 240 << 10)  # the bound is what refused it
+    code, _, err = run_cli("import", archive)
+    assert code == 0, err
+
+
+@pytest.mark.usefixtures("graven_home")
+def test_build_outputs_whose_paths_make_too_many_bytes_are_refused(
+    tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a build takes, an import of its export takes: the outputs are held to the same bound."""
+    repo = _outputs_repo(
+        tmp_path, "mkdir out && for i in $(seq 40); do : > out/f$i-$(printf %0200d 0); done", ["out/"]
+    )
+    monkeypatch.setattr(paths, "MAX_PATH_BYTES", 4 << 10)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 2, err
+    assert err.startswith(
+        "graven: error: the build's outputs: more than 4.0 KiB of paths and link targets"
+    ), err
+    monkeypatch.setattr(paths, "MAX_PATH_BYTES", 16 << 10)
+    code, _, err = run_cli("build", "-C", repo)
+    assert code == 0, err

@@ -365,6 +365,9 @@ def _read_members(
     dirs: set[str] = set()
     ancestors: dict[str, None] = {}  # an ordered set
     held = 0  # bytes of the names in ``ancestors``: what paths.implied_dirs bounds in a build's tree too
+    # characters of the members' paths and link targets, bounded as a build's outputs are (a directory
+    # member with entries below is the build's implied one, counted in ``held``: it is allowed for)
+    named = 0
     for member in tar:
         tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member it read (with its headers); not needed here
         if tick is not None:
@@ -411,6 +414,9 @@ def _read_members(
         # the directories the paths imply, bounded as a build bounds them (not the paths: an artifact
         # the build accepted is imported again)
         held = paths.add_implied_dirs((name,), ancestors, held)
+        named += len(name) + len(member.linkname)
+        if named > paths.MAX_PATH_BYTES + held:
+            raise paths.too_many_path_bytes("the archive")
         if member.isdir():
             dirs.add(name)
         elif member.issym():

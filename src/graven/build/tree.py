@@ -45,6 +45,14 @@ def collect_tree(
     """
     entries: list[TreeEntry] = []
     seen: set[str] = set()
+    named = 0  # characters of the entries' paths and link targets (paths.MAX_PATH_BYTES)
+
+    def add(entry: TreeEntry) -> None:
+        nonlocal named
+        named += len(entry.path) + (len(entry.target) if isinstance(entry, SymlinkEntry) else 0)
+        if named > paths.MAX_PATH_BYTES:
+            raise paths.too_many_path_bytes("the build's outputs")
+        entries.append(entry)
 
     def visit(rel: str) -> list[str]:
         """Record ``rel``; the paths below it (a directory's entries, sorted), to visit next."""
@@ -67,7 +75,7 @@ def collect_tree(
                 names = sorted(os.listdir(full))
             if not names and selection.selects_dir(rel):
                 check_path(rel)
-                entries.append(DirEntry(rel))
+                add(DirEntry(rel))
             # os.listdir gives undecodable bytes as surrogates: such a name is refused (check_path)
             # only once it is selected, so that [artifact] exclude can leave it out
             return [f"{rel}/{name}" for name in names]
@@ -84,9 +92,9 @@ def collect_tree(
                 raise UnsafeInputError(
                     f"{display_path(rel)}: symlink target {shown} is not valid UTF-8"
                 ) from None
-            entries.append(SymlinkEntry(rel, target))
+            add(SymlinkEntry(rel, target))
         elif stat.S_ISREG(mode):
-            entries.append(_store_file(full, rel, info, batch))
+            add(_store_file(full, rel, info, batch))
             if on_file is not None:
                 on_file(info.st_size)
         else:

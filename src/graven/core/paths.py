@@ -26,6 +26,7 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_IMPLIED_BYTES",
     "MAX_LINK_HOPS",
+    "MAX_PATH_BYTES",
     "add_implied_dirs",
     "check_path",
     "check_unique_nfc",
@@ -45,6 +46,7 @@ __all__ = [
     "refused_by_git",
     "through_dotgit",
     "too_deep_paths",
+    "too_many_path_bytes",
     "too_many_paths",
 ]
 
@@ -59,6 +61,10 @@ MAX_ENTRIES = 2_000_000
 # 2,048 levels implies 2,047 directories of ~4 MiB of names, so a tree that names one deep subtree
 # from many places (a few objects in git, a few KiB in an archive) would take gigabytes
 MAX_IMPLIED_BYTES = 256 << 20
+# bytes of an artifact's paths and symlink targets: MAX_ENTRIES paths of 4 KB each (one deep directory
+# named over and over) compress to a few MB of archive, and graven held ~16 KB per path while it read
+# them (~33 GB); the largest source trees name under 100 MB
+MAX_PATH_BYTES = 256 << 20
 
 
 def too_many_paths(what: str) -> UnsafeInputError:
@@ -67,6 +73,16 @@ def too_many_paths(what: str) -> UnsafeInputError:
         f"more than {MAX_ENTRIES:,} paths in {what}: graven takes at most that many in one artifact (a "
         'tree that nests one tree in itself many times over, a "git bomb", lists millions from a few '
         "objects)"
+    )
+
+
+def too_many_path_bytes(what: str) -> UnsafeInputError:
+    """The refusal of ``what`` (an archive, a build's outputs) past :data:`MAX_PATH_BYTES` of paths."""
+    from graven.core.units import human_size
+
+    return UnsafeInputError(
+        f"{what}: more than {human_size(MAX_PATH_BYTES)} of paths and link targets: graven holds at most "
+        "that much of them in one artifact (millions of paths, each kilobytes long?)"
     )
 
 
