@@ -65,7 +65,8 @@ def test_many_links_into_one_long_chain_take_linear_time() -> None:
     check = link_checker(links)
     started = time.monotonic()
     assert all(check(path, target) for path, target in links.items())  # l -> c0 -> ...: 41 links, a loop
-    assert time.monotonic() - started < 2  # 57 s when each link followed the chain again
+    # generous for a loaded machine: 57 s when each link followed the chain again, ~0.1 s now
+    assert time.monotonic() - started < 15
     assert check("x", "c1/..") is True and check("x", "c1/../..") is False
     assert check("sub/x", "../c1/../..") is False and check("sub/x", "../c1/..") is True
 
@@ -76,12 +77,12 @@ def test_a_loop_through_links_being_resolved_counts_as_inside() -> None:
         assert link_stays_inside(path, target, links) is _reference(path, target, links)
 
 
-def test_a_chain_of_a_million_links_is_no_recursion() -> None:
-    links = {f"l{i}": f"l{i + 1}" for i in range(1_000_000)}
-    links["l1000000"] = ".."
+def test_a_chain_of_links_far_past_the_recursion_limit_is_no_recursion() -> None:
+    links = {f"l{i}": f"l{i + 1}" for i in range(100_000)}
+    links["l100000"] = ".."
     check = link_checker(links)
     assert check("l0", "l1") is True  # past MAX_LINK_HOPS: a loop to the kernel
-    assert check("l999990", "l999991") is False
+    assert check("l99990", "l99991") is False
 
 
 _NAMES = st.sampled_from(["a", "b", "c", "d"])
@@ -93,7 +94,7 @@ _TARGETS = st.one_of(
 )
 
 
-@settings(max_examples=3_000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.dictionaries(_PATHS, _TARGETS, max_size=8), _PATHS, _TARGETS)
 def test_resolution_matches_the_reference(links: dict[str, str], path: str, target: str) -> None:
     check = link_checker(links)
