@@ -245,10 +245,17 @@ def _duration(text: str, option: str) -> float:
         )
     if seconds <= 0:
         raise UsageError(f"argument {option}: {text!r} must be more than zero", "graven watch")
+    if seconds < _MIN_DURATION:  # a check after every check, without pause: a core burnt for ever
+        raise UsageError(
+            f"argument {option}: {text!r} must be at least {_MIN_DURATION:g} s (file changes are "
+            "noticed at once anyway; the interval is for the periodic check)",
+            "graven watch",
+        )
     return seconds
 
 
 _MAX_DURATION = 365 * 86400.0
+_MIN_DURATION = 0.1
 
 
 def watch_cmd(args: argparse.Namespace) -> int:

@@ -141,6 +141,20 @@ def test_watch_durations_must_be_finite(value: str, capsys: pytest.CaptureFixtur
     assert "argument --full-every: '0' must be more than zero" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--interval", "--full-every"])
+@pytest.mark.parametrize("value", ["1e-9", "0.01", "0.05s"])
+def test_watch_durations_below_a_tenth_of_a_second_are_refused(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--interval 1e-9` ran a check after every check without pause (some 1,300 a second; with
+    --full-every, each re-hashing the whole release): a typo that burns a core for ever."""
+    from graven.cli.main import main
+
+    assert main(["watch", option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: '{value}' must be at least 0.1 s" in err and len(err.splitlines()) == 1
+
+
 _INTERRUPTED_IMPORT = """
 import sys
 class Interrupt:
