@@ -137,7 +137,9 @@ def artifacts_cmd(args: argparse.Namespace) -> int:
     from graven.home import Home
 
     home = Home.from_env()
-    if not home.has_database():  # an empty home: answer without loading the database layer
+    # an empty home: answer without loading the database layer (a home whose log key signed
+    # entries, log/in-use, lost its database: the use case says so)
+    if not home.has_database() and not (home.root / "log" / "in-use").exists():
         if as_json:
             emit_json([])
         else:

@@ -11,7 +11,7 @@ from graven.db import Row
 from graven.errors import AmbiguousError, GravenError, IntegrityError, NotFoundError
 from graven.model.digest import Digest
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeManifest
-from graven.service.context import Context, check_limit
+from graven.service.context import Context, check_limit, refuse_lost_log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ def resolve_digest(ctx: Context, text: str) -> Digest:
             "`graven artifacts` lists the digests, `graven build REVISION` prints a revision's"
         )
     if not ctx.home.has_database():
+        refuse_lost_log(ctx)
         raise NotFoundError(f"no artifact matches {text!r} (this graven home has no artifacts yet)")
     with ctx.db.connect() as conn:
         matches: list[str] = list(
@@ -144,6 +145,7 @@ def resolve_digest(ctx: Context, text: str) -> Digest:
                 f"sha256:{value} is a stored object (a file of an artifact, a graven.toml, a provenance), "
                 "not an artifact; `graven artifacts` lists them"
             )
+        refuse_lost_log(ctx)  # none, as the database lost every row: not a mistyped prefix
         raise NotFoundError(f"no artifact matches {text!r}; `graven artifacts` lists them")
     if len(matches) > 1:
         more = "..." if len(matches) > 3 else ""
@@ -174,17 +176,20 @@ def list_artifacts(ctx: Context, *, limit: int | None = None) -> list[ArtifactRe
     index on ``created_at``: the work grows with ``limit``, not with the table). An empty home has
     none and creates nothing."""
     check_limit(limit)
-    if not ctx.home.has_database():
-        return []
-    query = """SELECT digest, name, "commit", repository, revision, pipeline_digest, source_date_epoch,
-        file_count, total_size, origin, created_at
-        FROM artifacts ORDER BY created_at DESC, digest DESC"""
-    params: dict[str, Any] = {}
-    if limit is not None:
-        query += " LIMIT :limit"
-        params["limit"] = limit
-    with ctx.db.connect() as conn:
-        return [_record(row) for row in conn.execute(query, params)]
+    records: list[ArtifactRecord] = []
+    if ctx.home.has_database():
+        query = """SELECT digest, name, "commit", repository, revision, pipeline_digest, source_date_epoch,
+            file_count, total_size, origin, created_at
+            FROM artifacts ORDER BY created_at DESC, digest DESC"""
+        params: dict[str, Any] = {}
+        if limit is not None:
+            query += " LIMIT :limit"
+            params["limit"] = limit
+        with ctx.db.connect() as conn:
+            records = [_record(row) for row in conn.execute(query, params)]
+    if not records:
+        refuse_lost_log(ctx)  # not a new home: one whose database was lost
+    return records
 
 
 def get_artifact(ctx: Context, digest: Digest) -> ArtifactRecord:

@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from graven.core.record import Record
-from graven.errors import InputError, IntegrityError
+from graven.errors import InputError, IntegrityError, NeverDeployedError
 from graven.home import Home, check_home, make_home
 
 if TYPE_CHECKING:
@@ -17,7 +17,17 @@ if TYPE_CHECKING:
     from graven.store.local import LocalStore
     from graven.store.manifest_cache import ManifestCache
 
-__all__ = ["BYTES", "MAX_LIMIT", "Context", "NullReporter", "Reporter", "check_limit", "utc_now"]
+__all__ = [
+    "BYTES",
+    "MAX_LIMIT",
+    "Context",
+    "NullReporter",
+    "Reporter",
+    "check_limit",
+    "never_deployed",
+    "refuse_lost_log",
+    "utc_now",
+]
 
 BYTES = " (bytes)"  # the end of a progress stage counted in bytes
 MAX_LIMIT = 2**63 - 1  # the largest LIMIT both databases take (a signed 64-bit integer)
@@ -37,6 +47,23 @@ def _refuse_emptied_database(home: Home) -> None:
             f"the database {home.db_path} is empty (0 bytes), but this home recorded entries in its audit "
             "log (log/in-use): it was truncated, or restored from a bad copy; restore it from a backup"
         )
+
+
+def refuse_lost_log(ctx: Context) -> None:
+    """For a read that found nothing (no artifacts, no environments): IntegrityError (exit 1) when this
+    home's log key signed committed entries (``log/in-use``) and the database holds none (graven.db
+    deleted, or a new database under ``GRAVEN_DB_URL``), as ``graven log`` and every write refuse
+    (:meth:`graven.service.audit.AuditLog.check_not_lost`): "no environments yet" there would hide
+    that every environment is still live and no longer watched. One stat in a home never used."""
+    if (ctx.home.root / "log" / "in-use").exists():
+        ctx.audit.check_not_lost()
+
+
+def never_deployed(ctx: Context, env: str) -> NeverDeployedError:
+    """The error for ``env``, which the database does not know: the one :func:`refuse_lost_log` raises
+    when the database lost its log (every environment "never deployed to"), else NeverDeployedError."""
+    refuse_lost_log(ctx)
+    return NeverDeployedError(env)
 
 
 def check_limit(limit: int | None) -> None:

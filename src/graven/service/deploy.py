@@ -30,7 +30,7 @@ from graven.deploy.switch import point_symlink
 from graven.errors import BackendError, GravenError, InputError, NeverDeployedError, PolicyError
 from graven.model.digest import Digest
 from graven.service.artifacts import resolve_digest
-from graven.service.context import Context, utc_now
+from graven.service.context import Context, never_deployed, utc_now
 from graven.service.deploy_records import (
     RejectedMeanwhileError,
     insert_pending,
@@ -748,12 +748,15 @@ def promote(ctx: Context, from_env: str, to_env: str, opts: DeployOptions) -> De
     if from_env == to_env:
         raise InputError(f"cannot promote {from_env} to itself")
     if not ctx.home.has_database():
-        raise NeverDeployedError(from_env)
+        raise never_deployed(ctx, from_env)
     with ctx.db.connect() as conn:
         source = load_state(conn, from_env)
     _settle_pending(ctx, from_env, source, opts)  # its first deployment's too (nothing recorded yet)
     with ctx.db.connect() as conn:
-        digest, pipeline = _promotable(conn, from_env)
+        try:
+            digest, pipeline = _promotable(conn, from_env)
+        except NeverDeployedError:
+            raise never_deployed(ctx, from_env) from None  # or a database that lost its log
 
     def still_live(conn: Connection, _state: EnvState | None) -> None:
         now, now_pipeline = _promotable(conn, from_env)
@@ -815,7 +818,7 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
     """
     check_env_name(env)
     if not ctx.home.has_database():
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     with ctx.db.connect() as conn:
         state = load_state(conn, env)
     # a killed deployer may have changed what is live; its first deployment's too (no row yet)
@@ -823,7 +826,7 @@ def rollback(ctx: Context, env: str, opts: DeployOptions, *, to: str | None = No
     with ctx.db.connect() as conn:
         state = load_state(conn, env)
         if state is None:
-            raise NeverDeployedError(env)
+            raise never_deployed(ctx, env)
         if to is not None:
             digest = resolve_digest(ctx, to)
         else:

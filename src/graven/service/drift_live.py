@@ -66,6 +66,13 @@ def artifact_row(conn: Connection, digest: str) -> Row | None:
     ).one_or_none()
 
 
+def _refuse_lost_log(ctx: Context) -> None:
+    """:func:`graven.service.context.refuse_lost_log`, imported only when nothing is live."""
+    from graven.service.context import refuse_lost_log
+
+    refuse_lost_log(ctx)
+
+
 def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
     """The live environments (all of them, or those named); a named one must be live."""
     for env in envs:
@@ -75,6 +82,7 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
                 "starting with a letter or digit"
             )
     if not ctx.home.has_database():
+        _refuse_lost_log(ctx)  # every environment unwatched, not "no live environments"
         if envs:
             raise NeverDeployedError(envs[0])
         return []
@@ -83,6 +91,8 @@ def live_targets(ctx: Context, envs: Sequence[str] = ()) -> list[DriftTarget]:
         found = conn.execute("SELECT name, path, live_digest, live_deployment FROM deploy_envs")
         # by name bytewise, as on SQLite: not in the PostgreSQL database's collation
         rows = {row.name: row for row in sorted(found, key=lambda row: str(row.name))}
+        if not rows:
+            _refuse_lost_log(ctx)
         for env in envs:
             if env not in rows:
                 raise NeverDeployedError(env)

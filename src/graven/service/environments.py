@@ -14,10 +14,10 @@ from graven.core.record import Frozen, Record
 from graven.db import Connection, Row
 from graven.deploy.layout import EnvLayout
 from graven.deploy.settings import check_env_name
-from graven.errors import BackendError, InputError, NeverDeployedError, PolicyError
+from graven.errors import BackendError, InputError, PolicyError
 from graven.model.logentry import LogEvent
 from graven.service.artifacts import resolve_digest
-from graven.service.context import Context, check_limit, utc_now
+from graven.service.context import Context, check_limit, never_deployed, refuse_lost_log, utc_now
 
 __all__ = [
     "HEALTHY",
@@ -289,11 +289,11 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
     if not reason.strip():
         raise InputError(f"hold needs --reason TEXT: say why {env} must not change")
     if not ctx.home.has_database():
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     with ctx.db.connect() as conn:
         path = settle_path(conn, env, load_state(conn, env))
     if path is None:
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     layout = EnvLayout(Path(path))
     with _deploy_lock(ctx, env, layout, "hold"):
         from graven.service.deploy_records import reconcile
@@ -304,7 +304,7 @@ def hold(ctx: Context, env: str, reason: str) -> HoldResult:
         with ctx.db.begin() as conn:
             state = load_state(conn, env)
             if state is None:  # the first deployment, waited for, made nothing live
-                raise NeverDeployedError(env)
+                raise never_deployed(ctx, env)
             if state.held:
                 return HoldResult(env, True, False, state.held_digest)
             state.held, state.held_digest, state.hold_reason = True, state.live_digest, reason
@@ -373,12 +373,12 @@ def retire(ctx: Context, env: str, reason: str) -> RetireResult:
     if not reason.strip():
         raise InputError(f"retire needs --reason TEXT: say why {env} is no longer managed")
     if not ctx.home.has_database():
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     with ctx.db.connect() as conn:
         recorded = load_state(conn, env)
         path = settle_path(conn, env, recorded)
     if recorded is None or path is None:
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     layout = EnvLayout(Path(path))
     with _deploy_lock(ctx, env, layout, "retire"):
         from graven.service.deploy_records import reconcile
@@ -387,7 +387,7 @@ def retire(ctx: Context, env: str, reason: str) -> RetireResult:
         with ctx.db.begin() as conn:
             state = load_state(conn, env)
             if state is None:  # retired meanwhile
-                raise NeverDeployedError(env)
+                raise never_deployed(ctx, env)
             if state.held:
                 held_on = (state.held_digest or "sha256:nothing")[7:19]
                 raise PolicyError(
@@ -439,11 +439,11 @@ def unhold(ctx: Context, env: str, reason: str | None = None) -> HoldResult:
     hold keeps there is no longer graven's to release."""
     check_env_name(env)
     if not ctx.home.has_database():
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     with ctx.db.begin() as conn:
         state = load_state(conn, env)
         if state is None:
-            raise NeverDeployedError(env)
+            raise never_deployed(ctx, env)
         if not state.held:
             return HoldResult(env, False, False, None)
         EnvLayout(Path(state.path)).check_owners()
@@ -620,6 +620,7 @@ def status(ctx: Context) -> list[EnvStatus]:
     names (where it is settled: :func:`settle_path`), which differs from the recorded one only when,
     with nothing live, it moved."""
     if not ctx.home.has_database():
+        refuse_lost_log(ctx)
         return []
     result: list[EnvStatus] = []
     with ctx.db.connect() as conn:
@@ -698,6 +699,8 @@ def status(ctx: Context) -> list[EnvStatus]:
                     pending_since=pending.started_at,
                 )
             )
+    if not result:
+        refuse_lost_log(ctx)
     result.sort(key=lambda e: e.env)  # by name bytewise, as on SQLite: not in the PostgreSQL collation
     return result
 
@@ -739,7 +742,7 @@ def history(ctx: Context, env: str, *, limit: int | None = None) -> list[dict[st
     check_env_name(env)
     check_limit(limit)
     if not ctx.home.has_database():
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     query = (
         "SELECT id, env, digest, kind, source_env, previous_digest, actor, started_at, finished_at,"
         " result, health, override, reason, detail, settings FROM deployments WHERE env = :env"
@@ -756,7 +759,7 @@ def history(ctx: Context, env: str, *, limit: int | None = None) -> list[dict[st
     if limit is not None:
         rows.reverse()
     if known is None and not rows:
-        raise NeverDeployedError(env)
+        raise never_deployed(ctx, env)
     out: list[dict[str, Any]] = []
     for row in rows:
         item = dict(row._asdict())
