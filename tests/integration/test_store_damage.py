@@ -125,3 +125,45 @@ def test_a_deleted_pack_whose_index_remains_reports_missing(
     code, _, err = run_cli("verify", in_a)
     assert code == 1
     assert f"missing: (manifest) (object {in_a})" in err.splitlines(), err
+
+
+def _error_line(err: str) -> str:
+    (line,) = [line for line in err.splitlines() if line.startswith("graven: error: ")]
+    return line
+
+
+def test_verify_says_how_to_put_a_damaged_object_back_and_that_way_works(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    """An operator review: `graven verify` named the lost files and stopped there ("1 missing or
+    corrupt"), and deploy's error sent to verify; a plain `graven build` of the commit then said "built"
+    (the blob cache vouches for a stored object without reading it) and left the damage in place."""
+    repo = make_repo(tmp_path / "repo", {"big/blob.bin": BIG, "data/random.bin": PACKED})
+    digest = _build(run_cli, repo)
+    (record,) = json.loads(run_cli("artifacts", "--json")[1])
+    commit = record["commit"]
+    loose = LocalStore.at(graven_home / "objects").loose_path(Digest(_sha(BIG)))
+    _flip(loose, 10)
+    code, _, err = run_cli("verify", digest)
+    line = _error_line(err)
+    assert code == 1 and "1 missing or corrupt" in line, err
+    assert f"`graven build --no-cache {commit}` in its repository" in line, line
+    assert "`graven import`" in line and "`graven pull`" in line and "README: Backups" in line, line
+
+    # followed literally: the command it names, in the repository
+    named = line.split("`graven build --no-cache ", 1)[1].split("`", 1)[0].split()
+    code, _, err = run_cli("build", "--no-cache", *named, cwd=repo)
+    assert code == 0, err
+    _verify_ok(run_cli, digest)
+
+
+def test_an_export_of_a_damaged_object_sends_to_verify(
+    graven_home: Path, tmp_path: Path, make_repo: Callable[..., Path], run_cli: Run
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"big/blob.bin": BIG})
+    digest = _build(run_cli, repo)
+    _flip(LocalStore.at(graven_home / "objects").loose_path(Digest(_sha(BIG))), 10)
+    for args in (("-o", str(tmp_path / "out.tar.zst")), ("-o", "-")):
+        code, _, err = run_cli("export", digest, *args)
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"(while exporting {digest}); run `graven verify` on the artifact" in err, err

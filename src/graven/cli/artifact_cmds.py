@@ -339,22 +339,32 @@ def verify_cmd(args: argparse.Namespace) -> int:
     elif ok:
         print(f"ok {resolved} ({report.objects_checked} objects verified; {provenance.reason})")
     else:
-        _print_problems(resolved, report, provenance)
+        _print_problems(ctx, resolved, report, provenance)
     return 0 if ok else 1
 
 
 def _print_problems(
-    resolved: Digest, report: VerifyReport, provenance: ProvenanceCheck, *, not_rebuilt: bool = False
+    ctx: Context,
+    resolved: Digest,
+    report: VerifyReport,
+    provenance: ProvenanceCheck,
+    *,
+    not_rebuilt: bool = False,
 ) -> None:
-    """The per-object lines, then one ``graven: error:`` line with every verdict of a failed verify,
-    on stderr (nothing when it did not fail)."""
+    """The per-object lines, then one ``graven: error:`` line with every verdict of a failed verify
+    and how to put back what is damaged, on stderr (nothing when it did not fail)."""
+    from graven.service.artifacts import restore_hint
+
     for problem in report.problems:
         sys.stderr.write(printable(f"{problem.kind}: {problem.path} (object {problem.object})") + "\n")
     verdicts = [] if report.ok else [f"{len(report.problems)} missing or corrupt"]
+    hint = restore_hint(ctx, resolved, report)
     if not provenance.ok:
         verdicts.append(provenance.reason)
     if not_rebuilt:
         verdicts.append("not rebuilt, as its provenance does not verify")
+    if hint:
+        verdicts.append(hint)
     if verdicts:
         line = f"graven: error: {resolved} failed verification: {'; '.join(verdicts)}"
         sys.stderr.write(printable_message(line) + "\n")
@@ -379,7 +389,7 @@ def _verify_rebuild(
         if as_json:
             emit_json({**report.to_json(), "ok": False, "provenance": provenance.to_json(), "rebuild": None})
             return 1
-        _print_problems(resolved, report, provenance, not_rebuilt=True)
+        _print_problems(ctx, resolved, report, provenance, not_rebuilt=True)
         return 1
     try:
         result = rebuild(ctx, resolved, repo=repo, envelope=provenance.envelope)
@@ -397,7 +407,7 @@ def _verify_rebuild(
             {**report.to_json(), "ok": ok, "provenance": provenance.to_json(), "rebuild": result.to_json()}
         )
         return 0 if ok else 1
-    _print_problems(resolved, report, provenance)
+    _print_problems(ctx, resolved, report, provenance)
     for note in result.notes:
         sys.stderr.write(f"note: {printable_message(note)}\n")
     if not result.ok:

@@ -332,6 +332,29 @@ def verify_artifact(ctx: Context, digest: Digest) -> VerifyReport:
     return report
 
 
+def restore_hint(ctx: Context, digest: Digest, report: VerifyReport) -> str:
+    """How to put back what ``report`` found missing or corrupt (README: Backups); "" when nothing is.
+    The same bytes stored again replace a damaged copy (its digest does not change): an export of the
+    artifact imported, a pull, or a build of its commit past the blob cache (``--no-cache``: with the
+    cache, a build trusts a stored object without reading it, and leaves the damage). A damaged signed
+    provenance cannot be made again (a build signs another envelope): only a backup has it."""
+    if report.ok:
+        return ""
+    try:
+        commit = get_artifact(ctx, digest).commit or "COMMIT"
+    except GravenError:  # an artifact whose record is gone, a database that cannot be read
+        commit = "COMMIT"
+    parts = []
+    if any(problem.path != PROVENANCE_PATH for problem in report.problems):
+        parts.append(
+            "to put the objects back, `graven import` an export of it, `graven pull` it, or run "
+            f"`graven build --no-cache {commit}` in its repository (the same bytes replace a damaged copy)"
+        )
+    if any(problem.path == PROVENANCE_PATH for problem in report.problems):
+        parts.append("a damaged signed provenance comes back only from a backup of GRAVEN_HOME/objects")
+    return f"{'; '.join(parts)} (README: Backups)"
+
+
 class Verification(Frozen):
     """What ``graven verify`` found: every object of the artifact re-hashed (``report``, which also
     names the objects its provenance relies on), the provenance against the trust policy, the

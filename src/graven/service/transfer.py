@@ -27,6 +27,7 @@ from graven.errors import (
     DigestMismatchError,
     GravenError,
     InputError,
+    IntegrityError,
     RevokedSignerError,
     VerificationError,
 )
@@ -132,16 +133,25 @@ def export_artifact(
                     f"({exc.strerror}); the new archive was not written{gone}"
                 ) from None
 
-    write_archive_file(
-        manifest,
-        meta,
-        ctx.store.open,
-        out,
-        read_many=ctx.store.read_many,
-        progress=progress,
-        before_rename=drop_replaced if replaces else None,
-    )
+    try:
+        write_archive_file(
+            manifest,
+            meta,
+            ctx.store.open,
+            out,
+            read_many=ctx.store.read_many,
+            progress=progress,
+            before_rename=drop_replaced if replaces else None,
+        )
+    except IntegrityError as exc:
+        raise _damaged(exc, digest) from None
     progress(manifest.total_size)
+
+
+def _damaged(exc: IntegrityError, digest: Digest) -> IntegrityError:
+    """A store object of ``digest`` found damaged while it was exported, with where to go next (as a
+    deployment says it: graven verify names every damaged object and how to put it back)."""
+    return IntegrityError(f"{exc} (while exporting {digest}); run `graven verify` on the artifact")
 
 
 def export_to_stream(
@@ -177,6 +187,8 @@ def export_to_stream(
             progress=progress,
         )
         counted.flush()
+    except IntegrityError as exc:
+        raise _damaged(exc, digest) from None
     except OSError as exc:
         if exc is not counted.failed or isinstance(exc, BrokenPipeError):
             raise
