@@ -145,18 +145,6 @@ class HeldSignals:
                 self.stopped = self.stopped or exc
 
 
-def block_interrupts() -> None:
-    """In a worker thread of graven's own (a pool's ``initializer``): SIGINT and SIGTERM are never
-    delivered to it. The kernel hands a signal sent to the process to any thread that does not block
-    it; one that landed in a worker left the main thread asleep in its wait (a future's result, a
-    condition), so Ctrl-C took effect only once the work was done, as the command ended and ignored
-    it. Blocked here, they reach the main thread and interrupt its wait. Only for threads that start
-    no process: a child inherits the mask."""
-    import signal
-
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
 def end_queue(handover: queue.Queue[Any]) -> None:
     """Hand ``None`` (the end) to the thread that takes items from ``handover``, and make sure it wakes.
 

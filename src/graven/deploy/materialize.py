@@ -35,7 +35,7 @@ from graven.deploy.lock import open_dir_nofollow
 from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.errors import BackendError, InputError, IntegrityError
 from graven.model.manifest import DirEntry, FileEntry, SymlinkEntry, TreeEntry, TreeManifest
-from graven.runtime import block_interrupts, can_fork, no_gc, reap
+from graven.runtime import can_fork, no_gc, reap
 from graven.store.local import LOOSE_THRESHOLD, LocalStore
 
 _set = object.__setattr__  # how a frozen value sets its fields (graven.core.record)
@@ -946,13 +946,7 @@ def build_release(
     caller removes ``dest``."""
     from concurrent.futures import ThreadPoolExecutor  # here: a rollback's stat check needs no pool
 
-    with (
-        no_gc(),
-        # Ctrl-C and SIGTERM reach the main thread, waiting on the tasks (runtime.block_interrupts)
-        ThreadPoolExecutor(
-            WORKERS, thread_name_prefix="graven-release", initializer=block_interrupts
-        ) as pool,
-    ):
+    with no_gc(), ThreadPoolExecutor(WORKERS, thread_name_prefix="graven-release") as pool:
         tree = _Tree.of(manifest, parts=WORKERS, linking=reuse_root is not None)
         firsts, duplicates = tree.firsts, tree.duplicates
         builder = _Builder(

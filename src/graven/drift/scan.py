@@ -149,11 +149,7 @@ class Hasher:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                from graven.runtime import block_interrupts  # Ctrl-C goes to the waiting main thread
-
-                self._pool = ThreadPoolExecutor(
-                    self.workers, thread_name_prefix="graven-hash", initializer=block_interrupts
-                )
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graven-hash")
             return self._pool
 
     def submit(self, path: str, stop: threading.Event | None = None) -> Future[HashResult]:

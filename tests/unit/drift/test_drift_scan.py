@@ -1028,20 +1028,3 @@ def test_the_stat_check_of_a_directory_that_cannot_be_listed_reports_its_mode_on
     finally:
         give.chmod(0o555)
     assert differences == ([[directory, "mode"]] if directory else [[".", "mode"]]), differences
-
-
-def test_the_hashing_threads_leave_ctrl_c_and_sigterm_to_the_main_thread() -> None:
-    """The kernel gives a signal sent to the process to any thread that does not block it. One that
-    landed in a hashing thread left the main thread asleep on a future's result: `drift --full` hashed
-    on to the end and then exited 0, the signal ignored as the command ended (a CI run saw it). The
-    pool's threads block both, so they reach the main thread and interrupt its wait."""
-    import signal
-
-    hasher = Hasher(workers=2)
-    try:
-        masks = [hasher._the_pool().submit(signal.pthread_sigmask, signal.SIG_BLOCK, []) for _ in range(4)]
-        for mask in masks:
-            assert {signal.SIGINT, signal.SIGTERM} <= mask.result()
-    finally:
-        hasher.close()
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's own: untouched
