@@ -20,6 +20,7 @@ loop of symbolic links, a read-only file system), else 1::
     │   ├── VerificationError        a signature or attestation does not verify
     │   ├── PolicyError              trust or deployment policy refuses
     │   │   ├── EnvironmentBusyError another process holds the environment's lock (deploy, heal)
+    │   │   │   └── CheckLockBusyError  ... its check lock, longer than the caller waits
     │   │   ├── UntrustedSignerError a signature by a key this home does not trust (nor revokes)
     │   │   └── RevokedSignerError   a signature by a key this home revoked
     │   └── BuildError               a build step failed
@@ -39,6 +40,7 @@ __all__ = [
     "BackendError",
     "BuildError",
     "CheckFailedError",
+    "CheckLockBusyError",
     "ConfigError",
     "DatabaseBusyError",
     "DatabaseReplacedError",
@@ -141,6 +143,13 @@ class EnvironmentBusyError(PolicyError):
     """Another process holds the environment's lock (a deployment, a heal): the same command, run
     again once it is done, may well succeed (graven watch tries again soon; any other refusal of
     policy is no reason to)."""
+
+
+class CheckLockBusyError(EnvironmentBusyError):
+    """The environment's check lock (``PATH/.graven/lock.check``) stayed held longer than the caller
+    waits for it (``EnvLock(check_wait=...)``), or its stop came first: drift checks in flight hold
+    it shared, briefly; one held longer is a check that hangs, or another process holding the file.
+    Nothing of the lock is kept."""
 
 
 class UntrustedSignerError(PolicyError):

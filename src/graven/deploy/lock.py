@@ -21,12 +21,14 @@ import fcntl
 import json
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from graven.errors import BackendError, EnvironmentBusyError, GravenError, PolicyError
+from graven.errors import BackendError, CheckLockBusyError, EnvironmentBusyError, GravenError, PolicyError
 from graven.home import make_dirs
 from graven.runtime import pid_runs
 
@@ -282,12 +284,26 @@ class EnvLock:
     """An exclusive lock on one environment directory; use as a context manager."""
 
     def __init__(
-        self, path: Path, *, env: str, actor: str, since: str, warn: Callable[[str], None] | None = None
+        self,
+        path: Path,
+        *,
+        env: str,
+        actor: str,
+        since: str,
+        warn: Callable[[str], None] | None = None,
+        check_wait: float | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
-        """``warn``: where to say what the lock waits for, when it has to (the command's reporter)."""
+        """``warn``: where to say what the lock waits for, when it has to (the command's reporter).
+        ``check_wait``: the seconds the check lock is waited for at most (None: as long as it takes, a
+        command the user can interrupt), and ``stop``: it is not waited for once that is set; either
+        way CheckLockBusyError, nothing of the lock kept (``graven watch``: its one loop must not
+        stall on a check that hangs, nor outlive its service manager's stop)."""
         self.path = path
         self.env = env
         self._warn = warn
+        self.check_wait = check_wait
+        self._stop = stop
         self._info = {
             "env": env,
             "actor": actor,
@@ -361,13 +377,28 @@ class EnvLock:
         try:
             try:
                 fcntl.flock(check_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = True
             except BlockingIOError:
                 self._say_waiting(check, check_fd)
-                fcntl.flock(check_fd, fcntl.LOCK_EX)
+                taken = self._wait_check(check_fd)
         except OSError as exc:
             os.close(check_fd)
             self.release()
             raise BackendError(f"cannot lock {check}: {exc.strerror}") from None
+        if not taken:
+            who = _pids(flock_holders(check_fd))
+            os.close(check_fd)
+            self.release()
+            why = (
+                "the stop came first"
+                if self._stop is not None and self._stop.is_set()
+                else (f"waited {self.check_wait:g} s")
+            )
+            raise CheckLockBusyError(
+                f"the check lock of {self.env} ({check}) is held by {who} ({why}): drift checks in "
+                "flight hold it briefly; one held longer is a check that hangs, or another process "
+                "holding the file"
+            )
         self._check_fd = check_fd
 
     def _refusal(self, what: str, tried: Path, exc: OSError) -> GravenError:
@@ -378,6 +409,31 @@ class EnvLock:
 
             return not_writable(what, self.path.parent.parent, tried, exc)
         return BackendError(f"{what}: {_why(exc)}")
+
+    def _wait_check(self, check_fd: int) -> bool:
+        """Wait for the check lock open at ``check_fd``: as long as it takes without ``check_wait`` and
+        ``stop``; else until it is taken (True), ``check_wait`` seconds passed or ``stop`` is set
+        (False)."""
+        if self.check_wait is None and self._stop is None:
+            fcntl.flock(check_fd, fcntl.LOCK_EX)
+            return True
+        limit = self.check_wait if self.check_wait is not None else float("inf")
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                fcntl.flock(check_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            pause = min(left, _CHECK_POLL)
+            if self._stop is not None:
+                if self._stop.wait(pause):
+                    return False
+            else:
+                time.sleep(pause)
 
     def _say_queued(self, holder: LockHolder | None, fd: int) -> None:
         """Say whom ``--wait`` queues behind (the lock open at ``fd`` is held by ``holder``, as
@@ -396,9 +452,10 @@ class EnvLock:
         if self._warn is None:
             return
         who = _pids(flock_holders(check_fd))
+        give_up = "interrupt to give up" if self.check_wait is None else f"at most {self.check_wait:g} s"
         self._warn(
             f"waiting for the drift checks in flight on {self._info['env']} to finish ({check} is held "
-            f"by {who}); interrupt to give up"
+            f"by {who}); {give_up}"
         )
 
     def release(self) -> None:
@@ -417,6 +474,9 @@ class EnvLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+_CHECK_POLL = 0.05  # seconds between two tries of a check lock waited for with a bound or a stop
 
 
 def check_lock_path(lock: Path) -> Path:

@@ -40,7 +40,14 @@ from graven.deploy.statdb import DIR_SHA, StatTable
 from graven.deploy.switch import fsync_dir, link_kind, point_symlink, remove_symlink
 from graven.drift.heal import HealStats, apply_heal, giving, giving_group, move_aside
 from graven.drift.scan import ReleaseIndex, ScanStopped
-from graven.errors import BackendError, DatabaseBusyError, GravenError, IntegrityError, PolicyError
+from graven.errors import (
+    BackendError,
+    CheckLockBusyError,
+    DatabaseBusyError,
+    GravenError,
+    IntegrityError,
+    PolicyError,
+)
 from graven.home import make_dirs
 from graven.model.logentry import LogEvent
 from graven.runtime import HeldSignals
@@ -236,6 +243,7 @@ def heal(
     session: DriftSession | None = None,
     start_wait: float | None = None,
     stop: threading.Event | None = None,
+    lock_wait: float | None = None,
 ) -> HealResult:
     """Restore ``env``'s release (and ``current``, ``config``) to exactly what was deployed, from the
     store, under the environment's deploy lock; then check it again (full).
@@ -250,6 +258,10 @@ def heal(
     :class:`ScanStopped` before it changed anything (nothing recorded), :class:`HealStopped` after
     (recorded as failed).
 
+    ``lock_wait``: the seconds the environment's check lock (drift checks in flight) is waited for at
+    most (default: as long as it takes): CheckLockBusyError then, nothing changed; with ``stop``, the
+    wait ends at the stop too (ScanStopped).
+
     In order, under the lock: :func:`_still_live`, the full check and :func:`_planned` (nothing changed
     yet), the record of the start, :func:`_restore`, :func:`_check_after` (which records the outcome)."""
     started = time.monotonic()
@@ -261,9 +273,22 @@ def heal(
     # root's by whoever owns its parent would otherwise get root's lock files before the refusal
     layout.check_releases_dir()
     try:
-        lock = EnvLock(layout.lock, env=env, actor=ctx.audit.actor, since=utc_now(), warn=ctx.reporter.warn)
+        lock = EnvLock(
+            layout.lock,
+            env=env,
+            actor=ctx.audit.actor,
+            since=utc_now(),
+            warn=ctx.reporter.warn,
+            check_wait=lock_wait,
+            stop=stop,
+        )
         if not plan_only:
-            lock.acquire(wait=wait)
+            try:
+                lock.acquire(wait=wait)
+            except CheckLockBusyError:
+                if stop is not None and stop.is_set():
+                    raise ScanStopped from None  # nothing changed yet
+                raise
         with lock:
             if not plan_only:
                 target = _still_live(ctx, env, layout)

@@ -22,6 +22,7 @@ from graven.deploy.lock import shared_lock
 from graven.drift.scan import ScanStopped
 from graven.drift.watch import ROOT_SUFFIX, Schedule, WatchOptions
 from graven.errors import (
+    CheckLockBusyError,
     DatabaseBusyError,
     DatabaseReplacedError,
     EnvironmentBusyError,
@@ -43,6 +44,7 @@ __all__ = [
     "DB_WAIT",
     "HEAL_BACKOFF_MAX",
     "HEAL_GRACE",
+    "HEAL_LOCK_WAIT",
     "HELD_MAX",
     "LOCKED_WARN",
     "RELAPSE_WINDOW",
@@ -63,6 +65,10 @@ HELD_MAX = 100  # checks of one environment held at most while the database is b
 ALERT_RETRY = 30.0  # seconds after an alert that was not delivered before it is sent again
 ALERT_RETRY_MAX = 900.0  # seconds: the longest wait between two tries of an undelivered alert
 LOCKED_WARN = 60.0  # seconds an environment's check lock may keep its checks off before it is said
+# seconds a heal waits at most for the checks in flight on its environment (they hold its check lock
+# shared, for milliseconds): the watcher's one loop waits with it, and a stop must not wait for a
+# check that hangs; longer, the heal fails (backed off as any failed heal)
+HEAL_LOCK_WAIT = 2.0
 
 
 class HeldChecks:
@@ -649,7 +655,14 @@ class _Watcher:
         # the heal's own changes wake no check; one follows it (HEAL_GRACE after it is done)
         self.schedule.mute(env, math.inf)
         try:
-            healed = heal(self.ctx, env, session=self.session, start_wait=DB_WAIT, stop=self.stop)
+            healed = heal(
+                self.ctx,
+                env,
+                session=self.session,
+                start_wait=DB_WAIT,
+                stop=self.stop,
+                lock_wait=HEAL_LOCK_WAIT,
+            )
         except HealStopped as exc:  # the watcher is stopping: abandoned half-way, recorded
             self._say(
                 "heal",
@@ -664,6 +677,9 @@ class _Watcher:
             return False
         except ScanStopped:  # ... before it changed anything: nothing of it kept
             return False
+        except CheckLockBusyError as exc:  # a check that hangs, or a holder of the file: not soon
+            self._heal_failed(env, exc)
+            return True
         except EnvironmentBusyError as exc:  # a deployment holds the lock: try again soon
             self.schedule.postpone(env, _POSTPONED)
             self._say(
@@ -677,12 +693,7 @@ class _Watcher:
             self._cannot_record(exc)
             return True
         except GravenError as exc:
-            wait = self.backoff.failed(env)
-            self._say(
-                "heal",
-                f"{utc_now()} {env}: heal failed: {exc}; next heal in {wait:g}s at the earliest",
-                {"env": env, "ok": False, "error": str(exc), "retry_in": wait},
-            )
+            self._heal_failed(env, exc)
             return True
         finally:
             self.schedule.mute(env, HEAL_GRACE)
@@ -696,6 +707,15 @@ class _Watcher:
             data["retry_in"] = wait
         self._say("heal", text, data)
         return True
+
+    def _heal_failed(self, env: str, exc: GravenError) -> None:
+        """Say a heal of ``env`` that failed (``exc``), and when the next may run (:class:`HealBackoff`)."""
+        wait = self.backoff.failed(env)
+        self._say(
+            "heal",
+            f"{utc_now()} {env}: heal failed: {exc}; next heal in {wait:g}s at the earliest",
+            {"env": env, "ok": False, "error": str(exc), "retry_in": wait},
+        )
 
     # -- recording while the database is busy ---------------------------------------------------------
 
