@@ -1277,3 +1277,24 @@ def test_a_value_holding_a_newline_does_not_cut_the_error_line(
         code, out, err = run_cli(*args)
         message = json.loads(out)["error"]["message"]
         assert code == 2 and err == f"graven: error: {message}\n", (out, err)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=localhost user=me password=Hunter2secret dbname=graven",  # libpq's keyword form
+        "host=localhost password='Hunter2secret' dbname=graven",
+        "postgresql://me@127.0.0.1/graven password=Hunter2secret",  # a URL, then a keyword
+    ],
+)
+def test_a_password_in_a_database_url_that_is_no_url_is_not_shown(
+    graven_home: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Since the CLI shows GRAVEN_DB_URL's value (but a URL's password) in its errors, a connection
+    string written in libpq's keyword form (host=... password=...), a common mistake, came out whole,
+    its password included: that password is hidden too, the rest still named."""
+    monkeypatch.setenv("GRAVEN_DB_URL", url)
+    code, out, err = run_cli("artifacts")
+    assert code in (1, 2), (code, out, err)
+    assert err.startswith("graven: error: ") and "database" in err, err
+    assert "Hunter2secret" not in err + out, err

@@ -102,23 +102,40 @@ def _redacted(message: str) -> str:
     from graven.deploy.hook_result import redact_secrets  # here: only an error needs it
 
     environ = dict(os.environ)
+    hidden: tuple[str, ...] = ()
     if environ.get(_DB_URL):  # graven names it without its password (db.redacted_url): the rest of it is
-        environ[_DB_URL] = _url_password(environ[_DB_URL])  # what the error is about (the URL to write)
-    return redact_secrets(message, environ)
+        hidden = _url_passwords(environ.pop(_DB_URL))  # what the error is about (the URL to write)
+    text = redact_secrets(message, environ)
+    for secret in sorted(hidden, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 _DB_URL = "GRAVEN_DB_URL"  # db.HOME_URL, without importing the database layer on every error
+# a password given as a keyword: libpq's form (host=H password=P), written by mistake where a URL goes,
+# or a URL's query; quoted as libpq quotes it, or up to a space or a separator; %3D: '=' as a URL shows it
+_PASSWORD_WORD = (
+    r"""(?i)(?:pass(?:word|wd)?|pwd)\s*(?:=|%3D)\s*(?:'((?:[^'\\]|\\.)*)'|"([^"]*)"|([^\s&;#'"]+))"""  # noqa: S105 - a pattern
+)
 
 
-def _url_password(url: str) -> str:
-    """Of GRAVEN_DB_URL's value, what is secret: the password in ``url`` ("" without one); all of
-    it when it does not parse (where its password ends is a guess)."""
+def _url_passwords(url: str) -> tuple[str, ...]:
+    """Of GRAVEN_DB_URL's value, what is secret: the password of ``url`` and each value given as a
+    ``password=`` keyword (libpq's keyword form, or a query); all of it when it does not parse (where
+    its password ends is a guess). A password of fewer than 4 characters is left to the patterns of
+    redact_secrets (``user:PW@``, ``?password=``): replaced everywhere, it would cut words of the line."""
+    import re
     from urllib.parse import urlsplit
 
-    try:
-        return urlsplit(url).password or ""
-    except ValueError:
-        return url
+    found: list[str] = []
+    if "://" in url:
+        try:
+            found.append(urlsplit(url).password or "")
+        except ValueError:
+            return (url,)
+    for match in re.finditer(_PASSWORD_WORD, url):
+        found.append(next(group for group in match.groups() if group is not None))
+    return tuple(secret for secret in found if len(secret) >= 4)
 
 
 class Terminated(KeyboardInterrupt):
