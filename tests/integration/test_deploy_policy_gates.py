@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from conftest import ProgressRecorder
 from graven.errors import PolicyError
 from graven.service import environments
-from graven.service.deploy import plan_deploy, promote, rollback
+from graven.service.deploy import deploy, plan_deploy, promote, rollback
 from helpers_deploy import World, env_toml, staging_prod
 
 
@@ -119,3 +120,25 @@ def test_a_killed_override_of_the_live_gate_is_logged_naming_it(world: World) ->
     assert [(e.artifact, e.result) for e in overrides] == [(v2, "interrupted")]
     actor = settler.audit.actor
     assert overrides[0].reason == f"requires staging bypassed: staging decommissioned (started by {actor})"
+
+
+def test_an_override_that_lowers_the_live_gate_is_not_told_the_gate_still_applies(world: World) -> None:
+    """The warning about a dropped gate said "that still applies (lowering the gate takes
+    --override-policy ...)" to the very deployment that passed --override-policy and lowered it."""
+    v1 = world.build()
+    assert world.deploy(v1, "staging").ok
+    assert promote(world.ctx(), "staging", "prod", world.options()).ok
+    v2 = world.version(2, _lax(2))
+    said: list[str] = []
+    # without the override, the warning says the gate still applies (and the policy refuses)
+    with pytest.raises(PolicyError, match="which prod requires"):
+        deploy(world.ctx(ProgressRecorder(said)), v2, "prod", world.options())
+    assert any("still applies" in line for line in said), said
+    said.clear()
+    options = world.options(override=True, reason="staging decommissioned")
+    result = deploy(world.ctx(ProgressRecorder(said)), v2, "prod", options)
+    assert result.ok and result.overridden == ("staging",)
+    gate = [line for line in said if "does not make prod require staging" in line]
+    assert gate, said
+    assert all("still applies" not in line for line in gate), gate
+    assert "--override-policy lowers it" in gate[0], gate

@@ -247,10 +247,16 @@ def tested_target(
             gate = live_gate(conn, env)
         dropped = tuple(name for name in gate if name not in requires)
         if dropped:
+            # with --override-policy this deployment lowers the gate (recorded as an override naming
+            # it): telling it that the gate "still applies" would be false
+            how = (
+                "--override-policy lowers it (recorded as an override)"
+                if opts.override
+                else "that still applies (lowering the gate takes --override-policy --reason TEXT, once)"
+            )
             ctx.reporter.warn(
                 f"the graven.toml of {short(str(digest))} does not make {env} require "
-                f"{', '.join(dropped)}, but {env}'s live deployment does: that still applies (lowering "
-                "the gate takes --override-policy --reason TEXT, once)"
+                f"{', '.join(dropped)}, but {env}'s live deployment does: {how}"
             )
             requires = (*requires, *dropped)
     if not requires:
