@@ -21,7 +21,14 @@ from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 from graven import __version__
-from graven.build.compare import Confine, Difference, HashOnlyBatch, diff_entries, with_diffoscope
+from graven.build.compare import (
+    DIFFOSCOPE_FILES,
+    Confine,
+    Difference,
+    HashOnlyBatch,
+    diff_entries,
+    with_diffoscope,
+)
 from graven.build.fetch import FETCHED_PREFIX, TOOL_PREFIX
 from graven.build.sandbox import SANDBOX_NONE, BuildUser
 from graven.build.tree import collect_tree
@@ -268,11 +275,12 @@ def _with_diffoscope(
     """Diffoscope the recorded file (written out of the store) against the rebuilt one; with ``user``
     (a root build's steps' user, whom diffoscope runs as), the recorded files are written beside
     ``scratch`` (in the rebuild's workspace, which that user reaches) and given to it."""
+    # the files with_diffoscope summarizes, in its order: only those are read from the recorded side
     wanted = [
         d
         for d in differences
         if isinstance(d.a, FileEntry) and isinstance(d.b, FileEntry) and "content" in d.aspects
-    ]
+    ][:DIFFOSCOPE_FILES]
     if not wanted or shutil.which("diffoscope") is None:
         return differences
     with contextlib.ExitStack() as stack:

@@ -165,3 +165,57 @@ def test_new_build_keys_need_steps_and_parse() -> None:
     assert build.sandbox == "none" and build.env == ["HTTPS_PROXY"] and build.tools[1] == "/usr/bin/tar"
     assert build.fetch is not None and build.fetch.lockfiles == ["requirements.lock"]
     assert parse_pipeline(BASE.encode()).build.sandbox == "bubblewrap"
+
+
+def test_a_rebuild_writes_out_only_the_recorded_files_diffoscope_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify --rebuild`` of an artifact that differs everywhere: diffoscope summarizes the first
+    :data:`DIFFOSCOPE_FILES` files only (with_diffoscope), so the recorded side of the others is not
+    copied out of the store either (a thousand large files written out, never read)."""
+    import contextlib
+    import io
+    import shutil
+    from collections.abc import Iterator
+    from typing import Any, cast
+
+    from graven.service import reproduce
+
+    count = DIFFOSCOPE_FILES + 30
+    differences = diff_entries(
+        [FileEntry(f"f{i:03}", A, 1) for i in range(count)],
+        [FileEntry(f"f{i:03}", B, 1) for i in range(count)],
+    )
+    opened: list[str] = []
+
+    class Store:
+        def clean_tmp(self) -> int:
+            return 0
+
+        @contextlib.contextmanager
+        def scratch_dir(self, prefix: str) -> Iterator[Path]:
+            path = tmp_path / prefix
+            path.mkdir()
+            yield path
+
+        def open(self, digest: object) -> io.BytesIO:
+            opened.append(str(digest))
+            return io.BytesIO(b"x")
+
+    class Ctx:
+        store = Store()
+
+    summarized: list[int] = []
+
+    def fake_with_diffoscope(found: list[Any], recorded: Path, *args: Any, **kwargs: Any) -> list[Any]:
+        summarized.append(sum(1 for _ in recorded.iterdir()))
+        return found
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/diffoscope")
+    monkeypatch.setattr(reproduce, "with_diffoscope", fake_with_diffoscope)
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    found = reproduce._with_diffoscope(cast(Any, Ctx()), differences, rebuilt, None, tmp_path / "scratch")
+    assert len(found) == count
+    assert len(opened) == DIFFOSCOPE_FILES, len(opened)
+    assert summarized == [DIFFOSCOPE_FILES]
