@@ -93,7 +93,9 @@ def test_trust_and_revoke_report_as_json(
         "keyid": trusted["keyid"],
         "path": str(home / "trust" / "revoked"),
         "changed": True,
+        "known": True,
     }
+    assert err == ""
     assert json.loads(run_cli(capsys, "keys", "revoke", trusted["keyid"], "--json")[1])["changed"] is False
     # trusting a revoked key again: said, not a silent "trusted" (a CLI review; verify still refuses)
     code, out, err = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"), "--json")
@@ -101,6 +103,24 @@ def test_trust_and_revoke_report_as_json(
     assert f"warning: key {trusted['keyid']} is revoked in " in err
     code, out, _ = run_cli(capsys, "keys", "trust", str(tmp_path / "ci.pub"))
     assert out.rstrip().endswith(", but it is revoked")
+
+
+def test_revoking_an_id_no_key_of_this_home_has_is_done_and_said(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id computed by another tool (openssl's hash of a compressed P-256 key is not graven's id)
+    revoked nothing this home knows: the line is written all the same (a stolen key may be revoked
+    before anything it signed arrives), and a warning says to check the id."""
+    assert run_cli(capsys, "keys", "generate", "--name", "ci")[0] == 0
+    stranger = "ab" * 32
+    code, out, err = run_cli(capsys, "keys", "revoke", stranger, "--json")
+    assert code == 0, err
+    assert json.loads(out)["known"] is False and json.loads(out)["changed"] is True
+    assert err.count("\n") == 1 and f"no key this home knows has the id {stranger}" in err
+    assert "graven keys list" in err
+    assert stranger in (home / "trust" / "revoked").read_text()
+    code, out, err = run_cli(capsys, "keys", "revoke", stranger)
+    assert code == 0 and out == f"revoked key {stranger}\n" and "no key this home knows" in err
 
 
 def test_trusting_a_key_the_home_policy_revokes_says_where(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +15,7 @@ from graven.errors import InputError, NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
+    from graven.home import Home
     from graven.model.digest import Digest
     from graven.service.context import Context
     from graven.signing.keys import VerifyingKey
@@ -284,12 +286,42 @@ def revoke_cmd(args: argparse.Namespace) -> int:
     from graven.home import Home
     from graven.service.keys import revoke_key
 
-    result = revoke_key(Home.from_env(), keyid)
+    home = Home.from_env()
+    result = revoke_key(home, keyid)
+    known = result.keyid in _known_keyids(home)
+    if not known:  # revoked all the same: a stolen key may be revoked before anything it signed arrives
+        TerminalReporter().warn(
+            f"no key this home knows has the id {result.keyid} (its signing keys, trust/, policy.toml); "
+            "it is revoked all the same: check the id against `graven keys list` (another tool's hash "
+            "of a key, of a compressed P-256 key say, is not graven's key id)"
+        )
     if args.as_json:
-        emit_json({"keyid": result.keyid, "path": str(result.path), "changed": result.changed})
+        emit_json(
+            {"keyid": result.keyid, "path": str(result.path), "changed": result.changed, "known": known}
+        )
     else:
         print(f"revoked key {result.keyid}")
     return 0
+
+
+def _known_keyids(home: Home) -> set[str]:
+    """The ids of the keys ``home`` knows: its signing keys, trust/ and policy.toml's (what cannot be
+    read is passed over: only a warning depends on it)."""
+    from graven.errors import GravenError
+    from graven.service.context import Context
+    from graven.service.provenance import load_policy
+    from graven.signing.keys import KeyStore
+    from graven.signing.trust import load_trust_dir
+
+    known = {entry.keyid for entry in KeyStore(home.keys).list(lambda _name, _exc: None)}
+    with contextlib.suppress(GravenError, OSError):
+        known.update(key.keyid for key in load_trust_dir(home.trust))
+    with contextlib.suppress(GravenError, OSError), Context(home=home) as ctx:
+        policy = load_policy(ctx, memo=False)
+        known.update(key.keyid for key in policy.keys)
+        for keys in policy.environments.values():
+            known.update(key.keyid for key in keys)
+    return known
 
 
 def attest_verify_cmd(args: argparse.Namespace) -> int:
