@@ -142,3 +142,21 @@ def test_an_override_that_lowers_the_live_gate_is_not_told_the_gate_still_applie
     assert gate, said
     assert all("still applies" not in line for line in gate), gate
     assert "--override-policy lowers it" in gate[0], gate
+
+
+def test_a_rollback_to_a_release_from_before_the_gate_does_not_lower_it(world: World) -> None:
+    """A rollback checks no ``requires`` (it returns to a known digest); taken as the live gate, a
+    rollback of prod to a release whose graven.toml had no gate, then an unhold, let the next commit
+    that drops ``requires`` go straight to prod, with no override. The gate is a deployment's or a
+    promotion's, not a rollback's."""
+    v0 = world.version(2, _lax(0))
+    assert world.deploy(v0, "prod").ok  # before prod had a gate
+    v1 = world.version(3, env_toml("app", staging_prod()) + "# 3\n")  # prod requires staging
+    assert world.deploy(v1, "staging").ok
+    assert promote(world.ctx(), "staging", "prod", world.options()).ok
+    assert rollback(world.ctx(), "prod", world.options(), to=v0).ok
+    environments.unhold(world.ctx(), "prod", "rolled back for the night")
+    v2 = world.version(4, _lax(4))
+    with pytest.raises(PolicyError, match="which prod requires"):
+        world.deploy(v2, "prod")
+    assert world.live("prod") == v0

@@ -200,17 +200,18 @@ def withdrawn_in(conn: Connection, digest: str, envs: Iterable[str]) -> dict[str
 
 
 def live_gate(conn: Connection, env: str, *, before: int | None = None) -> tuple[str, ...]:
-    """The ``requires`` of ``env`` as its newest deployment that went live there (``ok``, an automatic
-    switch back included) was recorded with: the gate the next deployment must pass too, whatever its
-    own graven.toml says. An artifact's graven.toml is written by whoever commits it, so it must not
-    decide alone the gate it is let through: a commit dropping ``requires = ["staging"]`` from
-    ``[env.prod]`` would otherwise ship itself to prod untested. Lowering the gate takes one
-    ``--override-policy`` (recorded), after which the live deployment's settings no longer require it.
-    Rows without settings (a switch back whose settings could not be verified) are passed over.
-    ``before``: the gate a deployment of that id met (the rows before it)."""
+    """The ``requires`` of ``env`` as its newest deploy or promote that went live there (``ok``) was
+    recorded with: the gate the next deployment must pass too, whatever its own graven.toml says. A
+    rollback (or the automatic switch back of a failed deployment) checks no ``requires`` and sets no
+    gate: taken as one, a rollback to a release from before the gate lowered it unrecorded. An
+    artifact's graven.toml is written by whoever commits it, so it must not decide alone the gate it
+    is let through: a commit dropping ``requires = ["staging"]`` from ``[env.prod]`` would otherwise
+    ship itself to prod untested. Lowering the gate takes one ``--override-policy`` (recorded), after
+    which the live deployment's settings no longer require it. Rows without settings are passed
+    over. ``before``: the gate a deployment of that id met (the rows before it)."""
     rows = conn.execute(
         "SELECT settings FROM deployments WHERE env = :env AND result = 'ok' AND settings IS NOT NULL"
-        " AND id < :before ORDER BY id DESC LIMIT 1",
+        " AND kind IN ('deploy', 'promote') AND id < :before ORDER BY id DESC LIMIT 1",
         {"env": env, "before": before if before is not None else 2**62},
     ).scalars()
     for text in rows:
