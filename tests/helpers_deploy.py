@@ -334,3 +334,17 @@ def _exit_code_in_child(action: Callable[[], int], uid: int | None, groups: Sequ
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+
+
+def signal_state(pid: int) -> str:
+    """What process ``pid`` does with signals (its /proc status: blocked, ignored, caught masks), for
+    the message of a test of Ctrl-C or SIGTERM that failed: a signal that had no effect at all shows
+    whether the process ignored or blocked it, or caught it and did nothing."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        return f"(no status of {pid}: {exc.strerror})"
+    return " ".join(
+        line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+    )

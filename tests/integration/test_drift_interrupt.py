@@ -25,7 +25,7 @@ import pytest
 from graven.drift.scan import SPLIT_MIN_FILES, Hasher
 from graven.drift.walk import CHUNK
 from graven.service.drift import check
-from helpers_deploy import World
+from helpers_deploy import World, signal_state
 
 BIG_FILES = 8
 BIG_SIZE = 4 * CHUNK
@@ -89,11 +89,13 @@ def logged_reads(env: dict[str, str]) -> list[str]:
     return Path(env["READS_LOG"]).read_text().splitlines()
 
 
-def interrupt(world: World, sig: signal.Signals, *, wait: float = 0.0) -> tuple[int, int, list[str], str]:
+def interrupt(
+    world: World, sig: signal.Signals, *, wait: float = 0.0
+) -> tuple[int, int, list[str], str, str]:
     """Run `graven drift --full staging` (slowed down) in a session of its own; send it ``sig`` (to the
     command alone, as `kill` does) ``wait`` seconds after it starts hashing. Its exit code, how many
-    chunk reads it started after the signal was sent, its stderr lines (without the slow reader's)
-    and its stdout."""
+    chunk reads it started after the signal was sent, its stderr lines (without the slow reader's),
+    its stdout, and what it did with signals as the signal was sent (for a failure's message)."""
     env = slow_env(world)
     with subprocess.Popen(
         [sys.executable, "-c", SLOW_CLI, "drift", "--full", "staging"],
@@ -110,6 +112,7 @@ def interrupt(world: World, sig: signal.Signals, *, wait: float = 0.0) -> tuple[
             time.sleep(wait)
             with open(env["READS_LOG"], "a") as log:  # what is logged after this line came after it
                 log.write("signal\n")
+            state = signal_state(proc.pid)
             proc.send_signal(sig)
             out, err = proc.communicate(timeout=60)
             try:  # the forked walker, had the command left it: in the command's process group
@@ -121,7 +124,7 @@ def interrupt(world: World, sig: signal.Signals, *, wait: float = 0.0) -> tuple[
                 pytest.fail("a process of the command outlived it")
             reads = logged_reads(env)
             after = len(reads) - reads.index("signal") - 1
-            return proc.returncode, after, [e for e in err.splitlines() if e != "hashing"], out
+            return proc.returncode, after, [e for e in err.splitlines() if e != "hashing"], out, state
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -143,8 +146,8 @@ def test_a_full_check_stops_at_once(
     world: World, forked: bool, sig: signal.Signals, code: int, message: str
 ) -> None:
     env = deploy(world, forked=forked)
-    exit_code, after, err, out = interrupt(world, sig, wait=0.3)
-    assert (exit_code, err, out) == (code, [message], "")  # one line, no traceback
+    exit_code, after, err, out, state = interrupt(world, sig, wait=0.3)
+    assert (exit_code, err, out) == (code, [message], ""), state  # one line, no traceback
     # each reader stops within a chunk: one it started as the signal came, and (a busy machine may
     # take longer than a chunk's PAUSE to act on the signal) one more; a command that waited for its
     # threads or its forked walker read on (~35 of the READS = 40)
@@ -161,8 +164,8 @@ def test_an_interrupted_check_keeps_what_the_last_one_recorded(world: World) -> 
     assert report.clean
     kept = drift_files(env)
     assert {"cache", "split"} <= set(kept)
-    exit_code, after, err, _out = interrupt(world, signal.SIGINT, wait=0.3)
-    assert (exit_code, err) == (130, ["graven: interrupted"])
+    exit_code, after, err, _out, state = interrupt(world, signal.SIGINT, wait=0.3)
+    assert (exit_code, err) == (130, ["graven: interrupted"]), state
     assert after <= 2 * readers(forked=True), f"{after} chunks read after SIGINT"
     assert drift_files(env) == kept
 

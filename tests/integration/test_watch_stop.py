@@ -30,7 +30,7 @@ from test_drift_watch import Receiver, Watcher, tamper
 from graven.drift.scan import Hasher
 from graven.drift.walk import CHUNK
 from graven.drift.watch import WatchOptions
-from helpers_deploy import World
+from helpers_deploy import World, signal_state
 
 BIG_FILES = 8
 BIG_SIZE = 4 * CHUNK
@@ -119,9 +119,10 @@ SLOW_CLI = textwrap.dedent(
 )
 
 
-def run_slow_cli(world: World, args: list[str], sig: signal.Signals) -> tuple[int, int, str]:
+def run_slow_cli(world: World, args: list[str], sig: signal.Signals) -> tuple[int, int, str, str]:
     """Run ``graven ARGS`` with slow hashing, send ``sig`` once it hashes; its exit code, how many chunk
-    reads it started after the signal was sent and its stdout."""
+    reads it started after the signal was sent, its stdout, and (for a failure's message) its stderr
+    and what it did with signals as the signal was sent."""
     log = world.home.parent / "reads.log"
     log.write_bytes(b"")
     env = {**os.environ, "GRAVEN_HOME": str(world.home), "READS_LOG": str(log)}
@@ -138,10 +139,11 @@ def run_slow_cli(world: World, args: list[str], sig: signal.Signals) -> tuple[in
             assert line == "hashing\n", line + proc.stderr.read()
             with log.open("a") as signalled:  # what is logged after this line came after it
                 signalled.write("signal\n")
+            state = signal_state(proc.pid)
             proc.send_signal(sig)
-            out, _err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
             reads = log.read_text().splitlines()
-            return proc.returncode, len(reads) - reads.index("signal") - 1, out
+            return proc.returncode, len(reads) - reads.index("signal") - 1, out, f"{state}; stderr {err!r}"
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -151,8 +153,8 @@ def run_slow_cli(world: World, args: list[str], sig: signal.Signals) -> tuple[in
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_the_cli_watcher_stops_at_once_during_a_full_check(world: World, sig: signal.Signals) -> None:
     deploy_big(world)
-    code, after, out = run_slow_cli(world, ["watch", "staging"], sig)
-    assert code == 0
+    code, after, out, seen = run_slow_cli(world, ["watch", "staging"], sig)
+    assert code == 0, seen
     # the chunk each reader was at, and one more should the signal be acted on a chunk's time late
     assert after <= 2 * READERS, f"{after} chunks read after {sig.name}"
     assert out == ""  # the check was abandoned: no line for it
@@ -161,6 +163,6 @@ def test_the_cli_watcher_stops_at_once_during_a_full_check(world: World, sig: si
 def test_ctrl_c_still_interrupts_a_full_drift_check(world: World) -> None:
     """`graven drift --full` (no watcher): Ctrl-C ends it as before, exit 130."""
     deploy_big(world)
-    code, _after, out = run_slow_cli(world, ["drift", "--full", "staging"], signal.SIGINT)
-    assert code == 130
+    code, _after, out, seen = run_slow_cli(world, ["drift", "--full", "staging"], signal.SIGINT)
+    assert code == 130, seen
     assert out == ""
