@@ -112,6 +112,21 @@ def _check_new_home(root: Path) -> None:
         )
 
 
+def user_name(uid: int) -> str | None:
+    """The login name of ``uid``; None when the password database has none."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def run_as(uid: int, name: str) -> str:
+    """The command line that runs graven as the user ``uid`` (called ``name``), for a hint."""
+    return "sudo graven ..." if uid == 0 else f"sudo -u {name} graven ..."
+
+
 def check_home(root: Path) -> None:
     """Refuse (ConfigError) a home this user could write into that belongs to another user, or that
     others may write (its group counts when it has a member besides this user and root). The first

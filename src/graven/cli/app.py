@@ -835,10 +835,8 @@ def _permission_hint(where: object, shown: Callable[[object], str]) -> str:
     made, used by a team member), run graven as that user or use a home of one's own, never open up
     that home (its keys/ holds the signing keys); anywhere else, check the path's permissions.
     ``shown``: a path as the error line shows it."""
-    import pwd
-
     from graven.errors import GravenError
-    from graven.home import Home
+    from graven.home import Home, run_as, user_name
 
     try:
         root = os.fspath(Home.from_env().root)
@@ -849,11 +847,8 @@ def _permission_hint(where: object, shown: Callable[[object], str]) -> str:
         inside, owner, root = False, os.geteuid(), ""
     if not inside or owner == os.geteuid():
         return "; check its permissions"
-    try:
-        name = pwd.getpwuid(owner).pw_name
-    except KeyError:
-        name = str(owner)
-    how = "sudo graven ..." if owner == 0 else f"sudo -u {name} graven ..."
+    name = user_name(owner) or str(owner)
+    how = run_as(owner, name)
     return (
         f"; GRAVEN_HOME {shown(root)} belongs to another user ({name}, uid {owner}): run graven as that user "
         f"({how}), or set GRAVEN_HOME to a home of your own"

@@ -14,14 +14,13 @@ import contextlib
 import errno
 import grp
 import os
-import pwd
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from graven.core.paths import display_path, folded_collisions
 from graven.errors import BackendError, GravenError, InputError
-from graven.home import make_dirs
+from graven.home import make_dirs, run_as, user_name
 from graven.mounts import file_system_type, mounted_noexec
 
 __all__ = [
@@ -247,7 +246,7 @@ def not_writable(what: str, root: Path, tried: Path, exc: OSError) -> GravenErro
         deployer = None
     if deployer is not None and deployer != os.geteuid():
         owner = _user_name(deployer)
-        how = "sudo graven ..." if deployer == 0 else f"sudo -u {owner} graven ..."
+        how = run_as(deployer, owner)
         fix = (
             f"{root} is deployed by another user ({owner}, whose {meta} it is): run graven as {owner} "
             f"({how}, with {owner}'s GRAVEN_HOME)"
@@ -267,10 +266,7 @@ def not_writable(what: str, root: Path, tried: Path, exc: OSError) -> GravenErro
 
 
 def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
+    return user_name(uid) or f"uid {uid}"
 
 
 def _group_name(gid: int) -> str:
