@@ -123,6 +123,17 @@ def _deploy_and_die_at(home: str, digest: str, env: str, root: str, stage: str) 
         deploy(ctx, digest, env, DeployOptions(root=root))
 
 
+def _deployer_killed_at(world: World, digest: str, env: str, stage: str) -> None:
+    """Deploy ``digest`` to ``env`` in a forked process that SIGKILLs itself at ``stage``."""
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(
+        target=_deploy_and_die_at, args=(str(world.home), digest, env, str(world.root), stage)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+
+
 def test_promote_settles_a_deployment_of_from_killed_before_its_switch(world: World, run_cli: Any) -> None:
     """A deployer of staging killed after recording its intent, before its switch, leaves a `pending`
     row: promote settles it (under staging's lock, as rollback does) and promotes what is live and
@@ -130,12 +141,7 @@ def test_promote_settles_a_deployment_of_from_killed_before_its_switch(world: Wo
     v1 = world.build()
     assert world.deploy(v1, "staging").ok
     v2 = world.version(2)
-    fork = multiprocessing.get_context("fork")
-    args = (str(world.home), v2, "staging", str(world.root), "deploy:pending-recorded")
-    child = fork.Process(target=_deploy_and_die_at, args=args)
-    child.start()
-    child.join(60)
-    assert child.exitcode == -signal.SIGKILL
+    _deployer_killed_at(world, v2, "staging", "deploy:pending-recorded")
     assert world.live("staging") == v1
     code, _, err = run_cli("promote", "staging", "prod", "--root", world.root)
     assert code == 0, err
@@ -212,13 +218,7 @@ def test_status_lists_an_environment_whose_first_deployment_is_pending(
     import json
 
     v1 = world.build()
-    fork = multiprocessing.get_context("fork")
-    child = fork.Process(
-        target=_deploy_and_die_at, args=(str(world.home), v1, "staging", str(world.root), stage)
-    )
-    child.start()
-    child.join(60)
-    assert child.exitcode == -signal.SIGKILL
+    _deployer_killed_at(world, v1, "staging", stage)
     switched = stage == "deploy:switched"
     on_disk = v1 if switched else None
     (status,) = environments.status(world.ctx())
@@ -254,13 +254,7 @@ def test_rollback_settles_a_first_deployment_whose_deployer_was_killed(
     its switch: rollback settles it (as deploy and promote do) rather than claiming staging was never
     deployed, then says truthfully what is live and that there is nothing earlier to go to."""
     v1 = world.build()
-    fork = multiprocessing.get_context("fork")
-    child = fork.Process(
-        target=_deploy_and_die_at, args=(str(world.home), v1, "staging", str(world.root), stage)
-    )
-    child.start()
-    child.join(60)
-    assert child.exitcode == -signal.SIGKILL
+    _deployer_killed_at(world, v1, "staging", stage)
     switched = stage == "deploy:switched"
     code, _, err = run_cli("rollback", "staging", "--root", world.root)
     assert code == 2, err
